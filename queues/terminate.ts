@@ -1,0 +1,44 @@
+import type { JobsOptions } from 'bullmq';
+import { z } from 'zod';
+import { VM_NAME_PATTERN } from '../src/pool/types.js';
+import { QueueNames } from './names.js';
+
+export const TERMINATE_QUEUE = QueueNames.TERMINATE;
+
+/** Why a VM is being terminated; shown in job data and counted in metrics. */
+export const terminationReasons = [
+  'dirty_timeout',
+  'health_check_failed',
+  'terminate_again',
+  'lease_expired',
+  'reuse_limit',
+  'surplus',
+  'spawn_failed',
+  'orphan',
+  'provider_lost',
+  'operator',
+  'other',
+] as const;
+export type TerminationReason = (typeof terminationReasons)[number];
+
+export const terminateJobSchema = z.strictObject({
+  vmName: z.string().regex(VM_NAME_PATTERN, 'a VM name'),
+  reason: z.enum(terminationReasons).default('other'),
+});
+export type TerminateJobData = z.input<typeof terminateJobSchema>;
+export type TerminateJobResult = { vmName: string; removed: boolean };
+
+export const terminateJobOptions: JobsOptions = {
+  attempts: 5,
+  backoff: { type: 'exponential', delay: 2_000 },
+  removeOnComplete: { age: 24 * 3600, count: 10_000 },
+  removeOnFail: { age: 7 * 24 * 3600, count: 10_000 },
+};
+
+/**
+ * One terminate job per termination request: the id changes with terminating_since, so that a
+ * request repeated by terminateAgain is a new job while a duplicate add of the same one is not.
+ */
+export function terminateJobId(vmName: string, terminatingSince: number): string {
+  return `terminate-${vmName}-${terminatingSince}`;
+}

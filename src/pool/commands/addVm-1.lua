@@ -1,0 +1,25 @@
+--[[
+  Adds a new VM to the pool in state `got_ip`.
+
+  Input:
+    KEYS[1] pool key base (with hash tag), e.g. "vmpool:{vmpool}:"
+    ARGV[1] VM name
+    ARGV[2] VM IP
+    ARGV[3] group id
+  Output:
+    1  added
+    0  a VM of that name is already in the pool (nothing changed)
+]]
+local base = KEYS[1]
+local name, ip, group = ARGV[1], ARGV[2], ARGV[3]
+--- @include "includes/setVmState"
+
+local key = vmKey(base, name)
+if redis.call('EXISTS', key) == 1 then
+  return 0
+end
+redis.call('HSET', key, 'vm_name', name, 'vm_ip', ip, 'group', group, 'check_fails', 0, 'builds_count', 0)
+redis.call('SADD', base .. 'vms', name)
+redis.call('SADD', base .. 'ip:' .. ip, name)
+setVmState(base, name, 'got_ip')
+return 1

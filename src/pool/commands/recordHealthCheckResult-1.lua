@@ -1,0 +1,50 @@
+--[[
+  Applies the result of a health check.
+    ok:     from check_health or in_use, check_fails = 0; check_health becomes ready.
+    failed: from check_health, in_use or check_health_failed, check_fails += 1; check_health becomes
+            check_health_failed. Once check_fails > max fails, the VM moves to terminating in this
+            same script (the caller enqueues the terminate job).
+  A result for a VM in any other state changes nothing.
+
+  Input:
+    KEYS[1] pool key base (with hash tag)
+    ARGV[1] VM name
+    ARGV[2] '1' for ok, '0' for failed
+    ARGV[3] vm_max_check_fails of the VM's group
+    ARGV[4] now (epoch ms)
+  Output:
+    {'ok' | 'failed' | 'terminating' | 'ignored', HGETALL of the VM}
+    {'missing'}  no such VM
+]]
+local base = KEYS[1]
+local name, ok, maxFails, now = ARGV[1], ARGV[2] == '1', tonumber(ARGV[3]), ARGV[4]
+--- @include "includes/setVmState"
+
+local key = vmKey(base, name)
+local state = redis.call('HGET', key, 'state')
+if not state then
+  return {'missing'}
+end
+if ok then
+  if state ~= 'check_health' and state ~= 'in_use' then
+    return {'ignored', redis.call('HGETALL', key)}
+  end
+  redis.call('HSET', key, 'check_fails', 0)
+  if state == 'check_health' then
+    setVmState(base, name, 'ready')
+  end
+  return {'ok', redis.call('HGETALL', key)}
+end
+if state ~= 'check_health' and state ~= 'in_use' and state ~= 'check_health_failed' then
+  return {'ignored', redis.call('HGETALL', key)}
+end
+local fails = redis.call('HINCRBY', key, 'check_fails', 1)
+if state == 'check_health' then
+  setVmState(base, name, 'check_health_failed')
+end
+if fails > maxFails then
+  setVmState(base, name, 'terminating')
+  redis.call('HSET', key, 'terminating_since', now)
+  return {'terminating', redis.call('HGETALL', key)}
+end
+return {'failed', redis.call('HGETALL', key)}

@@ -1,0 +1,30 @@
+--[[
+  Starts a health check: records last_health_check and moves the VM to `check_health`, except that
+  an `in_use` VM stays `in_use`. Allowed from got_ip, ready, in_use and check_health_failed.
+
+  Input:
+    KEYS[1] pool key base (with hash tag)
+    ARGV[1] VM name
+    ARGV[2] now (epoch ms)
+  Output:
+    1   check started
+    0   not allowed from the current state (nothing changed)
+    -1  no such VM
+]]
+local base = KEYS[1]
+local name, now = ARGV[1], ARGV[2]
+--- @include "includes/setVmState"
+
+local key = vmKey(base, name)
+local state = redis.call('HGET', key, 'state')
+if not state then
+  return -1
+end
+if state ~= 'got_ip' and state ~= 'ready' and state ~= 'in_use' and state ~= 'check_health_failed' then
+  return 0
+end
+if state ~= 'in_use' then
+  setVmState(base, name, 'check_health')
+end
+redis.call('HSET', key, 'last_health_check', now)
+return 1

@@ -1,0 +1,38 @@
+import type { Config } from '../config.js';
+import { relativeTime } from '../time.js';
+import type { VmDescriptor } from './types.js';
+
+function table(headers: string[], rows: string[][]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+  return [line(headers), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
+}
+
+/** Copr's copr_get_vm_info table: one block per group, times relative to now. */
+export function formatPoolInfo(config: Config, vms: readonly VmDescriptor[], now: number): string {
+  const blocks: string[] = [];
+  const groupIds = new Set<number>([...config.groups.keys(), ...vms.map((v) => v.group)]);
+  for (const group of [...groupIds].sort((a, b) => a - b)) {
+    const g = config.groups[group];
+    const inGroup = vms.filter((v) => v.group === group);
+    const title = g
+      ? `Group ${group} (${g.name}, archs: ${g.archs.join(', ') || '-'}): ${inGroup.length} VMs, max ${g.max_vm_total}`
+      : `Group ${group} (not in config): ${inGroup.length} VMs`;
+    const rows = inGroup.map((v) => [
+      v.vmName,
+      v.vmIp,
+      v.state,
+      String(v.checkFails),
+      relativeTime(v.lastHealthCheck, now),
+      v.boundToUser ?? '-',
+      v.sandbox ?? '-',
+      String(v.buildsCount),
+      v.taskId ? `${v.taskId}${v.buildId ? ` (build ${v.buildId}${v.chroot ? `, ${v.chroot}` : ''})` : ''}, since ${relativeTime(v.inUseSince, now)}` : '-',
+    ]);
+    const body = rows.length
+      ? table(['name', 'ip', 'state', 'check fails', 'last check', 'bound to user', 'sandbox', 'builds', 'task'], rows)
+      : '(no VMs)';
+    blocks.push(`${title}\n${body}`);
+  }
+  return blocks.join('\n\n');
+}

@@ -1,0 +1,29 @@
+/**
+ * Redis key names of one pool. All of them share the `{vmpool}` hash tag, so that every script's
+ * keys sit in one Redis Cluster slot. The Lua side builds the same names (commands/includes/poolKeys.lua).
+ */
+export function poolKeyBase(prefix: string): string {
+  return `${prefix}:{vmpool}:`;
+}
+
+export function poolKeys(prefix: string) {
+  const base = poolKeyBase(prefix);
+  return {
+    base,
+    vm: (name: string) => `${base}vm:${name}`,
+    allVms: `${base}vms`,
+    ip: (ip: string) => `${base}ip:${ip}`,
+    task: (taskId: string) => `${base}task:${taskId}`,
+    state: (group: number, state: string) => `${base}group:${group}:state:${state}`,
+    readyClean: (group: number) => `${base}group:${group}:ready_clean`,
+    userVms: (group: number) => `${base}group:${group}:user_vms`,
+    groupInfo: (group: number) => `${base}group:${group}:info`,
+    serverStart: `${base}server_start`,
+    /** Sorted set of spawns in flight: member spawn id, score start time (epoch ms). */
+    spawning: (group: number) => `${base}group:${group}:spawning`,
+    /** Sorted set of waiting acquire requests: member acquire job id, score deadline (epoch ms). */
+    demand: (group: number) => `${base}group:${group}:demand`,
+  };
+}
+
+export type PoolKeys = ReturnType<typeof poolKeys>;

@@ -1,0 +1,100 @@
+import { isIP } from 'node:net';
+
+export const VmStates = {
+  GOT_IP: 'got_ip',
+  CHECK_HEALTH: 'check_health',
+  CHECK_HEALTH_FAILED: 'check_health_failed',
+  READY: 'ready',
+  IN_USE: 'in_use',
+  TERMINATING: 'terminating',
+} as const;
+
+export type VmState = (typeof VmStates)[keyof typeof VmStates];
+export const ALL_VM_STATES: readonly VmState[] = Object.values(VmStates);
+
+export function isVmState(value: unknown): value is VmState {
+  return typeof value === 'string' && (ALL_VM_STATES as readonly string[]).includes(value);
+}
+
+export interface VmDescriptor {
+  vmName: string;
+  vmIp: string;
+  group: number;
+  state: VmState;
+  boundToUser: string | null;
+  sandbox: string | null;
+  usedByWorker: string | null;
+  taskId: string | null;
+  buildId: string | null;
+  chroot: string | null;
+  inUseSince: number | null;
+  lastHealthCheck: number | null;
+  checkFails: number;
+  lastRelease: number | null;
+  buildsCount: number;
+  terminatingSince: number | null;
+}
+
+export class VmError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'VmError';
+  }
+}
+
+export class NoVmAvailable extends VmError {
+  constructor(message = 'no VM available') {
+    super(message);
+    this.name = 'NoVmAvailable';
+  }
+}
+
+export class VmDescriptorNotFound extends VmError {
+  constructor(readonly vmName: string) {
+    super(`VM ${JSON.stringify(vmName)} is not in the pool`);
+    this.name = 'VmDescriptorNotFound';
+  }
+}
+
+/** VM names go into Redis keys, job ids, logs and hook environments, so they are kept strict. */
+export const VM_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+
+export function isValidVmName(name: unknown): name is string {
+  return typeof name === 'string' && VM_NAME_PATTERN.test(name);
+}
+
+export function isValidVmIp(ip: unknown): ip is string {
+  return typeof ip === 'string' && isIP(ip) !== 0;
+}
+
+const numberOrNull = (v: string | undefined): number | null => (v === undefined || v === '' ? null : Number(v));
+const stringOrNull = (v: string | undefined): string | null => (v === undefined ? null : v);
+
+/** Builds a VmDescriptor from a VM hash, given as an object or as HGETALL's flat array. */
+export function descriptorFromHash(hash: Record<string, string> | string[]): VmDescriptor {
+  let h: Record<string, string>;
+  if (Array.isArray(hash)) {
+    h = {};
+    for (let i = 0; i + 1 < hash.length; i += 2) h[hash[i]!] = hash[i + 1]!;
+  } else {
+    h = hash;
+  }
+  return {
+    vmName: h.vm_name ?? '',
+    vmIp: h.vm_ip ?? '',
+    group: Number(h.group),
+    state: h.state as VmState,
+    boundToUser: stringOrNull(h.bound_to_user),
+    sandbox: stringOrNull(h.sandbox),
+    usedByWorker: stringOrNull(h.used_by_worker),
+    taskId: stringOrNull(h.task_id),
+    buildId: stringOrNull(h.build_id),
+    chroot: stringOrNull(h.chroot),
+    inUseSince: numberOrNull(h.in_use_since),
+    lastHealthCheck: numberOrNull(h.last_health_check),
+    checkFails: Number(h.check_fails ?? 0),
+    lastRelease: numberOrNull(h.last_release),
+    buildsCount: Number(h.builds_count ?? 0),
+    terminatingSince: numberOrNull(h.terminating_since),
+  };
+}

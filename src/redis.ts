@@ -1,0 +1,22 @@
+import { Redis, type RedisOptions } from 'ioredis';
+
+/**
+ * Connection for producers and the pool: commands fail after a short retry instead of hanging
+ * while Redis is away.
+ */
+export function createProducerConnection(url: string, extra: RedisOptions = {}): Redis {
+  return new Redis(url, { maxRetriesPerRequest: 2, connectTimeout: 5_000, ...extra });
+}
+
+/** Connection for BullMQ workers: blocking commands must retry forever (maxRetriesPerRequest: null). */
+export function createWorkerConnection(url: string, extra: RedisOptions = {}): Redis {
+  return new Redis(url, { maxRetriesPerRequest: null, connectTimeout: 5_000, ...extra });
+}
+
+/** Why Redis cannot be reached, and how to fix it, in one message for operators. */
+export function redisUnreachableHint(url: string, haveRedisServer: boolean): string {
+  const start = haveRedisServer
+    ? 'start it with `redis-server --daemonize yes` (the binary is installed)'
+    : 'install and start Redis (for example `apt-get install redis-server`)';
+  return `Redis is not reachable at ${url}. Either ${start}, or set REDIS_URL to a Redis that runs (for example REDIS_URL=redis://host:6379).`;
+}
