@@ -1,0 +1,55 @@
+import type { GroupConfig } from '../config.js';
+import type { Logger } from '../logger.js';
+
+/** What a provider knows about the group it spawns into. */
+export interface ProviderGroup {
+  /** Group id (index in config.groups). */
+  id: number;
+  config: GroupConfig;
+}
+
+export interface SpawnRequest {
+  group: ProviderGroup;
+  /** Unique per spawn; hooks see it as VMPOOL_SPAWN_ID. */
+  spawnId: string;
+  /** Appends a line to the job's log (Bull Board shows it). */
+  log?: (line: string) => void | Promise<void>;
+}
+
+/** The machine a spawn made. Both fields are validated before the VM enters the pool. */
+export interface SpawnedMachine {
+  name: string;
+  ip: string;
+}
+
+export interface TerminateRequest {
+  group: ProviderGroup;
+  vmName: string;
+  vmIp: string | null;
+  log?: (line: string) => void | Promise<void>;
+}
+
+/** A machine as the provider sees it, for leak and orphan cleanup. */
+export interface ProviderMachine {
+  name: string;
+  ip?: string | null;
+  /** Epoch ms when the provider created it, when known. */
+  createdAt?: number | null;
+}
+
+/**
+ * Creates and destroys machines for one group. spawn and terminate are required; list lets
+ * reconcile find leaks; check lets the provider answer health checks itself.
+ */
+export interface Provider {
+  readonly type: string;
+  spawn(request: SpawnRequest): Promise<SpawnedMachine>;
+  /** Must be idempotent: terminating a machine that is already gone succeeds. */
+  terminate(request: TerminateRequest): Promise<void>;
+  list?(group: ProviderGroup): Promise<ProviderMachine[]>;
+  check?(machine: { vmName: string; vmIp: string; group: ProviderGroup }): Promise<boolean>;
+}
+
+export interface ProviderDeps {
+  logger: Logger;
+}
