@@ -70,15 +70,36 @@ export function isValidVmIp(ip: unknown): ip is string {
 const numberOrNull = (v: string | undefined): number | null => (v === undefined || v === '' ? null : Number(v));
 const stringOrNull = (v: string | undefined): string | null => (v === undefined ? null : v);
 
+/**
+ * A VM with the bookkeeping that is not part of the public VmDescriptor: when its owner and sandbox
+ * first got it (for reuse_max_time), and its lease. Reconcile decides on these.
+ */
+export interface VmRecord extends VmDescriptor {
+  boundSince: number | null;
+  leaseId: string | null;
+  leaseExpiresAt: number | null;
+}
+
+function toHashObject(hash: Record<string, string> | string[]): Record<string, string> {
+  if (!Array.isArray(hash)) return hash;
+  const h: Record<string, string> = {};
+  for (let i = 0; i + 1 < hash.length; i += 2) h[hash[i]!] = hash[i + 1]!;
+  return h;
+}
+
+export function recordFromHash(hash: Record<string, string> | string[]): VmRecord {
+  const h = toHashObject(hash);
+  return {
+    ...descriptorFromHash(h),
+    boundSince: numberOrNull(h.bound_since),
+    leaseId: stringOrNull(h.lease_id),
+    leaseExpiresAt: numberOrNull(h.lease_expires_at),
+  };
+}
+
 /** Builds a VmDescriptor from a VM hash, given as an object or as HGETALL's flat array. */
 export function descriptorFromHash(hash: Record<string, string> | string[]): VmDescriptor {
-  let h: Record<string, string>;
-  if (Array.isArray(hash)) {
-    h = {};
-    for (let i = 0; i + 1 < hash.length; i += 2) h[hash[i]!] = hash[i + 1]!;
-  } else {
-    h = hash;
-  }
+  const h = toHashObject(hash);
   return {
     vmName: h.vm_name ?? '',
     vmIp: h.vm_ip ?? '',

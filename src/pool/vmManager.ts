@@ -20,10 +20,12 @@ import {
   VmError,
   VmStates,
   descriptorFromHash,
+  recordFromHash,
   isValidVmIp,
   isValidVmName,
   isVmState,
   type VmDescriptor,
+  type VmRecord,
   type VmState,
 } from './types.js';
 
@@ -122,19 +124,23 @@ export class VmManager {
     return descriptorFromHash(hash);
   }
 
-  /** Reads many VMs in one round trip, skipping any that disappeared meanwhile. */
-  async getVmsByNames(names: readonly string[]): Promise<VmDescriptor[]> {
+  /** Reads many VM hashes in one round trip, skipping any that disappeared meanwhile; sorted by name. */
+  private async readVmHashes(names: readonly string[]): Promise<Record<string, string>[]> {
     if (names.length === 0) return [];
     const pipeline = this.redis.pipeline();
     for (const name of names) pipeline.hgetall(this.keys.vm(name));
     const replies = (await pipeline.exec()) ?? [];
-    const vms: VmDescriptor[] = [];
+    const hashes: Record<string, string>[] = [];
     for (const [err, hash] of replies) {
       if (err) throw err;
       const h = hash as Record<string, string>;
-      if (h.state) vms.push(descriptorFromHash(h));
+      if (h.state) hashes.push(h);
     }
-    return vms.sort((a, b) => a.vmName.localeCompare(b.vmName));
+    return hashes.sort((a, b) => (a.vm_name ?? '').localeCompare(b.vm_name ?? ''));
+  }
+
+  async getVmsByNames(names: readonly string[]): Promise<VmDescriptor[]> {
+    return (await this.readVmHashes(names)).map(descriptorFromHash);
   }
 
   async lookupVmsByIp(vmIp: string): Promise<VmDescriptor[]> {
@@ -166,6 +172,11 @@ export class VmManager {
 
   async getAllVms(): Promise<VmDescriptor[]> {
     return this.getVmsByNames(await this.redis.smembers(this.keys.allVms));
+  }
+
+  /** Every VM with its bookkeeping fields (bound since, lease), for reconcile snapshots. */
+  async getAllVmRecords(): Promise<VmRecord[]> {
+    return (await this.readVmHashes(await this.redis.smembers(this.keys.allVms))).map(recordFromHash);
   }
 
   /** Number of VMs of the group (any state) bound to the user. */

@@ -84,7 +84,7 @@ for i = 0, groupCount - 1 do
     local key = vmKey(base, name)
     setVmState(base, name, 'in_use')
     if fresh then
-      redis.call('HSET', key, 'bound_to_user', owner, 'sandbox', sandbox)
+      redis.call('HSET', key, 'bound_to_user', owner, 'sandbox', sandbox, 'bound_since', now)
       redis.call('HINCRBY', userVmsKey(base, group), owner, 1)
     end
     redis.call('HSET', key, 'used_by_worker', workerId, 'in_use_since', now)

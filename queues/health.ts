@@ -1,0 +1,26 @@
+import type { JobsOptions } from 'bullmq';
+import { z } from 'zod';
+import { VM_NAME_PATTERN } from '../src/pool/types.js';
+import { QueueNames } from './names.js';
+
+export const HEALTH_QUEUE = QueueNames.HEALTH;
+
+export const healthJobSchema = z.strictObject({
+  vmName: z.string().regex(VM_NAME_PATTERN, 'a VM name'),
+});
+export type HealthJobData = z.input<typeof healthJobSchema>;
+export type HealthJobResult = { vmName: string; ok: boolean; outcome: string; detail: string };
+
+/**
+ * A failed check is a result, not a job failure, so there is one attempt. Deduplication keeps at
+ * most one pending check per VM while finished ones stay visible.
+ */
+export const healthJobOptions: JobsOptions = {
+  attempts: 1,
+  removeOnComplete: { age: 3600, count: 5_000 },
+  removeOnFail: { age: 24 * 3600, count: 5_000 },
+};
+
+export function healthJobDeduplicationId(vmName: string): string {
+  return `health-${vmName}`;
+}

@@ -1,0 +1,26 @@
+import type { JobsOptions } from 'bullmq';
+import { z } from 'zod';
+import { QueueNames } from './names.js';
+
+export const SPAWN_QUEUE = QueueNames.SPAWN;
+
+/** One spawn of one machine into a group. spawnId is also the entry in the group's spawns in flight. */
+export const spawnJobSchema = z.strictObject({
+  group: z.number().int().nonnegative(),
+  spawnId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/, 'a spawn id'),
+  /** Why the spawn was requested (warm pool, demand, copr_max), for logs and metrics. */
+  reason: z.string().max(64).optional(),
+});
+export type SpawnJobData = z.input<typeof spawnJobSchema>;
+export type SpawnJobResult = { vmName: string; vmIp: string; group: number };
+
+export const spawnJobOptions: JobsOptions = {
+  attempts: 3,
+  backoff: { type: 'exponential', delay: 5_000 },
+  removeOnComplete: { age: 24 * 3600, count: 10_000 },
+  removeOnFail: { age: 7 * 24 * 3600, count: 10_000 },
+};
+
+export function spawnJobId(spawnId: string): string {
+  return `spawn-${spawnId}`;
+}
