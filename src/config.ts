@@ -25,6 +25,81 @@ export interface ConfigIssue {
 const seconds = (fallback: number) => z.number().nonnegative().default(fallback);
 const positiveInt = (fallback: number) => z.number().int().positive().default(fallback);
 
+/** A hook command: an argv array, or a string "path arg arg" split on whitespace (never run by a shell). */
+export const commandLineSchema = z.union([
+  z.string().regex(/\S/, 'a command path with optional arguments'),
+  z.array(z.string()).min(1, 'an argv array with at least the program'),
+]);
+
+/** Provider `local` (the embedded default): each VM is a detached local process serving SSH on 127.x. */
+export const localProviderSchema = z.strictObject({
+  type: z.literal('local'),
+  /** Where VM state files and keys live; default `<os.tmpdir()>/vmpool-local-<uid>`. */
+  state_dir: z.string().min(1).optional(),
+  /** TCP port every local VM listens on (each VM has its own 127.<ip_base>.x.y address). */
+  port: z.number().int().min(1).max(65535).default(2222),
+  /** Second octet of the local VMs' addresses. */
+  ip_base: z.number().int().min(1).max(254).default(77),
+  /** Seconds a spawn may take before it fails. */
+  spawn_timeout: seconds(20),
+});
+
+/** Provider `command` (production): hooks as in Copr's playbooks and resalloc's cmd_new/cmd_delete/cmd_list. */
+export const commandProviderSchema = z.strictObject({
+  type: z.literal('command'),
+  spawn_cmd: commandLineSchema,
+  terminate_cmd: commandLineSchema,
+  list_cmd: commandLineSchema.optional(),
+  spawn_timeout: z.number().positive().default(600),
+  terminate_timeout: z.number().positive().default(300),
+  list_timeout: z.number().positive().default(60),
+  /** Seconds between SIGTERM and SIGKILL of a hook's process group at its timeout. */
+  kill_grace: seconds(5),
+  /** Extra environment for every hook. */
+  env: z.record(z.string(), z.string()).default({}),
+});
+
+export const providerConfigSchema = z.discriminatedUnion('type', [localProviderSchema, commandProviderSchema]);
+
+/** Check `ssh` (default, as Copr): run `echo hello` over SSH and expect `hello`. */
+export const sshCheckSchema = z.strictObject({
+  type: z.literal('ssh'),
+  user: z.string().min(1).default('root'),
+  /** Private key file; for the local provider the default is the key it generates in its state_dir. */
+  private_key: z.string().min(1).optional(),
+  /** Default 22; for the local provider, its port. */
+  port: z.number().int().min(1).max(65535).optional(),
+  /** accept-new: remember each VM's first host key (by name and IP) in known_hosts; known_hosts: strict. */
+  host_key_policy: z.enum(['accept-new', 'known_hosts']).default('accept-new'),
+  /** accept-new: the file vmpool keeps (default in the state dir); known_hosts: an OpenSSH known_hosts file. */
+  known_hosts: z.string().min(1).optional(),
+});
+
+export const tcpCheckSchema = z.strictObject({
+  type: z.literal('tcp'),
+  port: z.number().int().min(1).max(65535),
+});
+
+/** Check `command` (resalloc's livecheck): exit 0 means healthy. */
+export const commandCheckSchema = z.strictObject({
+  type: z.literal('command'),
+  cmd: commandLineSchema,
+  env: z.record(z.string(), z.string()).default({}),
+});
+
+/** Check `provider`: the provider answers itself (its `check` method). */
+export const providerCheckSchema = z.strictObject({ type: z.literal('provider') });
+
+export const checkConfigSchema = z.discriminatedUnion('type', [
+  sshCheckSchema,
+  tcpCheckSchema,
+  commandCheckSchema,
+  providerCheckSchema,
+]);
+
+export type ProviderConfig = z.output<typeof providerConfigSchema>;
+export type CheckConfig = z.output<typeof checkConfigSchema>;
+
 /** One build group, as Copr's `build_groups`. Defaults are Copr's. */
 export const groupConfigSchema = z.strictObject({
   name: z.string().min(1),
@@ -51,6 +126,21 @@ export const groupConfigSchema = z.strictObject({
   on_lease_expiry: z.enum(['terminate', 'release']).default('terminate'),
   /** Seconds a health check (connect and command) may take. */
   vm_ssh_check_timeout: z.number().positive().default(5),
+  /** How machines are made and destroyed (providers, issue 4). */
+  provider: providerConfigSchema.default({ type: 'local', port: 2222, ip_base: 77, spawn_timeout: 20 }),
+  /** How a machine's health is checked. */
+  check: checkConfigSchema.default({ type: 'ssh', user: 'root', host_key_policy: 'accept-new' }),
+  /** Seconds between leak/orphan passes that compare the provider's list with the pool (0: never). */
+  orphan_check_period: seconds(600),
+  /** Seconds an unknown machine (or a pool VM still in got_ip) is left alone before cleanup. */
+  orphan_grace_period: seconds(900),
+}).superRefine((g, ctx) => {
+  if (g.check.type === 'ssh' && g.provider.type !== 'local' && !g.check.private_key) {
+    ctx.addIssue({ code: 'custom', path: ['check', 'private_key'], message: 'a private key file for the ssh check' });
+  }
+  if (g.check.type === 'ssh' && g.check.host_key_policy === 'known_hosts' && !g.check.known_hosts) {
+    ctx.addIssue({ code: 'custom', path: ['check', 'known_hosts'], message: 'a known_hosts file (host_key_policy is known_hosts)' });
+  }
 });
 
 export const redisConfigSchema = z.strictObject({
