@@ -24,6 +24,16 @@ export type TerminationReason = (typeof terminationReasons)[number];
 export const terminateJobSchema = z.strictObject({
   vmName: z.string().regex(VM_NAME_PATTERN, 'a VM name'),
   reason: z.enum(terminationReasons).default('other'),
+  /**
+   * For a machine the pool has no record of (a leak found by the orphan check, or a spawn whose VM
+   * could not be added): the provider is asked to terminate it directly in this group.
+   */
+  orphan: z
+    .strictObject({
+      group: z.number().int().nonnegative(),
+      vmIp: z.string().nullable().default(null),
+    })
+    .optional(),
 });
 export type TerminateJobData = z.input<typeof terminateJobSchema>;
 export type TerminateJobResult = { vmName: string; removed: boolean };

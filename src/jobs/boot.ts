@@ -1,0 +1,90 @@
+import { type Config } from '../config.js';
+import { createLogger, type Logger } from '../logger.js';
+import { createJobContext, runWorker, concurrencyFor, type OwnedJobContext, type RunningWorker, type JobContextOptions } from './runtime.js';
+import { processTypeSpecs, type WorkerProcessType } from './processTypes.js';
+
+export interface BootOptions extends Partial<Pick<JobContextOptions, 'providerFactory' | 'healthCheckFactory' | 'clock' | 'prefix'>> {
+  logger?: Logger;
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface RunningProcess {
+  ctx: OwnedJobContext;
+  workers: RunningWorker[];
+  /** Graceful stop: workers first (bounded by the deadline), then connections. */
+  stop(deadlineMs?: number): Promise<void>;
+}
+
+/** Starts the workers of the given process types in this process, sharing one JobContext. */
+export async function startProcessTypes(types: readonly WorkerProcessType[], config: Config, options: BootOptions): Promise<RunningProcess> {
+  const logger = options.logger ?? createLogger(`vmpool-${types.join('+')}`);
+  const env = options.env ?? process.env;
+  const { providerFactory, healthCheckFactory } = await defaultFactories(options);
+  const ctx = createJobContext(config, {
+    logger,
+    clock: options.clock,
+    prefix: options.prefix ?? env.VMPOOL_PREFIX,
+    providerFactory,
+    healthCheckFactory,
+  });
+  const workers: RunningWorker[] = [];
+  for (const type of types) {
+    const spec = processTypeSpecs[type];
+    const concurrency = spec.concurrencyKey ? concurrencyFor(spec.concurrencyKey, config, env) : 1;
+    await spec.beforeStart?.(ctx);
+    workers.push(runWorker(ctx, spec.processor, concurrency));
+    logger.info({ type, queue: spec.processor.queue, concurrency, prefix: ctx.prefix }, 'worker started');
+  }
+  let stopping: Promise<void> | undefined;
+  return {
+    ctx,
+    workers,
+    stop(deadlineMs = 10_000) {
+      stopping ??= (async () => {
+        await Promise.all(workers.map((w) => w.close(deadlineMs)));
+        for (const type of types) await processTypeSpecs[type].afterStop?.(ctx);
+        await ctx.close();
+      })();
+      return stopping;
+    },
+  };
+}
+
+async function defaultFactories(options: BootOptions): Promise<Pick<JobContextOptions, 'providerFactory' | 'healthCheckFactory'>> {
+  const providerFactory = options.providerFactory ?? (await import('../providers/index.js')).createProvider;
+  const healthCheckFactory = options.healthCheckFactory ?? (await import('../health/index.js')).createHealthCheck;
+  return { providerFactory, healthCheckFactory };
+}
+
+/**
+ * Stops on SIGTERM or SIGINT: stop() must finish within the deadline, else the process exits
+ * anyway (its active jobs come back through BullMQ's stalled-job recovery).
+ */
+export function stopOnSignals(stop: (deadlineMs: number) => Promise<void>, logger: Logger, deadlineMs = 15_000): void {
+  let signalled = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (signalled) {
+      logger.warn({ signal }, 'second signal, exiting now');
+      process.exit(1);
+    }
+    signalled = true;
+    logger.info({ signal, deadlineMs }, 'shutting down');
+    const hardExit = setTimeout(() => {
+      logger.error({ deadlineMs }, 'shutdown deadline passed, exiting');
+      process.exit(1);
+    }, deadlineMs + 2_000);
+    hardExit.unref();
+    stop(deadlineMs).then(
+      () => {
+        logger.info('stopped');
+        process.exit(0);
+      },
+      (err: unknown) => {
+        logger.error({ err }, 'error while stopping');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+}

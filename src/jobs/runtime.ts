@@ -1,0 +1,156 @@
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import { Queue, UnrecoverableError, Worker, type Job } from 'bullmq';
+import type { ZodType } from 'zod';
+import type { Config } from '../config.js';
+import type { HealthCheck } from '../health/types.js';
+import { createLogger, type Logger } from '../logger.js';
+import { VmManager, type Clock } from '../pool/vmManager.js';
+import type { Provider, ProviderDeps, ProviderGroup } from '../providers/types.js';
+import { createProducerConnection, createWorkerConnection } from '../redis.js';
+import type { QueueName } from '../../queues/names.js';
+import type { JobContext } from './context.js';
+import { formatZodError } from './errors.js';
+
+export type ProviderFactory = (group: ProviderGroup, deps: ProviderDeps) => Provider;
+export type HealthCheckFactory = (group: ProviderGroup, deps: ProviderDeps) => HealthCheck;
+
+export interface JobContextOptions {
+  logger?: Logger;
+  clock?: Clock;
+  /** Overrides config.redis.prefix. */
+  prefix?: string;
+  providerFactory: ProviderFactory;
+  healthCheckFactory: HealthCheckFactory;
+}
+
+export interface OwnedJobContext extends JobContext {
+  /** A name for this process in logs and in `usedByWorker`: host, pid and a random suffix. */
+  processId: string;
+  close(): Promise<void>;
+}
+
+export function createJobContext(config: Config, options: JobContextOptions): OwnedJobContext {
+  const logger = options.logger ?? createLogger('vmpool');
+  const clock = options.clock ?? Date.now;
+  const prefix = options.prefix ?? config.redis.prefix;
+  const connection = createProducerConnection(config.redis.url);
+  connection.on('error', (err) => logger.warn({ err: err.message }, 'Redis connection error'));
+  const vmm = new VmManager(config, { redis: connection, prefix, logger, clock });
+  const queues = new Map<QueueName, Queue>();
+  const providers = new Map<number, Provider>();
+  const checks = new Map<number, HealthCheck>();
+  const providerGroup = (id: number): ProviderGroup => ({ id, config: vmm.groupConfig(id) });
+  return {
+    config,
+    vmm,
+    logger,
+    prefix,
+    clock,
+    connection,
+    processId: `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`,
+    queue(name) {
+      let q = queues.get(name);
+      if (!q) {
+        q = new Queue(name, { connection, prefix });
+        q.on('error', (err) => logger.warn({ err: err.message, queue: name }, 'queue error'));
+        queues.set(name, q);
+      }
+      return q;
+    },
+    provider(group) {
+      let p = providers.get(group);
+      if (!p) {
+        p = options.providerFactory(providerGroup(group), { logger });
+        providers.set(group, p);
+      }
+      return p;
+    },
+    healthCheck(group) {
+      let c = checks.get(group);
+      if (!c) {
+        c = options.healthCheckFactory(providerGroup(group), { logger });
+        checks.set(group, c);
+      }
+      return c;
+    },
+    async close() {
+      await Promise.all([...queues.values()].map((q) => q.close()));
+      await vmm.close();
+      await connection.quit().catch(() => connection.disconnect());
+    },
+  };
+}
+
+/** How one queue's jobs are processed: the payload schema and the processor. */
+export interface ProcessorSpec<Data, Result> {
+  queue: QueueName;
+  schema: ZodType<Data>;
+  process(job: Job, data: Data, ctx: JobContext): Promise<Result>;
+}
+
+export interface RunningWorker {
+  queue: QueueName;
+  worker: Worker;
+  /** Stops taking jobs and waits for active ones; after the deadline, lets them go to stalled recovery. */
+  close(deadlineMs: number): Promise<void>;
+}
+
+/**
+ * Starts a BullMQ worker with its own blocking connection. A payload that fails its schema fails
+ * the job at once (no retry) with the reason, and the processor never sees it.
+ */
+export function runWorker<Data, Result>(
+  ctx: OwnedJobContext,
+  spec: ProcessorSpec<Data, Result>,
+  concurrency: number,
+): RunningWorker {
+  const log = ctx.logger.child({ queue: spec.queue });
+  const connection = createWorkerConnection(ctx.config.redis.url);
+  connection.on('error', (err) => log.warn({ err: err.message }, 'Redis connection error'));
+  const worker = new Worker(
+    spec.queue,
+    async (job: Job) => {
+      const parsed = spec.schema.safeParse(job.data);
+      if (!parsed.success) {
+        throw new UnrecoverableError(`invalid ${spec.queue} payload: ${formatZodError(parsed.error)}`);
+      }
+      return spec.process(job, parsed.data, ctx);
+    },
+    { connection, prefix: ctx.prefix, concurrency, name: ctx.processId },
+  );
+  worker.on('failed', (job, err) => {
+    log.warn({ jobId: job?.id, attempt: job?.attemptsMade, err: err.message }, 'job failed');
+  });
+  worker.on('error', (err) => log.error({ err: err.message }, 'worker error'));
+  return {
+    queue: spec.queue,
+    worker,
+    async close(deadlineMs) {
+      let timer: NodeJS.Timeout | undefined;
+      const deadline = new Promise<'deadline'>((resolve) => {
+        timer = setTimeout(() => resolve('deadline'), deadlineMs);
+      });
+      const outcome = await Promise.race([worker.close().then(() => 'closed' as const), deadline]);
+      clearTimeout(timer);
+      if (outcome === 'deadline') {
+        log.warn({ deadlineMs }, 'active jobs did not finish before the deadline; leaving them to stalled-job recovery');
+        await worker.close(true);
+      }
+      await connection.quit().catch(() => connection.disconnect());
+    },
+  };
+}
+
+/** Concurrency of a process type: <TYPE>_CONCURRENCY from the environment, else the config. */
+export function concurrencyFor(type: keyof Config['concurrency'], config: Config, env: NodeJS.ProcessEnv = process.env): number {
+  const fromEnv = env[`${type.toUpperCase()}_CONCURRENCY`];
+  if (fromEnv !== undefined) {
+    const n = Number(fromEnv);
+    if (!Number.isInteger(n) || n < 1) {
+      throw new Error(`${type.toUpperCase()}_CONCURRENCY must be a positive integer, got ${JSON.stringify(fromEnv)}`);
+    }
+    return n;
+  }
+  return config.concurrency[type];
+}

@@ -1,0 +1,82 @@
+import { UnrecoverableError, type Job } from 'bullmq';
+import { isValidVmIp, isValidVmName } from '../pool/types.js';
+import { HEALTH_QUEUE, healthJobDeduplicationId, healthJobOptions, type HealthJobData } from '../../queues/health.js';
+import { SPAWN_QUEUE, spawnJobSchema, type SpawnJobResult } from '../../queues/spawn.js';
+import { TERMINATE_QUEUE, terminateJobOptions, type TerminateJobData } from '../../queues/terminate.js';
+import type { JobContext } from './context.js';
+import type { ProcessorSpec } from './runtime.js';
+import type { z } from 'zod';
+
+type SpawnData = z.output<typeof spawnJobSchema>;
+
+function isFinalAttempt(job: Job): boolean {
+  return job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+}
+
+/** Adds the first health check of a new VM, deduplicated per VM. */
+export async function enqueueHealthCheck(ctx: JobContext, vmName: string): Promise<void> {
+  const data: HealthJobData = { vmName };
+  await ctx.queue(HEALTH_QUEUE).add('health', data, {
+    ...healthJobOptions,
+    deduplication: { id: healthJobDeduplicationId(vmName) },
+  });
+}
+
+/**
+ * Spawns one machine with the group's provider, validates what it returned, adds it to the pool
+ * (got_ip) and enqueues its first health check. A machine that was created but cannot enter the
+ * pool is terminated, so that nothing leaks.
+ */
+async function processSpawn(job: Job, data: SpawnData, ctx: JobContext): Promise<SpawnJobResult> {
+  const { group, spawnId } = data;
+  const groupConfig = ctx.config.groups[group];
+  if (!groupConfig) {
+    await ctx.vmm.finishSpawn(group, spawnId).catch(() => undefined);
+    throw new UnrecoverableError(`unknown group ${group}`);
+  }
+  const log = (line: string) => job.log(line).then(() => undefined);
+  const attempt = `attempt ${job.attemptsMade + 1} of ${job.opts.attempts ?? 1}`;
+  await log(`spawn ${spawnId} in group ${group} (${groupConfig.name}), ${attempt}`);
+  const started = ctx.clock();
+  try {
+    const machine = await ctx.provider(group).spawn({ group: { id: group, config: groupConfig }, spawnId, log });
+    if (!isValidVmName(machine.name) || !isValidVmIp(machine.ip)) {
+      const reason = `provider returned an invalid machine: name ${JSON.stringify(machine.name)}, ip ${JSON.stringify(machine.ip)}`;
+      if (isValidVmName(machine.name)) await requestOrphanTermination(ctx, machine.name, group, null);
+      throw new UnrecoverableError(reason);
+    }
+    try {
+      await ctx.vmm.addVmToPool(machine.ip, machine.name, group);
+    } catch (err) {
+      await log(`could not add ${machine.name} to the pool: ${(err as Error).message}; terminating it`);
+      // A duplicate name means the pool knows a machine of that name: never terminate that one.
+      const known = await ctx.vmm.getVmByName(machine.name).then(
+        () => true,
+        () => false,
+      );
+      if (!known) await requestOrphanTermination(ctx, machine.name, group, machine.ip);
+      throw new UnrecoverableError(`spawned machine ${machine.name} could not enter the pool: ${(err as Error).message}`);
+    }
+    await enqueueHealthCheck(ctx, machine.name);
+    await ctx.vmm.finishSpawn(group, spawnId);
+    await log(`spawned ${machine.name} at ${machine.ip} in ${ctx.clock() - started} ms`);
+    ctx.logger.info({ vmName: machine.name, vmIp: machine.ip, group, spawnId }, 'VM spawned');
+    return { vmName: machine.name, vmIp: machine.ip, group };
+  } catch (err) {
+    await log(`spawn failed (${attempt}): ${(err as Error).message}`);
+    if (err instanceof UnrecoverableError || isFinalAttempt(job)) await ctx.vmm.finishSpawn(group, spawnId);
+    throw err;
+  }
+}
+
+/** Terminates a machine the pool has no record of, through the terminate queue. */
+export async function requestOrphanTermination(ctx: JobContext, vmName: string, group: number, vmIp: string | null): Promise<void> {
+  const data: TerminateJobData = { vmName, reason: 'spawn_failed', orphan: { group, vmIp } };
+  await ctx.queue(TERMINATE_QUEUE).add('terminate', data, { ...terminateJobOptions, jobId: `orphan-${vmName}-${ctx.clock()}` });
+}
+
+export const spawnProcessor: ProcessorSpec<SpawnData, SpawnJobResult> = {
+  queue: SPAWN_QUEUE,
+  schema: spawnJobSchema,
+  process: processSpawn,
+};

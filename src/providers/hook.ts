@@ -1,0 +1,184 @@
+import { spawn } from 'node:child_process';
+import type { Logger } from '../logger.js';
+
+/** A hook command as configured: an argv array, or "path arg arg" split on whitespace. */
+export type CommandLine = string | readonly string[];
+
+/** Turns a configured command into argv. Never goes through a shell. */
+export function toArgv(command: CommandLine): string[] {
+  const argv = typeof command === 'string' ? command.trim().split(/\s+/) : [...command];
+  if (argv.length === 0 || !argv[0]) throw new Error('empty hook command');
+  return argv;
+}
+
+/** Bytes of a hook's output kept in memory (the tail), and lines sent to the job log (the head). */
+export const HOOK_OUTPUT_KEEP_BYTES = 64 * 1024;
+export const HOOK_LOG_MAX_LINES = 1000;
+
+export interface HookRunOptions {
+  argv: readonly string[];
+  /** Added to process.env. */
+  env: Record<string, string>;
+  timeoutMs: number;
+  /** Between SIGTERM and SIGKILL of the process group at the timeout. */
+  killGraceMs: number;
+  logger: Logger;
+  /** What the hook is, for log lines, such as `spawn_cmd`. */
+  label: string;
+  log?: (line: string) => void | Promise<void>;
+  /** Called with each stdout line as it arrives (even past the cap). */
+  onStdoutLine?: (line: string) => void;
+}
+
+export interface HookResult {
+  /** Exit code, or null when killed by a signal. */
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  timedOut: boolean;
+  /** Set when the program could not be started at all. */
+  startError: Error | null;
+  /** The last HOOK_OUTPUT_KEEP_BYTES of stdout. */
+  stdout: string;
+  /** The last lines of stdout and stderr together, for error messages. */
+  tail: string[];
+  truncated: boolean;
+}
+
+/** Short human summary of how a hook ended, such as `exited with code 3` or `timed out after 2s`. */
+export function describeEnd(result: HookResult, timeoutMs: number): string {
+  if (result.startError) return `could not start: ${result.startError.message}`;
+  if (result.timedOut) return `timed out after ${timeoutMs / 1000}s (process group killed)`;
+  if (result.code !== null) return `exited with code ${result.code}`;
+  return `killed by ${result.signal}`;
+}
+
+function killGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    // The group is already gone.
+  }
+}
+
+/**
+ * Runs a hook in its own process group, with the values in its environment. Each output line goes
+ * to the job log and to pino (both capped). At the timeout the whole group gets SIGTERM, then
+ * SIGKILL after the grace. Never rejects.
+ */
+export function runHook(options: HookRunOptions): Promise<HookResult> {
+  const { argv, logger, label } = options;
+  return new Promise((resolve) => {
+    let stdout = '';
+    let truncated = false;
+    let loggedLines = 0;
+    const tail: string[] = [];
+    let timedOut = false;
+    let startError: Error | null = null;
+    let exit: { code: number | null; signal: NodeJS.Signals | null } | null = null;
+    let settled = false;
+    const timers: NodeJS.Timeout[] = [];
+
+    const child = spawn(argv[0]!, argv.slice(1), {
+      env: { ...process.env, ...options.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      // Its own process group, so a timeout kills every process the hook started.
+      detached: true,
+    });
+
+    const emitLine = (stream: 'stdout' | 'stderr', line: string) => {
+      tail.push(line);
+      if (tail.length > 20) tail.shift();
+      if (stream === 'stdout') options.onStdoutLine?.(line);
+      if (loggedLines < HOOK_LOG_MAX_LINES) {
+        loggedLines++;
+        logger.info({ hook: label, stream, pid: child.pid }, line);
+        void Promise.resolve(options.log?.(`${label} ${stream}: ${line}`)).catch(() => {});
+      } else if (loggedLines === HOOK_LOG_MAX_LINES) {
+        loggedLines++;
+        truncated = true;
+        void Promise.resolve(options.log?.(`${label}: output beyond ${HOOK_LOG_MAX_LINES} lines not logged`)).catch(() => {});
+      }
+    };
+
+    const lineSplitter = (stream: 'stdout' | 'stderr') => {
+      let partial = '';
+      return {
+        push(chunk: Buffer) {
+          const text = chunk.toString('utf8');
+          if (stream === 'stdout') {
+            stdout += text;
+            if (stdout.length > HOOK_OUTPUT_KEEP_BYTES) {
+              stdout = stdout.slice(stdout.length - HOOK_OUTPUT_KEEP_BYTES);
+              truncated = true;
+            }
+          }
+          partial += text;
+          // A line longer than the cap is cut, so memory stays bounded.
+          if (partial.length > HOOK_OUTPUT_KEEP_BYTES) partial = partial.slice(partial.length - HOOK_OUTPUT_KEEP_BYTES);
+          const lines = partial.split('\n');
+          partial = lines.pop() ?? '';
+          for (const line of lines) emitLine(stream, line.replace(/\r$/, ''));
+        },
+        flush() {
+          if (partial) emitLine(stream, partial);
+          partial = '';
+        },
+      };
+    };
+    const out = lineSplitter('stdout');
+    const err = lineSplitter('stderr');
+    child.stdout!.on('data', (c: Buffer) => out.push(c));
+    child.stderr!.on('data', (c: Buffer) => err.push(c));
+
+    let killPending = false;
+    const finish = () => {
+      // After a timeout, the group gets its SIGKILL before we return, even if the leader exited.
+      if (settled || killPending) return;
+      settled = true;
+      for (const t of timers) clearTimeout(t);
+      out.flush();
+      err.flush();
+      child.stdout!.destroy();
+      child.stderr!.destroy();
+      resolve({
+        code: exit?.code ?? null,
+        signal: exit?.signal ?? null,
+        timedOut,
+        startError,
+        stdout,
+        tail,
+        truncated,
+      });
+    };
+
+    child.on('error', (e) => {
+      startError = e;
+      finish();
+    });
+    child.on('exit', (code, signal) => {
+      exit = { code, signal };
+      // A process that escaped the group may hold the pipes open: don't wait for it long.
+      timers.push(setTimeout(finish, 1000));
+    });
+    child.on('close', finish);
+
+    timers.push(
+      setTimeout(() => {
+        if (exit || settled || child.pid === undefined) return;
+        timedOut = true;
+        killPending = true;
+        logger.warn({ hook: label, pid: child.pid, timeoutMs: options.timeoutMs }, 'hook timed out, killing its process group');
+        killGroup(child.pid, 'SIGTERM');
+        timers.push(
+          setTimeout(() => {
+            killGroup(child.pid!, 'SIGKILL');
+            killPending = false;
+            if (exit) finish();
+            // Give up on the pipes shortly after SIGKILL.
+            else timers.push(setTimeout(finish, 2000));
+          }, options.killGraceMs),
+        );
+      }, options.timeoutMs),
+    );
+  });
+}
