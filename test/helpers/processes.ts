@@ -1,0 +1,97 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { stringify } from 'yaml';
+
+export const ROOT = resolve(import.meta.dirname, '..', '..');
+
+/** Writes a config object as YAML into a fresh temp dir and returns the file path. */
+export function writeConfigFile(config: unknown): string {
+  const dir = mkdtempSync(join(tmpdir(), 'vmpool-test-'));
+  const path = join(dir, 'vmpool.yaml');
+  writeFileSync(path, stringify(config));
+  return path;
+}
+
+export interface WorkerProcess {
+  type: string;
+  child: ChildProcess;
+  /** Every line the process printed (NDJSON logs), for assertions and failure messages. */
+  lines: string[];
+  /** SIGTERM, then waits for exit; SIGKILL after the deadline. Resolves to the exit code. */
+  stop(deadlineMs?: number): Promise<number | null>;
+  /** SIGKILL at once, as a crash. */
+  kill(): Promise<void>;
+}
+
+/**
+ * Starts a real worker process (`workers/<type>.ts` under tsx) and resolves once it logged that its
+ * worker started.
+ */
+export async function startWorkerProcess(type: string, env: Record<string, string>, startTimeoutMs = 20_000): Promise<WorkerProcess> {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'workers', `${type}.ts`)], {
+    cwd: ROOT,
+    env: { ...process.env, LOG_LEVEL: 'info', VMPOOL_SHUTDOWN_DEADLINE_MS: '5000', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: string[] = [];
+  let buffered = '';
+  const onData = (chunk: Buffer) => {
+    buffered += chunk.toString();
+    const parts = buffered.split('\n');
+    buffered = parts.pop() ?? '';
+    lines.push(...parts.filter(Boolean));
+  };
+  child.stdout!.on('data', onData);
+  child.stderr!.on('data', onData);
+  const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
+  await new Promise<void>((res, rej) => {
+    const timer = setTimeout(() => rej(new Error(`${type} worker did not start in ${startTimeoutMs} ms:\n${lines.join('\n')}`)), startTimeoutMs);
+    const poll = setInterval(() => {
+      if (lines.some((l) => l.includes('"worker started"'))) {
+        clearTimeout(timer);
+        clearInterval(poll);
+        res();
+      }
+    }, 50);
+    void exited.then((code) => {
+      clearTimeout(timer);
+      clearInterval(poll);
+      rej(new Error(`${type} worker exited with ${code} before starting:\n${lines.join('\n')}`));
+    });
+  }).catch((err) => {
+    child.kill('SIGKILL');
+    throw err;
+  });
+  return {
+    type,
+    child,
+    lines,
+    async stop(deadlineMs = 10_000) {
+      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), deadlineMs);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    },
+    async kill() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
+/** Polls until fn returns a truthy value (tests only); fails with the last value after the timeout. */
+export async function waitFor<T>(fn: () => Promise<T> | T, timeoutMs = 20_000, what = 'condition', intervalMs = 100): Promise<NonNullable<T>> {
+  const until = Date.now() + timeoutMs;
+  let last: T | undefined;
+  for (;;) {
+    last = await fn();
+    if (last) return last as NonNullable<T>;
+    if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last value: ${JSON.stringify(last)}`);
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
