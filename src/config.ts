@@ -126,6 +126,8 @@ export const groupConfigSchema = z.strictObject({
   on_lease_expiry: z.enum(['terminate', 'release']).default('terminate'),
   /** Seconds a health check (connect and command) may take. */
   vm_ssh_check_timeout: z.number().positive().default(5),
+  /** Seconds after which a spawn still in flight is taken as lost (its job died) and no longer counted. */
+  vm_spawn_stale_timeout: z.number().positive().default(1800),
   /** How machines are made and destroyed (providers, issue 4). */
   provider: providerConfigSchema.default({ type: 'local', port: 2222, ip_base: 77, spawn_timeout: 20 }),
   /** How a machine's health is checked. */

@@ -1,0 +1,232 @@
+/**
+ * Reconcile decisions (the seed's VmMaster), as pure functions: a snapshot of the pool, the config
+ * and now (epoch ms) go in, actions come out. Nothing here reads Redis or the clock.
+ *
+ * Boundaries follow Copr, whose timeouts compare `time.time() - t > timeout` (strict) and whose
+ * spawn limits block on `>=`:
+ * - dirty timeout, health check period, health check max time, terminating timeout, stale spawn:
+ *   act when the elapsed time is strictly greater than the timeout;
+ * - vm_spawn_min_interval: a spawn may start once the elapsed time is >= the interval;
+ * - reuse_max_count: retire once buildsCount >= the limit; reuse_max_time: once the time bound to
+ *   the owner and sandbox is >= the limit (resalloc: the VM has been used that long).
+ */
+import type { Config, GroupConfig } from '../config.js';
+import { VmStates, type VmRecord, type VmState } from '../pool/types.js';
+import type { TerminationReason } from '../../queues/terminate.js';
+
+/** Why a spawn was requested: to keep the warm pool (`min_ready`) or for waiting acquire requests. */
+export type SpawnReason = 'warm_pool' | 'demand';
+
+export type ReconcileAction =
+  | { type: 'terminate'; vmName: string; allowedPreState: VmState; reason: TerminationReason }
+  | { type: 'enqueueHealth'; vmName: string }
+  | { type: 'markCheckFailed'; vmName: string }
+  | { type: 'removeStaleRecord'; vmName: string }
+  | { type: 'spawn'; group: number; reason: SpawnReason }
+  | { type: 'dropStaleSpawn'; group: number; spawnId: string };
+
+export interface SpawnInFlight {
+  spawnId: string;
+  /** When the spawn was registered (epoch ms). */
+  startedAt: number;
+}
+
+export interface GroupSnapshot {
+  group: number;
+  spawnsInFlight: readonly SpawnInFlight[];
+  /** Acquire requests of this group still waiting. */
+  demand: number;
+  /** Copr's `last_vm_spawn_start` (epoch ms), or null if the group never spawned. */
+  lastSpawnStart: number | null;
+}
+
+export interface PoolSnapshot {
+  /** Every VM of the pool, any group and state. */
+  vms: readonly VmRecord[];
+  /** One entry per configured group. */
+  groups: readonly GroupSnapshot[];
+  /** The last markServerStart (epoch ms), or null. */
+  serverStart: number | null;
+}
+
+export type ReconcileConfig = Pick<Config, 'groups'>;
+
+const ms = (seconds: number) => seconds * 1000;
+
+/** VMs whose group is configured, with that group's config (a VM of a removed group is left alone). */
+function withGroupConfig(snapshot: PoolSnapshot, config: ReconcileConfig, states: readonly VmState[]): [VmRecord, GroupConfig][] {
+  const out: [VmRecord, GroupConfig][] = [];
+  for (const vm of snapshot.vms) {
+    const g = config.groups[vm.group];
+    if (g && states.includes(vm.state)) out.push([vm, g]);
+  }
+  return out;
+}
+
+/**
+ * removeOldDirtyVms: a `ready` VM bound to a user is terminated when it was not re-acquired within
+ * vm_dirty_terminating_timeout of its last release (Copr), or when it reached a reuse limit
+ * (resalloc's reuse_max_count / reuse_max_time). VMs in use are never interrupted.
+ */
+export function decideRemoveOldDirtyVms(snapshot: PoolSnapshot, config: ReconcileConfig, now: number): ReconcileAction[] {
+  const actions: ReconcileAction[] = [];
+  for (const [vm, g] of withGroupConfig(snapshot, config, [VmStates.READY])) {
+    if (vm.boundToUser === null) continue;
+    let reason: TerminationReason | null = null;
+    if (vm.lastRelease !== null && now - vm.lastRelease > ms(g.vm_dirty_terminating_timeout)) {
+      reason = 'dirty_timeout';
+    } else if (g.reuse_max_count > 0 && vm.buildsCount >= g.reuse_max_count) {
+      reason = 'reuse_limit';
+    } else if (g.reuse_max_time > 0 && vm.boundSince !== null && now - vm.boundSince >= ms(g.reuse_max_time)) {
+      reason = 'reuse_limit';
+    }
+    if (reason) actions.push({ type: 'terminate', vmName: vm.vmName, allowedPreState: VmStates.READY, reason });
+  }
+  return actions;
+}
+
+const HEALTH_CHECKED_STATES: readonly VmState[] = [
+  VmStates.GOT_IP,
+  VmStates.READY,
+  VmStates.IN_USE,
+  VmStates.CHECK_HEALTH_FAILED,
+];
+
+/**
+ * checkVmsHealth: a health job for every VM in got_ip, ready, in_use or check_health_failed that
+ * was never checked or whose last check is older than vm_health_check_period (Copr). Also a ready
+ * VM last checked before the server start: acquire does not hand it out until it is checked again,
+ * so it would otherwise sit unusable for a whole period after a restart.
+ */
+export function decideCheckVmsHealth(snapshot: PoolSnapshot, config: ReconcileConfig, now: number): ReconcileAction[] {
+  const actions: ReconcileAction[] = [];
+  for (const [vm, g] of withGroupConfig(snapshot, config, HEALTH_CHECKED_STATES)) {
+    const last = vm.lastHealthCheck;
+    const due =
+      last === null ||
+      now - last > ms(g.vm_health_check_period) ||
+      (vm.state === VmStates.READY && snapshot.serverStart !== null && last < snapshot.serverStart);
+    if (due) actions.push({ type: 'enqueueHealth', vmName: vm.vmName });
+  }
+  return actions;
+}
+
+/**
+ * finalizeLongHealthChecks: a VM still in check_health longer than vm_health_check_max_time after
+ * its check started (a checker that died) is marked failed. A missing start time counts as 0 (Copr).
+ */
+export function decideFinalizeLongHealthChecks(snapshot: PoolSnapshot, config: ReconcileConfig, now: number): ReconcileAction[] {
+  const actions: ReconcileAction[] = [];
+  for (const [vm, g] of withGroupConfig(snapshot, config, [VmStates.CHECK_HEALTH])) {
+    if (now - (vm.lastHealthCheck ?? 0) > ms(g.vm_health_check_max_time)) {
+      actions.push({ type: 'markCheckFailed', vmName: vm.vmName });
+    }
+  }
+  return actions;
+}
+
+/**
+ * terminateAgain: a VM terminating for longer than vm_terminating_timeout gets its termination
+ * requested again. If another pool VM has the same IP, the machine is gone (the provider reused its
+ * address), so only the stale record is removed. Records are taken in name order and a removed one
+ * no longer counts, as in Copr's sequential loop: of two stale records sharing an IP, one is
+ * removed and the other terminated again.
+ */
+export function decideTerminateAgain(snapshot: PoolSnapshot, config: ReconcileConfig, now: number): ReconcileAction[] {
+  const actions: ReconcileAction[] = [];
+  const removed = new Set<string>();
+  const namesByIp = new Map<string, string[]>();
+  for (const vm of snapshot.vms) {
+    const names = namesByIp.get(vm.vmIp) ?? [];
+    names.push(vm.vmName);
+    namesByIp.set(vm.vmIp, names);
+  }
+  const candidates = withGroupConfig(snapshot, config, [VmStates.TERMINATING]).sort(([a], [b]) => a.vmName.localeCompare(b.vmName));
+  for (const [vm, g] of candidates) {
+    if (now - (vm.terminatingSince ?? 0) <= ms(g.vm_terminating_timeout)) continue;
+    const others = (namesByIp.get(vm.vmIp) ?? []).filter((n) => n !== vm.vmName && !removed.has(n));
+    if (others.length > 0) {
+      removed.add(vm.vmName);
+      actions.push({ type: 'removeStaleRecord', vmName: vm.vmName });
+    } else {
+      actions.push({ type: 'terminate', vmName: vm.vmName, allowedPreState: VmStates.TERMINATING, reason: 'terminate_again' });
+    }
+  }
+  return actions;
+}
+
+/** The figures startSpawnIfRequired decides on, per group (also logged). */
+export interface SpawnFigures {
+  group: number;
+  /** VMs not terminating and not check_health_failed. */
+  active: number;
+  /** Every VM of the group, any state. */
+  all: number;
+  /** Spawns in flight that are not stale. */
+  inFlight: number;
+  /** Clean ready VMs, plus unbound VMs on their way to ready (got_ip, check_health), plus spawns in flight. */
+  comingSupply: number;
+  /** min_ready plus waiting acquire requests. */
+  wanted: number;
+}
+
+export function spawnFigures(snapshot: PoolSnapshot, config: ReconcileConfig, group: GroupSnapshot, now: number): SpawnFigures {
+  const g = config.groups[group.group]!;
+  const vms = snapshot.vms.filter((vm) => vm.group === group.group);
+  const inFlight = group.spawnsInFlight.filter((s) => now - s.startedAt <= ms(g.vm_spawn_stale_timeout)).length;
+  const active = vms.filter((vm) => vm.state !== VmStates.TERMINATING && vm.state !== VmStates.CHECK_HEALTH_FAILED).length;
+  const coming = vms.filter(
+    (vm) =>
+      vm.boundToUser === null &&
+      (vm.state === VmStates.READY || vm.state === VmStates.GOT_IP || vm.state === VmStates.CHECK_HEALTH),
+  ).length;
+  return {
+    group: group.group,
+    active,
+    all: vms.length,
+    inFlight,
+    comingSupply: coming + inFlight,
+    wanted: g.min_ready + Math.max(0, group.demand),
+  };
+}
+
+/**
+ * startSpawnIfRequired, per group. Spawns in flight older than vm_spawn_stale_timeout are dropped
+ * (their job died). Then a spawn starts while Copr's limits all hold:
+ * - active VMs + spawns in flight < max_vm_total;
+ * - spawns in flight < max_spawn_processes;
+ * - now - last spawn start >= vm_spawn_min_interval;
+ * - all VMs of the group < 2 × max_vm_total;
+ * and, beyond Copr, while the coming supply is below min_ready + demand (Copr spawned blindly up
+ * to max_vm_total). A spawn counts as the last spawn start, so with an interval above 0 at most one
+ * spawn per group starts per cycle; with 0, several may start, up to the limits.
+ */
+export function decideStartSpawnIfRequired(snapshot: PoolSnapshot, config: ReconcileConfig, now: number): ReconcileAction[] {
+  const actions: ReconcileAction[] = [];
+  for (const group of snapshot.groups) {
+    const g = config.groups[group.group];
+    if (!g) continue;
+    for (const s of group.spawnsInFlight) {
+      if (now - s.startedAt > ms(g.vm_spawn_stale_timeout)) {
+        actions.push({ type: 'dropStaleSpawn', group: group.group, spawnId: s.spawnId });
+      }
+    }
+    const f = spawnFigures(snapshot, config, group, now);
+    let { inFlight, comingSupply } = f;
+    let lastStart = group.lastSpawnStart;
+    for (;;) {
+      if (f.active + inFlight >= g.max_vm_total) break;
+      if (inFlight >= g.max_spawn_processes) break;
+      if (lastStart !== null && now - lastStart < ms(g.vm_spawn_min_interval)) break;
+      if (f.all >= 2 * g.max_vm_total) break;
+      if (comingSupply >= f.wanted) break;
+      // Clean ready VMs and VMs on their way count first against the warm pool.
+      const reason: SpawnReason = comingSupply < g.min_ready ? 'warm_pool' : 'demand';
+      actions.push({ type: 'spawn', group: group.group, reason });
+      inFlight += 1;
+      comingSupply += 1;
+      lastStart = now;
+    }
+  }
+  return actions;
+}

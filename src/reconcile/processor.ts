@@ -1,0 +1,41 @@
+import { UnrecoverableError, type Job, type Queue } from 'bullmq';
+import type { Config } from '../config.js';
+import type { JobContext } from '../jobs/context.js';
+import { formatZodError } from '../jobs/errors.js';
+import type { ProcessorSpec } from '../jobs/runtime.js';
+import { RECONCILE_QUEUE, RECONCILE_SCHEDULER_ID, reconcileJobOptions, reconcileJobSchema } from '../../queues/reconcile.js';
+import { VmMaster, type CycleReport } from './vmMaster.js';
+
+export const RECONCILE_JOB_NAME = 'reconcile';
+
+/** Runs one reconcile cycle for a vm-reconcile job. */
+export async function processReconcileJob(job: Job, ctx: JobContext): Promise<CycleReport> {
+  const parsed = reconcileJobSchema.safeParse(job.data ?? {});
+  if (!parsed.success) throw new UnrecoverableError(`invalid ${RECONCILE_QUEUE} payload: ${formatZodError(parsed.error)}`);
+  const master = new VmMaster(ctx.vmm, { queue: (name) => ctx.queue(name) });
+  const report = await master.doCycle();
+  if (!report.ran) await job.log('another reconcile cycle held the lock; nothing done');
+  return report;
+}
+
+/** The vm-reconcile processor in the worker runtime's shape. */
+export const reconcileProcessor: ProcessorSpec<unknown, CycleReport> = {
+  queue: RECONCILE_QUEUE,
+  schema: reconcileJobSchema,
+  process: (job, _data, ctx) => processReconcileJob(job, ctx),
+};
+
+/**
+ * Sets up the reconcile schedule: one job every vm_cycle_timeout, and a global concurrency of 1 on
+ * the queue, so that however many reconcile workers run, only one job is active at a time. A worker
+ * that dies mid-cycle leaves its job active until BullMQ's stalled-job check takes it back; the
+ * cycle lock inside doCycle also expires. Idempotent: every replica may call it at start.
+ */
+export async function ensureReconcileScheduler(queue: Queue, config: Pick<Config, 'vm_cycle_timeout'>): Promise<void> {
+  await queue.setGlobalConcurrency(1);
+  await queue.upsertJobScheduler(
+    RECONCILE_SCHEDULER_ID,
+    { every: Math.max(1, Math.round(config.vm_cycle_timeout * 1000)) },
+    { name: RECONCILE_JOB_NAME, data: {}, opts: reconcileJobOptions },
+  );
+}

@@ -1,0 +1,292 @@
+import { randomBytes } from 'node:crypto';
+import { Queue } from 'bullmq';
+import type { Logger } from '../logger.js';
+import { VmDescriptorNotFound, VmError } from '../pool/types.js';
+import type { VmManager } from '../pool/vmManager.js';
+import { HEALTH_QUEUE, healthJobDeduplicationId, healthJobOptions, type HealthJobData } from '../../queues/health.js';
+import type { QueueName } from '../../queues/names.js';
+import { SPAWN_QUEUE, spawnJobId, spawnJobOptions, type SpawnJobData } from '../../queues/spawn.js';
+import { CycleLock } from './cycleLock.js';
+import {
+  decideCheckVmsHealth,
+  decideFinalizeLongHealthChecks,
+  decideRemoveOldDirtyVms,
+  decideStartSpawnIfRequired,
+  decideTerminateAgain,
+  spawnFigures,
+  type GroupSnapshot,
+  type PoolSnapshot,
+  type ReconcileAction,
+} from './decisions.js';
+
+/** Copr's per-group pool info key for the last spawn start (epoch ms). */
+export const LAST_VM_SPAWN_START = 'last_vm_spawn_start';
+
+export const DEFAULT_CYCLE_LOCK_TTL_MS = 30_000;
+
+export interface VmMasterOptions {
+  /**
+   * Queue handles to add spawn and health jobs to (a JobContext's `queue`). Without it, VmMaster
+   * opens its own on vmm.redis and vmm.prefix, and close() closes them.
+   */
+  queue?: (name: QueueName) => Queue;
+  /** Expiry of the cycle lock; a replica that dies mid-cycle holds it at most this long. */
+  cycleLockTtlMs?: number;
+}
+
+export const CYCLE_STEPS = [
+  'reclaimExpiredLeases',
+  'removeOldDirtyVms',
+  'checkVmsHealth',
+  'startSpawnIfRequired',
+  'finalizeLongHealthChecks',
+  'terminateAgain',
+] as const;
+export type CycleStep = (typeof CYCLE_STEPS)[number];
+
+export interface CycleReport {
+  /** False when another cycle held the lock (nothing was done). */
+  ran: boolean;
+  /** Actions applied per step. */
+  counts: Record<CycleStep, number>;
+  /** Steps not run because the lock was lost mid-cycle. */
+  skipped: CycleStep[];
+}
+
+/** What a lease expiry did to one VM (VmManager.expireLeases). */
+export interface ExpiredLease {
+  vmName: string;
+  action: string;
+}
+
+type LeaseExpirer = { expireLeases?: () => Promise<ExpiredLease[]> };
+
+/** The lock key of reconcile cycles: one per pool, beside the pool's keys. */
+export function cycleLockKey(vmm: VmManager): string {
+  return `${vmm.keys.base}reconcile_lock`;
+}
+
+/**
+ * The seed's VmMaster: each step reads a snapshot of the pool, asks a pure decision function
+ * (decisions.ts) what to do, and applies the actions through the pool's atomic scripts and queues.
+ * doCycle runs every step under a Redis lock, so that only one cycle runs at a time across replicas.
+ */
+export class VmMaster {
+  private readonly logger: Logger;
+  private readonly ownQueues = new Map<QueueName, Queue>();
+  private readonly lock: CycleLock;
+
+  constructor(
+    readonly vmm: VmManager,
+    private readonly options: VmMasterOptions = {},
+  ) {
+    this.logger = vmm.logger.child({ component: 'reconcile' });
+    this.lock = new CycleLock(vmm.redis, cycleLockKey(vmm), options.cycleLockTtlMs ?? DEFAULT_CYCLE_LOCK_TTL_MS);
+  }
+
+  private queue(name: QueueName): Queue {
+    if (this.options.queue) return this.options.queue(name);
+    let q = this.ownQueues.get(name);
+    if (!q) {
+      q = new Queue(name, { connection: this.vmm.redis, prefix: this.vmm.prefix });
+      q.on('error', (err) => this.logger.warn({ err: err.message, queue: name }, 'queue error'));
+      this.ownQueues.set(name, q);
+    }
+    return q;
+  }
+
+  /** Reads what the decisions need: every VM record, and per group spawns in flight, demand and last spawn start. */
+  async readSnapshot(): Promise<PoolSnapshot> {
+    const vmm = this.vmm;
+    const [vms, serverStart, groups] = await Promise.all([
+      vmm.getAllVmRecords(),
+      vmm.getServerStart(),
+      Promise.all(
+        vmm.vmGroups.map(async (group): Promise<GroupSnapshot> => {
+          const [spawnsInFlight, demand, last] = await Promise.all([
+            vmm.getSpawnsInFlight(group),
+            vmm.countDemand(group),
+            vmm.readVmPoolInfo(group, LAST_VM_SPAWN_START),
+          ]);
+          const lastSpawnStart = last === null || last === '' || !Number.isFinite(Number(last)) ? null : Number(last);
+          return { group, spawnsInFlight, demand, lastSpawnStart };
+        }),
+      ),
+    ]);
+    return { vms, groups, serverStart };
+  }
+
+  /** Terminates dirty VMs not re-acquired within vm_dirty_terminating_timeout, or past a reuse limit. */
+  async removeOldDirtyVms(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
+    const s = snapshot ?? (await this.readSnapshot());
+    return this.apply('removeOldDirtyVms', decideRemoveOldDirtyVms(s, this.vmm.config, this.vmm.clock()));
+  }
+
+  /** Enqueues a health job (at most one pending per VM) for every VM due for a check. */
+  async checkVmsHealth(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
+    const s = snapshot ?? (await this.readSnapshot());
+    return this.apply('checkVmsHealth', decideCheckVmsHealth(s, this.vmm.config, this.vmm.clock()));
+  }
+
+  /** Marks VMs stuck in check_health past vm_health_check_max_time as failed. */
+  async finalizeLongHealthChecks(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
+    const s = snapshot ?? (await this.readSnapshot());
+    return this.apply('finalizeLongHealthChecks', decideFinalizeLongHealthChecks(s, this.vmm.config, this.vmm.clock()));
+  }
+
+  /** Requests termination again of VMs terminating past vm_terminating_timeout (or removes a stale record). */
+  async terminateAgain(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
+    const s = snapshot ?? (await this.readSnapshot());
+    return this.apply('terminateAgain', decideTerminateAgain(s, this.vmm.config, this.vmm.clock()));
+  }
+
+  /** Drops stale spawns in flight and starts spawns for the warm pool and demand, within Copr's limits. */
+  async startSpawnIfRequired(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
+    const s = snapshot ?? (await this.readSnapshot());
+    const now = this.vmm.clock();
+    const actions = decideStartSpawnIfRequired(s, this.vmm.config, now);
+    if (actions.length > 0) {
+      const figures = s.groups.filter((g) => this.vmm.config.groups[g.group]).map((g) => spawnFigures(s, this.vmm.config, g, now));
+      this.logger.debug({ figures }, 'spawn figures');
+    }
+    return this.apply('startSpawnIfRequired', actions);
+  }
+
+  /** Hands VMs whose lease lapsed to on_lease_expiry (VmManager.expireLeases). */
+  async reclaimExpiredLeases(): Promise<ExpiredLease[]> {
+    const vmm = this.vmm as VmManager & LeaseExpirer;
+    if (typeof vmm.expireLeases !== 'function') return [];
+    const expired = await vmm.expireLeases();
+    for (const e of expired) this.logger.info({ vmName: e.vmName, action: e.action }, 'lease expired');
+    return expired;
+  }
+
+  /**
+   * One reconcile cycle, Copr's order: reclaim expired leases, remove old dirty VMs, check health,
+   * spawn, finalize long health checks, terminate again. Runs under the cycle lock and returns
+   * `ran: false` at once if another cycle holds it. Every step runs even if one fails; the errors
+   * are then thrown together.
+   */
+  async doCycle(): Promise<CycleReport> {
+    const counts = Object.fromEntries(CYCLE_STEPS.map((s) => [s, 0])) as Record<CycleStep, number>;
+    const started = this.vmm.clock();
+    const errors: unknown[] = [];
+    const skipped: CycleStep[] = [];
+    const outcome = await this.lock.run(async (lost) => {
+      let snapshot: PoolSnapshot | undefined;
+      for (const step of CYCLE_STEPS) {
+        if (lost()) {
+          skipped.push(step);
+          continue;
+        }
+        try {
+          if (step === 'reclaimExpiredLeases') {
+            counts[step] = (await this.reclaimExpiredLeases()).length;
+            if (counts[step] > 0) snapshot = undefined;
+            continue;
+          }
+          // A step that changed nothing leaves the snapshot valid for the next one.
+          snapshot ??= await this.readSnapshot();
+          const applied = await this[step](snapshot);
+          counts[step] = applied.length;
+          if (applied.length > 0) snapshot = undefined;
+        } catch (err) {
+          snapshot = undefined;
+          errors.push(err);
+          this.logger.error({ err, step }, 'reconcile step failed');
+        }
+      }
+    });
+    if (!outcome.acquired) {
+      this.logger.debug('another reconcile cycle is running; skipped');
+      return { ran: false, counts, skipped: [...CYCLE_STEPS] };
+    }
+    const level = skipped.length > 0 || errors.length > 0 ? 'warn' : 'info';
+    this.logger[level]({ counts, skipped, errors: errors.length, durationMs: this.vmm.clock() - started }, 'reconcile cycle');
+    if (errors.length > 0) throw new AggregateError(errors, `reconcile cycle: ${errors.length} step(s) failed`);
+    return { ran: true, counts, skipped };
+  }
+
+  /**
+   * Applies the actions of one step. A VM that vanished or changed state since the snapshot is a
+   * normal race (the scripts re-check the state) and is skipped; other errors fail the step after
+   * the remaining actions ran. Returns the actions that were applied.
+   */
+  private async apply(step: CycleStep, actions: ReconcileAction[]): Promise<ReconcileAction[]> {
+    const applied: ReconcileAction[] = [];
+    const errors: unknown[] = [];
+    for (const action of actions) {
+      try {
+        if (await this.applyOne(action)) applied.push(action);
+      } catch (err) {
+        if (err instanceof VmDescriptorNotFound || (err instanceof VmError && action.type === 'removeStaleRecord')) {
+          this.logger.debug({ action, err: (err as Error).message }, 'VM changed since the snapshot; skipped');
+          continue;
+        }
+        errors.push(err);
+        this.logger.error({ err, action, step }, 'reconcile action failed');
+      }
+    }
+    if (errors.length > 0) throw new AggregateError(errors, `${step}: ${errors.length} action(s) failed`);
+    return applied;
+  }
+
+  private async applyOne(action: ReconcileAction): Promise<boolean> {
+    const vmm = this.vmm;
+    switch (action.type) {
+      case 'terminate': {
+        const acted = await vmm.startVmTermination(action.vmName, action.allowedPreState, action.reason);
+        if (acted) this.logger.info({ vmName: action.vmName, reason: action.reason }, 'reconcile: termination requested');
+        return acted;
+      }
+      case 'enqueueHealth': {
+        const data: HealthJobData = { vmName: action.vmName };
+        await this.queue(HEALTH_QUEUE).add('health', data, {
+          ...healthJobOptions,
+          deduplication: { id: healthJobDeduplicationId(action.vmName) },
+        });
+        return true;
+      }
+      case 'markCheckFailed': {
+        const marked = await vmm.markVmCheckFailed(action.vmName);
+        if (marked) this.logger.warn({ vmName: action.vmName }, 'reconcile: health check took too long; marked failed');
+        return marked;
+      }
+      case 'removeStaleRecord':
+        await vmm.removeVmFromPool(action.vmName);
+        this.logger.info({ vmName: action.vmName }, 'reconcile: stale terminating record removed (its IP belongs to another VM)');
+        return true;
+      case 'dropStaleSpawn':
+        await vmm.finishSpawn(action.group, action.spawnId);
+        this.logger.warn({ group: action.group, spawnId: action.spawnId }, 'reconcile: stale spawn dropped');
+        return true;
+      case 'spawn':
+        await this.startSpawn(action.group, action.reason);
+        return true;
+    }
+  }
+
+  /** Registers the spawn in flight, records the spawn start, then adds the spawn job. */
+  private async startSpawn(group: number, reason: string): Promise<void> {
+    const now = this.vmm.clock();
+    const spawnId = `g${group}-${now}-${randomBytes(4).toString('hex')}`;
+    await this.vmm.registerSpawn(group, spawnId);
+    await this.vmm.writeVmPoolInfo(group, LAST_VM_SPAWN_START, now);
+    const data: SpawnJobData = { group, spawnId, reason };
+    try {
+      await this.queue(SPAWN_QUEUE).add('spawn', data, { ...spawnJobOptions, jobId: spawnJobId(spawnId) });
+    } catch (err) {
+      // No job will finish this spawn: do not let it hold a slot until it goes stale.
+      await this.vmm.finishSpawn(group, spawnId).catch(() => undefined);
+      throw err;
+    }
+    this.logger.info({ group, spawnId, reason }, 'reconcile: spawn requested');
+  }
+
+  /** Closes the queue handles VmMaster opened itself (not the manager, not injected queues). */
+  async close(): Promise<void> {
+    const queues = [...this.ownQueues.values()];
+    this.ownQueues.clear();
+    await Promise.all(queues.map((q) => q.close()));
+  }
+}
