@@ -14,3 +14,8 @@ export {
 export type { VmDescriptor, VmState } from './pool/types.js';
 export { createLogger } from './logger.js';
 export { QueueNames, ALL_QUEUE_NAMES } from '../queues/names.js';
+export { createProvider, CommandProvider, LocalProvider, ProviderError, decideOrphans, parseSpawnOutput, parseListOutput } from './providers/index.js';
+export type { Provider, ProviderDeps, ProviderGroup, ProviderMachine, SpawnRequest, SpawnedMachine, TerminateRequest, OrphanPoolVm, OrphanDecision, OrphanInput } from './providers/index.js';
+export { createHealthCheck, SshHealthCheck, TcpHealthCheck, CommandHealthCheck } from './health/index.js';
+export type { HealthCheck, HealthCheckResult, HealthCheckTarget } from './health/index.js';
+export type { ProviderConfig, CheckConfig } from './config.js';

@@ -28,6 +28,8 @@ export interface HookRunOptions {
   log?: (line: string) => void | Promise<void>;
   /** Called with each stdout line as it arrives (even past the cap). */
   onStdoutLine?: (line: string) => void;
+  /** Bytes of stdout kept (the tail); default HOOK_OUTPUT_KEEP_BYTES. */
+  keepBytes?: number;
 }
 
 export interface HookResult {
@@ -41,6 +43,7 @@ export interface HookResult {
   stdout: string;
   /** The last lines of stdout and stderr together, for error messages. */
   tail: string[];
+  /** Stdout was longer than what was kept. */
   truncated: boolean;
 }
 
@@ -67,6 +70,7 @@ function killGroup(pid: number, signal: NodeJS.Signals): void {
  */
 export function runHook(options: HookRunOptions): Promise<HookResult> {
   const { argv, logger, label } = options;
+  const keepBytes = options.keepBytes ?? HOOK_OUTPUT_KEEP_BYTES;
   return new Promise((resolve) => {
     let stdout = '';
     let truncated = false;
@@ -95,7 +99,6 @@ export function runHook(options: HookRunOptions): Promise<HookResult> {
         void Promise.resolve(options.log?.(`${label} ${stream}: ${line}`)).catch(() => {});
       } else if (loggedLines === HOOK_LOG_MAX_LINES) {
         loggedLines++;
-        truncated = true;
         void Promise.resolve(options.log?.(`${label}: output beyond ${HOOK_LOG_MAX_LINES} lines not logged`)).catch(() => {});
       }
     };
@@ -107,8 +110,8 @@ export function runHook(options: HookRunOptions): Promise<HookResult> {
           const text = chunk.toString('utf8');
           if (stream === 'stdout') {
             stdout += text;
-            if (stdout.length > HOOK_OUTPUT_KEEP_BYTES) {
-              stdout = stdout.slice(stdout.length - HOOK_OUTPUT_KEEP_BYTES);
+            if (stdout.length > keepBytes) {
+              stdout = stdout.slice(stdout.length - keepBytes);
               truncated = true;
             }
           }

@@ -1,0 +1,66 @@
+import { join } from 'node:path';
+import { localClientKeyPath, defaultLocalStateDir } from '../providers/local.js';
+import type { Provider, ProviderDeps, ProviderGroup } from '../providers/types.js';
+import { CommandHealthCheck } from './command.js';
+import { defaultKnownVmsPath, SshHealthCheck } from './ssh.js';
+import { TcpHealthCheck } from './tcp.js';
+import type { HealthCheck, HealthCheckResult, HealthCheckTarget } from './types.js';
+
+export type { HealthCheck, HealthCheckResult, HealthCheckTarget } from './types.js';
+export { SshHealthCheck, lookupKnownVm, lookupKnownHosts, defaultKnownVmsPath } from './ssh.js';
+export { TcpHealthCheck } from './tcp.js';
+export { CommandHealthCheck } from './command.js';
+
+/** Check `provider`: the provider's own check method answers. */
+class ProviderHealthCheck implements HealthCheck {
+  readonly type = 'provider';
+  constructor(private readonly provider: Provider) {}
+
+  async check(target: HealthCheckTarget, { timeoutMs }: { timeoutMs: number }): Promise<HealthCheckResult> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<HealthCheckResult>((resolve) => {
+      timer = setTimeout(() => resolve({ ok: false, detail: `provider check timed out after ${timeoutMs / 1000}s` }), timeoutMs);
+    });
+    const run = this.provider.check!(target).then(
+      (ok) => ({ ok, detail: `provider check: ${ok ? 'healthy' : 'unhealthy'}` }),
+      (err: Error) => ({ ok: false, detail: `provider check failed: ${err.message}` }),
+    );
+    try {
+      return await Promise.race([run, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+/**
+ * The health check of a group, from its `check` config. For the ssh check of a group on the local
+ * provider, the port, key and known-VMs file default to the local provider's.
+ */
+export function createHealthCheck(group: ProviderGroup, deps: ProviderDeps & { provider?: Provider }): HealthCheck {
+  const check = group.config.check;
+  const provider = group.config.provider;
+  switch (check.type) {
+    case 'ssh': {
+      const localDir = provider.type === 'local' ? (provider.state_dir ?? defaultLocalStateDir()) : null;
+      const privateKeyPath = check.private_key ?? (localDir ? localClientKeyPath(localDir) : null);
+      if (!privateKeyPath) throw new Error(`group ${group.config.name}: check.private_key is required for the ssh check`);
+      const knownHostsPath = check.known_hosts ?? (localDir ? join(localDir, 'known_vms') : defaultKnownVmsPath());
+      return new SshHealthCheck({
+        user: check.user,
+        privateKeyPath,
+        port: check.port ?? (provider.type === 'local' ? provider.port : 22),
+        hostKeyPolicy: check.host_key_policy,
+        knownHostsPath,
+      });
+    }
+    case 'tcp':
+      return new TcpHealthCheck(check.port);
+    case 'command':
+      return new CommandHealthCheck(check.cmd, check.env, deps.logger.child({ group: group.config.name }));
+    case 'provider': {
+      if (!deps.provider?.check) throw new Error(`group ${group.config.name}: check type "provider" needs a provider with a check method (${provider.type} has none)`);
+      return new ProviderHealthCheck(deps.provider);
+    }
+  }
+}

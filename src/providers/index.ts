@@ -1,0 +1,20 @@
+import { CommandProvider } from './command.js';
+import { LocalProvider } from './local.js';
+import type { Provider, ProviderDeps, ProviderGroup } from './types.js';
+
+export type * from './types.js';
+export { CommandProvider, ProviderError, parseSpawnOutput, parseListOutput, hookEnv } from './command.js';
+export { LocalProvider, defaultLocalStateDir, localClientKeyPath } from './local.js';
+export { decideOrphans } from './orphans.js';
+export type { OrphanPoolVm, OrphanDecision, OrphanInput } from './orphans.js';
+
+/** The provider of a group, from its `provider` config (default: local). */
+export function createProvider(group: ProviderGroup, deps: ProviderDeps): Provider {
+  const config = group.config.provider;
+  switch (config.type) {
+    case 'local':
+      return new LocalProvider(config, deps);
+    case 'command':
+      return new CommandProvider(config, deps);
+  }
+}

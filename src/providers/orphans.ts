@@ -1,0 +1,98 @@
+import { VmStates, type VmState } from '../pool/types.js';
+import type { ProviderMachine } from './types.js';
+
+/** A pool VM as the leak check needs it. */
+export interface OrphanPoolVm {
+  name: string;
+  ip: string;
+  state: VmState;
+  group: number;
+  /** Epoch ms when it entered the pool, when known. */
+  addedAt?: number | null;
+}
+
+export interface OrphanInput {
+  /** The group whose provider produced `machines`. */
+  group: number;
+  /** Pool VMs of every group: a machine is known if any of them has its name. */
+  poolVms: readonly OrphanPoolVm[];
+  /** The provider's list for this group. */
+  machines: readonly ProviderMachine[];
+  /** Unknown machines of the previous pass: name -> epoch ms first seen. */
+  previousUnknown: ReadonlyMap<string, number>;
+  now: number;
+  /** orphan_grace_period, in ms. */
+  graceMs: number;
+}
+
+export interface OrphanDecision {
+  /** Machines the pool does not know, seen on two passes in a row and older than the grace: terminate. */
+  terminateMachines: ProviderMachine[];
+  /** Pool VMs (of this group) the provider no longer has: mark and terminate, so the record goes away. */
+  terminateVms: OrphanPoolVm[];
+  /** Unknown machines now, name -> first seen: the next pass's previousUnknown. */
+  unknown: Map<string, number>;
+  counts: {
+    machines: number;
+    poolVms: number;
+    unknown: number;
+    unknownTerminated: number;
+    unknownWaiting: number;
+    missing: number;
+    missingSkipped: number;
+  };
+}
+
+/**
+ * The leak and orphan pass (nodepool's leak cleanup, resalloc's cmd_list, Copr's cleanup_vm_nova),
+ * as a pure function of the pool, the provider's list and the previous pass.
+ *
+ * - An unknown machine is terminated only when it was unknown on the previous pass too and is older
+ *   than the grace (by its created_at, else by when we first saw it): a spawn in flight has a machine
+ *   before the pool has its record, and a single pass can race with it.
+ * - A pool VM missing from the list is terminated, except one already terminating, or one in got_ip
+ *   that entered the pool within the grace (or at an unknown time): the list may predate it.
+ */
+export function decideOrphans(input: OrphanInput): OrphanDecision {
+  const { now, graceMs } = input;
+  const knownNames = new Set(input.poolVms.map((v) => v.name));
+  const listed = new Set(input.machines.map((m) => m.name));
+
+  const unknown = new Map<string, number>();
+  const terminateMachines: ProviderMachine[] = [];
+  let unknownWaiting = 0;
+  for (const machine of input.machines) {
+    if (knownNames.has(machine.name) || unknown.has(machine.name)) continue;
+    const previous = input.previousUnknown.get(machine.name);
+    const firstSeen = previous ?? now;
+    unknown.set(machine.name, firstSeen);
+    const bornAt = machine.createdAt ?? firstSeen;
+    if (previous !== undefined && now - bornAt >= graceMs) terminateMachines.push(machine);
+    else unknownWaiting++;
+  }
+
+  const groupVms = input.poolVms.filter((v) => v.group === input.group);
+  const terminateVms: OrphanPoolVm[] = [];
+  let missingSkipped = 0;
+  for (const vm of groupVms) {
+    if (listed.has(vm.name)) continue;
+    const young = vm.state === VmStates.GOT_IP && (vm.addedAt == null || now - vm.addedAt < graceMs);
+    if (vm.state === VmStates.TERMINATING || young) missingSkipped++;
+    else terminateVms.push(vm);
+  }
+
+  return {
+    terminateMachines,
+    terminateVms,
+    unknown,
+    counts: {
+      machines: input.machines.length,
+      poolVms: groupVms.length,
+      unknown: unknown.size,
+      unknownTerminated: terminateMachines.length,
+      unknownWaiting,
+      missing: terminateVms.length + missingSkipped,
+      missingSkipped,
+    },
+  };
+}
