@@ -53,6 +53,11 @@ export type ReconcileConfig = Pick<Config, 'groups'>;
 
 const ms = (seconds: number) => seconds * 1000;
 
+/** An operator holds the VM out of acquisition (hold/unhold): reconcile neither retires nor counts it. */
+function isHeld(vm: VmRecord): boolean {
+  return ((vm as { heldBy?: string | null }).heldBy ?? null) !== null;
+}
+
 /** VMs whose group is configured, with that group's config (a VM of a removed group is left alone). */
 function withGroupConfig(snapshot: PoolSnapshot, config: ReconcileConfig, states: readonly VmState[]): [VmRecord, GroupConfig][] {
   const out: [VmRecord, GroupConfig][] = [];
@@ -66,12 +71,12 @@ function withGroupConfig(snapshot: PoolSnapshot, config: ReconcileConfig, states
 /**
  * removeOldDirtyVms: a `ready` VM bound to a user is terminated when it was not re-acquired within
  * vm_dirty_terminating_timeout of its last release (Copr), or when it reached a reuse limit
- * (resalloc's reuse_max_count / reuse_max_time). VMs in use are never interrupted.
+ * (resalloc's reuse_max_count / reuse_max_time). VMs in use, and VMs an operator holds, are left alone.
  */
 export function decideRemoveOldDirtyVms(snapshot: PoolSnapshot, config: ReconcileConfig, now: number): ReconcileAction[] {
   const actions: ReconcileAction[] = [];
   for (const [vm, g] of withGroupConfig(snapshot, config, [VmStates.READY])) {
-    if (vm.boundToUser === null) continue;
+    if (vm.boundToUser === null || isHeld(vm)) continue;
     let reason: TerminationReason | null = null;
     if (vm.lastRelease !== null && now - vm.lastRelease > ms(g.vm_dirty_terminating_timeout)) {
       reason = 'dirty_timeout';
@@ -164,7 +169,7 @@ export interface SpawnFigures {
   all: number;
   /** Spawns in flight that are not stale. */
   inFlight: number;
-  /** Clean ready VMs, plus unbound VMs on their way to ready (got_ip, check_health), plus spawns in flight. */
+  /** Clean ready VMs, plus unbound VMs on their way to ready (got_ip, check_health), plus spawns in flight; held VMs excluded. */
   comingSupply: number;
   /** min_ready plus waiting acquire requests. */
   wanted: number;
@@ -178,6 +183,7 @@ export function spawnFigures(snapshot: PoolSnapshot, config: ReconcileConfig, gr
   const coming = vms.filter(
     (vm) =>
       vm.boundToUser === null &&
+      !isHeld(vm) &&
       (vm.state === VmStates.READY || vm.state === VmStates.GOT_IP || vm.state === VmStates.CHECK_HEALTH),
   ).length;
   return {

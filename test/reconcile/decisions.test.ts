@@ -42,6 +42,8 @@ function vm(state: VmState, fields: Partial<VmRecord> = {}): VmRecord {
     boundSince: null,
     leaseId: null,
     leaseExpiresAt: null,
+    heldBy: null,
+    heldSince: null,
     ...fields,
   };
 }
@@ -99,6 +101,11 @@ describe('decideRemoveOldDirtyVms', () => {
     const c = config({ vm_dirty_terminating_timeout: 120, reuse_max_count: 1 });
     const both = dirty(NOW - 121 * S, { buildsCount: 5 });
     expect(decideRemoveOldDirtyVms(snap([both]), c, NOW)[0]).toMatchObject({ reason: 'dirty_timeout' });
+  });
+
+  it('leaves a VM an operator holds alone', () => {
+    const held = dirty(NOW - 1000 * S, { heldBy: 'ops', heldSince: NOW - 10 * S } as Partial<VmRecord>);
+    expect(decideRemoveOldDirtyVms(snap([held]), cfg, NOW)).toEqual([]);
   });
 
   it('uses each group its own timeout', () => {
@@ -215,6 +222,13 @@ describe('decideStartSpawnIfRequired', () => {
     expect(spawns(decideStartSpawnIfRequired(snap([dirtyReady, boundCheck, vm('in_use')]), cfg, NOW))).toHaveLength(1);
     const inFlight = [1, 2, 3].map((i) => ({ spawnId: `s${i}`, startedAt: NOW - S }));
     expect(decideStartSpawnIfRequired(snap([], [group({ spawnsInFlight: inFlight })]), cfg, NOW)).toEqual([]);
+  });
+
+  it('does not count a held clean VM as supply', () => {
+    const cfg = config({ ...base, min_ready: 1 });
+    const held = vm('ready', { heldBy: 'ops', heldSince: NOW } as Partial<VmRecord>);
+    expect(spawns(decideStartSpawnIfRequired(snap([held]), cfg, NOW))).toHaveLength(1);
+    expect(decideStartSpawnIfRequired(snap([vm('ready')]), cfg, NOW)).toEqual([]);
   });
 
   it('waits vm_spawn_min_interval: not 1 ms before, yes exactly at it', () => {
