@@ -1,0 +1,234 @@
+/**
+ * Pool benchmark: acquire latency, acquire+release throughput and Redis memory per VM, for pools of
+ * 10, 1,000 and 10,000 ready VMs, on a private redis-server that this script starts and stops.
+ *   npm run bench:pool
+ */
+import { Redis } from 'ioredis';
+import { pino } from 'pino';
+import { VmManager } from '../src/pool/vmManager.js';
+import type { ConfigInput } from '../src/config.js';
+import { startPrivateRedis, type PrivateRedis } from './lib/redisServer.js';
+
+const SIZES = [10, 1_000, 10_000];
+const WARMUP = 200;
+const SAMPLES = 2_000;
+const CYCLE_SECONDS = 2;
+const TARGET_P50_MS = 0.5;
+const TARGET_RATIO = 1.3;
+const TARGET_BYTES_PER_VM = 1024;
+
+const config: ConfigInput = {
+  // A per-user limit that the bench's owners never reach: every clean acquisition is allowed.
+  groups: [{ name: 'bench', max_vm_total: 100_000, max_vm_per_user: 100_000 }],
+};
+
+// The manager logs every acquire at info, as in production; the lines go to /dev/null.
+const logger = pino({ level: 'info' }, pino.destination({ dest: '/dev/null', sync: false }));
+
+function ipOf(i: number): string {
+  return `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`;
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+async function usedMemory(redis: Redis): Promise<number> {
+  const info = await redis.info('memory');
+  return Number(/used_memory:(\d+)/.exec(info)![1]);
+}
+
+/** Sum of MEMORY USAGE over every key of the pool (not BullMQ's). */
+async function memoryUsageOfPool(redis: Redis, base: string): Promise<{ bytes: number; keys: number }> {
+  let cursor = '0';
+  let bytes = 0;
+  let keys = 0;
+  do {
+    const [next, batch] = await redis.scan(cursor, 'MATCH', `${base}*`, 'COUNT', 2000);
+    cursor = next;
+    if (batch.length) {
+      const pipeline = redis.pipeline();
+      for (const k of batch) pipeline.memory('USAGE', k, 'SAMPLES', '0');
+      for (const [err, n] of (await pipeline.exec()) ?? []) {
+        if (err) throw err;
+        bytes += Number(n);
+      }
+      keys += batch.length;
+    }
+  } while (cursor !== '0');
+  return { bytes, keys };
+}
+
+/** Adds VMs and brings them to ready through the real API (add, check, ok), a batch at a time. */
+async function addReady(vmm: VmManager, from: number, count: number): Promise<void> {
+  const BATCH = 250;
+  for (let start = from; start < from + count; start += BATCH) {
+    const batch: Promise<void>[] = [];
+    for (let i = start; i < Math.min(from + count, start + BATCH); i++) {
+      batch.push(
+        (async () => {
+          const name = `vm-${i}`;
+          await vmm.addVmToPool(ipOf(i), name, 0);
+          await vmm.startVmCheck(name);
+          await vmm.recordHealthCheckResult(name, true);
+        })(),
+      );
+    }
+    await Promise.all(batch);
+  }
+}
+
+interface SizeResult {
+  size: number;
+  cleanP50: number;
+  cleanP99: number;
+  dirtyP50: number;
+  dirtyP99: number;
+  cyclesPerSecond: number;
+  bytesPerVmUsed: number;
+  bytesPerVmKeys: number;
+  keysPerVm: number;
+}
+
+async function benchSize(server: PrivateRedis, size: number): Promise<SizeResult> {
+  const redis = new Redis(server.url, { maxRetriesPerRequest: 2 });
+  await redis.flushall(); // the bench's own server, never the shared one
+  const vmm = new VmManager(config, { redis, prefix: `bench${size}`, logger });
+  await vmm.markServerStart();
+  await vmm.getServerStart();
+  // Load the scripts and the terminate queue before the memory baseline.
+  await vmm.addVmToPool('10.255.255.254', 'probe', 0);
+  await vmm.startVmTermination('probe');
+  await vmm.removeVmFromPool('probe');
+  const queue = vmm.getTerminateQueue();
+  await queue.obliterate({ force: true });
+
+  const before = await usedMemory(redis);
+  await addReady(vmm, 0, size);
+  const after = await usedMemory(redis);
+  const pool = await memoryUsageOfPool(redis, vmm.keys.base);
+  let nextVm = size;
+
+  // Clean acquisitions: a new owner each time. The VM is then replaced by a new clean one (untimed),
+  // so the pool keeps `size` clean ready VMs.
+  const clean: number[] = [];
+  for (let i = 0; i < WARMUP + SAMPLES; i++) {
+    const t0 = process.hrtime.bigint();
+    const vm = await vmm.acquireVm({ groups: [0], owner: `owner-${i}`, sandbox: `owner-${i}/proj`, workerId: 'bench' });
+    const t1 = process.hrtime.bigint();
+    if (i >= WARMUP) clean.push(Number(t1 - t0) / 1e6);
+    await vmm.startVmTermination(vm.vmName, 'in_use');
+    await vmm.removeVmFromPool(vm.vmName);
+    await addReady(vmm, nextVm++, 1);
+  }
+  await queue.obliterate({ force: true });
+
+  // Dirty acquisitions, the realistic cycle: many owners, each with a sandbox that has a VM bound to it.
+  const owners = Math.min(size, 100);
+  for (let o = 0; o < owners; o++) {
+    const vm = await vmm.acquireVm({ groups: [0], owner: `user-${o}`, sandbox: `user-${o}/proj`, workerId: 'bench' });
+    await vmm.releaseVm(vm.vmName);
+  }
+  const dirty: number[] = [];
+  for (let i = 0; i < WARMUP + SAMPLES; i++) {
+    const o = i % owners;
+    const t0 = process.hrtime.bigint();
+    const vm = await vmm.acquireVm({ groups: [0], owner: `user-${o}`, sandbox: `user-${o}/proj`, workerId: 'bench', taskId: `task-${i}` });
+    const t1 = process.hrtime.bigint();
+    if (i >= WARMUP) dirty.push(Number(t1 - t0) / 1e6);
+    if (vm.boundToUser !== `user-${o}` || vm.buildsCount === 0) throw new Error(`expected a dirty VM of user-${o}, got ${vm.vmName}`);
+    await vmm.releaseVm(vm.vmName);
+  }
+
+  // Serial acquire+release cycles for a fixed time.
+  let cycles = 0;
+  const end = process.hrtime.bigint() + BigInt(CYCLE_SECONDS * 1e9);
+  const started = process.hrtime.bigint();
+  while (process.hrtime.bigint() < end) {
+    const o = cycles % owners;
+    const vm = await vmm.acquireVm({ groups: [0], owner: `user-${o}`, sandbox: `user-${o}/proj`, workerId: 'bench', taskId: `cycle-${cycles}` });
+    await vmm.releaseVm(vm.vmName);
+    cycles++;
+  }
+  const elapsed = Number(process.hrtime.bigint() - started) / 1e9;
+
+  const ready = (await vmm.getVmsByGroupAndStates(0, ['ready'])).length;
+  if (ready !== size) throw new Error(`pool drifted: ${ready} ready VMs, expected ${size}`);
+  clean.sort((a, b) => a - b);
+  dirty.sort((a, b) => a - b);
+  await vmm.close();
+  await redis.quit();
+  return {
+    size,
+    cleanP50: percentile(clean, 50),
+    cleanP99: percentile(clean, 99),
+    dirtyP50: percentile(dirty, 50),
+    dirtyP99: percentile(dirty, 99),
+    cyclesPerSecond: cycles / elapsed,
+    bytesPerVmUsed: (after - before) / size,
+    bytesPerVmKeys: pool.bytes / size,
+    keysPerVm: pool.keys / size,
+  };
+}
+
+const mark = (ok: boolean) => (ok ? 'PASS' : 'MISS');
+
+async function main(): Promise<void> {
+  const startedAt = Date.now();
+  const server = await startPrivateRedis();
+  const stop = () => void server.stop().finally(() => process.exit(130));
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  const results: SizeResult[] = [];
+  try {
+    for (const size of SIZES) {
+      process.stderr.write(`pool of ${size} VMs...\n`);
+      results.push(await benchSize(server, size));
+    }
+  } finally {
+    await server.stop();
+  }
+
+  const small = results[0]!;
+  const large = results[results.length - 1]!;
+  console.log(`vmpool pool benchmark: private redis-server on port ${server.port}, ${SAMPLES} timed acquires per kind after ${WARMUP} warm-up, serial, one connection`);
+  console.log('acquire = time around vmm.acquireVm (process.hrtime.bigint); clean = new owner, dirty = owner+sandbox with a bound VM');
+  console.log('memory  = used_memory delta (INFO memory) over filling the pool / VMs; keys = sum of MEMORY USAGE over the pool keys / VMs');
+  console.log('          (at 10 VMs the used_memory delta is dominated by fixed allocations; the targets use 10,000)\n');
+  const header = ['VMs', 'clean p50 ms', 'clean p99 ms', 'dirty p50 ms', 'dirty p99 ms', 'acq+rel cycles/s', 'B/VM used_memory', 'B/VM keys', 'keys/VM'];
+  const rows = results.map((r) => [
+    r.size.toLocaleString('en-US'),
+    r.cleanP50.toFixed(3),
+    r.cleanP99.toFixed(3),
+    r.dirtyP50.toFixed(3),
+    r.dirtyP99.toFixed(3),
+    Math.round(r.cyclesPerSecond).toLocaleString('en-US'),
+    Math.round(r.bytesPerVmUsed).toString(),
+    Math.round(r.bytesPerVmKeys).toString(),
+    r.keysPerVm.toFixed(2),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]) => `| ${cells.map((c, i) => c.padStart(widths[i]!)).join(' | ')} |`;
+  console.log(line(header));
+  console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
+  for (const r of rows) console.log(line(r));
+
+  console.log('\ntargets (at 10,000 VMs):');
+  const checks: [string, number, string, boolean][] = [
+    ['clean acquire p50', large.cleanP50, `<= ${TARGET_P50_MS} ms`, large.cleanP50 <= TARGET_P50_MS],
+    ['dirty acquire p50', large.dirtyP50, `<= ${TARGET_P50_MS} ms`, large.dirtyP50 <= TARGET_P50_MS],
+    ['clean p50 10k / p50 10', large.cleanP50 / small.cleanP50, `<= ${TARGET_RATIO}x`, large.cleanP50 / small.cleanP50 <= TARGET_RATIO],
+    ['dirty p50 10k / p50 10', large.dirtyP50 / small.dirtyP50, `<= ${TARGET_RATIO}x`, large.dirtyP50 / small.dirtyP50 <= TARGET_RATIO],
+    ['memory per VM (used_memory)', large.bytesPerVmUsed, `<= ${TARGET_BYTES_PER_VM} B`, large.bytesPerVmUsed <= TARGET_BYTES_PER_VM],
+    ['memory per VM (MEMORY USAGE)', large.bytesPerVmKeys, `<= ${TARGET_BYTES_PER_VM} B`, large.bytesPerVmKeys <= TARGET_BYTES_PER_VM],
+  ];
+  for (const [name, value, target, ok] of checks) {
+    console.log(`  ${name.padEnd(30)} ${value.toFixed(3).padStart(10)}   target ${target.padEnd(10)} ${mark(ok)}`);
+  }
+  console.log(`\nfinished in ${((Date.now() - startedAt) / 1000).toFixed(1)} s`);
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
