@@ -23,6 +23,17 @@ export function poolKeys(prefix: string) {
     spawning: (group: number) => `${base}group:${group}:spawning`,
     /** Sorted set of waiting acquire requests: member acquire job id, score deadline (epoch ms). */
     demand: (group: number) => `${base}group:${group}:demand`,
+    /** Sorted set of in_use VMs with a lease: member VM name, score lease expiry (epoch ms). */
+    leases: `${base}leases`,
+    /**
+     * Sorted set of acquire requests waiting in the group, in serving order: score BullMQ priority
+     * (0 first), member `<job timestamp, 15 digits>|<job id>` (older first within a priority).
+     */
+    waiters: (group: number) => `${base}group:${group}:waiters`,
+    /** Hash waiter member -> JSON {owner, sandbox, deadline} of each waiting acquire request. */
+    waiterInfo: `${base}waiter_info`,
+    /** Pub/sub channel told (by the scripts) when a VM of the group may be acquirable. */
+    readyChannel: (group: number) => `${base}ready:${group}`,
   };
 }
 

@@ -56,6 +56,22 @@ export class VmDescriptorNotFound extends VmError {
   }
 }
 
+/** A lease that is no longer held: the VM was released, reclaimed or is in_use under another lease. */
+export class LeaseLost extends VmError {
+  constructor(
+    readonly vmName: string,
+    readonly leaseId: string,
+    readonly reason: 'not_in_use' | 'lease_mismatch',
+  ) {
+    super(
+      reason === 'lease_mismatch'
+        ? `VM ${JSON.stringify(vmName)} is in use under another lease than ${JSON.stringify(leaseId)}`
+        : `VM ${JSON.stringify(vmName)} is not in use; lease ${JSON.stringify(leaseId)} is gone`,
+    );
+    this.name = 'LeaseLost';
+  }
+}
+
 /** VM names go into Redis keys, job ids, logs and hook environments, so they are kept strict. */
 export const VM_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 

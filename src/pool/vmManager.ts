@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { parseConfig, type Config, type ConfigInput, type GroupConfig } from '../config.js';
@@ -10,11 +11,13 @@ import {
   type TerminateJobData,
   type TerminationReason,
 } from '../../queues/terminate.js';
+import { HEALTH_QUEUE, healthJobDeduplicationId, healthJobOptions, type HealthJobData } from '../../queues/health.js';
 import { poolKeys, type PoolKeys } from './keys.js';
 import { loadScripts } from './scripts.js';
 import { formatPoolInfo } from './info.js';
 import {
   ALL_VM_STATES,
+  LeaseLost,
   NoVmAvailable,
   VmDescriptorNotFound,
   VmError,
@@ -48,6 +51,38 @@ export interface AcquireRequest {
   taskId?: string | null;
   buildId?: string | null;
   chroot?: string | null;
+  /** Lease id of the assignment; a random one when not given. */
+  leaseId?: string;
+}
+
+/**
+ * A waiting acquire request (an acquire job): its place in the line of each group it asked for.
+ * The waiters sorted set is scored by priority; member order (job timestamp first) breaks ties.
+ */
+export interface AcquireWaiter {
+  /** `<job timestamp, 15 digits>|<job id>` (see acquireWaiterMember). */
+  member: string;
+  /** BullMQ priority: 0 (none) first, then 1, 2, ... */
+  priority: number;
+  /** Epoch ms after which the request no longer counts as waiting or demand. */
+  deadline: number;
+  /** The acquire job id: its member in the demand sets. */
+  jobId: string;
+}
+
+export function acquireWaiterMember(jobTimestamp: number, jobId: string): string {
+  return `${String(Math.max(0, Math.trunc(jobTimestamp))).padStart(15, '0')}|${jobId}`;
+}
+
+export type AcquireAttempt =
+  | { status: 'acquired' | 'reattached'; vm: VmDescriptor; leaseId: string; leaseExpiresAt: number }
+  /** none: nothing fits; deferred: a VM fits, but a request ahead in line could take it. */
+  | { status: 'none' | 'deferred' };
+
+/** What expireLeases did to one VM: the group's on_lease_expiry. */
+export interface ExpiredLease {
+  vmName: string;
+  action: 'terminate' | 'release';
 }
 
 export type HealthCheckOutcome = 'ok' | 'failed' | 'terminating' | 'ignored';
@@ -71,6 +106,7 @@ export class VmManager {
   private readonly ownsRedis: boolean;
   private readonly runScript: ReturnType<typeof loadScripts>;
   private terminateQueue: Queue | undefined;
+  private healthQueue: Queue | undefined;
 
   constructor(config: Config | ConfigInput, options: VmManagerOptions) {
     this.config = parseConfig(config, {});
@@ -191,6 +227,18 @@ export class VmManager {
   }
 
   async acquireVm(request: AcquireRequest): Promise<VmDescriptor> {
+    const attempt = await this.tryAcquireVm(request);
+    if (attempt.status === 'acquired' || attempt.status === 'reattached') return attempt.vm;
+    throw new NoVmAvailable(`no VM available for owner ${request.owner} in groups [${request.groups.join(', ')}]`);
+  }
+
+  /**
+   * One acquire attempt (acquireVm's rules). With a waiter, the request is served in line: it does
+   * not take a VM that a request ahead could take, and when nothing fits it joins the waiters and
+   * demand sets of its groups (it leaves them on success, or through leaveAcquireQueue).
+   * The assignment carries a lease of the group's lease_timeout.
+   */
+  async tryAcquireVm(request: AcquireRequest, waiter?: AcquireWaiter): Promise<AcquireAttempt> {
     const { groups, owner, sandbox, workerId } = request ?? ({} as AcquireRequest);
     if (!Array.isArray(groups) || groups.length === 0) throw new VmError('acquireVm needs a non-empty list of groups');
     for (const g of groups) this.groupConfig(g);
@@ -210,25 +258,44 @@ export class VmManager {
       optional(request.taskId, 'taskId'),
       optional(request.buildId, 'buildId'),
       optional(request.chroot, 'chroot'),
+      request.leaseId || randomUUID(),
+      waiter?.member ?? '',
+      waiter?.priority ?? 0,
+      waiter?.deadline ?? 0,
+      waiter?.jobId ?? '',
       groups.length,
     ];
-    for (const g of groups) args.push(g, this.groupConfig(g).max_vm_per_user);
+    for (const g of groups) {
+      const gc = this.groupConfig(g);
+      args.push(g, gc.max_vm_per_user, Math.round(gc.lease_timeout * 1000));
+    }
     const reply = (await this.runScript('acquireVm', [this.keys.base], args)) as [string, string[] | string];
     const [status, payload] = reply;
     if (status === 'acquired' || status === 'reattached') {
       const vm = descriptorFromHash(payload as string[]);
+      const { leaseId, leaseExpiresAt } = recordFromHash(payload as string[]);
       this.logger.info({ vmName: vm.vmName, owner, sandbox, taskId: vm.taskId, reattached: status === 'reattached' }, 'VM acquired');
-      return vm;
+      return { status, vm, leaseId: leaseId ?? '', leaseExpiresAt: leaseExpiresAt ?? 0 };
     }
     if (status === 'task_conflict') {
       throw new VmError(`task ${request.taskId} already holds VM ${String(payload)} for another owner or sandbox`);
     }
-    throw new NoVmAvailable(`no VM available for owner ${owner} in groups [${groups.join(', ')}]`);
+    return { status: status === 'deferred' ? 'deferred' : 'none' };
   }
 
-  async releaseVm(vmName: string): Promise<boolean> {
-    const result = await this.runScript('releaseVm', [this.keys.base], [vmName, this.clock()]);
+  /** Takes a waiting request out of the line of its groups (timeout, invalid request, shutdown). */
+  async leaveAcquireQueue(waiter: AcquireWaiter, groups: readonly number[]): Promise<void> {
+    await this.runScript('leaveAcquireQueue', [this.keys.base], [waiter.member, waiter.jobId, ...groups]);
+  }
+
+  /**
+   * Releases an in_use VM (false for any other state). With a lease id, only that lease's holder may
+   * release: a VM in_use under another lease throws LeaseLost and is left alone.
+   */
+  async releaseVm(vmName: string, leaseId?: string): Promise<boolean> {
+    const result = await this.runScript('releaseVm', [this.keys.base], [vmName, this.clock(), leaseId ?? '']);
     if (result === -1) throw new VmDescriptorNotFound(vmName);
+    if (result === -2) throw new LeaseLost(vmName, leaseId ?? '', 'lease_mismatch');
     if (result === 1) this.logger.info({ vmName }, 'VM released');
     return result === 1;
   }
@@ -250,10 +317,54 @@ export class VmManager {
   }
 
   /**
+   * Extends the lease of an in_use VM by its lease timeout and returns the new expiry (epoch ms).
+   * Throws LeaseLost when the VM is not in_use or holds another lease, VmDescriptorNotFound when gone.
+   */
+  async renewLease(vmName: string, leaseId: string): Promise<number> {
+    const [status, expiresAt] = (await this.runScript('renewLease', [this.keys.base], [vmName, leaseId, this.clock()])) as [string, string?];
+    if (status === 'missing') throw new VmDescriptorNotFound(vmName);
+    if (status !== 'renewed') throw new LeaseLost(vmName, leaseId, status === 'lease_mismatch' ? 'lease_mismatch' : 'not_in_use');
+    return Number(expiresAt);
+  }
+
+  /**
+   * Applies each group's on_lease_expiry to VMs whose lease lapsed, at most `batch` per call:
+   * `terminate` moves the VM to terminating and enqueues its terminate job (reason lease_expired);
+   * `release` releases it as releaseVm does and asks for a health check before it is trusted again.
+   */
+  async expireLeases(batch = 100): Promise<ExpiredLease[]> {
+    const now = this.clock();
+    const args: (string | number)[] = [now, batch, this.config.groups.length];
+    this.config.groups.forEach((g, i) => args.push(i, g.on_lease_expiry));
+    const flat = (await this.runScript('expireLeases', [this.keys.base], args)) as string[];
+    const out: ExpiredLease[] = [];
+    for (let i = 0; i + 1 < flat.length; i += 2) {
+      const vmName = flat[i]!;
+      const action = flat[i + 1] === 'release' ? 'release' : 'terminate';
+      out.push({ vmName, action });
+      this.logger.warn({ vmName, action }, 'lease expired');
+      if (action === 'terminate') await this.enqueueTermination(vmName, now, 'lease_expired');
+      else await this.enqueueHealthCheck(vmName);
+    }
+    return out;
+  }
+
+  /** Asks for a health check of the VM (one pending check per VM). Reconcile's periodic check is the fallback. */
+  async enqueueHealthCheck(vmName: string): Promise<void> {
+    try {
+      this.healthQueue ??= new Queue(HEALTH_QUEUE, { connection: this.redis, prefix: this.prefix });
+      const data: HealthJobData = { vmName };
+      await this.healthQueue.add('health', data, { ...healthJobOptions, deduplication: { id: healthJobDeduplicationId(vmName) } });
+    } catch (err) {
+      this.logger.error({ err, vmName }, 'could not enqueue health job; reconcile will check the VM later');
+    }
+  }
+
+  /**
    * Enqueues the terminate job of a VM that a script moved to terminating. If this fails, the VM
    * stays terminating and reconcile's terminateAgain requests it again.
    */
-  private async enqueueTermination(vmName: string, terminatingSince: number, reason: TerminationReason): Promise<void> {
+  async enqueueTermination(vmName: string, terminatingSince: number, reason: TerminationReason): Promise<void> {
     try {
       const data: TerminateJobData = { vmName, reason };
       await this.getTerminateQueue().add('terminate', data, {
@@ -358,6 +469,8 @@ export class VmManager {
   async close(): Promise<void> {
     await this.terminateQueue?.close();
     this.terminateQueue = undefined;
+    await this.healthQueue?.close();
+    this.healthQueue = undefined;
     if (this.ownsRedis) await this.redis.quit().catch(() => this.redis.disconnect());
   }
 }

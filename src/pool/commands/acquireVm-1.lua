@@ -6,7 +6,15 @@
     2. otherwise a clean VM, but only while the owner has fewer than max_vm_per_user VMs there.
   Only VMs health-checked at or after the last server start (KEYS[1]..'server_start') qualify;
   ready VMs always have check_fails == 0, which is checked again here.
-  If the task already holds a VM, that VM is returned instead (reattach), and nothing changes.
+  If the task already holds a VM, that VM is returned instead (reattach) with its existing lease.
+  A new assignment gets a lease: lease_id, lease_timeout_ms (of its group, so renew needs no
+  config), lease_expires_at = now + lease_timeout_ms, and an entry in the leases sorted set.
+
+  Waiting requests (acquire jobs; ARGV[9] set) are served first come, first served, honouring
+  priority: a request does not take a VM that a request ahead of it in the group's waiters set
+  could take (same owner and sandbox for a dirty VM; an owner under max_vm_per_user for a clean one).
+  At most WAITERS_SCANNED requests ahead are looked at. When nothing fits, the request joins the
+  waiters and demand sets of every group it asked for; it leaves them when it gets a VM.
 
   Input:
     KEYS[1] pool key base (with hash tag)
@@ -17,19 +25,71 @@
     ARGV[5] task id ('' for none)
     ARGV[6] build id ('' for none)
     ARGV[7] chroot ('' for none)
-    ARGV[8] number of groups N
-    ARGV[9..] N pairs: group id, max_vm_per_user of that group
+    ARGV[8] lease id of a new assignment
+    ARGV[9] waiter member ('' when the caller does not wait): '<job timestamp 15 digits>|<job id>'
+    ARGV[10] waiter priority (BullMQ priority, 0 first)
+    ARGV[11] waiter deadline (epoch ms)
+    ARGV[12] demand member (the acquire job id)
+    ARGV[13] number of groups N
+    ARGV[14..] N triples: group id, max_vm_per_user, lease_timeout in ms of that group
   Output:
     {'acquired', HGETALL of the VM}
     {'reattached', HGETALL of the VM}  the task already held this VM
     {'task_conflict', vm name}         the task holds a VM for another owner or sandbox
     {'none'}                           nothing fits
+    {'deferred'}                       a VM fits, but a request ahead could take it
 ]]
 local base = KEYS[1]
 local now, owner, sandbox, workerId = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local taskId, buildId, chroot = ARGV[5], ARGV[6], ARGV[7]
-local groupCount = tonumber(ARGV[8])
+local taskId, buildId, chroot, leaseId = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local waiter, priority, deadline, jobId = ARGV[9], tonumber(ARGV[10]), ARGV[11], ARGV[12]
+local groupCount = tonumber(ARGV[13])
+local waiting = waiter ~= ''
+local WAITERS_SCANNED = 200
 --- @include "includes/setVmState"
+
+local function groupArg(i, field)
+  return ARGV[14 + i * 3 + field]
+end
+
+-- Leaves the waiters and demand sets; the next request in line retries (it may have been deferred).
+local function leaveQueues()
+  if not waiting then
+    return
+  end
+  redis.call('HDEL', waiterInfoKey(base), waiter)
+  for i = 0, groupCount - 1 do
+    local group = groupArg(i, 0)
+    redis.call('ZREM', demandKey(base, group), jobId)
+    if redis.call('ZREM', waitersKey(base, group), waiter) == 1 and redis.call('ZCARD', waitersKey(base, group)) > 0 then
+      redis.call('PUBLISH', readyChannel(base, group), '')
+    end
+  end
+end
+
+-- Whether a live request ahead of this one in the group's line could take the VM.
+local function someoneAhead(group, maxPerUser, dirty)
+  local entries = redis.call('ZRANGE', waitersKey(base, group), 0, WAITERS_SCANNED - 1, 'WITHSCORES')
+  for i = 1, #entries, 2 do
+    local member, score = entries[i], tonumber(entries[i + 1])
+    if score > priority or (score == priority and member >= waiter) then
+      return false
+    end
+    local raw = redis.call('HGET', waiterInfoKey(base), member)
+    local info = raw and cjson.decode(raw)
+    if not info or tonumber(info.deadline) <= tonumber(now) then
+      -- A request that timed out without leaving (its process died): drop it.
+      redis.call('ZREM', waitersKey(base, group), member)
+    elseif info.owner == owner and info.sandbox == sandbox then
+      return true
+    elseif not dirty then
+      if info.owner == owner or (tonumber(redis.call('HGET', userVmsKey(base, group), info.owner)) or 0) < maxPerUser then
+        return true
+      end
+    end
+  end
+  return false
+end
 
 if taskId ~= '' then
   local held = redis.call('GET', taskKey(base, taskId))
@@ -39,6 +99,7 @@ if taskId ~= '' then
       if vm[3] ~= owner or vm[4] ~= sandbox then
         return {'task_conflict', held}
       end
+      leaveQueues()
       return {'reattached', redis.call('HGETALL', vmKey(base, held))}
     end
     redis.call('DEL', taskKey(base, taskId))
@@ -46,7 +107,23 @@ if taskId ~= '' then
 end
 
 local serverStart = tonumber(redis.call('GET', base .. 'server_start'))
+
+-- Joins the line of every group asked for (idempotent), so that VMs freed later are offered in order.
+local function joinQueues()
+  if not waiting then
+    return
+  end
+  redis.call('HSET', waiterInfoKey(base), waiter, cjson.encode({owner = owner, sandbox = sandbox, deadline = tonumber(deadline)}))
+  for i = 0, groupCount - 1 do
+    local group = groupArg(i, 0)
+    redis.call('ZADD', waitersKey(base, group), priority, waiter)
+    redis.call('ZREMRANGEBYSCORE', demandKey(base, group), '-inf', now)
+    redis.call('ZADD', demandKey(base, group), deadline, jobId)
+  end
+end
+
 if not serverStart then
+  joinQueues()
   return {'none'}
 end
 
@@ -68,9 +145,12 @@ local function pick(indexKey)
   return nil
 end
 
+local deferred = false
 for i = 0, groupCount - 1 do
-  local group = ARGV[9 + i * 2]
-  local maxPerUser = tonumber(ARGV[10 + i * 2])
+  local group = groupArg(i, 0)
+  local maxPerUser = tonumber(groupArg(i, 1))
+  local leaseMs = tonumber(groupArg(i, 2))
+  local queued = waiting and redis.call('ZCARD', waitersKey(base, group)) > 0
   local name = pick(readyDirtyKey(base, group, owner, sandbox))
   local fresh = false
   if not name then
@@ -79,6 +159,10 @@ for i = 0, groupCount - 1 do
       name = pick(readyCleanKey(base, group))
       fresh = name ~= nil
     end
+  end
+  if name and queued and someoneAhead(group, maxPerUser, not fresh) then
+    name = nil
+    deferred = true
   end
   if name then
     local key = vmKey(base, name)
@@ -95,7 +179,15 @@ for i = 0, groupCount - 1 do
     end
     if buildId ~= '' then redis.call('HSET', key, 'build_id', buildId) end
     if chroot ~= '' then redis.call('HSET', key, 'chroot', chroot) end
+    local expiresAt = tonumber(now) + leaseMs
+    redis.call('HSET', key, 'lease_id', leaseId, 'lease_timeout_ms', leaseMs, 'lease_expires_at', expiresAt)
+    redis.call('ZADD', leasesKey(base), expiresAt, name)
+    leaveQueues()
     return {'acquired', redis.call('HGETALL', key)}
   end
+end
+joinQueues()
+if deferred then
+  return {'deferred'}
 end
 return {'none'}

@@ -1,38 +1,34 @@
 --[[
   Takes a VM back from its build. Only `in_use` is released: the VM becomes `ready` again, still
   bound to its owner and sandbox (dirty), or `check_health_failed` if a check failed during the build.
-  Records last_release, counts the build and clears the task fields.
+  Records last_release, counts the build, clears the task fields and ends the lease.
+  With a lease id, only the holder of that lease may release (a builder whose lease lapsed and was
+  given to someone else cannot release the new holder's VM).
 
   Input:
     KEYS[1] pool key base (with hash tag)
     ARGV[1] VM name
     ARGV[2] now (epoch ms)
+    ARGV[3] lease id ('' or absent: no lease check)
   Output:
     1   released
     0   the VM is not in_use (nothing changed)
     -1  no such VM
+    -2  the VM is in_use under another lease (nothing changed)
 ]]
 local base = KEYS[1]
-local name, now = ARGV[1], ARGV[2]
---- @include "includes/setVmState"
+local name, now, leaseId = ARGV[1], ARGV[2], ARGV[3] or ''
+--- @include "includes/releaseVm"
 
-local key = vmKey(base, name)
-local vm = redis.call('HMGET', key, 'state', 'check_fails', 'task_id')
+local vm = redis.call('HMGET', vmKey(base, name), 'state', 'lease_id')
 if not vm[1] then
   return -1
 end
 if vm[1] ~= 'in_use' then
   return 0
 end
-if vm[3] and redis.call('GET', taskKey(base, vm[3])) == name then
-  redis.call('DEL', taskKey(base, vm[3]))
+if leaseId ~= '' and vm[2] ~= leaseId then
+  return -2
 end
-redis.call('HDEL', key, 'used_by_worker', 'task_id', 'build_id', 'chroot', 'in_use_since')
-redis.call('HSET', key, 'last_release', now)
-redis.call('HINCRBY', key, 'builds_count', 1)
-if tonumber(vm[2]) > 0 then
-  setVmState(base, name, 'check_health_failed')
-else
-  setVmState(base, name, 'ready')
-end
+releaseInUseVm(base, name, now)
 return 1

@@ -31,6 +31,8 @@ if owner then
   if redis.call('HINCRBY', userVmsKey(base, group), owner, -1) <= 0 then
     redis.call('HDEL', userVmsKey(base, group), owner)
   end
+  -- The owner is under max_vm_per_user again: a waiting request of theirs may take a clean VM.
+  redis.call('PUBLISH', readyChannel(base, group), name)
 end
 if taskId and redis.call('GET', taskKey(base, taskId)) == name then
   redis.call('DEL', taskKey(base, taskId))

@@ -29,3 +29,26 @@ end
 local function taskKey(base, taskId)
   return base .. 'task:' .. taskId
 end
+
+-- Sorted set of in_use VMs: member VM name, score lease expiry (epoch ms).
+local function leasesKey(base)
+  return base .. 'leases'
+end
+
+-- Pub/sub channel told when a VM of the group may be acquirable (keys.ts readyChannel).
+local function readyChannel(base, group)
+  return base .. 'ready:' .. group
+end
+
+-- Sorted set of waiting acquire requests of the group (keys.ts waiters).
+local function waitersKey(base, group)
+  return base .. 'group:' .. group .. ':waiters'
+end
+
+local function demandKey(base, group)
+  return base .. 'group:' .. group .. ':demand'
+end
+
+local function waiterInfoKey(base)
+  return base .. 'waiter_info'
+end

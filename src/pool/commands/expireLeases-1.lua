@@ -1,0 +1,49 @@
+--[[
+  Reclaims VMs whose lease lapsed (the builder stopped renewing), oldest expiry first, at most a
+  batch per call. Each group's on_lease_expiry decides:
+    terminate  the VM moves to terminating (its state is unknown); the caller enqueues the job;
+    release    the VM is released as by releaseVm; the caller asks for a health check.
+  Entries of VMs no longer in_use are dropped from the leases set.
+
+  Input:
+    KEYS[1] pool key base (with hash tag)
+    ARGV[1] now (epoch ms)
+    ARGV[2] batch size
+    ARGV[3] number of groups N
+    ARGV[4..] N pairs: group id, on_lease_expiry ('terminate' | 'release')
+  Output:
+    flat list {vm name, 'terminate' | 'release', ...} of the VMs acted on
+]]
+local base = KEYS[1]
+local now, limit, groupCount = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+--- @include "includes/releaseVm"
+
+local policy = {}
+for i = 0, groupCount - 1 do
+  policy[ARGV[4 + i * 2]] = ARGV[5 + i * 2]
+end
+
+local out = {}
+local names = redis.call('ZRANGEBYSCORE', leasesKey(base), '-inf', now, 'LIMIT', 0, limit)
+for _, name in ipairs(names) do
+  local key = vmKey(base, name)
+  local vm = redis.call('HMGET', key, 'state', 'group', 'lease_expires_at')
+  if vm[1] ~= 'in_use' or not vm[3] then
+    redis.call('ZREM', leasesKey(base), name)
+  elseif tonumber(vm[3]) <= now then
+    if policy[vm[2]] == 'release' then
+      releaseInUseVm(base, name, now)
+      table.insert(out, name)
+      table.insert(out, 'release')
+    else
+      setVmState(base, name, 'terminating')
+      redis.call('HSET', key, 'terminating_since', now)
+      table.insert(out, name)
+      table.insert(out, 'terminate')
+    end
+  else
+    -- The score lags a renew that moved the expiry; put it right.
+    redis.call('ZADD', leasesKey(base), vm[3], name)
+  end
+end
+return out
