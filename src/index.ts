@@ -19,3 +19,15 @@ export type { Provider, ProviderDeps, ProviderGroup, ProviderMachine, SpawnReque
 export { createHealthCheck, SshHealthCheck, TcpHealthCheck, CommandHealthCheck } from './health/index.js';
 export type { HealthCheck, HealthCheckResult, HealthCheckTarget } from './health/index.js';
 export type { ProviderConfig, CheckConfig } from './config.js';
+export { VmMaster, CYCLE_STEPS, LAST_VM_SPAWN_START, DEFAULT_CYCLE_LOCK_TTL_MS, cycleLockKey } from './reconcile/vmMaster.js';
+export type { VmMasterOptions, CycleReport, CycleStep } from './reconcile/vmMaster.js';
+export {
+  decideRemoveOldDirtyVms,
+  decideCheckVmsHealth,
+  decideFinalizeLongHealthChecks,
+  decideTerminateAgain,
+  decideStartSpawnIfRequired,
+  spawnFigures,
+} from './reconcile/decisions.js';
+export type { ReconcileAction, PoolSnapshot, GroupSnapshot, SpawnInFlight, SpawnReason, SpawnFigures } from './reconcile/decisions.js';
+export { processReconcileJob, reconcileProcessor, ensureReconcileScheduler, RECONCILE_JOB_NAME } from './reconcile/processor.js';
