@@ -1,0 +1,145 @@
+import { execFile } from 'node:child_process';
+import { randomInt } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { promisify } from 'node:util';
+import ssh2 from 'ssh2';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseConfig } from '../../src/config.js';
+import { createHealthCheck } from '../../src/health/index.js';
+import { createLogger } from '../../src/logger.js';
+import { createProvider } from '../../src/providers/index.js';
+import { LocalProvider } from '../../src/providers/local.js';
+import type { ProviderGroup } from '../../src/providers/types.js';
+import { isLive } from '../helpers/netns.js';
+
+const run = promisify(execFile);
+const logger = createLogger('test');
+
+let stateDir: string;
+let group: ProviderGroup;
+let provider: LocalProvider;
+// A random address block and port, so concurrent runs never meet.
+const providerConfig = () => ({ type: 'local', state_dir: stateDir, ip_base: randomInt(100, 250), port: randomInt(20_000, 40_000), spawn_timeout: 15 });
+let rawConfig: ReturnType<typeof providerConfig>;
+
+beforeAll(() => {
+  stateDir = mkdtempSync(join(tmpdir(), 'vmpool-local-test-'));
+  rawConfig = providerConfig();
+  group = { id: 0, config: parseConfig({ groups: [{ name: 'local', provider: rawConfig }] }).groups[0]! };
+  provider = createProvider(group, { logger }) as LocalProvider;
+});
+
+afterAll(async () => {
+  // Stop every VM this file made, whatever happened in the tests.
+  for (const m of await provider.list()) await provider.terminate({ group, vmName: m.name, vmIp: m.ip ?? null });
+  rmSync(stateDir, { recursive: true, force: true });
+});
+
+/** Runs a command on a local VM over SSH with the provider's client key. */
+function sshExec(ip: string, port: number, command: string, privateKey: Buffer): Promise<{ out: string; code: number | null }> {
+  return new Promise((resolveExec, reject) => {
+    const conn = new ssh2.Client();
+    conn.on('error', reject);
+    conn.on('ready', () => {
+      conn.exec(command, (err, stream) => {
+        if (err) return reject(err);
+        let out = '';
+        stream.on('data', (d: Buffer) => (out += d.toString()));
+        stream.on('close', (code: number | null) => {
+          conn.end();
+          resolveExec({ out, code });
+        });
+      });
+    });
+    conn.connect({ host: ip, port, username: 'builder', privateKey, readyTimeout: 5000 });
+  });
+}
+
+describe('local provider', () => {
+  it('spawns a VM that outlives its spawner, passes the ssh check, and terminates from another process', async () => {
+    const tsx = createRequire(import.meta.url).resolve('tsx');
+    const script = resolve(import.meta.dirname, 'fixtures/spawnLocal.ts');
+    const { stdout } = await run(process.execPath, ['--import', pathToFileURL(tsx).href, script, JSON.stringify(rawConfig)], { timeout: 20_000 });
+    // The spawning process has exited here.
+    const machine = JSON.parse(stdout.trim().split('\n').at(-1)!) as { name: string; ip: string };
+    expect(machine.ip).toMatch(new RegExp(`^127\\.${rawConfig.ip_base}\\.\\d+\\.\\d+$`));
+
+    const state = provider.readState(machine.name)!;
+    expect(state.ip).toBe(machine.ip);
+    expect(isLive(state.pid)).toBe(true);
+    expect(await provider.list()).toEqual([{ name: machine.name, ip: machine.ip, createdAt: state.created_at }]);
+
+    const check = createHealthCheck(group, { logger });
+    const result = await check.check({ vmName: machine.name, vmIp: machine.ip, group }, { timeoutMs: 5000 });
+    expect(result).toEqual({ ok: true, detail: `ssh root@${machine.ip}:${rawConfig.port}: "echo hello" -> "hello"` });
+
+    await provider.terminate({ group, vmName: machine.name, vmIp: machine.ip });
+    expect(isLive(state.pid)).toBe(false);
+    expect(await provider.list()).toEqual([]);
+    expect(readdirSync(join(stateDir, 'ips'))).toEqual([]);
+    // Idempotent: terminating a VM that is gone succeeds.
+    await provider.terminate({ group, vmName: machine.name, vmIp: machine.ip });
+    const after = await check.check({ vmName: machine.name, vmIp: machine.ip, group }, { timeoutMs: 2000 });
+    expect(after.ok).toBe(false);
+  });
+
+  it('gives each VM its own address, runs commands, rejects other keys, and terminates by address', async () => {
+    const a = await provider.spawn({ group, spawnId: 'a' });
+    const b = await provider.spawn({ group, spawnId: 'b' });
+    expect(a.ip).not.toBe(b.ip);
+    expect(a.name).not.toBe(b.name);
+
+    const key = readFileSync(join(stateDir, 'id_ed25519'));
+    expect(await sshExec(a.ip, rawConfig.port, 'echo hello; exit 3', key)).toEqual({ out: 'hello\n', code: 3 });
+    const stranger = Buffer.from(ssh2.utils.generateKeyPairSync('ed25519').private);
+    await expect(sshExec(b.ip, rawConfig.port, 'echo hello', stranger)).rejects.toThrow(/authentication methods failed/);
+
+    // A caller that only knows the address (a stale record) can still stop the VM.
+    const pidB = provider.readState(b.name)!.pid;
+    await provider.terminate({ group, vmName: 'some-other-name', vmIp: b.ip });
+    expect(isLive(pidB)).toBe(false);
+    expect((await provider.list()).map((m) => m.name)).toEqual([a.name]);
+
+    await provider.terminate({ group, vmName: a.name, vmIp: a.ip });
+    expect(await provider.list()).toEqual([]);
+    expect(existsSync(join(stateDir, 'vms', `${a.name}.json`))).toBe(false);
+  });
+
+  it('never signals a pid that is not a local VM process, even with a state file naming it', async () => {
+    const forged = { pid: process.pid, name: 'forged-1', ip: `127.${rawConfig.ip_base}.9.9`, port: rawConfig.port, created_at: 1, host_key: 'x' };
+    writeFileSync(join(stateDir, 'vms', 'forged-1.json'), JSON.stringify(forged));
+    expect(await provider.list()).toEqual([]);
+    // This test process is the pid: if it were signalled, the test would not finish.
+    await provider.terminate({ group, vmName: 'forged-1', vmIp: null });
+    expect(existsSync(join(stateDir, 'vms', 'forged-1.json'))).toBe(false);
+  });
+
+  it('reports a VM that died on its own as gone from the list', async () => {
+    const m = await provider.spawn({ group, spawnId: 'c' });
+    const pid = provider.readState(m.name)!.pid;
+    process.kill(pid, 'SIGKILL');
+    for (let i = 0; i < 50 && isLive(pid); i++) await new Promise((r) => setTimeout(r, 20));
+    expect(await provider.list()).toEqual([]);
+    await provider.terminate({ group, vmName: m.name, vmIp: m.ip });
+    expect(readdirSync(join(stateDir, 'vms'))).toEqual([]);
+  });
+
+  it('fails a spawn clearly when the address is taken, and leaves nothing behind', async () => {
+    // Something else listens on the next free address and port.
+    const net = await import('node:net');
+    const blocker = net.createServer();
+    const ip = `127.${rawConfig.ip_base}.0.1`;
+    await new Promise<void>((r) => blocker.listen(rawConfig.port, ip, r));
+    try {
+      await expect(provider.spawn({ group, spawnId: 'd' })).rejects.toThrow(/exited with code 1; output: .*EADDRINUSE/);
+      expect(await provider.list()).toEqual([]);
+      expect(readdirSync(join(stateDir, 'ips'))).toEqual([]);
+    } finally {
+      blocker.close();
+    }
+  });
+});
