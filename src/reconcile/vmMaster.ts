@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { Queue } from 'bullmq';
 import type { Logger } from '../logger.js';
 import { VmDescriptorNotFound, VmError } from '../pool/types.js';
-import type { VmManager } from '../pool/vmManager.js';
+import type { ExpiredLease, VmManager } from '../pool/vmManager.js';
 import { HEALTH_QUEUE, healthJobDeduplicationId, healthJobOptions, type HealthJobData } from '../../queues/health.js';
 import type { QueueName } from '../../queues/names.js';
 import { SPAWN_QUEUE, spawnJobId, spawnJobOptions, type SpawnJobData } from '../../queues/spawn.js';
@@ -52,14 +52,6 @@ export interface CycleReport {
   /** Steps not run because the lock was lost mid-cycle. */
   skipped: CycleStep[];
 }
-
-/** What a lease expiry did to one VM (VmManager.expireLeases). */
-export interface ExpiredLease {
-  vmName: string;
-  action: string;
-}
-
-type LeaseExpirer = { expireLeases?: () => Promise<ExpiredLease[]> };
 
 /** The lock key of reconcile cycles: one per pool, beside the pool's keys. */
 export function cycleLockKey(vmm: VmManager): string {
@@ -154,11 +146,8 @@ export class VmMaster {
 
   /** Hands VMs whose lease lapsed to on_lease_expiry (VmManager.expireLeases). */
   async reclaimExpiredLeases(): Promise<ExpiredLease[]> {
-    const vmm = this.vmm as VmManager & LeaseExpirer;
-    if (typeof vmm.expireLeases !== 'function') return [];
-    const expired = await vmm.expireLeases();
-    for (const e of expired) this.logger.info({ vmName: e.vmName, action: e.action }, 'lease expired');
-    return expired;
+    // expireLeases logs each VM and enqueues its terminate or health job.
+    return this.vmm.expireLeases();
   }
 
   /**
