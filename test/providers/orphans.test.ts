@@ -1,0 +1,92 @@
+import { describe, expect, it } from 'vitest';
+import { VmStates } from '../../src/pool/types.js';
+import { decideOrphans, type OrphanInput, type OrphanPoolVm } from '../../src/providers/orphans.js';
+
+const MIN = 60_000;
+const now = 1_800_000_000_000;
+const graceMs = 15 * MIN;
+
+function vm(name: string, state: OrphanPoolVm['state'], extra: Partial<OrphanPoolVm> = {}): OrphanPoolVm {
+  return { name, ip: '192.0.2.1', state, group: 0, ...extra };
+}
+
+function input(extra: Partial<OrphanInput>): OrphanInput {
+  return { group: 0, poolVms: [], machines: [], previousUnknown: new Map(), now, graceMs, ...extra };
+}
+
+describe('decideOrphans', () => {
+  it('leaves known machines alone', () => {
+    const d = decideOrphans(input({ poolVms: [vm('a', VmStates.READY)], machines: [{ name: 'a' }] }));
+    expect(d.terminateMachines).toEqual([]);
+    expect(d.terminateVms).toEqual([]);
+    expect(d.unknown.size).toBe(0);
+    expect(d.counts).toMatchObject({ machines: 1, poolVms: 1, unknown: 0, missing: 0 });
+  });
+
+  it('only remembers an unknown machine on its first pass, even an old one', () => {
+    const old = { name: 'leak-1', createdAt: now - 10 * graceMs };
+    const d = decideOrphans(input({ machines: [old] }));
+    expect(d.terminateMachines).toEqual([]);
+    expect([...d.unknown]).toEqual([['leak-1', now]]);
+    expect(d.counts).toMatchObject({ unknown: 1, unknownWaiting: 1, unknownTerminated: 0 });
+  });
+
+  it('terminates an unknown machine seen on two passes in a row and older than the grace', () => {
+    const machine = { name: 'leak-1', createdAt: now - graceMs };
+    const d = decideOrphans(input({ machines: [machine], previousUnknown: new Map([['leak-1', now - 10 * MIN]]) }));
+    expect(d.terminateMachines).toEqual([machine]);
+    // Still remembered until it is gone from the list, with its first sighting.
+    expect(d.unknown.get('leak-1')).toBe(now - 10 * MIN);
+    expect(d.counts.unknownTerminated).toBe(1);
+  });
+
+  it('waits for the grace on a second pass of a young machine (a spawn still in flight)', () => {
+    const d = decideOrphans(
+      input({ machines: [{ name: 'new-1', createdAt: now - MIN }], previousUnknown: new Map([['new-1', now - MIN]]) }),
+    );
+    expect(d.terminateMachines).toEqual([]);
+    expect(d.counts.unknownWaiting).toBe(1);
+  });
+
+  it('measures age from the first sighting when the provider gives no creation time', () => {
+    const young = decideOrphans(input({ machines: [{ name: 'x-1' }], previousUnknown: new Map([['x-1', now - MIN]]) }));
+    expect(young.terminateMachines).toEqual([]);
+    const old = decideOrphans(input({ machines: [{ name: 'x-1' }], previousUnknown: new Map([['x-1', now - graceMs]]) }));
+    expect(old.terminateMachines).toEqual([{ name: 'x-1' }]);
+  });
+
+  it('forgets unknown machines that disappeared', () => {
+    const d = decideOrphans(input({ machines: [], previousUnknown: new Map([['gone-1', now - graceMs]]) }));
+    expect(d.unknown.size).toBe(0);
+  });
+
+  it('treats a machine known to another group as known', () => {
+    const d = decideOrphans(
+      input({ poolVms: [vm('other-1', VmStates.READY, { group: 1 })], machines: [{ name: 'other-1' }], previousUnknown: new Map([['other-1', 0]]) }),
+    );
+    expect(d.terminateMachines).toEqual([]);
+  });
+
+  it('terminates pool VMs the provider no longer has, but not terminating or young got_ip ones', () => {
+    const pool = [
+      vm('ready-1', VmStates.READY),
+      vm('in-use-1', VmStates.IN_USE),
+      vm('failed-1', VmStates.CHECK_HEALTH_FAILED),
+      vm('terminating-1', VmStates.TERMINATING),
+      vm('young-1', VmStates.GOT_IP, { addedAt: now - MIN }),
+      vm('unknown-age-1', VmStates.GOT_IP),
+      vm('old-got-ip-1', VmStates.GOT_IP, { addedAt: now - graceMs }),
+      vm('listed-1', VmStates.READY),
+      vm('other-group-1', VmStates.READY, { group: 1 }),
+    ];
+    const d = decideOrphans(input({ poolVms: pool, machines: [{ name: 'listed-1' }] }));
+    expect(d.terminateVms.map((v) => v.name)).toEqual(['ready-1', 'in-use-1', 'failed-1', 'old-got-ip-1']);
+    expect(d.counts).toMatchObject({ poolVms: 8, missing: 7, missingSkipped: 3 });
+  });
+
+  it('does not mutate its inputs', () => {
+    const previous = new Map([['leak-1', now - graceMs]]);
+    decideOrphans(input({ machines: [{ name: 'leak-2' }], previousUnknown: previous }));
+    expect([...previous]).toEqual([['leak-1', now - graceMs]]);
+  });
+});
