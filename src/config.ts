@@ -153,6 +153,34 @@ export const redisConfigSchema = z.strictObject({
     .default('vmpool'),
 });
 
+/** Scopes of API tokens: builder (acquire, release, renew) and admin (everything). */
+export const webScopes = ['builder', 'admin'] as const;
+export type WebScope = (typeof webScopes)[number];
+
+/** The `web` process: API, pool page, Bull Board, metrics. Off loopback it needs a token. */
+export const webConfigSchema = z.strictObject({
+  host: z.string().min(1).default('127.0.0.1'),
+  port: z.number().int().min(0).max(65535).default(8080),
+  /** Bull Board shows the queues but cannot retry, remove or add jobs. */
+  read_only_board: z.boolean().default(false),
+  auth: z
+    .strictObject({
+      /** Shorthand for one token with the admin scope. */
+      token: z.string().min(16, 'a token of at least 16 characters').optional(),
+      tokens: z
+        .array(
+          z.strictObject({
+            name: z.string().min(1).optional(),
+            token: z.string().min(16, 'a token of at least 16 characters'),
+            scopes: z.array(z.enum(webScopes)).min(1),
+          }),
+        )
+        .default([]),
+    })
+    .default({ tokens: [] }),
+});
+export type WebConfig = z.output<typeof webConfigSchema>;
+
 export const configSchema = z.strictObject({
   redis: redisConfigSchema.default({ url: 'redis://127.0.0.1:6379', prefix: 'vmpool' }),
   vm_cycle_timeout: z.number().positive().default(10),
@@ -165,6 +193,7 @@ export const configSchema = z.strictObject({
       terminate: positiveInt(4),
     })
     .default({ acquire: 50, spawn: 4, health: 20, terminate: 4 }),
+  web: webConfigSchema.default({ host: '127.0.0.1', port: 8080, read_only_board: false, auth: { tokens: [] } }),
   groups: z
     .array(groupConfigSchema)
     .min(1)

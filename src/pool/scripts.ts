@@ -53,7 +53,10 @@ export type ScriptName =
   | 'removeVm'
   | 'startVmCheck'
   | 'recordHealthCheckResult'
-  | 'markVmCheckFailed';
+  | 'markVmCheckFailed'
+  | 'markServerStart'
+  | 'holdVm'
+  | 'unholdVm';
 
 /** Defines every pool script on the connection (idempotent) and returns a typed caller. */
 export function loadScripts(redis: Redis): (name: ScriptName | string, keys: string[], args: (string | number)[]) => Promise<ScriptReply> {

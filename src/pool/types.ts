@@ -94,6 +94,9 @@ export interface VmRecord extends VmDescriptor {
   boundSince: number | null;
   leaseId: string | null;
   leaseExpiresAt: number | null;
+  /** Operator holding the VM out of acquisition (hold/unhold), or null. */
+  heldBy: string | null;
+  heldSince: number | null;
 }
 
 function toHashObject(hash: Record<string, string> | string[]): Record<string, string> {
@@ -110,6 +113,8 @@ export function recordFromHash(hash: Record<string, string> | string[]): VmRecor
     boundSince: numberOrNull(h.bound_since),
     leaseId: stringOrNull(h.lease_id),
     leaseExpiresAt: numberOrNull(h.lease_expires_at),
+    heldBy: stringOrNull(h.held_by),
+    heldSince: numberOrNull(h.held_since),
   };
 }
 

@@ -215,6 +215,35 @@ export class VmManager {
     return (await this.readVmHashes(await this.redis.smembers(this.keys.allVms))).map(recordFromHash);
   }
 
+  /** One VM with its bookkeeping fields (lease, hold); throws VmDescriptorNotFound. */
+  async getVmRecord(vmName: string): Promise<VmRecord> {
+    if (typeof vmName !== 'string' || vmName === '') throw new VmDescriptorNotFound(String(vmName));
+    const hash = await this.redis.hgetall(this.keys.vm(vmName));
+    if (!hash.state) throw new VmDescriptorNotFound(vmName);
+    return recordFromHash(hash);
+  }
+
+  /**
+   * Holds a VM out of acquisition (an operator debugging it); it keeps its state otherwise.
+   * Returns false when it was already held. A terminating VM cannot be held (VmError).
+   */
+  async holdVm(vmName: string, by: string): Promise<boolean> {
+    if (typeof by !== 'string' || by === '') throw new VmError('holdVm needs who holds the VM');
+    const result = await this.runScript('holdVm', [this.keys.base], [vmName, by, this.clock()]);
+    if (result === -1) throw new VmDescriptorNotFound(vmName);
+    if (result === -2) throw new VmError(`VM ${vmName} is terminating and cannot be held`);
+    if (result === 1) this.logger.info({ vmName, by }, 'VM held');
+    return result === 1;
+  }
+
+  /** Ends a hold; a ready VM can be acquired again. Returns false when it was not held. */
+  async unholdVm(vmName: string): Promise<boolean> {
+    const result = await this.runScript('unholdVm', [this.keys.base], [vmName]);
+    if (result === -1) throw new VmDescriptorNotFound(vmName);
+    if (result === 1) this.logger.info({ vmName }, 'VM unheld');
+    return result === 1;
+  }
+
   /** Number of VMs of the group (any state) bound to the user. */
   async countUserVms(username: string, group: number): Promise<number> {
     this.groupConfig(group);

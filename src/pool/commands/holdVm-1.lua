@@ -1,0 +1,37 @@
+--[[
+  Holds a VM for an operator: it stays in the pool, in its state, but acquire never hands it out.
+  A held ready VM leaves the ready indexes (which acquire pops from); while held_by is set,
+  setVmState never puts it back there. A terminating VM cannot be held.
+
+  Input:
+    KEYS[1] pool key base (with hash tag)
+    ARGV[1] VM name
+    ARGV[2] who holds it (operator name, never empty)
+    ARGV[3] now (epoch ms)
+  Output:
+    1   held
+    0   already held (nothing changed; the first holder stays)
+    -1  no such VM
+    -2  the VM is terminating (nothing changed)
+]]
+local base = KEYS[1]
+local name, by, now = ARGV[1], ARGV[2], ARGV[3]
+--- @include "includes/setVmState"
+
+local key = vmKey(base, name)
+local vm = redis.call('HMGET', key, 'state', 'group', 'bound_to_user', 'sandbox', 'held_by')
+local state, group, owner, sandbox = vm[1], vm[2], vm[3], vm[4]
+if not state then
+  return -1
+end
+if vm[5] then
+  return 0
+end
+if state == 'terminating' then
+  return -2
+end
+redis.call('HSET', key, 'held_by', by, 'held_since', now)
+if state == 'ready' then
+  removeFromReadyIndex(base, name, group, owner, sandbox)
+end
+return 1

@@ -1,0 +1,31 @@
+--[[
+  Ends an operator's hold. A ready VM goes back into its ready index (clean, or dirty for its
+  owner and sandbox), scored by its last health check, so acquire can hand it out again.
+
+  Input:
+    KEYS[1] pool key base (with hash tag)
+    ARGV[1] VM name
+  Output:
+    1   unheld
+    0   the VM was not held (nothing changed)
+    -1  no such VM
+]]
+local base = KEYS[1]
+local name = ARGV[1]
+--- @include "includes/setVmState"
+
+local key = vmKey(base, name)
+local vm = redis.call('HMGET', key, 'state', 'group', 'bound_to_user', 'sandbox', 'held_by', 'last_health_check')
+local state, group, owner, sandbox = vm[1], vm[2], vm[3], vm[4]
+if not state then
+  return -1
+end
+if not vm[5] then
+  return 0
+end
+redis.call('HDEL', key, 'held_by', 'held_since')
+if state == 'ready' then
+  addToReadyIndex(base, name, group, owner, sandbox, tonumber(vm[6]) or 0)
+  redis.call('PUBLISH', readyChannel(base, group), name)
+end
+return 1
