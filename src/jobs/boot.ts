@@ -41,8 +41,8 @@ export async function startProcessTypes(types: readonly WorkerProcessType[], con
     workers,
     stop(deadlineMs = 10_000) {
       stopping ??= (async () => {
+        await Promise.all(types.map((type) => processTypeSpecs[type].beforeStop?.(ctx)));
         await Promise.all(workers.map((w) => w.close(deadlineMs)));
-        for (const type of types) await processTypeSpecs[type].afterStop?.(ctx);
         await ctx.close();
       })();
       return stopping;

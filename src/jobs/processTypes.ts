@@ -1,4 +1,7 @@
 import type { Config } from '../config.js';
+import { acquireProcessor, stopAcquireWaits } from '../acquire/processor.js';
+import { ensureReconcileScheduler, reconcileProcessor } from '../reconcile/processor.js';
+import { RECONCILE_QUEUE } from '../../queues/reconcile.js';
 import type { JobContext } from './context.js';
 import type { ProcessorSpec } from './runtime.js';
 import { healthProcessor } from './health.js';
@@ -12,18 +15,27 @@ export type WorkerProcessType = (typeof WORKER_PROCESS_TYPES)[number];
 export interface ProcessTypeSpec {
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   processor: ProcessorSpec<any, unknown>;
-  /** Where the concurrency comes from; reconcile always runs one job at a time. */
+  /** Where the concurrency comes from; without it the worker runs one job at a time. */
   concurrencyKey?: keyof Config['concurrency'];
   beforeStart?(ctx: JobContext): Promise<void>;
-  afterStop?(ctx: JobContext): Promise<void>;
+  /** Runs before the worker closes (for jobs that would otherwise wait until the deadline). */
+  beforeStop?(ctx: JobContext): Promise<void>;
 }
 
 export const processTypeSpecs: Record<WorkerProcessType, ProcessTypeSpec> = {
+  acquire: { processor: acquireProcessor, concurrencyKey: 'acquire', beforeStop: stopAcquireWaits },
   spawn: { processor: spawnProcessor, concurrencyKey: 'spawn' },
   health: { processor: healthProcessor, concurrencyKey: 'health' },
   terminate: { processor: terminateProcessor, concurrencyKey: 'terminate' },
-  acquire: { processor: spawnProcessor, concurrencyKey: 'acquire' }, // replaced below when wired
-  reconcile: { processor: spawnProcessor }, // replaced below when wired
+  reconcile: {
+    processor: reconcileProcessor,
+    // Copr marks the server start when its daemon starts: VMs checked before it are checked again
+    // (reconcile checks them at once) before they are handed out.
+    beforeStart: async (ctx) => {
+      await ctx.vmm.markServerStart();
+      await ensureReconcileScheduler(ctx.queue(RECONCILE_QUEUE), ctx.config);
+    },
+  },
 };
 
 export function isWorkerProcessType(value: string): value is WorkerProcessType {

@@ -1,6 +1,5 @@
 import { UnrecoverableError, type Job } from 'bullmq';
 import { isValidVmIp, isValidVmName } from '../pool/types.js';
-import { HEALTH_QUEUE, healthJobDeduplicationId, healthJobOptions, type HealthJobData } from '../../queues/health.js';
 import { SPAWN_QUEUE, spawnJobSchema, type SpawnJobResult } from '../../queues/spawn.js';
 import { TERMINATE_QUEUE, terminateJobOptions, type TerminateJobData } from '../../queues/terminate.js';
 import type { JobContext } from './context.js';
@@ -11,15 +10,6 @@ type SpawnData = z.output<typeof spawnJobSchema>;
 
 function isFinalAttempt(job: Job): boolean {
   return job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
-}
-
-/** Adds the first health check of a new VM, deduplicated per VM. */
-export async function enqueueHealthCheck(ctx: JobContext, vmName: string): Promise<void> {
-  const data: HealthJobData = { vmName };
-  await ctx.queue(HEALTH_QUEUE).add('health', data, {
-    ...healthJobOptions,
-    deduplication: { id: healthJobDeduplicationId(vmName) },
-  });
 }
 
 /**
@@ -57,7 +47,7 @@ async function processSpawn(job: Job, data: SpawnData, ctx: JobContext): Promise
       if (!known) await requestOrphanTermination(ctx, machine.name, group, machine.ip);
       throw new UnrecoverableError(`spawned machine ${machine.name} could not enter the pool: ${(err as Error).message}`);
     }
-    await enqueueHealthCheck(ctx, machine.name);
+    await ctx.vmm.enqueueHealthCheck(machine.name);
     await ctx.vmm.finishSpawn(group, spawnId);
     await log(`spawned ${machine.name} at ${machine.ip} in ${ctx.clock() - started} ms`);
     ctx.logger.info({ vmName: machine.name, vmIp: machine.ip, group, spawnId }, 'VM spawned');
