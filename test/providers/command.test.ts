@@ -1,8 +1,8 @@
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseConfig } from '../../src/config.js';
+import { loadConfig, parseConfig } from '../../src/config.js';
 import { createLogger } from '../../src/logger.js';
 import { CommandProvider, ProviderError, parseListOutput, parseSpawnOutput } from '../../src/providers/command.js';
 import { HOOK_LOG_MAX_LINES } from '../../src/providers/hook.js';
@@ -216,6 +216,12 @@ describe('output parsers', () => {
 });
 
 describe('config', () => {
+  it.each(['netns', 'libvirt', 'openstack'])('accepts the %s example config', (name) => {
+    const config = loadConfig(resolve(import.meta.dirname, `../../examples/${name}/vmpool.yaml`), {});
+    expect(config.groups[0]!.provider.type).toBe('command');
+    expect(config.groups[0]!.check.type).toBe('ssh');
+  });
+
   it('defaults a group to the local provider and the ssh check', () => {
     const g = parseConfig({ groups: [{ name: 'g' }] }).groups[0]!;
     expect(g.provider.type).toBe('local');

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# spawn_cmd for OpenStack with the `openstack` CLI (NOT run in CI: needs a cloud account).
+# Credentials come from the usual OS_* variables or OS_CLOUD (clouds.yaml), set in the provider `env`.
+# Settings: OS_VMPOOL_IMAGE, OS_VMPOOL_FLAVOR, OS_VMPOOL_NETWORK, OS_VMPOOL_KEY (key pair name).
+set -euo pipefail
+name="vmpool-${VMPOOL_GROUP_NAME//[^A-Za-z0-9]/-}-${VMPOOL_SPAWN_ID: -12}"
+name=${name:0:63}
+
+printf '{"name":"%s"}\n' "$name"
+openstack server create --wait \
+  --image "${OS_VMPOOL_IMAGE:?}" --flavor "${OS_VMPOOL_FLAVOR:?}" --network "${OS_VMPOOL_NETWORK:?}" \
+  --key-name "${OS_VMPOOL_KEY:?}" --property vmpool_group="$VMPOOL_GROUP_NAME" \
+  -f value -c id "$name"
+
+# addresses looks like {'net': ['10.0.0.5']}; take the first IPv4 address.
+ip=$(openstack server show "$name" -f json -c addresses | python3 -c '
+import json, sys, ipaddress
+for addrs in json.load(sys.stdin)["addresses"].values():
+    for a in addrs:
+        if ipaddress.ip_address(a).version == 4:
+            print(a); sys.exit(0)
+sys.exit("no IPv4 address")')
+printf '{"name":"%s","ip":"%s"}\n' "$name" "$ip"
