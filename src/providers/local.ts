@@ -9,7 +9,7 @@ import ssh2 from 'ssh2';
 import type { z } from 'zod';
 import type { localProviderSchema } from '../config.js';
 import { ProviderError } from './command.js';
-import type { Provider, ProviderDeps, ProviderMachine, SpawnedMachine, SpawnRequest, TerminateRequest } from './types.js';
+import type { Provider, ProviderDeps, ProviderGroup, ProviderMachine, SpawnedMachine, SpawnRequest, TerminateRequest } from './types.js';
 
 export type LocalProviderConfig = z.output<typeof localProviderSchema>;
 
@@ -27,6 +27,8 @@ export function localClientKeyPath(stateDir: string): string {
 export interface LocalVmState {
   pid: number;
   name: string;
+  /** The group that spawned it, so each group lists only its own VMs. */
+  group: string;
   ip: string;
   port: number;
   created_at: number;
@@ -169,7 +171,7 @@ export class LocalProvider implements Provider {
     const { command, args } = localVmCommand();
     const child = spawn(
       command,
-      [...args, '--state-dir', this.stateDir, '--name', name, '--ip', ip, '--port', String(this.config.port), '--authorized-key', keyFile],
+      [...args, '--state-dir', this.stateDir, '--name', name, '--group', request.group.config.name, '--ip', ip, '--port', String(this.config.port), '--authorized-key', keyFile],
       // Its own session, output to a file: it must outlive this process.
       { detached: true, stdio: ['ignore', fd, fd] },
     );
@@ -224,9 +226,9 @@ export class LocalProvider implements Provider {
     await Promise.resolve(request.log?.(`local VM ${name}: terminated`)).catch(() => {});
   }
 
-  async list(): Promise<ProviderMachine[]> {
+  async list(group: ProviderGroup): Promise<ProviderMachine[]> {
     return this.allStates()
-      .filter((s) => isLocalVmProcess(s.pid, s.name))
+      .filter((s) => s.group === group.config.name && isLocalVmProcess(s.pid, s.name))
       .map((s) => ({ name: s.name, ip: s.ip, createdAt: s.created_at }));
   }
 }

@@ -21,6 +21,7 @@ const logger = createLogger('test');
 
 let stateDir: string;
 let group: ProviderGroup;
+let otherGroup: ProviderGroup;
 let provider: LocalProvider;
 // A random address block and port, so concurrent runs never meet.
 const providerConfig = () => ({ type: 'local', state_dir: stateDir, ip_base: randomInt(100, 250), port: randomInt(20_000, 40_000), spawn_timeout: 15 });
@@ -30,12 +31,15 @@ beforeAll(() => {
   stateDir = mkdtempSync(join(tmpdir(), 'vmpool-local-test-'));
   rawConfig = providerConfig();
   group = { id: 0, config: parseConfig({ groups: [{ name: 'local', provider: rawConfig }] }).groups[0]! };
+  otherGroup = { id: 1, config: parseConfig({ groups: [{ name: 'other', provider: rawConfig }] }).groups[0]! };
   provider = createProvider(group, { logger }) as LocalProvider;
 });
 
 afterAll(async () => {
   // Stop every VM this file made, whatever happened in the tests.
-  for (const m of await provider.list()) await provider.terminate({ group, vmName: m.name, vmIp: m.ip ?? null });
+  for (const g of [group, otherGroup]) {
+    for (const m of await provider.list(g)) await provider.terminate({ group: g, vmName: m.name, vmIp: m.ip ?? null });
+  }
   rmSync(stateDir, { recursive: true, force: true });
 });
 
@@ -71,7 +75,7 @@ describe('local provider', () => {
     const state = provider.readState(machine.name)!;
     expect(state.ip).toBe(machine.ip);
     expect(isLive(state.pid)).toBe(true);
-    expect(await provider.list()).toEqual([{ name: machine.name, ip: machine.ip, createdAt: state.created_at }]);
+    expect(await provider.list(group)).toEqual([{ name: machine.name, ip: machine.ip, createdAt: state.created_at }]);
 
     const check = createHealthCheck(group, { logger });
     const result = await check.check({ vmName: machine.name, vmIp: machine.ip, group }, { timeoutMs: 5000 });
@@ -79,7 +83,7 @@ describe('local provider', () => {
 
     await provider.terminate({ group, vmName: machine.name, vmIp: machine.ip });
     expect(isLive(state.pid)).toBe(false);
-    expect(await provider.list()).toEqual([]);
+    expect(await provider.list(group)).toEqual([]);
     expect(readdirSync(join(stateDir, 'ips'))).toEqual([]);
     // Idempotent: terminating a VM that is gone succeeds.
     await provider.terminate({ group, vmName: machine.name, vmIp: machine.ip });
@@ -92,6 +96,11 @@ describe('local provider', () => {
     const b = await provider.spawn({ group, spawnId: 'b' });
     expect(a.ip).not.toBe(b.ip);
     expect(a.name).not.toBe(b.name);
+    // Groups sharing a state dir each list only their own VMs.
+    const o = await provider.spawn({ group: otherGroup, spawnId: 'o' });
+    expect((await provider.list(group)).map((m) => m.name).sort()).toEqual([a.name, b.name].sort());
+    expect((await provider.list(otherGroup)).map((m) => m.name)).toEqual([o.name]);
+    await provider.terminate({ group: otherGroup, vmName: o.name, vmIp: o.ip });
 
     const key = readFileSync(join(stateDir, 'id_ed25519'));
     expect(await sshExec(a.ip, rawConfig.port, 'echo hello; exit 3', key)).toEqual({ out: 'hello\n', code: 3 });
@@ -102,17 +111,17 @@ describe('local provider', () => {
     const pidB = provider.readState(b.name)!.pid;
     await provider.terminate({ group, vmName: 'some-other-name', vmIp: b.ip });
     expect(isLive(pidB)).toBe(false);
-    expect((await provider.list()).map((m) => m.name)).toEqual([a.name]);
+    expect((await provider.list(group)).map((m) => m.name)).toEqual([a.name]);
 
     await provider.terminate({ group, vmName: a.name, vmIp: a.ip });
-    expect(await provider.list()).toEqual([]);
+    expect(await provider.list(group)).toEqual([]);
     expect(existsSync(join(stateDir, 'vms', `${a.name}.json`))).toBe(false);
   });
 
   it('never signals a pid that is not a local VM process, even with a state file naming it', async () => {
-    const forged = { pid: process.pid, name: 'forged-1', ip: `127.${rawConfig.ip_base}.9.9`, port: rawConfig.port, created_at: 1, host_key: 'x' };
+    const forged = { pid: process.pid, name: 'forged-1', group: 'local', ip: `127.${rawConfig.ip_base}.9.9`, port: rawConfig.port, created_at: 1, host_key: 'x' };
     writeFileSync(join(stateDir, 'vms', 'forged-1.json'), JSON.stringify(forged));
-    expect(await provider.list()).toEqual([]);
+    expect(await provider.list(group)).toEqual([]);
     // This test process is the pid: if it were signalled, the test would not finish.
     await provider.terminate({ group, vmName: 'forged-1', vmIp: null });
     expect(existsSync(join(stateDir, 'vms', 'forged-1.json'))).toBe(false);
@@ -123,7 +132,7 @@ describe('local provider', () => {
     const pid = provider.readState(m.name)!.pid;
     process.kill(pid, 'SIGKILL');
     for (let i = 0; i < 50 && isLive(pid); i++) await new Promise((r) => setTimeout(r, 20));
-    expect(await provider.list()).toEqual([]);
+    expect(await provider.list(group)).toEqual([]);
     await provider.terminate({ group, vmName: m.name, vmIp: m.ip });
     expect(readdirSync(join(stateDir, 'vms'))).toEqual([]);
   });
@@ -136,7 +145,7 @@ describe('local provider', () => {
     await new Promise<void>((r) => blocker.listen(rawConfig.port, ip, r));
     try {
       await expect(provider.spawn({ group, spawnId: 'd' })).rejects.toThrow(/exited with code 1; output: .*EADDRINUSE/);
-      expect(await provider.list()).toEqual([]);
+      expect(await provider.list(group)).toEqual([]);
       expect(readdirSync(join(stateDir, 'ips'))).toEqual([]);
     } finally {
       blocker.close();
