@@ -90,85 +90,147 @@ interface SizeResult {
   keysPerVm: number;
 }
 
-async function benchSize(server: PrivateRedis, size: number): Promise<SizeResult> {
-  const redis = new Redis(server.url, { maxRetriesPerRequest: 2 });
-  await redis.flushall(); // the bench's own server, never the shared one
+/** One pool of `size` ready VMs under its own prefix, with its measurements so far. */
+interface Pool {
+  size: number;
+  vmm: VmManager;
+  nextVm: number;
+  owners: number;
+  clean: number[];
+  dirty: number[];
+  cycles: number;
+  cycleSeconds: number;
+  bytesPerVmUsed: number;
+  bytesPerVmKeys: number;
+  keysPerVm: number;
+}
+
+async function createPool(redis: Redis, size: number): Promise<Pool> {
   const vmm = new VmManager(config, { redis, prefix: `bench${size}`, logger });
   await vmm.markServerStart();
-  await vmm.getServerStart();
   // Load the scripts and the terminate queue before the memory baseline.
   await vmm.addVmToPool('10.255.255.254', 'probe', 0);
   await vmm.startVmTermination('probe');
   await vmm.removeVmFromPool('probe');
-  const queue = vmm.getTerminateQueue();
-  await queue.obliterate({ force: true });
+  await vmm.getTerminateQueue().obliterate({ force: true });
 
   const before = await usedMemory(redis);
   await addReady(vmm, 0, size);
   const after = await usedMemory(redis);
-  const pool = await memoryUsageOfPool(redis, vmm.keys.base);
-  let nextVm = size;
-
-  // Clean acquisitions: a new owner each time. The VM is then replaced by a new clean one (untimed),
-  // so the pool keeps `size` clean ready VMs.
-  const clean: number[] = [];
-  for (let i = 0; i < WARMUP + SAMPLES; i++) {
-    const t0 = process.hrtime.bigint();
-    const vm = await vmm.acquireVm({ groups: [0], owner: `owner-${i}`, sandbox: `owner-${i}/proj`, workerId: 'bench' });
-    const t1 = process.hrtime.bigint();
-    if (i >= WARMUP) clean.push(Number(t1 - t0) / 1e6);
-    await vmm.startVmTermination(vm.vmName, 'in_use');
-    await vmm.removeVmFromPool(vm.vmName);
-    await addReady(vmm, nextVm++, 1);
-  }
-  await queue.obliterate({ force: true });
-
-  // Dirty acquisitions, the realistic cycle: many owners, each with a sandbox that has a VM bound to it.
-  const owners = Math.min(size, 100);
+  const keys = await memoryUsageOfPool(redis, vmm.keys.base);
+  // Owners for the dirty cycle: each gets one VM bound to its sandbox; half the pool stays clean.
+  const owners = Math.min(Math.floor(size / 2), 100);
   for (let o = 0; o < owners; o++) {
     const vm = await vmm.acquireVm({ groups: [0], owner: `user-${o}`, sandbox: `user-${o}/proj`, workerId: 'bench' });
     await vmm.releaseVm(vm.vmName);
   }
-  const dirty: number[] = [];
-  for (let i = 0; i < WARMUP + SAMPLES; i++) {
-    const o = i % owners;
+  return {
+    size,
+    vmm,
+    nextVm: size,
+    owners,
+    clean: [],
+    dirty: [],
+    cycles: 0,
+    cycleSeconds: 0,
+    bytesPerVmUsed: (after - before) / size,
+    bytesPerVmKeys: keys.bytes / size,
+    keysPerVm: keys.keys / size,
+  };
+}
+
+/**
+ * Clean acquisitions: a new owner each time. The VM is then replaced by a new clean one (untimed),
+ * so the pool keeps `size` ready VMs.
+ */
+async function sampleClean(pool: Pool, count: number, record: boolean): Promise<void> {
+  const { vmm } = pool;
+  for (let i = 0; i < count; i++) {
+    const owner = `owner-${pool.nextVm}`;
+    const t0 = process.hrtime.bigint();
+    const vm = await vmm.acquireVm({ groups: [0], owner, sandbox: `${owner}/proj`, workerId: 'bench' });
+    const t1 = process.hrtime.bigint();
+    if (record) pool.clean.push(Number(t1 - t0) / 1e6);
+    if (vm.boundToUser !== owner || vm.buildsCount !== 0) throw new Error(`expected a clean VM, got ${vm.vmName}`);
+    await vmm.startVmTermination(vm.vmName, 'in_use');
+    await vmm.removeVmFromPool(vm.vmName);
+    await addReady(vmm, pool.nextVm++, 1);
+  }
+}
+
+/** Dirty acquisitions, the realistic cycle: many owners, each with a sandbox that has a VM bound to it. */
+async function sampleDirty(pool: Pool, count: number, record: boolean): Promise<void> {
+  const { vmm } = pool;
+  for (let i = 0; i < count; i++) {
+    const o = (pool.dirty.length + i) % pool.owners;
     const t0 = process.hrtime.bigint();
     const vm = await vmm.acquireVm({ groups: [0], owner: `user-${o}`, sandbox: `user-${o}/proj`, workerId: 'bench', taskId: `task-${i}` });
     const t1 = process.hrtime.bigint();
-    if (i >= WARMUP) dirty.push(Number(t1 - t0) / 1e6);
+    if (record) pool.dirty.push(Number(t1 - t0) / 1e6);
     if (vm.boundToUser !== `user-${o}` || vm.buildsCount === 0) throw new Error(`expected a dirty VM of user-${o}, got ${vm.vmName}`);
     await vmm.releaseVm(vm.vmName);
   }
+}
 
-  // Serial acquire+release cycles for a fixed time.
-  let cycles = 0;
-  const end = process.hrtime.bigint() + BigInt(CYCLE_SECONDS * 1e9);
+/** Serial acquire+release cycles (dirty, over the pool's owners) for a slice of time. */
+async function runCycles(pool: Pool, seconds: number): Promise<void> {
+  const { vmm } = pool;
   const started = process.hrtime.bigint();
+  const end = started + BigInt(Math.round(seconds * 1e9));
   while (process.hrtime.bigint() < end) {
-    const o = cycles % owners;
-    const vm = await vmm.acquireVm({ groups: [0], owner: `user-${o}`, sandbox: `user-${o}/proj`, workerId: 'bench', taskId: `cycle-${cycles}` });
+    const o = pool.cycles % pool.owners;
+    const vm = await vmm.acquireVm({ groups: [0], owner: `user-${o}`, sandbox: `user-${o}/proj`, workerId: 'bench', taskId: `cycle-${pool.cycles}` });
     await vmm.releaseVm(vm.vmName);
-    cycles++;
+    pool.cycles++;
   }
-  const elapsed = Number(process.hrtime.bigint() - started) / 1e9;
+  pool.cycleSeconds += Number(process.hrtime.bigint() - started) / 1e9;
+}
 
-  const ready = (await vmm.getVmsByGroupAndStates(0, ['ready'])).length;
-  if (ready !== size) throw new Error(`pool drifted: ${ready} ready VMs, expected ${size}`);
-  clean.sort((a, b) => a - b);
-  dirty.sort((a, b) => a - b);
-  await vmm.close();
+/**
+ * Measures every size in turns of ROUND samples, so that load from elsewhere on the machine falls on
+ * all sizes alike and the 10k/10 ratio compares like with like.
+ */
+async function benchAll(server: PrivateRedis): Promise<SizeResult[]> {
+  const redis = new Redis(server.url, { maxRetriesPerRequest: 2 });
+  const pools: Pool[] = [];
+  for (const size of SIZES) {
+    process.stderr.write(`filling a pool of ${size} VMs...\n`);
+    pools.push(await createPool(redis, size));
+  }
+  process.stderr.write('measuring...\n');
+  const ROUND = 100;
+  for (const pool of pools) {
+    await sampleClean(pool, WARMUP, false);
+    await sampleDirty(pool, WARMUP, false);
+  }
+  for (let done = 0; done < SAMPLES; done += ROUND) {
+    for (const pool of pools) await sampleClean(pool, ROUND, true);
+    for (const pool of pools) await sampleDirty(pool, ROUND, true);
+  }
+  const SLICES = 4;
+  for (let s = 0; s < SLICES; s++) for (const pool of pools) await runCycles(pool, CYCLE_SECONDS / SLICES);
+
+  const results: SizeResult[] = [];
+  for (const pool of pools) {
+    const ready = (await pool.vmm.getVmsByGroupAndStates(0, ['ready'])).length;
+    if (ready !== pool.size) throw new Error(`pool drifted: ${ready} ready VMs, expected ${pool.size}`);
+    const clean = [...pool.clean].sort((a, b) => a - b);
+    const dirty = [...pool.dirty].sort((a, b) => a - b);
+    results.push({
+      size: pool.size,
+      cleanP50: percentile(clean, 50),
+      cleanP99: percentile(clean, 99),
+      dirtyP50: percentile(dirty, 50),
+      dirtyP99: percentile(dirty, 99),
+      cyclesPerSecond: pool.cycles / pool.cycleSeconds,
+      bytesPerVmUsed: pool.bytesPerVmUsed,
+      bytesPerVmKeys: pool.bytesPerVmKeys,
+      keysPerVm: pool.keysPerVm,
+    });
+    await pool.vmm.close();
+  }
   await redis.quit();
-  return {
-    size,
-    cleanP50: percentile(clean, 50),
-    cleanP99: percentile(clean, 99),
-    dirtyP50: percentile(dirty, 50),
-    dirtyP99: percentile(dirty, 99),
-    cyclesPerSecond: cycles / elapsed,
-    bytesPerVmUsed: (after - before) / size,
-    bytesPerVmKeys: pool.bytes / size,
-    keysPerVm: pool.keys / size,
-  };
+  return results;
 }
 
 const mark = (ok: boolean) => (ok ? 'PASS' : 'MISS');
@@ -179,19 +241,16 @@ async function main(): Promise<void> {
   const stop = () => void server.stop().finally(() => process.exit(130));
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
-  const results: SizeResult[] = [];
+  let results: SizeResult[];
   try {
-    for (const size of SIZES) {
-      process.stderr.write(`pool of ${size} VMs...\n`);
-      results.push(await benchSize(server, size));
-    }
+    results = await benchAll(server);
   } finally {
     await server.stop();
   }
 
   const small = results[0]!;
   const large = results[results.length - 1]!;
-  console.log(`vmpool pool benchmark: private redis-server on port ${server.port}, ${SAMPLES} timed acquires per kind after ${WARMUP} warm-up, serial, one connection`);
+  console.log(`vmpool pool benchmark: private redis-server on port ${server.port}, ${SAMPLES} timed acquires per kind after ${WARMUP} warm-up, serial, one connection, sizes measured in alternating rounds of 100`);
   console.log('acquire = time around vmm.acquireVm (process.hrtime.bigint); clean = new owner, dirty = owner+sandbox with a bound VM');
   console.log('memory  = used_memory delta (INFO memory) over filling the pool / VMs; keys = sum of MEMORY USAGE over the pool keys / VMs');
   console.log('          (at 10 VMs the used_memory delta is dominated by fixed allocations; the targets use 10,000)\n');

@@ -19,6 +19,10 @@ export function poolKeys(prefix: string) {
     userVms: (group: number) => `${base}group:${group}:user_vms`,
     groupInfo: (group: number) => `${base}group:${group}:info`,
     serverStart: `${base}server_start`,
+    /** Position of the last server start in the check_seq counter (markServerStart-1.lua). */
+    serverStartSeq: `${base}server_start_seq`,
+    /** Counter that orders health checks and server starts within one millisecond. */
+    checkSeq: `${base}check_seq`,
     /** Sorted set of spawns in flight: member spawn id, score start time (epoch ms). */
     spawning: (group: number) => `${base}group:${group}:spawning`,
     /** Sorted set of waiting acquire requests: member acquire job id, score deadline (epoch ms). */

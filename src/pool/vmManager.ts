@@ -448,7 +448,7 @@ export class VmManager {
 
   /** Records the server start: VMs checked before it are not handed out until checked again. */
   async markServerStart(): Promise<void> {
-    await this.redis.set(this.keys.serverStart, String(this.clock()));
+    await this.runScript('markServerStart', [this.keys.base], [this.clock()]);
   }
 
   async getServerStart(): Promise<number | null> {

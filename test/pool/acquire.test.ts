@@ -88,8 +88,31 @@ describe('acquireVm: which VMs qualify', () => {
     await kit.reset(); // no server_start key
     await kit.addReady('a1', '10.0.0.1');
     await expect(kit.vmm.acquireVm(req('alice', 's'))).rejects.toThrow(NoVmAvailable);
-    await kit.vmm.markServerStart(); // now T0, check was at T0 too: checked at the start counts
-    expect((await kit.vmm.acquireVm(req('alice', 's'))).vmName).toBe('a1');
+    kit.clock.now += 1;
+    await kit.vmm.markServerStart();
+    await expect(kit.vmm.acquireVm(req('alice', 's'))).rejects.toThrow(NoVmAvailable);
+  });
+
+  it('within the same clock millisecond, a check counts only when it came after the server start', async () => {
+    await kit.reset();
+    // The clock does not move in this test: only the order of events tells them apart.
+    await kit.addReady('before', '10.0.0.1');
+    await kit.vmm.markServerStart();
+    await expect(kit.vmm.acquireVm(req('alice', 's'))).rejects.toThrow(NoVmAvailable);
+    await kit.addReady('after', '10.0.0.2');
+    expect((await kit.vmm.acquireVm(req('alice', 's'))).vmName).toBe('after');
+    await expect(kit.vmm.acquireVm(req('bob', 's'))).rejects.toThrow(NoVmAvailable);
+    // Many VMs checked in that millisecond before the start do not hide one checked after it.
+    await kit.reset();
+    for (let i = 0; i < 20; i++) await kit.addReady(`old${i}`, '10.0.0.3');
+    await kit.vmm.markServerStart();
+    await kit.addReady('new', '10.0.0.4');
+    expect((await kit.vmm.acquireVm(req('alice', 's'))).vmName).toBe('new');
+    await expect(kit.vmm.acquireVm(req('bob', 's'))).rejects.toThrow(NoVmAvailable);
+    // Checked again after the start, an old VM qualifies.
+    await kit.vmm.startVmCheck('old7');
+    await kit.vmm.recordHealthCheckResult('old7', true);
+    expect((await kit.vmm.acquireVm(req('carol', 's'))).vmName).toBe('old7');
   });
 
   it('never hands out a VM whose check failed, even while its state says ready', async () => {

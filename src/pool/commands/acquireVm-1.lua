@@ -4,7 +4,8 @@
   Groups are tried in the order given. In each group:
     1. a ready VM already bound to the same owner and sandbox (dirty) is preferred;
     2. otherwise a clean VM, but only while the owner has fewer than max_vm_per_user VMs there.
-  Only VMs health-checked at or after the last server start (KEYS[1]..'server_start') qualify;
+  Only VMs health-checked after the last server start (KEYS[1]..'server_start') qualify; within
+  the start's millisecond, check_seq tells which came first (markServerStart);
   ready VMs always have check_fails == 0, which is checked again here.
   If the task already holds a VM, that VM is returned instead (reattach) with its existing lease.
   A new assignment gets a lease: lease_id, lease_timeout_ms (of its group, so renew needs no
@@ -127,20 +128,46 @@ if not serverStart then
   return {'none'}
 end
 
--- First VM of an index checked at or after server start. Entries that no longer qualify (which the
--- scripts never leave behind, but an operator editing hashes could) are dropped from the index.
+local serverStartSeq = tonumber(redis.call('GET', base .. 'server_start_seq')) or 0
+
+local function checkedAfterStart(vm)
+  return vm[1] == 'ready' and vm[2] == '0' and (tonumber(vm[3]) or 0) > serverStartSeq
+end
+
+-- Rare path: the first candidates were checked in the start's own millisecond, some before it.
+-- Looks among those (bounded) for one checked after the start, then past that millisecond.
+local function pickPastStartMillisecond(indexKey)
+  for _, name in ipairs(redis.call('ZRANGEBYSCORE', indexKey, serverStart, serverStart, 'LIMIT', 0, 100)) do
+    if checkedAfterStart(redis.call('HMGET', vmKey(base, name), 'state', 'check_fails', 'check_seq')) then
+      return name
+    end
+  end
+  local later = redis.call('ZRANGEBYSCORE', indexKey, '(' .. serverStart, '+inf', 'LIMIT', 0, 1)[1]
+  local vm = later and redis.call('HMGET', vmKey(base, later), 'state', 'check_fails')
+  if vm and vm[1] == 'ready' and vm[2] == '0' then
+    return later
+  end
+  return nil
+end
+
+-- First VM of an index checked after the server start. A check in the start's own millisecond counts
+-- when it happened after the start (check_seq). Entries that no longer qualify (which the scripts
+-- never leave behind, but an operator editing hashes could) are dropped from the index.
 local function pick(indexKey)
   for _ = 1, 16 do
-    local names = redis.call('ZRANGEBYSCORE', indexKey, serverStart, '+inf', 'LIMIT', 0, 1)
-    local name = names[1]
+    local entry = redis.call('ZRANGEBYSCORE', indexKey, serverStart, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    local name = entry[1]
     if not name then
       return nil
     end
-    local vm = redis.call('HMGET', vmKey(base, name), 'state', 'check_fails')
-    if vm[1] == 'ready' and vm[2] == '0' then
+    local vm = redis.call('HMGET', vmKey(base, name), 'state', 'check_fails', 'check_seq')
+    if vm[1] ~= 'ready' or vm[2] ~= '0' then
+      redis.call('ZREM', indexKey, name)
+    elseif tonumber(entry[2]) > serverStart or checkedAfterStart(vm) then
       return name
+    else
+      return pickPastStartMillisecond(indexKey)
     end
-    redis.call('ZREM', indexKey, name)
   end
   return nil
 end

@@ -26,5 +26,6 @@ end
 if state ~= 'in_use' then
   setVmState(base, name, 'check_health')
 end
-redis.call('HSET', key, 'last_health_check', now)
+-- check_seq orders this check against a server start in the same millisecond (markServerStart).
+redis.call('HSET', key, 'last_health_check', now, 'check_seq', redis.call('INCR', base .. 'check_seq'))
 return 1
