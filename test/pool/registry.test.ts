@@ -158,3 +158,46 @@ describe('canUserAcquireMoreVm', () => {
     await expect(kit.vmm.canUserAcquireMoreVm('alice', 5)).rejects.toThrow(VmError);
   });
 });
+
+describe('construction', () => {
+  it('accepts a Redis URL (and closes that connection), defaults the prefix to config.redis.prefix and the clock to Date.now', async () => {
+    const { REDIS_URL, uniquePrefix, deleteKeysWithPrefix } = await import('../helpers/redis.js');
+    const { VmManager } = await import('../../src/pool/vmManager.js');
+    const { parseConfig } = await import('../../src/config.js');
+    const prefix = uniquePrefix('pool-ctor');
+    const config = parseConfig({ redis: { prefix }, groups: [{ name: 'g' }] }, {});
+    const vmm = new VmManager(config, { redis: REDIS_URL });
+    try {
+      expect(vmm.prefix).toBe(prefix);
+      const before = Date.now();
+      await vmm.markServerStart();
+      await vmm.addVmToPool('10.9.0.1', 'c1', 0);
+      await vmm.startVmCheck('c1');
+      const after = Date.now();
+      const vm = await vmm.getVmByName('c1');
+      expect(vm.lastHealthCheck).toBeGreaterThanOrEqual(before);
+      expect(vm.lastHealthCheck).toBeLessThanOrEqual(after);
+      // Stored under the config's prefix, not the test kit's.
+      expect(await kit.redis.exists(`${prefix}:{vmpool}:vm:c1`)).toBe(1);
+      expect(await kit.redis.exists(kit.vmm.keys.vm('c1'))).toBe(0);
+    } finally {
+      await deleteKeysWithPrefix(kit.redis, prefix);
+      await vmm.close();
+    }
+    // The socket closes just after QUIT's reply.
+    for (let i = 0; i < 100 && vmm.redis.status !== 'end'; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(vmm.redis.status).toBe('end');
+  });
+
+  it('leaves an injected connection open on close', async () => {
+    const { VmManager } = await import('../../src/pool/vmManager.js');
+    const vmm = new VmManager({ groups: [{ name: 'g' }] }, { redis: kit.redis, prefix: kit.prefix });
+    await vmm.close();
+    expect(await kit.redis.ping()).toBe('PONG');
+  });
+
+  it('rejects a bad config', async () => {
+    const { VmManager } = await import('../../src/pool/vmManager.js');
+    expect(() => new VmManager({ groups: [{ name: 'g', max_vm_total: -1 }] } as never, { redis: kit.redis })).toThrow(/max_vm_total/);
+  });
+});
