@@ -1,6 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NoVmAvailable, VmError, VmStates, type VmState } from '../../src/pool/types.js';
-import { createPoolKit, T0, type PoolKit } from './fixtures/kit.js';
+import { VmManager } from '../../src/pool/vmManager.js';
+import { connect } from '../helpers/redis.js';
+import { createPoolKit, testConfig, type PoolKit } from './fixtures/kit.js';
 
 /**
  * Random sequences of operations, then a check that every index the scripts keep (state sets, ready
@@ -111,35 +113,34 @@ const OWNERS = ['alice', 'bob', 'carol', 'a:b', 'a'];
 const SANDBOXES = ['s1', 's2', 'b:s1', ''];
 const IPS = ['10.5.0.1', '10.5.0.2', '10.5.0.3', 'fd00::1'];
 
-async function randomRun(seed: number, steps: number): Promise<Record<string, number>> {
-  await kit.reset();
+async function randomOps(vmm: VmManager, seed: number, steps: number, checkEvery: number): Promise<Record<string, number>> {
   const random = rng(seed);
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)]!;
   const names = Array.from({ length: 12 }, (_, i) => `vm${i}`);
   const done: Record<string, number> = {};
   let task = 0;
-  await kit.vmm.markServerStart();
+  if (checkEvery > 0) await vmm.markServerStart();
   for (let step = 0; step < steps; step++) {
     kit.clock.now += Math.floor(random() * 3000);
     const name = pick(names);
     const ops: [string, () => Promise<unknown>][] = [
-      ['add', () => kit.vmm.addVmToPool(pick(IPS), name, pick([0, 1]))],
-      ['check', () => kit.vmm.startVmCheck(name)],
-      ['ok', () => kit.vmm.recordHealthCheckResult(name, true)],
-      ['ok', () => kit.vmm.recordHealthCheckResult(name, true)],
-      ['fail', () => kit.vmm.recordHealthCheckResult(name, false)],
-      ['markFailed', () => kit.vmm.markVmCheckFailed(name)],
-      ['acquire', () => kit.vmm.acquireVm({ groups: random() < 0.5 ? [0, 1] : [pick([0, 1])], owner: pick(OWNERS), sandbox: pick(SANDBOXES), workerId: 'w', taskId: random() < 0.6 ? `t${task++ % 7}` : null })],
-      ['acquire', () => kit.vmm.acquireVm({ groups: [0, 1], owner: pick(OWNERS), sandbox: pick(SANDBOXES), workerId: 'w' })],
-      ['release', () => kit.vmm.releaseVm(name)],
-      ['release', () => kit.vmm.releaseVm(name)],
-      ['terminate', () => kit.vmm.startVmTermination(name, random() < 0.3 ? pick(STATES) : undefined)],
-      ['remove', () => kit.vmm.removeVmFromPool(name)],
-      ['serverStart', () => (random() < 0.2 ? kit.vmm.markServerStart() : Promise.resolve())],
+      ['add', () => vmm.addVmToPool(pick(IPS), name, pick([0, 1]))],
+      ['check', () => vmm.startVmCheck(name)],
+      ['ok', () => vmm.recordHealthCheckResult(name, true)],
+      ['ok', () => vmm.recordHealthCheckResult(name, true)],
+      ['fail', () => vmm.recordHealthCheckResult(name, false)],
+      ['markFailed', () => vmm.markVmCheckFailed(name)],
+      ['acquire', () => vmm.acquireVm({ groups: random() < 0.5 ? [0, 1] : [pick([0, 1])], owner: pick(OWNERS), sandbox: pick(SANDBOXES), workerId: 'w', taskId: random() < 0.6 ? `t${task++ % 7}` : null })],
+      ['acquire', () => vmm.acquireVm({ groups: [0, 1], owner: pick(OWNERS), sandbox: pick(SANDBOXES), workerId: 'w' })],
+      ['release', () => vmm.releaseVm(name)],
+      ['release', () => vmm.releaseVm(name)],
+      ['terminate', () => vmm.startVmTermination(name, random() < 0.3 ? pick(STATES) : undefined)],
+      ['remove', () => vmm.removeVmFromPool(name)],
+      ['serverStart', () => (random() < 0.2 ? vmm.markServerStart() : Promise.resolve())],
     ];
     // Half the time, take the VM one natural step further, so that runs reach every state.
     const progress = async (): Promise<[string, () => Promise<unknown>]> => {
-      const state = (await kit.redis.hget(kit.vmm.keys.vm(name), 'state')) as VmState | null;
+      const state = (await kit.redis.hget(vmm.keys.vm(name), 'state')) as VmState | null;
       switch (state) {
         case null:
           return ops[0]!;
@@ -164,8 +165,14 @@ async function randomRun(seed: number, steps: number): Promise<Record<string, nu
       // Refusals are part of the run; anything that is not a VmError is a bug.
       if (!(err instanceof VmError) && !(err instanceof NoVmAvailable)) throw err;
     }
-    if (step % 50 === 49) await checkIndexes();
+    if (checkEvery > 0 && step % checkEvery === checkEvery - 1) await checkIndexes();
   }
+  return done;
+}
+
+async function randomRun(seed: number, steps: number): Promise<Record<string, number>> {
+  await kit.reset();
+  const done = await randomOps(kit.vmm, seed, steps, 50);
   await checkIndexes();
   return done;
 }
@@ -176,6 +183,22 @@ describe('index consistency', () => {
     // The run exercised the interesting paths, so the checks above checked something.
     for (const label of ['add', 'check', 'ok', 'fail', 'acquire', 'release', 'terminate', 'remove']) {
       expect(done[label] ?? 0, label).toBeGreaterThan(0);
+    }
+  });
+
+  it('indexes agree with the VM hashes after operations from 4 connections at once', async () => {
+    await kit.reset();
+    await kit.vmm.markServerStart();
+    const connections = Array.from({ length: 4 }, () => connect());
+    const managers = connections.map((redis) => new VmManager(testConfig(), { redis, prefix: kit.prefix, clock: () => kit.clock.now }));
+    try {
+      const runs = await Promise.all(managers.map((vmm, i) => randomOps(vmm, 100 + i, 250, 0)));
+      const acquired = runs.reduce((n, done) => n + (done.acquire ?? 0), 0);
+      expect(acquired).toBeGreaterThan(0);
+      await checkIndexes();
+    } finally {
+      for (const vmm of managers) await vmm.close();
+      for (const redis of connections) await redis.quit();
     }
   });
 });
