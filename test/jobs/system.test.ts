@@ -1,0 +1,191 @@
+import { mkdtempSync, readdirSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Queue, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { NoVmAvailable, VmManager, VmStates, type VmDescriptor } from '../../src/index.js';
+import { VmPoolClient } from '../../src/client/index.js';
+import { QueueNames } from '../../queues/names.js';
+import { connect, deleteKeysWithPrefix, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
+import { ROOT, startWorkerProcess, waitFor, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+
+// The whole job system as real processes: acquire, spawn, health, terminate and two reconcile
+// replicas, against the real Redis. Machines come from the command provider's real hook processes
+// (TCP listeners on loopback, test/fixtures/hooks) and are checked with the tcp check.
+const prefix = uniquePrefix('system');
+const stateDir = mkdtempSync(join(tmpdir(), 'vmpool-system-'));
+const hooks = join(ROOT, 'test', 'fixtures', 'hooks');
+const PORT = 2298;
+const provider = {
+  type: 'command',
+  spawn_cmd: [join(hooks, 'spawn.sh')],
+  terminate_cmd: [join(hooks, 'terminate.sh')],
+  spawn_timeout: 20,
+  terminate_timeout: 10,
+  env: { HOOK_STATE_DIR: stateDir, HOOK_PORT: String(PORT) },
+};
+const common = {
+  provider,
+  check: { type: 'tcp', port: PORT },
+  vm_spawn_min_interval: 0,
+  vm_health_check_period: 1,
+  vm_ssh_check_timeout: 2,
+  vm_max_check_fails: 0,
+};
+const config = {
+  redis: { url: REDIS_URL, prefix },
+  vm_cycle_timeout: 0.5,
+  groups: [
+    { name: 'warm', archs: ['x86_64'], min_ready: 1, max_vm_total: 3, max_vm_per_user: 2, vm_dirty_terminating_timeout: 3, lease_timeout: 60, ...common },
+    { name: 'demand', archs: ['aarch64'], min_ready: 0, max_vm_total: 1, lease_timeout: 6, on_lease_expiry: 'terminate', ...common },
+  ],
+};
+
+let redis: Redis;
+let vmm: VmManager;
+let client: VmPoolClient;
+let terminateQueue: Queue;
+let reconcileQueue: Queue;
+const workers: WorkerProcess[] = [];
+
+function pidOf(vmName: string): number | null {
+  const file = join(stateDir, vmName);
+  return existsSync(file) ? Number(readFileSync(file, 'utf8').split(' ')[0]) : null;
+}
+
+async function readyCleanVm(group: number, except: string[] = []): Promise<VmDescriptor | null> {
+  const vms = await vmm.getVmsByGroupAndStates(group, [VmStates.READY]);
+  return vms.find((v) => v.boundToUser === null && !except.includes(v.vmName)) ?? null;
+}
+
+async function terminationOf(vmName: string): Promise<Job | undefined> {
+  const jobs = await terminateQueue.getJobs(['completed', 'active', 'waiting', 'delayed', 'failed']);
+  return jobs.find((j) => j.data.vmName === vmName);
+}
+
+async function gone(vmName: string): Promise<boolean> {
+  return (await vmm.getAllVms()).every((v) => v.vmName !== vmName);
+}
+
+beforeAll(async () => {
+  redis = connect();
+  vmm = new VmManager(config, { redis, prefix });
+  client = new VmPoolClient({ redis, prefix, graceMs: 5_000 });
+  terminateQueue = new Queue(QueueNames.TERMINATE, { connection: redis, prefix });
+  reconcileQueue = new Queue(QueueNames.RECONCILE, { connection: redis, prefix });
+  const env = { VMPOOL_CONFIG: writeConfigFile(config), VMPOOL_PREFIX: prefix };
+  const types = ['acquire', 'spawn', 'health', 'terminate', 'reconcile', 'reconcile'];
+  workers.push(...(await Promise.all(types.map((t) => startWorkerProcess(t, env)))));
+}, 60_000);
+
+afterAll(async () => {
+  await Promise.all(workers.map((w) => w.stop()));
+  for (const file of readdirSync(stateDir)) {
+    const pid = pidOf(file);
+    if (pid) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  }
+  rmSync(stateDir, { recursive: true, force: true });
+  await client.close();
+  await terminateQueue.close();
+  // Schedulers would keep adding cycles under the prefix; remove them with the keys.
+  await reconcileQueue.obliterate({ force: true }).catch(() => undefined);
+  await reconcileQueue.close();
+  await vmm.close();
+  await deleteKeysWithPrefix(redis, prefix);
+  await redis.quit();
+}, 60_000);
+
+describe('the job system in worker processes', () => {
+  let first: string;
+
+  it('spawns the warm pool, checks it to ready and hands a VM to a builder', async () => {
+    const warm = await waitFor(() => readyCleanVm(0), 30_000, 'a warm ready VM');
+    const assignment = await client.acquire({ owner: 'alice', sandbox: 'alice/p1', groups: [0], taskId: 'build-1', timeoutMs: 20_000 });
+    expect(assignment.group).toBe(0);
+    expect(assignment.vmName).toBe(warm.vmName);
+    expect(assignment.leaseExpiresAt).toBeGreaterThan(Date.now());
+    const vm = await vmm.getVmByName(assignment.vmName);
+    expect(vm.state).toBe(VmStates.IN_USE);
+    expect(vm.boundToUser).toBe('alice');
+    expect(vm.taskId).toBe('build-1');
+    first = assignment.vmName;
+  });
+
+  it('refills the warm pool after its VM was taken', async () => {
+    const refill = await waitFor(() => readyCleanVm(0, [first]), 30_000, 'a new warm VM');
+    expect(refill.vmName).not.toBe(first);
+  });
+
+  it('reuses a released VM for the same owner and sandbox, then terminates it after the dirty timeout', async () => {
+    const held = await vmm.getVmByTaskId('build-1');
+    expect(await client.release({ vmName: first, vmIp: held!.vmIp, group: 0, leaseId: (await vmm.getVmRecord(first)).leaseId!, leaseExpiresAt: 0 })).toBe(true);
+    const again = await client.acquire({ owner: 'alice', sandbox: 'alice/p1', groups: [0], taskId: 'build-2', timeoutMs: 20_000 });
+    expect(again.vmName).toBe(first);
+    expect((await vmm.getVmByName(first)).buildsCount).toBe(1);
+    await client.release(again);
+    const released = await vmm.getVmByName(first);
+    expect(released.state).toBe(VmStates.READY);
+    expect(released.boundToUser).toBe('alice');
+    await waitFor(() => gone(first), 30_000, 'the dirty VM terminated');
+    expect((await terminationOf(first))?.data.reason).toBe('dirty_timeout');
+    expect(pidOf(first)).toBeNull();
+  });
+
+  it('terminates a VM that fails its check and spawns a replacement', async () => {
+    const victim = await waitFor(() => readyCleanVm(0), 30_000, 'a ready VM');
+    process.kill(pidOf(victim.vmName)!, 'SIGKILL');
+    await waitFor(() => gone(victim.vmName), 30_000, 'the broken VM terminated');
+    expect((await terminationOf(victim.vmName))?.data.reason).toBe('health_check_failed');
+    const replacement = await waitFor(() => readyCleanVm(0, [victim.vmName]), 30_000, 'a replacement');
+    expect(replacement.vmName).not.toBe(victim.vmName);
+  });
+
+  let demandVm: string;
+  it('spawns on demand for a waiting request in a group without a warm pool', async () => {
+    expect(await vmm.getAllVmsInGroup(1)).toEqual([]);
+    const assignment = await client.acquire({ owner: 'bob', sandbox: 'bob/p', arch: 'aarch64', taskId: 'bob-1', timeoutMs: 30_000 });
+    expect(assignment.group).toBe(1);
+    demandVm = assignment.vmName;
+    expect((await vmm.getVmByName(demandVm)).boundToUser).toBe('bob');
+  });
+
+  it('reattaches a restarted builder to the VM its task already holds', async () => {
+    const restarted = new VmPoolClient({ redis: REDIS_URL, prefix, graceMs: 5_000 });
+    try {
+      const again = await restarted.acquire({ owner: 'bob', sandbox: 'bob/p', arch: 'aarch64', taskId: 'bob-1', timeoutMs: 5_000 });
+      expect(again.vmName).toBe(demandVm);
+      expect((await vmm.getVmsByGroupAndStates(1, [VmStates.IN_USE])).map((v) => v.vmName)).toEqual([demandVm]);
+    } finally {
+      await restarted.close();
+    }
+  });
+
+  it('fails an acquire with NoVmAvailable when nothing fits within its timeout', async () => {
+    const err = await client.acquire({ owner: 'carol', sandbox: 'c', arch: 'aarch64', timeoutMs: 1_000 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(NoVmAvailable);
+    expect((err as Error).message).toMatch(/NoVmAvailable|no VM/i);
+    expect((await vmm.getVmByName(demandVm)).boundToUser).toBe('bob');
+  });
+
+  it('reclaims the VM of a builder that vanished once its lease lapses', async () => {
+    // bob never renews: the lease (6 s) lapses and on_lease_expiry terminates the VM.
+    await waitFor(() => gone(demandVm), 30_000, 'the leased VM reclaimed');
+    expect((await terminationOf(demandVm))?.data.reason).toBe('lease_expired');
+  });
+
+  it('never runs two reconcile cycles at once across the two replicas', async () => {
+    const cycles = (await reconcileQueue.getJobs(['completed'], 0, 1000)).filter((j) => j.processedOn && j.finishedOn);
+    expect(cycles.length).toBeGreaterThan(10);
+    const byWorker = new Set(cycles.map((j) => j.processedBy));
+    expect(byWorker.size).toBe(2);
+    const spans = cycles.map((j) => [j.processedOn!, j.finishedOn!] as const).sort((a, b) => a[0] - b[0]);
+    for (let i = 1; i < spans.length; i++) expect(spans[i]![0]).toBeGreaterThanOrEqual(spans[i - 1]![1]);
+  });
+});
