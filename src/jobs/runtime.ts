@@ -11,6 +11,7 @@ import { createProducerConnection, createWorkerConnection } from '../redis.js';
 import type { QueueName } from '../../queues/names.js';
 import type { JobContext } from './context.js';
 import { formatZodError } from './errors.js';
+import { recordJobMetrics, type JobOutcome } from '../metrics/shared.js';
 
 export type ProviderFactory = (group: ProviderGroup, deps: ProviderDeps) => Provider;
 export type HealthCheckFactory = (group: ProviderGroup, deps: ProviderDeps) => HealthCheck;
@@ -121,7 +122,15 @@ export function runWorker<Data, Result>(
   );
   worker.on('failed', (job, err) => {
     log.warn({ jobId: job?.id, attempt: job?.attemptsMade, err: err.message }, 'job failed');
+    if (job) recordMetrics(job, 'failed', { error: err });
   });
+  // Cluster-wide job metrics live in Redis, so any web replica reports every worker's share.
+  const recordMetrics = (job: Job, outcome: JobOutcome, detail: { result?: unknown; error?: Error }) => {
+    recordJobMetrics(ctx.connection, ctx.prefix, spec.queue, job, outcome, { ...detail, now: ctx.clock() }).catch((err: Error) =>
+      log.warn({ err: err.message, jobId: job.id }, 'could not record job metrics'),
+    );
+  };
+  worker.on('completed', (job, result) => recordMetrics(job, 'completed', { result }));
   worker.on('error', (err) => log.error({ err: err.message }, 'worker error'));
   return {
     queue: spec.queue,

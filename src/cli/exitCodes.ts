@@ -1,0 +1,35 @@
+import { ConfigError } from '../config.js';
+import { NoVmAvailable, VmDescriptorNotFound } from '../pool/types.js';
+
+/**
+ * Exit codes of `vmpool`, for scripts:
+ *   0 ok · 1 error (including a refusal by the VM's state, or Redis unreachable) ·
+ *   2 usage or config error · 3 VM not found · 4 no VM available (acquire timed out)
+ */
+export const ExitCodes = {
+  OK: 0,
+  ERROR: 1,
+  USAGE: 2,
+  NOT_FOUND: 3,
+  NO_VM: 4,
+} as const;
+export type ExitCode = (typeof ExitCodes)[keyof typeof ExitCodes];
+
+/** An error the CLI reports with a given exit code. */
+export class CliError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode: ExitCode,
+  ) {
+    super(message);
+    this.name = 'CliError';
+  }
+}
+
+export function exitCodeOf(err: unknown): ExitCode {
+  if (err instanceof CliError) return err.exitCode;
+  if (err instanceof ConfigError) return ExitCodes.USAGE;
+  if (err instanceof VmDescriptorNotFound) return ExitCodes.NOT_FOUND;
+  if (err instanceof NoVmAvailable) return ExitCodes.NO_VM;
+  return ExitCodes.ERROR;
+}

@@ -1,0 +1,306 @@
+import { execFileSync } from 'node:child_process';
+import { userInfo } from 'node:os';
+import { Command, CommanderError, Option } from 'commander';
+import { loadConfig, type Config } from '../config.js';
+import { groupSummaries, resolveGroup } from '../http/api.js';
+import { createLogger, type Logger } from '../logger.js';
+import { ALL_VM_STATES, isValidVmIp, isValidVmName, isVmState, type VmRecord } from '../pool/types.js';
+import { VmManager } from '../pool/vmManager.js';
+import { createProducerConnection, redisUnreachableHint } from '../redis.js';
+import { relativeTime } from '../time.js';
+import { DEFAULT_ACQUIRE_TIMEOUT_MS, type AcquireRequestData } from '../../queues/acquire.js';
+import { CliError, ExitCodes } from './exitCodes.js';
+
+/** Process types of `vmpool start`: the worker types plus `web`. */
+export const START_TYPES = ['acquire', 'spawn', 'health', 'terminate', 'reconcile', 'web'] as const;
+
+export interface CliIo {
+  out(text: string): void;
+  err(text: string): void;
+  env: NodeJS.ProcessEnv;
+}
+
+const defaultIo: CliIo = {
+  out: (t) => process.stdout.write(t),
+  err: (t) => process.stderr.write(t),
+  env: process.env,
+};
+
+function table(headers: string[], rows: string[][]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+  return [line(headers), ...rows.map(line)].join('\n');
+}
+
+function parseSeconds(value: string): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) throw new CliError(`--timeout must be a positive number of seconds, got ${JSON.stringify(value)}`, ExitCodes.USAGE);
+  return n;
+}
+
+/** Builds the `vmpool` program. Actions set process.exitCode; the caller exits. */
+export function buildProgram(io: CliIo = defaultIo): Command {
+  const program = new Command();
+  program
+    .name('vmpool')
+    .description('Pool manager for disposable build VMs')
+    .option('-c, --config <file>', 'config file (YAML); default: VMPOOL_CONFIG or the embedded local pool')
+    .showHelpAfterError()
+    .addHelpText('after', '\nExit codes: 0 ok, 1 error (refused by the VM state, Redis unreachable), 2 usage or config error,\n3 VM not found, 4 no VM available.\nPool prefix: VMPOOL_PREFIX overrides redis.prefix.')
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => io.out(s), writeErr: (s) => io.err(s) });
+
+  const logger = (): Logger => createLogger('vmpool-cli', { ...io.env, LOG_LEVEL: io.env.LOG_LEVEL ?? 'warn' });
+
+  async function config(): Promise<Config> {
+    const { resolveConfig } = await import('../jobs/main.js');
+    return resolveConfig(program.opts().config, io.env).config;
+  }
+
+  /** A VmManager on a connection that answered a PING, or CliError (exit 1) with the fix. */
+  async function withPool<T>(fn: (vmm: VmManager, cfg: Config) => Promise<T>): Promise<T> {
+    const cfg = await config();
+    const redis = createProducerConnection(cfg.redis.url, { lazyConnect: true, maxRetriesPerRequest: 1, connectTimeout: 3_000, retryStrategy: () => null });
+    redis.on('error', () => undefined);
+    try {
+      await redis.connect();
+      await redis.ping();
+    } catch {
+      redis.disconnect();
+      throw new CliError(redisUnreachableHint(cfg.redis.url, haveRedisServer()), ExitCodes.ERROR);
+    }
+    const vmm = new VmManager(cfg, { redis, prefix: io.env.VMPOOL_PREFIX, logger: logger() });
+    try {
+      return await fn(vmm, cfg);
+    } finally {
+      await vmm.close();
+      await redis.quit().catch(() => redis.disconnect());
+    }
+  }
+
+  const print = (json: boolean, value: unknown, text: () => string) => io.out(`${json ? JSON.stringify(value, null, 2) : text()}\n`);
+
+  program
+    .command('start')
+    .description(`run process types in this process (default: all of ${START_TYPES.join(', ')})`)
+    .argument('[types...]', 'process types')
+    .action(async (types: string[]) => {
+      const { runStart } = await import('./start.js');
+      await runStart(types, program.opts().config, io);
+    });
+
+  program
+    .command('info')
+    .description("print the pool table per group (Copr's copr_get_vm_info)")
+    .option('--json', 'groups and VMs as JSON')
+    .action(async (opts: { json?: boolean }) => {
+      await withPool(async (vmm) => {
+        if (opts.json) {
+          const vms = await vmm.getAllVmRecords();
+          print(true, { groups: await groupSummaries(vmm, vms), vms }, () => '');
+        } else {
+          io.out(`${await vmm.info()}\n`);
+        }
+      });
+    });
+
+  program
+    .command('list')
+    .description('list VMs')
+    .option('--group <group>', 'group name or id')
+    .addOption(new Option('--state <state>', 'VM state').choices([...ALL_VM_STATES]))
+    .option('--owner <owner>', 'bound user')
+    .option('--json', 'as JSON')
+    .action(async (opts: { group?: string; state?: string; owner?: string; json?: boolean }) => {
+      await withPool(async (vmm, cfg) => {
+        const group = opts.group === undefined ? undefined : groupOf(cfg, opts.group);
+        if (opts.state !== undefined && !isVmState(opts.state)) throw new CliError(`unknown state ${opts.state}`, ExitCodes.USAGE);
+        const now = vmm.clock();
+        const vms = (await vmm.getAllVmRecords()).filter(
+          (v) => (group === undefined || v.group === group) && (opts.state === undefined || v.state === opts.state) && (opts.owner === undefined || v.boundToUser === opts.owner),
+        );
+        print(opts.json === true, vms.map((v) => withoutLease(v)), () =>
+          table(
+            ['NAME', 'GROUP', 'STATE', 'IP', 'USER', 'SANDBOX', 'BUILDS', 'FAILS', 'LAST CHECK', 'TASK', 'HELD BY'],
+            vms.map((v) => [
+              v.vmName,
+              cfg.groups[v.group]?.name ?? String(v.group),
+              v.state,
+              v.vmIp,
+              v.boundToUser ?? '-',
+              v.sandbox ?? '-',
+              String(v.buildsCount),
+              String(v.checkFails),
+              relativeTime(v.lastHealthCheck, now),
+              v.taskId ?? '-',
+              v.heldBy ?? '-',
+            ]),
+          ),
+        );
+      });
+    });
+
+  program
+    .command('acquire')
+    .description('wait for a VM and print the assignment (its lease must be renewed or the VM is reclaimed)')
+    .requiredOption('--owner <owner>', 'who builds')
+    .requiredOption('--sandbox <sandbox>', 'build sandbox (VMs are reused within one owner and sandbox)')
+    .option('--arch <arch>', 'any group that lists this arch')
+    .option('--group <group...>', 'group names or ids, tried in order')
+    .option('--timeout <seconds>', 'how long to wait', parseSeconds)
+    .option('--task-id <id>', 'task id (re-running with the same id reattaches)')
+    .option('--json', 'as JSON (default: shell assignments VM_NAME=... )')
+    .action(async (opts: { owner: string; sandbox: string; arch?: string; group?: string[]; timeout?: number; taskId?: string; json?: boolean }) => {
+      if ((opts.arch === undefined) === (opts.group === undefined)) throw new CliError('give exactly one of --arch or --group', ExitCodes.USAGE);
+      const cfg = await config();
+      const request: AcquireRequestData = {
+        owner: opts.owner,
+        sandbox: opts.sandbox,
+        timeoutMs: Math.round((opts.timeout ?? DEFAULT_ACQUIRE_TIMEOUT_MS / 1000) * 1000),
+        ...(opts.taskId ? { taskId: opts.taskId } : {}),
+        ...(opts.arch !== undefined ? { arch: opts.arch } : { groups: opts.group!.map((g) => groupOf(cfg, g)) }),
+      };
+      if (opts.arch !== undefined && !cfg.groups.some((g) => g.archs.includes(opts.arch!))) {
+        throw new CliError(`no group lists arch ${JSON.stringify(opts.arch)}`, ExitCodes.USAGE);
+      }
+      await withPool(async (vmm) => {
+        const { VmPoolClient } = await import('../client/index.js');
+        const client = new VmPoolClient({ redis: vmm.redis, prefix: vmm.prefix, logger: logger(), graceMs: Number(io.env.VMPOOL_ACQUIRE_GRACE_MS ?? 60_000) });
+        try {
+          const a = await client.acquire(request);
+          print(opts.json === true, a, () =>
+            [`VM_NAME=${a.vmName}`, `VM_IP=${a.vmIp}`, `GROUP=${a.group}`, `LEASE_ID=${a.leaseId}`, `LEASE_EXPIRES_AT=${a.leaseExpiresAt}`].join('\n'),
+          );
+        } finally {
+          await client.close();
+        }
+      });
+    });
+
+  program
+    .command('release')
+    .description('release an in_use VM (it stays bound to its owner and sandbox)')
+    .argument('<name>')
+    .option('--lease-id <id>', 'only if the VM still holds this lease')
+    .action(async (name: string, opts: { leaseId?: string }) => {
+      await withPool(async (vmm) => {
+        if (!(await vmm.releaseVm(name, opts.leaseId))) {
+          const vm = await vmm.getVmRecord(name);
+          throw new CliError(`VM ${name} is ${vm.state}, not in_use; nothing released`, ExitCodes.ERROR);
+        }
+        io.out(`released ${name}\n`);
+      });
+    });
+
+  program
+    .command('terminate')
+    .description('request termination of a VM (reason operator)')
+    .argument('<name>')
+    .action(async (name: string) => {
+      await withPool(async (vmm) => {
+        if (!(await vmm.startVmTermination(name, null, 'operator'))) throw new CliError(`VM ${name} is already terminating`, ExitCodes.ERROR);
+        io.out(`terminating ${name}\n`);
+      });
+    });
+
+  program
+    .command('hold')
+    .description('keep a VM out of acquisition (for debugging)')
+    .argument('<name>')
+    .option('--by <who>', 'who holds it', `${safeUser()}@cli`)
+    .action(async (name: string, opts: { by: string }) => {
+      await withPool(async (vmm) => {
+        if (!(await vmm.holdVm(name, opts.by))) {
+          const vm = await vmm.getVmRecord(name);
+          throw new CliError(`VM ${name} is already held by ${vm.heldBy}`, ExitCodes.ERROR);
+        }
+        io.out(`held ${name}\n`);
+      });
+    });
+
+  program
+    .command('unhold')
+    .description('end a hold; the VM can be acquired again')
+    .argument('<name>')
+    .action(async (name: string) => {
+      await withPool(async (vmm) => {
+        if (!(await vmm.unholdVm(name))) throw new CliError(`VM ${name} is not held`, ExitCodes.ERROR);
+        io.out(`unheld ${name}\n`);
+      });
+    });
+
+  program
+    .command('add')
+    .description('register an existing machine (state got_ip; reconcile health-checks it)')
+    .argument('<ip>')
+    .argument('<name>')
+    .argument('<group>', 'group name or id')
+    .action(async (ip: string, name: string, groupArg: string) => {
+      if (!isValidVmIp(ip)) throw new CliError(`invalid IP address ${JSON.stringify(ip)}`, ExitCodes.USAGE);
+      if (!isValidVmName(name)) throw new CliError(`invalid VM name ${JSON.stringify(name)}: 1-63 of A-Z a-z 0-9 . _ -, starting with a letter or digit`, ExitCodes.USAGE);
+      await withPool(async (vmm, cfg) => {
+        const vm = await vmm.addVmToPool(ip, name, groupOf(cfg, groupArg));
+        io.out(`added ${vm.vmName} (${vm.vmIp}) to group ${cfg.groups[vm.group]!.name}: ${vm.state}\n`);
+      });
+    });
+
+  const configCommand = program.command('config').description('config file tools');
+  configCommand
+    .command('check')
+    .description('validate a config file (exit 0 when valid, 2 otherwise)')
+    .argument('<file>')
+    .option('--json', 'print the config with defaults as JSON')
+    .action((file: string, opts: { json?: boolean }) => {
+      const cfg = loadConfig(file, {});
+      print(opts.json === true, cfg, () => `${file}: ok (${cfg.groups.length} group${cfg.groups.length === 1 ? '' : 's'}: ${cfg.groups.map((g) => g.name).join(', ')})`);
+    });
+
+  return program;
+}
+
+function groupOf(cfg: Config, value: string): number {
+  try {
+    return resolveGroup(cfg, value);
+  } catch (err) {
+    throw new CliError((err as Error).message, ExitCodes.USAGE);
+  }
+}
+
+function withoutLease(vm: VmRecord): Omit<VmRecord, 'leaseId'> {
+  const { leaseId: _leaseId, ...rest } = vm;
+  return rest;
+}
+
+function haveRedisServer(): boolean {
+  try {
+    execFileSync('redis-server', ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function safeUser(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return 'operator';
+  }
+}
+
+/** Runs the CLI and returns its exit code (commander's usage errors are 2). */
+export async function runCli(argv: string[], io: CliIo = defaultIo): Promise<number> {
+  const program = buildProgram(io);
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return ExitCodes.OK;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return ExitCodes.OK;
+      return ExitCodes.USAGE;
+    }
+    const { exitCodeOf } = await import('./exitCodes.js');
+    io.err(`vmpool: ${(err as Error).message}\n`);
+    return exitCodeOf(err);
+  }
+}

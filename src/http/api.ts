@@ -1,0 +1,206 @@
+import express, { type Request, type Router } from 'express';
+import { z } from 'zod';
+import type { Config } from '../config.js';
+import { formatZodError } from '../jobs/errors.js';
+import { ALL_VM_STATES, isValidVmName, isVmState, type VmRecord, type VmState } from '../pool/types.js';
+import type { VmManager } from '../pool/vmManager.js';
+import { acquireRequestSchema, DEFAULT_ACQUIRE_TIMEOUT_MS, type AcquireRequestData, type VmAssignment } from '../../queues/acquire.js';
+import { hasScope, requireScope } from './auth.js';
+import { HttpError } from './errors.js';
+
+/** How the API gets a VM for a builder: VmPoolClient.acquire in the web process. */
+export type AcquireFn = (request: AcquireRequestData) => Promise<VmAssignment>;
+
+export interface ApiDeps {
+  config: Config;
+  vmm: VmManager;
+  acquire: AcquireFn;
+}
+
+/** A VM as the API shows it: the descriptor plus group name, hold and lease expiry (never the lease id). */
+export interface ApiVm extends Omit<VmRecord, 'leaseId' | 'boundSince'> {
+  groupName: string;
+  boundSince: number | null;
+}
+
+export function apiVm(config: Config, vm: VmRecord): ApiVm {
+  const { leaseId: _leaseId, ...rest } = vm;
+  return { ...rest, groupName: config.groups[vm.group]?.name ?? String(vm.group) };
+}
+
+export interface GroupSummary {
+  id: number;
+  name: string;
+  archs: string[];
+  limits: { max_vm_total: number; max_vm_per_user: number; max_spawn_processes: number };
+  /** Warm pool target: clean ready VMs kept waiting. */
+  minReady: number;
+  counts: Record<VmState, number>;
+  total: number;
+  held: number;
+  /** Ready VMs bound to nobody (what min_ready counts). */
+  readyClean: number;
+  demand: number;
+  spawnsInFlight: number;
+}
+
+/** Per-group summary: limits from the config, counts from the state indexes, demand and spawns from Redis. */
+export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Promise<GroupSummary[]> {
+  const vms = records ?? (await vmm.getAllVmRecords());
+  const out: GroupSummary[] = [];
+  for (const id of vmm.vmGroups) {
+    const g = vmm.groupConfig(id);
+    const mine = vms.filter((v) => v.group === id);
+    const counts = Object.fromEntries(ALL_VM_STATES.map((s) => [s, 0])) as Record<VmState, number>;
+    for (const v of mine) counts[v.state] += 1;
+    out.push({
+      id,
+      name: g.name,
+      archs: g.archs,
+      limits: { max_vm_total: g.max_vm_total, max_vm_per_user: g.max_vm_per_user, max_spawn_processes: g.max_spawn_processes },
+      minReady: g.min_ready,
+      counts,
+      total: mine.length,
+      held: mine.filter((v) => v.heldBy !== null).length,
+      readyClean: mine.filter((v) => v.state === 'ready' && v.boundToUser === null && v.heldBy === null).length,
+      demand: await vmm.countDemand(id),
+      spawnsInFlight: (await vmm.getSpawnsInFlight(id)).length,
+    });
+  }
+  return out;
+}
+
+const leaseBody = z.strictObject({ leaseId: z.string().min(1).max(255) });
+const releaseBody = z.strictObject({ leaseId: z.string().min(1).max(255).optional() });
+const holdBody = z.strictObject({ by: z.string().min(1).max(255).optional() });
+const emptyBody = z.strictObject({});
+
+function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
+  const parsed = schema.safeParse(body ?? {});
+  if (!parsed.success) {
+    throw new HttpError('validation_error', `invalid request body: ${formatZodError(parsed.error)}`, { issues: parsed.error.issues });
+  }
+  return parsed.data;
+}
+
+function vmNameParam(req: Request): string {
+  const name = String(req.params.name ?? '');
+  if (!isValidVmName(name)) throw new HttpError('validation_error', `invalid VM name ${JSON.stringify(name)}`, { vmName: name });
+  return name;
+}
+
+function queryString(req: Request, key: string): string | undefined {
+  const v = req.query[key];
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string' || v === '') throw new HttpError('validation_error', `query parameter ${key} must be one non-empty value`, { [key]: v });
+  return v;
+}
+
+/** A group by id or by name. */
+export function resolveGroup(config: Config, value: string): number {
+  const byName = config.groups.findIndex((g) => g.name === value);
+  if (byName !== -1) return byName;
+  const id = Number(value);
+  if (/^\d+$/.test(value) && config.groups[id]) return id;
+  throw new HttpError('validation_error', `unknown group ${JSON.stringify(value)}; groups: ${config.groups.map((g, i) => `${i} (${g.name})`).join(', ')}`, {
+    group: value,
+  });
+}
+
+export function apiRouter(deps: ApiDeps): Router {
+  const { config, vmm } = deps;
+  const router = express.Router();
+  router.use(express.json({ limit: '64kb' }));
+
+  router.post('/acquire', requireScope('builder'), async (req, res) => {
+    const parsed = acquireRequestSchema.safeParse(req.body ?? {});
+    if (!parsed.success) {
+      throw new HttpError('validation_error', `invalid acquire request: ${formatZodError(parsed.error)}`, { issues: parsed.error.issues });
+    }
+    const request = parsed.data;
+    for (const g of request.groups ?? []) {
+      if (!config.groups[g]) throw new HttpError('validation_error', `unknown group ${g}`, { group: g });
+    }
+    if (request.arch !== undefined && !config.groups.some((g) => g.archs.includes(request.arch!))) {
+      throw new HttpError('validation_error', `no group lists arch ${JSON.stringify(request.arch)}`, { arch: request.arch });
+    }
+    const assignment = await deps.acquire({ ...request, timeoutMs: request.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS });
+    res.json(assignment);
+  });
+
+  router.post('/vms/:name/release', requireScope('builder'), async (req, res) => {
+    const name = vmNameParam(req);
+    const { leaseId } = parseBody(releaseBody, req.body);
+    // A builder releases its own assignment; only an admin may release without the lease.
+    if (leaseId === undefined && !hasScope(req.principal!, 'admin')) {
+      throw new HttpError('validation_error', 'leaseId is required (only an admin may release without it)', {});
+    }
+    const released = await vmm.releaseVm(name, leaseId);
+    if (!released) {
+      const vm = await vmm.getVmRecord(name);
+      throw new HttpError('conflict', `VM ${name} is ${vm.state}, not in_use`, { reason: 'not_in_use', state: vm.state });
+    }
+    res.json({ released: true, vm: apiVm(config, await vmm.getVmRecord(name)) });
+  });
+
+  router.post('/vms/:name/renew', requireScope('builder'), async (req, res) => {
+    const name = vmNameParam(req);
+    const { leaseId } = parseBody(leaseBody, req.body);
+    const leaseExpiresAt = await vmm.renewLease(name, leaseId);
+    res.json({ vmName: name, leaseId, leaseExpiresAt });
+  });
+
+  router.post('/vms/:name/terminate', requireScope('admin'), async (req, res) => {
+    const name = vmNameParam(req);
+    parseBody(emptyBody, req.body);
+    const acted = await vmm.startVmTermination(name, null, 'operator');
+    if (!acted) throw new HttpError('conflict', `VM ${name} is already terminating`, { reason: 'already_terminating' });
+    res.status(202).json({ terminating: true, vm: apiVm(config, await vmm.getVmRecord(name)) });
+  });
+
+  router.post('/vms/:name/hold', requireScope('admin'), async (req, res) => {
+    const name = vmNameParam(req);
+    const { by } = parseBody(holdBody, req.body);
+    const held = await vmm.holdVm(name, by ?? req.principal!.name);
+    if (!held) {
+      const vm = await vmm.getVmRecord(name);
+      throw new HttpError('conflict', `VM ${name} is already held by ${vm.heldBy}`, { reason: 'already_held', heldBy: vm.heldBy });
+    }
+    res.json({ held: true, vm: apiVm(config, await vmm.getVmRecord(name)) });
+  });
+
+  router.delete('/vms/:name/hold', requireScope('admin'), async (req, res) => {
+    const name = vmNameParam(req);
+    const unheld = await vmm.unholdVm(name);
+    if (!unheld) throw new HttpError('conflict', `VM ${name} is not held`, { reason: 'not_held' });
+    res.json({ held: false, vm: apiVm(config, await vmm.getVmRecord(name)) });
+  });
+
+  router.get('/vms', requireScope('admin'), async (req, res) => {
+    const groupParam = queryString(req, 'group');
+    const stateParam = queryString(req, 'state');
+    const owner = queryString(req, 'owner');
+    const group = groupParam === undefined ? undefined : resolveGroup(config, groupParam);
+    if (stateParam !== undefined && !isVmState(stateParam)) {
+      throw new HttpError('validation_error', `unknown state ${JSON.stringify(stateParam)}; states: ${ALL_VM_STATES.join(', ')}`, { state: stateParam });
+    }
+    let vms = await vmm.getAllVmRecords();
+    vms = vms.filter(
+      (v) => (group === undefined || v.group === group) && (stateParam === undefined || v.state === stateParam) && (owner === undefined || v.boundToUser === owner),
+    );
+    res.json({ vms: vms.map((v) => apiVm(config, v)) });
+  });
+
+  router.get('/vms/:name', requireScope('admin'), async (req, res) => {
+    res.json(apiVm(config, await vmm.getVmRecord(vmNameParam(req))));
+  });
+
+  router.get('/groups', requireScope('admin'), async (_req, res) => {
+    res.json({ groups: await groupSummaries(vmm) });
+  });
+
+  router.use(() => {
+    throw new HttpError('not_found', 'no such API route', {});
+  });
+  return router;
+}

@@ -1,0 +1,112 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { isIP } from 'node:net';
+import type { NextFunction, Request, Response } from 'express';
+import type { WebConfig, WebScope } from '../config.js';
+import { HttpError, sendError } from './errors.js';
+
+export interface Principal {
+  /** Who made the request: the token's name, or `anonymous` when the web process runs open. */
+  name: string;
+  scopes: readonly WebScope[];
+}
+
+interface TokenEntry {
+  digest: Buffer;
+  principal: Principal;
+}
+
+const digest = (token: string) => createHash('sha256').update(token).digest();
+
+/** Loopback hosts: 127.0.0.0/8, ::1, ::ffff:127.x and localhost. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
+  if (h === 'localhost' || h === '::1') return true;
+  const v4 = h.startsWith('::ffff:') ? h.slice(7) : h;
+  return isIP(v4) === 4 && v4.startsWith('127.');
+}
+
+export function configuredTokens(web: WebConfig): TokenEntry[] {
+  const out: TokenEntry[] = [];
+  if (web.auth.token) out.push({ digest: digest(web.auth.token), principal: { name: 'admin', scopes: ['admin'] } });
+  web.auth.tokens.forEach((t, i) => out.push({ digest: digest(t.token), principal: { name: t.name ?? `token-${i}`, scopes: t.scopes } }));
+  return out;
+}
+
+/** Thrown at start when the web process would listen off loopback without a token. */
+export class WebAuthRequired extends Error {
+  constructor(host: string) {
+    super(
+      `web.host is ${JSON.stringify(host)}, which is not loopback: set web.auth.token (or web.auth.tokens) in the config, ` +
+        'or bind to 127.0.0.1',
+    );
+    this.name = 'WebAuthRequired';
+  }
+}
+
+export function assertBindAllowed(web: WebConfig, host = web.host): void {
+  if (!isLoopbackHost(host) && configuredTokens(web).length === 0) throw new WebAuthRequired(host);
+}
+
+export function hasScope(principal: Principal, scope: WebScope): boolean {
+  return principal.scopes.includes('admin') || principal.scopes.includes(scope);
+}
+
+/** The token of a request: `Authorization: Bearer <token>`, or Basic with the token as password (browsers). */
+function requestToken(req: Request): string | null {
+  const header = req.headers.authorization;
+  if (!header) return null;
+  const [scheme, value] = header.split(/\s+/, 2);
+  if (!value) return null;
+  if (scheme?.toLowerCase() === 'bearer') return value;
+  if (scheme?.toLowerCase() === 'basic') {
+    const decoded = Buffer.from(value, 'base64').toString('utf8');
+    const colon = decoded.indexOf(':');
+    return colon === -1 ? null : decoded.slice(colon + 1);
+  }
+  return null;
+}
+
+declare module 'express-serve-static-core' {
+  interface Request {
+    principal?: Principal;
+  }
+}
+
+/**
+ * Resolves the caller. Without configured tokens everyone is admin (the process is on loopback);
+ * with tokens a request without a valid one gets 401.
+ */
+export function authenticate(web: WebConfig) {
+  const tokens = configuredTokens(web);
+  return (req: Request, res: Response, next: NextFunction): void => {
+    if (tokens.length === 0) {
+      req.principal = { name: 'anonymous', scopes: ['admin'] };
+      next();
+      return;
+    }
+    const token = requestToken(req);
+    if (token !== null) {
+      const d = digest(token);
+      const match = tokens.find((t) => timingSafeEqual(t.digest, d));
+      if (match) {
+        req.principal = match.principal;
+        next();
+        return;
+      }
+    }
+    // Basic lets a browser ask for the token (as password) for the pool page and Bull Board.
+    res.setHeader('WWW-Authenticate', 'Bearer realm="vmpool", Basic realm="vmpool"');
+    sendError(res, new HttpError('unauthorized', token === null ? 'missing Authorization: Bearer token' : 'invalid token', {}));
+  };
+}
+
+export function requireScope(scope: WebScope) {
+  return (req: Request, res: Response, next: NextFunction): void => {
+    const principal = req.principal;
+    if (principal && hasScope(principal, scope)) {
+      next();
+      return;
+    }
+    sendError(res, new HttpError('forbidden', `this needs a token with the ${scope} scope`, { required: scope, scopes: principal?.scopes ?? [] }));
+  };
+}

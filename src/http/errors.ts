@@ -1,0 +1,65 @@
+import type { NextFunction, Request, Response } from 'express';
+import type { Logger } from '../logger.js';
+import { LeaseLost, NoVmAvailable, VmDescriptorNotFound, VmError } from '../pool/types.js';
+import { ConfigError } from '../config.js';
+
+/** Error codes of the API; each maps to one HTTP status. */
+export const ErrorCodes = {
+  validation_error: 400,
+  unauthorized: 401,
+  forbidden: 403,
+  not_found: 404,
+  conflict: 409,
+  no_vm_available: 503,
+  not_ready: 503,
+  internal_error: 500,
+} as const;
+export type ErrorCode = keyof typeof ErrorCodes;
+
+/** An API error: sent as `{ error, message, details }` with the code's status. */
+export class HttpError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly details: Record<string, unknown> = {},
+  ) {
+    super(message);
+    this.name = 'HttpError';
+  }
+
+  get status(): number {
+    return ErrorCodes[this.code];
+  }
+}
+
+/** Maps pool errors to API errors; anything unknown is a 500. */
+export function toHttpError(err: unknown): HttpError {
+  if (err instanceof HttpError) return err;
+  if (err instanceof VmDescriptorNotFound) return new HttpError('not_found', err.message, { vmName: err.vmName });
+  if (err instanceof LeaseLost) return new HttpError('conflict', err.message, { reason: err.reason, vmName: err.vmName });
+  if (err instanceof NoVmAvailable) return new HttpError('no_vm_available', err.message, { reason: err.message });
+  if (err instanceof VmError || err instanceof ConfigError) return new HttpError('conflict', err.message, {});
+  const e = err as { type?: string; status?: number; message?: string };
+  // body-parser: malformed JSON, body too large, wrong charset.
+  if (e && typeof e.status === 'number' && e.status >= 400 && e.status < 500 && typeof e.type === 'string') {
+    return new HttpError('validation_error', `invalid request body: ${e.message ?? e.type}`, { type: e.type });
+  }
+  return new HttpError('internal_error', 'internal error', {});
+}
+
+export function sendError(res: Response, err: HttpError): void {
+  res.status(err.status).json({ error: err.code, message: err.message, details: err.details });
+}
+
+/** The last middleware: every error becomes `{ error, message, details }`. */
+export function errorHandler(logger: Logger) {
+  return (err: unknown, req: Request, res: Response, next: NextFunction): void => {
+    if (res.headersSent) {
+      next(err);
+      return;
+    }
+    const httpError = toHttpError(err);
+    if (httpError.status >= 500 && httpError.code === 'internal_error') logger.error({ err, url: req.originalUrl }, 'request failed');
+    sendError(res, httpError);
+  };
+}

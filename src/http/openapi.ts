@@ -1,0 +1,179 @@
+import { ALL_VM_STATES } from '../pool/types.js';
+
+const error = (description: string) => ({ description, content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } });
+const json = (description: string, ref: string) => ({ description, content: { 'application/json': { schema: { $ref: `#/components/schemas/${ref}` } } } });
+const nameParam = { name: 'name', in: 'path', required: true, schema: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' } };
+const common = { '400': error('Invalid request'), '401': error('Missing or invalid token'), '403': error('Token lacks the scope') };
+const vmResponses = { ...common, '404': error('No such VM'), '409': error('Wrong state, lease or hold') };
+const nullable = (type: string) => ({ type: [type, 'null'] });
+const builder = [{ bearer: ['builder'] }];
+const admin = [{ bearer: ['admin'] }];
+
+/** The OpenAPI 3.1 document of /api/v1, served at /api/v1/openapi.json. */
+export const openApiDocument = {
+  openapi: '3.1.0',
+  info: {
+    title: 'vmpool API',
+    version: '1',
+    description:
+      'Acquire, renew and release build VMs; inspect and steer the pool. Errors are { error, message, details }. ' +
+      'With tokens configured, send Authorization: Bearer <token>; builder tokens may acquire, renew and release, admin tokens everything.',
+  },
+  servers: [{ url: '/api/v1' }],
+  components: {
+    securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
+    schemas: {
+      Error: {
+        type: 'object',
+        required: ['error', 'message', 'details'],
+        properties: {
+          error: { type: 'string', enum: ['validation_error', 'unauthorized', 'forbidden', 'not_found', 'conflict', 'no_vm_available', 'not_ready', 'internal_error'] },
+          message: { type: 'string' },
+          details: { type: 'object' },
+        },
+      },
+      AcquireRequest: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['owner', 'sandbox'],
+        description: 'Exactly one of groups or arch. Same schema as the vm-acquire job payload.',
+        properties: {
+          owner: { type: 'string', minLength: 1, maxLength: 255 },
+          sandbox: { type: 'string', maxLength: 1024 },
+          groups: { type: 'array', items: { type: 'integer', minimum: 0 }, minItems: 1 },
+          arch: { type: 'string', minLength: 1, maxLength: 64 },
+          taskId: { type: 'string', minLength: 1, maxLength: 255 },
+          buildId: { type: 'string', minLength: 1, maxLength: 255 },
+          chroot: { type: 'string', minLength: 1, maxLength: 255 },
+          timeoutMs: { type: 'integer', minimum: 1, maximum: 86400000, description: 'How long to wait for a VM (default 10 minutes).' },
+        },
+      },
+      Assignment: {
+        type: 'object',
+        required: ['vmName', 'vmIp', 'group', 'leaseId', 'leaseExpiresAt'],
+        properties: {
+          vmName: { type: 'string' },
+          vmIp: { type: 'string' },
+          group: { type: 'integer' },
+          leaseId: { type: 'string' },
+          leaseExpiresAt: { type: 'integer', description: 'epoch ms' },
+        },
+      },
+      LeaseRequest: { type: 'object', additionalProperties: false, required: ['leaseId'], properties: { leaseId: { type: 'string' } } },
+      ReleaseRequest: {
+        type: 'object',
+        additionalProperties: false,
+        properties: { leaseId: { type: 'string', description: 'Required for builder tokens; an admin may omit it.' } },
+      },
+      HoldRequest: { type: 'object', additionalProperties: false, properties: { by: { type: 'string', description: 'Default: the token name.' } } },
+      Renewed: { type: 'object', properties: { vmName: { type: 'string' }, leaseId: { type: 'string' }, leaseExpiresAt: { type: 'integer' } } },
+      Vm: {
+        type: 'object',
+        properties: {
+          vmName: { type: 'string' },
+          vmIp: { type: 'string' },
+          group: { type: 'integer' },
+          groupName: { type: 'string' },
+          state: { type: 'string', enum: [...ALL_VM_STATES] },
+          boundToUser: nullable('string'),
+          sandbox: nullable('string'),
+          usedByWorker: nullable('string'),
+          taskId: nullable('string'),
+          buildId: nullable('string'),
+          chroot: nullable('string'),
+          inUseSince: nullable('integer'),
+          lastHealthCheck: nullable('integer'),
+          checkFails: { type: 'integer' },
+          lastRelease: nullable('integer'),
+          buildsCount: { type: 'integer' },
+          terminatingSince: nullable('integer'),
+          boundSince: nullable('integer'),
+          leaseExpiresAt: nullable('integer'),
+          heldBy: nullable('string'),
+          heldSince: nullable('integer'),
+        },
+      },
+      VmAction: { type: 'object', properties: { vm: { $ref: '#/components/schemas/Vm' } }, additionalProperties: true },
+      Group: {
+        type: 'object',
+        properties: {
+          id: { type: 'integer' },
+          name: { type: 'string' },
+          archs: { type: 'array', items: { type: 'string' } },
+          limits: { type: 'object', properties: { max_vm_total: { type: 'integer' }, max_vm_per_user: { type: 'integer' }, max_spawn_processes: { type: 'integer' } } },
+          minReady: { type: 'integer' },
+          counts: { type: 'object', additionalProperties: { type: 'integer' } },
+          total: { type: 'integer' },
+          held: { type: 'integer' },
+          readyClean: { type: 'integer' },
+          demand: { type: 'integer' },
+          spawnsInFlight: { type: 'integer' },
+        },
+      },
+    },
+  },
+  paths: {
+    '/acquire': {
+      post: {
+        summary: 'Wait up to timeoutMs for a VM and return the assignment',
+        security: builder,
+        requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/AcquireRequest' } } } },
+        responses: { '200': json('The assignment', 'Assignment'), ...common, '409': error('The task holds a VM for another owner or sandbox'), '503': error('No VM became available in time (details.reason)') },
+      },
+    },
+    '/vms': {
+      get: {
+        summary: 'List VMs',
+        security: admin,
+        parameters: [
+          { name: 'group', in: 'query', schema: { type: 'string' }, description: 'group name or id' },
+          { name: 'state', in: 'query', schema: { type: 'string', enum: [...ALL_VM_STATES] } },
+          { name: 'owner', in: 'query', schema: { type: 'string' }, description: 'bound user' },
+        ],
+        responses: { '200': { description: 'VMs', content: { 'application/json': { schema: { type: 'object', properties: { vms: { type: 'array', items: { $ref: '#/components/schemas/Vm' } } } } } } }, ...common },
+      },
+    },
+    '/vms/{name}': {
+      get: { summary: 'One VM', security: admin, parameters: [nameParam], responses: { '200': json('The VM', 'Vm'), ...vmResponses } },
+    },
+    '/vms/{name}/release': {
+      post: {
+        summary: 'Release an in_use VM (it stays bound to its owner and sandbox)',
+        security: builder,
+        parameters: [nameParam],
+        requestBody: { content: { 'application/json': { schema: { $ref: '#/components/schemas/ReleaseRequest' } } } },
+        responses: { '200': json('Released', 'VmAction'), ...vmResponses },
+      },
+    },
+    '/vms/{name}/renew': {
+      post: {
+        summary: 'Extend the lease of an assignment',
+        security: builder,
+        parameters: [nameParam],
+        requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/LeaseRequest' } } } },
+        responses: { '200': json('New lease expiry', 'Renewed'), ...vmResponses },
+      },
+    },
+    '/vms/{name}/terminate': {
+      post: { summary: 'Request termination (reason operator)', security: admin, parameters: [nameParam], responses: { '202': json('Terminating', 'VmAction'), ...vmResponses } },
+    },
+    '/vms/{name}/hold': {
+      post: {
+        summary: 'Hold the VM out of acquisition',
+        security: admin,
+        parameters: [nameParam],
+        requestBody: { content: { 'application/json': { schema: { $ref: '#/components/schemas/HoldRequest' } } } },
+        responses: { '200': json('Held', 'VmAction'), ...vmResponses },
+      },
+      delete: { summary: 'End the hold', security: admin, parameters: [nameParam], responses: { '200': json('Unheld', 'VmAction'), ...vmResponses } },
+    },
+    '/groups': {
+      get: {
+        summary: 'Groups: limits, counts per state, warm pool target, demand, spawns in flight',
+        security: admin,
+        responses: { '200': { description: 'Groups', content: { 'application/json': { schema: { type: 'object', properties: { groups: { type: 'array', items: { $ref: '#/components/schemas/Group' } } } } } } }, ...common },
+      },
+    },
+    '/openapi.json': { get: { summary: 'This document', security: admin, responses: { '200': { description: 'OpenAPI document' } } } },
+  },
+} as const;

@@ -1,0 +1,160 @@
+import type { Config } from '../config.js';
+import type { VmRecord } from '../pool/types.js';
+import { relativeTime } from '../time.js';
+import type { GroupSummary } from './api.js';
+
+export const POOL_PAGE_REFRESH_MS = 5_000;
+
+const escapeHtml = (value: unknown): string =>
+  String(value ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
+
+const cell = (value: string | number | null | undefined, cls = '') =>
+  `<td${cls ? ` class="${cls}"` : ''}>${value === null || value === undefined || value === '' ? '<span class="none">-</span>' : escapeHtml(value)}</td>`;
+
+function taskText(vm: VmRecord): string | null {
+  if (!vm.taskId && !vm.buildId && !vm.chroot) return null;
+  return [vm.taskId, vm.buildId ? `build ${vm.buildId}` : null, vm.chroot].filter(Boolean).join(' · ');
+}
+
+function vmRow(vm: VmRecord, now: number): string {
+  const held = vm.heldBy !== null;
+  const terminating = vm.state === 'terminating';
+  const holdButton = held
+    ? `<button type="button" data-action="unhold" data-vm="${escapeHtml(vm.vmName)}">Unhold</button>`
+    : `<button type="button" data-action="hold" data-vm="${escapeHtml(vm.vmName)}"${terminating ? ' disabled' : ''}>Hold</button>`;
+  const terminateButton = `<button type="button" class="danger" data-action="terminate" data-vm="${escapeHtml(vm.vmName)}"${terminating ? ' disabled' : ''}>Terminate</button>`;
+  const heldText = held ? `${vm.heldBy} (${relativeTime(vm.heldSince, now)})` : null;
+  return [
+    `<tr data-vm="${escapeHtml(vm.vmName)}" data-state="${escapeHtml(vm.state)}"${held ? ' data-held="1" class="held"' : ''}>`,
+    cell(vm.vmName, 'name'),
+    `<td class="state"><span class="state-badge state-${escapeHtml(vm.state)}">${escapeHtml(vm.state)}</span></td>`,
+    cell(vm.vmIp, 'ip'),
+    cell(vm.boundToUser, 'user'),
+    cell(vm.sandbox, 'sandbox'),
+    cell(vm.buildsCount, 'builds num'),
+    cell(vm.checkFails, `fails num${vm.checkFails > 0 ? ' warn' : ''}`),
+    cell(relativeTime(vm.lastHealthCheck, now), 'checked'),
+    cell(taskText(vm), 'task'),
+    cell(heldText, 'held-by'),
+    `<td class="actions">${holdButton} ${terminateButton}</td>`,
+    '</tr>',
+  ].join('');
+}
+
+function groupSection(summary: GroupSummary, vms: VmRecord[], now: number): string {
+  const counts = Object.entries(summary.counts)
+    .map(([state, n]) => `<span class="count state-${state}" data-count-state="${state}">${state}: <b>${n}</b></span>`)
+    .join(' ');
+  const limits =
+    `max_vm_total <b>${summary.limits.max_vm_total}</b> · max_vm_per_user <b>${summary.limits.max_vm_per_user}</b> · ` +
+    `max_spawn_processes <b>${summary.limits.max_spawn_processes}</b>`;
+  const warm =
+    `warm pool: <b data-ready-clean>${summary.readyClean}</b> clean ready of min_ready <b data-min-ready>${summary.minReady}</b> · ` +
+    `demand <b>${summary.demand}</b> · spawns in flight <b>${summary.spawnsInFlight}</b> · held <b>${summary.held}</b>`;
+  const rows = vms.length
+    ? vms.map((vm) => vmRow(vm, now)).join('\n')
+    : '<tr class="empty"><td colspan="11">no VMs in this group</td></tr>';
+  return `<section class="group" data-group="${summary.id}" data-group-name="${escapeHtml(summary.name)}">
+<h2>${escapeHtml(summary.name)} <small>group ${summary.id}${summary.archs.length ? ` · ${escapeHtml(summary.archs.join(', '))}` : ''} · ${summary.total} VMs</small></h2>
+<p class="counts">${counts}</p>
+<p class="limits">${limits}<br>${warm}</p>
+<table>
+<thead><tr><th>Name</th><th>State</th><th>IP</th><th>Bound user</th><th>Sandbox</th><th>Builds</th><th>Check fails</th><th>Last check</th><th>Task</th><th>Held by</th><th></th></tr></thead>
+<tbody>
+${rows}
+</tbody>
+</table>
+</section>`;
+}
+
+/** The refreshable part of the pool page: one section per group. */
+export function renderPoolFragment(config: Config, summaries: GroupSummary[], vms: VmRecord[], now: number): string {
+  const sections = summaries.map((s) => groupSection(s, vms.filter((v) => v.group === s.id), now)).join('\n');
+  return `${sections}\n<p class="updated" data-now="${now}">updated ${escapeHtml(new Date(now).toISOString())} · prefix ${escapeHtml(config.redis.prefix)}</p>`;
+}
+
+const STYLE = `
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5rem; color: #1d2330; background: #f7f8fa; }
+header { display: flex; align-items: baseline; gap: 1.5rem; }
+header nav a { margin-right: 1rem; }
+h1 { margin: 0 0 .5rem; font-size: 1.5rem; }
+h2 { margin: 1.5rem 0 .25rem; font-size: 1.15rem; }
+h2 small { color: #667; font-weight: normal; }
+p.counts .count { display: inline-block; padding: .05rem .5rem; margin-right: .25rem; border-radius: 1rem; background: #e8ebf0; }
+p.limits { color: #445; margin: .3rem 0 .5rem; }
+table { border-collapse: collapse; width: 100%; background: #fff; box-shadow: 0 1px 2px rgba(0,0,0,.08); }
+th, td { text-align: left; padding: .35rem .6rem; border-bottom: 1px solid #e3e6eb; white-space: nowrap; }
+th { background: #eef1f5; font-weight: 600; }
+td.num { text-align: right; }
+td.warn { color: #b3261e; font-weight: 600; }
+.none { color: #aab; }
+tr.held { background: #fff8e1; }
+.state-badge { padding: .05rem .45rem; border-radius: .3rem; background: #e8ebf0; font-family: ui-monospace, monospace; font-size: 12px; }
+.state-ready { background: #d7f5dd; } .state-in_use { background: #dce8ff; } .state-check_health { background: #fff1c2; }
+.state-check_health_failed { background: #ffd9d6; } .state-terminating { background: #e5e5e5; } .state-got_ip { background: #efe3ff; }
+button { font: inherit; padding: .15rem .6rem; border: 1px solid #99a; border-radius: .3rem; background: #fff; cursor: pointer; }
+button.danger { border-color: #c66; color: #a22; }
+button:disabled { opacity: .4; cursor: default; }
+#message { min-height: 1.2rem; color: #235; }
+#message.error { color: #b3261e; }
+p.updated { color: #889; font-size: 12px; margin-top: 1rem; }
+`;
+
+// Refreshes the groups by fetching the fragment, and sends hold / unhold / terminate to the API.
+// Relative URLs keep the page working behind a reverse proxy path.
+const SCRIPT = `
+const root = document.getElementById('pool');
+const message = document.getElementById('message');
+const refreshMs = Number(root.dataset.refreshMs);
+async function refresh() {
+  try {
+    const res = await fetch('?fragment=1', { headers: { accept: 'text/html' } });
+    if (res.ok) root.innerHTML = await res.text();
+  } catch (err) { /* keep the last table; the next refresh tries again */ }
+}
+const questions = {
+  hold: (n) => 'Hold VM ' + n + '? It will not be handed to builders until it is unheld.',
+  unhold: (n) => 'Unhold VM ' + n + '? It can be acquired again.',
+  terminate: (n) => 'Terminate VM ' + n + '? Its machine will be destroyed.',
+};
+root.addEventListener('click', async (event) => {
+  const button = event.target.closest('button[data-action]');
+  if (!button) return;
+  const action = button.dataset.action, name = button.dataset.vm;
+  if (!confirm(questions[action](name))) return;
+  const path = 'api/v1/vms/' + encodeURIComponent(name) + (action === 'terminate' ? '/terminate' : '/hold');
+  const method = action === 'unhold' ? 'DELETE' : 'POST';
+  button.disabled = true;
+  try {
+    const res = await fetch(path, { method, headers: { 'content-type': 'application/json' }, body: method === 'POST' ? '{}' : undefined });
+    const body = await res.json().catch(() => ({}));
+    message.className = res.ok ? '' : 'error';
+    message.textContent = res.ok ? action + ' ' + name + ': done' : action + ' ' + name + ' failed: ' + (body.message || res.status);
+  } catch (err) {
+    message.className = 'error';
+    message.textContent = action + ' ' + name + ' failed: ' + err;
+  }
+  await refresh();
+});
+setInterval(refresh, refreshMs);
+`;
+
+export function renderPoolPage(config: Config, summaries: GroupSummary[], vms: VmRecord[], now: number, refreshMs = POOL_PAGE_REFRESH_MS): string {
+  return `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>vmpool</title>
+<style>${STYLE}</style>
+</head>
+<body>
+<header><h1>vmpool</h1><nav><a href="admin/queues">Queues (Bull Board)</a><a href="api/v1/openapi.json">API</a><a href="metrics">Metrics</a></nav></header>
+<div id="message" role="status"></div>
+<main id="pool" data-refresh-ms="${refreshMs}">
+${renderPoolFragment(config, summaries, vms, now)}
+</main>
+<script>${SCRIPT}</script>
+</body>
+</html>`;
+}

@@ -1,0 +1,121 @@
+import type { AddressInfo } from 'node:net';
+import { createServer, type Server } from 'node:http';
+import { Queue } from 'bullmq';
+import type { Config } from '../config.js';
+import { createLogger, type Logger } from '../logger.js';
+import { VmManager, type Clock } from '../pool/vmManager.js';
+import { createProducerConnection } from '../redis.js';
+import { VmPoolClient } from '../client/index.js';
+import type { QueueName } from '../../queues/names.js';
+import type { AcquireFn } from './api.js';
+import { createWebApp } from './app.js';
+import { assertBindAllowed } from './auth.js';
+
+export interface WebServerOptions {
+  logger?: Logger;
+  /** Overrides config.redis.prefix. */
+  prefix?: string;
+  clock?: Clock;
+  /** Override config.web.host / port (port 0: any free port). */
+  host?: string;
+  port?: number;
+  poolPageRefreshMs?: number;
+  /** How long past a request's timeout POST /acquire still waits for the acquire job (VmPoolClient graceMs). */
+  acquireGraceMs?: number;
+}
+
+export interface RunningWebServer {
+  server: Server;
+  /** Base URL, such as http://127.0.0.1:8080/ */
+  url: string;
+  port: number;
+  vmm: VmManager;
+  /** Stops accepting connections, ends idle ones, and closes Redis; open requests get until the deadline. */
+  stop(deadlineMs?: number): Promise<void>;
+}
+
+/**
+ * Starts the `web` process's HTTP server. Refuses (WebAuthRequired) to listen off loopback without
+ * a token, before opening any connection.
+ */
+export async function startWebServer(config: Config, options: WebServerOptions = {}): Promise<RunningWebServer> {
+  const host = options.host ?? config.web.host;
+  const port = options.port ?? config.web.port;
+  assertBindAllowed(config.web, host);
+  const logger = options.logger ?? createLogger('vmpool-web');
+  const prefix = options.prefix ?? config.redis.prefix;
+  const connection = createProducerConnection(config.redis.url);
+  connection.on('error', (err) => logger.warn({ err: err.message }, 'Redis connection error'));
+  const vmm = new VmManager(config, { redis: connection, prefix, logger, clock: options.clock });
+  const queues = new Map<QueueName, Queue>();
+  const queue = (name: QueueName): Queue => {
+    let q = queues.get(name);
+    if (!q) {
+      q = new Queue(name, { connection, prefix });
+      q.on('error', (err) => logger.warn({ err: err.message, queue: name }, 'queue error'));
+      queues.set(name, q);
+    }
+    return q;
+  };
+  const client = new VmPoolClient({ redis: connection, prefix, logger, clock: options.clock, graceMs: options.acquireGraceMs });
+  const acquire: AcquireFn = (request) => client.acquire(request);
+  const app = createWebApp({ config, vmm, logger, queue, acquire, poolPageRefreshMs: options.poolPageRefreshMs });
+  const server = createServer(app);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const address = server.address() as AddressInfo;
+  const shownHost = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  const url = `http://${shownHost}:${address.port}/`;
+  logger.info({ url, auth: config.web.auth.token !== undefined || config.web.auth.tokens.length > 0 }, 'web listening');
+  let stopping: Promise<void> | undefined;
+  return {
+    server,
+    url,
+    port: address.port,
+    vmm,
+    stop(deadlineMs = 10_000) {
+      stopping ??= (async () => {
+        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+        server.closeIdleConnections();
+        let timer: NodeJS.Timeout | undefined;
+        const deadline = new Promise<void>((resolve) => {
+          timer = setTimeout(() => {
+            server.closeAllConnections();
+            resolve();
+          }, deadlineMs);
+        });
+        await Promise.race([closed, deadline]);
+        clearTimeout(timer);
+        await client.close();
+        await Promise.all([...queues.values()].map((q) => q.close()));
+        await vmm.close();
+        await connection.quit().catch(() => connection.disconnect());
+      })();
+      return stopping;
+    },
+  };
+}
+
+/** Entry of the `web` process: config, Redis check, HTTP server, graceful stop on SIGTERM/SIGINT. */
+export async function runWebProcess(configPath?: string): Promise<void> {
+  const { resolveConfig, requireRedis } = await import('../jobs/main.js');
+  const { stopOnSignals } = await import('../jobs/boot.js');
+  const logger = createLogger('vmpool-web');
+  const { config, source } = resolveConfig(configPath);
+  try {
+    assertBindAllowed(config.web);
+  } catch (err) {
+    logger.fatal((err as Error).message);
+    process.stderr.write(`${(err as Error).message}\n`);
+    process.exit(2);
+  }
+  logger.info({ config: source }, 'starting web');
+  await requireRedis(config.redis.url, logger);
+  const web = await startWebServer(config, { logger, prefix: process.env.VMPOOL_PREFIX });
+  stopOnSignals((deadline) => web.stop(deadline), logger, Number(process.env.VMPOOL_SHUTDOWN_DEADLINE_MS ?? 15_000));
+}

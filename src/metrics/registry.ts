@@ -1,0 +1,152 @@
+import type { Queue } from 'bullmq';
+import { Gauge, Registry } from 'prom-client';
+import { ALL_VM_STATES } from '../pool/types.js';
+import type { VmManager } from '../pool/vmManager.js';
+import { ALL_QUEUE_NAMES, type QueueName } from '../../queues/names.js';
+import { readSharedCounter, readSharedHistogram, sharedMetrics, type SharedMetricDef } from './shared.js';
+
+/** Job states reported per queue (BullMQ's getJobCounts types). */
+export const QUEUE_JOB_STATES = ['waiting', 'prioritized', 'active', 'delayed', 'paused', 'waiting-children', 'completed', 'failed'] as const;
+
+export interface MetricsDeps {
+  vmm: VmManager;
+  /** A Queue handle per vmpool queue. */
+  queue(name: QueueName): Queue;
+}
+
+interface MetricValue {
+  value: number;
+  labels: Record<string, string | number>;
+  metricName?: string;
+}
+
+/**
+ * A metric whose values live in Redis (see shared.ts), read at scrape time. prom-client's own
+ * Counter/Histogram count in process memory, which would show only this replica's share.
+ */
+class RedisBackedMetric {
+  readonly name: string;
+  readonly help: string;
+  readonly type: 'counter' | 'histogram';
+  readonly aggregator = 'sum';
+
+  constructor(
+    private readonly deps: MetricsDeps,
+    private readonly def: SharedMetricDef,
+  ) {
+    this.name = def.name;
+    this.help = def.help;
+    this.type = def.type;
+  }
+
+  async get(): Promise<{ name: string; help: string; type: string; values: MetricValue[]; aggregator: string }> {
+    const { redis, prefix } = this.deps.vmm;
+    const values: MetricValue[] = [];
+    if (this.def.type === 'counter') {
+      for (const c of await readSharedCounter(redis, prefix, this.def)) values.push({ labels: c.labels, value: c.value });
+    } else {
+      for (const h of await readSharedHistogram(redis, prefix, this.def)) {
+        for (const b of h.buckets) {
+          values.push({ metricName: `${this.name}_bucket`, labels: { ...h.labels, le: b.le === Infinity ? '+Inf' : b.le }, value: b.count });
+        }
+        values.push({ metricName: `${this.name}_sum`, labels: h.labels, value: h.sum });
+        values.push({ metricName: `${this.name}_count`, labels: h.labels, value: h.count });
+      }
+    }
+    return { name: this.name, help: this.help, type: this.type, values, aggregator: this.aggregator };
+  }
+
+  // The Registry calls these on reset/remove; values live in Redis, so there is nothing to reset here.
+  reset(): void {}
+}
+
+/**
+ * The web process's Prometheus registry (its own, not prom-client's global one). Everything is
+ * read at scrape time: pool gauges from the per-group state indexes (SCARD, no scan of VMs), queue
+ * depths from BullMQ, and the counters/histograms that workers keep in Redis.
+ */
+export function createMetricsRegistry(deps: MetricsDeps): Registry {
+  const registry = new Registry();
+  const { vmm } = deps;
+  const groupName = (g: number) => vmm.config.groups[g]!.name;
+
+  new Gauge({
+    name: 'vmpool_vms',
+    help: 'VMs in the pool by group and state',
+    labelNames: ['group', 'state'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      const pipeline = vmm.redis.pipeline();
+      const series: [string, string][] = [];
+      for (const g of vmm.vmGroups) {
+        for (const s of ALL_VM_STATES) {
+          pipeline.scard(vmm.keys.state(g, s));
+          series.push([groupName(g), s]);
+        }
+      }
+      const replies = (await pipeline.exec()) ?? [];
+      replies.forEach(([err, n], i) => {
+        if (err) throw err;
+        const [group, state] = series[i]!;
+        this.set({ group, state }, Number(n));
+      });
+    },
+  });
+
+  new Gauge({
+    name: 'vmpool_group_limit',
+    help: 'Configured limits per group (max_vm_total, max_vm_per_user, max_spawn_processes, min_ready)',
+    labelNames: ['group', 'limit'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      vmm.config.groups.forEach((g) => {
+        for (const limit of ['max_vm_total', 'max_vm_per_user', 'max_spawn_processes', 'min_ready'] as const) {
+          this.set({ group: g.name, limit }, g[limit]);
+        }
+      });
+    },
+  });
+
+  new Gauge({
+    name: 'vmpool_spawns_in_flight',
+    help: 'Spawns started and not finished, by group',
+    labelNames: ['group'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const g of vmm.vmGroups) this.set({ group: groupName(g) }, await vmm.redis.zcard(vmm.keys.spawning(g)));
+    },
+  });
+
+  new Gauge({
+    name: 'vmpool_acquire_demand',
+    help: 'Acquire requests waiting for a VM, by group',
+    labelNames: ['group'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const g of vmm.vmGroups) this.set({ group: groupName(g) }, await vmm.countDemand(g));
+    },
+  });
+
+  new Gauge({
+    name: 'vmpool_queue_jobs',
+    help: 'Jobs per vmpool queue and state',
+    labelNames: ['queue', 'state'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const name of ALL_QUEUE_NAMES) {
+        const counts = await deps.queue(name).getJobCounts(...QUEUE_JOB_STATES);
+        for (const state of QUEUE_JOB_STATES) this.set({ queue: name, state }, counts[state] ?? 0);
+      }
+    },
+  });
+
+  for (const def of Object.values(sharedMetrics)) {
+    registry.registerMetric(new RedisBackedMetric(deps, def) as unknown as Parameters<Registry['registerMetric']>[0]);
+  }
+  return registry;
+}

@@ -1,0 +1,4 @@
+// The `web` process type: API, pool page, Bull Board, metrics. Config: VMPOOL_CONFIG (else the embedded default).
+import { runWebProcess } from '../src/http/server.js';
+
+await runWebProcess();
