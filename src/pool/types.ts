@@ -91,6 +91,8 @@ const stringOrNull = (v: string | undefined): string | null => (v === undefined 
  * first got it (for reuse_max_time), and its lease. Reconcile decides on these.
  */
 export interface VmRecord extends VmDescriptor {
+  /** When the VM entered the pool (got_ip). */
+  addedAt: number | null;
   boundSince: number | null;
   leaseId: string | null;
   leaseExpiresAt: number | null;
@@ -110,6 +112,7 @@ export function recordFromHash(hash: Record<string, string> | string[]): VmRecor
   const h = toHashObject(hash);
   return {
     ...descriptorFromHash(h),
+    addedAt: numberOrNull(h.added_at),
     boundSince: numberOrNull(h.bound_since),
     leaseId: stringOrNull(h.lease_id),
     leaseExpiresAt: numberOrNull(h.lease_expires_at),

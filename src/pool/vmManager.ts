@@ -147,7 +147,7 @@ export class VmManager {
     }
     if (!isValidVmIp(vmIp)) throw new VmError(`invalid IP address ${JSON.stringify(vmIp)} for VM ${vmName}`);
     this.groupConfig(group);
-    const added = await this.runScript('addVm', [this.keys.base], [vmName, vmIp, group]);
+    const added = await this.runScript('addVm', [this.keys.base], [vmName, vmIp, group, this.clock()]);
     if (added !== 1) throw new VmError(`VM ${vmName} is already in the pool`);
     this.logger.info({ vmName, vmIp, group }, 'VM added to pool');
     return this.getVmByName(vmName);

@@ -6,19 +6,20 @@
     ARGV[1] VM name
     ARGV[2] VM IP
     ARGV[3] group id
+    ARGV[4] now (epoch ms), kept as added_at
   Output:
     1  added
     0  a VM of that name is already in the pool (nothing changed)
 ]]
 local base = KEYS[1]
-local name, ip, group = ARGV[1], ARGV[2], ARGV[3]
+local name, ip, group, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 --- @include "includes/setVmState"
 
 local key = vmKey(base, name)
 if redis.call('EXISTS', key) == 1 then
   return 0
 end
-redis.call('HSET', key, 'vm_name', name, 'vm_ip', ip, 'group', group, 'check_fails', 0, 'builds_count', 0)
+redis.call('HSET', key, 'vm_name', name, 'vm_ip', ip, 'group', group, 'check_fails', 0, 'builds_count', 0, 'added_at', now)
 redis.call('SADD', base .. 'vms', name)
 redis.call('SADD', base .. 'ip:' .. ip, name)
 setVmState(base, name, 'got_ip')
