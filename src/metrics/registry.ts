@@ -39,13 +39,21 @@ class RedisBackedMetric {
     this.type = def.type;
   }
 
+  /** Workers record the group id; every metric shows the group's name. */
+  private named(labels: Record<string, string>): Record<string, string> {
+    if (labels.group === undefined) return labels;
+    const g = /^\d+$/.test(labels.group) ? this.deps.vmm.config.groups[Number(labels.group)] : undefined;
+    return g ? { ...labels, group: g.name } : labels;
+  }
+
   async get(): Promise<{ name: string; help: string; type: string; values: MetricValue[]; aggregator: string }> {
     const { redis, prefix } = this.deps.vmm;
     const values: MetricValue[] = [];
     if (this.def.type === 'counter') {
-      for (const c of await readSharedCounter(redis, prefix, this.def)) values.push({ labels: c.labels, value: c.value });
+      for (const c of await readSharedCounter(redis, prefix, this.def)) values.push({ labels: this.named(c.labels), value: c.value });
     } else {
-      for (const h of await readSharedHistogram(redis, prefix, this.def)) {
+      for (const raw of await readSharedHistogram(redis, prefix, this.def)) {
+        const h = { ...raw, labels: this.named(raw.labels) };
         for (const b of h.buckets) {
           values.push({ metricName: `${this.name}_bucket`, labels: { ...h.labels, le: b.le === Infinity ? '+Inf' : b.le }, value: b.count });
         }
