@@ -110,7 +110,7 @@ export function decideCheckVmsHealth(snapshot: PoolSnapshot, config: ReconcileCo
     const due =
       last === null ||
       now - last > ms(g.vm_health_check_period) ||
-      (vm.state === VmStates.READY && snapshot.serverStart !== null && last < snapshot.serverStart);
+      (vm.state === VmStates.READY && snapshot.serverStart !== null && last <= snapshot.serverStart);
     if (due) actions.push({ type: 'enqueueHealth', vmName: vm.vmName });
   }
   return actions;
