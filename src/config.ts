@@ -184,6 +184,8 @@ export type WebConfig = z.output<typeof webConfigSchema>;
 export const configSchema = z.strictObject({
   redis: redisConfigSchema.default({ url: 'redis://127.0.0.1:6379', prefix: 'vmpool' }),
   vm_cycle_timeout: z.number().positive().default(10),
+  /** Seconds between a waiting acquire job's safety retries; it wakes on ready VMs without them. */
+  acquire_safety_retry: z.number().positive().default(30),
   /** Worker concurrency per process type; <TYPE>_CONCURRENCY in the environment overrides. */
   concurrency: z
     .strictObject({

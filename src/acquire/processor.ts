@@ -1,0 +1,163 @@
+import { hostname } from 'node:os';
+import { UnrecoverableError, WaitingError, type Job } from 'bullmq';
+import type { JobContext } from '../jobs/context.js';
+import { formatZodError } from '../jobs/errors.js';
+import type { ProcessorSpec } from '../jobs/runtime.js';
+import { acquireWaiterMember, type AcquireWaiter } from '../pool/vmManager.js';
+import {
+  ACQUIRE_QUEUE,
+  DEFAULT_ACQUIRE_TIMEOUT_MS,
+  acquireRequestSchema,
+  type AcquireRequestData,
+  type VmAssignment,
+} from '../../queues/acquire.js';
+import { ReadySignal } from './readySignal.js';
+
+/** A failed acquire job's failedReason starts with this when no VM came within the timeout. */
+export const NO_VM_AVAILABLE_PREFIX = 'NoVmAvailable:';
+
+export interface AcquireProcessOptions {
+  /** Aborting moves a waiting job back to the queue, for another worker (a stopping process). */
+  signal?: AbortSignal;
+}
+
+/** What one process keeps for its acquire jobs: the shared subscriber and the jobs that wait. */
+interface AcquireRuntime {
+  readySignal: ReadySignal;
+  stopping: AbortController;
+}
+
+const runtimes = new WeakMap<JobContext, AcquireRuntime>();
+/** Contexts whose acquire waits were stopped: jobs they still receive go straight back to the queue. */
+const stopped = new WeakSet<JobContext>();
+
+function runtimeOf(ctx: JobContext): AcquireRuntime {
+  let rt = runtimes.get(ctx);
+  if (!rt) {
+    const subscriber = ctx.connection.duplicate({ maxRetriesPerRequest: null, lazyConnect: false });
+    rt = {
+      readySignal: new ReadySignal(subscriber, ctx.prefix, ctx.vmm.vmGroups, ctx.logger),
+      stopping: new AbortController(),
+    };
+    runtimes.set(ctx, rt);
+  }
+  return rt;
+}
+
+/**
+ * Stops this process's waiting acquire jobs: each leaves the line and goes back to the queue for
+ * another worker, so a stopping process does not hold requests until its shutdown deadline. Then
+ * closes the subscriber connection. Call it once the acquire worker is closing (worker.close()
+ * started, so that it takes no new job), before awaiting that close.
+ */
+export async function stopAcquireWaits(ctx: JobContext): Promise<void> {
+  stopped.add(ctx);
+  const rt = runtimes.get(ctx);
+  if (!rt) return;
+  runtimes.delete(ctx);
+  rt.stopping.abort();
+  await rt.readySignal.close();
+}
+
+function workerIdOf(ctx: JobContext): string {
+  const processId = (ctx as JobContext & { processId?: unknown }).processId;
+  return typeof processId === 'string' ? processId : `${hostname()}-${process.pid}`;
+}
+
+/** Group ids of a request: its groups as given, or the groups listing its arch, in config order. */
+export function resolveRequestGroups(ctx: JobContext, request: AcquireRequestData): number[] {
+  const groups = ctx.config.groups;
+  if (request.groups) {
+    const unknown = request.groups.filter((g) => !groups[g]);
+    if (unknown.length) throw new UnrecoverableError(`unknown group ${unknown.join(', ')}; groups are 0..${groups.length - 1}`);
+    return [...new Set(request.groups)];
+  }
+  const arch = request.arch!;
+  const ids = groups.flatMap((g, i) => (g.archs.includes(arch) ? [i] : []));
+  if (ids.length === 0) throw new UnrecoverableError(`unknown arch ${JSON.stringify(arch)}: no group lists it`);
+  return ids;
+}
+
+/**
+ * Processes one vm-acquire job: returns the VM assignment, or waits (bounded by timeoutMs from the
+ * job's creation) until a VM of its groups becomes ready. Waiting requests are served in line
+ * (BullMQ priority, then oldest); the pool scripts keep the line, and a request sleeps until a ready
+ * message for one of its groups, with a slow safety retry (config acquire_safety_retry).
+ * The same taskId never gets two VMs: the script returns the VM the task already holds.
+ */
+export async function processAcquireJob(job: Job, ctx: JobContext, options: AcquireProcessOptions = {}): Promise<VmAssignment> {
+  const parsed = acquireRequestSchema.safeParse(job.data);
+  if (!parsed.success) throw new UnrecoverableError(`invalid ${ACQUIRE_QUEUE} payload: ${formatZodError(parsed.error)}`);
+  const request = parsed.data;
+  const groups = resolveRequestGroups(ctx, request);
+  const jobId = String(job.id);
+  const timeoutMs = request.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS;
+  const deadline = job.timestamp + timeoutMs;
+  const waiter: AcquireWaiter = {
+    member: acquireWaiterMember(job.timestamp, jobId),
+    priority: job.opts.priority ?? 0,
+    deadline,
+    jobId,
+  };
+  if (stopped.has(ctx)) return requeue(job);
+  const rt = runtimeOf(ctx);
+  const signals = [rt.stopping.signal, options.signal].filter((s): s is AbortSignal => s !== undefined);
+  const abort = signals.length === 1 ? signals[0]! : AbortSignal.any(signals);
+  const groupNames = groups.map((g) => `${ctx.config.groups[g]!.name}(${g})`).join(', ');
+  const log = ctx.logger.child({ jobId, owner: request.owner, taskId: request.taskId });
+  const acquireRequest = {
+    groups,
+    owner: request.owner,
+    sandbox: request.sandbox,
+    workerId: workerIdOf(ctx),
+    taskId: request.taskId ?? null,
+    buildId: request.buildId ?? null,
+    chroot: request.chroot ?? null,
+  };
+  const safetyMs = ctx.config.acquire_safety_retry * 1000;
+  // Messages count only once subscribed; waiting for it here keeps the first attempt race-free.
+  await rt.readySignal.ready();
+  let attempts = 0;
+  for (;;) {
+    const seen = rt.readySignal.snapshot(groups);
+    const attempt = await ctx.vmm.tryAcquireVm(acquireRequest, waiter);
+    attempts += 1;
+    if (attempt.status === 'acquired' || attempt.status === 'reattached') {
+      if (attempts > 1 || attempt.status === 'reattached') log.info({ vmName: attempt.vm.vmName, attempts, status: attempt.status }, 'acquire served');
+      return {
+        vmName: attempt.vm.vmName,
+        vmIp: attempt.vm.vmIp,
+        group: attempt.vm.group,
+        leaseId: attempt.leaseId,
+        leaseExpiresAt: attempt.leaseExpiresAt,
+      };
+    }
+    const now = ctx.clock();
+    if (now >= deadline) {
+      await ctx.vmm.leaveAcquireQueue(waiter, groups);
+      throw new UnrecoverableError(
+        `${NO_VM_AVAILABLE_PREFIX} no VM for owner ${request.owner} (sandbox ${JSON.stringify(request.sandbox)}) in groups ${groupNames} ` +
+          `within ${timeoutMs} ms (${attempts} attempts; last: ${attempt.status === 'deferred' ? 'a request ahead in line could take the free VM' : 'nothing fitted'})`,
+      );
+    }
+    const outcome = await rt.readySignal.wait(groups, seen, Math.min(safetyMs, deadline - now), abort);
+    if (outcome === 'aborted') {
+      await ctx.vmm.leaveAcquireQueue(waiter, groups);
+      log.info('acquire wait stopped; job goes back to the queue');
+      return requeue(job);
+    }
+  }
+}
+
+/** Hands the job back to the queue (this process stops): another worker takes it from the start. */
+async function requeue(job: Job): Promise<never> {
+  await job.moveToWait(job.token);
+  throw new WaitingError();
+}
+
+/** The vm-acquire processor, for the worker runtime. */
+export const acquireProcessor: ProcessorSpec<AcquireRequestData, VmAssignment> = {
+  queue: ACQUIRE_QUEUE,
+  schema: acquireRequestSchema as unknown as ProcessorSpec<AcquireRequestData, VmAssignment>['schema'],
+  process: (job, _data, ctx) => processAcquireJob(job, ctx),
+};

@@ -1,0 +1,2 @@
+export { VmPoolClient, acquireJobId } from './vmPoolClient.js';
+export type { VmPoolClientOptions, AcquireOptions, WithVmOptions } from './vmPoolClient.js';

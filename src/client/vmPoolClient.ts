@@ -1,0 +1,286 @@
+import { randomUUID } from 'node:crypto';
+import { Job, Queue, QueueEvents } from 'bullmq';
+import { Redis } from 'ioredis';
+import { createLogger, type Logger } from '../logger.js';
+import { formatZodError } from '../jobs/errors.js';
+import { poolKeys, type PoolKeys } from '../pool/keys.js';
+import { loadScripts } from '../pool/scripts.js';
+import { LeaseLost, NoVmAvailable, VmDescriptorNotFound, VmError } from '../pool/types.js';
+import type { Clock } from '../pool/vmManager.js';
+import { createProducerConnection } from '../redis.js';
+import {
+  ACQUIRE_QUEUE,
+  DEFAULT_ACQUIRE_TIMEOUT_MS,
+  acquireJobOptions,
+  acquireRequestSchema,
+  type AcquireRequestData,
+  type VmAssignment,
+} from '../../queues/acquire.js';
+
+const NO_VM_AVAILABLE_PREFIX = 'NoVmAvailable:';
+
+export interface VmPoolClientOptions {
+  /** An ioredis instance (shared, not closed by the client) or a Redis URL (owned and closed). */
+  redis: Redis | string;
+  /** Key prefix of the pool and its queues (the pool's redis.prefix). Default `vmpool`. */
+  prefix?: string;
+  logger?: Logger;
+  clock?: Clock;
+  /**
+   * How long past the request's timeout the client still waits for a result (no acquire worker
+   * running, a worker that crashed and awaits stalled-job recovery). Default 60 s.
+   */
+  graceMs?: number;
+}
+
+export interface AcquireOptions {
+  /** BullMQ priority of the request: 0 (none) first, then 1 (highest) .. 2^21. */
+  priority?: number;
+}
+
+export interface WithVmOptions extends AcquireOptions {
+  /** Renew every this many ms; default a third of the time left on the lease. */
+  renewEveryMs?: number;
+}
+
+/**
+ * The acquire job id of a task: the same task always maps to the same job, so re-enqueueing is
+ * idempotent and a restarted builder reattaches. BullMQ ids may not contain ':' nor be integers;
+ * encodeURIComponent escapes ':' (and keeps distinct task ids distinct).
+ */
+export function acquireJobId(taskId?: string | null): string {
+  return taskId ? `acquire-${encodeURIComponent(taskId)}` : `acquire-${randomUUID()}`;
+}
+
+/**
+ * The builder's side of vmpool: acquire a VM through the vm-acquire queue, keep its lease alive,
+ * release it. Needs only Redis and the prefix (no config): renew and release run the pool scripts.
+ */
+export class VmPoolClient {
+  readonly redis: Redis;
+  readonly prefix: string;
+  private readonly keys: PoolKeys;
+  private readonly ownsRedis: boolean;
+  private readonly logger: Logger;
+  private readonly clock: Clock;
+  private readonly graceMs: number;
+  private readonly runScript: ReturnType<typeof loadScripts>;
+  private queue: Queue | undefined;
+  private events: Promise<QueueEvents> | undefined;
+
+  constructor(options: VmPoolClientOptions) {
+    if (typeof options.redis === 'string') {
+      this.redis = createProducerConnection(options.redis);
+      this.ownsRedis = true;
+    } else {
+      this.redis = options.redis;
+      this.ownsRedis = false;
+    }
+    this.prefix = options.prefix ?? 'vmpool';
+    this.keys = poolKeys(this.prefix);
+    this.logger = options.logger ?? createLogger('vmpool-client');
+    this.clock = options.clock ?? Date.now;
+    this.graceMs = options.graceMs ?? 60_000;
+    this.runScript = loadScripts(this.redis);
+  }
+
+  private getQueue(): Queue {
+    this.queue ??= new Queue(ACQUIRE_QUEUE, { connection: this.redis, prefix: this.prefix });
+    return this.queue;
+  }
+
+  /**
+   * QueueEvents reads the events stream from `lastEventId`. Left at '$', events between its start
+   * and its first XREAD are lost (a fast job's completion, seen only at the 30 s fallback), so it
+   * starts from the stream's last id read before any job of ours is added.
+   */
+  private getEvents(): Promise<QueueEvents> {
+    this.events ??= (async () => {
+      const key = `${this.prefix}:${ACQUIRE_QUEUE}:events`;
+      const last = (await this.redis.xrevrange(key, '+', '-', 'COUNT', 1))[0]?.[0] ?? '0-0';
+      // Its own blocking connection, made from ours with unlimited retries.
+      const events = new QueueEvents(ACQUIRE_QUEUE, {
+        connection: { ...this.redis.options, maxRetriesPerRequest: null },
+        prefix: this.prefix,
+        lastEventId: last,
+      });
+      events.on('error', (err) => this.logger.warn({ err: err.message }, 'acquire events connection error'));
+      return events;
+    })();
+    return this.events;
+  }
+
+  /**
+   * Enqueues an acquire request and returns its assignment. With a taskId, a request already
+   * enqueued for the task is joined (a restarted builder reattaches); a finished one whose VM is no
+   * longer held, or a failed one, is replaced by a new request. Throws NoVmAvailable when no VM
+   * came within the request's timeout, VmError for other failures.
+   */
+  async acquire(request: AcquireRequestData, options: AcquireOptions = {}): Promise<VmAssignment> {
+    const parsed = acquireRequestSchema.safeParse(request);
+    if (!parsed.success) throw new VmError(`invalid acquire request: ${formatZodError(parsed.error)}`);
+    const data = parsed.data;
+    const jobId = acquireJobId(data.taskId);
+    const queue = this.getQueue();
+    const events = await this.getEvents();
+    for (let round = 0; ; round += 1) {
+      const timestamp = this.clock();
+      const job = await queue.add('acquire', data, {
+        ...acquireJobOptions,
+        jobId,
+        timestamp,
+        ...(options.priority ? { priority: options.priority } : {}),
+      });
+      const deadline = timestamp + (data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS) + this.graceMs;
+      const outcome = await this.waitForResult(job, events, deadline, data.taskId);
+      if (outcome.kind === 'completed') {
+        if (await this.holds(outcome.assignment)) return outcome.assignment;
+        // A finished request of an earlier run of this task, whose VM is gone: ask anew.
+      } else {
+        const stored = await Job.fromId(queue, jobId);
+        if (stored && stored.timestamp === timestamp) {
+          // Our own request failed.
+          if (outcome.reason.startsWith(NO_VM_AVAILABLE_PREFIX)) throw new NoVmAvailable(outcome.reason);
+          throw new VmError(`acquire failed: ${outcome.reason}`);
+        }
+      }
+      if (round >= 2) throw new VmError(`acquire for task ${data.taskId} kept finding stale results of earlier requests`);
+      this.logger.info({ jobId }, 'replacing a finished acquire request of an earlier run');
+      await Job.fromId(queue, jobId)
+        .then((j) => j?.remove())
+        .catch(() => undefined);
+    }
+  }
+
+  /**
+   * Waits for the job's result: QueueEvents first, and on any doubt (waiter timeout, connection
+   * trouble, job removed) the job's stored state and return value.
+   */
+  private async waitForResult(
+    job: Job,
+    events: QueueEvents,
+    deadline: number,
+    taskId: string | undefined,
+  ): Promise<{ kind: 'completed'; assignment: VmAssignment } | { kind: 'failed'; reason: string }> {
+    for (;;) {
+      const left = deadline - this.clock();
+      try {
+        const value = (await job.waitUntilFinished(events, Math.max(1_000, Math.min(left, 30_000)))) as VmAssignment;
+        return { kind: 'completed', assignment: value };
+      } catch (err) {
+        this.logger.debug({ jobId: job.id, err: (err as Error).message }, 'acquire wait ended without a result; reading the job');
+        const stored = await Job.fromId(this.getQueue(), String(job.id));
+        if (!stored) {
+          // Removed (retention, an operator): the pool still knows which VM the task holds.
+          const held = taskId ? await this.assignmentOfTask(taskId) : null;
+          if (held) return { kind: 'completed', assignment: held };
+          throw new VmError(`acquire job ${job.id} disappeared before it finished (${(err as Error).message})`);
+        }
+        const state = await stored.getState();
+        if (state === 'completed') return { kind: 'completed', assignment: stored.returnvalue as VmAssignment };
+        if (state === 'failed') return { kind: 'failed', reason: stored.failedReason ?? 'unknown reason' };
+        if (this.clock() >= deadline) {
+          await stored.remove().catch(() => undefined);
+          throw new NoVmAvailable(`${NO_VM_AVAILABLE_PREFIX} acquire job ${job.id} not finished by its deadline (state ${state}; is an acquire worker running?)`);
+        }
+      }
+    }
+  }
+
+  /** The assignment of the VM a task holds now, read from the pool (fallback when the job is gone). */
+  private async assignmentOfTask(taskId: string): Promise<VmAssignment | null> {
+    const name = await this.redis.get(this.keys.task(taskId));
+    if (!name) return null;
+    const [state, ip, group, task, leaseId, expires] = await this.redis.hmget(
+      this.keys.vm(name),
+      'state',
+      'vm_ip',
+      'group',
+      'task_id',
+      'lease_id',
+      'lease_expires_at',
+    );
+    if (state !== 'in_use' || task !== taskId || !leaseId) return null;
+    return { vmName: name, vmIp: ip ?? '', group: Number(group), leaseId, leaseExpiresAt: Number(expires) };
+  }
+
+  /** Whether the assignment's lease is still held (the VM is in_use under that lease). */
+  async holds(assignment: VmAssignment): Promise<boolean> {
+    const [state, leaseId] = await this.redis.hmget(this.keys.vm(assignment.vmName), 'state', 'lease_id');
+    return state === 'in_use' && leaseId === assignment.leaseId;
+  }
+
+  /**
+   * Extends the lease; returns the assignment with its new expiry. Throws LeaseLost when the lease
+   * is no longer held (expired and reclaimed, released), VmDescriptorNotFound when the VM is gone.
+   */
+  async renew(assignment: VmAssignment): Promise<VmAssignment> {
+    const [status, expiresAt] = (await this.runScript('renewLease', [this.keys.base], [assignment.vmName, assignment.leaseId, this.clock()])) as [
+      string,
+      string?,
+    ];
+    if (status === 'missing') throw new VmDescriptorNotFound(assignment.vmName);
+    if (status !== 'renewed') throw new LeaseLost(assignment.vmName, assignment.leaseId, status === 'lease_mismatch' ? 'lease_mismatch' : 'not_in_use');
+    return { ...assignment, leaseExpiresAt: Number(expiresAt) };
+  }
+
+  /**
+   * Gives the VM back. Returns false, changing nothing, when the lease is no longer held (the VM
+   * was reclaimed, released already, or is in use under another lease).
+   */
+  async release(assignment: VmAssignment): Promise<boolean> {
+    const result = await this.runScript('releaseVm', [this.keys.base], [assignment.vmName, this.clock(), assignment.leaseId]);
+    if (result === 1) return true;
+    this.logger.warn({ vmName: assignment.vmName, leaseId: assignment.leaseId, result }, 'release refused: the lease is no longer held');
+    return false;
+  }
+
+  /**
+   * Acquires a VM, runs fn with it while renewing the lease, and always releases it. The signal
+   * given to fn aborts when the lease is lost (fn should stop using the VM).
+   */
+  async withVm<T>(
+    request: AcquireRequestData,
+    fn: (assignment: VmAssignment, signal: AbortSignal) => Promise<T> | T,
+    options: WithVmOptions = {},
+  ): Promise<T> {
+    let assignment = await this.acquire(request, options);
+    const lost = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    let stopped = false;
+    const schedule = () => {
+      if (stopped) return;
+      const every = options.renewEveryMs ?? Math.max(50, Math.floor((assignment.leaseExpiresAt - this.clock()) / 3));
+      timer = setTimeout(async () => {
+        try {
+          assignment = await this.renew(assignment);
+        } catch (err) {
+          if (err instanceof LeaseLost || err instanceof VmDescriptorNotFound) {
+            this.logger.error({ vmName: assignment.vmName, err: (err as Error).message }, 'lease lost while the VM was in use');
+            lost.abort(err);
+            return;
+          }
+          this.logger.warn({ vmName: assignment.vmName, err: (err as Error).message }, 'lease renew failed; retrying');
+        }
+        schedule();
+      }, every);
+    };
+    schedule();
+    try {
+      return await fn(assignment, lost.signal);
+    } finally {
+      stopped = true;
+      clearTimeout(timer);
+      await this.release(assignment).catch((err: Error) => this.logger.error({ vmName: assignment.vmName, err: err.message }, 'release failed'));
+    }
+  }
+
+  async close(): Promise<void> {
+    const events = this.events;
+    this.events = undefined;
+    if (events) await (await events).close();
+    await this.queue?.close();
+    this.queue = undefined;
+    if (this.ownsRedis) await this.redis.quit().catch(() => this.redis.disconnect());
+  }
+}
