@@ -1,0 +1,185 @@
+import { execFile, spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseConfig } from '../../src/config.js';
+import { startProcessTypes, type RunningProcess } from '../../src/jobs/boot.js';
+import { VmManager } from '../../src/pool/vmManager.js';
+import { ROOT, writeConfigFile } from '../helpers/processes.js';
+import { REDIS_URL, connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
+
+// `vmpool` as a real subprocess: output and exit codes (0 ok, 1 error, 2 usage/config, 3 not found, 4 no VM).
+const prefix = uniquePrefix('cli');
+const configInput = {
+  redis: { url: REDIS_URL },
+  groups: [
+    { name: 'base', archs: ['x86_64'], max_vm_per_user: 1 },
+    { name: 'arm', archs: ['aarch64'] },
+  ],
+  web: { port: 0 },
+};
+const configFile = writeConfigFile(configInput);
+const env = { ...process.env, VMPOOL_PREFIX: prefix, LOG_LEVEL: 'silent', VMPOOL_ACQUIRE_GRACE_MS: '1000' };
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function vmpool(...args: string[]): Promise<Run> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), '--config', configFile, ...args], { cwd: ROOT, env, timeout: 30_000 }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+describe('vmpool CLI', () => {
+  const redis = connect();
+  const vmm = new VmManager(parseConfig(configInput, {}), { redis, prefix });
+  let acquireWorker: RunningProcess;
+
+  beforeAll(async () => {
+    await vmm.markServerStart();
+    const unused = () => {
+      throw new Error('unused');
+    };
+    acquireWorker = await startProcessTypes(['acquire'], parseConfig(configInput, {}), { prefix, providerFactory: unused, healthCheckFactory: unused });
+  });
+  afterAll(async () => {
+    await acquireWorker?.stop(5_000);
+    await deleteKeysWithPrefix(redis, prefix);
+    await vmm.close();
+    await redis.quit();
+  });
+
+  it('config check: 0 for a valid file, 2 naming the bad field otherwise', async () => {
+    const ok = await vmpool('config', 'check', configFile);
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toContain('ok (2 groups: base, arm)');
+    const bad = writeConfigFile({ groups: [{ name: 'g', max_vm_total: -1 }] });
+    const res = await vmpool('config', 'check', bad);
+    expect(res.code).toBe(2);
+    expect(res.stderr).toContain('groups.0.max_vm_total');
+    expect((await vmpool('config', 'check', '/nonexistent/vmpool.yaml')).code).toBe(2);
+  });
+
+  it('usage errors exit 2', async () => {
+    expect((await vmpool('frobnicate')).code).toBe(2);
+    expect((await vmpool('hold')).code).toBe(2); // missing NAME
+    expect((await vmpool('list', '--state', 'sleeping')).code).toBe(2);
+    const both = await vmpool('acquire', '--owner', 'a', '--sandbox', 's', '--arch', 'x86_64', '--group', 'base');
+    expect(both.code).toBe(2);
+    expect((await vmpool('acquire', '--owner', 'a', '--sandbox', 's', '--arch', 'sparc')).code).toBe(2);
+  });
+
+  it('add registers a machine; refusals exit 1 or 2', async () => {
+    const added = await vmpool('add', '10.5.0.1', 'c1', 'base');
+    expect(added.code).toBe(0);
+    expect((await vmm.getVmByName('c1')).state).toBe('got_ip');
+    expect((await vmpool('add', '10.5.0.9', 'c1', 'base')).code).toBe(1); // name taken
+    expect((await vmpool('add', '10.5.0.300', 'c9', 'base')).code).toBe(2);
+    expect((await vmpool('add', '10.5.0.9', 'c9', 'nogroup')).code).toBe(2);
+    await expect(vmm.getVmByName('c9')).rejects.toThrow();
+  });
+
+  it('list and info show the pool, as text and --json', async () => {
+    await vmm.addVmToPool('10.5.1.1', 'c2', 1);
+    const list = await vmpool('list', '--json');
+    expect(list.code).toBe(0);
+    const vms = JSON.parse(list.stdout) as { vmName: string; state: string }[];
+    expect(vms.map((v) => v.vmName).sort()).toEqual((await vmm.getAllVms()).map((v) => v.vmName).sort());
+    const filtered = JSON.parse((await vmpool('list', '--group', 'arm', '--json')).stdout) as { vmName: string }[];
+    expect(filtered.map((v) => v.vmName)).toEqual(['c2']);
+    const text = await vmpool('list', '--state', 'got_ip');
+    expect(text.stdout).toMatch(/^NAME\s+GROUP\s+STATE/);
+    expect(text.stdout).toContain('c1');
+    const info = await vmpool('info');
+    expect(info.code).toBe(0);
+    expect(info.stdout).toContain('c2');
+    const infoJson = JSON.parse((await vmpool('info', '--json')).stdout) as { groups: { name: string; total: number }[] };
+    expect(infoJson.groups.map((g) => [g.name, g.total])).toEqual([
+      ['base', 1],
+      ['arm', 1],
+    ]);
+  });
+
+  it('hold, unhold and terminate; 1 when refused by the state, 3 for an unknown VM', async () => {
+    expect((await vmpool('hold', 'c1', '--by', 'tester')).code).toBe(0);
+    expect(await redis.hget(vmm.keys.vm('c1'), 'held_by')).toBe('tester');
+    const again = await vmpool('hold', 'c1');
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain('already held by tester');
+    expect((await vmpool('unhold', 'c1')).code).toBe(0);
+    expect(await redis.hget(vmm.keys.vm('c1'), 'held_by')).toBeNull();
+    expect((await vmpool('unhold', 'c1')).code).toBe(1);
+    expect((await vmpool('hold', 'ghost')).code).toBe(3);
+    expect((await vmpool('unhold', 'ghost')).code).toBe(3);
+
+    expect((await vmpool('terminate', 'c2')).code).toBe(0);
+    expect((await vmm.getVmByName('c2')).state).toBe('terminating');
+    expect((await vmpool('terminate', 'c2')).code).toBe(1);
+    expect((await vmpool('terminate', 'ghost')).code).toBe(3);
+  });
+
+  it('acquire prints the assignment; 4 when no VM comes; release frees it', async () => {
+    const none = await vmpool('acquire', '--owner', 'dave', '--sandbox', 's', '--group', 'base', '--timeout', '0.3');
+    expect(none.code).toBe(4);
+    expect(none.stderr).toMatch(/NoVmAvailable|no VM/i);
+
+    await vmm.startVmCheck('c1');
+    await vmm.recordHealthCheckResult('c1', true);
+    const got = await vmpool('acquire', '--owner', 'dave', '--sandbox', 's', '--arch', 'x86_64', '--timeout', '5');
+    expect(got.code).toBe(0);
+    const vars = Object.fromEntries(got.stdout.trim().split('\n').map((l) => l.split('=', 2) as [string, string]));
+    expect(vars.VM_NAME).toBe('c1');
+    expect(vars.VM_IP).toBe('10.5.0.1');
+    const rec = (await vmm.getAllVmRecords()).find((v) => v.vmName === 'c1')!;
+    expect(rec).toMatchObject({ state: 'in_use', boundToUser: 'dave', leaseId: vars.LEASE_ID });
+
+    expect((await vmpool('release', 'c1', '--lease-id', 'not-it')).code).toBe(1);
+    expect((await vmpool('release', 'c1', '--lease-id', vars.LEASE_ID!)).code).toBe(0);
+    expect((await vmm.getVmByName('c1')).state).toBe('ready');
+    expect((await vmpool('release', 'c1')).code).toBe(1); // not in_use
+    expect((await vmpool('release', 'ghost')).code).toBe(3);
+
+    const json = await vmpool('acquire', '--owner', 'dave', '--sandbox', 's', '--group', 'base', '--timeout', '5', '--json');
+    expect(json.code).toBe(0);
+    expect(JSON.parse(json.stdout)).toMatchObject({ vmName: 'c1', group: 0 });
+  });
+
+  it('start web serves until SIGTERM and exits 0; off loopback without a token it exits 2', async () => {
+    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), '--config', configFile, 'start', 'web'], {
+      cwd: ROOT,
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    const url = await new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`web did not start: ${out}`)), 20_000);
+      child.stdout.on('data', () => {
+        const m = /web: (http:\/\/\S+)/.exec(out);
+        if (m) {
+          clearTimeout(timer);
+          resolve(m[1]!);
+        }
+      });
+    });
+    const res = await fetch(new URL('api/v1/vms/c1', url));
+    expect(((await res.json()) as { vmName: string }).vmName).toBe('c1');
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+
+    const openConfig = writeConfigFile({ ...configInput, web: { host: '0.0.0.0', port: 0 } });
+    const refused = await new Promise<Run>((resolve) => {
+      execFile(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), '--config', openConfig, 'start', 'web'], { cwd: ROOT, env, timeout: 30_000 }, (err, stdout, stderr) =>
+        resolve({ code: err ? Number((err as { code?: number }).code) : 0, stdout, stderr }),
+      );
+    });
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain('web.auth.token');
+  });
+});
