@@ -92,10 +92,10 @@ export function createWebApp(deps: WebAppDeps): Express {
     const summaries = await groupSummaries(vmm, vms);
     res.set('Cache-Control', 'no-store');
     if (req.query.fragment !== undefined) {
-      res.type('html').send(renderPoolFragment(config, summaries, vms, now));
+      res.type('html').send(renderPoolFragment(vmm.prefix, summaries, vms, now));
       return;
     }
-    res.type('html').send(renderPoolPage(config, summaries, vms, now, deps.poolPageRefreshMs ?? POOL_PAGE_REFRESH_MS));
+    res.type('html').send(renderPoolPage(vmm.prefix, summaries, vms, now, deps.poolPageRefreshMs ?? POOL_PAGE_REFRESH_MS));
   });
 
   app.use(() => {

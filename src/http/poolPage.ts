@@ -1,4 +1,3 @@
-import type { Config } from '../config.js';
 import type { VmRecord } from '../pool/types.js';
 import { relativeTime } from '../time.js';
 import type { GroupSummary } from './api.js';
@@ -55,7 +54,7 @@ function groupSection(summary: GroupSummary, vms: VmRecord[], now: number): stri
     ? vms.map((vm) => vmRow(vm, now)).join('\n')
     : '<tr class="empty"><td colspan="11">no VMs in this group</td></tr>';
   return `<section class="group" data-group="${summary.id}" data-group-name="${escapeHtml(summary.name)}">
-<h2>${escapeHtml(summary.name)} <small>group ${summary.id}${summary.archs.length ? ` · ${escapeHtml(summary.archs.join(', '))}` : ''} · ${summary.total} VMs</small></h2>
+<h2>${escapeHtml(summary.name)} <small>group ${summary.id}${summary.archs.length ? ` · ${escapeHtml(summary.archs.join(', '))}` : ''} · ${summary.total} VM${summary.total === 1 ? '' : 's'}</small></h2>
 <p class="counts">${counts}</p>
 <p class="limits">${limits}<br>${warm}</p>
 <table>
@@ -68,9 +67,9 @@ ${rows}
 }
 
 /** The refreshable part of the pool page: one section per group. */
-export function renderPoolFragment(config: Config, summaries: GroupSummary[], vms: VmRecord[], now: number): string {
+export function renderPoolFragment(prefix: string, summaries: GroupSummary[], vms: VmRecord[], now: number): string {
   const sections = summaries.map((s) => groupSection(s, vms.filter((v) => v.group === s.id), now)).join('\n');
-  return `${sections}\n<p class="updated" data-now="${now}">updated ${escapeHtml(new Date(now).toISOString())} · prefix ${escapeHtml(config.redis.prefix)}</p>`;
+  return `${sections}\n<p class="updated" data-now="${now}">updated ${escapeHtml(new Date(now).toISOString())} · prefix ${escapeHtml(prefix)}</p>`;
 }
 
 const STYLE = `
@@ -139,7 +138,7 @@ root.addEventListener('click', async (event) => {
 setInterval(refresh, refreshMs);
 `;
 
-export function renderPoolPage(config: Config, summaries: GroupSummary[], vms: VmRecord[], now: number, refreshMs = POOL_PAGE_REFRESH_MS): string {
+export function renderPoolPage(prefix: string, summaries: GroupSummary[], vms: VmRecord[], now: number, refreshMs = POOL_PAGE_REFRESH_MS): string {
   return `<!doctype html>
 <html lang="en">
 <head>
@@ -152,7 +151,7 @@ export function renderPoolPage(config: Config, summaries: GroupSummary[], vms: V
 <header><h1>vmpool</h1><nav><a href="admin/queues">Queues (Bull Board)</a><a href="api/v1/openapi.json">API</a><a href="metrics">Metrics</a></nav></header>
 <div id="message" role="status"></div>
 <main id="pool" data-refresh-ms="${refreshMs}">
-${renderPoolFragment(config, summaries, vms, now)}
+${renderPoolFragment(prefix, summaries, vms, now)}
 </main>
 <script>${SCRIPT}</script>
 </body>
