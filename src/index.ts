@@ -31,3 +31,16 @@ export {
 } from './reconcile/decisions.js';
 export type { ReconcileAction, PoolSnapshot, GroupSnapshot, SpawnInFlight, SpawnReason, SpawnFigures } from './reconcile/decisions.js';
 export { processReconcileJob, reconcileProcessor, ensureReconcileScheduler, RECONCILE_JOB_NAME } from './reconcile/processor.js';
+export { createWebApp, BOARD_PATH } from './http/app.js';
+export type { WebAppDeps } from './http/app.js';
+export { startWebServer, runWebProcess } from './http/server.js';
+export type { WebServerOptions, RunningWebServer } from './http/server.js';
+export { WebAuthRequired, isLoopbackHost, assertBindAllowed } from './http/auth.js';
+export type { Principal } from './http/auth.js';
+export { HttpError, ErrorCodes } from './http/errors.js';
+export { openApiDocument } from './http/openapi.js';
+export { createMetricsRegistry } from './metrics/registry.js';
+export { sharedMetrics, recordJobMetrics } from './metrics/shared.js';
+export { webConfigSchema, webScopes } from './config.js';
+export type { WebConfig, WebScope } from './config.js';
+export type { VmRecord } from './pool/types.js';
