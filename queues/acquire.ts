@@ -32,6 +32,12 @@ export interface VmAssignment {
   group: number;
   leaseId: string;
   leaseExpiresAt: number;
+  /**
+   * When the acquire job that made this assignment was enqueued (its BullMQ timestamp, epoch ms).
+   * A client that finds the same value as its own add knows the result is fresh, not that of an
+   * earlier request of the same task.
+   */
+  requestedAt?: number;
 }
 
 export const DEFAULT_ACQUIRE_TIMEOUT_MS = 10 * 60 * 1000;

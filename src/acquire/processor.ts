@@ -130,6 +130,7 @@ export async function processAcquireJob(job: Job, ctx: JobContext, options: Acqu
         group: attempt.vm.group,
         leaseId: attempt.leaseId,
         leaseExpiresAt: attempt.leaseExpiresAt,
+        requestedAt: job.timestamp,
       };
     }
     const now = ctx.clock();

@@ -85,7 +85,11 @@ export class VmPoolClient {
   }
 
   private getQueue(): Queue {
-    this.queue ??= new Queue(ACQUIRE_QUEUE, { connection: this.redis, prefix: this.prefix });
+    if (!this.queue) {
+      this.queue = new Queue(ACQUIRE_QUEUE, { connection: this.redis, prefix: this.prefix });
+      // Each pending acquire listens for the queue closing (waitUntilFinished).
+      this.queue.setMaxListeners(0);
+    }
     return this.queue;
   }
 
@@ -134,7 +138,8 @@ export class VmPoolClient {
       const deadline = timestamp + (data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS) + this.graceMs;
       const outcome = await this.waitForResult(job, events, deadline, data.taskId);
       if (outcome.kind === 'completed') {
-        if (await this.holds(outcome.assignment)) return outcome.assignment;
+        // Our own request's result needs no check; an earlier request's VM may be gone since.
+        if (outcome.assignment.requestedAt === timestamp || (await this.holds(outcome.assignment))) return outcome.assignment;
         // A finished request of an earlier run of this task, whose VM is gone: ask anew.
       } else {
         const stored = await Job.fromId(queue, jobId);
