@@ -36,6 +36,8 @@ export function poolKeys(prefix: string) {
     waiters: (group: number) => `${base}group:${group}:waiters`,
     /** Hash waiter member -> JSON {owner, sandbox, deadline} of each waiting acquire request. */
     waiterInfo: `${base}waiter_info`,
+    /** Hash of machines the group's provider lists but the pool does not know: name -> first seen (epoch ms). */
+    orphanUnknown: (group: number) => `${base}group:${group}:orphan_unknown`,
     /** Pub/sub channel told (by the scripts) when a VM of the group may be acquirable. */
     readyChannel: (group: number) => `${base}ready:${group}`,
   };

@@ -12,7 +12,7 @@ export const RECONCILE_JOB_NAME = 'reconcile';
 export async function processReconcileJob(job: Job, ctx: JobContext): Promise<CycleReport> {
   const parsed = reconcileJobSchema.safeParse(job.data ?? {});
   if (!parsed.success) throw new UnrecoverableError(`invalid ${RECONCILE_QUEUE} payload: ${formatZodError(parsed.error)}`);
-  const master = new VmMaster(ctx.vmm, { queue: (name) => ctx.queue(name) });
+  const master = new VmMaster(ctx.vmm, { queue: (name) => ctx.queue(name), provider: (group) => ctx.provider(group) });
   const report = await master.doCycle();
   if (!report.ran) await job.log('another reconcile cycle held the lock; nothing done');
   return report;

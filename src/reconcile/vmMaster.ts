@@ -3,9 +3,12 @@ import { Queue } from 'bullmq';
 import type { Logger } from '../logger.js';
 import { VmDescriptorNotFound, VmError } from '../pool/types.js';
 import type { ExpiredLease, VmManager } from '../pool/vmManager.js';
+import { decideOrphans, type OrphanDecision } from '../providers/orphans.js';
+import type { Provider } from '../providers/types.js';
 import { HEALTH_QUEUE, healthJobDeduplicationId, healthJobOptions, type HealthJobData } from '../../queues/health.js';
 import type { QueueName } from '../../queues/names.js';
 import { SPAWN_QUEUE, spawnJobId, spawnJobOptions, type SpawnJobData } from '../../queues/spawn.js';
+import { TERMINATE_QUEUE, terminateJobOptions, type TerminateJobData } from '../../queues/terminate.js';
 import { CycleLock } from './cycleLock.js';
 import {
   decideCheckVmsHealth,
@@ -18,6 +21,7 @@ import {
   type PoolSnapshot,
   type ReconcileAction,
 } from './decisions.js';
+import { isOrphanPassDue, LAST_ORPHAN_CHECK, leakTerminateJobId, parseEpochMs, parseUnknownMachines } from './orphanPass.js';
 
 /** Copr's per-group pool info key for the last spawn start (epoch ms). */
 export const LAST_VM_SPAWN_START = 'last_vm_spawn_start';
@@ -32,6 +36,18 @@ export interface VmMasterOptions {
   queue?: (name: QueueName) => Queue;
   /** Expiry of the cycle lock; a replica that dies mid-cycle holds it at most this long. */
   cycleLockTtlMs?: number;
+  /** The provider of a group (a JobContext's `provider`). Without it, cleanupOrphans does nothing. */
+  provider?: (group: number) => Provider;
+}
+
+/** One group's leak and orphan pass, as logged. */
+export interface OrphanPass {
+  group: number;
+  counts: OrphanDecision['counts'];
+  /** Terminate jobs added (or retried) for machines the pool does not know. */
+  leaksTerminated: number;
+  /** Pool VMs whose machine the provider no longer has, moved to terminating. */
+  lostVmsTerminated: number;
 }
 
 export const CYCLE_STEPS = [
@@ -41,6 +57,7 @@ export const CYCLE_STEPS = [
   'startSpawnIfRequired',
   'finalizeLongHealthChecks',
   'terminateAgain',
+  'cleanupOrphans',
 ] as const;
 export type CycleStep = (typeof CYCLE_STEPS)[number];
 
@@ -151,8 +168,125 @@ export class VmMaster {
   }
 
   /**
+   * Leak and orphan cleanup (nodepool, resalloc's cmd_list, Copr's cleanup_vm_nova): for each group
+   * whose provider has `list`, at most every orphan_check_period, compares the provider's machines
+   * with the pool (decideOrphans) and
+   * - terminates machines the pool does not know, seen on two passes in a row and older than
+   *   orphan_grace_period (a terminate job with `orphan`, one per machine and first sighting);
+   * - moves pool VMs whose machine is gone to terminating (reason provider_lost), so that the
+   *   terminate job (an idempotent provider.terminate) removes the record.
+   * The unknown machines of each pass are kept in Redis for the next one. A group whose pass fails
+   * (its list hook failed) waits for the next period; the errors are thrown after every group ran.
+   */
+  async cleanupOrphans(): Promise<OrphanPass[]> {
+    const providerOf = this.options.provider;
+    if (!providerOf) {
+      this.logger.debug('no provider given to VmMaster; orphan cleanup is off');
+      return [];
+    }
+    const passes: OrphanPass[] = [];
+    const errors: unknown[] = [];
+    for (const group of this.vmm.vmGroups) {
+      try {
+        const pass = await this.orphanPass(group, providerOf);
+        if (pass) passes.push(pass);
+      } catch (err) {
+        errors.push(err);
+        this.logger.error({ err, group }, 'orphan pass failed');
+      }
+    }
+    if (errors.length > 0) throw new AggregateError(errors, `cleanupOrphans: ${errors.length} group(s) failed`);
+    return passes;
+  }
+
+  private async orphanPass(group: number, providerOf: (group: number) => Provider): Promise<OrphanPass | null> {
+    const vmm = this.vmm;
+    const config = vmm.groupConfig(group);
+    if (!(config.orphan_check_period > 0)) return null;
+    const started = vmm.clock();
+    const last = parseEpochMs(await vmm.readVmPoolInfo(group, LAST_ORPHAN_CHECK));
+    if (!isOrphanPassDue(last, started, config.orphan_check_period)) return null;
+    const provider = providerOf(group);
+    if (!provider.list) return null;
+    // Recorded first, so that a failing list hook runs once per period, not once per cycle.
+    await vmm.writeVmPoolInfo(group, LAST_ORPHAN_CHECK, started);
+
+    // Records read before the list: only their machines must be in it (a VM added while the
+    // list ran may be missing from it). Records read after it: every machine they name is known.
+    const before = new Set((await vmm.getAllVmRecords()).map((v) => v.vmName));
+    const machines = await provider.list({ id: group, config });
+    const unknownKey = vmm.keys.orphanUnknown(group);
+    const [after, stored] = await Promise.all([vmm.getAllVmRecords(), vmm.redis.hgetall(unknownKey)]);
+    const now = vmm.clock();
+    const decision = decideOrphans({
+      group,
+      poolVms: after.map((v) => ({ name: v.vmName, ip: v.vmIp, state: v.state, group: v.group, addedAt: v.addedAt })),
+      machines,
+      previousUnknown: parseUnknownMachines(stored),
+      now,
+      graceMs: config.orphan_grace_period * 1000,
+    });
+    const tx = vmm.redis.multi().del(unknownKey);
+    if (decision.unknown.size > 0) tx.hset(unknownKey, Object.fromEntries(decision.unknown));
+    await tx.exec();
+
+    const errors: unknown[] = [];
+    let leaksTerminated = 0;
+    for (const machine of decision.terminateMachines) {
+      try {
+        if (await this.terminateLeak(group, machine.name, machine.ip ?? null, decision.unknown.get(machine.name)!)) leaksTerminated++;
+      } catch (err) {
+        errors.push(err);
+        this.logger.error({ err, group, vmName: machine.name }, 'orphan pass: could not request termination of a leaked machine');
+      }
+    }
+    let lostVmsTerminated = 0;
+    const lostSkipped = decision.terminateVms.filter((v) => !before.has(v.name)).length;
+    for (const vm of decision.terminateVms) {
+      if (!before.has(vm.name)) continue;
+      try {
+        if (await vmm.startVmTermination(vm.name, undefined, 'provider_lost')) {
+          lostVmsTerminated++;
+          this.logger.warn({ group, vmName: vm.name, vmIp: vm.ip, state: vm.state }, 'orphan pass: the provider no longer has this VM; terminating it');
+        }
+      } catch (err) {
+        if (err instanceof VmDescriptorNotFound) continue;
+        errors.push(err);
+        this.logger.error({ err, group, vmName: vm.name }, 'orphan pass: could not terminate a lost VM');
+      }
+    }
+    const pass: OrphanPass = { group, counts: decision.counts, leaksTerminated, lostVmsTerminated };
+    const fields = { ...pass, missingAddedDuringList: lostSkipped, errors: errors.length, durationMs: vmm.clock() - started };
+    this.logger[errors.length > 0 ? 'warn' : 'info'](fields, 'orphan pass');
+    if (errors.length > 0) throw new AggregateError(errors, `orphan pass of group ${group}: ${errors.length} action(s) failed`);
+    return pass;
+  }
+
+  /**
+   * Adds the terminate job of a leaked machine. A job already pending for it is left alone; one
+   * that finished while the machine is still listed (a failed or ineffective terminate) is retried.
+   * Returns whether a job was added or retried.
+   */
+  private async terminateLeak(group: number, vmName: string, vmIp: string | null, firstSeen: number): Promise<boolean> {
+    const queue = this.queue(TERMINATE_QUEUE);
+    const jobId = leakTerminateJobId(group, vmName, firstSeen);
+    const existing = await queue.getJob(jobId);
+    if (existing) {
+      const state = await existing.getState();
+      if (state !== 'completed' && state !== 'failed') return false;
+      await existing.retry(state);
+      this.logger.warn({ group, vmName, jobId, previous: state }, 'orphan pass: leaked machine still listed; termination retried');
+      return true;
+    }
+    const data: TerminateJobData = { vmName, reason: 'orphan', orphan: { group, vmIp } };
+    await queue.add('terminate', data, { ...terminateJobOptions, jobId });
+    this.logger.warn({ group, vmName, vmIp, firstSeen, jobId }, 'orphan pass: machine unknown to the pool; terminating it');
+    return true;
+  }
+
+  /**
    * One reconcile cycle, Copr's order: reclaim expired leases, remove old dirty VMs, check health,
-   * spawn, finalize long health checks, terminate again. Runs under the cycle lock and returns
+   * spawn, finalize long health checks, terminate again; then the leak and orphan pass. Runs under the cycle lock and returns
    * `ran: false` at once if another cycle holds it. Every step runs even if one fails; the errors
    * are then thrown together.
    */
@@ -171,6 +305,13 @@ export class VmMaster {
         try {
           if (step === 'reclaimExpiredLeases') {
             counts[step] = (await this.reclaimExpiredLeases()).length;
+            if (counts[step] > 0) snapshot = undefined;
+            continue;
+          }
+          if (step === 'cleanupOrphans') {
+            // Reads the pool itself, after the provider's list.
+            const passes = await this.cleanupOrphans();
+            counts[step] = passes.reduce((n, p) => n + p.leaksTerminated + p.lostVmsTerminated, 0);
             if (counts[step] > 0) snapshot = undefined;
             continue;
           }

@@ -18,7 +18,8 @@ import type { QueueName } from '../../queues/names.js';
 import { RECONCILE_QUEUE, RECONCILE_SCHEDULER_ID } from '../../queues/reconcile.js';
 import { connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
 
-const config = parseConfig({ vm_cycle_timeout: 3600, groups: [{ name: 'base', min_ready: 0 }] }, {});
+// orphan_check_period 0: the cycles here have no provider to list (the provider stub throws).
+const config = parseConfig({ vm_cycle_timeout: 3600, groups: [{ name: 'base', min_ready: 0, orphan_check_period: 0 }] }, {});
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const opened: { close(): Promise<unknown> }[] = [];
