@@ -17,10 +17,12 @@ net=${VMPOOL_NETNS_NET:-198.18.0}
 
 SSHD=${SSHD:-/usr/sbin/sshd}
 
-# Names of one slot's namespace, interfaces and addresses.
+# Names of one host: its namespace is its VM name, `<prefix>-<slot>-<6 hex>`, unique per spawn
+# (a new host in a reused slot has a new host key, so it must not share its name with the old one);
+# interfaces and addresses come from the slot.
 slot_vars() {
   local n=$1
-  ns="$prefix-$n"
+  ns=$2
   veth_root="${prefix}r$n"
   veth_ns="${prefix}n$n"
   ip_root="$net.$((4 * n + 1))"
@@ -31,7 +33,7 @@ slot_vars() {
 # Slot number of a VM name made by spawn.sh, or nothing when the name is not ours.
 slot_of() {
   local name=$1
-  if [[ $name =~ ^$prefix-([0-9]{1,2})$ ]] && ((BASH_REMATCH[1] >= 1 && BASH_REMATCH[1] <= 63)); then
+  if [[ $name =~ ^$prefix-([0-9]{1,2})-[0-9a-f]{6}$ ]] && ((BASH_REMATCH[1] >= 1 && BASH_REMATCH[1] <= 63)); then
     echo "${BASH_REMATCH[1]}"
   fi
 }

@@ -6,7 +6,7 @@ source "$(dirname "$0")/common.sh"
 ip netns list | awk '{print $1}' | while read -r name; do
   slot=$(slot_of "$name")
   [[ -n $slot ]] || continue
-  slot_vars "$slot"
+  slot_vars "$slot" "$name"
   created=$(cat "$host_dir/created_at" 2>/dev/null || echo "")
   if [[ -n $created ]]; then
     printf '{"name":"%s","ip":"%s","created_at":%s}\n' "$ns" "$ip_ns" "$created"

@@ -14,7 +14,9 @@ for n in $(seq 1 63); do
   if mkdir "$dir/slots/$n" 2>/dev/null; then slot=$n; break; fi
 done
 [[ -n $slot ]] || die "no free slot (63 hosts max in $net.0/24)"
-slot_vars "$slot"
+slot_vars "$slot" "$prefix-$slot-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"
+# terminate.sh frees the slot only for its owner: a stale name must not free a newer host's slot.
+echo "$ns" >"$dir/slots/$slot/owner"
 echo "spawn $VMPOOL_SPAWN_ID for group ${VMPOOL_GROUP_NAME:-?}: slot $slot, namespace $ns"
 
 # From here on a failure leaves a named host behind: say its name first, so the provider can clean up.

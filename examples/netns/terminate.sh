@@ -10,7 +10,7 @@ if [[ -z $slot ]]; then
   echo "$name is not a $prefix host; nothing to do"
   exit 0
 fi
-slot_vars "$slot"
+slot_vars "$slot" "$name"
 
 if ip netns list | awk '{print $1}' | grep -qxF "$ns"; then
   pids=$(ip netns pids "$ns" || true)
@@ -23,7 +23,12 @@ if ip netns list | awk '{print $1}' | grep -qxF "$ns"; then
 else
   echo "namespace $ns is already gone"
 fi
-# The root side of the pair normally goes with the namespace; remove it if it lingers.
-ip link del "$veth_root" 2>/dev/null || true
 rm -rf "$host_dir"
-rmdir "$dir/slots/$slot" 2>/dev/null || true
+# The slot (and its root-side interface) may belong to a newer host by now: free it only if ours.
+owner=$(cat "$dir/slots/$slot/owner" 2>/dev/null || true)
+if [[ $owner == "$ns" ]]; then
+  # The root side of the pair normally goes with the namespace; remove it if it lingers.
+  ip link del "$veth_root" 2>/dev/null || true
+  rm -f "$dir/slots/$slot/owner"
+  rmdir "$dir/slots/$slot" 2>/dev/null || true
+fi
