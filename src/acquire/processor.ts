@@ -1,5 +1,5 @@
 import { hostname } from 'node:os';
-import { UnrecoverableError, WaitingError, type Job } from 'bullmq';
+import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq';
 import type { JobContext } from '../jobs/context.js';
 import { formatZodError } from '../jobs/errors.js';
 import type { ProcessorSpec } from '../jobs/runtime.js';
@@ -99,7 +99,7 @@ export async function processAcquireJob(job: Job, ctx: JobContext, options: Acqu
     deadline,
     jobId,
   };
-  if (stopped.has(ctx)) return requeue(job);
+  if (stopped.has(ctx)) return requeue(job, STOPPED_REQUEUE_DELAY_MS);
   const rt = runtimeOf(ctx);
   const signals = [rt.stopping.signal, options.signal].filter((s): s is AbortSignal => s !== undefined);
   const abort = signals.length === 1 ? signals[0]! : AbortSignal.any(signals);
@@ -150,8 +150,18 @@ export async function processAcquireJob(job: Job, ctx: JobContext, options: Acqu
   }
 }
 
+/**
+ * A job that reaches a process whose waits were stopped (its worker is closing but still fetched
+ * it) goes back after this delay, so that it does not bounce between this worker and the queue.
+ */
+const STOPPED_REQUEUE_DELAY_MS = 250;
+
 /** Hands the job back to the queue (this process stops): another worker takes it from the start. */
-async function requeue(job: Job): Promise<never> {
+async function requeue(job: Job, delayMs = 0): Promise<never> {
+  if (delayMs > 0) {
+    await job.moveToDelayed(Date.now() + delayMs, job.token);
+    throw new DelayedError();
+  }
   await job.moveToWait(job.token);
   throw new WaitingError();
 }
