@@ -296,7 +296,8 @@ export async function runCli(argv: string[], io: CliIo = defaultIo): Promise<num
     return ExitCodes.OK;
   } catch (err) {
     if (err instanceof CommanderError) {
-      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return ExitCodes.OK;
+      // --help and --version are fine; help shown because no command was given is a usage error.
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version') return ExitCodes.OK;
       return ExitCodes.USAGE;
     }
     const { exitCodeOf } = await import('./exitCodes.js');
