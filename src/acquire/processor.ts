@@ -3,6 +3,7 @@ import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq
 import type { JobContext } from '../jobs/context.js';
 import { formatZodError } from '../jobs/errors.js';
 import type { ProcessorSpec } from '../jobs/runtime.js';
+import { VmError } from '../pool/types.js';
 import { acquireWaiterMember, type AcquireWaiter } from '../pool/vmManager.js';
 import {
   ACQUIRE_QUEUE,
@@ -120,7 +121,15 @@ export async function processAcquireJob(job: Job, ctx: JobContext, options: Acqu
   let attempts = 0;
   for (;;) {
     const seen = rt.readySignal.snapshot(groups);
-    const attempt = await ctx.vmm.tryAcquireVm(acquireRequest, waiter);
+    let attempt: Awaited<ReturnType<typeof ctx.vmm.tryAcquireVm>>;
+    try {
+      attempt = await ctx.vmm.tryAcquireVm(acquireRequest, waiter);
+    } catch (err) {
+      // Out of line before failing (a task holding a VM for another owner, Redis trouble).
+      await ctx.vmm.leaveAcquireQueue(waiter, groups).catch(() => undefined);
+      if (err instanceof VmError) throw new UnrecoverableError(err.message);
+      throw err;
+    }
     attempts += 1;
     if (attempt.status === 'acquired' || attempt.status === 'reattached') {
       if (attempts > 1 || attempt.status === 'reattached') log.info({ vmName: attempt.vm.vmName, attempts, status: attempt.status }, 'acquire served');

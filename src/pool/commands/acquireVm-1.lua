@@ -81,6 +81,7 @@ local function someoneAhead(group, maxPerUser, dirty)
     if not info or tonumber(info.deadline) <= tonumber(now) then
       -- A request that timed out without leaving (its process died): drop it.
       redis.call('ZREM', waitersKey(base, group), member)
+      redis.call('HDEL', waiterInfoKey(base), member)
     elseif info.owner == owner and info.sandbox == sandbox then
       return true
     elseif not dirty then
