@@ -14,7 +14,7 @@ import { formatZodError } from './errors.js';
 import { recordJobMetrics, type JobOutcome } from '../metrics/shared.js';
 
 export type ProviderFactory = (group: ProviderGroup, deps: ProviderDeps) => Provider;
-export type HealthCheckFactory = (group: ProviderGroup, deps: ProviderDeps) => HealthCheck;
+export type HealthCheckFactory = (group: ProviderGroup, deps: ProviderDeps & { provider?: Provider }) => HealthCheck;
 
 export interface JobContextOptions {
   logger?: Logger;
@@ -42,6 +42,14 @@ export function createJobContext(config: Config, options: JobContextOptions): Ow
   const providers = new Map<number, Provider>();
   const checks = new Map<number, HealthCheck>();
   const providerGroup = (id: number): ProviderGroup => ({ id, config: vmm.groupConfig(id) });
+  const provider = (group: number): Provider => {
+    let p = providers.get(group);
+    if (!p) {
+      p = options.providerFactory(providerGroup(group), { logger });
+      providers.set(group, p);
+    }
+    return p;
+  };
   return {
     config,
     vmm,
@@ -59,18 +67,12 @@ export function createJobContext(config: Config, options: JobContextOptions): Ow
       }
       return q;
     },
-    provider(group) {
-      let p = providers.get(group);
-      if (!p) {
-        p = options.providerFactory(providerGroup(group), { logger });
-        providers.set(group, p);
-      }
-      return p;
-    },
+    provider,
     healthCheck(group) {
       let c = checks.get(group);
       if (!c) {
-        c = options.healthCheckFactory(providerGroup(group), { logger });
+        // The `provider` check asks the group's provider itself.
+        c = options.healthCheckFactory(providerGroup(group), { logger, provider: provider(group) });
         checks.set(group, c);
       }
       return c;
