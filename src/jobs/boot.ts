@@ -41,8 +41,10 @@ export async function startProcessTypes(types: readonly WorkerProcessType[], con
     workers,
     stop(deadlineMs = 10_000) {
       stopping ??= (async () => {
+        // Closing first stops taking new jobs; then jobs that would wait until the deadline let go.
+        const closing = workers.map((w) => w.close(deadlineMs));
         await Promise.all(types.map((type) => processTypeSpecs[type].beforeStop?.(ctx)));
-        await Promise.all(workers.map((w) => w.close(deadlineMs)));
+        await Promise.all(closing);
         await ctx.close();
       })();
       return stopping;
