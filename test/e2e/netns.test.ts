@@ -216,7 +216,7 @@ afterAll(async () => {
 }, 60_000);
 
 describe('end to end with real hosts (network namespaces running OpenSSH)', () => {
-  let first: string;
+  let used: string;
 
   it('spawns a host that reaches ready through a real SSH check', async () => {
     const vm = await waitFor(() => readyCleanVm(), 40_000, 'a ready VM in group netns');
@@ -229,37 +229,38 @@ describe('end to end with real hosts (network namespaces running OpenSSH)', () =
     // accept-new remembered the host's key under its name and address.
     const hostKey = hosts!.hostPublicKey(vm.vmName).split(' ').slice(0, 2).join(' ');
     expect(readFileSync(join(marks, 'known_vms'), 'utf8')).toContain(`${vm.vmName} ${vm.vmIp} ${hostKey}`);
-    first = vm.vmName;
   }, 60_000);
 
   it('acquires, releases, reuses for the same owner and sandbox, and terminates after the dirty timeout', async () => {
     const a1 = await client.acquire({ owner: 'alice', sandbox: 'alice/p1', arch: 'x86_64', taskId: 'e2e-1', timeoutMs: 20_000 });
-    expect(a1.vmName).toBe(first);
     expect(a1.group).toBe(0);
-    expect((await vmm.getVmByName(first)).state).toBe(VmStates.IN_USE);
+    // Normally the warm VM; a spawn for the waiting request may win if that VM was mid-check.
+    used = a1.vmName;
+    expect((await vmm.getVmByName(used)).state).toBe(VmStates.IN_USE);
+    expect(await namespaces(hosts!)).toContain(used);
     expect(await client.release(a1)).toBe(true);
 
     const a2 = await client.acquire({ owner: 'alice', sandbox: 'alice/p1', arch: 'x86_64', taskId: 'e2e-2', timeoutMs: 20_000 });
-    expect(a2.vmName).toBe(first);
-    expect((await vmm.getVmByName(first)).buildsCount).toBe(1);
+    expect(a2.vmName).toBe(used);
+    expect((await vmm.getVmByName(used)).buildsCount).toBe(1);
     expect(await client.release(a2)).toBe(true);
-    const released = await vmm.getVmByName(first);
+    const released = await vmm.getVmByName(used);
     expect(released.state).toBe(VmStates.READY);
     expect(released.boundToUser).toBe('alice');
 
-    await waitFor(() => gone(first), 30_000, 'the dirty VM terminated');
-    expect((await terminateJobsFor(first)).map((j) => j.data.reason)).toEqual(['dirty_timeout']);
-    await waitFor(async () => !(await namespaces(hosts!)).includes(first), 10_000, 'its namespace deleted');
+    await waitFor(() => gone(used), 30_000, 'the dirty VM terminated');
+    expect((await terminateJobsFor(used)).map((j) => j.data.reason)).toEqual(['dirty_timeout']);
+    await waitFor(async () => !(await namespaces(hosts!)).includes(used), 10_000, 'its namespace deleted');
   }, 60_000);
 
   it('terminates and replaces a host whose sshd was killed', async () => {
-    const victim = await waitFor(() => readyCleanVm([first]), 40_000, 'a ready VM');
+    const victim = await waitFor(() => readyCleanVm([used]), 40_000, 'a ready VM');
     const pid = hosts!.sshdPid(victim.vmName);
     process.kill(pid, 'SIGKILL');
     await waitFor(() => gone(victim.vmName), 30_000, 'the broken VM terminated');
     expect((await terminateJobsFor(victim.vmName)).map((j) => j.data.reason)).toEqual(['health_check_failed']);
     expect(await namespaces(hosts!)).not.toContain(victim.vmName);
-    const replacement = await waitFor(() => readyCleanVm([first, victim.vmName]), 40_000, 'a replacement VM');
+    const replacement = await waitFor(() => readyCleanVm([used, victim.vmName]), 40_000, 'a replacement VM');
     expect(replacement.vmName).not.toBe(victim.vmName);
     expect(await namespaces(hosts!)).toContain(replacement.vmName);
   }, 90_000);
