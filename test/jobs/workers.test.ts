@@ -137,7 +137,7 @@ describe('spawn, health and terminate workers', () => {
     }
   });
 
-  it('terminates a machine whose checks fail past the threshold, and removes its record', async () => {
+  it('terminates a machine whose checks fail past the threshold, and removes its record', { timeout: 90_000 }, async () => {
     const job = await spawnOne('beta');
     await job.waitUntilFinished(events, 30_000);
     await waitFor(async () => (await vmm.getVmByName('vm-beta')).state === VmStates.READY, 20_000, 'vm-beta ready');
@@ -149,7 +149,10 @@ describe('spawn, health and terminate workers', () => {
       await healthQueue.add('health', { vmName: 'vm-beta' }, { jobId: `check-beta-${i}` });
       await waitFor(async () => (await healthQueue.getJob(`check-beta-${i}`))?.finishedOn, 10_000, 'check done');
     }
-    await waitFor(async () => (await vmm.getAllVms()).every((v) => v.vmName !== 'vm-beta'), 20_000, 'vm-beta removed');
+    await waitFor(async () => (await vmm.getAllVms()).every((v) => v.vmName !== 'vm-beta'), 40_000, 'vm-beta removed').catch(async (err: Error) => {
+      const vm = await vmm.getVmByName('vm-beta').catch(() => null);
+      throw new Error(`${err.message}\nVM: ${JSON.stringify(vm)}\n${workers.map((w) => `${w.type}:\n${w.lines.slice(-15).join('\n')}`).join('\n')}`);
+    });
     expect(listenerPid('vm-beta')).toBeNull();
     const terminateQueue = new Queue(QueueNames.TERMINATE, { connection: redis, prefix });
     const done = await terminateQueue.getJobs(['completed']);
@@ -178,7 +181,7 @@ describe('spawn, health and terminate workers', () => {
   it('stops a worker process gracefully on SIGTERM', async () => {
     const extra = await startWorkerProcess('health', { VMPOOL_CONFIG: writeConfigFile(config), VMPOOL_PREFIX: prefix });
     const code = await extra.stop();
-    expect(code).toBe(0);
+    expect(code, extra.lines.join('\n')).toBe(0);
     expect(extra.lines.some((l) => l.includes('"stopped"'))).toBe(true);
   });
 });
