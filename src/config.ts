@@ -195,6 +195,18 @@ export const configSchema = z.strictObject({
       terminate: positiveInt(4),
     })
     .default({ acquire: 50, spawn: 4, health: 20, terminate: 4 }),
+  /**
+   * BullMQ stalled-job recovery, for every worker (seconds): a job whose lock (lock_duration) is not
+   * renewed, because its process died, goes back to waiting at a check (every stalled_interval), at
+   * most max_stalled_count times; then it fails.
+   */
+  jobs: z
+    .strictObject({
+      lock_duration: z.number().positive().default(30),
+      stalled_interval: z.number().positive().default(30),
+      max_stalled_count: z.number().int().nonnegative().default(1),
+    })
+    .default({ lock_duration: 30, stalled_interval: 30, max_stalled_count: 1 }),
   web: webConfigSchema.default({ host: '127.0.0.1', port: 8080, read_only_board: false, auth: { tokens: [] } }),
   groups: z
     .array(groupConfigSchema)

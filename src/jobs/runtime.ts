@@ -120,7 +120,16 @@ export function runWorker<Data, Result>(
       }
       return spec.process(job, parsed.data, ctx);
     },
-    { connection, prefix: ctx.prefix, concurrency, name: ctx.processId },
+    {
+      connection,
+      prefix: ctx.prefix,
+      concurrency,
+      name: ctx.processId,
+      // A dead process's active jobs come back to waiting once their lock lapses.
+      lockDuration: ctx.config.jobs.lock_duration * 1000,
+      stalledInterval: ctx.config.jobs.stalled_interval * 1000,
+      maxStalledCount: ctx.config.jobs.max_stalled_count,
+    },
   );
   worker.on('failed', (job, err) => {
     log.warn({ jobId: job?.id, attempt: job?.attemptsMade, err: err.message }, 'job failed');
