@@ -266,8 +266,8 @@ function groupOf(cfg: Config, value: string): number {
   }
 }
 
-function withoutLease(vm: VmRecord): Omit<VmRecord, 'leaseId'> {
-  const { leaseId: _leaseId, ...rest } = vm;
+function withoutLease(vm: VmRecord): Omit<VmRecord, 'leaseId' | 'checkSeq'> {
+  const { leaseId: _leaseId, checkSeq: _checkSeq, ...rest } = vm;
   return rest;
 }
 

@@ -18,13 +18,13 @@ export interface ApiDeps {
 }
 
 /** A VM as the API shows it: the descriptor plus group name, hold and lease expiry (never the lease id). */
-export interface ApiVm extends Omit<VmRecord, 'leaseId' | 'boundSince'> {
+export interface ApiVm extends Omit<VmRecord, 'leaseId' | 'boundSince' | 'checkSeq'> {
   groupName: string;
   boundSince: number | null;
 }
 
 export function apiVm(config: Config, vm: VmRecord): ApiVm {
-  const { leaseId: _leaseId, ...rest } = vm;
+  const { leaseId: _leaseId, checkSeq: _checkSeq, ...rest } = vm;
   return { ...rest, groupName: config.groups[vm.group]?.name ?? String(vm.group) };
 }
 

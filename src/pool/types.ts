@@ -99,6 +99,8 @@ export interface VmRecord extends VmDescriptor {
   /** Operator holding the VM out of acquisition (hold/unhold), or null. */
   heldBy: string | null;
   heldSince: number | null;
+  /** Position of the last health check in the pool's check_seq order (orders it against a server start in the same ms). */
+  checkSeq?: number | null;
 }
 
 function toHashObject(hash: Record<string, string> | string[]): Record<string, string> {
@@ -118,6 +120,7 @@ export function recordFromHash(hash: Record<string, string> | string[]): VmRecor
     leaseExpiresAt: numberOrNull(h.lease_expires_at),
     heldBy: stringOrNull(h.held_by),
     heldSince: numberOrNull(h.held_since),
+    checkSeq: numberOrNull(h.check_seq),
   };
 }
 

@@ -47,6 +47,8 @@ export interface PoolSnapshot {
   groups: readonly GroupSnapshot[];
   /** The last markServerStart (epoch ms), or null. */
   serverStart: number | null;
+  /** Its position in the check_seq order (orders checks in the start's own millisecond), when known. */
+  serverStartSeq?: number | null;
 }
 
 export type ReconcileConfig = Pick<Config, 'groups'>;
@@ -98,6 +100,21 @@ const HEALTH_CHECKED_STATES: readonly VmState[] = [
 ];
 
 /**
+ * Whether the VM's last check came before the last server start, so acquire will not hand it out.
+ * Within the start's own millisecond, check_seq tells the order (as acquireVm does); without it,
+ * such a check counts as before.
+ */
+function checkedBeforeServerStart(vm: VmRecord, snapshot: PoolSnapshot): boolean {
+  const start = snapshot.serverStart;
+  const last = vm.lastHealthCheck;
+  if (start === null || last === null) return false;
+  if (last !== start) return last < start;
+  const startSeq = snapshot.serverStartSeq ?? null;
+  const seq = vm.checkSeq ?? null;
+  return startSeq === null || seq === null || seq < startSeq;
+}
+
+/**
  * checkVmsHealth: a health job for every VM in got_ip, ready, in_use or check_health_failed that
  * was never checked or whose last check is older than vm_health_check_period (Copr). Also a ready
  * VM last checked before the server start: acquire does not hand it out until it is checked again,
@@ -110,7 +127,7 @@ export function decideCheckVmsHealth(snapshot: PoolSnapshot, config: ReconcileCo
     const due =
       last === null ||
       now - last > ms(g.vm_health_check_period) ||
-      (vm.state === VmStates.READY && snapshot.serverStart !== null && last <= snapshot.serverStart);
+      (vm.state === VmStates.READY && checkedBeforeServerStart(vm, snapshot));
     if (due) actions.push({ type: 'enqueueHealth', vmName: vm.vmName });
   }
   return actions;

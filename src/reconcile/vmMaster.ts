@@ -107,9 +107,10 @@ export class VmMaster {
   /** Reads what the decisions need: every VM record, and per group spawns in flight, demand and last spawn start. */
   async readSnapshot(): Promise<PoolSnapshot> {
     const vmm = this.vmm;
-    const [vms, serverStart, groups] = await Promise.all([
+    const [vms, serverStart, serverStartSeq, groups] = await Promise.all([
       vmm.getAllVmRecords(),
       vmm.getServerStart(),
+      vmm.redis.get(vmm.keys.serverStartSeq).then((v) => (v === null ? null : Number(v))),
       Promise.all(
         vmm.vmGroups.map(async (group): Promise<GroupSnapshot> => {
           const [spawnsInFlight, demand, last] = await Promise.all([
@@ -122,7 +123,7 @@ export class VmMaster {
         }),
       ),
     ]);
-    return { vms, groups, serverStart };
+    return { vms, groups, serverStart, serverStartSeq };
   }
 
   /** Terminates dirty VMs not re-acquired within vm_dirty_terminating_timeout, or past a reuse limit. */

@@ -148,6 +148,14 @@ describe('decideCheckVmsHealth', () => {
       [before.vmName, at.vmName].sort(),
     );
   });
+
+  it('orders a check in the server start millisecond by check_seq when known', () => {
+    const serverStart = NOW - 10 * S;
+    const checkedBefore = vm('ready', { lastHealthCheck: serverStart, checkSeq: 4 });
+    const checkedAfter = vm('ready', { lastHealthCheck: serverStart, checkSeq: 6 });
+    const snapshot = { ...snap([checkedBefore, checkedAfter], [group()], serverStart), serverStartSeq: 5 };
+    expect(names(decideCheckVmsHealth(snapshot, cfg, NOW))).toEqual([checkedBefore.vmName]);
+  });
 });
 
 describe('decideFinalizeLongHealthChecks', () => {

@@ -175,6 +175,16 @@ describe('checkVmsHealth', () => {
     await vmm.markServerStart();
     expect(await master.checkVmsHealth()).toEqual([{ type: 'enqueueHealth', vmName: 'h2' }]);
   });
+
+  it('leaves a VM checked after a server start in the same millisecond until the period passes', async () => {
+    await vmm.markServerStart();
+    await readyVm('h3', '10.2.0.6');
+    expect(await master.checkVmsHealth()).toEqual([]);
+    clock.now = T0 + 120 * S;
+    expect(await master.checkVmsHealth()).toEqual([]);
+    clock.now += 1;
+    expect(await master.checkVmsHealth()).toEqual([{ type: 'enqueueHealth', vmName: 'h3' }]);
+  });
 });
 
 describe('finalizeLongHealthChecks', () => {
