@@ -42,6 +42,9 @@ export interface VmAssignment {
 
 export const DEFAULT_ACQUIRE_TIMEOUT_MS = 10 * 60 * 1000;
 
+/** A failed acquire job's failedReason starts with this when no VM came within the timeout. */
+export const NO_VM_AVAILABLE_PREFIX = 'NoVmAvailable:';
+
 export const acquireJobOptions: JobsOptions = {
   attempts: 1,
   // Finished acquire jobs stay readable long enough for a restarted builder to reattach.

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { Redis, type RedisOptions } from 'ioredis';
 
 /**
@@ -11,6 +12,16 @@ export function createProducerConnection(url: string, extra: RedisOptions = {}):
 /** Connection for BullMQ workers: blocking commands must retry forever (maxRetriesPerRequest: null). */
 export function createWorkerConnection(url: string, extra: RedisOptions = {}): Redis {
   return new Redis(url, { maxRetriesPerRequest: null, connectTimeout: 5_000, ...extra });
+}
+
+/** Whether the redis-server binary is installed (for the hint below). */
+export function haveRedisServer(): boolean {
+  try {
+    execFileSync('redis-server', ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Why Redis cannot be reached, and how to fix it, in one message for operators. */

@@ -8,14 +8,14 @@ import { acquireWaiterMember, type AcquireWaiter } from '../pool/vmManager.js';
 import {
   ACQUIRE_QUEUE,
   DEFAULT_ACQUIRE_TIMEOUT_MS,
+  NO_VM_AVAILABLE_PREFIX,
   acquireRequestSchema,
   type AcquireRequestData,
   type VmAssignment,
 } from '../../queues/acquire.js';
 import { ReadySignal } from './readySignal.js';
 
-/** A failed acquire job's failedReason starts with this when no VM came within the timeout. */
-export const NO_VM_AVAILABLE_PREFIX = 'NoVmAvailable:';
+export { NO_VM_AVAILABLE_PREFIX };
 
 export interface AcquireProcessOptions {
   /** Aborting moves a waiting job back to the queue, for another worker (a stopping process). */

@@ -1,4 +1,3 @@
-import { execFileSync } from 'node:child_process';
 import { userInfo } from 'node:os';
 import { Command, CommanderError, Option } from 'commander';
 import { loadConfig, type Config } from '../config.js';
@@ -6,7 +5,7 @@ import { groupSummaries, resolveGroup } from '../http/api.js';
 import { createLogger, type Logger } from '../logger.js';
 import { ALL_VM_STATES, isValidVmIp, isValidVmName, isVmState, type VmRecord } from '../pool/types.js';
 import { VmManager } from '../pool/vmManager.js';
-import { createProducerConnection, redisUnreachableHint } from '../redis.js';
+import { createProducerConnection, haveRedisServer, redisUnreachableHint } from '../redis.js';
 import { relativeTime } from '../time.js';
 import { DEFAULT_ACQUIRE_TIMEOUT_MS, type AcquireRequestData } from '../../queues/acquire.js';
 import { CliError, ExitCodes } from './exitCodes.js';
@@ -269,15 +268,6 @@ function groupOf(cfg: Config, value: string): number {
 function withoutLease(vm: VmRecord): Omit<VmRecord, 'leaseId' | 'checkSeq'> {
   const { leaseId: _leaseId, checkSeq: _checkSeq, ...rest } = vm;
   return rest;
-}
-
-function haveRedisServer(): boolean {
-  try {
-    execFileSync('redis-server', ['--version'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 function safeUser(): string {

@@ -11,13 +11,12 @@ import { createProducerConnection } from '../redis.js';
 import {
   ACQUIRE_QUEUE,
   DEFAULT_ACQUIRE_TIMEOUT_MS,
+  NO_VM_AVAILABLE_PREFIX,
   acquireJobOptions,
   acquireRequestSchema,
   type AcquireRequestData,
   type VmAssignment,
 } from '../../queues/acquire.js';
-
-const NO_VM_AVAILABLE_PREFIX = 'NoVmAvailable:';
 
 export interface VmPoolClientOptions {
   /** An ioredis instance (shared, not closed by the client) or a Redis URL (owned and closed). */

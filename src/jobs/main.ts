@@ -1,8 +1,7 @@
-import { execFileSync } from 'node:child_process';
 import { loadConfig, parseConfig, type Config } from '../config.js';
 import { embeddedConfig } from '../defaults.js';
 import { createLogger, type Logger } from '../logger.js';
-import { createProducerConnection, redisUnreachableHint } from '../redis.js';
+import { createProducerConnection, haveRedisServer, redisUnreachableHint } from '../redis.js';
 import { startProcessTypes, stopOnSignals } from './boot.js';
 import type { WorkerProcessType } from './processTypes.js';
 
@@ -11,15 +10,6 @@ export function resolveConfig(path: string | undefined, env: NodeJS.ProcessEnv =
   const file = path ?? env.VMPOOL_CONFIG;
   if (file) return { config: loadConfig(file, env), source: file };
   return { config: parseConfig(embeddedConfig, env), source: 'embedded default (local provider)' };
-}
-
-function haveRedisServer(): boolean {
-  try {
-    execFileSync('redis-server', ['--version'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Pings Redis once with a short timeout; exits the process with a hint when it does not answer. */
