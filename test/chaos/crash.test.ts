@@ -1,0 +1,240 @@
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Job, Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { VmManager, VmStates, type VmDescriptor } from '../../src/index.js';
+import { VmPoolClient, acquireJobId } from '../../src/client/index.js';
+import { QueueNames } from '../../queues/names.js';
+import { connect, deleteKeysWithPrefix, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
+import { ROOT, startWorkerProcess, waitFor, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+
+// No work is lost on a crash: worker processes are SIGKILLed in the middle of a job, and what they
+// held comes back through BullMQ's stalled-job recovery (jobs.lock_duration 2 s, stalled_interval
+// 1 s) or reconcile. Machines are TCP listeners made by slow hooks (test/fixtures/hooks), each group
+// with its own state dir.
+//
+// A builder that vanished (never renews) is the third kind of crash: its VM comes back through lease
+// expiry, shown in test/jobs/system.test.ts ('reclaims the VM of a builder that vanished ...').
+const prefix = uniquePrefix('chaos-crash');
+const hooks = join(ROOT, 'test', 'fixtures', 'hooks');
+const PORT = 2297;
+const dirs = [mkdtempSync(join(tmpdir(), 'vmpool-chaos-g0-')), mkdtempSync(join(tmpdir(), 'vmpool-chaos-g1-'))];
+const common = {
+  check: { type: 'tcp', port: PORT },
+  vm_spawn_min_interval: 0,
+  vm_health_check_period: 1,
+  vm_ssh_check_timeout: 2,
+  max_spawn_processes: 1,
+  max_vm_total: 2,
+};
+const config = {
+  redis: { url: REDIS_URL, prefix },
+  vm_cycle_timeout: 0.5,
+  jobs: { lock_duration: 2, stalled_interval: 1, max_stalled_count: 1 },
+  groups: [
+    {
+      name: 'warm',
+      min_ready: 1,
+      // The list hook lets reconcile find machines the pool does not know (leaks) and terminate them.
+      orphan_check_period: 1,
+      orphan_grace_period: 2,
+      provider: {
+        type: 'command',
+        spawn_cmd: [join(hooks, 'slow-spawn.sh')],
+        terminate_cmd: [join(hooks, 'terminate.sh')],
+        list_cmd: [join(hooks, 'list.sh')],
+        spawn_timeout: 20,
+        terminate_timeout: 10,
+        env: { HOOK_STATE_DIR: dirs[0]!, HOOK_PORT: String(PORT), HOOK_SPAWN_DELAY: '3' },
+      },
+      ...common,
+    },
+    {
+      name: 'demand',
+      min_ready: 0,
+      provider: {
+        type: 'command',
+        spawn_cmd: [join(hooks, 'slow-spawn.sh')],
+        terminate_cmd: [join(hooks, 'slow-terminate.sh')],
+        spawn_timeout: 20,
+        terminate_timeout: 10,
+        env: { HOOK_STATE_DIR: dirs[1]!, HOOK_PORT: String(PORT), HOOK_SPAWN_DELAY: '3', HOOK_TERMINATE_DELAY: '3' },
+      },
+      ...common,
+    },
+  ],
+};
+const env = { VMPOOL_CONFIG: writeConfigFile(config), VMPOOL_PREFIX: prefix };
+
+let redis: Redis;
+let vmm: VmManager;
+let client: VmPoolClient;
+let spawnQueue: Queue;
+let acquireQueue: Queue;
+let terminateQueue: Queue;
+let reconcileQueue: Queue;
+const workers: WorkerProcess[] = [];
+
+async function start(type: string): Promise<WorkerProcess> {
+  const w = await startWorkerProcess(type, env);
+  workers.push(w);
+  return w;
+}
+
+/** The machine files a group's hooks wrote: name -> listener pid. */
+function machines(group: number): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const file of readdirSync(dirs[group]!)) {
+    if (file.startsWith('vm-')) out.set(file, Number(readFileSync(join(dirs[group]!, file), 'utf8').split(' ')[0]));
+  }
+  return out;
+}
+
+/** Spawn attempts that started in a group (slow-spawn.sh's markers): machine name -> spawn id. */
+function spawnAttempts(group: number): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const file of readdirSync(dirs[group]!)) {
+    if (file.startsWith('attempt-')) out.set(file.slice('attempt-'.length), readFileSync(join(dirs[group]!, file), 'utf8').trim());
+  }
+  return out;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** waitFor, with the workers' last log lines in the error. */
+async function until<T>(fn: () => Promise<T> | T, timeoutMs: number, what: string): Promise<NonNullable<T>> {
+  return waitFor(fn, timeoutMs, what).catch((err: Error) => {
+    throw new Error(`${err.message}\n${workers.map((w) => `--- ${w.type} (pid ${w.child.pid}):\n${w.lines.slice(-12).join('\n')}`).join('\n')}`);
+  });
+}
+
+async function readyVm(group: number): Promise<VmDescriptor | null> {
+  const vms = await vmm.getVmsByGroupAndStates(group, [VmStates.READY]);
+  return vms.find((v) => v.boundToUser === null) ?? null;
+}
+
+function workerOf(processedBy: string | undefined): WorkerProcess | undefined {
+  return workers.find((w) => processedBy?.includes(`-${w.child.pid}-`));
+}
+
+beforeAll(async () => {
+  redis = connect();
+  vmm = new VmManager(config, { redis, prefix });
+  client = new VmPoolClient({ redis, prefix, graceMs: 20_000 });
+  spawnQueue = new Queue(QueueNames.SPAWN, { connection: redis, prefix });
+  acquireQueue = new Queue(QueueNames.ACQUIRE, { connection: redis, prefix });
+  terminateQueue = new Queue(QueueNames.TERMINATE, { connection: redis, prefix });
+  reconcileQueue = new Queue(QueueNames.RECONCILE, { connection: redis, prefix });
+  // One spawn and one terminate worker only, so that the crash hits the process running the job.
+  await Promise.all(['spawn', 'health', 'terminate', 'acquire', 'acquire'].map(start));
+  await start('reconcile');
+}, 60_000);
+
+afterAll(async () => {
+  await Promise.all(workers.map((w) => w.stop()));
+  for (const group of [0, 1]) {
+    for (const pid of machines(group).values()) if (alive(pid)) process.kill(pid, 'SIGKILL');
+  }
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+  await client.close();
+  await Promise.all([spawnQueue.close(), acquireQueue.close(), terminateQueue.close()]);
+  await reconcileQueue.obliterate({ force: true }).catch(() => undefined);
+  await reconcileQueue.close();
+  await vmm.close();
+  await deleteKeysWithPrefix(redis, prefix);
+  await redis.quit();
+}, 60_000);
+
+describe('a crashed worker process loses no work', () => {
+  it('a spawn killed while its hook runs is recovered by another spawn worker, and nothing leaks', { timeout: 60_000 }, async () => {
+    const [spawnA] = workers.filter((w) => w.type === 'spawn');
+    const [[killedName, spawnId]] = await until(() => {
+      const attempts = [...spawnAttempts(0)];
+      return attempts.length ? attempts : null;
+    }, 20_000, 'the first spawn hook running');
+    await spawnA!.kill();
+    expect(await vmm.getSpawnsInFlight(0).then((s) => s.map((x) => x.spawnId))).toContain(spawnId);
+
+    await start('spawn');
+    const vm = await until(() => readyVm(0), 40_000, 'a ready VM in the warm group');
+    const job = await Job.fromId(spawnQueue, `spawn-${spawnId}`);
+    expect(await job?.getState()).toBe('completed');
+    // The same job, taken back from the dead process (not a new spawn), made the pool's VM.
+    expect(job!.stalledCounter).toBe(1);
+    expect(job!.returnvalue.vmName).toBe(vm.vmName);
+    expect(vm.vmName).not.toBe(killedName);
+    expect(spawnAttempts(0).get(vm.vmName)).toBe(spawnId);
+    await until(async () => (await vmm.getSpawnsInFlight(0)).length === 0, 10_000, 'no spawn in flight');
+
+    // The killed attempt's hook ran on (it is detached) and made a machine the pool never heard of:
+    // reconcile's orphan pass (list hook) finds it and terminates it. So it is cleaned, not pooled.
+    await until(() => !machines(0).has(killedName), 30_000, 'the killed attempt\'s machine cleaned');
+    const terminations = await terminateQueue.getJobs(['completed', 'active', 'waiting', 'delayed', 'failed']);
+    expect(terminations.find((j) => j.data.vmName === killedName)?.data.reason).toBe('orphan');
+    const pooled = new Set((await vmm.getAllVmsInGroup(0)).map((v) => v.vmName));
+    for (const name of machines(0).keys()) expect(pooled).toContain(name);
+  });
+
+  let served: string;
+  it('an acquire killed while its request waits is served by another acquire replica', { timeout: 60_000 }, async () => {
+    expect(await vmm.getAllVmsInGroup(1)).toEqual([]);
+    const taskId = 'chaos-wait-1';
+    const acquiring = client.acquire({ owner: 'alice', sandbox: 'alice/p', groups: [1], taskId, timeoutMs: 40_000 });
+    acquiring.catch(() => undefined);
+    const first = await until(async () => {
+      const job = await Job.fromId(acquireQueue, acquireJobId(taskId));
+      return job && (await job.getState()) === 'active' && workerOf(job.processedBy) ? job : null;
+    }, 10_000, 'the acquire job active in a replica');
+    const victim = workerOf(first.processedBy)!;
+    await victim.kill();
+    // The request still counts as demand, so reconcile spawns for it while the job is recovered.
+    expect(await vmm.countDemand(1)).toBe(1);
+
+    const assignment = await acquiring;
+    expect(assignment.group).toBe(1);
+    const vm = await vmm.getVmByName(assignment.vmName);
+    expect(vm.state).toBe(VmStates.IN_USE);
+    expect(vm.boundToUser).toBe('alice');
+    expect(vm.taskId).toBe(taskId);
+    const done = await Job.fromId(acquireQueue, acquireJobId(taskId));
+    expect(done!.stalledCounter).toBe(1);
+    const survivor = workerOf(done!.processedBy);
+    expect(survivor?.type).toBe('acquire');
+    expect(survivor).not.toBe(victim);
+    expect(await vmm.countDemand(1)).toBe(0);
+    served = assignment.vmName;
+  });
+
+  it('a terminate killed mid-terminate leaves the VM terminating, and it is terminated after recovery', { timeout: 60_000 }, async () => {
+    const [terminateA] = workers.filter((w) => w.type === 'terminate');
+    const pid = machines(1).get(served)!;
+    expect(alive(pid)).toBe(true);
+    expect(await vmm.startVmTermination(served, undefined, 'operator')).toBe(true);
+    const marker = join(dirs[1]!, `terminating-${served}`);
+    await until(() => existsSync(marker), 20_000, 'the terminate hook running');
+    await terminateA!.kill();
+    // No terminate worker runs now: the record stays, in terminating.
+    expect((await vmm.getVmByName(served)).state).toBe(VmStates.TERMINATING);
+
+    await start('terminate');
+    await until(async () => (await vmm.getAllVms()).every((v) => v.vmName !== served), 30_000, 'the VM removed');
+    const job = (await terminateQueue.getJobs(['completed'])).find((j) => j.data.vmName === served);
+    expect(job?.stalledCounter).toBe(1);
+    expect(job?.returnvalue).toEqual({ vmName: served, removed: true });
+    // The hook ran twice: in the killed process (it finished on its own) and after recovery.
+    expect(readFileSync(marker, 'utf8').trim().split('\n')).toHaveLength(2);
+    expect(alive(pid)).toBe(false);
+    expect(machines(1).has(served)).toBe(false);
+    // Every process but the three killed ones is still up.
+    expect(workers.filter((w) => w.child.exitCode === null && w.child.signalCode === null)).toHaveLength(workers.length - 3);
+  });
+});

@@ -1,0 +1,248 @@
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { VmManager, VmStates, type VmDescriptor } from '../../src/index.js';
+import { VmPoolClient } from '../../src/client/index.js';
+import { QueueNames } from '../../queues/names.js';
+import { uniquePrefix } from '../helpers/redis.js';
+import { ROOT, startWorkerProcess, waitFor, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+
+// Worker processes survive a Redis restart: a PRIVATE redis-server (its own port and dir, with an
+// append-only file so the data survives) is shut down under running workers and started again; the
+// workers stay up and the system works again. The shared Redis is never touched.
+const run = promisify(execFile);
+const prefix = uniquePrefix('chaos-redis');
+const redisDir = mkdtempSync(join(tmpdir(), 'vmpool-chaos-redis-'));
+const stateDir = mkdtempSync(join(tmpdir(), 'vmpool-chaos-redis-hooks-'));
+const hooks = join(ROOT, 'test', 'fixtures', 'hooks');
+const HOOK_PORT = 2296;
+
+let port: number;
+let url: string;
+let server: ChildProcess | undefined;
+let redis: Redis;
+let vmm: VmManager;
+let client: VmPoolClient;
+let terminateQueue: Queue;
+let reconcileQueue: Queue;
+const workers: WorkerProcess[] = [];
+
+async function freePort(): Promise<number> {
+  const probe = createServer();
+  await new Promise<void>((res) => probe.listen(0, '127.0.0.1', res));
+  const { port: p } = probe.address() as { port: number };
+  await new Promise((res) => probe.close(res));
+  return p;
+}
+
+/** Starts the private redis-server (same command each time) and waits until it answers. */
+async function startRedis(): Promise<void> {
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--appendfsync', 'always', '--dir', redisDir];
+  const child = spawn('redis-server', args, { stdio: 'ignore' });
+  server = child;
+  await waitFor(async () => {
+    if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}`);
+    return run('redis-cli', ['-p', String(port), 'ping']).then(
+      ({ stdout }) => stdout.trim() === 'PONG',
+      () => false,
+    );
+  }, 10_000, 'the private redis-server');
+}
+
+async function stopRedis(): Promise<void> {
+  const child = server!;
+  const exited = new Promise((res) => child.once('exit', res));
+  await run('redis-cli', ['-p', String(port), 'shutdown']).catch(() => undefined);
+  await exited;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function running(): WorkerProcess[] {
+  return workers.filter((w) => w.child.exitCode === null && w.child.signalCode === null);
+}
+
+async function until<T>(fn: () => Promise<T> | T, timeoutMs: number, what: string): Promise<NonNullable<T>> {
+  return waitFor(fn, timeoutMs, what).catch((err: Error) => {
+    throw new Error(`${err.message}\n${workers.map((w) => `--- ${w.type}:\n${w.lines.slice(-12).join('\n')}`).join('\n')}`);
+  });
+}
+
+async function readyCleanVm(except: string[] = []): Promise<VmDescriptor | null> {
+  const vms = await vmm.getVmsByGroupAndStates(0, [VmStates.READY]);
+  return vms.find((v) => v.boundToUser === null && !except.includes(v.vmName)) ?? null;
+}
+
+async function gone(vmName: string): Promise<boolean> {
+  return (await vmm.getAllVms()).every((v) => v.vmName !== vmName);
+}
+
+beforeAll(async () => {
+  port = await freePort();
+  url = `redis://127.0.0.1:${port}`;
+  await startRedis();
+  const config = {
+    redis: { url, prefix },
+    vm_cycle_timeout: 0.5,
+    // A waiting request wakes on a ready message; this slow fallback retry must not be what serves it.
+    acquire_safety_retry: 30,
+    jobs: { lock_duration: 2, stalled_interval: 1, max_stalled_count: 1 },
+    groups: [
+      {
+        name: 'base',
+        min_ready: 1,
+        max_vm_total: 3,
+        vm_spawn_min_interval: 0,
+        vm_health_check_period: 1,
+        vm_ssh_check_timeout: 2,
+        vm_dirty_terminating_timeout: 2,
+        lease_timeout: 120,
+        provider: {
+          type: 'command',
+          spawn_cmd: [join(hooks, 'spawn.sh')],
+          terminate_cmd: [join(hooks, 'terminate.sh')],
+          spawn_timeout: 20,
+          terminate_timeout: 10,
+          env: { HOOK_STATE_DIR: stateDir, HOOK_PORT: String(HOOK_PORT) },
+        },
+        check: { type: 'tcp', port: HOOK_PORT },
+      },
+      {
+        // No warm pool and room for one VM: a second request waits until the first VM is released.
+        name: 'solo',
+        min_ready: 0,
+        max_vm_total: 1,
+        vm_spawn_min_interval: 0,
+        vm_health_check_period: 1,
+        vm_ssh_check_timeout: 2,
+        lease_timeout: 120,
+        provider: {
+          type: 'command',
+          spawn_cmd: [join(hooks, 'spawn.sh')],
+          terminate_cmd: [join(hooks, 'terminate.sh')],
+          spawn_timeout: 20,
+          terminate_timeout: 10,
+          env: { HOOK_STATE_DIR: stateDir, HOOK_PORT: String(HOOK_PORT) },
+        },
+        check: { type: 'tcp', port: HOOK_PORT },
+      },
+    ],
+  };
+  redis = new Redis(url, { maxRetriesPerRequest: 2 });
+  redis.on('error', () => undefined);
+  vmm = new VmManager(config, { redis, prefix });
+  client = new VmPoolClient({ redis: url, prefix, graceMs: 20_000 });
+  client.redis.on('error', () => undefined);
+  terminateQueue = new Queue(QueueNames.TERMINATE, { connection: redis, prefix });
+  reconcileQueue = new Queue(QueueNames.RECONCILE, { connection: redis, prefix });
+  // REDIS_URL overrides the config's url: set it too, so that nothing reaches the shared Redis.
+  const env = { VMPOOL_CONFIG: writeConfigFile(config), VMPOOL_PREFIX: prefix, REDIS_URL: url };
+  workers.push(...(await Promise.all(['acquire', 'spawn', 'health', 'terminate', 'reconcile'].map((t) => startWorkerProcess(t, env)))));
+}, 60_000);
+
+afterAll(async () => {
+  await Promise.all(workers.map((w) => w.stop()));
+  for (const file of readdirSync(stateDir)) {
+    const pid = Number(readFileSync(join(stateDir, file), 'utf8').split(' ')[0]);
+    if (pid && alive(pid)) process.kill(pid, 'SIGKILL');
+  }
+  await client.close().catch(() => undefined);
+  await terminateQueue.close().catch(() => undefined);
+  await reconcileQueue.close().catch(() => undefined);
+  await vmm.close().catch(() => undefined);
+  redis.disconnect();
+  if (server && server.exitCode === null && server.signalCode === null) {
+    const exited = new Promise((res) => server!.once('exit', res));
+    server.kill('SIGKILL');
+    await exited;
+  }
+  rmSync(stateDir, { recursive: true, force: true });
+  rmSync(redisDir, { recursive: true, force: true });
+}, 60_000);
+
+describe('worker processes across a Redis restart', () => {
+  let held: Awaited<ReturnType<VmPoolClient['acquire']>>;
+
+  it('keeps running while Redis is away, and finds its data again', { timeout: 60_000 }, async () => {
+    await until(() => readyCleanVm(), 30_000, 'a warm ready VM');
+    held = await client.acquire({ owner: 'alice', sandbox: 'alice/p', groups: [0], taskId: 'before-restart', timeoutMs: 20_000 });
+
+    await stopRedis();
+    // Redis is away for a while: every worker retries instead of exiting.
+    await new Promise((r) => setTimeout(r, 1_500));
+    expect(running().map((w) => w.type)).toEqual(['acquire', 'spawn', 'health', 'terminate', 'reconcile']);
+    await startRedis();
+
+    const vm = await vmm.getVmByName(held.vmName);
+    expect(vm.state).toBe(VmStates.IN_USE);
+    expect(vm.taskId).toBe('before-restart');
+    expect(running()).toHaveLength(workers.length);
+  });
+
+  it('serves a new acquire after the restart, and terminates released VMs as configured', { timeout: 60_000 }, async () => {
+    // A new request: served by the acquire worker from the warm pool (refilled by reconcile and spawn).
+    const fresh = await client.acquire({ owner: 'bob', sandbox: 'bob/p', groups: [0], taskId: 'after-restart', timeoutMs: 30_000 });
+    expect(fresh.vmName).not.toBe(held.vmName);
+    expect((await vmm.getVmByName(fresh.vmName)).boundToUser).toBe('bob');
+
+    // Released VMs are dirty; vm_dirty_terminating_timeout (2 s) has reconcile and terminate end them.
+    expect(await client.release(held)).toBe(true);
+    expect(await client.release(fresh)).toBe(true);
+    for (const name of [held.vmName, fresh.vmName]) {
+      await until(() => gone(name), 30_000, `${name} terminated`);
+      const jobs = await terminateQueue.getJobs(['completed']);
+      expect(jobs.find((j) => j.data.vmName === name)?.data.reason).toBe('dirty_timeout');
+    }
+    // And the warm pool is kept after all this.
+    await until(() => readyCleanVm([held.vmName, fresh.vmName]), 30_000, 'a warm ready VM again');
+    expect(running()).toHaveLength(workers.length);
+  });
+
+  it('serves a request that waited across a Redis crash once a VM frees up', { timeout: 60_000 }, async () => {
+    const first = await client.acquire({ owner: 'carol', sandbox: 'carol/p', groups: [1], taskId: 'solo-1', timeoutMs: 30_000 });
+    const second = client.acquire({ owner: 'carol', sandbox: 'carol/p', groups: [1], taskId: 'solo-2', timeoutMs: 60_000 });
+    const outcome = second.then(
+      (value) => ({ value }),
+      (error: unknown) => ({ error }),
+    );
+    await until(async () => (await vmm.countDemand(1)) === 1, 10_000, 'the second request waiting');
+
+    // A crash this time (SIGKILL); appendfsync always keeps every write.
+    const exited = new Promise((res) => server!.once('exit', res));
+    server!.kill('SIGKILL');
+    await exited;
+    await new Promise((r) => setTimeout(r, 1_500));
+    expect(running()).toHaveLength(workers.length);
+    await startRedis();
+    expect(await vmm.countDemand(1)).toBe(1);
+
+    // The released VM is dirty for carol/carol/p: the waiting request is woken and takes it, well
+    // before the 30 s safety retry.
+    expect(await client.release(first)).toBe(true);
+    const served = await until(() => Promise.race([outcome, new Promise<null>((r) => setTimeout(() => r(null), 200))]), 10_000, 'the waiting request served');
+    if ('error' in served) throw served.error;
+    expect(served.value.vmName).toBe(first.vmName);
+    expect((await vmm.getVmByName(first.vmName)).taskId).toBe('solo-2');
+    expect(await vmm.countDemand(1)).toBe(0);
+    expect(await client.release(served.value)).toBe(true);
+    expect(running()).toHaveLength(workers.length);
+  });
+
+  it('stops every worker gracefully after the restart', async () => {
+    const codes = await Promise.all(workers.map((w) => w.stop()));
+    expect(codes).toEqual(workers.map(() => 0));
+  });
+});
