@@ -98,7 +98,8 @@ export class VmPoolClient {
    * starts from the stream's last id read before any job of ours is added.
    */
   private getEvents(): Promise<QueueEvents> {
-    this.events ??= (async () => {
+    if (this.events) return this.events;
+    const pending = (async () => {
       const key = `${this.prefix}:${ACQUIRE_QUEUE}:events`;
       const last = (await this.redis.xrevrange(key, '+', '-', 'COUNT', 1))[0]?.[0] ?? '0-0';
       // Its own blocking connection, made from ours with unlimited retries.
@@ -110,7 +111,12 @@ export class VmPoolClient {
       events.on('error', (err) => this.logger.warn({ err: err.message }, 'acquire events connection error'));
       return events;
     })();
-    return this.events;
+    // A failed start (Redis away) is not kept: the next acquire tries again.
+    pending.catch(() => {
+      if (this.events === pending) this.events = undefined;
+    });
+    this.events = pending;
+    return pending;
   }
 
   /**
@@ -282,7 +288,7 @@ export class VmPoolClient {
   async close(): Promise<void> {
     const events = this.events;
     this.events = undefined;
-    if (events) await (await events).close();
+    if (events) await events.then((e) => e.close()).catch(() => undefined);
     await this.queue?.close();
     this.queue = undefined;
     if (this.ownsRedis) await this.redis.quit().catch(() => this.redis.disconnect());
