@@ -24,6 +24,7 @@ export type { VmMasterOptions, CycleReport, CycleStep } from './reconcile/vmMast
 export {
   decideRemoveOldDirtyVms,
   decideCheckVmsHealth,
+  decideRecheckAfterServerStart,
   decideFinalizeLongHealthChecks,
   decideTerminateAgain,
   decideStartSpawnIfRequired,

@@ -114,21 +114,32 @@ function checkedBeforeServerStart(vm: VmRecord, snapshot: PoolSnapshot): boolean
   return startSeq === null || seq === null || seq < startSeq;
 }
 
+/** Copr's rule: never checked, or last checked more than vm_health_check_period ago. */
+function healthCheckDue(vm: VmRecord, g: GroupConfig, now: number): boolean {
+  return vm.lastHealthCheck === null || now - vm.lastHealthCheck > ms(g.vm_health_check_period);
+}
+
 /**
- * checkVmsHealth: a health job for every VM in got_ip, ready, in_use or check_health_failed that
- * was never checked or whose last check is older than vm_health_check_period (Copr). Also a ready
- * VM last checked before the server start: acquire does not hand it out until it is checked again,
- * so it would otherwise sit unusable for a whole period after a restart.
+ * checkVmsHealth (Copr): a health job for every VM in got_ip, ready, in_use or check_health_failed
+ * that was never checked or whose last check is older than vm_health_check_period.
  */
 export function decideCheckVmsHealth(snapshot: PoolSnapshot, config: ReconcileConfig, now: number): ReconcileAction[] {
   const actions: ReconcileAction[] = [];
   for (const [vm, g] of withGroupConfig(snapshot, config, HEALTH_CHECKED_STATES)) {
-    const last = vm.lastHealthCheck;
-    const due =
-      last === null ||
-      now - last > ms(g.vm_health_check_period) ||
-      (vm.state === VmStates.READY && checkedBeforeServerStart(vm, snapshot));
-    if (due) actions.push({ type: 'enqueueHealth', vmName: vm.vmName });
+    if (healthCheckDue(vm, g, now)) actions.push({ type: 'enqueueHealth', vmName: vm.vmName });
+  }
+  return actions;
+}
+
+/**
+ * recheckAfterServerStart (beyond Copr): a health job for a ready VM last checked before the server
+ * start and not due under checkVmsHealth's rule. Acquire does not hand such a VM out until it is
+ * checked again, so it would otherwise sit unusable for up to a whole period after a restart.
+ */
+export function decideRecheckAfterServerStart(snapshot: PoolSnapshot, config: ReconcileConfig, now: number): ReconcileAction[] {
+  const actions: ReconcileAction[] = [];
+  for (const [vm, g] of withGroupConfig(snapshot, config, [VmStates.READY])) {
+    if (!healthCheckDue(vm, g, now) && checkedBeforeServerStart(vm, snapshot)) actions.push({ type: 'enqueueHealth', vmName: vm.vmName });
   }
   return actions;
 }

@@ -13,6 +13,7 @@ import { CycleLock } from './cycleLock.js';
 import {
   decideCheckVmsHealth,
   decideFinalizeLongHealthChecks,
+  decideRecheckAfterServerStart,
   decideRemoveOldDirtyVms,
   decideStartSpawnIfRequired,
   decideTerminateAgain,
@@ -54,6 +55,7 @@ export const CYCLE_STEPS = [
   'reclaimExpiredLeases',
   'removeOldDirtyVms',
   'checkVmsHealth',
+  'recheckAfterServerStart',
   'startSpawnIfRequired',
   'finalizeLongHealthChecks',
   'terminateAgain',
@@ -136,6 +138,12 @@ export class VmMaster {
   async checkVmsHealth(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
     const s = snapshot ?? (await this.readSnapshot());
     return this.apply('checkVmsHealth', decideCheckVmsHealth(s, this.vmm.config, this.vmm.clock()));
+  }
+
+  /** Enqueues a health job for ready VMs last checked before the server start (acquire skips them until then). */
+  async recheckAfterServerStart(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
+    const s = snapshot ?? (await this.readSnapshot());
+    return this.apply('recheckAfterServerStart', decideRecheckAfterServerStart(s, this.vmm.config, this.vmm.clock()));
   }
 
   /** Marks VMs stuck in check_health past vm_health_check_max_time as failed. */
@@ -286,8 +294,9 @@ export class VmMaster {
   }
 
   /**
-   * One reconcile cycle, Copr's order: reclaim expired leases, remove old dirty VMs, check health,
-   * spawn, finalize long health checks, terminate again; then the leak and orphan pass. Runs under the cycle lock and returns
+   * One reconcile cycle, Copr's order: reclaim expired leases, remove old dirty VMs, check health
+   * (and re-check VMs checked before the server start), spawn, finalize long health checks,
+   * terminate again; then the leak and orphan pass. Runs under the cycle lock and returns
    * `ran: false` at once if another cycle holds it. Every step runs even if one fails; the errors
    * are then thrown together.
    */

@@ -4,6 +4,7 @@ import type { VmRecord, VmState } from '../../src/pool/types.js';
 import {
   decideCheckVmsHealth,
   decideFinalizeLongHealthChecks,
+  decideRecheckAfterServerStart,
   decideRemoveOldDirtyVms,
   decideStartSpawnIfRequired,
   decideTerminateAgain,
@@ -136,6 +137,16 @@ describe('decideCheckVmsHealth', () => {
     expect(decideCheckVmsHealth(snap(vms), cfg, NOW)).toHaveLength(3);
   });
 
+  it('keeps Copr\'s rule only: a VM checked before the server start, within the period, is not its business', () => {
+    const serverStart = NOW - 10 * S;
+    const before = vm('ready', { lastHealthCheck: serverStart - 1 });
+    expect(decideCheckVmsHealth(snap([before], [group()], serverStart), cfg, NOW)).toEqual([]);
+  });
+});
+
+describe('decideRecheckAfterServerStart', () => {
+  const cfg = config({ vm_health_check_period: 120 });
+
   // A check in the start's own millisecond may have run just before it (acquire orders such ties by
   // sequence), so it is checked again; a check in a later millisecond is not.
   it('checks a ready VM last checked before or at the server start, but not one checked after it', () => {
@@ -144,7 +155,7 @@ describe('decideCheckVmsHealth', () => {
     const at = vm('ready', { lastHealthCheck: serverStart });
     const after = vm('ready', { lastHealthCheck: serverStart + 1 });
     const inUseBefore = vm('in_use', { lastHealthCheck: serverStart - 1 });
-    expect(names(decideCheckVmsHealth(snap([before, at, after, inUseBefore], [group()], serverStart), cfg, NOW))).toEqual(
+    expect(names(decideRecheckAfterServerStart(snap([before, at, after, inUseBefore], [group()], serverStart), cfg, NOW))).toEqual(
       [before.vmName, at.vmName].sort(),
     );
   });
@@ -154,7 +165,14 @@ describe('decideCheckVmsHealth', () => {
     const checkedBefore = vm('ready', { lastHealthCheck: serverStart, checkSeq: 4 });
     const checkedAfter = vm('ready', { lastHealthCheck: serverStart, checkSeq: 6 });
     const snapshot = { ...snap([checkedBefore, checkedAfter], [group()], serverStart), serverStartSeq: 5 };
-    expect(names(decideCheckVmsHealth(snapshot, cfg, NOW))).toEqual([checkedBefore.vmName]);
+    expect(names(decideRecheckAfterServerStart(snapshot, cfg, NOW))).toEqual([checkedBefore.vmName]);
+  });
+
+  it('leaves VMs that checkVmsHealth checks anyway (past the period) to it, and does nothing without a server start', () => {
+    const serverStart = NOW - 10 * S;
+    const stale = vm('ready', { lastHealthCheck: NOW - 121 * S });
+    expect(decideRecheckAfterServerStart(snap([stale], [group()], serverStart), cfg, NOW)).toEqual([]);
+    expect(decideRecheckAfterServerStart(snap([vm('ready', { lastHealthCheck: NOW - 20 * S })], [group()], null), cfg, NOW)).toEqual([]);
   });
 });
 
