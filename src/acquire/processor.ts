@@ -180,4 +180,19 @@ export const acquireProcessor: ProcessorSpec<AcquireRequestData, VmAssignment> =
   queue: ACQUIRE_QUEUE,
   schema: acquireRequestSchema as unknown as ProcessorSpec<AcquireRequestData, VmAssignment>['schema'],
   process: (job, _data, ctx) => processAcquireJob(job, ctx),
+  // A request that failed for good leaves the line, so it does not hold up those behind it until
+  // its deadline (the processor may never have seen its last attempt: it stalled too often).
+  async onFinalFailure(job, ctx) {
+    const parsed = acquireRequestSchema.safeParse(job.data);
+    if (!parsed.success) return;
+    let groups: number[];
+    try {
+      groups = resolveRequestGroups(ctx, parsed.data);
+    } catch {
+      return;
+    }
+    const jobId = String(job.id);
+    const waiter = { member: acquireWaiterMember(job.timestamp, jobId), priority: job.opts.priority ?? 0, deadline: 0, jobId };
+    await ctx.vmm.leaveAcquireQueue(waiter, groups);
+  },
 };

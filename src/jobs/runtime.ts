@@ -90,6 +90,12 @@ export interface ProcessorSpec<Data, Result> {
   queue: QueueName;
   schema: ZodType<Data>;
   process(job: Job, data: Data, ctx: JobContext): Promise<Result>;
+  /**
+   * Runs once a job has failed for good, also when the processor never saw the last attempt (a job
+   * that stalled more than jobs.max_stalled_count times: its processes crashed), so that what the
+   * job held in the pool is given back.
+   */
+  onFinalFailure?(job: Job, ctx: JobContext): Promise<void>;
 }
 
 export interface RunningWorker {
@@ -134,6 +140,10 @@ export function runWorker<Data, Result>(
   worker.on('failed', (job, err) => {
     log.warn({ jobId: job?.id, attempt: job?.attemptsMade, err: err.message }, 'job failed');
     if (job) recordMetrics(job, 'failed', { error: err });
+    // finishedOn is set only when the job will not be retried.
+    if (job?.finishedOn && spec.onFinalFailure) {
+      spec.onFinalFailure(job, ctx).catch((e: Error) => log.warn({ jobId: job.id, err: e.message }, 'could not clean up after a failed job'));
+    }
   });
   // Cluster-wide job metrics live in Redis, so any web replica reports every worker's share.
   const recordMetrics = (job: Job, outcome: JobOutcome, detail: { result?: unknown; error?: Error }) => {

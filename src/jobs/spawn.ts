@@ -69,4 +69,10 @@ export const spawnProcessor: ProcessorSpec<SpawnData, SpawnJobResult> = {
   queue: SPAWN_QUEUE,
   schema: spawnJobSchema,
   process: processSpawn,
+  // A spawn that failed for good no longer counts as in flight (the processor may never have seen
+  // its last attempt: it stalled too often).
+  async onFinalFailure(job, ctx) {
+    const parsed = spawnJobSchema.safeParse(job.data);
+    if (parsed.success) await ctx.vmm.finishSpawn(parsed.data.group, parsed.data.spawnId);
+  },
 };

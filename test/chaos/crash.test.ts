@@ -184,6 +184,31 @@ describe('a crashed worker process loses no work', () => {
     for (const name of machines(0).keys()) expect(pooled).toContain(name);
   });
 
+  it('a spawn that crashes more than max_stalled_count times fails, stops counting as in flight, and is replaced', { timeout: 60_000 }, async () => {
+    const before = new Set(spawnAttempts(0).values());
+    // Taking the warm VM makes reconcile spawn a refill.
+    await client.acquire({ owner: 'zed', sandbox: 'zed/p', groups: [0], taskId: 'take-warm', timeoutMs: 10_000 });
+    const attemptsOf = (id: string) => [...spawnAttempts(0)].filter(([, s]) => s === id).map(([name]) => name);
+    const spawnId = await until(() => [...spawnAttempts(0).values()].find((s) => !before.has(s)), 20_000, 'the refill spawn hook running');
+    for (let crash = 1; crash <= 2; crash++) {
+      const victim = workers.find((w) => w.type === 'spawn' && w.child.exitCode === null && w.child.signalCode === null)!;
+      await until(() => attemptsOf(spawnId).length === crash, 20_000, `spawn attempt ${crash} running`);
+      await victim.kill();
+      await start('spawn');
+    }
+    const job = await until(async () => {
+      const j = await Job.fromId(spawnQueue, `spawn-${spawnId}`);
+      return j && (await j.getState()) === 'failed' ? j : null;
+    }, 20_000, 'the twice-crashed spawn failed');
+    expect(job.failedReason).toMatch(/stalled more than allowable limit/);
+    // Without cleanup it would hold the group's only spawn slot until vm_spawn_stale_timeout (30 min).
+    await until(async () => !(await vmm.getSpawnsInFlight(0)).some((s) => s.spawnId === spawnId), 10_000, 'the failed spawn no longer in flight');
+    const refill = await until(() => readyVm(0), 30_000, 'a ready VM from another spawn');
+    expect(spawnAttempts(0).get(refill.vmName)).not.toBe(spawnId);
+    // Both crashed attempts made machines; the orphan pass cleans them.
+    for (const name of attemptsOf(spawnId)) await until(() => !machines(0).has(name), 30_000, `${name} cleaned`);
+  });
+
   let served: string;
   it('an acquire killed while its request waits is served by another acquire replica', { timeout: 60_000 }, async () => {
     expect(await vmm.getAllVmsInGroup(1)).toEqual([]);
@@ -234,7 +259,7 @@ describe('a crashed worker process loses no work', () => {
     expect(readFileSync(marker, 'utf8').trim().split('\n')).toHaveLength(2);
     expect(alive(pid)).toBe(false);
     expect(machines(1).has(served)).toBe(false);
-    // Every process but the three killed ones is still up.
-    expect(workers.filter((w) => w.child.exitCode === null && w.child.signalCode === null)).toHaveLength(workers.length - 3);
+    // Every process but the five killed ones is still up.
+    expect(workers.filter((w) => w.child.exitCode === null && w.child.signalCode === null)).toHaveLength(workers.length - 5);
   });
 });
