@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config.js';
 import { startProcessTypes, type RunningProcess } from '../../src/jobs/boot.js';
 import { VmManager } from '../../src/pool/vmManager.js';
-import { ROOT, writeConfigFile } from '../helpers/processes.js';
+import { ROOT, nodeArgsFor, writeConfigFile } from '../helpers/processes.js';
 import { REDIS_URL, connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
 
 // `vmpool` as a real subprocess: output and exit codes (0 ok, 1 error, 2 usage/config, 3 not found, 4 no VM).
@@ -28,7 +28,7 @@ interface Run {
 
 function vmpool(...args: string[]): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), '--config', configFile, ...args], { cwd: ROOT, env, timeout: 30_000 }, (err, stdout, stderr) => {
+    execFile(process.execPath, [...nodeArgsFor('src/cli/main.ts'), '--config', configFile, ...args], { cwd: ROOT, env, timeout: 30_000 }, (err, stdout, stderr) => {
       const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
       resolve({ code, stdout, stderr });
     });
@@ -155,7 +155,7 @@ describe('vmpool CLI', () => {
   });
 
   it('start web serves until SIGTERM and exits 0; off loopback without a token it exits 2', async () => {
-    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), '--config', configFile, 'start', 'web'], {
+    const child = spawn(process.execPath, [...nodeArgsFor('src/cli/main.ts'), '--config', configFile, 'start', 'web'], {
       cwd: ROOT,
       env,
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -180,7 +180,7 @@ describe('vmpool CLI', () => {
 
     const openConfig = writeConfigFile({ ...configInput, web: { host: '0.0.0.0', port: 0 } });
     const refused = await new Promise<Run>((resolve) => {
-      execFile(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), '--config', openConfig, 'start', 'web'], { cwd: ROOT, env, timeout: 30_000 }, (err, stdout, stderr) =>
+      execFile(process.execPath, [...nodeArgsFor('src/cli/main.ts'), '--config', openConfig, 'start', 'web'], { cwd: ROOT, env, timeout: 30_000 }, (err, stdout, stderr) =>
         resolve({ code: err ? Number((err as { code?: number }).code) : 0, stdout, stderr }),
       );
     });
