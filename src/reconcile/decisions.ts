@@ -207,7 +207,8 @@ export function spawnFigures(snapshot: PoolSnapshot, config: ReconcileConfig, gr
   const g = config.groups[group.group]!;
   const vms = snapshot.vms.filter((vm) => vm.group === group.group);
   const inFlight = group.spawnsInFlight.filter((s) => now - s.startedAt <= ms(g.vm_spawn_stale_timeout)).length;
-  const active = vms.filter((vm) => vm.state !== VmStates.TERMINATING && vm.state !== VmStates.CHECK_HEALTH_FAILED).length;
+  // Copr's _check_total_running_vm_limit: every state but terminating (failed VMs still exist).
+  const active = vms.filter((vm) => vm.state !== VmStates.TERMINATING).length;
   const coming = vms.filter(
     (vm) =>
       vm.boundToUser === null &&

@@ -278,8 +278,10 @@ describe('decideStartSpawnIfRequired', () => {
     expect(spawns(decideStartSpawnIfRequired(snap(busy(3), [demand]), cfg, NOW))).toHaveLength(1);
     const oneInFlight = group({ demand: 10, spawnsInFlight: [{ spawnId: 'x', startedAt: NOW }] });
     expect(decideStartSpawnIfRequired(snap(busy(3), [oneInFlight]), cfg, NOW)).toEqual([]);
-    const gone = [vm('terminating'), vm('check_health_failed')];
+    // Terminating VMs do not count; failed ones do (Copr counts every state but terminating).
+    const gone = [vm('terminating'), vm('terminating')];
     expect(spawns(decideStartSpawnIfRequired(snap([...busy(3), ...gone], [demand]), cfg, NOW))).toHaveLength(1);
+    expect(decideStartSpawnIfRequired(snap([...busy(3), vm('check_health_failed')], [demand]), cfg, NOW)).toEqual([]);
   });
 
   it('stops at max_spawn_processes spawns in flight', () => {
