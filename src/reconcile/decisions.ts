@@ -191,7 +191,7 @@ export function decideTerminateAgain(snapshot: PoolSnapshot, config: ReconcileCo
 /** The figures startSpawnIfRequired decides on, per group (also logged). */
 export interface SpawnFigures {
   group: number;
-  /** VMs not terminating and not check_health_failed. */
+  /** VMs not terminating (Copr counts failed ones too). */
   active: number;
   /** Every VM of the group, any state. */
   all: number;
