@@ -47,9 +47,10 @@ export interface AcquireRequest {
   groups: number[];
   owner: string;
   sandbox: string;
-  workerId: string;
-  taskId?: string | null;
-  buildId?: string | null;
+  /** Numbers are taken too (a pid, Copr's numeric build ids) and stored as text. */
+  workerId: string | number;
+  taskId?: string | number | null;
+  buildId?: string | number | null;
   chroot?: string | null;
   /** Lease id of the assignment; a random one when not given. */
   leaseId?: string;
@@ -184,7 +185,8 @@ export class VmManager {
     return this.getVmsByNames(await this.redis.smembers(this.keys.ip(vmIp)));
   }
 
-  async getVmByTaskId(taskId: string): Promise<VmDescriptor | null> {
+  async getVmByTaskId(taskId: string | number): Promise<VmDescriptor | null> {
+    if (typeof taskId === 'number' && Number.isFinite(taskId)) taskId = String(taskId);
     if (typeof taskId !== 'string' || taskId === '') return null;
     const name = await this.redis.get(this.keys.task(taskId));
     if (!name) return null;
@@ -273,17 +275,20 @@ export class VmManager {
     for (const g of groups) this.groupConfig(g);
     if (typeof owner !== 'string' || owner === '') throw new VmError('acquireVm needs an owner');
     if (typeof sandbox !== 'string') throw new VmError('acquireVm needs a sandbox');
-    if (typeof workerId !== 'string') throw new VmError('acquireVm needs a workerId');
-    const optional = (v: string | null | undefined, field: string): string => {
+    // Builders often carry numeric ids (Copr's build ids, a worker pid): they are stored as text.
+    const text = (v: unknown, field: string): string => {
       if (v === undefined || v === null) return '';
-      if (typeof v !== 'string') throw new VmError(`acquireVm: ${field} must be a string`);
+      if (typeof v === 'number' && Number.isFinite(v)) return String(v);
+      if (typeof v !== 'string') throw new VmError(`acquireVm: ${field} must be a string or a number`);
       return v;
     };
+    if (workerId === undefined || workerId === null) throw new VmError('acquireVm needs a workerId');
+    const optional = text;
     const args: (string | number)[] = [
       this.clock(),
       owner,
       sandbox,
-      workerId,
+      text(workerId, 'workerId'),
       optional(request.taskId, 'taskId'),
       optional(request.buildId, 'buildId'),
       optional(request.chroot, 'chroot'),

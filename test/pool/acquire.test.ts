@@ -43,6 +43,14 @@ describe('acquireVm: which VMs qualify', () => {
     await expect(kit.vmm.acquireVm(req('bob', 's'))).rejects.toThrow(NoVmAvailable);
   });
 
+  it('takes numeric worker, task and build ids (a pid, Copr build ids) and stores them as text', async () => {
+    await kit.addReady('n1', '10.0.0.9');
+    const vm = await kit.vmm.acquireVm({ groups: [0], owner: 'alice', sandbox: 's', workerId: 4242, taskId: 777, buildId: 31337 });
+    expect(vm).toMatchObject({ usedByWorker: '4242', taskId: '777', buildId: '31337' });
+    expect((await kit.vmm.getVmByTaskId(777))?.vmName).toBe('n1');
+    await expect(kit.vmm.acquireVm({ groups: [0], owner: 'bob', sandbox: 's', workerId: 'w', taskId: { id: 1 } as never })).rejects.toThrow(VmError);
+  });
+
   it('leaves task fields null when not given', async () => {
     await kit.addReady('a1', '10.0.0.1');
     const vm = await kit.vmm.acquireVm(req('alice', 's'));
