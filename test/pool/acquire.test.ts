@@ -219,8 +219,8 @@ describe('acquireVm: preference and ownership', () => {
       { ...req('alice', 's'), groups: [9] },
       { ...req('', 's') },
       { ...req('alice', 's'), sandbox: undefined },
-      { ...req('alice', 's'), workerId: 5 },
-      { ...req('alice', 's'), taskId: 5 },
+      { ...req('alice', 's'), workerId: { pid: 5 } },
+      { ...req('alice', 's'), taskId: true },
     ];
     for (const r of bad) {
       const error = await kit.vmm.acquireVm(r as never).catch((e: unknown) => e);
