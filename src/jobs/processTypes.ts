@@ -29,14 +29,24 @@ export const processTypeSpecs: Record<WorkerProcessType, ProcessTypeSpec> = {
   terminate: { processor: terminateProcessor, concurrencyKey: 'terminate' },
   reconcile: {
     processor: reconcileProcessor,
-    // Copr marks the server start when its daemon starts: VMs checked before it are checked again
-    // (reconcile checks them at once) before they are handed out.
     beforeStart: async (ctx) => {
-      await ctx.vmm.markServerStart();
+      if (await isServerStart(ctx)) await ctx.vmm.markServerStart();
       await ensureReconcileScheduler(ctx.queue(RECONCILE_QUEUE), ctx.config);
     },
   },
 };
+
+/**
+ * Copr marks the server start when its daemon starts: VMs checked before it are not handed out
+ * until checked again (reconcile checks them at once). Here many reconcile replicas come and go, so
+ * a replica starting while cycles still run (one finished within three cycle periods) is not a
+ * server start: marking then would hold back every ready VM on each rolling restart.
+ */
+export async function isServerStart(ctx: JobContext): Promise<boolean> {
+  const [last] = await ctx.queue(RECONCILE_QUEUE).getJobs(['completed'], 0, 0, false);
+  const finishedOn = last?.finishedOn;
+  return finishedOn === undefined || ctx.clock() - finishedOn > 3 * ctx.config.vm_cycle_timeout * 1000;
+}
 
 export function isWorkerProcessType(value: string): value is WorkerProcessType {
   return (WORKER_PROCESS_TYPES as readonly string[]).includes(value);
