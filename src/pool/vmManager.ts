@@ -364,7 +364,8 @@ export class VmManager {
   /**
    * Applies each group's on_lease_expiry to VMs whose lease lapsed, at most `batch` per call:
    * `terminate` moves the VM to terminating and enqueues its terminate job (reason lease_expired);
-   * `release` releases it as releaseVm does and asks for a health check before it is trusted again.
+   * `release` ends the build as releaseVm does but moves the VM to check_health (not ready) and
+   * enqueues its health job: it is not handed out until that check passes.
    */
   async expireLeases(batch = 100): Promise<ExpiredLease[]> {
     const now = this.clock();

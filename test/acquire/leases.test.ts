@@ -1,6 +1,6 @@
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { LeaseLost, VmDescriptorNotFound } from '../../src/pool/types.js';
+import { LeaseLost, NoVmAvailable, VmDescriptorNotFound } from '../../src/pool/types.js';
 import { VmPoolClient } from '../../src/client/vmPoolClient.js';
 import { HEALTH_QUEUE } from '../../queues/health.js';
 import { TERMINATE_QUEUE, terminateJobId } from '../../queues/terminate.js';
@@ -131,14 +131,21 @@ describe('expireLeases', () => {
     expect(await kit.vmm.expireLeases()).toEqual([]);
   });
 
-  it('release policy: the VM is released (dirty, ready) and a health check is enqueued', async () => {
+  it('release policy: the VM is released (dirty, into check_health) and a health check is enqueued', async () => {
     await kit.addReady('b1', '10.6.0.2', 1);
     await kit.addReady('a1', '10.6.0.1', 0);
     await kit.vmm.acquireVm(req(1, 'tb'));
     await kit.vmm.acquireVm(req(0, 'ta'));
     kit.clock.now = T0 + 1000 + 30_000;
     expect(await kit.vmm.expireLeases()).toEqual([{ vmName: 'b1', action: 'release' }]);
-    expect(await kit.vmm.getVmByName('b1')).toMatchObject({ state: 'ready', boundToUser: 'alice', taskId: null, buildsCount: 1 });
+    // Not ready: its state after the lapsed build is unknown until the health check passes.
+    expect(await kit.vmm.getVmByName('b1')).toMatchObject({
+      state: 'check_health',
+      boundToUser: 'alice',
+      taskId: null,
+      buildsCount: 1,
+      lastHealthCheck: T0 + 1000 + 30_000,
+    });
     expect(await kit.vmm.getVmByTaskId('tb')).toBeNull();
     expect((await kit.vmm.getVmByName('a1')).state).toBe('in_use');
     const queue = new Queue(HEALTH_QUEUE, { connection: kit.redis, prefix: kit.prefix });
@@ -148,6 +155,33 @@ describe('expireLeases', () => {
     } finally {
       await queue.close();
     }
+  });
+
+  it('release policy: the same owner and sandbox get no VM until the health check passes, then get it back', async () => {
+    await kit.addReady('b1', '10.6.0.2', 1);
+    await kit.vmm.acquireVm(req(1, 'tb'));
+    kit.clock.now = T0 + 1000 + 30_000;
+    expect(await kit.vmm.expireLeases()).toEqual([{ vmName: 'b1', action: 'release' }]);
+    await expect(kit.vmm.acquireVm(req(1, 'tb2'))).rejects.toThrow(NoVmAvailable);
+    // The health job takes over the check that expireLeases started.
+    kit.clock.now += 1000;
+    expect(await kit.vmm.startVmCheck('b1')).toBe(true);
+    await expect(kit.vmm.acquireVm(req(1, 'tb2'))).rejects.toThrow(NoVmAvailable);
+    // A second start is refused again (the takeover happens once).
+    expect(await kit.vmm.startVmCheck('b1')).toBe(false);
+    expect((await kit.vmm.recordHealthCheckResult('b1', true)).outcome).toBe('ok');
+    const vm = await kit.vmm.acquireVm(req(1, 'tb2'));
+    expect(vm).toMatchObject({ vmName: 'b1', boundToUser: 'alice', taskId: 'tb2', buildsCount: 1 });
+  });
+
+  it('release policy: a failed check after expiry leaves the VM out of the pool (check_health_failed)', async () => {
+    await kit.addReady('b1', '10.6.0.2', 1);
+    await kit.vmm.acquireVm(req(1, 'tb'));
+    kit.clock.now = T0 + 1000 + 30_000;
+    await kit.vmm.expireLeases();
+    expect(await kit.vmm.startVmCheck('b1')).toBe(true);
+    expect((await kit.vmm.recordHealthCheckResult('b1', false)).vm.state).toBe('check_health_failed');
+    await expect(kit.vmm.acquireVm(req(1, 'tb2'))).rejects.toThrow(NoVmAvailable);
   });
 
   it('handles at most a batch per call, oldest expiry first', async () => {

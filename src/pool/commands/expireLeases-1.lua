@@ -2,7 +2,12 @@
   Reclaims VMs whose lease lapsed (the builder stopped renewing), oldest expiry first, at most a
   batch per call. Each group's on_lease_expiry decides:
     terminate  the VM moves to terminating (its state is unknown); the caller enqueues the job;
-    release    the VM is released as by releaseVm; the caller asks for a health check.
+    release    the build ends as in releaseVm (task fields cleared, builds counted, still bound to
+               its owner and sandbox), but the VM goes to check_health, not ready: its state is
+               unknown, so it is not handed out before a check passes. Its check is started here
+               (last_health_check = now, check_seq, as startVmCheck) and marked check_pending, so
+               that the health job the caller enqueues takes it over (startVmCheck); the result
+               makes the VM ready or check_health_failed.
   Entries of VMs no longer in_use are dropped from the leases set.
 
   Input:
@@ -32,7 +37,9 @@ for _, name in ipairs(names) do
     redis.call('ZREM', leasesKey(base), name)
   elseif tonumber(vm[3]) <= now then
     if policy[vm[2]] == 'release' then
-      releaseInUseVm(base, name, now)
+      endBuild(base, name, now)
+      redis.call('HSET', key, 'last_health_check', now, 'check_seq', redis.call('INCR', base .. 'check_seq'), 'check_pending', 1)
+      setVmState(base, name, 'check_health')
       table.insert(out, name)
       table.insert(out, 'release')
     else

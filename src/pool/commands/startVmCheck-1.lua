@@ -1,6 +1,8 @@
 --[[
   Starts a health check: records last_health_check and moves the VM to `check_health`, except that
-  an `in_use` VM stays `in_use`. Allowed from got_ip, ready, in_use and check_health_failed.
+  an `in_use` VM stays `in_use`. Allowed from got_ip, ready, in_use and check_health_failed, and
+  from check_health only when a script started the check for the health job (check_pending, set by
+  expireLeases), which this call takes over. Clears check_pending.
 
   Input:
     KEYS[1] pool key base (with hash tag)
@@ -20,8 +22,13 @@ local state = redis.call('HGET', key, 'state')
 if not state then
   return -1
 end
-if state ~= 'got_ip' and state ~= 'ready' and state ~= 'in_use' and state ~= 'check_health_failed' then
+local pending = redis.call('HGET', key, 'check_pending')
+if state ~= 'got_ip' and state ~= 'ready' and state ~= 'in_use' and state ~= 'check_health_failed'
+    and not (state == 'check_health' and pending) then
   return 0
+end
+if pending then
+  redis.call('HDEL', key, 'check_pending')
 end
 if state ~= 'in_use' then
   setVmState(base, name, 'check_health')

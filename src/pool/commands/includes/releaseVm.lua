@@ -1,12 +1,14 @@
 --[[
-  Takes an in_use VM back from its build (shared by releaseVm and expireLeases): it becomes ready
-  again, still bound to its owner and sandbox (dirty), or check_health_failed if a check failed
-  during the build. Records last_release, counts the build and clears the task fields; leaving
-  in_use ends the lease (setVmState). The caller has checked that the VM is in_use.
+  Takes an in_use VM back from its build (shared by releaseVm and expireLeases). The caller has
+  checked that the VM is in_use.
+  endBuild records last_release, counts the build and clears the task fields; it returns the VM's
+  check_fails. releaseInUseVm then makes the VM ready again, still bound to its owner and sandbox
+  (dirty), or check_health_failed if a check failed during the build. Leaving in_use ends the
+  lease (setVmState).
 ]]
 --- @include "includes/setVmState"
 
-local function releaseInUseVm(base, name, now)
+local function endBuild(base, name, now)
   local key = vmKey(base, name)
   local vm = redis.call('HMGET', key, 'check_fails', 'task_id')
   if vm[2] and redis.call('GET', taskKey(base, vm[2])) == name then
@@ -15,7 +17,11 @@ local function releaseInUseVm(base, name, now)
   redis.call('HDEL', key, 'used_by_worker', 'task_id', 'build_id', 'chroot', 'in_use_since')
   redis.call('HSET', key, 'last_release', now)
   redis.call('HINCRBY', key, 'builds_count', 1)
-  if tonumber(vm[1]) > 0 then
+  return tonumber(vm[1]) or 0
+end
+
+local function releaseInUseVm(base, name, now)
+  if endBuild(base, name, now) > 0 then
     setVmState(base, name, 'check_health_failed')
   else
     setVmState(base, name, 'ready')
