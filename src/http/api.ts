@@ -1,4 +1,4 @@
-import express, { type Request, type Router } from 'express';
+import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import { z } from 'zod';
 import type { Config } from '../config.js';
 import { formatZodError } from '../jobs/errors.js';
@@ -107,12 +107,28 @@ export function resolveGroup(config: Config, value: string): number {
   });
 }
 
+/**
+ * POST and DELETE need `Content-Type: application/json`, even without a body. A browser sends that
+ * type cross-site only after a CORS preflight, which this API never grants, so a page elsewhere
+ * cannot drive the API with a form (CSRF) while the web process runs open on loopback.
+ */
+export function requireJsonContentType(req: Request, _res: Response, next: NextFunction): void {
+  const header = req.headers['content-type'];
+  const type = (header ?? '').split(';')[0]!.trim().toLowerCase();
+  if (type !== 'application/json') {
+    throw new HttpError('unsupported_media_type', `send Content-Type: application/json (got ${header ? JSON.stringify(header) : 'none'})`, {
+      contentType: header ?? null,
+    });
+  }
+  next();
+}
+
 export function apiRouter(deps: ApiDeps): Router {
   const { config, vmm } = deps;
   const router = express.Router();
   router.use(express.json({ limit: '64kb' }));
 
-  router.post('/acquire', requireScope('builder'), async (req, res) => {
+  router.post('/acquire', requireScope('builder'), requireJsonContentType, async (req, res) => {
     const parsed = acquireRequestSchema.safeParse(req.body ?? {});
     if (!parsed.success) {
       throw new HttpError('validation_error', `invalid acquire request: ${formatZodError(parsed.error)}`, { issues: parsed.error.issues });
@@ -128,7 +144,7 @@ export function apiRouter(deps: ApiDeps): Router {
     res.json(assignment);
   });
 
-  router.post('/vms/:name/release', requireScope('builder'), async (req, res) => {
+  router.post('/vms/:name/release', requireScope('builder'), requireJsonContentType, async (req, res) => {
     const name = vmNameParam(req);
     const { leaseId } = parseBody(releaseBody, req.body);
     // A builder releases its own assignment; only an admin may release without the lease.
@@ -143,14 +159,14 @@ export function apiRouter(deps: ApiDeps): Router {
     res.json({ released: true, vm: apiVm(config, await vmm.getVmRecord(name)) });
   });
 
-  router.post('/vms/:name/renew', requireScope('builder'), async (req, res) => {
+  router.post('/vms/:name/renew', requireScope('builder'), requireJsonContentType, async (req, res) => {
     const name = vmNameParam(req);
     const { leaseId } = parseBody(leaseBody, req.body);
     const leaseExpiresAt = await vmm.renewLease(name, leaseId);
     res.json({ vmName: name, leaseId, leaseExpiresAt });
   });
 
-  router.post('/vms/:name/terminate', requireScope('admin'), async (req, res) => {
+  router.post('/vms/:name/terminate', requireScope('admin'), requireJsonContentType, async (req, res) => {
     const name = vmNameParam(req);
     parseBody(emptyBody, req.body);
     const acted = await vmm.startVmTermination(name, null, 'operator');
@@ -158,7 +174,7 @@ export function apiRouter(deps: ApiDeps): Router {
     res.status(202).json({ terminating: true, vm: apiVm(config, await vmm.getVmRecord(name)) });
   });
 
-  router.post('/vms/:name/hold', requireScope('admin'), async (req, res) => {
+  router.post('/vms/:name/hold', requireScope('admin'), requireJsonContentType, async (req, res) => {
     const name = vmNameParam(req);
     const { by } = parseBody(holdBody, req.body);
     const held = await vmm.holdVm(name, by ?? req.principal!.name);
@@ -169,7 +185,7 @@ export function apiRouter(deps: ApiDeps): Router {
     res.json({ held: true, vm: apiVm(config, await vmm.getVmRecord(name)) });
   });
 
-  router.delete('/vms/:name/hold', requireScope('admin'), async (req, res) => {
+  router.delete('/vms/:name/hold', requireScope('admin'), requireJsonContentType, async (req, res) => {
     const name = vmNameParam(req);
     const unheld = await vmm.unholdVm(name);
     if (!unheld) throw new HttpError('conflict', `VM ${name} is not held`, { reason: 'not_held' });

@@ -10,6 +10,7 @@ export const ErrorCodes = {
   forbidden: 403,
   not_found: 404,
   conflict: 409,
+  unsupported_media_type: 415,
   no_vm_available: 503,
   not_ready: 503,
   internal_error: 500,

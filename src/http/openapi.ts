@@ -5,6 +5,9 @@ const json = (description: string, ref: string) => ({ description, content: { 'a
 const nameParam = { name: 'name', in: 'path', required: true, schema: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' } };
 const common = { '400': error('Invalid request'), '401': error('Missing or invalid token'), '403': error('Token lacks the scope') };
 const vmResponses = { ...common, '404': error('No such VM'), '409': error('Wrong state, lease or hold') };
+/** POST and DELETE need Content-Type: application/json, also without a body (no cross-site form posts). */
+const notJson = { '415': error('Content-Type is not application/json') };
+const vmWriteResponses = { ...vmResponses, ...notJson };
 const nullable = (type: string) => ({ type: [type, 'null'] });
 const builder = [{ bearer: ['builder'] }];
 const admin = [{ bearer: ['admin'] }];
@@ -17,7 +20,8 @@ export const openApiDocument = {
     version: '1',
     description:
       'Acquire, renew and release build VMs; inspect and steer the pool. Errors are { error, message, details }. ' +
-      'With tokens configured, send Authorization: Bearer <token>; builder tokens may acquire, renew and release, admin tokens everything.',
+      'With tokens configured, send Authorization: Bearer <token>; builder tokens may acquire, renew and release, admin tokens everything. ' +
+      'Every POST and DELETE needs Content-Type: application/json, also without a body (415 otherwise).',
   },
   servers: [{ url: '/api/v1' }],
   components: {
@@ -27,7 +31,7 @@ export const openApiDocument = {
         type: 'object',
         required: ['error', 'message', 'details'],
         properties: {
-          error: { type: 'string', enum: ['validation_error', 'unauthorized', 'forbidden', 'not_found', 'conflict', 'no_vm_available', 'not_ready', 'internal_error'] },
+          error: { type: 'string', enum: ['validation_error', 'unauthorized', 'forbidden', 'not_found', 'conflict', 'unsupported_media_type', 'no_vm_available', 'not_ready', 'internal_error'] },
           message: { type: 'string' },
           details: { type: 'object' },
         },
@@ -118,7 +122,7 @@ export const openApiDocument = {
         summary: 'Wait up to timeoutMs for a VM and return the assignment',
         security: builder,
         requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/AcquireRequest' } } } },
-        responses: { '200': json('The assignment', 'Assignment'), ...common, '409': error('The task holds a VM for another owner or sandbox'), '503': error('No VM became available in time (details.reason)') },
+        responses: { '200': json('The assignment', 'Assignment'), ...common, ...notJson, '409': error('The task holds a VM for another owner or sandbox'), '503': error('No VM became available in time (details.reason)') },
       },
     },
     '/vms': {
@@ -142,7 +146,7 @@ export const openApiDocument = {
         security: builder,
         parameters: [nameParam],
         requestBody: { content: { 'application/json': { schema: { $ref: '#/components/schemas/ReleaseRequest' } } } },
-        responses: { '200': json('Released', 'VmAction'), ...vmResponses },
+        responses: { '200': json('Released', 'VmAction'), ...vmWriteResponses },
       },
     },
     '/vms/{name}/renew': {
@@ -151,11 +155,11 @@ export const openApiDocument = {
         security: builder,
         parameters: [nameParam],
         requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/LeaseRequest' } } } },
-        responses: { '200': json('New lease expiry', 'Renewed'), ...vmResponses },
+        responses: { '200': json('New lease expiry', 'Renewed'), ...vmWriteResponses },
       },
     },
     '/vms/{name}/terminate': {
-      post: { summary: 'Request termination (reason operator)', security: admin, parameters: [nameParam], responses: { '202': json('Terminating', 'VmAction'), ...vmResponses } },
+      post: { summary: 'Request termination (reason operator)', security: admin, parameters: [nameParam], responses: { '202': json('Terminating', 'VmAction'), ...vmWriteResponses } },
     },
     '/vms/{name}/hold': {
       post: {
@@ -163,9 +167,9 @@ export const openApiDocument = {
         security: admin,
         parameters: [nameParam],
         requestBody: { content: { 'application/json': { schema: { $ref: '#/components/schemas/HoldRequest' } } } },
-        responses: { '200': json('Held', 'VmAction'), ...vmResponses },
+        responses: { '200': json('Held', 'VmAction'), ...vmWriteResponses },
       },
-      delete: { summary: 'End the hold', security: admin, parameters: [nameParam], responses: { '200': json('Unheld', 'VmAction'), ...vmResponses } },
+      delete: { summary: 'End the hold', security: admin, parameters: [nameParam], responses: { '200': json('Unheld', 'VmAction'), ...vmWriteResponses } },
     },
     '/groups': {
       get: {

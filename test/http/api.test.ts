@@ -4,7 +4,7 @@ import { parseConfig } from '../../src/config.js';
 import { startWebServer } from '../../src/http/server.js';
 import { openApiDocument } from '../../src/http/openapi.js';
 import { QueueNames } from '../../queues/names.js';
-import { createWebKit, webTestConfig, type WebKit } from './fixtures.js';
+import { JSON_TYPE, createWebKit, webTestConfig, type WebKit } from './fixtures.js';
 
 // The HTTP API against a real web server, the real acquire worker and the real Redis (open mode:
 // bound to loopback without tokens). Auth is covered in auth.test.ts.
@@ -157,20 +157,20 @@ describe('HTTP API', () => {
     expect(await kit.redis.hget(kit.vmm.keys.vm('b2'), 'held_by')).toBe('ops-team');
     expect(await kit.redis.zscore(kit.vmm.keys.readyClean(0), 'b2')).toBeNull();
 
-    const twice = await json(await kit.fetch('/api/v1/vms/b2/hold', { method: 'POST' }));
+    const twice = await json(await kit.fetch('/api/v1/vms/b2/hold', { method: 'POST', json: {} }));
     expect(twice).toMatchObject({ status: 409, body: { details: { reason: 'already_held', heldBy: 'ops-team' } } });
     expect((await kit.fetch('/api/v1/vms/b2/hold', { method: 'POST', json: { by: '' } })).status).toBe(400);
 
-    const unheld = await json(await kit.fetch('/api/v1/vms/b2/hold', { method: 'DELETE' }));
+    const unheld = await json(await kit.fetch('/api/v1/vms/b2/hold', { method: 'DELETE', headers: JSON_TYPE }));
     expect(unheld).toMatchObject({ status: 200, body: { held: false, vm: { heldBy: null } } });
     expect(await kit.redis.zscore(kit.vmm.keys.readyClean(0), 'b2')).not.toBeNull();
-    expect((await json(await kit.fetch('/api/v1/vms/b2/hold', { method: 'DELETE' }))).body.details.reason).toBe('not_held');
-    expect((await kit.fetch('/api/v1/vms/nope/hold', { method: 'POST' })).status).toBe(404);
-    expect((await kit.fetch('/api/v1/vms/nope/hold', { method: 'DELETE' })).status).toBe(404);
+    expect((await json(await kit.fetch('/api/v1/vms/b2/hold', { method: 'DELETE', headers: JSON_TYPE }))).body.details.reason).toBe('not_held');
+    expect((await kit.fetch('/api/v1/vms/nope/hold', { method: 'POST', json: {} })).status).toBe(404);
+    expect((await kit.fetch('/api/v1/vms/nope/hold', { method: 'DELETE', headers: JSON_TYPE })).status).toBe(404);
   });
 
   it('terminate enqueues an operator termination; refusals are 409 and 404', async () => {
-    const res = await json(await kit.fetch('/api/v1/vms/b3/terminate', { method: 'POST' }));
+    const res = await json(await kit.fetch('/api/v1/vms/b3/terminate', { method: 'POST', json: {} }));
     expect(res).toMatchObject({ status: 202, body: { terminating: true, vm: { vmName: 'b3', state: 'terminating' } } });
     const rec = await kit.vmm.getVmRecord('b3');
     expect(rec.state).toBe('terminating');
@@ -181,11 +181,65 @@ describe('HTTP API', () => {
     } finally {
       await queue.close();
     }
-    expect((await json(await kit.fetch('/api/v1/vms/b3/terminate', { method: 'POST' }))).body.details.reason).toBe('already_terminating');
-    const holdTerminating = await json(await kit.fetch('/api/v1/vms/b3/hold', { method: 'POST' }));
+    expect((await json(await kit.fetch('/api/v1/vms/b3/terminate', { method: 'POST', json: {} }))).body.details.reason).toBe('already_terminating');
+    const holdTerminating = await json(await kit.fetch('/api/v1/vms/b3/hold', { method: 'POST', json: {} }));
     expect(holdTerminating.status).toBe(409);
-    expect((await kit.fetch('/api/v1/vms/nope/terminate', { method: 'POST' })).status).toBe(404);
+    expect((await kit.fetch('/api/v1/vms/nope/terminate', { method: 'POST', json: {} })).status).toBe(404);
     expect((await kit.fetch('/api/v1/vms/b1/terminate', { method: 'POST', json: { force: true } })).status).toBe(400);
+  });
+
+  it('refuses POST and DELETE without Content-Type: application/json (415), changing nothing', async () => {
+    // What a cross-site page can send without a CORS preflight: a form (url-encoded, multipart or
+    // text/plain), or an empty POST with no content type at all.
+    await kit.addReady('c1', '10.1.0.9', 0);
+    const notJson: [string, RequestInit][] = [
+      ['form', { headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'by=attacker' }],
+      ['multipart', { body: (() => { const f = new FormData(); f.set('by', 'attacker'); return f; })() }],
+      ['text/plain', { headers: { 'content-type': 'text/plain' }, body: '{}' }],
+      ['missing', {}],
+    ];
+    for (const action of ['terminate', 'hold']) {
+      for (const [what, init] of notJson) {
+        const res = await json(await kit.fetch(`/api/v1/vms/c1/${action}`, { method: 'POST', ...init }));
+        expect(res.status, `${action} ${what}`).toBe(415);
+        expect(res.body).toMatchObject({ error: 'unsupported_media_type', message: expect.stringContaining('application/json'), details: {} });
+      }
+    }
+    const untouched = await kit.vmm.getVmRecord('c1');
+    expect(untouched).toMatchObject({ state: 'ready', heldBy: null });
+    expect(await kit.redis.zscore(kit.vmm.keys.readyClean(0), 'c1')).not.toBeNull();
+
+    // DELETE needs the type too (the page's own script sends it); the hold stays.
+    expect((await kit.fetch('/api/v1/vms/c1/hold', { method: 'POST', json: { by: 'ops' } })).status).toBe(200);
+    const unholdBare = await json(await kit.fetch('/api/v1/vms/c1/hold', { method: 'DELETE' }));
+    expect(unholdBare).toMatchObject({ status: 415, body: { error: 'unsupported_media_type' } });
+    expect((await kit.vmm.getVmRecord('c1')).heldBy).toBe('ops');
+    // A charset parameter is fine.
+    const unheld = await kit.fetch('/api/v1/vms/c1/hold', { method: 'DELETE', headers: { 'content-type': 'application/json; charset=utf-8' } });
+    expect(unheld.status).toBe(200);
+    expect((await kit.vmm.getVmRecord('c1')).heldBy).toBeNull();
+
+    // Every documented POST and DELETE refuses a bare request, and an acquire form enqueues nothing.
+    const queue = new Queue(QueueNames.ACQUIRE, { connection: kit.redis, prefix: kit.prefix });
+    try {
+      const before = await queue.getJobCountByTypes('waiting', 'active', 'completed', 'failed', 'delayed', 'prioritized');
+      const writes = Object.entries(openApiDocument.paths).flatMap(([path, ops]) =>
+        Object.keys(ops)
+          .filter((m) => m === 'post' || m === 'delete')
+          .map((m) => [m.toUpperCase(), path.replace('{name}', 'c1')] as const),
+      );
+      expect(writes.length).toBe(6);
+      for (const [method, path] of writes) {
+        expect((await kit.fetch(`/api/v1${path}`, { method })).status, `${method} ${path}`).toBe(415);
+      }
+      const form = 'owner=attacker&sandbox=x&arch=x86_64';
+      const acquireForm = await kit.fetch('/api/v1/acquire', { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: form });
+      expect(acquireForm.status).toBe(415);
+      expect(await queue.getJobCountByTypes('waiting', 'active', 'completed', 'failed', 'delayed', 'prioritized')).toBe(before);
+    } finally {
+      await queue.close();
+    }
+    expect(await kit.vmm.getVmRecord('c1')).toMatchObject({ state: 'ready', heldBy: null, boundToUser: null });
   });
 
   it('unknown routes are 404 JSON errors', async () => {
@@ -219,7 +273,7 @@ describe('HTTP API', () => {
     // Each documented route is served: a request reaches its handler (never "no such API route").
     for (const entry of listed) {
       const [method, path] = entry.split(' ') as [string, string];
-      const res = await kit.fetch(`/api/v1${path.replace('{name}', 'no-such-vm')}`, { method, ...(method === 'POST' ? { json: {} } : {}) });
+      const res = await kit.fetch(`/api/v1${path.replace('{name}', 'no-such-vm')}`, { method, ...(method === 'POST' ? { json: {} } : {}), ...(method === 'DELETE' ? { headers: JSON_TYPE } : {}) });
       const text = await res.text();
       expect(text, entry).not.toContain('no such API route');
     }

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig } from '../../src/config.js';
 import { assertBindAllowed, isLoopbackHost, WebAuthRequired } from '../../src/http/auth.js';
 import { startWebServer } from '../../src/http/server.js';
-import { ADMIN_TOKEN, BUILDER_TOKEN, createWebKit, webTestConfig, type WebKit } from './fixtures.js';
+import { ADMIN_TOKEN, BUILDER_TOKEN, JSON_TYPE, createWebKit, webTestConfig, type WebKit } from './fixtures.js';
 
 describe('binding and tokens', () => {
   it('knows loopback addresses', () => {
@@ -113,10 +113,10 @@ describe('auth with tokens', () => {
     ] as const) {
       expect((await kit.fetch(path, { method, token: ADMIN_TOKEN })).status, `${method} ${path}`).toBe(200);
     }
-    const hold = await kit.fetch('/api/v1/vms/v1/hold', { method: 'POST', token: ADMIN_TOKEN });
+    const hold = await kit.fetch('/api/v1/vms/v1/hold', { method: 'POST', token: ADMIN_TOKEN, json: {} });
     expect(hold.status).toBe(200);
     expect((await kit.vmm.getVmRecord('v1')).heldBy).toBe('admin');
-    expect((await kit.fetch('/api/v1/vms/v1/hold', { method: 'DELETE', token: ADMIN_TOKEN })).status).toBe(200);
+    expect((await kit.fetch('/api/v1/vms/v1/hold', { method: 'DELETE', token: ADMIN_TOKEN, headers: JSON_TYPE })).status).toBe(200);
 
     const basic = `Basic ${Buffer.from(`operator:${ADMIN_TOKEN}`).toString('base64')}`;
     const page = await kit.fetch('/', { headers: { authorization: basic } });
@@ -125,7 +125,7 @@ describe('auth with tokens', () => {
     const wrongBasic = `Basic ${Buffer.from(`operator:${BUILDER_TOKEN}x`).toString('base64')}`;
     expect((await kit.fetch('/', { headers: { authorization: wrongBasic } })).status).toBe(401);
 
-    const term = await kit.fetch('/api/v1/vms/v1/terminate', { method: 'POST', token: ADMIN_TOKEN });
+    const term = await kit.fetch('/api/v1/vms/v1/terminate', { method: 'POST', token: ADMIN_TOKEN, json: {} });
     expect(term.status).toBe(202);
     expect((await kit.vmm.getVmRecord('v1')).state).toBe('terminating');
   });

@@ -7,6 +7,8 @@ import { REDIS_URL, connect, deleteKeysWithPrefix, uniquePrefix } from '../helpe
 
 export const ADMIN_TOKEN = 'admin-token-0123456789abcdef';
 export const BUILDER_TOKEN = 'builder-token-0123456789abcdef';
+/** The API takes POST and DELETE only with this content type (also without a body). */
+export const JSON_TYPE = { 'content-type': 'application/json' };
 
 export function webTestConfig(extra: Partial<ConfigInput> = {}): ConfigInput {
   return {

@@ -1,4 +1,6 @@
 import { mkdirSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -92,5 +94,59 @@ describe('pool page in Chromium', () => {
     mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: join(ARTIFACTS, 'pool-page.png'), fullPage: true });
     await page.close();
+  }, 60_000);
+
+  it('unholds and terminates through the UI (its script sends JSON)', async () => {
+    await kit.vmm.holdVm('arm-1', 'ops');
+    const page = await browser.newPage();
+    await page.goto(kit.url);
+    page.on('dialog', (dialog) => void dialog.accept());
+    await page.locator('tr[data-vm="arm-1"] button[data-action="unhold"]').click();
+    await expect.poll(async () => (await kit.vmm.getVmRecord('arm-1')).heldBy, { timeout: 5_000 }).toBeNull();
+    await expect.poll(() => page.locator('#message').textContent(), { timeout: 5_000 }).toBe('unhold arm-1: done');
+
+    await page.locator('tr[data-vm="web-3"] button[data-action="terminate"]').click();
+    await expect.poll(async () => (await kit.vmm.getVmRecord('web-3')).state, { timeout: 5_000 }).toBe('terminating');
+    await expect.poll(() => page.locator('#message').textContent(), { timeout: 5_000 }).toBe('terminate web-3: done');
+    await page.close();
+  }, 60_000);
+
+  it('a page on another origin cannot hold or terminate VMs (form posts and JSON fetches)', async () => {
+    // The attacker's page: another origin (another port), posting forms to the open API.
+    const target = (path: string) => new URL(`api/v1/vms/web-1/${path}`, kit.url).href;
+    const html = `<!doctype html><title>elsewhere</title>
+<form id="hold" method="post" action="${target('hold')}" target="f1"><input name="by" value="attacker"></form>
+<form id="plain" method="post" enctype="text/plain" action="${target('hold')}" target="f2"><input name='{"by":"x","y' value='":1}'></form>
+<form id="terminate" method="post" action="${target('terminate')}" target="f3"></form>
+<iframe name="f1"></iframe><iframe name="f2"></iframe><iframe name="f3"></iframe>`;
+    const evil: Server = createServer((_req, res) => res.writeHead(200, { 'content-type': 'text/html' }).end(html));
+    await new Promise<void>((resolve) => evil.listen(0, '127.0.0.1', resolve));
+    const before = await kit.vmm.getVmRecord('web-1');
+    const page = await browser.newPage();
+    try {
+      await page.goto(`http://127.0.0.1:${(evil.address() as AddressInfo).port}/`);
+      const answers: number[] = [];
+      page.on('response', (r) => {
+        if (r.url().startsWith(target(''))) answers.push(r.status());
+      });
+      for (const form of ['hold', 'plain', 'terminate']) await page.evaluate((id) => (document.getElementById(id) as HTMLFormElement).submit(), form);
+      await expect.poll(() => answers.length, { timeout: 5_000 }).toBe(3);
+      expect(answers).toEqual([415, 415, 415]);
+      // A cross-origin fetch with the JSON type needs a preflight, which the API never grants.
+      const fetched = await page.evaluate(async (url) => {
+        try {
+          const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
+          return `status ${res.status}`;
+        } catch (err) {
+          return `refused: ${String(err)}`;
+        }
+      }, target('terminate'));
+      expect(fetched).toMatch(/^refused/);
+      expect(await kit.vmm.getVmRecord('web-1')).toEqual(before);
+      expect(before.heldBy).toBeNull();
+    } finally {
+      await page.close();
+      await new Promise<void>((resolve) => evil.close(() => resolve()));
+    }
   }, 60_000);
 });
