@@ -157,6 +157,19 @@ export function runWorker<Data, Result>(
     queue: spec.queue,
     worker,
     async close(deadlineMs) {
+      // Closing a worker whose connections are still initializing ends in an unhandled 'error' from
+      // BullMQ (a crash on SIGTERM just after start): let them finish first, bounded for a Redis away.
+      let readyTimer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        worker.waitUntilReady().then(
+          () => undefined,
+          () => undefined,
+        ),
+        new Promise<void>((resolve) => {
+          readyTimer = setTimeout(resolve, Math.min(2_000, deadlineMs));
+        }),
+      ]);
+      clearTimeout(readyTimer);
       let timer: NodeJS.Timeout | undefined;
       const deadline = new Promise<'deadline'>((resolve) => {
         timer = setTimeout(() => resolve('deadline'), deadlineMs);

@@ -64,6 +64,12 @@ const config = {
       },
       ...common,
     },
+    {
+      // Never gets a machine: its requests only wait.
+      name: 'never',
+      provider: { type: 'command', spawn_cmd: ['/bin/false'], terminate_cmd: ['/bin/true'] },
+      ...common,
+    },
   ],
 };
 const env = { VMPOOL_CONFIG: writeConfigFile(config), VMPOOL_PREFIX: prefix };
@@ -239,6 +245,32 @@ describe('a crashed worker process loses no work', () => {
     served = assignment.vmName;
   });
 
+  it('an acquire that crashes more than max_stalled_count times fails and leaves the line', { timeout: 60_000 }, async () => {
+    await Promise.all([start('acquire'), start('acquire')]);
+    const taskId = 'chaos-wait-2';
+    const acquiring = client.acquire({ owner: 'erin', sandbox: 'erin/p', groups: [2], taskId, timeoutMs: 50_000 });
+    const outcome = acquiring.then(
+      () => null,
+      (err: Error) => err,
+    );
+    const killed: WorkerProcess[] = [];
+    for (let crash = 1; crash <= 2; crash++) {
+      const job = await until(async () => {
+        const j = await Job.fromId(acquireQueue, acquireJobId(taskId));
+        const holder = j && (await j.getState()) === 'active' ? workerOf(j.processedBy) : undefined;
+        return holder && !killed.includes(holder) ? j : null;
+      }, 20_000, `the acquire job active (run ${crash})`);
+      expect(await vmm.countDemand(2)).toBe(1);
+      const victim = workerOf(job.processedBy)!;
+      killed.push(victim);
+      await victim.kill();
+    }
+    const err = await until(() => outcome, 20_000, 'the acquire failed');
+    expect(err.message).toMatch(/stalled more than allowable limit/);
+    // Out of the line long before its 50 s deadline, so that it holds up no request behind it.
+    await until(async () => (await vmm.countDemand(2)) === 0, 10_000, 'the failed request out of the line');
+  });
+
   it('a terminate killed mid-terminate leaves the VM terminating, and it is terminated after recovery', { timeout: 60_000 }, async () => {
     const [terminateA] = workers.filter((w) => w.type === 'terminate');
     const pid = machines(1).get(served)!;
@@ -259,7 +291,7 @@ describe('a crashed worker process loses no work', () => {
     expect(readFileSync(marker, 'utf8').trim().split('\n')).toHaveLength(2);
     expect(alive(pid)).toBe(false);
     expect(machines(1).has(served)).toBe(false);
-    // Every process but the five killed ones is still up.
-    expect(workers.filter((w) => w.child.exitCode === null && w.child.signalCode === null)).toHaveLength(workers.length - 5);
+    // Every process but the seven killed ones is still up.
+    expect(workers.filter((w) => w.child.exitCode === null && w.child.signalCode === null)).toHaveLength(workers.length - 7);
   });
 });
