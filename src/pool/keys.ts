@@ -38,6 +38,8 @@ export function poolKeys(prefix: string) {
     waiterInfo: `${base}waiter_info`,
     /** Hash of machines the group's provider lists but the pool does not know: name -> first seen (epoch ms). */
     orphanUnknown: (group: number) => `${base}group:${group}:orphan_unknown`,
+    /** Hash of the group's pool VMs missing from the provider's last list: name -> first missed (epoch ms). */
+    orphanMissing: (group: number) => `${base}group:${group}:orphan_missing`,
     /** Pub/sub channel told (by the scripts) when a VM of the group may be acquirable. */
     readyChannel: (group: number) => `${base}ready:${group}`,
   };

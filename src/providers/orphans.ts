@@ -20,6 +20,8 @@ export interface OrphanInput {
   machines: readonly ProviderMachine[];
   /** Unknown machines of the previous pass: name -> epoch ms first seen. */
   previousUnknown: ReadonlyMap<string, number>;
+  /** Pool VMs missing from the previous pass's list: name -> epoch ms first missed. */
+  previousMissing: ReadonlyMap<string, number>;
   now: number;
   /** orphan_grace_period, in ms. */
   graceMs: number;
@@ -28,10 +30,15 @@ export interface OrphanInput {
 export interface OrphanDecision {
   /** Machines the pool does not know, seen on two passes in a row and older than the grace: terminate. */
   terminateMachines: ProviderMachine[];
-  /** Pool VMs (of this group) the provider no longer has: mark and terminate, so the record goes away. */
+  /**
+   * Pool VMs (of this group) missing from this list and the previous one: mark and terminate, so
+   * the record goes away.
+   */
   terminateVms: OrphanPoolVm[];
   /** Unknown machines now, name -> first seen: the next pass's previousUnknown. */
   unknown: Map<string, number>;
+  /** Pool VMs missing now and not skipped, name -> first missed: the next pass's previousMissing. */
+  missing: Map<string, number>;
   counts: {
     machines: number;
     poolVms: number;
@@ -40,6 +47,8 @@ export interface OrphanDecision {
     unknownWaiting: number;
     missing: number;
     missingSkipped: number;
+    /** Missing for the first time in a row: terminated if still missing on the next pass. */
+    missingWaiting: number;
   };
 }
 
@@ -50,8 +59,11 @@ export interface OrphanDecision {
  * - An unknown machine is terminated only when it was unknown on the previous pass too and is older
  *   than the grace (by its created_at, else by when we first saw it): a spawn in flight has a machine
  *   before the pool has its record, and a single pass can race with it.
- * - A pool VM missing from the list is terminated, except one already terminating, or one in got_ip
- *   that entered the pool within the grace (or at an unknown time): the list may predate it.
+ * - A pool VM missing from the list is terminated only when it was missing from the previous pass
+ *   too: a single list can miss a machine (a cloud API's eventual consistency, a page lost), and
+ *   terminating an in_use VM mid-build for that would be costly. One already terminating is left
+ *   alone, as is one in got_ip that entered the pool within the grace (or at an unknown time): the
+ *   list may predate it. Neither counts as missed.
  */
 export function decideOrphans(input: OrphanInput): OrphanDecision {
   const { now, graceMs } = input;
@@ -73,26 +85,36 @@ export function decideOrphans(input: OrphanInput): OrphanDecision {
 
   const groupVms = input.poolVms.filter((v) => v.group === input.group);
   const terminateVms: OrphanPoolVm[] = [];
+  const missing = new Map<string, number>();
   let missingSkipped = 0;
+  let missingWaiting = 0;
   for (const vm of groupVms) {
     if (listed.has(vm.name)) continue;
     const young = vm.state === VmStates.GOT_IP && (vm.addedAt == null || now - vm.addedAt < graceMs);
-    if (vm.state === VmStates.TERMINATING || young) missingSkipped++;
-    else terminateVms.push(vm);
+    if (vm.state === VmStates.TERMINATING || young) {
+      missingSkipped++;
+      continue;
+    }
+    const previous = input.previousMissing.get(vm.name);
+    missing.set(vm.name, previous ?? now);
+    if (previous !== undefined) terminateVms.push(vm);
+    else missingWaiting++;
   }
 
   return {
     terminateMachines,
     terminateVms,
     unknown,
+    missing,
     counts: {
       machines: input.machines.length,
       poolVms: groupVms.length,
       unknown: unknown.size,
       unknownTerminated: terminateMachines.length,
       unknownWaiting,
-      missing: terminateVms.length + missingSkipped,
+      missing: terminateVms.length + missingSkipped + missingWaiting,
       missingSkipped,
+      missingWaiting,
     },
   };
 }

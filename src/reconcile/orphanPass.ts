@@ -24,7 +24,10 @@ export function parseEpochMs(value: string | null): number | null {
   return Number.isSafeInteger(n) ? n : null;
 }
 
-/** The stored unknown-machine hash (name -> first seen, epoch ms) as a map; bad entries are dropped. */
+/**
+ * A stored orphan-pass hash (unknown machines: name -> first seen; missing VMs: name -> first
+ * missed; epoch ms) as a map; bad entries are dropped.
+ */
 export function parseUnknownMachines(hash: Record<string, string>): Map<string, number> {
   const out = new Map<string, number>();
   for (const [name, value] of Object.entries(hash)) {

@@ -182,9 +182,9 @@ export class VmMaster {
    * with the pool (decideOrphans) and
    * - terminates machines the pool does not know, seen on two passes in a row and older than
    *   orphan_grace_period (a terminate job with `orphan`, one per machine and first sighting);
-   * - moves pool VMs whose machine is gone to terminating (reason provider_lost), so that the
-   *   terminate job (an idempotent provider.terminate) removes the record.
-   * The unknown machines of each pass are kept in Redis for the next one. A group whose pass fails
+   * - moves pool VMs whose machine is missing from two passes in a row to terminating (reason
+   *   provider_lost), so that the terminate job (an idempotent provider.terminate) removes the record.
+   * The unknown machines and missing VMs of each pass are kept in Redis for the next one. A group whose pass fails
    * (its list hook failed) waits for the next period; the errors are thrown after every group ran.
    */
   async cleanupOrphans(): Promise<OrphanPass[]> {
@@ -225,18 +225,27 @@ export class VmMaster {
     const before = new Set((await vmm.getAllVmRecords()).map((v) => v.vmName));
     const machines = await provider.list({ id: group, config });
     const unknownKey = vmm.keys.orphanUnknown(group);
-    const [after, stored] = await Promise.all([vmm.getAllVmRecords(), vmm.redis.hgetall(unknownKey)]);
+    const missingKey = vmm.keys.orphanMissing(group);
+    const [after, stored, storedMissing] = await Promise.all([
+      vmm.getAllVmRecords(),
+      vmm.redis.hgetall(unknownKey),
+      vmm.redis.hgetall(missingKey),
+    ]);
     const now = vmm.clock();
     const decision = decideOrphans({
       group,
       poolVms: after.map((v) => ({ name: v.vmName, ip: v.vmIp, state: v.state, group: v.group, addedAt: v.addedAt })),
       machines,
       previousUnknown: parseUnknownMachines(stored),
+      previousMissing: parseUnknownMachines(storedMissing),
       now,
       graceMs: config.orphan_grace_period * 1000,
     });
-    const tx = vmm.redis.multi().del(unknownKey);
+    // A VM added while the list ran does not count as missed.
+    const missing = [...decision.missing].filter(([name]) => before.has(name));
+    const tx = vmm.redis.multi().del(unknownKey, missingKey);
     if (decision.unknown.size > 0) tx.hset(unknownKey, Object.fromEntries(decision.unknown));
+    if (missing.length > 0) tx.hset(missingKey, Object.fromEntries(missing));
     await tx.exec();
 
     const errors: unknown[] = [];

@@ -11,7 +11,7 @@ function vm(name: string, state: OrphanPoolVm['state'], extra: Partial<OrphanPoo
 }
 
 function input(extra: Partial<OrphanInput>): OrphanInput {
-  return { group: 0, poolVms: [], machines: [], previousUnknown: new Map(), now, graceMs, ...extra };
+  return { group: 0, poolVms: [], machines: [], previousUnknown: new Map(), previousMissing: new Map(), now, graceMs, ...extra };
 }
 
 describe('decideOrphans', () => {
@@ -67,8 +67,7 @@ describe('decideOrphans', () => {
     expect(d.terminateMachines).toEqual([]);
   });
 
-  it('terminates pool VMs the provider no longer has, but not terminating or young got_ip ones', () => {
-    const pool = [
+  const lostPool = () => [
       vm('ready-1', VmStates.READY),
       vm('in-use-1', VmStates.IN_USE),
       vm('failed-1', VmStates.CHECK_HEALTH_FAILED),
@@ -78,10 +77,37 @@ describe('decideOrphans', () => {
       vm('old-got-ip-1', VmStates.GOT_IP, { addedAt: now - graceMs }),
       vm('listed-1', VmStates.READY),
       vm('other-group-1', VmStates.READY, { group: 1 }),
-    ];
-    const d = decideOrphans(input({ poolVms: pool, machines: [{ name: 'listed-1' }] }));
+  ];
+
+  it('only remembers a pool VM missing from one list, even an in_use one', () => {
+    const d = decideOrphans(input({ poolVms: lostPool(), machines: [{ name: 'listed-1' }] }));
+    expect(d.terminateVms).toEqual([]);
+    expect([...d.missing]).toEqual([
+      ['ready-1', now],
+      ['in-use-1', now],
+      ['failed-1', now],
+      ['old-got-ip-1', now],
+    ]);
+    expect(d.counts).toMatchObject({ poolVms: 8, missing: 7, missingSkipped: 3, missingWaiting: 4 });
+  });
+
+  it('terminates pool VMs missing from two lists in a row, but not terminating or young got_ip ones', () => {
+    const missedBefore = ['ready-1', 'in-use-1', 'failed-1', 'old-got-ip-1', 'terminating-1', 'young-1', 'unknown-age-1'];
+    const previousMissing = new Map(missedBefore.map((n) => [n, now - MIN]));
+    const d = decideOrphans(input({ poolVms: lostPool(), machines: [{ name: 'listed-1' }], previousMissing }));
     expect(d.terminateVms.map((v) => v.name)).toEqual(['ready-1', 'in-use-1', 'failed-1', 'old-got-ip-1']);
-    expect(d.counts).toMatchObject({ poolVms: 8, missing: 7, missingSkipped: 3 });
+    // Still remembered with the first miss, until listed again or gone from the pool.
+    expect(d.missing.get('in-use-1')).toBe(now - MIN);
+    expect(d.missing.has('young-1')).toBe(false);
+    expect(d.counts).toMatchObject({ poolVms: 8, missing: 7, missingSkipped: 3, missingWaiting: 0 });
+  });
+
+  it('a pool VM listed again is forgotten: the next miss starts over', () => {
+    const d = decideOrphans(
+      input({ poolVms: [vm('back-1', VmStates.IN_USE)], machines: [{ name: 'back-1' }], previousMissing: new Map([['back-1', now - MIN]]) }),
+    );
+    expect(d.terminateVms).toEqual([]);
+    expect(d.missing.size).toBe(0);
   });
 
   it('does not mutate its inputs', () => {

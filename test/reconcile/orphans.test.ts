@@ -278,10 +278,17 @@ describe('cleanupOrphans: machines the pool does not know', () => {
 });
 
 describe('cleanupOrphans: pool VMs the provider no longer has', () => {
-  it('moves a lost ready VM to terminating (reason provider_lost) on the first pass', async () => {
+  it('moves a lost ready VM to terminating (reason provider_lost) on its second pass, not its first', async () => {
     await readyVm('gone-1', '192.0.2.30');
     await readyVm('here-1', '192.0.2.31');
     providerHas('here-1', '192.0.2.31');
+    const [first] = await master.cleanupOrphans();
+    expect(first).toMatchObject({ lostVmsTerminated: 0, leaksTerminated: 0, counts: { missing: 1, missingSkipped: 0, missingWaiting: 1 } });
+    expect((await vmm.getVmByName('gone-1')).state).toBe('ready');
+    expect(await redis.hgetall(vmm.keys.orphanMissing(0))).toEqual({ 'gone-1': String(T0) });
+    expect(await terminateJobs()).toEqual([]);
+
+    clock.now = T0 + PERIOD * S;
     const [pass] = await master.cleanupOrphans();
     expect(pass).toMatchObject({ lostVmsTerminated: 1, leaksTerminated: 0, counts: { missing: 1, missingSkipped: 0 } });
     expect((await vmm.getVmByName('gone-1')).state).toBe('terminating');
@@ -289,16 +296,43 @@ describe('cleanupOrphans: pool VMs the provider no longer has', () => {
     expect((await terminateJobs()).map((j) => j.data)).toEqual([{ vmName: 'gone-1', reason: 'provider_lost' }]);
   });
 
-  it('leaves a lost got_ip VM alone within the grace after it entered the pool', async () => {
+  it('leaves a lost got_ip VM alone within the grace after it entered the pool, then needs two passes', async () => {
     await vmm.addVmToPool('192.0.2.32', 'new-1', 0);
     clock.now = T0 + GRACE * S - 1;
     const [early] = await master.cleanupOrphans();
     expect(early).toMatchObject({ lostVmsTerminated: 0, counts: { missing: 1, missingSkipped: 1 } });
     expect((await vmm.getVmByName('new-1')).state).toBe('got_ip');
+    // A pass within the grace does not count as a miss.
+    expect(await redis.hgetall(vmm.keys.orphanMissing(0))).toEqual({});
     clock.now = T0 + GRACE * S - 1 + PERIOD * S;
     const [late] = await master.cleanupOrphans();
-    expect(late!.lostVmsTerminated).toBe(1);
+    expect(late).toMatchObject({ lostVmsTerminated: 0, counts: { missingWaiting: 1 } });
+    expect((await vmm.getVmByName('new-1')).state).toBe('got_ip');
+    clock.now = T0 + GRACE * S - 1 + 2 * PERIOD * S;
+    const [later] = await master.cleanupOrphans();
+    expect(later!.lostVmsTerminated).toBe(1);
     expect((await vmm.getVmByName('new-1')).state).toBe('terminating');
+  });
+
+  it('an in_use VM missing from one list only keeps its build; listed again, the next miss starts over', async () => {
+    await vmm.markServerStart();
+    await readyVm('busy-1', '192.0.2.36');
+    await vmm.acquireVm({ groups: [0], owner: 'alice', sandbox: 's', workerId: 'w', taskId: 'build-1' });
+    expect((await vmm.getVmByName('busy-1')).state).toBe('in_use');
+    await master.cleanupOrphans();
+    expect((await vmm.getVmByName('busy-1')).state).toBe('in_use');
+    providerHas('busy-1', '192.0.2.36');
+    clock.now = T0 + PERIOD * S;
+    expect((await master.cleanupOrphans())[0]!.lostVmsTerminated).toBe(0);
+    expect(await redis.hgetall(vmm.keys.orphanMissing(0))).toEqual({});
+    providerLost('busy-1');
+    clock.now = T0 + 2 * PERIOD * S;
+    expect((await master.cleanupOrphans())[0]!.lostVmsTerminated).toBe(0);
+    expect((await vmm.getVmByName('busy-1')).state).toBe('in_use');
+    clock.now = T0 + 3 * PERIOD * S;
+    expect((await master.cleanupOrphans())[0]!.lostVmsTerminated).toBe(1);
+    expect((await vmm.getVmByName('busy-1')).state).toBe('terminating');
+    expect((await terminateJobs()).map((j) => j.data)).toEqual([{ vmName: 'busy-1', reason: 'provider_lost' }]);
   });
 
   it('does not touch VMs of groups without list, nor VMs already terminating', async () => {
@@ -313,6 +347,11 @@ describe('cleanupOrphans: pool VMs the provider no longer has', () => {
 
   it('runs as the last step of doCycle and counts what it did', async () => {
     await readyVm('gone-2', '192.0.2.35');
+    const first = await master.doCycle();
+    expect(first.ran).toBe(true);
+    expect(first.counts.cleanupOrphans).toBe(0);
+    expect((await vmm.getVmByName('gone-2')).state).toBe('ready');
+    clock.now += PERIOD * S;
     const report = await master.doCycle();
     expect(report.ran).toBe(true);
     expect(report.counts.cleanupOrphans).toBe(1);
@@ -320,6 +359,6 @@ describe('cleanupOrphans: pool VMs the provider no longer has', () => {
     // Within the period, the next cycle does not list again.
     clock.now += 1;
     expect((await master.doCycle()).counts.cleanupOrphans).toBe(0);
-    expect(listRuns()).toBe(1);
+    expect(listRuns()).toBe(2);
   });
 });
