@@ -132,6 +132,7 @@ describe('/metrics', () => {
       [QueueNames.ACQUIRE, { owner: 'nobody', sandbox: 's', groups: [0] }, 1],
     ];
     const finished: Promise<unknown>[] = [];
+    let assignedJobId = '';
     const events = new Map<QueueName, QueueEvents>();
     const eventConnections: Redis[] = [];
     for (const name of [QueueNames.SPAWN, QueueNames.HEALTH, QueueNames.TERMINATE, QueueNames.ACQUIRE]) {
@@ -144,6 +145,7 @@ describe('/metrics', () => {
     try {
       for (const [name, data, attempts] of jobs) {
         const job = await queue(name).add('job', data, { attempts, backoff: { type: 'fixed', delay: 10 } });
+        if (name === QueueNames.ACQUIRE && (data as { owner: string }).owner === 'alice') assignedJobId = job.id!;
         finished.push(job.waitUntilFinished(events.get(name)!, 15_000).catch(() => 'failed'));
       }
       await Promise.all(finished);
@@ -177,6 +179,15 @@ describe('/metrics', () => {
     const buckets = samples.filter((s) => s.name === 'vmpool_acquire_wait_seconds_bucket' && s.labels.outcome === 'assigned');
     expect(buckets.length).toBeGreaterThan(5);
     for (let i = 1; i < buckets.length; i += 1) expect(buckets[i]!.value).toBeGreaterThanOrEqual(buckets[i - 1]!.value);
-    expect(value(samples, 'vmpool_acquire_wait_seconds_sum', { outcome: 'assigned' })).toBeGreaterThanOrEqual(0);
+    // The one assigned acquire waited from its enqueue to its finish, as BullMQ recorded them.
+    const assigned = (await queue(QueueNames.ACQUIRE).getJob(assignedJobId))!;
+    expect(assigned.finishedOn).toBeGreaterThanOrEqual(assigned.timestamp);
+    const waited = (assigned.finishedOn! - assigned.timestamp) / 1000;
+    expect(value(samples, 'vmpool_acquire_wait_seconds_sum', { outcome: 'assigned' })).toBeCloseTo(waited, 6);
+    // It lies in the first bucket whose bound is at least the wait, and in none below.
+    const firstIn = buckets.find((b) => b.value === 1)!;
+    expect(Number(firstIn.labels.le)).toBeGreaterThanOrEqual(waited);
+    const below = buckets.filter((b) => b.value === 0).map((b) => Number(b.labels.le));
+    for (const le of below) expect(le).toBeLessThan(waited);
   });
 });
