@@ -14,6 +14,7 @@ import {
   type VmAssignment,
 } from '../../queues/acquire.js';
 import { ReadySignal } from './readySignal.js';
+import { RequestGroupsError, requestGroupIds } from './requestGroups.js';
 
 export { NO_VM_AVAILABLE_PREFIX };
 
@@ -65,18 +66,17 @@ function workerIdOf(ctx: JobContext): string {
   return typeof processId === 'string' ? processId : `${hostname()}-${process.pid}`;
 }
 
-/** Group ids of a request: its groups as given, or the groups listing its arch, in config order. */
+/**
+ * Group ids of a request: its groups as given, or the groups listing its arch, in config order
+ * (requestGroupIds). An unknown group or arch fails the job for good.
+ */
 export function resolveRequestGroups(ctx: JobContext, request: AcquireRequestData): number[] {
-  const groups = ctx.config.groups;
-  if (request.groups) {
-    const unknown = request.groups.filter((g) => !groups[g]);
-    if (unknown.length) throw new UnrecoverableError(`unknown group ${unknown.join(', ')}; groups are 0..${groups.length - 1}`);
-    return [...new Set(request.groups)];
+  try {
+    return requestGroupIds(ctx.config.groups, request);
+  } catch (err) {
+    if (err instanceof RequestGroupsError) throw new UnrecoverableError(err.message);
+    throw err;
   }
-  const arch = request.arch!;
-  const ids = groups.flatMap((g, i) => (g.archs.includes(arch) ? [i] : []));
-  if (ids.length === 0) throw new UnrecoverableError(`unknown arch ${JSON.stringify(arch)}: no group lists it`);
-  return ids;
 }
 
 /**

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { Queue } from 'bullmq';
+import type { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { parseConfig, type Config, type ConfigInput, type GroupConfig } from '../config.js';
 import { createLogger, type Logger } from '../logger.js';
@@ -12,7 +12,9 @@ import {
   type TerminationReason,
 } from '../../queues/terminate.js';
 import { HEALTH_QUEUE, healthJobDeduplicationId, healthJobOptions, type HealthJobData } from '../../queues/health.js';
+import { QueueSet } from '../../queues/queueSet.js';
 import { poolKeys, type PoolKeys } from './keys.js';
+import { runRenewLease } from './renewLease.js';
 import { loadScripts } from './scripts.js';
 import { formatPoolInfo } from './info.js';
 import {
@@ -106,8 +108,7 @@ export class VmManager {
   readonly keys: PoolKeys;
   private readonly ownsRedis: boolean;
   private readonly runScript: ReturnType<typeof loadScripts>;
-  private terminateQueue: Queue | undefined;
-  private healthQueue: Queue | undefined;
+  private readonly queues: QueueSet;
 
   constructor(config: Config | ConfigInput, options: VmManagerOptions) {
     this.config = parseConfig(config, {});
@@ -123,6 +124,7 @@ export class VmManager {
     this.clock = options.clock ?? Date.now;
     this.keys = poolKeys(this.prefix);
     this.runScript = loadScripts(this.redis);
+    this.queues = new QueueSet(this.redis, this.prefix);
   }
 
   /** Group ids: indexes into config.groups. */
@@ -138,8 +140,7 @@ export class VmManager {
 
   /** The queue that terminate jobs go to, sharing the manager's connection and prefix. */
   getTerminateQueue(): Queue {
-    this.terminateQueue ??= new Queue(TERMINATE_QUEUE, { connection: this.redis, prefix: this.prefix });
-    return this.terminateQueue;
+    return this.queues.get(TERMINATE_QUEUE);
   }
 
   async addVmToPool(vmIp: string, vmName: string, group: number): Promise<VmDescriptor> {
@@ -355,10 +356,7 @@ export class VmManager {
    * Throws LeaseLost when the VM is not in_use or holds another lease, VmDescriptorNotFound when gone.
    */
   async renewLease(vmName: string, leaseId: string): Promise<number> {
-    const [status, expiresAt] = (await this.runScript('renewLease', [this.keys.base], [vmName, leaseId, this.clock()])) as [string, string?];
-    if (status === 'missing') throw new VmDescriptorNotFound(vmName);
-    if (status !== 'renewed') throw new LeaseLost(vmName, leaseId, status === 'lease_mismatch' ? 'lease_mismatch' : 'not_in_use');
-    return Number(expiresAt);
+    return runRenewLease(this.runScript, this.keys, vmName, leaseId, this.clock());
   }
 
   /**
@@ -387,9 +385,8 @@ export class VmManager {
   /** Asks for a health check of the VM (one pending check per VM). Reconcile's periodic check is the fallback. */
   async enqueueHealthCheck(vmName: string): Promise<void> {
     try {
-      this.healthQueue ??= new Queue(HEALTH_QUEUE, { connection: this.redis, prefix: this.prefix });
       const data: HealthJobData = { vmName };
-      await this.healthQueue.add('health', data, { ...healthJobOptions, deduplication: { id: healthJobDeduplicationId(vmName) } });
+      await this.queues.get(HEALTH_QUEUE).add('health', data, { ...healthJobOptions, deduplication: { id: healthJobDeduplicationId(vmName) } });
     } catch (err) {
       this.logger.error({ err, vmName }, 'could not enqueue health job; reconcile will check the VM later');
     }
@@ -490,7 +487,10 @@ export class VmManager {
     return out;
   }
 
-  /** Acquire requests of the group still waiting (their deadline is after now). */
+  /**
+   * Acquire requests waiting in the group's line (their deadline is after now): those an acquire
+   * worker took. Reconcile's demand adds the requests still queued (src/reconcile/demand.ts).
+   */
   async countDemand(group: number): Promise<number> {
     return this.redis.zcount(this.keys.demand(group), `(${this.clock()}`, '+inf');
   }
@@ -502,10 +502,7 @@ export class VmManager {
   }
 
   async close(): Promise<void> {
-    await this.terminateQueue?.close();
-    this.terminateQueue = undefined;
-    await this.healthQueue?.close();
-    this.healthQueue = undefined;
+    await this.queues.close();
     if (this.ownsRedis) await this.redis.quit().catch(() => this.redis.disconnect());
   }
 }

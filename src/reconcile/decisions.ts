@@ -34,7 +34,10 @@ export interface SpawnInFlight {
 export interface GroupSnapshot {
   group: number;
   spawnsInFlight: readonly SpawnInFlight[];
-  /** Acquire requests of this group still waiting. */
+  /**
+   * Acquire requests still waiting that count for this group: in the line or still queued, each
+   * request once, for its first group (demand.ts).
+   */
   demand: number;
   /** Copr's `last_vm_spawn_start` (epoch ms), or null if the group never spawned. */
   lastSpawnStart: number | null;

@@ -5,6 +5,7 @@ import { VmDescriptorNotFound, VmError } from '../pool/types.js';
 import type { ExpiredLease, VmManager } from '../pool/vmManager.js';
 import { decideOrphans, type OrphanDecision } from '../providers/orphans.js';
 import type { Provider } from '../providers/types.js';
+import { ACQUIRE_QUEUE } from '../../queues/acquire.js';
 import { HEALTH_QUEUE, healthJobDeduplicationId, healthJobOptions, type HealthJobData } from '../../queues/health.js';
 import type { QueueName } from '../../queues/names.js';
 import { SPAWN_QUEUE, spawnJobId, spawnJobOptions, type SpawnJobData } from '../../queues/spawn.js';
@@ -22,6 +23,7 @@ import {
   type PoolSnapshot,
   type ReconcileAction,
 } from './decisions.js';
+import { readDemand } from './demand.js';
 import { isOrphanPassDue, LAST_ORPHAN_CHECK, leakTerminateJobId, parseEpochMs, parseUnknownMachines } from './orphanPass.js';
 
 /** Copr's per-group pool info key for the last spawn start (epoch ms). */
@@ -106,26 +108,26 @@ export class VmMaster {
     return q;
   }
 
-  /** Reads what the decisions need: every VM record, and per group spawns in flight, demand and last spawn start. */
+  /**
+   * Reads what the decisions need: every VM record, and per group spawns in flight, demand (the
+   * line and the queued vm-acquire jobs, see demand.ts) and last spawn start.
+   */
   async readSnapshot(): Promise<PoolSnapshot> {
     const vmm = this.vmm;
-    const [vms, serverStart, serverStartSeq, groups] = await Promise.all([
+    const [vms, serverStart, serverStartSeq, demand, groups] = await Promise.all([
       vmm.getAllVmRecords(),
       vmm.getServerStart(),
       vmm.redis.get(vmm.keys.serverStartSeq).then((v) => (v === null ? null : Number(v))),
+      readDemand(vmm, this.queue(ACQUIRE_QUEUE)),
       Promise.all(
-        vmm.vmGroups.map(async (group): Promise<GroupSnapshot> => {
-          const [spawnsInFlight, demand, last] = await Promise.all([
-            vmm.getSpawnsInFlight(group),
-            vmm.countDemand(group),
-            vmm.readVmPoolInfo(group, LAST_VM_SPAWN_START),
-          ]);
+        vmm.vmGroups.map(async (group): Promise<Omit<GroupSnapshot, 'demand'>> => {
+          const [spawnsInFlight, last] = await Promise.all([vmm.getSpawnsInFlight(group), vmm.readVmPoolInfo(group, LAST_VM_SPAWN_START)]);
           const lastSpawnStart = last === null || last === '' || !Number.isFinite(Number(last)) ? null : Number(last);
-          return { group, spawnsInFlight, demand, lastSpawnStart };
+          return { group, spawnsInFlight, lastSpawnStart };
         }),
       ),
     ]);
-    return { vms, groups, serverStart, serverStartSeq };
+    return { vms, groups: groups.map((g) => ({ ...g, demand: demand[g.group] ?? 0 })), serverStart, serverStartSeq };
   }
 
   /** Terminates dirty VMs not re-acquired within vm_dirty_terminating_timeout, or past a reuse limit. */

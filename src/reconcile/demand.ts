@@ -1,0 +1,104 @@
+/**
+ * Demand: the acquire requests a group should spawn for. Two places hold them:
+ * - the line: requests an acquire worker picked up and that wait for a VM (the demand sets,
+ *   VmManager.countDemand);
+ * - the vm-acquire queue: requests no acquire worker has taken yet (all workers busy, or more
+ *   requests than concurrency × replicas). Only the first QUEUED_DEMAND_SCAN jobs of each of the
+ *   states 'waiting' (with 'paused') and 'prioritized' are read, so that a huge backlog costs one
+ *   bounded read per cycle; beyond that, demand is under-counted until the queue drains.
+ * A request counts once (a stalled request can be in the line and back in the queue) and only for
+ * its first group (its groups as given, or the groups listing its arch, in config order), so that a
+ * request that could use several groups does not make every one of them spawn a VM for it.
+ */
+import type { Job, Queue } from 'bullmq';
+import { requestGroupIds } from '../acquire/requestGroups.js';
+import type { VmManager } from '../pool/vmManager.js';
+import { acquireRequestSchema, DEFAULT_ACQUIRE_TIMEOUT_MS } from '../../queues/acquire.js';
+
+/** Queued vm-acquire jobs read per state and cycle (the first ones, oldest first). */
+export const QUEUED_DEMAND_SCAN = 1000;
+
+/** Waiting requests read per group's line and cycle. */
+export const LINE_DEMAND_SCAN = 1000;
+
+/** One waiting acquire request: its job id and the groups it could use, in its order of preference. */
+export interface DemandRequest {
+  jobId: string;
+  groups: readonly number[];
+}
+
+/**
+ * Demand per group (index = group id): each request counts once, for its first group. Requests
+ * are taken in order; a later one with the same job id is the same request.
+ */
+export function demandByGroup(requests: readonly DemandRequest[], groupCount: number): number[] {
+  const demand = new Array<number>(groupCount).fill(0);
+  const seen = new Set<string>();
+  for (const r of requests) {
+    if (seen.has(r.jobId)) continue;
+    seen.add(r.jobId);
+    const first = r.groups[0];
+    if (first !== undefined && first >= 0 && first < groupCount) demand[first]! += 1;
+  }
+  return demand;
+}
+
+/**
+ * The demand of one queued vm-acquire job, or null when it does not count: an invalid payload or
+ * an unknown group or arch (the processor fails it at once), or a deadline (enqueued + timeoutMs)
+ * already reached (the processor fails it with NoVmAvailable as soon as it takes it).
+ */
+export function queuedDemandRequest(
+  job: { id?: string | undefined; data: unknown; timestamp: number },
+  groups: readonly { archs: readonly string[] }[],
+  now: number,
+): DemandRequest | null {
+  if (job.id === undefined) return null;
+  const parsed = acquireRequestSchema.safeParse(job.data);
+  if (!parsed.success) return null;
+  if (job.timestamp + (parsed.data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS) <= now) return null;
+  try {
+    return { jobId: job.id, groups: requestGroupIds(groups, parsed.data) };
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Reads the demand of every configured group (index = group id): requests in the line, then
+ * queued vm-acquire jobs, counted as demandByGroup says.
+ */
+export async function readDemand(vmm: VmManager, acquireQueue: Queue): Promise<number[]> {
+  const now = vmm.clock();
+  const groups = vmm.config.groups;
+  const [lines, queued] = await Promise.all([
+    Promise.all(groups.map((_, g) => vmm.redis.zrangebyscore(vmm.keys.demand(g), `(${now}`, '+inf', 'LIMIT', 0, LINE_DEMAND_SCAN))),
+    acquireQueue.getJobs(['waiting', 'prioritized'], 0, QUEUED_DEMAND_SCAN - 1, true) as Promise<Job[]>,
+  ]);
+  // The groups each request in the line waits in, in config order.
+  const inLine = new Map<string, number[]>();
+  lines.forEach((ids, g) => {
+    for (const id of ids) {
+      const list = inLine.get(id) ?? [];
+      list.push(g);
+      inLine.set(id, list);
+    }
+  });
+  const requests: DemandRequest[] = [];
+  for (const [jobId, waitsIn] of inLine) {
+    // A request waiting in several groups counts for its own first one: read its order from the job.
+    let order = waitsIn;
+    if (waitsIn.length > 1) {
+      const job = await acquireQueue.getJob(jobId).catch(() => undefined);
+      const own = job ? queuedDemandRequest({ id: jobId, data: job.data, timestamp: job.timestamp }, groups, -Infinity) : null;
+      if (own) order = own.groups.filter((g) => waitsIn.includes(g));
+      if (order.length === 0) order = waitsIn;
+    }
+    requests.push({ jobId, groups: order });
+  }
+  for (const job of queued) {
+    const r = job ? queuedDemandRequest(job, groups, now) : null;
+    if (r) requests.push(r);
+  }
+  return demandByGroup(requests, groups.length);
+}

@@ -1,0 +1,164 @@
+import { Queue, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { ConfigInput } from '../../src/config.js';
+import { VmManager } from '../../src/pool/vmManager.js';
+import { demandByGroup, queuedDemandRequest } from '../../src/reconcile/demand.js';
+import { VmMaster } from '../../src/reconcile/vmMaster.js';
+import { acquireJobOptions, type AcquireRequestData } from '../../queues/acquire.js';
+import { QueueNames } from '../../queues/names.js';
+import { connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
+
+const T0 = 1_750_000_000_000;
+const S = 1000;
+
+const groups = [{ archs: ['x86_64'] }, { archs: ['x86_64'] }, { archs: ['aarch64'] }];
+
+describe('demandByGroup', () => {
+  it('counts each request once, for its first group only', () => {
+    expect(
+      demandByGroup(
+        [
+          { jobId: 'a', groups: [0] },
+          { jobId: 'b', groups: [1, 0] },
+          { jobId: 'a', groups: [0] },
+          { jobId: 'c', groups: [0, 1, 2] },
+          { jobId: 'd', groups: [] },
+          { jobId: 'e', groups: [7] },
+        ],
+        3,
+      ),
+    ).toEqual([2, 1, 0]);
+  });
+});
+
+describe('queuedDemandRequest', () => {
+  const job = (data: unknown, timestamp = T0) => ({ id: 'acq-1', data, timestamp });
+
+  it('maps groups as given (duplicates dropped) and an arch to the groups listing it, in config order', () => {
+    expect(queuedDemandRequest(job({ owner: 'o', sandbox: 's', groups: [2, 0, 2] }), groups, T0)).toEqual({ jobId: 'acq-1', groups: [2, 0] });
+    expect(queuedDemandRequest(job({ owner: 'o', sandbox: 's', arch: 'x86_64' }), groups, T0)).toEqual({ jobId: 'acq-1', groups: [0, 1] });
+  });
+
+  it('ignores invalid payloads, unknown groups and arches', () => {
+    expect(queuedDemandRequest(job({ owner: 'o' }), groups, T0)).toBeNull();
+    expect(queuedDemandRequest(job({ owner: 'o', sandbox: 's', groups: [3] }), groups, T0)).toBeNull();
+    expect(queuedDemandRequest(job({ owner: 'o', sandbox: 's', arch: 'ppc64le' }), groups, T0)).toBeNull();
+  });
+
+  it('ignores a request whose deadline (enqueued + timeoutMs) has come: 1 ms before counts, at it does not', () => {
+    const data = { owner: 'o', sandbox: 's', groups: [0], timeoutMs: 5000 };
+    expect(queuedDemandRequest(job(data), groups, T0 + 4999)).not.toBeNull();
+    expect(queuedDemandRequest(job(data), groups, T0 + 5000)).toBeNull();
+    // Without timeoutMs, the default (10 minutes) applies.
+    const noTimeout = { owner: 'o', sandbox: 's', groups: [0] };
+    expect(queuedDemandRequest(job(noTimeout), groups, T0 + 600 * S - 1)).not.toBeNull();
+    expect(queuedDemandRequest(job(noTimeout), groups, T0 + 600 * S)).toBeNull();
+  });
+});
+
+// Against the real Redis, with NO acquire worker: the requests stay queued in vm-acquire.
+const config: ConfigInput = {
+  groups: [
+    { name: 'x86', archs: ['x86_64'], max_vm_total: 3, max_spawn_processes: 3, vm_spawn_min_interval: 0 },
+    { name: 'x86-spare', archs: ['x86_64'], max_vm_total: 3, max_spawn_processes: 3, vm_spawn_min_interval: 0 },
+    { name: 'arm', archs: ['aarch64'], max_vm_total: 2, max_spawn_processes: 1, vm_spawn_min_interval: 0 },
+  ],
+};
+
+const prefix = uniquePrefix('demand');
+let redis: Redis;
+let vmm: VmManager;
+let master: VmMaster;
+let acquireQueue: Queue;
+let spawnQueue: Queue;
+const clock = { now: T0 };
+let seq = 0;
+
+beforeAll(() => {
+  redis = connect();
+  vmm = new VmManager(config, { redis, prefix, clock: () => clock.now });
+  master = new VmMaster(vmm);
+  acquireQueue = new Queue(QueueNames.ACQUIRE, { connection: redis, prefix });
+  spawnQueue = new Queue(QueueNames.SPAWN, { connection: redis, prefix });
+});
+
+beforeEach(async () => {
+  await deleteKeysWithPrefix(redis, prefix);
+  clock.now = T0;
+});
+
+afterAll(async () => {
+  await master.close();
+  await acquireQueue.close();
+  await spawnQueue.close();
+  await deleteKeysWithPrefix(redis, prefix);
+  await vmm.close();
+  await redis.quit();
+});
+
+/** Adds an acquire request as a builder does (enqueued at `timestamp`, by the injected clock). */
+async function request(data: Partial<AcquireRequestData>, opts: { priority?: number; timestamp?: number } = {}): Promise<Job> {
+  seq += 1;
+  return acquireQueue.add(
+    'acquire',
+    { owner: `o${seq}`, sandbox: 's', ...data },
+    { ...acquireJobOptions, jobId: `acq-${seq}`, timestamp: opts.timestamp ?? T0, ...(opts.priority ? { priority: opts.priority } : {}) },
+  );
+}
+
+async function spawnsByGroup(): Promise<number[]> {
+  const jobs = await spawnQueue.getJobs(['waiting', 'delayed', 'active', 'prioritized']);
+  const out = [0, 0, 0];
+  for (const j of jobs) out[(j.data as { group: number }).group]! += 1;
+  return out;
+}
+
+describe('demand from queued acquire requests (no acquire worker running)', () => {
+  it('startSpawnIfRequired spawns for requests still in the vm-acquire queue, up to the limits', async () => {
+    for (let i = 0; i < 3; i++) await request({ groups: [0] });
+    await request({ groups: [0] }, { priority: 5 });
+    await request({ arch: 'x86_64' });
+    await request({ arch: 'aarch64' });
+    await request({ arch: 'aarch64' }, { priority: 1 });
+    expect(await acquireQueue.getJobCounts('waiting', 'prioritized', 'active')).toMatchObject({ waiting: 5, prioritized: 2, active: 0 });
+
+    const snapshot = await master.readSnapshot();
+    // The arch request counts for its first group (x86), not for x86-spare as well.
+    expect(snapshot.groups.map((g) => g.demand)).toEqual([5, 0, 2]);
+    const actions = await master.startSpawnIfRequired(snapshot);
+    expect(actions.filter((a) => a.type === 'spawn')).toHaveLength(4);
+    // x86: max_vm_total 3 of 5 wanted; arm: max_spawn_processes 1 of 2 wanted; x86-spare: none.
+    expect(await spawnsByGroup()).toEqual([3, 0, 1]);
+    expect((await vmm.getSpawnsInFlight(0)).length).toBe(3);
+  });
+
+  it('does not count expired, invalid or unknown-group requests', async () => {
+    await request({ groups: [2], timeoutMs: 5000 }, { timestamp: T0 - 5000 });
+    await request({ groups: [9] });
+    await acquireQueue.add('acquire', { owner: 'o', sandbox: 's', groups: [2], extra: true }, { jobId: 'acq-invalid', timestamp: T0 });
+    expect((await master.readSnapshot()).groups.map((g) => g.demand)).toEqual([0, 0, 0]);
+    expect(await master.startSpawnIfRequired()).toEqual([]);
+    expect(await spawnsByGroup()).toEqual([0, 0, 0]);
+
+    // One ms younger, the same request still counts.
+    await request({ groups: [2], timeoutMs: 5000 }, { timestamp: T0 - 4999 });
+    expect((await master.readSnapshot()).groups.map((g) => g.demand)).toEqual([0, 0, 1]);
+  });
+
+  it('counts a request in the line and back in the queue (a stalled acquire) once, and one in several lines for its first group', async () => {
+    const stalled = await request({ groups: [2] });
+    await redis.zadd(vmm.keys.demand(2), T0 + 60 * S, stalled.id!);
+    // Waits in the lines of groups 0 and 1 (and is queued again), but asked for group 1 first.
+    const multi = await request({ groups: [1, 0] });
+    await redis.zadd(vmm.keys.demand(0), T0 + 60 * S, multi.id!);
+    await redis.zadd(vmm.keys.demand(1), T0 + 60 * S, multi.id!);
+    const inLineOnly = await request({ groups: [0] });
+    await acquireQueue.remove(inLineOnly.id!);
+    await redis.zadd(vmm.keys.demand(0), T0 + 60 * S, inLineOnly.id!);
+    // A request that left the line (removed job) but whose entry is still in two lines: config order.
+    await redis.zadd(vmm.keys.demand(0), T0 + 60 * S, 'acq-gone');
+    await redis.zadd(vmm.keys.demand(2), T0 + 60 * S, 'acq-gone');
+    expect((await master.readSnapshot()).groups.map((g) => g.demand)).toEqual([2, 1, 1]);
+  });
+});
