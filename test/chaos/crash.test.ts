@@ -11,7 +11,7 @@ import { connect, deleteKeysWithPrefix, REDIS_URL, uniquePrefix } from '../helpe
 import { ROOT, startWorkerProcess, waitFor, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
 
 // No work is lost on a crash: worker processes are SIGKILLed in the middle of a job, and what they
-// held comes back through BullMQ's stalled-job recovery (jobs.lock_duration 2 s, stalled_interval
+// held comes back through BullMQ's stalled-job recovery (jobs.lock_duration 3 s, stalled_interval
 // 1 s) or reconcile. Machines are TCP listeners made by slow hooks (test/fixtures/hooks), each group
 // with its own state dir.
 //
@@ -32,7 +32,7 @@ const common = {
 const config = {
   redis: { url: REDIS_URL, prefix },
   vm_cycle_timeout: 0.5,
-  jobs: { lock_duration: 2, stalled_interval: 1, max_stalled_count: 1 },
+  jobs: { lock_duration: 3, stalled_interval: 1, max_stalled_count: 1 },
   groups: [
     {
       name: 'warm',
@@ -223,8 +223,9 @@ describe('a crashed worker process loses no work', () => {
     acquiring.catch(() => undefined);
     const first = await until(async () => {
       const job = await Job.fromId(acquireQueue, acquireJobId(taskId));
-      return job && (await job.getState()) === 'active' && workerOf(job.processedBy) ? job : null;
-    }, 10_000, 'the acquire job active in a replica');
+      const waiting = job && (await job.getState()) === 'active' && workerOf(job.processedBy) && (await vmm.countDemand(1)) === 1;
+      return waiting ? job : null;
+    }, 10_000, 'the acquire job waiting in a replica');
     const victim = workerOf(first.processedBy)!;
     await victim.kill();
     // The request still counts as demand, so reconcile spawns for it while the job is recovered.
@@ -258,9 +259,8 @@ describe('a crashed worker process loses no work', () => {
       const job = await until(async () => {
         const j = await Job.fromId(acquireQueue, acquireJobId(taskId));
         const holder = j && (await j.getState()) === 'active' ? workerOf(j.processedBy) : undefined;
-        return holder && !killed.includes(holder) ? j : null;
-      }, 20_000, `the acquire job active (run ${crash})`);
-      expect(await vmm.countDemand(2)).toBe(1);
+        return holder && !killed.includes(holder) && (await vmm.countDemand(2)) === 1 ? j : null;
+      }, 20_000, `the acquire job waiting (run ${crash})`);
       const victim = workerOf(job.processedBy)!;
       killed.push(victim);
       await victim.kill();
@@ -283,10 +283,10 @@ describe('a crashed worker process loses no work', () => {
     expect((await vmm.getVmByName(served)).state).toBe(VmStates.TERMINATING);
 
     await start('terminate');
-    await until(async () => (await vmm.getAllVms()).every((v) => v.vmName !== served), 30_000, 'the VM removed');
-    const job = (await terminateQueue.getJobs(['completed'])).find((j) => j.data.vmName === served);
-    expect(job?.stalledCounter).toBe(1);
-    expect(job?.returnvalue).toEqual({ vmName: served, removed: true });
+    const job = await until(async () => (await terminateQueue.getJobs(['completed'])).find((j) => j.data.vmName === served), 30_000, 'the VM terminated');
+    expect(job.stalledCounter).toBe(1);
+    expect(job.returnvalue).toEqual({ vmName: served, removed: true });
+    expect((await vmm.getAllVms()).some((v) => v.vmName === served)).toBe(false);
     // The hook ran twice: in the killed process (it finished on its own) and after recovery.
     expect(readFileSync(marker, 'utf8').trim().split('\n')).toHaveLength(2);
     expect(alive(pid)).toBe(false);

@@ -99,7 +99,7 @@ beforeAll(async () => {
     vm_cycle_timeout: 0.5,
     // A waiting request wakes on a ready message; this slow fallback retry must not be what serves it.
     acquire_safety_retry: 30,
-    jobs: { lock_duration: 2, stalled_interval: 1, max_stalled_count: 1 },
+    jobs: { lock_duration: 3, stalled_interval: 1, max_stalled_count: 1 },
     groups: [
       {
         name: 'base',
@@ -202,9 +202,10 @@ describe('worker processes across a Redis restart', () => {
     expect(await client.release(held)).toBe(true);
     expect(await client.release(fresh)).toBe(true);
     for (const name of [held.vmName, fresh.vmName]) {
-      await until(() => gone(name), 30_000, `${name} terminated`);
-      const jobs = await terminateQueue.getJobs(['completed']);
-      expect(jobs.find((j) => j.data.vmName === name)?.data.reason).toBe('dirty_timeout');
+      const job = await until(async () => (await terminateQueue.getJobs(['completed'])).find((j) => j.data.vmName === name), 30_000, `${name} terminated`);
+      expect(job.data.reason).toBe('dirty_timeout');
+      expect(job.returnvalue).toEqual({ vmName: name, removed: true });
+      expect(await gone(name)).toBe(true);
     }
     // And the warm pool is kept after all this.
     await until(() => readyCleanVm([held.vmName, fresh.vmName]), 30_000, 'a warm ready VM again');
@@ -243,6 +244,7 @@ describe('worker processes across a Redis restart', () => {
 
   it('stops every worker gracefully after the restart', async () => {
     const codes = await Promise.all(workers.map((w) => w.stop()));
-    expect(codes).toEqual(workers.map(() => 0));
+    const logs = workers.map((w, i) => `--- ${w.type} exited ${codes[i]}:\n${w.lines.slice(-15).join('\n')}`).join('\n');
+    expect(codes, logs).toEqual(workers.map(() => 0));
   });
 });
