@@ -31,3 +31,28 @@ export function redisUnreachableHint(url: string, haveRedisServer: boolean): str
     : 'install and start Redis (for example `apt-get install redis-server`)';
   return `Redis is not reachable at ${url}. Either ${start}, or set REDIS_URL to a Redis that runs (for example REDIS_URL=redis://host:6379).`;
 }
+
+/** Redis did not answer; the message says how to fix it (redisUnreachableHint). */
+export class RedisUnreachable extends Error {
+  constructor(readonly url: string) {
+    super(redisUnreachableHint(url, haveRedisServer()));
+    this.name = 'RedisUnreachable';
+  }
+}
+
+/**
+ * A connection that answered a PING, for commands and start-up checks: one connect attempt (3 s)
+ * and no reconnects, so an unreachable Redis fails fast with RedisUnreachable instead of hanging.
+ */
+export async function connectAnsweringRedis(url: string): Promise<Redis> {
+  const redis = createProducerConnection(url, { lazyConnect: true, maxRetriesPerRequest: 1, connectTimeout: 3_000, retryStrategy: () => null });
+  redis.on('error', () => undefined);
+  try {
+    await redis.connect();
+    await redis.ping();
+    return redis;
+  } catch {
+    redis.disconnect();
+    throw new RedisUnreachable(url);
+  }
+}

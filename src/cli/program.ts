@@ -5,7 +5,8 @@ import { groupSummaries, resolveGroup } from '../http/api.js';
 import { createLogger, type Logger } from '../logger.js';
 import { ALL_VM_STATES, isValidVmIp, isValidVmName, isVmState, type VmRecord } from '../pool/types.js';
 import { VmManager } from '../pool/vmManager.js';
-import { createProducerConnection, haveRedisServer, redisUnreachableHint } from '../redis.js';
+import { connectAnsweringRedis } from '../redis.js';
+import { textTable } from '../text/table.js';
 import { relativeTime } from '../time.js';
 import { DEFAULT_ACQUIRE_TIMEOUT_MS, type AcquireRequestData } from '../../queues/acquire.js';
 import { CliError, ExitCodes } from './exitCodes.js';
@@ -24,12 +25,6 @@ const defaultIo: CliIo = {
   err: (t) => process.stderr.write(t),
   env: process.env,
 };
-
-function table(headers: string[], rows: string[][]): string {
-  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
-  return [line(headers), ...rows.map(line)].join('\n');
-}
 
 function parseSeconds(value: string): number {
   const n = Number(value);
@@ -59,15 +54,9 @@ export function buildProgram(io: CliIo = defaultIo): Command {
   /** A VmManager on a connection that answered a PING, or CliError (exit 1) with the fix. */
   async function withPool<T>(fn: (vmm: VmManager, cfg: Config) => Promise<T>): Promise<T> {
     const cfg = await config();
-    const redis = createProducerConnection(cfg.redis.url, { lazyConnect: true, maxRetriesPerRequest: 1, connectTimeout: 3_000, retryStrategy: () => null });
-    redis.on('error', () => undefined);
-    try {
-      await redis.connect();
-      await redis.ping();
-    } catch {
-      redis.disconnect();
-      throw new CliError(redisUnreachableHint(cfg.redis.url, haveRedisServer()), ExitCodes.ERROR);
-    }
+    const redis = await connectAnsweringRedis(cfg.redis.url).catch((err: Error) => {
+      throw new CliError(err.message, ExitCodes.ERROR);
+    });
     const vmm = new VmManager(cfg, { redis, prefix: io.env.VMPOOL_PREFIX, logger: logger() });
     try {
       return await fn(vmm, cfg);
@@ -119,7 +108,7 @@ export function buildProgram(io: CliIo = defaultIo): Command {
           (v) => (group === undefined || v.group === group) && (opts.state === undefined || v.state === opts.state) && (opts.owner === undefined || v.boundToUser === opts.owner),
         );
         print(opts.json === true, vms.map((v) => withoutLease(v)), () =>
-          table(
+          textTable(
             ['NAME', 'GROUP', 'STATE', 'IP', 'USER', 'SANDBOX', 'BUILDS', 'FAILS', 'LAST CHECK', 'TASK', 'HELD BY'],
             vms.map((v) => [
               v.vmName,

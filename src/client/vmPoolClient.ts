@@ -4,6 +4,7 @@ import { Redis } from 'ioredis';
 import { createLogger, type Logger } from '../logger.js';
 import { formatZodError } from '../jobs/errors.js';
 import { poolKeys, type PoolKeys } from '../pool/keys.js';
+import { runRenewLease } from '../pool/renewLease.js';
 import { loadScripts } from '../pool/scripts.js';
 import { LeaseLost, NoVmAvailable, VmDescriptorNotFound, VmError } from '../pool/types.js';
 import type { Clock } from '../pool/vmManager.js';
@@ -225,13 +226,8 @@ export class VmPoolClient {
    * is no longer held (expired and reclaimed, released), VmDescriptorNotFound when the VM is gone.
    */
   async renew(assignment: VmAssignment): Promise<VmAssignment> {
-    const [status, expiresAt] = (await this.runScript('renewLease', [this.keys.base], [assignment.vmName, assignment.leaseId, this.clock()])) as [
-      string,
-      string?,
-    ];
-    if (status === 'missing') throw new VmDescriptorNotFound(assignment.vmName);
-    if (status !== 'renewed') throw new LeaseLost(assignment.vmName, assignment.leaseId, status === 'lease_mismatch' ? 'lease_mismatch' : 'not_in_use');
-    return { ...assignment, leaseExpiresAt: Number(expiresAt) };
+    const leaseExpiresAt = await runRenewLease(this.runScript, this.keys, assignment.vmName, assignment.leaseId, this.clock());
+    return { ...assignment, leaseExpiresAt };
   }
 
   /**

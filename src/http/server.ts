@@ -1,12 +1,12 @@
 import type { AddressInfo } from 'node:net';
 import { createServer, type Server } from 'node:http';
-import { Queue } from 'bullmq';
 import type { Config } from '../config.js';
 import { createLogger, type Logger } from '../logger.js';
 import { VmManager, type Clock } from '../pool/vmManager.js';
 import { createProducerConnection } from '../redis.js';
 import { VmPoolClient } from '../client/index.js';
 import type { QueueName } from '../../queues/names.js';
+import { QueueSet } from '../../queues/queueSet.js';
 import type { AcquireFn } from './api.js';
 import { createWebApp } from './app.js';
 import { assertBindAllowed } from './auth.js';
@@ -47,16 +47,8 @@ export async function startWebServer(config: Config, options: WebServerOptions =
   const connection = createProducerConnection(config.redis.url);
   connection.on('error', (err) => logger.warn({ err: err.message }, 'Redis connection error'));
   const vmm = new VmManager(config, { redis: connection, prefix, logger, clock: options.clock });
-  const queues = new Map<QueueName, Queue>();
-  const queue = (name: QueueName): Queue => {
-    let q = queues.get(name);
-    if (!q) {
-      q = new Queue(name, { connection, prefix });
-      q.on('error', (err) => logger.warn({ err: err.message, queue: name }, 'queue error'));
-      queues.set(name, q);
-    }
-    return q;
-  };
+  const queues = new QueueSet(connection, prefix, (err, name) => logger.warn({ err: err.message, queue: name }, 'queue error'));
+  const queue = (name: QueueName) => queues.get(name);
   const client = new VmPoolClient({ redis: connection, prefix, logger, clock: options.clock, graceMs: options.acquireGraceMs });
   const acquire: AcquireFn = (request) => client.acquire(request);
   const app = createWebApp({ config, vmm, logger, queue, acquire, poolPageRefreshMs: options.poolPageRefreshMs });
@@ -92,7 +84,7 @@ export async function startWebServer(config: Config, options: WebServerOptions =
         await Promise.race([closed, deadline]);
         clearTimeout(timer);
         await client.close();
-        await Promise.all([...queues.values()].map((q) => q.close()));
+        await queues.close();
         await vmm.close();
         await connection.quit().catch(() => connection.disconnect());
       })();

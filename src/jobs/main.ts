@@ -1,7 +1,7 @@
 import { loadConfig, parseConfig, type Config } from '../config.js';
 import { embeddedConfig } from '../defaults.js';
 import { createLogger, type Logger } from '../logger.js';
-import { createProducerConnection, haveRedisServer, redisUnreachableHint } from '../redis.js';
+import { connectAnsweringRedis } from '../redis.js';
 import { startProcessTypes, stopOnSignals } from './boot.js';
 import type { WorkerProcessType } from './processTypes.js';
 
@@ -14,18 +14,13 @@ export function resolveConfig(path: string | undefined, env: NodeJS.ProcessEnv =
 
 /** Pings Redis once with a short timeout; exits the process with a hint when it does not answer. */
 export async function requireRedis(url: string, logger: Logger): Promise<void> {
-  const probe = createProducerConnection(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 3_000 });
-  probe.on('error', () => undefined);
   try {
-    await probe.connect();
-    await probe.ping();
-  } catch {
-    const hint = redisUnreachableHint(url, haveRedisServer());
+    (await connectAnsweringRedis(url)).disconnect();
+  } catch (err) {
+    const hint = (err as Error).message;
     logger.fatal(hint);
     process.stderr.write(`\n${hint}\n`);
     process.exit(2);
-  } finally {
-    probe.disconnect();
   }
 }
 

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
-import { Queue, UnrecoverableError, Worker, type Job } from 'bullmq';
+import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { ZodType } from 'zod';
 import type { Config } from '../config.js';
 import type { HealthCheck } from '../health/types.js';
@@ -9,6 +9,7 @@ import { VmManager, type Clock } from '../pool/vmManager.js';
 import type { Provider, ProviderDeps, ProviderGroup } from '../providers/types.js';
 import { createProducerConnection, createWorkerConnection } from '../redis.js';
 import type { QueueName } from '../../queues/names.js';
+import { QueueSet } from '../../queues/queueSet.js';
 import type { JobContext } from './context.js';
 import { formatZodError } from './errors.js';
 import { recordJobMetrics, type JobOutcome } from '../metrics/shared.js';
@@ -38,7 +39,7 @@ export function createJobContext(config: Config, options: JobContextOptions): Ow
   const connection = createProducerConnection(config.redis.url);
   connection.on('error', (err) => logger.warn({ err: err.message }, 'Redis connection error'));
   const vmm = new VmManager(config, { redis: connection, prefix, logger, clock });
-  const queues = new Map<QueueName, Queue>();
+  const queues = new QueueSet(connection, prefix, (err, name) => logger.warn({ err: err.message, queue: name }, 'queue error'));
   const providers = new Map<number, Provider>();
   const checks = new Map<number, HealthCheck>();
   const providerGroup = (id: number): ProviderGroup => ({ id, config: vmm.groupConfig(id) });
@@ -58,15 +59,7 @@ export function createJobContext(config: Config, options: JobContextOptions): Ow
     clock,
     connection,
     processId: `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`,
-    queue(name) {
-      let q = queues.get(name);
-      if (!q) {
-        q = new Queue(name, { connection, prefix });
-        q.on('error', (err) => logger.warn({ err: err.message, queue: name }, 'queue error'));
-        queues.set(name, q);
-      }
-      return q;
-    },
+    queue: (name) => queues.get(name),
     provider,
     healthCheck(group) {
       let c = checks.get(group);
@@ -78,7 +71,7 @@ export function createJobContext(config: Config, options: JobContextOptions): Ow
       return c;
     },
     async close() {
-      await Promise.all([...queues.values()].map((q) => q.close()));
+      await queues.close();
       await vmm.close();
       await connection.quit().catch(() => connection.disconnect());
     },

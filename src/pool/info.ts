@@ -1,12 +1,7 @@
 import type { Config } from '../config.js';
+import { textTable } from '../text/table.js';
 import { relativeTime } from '../time.js';
 import type { VmDescriptor } from './types.js';
-
-function table(headers: string[], rows: string[][]): string {
-  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
-  return [line(headers), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
-}
 
 /** Copr's copr_get_vm_info table: one block per group, times relative to now. */
 export function formatPoolInfo(config: Config, vms: readonly VmDescriptor[], now: number): string {
@@ -30,7 +25,7 @@ export function formatPoolInfo(config: Config, vms: readonly VmDescriptor[], now
       v.taskId ? `${v.taskId}${v.buildId ? ` (build ${v.buildId}${v.chroot ? `, ${v.chroot}` : ''})` : ''}, since ${relativeTime(v.inUseSince, now)}` : '-',
     ]);
     const body = rows.length
-      ? table(['name', 'ip', 'state', 'check fails', 'last check', 'bound to user', 'sandbox', 'builds', 'task'], rows)
+      ? textTable(['name', 'ip', 'state', 'check fails', 'last check', 'bound to user', 'sandbox', 'builds', 'task'], rows, { rule: true })
       : '(no VMs)';
     blocks.push(`${title}\n${body}`);
   }
