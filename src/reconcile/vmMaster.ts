@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { Queue } from 'bullmq';
+import type { Queue } from 'bullmq';
 import type { Logger } from '../logger.js';
 import { VmDescriptorNotFound, VmError } from '../pool/types.js';
 import type { ExpiredLease, VmManager } from '../pool/vmManager.js';
@@ -8,6 +8,7 @@ import type { Provider } from '../providers/types.js';
 import { ACQUIRE_QUEUE } from '../../queues/acquire.js';
 import { HEALTH_QUEUE, healthJobDeduplicationId, healthJobOptions, type HealthJobData } from '../../queues/health.js';
 import type { QueueName } from '../../queues/names.js';
+import { QueueSet } from '../../queues/queueSet.js';
 import { SPAWN_QUEUE, spawnJobId, spawnJobOptions, type SpawnJobData } from '../../queues/spawn.js';
 import { TERMINATE_QUEUE, terminateJobOptions, type TerminateJobData } from '../../queues/terminate.js';
 import { CycleLock } from './cycleLock.js';
@@ -86,7 +87,7 @@ export function cycleLockKey(vmm: VmManager): string {
  */
 export class VmMaster {
   private readonly logger: Logger;
-  private readonly ownQueues = new Map<QueueName, Queue>();
+  private readonly ownQueues: QueueSet;
   private readonly lock: CycleLock;
 
   constructor(
@@ -94,18 +95,12 @@ export class VmMaster {
     private readonly options: VmMasterOptions = {},
   ) {
     this.logger = vmm.logger.child({ component: 'reconcile' });
+    this.ownQueues = new QueueSet(vmm.redis, vmm.prefix, (err, name) => this.logger.warn({ err: err.message, queue: name }, 'queue error'));
     this.lock = new CycleLock(vmm.redis, cycleLockKey(vmm), options.cycleLockTtlMs ?? DEFAULT_CYCLE_LOCK_TTL_MS);
   }
 
   private queue(name: QueueName): Queue {
-    if (this.options.queue) return this.options.queue(name);
-    let q = this.ownQueues.get(name);
-    if (!q) {
-      q = new Queue(name, { connection: this.vmm.redis, prefix: this.vmm.prefix });
-      q.on('error', (err) => this.logger.warn({ err: err.message, queue: name }, 'queue error'));
-      this.ownQueues.set(name, q);
-    }
-    return q;
+    return this.options.queue ? this.options.queue(name) : this.ownQueues.get(name);
   }
 
   /**
@@ -436,8 +431,6 @@ export class VmMaster {
 
   /** Closes the queue handles VmMaster opened itself (not the manager, not injected queues). */
   async close(): Promise<void> {
-    const queues = [...this.ownQueues.values()];
-    this.ownQueues.clear();
-    await Promise.all(queues.map((q) => q.close()));
+    await this.ownQueues.close();
   }
 }
