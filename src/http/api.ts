@@ -123,6 +123,31 @@ export function requireJsonContentType(req: Request, _res: Response, next: NextF
   next();
 }
 
+/**
+ * For routes whose client we do not control (Bull Board's UI sends some changes without a body or
+ * content type): a browser marks a request from another site (Sec-Fetch-Site, Origin), and such a
+ * request may not change anything.
+ */
+export function refuseCrossSiteChanges(req: Request, _res: Response, next: NextFunction): void {
+  if (req.method === 'GET' || req.method === 'HEAD' || req.method === 'OPTIONS') return next();
+  const fetchSite = req.headers['sec-fetch-site'];
+  const origin = req.headers.origin;
+  let crossSite = fetchSite !== undefined && fetchSite !== 'same-origin' && fetchSite !== 'none';
+  if (!crossSite && origin !== undefined && origin !== 'null') {
+    try {
+      crossSite = new URL(origin).host !== req.headers.host;
+    } catch {
+      crossSite = true;
+    }
+  } else if (origin === 'null') {
+    crossSite = true;
+  }
+  if (crossSite) {
+    throw new HttpError('forbidden', 'changes from another site are refused', { origin: origin ?? null, secFetchSite: fetchSite ?? null });
+  }
+  next();
+}
+
 export function apiRouter(deps: ApiDeps): Router {
   const { config, vmm } = deps;
   const router = express.Router();

@@ -6,7 +6,7 @@ import type { Logger } from '../logger.js';
 import { createMetricsRegistry } from '../metrics/registry.js';
 import type { VmManager } from '../pool/vmManager.js';
 import type { QueueName } from '../../queues/names.js';
-import { apiRouter, groupSummaries, type AcquireFn } from './api.js';
+import { apiRouter, groupSummaries, refuseCrossSiteChanges, type AcquireFn } from './api.js';
 import { authenticate, requireScope } from './auth.js';
 import { bullBoardRouter } from './board.js';
 import { HttpError, errorHandler, sendError } from './errors.js';
@@ -84,7 +84,7 @@ export function createWebApp(deps: WebAppDeps): Express {
   });
   app.use('/api/v1', apiRouter({ config, vmm, acquire: deps.acquire }));
 
-  app.use(BOARD_PATH, requireScope('admin'), bullBoardRouter(deps.queue, { basePath: BOARD_PATH, readOnly: config.web.read_only_board }));
+  app.use(BOARD_PATH, requireScope('admin'), refuseCrossSiteChanges, bullBoardRouter(deps.queue, { basePath: BOARD_PATH, readOnly: config.web.read_only_board }));
 
   app.get('/', requireScope('admin'), async (req, res) => {
     const now = vmm.clock();

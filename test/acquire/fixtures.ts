@@ -80,6 +80,8 @@ export async function createAcquireKit(name: string, config: ConfigInput = acqui
       await until(async () => (await redis.zcard(ctx.vmm.keys.waiters(group))) >= count, `${count} waiting requests in group ${group}`);
     },
     async close() {
+      // Closing a worker whose connections are still starting throws 'Connection is closed' later.
+      await worker.waitUntilReady().catch(() => undefined);
       // The worker stops taking jobs first; then the waiting ones go back to the queue.
       const closing = worker.close();
       await stopAcquireWaits(ctx);

@@ -37,7 +37,7 @@ describe('isServerStart', () => {
     expect(await isServerStart(ctx)).toBe(true);
   });
 
-  it('is not one within three cycle periods of the last finished cycle, and is one after', async () => {
+  it('is not one within three cycle periods of the last finished cycle, and is one after', { timeout: 60_000 }, async () => {
     const connections = [connect(), connect({ maxRetriesPerRequest: null }), connect({ maxRetriesPerRequest: null })];
     const queue = new Queue(QueueNames.RECONCILE, { connection: connections[0]!, prefix });
     const events = new QueueEvents(QueueNames.RECONCILE, { connection: connections[1]!, prefix });
@@ -45,7 +45,7 @@ describe('isServerStart', () => {
     try {
       await events.waitUntilReady();
       const job = await queue.add('reconcile', {});
-      await job.waitUntilFinished(events, 10_000);
+      await job.waitUntilFinished(events, 30_000);
       const finishedOn = (await queue.getJob(job.id!))!.finishedOn!;
       now = finishedOn + 30_000;
       expect(await isServerStart(ctx)).toBe(false);
