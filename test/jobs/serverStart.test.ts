@@ -1,10 +1,11 @@
-import { Queue, QueueEvents, Worker } from 'bullmq';
+import { Queue, Worker } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config.js';
 import { createJobContext, type OwnedJobContext } from '../../src/jobs/runtime.js';
 import { isServerStart } from '../../src/jobs/processTypes.js';
 import { QueueNames } from '../../queues/names.js';
 import { connect, deleteKeysWithPrefix, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
+import { waitFor } from '../helpers/processes.js';
 
 // A reconcile replica that starts while cycles still run is not a server start.
 const prefix = uniquePrefix('server-start');
@@ -38,22 +39,18 @@ describe('isServerStart', () => {
   });
 
   it('is not one within three cycle periods of the last finished cycle, and is one after', { timeout: 60_000 }, async () => {
-    const connections = [connect(), connect({ maxRetriesPerRequest: null }), connect({ maxRetriesPerRequest: null })];
+    const connections = [connect(), connect({ maxRetriesPerRequest: null })];
     const queue = new Queue(QueueNames.RECONCILE, { connection: connections[0]!, prefix });
-    const events = new QueueEvents(QueueNames.RECONCILE, { connection: connections[1]!, prefix });
-    const worker = new Worker(QueueNames.RECONCILE, async () => 'cycle', { connection: connections[2]!, prefix });
+    const worker = new Worker(QueueNames.RECONCILE, async () => 'cycle', { connection: connections[1]!, prefix });
     try {
-      await events.waitUntilReady();
       const job = await queue.add('reconcile', {});
-      await job.waitUntilFinished(events, 30_000);
-      const finishedOn = (await queue.getJob(job.id!))!.finishedOn!;
+      const finishedOn = await waitFor(async () => (await queue.getJob(job.id!))?.finishedOn, 30_000, 'the cycle job finished');
       now = finishedOn + 30_000;
       expect(await isServerStart(ctx)).toBe(false);
       now = finishedOn + 30_001;
       expect(await isServerStart(ctx)).toBe(true);
     } finally {
       await worker.close();
-      await events.close();
       await queue.close();
       await Promise.all(connections.map((c) => c.quit()));
     }
