@@ -29,6 +29,12 @@ export class QueueSet {
   async close(): Promise<void> {
     const queues = [...this.queues.values()];
     this.queues.clear();
-    await Promise.all(queues.map((q) => q.close()));
+    await Promise.all(queues.map(async (q) => {
+      // Closing a handle whose connection is still starting throws 'Connection is closed' later.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([q.waitUntilReady().catch(() => undefined), new Promise((r) => (timer = setTimeout(r, 2_000)))]);
+      clearTimeout(timer);
+      await q.close();
+    }));
   }
 }
