@@ -112,7 +112,8 @@ describe('netns hosts through the command provider', () => {
     for (let i = 0; i < 50 && isLive(pid); i++) await new Promise((r) => setTimeout(r, 20));
     const dead = await fresh.check(target, { timeoutMs: 2000 });
     expect(dead.ok).toBe(false);
-    expect(dead.detail).toMatch(/ECONNREFUSED/);
+    // Refused, or reset when the kernel had queued the connection just before sshd died.
+    expect(dead.detail).toMatch(/ECONNREFUSED|ECONNRESET/);
     await provider.terminate({ group, vmName: again.name, vmIp: again.ip });
   });
 
