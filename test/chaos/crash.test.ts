@@ -1,5 +1,4 @@
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Job, Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
@@ -8,27 +7,20 @@ import { VmManager, VmStates, type VmDescriptor } from '../../src/index.js';
 import { VmPoolClient, acquireJobId } from '../../src/client/index.js';
 import { QueueNames } from '../../queues/names.js';
 import { connect, deleteKeysWithPrefix, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
-import { ROOT, startWorkerProcess, waitFor, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+import { startWorkerProcess, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+import { alive, hookGroup, hookMachines, hookStateDir, removeHookMachines, spawnAttempts as spawnAttemptsIn } from '../helpers/hookMachines.js';
 
 // No work is lost on a crash: worker processes are SIGKILLed in the middle of a job, and what they
 // held comes back through BullMQ's stalled-job recovery (jobs.lock_duration 3 s, stalled_interval
-// 1 s) or reconcile. Machines are TCP listeners made by slow hooks (test/fixtures/hooks), each group
-// with its own state dir.
+// 1 s) or reconcile. Machines are TCP listeners made by slow hooks (test/fixtures/hooks, with delays,
+// a new machine on every spawn run), each group with its own state dir.
 //
 // A builder that vanished (never renews) is the third kind of crash: its VM comes back through lease
 // expiry, shown in test/jobs/system.test.ts ('reclaims the VM of a builder that vanished ...').
 const prefix = uniquePrefix('chaos-crash');
-const hooks = join(ROOT, 'test', 'fixtures', 'hooks');
 const PORT = 2297;
-const dirs = [mkdtempSync(join(tmpdir(), 'vmpool-chaos-g0-')), mkdtempSync(join(tmpdir(), 'vmpool-chaos-g1-'))];
-const common = {
-  check: { type: 'tcp', port: PORT },
-  vm_spawn_min_interval: 0,
-  vm_health_check_period: 1,
-  vm_ssh_check_timeout: 2,
-  max_spawn_processes: 1,
-  max_vm_total: 2,
-};
+const dirs = [hookStateDir('chaos-g0'), hookStateDir('chaos-g1')];
+const common = { max_spawn_processes: 1, max_vm_total: 2 };
 const config = {
   redis: { url: REDIS_URL, prefix },
   vm_cycle_timeout: 0.5,
@@ -40,33 +32,19 @@ const config = {
       // The list hook lets reconcile find machines the pool does not know (leaks) and terminate them.
       orphan_check_period: 1,
       orphan_grace_period: 2,
-      provider: {
-        type: 'command',
-        spawn_cmd: [join(hooks, 'slow-spawn.sh')],
-        terminate_cmd: [join(hooks, 'terminate.sh')],
-        list_cmd: [join(hooks, 'list.sh')],
-        spawn_timeout: 20,
-        terminate_timeout: 10,
-        env: { HOOK_STATE_DIR: dirs[0]!, HOOK_PORT: String(PORT), HOOK_SPAWN_DELAY: '3' },
-      },
+      ...hookGroup({ stateDir: dirs[0]!, port: PORT, spawnDelay: 3, newMachineEachRun: true, list: true }),
       ...common,
     },
     {
       name: 'demand',
       min_ready: 0,
-      provider: {
-        type: 'command',
-        spawn_cmd: [join(hooks, 'slow-spawn.sh')],
-        terminate_cmd: [join(hooks, 'slow-terminate.sh')],
-        spawn_timeout: 20,
-        terminate_timeout: 10,
-        env: { HOOK_STATE_DIR: dirs[1]!, HOOK_PORT: String(PORT), HOOK_SPAWN_DELAY: '3', HOOK_TERMINATE_DELAY: '3' },
-      },
+      ...hookGroup({ stateDir: dirs[1]!, port: PORT, spawnDelay: 3, terminateDelay: 3, newMachineEachRun: true }),
       ...common,
     },
     {
-      // Never gets a machine: its requests only wait.
+      // Never gets a machine (its provider replaces the hooks): its requests only wait.
       name: 'never',
+      ...hookGroup({ stateDir: dirs[1]!, port: PORT }),
       provider: { type: 'command', spawn_cmd: ['/bin/false'], terminate_cmd: ['/bin/true'] },
       ...common,
     },
@@ -89,39 +67,11 @@ async function start(type: string): Promise<WorkerProcess> {
   return w;
 }
 
-/** The machine files a group's hooks wrote: name -> listener pid. */
-function machines(group: number): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const file of readdirSync(dirs[group]!)) {
-    if (file.startsWith('vm-')) out.set(file, Number(readFileSync(join(dirs[group]!, file), 'utf8').split(' ')[0]));
-  }
-  return out;
-}
-
-/** Spawn attempts that started in a group (slow-spawn.sh's markers): machine name -> spawn id. */
-function spawnAttempts(group: number): Map<string, string> {
-  const out = new Map<string, string>();
-  for (const file of readdirSync(dirs[group]!)) {
-    if (file.startsWith('attempt-')) out.set(file.slice('attempt-'.length), readFileSync(join(dirs[group]!, file), 'utf8').trim());
-  }
-  return out;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** waitFor, with the workers' last log lines in the error. */
-async function until<T>(fn: () => Promise<T> | T, timeoutMs: number, what: string): Promise<NonNullable<T>> {
-  return waitFor(fn, timeoutMs, what).catch((err: Error) => {
-    throw new Error(`${err.message}\n${workers.map((w) => `--- ${w.type} (pid ${w.child.pid}):\n${w.lines.slice(-12).join('\n')}`).join('\n')}`);
-  });
-}
+/** The machines a group's hooks made: name -> listener pid. */
+const machines = (group: number) => hookMachines(dirs[group]!);
+/** Spawn attempts that started in a group: machine name -> spawn id. */
+const spawnAttempts = (group: number) => spawnAttemptsIn(dirs[group]!);
+const until = <T>(fn: () => Promise<T> | T, timeoutMs: number, what: string) => waitForWithLogs(workers, fn, timeoutMs, what);
 
 async function readyVm(group: number): Promise<VmDescriptor | null> {
   const vms = await vmm.getVmsByGroupAndStates(group, [VmStates.READY]);
@@ -147,10 +97,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.all(workers.map((w) => w.stop()));
-  for (const group of [0, 1]) {
-    for (const pid of machines(group).values()) if (alive(pid)) process.kill(pid, 'SIGKILL');
-  }
-  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+  for (const dir of dirs) removeHookMachines(dir);
   await client.close();
   await Promise.all([spawnQueue.close(), acquireQueue.close(), terminateQueue.close()]);
   await reconcileQueue.obliterate({ force: true }).catch(() => undefined);

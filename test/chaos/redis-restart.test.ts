@@ -1,5 +1,5 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,7 +11,8 @@ import { VmManager, VmStates, type VmDescriptor } from '../../src/index.js';
 import { VmPoolClient } from '../../src/client/index.js';
 import { QueueNames } from '../../queues/names.js';
 import { uniquePrefix } from '../helpers/redis.js';
-import { ROOT, startWorkerProcess, waitFor, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+import { startWorkerProcess, waitFor, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+import { hookGroup, hookStateDir, removeHookMachines } from '../helpers/hookMachines.js';
 
 // Worker processes survive a Redis restart: a PRIVATE redis-server (its own port and dir, with an
 // append-only file so the data survives) is shut down under running workers and started again; the
@@ -19,8 +20,7 @@ import { ROOT, startWorkerProcess, waitFor, writeConfigFile, type WorkerProcess 
 const run = promisify(execFile);
 const prefix = uniquePrefix('chaos-redis');
 const redisDir = mkdtempSync(join(tmpdir(), 'vmpool-chaos-redis-'));
-const stateDir = mkdtempSync(join(tmpdir(), 'vmpool-chaos-redis-hooks-'));
-const hooks = join(ROOT, 'test', 'fixtures', 'hooks');
+const stateDir = hookStateDir('chaos-redis-hooks');
 const HOOK_PORT = 2296;
 
 let port: number;
@@ -62,24 +62,11 @@ async function stopRedis(): Promise<void> {
   await exited;
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 function running(): WorkerProcess[] {
   return workers.filter((w) => w.child.exitCode === null && w.child.signalCode === null);
 }
 
-async function until<T>(fn: () => Promise<T> | T, timeoutMs: number, what: string): Promise<NonNullable<T>> {
-  return waitFor(fn, timeoutMs, what).catch((err: Error) => {
-    throw new Error(`${err.message}\n${workers.map((w) => `--- ${w.type}:\n${w.lines.slice(-12).join('\n')}`).join('\n')}`);
-  });
-}
+const until = <T>(fn: () => Promise<T> | T, timeoutMs: number, what: string) => waitForWithLogs(workers, fn, timeoutMs, what);
 
 async function readyCleanVm(except: string[] = []): Promise<VmDescriptor | null> {
   const vms = await vmm.getVmsByGroupAndStates(0, [VmStates.READY]);
@@ -94,6 +81,7 @@ beforeAll(async () => {
   port = await freePort();
   url = `redis://127.0.0.1:${port}`;
   await startRedis();
+  const common = { ...hookGroup({ stateDir, port: HOOK_PORT }), lease_timeout: 120 };
   const config = {
     redis: { url, prefix },
     vm_cycle_timeout: 0.5,
@@ -105,39 +93,15 @@ beforeAll(async () => {
         name: 'base',
         min_ready: 1,
         max_vm_total: 3,
-        vm_spawn_min_interval: 0,
-        vm_health_check_period: 1,
-        vm_ssh_check_timeout: 2,
         vm_dirty_terminating_timeout: 2,
-        lease_timeout: 120,
-        provider: {
-          type: 'command',
-          spawn_cmd: [join(hooks, 'spawn.sh')],
-          terminate_cmd: [join(hooks, 'terminate.sh')],
-          spawn_timeout: 20,
-          terminate_timeout: 10,
-          env: { HOOK_STATE_DIR: stateDir, HOOK_PORT: String(HOOK_PORT) },
-        },
-        check: { type: 'tcp', port: HOOK_PORT },
+        ...common,
       },
       {
         // No warm pool and room for one VM: a second request waits until the first VM is released.
         name: 'solo',
         min_ready: 0,
         max_vm_total: 1,
-        vm_spawn_min_interval: 0,
-        vm_health_check_period: 1,
-        vm_ssh_check_timeout: 2,
-        lease_timeout: 120,
-        provider: {
-          type: 'command',
-          spawn_cmd: [join(hooks, 'spawn.sh')],
-          terminate_cmd: [join(hooks, 'terminate.sh')],
-          spawn_timeout: 20,
-          terminate_timeout: 10,
-          env: { HOOK_STATE_DIR: stateDir, HOOK_PORT: String(HOOK_PORT) },
-        },
-        check: { type: 'tcp', port: HOOK_PORT },
+        ...common,
       },
     ],
   };
@@ -155,10 +119,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.all(workers.map((w) => w.stop()));
-  for (const file of readdirSync(stateDir)) {
-    const pid = Number(readFileSync(join(stateDir, file), 'utf8').split(' ')[0]);
-    if (pid && alive(pid)) process.kill(pid, 'SIGKILL');
-  }
+  removeHookMachines(stateDir);
   await client.close().catch(() => undefined);
   await terminateQueue.close().catch(() => undefined);
   await reconcileQueue.close().catch(() => undefined);
@@ -169,7 +130,6 @@ afterAll(async () => {
     server.kill('SIGKILL');
     await exited;
   }
-  rmSync(stateDir, { recursive: true, force: true });
   rmSync(redisDir, { recursive: true, force: true });
 }, 60_000);
 

@@ -118,3 +118,15 @@ export async function waitFor<T>(fn: () => Promise<T> | T, timeoutMs = 20_000, w
     await new Promise((r) => setTimeout(r, intervalMs));
   }
 }
+
+/** The last lines each worker process printed, for failure messages. */
+export function workerLogs(workers: WorkerProcess[], lines = 12): string {
+  return workers.map((w) => `--- ${w.type} (pid ${w.child.pid}):\n${w.lines.slice(-lines).join('\n')}`).join('\n');
+}
+
+/** waitFor, with the workers' last log lines in the error. */
+export async function waitForWithLogs<T>(workers: WorkerProcess[], fn: () => Promise<T> | T, timeoutMs: number, what: string): Promise<NonNullable<T>> {
+  return waitFor(fn, timeoutMs, what).catch((err: Error) => {
+    throw new Error(`${err.message}\n${workerLogs(workers)}`);
+  });
+}

@@ -1,6 +1,3 @@
-import { mkdtempSync, readdirSync, readFileSync, rmSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Queue, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -8,31 +5,16 @@ import { NoVmAvailable, VmManager, VmStates, type VmDescriptor } from '../../src
 import { VmPoolClient } from '../../src/client/index.js';
 import { QueueNames } from '../../queues/names.js';
 import { connect, deleteKeysWithPrefix, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
-import { ROOT, startWorkerProcess, waitFor, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+import { startWorkerProcess, waitFor, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+import { hookGroup, hookStateDir, listenerPid, removeHookMachines } from '../helpers/hookMachines.js';
 
 // The whole job system as real processes: acquire, spawn, health, terminate and two reconcile
 // replicas, against the real Redis. Machines come from the command provider's real hook processes
 // (TCP listeners on loopback, test/fixtures/hooks) and are checked with the tcp check.
 const prefix = uniquePrefix('system');
-const stateDir = mkdtempSync(join(tmpdir(), 'vmpool-system-'));
-const hooks = join(ROOT, 'test', 'fixtures', 'hooks');
+const stateDir = hookStateDir('system');
 const PORT = 2298;
-const provider = {
-  type: 'command',
-  spawn_cmd: [join(hooks, 'spawn.sh')],
-  terminate_cmd: [join(hooks, 'terminate.sh')],
-  spawn_timeout: 20,
-  terminate_timeout: 10,
-  env: { HOOK_STATE_DIR: stateDir, HOOK_PORT: String(PORT) },
-};
-const common = {
-  provider,
-  check: { type: 'tcp', port: PORT },
-  vm_spawn_min_interval: 0,
-  vm_health_check_period: 1,
-  vm_ssh_check_timeout: 2,
-  vm_max_check_fails: 0,
-};
+const common = { ...hookGroup({ stateDir, port: PORT }), vm_max_check_fails: 0 };
 const config = {
   redis: { url: REDIS_URL, prefix },
   vm_cycle_timeout: 0.5,
@@ -49,10 +31,7 @@ let terminateQueue: Queue;
 let reconcileQueue: Queue;
 const workers: WorkerProcess[] = [];
 
-function pidOf(vmName: string): number | null {
-  const file = join(stateDir, vmName);
-  return existsSync(file) ? Number(readFileSync(file, 'utf8').split(' ')[0]) : null;
-}
+const pidOf = (vmName: string) => listenerPid(stateDir, vmName);
 
 async function readyCleanVm(group: number, except: string[] = []): Promise<VmDescriptor | null> {
   const vms = await vmm.getVmsByGroupAndStates(group, [VmStates.READY]);
@@ -81,17 +60,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.all(workers.map((w) => w.stop()));
-  for (const file of readdirSync(stateDir)) {
-    const pid = pidOf(file);
-    if (pid) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        // already gone
-      }
-    }
-  }
-  rmSync(stateDir, { recursive: true, force: true });
+  removeHookMachines(stateDir);
   await client.close();
   await terminateQueue.close();
   // Schedulers would keep adding cycles under the prefix; remove them with the keys.

@@ -1,5 +1,4 @@
-import { mkdtempSync, readdirSync, rmSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Queue, QueueEvents } from 'bullmq';
 import type { Redis } from 'ioredis';
@@ -8,13 +7,13 @@ import { VmManager, VmStates } from '../../src/index.js';
 import { QueueNames } from '../../queues/names.js';
 import { spawnJobId, spawnJobOptions } from '../../queues/spawn.js';
 import { connect, deleteKeysWithPrefix, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
-import { ROOT, startWorkerProcess, waitFor, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+import { startWorkerProcess, waitFor, workerLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+import { alive, hookProvider, hookStateDir, listenerPid as listenerPidIn, removeHookMachines } from '../helpers/hookMachines.js';
 
 // Spawn, health and terminate workers as real processes, with the command provider running real
 // hook processes (test/fixtures/hooks): each machine is a TCP listener on a loopback address.
 const prefix = uniquePrefix('workers');
-const stateDir = mkdtempSync(join(tmpdir(), 'vmpool-hooks-'));
-const hooks = join(ROOT, 'test', 'fixtures', 'hooks');
+const stateDir = hookStateDir('hooks');
 const config = {
   redis: { url: REDIS_URL, prefix },
   groups: [
@@ -22,14 +21,7 @@ const config = {
       name: 'tcp',
       archs: ['x86_64'],
       vm_max_check_fails: 1,
-      provider: {
-        type: 'command',
-        spawn_cmd: [join(hooks, 'spawn.sh')],
-        terminate_cmd: [join(hooks, 'terminate.sh')],
-        spawn_timeout: 20,
-        terminate_timeout: 10,
-        env: { HOOK_STATE_DIR: stateDir, HOOK_PORT: '2299' },
-      },
+      provider: hookProvider({ stateDir, port: 2299 }),
       check: { type: 'tcp', port: 2299 },
       vm_ssh_check_timeout: 2,
     },
@@ -43,19 +35,7 @@ let healthQueue: Queue;
 let events: QueueEvents;
 const workers: WorkerProcess[] = [];
 
-function listenerPid(vmName: string): number | null {
-  const file = join(stateDir, vmName);
-  return existsSync(file) ? Number(readFileSync(file, 'utf8').split(' ')[0]) : null;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
+const listenerPid = (vmName: string) => listenerPidIn(stateDir, vmName);
 
 beforeAll(async () => {
   redis = connect();
@@ -71,11 +51,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.all(workers.map((w) => w.stop()));
-  for (const file of readdirSync(stateDir)) {
-    const pid = listenerPid(file);
-    if (pid && alive(pid)) process.kill(pid, 'SIGKILL');
-  }
-  rmSync(stateDir, { recursive: true, force: true });
+  removeHookMachines(stateDir);
   await events.close();
   await spawnQueue.close();
   await healthQueue.close();
@@ -151,7 +127,7 @@ describe('spawn, health and terminate workers', () => {
     }
     await waitFor(async () => (await vmm.getAllVms()).every((v) => v.vmName !== 'vm-beta'), 40_000, 'vm-beta removed').catch(async (err: Error) => {
       const vm = await vmm.getVmByName('vm-beta').catch(() => null);
-      throw new Error(`${err.message}\nVM: ${JSON.stringify(vm)}\n${workers.map((w) => `${w.type}:\n${w.lines.slice(-15).join('\n')}`).join('\n')}`);
+      throw new Error(`${err.message}\nVM: ${JSON.stringify(vm)}\n${workerLogs(workers, 15)}`);
     });
     expect(listenerPid('vm-beta')).toBeNull();
     const terminateQueue = new Queue(QueueNames.TERMINATE, { connection: redis, prefix });
