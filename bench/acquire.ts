@@ -11,12 +11,12 @@
 import { randomUUID } from 'node:crypto';
 import { Queue, QueueEvents, Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
-import { pino } from 'pino';
 import { parseConfig } from '../src/config.js';
 import { processAcquireJob, stopAcquireWaits } from '../src/acquire/processor.js';
 import { VmPoolClient } from '../src/client/vmPoolClient.js';
 import { createJobContext } from '../src/jobs/runtime.js';
 import { ACQUIRE_QUEUE, acquireJobOptions } from '../queues/acquire.js';
+import { discardingLogger, markdownTable, percentile } from './lib/measure.js';
 import { startPrivateRedis } from './lib/redisServer.js';
 
 const WARMUP = 100;
@@ -29,12 +29,8 @@ const TARGET_P50_RATIO = 1.5;
 const TARGET_THROUGHPUT_RATIO = 0.5;
 const PREFIX = 'bench';
 
-// The pool logs every acquire at info, as in production; the lines go to /dev/null.
-const logger = pino({ level: 'info' }, pino.destination({ dest: '/dev/null', sync: false }));
-
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
-}
+// The pool logs every acquire at info, as in production.
+const logger = discardingLogger();
 
 interface Measured {
   p50: number;
@@ -165,17 +161,20 @@ async function main(): Promise<void> {
     const acqP50 = percentile(serialAcquire, 50);
     const acqP99 = percentile(serialAcquire, 99);
 
-    const f = (x: number) => x.toFixed(3).padStart(9);
+    const f = (x: number) => x.toFixed(3);
     const r = (x: number) => `${x.toFixed(2)}x`.padStart(7);
     const lines = [
       `bench:acquire — private redis-server ${url}; worker (concurrency ${CONCURRENCY}) and producer in this process`,
       `serial: ${SERIAL} cycles each after ${WARMUP} warm-up, alternating; parallel: ${PARALLEL} loops, alternating 0.5 s windows, ${PARALLEL_SECONDS} s each; pool of ${POOL} ready VMs`,
       '',
-      '| case                        |   p50 ms |   p99 ms |  cycles/s |',
-      '|-----------------------------|----------|----------|-----------|',
-      `| no-op job                   |${f(noop.p50)} |${f(noop.p99)} |${noop.perSecond.toFixed(0).padStart(10)} |`,
-      `| acquire (alone)             |${f(acqP50)} |${f(acqP99)} |         - |`,
-      `| acquire + release           |${f(acquire.p50)} |${f(acquire.p99)} |${acquire.perSecond.toFixed(0).padStart(10)} |`,
+      markdownTable(
+        ['case', 'p50 ms', 'p99 ms', 'cycles/s'],
+        [
+          ['no-op job', f(noop.p50), f(noop.p99), noop.perSecond.toFixed(0)],
+          ['acquire (alone)', f(acqP50), f(acqP99), '-'],
+          ['acquire + release', f(acquire.p50), f(acquire.p99), acquire.perSecond.toFixed(0)],
+        ],
+      ),
       '',
       `acquire p50 / no-op p50:            ${r(acqP50 / noop.p50)}  (target <= ${TARGET_P50_RATIO}x)  ${acqP50 / noop.p50 <= TARGET_P50_RATIO ? 'OK' : 'MISSED'}`,
       `acquire+release p50 / no-op p50:    ${r(acquire.p50 / noop.p50)}`,

@@ -4,9 +4,9 @@
  *   npm run bench:pool
  */
 import { Redis } from 'ioredis';
-import { pino } from 'pino';
 import { VmManager } from '../src/pool/vmManager.js';
 import type { ConfigInput } from '../src/config.js';
+import { discardingLogger, markdownTable, percentile } from './lib/measure.js';
 import { startPrivateRedis, type PrivateRedis } from './lib/redisServer.js';
 
 const SIZES = [10, 1_000, 10_000];
@@ -22,15 +22,11 @@ const config: ConfigInput = {
   groups: [{ name: 'bench', max_vm_total: 100_000, max_vm_per_user: 100_000 }],
 };
 
-// The manager logs every acquire at info, as in production; the lines go to /dev/null.
-const logger = pino({ level: 'info' }, pino.destination({ dest: '/dev/null', sync: false }));
+// The manager logs every acquire at info, as in production.
+const logger = discardingLogger();
 
 function ipOf(i: number): string {
   return `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`;
-}
-
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
 async function usedMemory(redis: Redis): Promise<number> {
@@ -266,11 +262,7 @@ async function main(): Promise<void> {
     Math.round(r.bytesPerVmKeys).toString(),
     r.keysPerVm.toFixed(2),
   ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (cells: string[]) => `| ${cells.map((c, i) => c.padStart(widths[i]!)).join(' | ')} |`;
-  console.log(line(header));
-  console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
-  for (const r of rows) console.log(line(r));
+  console.log(markdownTable(header, rows));
 
   console.log('\ntargets (at 10,000 VMs):');
   const checks: [string, number, string, boolean][] = [
