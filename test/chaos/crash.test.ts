@@ -4,6 +4,7 @@ import { Job, Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VmManager, VmStates, type VmDescriptor } from '../../src/index.js';
+import type { ConfigInput } from '../../src/config.js';
 import { VmPoolClient, acquireJobId } from '../../src/client/index.js';
 import { QueueNames } from '../../queues/names.js';
 import { connect, deleteKeysWithPrefix, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
@@ -49,7 +50,7 @@ const config = {
       ...common,
     },
   ],
-};
+} satisfies ConfigInput;
 const env = { VMPOOL_CONFIG: writeConfigFile(config), VMPOOL_PREFIX: prefix };
 
 let redis: Redis;
@@ -110,10 +111,7 @@ afterAll(async () => {
 describe('a crashed worker process loses no work', () => {
   it('a spawn killed while its hook runs is recovered by another spawn worker, and nothing leaks', { timeout: 60_000 }, async () => {
     const [spawnA] = workers.filter((w) => w.type === 'spawn');
-    const [[killedName, spawnId]] = await until(() => {
-      const attempts = [...spawnAttempts(0)];
-      return attempts.length ? attempts : null;
-    }, 20_000, 'the first spawn hook running');
+    const [killedName, spawnId] = await until(() => [...spawnAttempts(0)][0] ?? null, 20_000, 'the first spawn hook running');
     await spawnA!.kill();
     expect(await vmm.getSpawnsInFlight(0).then((s) => s.map((x) => x.spawnId))).toContain(spawnId);
 

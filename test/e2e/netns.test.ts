@@ -12,6 +12,7 @@ import { Queue, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VmManager, VmStates, type VmDescriptor } from '../../src/index.js';
+import type { ConfigInput } from '../../src/config.js';
 import { VmPoolClient } from '../../src/client/index.js';
 import { QueueNames } from '../../queues/names.js';
 import { spawnJobOptions } from '../../queues/spawn.js';
@@ -64,18 +65,18 @@ let terminateQueue: Queue;
 let reconcileQueue: Queue;
 const workers: WorkerProcess[] = [];
 
-function buildConfig(h: NetnsHarness, b: NetnsHarness) {
+function buildConfig(h: NetnsHarness, b: NetnsHarness): ConfigInput {
   const failing = {
     min_ready: 1,
     max_vm_total: 1,
     max_spawn_processes: 1,
     // One spawn (with its retries) per group in this run.
     vm_spawn_min_interval: 3600,
-    check: { type: 'tcp', port: 22 },
+    check: { type: 'tcp' as const, port: 22 },
     orphan_check_period: 0,
   };
   const badProvider = (spawn: string) => ({
-    type: 'command',
+    type: 'command' as const,
     spawn_cmd: [spawn],
     terminate_cmd: b.terminateCmd,
     spawn_timeout: SPAWN_TIMEOUT_HANG,

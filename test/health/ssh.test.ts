@@ -180,13 +180,13 @@ describe('netns hosts through the command provider', () => {
     const poolVms = [{ name: known.name, ip: known.ip, state: 'ready' as const, group: 0 }];
 
     const graceMs = 1000;
-    const first = decideOrphans({ group: 0, poolVms, machines: await provider.list!(group), previousUnknown: new Map(), now: Date.now(), graceMs });
+    const first = decideOrphans({ group: 0, poolVms, machines: await provider.list!(group), previousUnknown: new Map(), previousMissing: new Map(), now: Date.now(), graceMs });
     expect(first.terminateMachines).toEqual([]);
     expect([...first.unknown.keys()]).toEqual([leak.name]);
 
     // The next pass, after the grace (the host's created_at is in whole seconds).
     const later = Date.now() + 2 * graceMs;
-    const second = decideOrphans({ group: 0, poolVms, machines: await provider.list!(group), previousUnknown: first.unknown, now: later, graceMs });
+    const second = decideOrphans({ group: 0, poolVms, machines: await provider.list!(group), previousUnknown: first.unknown, previousMissing: first.missing, now: later, graceMs });
     expect(second.terminateMachines.map((x) => x.name)).toEqual([leak.name]);
     for (const x of second.terminateMachines) await provider.terminate({ group, vmName: x.name, vmIp: x.ip ?? null });
     expect((await provider.list!(group)).map((x) => x.name)).toEqual([known.name]);

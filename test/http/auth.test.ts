@@ -62,7 +62,7 @@ describe('auth with tokens', () => {
   });
 
   it('every other route answers 401 without a token or with a wrong one', async () => {
-    for (const [method, path] of [...adminRoutes, ...builderRoutes, ['GET', '/readyz']]) {
+    for (const [method, path] of [...adminRoutes, ...builderRoutes, ['GET', '/readyz'] as const]) {
       for (const token of [undefined, 'wrong-token-0123456789abcdef']) {
         const res = await kit.fetch(path, { method, token, ...(method === 'POST' ? { json: {} } : {}) });
         expect(res.status, `${method} ${path} token=${token}`).toBe(401);

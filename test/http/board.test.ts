@@ -47,7 +47,8 @@ describe.each([false, true])('Bull Board (read_only_board: %s)', (readOnly) => {
   it('refuses a change that a browser marks as coming from another site', async () => {
     await spawnQueue.add('spawn', { group: 0, spawnId: 'board-test-2' }, { jobId: 'spawn-board-test-2' });
     const path = `/admin/queues/api/queues/${QueueNames.SPAWN}/spawn-board-test-2/clean`;
-    for (const headers of [{ origin: 'http://attacker.example' }, { 'sec-fetch-site': 'cross-site' }, { origin: 'null' }]) {
+    const crossSite: Record<string, string>[] = [{ origin: 'http://attacker.example' }, { 'sec-fetch-site': 'cross-site' }, { origin: 'null' }];
+    for (const headers of crossSite) {
       const res = await kit.fetch(path, { method: 'PUT', headers });
       expect(res.status).toBe(403);
       expect(await spawnQueue.getJob('spawn-board-test-2')).toBeDefined();

@@ -2,6 +2,7 @@ import { Queue, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NoVmAvailable, VmManager, VmStates, type VmDescriptor } from '../../src/index.js';
+import type { ConfigInput } from '../../src/config.js';
 import { VmPoolClient } from '../../src/client/index.js';
 import { QueueNames } from '../../queues/names.js';
 import { connect, deleteKeysWithPrefix, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
@@ -22,7 +23,7 @@ const config = {
     { name: 'warm', archs: ['x86_64'], min_ready: 1, max_vm_total: 3, max_vm_per_user: 2, vm_dirty_terminating_timeout: 3, lease_timeout: 60, ...common },
     { name: 'demand', archs: ['aarch64'], min_ready: 0, max_vm_total: 1, lease_timeout: 6, on_lease_expiry: 'terminate', ...common },
   ],
-};
+} satisfies ConfigInput;
 
 let redis: Redis;
 let vmm: VmManager;

@@ -10,6 +10,7 @@ import {
   decideTerminateAgain,
   type GroupSnapshot,
   type PoolSnapshot,
+  type ReconcileAction,
 } from '../../src/reconcile/decisions.js';
 
 const NOW = 1_750_000_000_000;
@@ -40,6 +41,7 @@ function vm(state: VmState, fields: Partial<VmRecord> = {}): VmRecord {
     lastRelease: null,
     buildsCount: 0,
     terminatingSince: null,
+    addedAt: null,
     boundSince: null,
     leaseId: null,
     leaseExpiresAt: null,
@@ -57,7 +59,7 @@ function snap(vms: VmRecord[], groups: GroupSnapshot[] = [group()], serverStart:
   return { vms, groups, serverStart };
 }
 
-const names = (actions: { vmName?: string }[]) => actions.map((a) => a.vmName);
+const names = (actions: ReconcileAction[]) => actions.map((a) => ('vmName' in a ? a.vmName : undefined));
 
 describe('decideRemoveOldDirtyVms', () => {
   const cfg = config({ vm_dirty_terminating_timeout: 120 });

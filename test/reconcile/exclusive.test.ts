@@ -103,7 +103,7 @@ async function runTwoReplicas(prefix: string, jobs: number, guard: boolean) {
   }
   await queue.addBulk(Array.from({ length: jobs }, () => ({ name: RECONCILE_JOB_NAME, data: {} })));
   const deadline = Date.now() + 20_000;
-  while ((await queue.getJobCounts('completed')).completed < jobs && Date.now() < deadline) await sleep(50);
+  while (((await queue.getJobCounts('completed')).completed ?? 0) < jobs && Date.now() < deadline) await sleep(50);
   return { queue, detector: d, completed: (await queue.getJobCounts('completed')).completed };
 }
 
