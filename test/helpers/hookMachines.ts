@@ -59,7 +59,10 @@ export function hookGroup(o: HookProviderOptions) {
 /** The listener pid of a machine the hooks made, or null when it has no file (never made, or terminated). */
 export function listenerPid(stateDir: string, vmName: string): number | null {
   const file = join(stateDir, vmName);
-  return existsSync(file) ? Number(readFileSync(file, 'utf8').split(' ')[0]) : null;
+  if (!existsSync(file)) return null;
+  const pid = Number(readFileSync(file, 'utf8').split(' ')[0]);
+  // Never 0 or negative: process.kill would signal a whole process group.
+  return Number.isInteger(pid) && pid > 0 ? pid : null;
 }
 
 /** The machines in a state dir: name -> listener pid. */

@@ -142,7 +142,19 @@ describe('local provider', () => {
     const net = await import('node:net');
     const blocker = net.createServer();
     const ip = `127.${rawConfig.ip_base}.0.1`;
-    await new Promise<void>((r) => blocker.listen(rawConfig.port, ip, r));
+    // An earlier test's VM may still be letting go of that address: try again for a while.
+    for (let attempt = 0; ; attempt++) {
+      const err = await new Promise<Error | null>((r) => {
+        blocker.once('error', r);
+        blocker.listen(rawConfig.port, ip, () => {
+          blocker.off('error', r);
+          r(null);
+        });
+      });
+      if (!err) break;
+      if (attempt >= 50) throw err;
+      await new Promise((r) => setTimeout(r, 100));
+    }
     try {
       await expect(provider.spawn({ group, spawnId: 'd' })).rejects.toThrow(/exited with code 1; output: .*EADDRINUSE/);
       expect(await provider.list(group)).toEqual([]);
