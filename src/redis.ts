@@ -56,3 +56,11 @@ export async function connectAnsweringRedis(url: string): Promise<Redis> {
     throw new RedisUnreachable(url);
   }
 }
+
+/**
+ * A connection given as an ioredis instance (shared: the caller closes it) or as a URL (owned: a
+ * producer connection that the holder closes).
+ */
+export function producerConnectionFrom(redis: Redis | string): { redis: Redis; owned: boolean } {
+  return typeof redis === 'string' ? { redis: createProducerConnection(redis), owned: true } : { redis, owned: false };
+}

@@ -8,7 +8,7 @@ import { runRenewLease } from '../pool/renewLease.js';
 import { loadScripts } from '../pool/scripts.js';
 import { LeaseLost, NoVmAvailable, VmDescriptorNotFound, VmError } from '../pool/types.js';
 import type { Clock } from '../pool/vmManager.js';
-import { createProducerConnection } from '../redis.js';
+import { producerConnectionFrom } from '../redis.js';
 import {
   ACQUIRE_QUEUE,
   DEFAULT_ACQUIRE_TIMEOUT_MS,
@@ -69,13 +69,7 @@ export class VmPoolClient {
   private events: Promise<QueueEvents> | undefined;
 
   constructor(options: VmPoolClientOptions) {
-    if (typeof options.redis === 'string') {
-      this.redis = createProducerConnection(options.redis);
-      this.ownsRedis = true;
-    } else {
-      this.redis = options.redis;
-      this.ownsRedis = false;
-    }
+    ({ redis: this.redis, owned: this.ownsRedis } = producerConnectionFrom(options.redis));
     this.prefix = options.prefix ?? 'vmpool';
     this.keys = poolKeys(this.prefix);
     this.logger = options.logger ?? createLogger('vmpool-client');

@@ -3,7 +3,7 @@ import type { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { parseConfig, type Config, type ConfigInput, type GroupConfig } from '../config.js';
 import { createLogger, type Logger } from '../logger.js';
-import { createProducerConnection } from '../redis.js';
+import { producerConnectionFrom } from '../redis.js';
 import {
   TERMINATE_QUEUE,
   terminateJobId,
@@ -112,13 +112,7 @@ export class VmManager {
 
   constructor(config: Config | ConfigInput, options: VmManagerOptions) {
     this.config = parseConfig(config, {});
-    if (typeof options.redis === 'string') {
-      this.redis = createProducerConnection(options.redis);
-      this.ownsRedis = true;
-    } else {
-      this.redis = options.redis;
-      this.ownsRedis = false;
-    }
+    ({ redis: this.redis, owned: this.ownsRedis } = producerConnectionFrom(options.redis));
     this.prefix = options.prefix ?? this.config.redis.prefix;
     this.logger = options.logger ?? createLogger('vmpool');
     this.clock = options.clock ?? Date.now;
