@@ -3,18 +3,18 @@
  *   (a) a raw BullMQ no-op job: add -> processed -> completion seen by the producer
  *       (QueueEvents + job.waitUntilFinished, the mechanism VmPoolClient uses);
  *   (b) VmPoolClient.acquire followed by VmPoolClient.release on a ready pool, the job processed
- *       by processAcquireJob.
+ *       by the acquire process type's own worker (runWorker: payload check, metrics, processor).
  * Both run in this one process under the same conditions: a BullMQ Worker of the same concurrency
  * on its own connection, the producer on another, the same retention options.
  *   npm run bench:acquire
  */
 import { randomUUID } from 'node:crypto';
-import { Queue, QueueEvents, Worker, type Job } from 'bullmq';
+import { Queue, QueueEvents, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { parseConfig } from '../src/config.js';
-import { processAcquireJob, stopAcquireWaits } from '../src/acquire/processor.js';
+import { acquireProcessor, stopAcquireWaits } from '../src/acquire/processor.js';
 import { VmPoolClient } from '../src/client/vmPoolClient.js';
-import { createJobContext } from '../src/jobs/runtime.js';
+import { createJobContext, runWorker } from '../src/jobs/runtime.js';
 import { ACQUIRE_QUEUE, acquireJobOptions } from '../queues/acquire.js';
 import { discardingLogger, markdownTable, percentile } from './lib/measure.js';
 import { startPrivateRedis } from './lib/redisServer.js';
@@ -124,12 +124,8 @@ async function main(): Promise<void> {
       await ctx.vmm.startVmCheck(name);
       await ctx.vmm.recordHealthCheckResult(name, true);
     }
-    const acquireWorker = new Worker(ACQUIRE_QUEUE, (job: Job) => processAcquireJob(job, ctx), {
-      connection: workerConnection(),
-      prefix: PREFIX,
-      concurrency: CONCURRENCY,
-    });
-    await acquireWorker.waitUntilReady();
+    const acquireWorker = runWorker(ctx, acquireProcessor, CONCURRENCY);
+    await acquireWorker.worker.waitUntilReady();
     const client = new VmPoolClient({ redis: producer, prefix: PREFIX, logger });
     let n = 0;
     const acquireOnly: number[] = [];
@@ -151,7 +147,7 @@ async function main(): Promise<void> {
     await noopWorker.close();
     await noopEvents.close();
     await noopQueue.close();
-    const closing = acquireWorker.close();
+    const closing = acquireWorker.close(10_000);
     await stopAcquireWaits(ctx);
     await closing;
     await client.close();
