@@ -63,13 +63,16 @@ async function defaultFactories(options: BootOptions): Promise<Pick<JobContextOp
  * anyway (its active jobs come back through BullMQ's stalled-job recovery).
  */
 export function stopOnSignals(stop: (deadlineMs: number) => Promise<void>, logger: Logger, deadlineMs = 15_000): void {
-  let signalled = false;
+  let firstSignalAt: number | undefined;
   const onSignal = (signal: NodeJS.Signals) => {
-    if (signalled) {
+    if (firstSignalAt !== undefined) {
+      // One stop often arrives twice at once (Ctrl-C reaches npm and its child; `timeout` signals
+      // the child and its group): only a signal repeated later means "now".
+      if (Date.now() - firstSignalAt < 1_000) return;
       logger.warn({ signal }, 'second signal, exiting now');
       process.exit(1);
     }
-    signalled = true;
+    firstSignalAt = Date.now();
     logger.info({ signal, deadlineMs }, 'shutting down');
     const hardExit = setTimeout(() => {
       logger.error({ deadlineMs }, 'shutdown deadline passed, exiting');
