@@ -262,7 +262,12 @@ export function parseConfig(input: unknown, env: NodeJS.ProcessEnv = process.env
         }
         continue;
       }
-      issues.push({ path: issue.path.join('.') || '(root)', expected: issue.message, received: valueAt(input, issue.path) });
+      // zod says "Invalid input: expected number, received string"; the line already shows the value.
+      const expected =
+        issue.code === 'invalid_type'
+          ? `${/^[aeiou]/.test(issue.expected) ? 'an' : 'a'} ${issue.expected}`
+          : issue.message.replace(/^Invalid discriminator value\. Expected /, 'one of ').replace(/^[A-Za-z ]+: expected /, '');
+      issues.push({ path: issue.path.join('.') || '(root)', expected, received: valueAt(input, issue.path) });
     }
     const lines = issues.map((i) => `  ${i.path}: got ${show(i.received)}, expected ${i.expected}`);
     throw new ConfigError(`invalid vmpool config:\n${lines.join('\n')}`, issues);
