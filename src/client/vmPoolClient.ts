@@ -83,6 +83,8 @@ export class VmPoolClient {
       this.queue = new Queue(ACQUIRE_QUEUE, { connection: this.redis, prefix: this.prefix });
       // Each pending acquire listens for the queue closing (waitUntilFinished).
       this.queue.setMaxListeners(0);
+      // Without a listener an 'error' event (Redis away) would be thrown and end the builder.
+      this.queue.on('error', (err) => this.logger.warn({ err: err.message }, 'acquire queue error'));
     }
     return this.queue;
   }

@@ -118,7 +118,7 @@ export class VmManager {
     this.clock = options.clock ?? Date.now;
     this.keys = poolKeys(this.prefix);
     this.runScript = loadScripts(this.redis);
-    this.queues = new QueueSet(this.redis, this.prefix);
+    this.queues = new QueueSet(this.redis, this.prefix, (err, name) => this.logger.warn({ err: err.message, queue: name }, 'queue error'));
   }
 
   /** Group ids: indexes into config.groups. */
