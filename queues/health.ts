@@ -1,4 +1,4 @@
-import type { JobsOptions } from 'bullmq';
+import type { JobsOptions, Queue } from 'bullmq';
 import { z } from 'zod';
 import { VM_NAME_PATTERN } from '../src/pool/types.js';
 import { QueueNames } from './names.js';
@@ -23,4 +23,10 @@ export const healthJobOptions: JobsOptions = {
 
 export function healthJobDeduplicationId(vmName: string): string {
   return `health-${vmName}`;
+}
+
+/** Adds a health check of the VM, unless one is already pending for it. */
+export async function addHealthJob(queue: Queue, vmName: string): Promise<void> {
+  const data: HealthJobData = { vmName };
+  await queue.add('health', data, { ...healthJobOptions, deduplication: { id: healthJobDeduplicationId(vmName) } });
 }

@@ -1,4 +1,4 @@
-import type { JobsOptions } from 'bullmq';
+import type { JobsOptions, Queue } from 'bullmq';
 import { z } from 'zod';
 import { VM_NAME_PATTERN } from '../src/pool/types.js';
 import { QueueNames } from './names.js';
@@ -51,4 +51,9 @@ export const terminateJobOptions: JobsOptions = {
  */
 export function terminateJobId(vmName: string, terminatingSince: number): string {
   return `terminate-${vmName}-${terminatingSince}`;
+}
+
+/** Adds a terminate job with the default options under the given id. */
+export async function addTerminateJob(queue: Queue, data: TerminateJobData, jobId: string): Promise<void> {
+  await queue.add('terminate', data, { ...terminateJobOptions, jobId });
 }

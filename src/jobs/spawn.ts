@@ -1,7 +1,7 @@
 import { UnrecoverableError, type Job } from 'bullmq';
 import { isValidVmIp, isValidVmName } from '../pool/types.js';
 import { SPAWN_QUEUE, spawnJobSchema, type SpawnJobResult } from '../../queues/spawn.js';
-import { TERMINATE_QUEUE, terminateJobOptions, type TerminateJobData } from '../../queues/terminate.js';
+import { TERMINATE_QUEUE, addTerminateJob } from '../../queues/terminate.js';
 import type { JobContext } from './context.js';
 import type { ProcessorSpec } from './runtime.js';
 import type { z } from 'zod';
@@ -61,8 +61,7 @@ async function processSpawn(job: Job, data: SpawnData, ctx: JobContext): Promise
 
 /** Terminates a machine the pool has no record of, through the terminate queue. */
 export async function requestOrphanTermination(ctx: JobContext, vmName: string, group: number, vmIp: string | null): Promise<void> {
-  const data: TerminateJobData = { vmName, reason: 'spawn_failed', orphan: { group, vmIp } };
-  await ctx.queue(TERMINATE_QUEUE).add('terminate', data, { ...terminateJobOptions, jobId: `orphan-${vmName}-${ctx.clock()}` });
+  await addTerminateJob(ctx.queue(TERMINATE_QUEUE), { vmName, reason: 'spawn_failed', orphan: { group, vmIp } }, `orphan-${vmName}-${ctx.clock()}`);
 }
 
 export const spawnProcessor: ProcessorSpec<SpawnData, SpawnJobResult> = {

@@ -6,12 +6,11 @@ import { createLogger, type Logger } from '../logger.js';
 import { producerConnectionFrom } from '../redis.js';
 import {
   TERMINATE_QUEUE,
+  addTerminateJob,
   terminateJobId,
-  terminateJobOptions,
-  type TerminateJobData,
   type TerminationReason,
 } from '../../queues/terminate.js';
-import { HEALTH_QUEUE, healthJobDeduplicationId, healthJobOptions, type HealthJobData } from '../../queues/health.js';
+import { HEALTH_QUEUE, addHealthJob } from '../../queues/health.js';
 import { QueueSet } from '../../queues/queueSet.js';
 import { poolKeys, type PoolKeys } from './keys.js';
 import { runRenewLease } from './renewLease.js';
@@ -379,8 +378,7 @@ export class VmManager {
   /** Asks for a health check of the VM (one pending check per VM). Reconcile's periodic check is the fallback. */
   async enqueueHealthCheck(vmName: string): Promise<void> {
     try {
-      const data: HealthJobData = { vmName };
-      await this.queues.get(HEALTH_QUEUE).add('health', data, { ...healthJobOptions, deduplication: { id: healthJobDeduplicationId(vmName) } });
+      await addHealthJob(this.queues.get(HEALTH_QUEUE), vmName);
     } catch (err) {
       this.logger.error({ err, vmName }, 'could not enqueue health job; reconcile will check the VM later');
     }
@@ -392,11 +390,7 @@ export class VmManager {
    */
   async enqueueTermination(vmName: string, terminatingSince: number, reason: TerminationReason): Promise<void> {
     try {
-      const data: TerminateJobData = { vmName, reason };
-      await this.getTerminateQueue().add('terminate', data, {
-        ...terminateJobOptions,
-        jobId: terminateJobId(vmName, terminatingSince),
-      });
+      await addTerminateJob(this.getTerminateQueue(), { vmName, reason }, terminateJobId(vmName, terminatingSince));
       this.logger.info({ vmName, reason }, 'VM termination requested');
     } catch (err) {
       this.logger.error({ err, vmName, reason }, 'could not enqueue terminate job; reconcile will request it again');

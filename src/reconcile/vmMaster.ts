@@ -6,11 +6,11 @@ import type { ExpiredLease, VmManager } from '../pool/vmManager.js';
 import { decideOrphans, type OrphanDecision } from '../providers/orphans.js';
 import type { Provider } from '../providers/types.js';
 import { ACQUIRE_QUEUE } from '../../queues/acquire.js';
-import { HEALTH_QUEUE, healthJobDeduplicationId, healthJobOptions, type HealthJobData } from '../../queues/health.js';
+import { HEALTH_QUEUE, addHealthJob } from '../../queues/health.js';
 import type { QueueName } from '../../queues/names.js';
 import { QueueSet } from '../../queues/queueSet.js';
 import { SPAWN_QUEUE, spawnJobId, spawnJobOptions, type SpawnJobData } from '../../queues/spawn.js';
-import { TERMINATE_QUEUE, terminateJobOptions, type TerminateJobData } from '../../queues/terminate.js';
+import { TERMINATE_QUEUE, addTerminateJob } from '../../queues/terminate.js';
 import { CycleLock } from './cycleLock.js';
 import {
   decideCheckVmsHealth,
@@ -293,8 +293,7 @@ export class VmMaster {
       this.logger.warn({ group, vmName, jobId, previous: state }, 'orphan pass: leaked machine still listed; termination retried');
       return true;
     }
-    const data: TerminateJobData = { vmName, reason: 'orphan', orphan: { group, vmIp } };
-    await queue.add('terminate', data, { ...terminateJobOptions, jobId });
+    await addTerminateJob(queue, { vmName, reason: 'orphan', orphan: { group, vmIp } }, jobId);
     this.logger.warn({ group, vmName, vmIp, firstSeen, jobId }, 'orphan pass: machine unknown to the pool; terminating it');
     return true;
   }
@@ -386,11 +385,7 @@ export class VmMaster {
         return acted;
       }
       case 'enqueueHealth': {
-        const data: HealthJobData = { vmName: action.vmName };
-        await this.queue(HEALTH_QUEUE).add('health', data, {
-          ...healthJobOptions,
-          deduplication: { id: healthJobDeduplicationId(action.vmName) },
-        });
+        await addHealthJob(this.queue(HEALTH_QUEUE), action.vmName);
         return true;
       }
       case 'markCheckFailed': {
