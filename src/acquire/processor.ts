@@ -89,7 +89,11 @@ export function resolveRequestGroups(ctx: JobContext, request: AcquireRequestDat
 export async function processAcquireJob(job: Job, ctx: JobContext, options: AcquireProcessOptions = {}): Promise<VmAssignment> {
   const parsed = acquireRequestSchema.safeParse(job.data);
   if (!parsed.success) throw new UnrecoverableError(`invalid ${ACQUIRE_QUEUE} payload: ${formatZodError(parsed.error)}`);
-  const request = parsed.data;
+  return serveAcquireRequest(job, parsed.data, ctx, options);
+}
+
+/** processAcquireJob for a payload already validated (the worker runtime validates every job). */
+async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: JobContext, options: AcquireProcessOptions): Promise<VmAssignment> {
   const groups = resolveRequestGroups(ctx, request);
   const jobId = String(job.id);
   const timeoutMs = request.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS;
@@ -179,7 +183,7 @@ async function requeue(job: Job, delayMs = 0): Promise<never> {
 export const acquireProcessor: ProcessorSpec<AcquireRequestData, VmAssignment> = {
   queue: ACQUIRE_QUEUE,
   schema: acquireRequestSchema as unknown as ProcessorSpec<AcquireRequestData, VmAssignment>['schema'],
-  process: (job, _data, ctx) => processAcquireJob(job, ctx),
+  process: (job, request, ctx) => serveAcquireRequest(job, request, ctx, {}),
   // A request that failed for good leaves the line, so it does not hold up those behind it until
   // its deadline (the processor may never have seen its last attempt: it stalled too often).
   async onFinalFailure(job, ctx) {
