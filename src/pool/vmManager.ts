@@ -411,11 +411,10 @@ export class VmManager {
   }
 
   async recordHealthCheckResult(vmName: string, ok: boolean): Promise<HealthCheckRecord> {
-    const hash = await this.redis.hget(this.keys.vm(vmName), 'group');
-    if (hash === null) throw new VmDescriptorNotFound(vmName);
-    const maxFails = this.config.groups[Number(hash)]?.vm_max_check_fails ?? 0;
     const now = this.clock();
-    const reply = (await this.runScript('recordHealthCheckResult', [this.keys.base], [vmName, ok ? '1' : '0', maxFails, now])) as [
+    // Every group's threshold goes along, so the script needs no read of the VM's group first.
+    const maxFails = this.config.groups.map((g) => g.vm_max_check_fails);
+    const reply = (await this.runScript('recordHealthCheckResult', [this.keys.base], [vmName, ok ? '1' : '0', now, ...maxFails])) as [
       string,
       string[]?,
     ];
@@ -423,7 +422,7 @@ export class VmManager {
     const outcome = reply[0] as HealthCheckOutcome;
     const vm = descriptorFromHash(reply[1] ?? []);
     if (outcome === 'terminating') {
-      this.logger.warn({ vmName, checkFails: vm.checkFails, maxFails }, 'VM failed too many health checks');
+      this.logger.warn({ vmName, checkFails: vm.checkFails, maxFails: maxFails[vm.group] }, 'VM failed too many health checks');
       await this.enqueueTermination(vmName, now, 'health_check_failed');
     } else if (outcome === 'failed') {
       this.logger.warn({ vmName, checkFails: vm.checkFails }, 'VM health check failed');

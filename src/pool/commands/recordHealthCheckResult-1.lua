@@ -10,14 +10,15 @@
     KEYS[1] pool key base (with hash tag)
     ARGV[1] VM name
     ARGV[2] '1' for ok, '0' for failed
-    ARGV[3] vm_max_check_fails of the VM's group
-    ARGV[4] now (epoch ms)
+    ARGV[3] now (epoch ms)
+    ARGV[4..] vm_max_check_fails of group 0, 1, ... (the VM's group picks its own; 0 for a group
+              no longer configured)
   Output:
     {'ok' | 'failed' | 'terminating' | 'ignored', HGETALL of the VM}
     {'missing'}  no such VM
 ]]
 local base = KEYS[1]
-local name, ok, maxFails, now = ARGV[1], ARGV[2] == '1', tonumber(ARGV[3]), ARGV[4]
+local name, ok, now = ARGV[1], ARGV[2] == '1', ARGV[3]
 --- @include "includes/setVmState"
 
 local key = vmKey(base, name)
@@ -25,6 +26,7 @@ local state = redis.call('HGET', key, 'state')
 if not state then
   return {'missing'}
 end
+local maxFails = tonumber(ARGV[4 + tonumber(redis.call('HGET', key, 'group'))]) or 0
 if ok then
   if state ~= 'check_health' and state ~= 'in_use' then
     return {'ignored', redis.call('HGETALL', key)}
