@@ -16,6 +16,7 @@ import { acquireProcessor, stopAcquireWaits } from '../src/acquire/processor.js'
 import { VmPoolClient } from '../src/client/vmPoolClient.js';
 import { createJobContext, runWorker } from '../src/jobs/runtime.js';
 import { ACQUIRE_QUEUE, acquireJobOptions } from '../queues/acquire.js';
+import { blockingConnectionTemplate } from '../src/redis.js';
 import { discardingLogger, markdownTable, percentile } from './lib/measure.js';
 import { startPrivateRedis } from './lib/redisServer.js';
 
@@ -95,7 +96,7 @@ async function main(): Promise<void> {
     // (a) no-op job.
     const noopQueue = new Queue('bench-noop', { connection: producer, prefix: PREFIX });
     noopQueue.setMaxListeners(0);
-    const noopEvents = new QueueEvents('bench-noop', { connection: { ...producer.options, maxRetriesPerRequest: null }, prefix: PREFIX });
+    const noopEvents = new QueueEvents('bench-noop', { connection: blockingConnectionTemplate(producer), prefix: PREFIX });
     await noopEvents.waitUntilReady();
     const noopWorker = new Worker('bench-noop', async () => ({ ok: true }), {
       connection: workerConnection(),

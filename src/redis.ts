@@ -58,6 +58,15 @@ export async function connectAnsweringRedis(url: string): Promise<Redis> {
 }
 
 /**
+ * A template for BullMQ's blocking connections (QueueEvents, Worker): BullMQ duplicates the client
+ * it is given for blocking reads, and refuses one with a retry limit. The template itself never
+ * connects (lazyConnect); it works for a single Redis and for a Cluster alike.
+ */
+export function blockingConnectionTemplate(redis: Redis): Redis {
+  return redis.duplicate({ maxRetriesPerRequest: null, lazyConnect: true });
+}
+
+/**
  * A connection given as an ioredis instance (shared: the caller closes it) or as a URL (owned: a
  * producer connection that the holder closes).
  */

@@ -8,7 +8,7 @@ import { runRenewLease } from '../pool/renewLease.js';
 import { loadScripts } from '../pool/scripts.js';
 import { LeaseLost, NoVmAvailable, VmDescriptorNotFound, VmError } from '../pool/types.js';
 import type { Clock } from '../pool/vmManager.js';
-import { producerConnectionFrom } from '../redis.js';
+import { blockingConnectionTemplate, producerConnectionFrom } from '../redis.js';
 import {
   ACQUIRE_QUEUE,
   DEFAULT_ACQUIRE_TIMEOUT_MS,
@@ -101,7 +101,7 @@ export class VmPoolClient {
       const last = (await this.redis.xrevrange(key, '+', '-', 'COUNT', 1))[0]?.[0] ?? '0-0';
       // Its own blocking connection, made from ours with unlimited retries.
       const events = new QueueEvents(ACQUIRE_QUEUE, {
-        connection: { ...this.redis.options, maxRetriesPerRequest: null },
+        connection: blockingConnectionTemplate(this.redis),
         prefix: this.prefix,
         lastEventId: last,
       });

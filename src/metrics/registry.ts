@@ -6,7 +6,7 @@ import { ALL_QUEUE_NAMES, type QueueName } from '../../queues/names.js';
 import { readSharedCounter, readSharedHistogram, sharedMetrics, type SharedMetricDef } from './shared.js';
 
 /** Job states reported per queue (BullMQ's getJobCounts types). */
-export const QUEUE_JOB_STATES = ['waiting', 'prioritized', 'active', 'delayed', 'paused', 'waiting-children', 'completed', 'failed'] as const;
+export const QUEUE_JOB_STATES = ['waiting', 'prioritized', 'active', 'delayed', 'waiting-children', 'completed', 'failed'] as const;
 
 export interface MetricsDeps {
   vmm: VmManager;

@@ -468,7 +468,7 @@ export class VmManager {
 
   /** Spawns in flight of a group, oldest first. */
   async getSpawnsInFlight(group: number): Promise<{ spawnId: string; startedAt: number }[]> {
-    const flat = await this.redis.zrange(this.keys.spawning(group), 0, -1, 'WITHSCORES');
+    const flat = await this.redis.zrange(this.keys.spawning(group), 0, '-1', 'WITHSCORES');
     const out: { spawnId: string; startedAt: number }[] = [];
     for (let i = 0; i + 1 < flat.length; i += 2) out.push({ spawnId: flat[i]!, startedAt: Number(flat[i + 1]) });
     return out;

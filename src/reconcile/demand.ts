@@ -4,7 +4,7 @@
  *   VmManager.countDemand);
  * - the vm-acquire queue: requests no acquire worker has taken yet (all workers busy, or more
  *   requests than concurrency × replicas). Only the first QUEUED_DEMAND_SCAN jobs of each of the
- *   states 'waiting' (with 'paused') and 'prioritized' are read, so that a huge backlog costs one
+ *   states 'waiting' and 'prioritized' are read, so that a huge backlog costs one
  *   bounded read per cycle; beyond that, demand is under-counted until the queue drains.
  * A request counts once (a stalled request can be in the line and back in the queue) and only for
  * its first group (its groups as given, or the groups listing its arch, in config order), so that a

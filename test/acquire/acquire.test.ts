@@ -16,9 +16,9 @@ async function poolSnapshot(k: AcquireKit): Promise<Record<string, unknown>> {
   const keys = k.ctx.vmm.keys;
   return {
     vms,
-    leases: await k.redis.zrange(keys.leases, 0, -1, 'WITHSCORES'),
-    waiters: await Promise.all([0, 1, 2].map((g) => k.redis.zrange(keys.waiters(g), 0, -1))),
-    demand: await Promise.all([0, 1, 2].map((g) => k.redis.zrange(keys.demand(g), 0, -1))),
+    leases: await k.redis.zrange(keys.leases, 0, '-1', 'WITHSCORES'),
+    waiters: await Promise.all([0, 1, 2].map((g) => k.redis.zrange(keys.waiters(g), 0, '-1'))),
+    demand: await Promise.all([0, 1, 2].map((g) => k.redis.zrange(keys.demand(g), 0, '-1'))),
     waiterInfo: await k.redis.hgetall(keys.waiterInfo),
   };
 }

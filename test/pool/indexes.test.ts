@@ -54,7 +54,7 @@ async function checkIndexes(): Promise<number> {
       expect(sorted(await kit.redis.smembers(k.state(group, state))), `group ${group} state ${state}`).toEqual(sorted(expected));
     }
     const clean = vms.filter((h) => Number(h.group) === group && h.state === 'ready' && h.bound_to_user === undefined);
-    const cleanIndex = await kit.redis.zrange(k.readyClean(group), 0, -1, 'WITHSCORES');
+    const cleanIndex = await kit.redis.zrange(k.readyClean(group), 0, '-1', 'WITHSCORES');
     const cleanMap = new Map<string, number>();
     for (let i = 0; i < cleanIndex.length; i += 2) cleanMap.set(cleanIndex[i]!, Number(cleanIndex[i + 1]));
     expect(sorted(cleanMap.keys()), `group ${group} ready_clean`).toEqual(sorted(clean.map((h) => h.vm_name!)));
@@ -70,7 +70,7 @@ async function checkIndexes(): Promise<number> {
   // Dirty ready indexes: every member is a ready VM bound to that owner and sandbox; every such VM is in one.
   const dirtyMembers = new Map<string, string>();
   for (const key of await scanKeys(`${k.base}group:*:ready_dirty:*`)) {
-    const entries = await kit.redis.zrange(key, 0, -1, 'WITHSCORES');
+    const entries = await kit.redis.zrange(key, 0, '-1', 'WITHSCORES');
     for (let i = 0; i < entries.length; i += 2) {
       const name = entries[i]!;
       const h = hashes.get(name);

@@ -22,7 +22,7 @@ beforeEach(async () => {
 });
 
 async function terminateJobs() {
-  const jobs = await queue.getJobs(['waiting', 'delayed', 'prioritized', 'paused', 'active', 'completed', 'failed']);
+  const jobs = await queue.getJobs(['waiting', 'delayed', 'prioritized', 'active', 'completed', 'failed']);
   return jobs.map((j) => ({ id: j.id, data: j.data as { vmName: string; reason: string } })).sort((a, b) => String(a.id).localeCompare(String(b.id)));
 }
 
