@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
 import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq';
 import type { JobContext } from '../jobs/context.js';
-import { formatZodError } from '../jobs/errors.js';
+import { formatZodError } from '../validation.js';
 import type { ProcessorSpec } from '../jobs/runtime.js';
 import { VmError } from '../pool/types.js';
 import { acquireWaiterMember, type AcquireWaiter } from '../pool/vmManager.js';

@@ -1,7 +1,7 @@
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import { z } from 'zod';
 import type { Config } from '../config.js';
-import { formatZodError } from '../jobs/errors.js';
+import { formatZodError } from '../validation.js';
 import { ALL_VM_STATES, isValidVmName, isVmState, type VmRecord, type VmState } from '../pool/types.js';
 import type { VmManager } from '../pool/vmManager.js';
 import { acquireRequestSchema, DEFAULT_ACQUIRE_TIMEOUT_MS, type AcquireRequestData, type VmAssignment } from '../../queues/acquire.js';

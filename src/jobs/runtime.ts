@@ -11,7 +11,7 @@ import { createProducerConnection, createWorkerConnection } from '../redis.js';
 import type { QueueName } from '../../queues/names.js';
 import { QueueSet } from '../../queues/queueSet.js';
 import type { JobContext } from './context.js';
-import { formatZodError } from './errors.js';
+import { formatZodError } from '../validation.js';
 import { recordJobMetrics, type JobOutcome } from '../metrics/shared.js';
 
 export type ProviderFactory = (group: ProviderGroup, deps: ProviderDeps) => Provider;

@@ -1,7 +1,7 @@
 import { UnrecoverableError, type Job, type Queue } from 'bullmq';
 import type { Config } from '../config.js';
 import type { JobContext } from '../jobs/context.js';
-import { formatZodError } from '../jobs/errors.js';
+import { formatZodError } from '../validation.js';
 import type { ProcessorSpec } from '../jobs/runtime.js';
 import { RECONCILE_QUEUE, RECONCILE_SCHEDULER_ID, reconcileJobOptions, reconcileJobSchema } from '../../queues/reconcile.js';
 import { VmMaster, type CycleReport } from './vmMaster.js';
