@@ -3,7 +3,7 @@ import type { Queue } from 'bullmq';
 import type { Logger } from '../logger.js';
 import { VmDescriptorNotFound, VmError } from '../pool/types.js';
 import type { ExpiredLease, VmManager } from '../pool/vmManager.js';
-import { decideOrphans, type OrphanDecision } from '../providers/orphans.js';
+import { decideOrphans, type OrphanDecision } from './orphanDecisions.js';
 import type { Provider } from '../providers/types.js';
 import { ACQUIRE_QUEUE } from '../../queues/acquire.js';
 import { HEALTH_QUEUE, addHealthJob } from '../../queues/health.js';
