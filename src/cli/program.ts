@@ -1,10 +1,10 @@
 import { userInfo } from 'node:os';
 import { Command, CommanderError, Option } from 'commander';
 import { loadConfig, type Config } from '../config.js';
-import { groupSummaries, resolveGroup } from '../http/api.js';
 import { createLogger, type Logger } from '../logger.js';
-import { ALL_VM_STATES, isValidVmIp, isValidVmName, isVmState, type VmRecord } from '../pool/types.js';
+import { ALL_VM_STATES, isValidVmIp, isValidVmName, isVmState } from '../pool/types.js';
 import { VmManager } from '../pool/vmManager.js';
+import { groupSummaries, resolveGroup, withoutLease } from '../poolView.js';
 import { connectAnsweringRedis } from '../redis.js';
 import { textTable } from '../text/table.js';
 import { relativeTime } from '../time.js';
@@ -252,11 +252,6 @@ function groupOf(cfg: Config, value: string): number {
   } catch (err) {
     throw new CliError((err as Error).message, ExitCodes.USAGE);
   }
-}
-
-function withoutLease(vm: VmRecord): Omit<VmRecord, 'leaseId' | 'checkSeq'> {
-  const { leaseId: _leaseId, checkSeq: _checkSeq, ...rest } = vm;
-  return rest;
 }
 
 function safeUser(): string {
