@@ -33,7 +33,7 @@ export {
 export type { ReconcileAction, PoolSnapshot, GroupSnapshot, SpawnInFlight, SpawnReason, SpawnFigures } from './reconcile/decisions.js';
 export { decideOrphans } from './reconcile/orphanDecisions.js';
 export type { OrphanPoolVm, OrphanDecision, OrphanInput } from './reconcile/orphanDecisions.js';
-export { processReconcileJob, reconcileProcessor, ensureReconcileScheduler, RECONCILE_JOB_NAME } from './reconcile/processor.js';
+export { processReconcileJob, reconcileProcessor, ensureReconcileScheduler, RECONCILE_JOB_NAME } from './processors/reconcile.js';
 export { createWebApp, BOARD_PATH } from './http/app.js';
 export type { WebAppDeps } from './http/app.js';
 export { startWebServer, runWebProcess } from './http/server.js';
@@ -49,7 +49,7 @@ export type { WebConfig, WebScope } from './config.js';
 export type { VmRecord } from './pool/types.js';
 export { VmPoolClient, acquireJobId } from './client/index.js';
 export type { VmPoolClientOptions, AcquireOptions, WithVmOptions } from './client/index.js';
-export { processAcquireJob, acquireProcessor, stopAcquireWaits, NO_VM_AVAILABLE_PREFIX } from './acquire/index.js';
+export { processAcquireJob, acquireProcessor, stopAcquireWaits, NO_VM_AVAILABLE_PREFIX } from './processors/acquire.js';
 export { LeaseLost } from './pool/types.js';
 export { acquireWaiterMember } from './pool/vmManager.js';
 export type { AcquireWaiter, AcquireAttempt, ExpiredLease } from './pool/vmManager.js';

@@ -10,21 +10,8 @@ import { textTable } from '../text/table.js';
 import { relativeTime } from '../time.js';
 import { DEFAULT_ACQUIRE_TIMEOUT_MS, type AcquireRequestData } from '../../queues/acquire.js';
 import { CliError, ExitCodes } from './exitCodes.js';
-
-/** Process types of `vmpool start`: the worker types plus `web`. */
-export const START_TYPES = ['acquire', 'spawn', 'health', 'terminate', 'reconcile', 'web'] as const;
-
-export interface CliIo {
-  out(text: string): void;
-  err(text: string): void;
-  env: NodeJS.ProcessEnv;
-}
-
-const defaultIo: CliIo = {
-  out: (t) => process.stdout.write(t),
-  err: (t) => process.stderr.write(t),
-  env: process.env,
-};
+import { defaultIo, type CliIo } from './io.js';
+import { runStart, START_TYPES } from './start.js';
 
 function parseSeconds(value: string): number {
   const n = Number(value);
@@ -47,7 +34,7 @@ export function buildProgram(io: CliIo = defaultIo): Command {
   const logger = (): Logger => createLogger('vmpool-cli', { ...io.env, LOG_LEVEL: io.env.LOG_LEVEL ?? 'warn' });
 
   async function config(): Promise<Config> {
-    const { resolveConfig } = await import('../jobs/main.js');
+    const { resolveConfig } = await import('../runtime/main.js');
     return resolveConfig(program.opts().config, io.env).config;
   }
 
@@ -73,7 +60,6 @@ export function buildProgram(io: CliIo = defaultIo): Command {
     .description(`run process types in this process (default: all of ${START_TYPES.join(', ')})`)
     .argument('[types...]', 'process types')
     .action(async (types: string[]) => {
-      const { runStart } = await import('./start.js');
       await runStart(types, program.opts().config, io);
     });
 

@@ -1,11 +1,14 @@
 import { createLogger } from '../logger.js';
-import { startProcessTypes, stopOnSignals, type RunningProcess } from '../jobs/boot.js';
-import { requireRedis, resolveConfig } from '../jobs/main.js';
-import { isWorkerProcessType, type WorkerProcessType } from '../jobs/processTypes.js';
+import { startProcessTypes, stopOnSignals, type RunningProcess } from '../runtime/boot.js';
+import { requireRedis, resolveConfig } from '../runtime/main.js';
+import { isWorkerProcessType, processTypeSpecs, WORKER_PROCESS_TYPES, type WorkerProcessType } from '../processors/index.js';
 import { WebAuthRequired } from '../http/auth.js';
 import { startWebServer, type RunningWebServer } from '../http/server.js';
 import { CliError, ExitCodes } from './exitCodes.js';
-import { START_TYPES, type CliIo } from './program.js';
+import type { CliIo } from './io.js';
+
+/** Process types of `vmpool start`: the worker types plus `web`. */
+export const START_TYPES = [...WORKER_PROCESS_TYPES, 'web'] as const;
 
 let serving = false;
 
@@ -27,7 +30,7 @@ export async function runStart(types: string[], configPath: string | undefined, 
   let running: RunningProcess | undefined;
   let web: RunningWebServer | undefined;
   try {
-    if (workerTypes.length) running = await startProcessTypes(workerTypes, config, { logger, env: io.env });
+    if (workerTypes.length) running = await startProcessTypes(processTypeSpecs, workerTypes, config, { logger, env: io.env });
     if (chosen.includes('web')) web = await startWebServer(config, { logger, prefix: io.env.VMPOOL_PREFIX });
   } catch (err) {
     await running?.stop(5_000);

@@ -95,8 +95,8 @@ export async function startWebServer(config: Config, options: WebServerOptions =
 
 /** Entry of the `web` process: config, Redis check, HTTP server, graceful stop on SIGTERM/SIGINT. */
 export async function runWebProcess(configPath?: string): Promise<void> {
-  const { resolveConfig, requireRedis } = await import('../jobs/main.js');
-  const { stopOnSignals } = await import('../jobs/boot.js');
+  const { resolveConfig, requireRedis } = await import('../runtime/main.js');
+  const { stopOnSignals } = await import('../runtime/boot.js');
   const logger = createLogger('vmpool-web');
   const { config, source } = resolveConfig(configPath);
   try {

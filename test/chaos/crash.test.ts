@@ -17,7 +17,7 @@ import { alive, hookGroup, hookMachines, hookStateDir, removeHookMachines, spawn
 // a new machine on every spawn run), each group with its own state dir.
 //
 // A builder that vanished (never renews) is the third kind of crash: its VM comes back through lease
-// expiry, shown in test/jobs/system.test.ts ('reclaims the VM of a builder that vanished ...').
+// expiry, shown in test/processors/system.test.ts ('reclaims the VM of a builder that vanished ...').
 const prefix = uniquePrefix('chaos-crash');
 const PORT = 2297;
 const dirs = [hookStateDir('chaos-g0'), hookStateDir('chaos-g1')];

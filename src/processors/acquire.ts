@@ -1,8 +1,8 @@
 import { hostname } from 'node:os';
 import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq';
-import type { JobContext } from '../jobs/context.js';
+import type { JobContext } from '../runtime/context.js';
 import { formatZodError } from '../validation.js';
-import type { ProcessorSpec } from '../jobs/runtime.js';
+import type { ProcessorSpec } from '../runtime/worker.js';
 import { VmError } from '../pool/types.js';
 import { acquireWaiterMember, type AcquireWaiter } from '../pool/vmManager.js';
 import {
@@ -13,8 +13,8 @@ import {
   type AcquireRequestData,
   type VmAssignment,
 } from '../../queues/acquire.js';
-import { ReadySignal } from './readySignal.js';
-import { RequestGroupsError, requestGroupIds } from './requestGroups.js';
+import { ReadySignal } from '../acquire/readySignal.js';
+import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
 
 export { NO_VM_AVAILABLE_PREFIX };
 
