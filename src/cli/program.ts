@@ -6,6 +6,7 @@ import { ALL_VM_STATES, isValidVmIp, isValidVmName, isVmState } from '../pool/ty
 import { VmManager } from '../pool/vmManager.js';
 import { groupSummaries, resolveGroup, withoutLease } from '../poolView.js';
 import { connectAnsweringRedis } from '../redis.js';
+import { readSettings, resolveConfig, type Settings } from '../runtime/settings.js';
 import { textTable } from '../text/table.js';
 import { relativeTime } from '../time.js';
 import { DEFAULT_ACQUIRE_TIMEOUT_MS, type AcquireRequestData } from '../../queues/acquire.js';
@@ -33,18 +34,18 @@ export function buildProgram(io: CliIo = defaultIo): Command {
 
   const logger = (): Logger => createLogger('vmpool-cli', { ...io.env, LOG_LEVEL: io.env.LOG_LEVEL ?? 'warn' });
 
-  async function config(): Promise<Config> {
-    const { resolveConfig } = await import('../runtime/main.js');
-    return resolveConfig(program.opts().config, io.env).config;
-  }
+  // Read on first use, so that `config check` does not depend on the environment.
+  let readEnv: Settings | undefined;
+  const settings = (): Settings => (readEnv ??= readSettings(io.env));
+  const config = (): Config => resolveConfig(program.opts().config, settings()).config;
 
   /** A VmManager on a connection that answered a PING, or CliError (exit 1) with the fix. */
   async function withPool<T>(fn: (vmm: VmManager, cfg: Config) => Promise<T>): Promise<T> {
-    const cfg = await config();
+    const cfg = config();
     const redis = await connectAnsweringRedis(cfg.redis.url).catch((err: Error) => {
       throw new CliError(err.message, ExitCodes.ERROR);
     });
-    const vmm = new VmManager(cfg, { redis, prefix: io.env.VMPOOL_PREFIX, logger: logger() });
+    const vmm = new VmManager(cfg, { redis, prefix: settings().prefix, logger: logger() });
     try {
       return await fn(vmm, cfg);
     } finally {
@@ -60,7 +61,7 @@ export function buildProgram(io: CliIo = defaultIo): Command {
     .description(`run process types in this process (default: all of ${START_TYPES.join(', ')})`)
     .argument('[types...]', 'process types')
     .action(async (types: string[]) => {
-      await runStart(types, program.opts().config, io);
+      await runStart(types, program.opts().config, settings(), io);
     });
 
   program
@@ -126,7 +127,7 @@ export function buildProgram(io: CliIo = defaultIo): Command {
     .option('--json', 'as JSON (default: shell assignments VM_NAME=... )')
     .action(async (opts: { owner: string; sandbox: string; arch?: string; group?: string[]; timeout?: number; taskId?: string; json?: boolean }) => {
       if ((opts.arch === undefined) === (opts.group === undefined)) throw new CliError('give exactly one of --arch or --group', ExitCodes.USAGE);
-      const cfg = await config();
+      const cfg = config();
       const request: AcquireRequestData = {
         owner: opts.owner,
         sandbox: opts.sandbox,
@@ -139,7 +140,7 @@ export function buildProgram(io: CliIo = defaultIo): Command {
       }
       await withPool(async (vmm) => {
         const { VmPoolClient } = await import('../client/index.js');
-        const client = new VmPoolClient({ redis: vmm.redis, prefix: vmm.prefix, logger: logger(), graceMs: Number(io.env.VMPOOL_ACQUIRE_GRACE_MS ?? 60_000) });
+        const client = new VmPoolClient({ redis: vmm.redis, prefix: vmm.prefix, logger: logger(), graceMs: settings().acquireGraceMs });
         try {
           const a = await client.acquire(request);
           print(opts.json === true, a, () =>

@@ -1,7 +1,8 @@
 import { type Config } from '../config.js';
 import { createLogger, type Logger } from '../logger.js';
 import type { JobContext } from './context.js';
-import { createJobContext, runWorker, concurrencyFor, type OwnedJobContext, type RunningWorker, type JobContextOptions, type ProcessorSpec } from './worker.js';
+import type { ConcurrencyOverrides } from './settings.js';
+import { createJobContext, runWorker, type OwnedJobContext, type RunningWorker, type JobContextOptions, type ProcessorSpec } from './worker.js';
 
 /** How the workers of one process type run: its processor, its concurrency and what it does around start and stop. */
 export interface ProcessTypeSpec {
@@ -19,7 +20,8 @@ export type ProcessTypeRegistry<T extends string> = Readonly<Record<T, ProcessTy
 
 export interface BootOptions extends Partial<Pick<JobContextOptions, 'providerFactory' | 'healthCheckFactory' | 'clock' | 'prefix'>> {
   logger?: Logger;
-  env?: NodeJS.ProcessEnv;
+  /** <TYPE>_CONCURRENCY (Settings.concurrency); a type without one runs concurrency.<type> of the config. */
+  concurrency?: ConcurrencyOverrides;
 }
 
 export interface RunningProcess {
@@ -37,19 +39,18 @@ export async function startProcessTypes<T extends string>(
   options: BootOptions,
 ): Promise<RunningProcess> {
   const logger = options.logger ?? createLogger(`vmpool-${types.join('+')}`);
-  const env = options.env ?? process.env;
   const { providerFactory, healthCheckFactory } = await defaultFactories(options);
   const ctx = createJobContext(config, {
     logger,
     clock: options.clock,
-    prefix: options.prefix ?? env.VMPOOL_PREFIX,
+    prefix: options.prefix,
     providerFactory,
     healthCheckFactory,
   });
   const workers: RunningWorker[] = [];
   for (const type of types) {
     const spec = registry[type];
-    const concurrency = spec.concurrencyKey ? concurrencyFor(spec.concurrencyKey, config, env) : 1;
+    const concurrency = spec.concurrencyKey ? (options.concurrency?.[spec.concurrencyKey] ?? config.concurrency[spec.concurrencyKey]) : 1;
     await spec.beforeStart?.(ctx);
     workers.push(runWorker(ctx, spec.processor, concurrency));
     logger.info({ type, queue: spec.processor.queue, concurrency, prefix: ctx.prefix }, 'worker started');
@@ -81,7 +82,7 @@ async function defaultFactories(options: BootOptions): Promise<Pick<JobContextOp
  * Stops on SIGTERM or SIGINT: stop() must finish within the deadline, else the process exits
  * anyway (its active jobs come back through BullMQ's stalled-job recovery).
  */
-export function stopOnSignals(stop: (deadlineMs: number) => Promise<void>, logger: Logger, deadlineMs = 15_000): void {
+export function stopOnSignals(stop: (deadlineMs: number) => Promise<void>, logger: Logger, deadlineMs: number): void {
   let firstSignalAt: number | undefined;
   const onSignal = (signal: NodeJS.Signals) => {
     if (firstSignalAt !== undefined) {

@@ -177,16 +177,3 @@ export function runWorker<Data, Result>(
     },
   };
 }
-
-/** Concurrency of a process type: <TYPE>_CONCURRENCY from the environment, else the config. */
-export function concurrencyFor(type: keyof Config['concurrency'], config: Config, env: NodeJS.ProcessEnv = process.env): number {
-  const fromEnv = env[`${type.toUpperCase()}_CONCURRENCY`];
-  if (fromEnv !== undefined) {
-    const n = Number(fromEnv);
-    if (!Number.isInteger(n) || n < 1) {
-      throw new Error(`${type.toUpperCase()}_CONCURRENCY must be a positive integer, got ${JSON.stringify(fromEnv)}`);
-    }
-    return n;
-  }
-  return config.concurrency[type];
-}
