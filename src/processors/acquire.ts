@@ -1,4 +1,3 @@
-import { hostname } from 'node:os';
 import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq';
 import type { JobContext } from '../runtime/context.js';
 import { formatZodError } from '../validation.js';
@@ -61,11 +60,6 @@ export async function stopAcquireWaits(ctx: JobContext): Promise<void> {
   await rt.readySignal.close();
 }
 
-function workerIdOf(ctx: JobContext): string {
-  const processId = (ctx as JobContext & { processId?: unknown }).processId;
-  return typeof processId === 'string' ? processId : `${hostname()}-${process.pid}`;
-}
-
 /**
  * Group ids of a request: its groups as given, or the groups listing its arch, in config order
  * (requestGroupIds). An unknown group or arch fails the job for good.
@@ -114,7 +108,7 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
     groups,
     owner: request.owner,
     sandbox: request.sandbox,
-    workerId: workerIdOf(ctx),
+    workerId: ctx.workerId,
     taskId: request.taskId ?? null,
     buildId: request.buildId ?? null,
     chroot: request.chroot ?? null,

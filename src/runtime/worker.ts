@@ -27,8 +27,6 @@ export interface JobContextOptions {
 }
 
 export interface OwnedJobContext extends JobContext {
-  /** A name for this process in logs and in `usedByWorker`: host, pid and a random suffix. */
-  processId: string;
   close(): Promise<void>;
 }
 
@@ -58,7 +56,7 @@ export function createJobContext(config: Config, options: JobContextOptions): Ow
     prefix,
     clock,
     connection,
-    processId: `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`,
+    workerId: `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`,
     queue: (name) => queues.get(name),
     provider,
     healthCheck(group) {
@@ -123,7 +121,7 @@ export function runWorker<Data, Result>(
       connection,
       prefix: ctx.prefix,
       concurrency,
-      name: ctx.processId,
+      name: ctx.workerId,
       // A dead process's active jobs come back to waiting once their lock lapses.
       lockDuration: ctx.config.jobs.lock_duration * 1000,
       stalledInterval: ctx.config.jobs.stalled_interval * 1000,

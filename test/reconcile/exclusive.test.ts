@@ -45,6 +45,7 @@ function replicaContext(prefix: string): JobContext {
     logger: createLogger('test'),
     prefix,
     clock: Date.now,
+    workerId: `replica-${prefix}`,
     connection,
     queue(name) {
       let q = queues.get(name);
