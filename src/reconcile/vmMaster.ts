@@ -81,7 +81,7 @@ export function cycleLockKey(vmm: VmManager): string {
 }
 
 /**
- * The seed's VmMaster: each step reads a snapshot of the pool, asks a pure decision function
+ * Copr's VmMaster: each step reads a snapshot of the pool, asks a pure decision function
  * (decisions.ts) what to do, and applies the actions through the pool's atomic scripts and queues.
  * doCycle runs every step under a Redis lock, so that only one cycle runs at a time across replicas.
  */

@@ -1,4 +1,4 @@
-// End to end (issue 4): the whole system as its real worker processes (acquire, spawn, health,
+// End to end: the whole system as its real worker processes (acquire, spawn, health,
 // terminate, reconcile) against the real Redis, with real hosts: the netns harness hooks
 // (examples/netns) make network namespaces running Debian's OpenSSH sshd, used as the command
 // provider's spawn_cmd, terminate_cmd and list_cmd, and checked with the ssh check.
