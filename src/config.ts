@@ -128,7 +128,7 @@ export const groupConfigSchema = z.strictObject({
   vm_ssh_check_timeout: z.number().positive().default(5),
   /** Seconds after which a spawn still in flight is taken as lost (its job died) and no longer counted. */
   vm_spawn_stale_timeout: z.number().positive().default(1800),
-  /** How machines are made and destroyed (providers, issue 4). */
+  /** How machines are made and destroyed (providers). */
   provider: providerConfigSchema.default({ type: 'local', port: 2222, ip_base: 77, spawn_timeout: 20 }),
   /** How a machine's health is checked. */
   check: checkConfigSchema.default({ type: 'ssh', user: 'root', host_key_policy: 'accept-new' }),

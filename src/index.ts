@@ -14,8 +14,8 @@ export {
 export type { VmDescriptor, VmState } from './pool/types.js';
 export { createLogger } from './logger.js';
 export { QueueNames, ALL_QUEUE_NAMES } from '../queues/names.js';
-export { createProvider, CommandProvider, LocalProvider, ProviderError, decideOrphans, parseSpawnOutput, parseListOutput } from './providers/index.js';
-export type { Provider, ProviderDeps, ProviderGroup, ProviderMachine, SpawnRequest, SpawnedMachine, TerminateRequest, OrphanPoolVm, OrphanDecision, OrphanInput } from './providers/index.js';
+export { createProvider, CommandProvider, LocalProvider, ProviderError, parseSpawnOutput, parseListOutput } from './providers/index.js';
+export type { Provider, ProviderDeps, ProviderGroup, ProviderMachine, SpawnRequest, SpawnedMachine, TerminateRequest } from './providers/index.js';
 export { createHealthCheck, SshHealthCheck, TcpHealthCheck, CommandHealthCheck } from './health/index.js';
 export type { HealthCheck, HealthCheckResult, HealthCheckTarget } from './health/index.js';
 export type { ProviderConfig, CheckConfig } from './config.js';
@@ -31,7 +31,9 @@ export {
   spawnFigures,
 } from './reconcile/decisions.js';
 export type { ReconcileAction, PoolSnapshot, GroupSnapshot, SpawnInFlight, SpawnReason, SpawnFigures } from './reconcile/decisions.js';
-export { processReconcileJob, reconcileProcessor, ensureReconcileScheduler, RECONCILE_JOB_NAME } from './reconcile/processor.js';
+export { decideOrphans } from './reconcile/orphanDecisions.js';
+export type { OrphanPoolVm, OrphanDecision, OrphanInput } from './reconcile/orphanDecisions.js';
+export { processReconcileJob, reconcileProcessor, ensureReconcileScheduler, RECONCILE_JOB_NAME } from './processors/reconcile.js';
 export { createWebApp, BOARD_PATH } from './http/app.js';
 export type { WebAppDeps } from './http/app.js';
 export { startWebServer, runWebProcess } from './http/server.js';
@@ -47,7 +49,7 @@ export type { WebConfig, WebScope } from './config.js';
 export type { VmRecord } from './pool/types.js';
 export { VmPoolClient, acquireJobId } from './client/index.js';
 export type { VmPoolClientOptions, AcquireOptions, WithVmOptions } from './client/index.js';
-export { processAcquireJob, acquireProcessor, stopAcquireWaits, NO_VM_AVAILABLE_PREFIX } from './acquire/index.js';
+export { processAcquireJob, acquireProcessor, stopAcquireWaits, NO_VM_AVAILABLE_PREFIX } from './processors/acquire.js';
 export { LeaseLost } from './pool/types.js';
 export { acquireWaiterMember } from './pool/vmManager.js';
 export type { AcquireWaiter, AcquireAttempt, ExpiredLease } from './pool/vmManager.js';

@@ -1,4 +1,5 @@
 // The `acquire` process type: runs the vm-acquire worker. Config: VMPOOL_CONFIG (else the embedded default).
-import { runWorkerProcess } from '../src/jobs/main.js';
+import { processTypeSpecs } from '../src/processors/index.js';
+import { runWorkerProcess } from '../src/runtime/main.js';
 
-await runWorkerProcess(['acquire']);
+await runWorkerProcess(processTypeSpecs, ['acquire']);

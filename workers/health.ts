@@ -1,4 +1,5 @@
 // The `health` process type: runs the vm-health worker. Config: VMPOOL_CONFIG (else the embedded default).
-import { runWorkerProcess } from '../src/jobs/main.js';
+import { processTypeSpecs } from '../src/processors/index.js';
+import { runWorkerProcess } from '../src/runtime/main.js';
 
-await runWorkerProcess(['health']);
+await runWorkerProcess(processTypeSpecs, ['health']);

@@ -1,4 +1,5 @@
 // The `reconcile` process type: runs the vm-reconcile worker and its job scheduler. Config: VMPOOL_CONFIG (else the embedded default).
-import { runWorkerProcess } from '../src/jobs/main.js';
+import { processTypeSpecs } from '../src/processors/index.js';
+import { runWorkerProcess } from '../src/runtime/main.js';
 
-await runWorkerProcess(['reconcile']);
+await runWorkerProcess(processTypeSpecs, ['reconcile']);

@@ -1,4 +1,5 @@
 // The `spawn` process type: runs the vm-spawn worker. Config: VMPOOL_CONFIG (else the embedded default).
-import { runWorkerProcess } from '../src/jobs/main.js';
+import { processTypeSpecs } from '../src/processors/index.js';
+import { runWorkerProcess } from '../src/runtime/main.js';
 
-await runWorkerProcess(['spawn']);
+await runWorkerProcess(processTypeSpecs, ['spawn']);

@@ -1,30 +1,18 @@
 import { userInfo } from 'node:os';
 import { Command, CommanderError, Option } from 'commander';
 import { loadConfig, type Config } from '../config.js';
-import { groupSummaries, resolveGroup } from '../http/api.js';
 import { createLogger, type Logger } from '../logger.js';
-import { ALL_VM_STATES, isValidVmIp, isValidVmName, isVmState, type VmRecord } from '../pool/types.js';
+import { ALL_VM_STATES, isValidVmIp, isValidVmName, isVmState } from '../pool/types.js';
 import { VmManager } from '../pool/vmManager.js';
+import { groupSummaries, resolveGroup, withoutLease } from '../poolView.js';
 import { connectAnsweringRedis } from '../redis.js';
+import { readSettings, resolveConfig, type Settings } from '../runtime/settings.js';
 import { textTable } from '../text/table.js';
 import { relativeTime } from '../time.js';
 import { DEFAULT_ACQUIRE_TIMEOUT_MS, type AcquireRequestData } from '../../queues/acquire.js';
 import { CliError, ExitCodes } from './exitCodes.js';
-
-/** Process types of `vmpool start`: the worker types plus `web`. */
-export const START_TYPES = ['acquire', 'spawn', 'health', 'terminate', 'reconcile', 'web'] as const;
-
-export interface CliIo {
-  out(text: string): void;
-  err(text: string): void;
-  env: NodeJS.ProcessEnv;
-}
-
-const defaultIo: CliIo = {
-  out: (t) => process.stdout.write(t),
-  err: (t) => process.stderr.write(t),
-  env: process.env,
-};
+import { defaultIo, type CliIo } from './io.js';
+import { runStart, START_TYPES } from './start.js';
 
 function parseSeconds(value: string): number {
   const n = Number(value);
@@ -46,18 +34,18 @@ export function buildProgram(io: CliIo = defaultIo): Command {
 
   const logger = (): Logger => createLogger('vmpool-cli', { ...io.env, LOG_LEVEL: io.env.LOG_LEVEL ?? 'warn' });
 
-  async function config(): Promise<Config> {
-    const { resolveConfig } = await import('../jobs/main.js');
-    return resolveConfig(program.opts().config, io.env).config;
-  }
+  // Read on first use, so that `config check` does not depend on the environment.
+  let readEnv: Settings | undefined;
+  const settings = (): Settings => (readEnv ??= readSettings(io.env));
+  const config = (): Config => resolveConfig(program.opts().config, settings()).config;
 
   /** A VmManager on a connection that answered a PING, or CliError (exit 1) with the fix. */
   async function withPool<T>(fn: (vmm: VmManager, cfg: Config) => Promise<T>): Promise<T> {
-    const cfg = await config();
+    const cfg = config();
     const redis = await connectAnsweringRedis(cfg.redis.url).catch((err: Error) => {
       throw new CliError(err.message, ExitCodes.ERROR);
     });
-    const vmm = new VmManager(cfg, { redis, prefix: io.env.VMPOOL_PREFIX, logger: logger() });
+    const vmm = new VmManager(cfg, { redis, prefix: settings().prefix, logger: logger() });
     try {
       return await fn(vmm, cfg);
     } finally {
@@ -73,8 +61,7 @@ export function buildProgram(io: CliIo = defaultIo): Command {
     .description(`run process types in this process (default: all of ${START_TYPES.join(', ')})`)
     .argument('[types...]', 'process types')
     .action(async (types: string[]) => {
-      const { runStart } = await import('./start.js');
-      await runStart(types, program.opts().config, io);
+      await runStart(types, program.opts().config, settings(), io);
     });
 
   program
@@ -140,7 +127,7 @@ export function buildProgram(io: CliIo = defaultIo): Command {
     .option('--json', 'as JSON (default: shell assignments VM_NAME=... )')
     .action(async (opts: { owner: string; sandbox: string; arch?: string; group?: string[]; timeout?: number; taskId?: string; json?: boolean }) => {
       if ((opts.arch === undefined) === (opts.group === undefined)) throw new CliError('give exactly one of --arch or --group', ExitCodes.USAGE);
-      const cfg = await config();
+      const cfg = config();
       const request: AcquireRequestData = {
         owner: opts.owner,
         sandbox: opts.sandbox,
@@ -153,7 +140,7 @@ export function buildProgram(io: CliIo = defaultIo): Command {
       }
       await withPool(async (vmm) => {
         const { VmPoolClient } = await import('../client/index.js');
-        const client = new VmPoolClient({ redis: vmm.redis, prefix: vmm.prefix, logger: logger(), graceMs: Number(io.env.VMPOOL_ACQUIRE_GRACE_MS ?? 60_000) });
+        const client = new VmPoolClient({ redis: vmm.redis, prefix: vmm.prefix, logger: logger(), graceMs: settings().acquireGraceMs });
         try {
           const a = await client.acquire(request);
           print(opts.json === true, a, () =>
@@ -252,11 +239,6 @@ function groupOf(cfg: Config, value: string): number {
   } catch (err) {
     throw new CliError((err as Error).message, ExitCodes.USAGE);
   }
-}
-
-function withoutLease(vm: VmRecord): Omit<VmRecord, 'leaseId' | 'checkSeq'> {
-  const { leaseId: _leaseId, checkSeq: _checkSeq, ...rest } = vm;
-  return rest;
 }
 
 function safeUser(): string {

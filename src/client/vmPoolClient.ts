@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Job, Queue, QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
 import { createLogger, type Logger } from '../logger.js';
-import { formatZodError } from '../jobs/errors.js';
+import { formatZodError } from '../validation.js';
 import { poolKeys, type PoolKeys } from '../pool/keys.js';
 import { runRenewLease } from '../pool/renewLease.js';
 import { loadScripts } from '../pool/scripts.js';

@@ -1,9 +1,10 @@
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import { z } from 'zod';
 import type { Config } from '../config.js';
-import { formatZodError } from '../jobs/errors.js';
-import { ALL_VM_STATES, isValidVmName, isVmState, type VmRecord, type VmState } from '../pool/types.js';
+import { formatZodError } from '../validation.js';
+import { ALL_VM_STATES, isValidVmName, isVmState, type VmRecord } from '../pool/types.js';
 import type { VmManager } from '../pool/vmManager.js';
+import { groupSummaries, resolveGroup, UnknownGroup, withoutLease } from '../poolView.js';
 import { acquireRequestSchema, DEFAULT_ACQUIRE_TIMEOUT_MS, type AcquireRequestData, type VmAssignment } from '../../queues/acquire.js';
 import { hasScope, requireScope } from './auth.js';
 import { HttpError } from './errors.js';
@@ -24,50 +25,7 @@ export interface ApiVm extends Omit<VmRecord, 'leaseId' | 'boundSince' | 'checkS
 }
 
 export function apiVm(config: Config, vm: VmRecord): ApiVm {
-  const { leaseId: _leaseId, checkSeq: _checkSeq, ...rest } = vm;
-  return { ...rest, groupName: config.groups[vm.group]?.name ?? String(vm.group) };
-}
-
-export interface GroupSummary {
-  id: number;
-  name: string;
-  archs: string[];
-  limits: { max_vm_total: number; max_vm_per_user: number; max_spawn_processes: number };
-  /** Warm pool target: clean ready VMs kept waiting. */
-  minReady: number;
-  counts: Record<VmState, number>;
-  total: number;
-  held: number;
-  /** Ready VMs bound to nobody (what min_ready counts). */
-  readyClean: number;
-  demand: number;
-  spawnsInFlight: number;
-}
-
-/** Per-group summary: limits from the config, counts from the state indexes, demand and spawns from Redis. */
-export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Promise<GroupSummary[]> {
-  const vms = records ?? (await vmm.getAllVmRecords());
-  const out: GroupSummary[] = [];
-  for (const id of vmm.vmGroups) {
-    const g = vmm.groupConfig(id);
-    const mine = vms.filter((v) => v.group === id);
-    const counts = Object.fromEntries(ALL_VM_STATES.map((s) => [s, 0])) as Record<VmState, number>;
-    for (const v of mine) counts[v.state] += 1;
-    out.push({
-      id,
-      name: g.name,
-      archs: g.archs,
-      limits: { max_vm_total: g.max_vm_total, max_vm_per_user: g.max_vm_per_user, max_spawn_processes: g.max_spawn_processes },
-      minReady: g.min_ready,
-      counts,
-      total: mine.length,
-      held: mine.filter((v) => v.heldBy !== null).length,
-      readyClean: mine.filter((v) => v.state === 'ready' && v.boundToUser === null && v.heldBy === null).length,
-      demand: await vmm.countDemand(id),
-      spawnsInFlight: (await vmm.getSpawnsInFlight(id)).length,
-    });
-  }
-  return out;
+  return { ...withoutLease(vm), groupName: config.groups[vm.group]?.name ?? String(vm.group) };
 }
 
 const leaseBody = z.strictObject({ leaseId: z.string().min(1).max(255) });
@@ -96,15 +54,14 @@ function queryString(req: Request, key: string): string | undefined {
   return v;
 }
 
-/** A group by id or by name. */
-export function resolveGroup(config: Config, value: string): number {
-  const byName = config.groups.findIndex((g) => g.name === value);
-  if (byName !== -1) return byName;
-  const id = Number(value);
-  if (/^\d+$/.test(value) && config.groups[id]) return id;
-  throw new HttpError('validation_error', `unknown group ${JSON.stringify(value)}; groups: ${config.groups.map((g, i) => `${i} (${g.name})`).join(', ')}`, {
-    group: value,
-  });
+/** A group by id or by name (query parameter), or a validation error. */
+function queryGroup(config: Config, value: string): number {
+  try {
+    return resolveGroup(config, value);
+  } catch (err) {
+    if (err instanceof UnknownGroup) throw new HttpError('validation_error', err.message, { group: value });
+    throw err;
+  }
 }
 
 /**
@@ -221,7 +178,7 @@ export function apiRouter(deps: ApiDeps): Router {
     const groupParam = queryString(req, 'group');
     const stateParam = queryString(req, 'state');
     const owner = queryString(req, 'owner');
-    const group = groupParam === undefined ? undefined : resolveGroup(config, groupParam);
+    const group = groupParam === undefined ? undefined : queryGroup(config, groupParam);
     if (stateParam !== undefined && !isVmState(stateParam)) {
       throw new HttpError('validation_error', `unknown state ${JSON.stringify(stateParam)}; states: ${ALL_VM_STATES.join(', ')}`, { state: stateParam });
     }

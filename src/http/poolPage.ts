@@ -1,6 +1,6 @@
 import type { VmRecord } from '../pool/types.js';
 import { relativeTime } from '../time.js';
-import type { GroupSummary } from './api.js';
+import type { GroupSummary } from '../poolView.js';
 
 export const POOL_PAGE_REFRESH_MS = 5_000;
 

@@ -4,6 +4,9 @@ import type { Config } from '../config.js';
 import { createLogger, type Logger } from '../logger.js';
 import { VmManager, type Clock } from '../pool/vmManager.js';
 import { createProducerConnection } from '../redis.js';
+import { stopOnSignals } from '../runtime/boot.js';
+import { requireRedis } from '../runtime/main.js';
+import { readSettings, resolveConfig } from '../runtime/settings.js';
 import { VmPoolClient } from '../client/index.js';
 import type { QueueName } from '../../queues/names.js';
 import { QueueSet } from '../../queues/queueSet.js';
@@ -95,10 +98,9 @@ export async function startWebServer(config: Config, options: WebServerOptions =
 
 /** Entry of the `web` process: config, Redis check, HTTP server, graceful stop on SIGTERM/SIGINT. */
 export async function runWebProcess(configPath?: string): Promise<void> {
-  const { resolveConfig, requireRedis } = await import('../jobs/main.js');
-  const { stopOnSignals } = await import('../jobs/boot.js');
   const logger = createLogger('vmpool-web');
-  const { config, source } = resolveConfig(configPath);
+  const settings = readSettings();
+  const { config, source } = resolveConfig(configPath, settings);
   try {
     assertBindAllowed(config.web);
   } catch (err) {
@@ -108,6 +110,6 @@ export async function runWebProcess(configPath?: string): Promise<void> {
   }
   logger.info({ config: source }, 'starting web');
   await requireRedis(config.redis.url, logger);
-  const web = await startWebServer(config, { logger, prefix: process.env.VMPOOL_PREFIX });
-  stopOnSignals((deadline) => web.stop(deadline), logger, Number(process.env.VMPOOL_SHUTDOWN_DEADLINE_MS ?? 15_000));
+  const web = await startWebServer(config, { logger, prefix: settings.prefix });
+  stopOnSignals((deadline) => web.stop(deadline), logger, settings.shutdownDeadlineMs);
 }

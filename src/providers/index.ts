@@ -5,8 +5,6 @@ import type { Provider, ProviderDeps, ProviderGroup } from './types.js';
 export type * from './types.js';
 export { CommandProvider, ProviderError, parseSpawnOutput, parseListOutput, hookEnv } from './command.js';
 export { LocalProvider, defaultLocalStateDir, localClientKeyPath } from './local.js';
-export { decideOrphans } from './orphans.js';
-export type { OrphanPoolVm, OrphanDecision, OrphanInput } from './orphans.js';
 
 /** The provider of a group, from its `provider` config (default: local). */
 export function createProvider(group: ProviderGroup, deps: ProviderDeps): Provider {

@@ -1,5 +1,5 @@
 /**
- * Reconcile decisions (the seed's VmMaster), as pure functions: a snapshot of the pool, the config
+ * Reconcile decisions (Copr's VmMaster), as pure functions: a snapshot of the pool, the config
  * and now (epoch ms) go in, actions come out. Nothing here reads Redis or the clock.
  *
  * Boundaries follow Copr, whose timeouts compare `time.time() - t > timeout` (strict) and whose

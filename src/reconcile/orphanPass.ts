@@ -1,6 +1,6 @@
 /**
  * Scheduling and bookkeeping of the leak and orphan pass (VmMaster.cleanupOrphans), as pure
- * functions. What to terminate is decided by decideOrphans (src/providers/orphans.ts).
+ * functions. What to terminate is decided by decideOrphans (orphanDecisions.ts).
  */
 
 /** Per-group pool info key of the last orphan pass start (epoch ms). */

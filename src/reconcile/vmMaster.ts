@@ -3,7 +3,7 @@ import type { Queue } from 'bullmq';
 import type { Logger } from '../logger.js';
 import { VmDescriptorNotFound, VmError } from '../pool/types.js';
 import type { ExpiredLease, VmManager } from '../pool/vmManager.js';
-import { decideOrphans, type OrphanDecision } from '../providers/orphans.js';
+import { decideOrphans, type OrphanDecision } from './orphanDecisions.js';
 import type { Provider } from '../providers/types.js';
 import { ACQUIRE_QUEUE } from '../../queues/acquire.js';
 import { HEALTH_QUEUE, addHealthJob } from '../../queues/health.js';
@@ -81,7 +81,7 @@ export function cycleLockKey(vmm: VmManager): string {
 }
 
 /**
- * The seed's VmMaster: each step reads a snapshot of the pool, asks a pure decision function
+ * Copr's VmMaster: each step reads a snapshot of the pool, asks a pure decision function
  * (decisions.ts) what to do, and applies the actions through the pool's atomic scripts and queues.
  * doCycle runs every step under a Redis lock, so that only one cycle runs at a time across replicas.
  */

@@ -1,9 +1,9 @@
 import { Queue, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { parseConfig, type ConfigInput } from '../../src/config.js';
-import { processAcquireJob, stopAcquireWaits } from '../../src/acquire/processor.js';
+import { processAcquireJob, stopAcquireWaits } from '../../src/processors/acquire.js';
 import { VmPoolClient } from '../../src/client/vmPoolClient.js';
-import { createJobContext, type OwnedJobContext } from '../../src/jobs/runtime.js';
+import { createJobContext, type OwnedJobContext } from '../../src/runtime/worker.js';
 import { ACQUIRE_QUEUE } from '../../queues/acquire.js';
 import { REDIS_URL, connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
 

@@ -7,7 +7,7 @@ import { VmManager, VmStates, type VmDescriptor } from '../../src/index.js';
 import type { ConfigInput } from '../../src/config.js';
 import { VmPoolClient, acquireJobId } from '../../src/client/index.js';
 import { QueueNames } from '../../queues/names.js';
-import { connect, deleteKeysWithPrefix, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
+import { closePool, connect, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
 import { startWorkerProcess, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
 import { alive, hookGroup, hookMachines, hookStateDir, removeHookMachines, spawnAttempts as spawnAttemptsIn } from '../helpers/hookMachines.js';
 
@@ -17,7 +17,7 @@ import { alive, hookGroup, hookMachines, hookStateDir, removeHookMachines, spawn
 // a new machine on every spawn run), each group with its own state dir.
 //
 // A builder that vanished (never renews) is the third kind of crash: its VM comes back through lease
-// expiry, shown in test/jobs/system.test.ts ('reclaims the VM of a builder that vanished ...').
+// expiry, shown in test/processors/system.test.ts ('reclaims the VM of a builder that vanished ...').
 const prefix = uniquePrefix('chaos-crash');
 const PORT = 2297;
 const dirs = [hookStateDir('chaos-g0'), hookStateDir('chaos-g1')];
@@ -99,13 +99,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all(workers.map((w) => w.stop()));
   for (const dir of dirs) removeHookMachines(dir);
-  await client.close();
-  await Promise.all([spawnQueue.close(), acquireQueue.close(), terminateQueue.close()]);
-  await reconcileQueue.obliterate({ force: true }).catch(() => undefined);
-  await reconcileQueue.close();
-  await vmm.close();
-  await deleteKeysWithPrefix(redis, prefix);
-  await redis.quit();
+  await closePool(prefix, redis, [client, spawnQueue, acquireQueue, terminateQueue, vmm], reconcileQueue);
 }, 60_000);
 
 describe('a crashed worker process loses no work', () => {

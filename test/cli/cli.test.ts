@@ -2,7 +2,8 @@ import { execFile, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config.js';
-import { startProcessTypes, type RunningProcess } from '../../src/jobs/boot.js';
+import { processTypeSpecs } from '../../src/processors/index.js';
+import { startProcessTypes, type RunningProcess } from '../../src/runtime/boot.js';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { ROOT, nodeArgsFor, writeConfigFile } from '../helpers/processes.js';
 import { REDIS_URL, connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
@@ -45,7 +46,7 @@ describe('vmpool CLI', () => {
     const unused = () => {
       throw new Error('unused');
     };
-    acquireWorker = await startProcessTypes(['acquire'], parseConfig(configInput, {}), { prefix, providerFactory: unused, healthCheckFactory: unused });
+    acquireWorker = await startProcessTypes(processTypeSpecs, ['acquire'], parseConfig(configInput, {}), { prefix, providerFactory: unused, healthCheckFactory: unused });
   });
   afterAll(async () => {
     await acquireWorker?.stop(5_000);

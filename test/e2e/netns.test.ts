@@ -1,4 +1,4 @@
-// End to end (issue 4): the whole system as its real worker processes (acquire, spawn, health,
+// End to end: the whole system as its real worker processes (acquire, spawn, health,
 // terminate, reconcile) against the real Redis, with real hosts: the netns harness hooks
 // (examples/netns) make network namespaces running Debian's OpenSSH sshd, used as the command
 // provider's spawn_cmd, terminate_cmd and list_cmd, and checked with the ssh check.
@@ -18,7 +18,7 @@ import { QueueNames } from '../../queues/names.js';
 import { spawnJobOptions } from '../../queues/spawn.js';
 import { createNetnsHarness, isLive, liveGroupMembers, type NetnsHarness } from '../helpers/netns.js';
 import { startWorkerProcess, waitFor, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
-import { connect, deleteKeysWithPrefix, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
+import { closePool, connect, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
 
 const run = promisify(execFile);
 const prefix = uniquePrefix('e2e');
@@ -203,17 +203,7 @@ afterAll(async () => {
   await hosts?.cleanup();
   await bad?.cleanup();
   rmSync(marks, { recursive: true, force: true });
-  await client?.close();
-  await spawnQueue?.close();
-  await terminateQueue?.close();
-  // The scheduler would keep adding cycles under the prefix; remove it with the keys.
-  await reconcileQueue?.obliterate({ force: true }).catch(() => undefined);
-  await reconcileQueue?.close();
-  await vmm?.close();
-  if (redis) {
-    await deleteKeysWithPrefix(redis, prefix);
-    await redis.quit();
-  }
+  await closePool(prefix, redis, [client, spawnQueue, terminateQueue, vmm], reconcileQueue);
 }, 60_000);
 
 describe('end to end with real hosts (network namespaces running OpenSSH)', () => {

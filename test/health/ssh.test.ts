@@ -10,7 +10,7 @@ import { createHealthCheck } from '../../src/health/index.js';
 import type { HealthCheck } from '../../src/health/types.js';
 import { createLogger } from '../../src/logger.js';
 import { createProvider } from '../../src/providers/index.js';
-import { decideOrphans } from '../../src/providers/orphans.js';
+import { decideOrphans } from '../../src/reconcile/orphanDecisions.js';
 import type { Provider, ProviderGroup } from '../../src/providers/types.js';
 import { createNetnsHarness, isLive, type NetnsHarness } from '../helpers/netns.js';
 

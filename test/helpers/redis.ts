@@ -22,3 +22,23 @@ export async function deleteKeysWithPrefix(redis: Redis, prefix: string): Promis
     if (keys.length) await redis.unlink(...keys);
   } while (cursor !== '0');
 }
+
+/**
+ * The end of a test file that ran a pool: closes its handles (clients, queues, managers), removes
+ * the reconcile queue (its scheduler would keep adding cycles under the prefix), then deletes the
+ * prefix's keys and quits the connection. Handles not yet made (a failed start) are skipped.
+ */
+export async function closePool(
+  prefix: string,
+  redis: Redis | undefined,
+  handles: readonly ({ close(): Promise<unknown> } | undefined)[],
+  reconcileQueue?: { obliterate(opts: { force: boolean }): Promise<unknown>; close(): Promise<unknown> },
+): Promise<void> {
+  for (const handle of handles) await handle?.close();
+  await reconcileQueue?.obliterate({ force: true }).catch(() => undefined);
+  await reconcileQueue?.close();
+  if (redis) {
+    await deleteKeysWithPrefix(redis, prefix);
+    await redis.quit();
+  }
+}

@@ -1,7 +1,8 @@
 import type { Redis } from 'ioredis';
 import { parseConfig, type Config, type ConfigInput } from '../../src/config.js';
 import { startWebServer, type RunningWebServer } from '../../src/http/server.js';
-import { startProcessTypes, type RunningProcess } from '../../src/jobs/boot.js';
+import { processTypeSpecs } from '../../src/processors/index.js';
+import { startProcessTypes, type RunningProcess } from '../../src/runtime/boot.js';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { REDIS_URL, connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
 
@@ -72,7 +73,7 @@ export async function createWebKit(name: string, input: ConfigInput = webTestCon
       return fetch(new URL(path.replace(/^\//, ''), web.url), { ...init, headers, body });
     },
     async startAcquireWorker() {
-      const running = await startProcessTypes(['acquire'], config, { prefix, providerFactory: unusedFactory, healthCheckFactory: unusedFactory });
+      const running = await startProcessTypes(processTypeSpecs, ['acquire'], config, { prefix, providerFactory: unusedFactory, healthCheckFactory: unusedFactory });
       workers.push(running);
       return running;
     },

@@ -1,7 +1,7 @@
 import { Queue, QueueEvents, type Job } from 'bullmq';
 import { z } from 'zod';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createJobContext, runWorker, type OwnedJobContext, type RunningWorker } from '../../src/jobs/runtime.js';
+import { createJobContext, runWorker, type OwnedJobContext, type RunningWorker } from '../../src/runtime/worker.js';
 import { QUEUE_JOB_STATES } from '../../src/metrics/registry.js';
 import { ALL_VM_STATES } from '../../src/pool/types.js';
 import { ALL_QUEUE_NAMES, QueueNames, type QueueName } from '../../queues/names.js';

@@ -8,11 +8,11 @@ import { Queue, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config.js';
-import type { JobContext } from '../../src/jobs/context.js';
+import type { JobContext } from '../../src/runtime/context.js';
 import { createLogger } from '../../src/logger.js';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { CycleLock } from '../../src/reconcile/cycleLock.js';
-import { ensureReconcileScheduler, processReconcileJob, RECONCILE_JOB_NAME } from '../../src/reconcile/processor.js';
+import { ensureReconcileScheduler, processReconcileJob, RECONCILE_JOB_NAME } from '../../src/processors/reconcile.js';
 import { VmMaster, cycleLockKey } from '../../src/reconcile/vmMaster.js';
 import type { QueueName } from '../../queues/names.js';
 import { RECONCILE_QUEUE, RECONCILE_SCHEDULER_ID } from '../../queues/reconcile.js';
@@ -45,6 +45,7 @@ function replicaContext(prefix: string): JobContext {
     logger: createLogger('test'),
     prefix,
     clock: Date.now,
+    workerId: `replica-${prefix}`,
     connection,
     queue(name) {
       let q = queues.get(name);

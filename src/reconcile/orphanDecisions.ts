@@ -1,5 +1,5 @@
 import { VmStates, type VmState } from '../pool/types.js';
-import type { ProviderMachine } from './types.js';
+import type { ProviderMachine } from '../providers/types.js';
 
 /** A pool VM as the leak check needs it. */
 export interface OrphanPoolVm {

@@ -2,8 +2,8 @@ import type { Job } from 'bullmq';
 import type { z } from 'zod';
 import { VmDescriptorNotFound, VmStates } from '../pool/types.js';
 import { TERMINATE_QUEUE, terminateJobSchema, type TerminateJobResult } from '../../queues/terminate.js';
-import type { JobContext } from './context.js';
-import type { ProcessorSpec } from './runtime.js';
+import type { JobContext } from '../runtime/context.js';
+import type { ProcessorSpec } from '../runtime/worker.js';
 
 type TerminateData = z.output<typeof terminateJobSchema>;
 

@@ -2,8 +2,8 @@ import { UnrecoverableError, type Job } from 'bullmq';
 import { isValidVmIp, isValidVmName } from '../pool/types.js';
 import { SPAWN_QUEUE, spawnJobSchema, type SpawnJobResult } from '../../queues/spawn.js';
 import { TERMINATE_QUEUE, addTerminateJob } from '../../queues/terminate.js';
-import type { JobContext } from './context.js';
-import type { ProcessorSpec } from './runtime.js';
+import type { JobContext } from '../runtime/context.js';
+import type { ProcessorSpec } from '../runtime/worker.js';
 import type { z } from 'zod';
 
 type SpawnData = z.output<typeof spawnJobSchema>;

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { VmStates } from '../../src/pool/types.js';
-import { decideOrphans, type OrphanInput, type OrphanPoolVm } from '../../src/providers/orphans.js';
+import { decideOrphans, type OrphanInput, type OrphanPoolVm } from '../../src/reconcile/orphanDecisions.js';
 
 const MIN = 60_000;
 const now = 1_800_000_000_000;

@@ -17,6 +17,8 @@ export interface JobContext {
   logger: Logger;
   prefix: string;
   clock: Clock;
+  /** This process's name, for BullMQ and the VM's `usedByWorker`: host, pid and a random suffix. */
+  workerId: string;
   /** Producer connection (fails fast); shared by vmm and the queues below. */
   connection: Redis;
   /** A Queue handle for adding jobs, created once per process. */

@@ -1,11 +1,27 @@
 import { type Config } from '../config.js';
 import { createLogger, type Logger } from '../logger.js';
-import { createJobContext, runWorker, concurrencyFor, type OwnedJobContext, type RunningWorker, type JobContextOptions } from './runtime.js';
-import { processTypeSpecs, type WorkerProcessType } from './processTypes.js';
+import type { JobContext } from './context.js';
+import type { ConcurrencyOverrides } from './settings.js';
+import { createJobContext, runWorker, type OwnedJobContext, type RunningWorker, type JobContextOptions, type ProcessorSpec } from './worker.js';
+
+/** How the workers of one process type run: its processor, its concurrency and what it does around start and stop. */
+export interface ProcessTypeSpec {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  processor: ProcessorSpec<any, unknown>;
+  /** Where the concurrency comes from; without it the worker runs one job at a time. */
+  concurrencyKey?: keyof Config['concurrency'];
+  beforeStart?(ctx: JobContext): Promise<void>;
+  /** Runs before the worker closes (for jobs that would otherwise wait until the deadline). */
+  beforeStop?(ctx: JobContext): Promise<void>;
+}
+
+/** The process types a process can run, by name (src/processors/index.ts has the Procfile's). */
+export type ProcessTypeRegistry<T extends string> = Readonly<Record<T, ProcessTypeSpec>>;
 
 export interface BootOptions extends Partial<Pick<JobContextOptions, 'providerFactory' | 'healthCheckFactory' | 'clock' | 'prefix'>> {
   logger?: Logger;
-  env?: NodeJS.ProcessEnv;
+  /** <TYPE>_CONCURRENCY (Settings.concurrency); a type without one runs concurrency.<type> of the config. */
+  concurrency?: ConcurrencyOverrides;
 }
 
 export interface RunningProcess {
@@ -15,22 +31,26 @@ export interface RunningProcess {
   stop(deadlineMs?: number): Promise<void>;
 }
 
-/** Starts the workers of the given process types in this process, sharing one JobContext. */
-export async function startProcessTypes(types: readonly WorkerProcessType[], config: Config, options: BootOptions): Promise<RunningProcess> {
+/** Starts the workers of the given process types of the registry in this process, sharing one JobContext. */
+export async function startProcessTypes<T extends string>(
+  registry: ProcessTypeRegistry<T>,
+  types: readonly T[],
+  config: Config,
+  options: BootOptions,
+): Promise<RunningProcess> {
   const logger = options.logger ?? createLogger(`vmpool-${types.join('+')}`);
-  const env = options.env ?? process.env;
   const { providerFactory, healthCheckFactory } = await defaultFactories(options);
   const ctx = createJobContext(config, {
     logger,
     clock: options.clock,
-    prefix: options.prefix ?? env.VMPOOL_PREFIX,
+    prefix: options.prefix,
     providerFactory,
     healthCheckFactory,
   });
   const workers: RunningWorker[] = [];
   for (const type of types) {
-    const spec = processTypeSpecs[type];
-    const concurrency = spec.concurrencyKey ? concurrencyFor(spec.concurrencyKey, config, env) : 1;
+    const spec = registry[type];
+    const concurrency = spec.concurrencyKey ? (options.concurrency?.[spec.concurrencyKey] ?? config.concurrency[spec.concurrencyKey]) : 1;
     await spec.beforeStart?.(ctx);
     workers.push(runWorker(ctx, spec.processor, concurrency));
     logger.info({ type, queue: spec.processor.queue, concurrency, prefix: ctx.prefix }, 'worker started');
@@ -43,7 +63,7 @@ export async function startProcessTypes(types: readonly WorkerProcessType[], con
       stopping ??= (async () => {
         // Closing first stops taking new jobs; then jobs that would wait until the deadline let go.
         const closing = workers.map((w) => w.close(deadlineMs));
-        await Promise.all(types.map((type) => processTypeSpecs[type].beforeStop?.(ctx)));
+        await Promise.all(types.map((type) => registry[type].beforeStop?.(ctx)));
         await Promise.all(closing);
         await ctx.close();
       })();
@@ -62,7 +82,7 @@ async function defaultFactories(options: BootOptions): Promise<Pick<JobContextOp
  * Stops on SIGTERM or SIGINT: stop() must finish within the deadline, else the process exits
  * anyway (its active jobs come back through BullMQ's stalled-job recovery).
  */
-export function stopOnSignals(stop: (deadlineMs: number) => Promise<void>, logger: Logger, deadlineMs = 15_000): void {
+export function stopOnSignals(stop: (deadlineMs: number) => Promise<void>, logger: Logger, deadlineMs: number): void {
   let firstSignalAt: number | undefined;
   const onSignal = (signal: NodeJS.Signals) => {
     if (firstSignalAt !== undefined) {

@@ -11,7 +11,7 @@ import { createProducerConnection, createWorkerConnection } from '../redis.js';
 import type { QueueName } from '../../queues/names.js';
 import { QueueSet } from '../../queues/queueSet.js';
 import type { JobContext } from './context.js';
-import { formatZodError } from './errors.js';
+import { formatZodError } from '../validation.js';
 import { recordJobMetrics, type JobOutcome } from '../metrics/shared.js';
 
 export type ProviderFactory = (group: ProviderGroup, deps: ProviderDeps) => Provider;
@@ -27,8 +27,6 @@ export interface JobContextOptions {
 }
 
 export interface OwnedJobContext extends JobContext {
-  /** A name for this process in logs and in `usedByWorker`: host, pid and a random suffix. */
-  processId: string;
   close(): Promise<void>;
 }
 
@@ -58,7 +56,7 @@ export function createJobContext(config: Config, options: JobContextOptions): Ow
     prefix,
     clock,
     connection,
-    processId: `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`,
+    workerId: `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`,
     queue: (name) => queues.get(name),
     provider,
     healthCheck(group) {
@@ -123,7 +121,7 @@ export function runWorker<Data, Result>(
       connection,
       prefix: ctx.prefix,
       concurrency,
-      name: ctx.processId,
+      name: ctx.workerId,
       // A dead process's active jobs come back to waiting once their lock lapses.
       lockDuration: ctx.config.jobs.lock_duration * 1000,
       stalledInterval: ctx.config.jobs.stalled_interval * 1000,
@@ -176,17 +174,4 @@ export function runWorker<Data, Result>(
       await connection.quit().catch(() => connection.disconnect());
     },
   };
-}
-
-/** Concurrency of a process type: <TYPE>_CONCURRENCY from the environment, else the config. */
-export function concurrencyFor(type: keyof Config['concurrency'], config: Config, env: NodeJS.ProcessEnv = process.env): number {
-  const fromEnv = env[`${type.toUpperCase()}_CONCURRENCY`];
-  if (fromEnv !== undefined) {
-    const n = Number(fromEnv);
-    if (!Number.isInteger(n) || n < 1) {
-      throw new Error(`${type.toUpperCase()}_CONCURRENCY must be a positive integer, got ${JSON.stringify(fromEnv)}`);
-    }
-    return n;
-  }
-  return config.concurrency[type];
 }

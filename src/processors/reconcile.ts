@@ -1,10 +1,10 @@
 import { UnrecoverableError, type Job, type Queue } from 'bullmq';
 import type { Config } from '../config.js';
-import type { JobContext } from '../jobs/context.js';
-import { formatZodError } from '../jobs/errors.js';
-import type { ProcessorSpec } from '../jobs/runtime.js';
+import type { JobContext } from '../runtime/context.js';
+import { formatZodError } from '../validation.js';
+import type { ProcessorSpec } from '../runtime/worker.js';
 import { RECONCILE_QUEUE, RECONCILE_SCHEDULER_ID, reconcileJobOptions, reconcileJobSchema } from '../../queues/reconcile.js';
-import { VmMaster, type CycleReport } from './vmMaster.js';
+import { VmMaster, type CycleReport } from '../reconcile/vmMaster.js';
 
 export const RECONCILE_JOB_NAME = 'reconcile';
 
@@ -38,4 +38,22 @@ export async function ensureReconcileScheduler(queue: Queue, config: Pick<Config
     { every: Math.max(1, Math.round(config.vm_cycle_timeout * 1000)) },
     { name: RECONCILE_JOB_NAME, data: {}, opts: reconcileJobOptions },
   );
+}
+
+/**
+ * Copr marks the server start when its daemon starts: VMs checked before it are not handed out
+ * until checked again (reconcile checks them at once). Here many reconcile replicas come and go, so
+ * a replica starting while cycles still run (one finished within three cycle periods) is not a
+ * server start: marking then would hold back every ready VM on each rolling restart.
+ */
+export async function isServerStart(ctx: JobContext): Promise<boolean> {
+  const [last] = await ctx.queue(RECONCILE_QUEUE).getJobs(['completed'], 0, 0, false);
+  const finishedOn = last?.finishedOn;
+  return finishedOn === undefined || ctx.clock() - finishedOn > 3 * ctx.config.vm_cycle_timeout * 1000;
+}
+
+/** Before a reconcile worker starts: marks the server start when this is one, and sets up the schedule. */
+export async function prepareReconcile(ctx: JobContext): Promise<void> {
+  if (await isServerStart(ctx)) await ctx.vmm.markServerStart();
+  await ensureReconcileScheduler(ctx.queue(RECONCILE_QUEUE), ctx.config);
 }

@@ -1,8 +1,7 @@
-import { hostname } from 'node:os';
 import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq';
-import type { JobContext } from '../jobs/context.js';
-import { formatZodError } from '../jobs/errors.js';
-import type { ProcessorSpec } from '../jobs/runtime.js';
+import type { JobContext } from '../runtime/context.js';
+import { formatZodError } from '../validation.js';
+import type { ProcessorSpec } from '../runtime/worker.js';
 import { VmError } from '../pool/types.js';
 import { acquireWaiterMember, type AcquireWaiter } from '../pool/vmManager.js';
 import {
@@ -13,8 +12,8 @@ import {
   type AcquireRequestData,
   type VmAssignment,
 } from '../../queues/acquire.js';
-import { ReadySignal } from './readySignal.js';
-import { RequestGroupsError, requestGroupIds } from './requestGroups.js';
+import { ReadySignal } from '../acquire/readySignal.js';
+import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
 
 export { NO_VM_AVAILABLE_PREFIX };
 
@@ -59,11 +58,6 @@ export async function stopAcquireWaits(ctx: JobContext): Promise<void> {
   runtimes.delete(ctx);
   rt.stopping.abort();
   await rt.readySignal.close();
-}
-
-function workerIdOf(ctx: JobContext): string {
-  const processId = (ctx as JobContext & { processId?: unknown }).processId;
-  return typeof processId === 'string' ? processId : `${hostname()}-${process.pid}`;
 }
 
 /**
@@ -114,7 +108,7 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
     groups,
     owner: request.owner,
     sandbox: request.sandbox,
-    workerId: workerIdOf(ctx),
+    workerId: ctx.workerId,
     taskId: request.taskId ?? null,
     buildId: request.buildId ?? null,
     chroot: request.chroot ?? null,

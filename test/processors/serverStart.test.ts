@@ -1,8 +1,8 @@
 import { Queue, Worker } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config.js';
-import { createJobContext, type OwnedJobContext } from '../../src/jobs/runtime.js';
-import { isServerStart } from '../../src/jobs/processTypes.js';
+import { createJobContext, type OwnedJobContext } from '../../src/runtime/worker.js';
+import { isServerStart } from '../../src/processors/reconcile.js';
 import { QueueNames } from '../../queues/names.js';
 import { connect, deleteKeysWithPrefix, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
 import { waitFor } from '../helpers/processes.js';

@@ -2,8 +2,8 @@ import type { Job } from 'bullmq';
 import type { z } from 'zod';
 import { VmDescriptorNotFound } from '../pool/types.js';
 import { HEALTH_QUEUE, healthJobSchema, type HealthJobResult } from '../../queues/health.js';
-import type { JobContext } from './context.js';
-import type { ProcessorSpec } from './runtime.js';
+import type { JobContext } from '../runtime/context.js';
+import type { ProcessorSpec } from '../runtime/worker.js';
 
 type HealthData = z.output<typeof healthJobSchema>;
 

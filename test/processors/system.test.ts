@@ -5,7 +5,7 @@ import { NoVmAvailable, VmManager, VmStates, type VmDescriptor } from '../../src
 import type { ConfigInput } from '../../src/config.js';
 import { VmPoolClient } from '../../src/client/index.js';
 import { QueueNames } from '../../queues/names.js';
-import { connect, deleteKeysWithPrefix, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
+import { closePool, connect, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
 import { startWorkerProcess, waitFor, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
 import { hookGroup, hookStateDir, listenerPid, removeHookMachines } from '../helpers/hookMachines.js';
 
@@ -62,14 +62,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all(workers.map((w) => w.stop()));
   removeHookMachines(stateDir);
-  await client.close();
-  await terminateQueue.close();
-  // Schedulers would keep adding cycles under the prefix; remove them with the keys.
-  await reconcileQueue.obliterate({ force: true }).catch(() => undefined);
-  await reconcileQueue.close();
-  await vmm.close();
-  await deleteKeysWithPrefix(redis, prefix);
-  await redis.quit();
+  await closePool(prefix, redis, [client, terminateQueue, vmm], reconcileQueue);
 }, 60_000);
 
 describe('the job system in worker processes', () => {

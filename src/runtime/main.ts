@@ -1,0 +1,27 @@
+import { createLogger, type Logger } from '../logger.js';
+import { connectAnsweringRedis } from '../redis.js';
+import { startProcessTypes, stopOnSignals, type ProcessTypeRegistry } from './boot.js';
+import { readSettings, resolveConfig } from './settings.js';
+
+/** Pings Redis once with a short timeout; exits the process with a hint when it does not answer. */
+export async function requireRedis(url: string, logger: Logger): Promise<void> {
+  try {
+    (await connectAnsweringRedis(url)).disconnect();
+  } catch (err) {
+    const hint = (err as Error).message;
+    logger.fatal(hint);
+    process.stderr.write(`\n${hint}\n`);
+    process.exit(2);
+  }
+}
+
+/** Entry of a worker process: config, Redis check, workers, graceful stop on SIGTERM/SIGINT. */
+export async function runWorkerProcess<T extends string>(registry: ProcessTypeRegistry<T>, types: T[]): Promise<void> {
+  const logger = createLogger(`vmpool-${types.join('+')}`);
+  const settings = readSettings();
+  const { config, source } = resolveConfig(undefined, settings);
+  logger.info({ config: source, types }, 'starting');
+  await requireRedis(config.redis.url, logger);
+  const running = await startProcessTypes(registry, types, config, { logger, prefix: settings.prefix, concurrency: settings.concurrency });
+  stopOnSignals((deadline) => running.stop(deadline), logger, settings.shutdownDeadlineMs);
+}

@@ -1,0 +1,72 @@
+import { ConfigError, configSchema, loadConfig, parseConfig, redisConfigSchema, type Config, type ConfigIssue } from '../config.js';
+import { embeddedConfig } from '../defaults.js';
+
+/** Worker concurrency per process type, from `<TYPE>_CONCURRENCY`; a type not named runs `concurrency.<type>`. */
+export type ConcurrencyOverrides = Partial<Record<keyof Config['concurrency'], number>>;
+
+/**
+ * What a vmpool process takes from its environment, read once by its entry (workers/*.ts, the web
+ * process, the CLI, `vmpool start`) and handed on from there: nothing below reads these variables.
+ * An empty variable counts as unset.
+ */
+export interface Settings {
+  /** VMPOOL_CONFIG: the config file; without it (and without --config), the embedded default. */
+  configPath?: string;
+  /** REDIS_URL: overrides redis.url. */
+  redisUrl?: string;
+  /** VMPOOL_PREFIX: overrides redis.prefix (same rule: letters, digits, . _ - { }). */
+  prefix?: string;
+  /** ACQUIRE_CONCURRENCY, SPAWN_CONCURRENCY, HEALTH_CONCURRENCY, TERMINATE_CONCURRENCY: override concurrency.<type>. */
+  concurrency: ConcurrencyOverrides;
+  /** VMPOOL_SHUTDOWN_DEADLINE_MS: how long a stopping process waits for its active jobs (default 15 s). */
+  shutdownDeadlineMs: number;
+  /** VMPOOL_ACQUIRE_GRACE_MS: how long past a request's timeout `vmpool acquire` still waits for its job (default 60 s). */
+  acquireGraceMs: number;
+}
+
+const CONCURRENCY_TYPES = Object.keys(configSchema.shape.concurrency.unwrap().shape) as (keyof Config['concurrency'])[];
+const prefixSchema = redisConfigSchema.shape.prefix.unwrap();
+
+/** Reads the settings from the environment; ConfigError naming each bad variable, its value and what was expected. */
+export function readSettings(env: NodeJS.ProcessEnv = process.env): Settings {
+  const issues: ConfigIssue[] = [];
+  const value = (name: string): string | undefined => (env[name] === '' ? undefined : env[name]);
+  const integer = (name: string, min: number, expected: string): number | undefined => {
+    const text = value(name);
+    if (text === undefined) return undefined;
+    const n = Number(text);
+    if (Number.isInteger(n) && n >= min) return n;
+    issues.push({ path: name, expected, received: text });
+    return undefined;
+  };
+  const prefix = value('VMPOOL_PREFIX');
+  if (prefix !== undefined && !prefixSchema.safeParse(prefix).success) {
+    issues.push({ path: 'VMPOOL_PREFIX', expected: 'letters, digits, and . _ - { } only', received: prefix });
+  }
+  const concurrency: ConcurrencyOverrides = {};
+  for (const type of CONCURRENCY_TYPES) {
+    const n = integer(`${type.toUpperCase()}_CONCURRENCY`, 1, 'a positive integer');
+    if (n !== undefined) concurrency[type] = n;
+  }
+  const settings: Settings = {
+    configPath: value('VMPOOL_CONFIG'),
+    redisUrl: value('REDIS_URL'),
+    prefix,
+    concurrency,
+    shutdownDeadlineMs: integer('VMPOOL_SHUTDOWN_DEADLINE_MS', 0, 'a whole number of milliseconds') ?? 15_000,
+    acquireGraceMs: integer('VMPOOL_ACQUIRE_GRACE_MS', 0, 'a whole number of milliseconds') ?? 60_000,
+  };
+  if (issues.length) {
+    const lines = issues.map((i) => `  ${i.path}: got ${JSON.stringify(i.received)}, expected ${i.expected}`);
+    throw new ConfigError(`invalid vmpool environment:\n${lines.join('\n')}`, issues);
+  }
+  return settings;
+}
+
+/** The config of a process: the file named by --config or VMPOOL_CONFIG, else the embedded default; REDIS_URL applied. */
+export function resolveConfig(path: string | undefined, settings: Settings): { config: Config; source: string } {
+  const file = path ?? settings.configPath;
+  const env = settings.redisUrl === undefined ? {} : { REDIS_URL: settings.redisUrl };
+  if (file) return { config: loadConfig(file, env), source: file };
+  return { config: parseConfig(embeddedConfig, env), source: 'embedded default (local provider)' };
+}
