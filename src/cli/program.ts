@@ -1,6 +1,6 @@
 import { userInfo } from 'node:os';
 import { Command, CommanderError, Option } from 'commander';
-import { loadConfig, type Config } from '../config.js';
+import { loadConfig, redactedConfig, type Config } from '../config.js';
 import { groupSummaries, resolveGroup } from '../http/api.js';
 import { createLogger, type Logger } from '../logger.js';
 import { ALL_VM_STATES, isValidVmIp, isValidVmName, isVmState, type VmRecord } from '../pool/types.js';
@@ -240,7 +240,7 @@ export function buildProgram(io: CliIo = defaultIo): Command {
     .option('--json', 'print the config with defaults as JSON')
     .action((file: string, opts: { json?: boolean }) => {
       const cfg = loadConfig(file, {});
-      print(opts.json === true, cfg, () => `${file}: ok (${cfg.groups.length} group${cfg.groups.length === 1 ? '' : 's'}: ${cfg.groups.map((g) => g.name).join(', ')})`);
+      print(opts.json === true, redactedConfig(cfg), () => `${file}: ok (${cfg.groups.length} group${cfg.groups.length === 1 ? '' : 's'}: ${cfg.groups.map((g) => g.name).join(', ')})`);
     });
 
   return program;

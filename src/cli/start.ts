@@ -1,4 +1,5 @@
 import { createLogger } from '../logger.js';
+import { redactUrl } from '../text/redact.js';
 import { startProcessTypes, stopOnSignals, type RunningProcess } from '../jobs/boot.js';
 import { requireRedis, resolveConfig } from '../jobs/main.js';
 import { isWorkerProcessType, type WorkerProcessType } from '../jobs/processTypes.js';
@@ -21,7 +22,7 @@ export async function runStart(types: string[], configPath: string | undefined, 
   if (unknown.length) throw new CliError(`unknown process type(s): ${unknown.join(', ')}; known: ${START_TYPES.join(', ')}`, ExitCodes.USAGE);
   const logger = createLogger('vmpool', io.env);
   const { config, source } = resolveConfig(configPath, io.env);
-  logger.info({ config: source, types: chosen, redis: config.redis.url }, 'starting vmpool');
+  logger.info({ config: source, types: chosen, redis: redactUrl(config.redis.url) }, 'starting vmpool');
   await requireRedis(config.redis.url, logger);
   const workerTypes = chosen.filter((t): t is WorkerProcessType => isWorkerProcessType(t));
   let running: RunningProcess | undefined;

@@ -5,7 +5,7 @@ import { formatZodError } from '../jobs/errors.js';
 import { ALL_VM_STATES, isValidVmName, isVmState, type VmRecord, type VmState } from '../pool/types.js';
 import type { VmManager } from '../pool/vmManager.js';
 import { acquireRequestSchema, DEFAULT_ACQUIRE_TIMEOUT_MS, type AcquireRequestData, type VmAssignment } from '../../queues/acquire.js';
-import { hasScope, requireScope } from './auth.js';
+import { hasScope, mayActFor, requireScope } from './auth.js';
 import { HttpError } from './errors.js';
 
 /** How the API gets a VM for a builder: VmPoolClient.acquire in the web process. */
@@ -159,6 +159,12 @@ export function apiRouter(deps: ApiDeps): Router {
       throw new HttpError('validation_error', `invalid acquire request: ${formatZodError(parsed.error)}`, { issues: parsed.error.issues });
     }
     const request = parsed.data;
+    if (!mayActFor(req.principal!, request.owner)) {
+      throw new HttpError('forbidden', `this token may not acquire for owner ${JSON.stringify(request.owner)}`, {
+        owner: request.owner,
+        owners: req.principal!.owners ?? [],
+      });
+    }
     for (const g of request.groups ?? []) {
       if (!config.groups[g]) throw new HttpError('validation_error', `unknown group ${g}`, { group: g });
     }

@@ -3,11 +3,12 @@ import express, { type Express } from 'express';
 import { pinoHttp } from 'pino-http';
 import type { Config } from '../config.js';
 import type { Logger } from '../logger.js';
+import { redactUrl } from '../text/redact.js';
 import { createMetricsRegistry } from '../metrics/registry.js';
 import type { VmManager } from '../pool/vmManager.js';
 import type { QueueName } from '../../queues/names.js';
 import { apiRouter, groupSummaries, refuseCrossSiteChanges, type AcquireFn } from './api.js';
-import { authenticate, requireScope } from './auth.js';
+import { authenticate, checkHost, requireScope } from './auth.js';
 import { bullBoardRouter } from './board.js';
 import { HttpError, errorHandler, sendError } from './errors.js';
 import { openApiDocument } from './openapi.js';
@@ -63,6 +64,7 @@ export function createWebApp(deps: WebAppDeps): Express {
     res.json({ status: 'ok' });
   });
 
+  app.use(checkHost(config.web));
   app.use(authenticate(config.web));
 
   app.get('/readyz', async (_req, res) => {
@@ -70,7 +72,7 @@ export function createWebApp(deps: WebAppDeps): Express {
       res.json({ status: 'ready' });
       return;
     }
-    sendError(res, new HttpError('not_ready', 'Redis does not answer', { redis: config.redis.url.replace(/\/\/[^@]*@/, '//***@') }));
+    sendError(res, new HttpError('not_ready', 'Redis does not answer', { redis: redactUrl(config.redis.url) }));
   });
 
   const registry = createMetricsRegistry({ vmm, queue: deps.queue });

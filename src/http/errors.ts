@@ -11,6 +11,7 @@ export const ErrorCodes = {
   not_found: 404,
   conflict: 409,
   unsupported_media_type: 415,
+  misdirected_request: 421,
   no_vm_available: 503,
   not_ready: 503,
   internal_error: 500,
