@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
+import { parseCidr } from './providers/addressPolicy.js';
 import { redactUrl } from './text/redact.js';
 import { z } from 'zod';
 
@@ -105,6 +106,22 @@ export type CheckConfig = z.output<typeof checkConfigSchema>;
 export const groupConfigSchema = z.strictObject({
   name: z.string().min(1),
   archs: z.array(z.string().min(1)).default([]),
+  /**
+   * CIDRs that spawned VMs' addresses must lie in. Without it, unspecified, broadcast, multicast,
+   * link-local and (except for the local provider) loopback addresses are refused.
+   */
+  allowed_networks: z
+    .array(
+      z.string().superRefine((value, ctx) => {
+        try {
+          parseCidr(value);
+        } catch (err) {
+          ctx.addIssue({ code: 'custom', message: `a CIDR such as 10.0.0.0/8 or fd00::/8 (${(err as Error).message})` });
+        }
+      }),
+    )
+    .min(1)
+    .optional(),
   max_vm_total: positiveInt(8),
   max_vm_per_user: positiveInt(4),
   max_spawn_processes: positiveInt(2),
