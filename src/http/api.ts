@@ -4,9 +4,16 @@ import type { Config } from '../config.js';
 import { formatZodError } from '../jobs/errors.js';
 import { ALL_VM_STATES, isValidVmName, isVmState, type VmRecord, type VmState } from '../pool/types.js';
 import type { VmManager } from '../pool/vmManager.js';
-import { acquireRequestSchema, DEFAULT_ACQUIRE_TIMEOUT_MS, type AcquireRequestData, type VmAssignment } from '../../queues/acquire.js';
+import { acquireRequestSchema, type AcquireRequestData, type VmAssignment } from '../../queues/acquire.js';
 import { hasScope, mayActFor, requireScope } from './auth.js';
 import { HttpError } from './errors.js';
+
+/**
+ * The wait of a POST /acquire that names no timeoutMs: under the 60 s after which common proxies
+ * (nginx's proxy_read_timeout, AWS ALB's idle timeout) and many HTTP clients give up, so that the
+ * builder gets the 503 with its reason rather than a dropped connection.
+ */
+export const DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS = 55_000;
 
 /** How the API gets a VM for a builder: VmPoolClient.acquire in the web process. */
 export type AcquireFn = (request: AcquireRequestData) => Promise<VmAssignment>;
@@ -171,7 +178,7 @@ export function apiRouter(deps: ApiDeps): Router {
     if (request.arch !== undefined && !config.groups.some((g) => g.archs.includes(request.arch!))) {
       throw new HttpError('validation_error', `no group lists arch ${JSON.stringify(request.arch)}`, { arch: request.arch });
     }
-    const assignment = await deps.acquire({ ...request, timeoutMs: request.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS });
+    const assignment = await deps.acquire({ ...request, timeoutMs: request.timeoutMs ?? DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS });
     res.json(assignment);
   });
 

@@ -49,7 +49,7 @@ export const openApiDocument = {
           taskId: { type: 'string', minLength: 1, maxLength: 255 },
           buildId: { type: 'string', minLength: 1, maxLength: 255 },
           chroot: { type: 'string', minLength: 1, maxLength: 255 },
-          timeoutMs: { type: 'integer', minimum: 1, maximum: 86400000, description: 'How long to wait for a VM (default 10 minutes).' },
+          timeoutMs: { type: 'integer', minimum: 1, maximum: 86400000, description: 'How long to wait for a VM. Jobs default to 10 minutes; POST /acquire defaults to 55 s, under the 60 s that common proxies and clients allow.' },
         },
       },
       Assignment: {

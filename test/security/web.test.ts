@@ -2,6 +2,7 @@ import { request } from 'node:http';
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig, redactedConfig } from '../../src/config.js';
+import { DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS } from '../../src/http/api.js';
 import { hostAllowed, hostHeaderName, mayActFor, ownerPatternMatches } from '../../src/http/auth.js';
 import { RedisUnreachable, redisUnreachableHint } from '../../src/redis.js';
 import { redactUrl } from '../../src/text/redact.js';
@@ -118,6 +119,7 @@ describe('builder tokens bound to owners', () => {
     await kit.startAcquireWorker();
     await kit.addReady('o1', '10.9.2.1', 0);
     await kit.addReady('o2', '10.9.2.2', 0);
+    await kit.addReady('o3', '10.9.2.3', 0);
   });
   afterAll(async () => kit?.close());
 
@@ -144,6 +146,16 @@ describe('builder tokens bound to owners', () => {
     const b = await acquire(BUILDER_TOKEN, 'mallory', 'sec-task-d');
     expect(b.status).toBe(200);
     expect(mayActFor({ name: 'admin', scopes: ['admin'], owners: ['x'] }, 'anyone')).toBe(true);
+  });
+
+  it('waits 55 s by default over HTTP, under what common proxies and clients allow', async () => {
+    const res = await kit.fetch('/api/v1/acquire', { method: 'POST', token: BUILDER_TOKEN, json: { owner: 'dave', sandbox: 'dave/p', groups: [0], taskId: 'sec-task-t' } });
+    expect(res.status).toBe(200);
+    const acquireQueue = new Queue('vm-acquire', { connection: kit.redis, prefix: kit.prefix });
+    const [job] = (await acquireQueue.getJobs(['completed'])).filter((j) => j.data.taskId === 'sec-task-t');
+    await acquireQueue.close();
+    expect(job?.data.timeoutMs).toBe(DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS);
+    expect(DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS).toBeLessThan(60_000);
   });
 
   it('matches owner patterns literally except for *', () => {
