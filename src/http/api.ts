@@ -7,6 +7,7 @@ import type { VmManager } from '../pool/vmManager.js';
 import { acquireRequestSchema, type AcquireRequestData, type VmAssignment } from '../../queues/acquire.js';
 import { hasScope, mayActFor, requireScope } from './auth.js';
 import { HttpError } from './errors.js';
+import { openApiDocument } from './openapi.js';
 
 /**
  * The wait of a POST /acquire that names no timeoutMs: under the 60 s after which common proxies
@@ -161,7 +162,7 @@ export function apiRouter(deps: ApiDeps): Router {
   router.use(express.json({ limit: '64kb' }));
 
   router.post('/acquire', requireScope('builder'), requireJsonContentType, async (req, res) => {
-    const parsed = acquireRequestSchema.safeParse(req.body ?? {});
+    const parsed = acquireRequestSchema.safeParse(withGroupIds(config, req.body ?? {}));
     if (!parsed.success) {
       throw new HttpError('validation_error', `invalid acquire request: ${formatZodError(parsed.error)}`, { issues: parsed.error.issues });
     }
@@ -253,8 +254,29 @@ export function apiRouter(deps: ApiDeps): Router {
     res.json({ groups: await groupSummaries(vmm) });
   });
 
-  router.use(() => {
+  router.use((req) => {
+    const allowed = apiRouteMethods(req.path);
+    if (allowed) throw new HttpError('method_not_allowed', `${req.method} is not allowed here; use ${allowed.join(', ')}`, { allow: allowed });
     throw new HttpError('not_found', 'no such API route', {});
   });
   return router;
+}
+
+/** Group names in an acquire body become their ids (the job payload takes ids); unknown ones are a 400. */
+function withGroupIds(config: Config, body: unknown): unknown {
+  if (body === null || typeof body !== 'object' || !Array.isArray((body as { groups?: unknown }).groups)) return body;
+  const groups = (body as { groups: unknown[] }).groups.map((g) => (typeof g === 'string' ? resolveGroup(config, g) : g));
+  return { ...body, groups };
+}
+
+const apiRoutes = Object.entries(openApiDocument.paths).map(([template, ops]) => ({
+  pattern: new RegExp(`^${template.replace(/\{[^}]+\}/g, '[^/]+')}/?$`),
+  methods: Object.keys(ops).map((m) => m.toUpperCase()),
+}));
+
+/** The methods an API path takes (from the OpenAPI document), or null when no route matches it. */
+export function apiRouteMethods(path: string): string[] | null {
+  const route = apiRoutes.find((r) => r.pattern.test(path));
+  if (!route) return null;
+  return route.methods.includes('GET') ? [...route.methods, 'HEAD'] : route.methods;
 }
