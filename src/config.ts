@@ -1,5 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
+import { parseCidr } from './providers/addressPolicy.js';
+import { redactUrl } from './text/redact.js';
 import { z } from 'zod';
 
 /** Raised when a config file or object does not validate. The message names every bad field. */
@@ -104,6 +106,22 @@ export type CheckConfig = z.output<typeof checkConfigSchema>;
 export const groupConfigSchema = z.strictObject({
   name: z.string().min(1),
   archs: z.array(z.string().min(1)).default([]),
+  /**
+   * CIDRs that spawned VMs' addresses must lie in. Without it, unspecified, broadcast, multicast,
+   * link-local and (except for the local provider) loopback addresses are refused.
+   */
+  allowed_networks: z
+    .array(
+      z.string().superRefine((value, ctx) => {
+        try {
+          parseCidr(value);
+        } catch (err) {
+          ctx.addIssue({ code: 'custom', message: `a CIDR such as 10.0.0.0/8 or fd00::/8 (${(err as Error).message})` });
+        }
+      }),
+    )
+    .min(1)
+    .optional(),
   max_vm_total: positiveInt(8),
   max_vm_per_user: positiveInt(4),
   max_spawn_processes: positiveInt(2),
@@ -163,6 +181,13 @@ export const webConfigSchema = z.strictObject({
   port: z.number().int().min(0).max(65535).default(8080),
   /** Bull Board shows the queues but cannot retry, remove or add jobs. */
   read_only_board: z.boolean().default(false),
+  /**
+   * Host names (or addresses) that requests may carry in their Host header besides loopback ones:
+   * `ci.example.org`, or `*.example.org` for its subdomains. Any other Host is refused (DNS rebinding).
+   */
+  allowed_hosts: z.array(z.string().regex(/^(\*\.)?[A-Za-z0-9.:\[\]_-]+$/, 'a host name, an address, or *.domain')).default([]),
+  /** The URL operators and builders reach the web process by (behind a proxy); its host is allowed. */
+  public_url: z.url({ protocol: /^https?$/ }).optional(),
   auth: z
     .strictObject({
       /** Shorthand for one token with the admin scope. */
@@ -173,6 +198,11 @@ export const webConfigSchema = z.strictObject({
             name: z.string().min(1).optional(),
             token: z.string().min(16, 'a token of at least 16 characters'),
             scopes: z.array(z.enum(webScopes)).min(1),
+            /**
+             * Owners this token may acquire for (`*` matches any run of characters: `copr-*`).
+             * Without it the token acts for any owner (one trusted dispatcher such as Copr's backend).
+             */
+            owners: z.array(z.string().min(1).max(255)).min(1).optional(),
           }),
         )
         .default([]),
@@ -207,7 +237,7 @@ export const configSchema = z.strictObject({
       max_stalled_count: z.number().int().nonnegative().default(1),
     })
     .default({ lock_duration: 30, stalled_interval: 30, max_stalled_count: 1 }),
-  web: webConfigSchema.default({ host: '127.0.0.1', port: 8080, read_only_board: false, auth: { tokens: [] } }),
+  web: webConfigSchema.default({ host: '127.0.0.1', port: 8080, read_only_board: false, allowed_hosts: [], auth: { tokens: [] } }),
   groups: z
     .array(groupConfigSchema)
     .min(1)
@@ -235,8 +265,15 @@ function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {
   return cur;
 }
 
-function show(value: unknown): string {
+/** Config paths whose values are secrets: tokens, provider environments, and URLs with passwords. */
+function isSecretPath(path: readonly PropertyKey[]): boolean {
+  return path.some((k) => k === 'token' || k === 'env' || k === 'password');
+}
+
+function show(value: unknown, path: readonly PropertyKey[] = []): string {
   if (value === undefined) return 'nothing';
+  if (isSecretPath(path)) return '(a secret, not shown)';
+  if (path[0] === 'redis' && path[1] === 'url' && typeof value === 'string') return JSON.stringify(redactUrl(value));
   try {
     const text = JSON.stringify(value);
     return text.length > 80 ? `${text.slice(0, 77)}...` : text;
@@ -269,12 +306,30 @@ export function parseConfig(input: unknown, env: NodeJS.ProcessEnv = process.env
           : issue.message.replace(/^Invalid discriminator value\. Expected /, 'one of ').replace(/^[A-Za-z ]+: expected /, '');
       issues.push({ path: issue.path.join('.') || '(root)', expected, received: valueAt(input, issue.path) });
     }
-    const lines = issues.map((i) => `  ${i.path}: got ${show(i.received)}, expected ${i.expected}`);
+    const lines = issues.map((i) => `  ${i.path}: got ${show(i.received, i.path.split('.'))}, expected ${i.expected}`);
     throw new ConfigError(`invalid vmpool config:\n${lines.join('\n')}`, issues);
   }
   const config = result.data;
   if (env.REDIS_URL) config.redis.url = env.REDIS_URL;
   return config;
+}
+
+/**
+ * A copy of a config that may be printed: tokens and provider environment values replaced by
+ * `***`, the Redis URL's password masked.
+ */
+export function redactedConfig(config: Config): Config {
+  const copy = structuredClone(config);
+  copy.redis.url = redactUrl(copy.redis.url);
+  if (copy.web.auth.token !== undefined) copy.web.auth.token = '***';
+  for (const t of copy.web.auth.tokens) t.token = '***';
+  for (const g of copy.groups) {
+    const provider = g.provider as { env?: Record<string, string> };
+    if (provider.env) for (const k of Object.keys(provider.env)) provider.env[k] = '***';
+    const check = g.check as { env?: Record<string, string> };
+    if (check.env) for (const k of Object.keys(check.env)) check.env[k] = '***';
+  }
+  return copy;
 }
 
 /** Reads a YAML config file and validates it with parseConfig. */

@@ -42,6 +42,7 @@ export { WebAuthRequired, isLoopbackHost, assertBindAllowed } from './http/auth.
 export type { Principal } from './http/auth.js';
 export { HttpError, ErrorCodes } from './http/errors.js';
 export { openApiDocument } from './http/openapi.js';
+export { DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS } from './http/api.js';
 export { createMetricsRegistry } from './metrics/registry.js';
 export { sharedMetrics, recordJobMetrics } from './metrics/shared.js';
 export { webConfigSchema, webScopes } from './config.js';

@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { Redis, type RedisOptions } from 'ioredis';
+import { redactUrl } from './text/redact.js';
 
 /**
  * Connection for producers and the pool: commands fail after a short retry instead of hanging
@@ -29,13 +30,17 @@ export function redisUnreachableHint(url: string, haveRedisServer: boolean): str
   const start = haveRedisServer
     ? 'start it with `redis-server --daemonize yes` (the binary is installed)'
     : 'install and start Redis (for example `apt-get install redis-server`)';
-  return `Redis is not reachable at ${url}. Either ${start}, or set REDIS_URL to a Redis that runs (for example REDIS_URL=redis://host:6379).`;
+  return `Redis is not reachable at ${redactUrl(url)}. Either ${start}, or set REDIS_URL to a Redis that runs (for example REDIS_URL=redis://host:6379).`;
 }
 
 /** Redis did not answer; the message says how to fix it (redisUnreachableHint). */
 export class RedisUnreachable extends Error {
-  constructor(readonly url: string) {
+  /** The URL with its password masked: the error may be logged whole. */
+  readonly url: string;
+
+  constructor(url: string) {
     super(redisUnreachableHint(url, haveRedisServer()));
+    this.url = redactUrl(url);
     this.name = 'RedisUnreachable';
   }
 }

@@ -1,6 +1,7 @@
 import { userInfo } from 'node:os';
 import { Command, CommanderError, Option } from 'commander';
-import { loadConfig, type Config } from '../config.js';
+import { loadConfig, redactedConfig, type Config } from '../config.js';
+import { assertBindAllowed } from '../http/auth.js';
 import { createLogger, type Logger } from '../logger.js';
 import { ALL_VM_STATES, isValidVmIp, isValidVmName, isVmState } from '../pool/types.js';
 import { VmManager } from '../pool/vmManager.js';
@@ -227,7 +228,13 @@ export function buildProgram(io: CliIo = defaultIo): Command {
     .option('--json', 'print the config with defaults as JSON')
     .action((file: string, opts: { json?: boolean }) => {
       const cfg = loadConfig(file, {});
-      print(opts.json === true, cfg, () => `${file}: ok (${cfg.groups.length} group${cfg.groups.length === 1 ? '' : 's'}: ${cfg.groups.map((g) => g.name).join(', ')})`);
+      // The same rule the web process applies at start, so that `ok` means it will start.
+      try {
+        assertBindAllowed(cfg.web);
+      } catch (err) {
+        throw new CliError(`${file}: ${(err as Error).message}`, ExitCodes.USAGE);
+      }
+      print(opts.json === true, redactedConfig(cfg), () => `${file}: ok (${cfg.groups.length} group${cfg.groups.length === 1 ? '' : 's'}: ${cfg.groups.map((g) => g.name).join(', ')})`);
     });
 
   return program;

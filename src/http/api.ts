@@ -5,9 +5,17 @@ import { formatZodError } from '../validation.js';
 import { ALL_VM_STATES, isValidVmName, isVmState, type VmRecord } from '../pool/types.js';
 import type { VmManager } from '../pool/vmManager.js';
 import { groupSummaries, resolveGroup, UnknownGroup, withoutLease } from '../poolView.js';
-import { acquireRequestSchema, DEFAULT_ACQUIRE_TIMEOUT_MS, type AcquireRequestData, type VmAssignment } from '../../queues/acquire.js';
-import { hasScope, requireScope } from './auth.js';
+import { acquireRequestSchema, type AcquireRequestData, type VmAssignment } from '../../queues/acquire.js';
+import { hasScope, mayActFor, requireScope } from './auth.js';
 import { HttpError } from './errors.js';
+import { openApiDocument } from './openapi.js';
+
+/**
+ * The wait of a POST /acquire that names no timeoutMs: under the 60 s after which common proxies
+ * (nginx's proxy_read_timeout, AWS ALB's idle timeout) and many HTTP clients give up, so that the
+ * builder gets the 503 with its reason rather than a dropped connection.
+ */
+export const DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS = 55_000;
 
 /** How the API gets a VM for a builder: VmPoolClient.acquire in the web process. */
 export type AcquireFn = (request: AcquireRequestData) => Promise<VmAssignment>;
@@ -54,7 +62,7 @@ function queryString(req: Request, key: string): string | undefined {
   return v;
 }
 
-/** A group by id or by name (query parameter), or a validation error. */
+/** A group by id or by name (query parameter, acquire body), or a validation error. */
 function queryGroup(config: Config, value: string): number {
   try {
     return resolveGroup(config, value);
@@ -111,18 +119,24 @@ export function apiRouter(deps: ApiDeps): Router {
   router.use(express.json({ limit: '64kb' }));
 
   router.post('/acquire', requireScope('builder'), requireJsonContentType, async (req, res) => {
-    const parsed = acquireRequestSchema.safeParse(req.body ?? {});
+    const parsed = acquireRequestSchema.safeParse(withGroupIds(config, req.body ?? {}));
     if (!parsed.success) {
       throw new HttpError('validation_error', `invalid acquire request: ${formatZodError(parsed.error)}`, { issues: parsed.error.issues });
     }
     const request = parsed.data;
+    if (!mayActFor(req.principal!, request.owner)) {
+      throw new HttpError('forbidden', `this token may not acquire for owner ${JSON.stringify(request.owner)}`, {
+        owner: request.owner,
+        owners: req.principal!.owners ?? [],
+      });
+    }
     for (const g of request.groups ?? []) {
       if (!config.groups[g]) throw new HttpError('validation_error', `unknown group ${g}`, { group: g });
     }
     if (request.arch !== undefined && !config.groups.some((g) => g.archs.includes(request.arch!))) {
       throw new HttpError('validation_error', `no group lists arch ${JSON.stringify(request.arch)}`, { arch: request.arch });
     }
-    const assignment = await deps.acquire({ ...request, timeoutMs: request.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS });
+    const assignment = await deps.acquire({ ...request, timeoutMs: request.timeoutMs ?? DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS });
     res.json(assignment);
   });
 
@@ -197,8 +211,29 @@ export function apiRouter(deps: ApiDeps): Router {
     res.json({ groups: await groupSummaries(vmm) });
   });
 
-  router.use(() => {
+  router.use((req) => {
+    const allowed = apiRouteMethods(req.path);
+    if (allowed) throw new HttpError('method_not_allowed', `${req.method} is not allowed here; use ${allowed.join(', ')}`, { allow: allowed });
     throw new HttpError('not_found', 'no such API route', {});
   });
   return router;
+}
+
+/** Group names in an acquire body become their ids (the job payload takes ids); unknown ones are a 400. */
+function withGroupIds(config: Config, body: unknown): unknown {
+  if (body === null || typeof body !== 'object' || !Array.isArray((body as { groups?: unknown }).groups)) return body;
+  const groups = (body as { groups: unknown[] }).groups.map((g) => (typeof g === 'string' ? queryGroup(config, g) : g));
+  return { ...body, groups };
+}
+
+const apiRoutes = Object.entries(openApiDocument.paths).map(([template, ops]) => ({
+  pattern: new RegExp(`^${template.replace(/\{[^}]+\}/g, '[^/]+')}/?$`),
+  methods: Object.keys(ops).map((m) => m.toUpperCase()),
+}));
+
+/** The methods an API path takes (from the OpenAPI document), or null when no route matches it. */
+export function apiRouteMethods(path: string): string[] | null {
+  const route = apiRoutes.find((r) => r.pattern.test(path));
+  if (!route) return null;
+  return route.methods.includes('GET') ? [...route.methods, 'HEAD'] : route.methods;
 }

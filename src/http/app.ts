@@ -3,16 +3,17 @@ import express, { type Express } from 'express';
 import { pinoHttp } from 'pino-http';
 import type { Config } from '../config.js';
 import type { Logger } from '../logger.js';
+import { redactUrl } from '../text/redact.js';
 import { createMetricsRegistry } from '../metrics/registry.js';
 import type { VmManager } from '../pool/vmManager.js';
 import { groupSummaries } from '../poolView.js';
 import type { QueueName } from '../../queues/names.js';
 import { apiRouter, refuseCrossSiteChanges, type AcquireFn } from './api.js';
-import { authenticate, requireScope } from './auth.js';
+import { authenticate, checkHost, requireScope } from './auth.js';
 import { bullBoardRouter } from './board.js';
 import { HttpError, errorHandler, sendError } from './errors.js';
 import { openApiDocument } from './openapi.js';
-import { renderPoolFragment, renderPoolPage, POOL_PAGE_REFRESH_MS } from './poolPage.js';
+import { FAVICON_SVG, renderPoolFragment, renderPoolPage, POOL_PAGE_REFRESH_MS } from './poolPage.js';
 
 export interface WebAppDeps {
   config: Config;
@@ -55,8 +56,20 @@ export function createWebApp(deps: WebAppDeps): Express {
   app.use(
     pinoHttp({
       logger,
-      redact: ['req.headers.authorization', 'req.headers.cookie'],
+      // One short line per request: no headers (they carry tokens and cookies, and most of the bytes).
+      serializers: {
+        req: (req: { id: unknown; method: string; url: string; remoteAddress?: string }) => ({ id: req.id, method: req.method, url: req.url, remoteAddress: req.remoteAddress }),
+        res: (res: { statusCode: number }) => ({ statusCode: res.statusCode }),
+      },
       autoLogging: { ignore: (req) => req.url === '/healthz' },
+      // Changes at info, reads at debug, failures of ours at error; a 503 (no VM, Redis away) is an
+      // answer, not a crash, so it is logged without a stack.
+      customLogLevel: (req, res, err) => {
+        if (res.statusCode >= 500 && res.statusCode !== 503) return 'error';
+        if (err || res.statusCode >= 400) return 'info';
+        return req.method === 'GET' || req.method === 'HEAD' ? 'debug' : 'info';
+      },
+      customErrorObject: (_req, res, _error, value: Record<string, unknown>) => (res.statusCode === 503 ? { res: value.res, responseTime: value.responseTime } : value),
     }),
   );
 
@@ -64,6 +77,11 @@ export function createWebApp(deps: WebAppDeps): Express {
     res.json({ status: 'ok' });
   });
 
+  app.use(checkHost(config.web));
+  // Browsers ask for an icon without credentials: it gives nothing away.
+  app.get(['/favicon.svg', '/favicon.ico'], (_req, res) => {
+    res.set('Cache-Control', 'public, max-age=86400').type('image/svg+xml').send(FAVICON_SVG);
+  });
   app.use(authenticate(config.web));
 
   app.get('/readyz', async (_req, res) => {
@@ -71,7 +89,7 @@ export function createWebApp(deps: WebAppDeps): Express {
       res.json({ status: 'ready' });
       return;
     }
-    sendError(res, new HttpError('not_ready', 'Redis does not answer', { redis: config.redis.url.replace(/\/\/[^@]*@/, '//***@') }));
+    sendError(res, new HttpError('not_ready', 'Redis does not answer', { redis: redactUrl(config.redis.url) }));
   });
 
   const registry = createMetricsRegistry({ vmm, queue: deps.queue });
@@ -99,7 +117,10 @@ export function createWebApp(deps: WebAppDeps): Express {
     res.type('html').send(renderPoolPage(vmm.prefix, summaries, vms, now, deps.poolPageRefreshMs ?? POOL_PAGE_REFRESH_MS));
   });
 
-  app.use(() => {
+  app.use((req) => {
+    if (['/', '/metrics', '/healthz', '/readyz'].includes(req.path)) {
+      throw new HttpError('method_not_allowed', `${req.method} is not allowed here; use GET`, { allow: ['GET', 'HEAD'] });
+    }
     throw new HttpError('not_found', 'no such route', {});
   });
   app.use(errorHandler(logger));

@@ -8,6 +8,8 @@ export interface Principal {
   /** Who made the request: the token's name, or `anonymous` when the web process runs open. */
   name: string;
   scopes: readonly WebScope[];
+  /** Owner patterns the token may acquire for; undefined: any owner. */
+  owners?: readonly string[];
 }
 
 interface TokenEntry {
@@ -28,7 +30,9 @@ export function isLoopbackHost(host: string): boolean {
 export function configuredTokens(web: WebConfig): TokenEntry[] {
   const out: TokenEntry[] = [];
   if (web.auth.token) out.push({ digest: digest(web.auth.token), principal: { name: 'admin', scopes: ['admin'] } });
-  web.auth.tokens.forEach((t, i) => out.push({ digest: digest(t.token), principal: { name: t.name ?? `token-${i}`, scopes: t.scopes } }));
+  web.auth.tokens.forEach((t, i) =>
+    out.push({ digest: digest(t.token), principal: { name: t.name ?? `token-${i}`, scopes: t.scopes, ...(t.owners ? { owners: t.owners } : {}) } }),
+  );
   return out;
 }
 
@@ -49,6 +53,63 @@ export function assertBindAllowed(web: WebConfig, host = web.host): void {
 
 export function hasScope(principal: Principal, scope: WebScope): boolean {
   return principal.scopes.includes('admin') || principal.scopes.includes(scope);
+}
+
+/** An owner pattern: `*` matches any run of characters, everything else itself. */
+export function ownerPatternMatches(pattern: string, owner: string): boolean {
+  const re = new RegExp(`^${pattern.split('*').map((part) => part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`, 's');
+  return re.test(owner);
+}
+
+/** Whether the caller may acquire as this owner: admins and tokens without `owners` may act for anyone. */
+export function mayActFor(principal: Principal, owner: string): boolean {
+  if (principal.scopes.includes('admin') || principal.owners === undefined) return true;
+  return principal.owners.some((p) => ownerPatternMatches(p, owner));
+}
+
+/** The host name of a Host header value (`name:port`, `[v6]:port`), lower case; null if malformed. */
+export function hostHeaderName(value: string | undefined): string | null {
+  if (value === undefined || value === '' || value.length > 255) return null;
+  const v = value.trim().toLowerCase();
+  const m = /^\[([0-9a-f:.]+)\](?::(\d{1,5}))?$/.exec(v) ?? /^([a-z0-9._-]+)(?::(\d{1,5}))?$/.exec(v);
+  return m ? m[1]! : null;
+}
+
+/**
+ * The host names a request may carry: loopback ones always, web.host when it is one address,
+ * web.allowed_hosts (`*.domain` matches its subdomains) and the host of web.public_url.
+ */
+export function hostAllowed(web: WebConfig, host: string): boolean {
+  if (isLoopbackHost(host)) return true;
+  const bound = web.host.replace(/^\[|\]$/g, '').toLowerCase();
+  if (host === bound && bound !== '0.0.0.0' && bound !== '::') return true;
+  if (web.public_url !== undefined && new URL(web.public_url).hostname.replace(/^\[|\]$/g, '').toLowerCase() === host) return true;
+  return web.allowed_hosts.some((entry) => {
+    const e = entry.toLowerCase().replace(/^\[|\]$/g, '');
+    return e.startsWith('*.') ? host.endsWith(e.slice(1)) && host.length > e.length - 1 : e === host;
+  });
+}
+
+/**
+ * Refuses (421) a request whose Host header names no host of this process. A page on another site
+ * that rebinds its own name to 127.0.0.1 sends its name as Host, so this stops DNS rebinding even
+ * when the process runs open on loopback. /healthz stays open for probes that use any address.
+ */
+export function checkHost(web: WebConfig) {
+  return (req: Request, res: Response, next: NextFunction): void => {
+    const raw = req.headers.host;
+    const host = hostHeaderName(raw);
+    if (host !== null && hostAllowed(web, host)) {
+      next();
+      return;
+    }
+    sendError(
+      res,
+      new HttpError('misdirected_request', `this server does not answer for host ${JSON.stringify(raw ?? '')}; add it to web.allowed_hosts or set web.public_url`, {
+        host: raw ?? null,
+      }),
+    );
+  };
 }
 
 /** The token of a request: `Authorization: Bearer <token>`, or Basic with the token as password (browsers). */

@@ -9,8 +9,11 @@ export const ErrorCodes = {
   unauthorized: 401,
   forbidden: 403,
   not_found: 404,
+  method_not_allowed: 405,
   conflict: 409,
+  payload_too_large: 413,
   unsupported_media_type: 415,
+  misdirected_request: 421,
   no_vm_available: 503,
   not_ready: 503,
   internal_error: 500,
@@ -42,6 +45,9 @@ export function toHttpError(err: unknown): HttpError {
   if (err instanceof VmError || err instanceof ConfigError) return new HttpError('conflict', err.message, {});
   const e = err as { type?: string; status?: number; message?: string };
   // body-parser: malformed JSON, body too large, wrong charset.
+  if (e && e.status === 413 && typeof e.type === 'string') {
+    return new HttpError('payload_too_large', `request body too large: ${e.message ?? e.type}`, { type: e.type });
+  }
   if (e && typeof e.status === 'number' && e.status >= 400 && e.status < 500 && typeof e.type === 'string') {
     return new HttpError('validation_error', `invalid request body: ${e.message ?? e.type}`, { type: e.type });
   }
@@ -49,6 +55,7 @@ export function toHttpError(err: unknown): HttpError {
 }
 
 export function sendError(res: Response, err: HttpError): void {
+  if (err.code === 'method_not_allowed' && Array.isArray(err.details.allow)) res.setHeader('Allow', (err.details.allow as string[]).join(', '));
   res.status(err.status).json({ error: err.code, message: err.message, details: err.details });
 }
 

@@ -1,9 +1,15 @@
 import { ALL_VM_STATES } from '../pool/types.js';
+import { ErrorCodes } from './errors.js';
 
 const error = (description: string) => ({ description, content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } });
 const json = (description: string, ref: string) => ({ description, content: { 'application/json': { schema: { $ref: `#/components/schemas/${ref}` } } } });
 const nameParam = { name: 'name', in: 'path', required: true, schema: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' } };
-const common = { '400': error('Invalid request'), '401': error('Missing or invalid token'), '403': error('Token lacks the scope') };
+const common = {
+  '400': error('Invalid request'),
+  '401': error('Missing or invalid token'),
+  '403': error('Token lacks the scope, or may not act for the owner'),
+  '421': error('The Host header names no host of this server (web.allowed_hosts)'),
+};
 const vmResponses = { ...common, '404': error('No such VM'), '409': error('Wrong state, lease or hold') };
 /** POST and DELETE need Content-Type: application/json, also without a body (no cross-site form posts). */
 const notJson = { '415': error('Content-Type is not application/json') };
@@ -18,6 +24,7 @@ export const openApiDocument = {
   info: {
     title: 'vmpool API',
     version: '1',
+    license: { name: 'MIT', identifier: 'MIT' },
     description:
       'Acquire, renew and release build VMs; inspect and steer the pool. Errors are { error, message, details }. ' +
       'With tokens configured, send Authorization: Bearer <token>; builder tokens may acquire, renew and release, admin tokens everything. ' +
@@ -31,7 +38,7 @@ export const openApiDocument = {
         type: 'object',
         required: ['error', 'message', 'details'],
         properties: {
-          error: { type: 'string', enum: ['validation_error', 'unauthorized', 'forbidden', 'not_found', 'conflict', 'unsupported_media_type', 'no_vm_available', 'not_ready', 'internal_error'] },
+          error: { type: 'string', enum: Object.keys(ErrorCodes) },
           message: { type: 'string' },
           details: { type: 'object' },
         },
@@ -40,18 +47,30 @@ export const openApiDocument = {
         type: 'object',
         additionalProperties: false,
         required: ['owner', 'sandbox'],
-        description: 'Exactly one of groups or arch. Same schema as the vm-acquire job payload.',
+        description: 'Exactly one of groups (ids or names) or arch. The vm-acquire job payload takes group ids only.',
+        // Both present would match both branches, which oneOf refuses: exactly one of the two.
+        oneOf: [
+          { required: ['groups'], properties: { groups: { $ref: '#/components/schemas/AcquireGroups' } } },
+          { required: ['arch'], properties: { arch: { $ref: '#/components/schemas/AcquireArch' } } },
+        ],
         properties: {
           owner: { type: 'string', minLength: 1, maxLength: 255 },
           sandbox: { type: 'string', maxLength: 1024 },
-          groups: { type: 'array', items: { type: 'integer', minimum: 0 }, minItems: 1 },
-          arch: { type: 'string', minLength: 1, maxLength: 64 },
+          groups: { $ref: '#/components/schemas/AcquireGroups' },
+          arch: { $ref: '#/components/schemas/AcquireArch' },
           taskId: { type: 'string', minLength: 1, maxLength: 255 },
           buildId: { type: 'string', minLength: 1, maxLength: 255 },
           chroot: { type: 'string', minLength: 1, maxLength: 255 },
-          timeoutMs: { type: 'integer', minimum: 1, maximum: 86400000, description: 'How long to wait for a VM (default 10 minutes).' },
+          timeoutMs: { type: 'integer', minimum: 1, maximum: 86400000, description: 'How long to wait for a VM. Jobs default to 10 minutes; POST /acquire defaults to 55 s, under the 60 s that common proxies and clients allow.' },
         },
       },
+      AcquireGroups: {
+        type: 'array',
+        items: { oneOf: [{ type: 'integer', minimum: 0 }, { type: 'string', minLength: 1 }] },
+        minItems: 1,
+        description: 'group ids or names, tried in order',
+      },
+      AcquireArch: { type: 'string', minLength: 1, maxLength: 64, description: 'every group listing this arch, in config order' },
       Assignment: {
         type: 'object',
         required: ['vmName', 'vmIp', 'group', 'leaseId', 'leaseExpiresAt'],
@@ -61,6 +80,7 @@ export const openApiDocument = {
           group: { type: 'integer' },
           leaseId: { type: 'string' },
           leaseExpiresAt: { type: 'integer', description: 'epoch ms' },
+          requestedAt: { type: 'integer', description: 'when the acquire request was enqueued, epoch ms' },
         },
       },
       LeaseRequest: { type: 'object', additionalProperties: false, required: ['leaseId'], properties: { leaseId: { type: 'string' } } },
@@ -95,6 +115,7 @@ export const openApiDocument = {
           leaseExpiresAt: nullable('integer'),
           heldBy: nullable('string'),
           heldSince: nullable('integer'),
+          addedAt: { ...nullable('integer'), description: 'when the VM entered the pool, epoch ms' },
         },
       },
       VmAction: { type: 'object', properties: { vm: { $ref: '#/components/schemas/Vm' } }, additionalProperties: true },
@@ -119,6 +140,7 @@ export const openApiDocument = {
   paths: {
     '/acquire': {
       post: {
+        operationId: 'acquireVm',
         summary: 'Wait up to timeoutMs for a VM and return the assignment',
         security: builder,
         requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/AcquireRequest' } } } },
@@ -127,6 +149,7 @@ export const openApiDocument = {
     },
     '/vms': {
       get: {
+        operationId: 'listVms',
         summary: 'List VMs',
         security: admin,
         parameters: [
@@ -138,10 +161,11 @@ export const openApiDocument = {
       },
     },
     '/vms/{name}': {
-      get: { summary: 'One VM', security: admin, parameters: [nameParam], responses: { '200': json('The VM', 'Vm'), ...vmResponses } },
+      get: { operationId: 'getVm', summary: 'One VM', security: admin, parameters: [nameParam], responses: { '200': json('The VM', 'Vm'), ...vmResponses } },
     },
     '/vms/{name}/release': {
       post: {
+        operationId: 'releaseVm',
         summary: 'Release an in_use VM (it stays bound to its owner and sandbox)',
         security: builder,
         parameters: [nameParam],
@@ -151,6 +175,7 @@ export const openApiDocument = {
     },
     '/vms/{name}/renew': {
       post: {
+        operationId: 'renewLease',
         summary: 'Extend the lease of an assignment',
         security: builder,
         parameters: [nameParam],
@@ -159,25 +184,29 @@ export const openApiDocument = {
       },
     },
     '/vms/{name}/terminate': {
-      post: { summary: 'Request termination (reason operator)', security: admin, parameters: [nameParam], responses: { '202': json('Terminating', 'VmAction'), ...vmWriteResponses } },
+      post: { operationId: 'terminateVm', summary: 'Request termination (reason operator)', security: admin, parameters: [nameParam], responses: { '202': json('Terminating', 'VmAction'), ...vmWriteResponses } },
     },
     '/vms/{name}/hold': {
       post: {
+        operationId: 'holdVm',
         summary: 'Hold the VM out of acquisition',
         security: admin,
         parameters: [nameParam],
         requestBody: { content: { 'application/json': { schema: { $ref: '#/components/schemas/HoldRequest' } } } },
         responses: { '200': json('Held', 'VmAction'), ...vmWriteResponses },
       },
-      delete: { summary: 'End the hold', security: admin, parameters: [nameParam], responses: { '200': json('Unheld', 'VmAction'), ...vmWriteResponses } },
+      delete: { operationId: 'unholdVm', summary: 'End the hold', security: admin, parameters: [nameParam], responses: { '200': json('Unheld', 'VmAction'), ...vmWriteResponses } },
     },
     '/groups': {
       get: {
+        operationId: 'listGroups',
         summary: 'Groups: limits, counts per state, warm pool target, demand, spawns in flight',
         security: admin,
         responses: { '200': { description: 'Groups', content: { 'application/json': { schema: { type: 'object', properties: { groups: { type: 'array', items: { $ref: '#/components/schemas/Group' } } } } } } }, ...common },
       },
     },
-    '/openapi.json': { get: { summary: 'This document', security: admin, responses: { '200': { description: 'OpenAPI document' } } } },
+    '/openapi.json': {
+      get: { operationId: 'getOpenApiDocument', summary: 'This document', security: admin, responses: { '200': { description: 'OpenAPI document' }, ...common } },
+    },
   },
 } as const;

@@ -4,11 +4,26 @@ import type { GroupSummary } from '../poolView.js';
 
 export const POOL_PAGE_REFRESH_MS = 5_000;
 
+/** The page's icon: a small stack of machines. */
+export const FAVICON_SVG =
+  '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect x="1" y="2" width="14" height="5" rx="1" fill="#3a6ea5"/>' +
+  '<rect x="1" y="9" width="14" height="5" rx="1" fill="#5a8fc7"/><circle cx="4" cy="4.5" r="1" fill="#d7f5dd"/><circle cx="4" cy="11.5" r="1" fill="#d7f5dd"/></svg>';
+
 const escapeHtml = (value: unknown): string =>
   String(value ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
 
 const cell = (value: string | number | null | undefined, cls = '') =>
   `<td${cls ? ` class="${cls}"` : ''}>${value === null || value === undefined || value === '' ? '<span class="none">-</span>' : escapeHtml(value)}</td>`;
+
+/**
+ * A time as its relative form ("2 minutes ago"); the page's script adds the browser's local date,
+ * and the title keeps the exact time.
+ */
+function timeCell(ms: number | null, now: number, cls: string): string {
+  if (ms === null || !Number.isFinite(ms)) return cell(null, cls);
+  const iso = new Date(ms).toISOString();
+  return `<td class="${cls}"><time datetime="${iso}" data-ms="${ms}" title="${iso}">${escapeHtml(relativeTime(ms, now))}</time></td>`;
+}
 
 function taskText(vm: VmRecord): string | null {
   if (!vm.taskId && !vm.buildId && !vm.chroot) return null;
@@ -32,8 +47,9 @@ function vmRow(vm: VmRecord, now: number): string {
     cell(vm.sandbox, 'sandbox'),
     cell(vm.buildsCount, 'builds num'),
     cell(vm.checkFails, `fails num${vm.checkFails > 0 ? ' warn' : ''}`),
-    cell(relativeTime(vm.lastHealthCheck, now), 'checked'),
+    timeCell(vm.lastHealthCheck, now, 'checked'),
     cell(taskText(vm), 'task'),
+    timeCell(vm.state === 'in_use' ? vm.leaseExpiresAt : null, now, 'lease'),
     cell(heldText, 'held-by'),
     `<td class="actions">${holdButton} ${terminateButton}</td>`,
     '</tr>',
@@ -52,13 +68,13 @@ function groupSection(summary: GroupSummary, vms: VmRecord[], now: number): stri
     `demand <b>${summary.demand}</b> · spawns in flight <b>${summary.spawnsInFlight}</b> · held <b>${summary.held}</b>`;
   const rows = vms.length
     ? vms.map((vm) => vmRow(vm, now)).join('\n')
-    : '<tr class="empty"><td colspan="11">no VMs in this group</td></tr>';
+    : '<tr class="empty"><td colspan="12">no VMs in this group</td></tr>';
   return `<section class="group" data-group="${summary.id}" data-group-name="${escapeHtml(summary.name)}">
 <h2>${escapeHtml(summary.name)} <small>group ${summary.id}${summary.archs.length ? ` · ${escapeHtml(summary.archs.join(', '))}` : ''} · ${summary.total} VM${summary.total === 1 ? '' : 's'}</small></h2>
 <p class="counts">${counts}</p>
 <p class="limits">${limits}<br>${warm}</p>
 <table>
-<thead><tr><th>Name</th><th>State</th><th>IP</th><th>Bound user</th><th>Sandbox</th><th>Builds</th><th>Check fails</th><th>Last check</th><th>Task</th><th>Held by</th><th></th></tr></thead>
+<thead><tr><th>Name</th><th>State</th><th>IP</th><th>Bound user</th><th>Sandbox</th><th>Builds</th><th>Check fails</th><th>Last check</th><th>Task</th><th>Lease expires</th><th>Held by</th><th></th></tr></thead>
 <tbody>
 ${rows}
 </tbody>
@@ -105,12 +121,21 @@ const SCRIPT = `
 const root = document.getElementById('pool');
 const message = document.getElementById('message');
 const refreshMs = Number(root.dataset.refreshMs);
+function localizeTimes() {
+  for (const t of root.querySelectorAll('time[data-ms]')) {
+    t.textContent = new Date(Number(t.dataset.ms)).toLocaleString() + ' (' + t.textContent + ')';
+  }
+}
 async function refresh() {
   try {
     const res = await fetch('?fragment=1', { headers: { accept: 'text/html' } });
-    if (res.ok) root.innerHTML = await res.text();
+    if (res.ok) {
+      root.innerHTML = await res.text();
+      localizeTimes();
+    }
   } catch (err) { /* keep the last table; the next refresh tries again */ }
 }
+localizeTimes();
 const questions = {
   hold: (n) => 'Hold VM ' + n + '? It will not be handed to builders until it is unheld.',
   unhold: (n) => 'Unhold VM ' + n + '? It can be acquired again.',
@@ -145,6 +170,7 @@ export function renderPoolPage(prefix: string, summaries: GroupSummary[], vms: V
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>vmpool</title>
+<link rel="icon" href="favicon.svg" type="image/svg+xml">
 <style>${STYLE}</style>
 </head>
 <body>

@@ -2,7 +2,7 @@ import type { Queue } from 'bullmq';
 import { Gauge, Registry } from 'prom-client';
 import { ALL_VM_STATES } from '../pool/types.js';
 import type { VmManager } from '../pool/vmManager.js';
-import { ALL_QUEUE_NAMES, type QueueName } from '../../queues/names.js';
+import { ALL_QUEUE_NAMES, QueueNames, type QueueName } from '../../queues/names.js';
 import { readSharedCounter, readSharedHistogram, sharedMetrics, type SharedMetricDef } from './shared.js';
 
 /** Job states reported per queue (BullMQ's getJobCounts types). */
@@ -150,6 +150,25 @@ export function createMetricsRegistry(deps: MetricsDeps): Registry {
         const counts = await deps.queue(name).getJobCounts(...QUEUE_JOB_STATES);
         for (const state of QUEUE_JOB_STATES) this.set({ queue: name, state }, counts[state] ?? 0);
       }
+    },
+  });
+
+  new Gauge({
+    name: 'vmpool_reconcile_last_cycle_timestamp_seconds',
+    help: 'When the last reconcile cycle finished (Unix time); 0 when none has',
+    registers: [registry],
+    async collect() {
+      const [last] = await deps.queue(QueueNames.RECONCILE).getJobs(['completed'], 0, 0, false);
+      this.set((last?.finishedOn ?? 0) / 1000);
+    },
+  });
+
+  new Gauge({
+    name: 'vmpool_reconcile_cycle_period_seconds',
+    help: 'Seconds between reconcile cycles (vm_cycle_timeout)',
+    registers: [registry],
+    collect() {
+      this.set(vmm.config.vm_cycle_timeout);
     },
   });
 

@@ -1,5 +1,6 @@
 import { UnrecoverableError, type Job } from 'bullmq';
 import { isValidVmIp, isValidVmName } from '../pool/types.js';
+import { addressPolicy } from '../providers/addressPolicy.js';
 import { SPAWN_QUEUE, spawnJobSchema, type SpawnJobResult } from '../../queues/spawn.js';
 import { TERMINATE_QUEUE, addTerminateJob } from '../../queues/terminate.js';
 import type { JobContext } from '../runtime/context.js';
@@ -35,16 +36,19 @@ async function processSpawn(job: Job, data: SpawnData, ctx: JobContext): Promise
       if (isValidVmName(machine.name)) await requestOrphanTermination(ctx, machine.name, group, null);
       throw new UnrecoverableError(reason);
     }
+    const refusal = addressPolicy({ allowedNetworks: groupConfig.allowed_networks, allowLoopback: groupConfig.provider.type === 'local' }).refusal(machine.ip);
+    if (refusal) {
+      await log(`refused ${machine.name}: ${refusal}; terminating it`);
+      await requestOrphanTermination(ctx, machine.name, group, machine.ip);
+      throw new UnrecoverableError(`provider returned an unusable address for ${machine.name}: ${refusal}`);
+    }
     try {
       await ctx.vmm.addVmToPool(machine.ip, machine.name, group);
     } catch (err) {
+      // A duplicate name is another machine under a name the pool has: the terminate job ends it by
+      // the name and address the hook printed, and leaves the pool's VM of that name alone.
       await log(`could not add ${machine.name} to the pool: ${(err as Error).message}; terminating it`);
-      // A duplicate name means the pool knows a machine of that name: never terminate that one.
-      const known = await ctx.vmm.getVmByName(machine.name).then(
-        () => true,
-        () => false,
-      );
-      if (!known) await requestOrphanTermination(ctx, machine.name, group, machine.ip);
+      await requestOrphanTermination(ctx, machine.name, group, machine.ip);
       throw new UnrecoverableError(`spawned machine ${machine.name} could not enter the pool: ${(err as Error).message}`);
     }
     await ctx.vmm.enqueueHealthCheck(machine.name);

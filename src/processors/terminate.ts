@@ -20,12 +20,18 @@ async function processTerminate(job: Job, data: TerminateData, ctx: JobContext):
     vm = await ctx.vmm.getVmByName(vmName);
   } catch (err) {
     if (!(err instanceof VmDescriptorNotFound)) throw err;
-    if (data.orphan) {
-      const group = data.orphan.group;
-      await log(`terminating machine ${vmName} unknown to the pool (${reason}) in group ${group}`);
-      await ctx.provider(group).terminate({ group: { id: group, config: ctx.vmm.groupConfig(group) }, vmName, vmIp: data.orphan.vmIp, log });
-      return { vmName, removed: false };
-    }
+    vm = null;
+  }
+  if (data.orphan && (vm === null || (data.orphan.vmIp !== null && vm.vmIp !== data.orphan.vmIp))) {
+    // A machine the pool has no record of, or another machine under the name of a pool VM (a hook
+    // that reused a name): end it by its own name and address, and leave the pool's record alone.
+    const group = data.orphan.group;
+    const what = vm === null ? 'unknown to the pool' : `reported under the name of pool VM ${vmName} (${vm.vmIp})`;
+    await log(`terminating machine ${vmName} at ${data.orphan.vmIp ?? 'no address'} ${what} (${reason}) in group ${group}`);
+    await ctx.provider(group).terminate({ group: { id: group, config: ctx.vmm.groupConfig(group) }, vmName, vmIp: data.orphan.vmIp, log });
+    return { vmName, removed: false };
+  }
+  if (vm === null) {
     await log('VM is no longer in the pool; nothing to do');
     return { vmName, removed: false };
   }

@@ -66,6 +66,17 @@ describe('vmpool CLI', () => {
     expect((await vmpool('config', 'check', '/nonexistent/vmpool.yaml')).code).toBe(2);
   });
 
+  it('config check applies the web process rules: off loopback needs a token; secrets never printed', async () => {
+    const open = await vmpool('config', 'check', writeConfigFile({ ...configInput, web: { host: '0.0.0.0' } }));
+    expect(open.code).toBe(2);
+    expect(open.stderr).toContain('web.auth.token');
+    const secret = 'a-very-secret-admin-token-123';
+    const withToken = await vmpool('config', 'check', '--json', writeConfigFile({ ...configInput, web: { host: '0.0.0.0', auth: { token: secret } } }));
+    expect(withToken.code).toBe(0);
+    expect(withToken.stdout).not.toContain(secret);
+    expect(JSON.parse(withToken.stdout).web.auth.token).toBe('***');
+  });
+
   it('usage errors exit 2', async () => {
     const runs = await Promise.all([
       vmpool('frobnicate'),

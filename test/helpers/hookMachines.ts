@@ -45,10 +45,14 @@ export function hookProvider(o: HookProviderOptions) {
   };
 }
 
+/** Where the hook machines live: loopback, which a command provider's group must allow outright. */
+export const HOOK_NETWORKS = ['127.88.0.0/16'];
+
 /** A group's keys for hook machines checked with the tcp check, with short periods for tests. */
 export function hookGroup(o: HookProviderOptions) {
   return {
     provider: hookProvider(o),
+    allowed_networks: HOOK_NETWORKS,
     check: { type: 'tcp' as const, port: o.port },
     vm_spawn_min_interval: 0,
     vm_health_check_period: 1,

@@ -1,8 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
+import { afterAll } from 'vitest';
 
 export const ROOT = resolve(import.meta.dirname, '..', '..');
 
@@ -29,9 +30,17 @@ export function nodeArgsFor(entry: string): string[] {
   return ['--import', 'tsx', join(ROOT, entry)];
 }
 
-/** Writes a config object as YAML into a fresh temp dir and returns the file path. */
+const configDirs: string[] = [];
+// Registered while the test file is collected (each file has its own copy of this module), so it
+// runs after the file's own afterAll hooks, when its worker processes are gone.
+afterAll(() => {
+  for (const dir of configDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
+
+/** Writes a config object as YAML into a fresh temp dir (removed after the test file) and returns the file path. */
 export function writeConfigFile(config: unknown): string {
   const dir = mkdtempSync(join(tmpdir(), 'vmpool-test-'));
+  configDirs.push(dir);
   const path = join(dir, 'vmpool.yaml');
   writeFileSync(path, stringify(config));
   return path;

@@ -9,7 +9,7 @@ import { QueueNames } from '../../queues/names.js';
 import { spawnJobId, spawnJobOptions } from '../../queues/spawn.js';
 import { connect, deleteKeysWithPrefix, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
 import { startWorkerProcess, waitFor, workerLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
-import { alive, hookProvider, hookStateDir, listenerPid as listenerPidIn, removeHookMachines } from '../helpers/hookMachines.js';
+import { alive, HOOK_NETWORKS, hookProvider, hookStateDir, listenerPid as listenerPidIn, removeHookMachines } from '../helpers/hookMachines.js';
 
 // Spawn, health and terminate workers as real processes, with the command provider running real
 // hook processes (test/fixtures/hooks): each machine is a TCP listener on a loopback address.
@@ -23,6 +23,7 @@ const config = {
       archs: ['x86_64'],
       vm_max_check_fails: 1,
       provider: hookProvider({ stateDir, port: 2299 }),
+      allowed_networks: HOOK_NETWORKS,
       check: { type: 'tcp', port: 2299 },
       vm_ssh_check_timeout: 2,
     },
