@@ -1,4 +1,3 @@
-import { request } from 'node:http';
 import { Queue } from 'bullmq';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,25 +6,12 @@ import { addressPolicy } from '../../src/providers/addressPolicy.js';
 import { ProviderError, parseListOutput, parseSpawnOutput } from '../../src/providers/command.js';
 import { isValidVmIp, isValidVmName } from '../../src/pool/types.js';
 import { acquireRequestSchema } from '../../queues/acquire.js';
+import { rawRequest } from '../helpers/http.js';
 import { ADMIN_TOKEN, BUILDER_TOKEN, createWebKit, webTestConfig, type WebKit } from '../http/fixtures.js';
 
 // Property tests (fast-check, 1,000 cases each): every malformed input gets a clear error, never a
 // 5xx, and changes nothing.
 const RUNS = 1_000;
-
-function send(url: string, o: { method: string; path: string; headers: Record<string, string>; body?: string }): Promise<{ status: number; body: string }> {
-  const u = new URL(url);
-  return new Promise((resolve, reject) => {
-    const req = request({ host: u.hostname, port: u.port, method: o.method, path: o.path, headers: o.headers }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on('error', reject);
-    req.end(o.body);
-  });
-}
 
 /** Header values Node's client will send: visible ASCII and spaces. */
 const headerValue = fc.stringMatching(/^[\x21-\x7e][\x20-\x7e]{0,60}$/);
@@ -59,7 +45,7 @@ describe('API bodies and headers', () => {
       fc.asyncProperty(fc.oneof(fc.anything(), fc.record({ owner: fc.anything(), sandbox: fc.anything(), groups: fc.anything() }, { requiredKeys: [] })), async (body) => {
         fc.pre(!acquireRequestSchema.safeParse(body).success);
         const text = JSON.stringify(body) ?? 'null';
-        const res = await send(kit.url, { method: 'POST', path: '/api/v1/acquire', headers: { host, authorization: `Bearer ${BUILDER_TOKEN}`, 'content-type': 'application/json' }, body: text });
+        const res = await rawRequest(kit.url, { method: 'POST', path: '/api/v1/acquire', host, headers: { authorization: `Bearer ${BUILDER_TOKEN}`, 'content-type': 'application/json' }, body: text });
         expect([400, 413], `${res.status} ${res.body}`).toContain(res.status);
         const parsed = JSON.parse(res.body) as { error: string; message: string };
         expect(parsed.error).toMatch(/validation_error|payload_too_large/);
@@ -75,10 +61,10 @@ describe('API bodies and headers', () => {
       fc.asyncProperty(
         fc.record({ host: fc.oneof(headerValue, fc.constant(host)), origin: fc.option(headerValue), authorization: fc.option(fc.oneof(headerValue, fc.constant(`Bearer ${ADMIN_TOKEN}`))) }),
         async (h) => {
-          const headers: Record<string, string> = { host: h.host, 'content-type': 'application/json' };
+          const headers: Record<string, string> = { 'content-type': 'application/json' };
           if (h.origin !== null) headers.origin = h.origin;
           if (h.authorization !== null) headers.authorization = h.authorization;
-          const res = await send(kit.url, { method: 'POST', path: '/api/v1/vms/p1/hold', headers, body: '{}' });
+          const res = await rawRequest(kit.url, { method: 'POST', path: '/api/v1/vms/p1/hold', host: h.host, headers, body: '{}' });
           expect(res.status, res.body).toBeLessThan(500);
           const name = hostHeaderName(h.host);
           const hostOk = name !== null && hostAllowed(kit.config.web, name);

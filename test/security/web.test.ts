@@ -1,4 +1,3 @@
-import { request } from 'node:http';
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig, redactedConfig } from '../../src/config.js';
@@ -6,28 +5,8 @@ import { DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS } from '../../src/http/api.js';
 import { hostAllowed, hostHeaderName, mayActFor, ownerPatternMatches } from '../../src/http/auth.js';
 import { RedisUnreachable, redisUnreachableHint } from '../../src/redis.js';
 import { redactUrl } from '../../src/text/redact.js';
+import { rawRequest } from '../helpers/http.js';
 import { ADMIN_TOKEN, BUILDER_TOKEN, createWebKit, webTestConfig, type WebKit } from '../http/fixtures.js';
-
-/** One request with a Host header of our choosing (fetch does not allow setting Host). */
-function rawRequest(
-  url: string,
-  options: { method?: string; path: string; host: string; headers?: Record<string, string>; body?: string },
-): Promise<{ status: number; body: string }> {
-  const u = new URL(url);
-  return new Promise((resolve, reject) => {
-    const req = request(
-      { host: u.hostname, port: u.port, method: options.method ?? 'GET', path: options.path, headers: { host: options.host, ...options.headers } },
-      (res) => {
-        let body = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (body += c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-      },
-    );
-    req.on('error', reject);
-    req.end(options.body);
-  });
-}
 
 describe('Host header check (DNS rebinding)', () => {
   let kit: WebKit;
