@@ -1,5 +1,6 @@
 import { userInfo } from 'node:os';
 import { Command, CommanderError, Option } from 'commander';
+import type { Redis } from 'ioredis';
 import { loadConfig, type Config } from '../config.js';
 import { groupSummaries, resolveGroup } from '../http/api.js';
 import { createLogger, type Logger } from '../logger.js';
@@ -52,14 +53,14 @@ export function buildProgram(io: CliIo = defaultIo): Command {
   }
 
   /** A VmManager on a connection that answered a PING, or CliError (exit 1) with the fix. */
-  async function withPool<T>(fn: (vmm: VmManager, cfg: Config) => Promise<T>): Promise<T> {
+  async function withPool<T>(fn: (vmm: VmManager, cfg: Config, redis: Redis) => Promise<T>): Promise<T> {
     const cfg = await config();
     const redis = await connectAnsweringRedis(cfg.redis.url).catch((err: Error) => {
       throw new CliError(err.message, ExitCodes.ERROR);
     });
     const vmm = new VmManager(cfg, { redis, prefix: io.env.VMPOOL_PREFIX, logger: logger() });
     try {
-      return await fn(vmm, cfg);
+      return await fn(vmm, cfg, redis);
     } finally {
       await vmm.close();
       await redis.quit().catch(() => redis.disconnect());
@@ -151,9 +152,15 @@ export function buildProgram(io: CliIo = defaultIo): Command {
       if (opts.arch !== undefined && !cfg.groups.some((g) => g.archs.includes(opts.arch!))) {
         throw new CliError(`no group lists arch ${JSON.stringify(opts.arch)}`, ExitCodes.USAGE);
       }
-      await withPool(async (vmm) => {
+      await withPool(async (vmm, _cfg, redis) => {
         const { VmPoolClient } = await import('../client/index.js');
-        const client = new VmPoolClient({ redis: vmm.redis, prefix: vmm.prefix, logger: logger(), graceMs: Number(io.env.VMPOOL_ACQUIRE_GRACE_MS ?? 60_000) });
+        const client = new VmPoolClient({
+          redis,
+          prefix: vmm.prefix,
+          queue: (name) => vmm.queue(name),
+          logger: logger(),
+          graceMs: Number(io.env.VMPOOL_ACQUIRE_GRACE_MS ?? 60_000),
+        });
         try {
           const a = await client.acquire(request);
           print(opts.json === true, a, () =>

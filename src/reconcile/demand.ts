@@ -72,7 +72,7 @@ export async function readDemand(vmm: VmManager, acquireQueue: Queue): Promise<n
   const now = vmm.clock();
   const groups = vmm.config.groups;
   const [lines, queued] = await Promise.all([
-    Promise.all(groups.map((_, g) => vmm.redis.zrangebyscore(vmm.keys.demand(g), `(${now}`, '+inf', 'LIMIT', 0, LINE_DEMAND_SCAN))),
+    Promise.all(groups.map((_, g) => vmm.reader.demandJobIds(g, now, LINE_DEMAND_SCAN))),
     acquireQueue.getJobs(['waiting', 'prioritized'], 0, QUEUED_DEMAND_SCAN - 1, true) as Promise<Job[]>,
   ]);
   // The groups each request in the line waits in, in config order.

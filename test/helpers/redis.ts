@@ -22,3 +22,9 @@ export async function deleteKeysWithPrefix(redis: Redis, prefix: string): Promis
     if (keys.length) await redis.unlink(...keys);
   } while (cursor !== '0');
 }
+
+/**
+ * The pool's raw Redis keys under a prefix (src/pool/keys.ts), for tests that look at the store
+ * directly on their own connection: VmManager keeps its keys to itself.
+ */
+export { poolKeys } from '../../src/pool/keys.js';

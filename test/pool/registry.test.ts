@@ -179,14 +179,15 @@ describe('construction', () => {
       expect(vm.lastHealthCheck).toBeLessThanOrEqual(after);
       // Stored under the config's prefix, not the test kit's.
       expect(await kit.redis.exists(`${prefix}:{vmpool}:vm:c1`)).toBe(1);
-      expect(await kit.redis.exists(kit.vmm.keys.vm('c1'))).toBe(0);
+      expect(await kit.redis.exists(kit.keys.vm('c1'))).toBe(0);
     } finally {
       await deleteKeysWithPrefix(kit.redis, prefix);
       await vmm.close();
     }
     // The socket closes just after QUIT's reply.
-    for (let i = 0; i < 100 && vmm.redis.status !== 'end'; i++) await new Promise((r) => setTimeout(r, 10));
-    expect(vmm.redis.status).toBe('end');
+    const connection = vmm.connectionForOwnKeys();
+    for (let i = 0; i < 100 && connection.status !== 'end'; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(connection.status).toBe('end');
   });
 
   it('leaves an injected connection open on close', async () => {
