@@ -41,20 +41,21 @@ export interface ScriptSource {
   lua: string;
 }
 
-function withIncludes(text: string, seen: Set<string>): string {
+/**
+ * Lua text with its includes resolved. Includes name files under the pool's commands/ directory
+ * (`includes/replyCodes`), also for scripts that live elsewhere.
+ */
+export function resolveIncludes(text: string, seen = new Set<string>()): string {
   return text.replace(/^--- @include "([^"]+)"\s*$/gm, (_line, name: string) => {
     if (seen.has(name)) return '';
     seen.add(name);
-    return withIncludes(readFileSync(`${commandsDir}${name}.lua`, 'utf8'), seen);
+    return resolveIncludes(readFileSync(`${commandsDir}${name}.lua`, 'utf8'), seen);
   });
 }
 
-/**
- * The text of a Lua script with its includes resolved. Includes name files under the pool's
- * commands/ directory (`includes/replyCodes`), also for scripts that live elsewhere.
- */
+/** The text of a Lua script file with its includes resolved. */
 export function luaSource(file: URL): string {
-  return withIncludes(readFileSync(file, 'utf8'), new Set());
+  return resolveIncludes(readFileSync(file, 'utf8'));
 }
 
 const commandOf = (name: string) => `vmpool${name[0]!.toUpperCase()}${name.slice(1)}`;

@@ -13,6 +13,7 @@ import {
 import { HEALTH_QUEUE, addHealthJob } from '../../queues/health.js';
 import type { QueueName } from '../../queues/names.js';
 import { QueueSet } from '../../queues/queueSet.js';
+import type { AcquireRequestData } from '../../queues/acquire.js';
 import { poolKeys, type PoolKeys } from './keys.js';
 import { PoolReader, type OrphanPassState, type SpawnInFlight } from './poolReader.js';
 import { PoolScripts } from './poolScripts.js';
@@ -55,11 +56,13 @@ export interface VmManagerOptions {
   queues?: QueueSet;
 }
 
-/** What acquireVm needs: the groups to try, in order, and who asks (an AcquireRequestData with its groups resolved). */
-export interface AcquireRequest {
+/**
+ * What acquireVm needs: an acquire job's payload (AcquireRequestData) with its groups resolved (no
+ * arch), the worker that asks, and optionally the lease id. The acquire processor passes the payload
+ * itself; Copr-style callers build one.
+ */
+export interface AcquireRequest extends Pick<AcquireRequestData, 'owner' | 'sandbox'> {
   groups: number[];
-  owner: string;
-  sandbox: string;
   /** Numbers are taken too (a pid, Copr's numeric build ids) and stored as text. */
   workerId: string | number;
   taskId?: string | number | null;

@@ -12,6 +12,7 @@
  */
 import type { Job, Queue } from 'bullmq';
 import { requestGroupIds } from '../acquire/requestGroups.js';
+import type { AcquireWaiter } from '../pool/types.js';
 import type { VmManager } from '../pool/vmManager.js';
 import { acquireRequestSchema, DEFAULT_ACQUIRE_TIMEOUT_MS } from '../../queues/acquire.js';
 
@@ -21,11 +22,8 @@ export const QUEUED_DEMAND_SCAN = 1000;
 /** Waiting requests read per group's line and cycle. */
 export const LINE_DEMAND_SCAN = 1000;
 
-/** One waiting acquire request: its job id and the groups it could use, in its order of preference. */
-export interface DemandRequest {
-  jobId: string;
-  groups: readonly number[];
-}
+/** A waiting acquire request as demand: its job id (as in the line) and the groups it could use, in its order of preference. */
+export type DemandRequest = Pick<AcquireWaiter, 'jobId'> & { groups: readonly number[] };
 
 /**
  * Demand per group (index = group id): each request counts once, for its first group. Requests

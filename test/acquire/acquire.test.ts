@@ -1,8 +1,8 @@
 import { Job } from 'bullmq';
 import { afterEach, describe, expect, it } from 'vitest';
-import { NoVmAvailable, VmError } from '../../src/pool/types.js';
+import { InvalidVmRequest, NoVmAvailable, VmError } from '../../src/pool/types.js';
 import { acquireJobId } from '../../src/client/vmPoolClient.js';
-import { acquireJobOptions } from '../../queues/acquire.js';
+import { acquireJobError, acquireJobOptions } from '../../queues/acquire.js';
 import { acquireConfig, createAcquireKit, until, type AcquireKit } from './fixtures.js';
 
 let kit: AcquireKit | undefined;
@@ -151,6 +151,13 @@ describe('invalid requests', () => {
     expect(failed.failedReason).toMatch(reason);
     expect(failed.attemptsMade).toBe(1);
     expect(await poolSnapshot(kit)).toEqual(before);
+    // The job says why it failed: a bad request, whatever its message.
+    expect(acquireJobError(failed)).toBeInstanceOf(InvalidVmRequest);
+  });
+
+  it('the client reports a request for an unknown group as InvalidVmRequest', async () => {
+    kit = await createAcquireKit('acq-invalid-group');
+    await expect(kit.client.acquire({ owner: 'a', sandbox: 's', groups: [9] })).rejects.toThrow(InvalidVmRequest);
   });
 
   it('the client refuses a bad request before enqueueing', async () => {

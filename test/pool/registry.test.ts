@@ -197,6 +197,38 @@ describe('construction', () => {
     expect(await kit.redis.ping()).toBe('PONG');
   });
 
+  it('takes a parsed Config as it is, and parses a ConfigInput', async () => {
+    const { VmManager } = await import('../../src/pool/vmManager.js');
+    const { parseConfig } = await import('../../src/config.js');
+    const config = parseConfig({ groups: [{ name: 'g' }] }, {});
+    const parsed = new VmManager(config, { redis: kit.redis, prefix: kit.prefix });
+    expect(parsed.config).toBe(config);
+    const input = { groups: [{ name: 'g' }] };
+    const fromInput = new VmManager(input, { redis: kit.redis, prefix: kit.prefix });
+    expect(fromInput.config).not.toBe(input);
+    expect(fromInput.config).toEqual(config);
+    await parsed.close();
+    await fromInput.close();
+  });
+
+  it('adds jobs through the queue handles it is given, and leaves them open on close', async () => {
+    const { VmManager } = await import('../../src/pool/vmManager.js');
+    const { QueueSet } = await import('../../queues/queueSet.js');
+    const { QueueNames } = await import('../../queues/names.js');
+    const queues = new QueueSet(kit.redis, kit.prefix);
+    const vmm = new VmManager({ groups: [{ name: 'g' }] }, { redis: kit.redis, prefix: kit.prefix, queues });
+    try {
+      expect(vmm.queue(QueueNames.HEALTH)).toBe(queues.get(QueueNames.HEALTH));
+      expect(vmm.getTerminateQueue()).toBe(queues.get(QueueNames.TERMINATE));
+      await vmm.close();
+      // Still open: the owner of the set closes it.
+      await vmm.enqueueHealthCheck('vm-q');
+      expect(await queues.get(QueueNames.HEALTH).getJobCounts('waiting')).toEqual({ waiting: 1 });
+    } finally {
+      await queues.close();
+    }
+  });
+
   it('rejects a bad config', async () => {
     const { VmManager } = await import('../../src/pool/vmManager.js');
     expect(() => new VmManager({ groups: [{ name: 'g', max_vm_total: -1 }] } as never, { redis: kit.redis })).toThrow(/max_vm_total/);
