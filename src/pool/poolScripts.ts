@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { poolKeyBase } from './keys.js';
-import { ReplyCodes, replyCodeName } from './replyCodes.js';
+import { ReplyCodes, replyCodeName, type ReplyCode } from './replyCodes.js';
 import { loadScripts, type RunScript, type ScriptName } from './scripts.js';
 import {
   LeaseLost,
@@ -67,33 +67,42 @@ export class PoolScripts {
     return this.run(name, [this.base], args);
   }
 
-  /** Runs a script that names a VM and replies with a code: NOT_FOUND throws, the rest is returned. */
-  private async callOnVm(name: ScriptName, vmName: string, args: readonly (string | number)[]): Promise<unknown> {
-    const code = await this.call(name, [vmName, ...args]);
+  /**
+   * Runs a script on a VM that acts or refuses: true for OK, false for the `refused` code. NOT_FOUND
+   * throws VmDescriptorNotFound, a code of `errors` its error, and any other code is unexpected.
+   */
+  private async acted(
+    name: ScriptName,
+    vmName: string,
+    args: readonly (string | number)[],
+    refused: ReplyCode | null,
+    errors: Partial<Record<ReplyCode, () => Error>> = {},
+  ): Promise<boolean> {
+    const code = (await this.call(name, [vmName, ...args])) as ReplyCode;
+    if (code === ReplyCodes.OK) return true;
+    if (code === refused) return false;
     if (code === ReplyCodes.NOT_FOUND) throw new VmDescriptorNotFound(vmName);
-    return code;
+    const error = errors[code];
+    throw error ? error() : unexpected(name, code);
   }
 
   /** Adds a VM in got_ip. Throws VmError when a VM of that name is in the pool. */
   async addVm(vmName: string, vmIp: string, group: number, now: number): Promise<void> {
-    const code = await this.call('addVm', [vmName, vmIp, group, now]);
-    if (code === ReplyCodes.ALREADY_EXISTS) throw new VmError(`VM ${vmName} is already in the pool`);
-    if (code !== ReplyCodes.OK) throw unexpected('addVm', code);
+    await this.acted('addVm', vmName, [vmIp, group, now], null, {
+      [ReplyCodes.ALREADY_EXISTS]: () => new VmError(`VM ${vmName} is already in the pool`),
+    });
   }
 
   /** True when held, false when held already. Throws VmError for a terminating VM. */
   async holdVm(vmName: string, by: string, now: number): Promise<boolean> {
-    const code = await this.callOnVm('holdVm', vmName, [by, now]);
-    if (code === ReplyCodes.WRONG_STATE) throw new VmError(`VM ${vmName} is terminating and cannot be held`);
-    if (code !== ReplyCodes.OK && code !== ReplyCodes.ALREADY_HELD) throw unexpected('holdVm', code);
-    return code === ReplyCodes.OK;
+    return this.acted('holdVm', vmName, [by, now], ReplyCodes.ALREADY_HELD, {
+      [ReplyCodes.WRONG_STATE]: () => new VmError(`VM ${vmName} is terminating and cannot be held`),
+    });
   }
 
   /** True when unheld, false when the VM was not held. */
   async unholdVm(vmName: string): Promise<boolean> {
-    const code = await this.callOnVm('unholdVm', vmName, []);
-    if (code !== ReplyCodes.OK && code !== ReplyCodes.NOT_HELD) throw unexpected('unholdVm', code);
-    return code === ReplyCodes.OK;
+    return this.acted('unholdVm', vmName, [], ReplyCodes.NOT_HELD);
   }
 
   /**
@@ -101,38 +110,31 @@ export class PoolScripts {
    * another lease throws LeaseLost (lease_mismatch).
    */
   async releaseVm(vmName: string, now: number, leaseId = ''): Promise<boolean> {
-    const code = await this.callOnVm('releaseVm', vmName, [now, leaseId]);
-    if (code === ReplyCodes.LEASE_MISMATCH) throw new LeaseLost(vmName, leaseId, 'lease_mismatch');
-    if (code !== ReplyCodes.OK && code !== ReplyCodes.WRONG_STATE) throw unexpected('releaseVm', code);
-    return code === ReplyCodes.OK;
+    return this.acted('releaseVm', vmName, [now, leaseId], ReplyCodes.WRONG_STATE, {
+      [ReplyCodes.LEASE_MISMATCH]: () => new LeaseLost(vmName, leaseId, 'lease_mismatch'),
+    });
   }
 
   /** True when the VM moved to terminating, false when its state refused (allowedPreState '' for any). */
   async startVmTermination(vmName: string, allowedPreState: string, now: number): Promise<boolean> {
-    const code = await this.callOnVm('startVmTermination', vmName, [allowedPreState, now]);
-    if (code !== ReplyCodes.OK && code !== ReplyCodes.WRONG_STATE) throw unexpected('startVmTermination', code);
-    return code === ReplyCodes.OK;
+    return this.acted('startVmTermination', vmName, [allowedPreState, now], ReplyCodes.WRONG_STATE);
   }
 
   /** Deletes a terminating VM's record. Throws VmError when the VM is not terminating. */
   async removeVm(vmName: string): Promise<void> {
-    const code = await this.callOnVm('removeVm', vmName, []);
-    if (code === ReplyCodes.WRONG_STATE) throw new VmError(`VM ${vmName} is not terminating; only a terminating VM can be removed`);
-    if (code !== ReplyCodes.OK) throw unexpected('removeVm', code);
+    await this.acted('removeVm', vmName, [], null, {
+      [ReplyCodes.WRONG_STATE]: () => new VmError(`VM ${vmName} is not terminating; only a terminating VM can be removed`),
+    });
   }
 
   /** True when the check started, false when the VM's state does not allow one. */
   async startVmCheck(vmName: string, now: number): Promise<boolean> {
-    const code = await this.callOnVm('startVmCheck', vmName, [now]);
-    if (code !== ReplyCodes.OK && code !== ReplyCodes.WRONG_STATE) throw unexpected('startVmCheck', code);
-    return code === ReplyCodes.OK;
+    return this.acted('startVmCheck', vmName, [now], ReplyCodes.WRONG_STATE);
   }
 
   /** True when a check_health VM was marked failed, false for any other state. */
   async markVmCheckFailed(vmName: string): Promise<boolean> {
-    const code = await this.callOnVm('markVmCheckFailed', vmName, []);
-    if (code !== ReplyCodes.OK && code !== ReplyCodes.WRONG_STATE) throw unexpected('markVmCheckFailed', code);
-    return code === ReplyCodes.OK;
+    return this.acted('markVmCheckFailed', vmName, [], ReplyCodes.WRONG_STATE);
   }
 
   /** Records a server start; returns its place in the check sequence. */
