@@ -7,7 +7,7 @@ import {
   VmDescriptorNotFound,
   VmError,
   descriptorFromHash,
-  recordFromHash,
+  leasedDescriptorFromHash,
   type AcquireAttempt,
   type AcquireWaiter,
   type ExpiredLease,
@@ -190,15 +190,8 @@ export class PoolScripts {
     const [code, payload] = (await this.call('acquireVm', args)) as [number, (string[] | string)?];
     switch (code) {
       case ReplyCodes.OK:
-      case ReplyCodes.REATTACHED: {
-        const record = recordFromHash(payload as string[]);
-        return {
-          status: code === ReplyCodes.OK ? 'acquired' : 'reattached',
-          vm: descriptorFromHash(payload as string[]),
-          leaseId: record.leaseId ?? '',
-          leaseExpiresAt: record.leaseExpiresAt ?? 0,
-        };
-      }
+      case ReplyCodes.REATTACHED:
+        return { status: code === ReplyCodes.OK ? 'acquired' : 'reattached', ...leasedDescriptorFromHash(payload as string[]) };
       case ReplyCodes.TASK_CONFLICT:
         throw new VmError(`task ${input.taskId} already holds VM ${String(payload)} for another owner or sandbox`);
       case ReplyCodes.NO_VM:

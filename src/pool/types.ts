@@ -193,6 +193,12 @@ export function recordFromHash(hash: Record<string, string> | string[]): VmRecor
   };
 }
 
+/** A VM hash's descriptor and lease (an acquire's reply), reading the hash once. */
+export function leasedDescriptorFromHash(hash: Record<string, string> | string[]): { vm: VmDescriptor } & Lease {
+  const h = toHashObject(hash);
+  return { vm: descriptorFromHash(h), leaseId: h.lease_id ?? '', leaseExpiresAt: Number(h.lease_expires_at ?? 0) };
+}
+
 /** Builds a VmDescriptor from a VM hash, given as an object or as HGETALL's flat array. */
 export function descriptorFromHash(hash: Record<string, string> | string[]): VmDescriptor {
   const h = toHashObject(hash);
