@@ -1,7 +1,7 @@
 /**
  * Redis key names of one pool. All of them share the `{vmpool}` hash tag, so that every script's
  * keys sit in one Redis Cluster slot. The Lua side builds the same names
- * (commands/includes/poolKeys.lua; test/pool/keys.test.ts checks that both agree).
+ * (commands/includes/poolKeys.lua; test/pool/scripts.test.ts checks that both agree).
  */
 export function poolKeyBase(prefix: string): string {
   return `${prefix}:{vmpool}:`;

@@ -2,7 +2,7 @@
   Key names of the pool: every key a script uses is spelled here, and only here. Every key starts
   with `base` (KEYS[1] of each script), which carries the pool's hash tag, so that all keys of one
   pool live in one Redis Cluster slot. src/pool/keys.ts builds the same names (<name>Key here is
-  <name> there; test/pool/keys.test.ts checks that both agree).
+  <name> there; test/pool/scripts.test.ts checks that both agree).
 ]]
 local function vmKey(base, name)
   return base .. 'vm:' .. name
