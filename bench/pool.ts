@@ -4,6 +4,7 @@
  *   npm run bench:pool
  */
 import { Redis } from 'ioredis';
+import { poolKeyBase } from '../src/pool/keys.js';
 import { VmManager } from '../src/pool/vmManager.js';
 import type { ConfigInput } from '../src/config.js';
 import { discardingLogger, markdownTable, percentile } from './lib/measure.js';
@@ -113,7 +114,7 @@ async function createPool(redis: Redis, size: number): Promise<Pool> {
   const before = await usedMemory(redis);
   await addReady(vmm, 0, size);
   const after = await usedMemory(redis);
-  const keys = await memoryUsageOfPool(redis, vmm.keys.base);
+  const keys = await memoryUsageOfPool(redis, poolKeyBase(vmm.prefix));
   // Owners for the dirty cycle: each gets one VM bound to its sandbox; half the pool stays clean.
   const owners = Math.min(Math.floor(size / 2), 100);
   for (let o = 0; o < owners; o++) {

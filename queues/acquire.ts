@@ -1,5 +1,6 @@
-import type { JobsOptions } from 'bullmq';
+import { UnrecoverableError, type Job, type JobsOptions, type Queue } from 'bullmq';
 import { z } from 'zod';
+import { InvalidVmRequest, NoVmAvailable, VmError, type LeasedVm } from '../src/pool/types.js';
 import { QueueNames } from './names.js';
 
 export const ACQUIRE_QUEUE = QueueNames.ACQUIRE;
@@ -25,13 +26,8 @@ export const acquireRequestSchema = z
   });
 export type AcquireRequestData = z.input<typeof acquireRequestSchema>;
 
-/** The VM assignment: the completed acquire job's return value. */
-export interface VmAssignment {
-  vmName: string;
-  vmIp: string;
-  group: number;
-  leaseId: string;
-  leaseExpiresAt: number;
+/** The VM assignment: the completed acquire job's return value (the VM, its lease, and when it was asked for). */
+export interface VmAssignment extends LeasedVm {
   /**
    * When the acquire job that made this assignment was enqueued (its BullMQ timestamp, epoch ms).
    * A client that finds the same value as its own add knows the result is fresh, not that of an
@@ -42,8 +38,18 @@ export interface VmAssignment {
 
 export const DEFAULT_ACQUIRE_TIMEOUT_MS = 10 * 60 * 1000;
 
-/** A failed acquire job's failedReason starts with this when no VM came within the timeout. */
+/**
+ * A failed acquire job's failedReason starts with this when no VM came within the timeout (and the
+ * message of the NoVmAvailable that VmPoolClient.acquire throws then), for people who read failed
+ * jobs (Bull Board, logs). Code does not parse it: the job's failure code says why it failed
+ * (AcquireFailures, acquireJobError).
+ */
 export const NO_VM_AVAILABLE_PREFIX = 'NoVmAvailable:';
+
+/** A failure reason that says no VM came: NO_VM_AVAILABLE_PREFIX, then the detail. */
+export function noVmAvailableReason(detail: string): string {
+  return `${NO_VM_AVAILABLE_PREFIX} ${detail}`;
+}
 
 export const acquireJobOptions: JobsOptions = {
   attempts: 1,
@@ -51,3 +57,64 @@ export const acquireJobOptions: JobsOptions = {
   removeOnComplete: { age: 24 * 3600, count: 50_000 },
   removeOnFail: { age: 24 * 3600, count: 50_000 },
 };
+
+/** Adds an acquire request under its job id (acquireJobId) with the default options. */
+export async function addAcquireJob(
+  queue: Queue,
+  data: AcquireRequestData,
+  opts: { jobId: string; timestamp: number; priority?: number },
+): Promise<Job<AcquireRequestData, VmAssignment>> {
+  return queue.add('acquire', data, { ...acquireJobOptions, jobId: opts.jobId, timestamp: opts.timestamp, ...(opts.priority ? { priority: opts.priority } : {}) });
+}
+
+/**
+ * Why an acquire job failed. BullMQ keeps only the error's message (failedReason), so the acquire
+ * processor also records one of these codes in the failed job, as its progress
+ * `{ failure: <code> }` (failAcquireJob); acquireJobError turns the job back into an error.
+ */
+export const AcquireFailures = {
+  /** No VM came within the request's timeout: NoVmAvailable (failedReason starts with NO_VM_AVAILABLE_PREFIX). */
+  NO_VM_AVAILABLE: 'no_vm_available',
+  /** The request is malformed (its payload, an unknown group or arch): InvalidVmRequest. */
+  INVALID_REQUEST: 'invalid_request',
+  /** The pool refused the request (its task holds a VM for another owner or sandbox): VmError. */
+  REFUSED: 'refused',
+} as const;
+export type AcquireFailure = (typeof AcquireFailures)[keyof typeof AcquireFailures];
+
+/** What a failed acquire job keeps as its progress. */
+export interface AcquireFailureRecord {
+  failure: AcquireFailure;
+}
+
+const acquireFailures = new Set<unknown>(Object.values(AcquireFailures));
+
+/** The failure code recorded in an acquire job, or null (not failed by the processor, or an older job). */
+export function acquireFailureOf(job: Pick<Job, 'progress'>): AcquireFailure | null {
+  const failure = (job.progress as Partial<AcquireFailureRecord> | null | undefined)?.failure;
+  return acquireFailures.has(failure) ? (failure as AcquireFailure) : null;
+}
+
+/**
+ * Records why the acquire job fails and returns the error to throw: unrecoverable, so that BullMQ
+ * fails the job at once with `reason` as its failedReason.
+ */
+export async function failAcquireJob(job: Job, failure: AcquireFailure, reason: string): Promise<UnrecoverableError> {
+  const record: AcquireFailureRecord = { failure };
+  // Without the record, the failure reads as a plain VmError: still a failure, with its reason.
+  await job.updateProgress(record).catch(() => undefined);
+  return new UnrecoverableError(reason);
+}
+
+/** The error a failed acquire job stands for: NoVmAvailable, InvalidVmRequest or VmError, with its reason. */
+export function acquireJobError(job: Pick<Job, 'progress' | 'failedReason'>): VmError {
+  const reason = job.failedReason || 'unknown reason';
+  switch (acquireFailureOf(job)) {
+    case AcquireFailures.NO_VM_AVAILABLE:
+      return new NoVmAvailable(reason);
+    case AcquireFailures.INVALID_REQUEST:
+      return new InvalidVmRequest(`acquire failed: ${reason}`);
+    default:
+      return new VmError(`acquire failed: ${reason}`);
+  }
+}

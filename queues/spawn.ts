@@ -1,4 +1,4 @@
-import type { JobsOptions } from 'bullmq';
+import type { JobsOptions, Queue } from 'bullmq';
 import { z } from 'zod';
 import { QueueNames } from './names.js';
 
@@ -23,4 +23,9 @@ export const spawnJobOptions: JobsOptions = {
 
 export function spawnJobId(spawnId: string): string {
   return `spawn-${spawnId}`;
+}
+
+/** Adds the spawn job of a spawn in flight, with the default options. */
+export async function addSpawnJob(queue: Queue, data: SpawnJobData): Promise<void> {
+  await queue.add('spawn', data, { ...spawnJobOptions, jobId: spawnJobId(data.spawnId) });
 }

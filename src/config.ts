@@ -287,6 +287,15 @@ function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {
   return cur;
 }
 
+/** Configs that parseConfig returned: taken as they are by whoever needs a parsed Config. */
+const parsedConfigs = new WeakSet<object>();
+
+/** Whether the value is a Config as parseConfig returned it (validated, with defaults). */
+export function isParsedConfig(value: unknown): value is Config {
+  return typeof value === 'object' && value !== null && parsedConfigs.has(value);
+}
+
+
 /** Config paths whose values are secrets: tokens, provider environments, and URLs with passwords. */
 function isSecretPath(path: readonly PropertyKey[]): boolean {
   return path.some((k) => k === 'token' || k === 'env' || k === 'password');
@@ -311,6 +320,7 @@ function show(value: unknown, path: readonly PropertyKey[] = []): string {
  */
 export function parseConfig(input: unknown, env: NodeJS.ProcessEnv = process.env): Config {
   const result = configSchema.safeParse(input);
+  if (result.success) parsedConfigs.add(result.data);
   if (!result.success) {
     const issues: ConfigIssue[] = [];
     for (const issue of result.error.issues) {

@@ -5,6 +5,8 @@ export type { VmManagerOptions, AcquireRequest, HealthCheckRecord, HealthCheckOu
 export {
   VmStates,
   VmError,
+  InvalidVmRequest,
+  UnknownGroup,
   NoVmAvailable,
   VmDescriptorNotFound,
   VM_NAME_PATTERN,
@@ -54,5 +56,5 @@ export { processAcquireJob, acquireProcessor, stopAcquireWaits, NO_VM_AVAILABLE_
 export { LeaseLost } from './pool/types.js';
 export { acquireWaiterMember } from './pool/vmManager.js';
 export type { AcquireWaiter, AcquireAttempt, ExpiredLease } from './pool/vmManager.js';
-export { acquireRequestSchema, acquireJobOptions, DEFAULT_ACQUIRE_TIMEOUT_MS, ACQUIRE_QUEUE } from '../queues/acquire.js';
-export type { AcquireRequestData, VmAssignment } from '../queues/acquire.js';
+export { acquireRequestSchema, acquireJobOptions, DEFAULT_ACQUIRE_TIMEOUT_MS, ACQUIRE_QUEUE, AcquireFailures, acquireFailureOf, acquireJobError } from '../queues/acquire.js';
+export type { AcquireRequestData, VmAssignment, AcquireFailure } from '../queues/acquire.js';

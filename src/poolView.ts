@@ -1,19 +1,10 @@
 /** What the operator surfaces (HTTP API, pool page, CLI) show of the pool. */
 import type { Config } from './config.js';
 import { isScheduled, minReadyAt } from './reconcile/minReady.js';
-import { ALL_VM_STATES, type VmRecord, type VmState } from './pool/types.js';
-import type { VmManager } from './pool/vmManager.js';
+import { ALL_VM_STATES, UnknownGroup, type VmRecord, type VmState } from './pool/types.js';
 
-/** A group name or id that names no configured group. */
-export class UnknownGroup extends Error {
-  override name = 'UnknownGroup';
-  constructor(
-    readonly group: string,
-    message: string,
-  ) {
-    super(message);
-  }
-}
+export { UnknownGroup };
+import type { VmManager } from './pool/vmManager.js';
 
 /** A group by id or by name; UnknownGroup otherwise. */
 export function resolveGroup(config: Config, value: string): number {

@@ -3,16 +3,45 @@ import { Redis, type RedisOptions } from 'ioredis';
 import { redactUrl } from './text/redact.js';
 
 /**
+ * Delay before the next reconnect attempt. ioredis 6's default backoff grows to 5 s, so after Redis
+ * came back a worker could stay idle that long, and its close() waited for it. Capped at 1 s.
+ */
+export function reconnectDelay(attempt: number): number {
+  return Math.min(50 * 2 ** (attempt - 1), 1_000) + Math.floor(Math.random() * 100);
+}
+
+/**
  * Connection for producers and the pool: commands fail after a short retry instead of hanging
  * while Redis is away.
  */
 export function createProducerConnection(url: string, extra: RedisOptions = {}): Redis {
-  return new Redis(url, { maxRetriesPerRequest: 2, connectTimeout: 5_000, ...extra });
+  return new Redis(url, { maxRetriesPerRequest: 2, connectTimeout: 5_000, retryStrategy: reconnectDelay, ...extra });
 }
 
-/** Connection for BullMQ workers: blocking commands must retry forever (maxRetriesPerRequest: null). */
+/**
+ * Connection for BullMQ workers: blocking commands must retry forever (maxRetriesPerRequest: null).
+ * BullMQ duplicates it for its blocking connection; see endOnDisconnect.
+ */
 export function createWorkerConnection(url: string, extra: RedisOptions = {}): Redis {
-  return new Redis(url, { maxRetriesPerRequest: null, connectTimeout: 5_000, ...extra });
+  return endOnDisconnect(new Redis(url, { maxRetriesPerRequest: null, connectTimeout: 5_000, retryStrategy: reconnectDelay, ...extra }));
+}
+
+/**
+ * Makes disconnect() end a client that is waiting to reconnect, and does the same for its
+ * duplicates. ioredis then only clears its retry timer: with no socket, 'end' never comes and
+ * pending commands never settle. BullMQ's Worker.close() disconnects its blocking connection and
+ * waits for 'end', so a worker stopped in that state never finished closing. ioredis ends a client
+ * in 'wait' (never connected) at once, so a socketless 'reconnecting' one is ended that way.
+ */
+export function endOnDisconnect(redis: Redis): Redis {
+  const disconnect = redis.disconnect.bind(redis);
+  redis.disconnect = (reconnect = false) => {
+    if (!reconnect && redis.status === 'reconnecting') redis.status = 'wait';
+    disconnect(reconnect);
+  };
+  const duplicate = redis.duplicate.bind(redis);
+  redis.duplicate = ((override?: Partial<RedisOptions>) => endOnDisconnect(duplicate(override))) as Redis['duplicate'];
+  return redis;
 }
 
 /** Whether the redis-server binary is installed (for the hint below). */

@@ -1,5 +1,6 @@
 import { userInfo } from 'node:os';
 import { Command, CommanderError, Option } from 'commander';
+import type { Redis } from 'ioredis';
 import { loadConfig, redactedConfig, type Config } from '../config.js';
 import { assertBindAllowed } from '../http/auth.js';
 import { createLogger, type Logger } from '../logger.js';
@@ -41,14 +42,14 @@ export function buildProgram(io: CliIo = defaultIo): Command {
   const config = (): Config => resolveConfig(program.opts().config, settings()).config;
 
   /** A VmManager on a connection that answered a PING, or CliError (exit 1) with the fix. */
-  async function withPool<T>(fn: (vmm: VmManager, cfg: Config) => Promise<T>): Promise<T> {
+  async function withPool<T>(fn: (vmm: VmManager, cfg: Config, redis: Redis) => Promise<T>): Promise<T> {
     const cfg = config();
     const redis = await connectAnsweringRedis(cfg.redis.url).catch((err: Error) => {
       throw new CliError(err.message, ExitCodes.ERROR);
     });
     const vmm = new VmManager(cfg, { redis, prefix: settings().prefix, logger: logger() });
     try {
-      return await fn(vmm, cfg);
+      return await fn(vmm, cfg, redis);
     } finally {
       await vmm.close();
       await redis.quit().catch(() => redis.disconnect());
@@ -139,9 +140,15 @@ export function buildProgram(io: CliIo = defaultIo): Command {
       if (opts.arch !== undefined && !cfg.groups.some((g) => g.archs.includes(opts.arch!))) {
         throw new CliError(`no group lists arch ${JSON.stringify(opts.arch)}`, ExitCodes.USAGE);
       }
-      await withPool(async (vmm) => {
+      await withPool(async (vmm, _cfg, redis) => {
         const { VmPoolClient } = await import('../client/index.js');
-        const client = new VmPoolClient({ redis: vmm.redis, prefix: vmm.prefix, logger: logger(), graceMs: settings().acquireGraceMs });
+        const client = new VmPoolClient({
+          redis,
+          prefix: vmm.prefix,
+          queue: (name) => vmm.queue(name),
+          logger: logger(),
+          graceMs: settings().acquireGraceMs,
+        });
         try {
           const a = await client.acquire(request);
           print(opts.json === true, a, () =>

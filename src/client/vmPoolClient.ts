@@ -3,27 +3,33 @@ import { Job, Queue, QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
 import { createLogger, type Logger } from '../logger.js';
 import { formatZodError } from '../validation.js';
-import { poolKeys, type PoolKeys } from '../pool/keys.js';
-import { runRenewLease } from '../pool/renewLease.js';
-import { loadScripts } from '../pool/scripts.js';
-import { LeaseLost, NoVmAvailable, VmDescriptorNotFound, VmError } from '../pool/types.js';
+import { PoolReader } from '../pool/poolReader.js';
+import { PoolScripts } from '../pool/poolScripts.js';
+import { InvalidVmRequest, LeaseLost, NoVmAvailable, VmDescriptorNotFound, VmError } from '../pool/types.js';
 import type { Clock } from '../pool/vmManager.js';
 import { blockingConnectionTemplate, producerConnectionFrom } from '../redis.js';
 import {
   ACQUIRE_QUEUE,
   DEFAULT_ACQUIRE_TIMEOUT_MS,
-  NO_VM_AVAILABLE_PREFIX,
-  acquireJobOptions,
+  acquireJobError,
   acquireRequestSchema,
+  addAcquireJob,
+  noVmAvailableReason,
   type AcquireRequestData,
   type VmAssignment,
 } from '../../queues/acquire.js';
+import type { QueueName } from '../../queues/names.js';
 
 export interface VmPoolClientOptions {
   /** An ioredis instance (shared, not closed by the client) or a Redis URL (owned and closed). */
   redis: Redis | string;
   /** Key prefix of the pool and its queues (the pool's redis.prefix). Default `vmpool`. */
   prefix?: string;
+  /**
+   * The process's queue handles on the same connection and prefix (a VmManager's `queue`), to add
+   * acquire jobs to; not closed by the client. Without it, the client opens its own.
+   */
+  queue?: (name: QueueName) => Queue;
   logger?: Logger;
   clock?: Clock;
   /**
@@ -59,34 +65,42 @@ export function acquireJobId(taskId?: string | null): string {
 export class VmPoolClient {
   readonly redis: Redis;
   readonly prefix: string;
-  private readonly keys: PoolKeys;
   private readonly ownsRedis: boolean;
   private readonly logger: Logger;
   private readonly clock: Clock;
   private readonly graceMs: number;
-  private readonly runScript: ReturnType<typeof loadScripts>;
-  private queue: Queue | undefined;
+  private readonly reader: PoolReader;
+  private readonly scripts: PoolScripts;
+  private readonly sharedQueue: ((name: QueueName) => Queue) | undefined;
+  /** The acquire queue handle the client opened itself (none while it uses a shared one). */
+  private ownQueue: Queue | undefined;
   private events: Promise<QueueEvents> | undefined;
 
   constructor(options: VmPoolClientOptions) {
     ({ redis: this.redis, owned: this.ownsRedis } = producerConnectionFrom(options.redis));
     this.prefix = options.prefix ?? 'vmpool';
-    this.keys = poolKeys(this.prefix);
     this.logger = options.logger ?? createLogger('vmpool-client');
     this.clock = options.clock ?? Date.now;
     this.graceMs = options.graceMs ?? 60_000;
-    this.runScript = loadScripts(this.redis);
+    this.reader = new PoolReader(this.redis, this.prefix);
+    this.scripts = new PoolScripts(this.redis, this.prefix);
+    this.sharedQueue = options.queue;
   }
 
   private getQueue(): Queue {
-    if (!this.queue) {
-      this.queue = new Queue(ACQUIRE_QUEUE, { connection: this.redis, prefix: this.prefix });
+    if (this.sharedQueue) {
+      const queue = this.sharedQueue(ACQUIRE_QUEUE);
       // Each pending acquire listens for the queue closing (waitUntilFinished).
-      this.queue.setMaxListeners(0);
-      // Without a listener an 'error' event (Redis away) would be thrown and end the builder.
-      this.queue.on('error', (err) => this.logger.warn({ err: err.message }, 'acquire queue error'));
+      queue.setMaxListeners(0);
+      return queue;
     }
-    return this.queue;
+    if (!this.ownQueue) {
+      this.ownQueue = new Queue(ACQUIRE_QUEUE, { connection: this.redis, prefix: this.prefix });
+      this.ownQueue.setMaxListeners(0);
+      // Without a listener an 'error' event (Redis away) would be thrown and end the builder.
+      this.ownQueue.on('error', (err) => this.logger.warn({ err: err.message }, 'acquire queue error'));
+    }
+    return this.ownQueue;
   }
 
   /**
@@ -124,32 +138,23 @@ export class VmPoolClient {
    */
   async acquire(request: AcquireRequestData, options: AcquireOptions = {}): Promise<VmAssignment> {
     const parsed = acquireRequestSchema.safeParse(request);
-    if (!parsed.success) throw new VmError(`invalid acquire request: ${formatZodError(parsed.error)}`);
+    if (!parsed.success) throw new InvalidVmRequest(`invalid acquire request: ${formatZodError(parsed.error)}`);
     const data = parsed.data;
     const jobId = acquireJobId(data.taskId);
     const queue = this.getQueue();
     const events = await this.getEvents();
     for (let round = 0; ; round += 1) {
       const timestamp = this.clock();
-      const job = await queue.add('acquire', data, {
-        ...acquireJobOptions,
-        jobId,
-        timestamp,
-        ...(options.priority ? { priority: options.priority } : {}),
-      });
+      const job = await addAcquireJob(queue, data, { jobId, timestamp, priority: options.priority });
       const deadline = timestamp + (data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS) + this.graceMs;
       const outcome = await this.waitForResult(job, events, deadline, data.taskId);
       if (outcome.kind === 'completed') {
         // Our own request's result needs no check; an earlier request's VM may be gone since.
         if (outcome.assignment.requestedAt === timestamp || (await this.holds(outcome.assignment))) return outcome.assignment;
         // A finished request of an earlier run of this task, whose VM is gone: ask anew.
-      } else {
-        const stored = await Job.fromId(queue, jobId);
-        if (stored && stored.timestamp === timestamp) {
-          // Our own request failed.
-          if (outcome.reason.startsWith(NO_VM_AVAILABLE_PREFIX)) throw new NoVmAvailable(outcome.reason);
-          throw new VmError(`acquire failed: ${outcome.reason}`);
-        }
+      } else if (outcome.job.timestamp === timestamp) {
+        // Our own request failed: its job says why.
+        throw acquireJobError(outcome.job);
       }
       if (round >= 2) throw new VmError(`acquire for task ${data.taskId} kept finding stale results of earlier requests`);
       this.logger.info({ jobId }, 'replacing a finished acquire request of an earlier run');
@@ -168,53 +173,36 @@ export class VmPoolClient {
     events: QueueEvents,
     deadline: number,
     taskId: string | undefined,
-  ): Promise<{ kind: 'completed'; assignment: VmAssignment } | { kind: 'failed'; reason: string }> {
+  ): Promise<{ kind: 'completed'; assignment: VmAssignment } | { kind: 'failed'; job: Job }> {
     for (;;) {
       const left = deadline - this.clock();
       try {
         const value = (await job.waitUntilFinished(events, Math.max(1_000, Math.min(left, 30_000)))) as VmAssignment;
         return { kind: 'completed', assignment: value };
       } catch (err) {
+        // A failure, a waiter timeout or connection trouble: the stored job tells which.
         this.logger.debug({ jobId: job.id, err: (err as Error).message }, 'acquire wait ended without a result; reading the job');
         const stored = await Job.fromId(this.getQueue(), String(job.id));
         if (!stored) {
           // Removed (retention, an operator): the pool still knows which VM the task holds.
-          const held = taskId ? await this.assignmentOfTask(taskId) : null;
+          const held = taskId ? await this.reader.leasedVmOfTask(taskId) : null;
           if (held) return { kind: 'completed', assignment: held };
           throw new VmError(`acquire job ${job.id} disappeared before it finished (${(err as Error).message})`);
         }
         const state = await stored.getState();
         if (state === 'completed') return { kind: 'completed', assignment: stored.returnvalue as VmAssignment };
-        if (state === 'failed') return { kind: 'failed', reason: stored.failedReason ?? 'unknown reason' };
+        if (state === 'failed') return { kind: 'failed', job: stored };
         if (this.clock() >= deadline) {
           await stored.remove().catch(() => undefined);
-          throw new NoVmAvailable(`${NO_VM_AVAILABLE_PREFIX} acquire job ${job.id} not finished by its deadline (state ${state}; is an acquire worker running?)`);
+          throw new NoVmAvailable(noVmAvailableReason(`acquire job ${job.id} not finished by its deadline (state ${state}; is an acquire worker running?)`));
         }
       }
     }
   }
 
-  /** The assignment of the VM a task holds now, read from the pool (fallback when the job is gone). */
-  private async assignmentOfTask(taskId: string): Promise<VmAssignment | null> {
-    const name = await this.redis.get(this.keys.task(taskId));
-    if (!name) return null;
-    const [state, ip, group, task, leaseId, expires] = await this.redis.hmget(
-      this.keys.vm(name),
-      'state',
-      'vm_ip',
-      'group',
-      'task_id',
-      'lease_id',
-      'lease_expires_at',
-    );
-    if (state !== 'in_use' || task !== taskId || !leaseId) return null;
-    return { vmName: name, vmIp: ip ?? '', group: Number(group), leaseId, leaseExpiresAt: Number(expires) };
-  }
-
   /** Whether the assignment's lease is still held (the VM is in_use under that lease). */
   async holds(assignment: VmAssignment): Promise<boolean> {
-    const [state, leaseId] = await this.redis.hmget(this.keys.vm(assignment.vmName), 'state', 'lease_id');
-    return state === 'in_use' && leaseId === assignment.leaseId;
+    return this.reader.holdsLease(assignment.vmName, assignment.leaseId);
   }
 
   /**
@@ -222,7 +210,7 @@ export class VmPoolClient {
    * is no longer held (expired and reclaimed, released), VmDescriptorNotFound when the VM is gone.
    */
   async renew(assignment: VmAssignment): Promise<VmAssignment> {
-    const leaseExpiresAt = await runRenewLease(this.runScript, this.keys, assignment.vmName, assignment.leaseId, this.clock());
+    const leaseExpiresAt = await this.scripts.renewLease(assignment.vmName, assignment.leaseId, this.clock());
     return { ...assignment, leaseExpiresAt };
   }
 
@@ -231,9 +219,15 @@ export class VmPoolClient {
    * was reclaimed, released already, or is in use under another lease).
    */
   async release(assignment: VmAssignment): Promise<boolean> {
-    const result = await this.runScript('releaseVm', [this.keys.base], [assignment.vmName, this.clock(), assignment.leaseId]);
-    if (result === 1) return true;
-    this.logger.warn({ vmName: assignment.vmName, leaseId: assignment.leaseId, result }, 'release refused: the lease is no longer held');
+    let refusal: string;
+    try {
+      if (await this.scripts.releaseVm(assignment.vmName, this.clock(), assignment.leaseId)) return true;
+      refusal = 'not_in_use';
+    } catch (err) {
+      if (!(err instanceof LeaseLost || err instanceof VmDescriptorNotFound)) throw err;
+      refusal = err instanceof LeaseLost ? err.reason : 'not_found';
+    }
+    this.logger.warn({ vmName: assignment.vmName, leaseId: assignment.leaseId, refusal }, 'release refused: the lease is no longer held');
     return false;
   }
 
@@ -281,8 +275,8 @@ export class VmPoolClient {
     const events = this.events;
     this.events = undefined;
     if (events) await events.then((e) => e.close()).catch(() => undefined);
-    await this.queue?.close();
-    this.queue = undefined;
+    await this.ownQueue?.close();
+    this.ownQueue = undefined;
     if (this.ownsRedis) await this.redis.quit().catch(() => this.redis.disconnect());
   }
 }

@@ -36,7 +36,7 @@ async function redisAnswers(vmm: VmManager, timeoutMs: number): Promise<boolean>
     timer = setTimeout(() => resolve(false), timeoutMs);
   });
   try {
-    return await Promise.race([vmm.redis.ping().then((r) => r === 'PONG'), timeout]);
+    return await Promise.race([vmm.reader.ping(), timeout]);
   } catch {
     return false;
   } finally {

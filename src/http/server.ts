@@ -9,7 +9,6 @@ import { requireRedis } from '../runtime/main.js';
 import { readSettings, resolveConfig } from '../runtime/settings.js';
 import { VmPoolClient } from '../client/index.js';
 import type { QueueName } from '../../queues/names.js';
-import { QueueSet } from '../../queues/queueSet.js';
 import type { AcquireFn } from './api.js';
 import { createWebApp } from './app.js';
 import { assertBindAllowed } from './auth.js';
@@ -49,10 +48,10 @@ export async function startWebServer(config: Config, options: WebServerOptions =
   const prefix = options.prefix ?? config.redis.prefix;
   const connection = createProducerConnection(config.redis.url);
   connection.on('error', (err) => logger.warn({ err: err.message }, 'Redis connection error'));
+  // The manager's queue handles are the process's: Bull Board, metrics and the client use them.
   const vmm = new VmManager(config, { redis: connection, prefix, logger, clock: options.clock });
-  const queues = new QueueSet(connection, prefix, (err, name) => logger.warn({ err: err.message, queue: name }, 'queue error'));
-  const queue = (name: QueueName) => queues.get(name);
-  const client = new VmPoolClient({ redis: connection, prefix, logger, clock: options.clock, graceMs: options.acquireGraceMs });
+  const queue = (name: QueueName) => vmm.queue(name);
+  const client = new VmPoolClient({ redis: connection, prefix, queue, logger, clock: options.clock, graceMs: options.acquireGraceMs });
   const acquire: AcquireFn = (request) => client.acquire(request);
   const app = createWebApp({ config, vmm, logger, queue, acquire, poolPageRefreshMs: options.poolPageRefreshMs });
   const server = createServer(app);
@@ -87,7 +86,6 @@ export async function startWebServer(config: Config, options: WebServerOptions =
         await Promise.race([closed, deadline]);
         clearTimeout(timer);
         await client.close();
-        await queues.close();
         await vmm.close();
         await connection.quit().catch(() => connection.disconnect());
       })();

@@ -48,7 +48,8 @@ class RedisBackedMetric {
   }
 
   async get(): Promise<{ name: string; help: string; type: string; values: MetricValue[]; aggregator: string }> {
-    const { redis, prefix } = this.deps.vmm;
+    const { prefix } = this.deps.vmm;
+    const redis = this.deps.vmm.connectionForOwnKeys();
     const values: MetricValue[] = [];
     if (this.def.type === 'counter') {
       for (const c of await readSharedCounter(redis, prefix, this.def)) values.push({ labels: this.named(c.labels), value: c.value });
@@ -86,19 +87,9 @@ export function createMetricsRegistry(deps: MetricsDeps): Registry {
     registers: [registry],
     async collect() {
       this.reset();
-      const pipeline = vmm.redis.pipeline();
-      const series: [string, string][] = [];
-      for (const g of vmm.vmGroups) {
-        for (const s of ALL_VM_STATES) {
-          pipeline.scard(vmm.keys.state(g, s));
-          series.push([groupName(g), s]);
-        }
-      }
-      const replies = (await pipeline.exec()) ?? [];
-      replies.forEach(([err, n], i) => {
-        if (err) throw err;
-        const [group, state] = series[i]!;
-        this.set({ group, state }, Number(n));
+      const counts = await vmm.reader.stateCounts(vmm.vmGroups);
+      vmm.vmGroups.forEach((g, i) => {
+        for (const state of ALL_VM_STATES) this.set({ group: groupName(g), state }, counts[i]![state]);
       });
     },
   });
@@ -127,7 +118,8 @@ export function createMetricsRegistry(deps: MetricsDeps): Registry {
     registers: [registry],
     async collect() {
       this.reset();
-      for (const g of vmm.vmGroups) this.set({ group: groupName(g) }, await vmm.redis.zcard(vmm.keys.spawning(g)));
+      const counts = await vmm.reader.spawnCounts(vmm.vmGroups);
+      vmm.vmGroups.forEach((g, i) => this.set({ group: groupName(g) }, counts[i]!));
     },
   });
 

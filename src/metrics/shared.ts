@@ -1,6 +1,7 @@
 import type { Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { poolKeyBase } from '../pool/keys.js';
+import { AcquireFailures, acquireFailureOf } from '../../queues/acquire.js';
 import { QueueNames, type QueueName } from '../../queues/names.js';
 
 /**
@@ -112,7 +113,7 @@ export async function recordJobMetrics(
   const attemptOutcome = outcome === 'completed' ? 'ok' : isFinalFailure(job, detail.error) ? 'failed' : 'retry';
   switch (queue) {
     case QueueNames.ACQUIRE: {
-      const noVm = detail.error?.name === 'NoVmAvailable' || /NoVmAvailable|no VM available/i.test(detail.error?.message ?? '');
+      const noVm = outcome === 'failed' && acquireFailureOf(job) === AcquireFailures.NO_VM_AVAILABLE;
       const result = outcome === 'completed' ? 'assigned' : noVm ? 'no_vm' : 'error';
       observe(pipeline, prefix, sharedMetrics.acquireWait, { outcome: result }, seconds(finishedAt - job.timestamp));
       break;

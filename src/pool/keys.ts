@@ -1,6 +1,7 @@
 /**
  * Redis key names of one pool. All of them share the `{vmpool}` hash tag, so that every script's
- * keys sit in one Redis Cluster slot. The Lua side builds the same names (commands/includes/poolKeys.lua).
+ * keys sit in one Redis Cluster slot. The Lua side builds the same names
+ * (commands/includes/poolKeys.lua; test/pool/scripts.test.ts checks that both agree).
  */
 export function poolKeyBase(prefix: string): string {
   return `${prefix}:{vmpool}:`;
@@ -15,8 +16,15 @@ export function poolKeys(prefix: string) {
     ip: (ip: string) => `${base}ip:${ip}`,
     task: (taskId: string) => `${base}task:${taskId}`,
     state: (group: number, state: string) => `${base}group:${group}:state:${state}`,
+    /** Ready VMs bound to no owner, scored by last health check. */
     readyClean: (group: number) => `${base}group:${group}:ready_clean`,
-    userVms: (group: number) => `${base}group:${group}:user_vms`,
+    /**
+     * Ready VMs bound to one owner and sandbox, scored by last health check. The owner's length (in
+     * bytes, as Lua's string.len) keeps ("a:b", "c") and ("a", "b:c") apart.
+     */
+    readyDirty: (group: number, owner: string, sandbox: string) => `${base}group:${group}:ready_dirty:${Buffer.byteLength(owner)}:${owner}:${sandbox}`,
+    /** Hash owner -> number of VMs of the group bound to that owner (for max_vm_per_user). */
+    ownerVms: (group: number) => `${base}group:${group}:owner_vms`,
     groupInfo: (group: number) => `${base}group:${group}:info`,
     serverStart: `${base}server_start`,
     /** Position of the last server start in the check_seq counter (markServerStart-1.lua). */
@@ -40,9 +48,12 @@ export function poolKeys(prefix: string) {
     orphanUnknown: (group: number) => `${base}group:${group}:orphan_unknown`,
     /** Hash of the group's pool VMs missing from the provider's last list: name -> first missed (epoch ms). */
     orphanMissing: (group: number) => `${base}group:${group}:orphan_missing`,
+    /** The reconcile cycle lock (src/reconcile/cycleLock.ts): one cycle at a time across replicas. */
+    reconcileLock: `${base}reconcile_lock`,
     /** Pub/sub channel told (by the scripts) when a VM of the group may be acquirable. */
     readyChannel: (group: number) => `${base}ready:${group}`,
   };
 }
 
 export type PoolKeys = ReturnType<typeof poolKeys>;
+

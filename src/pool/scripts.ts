@@ -1,75 +1,86 @@
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { Redis } from 'ioredis';
 
 /**
- * Loads the pool's Lua scripts (`commands/<name>-<numberOfKeys>.lua`) into an ioredis connection
+ * The pool's Lua scripts, `commands/<name>-<numberOfKeys>.lua`, loaded into an ioredis connection
  * with defineCommand, once per connection. A line `--- @include "includes/x"` is replaced by that
- * file, once per script, as BullMQ does.
+ * file (commands/includes/x.lua), once per script, as BullMQ does.
  */
 const commandsDir = fileURLToPath(new URL('./commands/', import.meta.url));
 
+/**
+ * Every pool script, by name, with its number of keys (the file is `commands/<name>-<keys>.lua`).
+ * test/pool/scripts.test.ts checks this list against the directory, both ways.
+ */
+export const POOL_SCRIPTS = {
+  acquireVm: 1,
+  addVm: 1,
+  expireLeases: 1,
+  holdVm: 1,
+  leaveAcquireLine: 1,
+  markServerStart: 1,
+  markVmCheckFailed: 1,
+  recordHealthCheckResult: 1,
+  releaseVm: 1,
+  removeVm: 1,
+  renewLease: 1,
+  startVmCheck: 1,
+  startVmTermination: 1,
+  unholdVm: 1,
+} as const satisfies Record<string, number>;
+
+export type ScriptName = keyof typeof POOL_SCRIPTS;
+export const SCRIPT_NAMES = Object.keys(POOL_SCRIPTS) as ScriptName[];
+
 export interface ScriptSource {
+  name: ScriptName;
   /** ioredis command name, such as `vmpoolAcquireVm`. */
   command: string;
   numberOfKeys: number;
   lua: string;
 }
 
-function resolveIncludes(file: string, seen: Set<string>): string {
-  const text = readFileSync(`${commandsDir}${file}.lua`, 'utf8');
+/**
+ * Lua text with its includes resolved. Includes name files under the pool's commands/ directory
+ * (`includes/replyCodes`), also for scripts that live elsewhere.
+ */
+export function resolveIncludes(text: string, seen = new Set<string>()): string {
   return text.replace(/^--- @include "([^"]+)"\s*$/gm, (_line, name: string) => {
     if (seen.has(name)) return '';
     seen.add(name);
-    return resolveIncludes(name, seen);
+    return resolveIncludes(readFileSync(`${commandsDir}${name}.lua`, 'utf8'), seen);
   });
 }
+
+/** The text of a Lua script file with its includes resolved. */
+export function luaSource(file: URL): string {
+  return resolveIncludes(readFileSync(file, 'utf8'));
+}
+
+const commandOf = (name: string) => `vmpool${name[0]!.toUpperCase()}${name.slice(1)}`;
 
 let cachedSources: ScriptSource[] | undefined;
 
 export function scriptSources(): ScriptSource[] {
-  if (cachedSources) return cachedSources;
-  cachedSources = readdirSync(commandsDir)
-    .filter((f) => f.endsWith('.lua'))
-    .map((f) => {
-      const match = /^(\w+)-(\d+)\.lua$/.exec(f);
-      if (!match) throw new Error(`Lua script file name must be <name>-<numberOfKeys>.lua: ${f}`);
-      const [, name, keys] = match as unknown as [string, string, string];
-      return {
-        command: `vmpool${name[0]!.toUpperCase()}${name.slice(1)}`,
-        numberOfKeys: Number(keys),
-        lua: resolveIncludes(f.slice(0, -4), new Set()),
-      };
-    });
+  cachedSources ??= SCRIPT_NAMES.map((name) => {
+    const numberOfKeys = POOL_SCRIPTS[name];
+    return { name, command: commandOf(name), numberOfKeys, lua: luaSource(new URL(`./commands/${name}-${numberOfKeys}.lua`, import.meta.url)) };
+  });
   return cachedSources;
 }
 
-type ScriptReply = unknown;
-export type ScriptName =
-  | 'addVm'
-  | 'acquireVm'
-  | 'releaseVm'
-  | 'startVmTermination'
-  | 'removeVm'
-  | 'startVmCheck'
-  | 'recordHealthCheckResult'
-  | 'markVmCheckFailed'
-  | 'markServerStart'
-  | 'holdVm'
-  | 'unholdVm';
+/** Runs one pool script: its keys (as many as the script takes) and its arguments. */
+export type RunScript = (name: ScriptName, keys: readonly string[], args: readonly (string | number)[]) => Promise<unknown>;
 
-/** Defines every pool script on the connection (idempotent) and returns a typed caller. */
-export function loadScripts(redis: Redis): (name: ScriptName | string, keys: string[], args: (string | number)[]) => Promise<ScriptReply> {
-  const target = redis as unknown as Record<string, unknown>;
+/** Defines every pool script on the connection (idempotent) and returns the caller. */
+export function loadScripts(redis: Redis): RunScript {
+  const target = redis as unknown as Record<string, (...a: (string | number)[]) => Promise<unknown>>;
   for (const source of scriptSources()) {
     if (typeof target[source.command] !== 'function') {
       redis.defineCommand(source.command, { numberOfKeys: source.numberOfKeys, lua: source.lua });
     }
   }
-  return (name, keys, args) => {
-    const command = `vmpool${name[0]!.toUpperCase()}${name.slice(1)}`;
-    const fn = target[command] as ((...a: (string | number)[]) => Promise<ScriptReply>) | undefined;
-    if (!fn) throw new Error(`unknown pool script ${name}`);
-    return fn.call(redis, ...keys, ...args);
-  };
+  const commands = new Map(scriptSources().map((s) => [s.name, target[s.command]!]));
+  return (name, keys, args) => commands.get(name)!.call(redis, ...keys, ...args);
 }

@@ -42,6 +42,28 @@ export class VmError extends Error {
   }
 }
 
+/**
+ * A request the pool refuses as malformed, whatever the pool's state: an unknown group or state, an
+ * invalid VM name or IP, a missing field. The API answers it with 400.
+ */
+export class InvalidVmRequest extends VmError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'InvalidVmRequest';
+  }
+}
+
+/** A group id or name that the config does not have; `known` is the number of groups, or a message. */
+export class UnknownGroup extends InvalidVmRequest {
+  constructor(
+    readonly group: unknown,
+    known: number | string,
+  ) {
+    super(typeof known === 'string' ? known : `unknown group ${JSON.stringify(group)}; groups are 0..${known - 1}`);
+    this.name = 'UnknownGroup';
+  }
+}
+
 export class NoVmAvailable extends VmError {
   constructor(message = 'no VM available') {
     super(message);
@@ -70,6 +92,53 @@ export class LeaseLost extends VmError {
     );
     this.name = 'LeaseLost';
   }
+}
+
+/** The lease of an assignment: who holds an in_use VM, and until when unless renewed. */
+export interface Lease {
+  leaseId: string;
+  /** Epoch ms. */
+  leaseExpiresAt: number;
+}
+
+/** A VM with its lease, as handed to a builder: the core of an acquire job's VmAssignment. */
+export interface LeasedVm extends Pick<VmDescriptor, 'vmName' | 'vmIp' | 'group'>, Lease {}
+
+/**
+ * A waiting acquire request (an acquire job): its place in the line of each group it asked for.
+ * The waiters sorted set is scored by priority; member order (job timestamp first) breaks ties.
+ */
+export interface AcquireWaiter {
+  /** `<job timestamp, 15 digits>|<job id>` (see acquireWaiterMember). */
+  member: string;
+  /** BullMQ priority: 0 (none) first, then 1, 2, ... */
+  priority: number;
+  /** Epoch ms after which the request no longer counts as waiting or demand. */
+  deadline: number;
+  /** The acquire job id: its member in the demand sets. */
+  jobId: string;
+}
+
+export function acquireWaiterMember(jobTimestamp: number, jobId: string): string {
+  return `${String(Math.max(0, Math.trunc(jobTimestamp))).padStart(15, '0')}|${jobId}`;
+}
+
+export type AcquireAttempt =
+  | ({ status: 'acquired' | 'reattached'; vm: VmDescriptor } & Lease)
+  /** none: nothing fits; deferred: a VM fits, but a request ahead in line could take it. */
+  | { status: 'none' | 'deferred' };
+
+/** What expireLeases did to one VM: the group's on_lease_expiry. */
+export interface ExpiredLease {
+  vmName: string;
+  action: 'terminate' | 'release';
+}
+
+export type HealthCheckOutcome = 'ok' | 'failed' | 'terminating' | 'ignored';
+
+export interface HealthCheckRecord {
+  outcome: HealthCheckOutcome;
+  vm: VmDescriptor;
 }
 
 /** VM names go into Redis keys, job ids, logs and hook environments, so they are kept strict. */
@@ -124,6 +193,12 @@ export function recordFromHash(hash: Record<string, string> | string[]): VmRecor
   };
 }
 
+/** A VM hash's descriptor and lease (an acquire's reply), reading the hash once. */
+export function leasedDescriptorFromHash(hash: Record<string, string> | string[]): { vm: VmDescriptor } & Lease {
+  const h = toHashObject(hash);
+  return { vm: descriptorFromHash(h), leaseId: h.lease_id ?? '', leaseExpiresAt: Number(h.lease_expires_at ?? 0) };
+}
+
 /** Builds a VmDescriptor from a VM hash, given as an object or as HGETALL's flat array. */
 export function descriptorFromHash(hash: Record<string, string> | string[]): VmDescriptor {
   const h = toHashObject(hash);
@@ -132,7 +207,7 @@ export function descriptorFromHash(hash: Record<string, string> | string[]): VmD
     vmIp: h.vm_ip ?? '',
     group: Number(h.group),
     state: h.state as VmState,
-    boundToUser: stringOrNull(h.bound_to_user),
+    boundToUser: stringOrNull(h.owner),
     sandbox: stringOrNull(h.sandbox),
     usedByWorker: stringOrNull(h.used_by_worker),
     taskId: stringOrNull(h.task_id),

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Queue } from 'bullmq';
-import { Redis } from 'ioredis';
-import { parseConfig, type Config, type ConfigInput, type GroupConfig } from '../config.js';
+import type { Redis } from 'ioredis';
+import { isParsedConfig, parseConfig, type Config, type ConfigInput, type GroupConfig } from '../config.js';
 import { createLogger, type Logger } from '../logger.js';
 import { producerConnectionFrom } from '../redis.js';
 import {
@@ -11,27 +11,34 @@ import {
   type TerminationReason,
 } from '../../queues/terminate.js';
 import { HEALTH_QUEUE, addHealthJob } from '../../queues/health.js';
+import type { QueueName } from '../../queues/names.js';
 import { QueueSet } from '../../queues/queueSet.js';
+import type { AcquireRequestData } from '../../queues/acquire.js';
 import { poolKeys, type PoolKeys } from './keys.js';
-import { runRenewLease } from './renewLease.js';
-import { loadScripts } from './scripts.js';
+import { PoolReader, type OrphanPassState, type SpawnInFlight } from './poolReader.js';
+import { PoolScripts } from './poolScripts.js';
 import { formatPoolInfo } from './info.js';
 import {
   ALL_VM_STATES,
-  LeaseLost,
+  InvalidVmRequest,
   NoVmAvailable,
+  UnknownGroup,
   VmDescriptorNotFound,
-  VmError,
   VmStates,
-  descriptorFromHash,
-  recordFromHash,
   isValidVmIp,
   isValidVmName,
   isVmState,
+  type AcquireAttempt,
+  type AcquireWaiter,
+  type ExpiredLease,
+  type HealthCheckRecord,
   type VmDescriptor,
   type VmRecord,
   type VmState,
 } from './types.js';
+
+export { acquireWaiterMember } from './types.js';
+export type { AcquireAttempt, AcquireWaiter, ExpiredLease, HealthCheckOutcome, HealthCheckRecord } from './types.js';
 
 export type Clock = () => number;
 
@@ -42,12 +49,20 @@ export interface VmManagerOptions {
   prefix?: string;
   logger?: Logger;
   clock?: Clock;
+  /**
+   * The process's queue handles (a JobContext's), on the same prefix, to add health and terminate
+   * jobs to; not closed by the manager. Without it, the manager opens its own and close() closes them.
+   */
+  queues?: QueueSet;
 }
 
-export interface AcquireRequest {
+/**
+ * What acquireVm needs: an acquire job's payload (AcquireRequestData) with its groups resolved (no
+ * arch), the worker that asks, and optionally the lease id. The acquire processor passes the payload
+ * itself; Copr-style callers build one.
+ */
+export interface AcquireRequest extends Pick<AcquireRequestData, 'owner' | 'sandbox'> {
   groups: number[];
-  owner: string;
-  sandbox: string;
   /** Numbers are taken too (a pid, Copr's numeric build ids) and stored as text. */
   workerId: string | number;
   taskId?: string | number | null;
@@ -58,66 +73,37 @@ export interface AcquireRequest {
 }
 
 /**
- * A waiting acquire request (an acquire job): its place in the line of each group it asked for.
- * The waiters sorted set is scored by priority; member order (job timestamp first) breaks ties.
- */
-export interface AcquireWaiter {
-  /** `<job timestamp, 15 digits>|<job id>` (see acquireWaiterMember). */
-  member: string;
-  /** BullMQ priority: 0 (none) first, then 1, 2, ... */
-  priority: number;
-  /** Epoch ms after which the request no longer counts as waiting or demand. */
-  deadline: number;
-  /** The acquire job id: its member in the demand sets. */
-  jobId: string;
-}
-
-export function acquireWaiterMember(jobTimestamp: number, jobId: string): string {
-  return `${String(Math.max(0, Math.trunc(jobTimestamp))).padStart(15, '0')}|${jobId}`;
-}
-
-export type AcquireAttempt =
-  | { status: 'acquired' | 'reattached'; vm: VmDescriptor; leaseId: string; leaseExpiresAt: number }
-  /** none: nothing fits; deferred: a VM fits, but a request ahead in line could take it. */
-  | { status: 'none' | 'deferred' };
-
-/** What expireLeases did to one VM: the group's on_lease_expiry. */
-export interface ExpiredLease {
-  vmName: string;
-  action: 'terminate' | 'release';
-}
-
-export type HealthCheckOutcome = 'ok' | 'failed' | 'terminating' | 'ignored';
-
-export interface HealthCheckRecord {
-  outcome: HealthCheckOutcome;
-  vm: VmDescriptor;
-}
-
-/**
- * The VM registry and its state machine (Copr's VmManager). Every state transition is one atomic
- * Lua script over per-group and per-state indexes, so no operation scans the pool.
+ * The VM registry and its state machine (Copr's VmManager): the pool's API. Every state transition
+ * is one atomic Lua script (poolScripts.ts) over per-group and per-state indexes, so no operation
+ * scans the pool; reads go through its read model (`reader`). Its Redis keys are its own.
  */
 export class VmManager {
   readonly config: Config;
-  readonly redis: Redis;
   readonly prefix: string;
   readonly logger: Logger;
   readonly clock: Clock;
-  readonly keys: PoolKeys;
+  /** Reads of the pool that are not transitions: counts, spawns in flight, demand, server start. */
+  readonly reader: PoolReader;
+  private readonly redis: Redis;
+  private readonly keys: PoolKeys;
   private readonly ownsRedis: boolean;
-  private readonly runScript: ReturnType<typeof loadScripts>;
+  private readonly scripts: PoolScripts;
   private readonly queues: QueueSet;
+  private readonly ownsQueues: boolean;
 
+  /** A parsed Config is taken as it is; a ConfigInput is parsed (without the environment). */
   constructor(config: Config | ConfigInput, options: VmManagerOptions) {
-    this.config = parseConfig(config, {});
+    this.config = isParsedConfig(config) ? config : parseConfig(config, {});
     ({ redis: this.redis, owned: this.ownsRedis } = producerConnectionFrom(options.redis));
     this.prefix = options.prefix ?? this.config.redis.prefix;
     this.logger = options.logger ?? createLogger('vmpool');
     this.clock = options.clock ?? Date.now;
     this.keys = poolKeys(this.prefix);
-    this.runScript = loadScripts(this.redis);
-    this.queues = new QueueSet(this.redis, this.prefix, (err, name) => this.logger.warn({ err: err.message, queue: name }, 'queue error'));
+    this.reader = new PoolReader(this.redis, this.prefix);
+    this.scripts = new PoolScripts(this.redis, this.prefix);
+    this.ownsQueues = options.queues === undefined;
+    this.queues =
+      options.queues ?? new QueueSet(this.redis, this.prefix, (err, name) => this.logger.warn({ err: err.message, queue: name }, 'queue error'));
   }
 
   /** Group ids: indexes into config.groups. */
@@ -125,77 +111,72 @@ export class VmManager {
     return this.config.groups.map((_, i) => i);
   }
 
+  /** The config of a group; UnknownGroup when the config has no such group. */
   groupConfig(group: number): GroupConfig {
     const g = Number.isInteger(group) ? this.config.groups[group] : undefined;
-    if (!g) throw new VmError(`unknown group ${JSON.stringify(group)}; groups are 0..${this.config.groups.length - 1}`);
+    if (!g) throw new UnknownGroup(group, this.config.groups.length);
     return g;
+  }
+
+  /** The process's handle of a vmpool queue (the one given in the options, or the manager's own). */
+  queue(name: QueueName): Queue {
+    return this.queues.get(name);
   }
 
   /** The queue that terminate jobs go to, sharing the manager's connection and prefix. */
   getTerminateQueue(): Queue {
-    return this.queues.get(TERMINATE_QUEUE);
+    return this.queue(TERMINATE_QUEUE);
+  }
+
+  /**
+   * The manager's Redis connection, for modules that keep keys of their own beside the pool's (the
+   * reconcile cycle lock, the job metrics that workers keep in Redis). The pool's keys are not
+   * theirs: they read the pool through `reader` and change it through the manager's methods.
+   */
+  connectionForOwnKeys(): Redis {
+    return this.redis;
   }
 
   async addVmToPool(vmIp: string, vmName: string, group: number): Promise<VmDescriptor> {
     if (!isValidVmName(vmName)) {
-      throw new VmError(`invalid VM name ${JSON.stringify(vmName)}: expected 1-63 of A-Z a-z 0-9 . _ -, starting with a letter or digit`);
+      throw new InvalidVmRequest(`invalid VM name ${JSON.stringify(vmName)}: expected 1-63 of A-Z a-z 0-9 . _ -, starting with a letter or digit`);
     }
-    if (!isValidVmIp(vmIp)) throw new VmError(`invalid IP address ${JSON.stringify(vmIp)} for VM ${vmName}`);
+    if (!isValidVmIp(vmIp)) throw new InvalidVmRequest(`invalid IP address ${JSON.stringify(vmIp)} for VM ${vmName}`);
     this.groupConfig(group);
-    const added = await this.runScript('addVm', [this.keys.base], [vmName, vmIp, group, this.clock()]);
-    if (added !== 1) throw new VmError(`VM ${vmName} is already in the pool`);
+    await this.scripts.addVm(vmName, vmIp, group, this.clock());
     this.logger.info({ vmName, vmIp, group }, 'VM added to pool');
     return this.getVmByName(vmName);
   }
 
   async getVmByName(vmName: string): Promise<VmDescriptor> {
-    if (typeof vmName !== 'string' || vmName === '') throw new VmDescriptorNotFound(String(vmName));
-    const hash = await this.redis.hgetall(this.keys.vm(vmName));
-    if (!hash.state) throw new VmDescriptorNotFound(vmName);
-    return descriptorFromHash(hash);
-  }
-
-  /** Reads many VM hashes in one round trip, skipping any that disappeared meanwhile; sorted by name. */
-  private async readVmHashes(names: readonly string[]): Promise<Record<string, string>[]> {
-    if (names.length === 0) return [];
-    const pipeline = this.redis.pipeline();
-    for (const name of names) pipeline.hgetall(this.keys.vm(name));
-    const replies = (await pipeline.exec()) ?? [];
-    const hashes: Record<string, string>[] = [];
-    for (const [err, hash] of replies) {
-      if (err) throw err;
-      const h = hash as Record<string, string>;
-      if (h.state) hashes.push(h);
-    }
-    return hashes.sort((a, b) => (a.vm_name ?? '').localeCompare(b.vm_name ?? ''));
+    const vm = typeof vmName === 'string' && vmName !== '' ? await this.reader.vmDescriptor(vmName) : null;
+    if (!vm) throw new VmDescriptorNotFound(String(vmName));
+    return vm;
   }
 
   async getVmsByNames(names: readonly string[]): Promise<VmDescriptor[]> {
-    return (await this.readVmHashes(names)).map(descriptorFromHash);
+    return this.reader.vmDescriptors(names);
   }
 
   async lookupVmsByIp(vmIp: string): Promise<VmDescriptor[]> {
     if (typeof vmIp !== 'string' || vmIp === '') return [];
-    return this.getVmsByNames(await this.redis.smembers(this.keys.ip(vmIp)));
+    return this.getVmsByNames(await this.reader.vmNamesByIp(vmIp));
   }
 
   async getVmByTaskId(taskId: string | number): Promise<VmDescriptor | null> {
     if (typeof taskId === 'number' && Number.isFinite(taskId)) taskId = String(taskId);
     if (typeof taskId !== 'string' || taskId === '') return null;
-    const name = await this.redis.get(this.keys.task(taskId));
+    const name = await this.reader.vmNameOfTask(taskId);
     if (!name) return null;
     const [vm] = await this.getVmsByNames([name]);
     return vm && vm.taskId === taskId ? vm : null;
   }
 
   async getVmsByGroupAndStates(group: number | null, states: readonly VmState[]): Promise<VmDescriptor[]> {
-    for (const s of states) if (!isVmState(s)) throw new VmError(`unknown VM state ${JSON.stringify(s)}`);
+    for (const s of states) if (!isVmState(s)) throw new InvalidVmRequest(`unknown VM state ${JSON.stringify(s)}`);
     if (states.length === 0) return [];
-    const groups = group === null ? this.vmGroups : [group];
     if (group !== null) this.groupConfig(group);
-    const stateKeys = groups.flatMap((g) => states.map((s) => this.keys.state(g, s)));
-    const names = await this.redis.sunion(...stateKeys);
-    return this.getVmsByNames(names);
+    return this.getVmsByNames(await this.reader.vmNamesByGroupsAndStates(group === null ? this.vmGroups : [group], states));
   }
 
   async getAllVmsInGroup(group: number): Promise<VmDescriptor[]> {
@@ -203,20 +184,19 @@ export class VmManager {
   }
 
   async getAllVms(): Promise<VmDescriptor[]> {
-    return this.getVmsByNames(await this.redis.smembers(this.keys.allVms));
+    return this.getVmsByNames(await this.reader.allVmNames());
   }
 
   /** Every VM with its bookkeeping fields (bound since, lease), for reconcile snapshots. */
   async getAllVmRecords(): Promise<VmRecord[]> {
-    return (await this.readVmHashes(await this.redis.smembers(this.keys.allVms))).map(recordFromHash);
+    return this.reader.vmRecords(await this.reader.allVmNames());
   }
 
   /** One VM with its bookkeeping fields (lease, hold); throws VmDescriptorNotFound. */
   async getVmRecord(vmName: string): Promise<VmRecord> {
-    if (typeof vmName !== 'string' || vmName === '') throw new VmDescriptorNotFound(String(vmName));
-    const hash = await this.redis.hgetall(this.keys.vm(vmName));
-    if (!hash.state) throw new VmDescriptorNotFound(vmName);
-    return recordFromHash(hash);
+    const vm = typeof vmName === 'string' && vmName !== '' ? await this.reader.vmRecord(vmName) : null;
+    if (!vm) throw new VmDescriptorNotFound(String(vmName));
+    return vm;
   }
 
   /**
@@ -224,31 +204,29 @@ export class VmManager {
    * Returns false when it was already held. A terminating VM cannot be held (VmError).
    */
   async holdVm(vmName: string, by: string): Promise<boolean> {
-    if (typeof by !== 'string' || by === '') throw new VmError('holdVm needs who holds the VM');
-    const result = await this.runScript('holdVm', [this.keys.base], [vmName, by, this.clock()]);
-    if (result === -1) throw new VmDescriptorNotFound(vmName);
-    if (result === -2) throw new VmError(`VM ${vmName} is terminating and cannot be held`);
-    if (result === 1) this.logger.info({ vmName, by }, 'VM held');
-    return result === 1;
+    if (typeof by !== 'string' || by === '') throw new InvalidVmRequest('holdVm needs who holds the VM');
+    const held = await this.scripts.holdVm(vmName, by, this.clock());
+    if (held) this.logger.info({ vmName, by }, 'VM held');
+    return held;
   }
 
   /** Ends a hold; a ready VM can be acquired again. Returns false when it was not held. */
   async unholdVm(vmName: string): Promise<boolean> {
-    const result = await this.runScript('unholdVm', [this.keys.base], [vmName]);
-    if (result === -1) throw new VmDescriptorNotFound(vmName);
-    if (result === 1) this.logger.info({ vmName }, 'VM unheld');
-    return result === 1;
+    const unheld = await this.scripts.unholdVm(vmName);
+    if (unheld) this.logger.info({ vmName }, 'VM unheld');
+    return unheld;
   }
 
-  /** Number of VMs of the group (any state) bound to the user. */
-  async countUserVms(username: string, group: number): Promise<number> {
+  /** Number of VMs of the group (any state) bound to the owner (Copr's name). */
+  async countUserVms(owner: string, group: number): Promise<number> {
     this.groupConfig(group);
-    return Number((await this.redis.hget(this.keys.userVms(group), username)) ?? 0);
+    return this.reader.ownerVmCount(group, owner);
   }
 
-  async canUserAcquireMoreVm(username: string, group: number): Promise<boolean> {
+  /** Whether the owner is under the group's max_vm_per_user (Copr's name). */
+  async canUserAcquireMoreVm(owner: string, group: number): Promise<boolean> {
     const limit = this.groupConfig(group).max_vm_per_user;
-    return (await this.countUserVms(username, group)) < limit;
+    return (await this.countUserVms(owner, group)) < limit;
   }
 
   async acquireVm(request: AcquireRequest): Promise<VmDescriptor> {
@@ -259,61 +237,47 @@ export class VmManager {
 
   /**
    * One acquire attempt (acquireVm's rules). With a waiter, the request is served in line: it does
-   * not take a VM that a request ahead could take, and when nothing fits it joins the waiters and
-   * demand sets of its groups (it leaves them on success, or through leaveAcquireQueue).
+   * not take a VM that a request ahead could take, and when nothing fits it joins the line (the
+   * waiters and demand sets) of its groups; it leaves the line on success, or through leaveAcquireLine.
    * The assignment carries a lease of the group's lease_timeout.
    */
   async tryAcquireVm(request: AcquireRequest, waiter?: AcquireWaiter): Promise<AcquireAttempt> {
     const { groups, owner, sandbox, workerId } = request ?? ({} as AcquireRequest);
-    if (!Array.isArray(groups) || groups.length === 0) throw new VmError('acquireVm needs a non-empty list of groups');
+    if (!Array.isArray(groups) || groups.length === 0) throw new InvalidVmRequest('acquireVm needs a non-empty list of groups');
     for (const g of groups) this.groupConfig(g);
-    if (typeof owner !== 'string' || owner === '') throw new VmError('acquireVm needs an owner');
-    if (typeof sandbox !== 'string') throw new VmError('acquireVm needs a sandbox');
-    // Builders often carry numeric ids (Copr's build ids, a worker pid): they are stored as text.
-    const text = (v: unknown, field: string): string => {
-      if (v === undefined || v === null) return '';
-      if (typeof v === 'number' && Number.isFinite(v)) return String(v);
-      if (typeof v !== 'string') throw new VmError(`acquireVm: ${field} must be a string or a number`);
-      return v;
-    };
-    if (workerId === undefined || workerId === null) throw new VmError('acquireVm needs a workerId');
-    const optional = text;
-    const args: (string | number)[] = [
-      this.clock(),
+    if (typeof owner !== 'string' || owner === '') throw new InvalidVmRequest('acquireVm needs an owner');
+    if (typeof sandbox !== 'string') throw new InvalidVmRequest('acquireVm needs a sandbox');
+    if (workerId === undefined || workerId === null) throw new InvalidVmRequest('acquireVm needs a workerId');
+    const attempt = await this.scripts.acquireVm({
+      now: this.clock(),
       owner,
       sandbox,
-      text(workerId, 'workerId'),
-      optional(request.taskId, 'taskId'),
-      optional(request.buildId, 'buildId'),
-      optional(request.chroot, 'chroot'),
-      request.leaseId || randomUUID(),
-      waiter?.member ?? '',
-      waiter?.priority ?? 0,
-      waiter?.deadline ?? 0,
-      waiter?.jobId ?? '',
-      groups.length,
-    ];
-    for (const g of groups) {
-      const gc = this.groupConfig(g);
-      args.push(g, gc.max_vm_per_user, Math.round(gc.lease_timeout * 1000));
+      workerId: asText(workerId, 'workerId'),
+      taskId: asText(request.taskId, 'taskId'),
+      buildId: asText(request.buildId, 'buildId'),
+      chroot: asText(request.chroot, 'chroot'),
+      leaseId: request.leaseId || randomUUID(),
+      waiter,
+      groups: groups.map((group) => {
+        const gc = this.groupConfig(group);
+        return { group, maxVmPerOwner: gc.max_vm_per_user, leaseTimeoutMs: Math.round(gc.lease_timeout * 1000) };
+      }),
+    });
+    if (attempt.status === 'acquired' || attempt.status === 'reattached') {
+      const { vm } = attempt;
+      this.logger.info({ vmName: vm.vmName, owner, sandbox, taskId: vm.taskId, reattached: attempt.status === 'reattached' }, 'VM acquired');
     }
-    const reply = (await this.runScript('acquireVm', [this.keys.base], args)) as [string, string[] | string];
-    const [status, payload] = reply;
-    if (status === 'acquired' || status === 'reattached') {
-      const vm = descriptorFromHash(payload as string[]);
-      const { leaseId, leaseExpiresAt } = recordFromHash(payload as string[]);
-      this.logger.info({ vmName: vm.vmName, owner, sandbox, taskId: vm.taskId, reattached: status === 'reattached' }, 'VM acquired');
-      return { status, vm, leaseId: leaseId ?? '', leaseExpiresAt: leaseExpiresAt ?? 0 };
-    }
-    if (status === 'task_conflict') {
-      throw new VmError(`task ${request.taskId} already holds VM ${String(payload)} for another owner or sandbox`);
-    }
-    return { status: status === 'deferred' ? 'deferred' : 'none' };
+    return attempt;
   }
 
   /** Takes a waiting request out of the line of its groups (timeout, invalid request, shutdown). */
+  async leaveAcquireLine(waiter: AcquireWaiter, groups: readonly number[]): Promise<void> {
+    await this.scripts.leaveAcquireLine(waiter, groups);
+  }
+
+  /** @deprecated The line of waiting requests is no BullMQ queue: use leaveAcquireLine. */
   async leaveAcquireQueue(waiter: AcquireWaiter, groups: readonly number[]): Promise<void> {
-    await this.runScript('leaveAcquireQueue', [this.keys.base], [waiter.member, waiter.jobId, ...groups]);
+    await this.leaveAcquireLine(waiter, groups);
   }
 
   /**
@@ -321,11 +285,9 @@ export class VmManager {
    * release: a VM in_use under another lease throws LeaseLost and is left alone.
    */
   async releaseVm(vmName: string, leaseId?: string): Promise<boolean> {
-    const result = await this.runScript('releaseVm', [this.keys.base], [vmName, this.clock(), leaseId ?? '']);
-    if (result === -1) throw new VmDescriptorNotFound(vmName);
-    if (result === -2) throw new LeaseLost(vmName, leaseId ?? '', 'lease_mismatch');
-    if (result === 1) this.logger.info({ vmName }, 'VM released');
-    return result === 1;
+    const released = await this.scripts.releaseVm(vmName, this.clock(), leaseId);
+    if (released) this.logger.info({ vmName }, 'VM released');
+    return released;
   }
 
   /**
@@ -334,12 +296,10 @@ export class VmManager {
    */
   async startVmTermination(vmName: string, allowedPreState?: VmState | null, reason: TerminationReason = 'other'): Promise<boolean> {
     if (allowedPreState != null && !isVmState(allowedPreState)) {
-      throw new VmError(`unknown VM state ${JSON.stringify(allowedPreState)}`);
+      throw new InvalidVmRequest(`unknown VM state ${JSON.stringify(allowedPreState)}`);
     }
     const now = this.clock();
-    const result = await this.runScript('startVmTermination', [this.keys.base], [vmName, allowedPreState ?? '', now]);
-    if (result === -1) throw new VmDescriptorNotFound(vmName);
-    if (result !== 1) return false;
+    if (!(await this.scripts.startVmTermination(vmName, allowedPreState ?? '', now))) return false;
     await this.enqueueTermination(vmName, now, reason);
     return true;
   }
@@ -349,7 +309,7 @@ export class VmManager {
    * Throws LeaseLost when the VM is not in_use or holds another lease, VmDescriptorNotFound when gone.
    */
   async renewLease(vmName: string, leaseId: string): Promise<number> {
-    return runRenewLease(this.runScript, this.keys, vmName, leaseId, this.clock());
+    return this.scripts.renewLease(vmName, leaseId, this.clock());
   }
 
   /**
@@ -360,25 +320,19 @@ export class VmManager {
    */
   async expireLeases(batch = 100): Promise<ExpiredLease[]> {
     const now = this.clock();
-    const args: (string | number)[] = [now, batch, this.config.groups.length];
-    this.config.groups.forEach((g, i) => args.push(i, g.on_lease_expiry));
-    const flat = (await this.runScript('expireLeases', [this.keys.base], args)) as string[];
-    const out: ExpiredLease[] = [];
-    for (let i = 0; i + 1 < flat.length; i += 2) {
-      const vmName = flat[i]!;
-      const action = flat[i + 1] === 'release' ? 'release' : 'terminate';
-      out.push({ vmName, action });
+    const expired = await this.scripts.expireLeases(now, batch, this.config.groups.map((g) => g.on_lease_expiry));
+    for (const { vmName, action } of expired) {
       this.logger.warn({ vmName, action }, 'lease expired');
       if (action === 'terminate') await this.enqueueTermination(vmName, now, 'lease_expired');
       else await this.enqueueHealthCheck(vmName);
     }
-    return out;
+    return expired;
   }
 
   /** Asks for a health check of the VM (one pending check per VM). Reconcile's periodic check is the fallback. */
   async enqueueHealthCheck(vmName: string): Promise<void> {
     try {
-      await addHealthJob(this.queues.get(HEALTH_QUEUE), vmName);
+      await addHealthJob(this.queue(HEALTH_QUEUE), vmName);
     } catch (err) {
       this.logger.error({ err, vmName }, 'could not enqueue health job; reconcile will check the VM later');
     }
@@ -398,52 +352,40 @@ export class VmManager {
   }
 
   async removeVmFromPool(vmName: string): Promise<void> {
-    const result = await this.runScript('removeVm', [this.keys.base], [vmName]);
-    if (result === -1) throw new VmDescriptorNotFound(vmName);
-    if (result !== 1) throw new VmError(`VM ${vmName} is not terminating; only a terminating VM can be removed`);
+    await this.scripts.removeVm(vmName);
     this.logger.info({ vmName }, 'VM removed from pool');
   }
 
   async startVmCheck(vmName: string): Promise<boolean> {
-    const result = await this.runScript('startVmCheck', [this.keys.base], [vmName, this.clock()]);
-    if (result === -1) throw new VmDescriptorNotFound(vmName);
-    return result === 1;
+    return this.scripts.startVmCheck(vmName, this.clock());
   }
 
   async recordHealthCheckResult(vmName: string, ok: boolean): Promise<HealthCheckRecord> {
     const now = this.clock();
     // Every group's threshold goes along, so the script needs no read of the VM's group first.
     const maxFails = this.config.groups.map((g) => g.vm_max_check_fails);
-    const reply = (await this.runScript('recordHealthCheckResult', [this.keys.base], [vmName, ok ? '1' : '0', now, ...maxFails])) as [
-      string,
-      string[]?,
-    ];
-    if (reply[0] === 'missing') throw new VmDescriptorNotFound(vmName);
-    const outcome = reply[0] as HealthCheckOutcome;
-    const vm = descriptorFromHash(reply[1] ?? []);
+    const record = await this.scripts.recordHealthCheckResult(vmName, ok, now, maxFails);
+    const { outcome, vm } = record;
     if (outcome === 'terminating') {
       this.logger.warn({ vmName, checkFails: vm.checkFails, maxFails: maxFails[vm.group] }, 'VM failed too many health checks');
       await this.enqueueTermination(vmName, now, 'health_check_failed');
     } else if (outcome === 'failed') {
       this.logger.warn({ vmName, checkFails: vm.checkFails }, 'VM health check failed');
     }
-    return { outcome, vm };
+    return record;
   }
 
   async markVmCheckFailed(vmName: string): Promise<boolean> {
-    const result = await this.runScript('markVmCheckFailed', [this.keys.base], [vmName]);
-    if (result === -1) throw new VmDescriptorNotFound(vmName);
-    return result === 1;
+    return this.scripts.markVmCheckFailed(vmName);
   }
 
   /** Records the server start: VMs checked before it are not handed out until checked again. */
   async markServerStart(): Promise<void> {
-    await this.runScript('markServerStart', [this.keys.base], [this.clock()]);
+    await this.scripts.markServerStart(this.clock());
   }
 
   async getServerStart(): Promise<number | null> {
-    const value = await this.redis.get(this.keys.serverStart);
-    return value === null ? null : Number(value);
+    return this.reader.serverStart();
   }
 
   async writeVmPoolInfo(group: number, key: string, value: string | number): Promise<void> {
@@ -453,7 +395,7 @@ export class VmManager {
 
   async readVmPoolInfo(group: number, key: string): Promise<string | null> {
     this.groupConfig(group);
-    return this.redis.hget(this.keys.groupInfo(group), key);
+    return this.reader.groupInfo(group, key);
   }
 
   /** Records a spawn in flight, in Redis, so that a restarted process does not forget it. */
@@ -467,11 +409,8 @@ export class VmManager {
   }
 
   /** Spawns in flight of a group, oldest first. */
-  async getSpawnsInFlight(group: number): Promise<{ spawnId: string; startedAt: number }[]> {
-    const flat = await this.redis.zrange(this.keys.spawning(group), 0, '-1', 'WITHSCORES');
-    const out: { spawnId: string; startedAt: number }[] = [];
-    for (let i = 0; i + 1 < flat.length; i += 2) out.push({ spawnId: flat[i]!, startedAt: Number(flat[i + 1]) });
-    return out;
+  async getSpawnsInFlight(group: number): Promise<SpawnInFlight[]> {
+    return this.reader.spawnsInFlight(group);
   }
 
   /**
@@ -479,7 +418,17 @@ export class VmManager {
    * worker took. Reconcile's demand adds the requests still queued (src/reconcile/demand.ts).
    */
   async countDemand(group: number): Promise<number> {
-    return this.redis.zcount(this.keys.demand(group), `(${this.clock()}`, '+inf');
+    return this.reader.countDemand(group, this.clock());
+  }
+
+  /** Replaces what the group's orphan pass keeps for the next one (read it with reader.orphanPassState). */
+  async replaceOrphanPassState(group: number, state: { [K in keyof OrphanPassState]: Record<string, string | number> }): Promise<void> {
+    const unknownKey = this.keys.orphanUnknown(group);
+    const missingKey = this.keys.orphanMissing(group);
+    const tx = this.redis.multi().del(unknownKey, missingKey);
+    if (Object.keys(state.unknown).length > 0) tx.hset(unknownKey, state.unknown);
+    if (Object.keys(state.missing).length > 0) tx.hset(missingKey, state.missing);
+    await tx.exec();
   }
 
   /** A human-readable table per group, as Copr's copr_get_vm_info printed it. */
@@ -488,10 +437,19 @@ export class VmManager {
     return formatPoolInfo(this.config, vms, this.clock());
   }
 
+  /** Closes what the manager opened itself: its queue handles and its connection (not injected ones). */
   async close(): Promise<void> {
-    await this.queues.close();
+    if (this.ownsQueues) await this.queues.close();
     if (this.ownsRedis) await this.redis.quit().catch(() => this.redis.disconnect());
   }
+}
+
+/** Builders often carry numeric ids (Copr's build ids, a worker pid): they are stored as text ('' for none). */
+function asText(value: unknown, field: string): string {
+  if (value === undefined || value === null) return '';
+  if (typeof value === 'number' && Number.isFinite(value)) return String(value);
+  if (typeof value !== 'string') throw new InvalidVmRequest(`acquireVm: ${field} must be a string or a number`);
+  return value;
 }
 
 export { VmStates };

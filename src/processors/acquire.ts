@@ -2,13 +2,15 @@ import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq
 import type { JobContext } from '../runtime/context.js';
 import { formatZodError } from '../validation.js';
 import type { ProcessorSpec } from '../runtime/worker.js';
-import { VmError } from '../pool/types.js';
-import { acquireWaiterMember, type AcquireWaiter } from '../pool/vmManager.js';
+import { InvalidVmRequest, VmError, acquireWaiterMember, type AcquireWaiter } from '../pool/types.js';
 import {
   ACQUIRE_QUEUE,
+  AcquireFailures,
   DEFAULT_ACQUIRE_TIMEOUT_MS,
   NO_VM_AVAILABLE_PREFIX,
   acquireRequestSchema,
+  failAcquireJob,
+  noVmAvailableReason,
   type AcquireRequestData,
   type VmAssignment,
 } from '../../queues/acquire.js';
@@ -62,15 +64,21 @@ export async function stopAcquireWaits(ctx: JobContext): Promise<void> {
 
 /**
  * Group ids of a request: its groups as given, or the groups listing its arch, in config order
- * (requestGroupIds). An unknown group or arch fails the job for good.
+ * (requestGroupIds). An unknown group or arch fails the job for good (an invalid request).
  */
-export function resolveRequestGroups(ctx: JobContext, request: AcquireRequestData): number[] {
+export async function resolveRequestGroups(ctx: JobContext, request: AcquireRequestData, job?: Job): Promise<number[]> {
   try {
     return requestGroupIds(ctx.config.groups, request);
   } catch (err) {
-    if (err instanceof RequestGroupsError) throw new UnrecoverableError(err.message);
-    throw err;
+    if (!(err instanceof RequestGroupsError)) throw err;
+    throw job ? await failAcquireJob(job, AcquireFailures.INVALID_REQUEST, err.message) : new UnrecoverableError(err.message);
   }
+}
+
+/** A job's place in the line: ordered by priority, then by when it was enqueued. */
+function waiterOf(job: Job, deadline: number): AcquireWaiter {
+  const jobId = String(job.id);
+  return { member: acquireWaiterMember(job.timestamp, jobId), priority: job.opts.priority ?? 0, deadline, jobId };
 }
 
 /**
@@ -82,37 +90,27 @@ export function resolveRequestGroups(ctx: JobContext, request: AcquireRequestDat
  */
 export async function processAcquireJob(job: Job, ctx: JobContext, options: AcquireProcessOptions = {}): Promise<VmAssignment> {
   const parsed = acquireRequestSchema.safeParse(job.data);
-  if (!parsed.success) throw new UnrecoverableError(`invalid ${ACQUIRE_QUEUE} payload: ${formatZodError(parsed.error)}`);
+  if (!parsed.success) {
+    throw await failAcquireJob(job, AcquireFailures.INVALID_REQUEST, `invalid ${ACQUIRE_QUEUE} payload: ${formatZodError(parsed.error)}`);
+  }
   return serveAcquireRequest(job, parsed.data, ctx, options);
 }
 
 /** processAcquireJob for a payload already validated (the worker runtime validates every job). */
 async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: JobContext, options: AcquireProcessOptions): Promise<VmAssignment> {
-  const groups = resolveRequestGroups(ctx, request);
-  const jobId = String(job.id);
+  const groups = await resolveRequestGroups(ctx, request, job);
   const timeoutMs = request.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS;
   const deadline = job.timestamp + timeoutMs;
-  const waiter: AcquireWaiter = {
-    member: acquireWaiterMember(job.timestamp, jobId),
-    priority: job.opts.priority ?? 0,
-    deadline,
-    jobId,
-  };
+  const waiter = waiterOf(job, deadline);
+  const { jobId } = waiter;
   if (stopped.has(ctx)) return requeue(job, STOPPED_REQUEUE_DELAY_MS);
   const rt = runtimeOf(ctx);
   const signals = [rt.stopping.signal, options.signal].filter((s): s is AbortSignal => s !== undefined);
   const abort = signals.length === 1 ? signals[0]! : AbortSignal.any(signals);
   const groupNames = groups.map((g) => `${ctx.config.groups[g]!.name}(${g})`).join(', ');
   const log = ctx.logger.child({ jobId, owner: request.owner, taskId: request.taskId });
-  const acquireRequest = {
-    groups,
-    owner: request.owner,
-    sandbox: request.sandbox,
-    workerId: ctx.workerId,
-    taskId: request.taskId ?? null,
-    buildId: request.buildId ?? null,
-    chroot: request.chroot ?? null,
-  };
+  // The payload is the request, with its groups resolved and this process as the worker.
+  const acquireRequest = { ...request, groups, workerId: ctx.workerId };
   const safetyMs = ctx.config.acquire_safety_retry * 1000;
   // Messages count only once subscribed; waiting for it here keeps the first attempt race-free.
   await rt.readySignal.ready();
@@ -124,8 +122,10 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
       attempt = await ctx.vmm.tryAcquireVm(acquireRequest, waiter);
     } catch (err) {
       // Out of line before failing (a task holding a VM for another owner, Redis trouble).
-      await ctx.vmm.leaveAcquireQueue(waiter, groups).catch(() => undefined);
-      if (err instanceof VmError) throw new UnrecoverableError(err.message);
+      await ctx.vmm.leaveAcquireLine(waiter, groups).catch(() => undefined);
+      if (err instanceof VmError) {
+        throw await failAcquireJob(job, err instanceof InvalidVmRequest ? AcquireFailures.INVALID_REQUEST : AcquireFailures.REFUSED, err.message);
+      }
       throw err;
     }
     attempts += 1;
@@ -142,15 +142,19 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
     }
     const now = ctx.clock();
     if (now >= deadline) {
-      await ctx.vmm.leaveAcquireQueue(waiter, groups);
-      throw new UnrecoverableError(
-        `${NO_VM_AVAILABLE_PREFIX} no VM for owner ${request.owner} (sandbox ${JSON.stringify(request.sandbox)}) in groups ${groupNames} ` +
-          `within ${timeoutMs} ms (${attempts} attempts; last: ${attempt.status === 'deferred' ? 'a request ahead in line could take the free VM' : 'nothing fitted'})`,
+      await ctx.vmm.leaveAcquireLine(waiter, groups);
+      const last = attempt.status === 'deferred' ? 'a request ahead in line could take the free VM' : 'nothing fitted';
+      throw await failAcquireJob(
+        job,
+        AcquireFailures.NO_VM_AVAILABLE,
+        noVmAvailableReason(
+          `no VM for owner ${request.owner} (sandbox ${JSON.stringify(request.sandbox)}) in groups ${groupNames} within ${timeoutMs} ms (${attempts} attempts; last: ${last})`,
+        ),
       );
     }
     const outcome = await rt.readySignal.wait(groups, seen, Math.min(safetyMs, deadline - now), abort);
     if (outcome === 'aborted') {
-      await ctx.vmm.leaveAcquireQueue(waiter, groups);
+      await ctx.vmm.leaveAcquireLine(waiter, groups);
       log.info('acquire wait stopped; job goes back to the queue');
       return requeue(job);
     }
@@ -185,12 +189,10 @@ export const acquireProcessor: ProcessorSpec<AcquireRequestData, VmAssignment> =
     if (!parsed.success) return;
     let groups: number[];
     try {
-      groups = resolveRequestGroups(ctx, parsed.data);
+      groups = await resolveRequestGroups(ctx, parsed.data);
     } catch {
       return;
     }
-    const jobId = String(job.id);
-    const waiter = { member: acquireWaiterMember(job.timestamp, jobId), priority: job.opts.priority ?? 0, deadline: 0, jobId };
-    await ctx.vmm.leaveAcquireQueue(waiter, groups);
+    await ctx.vmm.leaveAcquireLine(waiterOf(job, 0), groups);
   },
 };

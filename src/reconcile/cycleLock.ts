@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import type { Redis } from 'ioredis';
+import { ReplyCodes } from '../pool/replyCodes.js';
+import { luaSource } from '../pool/scripts.js';
 
-const lua = (file: string) => readFileSync(new URL(`./commands/${file}`, import.meta.url), 'utf8');
+const lua = (file: string) => luaSource(new URL(`./commands/${file}`, import.meta.url));
 const EXTEND = 'vmpoolReconcileExtendLock';
 const RELEASE = 'vmpoolReconcileReleaseLock';
 
@@ -39,11 +40,11 @@ export class CycleLock {
   }
 
   async extend(token: string): Promise<boolean> {
-    return (await this.cmd[EXTEND]!.call(this.redis, this.key, token, this.ttlMs)) === 1;
+    return (await this.cmd[EXTEND]!.call(this.redis, this.key, token, this.ttlMs)) === ReplyCodes.OK;
   }
 
   async release(token: string): Promise<boolean> {
-    return (await this.cmd[RELEASE]!.call(this.redis, this.key, token)) === 1;
+    return (await this.cmd[RELEASE]!.call(this.redis, this.key, token)) === ReplyCodes.OK;
   }
 
   /**

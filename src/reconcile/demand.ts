@@ -12,6 +12,7 @@
  */
 import type { Job, Queue } from 'bullmq';
 import { requestGroupIds } from '../acquire/requestGroups.js';
+import type { AcquireWaiter } from '../pool/types.js';
 import type { VmManager } from '../pool/vmManager.js';
 import { acquireRequestSchema, DEFAULT_ACQUIRE_TIMEOUT_MS } from '../../queues/acquire.js';
 
@@ -21,11 +22,8 @@ export const QUEUED_DEMAND_SCAN = 1000;
 /** Waiting requests read per group's line and cycle. */
 export const LINE_DEMAND_SCAN = 1000;
 
-/** One waiting acquire request: its job id and the groups it could use, in its order of preference. */
-export interface DemandRequest {
-  jobId: string;
-  groups: readonly number[];
-}
+/** A waiting acquire request as demand: its job id (as in the line) and the groups it could use, in its order of preference. */
+export type DemandRequest = Pick<AcquireWaiter, 'jobId'> & { groups: readonly number[] };
 
 /**
  * Demand per group (index = group id): each request counts once, for its first group. Requests
@@ -72,7 +70,7 @@ export async function readDemand(vmm: VmManager, acquireQueue: Queue): Promise<n
   const now = vmm.clock();
   const groups = vmm.config.groups;
   const [lines, queued] = await Promise.all([
-    Promise.all(groups.map((_, g) => vmm.redis.zrangebyscore(vmm.keys.demand(g), `(${now}`, '+inf', 'LIMIT', 0, LINE_DEMAND_SCAN))),
+    Promise.all(groups.map((_, g) => vmm.reader.demandJobIds(g, now, LINE_DEMAND_SCAN))),
     acquireQueue.getJobs(['waiting', 'prioritized'], 0, QUEUED_DEMAND_SCAN - 1, true) as Promise<Job[]>,
   ]);
   // The groups each request in the line waits in, in config order.

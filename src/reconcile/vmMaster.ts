@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Queue } from 'bullmq';
 import type { Logger } from '../logger.js';
+import { poolKeys } from '../pool/keys.js';
 import { VmDescriptorNotFound, VmError } from '../pool/types.js';
 import type { ExpiredLease, VmManager } from '../pool/vmManager.js';
 import { decideOrphans, type OrphanDecision } from './orphanDecisions.js';
@@ -8,8 +9,7 @@ import type { Provider } from '../providers/types.js';
 import { ACQUIRE_QUEUE } from '../../queues/acquire.js';
 import { HEALTH_QUEUE, addHealthJob } from '../../queues/health.js';
 import type { QueueName } from '../../queues/names.js';
-import { QueueSet } from '../../queues/queueSet.js';
-import { SPAWN_QUEUE, spawnJobId, spawnJobOptions, type SpawnJobData } from '../../queues/spawn.js';
+import { SPAWN_QUEUE, addSpawnJob } from '../../queues/spawn.js';
 import { TERMINATE_QUEUE, addTerminateJob } from '../../queues/terminate.js';
 import { CycleLock } from './cycleLock.js';
 import {
@@ -34,10 +34,7 @@ export const LAST_VM_SPAWN_START = 'last_vm_spawn_start';
 export const DEFAULT_CYCLE_LOCK_TTL_MS = 30_000;
 
 export interface VmMasterOptions {
-  /**
-   * Queue handles to add spawn and health jobs to (a JobContext's `queue`). Without it, VmMaster
-   * opens its own on vmm.redis and vmm.prefix, and close() closes them.
-   */
+  /** Queue handles to add spawn and health jobs to (a JobContext's `queue`). Without it, the manager's (vmm.queue). */
   queue?: (name: QueueName) => Queue;
   /** Expiry of the cycle lock; a replica that dies mid-cycle holds it at most this long. */
   cycleLockTtlMs?: number;
@@ -79,7 +76,7 @@ export interface CycleReport {
 
 /** The lock key of reconcile cycles: one per pool, beside the pool's keys. */
 export function cycleLockKey(vmm: VmManager): string {
-  return `${vmm.keys.base}reconcile_lock`;
+  return poolKeys(vmm.prefix).reconcileLock;
 }
 
 /**
@@ -89,7 +86,6 @@ export function cycleLockKey(vmm: VmManager): string {
  */
 export class VmMaster {
   private readonly logger: Logger;
-  private readonly ownQueues: QueueSet;
   private readonly lock: CycleLock;
 
   constructor(
@@ -97,12 +93,11 @@ export class VmMaster {
     private readonly options: VmMasterOptions = {},
   ) {
     this.logger = vmm.logger.child({ component: 'reconcile' });
-    this.ownQueues = new QueueSet(vmm.redis, vmm.prefix, (err, name) => this.logger.warn({ err: err.message, queue: name }, 'queue error'));
-    this.lock = new CycleLock(vmm.redis, cycleLockKey(vmm), options.cycleLockTtlMs ?? DEFAULT_CYCLE_LOCK_TTL_MS);
+    this.lock = new CycleLock(vmm.connectionForOwnKeys(), cycleLockKey(vmm), options.cycleLockTtlMs ?? DEFAULT_CYCLE_LOCK_TTL_MS);
   }
 
   private queue(name: QueueName): Queue {
-    return this.options.queue ? this.options.queue(name) : this.ownQueues.get(name);
+    return this.options.queue ? this.options.queue(name) : this.vmm.queue(name);
   }
 
   /**
@@ -114,7 +109,7 @@ export class VmMaster {
     const [vms, serverStart, serverStartSeq, demand, groups] = await Promise.all([
       vmm.getAllVmRecords(),
       vmm.getServerStart(),
-      vmm.redis.get(vmm.keys.serverStartSeq).then((v) => (v === null ? null : Number(v))),
+      vmm.reader.serverStartSeq(),
       readDemand(vmm, this.queue(ACQUIRE_QUEUE)),
       Promise.all(
         vmm.vmGroups.map(async (group): Promise<Omit<GroupSnapshot, 'demand'>> => {
@@ -229,29 +224,20 @@ export class VmMaster {
     // list ran may be missing from it). Records read after it: every machine they name is known.
     const before = new Set((await vmm.getAllVmRecords()).map((v) => v.vmName));
     const machines = await provider.list({ id: group, config });
-    const unknownKey = vmm.keys.orphanUnknown(group);
-    const missingKey = vmm.keys.orphanMissing(group);
-    const [after, stored, storedMissing] = await Promise.all([
-      vmm.getAllVmRecords(),
-      vmm.redis.hgetall(unknownKey),
-      vmm.redis.hgetall(missingKey),
-    ]);
+    const [after, previous] = await Promise.all([vmm.getAllVmRecords(), vmm.reader.orphanPassState(group)]);
     const now = vmm.clock();
     const decision = decideOrphans({
       group,
       poolVms: after.map((v) => ({ name: v.vmName, ip: v.vmIp, state: v.state, group: v.group, addedAt: v.addedAt })),
       machines,
-      previousUnknown: parseUnknownMachines(stored),
-      previousMissing: parseUnknownMachines(storedMissing),
+      previousUnknown: parseUnknownMachines(previous.unknown),
+      previousMissing: parseUnknownMachines(previous.missing),
       now,
       graceMs: config.orphan_grace_period * 1000,
     });
     // A VM added while the list ran does not count as missed.
     const missing = [...decision.missing].filter(([name]) => before.has(name));
-    const tx = vmm.redis.multi().del(unknownKey, missingKey);
-    if (decision.unknown.size > 0) tx.hset(unknownKey, Object.fromEntries(decision.unknown));
-    if (missing.length > 0) tx.hset(missingKey, Object.fromEntries(missing));
-    await tx.exec();
+    await vmm.replaceOrphanPassState(group, { unknown: Object.fromEntries(decision.unknown), missing: Object.fromEntries(missing) });
 
     const errors: unknown[] = [];
     let leaksTerminated = 0;
@@ -421,9 +407,8 @@ export class VmMaster {
     const spawnId = `g${group}-${now}-${randomBytes(4).toString('hex')}`;
     await this.vmm.registerSpawn(group, spawnId);
     await this.vmm.writeVmPoolInfo(group, LAST_VM_SPAWN_START, now);
-    const data: SpawnJobData = { group, spawnId, reason };
     try {
-      await this.queue(SPAWN_QUEUE).add('spawn', data, { ...spawnJobOptions, jobId: spawnJobId(spawnId) });
+      await addSpawnJob(this.queue(SPAWN_QUEUE), { group, spawnId, reason });
     } catch (err) {
       // No job will finish this spawn: do not let it hold a slot until it goes stale.
       await this.vmm.finishSpawn(group, spawnId).catch(() => undefined);
@@ -432,8 +417,6 @@ export class VmMaster {
     this.logger.info({ group, spawnId, reason }, 'reconcile: spawn requested');
   }
 
-  /** Closes the queue handles VmMaster opened itself (not the manager, not injected queues). */
-  async close(): Promise<void> {
-    await this.ownQueues.close();
-  }
+  /** VmMaster opens nothing of its own (it uses the manager's or the given queue handles): nothing to close. */
+  async close(): Promise<void> {}
 }

@@ -36,8 +36,8 @@ export function createJobContext(config: Config, options: JobContextOptions): Ow
   const prefix = options.prefix ?? config.redis.prefix;
   const connection = createProducerConnection(config.redis.url);
   connection.on('error', (err) => logger.warn({ err: err.message }, 'Redis connection error'));
-  const vmm = new VmManager(config, { redis: connection, prefix, logger, clock });
   const queues = new QueueSet(connection, prefix, (err, name) => logger.warn({ err: err.message, queue: name }, 'queue error'));
+  const vmm = new VmManager(config, { redis: connection, prefix, logger, clock, queues });
   const providers = new Map<number, Provider>();
   const checks = new Map<number, HealthCheck>();
   const providerGroup = (id: number): ProviderGroup => ({ id, config: vmm.groupConfig(id) });

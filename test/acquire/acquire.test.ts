@@ -1,8 +1,8 @@
 import { Job } from 'bullmq';
 import { afterEach, describe, expect, it } from 'vitest';
-import { NoVmAvailable, VmError } from '../../src/pool/types.js';
+import { InvalidVmRequest, NoVmAvailable, VmError } from '../../src/pool/types.js';
 import { acquireJobId } from '../../src/client/vmPoolClient.js';
-import { acquireJobOptions } from '../../queues/acquire.js';
+import { acquireJobError, acquireJobOptions } from '../../queues/acquire.js';
 import { acquireConfig, createAcquireKit, until, type AcquireKit } from './fixtures.js';
 
 let kit: AcquireKit | undefined;
@@ -13,7 +13,7 @@ afterEach(async () => {
 
 async function poolSnapshot(k: AcquireKit): Promise<Record<string, unknown>> {
   const vms = await k.ctx.vmm.getAllVmRecords();
-  const keys = k.ctx.vmm.keys;
+  const keys = k.keys;
   return {
     vms,
     leases: await k.redis.zrange(keys.leases, 0, '-1', 'WITHSCORES'),
@@ -32,11 +32,11 @@ describe('acquire job', () => {
     expect(a.leaseId).toMatch(/^[0-9a-f-]{36}$/);
     const rec = await kit.ctx.vmm.getVmByName('vm1');
     expect(rec).toMatchObject({ state: 'in_use', boundToUser: 'alice', sandbox: 'alice/p', taskId: 'task-1', buildId: 'b1', chroot: 'fedora-x86_64' });
-    const [leaseId, expires, ttl] = await kit.redis.hmget(kit.ctx.vmm.keys.vm('vm1'), 'lease_id', 'lease_expires_at', 'lease_timeout_ms');
+    const [leaseId, expires, ttl] = await kit.redis.hmget(kit.keys.vm('vm1'), 'lease_id', 'lease_expires_at', 'lease_timeout_ms');
     expect(leaseId).toBe(a.leaseId);
     expect(Number(expires)).toBe(a.leaseExpiresAt);
     expect(ttl).toBe('300000');
-    expect(await kit.redis.zscore(kit.ctx.vmm.keys.leases, 'vm1')).toBe(String(a.leaseExpiresAt));
+    expect(await kit.redis.zscore(kit.keys.leases, 'vm1')).toBe(String(a.leaseExpiresAt));
     expect(await kit.ctx.vmm.countDemand(0)).toBe(0);
     const job = await Job.fromId(kit.queue, acquireJobId('task-1'));
     expect(job?.returnvalue).toEqual(a);
@@ -151,6 +151,13 @@ describe('invalid requests', () => {
     expect(failed.failedReason).toMatch(reason);
     expect(failed.attemptsMade).toBe(1);
     expect(await poolSnapshot(kit)).toEqual(before);
+    // The job says why it failed: a bad request, whatever its message.
+    expect(acquireJobError(failed)).toBeInstanceOf(InvalidVmRequest);
+  });
+
+  it('the client reports a request for an unknown group as InvalidVmRequest', async () => {
+    kit = await createAcquireKit('acq-invalid-group');
+    await expect(kit.client.acquire({ owner: 'a', sandbox: 's', groups: [9] })).rejects.toThrow(InvalidVmRequest);
   });
 
   it('the client refuses a bad request before enqueueing', async () => {
@@ -220,7 +227,7 @@ describe('first come, first served', () => {
     await kit.untilWaiting(0, 2);
     await kit.addReady('c3', '10.4.0.3', 0);
     expect((await dave).vmName).toBe('c3');
-    expect(await kit.redis.zcard(kit.ctx.vmm.keys.waiters(0))).toBe(1);
+    expect(await kit.redis.zcard(kit.keys.waiters(0))).toBe(1);
     // carol's request still waits; closing the kit sends it back to the queue.
     void carol.catch(() => undefined);
   }, 30_000);
@@ -230,14 +237,14 @@ describe('first come, first served', () => {
     const first = kit.client.acquire({ owner: 'erin', sandbox: 's', groups: [0], timeoutMs: 30_000 });
     await kit.untilWaiting(0, 1);
     // A VM appears and, at the same moment, a direct caller in line behind erin tries for it.
-    const keys = kit.ctx.vmm.keys;
+    const keys = kit.keys;
     const lateWaiter = { member: `${'9'.repeat(15)}|late`, priority: 0, deadline: Date.now() + 30_000, jobId: 'late' };
     await kit.addReady('n1', '10.5.0.1', 0);
     const late = await kit.ctx.vmm.tryAcquireVm({ groups: [0], owner: 'frank', sandbox: 's', workerId: 'w' }, lateWaiter);
     const erin = await first;
     expect(erin.vmName).toBe('n1');
     expect(['none', 'deferred']).toContain(late.status);
-    await kit.ctx.vmm.leaveAcquireQueue(lateWaiter, [0]);
+    await kit.ctx.vmm.leaveAcquireLine(lateWaiter, [0]);
     expect(await kit.redis.zcard(keys.waiters(0))).toBe(0);
   }, 30_000);
 });

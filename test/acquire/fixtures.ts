@@ -5,7 +5,8 @@ import { processAcquireJob, stopAcquireWaits } from '../../src/processors/acquir
 import { VmPoolClient } from '../../src/client/vmPoolClient.js';
 import { createJobContext, type OwnedJobContext } from '../../src/runtime/worker.js';
 import { ACQUIRE_QUEUE } from '../../queues/acquire.js';
-import { REDIS_URL, connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
+import { REDIS_URL, connect, deleteKeysWithPrefix, poolKeys, uniquePrefix } from '../helpers/redis.js';
+import type { PoolKeys } from '../../src/pool/keys.js';
 
 /**
  * An acquire worker running processAcquireJob in this process against the real Redis, a client and
@@ -15,6 +16,8 @@ import { REDIS_URL, connect, deleteKeysWithPrefix, uniquePrefix } from '../helpe
 export interface AcquireKit {
   prefix: string;
   redis: Redis;
+  /** The pool's raw keys, for looking at the store on `redis`. */
+  keys: PoolKeys;
   ctx: OwnedJobContext;
   worker: Worker;
   client: VmPoolClient;
@@ -63,9 +66,11 @@ export async function createAcquireKit(name: string, config: ConfigInput = acqui
   });
   const client = new VmPoolClient({ redis: connect(), prefix, graceMs: 5_000 });
   const queue = new Queue(ACQUIRE_QUEUE, { connection: redis, prefix });
+  const keys = poolKeys(prefix);
   return {
     prefix,
     redis,
+    keys,
     ctx,
     worker,
     client,
@@ -77,7 +82,7 @@ export async function createAcquireKit(name: string, config: ConfigInput = acqui
       if (outcome !== 'ok') throw new Error(`health check of ${vmName}: ${outcome}`);
     },
     async untilWaiting(group, count) {
-      await until(async () => (await redis.zcard(ctx.vmm.keys.waiters(group))) >= count, `${count} waiting requests in group ${group}`);
+      await until(async () => (await redis.zcard(keys.waiters(group))) >= count, `${count} waiting requests in group ${group}`);
     },
     async close() {
       // Closing a worker whose connections are still starting throws 'Connection is closed' later.

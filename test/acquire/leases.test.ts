@@ -27,8 +27,8 @@ beforeEach(async () => {
 const req = (group: number, taskId = 't1') => ({ groups: [group], owner: 'alice', sandbox: 's', workerId: 'w', taskId });
 
 async function lease(vmName: string) {
-  const [id, expires, ms] = await kit.redis.hmget(kit.vmm.keys.vm(vmName), 'lease_id', 'lease_expires_at', 'lease_timeout_ms');
-  return { id, expires: expires === null ? null : Number(expires), ms, score: await kit.redis.zscore(kit.vmm.keys.leases, vmName) };
+  const [id, expires, ms] = await kit.redis.hmget(kit.keys.vm(vmName), 'lease_id', 'lease_expires_at', 'lease_timeout_ms');
+  return { id, expires: expires === null ? null : Number(expires), ms, score: await kit.redis.zscore(kit.keys.leases, vmName) };
 }
 
 describe('leases', () => {

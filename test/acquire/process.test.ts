@@ -4,12 +4,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { VmPoolClient, acquireJobId } from '../../src/client/vmPoolClient.js';
 import { ACQUIRE_QUEUE } from '../../queues/acquire.js';
-import { connect, deleteKeysWithPrefix, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
+import { connect, deleteKeysWithPrefix, REDIS_URL, uniquePrefix, poolKeys } from '../helpers/redis.js';
 import { startWorkerProcess, waitFor, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
 
 // Two replicas of the real acquire process (workers/acquire.ts) against the shared Redis. The safety
 // retry is 60 s, longer than any wait here: requests are served because the ready message woke them.
 const prefix = uniquePrefix('acq-proc');
+const keys = poolKeys(prefix);
 const config = {
   redis: { url: REDIS_URL, prefix },
   acquire_safety_retry: 60,
@@ -28,7 +29,7 @@ async function addReady(name: string, ip: string): Promise<void> {
   await vmm.recordHealthCheckResult(name, true);
 }
 
-const waiting = () => redis.zcard(vmm.keys.waiters(0));
+const waiting = () => redis.zcard(keys.waiters(0));
 
 beforeAll(async () => {
   redis = connect();

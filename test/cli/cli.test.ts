@@ -6,10 +6,11 @@ import { processTypeSpecs } from '../../src/processors/index.js';
 import { startProcessTypes, type RunningProcess } from '../../src/runtime/boot.js';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { ROOT, nodeArgsFor, writeConfigFile } from '../helpers/processes.js';
-import { REDIS_URL, connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
+import { REDIS_URL, connect, deleteKeysWithPrefix, uniquePrefix, poolKeys } from '../helpers/redis.js';
 
 // `vmpool` as a real subprocess: output and exit codes (0 ok, 1 error, 2 usage/config, 3 not found, 4 no VM).
 const prefix = uniquePrefix('cli');
+const keys = poolKeys(prefix);
 const configInput = {
   redis: { url: REDIS_URL },
   groups: [
@@ -124,12 +125,12 @@ describe('vmpool CLI', () => {
 
   it('hold, unhold and terminate; 1 when refused by the state, 3 for an unknown VM', async () => {
     expect((await vmpool('hold', 'c1', '--by', 'tester')).code).toBe(0);
-    expect(await redis.hget(vmm.keys.vm('c1'), 'held_by')).toBe('tester');
+    expect(await redis.hget(keys.vm('c1'), 'held_by')).toBe('tester');
     const again = await vmpool('hold', 'c1');
     expect(again.code).toBe(1);
     expect(again.stderr).toContain('already held by tester');
     expect((await vmpool('unhold', 'c1')).code).toBe(0);
-    expect(await redis.hget(vmm.keys.vm('c1'), 'held_by')).toBeNull();
+    expect(await redis.hget(keys.vm('c1'), 'held_by')).toBeNull();
     expect((await vmpool('unhold', 'c1')).code).toBe(1);
     expect((await vmpool('hold', 'ghost')).code).toBe(3);
     expect((await vmpool('unhold', 'ghost')).code).toBe(3);

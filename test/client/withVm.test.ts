@@ -23,7 +23,7 @@ describe('VmPoolClient.withVm', () => {
       let seen = first;
       let renewals = 0;
       await until(async () => {
-        const now = Number(await k.redis.hget(k.ctx.vmm.keys.vm('w1'), 'lease_expires_at'));
+        const now = Number(await k.redis.hget(k.keys.vm('w1'), 'lease_expires_at'));
         if (now > seen) {
           seen = now;
           renewals += 1;
@@ -35,7 +35,7 @@ describe('VmPoolClient.withVm', () => {
     });
     expect(result).toBe('w1');
     expect(await k.ctx.vmm.getVmByName('w1')).toMatchObject({ state: 'ready', taskId: null });
-    expect(await k.redis.zscore(k.ctx.vmm.keys.leases, 'w1')).toBeNull();
+    expect(await k.redis.zscore(k.keys.leases, 'w1')).toBeNull();
   }, 20_000);
 
   it('releases the VM when fn throws, and rethrows', async () => {

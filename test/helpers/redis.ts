@@ -42,3 +42,9 @@ export async function closePool(
     await redis.quit();
   }
 }
+
+/**
+ * The pool's raw Redis keys under a prefix (src/pool/keys.ts), for tests that look at the store
+ * directly on their own connection: VmManager keeps its keys to itself.
+ */
+export { poolKeys } from '../../src/pool/keys.js';

@@ -154,8 +154,8 @@ describe('HTTP API', () => {
   it('hold and unhold a VM; refusals are 409 and 404', async () => {
     const held = await json(await kit.fetch('/api/v1/vms/b2/hold', { method: 'POST', json: { by: 'ops-team' } }));
     expect(held).toMatchObject({ status: 200, body: { held: true, vm: { vmName: 'b2', heldBy: 'ops-team' } } });
-    expect(await kit.redis.hget(kit.vmm.keys.vm('b2'), 'held_by')).toBe('ops-team');
-    expect(await kit.redis.zscore(kit.vmm.keys.readyClean(0), 'b2')).toBeNull();
+    expect(await kit.redis.hget(kit.keys.vm('b2'), 'held_by')).toBe('ops-team');
+    expect(await kit.redis.zscore(kit.keys.readyClean(0), 'b2')).toBeNull();
 
     const twice = await json(await kit.fetch('/api/v1/vms/b2/hold', { method: 'POST', json: {} }));
     expect(twice).toMatchObject({ status: 409, body: { details: { reason: 'already_held', heldBy: 'ops-team' } } });
@@ -163,7 +163,7 @@ describe('HTTP API', () => {
 
     const unheld = await json(await kit.fetch('/api/v1/vms/b2/hold', { method: 'DELETE', headers: JSON_TYPE }));
     expect(unheld).toMatchObject({ status: 200, body: { held: false, vm: { heldBy: null } } });
-    expect(await kit.redis.zscore(kit.vmm.keys.readyClean(0), 'b2')).not.toBeNull();
+    expect(await kit.redis.zscore(kit.keys.readyClean(0), 'b2')).not.toBeNull();
     expect((await json(await kit.fetch('/api/v1/vms/b2/hold', { method: 'DELETE', headers: JSON_TYPE }))).body.details.reason).toBe('not_held');
     expect((await kit.fetch('/api/v1/vms/nope/hold', { method: 'POST', json: {} })).status).toBe(404);
     expect((await kit.fetch('/api/v1/vms/nope/hold', { method: 'DELETE', headers: JSON_TYPE })).status).toBe(404);
@@ -207,7 +207,7 @@ describe('HTTP API', () => {
     }
     const untouched = await kit.vmm.getVmRecord('c1');
     expect(untouched).toMatchObject({ state: 'ready', heldBy: null });
-    expect(await kit.redis.zscore(kit.vmm.keys.readyClean(0), 'c1')).not.toBeNull();
+    expect(await kit.redis.zscore(kit.keys.readyClean(0), 'c1')).not.toBeNull();
 
     // DELETE needs the type too (the page's own script sends it); the hold stays.
     expect((await kit.fetch('/api/v1/vms/c1/hold', { method: 'POST', json: { by: 'ops' } })).status).toBe(200);

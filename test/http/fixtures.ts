@@ -4,7 +4,8 @@ import { startWebServer, type RunningWebServer } from '../../src/http/server.js'
 import { processTypeSpecs } from '../../src/processors/index.js';
 import { startProcessTypes, type RunningProcess } from '../../src/runtime/boot.js';
 import { VmManager } from '../../src/pool/vmManager.js';
-import { REDIS_URL, connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
+import { REDIS_URL, connect, deleteKeysWithPrefix, poolKeys, uniquePrefix } from '../helpers/redis.js';
+import type { PoolKeys } from '../../src/pool/keys.js';
 
 export const ADMIN_TOKEN = 'admin-token-0123456789abcdef';
 export const BUILDER_TOKEN = 'builder-token-0123456789abcdef';
@@ -26,6 +27,8 @@ export interface WebKit {
   prefix: string;
   config: Config;
   redis: Redis;
+  /** The pool's raw keys, for looking at the store on `redis`. */
+  keys: PoolKeys;
   /** The test's own manager on the same pool (as another process would be). */
   vmm: VmManager;
   web: RunningWebServer;
@@ -54,6 +57,7 @@ export async function createWebKit(name: string, input: ConfigInput = webTestCon
     prefix,
     config,
     redis,
+    keys: poolKeys(prefix),
     vmm,
     web,
     url: web.url,

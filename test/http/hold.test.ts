@@ -19,8 +19,8 @@ describe('hold and unhold', () => {
     expect(await kit.vmm.holdVm('vm1', 'ops')).toBe(true);
     const rec = await kit.vmm.getVmRecord('vm1');
     expect(rec).toMatchObject({ state: 'ready', heldBy: 'ops', heldSince: T0 });
-    expect(await kit.redis.hget(kit.vmm.keys.vm('vm1'), 'held_by')).toBe('ops');
-    expect(await kit.redis.zscore(kit.vmm.keys.readyClean(0), 'vm1')).toBeNull();
+    expect(await kit.redis.hget(kit.keys.vm('vm1'), 'held_by')).toBe('ops');
+    expect(await kit.redis.zscore(kit.keys.readyClean(0), 'vm1')).toBeNull();
     await expect(acquire()).rejects.toBeInstanceOf(NoVmAvailable);
 
     expect(await kit.vmm.unholdVm('vm1')).toBe(true);
@@ -60,7 +60,7 @@ describe('hold and unhold', () => {
     expect(await kit.vmm.holdVm('vm2', 'ops')).toBe(true);
     expect(await kit.vmm.unholdVm('vm2')).toBe(true);
     expect((await kit.vmm.getVmRecord('vm2')).state).toBe('got_ip');
-    expect(await kit.redis.zcard(kit.vmm.keys.readyClean(0))).toBe(0);
+    expect(await kit.redis.zcard(kit.keys.readyClean(0))).toBe(0);
   });
 
   it('refuses: already held, not held, terminating, unknown VM, empty holder', async () => {

@@ -5,6 +5,7 @@ import { createJobContext, runWorker, type OwnedJobContext, type RunningWorker }
 import { QUEUE_JOB_STATES } from '../../src/metrics/registry.js';
 import { ALL_VM_STATES } from '../../src/pool/types.js';
 import { ALL_QUEUE_NAMES, QueueNames, type QueueName } from '../../queues/names.js';
+import { AcquireFailures, failAcquireJob, noVmAvailableReason } from '../../queues/acquire.js';
 import type { Redis } from 'ioredis';
 import { connect } from '../helpers/redis.js';
 import { createWebKit, type WebKit } from './fixtures.js';
@@ -114,7 +115,8 @@ describe('/metrics', () => {
       runWorker(ctx, spec(QueueNames.HEALTH, async (job) => ({ vmName: job.data.vmName, ok: job.data.vmName !== 'sick', outcome: job.data.vmName === 'sick' ? 'failed' : 'ok', detail: '' })), 2),
       runWorker(ctx, spec(QueueNames.TERMINATE, async (job) => ({ vmName: job.data.vmName, removed: true })), 2),
       runWorker(ctx, spec(QueueNames.ACQUIRE, async (job) => {
-        if (job.data.owner === 'nobody') throw new Error('NoVmAvailable: no VM within 1 ms');
+        // As the acquire processor fails a request that no VM came for.
+        if (job.data.owner === 'nobody') throw await failAcquireJob(job, AcquireFailures.NO_VM_AVAILABLE, noVmAvailableReason('no VM within 1 ms'));
         return { vmName: 'x', vmIp: '10.0.0.9', group: 0, leaseId: 'l', leaseExpiresAt: 1 };
       }), 2),
     );

@@ -40,7 +40,7 @@ async function scanKeys(pattern: string): Promise<string[]> {
 const sorted = (xs: Iterable<string>) => [...xs].sort();
 
 async function checkIndexes(): Promise<number> {
-  const k = kit.vmm.keys;
+  const k = kit.keys;
   const hashes = new Map<string, Record<string, string>>();
   for (const key of await scanKeys(`${k.base}vm:*`)) hashes.set(key.slice(`${k.base}vm:`.length), await kit.redis.hgetall(key));
   const vms = [...hashes.values()];
@@ -53,7 +53,7 @@ async function checkIndexes(): Promise<number> {
       const expected = vms.filter((h) => Number(h.group) === group && h.state === state).map((h) => h.vm_name!);
       expect(sorted(await kit.redis.smembers(k.state(group, state))), `group ${group} state ${state}`).toEqual(sorted(expected));
     }
-    const clean = vms.filter((h) => Number(h.group) === group && h.state === 'ready' && h.bound_to_user === undefined);
+    const clean = vms.filter((h) => Number(h.group) === group && h.state === 'ready' && h.owner === undefined);
     const cleanIndex = await kit.redis.zrange(k.readyClean(group), 0, '-1', 'WITHSCORES');
     const cleanMap = new Map<string, number>();
     for (let i = 0; i < cleanIndex.length; i += 2) cleanMap.set(cleanIndex[i]!, Number(cleanIndex[i + 1]));
@@ -62,9 +62,9 @@ async function checkIndexes(): Promise<number> {
 
     const counts: Record<string, string> = {};
     for (const h of vms) {
-      if (Number(h.group) === group && h.bound_to_user !== undefined) counts[h.bound_to_user] = String(Number(counts[h.bound_to_user] ?? 0) + 1);
+      if (Number(h.group) === group && h.owner !== undefined) counts[h.owner] = String(Number(counts[h.owner] ?? 0) + 1);
     }
-    expect(await kit.redis.hgetall(k.userVms(group)), `group ${group} user_vms`).toEqual(counts);
+    expect(await kit.redis.hgetall(k.ownerVms(group)), `group ${group} owner_vms`).toEqual(counts);
   }
 
   // Dirty ready indexes: every member is a ready VM bound to that owner and sandbox; every such VM is in one.
@@ -76,14 +76,14 @@ async function checkIndexes(): Promise<number> {
       const h = hashes.get(name);
       expect(h, `${key} lists missing VM ${name}`).toBeDefined();
       expect(h!.state).toBe('ready');
-      const owner = h!.bound_to_user!;
+      const owner = h!.owner!;
       expect(key).toBe(`${k.base}group:${h!.group}:ready_dirty:${owner.length}:${owner}:${h!.sandbox}`);
       expect(Number(entries[i + 1])).toBe(Number(h!.last_health_check ?? 0));
       expect(dirtyMembers.has(name)).toBe(false);
       dirtyMembers.set(name, key);
     }
   }
-  const dirty = vms.filter((h) => h.state === 'ready' && h.bound_to_user !== undefined).map((h) => h.vm_name!);
+  const dirty = vms.filter((h) => h.state === 'ready' && h.owner !== undefined).map((h) => h.vm_name!);
   expect(sorted(dirtyMembers.keys())).toEqual(sorted(dirty));
 
   // A ready VM never has failed checks.
@@ -140,7 +140,7 @@ async function randomOps(vmm: VmManager, seed: number, steps: number, checkEvery
     ];
     // Half the time, take the VM one natural step further, so that runs reach every state.
     const progress = async (): Promise<[string, () => Promise<unknown>]> => {
-      const state = (await kit.redis.hget(vmm.keys.vm(name), 'state')) as VmState | null;
+      const state = (await kit.redis.hget(kit.keys.vm(name), 'state')) as VmState | null;
       switch (state) {
         case null:
           return ops[0]!;

@@ -179,14 +179,15 @@ describe('construction', () => {
       expect(vm.lastHealthCheck).toBeLessThanOrEqual(after);
       // Stored under the config's prefix, not the test kit's.
       expect(await kit.redis.exists(`${prefix}:{vmpool}:vm:c1`)).toBe(1);
-      expect(await kit.redis.exists(kit.vmm.keys.vm('c1'))).toBe(0);
+      expect(await kit.redis.exists(kit.keys.vm('c1'))).toBe(0);
     } finally {
       await deleteKeysWithPrefix(kit.redis, prefix);
       await vmm.close();
     }
     // The socket closes just after QUIT's reply.
-    for (let i = 0; i < 100 && vmm.redis.status !== 'end'; i++) await new Promise((r) => setTimeout(r, 10));
-    expect(vmm.redis.status).toBe('end');
+    const connection = vmm.connectionForOwnKeys();
+    for (let i = 0; i < 100 && connection.status !== 'end'; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(connection.status).toBe('end');
   });
 
   it('leaves an injected connection open on close', async () => {
@@ -194,6 +195,38 @@ describe('construction', () => {
     const vmm = new VmManager({ groups: [{ name: 'g' }] }, { redis: kit.redis, prefix: kit.prefix });
     await vmm.close();
     expect(await kit.redis.ping()).toBe('PONG');
+  });
+
+  it('takes a parsed Config as it is, and parses a ConfigInput', async () => {
+    const { VmManager } = await import('../../src/pool/vmManager.js');
+    const { parseConfig } = await import('../../src/config.js');
+    const config = parseConfig({ groups: [{ name: 'g' }] }, {});
+    const parsed = new VmManager(config, { redis: kit.redis, prefix: kit.prefix });
+    expect(parsed.config).toBe(config);
+    const input = { groups: [{ name: 'g' }] };
+    const fromInput = new VmManager(input, { redis: kit.redis, prefix: kit.prefix });
+    expect(fromInput.config).not.toBe(input);
+    expect(fromInput.config).toEqual(config);
+    await parsed.close();
+    await fromInput.close();
+  });
+
+  it('adds jobs through the queue handles it is given, and leaves them open on close', async () => {
+    const { VmManager } = await import('../../src/pool/vmManager.js');
+    const { QueueSet } = await import('../../queues/queueSet.js');
+    const { QueueNames } = await import('../../queues/names.js');
+    const queues = new QueueSet(kit.redis, kit.prefix);
+    const vmm = new VmManager({ groups: [{ name: 'g' }] }, { redis: kit.redis, prefix: kit.prefix, queues });
+    try {
+      expect(vmm.queue(QueueNames.HEALTH)).toBe(queues.get(QueueNames.HEALTH));
+      expect(vmm.getTerminateQueue()).toBe(queues.get(QueueNames.TERMINATE));
+      await vmm.close();
+      // Still open: the owner of the set closes it.
+      await vmm.enqueueHealthCheck('vm-q');
+      expect(await queues.get(QueueNames.HEALTH).getJobCounts('waiting')).toEqual({ waiting: 1 });
+    } finally {
+      await queues.close();
+    }
   });
 
   it('rejects a bad config', async () => {

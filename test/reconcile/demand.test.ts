@@ -7,7 +7,7 @@ import { demandByGroup, queuedDemandRequest } from '../../src/reconcile/demand.j
 import { VmMaster } from '../../src/reconcile/vmMaster.js';
 import { acquireJobOptions, type AcquireRequestData } from '../../queues/acquire.js';
 import { QueueNames } from '../../queues/names.js';
-import { connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
+import { connect, deleteKeysWithPrefix, uniquePrefix, poolKeys } from '../helpers/redis.js';
 
 const T0 = 1_750_000_000_000;
 const S = 1000;
@@ -67,6 +67,7 @@ const config: ConfigInput = {
 };
 
 const prefix = uniquePrefix('demand');
+const keys = poolKeys(prefix);
 let redis: Redis;
 let vmm: VmManager;
 let master: VmMaster;
@@ -148,17 +149,17 @@ describe('demand from queued acquire requests (no acquire worker running)', () =
 
   it('counts a request in the line and back in the queue (a stalled acquire) once, and one in several lines for its first group', async () => {
     const stalled = await request({ groups: [2] });
-    await redis.zadd(vmm.keys.demand(2), T0 + 60 * S, stalled.id!);
+    await redis.zadd(keys.demand(2), T0 + 60 * S, stalled.id!);
     // Waits in the lines of groups 0 and 1 (and is queued again), but asked for group 1 first.
     const multi = await request({ groups: [1, 0] });
-    await redis.zadd(vmm.keys.demand(0), T0 + 60 * S, multi.id!);
-    await redis.zadd(vmm.keys.demand(1), T0 + 60 * S, multi.id!);
+    await redis.zadd(keys.demand(0), T0 + 60 * S, multi.id!);
+    await redis.zadd(keys.demand(1), T0 + 60 * S, multi.id!);
     const inLineOnly = await request({ groups: [0] });
     await acquireQueue.remove(inLineOnly.id!);
-    await redis.zadd(vmm.keys.demand(0), T0 + 60 * S, inLineOnly.id!);
+    await redis.zadd(keys.demand(0), T0 + 60 * S, inLineOnly.id!);
     // A request that left the line (removed job) but whose entry is still in two lines: config order.
-    await redis.zadd(vmm.keys.demand(0), T0 + 60 * S, 'acq-gone');
-    await redis.zadd(vmm.keys.demand(2), T0 + 60 * S, 'acq-gone');
+    await redis.zadd(keys.demand(0), T0 + 60 * S, 'acq-gone');
+    await redis.zadd(keys.demand(2), T0 + 60 * S, 'acq-gone');
     expect((await master.readSnapshot()).groups.map((g) => g.demand)).toEqual([2, 1, 1]);
   });
 });

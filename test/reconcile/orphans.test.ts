@@ -11,7 +11,7 @@ import type { Provider } from '../../src/providers/types.js';
 import { LAST_ORPHAN_CHECK, leakTerminateJobId } from '../../src/reconcile/orphanPass.js';
 import { LAST_VM_SPAWN_START, VmMaster } from '../../src/reconcile/vmMaster.js';
 import { QueueNames } from '../../queues/names.js';
-import { connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
+import { connect, deleteKeysWithPrefix, uniquePrefix, poolKeys } from '../helpers/redis.js';
 
 // VmMaster.cleanupOrphans against the real Redis, with the command provider running real hook
 // processes: list_cmd prints one JSON line per file in a machines dir the test fills, and counts
@@ -52,6 +52,7 @@ const config: ConfigInput = {
 };
 
 const prefix = uniquePrefix('orphans');
+const keys = poolKeys(prefix);
 const clock = { now: T0 };
 let redis: Redis;
 let vmm: VmManager;
@@ -159,7 +160,7 @@ describe('cleanupOrphans: scheduling', () => {
     expect(String((err as AggregateError).errors[0])).toMatch(/list_cmd exited with code 3.*cloud API unreachable/);
     expect(listRuns()).toBe(2);
     // The remembered sighting survives the failed pass.
-    expect(await redis.hgetall(vmm.keys.orphanUnknown(0))).toEqual({ 'leak-1': String(T0) });
+    expect(await redis.hgetall(keys.orphanUnknown(0))).toEqual({ 'leak-1': String(T0) });
     clock.now += PERIOD * S - 1;
     expect(await master.cleanupOrphans()).toEqual([]);
     expect(listRuns()).toBe(2);
@@ -173,7 +174,7 @@ describe('cleanupOrphans: machines the pool does not know', () => {
     const [first] = await master.cleanupOrphans();
     expect(first).toMatchObject({ group: 0, leaksTerminated: 0, lostVmsTerminated: 0, counts: { machines: 1, unknown: 1, unknownWaiting: 1 } });
     expect(await terminateJobs()).toEqual([]);
-    expect(await redis.hgetall(vmm.keys.orphanUnknown(0))).toEqual({ 'leak-1': String(T0) });
+    expect(await redis.hgetall(keys.orphanUnknown(0))).toEqual({ 'leak-1': String(T0) });
 
     clock.now = T0 + PERIOD * S;
     const [second] = await master.cleanupOrphans();
@@ -227,7 +228,7 @@ describe('cleanupOrphans: machines the pool does not know', () => {
     providerLost('flaky-1');
     clock.now = T0 + PERIOD * S;
     await master.cleanupOrphans();
-    expect(await redis.hgetall(vmm.keys.orphanUnknown(0))).toEqual({});
+    expect(await redis.hgetall(keys.orphanUnknown(0))).toEqual({});
     providerHas('flaky-1', '192.0.2.13', T0 - 10 * GRACE * S);
     clock.now = T0 + 2 * PERIOD * S;
     expect((await master.cleanupOrphans())[0]!.leaksTerminated).toBe(0);
@@ -285,7 +286,7 @@ describe('cleanupOrphans: pool VMs the provider no longer has', () => {
     const [first] = await master.cleanupOrphans();
     expect(first).toMatchObject({ lostVmsTerminated: 0, leaksTerminated: 0, counts: { missing: 1, missingSkipped: 0, missingWaiting: 1 } });
     expect((await vmm.getVmByName('gone-1')).state).toBe('ready');
-    expect(await redis.hgetall(vmm.keys.orphanMissing(0))).toEqual({ 'gone-1': String(T0) });
+    expect(await redis.hgetall(keys.orphanMissing(0))).toEqual({ 'gone-1': String(T0) });
     expect(await terminateJobs()).toEqual([]);
 
     clock.now = T0 + PERIOD * S;
@@ -303,7 +304,7 @@ describe('cleanupOrphans: pool VMs the provider no longer has', () => {
     expect(early).toMatchObject({ lostVmsTerminated: 0, counts: { missing: 1, missingSkipped: 1 } });
     expect((await vmm.getVmByName('new-1')).state).toBe('got_ip');
     // A pass within the grace does not count as a miss.
-    expect(await redis.hgetall(vmm.keys.orphanMissing(0))).toEqual({});
+    expect(await redis.hgetall(keys.orphanMissing(0))).toEqual({});
     clock.now = T0 + GRACE * S - 1 + PERIOD * S;
     const [late] = await master.cleanupOrphans();
     expect(late).toMatchObject({ lostVmsTerminated: 0, counts: { missingWaiting: 1 } });
@@ -324,7 +325,7 @@ describe('cleanupOrphans: pool VMs the provider no longer has', () => {
     providerHas('busy-1', '192.0.2.36');
     clock.now = T0 + PERIOD * S;
     expect((await master.cleanupOrphans())[0]!.lostVmsTerminated).toBe(0);
-    expect(await redis.hgetall(vmm.keys.orphanMissing(0))).toEqual({});
+    expect(await redis.hgetall(keys.orphanMissing(0))).toEqual({});
     providerLost('busy-1');
     clock.now = T0 + 2 * PERIOD * S;
     expect((await master.cleanupOrphans())[0]!.lostVmsTerminated).toBe(0);

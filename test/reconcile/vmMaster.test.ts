@@ -8,7 +8,7 @@ import { LAST_VM_SPAWN_START, VmMaster, cycleLockKey } from '../../src/reconcile
 import { healthJobDeduplicationId } from '../../queues/health.js';
 import { QueueNames } from '../../queues/names.js';
 import { spawnJobId } from '../../queues/spawn.js';
-import { connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
+import { connect, deleteKeysWithPrefix, uniquePrefix, poolKeys } from '../helpers/redis.js';
 
 const T0 = 1_750_000_000_000;
 const S = 1000;
@@ -41,6 +41,7 @@ const config: ConfigInput = {
 };
 
 const prefix = uniquePrefix('reconcile');
+const keys = poolKeys(prefix);
 let redis: Redis;
 let vmm: VmManager;
 let master: VmMaster;
@@ -271,9 +272,9 @@ describe('startSpawnIfRequired', () => {
   });
 
   it('spawns for waiting acquire requests of a group, and not for expired ones', async () => {
-    await redis.zadd(vmm.keys.demand(0), T0 - 1, 'expired-request');
+    await redis.zadd(keys.demand(0), T0 - 1, 'expired-request');
     expect(await master.startSpawnIfRequired()).toEqual([]);
-    await redis.zadd(vmm.keys.demand(0), T0 + 60 * S, 'waiting-request');
+    await redis.zadd(keys.demand(0), T0 + 60 * S, 'waiting-request');
     expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 0, reason: 'demand' }]);
     expect((await jobs(QueueNames.SPAWN)).map((j) => j.data.group)).toEqual([0]);
   });
@@ -281,7 +282,7 @@ describe('startSpawnIfRequired', () => {
   it('stops at max_vm_total active VMs even with demand', async () => {
     for (let i = 1; i <= 4; i++) await readyVm(`full${i}`, `10.5.0.${i}`);
     for (let i = 1; i <= 4; i++) await vmm.acquireVm({ groups: [0], owner: `u${i}`, sandbox: 'sb', workerId: 'w' });
-    await redis.zadd(vmm.keys.demand(0), T0 + 60 * S, 'waiting-request');
+    await redis.zadd(keys.demand(0), T0 + 60 * S, 'waiting-request');
     expect(await master.startSpawnIfRequired()).toEqual([]);
     await vmm.startVmTermination('full1');
     expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 0, reason: 'demand' }]);

@@ -75,7 +75,7 @@ describe('pool page in Chromium', () => {
       await dialog.accept();
     });
     await page.locator('tr[data-vm="web-2"] button[data-action="hold"]').click();
-    await expect.poll(() => kit.redis.hget(kit.vmm.keys.vm('web-2'), 'held_by'), { timeout: 5_000 }).toBe('anonymous');
+    await expect.poll(() => kit.redis.hget(kit.keys.vm('web-2'), 'held_by'), { timeout: 5_000 }).toBe('anonymous');
     expect(question).toContain('Hold VM web-2');
     expect((await kit.vmm.getVmRecord('web-2')).heldBy).toBe('anonymous');
     await expect.poll(() => page.locator('tr[data-vm="web-2"]').getAttribute('data-held'), { timeout: 5_000 }).toBe('1');

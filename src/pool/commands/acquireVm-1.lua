@@ -4,7 +4,7 @@
   Groups are tried in the order given. In each group:
     1. a ready VM already bound to the same owner and sandbox (dirty) is preferred;
     2. otherwise a clean VM, but only while the owner has fewer than max_vm_per_user VMs there.
-  Only VMs health-checked after the last server start (KEYS[1]..'server_start') qualify; within
+  Only VMs health-checked after the last server start (server_start) qualify; within
   the start's millisecond, check_seq tells which came first (markServerStart);
   ready VMs always have check_fails == 0, which is checked again here.
   If the task already holds a VM, that VM is returned instead (reattach) with its existing lease.
@@ -15,10 +15,11 @@
   priority: a request does not take a VM that a request ahead of it in the group's waiters set
   could take (same owner and sandbox for a dirty VM; an owner under max_vm_per_user for a clean one).
   At most WAITERS_SCANNED requests ahead are looked at. When nothing fits, the request joins the
-  waiters and demand sets of every group it asked for; it leaves them when it gets a VM.
+  waiters and demand sets of every group it asked for (the line); it leaves them when it gets a VM
+  (includes/leaveLines).
 
   Input:
-    KEYS[1] pool key base (with hash tag)
+    KEYS[1] pool key base (with hash tag); every key is built from it
     ARGV[1] now (epoch ms)
     ARGV[2] owner
     ARGV[3] sandbox
@@ -34,11 +35,12 @@
     ARGV[13] number of groups N
     ARGV[14..] N triples: group id, max_vm_per_user, lease_timeout in ms of that group
   Output:
-    {'acquired', HGETALL of the VM}
-    {'reattached', HGETALL of the VM}  the task already held this VM
-    {'task_conflict', vm name}         the task holds a VM for another owner or sandbox
-    {'none'}                           nothing fits
-    {'deferred'}                       a VM fits, but a request ahead could take it
+    {OK, HGETALL of the VM}          acquired: the VM is in_use under a new lease
+    {REATTACHED, HGETALL of the VM}  the task already held this VM (its lease unchanged)
+    {TASK_CONFLICT, vm name}         the task holds a VM for another owner or sandbox
+    {NO_VM}                          nothing fits (a waiting request joined the line)
+    {DEFERRED}                       a VM fits, but a request ahead could take it (a waiting
+                                     request joined the line)
 ]]
 local base = KEYS[1]
 local now, owner, sandbox, workerId = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -47,29 +49,28 @@ local waiter, priority, deadline, jobId = ARGV[9], tonumber(ARGV[10]), ARGV[11],
 local groupCount = tonumber(ARGV[13])
 local waiting = waiter ~= ''
 local WAITERS_SCANNED = 200
+--- @include "includes/replyCodes"
 --- @include "includes/setVmState"
+--- @include "includes/leaveLines"
 
 local function groupArg(i, field)
   return ARGV[14 + i * 3 + field]
 end
 
--- Leaves the waiters and demand sets; the next request in line retries (it may have been deferred).
-local function leaveQueues()
-  if not waiting then
-    return
-  end
-  redis.call('HDEL', waiterInfoKey(base), waiter)
-  for i = 0, groupCount - 1 do
-    local group = groupArg(i, 0)
-    redis.call('ZREM', demandKey(base, group), jobId)
-    if redis.call('ZREM', waitersKey(base, group), waiter) == 1 and redis.call('ZCARD', waitersKey(base, group)) > 0 then
-      redis.call('PUBLISH', readyChannel(base, group), '')
-    end
+local groups = {}
+for i = 0, groupCount - 1 do
+  groups[i + 1] = groupArg(i, 0)
+end
+
+-- Leaves the line of every group asked for; the next request in line retries (it may have been deferred).
+local function leaveLinesIfWaiting()
+  if waiting then
+    leaveLines(base, waiter, jobId, groups)
   end
 end
 
 -- Whether a live request ahead of this one in the group's line could take the VM.
-local function someoneAhead(group, maxPerUser, dirty)
+local function someoneAhead(group, maxPerOwner, dirty)
   local entries = redis.call('ZRANGE', waitersKey(base, group), 0, WAITERS_SCANNED - 1, 'WITHSCORES')
   for i = 1, #entries, 2 do
     local member, score = entries[i], tonumber(entries[i + 1])
@@ -85,7 +86,7 @@ local function someoneAhead(group, maxPerUser, dirty)
     elseif info.owner == owner and info.sandbox == sandbox then
       return true
     elseif not dirty then
-      if info.owner == owner or (tonumber(redis.call('HGET', userVmsKey(base, group), info.owner)) or 0) < maxPerUser then
+      if info.owner == owner or (tonumber(redis.call('HGET', ownerVmsKey(base, group), info.owner)) or 0) < maxPerOwner then
         return true
       end
     end
@@ -96,28 +97,27 @@ end
 if taskId ~= '' then
   local held = redis.call('GET', taskKey(base, taskId))
   if held then
-    local vm = redis.call('HMGET', vmKey(base, held), 'state', 'task_id', 'bound_to_user', 'sandbox')
+    local vm = redis.call('HMGET', vmKey(base, held), 'state', 'task_id', 'owner', 'sandbox')
     if vm[1] == 'in_use' and vm[2] == taskId then
       if vm[3] ~= owner or vm[4] ~= sandbox then
-        return {'task_conflict', held}
+        return {TASK_CONFLICT, held}
       end
-      leaveQueues()
-      return {'reattached', redis.call('HGETALL', vmKey(base, held))}
+      leaveLinesIfWaiting()
+      return {REATTACHED, redis.call('HGETALL', vmKey(base, held))}
     end
     redis.call('DEL', taskKey(base, taskId))
   end
 end
 
-local serverStart = tonumber(redis.call('GET', base .. 'server_start'))
+local serverStart = tonumber(redis.call('GET', serverStartKey(base)))
 
 -- Joins the line of every group asked for (idempotent), so that VMs freed later are offered in order.
-local function joinQueues()
+local function joinLines()
   if not waiting then
     return
   end
   redis.call('HSET', waiterInfoKey(base), waiter, cjson.encode({owner = owner, sandbox = sandbox, deadline = tonumber(deadline)}))
-  for i = 0, groupCount - 1 do
-    local group = groupArg(i, 0)
+  for _, group in ipairs(groups) do
     redis.call('ZADD', waitersKey(base, group), priority, waiter)
     redis.call('ZREMRANGEBYSCORE', demandKey(base, group), '-inf', now)
     redis.call('ZADD', demandKey(base, group), deadline, jobId)
@@ -125,11 +125,11 @@ local function joinQueues()
 end
 
 if not serverStart then
-  joinQueues()
-  return {'none'}
+  joinLines()
+  return {NO_VM}
 end
 
-local serverStartSeq = tonumber(redis.call('GET', base .. 'server_start_seq')) or 0
+local serverStartSeq = tonumber(redis.call('GET', serverStartSeqKey(base))) or 0
 
 local function checkedAfterStart(vm)
   return vm[1] == 'ready' and vm[2] == '0' and (tonumber(vm[3]) or 0) > serverStartSeq
@@ -175,20 +175,20 @@ end
 
 local deferred = false
 for i = 0, groupCount - 1 do
-  local group = groupArg(i, 0)
-  local maxPerUser = tonumber(groupArg(i, 1))
+  local group = groups[i + 1]
+  local maxPerOwner = tonumber(groupArg(i, 1))
   local leaseMs = tonumber(groupArg(i, 2))
   local queued = waiting and redis.call('ZCARD', waitersKey(base, group)) > 0
   local name = pick(readyDirtyKey(base, group, owner, sandbox))
   local fresh = false
   if not name then
-    local bound = tonumber(redis.call('HGET', userVmsKey(base, group), owner)) or 0
-    if bound < maxPerUser then
+    local bound = tonumber(redis.call('HGET', ownerVmsKey(base, group), owner)) or 0
+    if bound < maxPerOwner then
       name = pick(readyCleanKey(base, group))
       fresh = name ~= nil
     end
   end
-  if name and queued and someoneAhead(group, maxPerUser, not fresh) then
+  if name and queued and someoneAhead(group, maxPerOwner, not fresh) then
     name = nil
     deferred = true
   end
@@ -196,8 +196,8 @@ for i = 0, groupCount - 1 do
     local key = vmKey(base, name)
     setVmState(base, name, 'in_use')
     if fresh then
-      redis.call('HSET', key, 'bound_to_user', owner, 'sandbox', sandbox, 'bound_since', now)
-      redis.call('HINCRBY', userVmsKey(base, group), owner, 1)
+      redis.call('HSET', key, 'owner', owner, 'sandbox', sandbox, 'bound_since', now)
+      redis.call('HINCRBY', ownerVmsKey(base, group), owner, 1)
     end
     redis.call('HSET', key, 'used_by_worker', workerId, 'in_use_since', now)
     redis.call('HDEL', key, 'task_id', 'build_id', 'chroot')
@@ -210,12 +210,12 @@ for i = 0, groupCount - 1 do
     local expiresAt = tonumber(now) + leaseMs
     redis.call('HSET', key, 'lease_id', leaseId, 'lease_timeout_ms', leaseMs, 'lease_expires_at', expiresAt)
     redis.call('ZADD', leasesKey(base), expiresAt, name)
-    leaveQueues()
-    return {'acquired', redis.call('HGETALL', key)}
+    leaveLinesIfWaiting()
+    return {OK, redis.call('HGETALL', key)}
   end
 end
-joinQueues()
+joinLines()
 if deferred then
-  return {'deferred'}
+  return {DEFERRED}
 end
-return {'none'}
+return {NO_VM}

@@ -1,27 +1,30 @@
 --[[
   Reclaims VMs whose lease lapsed (the builder stopped renewing), oldest expiry first, at most a
   batch per call. Each group's on_lease_expiry decides:
-    terminate  the VM moves to terminating (its state is unknown); the caller enqueues the job;
+    terminate  the VM moves to terminating (its state is unknown; includes/startTermination); the
+               caller enqueues the job;
     release    the build ends as in releaseVm (task fields cleared, builds counted, still bound to
                its owner and sandbox), but the VM goes to check_health, not ready: its state is
                unknown, so it is not handed out before a check passes. Its check is started here
-               (last_health_check = now, check_seq, as startVmCheck) and marked check_pending, so
-               that the health job the caller enqueues takes it over (startVmCheck); the result
-               makes the VM ready or check_health_failed.
+               (includes/startCheck) and marked check_pending, so that the health job the caller
+               enqueues takes it over (startVmCheck); the result makes the VM ready or
+               check_health_failed.
   Entries of VMs no longer in_use are dropped from the leases set.
 
   Input:
-    KEYS[1] pool key base (with hash tag)
+    KEYS[1] pool key base (with hash tag); every key is built from it
     ARGV[1] now (epoch ms)
     ARGV[2] batch size
     ARGV[3] number of groups N
     ARGV[4..] N pairs: group id, on_lease_expiry ('terminate' | 'release')
   Output:
-    flat list {vm name, 'terminate' | 'release', ...} of the VMs acted on
+    flat list {vm name, 'terminate' | 'release', ...} of the VMs acted on (empty: none was due)
 ]]
 local base = KEYS[1]
 local now, limit, groupCount = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 --- @include "includes/releaseVm"
+--- @include "includes/startCheck"
+--- @include "includes/startTermination"
 
 local policy = {}
 for i = 0, groupCount - 1 do
@@ -38,13 +41,13 @@ for _, name in ipairs(names) do
   elseif tonumber(vm[3]) <= now then
     if policy[vm[2]] == 'release' then
       endBuild(base, name, now)
-      redis.call('HSET', key, 'last_health_check', now, 'check_seq', redis.call('INCR', base .. 'check_seq'), 'check_pending', 1)
       setVmState(base, name, 'check_health')
+      startCheck(base, name, now, 'check_health')
+      redis.call('HSET', key, 'check_pending', 1)
       table.insert(out, name)
       table.insert(out, 'release')
     else
-      setVmState(base, name, 'terminating')
-      redis.call('HSET', key, 'terminating_since', now)
+      startTermination(base, name, now)
       table.insert(out, name)
       table.insert(out, 'terminate')
     end

@@ -4,34 +4,35 @@
   setVmState never puts it back there. A terminating VM cannot be held.
 
   Input:
-    KEYS[1] pool key base (with hash tag)
+    KEYS[1] pool key base (with hash tag); every key is built from it
     ARGV[1] VM name
     ARGV[2] who holds it (operator name, never empty)
     ARGV[3] now (epoch ms)
   Output:
-    1   held
-    0   already held (nothing changed; the first holder stays)
-    -1  no such VM
-    -2  the VM is terminating (nothing changed)
+    OK            held
+    ALREADY_HELD  already held (nothing changed; the first holder stays)
+    NOT_FOUND     no such VM
+    WRONG_STATE   the VM is terminating (nothing changed)
 ]]
 local base = KEYS[1]
 local name, by, now = ARGV[1], ARGV[2], ARGV[3]
+--- @include "includes/replyCodes"
 --- @include "includes/setVmState"
 
 local key = vmKey(base, name)
-local vm = redis.call('HMGET', key, 'state', 'group', 'bound_to_user', 'sandbox', 'held_by')
+local vm = redis.call('HMGET', key, 'state', 'group', 'owner', 'sandbox', 'held_by')
 local state, group, owner, sandbox = vm[1], vm[2], vm[3], vm[4]
 if not state then
-  return -1
+  return NOT_FOUND
 end
 if vm[5] then
-  return 0
+  return ALREADY_HELD
 end
 if state == 'terminating' then
-  return -2
+  return WRONG_STATE
 end
 redis.call('HSET', key, 'held_by', by, 'held_since', now)
 if state == 'ready' then
   removeFromReadyIndex(base, name, group, owner, sandbox)
 end
-return 1
+return OK

@@ -5,14 +5,16 @@
   still counts as before or after it, by the order in which they happened.
 
   Input:
-    KEYS[1] pool key base (with hash tag)
+    KEYS[1] pool key base (with hash tag); every key is built from it
     ARGV[1] now (epoch ms)
   Output:
-    the sequence number of this start
+    the sequence number of this start (a positive integer)
 ]]
 local base = KEYS[1]
 local now = ARGV[1]
-local seq = redis.call('INCR', base .. 'check_seq')
-redis.call('SET', base .. 'server_start', now)
-redis.call('SET', base .. 'server_start_seq', seq)
+--- @include "includes/poolKeys"
+
+local seq = redis.call('INCR', checkSeqKey(base))
+redis.call('SET', serverStartKey(base), now)
+redis.call('SET', serverStartSeqKey(base), seq)
 return seq

@@ -3,23 +3,24 @@
   check_health_failed. check_fails is left as it is; the next check counts.
 
   Input:
-    KEYS[1] pool key base (with hash tag)
+    KEYS[1] pool key base (with hash tag); every key is built from it
     ARGV[1] VM name
   Output:
-    1   marked
-    0   the VM is not in check_health (nothing changed)
-    -1  no such VM
+    OK           marked
+    WRONG_STATE  the VM is not in check_health (nothing changed)
+    NOT_FOUND    no such VM
 ]]
 local base = KEYS[1]
 local name = ARGV[1]
+--- @include "includes/replyCodes"
 --- @include "includes/setVmState"
 
 local state = redis.call('HGET', vmKey(base, name), 'state')
 if not state then
-  return -1
+  return NOT_FOUND
 end
 if state ~= 'check_health' then
-  return 0
+  return WRONG_STATE
 end
 setVmState(base, name, 'check_health_failed')
-return 1
+return OK

@@ -3,50 +3,53 @@
     ok:     from check_health or in_use, check_fails = 0; check_health becomes ready.
     failed: from check_health, in_use or check_health_failed, check_fails += 1; check_health becomes
             check_health_failed. Once check_fails > max fails, the VM moves to terminating in this
-            same script (the caller enqueues the terminate job).
+            same script (includes/startTermination; the caller enqueues the terminate job).
   A result for a VM in any other state changes nothing.
 
   Input:
-    KEYS[1] pool key base (with hash tag)
+    KEYS[1] pool key base (with hash tag); every key is built from it
     ARGV[1] VM name
     ARGV[2] '1' for ok, '0' for failed
     ARGV[3] now (epoch ms)
     ARGV[4..] vm_max_check_fails of group 0, 1, ... (the VM's group picks its own; 0 for a group
               no longer configured)
   Output:
-    {'ok' | 'failed' | 'terminating' | 'ignored', HGETALL of the VM}
-    {'missing'}  no such VM
+    {OK, HGETALL of the VM}            the passed check was recorded
+    {CHECK_FAILED, HGETALL of the VM}  the failed check was counted
+    {TERMINATING, HGETALL of the VM}   the failed check was one too many: the VM is terminating
+    {WRONG_STATE, HGETALL of the VM}   the VM's state takes no result (nothing changed)
+    {NOT_FOUND}                        no such VM
 ]]
 local base = KEYS[1]
 local name, ok, now = ARGV[1], ARGV[2] == '1', ARGV[3]
---- @include "includes/setVmState"
+--- @include "includes/replyCodes"
+--- @include "includes/startTermination"
 
 local key = vmKey(base, name)
 local state = redis.call('HGET', key, 'state')
 if not state then
-  return {'missing'}
+  return {NOT_FOUND}
 end
 local maxFails = tonumber(ARGV[4 + tonumber(redis.call('HGET', key, 'group'))]) or 0
 if ok then
   if state ~= 'check_health' and state ~= 'in_use' then
-    return {'ignored', redis.call('HGETALL', key)}
+    return {WRONG_STATE, redis.call('HGETALL', key)}
   end
   redis.call('HSET', key, 'check_fails', 0)
   if state == 'check_health' then
     setVmState(base, name, 'ready')
   end
-  return {'ok', redis.call('HGETALL', key)}
+  return {OK, redis.call('HGETALL', key)}
 end
 if state ~= 'check_health' and state ~= 'in_use' and state ~= 'check_health_failed' then
-  return {'ignored', redis.call('HGETALL', key)}
+  return {WRONG_STATE, redis.call('HGETALL', key)}
 end
 local fails = redis.call('HINCRBY', key, 'check_fails', 1)
 if state == 'check_health' then
   setVmState(base, name, 'check_health_failed')
 end
 if fails > maxFails then
-  setVmState(base, name, 'terminating')
-  redis.call('HSET', key, 'terminating_since', now)
-  return {'terminating', redis.call('HGETALL', key)}
+  startTermination(base, name, now)
+  return {TERMINATING, redis.call('HGETALL', key)}
 end
-return {'failed', redis.call('HGETALL', key)}
+return {CHECK_FAILED, redis.call('HGETALL', key)}

@@ -6,29 +6,30 @@
   given to someone else cannot release the new holder's VM).
 
   Input:
-    KEYS[1] pool key base (with hash tag)
+    KEYS[1] pool key base (with hash tag); every key is built from it
     ARGV[1] VM name
     ARGV[2] now (epoch ms)
     ARGV[3] lease id ('' or absent: no lease check)
   Output:
-    1   released
-    0   the VM is not in_use (nothing changed)
-    -1  no such VM
-    -2  the VM is in_use under another lease (nothing changed)
+    OK              released
+    WRONG_STATE     the VM is not in_use (nothing changed)
+    NOT_FOUND       no such VM
+    LEASE_MISMATCH  the VM is in_use under another lease (nothing changed)
 ]]
 local base = KEYS[1]
 local name, now, leaseId = ARGV[1], ARGV[2], ARGV[3] or ''
+--- @include "includes/replyCodes"
 --- @include "includes/releaseVm"
 
 local vm = redis.call('HMGET', vmKey(base, name), 'state', 'lease_id')
 if not vm[1] then
-  return -1
+  return NOT_FOUND
 end
 if vm[1] ~= 'in_use' then
-  return 0
+  return WRONG_STATE
 end
 if leaseId ~= '' and vm[2] ~= leaseId then
-  return -2
+  return LEASE_MISMATCH
 end
 releaseInUseVm(base, name, now)
-return 1
+return OK

@@ -2,34 +2,35 @@
   Deletes a VM record and every index entry of it. Only a `terminating` VM is removed.
 
   Input:
-    KEYS[1] pool key base (with hash tag)
+    KEYS[1] pool key base (with hash tag); every key is built from it
     ARGV[1] VM name
   Output:
-    1   removed
-    0   the VM is not terminating (nothing changed)
-    -1  no such VM
+    OK           removed
+    WRONG_STATE  the VM is not terminating (nothing changed)
+    NOT_FOUND    no such VM
 ]]
 local base = KEYS[1]
 local name = ARGV[1]
+--- @include "includes/replyCodes"
 --- @include "includes/setVmState"
 
 local key = vmKey(base, name)
-local vm = redis.call('HMGET', key, 'state', 'group', 'vm_ip', 'bound_to_user', 'task_id')
+local vm = redis.call('HMGET', key, 'state', 'group', 'vm_ip', 'owner', 'task_id')
 local state, group, ip, owner, taskId = vm[1], vm[2], vm[3], vm[4], vm[5]
 if not state then
-  return -1
+  return NOT_FOUND
 end
 if state ~= 'terminating' then
-  return 0
+  return WRONG_STATE
 end
 redis.call('SREM', stateKey(base, group, state), name)
-redis.call('SREM', base .. 'vms', name)
+redis.call('SREM', allVmsKey(base), name)
 if ip then
-  redis.call('SREM', base .. 'ip:' .. ip, name)
+  redis.call('SREM', ipKey(base, ip), name)
 end
 if owner then
-  if redis.call('HINCRBY', userVmsKey(base, group), owner, -1) <= 0 then
-    redis.call('HDEL', userVmsKey(base, group), owner)
+  if redis.call('HINCRBY', ownerVmsKey(base, group), owner, -1) <= 0 then
+    redis.call('HDEL', ownerVmsKey(base, group), owner)
   end
   -- The owner is under max_vm_per_user again: a waiting request of theirs may take a clean VM.
   redis.call('PUBLISH', readyChannel(base, group), name)
@@ -38,4 +39,4 @@ if taskId and redis.call('GET', taskKey(base, taskId)) == name then
   redis.call('DEL', taskKey(base, taskId))
 end
 redis.call('DEL', key)
-return 1
+return OK

@@ -3,32 +3,33 @@
   needed). Only the holder of the lease may renew.
 
   Input:
-    KEYS[1] pool key base (with hash tag)
+    KEYS[1] pool key base (with hash tag); every key is built from it
     ARGV[1] VM name
     ARGV[2] lease id
     ARGV[3] now (epoch ms)
   Output:
-    {'renewed', new expiry (epoch ms)}
-    {'missing'}         no such VM
-    {'not_in_use'}      the VM is not in_use (released, expired or terminating)
-    {'lease_mismatch'}  the VM is in_use under another lease
+    {OK, new expiry (epoch ms, as text)}  renewed
+    {NOT_FOUND}                           no such VM
+    {WRONG_STATE}                         the VM is not in_use (released, expired or terminating)
+    {LEASE_MISMATCH}                      the VM is in_use under another lease
 ]]
 local base = KEYS[1]
 local name, leaseId, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+--- @include "includes/replyCodes"
 --- @include "includes/poolKeys"
 
 local key = vmKey(base, name)
 local vm = redis.call('HMGET', key, 'state', 'lease_id', 'lease_timeout_ms')
 if not vm[1] then
-  return {'missing'}
+  return {NOT_FOUND}
 end
 if vm[1] ~= 'in_use' then
-  return {'not_in_use'}
+  return {WRONG_STATE}
 end
 if vm[2] ~= leaseId then
-  return {'lease_mismatch'}
+  return {LEASE_MISMATCH}
 end
 local expiresAt = now + (tonumber(vm[3]) or 0)
 redis.call('HSET', key, 'lease_expires_at', expiresAt)
 redis.call('ZADD', leasesKey(base), expiresAt, name)
-return {'renewed', tostring(expiresAt)}
+return {OK, tostring(expiresAt)}

@@ -3,29 +3,30 @@
   owner and sandbox), scored by its last health check, so acquire can hand it out again.
 
   Input:
-    KEYS[1] pool key base (with hash tag)
+    KEYS[1] pool key base (with hash tag); every key is built from it
     ARGV[1] VM name
   Output:
-    1   unheld
-    0   the VM was not held (nothing changed)
-    -1  no such VM
+    OK         unheld
+    NOT_HELD   the VM was not held (nothing changed)
+    NOT_FOUND  no such VM
 ]]
 local base = KEYS[1]
 local name = ARGV[1]
+--- @include "includes/replyCodes"
 --- @include "includes/setVmState"
 
 local key = vmKey(base, name)
-local vm = redis.call('HMGET', key, 'state', 'group', 'bound_to_user', 'sandbox', 'held_by', 'last_health_check')
+local vm = redis.call('HMGET', key, 'state', 'group', 'owner', 'sandbox', 'held_by', 'last_health_check')
 local state, group, owner, sandbox = vm[1], vm[2], vm[3], vm[4]
 if not state then
-  return -1
+  return NOT_FOUND
 end
 if not vm[5] then
-  return 0
+  return NOT_HELD
 end
 redis.call('HDEL', key, 'held_by', 'held_since')
 if state == 'ready' then
   addToReadyIndex(base, name, group, owner, sandbox, tonumber(vm[6]) or 0)
   redis.call('PUBLISH', readyChannel(base, group), name)
 end
-return 1
+return OK

@@ -2,14 +2,17 @@
   Extends a lock held with the given token (another holder's lock is left alone).
 
   Input:
-    KEYS[1] lock key
+    KEYS[1] lock key (the pool's reconcile_lock, built from the pool key base)
     ARGV[1] token
     ARGV[2] new time to live (ms)
   Output:
-    1   extended
-    0   the lock is not held with this token (expired or taken by another holder)
+    OK             extended
+    LOCK_NOT_HELD  the lock is not held with this token (expired or taken by another holder)
 ]]
+--- @include "includes/replyCodes"
+
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return OK
 end
-return 0
+return LOCK_NOT_HELD

@@ -2,13 +2,16 @@
   Releases a lock held with the given token (another holder's lock is left alone).
 
   Input:
-    KEYS[1] lock key
+    KEYS[1] lock key (the pool's reconcile_lock, built from the pool key base)
     ARGV[1] token
   Output:
-    1   released
-    0   the lock is not held with this token (expired or taken by another holder)
+    OK             released
+    LOCK_NOT_HELD  the lock is not held with this token (expired or taken by another holder)
 ]]
+--- @include "includes/replyCodes"
+
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  return OK
 end
-return 0
+return LOCK_NOT_HELD

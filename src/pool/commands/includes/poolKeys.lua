@@ -1,16 +1,33 @@
 --[[
-  Key names of the pool. Every key starts with `base` (KEYS[1] of each script), which carries the
-  pool's hash tag, so that all keys of one pool live in one Redis Cluster slot.
+  Key names of the pool: every key a script uses is spelled here, and only here. Every key starts
+  with `base` (KEYS[1] of each script), which carries the pool's hash tag, so that all keys of one
+  pool live in one Redis Cluster slot. src/pool/keys.ts builds the same names (<name>Key here is
+  <name> there; test/pool/scripts.test.ts checks that both agree).
 ]]
 local function vmKey(base, name)
   return base .. 'vm:' .. name
+end
+
+-- Set of every VM name of the pool.
+local function allVmsKey(base)
+  return base .. 'vms'
+end
+
+-- Set of the names of the VMs with that IP.
+local function ipKey(base, ip)
+  return base .. 'ip:' .. ip
+end
+
+-- The name of the VM a task holds.
+local function taskKey(base, taskId)
+  return base .. 'task:' .. taskId
 end
 
 local function stateKey(base, group, state)
   return base .. 'group:' .. group .. ':state:' .. state
 end
 
--- Ready VMs bound to nobody, scored by last health check.
+-- Ready VMs bound to no owner, scored by last health check.
 local function readyCleanKey(base, group)
   return base .. 'group:' .. group .. ':ready_clean'
 end
@@ -22,12 +39,23 @@ local function readyDirtyKey(base, group, owner, sandbox)
 end
 
 -- Hash owner -> number of VMs of the group bound to that owner (for max_vm_per_user).
-local function userVmsKey(base, group)
-  return base .. 'group:' .. group .. ':user_vms'
+local function ownerVmsKey(base, group)
+  return base .. 'group:' .. group .. ':owner_vms'
 end
 
-local function taskKey(base, taskId)
-  return base .. 'task:' .. taskId
+-- Time (epoch ms) of the last server start (markServerStart).
+local function serverStartKey(base)
+  return base .. 'server_start'
+end
+
+-- Position of the last server start in the check_seq counter.
+local function serverStartSeqKey(base)
+  return base .. 'server_start_seq'
+end
+
+-- Counter that orders health checks and server starts within one millisecond.
+local function checkSeqKey(base)
+  return base .. 'check_seq'
 end
 
 -- Sorted set of in_use VMs: member VM name, score lease expiry (epoch ms).
@@ -35,20 +63,22 @@ local function leasesKey(base)
   return base .. 'leases'
 end
 
--- Pub/sub channel told when a VM of the group may be acquirable (keys.ts readyChannel).
-local function readyChannel(base, group)
-  return base .. 'ready:' .. group
-end
-
--- Sorted set of waiting acquire requests of the group (keys.ts waiters).
+-- Sorted set of waiting acquire requests of the group, in serving order.
 local function waitersKey(base, group)
   return base .. 'group:' .. group .. ':waiters'
 end
 
+-- Sorted set of waiting acquire requests of the group: member job id, score deadline (epoch ms).
 local function demandKey(base, group)
   return base .. 'group:' .. group .. ':demand'
 end
 
+-- Hash waiter member -> JSON {owner, sandbox, deadline} of each waiting acquire request.
 local function waiterInfoKey(base)
   return base .. 'waiter_info'
+end
+
+-- Pub/sub channel told when a VM of the group may be acquirable.
+local function readyChannel(base, group)
+  return base .. 'ready:' .. group
 end

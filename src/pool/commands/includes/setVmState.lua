@@ -5,7 +5,7 @@
     - the leases sorted set: leaving in_use ends the lease.
   Entering ready publishes the VM name on the group's ready channel, so waiting acquire jobs wake
   (a missed message only delays them until their slow safety retry).
-  The VM hash must exist. Readiness is indexed with the VM's current bound_to_user, sandbox and
+  The VM hash must exist. Readiness is indexed with the VM's current owner, sandbox and
   last_health_check, so set those before moving a VM into `ready`.
 ]]
 --- @include "includes/poolKeys"
@@ -29,7 +29,7 @@ end
 
 local function setVmState(base, name, newState)
   local key = vmKey(base, name)
-  local fields = redis.call('HMGET', key, 'state', 'group', 'bound_to_user', 'sandbox', 'last_health_check', 'held_by')
+  local fields = redis.call('HMGET', key, 'state', 'group', 'owner', 'sandbox', 'last_health_check', 'held_by')
   local oldState, group, owner, sandbox = fields[1], fields[2], fields[3], fields[4]
   if oldState == newState then
     return

@@ -1,0 +1,18 @@
+--[[
+  Reply codes of the pool scripts: the table of src/pool/replyCodes.ts, which says what each means.
+  Positive: done as asked; negative: not done, and why.
+]]
+local OK = 1
+local REATTACHED = 2
+local CHECK_FAILED = 3
+local TERMINATING = 4
+local NOT_FOUND = -1
+local WRONG_STATE = -2
+local LEASE_MISMATCH = -3
+local ALREADY_EXISTS = -4
+local ALREADY_HELD = -5
+local NOT_HELD = -6
+local TASK_CONFLICT = -7
+local NO_VM = -8
+local DEFERRED = -9
+local LOCK_NOT_HELD = -10

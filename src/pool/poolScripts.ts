@@ -1,0 +1,220 @@
+import type { Redis } from 'ioredis';
+import { poolKeyBase } from './keys.js';
+import { ReplyCodes, replyCodeName, type ReplyCode } from './replyCodes.js';
+import { loadScripts, type RunScript, type ScriptName } from './scripts.js';
+import {
+  LeaseLost,
+  VmDescriptorNotFound,
+  VmError,
+  descriptorFromHash,
+  leasedDescriptorFromHash,
+  type AcquireAttempt,
+  type AcquireWaiter,
+  type ExpiredLease,
+  type HealthCheckOutcome,
+  type HealthCheckRecord,
+} from './types.js';
+
+/** One group of an acquire request, with what the script needs of its config. */
+export interface AcquireGroupLimits {
+  group: number;
+  maxVmPerOwner: number;
+  leaseTimeoutMs: number;
+}
+
+/** acquireVm-1.lua's input, checked and as text (VmManager.tryAcquireVm builds it). */
+export interface AcquireScriptInput {
+  now: number;
+  owner: string;
+  sandbox: string;
+  workerId: string;
+  /** '' for none, as buildId and chroot. */
+  taskId: string;
+  buildId: string;
+  chroot: string;
+  leaseId: string;
+  waiter?: AcquireWaiter;
+  groups: readonly AcquireGroupLimits[];
+}
+
+function unexpected(script: ScriptName, reply: unknown): Error {
+  const code = Array.isArray(reply) ? reply[0] : reply;
+  return new Error(`${script}: unexpected reply ${replyCodeName(code)}`);
+}
+
+const healthOutcomes = new Map<unknown, HealthCheckOutcome>([
+  [ReplyCodes.OK, 'ok'],
+  [ReplyCodes.CHECK_FAILED, 'failed'],
+  [ReplyCodes.TERMINATING, 'terminating'],
+  [ReplyCodes.WRONG_STATE, 'ignored'],
+]);
+
+/**
+ * The pool's scripts (commands/), one typed function each: it builds KEYS and ARGV and turns the
+ * reply codes (replyCodes.ts) into results and errors, so that no caller reads a code. Shared by
+ * VmManager and VmPoolClient. Throws VmDescriptorNotFound for NOT_FOUND wherever a script names a VM.
+ */
+export class PoolScripts {
+  private readonly run: RunScript;
+  private readonly base: string;
+
+  constructor(redis: Redis, prefix: string) {
+    this.run = loadScripts(redis);
+    this.base = poolKeyBase(prefix);
+  }
+
+  private call(name: ScriptName, args: readonly (string | number)[]): Promise<unknown> {
+    return this.run(name, [this.base], args);
+  }
+
+  /**
+   * Runs a script on a VM that acts or refuses: true for OK, false for the `refused` code. NOT_FOUND
+   * throws VmDescriptorNotFound, a code of `errors` its error, and any other code is unexpected.
+   */
+  private async acted(
+    name: ScriptName,
+    vmName: string,
+    args: readonly (string | number)[],
+    refused: ReplyCode | null,
+    errors: Partial<Record<ReplyCode, () => Error>> = {},
+  ): Promise<boolean> {
+    const code = (await this.call(name, [vmName, ...args])) as ReplyCode;
+    if (code === ReplyCodes.OK) return true;
+    if (code === refused) return false;
+    if (code === ReplyCodes.NOT_FOUND) throw new VmDescriptorNotFound(vmName);
+    const error = errors[code];
+    throw error ? error() : unexpected(name, code);
+  }
+
+  /** Adds a VM in got_ip. Throws VmError when a VM of that name is in the pool. */
+  async addVm(vmName: string, vmIp: string, group: number, now: number): Promise<void> {
+    await this.acted('addVm', vmName, [vmIp, group, now], null, {
+      [ReplyCodes.ALREADY_EXISTS]: () => new VmError(`VM ${vmName} is already in the pool`),
+    });
+  }
+
+  /** True when held, false when held already. Throws VmError for a terminating VM. */
+  async holdVm(vmName: string, by: string, now: number): Promise<boolean> {
+    return this.acted('holdVm', vmName, [by, now], ReplyCodes.ALREADY_HELD, {
+      [ReplyCodes.WRONG_STATE]: () => new VmError(`VM ${vmName} is terminating and cannot be held`),
+    });
+  }
+
+  /** True when unheld, false when the VM was not held. */
+  async unholdVm(vmName: string): Promise<boolean> {
+    return this.acted('unholdVm', vmName, [], ReplyCodes.NOT_HELD);
+  }
+
+  /**
+   * True when released, false when the VM is not in_use. With a lease id, a VM in_use under
+   * another lease throws LeaseLost (lease_mismatch).
+   */
+  async releaseVm(vmName: string, now: number, leaseId = ''): Promise<boolean> {
+    return this.acted('releaseVm', vmName, [now, leaseId], ReplyCodes.WRONG_STATE, {
+      [ReplyCodes.LEASE_MISMATCH]: () => new LeaseLost(vmName, leaseId, 'lease_mismatch'),
+    });
+  }
+
+  /** True when the VM moved to terminating, false when its state refused (allowedPreState '' for any). */
+  async startVmTermination(vmName: string, allowedPreState: string, now: number): Promise<boolean> {
+    return this.acted('startVmTermination', vmName, [allowedPreState, now], ReplyCodes.WRONG_STATE);
+  }
+
+  /** Deletes a terminating VM's record. Throws VmError when the VM is not terminating. */
+  async removeVm(vmName: string): Promise<void> {
+    await this.acted('removeVm', vmName, [], null, {
+      [ReplyCodes.WRONG_STATE]: () => new VmError(`VM ${vmName} is not terminating; only a terminating VM can be removed`),
+    });
+  }
+
+  /** True when the check started, false when the VM's state does not allow one. */
+  async startVmCheck(vmName: string, now: number): Promise<boolean> {
+    return this.acted('startVmCheck', vmName, [now], ReplyCodes.WRONG_STATE);
+  }
+
+  /** True when a check_health VM was marked failed, false for any other state. */
+  async markVmCheckFailed(vmName: string): Promise<boolean> {
+    return this.acted('markVmCheckFailed', vmName, [], ReplyCodes.WRONG_STATE);
+  }
+
+  /** Records a server start; returns its place in the check sequence. */
+  async markServerStart(now: number): Promise<number> {
+    return Number(await this.call('markServerStart', [now]));
+  }
+
+  /** Extends a lease; returns the new expiry (epoch ms). Throws LeaseLost when the lease is no longer held. */
+  async renewLease(vmName: string, leaseId: string, now: number): Promise<number> {
+    const reply = (await this.call('renewLease', [vmName, leaseId, now])) as [number, string?];
+    switch (reply[0]) {
+      case ReplyCodes.OK:
+        return Number(reply[1]);
+      case ReplyCodes.NOT_FOUND:
+        throw new VmDescriptorNotFound(vmName);
+      case ReplyCodes.LEASE_MISMATCH:
+        throw new LeaseLost(vmName, leaseId, 'lease_mismatch');
+      case ReplyCodes.WRONG_STATE:
+        throw new LeaseLost(vmName, leaseId, 'not_in_use');
+      default:
+        throw unexpected('renewLease', reply);
+    }
+  }
+
+  /** Applies a check result; maxFails is vm_max_check_fails of every group, by group id. */
+  async recordHealthCheckResult(vmName: string, ok: boolean, now: number, maxFails: readonly number[]): Promise<HealthCheckRecord> {
+    const reply = (await this.call('recordHealthCheckResult', [vmName, ok ? '1' : '0', now, ...maxFails])) as [number, string[]?];
+    if (reply[0] === ReplyCodes.NOT_FOUND) throw new VmDescriptorNotFound(vmName);
+    const outcome = healthOutcomes.get(reply[0]);
+    if (!outcome) throw unexpected('recordHealthCheckResult', reply);
+    return { outcome, vm: descriptorFromHash(reply[1] ?? []) };
+  }
+
+  /** One acquire attempt. Throws VmError when the task holds a VM for another owner or sandbox. */
+  async acquireVm(input: AcquireScriptInput): Promise<AcquireAttempt> {
+    const { waiter } = input;
+    const args: (string | number)[] = [
+      input.now,
+      input.owner,
+      input.sandbox,
+      input.workerId,
+      input.taskId,
+      input.buildId,
+      input.chroot,
+      input.leaseId,
+      waiter?.member ?? '',
+      waiter?.priority ?? 0,
+      waiter?.deadline ?? 0,
+      waiter?.jobId ?? '',
+      input.groups.length,
+    ];
+    for (const g of input.groups) args.push(g.group, g.maxVmPerOwner, g.leaseTimeoutMs);
+    const [code, payload] = (await this.call('acquireVm', args)) as [number, (string[] | string)?];
+    switch (code) {
+      case ReplyCodes.OK:
+      case ReplyCodes.REATTACHED:
+        return { status: code === ReplyCodes.OK ? 'acquired' : 'reattached', ...leasedDescriptorFromHash(payload as string[]) };
+      case ReplyCodes.TASK_CONFLICT:
+        throw new VmError(`task ${input.taskId} already holds VM ${String(payload)} for another owner or sandbox`);
+      case ReplyCodes.NO_VM:
+        return { status: 'none' };
+      case ReplyCodes.DEFERRED:
+        return { status: 'deferred' };
+      default:
+        throw unexpected('acquireVm', code);
+    }
+  }
+
+  /** Takes a waiting request out of the line of its groups; returns how many lines it left. */
+  async leaveAcquireLine(waiter: Pick<AcquireWaiter, 'member' | 'jobId'>, groups: readonly number[]): Promise<number> {
+    return Number(await this.call('leaveAcquireLine', [waiter.member, waiter.jobId, ...groups]));
+  }
+
+  /** Applies on_lease_expiry (by group id) to at most `batch` lapsed leases. */
+  async expireLeases(now: number, batch: number, onLeaseExpiry: readonly ('terminate' | 'release')[]): Promise<ExpiredLease[]> {
+    const args: (string | number)[] = [now, batch, onLeaseExpiry.length];
+    onLeaseExpiry.forEach((policy, group) => args.push(group, policy));
+    const flat = (await this.call('expireLeases', args)) as string[];
+    const out: ExpiredLease[] = [];
+    for (let i = 0; i + 1 < flat.length; i += 2) out.push({ vmName: flat[i]!, action: flat[i + 1] === 'release' ? 'release' : 'terminate' });
+    return out;
+  }
+}

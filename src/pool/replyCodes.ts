@@ -1,0 +1,51 @@
+/**
+ * Reply codes of the pool's Lua scripts (commands/), as BullMQ keeps enums/error-code.ts: one table,
+ * and each code means the same in every script. A script replies with a code, or with a list whose
+ * first element is one. Positive: the call did what it was asked; negative: it did not, and says why
+ * (nothing changed unless the script's header says so). commands/includes/replyCodes.lua spells the
+ * same table for the scripts (test/pool/scripts.test.ts checks that they agree), and every script
+ * header names its replies by these names.
+ *
+ * Only the wrappers in poolScripts.ts read these codes; everything else gets their typed results.
+ */
+export const ReplyCodes = {
+  /** Done as asked. */
+  OK: 1,
+  /** acquireVm: the task already held this VM, which is handed back with its lease. */
+  REATTACHED: 2,
+  /** recordHealthCheckResult: the failed check was counted (the VM stays below its limit). */
+  CHECK_FAILED: 3,
+  /** recordHealthCheckResult: the failed check was one too many; the VM moved to terminating. */
+  TERMINATING: 4,
+
+  /** No such VM. */
+  NOT_FOUND: -1,
+  /** The VM's state does not allow the call (for example release of a VM that is not in_use). */
+  WRONG_STATE: -2,
+  /** The VM is in_use under another lease than the one given. */
+  LEASE_MISMATCH: -3,
+  /** addVm: a VM of that name is already in the pool. */
+  ALREADY_EXISTS: -4,
+  /** holdVm: the VM is held already (the first holder stays). */
+  ALREADY_HELD: -5,
+  /** unholdVm: the VM is not held. */
+  NOT_HELD: -6,
+  /** acquireVm: the task holds a VM for another owner or sandbox. */
+  TASK_CONFLICT: -7,
+  /** acquireVm: no VM fits the request. */
+  NO_VM: -8,
+  /** acquireVm: a VM fits, but a request ahead in line could take it. */
+  DEFERRED: -9,
+  /** extendLock, releaseLock (src/reconcile/commands/): the lock is not held with this token. */
+  LOCK_NOT_HELD: -10,
+} as const;
+
+export type ReplyCodeName = keyof typeof ReplyCodes;
+export type ReplyCode = (typeof ReplyCodes)[ReplyCodeName];
+
+const names = new Map<number, ReplyCodeName>(Object.entries(ReplyCodes).map(([name, code]) => [code, name as ReplyCodeName]));
+
+/** The name of a reply code, for messages (`code 7` for a number the table does not have). */
+export function replyCodeName(code: unknown): string {
+  return (typeof code === 'number' && names.get(code)) || `code ${String(code)}`;
+}

@@ -1,0 +1,24 @@
+import { describe, expect, it } from 'vitest';
+import { toHttpError } from '../../src/http/errors.js';
+import { InvalidVmRequest, LeaseLost, NoVmAvailable, UnknownGroup, VmDescriptorNotFound, VmError } from '../../src/pool/types.js';
+
+describe('toHttpError', () => {
+  it.each([
+    ['an unknown group', new UnknownGroup(9, 2), 400, 'validation_error'],
+    ['another malformed request', new InvalidVmRequest('acquireVm needs an owner'), 400, 'validation_error'],
+    ['a VM not found', new VmDescriptorNotFound('vm-x'), 404, 'not_found'],
+    ['a lease mismatch', new LeaseLost('vm-x', 'l1', 'lease_mismatch'), 409, 'conflict'],
+    ['a lease gone', new LeaseLost('vm-x', 'l1', 'not_in_use'), 409, 'conflict'],
+    ['a refusal by the VM state', new VmError('VM vm-x is terminating and cannot be held'), 409, 'conflict'],
+    ['no VM available', new NoVmAvailable('NoVmAvailable: no VM within 300 ms'), 503, 'no_vm_available'],
+    ['anything else', new Error('boom'), 500, 'internal_error'],
+  ])('maps %s to %i', (_what, err, status, code) => {
+    const httpError = toHttpError(err);
+    expect(httpError.status).toBe(status);
+    expect(httpError.code).toBe(code);
+  });
+
+  it('names the unknown group in the details', () => {
+    expect(toHttpError(new UnknownGroup(9, 2)).details).toEqual({ group: 9 });
+  });
+});
