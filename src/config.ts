@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { parseCidr } from './providers/addressPolicy.js';
+import { cronProblem } from './reconcile/minReady.js';
 import { redactUrl } from './text/redact.js';
 import { z } from 'zod';
 
@@ -133,7 +134,28 @@ export const groupConfigSchema = z.strictObject({
   vm_terminating_timeout: seconds(600),
   // Beyond Copr: warm pool, reuse limits, leases (job system).
   /** Clean ready VMs to keep waiting for builders. */
-  min_ready: z.number().int().nonnegative().default(0),
+  /**
+   * Clean ready VMs kept waiting: a number, or `{ default, periods: [{ cron, tz, value }] }` whose
+   * first period matching the current minute gives the value (see src/reconcile/minReady.ts).
+   */
+  min_ready: z
+    .union([
+      z.number().int().nonnegative(),
+      z.strictObject({
+        default: z.number().int().nonnegative(),
+        periods: z
+          .array(
+            z
+              .strictObject({ cron: z.string().min(1), tz: z.string().min(1).default('UTC'), value: z.number().int().nonnegative() })
+              .superRefine((p, ctx) => {
+                const problem = cronProblem(p.cron, p.tz);
+                if (problem) ctx.addIssue({ code: 'custom', message: problem });
+              }),
+          )
+          .default([]),
+      }),
+    ])
+    .default(0),
   /** Retire a dirty VM after this many builds (0: no limit). */
   reuse_max_count: z.number().int().nonnegative().default(0),
   /** Retire a dirty VM this many seconds after its first acquisition by its owner and sandbox (0: no limit). */

@@ -1,5 +1,6 @@
 /** What the operator surfaces (HTTP API, pool page, CLI) show of the pool. */
 import type { Config } from './config.js';
+import { isScheduled, minReadyAt } from './reconcile/minReady.js';
 import { ALL_VM_STATES, UnknownGroup, type VmRecord, type VmState } from './pool/types.js';
 
 export { UnknownGroup };
@@ -30,6 +31,8 @@ export interface GroupSummary {
   counts: Record<VmState, number>;
   total: number;
   held: number;
+  /** Whether min_ready follows a schedule (minReady is then the value in force now). */
+  minReadyScheduled: boolean;
   /** Ready VMs bound to nobody (what min_ready counts). */
   readyClean: number;
   demand: number;
@@ -50,7 +53,8 @@ export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Prom
       name: g.name,
       archs: g.archs,
       limits: { max_vm_total: g.max_vm_total, max_vm_per_user: g.max_vm_per_user, max_spawn_processes: g.max_spawn_processes },
-      minReady: g.min_ready,
+      minReady: minReadyAt(g.min_ready, vmm.clock()),
+      minReadyScheduled: isScheduled(g.min_ready),
       counts,
       total: mine.length,
       held: mine.filter((v) => v.heldBy !== null).length,

@@ -3,6 +3,8 @@ export interface CliIo {
   out(text: string): void;
   err(text: string): void;
   env: NodeJS.ProcessEnv;
+  /** The clock (epoch ms) for what the CLI computes itself, such as a schedule's next 24 hours. */
+  now?: () => number;
 }
 
 export const defaultIo: CliIo = {

@@ -8,6 +8,7 @@ import { ALL_VM_STATES, isValidVmIp, isValidVmName, isVmState } from '../pool/ty
 import { VmManager } from '../pool/vmManager.js';
 import { groupSummaries, resolveGroup, withoutLease } from '../poolView.js';
 import { connectAnsweringRedis } from '../redis.js';
+import { isScheduled, minReadyTimeline } from '../reconcile/minReady.js';
 import { readSettings, resolveConfig, type Settings } from '../runtime/settings.js';
 import { textTable } from '../text/table.js';
 import { relativeTime } from '../time.js';
@@ -241,10 +242,25 @@ export function buildProgram(io: CliIo = defaultIo): Command {
       } catch (err) {
         throw new CliError(`${file}: ${(err as Error).message}`, ExitCodes.USAGE);
       }
-      print(opts.json === true, redactedConfig(cfg), () => `${file}: ok (${cfg.groups.length} group${cfg.groups.length === 1 ? '' : 's'}: ${cfg.groups.map((g) => g.name).join(', ')})`);
+      const summary = `${file}: ok (${cfg.groups.length} group${cfg.groups.length === 1 ? '' : 's'}: ${cfg.groups.map((g) => g.name).join(', ')})`;
+      print(opts.json === true, redactedConfig(cfg), () => [summary, ...scheduleLines(cfg, io.now?.() ?? Date.now())].join('\n'));
     });
 
   return program;
+}
+
+/** For each group whose min_ready follows a schedule: its value over the next 24 hours (UTC). */
+function scheduleLines(cfg: Config, now: number): string[] {
+  const lines: string[] = [];
+  for (const g of cfg.groups) {
+    if (!isScheduled(g.min_ready)) continue;
+    lines.push(`group ${g.name}: min_ready over the next 24 hours (UTC):`);
+    for (const run of minReadyTimeline(g.min_ready, now, 24)) {
+      const at = (ms: number) => new Date(ms).toISOString().slice(0, 16).replace('T', ' ');
+      lines.push(`  ${at(run.from)} - ${at(run.to)}  ${run.value}`);
+    }
+  }
+  return lines;
 }
 
 function groupOf(cfg: Config, value: string): number {

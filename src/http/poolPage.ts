@@ -64,7 +64,7 @@ function groupSection(summary: GroupSummary, vms: VmRecord[], now: number): stri
     `max_vm_total <b>${summary.limits.max_vm_total}</b> · max_vm_per_user <b>${summary.limits.max_vm_per_user}</b> · ` +
     `max_spawn_processes <b>${summary.limits.max_spawn_processes}</b>`;
   const warm =
-    `warm pool: <b data-ready-clean>${summary.readyClean}</b> clean ready of min_ready <b data-min-ready>${summary.minReady}</b> · ` +
+    `warm pool: <b data-ready-clean>${summary.readyClean}</b> clean ready of min_ready <b data-min-ready>${summary.minReady}</b>${summary.minReadyScheduled ? ' (by schedule, now)' : ''} · ` +
     `demand <b>${summary.demand}</b> · spawns in flight <b>${summary.spawnsInFlight}</b> · held <b>${summary.held}</b>`;
   const rows = vms.length
     ? vms.map((vm) => vmRow(vm, now)).join('\n')

@@ -1,6 +1,7 @@
 import type { Queue } from 'bullmq';
 import { Gauge, Registry } from 'prom-client';
 import { ALL_VM_STATES } from '../pool/types.js';
+import { minReadyAt } from '../reconcile/minReady.js';
 import type { VmManager } from '../pool/vmManager.js';
 import { ALL_QUEUE_NAMES, QueueNames, type QueueName } from '../../queues/names.js';
 import { readSharedCounter, readSharedHistogram, sharedMetrics, type SharedMetricDef } from './shared.js';
@@ -95,15 +96,17 @@ export function createMetricsRegistry(deps: MetricsDeps): Registry {
 
   new Gauge({
     name: 'vmpool_group_limit',
-    help: 'Configured limits per group (max_vm_total, max_vm_per_user, max_spawn_processes, min_ready)',
+    help: 'Configured limits per group (max_vm_total, max_vm_per_user, max_spawn_processes, and min_ready in force now)',
     labelNames: ['group', 'limit'],
     registers: [registry],
     collect() {
       this.reset();
       vmm.config.groups.forEach((g) => {
-        for (const limit of ['max_vm_total', 'max_vm_per_user', 'max_spawn_processes', 'min_ready'] as const) {
+        for (const limit of ['max_vm_total', 'max_vm_per_user', 'max_spawn_processes'] as const) {
           this.set({ group: g.name, limit }, g[limit]);
         }
+        // The value in force now, when min_ready follows a schedule.
+        this.set({ group: g.name, limit: 'min_ready' }, minReadyAt(g.min_ready, vmm.clock()));
       });
     },
   });

@@ -13,6 +13,7 @@
 import type { Config, GroupConfig } from '../config.js';
 import { VmStates, type VmRecord, type VmState } from '../pool/types.js';
 import type { TerminationReason } from '../../queues/terminate.js';
+import { isScheduled, minReadyAt } from './minReady.js';
 
 /** Why a spawn was requested: to keep the warm pool (`min_ready`) or for waiting acquire requests. */
 export type SpawnReason = 'warm_pool' | 'demand';
@@ -224,7 +225,7 @@ export function spawnFigures(snapshot: PoolSnapshot, config: ReconcileConfig, gr
     all: vms.length,
     inFlight,
     comingSupply: coming + inFlight,
-    wanted: g.min_ready + Math.max(0, group.demand),
+    wanted: minReadyAt(g.min_ready, now) + Math.max(0, group.demand),
   };
 }
 
@@ -259,11 +260,33 @@ export function decideStartSpawnIfRequired(snapshot: PoolSnapshot, config: Recon
       if (f.all >= 2 * g.max_vm_total) break;
       if (comingSupply >= f.wanted) break;
       // Clean ready VMs and VMs on their way count first against the warm pool.
-      const reason: SpawnReason = comingSupply < g.min_ready ? 'warm_pool' : 'demand';
+      const reason: SpawnReason = comingSupply < minReadyAt(g.min_ready, now) ? 'warm_pool' : 'demand';
       actions.push({ type: 'spawn', group: group.group, reason });
       inFlight += 1;
       comingSupply += 1;
       lastStart = now;
+    }
+  }
+  return actions;
+}
+
+/**
+ * retireSurplus (beyond Copr and every peer's fixed pool): when a group's min_ready follows a
+ * schedule and a period ends, the clean ready VMs above the value now in force plus the waiting
+ * demand are retired, the longest-idle first. Only idle VMs go: never one in use, bound to an
+ * owner, held, or on its way to ready. A fixed min_ready retires nothing (Copr keeps what it has).
+ */
+export function decideRetireSurplus(snapshot: PoolSnapshot, config: ReconcileConfig, now: number): ReconcileAction[] {
+  const actions: ReconcileAction[] = [];
+  for (const group of snapshot.groups) {
+    const g = config.groups[group.group];
+    if (!g || !isScheduled(g.min_ready)) continue;
+    const idle = snapshot.vms
+      .filter((vm) => vm.group === group.group && vm.state === VmStates.READY && vm.boundToUser === null && !isHeld(vm))
+      .sort((a, b) => (a.lastRelease ?? a.addedAt ?? 0) - (b.lastRelease ?? b.addedAt ?? 0) || a.vmName.localeCompare(b.vmName));
+    const keep = minReadyAt(g.min_ready, now) + Math.max(0, group.demand);
+    for (const vm of idle.slice(0, Math.max(0, idle.length - keep))) {
+      actions.push({ type: 'terminate', vmName: vm.vmName, allowedPreState: VmStates.READY, reason: 'surplus' });
     }
   }
   return actions;

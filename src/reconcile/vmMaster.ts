@@ -17,6 +17,7 @@ import {
   decideFinalizeLongHealthChecks,
   decideRecheckAfterServerStart,
   decideRemoveOldDirtyVms,
+  decideRetireSurplus,
   decideStartSpawnIfRequired,
   decideTerminateAgain,
   spawnFigures,
@@ -54,6 +55,7 @@ export interface OrphanPass {
 export const CYCLE_STEPS = [
   'reclaimExpiredLeases',
   'removeOldDirtyVms',
+  'retireSurplus',
   'checkVmsHealth',
   'recheckAfterServerStart',
   'startSpawnIfRequired',
@@ -148,6 +150,12 @@ export class VmMaster {
   async terminateAgain(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
     const s = snapshot ?? (await this.readSnapshot());
     return this.apply('terminateAgain', decideTerminateAgain(s, this.vmm.config, this.vmm.clock()));
+  }
+
+  /** Retires idle clean VMs above a scheduled min_ready (a period ended) plus demand. */
+  async retireSurplus(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
+    const s = snapshot ?? (await this.readSnapshot());
+    return this.apply('retireSurplus', decideRetireSurplus(s, this.vmm.config, this.vmm.clock()));
   }
 
   /** Drops stale spawns in flight and starts spawns for the warm pool and demand, within Copr's limits. */
