@@ -236,6 +236,8 @@ export type WebConfig = z.output<typeof webConfigSchema>;
 export const configSchema = z.strictObject({
   redis: redisConfigSchema.default({ url: 'redis://127.0.0.1:6379', prefix: 'vmpool' }),
   vm_cycle_timeout: z.number().positive().default(10),
+  /** Seconds after which a hold ends by itself (nodepool's max-hold-age); 0: holds last until unheld. */
+  max_hold_age: z.number().nonnegative().default(0),
   /** Seconds between a waiting acquire job's safety retries; it wakes on ready VMs without them. */
   acquire_safety_retry: z.number().positive().default(30),
   /** Worker concurrency per process type; <TYPE>_CONCURRENCY in the environment overrides. */

@@ -19,3 +19,11 @@ export function relativeTime(then: number | null, now: number): string {
   }
   return 'just now';
 }
+
+/** A duration such as `90s`, `30m`, `2h`, `1d` or `45` (seconds), in ms; null when it is not one. */
+export function parseDuration(text: string): number | null {
+  const m = /^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$/.exec(text.trim());
+  if (!m) return null;
+  const ms = Number(m[1]) * { s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 }[(m[2] ?? 's') as 's' | 'm' | 'h' | 'd'];
+  return ms > 0 ? ms : null;
+}

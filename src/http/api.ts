@@ -38,7 +38,16 @@ export function apiVm(config: Config, vm: VmRecord): ApiVm {
 
 const leaseBody = z.strictObject({ leaseId: z.string().min(1).max(255) });
 const releaseBody = z.strictObject({ leaseId: z.string().min(1).max(255).optional() });
-const holdBody = z.strictObject({ by: z.string().min(1).max(255).optional() });
+const holdBody = z
+  .strictObject({
+    by: z.string().min(1).max(255).optional(),
+    reason: z.string().min(1).max(1024).optional(),
+    /** Seconds the hold lasts. */
+    for: z.number().positive().max(366 * 86_400).optional(),
+    /** When the hold ends: an ISO 8601 time or epoch ms. */
+    until: z.union([z.iso.datetime({ offset: true }), z.number().int().positive()]).optional(),
+  })
+  .refine((b) => b.for === undefined || b.until === undefined, { message: 'give for or until, not both' });
 const emptyBody = z.strictObject({});
 
 function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
@@ -172,8 +181,9 @@ export function apiRouter(deps: ApiDeps): Router {
 
   router.post('/vms/:name/hold', requireScope('admin'), requireJsonContentType, async (req, res) => {
     const name = vmNameParam(req);
-    const { by } = parseBody(holdBody, req.body);
-    const held = await vmm.holdVm(name, by ?? req.principal!.name);
+    const body = parseBody(holdBody, req.body);
+    const until = body.for !== undefined ? vmm.clock() + body.for * 1000 : typeof body.until === 'string' ? Date.parse(body.until) : (body.until ?? null);
+    const held = await vmm.holdVm(name, body.by ?? req.principal!.name, { until, reason: body.reason ?? null });
     if (!held) {
       const vm = await vmm.getVmRecord(name);
       throw new HttpError('conflict', `VM ${name} is already held by ${vm.heldBy}`, { reason: 'already_held', heldBy: vm.heldBy });

@@ -89,7 +89,17 @@ export const openApiDocument = {
         additionalProperties: false,
         properties: { leaseId: { type: 'string', description: 'Required for builder tokens; an admin may omit it.' } },
       },
-      HoldRequest: { type: 'object', additionalProperties: false, properties: { by: { type: 'string', description: 'Default: the token name.' } } },
+      HoldRequest: {
+        type: 'object',
+        additionalProperties: false,
+        properties: {
+          by: { type: 'string', description: 'Default: the token name.' },
+          reason: { type: 'string', maxLength: 1024 },
+          for: { type: 'number', exclusiveMinimum: 0, description: 'seconds the hold lasts (not with until)' },
+          until: { oneOf: [{ type: 'string', format: 'date-time' }, { type: 'integer' }], description: 'when the hold ends: ISO 8601 or epoch ms (not with for)' },
+        },
+        description: 'config max_hold_age caps every hold, and ends one that names no end',
+      },
       Renewed: { type: 'object', properties: { vmName: { type: 'string' }, leaseId: { type: 'string' }, leaseExpiresAt: { type: 'integer' } } },
       Vm: {
         type: 'object',
@@ -115,6 +125,8 @@ export const openApiDocument = {
           leaseExpiresAt: nullable('integer'),
           heldBy: nullable('string'),
           heldSince: nullable('integer'),
+          heldUntil: { ...nullable('integer'), description: 'when the hold ends by itself, epoch ms' },
+          holdReason: nullable('string'),
           addedAt: { ...nullable('integer'), description: 'when the VM entered the pool, epoch ms' },
         },
       },

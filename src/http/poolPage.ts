@@ -37,7 +37,9 @@ function vmRow(vm: VmRecord, now: number): string {
     ? `<button type="button" data-action="unhold" data-vm="${escapeHtml(vm.vmName)}">Unhold</button>`
     : `<button type="button" data-action="hold" data-vm="${escapeHtml(vm.vmName)}"${terminating ? ' disabled' : ''}>Hold</button>`;
   const terminateButton = `<button type="button" class="danger" data-action="terminate" data-vm="${escapeHtml(vm.vmName)}"${terminating ? ' disabled' : ''}>Terminate</button>`;
-  const heldText = held ? `${vm.heldBy} (${relativeTime(vm.heldSince, now)})` : null;
+  const heldText = held
+    ? [`${vm.heldBy} (${relativeTime(vm.heldSince, now)})`, vm.holdReason ? `: ${vm.holdReason}` : '', vm.heldUntil !== null ? `, until ${new Date(vm.heldUntil).toISOString()} (${relativeTime(vm.heldUntil, now)})` : ''].join('')
+    : null;
   return [
     `<tr data-vm="${escapeHtml(vm.vmName)}" data-state="${escapeHtml(vm.state)}"${held ? ' data-held="1" class="held"' : ''}>`,
     cell(vm.vmName, 'name'),

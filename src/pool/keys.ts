@@ -37,6 +37,8 @@ export function poolKeys(prefix: string) {
     demand: (group: number) => `${base}group:${group}:demand`,
     /** Sorted set of in_use VMs with a lease: member VM name, score lease expiry (epoch ms). */
     leases: `${base}leases`,
+    /** Sorted set of held VMs whose hold ends: member VM name, score the hold's end (epoch ms). */
+    holdsExpiring: `${base}holds_expiring`,
     /**
      * Sorted set of acquire requests waiting in the group, in serving order: score BullMQ priority
      * (0 first), member `<job timestamp, 15 digits>|<job id>` (older first within a priority).

@@ -93,9 +93,14 @@ export class PoolScripts {
     });
   }
 
+  /** Ends the holds that are due (at most `batch`); returns the VMs unheld. */
+  async expireHolds(now: number, batch: number): Promise<string[]> {
+    return (await this.call('expireHolds', [now, batch])) as string[];
+  }
+
   /** True when held, false when held already. Throws VmError for a terminating VM. */
-  async holdVm(vmName: string, by: string, now: number): Promise<boolean> {
-    return this.acted('holdVm', vmName, [by, now], ReplyCodes.ALREADY_HELD, {
+  async holdVm(vmName: string, by: string, now: number, until: number | null = null, reason = ''): Promise<boolean> {
+    return this.acted('holdVm', vmName, [by, now, until ?? '', reason], ReplyCodes.ALREADY_HELD, {
       [ReplyCodes.WRONG_STATE]: () => new VmError(`VM ${vmName} is terminating and cannot be held`),
     });
   }

@@ -16,6 +16,7 @@ const commandsDir = fileURLToPath(new URL('./commands/', import.meta.url));
 export const POOL_SCRIPTS = {
   acquireVm: 1,
   addVm: 1,
+  expireHolds: 1,
   expireLeases: 1,
   holdVm: 1,
   leaveAcquireLine: 1,

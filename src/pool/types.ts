@@ -168,6 +168,10 @@ export interface VmRecord extends VmDescriptor {
   /** Operator holding the VM out of acquisition (hold/unhold), or null. */
   heldBy: string | null;
   heldSince: number | null;
+  /** When the hold ends by itself (epoch ms), or null for a hold until unheld. */
+  heldUntil: number | null;
+  /** Why the VM is held, as the operator said, or null. */
+  holdReason: string | null;
   /** Position of the last health check in the pool's check_seq order (orders it against a server start in the same ms). */
   checkSeq?: number | null;
 }
@@ -189,6 +193,8 @@ export function recordFromHash(hash: Record<string, string> | string[]): VmRecor
     leaseExpiresAt: numberOrNull(h.lease_expires_at),
     heldBy: stringOrNull(h.held_by),
     heldSince: numberOrNull(h.held_since),
+    heldUntil: numberOrNull(h.held_until),
+    holdReason: stringOrNull(h.hold_reason),
     checkSeq: numberOrNull(h.check_seq),
   };
 }

@@ -77,6 +77,13 @@ export interface AcquireRequest extends Pick<AcquireRequestData, 'owner' | 'sand
  * is one atomic Lua script (poolScripts.ts) over per-group and per-state indexes, so no operation
  * scans the pool; reads go through its read model (`reader`). Its Redis keys are its own.
  */
+export interface HoldOptions {
+  /** When the hold ends by itself (epoch ms); null or absent: when unheld (or max_hold_age). */
+  until?: number | null;
+  /** Why the VM is held, shown beside the holder. */
+  reason?: string | null;
+}
+
 export class VmManager {
   readonly config: Config;
   readonly prefix: string;
@@ -202,12 +209,27 @@ export class VmManager {
   /**
    * Holds a VM out of acquisition (an operator debugging it); it keeps its state otherwise.
    * Returns false when it was already held. A terminating VM cannot be held (VmError).
+   * `until` (epoch ms) ends the hold by itself; config max_hold_age (seconds, 0 for none) caps it,
+   * and gives a hold without `until` its end.
    */
-  async holdVm(vmName: string, by: string): Promise<boolean> {
+  async holdVm(vmName: string, by: string, options: HoldOptions = {}): Promise<boolean> {
     if (typeof by !== 'string' || by === '') throw new InvalidVmRequest('holdVm needs who holds the VM');
-    const held = await this.scripts.holdVm(vmName, by, this.clock());
-    if (held) this.logger.info({ vmName, by }, 'VM held');
+    const now = this.clock();
+    const { until = null, reason = null } = options;
+    if (until !== null && (!Number.isFinite(until) || until <= now)) throw new InvalidVmRequest(`a hold must end in the future (until ${JSON.stringify(until)})`);
+    if (reason !== null && (typeof reason !== 'string' || reason.length > 1024)) throw new InvalidVmRequest('a hold reason is text of at most 1024 characters');
+    const maxAge = this.config.max_hold_age * 1000;
+    const end = maxAge > 0 ? Math.min(until ?? Infinity, now + maxAge) : until;
+    const held = await this.scripts.holdVm(vmName, by, now, end, reason ?? '');
+    if (held) this.logger.info({ vmName, by, until: end, reason }, 'VM held');
     return held;
+  }
+
+  /** Ends the holds whose end has come (at most `batch` per call); returns the VMs unheld. */
+  async expireHolds(batch = 100): Promise<string[]> {
+    const ended = await this.scripts.expireHolds(this.clock(), batch);
+    for (const vmName of ended) this.logger.info({ vmName }, 'VM hold ended (its time was up)');
+    return ended;
   }
 
   /** Ends a hold; a ready VM can be acquired again. Returns false when it was not held. */

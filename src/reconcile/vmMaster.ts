@@ -54,6 +54,7 @@ export interface OrphanPass {
 
 export const CYCLE_STEPS = [
   'reclaimExpiredLeases',
+  'expireHolds',
   'removeOldDirtyVms',
   'retireSurplus',
   'checkVmsHealth',
@@ -168,6 +169,11 @@ export class VmMaster {
       this.logger.debug({ figures }, 'spawn figures');
     }
     return this.apply('startSpawnIfRequired', actions);
+  }
+
+  /** Ends the holds whose time is up (VmManager.expireHolds): reads only the holds that are due. */
+  async expireHolds(): Promise<string[]> {
+    return this.vmm.expireHolds();
   }
 
   /** Hands VMs whose lease lapsed to on_lease_expiry (VmManager.expireLeases). */
@@ -312,8 +318,8 @@ export class VmMaster {
           continue;
         }
         try {
-          if (step === 'reclaimExpiredLeases') {
-            counts[step] = (await this.reclaimExpiredLeases()).length;
+          if (step === 'reclaimExpiredLeases' || step === 'expireHolds') {
+            counts[step] = (await (step === 'expireHolds' ? this.expireHolds() : this.reclaimExpiredLeases())).length;
             if (counts[step] > 0) snapshot = undefined;
             continue;
           }

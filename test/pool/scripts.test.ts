@@ -44,6 +44,7 @@ const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
   checkSeq: [],
   demand: [3],
   leases: [],
+  holdsExpiring: [],
   waiters: [3],
   waiterInfo: [],
   readyChannel: [3],

@@ -47,6 +47,8 @@ function vm(state: VmState, fields: Partial<VmRecord> = {}): VmRecord {
     leaseExpiresAt: null,
     heldBy: null,
     heldSince: null,
+    heldUntil: null,
+    holdReason: null,
     ...fields,
   };
 }

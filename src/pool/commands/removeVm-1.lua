@@ -38,5 +38,6 @@ end
 if taskId and redis.call('GET', taskKey(base, taskId)) == name then
   redis.call('DEL', taskKey(base, taskId))
 end
+redis.call('ZREM', holdsExpiringKey(base), name)
 redis.call('DEL', key)
 return OK

@@ -14,6 +14,7 @@ local base = KEYS[1]
 local name = ARGV[1]
 --- @include "includes/replyCodes"
 --- @include "includes/setVmState"
+--- @include "includes/endHold"
 
 local key = vmKey(base, name)
 local vm = redis.call('HMGET', key, 'state', 'group', 'owner', 'sandbox', 'held_by', 'last_health_check')
@@ -24,9 +25,5 @@ end
 if not vm[5] then
   return NOT_HELD
 end
-redis.call('HDEL', key, 'held_by', 'held_since')
-if state == 'ready' then
-  addToReadyIndex(base, name, group, owner, sandbox, tonumber(vm[6]) or 0)
-  redis.call('PUBLISH', readyChannel(base, group), name)
-end
+endHold(base, name, state, group, owner, sandbox, vm[6])
 return OK

@@ -63,6 +63,11 @@ local function leasesKey(base)
   return base .. 'leases'
 end
 
+-- Sorted set of held VMs whose hold ends: member VM name, score the hold's end (epoch ms).
+local function holdsExpiringKey(base)
+  return base .. 'holds_expiring'
+end
+
 -- Sorted set of waiting acquire requests of the group, in serving order.
 local function waitersKey(base, group)
   return base .. 'group:' .. group .. ':waiters'
