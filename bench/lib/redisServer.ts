@@ -22,10 +22,13 @@ export interface PrivateRedis {
   stop(): Promise<void>;
 }
 
-/** Starts a throwaway redis-server (no persistence) on a free loopback port and waits until it answers. */
-export async function startPrivateRedis(): Promise<PrivateRedis> {
+/**
+ * Starts a throwaway redis-server (no persistence, unless `extraArgs` say otherwise) on a free
+ * loopback port and waits until it answers.
+ */
+export async function startPrivateRedis(extraArgs: readonly string[] = []): Promise<PrivateRedis> {
   const port = await freePort();
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...extraArgs], {
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   const url = `redis://127.0.0.1:${port}`;

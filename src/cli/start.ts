@@ -1,7 +1,7 @@
 import { createLogger } from '../logger.js';
 import { redactUrl } from '../text/redact.js';
 import { startProcessTypes, stopOnSignals, type RunningProcess } from '../runtime/boot.js';
-import { requireRedis } from '../runtime/main.js';
+import { requireRedis, requireSafeRedis } from '../runtime/main.js';
 import { resolveConfig, type Settings } from '../runtime/settings.js';
 import { isWorkerProcessType, processTypeSpecs, WORKER_PROCESS_TYPES, type WorkerProcessType } from '../processors/index.js';
 import { WebAuthRequired } from '../http/auth.js';
@@ -28,6 +28,7 @@ export async function runStart(types: string[], configPath: string | undefined, 
   const { config, source } = resolveConfig(configPath, settings);
   logger.info({ config: source, types: chosen, redis: redactUrl(config.redis.url) }, 'starting vmpool');
   await requireRedis(config.redis.url, logger);
+  await requireSafeRedis(config, logger);
   const workerTypes = chosen.filter((t): t is WorkerProcessType => isWorkerProcessType(t));
   let running: RunningProcess | undefined;
   let web: RunningWebServer | undefined;

@@ -5,7 +5,7 @@ import { createLogger, type Logger } from '../logger.js';
 import { VmManager, type Clock } from '../pool/vmManager.js';
 import { createProducerConnection } from '../redis.js';
 import { stopOnSignals } from '../runtime/boot.js';
-import { requireRedis } from '../runtime/main.js';
+import { requireRedis, requireSafeRedis } from '../runtime/main.js';
 import { readSettings, resolveConfig } from '../runtime/settings.js';
 import { VmPoolClient } from '../client/index.js';
 import type { QueueName } from '../../queues/names.js';
@@ -108,6 +108,7 @@ export async function runWebProcess(configPath?: string): Promise<void> {
   }
   logger.info({ config: source }, 'starting web');
   await requireRedis(config.redis.url, logger);
+  await requireSafeRedis(config, logger);
   const web = await startWebServer(config, { logger, prefix: settings.prefix });
   stopOnSignals((deadline) => web.stop(deadline), logger, settings.shutdownDeadlineMs);
 }

@@ -1,5 +1,7 @@
 import { createLogger, type Logger } from '../logger.js';
+import type { Config } from '../config.js';
 import { connectAnsweringRedis } from '../redis.js';
+import { ensureRedisSafety } from '../redisSafety.js';
 import { startProcessTypes, stopOnSignals, type ProcessTypeRegistry } from './boot.js';
 import { readSettings, resolveConfig } from './settings.js';
 
@@ -15,6 +17,25 @@ export async function requireRedis(url: string, logger: Logger): Promise<void> {
   }
 }
 
+/**
+ * Checks Redis's settings once at start (src/redisSafety.ts): warnings, or with redis.require_safe
+ * an exit with the reasons. A Redis that does not answer was caught by requireRedis before.
+ */
+export async function requireSafeRedis(config: Config, logger: Logger): Promise<void> {
+  const redis = await connectAnsweringRedis(config.redis.url).catch(() => null);
+  if (!redis) return;
+  try {
+    await ensureRedisSafety(redis, config.redis, logger);
+  } catch (err) {
+    const message = (err as Error).message;
+    logger.fatal(message);
+    process.stderr.write(`\n${message}\n`);
+    process.exit(2);
+  } finally {
+    redis.disconnect();
+  }
+}
+
 /** Entry of a worker process: config, Redis check, workers, graceful stop on SIGTERM/SIGINT. */
 export async function runWorkerProcess<T extends string>(registry: ProcessTypeRegistry<T>, types: T[]): Promise<void> {
   const logger = createLogger(`vmpool-${types.join('+')}`);
@@ -22,6 +43,7 @@ export async function runWorkerProcess<T extends string>(registry: ProcessTypeRe
   const { config, source } = resolveConfig(undefined, settings);
   logger.info({ config: source, types }, 'starting');
   await requireRedis(config.redis.url, logger);
+  await requireSafeRedis(config, logger);
   const running = await startProcessTypes(registry, types, config, { logger, prefix: settings.prefix, concurrency: settings.concurrency });
   stopOnSignals((deadline) => running.stop(deadline), logger, settings.shutdownDeadlineMs);
 }
