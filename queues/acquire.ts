@@ -7,21 +7,25 @@ export const ACQUIRE_QUEUE = QueueNames.ACQUIRE;
 
 const text = (max: number) => z.string().min(1).max(max);
 
-/** A builder's request for a VM. Either groups (tried in order) or an arch (its groups, in config order). */
+/**
+ * A builder's request for a VM: groups (tried in order) or an arch (its groups, in config order),
+ * and/or tags that a group must all list (the matching groups, in config order).
+ */
 export const acquireRequestSchema = z
   .strictObject({
     owner: text(255),
     sandbox: z.string().max(1024),
     groups: z.array(z.number().int().nonnegative()).min(1).optional(),
     arch: text(64).optional(),
+    tags: z.array(text(64)).min(1).max(32).optional(),
     taskId: text(255).optional(),
     buildId: text(255).optional(),
     chroot: text(255).optional(),
     /** How long the request may wait for a VM, in milliseconds. */
     timeoutMs: z.number().int().positive().max(24 * 3600 * 1000).optional(),
   })
-  .refine((r) => (r.groups === undefined) !== (r.arch === undefined), {
-    message: 'exactly one of groups or arch',
+  .refine((r) => !(r.groups !== undefined && r.arch !== undefined) && (r.groups !== undefined || r.arch !== undefined || r.tags !== undefined), {
+    message: 'exactly one of groups or arch, or tags alone',
     path: ['groups'],
   });
 export type AcquireRequestData = z.input<typeof acquireRequestSchema>;

@@ -107,6 +107,8 @@ export type CheckConfig = z.output<typeof checkConfigSchema>;
 export const groupConfigSchema = z.strictObject({
   name: z.string().min(1),
   archs: z.array(z.string().min(1)).default([]),
+  /** Capabilities an acquire may ask for (`tags: [kvm, large]`: a group must list all of them). */
+  tags: z.array(z.string().min(1).max(64)).default([]),
   /**
    * CIDRs that spawned VMs' addresses must lie in. Without it, unspecified, broadcast, multicast,
    * link-local and (except for the local provider) loopback addresses are refused.

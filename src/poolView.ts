@@ -25,6 +25,7 @@ export interface GroupSummary {
   id: number;
   name: string;
   archs: string[];
+  tags: string[];
   limits: { max_vm_total: number; max_vm_per_user: number; max_spawn_processes: number };
   /** Warm pool target: clean ready VMs kept waiting. */
   minReady: number;
@@ -52,6 +53,7 @@ export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Prom
       id,
       name: g.name,
       archs: g.archs,
+      tags: g.tags,
       limits: { max_vm_total: g.max_vm_total, max_vm_per_user: g.max_vm_per_user, max_spawn_processes: g.max_spawn_processes },
       minReady: minReadyAt(g.min_ready, vmm.clock()),
       minReadyScheduled: isScheduled(g.min_ready),

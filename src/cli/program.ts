@@ -7,6 +7,7 @@ import { createLogger, type Logger } from '../logger.js';
 import { ALL_VM_STATES, isValidVmIp, isValidVmName, isVmState } from '../pool/types.js';
 import { VmManager } from '../pool/vmManager.js';
 import { groupSummaries, resolveGroup, withoutLease } from '../poolView.js';
+import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
 import { connectAnsweringRedis } from '../redis.js';
 import { isScheduled, minReadyTimeline } from '../reconcile/minReady.js';
 import { readSettings, resolveConfig, type Settings } from '../runtime/settings.js';
@@ -124,22 +125,29 @@ export function buildProgram(io: CliIo = defaultIo): Command {
     .requiredOption('--owner <owner>', 'who builds')
     .requiredOption('--sandbox <sandbox>', 'build sandbox (VMs are reused within one owner and sandbox)')
     .option('--arch <arch>', 'any group that lists this arch')
+    .option('--tag <tag...>', 'only groups that list every tag (with --arch, --group, or alone)')
     .option('--group <group...>', 'group names or ids, tried in order')
     .option('--timeout <seconds>', 'how long to wait', parseSeconds)
     .option('--task-id <id>', 'task id (re-running with the same id reattaches)')
     .option('--json', 'as JSON (default: shell assignments VM_NAME=... )')
-    .action(async (opts: { owner: string; sandbox: string; arch?: string; group?: string[]; timeout?: number; taskId?: string; json?: boolean }) => {
-      if ((opts.arch === undefined) === (opts.group === undefined)) throw new CliError('give exactly one of --arch or --group', ExitCodes.USAGE);
+    .action(async (opts: { owner: string; sandbox: string; arch?: string; group?: string[]; tag?: string[]; timeout?: number; taskId?: string; json?: boolean }) => {
+      if (opts.arch !== undefined && opts.group !== undefined) throw new CliError('give --arch or --group, not both', ExitCodes.USAGE);
+      if (opts.arch === undefined && opts.group === undefined && opts.tag === undefined) throw new CliError('give --arch, --group or --tag', ExitCodes.USAGE);
       const cfg = config();
       const request: AcquireRequestData = {
         owner: opts.owner,
         sandbox: opts.sandbox,
         timeoutMs: Math.round((opts.timeout ?? DEFAULT_ACQUIRE_TIMEOUT_MS / 1000) * 1000),
         ...(opts.taskId ? { taskId: opts.taskId } : {}),
-        ...(opts.arch !== undefined ? { arch: opts.arch } : { groups: opts.group!.map((g) => groupOf(cfg, g)) }),
+        ...(opts.arch !== undefined ? { arch: opts.arch } : {}),
+        ...(opts.group !== undefined ? { groups: opts.group.map((g) => groupOf(cfg, g)) } : {}),
+        ...(opts.tag !== undefined ? { tags: opts.tag } : {}),
       };
-      if (opts.arch !== undefined && !cfg.groups.some((g) => g.archs.includes(opts.arch!))) {
-        throw new CliError(`no group lists arch ${JSON.stringify(opts.arch)}`, ExitCodes.USAGE);
+      try {
+        requestGroupIds(cfg.groups, request);
+      } catch (err) {
+        if (err instanceof RequestGroupsError) throw new CliError(err.message.replace(/^unknown arch (.*): no group lists it$/, 'no group lists arch $1'), ExitCodes.USAGE);
+        throw err;
       }
       await withPool(async (vmm, _cfg, redis) => {
         const { VmPoolClient } = await import('../client/index.js');

@@ -8,6 +8,7 @@ import { groupSummaries, resolveGroup, UnknownGroup, withoutLease } from '../poo
 import { acquireRequestSchema, type AcquireRequestData, type VmAssignment } from '../../queues/acquire.js';
 import { hasScope, mayActFor, requireScope } from './auth.js';
 import { HttpError } from './errors.js';
+import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
 import { openApiDocument } from './openapi.js';
 
 /**
@@ -144,6 +145,12 @@ export function apiRouter(deps: ApiDeps): Router {
     }
     if (request.arch !== undefined && !config.groups.some((g) => g.archs.includes(request.arch!))) {
       throw new HttpError('validation_error', `no group lists arch ${JSON.stringify(request.arch)}`, { arch: request.arch });
+    }
+    try {
+      requestGroupIds(config.groups, request);
+    } catch (err) {
+      if (err instanceof RequestGroupsError) throw new HttpError('validation_error', err.message, { tags: request.tags ?? [] });
+      throw err;
     }
     const assignment = await deps.acquire({ ...request, timeoutMs: request.timeoutMs ?? DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS });
     res.json(assignment);

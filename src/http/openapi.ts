@@ -47,17 +47,19 @@ export const openApiDocument = {
         type: 'object',
         additionalProperties: false,
         required: ['owner', 'sandbox'],
-        description: 'Exactly one of groups (ids or names) or arch. The vm-acquire job payload takes group ids only.',
-        // Both present would match both branches, which oneOf refuses: exactly one of the two.
-        oneOf: [
+        description: 'Groups (ids or names) or arch, not both; and/or tags that a group must all list. The vm-acquire job payload takes group ids only.',
+        anyOf: [
           { required: ['groups'], properties: { groups: { $ref: '#/components/schemas/AcquireGroups' } } },
           { required: ['arch'], properties: { arch: { $ref: '#/components/schemas/AcquireArch' } } },
+          { required: ['tags'], properties: { tags: { $ref: '#/components/schemas/AcquireTags' } } },
         ],
+        not: { required: ['groups', 'arch'], properties: { groups: { $ref: '#/components/schemas/AcquireGroups' }, arch: { $ref: '#/components/schemas/AcquireArch' } } },
         properties: {
           owner: { type: 'string', minLength: 1, maxLength: 255 },
           sandbox: { type: 'string', maxLength: 1024 },
           groups: { $ref: '#/components/schemas/AcquireGroups' },
           arch: { $ref: '#/components/schemas/AcquireArch' },
+          tags: { $ref: '#/components/schemas/AcquireTags' },
           taskId: { type: 'string', minLength: 1, maxLength: 255 },
           buildId: { type: 'string', minLength: 1, maxLength: 255 },
           chroot: { type: 'string', minLength: 1, maxLength: 255 },
@@ -69,6 +71,13 @@ export const openApiDocument = {
         items: { oneOf: [{ type: 'integer', minimum: 0 }, { type: 'string', minLength: 1 }] },
         minItems: 1,
         description: 'group ids or names, tried in order',
+      },
+      AcquireTags: {
+        type: 'array',
+        items: { type: 'string', minLength: 1, maxLength: 64 },
+        minItems: 1,
+        maxItems: 32,
+        description: 'capabilities a group must all list (config tags); an unknown tag is a 400',
       },
       AcquireArch: { type: 'string', minLength: 1, maxLength: 64, description: 'every group listing this arch, in config order' },
       Assignment: {
@@ -137,6 +146,7 @@ export const openApiDocument = {
           id: { type: 'integer' },
           name: { type: 'string' },
           archs: { type: 'array', items: { type: 'string' } },
+          tags: { type: 'array', items: { type: 'string' } },
           limits: { type: 'object', properties: { max_vm_total: { type: 'integer' }, max_vm_per_user: { type: 'integer' }, max_spawn_processes: { type: 'integer' } } },
           minReady: { type: 'integer', description: 'the warm-pool target in force now' },
           minReadyScheduled: { type: 'boolean', description: 'min_ready follows a schedule' },

@@ -72,7 +72,7 @@ function groupSection(summary: GroupSummary, vms: VmRecord[], now: number): stri
     ? vms.map((vm) => vmRow(vm, now)).join('\n')
     : '<tr class="empty"><td colspan="12">no VMs in this group</td></tr>';
   return `<section class="group" data-group="${summary.id}" data-group-name="${escapeHtml(summary.name)}">
-<h2>${escapeHtml(summary.name)} <small>group ${summary.id}${summary.archs.length ? ` · ${escapeHtml(summary.archs.join(', '))}` : ''} · ${summary.total} VM${summary.total === 1 ? '' : 's'}</small></h2>
+<h2>${escapeHtml(summary.name)} <small>group ${summary.id}${summary.archs.length ? ` · ${escapeHtml(summary.archs.join(', '))}` : ''}${summary.tags.length ? ` · tags ${escapeHtml(summary.tags.join(', '))}` : ''} · ${summary.total} VM${summary.total === 1 ? '' : 's'}</small></h2>
 <p class="counts">${counts}</p>
 <p class="limits">${limits}<br>${warm}</p>
 <table>
