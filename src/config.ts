@@ -193,10 +193,10 @@ export const redisConfigSchema = z.strictObject({
     .string()
     .regex(/^[A-Za-z0-9_.{}-]+$/, 'letters, digits, and . _ - { } only')
     .default('vmpool'),
-  /** Refuse to start when Redis's settings are unsafe for vmpool (see src/redisSafety.ts); else warn. */
-  require_safe: z.boolean().default(false),
-  /** The weakest appendfsync the operator accepts: always > everysec > no. */
-  appendfsync: z.enum(['always', 'everysec', 'no']).default('everysec'),
+  /** Refuse to start when Redis's settings are unsafe for vmpool (see src/redisSafety.ts); else warn (default). */
+  require_safe: z.boolean().optional(),
+  /** The weakest appendfsync the operator accepts: always > everysec (default) > no. */
+  appendfsync: z.enum(['always', 'everysec', 'no']).optional(),
 });
 
 /** Scopes of API tokens: builder (acquire, release, renew) and admin (everything). */
@@ -240,7 +240,7 @@ export const webConfigSchema = z.strictObject({
 export type WebConfig = z.output<typeof webConfigSchema>;
 
 export const configSchema = z.strictObject({
-  redis: redisConfigSchema.default({ url: 'redis://127.0.0.1:6379', prefix: 'vmpool', require_safe: false, appendfsync: 'everysec' }),
+  redis: redisConfigSchema.default({ url: 'redis://127.0.0.1:6379', prefix: 'vmpool' }),
   vm_cycle_timeout: z.number().positive().default(10),
   /** Seconds after which a hold ends by itself (nodepool's max-hold-age); 0: holds last until unheld. */
   max_hold_age: z.number().nonnegative().default(0),

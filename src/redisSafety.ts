@@ -58,12 +58,12 @@ export async function checkRedisSafety(redis: Redis, wanted: Pick<Config['redis'
       problem: 'a restart loses every write since the last RDB snapshot (all of them without one): vmpool then replaces every VM it cannot account for',
       fix: 'CONFIG SET appendonly yes (and in redis.conf)',
     });
-  } else if (fsync !== null && fsync in FSYNC_STRENGTH && FSYNC_STRENGTH[fsync as keyof typeof FSYNC_STRENGTH] < FSYNC_STRENGTH[wanted.appendfsync]) {
+  } else if (fsync !== null && fsync in FSYNC_STRENGTH && FSYNC_STRENGTH[fsync as keyof typeof FSYNC_STRENGTH] < FSYNC_STRENGTH[wanted.appendfsync ?? 'everysec']) {
     findings.push({
       setting: 'appendfsync',
       value: fsync,
-      problem: `weaker than redis.appendfsync: ${wanted.appendfsync} asks: a crash may lose acknowledged assignments and releases`,
-      fix: `CONFIG SET appendfsync ${wanted.appendfsync}`,
+      problem: `weaker than redis.appendfsync: ${wanted.appendfsync ?? 'everysec'} asks: a crash may lose acknowledged assignments and releases`,
+      fix: `CONFIG SET appendfsync ${wanted.appendfsync ?? 'everysec'}`,
     });
   }
   const replication = await redis.info('replication').catch(() => '');
@@ -96,7 +96,7 @@ export class UnsafeRedis extends Error {
  */
 export async function ensureRedisSafety(redis: Redis, config: Pick<Config['redis'], 'appendfsync' | 'require_safe'>, logger: Logger): Promise<RedisSafetyFinding[]> {
   const findings = await checkRedisSafety(redis, config);
-  if (findings.length > 0 && config.require_safe) throw new UnsafeRedis(findings);
+  if (findings.length > 0 && config.require_safe === true) throw new UnsafeRedis(findings);
   for (const f of findings) logger.warn({ setting: f.setting, value: f.value, fix: f.fix }, `Redis is unsafe for vmpool: ${f.problem}`);
   return findings;
 }
