@@ -37,7 +37,7 @@ function vmpool(...args: string[]): Promise<Run> {
   });
 }
 
-describe('vmpool CLI', () => {
+describe('vmpool CLI', { timeout: 60_000 }, () => {
   const redis = connect();
   const vmm = new VmManager(parseConfig(configInput, {}), { redis, prefix });
   let acquireWorker: RunningProcess;
