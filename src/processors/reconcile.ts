@@ -12,10 +12,24 @@ export const RECONCILE_JOB_NAME = 'reconcile';
 export async function processReconcileJob(job: Job, ctx: JobContext): Promise<CycleReport> {
   const parsed = reconcileJobSchema.safeParse(job.data ?? {});
   if (!parsed.success) throw new UnrecoverableError(`invalid ${RECONCILE_QUEUE} payload: ${formatZodError(parsed.error)}`);
-  const master = new VmMaster(ctx.vmm, { queue: (name) => ctx.queue(name), provider: (group) => ctx.provider(group) });
+  const master = new VmMaster(ctx.vmm, {
+    queue: (name) => ctx.queue(name),
+    provider: (group) => ctx.provider(group),
+    cycleLockTtlMs: reconcileLockMs(ctx.config),
+  });
   const report = await master.doCycle();
   if (!report.ran) await job.log('another reconcile cycle held the lock; nothing done');
   return report;
+}
+
+/**
+ * How long a reconcile replica's hold on a cycle lasts without renewal (the cycle lock and the
+ * BullMQ job lock, both renewed while the cycle runs): one cycle period, at least 1 s. A replica
+ * killed mid-cycle loses both within a period, and with the stalled check every half period the
+ * next cycle runs within two periods.
+ */
+export function reconcileLockMs(config: Pick<Config, 'vm_cycle_timeout'>): number {
+  return Math.max(1_000, Math.round(config.vm_cycle_timeout * 1000));
 }
 
 /** The vm-reconcile processor in the worker runtime's shape. */
@@ -23,13 +37,14 @@ export const reconcileProcessor: ProcessorSpec<unknown, CycleReport> = {
   queue: RECONCILE_QUEUE,
   schema: reconcileJobSchema,
   process: (job, _data, ctx) => processReconcileJob(job, ctx),
+  lockTimings: (config) => ({ lockDuration: reconcileLockMs(config), stalledInterval: Math.max(500, Math.round(reconcileLockMs(config) / 2)) }),
 };
 
 /**
  * Sets up the reconcile schedule: one job every vm_cycle_timeout, and a global concurrency of 1 on
  * the queue, so that however many reconcile workers run, only one job is active at a time. A worker
- * that dies mid-cycle leaves its job active until BullMQ's stalled-job check takes it back; the
- * cycle lock inside doCycle also expires. Idempotent: every replica may call it at start.
+ * that dies mid-cycle leaves its job active until BullMQ's stalled-job check takes it back (within
+ * about 1.5 periods, see reconcileLockMs); the cycle lock inside doCycle expires by then too. Idempotent: every replica may call it at start.
  */
 export async function ensureReconcileScheduler(queue: Queue, config: Pick<Config, 'vm_cycle_timeout'>): Promise<void> {
   await queue.setGlobalConcurrency(1);

@@ -87,6 +87,11 @@ export interface ProcessorSpec<Data, Result> {
    * job held in the pool is given back.
    */
   onFinalFailure?(job: Job, ctx: JobContext): Promise<void>;
+  /**
+   * BullMQ lock and stalled-check periods (ms) for this queue, when they should follow something
+   * other than config.jobs (reconcile: its cycle period, so a dead replica's cycle comes back soon).
+   */
+  lockTimings?(config: Config): { lockDuration: number; stalledInterval: number };
 }
 
 export interface RunningWorker {
@@ -123,8 +128,7 @@ export function runWorker<Data, Result>(
       concurrency,
       name: ctx.workerId,
       // A dead process's active jobs come back to waiting once their lock lapses.
-      lockDuration: ctx.config.jobs.lock_duration * 1000,
-      stalledInterval: ctx.config.jobs.stalled_interval * 1000,
+      ...(spec.lockTimings?.(ctx.config) ?? { lockDuration: ctx.config.jobs.lock_duration * 1000, stalledInterval: ctx.config.jobs.stalled_interval * 1000 }),
       maxStalledCount: ctx.config.jobs.max_stalled_count,
     },
   );
