@@ -5,8 +5,7 @@ import { createLogger, type Logger } from '../logger.js';
 import { VmManager, type Clock } from '../pool/vmManager.js';
 import { createProducerConnection } from '../redis.js';
 import { stopOnSignals } from '../runtime/boot.js';
-import { requireRedis } from '../runtime/main.js';
-import { readSettings, resolveConfig } from '../runtime/settings.js';
+import { prepareProcess, requireRedis } from '../runtime/main.js';
 import { VmPoolClient } from '../client/index.js';
 import type { QueueName } from '../../queues/names.js';
 import { QueueSet } from '../../queues/queueSet.js';
@@ -96,11 +95,13 @@ export async function startWebServer(config: Config, options: WebServerOptions =
   };
 }
 
-/** Entry of the `web` process: config, Redis check, HTTP server, graceful stop on SIGTERM/SIGINT. */
-export async function runWebProcess(configPath?: string): Promise<void> {
+/**
+ * Entry of the `web` process: arguments (`--config FILE`; an explicit configPath wins), config,
+ * Redis check, HTTP server, graceful stop on SIGTERM/SIGINT.
+ */
+export async function runWebProcess(configPath?: string, argv: readonly string[] = []): Promise<void> {
   const logger = createLogger('vmpool-web');
-  const settings = readSettings();
-  const { config, source } = resolveConfig(configPath, settings);
+  const { settings, config, source } = prepareProcess('workers/web.js', argv, logger, configPath);
   try {
     assertBindAllowed(config.web);
   } catch (err) {
