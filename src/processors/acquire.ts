@@ -1,4 +1,4 @@
-import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq';
+import { DelayedError, Job, UnrecoverableError, WaitingError } from 'bullmq';
 import type { JobContext } from '../runtime/context.js';
 import { formatZodError } from '../validation.js';
 import type { ProcessorSpec } from '../runtime/worker.js';
@@ -14,6 +14,7 @@ import {
 } from '../../queues/acquire.js';
 import { ReadySignal } from '../acquire/readySignal.js';
 import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
+import { isWithdrawnProgress } from '../acquire/withdraw.js';
 
 export { NO_VM_AVAILABLE_PREFIX };
 
@@ -99,6 +100,8 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
     jobId,
   };
   if (stopped.has(ctx)) return requeue(job, STOPPED_REQUEUE_DELAY_MS);
+  // Withdrawn while it was queued (handed back by a stopping worker as its client gave up).
+  if (isWithdrawnProgress(job.progress)) throw withdrawnError(0);
   const rt = runtimeOf(ctx);
   const signals = [rt.stopping.signal, options.signal].filter((s): s is AbortSignal => s !== undefined);
   const abort = signals.length === 1 ? signals[0]! : AbortSignal.any(signals);
@@ -154,7 +157,26 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
       log.info('acquire wait stopped; job goes back to the queue');
       return requeue(job);
     }
+    if (await isWithdrawn(job, ctx)) {
+      await ctx.vmm.leaveAcquireQueue(waiter, groups);
+      log.info({ attempts }, 'acquire request withdrawn by its client');
+      throw withdrawnError(attempts);
+    }
   }
+}
+
+/**
+ * Whether the request's client withdrew it while it waited (withdrawAcquireRequest marks the job),
+ * or its job is gone. Read at each wake, before trying again, so that a withdrawn request never
+ * takes a VM.
+ */
+async function isWithdrawn(job: Job, ctx: JobContext): Promise<boolean> {
+  const stored = await Job.fromId(ctx.queue(ACQUIRE_QUEUE), String(job.id));
+  return !stored || stored.timestamp !== job.timestamp || isWithdrawnProgress(stored.progress);
+}
+
+function withdrawnError(attempts: number): UnrecoverableError {
+  return new UnrecoverableError(`${NO_VM_AVAILABLE_PREFIX} request withdrawn by its client after ${attempts} attempts (no VM was taken for it)`);
 }
 
 /**

@@ -7,6 +7,16 @@ import { startProcessTypes, stopOnSignals, type ProcessTypeRegistry } from './bo
 import { readSettings, resolveConfig, type Settings } from './settings.js';
 
 /**
+ * Ends a process that cannot run: the log says what failed (summary), stderr says it whole, with
+ * what to do (message), once.
+ */
+export function exitFatal(logger: Logger, summary: string, message: string, code: number): never {
+  logger.fatal(summary);
+  process.stderr.write(`${message}\n`);
+  process.exit(code);
+}
+
+/**
  * Pings Redis once with a short timeout; exits the process when it does not answer (exit code 1,
  * as every vmpool command: src/cli/exitCodes.ts). The hint goes to stderr once; the log says what failed.
  */
@@ -14,9 +24,7 @@ export async function requireRedis(url: string, logger: Logger): Promise<void> {
   try {
     (await connectAnsweringRedis(url)).disconnect();
   } catch (err) {
-    logger.fatal({ redis: redactUrl(url) }, 'Redis is not reachable; exiting');
-    process.stderr.write(`\n${(err as Error).message}\n`);
-    process.exit(ExitCodes.ERROR);
+    exitFatal(logger, `Redis is not reachable at ${redactUrl(url)}; exiting`, `\n${(err as Error).message}`, ExitCodes.ERROR);
   }
 }
 
@@ -67,9 +75,8 @@ export function prepareProcess(
   } catch (err) {
     if (!(err instanceof EntryUsageError || err instanceof ConfigError)) throw err;
     const usage = err instanceof EntryUsageError ? `\nusage: ${entry} [--config FILE]` : '';
-    logger.fatal((err as Error).message);
-    process.stderr.write(`${entry}: ${(err as Error).message}${usage}\n`);
-    process.exit(ExitCodes.USAGE);
+    const what = err instanceof EntryUsageError ? 'usage error' : 'config error';
+    exitFatal(logger, `${what}; exiting`, `${entry}: ${(err as Error).message}${usage}`, ExitCodes.USAGE);
   }
 }
 
