@@ -154,6 +154,7 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
     const outcome = await rt.readySignal.wait(groups, seen, Math.min(safetyMs, deadline - now), abort);
     if (outcome === 'aborted') {
       await ctx.vmm.leaveAcquireQueue(waiter, groups);
+      if (await isWithdrawn(job, ctx)) throw withdrawnError(attempts);
       log.info('acquire wait stopped; job goes back to the queue');
       return requeue(job);
     }
