@@ -27,8 +27,8 @@ export function haveRedisServer(): boolean {
 }
 
 /**
- * Where a Redis URL points: its host and port, and whether that host is this machine (loopback, or
- * a URL that does not parse as one, such as a Unix socket path).
+ * Where a Redis URL points: whether its host is this machine (loopback, or a URL that does not
+ * parse as one, such as a Unix socket path), and its port.
  */
 export function redisUrlTarget(url: string): { loopback: boolean; port: number } {
   try {

@@ -24,7 +24,10 @@ export interface Settings {
   concurrency: ConcurrencyOverrides;
   /** VMPOOL_SHUTDOWN_DEADLINE_MS: how long a stopping process waits for its active jobs (default 15 s). */
   shutdownDeadlineMs: number;
-  /** VMPOOL_ACQUIRE_GRACE_MS: how long past a request's timeout `vmpool acquire` still waits for its job (default 60 s). */
+  /**
+   * VMPOOL_ACQUIRE_GRACE_MS: how long past a request's timeout `vmpool acquire` still waits for its
+   * job, at most (default 60 s; the CLI waits less for a short timeout: cliAcquireGraceMs).
+   */
   acquireGraceMs: number;
 }
 
