@@ -95,7 +95,7 @@ afterAll(async () => {
 describe('the Procfile under foreman', () => {
   it('serves web on foreman\'s PORT, starts every type, and stops within 5 s of SIGTERM, answering a waiting acquire at once', async () => {
     const port = await freePort();
-    const env = { ...process.env, VMPOOL_CONFIG: writeConfigFile(config), VMPOOL_PREFIX: prefix, LOG_LEVEL: 'info' };
+    const env: NodeJS.ProcessEnv = { ...process.env, VMPOOL_CONFIG: writeConfigFile(config), VMPOOL_PREFIX: prefix, LOG_LEVEL: 'info' };
     delete env.PORT;
     const formation = 'acquire=2,spawn=1,health=1,terminate=1,reconcile=1,web=1';
     const foreman = spawn('foreman', ['start', '-m', formation, '-p', String(port), '-f', join(ROOT, 'Procfile'), '-d', ROOT], { env, stdio: ['ignore', 'pipe', 'pipe'] });
