@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
+import { embeddedGroups } from './defaults.js';
 import { parseCidr } from './providers/addressPolicy.js';
 import { cronProblem } from './reconcile/minReady.js';
 import { redactUrl } from './text/redact.js';
@@ -268,6 +269,7 @@ export const configSchema = z.strictObject({
     })
     .default({ lock_duration: 30, stalled_interval: 30, max_stalled_count: 1 }),
   web: webConfigSchema.default({ host: '127.0.0.1', port: 8080, read_only_board: false, allowed_hosts: [], auth: { tokens: [] } }),
+  /** Without it, the embedded default's group (local provider), so a file may set one thing only. */
   groups: z
     .array(groupConfigSchema)
     .min(1)
@@ -279,10 +281,12 @@ export const configSchema = z.strictObject({
         }
         seen.add(g.name);
       });
-    }),
+    })
+    .prefault(() => structuredClone(embeddedGroups)),
 });
 
 export type GroupConfig = z.output<typeof groupConfigSchema>;
+export type GroupInput = z.input<typeof groupConfigSchema>;
 export type Config = z.output<typeof configSchema>;
 export type ConfigInput = z.input<typeof configSchema>;
 

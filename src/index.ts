@@ -50,7 +50,7 @@ export { sharedMetrics, recordJobMetrics } from './metrics/shared.js';
 export { webConfigSchema, webScopes } from './config.js';
 export type { WebConfig, WebScope } from './config.js';
 export type { VmRecord } from './pool/types.js';
-export { VmPoolClient, acquireJobId } from './client/index.js';
+export { VmPoolClient, AcquireAborted, acquireJobId } from './client/index.js';
 export type { VmPoolClientOptions, AcquireOptions, WithVmOptions } from './client/index.js';
 export { processAcquireJob, acquireProcessor, stopAcquireWaits, NO_VM_AVAILABLE_PREFIX } from './processors/acquire.js';
 export { LeaseLost } from './pool/types.js';

@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { Redis, type RedisOptions } from 'ioredis';
+import { isLoopbackHost } from './loopback.js';
 import { redactUrl } from './text/redact.js';
 
 /**
@@ -54,12 +55,37 @@ export function haveRedisServer(): boolean {
   }
 }
 
-/** Why Redis cannot be reached, and how to fix it, in one message for operators. */
+/**
+ * Where a Redis URL points: whether its host is this machine (loopback, or a URL that does not
+ * parse as one, such as a Unix socket path), and its port.
+ */
+export function redisUrlTarget(url: string): { loopback: boolean; port: number } {
+  try {
+    const parsed = new URL(url);
+    return { loopback: parsed.hostname === '' || isLoopbackHost(parsed.hostname), port: Number(parsed.port || 6379) };
+  } catch {
+    return { loopback: true, port: 6379 };
+  }
+}
+
+/**
+ * Why Redis cannot be reached, and how to fix it, in one message for operators. Starting a local
+ * server is suggested only when the URL points at this machine.
+ */
 export function redisUnreachableHint(url: string, haveRedisServer: boolean): string {
+  const shown = redactUrl(url);
+  const { loopback, port } = redisUrlTarget(url);
+  if (!loopback) {
+    return (
+      `Redis is not reachable at ${shown}. Check that Redis runs there and that this machine can reach it ` +
+      '(address, firewall, password, TLS with rediss://), or set REDIS_URL to a Redis that runs.'
+    );
+  }
+  const portArg = port === 6379 ? '' : ` --port ${port}`;
   const start = haveRedisServer
-    ? 'start it with `redis-server --daemonize yes` (the binary is installed)'
+    ? `start it with \`redis-server --daemonize yes${portArg}\` (the binary is installed)`
     : 'install and start Redis (for example `apt-get install redis-server`)';
-  return `Redis is not reachable at ${redactUrl(url)}. Either ${start}, or set REDIS_URL to a Redis that runs (for example REDIS_URL=redis://host:6379).`;
+  return `Redis is not reachable at ${shown}. Either ${start}, or set REDIS_URL to a Redis that runs (for example REDIS_URL=redis://host:6379).`;
 }
 
 /** Redis did not answer; the message says how to fix it (redisUnreachableHint). */
@@ -68,7 +94,7 @@ export class RedisUnreachable extends Error {
   readonly url: string;
 
   constructor(url: string) {
-    super(redisUnreachableHint(url, haveRedisServer()));
+    super(redisUnreachableHint(url, redisUrlTarget(url).loopback && haveRedisServer()));
     this.url = redactUrl(url);
     this.name = 'RedisUnreachable';
   }

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig, parseConfig } from '../src/config.js';
+import { embeddedConfig } from '../src/defaults.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vmpool-config-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -95,10 +96,20 @@ describe('parseConfig', () => {
   it('reports a missing required field as missing', () => {
     const err = errorOf(() => parseConfig({ groups: [{ archs: ['x86_64'] }] }, {}));
     expect(err.message).toMatch(/groups\.0\.name: got nothing, expected/);
-    const noGroups = errorOf(() => parseConfig({}, {}));
-    expect(noGroups.message).toContain('groups');
     const emptyGroups = errorOf(() => parseConfig({ groups: [] }, {}));
     expect(emptyGroups.message).toContain('groups');
+  });
+
+  it('gives a config without groups the embedded default group: a file may set one thing only', () => {
+    const file = join(dir, 'only-port.yaml');
+    writeFileSync(file, 'web:\n  port: 9099\n');
+    const config = loadConfig(file, {});
+    expect(config.web.port).toBe(9099);
+    expect(config.groups).toEqual(parseConfig(embeddedConfig, {}).groups);
+    expect(config.groups.map((g) => [g.name, g.provider.type])).toEqual([['local', 'local']]);
+    // Each config gets its own copy of the default group.
+    config.groups[0]!.max_vm_total = 99;
+    expect(parseConfig({}, {}).groups[0]!.max_vm_total).toBe(4);
   });
 
   it('rejects a bad prefix and a non-object config', () => {

@@ -1,4 +1,4 @@
-// The `acquire` process type: runs the vm-acquire worker. Config: VMPOOL_CONFIG (else the embedded default).
+// The `acquire` process type: runs the vm-acquire worker. Config: --config FILE, else VMPOOL_CONFIG, else the embedded default.
 import { processTypeSpecs } from '../src/processors/index.js';
 import { runWorkerProcess } from '../src/runtime/main.js';
 

@@ -1,4 +1,4 @@
-// The `health` process type: runs the vm-health worker. Config: VMPOOL_CONFIG (else the embedded default).
+// The `health` process type: runs the vm-health worker. Config: --config FILE, else VMPOOL_CONFIG, else the embedded default.
 import { processTypeSpecs } from '../src/processors/index.js';
 import { runWorkerProcess } from '../src/runtime/main.js';
 

@@ -1,4 +1,4 @@
-// The `spawn` process type: runs the vm-spawn worker. Config: VMPOOL_CONFIG (else the embedded default).
+// The `spawn` process type: runs the vm-spawn worker. Config: --config FILE, else VMPOOL_CONFIG, else the embedded default.
 import { processTypeSpecs } from '../src/processors/index.js';
 import { runWorkerProcess } from '../src/runtime/main.js';
 

@@ -1,4 +1,4 @@
-// The `terminate` process type: runs the vm-terminate worker. Config: VMPOOL_CONFIG (else the embedded default).
+// The `terminate` process type: runs the vm-terminate worker. Config: --config FILE, else VMPOOL_CONFIG, else the embedded default.
 import { processTypeSpecs } from '../src/processors/index.js';
 import { runWorkerProcess } from '../src/runtime/main.js';
 

@@ -1,4 +1,4 @@
-// The `web` process type: API, pool page, Bull Board, metrics. Config: VMPOOL_CONFIG (else the embedded default).
+// The `web` process type: API, pool page, Bull Board, metrics. Config: --config FILE, else VMPOOL_CONFIG, else the embedded default.
 import { runWebProcess } from '../src/http/server.js';
 
-await runWebProcess();
+await runWebProcess(undefined, process.argv.slice(2));

@@ -1,7 +1,10 @@
+import { writeFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
+import { Queue } from 'bullmq';
 import { Command, CommanderError, Option } from 'commander';
 import type { Redis } from 'ioredis';
 import { loadConfig, redactedConfig, type Config } from '../config.js';
+import { configTemplate } from '../configTemplate.js';
 import { assertBindAllowed } from '../http/auth.js';
 import { createLogger, type Logger } from '../logger.js';
 import { ALL_VM_STATES, isValidVmIp, isValidVmName, isVmState } from '../pool/types.js';
@@ -14,6 +17,7 @@ import { readSettings, resolveConfig, type Settings } from '../runtime/settings.
 import { textTable } from '../text/table.js';
 import { parseDuration, relativeTime } from '../time.js';
 import { DEFAULT_ACQUIRE_TIMEOUT_MS, type AcquireRequestData } from '../../queues/acquire.js';
+import { QueueNames } from '../../queues/names.js';
 import { CliError, ExitCodes } from './exitCodes.js';
 import { defaultIo, type CliIo } from './io.js';
 import { runStart, START_TYPES } from './start.js';
@@ -156,7 +160,7 @@ export function buildProgram(io: CliIo = defaultIo): Command {
           prefix: vmm.prefix,
           queue: (name) => vmm.queue(name),
           logger: logger(),
-          graceMs: settings().acquireGraceMs,
+          graceMs: cliAcquireGraceMs(request.timeoutMs!, settings().acquireGraceMs),
         });
         try {
           const a = await client.acquire(request);
@@ -192,6 +196,51 @@ export function buildProgram(io: CliIo = defaultIo): Command {
       await withPool(async (vmm) => {
         if (!(await vmm.startVmTermination(name, null, 'operator'))) throw new CliError(`VM ${name} is already terminating`, ExitCodes.ERROR);
         io.out(`terminating ${name}\n`);
+      });
+    });
+
+  program
+    .command('down')
+    .description('terminate every VM of the pool (or a group), reason operator, and wait until they are gone (terminate workers must run)')
+    .option('--group <group>', 'group name or id')
+    .option('--timeout <seconds>', `how long to wait (default ${DOWN_TIMEOUT_S})`, parseSeconds)
+    .action(async (opts: { group?: string; timeout?: number }) => {
+      await withPool(async (vmm, cfg) => {
+        const group = opts.group === undefined ? undefined : groupOf(cfg, opts.group);
+        const scope = group === undefined ? 'the pool' : `group ${cfg.groups[group]!.name}`;
+        const inScope = async () => (await vmm.getAllVmRecords()).filter((v) => group === undefined || v.group === group);
+        const vms = await inScope();
+        if (vms.length === 0) {
+          io.out(`no VMs in ${scope}\n`);
+          return;
+        }
+        let requested = 0;
+        for (const vm of vms) if (await vmm.startVmTermination(vm.vmName, null, 'operator')) requested += 1;
+        io.out(`terminating ${vms.length} VM${vms.length === 1 ? '' : 's'} of ${scope} (${vms.length - requested} already terminating)\n`);
+        const startCmd = '`vmpool start terminate`, or the Procfile\'s terminate';
+        if ((await terminateWorkers(vmm)) === 0) io.err(`no terminate worker is connected: the VMs stay terminating until one runs (${startCmd})\n`);
+        const names = new Set(vms.map((v) => v.vmName));
+        const timeoutS = opts.timeout ?? DOWN_TIMEOUT_S;
+        const until = Date.now() + timeoutS * 1000;
+        let now = vms;
+        for (;;) {
+          const left = now.filter((v) => names.has(v.vmName)).length;
+          const fresh = now.length - left;
+          const more = fresh ? ` (${fresh} new VM${fresh === 1 ? '' : 's'} appeared meanwhile: reconcile keeps min_ready and demand; stop it first to empty ${scope})` : '';
+          if (left === 0) {
+            io.out(`all ${names.size} VM${names.size === 1 ? ' is' : 's are'} gone${more}\n`);
+            return;
+          }
+          if (Date.now() >= until) {
+            const why =
+              left === names.size
+                ? `no VM went away within ${timeoutS} s: are terminate workers running? (${startCmd})`
+                : `${left} of ${names.size} VMs still there after ${timeoutS} s (vmpool list --state terminating; reconcile asks again after vm_terminating_timeout)`;
+            throw new CliError(`${why}${more}`, ExitCodes.ERROR);
+          }
+          await new Promise((resolve) => setTimeout(resolve, Math.min(500, Math.max(0, until - Date.now()))));
+          now = await inScope();
+        }
       });
     });
 
@@ -247,6 +296,25 @@ export function buildProgram(io: CliIo = defaultIo): Command {
 
   const configCommand = program.command('config').description('config file tools');
   configCommand
+    .command('init')
+    .description('write the embedded default as commented YAML to edit (stdout without FILE)')
+    .argument('[file]')
+    .option('--force', 'overwrite an existing file')
+    .action((file: string | undefined, opts: { force?: boolean }) => {
+      const text = configTemplate();
+      if (file === undefined) {
+        io.out(text);
+        return;
+      }
+      try {
+        writeFileSync(file, text, { flag: opts.force ? 'w' : 'wx' });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new CliError(`${file} exists; not overwritten (use --force to replace it)`, ExitCodes.ERROR);
+        throw new CliError(`cannot write ${file}: ${(err as Error).message}`, ExitCodes.ERROR);
+      }
+      io.err(`wrote ${file}; edit it, then check it with \`vmpool config check ${file}\`\n`);
+    });
+  configCommand
     .command('check')
     .description('validate a config file (exit 0 when valid, 2 otherwise)')
     .argument('<file>')
@@ -278,6 +346,30 @@ function scheduleLines(cfg: Config, now: number): string[] {
     }
   }
   return lines;
+}
+
+/**
+ * How long `vmpool acquire` waits for its job past the timeout asked for: the grace covers an
+ * acquire worker that picks the job up late (all busy, or one that crashed and awaits stalled-job
+ * recovery), but a person who asked for 5 s should not wait a minute when none runs. So it is
+ * half the timeout, at least 2 s (a worker's start and one round trip), and at most
+ * VMPOOL_ACQUIRE_GRACE_MS (60 s by default): `--timeout 5` gives up after 7.5 s, `--timeout 600`
+ * after 660 s.
+ */
+export function cliAcquireGraceMs(timeoutMs: number, graceMs: number): number {
+  return Math.min(graceMs, Math.max(2_000, Math.round(timeoutMs / 2)));
+}
+
+/** How long `vmpool down` waits by default, in seconds. */
+const DOWN_TIMEOUT_S = 120;
+
+/** Terminate workers connected to the pool's Redis (BullMQ reads CLIENT LIST); undefined when that is refused. */
+async function terminateWorkers(vmm: VmManager): Promise<number | undefined> {
+  try {
+    return await vmm.queue(QueueNames.TERMINATE).getWorkersCount();
+  } catch {
+    return undefined;
+  }
 }
 
 function groupOf(cfg: Config, value: string): number {

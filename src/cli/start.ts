@@ -5,7 +5,7 @@ import { requireRedis, requireSafeRedis } from '../runtime/main.js';
 import { resolveConfig, type Settings } from '../runtime/settings.js';
 import { isWorkerProcessType, processTypeSpecs, WORKER_PROCESS_TYPES, type WorkerProcessType } from '../processors/index.js';
 import { WebAuthRequired } from '../http/auth.js';
-import { startWebServer, type RunningWebServer } from '../http/server.js';
+import { startWebServer, WebListenError, type RunningWebServer } from '../http/server.js';
 import { CliError, ExitCodes } from './exitCodes.js';
 import type { CliIo } from './io.js';
 
@@ -19,7 +19,11 @@ export function isServing(): boolean {
   return serving;
 }
 
-/** `vmpool start [types...]`: worker types and `web` in this process, stopped together on SIGTERM/SIGINT. */
+/**
+ * `vmpool start [types...]`: worker types and `web` in this process, stopped together on
+ * SIGTERM/SIGINT. `web` binds first: a port that is taken stops the start before any worker runs
+ * (so nothing is spawned).
+ */
 export async function runStart(types: string[], configPath: string | undefined, settings: Settings, io: CliIo): Promise<void> {
   const chosen = types.length ? types : [...START_TYPES];
   const unknown = chosen.filter((t) => t !== 'web' && !isWorkerProcessType(t));
@@ -33,22 +37,37 @@ export async function runStart(types: string[], configPath: string | undefined, 
   let running: RunningProcess | undefined;
   let web: RunningWebServer | undefined;
   try {
-    if (workerTypes.length) running = await startProcessTypes(processTypeSpecs, workerTypes, config, { logger, prefix: settings.prefix, concurrency: settings.concurrency });
     if (chosen.includes('web')) web = await startWebServer(config, { logger, prefix: settings.prefix });
+    if (workerTypes.length) running = await startProcessTypes(processTypeSpecs, workerTypes, config, { logger, prefix: settings.prefix, concurrency: settings.concurrency });
   } catch (err) {
-    await running?.stop(5_000);
+    await web?.stop(5_000);
     if (err instanceof WebAuthRequired) throw new CliError(err.message, ExitCodes.USAGE);
+    if (err instanceof WebListenError) throw new CliError(`${err.message}; nothing was started`, ExitCodes.ERROR);
     throw err;
   }
   serving = true;
   const vmm = running?.ctx.vmm ?? web!.vmm;
   io.out(`${await vmm.info()}\n`);
   if (web) io.out(`web: ${web.url}\n`);
+  const down = ['vmpool', ...(configPath ? ['--config', shellWord(configPath)] : []), 'down'].join(' ');
   stopOnSignals(
     async (deadlineMs) => {
+      // Read while the connections are open: the pool's machines outlive this process.
+      const left = await vmm.getAllVmRecords().then(
+        (vms) => vms.length,
+        () => undefined,
+      );
       await Promise.all([web?.stop(deadlineMs), running?.stop(deadlineMs)]);
+      if (left === 0) return 'stopped; the pool has no VMs';
+      const count = left === undefined ? 'the pool\'s VMs keep' : left === 1 ? '1 VM keeps' : `${left} VMs keep`;
+      return `stopped; ${count} running (VMs outlive vmpool). To terminate them: \`${down}\` while terminate workers run (\`vmpool start\`, or \`vmpool start terminate\`)`;
     },
     logger,
     settings.shutdownDeadlineMs,
   );
+}
+
+/** A word as a POSIX shell reads it, for commands shown to the operator (never run). */
+function shellWord(word: string): string {
+  return /^[\w./@%+=:,-]+$/.test(word) ? word : `'${word.replace(/'/g, "'\\''")}'`;
 }

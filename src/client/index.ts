@@ -1,2 +1,2 @@
-export { VmPoolClient, acquireJobId } from './vmPoolClient.js';
+export { VmPoolClient, AcquireAborted, acquireJobId } from './vmPoolClient.js';
 export type { VmPoolClientOptions, AcquireOptions, WithVmOptions } from './vmPoolClient.js';

@@ -42,6 +42,20 @@ export interface VmPoolClientOptions {
 export interface AcquireOptions {
   /** BullMQ priority of the request: 0 (none) first, then 1 (highest) .. 2^21. */
   priority?: number;
+  /**
+   * Stops waiting when aborted: acquire() rejects at once with AcquireAborted, which names the
+   * acquire job. The request itself stays queued until the caller withdraws it (the web process
+   * does, with withdrawAcquireRequest) or its timeout passes.
+   */
+  signal?: AbortSignal;
+}
+
+/** acquire() stopped waiting because its signal aborted; the acquire job may still be queued or waiting. */
+export class AcquireAborted extends VmError {
+  constructor(readonly jobId: string) {
+    super(`acquire ${jobId} stopped waiting: aborted by the caller`);
+    this.name = 'AcquireAborted';
+  }
 }
 
 export interface WithVmOptions extends AcquireOptions {
@@ -56,6 +70,22 @@ export interface WithVmOptions extends AcquireOptions {
  */
 export function acquireJobId(taskId?: string | null): string {
   return taskId ? `acquire-${encodeURIComponent(taskId)}` : `acquire-${randomUUID()}`;
+}
+
+/**
+ * The promise, or the error of abort() once the signal aborts, whichever comes first. The promise
+ * left behind may still reject (a wait's timeout): that rejection is expected and ignored.
+ */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined, abort: () => Error): Promise<T> {
+  if (!signal) return promise;
+  promise.catch(() => undefined);
+  if (signal.aborted) return Promise.reject(abort());
+  let onAbort: (() => void) | undefined;
+  const aborted = new Promise<never>((_resolve, reject) => {
+    onAbort = () => reject(abort());
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+  return Promise.race([promise, aborted]).finally(() => signal.removeEventListener('abort', onAbort!));
 }
 
 /**
@@ -141,13 +171,14 @@ export class VmPoolClient {
     if (!parsed.success) throw new InvalidVmRequest(`invalid acquire request: ${formatZodError(parsed.error)}`);
     const data = parsed.data;
     const jobId = acquireJobId(data.taskId);
+    if (options.signal?.aborted) throw new AcquireAborted(jobId);
     const queue = this.getQueue();
     const events = await this.getEvents();
     for (let round = 0; ; round += 1) {
       const timestamp = this.clock();
       const job = await addAcquireJob(queue, data, { jobId, timestamp, priority: options.priority });
       const deadline = timestamp + (data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS) + this.graceMs;
-      const outcome = await this.waitForResult(job, events, deadline, data.taskId);
+      const outcome = await this.waitForResult(job, events, deadline, data.taskId, options.signal);
       if (outcome.kind === 'completed') {
         // Our own request's result needs no check; an earlier request's VM may be gone since.
         if (outcome.assignment.requestedAt === timestamp || (await this.holds(outcome.assignment))) return outcome.assignment;
@@ -173,13 +204,16 @@ export class VmPoolClient {
     events: QueueEvents,
     deadline: number,
     taskId: string | undefined,
+    signal: AbortSignal | undefined,
   ): Promise<{ kind: 'completed'; assignment: VmAssignment } | { kind: 'failed'; job: Job }> {
     for (;;) {
       const left = deadline - this.clock();
       try {
-        const value = (await job.waitUntilFinished(events, Math.max(1_000, Math.min(left, 30_000)))) as VmAssignment;
+        const finished = job.waitUntilFinished(events, Math.max(1_000, Math.min(left, 30_000)));
+        const value = (await untilAborted(finished, signal, () => new AcquireAborted(String(job.id)))) as VmAssignment;
         return { kind: 'completed', assignment: value };
       } catch (err) {
+        if (err instanceof AcquireAborted) throw err;
         // A failure, a waiter timeout or connection trouble: the stored job tells which.
         this.logger.debug({ jobId: job.id, err: (err as Error).message }, 'acquire wait ended without a result; reading the job');
         const stored = await Job.fromId(this.getQueue(), String(job.id));

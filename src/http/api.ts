@@ -18,6 +18,17 @@ import { openApiDocument } from './openapi.js';
  */
 export const DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS = 55_000;
 
+/** Seconds a POST /acquire answered by a stopping web process asks the builder to wait (Retry-After). */
+export const SHUTDOWN_RETRY_AFTER_SECONDS = 5;
+
+/** The web process is stopping: a waiting or new POST /acquire gets 503 with Retry-After at once. */
+export class WebShuttingDown extends Error {
+  constructor() {
+    super('the web process is shutting down; the request was withdrawn, retry (another replica may answer)');
+    this.name = 'WebShuttingDown';
+  }
+}
+
 /** How the API gets a VM for a builder: VmPoolClient.acquire in the web process. */
 export type AcquireFn = (request: AcquireRequestData) => Promise<VmAssignment>;
 
@@ -152,7 +163,16 @@ export function apiRouter(deps: ApiDeps): Router {
       if (err instanceof RequestGroupsError) throw new HttpError('validation_error', err.message, { tags: request.tags ?? [] });
       throw err;
     }
-    const assignment = await deps.acquire({ ...request, timeoutMs: request.timeoutMs ?? DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS });
+    let assignment: VmAssignment;
+    try {
+      assignment = await deps.acquire({ ...request, timeoutMs: request.timeoutMs ?? DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS });
+    } catch (err) {
+      if (!(err instanceof WebShuttingDown)) throw err;
+      res.setHeader('Retry-After', String(SHUTDOWN_RETRY_AFTER_SECONDS));
+      // This connection's server is going away: the builder should retry on a new one.
+      res.setHeader('Connection', 'close');
+      throw new HttpError('no_vm_available', err.message, { reason: 'shutting_down' });
+    }
     res.json(assignment);
   });
 

@@ -1,8 +1,10 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { isIP } from 'node:net';
 import type { NextFunction, Request, Response } from 'express';
 import type { WebConfig, WebScope } from '../config.js';
 import { HttpError, sendError } from './errors.js';
+import { isLoopbackHost } from '../loopback.js';
+
+export { isLoopbackHost };
 
 export interface Principal {
   /** Who made the request: the token's name, or `anonymous` when the web process runs open. */
@@ -19,13 +21,6 @@ interface TokenEntry {
 
 const digest = (token: string) => createHash('sha256').update(token).digest();
 
-/** Loopback hosts: 127.0.0.0/8, ::1, ::ffff:127.x and localhost. */
-export function isLoopbackHost(host: string): boolean {
-  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
-  if (h === 'localhost' || h === '::1') return true;
-  const v4 = h.startsWith('::ffff:') ? h.slice(7) : h;
-  return isIP(v4) === 4 && v4.startsWith('127.');
-}
 
 export function configuredTokens(web: WebConfig): TokenEntry[] {
   const out: TokenEntry[] = [];

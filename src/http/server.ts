@@ -1,15 +1,16 @@
 import type { AddressInfo } from 'node:net';
 import { createServer, type Server } from 'node:http';
+import { ExitCodes } from '../cli/exitCodes.js';
 import type { Config } from '../config.js';
 import { createLogger, type Logger } from '../logger.js';
 import { VmManager, type Clock } from '../pool/vmManager.js';
 import { createProducerConnection } from '../redis.js';
 import { stopOnSignals } from '../runtime/boot.js';
-import { requireRedis, requireSafeRedis } from '../runtime/main.js';
-import { readSettings, resolveConfig } from '../runtime/settings.js';
-import { VmPoolClient } from '../client/index.js';
-import type { QueueName } from '../../queues/names.js';
-import type { AcquireFn } from './api.js';
+import { exitFatal, prepareProcess, requireRedis, requireSafeRedis } from '../runtime/main.js';
+import { AcquireAborted, VmPoolClient } from '../client/index.js';
+import { withdrawAcquireRequest } from '../acquire/withdraw.js';
+import { QueueNames, type QueueName } from '../../queues/names.js';
+import { WebShuttingDown, type AcquireFn } from './api.js';
 import { createWebApp } from './app.js';
 import { assertBindAllowed } from './auth.js';
 
@@ -32,13 +33,36 @@ export interface RunningWebServer {
   url: string;
   port: number;
   vmm: VmManager;
-  /** Stops accepting connections, ends idle ones, and closes Redis; open requests get until the deadline. */
+  /**
+   * Stops accepting connections, ends idle ones, answers waiting POST /acquire requests at once
+   * (503, Retry-After) and withdraws them, then closes Redis; other open requests get until the deadline.
+   */
   stop(deadlineMs?: number): Promise<void>;
+}
+
+/** The web process could not listen (the port is taken, a privileged port, an address not here). */
+export class WebListenError extends Error {
+  readonly code: string | undefined;
+
+  constructor(host: string, port: number, cause: NodeJS.ErrnoException) {
+    const why =
+      cause.code === 'EADDRINUSE'
+        ? 'the port is in use by another process; stop it, or choose another port (web.port in the config, or PORT)'
+        : cause.code === 'EACCES'
+          ? 'permission denied (ports below 1024 need privileges); choose another port (web.port, or PORT)'
+          : cause.code === 'EADDRNOTAVAIL'
+            ? 'the address is not one of this machine\'s; choose another (web.host, or HOST)'
+            : cause.message;
+    super(`web cannot listen on ${host.includes(':') ? `[${host}]` : host}:${port}: ${why} (${cause.code ?? 'error'})`, { cause });
+    this.name = 'WebListenError';
+    this.code = cause.code;
+  }
 }
 
 /**
  * Starts the `web` process's HTTP server. Refuses (WebAuthRequired) to listen off loopback without
- * a token, before opening any connection.
+ * a token, before opening any connection; WebListenError (its connections closed) when it cannot
+ * listen.
  */
 export async function startWebServer(config: Config, options: WebServerOptions = {}): Promise<RunningWebServer> {
   const host = options.host ?? config.web.host;
@@ -52,16 +76,48 @@ export async function startWebServer(config: Config, options: WebServerOptions =
   const vmm = new VmManager(config, { redis: connection, prefix, logger, clock: options.clock });
   const queue = (name: QueueName) => vmm.queue(name);
   const client = new VmPoolClient({ redis: connection, prefix, queue, logger, clock: options.clock, graceMs: options.acquireGraceMs });
-  const acquire: AcquireFn = (request) => client.acquire(request);
+  // Waiting POST /acquire requests: at stop they are answered at once and their requests withdrawn.
+  const waiting = new Set<AbortController>();
+  const withdrawals = new Set<Promise<void>>();
+  let stoppingAcquires = false;
+  const acquire: AcquireFn = async (request) => {
+    if (stoppingAcquires) throw new WebShuttingDown();
+    const controller = new AbortController();
+    waiting.add(controller);
+    try {
+      return await client.acquire(request, { signal: controller.signal });
+    } catch (err) {
+      if (!(err instanceof AcquireAborted)) throw err;
+      const withdrawal = withdrawAcquireRequest(queue(QueueNames.ACQUIRE), vmm, config, err.jobId).then(
+        (outcome) => logger.info({ jobId: err.jobId, outcome }, 'acquire request withdrawn: web is stopping'),
+        (e: Error) => logger.warn({ jobId: err.jobId, err: e.message }, 'could not withdraw an acquire request; it lapses at its timeout'),
+      );
+      withdrawals.add(withdrawal);
+      void withdrawal.finally(() => withdrawals.delete(withdrawal));
+      throw new WebShuttingDown();
+    } finally {
+      waiting.delete(controller);
+    }
+  };
   const app = createWebApp({ config, vmm, logger, queue, acquire, poolPageRefreshMs: options.poolPageRefreshMs });
   const server = createServer(app);
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => {
-      server.off('error', reject);
-      resolve();
+  const closeConnections = async () => {
+    await client.close();
+    await vmm.close();
+    await connection.quit().catch(() => connection.disconnect());
+  };
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
-  });
+  } catch (err) {
+    await closeConnections();
+    throw new WebListenError(host, port, err as NodeJS.ErrnoException);
+  }
   const address = server.address() as AddressInfo;
   const shownHost = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   const url = `http://${shownHost}:${address.port}/`;
@@ -74,6 +130,9 @@ export async function startWebServer(config: Config, options: WebServerOptions =
     vmm,
     stop(deadlineMs = 10_000) {
       stopping ??= (async () => {
+        // Waiting acquires would hold their connections until their timeout: answer them now.
+        stoppingAcquires = true;
+        for (const controller of waiting) controller.abort();
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
         server.closeIdleConnections();
         let timer: NodeJS.Timeout | undefined;
@@ -85,30 +144,32 @@ export async function startWebServer(config: Config, options: WebServerOptions =
         });
         await Promise.race([closed, deadline]);
         clearTimeout(timer);
-        await client.close();
-        await vmm.close();
-        await connection.quit().catch(() => connection.disconnect());
+        await Promise.all(withdrawals);
+        await closeConnections();
       })();
       return stopping;
     },
   };
 }
 
-/** Entry of the `web` process: config, Redis check, HTTP server, graceful stop on SIGTERM/SIGINT. */
-export async function runWebProcess(configPath?: string): Promise<void> {
+/**
+ * Entry of the `web` process: arguments (`--config FILE`; an explicit configPath wins), config,
+ * Redis check, HTTP server, graceful stop on SIGTERM/SIGINT.
+ */
+export async function runWebProcess(configPath?: string, argv: readonly string[] = []): Promise<void> {
   const logger = createLogger('vmpool-web');
-  const settings = readSettings();
-  const { config, source } = resolveConfig(configPath, settings);
+  const { settings, config, source } = prepareProcess('workers/web.js', argv, logger, configPath);
   try {
     assertBindAllowed(config.web);
   } catch (err) {
-    logger.fatal((err as Error).message);
-    process.stderr.write(`${(err as Error).message}\n`);
-    process.exit(2);
+    exitFatal(logger, 'web.host needs a token; exiting', (err as Error).message, ExitCodes.USAGE);
   }
   logger.info({ config: source }, 'starting web');
   await requireRedis(config.redis.url, logger);
   await requireSafeRedis(config, logger);
-  const web = await startWebServer(config, { logger, prefix: settings.prefix });
+  const web = await startWebServer(config, { logger, prefix: settings.prefix }).catch((err: unknown) => {
+    if (!(err instanceof WebListenError)) throw err;
+    exitFatal(logger, `web cannot listen (${err.code}); exiting`, err.message, ExitCodes.ERROR);
+  });
   stopOnSignals((deadline) => web.stop(deadline), logger, settings.shutdownDeadlineMs);
 }

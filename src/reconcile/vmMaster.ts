@@ -346,7 +346,9 @@ export class VmMaster {
       this.logger.debug('another reconcile cycle is running; skipped');
       return { ran: false, counts, skipped: [...CYCLE_STEPS] };
     }
-    const level = skipped.length > 0 || errors.length > 0 ? 'warn' : 'info';
+    // A cycle that changed nothing is routine (one every vm_cycle_timeout): debug, not info.
+    const acted = Object.values(counts).some((n) => n > 0);
+    const level = skipped.length > 0 || errors.length > 0 ? 'warn' : acted ? 'info' : 'debug';
     this.logger[level]({ counts, skipped, errors: errors.length, durationMs: this.vmm.clock() - started }, 'reconcile cycle');
     if (errors.length > 0) throw new AggregateError(errors, `reconcile cycle: ${errors.length} step(s) failed`);
     return { ran: true, counts, skipped };

@@ -80,9 +80,10 @@ async function defaultFactories(options: BootOptions): Promise<Pick<JobContextOp
 
 /**
  * Stops on SIGTERM or SIGINT: stop() must finish within the deadline, else the process exits
- * anyway (its active jobs come back through BullMQ's stalled-job recovery).
+ * anyway (its active jobs come back through BullMQ's stalled-job recovery). The text stop()
+ * resolves to, if any, is the last log line (default `stopped`).
  */
-export function stopOnSignals(stop: (deadlineMs: number) => Promise<void>, logger: Logger, deadlineMs: number): void {
+export function stopOnSignals(stop: (deadlineMs: number) => Promise<string | void>, logger: Logger, deadlineMs: number): void {
   let firstSignalAt: number | undefined;
   const onSignal = (signal: NodeJS.Signals) => {
     if (firstSignalAt !== undefined) {
@@ -100,8 +101,8 @@ export function stopOnSignals(stop: (deadlineMs: number) => Promise<void>, logge
     }, deadlineMs + 2_000);
     hardExit.unref();
     stop(deadlineMs).then(
-      () => {
-        logger.info('stopped');
+      (lastWords) => {
+        logger.info(lastWords || 'stopped');
         process.exit(0);
       },
       (err: unknown) => {

@@ -14,13 +14,20 @@ export interface Settings {
   configPath?: string;
   /** REDIS_URL: overrides redis.url. */
   redisUrl?: string;
+  /** PORT (foreman, honcho, Heroku give it to the web process): overrides web.port. */
+  webPort?: number;
+  /** HOST: overrides web.host. */
+  webHost?: string;
   /** VMPOOL_PREFIX: overrides redis.prefix (same rule: letters, digits, . _ - { }). */
   prefix?: string;
   /** ACQUIRE_CONCURRENCY, SPAWN_CONCURRENCY, HEALTH_CONCURRENCY, TERMINATE_CONCURRENCY: override concurrency.<type>. */
   concurrency: ConcurrencyOverrides;
   /** VMPOOL_SHUTDOWN_DEADLINE_MS: how long a stopping process waits for its active jobs (default 15 s). */
   shutdownDeadlineMs: number;
-  /** VMPOOL_ACQUIRE_GRACE_MS: how long past a request's timeout `vmpool acquire` still waits for its job (default 60 s). */
+  /**
+   * VMPOOL_ACQUIRE_GRACE_MS: how long past a request's timeout `vmpool acquire` still waits for its
+   * job, at most (default 60 s; the CLI waits less for a short timeout: cliAcquireGraceMs).
+   */
   acquireGraceMs: number;
 }
 
@@ -31,11 +38,11 @@ const prefixSchema = redisConfigSchema.shape.prefix.unwrap();
 export function readSettings(env: NodeJS.ProcessEnv = process.env): Settings {
   const issues: ConfigIssue[] = [];
   const value = (name: string): string | undefined => (env[name] === '' ? undefined : env[name]);
-  const integer = (name: string, min: number, expected: string): number | undefined => {
+  const integer = (name: string, min: number, expected: string, max = Number.MAX_SAFE_INTEGER): number | undefined => {
     const text = value(name);
     if (text === undefined) return undefined;
     const n = Number(text);
-    if (Number.isInteger(n) && n >= min) return n;
+    if (Number.isInteger(n) && n >= min && n <= max) return n;
     issues.push({ path: name, expected, received: text });
     return undefined;
   };
@@ -51,6 +58,8 @@ export function readSettings(env: NodeJS.ProcessEnv = process.env): Settings {
   const settings: Settings = {
     configPath: value('VMPOOL_CONFIG'),
     redisUrl: value('REDIS_URL'),
+    webPort: integer('PORT', 0, 'a TCP port number (0-65535)', 65535),
+    webHost: value('HOST'),
     prefix,
     concurrency,
     shutdownDeadlineMs: integer('VMPOOL_SHUTDOWN_DEADLINE_MS', 0, 'a whole number of milliseconds') ?? 15_000,
@@ -63,10 +72,17 @@ export function readSettings(env: NodeJS.ProcessEnv = process.env): Settings {
   return settings;
 }
 
-/** The config of a process: the file named by --config or VMPOOL_CONFIG, else the embedded default; REDIS_URL applied. */
+/**
+ * The config of a process: the file named by --config or VMPOOL_CONFIG, else the embedded default;
+ * REDIS_URL, PORT and HOST applied.
+ */
 export function resolveConfig(path: string | undefined, settings: Settings): { config: Config; source: string } {
   const file = path ?? settings.configPath;
   const env = settings.redisUrl === undefined ? {} : { REDIS_URL: settings.redisUrl };
-  if (file) return { config: loadConfig(file, env), source: file };
-  return { config: parseConfig(embeddedConfig, env), source: 'embedded default (local provider)' };
+  const resolved = file
+    ? { config: loadConfig(file, env), source: file }
+    : { config: parseConfig(embeddedConfig, env), source: 'embedded default (local provider)' };
+  if (settings.webPort !== undefined) resolved.config.web.port = settings.webPort;
+  if (settings.webHost !== undefined) resolved.config.web.host = settings.webHost;
+  return resolved;
 }

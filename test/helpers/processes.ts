@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -57,12 +58,29 @@ export interface WorkerProcess {
   kill(): Promise<void>;
 }
 
+/** A TCP port on 127.0.0.1 that was free a moment ago. */
+export async function freePort(): Promise<number> {
+  const probe = createServer();
+  await new Promise<void>((res) => probe.listen(0, '127.0.0.1', res));
+  const { port } = probe.address() as { port: number };
+  await new Promise((res) => probe.close(res));
+  return port;
+}
+
+export interface StartProcessOptions {
+  /** Arguments after the entry (such as `--config FILE`). */
+  args?: string[];
+  /** The log text that means started (default: the worker's `"worker started"`). */
+  ready?: string;
+}
+
 /**
- * Starts a real worker process (`workers/<type>.ts` under tsx) and resolves once it logged that its
- * worker started.
+ * Starts a real worker process (`workers/<type>.ts`, from dist/ or through tsx) and resolves once
+ * it logged that its worker started (or options.ready).
  */
-export async function startWorkerProcess(type: string, env: Record<string, string>, startTimeoutMs = 20_000): Promise<WorkerProcess> {
-  const child = spawn(process.execPath, nodeArgsFor(`workers/${type}.ts`), {
+export async function startWorkerProcess(type: string, env: Record<string, string>, startTimeoutMs = 20_000, options: StartProcessOptions = {}): Promise<WorkerProcess> {
+  const ready = options.ready ?? '"worker started"';
+  const child = spawn(process.execPath, [...nodeArgsFor(`workers/${type}.ts`), ...(options.args ?? [])], {
     cwd: ROOT,
     env: { ...process.env, LOG_LEVEL: 'info', VMPOOL_SHUTDOWN_DEADLINE_MS: '5000', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -81,7 +99,7 @@ export async function startWorkerProcess(type: string, env: Record<string, strin
   await new Promise<void>((res, rej) => {
     const timer = setTimeout(() => rej(new Error(`${type} worker did not start in ${startTimeoutMs} ms:\n${lines.join('\n')}`)), startTimeoutMs);
     const poll = setInterval(() => {
-      if (lines.some((l) => l.includes('"worker started"'))) {
+      if (lines.some((l) => l.includes(ready))) {
         clearTimeout(timer);
         clearInterval(poll);
         res();

@@ -94,7 +94,7 @@ describe('acquireVm under a race between processes', () => {
   });
 
   it('respects max_vm_per_user when one owner races for many clean VMs', async () => {
-    const limit = config.groups[0]!.max_vm_per_user!;
+    const limit = config.groups![0]!.max_vm_per_user!;
     for (let i = 0; i < 10; i++) await kit.addReady(`u${i}`, '10.4.0.2');
     const results = await race({ SAME_OWNER: '1' });
     const winners = results.filter((r) => r.vmName !== null);

@@ -16,7 +16,7 @@ import {
 const NOW = 1_750_000_000_000;
 const S = 1000;
 
-type GroupInput = ConfigInput['groups'][number];
+type GroupInput = NonNullable<ConfigInput['groups']>[number];
 function config(...groups: Partial<GroupInput>[]) {
   return parseConfig({ groups: groups.map((g, i) => ({ name: `g${i}`, ...g })) }, {});
 }

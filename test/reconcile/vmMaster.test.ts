@@ -1,4 +1,5 @@
 import { Queue, type Job } from 'bullmq';
+import { pino } from 'pino';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { ConfigInput } from '../../src/config.js';
@@ -332,5 +333,26 @@ describe('doCycle', () => {
     expect(await jobs(QueueNames.SPAWN)).toHaveLength(1);
     expect(await redis.exists(cycleLockKey(vmm))).toBe(0);
     expect(await other.release(token!)).toBe(false);
+  });
+});
+
+describe('the cycle log line', () => {
+  it('is debug for a cycle that did nothing and info for one that acted', async () => {
+    const lines: { level: number; msg: string; counts?: Record<string, number> }[] = [];
+    const logger = pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+    const logged = new VmManager(config, { redis, prefix, clock: () => clock.now, logger });
+    const quiet = new VmMaster(logged);
+    try {
+      const cycleLines = () => lines.filter((l) => l.msg === 'reconcile cycle');
+      expect((await quiet.doCycle()).ran).toBe(true);
+      expect(cycleLines().map((l) => l.level)).toEqual([pino.levels.values.debug]);
+      await vmm.addVmToPool('10.9.0.1', 'unchecked', 0);
+      await quiet.doCycle();
+      const [, acted] = cycleLines();
+      expect(acted).toMatchObject({ level: pino.levels.values.info, counts: { checkVmsHealth: 1 } });
+    } finally {
+      await quiet.close();
+      await logged.close();
+    }
   });
 });

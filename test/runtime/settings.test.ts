@@ -52,6 +52,23 @@ describe('readSettings', () => {
   });
 });
 
+describe('PORT and HOST (foreman, honcho, Heroku)', () => {
+  it('override web.port and web.host of the file or the embedded default, as REDIS_URL does redis.url', () => {
+    const file = writeConfigFile({ web: { host: '127.0.0.1', port: 8080 }, groups: [{ name: 'g' }] });
+    const settings = readSettings({ VMPOOL_CONFIG: file, PORT: '5100', HOST: '127.0.0.2' });
+    expect(settings).toMatchObject({ webPort: 5100, webHost: '127.0.0.2' });
+    expect(resolveConfig(undefined, settings).config.web).toMatchObject({ host: '127.0.0.2', port: 5100 });
+    expect(resolveConfig(undefined, readSettings({ PORT: '0' })).config.web.port).toBe(0);
+    expect(resolveConfig(undefined, readSettings({ PORT: '', HOST: '' })).config.web).toMatchObject({ host: '127.0.0.1', port: 8080 });
+  });
+
+  it('refuses a PORT that is not a port number', () => {
+    for (const bad of ['http', '70000', '-1', '80.5']) {
+      expect(() => readSettings({ PORT: bad })).toThrow(`PORT: got ${JSON.stringify(bad)}, expected a TCP port number (0-65535)`);
+    }
+  });
+});
+
 describe('resolveConfig', () => {
   it('takes --config over VMPOOL_CONFIG, else the embedded default, with REDIS_URL applied', () => {
     const file = writeConfigFile({ redis: { url: 'redis://from-file:6379' }, groups: [{ name: 'from-file' }] });
