@@ -17,8 +17,11 @@ import { openApiDocument } from './openapi.js';
  */
 export const DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS = 55_000;
 
-/** How the API gets a VM for a builder: VmPoolClient.acquire in the web process. */
-export type AcquireFn = (request: AcquireRequestData) => Promise<VmAssignment>;
+/**
+ * How the API gets a VM for a builder: VmPoolClient.acquire in the web process. Aborting `signal`
+ * (the HTTP client went away) withdraws the request and releases a VM assigned meanwhile.
+ */
+export type AcquireFn = (request: AcquireRequestData, options?: { signal?: AbortSignal }) => Promise<VmAssignment>;
 
 export interface ApiDeps {
   config: Config;
@@ -136,7 +139,18 @@ export function apiRouter(deps: ApiDeps): Router {
     if (request.arch !== undefined && !config.groups.some((g) => g.archs.includes(request.arch!))) {
       throw new HttpError('validation_error', `no group lists arch ${JSON.stringify(request.arch)}`, { arch: request.arch });
     }
-    const assignment = await deps.acquire({ ...request, timeoutMs: request.timeoutMs ?? DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS });
+    // A builder that goes away withdraws its request (or gives back the VM it was just given).
+    const gone = new AbortController();
+    res.on('close', () => {
+      if (!res.writableEnded) gone.abort(new Error('the HTTP client went away'));
+    });
+    let assignment: VmAssignment;
+    try {
+      assignment = await deps.acquire({ ...request, timeoutMs: request.timeoutMs ?? DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS }, { signal: gone.signal });
+    } catch (err) {
+      if (gone.signal.aborted) return;
+      throw err;
+    }
     res.json(assignment);
   });
 

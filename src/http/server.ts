@@ -52,7 +52,7 @@ export async function startWebServer(config: Config, options: WebServerOptions =
   const vmm = new VmManager(config, { redis: connection, prefix, logger, clock: options.clock });
   const queue = (name: QueueName) => vmm.queue(name);
   const client = new VmPoolClient({ redis: connection, prefix, queue, logger, clock: options.clock, graceMs: options.acquireGraceMs });
-  const acquire: AcquireFn = (request) => client.acquire(request);
+  const acquire: AcquireFn = (request, acquireOptions) => client.acquire(request, acquireOptions);
   const app = createWebApp({ config, vmm, logger, queue, acquire, poolPageRefreshMs: options.poolPageRefreshMs });
   const server = createServer(app);
   await new Promise<void>((resolve, reject) => {
