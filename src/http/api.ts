@@ -151,6 +151,11 @@ export function apiRouter(deps: ApiDeps): Router {
       if (gone.signal.aborted) return;
       throw err;
     }
+    // Assigned just as the builder went away: nobody will use or release this VM but us.
+    if (gone.signal.aborted) {
+      await vmm.releaseVm(assignment.vmName, assignment.leaseId).catch(() => false);
+      return;
+    }
     res.json(assignment);
   });
 
