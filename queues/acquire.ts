@@ -1,6 +1,6 @@
 import { UnrecoverableError, type Job, type JobsOptions, type Queue } from 'bullmq';
 import { z } from 'zod';
-import { InvalidVmRequest, NoVmAvailable, VmError, type LeasedVm } from '../src/pool/types.js';
+import { InvalidVmRequest, NoVmAvailable, TaskConflict, VmError, type LeasedVm } from '../src/pool/types.js';
 import { QueueNames } from './names.js';
 
 export const ACQUIRE_QUEUE = QueueNames.ACQUIRE;
@@ -81,8 +81,12 @@ export const AcquireFailures = {
   NO_VM_AVAILABLE: 'no_vm_available',
   /** The request is malformed (its payload, an unknown group or arch): InvalidVmRequest. */
   INVALID_REQUEST: 'invalid_request',
-  /** The pool refused the request (its task holds a VM for another owner or sandbox): VmError. */
+  /** The pool refused the request: VmError. */
   REFUSED: 'refused',
+  /** The task belongs to another owner or sandbox (it holds a VM or has a request waiting): TaskConflict. */
+  TASK_CONFLICT: 'task_conflict',
+  /** The request was withdrawn while it waited (its builder went away; failedReason starts with `cancelled:`). */
+  CANCELLED: 'cancelled',
 } as const;
 export type AcquireFailure = (typeof AcquireFailures)[keyof typeof AcquireFailures];
 
@@ -110,10 +114,12 @@ export async function failAcquireJob(job: Job, failure: AcquireFailure, reason: 
   return new UnrecoverableError(reason);
 }
 
-/** The error a failed acquire job stands for: NoVmAvailable, InvalidVmRequest or VmError, with its reason. */
-export function acquireJobError(job: Pick<Job, 'progress' | 'failedReason'>): VmError {
+/** The error a failed acquire job stands for: NoVmAvailable, InvalidVmRequest, TaskConflict or VmError, with its reason. */
+export function acquireJobError(job: Pick<Job, 'progress' | 'failedReason'> & { data?: unknown }): VmError {
   const reason = job.failedReason || 'unknown reason';
   switch (acquireFailureOf(job)) {
+    case AcquireFailures.TASK_CONFLICT:
+      return new TaskConflict(String((job.data as { taskId?: unknown } | undefined)?.taskId ?? ''));
     case AcquireFailures.NO_VM_AVAILABLE:
       return new NoVmAvailable(reason);
     case AcquireFailures.INVALID_REQUEST:

@@ -5,7 +5,7 @@ import { createLogger, type Logger } from '../logger.js';
 import { formatZodError } from '../validation.js';
 import { PoolReader } from '../pool/poolReader.js';
 import { PoolScripts } from '../pool/poolScripts.js';
-import { InvalidVmRequest, LeaseLost, NoVmAvailable, VmDescriptorNotFound, VmError } from '../pool/types.js';
+import { InvalidVmRequest, LeaseLost, NoVmAvailable, TaskConflict, VmDescriptorNotFound, VmError, acquireWaiterMember } from '../pool/types.js';
 import type { Clock } from '../pool/vmManager.js';
 import { blockingConnectionTemplate, producerConnectionFrom } from '../redis.js';
 import {
@@ -43,19 +43,37 @@ export interface AcquireOptions {
   /** BullMQ priority of the request: 0 (none) first, then 1 (highest) .. 2^21. */
   priority?: number;
   /**
-   * Stops waiting when aborted: acquire() rejects at once with AcquireAborted, which names the
-   * acquire job. The request itself stays queued until the caller withdraws it (the web process
-   * does, with withdrawAcquireRequest) or its timeout passes.
+   * Aborting withdraws the request: it leaves the line and its job fails as cancelled (its
+   * failedReason `cancelled: <the abort reason>`), so that no VM is assigned to it later; a VM
+   * assigned meanwhile is released. acquire then rejects with the signal's reason.
    */
   signal?: AbortSignal;
 }
 
-/** acquire() stopped waiting because its signal aborted; the acquire job may still be queued or waiting. */
+/** acquire() was aborted by its signal (without an Error reason of its own): its request was withdrawn. */
 export class AcquireAborted extends VmError {
   constructor(readonly jobId: string) {
-    super(`acquire ${jobId} stopped waiting: aborted by the caller`);
+    super(`acquire ${jobId} aborted by the caller; its request was withdrawn`);
     this.name = 'AcquireAborted';
   }
+}
+
+/** How long an aborted acquire waits for its job to end (cancelled, or served just before). */
+const ABORT_SETTLE_MS = 5_000;
+/** How long a withdrawal is kept for a job still queued (no acquire worker free): the job retention. */
+const CANCEL_KEEP_MS = 24 * 3600 * 1000;
+
+/** The text of an abort reason, for the cancelled job's failedReason. */
+function abortReasonText(reason: unknown): string {
+  if (typeof reason === 'string' && reason !== '') return reason;
+  if (reason instanceof Error && reason.name !== 'AbortError' && reason.message) return reason.message;
+  return 'the caller aborted the request';
+}
+
+/** Whether a stored acquire job is a request of this owner and sandbox. */
+function sameRequester(job: Job, data: { owner: string; sandbox: string }): boolean {
+  const stored = job.data as Partial<AcquireRequestData> | undefined;
+  return stored?.owner === data.owner && stored?.sandbox === data.sandbox;
 }
 
 export interface WithVmOptions extends AcquireOptions {
@@ -70,22 +88,6 @@ export interface WithVmOptions extends AcquireOptions {
  */
 export function acquireJobId(taskId?: string | null): string {
   return taskId ? `acquire-${encodeURIComponent(taskId)}` : `acquire-${randomUUID()}`;
-}
-
-/**
- * The promise, or the error of abort() once the signal aborts, whichever comes first. The promise
- * left behind may still reject (a wait's timeout): that rejection is expected and ignored.
- */
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal | undefined, abort: () => Error): Promise<T> {
-  if (!signal) return promise;
-  promise.catch(() => undefined);
-  if (signal.aborted) return Promise.reject(abort());
-  let onAbort: (() => void) | undefined;
-  const aborted = new Promise<never>((_resolve, reject) => {
-    onAbort = () => reject(abort());
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
-  return Promise.race([promise, aborted]).finally(() => signal.removeEventListener('abort', onAbort!));
 }
 
 /**
@@ -163,22 +165,36 @@ export class VmPoolClient {
   /**
    * Enqueues an acquire request and returns its assignment. With a taskId, a request already
    * enqueued for the task is joined (a restarted builder reattaches); a finished one whose VM is no
-   * longer held, or a failed one, is replaced by a new request. Throws NoVmAvailable when no VM
-   * came within the request's timeout, VmError for other failures.
+   * longer held, or a failed one, is replaced by a new request. A task belongs to one owner and
+   * sandbox: while it holds a VM or has a request waiting for another, acquire throws TaskConflict
+   * and learns nothing of theirs. Throws NoVmAvailable when no VM came within the request's
+   * timeout, VmError for other failures; with `signal`, aborting withdraws the request
+   * (AcquireOptions.signal).
    */
   async acquire(request: AcquireRequestData, options: AcquireOptions = {}): Promise<VmAssignment> {
     const parsed = acquireRequestSchema.safeParse(request);
     if (!parsed.success) throw new InvalidVmRequest(`invalid acquire request: ${formatZodError(parsed.error)}`);
     const data = parsed.data;
+    const { signal } = options;
+    signal?.throwIfAborted();
     const jobId = acquireJobId(data.taskId);
-    if (options.signal?.aborted) throw new AcquireAborted(jobId);
     const queue = this.getQueue();
     const events = await this.getEvents();
     for (let round = 0; ; round += 1) {
       const timestamp = this.clock();
-      const job = await addAcquireJob(queue, data, { jobId, timestamp, priority: options.priority });
       const deadline = timestamp + (data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS) + this.graceMs;
-      const outcome = await this.waitForResult(job, events, deadline, data.taskId, options.signal);
+      // The task is ours until the deadline: no request of another owner or sandbox joins it.
+      if (data.taskId) await this.scripts.claimTask(data.taskId, data.owner, data.sandbox, deadline, timestamp);
+      const added = await addAcquireJob(queue, data, { jobId, timestamp, priority: options.priority });
+      // An existing job of that id (another's request, added without a claim) is never joined.
+      const job = (await Job.fromId(queue, jobId)) ?? added;
+      if (!sameRequester(job, data)) throw new TaskConflict(data.taskId ?? jobId);
+      const outcome = await this.waitForResult(job, events, deadline, data, signal);
+      if (signal?.aborted) {
+        if (outcome.kind === 'completed' && (await this.holds(outcome.assignment))) await this.release(outcome.assignment);
+        // The caller's reason when it gave one (an Error), else AcquireAborted naming the job.
+        throw signal.reason instanceof Error && signal.reason.name !== 'AbortError' ? signal.reason : new AcquireAborted(jobId);
+      }
       if (outcome.kind === 'completed') {
         // Our own request's result needs no check; an earlier request's VM may be gone since.
         if (outcome.assignment.requestedAt === timestamp || (await this.holds(outcome.assignment))) return outcome.assignment;
@@ -197,40 +213,67 @@ export class VmPoolClient {
 
   /**
    * Waits for the job's result: QueueEvents first, and on any doubt (waiter timeout, connection
-   * trouble, job removed) the job's stored state and return value.
+   * trouble, job removed) the job's stored state and return value. When `signal` aborts, the
+   * request is withdrawn (cancelAcquire) and the wait lasts at most ABORT_SETTLE_MS more: the job
+   * ends as cancelled, or was served just before (the caller releases that VM); a job still queued
+   * ends as cancelled when a worker takes it.
    */
   private async waitForResult(
     job: Job,
     events: QueueEvents,
     deadline: number,
-    taskId: string | undefined,
+    request: { taskId?: string | undefined; owner: string; sandbox: string },
     signal: AbortSignal | undefined,
-  ): Promise<{ kind: 'completed'; assignment: VmAssignment } | { kind: 'failed'; job: Job }> {
-    for (;;) {
-      const left = deadline - this.clock();
-      try {
-        const finished = job.waitUntilFinished(events, Math.max(1_000, Math.min(left, 30_000)));
-        const value = (await untilAborted(finished, signal, () => new AcquireAborted(String(job.id)))) as VmAssignment;
-        return { kind: 'completed', assignment: value };
-      } catch (err) {
-        if (err instanceof AcquireAborted) throw err;
-        // A failure, a waiter timeout or connection trouble: the stored job tells which.
-        this.logger.debug({ jobId: job.id, err: (err as Error).message }, 'acquire wait ended without a result; reading the job');
-        const stored = await Job.fromId(this.getQueue(), String(job.id));
-        if (!stored) {
-          // Removed (retention, an operator): the pool still knows which VM the task holds.
-          const held = taskId ? await this.reader.leasedVmOfTask(taskId) : null;
-          if (held) return { kind: 'completed', assignment: held };
-          throw new VmError(`acquire job ${job.id} disappeared before it finished (${(err as Error).message})`);
-        }
-        const state = await stored.getState();
-        if (state === 'completed') return { kind: 'completed', assignment: stored.returnvalue as VmAssignment };
-        if (state === 'failed') return { kind: 'failed', job: stored };
-        if (this.clock() >= deadline) {
-          await stored.remove().catch(() => undefined);
-          throw new NoVmAvailable(noVmAvailableReason(`acquire job ${job.id} not finished by its deadline (state ${state}; is an acquire worker running?)`));
+  ): Promise<{ kind: 'completed'; assignment: VmAssignment } | { kind: 'failed' | 'withdrawn'; job: Job }> {
+    const waiter = { member: acquireWaiterMember(job.timestamp, String(job.id)), jobId: String(job.id) };
+    let withdrawn = false;
+    let onAbort: (() => void) | undefined;
+    // Rejects once the aborted request was withdrawn and had ABORT_SETTLE_MS to end.
+    const stop = signal
+      ? new Promise<never>((_, reject) => {
+          onAbort = () => {
+            void this.scripts
+              .cancelAcquire(waiter, abortReasonText(signal.reason), CANCEL_KEEP_MS)
+              .catch((err: Error) => this.logger.warn({ jobId: job.id, err: err.message }, 'withdrawing the acquire request failed'))
+              .then(() => setTimeout(() => ((withdrawn = true), reject(new Error('acquire request withdrawn'))), ABORT_SETTLE_MS).unref());
+          };
+          if (signal.aborted) onAbort();
+          else signal.addEventListener('abort', onAbort, { once: true });
+        })
+      : undefined;
+    stop?.catch(() => undefined);
+    try {
+      for (;;) {
+        const left = deadline - this.clock();
+        try {
+          const finished = job.waitUntilFinished(events, Math.max(1_000, Math.min(left, 30_000)));
+          // A wait that loses the race to `stop` may still reject later.
+          finished.catch(() => undefined);
+          const value = (await (stop ? Promise.race([finished, stop]) : finished)) as VmAssignment;
+          return { kind: 'completed', assignment: value };
+        } catch (err) {
+          // A failure, a waiter timeout, connection trouble or a withdrawal: the stored job tells which.
+          this.logger.debug({ jobId: job.id, err: (err as Error).message }, 'acquire wait ended without a result; reading the job');
+          const stored = await Job.fromId(this.getQueue(), String(job.id));
+          if (!stored) {
+            // Removed (retention, an operator): the pool still knows which VM the task holds (and for whom).
+            const held = request.taskId ? await this.reader.leasedVmOfTask(request.taskId, request) : null;
+            if (held) return { kind: 'completed', assignment: held };
+            throw new VmError(`acquire job ${job.id} disappeared before it finished (${(err as Error).message})`);
+          }
+          const state = await stored.getState();
+          if (state === 'completed') return { kind: 'completed', assignment: stored.returnvalue as VmAssignment };
+          if (state === 'failed') return { kind: 'failed', job: stored };
+          // Withdrawn and settled: still queued, it ends as cancelled when a worker takes it.
+          if (withdrawn) return { kind: 'withdrawn', job: stored };
+          if (this.clock() >= deadline) {
+            await stored.remove().catch(() => undefined);
+            throw new NoVmAvailable(noVmAvailableReason(`acquire job ${job.id} not finished by its deadline (state ${state}; is an acquire worker running?)`));
+          }
         }
       }
+    } finally {
+      if (onAbort) signal?.removeEventListener('abort', onAbort);
     }
   }
 

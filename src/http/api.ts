@@ -29,8 +29,11 @@ export class WebShuttingDown extends Error {
   }
 }
 
-/** How the API gets a VM for a builder: VmPoolClient.acquire in the web process. */
-export type AcquireFn = (request: AcquireRequestData) => Promise<VmAssignment>;
+/**
+ * How the API gets a VM for a builder: VmPoolClient.acquire in the web process. Aborting `signal`
+ * (the HTTP client went away) withdraws the request and releases a VM assigned meanwhile.
+ */
+export type AcquireFn = (request: AcquireRequestData, options?: { signal?: AbortSignal }) => Promise<VmAssignment>;
 
 export interface ApiDeps {
   config: Config;
@@ -163,15 +166,26 @@ export function apiRouter(deps: ApiDeps): Router {
       if (err instanceof RequestGroupsError) throw new HttpError('validation_error', err.message, { tags: request.tags ?? [] });
       throw err;
     }
+    // A builder that goes away withdraws its request (or gives back the VM it was just given).
+    const gone = new AbortController();
+    res.on('close', () => {
+      if (!res.writableEnded) gone.abort(new Error('the HTTP client went away'));
+    });
     let assignment: VmAssignment;
     try {
-      assignment = await deps.acquire({ ...request, timeoutMs: request.timeoutMs ?? DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS });
+      assignment = await deps.acquire({ ...request, timeoutMs: request.timeoutMs ?? DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS }, { signal: gone.signal });
     } catch (err) {
+      if (gone.signal.aborted) return;
       if (!(err instanceof WebShuttingDown)) throw err;
       res.setHeader('Retry-After', String(SHUTDOWN_RETRY_AFTER_SECONDS));
       // This connection's server is going away: the builder should retry on a new one.
       res.setHeader('Connection', 'close');
       throw new HttpError('no_vm_available', err.message, { reason: 'shutting_down' });
+    }
+    // Assigned just as the builder went away: nobody will use or release this VM but us.
+    if (gone.signal.aborted) {
+      await vmm.releaseVm(assignment.vmName, assignment.leaseId).catch(() => false);
+      return;
     }
     res.json(assignment);
   });

@@ -1,6 +1,6 @@
 import type { NextFunction, Request, Response } from 'express';
 import type { Logger } from '../logger.js';
-import { InvalidVmRequest, LeaseLost, NoVmAvailable, UnknownGroup, VmDescriptorNotFound, VmError } from '../pool/types.js';
+import { InvalidVmRequest, LeaseLost, NoVmAvailable, TaskConflict, UnknownGroup, VmDescriptorNotFound, VmError } from '../pool/types.js';
 import { ConfigError } from '../config.js';
 
 /** Error codes of the API; each maps to one HTTP status. */
@@ -40,13 +40,15 @@ export class HttpError extends Error {
  * Maps pool errors to API errors; anything unknown is a 500:
  *   400 validation_error  a malformed request (InvalidVmRequest: an unknown group or state, a bad name)
  *   404 not_found         no such VM (VmDescriptorNotFound)
- *   409 conflict          the VM's state or lease refuses it (LeaseLost, any other VmError)
+ *   409 conflict          the VM's state or lease refuses it (LeaseLost, any other VmError); the
+ *                         task belongs to another owner or sandbox (TaskConflict, reason task_conflict)
  *   503 no_vm_available   no VM came within the request's timeout (NoVmAvailable)
  */
 export function toHttpError(err: unknown): HttpError {
   if (err instanceof HttpError) return err;
   if (err instanceof VmDescriptorNotFound) return new HttpError('not_found', err.message, { vmName: err.vmName });
   if (err instanceof LeaseLost) return new HttpError('conflict', err.message, { reason: err.reason, vmName: err.vmName });
+  if (err instanceof TaskConflict) return new HttpError('conflict', err.message, { reason: 'task_conflict', taskId: err.taskId });
   if (err instanceof NoVmAvailable) return new HttpError('no_vm_available', err.message, { reason: err.message });
   if (err instanceof UnknownGroup) return new HttpError('validation_error', err.message, { group: err.group });
   if (err instanceof InvalidVmRequest) return new HttpError('validation_error', err.message, {});

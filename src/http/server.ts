@@ -7,9 +7,8 @@ import { VmManager, type Clock } from '../pool/vmManager.js';
 import { createProducerConnection } from '../redis.js';
 import { stopOnSignals } from '../runtime/boot.js';
 import { exitFatal, prepareProcess, requireRedis, requireSafeRedis } from '../runtime/main.js';
-import { AcquireAborted, VmPoolClient } from '../client/index.js';
-import { withdrawAcquireRequest } from '../acquire/withdraw.js';
-import { QueueNames, type QueueName } from '../../queues/names.js';
+import { VmPoolClient } from '../client/index.js';
+import type { QueueName } from '../../queues/names.js';
 import { WebShuttingDown, type AcquireFn } from './api.js';
 import { createWebApp } from './app.js';
 import { assertBindAllowed } from './auth.js';
@@ -76,25 +75,20 @@ export async function startWebServer(config: Config, options: WebServerOptions =
   const vmm = new VmManager(config, { redis: connection, prefix, logger, clock: options.clock });
   const queue = (name: QueueName) => vmm.queue(name);
   const client = new VmPoolClient({ redis: connection, prefix, queue, logger, clock: options.clock, graceMs: options.acquireGraceMs });
-  // Waiting POST /acquire requests: at stop they are answered at once and their requests withdrawn.
+  // Waiting POST /acquire requests: at stop they are answered at once and their requests withdrawn
+  // (an aborted VmPoolClient.acquire withdraws its request itself).
   const waiting = new Set<AbortController>();
-  const withdrawals = new Set<Promise<void>>();
   let stoppingAcquires = false;
-  const acquire: AcquireFn = async (request) => {
+  const acquire: AcquireFn = async (request, acquireOptions) => {
     if (stoppingAcquires) throw new WebShuttingDown();
     const controller = new AbortController();
     waiting.add(controller);
+    const signal = acquireOptions?.signal ? AbortSignal.any([controller.signal, acquireOptions.signal]) : controller.signal;
     try {
-      return await client.acquire(request, { signal: controller.signal });
+      return await client.acquire(request, { signal });
     } catch (err) {
-      if (!(err instanceof AcquireAborted)) throw err;
-      const withdrawal = withdrawAcquireRequest(queue(QueueNames.ACQUIRE), vmm, config, err.jobId).then(
-        (outcome) => logger.info({ jobId: err.jobId, outcome }, 'acquire request withdrawn: web is stopping'),
-        (e: Error) => logger.warn({ jobId: err.jobId, err: e.message }, 'could not withdraw an acquire request; it lapses at its timeout'),
-      );
-      withdrawals.add(withdrawal);
-      void withdrawal.finally(() => withdrawals.delete(withdrawal));
-      throw new WebShuttingDown();
+      if (controller.signal.aborted) throw new WebShuttingDown();
+      throw err;
     } finally {
       waiting.delete(controller);
     }
@@ -132,7 +126,7 @@ export async function startWebServer(config: Config, options: WebServerOptions =
       stopping ??= (async () => {
         // Waiting acquires would hold their connections until their timeout: answer them now.
         stoppingAcquires = true;
-        for (const controller of waiting) controller.abort();
+        for (const controller of waiting) controller.abort(new WebShuttingDown());
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
         server.closeIdleConnections();
         let timer: NodeJS.Timeout | undefined;
@@ -144,7 +138,6 @@ export async function startWebServer(config: Config, options: WebServerOptions =
         });
         await Promise.race([closed, deadline]);
         clearTimeout(timer);
-        await Promise.all(withdrawals);
         await closeConnections();
       })();
       return stopping;

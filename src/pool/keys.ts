@@ -15,6 +15,8 @@ export function poolKeys(prefix: string) {
     allVms: `${base}vms`,
     ip: (ip: string) => `${base}ip:${ip}`,
     task: (taskId: string) => `${base}task:${taskId}`,
+    /** JSON {owner, sandbox, deadline} of the request that claimed a task and still waits for it (includes/taskOwner.lua). */
+    taskClaim: (taskId: string) => `${base}task_claim:${taskId}`,
     state: (group: number, state: string) => `${base}group:${group}:state:${state}`,
     /** Ready VMs bound to no owner, scored by last health check. */
     readyClean: (group: number) => `${base}group:${group}:ready_clean`,
@@ -44,8 +46,10 @@ export function poolKeys(prefix: string) {
      * (0 first), member `<job timestamp, 15 digits>|<job id>` (older first within a priority).
      */
     waiters: (group: number) => `${base}group:${group}:waiters`,
-    /** Hash waiter member -> JSON {owner, sandbox, deadline} of each waiting acquire request. */
+    /** Hash waiter member -> JSON {owner, sandbox, deadline, groups} of each waiting acquire request. */
     waiterInfo: `${base}waiter_info`,
+    /** Why a waiting acquire request (by waiter member) was withdrawn (cancelAcquire-1.lua); the acquire script ends it. */
+    acquireCancel: (waiter: string) => `${base}acquire_cancel:${waiter}`,
     /** Hash of machines the group's provider lists but the pool does not know: name -> first seen (epoch ms). */
     orphanUnknown: (group: number) => `${base}group:${group}:orphan_unknown`,
     /** Hash of the group's pool VMs missing from the provider's last list: name -> first missed (epoch ms). */

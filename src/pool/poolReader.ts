@@ -93,12 +93,26 @@ export class PoolReader {
     return this.redis.get(this.keys.task(taskId));
   }
 
-  /** The VM a task holds now, with its lease; null when it holds none. */
-  async leasedVmOfTask(taskId: string): Promise<LeasedVm | null> {
+  /**
+   * The VM a task holds now, with its lease; null when it holds none. With `holder`, null also when
+   * the VM is bound to another owner or sandbox (a task's VM is handed only to its own).
+   */
+  async leasedVmOfTask(taskId: string, holder?: { owner: string; sandbox: string }): Promise<LeasedVm | null> {
     const name = await this.vmNameOfTask(taskId);
     if (!name) return null;
-    const [state, ip, group, task, leaseId, expires] = await this.redis.hmget(this.keys.vm(name), 'state', 'vm_ip', 'group', 'task_id', 'lease_id', 'lease_expires_at');
+    const [state, ip, group, task, leaseId, expires, owner, sandbox] = await this.redis.hmget(
+      this.keys.vm(name),
+      'state',
+      'vm_ip',
+      'group',
+      'task_id',
+      'lease_id',
+      'lease_expires_at',
+      'owner',
+      'sandbox',
+    );
     if (state !== 'in_use' || task !== taskId || !leaseId) return null;
+    if (holder && (owner !== holder.owner || sandbox !== holder.sandbox)) return null;
     return { vmName: name, vmIp: ip ?? '', group: Number(group), leaseId, leaseExpiresAt: Number(expires) };
   }
 

@@ -4,6 +4,7 @@ import { ReplyCodes, replyCodeName, type ReplyCode } from './replyCodes.js';
 import { loadScripts, type RunScript, type ScriptName } from './scripts.js';
 import {
   LeaseLost,
+  TaskConflict,
   VmDescriptorNotFound,
   VmError,
   descriptorFromHash,
@@ -173,7 +174,10 @@ export class PoolScripts {
     return { outcome, vm: descriptorFromHash(reply[1] ?? []) };
   }
 
-  /** One acquire attempt. Throws VmError when the task holds a VM for another owner or sandbox. */
+  /**
+   * One acquire attempt. Throws TaskConflict when the task holds a VM, or is claimed by a waiting
+   * request, for another owner or sandbox.
+   */
   async acquireVm(input: AcquireScriptInput): Promise<AcquireAttempt> {
     const { waiter } = input;
     const args: (string | number)[] = [
@@ -198,7 +202,9 @@ export class PoolScripts {
       case ReplyCodes.REATTACHED:
         return { status: code === ReplyCodes.OK ? 'acquired' : 'reattached', ...leasedDescriptorFromHash(payload as string[]) };
       case ReplyCodes.TASK_CONFLICT:
-        throw new VmError(`task ${input.taskId} already holds VM ${String(payload)} for another owner or sandbox`);
+        throw new TaskConflict(input.taskId);
+      case ReplyCodes.CANCELLED:
+        return { status: 'cancelled', reason: String(payload) };
       case ReplyCodes.NO_VM:
         return { status: 'none' };
       case ReplyCodes.DEFERRED:
@@ -211,6 +217,24 @@ export class PoolScripts {
   /** Takes a waiting request out of the line of its groups; returns how many lines it left. */
   async leaveAcquireLine(waiter: Pick<AcquireWaiter, 'member' | 'jobId'>, groups: readonly number[]): Promise<number> {
     return Number(await this.call('leaveAcquireLine', [waiter.member, waiter.jobId, ...groups]));
+  }
+
+  /**
+   * Claims a task for an owner and sandbox until `deadline` (a builder about to enqueue its
+   * request). Throws TaskConflict, changing nothing, when the task belongs to another.
+   */
+  async claimTask(taskId: string, owner: string, sandbox: string, deadline: number, now: number): Promise<void> {
+    const code = await this.call('claimTask', [now, taskId, owner, sandbox, deadline]);
+    if (code === ReplyCodes.TASK_CONFLICT) throw new TaskConflict(taskId);
+    if (code !== ReplyCodes.OK) throw unexpected('claimTask', code);
+  }
+
+  /**
+   * Withdraws a waiting request: the acquire script ends it as cancelled (with `reason`) wherever it
+   * waits. Returns how many lines it left (0 while it is still queued, or once served).
+   */
+  async cancelAcquire(waiter: Pick<AcquireWaiter, 'member' | 'jobId'>, reason: string, keepMs: number): Promise<number> {
+    return Number(await this.call('cancelAcquire', [waiter.member, waiter.jobId, reason, keepMs]));
   }
 
   /** Applies on_lease_expiry (by group id) to at most `batch` lapsed leases. */

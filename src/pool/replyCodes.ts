@@ -30,7 +30,7 @@ export const ReplyCodes = {
   ALREADY_HELD: -5,
   /** unholdVm: the VM is not held. */
   NOT_HELD: -6,
-  /** acquireVm: the task holds a VM for another owner or sandbox. */
+  /** acquireVm, claimTask: the task holds a VM, or has a request waiting, for another owner or sandbox. */
   TASK_CONFLICT: -7,
   /** acquireVm: no VM fits the request. */
   NO_VM: -8,
@@ -38,6 +38,8 @@ export const ReplyCodes = {
   DEFERRED: -9,
   /** extendLock, releaseLock (src/reconcile/commands/): the lock is not held with this token. */
   LOCK_NOT_HELD: -10,
+  /** acquireVm: the waiting request was withdrawn (cancelAcquire); it left the line and gets no VM. */
+  CANCELLED: -11,
 } as const;
 
 export type ReplyCodeName = keyof typeof ReplyCodes;

@@ -16,6 +16,8 @@ const commandsDir = fileURLToPath(new URL('./commands/', import.meta.url));
 export const POOL_SCRIPTS = {
   acquireVm: 1,
   addVm: 1,
+  cancelAcquire: 1,
+  claimTask: 1,
   expireHolds: 1,
   expireLeases: 1,
   holdVm: 1,

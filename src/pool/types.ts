@@ -94,6 +94,17 @@ export class LeaseLost extends VmError {
   }
 }
 
+/**
+ * A task id that belongs to another owner or sandbox: it holds a VM for them, or a request of theirs
+ * for it still waits. Says nothing of the other's VM, lease or owner; ask with another task id.
+ */
+export class TaskConflict extends VmError {
+  constructor(readonly taskId: string) {
+    super(`task ${JSON.stringify(taskId)} belongs to another owner or sandbox (it holds a VM or has a request waiting); use another task id`);
+    this.name = 'TaskConflict';
+  }
+}
+
 /** The lease of an assignment: who holds an in_use VM, and until when unless renewed. */
 export interface Lease {
   leaseId: string;
@@ -126,7 +137,9 @@ export function acquireWaiterMember(jobTimestamp: number, jobId: string): string
 export type AcquireAttempt =
   | ({ status: 'acquired' | 'reattached'; vm: VmDescriptor } & Lease)
   /** none: nothing fits; deferred: a VM fits, but a request ahead in line could take it. */
-  | { status: 'none' | 'deferred' };
+  | { status: 'none' | 'deferred' }
+  /** cancelled: the waiting request was withdrawn (cancelAcquire); it left the line. */
+  | { status: 'cancelled'; reason: string };
 
 /** What expireLeases did to one VM: the group's on_lease_expiry. */
 export interface ExpiredLease {

@@ -2,11 +2,12 @@ import { DelayedError, Job, UnrecoverableError, WaitingError } from 'bullmq';
 import type { JobContext } from '../runtime/context.js';
 import { formatZodError } from '../validation.js';
 import type { ProcessorSpec } from '../runtime/worker.js';
-import { InvalidVmRequest, VmError, acquireWaiterMember, type AcquireWaiter } from '../pool/types.js';
+import { InvalidVmRequest, TaskConflict, VmError, acquireWaiterMember, type AcquireWaiter } from '../pool/types.js';
 import {
   ACQUIRE_QUEUE,
   AcquireFailures,
   DEFAULT_ACQUIRE_TIMEOUT_MS,
+  type AcquireFailure,
   NO_VM_AVAILABLE_PREFIX,
   acquireRequestSchema,
   failAcquireJob,
@@ -87,7 +88,9 @@ function waiterOf(job: Job, deadline: number): AcquireWaiter {
  * job's creation) until a VM of its groups becomes ready. Waiting requests are served in line
  * (BullMQ priority, then oldest); the pool scripts keep the line, and a request sleeps until a ready
  * message for one of its groups, with a slow safety retry (config acquire_safety_retry).
- * The same taskId never gets two VMs: the script returns the VM the task already holds.
+ * The same taskId never gets two VMs: the script returns the VM the task already holds, and only to
+ * the task's own owner and sandbox (another's request fails as task_conflict, whatever its job id).
+ * A request withdrawn by its builder (cancelAcquire) fails as cancelled at its next attempt.
  */
 export async function processAcquireJob(job: Job, ctx: JobContext, options: AcquireProcessOptions = {}): Promise<VmAssignment> {
   const parsed = acquireRequestSchema.safeParse(job.data);
@@ -126,12 +129,14 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
     } catch (err) {
       // Out of line before failing (a task holding a VM for another owner, Redis trouble).
       await ctx.vmm.leaveAcquireLine(waiter, groups).catch(() => undefined);
-      if (err instanceof VmError) {
-        throw await failAcquireJob(job, err instanceof InvalidVmRequest ? AcquireFailures.INVALID_REQUEST : AcquireFailures.REFUSED, err.message);
-      }
+      if (err instanceof VmError) throw await failAcquireJob(job, failureOf(err), err.message);
       throw err;
     }
     attempts += 1;
+    if (attempt.status === 'cancelled') {
+      log.info({ reason: attempt.reason }, 'acquire request withdrawn');
+      throw await failAcquireJob(job, AcquireFailures.CANCELLED, `cancelled: ${attempt.reason}`);
+    }
     if (attempt.status === 'acquired' || attempt.status === 'reattached') {
       if (attempts > 1 || attempt.status === 'reattached') log.info({ vmName: attempt.vm.vmName, attempts, status: attempt.status }, 'acquire served');
       return {
@@ -168,6 +173,12 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
       throw await withdrawnError(job, attempts);
     }
   }
+}
+
+/** The failure code of a pool refusal. */
+function failureOf(err: VmError): AcquireFailure {
+  if (err instanceof InvalidVmRequest) return AcquireFailures.INVALID_REQUEST;
+  return err instanceof TaskConflict ? AcquireFailures.TASK_CONFLICT : AcquireFailures.REFUSED;
 }
 
 /**

@@ -35,6 +35,7 @@ const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
   allVms: [],
   ip: ['fd00::1'],
   task: ['42:fedora-x86_64'],
+  taskClaim: ['42:fedora-x86_64'],
   state: [3, 'check_health_failed'],
   readyClean: [3],
   readyDirty: [3, 'jürgen:a', 'jürgen/proj:b'],
@@ -47,6 +48,7 @@ const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
   holdsExpiring: [],
   waiters: [3],
   waiterInfo: [],
+  acquireCancel: ['000001700000000|acquire-42%3Ax'],
   readyChannel: [3],
 };
 

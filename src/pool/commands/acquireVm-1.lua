@@ -8,6 +8,10 @@
   the start's millisecond, check_seq tells which came first (markServerStart);
   ready VMs always have check_fails == 0, which is checked again here.
   If the task already holds a VM, that VM is returned instead (reattach) with its existing lease.
+  A task belongs to one owner and sandbox (includes/taskOwner): while it holds a VM, or a request
+  for it waits (its claim), a request of another owner or sandbox is refused, whatever its job id.
+  A waiting request claims its task until its deadline; the claim ends when it is served.
+  A waiting request that was withdrawn (cancelAcquire) ends here: it leaves the line, gets no VM.
   A new assignment gets a lease: lease_id, lease_timeout_ms (of its group, so renew needs no
   config), lease_expires_at = now + lease_timeout_ms, and an entry in the leases sorted set.
 
@@ -37,7 +41,9 @@
   Output:
     {OK, HGETALL of the VM}          acquired: the VM is in_use under a new lease
     {REATTACHED, HGETALL of the VM}  the task already held this VM (its lease unchanged)
-    {TASK_CONFLICT, vm name}         the task holds a VM for another owner or sandbox
+    {TASK_CONFLICT}                  the task holds a VM, or is claimed, for another owner or
+                                     sandbox (nothing changed; the caller leaves the line)
+    {CANCELLED, reason}              the waiting request was withdrawn: it left the line
     {NO_VM}                          nothing fits (a waiting request joined the line)
     {DEFERRED}                       a VM fits, but a request ahead could take it (a waiting
                                      request joined the line)
@@ -52,6 +58,7 @@ local WAITERS_SCANNED = 200
 --- @include "includes/replyCodes"
 --- @include "includes/setVmState"
 --- @include "includes/leaveLines"
+--- @include "includes/taskOwner"
 
 local function groupArg(i, field)
   return ARGV[14 + i * 3 + field]
@@ -94,19 +101,25 @@ local function someoneAhead(group, maxPerOwner, dirty)
   return false
 end
 
-if taskId ~= '' then
-  local held = redis.call('GET', taskKey(base, taskId))
-  if held then
-    local vm = redis.call('HMGET', vmKey(base, held), 'state', 'task_id', 'owner', 'sandbox')
-    if vm[1] == 'in_use' and vm[2] == taskId then
-      if vm[3] ~= owner or vm[4] ~= sandbox then
-        return {TASK_CONFLICT, held}
-      end
-      leaveLinesIfWaiting()
-      return {REATTACHED, redis.call('HGETALL', vmKey(base, held))}
-    end
-    redis.call('DEL', taskKey(base, taskId))
+if waiting then
+  local cancelled = redis.call('GET', acquireCancelKey(base, waiter))
+  if cancelled then
+    redis.call('DEL', acquireCancelKey(base, waiter))
+    leaveLinesIfWaiting()
+    return {CANCELLED, cancelled}
   end
+end
+
+if taskId ~= '' then
+  if taskOfAnother(base, taskId, owner, sandbox, now) then
+    return {TASK_CONFLICT}
+  end
+  local held = heldVmOfTask(base, taskId)
+  if held then
+    leaveLinesIfWaiting()
+    return {REATTACHED, redis.call('HGETALL', vmKey(base, held))}
+  end
+  redis.call('DEL', taskKey(base, taskId))
 end
 
 local serverStart = tonumber(redis.call('GET', serverStartKey(base)))
@@ -116,7 +129,10 @@ local function joinLines()
   if not waiting then
     return
   end
-  redis.call('HSET', waiterInfoKey(base), waiter, cjson.encode({owner = owner, sandbox = sandbox, deadline = tonumber(deadline)}))
+  redis.call('HSET', waiterInfoKey(base), waiter, cjson.encode({owner = owner, sandbox = sandbox, deadline = tonumber(deadline), groups = groups}))
+  if taskId ~= '' then
+    claimTask(base, taskId, owner, sandbox, deadline, now)
+  end
   for _, group in ipairs(groups) do
     redis.call('ZADD', waitersKey(base, group), priority, waiter)
     redis.call('ZREMRANGEBYSCORE', demandKey(base, group), '-inf', now)
@@ -204,6 +220,8 @@ for i = 0, groupCount - 1 do
     if taskId ~= '' then
       redis.call('HSET', key, 'task_id', taskId)
       redis.call('SET', taskKey(base, taskId), name)
+      -- The VM binds the task now; a claim (ours: taskOfAnother said so) is no longer needed.
+      redis.call('DEL', taskClaimKey(base, taskId))
     end
     if buildId ~= '' then redis.call('HSET', key, 'build_id', buildId) end
     if chroot ~= '' then redis.call('HSET', key, 'chroot', chroot) end

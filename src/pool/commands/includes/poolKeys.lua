@@ -23,6 +23,11 @@ local function taskKey(base, taskId)
   return base .. 'task:' .. taskId
 end
 
+-- JSON {owner, sandbox, deadline} of the request that claimed a task and still waits for it.
+local function taskClaimKey(base, taskId)
+  return base .. 'task_claim:' .. taskId
+end
+
 local function stateKey(base, group, state)
   return base .. 'group:' .. group .. ':state:' .. state
 end
@@ -78,9 +83,14 @@ local function demandKey(base, group)
   return base .. 'group:' .. group .. ':demand'
 end
 
--- Hash waiter member -> JSON {owner, sandbox, deadline} of each waiting acquire request.
+-- Hash waiter member -> JSON {owner, sandbox, deadline, groups} of each waiting acquire request.
 local function waiterInfoKey(base)
   return base .. 'waiter_info'
+end
+
+-- Why a waiting acquire request (by waiter member) was withdrawn; the acquire script ends it.
+local function acquireCancelKey(base, waiter)
+  return base .. 'acquire_cancel:' .. waiter
 end
 
 -- Pub/sub channel told when a VM of the group may be acquirable.

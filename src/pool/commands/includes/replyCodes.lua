@@ -16,3 +16,4 @@ local TASK_CONFLICT = -7
 local NO_VM = -8
 local DEFERRED = -9
 local LOCK_NOT_HELD = -10
+local CANCELLED = -11

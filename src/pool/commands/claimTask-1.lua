@@ -1,0 +1,27 @@
+--[[
+  Claims a task id for an owner and sandbox before a builder enqueues its acquire request, so that
+  no request of another owner or sandbox can join it or be served under that task while it waits
+  (includes/taskOwner). The same owner and sandbox may claim their own task again (a restarted
+  builder reattaches).
+
+  Input:
+    KEYS[1] pool key base (with hash tag); every key is built from it
+    ARGV[1] now (epoch ms)
+    ARGV[2] task id
+    ARGV[3] owner
+    ARGV[4] sandbox
+    ARGV[5] claim deadline (epoch ms): when the request stops waiting
+  Output:
+    OK             claimed (or claimed already by the same owner and sandbox); nothing else changed
+    TASK_CONFLICT  the task holds a VM, or is claimed, for another owner or sandbox; nothing changed
+]]
+local base = KEYS[1]
+local now, taskId, owner, sandbox, deadline = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+--- @include "includes/replyCodes"
+--- @include "includes/taskOwner"
+
+if taskOfAnother(base, taskId, owner, sandbox, now) then
+  return TASK_CONFLICT
+end
+claimTask(base, taskId, owner, sandbox, deadline, now)
+return OK
