@@ -235,7 +235,20 @@ export class VmPoolClient {
             void this.scripts
               .cancelAcquire(waiter, abortReasonText(signal.reason), CANCEL_KEEP_MS)
               .catch((err: Error) => this.logger.warn({ jobId: job.id, err: err.message }, 'withdrawing the acquire request failed'))
-              .then(() => setTimeout(() => ((withdrawn = true), reject(new Error('acquire request withdrawn'))), ABORT_SETTLE_MS).unref());
+              .then(async () => {
+                // Queued (no acquire worker holds it, or a stopping one handed it back): removed at
+                // once, so that it neither waits for a worker nor counts as demand. Held by a worker:
+                // it fails as cancelled at the worker's wake; settled when it ended or at the bound.
+                const until = Date.now() + ABORT_SETTLE_MS;
+                for (;;) {
+                  const state = await job.getState().catch(() => 'unknown');
+                  if (['waiting', 'prioritized', 'delayed'].includes(state) && (await job.remove().then(() => true, () => false))) break;
+                  if (state === 'failed' || state === 'completed' || state === 'unknown' || Date.now() >= until) break;
+                  await new Promise((r) => setTimeout(r, 100).unref());
+                }
+                withdrawn = true;
+                reject(new Error('acquire request withdrawn'));
+              });
           };
           if (signal.aborted) onAbort();
           else signal.addEventListener('abort', onAbort, { once: true });
@@ -255,6 +268,7 @@ export class VmPoolClient {
           // A failure, a waiter timeout, connection trouble or a withdrawal: the stored job tells which.
           this.logger.debug({ jobId: job.id, err: (err as Error).message }, 'acquire wait ended without a result; reading the job');
           const stored = await Job.fromId(this.getQueue(), String(job.id));
+          if (!stored && withdrawn) return { kind: 'withdrawn', job };
           if (!stored) {
             // Removed (retention, an operator): the pool still knows which VM the task holds (and for whom).
             const held = request.taskId ? await this.reader.leasedVmOfTask(request.taskId, request) : null;

@@ -56,7 +56,7 @@ describe('web shutdown with waiting acquires', () => {
     await k.addReady('arm-1', '10.60.0.1', 1);
     const job = (await Job.fromId(queue, acquireJobId('t-line')))!;
     await until(async () => (await job.getState()) === 'failed', 'the withdrawn job to fail');
-    expect((await Job.fromId(queue, job.id!))!.failedReason).toMatch(/^NoVmAvailable: request withdrawn by its client/);
+    expect((await Job.fromId(queue, job.id!))!.failedReason).toMatch(/^cancelled: the web process is shutting down/);
     expect((await k.vmm.getVmRecord('arm-1')).state).toBe('ready');
     await worker.stop(5_000);
   });
