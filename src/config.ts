@@ -126,7 +126,12 @@ export const groupConfigSchema = z.strictObject({
     )
     .min(1)
     .optional(),
-  max_vm_total: positiveInt(8),
+  /**
+   * VMs of the group, not counting terminating or failed ones. 0 drains the group (Copr's and
+   * resalloc's way): nothing is spawned, the VMs it has are still served, and the dirty timeout and
+   * reuse limits retire them; a group of hand-added machines (`vmpool add`) keeps 0.
+   */
+  max_vm_total: z.number().int().nonnegative().default(8),
   max_vm_per_user: positiveInt(4),
   max_spawn_processes: positiveInt(2),
   vm_spawn_min_interval: seconds(30),
