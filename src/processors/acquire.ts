@@ -17,7 +17,6 @@ import {
 } from '../../queues/acquire.js';
 import { ReadySignal } from '../acquire/readySignal.js';
 import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
-import { isWithdrawnProgress } from '../acquire/withdraw.js';
 
 export { NO_VM_AVAILABLE_PREFIX };
 
@@ -108,8 +107,6 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
   const waiter = waiterOf(job, deadline);
   const { jobId } = waiter;
   if (stopped.has(ctx)) return requeue(job, STOPPED_REQUEUE_DELAY_MS);
-  // Withdrawn while it was queued (handed back by a stopping worker as its client gave up).
-  if (isWithdrawnProgress(job.progress)) throw await withdrawnError(job, 0);
   const rt = runtimeOf(ctx);
   const signals = [rt.stopping.signal, options.signal].filter((s): s is AbortSignal => s !== undefined);
   const abort = signals.length === 1 ? signals[0]! : AbortSignal.any(signals);
@@ -163,14 +160,8 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
     const outcome = await rt.readySignal.wait(groups, seen, Math.min(safetyMs, deadline - now), abort);
     if (outcome === 'aborted') {
       await ctx.vmm.leaveAcquireLine(waiter, groups);
-      if (await isWithdrawn(job, ctx)) throw await withdrawnError(job, attempts);
       log.info('acquire wait stopped; job goes back to the queue');
       return requeue(job);
-    }
-    if (await isWithdrawn(job, ctx)) {
-      await ctx.vmm.leaveAcquireLine(waiter, groups);
-      log.info({ attempts }, 'acquire request withdrawn by its client');
-      throw await withdrawnError(job, attempts);
     }
   }
 }
@@ -179,21 +170,6 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
 function failureOf(err: VmError): AcquireFailure {
   if (err instanceof InvalidVmRequest) return AcquireFailures.INVALID_REQUEST;
   return err instanceof TaskConflict ? AcquireFailures.TASK_CONFLICT : AcquireFailures.REFUSED;
-}
-
-/**
- * Whether the request's client withdrew it while it waited (withdrawAcquireRequest marks the job),
- * or its job is gone. Read at each wake, before trying again, so that a withdrawn request never
- * takes a VM.
- */
-async function isWithdrawn(job: Job, ctx: JobContext): Promise<boolean> {
-  const stored = await Job.fromId(ctx.queue(ACQUIRE_QUEUE), String(job.id));
-  return !stored || stored.timestamp !== job.timestamp || isWithdrawnProgress(stored.progress);
-}
-
-/** Fails a withdrawn request's job as no VM available (it took none), with the failure code the client decodes. */
-function withdrawnError(job: Job, attempts: number): Promise<UnrecoverableError> {
-  return failAcquireJob(job, AcquireFailures.NO_VM_AVAILABLE, `${NO_VM_AVAILABLE_PREFIX} request withdrawn by its client after ${attempts} attempts (no VM was taken for it)`);
 }
 
 /**

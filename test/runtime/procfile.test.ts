@@ -5,7 +5,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Job, Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { isWithdrawnProgress } from '../../src/acquire/withdraw.js';
 import { acquireJobId } from '../../src/client/index.js';
 import { parseConfig, type ConfigInput } from '../../src/config.js';
 import { createLogger } from '../../src/logger.js';
@@ -137,14 +136,14 @@ describe('the Procfile under foreman', () => {
     }
 
     // The request left the line, and its job is removed or failed (or, handed back by a stopping
-    // acquire worker, marked withdrawn: the next acquire worker fails it without trying).
+    // acquire worker, cancelled in the pool: the next acquire worker fails it without a VM).
     expect(await redis.zcard(keys.waiters(1))).toBe(0);
     expect(await vmm.countDemand(1)).toBe(0);
     const job = await Job.fromId(acquireQueue, acquireJobId('foreman-1'));
     if (job && (await job.getState()) !== 'failed') {
-      expect(isWithdrawnProgress(job.progress)).toBe(true);
       const worker = await startWorkerProcess('acquire', { VMPOOL_CONFIG: writeConfigFile(config), VMPOOL_PREFIX: prefix });
       await waitFor(async () => (await job.getState()) === 'failed', 10_000, 'the withdrawn job to fail');
+      expect((await Job.fromId(acquireQueue, acquireJobId('foreman-1')))!.failedReason).toMatch(/^cancelled: /);
       expect(await worker.stop()).toBe(0);
     }
   }, 150_000);
