@@ -154,17 +154,12 @@ export function apiRouter(deps: ApiDeps): Router {
         owners: req.principal!.owners ?? [],
       });
     }
-    for (const g of request.groups ?? []) {
-      if (!config.groups[g]) throw new HttpError('validation_error', `unknown group ${g}`, { group: g });
-    }
-    if (request.arch !== undefined && !config.groups.some((g) => g.archs.includes(request.arch!))) {
-      throw new HttpError('validation_error', `no group lists arch ${JSON.stringify(request.arch)}`, { arch: request.arch });
-    }
+    // The groups the acquire processor would resolve: an unknown group, arch or tag is a 400 here.
     try {
       requestGroupIds(config.groups, request);
     } catch (err) {
-      if (err instanceof RequestGroupsError) throw new HttpError('validation_error', err.message, { tags: request.tags ?? [] });
-      throw err;
+      if (!(err instanceof RequestGroupsError)) throw err;
+      throw new HttpError('validation_error', err.message, { groups: request.groups ?? null, arch: request.arch ?? null, tags: request.tags ?? [] });
     }
     // A builder that goes away withdraws its request (or gives back the VM it was just given).
     const gone = new AbortController();
