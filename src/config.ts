@@ -104,6 +104,9 @@ export const checkConfigSchema = z.discriminatedUnion('type', [
 export type ProviderConfig = z.output<typeof providerConfigSchema>;
 export type CheckConfig = z.output<typeof checkConfigSchema>;
 
+/** The percentiles a target_wait may name. */
+export const targetWaitPercentiles = ['p50', 'p90', 'p95', 'p99'] as const;
+
 /** One build group, as Copr's `build_groups`. Defaults are Copr's. */
 export const groupConfigSchema = z.strictObject({
   name: z.string().min(1),
@@ -164,6 +167,28 @@ export const groupConfigSchema = z.strictObject({
       }),
     ])
     .default(0),
+  /**
+   * Warm pool by target wait, instead of min_ready: `{ p95: 30 }` keeps enough clean VMs ready that
+   * 95% of acquires are served within 30 s, from the measured arrival rate (over `window` seconds)
+   * and boot time (src/reconcile/targetWait.ts). One of p50, p90, p95, p99.
+   */
+  target_wait: z
+    .strictObject({
+      p50: z.number().positive().optional(),
+      p90: z.number().positive().optional(),
+      p95: z.number().positive().optional(),
+      p99: z.number().positive().optional(),
+      window: seconds(900),
+    })
+    .superRefine((t, ctx) => {
+      const given = targetWaitPercentiles.filter((p) => t[p] !== undefined);
+      if (given.length !== 1) ctx.addIssue({ code: 'custom', message: `exactly one of ${targetWaitPercentiles.join(', ')} (seconds), such as { p95: 30 }` });
+      if (t.window < 60) ctx.addIssue({ code: 'custom', path: ['window'], message: 'at least 60 seconds' });
+    })
+    .optional(),
+  /** Bounds of the warm pool that target_wait sizes (default 0 and max_vm_total). */
+  min_ready_floor: z.number().int().nonnegative().optional(),
+  min_ready_ceiling: z.number().int().nonnegative().optional(),
   /** Retire a dirty VM after this many builds (0: no limit). */
   reuse_max_count: z.number().int().nonnegative().default(0),
   /** Retire a dirty VM this many seconds after its first acquisition by its owner and sandbox (0: no limit). */
@@ -185,6 +210,15 @@ export const groupConfigSchema = z.strictObject({
   /** Seconds an unknown machine (or a pool VM still in got_ip) is left alone before cleanup. */
   orphan_grace_period: seconds(900),
 }).superRefine((g, ctx) => {
+  if (g.target_wait && g.min_ready !== 0) {
+    ctx.addIssue({ code: 'custom', path: ['min_ready'], message: 'no min_ready with target_wait (bound target_wait with min_ready_floor and min_ready_ceiling)' });
+  }
+  if (!g.target_wait && (g.min_ready_floor !== undefined || g.min_ready_ceiling !== undefined)) {
+    ctx.addIssue({ code: 'custom', path: ['target_wait'], message: 'a target_wait such as { p95: 30 } (min_ready_floor and min_ready_ceiling bound it)' });
+  }
+  if (g.min_ready_floor !== undefined && g.min_ready_ceiling !== undefined && g.min_ready_floor > g.min_ready_ceiling) {
+    ctx.addIssue({ code: 'custom', path: ['min_ready_floor'], message: `at most min_ready_ceiling (${g.min_ready_ceiling})` });
+  }
   if (g.check.type === 'ssh' && g.provider.type !== 'local' && !g.check.private_key) {
     ctx.addIssue({ code: 'custom', path: ['check', 'private_key'], message: 'a private key file for the ssh check' });
   }

@@ -1,6 +1,7 @@
 /** What the operator surfaces (HTTP API, pool page, CLI) show of the pool. */
 import type { Config } from './config.js';
 import { isScheduled, minReadyAt } from './reconcile/minReady.js';
+import { targetOf, targetWaitDecision } from './reconcile/targetWait.js';
 import { ALL_VM_STATES, UnknownGroup, type VmRecord, type VmState } from './pool/types.js';
 
 export { UnknownGroup };
@@ -38,6 +39,18 @@ export interface GroupSummary {
   readyClean: number;
   demand: number;
   spawnsInFlight: number;
+  /** For a group with target_wait: the decision that sized its warm pool (minReady is its result). */
+  targetWait?: TargetWaitSummary;
+}
+
+export interface TargetWaitSummary {
+  /** The target, as configured: `p95 30s`. */
+  target: string;
+  arrivalsPerMinute: number;
+  bootSeconds: number;
+  /** False while no VM of the group has become ready yet (bootSeconds is then the default guess). */
+  bootMeasured: boolean;
+  minReady: number;
 }
 
 /** Per-group summary: limits from the config, counts from the state indexes, demand and spawns from Redis. */
@@ -49,13 +62,14 @@ export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Prom
     const mine = vms.filter((v) => v.group === id);
     const counts = Object.fromEntries(ALL_VM_STATES.map((s) => [s, 0])) as Record<VmState, number>;
     for (const v of mine) counts[v.state] += 1;
+    const tw = g.target_wait ? await targetWaitSummary(vmm, id) : undefined;
     out.push({
       id,
       name: g.name,
       archs: g.archs,
       tags: g.tags,
       limits: { max_vm_total: g.max_vm_total, max_vm_per_user: g.max_vm_per_user, max_spawn_processes: g.max_spawn_processes },
-      minReady: minReadyAt(g.min_ready, vmm.clock()),
+      minReady: tw ? tw.minReady : minReadyAt(g.min_ready, vmm.clock()),
       minReadyScheduled: isScheduled(g.min_ready),
       counts,
       total: mine.length,
@@ -63,7 +77,24 @@ export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Prom
       readyClean: mine.filter((v) => v.state === 'ready' && v.boundToUser === null && v.heldBy === null).length,
       demand: await vmm.countDemand(id),
       spawnsInFlight: (await vmm.getSpawnsInFlight(id)).length,
+      ...(tw ? { targetWait: tw } : {}),
     });
   }
   return out;
+}
+
+/** The target-wait decision of a group, from what the pool measured (as reconcile decides it). */
+export async function targetWaitSummary(vmm: VmManager, group: number): Promise<TargetWaitSummary | undefined> {
+  const g = vmm.groupConfig(group);
+  if (!g.target_wait) return undefined;
+  const measure = await vmm.measureTargetWait(group, g.target_wait.window * 1000);
+  const d = targetWaitDecision(g, measure, vmm.config.vm_cycle_timeout)!;
+  const t = targetOf(g.target_wait);
+  return {
+    target: `${t.name} ${t.seconds}s`,
+    arrivalsPerMinute: Math.round(d.arrivalsPerMinute * 100) / 100,
+    bootSeconds: Math.round(d.bootSeconds * 10) / 10,
+    bootMeasured: d.bootMeasured,
+    minReady: d.minReady,
+  };
 }

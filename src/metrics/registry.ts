@@ -2,6 +2,7 @@ import type { Queue } from 'bullmq';
 import { Gauge, Registry } from 'prom-client';
 import { ALL_VM_STATES } from '../pool/types.js';
 import { minReadyAt } from '../reconcile/minReady.js';
+import { targetWaitSummary } from '../poolView.js';
 import type { VmManager } from '../pool/vmManager.js';
 import { ALL_QUEUE_NAMES, QueueNames, type QueueName } from '../../queues/names.js';
 import { readSharedCounter, readSharedHistogram, sharedMetrics, type SharedMetricDef } from './shared.js';
@@ -99,15 +100,33 @@ export function createMetricsRegistry(deps: MetricsDeps): Registry {
     help: 'Configured limits per group (max_vm_total, max_vm_per_user, max_spawn_processes, and min_ready in force now)',
     labelNames: ['group', 'limit'],
     registers: [registry],
-    collect() {
+    async collect() {
       this.reset();
-      vmm.config.groups.forEach((g) => {
+      for (const [id, g] of vmm.config.groups.entries()) {
         for (const limit of ['max_vm_total', 'max_vm_per_user', 'max_spawn_processes'] as const) {
           this.set({ group: g.name, limit }, g[limit]);
         }
-        // The value in force now, when min_ready follows a schedule.
-        this.set({ group: g.name, limit: 'min_ready' }, minReadyAt(g.min_ready, vmm.clock()));
-      });
+        // The value in force now, when min_ready follows a schedule or target_wait sizes it.
+        const tw = g.target_wait ? await targetWaitSummary(vmm, id) : undefined;
+        this.set({ group: g.name, limit: 'min_ready' }, tw ? tw.minReady : minReadyAt(g.min_ready, vmm.clock()));
+      }
+    },
+  });
+
+  new Gauge({
+    name: 'vmpool_target_wait',
+    help: 'What target_wait sizes a warm pool from, per group: arrivals_per_minute, boot_seconds, and the resulting min_ready',
+    labelNames: ['group', 'figure'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const [id, g] of vmm.config.groups.entries()) {
+        const tw = g.target_wait ? await targetWaitSummary(vmm, id) : undefined;
+        if (!tw) continue;
+        this.set({ group: g.name, figure: 'arrivals_per_minute' }, tw.arrivalsPerMinute);
+        this.set({ group: g.name, figure: 'boot_seconds' }, tw.bootSeconds);
+        this.set({ group: g.name, figure: 'min_ready' }, tw.minReady);
+      }
     },
   });
 

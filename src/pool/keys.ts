@@ -56,6 +56,10 @@ export function poolKeys(prefix: string) {
     orphanMissing: (group: number) => `${base}group:${group}:orphan_missing`,
     /** The reconcile cycle lock (src/reconcile/cycleLock.ts): one cycle at a time across replicas. */
     reconcileLock: `${base}reconcile_lock`,
+    /** Hash of the group's spawn-to-ready time: ema_ms (exponential moving average), samples (recordHealthCheckResult-1.lua). */
+    bootTime: (group: number) => `${base}group:${group}:boot_time`,
+    /** Hash of acquire requests that arrived for the group, per minute: minute number (epoch ms / 60000) -> count. */
+    arrivals: (group: number) => `${base}group:${group}:arrivals`,
     /** Pub/sub channel told (by the scripts) when a VM of the group may be acquirable. */
     readyChannel: (group: number) => `${base}ready:${group}`,
   };

@@ -175,6 +175,18 @@ export class PoolReader {
     return this.redis.hget(this.keys.groupInfo(group), field);
   }
 
+  /** The group's boot time (spawn to first passed check): moving average in ms and sample count. */
+  async bootTime(group: number): Promise<{ emaMs: number | null; samples: number }> {
+    const [ema, samples] = await this.redis.hmget(this.keys.bootTime(group), 'ema_ms', 'samples');
+    return { emaMs: ema === null ? null : Number(ema), samples: Number(samples ?? 0) };
+  }
+
+  /** Acquire requests that arrived for the group per minute (minute number -> count); the hash stays small (VmManager trims it). */
+  async arrivals(group: number): Promise<Map<number, number>> {
+    const raw = await this.redis.hgetall(this.keys.arrivals(group));
+    return new Map(Object.entries(raw).map(([minute, n]) => [Number(minute), Number(n)]));
+  }
+
   /** What the group's last orphan pass left for the next one. */
   async orphanPassState(group: number): Promise<OrphanPassState> {
     const [unknown, missing] = await Promise.all([this.redis.hgetall(this.keys.orphanUnknown(group)), this.redis.hgetall(this.keys.orphanMissing(group))]);

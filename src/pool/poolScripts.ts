@@ -88,8 +88,8 @@ export class PoolScripts {
   }
 
   /** Adds a VM in got_ip. Throws VmError when a VM of that name is in the pool. */
-  async addVm(vmName: string, vmIp: string, group: number, now: number): Promise<void> {
-    await this.acted('addVm', vmName, [vmIp, group, now], null, {
+  async addVm(vmName: string, vmIp: string, group: number, now: number, spawnStartedAt?: number): Promise<void> {
+    await this.acted('addVm', vmName, [vmIp, group, now, spawnStartedAt ?? ''], null, {
       [ReplyCodes.ALREADY_EXISTS]: () => new VmError(`VM ${vmName} is already in the pool`),
     });
   }

@@ -18,6 +18,7 @@ import { poolKeys, type PoolKeys } from './keys.js';
 import { PoolReader, type OrphanPassState, type SpawnInFlight } from './poolReader.js';
 import { PoolScripts } from './poolScripts.js';
 import { formatPoolInfo } from './info.js';
+import { arrivalRateFromBuckets, type TargetWaitMeasure } from '../reconcile/targetWait.js';
 import {
   ALL_VM_STATES,
   InvalidVmRequest,
@@ -144,13 +145,14 @@ export class VmManager {
     return this.redis;
   }
 
-  async addVmToPool(vmIp: string, vmName: string, group: number): Promise<VmDescriptor> {
+  /** Adds a VM in got_ip; `spawnStartedAt` (epoch ms) lets its first passed check measure the group's boot time. */
+  async addVmToPool(vmIp: string, vmName: string, group: number, spawnStartedAt?: number): Promise<VmDescriptor> {
     if (!isValidVmName(vmName)) {
       throw new InvalidVmRequest(`invalid VM name ${JSON.stringify(vmName)}: expected 1-63 of A-Z a-z 0-9 . _ -, starting with a letter or digit`);
     }
     if (!isValidVmIp(vmIp)) throw new InvalidVmRequest(`invalid IP address ${JSON.stringify(vmIp)} for VM ${vmName}`);
     this.groupConfig(group);
-    await this.scripts.addVm(vmName, vmIp, group, this.clock());
+    await this.scripts.addVm(vmName, vmIp, group, this.clock(), spawnStartedAt);
     this.logger.info({ vmName, vmIp, group }, 'VM added to pool');
     return this.getVmByName(vmName);
   }
@@ -408,6 +410,26 @@ export class VmManager {
 
   async getServerStart(): Promise<number | null> {
     return this.reader.serverStart();
+  }
+
+  /**
+   * What target_wait sizes the group's warm pool from: the arrival rate over `windowMs` and the
+   * boot time. Minutes older than the window are dropped from the arrivals hash on the way.
+   */
+  async measureTargetWait(group: number, windowMs: number): Promise<TargetWaitMeasure & { bootSamples: number }> {
+    this.groupConfig(group);
+    const now = this.clock();
+    const [buckets, boot] = await Promise.all([this.reader.arrivals(group), this.reader.bootTime(group)]);
+    const firstMinute = Math.floor((now - windowMs) / 60_000) + 1;
+    const old = [...buckets.keys()].filter((m) => m < firstMinute);
+    if (old.length > 0) await this.redis.hdel(this.keys.arrivals(group), ...old.map(String));
+    return { arrivalRate: arrivalRateFromBuckets(buckets, now, windowMs), bootMs: boot.emaMs, bootSamples: boot.samples };
+  }
+
+  /** Counts acquire requests that arrived for the group now (their first group). */
+  async countArrivals(group: number, count = 1): Promise<void> {
+    this.groupConfig(group);
+    await this.redis.hincrby(this.keys.arrivals(group), String(Math.floor(this.clock() / 60_000)), count);
   }
 
   async writeVmPoolInfo(group: number, key: string, value: string | number): Promise<void> {

@@ -43,7 +43,7 @@ async function processSpawn(job: Job, data: SpawnData, ctx: JobContext): Promise
       throw new UnrecoverableError(`provider returned an unusable address for ${machine.name}: ${refusal}`);
     }
     try {
-      await ctx.vmm.addVmToPool(machine.ip, machine.name, group);
+      await ctx.vmm.addVmToPool(machine.ip, machine.name, group, started);
     } catch (err) {
       // A duplicate name is another machine under a name the pool has: the terminate job ends it by
       // the name and address the hook printed, and leaves the pool's VM of that name alone.

@@ -13,7 +13,7 @@
 import type { Config, GroupConfig } from '../config.js';
 import { VmStates, type VmRecord, type VmState } from '../pool/types.js';
 import type { TerminationReason } from '../../queues/terminate.js';
-import { isScheduled, minReadyAt } from './minReady.js';
+import { warmPoolSize, warmPoolVaries, type TargetWaitMeasure } from './targetWait.js';
 
 /** Why a spawn was requested: to keep the warm pool (`min_ready`) or for waiting acquire requests. */
 export type SpawnReason = 'warm_pool' | 'demand';
@@ -42,6 +42,8 @@ export interface GroupSnapshot {
   demand: number;
   /** Copr's `last_vm_spawn_start` (epoch ms), or null if the group never spawned. */
   lastSpawnStart: number | null;
+  /** The arrival rate and boot time measured for a group with target_wait. */
+  targetWait?: TargetWaitMeasure;
 }
 
 export interface PoolSnapshot {
@@ -55,9 +57,14 @@ export interface PoolSnapshot {
   serverStartSeq?: number | null;
 }
 
-export type ReconcileConfig = Pick<Config, 'groups'>;
+export type ReconcileConfig = Pick<Config, 'groups'> & Partial<Pick<Config, 'vm_cycle_timeout'>>;
 
 const ms = (seconds: number) => seconds * 1000;
+
+/** The warm pool a group keeps now: min_ready, by schedule, or sized by target_wait. */
+export function warmPoolOf(config: ReconcileConfig, group: GroupSnapshot, now: number): number {
+  return warmPoolSize(config.groups[group.group]!, group.targetWait, now, config.vm_cycle_timeout ?? 10);
+}
 
 /** An operator holds the VM out of acquisition (hold/unhold): reconcile neither retires nor counts it. */
 function isHeld(vm: VmRecord): boolean {
@@ -225,7 +232,7 @@ export function spawnFigures(snapshot: PoolSnapshot, config: ReconcileConfig, gr
     all: vms.length,
     inFlight,
     comingSupply: coming + inFlight,
-    wanted: minReadyAt(g.min_ready, now) + Math.max(0, group.demand),
+    wanted: warmPoolOf(config, group, now) + Math.max(0, group.demand),
   };
 }
 
@@ -260,7 +267,7 @@ export function decideStartSpawnIfRequired(snapshot: PoolSnapshot, config: Recon
       if (f.all >= 2 * g.max_vm_total) break;
       if (comingSupply >= f.wanted) break;
       // Clean ready VMs and VMs on their way count first against the warm pool.
-      const reason: SpawnReason = comingSupply < minReadyAt(g.min_ready, now) ? 'warm_pool' : 'demand';
+      const reason: SpawnReason = comingSupply < f.wanted - Math.max(0, group.demand) ? 'warm_pool' : 'demand';
       actions.push({ type: 'spawn', group: group.group, reason });
       inFlight += 1;
       comingSupply += 1;
@@ -272,7 +279,8 @@ export function decideStartSpawnIfRequired(snapshot: PoolSnapshot, config: Recon
 
 /**
  * retireSurplus (beyond Copr and every peer's fixed pool): when a group's min_ready follows a
- * schedule and a period ends, the clean ready VMs above the value now in force plus the waiting
+ * schedule and a period ends, or target_wait sizes a smaller pool, the clean ready VMs above the
+ * value now in force plus the waiting
  * demand are retired, the longest-idle first. Only idle VMs go: never one in use, bound to an
  * owner, held, or on its way to ready. A fixed min_ready retires nothing (Copr keeps what it has).
  */
@@ -280,11 +288,11 @@ export function decideRetireSurplus(snapshot: PoolSnapshot, config: ReconcileCon
   const actions: ReconcileAction[] = [];
   for (const group of snapshot.groups) {
     const g = config.groups[group.group];
-    if (!g || !isScheduled(g.min_ready)) continue;
+    if (!g || !warmPoolVaries(g)) continue;
     const idle = snapshot.vms
       .filter((vm) => vm.group === group.group && vm.state === VmStates.READY && vm.boundToUser === null && !isHeld(vm))
       .sort((a, b) => (a.lastRelease ?? a.addedAt ?? 0) - (b.lastRelease ?? b.addedAt ?? 0) || a.vmName.localeCompare(b.vmName));
-    const keep = minReadyAt(g.min_ready, now) + Math.max(0, group.demand);
+    const keep = warmPoolOf(config, group, now) + Math.max(0, group.demand);
     for (const vm of idle.slice(0, Math.max(0, idle.length - keep))) {
       actions.push({ type: 'terminate', vmName: vm.vmName, allowedPreState: VmStates.READY, reason: 'surplus' });
     }

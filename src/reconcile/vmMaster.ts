@@ -26,6 +26,7 @@ import {
   type ReconcileAction,
 } from './decisions.js';
 import { readDemand } from './demand.js';
+import { targetWaitDecision, type TargetWaitMeasure } from './targetWait.js';
 import { isOrphanPassDue, LAST_ORPHAN_CHECK, leakTerminateJobId, parseEpochMs, parseUnknownMachines } from './orphanPass.js';
 
 /** Copr's per-group pool info key for the last spawn start (epoch ms). */
@@ -114,13 +115,31 @@ export class VmMaster {
       readDemand(vmm, this.queue(ACQUIRE_QUEUE)),
       Promise.all(
         vmm.vmGroups.map(async (group): Promise<Omit<GroupSnapshot, 'demand'>> => {
-          const [spawnsInFlight, last] = await Promise.all([vmm.getSpawnsInFlight(group), vmm.readVmPoolInfo(group, LAST_VM_SPAWN_START)]);
+          const targetWait = vmm.config.groups[group]!.target_wait;
+          const [spawnsInFlight, last, measure] = await Promise.all([
+            vmm.getSpawnsInFlight(group),
+            vmm.readVmPoolInfo(group, LAST_VM_SPAWN_START),
+            targetWait ? vmm.measureTargetWait(group, targetWait.window * 1000) : undefined,
+          ]);
           const lastSpawnStart = last === null || last === '' || !Number.isFinite(Number(last)) ? null : Number(last);
-          return { group, spawnsInFlight, lastSpawnStart };
+          return measure ? { group, spawnsInFlight, lastSpawnStart, targetWait: measure } : { group, spawnsInFlight, lastSpawnStart };
         }),
       ),
     ]);
+    for (const g of groups) if (g.targetWait) this.noteTargetWait(g.group, g.targetWait);
     return { vms, groups: groups.map((g) => ({ ...g, demand: demand[g.group] ?? 0 })), serverStart, serverStartSeq };
+  }
+
+  private readonly lastTargetWait = new Map<number, number>();
+
+  /** Logs a target_wait decision: at info when the warm pool's size changes, else at debug. */
+  private noteTargetWait(group: number, measure: TargetWaitMeasure): void {
+    const d = targetWaitDecision(this.vmm.config.groups[group]!, measure, this.vmm.config.vm_cycle_timeout);
+    if (!d) return;
+    const fields = { group, arrivalsPerMinute: Number(d.arrivalsPerMinute.toFixed(2)), bootSeconds: Number(d.bootSeconds.toFixed(1)), bootMeasured: d.bootMeasured, minReady: d.minReady, lateShare: Number(d.lateShare.toFixed(4)) };
+    const changed = this.lastTargetWait.get(group) !== d.minReady;
+    this.lastTargetWait.set(group, d.minReady);
+    this.logger[changed ? 'info' : 'debug'](fields, 'target_wait sized the warm pool');
   }
 
   /** Terminates dirty VMs not re-acquired within vm_dirty_terminating_timeout, or past a reuse limit. */

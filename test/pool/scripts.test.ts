@@ -32,6 +32,8 @@ const WITHOUT_SCRIPTS: (keyof PoolKeys)[] = ['base', 'groupInfo', 'spawning', 'o
 /** Sample arguments of each key kind; values that must survive as they are (':' in names, a non-ASCII owner). */
 const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
   vm: ['vm-1.x'],
+  bootTime: [3],
+  arrivals: [4],
   allVms: [],
   ip: ['fd00::1'],
   task: ['42:fedora-x86_64'],

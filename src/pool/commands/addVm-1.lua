@@ -7,12 +7,14 @@
     ARGV[2] VM IP
     ARGV[3] group id
     ARGV[4] now (epoch ms), kept as added_at
+    ARGV[5] when its spawn started (epoch ms; '' when not spawned), kept as spawn_started_at: the
+            first passed check measures the group's boot time from it (recordHealthCheckResult)
   Output:
     OK              added
     ALREADY_EXISTS  a VM of that name is already in the pool (nothing changed)
 ]]
 local base = KEYS[1]
-local name, ip, group, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local name, ip, group, now, spawnStartedAt = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5] or ''
 --- @include "includes/replyCodes"
 --- @include "includes/setVmState"
 
@@ -23,5 +25,8 @@ end
 redis.call('HSET', key, 'vm_name', name, 'vm_ip', ip, 'group', group, 'check_fails', 0, 'builds_count', 0, 'added_at', now)
 redis.call('SADD', allVmsKey(base), name)
 redis.call('SADD', ipKey(base, ip), name)
+if spawnStartedAt ~= '' then
+  redis.call('HSET', key, 'spawn_started_at', spawnStartedAt)
+end
 setVmState(base, name, 'got_ip')
 return OK

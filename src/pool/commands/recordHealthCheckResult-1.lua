@@ -1,6 +1,8 @@
 --[[
   Applies the result of a health check.
-    ok:     from check_health or in_use, check_fails = 0; check_health becomes ready.
+    ok:     from check_health or in_use, check_fails = 0; check_health becomes ready. The first
+            pass of a spawned VM (it has spawn_started_at) adds now - spawn_started_at to the
+            group's boot time (bootTime: an exponential moving average, weight 0.2).
     failed: from check_health, in_use or check_health_failed, check_fails += 1; check_health becomes
             check_health_failed. Once check_fails > max fails, the VM moves to terminating in this
             same script (includes/startTermination; the caller enqueues the terminate job).
@@ -25,6 +27,22 @@ local name, ok, now = ARGV[1], ARGV[2] == '1', ARGV[3]
 --- @include "includes/replyCodes"
 --- @include "includes/startTermination"
 
+-- Folds one spawn-to-ready sample (ms) into the group's moving average.
+local function recordBootTime(base, group, sampleMs)
+  if sampleMs < 0 then
+    return
+  end
+  local k = bootTimeKey(base, group)
+  local ema = tonumber(redis.call('HGET', k, 'ema_ms'))
+  if ema then
+    ema = ema + 0.2 * (sampleMs - ema)
+  else
+    ema = sampleMs
+  end
+  redis.call('HSET', k, 'ema_ms', tostring(math.floor(ema + 0.5)))
+  redis.call('HINCRBY', k, 'samples', 1)
+end
+
 local key = vmKey(base, name)
 local state = redis.call('HGET', key, 'state')
 if not state then
@@ -38,6 +56,11 @@ if ok then
   redis.call('HSET', key, 'check_fails', 0)
   if state == 'check_health' then
     setVmState(base, name, 'ready')
+    local spawnStartedAt = tonumber(redis.call('HGET', key, 'spawn_started_at'))
+    if spawnStartedAt then
+      redis.call('HDEL', key, 'spawn_started_at')
+      recordBootTime(base, redis.call('HGET', key, 'group'), tonumber(now) - spawnStartedAt)
+    end
   end
   return {OK, redis.call('HGETALL', key)}
 end

@@ -73,6 +73,16 @@ local function holdsExpiringKey(base)
   return base .. 'holds_expiring'
 end
 
+-- Hash of the group's spawn-to-ready time: ema_ms, samples.
+local function bootTimeKey(base, group)
+  return base .. 'group:' .. group .. ':boot_time'
+end
+
+-- Hash of acquire requests that arrived for the group, per minute: minute number -> count.
+local function arrivalsKey(base, group)
+  return base .. 'group:' .. group .. ':arrivals'
+end
+
 -- Sorted set of waiting acquire requests of the group, in serving order.
 local function waitersKey(base, group)
   return base .. 'group:' .. group .. ':waiters'

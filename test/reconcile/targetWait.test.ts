@@ -1,0 +1,126 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, parseConfig, type ConfigInput } from '../../src/config.js';
+import { decideStartSpawnIfRequired, decideRetireSurplus, type PoolSnapshot } from '../../src/reconcile/decisions.js';
+import { arrivalRateFromBuckets, decideTargetWait, nextBootEma, poissonTail, targetWaitDecision } from '../../src/reconcile/targetWait.js';
+import { loadArrivals, simulate, type SimulationResult } from './targetWaitSimulation.js';
+
+const group = (extra: Record<string, unknown>) => parseConfig({ groups: [{ name: 'g', max_vm_total: 200, max_spawn_processes: 50, vm_spawn_min_interval: 0, ...extra }] } as ConfigInput, {}).groups[0]!;
+
+describe('target_wait decision', () => {
+  it('computes the Poisson tail', () => {
+    expect(poissonTail(0, 1)).toBe(0);
+    expect(poissonTail(3, 0)).toBe(1);
+    // P(N >= 1) = 1 - e^-2; P(N >= 5 | mean 2) = 0.0527 (tables).
+    expect(poissonTail(2, 1)).toBeCloseTo(1 - Math.exp(-2), 10);
+    expect(poissonTail(2, 5)).toBeCloseTo(0.0527, 4);
+    // The normal approximation above mean 600 agrees with the exact sum near that size.
+    expect(Math.abs(poissonTail(601, 640) - poissonTail(599, 640))).toBeLessThan(0.02);
+    expect(poissonTail(1000, 1000)).toBeGreaterThan(0.45);
+    expect(poissonTail(1000, 1000)).toBeLessThan(0.55);
+  });
+
+  it('keeps the smallest warm pool whose late share is within the percentile', () => {
+    // 2 requests a minute, boot 90 s, cycle 10 s, target 30 s: exposure 70 s, mean 2.33.
+    const d = decideTargetWait({ arrivalRate: 2 / 60, bootMs: 90_000, targetSeconds: 30, percentile: 0.95, cycleSeconds: 10, floor: 0, ceiling: 50 });
+    expect(d.minReady).toBe(6);
+    expect(d.lateShare).toBeLessThanOrEqual(0.05);
+    expect(poissonTail(2 / 60 * 70, d.minReady - 1)).toBeGreaterThan(0.05);
+    expect(d.arrivalsPerMinute).toBeCloseTo(2);
+    expect(d.bootMeasured).toBe(true);
+    // More arrivals, a slower boot or a stricter percentile never need fewer VMs.
+    const more = decideTargetWait({ arrivalRate: 4 / 60, bootMs: 90_000, targetSeconds: 30, percentile: 0.95, cycleSeconds: 10, floor: 0, ceiling: 50 });
+    const slower = decideTargetWait({ arrivalRate: 2 / 60, bootMs: 180_000, targetSeconds: 30, percentile: 0.95, cycleSeconds: 10, floor: 0, ceiling: 50 });
+    const stricter = decideTargetWait({ arrivalRate: 2 / 60, bootMs: 90_000, targetSeconds: 30, percentile: 0.99, cycleSeconds: 10, floor: 0, ceiling: 50 });
+    expect(more.minReady).toBeGreaterThan(d.minReady);
+    expect(slower.minReady).toBeGreaterThan(d.minReady);
+    expect(stricter.minReady).toBeGreaterThan(d.minReady);
+  });
+
+  it('needs no warm pool when a fresh spawn meets the target, and stays within floor and ceiling', () => {
+    expect(decideTargetWait({ arrivalRate: 1, bootMs: 20_000, targetSeconds: 60, percentile: 0.95, cycleSeconds: 10, floor: 0, ceiling: 50 }).minReady).toBe(0);
+    expect(decideTargetWait({ arrivalRate: 0, bootMs: 90_000, targetSeconds: 30, percentile: 0.95, cycleSeconds: 10, floor: 2, ceiling: 50 }).minReady).toBe(2);
+    const capped = decideTargetWait({ arrivalRate: 10, bootMs: 300_000, targetSeconds: 30, percentile: 0.95, cycleSeconds: 10, floor: 0, ceiling: 7 });
+    expect(capped.minReady).toBe(7);
+    expect(capped.lateShare).toBeGreaterThan(0.05);
+    // Before the first VM is ready, the boot time is a default guess, and says so.
+    const guess = decideTargetWait({ arrivalRate: 1 / 60, bootMs: null, targetSeconds: 30, percentile: 0.95, cycleSeconds: 10, floor: 0, ceiling: 50 });
+    expect(guess.bootMeasured).toBe(false);
+    expect(guess.bootSeconds).toBe(60);
+  });
+
+  it('measures the arrival rate over the window and the boot time as a moving average', () => {
+    const now = 10 * 60_000 + 30_000; // 30 s into minute 10
+    const buckets = new Map([[4, 100], [6, 6], [9, 6], [10, 3]]);
+    // A 5-minute window covers minutes 6..9 whole and 30 s of minute 10: 15 requests in 270 s.
+    expect(arrivalRateFromBuckets(buckets, now, 5 * 60_000)).toBeCloseTo(15 / 270, 10);
+    expect(arrivalRateFromBuckets(new Map(), now, 5 * 60_000)).toBe(0);
+    expect(nextBootEma(null, 1000)).toBe(1000);
+    expect(nextBootEma(1000, 2000)).toBe(1200);
+  });
+
+  it('is refused in config next to min_ready, and its bounds without it', () => {
+    expect(() => group({ target_wait: { p95: 30 }, min_ready: 2 })).toThrow(ConfigError);
+    expect(() => group({ min_ready_floor: 1 })).toThrow(/target_wait/);
+    expect(() => group({ target_wait: { p95: 30, p99: 60 } })).toThrow(/exactly one of p50, p90, p95, p99/);
+    expect(() => group({ target_wait: {} })).toThrow(/exactly one/);
+    expect(() => group({ target_wait: { p95: 30 }, min_ready_floor: 5, min_ready_ceiling: 2 })).toThrow(/at most min_ready_ceiling/);
+    expect(() => group({ target_wait: { p95: 30, window: 10 } })).toThrow(/at least 60 seconds/);
+    const g = group({ target_wait: { p95: 30 }, min_ready_floor: 1, min_ready_ceiling: 9 });
+    expect(g.target_wait).toEqual({ p95: 30, window: 900 });
+    expect(targetWaitDecision(g, { arrivalRate: 0, bootMs: null }, 10)?.minReady).toBe(1);
+    // A group without it keeps the parsed shape it had.
+    expect('target_wait' in group({})).toBe(false);
+  });
+
+  it('drives spawns and retires idle surplus through the reconcile decisions', () => {
+    const g = group({ target_wait: { p95: 30 }, min_ready_ceiling: 9 });
+    const snap = (rate: number, readyClean: number): PoolSnapshot => ({
+      vms: Array.from({ length: readyClean }, (_, i) => ({
+        vmName: `vm-${i}`, vmIp: '10.0.0.1', group: 0, state: 'ready', boundToUser: null, sandbox: null, usedByWorker: null, taskId: null, buildId: null, chroot: null,
+        inUseSince: null, lastHealthCheck: 1, checkFails: 0, lastRelease: null, buildsCount: 0, terminatingSince: null, addedAt: i, boundSince: null, leaseId: null,
+        leaseExpiresAt: null, heldBy: null, heldSince: null, heldUntil: null, holdReason: null,
+      })),
+      groups: [{ group: 0, spawnsInFlight: [], demand: 0, lastSpawnStart: null, targetWait: { arrivalRate: rate, bootMs: 90_000 } }],
+      serverStart: 0,
+    });
+    const config = { groups: [g], vm_cycle_timeout: 10 };
+    // 2/min needs 6 ready: with 2, four spawns start for the warm pool.
+    const spawns = decideStartSpawnIfRequired(snap(2 / 60, 2), config, 1_000_000);
+    expect(spawns).toEqual(Array.from({ length: 4 }, () => ({ type: 'spawn', group: 0, reason: 'warm_pool' })));
+    // Arrivals stop: one VM stays ready for the next request (a fresh spawn takes longer than 30 s),
+    // the other 5 idle VMs are surplus, oldest first.
+    const retire = decideRetireSurplus(snap(0, 6), config, 1_000_000);
+    expect(retire.map((a) => a.type === 'terminate' && a.vmName)).toEqual(['vm-0', 'vm-1', 'vm-2', 'vm-3', 'vm-4']);
+  });
+});
+
+describe('target_wait simulation: a recorded day of arrivals, replayed in virtual time', () => {
+  it('meets the p95 target with fewer VM-minutes than the best fixed min_ready that meets it', () => {
+    const arrivals = loadArrivals();
+    const target = 30;
+    const common = { arrivals, cycleSeconds: 10, bootSeconds: 90, bootJitterSeconds: 20 };
+    const adaptive = simulate({ ...common, group: group({ target_wait: { p95: target } }) });
+    const fixed: { k: number; r: SimulationResult }[] = [];
+    for (let k = 0; k <= 30; k++) {
+      const r = simulate({ ...common, group: group({ min_ready: k }) });
+      fixed.push({ k, r });
+      if (r.p95 <= target) break;
+    }
+    const best = fixed.at(-1)!;
+    const row = (name: string, r: SimulationResult) => `${name.padEnd(24)} p95 wait ${r.p95.toFixed(1).padStart(5)} s   VM-minutes ${r.vmMinutes.toFixed(0).padStart(6)} (idle ${r.idleVmMinutes.toFixed(0).padStart(5)})   spawns ${r.spawns}   most ready ${r.maxReady}`;
+    console.log(
+      [
+        `target_wait simulation: ${arrivals.length} acquires over one day, boot 90±20 s, cycle 10 s, target p95 <= ${target} s`,
+        row(`target_wait { p95: ${target} }`, adaptive),
+        row(`fixed min_ready ${best.k} (best)`, best.r),
+        row(`fixed min_ready ${Math.max(0, best.k - 1)}`, fixed.at(-2)?.r ?? best.r),
+        `saved: ${(best.r.vmMinutes - adaptive.vmMinutes).toFixed(0)} VM-minutes (${(100 * (1 - adaptive.idleVmMinutes / best.r.idleVmMinutes)).toFixed(1)}% of the idle ones)`,
+      ].join('\n'),
+    );
+    expect(adaptive.waits).toHaveLength(arrivals.length);
+    expect(best.r.p95).toBeLessThanOrEqual(target);
+    expect(adaptive.p95).toBeLessThanOrEqual(target);
+    expect(adaptive.vmMinutes).toBeLessThan(best.r.vmMinutes);
+    expect(adaptive.idleVmMinutes).toBeLessThan(best.r.idleVmMinutes);
+  });
+});
