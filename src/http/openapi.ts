@@ -156,6 +156,17 @@ export const openApiDocument = {
           readyClean: { type: 'integer' },
           demand: { type: 'integer' },
           spawnsInFlight: { type: 'integer' },
+          targetWait: {
+            type: 'object',
+            description: 'for a group with target_wait: what sized its warm pool (minReady is the result)',
+            properties: {
+              target: { type: 'string', description: 'the target, such as "p95 30s"' },
+              arrivalsPerMinute: { type: 'number' },
+              bootSeconds: { type: 'number' },
+              bootMeasured: { type: 'boolean', description: 'false while bootSeconds is the default guess' },
+              minReady: { type: 'integer' },
+            },
+          },
         },
       },
     },

@@ -58,6 +58,14 @@ function vmRow(vm: VmRecord, now: number): string {
   ].join('');
 }
 
+/** How target_wait sized the warm pool: its target, the measured rate and boot time. */
+function targetWaitText(summary: GroupSummary): string {
+  const t = summary.targetWait;
+  if (!t) return '';
+  const boot = t.bootMeasured ? `boot ${t.bootSeconds} s` : `boot ${t.bootSeconds} s (assumed until a VM is ready)`;
+  return ` <span data-target-wait>(by target_wait ${escapeHtml(t.target)}: ${t.arrivalsPerMinute} requests/min, ${boot})</span>`;
+}
+
 function groupSection(summary: GroupSummary, vms: VmRecord[], now: number): string {
   const counts = Object.entries(summary.counts)
     .map(([state, n]) => `<span class="count state-${state}" data-count-state="${state}">${state}: <b>${n}</b></span>`)
@@ -66,7 +74,7 @@ function groupSection(summary: GroupSummary, vms: VmRecord[], now: number): stri
     `max_vm_total <b>${summary.limits.max_vm_total}</b> · max_vm_per_user <b>${summary.limits.max_vm_per_user}</b> · ` +
     `max_spawn_processes <b>${summary.limits.max_spawn_processes}</b>`;
   const warm =
-    `warm pool: <b data-ready-clean>${summary.readyClean}</b> clean ready of min_ready <b data-min-ready>${summary.minReady}</b>${summary.minReadyScheduled ? ' (by schedule, now)' : ''} · ` +
+    `warm pool: <b data-ready-clean>${summary.readyClean}</b> clean ready of min_ready <b data-min-ready>${summary.minReady}</b>${summary.minReadyScheduled ? ' (by schedule, now)' : ''}${targetWaitText(summary)} · ` +
     `demand <b>${summary.demand}</b> · spawns in flight <b>${summary.spawnsInFlight}</b> · held <b>${summary.held}</b>`;
   const rows = vms.length
     ? vms.map((vm) => vmRow(vm, now)).join('\n')

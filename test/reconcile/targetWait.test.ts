@@ -1,4 +1,11 @@
-import { describe, expect, it } from 'vitest';
+import { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { VmManager } from '../../src/pool/vmManager.js';
+import { groupSummaries } from '../../src/poolView.js';
+import { VmMaster } from '../../src/reconcile/vmMaster.js';
+import { QueueNames } from '../../queues/names.js';
+import { connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
 import { ConfigError, parseConfig, type ConfigInput } from '../../src/config.js';
 import { decideStartSpawnIfRequired, decideRetireSurplus, type PoolSnapshot } from '../../src/reconcile/decisions.js';
 import { arrivalRateFromBuckets, decideTargetWait, nextBootEma, poissonTail, targetWaitDecision } from '../../src/reconcile/targetWait.js';
@@ -122,5 +129,75 @@ describe('target_wait simulation: a recorded day of arrivals, replayed in virtua
     expect(adaptive.p95).toBeLessThanOrEqual(target);
     expect(adaptive.vmMinutes).toBeLessThan(best.r.vmMinutes);
     expect(adaptive.idleVmMinutes).toBeLessThan(best.r.idleVmMinutes);
+  });
+});
+
+describe('target_wait in a reconcile cycle (real Redis, injected clock)', () => {
+  const prefix = uniquePrefix('target-wait');
+  const input: ConfigInput = {
+    groups: [{ name: 'tw', target_wait: { p95: 30, window: 600 }, min_ready_ceiling: 9, max_vm_total: 20, max_spawn_processes: 20, vm_spawn_min_interval: 0, lease_timeout: 86_400 }],
+  };
+  const clock = { now: Date.parse('2026-12-01T10:00:00Z') };
+  let redis: Redis;
+  let vmm: VmManager;
+  let master: VmMaster;
+  let spawnQueue: Queue;
+
+  beforeAll(async () => {
+    redis = connect();
+    vmm = new VmManager(input, { redis, prefix, clock: () => clock.now });
+    master = new VmMaster(vmm);
+    spawnQueue = new Queue(QueueNames.SPAWN, { connection: redis, prefix });
+    await vmm.markServerStart();
+  });
+  afterAll(async () => {
+    await master?.close();
+    await spawnQueue?.close();
+    await vmm?.close();
+    await deleteKeysWithPrefix(redis, prefix);
+    await redis.quit();
+  });
+
+  it('measures boot time at the first passed check and the arrival rate, and spawns what the target needs', async () => {
+    // Two spawned VMs: ready 80 s and 100 s after their spawns started.
+    for (const [i, bootMs] of [80_000, 100_000].entries()) {
+      const name = `tw-${i}`;
+      await vmm.addVmToPool(`10.8.0.${i + 1}`, name, 0, clock.now - bootMs);
+      await vmm.startVmCheck(name);
+      await vmm.recordHealthCheckResult(name, true);
+      // Later checks of the same VM measure nothing more.
+      await vmm.startVmCheck(name);
+      await vmm.recordHealthCheckResult(name, true);
+    }
+    expect(await vmm.reader.bootTime(0)).toEqual({ emaMs: 84_000, samples: 2 });
+    // A hand-added VM (no spawn start) measures nothing.
+    await vmm.addVmToPool('10.8.0.9', 'hand', 0);
+    await vmm.startVmCheck('hand');
+    await vmm.recordHealthCheckResult('hand', true);
+    expect((await vmm.reader.bootTime(0)).samples).toBe(2);
+
+    // 20 arrivals in the last 10 minutes, and old ones outside the window that are trimmed.
+    clock.now -= 3_600_000;
+    await vmm.countArrivals(0, 50);
+    clock.now += 3_600_000 - 300_000;
+    await vmm.countArrivals(0, 10);
+    clock.now += 300_000;
+    await vmm.countArrivals(0, 10);
+    const measure = await vmm.measureTargetWait(0, 600_000);
+    expect(measure.bootMs).toBe(84_000);
+    expect(measure.arrivalRate * 60).toBeGreaterThan(1.9);
+    expect(measure.arrivalRate * 60).toBeLessThan(2.3);
+    expect((await vmm.reader.arrivals(0)).size).toBe(2);
+
+    const snapshot = await master.readSnapshot();
+    expect(snapshot.groups[0]!.targetWait?.bootMs).toBe(84_000);
+    const expected = targetWaitDecision(vmm.config.groups[0]!, measure, vmm.config.vm_cycle_timeout)!;
+    expect(expected.minReady).toBeGreaterThan(3);
+    await master.doCycle();
+    // Three clean VMs are ready; the rest of the warm pool is spawned.
+    expect(await spawnQueue.getJobCountByTypes('waiting', 'prioritized', 'delayed')).toBe(expected.minReady - 3);
+    const [summary] = await groupSummaries(vmm);
+    expect(summary!.minReady).toBe(expected.minReady);
+    expect(summary!.targetWait).toMatchObject({ target: 'p95 30s', bootSeconds: 84, bootMeasured: true, minReady: expected.minReady });
   });
 });
