@@ -186,6 +186,16 @@ export const groupConfigSchema = z.strictObject({
       if (t.window < 60) ctx.addIssue({ code: 'custom', path: ['window'], message: 'at least 60 seconds' });
     })
     .optional(),
+  /**
+   * The spawn circuit breaker: `failures` in a row of one class (quota, capacity, rate_limit,
+   * transient, unclassified) open it for `backoff` seconds, doubled at each opening up to
+   * `max_backoff`; auth and invalid_request open it until `vmpool breaker reset` (defaults 3, 60, 3600).
+   */
+  breaker: z
+    .strictObject({ failures: z.number().int().positive().optional(), backoff: z.number().positive().optional(), max_backoff: z.number().positive().optional() })
+    .optional(),
+  /** Groups that serve this group's new demand while its breaker is open or it is at max_vm_total, first that can take it. */
+  fallback_groups: z.array(z.string().min(1)).optional(),
   /** Bounds of the warm pool that target_wait sizes (default 0 and max_vm_total). */
   min_ready_floor: z.number().int().nonnegative().optional(),
   min_ready_ceiling: z.number().int().nonnegative().optional(),
@@ -319,6 +329,14 @@ export const configSchema = z.strictObject({
           ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `a unique group name (duplicate "${g.name}")` });
         }
         seen.add(g.name);
+      });
+      groups.forEach((g, i) => {
+        for (const [j, name] of (g.fallback_groups ?? []).entries()) {
+          if (name === g.name) ctx.addIssue({ code: 'custom', path: [i, 'fallback_groups', j], message: 'another group than this one' });
+          else if (!groups.some((o) => o.name === name)) {
+            ctx.addIssue({ code: 'custom', path: [i, 'fallback_groups', j], message: `a group name (${JSON.stringify(name)} is none; groups: ${groups.map((o) => o.name).join(', ')})` });
+          }
+        }
       });
     })
     .prefault(() => structuredClone(embeddedGroups)),

@@ -58,6 +58,8 @@ export function poolKeys(prefix: string) {
     reconcileLock: `${base}reconcile_lock`,
     /** Hash of the group's spawn-to-ready time: ema_ms (exponential moving average), samples (recordHealthCheckResult-1.lua). */
     bootTime: (group: number) => `${base}group:${group}:boot_time`,
+    /** Hash of the group's spawn circuit breaker: state, error_class, failures, openings, opened_at, open_until, manual, message (recordSpawnOutcome-1.lua). */
+    breaker: (group: number) => `${base}group:${group}:breaker`,
     /** Hash of acquire requests that arrived for the group, per minute: minute number (epoch ms / 60000) -> count. */
     arrivals: (group: number) => `${base}group:${group}:arrivals`,
     /** Pub/sub channel told (by the scripts) when a VM of the group may be acquirable. */

@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
 import { poolKeys, type PoolKeys } from './keys.js';
+import { breakerFromHash, type BreakerState } from '../reconcile/breaker.js';
 import { ALL_VM_STATES, descriptorFromHash, recordFromHash, type LeasedVm, type VmDescriptor, type VmRecord, type VmState } from './types.js';
 
 /** A spawn in flight: registered by reconcile, finished by its spawn job. */
@@ -179,6 +180,12 @@ export class PoolReader {
   async bootTime(group: number): Promise<{ emaMs: number | null; samples: number }> {
     const [ema, samples] = await this.redis.hmget(this.keys.bootTime(group), 'ema_ms', 'samples');
     return { emaMs: ema === null ? null : Number(ema), samples: Number(samples ?? 0) };
+  }
+
+  /** The group's spawn circuit breaker, or null while it is closed (src/reconcile/breaker.ts reads it). */
+  async breaker(group: number): Promise<BreakerState | null> {
+    const h = await this.redis.hgetall(this.keys.breaker(group));
+    return breakerFromHash(h);
   }
 
   /** Acquire requests that arrived for the group per minute (minute number -> count); the hash stays small (VmManager trims it). */

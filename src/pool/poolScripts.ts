@@ -143,6 +143,18 @@ export class PoolScripts {
     return this.acted('markVmCheckFailed', vmName, [], ReplyCodes.WRONG_STATE);
   }
 
+  /** Records a spawn's outcome in the group's circuit breaker; true when this failure opened it. */
+  async recordSpawnOutcome(
+    group: number,
+    outcome: 'ok' | 'failed' | 'reset',
+    now: number,
+    failure: { errorClass: string; threshold: number; backoffSeconds: number; maxBackoffSeconds: number; needsOperator: boolean; message: string } | null = null,
+  ): Promise<boolean> {
+    const f = failure ?? { errorClass: '', threshold: 1, backoffSeconds: 0, maxBackoffSeconds: 0, needsOperator: false, message: '' };
+    const reply = await this.call('recordSpawnOutcome', [group, outcome, f.errorClass, now, f.threshold, f.backoffSeconds, f.maxBackoffSeconds, f.needsOperator ? '1' : '0', f.message]);
+    return Number(reply) === ReplyCodes.OPENED;
+  }
+
   /** Records a server start; returns its place in the check sequence. */
   async markServerStart(now: number): Promise<number> {
     return Number(await this.call('markServerStart', [now]));

@@ -17,6 +17,8 @@ export const ReplyCodes = {
   CHECK_FAILED: 3,
   /** recordHealthCheckResult: the failed check was one too many; the VM moved to terminating. */
   TERMINATING: 4,
+  /** recordSpawnOutcome: the failure opened the group's circuit breaker. */
+  OPENED: 5,
 
   /** No such VM. */
   NOT_FOUND: -1,

@@ -25,6 +25,7 @@ export const POOL_SCRIPTS = {
   markServerStart: 1,
   markVmCheckFailed: 1,
   recordHealthCheckResult: 1,
+  recordSpawnOutcome: 1,
   releaseVm: 1,
   removeVm: 1,
   renewLease: 1,

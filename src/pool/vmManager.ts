@@ -19,6 +19,8 @@ import { PoolReader, type OrphanPassState, type SpawnInFlight } from './poolRead
 import { PoolScripts } from './poolScripts.js';
 import { formatPoolInfo } from './info.js';
 import { arrivalRateFromBuckets, type TargetWaitMeasure } from '../reconcile/targetWait.js';
+import { breakerPolicy, needsOperator } from '../reconcile/breaker.js';
+import { UNCLASSIFIED, type SpawnFailureClass } from '../providers/spawnErrors.js';
 import {
   ALL_VM_STATES,
   InvalidVmRequest,
@@ -424,6 +426,33 @@ export class VmManager {
     const old = [...buckets.keys()].filter((m) => m < firstMinute);
     if (old.length > 0) await this.redis.hdel(this.keys.arrivals(group), ...old.map(String));
     return { arrivalRate: arrivalRateFromBuckets(buckets, now, windowMs), bootMs: boot.emaMs, bootSamples: boot.samples };
+  }
+
+  /**
+   * Records a spawn attempt's outcome in the group's circuit breaker (recordSpawnOutcome-1.lua):
+   * `ok` closes it, a failure counts towards opening it. Returns whether this failure opened it.
+   */
+  async recordSpawnOutcome(group: number, outcome: 'ok' | 'failed', errorClass: SpawnFailureClass = UNCLASSIFIED, message = ''): Promise<boolean> {
+    const g = this.groupConfig(group);
+    if (outcome === 'ok') return this.scripts.recordSpawnOutcome(group, 'ok', this.clock());
+    const policy = breakerPolicy(g);
+    const opened = await this.scripts.recordSpawnOutcome(group, 'failed', this.clock(), {
+      errorClass,
+      threshold: policy.failures,
+      backoffSeconds: policy.backoff,
+      maxBackoffSeconds: policy.maxBackoff,
+      needsOperator: needsOperator(errorClass),
+      message: message.slice(0, 300),
+    });
+    if (opened) this.logger.warn({ group, errorClass, message: message.slice(0, 300) }, 'spawn circuit breaker opened: no spawns in the group until it closes');
+    return opened;
+  }
+
+  /** An operator closes the group's circuit breaker (after fixing credentials or the request). */
+  async resetBreaker(group: number): Promise<void> {
+    this.groupConfig(group);
+    await this.scripts.recordSpawnOutcome(group, 'reset', this.clock());
+    this.logger.info({ group }, 'spawn circuit breaker reset');
   }
 
   /** Counts acquire requests that arrived for the group now (their first group). */

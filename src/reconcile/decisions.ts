@@ -13,10 +13,14 @@
 import type { Config, GroupConfig } from '../config.js';
 import { VmStates, type VmRecord, type VmState } from '../pool/types.js';
 import type { TerminationReason } from '../../queues/terminate.js';
+import { breakerGate, type BreakerState } from './breaker.js';
 import { warmPoolSize, warmPoolVaries, type TargetWaitMeasure } from './targetWait.js';
 
-/** Why a spawn was requested: to keep the warm pool (`min_ready`) or for waiting acquire requests. */
-export type SpawnReason = 'warm_pool' | 'demand';
+/**
+ * Why a spawn was requested: to keep the warm pool (`min_ready`), for waiting acquire requests, or
+ * as the one probe of an open circuit breaker whose backoff passed.
+ */
+export type SpawnReason = 'warm_pool' | 'demand' | 'probe';
 
 export type ReconcileAction =
   | { type: 'terminate'; vmName: string; allowedPreState: VmState; reason: TerminationReason }
@@ -42,6 +46,8 @@ export interface GroupSnapshot {
   demand: number;
   /** Copr's `last_vm_spawn_start` (epoch ms), or null if the group never spawned. */
   lastSpawnStart: number | null;
+  /** The group's spawn circuit breaker, when it has failures on record (null or absent: closed). */
+  breaker?: BreakerState | null;
   /** The arrival rate and boot time measured for a group with target_wait. */
   targetWait?: TargetWaitMeasure;
 }
@@ -244,7 +250,8 @@ export function spawnFigures(snapshot: PoolSnapshot, config: ReconcileConfig, gr
  * - now - last spawn start >= vm_spawn_min_interval;
  * - all VMs of the group < 2 × max_vm_total;
  * and, beyond Copr, while the coming supply is below min_ready + demand (Copr spawned blindly up
- * to max_vm_total). A spawn counts as the last spawn start, so with an interval above 0 at most one
+ * to max_vm_total), and while the group's circuit breaker is closed (an open one whose backoff
+ * passed allows one probe spawn when none is in flight). A spawn counts as the last spawn start, so with an interval above 0 at most one
  * spawn per group starts per cycle; with 0, several may start, up to the limits.
  */
 export function decideStartSpawnIfRequired(snapshot: PoolSnapshot, config: ReconcileConfig, now: number): ReconcileAction[] {
@@ -257,8 +264,15 @@ export function decideStartSpawnIfRequired(snapshot: PoolSnapshot, config: Recon
         actions.push({ type: 'dropStaleSpawn', group: group.group, spawnId: s.spawnId });
       }
     }
+    const gate = breakerGate(group.breaker, now);
+    if (gate === 'none') continue;
     const f = spawnFigures(snapshot, config, group, now);
     let { inFlight, comingSupply } = f;
+    if (gate === 'probe') {
+      // One spawn tests the provider; its outcome closes the breaker or opens it for longer.
+      if (inFlight === 0 && f.active < g.max_vm_total && comingSupply < f.wanted) actions.push({ type: 'spawn', group: group.group, reason: 'probe' });
+      continue;
+    }
     let lastStart = group.lastSpawnStart;
     for (;;) {
       if (f.active + inFlight >= g.max_vm_total) break;

@@ -116,13 +116,14 @@ export class VmMaster {
       Promise.all(
         vmm.vmGroups.map(async (group): Promise<Omit<GroupSnapshot, 'demand'>> => {
           const targetWait = vmm.config.groups[group]!.target_wait;
-          const [spawnsInFlight, last, measure] = await Promise.all([
+          const [spawnsInFlight, last, breaker, measure] = await Promise.all([
             vmm.getSpawnsInFlight(group),
             vmm.readVmPoolInfo(group, LAST_VM_SPAWN_START),
+            vmm.reader.breaker(group),
             targetWait ? vmm.measureTargetWait(group, targetWait.window * 1000) : undefined,
           ]);
           const lastSpawnStart = last === null || last === '' || !Number.isFinite(Number(last)) ? null : Number(last);
-          return measure ? { group, spawnsInFlight, lastSpawnStart, targetWait: measure } : { group, spawnsInFlight, lastSpawnStart };
+          return { group, spawnsInFlight, lastSpawnStart, breaker, ...(measure ? { targetWait: measure } : {}) };
         }),
       ),
     ]);

@@ -33,6 +33,7 @@ const WITHOUT_SCRIPTS: (keyof PoolKeys)[] = ['base', 'groupInfo', 'spawning', 'o
 const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
   vm: ['vm-1.x'],
   bootTime: [3],
+  breaker: [5],
   arrivals: [4],
   allVms: [],
   ip: ['fd00::1'],

@@ -78,6 +78,11 @@ local function bootTimeKey(base, group)
   return base .. 'group:' .. group .. ':boot_time'
 end
 
+-- Hash of the group's spawn circuit breaker (recordSpawnOutcome).
+local function breakerKey(base, group)
+  return base .. 'group:' .. group .. ':breaker'
+end
+
 -- Hash of acquire requests that arrived for the group, per minute: minute number -> count.
 local function arrivalsKey(base, group)
   return base .. 'group:' .. group .. ':arrivals'

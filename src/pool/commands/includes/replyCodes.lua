@@ -6,6 +6,7 @@ local OK = 1
 local REATTACHED = 2
 local CHECK_FAILED = 3
 local TERMINATING = 4
+local OPENED = 5
 local NOT_FOUND = -1
 local WRONG_STATE = -2
 local LEASE_MISMATCH = -3

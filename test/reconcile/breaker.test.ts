@@ -1,0 +1,125 @@
+import type { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseConfig, type ConfigInput } from '../../src/config.js';
+import { VmManager } from '../../src/pool/vmManager.js';
+import { classifySpawnFailure } from '../../src/providers/spawnErrors.js';
+import { breakerGate } from '../../src/reconcile/breaker.js';
+import { decideStartSpawnIfRequired, type PoolSnapshot } from '../../src/reconcile/decisions.js';
+import { connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
+
+describe('typed spawn hook errors', () => {
+  it('reads the class from JSON on the last line, else from the exit code', () => {
+    expect(classifySpawnFailure('booting\n{"error": "quota", "message": "cores quota exceeded"}\n', 1)).toEqual({ errorClass: 'quota', message: 'cores quota exceeded' });
+    expect(classifySpawnFailure('{"error":"capacity"}', 1)).toEqual({ errorClass: 'capacity', message: null });
+    expect(classifySpawnFailure('', 80).errorClass).toBe('quota');
+    expect(classifySpawnFailure('', 81).errorClass).toBe('capacity');
+    expect(classifySpawnFailure('', 82).errorClass).toBe('rate_limit');
+    expect(classifySpawnFailure('', 77).errorClass).toBe('auth');
+    expect(classifySpawnFailure('', 75).errorClass).toBe('transient');
+    expect(classifySpawnFailure('', 64).errorClass).toBe('invalid_request');
+    // An unknown class, garbage or another code: unclassified (the exit code still counts).
+    expect(classifySpawnFailure('{"error": "meteor"}', 1).errorClass).toBe('unclassified');
+    expect(classifySpawnFailure('{"error": "meteor"}', 80).errorClass).toBe('quota');
+    expect(classifySpawnFailure('{not json', 2).errorClass).toBe('unclassified');
+    expect(classifySpawnFailure('x', null).errorClass).toBe('unclassified');
+    expect(classifySpawnFailure(`{"error":"quota","message":"${'m'.repeat(1000)}"}`, 1).message).toHaveLength(300);
+  });
+});
+
+describe('spawn circuit breaker (real Redis, injected clock)', () => {
+  const prefix = uniquePrefix('breaker');
+  const input: ConfigInput = {
+    groups: [
+      { name: 'b', max_vm_total: 4, max_spawn_processes: 4, vm_spawn_min_interval: 0, min_ready: 2, breaker: { failures: 2, backoff: 10, max_backoff: 25 } },
+      { name: 'other', max_vm_total: 4, min_ready: 1, vm_spawn_min_interval: 0 },
+    ],
+  };
+  const clock = { now: 1_000_000 };
+  let redis: Redis;
+  let vmm: VmManager;
+
+  beforeAll(() => {
+    redis = connect();
+    vmm = new VmManager(input, { redis, prefix, clock: () => clock.now });
+  });
+  afterAll(async () => {
+    await vmm?.close();
+    await deleteKeysWithPrefix(redis, prefix);
+    await redis.quit();
+  });
+
+  const snapshot = async (inFlight = 0): Promise<PoolSnapshot> => ({
+    vms: [],
+    groups: await Promise.all(
+      [0, 1].map(async (group) => ({
+        group,
+        spawnsInFlight: Array.from({ length: group === 0 ? inFlight : 0 }, (_, i) => ({ spawnId: `s${i}`, startedAt: clock.now })),
+        demand: 0,
+        lastSpawnStart: null,
+        breaker: await vmm.reader.breaker(group),
+      })),
+    ),
+    serverStart: 1,
+  });
+  const spawns = async (inFlight = 0) => decideStartSpawnIfRequired(await snapshot(inFlight), vmm.config, clock.now).filter((a) => a.type === 'spawn' && a.group === 0).map((a) => a.type === 'spawn' && a.reason);
+
+  it('opens after repeated failures of one class, backs off longer at each opening, and a probe success closes it', async () => {
+    expect(await spawns()).toEqual(['warm_pool', 'warm_pool']);
+    expect(await vmm.recordSpawnOutcome(0, 'failed', 'quota', 'quota exceeded')).toBe(false);
+    // Another class starts the run again.
+    expect(await vmm.recordSpawnOutcome(0, 'failed', 'capacity')).toBe(false);
+    expect(await vmm.recordSpawnOutcome(0, 'failed', 'quota', 'quota exceeded')).toBe(false);
+    expect(await vmm.recordSpawnOutcome(0, 'failed', 'quota', 'quota exceeded')).toBe(true);
+    const opened = await vmm.reader.breaker(0);
+    expect(opened).toMatchObject({ open: true, errorClass: 'quota', failures: 2, openings: 1, openUntil: clock.now + 10_000, message: 'quota exceeded' });
+    expect(await spawns()).toEqual([]);
+    // The other group is not affected.
+    expect(await vmm.reader.breaker(1)).toBeNull();
+    expect(decideStartSpawnIfRequired(await snapshot(), vmm.config, clock.now).filter((a) => a.type === 'spawn' && a.group === 1)).toHaveLength(1);
+
+    // The backoff passed: one probe, and only while no spawn is in flight.
+    clock.now += 10_000;
+    expect(breakerGate(await vmm.reader.breaker(0), clock.now)).toBe('probe');
+    expect(await spawns()).toEqual(['probe']);
+    expect(await spawns(1)).toEqual([]);
+    // The probe failed: open again for twice as long, then capped at max_backoff.
+    expect(await vmm.recordSpawnOutcome(0, 'failed', 'quota')).toBe(true);
+    expect((await vmm.reader.breaker(0))!.openUntil).toBe(clock.now + 20_000);
+    clock.now += 20_000;
+    expect(await vmm.recordSpawnOutcome(0, 'failed', 'quota')).toBe(true);
+    expect((await vmm.reader.breaker(0))!.openUntil).toBe(clock.now + 25_000);
+    // Failures reported while it is open (attempts that were already running) change nothing.
+    expect(await vmm.recordSpawnOutcome(0, 'failed', 'quota')).toBe(false);
+    expect((await vmm.reader.breaker(0))!.openUntil).toBe(clock.now + 25_000);
+    clock.now += 25_000;
+    expect(await spawns()).toEqual(['probe']);
+    await vmm.recordSpawnOutcome(0, 'ok');
+    expect(await vmm.reader.breaker(0)).toBeNull();
+    expect(await spawns()).toEqual(['warm_pool', 'warm_pool']);
+  });
+
+  it('stays open until an operator resets it for auth and invalid_request', async () => {
+    expect(await vmm.recordSpawnOutcome(0, 'failed', 'auth', 'token expired')).toBe(true);
+    const b = await vmm.reader.breaker(0);
+    expect(b).toMatchObject({ open: true, errorClass: 'auth', openUntil: null });
+    clock.now += 86_400_000;
+    expect(breakerGate(b, clock.now)).toBe('none');
+    expect(await spawns()).toEqual([]);
+    await vmm.resetBreaker(0);
+    expect(await spawns()).toEqual(['warm_pool', 'warm_pool']);
+    expect(await vmm.recordSpawnOutcome(0, 'failed', 'invalid_request')).toBe(true);
+    expect((await vmm.reader.breaker(0))!.openUntil).toBeNull();
+    await vmm.resetBreaker(0);
+  });
+});
+
+describe('breaker config', () => {
+  it('takes optional settings and refuses bad fallback groups', () => {
+    const cfg = parseConfig({ groups: [{ name: 'a', fallback_groups: ['b'] }, { name: 'b' }] }, {});
+    expect(cfg.groups[0]!.fallback_groups).toEqual(['b']);
+    expect('breaker' in cfg.groups[1]!).toBe(false);
+    expect(() => parseConfig({ groups: [{ name: 'a', fallback_groups: ['a'] }] }, {})).toThrow(/another group than this one/);
+    expect(() => parseConfig({ groups: [{ name: 'a', fallback_groups: ['zz'] }] }, {})).toThrow(/"zz" is none; groups: a/);
+    expect(() => parseConfig({ groups: [{ name: 'a', breaker: { failures: 0 } }] }, {})).toThrow();
+  });
+});
