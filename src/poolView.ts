@@ -39,8 +39,29 @@ export interface GroupSummary {
   readyClean: number;
   demand: number;
   spawnsInFlight: number;
+  /** The spawn circuit breaker while it is open (null: closed, spawning as usual). */
+  breaker: BreakerSummary | null;
   /** For a group with target_wait: the decision that sized its warm pool (minReady is its result). */
   targetWait?: TargetWaitSummary;
+}
+
+export interface BreakerSummary {
+  errorClass: string;
+  failures: number;
+  openings: number;
+  /** When it opened (epoch ms). */
+  openedAt: number | null;
+  /** When its probe spawn may run (epoch ms); null: until an operator runs `vmpool breaker reset`. */
+  openUntil: number | null;
+  /** The hook's own message, as it gave it. */
+  message: string | null;
+}
+
+/** The group's breaker as operators see it: while open, else null. */
+export async function breakerSummary(vmm: VmManager, group: number): Promise<BreakerSummary | null> {
+  const b = await vmm.reader.breaker(group);
+  if (!b || !b.open) return null;
+  return { errorClass: b.errorClass, failures: b.failures, openings: b.openings, openedAt: b.openedAt, openUntil: b.openUntil, message: b.message };
 }
 
 export interface TargetWaitSummary {
@@ -77,6 +98,7 @@ export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Prom
       readyClean: mine.filter((v) => v.state === 'ready' && v.boundToUser === null && v.heldBy === null).length,
       demand: await vmm.countDemand(id),
       spawnsInFlight: (await vmm.getSpawnsInFlight(id)).length,
+      breaker: await breakerSummary(vmm, id),
       ...(tw ? { targetWait: tw } : {}),
     });
   }

@@ -83,7 +83,32 @@ export function buildProgram(io: CliIo = defaultIo): Command {
           print(true, { groups: await groupSummaries(vmm, vms), vms }, () => '');
         } else {
           io.out(`${await vmm.info()}\n`);
+          for (const line of await breakerLines(vmm)) io.out(`${line}\n`);
         }
+      });
+    });
+
+  const breakerCommand = program.command('breaker').description("the groups' spawn circuit breakers");
+  breakerCommand
+    .command('show', { isDefault: true })
+    .description('print the open breakers (exit 0 either way)')
+    .option('--json', 'as JSON')
+    .action(async (opts: { json?: boolean }) => {
+      await withPool(async (vmm) => {
+        const open = (await groupSummaries(vmm)).filter((g) => g.breaker !== null).map((g) => ({ group: g.name, ...g.breaker! }));
+        const lines = await breakerLines(vmm);
+        print(opts.json === true, open, () => (lines.length ? lines.join('\n') : 'every breaker is closed'));
+      });
+    });
+  breakerCommand
+    .command('reset')
+    .description('close a group\'s breaker once what opened it is fixed (reconcile spawns again at its next cycle)')
+    .argument('<group>', 'group name or id')
+    .action(async (groupArg: string) => {
+      await withPool(async (vmm, cfg) => {
+        const group = groupOf(cfg, groupArg);
+        await vmm.resetBreaker(group);
+        io.out(`breaker of group ${cfg.groups[group]!.name} closed\n`);
       });
     });
 
@@ -404,4 +429,17 @@ export async function runCli(argv: string[], io: CliIo = defaultIo): Promise<num
     io.err(`vmpool: ${(err as Error).message}\n`);
     return exitCodeOf(err);
   }
+}
+
+/** One line per group whose spawn circuit breaker is open. */
+async function breakerLines(vmm: VmManager): Promise<string[]> {
+  const now = vmm.clock();
+  const lines: string[] = [];
+  for (const g of await groupSummaries(vmm)) {
+    const b = g.breaker;
+    if (!b) continue;
+    const until = b.openUntil === null ? `until \`vmpool breaker reset ${g.name}\`` : b.openUntil <= now ? 'probe due' : `probe in ${Math.ceil((b.openUntil - now) / 1000)} s`;
+    lines.push(`group ${g.name}: spawn breaker OPEN (${b.errorClass}, ${b.failures} failures in a row${b.message ? `: ${b.message}` : ''}), ${until}`);
+  }
+  return lines;
 }

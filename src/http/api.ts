@@ -257,6 +257,12 @@ export function apiRouter(deps: ApiDeps): Router {
     res.json({ groups: await groupSummaries(vmm) });
   });
 
+  router.delete('/groups/:group/breaker', requireScope('admin'), requireJsonContentType, async (req, res) => {
+    const group = queryGroup(config, String(req.params.group));
+    await vmm.resetBreaker(group);
+    res.json({ group: (await groupSummaries(vmm)).find((g) => g.id === group) });
+  });
+
   router.use((req) => {
     const allowed = apiRouteMethods(req.path);
     if (allowed) throw new HttpError('method_not_allowed', `${req.method} is not allowed here; use ${allowed.join(', ')}`, { allow: allowed });

@@ -3,6 +3,7 @@ import { ErrorCodes } from './errors.js';
 
 const error = (description: string) => ({ description, content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } });
 const json = (description: string, ref: string) => ({ description, content: { 'application/json': { schema: { $ref: `#/components/schemas/${ref}` } } } });
+const groupParam = { name: 'group', in: 'path', required: true, description: 'group name or id', schema: { type: 'string' } };
 const nameParam = { name: 'name', in: 'path', required: true, schema: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' } };
 const common = {
   '400': error('Invalid request'),
@@ -156,6 +157,18 @@ export const openApiDocument = {
           readyClean: { type: 'integer' },
           demand: { type: 'integer' },
           spawnsInFlight: { type: 'integer' },
+          breaker: {
+            type: ['object', 'null'],
+            description: "the group's spawn circuit breaker while it is open (no spawns but one probe); null while closed",
+            properties: {
+              errorClass: { type: 'string', enum: ['quota', 'capacity', 'rate_limit', 'auth', 'transient', 'invalid_request', 'unclassified'] },
+              failures: { type: 'integer' },
+              openings: { type: 'integer' },
+              openedAt: { type: ['integer', 'null'] },
+              openUntil: { type: ['integer', 'null'], description: 'when the probe may run (epoch ms); null: until `vmpool breaker reset`' },
+              message: { type: ['string', 'null'] },
+            },
+          },
           targetWait: {
             type: 'object',
             description: 'for a group with target_wait: what sized its warm pool (minReady is the result)',
@@ -237,6 +250,19 @@ export const openApiDocument = {
         summary: 'Groups: limits, counts per state, warm pool target, demand, spawns in flight',
         security: admin,
         responses: { '200': { description: 'Groups', content: { 'application/json': { schema: { type: 'object', properties: { groups: { type: 'array', items: { $ref: '#/components/schemas/Group' } } } } } } }, ...common },
+      },
+    },
+    '/groups/{group}/breaker': {
+      delete: {
+        operationId: 'resetBreaker',
+        summary: "Close the group's spawn circuit breaker (after fixing what opened it)",
+        security: admin,
+        parameters: [groupParam],
+        responses: {
+          '200': { description: 'Closed', content: { 'application/json': { schema: { type: 'object', properties: { group: { $ref: '#/components/schemas/Group' } } } } } },
+          ...common,
+          ...notJson,
+        },
       },
     },
     '/openapi.json': {

@@ -66,6 +66,14 @@ function targetWaitText(summary: GroupSummary): string {
   return ` <span data-target-wait>(by target_wait ${escapeHtml(t.target)}: ${t.arrivalsPerMinute} requests/min, ${boot})</span>`;
 }
 
+/** The open circuit breaker of a group, if any. */
+function breakerText(summary: GroupSummary, now: number): string {
+  const b = summary.breaker;
+  if (!b) return '';
+  const until = b.openUntil === null ? 'until an operator runs <code>vmpool breaker reset</code>' : `probe ${b.openUntil <= now ? 'due now' : `in ${Math.ceil((b.openUntil - now) / 1000)} s`}`;
+  return `<p class="breaker" data-breaker="${escapeHtml(b.errorClass)}">spawns stopped: circuit breaker open (${escapeHtml(b.errorClass)}, ${b.failures} failures in a row${b.message ? `: ${escapeHtml(b.message)}` : ''}), ${until}</p>`;
+}
+
 function groupSection(summary: GroupSummary, vms: VmRecord[], now: number): string {
   const counts = Object.entries(summary.counts)
     .map(([state, n]) => `<span class="count state-${state}" data-count-state="${state}">${state}: <b>${n}</b></span>`)
@@ -82,7 +90,7 @@ function groupSection(summary: GroupSummary, vms: VmRecord[], now: number): stri
   return `<section class="group" data-group="${summary.id}" data-group-name="${escapeHtml(summary.name)}">
 <h2>${escapeHtml(summary.name)} <small>group ${summary.id}${summary.archs.length ? ` · ${escapeHtml(summary.archs.join(', '))}` : ''}${summary.tags.length ? ` · tags ${escapeHtml(summary.tags.join(', '))}` : ''} · ${summary.total} VM${summary.total === 1 ? '' : 's'}</small></h2>
 <p class="counts">${counts}</p>
-<p class="limits">${limits}<br>${warm}</p>
+<p class="limits">${limits}<br>${warm}</p>${breakerText(summary, now)}
 <table>
 <thead><tr><th>Name</th><th>State</th><th>IP</th><th>Bound user</th><th>Sandbox</th><th>Builds</th><th>Check fails</th><th>Last check</th><th>Task</th><th>Lease expires</th><th>Held by</th><th></th></tr></thead>
 <tbody>

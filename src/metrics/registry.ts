@@ -114,6 +114,20 @@ export function createMetricsRegistry(deps: MetricsDeps): Registry {
   });
 
   new Gauge({
+    name: 'vmpool_provider_breaker_open',
+    help: "1 while a group's spawn circuit breaker is open (no spawns but a probe), else 0; error_class says why",
+    labelNames: ['group', 'error_class'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const g of vmm.vmGroups) {
+        const b = await vmm.reader.breaker(g);
+        this.set({ group: groupName(g), error_class: b?.open ? b.errorClass : '' }, b?.open ? 1 : 0);
+      }
+    },
+  });
+
+  new Gauge({
     name: 'vmpool_target_wait',
     help: 'What target_wait sizes a warm pool from, per group: arrivals_per_minute, boot_seconds, and the resulting min_ready',
     labelNames: ['group', 'figure'],

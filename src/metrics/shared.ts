@@ -41,9 +41,9 @@ export const sharedMetrics = {
   spawns: {
     key: 'spawns',
     name: 'vmpool_spawns_total',
-    help: 'Spawn attempts by group and outcome (ok, retry, failed)',
+    help: 'Spawn attempts by group, outcome (ok, retry, failed) and error_class of a failure (quota, capacity, rate_limit, auth, transient, invalid_request, unclassified)',
     type: 'counter',
-    labels: ['group', 'outcome'],
+    labels: ['group', 'outcome', 'error_class'],
   },
   healthChecks: {
     key: 'health_checks',
@@ -122,7 +122,8 @@ export async function recordJobMetrics(
       const group = String(data.group ?? '');
       const started = job.processedOn ?? finishedAt;
       observe(pipeline, prefix, sharedMetrics.spawnDuration, { group, outcome: attemptOutcome }, seconds(finishedAt - started));
-      observe(pipeline, prefix, sharedMetrics.spawns, { group, outcome: attemptOutcome });
+      const errorClass = outcome === 'completed' ? '' : ((detail.error as { errorClass?: unknown } | undefined)?.errorClass as string | undefined) ?? 'unclassified';
+      observe(pipeline, prefix, sharedMetrics.spawns, { group, outcome: attemptOutcome, error_class: errorClass });
       break;
     }
     case QueueNames.HEALTH: {

@@ -1,6 +1,8 @@
 import { UnrecoverableError, type Job } from 'bullmq';
 import { isValidVmIp, isValidVmName } from '../pool/types.js';
 import { addressPolicy } from '../providers/addressPolicy.js';
+import { ProviderError } from '../providers/command.js';
+import { UNCLASSIFIED, type SpawnFailureClass } from '../providers/spawnErrors.js';
 import { SPAWN_QUEUE, spawnJobSchema, type SpawnJobResult } from '../../queues/spawn.js';
 import { TERMINATE_QUEUE, addTerminateJob } from '../../queues/terminate.js';
 import type { JobContext } from '../runtime/context.js';
@@ -53,14 +55,34 @@ async function processSpawn(job: Job, data: SpawnData, ctx: JobContext): Promise
     }
     await ctx.vmm.enqueueHealthCheck(machine.name);
     await ctx.vmm.finishSpawn(group, spawnId);
+    await recordOutcome(ctx, group, null);
     await log(`spawned ${machine.name} at ${machine.ip} in ${ctx.clock() - started} ms`);
     ctx.logger.info({ vmName: machine.name, vmIp: machine.ip, group, spawnId }, 'VM spawned');
     return { vmName: machine.name, vmIp: machine.ip, group };
   } catch (err) {
     await log(`spawn failed (${attempt}): ${(err as Error).message}`);
+    await recordOutcome(ctx, group, err as Error);
     if (err instanceof UnrecoverableError || isFinalAttempt(job)) await ctx.vmm.finishSpawn(group, spawnId);
     throw err;
   }
+}
+
+/**
+ * Feeds the group's circuit breaker: a success closes it, a failure counts by its class (the hook's
+ * typed error; a failure around the hook is unclassified). A Redis error here never fails the spawn.
+ */
+async function recordOutcome(ctx: JobContext, group: number, err: Error | null): Promise<void> {
+  try {
+    if (!err) await ctx.vmm.recordSpawnOutcome(group, 'ok');
+    else await ctx.vmm.recordSpawnOutcome(group, 'failed', spawnErrorClass(err), err.message);
+  } catch (e) {
+    ctx.logger.warn({ group, err: (e as Error).message }, 'could not record the spawn outcome in the circuit breaker');
+  }
+}
+
+/** The class of a spawn failure: the provider's typed error, else unclassified. */
+export function spawnErrorClass(err: unknown): SpawnFailureClass {
+  return err instanceof ProviderError ? err.errorClass : UNCLASSIFIED;
 }
 
 /** Terminates a machine the pool has no record of, through the terminate queue. */

@@ -3,6 +3,7 @@ import type { z } from 'zod';
 import type { commandProviderSchema } from '../config.js';
 import { VM_NAME_PATTERN } from '../pool/types.js';
 import { describeEnd, runHook, toArgv, type HookResult } from './hook.js';
+import { UNCLASSIFIED, classifySpawnFailure, type SpawnFailureClass } from './spawnErrors.js';
 import type {
   Provider,
   ProviderDeps,
@@ -20,9 +21,13 @@ export type CommandProviderConfig = z.output<typeof commandProviderSchema>;
 
 /** A hook failed or printed something we cannot use. The message says which and why. */
 export class ProviderError extends Error {
-  constructor(message: string) {
+  /** Why a spawn failed, as the hook said it (spawnErrors.ts); unclassified when it did not. */
+  readonly errorClass: SpawnFailureClass;
+
+  constructor(message: string, errorClass: SpawnFailureClass = UNCLASSIFIED) {
     super(message);
     this.name = 'ProviderError';
+    this.errorClass = errorClass;
   }
 }
 
@@ -189,8 +194,12 @@ export class CommandProvider implements Provider {
 
     let failure: string | null = null;
     let machine: SpawnedMachine | null = null;
+    let errorClass: SpawnFailureClass = UNCLASSIFIED;
     if (result.startError || result.timedOut || result.code !== 0) {
-      failure = `spawn_cmd ${describeEnd(result, timeoutMs)}${lastLines(result)}`;
+      const typed = result.startError || result.timedOut ? null : classifySpawnFailure(result.stdout, result.code);
+      errorClass = typed?.errorClass ?? UNCLASSIFIED;
+      const said = typed?.message ? `: ${typed.message}` : '';
+      failure = `spawn_cmd ${describeEnd(result, timeoutMs)}${errorClass === UNCLASSIFIED ? '' : ` (${errorClass}${said})`}${lastLines(result)}`;
     } else {
       try {
         machine = parseSpawnOutput(result.stdout);
@@ -213,7 +222,7 @@ export class CommandProvider implements Provider {
         failure += `; terminating ${leaked.name} failed too: ${(err as Error).message}`;
       }
     }
-    throw new ProviderError(failure!);
+    throw new ProviderError(failure!, errorClass);
   }
 
   async terminate(request: TerminateRequest): Promise<void> {

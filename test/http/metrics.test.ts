@@ -157,9 +157,9 @@ describe('/metrics', () => {
     }
 
     const expected: [string, Record<string, string>, number][] = [
-      ['vmpool_spawns_total', { group: 'base', outcome: 'ok' }, 2],
-      ['vmpool_spawns_total', { group: 'arm', outcome: 'retry' }, 1],
-      ['vmpool_spawns_total', { group: 'arm', outcome: 'failed' }, 1],
+      ['vmpool_spawns_total', { group: 'base', outcome: 'ok', error_class: '' }, 2],
+      ['vmpool_spawns_total', { group: 'arm', outcome: 'retry', error_class: 'unclassified' }, 1],
+      ['vmpool_spawns_total', { group: 'arm', outcome: 'failed', error_class: 'unclassified' }, 1],
       ['vmpool_spawn_duration_seconds_count', { group: 'base', outcome: 'ok' }, 2],
       ['vmpool_spawn_duration_seconds_bucket', { group: 'base', outcome: 'ok', le: '+Inf' }, 2],
       ['vmpool_health_checks_total', { outcome: 'ok' }, 2],
