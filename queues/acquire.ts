@@ -23,12 +23,20 @@ export const acquireRequestSchema = z
     chroot: text(255).optional(),
     /** How long the request may wait for a VM, in milliseconds. */
     timeoutMs: z.number().int().positive().max(24 * 3600 * 1000).optional(),
+    /** Keep to the groups asked for: never served by their fallback_groups (`strict_group` is the same). */
+    strictGroup: z.boolean().optional(),
+    strict_group: z.boolean().optional(),
   })
   .refine((r) => !(r.groups !== undefined && r.arch !== undefined) && (r.groups !== undefined || r.arch !== undefined || r.tags !== undefined), {
     message: 'exactly one of groups or arch, or tags alone',
     path: ['groups'],
   });
 export type AcquireRequestData = z.input<typeof acquireRequestSchema>;
+
+/** Whether a request keeps to its groups (strictGroup, or its alias strict_group). */
+export function isStrictRequest(r: Pick<AcquireRequestData, 'strictGroup' | 'strict_group'>): boolean {
+  return r.strictGroup === true || r.strict_group === true;
+}
 
 /** The VM assignment: the completed acquire job's return value (the VM, its lease, and when it was asked for). */
 export interface VmAssignment extends LeasedVm {

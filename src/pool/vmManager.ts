@@ -20,6 +20,7 @@ import { PoolScripts } from './poolScripts.js';
 import { formatPoolInfo } from './info.js';
 import { arrivalRateFromBuckets, type TargetWaitMeasure } from '../reconcile/targetWait.js';
 import { breakerPolicy, needsOperator } from '../reconcile/breaker.js';
+import { blockedGroups } from '../acquire/fallback.js';
 import { UNCLASSIFIED, type SpawnFailureClass } from '../providers/spawnErrors.js';
 import {
   ALL_VM_STATES,
@@ -446,6 +447,16 @@ export class VmManager {
     });
     if (opened) this.logger.warn({ group, errorClass, message: message.slice(0, 300) }, 'spawn circuit breaker opened: no spawns in the group until it closes');
     return opened;
+  }
+
+  /**
+   * Which of these groups cannot take new demand now (open spawn breaker, or at max_vm_total), so
+   * that their fallback_groups serve it (src/acquire/fallback.ts). One pipeline per call.
+   */
+  async blockedGroups(groups: readonly number[]): Promise<Set<number>> {
+    const [counts, breakers] = await Promise.all([this.reader.stateCounts(groups), Promise.all(groups.map((g) => this.reader.breaker(g)))]);
+    const active = (i: number) => Object.entries(counts[i]!).reduce((n, [state, c]) => (state === 'terminating' ? n : n + c), 0);
+    return blockedGroups(this.config.groups, groups.map((g, i) => ({ group: g, breaker: breakers[i], active: active(i) })), this.clock());
   }
 
   /** An operator closes the group's circuit breaker (after fixing credentials or the request). */

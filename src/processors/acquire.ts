@@ -11,12 +11,14 @@ import {
   NO_VM_AVAILABLE_PREFIX,
   acquireRequestSchema,
   failAcquireJob,
+  isStrictRequest,
   noVmAvailableReason,
   type AcquireRequestData,
   type VmAssignment,
 } from '../../queues/acquire.js';
 import { ReadySignal } from '../acquire/readySignal.js';
 import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
+import { withFallbacks } from '../acquire/fallback.js';
 
 export { NO_VM_AVAILABLE_PREFIX };
 
@@ -101,7 +103,14 @@ export async function processAcquireJob(job: Job, ctx: JobContext, options: Acqu
 
 /** processAcquireJob for a payload already validated (the worker runtime validates every job). */
 async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: JobContext, options: AcquireProcessOptions): Promise<VmAssignment> {
-  const groups = await resolveRequestGroups(ctx, request, job);
+  const asked = await resolveRequestGroups(ctx, request, job);
+  // fallback_groups: while a group asked for is blocked (breaker open, or full), its fallbacks serve
+  // too; re-read at every attempt, so that the demand returns when the group can take it again.
+  const spills = !isStrictRequest(request) && asked.some((g) => (ctx.config.groups[g]!.fallback_groups?.length ?? 0) > 0);
+  const servingGroups = async () => (spills ? withFallbacks(ctx.config.groups, asked, await ctx.vmm.blockedGroups(asked)) : asked);
+  let groups = await servingGroups();
+  // Every group whose line the request joined, to leave them all.
+  const lineGroups = new Set(groups);
   const timeoutMs = request.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS;
   const deadline = job.timestamp + timeoutMs;
   const waiter = waiterOf(job, deadline);
@@ -113,19 +122,24 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
   const groupNames = groups.map((g) => `${ctx.config.groups[g]!.name}(${g})`).join(', ');
   const log = ctx.logger.child({ jobId, owner: request.owner, taskId: request.taskId });
   // The payload is the request, with its groups resolved and this process as the worker.
-  const acquireRequest = { ...request, groups, workerId: ctx.workerId };
+  let acquireRequest = { ...request, groups, workerId: ctx.workerId };
   const safetyMs = ctx.config.acquire_safety_retry * 1000;
   // Messages count only once subscribed; waiting for it here keeps the first attempt race-free.
   await rt.readySignal.ready();
   let attempts = 0;
   for (;;) {
+    if (spills && attempts > 0) {
+      groups = await servingGroups();
+      for (const g of groups) lineGroups.add(g);
+      acquireRequest = { ...acquireRequest, groups };
+    }
     const seen = rt.readySignal.snapshot(groups);
     let attempt: Awaited<ReturnType<typeof ctx.vmm.tryAcquireVm>>;
     try {
       attempt = await ctx.vmm.tryAcquireVm(acquireRequest, waiter);
     } catch (err) {
       // Out of line before failing (a task holding a VM for another owner, Redis trouble).
-      await ctx.vmm.leaveAcquireLine(waiter, groups).catch(() => undefined);
+      await ctx.vmm.leaveAcquireLine(waiter, [...lineGroups]).catch(() => undefined);
       if (err instanceof VmError) throw await failAcquireJob(job, failureOf(err), err.message);
       throw err;
     }
@@ -147,7 +161,7 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
     }
     const now = ctx.clock();
     if (now >= deadline) {
-      await ctx.vmm.leaveAcquireLine(waiter, groups);
+      await ctx.vmm.leaveAcquireLine(waiter, [...lineGroups]);
       const last = attempt.status === 'deferred' ? 'a request ahead in line could take the free VM' : 'nothing fitted';
       throw await failAcquireJob(
         job,
@@ -159,7 +173,7 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
     }
     const outcome = await rt.readySignal.wait(groups, seen, Math.min(safetyMs, deadline - now), abort);
     if (outcome === 'aborted') {
-      await ctx.vmm.leaveAcquireLine(waiter, groups);
+      await ctx.vmm.leaveAcquireLine(waiter, [...lineGroups]);
       log.info('acquire wait stopped; job goes back to the queue');
       return requeue(job);
     }
@@ -204,6 +218,8 @@ export const acquireProcessor: ProcessorSpec<AcquireRequestData, VmAssignment> =
     } catch {
       return;
     }
-    await ctx.vmm.leaveAcquireLine(waiterOf(job, 0), groups);
+    // With every fallback, blocked or not: the request may have joined their lines.
+    const all = new Set(ctx.config.groups.map((_, i) => i));
+    await ctx.vmm.leaveAcquireLine(waiterOf(job, 0), withFallbacks(ctx.config.groups, groups, all));
   },
 };

@@ -3,6 +3,7 @@ import { isValidVmIp, isValidVmName } from '../pool/types.js';
 import { addressPolicy } from '../providers/addressPolicy.js';
 import { ProviderError } from '../providers/command.js';
 import { UNCLASSIFIED, type SpawnFailureClass } from '../providers/spawnErrors.js';
+import { breakerOpen } from '../reconcile/breaker.js';
 import { SPAWN_QUEUE, spawnJobSchema, type SpawnJobResult } from '../../queues/spawn.js';
 import { TERMINATE_QUEUE, addTerminateJob } from '../../queues/terminate.js';
 import type { JobContext } from '../runtime/context.js';
@@ -29,6 +30,13 @@ async function processSpawn(job: Job, data: SpawnData, ctx: JobContext): Promise
   }
   const log = (line: string) => job.log(line).then(() => undefined);
   const attempt = `attempt ${job.attemptsMade + 1} of ${job.opts.attempts ?? 1}`;
+  // An open breaker stops retries and queued spawns too; only its probe reaches the provider.
+  if (data.reason !== 'probe' && breakerOpen(await ctx.vmm.reader.breaker(group), ctx.clock())) {
+    await ctx.vmm.finishSpawn(group, spawnId);
+    await log(`spawn ${spawnId} skipped: the group's circuit breaker is open`);
+    // Counted as vmpool_spawns_total{error_class="breaker_open"}: no provider call was made.
+    throw Object.assign(new UnrecoverableError(`spawn skipped: the circuit breaker of group ${groupConfig.name} is open`), { errorClass: 'breaker_open' });
+  }
   await log(`spawn ${spawnId} in group ${group} (${groupConfig.name}), ${attempt}`);
   const started = ctx.clock();
   try {

@@ -14,7 +14,7 @@ import type { Job, Queue } from 'bullmq';
 import { requestGroupIds } from '../acquire/requestGroups.js';
 import type { AcquireWaiter } from '../pool/types.js';
 import type { VmManager } from '../pool/vmManager.js';
-import { acquireRequestSchema, DEFAULT_ACQUIRE_TIMEOUT_MS } from '../../queues/acquire.js';
+import { acquireRequestSchema, DEFAULT_ACQUIRE_TIMEOUT_MS, isStrictRequest } from '../../queues/acquire.js';
 
 /** Queued vm-acquire jobs read per state and cycle (the first ones, oldest first). */
 export const QUEUED_DEMAND_SCAN = 1000;
@@ -22,21 +22,30 @@ export const QUEUED_DEMAND_SCAN = 1000;
 /** Waiting requests read per group's line and cycle. */
 export const LINE_DEMAND_SCAN = 1000;
 
-/** A waiting acquire request as demand: its job id (as in the line) and the groups it could use, in its order of preference. */
-export type DemandRequest = Pick<AcquireWaiter, 'jobId'> & { groups: readonly number[] };
+/**
+ * A waiting acquire request as demand: its job id (as in the line), the groups it could use in its
+ * order of preference, and whether it keeps to them (strictGroup: no fallback groups).
+ */
+export type DemandRequest = Pick<AcquireWaiter, 'jobId'> & { groups: readonly number[]; strict?: boolean };
+
+/**
+ * Which groups a request's demand counts for (default: its first). With fallback groups, a request
+ * whose first group is blocked counts there (so that its breaker's probe has a reason to spawn)
+ * and in the fallback that serves it.
+ */
+export type DemandRoute = (request: DemandRequest) => readonly number[];
 
 /**
  * Demand per group (index = group id): each request counts once, for its first group. Requests
  * are taken in order; a later one with the same job id is the same request.
  */
-export function demandByGroup(requests: readonly DemandRequest[], groupCount: number): number[] {
+export function demandByGroup(requests: readonly DemandRequest[], groupCount: number, route: DemandRoute = (r) => r.groups.slice(0, 1)): number[] {
   const demand = new Array<number>(groupCount).fill(0);
   const seen = new Set<string>();
   for (const r of requests) {
     if (seen.has(r.jobId)) continue;
     seen.add(r.jobId);
-    const first = r.groups[0];
-    if (first !== undefined && first >= 0 && first < groupCount) demand[first]! += 1;
+    for (const g of new Set(route(r))) if (g >= 0 && g < groupCount) demand[g]! += 1;
   }
   return demand;
 }
@@ -56,7 +65,8 @@ export function queuedDemandRequest(
   if (!parsed.success) return null;
   if (job.timestamp + (parsed.data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS) <= now) return null;
   try {
-    return { jobId: job.id, groups: requestGroupIds(groups, parsed.data) };
+    const strict = isStrictRequest(parsed.data);
+    return { jobId: job.id, groups: requestGroupIds(groups, parsed.data), ...(strict ? { strict } : {}) };
   } catch {
     return null;
   }
@@ -66,7 +76,7 @@ export function queuedDemandRequest(
  * Reads the demand of every configured group (index = group id): requests in the line, then
  * queued vm-acquire jobs, counted as demandByGroup says.
  */
-export async function readDemand(vmm: VmManager, acquireQueue: Queue): Promise<number[]> {
+export async function readDemand(vmm: VmManager, acquireQueue: Queue, route?: DemandRoute): Promise<number[]> {
   const now = vmm.clock();
   const groups = vmm.config.groups;
   const [lines, queued] = await Promise.all([
@@ -85,18 +95,20 @@ export async function readDemand(vmm: VmManager, acquireQueue: Queue): Promise<n
   const requests: DemandRequest[] = [];
   for (const [jobId, waitsIn] of inLine) {
     // A request waiting in several groups counts for its own first one: read its order from the job.
-    let order = waitsIn;
-    if (waitsIn.length > 1) {
+    // With a route (fallback groups), the job also says which groups it asked for and whether it is strict.
+    let request: DemandRequest = { jobId, groups: waitsIn };
+    if (waitsIn.length > 1 || route) {
       const job = await acquireQueue.getJob(jobId).catch(() => undefined);
       const own = job ? queuedDemandRequest({ id: jobId, data: job.data, timestamp: job.timestamp }, groups, -Infinity) : null;
-      if (own) order = own.groups.filter((g) => waitsIn.includes(g));
-      if (order.length === 0) order = waitsIn;
+      if (own && route) request = own;
+      else if (own) request = { jobId, groups: own.groups.filter((g) => waitsIn.includes(g)) };
+      if (request.groups.length === 0) request = { jobId, groups: waitsIn };
     }
-    requests.push({ jobId, groups: order });
+    requests.push(request);
   }
   for (const job of queued) {
     const r = job ? queuedDemandRequest(job, groups, now) : null;
     if (r) requests.push(r);
   }
-  return demandByGroup(requests, groups.length);
+  return demandByGroup(requests, groups.length, route);
 }

@@ -25,7 +25,8 @@ import {
   type PoolSnapshot,
   type ReconcileAction,
 } from './decisions.js';
-import { readDemand } from './demand.js';
+import { readDemand, type DemandRoute } from './demand.js';
+import { activeVmsByGroup, blockedGroups, demandGroupsOf, hasFallbacks, withFallbacks } from '../acquire/fallback.js';
 import { targetWaitDecision, type TargetWaitMeasure } from './targetWait.js';
 import { isOrphanPassDue, LAST_ORPHAN_CHECK, leakTerminateJobId, parseEpochMs, parseUnknownMachines } from './orphanPass.js';
 
@@ -108,11 +109,10 @@ export class VmMaster {
    */
   async readSnapshot(): Promise<PoolSnapshot> {
     const vmm = this.vmm;
-    const [vms, serverStart, serverStartSeq, demand, groups] = await Promise.all([
+    const [vms, serverStart, serverStartSeq, groups] = await Promise.all([
       vmm.getAllVmRecords(),
       vmm.getServerStart(),
       vmm.reader.serverStartSeq(),
-      readDemand(vmm, this.queue(ACQUIRE_QUEUE)),
       Promise.all(
         vmm.vmGroups.map(async (group): Promise<Omit<GroupSnapshot, 'demand'>> => {
           const targetWait = vmm.config.groups[group]!.target_wait;
@@ -128,6 +128,15 @@ export class VmMaster {
       ),
     ]);
     for (const g of groups) if (g.targetWait) this.noteTargetWait(g.group, g.targetWait);
+    // With fallback groups, a request for a blocked group counts for the fallback that serves it.
+    let route: DemandRoute | undefined;
+    if (hasFallbacks(vmm.config.groups)) {
+      const now = vmm.clock();
+      const active = activeVmsByGroup(vms);
+      const blocked = blockedGroups(vmm.config.groups, groups.map((g) => ({ ...g, active: active.get(g.group) ?? 0 })), now);
+      route = (r) => demandGroupsOf(r.groups, withFallbacks(vmm.config.groups, r.groups, blocked, r.strict), blocked);
+    }
+    const demand = await readDemand(vmm, this.queue(ACQUIRE_QUEUE), route);
     return { vms, groups: groups.map((g) => ({ ...g, demand: demand[g.group] ?? 0 })), serverStart, serverStartSeq };
   }
 

@@ -3,6 +3,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig, type ConfigInput } from '../../src/config.js';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { classifySpawnFailure } from '../../src/providers/spawnErrors.js';
+import { blockedGroups, demandGroupsOf, withFallbacks } from '../../src/acquire/fallback.js';
+import { demandByGroup } from '../../src/reconcile/demand.js';
 import { breakerGate } from '../../src/reconcile/breaker.js';
 import { decideStartSpawnIfRequired, type PoolSnapshot } from '../../src/reconcile/decisions.js';
 import { connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
@@ -121,5 +123,31 @@ describe('breaker config', () => {
     expect(() => parseConfig({ groups: [{ name: 'a', fallback_groups: ['a'] }] }, {})).toThrow(/another group than this one/);
     expect(() => parseConfig({ groups: [{ name: 'a', fallback_groups: ['zz'] }] }, {})).toThrow(/"zz" is none; groups: a/);
     expect(() => parseConfig({ groups: [{ name: 'a', breaker: { failures: 0 } }] }, {})).toThrow();
+  });
+});
+
+describe('fallback groups (pure)', () => {
+  const groups = parseConfig({ groups: [{ name: 'spot', fallback_groups: ['ondemand', 'big'] }, { name: 'ondemand' }, { name: 'big', max_vm_total: 1 }] }, {}).groups;
+
+  it('adds the fallbacks of a blocked group after it, each once, unless the request is strict', () => {
+    expect(withFallbacks(groups, [0], new Set())).toEqual([0]);
+    expect(withFallbacks(groups, [0], new Set([0]))).toEqual([0, 1, 2]);
+    expect(withFallbacks(groups, [0, 2], new Set([0]))).toEqual([0, 1, 2]);
+    expect(withFallbacks(groups, [0], new Set([0]), true)).toEqual([0]);
+  });
+
+  it('counts demand in the blocked group asked for and in the first serving group that is not blocked', () => {
+    expect(demandGroupsOf([0], [0], new Set())).toEqual([0]);
+    expect(demandGroupsOf([0], [0, 1, 2], new Set([0]))).toEqual([0, 1]);
+    expect(demandGroupsOf([0], [0, 1, 2], new Set([0, 1]))).toEqual([0, 2]);
+    expect(demandGroupsOf([0], [0, 1, 2], new Set([0, 1, 2]))).toEqual([0]);
+    expect(demandByGroup([{ jobId: 'a', groups: [0] }, { jobId: 'a', groups: [0] }, { jobId: 'b', groups: [1] }], 3, (r) => demandGroupsOf(r.groups, withFallbacks(groups, r.groups, new Set([0])), new Set([0])))).toEqual([1, 2, 0]);
+  });
+
+  it('blocks a group with an open breaker or at max_vm_total', () => {
+    const open = { errorClass: 'quota', failures: 3, openings: 1, open: true, openedAt: 1, openUntil: 10_000, message: null };
+    expect([...blockedGroups(groups, [{ group: 0, breaker: open, active: 0 }, { group: 1, breaker: null, active: 7 }, { group: 2, active: 1 }], 5_000)]).toEqual([0, 2]);
+    // Past its backoff the breaker still blocks new demand until its probe closes it.
+    expect([...blockedGroups(groups, [{ group: 0, breaker: open, active: 0 }], 20_000)]).toEqual([0]);
   });
 });

@@ -1,0 +1,70 @@
+/**
+ * Spill-over between groups (`fallback_groups`): while a group cannot take new demand (its spawn
+ * circuit breaker is open, or it is at max_vm_total), a request for it may be served by the first
+ * of its fallback groups that can. Pure: the acquire processor and reconcile's demand both use it.
+ */
+import type { GroupConfig } from '../config.js';
+import { VmStates } from '../pool/types.js';
+import { breakerOpen, type BreakerState } from '../reconcile/breaker.js';
+
+/**
+ * The groups a request may be served in: each group asked for, followed, while it is blocked, by
+ * its fallback groups (in their order, each once). A strict request keeps the groups it named.
+ */
+export function withFallbacks(groups: readonly Pick<GroupConfig, 'name' | 'fallback_groups'>[], ids: readonly number[], blocked: ReadonlySet<number>, strict = false): number[] {
+  if (strict) return [...ids];
+  const out: number[] = [];
+  const add = (id: number) => {
+    if (!out.includes(id)) out.push(id);
+  };
+  for (const id of ids) {
+    add(id);
+    if (!blocked.has(id)) continue;
+    for (const name of groups[id]?.fallback_groups ?? []) {
+      const fallback = groups.findIndex((g) => g.name === name);
+      if (fallback !== -1 && !ids.includes(fallback)) add(fallback);
+    }
+  }
+  return out;
+}
+
+/**
+ * The groups a request's demand counts for: its first group, and when that is blocked also the
+ * first of its serving groups that is not (which spawns for it).
+ */
+export function demandGroupsOf(asked: readonly number[], serving: readonly number[], blocked: ReadonlySet<number>): number[] {
+  const first = asked[0];
+  if (first === undefined) return [];
+  if (!blocked.has(first)) return [first];
+  const spill = serving.find((id) => !blocked.has(id));
+  return spill === undefined ? [first] : [first, spill];
+}
+
+/** Whether any group has fallbacks, so that callers skip reading what blocks groups when none has. */
+export function hasFallbacks(groups: readonly Pick<GroupConfig, 'fallback_groups'>[]): boolean {
+  return groups.some((g) => (g.fallback_groups?.length ?? 0) > 0);
+}
+
+/**
+ * Groups that cannot take new demand now: an open spawn breaker (also while its probe runs), or
+ * as many VMs as max_vm_total (terminating ones do not count, as for spawning).
+ */
+export function blockedGroups(
+  groups: readonly Pick<GroupConfig, 'max_vm_total'>[],
+  state: readonly { group: number; breaker?: BreakerState | null; active: number }[],
+  now: number,
+): Set<number> {
+  const blocked = new Set<number>();
+  for (const s of state) {
+    const g = groups[s.group];
+    if (g && (breakerOpen(s.breaker, now) || s.active >= g.max_vm_total)) blocked.add(s.group);
+  }
+  return blocked;
+}
+
+/** VMs per group that count against max_vm_total (every state but terminating). */
+export function activeVmsByGroup(vms: readonly { group: number; state: string }[]): Map<number, number> {
+  const active = new Map<number, number>();
+  for (const vm of vms) if (vm.state !== VmStates.TERMINATING) active.set(vm.group, (active.get(vm.group) ?? 0) + 1);
+  return active;
+}
