@@ -5,8 +5,12 @@
 # LIBVIRT_POOL_DIR (where overlays go), optional LIBVIRT_NETWORK (default "default"),
 # LIBVIRT_MEMORY (MiB, default 4096), LIBVIRT_VCPUS (default 2), LIBVIRT_URI (default qemu:///system).
 set -euo pipefail
-base=${LIBVIRT_BASE_IMAGE:?LIBVIRT_BASE_IMAGE is not set}
-pool_dir=${LIBVIRT_POOL_DIR:?LIBVIRT_POOL_DIR is not set}
+# Typed errors by exit code (examples/README.md): 64 invalid_request (a setting an operator must
+# fix), 81 capacity (the host is out of memory or disk), 75 transient (try again).
+[[ -n ${LIBVIRT_BASE_IMAGE:-} && -f $LIBVIRT_BASE_IMAGE ]] || { echo "LIBVIRT_BASE_IMAGE is not set or missing" >&2; exit 64; }
+[[ -n ${LIBVIRT_POOL_DIR:-} && -d $LIBVIRT_POOL_DIR ]] || { echo "LIBVIRT_POOL_DIR is not set or missing" >&2; exit 64; }
+base=$LIBVIRT_BASE_IMAGE
+pool_dir=$LIBVIRT_POOL_DIR
 network=${LIBVIRT_NETWORK:-default}
 uri=${LIBVIRT_URI:-qemu:///system}
 
@@ -18,10 +22,16 @@ disk="$pool_dir/$name.qcow2"
 # Say the name before creating anything, so a failure below gets terminate_cmd for it.
 printf '{"name":"%s"}\n' "$name"
 
-qemu-img create -q -f qcow2 -F qcow2 -b "$base" "$disk"
-virt-install --connect "$uri" --name "$name" --memory "${LIBVIRT_MEMORY:-4096}" --vcpus "${LIBVIRT_VCPUS:-2}" \
+qemu-img create -q -f qcow2 -F qcow2 -b "$base" "$disk" || exit 81
+if ! out=$(virt-install --connect "$uri" --name "$name" --memory "${LIBVIRT_MEMORY:-4096}" --vcpus "${LIBVIRT_VCPUS:-2}" \
   --disk "path=$disk,format=qcow2" --import --os-variant detect=on,require=off \
-  --network "network=$network" --graphics none --noautoconsole
+  --network "network=$network" --graphics none --noautoconsole 2>&1); then
+  echo "$out" >&2
+  case "$out" in
+    *"Cannot allocate memory"* | *"No space left"* | *"insufficient"*) exit 81 ;;
+    *) exit 75 ;;
+  esac
+fi
 
 # Wait for a DHCP lease (up to 3 minutes; spawn_timeout should be longer).
 for _ in $(seq 180); do
@@ -33,4 +43,4 @@ for _ in $(seq 180); do
   sleep 1
 done
 echo "no address for $name after 180 s" >&2
-exit 1
+exit 75

@@ -7,6 +7,12 @@
 #                        .4n+1 on the root side, .4n+2 inside the namespace.
 
 die() { echo "error: $*" >&2; exit 1; }
+# A typed spawn failure (examples/README.md): the class as JSON on the last line of stdout.
+fail_typed() {
+  echo "error: $2" >&2
+  printf '{"error":"%s","message":"%s"}\n' "$1" "$(printf '%s' "$2" | tr -d '"\\')"
+  exit 1
+}
 
 dir=${VMPOOL_NETNS_DIR:?VMPOOL_NETNS_DIR is not set}
 prefix=${VMPOOL_NETNS_PREFIX:-vmp}

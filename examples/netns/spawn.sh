@@ -5,7 +5,10 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-[[ -f $dir/authorized_keys ]] || die "$dir/authorized_keys is missing"
+# Typed errors (examples/README.md): a missing key or no root is for an operator to fix, a full
+# subnet is capacity; the group's circuit breaker then stops spawning instead of churning.
+[[ -f $dir/authorized_keys ]] || fail_typed invalid_request "$dir/authorized_keys is missing"
+[[ $(id -u) = 0 ]] || fail_typed auth "network namespaces need root"
 mkdir -p "$dir/slots" "$dir/hosts" /run/sshd
 
 # Claim the lowest free slot: mkdir is atomic, so concurrent spawns never share one.
@@ -13,7 +16,7 @@ slot=""
 for n in $(seq 1 63); do
   if mkdir "$dir/slots/$n" 2>/dev/null; then slot=$n; break; fi
 done
-[[ -n $slot ]] || die "no free slot (63 hosts max in $net.0/24)"
+[[ -n $slot ]] || fail_typed capacity "no free slot (63 hosts max in $net.0/24)"
 slot_vars "$slot" "$prefix-$slot-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"
 # terminate.sh frees the slot only for its owner: a stale name must not free a newer host's slot.
 echo "$ns" >"$dir/slots/$slot/owner"
