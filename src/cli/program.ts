@@ -158,8 +158,9 @@ export function buildProgram(io: CliIo = defaultIo): Command {
     .option('--group <group...>', 'group names or ids, tried in order')
     .option('--timeout <seconds>', 'how long to wait', parseSeconds)
     .option('--task-id <id>', 'task id (re-running with the same id reattaches)')
+    .option('--strict-group', 'only the groups asked for, never their fallback_groups')
     .option('--json', 'as JSON (default: shell assignments VM_NAME=... )')
-    .action(async (opts: { owner: string; sandbox: string; arch?: string; group?: string[]; tag?: string[]; timeout?: number; taskId?: string; json?: boolean }) => {
+    .action(async (opts: { owner: string; sandbox: string; arch?: string; group?: string[]; tag?: string[]; timeout?: number; taskId?: string; strictGroup?: boolean; json?: boolean }) => {
       if (opts.arch !== undefined && opts.group !== undefined) throw new CliError('give --arch or --group, not both', ExitCodes.USAGE);
       if (opts.arch === undefined && opts.group === undefined && opts.tag === undefined) throw new CliError('give --arch, --group or --tag', ExitCodes.USAGE);
       const cfg = config();
@@ -171,6 +172,7 @@ export function buildProgram(io: CliIo = defaultIo): Command {
         ...(opts.arch !== undefined ? { arch: opts.arch } : {}),
         ...(opts.group !== undefined ? { groups: opts.group.map((g) => groupOf(cfg, g)) } : {}),
         ...(opts.tag !== undefined ? { tags: opts.tag } : {}),
+        ...(opts.strictGroup ? { strictGroup: true } : {}),
       };
       try {
         requestGroupIds(cfg.groups, request);

@@ -65,6 +65,8 @@ export const openApiDocument = {
           buildId: { type: 'string', minLength: 1, maxLength: 255 },
           chroot: { type: 'string', minLength: 1, maxLength: 255 },
           timeoutMs: { type: 'integer', minimum: 1, maximum: 86400000, description: 'How long to wait for a VM. Jobs default to 10 minutes; POST /acquire defaults to 55 s, under the 60 s that common proxies and clients allow.' },
+          strictGroup: { type: 'boolean', description: "Only the groups asked for serve it, never their fallback_groups" },
+          strict_group: { type: 'boolean', description: 'The same as strictGroup' },
         },
       },
       AcquireGroups: {
