@@ -8,6 +8,10 @@ import { demandByGroup } from '../../src/reconcile/demand.js';
 import { breakerGate } from '../../src/reconcile/breaker.js';
 import { decideStartSpawnIfRequired, type PoolSnapshot } from '../../src/reconcile/decisions.js';
 import { connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
+import { writeConfigFile } from '../helpers/processes.js';
+import { createMetricsRegistry } from '../../src/metrics/registry.js';
+import { groupSummaries } from '../../src/poolView.js';
+import { runCli } from '../../src/cli/program.js';
 
 describe('typed spawn hook errors', () => {
   it('reads the class from JSON on the last line, else from the exit code', () => {
@@ -98,6 +102,27 @@ describe('spawn circuit breaker (real Redis, injected clock)', () => {
     await vmm.recordSpawnOutcome(0, 'ok');
     expect(await vmm.reader.breaker(0)).toBeNull();
     expect(await spawns()).toEqual(['warm_pool', 'warm_pool']);
+  });
+
+  it('is on the metrics, the groups summary and the CLI while open', async () => {
+    await vmm.recordSpawnOutcome(0, 'failed', 'rate_limit', 'HTTP 429');
+    await vmm.recordSpawnOutcome(0, 'failed', 'rate_limit', 'HTTP 429');
+    const registry = createMetricsRegistry({ vmm, queue: (name) => vmm.queue(name) });
+    const text = await registry.getSingleMetricAsString('vmpool_provider_breaker_open');
+    expect(text).toContain('vmpool_provider_breaker_open{group="b",error_class="rate_limit"} 1');
+    expect(text).toContain('vmpool_provider_breaker_open{group="other",error_class=""} 0');
+    const [b] = await groupSummaries(vmm);
+    expect(b!.breaker).toMatchObject({ errorClass: 'rate_limit', failures: 2, openUntil: clock.now + 10_000, message: 'HTTP 429' });
+    let out = '';
+    const io = { out: (t: string) => (out += t), err: (t: string) => (out += t), env: { REDIS_URL: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', VMPOOL_PREFIX: prefix }, now: () => clock.now };
+    const file = writeConfigFile(input);
+    expect(await runCli(['--config', file, 'breaker'], io)).toBe(0);
+    // The CLI runs on the real clock, past this test's injected one: the probe is due.
+    expect(out).toContain('group b: spawn breaker OPEN (rate_limit, 2 failures in a row: HTTP 429), probe due');
+    out = '';
+    expect(await runCli(['--config', file, 'breaker', 'reset', 'b'], io)).toBe(0);
+    expect(out).toContain('breaker of group b closed');
+    expect(await vmm.reader.breaker(0)).toBeNull();
   });
 
   it('stays open until an operator resets it for auth and invalid_request', async () => {
