@@ -1,22 +1,71 @@
-import { UnrecoverableError, type Job } from 'bullmq';
-import { isValidVmIp, isValidVmName } from '../pool/types.js';
+import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq';
+import { isValidVmIp, isValidVmName, SpawnSlotLost } from '../pool/types.js';
 import { addressPolicy } from '../providers/addressPolicy.js';
+import { ProviderError } from '../providers/command.js';
+import { SpawnAborted, type PrintedMachine, type SpawnedMachine } from '../providers/types.js';
 import { SPAWN_QUEUE, spawnJobSchema, type SpawnJobResult } from '../../queues/spawn.js';
 import { TERMINATE_QUEUE, addTerminateJob } from '../../queues/terminate.js';
-import type { JobContext } from '../runtime/context.js';
+import { crashAt, type JobContext } from '../runtime/context.js';
 import type { ProcessorSpec } from '../runtime/worker.js';
+import type { GroupConfig } from '../config.js';
 import type { z } from 'zod';
 
 type SpawnData = z.output<typeof spawnJobSchema>;
+type Log = (line: string) => Promise<void>;
 
 function isFinalAttempt(job: Job): boolean {
   return job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
 }
 
 /**
+ * How much of a stop's deadline is kept for what follows a killed spawn hook (terminate job, job
+ * handed back, connections closed): a running hook gets the rest.
+ */
+export const SPAWN_STOP_RESERVE_MS = 1_000;
+
+/** A process's stop, as its spawn jobs see it. */
+interface SpawnStop {
+  stopping: boolean;
+  /** Aborted when running spawn hooks must end (the deadline is near). */
+  controller: AbortController;
+}
+
+const stops = new WeakMap<JobContext, SpawnStop>();
+
+function stopOf(ctx: JobContext): SpawnStop {
+  let stop = stops.get(ctx);
+  if (!stop) {
+    stop = { stopping: false, controller: new AbortController() };
+    stops.set(ctx, stop);
+  }
+  return stop;
+}
+
+/**
+ * The process stops (its spawn worker is closing, so it takes no new job): a running spawn hook may
+ * finish until shortly before the deadline (SPAWN_STOP_RESERVE_MS), then its process group is
+ * killed, the machine it printed is terminated, and its job goes back to the queue with its slot.
+ */
+export async function stopSpawns(ctx: JobContext, deadlineMs: number): Promise<void> {
+  const stop = stopOf(ctx);
+  if (stop.stopping) return;
+  stop.stopping = true;
+  const reserve = Math.min(SPAWN_STOP_RESERVE_MS, deadlineMs / 2);
+  setTimeout(() => stop.controller.abort(), Math.max(0, deadlineMs - reserve)).unref();
+}
+
+/** A job that reaches a stopping process goes back after this delay, so that it does not bounce. */
+const STOPPED_REQUEUE_DELAY_MS = 250;
+
+/**
  * Spawns one machine with the group's provider, validates what it returned, adds it to the pool
- * (got_ip) and enqueues its first health check. A machine that was created but cannot enter the
- * pool is terminated, so that nothing leaks.
+ * (got_ip; the VM takes the spawn's slot in the same step) and enqueues its first health check. A
+ * machine that was created but cannot enter the pool is terminated, so that nothing leaks.
+ *
+ * Every run can be a re-run (stalled-job recovery after a crash, a retry): the spawn's record in
+ * Redis, keyed by its spawn id (the job id is `spawn-<spawn id>`), says what earlier runs did. A VM
+ * they added is not spawned again; a machine their hook printed is adopted when the hook succeeded
+ * with it, else terminated before anything else is spawned.
  */
 async function processSpawn(job: Job, data: SpawnData, ctx: JobContext): Promise<SpawnJobResult> {
   const { group, spawnId } = data;
@@ -25,42 +74,164 @@ async function processSpawn(job: Job, data: SpawnData, ctx: JobContext): Promise
     await ctx.vmm.finishSpawn(group, spawnId).catch(() => undefined);
     throw new UnrecoverableError(`unknown group ${group}`);
   }
-  const log = (line: string) => job.log(line).then(() => undefined);
+  const stop = stopOf(ctx);
+  if (stop.stopping) {
+    // Fetched as the worker began to close: another process (or the next start) takes it.
+    await job.moveToDelayed(Date.now() + STOPPED_REQUEUE_DELAY_MS, job.token);
+    throw new DelayedError();
+  }
+  const log: Log = (line) => job.log(line).then(() => undefined);
   const attempt = `attempt ${job.attemptsMade + 1} of ${job.opts.attempts ?? 1}`;
   await log(`spawn ${spawnId} in group ${group} (${groupConfig.name}), ${attempt}`);
   const started = ctx.clock();
   try {
-    const machine = await ctx.provider(group).spawn({ group: { id: group, config: groupConfig }, spawnId, log });
-    if (!isValidVmName(machine.name) || !isValidVmIp(machine.ip)) {
-      const reason = `provider returned an invalid machine: name ${JSON.stringify(machine.name)}, ip ${JSON.stringify(machine.ip)}`;
-      if (isValidVmName(machine.name)) await requestOrphanTermination(ctx, machine.name, group, null);
-      throw new UnrecoverableError(reason);
-    }
-    const refusal = addressPolicy({ allowedNetworks: groupConfig.allowed_networks, allowLoopback: groupConfig.provider.type === 'local' }).refusal(machine.ip);
-    if (refusal) {
-      await log(`refused ${machine.name}: ${refusal}; terminating it`);
-      await requestOrphanTermination(ctx, machine.name, group, machine.ip);
-      throw new UnrecoverableError(`provider returned an unusable address for ${machine.name}: ${refusal}`);
-    }
-    try {
-      await ctx.vmm.addVmToPool(machine.ip, machine.name, group);
-    } catch (err) {
-      // A duplicate name is another machine under a name the pool has: the terminate job ends it by
-      // the name and address the hook printed, and leaves the pool's VM of that name alone.
-      await log(`could not add ${machine.name} to the pool: ${(err as Error).message}; terminating it`);
-      await requestOrphanTermination(ctx, machine.name, group, machine.ip);
-      throw new UnrecoverableError(`spawned machine ${machine.name} could not enter the pool: ${(err as Error).message}`);
-    }
-    await ctx.vmm.enqueueHealthCheck(machine.name);
-    await ctx.vmm.finishSpawn(group, spawnId);
+    const earlier = await settleEarlierAttempts(job, data, groupConfig, ctx, log);
+    if (earlier) return earlier;
+    const machine = await runSpawnHook(job, data, ctx, log, stop);
+    const result = await addToPool(data, groupConfig, machine, ctx, log);
     await log(`spawned ${machine.name} at ${machine.ip} in ${ctx.clock() - started} ms`);
     ctx.logger.info({ vmName: machine.name, vmIp: machine.ip, group, spawnId }, 'VM spawned');
-    return { vmName: machine.name, vmIp: machine.ip, group };
+    return result;
   } catch (err) {
+    if (err instanceof WaitingError || err instanceof DelayedError) throw err;
     await log(`spawn failed (${attempt}): ${(err as Error).message}`);
-    if (err instanceof UnrecoverableError || isFinalAttempt(job)) await ctx.vmm.finishSpawn(group, spawnId);
+    if (err instanceof UnrecoverableError || isFinalAttempt(job)) {
+      await abandonPendingMachine(ctx, spawnId, group, 'spawn failed for good');
+      await ctx.vmm.finishSpawn(group, spawnId);
+    }
     throw err;
   }
+}
+
+/**
+ * What earlier runs of this spawn left: their VM in the pool (the result, after making sure its
+ * health job exists), a machine to adopt (the result) or to terminate (then null: spawn anew), or
+ * no slot (the spawn is over: fails for good). Null when this is the spawn's first run.
+ */
+async function settleEarlierAttempts(job: Job, data: SpawnData, groupConfig: GroupConfig, ctx: JobContext, log: Log): Promise<SpawnJobResult | null> {
+  const { group, spawnId } = data;
+  for (let round = 0; ; round++) {
+    const start = await ctx.vmm.startSpawnAttempt(group, spawnId);
+    switch (start.status) {
+      case 'new':
+        if (start.attempt > 1) await log(`run ${start.attempt} of spawn ${spawnId}: no machine of an earlier run is left; spawning`);
+        return null;
+      case 'added':
+        // A re-run after a crash between adding the VM and the end of the job.
+        await log(`an earlier run added ${start.vmName} (${start.vmIp}) to the pool; making sure its health check is queued`);
+        await ctx.vmm.enqueueHealthCheck(start.vmName);
+        await ctx.vmm.finishSpawn(group, spawnId);
+        ctx.logger.info({ vmName: start.vmName, group, spawnId, jobId: job.id }, 'spawn re-run: its VM was in the pool already');
+        return { vmName: start.vmName, vmIp: start.vmIp, group };
+      case 'no_slot':
+        throw new UnrecoverableError(`spawn ${spawnId} no longer holds a slot among the spawns in flight of group ${group} (finished, or dropped as stale): nothing spawned`);
+      case 'machine': {
+        const { vmName, vmIp, hookDone, slotHeld } = start;
+        if (hookDone && slotHeld && vmIp !== null) {
+          // A crash after the hook succeeded and before the VM entered the pool: adopt that machine.
+          await log(`an earlier run's hook made ${vmName} (${vmIp}), which is not in the pool; adopting it`);
+          ctx.logger.info({ vmName, vmIp, group, spawnId }, 'spawn re-run: adopting the machine an earlier run made');
+          return addToPool(data, groupConfig, { name: vmName, ip: vmIp }, ctx, log);
+        }
+        if (round > 0) throw new Error(`spawn ${spawnId}: the machine ${vmName} of an earlier run is still recorded`);
+        // The hook never finished with it (its process crashed or stopped meanwhile), or the spawn
+        // lost its slot: it may be half-made, or no longer allowed. End it before spawning again.
+        await log(`an earlier run's hook printed ${vmName} (${vmIp ?? 'no address'}) and ${hookDone ? 'the spawn lost its slot' : 'did not finish'}; terminating it`);
+        ctx.logger.warn({ vmName, vmIp, group, spawnId }, 'spawn re-run: terminating the machine an earlier run left');
+        await ctx.provider(group).terminate({ group: { id: group, config: groupConfig }, vmName, vmIp, log });
+        await ctx.vmm.forgetSpawnMachine(spawnId, vmName);
+        await log(`terminated ${vmName}`);
+        // Round two starts this run's attempt, or finds that the slot is gone.
+      }
+    }
+  }
+}
+
+/**
+ * Runs the provider's spawn. Each machine it names is recorded in Redis as soon as it is printed,
+ * and again once the hook succeeded, so that a re-run after a crash finds it. When the process
+ * stops, the hook is killed, the machine it printed is handed to a terminate job, and the job goes
+ * back to the queue with its slot (a WaitingError).
+ */
+async function runSpawnHook(job: Job, data: SpawnData, ctx: JobContext, log: Log, stop: SpawnStop): Promise<SpawnedMachine> {
+  const { group, spawnId } = data;
+  const recording: Promise<void>[] = [];
+  const record = (machine: PrintedMachine, hookDone: boolean) =>
+    ctx.vmm.recordSpawnMachine(spawnId, machine, hookDone).catch((err: Error) => {
+      // A re-run then knows nothing of this machine: reconcile's orphan pass (list_cmd) is the fallback.
+      ctx.logger.error({ err: err.message, vmName: machine.name, spawnId }, 'could not record the machine a spawn hook printed');
+    });
+  let machine: SpawnedMachine;
+  try {
+    machine = await ctx.provider(group).spawn({
+      group: { id: group, config: ctx.vmm.groupConfig(group) },
+      spawnId,
+      log,
+      signal: stop.controller.signal,
+      onMachine: (m) => recording.push(record(m, false)),
+    });
+  } catch (err) {
+    await Promise.all(recording);
+    if (err instanceof SpawnAborted) {
+      if (err.machine) {
+        await log(`stopping: ${err.message}; requesting termination of ${err.machine.name}`);
+        await requestOrphanTermination(ctx, err.machine.name, group, err.machine.ip);
+        // The record keeps the machine: the next run terminates it again (terminate is idempotent)
+        // before it spawns, in case this terminate job is slower.
+      } else {
+        await log(`stopping: ${err.message}`);
+      }
+      ctx.logger.warn({ group, spawnId, vmName: err.machine?.name }, 'spawn stopped by shutdown; its job goes back to the queue');
+      await job.moveToWait(job.token);
+      throw new WaitingError();
+    }
+    if (err instanceof ProviderError && err.leftover) {
+      // The provider already ran terminate_cmd for what its failed hook printed; if that failed too,
+      // a terminate job (with its retries) takes over.
+      const { machine: left, terminated } = err.leftover;
+      if (!terminated) await requestOrphanTermination(ctx, left.name, group, left.ip);
+      await ctx.vmm.forgetSpawnMachine(spawnId, left.name);
+    }
+    throw err;
+  }
+  await Promise.all(recording);
+  await record(machine, true);
+  crashAt(ctx, 'spawn-after-hook');
+  return machine;
+}
+
+/**
+ * Validates the machine and adds it to the pool, taking the spawn's slot; then its first health
+ * check. A machine that cannot enter the pool is terminated (and the job fails for good).
+ */
+async function addToPool(data: SpawnData, groupConfig: GroupConfig, machine: SpawnedMachine, ctx: JobContext, log: Log): Promise<SpawnJobResult> {
+  const { group, spawnId } = data;
+  if (!isValidVmName(machine.name) || !isValidVmIp(machine.ip)) {
+    const reason = `provider returned an invalid machine: name ${JSON.stringify(machine.name)}, ip ${JSON.stringify(machine.ip)}`;
+    if (isValidVmName(machine.name)) await abandonMachine(ctx, spawnId, machine.name, group, null);
+    throw new UnrecoverableError(reason);
+  }
+  const refusal = addressPolicy({ allowedNetworks: groupConfig.allowed_networks, allowLoopback: groupConfig.provider.type === 'local' }).refusal(machine.ip);
+  if (refusal) {
+    await log(`refused ${machine.name}: ${refusal}; terminating it`);
+    await abandonMachine(ctx, spawnId, machine.name, group, machine.ip);
+    throw new UnrecoverableError(`provider returned an unusable address for ${machine.name}: ${refusal}`);
+  }
+  try {
+    await ctx.vmm.addVmToPool(machine.ip, machine.name, group, { spawnId });
+  } catch (err) {
+    // A duplicate name is another machine under a name the pool has: the terminate job ends it by
+    // the name and address the hook printed, and leaves the pool's VM of that name alone. A spawn
+    // that lost its slot may no longer add a VM (max_vm_total).
+    const why = err instanceof SpawnSlotLost ? 'the spawn no longer holds its slot' : (err as Error).message;
+    await log(`could not add ${machine.name} to the pool: ${why}; terminating it`);
+    await abandonMachine(ctx, spawnId, machine.name, group, machine.ip);
+    throw new UnrecoverableError(`spawned machine ${machine.name} could not enter the pool: ${(err as Error).message}`);
+  }
+  crashAt(ctx, 'spawn-after-add');
+  await ctx.vmm.enqueueHealthCheck(machine.name);
+  await ctx.vmm.finishSpawn(group, spawnId);
+  return { vmName: machine.name, vmIp: machine.ip, group };
 }
 
 /** Terminates a machine the pool has no record of, through the terminate queue. */
@@ -68,14 +239,31 @@ export async function requestOrphanTermination(ctx: JobContext, vmName: string, 
   await addTerminateJob(ctx.queue(TERMINATE_QUEUE), { vmName, reason: 'spawn_failed', orphan: { group, vmIp } }, `orphan-${vmName}-${ctx.clock()}`);
 }
 
+/** A spawn's machine that will not enter the pool: a terminate job ends it, and the spawn's record forgets it. */
+async function abandonMachine(ctx: JobContext, spawnId: string, vmName: string, group: number, vmIp: string | null): Promise<void> {
+  await requestOrphanTermination(ctx, vmName, group, vmIp);
+  await ctx.vmm.forgetSpawnMachine(spawnId, vmName);
+}
+
+/** A spawn that ends for good: a machine its runs printed and the pool never got is terminated. */
+async function abandonPendingMachine(ctx: JobContext, spawnId: string, group: number, why: string): Promise<void> {
+  const pending = await ctx.vmm.reader.spawnMachine(spawnId);
+  if (!pending || pending.added) return;
+  ctx.logger.warn({ vmName: pending.vmName, group, spawnId }, `${why}: terminating the machine its hook printed`);
+  await abandonMachine(ctx, spawnId, pending.vmName, group, pending.vmIp);
+}
+
 export const spawnProcessor: ProcessorSpec<SpawnData, SpawnJobResult> = {
   queue: SPAWN_QUEUE,
   schema: spawnJobSchema,
   process: processSpawn,
-  // A spawn that failed for good no longer counts as in flight (the processor may never have seen
-  // its last attempt: it stalled too often).
+  // A spawn that failed for good no longer counts as in flight, and leaves no machine (the
+  // processor may never have seen its last attempt: it stalled too often).
   async onFinalFailure(job, ctx) {
     const parsed = spawnJobSchema.safeParse(job.data);
-    if (parsed.success) await ctx.vmm.finishSpawn(parsed.data.group, parsed.data.spawnId);
+    if (!parsed.success) return;
+    const { group, spawnId } = parsed.data;
+    if (ctx.config.groups[group]) await abandonPendingMachine(ctx, spawnId, group, 'spawn failed for good');
+    await ctx.vmm.finishSpawn(group, spawnId);
   },
 };
