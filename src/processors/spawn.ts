@@ -21,11 +21,13 @@ function isFinalAttempt(job: Job): boolean {
  * How much of a stop's deadline is kept for what follows a killed spawn hook (terminate job, job
  * handed back, connections closed): a running hook gets the rest.
  */
-export const SPAWN_STOP_RESERVE_MS = 1_000;
+export const SPAWN_STOP_RESERVE_MS = 2_000;
 
 /** A process's stop, as its spawn jobs see it. */
 interface SpawnStop {
   stopping: boolean;
+  /** When the stop's deadline passes (epoch ms, real time). */
+  deadlineAt: number;
   /** Aborted when running spawn hooks must end (the deadline is near). */
   controller: AbortController;
 }
@@ -35,7 +37,7 @@ const stops = new WeakMap<JobContext, SpawnStop>();
 function stopOf(ctx: JobContext): SpawnStop {
   let stop = stops.get(ctx);
   if (!stop) {
-    stop = { stopping: false, controller: new AbortController() };
+    stop = { stopping: false, deadlineAt: Infinity, controller: new AbortController() };
     stops.set(ctx, stop);
   }
   return stop;
@@ -50,6 +52,7 @@ export async function stopSpawns(ctx: JobContext, deadlineMs: number): Promise<v
   const stop = stopOf(ctx);
   if (stop.stopping) return;
   stop.stopping = true;
+  stop.deadlineAt = Date.now() + deadlineMs;
   const reserve = Math.min(SPAWN_STOP_RESERVE_MS, deadlineMs / 2);
   setTimeout(() => stop.controller.abort(), Math.max(0, deadlineMs - reserve)).unref();
 }
@@ -174,10 +177,8 @@ async function runSpawnHook(job: Job, data: SpawnData, ctx: JobContext, log: Log
     await Promise.all(recording);
     if (err instanceof SpawnAborted) {
       if (err.machine) {
-        await log(`stopping: ${err.message}; requesting termination of ${err.machine.name}`);
-        await requestOrphanTermination(ctx, err.machine.name, group, err.machine.ip);
-        // The record keeps the machine: the next run terminates it again (terminate is idempotent)
-        // before it spawns, in case this terminate job is slower.
+        await log(`stopping: ${err.message}; terminating ${err.machine.name}`);
+        await terminateBeforeDeadline(ctx, data, err.machine, log, stop.deadlineAt - STOP_CLOSE_MARGIN_MS);
       } else {
         await log(`stopping: ${err.message}`);
       }
@@ -232,6 +233,41 @@ async function addToPool(data: SpawnData, groupConfig: GroupConfig, machine: Spa
   await ctx.vmm.enqueueHealthCheck(machine.name);
   await ctx.vmm.finishSpawn(group, spawnId);
   return { vmName: machine.name, vmIp: machine.ip, group };
+}
+
+/** What a stopping spawn leaves for handing its job back and closing, of the deadline. */
+const STOP_CLOSE_MARGIN_MS = 150;
+
+/**
+ * Runs the provider's terminate for what a stopped hook printed, until `until` (epoch ms). When it
+ * ends in time the spawn's record forgets the machine; else (or when it fails) a terminate job
+ * takes over, and the record keeps it, so that the job's next run terminates it again (terminate
+ * is idempotent) before it spawns.
+ */
+async function terminateBeforeDeadline(ctx: JobContext, data: SpawnData, machine: PrintedMachine, log: Log, until: number): Promise<void> {
+  const { group, spawnId } = data;
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<'late'>((resolve) => {
+    timer = setTimeout(() => resolve('late'), Math.max(0, until - Date.now()));
+  });
+  const ending = ctx
+    .provider(group)
+    .terminate({ group: { id: group, config: ctx.vmm.groupConfig(group) }, vmName: machine.name, vmIp: machine.ip, log })
+    .then(
+      () => 'terminated' as const,
+      (err: Error) => err,
+    );
+  const outcome = await Promise.race([ending, late]);
+  clearTimeout(timer);
+  if (outcome === 'terminated') {
+    await ctx.vmm.forgetSpawnMachine(spawnId, machine.name);
+    await log(`terminated ${machine.name}`);
+    return;
+  }
+  const why = outcome === 'late' ? 'did not end before the shutdown deadline' : `failed: ${outcome.message}`;
+  await log(`terminating ${machine.name} ${why}; a terminate job takes over`);
+  ctx.logger.warn({ vmName: machine.name, group, spawnId }, `stopping: terminating the stopped spawn's machine ${why}; a terminate job takes over`);
+  await requestOrphanTermination(ctx, machine.name, group, machine.ip);
 }
 
 /** Terminates a machine the pool has no record of, through the terminate queue. */
