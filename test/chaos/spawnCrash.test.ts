@@ -1,4 +1,4 @@
-import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Job, Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
@@ -9,6 +9,7 @@ import { QueueNames } from '../../queues/names.js';
 import { spawnJobId } from '../../queues/spawn.js';
 import { closePool, connect, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
 import { startWorkerProcess, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+import { liveGroupMembers } from '../helpers/netns.js';
 import { alive, hookGroup, hookMachines, hookStateDir, removeHookMachines, spawnAttempts } from '../helpers/hookMachines.js';
 
 // A spawn job can run twice: a spawn worker killed (SIGKILL, through the test-only VMPOOL_FAULT
@@ -111,26 +112,6 @@ function hookPids(dir: string, spawnId: string): number[] {
   return existsSync(file) ? readFileSync(file, 'utf8').trim().split('\n').map(Number) : [];
 }
 
-/**
- * Whether a live process is left in the process group (/proc; zombies do not count: an orphan's
- * exit status waits for whoever adopted it).
- */
-function groupAlive(pgid: number): boolean {
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    let stat: string;
-    try {
-      stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-    } catch {
-      continue;
-    }
-    // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its closing parenthesis.
-    const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    if (Number(pgrp) === pgid && state !== 'Z') return true;
-  }
-  return false;
-}
-
 async function liveMachineNames(dir: string): Promise<string[]> {
   return [...hookMachines(dir)].filter(([, pid]) => alive(pid)).map(([name]) => name).sort();
 }
@@ -210,13 +191,13 @@ describe('a spawn worker stopped during a slow spawn hook', () => {
     const [machine, spawnId] = await s.until(() => [...spawnAttempts(s.dir)][0] ?? null, 20_000, 'the spawn hook running');
     await s.until(async () => (await s.vmm.reader.spawnMachine(spawnId))?.vmName === machine, 20_000, 'the printed machine recorded');
     const [hookPid] = hookPids(s.dir, spawnId);
-    expect(groupAlive(hookPid!)).toBe(true);
+    expect(liveGroupMembers(hookPid!)).not.toEqual([]);
 
     // The helper SIGKILLs after 4.5 s: a null code would mean the stop overran.
     const code = await stopping.stop(4_500);
     expect(code, stopping.lines.slice(-10).join('\n')).toBe(0);
     expect(stopping.lines.join('\n')).not.toMatch(/shutdown deadline passed/);
-    expect(groupAlive(hookPid!)).toBe(false);
+    expect(liveGroupMembers(hookPid!)).toEqual([]);
     // The machine it printed was terminated before the process exited.
     expect(await liveMachineNames(s.dir)).toEqual([]);
     expect(existsSync(join(s.dir, `terminating-${machine}`))).toBe(true);
