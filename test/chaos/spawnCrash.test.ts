@@ -194,7 +194,9 @@ describe('a spawn worker stopped during a slow spawn hook', () => {
     expect(liveGroupMembers(hookPid!)).not.toEqual([]);
 
     // The helper SIGKILLs after 4.5 s: a null code would mean the stop overran.
+    const stopStart = Date.now();
     const code = await stopping.stop(4_500);
+    console.log(`spawn worker stopped during a spawn hook (VMPOOL_SHUTDOWN_DEADLINE_MS=1000): exit ${code} after ${Date.now() - stopStart} ms`);
     expect(code, stopping.lines.slice(-10).join('\n')).toBe(0);
     expect(stopping.lines.join('\n')).not.toMatch(/shutdown deadline passed/);
     expect(liveGroupMembers(hookPid!)).toEqual([]);
