@@ -1,4 +1,4 @@
-import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq';
+import { DelayedError, Job, UnrecoverableError, WaitingError } from 'bullmq';
 import { isValidVmIp, isValidVmName, SpawnSlotLost } from '../pool/types.js';
 import { addressPolicy } from '../providers/addressPolicy.js';
 import { ProviderError } from '../providers/command.js';
@@ -141,6 +141,7 @@ async function settleEarlierAttempts(job: Job, data: SpawnData, groupConfig: Gro
         // lost its slot: it may be half-made, or no longer allowed. End it before spawning again.
         await log(`an earlier run's hook printed ${vmName} (${vmIp ?? 'no address'}) and ${hookDone ? 'the spawn lost its slot' : 'did not finish'}; terminating it`);
         ctx.logger.warn({ vmName, vmIp, group, spawnId }, 'spawn re-run: terminating the machine an earlier run left');
+        await settleStopTerminateJob(ctx, groupConfig, spawnId, vmName);
         await ctx.provider(group).terminate({ group: { id: group, config: groupConfig }, vmName, vmIp, log });
         await ctx.vmm.forgetSpawnMachine(spawnId, vmName);
         await log(`terminated ${vmName}`);
@@ -186,12 +187,12 @@ async function runSpawnHook(job: Job, data: SpawnData, ctx: JobContext, log: Log
       await job.moveToWait(job.token);
       throw new WaitingError();
     }
-    if (err instanceof ProviderError && err.leftover) {
-      // The provider already ran terminate_cmd for what its failed hook printed; if that failed too,
-      // a terminate job (with its retries) takes over.
-      const { machine: left, terminated } = err.leftover;
-      if (!terminated) await requestOrphanTermination(ctx, left.name, group, left.ip);
-      await ctx.vmm.forgetSpawnMachine(spawnId, left.name);
+    if (err instanceof ProviderError && err.leftover?.terminated) {
+      // The provider already ran terminate_cmd for what its failed hook printed. If that failed too,
+      // the record keeps the machine: the next run terminates it before it spawns (a terminate job
+      // now could hit the next run's machine, were it given the same name), or, when this was the
+      // last attempt, a terminate job does.
+      await ctx.vmm.forgetSpawnMachine(spawnId, err.leftover.machine.name);
     }
     throw err;
   }
@@ -267,7 +268,43 @@ async function terminateBeforeDeadline(ctx: JobContext, data: SpawnData, machine
   const why = outcome === 'late' ? 'did not end before the shutdown deadline' : `failed: ${outcome.message}`;
   await log(`terminating ${machine.name} ${why}; a terminate job takes over`);
   ctx.logger.warn({ vmName: machine.name, group, spawnId }, `stopping: terminating the stopped spawn's machine ${why}; a terminate job takes over`);
-  await requestOrphanTermination(ctx, machine.name, group, machine.ip);
+  await addTerminateJob(ctx.queue(TERMINATE_QUEUE), { vmName: machine.name, reason: 'spawn_failed', orphan: { group, vmIp: machine.ip } }, stopTerminateJobId(spawnId, machine.name));
+}
+
+/** The terminate job a stopped spawn left for its machine: the spawn's next run settles it first. */
+function stopTerminateJobId(spawnId: string, vmName: string): string {
+  return `spawn-stop-${spawnId}-${vmName}`;
+}
+
+/** How long a run waits for the terminate job a stopped run left, beyond the group's terminate timeout. */
+const STOP_TERMINATE_WAIT_EXTRA_MS = 10_000;
+
+/**
+ * Before a run terminates an earlier run's machine and spawns anew: the terminate job a stopped run
+ * left for it is removed while it waits, or waited for while it runs, so that it cannot end a
+ * machine this run makes under the same name.
+ */
+async function settleStopTerminateJob(ctx: JobContext, groupConfig: GroupConfig, spawnId: string, vmName: string): Promise<void> {
+  const queue = ctx.queue(TERMINATE_QUEUE);
+  const id = stopTerminateJobId(spawnId, vmName);
+  const terminateMs = groupConfig.provider.type === 'command' ? groupConfig.provider.terminate_timeout * 1000 : 0;
+  const until = Date.now() + terminateMs + STOP_TERMINATE_WAIT_EXTRA_MS;
+  for (;;) {
+    const job = await Job.fromId(queue, id);
+    if (!job) return;
+    const state = await job.getState();
+    if (state === 'completed' || state === 'failed' || state === 'unknown') return;
+    if (state !== 'active') {
+      // Removing fails when a terminate worker took it meanwhile: then wait for it.
+      const removed = await job.remove().then(
+        () => true,
+        () => false,
+      );
+      if (removed) return;
+    }
+    if (Date.now() > until) throw new Error(`terminate job ${id} for ${vmName} is still running`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
 }
 
 /** Terminates a machine the pool has no record of, through the terminate queue. */
