@@ -40,7 +40,7 @@ interface System {
 
 let current: System | undefined;
 
-async function startSystem(name: string): Promise<System> {
+async function startSystem(name: string, hooks: { terminateDelay?: number } = {}): Promise<System> {
   const prefix = uniquePrefix(`spawn-crash-${name}`);
   const dir = hookStateDir(`spawn-crash-${name}`);
   const config = {
@@ -48,7 +48,7 @@ async function startSystem(name: string): Promise<System> {
     vm_cycle_timeout: 0.5,
     // A dead process's job comes back after about 2-3 s; a second stall fails it.
     jobs: { lock_duration: 2, stalled_interval: 1, max_stalled_count: 1 },
-    groups: [{ name: 'one', min_ready: 1, max_vm_total: 1, max_spawn_processes: 1, ...hookGroup({ stateDir: dir, port: PORT, newMachineEachRun: true }) }],
+    groups: [{ name: 'one', min_ready: 1, max_vm_total: 1, max_spawn_processes: 1, ...hookGroup({ stateDir: dir, port: PORT, newMachineEachRun: true, ...hooks }) }],
   } satisfies ConfigInput;
   const redis = connect();
   const workers: WorkerProcess[] = [];
@@ -119,7 +119,8 @@ async function liveMachineNames(dir: string): Promise<string[]> {
 async function completedSpawn(s: System, spawnId: string): Promise<Job> {
   return s.until(async () => {
     const job = await Job.fromId(s.spawnQueue, spawnJobId(spawnId));
-    return job && (await job.getState()) === 'completed' ? job : null;
+    // Read again once completed: the first read may predate its result.
+    return job && (await job.getState()) === 'completed' ? ((await Job.fromId(s.spawnQueue, spawnJobId(spawnId))) ?? null) : null;
   }, 30_000, `spawn job ${spawnId} completed`);
 }
 
@@ -219,5 +220,37 @@ describe('a spawn worker stopped during a slow spawn hook', () => {
     expect(await liveMachineNames(s.dir)).toEqual([done.returnvalue.vmName]);
     expect((await s.vmm.getAllVmsInGroup(0)).map((v) => v.vmName)).toEqual([done.returnvalue.vmName]);
     expect(s.peaks.vms).toBe(1);
+  });
+
+  it('when terminate_cmd does not end before the deadline, a terminate job takes over, which the next run settles before it terminates the machine and spawns', { timeout: 60_000 }, async () => {
+    const s = await startSystem('sigterm-slow-terminate', { terminateDelay: 3 });
+    writeFileSync(join(s.dir, 'slow-after-print'), '30');
+    // No terminate worker: the job left by the stop stays queued until the next run settles it.
+    await Promise.all(['health', 'reconcile'].map((t) => s.start(t)));
+    const stopping = await s.start('spawn', { VMPOOL_SHUTDOWN_DEADLINE_MS: '1000' });
+    const [machine, spawnId] = await s.until(() => [...spawnAttempts(s.dir)][0] ?? null, 20_000, 'the spawn hook running');
+    await s.until(async () => (await s.vmm.reader.spawnMachine(spawnId))?.vmName === machine, 20_000, 'the printed machine recorded');
+    expect(await stopping.stop(4_500)).toBe(0);
+    const terminateQueue = new Queue(QueueNames.TERMINATE, { connection: s.redis, prefix: s.prefix });
+    try {
+      const backstop = await Job.fromId(terminateQueue, `spawn-stop-${spawnId}-${machine}`);
+      expect(backstop?.data ?? 'no job', stopping.lines.slice(-8).join('\n')).toMatchObject({ vmName: machine, orphan: { group: 0 } });
+      expect((await s.vmm.reader.spawnMachine(spawnId)) ?? 'no machine recorded', stopping.lines.slice(-8).join('\n')).toMatchObject({ vmName: machine, hookDone: false });
+
+      rmSync(join(s.dir, 'slow-after-print'));
+      await s.start('spawn');
+      const done = await completedSpawn(s, spawnId);
+      expect(done.returnvalue ?? 'no result', JSON.stringify(done.toJSON())).toMatchObject({ group: 0 });
+      expect(done.returnvalue.vmName).not.toBe(machine);
+      const logs = (await s.spawnQueue.getJobLogs(done.id!)).logs.join('\n');
+      expect(logs).toMatch(new RegExp(`terminated ${machine}`));
+      // The next run removed the queued job and terminated the machine itself.
+      expect(await Job.fromId(terminateQueue, `spawn-stop-${spawnId}-${machine}`)).toBeUndefined();
+      await s.until(async () => (await liveMachineNames(s.dir)).length === 1, 10_000, 'only the new machine alive');
+      expect(await liveMachineNames(s.dir)).toEqual([done.returnvalue.vmName]);
+      expect((await s.vmm.getAllVmsInGroup(0)).map((v) => v.vmName)).toEqual([done.returnvalue.vmName]);
+    } finally {
+      await terminateQueue.close();
+    }
   });
 });
