@@ -154,8 +154,8 @@ async function settleEarlierAttempts(job: Job, data: SpawnData, groupConfig: Gro
 /**
  * Runs the provider's spawn. Each machine it names is recorded in Redis as soon as it is printed,
  * and again once the hook succeeded, so that a re-run after a crash finds it. When the process
- * stops, the hook is killed, the machine it printed is handed to a terminate job, and the job goes
- * back to the queue with its slot (a WaitingError).
+ * stops, the hook is killed, the machine it printed is terminated (by a terminate job when that
+ * does not fit before the deadline), and the job goes back to the queue with its slot (a WaitingError).
  */
 async function runSpawnHook(job: Job, data: SpawnData, ctx: JobContext, log: Log, stop: SpawnStop): Promise<SpawnedMachine> {
   const { group, spawnId } = data;
