@@ -58,3 +58,8 @@ export { acquireWaiterMember } from './pool/vmManager.js';
 export type { AcquireWaiter, AcquireAttempt, ExpiredLease } from './pool/vmManager.js';
 export { acquireRequestSchema, acquireJobOptions, DEFAULT_ACQUIRE_TIMEOUT_MS, ACQUIRE_QUEUE, AcquireFailures, acquireFailureOf, acquireJobError } from '../queues/acquire.js';
 export type { AcquireRequestData, VmAssignment, AcquireFailure } from '../queues/acquire.js';
+// Spawn crash safety: a stopped spawn names the machine it may have made; a spawn that lost its slot adds no VM.
+export { SpawnAborted } from './providers/types.js';
+export type { PrintedMachine } from './providers/types.js';
+export { SpawnSlotLost } from './pool/types.js';
+export type { SpawnAttemptStart } from './pool/types.js';

@@ -35,6 +35,12 @@ export function poolKeys(prefix: string) {
     checkSeq: `${base}check_seq`,
     /** Sorted set of spawns in flight: member spawn id, score start time (epoch ms). */
     spawning: (group: number) => `${base}group:${group}:spawning`,
+    /**
+     * Hash of one spawn across its attempts (startSpawnAttempt-1.lua): group, attempts, the machine
+     * its hook printed (vm_name, vm_ip), hook_done once the hook succeeded, added once its VM entered
+     * the pool. Expires a day after the last attempt started.
+     */
+    spawnRecord: (spawnId: string) => `${base}spawn:${spawnId}`,
     /** Sorted set of waiting acquire requests: member acquire job id, score deadline (epoch ms). */
     demand: (group: number) => `${base}group:${group}:demand`,
     /** Sorted set of in_use VMs with a lease: member VM name, score lease expiry (epoch ms). */

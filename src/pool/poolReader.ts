@@ -144,6 +144,16 @@ export class PoolReader {
     return out;
   }
 
+  /**
+   * The machine a spawn's record holds (startSpawnAttempt-1.lua): what its hook printed, whether
+   * the hook succeeded with it and whether it entered the pool; null when it holds none.
+   */
+  async spawnMachine(spawnId: string): Promise<{ vmName: string; vmIp: string | null; hookDone: boolean; added: boolean } | null> {
+    const [name, ip, done, added] = await this.redis.hmget(this.keys.spawnRecord(spawnId), 'vm_name', 'vm_ip', 'hook_done', 'added');
+    if (!name) return null;
+    return { vmName: name, vmIp: ip || null, hookDone: done === '1', added: added === '1' };
+  }
+
   /** Number of spawns in flight of each group (index = position in `groups`). */
   async spawnCounts(groups: readonly number[]): Promise<number[]> {
     const pipeline = this.redis.pipeline();

@@ -4,6 +4,7 @@ import { ReplyCodes, replyCodeName, type ReplyCode } from './replyCodes.js';
 import { loadScripts, type RunScript, type ScriptName } from './scripts.js';
 import {
   LeaseLost,
+  SpawnSlotLost,
   TaskConflict,
   VmDescriptorNotFound,
   VmError,
@@ -14,6 +15,7 @@ import {
   type ExpiredLease,
   type HealthCheckOutcome,
   type HealthCheckRecord,
+  type SpawnAttemptStart,
 } from './types.js';
 
 /** One group of an acquire request, with what the script needs of its config. */
@@ -87,11 +89,47 @@ export class PoolScripts {
     throw error ? error() : unexpected(name, code);
   }
 
-  /** Adds a VM in got_ip. Throws VmError when a VM of that name is in the pool. */
-  async addVm(vmName: string, vmIp: string, group: number, now: number, spawnStartedAt?: number): Promise<void> {
-    await this.acted('addVm', vmName, [vmIp, group, now, spawnStartedAt ?? ''], null, {
+  /**
+   * Adds a VM in got_ip. Throws VmError when a VM of that name is in the pool. With a spawn, the VM
+   * takes the spawn's slot at once; SpawnSlotLost when the spawn no longer holds one.
+   */
+  async addVm(vmName: string, vmIp: string, group: number, now: number, spawn?: { spawnId: string; recordTtlMs: number; startedAt?: number }): Promise<void> {
+    await this.acted('addVm', vmName, [vmIp, group, now, spawn?.spawnId ?? '', spawn?.recordTtlMs ?? 0, spawn?.startedAt ?? ''], null, {
       [ReplyCodes.ALREADY_EXISTS]: () => new VmError(`VM ${vmName} is already in the pool`),
+      [ReplyCodes.NO_SPAWN_SLOT]: () => new SpawnSlotLost(spawn?.spawnId ?? '', group),
     });
+  }
+
+  /** One attempt of a spawn starts, or what an earlier attempt left (startSpawnAttempt-1.lua). */
+  async startSpawnAttempt(spawnId: string, group: number, now: number, recordTtlMs: number): Promise<SpawnAttemptStart> {
+    const reply = (await this.call('startSpawnAttempt', [spawnId, group, now, recordTtlMs])) as [number, ...string[]];
+    const [code, name = '', ip = '', done = '', slotHeld = ''] = reply;
+    switch (code) {
+      case ReplyCodes.OK:
+        return { status: 'new', attempt: Number(name) };
+      case ReplyCodes.ALREADY_EXISTS:
+        return { status: 'added', vmName: name, vmIp: ip };
+      case ReplyCodes.MACHINE_PENDING:
+        return { status: 'machine', vmName: name, vmIp: ip === '' ? null : ip, hookDone: done === '1', slotHeld: slotHeld === '1' };
+      case ReplyCodes.NO_SPAWN_SLOT:
+        return { status: 'no_slot' };
+      default:
+        throw unexpected('startSpawnAttempt', reply);
+    }
+  }
+
+  /** Records the machine a spawn's hook printed; false when the spawn's VM is in the pool already. */
+  async recordSpawnMachine(spawnId: string, vmName: string, vmIp: string | null, hookDone: boolean, recordTtlMs: number): Promise<boolean> {
+    const code = await this.call('recordSpawnMachine', [spawnId, vmName, vmIp ?? '', hookDone ? '1' : '', recordTtlMs]);
+    if (code === ReplyCodes.OK) return true;
+    if (code === ReplyCodes.ALREADY_EXISTS) return false;
+    throw unexpected('recordSpawnMachine', code);
+  }
+
+  /** Forgets the machine an earlier attempt of a spawn printed (it was terminated). */
+  async forgetSpawnMachine(spawnId: string, vmName: string): Promise<void> {
+    const code = await this.call('forgetSpawnMachine', [spawnId, vmName]);
+    if (code !== ReplyCodes.OK && code !== ReplyCodes.ALREADY_EXISTS) throw unexpected('forgetSpawnMachine', code);
   }
 
   /** Ends the holds that are due (at most `batch`); returns the VMs unheld. */

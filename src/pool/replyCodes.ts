@@ -42,6 +42,16 @@ export const ReplyCodes = {
   LOCK_NOT_HELD: -10,
   /** acquireVm: the waiting request was withdrawn (cancelAcquire); it left the line and gets no VM. */
   CANCELLED: -11,
+  /**
+   * startSpawnAttempt: an earlier attempt of the spawn printed a machine that is not in the pool:
+   * it is adopted or terminated before anything else is spawned.
+   */
+  MACHINE_PENDING: -12,
+  /**
+   * startSpawnAttempt, addVm (with a spawn id): the spawn no longer holds a slot among its group's
+   * spawns in flight (it finished, or reconcile dropped it as stale), so it must not add a VM.
+   */
+  NO_SPAWN_SLOT: -13,
 } as const;
 
 export type ReplyCodeName = keyof typeof ReplyCodes;

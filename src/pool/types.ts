@@ -78,6 +78,31 @@ export class VmDescriptorNotFound extends VmError {
   }
 }
 
+/**
+ * A spawn that no longer holds its slot among its group's spawns in flight (it finished, or
+ * reconcile dropped it as stale): it may not add a VM, which max_vm_total may no longer allow.
+ */
+export class SpawnSlotLost extends VmError {
+  constructor(
+    readonly spawnId: string,
+    readonly group: number,
+  ) {
+    super(`spawn ${spawnId} no longer holds a slot among the spawns in flight of group ${group} (it finished, or was dropped as stale)`);
+    this.name = 'SpawnSlotLost';
+  }
+}
+
+/**
+ * What startSpawnAttempt found for a spawn: a new attempt may spawn; or an earlier attempt added
+ * its VM; or an earlier attempt's hook printed a machine the pool does not have; or the spawn holds
+ * no slot any more and left nothing.
+ */
+export type SpawnAttemptStart =
+  | { status: 'new'; attempt: number }
+  | { status: 'added'; vmName: string; vmIp: string }
+  | { status: 'machine'; vmName: string; vmIp: string | null; hookDone: boolean; slotHeld: boolean }
+  | { status: 'no_slot' };
+
 /** A lease that is no longer held: the VM was released, reclaimed or is in_use under another lease. */
 export class LeaseLost extends VmError {
   constructor(

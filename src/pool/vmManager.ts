@@ -36,6 +36,7 @@ import {
   type AcquireWaiter,
   type ExpiredLease,
   type HealthCheckRecord,
+  type SpawnAttemptStart,
   type VmDescriptor,
   type VmRecord,
   type VmState,
@@ -45,6 +46,12 @@ export { acquireWaiterMember } from './types.js';
 export type { AcquireAttempt, AcquireWaiter, ExpiredLease, HealthCheckOutcome, HealthCheckRecord } from './types.js';
 
 export type Clock = () => number;
+
+/**
+ * How long a spawn's record (what its attempts printed and added) outlives its last attempt's
+ * start: far longer than any retry or stalled-job recovery of its job.
+ */
+export const SPAWN_RECORD_TTL_MS = 24 * 3600 * 1000;
 
 export interface VmManagerOptions {
   /** An ioredis instance (shared, not closed by the manager) or a Redis URL (owned and closed). */
@@ -148,15 +155,22 @@ export class VmManager {
     return this.redis;
   }
 
-  /** Adds a VM in got_ip; `spawnStartedAt` (epoch ms) lets its first passed check measure the group's boot time. */
-  async addVmToPool(vmIp: string, vmName: string, group: number, spawnStartedAt?: number): Promise<VmDescriptor> {
+  /**
+   * Adds a VM in got_ip. With `spawnId` (the spawn processor), the VM takes that spawn's slot among
+   * the spawns in flight in the same step, so it never counts twice against max_vm_total, and the
+   * spawn's record says it was added (a re-run of the spawn then makes no second machine);
+   * SpawnSlotLost when the spawn holds no slot any more. `spawnStartedAt` (epoch ms) lets its first
+   * passed check measure the group's boot time (target_wait).
+   */
+  async addVmToPool(vmIp: string, vmName: string, group: number, options: { spawnId?: string; spawnStartedAt?: number } = {}): Promise<VmDescriptor> {
     if (!isValidVmName(vmName)) {
       throw new InvalidVmRequest(`invalid VM name ${JSON.stringify(vmName)}: expected 1-63 of A-Z a-z 0-9 . _ -, starting with a letter or digit`);
     }
     if (!isValidVmIp(vmIp)) throw new InvalidVmRequest(`invalid IP address ${JSON.stringify(vmIp)} for VM ${vmName}`);
     this.groupConfig(group);
-    await this.scripts.addVm(vmName, vmIp, group, this.clock(), spawnStartedAt);
-    this.logger.info({ vmName, vmIp, group }, 'VM added to pool');
+    const { spawnId, spawnStartedAt } = options;
+    await this.scripts.addVm(vmName, vmIp, group, this.clock(), spawnId || spawnStartedAt !== undefined ? { spawnId: spawnId ?? '', recordTtlMs: SPAWN_RECORD_TTL_MS, startedAt: spawnStartedAt } : undefined);
+    this.logger.info({ vmName, vmIp, group, spawnId }, 'VM added to pool');
     return this.getVmByName(vmName);
   }
 
@@ -486,6 +500,28 @@ export class VmManager {
   async registerSpawn(group: number, spawnId: string): Promise<void> {
     this.groupConfig(group);
     await this.redis.zadd(this.keys.spawning(group), this.clock(), spawnId);
+  }
+
+  /**
+   * Starts one attempt (a run of the spawn job) of a spawn in flight, or tells what an earlier
+   * attempt left: its VM in the pool, a machine its hook printed, or nothing and no slot.
+   */
+  async startSpawnAttempt(group: number, spawnId: string): Promise<SpawnAttemptStart> {
+    this.groupConfig(group);
+    return this.scripts.startSpawnAttempt(spawnId, group, this.clock(), SPAWN_RECORD_TTL_MS);
+  }
+
+  /**
+   * Records the machine a spawn's hook printed, as soon as it printed it (hookDone false) and once
+   * the hook succeeded (hookDone true), so that a re-run after a crash adopts or terminates it.
+   */
+  async recordSpawnMachine(spawnId: string, machine: { name: string; ip: string | null }, hookDone: boolean): Promise<void> {
+    await this.scripts.recordSpawnMachine(spawnId, machine.name, machine.ip, hookDone, SPAWN_RECORD_TTL_MS);
+  }
+
+  /** Forgets the machine an earlier attempt of the spawn printed, once it is terminated. */
+  async forgetSpawnMachine(spawnId: string, vmName: string): Promise<void> {
+    await this.scripts.forgetSpawnMachine(spawnId, vmName);
   }
 
   async finishSpawn(group: number, spawnId: string): Promise<void> {

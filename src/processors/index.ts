@@ -7,7 +7,7 @@ import type { ProcessTypeRegistry } from '../runtime/boot.js';
 import { acquireProcessor, stopAcquireWaits } from './acquire.js';
 import { healthProcessor } from './health.js';
 import { prepareReconcile, reconcileProcessor } from './reconcile.js';
-import { spawnProcessor } from './spawn.js';
+import { spawnProcessor, stopSpawns } from './spawn.js';
 import { terminateProcessor } from './terminate.js';
 
 /** Process types that run BullMQ workers (the Procfile adds `web`). */
@@ -16,7 +16,7 @@ export type WorkerProcessType = (typeof WORKER_PROCESS_TYPES)[number];
 
 export const processTypeSpecs: ProcessTypeRegistry<WorkerProcessType> = {
   acquire: { processor: acquireProcessor, concurrencyKey: 'acquire', beforeStop: stopAcquireWaits },
-  spawn: { processor: spawnProcessor, concurrencyKey: 'spawn' },
+  spawn: { processor: spawnProcessor, concurrencyKey: 'spawn', beforeStop: stopSpawns },
   health: { processor: healthProcessor, concurrencyKey: 'health' },
   terminate: { processor: terminateProcessor, concurrencyKey: 'terminate' },
   reconcile: { processor: reconcileProcessor, beforeStart: prepareReconcile },

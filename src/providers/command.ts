@@ -4,14 +4,16 @@ import type { commandProviderSchema } from '../config.js';
 import { VM_NAME_PATTERN } from '../pool/types.js';
 import { describeEnd, runHook, toArgv, type HookResult } from './hook.js';
 import { UNCLASSIFIED, classifySpawnFailure, type SpawnFailureClass } from './spawnErrors.js';
-import type {
-  Provider,
-  ProviderDeps,
-  ProviderGroup,
-  ProviderMachine,
-  SpawnedMachine,
-  SpawnRequest,
-  TerminateRequest,
+import {
+  SpawnAborted,
+  type PrintedMachine,
+  type Provider,
+  type ProviderDeps,
+  type ProviderGroup,
+  type ProviderMachine,
+  type SpawnedMachine,
+  type SpawnRequest,
+  type TerminateRequest,
 } from './types.js';
 
 /** A list is only trusted whole; this bounds memory (about 40,000 machines). */
@@ -24,7 +26,12 @@ export class ProviderError extends Error {
   /** Why a spawn failed, as the hook said it (spawnErrors.ts); unclassified when it did not. */
   readonly errorClass: SpawnFailureClass;
 
-  constructor(message: string, errorClass: SpawnFailureClass = UNCLASSIFIED) {
+  constructor(
+    message: string,
+    /** A failed spawn's machine (the name its hook printed), and whether terminate_cmd ended it. */
+    readonly leftover?: { machine: PrintedMachine; terminated: boolean },
+    errorClass: SpawnFailureClass = UNCLASSIFIED,
+  ) {
     super(message);
     this.name = 'ProviderError';
     this.errorClass = errorClass;
@@ -174,7 +181,7 @@ export class CommandProvider implements Provider {
     const { group, spawnId, log } = request;
     const logger = this.deps.logger.child({ group: group.config.name, spawnId });
     // The last name (and IP) the hook printed, so a failed spawn can still clean up.
-    let printed: { name: string; ip: string | null } | null = null;
+    let printed: PrintedMachine | null = null;
     const timeoutMs = this.config.spawn_timeout * 1000;
     const result = await runHook({
       argv: this.spawnArgv,
@@ -184,13 +191,21 @@ export class CommandProvider implements Provider {
       logger,
       label: 'spawn_cmd',
       log,
+      signal: request.signal,
       onStdoutLine: (line) => {
         const parsed = parseSpawnLine(line);
         if (parsed && typeof parsed.name === 'string' && VM_NAME_PATTERN.test(parsed.name)) {
-          printed = { name: parsed.name, ip: typeof parsed.ip === 'string' && isIP(parsed.ip) ? parsed.ip : null };
+          const machine: PrintedMachine = { name: parsed.name, ip: typeof parsed.ip === 'string' && isIP(parsed.ip) ? parsed.ip : null };
+          printed = machine;
+          request.onMachine?.(machine);
         }
       },
     });
+    if (result.aborted) {
+      // The caller terminates what the hook printed: its terminate may not fit in what is left of a stop.
+      const machine = printed as PrintedMachine | null;
+      throw new SpawnAborted(`spawn_cmd ${describeEnd(result, timeoutMs)}${machine ? `; it had printed ${machine.name}` : ''}`, machine);
+    }
 
     let failure: string | null = null;
     let machine: SpawnedMachine | null = null;
@@ -209,20 +224,23 @@ export class CommandProvider implements Provider {
     }
     if (machine) return machine;
 
-    const leaked = printed as { name: string; ip: string | null } | null;
+    const leaked = printed as PrintedMachine | null;
     if (leaked) {
       // The hook may have made a machine before failing: remove it so nothing half-made leaks.
       const note = `spawn failed after printing name ${leaked.name}; running terminate_cmd for it`;
       logger.warn({ vmName: leaked.name }, note);
       await Promise.resolve(log?.(note)).catch(() => {});
+      let terminated = false;
       try {
         await this.terminate({ group, vmName: leaked.name, vmIp: leaked.ip, log });
         failure += `; terminated ${leaked.name}`;
+        terminated = true;
       } catch (err) {
         failure += `; terminating ${leaked.name} failed too: ${(err as Error).message}`;
       }
+      throw new ProviderError(failure!, { machine: leaked, terminated }, errorClass);
     }
-    throw new ProviderError(failure!, errorClass);
+    throw new ProviderError(failure!, undefined, errorClass);
   }
 
   async terminate(request: TerminateRequest): Promise<void> {

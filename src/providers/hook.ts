@@ -30,6 +30,12 @@ export interface HookRunOptions {
   onStdoutLine?: (line: string) => void;
   /** Bytes of stdout kept (the tail); default HOOK_OUTPUT_KEEP_BYTES. */
   keepBytes?: number;
+  /**
+   * Aborted when the process stops: the whole group gets SIGTERM, then SIGKILL after
+   * abortGraceMs (default 250 ms, so a stop stays well inside its deadline).
+   */
+  signal?: AbortSignal;
+  abortGraceMs?: number;
 }
 
 export interface HookResult {
@@ -37,6 +43,8 @@ export interface HookResult {
   code: number | null;
   signal: NodeJS.Signals | null;
   timedOut: boolean;
+  /** Killed because `signal` was aborted (the process stops). */
+  aborted: boolean;
   /** Set when the program could not be started at all. */
   startError: Error | null;
   /** The last HOOK_OUTPUT_KEEP_BYTES of stdout. */
@@ -50,6 +58,7 @@ export interface HookResult {
 /** Short human summary of how a hook ended, such as `exited with code 3` or `timed out after 2s`. */
 export function describeEnd(result: HookResult, timeoutMs: number): string {
   if (result.startError) return `could not start: ${result.startError.message}`;
+  if (result.aborted) return 'was stopped as the process shuts down (process group killed)';
   if (result.timedOut) return `timed out after ${timeoutMs / 1000}s (process group killed)`;
   if (result.code !== null) return `exited with code ${result.code}`;
   return `killed by ${result.signal}`;
@@ -77,6 +86,7 @@ export function runHook(options: HookRunOptions): Promise<HookResult> {
     let loggedLines = 0;
     const tail: string[] = [];
     let timedOut = false;
+    let aborted = false;
     let startError: Error | null = null;
     let exit: { code: number | null; signal: NodeJS.Signals | null } | null = null;
     let settled = false;
@@ -147,6 +157,7 @@ export function runHook(options: HookRunOptions): Promise<HookResult> {
         code: exit?.code ?? null,
         signal: exit?.signal ?? null,
         timedOut,
+        aborted,
         startError,
         stdout,
         tail,
@@ -165,23 +176,38 @@ export function runHook(options: HookRunOptions): Promise<HookResult> {
     });
     child.on('close', finish);
 
+    // SIGTERM to the whole group, SIGKILL after the grace; returns once the group is gone (or given up).
+    const killHook = (graceMs: number) => {
+      killPending = true;
+      killGroup(child.pid!, 'SIGTERM');
+      timers.push(
+        setTimeout(() => {
+          killGroup(child.pid!, 'SIGKILL');
+          killPending = false;
+          if (exit) finish();
+          // Give up on the pipes shortly after SIGKILL.
+          else timers.push(setTimeout(finish, 2000));
+        }, graceMs),
+      );
+    };
+
     timers.push(
       setTimeout(() => {
-        if (exit || settled || child.pid === undefined) return;
+        if (exit || settled || killPending || child.pid === undefined) return;
         timedOut = true;
-        killPending = true;
         logger.warn({ hook: label, pid: child.pid, timeoutMs: options.timeoutMs }, 'hook timed out, killing its process group');
-        killGroup(child.pid, 'SIGTERM');
-        timers.push(
-          setTimeout(() => {
-            killGroup(child.pid!, 'SIGKILL');
-            killPending = false;
-            if (exit) finish();
-            // Give up on the pipes shortly after SIGKILL.
-            else timers.push(setTimeout(finish, 2000));
-          }, options.killGraceMs),
-        );
+        killHook(options.killGraceMs);
       }, options.timeoutMs),
     );
+
+    const onAbort = () => {
+      if (exit || settled || killPending || child.pid === undefined) return;
+      aborted = true;
+      logger.warn({ hook: label, pid: child.pid }, 'stopping: killing the hook\'s process group');
+      killHook(options.abortGraceMs ?? 250);
+    };
+    if (options.signal?.aborted) onAbort();
+    else options.signal?.addEventListener('abort', onAbort, { once: true });
+    child.once('close', () => options.signal?.removeEventListener('abort', onAbort));
   });
 }

@@ -9,7 +9,7 @@ import ssh2 from 'ssh2';
 import type { z } from 'zod';
 import type { localProviderSchema } from '../config.js';
 import { ProviderError } from './command.js';
-import type { Provider, ProviderDeps, ProviderGroup, ProviderMachine, SpawnedMachine, SpawnRequest, TerminateRequest } from './types.js';
+import { SpawnAborted, type Provider, type ProviderDeps, type ProviderGroup, type ProviderMachine, type SpawnedMachine, type SpawnRequest, type TerminateRequest } from './types.js';
 
 export type LocalProviderConfig = z.output<typeof localProviderSchema>;
 
@@ -166,6 +166,7 @@ export class LocalProvider implements Provider {
     const keyFile = ensureClientKey(this.stateDir);
     const suffix = randomBytes(3).toString('hex');
     const { ip, name } = this.claimAddress((addr) => `local-${addr.split('.').slice(1).join('-')}-${suffix}`);
+    request.onMachine?.({ name, ip });
     const logFile = join(this.dir('logs'), `${name}.log`);
     const fd = openSync(logFile, 'a', 0o600);
     const { command, args } = localVmCommand();
@@ -188,6 +189,8 @@ export class LocalProvider implements Provider {
 
     const deadline = Date.now() + this.config.spawn_timeout * 1000;
     while (Date.now() < deadline && !exited) {
+      // The caller terminates the VM: the process stops.
+      if (request.signal?.aborted) throw new SpawnAborted(`local VM ${name}: spawn stopped as the process shuts down`, { name, ip });
       if (this.readState(name)) {
         this.deps.logger.info({ vmName: name, vmIp: ip, pid: child.pid }, 'local VM listening');
         return { name, ip };

@@ -14,6 +14,33 @@ export interface SpawnRequest {
   spawnId: string;
   /** Appends a line to the job's log (Bull Board shows it). */
   log?: (line: string) => void | Promise<void>;
+  /**
+   * Told each machine the spawn is making as soon as its name is known (a spawn hook's output line
+   * with a name, before the hook ends), so that it can be recorded before anything else can crash.
+   */
+  onMachine?: (machine: PrintedMachine) => void;
+  /**
+   * Aborted when the process stops: the spawn stops at once (a hook's process group is killed) and
+   * rejects with SpawnAborted, naming the machine it may have made, which the caller terminates.
+   */
+  signal?: AbortSignal;
+}
+
+/** A machine a spawn named before it finished: the IP may not be known yet. */
+export interface PrintedMachine {
+  name: string;
+  ip: string | null;
+}
+
+/** A spawn stopped because its process stops; `machine` is the one it may have made (not terminated). */
+export class SpawnAborted extends Error {
+  constructor(
+    message: string,
+    readonly machine: PrintedMachine | null,
+  ) {
+    super(message);
+    this.name = 'SpawnAborted';
+  }
 }
 
 /** The machine a spawn made. Both fields are validated before the VM enters the pool. */

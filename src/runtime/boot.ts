@@ -11,14 +11,17 @@ export interface ProcessTypeSpec {
   /** Where the concurrency comes from; without it the worker runs one job at a time. */
   concurrencyKey?: keyof Config['concurrency'];
   beforeStart?(ctx: JobContext): Promise<void>;
-  /** Runs before the worker closes (for jobs that would otherwise wait until the deadline). */
-  beforeStop?(ctx: JobContext): Promise<void>;
+  /**
+   * Runs once the worker is closing (for jobs that would otherwise wait until the deadline), given
+   * the stop's deadline (ms from now).
+   */
+  beforeStop?(ctx: JobContext, deadlineMs: number): Promise<void>;
 }
 
 /** The process types a process can run, by name (src/processors/index.ts has the Procfile's). */
 export type ProcessTypeRegistry<T extends string> = Readonly<Record<T, ProcessTypeSpec>>;
 
-export interface BootOptions extends Partial<Pick<JobContextOptions, 'providerFactory' | 'healthCheckFactory' | 'clock' | 'prefix'>> {
+export interface BootOptions extends Partial<Pick<JobContextOptions, 'providerFactory' | 'healthCheckFactory' | 'clock' | 'prefix' | 'faultPoint'>> {
   logger?: Logger;
   /** <TYPE>_CONCURRENCY (Settings.concurrency); a type without one runs concurrency.<type> of the config. */
   concurrency?: ConcurrencyOverrides;
@@ -46,6 +49,7 @@ export async function startProcessTypes<T extends string>(
     prefix: options.prefix,
     providerFactory,
     healthCheckFactory,
+    faultPoint: options.faultPoint,
   });
   const workers: RunningWorker[] = [];
   for (const type of types) {
@@ -63,7 +67,7 @@ export async function startProcessTypes<T extends string>(
       stopping ??= (async () => {
         // Closing first stops taking new jobs; then jobs that would wait until the deadline let go.
         const closing = workers.map((w) => w.close(deadlineMs));
-        await Promise.all(types.map((type) => registry[type].beforeStop?.(ctx)));
+        await Promise.all(types.map((type) => registry[type].beforeStop?.(ctx, deadlineMs)));
         await Promise.all(closing);
         await ctx.close();
       })();

@@ -6,6 +6,7 @@ import type { Logger } from '../logger.js';
 import type { Clock, VmManager } from '../pool/vmManager.js';
 import type { Provider } from '../providers/types.js';
 import type { QueueName } from '../../queues/names.js';
+import type { FaultPoint } from './settings.js';
 
 /**
  * Everything a job processor needs, owned by one process. Processors get it instead of building
@@ -27,4 +28,13 @@ export interface JobContext {
   provider(group: number): Provider;
   /** The health check of a group, created once per group. */
   healthCheck(group: number): HealthCheck;
+  /** Tests only (VMPOOL_FAULT): the step where this process SIGKILLs itself (crashAt). */
+  faultPoint?: FaultPoint;
+}
+
+/** Tests only: a crash (SIGKILL of this process) when the process was started with this fault point. */
+export function crashAt(ctx: JobContext, point: FaultPoint): void {
+  if (ctx.faultPoint !== point) return;
+  ctx.logger.warn({ faultPoint: point }, 'VMPOOL_FAULT: crashing here (tests only)');
+  process.kill(process.pid, 'SIGKILL');
 }

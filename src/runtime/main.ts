@@ -104,6 +104,11 @@ export async function runWorkerProcess<T extends string>(registry: ProcessTypeRe
   logger.info({ config: source, types }, 'starting');
   await requireRedis(config.redis.url, logger);
   await requireSafeRedis(config, logger);
-  const running = await startProcessTypes(registry, types, config, { logger, prefix: settings.prefix, concurrency: settings.concurrency });
+  const running = await startProcessTypes(registry, types, config, {
+    logger,
+    prefix: settings.prefix,
+    concurrency: settings.concurrency,
+    faultPoint: settings.faultPoint,
+  });
   stopOnSignals((deadline) => running.stop(deadline), logger, settings.shutdownDeadlineMs);
 }

@@ -29,7 +29,20 @@ export interface Settings {
    * job, at most (default 60 s; the CLI waits less for a short timeout: cliAcquireGraceMs).
    */
   acquireGraceMs: number;
+  /**
+   * VMPOOL_FAULT, for tests only: a fault point (FAULT_POINTS) where the process kills itself with
+   * SIGKILL, as a crash at that exact step would. Never set it in production.
+   */
+  faultPoint?: FaultPoint;
 }
+
+/**
+ * Test-only crash points (VMPOOL_FAULT): the spawn processor SIGKILLs its own process there.
+ * `spawn-after-hook`: the spawn hook succeeded and its machine was recorded, the VM is not in the
+ * pool yet. `spawn-after-add`: the VM is in the pool, its first health job is not enqueued yet.
+ */
+export const FAULT_POINTS = ['spawn-after-hook', 'spawn-after-add'] as const;
+export type FaultPoint = (typeof FAULT_POINTS)[number];
 
 const CONCURRENCY_TYPES = Object.keys(configSchema.shape.concurrency.unwrap().shape) as (keyof Config['concurrency'])[];
 const prefixSchema = redisConfigSchema.shape.prefix.unwrap();
@@ -55,6 +68,10 @@ export function readSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     const n = integer(`${type.toUpperCase()}_CONCURRENCY`, 1, 'a positive integer');
     if (n !== undefined) concurrency[type] = n;
   }
+  const fault = value('VMPOOL_FAULT');
+  if (fault !== undefined && !(FAULT_POINTS as readonly string[]).includes(fault)) {
+    issues.push({ path: 'VMPOOL_FAULT', expected: `one of ${FAULT_POINTS.join(', ')} (tests only)`, received: fault });
+  }
   const settings: Settings = {
     configPath: value('VMPOOL_CONFIG'),
     redisUrl: value('REDIS_URL'),
@@ -65,6 +82,7 @@ export function readSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     shutdownDeadlineMs: integer('VMPOOL_SHUTDOWN_DEADLINE_MS', 0, 'a whole number of milliseconds') ?? 15_000,
     acquireGraceMs: integer('VMPOOL_ACQUIRE_GRACE_MS', 0, 'a whole number of milliseconds') ?? 60_000,
   };
+  if (fault !== undefined) settings.faultPoint = fault as FaultPoint;
   if (issues.length) {
     const lines = issues.map((i) => `  ${i.path}: got ${JSON.stringify(i.received)}, expected ${i.expected}`);
     throw new ConfigError(`invalid vmpool environment:\n${lines.join('\n')}`, issues);

@@ -11,6 +11,7 @@ import { createProducerConnection, createWorkerConnection } from '../redis.js';
 import type { QueueName } from '../../queues/names.js';
 import { QueueSet } from '../../queues/queueSet.js';
 import type { JobContext } from './context.js';
+import type { FaultPoint } from './settings.js';
 import { formatZodError } from '../validation.js';
 import { recordJobMetrics, type JobOutcome } from '../metrics/shared.js';
 
@@ -24,6 +25,8 @@ export interface JobContextOptions {
   prefix?: string;
   providerFactory: ProviderFactory;
   healthCheckFactory: HealthCheckFactory;
+  /** Tests only (VMPOOL_FAULT): see JobContext.faultPoint. */
+  faultPoint?: FaultPoint;
 }
 
 export interface OwnedJobContext extends JobContext {
@@ -57,6 +60,7 @@ export function createJobContext(config: Config, options: JobContextOptions): Ow
     clock,
     connection,
     workerId: `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`,
+    ...(options.faultPoint ? { faultPoint: options.faultPoint } : {}),
     queue: (name) => queues.get(name),
     provider,
     healthCheck(group) {

@@ -27,7 +27,7 @@ function section(head: string, name: 'Input' | 'Output'): string {
 }
 
 /** Keys that only TypeScript uses (no script reads or writes them), so poolKeys.lua need not spell them. */
-const WITHOUT_SCRIPTS: (keyof PoolKeys)[] = ['base', 'groupInfo', 'spawning', 'orphanUnknown', 'orphanMissing', 'reconcileLock'];
+const WITHOUT_SCRIPTS: (keyof PoolKeys)[] = ['base', 'groupInfo', 'orphanUnknown', 'orphanMissing', 'reconcileLock'];
 
 /** Sample arguments of each key kind; values that must survive as they are (':' in names, a non-ASCII owner). */
 const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
@@ -53,6 +53,8 @@ const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
   waiterInfo: [],
   acquireCancel: ['000001700000000|acquire-42%3Ax'],
   readyChannel: [3],
+  spawning: [3],
+  spawnRecord: ['g3-1700000000000-0a1b2c3d'],
 };
 
 /** The Lua name of a key kind: `<name>Key`, but a pub/sub channel is no key. */

@@ -7,7 +7,7 @@ import { createLogger } from '../../src/logger.js';
 import { CommandProvider, ProviderError, parseListOutput, parseSpawnOutput } from '../../src/providers/command.js';
 import { HOOK_LOG_MAX_LINES } from '../../src/providers/hook.js';
 import { createProvider } from '../../src/providers/index.js';
-import type { ProviderGroup } from '../../src/providers/types.js';
+import { SpawnAborted, type ProviderGroup } from '../../src/providers/types.js';
 import { isLive, liveGroupMembers } from '../helpers/netns.js';
 
 const logger = createLogger('test');
@@ -133,6 +133,37 @@ wait`);
     expect(pids.filter(isLive)).toEqual([]);
     expect(liveGroupMembers(pids[0]!)).toEqual([]);
     expect(term.calls()).toEqual(['slow-11 ']);
+  });
+
+  it('stops at once when aborted (the process stops): kills the hook\'s process group and names the machine it printed, without terminating it', async () => {
+    const pidFile = join(dir, 'abort-pids');
+    const term = recordingTerminate();
+    const spawn = hook(`echo '{"name": "early-12"}'
+sleep 300 &
+echo "$$ $!" > ${pidFile}
+wait`);
+    const g = group({ spawn_cmd: spawn, terminate_cmd: term.path });
+    const stop = new AbortController();
+    const printed: unknown[] = [];
+    const spawning = provider(g).spawn({
+      group: g,
+      spawnId: 'sp-12',
+      signal: stop.signal,
+      onMachine: (m) => {
+        printed.push(m);
+        setTimeout(() => stop.abort(), 100);
+      },
+    });
+    const err = (await spawning.catch((e: unknown) => e)) as SpawnAborted;
+    expect(err).toBeInstanceOf(SpawnAborted);
+    expect(err.message).toMatch(/stopped as the process shuts down \(process group killed\); it had printed early-12/);
+    expect(err.machine).toEqual({ name: 'early-12', ip: null });
+    expect(printed).toEqual([{ name: 'early-12', ip: null }]);
+    const pids = readFileSync(pidFile, 'utf8').trim().split(/\s+/).map(Number);
+    expect(pids.filter(isLive)).toEqual([]);
+    expect(liveGroupMembers(pids[0]!)).toEqual([]);
+    // The caller terminates it (a terminate job, or within what is left of the stop).
+    expect(term.calls()).toEqual([]);
   });
 
   it('keeps a bounded log and still reads the last line of a very long output', async () => {

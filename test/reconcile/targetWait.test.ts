@@ -162,7 +162,7 @@ describe('target_wait in a reconcile cycle (real Redis, injected clock)', () => 
     // Two spawned VMs: ready 80 s and 100 s after their spawns started.
     for (const [i, bootMs] of [80_000, 100_000].entries()) {
       const name = `tw-${i}`;
-      await vmm.addVmToPool(`10.8.0.${i + 1}`, name, 0, clock.now - bootMs);
+      await vmm.addVmToPool(`10.8.0.${i + 1}`, name, 0, { spawnStartedAt: clock.now - bootMs });
       await vmm.startVmCheck(name);
       await vmm.recordHealthCheckResult(name, true);
       // Later checks of the same VM measure nothing more.

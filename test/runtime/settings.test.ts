@@ -52,6 +52,13 @@ describe('readSettings', () => {
   });
 });
 
+describe('VMPOOL_FAULT (tests only)', () => {
+  it('names a crash point, and a name it does not know is refused', () => {
+    expect(readSettings({ VMPOOL_FAULT: 'spawn-after-add' }).faultPoint).toBe('spawn-after-add');
+    expect(() => readSettings({ VMPOOL_FAULT: 'spawn-after-lunch' })).toThrow(/VMPOOL_FAULT: got "spawn-after-lunch", expected one of spawn-after-hook, spawn-after-add \(tests only\)/);
+  });
+});
+
 describe('PORT and HOST (foreman, honcho, Heroku)', () => {
   it('override web.port and web.host of the file or the embedded default, as REDIS_URL does redis.url', () => {
     const file = writeConfigFile({ web: { host: '127.0.0.1', port: 8080 }, groups: [{ name: 'g' }] });

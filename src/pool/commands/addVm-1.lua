@@ -7,20 +7,35 @@
     ARGV[2] VM IP
     ARGV[3] group id
     ARGV[4] now (epoch ms), kept as added_at
-    ARGV[5] when its spawn started (epoch ms; '' when not spawned), kept as spawn_started_at: the
+    ARGV[5] spawn id of the spawn that made it, or '' (added by hand): the spawn's slot among the
+            group's spawns in flight becomes this VM, at once, and its record says so
+    ARGV[6] how long the spawn's record is kept (ms); with a spawn id only
+    ARGV[7] when its spawn started (epoch ms; '' when not spawned), kept as spawn_started_at: the
             first passed check measures the group's boot time from it (recordHealthCheckResult)
   Output:
     OK              added
     ALREADY_EXISTS  a VM of that name is already in the pool (nothing changed)
+    NO_SPAWN_SLOT   the spawn no longer holds a slot (finished, or dropped as stale): it must not
+                    add a VM, which max_vm_total may no longer allow (nothing changed)
 ]]
 local base = KEYS[1]
-local name, ip, group, now, spawnStartedAt = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5] or ''
+local name, ip, group, now, spawnId, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local spawnStartedAt = ARGV[7] or ''
 --- @include "includes/replyCodes"
 --- @include "includes/setVmState"
 
 local key = vmKey(base, name)
 if redis.call('EXISTS', key) == 1 then
   return ALREADY_EXISTS
+end
+if spawnId and spawnId ~= '' then
+  if redis.call('ZREM', spawningKey(base, group), spawnId) == 0 then
+    return NO_SPAWN_SLOT
+  end
+  local record = spawnRecordKey(base, spawnId)
+  redis.call('HSET', record, 'vm_name', name, 'vm_ip', ip, 'added', '1')
+  redis.call('PEXPIRE', record, ttl)
+  redis.call('HSET', key, 'spawn_id', spawnId)
 end
 redis.call('HSET', key, 'vm_name', name, 'vm_ip', ip, 'group', group, 'check_fails', 0, 'builds_count', 0, 'added_at', now)
 redis.call('SADD', allVmsKey(base), name)

@@ -108,6 +108,17 @@ local function acquireCancelKey(base, waiter)
   return base .. 'acquire_cancel:' .. waiter
 end
 
+-- Sorted set of the group's spawns in flight: member spawn id, score start time (epoch ms).
+local function spawningKey(base, group)
+  return base .. 'group:' .. group .. ':spawning'
+end
+
+-- Hash of one spawn (by spawn id) across its attempts: what its hooks printed and whether its VM
+-- entered the pool, so that a re-run after a crash adopts or terminates that machine.
+local function spawnRecordKey(base, spawnId)
+  return base .. 'spawn:' .. spawnId
+end
+
 -- Pub/sub channel told when a VM of the group may be acquirable.
 local function readyChannel(base, group)
   return base .. 'ready:' .. group

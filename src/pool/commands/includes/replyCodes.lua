@@ -18,3 +18,5 @@ local NO_VM = -8
 local DEFERRED = -9
 local LOCK_NOT_HELD = -10
 local CANCELLED = -11
+local MACHINE_PENDING = -12
+local NO_SPAWN_SLOT = -13
