@@ -54,6 +54,8 @@ export function poolKeys(prefix: string) {
     orphanUnknown: (group: number) => `${base}group:${group}:orphan_unknown`,
     /** Hash of the group's pool VMs missing from the provider's last list: name -> first missed (epoch ms). */
     orphanMissing: (group: number) => `${base}group:${group}:orphan_missing`,
+    /** Set of machines the group's provider lists with no pool id, already reported (logged once each). */
+    orphanUntagged: (group: number) => `${base}group:${group}:orphan_untagged`,
     /** The reconcile cycle lock (src/reconcile/cycleLock.ts): one cycle at a time across replicas. */
     reconcileLock: `${base}reconcile_lock`,
     /** Pub/sub channel told (by the scripts) when a VM of the group may be acquirable. */

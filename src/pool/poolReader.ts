@@ -12,6 +12,8 @@ export interface SpawnInFlight {
 export interface OrphanPassState {
   unknown: Record<string, string>;
   missing: Record<string, string>;
+  /** Names of unknown machines with no pool id, already reported. */
+  untagged: string[];
 }
 
 /**
@@ -177,8 +179,12 @@ export class PoolReader {
 
   /** What the group's last orphan pass left for the next one. */
   async orphanPassState(group: number): Promise<OrphanPassState> {
-    const [unknown, missing] = await Promise.all([this.redis.hgetall(this.keys.orphanUnknown(group)), this.redis.hgetall(this.keys.orphanMissing(group))]);
-    return { unknown, missing };
+    const [unknown, missing, untagged] = await Promise.all([
+      this.redis.hgetall(this.keys.orphanUnknown(group)),
+      this.redis.hgetall(this.keys.orphanMissing(group)),
+      this.redis.smembers(this.keys.orphanUntagged(group)),
+    ]);
+    return { unknown, missing, untagged };
   }
 
   private async numbers(pipeline: ReturnType<Redis['pipeline']>): Promise<number[]> {

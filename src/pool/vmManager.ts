@@ -15,9 +15,10 @@ import type { QueueName } from '../../queues/names.js';
 import { QueueSet } from '../../queues/queueSet.js';
 import type { AcquireRequestData } from '../../queues/acquire.js';
 import { poolKeys, type PoolKeys } from './keys.js';
-import { PoolReader, type OrphanPassState, type SpawnInFlight } from './poolReader.js';
+import { PoolReader, type SpawnInFlight } from './poolReader.js';
 import { PoolScripts } from './poolScripts.js';
 import { formatPoolInfo } from './info.js';
+import { poolIdOf } from './poolId.js';
 import {
   ALL_VM_STATES,
   InvalidVmRequest,
@@ -87,6 +88,8 @@ export interface HoldOptions {
 export class VmManager {
   readonly config: Config;
   readonly prefix: string;
+  /** The pool's identity (pool_id, else derived from the prefix); its machines carry it. */
+  readonly poolId: string;
   readonly logger: Logger;
   readonly clock: Clock;
   /** Reads of the pool that are not transitions: counts, spawns in flight, demand, server start. */
@@ -103,6 +106,7 @@ export class VmManager {
     this.config = isParsedConfig(config) ? config : parseConfig(config, {});
     ({ redis: this.redis, owned: this.ownsRedis } = producerConnectionFrom(options.redis));
     this.prefix = options.prefix ?? this.config.redis.prefix;
+    this.poolId = poolIdOf(this.config, this.prefix);
     this.logger = options.logger ?? createLogger('vmpool');
     this.clock = options.clock ?? Date.now;
     this.keys = poolKeys(this.prefix);
@@ -444,12 +448,17 @@ export class VmManager {
   }
 
   /** Replaces what the group's orphan pass keeps for the next one (read it with reader.orphanPassState). */
-  async replaceOrphanPassState(group: number, state: { [K in keyof OrphanPassState]: Record<string, string | number> }): Promise<void> {
+  async replaceOrphanPassState(
+    group: number,
+    state: { unknown: Record<string, string | number>; missing: Record<string, string | number>; untagged?: readonly string[] },
+  ): Promise<void> {
     const unknownKey = this.keys.orphanUnknown(group);
     const missingKey = this.keys.orphanMissing(group);
-    const tx = this.redis.multi().del(unknownKey, missingKey);
+    const untaggedKey = this.keys.orphanUntagged(group);
+    const tx = this.redis.multi().del(unknownKey, missingKey, untaggedKey);
     if (Object.keys(state.unknown).length > 0) tx.hset(unknownKey, state.unknown);
     if (Object.keys(state.missing).length > 0) tx.hset(missingKey, state.missing);
+    if (state.untagged && state.untagged.length > 0) tx.sadd(untaggedKey, ...state.untagged);
     await tx.exec();
   }
 

@@ -18,6 +18,14 @@ export function defaultLocalStateDir(): string {
   return join(tmpdir(), `vmpool-local-${userInfo().uid}`);
 }
 
+/**
+ * Where one pool's local VMs keep their state: `<state_dir>/pools/<pool id>`, so that two pools on
+ * one machine never list (and take for leaks) each other's VMs. Without a pool id, state_dir itself.
+ */
+export function localPoolDir(stateDir: string, poolId?: string): string {
+  return poolId ? join(stateDir, 'pools', poolId) : stateDir;
+}
+
 /** The private key the local VMs accept (any user name); the ssh check uses it by default. */
 export function localClientKeyPath(stateDir: string): string {
   return join(stateDir, 'id_ed25519');
@@ -29,6 +37,8 @@ export interface LocalVmState {
   name: string;
   /** The group that spawned it, so each group lists only its own VMs. */
   group: string;
+  /** The pool id it was spawned for ('' without one). */
+  pool?: string;
   ip: string;
   port: number;
   created_at: number;
@@ -85,22 +95,30 @@ function ensureClientKey(stateDir: string): string {
  * files under state_dir, so any worker process on this machine can list and terminate the VMs,
  * and they survive restarts of the worker that spawned them.
  *
- * Layout of state_dir: id_ed25519 (client key), vms/<name>.json (written by the VM once it listens),
- * ips/<ip> (address claims, containing the VM name), logs/<name>.log, work/<name>/ (exec cwd).
+ * Layout of state_dir: ips/<ip> (address claims, containing the VM name; shared by every pool on
+ * the machine, as the addresses are), and per pool (localPoolDir, `pools/<pool id>/`): id_ed25519
+ * (client key), vms/<name>.json (written by the VM once it listens), logs/<name>.log, work/<name>/
+ * (exec cwd).
  */
 export class LocalProvider implements Provider {
   readonly type = 'local';
+  /** This pool's state directory (localPoolDir). */
   readonly stateDir: string;
+  /** The configured state_dir: the address claims of every pool on this machine. */
+  private readonly sharedDir: string;
 
   constructor(
     private readonly config: LocalProviderConfig,
     private readonly deps: ProviderDeps,
+    /** The pool's identity (ProviderGroup.poolId): its VMs live in their own directory and carry it. */
+    readonly poolId?: string,
   ) {
-    this.stateDir = config.state_dir ?? defaultLocalStateDir();
+    this.sharedDir = config.state_dir ?? defaultLocalStateDir();
+    this.stateDir = localPoolDir(this.sharedDir, poolId);
   }
 
   private dir(sub: string): string {
-    return join(this.stateDir, sub);
+    return sub === 'ips' ? join(this.sharedDir, sub) : join(this.stateDir, sub);
   }
 
   private ensureDirs(): void {
@@ -171,7 +189,7 @@ export class LocalProvider implements Provider {
     const { command, args } = localVmCommand();
     const child = spawn(
       command,
-      [...args, '--state-dir', this.stateDir, '--name', name, '--group', request.group.config.name, '--ip', ip, '--port', String(this.config.port), '--authorized-key', keyFile],
+      [...args, '--state-dir', this.stateDir, '--name', name, '--group', request.group.config.name, '--pool', this.poolId ?? '', '--ip', ip, '--port', String(this.config.port), '--authorized-key', keyFile],
       // Its own session, output to a file: it must outlive this process.
       { detached: true, stdio: ['ignore', fd, fd] },
     );
@@ -229,6 +247,6 @@ export class LocalProvider implements Provider {
   async list(group: ProviderGroup): Promise<ProviderMachine[]> {
     return this.allStates()
       .filter((s) => s.group === group.config.name && isLocalVmProcess(s.pid, s.name))
-      .map((s) => ({ name: s.name, ip: s.ip, createdAt: s.created_at }));
+      .map((s) => ({ name: s.name, ip: s.ip, createdAt: s.created_at, ...(s.pool ? { pool: s.pool } : {}) }));
   }
 }

@@ -229,11 +229,13 @@ export class VmMaster {
     // Records read before the list: only their machines must be in it (a VM added while the
     // list ran may be missing from it). Records read after it: every machine they name is known.
     const before = new Set((await vmm.getAllVmRecords()).map((v) => v.vmName));
-    const machines = await provider.list({ id: group, config });
+    const machines = await provider.list({ id: group, config, poolId: vmm.poolId });
     const [after, previous] = await Promise.all([vmm.getAllVmRecords(), vmm.reader.orphanPassState(group)]);
     const now = vmm.clock();
     const decision = decideOrphans({
       group,
+      poolId: vmm.poolId,
+      previousUntagged: new Set(previous.untagged),
       poolVms: after.map((v) => ({ name: v.vmName, ip: v.vmIp, state: v.state, group: v.group, addedAt: v.addedAt })),
       machines,
       previousUnknown: parseUnknownMachines(previous.unknown),
@@ -243,7 +245,13 @@ export class VmMaster {
     });
     // A VM added while the list ran does not count as missed.
     const missing = [...decision.missing].filter(([name]) => before.has(name));
-    await vmm.replaceOrphanPassState(group, { unknown: Object.fromEntries(decision.unknown), missing: Object.fromEntries(missing) });
+    await vmm.replaceOrphanPassState(group, { unknown: Object.fromEntries(decision.unknown), missing: Object.fromEntries(missing), untagged: [...decision.untagged] });
+    for (const machine of decision.newlyUntagged) {
+      this.logger.warn(
+        { group, vmName: machine.name, vmIp: machine.ip ?? null, poolId: vmm.poolId },
+        'orphan pass: the provider lists a machine unknown to the pool that carries no pool id; left alone (tag machines with VMPOOL_POOL_ID at spawn, and list it as `pool`)',
+      );
+    }
 
     const errors: unknown[] = [];
     let leaksTerminated = 0;
