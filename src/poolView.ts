@@ -38,6 +38,13 @@ export interface GroupSummary {
   readyClean: number;
   demand: number;
   spawnsInFlight: number;
+  /**
+   * Whether the group spawns nothing: drained at run time (`vmpool drain`, drainedSince) or by its
+   * config (max_vm_total: 0). Its VMs are still served and retired by their timeouts.
+   */
+  drained: boolean;
+  /** When `vmpool drain` drained it (epoch ms), or null. */
+  drainedSince: number | null;
 }
 
 /** Per-group summary: limits from the config, counts from the state indexes, demand and spawns from Redis. */
@@ -49,6 +56,7 @@ export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Prom
     const mine = vms.filter((v) => v.group === id);
     const counts = Object.fromEntries(ALL_VM_STATES.map((s) => [s, 0])) as Record<VmState, number>;
     for (const v of mine) counts[v.state] += 1;
+    const drainedSince = await vmm.drainedSince(id);
     out.push({
       id,
       name: g.name,
@@ -63,6 +71,8 @@ export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Prom
       readyClean: mine.filter((v) => v.state === 'ready' && v.boundToUser === null && v.heldBy === null).length,
       demand: await vmm.countDemand(id),
       spawnsInFlight: (await vmm.getSpawnsInFlight(id)).length,
+      drained: drainedSince !== null || g.max_vm_total === 0,
+      drainedSince,
     });
   }
   return out;

@@ -43,6 +43,9 @@ export type { AcquireAttempt, AcquireWaiter, ExpiredLease, HealthCheckOutcome, H
 
 export type Clock = () => number;
 
+/** Pool info field of a group drained at run time: when (epoch ms). See VmManager.drainGroup. */
+export const DRAINED_SINCE = 'drained_since';
+
 export interface VmManagerOptions {
   /** An ioredis instance (shared, not closed by the manager) or a Redis URL (owned and closed). */
   redis: Redis | string;
@@ -424,6 +427,28 @@ export class VmManager {
     return this.reader.groupInfo(group, key);
   }
 
+  /**
+   * Drains a group at run time (`vmpool drain`), as `max_vm_total: 0` does in the config: reconcile
+   * spawns nothing for it, its VMs are still served and retired by their timeouts. Kept in the
+   * group's pool info as DRAINED_SINCE. Returns false when it was already drained.
+   */
+  async drainGroup(group: number): Promise<boolean> {
+    this.groupConfig(group);
+    return (await this.redis.hsetnx(this.keys.groupInfo(group), DRAINED_SINCE, String(this.clock()))) === 1;
+  }
+
+  /** Ends a run-time drain (`vmpool undrain`). Returns false when the group was not drained. */
+  async undrainGroup(group: number): Promise<boolean> {
+    this.groupConfig(group);
+    return (await this.redis.hdel(this.keys.groupInfo(group), DRAINED_SINCE)) === 1;
+  }
+
+  /** When the group was drained at run time (epoch ms), or null (the config's max_vm_total: 0 is not this). */
+  async drainedSince(group: number): Promise<number | null> {
+    const value = await this.readVmPoolInfo(group, DRAINED_SINCE);
+    return value !== null && /^\d+$/.test(value) ? Number(value) : null;
+  }
+
   /** Records a spawn in flight, in Redis, so that a restarted process does not forget it. */
   async registerSpawn(group: number, spawnId: string): Promise<void> {
     this.groupConfig(group);
@@ -465,7 +490,12 @@ export class VmManager {
   /** A human-readable table per group, as Copr's copr_get_vm_info printed it. */
   async info(): Promise<string> {
     const vms = await this.getAllVms();
-    return formatPoolInfo(this.config, vms, this.clock());
+    const drained = new Map<number, number>();
+    for (const group of this.vmGroups) {
+      const since = await this.drainedSince(group);
+      if (since !== null) drained.set(group, since);
+    }
+    return formatPoolInfo(this.config, vms, this.clock(), drained);
   }
 
   /** Closes what the manager opened itself: its queue handles and its connection (not injected ones). */

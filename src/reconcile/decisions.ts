@@ -42,6 +42,8 @@ export interface GroupSnapshot {
   demand: number;
   /** Copr's `last_vm_spawn_start` (epoch ms), or null if the group never spawned. */
   lastSpawnStart: number | null;
+  /** Drained at run time (`vmpool drain`): spawns nothing, as max_vm_total: 0. */
+  drained?: boolean;
 }
 
 export interface PoolSnapshot {
@@ -238,7 +240,8 @@ export function spawnFigures(snapshot: PoolSnapshot, config: ReconcileConfig, gr
  * - all VMs of the group < 2 × max_vm_total;
  * and, beyond Copr, while the coming supply is below min_ready + demand (Copr spawned blindly up
  * to max_vm_total). A spawn counts as the last spawn start, so with an interval above 0 at most one
- * spawn per group starts per cycle; with 0, several may start, up to the limits.
+ * spawn per group starts per cycle; with 0, several may start, up to the limits. A group drained at
+ * run time (`vmpool drain`) counts as max_vm_total 0: it spawns nothing.
  */
 export function decideStartSpawnIfRequired(snapshot: PoolSnapshot, config: ReconcileConfig, now: number): ReconcileAction[] {
   const actions: ReconcileAction[] = [];
@@ -253,8 +256,9 @@ export function decideStartSpawnIfRequired(snapshot: PoolSnapshot, config: Recon
     const f = spawnFigures(snapshot, config, group, now);
     let { inFlight, comingSupply } = f;
     let lastStart = group.lastSpawnStart;
+    const maxVmTotal = group.drained ? 0 : g.max_vm_total;
     for (;;) {
-      if (f.active + inFlight >= g.max_vm_total) break;
+      if (f.active + inFlight >= maxVmTotal) break;
       if (inFlight >= g.max_spawn_processes) break;
       if (lastStart !== null && now - lastStart < ms(g.vm_spawn_min_interval)) break;
       if (f.all >= 2 * g.max_vm_total) break;

@@ -114,9 +114,13 @@ export class VmMaster {
       readDemand(vmm, this.queue(ACQUIRE_QUEUE)),
       Promise.all(
         vmm.vmGroups.map(async (group): Promise<Omit<GroupSnapshot, 'demand'>> => {
-          const [spawnsInFlight, last] = await Promise.all([vmm.getSpawnsInFlight(group), vmm.readVmPoolInfo(group, LAST_VM_SPAWN_START)]);
+          const [spawnsInFlight, last, drainedSince] = await Promise.all([
+            vmm.getSpawnsInFlight(group),
+            vmm.readVmPoolInfo(group, LAST_VM_SPAWN_START),
+            vmm.drainedSince(group),
+          ]);
           const lastSpawnStart = last === null || last === '' || !Number.isFinite(Number(last)) ? null : Number(last);
-          return { group, spawnsInFlight, lastSpawnStart };
+          return { group, spawnsInFlight, lastSpawnStart, drained: drainedSince !== null };
         }),
       ),
     ]);
