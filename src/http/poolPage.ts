@@ -1,6 +1,8 @@
 import type { VmRecord } from '../pool/types.js';
 import { relativeTime } from '../time.js';
 import type { GroupSummary } from '../poolView.js';
+import type { HistorySample } from '../reconcile/history.js';
+import { groupCharts } from './charts.js';
 
 export const POOL_PAGE_REFRESH_MS = 5_000;
 
@@ -58,7 +60,7 @@ function vmRow(vm: VmRecord, now: number): string {
   ].join('');
 }
 
-function groupSection(summary: GroupSummary, vms: VmRecord[], now: number): string {
+function groupSection(summary: GroupSummary, vms: VmRecord[], now: number, history: readonly HistorySample[]): string {
   const counts = Object.entries(summary.counts)
     .map(([state, n]) => `<span class="count state-${state}" data-count-state="${state}">${state}: <b>${n}</b></span>`)
     .join(' ');
@@ -83,6 +85,7 @@ function groupSection(summary: GroupSummary, vms: VmRecord[], now: number): stri
 <p class="counts">${counts}</p>
 <p class="limits">${limits}<br>${warm}</p>
 ${drain}
+${groupCharts(history, now)}
 <table>
 <thead><tr><th>Name</th><th>State</th><th>IP</th><th>Bound user</th><th>Sandbox</th><th>Builds</th><th>Check fails</th><th>Last check</th><th>Task</th><th>Lease expires</th><th>Held by</th><th></th></tr></thead>
 <tbody>
@@ -92,9 +95,9 @@ ${rows}
 </section>`;
 }
 
-/** The refreshable part of the pool page: one section per group. */
-export function renderPoolFragment(prefix: string, summaries: GroupSummary[], vms: VmRecord[], now: number): string {
-  const sections = summaries.map((s) => groupSection(s, vms.filter((v) => v.group === s.id), now)).join('\n');
+/** The refreshable part of the pool page: one section per group, with its charts of the last hour (history: samples per group, oldest first). */
+export function renderPoolFragment(prefix: string, summaries: GroupSummary[], vms: VmRecord[], now: number, history: ReadonlyMap<number, readonly HistorySample[]> = new Map()): string {
+  const sections = summaries.map((s) => groupSection(s, vms.filter((v) => v.group === s.id), now, history.get(s.id) ?? [])).join('\n');
   return `${sections}\n<p class="updated" data-now="${now}">updated ${escapeHtml(new Date(now).toISOString())} · prefix ${escapeHtml(prefix)}</p>`;
 }
 
@@ -124,6 +127,11 @@ button:disabled { opacity: .4; cursor: default; }
 #message.error { color: #b3261e; }
 p.updated { color: #889; font-size: 12px; margin-top: 1rem; }
 p.drained { margin: .2rem 0 .5rem; }
+div.charts { display: flex; gap: 1rem; flex-wrap: wrap; margin: .3rem 0 .6rem; }
+div.charts figure { margin: 0; }
+div.charts figcaption { font-size: 11px; color: #556; }
+p.charts.none { color: #889; font-size: 12px; }
+.legend { border-left: 3px solid; padding-left: .25rem; margin-right: .4rem; }
 .drained-badge { padding: .05rem .5rem; border-radius: .3rem; background: #ffe0b2; font-weight: 600; }
 `;
 
@@ -179,7 +187,14 @@ root.addEventListener('click', async (event) => {
 setInterval(refresh, refreshMs);
 `;
 
-export function renderPoolPage(prefix: string, summaries: GroupSummary[], vms: VmRecord[], now: number, refreshMs = POOL_PAGE_REFRESH_MS): string {
+export function renderPoolPage(
+  prefix: string,
+  summaries: GroupSummary[],
+  vms: VmRecord[],
+  now: number,
+  refreshMs = POOL_PAGE_REFRESH_MS,
+  history: ReadonlyMap<number, readonly HistorySample[]> = new Map(),
+): string {
   return `<!doctype html>
 <html lang="en">
 <head>
@@ -193,7 +208,7 @@ export function renderPoolPage(prefix: string, summaries: GroupSummary[], vms: V
 <header><h1>vmpool</h1><nav><a href="admin/queues">Queues (Bull Board)</a><a href="api/v1/openapi.json">API</a><a href="metrics">Metrics</a></nav></header>
 <div id="message" role="status"></div>
 <main id="pool" data-refresh-ms="${refreshMs}">
-${renderPoolFragment(prefix, summaries, vms, now)}
+${renderPoolFragment(prefix, summaries, vms, now, history)}
 </main>
 <script>${SCRIPT}</script>
 </body>

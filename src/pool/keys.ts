@@ -56,6 +56,10 @@ export function poolKeys(prefix: string) {
     orphanMissing: (group: number) => `${base}group:${group}:orphan_missing`,
     /** Set of machines the group's provider lists with no pool id, already reported (logged once each). */
     orphanUntagged: (group: number) => `${base}group:${group}:orphan_untagged`,
+    /** List of the group's history samples for the pool page's charts, newest first, capped (src/reconcile/history.ts). */
+    history: (group: number) => `${base}group:${group}:history`,
+    /** JSON AcquireWaitMark: the acquire wait histogram at the last history sample. */
+    historyAcquire: `${base}history_acquire`,
     /** The reconcile cycle lock (src/reconcile/cycleLock.ts): one cycle at a time across replicas. */
     reconcileLock: `${base}reconcile_lock`,
     /** Pub/sub channel told (by the scripts) when a VM of the group may be acquirable. */

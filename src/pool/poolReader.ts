@@ -177,6 +177,16 @@ export class PoolReader {
     return this.redis.hget(this.keys.groupInfo(group), field);
   }
 
+  /** The group's newest history samples (JSON, newest first), at most `limit`. */
+  async history(group: number, limit: number): Promise<string[]> {
+    return this.redis.lrange(this.keys.history(group), 0, limit - 1);
+  }
+
+  /** The acquire wait histogram mark of the last history sample (JSON), or null. */
+  async historyAcquireMark(): Promise<string | null> {
+    return this.redis.get(this.keys.historyAcquire);
+  }
+
   /** What the group's last orphan pass left for the next one. */
   async orphanPassState(group: number): Promise<OrphanPassState> {
     const [unknown, missing, untagged] = await Promise.all([

@@ -19,6 +19,7 @@ import { PoolReader, type SpawnInFlight } from './poolReader.js';
 import { PoolScripts } from './poolScripts.js';
 import { formatPoolInfo } from './info.js';
 import { poolIdOf } from './poolId.js';
+import { HISTORY_SAMPLES, parseHistory, type AcquireWaitMark, type HistorySample } from '../reconcile/history.js';
 import {
   ALL_VM_STATES,
   InvalidVmRequest,
@@ -470,6 +471,29 @@ export class VmManager {
    */
   async countDemand(group: number): Promise<number> {
     return this.reader.countDemand(group, this.clock());
+  }
+
+  /**
+   * Adds one history sample per group (newest first), keeping the last `keep` of each, and the
+   * acquire wait mark the next sample diffs against: one transaction, O(groups).
+   */
+  async appendHistory(samples: ReadonlyMap<number, HistorySample>, mark: AcquireWaitMark, keep: number): Promise<void> {
+    const tx = this.redis.multi();
+    for (const [group, sample] of samples) {
+      this.groupConfig(group);
+      tx.lpush(this.keys.history(group), JSON.stringify(sample)).ltrim(this.keys.history(group), 0, keep - 1);
+    }
+    tx.set(this.keys.historyAcquire, JSON.stringify(mark));
+    await tx.exec();
+  }
+
+  /** The group's history samples of the last `sinceMs` (oldest first), for the pool page. */
+  async readHistory(group: number, sinceMs: number, limit = HISTORY_SAMPLES): Promise<HistorySample[]> {
+    this.groupConfig(group);
+    const from = this.clock() - sinceMs;
+    return parseHistory(await this.reader.history(group, limit))
+      .filter((s) => s.t >= from)
+      .reverse();
   }
 
   /** Replaces what the group's orphan pass keeps for the next one (read it with reader.orphanPassState). */

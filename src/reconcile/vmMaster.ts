@@ -26,6 +26,8 @@ import {
   type ReconcileAction,
 } from './decisions.js';
 import { readDemand } from './demand.js';
+import { HISTORY_SAMPLES, isHistoryDue, parseAcquireWaitMark, quantileBetween, type HistorySample } from './history.js';
+import { readSharedHistogram, sharedMetrics } from '../metrics/shared.js';
 import { isOrphanPassDue, LAST_ORPHAN_CHECK, leakTerminateJobId, parseEpochMs, parseUnknownMachines } from './orphanPass.js';
 
 /** Copr's per-group pool info key for the last spawn start (epoch ms). */
@@ -40,6 +42,8 @@ export interface VmMasterOptions {
   cycleLockTtlMs?: number;
   /** The provider of a group (a JobContext's `provider`). Without it, cleanupOrphans does nothing. */
   provider?: (group: number) => Provider;
+  /** Between history samples (src/reconcile/history.ts); default HISTORY_PERIOD_MS. */
+  historyPeriodMs?: number;
 }
 
 /** One group's leak and orphan pass, as logged. */
@@ -63,6 +67,7 @@ export const CYCLE_STEPS = [
   'finalizeLongHealthChecks',
   'terminateAgain',
   'cleanupOrphans',
+  'recordHistory',
 ] as const;
 export type CycleStep = (typeof CYCLE_STEPS)[number];
 
@@ -311,9 +316,36 @@ export class VmMaster {
   }
 
   /**
+   * Takes the history sample of every group when one is due (one per historyPeriodMs): VMs per
+   * state from the state indexes, waiting requests from the lines, and the p95 of the acquire waits
+   * that ended since the last sample from the acquire wait histogram. O(groups); no VM is read.
+   * Returns whether it took one.
+   */
+  async recordHistory(): Promise<boolean> {
+    const vmm = this.vmm;
+    const now = vmm.clock();
+    const mark = parseAcquireWaitMark(await vmm.reader.historyAcquireMark());
+    if (!isHistoryDue(mark?.t ?? null, now, this.options.historyPeriodMs)) return false;
+    const groups = vmm.vmGroups;
+    const def = sharedMetrics.acquireWait;
+    const [counts, waiting, histograms] = await Promise.all([
+      vmm.reader.stateCounts(groups),
+      Promise.all(groups.map((g) => vmm.countDemand(g))),
+      readSharedHistogram(vmm.connectionForOwnKeys(), vmm.prefix, def),
+    ]);
+    const bounds = [...def.buckets];
+    const assigned = histograms.find((h) => h.labels.outcome === 'assigned');
+    const buckets = assigned ? assigned.buckets.map((b) => b.count) : bounds.map(() => 0).concat(0);
+    const acquireP95 = quantileBetween(bounds, mark?.buckets ?? null, buckets, 0.95);
+    const samples = new Map<number, HistorySample>(groups.map((g, i) => [g, { t: now, counts: counts[i]!, waiting: waiting[i]!, acquireP95 }]));
+    await vmm.appendHistory(samples, { t: now, buckets }, HISTORY_SAMPLES);
+    return true;
+  }
+
+  /**
    * One reconcile cycle, Copr's order: reclaim expired leases, remove old dirty VMs, check health
    * (and re-check VMs checked before the server start), spawn, finalize long health checks,
-   * terminate again; then the leak and orphan pass. Runs under the cycle lock and returns
+   * terminate again; then the leak and orphan pass, and the history sample. Runs under the cycle lock and returns
    * `ran: false` at once if another cycle holds it. Every step runs even if one fails; the errors
    * are then thrown together.
    */
@@ -333,6 +365,10 @@ export class VmMaster {
           if (step === 'reclaimExpiredLeases' || step === 'expireHolds') {
             counts[step] = (await (step === 'expireHolds' ? this.expireHolds() : this.reclaimExpiredLeases())).length;
             if (counts[step] > 0) snapshot = undefined;
+            continue;
+          }
+          if (step === 'recordHistory') {
+            counts[step] = (await this.recordHistory()) ? 1 : 0;
             continue;
           }
           if (step === 'cleanupOrphans') {
@@ -359,7 +395,7 @@ export class VmMaster {
       return { ran: false, counts, skipped: [...CYCLE_STEPS] };
     }
     // A cycle that changed nothing is routine (one every vm_cycle_timeout): debug, not info.
-    const acted = Object.values(counts).some((n) => n > 0);
+    const acted = Object.entries(counts).some(([step, n]) => n > 0 && step !== 'recordHistory');
     const level = skipped.length > 0 || errors.length > 0 ? 'warn' : acted ? 'info' : 'debug';
     this.logger[level]({ counts, skipped, errors: errors.length, durationMs: this.vmm.clock() - started }, 'reconcile cycle');
     if (errors.length > 0) throw new AggregateError(errors, `reconcile cycle: ${errors.length} step(s) failed`);
