@@ -30,7 +30,7 @@ async function processSpawn(job: Job, data: SpawnData, ctx: JobContext): Promise
   await log(`spawn ${spawnId} in group ${group} (${groupConfig.name}), ${attempt}`);
   const started = ctx.clock();
   try {
-    const machine = await ctx.provider(group).spawn({ group: { id: group, config: groupConfig }, spawnId, log });
+    const machine = await ctx.provider(group).spawn({ group: { id: group, config: groupConfig, poolId: ctx.vmm.poolId }, spawnId, log });
     if (!isValidVmName(machine.name) || !isValidVmIp(machine.ip)) {
       const reason = `provider returned an invalid machine: name ${JSON.stringify(machine.name)}, ip ${JSON.stringify(machine.ip)}`;
       if (isValidVmName(machine.name)) await requestOrphanTermination(ctx, machine.name, group, null);

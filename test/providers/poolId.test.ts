@@ -11,7 +11,11 @@ import { VmManager } from '../../src/pool/vmManager.js';
 import { createProvider } from '../../src/providers/index.js';
 import type { LocalProvider } from '../../src/providers/local.js';
 import type { ProviderGroup } from '../../src/providers/types.js';
-import { connect } from '../helpers/redis.js';
+import { processTypeSpecs } from '../../src/processors/index.js';
+import { startProcessTypes } from '../../src/runtime/boot.js';
+import { SPAWN_QUEUE, addSpawnJob } from '../../queues/spawn.js';
+import { waitFor } from '../helpers/processes.js';
+import { connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
 
 // The pool's identity: pool_id or derived from the prefix, given to every hook as VMPOOL_POOL_ID,
 // and the local provider's state kept per pool id.
@@ -81,6 +85,48 @@ describe('VMPOOL_POOL_ID', () => {
     await provider.terminate({ group: { id: 0, config: config.groups[0]! }, vmName: 'm-1', vmIp: null });
     expect(readFileSync(seen, 'utf8').trim().split('\n')).toEqual(['spawn ci-pool', 'list ci-pool', 'terminate ci-pool', 'check ci-pool', 'terminate']);
   });
+});
+
+describe('VMPOOL_POOL_ID in the worker runtime', () => {
+  it('reaches the hooks of spawn, health and terminate jobs, whoever builds the group', async () => {
+    const seen = join(dir, 'runtime-seen');
+    const hook = (name: string, out = '') => {
+      const path = join(dir, `rt-${name}.sh`);
+      writeFileSync(path, `#!/bin/sh\necho "${name} $VMPOOL_POOL_ID" >> "${seen}"\n${out}\n`);
+      chmodSync(path, 0o755);
+      return path;
+    };
+    const prefix = uniquePrefix('poolid-rt');
+    const config = parseConfig({
+      pool_id: 'rt-pool',
+      groups: [
+        {
+          name: 'cloud',
+          provider: { type: 'command', spawn_cmd: [hook('spawn', `echo '{"name":"rt-1","ip":"192.0.2.7"}'`)], terminate_cmd: [hook('terminate')] },
+          check: { type: 'command', cmd: [hook('check')] },
+        },
+      ],
+    }, {});
+    const redis = connect();
+    const vmm = new VmManager(config, { redis, prefix });
+    const running = await startProcessTypes(processTypeSpecs, ['spawn', 'health', 'terminate'], config, { prefix, logger });
+    try {
+      await vmm.registerSpawn(0, 'rt-s1');
+      await addSpawnJob(vmm.queue(SPAWN_QUEUE), { group: 0, spawnId: 'rt-s1' });
+      await waitFor(async () => (await vmm.getAllVmRecords()).some((v) => v.vmName === 'rt-1'), 20_000, 'the spawned VM in the pool');
+      await vmm.startVmTermination('rt-1', undefined, 'operator');
+      await waitFor(() => readFileSync(seen, 'utf8').includes('terminate'), 20_000, 'terminate hook ran');
+      const lines = readFileSync(seen, 'utf8').trim().split('\n');
+      expect(lines).toContain('spawn rt-pool');
+      expect(lines).toContain('terminate rt-pool');
+      expect(lines.every((l) => l.endsWith(' rt-pool'))).toBe(true);
+    } finally {
+      await running.stop(5_000);
+      await deleteKeysWithPrefix(redis, prefix);
+      await vmm.close();
+      await redis.quit();
+    }
+  }, 60_000);
 });
 
 describe('local provider per pool', () => {
