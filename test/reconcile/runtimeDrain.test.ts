@@ -123,6 +123,9 @@ describe('POST and DELETE /api/v1/groups/:group/drain', () => {
     expect(base).toMatch(/<p class="drained" data-drained="1"><span class="drained-badge">drained since <time [^>]*>[^<]+<\/time><\/span>: nothing is spawned/);
     expect(base).toContain('data-action="undrain" data-group="base"');
     expect(page.slice(page.indexOf('data-group="1"'))).toContain('data-action="drain" data-group="arm"');
+    const metrics = await (await kit.fetch('/metrics', { token: ADMIN_TOKEN })).text();
+    expect(metrics).toContain('vmpool_group_drained{group="base"} 1');
+    expect(metrics).toContain('vmpool_group_drained{group="arm"} 0');
 
     const undo = await kit.fetch('/api/v1/groups/base/drain', { method: 'DELETE', json: {}, token: ADMIN_TOKEN });
     expect(((await undo.json()) as { drained: boolean; changed: boolean }).changed).toBe(true);
