@@ -66,7 +66,7 @@ export function lineChart(options: { id: string; title: string; unit?: string; f
     `<svg class="chart" data-chart="${esc(options.id)}" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="img" aria-label="${esc(label)}">` +
     `<title>${esc(label)}</title>` +
     `<rect x="0" y="${TOP}" width="${W}" height="${H - TOP}" fill="#fbfcfd" stroke="#e3e6eb"/>` +
-    `<text x="2" y="10" font-size="10" fill="#445">${esc(options.title)}</text>` +
+    `<text x="2" y="10" font-size="10" fill="#445">${esc(options.title)} · last hour</text>` +
     `<text x="${W - 2}" y="10" font-size="10" fill="#889" text-anchor="end">max ${fmt(max)}${esc(unit)}</text>` +
     lines.join('') +
     '</svg>'
