@@ -130,7 +130,7 @@ describe('VMPOOL_POOL_ID in the worker runtime', () => {
 });
 
 describe('local provider per pool', () => {
-  it('keeps each pool\'s VMs in its own directory, with shared address claims, and checks them with its own key', async () => {
+  it('keeps each pool\'s VMs in its own directory, with a shared client key and address claims', async () => {
     const stateDir = join(dir, 'local');
     const config = parseConfig({ groups: [{ name: 'default', provider: { type: 'local', state_dir: stateDir, ip_base: randomInt(100, 250), port: randomInt(20_000, 40_000) } }] }, {});
     const groups: ProviderGroup[] = ['pool-a', 'pool-b'].map((poolId) => ({ id: 0, config: config.groups[0]!, poolId }));
@@ -146,6 +146,27 @@ describe('local provider per pool', () => {
       }
     } finally {
       for (const [i, p] of providers.entries()) for (const m of await p.list(groups[i]!)) await p.terminate({ group: groups[i]!, vmName: m.name, vmIp: m.ip ?? null });
+    }
+  }, 60_000);
+
+  it('still lists (untagged), checks and terminates a VM an older build started in state_dir itself', async () => {
+    const stateDir = join(dir, 'legacy');
+    const config = parseConfig({ groups: [{ name: 'default', provider: { type: 'local', state_dir: stateDir, ip_base: randomInt(100, 250), port: randomInt(20_000, 40_000) } }] }, {});
+    const legacyGroup: ProviderGroup = { id: 0, config: config.groups[0]! };
+    const pooled: ProviderGroup = { ...legacyGroup, poolId: 'pool-a' };
+    // A provider without a pool id keeps the layout of builds before pool ids.
+    const legacy = createProvider(legacyGroup, { logger }) as LocalProvider;
+    const current = createProvider(pooled, { logger }) as LocalProvider;
+    const old = await legacy.spawn({ group: legacyGroup, spawnId: 'old' });
+    try {
+      expect(readFileSync(join(stateDir, 'vms', `${old.name}.json`), 'utf8')).toContain('"pool":""');
+      expect(await current.list(pooled)).toEqual([{ name: old.name, ip: old.ip, createdAt: expect.any(Number) }]);
+      const check = await createHealthCheck(pooled, { logger, provider: current }).check({ group: pooled, vmName: old.name, vmIp: old.ip }, { timeoutMs: 10_000 });
+      expect(check.ok).toBe(true);
+      await current.terminate({ group: pooled, vmName: old.name, vmIp: old.ip });
+      expect(await legacy.list(legacyGroup)).toEqual([]);
+    } finally {
+      await legacy.terminate({ group: legacyGroup, vmName: old.name, vmIp: old.ip });
     }
   }, 60_000);
 });
