@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { embeddedGroups } from './defaults.js';
+import { POOL_ID_PATTERN } from './pool/poolId.js';
 import { parseCidr } from './providers/addressPolicy.js';
 import { cronProblem } from './reconcile/minReady.js';
 import { redactUrl } from './text/redact.js';
@@ -291,6 +292,11 @@ export type WebConfig = z.output<typeof webConfigSchema>;
 
 export const configSchema = z.strictObject({
   redis: redisConfigSchema.default({ url: 'redis://127.0.0.1:6379', prefix: 'vmpool' }),
+  /**
+   * The pool's identity, which hooks get as VMPOOL_POOL_ID to tag and filter machines with (see
+   * src/pool/poolId.ts). Without it, derived from the prefix.
+   */
+  pool_id: z.string().regex(POOL_ID_PATTERN, 'a letter or digit, then up to 127 letters, digits, . _ -').optional(),
   vm_cycle_timeout: z.number().positive().default(10),
   /** Seconds after which a hold ends by itself (nodepool's max-hold-age); 0: holds last until unheld. */
   max_hold_age: z.number().nonnegative().default(0),

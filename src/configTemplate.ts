@@ -10,7 +10,8 @@ Environment overrides: REDIS_URL, VMPOOL_PREFIX, PORT, HOST, <TYPE>_CONCURRENCY.
 /** Notes of the template, by dotted path (`*` for every item of a list). */
 const NOTES: Record<string, string> = {
   redis: 'REDIS_URL overrides url, VMPOOL_PREFIX overrides prefix',
-  'redis.prefix': 'key prefix of the pool and its queues; one per pool',
+  'redis.prefix': 'key prefix of the pool and its queues; one per pool. The pool id (pool_id: ...), which\n' +
+    'hooks get as VMPOOL_POOL_ID to tag and list machines by, is derived from it unless set',
   vm_cycle_timeout: 'seconds between reconcile cycles',
   acquire_safety_retry: 'seconds between a waiting acquire request\'s safety retries',
   concurrency: 'jobs at once per worker process; <TYPE>_CONCURRENCY overrides (HEALTH_CONCURRENCY=50)',

@@ -39,6 +39,13 @@ export interface GroupSummary {
   readyClean: number;
   demand: number;
   spawnsInFlight: number;
+  /**
+   * Whether the group spawns nothing: drained at run time (`vmpool drain`, drainedSince) or by its
+   * config (max_vm_total: 0). Its VMs are still served and retired by their timeouts.
+   */
+  drained: boolean;
+  /** When `vmpool drain` drained it (epoch ms), or null. */
+  drainedSince: number | null;
   /** The spawn circuit breaker while it is open (null: closed, spawning as usual). */
   breaker: BreakerSummary | null;
   /** For a group with target_wait: the decision that sized its warm pool (minReady is its result). */
@@ -84,6 +91,7 @@ export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Prom
     const counts = Object.fromEntries(ALL_VM_STATES.map((s) => [s, 0])) as Record<VmState, number>;
     for (const v of mine) counts[v.state] += 1;
     const tw = g.target_wait ? await targetWaitSummary(vmm, id) : undefined;
+    const drainedSince = await vmm.drainedSince(id);
     out.push({
       id,
       name: g.name,
@@ -100,6 +108,8 @@ export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Prom
       spawnsInFlight: (await vmm.getSpawnsInFlight(id)).length,
       breaker: await breakerSummary(vmm, id),
       ...(tw ? { targetWait: tw } : {}),
+      drained: drainedSince !== null || g.max_vm_total === 0,
+      drainedSince,
     });
   }
   return out;

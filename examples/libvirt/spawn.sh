@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # spawn_cmd for libvirt (NOT run in CI: needs a KVM host with libvirt and a base image).
 # Creates a VM from a copy-on-write overlay of a base image and prints its name and address.
+# The domain's description carries the pool's tag (vmpool_pool=$VMPOOL_POOL_ID), which list.sh reports.
 # Settings (provider `env`): LIBVIRT_BASE_IMAGE (qcow2 with cloud-init or your SSH key baked in),
 # LIBVIRT_POOL_DIR (where overlays go), optional LIBVIRT_NETWORK (default "default"),
 # LIBVIRT_MEMORY (MiB, default 4096), LIBVIRT_VCPUS (default 2), LIBVIRT_URI (default qemu:///system).
@@ -25,7 +26,8 @@ printf '{"name":"%s"}\n' "$name"
 qemu-img create -q -f qcow2 -F qcow2 -b "$base" "$disk" || exit 81
 if ! out=$(virt-install --connect "$uri" --name "$name" --memory "${LIBVIRT_MEMORY:-4096}" --vcpus "${LIBVIRT_VCPUS:-2}" \
   --disk "path=$disk,format=qcow2" --import --os-variant detect=on,require=off \
-  --network "network=$network" --graphics none --noautoconsole 2>&1); then
+  --network "network=$network" --graphics none --noautoconsole \
+  --metadata description="vmpool_pool=${VMPOOL_POOL_ID:-}" 2>&1); then
   echo "$out" >&2
   case "$out" in
     *"Cannot allocate memory"* | *"No space left"* | *"insufficient"*) exit 81 ;;

@@ -37,6 +37,8 @@ ip -n "$ns" link set lo up
 rm -rf "$host_dir"
 mkdir -p "$host_dir"
 date +%s >"$host_dir/created_at"
+# The pool's tag: list.sh reports it, and never lists another pool's hosts.
+printf '%s\n' "${VMPOOL_POOL_ID:-}" >"$host_dir/pool"
 ssh-keygen -q -t ed25519 -N '' -C "$ns" -f "$host_dir/ssh_host_ed25519_key"
 cat >"$host_dir/sshd_config" <<CONF
 ListenAddress $ip_ns

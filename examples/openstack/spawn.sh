@@ -2,6 +2,7 @@
 # spawn_cmd for OpenStack with the `openstack` CLI (NOT run in CI: needs a cloud account).
 # Credentials come from the usual OS_* variables or OS_CLOUD (clouds.yaml), set in the provider `env`.
 # Settings: OS_VMPOOL_IMAGE, OS_VMPOOL_FLAVOR, OS_VMPOOL_NETWORK, OS_VMPOOL_KEY (key pair name).
+# The server's vmpool_pool property is the pool's tag (VMPOOL_POOL_ID), which list.sh reports.
 set -euo pipefail
 name="vmpool-${VMPOOL_GROUP_NAME//[^A-Za-z0-9]/-}-${VMPOOL_SPAWN_ID: -12}"
 name=${name:0:63}
@@ -26,7 +27,7 @@ classify() {
 printf '{"name":"%s"}\n' "$name"
 if ! out=$(openstack server create --wait \
   --image "${OS_VMPOOL_IMAGE:?}" --flavor "${OS_VMPOOL_FLAVOR:?}" --network "${OS_VMPOOL_NETWORK:?}" \
-  --key-name "${OS_VMPOOL_KEY:?}" --property vmpool_group="$VMPOOL_GROUP_NAME" \
+  --key-name "${OS_VMPOOL_KEY:?}" --property vmpool_group="$VMPOOL_GROUP_NAME" --property vmpool_pool="${VMPOOL_POOL_ID:-}" \
   -f value -c id "$name" 2>&1); then
   echo "$out" >&2
   fail_typed "$(classify "$out")" "$out"

@@ -321,6 +321,37 @@ export function buildProgram(io: CliIo = defaultIo): Command {
       });
     });
 
+  program
+    .command('drain')
+    .description('spawn nothing more for a group, at run time (as max_vm_total: 0); its VMs are still served and retired by their timeouts')
+    .argument('<group>', 'group name or id')
+    .action(async (groupArg: string) => {
+      await withPool(async (vmm, cfg) => {
+        const group = groupOf(cfg, groupArg);
+        const name = cfg.groups[group]!.name;
+        const vms = (await vmm.getAllVmRecords()).filter((v) => v.group === group && v.state !== 'terminating').length;
+        if (await vmm.drainGroup(group)) {
+          io.out(`group ${name} drained: nothing is spawned for it; its ${vms} VM${vms === 1 ? ' is' : 's are'} still served and retired by their timeouts (undo: vmpool undrain ${name})\n`);
+        } else {
+          io.out(`group ${name} was already drained (since ${new Date((await vmm.drainedSince(group))!).toISOString()})\n`);
+        }
+      });
+    });
+
+  program
+    .command('undrain')
+    .description('end a run-time drain: reconcile spawns for the group again')
+    .argument('<group>', 'group name or id')
+    .action(async (groupArg: string) => {
+      await withPool(async (vmm, cfg) => {
+        const group = groupOf(cfg, groupArg);
+        const g = cfg.groups[group]!;
+        const note = g.max_vm_total === 0 ? '; its config still sets max_vm_total: 0, so it spawns nothing' : '';
+        if (await vmm.undrainGroup(group)) io.out(`group ${g.name} undrained${note}\n`);
+        else io.out(`group ${g.name} was not drained${note}\n`);
+      });
+    });
+
   const configCommand = program.command('config').description('config file tools');
   configCommand
     .command('init')

@@ -2,6 +2,8 @@ import { createLogger } from '../logger.js';
 import { redactUrl } from '../text/redact.js';
 import { startProcessTypes, stopOnSignals, type RunningProcess } from '../runtime/boot.js';
 import { requireRedis, requireSafeRedis } from '../runtime/main.js';
+import { mayStartPrivateRedis, startPrivateRedis, type PrivateRedis } from '../runtime/privateRedis.js';
+import { connectAnsweringRedis } from '../redis.js';
 import { resolveConfig, type Settings } from '../runtime/settings.js';
 import { isWorkerProcessType, processTypeSpecs, WORKER_PROCESS_TYPES, type WorkerProcessType } from '../processors/index.js';
 import { WebAuthRequired } from '../http/auth.js';
@@ -22,7 +24,8 @@ export function isServing(): boolean {
 /**
  * `vmpool start [types...]`: worker types and `web` in this process, stopped together on
  * SIGTERM/SIGINT. `web` binds first: a port that is taken stops the start before any worker runs
- * (so nothing is spawned).
+ * (so nothing is spawned). When no Redis answers at a loopback URL and redis-server is installed,
+ * a private one runs for this start (src/runtime/privateRedis.ts) and stops with it.
  */
 export async function runStart(types: string[], configPath: string | undefined, settings: Settings, io: CliIo): Promise<void> {
   const chosen = types.length ? types : [...START_TYPES];
@@ -31,7 +34,23 @@ export async function runStart(types: string[], configPath: string | undefined, 
   const logger = createLogger('vmpool', io.env);
   const { config, source } = resolveConfig(configPath, settings);
   logger.info({ config: source, types: chosen, redis: redactUrl(config.redis.url) }, 'starting vmpool');
-  await requireRedis(config.redis.url, logger);
+  let privateRedis: PrivateRedis | undefined;
+  const answers = await connectAnsweringRedis(config.redis.url).then(
+    (r) => (r.disconnect(), true),
+    () => false,
+  );
+  if (!answers && mayStartPrivateRedis(config.redis.url, io.env)) {
+    try {
+      privateRedis = await startPrivateRedis(config.redis.url, io.env, logger);
+      io.out(
+        `redis: nothing answered at ${redactUrl(config.redis.url)}, so vmpool started a private redis-server (pid ${privateRedis.pid}) ` +
+          `with AOF in ${privateRedis.dir}; it stops with vmpool (VMPOOL_PRIVATE_REDIS=0 turns this off)\n`,
+      );
+    } catch (err) {
+      logger.error({ err: (err as Error).message }, 'could not start a private redis-server');
+    }
+  }
+  if (!privateRedis) await requireRedis(config.redis.url, logger);
   await requireSafeRedis(config, logger);
   const workerTypes = chosen.filter((t): t is WorkerProcessType => isWorkerProcessType(t));
   let running: RunningProcess | undefined;
@@ -41,6 +60,7 @@ export async function runStart(types: string[], configPath: string | undefined, 
     if (workerTypes.length) running = await startProcessTypes(processTypeSpecs, workerTypes, config, { logger, prefix: settings.prefix, concurrency: settings.concurrency });
   } catch (err) {
     await web?.stop(5_000);
+    await privateRedis?.stop();
     if (err instanceof WebAuthRequired) throw new CliError(err.message, ExitCodes.USAGE);
     if (err instanceof WebListenError) throw new CliError(`${err.message}; nothing was started`, ExitCodes.ERROR);
     throw err;
@@ -58,9 +78,12 @@ export async function runStart(types: string[], configPath: string | undefined, 
         () => undefined,
       );
       await Promise.all([web?.stop(deadlineMs), running?.stop(deadlineMs)]);
-      if (left === 0) return 'stopped; the pool has no VMs';
+      // Last: the workers needed it while they stopped. Its AOF keeps the pool for the next start.
+      await privateRedis?.stop(1_500);
+      const redisNote = privateRedis ? `; the private redis-server stopped (its data stays in ${privateRedis.dir})` : '';
+      if (left === 0) return `stopped; the pool has no VMs${redisNote}`;
       const count = left === undefined ? 'the pool\'s VMs keep' : left === 1 ? '1 VM keeps' : `${left} VMs keep`;
-      return `stopped; ${count} running (VMs outlive vmpool). To terminate them: \`${down}\` while terminate workers run (\`vmpool start\`, or \`vmpool start terminate\`)`;
+      return `stopped; ${count} running (VMs outlive vmpool). To terminate them: \`${down}\` while terminate workers run (\`vmpool start\`, or \`vmpool start terminate\`)${redisNote}`;
     },
     logger,
     settings.shutdownDeadlineMs,

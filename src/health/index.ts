@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { localClientKeyPath, defaultLocalStateDir } from '../providers/local.js';
+import { localClientKeyPath, defaultLocalStateDir, localPoolDir } from '../providers/local.js';
 import type { Provider, ProviderDeps, ProviderGroup } from '../providers/types.js';
 import { CommandHealthCheck } from './command.js';
 import { defaultKnownVmsPath, SshHealthCheck } from './ssh.js';
@@ -42,8 +42,10 @@ export function createHealthCheck(group: ProviderGroup, deps: ProviderDeps & { p
   const provider = group.config.provider;
   switch (check.type) {
     case 'ssh': {
-      const localDir = provider.type === 'local' ? (provider.state_dir ?? defaultLocalStateDir()) : null;
-      const privateKeyPath = check.private_key ?? (localDir ? localClientKeyPath(localDir) : null);
+      // The local provider's client key is shared by the pools of the machine; known VMs are per pool.
+      const sharedDir = provider.type === 'local' ? (provider.state_dir ?? defaultLocalStateDir()) : null;
+      const localDir = sharedDir ? localPoolDir(sharedDir, group.poolId) : null;
+      const privateKeyPath = check.private_key ?? (sharedDir ? localClientKeyPath(sharedDir) : null);
       if (!privateKeyPath) throw new Error(`group ${group.config.name}: check.private_key is required for the ssh check`);
       const knownHostsPath = check.known_hosts ?? (localDir ? join(localDir, 'known_vms') : defaultKnownVmsPath());
       return new SshHealthCheck({

@@ -262,6 +262,23 @@ export function apiRouter(deps: ApiDeps): Router {
     await vmm.resetBreaker(group);
     res.json({ group: (await groupSummaries(vmm)).find((g) => g.id === group) });
   });
+  /** Drain (POST) or undrain (DELETE) a group at run time, as `vmpool drain` and `vmpool undrain`. */
+  const drainRoute = (drain: boolean) => async (req: Request, res: Response) => {
+    const value = String(req.params.group);
+    let group: number;
+    try {
+      group = resolveGroup(config, value);
+    } catch (err) {
+      if (err instanceof UnknownGroup) throw new HttpError('not_found', err.message, { group: value });
+      throw err;
+    }
+    parseBody(emptyBody, req.body ?? {});
+    const changed = drain ? await vmm.drainGroup(group) : await vmm.undrainGroup(group);
+    const summary = (await groupSummaries(vmm)).find((g) => g.id === group)!;
+    res.json({ drained: drain, changed, group: summary });
+  };
+  router.post('/groups/:group/drain', requireScope('admin'), requireJsonContentType, drainRoute(true));
+  router.delete('/groups/:group/drain', requireScope('admin'), requireJsonContentType, drainRoute(false));
 
   router.use((req) => {
     const allowed = apiRouteMethods(req.path);

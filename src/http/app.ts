@@ -109,12 +109,14 @@ export function createWebApp(deps: WebAppDeps): Express {
     const now = vmm.clock();
     const vms = await vmm.getAllVmRecords();
     const summaries = await groupSummaries(vmm, vms);
+    // The charts' last hour (reconcile samples it once a minute).
+    const history = new Map(await Promise.all(vmm.vmGroups.map(async (g) => [g, await vmm.readHistory(g, 3_600_000)] as const)));
     res.set('Cache-Control', 'no-store');
     if (req.query.fragment !== undefined) {
-      res.type('html').send(renderPoolFragment(vmm.prefix, summaries, vms, now));
+      res.type('html').send(renderPoolFragment(vmm.prefix, summaries, vms, now, history));
       return;
     }
-    res.type('html').send(renderPoolPage(vmm.prefix, summaries, vms, now, deps.poolPageRefreshMs ?? POOL_PAGE_REFRESH_MS));
+    res.type('html').send(renderPoolPage(vmm.prefix, summaries, vms, now, deps.poolPageRefreshMs ?? POOL_PAGE_REFRESH_MS, history));
   });
 
   app.use((req) => {

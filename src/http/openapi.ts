@@ -3,8 +3,8 @@ import { ErrorCodes } from './errors.js';
 
 const error = (description: string) => ({ description, content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } });
 const json = (description: string, ref: string) => ({ description, content: { 'application/json': { schema: { $ref: `#/components/schemas/${ref}` } } } });
-const groupParam = { name: 'group', in: 'path', required: true, description: 'group name or id', schema: { type: 'string' } };
 const nameParam = { name: 'name', in: 'path', required: true, schema: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' } };
+const groupParam = { name: 'group', in: 'path', required: true, description: 'group name or id', schema: { type: 'string', minLength: 1 } };
 const common = {
   '400': error('Invalid request'),
   '401': error('Missing or invalid token'),
@@ -182,6 +182,16 @@ export const openApiDocument = {
               minReady: { type: 'integer' },
             },
           },
+          drained: { type: 'boolean', description: 'spawns nothing: drained at run time (drainedSince) or by max_vm_total: 0; its VMs are still served' },
+          drainedSince: { ...nullable('integer'), description: 'when a run-time drain began, epoch ms' },
+        },
+      },
+      DrainResult: {
+        type: 'object',
+        properties: {
+          drained: { type: 'boolean', description: 'true after POST, false after DELETE' },
+          changed: { type: 'boolean', description: 'false when the group already was (or was not) drained' },
+          group: { $ref: '#/components/schemas/Group' },
         },
       },
     },
@@ -265,6 +275,22 @@ export const openApiDocument = {
           ...common,
           ...notJson,
         },
+      },
+    },
+    '/groups/{group}/drain': {
+      post: {
+        operationId: 'drainGroup',
+        summary: 'Drain a group at run time: spawn nothing (as max_vm_total: 0); its VMs are still served and retired by their timeouts',
+        security: admin,
+        parameters: [groupParam],
+        responses: { '200': json('Drained', 'DrainResult'), ...common, ...notJson, '404': error('No such group') },
+      },
+      delete: {
+        operationId: 'undrainGroup',
+        summary: 'End a run-time drain',
+        security: admin,
+        parameters: [groupParam],
+        responses: { '200': json('Undrained', 'DrainResult'), ...common, ...notJson, '404': error('No such group') },
       },
     },
     '/openapi.json': {

@@ -1,6 +1,8 @@
 import type { VmRecord } from '../pool/types.js';
 import { relativeTime } from '../time.js';
 import type { GroupSummary } from '../poolView.js';
+import type { HistorySample } from '../reconcile/history.js';
+import { groupCharts } from './charts.js';
 
 export const POOL_PAGE_REFRESH_MS = 5_000;
 
@@ -74,7 +76,7 @@ function breakerText(summary: GroupSummary, now: number): string {
   return `<p class="breaker" data-breaker="${escapeHtml(b.errorClass)}">spawns stopped: circuit breaker open (${escapeHtml(b.errorClass)}, ${b.failures} failures in a row${b.message ? `: ${escapeHtml(b.message)}` : ''}), ${until}</p>`;
 }
 
-function groupSection(summary: GroupSummary, vms: VmRecord[], now: number): string {
+function groupSection(summary: GroupSummary, vms: VmRecord[], now: number, history: readonly HistorySample[]): string {
   const counts = Object.entries(summary.counts)
     .map(([state, n]) => `<span class="count state-${state}" data-count-state="${state}">${state}: <b>${n}</b></span>`)
     .join(' ');
@@ -84,6 +86,13 @@ function groupSection(summary: GroupSummary, vms: VmRecord[], now: number): stri
   const warm =
     `warm pool: <b data-ready-clean>${summary.readyClean}</b> clean ready of min_ready <b data-min-ready>${summary.minReady}</b>${summary.minReadyScheduled ? ' (by schedule, now)' : ''}${targetWaitText(summary)} · ` +
     `demand <b>${summary.demand}</b> · spawns in flight <b>${summary.spawnsInFlight}</b> · held <b>${summary.held}</b>`;
+  // Drained: spawns nothing; a run-time drain can be ended here, the config's max_vm_total: 0 cannot.
+  const drainedText = summary.drainedSince !== null
+    ? `drained since <time datetime="${new Date(summary.drainedSince).toISOString()}" data-ms="${summary.drainedSince}">${escapeHtml(relativeTime(summary.drainedSince, now))}</time>`
+    : 'drained by its config (max_vm_total: 0)';
+  const drain = summary.drained
+    ? `<p class="drained" data-drained="1"><span class="drained-badge">${drainedText}</span>: nothing is spawned; its VMs are still served and retired by their timeouts.${summary.drainedSince !== null ? ` <button type="button" data-action="undrain" data-group="${escapeHtml(summary.name)}">Undrain</button>` : ''}</p>`
+    : `<p class="drained"><button type="button" data-action="drain" data-group="${escapeHtml(summary.name)}">Drain</button></p>`;
   const rows = vms.length
     ? vms.map((vm) => vmRow(vm, now)).join('\n')
     : '<tr class="empty"><td colspan="12">no VMs in this group</td></tr>';
@@ -91,6 +100,8 @@ function groupSection(summary: GroupSummary, vms: VmRecord[], now: number): stri
 <h2>${escapeHtml(summary.name)} <small>group ${summary.id}${summary.archs.length ? ` · ${escapeHtml(summary.archs.join(', '))}` : ''}${summary.tags.length ? ` · tags ${escapeHtml(summary.tags.join(', '))}` : ''} · ${summary.total} VM${summary.total === 1 ? '' : 's'}</small></h2>
 <p class="counts">${counts}</p>
 <p class="limits">${limits}<br>${warm}</p>${breakerText(summary, now)}
+${drain}
+${groupCharts(history, now)}
 <table>
 <thead><tr><th>Name</th><th>State</th><th>IP</th><th>Bound user</th><th>Sandbox</th><th>Builds</th><th>Check fails</th><th>Last check</th><th>Task</th><th>Lease expires</th><th>Held by</th><th></th></tr></thead>
 <tbody>
@@ -100,9 +111,9 @@ ${rows}
 </section>`;
 }
 
-/** The refreshable part of the pool page: one section per group. */
-export function renderPoolFragment(prefix: string, summaries: GroupSummary[], vms: VmRecord[], now: number): string {
-  const sections = summaries.map((s) => groupSection(s, vms.filter((v) => v.group === s.id), now)).join('\n');
+/** The refreshable part of the pool page: one section per group, with its charts of the last hour (history: samples per group, oldest first). */
+export function renderPoolFragment(prefix: string, summaries: GroupSummary[], vms: VmRecord[], now: number, history: ReadonlyMap<number, readonly HistorySample[]> = new Map()): string {
+  const sections = summaries.map((s) => groupSection(s, vms.filter((v) => v.group === s.id), now, history.get(s.id) ?? [])).join('\n');
   return `${sections}\n<p class="updated" data-now="${now}">updated ${escapeHtml(new Date(now).toISOString())} · prefix ${escapeHtml(prefix)}</p>`;
 }
 
@@ -131,6 +142,13 @@ button:disabled { opacity: .4; cursor: default; }
 #message { min-height: 1.2rem; color: #235; }
 #message.error { color: #b3261e; }
 p.updated { color: #889; font-size: 12px; margin-top: 1rem; }
+p.drained { margin: .2rem 0 .5rem; }
+div.charts { display: flex; gap: 1rem; flex-wrap: wrap; margin: .3rem 0 .6rem; }
+div.charts figure { margin: 0; }
+div.charts figcaption { font-size: 11px; color: #556; }
+p.charts.none { color: #889; font-size: 12px; }
+.legend { border-left: 3px solid; padding-left: .25rem; margin-right: .4rem; }
+.drained-badge { padding: .05rem .5rem; border-radius: .3rem; background: #ffe0b2; font-weight: 600; }
 `;
 
 // Refreshes the groups by fetching the fragment, and sends hold / unhold / terminate to the API.
@@ -158,14 +176,18 @@ const questions = {
   hold: (n) => 'Hold VM ' + n + '? It will not be handed to builders until it is unheld.',
   unhold: (n) => 'Unhold VM ' + n + '? It can be acquired again.',
   terminate: (n) => 'Terminate VM ' + n + '? Its machine will be destroyed.',
+  drain: (n) => 'Drain group ' + n + '? Nothing more is spawned for it; its VMs are still served.',
+  undrain: (n) => 'Undrain group ' + n + '? Reconcile spawns for it again.',
 };
 root.addEventListener('click', async (event) => {
   const button = event.target.closest('button[data-action]');
   if (!button) return;
-  const action = button.dataset.action, name = button.dataset.vm;
+  const action = button.dataset.action, name = button.dataset.vm || button.dataset.group;
   if (!confirm(questions[action](name))) return;
-  const path = 'api/v1/vms/' + encodeURIComponent(name) + (action === 'terminate' ? '/terminate' : '/hold');
-  const method = action === 'unhold' ? 'DELETE' : 'POST';
+  const path = button.dataset.group !== undefined
+    ? 'api/v1/groups/' + encodeURIComponent(name) + '/drain'
+    : 'api/v1/vms/' + encodeURIComponent(name) + (action === 'terminate' ? '/terminate' : '/hold');
+  const method = action === 'unhold' || action === 'undrain' ? 'DELETE' : 'POST';
   button.disabled = true;
   try {
     const res = await fetch(path, { method, headers: { 'content-type': 'application/json' }, body: method === 'POST' ? '{}' : undefined });
@@ -181,7 +203,14 @@ root.addEventListener('click', async (event) => {
 setInterval(refresh, refreshMs);
 `;
 
-export function renderPoolPage(prefix: string, summaries: GroupSummary[], vms: VmRecord[], now: number, refreshMs = POOL_PAGE_REFRESH_MS): string {
+export function renderPoolPage(
+  prefix: string,
+  summaries: GroupSummary[],
+  vms: VmRecord[],
+  now: number,
+  refreshMs = POOL_PAGE_REFRESH_MS,
+  history: ReadonlyMap<number, readonly HistorySample[]> = new Map(),
+): string {
   return `<!doctype html>
 <html lang="en">
 <head>
@@ -195,7 +224,7 @@ export function renderPoolPage(prefix: string, summaries: GroupSummary[], vms: V
 <header><h1>vmpool</h1><nav><a href="admin/queues">Queues (Bull Board)</a><a href="api/v1/openapi.json">API</a><a href="metrics">Metrics</a></nav></header>
 <div id="message" role="status"></div>
 <main id="pool" data-refresh-ms="${refreshMs}">
-${renderPoolFragment(prefix, summaries, vms, now)}
+${renderPoolFragment(prefix, summaries, vms, now, history)}
 </main>
 <script>${SCRIPT}</script>
 </body>

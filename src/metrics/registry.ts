@@ -157,6 +157,20 @@ export function createMetricsRegistry(deps: MetricsDeps): Registry {
   });
 
   new Gauge({
+    name: 'vmpool_group_drained',
+    help: 'Whether a group spawns nothing (1): drained at run time (vmpool drain) or by max_vm_total 0',
+    labelNames: ['group'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const g of vmm.vmGroups) {
+        const drained = vmm.groupConfig(g).max_vm_total === 0 || (await vmm.drainedSince(g)) !== null;
+        this.set({ group: groupName(g) }, drained ? 1 : 0);
+      }
+    },
+  });
+
+  new Gauge({
     name: 'vmpool_acquire_demand',
     help: 'Acquire requests waiting for a VM, by group',
     labelNames: ['group'],

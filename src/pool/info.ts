@@ -3,15 +3,20 @@ import { textTable } from '../text/table.js';
 import { relativeTime } from '../time.js';
 import type { VmDescriptor } from './types.js';
 
-/** Copr's copr_get_vm_info table: one block per group, times relative to now. */
-export function formatPoolInfo(config: Config, vms: readonly VmDescriptor[], now: number): string {
+/**
+ * Copr's copr_get_vm_info table: one block per group, times relative to now. drainedSince: the
+ * groups drained at run time (`vmpool drain`), group id -> epoch ms.
+ */
+export function formatPoolInfo(config: Config, vms: readonly VmDescriptor[], now: number, drainedSince: ReadonlyMap<number, number> = new Map()): string {
   const blocks: string[] = [];
   const groupIds = new Set<number>([...config.groups.keys(), ...vms.map((v) => v.group)]);
   for (const group of [...groupIds].sort((a, b) => a - b)) {
     const g = config.groups[group];
     const inGroup = vms.filter((v) => v.group === group);
+    const since = drainedSince.get(group);
+    const drained = since !== undefined ? `, drained ${relativeTime(since, now)} (vmpool undrain ${g?.name ?? group})` : g?.max_vm_total === 0 ? ', drained (max_vm_total: 0)' : '';
     const title = g
-      ? `Group ${group} (${g.name}, archs: ${g.archs.join(', ') || '-'}): ${inGroup.length} VMs, max ${g.max_vm_total}`
+      ? `Group ${group} (${g.name}, archs: ${g.archs.join(', ') || '-'}): ${inGroup.length} VMs, max ${g.max_vm_total}${drained}`
       : `Group ${group} (not in config): ${inGroup.length} VMs`;
     const rows = inGroup.map((v) => [
       v.vmName,

@@ -60,6 +60,12 @@ export function poolKeys(prefix: string) {
     orphanUnknown: (group: number) => `${base}group:${group}:orphan_unknown`,
     /** Hash of the group's pool VMs missing from the provider's last list: name -> first missed (epoch ms). */
     orphanMissing: (group: number) => `${base}group:${group}:orphan_missing`,
+    /** Set of machines the group's provider lists with no pool id, already reported (logged once each). */
+    orphanUntagged: (group: number) => `${base}group:${group}:orphan_untagged`,
+    /** List of the group's history samples for the pool page's charts, newest first, capped (src/reconcile/history.ts). */
+    history: (group: number) => `${base}group:${group}:history`,
+    /** JSON AcquireWaitMark: the acquire wait histogram at the last history sample. */
+    historyAcquire: `${base}history_acquire`,
     /** The reconcile cycle lock (src/reconcile/cycleLock.ts): one cycle at a time across replicas. */
     reconcileLock: `${base}reconcile_lock`,
     /** Hash of the group's spawn-to-ready time: ema_ms (exponential moving average), samples (recordHealthCheckResult-1.lua). */

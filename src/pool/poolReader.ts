@@ -13,6 +13,8 @@ export interface SpawnInFlight {
 export interface OrphanPassState {
   unknown: Record<string, string>;
   missing: Record<string, string>;
+  /** Names of unknown machines with no pool id, already reported. */
+  untagged: string[];
 }
 
 /**
@@ -204,10 +206,24 @@ export class PoolReader {
     return new Map(Object.entries(raw).map(([minute, n]) => [Number(minute), Number(n)]));
   }
 
+  /** The group's newest history samples (JSON, newest first), at most `limit`. */
+  async history(group: number, limit: number): Promise<string[]> {
+    return this.redis.lrange(this.keys.history(group), 0, limit - 1);
+  }
+
+  /** The acquire wait histogram mark of the last history sample (JSON), or null. */
+  async historyAcquireMark(): Promise<string | null> {
+    return this.redis.get(this.keys.historyAcquire);
+  }
+
   /** What the group's last orphan pass left for the next one. */
   async orphanPassState(group: number): Promise<OrphanPassState> {
-    const [unknown, missing] = await Promise.all([this.redis.hgetall(this.keys.orphanUnknown(group)), this.redis.hgetall(this.keys.orphanMissing(group))]);
-    return { unknown, missing };
+    const [unknown, missing, untagged] = await Promise.all([
+      this.redis.hgetall(this.keys.orphanUnknown(group)),
+      this.redis.hgetall(this.keys.orphanMissing(group)),
+      this.redis.smembers(this.keys.orphanUntagged(group)),
+    ]);
+    return { unknown, missing, untagged };
   }
 
   private async numbers(pipeline: ReturnType<Redis['pipeline']>): Promise<number[]> {

@@ -15,13 +15,15 @@ import type { QueueName } from '../../queues/names.js';
 import { QueueSet } from '../../queues/queueSet.js';
 import type { AcquireRequestData } from '../../queues/acquire.js';
 import { poolKeys, type PoolKeys } from './keys.js';
-import { PoolReader, type OrphanPassState, type SpawnInFlight } from './poolReader.js';
+import { PoolReader, type SpawnInFlight } from './poolReader.js';
 import { PoolScripts } from './poolScripts.js';
 import { formatPoolInfo } from './info.js';
 import { arrivalRateFromBuckets, type TargetWaitMeasure } from '../reconcile/targetWait.js';
 import { breakerPolicy, needsOperator } from '../reconcile/breaker.js';
 import { blockedGroups } from '../acquire/fallback.js';
 import { UNCLASSIFIED, type SpawnFailureClass } from '../providers/spawnErrors.js';
+import { poolIdOf } from './poolId.js';
+import { HISTORY_SAMPLES, parseHistory, type AcquireWaitMark, type HistorySample } from '../reconcile/history.js';
 import {
   ALL_VM_STATES,
   InvalidVmRequest,
@@ -52,6 +54,9 @@ export type Clock = () => number;
  * start: far longer than any retry or stalled-job recovery of its job.
  */
 export const SPAWN_RECORD_TTL_MS = 24 * 3600 * 1000;
+
+/** Pool info field of a group drained at run time: when (epoch ms). See VmManager.drainGroup. */
+export const DRAINED_SINCE = 'drained_since';
 
 export interface VmManagerOptions {
   /** An ioredis instance (shared, not closed by the manager) or a Redis URL (owned and closed). */
@@ -98,6 +103,8 @@ export interface HoldOptions {
 export class VmManager {
   readonly config: Config;
   readonly prefix: string;
+  /** The pool's identity (pool_id, else derived from the prefix); its machines carry it. */
+  readonly poolId: string;
   readonly logger: Logger;
   readonly clock: Clock;
   /** Reads of the pool that are not transitions: counts, spawns in flight, demand, server start. */
@@ -114,6 +121,7 @@ export class VmManager {
     this.config = isParsedConfig(config) ? config : parseConfig(config, {});
     ({ redis: this.redis, owned: this.ownsRedis } = producerConnectionFrom(options.redis));
     this.prefix = options.prefix ?? this.config.redis.prefix;
+    this.poolId = poolIdOf(this.config, this.prefix);
     this.logger = options.logger ?? createLogger('vmpool');
     this.clock = options.clock ?? Date.now;
     this.keys = poolKeys(this.prefix);
@@ -496,6 +504,28 @@ export class VmManager {
     return this.reader.groupInfo(group, key);
   }
 
+  /**
+   * Drains a group at run time (`vmpool drain`), as `max_vm_total: 0` does in the config: reconcile
+   * spawns nothing for it, its VMs are still served and retired by their timeouts. Kept in the
+   * group's pool info as DRAINED_SINCE. Returns false when it was already drained.
+   */
+  async drainGroup(group: number): Promise<boolean> {
+    this.groupConfig(group);
+    return (await this.redis.hsetnx(this.keys.groupInfo(group), DRAINED_SINCE, String(this.clock()))) === 1;
+  }
+
+  /** Ends a run-time drain (`vmpool undrain`). Returns false when the group was not drained. */
+  async undrainGroup(group: number): Promise<boolean> {
+    this.groupConfig(group);
+    return (await this.redis.hdel(this.keys.groupInfo(group), DRAINED_SINCE)) === 1;
+  }
+
+  /** When the group was drained at run time (epoch ms), or null (the config's max_vm_total: 0 is not this). */
+  async drainedSince(group: number): Promise<number | null> {
+    const value = await this.readVmPoolInfo(group, DRAINED_SINCE);
+    return value !== null && /^\d+$/.test(value) ? Number(value) : null;
+  }
+
   /** Records a spawn in flight, in Redis, so that a restarted process does not forget it. */
   async registerSpawn(group: number, spawnId: string): Promise<void> {
     this.groupConfig(group);
@@ -541,20 +571,53 @@ export class VmManager {
     return this.reader.countDemand(group, this.clock());
   }
 
+  /**
+   * Adds one history sample per group (newest first), keeping the last `keep` of each, and the
+   * acquire wait mark the next sample diffs against: one transaction, O(groups).
+   */
+  async appendHistory(samples: ReadonlyMap<number, HistorySample>, mark: AcquireWaitMark, keep: number): Promise<void> {
+    const tx = this.redis.multi();
+    for (const [group, sample] of samples) {
+      this.groupConfig(group);
+      tx.lpush(this.keys.history(group), JSON.stringify(sample)).ltrim(this.keys.history(group), 0, keep - 1);
+    }
+    tx.set(this.keys.historyAcquire, JSON.stringify(mark));
+    await tx.exec();
+  }
+
+  /** The group's history samples of the last `sinceMs` (oldest first), for the pool page. */
+  async readHistory(group: number, sinceMs: number, limit = HISTORY_SAMPLES): Promise<HistorySample[]> {
+    this.groupConfig(group);
+    const from = this.clock() - sinceMs;
+    return parseHistory(await this.reader.history(group, limit))
+      .filter((s) => s.t >= from)
+      .reverse();
+  }
+
   /** Replaces what the group's orphan pass keeps for the next one (read it with reader.orphanPassState). */
-  async replaceOrphanPassState(group: number, state: { [K in keyof OrphanPassState]: Record<string, string | number> }): Promise<void> {
+  async replaceOrphanPassState(
+    group: number,
+    state: { unknown: Record<string, string | number>; missing: Record<string, string | number>; untagged?: readonly string[] },
+  ): Promise<void> {
     const unknownKey = this.keys.orphanUnknown(group);
     const missingKey = this.keys.orphanMissing(group);
-    const tx = this.redis.multi().del(unknownKey, missingKey);
+    const untaggedKey = this.keys.orphanUntagged(group);
+    const tx = this.redis.multi().del(unknownKey, missingKey, untaggedKey);
     if (Object.keys(state.unknown).length > 0) tx.hset(unknownKey, state.unknown);
     if (Object.keys(state.missing).length > 0) tx.hset(missingKey, state.missing);
+    if (state.untagged && state.untagged.length > 0) tx.sadd(untaggedKey, ...state.untagged);
     await tx.exec();
   }
 
   /** A human-readable table per group, as Copr's copr_get_vm_info printed it. */
   async info(): Promise<string> {
     const vms = await this.getAllVms();
-    return formatPoolInfo(this.config, vms, this.clock());
+    const drained = new Map<number, number>();
+    for (const group of this.vmGroups) {
+      const since = await this.drainedSince(group);
+      if (since !== null) drained.set(group, since);
+    }
+    return formatPoolInfo(this.config, vms, this.clock(), drained);
   }
 
   /** Closes what the manager opened itself: its queue handles and its connection (not injected ones). */

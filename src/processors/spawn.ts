@@ -173,7 +173,7 @@ async function settleEarlierAttempts(job: Job, data: SpawnData, groupConfig: Gro
         await log(`an earlier run's hook printed ${vmName} (${vmIp ?? 'no address'}) and ${hookDone ? 'the spawn lost its slot' : 'did not finish'}; terminating it`);
         ctx.logger.warn({ vmName, vmIp, group, spawnId }, 'spawn re-run: terminating the machine an earlier run left');
         await settleStopTerminateJob(ctx, groupConfig, spawnId, vmName);
-        await ctx.provider(group).terminate({ group: { id: group, config: groupConfig }, vmName, vmIp, log });
+        await ctx.provider(group).terminate({ group: { id: group, config: groupConfig, poolId: ctx.vmm.poolId }, vmName, vmIp, log });
         await ctx.vmm.forgetSpawnMachine(spawnId, vmName);
         await log(`terminated ${vmName}`);
         // Round two starts this run's attempt, or finds that the slot is gone.
@@ -199,7 +199,7 @@ async function runSpawnHook(job: Job, data: SpawnData, ctx: JobContext, log: Log
   let machine: SpawnedMachine;
   try {
     machine = await ctx.provider(group).spawn({
-      group: { id: group, config: ctx.vmm.groupConfig(group) },
+      group: { id: group, config: ctx.vmm.groupConfig(group), poolId: ctx.vmm.poolId },
       spawnId,
       log,
       signal: stop.controller.signal,
@@ -284,7 +284,7 @@ async function terminateBeforeDeadline(ctx: JobContext, data: SpawnData, machine
   });
   const ending = ctx
     .provider(group)
-    .terminate({ group: { id: group, config: ctx.vmm.groupConfig(group) }, vmName: machine.name, vmIp: machine.ip, log })
+    .terminate({ group: { id: group, config: ctx.vmm.groupConfig(group), poolId: ctx.vmm.poolId }, vmName: machine.name, vmIp: machine.ip, log })
     .then(
       () => 'terminated' as const,
       (err: Error) => err,

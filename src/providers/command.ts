@@ -48,6 +48,7 @@ export function hookEnv(
     ...extra,
     VMPOOL_GROUP: String(group.id),
     VMPOOL_GROUP_NAME: group.config.name,
+    VMPOOL_POOL_ID: group.poolId ?? '',
     VMPOOL_VM_NAME: vm.name ?? '',
     VMPOOL_VM_IP: vm.ip ?? '',
     VMPOOL_SPAWN_ID: vm.spawnId ?? '',
@@ -116,9 +117,10 @@ function parseCreatedAt(value: unknown): number | null | undefined {
 }
 
 /**
- * Parses list_cmd output: one machine per line, either JSON {"name", "ip"?, "created_at"?} or
- * `name [ip [created_at]]`. created_at is epoch seconds or ISO 8601. Empty lines are ignored.
- * Any bad line fails the whole list, naming the line.
+ * Parses list_cmd output: one machine per line, either JSON {"name", "ip"?, "created_at"?, "pool"?}
+ * or `name [ip [created_at [pool]]]` (`-` for an empty ip or created_at). created_at is epoch
+ * seconds or ISO 8601; pool is the pool id the machine was tagged with (VMPOOL_POOL_ID at its
+ * spawn). Empty lines are ignored. Any bad line fails the whole list, naming the line.
  */
 export function parseListOutput(stdout: string): ProviderMachine[] {
   const machines: ProviderMachine[] = [];
@@ -130,6 +132,7 @@ export function parseListOutput(stdout: string): ProviderMachine[] {
     let name: unknown;
     let ip: unknown;
     let created: unknown;
+    let pool: unknown;
     if (line.startsWith('{')) {
       let value: unknown;
       try {
@@ -138,12 +141,13 @@ export function parseListOutput(stdout: string): ProviderMachine[] {
         throw new ProviderError(`${where} is not valid JSON`);
       }
       if (!value || typeof value !== 'object' || Array.isArray(value)) throw new ProviderError(`${where} is not a JSON object`);
-      ({ name, ip, created_at: created } = value as Record<string, unknown>);
+      ({ name, ip, created_at: created, pool } = value as Record<string, unknown>);
     } else {
-      const parts = line.split(/\s+/);
-      if (parts.length > 3) throw new ProviderError(`${where} has more than 3 fields (name ip created_at)`);
-      [name, ip, created] = parts;
+      const parts = line.split(/\s+/).map((p) => (p === '-' ? '' : p));
+      if (parts.length > 4) throw new ProviderError(`${where} has more than 4 fields (name ip created_at pool)`);
+      [name, ip, created, pool] = parts;
     }
+    if (pool !== undefined && pool !== null && typeof pool !== 'string') throw new ProviderError(`${where}: pool ${JSON.stringify(pool)} is not a string`);
     if (typeof name !== 'string' || !VM_NAME_PATTERN.test(name)) {
       throw new ProviderError(`${where}: name ${JSON.stringify(name)} does not match ${VM_NAME_PATTERN}`);
     }
@@ -152,7 +156,7 @@ export function parseListOutput(stdout: string): ProviderMachine[] {
     }
     const createdAt = parseCreatedAt(created);
     if (createdAt === undefined) throw new ProviderError(`${where}: created_at ${JSON.stringify(created)} is neither epoch seconds nor ISO 8601`);
-    machines.push({ name, ip: typeof ip === 'string' && ip !== '' ? ip : null, createdAt });
+    machines.push({ name, ip: typeof ip === 'string' && ip !== '' ? ip : null, createdAt, ...(typeof pool === 'string' && pool !== '' ? { pool } : {}) });
   });
   return machines;
 }

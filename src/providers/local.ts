@@ -18,6 +18,14 @@ export function defaultLocalStateDir(): string {
   return join(tmpdir(), `vmpool-local-${userInfo().uid}`);
 }
 
+/**
+ * Where one pool's local VMs keep their state: `<state_dir>/pools/<pool id>`, so that two pools on
+ * one machine never list (and take for leaks) each other's VMs. Without a pool id, state_dir itself.
+ */
+export function localPoolDir(stateDir: string, poolId?: string): string {
+  return poolId ? join(stateDir, 'pools', poolId) : stateDir;
+}
+
 /** The private key the local VMs accept (any user name); the ssh check uses it by default. */
 export function localClientKeyPath(stateDir: string): string {
   return join(stateDir, 'id_ed25519');
@@ -29,6 +37,8 @@ export interface LocalVmState {
   name: string;
   /** The group that spawned it, so each group lists only its own VMs. */
   group: string;
+  /** The pool id it was spawned for ('' without one). */
+  pool?: string;
   ip: string;
   port: number;
   created_at: number;
@@ -85,22 +95,30 @@ function ensureClientKey(stateDir: string): string {
  * files under state_dir, so any worker process on this machine can list and terminate the VMs,
  * and they survive restarts of the worker that spawned them.
  *
- * Layout of state_dir: id_ed25519 (client key), vms/<name>.json (written by the VM once it listens),
- * ips/<ip> (address claims, containing the VM name), logs/<name>.log, work/<name>/ (exec cwd).
+ * Layout of state_dir: id_ed25519 (the client key) and ips/<ip> (address claims, containing the
+ * VM name), shared by every pool on the machine as the addresses are; and per pool (localPoolDir,
+ * `pools/<pool id>/`): vms/<name>.json (written by the VM once it listens), logs/<name>.log,
+ * work/<name>/ (exec cwd), known_vms (the ssh check's host keys).
  */
 export class LocalProvider implements Provider {
   readonly type = 'local';
+  /** This pool's state directory (localPoolDir). */
   readonly stateDir: string;
+  /** The configured state_dir: the client key and address claims of every pool on this machine. */
+  private readonly sharedDir: string;
 
   constructor(
     private readonly config: LocalProviderConfig,
     private readonly deps: ProviderDeps,
+    /** The pool's identity (ProviderGroup.poolId): its VMs live in their own directory and carry it. */
+    readonly poolId?: string,
   ) {
-    this.stateDir = config.state_dir ?? defaultLocalStateDir();
+    this.sharedDir = config.state_dir ?? defaultLocalStateDir();
+    this.stateDir = localPoolDir(this.sharedDir, poolId);
   }
 
   private dir(sub: string): string {
-    return join(this.stateDir, sub);
+    return sub === 'ips' ? join(this.sharedDir, sub) : join(this.stateDir, sub);
   }
 
   private ensureDirs(): void {
@@ -137,25 +155,49 @@ export class LocalProvider implements Provider {
     }
   }
 
-  readState(name: string): LocalVmState | null {
+  /**
+   * Where VM state lives: this pool's directory, and with a pool id also state_dir itself, where
+   * builds before pool ids kept every VM (such a VM's state has no pool; it is listed untagged,
+   * so the orphan pass leaves it alone, and it can still be terminated).
+   */
+  private stateDirs(): string[] {
+    return this.stateDir === this.sharedDir ? [this.stateDir] : [this.stateDir, this.sharedDir];
+  }
+
+  private readStateIn(dir: string, name: string): LocalVmState | null {
     try {
-      return JSON.parse(readFileSync(join(this.dir('vms'), `${name}.json`), 'utf8')) as LocalVmState;
+      const state = JSON.parse(readFileSync(join(dir, 'vms', `${name}.json`), 'utf8')) as LocalVmState;
+      return dir === this.stateDir || !state.pool ? state : null;
     } catch {
       return null;
     }
   }
 
-  private allStates(): LocalVmState[] {
-    let files: string[];
-    try {
-      files = readdirSync(this.dir('vms')).filter((f) => f.endsWith('.json'));
-    } catch {
-      return [];
+  private findState(name: string): { state: LocalVmState; dir: string } | null {
+    for (const dir of this.stateDirs()) {
+      const state = this.readStateIn(dir, name);
+      if (state) return { state, dir };
     }
-    const states: LocalVmState[] = [];
-    for (const f of files) {
-      const s = this.readState(f.slice(0, -'.json'.length));
-      if (s) states.push(s);
+    return null;
+  }
+
+  readState(name: string): LocalVmState | null {
+    return this.findState(name)?.state ?? null;
+  }
+
+  private allStates(): { state: LocalVmState; dir: string }[] {
+    const states: { state: LocalVmState; dir: string }[] = [];
+    for (const dir of this.stateDirs()) {
+      let files: string[];
+      try {
+        files = readdirSync(join(dir, 'vms')).filter((f) => f.endsWith('.json'));
+      } catch {
+        continue;
+      }
+      for (const f of files) {
+        const state = this.readStateIn(dir, f.slice(0, -'.json'.length));
+        if (state) states.push({ state, dir });
+      }
     }
     return states;
   }
@@ -163,7 +205,7 @@ export class LocalProvider implements Provider {
   async spawn(request: SpawnRequest): Promise<SpawnedMachine> {
     const log = (line: string) => Promise.resolve(request.log?.(line)).catch(() => {});
     this.ensureDirs();
-    const keyFile = ensureClientKey(this.stateDir);
+    const keyFile = ensureClientKey(this.sharedDir);
     const suffix = randomBytes(3).toString('hex');
     const { ip, name } = this.claimAddress((addr) => `local-${addr.split('.').slice(1).join('-')}-${suffix}`);
     request.onMachine?.({ name, ip });
@@ -172,7 +214,7 @@ export class LocalProvider implements Provider {
     const { command, args } = localVmCommand();
     const child = spawn(
       command,
-      [...args, '--state-dir', this.stateDir, '--name', name, '--group', request.group.config.name, '--ip', ip, '--port', String(this.config.port), '--authorized-key', keyFile],
+      [...args, '--state-dir', this.stateDir, '--name', name, '--group', request.group.config.name, '--pool', this.poolId ?? '', '--ip', ip, '--port', String(this.config.port), '--authorized-key', keyFile],
       // Its own session, output to a file: it must outlive this process.
       { detached: true, stdio: ['ignore', fd, fd] },
     );
@@ -212,7 +254,9 @@ export class LocalProvider implements Provider {
   async terminate(request: TerminateRequest): Promise<void> {
     const { vmName, vmIp } = request;
     // By recorded name, else by address.
-    const state = this.readState(vmName) ?? (vmIp ? this.allStates().find((s) => s.ip === vmIp) ?? null : null);
+    const found = this.findState(vmName) ?? (vmIp ? (this.allStates().find((s) => s.state.ip === vmIp) ?? null) : null);
+    const state = found?.state ?? null;
+    const dir = found?.dir ?? this.stateDir;
     const name = state?.name ?? vmName;
     if (state && isLocalVmProcess(state.pid, name)) {
       process.kill(state.pid, 'SIGTERM');
@@ -221,9 +265,9 @@ export class LocalProvider implements Provider {
       for (let i = 0; i < 40 && isLocalVmProcess(state.pid, name); i++) await sleep(50);
       if (isLocalVmProcess(state.pid, name)) throw new ProviderError(`local VM ${name} (pid ${state.pid}) is still running after SIGKILL`);
     }
-    rmSync(join(this.dir('vms'), `${name}.json`), { force: true });
-    rmSync(join(this.dir('logs'), `${name}.log`), { force: true });
-    rmSync(join(this.dir('work'), name), { recursive: true, force: true });
+    rmSync(join(dir, 'vms', `${name}.json`), { force: true });
+    rmSync(join(dir, 'logs', `${name}.log`), { force: true });
+    rmSync(join(dir, 'work', name), { recursive: true, force: true });
     const ip = state?.ip ?? vmIp;
     if (ip) this.releaseAddress(ip, name);
     await Promise.resolve(request.log?.(`local VM ${name}: terminated`)).catch(() => {});
@@ -231,7 +275,8 @@ export class LocalProvider implements Provider {
 
   async list(group: ProviderGroup): Promise<ProviderMachine[]> {
     return this.allStates()
+      .map(({ state }) => state)
       .filter((s) => s.group === group.config.name && isLocalVmProcess(s.pid, s.name))
-      .map((s) => ({ name: s.name, ip: s.ip, createdAt: s.created_at }));
+      .map((s) => ({ name: s.name, ip: s.ip, createdAt: s.created_at, ...(s.pool ? { pool: s.pool } : {}) }));
   }
 }

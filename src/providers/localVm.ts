@@ -1,6 +1,6 @@
 /**
  * One local "VM": a detached process that serves real SSH on a loopback address. Started by the
- * local provider (local.ts) as `node localVm.js --state-dir D --name N --group G --ip I --port P --authorized-key F`.
+ * local provider (local.ts) as `node localVm.js --state-dir D --name N --group G --pool ID --ip I --port P --authorized-key F`.
  * It accepts public-key logins (any user) with the key in F only, runs each exec request with
  * /bin/sh in its own work dir, and writes its state file once it listens. SIGTERM stops it.
  */
@@ -19,6 +19,7 @@ function main(): void {
       'state-dir': { type: 'string' },
       name: { type: 'string' },
       group: { type: 'string' },
+      pool: { type: 'string' },
       ip: { type: 'string' },
       port: { type: 'string' },
       'authorized-key': { type: 'string' },
@@ -86,6 +87,7 @@ function main(): void {
       pid: process.pid,
       name,
       group: values.group ?? '',
+      pool: values.pool ?? '',
       ip,
       port,
       created_at: Date.now(),

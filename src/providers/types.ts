@@ -6,6 +6,12 @@ export interface ProviderGroup {
   /** Group id (index in config.groups). */
   id: number;
   config: GroupConfig;
+  /**
+   * The pool's identity (VmManager.poolId): hooks get it as VMPOOL_POOL_ID, to tag the machines
+   * they make and to list only those; the local provider keeps its state per pool id. Absent: no
+   * identity (hooks get it empty, the local provider uses state_dir itself).
+   */
+  poolId?: string;
 }
 
 export interface SpawnRequest {
@@ -62,6 +68,11 @@ export interface ProviderMachine {
   ip?: string | null;
   /** Epoch ms when the provider created it, when known. */
   createdAt?: number | null;
+  /**
+   * The pool id the machine is tagged with (VMPOOL_POOL_ID at its spawn), when the provider knows
+   * it. The orphan pass terminates only machines tagged with its own pool's id.
+   */
+  pool?: string | null;
 }
 
 /**

@@ -50,6 +50,8 @@ export interface GroupSnapshot {
   breaker?: BreakerState | null;
   /** The arrival rate and boot time measured for a group with target_wait. */
   targetWait?: TargetWaitMeasure;
+  /** Drained at run time (`vmpool drain`): spawns nothing, as max_vm_total: 0. */
+  drained?: boolean;
 }
 
 export interface PoolSnapshot {
@@ -251,8 +253,10 @@ export function spawnFigures(snapshot: PoolSnapshot, config: ReconcileConfig, gr
  * - all VMs of the group < 2 × max_vm_total;
  * and, beyond Copr, while the coming supply is below min_ready + demand (Copr spawned blindly up
  * to max_vm_total), and while the group's circuit breaker is closed (an open one whose backoff
- * passed allows one probe spawn when none is in flight). A spawn counts as the last spawn start, so with an interval above 0 at most one
- * spawn per group starts per cycle; with 0, several may start, up to the limits.
+ * passed allows one probe spawn when none is in flight). A spawn counts as the last spawn start, so
+ * with an interval above 0 at most one spawn per group starts per cycle; with 0, several may start,
+ * up to the limits. A group drained at run time (`vmpool drain`) counts as max_vm_total 0: it
+ * spawns nothing.
  */
 export function decideStartSpawnIfRequired(snapshot: PoolSnapshot, config: ReconcileConfig, now: number): ReconcileAction[] {
   const actions: ReconcileAction[] = [];
@@ -268,14 +272,15 @@ export function decideStartSpawnIfRequired(snapshot: PoolSnapshot, config: Recon
     if (gate === 'none') continue;
     const f = spawnFigures(snapshot, config, group, now);
     let { inFlight, comingSupply } = f;
+    const maxVmTotal = group.drained ? 0 : g.max_vm_total;
     if (gate === 'probe') {
       // One spawn tests the provider; its outcome closes the breaker or opens it for longer.
-      if (inFlight === 0 && f.active < g.max_vm_total && comingSupply < f.wanted) actions.push({ type: 'spawn', group: group.group, reason: 'probe' });
+      if (inFlight === 0 && f.active < maxVmTotal && comingSupply < f.wanted) actions.push({ type: 'spawn', group: group.group, reason: 'probe' });
       continue;
     }
     let lastStart = group.lastSpawnStart;
     for (;;) {
-      if (f.active + inFlight >= g.max_vm_total) break;
+      if (f.active + inFlight >= maxVmTotal) break;
       if (inFlight >= g.max_spawn_processes) break;
       if (lastStart !== null && now - lastStart < ms(g.vm_spawn_min_interval)) break;
       if (f.all >= 2 * g.max_vm_total) break;

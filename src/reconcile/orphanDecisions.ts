@@ -14,6 +14,10 @@ export interface OrphanPoolVm {
 export interface OrphanInput {
   /** The group whose provider produced `machines`. */
   group: number;
+  /** This pool's identity: only machines tagged with it (ProviderMachine.pool) may be terminated. */
+  poolId: string;
+  /** Unknown machines tagged with no pool id that earlier passes already reported (names). */
+  previousUntagged?: ReadonlySet<string>;
   /** Pool VMs of every group: a machine is known if any of them has its name. */
   poolVms: readonly OrphanPoolVm[];
   /** The provider's list for this group. */
@@ -39,12 +43,20 @@ export interface OrphanDecision {
   unknown: Map<string, number>;
   /** Pool VMs missing now and not skipped, name -> first missed: the next pass's previousMissing. */
   missing: Map<string, number>;
+  /** Unknown machines that carry no pool id, left alone: the next pass's previousUntagged. */
+  untagged: Set<string>;
+  /** Those of `untagged` that no earlier pass reported: to log, once per machine. */
+  newlyUntagged: ProviderMachine[];
   counts: {
     machines: number;
     poolVms: number;
     unknown: number;
     unknownTerminated: number;
     unknownWaiting: number;
+    /** Unknown machines tagged with no pool id (left alone, reported once). */
+    untagged: number;
+    /** Unknown machines tagged with another pool's id (another pool's; left alone). */
+    otherPools: number;
     missing: number;
     missingSkipped: number;
     /** Missing for the first time in a row: terminated if still missing on the next pass. */
@@ -56,6 +68,9 @@ export interface OrphanDecision {
  * The leak and orphan pass (nodepool's leak cleanup, resalloc's cmd_list, Copr's cleanup_vm_nova),
  * as a pure function of the pool, the provider's list and the previous pass.
  *
+ * - Only machines tagged with this pool's id are ever taken for leaks. An unknown machine with no
+ *   pool id (a list hook that does not tag, a machine made by hand) or another pool's id (two pools
+ *   sharing a host or a cloud tenant) is left alone; one without is reported once.
  * - An unknown machine is terminated only when it was unknown on the previous pass too and is older
  *   than the grace (by its created_at, else by when we first saw it): a spawn in flight has a machine
  *   before the pool has its record, and a single pass can race with it.
@@ -72,9 +87,21 @@ export function decideOrphans(input: OrphanInput): OrphanDecision {
 
   const unknown = new Map<string, number>();
   const terminateMachines: ProviderMachine[] = [];
+  const untagged = new Set<string>();
+  const newlyUntagged: ProviderMachine[] = [];
   let unknownWaiting = 0;
+  let otherPools = 0;
   for (const machine of input.machines) {
-    if (knownNames.has(machine.name) || unknown.has(machine.name)) continue;
+    if (knownNames.has(machine.name) || unknown.has(machine.name) || untagged.has(machine.name)) continue;
+    if (machine.pool !== input.poolId) {
+      if (machine.pool) {
+        otherPools++;
+        continue;
+      }
+      untagged.add(machine.name);
+      if (!input.previousUntagged?.has(machine.name)) newlyUntagged.push(machine);
+      continue;
+    }
     const previous = input.previousUnknown.get(machine.name);
     const firstSeen = previous ?? now;
     unknown.set(machine.name, firstSeen);
@@ -106,12 +133,16 @@ export function decideOrphans(input: OrphanInput): OrphanDecision {
     terminateVms,
     unknown,
     missing,
+    untagged,
+    newlyUntagged,
     counts: {
       machines: input.machines.length,
       poolVms: groupVms.length,
       unknown: unknown.size,
       unknownTerminated: terminateMachines.length,
       unknownWaiting,
+      untagged: untagged.size,
+      otherPools,
       missing: terminateVms.length + missingSkipped + missingWaiting,
       missingSkipped,
       missingWaiting,

@@ -28,6 +28,8 @@ import {
 import { readDemand, type DemandRoute } from './demand.js';
 import { activeVmsByGroup, blockedGroups, demandGroupsOf, hasFallbacks, withFallbacks } from '../acquire/fallback.js';
 import { targetWaitDecision, type TargetWaitMeasure } from './targetWait.js';
+import { HISTORY_SAMPLES, isHistoryDue, parseAcquireWaitMark, quantileBetween, type HistorySample } from './history.js';
+import { readSharedHistogram, sharedMetrics } from '../metrics/shared.js';
 import { isOrphanPassDue, LAST_ORPHAN_CHECK, leakTerminateJobId, parseEpochMs, parseUnknownMachines } from './orphanPass.js';
 
 /** Copr's per-group pool info key for the last spawn start (epoch ms). */
@@ -42,6 +44,8 @@ export interface VmMasterOptions {
   cycleLockTtlMs?: number;
   /** The provider of a group (a JobContext's `provider`). Without it, cleanupOrphans does nothing. */
   provider?: (group: number) => Provider;
+  /** Between history samples (src/reconcile/history.ts); default HISTORY_PERIOD_MS. */
+  historyPeriodMs?: number;
 }
 
 /** One group's leak and orphan pass, as logged. */
@@ -65,6 +69,7 @@ export const CYCLE_STEPS = [
   'finalizeLongHealthChecks',
   'terminateAgain',
   'cleanupOrphans',
+  'recordHistory',
 ] as const;
 export type CycleStep = (typeof CYCLE_STEPS)[number];
 
@@ -116,14 +121,15 @@ export class VmMaster {
       Promise.all(
         vmm.vmGroups.map(async (group): Promise<Omit<GroupSnapshot, 'demand'>> => {
           const targetWait = vmm.config.groups[group]!.target_wait;
-          const [spawnsInFlight, last, breaker, measure] = await Promise.all([
+          const [spawnsInFlight, last, breaker, drainedSince, measure] = await Promise.all([
             vmm.getSpawnsInFlight(group),
             vmm.readVmPoolInfo(group, LAST_VM_SPAWN_START),
             vmm.reader.breaker(group),
+            vmm.drainedSince(group),
             targetWait ? vmm.measureTargetWait(group, targetWait.window * 1000) : undefined,
           ]);
           const lastSpawnStart = last === null || last === '' || !Number.isFinite(Number(last)) ? null : Number(last);
-          return { group, spawnsInFlight, lastSpawnStart, breaker, ...(measure ? { targetWait: measure } : {}) };
+          return { group, spawnsInFlight, lastSpawnStart, breaker, drained: drainedSince !== null, ...(measure ? { targetWait: measure } : {}) };
         }),
       ),
     ]);
@@ -258,11 +264,13 @@ export class VmMaster {
     // Records read before the list: only their machines must be in it (a VM added while the
     // list ran may be missing from it). Records read after it: every machine they name is known.
     const before = new Set((await vmm.getAllVmRecords()).map((v) => v.vmName));
-    const machines = await provider.list({ id: group, config });
+    const machines = await provider.list({ id: group, config, poolId: vmm.poolId });
     const [after, previous] = await Promise.all([vmm.getAllVmRecords(), vmm.reader.orphanPassState(group)]);
     const now = vmm.clock();
     const decision = decideOrphans({
       group,
+      poolId: vmm.poolId,
+      previousUntagged: new Set(previous.untagged),
       poolVms: after.map((v) => ({ name: v.vmName, ip: v.vmIp, state: v.state, group: v.group, addedAt: v.addedAt })),
       machines,
       previousUnknown: parseUnknownMachines(previous.unknown),
@@ -272,7 +280,13 @@ export class VmMaster {
     });
     // A VM added while the list ran does not count as missed.
     const missing = [...decision.missing].filter(([name]) => before.has(name));
-    await vmm.replaceOrphanPassState(group, { unknown: Object.fromEntries(decision.unknown), missing: Object.fromEntries(missing) });
+    await vmm.replaceOrphanPassState(group, { unknown: Object.fromEntries(decision.unknown), missing: Object.fromEntries(missing), untagged: [...decision.untagged] });
+    for (const machine of decision.newlyUntagged) {
+      this.logger.warn(
+        { group, vmName: machine.name, vmIp: machine.ip ?? null, poolId: vmm.poolId },
+        'orphan pass: the provider lists a machine unknown to the pool that carries no pool id; left alone (tag machines with VMPOOL_POOL_ID at spawn, and list it as `pool`)',
+      );
+    }
 
     const errors: unknown[] = [];
     let leaksTerminated = 0;
@@ -328,9 +342,36 @@ export class VmMaster {
   }
 
   /**
+   * Takes the history sample of every group when one is due (one per historyPeriodMs): VMs per
+   * state from the state indexes, waiting requests from the lines, and the p95 of the acquire waits
+   * that ended since the last sample from the acquire wait histogram. O(groups); no VM is read.
+   * Returns whether it took one.
+   */
+  async recordHistory(): Promise<boolean> {
+    const vmm = this.vmm;
+    const now = vmm.clock();
+    const mark = parseAcquireWaitMark(await vmm.reader.historyAcquireMark());
+    if (!isHistoryDue(mark?.t ?? null, now, this.options.historyPeriodMs)) return false;
+    const groups = vmm.vmGroups;
+    const def = sharedMetrics.acquireWait;
+    const [counts, waiting, histograms] = await Promise.all([
+      vmm.reader.stateCounts(groups),
+      Promise.all(groups.map((g) => vmm.countDemand(g))),
+      readSharedHistogram(vmm.connectionForOwnKeys(), vmm.prefix, def),
+    ]);
+    const bounds = [...def.buckets];
+    const assigned = histograms.find((h) => h.labels.outcome === 'assigned');
+    const buckets = assigned ? assigned.buckets.map((b) => b.count) : bounds.map(() => 0).concat(0);
+    const acquireP95 = quantileBetween(bounds, mark?.buckets ?? null, buckets, 0.95);
+    const samples = new Map<number, HistorySample>(groups.map((g, i) => [g, { t: now, counts: counts[i]!, waiting: waiting[i]!, acquireP95 }]));
+    await vmm.appendHistory(samples, { t: now, buckets }, HISTORY_SAMPLES);
+    return true;
+  }
+
+  /**
    * One reconcile cycle, Copr's order: reclaim expired leases, remove old dirty VMs, check health
    * (and re-check VMs checked before the server start), spawn, finalize long health checks,
-   * terminate again; then the leak and orphan pass. Runs under the cycle lock and returns
+   * terminate again; then the leak and orphan pass, and the history sample. Runs under the cycle lock and returns
    * `ran: false` at once if another cycle holds it. Every step runs even if one fails; the errors
    * are then thrown together.
    */
@@ -350,6 +391,10 @@ export class VmMaster {
           if (step === 'reclaimExpiredLeases' || step === 'expireHolds') {
             counts[step] = (await (step === 'expireHolds' ? this.expireHolds() : this.reclaimExpiredLeases())).length;
             if (counts[step] > 0) snapshot = undefined;
+            continue;
+          }
+          if (step === 'recordHistory') {
+            counts[step] = (await this.recordHistory()) ? 1 : 0;
             continue;
           }
           if (step === 'cleanupOrphans') {
@@ -376,7 +421,7 @@ export class VmMaster {
       return { ran: false, counts, skipped: [...CYCLE_STEPS] };
     }
     // A cycle that changed nothing is routine (one every vm_cycle_timeout): debug, not info.
-    const acted = Object.values(counts).some((n) => n > 0);
+    const acted = Object.entries(counts).some(([step, n]) => n > 0 && step !== 'recordHistory');
     const level = skipped.length > 0 || errors.length > 0 ? 'warn' : acted ? 'info' : 'debug';
     this.logger[level]({ counts, skipped, errors: errors.length, durationMs: this.vmm.clock() - started }, 'reconcile cycle');
     if (errors.length > 0) throw new AggregateError(errors, `reconcile cycle: ${errors.length} step(s) failed`);

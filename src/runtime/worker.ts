@@ -43,7 +43,7 @@ export function createJobContext(config: Config, options: JobContextOptions): Ow
   const vmm = new VmManager(config, { redis: connection, prefix, logger, clock, queues });
   const providers = new Map<number, Provider>();
   const checks = new Map<number, HealthCheck>();
-  const providerGroup = (id: number): ProviderGroup => ({ id, config: vmm.groupConfig(id) });
+  const providerGroup = (id: number): ProviderGroup => ({ id, config: vmm.groupConfig(id), poolId: vmm.poolId });
   const provider = (group: number): Provider => {
     let p = providers.get(group);
     if (!p) {

@@ -72,7 +72,7 @@ async function startVmpool(args: string[], ready: string): Promise<Started> {
 const started: Started[] = [];
 const redis = connect();
 const vmm = new VmManager(parseConfig(poolConfig, {}), { redis, prefix });
-const localGroup = { id: 0, config: parseConfig(poolConfig, {}).groups[0]! };
+const localGroup = { id: 0, config: parseConfig(poolConfig, {}).groups[0]!, poolId: vmm.poolId };
 const provider = createProvider(localGroup, { logger: createLogger('test') }) as LocalProvider;
 
 afterAll(async () => {
@@ -146,7 +146,8 @@ describe('vmpool start: order and failures', () => {
   it('exits 1 when Redis is unreachable, with the hint once; a local redis-server is suggested only for a loopback URL', async () => {
     const port = await freePort();
     for (const entry of ['src/cli/main.ts', 'workers/spawn.ts', 'workers/web.ts']) {
-      const res = await run(entry, entry === 'src/cli/main.ts' ? ['start'] : [], { REDIS_URL: `redis://127.0.0.1:${port}` });
+      // (start would run a private redis-server instead: test/cli/privateRedis.test.ts)
+      const res = await run(entry, entry === 'src/cli/main.ts' ? ['start'] : [], { REDIS_URL: `redis://127.0.0.1:${port}`, VMPOOL_PRIVATE_REDIS: '0' });
       expect(res.code, `${entry}: ${res.stderr}`).toBe(1);
       const all = res.stdout + res.stderr;
       expect(all.split('Either start it with').length - 1, all).toBe(1);

@@ -299,13 +299,20 @@ describe('end to end with real hosts (network namespaces running OpenSSH)', () =
     expect(await namespaces(bad!)).toEqual([]);
   }, 90_000);
 
-  it('finds a host made outside the pool with the leak check and terminates it', async () => {
-    const env = { ...process.env, ...hosts!.env, VMPOOL_SPAWN_ID: 'by-hand' };
-    const { stdout } = await run(hosts!.spawnCmd[0]!, [], { env });
-    const leak = JSON.parse(stdout.trim().split('\n').at(-1)!) as { name: string; ip: string };
+  it('finds a host made outside the pool with the leak check and terminates it, but leaves an untagged one alone', async () => {
+    // Made by running the hook by hand: one with this pool's tag, one with none (another tool's).
+    const hostBy = async (extra: Record<string, string>) => {
+      const { stdout } = await run(hosts!.spawnCmd[0]!, [], { env: { ...process.env, ...hosts!.env, ...extra } });
+      return JSON.parse(stdout.trim().split('\n').at(-1)!) as { name: string; ip: string };
+    };
+    const leak = await hostBy({ VMPOOL_SPAWN_ID: 'by-hand', VMPOOL_POOL_ID: vmm.poolId });
+    const untagged = await hostBy({ VMPOOL_SPAWN_ID: 'by-hand-untagged', VMPOOL_POOL_ID: '' });
     expect(await namespaces(hosts!)).toContain(leak.name);
 
     await waitFor(async () => !(await namespaces(hosts!)).includes(leak.name), 40_000, 'the leaked host terminated');
+    expect(await namespaces(hosts!)).toContain(untagged.name);
+    expect(await terminateJobsFor(untagged.name)).toEqual([]);
+    await run(hosts!.terminateCmd[0]!, [], { env: { ...process.env, ...hosts!.env, VMPOOL_VM_NAME: untagged.name } });
     const jobs = await terminateJobsFor(leak.name);
     expect(jobs).toHaveLength(1);
     expect(jobs[0]!.id).toMatch(new RegExp(`^leak-g0-${leak.name}-\\d+$`));

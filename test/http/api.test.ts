@@ -226,9 +226,9 @@ describe('HTTP API', () => {
       const writes = Object.entries(openApiDocument.paths).flatMap(([path, ops]) =>
         Object.keys(ops)
           .filter((m) => m === 'post' || m === 'delete')
-          .map((m) => [m.toUpperCase(), path.replace('{name}', 'c1').replace('{group}', '0')] as const),
+          .map((m) => [m.toUpperCase(), path.replace('{name}', 'c1').replace('{group}', 'base')] as const),
       );
-      expect(writes.length).toBeGreaterThanOrEqual(7);
+      expect(writes.length).toBe(9);
       for (const [method, path] of writes) {
         expect((await kit.fetch(`/api/v1${path}`, { method })).status, `${method} ${path}`).toBe(415);
       }
@@ -267,6 +267,8 @@ describe('HTTP API', () => {
         'DELETE /vms/{name}/hold',
         'GET /groups',
         'DELETE /groups/{group}/breaker',
+        'POST /groups/{group}/drain',
+        'DELETE /groups/{group}/drain',
         'GET /openapi.json',
       ].sort(),
     );
@@ -274,7 +276,7 @@ describe('HTTP API', () => {
     // Each documented route is served: a request reaches its handler (never "no such API route").
     for (const entry of listed) {
       const [method, path] = entry.split(' ') as [string, string];
-      const res = await kit.fetch(`/api/v1${path.replace('{name}', 'no-such-vm')}`, { method, ...(method === 'POST' ? { json: {} } : {}), ...(method === 'DELETE' ? { headers: JSON_TYPE } : {}) });
+      const res = await kit.fetch(`/api/v1${path.replace('{name}', 'no-such-vm').replace('{group}', 'no-such-group')}`, { method, ...(method === 'POST' ? { json: {} } : {}), ...(method === 'DELETE' ? { headers: JSON_TYPE } : {}) });
       const text = await res.text();
       expect(text, entry).not.toContain('no such API route');
     }

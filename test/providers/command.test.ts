@@ -242,7 +242,18 @@ describe('output parsers', () => {
     expect(() => parseListOutput('ok\n-bad')).toThrow(/line 2 "-bad": name "-bad"/);
     expect(() => parseListOutput('{"name": 5}')).toThrow(/line 1 .*name 5 does not match/);
     expect(() => parseListOutput('{oops')).toThrow(/line 1 "\{oops" is not valid JSON/);
-    expect(() => parseListOutput('a b c d')).toThrow(/more than 3 fields/);
+    expect(() => parseListOutput('a b c d e')).toThrow(/more than 4 fields/);
+    expect(() => parseListOutput('{"name": "a-1", "pool": 7}')).toThrow(/line 1 .*pool 7 is not a string/);
+  });
+
+  it('reads the pool id a machine carries, in either format (`-` for an empty field)', () => {
+    expect(parseListOutput('a-1 192.0.2.1 1700000000 ci\nb-2 - - ci\nc-3\n{"name":"d-4","pool":"staging"}\n{"name":"e-5","pool":""}')).toEqual([
+      { name: 'a-1', ip: '192.0.2.1', createdAt: 1_700_000_000_000, pool: 'ci' },
+      { name: 'b-2', ip: null, createdAt: null, pool: 'ci' },
+      { name: 'c-3', ip: null, createdAt: null },
+      { name: 'd-4', ip: null, createdAt: null, pool: 'staging' },
+      { name: 'e-5', ip: null, createdAt: null },
+    ]);
   });
 });
 

@@ -5,13 +5,14 @@ import { decideOrphans, type OrphanInput, type OrphanPoolVm } from '../../src/re
 const MIN = 60_000;
 const now = 1_800_000_000_000;
 const graceMs = 15 * MIN;
+const POOL = 'ci';
 
 function vm(name: string, state: OrphanPoolVm['state'], extra: Partial<OrphanPoolVm> = {}): OrphanPoolVm {
   return { name, ip: '192.0.2.1', state, group: 0, ...extra };
 }
 
 function input(extra: Partial<OrphanInput>): OrphanInput {
-  return { group: 0, poolVms: [], machines: [], previousUnknown: new Map(), previousMissing: new Map(), now, graceMs, ...extra };
+  return { group: 0, poolId: POOL, poolVms: [], machines: [], previousUnknown: new Map(), previousMissing: new Map(), now, graceMs, ...extra };
 }
 
 describe('decideOrphans', () => {
@@ -24,7 +25,7 @@ describe('decideOrphans', () => {
   });
 
   it('only remembers an unknown machine on its first pass, even an old one', () => {
-    const old = { name: 'leak-1', createdAt: now - 10 * graceMs };
+    const old = { name: 'leak-1', createdAt: now - 10 * graceMs, pool: POOL };
     const d = decideOrphans(input({ machines: [old] }));
     expect(d.terminateMachines).toEqual([]);
     expect([...d.unknown]).toEqual([['leak-1', now]]);
@@ -32,7 +33,7 @@ describe('decideOrphans', () => {
   });
 
   it('terminates an unknown machine seen on two passes in a row and older than the grace', () => {
-    const machine = { name: 'leak-1', createdAt: now - graceMs };
+    const machine = { name: 'leak-1', createdAt: now - graceMs, pool: POOL };
     const d = decideOrphans(input({ machines: [machine], previousUnknown: new Map([['leak-1', now - 10 * MIN]]) }));
     expect(d.terminateMachines).toEqual([machine]);
     // Still remembered until it is gone from the list, with its first sighting.
@@ -42,22 +43,52 @@ describe('decideOrphans', () => {
 
   it('waits for the grace on a second pass of a young machine (a spawn still in flight)', () => {
     const d = decideOrphans(
-      input({ machines: [{ name: 'new-1', createdAt: now - MIN }], previousUnknown: new Map([['new-1', now - MIN]]) }),
+      input({ machines: [{ name: 'new-1', createdAt: now - MIN, pool: POOL }], previousUnknown: new Map([['new-1', now - MIN]]) }),
     );
     expect(d.terminateMachines).toEqual([]);
     expect(d.counts.unknownWaiting).toBe(1);
   });
 
   it('measures age from the first sighting when the provider gives no creation time', () => {
-    const young = decideOrphans(input({ machines: [{ name: 'x-1' }], previousUnknown: new Map([['x-1', now - MIN]]) }));
+    const young = decideOrphans(input({ machines: [{ name: 'x-1', pool: POOL }], previousUnknown: new Map([['x-1', now - MIN]]) }));
     expect(young.terminateMachines).toEqual([]);
-    const old = decideOrphans(input({ machines: [{ name: 'x-1' }], previousUnknown: new Map([['x-1', now - graceMs]]) }));
-    expect(old.terminateMachines).toEqual([{ name: 'x-1' }]);
+    const old = decideOrphans(input({ machines: [{ name: 'x-1', pool: POOL }], previousUnknown: new Map([['x-1', now - graceMs]]) }));
+    expect(old.terminateMachines).toEqual([{ name: 'x-1', pool: POOL }]);
   });
 
   it('forgets unknown machines that disappeared', () => {
     const d = decideOrphans(input({ machines: [], previousUnknown: new Map([['gone-1', now - graceMs]]) }));
     expect(d.unknown.size).toBe(0);
+  });
+
+  it('never takes a machine without this pool id for a leak: untagged ones are reported once, other pools\' ignored', () => {
+    const old = now - 10 * graceMs;
+    const machines = [
+      { name: 'untagged-1', createdAt: old },
+      { name: 'theirs-1', createdAt: old, pool: 'staging' },
+      { name: 'ours-1', createdAt: old, pool: POOL },
+    ];
+    const previousUnknown = new Map(machines.map((m) => [m.name, old]));
+    const first = decideOrphans(input({ machines, previousUnknown }));
+    expect(first.terminateMachines.map((m) => m.name)).toEqual(['ours-1']);
+    expect([...first.unknown.keys()]).toEqual(['ours-1']);
+    expect([...first.untagged]).toEqual(['untagged-1']);
+    expect(first.newlyUntagged.map((m) => m.name)).toEqual(['untagged-1']);
+    expect(first.counts).toMatchObject({ machines: 3, unknown: 1, untagged: 1, otherPools: 1, unknownTerminated: 1 });
+    // The next pass remembers it was reported: not reported again, still left alone.
+    const second = decideOrphans(input({ machines, previousUnknown, previousUntagged: first.untagged }));
+    expect(second.newlyUntagged).toEqual([]);
+    expect([...second.untagged]).toEqual(['untagged-1']);
+    expect(second.terminateMachines.map((m) => m.name)).toEqual(['ours-1']);
+  });
+
+  it('counts a pool VM listed without a pool id (or with another one) as listed, not missing', () => {
+    const d = decideOrphans(
+      input({ poolVms: [vm('a-1', VmStates.IN_USE), vm('b-1', VmStates.READY)], machines: [{ name: 'a-1' }, { name: 'b-1', pool: 'other' }], previousMissing: new Map([['a-1', now - MIN], ['b-1', now - MIN]]) }),
+    );
+    expect(d.terminateVms).toEqual([]);
+    expect(d.missing.size).toBe(0);
+    expect(d.untagged.size).toBe(0);
   });
 
   it('treats a machine known to another group as known', () => {

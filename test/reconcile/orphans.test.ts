@@ -93,9 +93,13 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** A machine the provider lists; createdAt in epoch ms (listed as epoch seconds). */
-function providerHas(name: string, ip: string, createdAt?: number): void {
+/**
+ * A machine the provider lists; createdAt in epoch ms (listed as epoch seconds), tagged with this
+ * pool's id unless another (or null: none) is given.
+ */
+function providerHas(name: string, ip: string, createdAt?: number, pool: string | null = vmm.poolId): void {
   const line: Record<string, unknown> = { name, ip };
+  if (pool !== null) line.pool = pool;
   if (createdAt !== undefined) line.created_at = createdAt / 1000;
   writeFileSync(join(machinesDir, name), `${JSON.stringify(line)}\n`);
 }
@@ -169,6 +173,23 @@ describe('cleanupOrphans: scheduling', () => {
 });
 
 describe('cleanupOrphans: machines the pool does not know', () => {
+  it('leaves alone machines without this pool id: untagged ones are reported once, another pool\'s are not its business', async () => {
+    providerHas('untagged-1', '192.0.2.40', T0 - 10 * GRACE * S, null);
+    providerHas('staging-1', '192.0.2.41', T0 - 10 * GRACE * S, 'staging');
+    for (let pass = 0; pass < 3; pass++) {
+      clock.now = T0 + pass * PERIOD * S;
+      const [p] = await master.cleanupOrphans();
+      expect(p).toMatchObject({ leaksTerminated: 0, counts: { machines: 2, unknown: 0, untagged: 1, otherPools: 1 } });
+    }
+    expect(await terminateJobs()).toEqual([]);
+    // Remembered as reported, so the warning is logged once per machine, not once per pass.
+    expect(await redis.smembers(keys.orphanUntagged(0))).toEqual(['untagged-1']);
+    providerLost('untagged-1');
+    clock.now += PERIOD * S;
+    await master.cleanupOrphans();
+    expect(await redis.smembers(keys.orphanUntagged(0))).toEqual([]);
+  });
+
   it('terminates an old unknown machine on its second pass, not its first', async () => {
     providerHas('leak-1', '192.0.2.10', T0 - 10 * GRACE * S);
     const [first] = await master.cleanupOrphans();

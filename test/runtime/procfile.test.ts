@@ -9,6 +9,7 @@ import { acquireJobId } from '../../src/client/index.js';
 import { parseConfig, type ConfigInput } from '../../src/config.js';
 import { createLogger } from '../../src/logger.js';
 import { VmManager } from '../../src/pool/vmManager.js';
+import { poolIdOf } from '../../src/pool/poolId.js';
 import { createProvider } from '../../src/providers/index.js';
 import type { LocalProvider } from '../../src/providers/local.js';
 import { ACQUIRE_QUEUE } from '../../queues/acquire.js';
@@ -54,7 +55,7 @@ const config = {
   ],
 } satisfies ConfigInput;
 const parsed = parseConfig(config, {});
-const localGroup = { id: 0, config: parsed.groups[0]! };
+const localGroup = { id: 0, config: parsed.groups[0]!, poolId: poolIdOf(parsed, prefix) };
 const provider = createProvider(localGroup, { logger: createLogger('test') }) as LocalProvider;
 const redis = connect();
 const vmm = new VmManager(parsed, { redis, prefix });

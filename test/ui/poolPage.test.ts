@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { VmMaster } from '../../src/reconcile/vmMaster.js';
 import { ROOT } from '../helpers/processes.js';
 import { createWebKit, type WebKit } from '../http/fixtures.js';
 
@@ -108,6 +109,23 @@ describe('pool page in Chromium', () => {
     await page.locator('tr[data-vm="web-3"] button[data-action="terminate"]').click();
     await expect.poll(async () => (await kit.vmm.getVmRecord('web-3')).state, { timeout: 5_000 }).toBe('terminating');
     await expect.poll(() => page.locator('#message').textContent(), { timeout: 5_000 }).toBe('terminate web-3: done');
+    await page.close();
+  }, 60_000);
+
+  it('drains and undrains a group through the UI, and draws its charts', async () => {
+    await new VmMaster(kit.vmm).recordHistory();
+    const page = await browser.newPage();
+    await page.goto(kit.url);
+    page.on('dialog', (dialog) => void dialog.accept());
+    const arm = page.locator('section.group[data-group="1"]');
+    await expect.poll(() => arm.locator('svg.chart[data-chart="states"] polyline').count(), { timeout: 5_000 }).toBeGreaterThan(0);
+    await arm.locator('button[data-action="drain"]').click();
+    await expect.poll(() => kit.vmm.drainedSince(1), { timeout: 5_000 }).not.toBeNull();
+    await expect.poll(() => page.locator('#message').textContent(), { timeout: 5_000 }).toBe('drain arm: done');
+    await expect.poll(() => arm.locator('.drained-badge').textContent(), { timeout: 5_000 }).toMatch(/^drained since .*ago\)$/);
+    await arm.locator('button[data-action="undrain"]').click();
+    await expect.poll(() => kit.vmm.drainedSince(1), { timeout: 5_000 }).toBeNull();
+    await expect.poll(() => arm.locator('button[data-action="drain"]').count(), { timeout: 5_000 }).toBe(1);
     await page.close();
   }, 60_000);
 
