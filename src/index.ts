@@ -58,3 +58,5 @@ export { acquireWaiterMember } from './pool/vmManager.js';
 export type { AcquireWaiter, AcquireAttempt, ExpiredLease } from './pool/vmManager.js';
 export { acquireRequestSchema, acquireJobOptions, DEFAULT_ACQUIRE_TIMEOUT_MS, ACQUIRE_QUEUE, AcquireFailures, acquireFailureOf, acquireJobError } from '../queues/acquire.js';
 export type { AcquireRequestData, VmAssignment, AcquireFailure } from '../queues/acquire.js';
+export { auditEventTypes, DEFAULT_AUDIT_MAX_EVENTS } from './pool/audit.js';
+export type { AuditEvent, AuditEventType, AuditPage, AuditQuery } from './pool/audit.js';

@@ -56,6 +56,13 @@ export function poolKeys(prefix: string) {
     orphanMissing: (group: number) => `${base}group:${group}:orphan_missing`,
     /** The reconcile cycle lock (src/reconcile/cycleLock.ts): one cycle at a time across replicas. */
     reconcileLock: `${base}reconcile_lock`,
+    /**
+     * The audit trail: a capped stream of every VM lifecycle event, written by the scripts that make
+     * the transitions (includes/audit.lua), so that it cannot disagree with the pool's state.
+     */
+    auditEvents: `${base}audit_events`,
+    /** How many events the audit trail keeps (about: MAXLEN ~); config audit.max_events, written by reconcile. */
+    auditMaxEvents: `${base}audit_max_events`,
     /** Pub/sub channel told (by the scripts) when a VM of the group may be acquirable. */
     readyChannel: (group: number) => `${base}ready:${group}`,
   };

@@ -15,6 +15,7 @@ local base = KEYS[1]
 local name, ip, group, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 --- @include "includes/replyCodes"
 --- @include "includes/setVmState"
+--- @include "includes/audit"
 
 local key = vmKey(base, name)
 if redis.call('EXISTS', key) == 1 then
@@ -24,4 +25,5 @@ redis.call('HSET', key, 'vm_name', name, 'vm_ip', ip, 'group', group, 'check_fai
 redis.call('SADD', allVmsKey(base), name)
 redis.call('SADD', ipKey(base, ip), name)
 setVmState(base, name, 'got_ip')
+recordEvent(base, 'spawned', name, {'ip', ip})
 return OK
