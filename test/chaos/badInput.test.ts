@@ -127,7 +127,7 @@ describe('chaos 6: bad input (fast-check)', () => {
     reportFigures({ scenario: '6a bad acquire payloads', tried: n, lost: 0, doubled: 0, recoverMs: null, notes: `every job failed with its reason, the pool unchanged; ${((Date.now() - started) / 1000).toFixed(0)} s` });
   });
 
-  it('config files: a config or a ConfigError naming the field, never a crash', () => {
+  it('config files: a config or a ConfigError naming the field, never a crash', { timeout: 300_000 }, () => {
     const dir = mkdtempSync(join(tmpdir(), 'vmpool-chaos-config-'));
     const file = join(dir, 'vmpool.yaml');
     const scalar = fc.oneof(fc.integer(), fc.double(), fc.boolean(), fc.constant(null), fc.string({ maxLength: 30 }), fc.constantFrom('10', '-1', 'x86_64', 'command', 'local', '0.0.0.0/0', '*/5 * * * *'));
@@ -185,7 +185,7 @@ describe('chaos 6: bad input (fast-check)', () => {
     reportFigures({ scenario: '6b bad config files', tried: configs + errors, lost: 0, doubled: 0, recoverMs: null, notes: `${errors} ConfigErrors, ${configs} valid, no crash` });
   });
 
-  it('hook output of a real spawn hook: a valid machine, or a ProviderError (a named machine is terminated)', { timeout: 600_000 }, async () => {
+  it('hook output of a real spawn hook: a valid machine, or a ProviderError naming spawn_cmd', { timeout: 600_000 }, async () => {
     const dir = mkdtempSync(join(tmpdir(), 'vmpool-chaos-hook-'));
     const spawnHook = join(dir, 'spawn.sh');
     const terminateHook = join(dir, 'terminate.sh');

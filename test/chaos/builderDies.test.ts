@@ -57,7 +57,7 @@ function startBuilder(group: number, owner: string) {
 }
 
 describe('chaos 3: a builder that dies holding a VM', () => {
-  it('its VM is reclaimed within the lease time, by either on_lease_expiry, and nothing leaks', async () => {
+  it('its VM is reclaimed within the lease time, by either on_lease_expiry, and nothing leaks', { timeout: 600_000 }, async () => {
     const { vmm } = sys;
     const recoveries: number[] = [];
     let tried = 0;

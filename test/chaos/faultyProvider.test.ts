@@ -57,7 +57,7 @@ afterAll(async () => {
 }, 60_000);
 
 describe('chaos 5: a fault-injecting provider', () => {
-  it('spawns that hang, fail, come late or print garbage, terminates that fail, flapping checks: the pool converges, nothing leaks', async () => {
+  it('spawns that hang, fail, come late or print garbage, terminates that fail, flapping checks: the pool converges, nothing leaks', { timeout: 600_000 }, async () => {
     const { vmm, client } = sys;
     const stats = { tried: 0, assigned: 0, failed: [] as string[], lost: 0 };
     const stopAt = Date.now() + CHAOS_MS;
