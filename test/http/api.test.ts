@@ -266,6 +266,7 @@ describe('HTTP API', () => {
         'POST /vms/{name}/hold',
         'DELETE /vms/{name}/hold',
         'GET /groups',
+        'GET /events',
         'GET /openapi.json',
       ].sort(),
     );
