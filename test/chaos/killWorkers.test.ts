@@ -176,7 +176,7 @@ describe('chaos 2: kill -9 of worker processes under load', () => {
       lost: stats.lost,
       doubled: audit.doubled,
       recoverMs: convergedMs,
-      notes: `kills: ${kills.join(', ')}; serving again ${(servingAgainMs / 1000).toFixed(1)} s after killing all; ${stats.assigned} assigned, ${stats.failed.length} failed with a reason; taken for nobody ${forNobody.length}; leaked ${diff.leaked.length}`,
+      notes: `kills: ${kills.join(', ')}; serving again ${(servingAgainMs / 1000).toFixed(1)} s after killing all; ${stats.assigned} assigned, ${stats.failed.length} failed with a reason; taken for nobody ${forNobody.length}; over max_vm_total ${audit.overTotal}; leaked ${diff.leaked.length}`,
     });
     takenForNobody = forNobody;
     overTotal = { count: audit.overTotal, problems: audit.problems.filter((p) => p.includes('max_vm_total')) };
