@@ -323,6 +323,13 @@ export const configSchema = z.strictObject({
       max_stalled_count: z.number().int().nonnegative().default(1),
     })
     .default({ lock_duration: 30, stalled_interval: 30, max_stalled_count: 1 }),
+  /** The audit trail of VM lifecycle events (src/pool/audit.ts); absent: its defaults. */
+  audit: z
+    .strictObject({
+      /** About how many events the trail keeps (older ones are trimmed); default 100000. */
+      max_events: z.number().int().min(1).optional(),
+    })
+    .optional(),
   web: webConfigSchema.default({ host: '127.0.0.1', port: 8080, read_only_board: false, allowed_hosts: [], auth: { tokens: [] } }),
   /** Without it, the embedded default's group (local provider), so a file may set one thing only. */
   groups: z

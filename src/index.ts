@@ -63,3 +63,5 @@ export { SpawnAborted } from './providers/types.js';
 export type { PrintedMachine } from './providers/types.js';
 export { SpawnSlotLost } from './pool/types.js';
 export type { SpawnAttemptStart } from './pool/types.js';
+export { auditEventTypes, DEFAULT_AUDIT_MAX_EVENTS } from './pool/audit.js';
+export type { AuditEvent, AuditEventType, AuditPage, AuditQuery } from './pool/audit.js';

@@ -5,6 +5,8 @@ export interface CliIo {
   env: NodeJS.ProcessEnv;
   /** The clock (epoch ms) for what the CLI computes itself, such as a schedule's next 24 hours. */
   now?: () => number;
+  /** Stops a command that runs until interrupted (`events --follow`); without it, SIGINT or SIGTERM does. */
+  signal?: AbortSignal;
 }
 
 export const defaultIo: CliIo = {

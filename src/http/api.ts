@@ -10,6 +10,7 @@ import { hasScope, mayActFor, requireScope } from './auth.js';
 import { HttpError } from './errors.js';
 import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
 import { openApiDocument } from './openapi.js';
+import { AUDIT_PAGE_MAX, isAuditCursor } from '../pool/audit.js';
 
 /**
  * The wait of a POST /acquire that names no timeoutMs: under the 60 s after which common proxies
@@ -251,6 +252,25 @@ export function apiRouter(deps: ApiDeps): Router {
 
   router.get('/vms/:name', requireScope('admin'), async (req, res) => {
     res.json(apiVm(config, await vmm.getVmRecord(vmNameParam(req))));
+  });
+
+  router.get('/events', requireScope('admin'), async (req, res) => {
+    const since = queryString(req, 'since');
+    const limitParam = queryString(req, 'limit');
+    const vm = queryString(req, 'vm');
+    const owner = queryString(req, 'owner');
+    for (const key of Object.keys(req.query)) {
+      if (!['since', 'limit', 'vm', 'owner'].includes(key)) throw new HttpError('validation_error', `unknown query parameter ${key}; known: since, limit, vm, owner`, { [key]: req.query[key] });
+    }
+    if (since !== undefined && !isAuditCursor(since)) {
+      throw new HttpError('validation_error', `since must be an event id (<ms>-<seq>, as next gives) or a time in epoch ms, not ${JSON.stringify(since)}`, { since });
+    }
+    const limit = limitParam === undefined ? 100 : Number(limitParam);
+    if (!/^\d+$/.test(limitParam ?? '1') || !Number.isInteger(limit) || limit < 1 || limit > AUDIT_PAGE_MAX) {
+      throw new HttpError('validation_error', `limit must be a whole number from 1 to ${AUDIT_PAGE_MAX}, not ${JSON.stringify(limitParam)}`, { limit: limitParam });
+    }
+    if (vm !== undefined && !isValidVmName(vm)) throw new HttpError('validation_error', `invalid VM name ${JSON.stringify(vm)}`, { vm });
+    res.json(await vmm.reader.auditEvents({ since, limit, vm, owner }));
   });
 
   router.get('/groups', requireScope('admin'), async (_req, res) => {

@@ -1,3 +1,4 @@
+import { AUDIT_PAGE_MAX, auditEventTypes } from '../pool/audit.js';
 import { ALL_VM_STATES } from '../pool/types.js';
 import { ErrorCodes } from './errors.js';
 
@@ -142,6 +143,32 @@ export const openApiDocument = {
           addedAt: { ...nullable('integer'), description: 'when the VM entered the pool, epoch ms' },
         },
       },
+      AuditEvent: {
+        type: 'object',
+        required: ['id', 'event', 'vm', 'time', 'group', 'owner', 'sandbox', 'task', 'lease', 'reason', 'details'],
+        properties: {
+          id: { type: 'string', description: 'stream entry id <ms>-<seq>: a cursor for since' },
+          event: { type: 'string', enum: [...auditEventTypes] },
+          vm: { type: 'string' },
+          time: { type: 'integer', description: 'epoch ms' },
+          group: nullable('integer'),
+          owner: nullable('string'),
+          sandbox: nullable('string'),
+          task: nullable('string'),
+          lease: nullable('string'),
+          reason: { ...nullable('string'), description: 'why: a termination reason, a hold reason' },
+          details: { type: 'object', additionalProperties: { type: 'string' }, description: 'by, until (held); worker (acquired); ip (spawned); check_fails; lease_expires_at (lease_renewed); action (lease_expired)' },
+        },
+      },
+      AuditPage: {
+        type: 'object',
+        required: ['events', 'next', 'more'],
+        properties: {
+          events: { type: 'array', items: { $ref: '#/components/schemas/AuditEvent' } },
+          next: { ...nullable('string'), description: 'pass as since for the next page (or later, for newer events)' },
+          more: { type: 'boolean', description: 'more events were there when read' },
+        },
+      },
       VmAction: { type: 'object', properties: { vm: { $ref: '#/components/schemas/Vm' } }, additionalProperties: true },
       Group: {
         type: 'object',
@@ -255,6 +282,20 @@ export const openApiDocument = {
         responses: { '200': json('Held', 'VmAction'), ...vmWriteResponses },
       },
       delete: { operationId: 'unholdVm', summary: 'End the hold', security: admin, parameters: [nameParam], responses: { '200': json('Unheld', 'VmAction'), ...vmWriteResponses } },
+    },
+    '/events': {
+      get: {
+        operationId: 'listEvents',
+        summary: 'The audit trail: VM lifecycle events, oldest first, one page',
+        security: admin,
+        parameters: [
+          { name: 'since', in: 'query', schema: { type: 'string', pattern: '^(\\d{1,20}-\\d{1,20}|\\d{1,16})$' }, description: 'events after this event id (exclusive; as next gives), or at or after this time (epoch ms)' },
+          { name: 'limit', in: 'query', schema: { type: 'integer', minimum: 1, maximum: AUDIT_PAGE_MAX, default: 100 } },
+          { name: 'vm', in: 'query', schema: { type: 'string' }, description: 'only this VM' },
+          { name: 'owner', in: 'query', schema: { type: 'string' }, description: 'only this owner' },
+        ],
+        responses: { '200': json('One page of events', 'AuditPage'), ...common },
+      },
     },
     '/groups': {
       get: {

@@ -74,6 +74,13 @@ export function poolKeys(prefix: string) {
     breaker: (group: number) => `${base}group:${group}:breaker`,
     /** Hash of acquire requests that arrived for the group, per minute: minute number (epoch ms / 60000) -> count. */
     arrivals: (group: number) => `${base}group:${group}:arrivals`,
+    /**
+     * The audit trail: a capped stream of every VM lifecycle event, written by the scripts that make
+     * the transitions (includes/audit.lua), so that it cannot disagree with the pool's state.
+     */
+    auditEvents: `${base}audit_events`,
+    /** How many events the audit trail keeps (about: MAXLEN ~); config audit.max_events, written by reconcile. */
+    auditMaxEvents: `${base}audit_max_events`,
     /** Pub/sub channel told (by the scripts) when a VM of the group may be acquirable. */
     readyChannel: (group: number) => `${base}ready:${group}`,
   };

@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import { AUDIT_PAGE_MAX, AUDIT_SCAN_MAX, auditEventFromEntry, auditRangeStart, type AuditEvent, type AuditPage, type AuditQuery } from './audit.js';
 import { poolKeys, type PoolKeys } from './keys.js';
 import { breakerFromHash, type BreakerState } from '../reconcile/breaker.js';
 import { ALL_VM_STATES, descriptorFromHash, recordFromHash, type LeasedVm, type VmDescriptor, type VmRecord, type VmState } from './types.js';
@@ -224,6 +225,39 @@ export class PoolReader {
       this.redis.smembers(this.keys.orphanUntagged(group)),
     ]);
     return { unknown, missing, untagged };
+  }
+
+  /**
+   * Events of the audit trail, oldest first, from `since` on, at most `limit`, of one VM or owner
+   * when asked. Looks at no more than AUDIT_SCAN_MAX entries per call (more says whether to go on).
+   */
+  async auditEvents(query: AuditQuery = {}): Promise<AuditPage> {
+    const limit = Math.min(Math.max(1, Math.floor(query.limit ?? 100)), AUDIT_PAGE_MAX);
+    const { vm, owner } = query;
+    const matches = (e: AuditEvent) => (!vm || e.vm === vm) && (!owner || e.owner === owner);
+    const batch = vm || owner ? Math.max(limit, 500) : limit;
+    let start = auditRangeStart(query.since);
+    let next: string | null = query.since === undefined || query.since === null || query.since === '' ? null : String(query.since);
+    const events: AuditEvent[] = [];
+    let scanned = 0;
+    for (;;) {
+      const entries = (await this.redis.xrange(this.keys.auditEvents, start, '+', 'COUNT', batch)) as [string, string[]][];
+      for (const [id, flat] of entries) {
+        next = id;
+        scanned += 1;
+        const event = auditEventFromEntry(id, flat);
+        if (matches(event)) events.push(event);
+        if (events.length === limit) return { events, next, more: true };
+      }
+      if (entries.length < batch) return { events, next, more: false };
+      if (scanned >= AUDIT_SCAN_MAX) return { events, next, more: true };
+      start = `(${next}`;
+    }
+  }
+
+  /** The number of events the audit trail holds now. */
+  async auditLength(): Promise<number> {
+    return this.redis.xlen(this.keys.auditEvents);
   }
 
   private async numbers(pipeline: ReturnType<Redis['pipeline']>): Promise<number[]> {

@@ -159,9 +159,9 @@ export class PoolScripts {
     });
   }
 
-  /** True when the VM moved to terminating, false when its state refused (allowedPreState '' for any). */
-  async startVmTermination(vmName: string, allowedPreState: string, now: number): Promise<boolean> {
-    return this.acted('startVmTermination', vmName, [allowedPreState, now], ReplyCodes.WRONG_STATE);
+  /** True when the VM moved to terminating, false when its state refused (allowedPreState '' for any). The reason goes to the audit trail. */
+  async startVmTermination(vmName: string, allowedPreState: string, now: number, reason = ''): Promise<boolean> {
+    return this.acted('startVmTermination', vmName, [allowedPreState, now, reason], ReplyCodes.WRONG_STATE);
   }
 
   /** Deletes a terminating VM's record. Throws VmError when the VM is not terminating. */

@@ -348,7 +348,7 @@ export class VmManager {
       throw new InvalidVmRequest(`unknown VM state ${JSON.stringify(allowedPreState)}`);
     }
     const now = this.clock();
-    if (!(await this.scripts.startVmTermination(vmName, allowedPreState ?? '', now))) return false;
+    if (!(await this.scripts.startVmTermination(vmName, allowedPreState ?? '', now, reason))) return false;
     await this.enqueueTermination(vmName, now, reason);
     return true;
   }
@@ -431,6 +431,16 @@ export class VmManager {
   /** Records the server start: VMs checked before it are not handed out until checked again. */
   async markServerStart(): Promise<void> {
     await this.scripts.markServerStart(this.clock());
+  }
+
+  /**
+   * Tells the scripts how many events the audit trail keeps (config audit.max_events; without it,
+   * their default). Reconcile writes it every cycle, so it comes back after Redis lost its data.
+   */
+  async writeAuditRetention(): Promise<void> {
+    const max = this.config.audit?.max_events;
+    if (max === undefined) await this.redis.del(this.keys.auditMaxEvents);
+    else await this.redis.set(this.keys.auditMaxEvents, String(max));
   }
 
   async getServerStart(): Promise<number | null> {

@@ -17,6 +17,7 @@ export async function processReconcileJob(job: Job, ctx: JobContext): Promise<Cy
     provider: (group) => ctx.provider(group),
     cycleLockTtlMs: reconcileLockMs(ctx.config),
   });
+  await ctx.vmm.writeAuditRetention();
   const report = await master.doCycle();
   if (!report.ran) await job.log('another reconcile cycle held the lock; nothing done');
   return report;

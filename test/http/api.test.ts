@@ -269,6 +269,7 @@ describe('HTTP API', () => {
         'DELETE /groups/{group}/breaker',
         'POST /groups/{group}/drain',
         'DELETE /groups/{group}/drain',
+        'GET /events',
         'GET /openapi.json',
       ].sort(),
     );

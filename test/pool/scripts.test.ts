@@ -52,6 +52,8 @@ const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
   waiters: [3],
   waiterInfo: [],
   acquireCancel: ['000001700000000|acquire-42%3Ax'],
+  auditEvents: [],
+  auditMaxEvents: [],
   readyChannel: [3],
   spawning: [3],
   spawnRecord: ['g3-1700000000000-0a1b2c3d'],

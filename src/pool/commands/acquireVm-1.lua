@@ -59,6 +59,7 @@ local WAITERS_SCANNED = 200
 --- @include "includes/setVmState"
 --- @include "includes/leaveLines"
 --- @include "includes/taskOwner"
+--- @include "includes/audit"
 
 local function groupArg(i, field)
   return ARGV[14 + i * 3 + field]
@@ -117,6 +118,7 @@ if taskId ~= '' then
   local held = heldVmOfTask(base, taskId)
   if held then
     leaveLinesIfWaiting()
+    recordEvent(base, 'reattached', held)
     return {REATTACHED, redis.call('HGETALL', vmKey(base, held))}
   end
   redis.call('DEL', taskKey(base, taskId))
@@ -229,6 +231,7 @@ for i = 0, groupCount - 1 do
     redis.call('HSET', key, 'lease_id', leaseId, 'lease_timeout_ms', leaseMs, 'lease_expires_at', expiresAt)
     redis.call('ZADD', leasesKey(base), expiresAt, name)
     leaveLinesIfWaiting()
+    recordEvent(base, 'acquired', name, {'worker', workerId})
     return {OK, redis.call('HGETALL', key)}
   end
 end

@@ -23,6 +23,7 @@ local name, ip, group, now, spawnId, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], A
 local spawnStartedAt = ARGV[7] or ''
 --- @include "includes/replyCodes"
 --- @include "includes/setVmState"
+--- @include "includes/audit"
 
 local key = vmKey(base, name)
 if redis.call('EXISTS', key) == 1 then
@@ -44,4 +45,5 @@ if spawnStartedAt ~= '' then
   redis.call('HSET', key, 'spawn_started_at', spawnStartedAt)
 end
 setVmState(base, name, 'got_ip')
+recordEvent(base, 'spawned', name, {'ip', ip})
 return OK

@@ -25,6 +25,7 @@ local now, limit, groupCount = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(AR
 --- @include "includes/releaseVm"
 --- @include "includes/startCheck"
 --- @include "includes/startTermination"
+--- @include "includes/audit"
 
 local policy = {}
 for i = 0, groupCount - 1 do
@@ -39,6 +40,7 @@ for _, name in ipairs(names) do
   if vm[1] ~= 'in_use' or not vm[3] then
     redis.call('ZREM', leasesKey(base), name)
   elseif tonumber(vm[3]) <= now then
+    recordEvent(base, 'lease_expired', name, {'action', policy[vm[2]] == 'release' and 'release' or 'terminate'})
     if policy[vm[2]] == 'release' then
       endBuild(base, name, now)
       setVmState(base, name, 'check_health')
@@ -47,7 +49,7 @@ for _, name in ipairs(names) do
       table.insert(out, name)
       table.insert(out, 'release')
     else
-      startTermination(base, name, now)
+      startTermination(base, name, now, 'lease_expired')
       table.insert(out, name)
       table.insert(out, 'terminate')
     end

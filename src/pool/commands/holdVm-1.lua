@@ -21,6 +21,7 @@ local base = KEYS[1]
 local name, by, now, heldUntil, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 --- @include "includes/replyCodes"
 --- @include "includes/setVmState"
+--- @include "includes/audit"
 
 local key = vmKey(base, name)
 local vm = redis.call('HMGET', key, 'state', 'group', 'owner', 'sandbox', 'held_by')
@@ -45,4 +46,5 @@ end
 if state == 'ready' then
   removeFromReadyIndex(base, name, group, owner, sandbox)
 end
+recordEvent(base, 'held', name, {'by', by, 'reason', reason, 'until', heldUntil})
 return OK

@@ -14,6 +14,7 @@ local base = KEYS[1]
 local name = ARGV[1]
 --- @include "includes/replyCodes"
 --- @include "includes/setVmState"
+--- @include "includes/audit"
 
 local state = redis.call('HGET', vmKey(base, name), 'state')
 if not state then
@@ -23,4 +24,5 @@ if state ~= 'check_health' then
   return WRONG_STATE
 end
 setVmState(base, name, 'check_health_failed')
+recordEvent(base, 'check_failed', name, {'reason', 'the check never reported back'})
 return OK

@@ -56,6 +56,7 @@ if ok then
   redis.call('HSET', key, 'check_fails', 0)
   if state == 'check_health' then
     setVmState(base, name, 'ready')
+    recordEvent(base, 'ready', name)
     local spawnStartedAt = tonumber(redis.call('HGET', key, 'spawn_started_at'))
     if spawnStartedAt then
       redis.call('HDEL', key, 'spawn_started_at')
@@ -68,11 +69,12 @@ if state ~= 'check_health' and state ~= 'in_use' and state ~= 'check_health_fail
   return {WRONG_STATE, redis.call('HGETALL', key)}
 end
 local fails = redis.call('HINCRBY', key, 'check_fails', 1)
+recordEvent(base, 'check_failed', name, {'check_fails', fails})
 if state == 'check_health' then
   setVmState(base, name, 'check_health_failed')
 end
 if fails > maxFails then
-  startTermination(base, name, now)
+  startTermination(base, name, now, 'health_check_failed')
   return {TERMINATING, redis.call('HGETALL', key)}
 end
 return {CHECK_FAILED, redis.call('HGETALL', key)}

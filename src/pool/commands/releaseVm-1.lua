@@ -20,6 +20,7 @@ local base = KEYS[1]
 local name, now, leaseId = ARGV[1], ARGV[2], ARGV[3] or ''
 --- @include "includes/replyCodes"
 --- @include "includes/releaseVm"
+--- @include "includes/audit"
 
 local vm = redis.call('HMGET', vmKey(base, name), 'state', 'lease_id')
 if not vm[1] then
@@ -31,5 +32,6 @@ end
 if leaseId ~= '' and vm[2] ~= leaseId then
   return LEASE_MISMATCH
 end
+recordEvent(base, 'released', name)
 releaseInUseVm(base, name, now)
 return OK

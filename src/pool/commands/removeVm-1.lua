@@ -13,6 +13,7 @@ local base = KEYS[1]
 local name = ARGV[1]
 --- @include "includes/replyCodes"
 --- @include "includes/setVmState"
+--- @include "includes/audit"
 
 local key = vmKey(base, name)
 local vm = redis.call('HMGET', key, 'state', 'group', 'vm_ip', 'owner', 'task_id')
@@ -23,6 +24,7 @@ end
 if state ~= 'terminating' then
   return WRONG_STATE
 end
+recordEvent(base, 'removed', name)
 redis.call('SREM', stateKey(base, group, state), name)
 redis.call('SREM', allVmsKey(base), name)
 if ip then

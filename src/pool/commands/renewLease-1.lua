@@ -16,7 +16,7 @@
 local base = KEYS[1]
 local name, leaseId, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 --- @include "includes/replyCodes"
---- @include "includes/poolKeys"
+--- @include "includes/audit"
 
 local key = vmKey(base, name)
 local vm = redis.call('HMGET', key, 'state', 'lease_id', 'lease_timeout_ms')
@@ -32,4 +32,5 @@ end
 local expiresAt = now + (tonumber(vm[3]) or 0)
 redis.call('HSET', key, 'lease_expires_at', expiresAt)
 redis.call('ZADD', leasesKey(base), expiresAt, name)
+recordEvent(base, 'lease_renewed', name, {'lease_expires_at', expiresAt})
 return {OK, tostring(expiresAt)}

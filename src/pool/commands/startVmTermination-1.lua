@@ -10,13 +10,14 @@
     ARGV[1] VM name
     ARGV[2] allowed pre-state ('' for any)
     ARGV[3] now (epoch ms)
+    ARGV[4] why (a termination reason, for the audit trail; '' or absent: other)
   Output:
     OK           moved to terminating
     WRONG_STATE  refused by the state rule (nothing changed)
     NOT_FOUND    no such VM
 ]]
 local base = KEYS[1]
-local name, allowed, now = ARGV[1], ARGV[2], ARGV[3]
+local name, allowed, now, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4] or ''
 --- @include "includes/replyCodes"
 --- @include "includes/startTermination"
 
@@ -30,5 +31,5 @@ end
 if allowed == '' and state == 'terminating' then
   return WRONG_STATE
 end
-startTermination(base, name, now)
+startTermination(base, name, now, reason ~= '' and reason or 'other')
 return OK

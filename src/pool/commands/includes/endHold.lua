@@ -4,7 +4,9 @@
   scored by its last health check, and its group's waiters are told.
   Needs: poolKeys, setVmState (addToReadyIndex).
 ]]
+--- @include "includes/audit"
 local function endHold(base, name, state, group, owner, sandbox, lastHealthCheck)
+  recordEvent(base, 'unheld', name)
   redis.call('HDEL', vmKey(base, name), 'held_by', 'held_since', 'held_until', 'hold_reason')
   redis.call('ZREM', holdsExpiringKey(base), name)
   if state == 'ready' then

@@ -119,6 +119,16 @@ local function spawnRecordKey(base, spawnId)
   return base .. 'spawn:' .. spawnId
 end
 
+-- The audit trail: a capped stream of every VM lifecycle event (includes/audit.lua).
+local function auditEventsKey(base)
+  return base .. 'audit_events'
+end
+
+-- How many events the audit trail keeps (about), when set (config audit.max_events).
+local function auditMaxEventsKey(base)
+  return base .. 'audit_max_events'
+end
+
 -- Pub/sub channel told when a VM of the group may be acquirable.
 local function readyChannel(base, group)
   return base .. 'ready:' .. group
