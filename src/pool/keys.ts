@@ -54,6 +54,12 @@ export function poolKeys(prefix: string) {
     orphanUnknown: (group: number) => `${base}group:${group}:orphan_unknown`,
     /** Hash of the group's pool VMs missing from the provider's last list: name -> first missed (epoch ms). */
     orphanMissing: (group: number) => `${base}group:${group}:orphan_missing`,
+    /**
+     * Hash of the pool's state marker (src/runtime/poolStateWatch.ts): generation (a random id, new
+     * after each recovery), epoch (bumped by every process's check, never lower after a recovery),
+     * run_id (the Redis run the state was verified on), recovered_at, sweep_generation.
+     */
+    poolState: `${base}pool_state`,
     /** The reconcile cycle lock (src/reconcile/cycleLock.ts): one cycle at a time across replicas. */
     reconcileLock: `${base}reconcile_lock`,
     /** Pub/sub channel told (by the scripts) when a VM of the group may be acquirable. */

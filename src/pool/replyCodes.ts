@@ -17,6 +17,8 @@ export const ReplyCodes = {
   CHECK_FAILED: 3,
   /** recordHealthCheckResult: the failed check was one too many; the VM moved to terminating. */
   TERMINATING: 4,
+  /** checkPoolState: the pool had no state marker and the caller knew none: one was created. */
+  CREATED: 5,
 
   /** No such VM. */
   NOT_FOUND: -1,
@@ -40,6 +42,14 @@ export const ReplyCodes = {
   LOCK_NOT_HELD: -10,
   /** acquireVm: the waiting request was withdrawn (cancelAcquire); it left the line and gets no VM. */
   CANCELLED: -11,
+  /** checkPoolState: the state marker is gone while the caller knew one (Redis lost its data). */
+  POOL_LOST: -12,
+  /** checkPoolState, verifyPoolState, recoverPool: the marker has another generation than the caller's (another process recovered). */
+  POOL_CHANGED: -13,
+  /** checkPoolState: the marker was verified on another Redis run (a restart or a failover since): not proven current. */
+  POOL_RESTARTED: -14,
+  /** checkPoolState: the marker's epoch is below the one the caller saw (Redis went back in time). */
+  POOL_REGRESSED: -15,
 } as const;
 
 export type ReplyCodeName = keyof typeof ReplyCodes;
