@@ -83,8 +83,13 @@ async function settled(): Promise<boolean> {
   return JSON.stringify(machines) === JSON.stringify(vms.map((v) => v.vmName).sort());
 }
 
+/** Ready VMs bound to no owner: what a new builder is given. */
+async function readyClean(): Promise<string[]> {
+  return (await vmm.getVmsByGroupAndStates(0, [VmStates.READY])).filter((v) => v.boundToUser === null).map((v) => v.vmName);
+}
+
 async function readyCount(): Promise<number> {
-  return (await vmm.getVmsByGroupAndStates(0, [VmStates.READY])).length;
+  return (await readyClean()).length;
 }
 
 /** The lease is gone and renew says why: LeaseLost, reason state_lost. */
@@ -221,7 +226,7 @@ describe('self-healing after Redis loses data (real worker processes, private re
     await until(async () => (await readyCount()) >= 2 && (await settled()), 60_000, 'a settled warm pool');
     const atSnapshot = await acquire();
     await until(async () => (await readyCount()) >= 2 && (await vmm.getSpawnsInFlight(0)).length === 0 && (await settled()), 30_000, 'the warm pool refilled');
-    const readyAtSnapshot = new Set((await vmm.getVmsByGroupAndStates(0, [VmStates.READY])).map((v) => v.vmName));
+    const readyAtSnapshot = new Set(await readyClean());
     // The snapshot goes where the restart below reads it, whichever persistence runs now.
     await run('redis-cli', ['-p', String(port), 'CONFIG', 'SET', 'dir', dirs.rdb]);
     await run('redis-cli', ['-p', String(port), 'SAVE']);
