@@ -41,7 +41,11 @@ const workers: WorkerProcess[] = [];
 const figures: Record<string, Record<string, number | string>> = {};
 let builders = 0;
 
+/** The dir of the running redis-server, where SAVE writes dump.rdb. */
+let redisDir: string;
+
 async function startRedis(args: string[]): Promise<void> {
+  redisDir = args[args.indexOf('--dir') + 1]!;
   const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', ...args], { stdio: 'ignore' });
   server = child;
   await waitFor(async () => {
@@ -227,8 +231,6 @@ describe('self-healing after Redis loses data (real worker processes, private re
     const atSnapshot = await acquire();
     await until(async () => (await readyCount()) >= 2 && (await vmm.getSpawnsInFlight(0)).length === 0 && (await settled()), 30_000, 'the warm pool refilled');
     const readyAtSnapshot = new Set(await readyClean());
-    // The snapshot goes where the restart below reads it, whichever persistence runs now.
-    await run('redis-cli', ['-p', String(port), 'CONFIG', 'SET', 'dir', dirs.rdb]);
     await run('redis-cli', ['-p', String(port), 'SAVE']);
     // After the snapshot: the first builder is done, two more take the VMs that the snapshot has as
     // ready. The snapshot knows none of this: restored, those VMs look free.
@@ -242,7 +244,8 @@ describe('self-healing after Redis loses data (real worker processes, private re
     await run('redis-cli', ['-p', String(port), 'SHUTDOWN', 'NOSAVE']).catch(() => undefined);
     await new Promise<void>((res) => (server!.exitCode !== null ? res() : server!.once('exit', () => res())));
     const faultAt = Date.now();
-    await startRedis(RDB_ARGS);
+    // Without AOF, in the same dir: the server loads the snapshot (whichever persistence ran before).
+    await startRedis(['--appendonly', 'no', '--save', '', '--dir', redisDir]);
     const upAt = Date.now();
     // Builders ask at once, racing the recovery: each must get a VM nobody holds.
     let acquireMs: number | undefined;
