@@ -16,6 +16,8 @@ export const terminationReasons = [
   'spawn_failed',
   'orphan',
   'provider_lost',
+  // Redis lost or rolled back the pool's state: the VM's record could not be proven current.
+  'state_lost',
   'operator',
   'other',
 ] as const;

@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { Config } from './config.js';
 import type { Logger } from './logger.js';
+import type { RedisPersistence } from './pool/stateLoss.js';
 
 /**
  * Redis settings that decide whether vmpool's state survives a Redis restart or memory pressure.
@@ -25,6 +26,20 @@ async function configGet(redis: Redis, name: string): Promise<string | null> {
   } catch {
     return null;
   }
+}
+
+/**
+ * Redis's persistence as it runs now, for the pool state watch (src/pool/stateLoss.ts provesNoLoss):
+ * null for what the server does not show.
+ */
+export async function readPersistence(redis: Redis): Promise<RedisPersistence> {
+  const [appendonly, appendfsync, replication] = await Promise.all([
+    configGet(redis, 'appendonly'),
+    configGet(redis, 'appendfsync'),
+    redis.info('replication').catch(() => ''),
+  ]);
+  const offset = /second_repl_offset:(-?\d+)/.exec(replication)?.[1];
+  return { appendonly, appendfsync, promoted: offset === undefined ? null : offset !== '-1' };
 }
 
 /** Reads Redis's settings and returns what is unsafe for vmpool (empty when all is well). */

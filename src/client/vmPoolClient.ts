@@ -301,8 +301,25 @@ export class VmPoolClient {
    * is no longer held (expired and reclaimed, released), VmDescriptorNotFound when the VM is gone.
    */
   async renew(assignment: VmAssignment): Promise<VmAssignment> {
-    const leaseExpiresAt = await this.scripts.renewLease(assignment.vmName, assignment.leaseId, this.clock());
-    return { ...assignment, leaseExpiresAt };
+    try {
+      const leaseExpiresAt = await this.scripts.renewLease(assignment.vmName, assignment.leaseId, this.clock());
+      return { ...assignment, leaseExpiresAt };
+    } catch (err) {
+      if (err instanceof LeaseLost || err instanceof VmDescriptorNotFound) throw (await this.lostWithState(assignment)) ?? err;
+      throw err;
+    }
+  }
+
+  /**
+   * LeaseLost (state_lost) when the pool recovered from a loss of its state in Redis while the
+   * lease was held (after the request, before its expiry): the lease went with it, and the error
+   * says so. Null otherwise.
+   */
+  private async lostWithState(assignment: VmAssignment): Promise<LeaseLost | null> {
+    const marker = await this.reader.poolState().catch(() => null);
+    const at = marker?.recoveredAt;
+    if (at == null || at < (assignment.requestedAt ?? 0) || at > assignment.leaseExpiresAt) return null;
+    return new LeaseLost(assignment.vmName, assignment.leaseId, 'state_lost', at);
   }
 
   /**
@@ -317,6 +334,11 @@ export class VmPoolClient {
     } catch (err) {
       if (!(err instanceof LeaseLost || err instanceof VmDescriptorNotFound)) throw err;
       refusal = err instanceof LeaseLost ? err.reason : 'not_found';
+    }
+    const lost = await this.lostWithState(assignment);
+    if (lost) {
+      this.logger.warn({ vmName: assignment.vmName, leaseId: assignment.leaseId, refusal: lost.reason }, `release refused: ${lost.message}`);
+      return false;
     }
     this.logger.warn({ vmName: assignment.vmName, leaseId: assignment.leaseId, refusal }, 'release refused: the lease is no longer held');
     return false;

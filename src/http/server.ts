@@ -4,6 +4,7 @@ import { ExitCodes } from '../cli/exitCodes.js';
 import type { Config } from '../config.js';
 import { createLogger, type Logger } from '../logger.js';
 import { VmManager, type Clock } from '../pool/vmManager.js';
+import { PoolStateWatch, poolStateCheckMs } from '../runtime/poolStateWatch.js';
 import { createProducerConnection } from '../redis.js';
 import { stopOnSignals } from '../runtime/boot.js';
 import { exitFatal, prepareProcess, requireRedis, requireSafeRedis } from '../runtime/main.js';
@@ -95,7 +96,11 @@ export async function startWebServer(config: Config, options: WebServerOptions =
   };
   const app = createWebApp({ config, vmm, logger, queue, acquire, poolPageRefreshMs: options.poolPageRefreshMs });
   const server = createServer(app);
+  // The web process watches the pool's state too: any process may be the first to see a loss.
+  const poolState = new PoolStateWatch({ vmm, redis: connection, logger, intervalMs: poolStateCheckMs(config) });
+  poolState.start();
   const closeConnections = async () => {
+    await poolState.stop();
     await client.close();
     await vmm.close();
     await connection.quit().catch(() => connection.disconnect());

@@ -66,6 +66,12 @@ export function poolKeys(prefix: string) {
     history: (group: number) => `${base}group:${group}:history`,
     /** JSON AcquireWaitMark: the acquire wait histogram at the last history sample. */
     historyAcquire: `${base}history_acquire`,
+    /**
+     * Hash of the pool's state marker (src/runtime/poolStateWatch.ts): generation (a random id, new
+     * after each recovery), epoch (bumped by every process's check, never lower after a recovery),
+     * run_id (the Redis run the state was verified on), recovered_at, sweep_generation.
+     */
+    poolState: `${base}pool_state`,
     /** The reconcile cycle lock (src/reconcile/cycleLock.ts): one cycle at a time across replicas. */
     reconcileLock: `${base}reconcile_lock`,
     /** Hash of the group's spawn-to-ready time: ema_ms (exponential moving average), samples (recordHealthCheckResult-1.lua). */

@@ -18,6 +18,20 @@ export interface OrphanPassState {
   untagged: string[];
 }
 
+/** The pool's state marker as stored (keys.ts poolState). */
+export interface PoolStateMarker {
+  generation: string;
+  epoch: number;
+  /** The Redis run id the state was verified on (null where INFO is not allowed). */
+  runId: string | null;
+  /** When the pool last recovered from a loss of its state (epoch ms), or null. */
+  recoveredAt: number | null;
+  /** The generation whose recovery still owes reconcile a sweep of the providers' machines, or null. */
+  sweepGeneration: string | null;
+  /** Per group id, the generation whose sweep reconcile finished in that group. */
+  swept: Record<number, string>;
+}
+
 /**
  * The pool's read model: every read of the pool's Redis keys that is not a script, for VmManager and
  * for those who have only a connection and a prefix (VmPoolClient). Reads never change the pool.
@@ -172,6 +186,24 @@ export class PoolReader {
   /** Place of the last server start in the check sequence, or null before the first. */
   async serverStartSeq(): Promise<number | null> {
     return numberOrNull(await this.redis.get(this.keys.serverStartSeq));
+  }
+
+  /** The pool's state marker (src/runtime/poolStateWatch.ts), or null when the pool has none. */
+  async poolState(): Promise<PoolStateMarker | null> {
+    const h = await this.redis.hgetall(this.keys.poolState);
+    if (!h.generation) return null;
+    return {
+      generation: h.generation,
+      epoch: Number(h.epoch ?? 0),
+      runId: h.run_id ?? null,
+      recoveredAt: numberOrNull(h.recovered_at ?? null),
+      sweepGeneration: h.sweep_generation ?? null,
+      swept: Object.fromEntries(
+        Object.entries(h)
+          .filter(([field]) => field.startsWith('swept:'))
+          .map(([field, generation]) => [Number(field.slice('swept:'.length)), generation]),
+      ),
+    };
   }
 
   /** Job ids of the acquire requests waiting in the group's line whose deadline is after `now`, at most `limit`. */

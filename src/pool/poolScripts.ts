@@ -45,6 +45,24 @@ function unexpected(script: ScriptName, reply: unknown): Error {
   return new Error(`${script}: unexpected reply ${replyCodeName(code)}`);
 }
 
+/** What a process saw of the pool's state marker: its generation and the highest epoch. */
+export interface PoolStateSeen {
+  generation: string;
+  epoch: number;
+}
+
+/** checkPoolState's answer (see its script header for each status). */
+export type PoolStateCheck = { status: 'lost' } | ({ status: 'ok' | 'created' | 'restarted' | 'changed' | 'regressed' } & PoolStateSeen);
+
+const poolStateStatuses = new Map<unknown, PoolStateCheck['status']>([
+  [ReplyCodes.OK, 'ok'],
+  [ReplyCodes.CREATED, 'created'],
+  [ReplyCodes.POOL_LOST, 'lost'],
+  [ReplyCodes.POOL_RESTARTED, 'restarted'],
+  [ReplyCodes.POOL_CHANGED, 'changed'],
+  [ReplyCodes.POOL_REGRESSED, 'regressed'],
+]);
+
 const healthOutcomes = new Map<unknown, HealthCheckOutcome>([
   [ReplyCodes.OK, 'ok'],
   [ReplyCodes.CHECK_FAILED, 'failed'],
@@ -285,6 +303,38 @@ export class PoolScripts {
    */
   async cancelAcquire(waiter: Pick<AcquireWaiter, 'member' | 'jobId'>, reason: string, keepMs: number): Promise<number> {
     return Number(await this.call('cancelAcquire', [waiter.member, waiter.jobId, reason, keepMs]));
+  }
+
+  /**
+   * A process's check of the pool's state marker (checkPoolState-1.lua): `known` is what it saw
+   * last (generation '' and epoch 0 when nothing), `newGeneration` names a marker created now.
+   */
+  async checkPoolState(known: PoolStateSeen, newGeneration: string, now: number): Promise<PoolStateCheck> {
+    const reply = (await this.call('checkPoolState', [known.generation, known.epoch, newGeneration, now])) as [number, string?, string?];
+    const status = poolStateStatuses.get(reply[0]);
+    if (!status) throw unexpected('checkPoolState', reply);
+    if (status === 'lost') return { status };
+    return { status, generation: String(reply[1]), epoch: Number(reply[2]) };
+  }
+
+  /** Accepts the state as current on this Redis run (verifyPoolState-1.lua); null when the marker changed meanwhile. */
+  async verifyPoolState(seen: PoolStateSeen, groupCount: number): Promise<PoolStateSeen | null> {
+    const reply = (await this.call('verifyPoolState', [seen.generation, seen.epoch, groupCount])) as [number, string?, string?];
+    if (reply[0] === ReplyCodes.POOL_CHANGED) return null;
+    if (reply[0] !== ReplyCodes.OK) throw unexpected('verifyPoolState', reply);
+    return { generation: String(reply[1]), epoch: Number(reply[2]) };
+  }
+
+  /**
+   * Recovers from a loss (recoverPool-1.lua): `seen` is the marker as the caller saw it (null when
+   * there was none). Returns the VMs moved to terminating, or null when the marker changed meanwhile.
+   */
+  async recoverPool(seen: PoolStateSeen | null, next: PoolStateSeen, now: number, groupCount: number): Promise<string[] | null> {
+    const args = [seen?.generation ?? '', seen ? String(seen.epoch) : '', next.generation, next.epoch, now, groupCount];
+    const reply = (await this.call('recoverPool', args)) as [number, string[]?];
+    if (reply[0] === ReplyCodes.POOL_CHANGED) return null;
+    if (reply[0] !== ReplyCodes.OK) throw unexpected('recoverPool', reply);
+    return reply[1] ?? [];
   }
 
   /** Applies on_lease_expiry (by group id) to at most `batch` lapsed leases. */

@@ -19,6 +19,8 @@ export const ReplyCodes = {
   TERMINATING: 4,
   /** recordSpawnOutcome: the failure opened the group's circuit breaker. */
   OPENED: 5,
+  /** checkPoolState: the pool had no state marker and the caller knew none: one was created. */
+  CREATED: 6,
 
   /** No such VM. */
   NOT_FOUND: -1,
@@ -52,6 +54,14 @@ export const ReplyCodes = {
    * spawns in flight (it finished, or reconcile dropped it as stale), so it must not add a VM.
    */
   NO_SPAWN_SLOT: -13,
+  /** checkPoolState: the state marker is gone while the caller knew one (Redis lost its data). */
+  POOL_LOST: -14,
+  /** checkPoolState, verifyPoolState, recoverPool: the marker has another generation than the caller's (another process recovered). */
+  POOL_CHANGED: -15,
+  /** checkPoolState: the marker was verified on another Redis run (a restart or a failover since): not proven current. */
+  POOL_RESTARTED: -16,
+  /** checkPoolState: the marker's epoch is below the one the caller saw (Redis went back in time). */
+  POOL_REGRESSED: -17,
 } as const;
 
 export type ReplyCodeName = keyof typeof ReplyCodes;

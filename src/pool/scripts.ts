@@ -17,6 +17,7 @@ export const POOL_SCRIPTS = {
   acquireVm: 1,
   addVm: 1,
   cancelAcquire: 1,
+  checkPoolState: 1,
   claimTask: 1,
   expireHolds: 1,
   expireLeases: 1,
@@ -25,6 +26,7 @@ export const POOL_SCRIPTS = {
   leaveAcquireLine: 1,
   markServerStart: 1,
   markVmCheckFailed: 1,
+  recoverPool: 1,
   recordHealthCheckResult: 1,
   recordSpawnMachine: 1,
   recordSpawnOutcome: 1,
@@ -35,6 +37,7 @@ export const POOL_SCRIPTS = {
   startVmCheck: 1,
   startVmTermination: 1,
   unholdVm: 1,
+  verifyPoolState: 1,
 } as const satisfies Record<string, number>;
 
 export type ScriptName = keyof typeof POOL_SCRIPTS;

@@ -108,12 +108,18 @@ export class LeaseLost extends VmError {
   constructor(
     readonly vmName: string,
     readonly leaseId: string,
-    readonly reason: 'not_in_use' | 'lease_mismatch',
+    /** state_lost: Redis lost or rolled back the pool's state since the lease was granted (recoveredAt). */
+    readonly reason: 'not_in_use' | 'lease_mismatch' | 'state_lost',
+    readonly recoveredAt?: number,
   ) {
     super(
       reason === 'lease_mismatch'
         ? `VM ${JSON.stringify(vmName)} is in use under another lease than ${JSON.stringify(leaseId)}`
-        : `VM ${JSON.stringify(vmName)} is not in use; lease ${JSON.stringify(leaseId)} is gone`,
+        : reason === 'state_lost'
+          ? `lease ${JSON.stringify(leaseId)} on VM ${JSON.stringify(vmName)} is gone: Redis lost or rolled back the pool's state` +
+            `${recoveredAt ? ` (recovered at ${new Date(recoveredAt).toISOString()})` : ''}, so every VM whose state could not be proven, this one too, ` +
+            'was terminated rather than risk handing it to another build; stop using the VM and acquire a new one'
+          : `VM ${JSON.stringify(vmName)} is not in use; lease ${JSON.stringify(leaseId)} is gone`,
     );
     this.name = 'LeaseLost';
   }

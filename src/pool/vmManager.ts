@@ -16,7 +16,7 @@ import { QueueSet } from '../../queues/queueSet.js';
 import type { AcquireRequestData } from '../../queues/acquire.js';
 import { poolKeys, type PoolKeys } from './keys.js';
 import { PoolReader, type SpawnInFlight } from './poolReader.js';
-import { PoolScripts } from './poolScripts.js';
+import { PoolScripts, type PoolStateCheck, type PoolStateSeen } from './poolScripts.js';
 import { formatPoolInfo } from './info.js';
 import { arrivalRateFromBuckets, type TargetWaitMeasure } from '../reconcile/targetWait.js';
 import { breakerPolicy, needsOperator } from '../reconcile/breaker.js';
@@ -426,6 +426,39 @@ export class VmManager {
 
   async markVmCheckFailed(vmName: string): Promise<boolean> {
     return this.scripts.markVmCheckFailed(vmName);
+  }
+
+  /**
+   * Checks the pool's state marker against what this process saw last (src/runtime/poolStateWatch.ts
+   * decides what to do with the answer): one script call, cheap enough for every heartbeat.
+   */
+  async checkPoolState(known: PoolStateSeen): Promise<PoolStateCheck> {
+    return this.scripts.checkPoolState(known, randomUUID(), this.clock());
+  }
+
+  /** Accepts the state as current on this Redis run; null when the marker changed since `seen`. */
+  async verifyPoolState(seen: PoolStateSeen): Promise<PoolStateSeen | null> {
+    return this.scripts.verifyPoolState(seen, this.config.groups.length);
+  }
+
+  /**
+   * Recovers from a loss of the pool's state (recoverPool-1.lua): a new marker `next`, the server
+   * start marked again, and every VM not already terminating terminated (reason state_lost), so
+   * that no VM a builder held is handed to another. `seen` is the marker as the caller saw it (null
+   * when there was none). Returns the VMs terminated, or null when another process recovered first.
+   */
+  async recoverPool(seen: PoolStateSeen | null, next: PoolStateSeen): Promise<string[] | null> {
+    const now = this.clock();
+    const terminated = await this.scripts.recoverPool(seen, next, now, this.config.groups.length);
+    if (terminated === null) return null;
+    for (const vmName of terminated) await this.enqueueTermination(vmName, now, 'state_lost');
+    return terminated;
+  }
+
+  /** Records that reconcile swept the group's machines after the recovery of `generation` (VmMaster.sweepAfterLoss). */
+  async markLossSwept(group: number, generation: string): Promise<void> {
+    this.groupConfig(group);
+    await this.redis.hset(this.keys.poolState, `swept:${group}`, generation);
   }
 
   /** Records the server start: VMs checked before it are not handed out until checked again. */

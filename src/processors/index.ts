@@ -6,7 +6,7 @@
 import type { ProcessTypeRegistry } from '../runtime/boot.js';
 import { acquireProcessor, stopAcquireWaits } from './acquire.js';
 import { healthProcessor } from './health.js';
-import { prepareReconcile, reconcileProcessor } from './reconcile.js';
+import { afterPoolStateEvent, prepareReconcile, reconcileProcessor } from './reconcile.js';
 import { spawnProcessor, stopSpawns } from './spawn.js';
 import { terminateProcessor } from './terminate.js';
 
@@ -19,7 +19,7 @@ export const processTypeSpecs: ProcessTypeRegistry<WorkerProcessType> = {
   spawn: { processor: spawnProcessor, concurrencyKey: 'spawn', beforeStop: stopSpawns },
   health: { processor: healthProcessor, concurrencyKey: 'health' },
   terminate: { processor: terminateProcessor, concurrencyKey: 'terminate' },
-  reconcile: { processor: reconcileProcessor, beforeStart: prepareReconcile },
+  reconcile: { processor: reconcileProcessor, beforeStart: prepareReconcile, afterPoolStateEvent },
 };
 
 export function isWorkerProcessType(value: string): value is WorkerProcessType {

@@ -5,6 +5,7 @@ import { formatZodError } from '../validation.js';
 import type { ProcessorSpec } from '../runtime/worker.js';
 import { RECONCILE_QUEUE, RECONCILE_SCHEDULER_ID, reconcileJobOptions, reconcileJobSchema } from '../../queues/reconcile.js';
 import { VmMaster, type CycleReport } from '../reconcile/vmMaster.js';
+import type { PoolStateEvent } from '../runtime/poolStateWatch.js';
 
 export const RECONCILE_JOB_NAME = 'reconcile';
 
@@ -17,6 +18,8 @@ export async function processReconcileJob(job: Job, ctx: JobContext): Promise<Cy
     provider: (group) => ctx.provider(group),
     cycleLockTtlMs: reconcileLockMs(ctx.config),
   });
+  // A cycle is a periodic path: it checks the pool's state first (a loss is recovered before it runs).
+  await ctx.poolState?.check('cycle');
   await ctx.vmm.writeAuditRetention();
   const report = await master.doCycle();
   if (!report.ran) await job.log('another reconcile cycle held the lock; nothing done');
@@ -66,6 +69,15 @@ export async function isServerStart(ctx: JobContext): Promise<boolean> {
   const [last] = await ctx.queue(RECONCILE_QUEUE).getJobs(['completed'], 0, 0, false);
   const finishedOn = last?.finishedOn;
   return finishedOn === undefined || ctx.clock() - finishedOn > 3 * ctx.config.vm_cycle_timeout * 1000;
+}
+
+/**
+ * After the pool recovered from a loss of its state (or Redis restarted): the schedule may be gone
+ * with the data, so it is set up again (idempotent). The recovery marked the server start itself.
+ */
+export async function afterPoolStateEvent(ctx: JobContext, event: PoolStateEvent): Promise<void> {
+  await ensureReconcileScheduler(ctx.queue(RECONCILE_QUEUE), ctx.config);
+  ctx.logger.info({ event: event.kind }, 'reconcile schedule set up again');
 }
 
 /** Before a reconcile worker starts: marks the server start when this is one, and sets up the schedule. */

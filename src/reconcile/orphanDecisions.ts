@@ -149,3 +149,32 @@ export function decideOrphans(input: OrphanInput): OrphanDecision {
     },
   };
 }
+
+export interface LossSweepInput {
+  /** Names of every pool VM (of every group), read after the provider's list. */
+  poolVmNames: ReadonlySet<string>;
+  /** The provider's list for the group. */
+  machines: readonly ProviderMachine[];
+  /** When the pool recovered from the loss of its state (epoch ms). */
+  recoveredAt: number;
+}
+
+/**
+ * The sweep after a loss of the pool's state (VmMaster.sweepAfterLoss): every machine the pool does
+ * not know is terminated at once, without the orphan pass's two sightings and grace. Its record was
+ * lost, or went back in time, so it may be a VM a builder still holds: it is never adopted and
+ * handed out. A machine created after the recovery (when the provider says so) belongs to a spawn
+ * since, and is left to the orphan pass.
+ */
+export function decideLossSweep(input: LossSweepInput): { terminate: ProviderMachine[]; spared: number } {
+  const terminate: ProviderMachine[] = [];
+  let spared = 0;
+  const seen = new Set<string>();
+  for (const machine of input.machines) {
+    if (input.poolVmNames.has(machine.name) || seen.has(machine.name)) continue;
+    seen.add(machine.name);
+    if (machine.createdAt != null && machine.createdAt >= input.recoveredAt) spared++;
+    else terminate.push(machine);
+  }
+  return { terminate, spared };
+}

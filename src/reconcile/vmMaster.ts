@@ -4,7 +4,7 @@ import type { Logger } from '../logger.js';
 import { poolKeys } from '../pool/keys.js';
 import { VmDescriptorNotFound, VmError } from '../pool/types.js';
 import type { ExpiredLease, VmManager } from '../pool/vmManager.js';
-import { decideOrphans, type OrphanDecision } from './orphanDecisions.js';
+import { decideLossSweep, decideOrphans, type OrphanDecision } from './orphanDecisions.js';
 import type { Provider } from '../providers/types.js';
 import { ACQUIRE_QUEUE } from '../../queues/acquire.js';
 import { HEALTH_QUEUE, addHealthJob } from '../../queues/health.js';
@@ -46,6 +46,21 @@ export interface VmMasterOptions {
   provider?: (group: number) => Provider;
   /** Between history samples (src/reconcile/history.ts); default HISTORY_PERIOD_MS. */
   historyPeriodMs?: number;
+}
+
+/** One group's sweep after a loss of the pool's state, as logged. */
+export interface LossSweep {
+  group: number;
+  machines: number;
+  /** Machines the pool does not know, terminated (terminate jobs added). */
+  terminated: number;
+  /** Unknown machines created after the recovery, left to the orphan pass. */
+  spared: number;
+}
+
+/** The terminate job id of a machine swept after the recovery of `generation`: one per machine and recovery. */
+export function lossSweepJobId(group: number, machineName: string, generation: string): string {
+  return `lost-g${group}-${machineName}-${generation}`;
 }
 
 /** One group's leak and orphan pass, as logged. */
@@ -321,6 +336,51 @@ export class VmMaster {
   }
 
   /**
+   * After the pool recovered from a loss of its state (VmManager.recoverPool), reads each group's
+   * provider list once and terminates every machine the pool does not know (decideLossSweep): its
+   * record was lost or went back in time, so it is never handed out again. Groups without `list`,
+   * or with the orphan pass off (orphan_check_period 0), are skipped. A group whose list fails is
+   * tried again at the next cycle; the errors are thrown after every group ran. Costs one read of
+   * the marker per cycle when no sweep is owed.
+   */
+  async sweepAfterLoss(): Promise<LossSweep[]> {
+    const providerOf = this.options.provider;
+    if (!providerOf) return [];
+    const vmm = this.vmm;
+    const marker = await vmm.reader.poolState();
+    const generation = marker?.sweepGeneration;
+    if (!marker || !generation) return [];
+    const sweeps: LossSweep[] = [];
+    const errors: unknown[] = [];
+    for (const group of vmm.vmGroups) {
+      if (marker.swept[group] === generation) continue;
+      const config = vmm.groupConfig(group);
+      const provider = providerOf(group);
+      try {
+        if (provider.list && config.orphan_check_period > 0) {
+          // Only this pool's machines (tagged with its id): another pool's, or untagged ones, are left alone.
+          const machines = (await provider.list({ id: group, config, poolId: vmm.poolId })).filter((m) => m.pool === vmm.poolId);
+          const names = new Set(await vmm.reader.allVmNames());
+          const decision = decideLossSweep({ poolVmNames: names, machines, recoveredAt: marker.recoveredAt ?? vmm.clock() });
+          const queue = this.queue(TERMINATE_QUEUE);
+          for (const machine of decision.terminate) {
+            await addTerminateJob(queue, { vmName: machine.name, reason: 'state_lost', orphan: { group, vmIp: machine.ip ?? null } }, lossSweepJobId(group, machine.name, generation));
+          }
+          const sweep = { group, machines: machines.length, terminated: decision.terminate.length, spared: decision.spared };
+          this.logger.warn({ ...sweep, generation }, "sweep after the loss of the pool's state: machines the pool does not know terminated");
+          sweeps.push(sweep);
+        }
+        await vmm.markLossSwept(group, generation);
+      } catch (err) {
+        errors.push(err);
+        this.logger.error({ err, group }, "sweep after the loss of the pool's state failed; tried again at the next cycle");
+      }
+    }
+    if (errors.length > 0) throw new AggregateError(errors, `sweepAfterLoss: ${errors.length} group(s) failed`);
+    return sweeps;
+  }
+
+  /**
    * Adds the terminate job of a leaked machine. A job already pending for it is left alone; one
    * that finished while the machine is still listed (a failed or ineffective terminate) is retried.
    * Returns whether a job was added or retried.
@@ -381,6 +441,8 @@ export class VmMaster {
     const errors: unknown[] = [];
     const skipped: CycleStep[] = [];
     const outcome = await this.lock.run(async (lost) => {
+      // First, before this cycle spawns: machines from before a loss of the pool's state.
+      await this.sweepAfterLoss().catch((err: unknown) => errors.push(err));
       let snapshot: PoolSnapshot | undefined;
       for (const step of CYCLE_STEPS) {
         if (lost()) {

@@ -1,6 +1,7 @@
 import { type Config } from '../config.js';
 import { createLogger, type Logger } from '../logger.js';
 import type { JobContext } from './context.js';
+import { PoolStateWatch, poolStateCheckMs, type PoolStateEvent } from './poolStateWatch.js';
 import type { ConcurrencyOverrides } from './settings.js';
 import { createJobContext, runWorker, type OwnedJobContext, type RunningWorker, type JobContextOptions, type ProcessorSpec } from './worker.js';
 
@@ -16,6 +17,8 @@ export interface ProcessTypeSpec {
    * the stop's deadline (ms from now).
    */
   beforeStop?(ctx: JobContext, deadlineMs: number): Promise<void>;
+  /** Runs after the pool recovered from a loss of its state in Redis, or Redis restarted (poolStateWatch.ts). */
+  afterPoolStateEvent?(ctx: JobContext, event: PoolStateEvent): Promise<void>;
 }
 
 /** The process types a process can run, by name (src/processors/index.ts has the Procfile's). */
@@ -51,6 +54,20 @@ export async function startProcessTypes<T extends string>(
     healthCheckFactory,
     faultPoint: options.faultPoint,
   });
+  // Every process watches the pool's state in Redis, and recovers it after a loss without a restart.
+  const poolState = new PoolStateWatch({
+    vmm: ctx.vmm,
+    redis: ctx.connection,
+    logger,
+    intervalMs: poolStateCheckMs(config),
+    onEvent: async (event) => {
+      for (const type of types) await registry[type].afterPoolStateEvent?.(ctx, event);
+    },
+  });
+  ctx.poolState = poolState;
+  // Before any worker takes a job: a process started on a Redis that restarted checks it first.
+  await poolState.check('start');
+  poolState.start();
   const workers: RunningWorker[] = [];
   for (const type of types) {
     const spec = registry[type];
@@ -69,6 +86,7 @@ export async function startProcessTypes<T extends string>(
         const closing = workers.map((w) => w.close(deadlineMs));
         await Promise.all(types.map((type) => registry[type].beforeStop?.(ctx, deadlineMs)));
         await Promise.all(closing);
+        await poolState.stop();
         await ctx.close();
       })();
       return stopping;

@@ -5,6 +5,7 @@ import type { HealthCheck } from '../health/types.js';
 import type { Logger } from '../logger.js';
 import type { Clock, VmManager } from '../pool/vmManager.js';
 import type { Provider } from '../providers/types.js';
+import type { PoolStateWatch } from './poolStateWatch.js';
 import type { QueueName } from '../../queues/names.js';
 import type { FaultPoint } from './settings.js';
 
@@ -28,6 +29,11 @@ export interface JobContext {
   provider(group: number): Provider;
   /** The health check of a group, created once per group. */
   healthCheck(group: number): HealthCheck;
+  /**
+   * The process's watch over the pool's state in Redis (poolStateWatch.ts), when the runtime runs
+   * one: periodic paths (each reconcile cycle) ask it for a check.
+   */
+  poolState?: PoolStateWatch;
   /** Tests only (VMPOOL_FAULT): the step where this process SIGKILLs itself (crashAt). */
   faultPoint?: FaultPoint;
 }

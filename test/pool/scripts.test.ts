@@ -54,6 +54,7 @@ const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
   acquireCancel: ['000001700000000|acquire-42%3Ax'],
   auditEvents: [],
   auditMaxEvents: [],
+  poolState: [],
   readyChannel: [3],
   spawning: [3],
   spawnRecord: ['g3-1700000000000-0a1b2c3d'],

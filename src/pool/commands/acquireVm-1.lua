@@ -4,6 +4,8 @@
   Groups are tried in the order given. In each group:
     1. a ready VM already bound to the same owner and sandbox (dirty) is preferred;
     2. otherwise a clean VM, but only while the owner has fewer than max_vm_per_user VMs there.
+  Nothing is handed out while the pool's state is not verified on this Redis run (includes/poolState:
+  after a restart or failover, until a process verified it or recovered from its loss).
   Only VMs health-checked after the last server start (server_start) qualify; within
   the start's millisecond, check_seq tells which came first (markServerStart);
   ready VMs always have check_fails == 0, which is checked again here.
@@ -60,6 +62,7 @@ local WAITERS_SCANNED = 200
 --- @include "includes/leaveLines"
 --- @include "includes/taskOwner"
 --- @include "includes/audit"
+--- @include "includes/poolState"
 
 local function groupArg(i, field)
   return ARGV[14 + i * 3 + field]
@@ -142,7 +145,7 @@ local function joinLines()
   end
 end
 
-if not serverStart then
+if not serverStart or not poolVerified(base) then
   joinLines()
   return {NO_VM}
 end

@@ -2,7 +2,7 @@
   Records a server start: VMs health-checked before it are not handed out until checked again.
   Besides the time, it records the position of the start in the pool's sequence of events
   (check_seq, which startVmCheck also takes), so that a check in the same millisecond as the start
-  still counts as before or after it, by the order in which they happened.
+  still counts as before or after it, by the order in which they happened (includes/serverStart).
 
   Input:
     KEYS[1] pool key base (with hash tag); every key is built from it
@@ -12,9 +12,6 @@
 ]]
 local base = KEYS[1]
 local now = ARGV[1]
---- @include "includes/poolKeys"
+--- @include "includes/serverStart"
 
-local seq = redis.call('INCR', checkSeqKey(base))
-redis.call('SET', serverStartKey(base), now)
-redis.call('SET', serverStartSeqKey(base), seq)
-return seq
+return markServerStart(base, now)

@@ -133,3 +133,8 @@ end
 local function readyChannel(base, group)
   return base .. 'ready:' .. group
 end
+
+-- Hash of the pool's state marker: generation, epoch, run_id (the Redis run it was verified on).
+local function poolStateKey(base)
+  return base .. 'pool_state'
+end
