@@ -1,5 +1,5 @@
 import { createLogger } from '../logger.js';
-import { redactUrl } from '../text/redact.js';
+import { describeRedis } from '../redis.js';
 import { startProcessTypes, stopOnSignals, type RunningProcess } from '../runtime/boot.js';
 import { requireRedis, requireSafeRedis } from '../runtime/main.js';
 import { resolveConfig, type Settings } from '../runtime/settings.js';
@@ -30,8 +30,8 @@ export async function runStart(types: string[], configPath: string | undefined, 
   if (unknown.length) throw new CliError(`unknown process type(s): ${unknown.join(', ')}; known: ${START_TYPES.join(', ')}`, ExitCodes.USAGE);
   const logger = createLogger('vmpool', io.env);
   const { config, source } = resolveConfig(configPath, settings);
-  logger.info({ config: source, types: chosen, redis: redactUrl(config.redis.url) }, 'starting vmpool');
-  await requireRedis(config.redis.url, logger);
+  logger.info({ config: source, types: chosen, redis: describeRedis(config.redis) }, 'starting vmpool');
+  await requireRedis(config.redis, logger);
   await requireSafeRedis(config, logger);
   const workerTypes = chosen.filter((t): t is WorkerProcessType => isWorkerProcessType(t));
   let running: RunningProcess | undefined;

@@ -1,13 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import { Job, Queue, QueueEvents } from 'bullmq';
-import { Redis } from 'ioredis';
 import { createLogger, type Logger } from '../logger.js';
 import { formatZodError } from '../validation.js';
 import { PoolReader } from '../pool/poolReader.js';
 import { PoolScripts } from '../pool/poolScripts.js';
 import { InvalidVmRequest, LeaseLost, NoVmAvailable, TaskConflict, VmDescriptorNotFound, VmError, acquireWaiterMember } from '../pool/types.js';
 import type { Clock } from '../pool/vmManager.js';
-import { blockingConnectionTemplate, producerConnectionFrom } from '../redis.js';
+import { assertPrefixFits, blockingConnectionTemplate, producerConnectionFrom, type RedisConnection, type RedisTarget } from '../redis.js';
 import {
   ACQUIRE_QUEUE,
   DEFAULT_ACQUIRE_TIMEOUT_MS,
@@ -21,8 +20,11 @@ import {
 import type { QueueName } from '../../queues/names.js';
 
 export interface VmPoolClientOptions {
-  /** An ioredis instance (shared, not closed by the client) or a Redis URL (owned and closed). */
-  redis: Redis | string;
+  /**
+   * An ioredis instance, Redis or Cluster (shared, not closed by the client), or where Redis is (owned
+   * and closed): a URL (redis://, redis+cluster://, redis+sentinel://) or a config's redis section.
+   */
+  redis: RedisConnection | RedisTarget;
   /** Key prefix of the pool and its queues (the pool's redis.prefix). Default `vmpool`. */
   prefix?: string;
   /**
@@ -95,7 +97,7 @@ export function acquireJobId(taskId?: string | null): string {
  * release it. Needs only Redis and the prefix (no config): renew and release run the pool scripts.
  */
 export class VmPoolClient {
-  readonly redis: Redis;
+  readonly redis: RedisConnection;
   readonly prefix: string;
   private readonly ownsRedis: boolean;
   private readonly logger: Logger;
@@ -109,8 +111,10 @@ export class VmPoolClient {
   private events: Promise<QueueEvents> | undefined;
 
   constructor(options: VmPoolClientOptions) {
-    ({ redis: this.redis, owned: this.ownsRedis } = producerConnectionFrom(options.redis));
     this.prefix = options.prefix ?? 'vmpool';
+    // On a Cluster the prefix needs a hash tag; refused before any connection is opened.
+    assertPrefixFits(options.redis, this.prefix);
+    ({ redis: this.redis, owned: this.ownsRedis } = producerConnectionFrom(options.redis));
     this.logger = options.logger ?? createLogger('vmpool-client');
     this.clock = options.clock ?? Date.now;
     this.graceMs = options.graceMs ?? 60_000;

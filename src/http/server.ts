@@ -4,7 +4,7 @@ import { ExitCodes } from '../cli/exitCodes.js';
 import type { Config } from '../config.js';
 import { createLogger, type Logger } from '../logger.js';
 import { VmManager, type Clock } from '../pool/vmManager.js';
-import { createProducerConnection } from '../redis.js';
+import { assertPrefixFits, createProducerConnection } from '../redis.js';
 import { stopOnSignals } from '../runtime/boot.js';
 import { exitFatal, prepareProcess, requireRedis, requireSafeRedis } from '../runtime/main.js';
 import { VmPoolClient } from '../client/index.js';
@@ -69,7 +69,8 @@ export async function startWebServer(config: Config, options: WebServerOptions =
   assertBindAllowed(config.web, host);
   const logger = options.logger ?? createLogger('vmpool-web');
   const prefix = options.prefix ?? config.redis.prefix;
-  const connection = createProducerConnection(config.redis.url);
+  assertPrefixFits(config.redis, prefix);
+  const connection = createProducerConnection(config.redis);
   connection.on('error', (err) => logger.warn({ err: err.message }, 'Redis connection error'));
   // The manager's queue handles are the process's: Bull Board, metrics and the client use them.
   const vmm = new VmManager(config, { redis: connection, prefix, logger, clock: options.clock });
@@ -158,7 +159,7 @@ export async function runWebProcess(configPath?: string, argv: readonly string[]
     exitFatal(logger, 'web.host needs a token; exiting', (err as Error).message, ExitCodes.USAGE);
   }
   logger.info({ config: source }, 'starting web');
-  await requireRedis(config.redis.url, logger);
+  await requireRedis(config.redis, logger);
   await requireSafeRedis(config, logger);
   const web = await startWebServer(config, { logger, prefix: settings.prefix }).catch((err: unknown) => {
     if (!(err instanceof WebListenError)) throw err;

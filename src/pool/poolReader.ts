@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../redis.js';
 import { poolKeys, type PoolKeys } from './keys.js';
 import { ALL_VM_STATES, descriptorFromHash, recordFromHash, type LeasedVm, type VmDescriptor, type VmRecord, type VmState } from './types.js';
 
@@ -23,7 +23,7 @@ export class PoolReader {
   private readonly keys: PoolKeys;
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisConnection,
     prefix: string,
   ) {
     this.keys = poolKeys(prefix);
@@ -181,7 +181,7 @@ export class PoolReader {
     return { unknown, missing };
   }
 
-  private async numbers(pipeline: ReturnType<Redis['pipeline']>): Promise<number[]> {
+  private async numbers(pipeline: ReturnType<RedisConnection['pipeline']>): Promise<number[]> {
     return ((await pipeline.exec()) ?? []).map(([err, n]) => {
       if (err) throw err;
       return Number(n);

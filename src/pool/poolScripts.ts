@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../redis.js';
 import { poolKeyBase } from './keys.js';
 import { ReplyCodes, replyCodeName, type ReplyCode } from './replyCodes.js';
 import { loadScripts, type RunScript, type ScriptName } from './scripts.js';
@@ -59,7 +59,7 @@ export class PoolScripts {
   private readonly run: RunScript;
   private readonly base: string;
 
-  constructor(redis: Redis, prefix: string) {
+  constructor(redis: RedisConnection, prefix: string) {
     this.run = loadScripts(redis);
     this.base = poolKeyBase(prefix);
   }

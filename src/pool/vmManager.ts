@@ -1,9 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import type { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
 import { isParsedConfig, parseConfig, type Config, type ConfigInput, type GroupConfig } from '../config.js';
 import { createLogger, type Logger } from '../logger.js';
-import { producerConnectionFrom } from '../redis.js';
+import { assertPrefixFits, producerConnectionFrom, type RedisConnection, type RedisTarget } from '../redis.js';
 import {
   TERMINATE_QUEUE,
   addTerminateJob,
@@ -43,8 +42,11 @@ export type { AcquireAttempt, AcquireWaiter, ExpiredLease, HealthCheckOutcome, H
 export type Clock = () => number;
 
 export interface VmManagerOptions {
-  /** An ioredis instance (shared, not closed by the manager) or a Redis URL (owned and closed). */
-  redis: Redis | string;
+  /**
+   * An ioredis instance, Redis or Cluster (shared, not closed by the manager), or where Redis is (owned
+   * and closed): a URL (redis://, redis+cluster://, redis+sentinel://) or a config's redis section.
+   */
+  redis: RedisConnection | RedisTarget;
   /** Key prefix of the pool and of its BullMQ queues. Defaults to config.redis.prefix. */
   prefix?: string;
   logger?: Logger;
@@ -91,7 +93,7 @@ export class VmManager {
   readonly clock: Clock;
   /** Reads of the pool that are not transitions: counts, spawns in flight, demand, server start. */
   readonly reader: PoolReader;
-  private readonly redis: Redis;
+  private readonly redis: RedisConnection;
   private readonly keys: PoolKeys;
   private readonly ownsRedis: boolean;
   private readonly scripts: PoolScripts;
@@ -101,8 +103,10 @@ export class VmManager {
   /** A parsed Config is taken as it is; a ConfigInput is parsed (without the environment). */
   constructor(config: Config | ConfigInput, options: VmManagerOptions) {
     this.config = isParsedConfig(config) ? config : parseConfig(config, {});
-    ({ redis: this.redis, owned: this.ownsRedis } = producerConnectionFrom(options.redis));
     this.prefix = options.prefix ?? this.config.redis.prefix;
+    // On a Cluster the prefix needs a hash tag; refused before any connection is opened.
+    assertPrefixFits(options.redis, this.prefix);
+    ({ redis: this.redis, owned: this.ownsRedis } = producerConnectionFrom(options.redis));
     this.logger = options.logger ?? createLogger('vmpool');
     this.clock = options.clock ?? Date.now;
     this.keys = poolKeys(this.prefix);
@@ -140,7 +144,7 @@ export class VmManager {
    * reconcile cycle lock, the job metrics that workers keep in Redis). The pool's keys are not
    * theirs: they read the pool through `reader` and change it through the manager's methods.
    */
-  connectionForOwnKeys(): Redis {
+  connectionForOwnKeys(): RedisConnection {
     return this.redis;
   }
 

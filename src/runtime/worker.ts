@@ -7,7 +7,7 @@ import type { HealthCheck } from '../health/types.js';
 import { createLogger, type Logger } from '../logger.js';
 import { VmManager, type Clock } from '../pool/vmManager.js';
 import type { Provider, ProviderDeps, ProviderGroup } from '../providers/types.js';
-import { createProducerConnection, createWorkerConnection } from '../redis.js';
+import { assertPrefixFits, createProducerConnection, createWorkerConnection } from '../redis.js';
 import type { QueueName } from '../../queues/names.js';
 import { QueueSet } from '../../queues/queueSet.js';
 import type { JobContext } from './context.js';
@@ -34,7 +34,9 @@ export function createJobContext(config: Config, options: JobContextOptions): Ow
   const logger = options.logger ?? createLogger('vmpool');
   const clock = options.clock ?? Date.now;
   const prefix = options.prefix ?? config.redis.prefix;
-  const connection = createProducerConnection(config.redis.url);
+  // On a Cluster the prefix needs a hash tag: refused before any connection is opened.
+  assertPrefixFits(config.redis, prefix);
+  const connection = createProducerConnection(config.redis);
   connection.on('error', (err) => logger.warn({ err: err.message }, 'Redis connection error'));
   const queues = new QueueSet(connection, prefix, (err, name) => logger.warn({ err: err.message, queue: name }, 'queue error'));
   const vmm = new VmManager(config, { redis: connection, prefix, logger, clock, queues });
@@ -111,7 +113,7 @@ export function runWorker<Data, Result>(
   concurrency: number,
 ): RunningWorker {
   const log = ctx.logger.child({ queue: spec.queue });
-  const connection = createWorkerConnection(ctx.config.redis.url);
+  const connection = createWorkerConnection(ctx.config.redis);
   connection.on('error', (err) => log.warn({ err: err.message }, 'Redis connection error'));
   const worker = new Worker(
     spec.queue,
