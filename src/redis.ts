@@ -265,6 +265,50 @@ export async function connectAnsweringRedis(target: RedisTarget): Promise<RedisC
   }
 }
 
+/** How many replicas must have a write before it is answered (redis.wait_replicas), and how long to wait. */
+export interface ReplicaWait {
+  replicas: number;
+  timeoutMs: number;
+}
+
+/** The replica wait a config asks for, or undefined (the default: none). */
+export function replicaWaitOf(redis: { wait_replicas?: number; wait_timeout?: number }): ReplicaWait | undefined {
+  if (redis.wait_replicas === undefined) return undefined;
+  return { replicas: redis.wait_replicas, timeoutMs: Math.round((redis.wait_timeout ?? 0.5) * 1000) };
+}
+
+/**
+ * A write reached the master but fewer replicas than redis.wait_replicas within wait_timeout: a
+ * failover now could lose it, so it is not reported as done. The write itself stays on the master.
+ */
+export class WriteNotReplicated extends Error {
+  constructor(
+    readonly replicas: number,
+    readonly wanted: number,
+  ) {
+    super(`the write reached ${replicas} of the ${wanted} replicas redis.wait_replicas asks for in time; a failover could lose it`);
+    this.name = 'WriteNotReplicated';
+  }
+}
+
+/**
+ * Waits (Redis WAIT) until the replicas have every write this connection made, or the timeout;
+ * WriteNotReplicated when too few did. On a Cluster WAIT goes to the node of the prefix's slot, where
+ * the pool's writes went, in one pipeline with a command on that slot.
+ */
+export async function waitForReplicas(redis: RedisConnection, prefix: string, wait: ReplicaWait): Promise<void> {
+  let acked: number;
+  if (isCluster(redis)) {
+    const replies = await redis.pipeline().exists(prefix).call('WAIT', wait.replicas, wait.timeoutMs).exec();
+    const [err, value] = replies?.[1] ?? [new Error('no reply to WAIT'), 0];
+    if (err) throw err;
+    acked = Number(value);
+  } else {
+    acked = Number(await redis.call('WAIT', wait.replicas, wait.timeoutMs));
+  }
+  if (acked < wait.replicas) throw new WriteNotReplicated(acked, wait.replicas);
+}
+
 /**
  * Another connection to the same Redis with some options changed: Redis.duplicate(options), or for a
  * Cluster duplicate(nodes, options) with the node options under redisOptions.

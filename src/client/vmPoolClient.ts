@@ -6,7 +6,7 @@ import { PoolReader } from '../pool/poolReader.js';
 import { PoolScripts } from '../pool/poolScripts.js';
 import { InvalidVmRequest, LeaseLost, NoVmAvailable, TaskConflict, VmDescriptorNotFound, VmError, acquireWaiterMember } from '../pool/types.js';
 import type { Clock } from '../pool/vmManager.js';
-import { assertPrefixFits, blockingConnectionTemplate, producerConnectionFrom, type RedisConnection, type RedisTarget } from '../redis.js';
+import { assertPrefixFits, blockingConnectionTemplate, producerConnectionFrom, waitForReplicas, type RedisConnection, type RedisTarget, type ReplicaWait } from '../redis.js';
 import {
   ACQUIRE_QUEUE,
   DEFAULT_ACQUIRE_TIMEOUT_MS,
@@ -39,6 +39,11 @@ export interface VmPoolClientOptions {
    * running, a worker that crashed and awaits stalled-job recovery). Default 60 s.
    */
   graceMs?: number;
+  /**
+   * A release is answered only once this many replicas have it (the pool's redis.wait_replicas and
+   * wait_timeout; replicaWaitOf(config.redis) gives it). Default: no wait.
+   */
+  waitReplicas?: ReplicaWait;
 }
 
 export interface AcquireOptions {
@@ -106,6 +111,7 @@ export class VmPoolClient {
   private readonly reader: PoolReader;
   private readonly scripts: PoolScripts;
   private readonly sharedQueue: ((name: QueueName) => Queue) | undefined;
+  private readonly waitReplicas: ReplicaWait | undefined;
   /** The acquire queue handle the client opened itself (none while it uses a shared one). */
   private ownQueue: Queue | undefined;
   private events: Promise<QueueEvents> | undefined;
@@ -121,6 +127,7 @@ export class VmPoolClient {
     this.reader = new PoolReader(this.redis, this.prefix);
     this.scripts = new PoolScripts(this.redis, this.prefix);
     this.sharedQueue = options.queue;
+    this.waitReplicas = options.waitReplicas;
   }
 
   private getQueue(): Queue {
@@ -316,7 +323,10 @@ export class VmPoolClient {
   async release(assignment: VmAssignment): Promise<boolean> {
     let refusal: string;
     try {
-      if (await this.scripts.releaseVm(assignment.vmName, this.clock(), assignment.leaseId)) return true;
+      if (await this.scripts.releaseVm(assignment.vmName, this.clock(), assignment.leaseId)) {
+        if (this.waitReplicas) await waitForReplicas(this.redis, this.prefix, this.waitReplicas);
+        return true;
+      }
       refusal = 'not_in_use';
     } catch (err) {
       if (!(err instanceof LeaseLost || err instanceof VmDescriptorNotFound)) throw err;

@@ -4,7 +4,7 @@ import { ExitCodes } from '../cli/exitCodes.js';
 import type { Config } from '../config.js';
 import { createLogger, type Logger } from '../logger.js';
 import { VmManager, type Clock } from '../pool/vmManager.js';
-import { assertPrefixFits, createProducerConnection } from '../redis.js';
+import { assertPrefixFits, createProducerConnection, replicaWaitOf } from '../redis.js';
 import { stopOnSignals } from '../runtime/boot.js';
 import { exitFatal, prepareProcess, requireRedis, requireSafeRedis } from '../runtime/main.js';
 import { VmPoolClient } from '../client/index.js';
@@ -75,7 +75,7 @@ export async function startWebServer(config: Config, options: WebServerOptions =
   // The manager's queue handles are the process's: Bull Board, metrics and the client use them.
   const vmm = new VmManager(config, { redis: connection, prefix, logger, clock: options.clock });
   const queue = (name: QueueName) => vmm.queue(name);
-  const client = new VmPoolClient({ redis: connection, prefix, queue, logger, clock: options.clock, graceMs: options.acquireGraceMs });
+  const client = new VmPoolClient({ redis: connection, prefix, queue, logger, clock: options.clock, graceMs: options.acquireGraceMs, waitReplicas: replicaWaitOf(config.redis) });
   // Waiting POST /acquire requests: at stop they are answered at once and their requests withdrawn
   // (an aborted VmPoolClient.acquire withdraws its request itself).
   const waiting = new Set<AbortController>();

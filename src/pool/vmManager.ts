@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Queue } from 'bullmq';
 import { isParsedConfig, parseConfig, type Config, type ConfigInput, type GroupConfig } from '../config.js';
 import { createLogger, type Logger } from '../logger.js';
-import { assertPrefixFits, producerConnectionFrom, type RedisConnection, type RedisTarget } from '../redis.js';
+import { assertPrefixFits, producerConnectionFrom, replicaWaitOf, waitForReplicas, type RedisConnection, type RedisTarget } from '../redis.js';
 import {
   TERMINATE_QUEUE,
   addTerminateJob,
@@ -290,6 +290,8 @@ export class VmManager {
       }),
     });
     if (attempt.status === 'acquired' || attempt.status === 'reattached') {
+      // redis.wait_replicas: the assignment is answered only once replicas have it.
+      await this.replicated();
       const { vm } = attempt;
       this.logger.info({ vmName: vm.vmName, owner, sandbox, taskId: vm.taskId, reattached: attempt.status === 'reattached' }, 'VM acquired');
     }
@@ -312,8 +314,18 @@ export class VmManager {
    */
   async releaseVm(vmName: string, leaseId?: string): Promise<boolean> {
     const released = await this.scripts.releaseVm(vmName, this.clock(), leaseId);
+    if (released) await this.replicated();
     if (released) this.logger.info({ vmName }, 'VM released');
     return released;
+  }
+
+  /**
+   * With redis.wait_replicas, waits until that many replicas have this connection's writes
+   * (WriteNotReplicated after redis.wait_timeout); without it, returns at once.
+   */
+  async replicated(): Promise<void> {
+    const wait = replicaWaitOf(this.config.redis);
+    if (wait) await waitForReplicas(this.redis, this.prefix, wait);
   }
 
   /**

@@ -146,6 +146,8 @@ export interface PrivateSentinelSet {
   dataPorts: number[];
   /** The port of the current master, as the sentinels report it. */
   masterPort(): Promise<number>;
+  /** Resolves once the current master has its replica online (in sync), as after a failover it takes a moment. */
+  replicaInSync(): Promise<void>;
   /** Asks a sentinel to fail the master over now (SENTINEL FAILOVER); resolves once another master is reported. */
   failover(): Promise<number>;
   /** SIGKILL of a data server (the master, to have the sentinels fail it over themselves). */
@@ -216,6 +218,9 @@ export async function startSentinelSet(masterArgs: string[] = []): Promise<Priva
           const now = await masterPort();
           return now !== before && now > 0 ? now : null;
         }, 20_000, 'a new master');
+      },
+      async replicaInSync() {
+        await waitFor(async () => /slave0:.*state=online/.test((await cli(await masterPort(), 'info', 'replication')) ?? ''), 20_000, 'the replica online');
       },
       kill: (port) => servers.kill(port),
       stop: () => servers.stop(),
