@@ -1,3 +1,5 @@
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { Queue, type Job } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, VmManager, VmStates, type VmDescriptor } from '../../src/index.js';
@@ -6,7 +8,7 @@ import { VmPoolClient } from '../../src/client/index.js';
 import { connectTo, type RedisConnection } from '../../src/redis.js';
 import { QueueNames } from '../../queues/names.js';
 import { uniquePrefix } from '../helpers/redis.js';
-import { startWorkerProcess, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+import { ROOT, nodeArgsFor, startWorkerProcess, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
 import { hookGroup, hookStateDir, listenerPid, removeHookMachines } from '../helpers/hookMachines.js';
 import { cli, startRedisCluster, type PrivateCluster } from '../helpers/redisServers.js';
 
@@ -120,6 +122,17 @@ describe('vmpool on a 3-master Redis Cluster', () => {
     expect((await terminationOf(victim.vmName))?.data.reason).toBe('health_check_failed');
     const replacement = await until(() => readyCleanVm([victim.vmName]), 30_000, 'a replacement');
     expect(replacement.vmName).not.toBe(victim.vmName);
+  });
+
+  it('serves the CLI: vmpool list through REDIS_URL=redis+cluster://', async () => {
+    const { stdout } = await promisify(execFile)(process.execPath, [...nodeArgsFor('src/cli/main.ts'), 'list', '--json'], {
+      cwd: ROOT,
+      env: { ...process.env, ...env },
+      timeout: 30_000,
+    });
+    const listed = JSON.parse(stdout) as { vmName: string }[];
+    expect(listed.map((v) => v.vmName).sort()).toEqual((await vmm.getAllVms()).map((v) => v.vmName).sort());
+    expect(listed.length).toBeGreaterThan(0);
   });
 
   it('runs reconcile cycles without errors', () => {
