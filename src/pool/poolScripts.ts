@@ -143,6 +143,17 @@ export class PoolScripts {
     return this.acted('markVmCheckFailed', vmName, [], ReplyCodes.WRONG_STATE);
   }
 
+  /**
+   * accept-new: keeps the offered host key for the VM unless one is kept already, and returns the
+   * key kept (compare it with the offered one); null when no VM of that name has that IP.
+   */
+  async rememberHostKey(vmName: string, vmIp: string, offered: string): Promise<string | null> {
+    const reply = (await this.call('rememberHostKey', [vmName, vmIp, offered])) as number | [number, string];
+    if (reply === ReplyCodes.NOT_FOUND) return null;
+    if (Array.isArray(reply) && reply[0] === ReplyCodes.OK) return reply[1];
+    throw unexpected('rememberHostKey', Array.isArray(reply) ? reply[0] : reply);
+  }
+
   /** Records a server start; returns its place in the check sequence. */
   async markServerStart(now: number): Promise<number> {
     return Number(await this.call('markServerStart', [now]));

@@ -26,6 +26,7 @@ export const POOL_SCRIPTS = {
   markVmCheckFailed: 1,
   recordHealthCheckResult: 1,
   releaseVm: 1,
+  rememberHostKey: 1,
   removeVm: 1,
   renewLease: 1,
   startVmCheck: 1,

@@ -436,6 +436,15 @@ export class VmManager {
     return this.reader.groupInfo(group, key);
   }
 
+  /**
+   * The SSH host key kept for a VM (accept-new): the offered one when the VM had none yet, else the
+   * one its first check saw; null when no VM of that name has that IP. Kept in the VM's record, so
+   * every health replica sees it and it goes when the VM is removed.
+   */
+  async rememberHostKey(vmName: string, vmIp: string, offered: string): Promise<string | null> {
+    return this.scripts.rememberHostKey(vmName, vmIp, offered);
+  }
+
   /** Records a spawn in flight, in Redis, so that a restarted process does not forget it. */
   async registerSpawn(group: number, spawnId: string): Promise<void> {
     this.groupConfig(group);

@@ -4,6 +4,7 @@ import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { ZodType } from 'zod';
 import type { Config } from '../config.js';
 import type { HealthCheck } from '../health/types.js';
+import type { HealthCheckDeps } from '../health/index.js';
 import { createLogger, type Logger } from '../logger.js';
 import { VmManager, type Clock } from '../pool/vmManager.js';
 import type { Provider, ProviderDeps, ProviderGroup } from '../providers/types.js';
@@ -15,7 +16,7 @@ import { formatZodError } from '../validation.js';
 import { recordJobMetrics, type JobOutcome } from '../metrics/shared.js';
 
 export type ProviderFactory = (group: ProviderGroup, deps: ProviderDeps) => Provider;
-export type HealthCheckFactory = (group: ProviderGroup, deps: ProviderDeps & { provider?: Provider }) => HealthCheck;
+export type HealthCheckFactory = (group: ProviderGroup, deps: HealthCheckDeps) => HealthCheck;
 
 export interface JobContextOptions {
   logger?: Logger;
@@ -65,7 +66,8 @@ export function createJobContext(config: Config, options: JobContextOptions): Ow
       let c = checks.get(group);
       if (!c) {
         // The `provider` check asks the group's provider itself.
-        c = options.healthCheckFactory(providerGroup(group), { logger, provider: provider(group) });
+        // accept-new host keys are kept beside the VM records (vmm.rememberHostKey).
+        c = options.healthCheckFactory(providerGroup(group), { logger, provider: provider(group), hostKeys: vmm });
         checks.set(group, c);
       }
       return c;
