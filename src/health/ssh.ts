@@ -41,19 +41,27 @@ export function defaultKnownVmsPath(): string {
  * line for a VM wins.
  */
 export function lookupKnownVm(path: string, vmName: string, ip: string): string | null {
-  return readKnownVms(path).get(`${vmName} ${ip}`) ?? null;
+  const text = readKnownVmsText(path);
+  for (const line of text.split('\n')) {
+    const [name, addr, type, key] = line.trim().split(/\s+/);
+    if (name === vmName && addr === ip && type && key) return `${type} ${key}`;
+  }
+  return null;
+}
+
+function readKnownVmsText(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return '';
+    throw err;
+  }
 }
 
 /** The whole accept-new file, `<name> <ip>` -> key (the first line for a VM wins); empty when there is none. */
 function readKnownVms(path: string): Map<string, string> {
   const known = new Map<string, string>();
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return known;
-    throw err;
-  }
+  const text = readKnownVmsText(path);
   for (const line of text.split('\n')) {
     const [name, addr, type, key] = line.trim().split(/\s+/);
     if (name && addr && type && key && !known.has(`${name} ${addr}`)) known.set(`${name} ${addr}`, `${type} ${key}`);
@@ -84,7 +92,7 @@ export function lookupKnownHosts(path: string, ip: string, port: number): string
   return parseKnownHosts(readFileSync(path, 'utf8')).lookup(ip, port);
 }
 
-interface KnownHosts {
+export interface KnownHosts {
   lookup(ip: string, port: number): string[];
 }
 
@@ -92,7 +100,7 @@ interface KnownHosts {
  * A known_hosts file, indexed: plain host names in a map (O(1) per lookup), hashed entries in a
  * list (each needs an HMAC with its own salt).
  */
-function parseKnownHosts(text: string): KnownHosts {
+export function parseKnownHosts(text: string): KnownHosts {
   const byName = new Map<string, string[]>();
   const hashed: { field: string; key: string }[] = [];
   for (const line of text.split('\n')) {
