@@ -58,3 +58,7 @@ export { acquireWaiterMember } from './pool/vmManager.js';
 export type { AcquireWaiter, AcquireAttempt, ExpiredLease } from './pool/vmManager.js';
 export { acquireRequestSchema, acquireJobOptions, DEFAULT_ACQUIRE_TIMEOUT_MS, ACQUIRE_QUEUE, AcquireFailures, acquireFailureOf, acquireJobError } from '../queues/acquire.js';
 export type { AcquireRequestData, VmAssignment, AcquireFailure } from '../queues/acquire.js';
+export { WriteNotReplicated, replicaWaitOf } from './redis.js';
+export type { RedisConnection, RedisTarget, ReplicaWait } from './redis.js';
+export type { RedisEndpointConfig } from './redisEndpoint.js';
+export type { HostKeyStore, HealthCheckDeps } from './health/index.js';

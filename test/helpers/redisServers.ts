@@ -4,7 +4,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { waitFor } from './processes.js';
+import { freePort, waitFor } from './processes.js';
 
 // Private Redis deployments for tests, on loopback ports of their own and in a temp dir of their
 // own, from Debian's redis-server and redis-sentinel: a 3-master Cluster, and a Sentinel set (a
@@ -19,14 +19,6 @@ function portFree(port: number): Promise<boolean> {
     probe.once('error', () => resolve(false));
     probe.listen(port, '127.0.0.1', () => probe.close(() => resolve(true)));
   });
-}
-
-async function kernelPort(): Promise<number> {
-  const probe = createServer();
-  await new Promise<void>((res) => probe.listen(0, '127.0.0.1', res));
-  const { port } = probe.address() as { port: number };
-  await new Promise((res) => probe.close(res));
-  return port;
 }
 
 /** A free port whose cluster bus port (port + 10000) is free too. */
@@ -164,16 +156,16 @@ export async function startSentinelSet(masterArgs: string[] = []): Promise<Priva
   const servers = new Servers('sentinel');
   const masterName = 'vmpool-test';
   try {
-    const master = await kernelPort();
-    let replica = await kernelPort();
-    while (replica === master) replica = await kernelPort();
+    const master = await freePort();
+    let replica = await freePort();
+    while (replica === master) replica = await freePort();
     await servers.start(master, 'redis-server', [...baseArgs(master), '--dir', servers.dir, ...masterArgs]);
     await servers.start(replica, 'redis-server', [...baseArgs(replica), '--dir', servers.dir, '--replicaof', '127.0.0.1', String(master), ...masterArgs]);
     await waitFor(async () => (await cli(replica, 'info', 'replication'))?.includes('master_link_status:up'), 10_000, 'the replica in sync');
     const sentinelPorts: number[] = [];
     for (let i = 0; i < 3; i += 1) {
-      let p = await kernelPort();
-      while ([master, replica, ...sentinelPorts].includes(p)) p = await kernelPort();
+      let p = await freePort();
+      while ([master, replica, ...sentinelPorts].includes(p)) p = await freePort();
       sentinelPorts.push(p);
     }
     await Promise.all(
