@@ -139,6 +139,18 @@ describe('connections', () => {
     cluster.disconnect();
   });
 
+  it('are taken as an ioredis Cluster by VmManager and VmPoolClient (types and all)', async () => {
+    const cluster = new Cluster([{ host: '10.9.9.1', port: 7000 }], { lazyConnect: true });
+    const vmm = new VmManager({ groups }, { redis: cluster, prefix: '{pool}' });
+    const client = new VmPoolClient({ redis: cluster, prefix: '{pool}' });
+    expect(vmm.connectionForOwnKeys()).toBe(cluster);
+    expect(client.redis).toBe(cluster);
+    expect(() => new VmManager({ groups }, { redis: cluster, prefix: 'pool' })).toThrow(/"\{pool\}"/);
+    await client.close();
+    await vmm.close();
+    cluster.disconnect();
+  });
+
   it('refuse an untagged prefix in VmManager and VmPoolClient before connecting', () => {
     expect(() => new VmManager({ groups }, { redis: 'redis+cluster://10.9.9.1:7000' })).toThrow(ConfigError);
     expect(() => new VmPoolClient({ redis: 'redis+cluster://10.9.9.1:7000', prefix: 'pool' })).toThrow(/\{pool\}/);
