@@ -144,6 +144,8 @@ export interface PrivateSentinelSet {
   failover(): Promise<number>;
   /** SIGKILL of a data server (the master, to have the sentinels fail it over themselves). */
   kill(port: number): Promise<void>;
+  /** SIGKILL of the master; resolves with the new master's port once the sentinels report one. */
+  killMaster(): Promise<number>;
   stop(): Promise<void>;
 }
 
@@ -215,6 +217,14 @@ export async function startSentinelSet(masterArgs: string[] = []): Promise<Priva
         await waitFor(async () => /slave0:.*state=online/.test((await cli(await masterPort(), 'info', 'replication')) ?? ''), 20_000, 'the replica online');
       },
       kill: (port) => servers.kill(port),
+      async killMaster() {
+        const before = await masterPort();
+        await servers.kill(before);
+        return waitFor(async () => {
+          const now = await masterPort();
+          return now !== before && now > 0 ? now : null;
+        }, 30_000, 'the sentinels to promote the replica');
+      },
       stop: () => servers.stop(),
     };
   } catch (err) {
