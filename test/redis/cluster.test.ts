@@ -8,7 +8,7 @@ import { VmPoolClient } from '../../src/client/index.js';
 import { connectTo, type RedisConnection } from '../../src/redis.js';
 import { QueueNames } from '../../queues/names.js';
 import { uniquePrefix } from '../helpers/redis.js';
-import { ROOT, nodeArgsFor, startWorkerProcess, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+import { ROOT, freePort, nodeArgsFor, startWorkerProcess, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
 import { hookGroup, hookStateDir, listenerPid, removeHookMachines } from '../helpers/hookMachines.js';
 import { cli, startRedisCluster, type PrivateCluster } from '../helpers/redisServers.js';
 
@@ -133,6 +133,23 @@ describe('vmpool on a 3-master Redis Cluster', () => {
     const listed = JSON.parse(stdout) as { vmName: string }[];
     expect(listed.map((v) => v.vmName).sort()).toEqual((await vmm.getAllVms()).map((v) => v.vmName).sort());
     expect(listed.length).toBeGreaterThan(0);
+  });
+
+  it('serves the HTTP API from the web process: ready, acquire and release', async () => {
+    const port = await freePort();
+    const web = await startWorkerProcess('web', { ...env, PORT: String(port) }, 20_000, { ready: '"web listening"' });
+    workers.push(web);
+    const base = `http://127.0.0.1:${port}`;
+    expect(await (await fetch(`${base}/readyz`)).json()).toEqual({ status: 'ready' });
+    await until(() => readyCleanVm(), 30_000, 'a ready VM');
+    const post = (path: string, body: unknown) => fetch(`${base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const acquired = await post('/api/v1/acquire', { owner: 'carol', sandbox: 'c', arch: 'x86_64', timeoutMs: 20_000 });
+    expect(acquired.status).toBe(200);
+    const a = (await acquired.json()) as { vmName: string; leaseId: string };
+    expect((await vmm.getVmByName(a.vmName)).boundToUser).toBe('carol');
+    const released = await post(`/api/v1/vms/${a.vmName}/release`, { leaseId: a.leaseId });
+    expect(released.status).toBe(200);
+    expect((await vmm.getVmByName(a.vmName)).state).toBe(VmStates.READY);
   });
 
   it('runs reconcile cycles without errors', () => {
