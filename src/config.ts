@@ -4,6 +4,7 @@ import { embeddedGroups } from './defaults.js';
 import { POOL_ID_PATTERN } from './pool/poolId.js';
 import { parseCidr } from './providers/addressPolicy.js';
 import { cronProblem } from './reconcile/minReady.js';
+import { clusterPrefixProblem, parseHostPort, parseRedisEndpoint } from './redisEndpoint.js';
 import { redactUrl } from './text/redact.js';
 import { z } from 'zod';
 
@@ -248,7 +249,47 @@ export const redisConfigSchema = z.strictObject({
   require_safe: z.boolean().optional(),
   /** The weakest appendfsync the operator accepts: always > everysec (default) > no. */
   appendfsync: z.enum(['always', 'everysec', 'no']).optional(),
+  /**
+   * A Redis Cluster instead of `url`: some of its nodes. The prefix must then carry a hash tag
+   * (`{vmpool}`): one pool lives in one slot, so on one shard.
+   */
+  cluster: z.array(hostPortSchema(6379)).min(1).optional(),
+  /** A master found through Redis Sentinel instead of `url`: its name and some sentinels. */
+  sentinel: z
+    .strictObject({
+      name: z.string().min(1),
+      sentinels: z.array(hostPortSchema(26379)).min(1),
+      /** Credentials of the sentinels themselves, when they need them. */
+      username: z.string().min(1).optional(),
+      password: z.string().min(1).optional(),
+    })
+    .optional(),
+  /** Credentials of the Redis servers (Cluster nodes, the Sentinel's master); a URL's user info wins. */
+  username: z.string().min(1).optional(),
+  password: z.string().min(1).optional(),
+  /** TLS to the servers (and the sentinels): true, or a CA file and options. rediss:// says the same for a URL. */
+  tls: z
+    .union([
+      z.boolean(),
+      z.strictObject({
+        ca: z.string().min(1).optional(),
+        servername: z.string().min(1).optional(),
+        reject_unauthorized: z.boolean().optional(),
+      }),
+    ])
+    .optional(),
+  /**
+   * After each acquire and release, wait until this many replicas have the write (Redis WAIT), so
+   * that an acknowledged assignment survives a failover. Off when absent.
+   */
+  wait_replicas: z.number().int().min(1).optional(),
+  /** Seconds that WAIT may take before the acquire or release is answered anyway (default 0.5). */
+  wait_timeout: z.number().positive().optional(),
 });
+
+function hostPortSchema(defaultPort: number) {
+  return z.string().refine((v) => parseHostPort(v, defaultPort) !== null, 'host:port, such as 10.0.0.5:6379');
+}
 
 /** Scopes of API tokens: builder (acquire, release, renew) and admin (everything). */
 export const webScopes = ['builder', 'admin'] as const;
@@ -397,7 +438,8 @@ function show(value: unknown, path: readonly PropertyKey[] = []): string {
 
 /**
  * Validates a config object (as read from YAML) and fills in defaults.
- * REDIS_URL in the environment overrides `redis.url`.
+ * REDIS_URL in the environment overrides `redis.url` (and the file's redis.cluster or redis.sentinel).
+ * A Cluster needs a hash-tagged prefix (redis.prefix, or VMPOOL_PREFIX when set).
  * Throws ConfigError naming each bad field, the value given and what was expected.
  */
 export function parseConfig(input: unknown, env: NodeJS.ProcessEnv = process.env): Config {
@@ -424,8 +466,34 @@ export function parseConfig(input: unknown, env: NodeJS.ProcessEnv = process.env
     throw new ConfigError(`invalid vmpool config:\n${lines.join('\n')}`, issues);
   }
   const config = result.data;
-  if (env.REDIS_URL) config.redis.url = env.REDIS_URL;
+  if (env.REDIS_URL) {
+    // REDIS_URL says where Redis is: the file's cluster or sentinel no longer apply.
+    config.redis.url = env.REDIS_URL;
+    delete config.redis.cluster;
+    delete config.redis.sentinel;
+  }
+  // VMPOOL_PREFIX, when set, is the prefix the processes use (Settings.prefix): that one must fit.
+  const prefixOverride = env.VMPOOL_PREFIX || undefined;
+  const issues = redisIssues(config.redis, env.REDIS_URL ? 'REDIS_URL' : undefined, prefixOverride ? 'VMPOOL_PREFIX' : undefined, prefixOverride);
+  if (issues.length) {
+    const lines = issues.map((i) => `  ${i.path}: got ${show(i.received, i.path.split('.'))}, expected ${i.expected}`);
+    throw new ConfigError(`invalid vmpool config:\n${lines.join('\n')}`, issues);
+  }
   return config;
+}
+
+/**
+ * What is wrong with where Redis is (a cluster or sentinel URL that does not parse, both cluster and
+ * sentinel) and with the prefix there (untagged on a Cluster). `urlFrom` names the URL's source.
+ */
+export function redisIssues(redis: Config['redis'], urlFrom = 'redis.url', prefixFrom = 'redis.prefix', prefix = redis.prefix): ConfigIssue[] {
+  const endpoint = parseRedisEndpoint(redis);
+  if (typeof endpoint === 'string') {
+    if (redis.cluster && redis.sentinel) return [{ path: 'redis', expected: endpoint, received: 'both' }];
+    return [{ path: urlFrom, expected: endpoint, received: redactUrl(redis.url) }];
+  }
+  const problem = endpoint.kind === 'cluster' ? clusterPrefixProblem(prefix) : null;
+  return problem ? [{ path: prefixFrom, expected: problem, received: prefix }] : [];
 }
 
 /**
@@ -435,6 +503,8 @@ export function parseConfig(input: unknown, env: NodeJS.ProcessEnv = process.env
 export function redactedConfig(config: Config): Config {
   const copy = structuredClone(config);
   copy.redis.url = redactUrl(copy.redis.url);
+  if (copy.redis.password !== undefined) copy.redis.password = '***';
+  if (copy.redis.sentinel?.password !== undefined) copy.redis.sentinel.password = '***';
   if (copy.web.auth.token !== undefined) copy.web.auth.token = '***';
   for (const t of copy.web.auth.tokens) t.token = '***';
   for (const g of copy.groups) {

@@ -9,7 +9,13 @@ Environment overrides: REDIS_URL, VMPOOL_PREFIX, PORT, HOST, <TYPE>_CONCURRENCY.
 
 /** Notes of the template, by dotted path (`*` for every item of a list). */
 const NOTES: Record<string, string> = {
-  redis: 'REDIS_URL overrides url, VMPOOL_PREFIX overrides prefix',
+  redis:
+    'REDIS_URL overrides url, VMPOOL_PREFIX overrides prefix.\n' +
+    'A Redis Cluster: cluster: ["10.0.0.5:7000", ...] and a prefix with a {hash tag}, such as "{vmpool}"\n' +
+    '  (or REDIS_URL=redis+cluster://user:password@h1:7000,h2:7000).\n' +
+    'Redis Sentinel: sentinel: { name: mymaster, sentinels: ["10.0.0.5:26379", ...] }\n' +
+    '  (or REDIS_URL=redis+sentinel://user:password@h1:26379,h2:26379/mymaster).\n' +
+    'Optional: username, password, tls: true, wait_replicas: 1 (acquire and release wait for a replica)',
   'redis.prefix': 'key prefix of the pool and its queues; one per pool. The pool id (pool_id: ...), which\n' +
     'hooks get as VMPOOL_POOL_ID to tag and list machines by, is derived from it unless set',
   vm_cycle_timeout: 'seconds between reconcile cycles',

@@ -65,3 +65,7 @@ export { SpawnSlotLost } from './pool/types.js';
 export type { SpawnAttemptStart } from './pool/types.js';
 export { auditEventTypes, DEFAULT_AUDIT_MAX_EVENTS } from './pool/audit.js';
 export type { AuditEvent, AuditEventType, AuditPage, AuditQuery } from './pool/audit.js';
+export { WriteNotReplicated, replicaWaitOf } from './redis.js';
+export type { RedisConnection, RedisTarget, ReplicaWait } from './redis.js';
+export type { RedisEndpointConfig } from './redisEndpoint.js';
+export type { HostKeyStore, HealthCheckDeps } from './health/index.js';

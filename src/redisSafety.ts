@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from './redis.js';
 import type { Config } from './config.js';
 import type { Logger } from './logger.js';
 import type { RedisPersistence } from './pool/stateLoss.js';
@@ -18,7 +18,7 @@ export interface RedisSafetyFinding {
 const FSYNC_STRENGTH = { no: 0, everysec: 1, always: 2 } as const;
 
 /** CONFIG GET of one setting, or null when the server does not allow CONFIG (managed Redis). */
-async function configGet(redis: Redis, name: string): Promise<string | null> {
+async function configGet(redis: RedisConnection, name: string): Promise<string | null> {
   try {
     const reply = (await redis.call('CONFIG', 'GET', name)) as string[] | Record<string, string>;
     if (Array.isArray(reply)) return reply[1] ?? null;
@@ -32,7 +32,7 @@ async function configGet(redis: Redis, name: string): Promise<string | null> {
  * Redis's persistence as it runs now, for the pool state watch (src/pool/stateLoss.ts provesNoLoss):
  * null for what the server does not show.
  */
-export async function readPersistence(redis: Redis): Promise<RedisPersistence> {
+export async function readPersistence(redis: RedisConnection): Promise<RedisPersistence> {
   const [appendonly, appendfsync, replication] = await Promise.all([
     configGet(redis, 'appendonly'),
     configGet(redis, 'appendfsync'),
@@ -43,7 +43,7 @@ export async function readPersistence(redis: Redis): Promise<RedisPersistence> {
 }
 
 /** Reads Redis's settings and returns what is unsafe for vmpool (empty when all is well). */
-export async function checkRedisSafety(redis: Redis, wanted: Pick<Config['redis'], 'appendfsync'>): Promise<RedisSafetyFinding[]> {
+export async function checkRedisSafety(redis: RedisConnection, wanted: Pick<Config['redis'], 'appendfsync'>): Promise<RedisSafetyFinding[]> {
   const findings: RedisSafetyFinding[] = [];
   const policy = await configGet(redis, 'maxmemory-policy');
   const aof = await configGet(redis, 'appendonly');
@@ -109,7 +109,7 @@ export class UnsafeRedis extends Error {
  * At a process's start: logs each unsafe setting as a warning, or, with redis.require_safe,
  * throws UnsafeRedis.
  */
-export async function ensureRedisSafety(redis: Redis, config: Pick<Config['redis'], 'appendfsync' | 'require_safe'>, logger: Logger): Promise<RedisSafetyFinding[]> {
+export async function ensureRedisSafety(redis: RedisConnection, config: Pick<Config['redis'], 'appendfsync' | 'require_safe'>, logger: Logger): Promise<RedisSafetyFinding[]> {
   const findings = await checkRedisSafety(redis, config);
   if (findings.length > 0 && config.require_safe === true) throw new UnsafeRedis(findings);
   for (const f of findings) logger.warn({ setting: f.setting, value: f.value, fix: f.fix }, `Redis is unsafe for vmpool: ${f.problem}`);

@@ -21,7 +21,7 @@ async function reconnecting(redis: Redis): Promise<void> {
 
 describe('worker connections', () => {
   it('end when disconnected while waiting to reconnect, and fail their pending commands', async () => {
-    const redis = createWorkerConnection(`redis://127.0.0.1:${await closedPort()}`);
+    const redis = createWorkerConnection(`redis://127.0.0.1:${await closedPort()}`) as Redis;
     await reconnecting(redis);
     const pending = redis.get('k');
     const ended = once(redis, 'end');
@@ -32,7 +32,7 @@ describe('worker connections', () => {
   });
 
   it('pass this on to their duplicates (BullMQ blocking connections)', async () => {
-    const redis = createWorkerConnection(`redis://127.0.0.1:${await closedPort()}`, { lazyConnect: true });
+    const redis = createWorkerConnection(`redis://127.0.0.1:${await closedPort()}`, { lazyConnect: true }) as Redis;
     const blocking = redis.duplicate({ connectionName: 'blocking', lazyConnect: false });
     await reconnecting(blocking);
     const ended = once(blocking, 'end');

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../redis.js';
 import type { Logger } from '../logger.js';
 import { poolKeys } from '../pool/keys.js';
 
@@ -25,7 +25,7 @@ export class ReadySignal {
   private closed = false;
 
   constructor(
-    private readonly subscriber: Redis,
+    private readonly subscriber: RedisConnection,
     prefix: string,
     groups: readonly number[],
     private readonly logger?: Logger,

@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import { Queue } from 'bullmq';
 import { Command, CommanderError, Option } from 'commander';
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../redis.js';
 import { loadConfig, redactedConfig, type Config } from '../config.js';
 import { configTemplate } from '../configTemplate.js';
 import { assertBindAllowed } from '../http/auth.js';
@@ -37,7 +37,7 @@ export function buildProgram(io: CliIo = defaultIo): Command {
     .description('Pool manager for disposable build VMs')
     .option('-c, --config <file>', 'config file (YAML); default: VMPOOL_CONFIG or the embedded local pool')
     .showHelpAfterError()
-    .addHelpText('after', '\nExit codes: 0 ok, 1 error (refused by the VM state, Redis unreachable), 2 usage or config error,\n3 VM not found, 4 no VM available.\nPool prefix: VMPOOL_PREFIX overrides redis.prefix.')
+    .addHelpText('after', '\nExit codes: 0 ok, 1 error (refused by the VM state, RedisConnection unreachable), 2 usage or config error,\n3 VM not found, 4 no VM available.\nPool prefix: VMPOOL_PREFIX overrides redis.prefix.')
     .exitOverride()
     .configureOutput({ writeOut: (s) => io.out(s), writeErr: (s) => io.err(s) });
 
@@ -49,9 +49,9 @@ export function buildProgram(io: CliIo = defaultIo): Command {
   const config = (): Config => resolveConfig(program.opts().config, settings()).config;
 
   /** A VmManager on a connection that answered a PING, or CliError (exit 1) with the fix. */
-  async function withPool<T>(fn: (vmm: VmManager, cfg: Config, redis: Redis) => Promise<T>): Promise<T> {
+  async function withPool<T>(fn: (vmm: VmManager, cfg: Config, redis: RedisConnection) => Promise<T>): Promise<T> {
     const cfg = config();
-    const redis = await connectAnsweringRedis(cfg.redis.url).catch((err: Error) => {
+    const redis = await connectAnsweringRedis(cfg.redis).catch((err: Error) => {
       throw new CliError(err.message, ExitCodes.ERROR);
     });
     const vmm = new VmManager(cfg, { redis, prefix: settings().prefix, logger: logger() });

@@ -1,4 +1,5 @@
 import { createLogger } from '../logger.js';
+import { describeRedis } from '../redis.js';
 import { redactUrl } from '../text/redact.js';
 import { startProcessTypes, stopOnSignals, type RunningProcess } from '../runtime/boot.js';
 import { requireRedis, requireSafeRedis } from '../runtime/main.js';
@@ -33,12 +34,16 @@ export async function runStart(types: string[], configPath: string | undefined, 
   if (unknown.length) throw new CliError(`unknown process type(s): ${unknown.join(', ')}; known: ${START_TYPES.join(', ')}`, ExitCodes.USAGE);
   const logger = createLogger('vmpool', io.env);
   const { config, source } = resolveConfig(configPath, settings);
-  logger.info({ config: source, types: chosen, redis: redactUrl(config.redis.url) }, 'starting vmpool');
+  logger.info({ config: source, types: chosen, redis: describeRedis(config.redis) }, 'starting vmpool');
   let privateRedis: PrivateRedis | undefined;
-  const answers = await connectAnsweringRedis(config.redis.url).then(
-    (r) => (r.disconnect(), true),
-    () => false,
-  );
+  // A private redis-server only stands in for one Redis at a loopback URL (never a Cluster or Sentinel).
+  const single = !config.redis.cluster && !config.redis.sentinel;
+  const answers =
+    !single ||
+    (await connectAnsweringRedis(config.redis).then(
+      (r) => (r.disconnect(), true),
+      () => false,
+    ));
   if (!answers && mayStartPrivateRedis(config.redis.url, io.env)) {
     try {
       privateRedis = await startPrivateRedis(config.redis.url, io.env, logger);
@@ -50,7 +55,7 @@ export async function runStart(types: string[], configPath: string | undefined, 
       logger.error({ err: (err as Error).message }, 'could not start a private redis-server');
     }
   }
-  if (!privateRedis) await requireRedis(config.redis.url, logger);
+  if (!privateRedis) await requireRedis(config.redis, logger);
   await requireSafeRedis(config, logger);
   const workerTypes = chosen.filter((t): t is WorkerProcessType => isWorkerProcessType(t));
   let running: RunningProcess | undefined;

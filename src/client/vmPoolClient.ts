@@ -1,13 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import { Job, Queue, QueueEvents } from 'bullmq';
-import { Redis } from 'ioredis';
 import { createLogger, type Logger } from '../logger.js';
 import { formatZodError } from '../validation.js';
 import { PoolReader } from '../pool/poolReader.js';
 import { PoolScripts } from '../pool/poolScripts.js';
 import { InvalidVmRequest, LeaseLost, NoVmAvailable, TaskConflict, VmDescriptorNotFound, VmError, acquireWaiterMember } from '../pool/types.js';
 import type { Clock } from '../pool/vmManager.js';
-import { blockingConnectionTemplate, producerConnectionFrom } from '../redis.js';
+import { assertPrefixFits, blockingConnectionTemplate, producerConnectionFrom, waitForReplicas, type RedisConnection, type RedisTarget, type ReplicaWait } from '../redis.js';
 import {
   ACQUIRE_QUEUE,
   DEFAULT_ACQUIRE_TIMEOUT_MS,
@@ -21,8 +20,11 @@ import {
 import type { QueueName } from '../../queues/names.js';
 
 export interface VmPoolClientOptions {
-  /** An ioredis instance (shared, not closed by the client) or a Redis URL (owned and closed). */
-  redis: Redis | string;
+  /**
+   * An ioredis instance, Redis or Cluster (shared, not closed by the client), or where Redis is (owned
+   * and closed): a URL (redis://, redis+cluster://, redis+sentinel://) or a config's redis section.
+   */
+  redis: RedisConnection | RedisTarget;
   /** Key prefix of the pool and its queues (the pool's redis.prefix). Default `vmpool`. */
   prefix?: string;
   /**
@@ -37,6 +39,11 @@ export interface VmPoolClientOptions {
    * running, a worker that crashed and awaits stalled-job recovery). Default 60 s.
    */
   graceMs?: number;
+  /**
+   * A release is answered only once this many replicas have it (the pool's redis.wait_replicas and
+   * wait_timeout; replicaWaitOf(config.redis) gives it). Default: no wait.
+   */
+  waitReplicas?: ReplicaWait;
 }
 
 export interface AcquireOptions {
@@ -95,7 +102,7 @@ export function acquireJobId(taskId?: string | null): string {
  * release it. Needs only Redis and the prefix (no config): renew and release run the pool scripts.
  */
 export class VmPoolClient {
-  readonly redis: Redis;
+  readonly redis: RedisConnection;
   readonly prefix: string;
   private readonly ownsRedis: boolean;
   private readonly logger: Logger;
@@ -104,19 +111,23 @@ export class VmPoolClient {
   private readonly reader: PoolReader;
   private readonly scripts: PoolScripts;
   private readonly sharedQueue: ((name: QueueName) => Queue) | undefined;
+  private readonly waitReplicas: ReplicaWait | undefined;
   /** The acquire queue handle the client opened itself (none while it uses a shared one). */
   private ownQueue: Queue | undefined;
   private events: Promise<QueueEvents> | undefined;
 
   constructor(options: VmPoolClientOptions) {
-    ({ redis: this.redis, owned: this.ownsRedis } = producerConnectionFrom(options.redis));
     this.prefix = options.prefix ?? 'vmpool';
+    // On a Cluster the prefix needs a hash tag; refused before any connection is opened.
+    assertPrefixFits(options.redis, this.prefix);
+    ({ redis: this.redis, owned: this.ownsRedis } = producerConnectionFrom(options.redis));
     this.logger = options.logger ?? createLogger('vmpool-client');
     this.clock = options.clock ?? Date.now;
     this.graceMs = options.graceMs ?? 60_000;
     this.reader = new PoolReader(this.redis, this.prefix);
     this.scripts = new PoolScripts(this.redis, this.prefix);
     this.sharedQueue = options.queue;
+    this.waitReplicas = options.waitReplicas;
   }
 
   private getQueue(): Queue {
@@ -329,7 +340,10 @@ export class VmPoolClient {
   async release(assignment: VmAssignment): Promise<boolean> {
     let refusal: string;
     try {
-      if (await this.scripts.releaseVm(assignment.vmName, this.clock(), assignment.leaseId)) return true;
+      if (await this.scripts.releaseVm(assignment.vmName, this.clock(), assignment.leaseId)) {
+        if (this.waitReplicas) await waitForReplicas(this.redis, this.prefix, this.waitReplicas);
+        return true;
+      }
       refusal = 'not_in_use';
     } catch (err) {
       if (!(err instanceof LeaseLost || err instanceof VmDescriptorNotFound)) throw err;

@@ -2,12 +2,20 @@ import { join } from 'node:path';
 import { localClientKeyPath, defaultLocalStateDir, localPoolDir } from '../providers/local.js';
 import type { Provider, ProviderDeps, ProviderGroup } from '../providers/types.js';
 import { CommandHealthCheck } from './command.js';
-import { defaultKnownVmsPath, SshHealthCheck } from './ssh.js';
+import { defaultKnownVmsPath, SshHealthCheck, type HostKeyStore } from './ssh.js';
 import { TcpHealthCheck } from './tcp.js';
 import type { HealthCheck, HealthCheckResult, HealthCheckTarget } from './types.js';
 
 export type { HealthCheck, HealthCheckResult, HealthCheckTarget } from './types.js';
 export { SshHealthCheck, lookupKnownVm, lookupKnownHosts, defaultKnownVmsPath } from './ssh.js';
+export type { HostKeyStore } from './ssh.js';
+
+/** What a health check may use: the logger, the group's provider, and where accept-new keeps host keys. */
+export interface HealthCheckDeps extends ProviderDeps {
+  provider?: Provider;
+  /** The pool (VmManager): accept-new host keys go into the VM records. Without it, a file of this machine. */
+  hostKeys?: HostKeyStore;
+}
 export { TcpHealthCheck } from './tcp.js';
 export { CommandHealthCheck } from './command.js';
 
@@ -35,9 +43,11 @@ class ProviderHealthCheck implements HealthCheck {
 
 /**
  * The health check of a group, from its `check` config. For the ssh check of a group on the local
- * provider, the port, key and known-VMs file default to the local provider's.
+ * provider, the port, key and known-VMs file default to the local provider's. With deps.hostKeys,
+ * accept-new keeps host keys in the pool (the file is then only read once, for keys an older vmpool
+ * remembered there).
  */
-export function createHealthCheck(group: ProviderGroup, deps: ProviderDeps & { provider?: Provider }): HealthCheck {
+export function createHealthCheck(group: ProviderGroup, deps: HealthCheckDeps): HealthCheck {
   const check = group.config.check;
   const provider = group.config.provider;
   switch (check.type) {
@@ -54,6 +64,7 @@ export function createHealthCheck(group: ProviderGroup, deps: ProviderDeps & { p
         port: check.port ?? (provider.type === 'local' ? provider.port : 22),
         hostKeyPolicy: check.host_key_policy,
         knownHostsPath,
+        ...(deps.hostKeys ? { hostKeys: deps.hostKeys } : {}),
       });
     }
     case 'tcp':

@@ -1,5 +1,5 @@
 import { createHmac } from 'node:crypto';
-import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import ssh2 from 'ssh2';
@@ -15,6 +15,17 @@ export interface SshCheckOptions {
   /** Default `echo hello`, expecting `hello`. */
   command?: string;
   expect?: string;
+  /**
+   * accept-new: where host keys are kept, shared by every health replica (the pool's VM records,
+   * through VmManager.rememberHostKey). Without it, the knownHostsPath file of this machine.
+   */
+  hostKeys?: HostKeyStore;
+}
+
+/** accept-new host keys kept beside the VM records (VmManager implements it). */
+export interface HostKeyStore {
+  /** Keeps `offered` unless a key is kept for the VM already; returns the key kept, or null for a VM not in the pool. */
+  rememberHostKey(vmName: string, vmIp: string, offered: string): Promise<string | null>;
 }
 
 /** Where accept-new remembers host keys when no file is configured. */
@@ -30,18 +41,32 @@ export function defaultKnownVmsPath(): string {
  * line for a VM wins.
  */
 export function lookupKnownVm(path: string, vmName: string, ip: string): string | null {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw err;
-  }
+  const text = readKnownVmsText(path);
   for (const line of text.split('\n')) {
     const [name, addr, type, key] = line.trim().split(/\s+/);
     if (name === vmName && addr === ip && type && key) return `${type} ${key}`;
   }
   return null;
+}
+
+function readKnownVmsText(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return '';
+    throw err;
+  }
+}
+
+/** The whole accept-new file, `<name> <ip>` -> key (the first line for a VM wins); empty when there is none. */
+function readKnownVms(path: string): Map<string, string> {
+  const known = new Map<string, string>();
+  const text = readKnownVmsText(path);
+  for (const line of text.split('\n')) {
+    const [name, addr, type, key] = line.trim().split(/\s+/);
+    if (name && addr && type && key && !known.has(`${name} ${addr}`)) known.set(`${name} ${addr}`, `${type} ${key}`);
+  }
+  return known;
 }
 
 export function rememberKnownVm(path: string, vmName: string, ip: string, hostKey: string): void {
@@ -64,15 +89,62 @@ function hostFieldMatches(field: string, names: string[]): boolean {
  * names and hashed entries are supported; wildcard patterns and @cert-authority lines are not.
  */
 export function lookupKnownHosts(path: string, ip: string, port: number): string[] {
-  const names = port === 22 ? [ip] : [`[${ip}]:${port}`];
-  const keys: string[] = [];
-  for (const line of readFileSync(path, 'utf8').split('\n')) {
-    const text = line.trim();
-    if (!text || text.startsWith('#') || text.startsWith('@')) continue;
-    const [hosts, type, key] = text.split(/\s+/);
-    if (hosts && type && key && hostFieldMatches(hosts, names)) keys.push(`${type} ${key}`);
+  return parseKnownHosts(readFileSync(path, 'utf8')).lookup(ip, port);
+}
+
+export interface KnownHosts {
+  lookup(ip: string, port: number): string[];
+}
+
+/**
+ * A known_hosts file, indexed: plain host names in a map (O(1) per lookup), hashed entries in a
+ * list (each needs an HMAC with its own salt).
+ */
+export function parseKnownHosts(text: string): KnownHosts {
+  const byName = new Map<string, string[]>();
+  const hashed: { field: string; key: string }[] = [];
+  for (const line of text.split('\n')) {
+    const entry = line.trim();
+    if (!entry || entry.startsWith('#') || entry.startsWith('@')) continue;
+    const [hosts, type, key] = entry.split(/\s+/);
+    if (!hosts || !type || !key) continue;
+    if (hosts.startsWith('|1|')) {
+      hashed.push({ field: hosts, key: `${type} ${key}` });
+      continue;
+    }
+    for (const name of hosts.split(',')) {
+      const list = byName.get(name) ?? [];
+      list.push(`${type} ${key}`);
+      byName.set(name, list);
+    }
   }
-  return keys;
+  return {
+    lookup(ip, port) {
+      const name = port === 22 ? ip : `[${ip}]:${port}`;
+      return [...(byName.get(name) ?? []), ...hashed.filter((h) => hostFieldMatches(h.field, [name])).map((h) => h.key)];
+    },
+  };
+}
+
+/**
+ * A file read again only when it changed (its mtime or size): the strict known_hosts policy looks
+ * a host up on every check, and a farm's file has a line per machine.
+ */
+export class CachedFile<T> {
+  private cached: { mtimeMs: number; size: number; value: T } | undefined;
+
+  constructor(
+    private readonly path: string,
+    private readonly parse: (text: string) => T,
+  ) {}
+
+  get(): T {
+    const st = statSync(this.path);
+    if (!this.cached || this.cached.mtimeMs !== st.mtimeMs || this.cached.size !== st.size) {
+      this.cached = { mtimeMs: st.mtimeMs, size: st.size, value: this.parse(readFileSync(this.path, 'utf8')) };
+    }
+    return this.cached.value;
+  }
 }
 
 /** `ssh-ed25519 AAAA...` from the raw key blob the server sent (it starts with the type as an SSH string). */
@@ -85,8 +157,23 @@ function keyLine(blob: Buffer): string {
 export class SshHealthCheck implements HealthCheck {
   readonly type = 'ssh';
   private key: Buffer | null = null;
+  private readonly knownHosts: CachedFile<KnownHosts>;
+  /** The accept-new file of an older vmpool, read once: its keys move to the store as VMs are checked. */
+  private legacyKnownVms: Map<string, string> | undefined;
 
-  constructor(private readonly options: SshCheckOptions) {}
+  constructor(private readonly options: SshCheckOptions) {
+    this.knownHosts = new CachedFile(options.knownHostsPath, parseKnownHosts);
+  }
+
+  /**
+   * accept-new with a store: the key kept for the VM (the offered one on its first check). A key
+   * the machine's old known_vms file has for the VM is kept instead of the offered one.
+   */
+  private async keptKey(target: HealthCheckTarget, offered: string): Promise<string | null> {
+    this.legacyKnownVms ??= readKnownVms(this.options.knownHostsPath);
+    const legacy = this.legacyKnownVms.get(`${target.vmName} ${target.vmIp}`);
+    return this.options.hostKeys!.rememberHostKey(target.vmName, target.vmIp, legacy ?? offered);
+  }
 
   check(target: HealthCheckTarget, { timeoutMs }: { timeoutMs: number }): Promise<HealthCheckResult> {
     const o = this.options;
@@ -114,11 +201,11 @@ export class SshHealthCheck implements HealthCheck {
         return;
       }
 
-      const hostVerifier = (blob: Buffer): boolean => {
+      const fileVerifier = (blob: Buffer): boolean => {
         try {
           const offered = keyLine(blob);
           if (o.hostKeyPolicy === 'known_hosts') {
-            const known = lookupKnownHosts(o.knownHostsPath, target.vmIp, o.port);
+            const known = this.knownHosts.get().lookup(target.vmIp, o.port);
             if (known.includes(offered)) return true;
             hostKeyProblem = known.length
               ? `host key ${offered.split(' ')[0]} does not match ${o.knownHostsPath}`
@@ -138,6 +225,22 @@ export class SshHealthCheck implements HealthCheck {
           return false;
         }
       };
+      // accept-new with the pool's store: one script call, the same answer on every machine.
+      const storeVerifier = (blob: Buffer, verify: (ok: boolean) => void): void => {
+        const offered = keyLine(blob);
+        this.keptKey(target, offered).then(
+          (kept) => {
+            if (kept === offered) return verify(true);
+            hostKeyProblem = kept === null ? `${target.vmName} ${target.vmIp} is not in the pool` : `host key changed for ${target.vmName} ${target.vmIp} (kept in the pool)`;
+            verify(false);
+          },
+          (err: Error) => {
+            hostKeyProblem = `host key check failed: ${err.message}`;
+            verify(false);
+          },
+        );
+      };
+      const hostVerifier = o.hostKeyPolicy === 'accept-new' && o.hostKeys ? storeVerifier : fileVerifier;
 
       conn.on('ready', () => {
         conn.exec(command, (err, stream) => {

@@ -3,7 +3,7 @@ import express, { type Express } from 'express';
 import { pinoHttp } from 'pino-http';
 import type { Config } from '../config.js';
 import type { Logger } from '../logger.js';
-import { redactUrl } from '../text/redact.js';
+import { describeRedis } from '../redis.js';
 import { createMetricsRegistry } from '../metrics/registry.js';
 import type { VmManager } from '../pool/vmManager.js';
 import { groupSummaries } from '../poolView.js';
@@ -89,7 +89,7 @@ export function createWebApp(deps: WebAppDeps): Express {
       res.json({ status: 'ready' });
       return;
     }
-    sendError(res, new HttpError('not_ready', 'Redis does not answer', { redis: redactUrl(config.redis.url) }));
+    sendError(res, new HttpError('not_ready', 'Redis does not answer', { redis: describeRedis(config.redis) }));
   });
 
   const registry = createMetricsRegistry({ vmm, queue: deps.queue });

@@ -5,7 +5,7 @@ import type { Config } from '../config.js';
 import { createLogger, type Logger } from '../logger.js';
 import { VmManager, type Clock } from '../pool/vmManager.js';
 import { PoolStateWatch, poolStateCheckMs } from '../runtime/poolStateWatch.js';
-import { createProducerConnection } from '../redis.js';
+import { assertPrefixFits, createProducerConnection, replicaWaitOf } from '../redis.js';
 import { stopOnSignals } from '../runtime/boot.js';
 import { exitFatal, prepareProcess, requireRedis, requireSafeRedis } from '../runtime/main.js';
 import { VmPoolClient } from '../client/index.js';
@@ -70,12 +70,13 @@ export async function startWebServer(config: Config, options: WebServerOptions =
   assertBindAllowed(config.web, host);
   const logger = options.logger ?? createLogger('vmpool-web');
   const prefix = options.prefix ?? config.redis.prefix;
-  const connection = createProducerConnection(config.redis.url);
+  assertPrefixFits(config.redis, prefix);
+  const connection = createProducerConnection(config.redis);
   connection.on('error', (err) => logger.warn({ err: err.message }, 'Redis connection error'));
   // The manager's queue handles are the process's: Bull Board, metrics and the client use them.
   const vmm = new VmManager(config, { redis: connection, prefix, logger, clock: options.clock });
   const queue = (name: QueueName) => vmm.queue(name);
-  const client = new VmPoolClient({ redis: connection, prefix, queue, logger, clock: options.clock, graceMs: options.acquireGraceMs });
+  const client = new VmPoolClient({ redis: connection, prefix, queue, logger, clock: options.clock, graceMs: options.acquireGraceMs, waitReplicas: replicaWaitOf(config.redis) });
   // Waiting POST /acquire requests: at stop they are answered at once and their requests withdrawn
   // (an aborted VmPoolClient.acquire withdraws its request itself).
   const waiting = new Set<AbortController>();
@@ -163,7 +164,7 @@ export async function runWebProcess(configPath?: string, argv: readonly string[]
     exitFatal(logger, 'web.host needs a token; exiting', (err as Error).message, ExitCodes.USAGE);
   }
   logger.info({ config: source }, 'starting web');
-  await requireRedis(config.redis.url, logger);
+  await requireRedis(config.redis, logger);
   await requireSafeRedis(config, logger);
   const web = await startWebServer(config, { logger, prefix: settings.prefix }).catch((err: unknown) => {
     if (!(err instanceof WebListenError)) throw err;

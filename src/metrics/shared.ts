@@ -1,5 +1,5 @@
 import type { Job } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../redis.js';
 import { poolKeyBase } from '../pool/keys.js';
 import { AcquireFailures, acquireFailureOf } from '../../queues/acquire.js';
 import { QueueNames, type QueueName } from '../../queues/names.js';
@@ -70,7 +70,7 @@ function labelField(def: SharedMetricDef, labels: Record<string, string>): strin
 }
 
 /** Adds one observation (histogram, in seconds) or one count (counter) in a pipeline. */
-function observe(pipeline: ReturnType<Redis['pipeline']>, prefix: string, def: SharedMetricDef, labels: Record<string, string>, seconds = 0): void {
+function observe(pipeline: ReturnType<RedisConnection['pipeline']>, prefix: string, def: SharedMetricDef, labels: Record<string, string>, seconds = 0): void {
   const key = sharedMetricKey(prefix, def);
   const field = labelField(def, labels);
   if (def.type === 'counter') {
@@ -100,7 +100,7 @@ const seconds = (ms: number) => Math.max(0, ms) / 1000;
  * `completed` and `failed` events, in the process that ran the job, so each attempt counts once.
  */
 export async function recordJobMetrics(
-  redis: Redis,
+  redis: RedisConnection,
   prefix: string,
   queue: QueueName,
   job: Job,
@@ -166,7 +166,7 @@ function parseLabels(def: SharedMetricDef, field: string): Record<string, string
   }
 }
 
-export async function readSharedCounter(redis: Redis, prefix: string, def: SharedMetricDef): Promise<SharedCounterValue[]> {
+export async function readSharedCounter(redis: RedisConnection, prefix: string, def: SharedMetricDef): Promise<SharedCounterValue[]> {
   const hash = await redis.hgetall(sharedMetricKey(prefix, def));
   const out: SharedCounterValue[] = [];
   for (const [field, value] of Object.entries(hash)) {
@@ -176,7 +176,7 @@ export async function readSharedCounter(redis: Redis, prefix: string, def: Share
   return out;
 }
 
-export async function readSharedHistogram(redis: Redis, prefix: string, def: SharedMetricDef): Promise<SharedHistogramValue[]> {
+export async function readSharedHistogram(redis: RedisConnection, prefix: string, def: SharedMetricDef): Promise<SharedHistogramValue[]> {
   const hash = await redis.hgetall(sharedMetricKey(prefix, def));
   const bounds = [...(def.buckets ?? []), Number.POSITIVE_INFINITY];
   const series = new Map<string, { perBucket: number[]; sum: number; count: number }>();

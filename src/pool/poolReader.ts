@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../redis.js';
 import { AUDIT_PAGE_MAX, AUDIT_SCAN_MAX, auditEventFromEntry, auditRangeStart, type AuditEvent, type AuditPage, type AuditQuery } from './audit.js';
 import { poolKeys, type PoolKeys } from './keys.js';
 import { breakerFromHash, type BreakerState } from '../reconcile/breaker.js';
@@ -41,7 +41,7 @@ export class PoolReader {
   private readonly keys: PoolKeys;
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisConnection,
     prefix: string,
   ) {
     this.keys = poolKeys(prefix);
@@ -292,7 +292,7 @@ export class PoolReader {
     return this.redis.xlen(this.keys.auditEvents);
   }
 
-  private async numbers(pipeline: ReturnType<Redis['pipeline']>): Promise<number[]> {
+  private async numbers(pipeline: ReturnType<RedisConnection['pipeline']>): Promise<number[]> {
     return ((await pipeline.exec()) ?? []).map(([err, n]) => {
       if (err) throw err;
       return Number(n);

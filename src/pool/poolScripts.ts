@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../redis.js';
 import { poolKeyBase } from './keys.js';
 import { ReplyCodes, replyCodeName, type ReplyCode } from './replyCodes.js';
 import { loadScripts, type RunScript, type ScriptName } from './scripts.js';
@@ -79,7 +79,7 @@ export class PoolScripts {
   private readonly run: RunScript;
   private readonly base: string;
 
-  constructor(redis: Redis, prefix: string) {
+  constructor(redis: RedisConnection, prefix: string) {
     this.run = loadScripts(redis);
     this.base = poolKeyBase(prefix);
   }
@@ -209,6 +209,17 @@ export class PoolScripts {
     const f = failure ?? { errorClass: '', threshold: 1, backoffSeconds: 0, maxBackoffSeconds: 0, needsOperator: false, message: '' };
     const reply = await this.call('recordSpawnOutcome', [group, outcome, f.errorClass, now, f.threshold, f.backoffSeconds, f.maxBackoffSeconds, f.needsOperator ? '1' : '0', f.message]);
     return Number(reply) === ReplyCodes.OPENED;
+  }
+
+  /**
+   * accept-new: keeps the offered host key for the VM unless one is kept already, and returns the
+   * key kept (compare it with the offered one); null when no VM of that name has that IP.
+   */
+  async rememberHostKey(vmName: string, vmIp: string, offered: string): Promise<string | null> {
+    const reply = (await this.call('rememberHostKey', [vmName, vmIp, offered])) as number | [number, string];
+    if (reply === ReplyCodes.NOT_FOUND) return null;
+    if (Array.isArray(reply) && reply[0] === ReplyCodes.OK) return reply[1];
+    throw unexpected('rememberHostKey', Array.isArray(reply) ? reply[0] : reply);
   }
 
   /** Records a server start; returns its place in the check sequence. */

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../redis.js';
 
 /**
  * The pool's Lua scripts, `commands/<name>-<numberOfKeys>.lua`, loaded into an ioredis connection
@@ -31,6 +31,7 @@ export const POOL_SCRIPTS = {
   recordSpawnMachine: 1,
   recordSpawnOutcome: 1,
   releaseVm: 1,
+  rememberHostKey: 1,
   removeVm: 1,
   renewLease: 1,
   startSpawnAttempt: 1,
@@ -84,7 +85,7 @@ export function scriptSources(): ScriptSource[] {
 export type RunScript = (name: ScriptName, keys: readonly string[], args: readonly (string | number)[]) => Promise<unknown>;
 
 /** Defines every pool script on the connection (idempotent) and returns the caller. */
-export function loadScripts(redis: Redis): RunScript {
+export function loadScripts(redis: RedisConnection): RunScript {
   const target = redis as unknown as Record<string, (...a: (string | number)[]) => Promise<unknown>>;
   for (const source of scriptSources()) {
     if (typeof target[source.command] !== 'function') {

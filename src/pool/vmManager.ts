@@ -1,9 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import type { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
 import { isParsedConfig, parseConfig, type Config, type ConfigInput, type GroupConfig } from '../config.js';
 import { createLogger, type Logger } from '../logger.js';
-import { producerConnectionFrom } from '../redis.js';
+import { assertPrefixFits, producerConnectionFrom, replicaWaitOf, waitForReplicas, type RedisConnection, type RedisTarget } from '../redis.js';
 import {
   TERMINATE_QUEUE,
   addTerminateJob,
@@ -59,8 +58,11 @@ export const SPAWN_RECORD_TTL_MS = 24 * 3600 * 1000;
 export const DRAINED_SINCE = 'drained_since';
 
 export interface VmManagerOptions {
-  /** An ioredis instance (shared, not closed by the manager) or a Redis URL (owned and closed). */
-  redis: Redis | string;
+  /**
+   * An ioredis instance, Redis or Cluster (shared, not closed by the manager), or where Redis is (owned
+   * and closed): a URL (redis://, redis+cluster://, redis+sentinel://) or a config's redis section.
+   */
+  redis: RedisConnection | RedisTarget;
   /** Key prefix of the pool and of its BullMQ queues. Defaults to config.redis.prefix. */
   prefix?: string;
   logger?: Logger;
@@ -109,7 +111,7 @@ export class VmManager {
   readonly clock: Clock;
   /** Reads of the pool that are not transitions: counts, spawns in flight, demand, server start. */
   readonly reader: PoolReader;
-  private readonly redis: Redis;
+  private readonly redis: RedisConnection;
   private readonly keys: PoolKeys;
   private readonly ownsRedis: boolean;
   private readonly scripts: PoolScripts;
@@ -119,8 +121,10 @@ export class VmManager {
   /** A parsed Config is taken as it is; a ConfigInput is parsed (without the environment). */
   constructor(config: Config | ConfigInput, options: VmManagerOptions) {
     this.config = isParsedConfig(config) ? config : parseConfig(config, {});
-    ({ redis: this.redis, owned: this.ownsRedis } = producerConnectionFrom(options.redis));
     this.prefix = options.prefix ?? this.config.redis.prefix;
+    // On a Cluster the prefix needs a hash tag; refused before any connection is opened.
+    assertPrefixFits(options.redis, this.prefix);
+    ({ redis: this.redis, owned: this.ownsRedis } = producerConnectionFrom(options.redis));
     this.poolId = poolIdOf(this.config, this.prefix);
     this.logger = options.logger ?? createLogger('vmpool');
     this.clock = options.clock ?? Date.now;
@@ -159,7 +163,7 @@ export class VmManager {
    * reconcile cycle lock, the job metrics that workers keep in Redis). The pool's keys are not
    * theirs: they read the pool through `reader` and change it through the manager's methods.
    */
-  connectionForOwnKeys(): Redis {
+  connectionForOwnKeys(): RedisConnection {
     return this.redis;
   }
 
@@ -313,6 +317,8 @@ export class VmManager {
       }),
     });
     if (attempt.status === 'acquired' || attempt.status === 'reattached') {
+      // redis.wait_replicas: the assignment is answered only once replicas have it.
+      await this.replicated();
       const { vm } = attempt;
       this.logger.info({ vmName: vm.vmName, owner, sandbox, taskId: vm.taskId, reattached: attempt.status === 'reattached' }, 'VM acquired');
     }
@@ -335,8 +341,18 @@ export class VmManager {
    */
   async releaseVm(vmName: string, leaseId?: string): Promise<boolean> {
     const released = await this.scripts.releaseVm(vmName, this.clock(), leaseId);
+    if (released) await this.replicated();
     if (released) this.logger.info({ vmName }, 'VM released');
     return released;
+  }
+
+  /**
+   * With redis.wait_replicas, waits until that many replicas have this connection's writes
+   * (WriteNotReplicated after redis.wait_timeout); without it, returns at once.
+   */
+  async replicated(): Promise<void> {
+    const wait = replicaWaitOf(this.config.redis);
+    if (wait) await waitForReplicas(this.redis, this.prefix, wait);
   }
 
   /**
@@ -567,6 +583,15 @@ export class VmManager {
   async drainedSince(group: number): Promise<number | null> {
     const value = await this.readVmPoolInfo(group, DRAINED_SINCE);
     return value !== null && /^\d+$/.test(value) ? Number(value) : null;
+  }
+
+  /**
+   * The SSH host key kept for a VM (accept-new): the offered one when the VM had none yet, else the
+   * one its first check saw; null when no VM of that name has that IP. Kept in the VM's record, so
+   * every health replica sees it and it goes when the VM is removed.
+   */
+  async rememberHostKey(vmName: string, vmIp: string, offered: string): Promise<string | null> {
+    return this.scripts.rememberHostKey(vmName, vmIp, offered);
   }
 
   /** Records a spawn in flight, in Redis, so that a restarted process does not forget it. */

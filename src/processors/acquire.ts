@@ -19,6 +19,7 @@ import {
 import { ReadySignal } from '../acquire/readySignal.js';
 import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
 import { withFallbacks } from '../acquire/fallback.js';
+import { duplicateConnection } from '../redis.js';
 
 export { NO_VM_AVAILABLE_PREFIX };
 
@@ -40,7 +41,7 @@ const stopped = new WeakSet<JobContext>();
 function runtimeOf(ctx: JobContext): AcquireRuntime {
   let rt = runtimes.get(ctx);
   if (!rt) {
-    const subscriber = ctx.connection.duplicate({ maxRetriesPerRequest: null, lazyConnect: false });
+    const subscriber = duplicateConnection(ctx.connection, { maxRetriesPerRequest: null, lazyConnect: false });
     rt = {
       readySignal: new ReadySignal(subscriber, ctx.prefix, ctx.vmm.vmGroups, ctx.logger),
       stopping: new AbortController(),

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../redis.js';
 import { ReplyCodes } from '../pool/replyCodes.js';
 import { luaSource } from '../pool/scripts.js';
 
@@ -9,7 +9,7 @@ const RELEASE = 'vmpoolReconcileReleaseLock';
 
 type LockCommands = Record<string, (key: string, ...args: (string | number)[]) => Promise<number>>;
 
-function commands(redis: Redis): LockCommands {
+function commands(redis: RedisConnection): LockCommands {
   const target = redis as unknown as LockCommands;
   if (typeof target[EXTEND] !== 'function') redis.defineCommand(EXTEND, { numberOfKeys: 1, lua: lua('extendLock-1.lua') });
   if (typeof target[RELEASE] !== 'function') redis.defineCommand(RELEASE, { numberOfKeys: 1, lua: lua('releaseLock-1.lua') });
@@ -24,7 +24,7 @@ export class CycleLock {
   private readonly cmd: LockCommands;
 
   constructor(
-    readonly redis: Redis,
+    readonly redis: RedisConnection,
     readonly key: string,
     readonly ttlMs: number,
   ) {

@@ -1,5 +1,5 @@
 import type { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../redis.js';
 import type { Config } from '../config.js';
 import type { HealthCheck } from '../health/types.js';
 import type { Logger } from '../logger.js';
@@ -22,7 +22,7 @@ export interface JobContext {
   /** This process's name, for BullMQ and the VM's `usedByWorker`: host, pid and a random suffix. */
   workerId: string;
   /** Producer connection (fails fast); shared by vmm and the queues below. */
-  connection: Redis;
+  connection: RedisConnection;
   /** A Queue handle for adding jobs, created once per process. */
   queue(name: QueueName): Queue;
   /** The provider of a group, created once per group. */

@@ -1,9 +1,8 @@
 import { ExitCodes } from '../cli/exitCodes.js';
 import { ConfigError, type Config } from '../config.js';
 import { createLogger, type Logger } from '../logger.js';
-import { connectAnsweringRedis } from '../redis.js';
+import { connectAnsweringRedis, describeRedis, type RedisTarget } from '../redis.js';
 import { ensureRedisSafety } from '../redisSafety.js';
-import { redactUrl } from '../text/redact.js';
 import { startProcessTypes, stopOnSignals, type ProcessTypeRegistry } from './boot.js';
 import { readSettings, resolveConfig, type Settings } from './settings.js';
 
@@ -21,11 +20,11 @@ export function exitFatal(logger: Logger, summary: string, message: string, code
  * Pings Redis once with a short timeout; exits the process when it does not answer (exit code 1,
  * as every vmpool command: src/cli/exitCodes.ts). The hint goes to stderr once; the log says what failed.
  */
-export async function requireRedis(url: string, logger: Logger): Promise<void> {
+export async function requireRedis(target: RedisTarget, logger: Logger): Promise<void> {
   try {
-    (await connectAnsweringRedis(url)).disconnect();
+    (await connectAnsweringRedis(target)).disconnect();
   } catch (err) {
-    exitFatal(logger, `Redis is not reachable at ${redactUrl(url)}; exiting`, `\n${(err as Error).message}`, ExitCodes.ERROR);
+    exitFatal(logger, `Redis is not reachable at ${describeRedis(target)}; exiting`, `\n${(err as Error).message}`, ExitCodes.ERROR);
   }
 }
 
@@ -34,7 +33,7 @@ export async function requireRedis(url: string, logger: Logger): Promise<void> {
  * an exit with the reasons. A Redis that does not answer was caught by requireRedis before.
  */
 export async function requireSafeRedis(config: Config, logger: Logger): Promise<void> {
-  const redis = await connectAnsweringRedis(config.redis.url).catch(() => null);
+  const redis = await connectAnsweringRedis(config.redis).catch(() => null);
   if (!redis) return;
   try {
     await ensureRedisSafety(redis, config.redis, logger);
@@ -102,7 +101,7 @@ export async function runWorkerProcess<T extends string>(registry: ProcessTypeRe
   const logger = createLogger(`vmpool-${types.join('+')}`);
   const { settings, config, source } = prepareProcess(`workers/${types.join('+')}.js`, argv, logger);
   logger.info({ config: source, types }, 'starting');
-  await requireRedis(config.redis.url, logger);
+  await requireRedis(config.redis, logger);
   await requireSafeRedis(config, logger);
   const running = await startProcessTypes(registry, types, config, {
     logger,

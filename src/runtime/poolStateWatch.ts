@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { Redis } from 'ioredis';
+import type { RedisConnection } from '../redis.js';
 import type { Config } from '../config.js';
 import type { Logger } from '../logger.js';
 import type { PoolStateSeen } from '../pool/poolScripts.js';
@@ -19,7 +19,7 @@ export type PoolStateEvent =
 export interface PoolStateWatchOptions {
   vmm: VmManager;
   /** The connection whose reconnects ('ready') trigger a check, and that reads Redis's settings. */
-  redis: Redis;
+  redis: RedisConnection;
   logger: Logger;
   /** Period of the heartbeat check (ms). */
   intervalMs: number;

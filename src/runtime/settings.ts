@@ -12,7 +12,10 @@ export type ConcurrencyOverrides = Partial<Record<keyof Config['concurrency'], n
 export interface Settings {
   /** VMPOOL_CONFIG: the config file; without it (and without --config), the embedded default. */
   configPath?: string;
-  /** REDIS_URL: overrides redis.url. */
+  /**
+   * REDIS_URL: overrides redis.url (and the file's redis.cluster or redis.sentinel): redis://,
+   * rediss://, redis+cluster://h1:p1,h2:p2 or redis+sentinel://h1:p1,h2:p2/mastername.
+   */
   redisUrl?: string;
   /** PORT (foreman, honcho, Heroku give it to the web process): overrides web.port. */
   webPort?: number;
@@ -96,7 +99,11 @@ export function readSettings(env: NodeJS.ProcessEnv = process.env): Settings {
  */
 export function resolveConfig(path: string | undefined, settings: Settings): { config: Config; source: string } {
   const file = path ?? settings.configPath;
-  const env = settings.redisUrl === undefined ? {} : { REDIS_URL: settings.redisUrl };
+  const env = {
+    ...(settings.redisUrl === undefined ? {} : { REDIS_URL: settings.redisUrl }),
+    // Only checked against the Redis (a Cluster needs a hash tag); the processes apply it themselves.
+    ...(settings.prefix === undefined ? {} : { VMPOOL_PREFIX: settings.prefix }),
+  };
   const resolved = file
     ? { config: loadConfig(file, env), source: file }
     : { config: parseConfig(embeddedConfig, env), source: 'embedded default (local provider)' };

@@ -4,10 +4,11 @@ import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { ZodType } from 'zod';
 import type { Config } from '../config.js';
 import type { HealthCheck } from '../health/types.js';
+import type { HealthCheckDeps } from '../health/index.js';
 import { createLogger, type Logger } from '../logger.js';
 import { VmManager, type Clock } from '../pool/vmManager.js';
 import type { Provider, ProviderDeps, ProviderGroup } from '../providers/types.js';
-import { createProducerConnection, createWorkerConnection } from '../redis.js';
+import { assertPrefixFits, createProducerConnection, createWorkerConnection } from '../redis.js';
 import type { QueueName } from '../../queues/names.js';
 import { QueueSet } from '../../queues/queueSet.js';
 import type { JobContext } from './context.js';
@@ -16,7 +17,7 @@ import { formatZodError } from '../validation.js';
 import { recordJobMetrics, type JobOutcome } from '../metrics/shared.js';
 
 export type ProviderFactory = (group: ProviderGroup, deps: ProviderDeps) => Provider;
-export type HealthCheckFactory = (group: ProviderGroup, deps: ProviderDeps & { provider?: Provider }) => HealthCheck;
+export type HealthCheckFactory = (group: ProviderGroup, deps: HealthCheckDeps) => HealthCheck;
 
 export interface JobContextOptions {
   logger?: Logger;
@@ -37,7 +38,9 @@ export function createJobContext(config: Config, options: JobContextOptions): Ow
   const logger = options.logger ?? createLogger('vmpool');
   const clock = options.clock ?? Date.now;
   const prefix = options.prefix ?? config.redis.prefix;
-  const connection = createProducerConnection(config.redis.url);
+  // On a Cluster the prefix needs a hash tag: refused before any connection is opened.
+  assertPrefixFits(config.redis, prefix);
+  const connection = createProducerConnection(config.redis);
   connection.on('error', (err) => logger.warn({ err: err.message }, 'Redis connection error'));
   const queues = new QueueSet(connection, prefix, (err, name) => logger.warn({ err: err.message, queue: name }, 'queue error'));
   const vmm = new VmManager(config, { redis: connection, prefix, logger, clock, queues });
@@ -67,7 +70,8 @@ export function createJobContext(config: Config, options: JobContextOptions): Ow
       let c = checks.get(group);
       if (!c) {
         // The `provider` check asks the group's provider itself.
-        c = options.healthCheckFactory(providerGroup(group), { logger, provider: provider(group) });
+        // accept-new host keys are kept beside the VM records (vmm.rememberHostKey).
+        c = options.healthCheckFactory(providerGroup(group), { logger, provider: provider(group), hostKeys: vmm });
         checks.set(group, c);
       }
       return c;
@@ -115,7 +119,7 @@ export function runWorker<Data, Result>(
   concurrency: number,
 ): RunningWorker {
   const log = ctx.logger.child({ queue: spec.queue });
-  const connection = createWorkerConnection(ctx.config.redis.url);
+  const connection = createWorkerConnection(ctx.config.redis);
   connection.on('error', (err) => log.warn({ err: err.message }, 'Redis connection error'));
   const worker = new Worker(
     spec.queue,

@@ -18,7 +18,7 @@ import { QueueNames } from '../../queues/names.js';
 import { spawnJobOptions } from '../../queues/spawn.js';
 import { createNetnsHarness, isLive, liveGroupMembers, type NetnsHarness } from '../helpers/netns.js';
 import { startWorkerProcess, waitFor, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
-import { closePool, connect, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
+import { closePool, connect, poolKeys, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
 
 const run = promisify(execFile);
 const prefix = uniquePrefix('e2e');
@@ -217,9 +217,10 @@ describe('end to end with real hosts (network namespaces running OpenSSH)', () =
     // The host's own sshd logged the health checker's login with the harness key.
     const sshdLog = readFileSync(join(hosts!.dir, 'hosts', vm.vmName, 'sshd.log'), 'utf8');
     expect(sshdLog).toMatch(/Accepted publickey for root from/);
-    // accept-new remembered the host's key under its name and address.
+    // accept-new kept the host's key in the VM's record (every health replica sees it), not in a file.
     const hostKey = hosts!.hostPublicKey(vm.vmName).split(' ').slice(0, 2).join(' ');
-    expect(readFileSync(join(marks, 'known_vms'), 'utf8')).toContain(`${vm.vmName} ${vm.vmIp} ${hostKey}`);
+    expect(await redis.hget(poolKeys(prefix).vm(vm.vmName), 'host_key')).toBe(hostKey);
+    expect(existsSync(join(marks, 'known_vms'))).toBe(false);
   }, 60_000);
 
   it('acquires, releases, reuses for the same owner and sandbox, and terminates after the dirty timeout', async () => {
