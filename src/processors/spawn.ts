@@ -120,10 +120,13 @@ async function processSpawn(job: Job, data: SpawnData, ctx: JobContext): Promise
 const BREAKER_OPEN = 'breaker_open';
 
 /**
- * Feeds the group's circuit breaker: a success closes it, a failure counts by its class (the hook's
- * typed error; a failure around the hook is unclassified). A Redis error here never fails the spawn.
+ * Feeds the group's circuit breaker: a success closes it, a provider failure counts by its class
+ * (the hook's typed error; a timeout or bad output is unclassified). vmpool's own refusals of what
+ * the provider returned (an address outside the allowed networks, a name the pool has) are not the
+ * provider failing and count for nothing. A Redis error here never fails the spawn.
  */
 async function recordOutcome(ctx: JobContext, group: number, err: Error | null): Promise<void> {
+  if (err && !(err instanceof ProviderError)) return;
   try {
     if (!err) await ctx.vmm.recordSpawnOutcome(group, 'ok');
     else await ctx.vmm.recordSpawnOutcome(group, 'failed', spawnErrorClass(err), err.message);
