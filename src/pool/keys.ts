@@ -50,6 +50,11 @@ export function poolKeys(prefix: string) {
     waiterInfo: `${base}waiter_info`,
     /** Why a waiting acquire request (by waiter member) was withdrawn (cancelAcquire-1.lua); the acquire script ends it. */
     acquireCancel: (waiter: string) => `${base}acquire_cancel:${waiter}`,
+    /**
+     * Hash {vm, lease} of the VM an acquire job (by job id) was given, expiring with that lease's
+     * first term: a re-run of the job (its worker died after the assignment) gets the same VM back.
+     */
+    acquireAssignment: (jobId: string) => `${base}acquire_assignment:${jobId}`,
     /** Hash of machines the group's provider lists but the pool does not know: name -> first seen (epoch ms). */
     orphanUnknown: (group: number) => `${base}group:${group}:orphan_unknown`,
     /** Hash of the group's pool VMs missing from the provider's last list: name -> first missed (epoch ms). */

@@ -49,6 +49,7 @@ const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
   waiters: [3],
   waiterInfo: [],
   acquireCancel: ['000001700000000|acquire-42%3Ax'],
+  acquireAssignment: ['acquire-42%3Ax'],
   readyChannel: [3],
 };
 

@@ -8,6 +8,9 @@
   the start's millisecond, check_seq tells which came first (markServerStart);
   ready VMs always have check_fails == 0, which is checked again here.
   If the task already holds a VM, that VM is returned instead (reattach) with its existing lease.
+  A job (by its job id, ARGV[12]) that was given a VM and runs again (its worker died before
+  completing it) gets that VM and lease back (REATTACHED), with or without a task id, while that
+  lease holds: the assignment is recorded under the job id for the lease's first term.
   A task belongs to one owner and sandbox (includes/taskOwner): while it holds a VM, or a request
   for it waits (its claim), a request of another owner or sandbox is refused, whatever its job id.
   A waiting request claims its task until its deadline; the claim ends when it is served.
@@ -40,7 +43,8 @@
     ARGV[14..] N triples: group id, max_vm_per_user, lease_timeout in ms of that group
   Output:
     {OK, HGETALL of the VM}          acquired: the VM is in_use under a new lease
-    {REATTACHED, HGETALL of the VM}  the task already held this VM (its lease unchanged)
+    {REATTACHED, HGETALL of the VM}  the task already held this VM, or an earlier run of this job was
+                                     given it (its lease unchanged)
     {TASK_CONFLICT}                  the task holds a VM, or is claimed, for another owner or
                                      sandbox (nothing changed; the caller leaves the line)
     {CANCELLED, reason}              the waiting request was withdrawn: it left the line
@@ -57,6 +61,7 @@ local waiting = waiter ~= ''
 local WAITERS_SCANNED = 200
 --- @include "includes/replyCodes"
 --- @include "includes/setVmState"
+--- @include "includes/releaseVm"
 --- @include "includes/leaveLines"
 --- @include "includes/taskOwner"
 
@@ -101,12 +106,45 @@ local function someoneAhead(group, maxPerOwner, dirty)
   return false
 end
 
+-- The VM this job was given by an earlier run (its worker died before completing the job), while
+-- it is still in_use under the lease given then; nil otherwise (the record is dropped).
+local function earlierAssignment()
+  if jobId == '' then
+    return nil
+  end
+  local record = redis.call('HMGET', acquireAssignmentKey(base, jobId), 'vm', 'lease')
+  if not record[1] then
+    return nil
+  end
+  local vm = redis.call('HMGET', vmKey(base, record[1]), 'state', 'lease_id')
+  if vm[1] == 'in_use' and vm[2] == record[2] then
+    return record[1]
+  end
+  redis.call('DEL', acquireAssignmentKey(base, jobId))
+  return nil
+end
+
 if waiting then
   local cancelled = redis.call('GET', acquireCancelKey(base, waiter))
   if cancelled then
     redis.call('DEL', acquireCancelKey(base, waiter))
+    -- A VM an earlier run of this job was given never reached the builder, who withdrew: it goes back.
+    local given = earlierAssignment()
+    if given then
+      releaseInUseVm(base, given, now)
+      redis.call('DEL', acquireAssignmentKey(base, jobId))
+    end
     leaveLinesIfWaiting()
     return {CANCELLED, cancelled}
+  end
+end
+
+-- A re-run of the same job (with or without a task id) gets the VM and lease its first run was given.
+do
+  local given = earlierAssignment()
+  if given then
+    leaveLinesIfWaiting()
+    return {REATTACHED, redis.call('HGETALL', vmKey(base, given))}
   end
 end
 
@@ -228,6 +266,11 @@ for i = 0, groupCount - 1 do
     local expiresAt = tonumber(now) + leaseMs
     redis.call('HSET', key, 'lease_id', leaseId, 'lease_timeout_ms', leaseMs, 'lease_expires_at', expiresAt)
     redis.call('ZADD', leasesKey(base), expiresAt, name)
+    if jobId ~= '' then
+      -- Kept for the lease's first term: a re-run of this job gets this VM back (earlierAssignment).
+      redis.call('HSET', acquireAssignmentKey(base, jobId), 'vm', name, 'lease', leaseId)
+      redis.call('PEXPIRE', acquireAssignmentKey(base, jobId), leaseMs)
+    end
     leaveLinesIfWaiting()
     return {OK, redis.call('HGETALL', key)}
   end

@@ -93,6 +93,12 @@ local function acquireCancelKey(base, waiter)
   return base .. 'acquire_cancel:' .. waiter
 end
 
+-- Hash {vm, lease} of the VM an acquire job (by job id) was given, kept as long as that lease ran
+-- when given: a re-run of the job (its worker died after the assignment) gets the same VM back.
+local function acquireAssignmentKey(base, jobId)
+  return base .. 'acquire_assignment:' .. jobId
+end
+
 -- Pub/sub channel told when a VM of the group may be acquirable.
 local function readyChannel(base, group)
   return base .. 'ready:' .. group
