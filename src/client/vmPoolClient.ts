@@ -301,13 +301,17 @@ export class VmPoolClient {
               .cancelAcquire(waiter, abortReasonText(signal.reason), CANCEL_KEEP_MS)
               .catch((err: Error) => this.logger.warn({ jobId: job.id, err: err.message }, 'withdrawing the acquire request failed'))
               .then(async () => {
-                // Queued (no acquire worker holds it, or a stopping one handed it back): removed at
-                // once, so that it neither waits for a worker nor counts as demand. Held by a worker:
-                // it fails as cancelled at the worker's wake; settled when it ended or at the bound.
+                // Queued (no acquire worker took it yet): removed at once, so that it neither waits
+                // for a worker nor counts as demand. Parked in the line (delayed): woken, so that it
+                // fails as cancelled now (a VM the line gave it meanwhile went back with the
+                // withdrawal). Running: it fails as cancelled, or was served just before; settled
+                // when it ended or at the bound.
                 const until = Date.now() + ABORT_SETTLE_MS;
+                let woken = false;
                 for (;;) {
                   const state = await job.getState().catch(() => 'unknown');
-                  if (['waiting', 'prioritized', 'delayed'].includes(state) && (await job.remove().then(() => true, () => false))) break;
+                  if (['waiting', 'prioritized'].includes(state) && (await job.remove().then(() => true, () => false))) break;
+                  if (state === 'delayed' && !woken) woken = await job.promote().then(() => true, () => false);
                   if (state === 'failed' || state === 'completed' || state === 'unknown' || Date.now() >= until) break;
                   await new Promise((r) => setTimeout(r, 100).unref());
                 }

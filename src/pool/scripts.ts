@@ -18,6 +18,7 @@ export const POOL_SCRIPTS = {
   addVm: 1,
   cancelAcquire: 1,
   claimTask: 1,
+  dispatchAcquireLine: 1,
   expireHolds: 1,
   expireLeases: 1,
   holdVm: 1,

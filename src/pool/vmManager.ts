@@ -292,6 +292,16 @@ export class VmManager {
     return attempt;
   }
 
+  /**
+   * Runs the acquire line's dispatcher for a group: gives the VM named by a ready message (or, for
+   * '', the group's clean ready VMs) to the waiting requests next in line. Returns the job ids
+   * served, whose parked jobs are to be woken (promoted).
+   */
+  async dispatchAcquireLine(group: number, vmName = ''): Promise<string[]> {
+    this.groupConfig(group);
+    return this.scripts.dispatchAcquireLine(group, vmName, this.clock());
+  }
+
   /** Takes a waiting request out of the line of its groups (timeout, invalid request, shutdown). */
   async leaveAcquireLine(waiter: AcquireWaiter, groups: readonly number[]): Promise<void> {
     await this.scripts.leaveAcquireLine(waiter, groups);

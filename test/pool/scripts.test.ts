@@ -50,6 +50,12 @@ const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
   waiterInfo: [],
   acquireCancel: ['000001700000000|acquire-42%3Ax'],
   acquireAssignment: ['acquire-42%3Ax'],
+  lineOwners: [3],
+  lineBlocked: [3],
+  ownerLine: [3, 'alice'],
+  sandboxLine: [3, 'alice', 'alice/p'],
+  lineTurn: [3],
+  acquireAssigned: [],
   readyChannel: [3],
 };
 

@@ -1,0 +1,94 @@
+import { Job, type Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { JobContext } from '../runtime/context.js';
+import { poolKeys } from '../pool/keys.js';
+import { ACQUIRE_QUEUE } from '../../queues/acquire.js';
+
+/**
+ * An acquire process's side of the fair line (commands/includes/acquireLine.lua). Waiting requests
+ * are parked (delayed BullMQ jobs, holding no worker); this runtime wakes the ones the line serves:
+ * - on a ready message (a VM of a group may be acquirable; the scripts publish its name), it runs
+ *   the line's dispatcher for that VM, which gives it to the request next in line, and promotes
+ *   that request's job: one wake per freed VM, none for the requests it cannot serve;
+ * - every acquire_safety_retry seconds, and when its subscriber reconnects (messages are lost while
+ *   nobody listens), it dispatches every group and promotes the jobs given a VM that have not
+ *   collected it (acquire_assigned; a wake lost with a process that died). That sweep costs a few
+ *   commands per group, plus one per request waiting to be woken.
+ */
+export class AcquireLineRuntime {
+  private readonly subscriber: Redis;
+  private readonly channelGroup = new Map<string, number>();
+  private readonly subscribed: Promise<void>;
+  private readonly timer: NodeJS.Timeout;
+  private readonly queue: Queue;
+  private closed = false;
+
+  constructor(private readonly ctx: JobContext) {
+    const keys = poolKeys(ctx.prefix);
+    for (const g of ctx.vmm.vmGroups) this.channelGroup.set(keys.readyChannel(g), g);
+    this.queue = ctx.queue(ACQUIRE_QUEUE);
+    this.subscriber = ctx.connection.duplicate({ maxRetriesPerRequest: null, lazyConnect: false });
+    this.subscriber.on('message', (channel: string, vmName: string) => {
+      const g = this.channelGroup.get(channel);
+      if (g !== undefined) void this.dispatch(g, vmName);
+    });
+    let first = true;
+    this.subscriber.on('ready', () => {
+      if (!first) void this.sweep();
+      first = false;
+    });
+    this.subscriber.on('error', (err: Error) => ctx.logger.warn({ err: err.message }, 'acquire line subscriber error'));
+    this.subscribed = this.subscriber.subscribe(...this.channelGroup.keys()).then(() => undefined);
+    this.subscribed.catch((err: Error) => ctx.logger.warn({ err: err.message }, 'acquire line subscribe failed'));
+    this.timer = setInterval(() => void this.sweep(), ctx.config.acquire_safety_retry * 1000);
+    this.timer.unref();
+  }
+
+  /** Resolves once the ready channels are subscribed. */
+  ready(): Promise<void> {
+    return this.subscribed;
+  }
+
+  /** Runs the dispatcher for a VM of the group (or its clean VMs, for ''), and wakes whom it served. */
+  async dispatch(group: number, vmName: string): Promise<void> {
+    if (this.closed) return;
+    try {
+      this.wake(await this.ctx.vmm.dispatchAcquireLine(group, vmName));
+    } catch (err) {
+      this.ctx.logger.warn({ group, vmName, err: (err as Error).message }, 'acquire line dispatch failed; the next sweep retries');
+    }
+  }
+
+  /**
+   * Promotes the parked jobs of requests the line gave a VM. A job that is not delayed (its own
+   * attempt is running, or it was never parked) collects its VM at its attempt; that error is ignored.
+   */
+  wake(jobIds: readonly string[]): void {
+    for (const id of jobIds) {
+      // A bare Job handle: promote needs only the queue and the id (no read of the job first).
+      void new Job(this.queue, 'acquire', {}, {}, id).promote().catch(() => undefined);
+    }
+  }
+
+  /** Dispatches every group and wakes the served requests whose wake may have been lost. */
+  async sweep(): Promise<void> {
+    if (this.closed) return;
+    for (const g of this.ctx.vmm.vmGroups) await this.dispatch(g, '');
+    try {
+      this.wake(await this.ctx.vmm.reader.acquireAssignedBefore(this.ctx.clock() - STALE_WAKE_MS, SWEEP_WAKE_BATCH));
+    } catch (err) {
+      this.ctx.logger.warn({ err: (err as Error).message }, 'acquire line sweep failed');
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.timer);
+    await this.subscriber.quit().catch(() => this.subscriber.disconnect());
+  }
+}
+
+/** A served request whose job has not collected its VM after this long was not woken (a lost wake). */
+const STALE_WAKE_MS = 2_000;
+/** Served requests woken again per sweep, at most. */
+const SWEEP_WAKE_BATCH = 500;
