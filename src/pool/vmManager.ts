@@ -302,6 +302,14 @@ export class VmManager {
     return this.scripts.dispatchAcquireLine(group, vmName, this.clock());
   }
 
+  /**
+   * Withdraws a waiting acquire request: out of the line; its job fails as cancelled (with `reason`)
+   * at its next attempt; a VM the line gave it that its job did not collect goes back.
+   */
+  async cancelAcquire(waiter: Pick<AcquireWaiter, 'member' | 'jobId'>, reason: string, keepMs: number): Promise<number> {
+    return this.scripts.cancelAcquire(waiter, reason, keepMs, this.clock());
+  }
+
   /** Takes a waiting request out of the line of its groups (timeout, invalid request, shutdown). */
   async leaveAcquireLine(waiter: AcquireWaiter, groups: readonly number[]): Promise<void> {
     await this.scripts.leaveAcquireLine(waiter, groups);
