@@ -379,6 +379,8 @@ export class VmPoolClient {
   ): Promise<{ kind: 'completed'; assignment: VmAssignment } | { kind: 'failed' | 'withdrawn'; job: Job } | 'pending'> {
     // The state first: a job read before it is seen completed has its return value already.
     const state = await this.getQueue().getJobState(String(job.id));
+    // Pending: nothing more to read (one round trip per wait).
+    if (state !== 'unknown' && state !== 'completed' && state !== 'failed') return withdrawn ? { kind: 'withdrawn', job } : 'pending';
     const stored = state === 'unknown' ? undefined : await Job.fromId(this.getQueue(), String(job.id));
     if (!stored && withdrawn) return { kind: 'withdrawn', job };
     if (!stored) {

@@ -159,6 +159,27 @@ if not waiting then
   return {NO_VM, {}}
 end
 
+-- Nobody waits who could take what this request can take now (no request of its sandbox waits for
+-- a dirty VM; no owner waits in the round-robin for a clean one): served at once, never in the line.
+for i = 0, groupCount - 1 do
+  local group = groups[i + 1]
+  local name, fresh = nil, false
+  if redis.call('EXISTS', sandboxLineKey(base, group, owner, sandbox)) == 0 then
+    name = pickReady(base, readyDirtyKey(base, group, owner, sandbox))
+  end
+  if not name and redis.call('EXISTS', lineOwnersKey(base, group)) == 0
+      and (tonumber(redis.call('HGET', ownerVmsKey(base, group), owner)) or 0) < tonumber(groupArg(i, 1)) then
+    name = pickReady(base, readyCleanKey(base, group))
+    fresh = name ~= nil
+  end
+  if name then
+    request.leaseMs = tonumber(groupArg(i, 2))
+    assignVm(base, group, name, fresh, request, now)
+    leaveLinesIfWaiting()
+    return {OK, redis.call('HGETALL', vmKey(base, name)), {}}
+  end
+end
+
 local limits = {}
 for i = 0, groupCount - 1 do
   limits[i + 1] = {tonumber(groupArg(i, 1)), tonumber(groupArg(i, 2))}
