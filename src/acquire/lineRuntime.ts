@@ -1,8 +1,6 @@
-import { Job, type Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { JobContext } from '../runtime/context.js';
 import { poolKeys } from '../pool/keys.js';
-import { ACQUIRE_QUEUE } from '../../queues/acquire.js';
 
 /**
  * An acquire process's side of the fair line (commands/includes/acquireLine.lua). Waiting requests
@@ -20,13 +18,11 @@ export class AcquireLineRuntime {
   private readonly channelGroup = new Map<string, number>();
   private readonly subscribed: Promise<void>;
   private readonly timer: NodeJS.Timeout;
-  private readonly queue: Queue;
   private closed = false;
 
   constructor(private readonly ctx: JobContext) {
     const keys = poolKeys(ctx.prefix);
     for (const g of ctx.vmm.vmGroups) this.channelGroup.set(keys.readyChannel(g), g);
-    this.queue = ctx.queue(ACQUIRE_QUEUE);
     this.subscriber = ctx.connection.duplicate({ maxRetriesPerRequest: null, lazyConnect: false });
     this.subscriber.on('message', (channel: string, vmName: string) => {
       const g = this.channelGroup.get(channel);
@@ -53,20 +49,10 @@ export class AcquireLineRuntime {
   async dispatch(group: number, vmName: string): Promise<void> {
     if (this.closed) return;
     try {
-      this.wake(await this.ctx.vmm.dispatchAcquireLine(group, vmName));
+      // The manager wakes the requests it served.
+      await this.ctx.vmm.dispatchAcquireLine(group, vmName);
     } catch (err) {
       this.ctx.logger.warn({ group, vmName, err: (err as Error).message }, 'acquire line dispatch failed; the next sweep retries');
-    }
-  }
-
-  /**
-   * Promotes the parked jobs of requests the line gave a VM. A job that is not delayed (its own
-   * attempt is running, or it was never parked) collects its VM at its attempt; that error is ignored.
-   */
-  wake(jobIds: readonly string[]): void {
-    for (const id of jobIds) {
-      // A bare Job handle: promote needs only the queue and the id (no read of the job first).
-      void new Job(this.queue, 'acquire', {}, {}, id).promote().catch(() => undefined);
     }
   }
 
@@ -75,7 +61,7 @@ export class AcquireLineRuntime {
     if (this.closed) return;
     for (const g of this.ctx.vmm.vmGroups) await this.dispatch(g, '');
     try {
-      this.wake(await this.ctx.vmm.reader.acquireAssignedBefore(this.ctx.clock() - STALE_WAKE_MS, SWEEP_WAKE_BATCH));
+      this.ctx.vmm.wakeAcquireJobs(await this.ctx.vmm.reader.acquireAssignedBefore(this.ctx.clock() - STALE_WAKE_MS, SWEEP_WAKE_BATCH));
     } catch (err) {
       this.ctx.logger.warn({ err: (err as Error).message }, 'acquire line sweep failed');
     }

@@ -60,7 +60,7 @@ const PROVIDER_FAILING_WINDOW_MS = 10 * 60 * 1000;
 
 /** Whether the group's latest finished spawn jobs (the last few, newest first) failed, with none succeeding since. */
 async function providerFailing(spawnQueue: Queue, group: number, now: number): Promise<boolean> {
-  const [failed, completed] = await Promise.all([spawnQueue.getJobs(['failed'], 0, 9, false), spawnQueue.getJobs(['completed'], 0, 9, false)]);
+  const [failed, completed] = await Promise.all([spawnQueue.getJobs(['failed'], 0, 4, false), spawnQueue.getJobs(['completed'], 0, 4, false)]);
   const ofGroup = (j: { data?: { group?: unknown } }) => Number(j.data?.group) === group;
   const lastFailed = Math.max(0, ...failed.filter(ofGroup).map((j) => j.finishedOn ?? 0));
   const lastOk = Math.max(0, ...completed.filter(ofGroup).map((j) => j.finishedOn ?? 0));

@@ -80,6 +80,9 @@ export function isRedisUnavailable(err: unknown): boolean {
   return /Connection is closed|ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|EHOSTUNREACH|Stream isn't writeable|enableOfflineQueue|^LOADING|^READONLY|^MASTERDOWN|^TRYAGAIN|^CLUSTERDOWN|^NOREPLICAS|Socket closed/.test(err.message);
 }
 
+/** How a wait for a job's events ended: its completion's assignment, or a reason to read the job. */
+type FinishedEvent = { assignment: VmAssignment } | 'finished' | 'timeout' | 'stopped';
+
 /** How long the client waits before asking Redis again after it did not answer. */
 const REDIS_RETRY_MS = 500;
 
@@ -256,22 +259,25 @@ export class VmPoolClient {
    * not used: it reads Redis inside a promise executor, so a Redis blip there is an unhandled
    * rejection that ends the builder's process.
    */
-  private finishedEvent(events: QueueEvents, jobId: string, ms: number): { promise: Promise<'finished' | 'timeout' | 'stopped'>; stop(): void } {
-    let settle!: (outcome: 'finished' | 'timeout' | 'stopped') => void;
-    const promise = new Promise<'finished' | 'timeout' | 'stopped'>((resolve) => {
+  private finishedEvent(events: QueueEvents, jobId: string, ms: number): { promise: Promise<FinishedEvent>; stop(): void } {
+    let settle!: (outcome: FinishedEvent) => void;
+    const promise = new Promise<FinishedEvent>((resolve) => {
       settle = resolve;
     });
+    // A completion carries the return value (the assignment): no read of the job needed.
+    const onCompleted = (args: { returnvalue?: unknown }) =>
+      done(args?.returnvalue && typeof args.returnvalue === 'object' ? { assignment: args.returnvalue as VmAssignment } : 'finished');
     const onEvent = () => done('finished');
     // Per-job events (`completed:<id>`) are emitted by QueueEvents but not in its typed listener map.
     const emitter = events as unknown as NodeJS.EventEmitter;
     const timer = setTimeout(() => done('timeout'), ms);
-    const done = (outcome: 'finished' | 'timeout' | 'stopped') => {
+    const done = (outcome: FinishedEvent) => {
       clearTimeout(timer);
-      emitter.removeListener(`completed:${jobId}`, onEvent);
+      emitter.removeListener(`completed:${jobId}`, onCompleted);
       emitter.removeListener(`failed:${jobId}`, onEvent);
       settle(outcome);
     };
-    emitter.on(`completed:${jobId}`, onEvent);
+    emitter.on(`completed:${jobId}`, onCompleted);
     emitter.on(`failed:${jobId}`, onEvent);
     return { promise, stop: () => done('stopped') };
   }
@@ -357,7 +363,8 @@ export class VmPoolClient {
           setTimeout(() => event.stop(), REDIS_RETRY_MS).unref();
         }
         try {
-          await (stop ? Promise.race([event.promise, stop]) : event.promise);
+          const outcome = await (stop ? Promise.race([event.promise, stop]) : event.promise);
+          if (typeof outcome === 'object') return { kind: 'completed', assignment: outcome.assignment };
         } catch {
           // Withdrawn and settled: the stored job tells how it ended.
           event.stop();

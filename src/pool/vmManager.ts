@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { Queue } from 'bullmq';
+import { Job, type Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { isParsedConfig, parseConfig, type Config, type ConfigInput, type GroupConfig } from '../config.js';
 import { createLogger, type Logger } from '../logger.js';
@@ -11,7 +11,7 @@ import {
   type TerminationReason,
 } from '../../queues/terminate.js';
 import { HEALTH_QUEUE, addHealthJob } from '../../queues/health.js';
-import type { QueueName } from '../../queues/names.js';
+import { QueueNames, type QueueName } from '../../queues/names.js';
 import { QueueSet } from '../../queues/queueSet.js';
 import type { AcquireRequestData } from '../../queues/acquire.js';
 import { poolKeys, type PoolKeys } from './keys.js';
@@ -285,6 +285,8 @@ export class VmManager {
         return { group, maxVmPerOwner: gc.max_vm_per_user, leaseTimeoutMs: Math.round(gc.lease_timeout * 1000) };
       }),
     });
+    // Requests ahead that this attempt's dispatch served are woken here, whoever the caller is.
+    if (attempt.status !== 'cancelled' && attempt.served?.length) this.wakeAcquireJobs(attempt.served);
     if (attempt.status === 'acquired' || attempt.status === 'reattached') {
       const { vm } = attempt;
       this.logger.info({ vmName: vm.vmName, owner, sandbox, taskId: vm.taskId, reattached: attempt.status === 'reattached' }, 'VM acquired');
@@ -299,7 +301,22 @@ export class VmManager {
    */
   async dispatchAcquireLine(group: number, vmName = ''): Promise<string[]> {
     this.groupConfig(group);
-    return this.scripts.dispatchAcquireLine(group, vmName, this.clock());
+    const served = await this.scripts.dispatchAcquireLine(group, vmName, this.clock());
+    this.wakeAcquireJobs(served);
+    return served;
+  }
+
+  /**
+   * Wakes (promotes) the parked jobs of requests the acquire line gave a VM, so that they collect
+   * it. A job that is not delayed (its own attempt runs, or it was never parked) collects its VM at
+   * its attempt: that refusal is ignored, as is a job gone. A wake lost here is repaired by the
+   * acquire processes' sweep (acquire_assigned).
+   */
+  wakeAcquireJobs(jobIds: readonly string[]): void {
+    if (jobIds.length === 0) return;
+    const queue = this.queue(QueueNames.ACQUIRE);
+    // A bare Job handle: promote needs only the queue and the id (no read of the job first).
+    for (const id of jobIds) void new Job(queue, 'acquire', {}, {}, id).promote().catch(() => undefined);
   }
 
   /**

@@ -107,7 +107,8 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
   const deadline = job.timestamp + timeoutMs;
   const waiter = waiterOf(job, deadline);
   const { jobId } = waiter;
-  const rt = stopped.has(ctx) ? undefined : runtimeOf(ctx);
+  // The process's line runtime (dispatch on ready messages, sweeps) runs once it has a job.
+  if (!stopped.has(ctx)) runtimeOf(ctx);
   const groupNames = groups.map((g) => `${ctx.config.groups[g]!.name}(${g})`).join(', ');
   const log = ctx.logger.child({ jobId, owner: request.owner, taskId: request.taskId });
   // The payload is the request, with its groups resolved and this process as the worker.
@@ -121,7 +122,6 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
     if (err instanceof VmError) throw await failAcquireJob(job, failureOf(err), err.message);
     throw err;
   }
-  if (attempt.status !== 'cancelled' && attempt.served?.length) rt?.wake(attempt.served);
   if (attempt.status === 'cancelled') {
     log.info({ reason: attempt.reason }, 'acquire request withdrawn');
     throw await failAcquireJob(job, AcquireFailures.CANCELLED, `cancelled: ${attempt.reason}`);
