@@ -63,8 +63,8 @@ async function enqueue(queue: Queue, count: number, request: (i: number) => Reco
   }
 }
 
-async function addReady(ctx: OwnedJobContext, name: string, ip: string): Promise<void> {
-  await ctx.vmm.addVmToPool(ip, name, 0);
+async function addReady(ctx: OwnedJobContext, name: string, ip: string, group = 0): Promise<void> {
+  await ctx.vmm.addVmToPool(ip, name, group);
   await ctx.vmm.startVmCheck(name);
   await ctx.vmm.recordHealthCheckResult(name, true);
 }
@@ -113,7 +113,7 @@ async function lightAndCommands(url: string, producer: Redis, prefix: string): P
 
     // Commands per freed VM: WAITING eligible requests in group 1, VMs freed one at a time (unhold).
     for (let i = 0; i < FREED; i++) {
-      await addReady(ctx, `f-${i}`, `10.10.0.${i + 1}`);
+      await addReady(ctx, `f-${i}`, `10.10.0.${i + 1}`, 1);
       await ctx.vmm.holdVm(`f-${i}`, 'bench');
     }
     await enqueue(queue, WAITING, (i) => ({ owner: `o-${i % 100}`, sandbox: 's', groups: [1], timeoutMs: 3_600_000 }), 'waiting');
