@@ -6,6 +6,9 @@
  *       by the acquire process type's own worker (runWorker: payload check, metrics, processor).
  * Both run in this one process under the same conditions: a BullMQ Worker of the same concurrency
  * on its own connection, the producer on another, the same retention options.
+ * Then the fair acquire line under load (lib/acquireLine.ts): a light owner's time-to-VM with a
+ * heavy owner's 5,000 requests waiting, Redis commands per freed VM with 2,000 waiting, and a real
+ * acquire process's RSS with 10,000 waiting.
  *   npm run bench:acquire
  */
 import { randomUUID } from 'node:crypto';
@@ -19,6 +22,7 @@ import { ACQUIRE_QUEUE, acquireJobOptions } from '../queues/acquire.js';
 import { blockingConnectionTemplate } from '../src/redis.js';
 import { discardingLogger, markdownTable, percentile } from './lib/measure.js';
 import { startPrivateRedis } from './lib/redisServer.js';
+import { measureAcquireLine } from './lib/acquireLine.js';
 
 const WARMUP = 100;
 const SERIAL = 1_000;
@@ -176,9 +180,29 @@ async function main(): Promise<void> {
       `acquire p50 / no-op p50:            ${r(acqP50 / noop.p50)}  (target <= ${TARGET_P50_RATIO}x)  ${acqP50 / noop.p50 <= TARGET_P50_RATIO ? 'OK' : 'MISSED'}`,
       `acquire+release p50 / no-op p50:    ${r(acquire.p50 / noop.p50)}`,
       `acquire+release/s / no-op/s:        ${r(acquire.perSecond / noop.perSecond)}  (target >= ${TARGET_THROUGHPUT_RATIO}x)  ${acquire.perSecond / noop.perSecond >= TARGET_THROUGHPUT_RATIO ? 'OK' : 'MISSED'}`,
-      `total time ${((Date.now() - started) / 1000).toFixed(1)} s`,
     ];
     console.log(lines.join('\n'));
+
+    const line = await measureAcquireLine(url);
+    const lineLines = [
+      '',
+      'the fair acquire line (waiting requests parked, one wake per freed VM)',
+      '',
+      markdownTable(
+        ['case', 'p50 ms', 'p99 ms'],
+        [
+          ['light owner, nobody waiting', f(line.lightIdle.p50), f(line.lightIdle.p99)],
+          [`light owner, heavy owner ${line.heavyWaiting} waiting`, f(line.lightBusy.p50), f(line.lightBusy.p99)],
+        ],
+      ),
+      '',
+      `light p50 busy / idle:               ${r(line.lightBusy.p50 / line.lightIdle.p50)}  (target <= 2x)  ${line.lightBusy.p50 / line.lightIdle.p50 <= 2 ? 'OK' : 'MISSED'}`,
+      `light p99 busy / idle:               ${r(line.lightBusy.p99 / line.lightIdle.p99)}  (target <= 2x)  ${line.lightBusy.p99 / line.lightIdle.p99 <= 2 ? 'OK' : 'MISSED'}`,
+      `Redis commands per freed VM, ${line.waitingForCommands} waiting: ${line.commandsPerFreedVm.toFixed(1)}  (target < 50; every command Redis ran, scripts' and BullMQ's included)  ${line.commandsPerFreedVm < 50 ? 'OK' : 'MISSED'}`,
+      `acquire process RSS, ${line.waitingForRss} waiting:    ${line.rssMb.toFixed(1)} MB (idle ${line.rssIdleMb.toFixed(1)} MB); Redis ${line.redisMbPerThousand.toFixed(2)} MB per 1,000 waiting`,
+      `total time ${((Date.now() - started) / 1000).toFixed(1)} s`,
+    ];
+    console.log(lineLines.join('\n'));
   } finally {
     for (const c of workerConnections) c.disconnect();
     producer.disconnect();

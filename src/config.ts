@@ -341,7 +341,7 @@ export const configSchema = z.strictObject({
   vm_cycle_timeout: z.number().positive().default(10),
   /** Seconds after which a hold ends by itself (nodepool's max-hold-age); 0: holds last until unheld. */
   max_hold_age: z.number().nonnegative().default(0),
-  /** Seconds between a waiting acquire job's safety retries; it wakes on ready VMs without them. */
+  /** Seconds between the acquire line's safety sweeps (each acquire process dispatches every group and re-wakes served requests whose wake was lost). */
   acquire_safety_retry: z.number().positive().default(30),
   /** Worker concurrency per process type; <TYPE>_CONCURRENCY in the environment overrides. */
   concurrency: z

@@ -19,7 +19,7 @@ const NOTES: Record<string, string> = {
   'redis.prefix': 'key prefix of the pool and its queues; one per pool. The pool id (pool_id: ...), which\n' +
     'hooks get as VMPOOL_POOL_ID to tag and list machines by, is derived from it unless set',
   vm_cycle_timeout: 'seconds between reconcile cycles',
-  acquire_safety_retry: 'seconds between a waiting acquire request\'s safety retries',
+  acquire_safety_retry: 'seconds between the acquire line\'s safety sweeps (a lost wake is repaired then)',
   concurrency: 'jobs at once per worker process; <TYPE>_CONCURRENCY overrides (HEALTH_CONCURRENCY=50)',
   jobs: 'BullMQ stalled-job recovery, for every worker',
   'jobs.lock_duration': 'a dead process\'s active job is recovered after its lock lapses',

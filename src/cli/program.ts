@@ -12,6 +12,7 @@ import { ALL_VM_STATES, isValidVmIp, isValidVmName, isVmState } from '../pool/ty
 import { VmManager } from '../pool/vmManager.js';
 import { groupSummaries, resolveGroup, withoutLease } from '../poolView.js';
 import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
+import { acquireRequestStatus, cancelAcquireRequest, type AcquireRequestStatus } from '../acquire/requests.js';
 import { connectAnsweringRedis } from '../redis.js';
 import { isScheduled, minReadyTimeline } from '../reconcile/minReady.js';
 import { readSettings, resolveConfig, type Settings } from '../runtime/settings.js';
@@ -198,6 +199,53 @@ export function buildProgram(io: CliIo = defaultIo): Command {
         } finally {
           await client.close();
         }
+      });
+    });
+
+  /** Lines for people about an acquire request (vmpool why, vmpool cancel). */
+  const requestText = (r: AcquireRequestStatus): string => {
+    const head = `request ${r.id}${r.taskId ? ` (task ${r.taskId})` : ''} of ${r.owner} (sandbox ${JSON.stringify(r.sandbox)}): ${r.state}`;
+    if (r.state === 'assigned' && r.assignment) return `${head}: VM ${r.assignment.vmName} (${r.assignment.vmIp})`;
+    if (r.state === 'failed' && r.failure) return `${head}: ${r.failure.reason}`;
+    if (r.state === 'queued') return `${head}: no acquire worker took it yet`;
+    if (!r.waiting) return head;
+    const left = Math.max(0, Math.round((r.deadline - Date.now()) / 1000));
+    const rows = r.waiting.groups.map((g) => [
+      `${g.groupName}(${g.group})`,
+      g.reason,
+      g.position === null ? '-' : String(g.position),
+      g.ownerPosition === null ? '-' : String(g.ownerPosition),
+      String(g.waiting),
+      `${g.ownerVms}/${g.maxVmPerUser}`,
+      g.etaMs === undefined ? '-' : `${Math.ceil(g.etaMs / 1000)} s`,
+    ]);
+    return `${head}, waits because: ${r.waiting.reason} (gives up in ${left} s)\n${textTable(['GROUP', 'REASON', 'POSITION', 'OWNER POS', 'WAITING', 'OWNER VMS', 'ETA'], rows)}`;
+  };
+
+  program
+    .command('why')
+    .description('say where an acquire request stands and why it waits (by job id or task id)')
+    .argument('<id>', 'acquire job id or task id')
+    .option('--json', 'as JSON (GET /api/v1/requests/:id)')
+    .action(async (id: string, opts: { json?: boolean }) => {
+      await withPool(async (vmm, cfg) => {
+        const status = await acquireRequestStatus(vmm, cfg, id);
+        if (!status) throw new CliError(`no acquire request ${JSON.stringify(id)}`, ExitCodes.NOT_FOUND);
+        print(Boolean(opts.json), status, () => requestText(status));
+      });
+    });
+
+  program
+    .command('cancel')
+    .description('withdraw a waiting or queued acquire request (by job id or task id); its job fails as cancelled')
+    .argument('<id>', 'acquire job id or task id')
+    .option('--json', 'the request afterwards, as JSON')
+    .action(async (id: string, opts: { json?: boolean }) => {
+      await withPool(async (vmm, cfg) => {
+        const outcome = await cancelAcquireRequest(vmm, cfg, id, `cancelled by ${userInfo().username} with vmpool cancel`);
+        if (!outcome) throw new CliError(`no acquire request ${JSON.stringify(id)}`, ExitCodes.NOT_FOUND);
+        if (!outcome.cancelled) throw new CliError(`acquire request ${outcome.status.id} is ${outcome.status.state} already; nothing withdrawn`, ExitCodes.ERROR);
+        print(Boolean(opts.json), outcome.status, () => `withdrew ${requestText(outcome.status)}`);
       });
     });
 

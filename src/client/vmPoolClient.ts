@@ -77,6 +77,22 @@ function abortReasonText(reason: unknown): string {
   return 'the caller aborted the request';
 }
 
+/**
+ * Whether an error means that Redis did not answer (restarting, failing over, loading its data, a
+ * blip): the client waits and tries again rather than failing an acquire that is in progress.
+ */
+export function isRedisUnavailable(err: unknown): boolean {
+  if (!(err instanceof Error) || err instanceof VmError) return false;
+  if (err.name === 'MaxRetriesPerRequestError') return true;
+  return /Connection is closed|ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|EHOSTUNREACH|Stream isn't writeable|enableOfflineQueue|^LOADING|^READONLY|^MASTERDOWN|^TRYAGAIN|^CLUSTERDOWN|^NOREPLICAS|Socket closed/.test(err.message);
+}
+
+/** How a wait for a job's events ended: its completion's assignment, or a reason to read the job. */
+type FinishedEvent = { assignment: VmAssignment } | 'finished' | 'timeout' | 'stopped';
+
+/** How long the client waits before asking Redis again after it did not answer. */
+const REDIS_RETRY_MS = 500;
+
 /** Whether a stored acquire job is a request of this owner and sandbox. */
 function sameRequester(job: Job, data: { owner: string; sandbox: string }): boolean {
   const stored = job.data as Partial<AcquireRequestData> | undefined;
@@ -190,15 +206,25 @@ export class VmPoolClient {
     signal?.throwIfAborted();
     const jobId = acquireJobId(data.taskId);
     const queue = this.getQueue();
-    const events = await this.getEvents();
+    const start = this.clock();
+    // Redis away at the start: tried again until the request's own deadline would have passed.
+    const untilAtLatest = start + (data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS) + this.graceMs;
+    const events = await this.whileRedisAway(() => this.getEvents(), untilAtLatest, signal);
     for (let round = 0; ; round += 1) {
       const timestamp = this.clock();
       const deadline = timestamp + (data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS) + this.graceMs;
-      // The task is ours until the deadline: no request of another owner or sandbox joins it.
-      if (data.taskId) await this.scripts.claimTask(data.taskId, data.owner, data.sandbox, deadline, timestamp);
-      const added = await addAcquireJob(queue, data, { jobId, timestamp, priority: options.priority });
+      // Claim, add and read back are idempotent (same task, same job id): a Redis blip repeats them.
+      const job = await this.whileRedisAway(
+        async () => {
+          // The task is ours until the deadline: no request of another owner or sandbox joins it.
+          if (data.taskId) await this.scripts.claimTask(data.taskId, data.owner, data.sandbox, deadline, timestamp);
+          const added = await addAcquireJob(queue, data, { jobId, timestamp, priority: options.priority });
+          return (await Job.fromId(queue, jobId)) ?? added;
+        },
+        deadline,
+        signal,
+      );
       // An existing job of that id (another's request, added without a claim) is never joined.
-      const job = (await Job.fromId(queue, jobId)) ?? added;
       if (!sameRequester(job, data)) throw new TaskConflict(data.taskId ?? jobId);
       const outcome = await this.waitForResult(job, events, deadline, data, signal);
       if (signal?.aborted) {
@@ -220,6 +246,51 @@ export class VmPoolClient {
         .then((j) => j?.remove())
         .catch(() => undefined);
     }
+  }
+
+  /**
+   * Runs fn, and again after a short pause while Redis does not answer (isRedisUnavailable), until
+   * `until`; then, or for any other error, rejects with fn's error. Aborting stops the retries.
+   */
+  private async whileRedisAway<T>(fn: () => Promise<T>, until: number, signal?: AbortSignal): Promise<T> {
+    for (let tries = 1; ; tries += 1) {
+      try {
+        return await fn();
+      } catch (err) {
+        if (!isRedisUnavailable(err) || this.clock() >= until || signal?.aborted) throw err;
+        if (tries === 1) this.logger.warn({ err: (err as Error).message }, 'Redis did not answer; the acquire waits for it');
+        await new Promise((r) => setTimeout(r, REDIS_RETRY_MS).unref());
+      }
+    }
+  }
+
+  /**
+   * Resolves 'finished' when the events stream tells that the job completed or failed, 'timeout'
+   * after ms, or 'stopped' once stop() is called. Never rejects. BullMQ's Job.waitUntilFinished is
+   * not used: it reads Redis inside a promise executor, so a Redis blip there is an unhandled
+   * rejection that ends the builder's process.
+   */
+  private finishedEvent(events: QueueEvents, jobId: string, ms: number): { promise: Promise<FinishedEvent>; stop(): void } {
+    let settle!: (outcome: FinishedEvent) => void;
+    const promise = new Promise<FinishedEvent>((resolve) => {
+      settle = resolve;
+    });
+    // A completion carries the return value (the assignment): no read of the job needed.
+    const onCompleted = (args: { returnvalue?: unknown }) =>
+      done(args?.returnvalue && typeof args.returnvalue === 'object' ? { assignment: args.returnvalue as VmAssignment } : 'finished');
+    const onEvent = () => done('finished');
+    // Per-job events (`completed:<id>`) are emitted by QueueEvents but not in its typed listener map.
+    const emitter = events as unknown as NodeJS.EventEmitter;
+    const timer = setTimeout(() => done('timeout'), ms);
+    const done = (outcome: FinishedEvent) => {
+      clearTimeout(timer);
+      emitter.removeListener(`completed:${jobId}`, onCompleted);
+      emitter.removeListener(`failed:${jobId}`, onEvent);
+      settle(outcome);
+    };
+    emitter.on(`completed:${jobId}`, onCompleted);
+    emitter.on(`failed:${jobId}`, onEvent);
+    return { promise, stop: () => done('stopped') };
   }
 
   /**
@@ -247,13 +318,17 @@ export class VmPoolClient {
               .cancelAcquire(waiter, abortReasonText(signal.reason), CANCEL_KEEP_MS)
               .catch((err: Error) => this.logger.warn({ jobId: job.id, err: err.message }, 'withdrawing the acquire request failed'))
               .then(async () => {
-                // Queued (no acquire worker holds it, or a stopping one handed it back): removed at
-                // once, so that it neither waits for a worker nor counts as demand. Held by a worker:
-                // it fails as cancelled at the worker's wake; settled when it ended or at the bound.
+                // Queued (no acquire worker took it yet): removed at once, so that it neither waits
+                // for a worker nor counts as demand. Parked in the line (delayed): woken, so that it
+                // fails as cancelled now (a VM the line gave it meanwhile went back with the
+                // withdrawal). Running: it fails as cancelled, or was served just before; settled
+                // when it ended or at the bound.
                 const until = Date.now() + ABORT_SETTLE_MS;
+                let woken = false;
                 for (;;) {
                   const state = await job.getState().catch(() => 'unknown');
-                  if (['waiting', 'prioritized', 'delayed'].includes(state) && (await job.remove().then(() => true, () => false))) break;
+                  if (['waiting', 'prioritized'].includes(state) && (await job.remove().then(() => true, () => false))) break;
+                  if (state === 'delayed' && !woken) woken = await job.promote().then(() => true, () => false);
                   if (state === 'failed' || state === 'completed' || state === 'unknown' || Date.now() >= until) break;
                   await new Promise((r) => setTimeout(r, 100).unref());
                 }
@@ -266,40 +341,76 @@ export class VmPoolClient {
         })
       : undefined;
     stop?.catch(() => undefined);
+    const jobId = String(job.id);
     try {
       for (;;) {
         const left = deadline - this.clock();
+        // Listening first, then reading the stored job: a result that came meanwhile is not missed.
+        const event = this.finishedEvent(events, jobId, Math.max(1_000, Math.min(left, 30_000)));
+        let read: Awaited<ReturnType<VmPoolClient['readResult']>> | 'redis_away';
         try {
-          const finished = job.waitUntilFinished(events, Math.max(1_000, Math.min(left, 30_000)));
-          // A wait that loses the race to `stop` may still reject later.
-          finished.catch(() => undefined);
-          const value = (await (stop ? Promise.race([finished, stop]) : finished)) as VmAssignment;
-          return { kind: 'completed', assignment: value };
+          read = await this.readResult(job, request, withdrawn);
         } catch (err) {
-          // A failure, a waiter timeout, connection trouble or a withdrawal: the stored job tells which.
-          this.logger.debug({ jobId: job.id, err: (err as Error).message }, 'acquire wait ended without a result; reading the job');
-          const stored = await Job.fromId(this.getQueue(), String(job.id));
-          if (!stored && withdrawn) return { kind: 'withdrawn', job };
-          if (!stored) {
-            // Removed (retention, an operator): the pool still knows which VM the task holds (and for whom).
-            const held = request.taskId ? await this.reader.leasedVmOfTask(request.taskId, request) : null;
-            if (held) return { kind: 'completed', assignment: held };
-            throw new VmError(`acquire job ${job.id} disappeared before it finished (${(err as Error).message})`);
+          if (!isRedisUnavailable(err)) {
+            event.stop();
+            throw err;
           }
-          const state = await stored.getState();
-          if (state === 'completed') return { kind: 'completed', assignment: stored.returnvalue as VmAssignment };
-          if (state === 'failed') return { kind: 'failed', job: stored };
-          // Withdrawn and settled: still queued, it ends as cancelled when a worker takes it.
-          if (withdrawn) return { kind: 'withdrawn', job: stored };
-          if (this.clock() >= deadline) {
-            await stored.remove().catch(() => undefined);
-            throw new NoVmAvailable(noVmAvailableReason(`acquire job ${job.id} not finished by its deadline (state ${state}; is an acquire worker running?)`));
-          }
+          // Redis is away (restart, failover): the request lives on in Redis; ask again shortly.
+          this.logger.debug({ jobId, err: (err as Error).message }, 'Redis did not answer while the acquire waits');
+          read = 'redis_away';
+        }
+        if (read !== 'pending' && read !== 'redis_away') {
+          event.stop();
+          return read;
+        }
+        if (this.clock() >= deadline) {
+          event.stop();
+          if (read === 'redis_away') throw new VmError(`acquire job ${jobId}: Redis did not answer until the request's deadline`);
+          const state = await job.getState().catch(() => 'unknown');
+          await job.remove().catch(() => undefined);
+          throw new NoVmAvailable(noVmAvailableReason(`acquire job ${jobId} not finished by its deadline (state ${state}; is an acquire worker running?)`));
+        }
+        if (read === 'redis_away') {
+          setTimeout(() => event.stop(), REDIS_RETRY_MS).unref();
+        }
+        try {
+          const outcome = await (stop ? Promise.race([event.promise, stop]) : event.promise);
+          if (typeof outcome === 'object') return { kind: 'completed', assignment: outcome.assignment };
+        } catch {
+          // Withdrawn and settled: the stored job tells how it ended.
+          event.stop();
         }
       }
     } finally {
       if (onAbort) signal?.removeEventListener('abort', onAbort);
     }
+  }
+
+  /**
+   * The job's outcome as stored, or 'pending' while it waits. A job gone from Redis (retention, an
+   * operator) is answered by the pool when its task still holds a VM. Redis errors are thrown.
+   */
+  private async readResult(
+    job: Job,
+    request: { taskId?: string | undefined; owner: string; sandbox: string },
+    withdrawn: boolean,
+  ): Promise<{ kind: 'completed'; assignment: VmAssignment } | { kind: 'failed' | 'withdrawn'; job: Job } | 'pending'> {
+    // The state first: a job read before it is seen completed has its return value already.
+    const state = await this.getQueue().getJobState(String(job.id));
+    // Pending: nothing more to read (one round trip per wait).
+    if (state !== 'unknown' && state !== 'completed' && state !== 'failed') return withdrawn ? { kind: 'withdrawn', job } : 'pending';
+    const stored = state === 'unknown' ? undefined : await Job.fromId(this.getQueue(), String(job.id));
+    if (!stored && withdrawn) return { kind: 'withdrawn', job };
+    if (!stored) {
+      const held = request.taskId ? await this.reader.leasedVmOfTask(request.taskId, request) : null;
+      if (held) return { kind: 'completed', assignment: held };
+      throw new VmError(`acquire job ${job.id} disappeared before it finished`);
+    }
+    if (state === 'completed') return { kind: 'completed', assignment: stored.returnvalue as VmAssignment };
+    if (state === 'failed') return { kind: 'failed', job: stored };
+    // Withdrawn and settled: still queued, it ends as cancelled when a worker takes it.
+    if (withdrawn) return { kind: 'withdrawn', job: stored };
+    return 'pending';
   }
 
   /** Whether the assignment's lease is still held (the VM is in_use under that lease). */

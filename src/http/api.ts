@@ -11,6 +11,7 @@ import { HttpError } from './errors.js';
 import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
 import { openApiDocument } from './openapi.js';
 import { AUDIT_PAGE_MAX, isAuditCursor } from '../pool/audit.js';
+import { acquireRequestStatus, cancelAcquireRequest } from '../acquire/requests.js';
 
 /**
  * The wait of a POST /acquire that names no timeoutMs: under the 60 s after which common proxies
@@ -184,6 +185,32 @@ export function apiRouter(deps: ApiDeps): Router {
       return;
     }
     res.json(assignment);
+  });
+
+  /** The request of :id (a job id or a task id), or 404; a builder sees only the owners it acts for. */
+  async function requestOf(req: Request) {
+    const id = String(req.params.id ?? '');
+    if (id.length === 0 || id.length > 600) throw new HttpError('validation_error', 'a request id is a job id or task id of 1 to 600 characters', { id });
+    const status = await acquireRequestStatus(vmm, config, id);
+    if (!status) throw new HttpError('not_found', `no acquire request ${JSON.stringify(id)}`, { id });
+    if (!mayActFor(req.principal!, status.owner)) {
+      throw new HttpError('forbidden', `this token may not see requests of owner ${JSON.stringify(status.owner)}`, { owner: status.owner });
+    }
+    return status;
+  }
+
+  router.get('/requests/:id', requireScope('builder'), async (req, res) => {
+    res.json(await requestOf(req));
+  });
+
+  router.delete('/requests/:id', requireScope('builder'), requireJsonContentType, async (req, res) => {
+    const status = await requestOf(req);
+    const outcome = await cancelAcquireRequest(vmm, config, status.id, `cancelled by ${req.principal!.name} through the API`);
+    if (!outcome) throw new HttpError('not_found', `no acquire request ${JSON.stringify(status.id)}`, { id: status.id });
+    if (!outcome.cancelled) {
+      throw new HttpError('conflict', `acquire request ${status.id} is ${outcome.status.state} already`, { reason: 'finished', state: outcome.status.state });
+    }
+    res.status(202).json(outcome.status);
   });
 
   router.post('/vms/:name/release', requireScope('builder'), requireJsonContentType, async (req, res) => {

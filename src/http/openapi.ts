@@ -17,6 +17,7 @@ const vmResponses = { ...common, '404': error('No such VM'), '409': error('Wrong
 const notJson = { '415': error('Content-Type is not application/json') };
 const vmWriteResponses = { ...vmResponses, ...notJson };
 const nullable = (type: string) => ({ type: [type, 'null'] });
+const requestIdParam = { name: 'id', in: 'path', required: true, description: 'acquire job id, or task id', schema: { type: 'string', minLength: 1, maxLength: 600 } };
 const builder = [{ bearer: ['builder'] }];
 const admin = [{ bearer: ['admin'] }];
 
@@ -169,6 +170,32 @@ export const openApiDocument = {
           more: { type: 'boolean', description: 'more events were there when read' },
         },
       },
+      AcquireRequestStatus: {
+        type: 'object',
+        required: ['id', 'owner', 'state', 'groups'],
+        properties: {
+          id: { type: 'string' },
+          taskId: nullable('string'),
+          owner: { type: 'string' },
+          sandbox: { type: 'string' },
+          state: { type: 'string', enum: ['queued', 'waiting', 'assigned', 'failed'] },
+          jobState: { type: 'string' },
+          priority: { type: 'integer' },
+          requestedAt: { type: 'integer' },
+          deadline: { type: 'integer' },
+          groups: { type: 'array', items: { type: 'integer' } },
+          waiting: {
+            type: ['object', 'null'],
+            properties: {
+              reason: { type: 'string', enum: ['owner_limit', 'held_back_by_priority', 'spawning', 'provider_failing', 'group_full', 'no_ready_vm'] },
+              updatedAt: { type: 'integer' },
+              groups: { type: 'array', items: { type: 'object', additionalProperties: true } },
+            },
+          },
+          assignment: { type: ['object', 'null'], additionalProperties: true },
+          failure: { type: ['object', 'null'], properties: { code: nullable('string'), reason: { type: 'string' } } },
+        },
+      },
       VmAction: { type: 'object', properties: { vm: { $ref: '#/components/schemas/Vm' } }, additionalProperties: true },
       Group: {
         type: 'object',
@@ -295,6 +322,22 @@ export const openApiDocument = {
           { name: 'owner', in: 'query', schema: { type: 'string' }, description: 'only this owner' },
         ],
         responses: { '200': json('One page of events', 'AuditPage'), ...common },
+      },
+    },
+    '/requests/{id}': {
+      get: {
+        operationId: 'getAcquireRequest',
+        summary: 'An acquire request (by job id or task id): queued, waiting (with why: reason, position per group), assigned or failed',
+        security: builder,
+        parameters: [requestIdParam],
+        responses: { '200': json('The request', 'AcquireRequestStatus'), ...common, '404': error('No such request') },
+      },
+      delete: {
+        operationId: 'cancelAcquireRequest',
+        summary: 'Withdraw a waiting or queued acquire request; its job fails as cancelled',
+        security: builder,
+        parameters: [requestIdParam],
+        responses: { '202': json('Withdrawn', 'AcquireRequestStatus'), ...common, '404': error('No such request'), '409': error('The request finished already') },
       },
     },
     '/groups': {

@@ -56,6 +56,26 @@ export function poolKeys(prefix: string) {
     waiterInfo: `${base}waiter_info`,
     /** Why a waiting acquire request (by waiter member) was withdrawn (cancelAcquire-1.lua); the acquire script ends it. */
     acquireCancel: (waiter: string) => `${base}acquire_cancel:${waiter}`,
+    /**
+     * Hash {vm, lease} of the VM an acquire job (by job id) was given, expiring with that lease's
+     * first term: a re-run of the job (its worker died after the assignment) gets the same VM back.
+     */
+    acquireAssignment: (jobId: string) => `${base}acquire_assignment:${jobId}`,
+    /**
+     * The fair line of a group (commands/includes/acquireLine.lua): owners with waiting requests
+     * that may take a clean VM, scored by (priority of their first request) * 2^31 + their turn.
+     */
+    lineOwners: (group: number) => `${base}group:${group}:line_owners`,
+    /** Owners of the group's line at max_vm_per_user (same scores), skipped for clean VMs. */
+    lineBlocked: (group: number) => `${base}group:${group}:line_blocked`,
+    /** One owner's waiting requests in the group: score priority, member the waiter member. */
+    ownerLine: (group: number, owner: string) => `${base}group:${group}:owner_line:${Buffer.byteLength(owner)}:${owner}`,
+    /** One owner and sandbox's waiting requests in the group (for the VMs bound to them). */
+    sandboxLine: (group: number, owner: string, sandbox: string) => `${base}group:${group}:sandbox_line:${Buffer.byteLength(owner)}:${owner}:${sandbox}`,
+    /** Counter of the turns given in the group's line. */
+    lineTurn: (group: number) => `${base}group:${group}:line_turn`,
+    /** Acquire job ids given a VM by the line that have not collected it yet, scored by when (epoch ms). */
+    acquireAssigned: `${base}acquire_assigned`,
     /** Hash of machines the group's provider lists but the pool does not know: name -> first seen (epoch ms). */
     orphanUnknown: (group: number) => `${base}group:${group}:orphan_unknown`,
     /** Hash of the group's pool VMs missing from the provider's last list: name -> first missed (epoch ms). */

@@ -2,6 +2,7 @@ import type { RedisConnection } from '../redis.js';
 import { AUDIT_PAGE_MAX, AUDIT_SCAN_MAX, auditEventFromEntry, auditRangeStart, type AuditEvent, type AuditPage, type AuditQuery } from './audit.js';
 import { poolKeys, type PoolKeys } from './keys.js';
 import { breakerFromHash, type BreakerState } from '../reconcile/breaker.js';
+import { sharedMetricKey, sharedMetrics } from '../metrics/shared.js';
 import { ALL_VM_STATES, descriptorFromHash, recordFromHash, type LeasedVm, type VmDescriptor, type VmRecord, type VmState } from './types.js';
 
 /** A spawn in flight: registered by reconcile, finished by its spawn job. */
@@ -37,12 +38,30 @@ export interface PoolStateMarker {
  * for those who have only a connection and a prefix (VmPoolClient). Reads never change the pool.
  * Each read is one round trip (pipelined where it reads many keys), never a scan of the pool.
  */
+/** Where a waiting request stands in one group's line (PoolReader.lineStanding). */
+export interface LineStanding {
+  /** 0-based rank among its owner's waiting requests in the group; null when not in the line. */
+  ownerRank: number | null;
+  /** Owners ahead of its owner in the round-robin; null while its owner is blocked (at max_vm_per_user). */
+  ownersAhead: number | null;
+  blocked: boolean;
+  /** Owners in the round-robin (not blocked). */
+  owners: number;
+  /** Requests waiting in the group. */
+  waiting: number;
+  /** The best (lowest) priority waiting in the group. */
+  bestPriority: number | null;
+  ownerVms: number;
+  readyDirty: number;
+  readyClean: number;
+}
+
 export class PoolReader {
   private readonly keys: PoolKeys;
 
   constructor(
     private readonly redis: RedisConnection,
-    prefix: string,
+    private readonly prefix: string,
   ) {
     this.keys = poolKeys(prefix);
   }
@@ -214,6 +233,59 @@ export class PoolReader {
   /** Number of acquire requests waiting in the group's line whose deadline is after `now`. */
   async countDemand(group: number, now: number): Promise<number> {
     return this.redis.zcount(this.keys.demand(group), `(${now}`, '+inf');
+  }
+
+  /**
+   * Where a waiting request stands in a group's line (commands/includes/acquireLine.lua): its rank
+   * among its owner's requests, its owner's rank in the round-robin (null while the owner is
+   * blocked at max_vm_per_user, or not in the line), the number of owners there, the number of
+   * requests waiting, the best priority waiting, the owner's VM count, and the ready VMs it could take.
+   */
+  async lineStanding(group: number, owner: string, sandbox: string, member: string): Promise<LineStanding> {
+    const k = this.keys;
+    const [ownerRank, ownersAhead, blocked, ringSize, waiting, head, ownerVms, readyDirty, readyClean] = (await this.redis
+      .pipeline()
+      .zrank(k.ownerLine(group, owner), member)
+      .zrank(k.lineOwners(group), owner)
+      .zscore(k.lineBlocked(group), owner)
+      .zcard(k.lineOwners(group))
+      .zcard(k.waiters(group))
+      .zrange(k.waiters(group), '0', '0', 'WITHSCORES')
+      .hget(k.ownerVms(group), owner)
+      .zcard(k.readyDirty(group, owner, sandbox))
+      .zcard(k.readyClean(group))
+      .exec())!.map(([err, value]) => {
+      if (err) throw err;
+      return value;
+    }) as [number | null, number | null, string | null, number, number, string[], string | null, number, number];
+    return {
+      ownerRank,
+      ownersAhead,
+      blocked: blocked !== null,
+      owners: ringSize,
+      waiting,
+      bestPriority: head.length >= 2 ? Number(head[1]) : null,
+      ownerVms: Number(ownerVms ?? 0),
+      readyDirty,
+      readyClean,
+    };
+  }
+
+  /** The mean duration (ms) of the group's successful spawns so far (shared metrics), or null before the first. */
+  async meanSpawnMs(group: number): Promise<number | null> {
+    const field = JSON.stringify([String(group), 'ok']);
+    const [sum, count] = await this.redis.hmget(sharedMetricKey(this.prefix, sharedMetrics.spawnDuration), `${field}\tsum`, `${field}\tcount`);
+    return Number(count) > 0 ? (Number(sum) / Number(count)) * 1000 : null;
+  }
+
+  /** Job ids of requests the acquire line gave a VM before `before` (epoch ms) that have not collected it, at most `limit`. */
+  async acquireAssignedBefore(before: number, limit: number): Promise<string[]> {
+    return this.redis.zrangebyscore(this.keys.acquireAssigned, '-inf', before, 'LIMIT', 0, limit);
+  }
+
+  /** Whether the acquire line gave the job a VM that it has not collected yet. */
+  async isAcquireAssigned(jobId: string): Promise<boolean> {
+    return (await this.redis.zscore(this.keys.acquireAssigned, jobId)) !== null;
   }
 
   /** One field of the group's pool info (Copr's vm pool info). */

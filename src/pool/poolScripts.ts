@@ -275,17 +275,17 @@ export class PoolScripts {
       input.groups.length,
     ];
     for (const g of input.groups) args.push(g.group, g.maxVmPerOwner, g.leaseTimeoutMs);
-    const [code, payload] = (await this.call('acquireVm', args)) as [number, (string[] | string)?];
+    const [code, payload, served] = (await this.call('acquireVm', args)) as [number, (string[] | string)?, string[]?];
     switch (code) {
       case ReplyCodes.OK:
       case ReplyCodes.REATTACHED:
-        return { status: code === ReplyCodes.OK ? 'acquired' : 'reattached', ...leasedDescriptorFromHash(payload as string[]) };
+        return { status: code === ReplyCodes.OK ? 'acquired' : 'reattached', ...leasedDescriptorFromHash(payload as string[]), served: served ?? [] };
       case ReplyCodes.TASK_CONFLICT:
         throw new TaskConflict(input.taskId);
       case ReplyCodes.CANCELLED:
         return { status: 'cancelled', reason: String(payload) };
       case ReplyCodes.NO_VM:
-        return { status: 'none' };
+        return { status: 'none', served: (payload as string[] | undefined) ?? [] };
       case ReplyCodes.DEFERRED:
         return { status: 'deferred' };
       default:
@@ -312,8 +312,16 @@ export class PoolScripts {
    * Withdraws a waiting request: the acquire script ends it as cancelled (with `reason`) wherever it
    * waits. Returns how many lines it left (0 while it is still queued, or once served).
    */
-  async cancelAcquire(waiter: Pick<AcquireWaiter, 'member' | 'jobId'>, reason: string, keepMs: number): Promise<number> {
-    return Number(await this.call('cancelAcquire', [waiter.member, waiter.jobId, reason, keepMs]));
+  async cancelAcquire(waiter: Pick<AcquireWaiter, 'member' | 'jobId'>, reason: string, keepMs: number, now = Date.now()): Promise<number> {
+    return Number(await this.call('cancelAcquire', [waiter.member, waiter.jobId, reason, keepMs, now]));
+  }
+
+  /**
+   * Gives the group's ready VMs to its waiting requests in line order (the VM named by a ready
+   * message, or the group's clean VMs for ''); returns the job ids served (to be woken).
+   */
+  async dispatchAcquireLine(group: number, vmName: string, now: number): Promise<string[]> {
+    return (await this.call('dispatchAcquireLine', [now, group, vmName])) as string[];
   }
 
   /**

@@ -19,6 +19,7 @@ export const POOL_SCRIPTS = {
   cancelAcquire: 1,
   checkPoolState: 1,
   claimTask: 1,
+  dispatchAcquireLine: 1,
   expireHolds: 1,
   expireLeases: 1,
   forgetSpawnMachine: 1,

@@ -165,10 +165,14 @@ export function acquireWaiterMember(jobTimestamp: number, jobId: string): string
   return `${String(Math.max(0, Math.trunc(jobTimestamp))).padStart(15, '0')}|${jobId}`;
 }
 
+/**
+ * One acquire attempt. `served`: job ids of other waiting requests that the line's dispatch gave a
+ * VM during this attempt (their parked jobs are to be woken).
+ */
 export type AcquireAttempt =
-  | ({ status: 'acquired' | 'reattached'; vm: VmDescriptor } & Lease)
-  /** none: nothing fits; deferred: a VM fits, but a request ahead in line could take it. */
-  | { status: 'none' | 'deferred' }
+  | ({ status: 'acquired' | 'reattached'; vm: VmDescriptor; served?: string[] } & Lease)
+  /** none: nothing fits now (a waiting request is parked in the line); deferred: no longer returned. */
+  | { status: 'none' | 'deferred'; served?: string[] }
   /** cancelled: the waiting request was withdrawn (cancelAcquire); it left the line. */
   | { status: 'cancelled'; reason: string };
 

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { Queue } from 'bullmq';
+import { Job, type Queue } from 'bullmq';
 import { isParsedConfig, parseConfig, type Config, type ConfigInput, type GroupConfig } from '../config.js';
 import { createLogger, type Logger } from '../logger.js';
 import { assertPrefixFits, producerConnectionFrom, replicaWaitOf, waitForReplicas, type RedisConnection, type RedisTarget } from '../redis.js';
@@ -10,7 +10,7 @@ import {
   type TerminationReason,
 } from '../../queues/terminate.js';
 import { HEALTH_QUEUE, addHealthJob } from '../../queues/health.js';
-import type { QueueName } from '../../queues/names.js';
+import { QueueNames, type QueueName } from '../../queues/names.js';
 import { QueueSet } from '../../queues/queueSet.js';
 import type { AcquireRequestData } from '../../queues/acquire.js';
 import { poolKeys, type PoolKeys } from './keys.js';
@@ -316,6 +316,8 @@ export class VmManager {
         return { group, maxVmPerOwner: gc.max_vm_per_user, leaseTimeoutMs: Math.round(gc.lease_timeout * 1000) };
       }),
     });
+    // Requests ahead that this attempt's dispatch served are woken here, whoever the caller is.
+    if (attempt.status !== 'cancelled' && attempt.served?.length) this.wakeAcquireJobs(attempt.served);
     if (attempt.status === 'acquired' || attempt.status === 'reattached') {
       // redis.wait_replicas: the assignment is answered only once replicas have it.
       await this.replicated();
@@ -323,6 +325,39 @@ export class VmManager {
       this.logger.info({ vmName: vm.vmName, owner, sandbox, taskId: vm.taskId, reattached: attempt.status === 'reattached' }, 'VM acquired');
     }
     return attempt;
+  }
+
+  /**
+   * Runs the acquire line's dispatcher for a group: gives the VM named by a ready message (or, for
+   * '', the group's clean ready VMs) to the waiting requests next in line. Returns the job ids
+   * served, whose parked jobs are to be woken (promoted).
+   */
+  async dispatchAcquireLine(group: number, vmName = ''): Promise<string[]> {
+    this.groupConfig(group);
+    const served = await this.scripts.dispatchAcquireLine(group, vmName, this.clock());
+    this.wakeAcquireJobs(served);
+    return served;
+  }
+
+  /**
+   * Wakes (promotes) the parked jobs of requests the acquire line gave a VM, so that they collect
+   * it. A job that is not delayed (its own attempt runs, or it was never parked) collects its VM at
+   * its attempt: that refusal is ignored, as is a job gone. A wake lost here is repaired by the
+   * acquire processes' sweep (acquire_assigned).
+   */
+  wakeAcquireJobs(jobIds: readonly string[]): void {
+    if (jobIds.length === 0) return;
+    const queue = this.queue(QueueNames.ACQUIRE);
+    // A bare Job handle: promote needs only the queue and the id (no read of the job first).
+    for (const id of jobIds) void new Job(queue, 'acquire', {}, {}, id).promote().catch(() => undefined);
+  }
+
+  /**
+   * Withdraws a waiting acquire request: out of the line; its job fails as cancelled (with `reason`)
+   * at its next attempt; a VM the line gave it that its job did not collect goes back.
+   */
+  async cancelAcquire(waiter: Pick<AcquireWaiter, 'member' | 'jobId'>, reason: string, keepMs: number): Promise<number> {
+    return this.scripts.cancelAcquire(waiter, reason, keepMs, this.clock());
   }
 
   /** Takes a waiting request out of the line of its groups (timeout, invalid request, shutdown). */

@@ -4,7 +4,7 @@
  * runs them, given this registry by workers/<type>.ts and by `vmpool start`.
  */
 import type { ProcessTypeRegistry } from '../runtime/boot.js';
-import { acquireProcessor, stopAcquireWaits } from './acquire.js';
+import { acquireProcessor, startAcquireLine, stopAcquireWaits } from './acquire.js';
 import { healthProcessor } from './health.js';
 import { afterPoolStateEvent, prepareReconcile, reconcileProcessor } from './reconcile.js';
 import { spawnProcessor, stopSpawns } from './spawn.js';
@@ -15,7 +15,7 @@ export const WORKER_PROCESS_TYPES = ['acquire', 'spawn', 'health', 'terminate', 
 export type WorkerProcessType = (typeof WORKER_PROCESS_TYPES)[number];
 
 export const processTypeSpecs: ProcessTypeRegistry<WorkerProcessType> = {
-  acquire: { processor: acquireProcessor, concurrencyKey: 'acquire', beforeStop: stopAcquireWaits },
+  acquire: { processor: acquireProcessor, concurrencyKey: 'acquire', beforeStart: startAcquireLine, beforeStop: stopAcquireWaits },
   spawn: { processor: spawnProcessor, concurrencyKey: 'spawn', beforeStop: stopSpawns },
   health: { processor: healthProcessor, concurrencyKey: 'health' },
   terminate: { processor: terminateProcessor, concurrencyKey: 'terminate' },

@@ -162,9 +162,10 @@ describe('a crashed worker process loses no work', () => {
     acquiring.catch(() => undefined);
     const first = await until(async () => {
       const job = await Job.fromId(acquireQueue, acquireJobId(taskId));
-      const waiting = job && (await job.getState()) === 'active' && workerOf(job.processedBy) && (await vmm.countDemand(1)) === 1;
+      // Parked: in the line, its job delayed; processedBy names the replica that parked it.
+      const waiting = job && (await job.getState()) === 'delayed' && workerOf(job.processedBy) && (await vmm.countDemand(1)) === 1;
       return waiting ? job : null;
-    }, 10_000, 'the acquire job waiting in a replica');
+    }, 10_000, 'the acquire request parked by a replica');
     const victim = workerOf(first.processedBy)!;
     await victim.kill();
     // The request still counts as demand, so reconcile spawns for it while the job is recovered.
@@ -177,7 +178,8 @@ describe('a crashed worker process loses no work', () => {
     expect(vm.boundToUser).toBe('alice');
     expect(vm.taskId).toBe(taskId);
     const done = await Job.fromId(acquireQueue, acquireJobId(taskId));
-    expect(done!.stalledCounter).toBe(1);
+    // Nothing stalled: a parked request holds no worker.
+    expect(done!.stalledCounter).toBe(0);
     const survivor = workerOf(done!.processedBy);
     expect(survivor?.type).toBe('acquire');
     expect(survivor).not.toBe(victim);
@@ -185,29 +187,28 @@ describe('a crashed worker process loses no work', () => {
     served = assignment.vmName;
   });
 
-  it('an acquire that crashes more than max_stalled_count times fails and leaves the line', { timeout: 60_000 }, async () => {
-    await Promise.all([start('acquire'), start('acquire')]);
+  it('a parked acquire holds no process: every acquire process killed while it waits, it stays in the line and ends at its deadline', { timeout: 60_000 }, async () => {
+    // A waiting request is parked in Redis (its job delayed), not in a worker: killing the acquire
+    // processes loses nothing, and a restarted one ends it at its deadline, naming what blocked it.
+    const spares = await Promise.all([start('acquire'), start('acquire')]);
     const taskId = 'chaos-wait-2';
-    const acquiring = client.acquire({ owner: 'erin', sandbox: 'erin/p', groups: [2], taskId, timeoutMs: 50_000 });
+    const acquiring = client.acquire({ owner: 'erin', sandbox: 'erin/p', groups: [2], taskId, timeoutMs: 8_000 });
     const outcome = acquiring.then(
       () => null,
       (err: Error) => err,
     );
-    const killed: WorkerProcess[] = [];
-    for (let crash = 1; crash <= 2; crash++) {
-      const job = await until(async () => {
-        const j = await Job.fromId(acquireQueue, acquireJobId(taskId));
-        const holder = j && (await j.getState()) === 'active' ? workerOf(j.processedBy) : undefined;
-        return holder && !killed.includes(holder) && (await vmm.countDemand(2)) === 1 ? j : null;
-      }, 20_000, `the acquire job waiting (run ${crash})`);
-      const victim = workerOf(job.processedBy)!;
-      killed.push(victim);
-      await victim.kill();
-    }
-    const err = await until(() => outcome, 20_000, 'the acquire failed');
-    expect(err.message).toMatch(/stalled more than allowable limit/);
-    // Out of the line long before its 50 s deadline, so that it holds up no request behind it.
+    await until(async () => {
+      const j = await Job.fromId(acquireQueue, acquireJobId(taskId));
+      return j && (await j.getState()) === 'delayed' && (await vmm.countDemand(2)) === 1;
+    }, 20_000, 'the acquire request parked');
+    for (const w of workers.filter((x) => x.type === 'acquire')) await w.kill();
+    expect(await vmm.countDemand(2)).toBe(1);
+    const restarted = await start('acquire');
+    const err = await until(() => outcome, 30_000, 'the acquire failed at its deadline');
+    expect(err.message).toMatch(/^NoVmAvailable: no VM for owner erin .* within 8000 ms \(last blocking constraint: \w+ in never\(2\)/);
     await until(async () => (await vmm.countDemand(2)) === 0, 10_000, 'the failed request out of the line');
+    await restarted.kill();
+    void spares;
   });
 
   it('a terminate killed mid-terminate leaves the VM terminating, and it is terminated after recovery', { timeout: 60_000 }, async () => {
@@ -230,7 +231,7 @@ describe('a crashed worker process loses no work', () => {
     expect(readFileSync(marker, 'utf8').trim().split('\n')).toHaveLength(2);
     expect(alive(pid)).toBe(false);
     expect(machines(1).has(served)).toBe(false);
-    // Every process but the seven killed ones is still up.
-    expect(workers.filter((w) => w.child.exitCode === null && w.child.signalCode === null)).toHaveLength(workers.length - 7);
+    // Every process but the nine killed ones is still up.
+    expect(workers.filter((w) => w.child.exitCode === null && w.child.signalCode === null)).toHaveLength(workers.length - 9);
   });
 });

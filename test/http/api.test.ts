@@ -228,7 +228,7 @@ describe('HTTP API', () => {
           .filter((m) => m === 'post' || m === 'delete')
           .map((m) => [m.toUpperCase(), path.replace('{name}', 'c1').replace('{group}', 'base')] as const),
       );
-      expect(writes.length).toBe(9);
+      expect(writes.length).toBe(10);
       for (const [method, path] of writes) {
         expect((await kit.fetch(`/api/v1${path}`, { method })).status, `${method} ${path}`).toBe(415);
       }
@@ -270,6 +270,8 @@ describe('HTTP API', () => {
         'POST /groups/{group}/drain',
         'DELETE /groups/{group}/drain',
         'GET /events',
+        'GET /requests/{id}',
+        'DELETE /requests/{id}',
         'GET /openapi.json',
       ].sort(),
     );
@@ -277,7 +279,7 @@ describe('HTTP API', () => {
     // Each documented route is served: a request reaches its handler (never "no such API route").
     for (const entry of listed) {
       const [method, path] = entry.split(' ') as [string, string];
-      const res = await kit.fetch(`/api/v1${path.replace('{name}', 'no-such-vm').replace('{group}', 'no-such-group')}`, { method, ...(method === 'POST' ? { json: {} } : {}), ...(method === 'DELETE' ? { headers: JSON_TYPE } : {}) });
+      const res = await kit.fetch(`/api/v1${path.replace('{name}', 'no-such-vm').replace('{group}', 'no-such-group').replace('{id}', 'no-such-request')}`, { method, ...(method === 'POST' ? { json: {} } : {}), ...(method === 'DELETE' ? { headers: JSON_TYPE } : {}) });
       const text = await res.text();
       expect(text, entry).not.toContain('no such API route');
     }

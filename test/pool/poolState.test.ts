@@ -61,7 +61,7 @@ describe('acquire while the state is not verified on this Redis run', () => {
     await kit.addReady('a1', '10.0.0.1');
     const created = (await kit.vmm.checkPoolState(fresh)) as { generation: string; epoch: number };
     await restart();
-    expect(await kit.vmm.tryAcquireVm(req('alice'))).toEqual({ status: 'none' });
+    expect(await kit.vmm.tryAcquireVm(req('alice'))).toMatchObject({ status: 'none' });
     expect(await kit.vmm.verifyPoolState({ generation: created.generation, epoch: 0 })).toBeNull();
     expect(await kit.vmm.verifyPoolState({ generation: created.generation, epoch: created.epoch })).toEqual({ generation: created.generation, epoch: 2 });
     expect(await kit.vmm.tryAcquireVm(req('alice'))).toMatchObject({ status: 'acquired', vm: { vmName: 'a1' } });

@@ -1,28 +1,30 @@
 --[[
-  Hands one ready VM to an owner and sandbox (Copr's acquire_vm, without the O(N) scan).
+  Hands one ready VM to an owner and sandbox (Copr's acquire_vm, without the O(N) scan), or puts a
+  waiting request in the fair line of its groups (includes/acquireLine).
 
   Groups are tried in the order given. In each group:
     1. a ready VM already bound to the same owner and sandbox (dirty) is preferred;
     2. otherwise a clean VM, but only while the owner has fewer than max_vm_per_user VMs there.
-  Nothing is handed out while the pool's state is not verified on this Redis run (includes/poolState:
-  after a restart or failover, until a process verified it or recovered from its loss).
-  Only VMs health-checked after the last server start (server_start) qualify; within
-  the start's millisecond, check_seq tells which came first (markServerStart);
-  ready VMs always have check_fails == 0, which is checked again here.
+  Only VMs health-checked after the last server start qualify (includes/pickReady).
   If the task already holds a VM, that VM is returned instead (reattach) with its existing lease.
+  A job (by its job id, ARGV[12]) that was given a VM and runs again (its worker died before
+  completing it, or the line gave it a VM while it was parked) gets that VM and lease (the
+  acquire_assignment record, kept for the lease's first term), with or without a task id.
   A task belongs to one owner and sandbox (includes/taskOwner): while it holds a VM, or a request
   for it waits (its claim), a request of another owner or sandbox is refused, whatever its job id.
   A waiting request claims its task until its deadline; the claim ends when it is served.
-  A waiting request that was withdrawn (cancelAcquire) ends here: it leaves the line, gets no VM.
+  A waiting request that was withdrawn (cancelAcquire) ends here: it leaves the line, gets no VM;
+  a VM the line gave it meanwhile goes back.
   A new assignment gets a lease: lease_id, lease_timeout_ms (of its group, so renew needs no
   config), lease_expires_at = now + lease_timeout_ms, and an entry in the leases sorted set.
 
-  Waiting requests (acquire jobs; ARGV[9] set) are served first come, first served, honouring
-  priority: a request does not take a VM that a request ahead of it in the group's waiters set
-  could take (same owner and sandbox for a dirty VM; an owner under max_vm_per_user for a clean one).
-  At most WAITERS_SCANNED requests ahead are looked at. When nothing fits, the request joins the
-  waiters and demand sets of every group it asked for (the line); it leaves them when it gets a VM
-  (includes/leaveLines).
+  A waiting request (an acquire job; ARGV[9] set) joins the line of every group it asked for, and
+  the line is dispatched for those groups (includes/acquireLine): priority first, round-robin
+  between owners, first come first served within an owner. It is served now only when the line
+  gives it a VM; the dispatch may serve requests ahead of it too (their job ids are returned, to be
+  woken). Otherwise it stays in the line (parked) until the dispatcher gives it a VM
+  (dispatchAcquireLine), it is withdrawn, or it gives up (leaveAcquireLine).
+  A call without a waiter takes a VM at once if one fits, without joining the line.
 
   Input:
     KEYS[1] pool key base (with hash tag); every key is built from it
@@ -41,14 +43,15 @@
     ARGV[13] number of groups N
     ARGV[14..] N triples: group id, max_vm_per_user, lease_timeout in ms of that group
   Output:
-    {OK, HGETALL of the VM}          acquired: the VM is in_use under a new lease
-    {REATTACHED, HGETALL of the VM}  the task already held this VM (its lease unchanged)
-    {TASK_CONFLICT}                  the task holds a VM, or is claimed, for another owner or
-                                     sandbox (nothing changed; the caller leaves the line)
-    {CANCELLED, reason}              the waiting request was withdrawn: it left the line
-    {NO_VM}                          nothing fits (a waiting request joined the line)
-    {DEFERRED}                       a VM fits, but a request ahead could take it (a waiting
-                                     request joined the line)
+    {OK, HGETALL of the VM, job ids}  acquired: the VM is in_use under a new lease (job ids: other
+                                      requests the dispatch served, to be woken)
+    {REATTACHED, HGETALL of the VM}   the task already held this VM, or this job was given it by
+                                      an earlier run (its lease unchanged)
+    {TASK_CONFLICT}                   the task holds a VM, or is claimed, for another owner or
+                                      sandbox (nothing changed; the caller leaves the line)
+    {CANCELLED, reason}               the waiting request was withdrawn: it left the line
+    {NO_VM, job ids}                  nothing fits now (a waiting request is in the line; job ids:
+                                      requests the dispatch served, to be woken)
 ]]
 local base = KEYS[1]
 local now, owner, sandbox, workerId = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -56,13 +59,10 @@ local taskId, buildId, chroot, leaseId = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local waiter, priority, deadline, jobId = ARGV[9], tonumber(ARGV[10]), ARGV[11], ARGV[12]
 local groupCount = tonumber(ARGV[13])
 local waiting = waiter ~= ''
-local WAITERS_SCANNED = 200
 --- @include "includes/replyCodes"
---- @include "includes/setVmState"
---- @include "includes/leaveLines"
+--- @include "includes/acquireLine"
+--- @include "includes/releaseVm"
 --- @include "includes/taskOwner"
---- @include "includes/audit"
---- @include "includes/poolState"
 
 local function groupArg(i, field)
   return ARGV[14 + i * 3 + field]
@@ -73,44 +73,56 @@ for i = 0, groupCount - 1 do
   groups[i + 1] = groupArg(i, 0)
 end
 
--- Leaves the line of every group asked for; the next request in line retries (it may have been deferred).
 local function leaveLinesIfWaiting()
   if waiting then
     leaveLines(base, waiter, jobId, groups)
   end
 end
 
--- Whether a live request ahead of this one in the group's line could take the VM.
-local function someoneAhead(group, maxPerOwner, dirty)
-  local entries = redis.call('ZRANGE', waitersKey(base, group), 0, WAITERS_SCANNED - 1, 'WITHSCORES')
-  for i = 1, #entries, 2 do
-    local member, score = entries[i], tonumber(entries[i + 1])
-    if score > priority or (score == priority and member >= waiter) then
-      return false
-    end
-    local raw = redis.call('HGET', waiterInfoKey(base), member)
-    local info = raw and cjson.decode(raw)
-    if not info or tonumber(info.deadline) <= tonumber(now) then
-      -- A request that timed out without leaving (its process died): drop it.
-      redis.call('ZREM', waitersKey(base, group), member)
-      redis.call('HDEL', waiterInfoKey(base), member)
-    elseif info.owner == owner and info.sandbox == sandbox then
-      return true
-    elseif not dirty then
-      if info.owner == owner or (tonumber(redis.call('HGET', ownerVmsKey(base, group), info.owner)) or 0) < maxPerOwner then
-        return true
-      end
-    end
+-- The VM this job was given (by an earlier run, or by the line while it was parked), while it is
+-- still in_use under the lease given then; nil otherwise (the record is dropped).
+local function givenToThisJob()
+  if jobId == '' then
+    return nil
   end
-  return false
+  local record = redis.call('HMGET', acquireAssignmentKey(base, jobId), 'vm', 'lease')
+  if not record[1] then
+    return nil
+  end
+  local vm = redis.call('HMGET', vmKey(base, record[1]), 'state', 'lease_id')
+  if vm[1] == 'in_use' and vm[2] == record[2] then
+    return record[1]
+  end
+  redis.call('DEL', acquireAssignmentKey(base, jobId))
+  return nil
 end
 
 if waiting then
   local cancelled = redis.call('GET', acquireCancelKey(base, waiter))
   if cancelled then
     redis.call('DEL', acquireCancelKey(base, waiter))
+    -- A VM given to this job never reached the builder, who withdrew: it goes back.
+    local given = givenToThisJob()
+    if given then
+      releaseInUseVm(base, given, now)
+      redis.call('DEL', acquireAssignmentKey(base, jobId))
+    end
+    redis.call('ZREM', acquireAssignedKey(base), jobId)
     leaveLinesIfWaiting()
     return {CANCELLED, cancelled}
+  end
+end
+
+-- A re-run of the same job, or a parked job woken by the line, gets the VM and lease it was given.
+do
+  local given = givenToThisJob()
+  if given then
+    leaveLinesIfWaiting()
+    local collected = redis.call('ZREM', acquireAssignedKey(base), jobId) == 1
+    if not collected then
+      recordEvent(base, 'reattached', given)
+    end
+    return {collected and OK or REATTACHED, redis.call('HGETALL', vmKey(base, given)), {}}
   end
 end
 
@@ -127,119 +139,82 @@ if taskId ~= '' then
   redis.call('DEL', taskKey(base, taskId))
 end
 
-local serverStart = tonumber(redis.call('GET', serverStartKey(base)))
+local request = {
+  owner = owner, sandbox = sandbox, workerId = workerId, taskId = taskId, buildId = buildId,
+  chroot = chroot, leaseId = leaseId, jobId = jobId,
+}
 
--- Joins the line of every group asked for (idempotent), so that VMs freed later are offered in order.
-local function joinLines()
-  if not waiting then
-    return
-  end
-  redis.call('HSET', waiterInfoKey(base), waiter, cjson.encode({owner = owner, sandbox = sandbox, deadline = tonumber(deadline), groups = groups}))
-  if taskId ~= '' then
-    claimTask(base, taskId, owner, sandbox, deadline, now)
-  end
-  for _, group in ipairs(groups) do
-    redis.call('ZADD', waitersKey(base, group), priority, waiter)
-    redis.call('ZREMRANGEBYSCORE', demandKey(base, group), '-inf', now)
-    redis.call('ZADD', demandKey(base, group), deadline, jobId)
-  end
-end
-
-if not serverStart or not poolVerified(base) then
-  joinLines()
-  return {NO_VM}
-end
-
-local serverStartSeq = tonumber(redis.call('GET', serverStartSeqKey(base))) or 0
-
-local function checkedAfterStart(vm)
-  return vm[1] == 'ready' and vm[2] == '0' and (tonumber(vm[3]) or 0) > serverStartSeq
-end
-
--- Rare path: the first candidates were checked in the start's own millisecond, some before it.
--- Looks among those (bounded) for one checked after the start, then past that millisecond.
-local function pickPastStartMillisecond(indexKey)
-  for _, name in ipairs(redis.call('ZRANGEBYSCORE', indexKey, serverStart, serverStart, 'LIMIT', 0, 100)) do
-    if checkedAfterStart(redis.call('HMGET', vmKey(base, name), 'state', 'check_fails', 'check_seq')) then
-      return name
-    end
-  end
-  local later = redis.call('ZRANGEBYSCORE', indexKey, '(' .. serverStart, '+inf', 'LIMIT', 0, 1)[1]
-  local vm = later and redis.call('HMGET', vmKey(base, later), 'state', 'check_fails')
-  if vm and vm[1] == 'ready' and vm[2] == '0' then
-    return later
-  end
-  return nil
-end
-
--- First VM of an index checked after the server start. A check in the start's own millisecond counts
--- when it happened after the start (check_seq). Entries that no longer qualify (which the scripts
--- never leave behind, but an operator editing hashes could) are dropped from the index.
-local function pick(indexKey)
-  for _ = 1, 16 do
-    local entry = redis.call('ZRANGEBYSCORE', indexKey, serverStart, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-    local name = entry[1]
-    if not name then
-      return nil
-    end
-    local vm = redis.call('HMGET', vmKey(base, name), 'state', 'check_fails', 'check_seq')
-    if vm[1] ~= 'ready' or vm[2] ~= '0' then
-      redis.call('ZREM', indexKey, name)
-    elseif tonumber(entry[2]) > serverStart or checkedAfterStart(vm) then
-      return name
-    else
-      return pickPastStartMillisecond(indexKey)
-    end
-  end
-  return nil
-end
-
-local deferred = false
-for i = 0, groupCount - 1 do
-  local group = groups[i + 1]
-  local maxPerOwner = tonumber(groupArg(i, 1))
-  local leaseMs = tonumber(groupArg(i, 2))
-  local queued = waiting and redis.call('ZCARD', waitersKey(base, group)) > 0
-  local name = pick(readyDirtyKey(base, group, owner, sandbox))
-  local fresh = false
-  if not name then
-    local bound = tonumber(redis.call('HGET', ownerVmsKey(base, group), owner)) or 0
-    if bound < maxPerOwner then
-      name = pick(readyCleanKey(base, group))
+if not waiting then
+  -- At once or not at all, outside the line.
+  for i = 0, groupCount - 1 do
+    local group = groups[i + 1]
+    local name = pickReady(base, readyDirtyKey(base, group, owner, sandbox))
+    local fresh = false
+    if not name and (tonumber(redis.call('HGET', ownerVmsKey(base, group), owner)) or 0) < tonumber(groupArg(i, 1)) then
+      name = pickReady(base, readyCleanKey(base, group))
       fresh = name ~= nil
     end
+    if name then
+      request.leaseMs = tonumber(groupArg(i, 2))
+      assignVm(base, group, name, fresh, request, now)
+      countArrival(base, groups[1], now)
+      return {OK, redis.call('HGETALL', vmKey(base, name)), {}}
+    end
   end
-  if name and queued and someoneAhead(group, maxPerOwner, not fresh) then
-    name = nil
-    deferred = true
+  return {NO_VM, {}}
+end
+
+-- Nobody waits who could take what this request can take now (no request of its sandbox waits for
+-- a dirty VM; no owner waits in the round-robin for a clean one): served at once, never in the line.
+for i = 0, groupCount - 1 do
+  local group = groups[i + 1]
+  local name, fresh = nil, false
+  if redis.call('EXISTS', sandboxLineKey(base, group, owner, sandbox)) == 0 then
+    name = pickReady(base, readyDirtyKey(base, group, owner, sandbox))
+  end
+  if not name and redis.call('EXISTS', lineOwnersKey(base, group)) == 0
+      and (tonumber(redis.call('HGET', ownerVmsKey(base, group), owner)) or 0) < tonumber(groupArg(i, 1)) then
+    name = pickReady(base, readyCleanKey(base, group))
+    fresh = name ~= nil
   end
   if name then
-    local key = vmKey(base, name)
-    setVmState(base, name, 'in_use')
-    if fresh then
-      redis.call('HSET', key, 'owner', owner, 'sandbox', sandbox, 'bound_since', now)
-      redis.call('HINCRBY', ownerVmsKey(base, group), owner, 1)
+    request.leaseMs = tonumber(groupArg(i, 2))
+    assignVm(base, group, name, fresh, request, now)
+    if redis.call('HEXISTS', waiterInfoKey(base), waiter) == 0 then
+      countArrival(base, groups[1], now)
     end
-    redis.call('HSET', key, 'used_by_worker', workerId, 'in_use_since', now)
-    redis.call('HDEL', key, 'task_id', 'build_id', 'chroot')
-    if taskId ~= '' then
-      redis.call('HSET', key, 'task_id', taskId)
-      redis.call('SET', taskKey(base, taskId), name)
-      -- The VM binds the task now; a claim (ours: taskOfAnother said so) is no longer needed.
-      redis.call('DEL', taskClaimKey(base, taskId))
-    end
-    if buildId ~= '' then redis.call('HSET', key, 'build_id', buildId) end
-    if chroot ~= '' then redis.call('HSET', key, 'chroot', chroot) end
-    local expiresAt = tonumber(now) + leaseMs
-    redis.call('HSET', key, 'lease_id', leaseId, 'lease_timeout_ms', leaseMs, 'lease_expires_at', expiresAt)
-    redis.call('ZADD', leasesKey(base), expiresAt, name)
     leaveLinesIfWaiting()
-    recordEvent(base, 'acquired', name, {'worker', workerId})
-    return {OK, redis.call('HGETALL', key)}
+    return {OK, redis.call('HGETALL', vmKey(base, name)), {}}
   end
 end
-joinLines()
-if deferred then
-  return {DEFERRED}
+
+local limits = {}
+for i = 0, groupCount - 1 do
+  limits[i + 1] = {tonumber(groupArg(i, 1)), tonumber(groupArg(i, 2))}
 end
-return {NO_VM}
+joinLines(base, waiter, {
+  owner = owner, sandbox = sandbox, deadline = tonumber(deadline), groups = groups, limits = limits,
+  jobId = jobId, priority = priority, taskId = taskId, buildId = buildId, chroot = chroot,
+  workerId = workerId, leaseId = leaseId,
+}, now)
+if taskId ~= '' then
+  claimTask(base, taskId, owner, sandbox, deadline, now)
+end
+
+local served = {}
+for _, group in ipairs(groups) do
+  dispatchDirty(base, group, owner, sandbox, now, jobId, served)
+  local mine = givenToThisJob()
+  if not mine then
+    dispatchClean(base, group, now, jobId, served)
+    mine = givenToThisJob()
+  end
+  if mine then
+    local others = {}
+    for _, id in ipairs(served) do
+      if id ~= jobId then others[#others + 1] = id end
+    end
+    return {OK, redis.call('HGETALL', vmKey(base, mine)), others}
+  end
+end
+return {NO_VM, served}

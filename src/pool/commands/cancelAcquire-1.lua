@@ -1,9 +1,10 @@
 --[[
-  Withdraws a waiting acquire request (its builder went away): records why under its waiter member,
-  takes it out of the line of its groups (includes/leaveLines) and wakes each of them, so that the
-  request's own worker retries at once. The acquire script then ends the request with CANCELLED
-  whenever it sees it (parked, or still queued in vm-acquire), before it could be given a VM.
-  A request already served is not changed here: its builder releases the VM it got.
+  Withdraws a waiting acquire request (its builder went away, DELETE /api/v1/requests/:id): records
+  why under its waiter member and takes it out of the line of its groups (includes/leaveLines). The
+  acquire script then ends the request with CANCELLED whenever its job runs (the caller wakes a
+  parked job), before it could be given a VM. A VM the line gave it that its job has not collected
+  yet (acquire_assigned) goes back at once. A request already served (its job collected the VM) is
+  not changed here: its builder releases the VM it got.
 
   Input:
     KEYS[1] pool key base (with hash tag); every key is built from it
@@ -11,18 +12,25 @@
     ARGV[2] demand member (the acquire job id)
     ARGV[3] reason (for the job's failedReason)
     ARGV[4] how long the record is kept, in ms (as long as a queued job may wait for a worker)
+    ARGV[5] now (epoch ms)
   Output:
     the number of groups whose line the request left (0 when it was in none: queued, or served)
 ]]
 local base = KEYS[1]
-local waiter, jobId, reason, keepMs = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local waiter, jobId, reason, keepMs, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 --- @include "includes/leaveLines"
+--- @include "includes/releaseVm"
 
 redis.call('SET', acquireCancelKey(base, waiter), reason, 'PX', keepMs)
 local raw = redis.call('HGET', waiterInfoKey(base), waiter)
 local groups = (raw and cjson.decode(raw).groups) or {}
 local left = leaveLines(base, waiter, jobId, groups)
-for _, group in ipairs(groups) do
-  redis.call('PUBLISH', readyChannel(base, group), '')
+if redis.call('ZREM', acquireAssignedKey(base), jobId) == 1 then
+  local record = redis.call('HMGET', acquireAssignmentKey(base, jobId), 'vm', 'lease')
+  local vm = record[1] and redis.call('HMGET', vmKey(base, record[1]), 'state', 'lease_id')
+  if vm and vm[1] == 'in_use' and vm[2] == record[2] then
+    releaseInUseVm(base, record[1], now)
+  end
+  redis.call('DEL', acquireAssignmentKey(base, jobId))
 end
 return left

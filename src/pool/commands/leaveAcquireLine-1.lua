@@ -1,7 +1,8 @@
 --[[
-  Takes a waiting acquire request out of the line (it timed out, was invalid or its worker stops):
-  removes it from the waiters and demand sets of its groups, and tells each group whose line is not
-  empty, so that a request behind it that was deferred retries.
+  Takes a waiting acquire request out of the line (it timed out, was invalid or failed): out of the
+  waiters and demand sets of its groups and out of its owner's and sandbox's lines
+  (includes/leaveLines). Nobody behind it needs waking: the dispatcher never waits on a request
+  that cannot take a VM.
 
   Input:
     KEYS[1] pool key base (with hash tag); every key is built from it

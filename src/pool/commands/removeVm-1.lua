@@ -14,6 +14,7 @@ local name = ARGV[1]
 --- @include "includes/replyCodes"
 --- @include "includes/setVmState"
 --- @include "includes/audit"
+--- @include "includes/lineOwners"
 
 local key = vmKey(base, name)
 local vm = redis.call('HMGET', key, 'state', 'group', 'vm_ip', 'owner', 'task_id')
@@ -35,6 +36,7 @@ if owner then
     redis.call('HDEL', ownerVmsKey(base, group), owner)
   end
   -- The owner is under max_vm_per_user again: a waiting request of theirs may take a clean VM.
+  unblockOwner(base, group, owner)
   redis.call('PUBLISH', readyChannel(base, group), name)
 end
 if taskId and redis.call('GET', taskKey(base, taskId)) == name then

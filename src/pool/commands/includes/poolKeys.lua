@@ -129,6 +129,45 @@ local function auditMaxEventsKey(base)
   return base .. 'audit_max_events'
 end
 
+-- Hash {vm, lease} of the VM an acquire job (by job id) was given, kept as long as that lease ran
+-- when given: a re-run of the job (its worker died after the assignment) gets the same VM back.
+local function acquireAssignmentKey(base, jobId)
+  return base .. 'acquire_assignment:' .. jobId
+end
+
+-- The fair line of a group (includes/acquireLine). Owners with waiting requests that may take a clean
+-- VM, scored by (priority of their first request) * 2^31 + their turn: round-robin within a priority.
+local function lineOwnersKey(base, group)
+  return base .. 'group:' .. group .. ':line_owners'
+end
+
+-- Owners of the group's line at max_vm_per_user (same scores): skipped for clean VMs until one of
+-- their VMs goes (removeVm).
+local function lineBlockedKey(base, group)
+  return base .. 'group:' .. group .. ':line_blocked'
+end
+
+-- One owner's waiting requests in the group, first come first served within a priority.
+local function ownerLineKey(base, group, owner)
+  return base .. 'group:' .. group .. ':owner_line:' .. string.len(owner) .. ':' .. owner
+end
+
+-- One owner and sandbox's waiting requests in the group (for the VMs bound to them).
+local function sandboxLineKey(base, group, owner, sandbox)
+  return base .. 'group:' .. group .. ':sandbox_line:' .. string.len(owner) .. ':' .. owner .. ':' .. sandbox
+end
+
+-- Counter of the turns given in the group's line (round-robin between owners).
+local function lineTurnKey(base, group)
+  return base .. 'group:' .. group .. ':line_turn'
+end
+
+-- Sorted set of acquire job ids given a VM by the line whose job has not collected it yet, scored
+-- by when (epoch ms): their parked jobs are promoted (woken), also after a lost wake.
+local function acquireAssignedKey(base)
+  return base .. 'acquire_assigned'
+end
+
 -- Pub/sub channel told when a VM of the group may be acquirable.
 local function readyChannel(base, group)
   return base .. 'ready:' .. group

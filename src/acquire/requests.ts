@@ -1,0 +1,115 @@
+import { Job } from 'bullmq';
+import type { Config } from '../config.js';
+import type { VmManager } from '../pool/vmManager.js';
+import { acquireWaiterMember } from '../pool/types.js';
+import { acquireJobId } from '../client/vmPoolClient.js';
+import { ACQUIRE_QUEUE, DEFAULT_ACQUIRE_TIMEOUT_MS, acquireFailureOf, acquireRequestSchema, type AcquireFailure, type VmAssignment } from '../../queues/acquire.js';
+import { requestGroupIds } from './requestGroups.js';
+import { explainWait, type WaitStatus } from './why.js';
+
+/**
+ * An acquire request as `GET /api/v1/requests/:id` and `vmpool why` show it:
+ * - queued: no acquire worker took it yet;
+ * - waiting: in the line (parked, or being tried), with why (`waiting`);
+ * - assigned: served (the VM, without its lease id);
+ * - failed: ended without a VM (`failure`: its code and reason; cancelled requests have code cancelled).
+ */
+export interface AcquireRequestStatus {
+  id: string;
+  taskId: string | null;
+  owner: string;
+  sandbox: string;
+  state: 'queued' | 'waiting' | 'assigned' | 'failed';
+  /** The BullMQ state of its job. */
+  jobState: string;
+  priority: number;
+  /** Epoch ms. */
+  requestedAt: number;
+  /** Epoch ms: when it stops waiting. */
+  deadline: number;
+  groups: number[];
+  waiting: WaitStatus | null;
+  assignment: Omit<VmAssignment, 'leaseId'> | null;
+  failure: { code: AcquireFailure | null; reason: string } | null;
+}
+
+/** The acquire job of an id: a job id as given, else the job of that task id (acquireJobId). */
+export async function findAcquireJob(vmm: VmManager, id: string): Promise<Job | null> {
+  const queue = vmm.queue(ACQUIRE_QUEUE);
+  const direct = id.startsWith('acquire-') ? await Job.fromId(queue, id) : undefined;
+  if (direct) return direct;
+  return (await Job.fromId(queue, acquireJobId(id))) ?? null;
+}
+
+/** Where an acquire request stands and, while it waits, why; null when no such request is stored. */
+export async function acquireRequestStatus(vmm: VmManager, config: Config, id: string): Promise<AcquireRequestStatus | null> {
+  const job = await findAcquireJob(vmm, id);
+  if (!job) return null;
+  const jobState = await job.getState();
+  const parsed = acquireRequestSchema.safeParse(job.data);
+  const data = (job.data ?? {}) as { owner?: string; sandbox?: string; taskId?: string; timeoutMs?: number };
+  let groups: number[] = [];
+  try {
+    if (parsed.success) groups = requestGroupIds(config.groups, parsed.data);
+  } catch {
+    groups = [];
+  }
+  const priority = job.opts.priority ?? 0;
+  const status: AcquireRequestStatus = {
+    id: String(job.id),
+    taskId: data.taskId ?? null,
+    owner: String(data.owner ?? ''),
+    sandbox: String(data.sandbox ?? ''),
+    state: 'queued',
+    jobState,
+    priority,
+    requestedAt: job.timestamp,
+    deadline: job.timestamp + (data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS),
+    groups,
+    waiting: null,
+    assignment: null,
+    failure: null,
+  };
+  if (jobState === 'completed') {
+    const { leaseId: _lease, ...assignment } = job.returnvalue as VmAssignment;
+    return { ...status, state: 'assigned', assignment };
+  }
+  if (jobState === 'failed') return { ...status, state: 'failed', failure: { code: acquireFailureOf(job), reason: job.failedReason } };
+  const member = acquireWaiterMember(job.timestamp, String(job.id));
+  const inLine = groups.length > 0 && (await vmm.reader.lineStanding(groups[0]!, status.owner, status.sandbox, member)).ownerRank !== null;
+  if (!inLine) return status;
+  const waiting = await explainWait(vmm, config, { owner: status.owner, sandbox: status.sandbox, priority, member, groups }, vmm.clock());
+  return { ...status, state: 'waiting', waiting };
+}
+
+/** How long a withdrawal is kept for a job still queued (no acquire worker free): the job retention. */
+const CANCEL_KEEP_MS = 24 * 3600 * 1000;
+
+/**
+ * Withdraws a waiting or queued acquire request (DELETE /api/v1/requests/:id, `vmpool cancel`): it
+ * leaves the line, a VM the line gave it and its job did not collect goes back, and its job fails
+ * as cancelled (at once when parked: it is woken; when a worker takes it, when queued). A finished
+ * request is not changed. Returns the request's status afterwards (it may take a moment to fail),
+ * or null when no such request is stored.
+ */
+export async function cancelAcquireRequest(
+  vmm: VmManager,
+  config: Config,
+  id: string,
+  reason: string,
+): Promise<{ cancelled: boolean; status: AcquireRequestStatus } | null> {
+  const job = await findAcquireJob(vmm, id);
+  if (!job) return null;
+  const state = await job.getState();
+  if (state === 'completed' || state === 'failed') return { cancelled: false, status: (await acquireRequestStatus(vmm, config, String(job.id)))! };
+  await vmm.cancelAcquire({ member: acquireWaiterMember(job.timestamp, String(job.id)), jobId: String(job.id) }, reason, CANCEL_KEEP_MS);
+  if (state === 'delayed') await job.promote().catch(() => undefined);
+  // A parked request fails as cancelled as soon as an acquire worker takes it again: wait a moment for that.
+  const until = Date.now() + 2_000;
+  let status = (await acquireRequestStatus(vmm, config, String(job.id)))!;
+  while (status.state !== 'failed' && status.state !== 'assigned' && Date.now() < until) {
+    await new Promise((r) => setTimeout(r, 50));
+    status = (await acquireRequestStatus(vmm, config, String(job.id))) ?? status;
+  }
+  return { cancelled: true, status };
+}

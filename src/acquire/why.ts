@@ -1,0 +1,135 @@
+import type { Queue } from 'bullmq';
+import type { Config } from '../config.js';
+import type { VmManager } from '../pool/vmManager.js';
+import type { LineStanding } from '../pool/poolReader.js';
+import { QueueNames } from '../../queues/names.js';
+import { breakerOpen } from '../reconcile/breaker.js';
+
+/**
+ * Why a waiting acquire request waits, in one group:
+ * - owner_limit: its owner is at the group's max_vm_per_user, and no VM bound to its owner and
+ *   sandbox is ready;
+ * - held_back_by_priority: requests of a better (lower) BullMQ priority wait in the group;
+ * - spawning: a VM is on its way (etaMs from the group's measured spawn time);
+ * - provider_failing: the group's spawn circuit breaker is open, or its last spawn attempts failed;
+ * - group_full: the group is at max_vm_total;
+ * - no_ready_vm: none of the above; no VM is ready for it (reconcile spawns for the demand).
+ */
+export const WAIT_REASONS = ['owner_limit', 'held_back_by_priority', 'spawning', 'provider_failing', 'group_full', 'no_ready_vm'] as const;
+export type WaitReason = (typeof WAIT_REASONS)[number];
+
+export interface GroupWait {
+  group: number;
+  groupName: string;
+  reason: WaitReason;
+  /**
+   * Estimated place in the group's line (1 = next): owners ahead in the round-robin, plus a full
+   * round for each of its owner's requests ahead of it. Null while its owner is blocked (owner_limit).
+   */
+  position: number | null;
+  /** Place among its own owner's requests in the group (1 = its owner's next). */
+  ownerPosition: number | null;
+  /** Requests waiting in the group. */
+  waiting: number;
+  ownerVms: number;
+  maxVmPerUser: number;
+  /** spawning: when the next VM should be ready, in ms from updatedAt. */
+  etaMs?: number;
+}
+
+/** What a waiting request's job shows as its progress, and GET /api/v1/requests/:id as `waiting`. */
+export interface WaitStatus {
+  /** The reason in the request's first group (its preferred one). */
+  reason: WaitReason;
+  groups: GroupWait[];
+  /** Epoch ms. */
+  updatedAt: number;
+}
+
+export interface WaitingRequest {
+  owner: string;
+  sandbox: string;
+  /** BullMQ priority (0 first). */
+  priority: number;
+  /** The waiter member (acquireWaiterMember). */
+  member: string;
+  groups: readonly number[];
+}
+
+/** How far back failed spawn jobs count as "the provider is failing". */
+const PROVIDER_FAILING_WINDOW_MS = 10 * 60 * 1000;
+
+/** Whether the group's latest finished spawn jobs (the last few, newest first) failed, with none succeeding since. */
+async function providerFailing(spawnQueue: Queue, group: number, now: number): Promise<boolean> {
+  const [failed, completed] = await Promise.all([spawnQueue.getJobs(['failed'], 0, 4, false), spawnQueue.getJobs(['completed'], 0, 4, false)]);
+  const ofGroup = (j: { data?: { group?: unknown } }) => Number(j.data?.group) === group;
+  const lastFailed = Math.max(0, ...failed.filter(ofGroup).map((j) => j.finishedOn ?? 0));
+  const lastOk = Math.max(0, ...completed.filter(ofGroup).map((j) => j.finishedOn ?? 0));
+  return lastFailed > lastOk && now - lastFailed < PROVIDER_FAILING_WINDOW_MS;
+}
+
+/** The reason of one group, from where the request stands and what the group has. */
+export function groupWaitReason(
+  standing: LineStanding,
+  request: Pick<WaitingRequest, 'priority'>,
+  limits: { maxVmPerUser: number; maxVmTotal: number },
+  supply: { vms: number; spawning: number; providerFailing: boolean },
+): WaitReason {
+  if (standing.ownerVms >= limits.maxVmPerUser && standing.readyDirty === 0) return 'owner_limit';
+  if (standing.bestPriority !== null && standing.bestPriority < request.priority) return 'held_back_by_priority';
+  if (supply.spawning > 0) return 'spawning';
+  if (supply.providerFailing) return 'provider_failing';
+  if (supply.vms + supply.spawning >= limits.maxVmTotal) return 'group_full';
+  return 'no_ready_vm';
+}
+
+/** Why a waiting request waits, in each of its groups: read from the pool, the line and the spawn queue. */
+export async function explainWait(vmm: VmManager, config: Config, request: WaitingRequest, now: number): Promise<WaitStatus> {
+  const counts = await vmm.reader.stateCounts(request.groups);
+  const spawns = await vmm.reader.spawnCounts(request.groups);
+  const groups: GroupWait[] = [];
+  for (const [i, group] of request.groups.entries()) {
+    const gc = config.groups[group]!;
+    const standing = await vmm.reader.lineStanding(group, request.owner, request.sandbox, request.member);
+    const vms = Object.entries(counts[i]!).reduce((n, [state, c]) => (state === 'terminating' ? n : n + c), 0);
+    const spawning = spawns[i]!;
+    const cheap = { vms, spawning, providerFailing: false };
+    let reason = groupWaitReason(standing, request, { maxVmPerUser: gc.max_vm_per_user, maxVmTotal: gc.max_vm_total }, cheap);
+    // The provider's record is read only when nothing before it in the order explains the wait.
+    if (reason === 'group_full' || reason === 'no_ready_vm') {
+      // The group's spawn circuit breaker first (open: its provider failed repeatedly), then the recent spawn jobs.
+      const breaker = await vmm.reader.breaker(group).catch(() => null);
+      if (breakerOpen(breaker, now) || (await providerFailing(vmm.queue(QueueNames.SPAWN), group, now).catch(() => false))) reason = 'provider_failing';
+    }
+    const wait: GroupWait = {
+      group,
+      groupName: gc.name,
+      reason,
+      position:
+        standing.ownerRank === null || standing.ownersAhead === null ? null : standing.ownersAhead + 1 + standing.ownerRank * Math.max(1, standing.owners),
+      ownerPosition: standing.ownerRank === null ? null : standing.ownerRank + 1,
+      waiting: standing.waiting,
+      ownerVms: standing.ownerVms,
+      maxVmPerUser: gc.max_vm_per_user,
+    };
+    if (reason === 'spawning') {
+      const inFlight = await vmm.reader.spawnsInFlight(group);
+      const mean = (await vmm.reader.meanSpawnMs(group)) ?? null;
+      const oldest = inFlight[0]?.startedAt;
+      if (mean !== null && oldest !== undefined) wait.etaMs = Math.max(0, Math.round(oldest + mean - now));
+    }
+    groups.push(wait);
+  }
+  return { reason: groups[0]?.reason ?? 'no_ready_vm', groups, updatedAt: now };
+}
+
+/** One line for people: `owner_limit in base (position 3 of 10)`. */
+export function describeWait(status: WaitStatus): string {
+  return status.groups
+    .map((g) => {
+      const eta = g.etaMs !== undefined ? `, ETA ${Math.ceil(g.etaMs / 1000)} s` : '';
+      const pos = g.position !== null ? `, about ${g.position} in line of ${g.waiting}` : `, ${g.waiting} waiting`;
+      return `${g.reason} in ${g.groupName}(${g.group})${pos}${eta}`;
+    })
+    .join('; ');
+}

@@ -1,0 +1,170 @@
+--[[
+  The fair acquire line: how a ready VM is handed out (assignVm), how a waiting request joins the
+  line of its groups (joinLines), and the dispatcher that gives ready VMs to waiting requests
+  (dispatchClean, dispatchDirty).
+
+  Order within a group: BullMQ priority first (0 first); among requests of equal priority,
+  round-robin between owners (includes/lineOwners); within one owner, first come, first served.
+  An owner at max_vm_per_user is skipped for clean VMs (blocked), so it never holds back another
+  owner's request that a free VM could serve; its requests still take VMs bound to their own owner
+  and sandbox (dirty), first come first served within that sandbox. Every step is O(log n) in the
+  number of waiting requests; no line is scanned.
+
+  A request given a VM by the dispatcher (not by its own attempt) gets its assignment recorded
+  under its job id (acquire_assignment) and is added to acquire_assigned: its parked job is woken
+  (promoted) by the caller, and collects the assignment at its next attempt (acquireVm).
+  Shared by acquireVm and dispatchAcquireLine.
+]]
+--- @include "includes/setVmState"
+--- @include "includes/leaveLines"
+--- @include "includes/pickReady"
+--- @include "includes/audit"
+
+-- Counts an acquire request that arrived for a group (its first group), per minute, for target_wait
+-- (VmManager.measureTargetWait reads and trims the hash).
+local function countArrival(base, group, now)
+  redis.call('HINCRBY', arrivalsKey(base, group), tostring(math.floor(tonumber(now) / 60000)), 1)
+end
+
+-- Hands the ready VM `name` of `group` to a request r = {owner, sandbox, workerId, taskId, buildId,
+-- chroot, leaseId, leaseMs, jobId} (text fields '' for none): in_use under a new lease. A clean VM
+-- (fresh) is bound to the owner and counts for max_vm_per_user. With a job id, the assignment is
+-- recorded for the lease's first term, so that a re-run of the job gets it back.
+local function assignVm(base, group, name, fresh, r, now)
+  local key = vmKey(base, name)
+  setVmState(base, name, 'in_use')
+  if fresh then
+    redis.call('HSET', key, 'owner', r.owner, 'sandbox', r.sandbox, 'bound_since', now)
+    redis.call('HINCRBY', ownerVmsKey(base, group), r.owner, 1)
+  end
+  redis.call('HSET', key, 'used_by_worker', r.workerId, 'in_use_since', now)
+  redis.call('HDEL', key, 'task_id', 'build_id', 'chroot')
+  if r.taskId ~= '' then
+    redis.call('HSET', key, 'task_id', r.taskId)
+    redis.call('SET', taskKey(base, r.taskId), name)
+    -- The VM binds the task now; its claim is no longer needed.
+    redis.call('DEL', taskClaimKey(base, r.taskId))
+  end
+  if r.buildId ~= '' then redis.call('HSET', key, 'build_id', r.buildId) end
+  if r.chroot ~= '' then redis.call('HSET', key, 'chroot', r.chroot) end
+  local expiresAt = tonumber(now) + tonumber(r.leaseMs)
+  redis.call('HSET', key, 'lease_id', r.leaseId, 'lease_timeout_ms', r.leaseMs, 'lease_expires_at', expiresAt)
+  redis.call('ZADD', leasesKey(base), expiresAt, name)
+  if r.jobId ~= '' then
+    redis.call('HSET', acquireAssignmentKey(base, r.jobId), 'vm', name, 'lease', r.leaseId)
+    redis.call('PEXPIRE', acquireAssignmentKey(base, r.jobId), r.leaseMs)
+  end
+  recordEvent(base, 'acquired', name, {'worker', r.workerId})
+end
+
+-- Joins (or stays in) the line of every group of the request; info is its waiter_info record:
+-- {owner, sandbox, deadline, groups, limits = {{max_vm_per_user, lease ms} per group}, jobId,
+-- priority, taskId, buildId, chroot, workerId, leaseId}. A request keeps its place when it joins again.
+local function joinLines(base, waiter, info, now)
+  if redis.call('HSET', waiterInfoKey(base), waiter, cjson.encode(info)) == 1 and info.groups[1] then
+    countArrival(base, info.groups[1], now)
+  end
+  for _, group in ipairs(info.groups) do
+    redis.call('ZADD', waitersKey(base, group), info.priority, waiter)
+    redis.call('ZADD', ownerLineKey(base, group, info.owner), info.priority, waiter)
+    redis.call('ZADD', sandboxLineKey(base, group, info.owner, info.sandbox), info.priority, waiter)
+    redis.call('ZREMRANGEBYSCORE', demandKey(base, group), '-inf', now)
+    redis.call('ZADD', demandKey(base, group), info.deadline, info.jobId)
+    placeOwner(base, group, info.owner, nil)
+  end
+end
+
+-- {max_vm_per_user, lease ms} of a waiting request in one of its groups.
+local function limitsOf(info, group)
+  for i, g in ipairs(info.groups) do
+    if tostring(g) == tostring(group) then
+      return info.limits[i]
+    end
+  end
+  return nil
+end
+
+-- The first request of a line that still waits (its deadline after now), with its record; requests
+-- whose time is up or whose record is gone are taken out of the line on the way.
+local function firstLive(base, lineKey, now)
+  for _ = 1, 100 do
+    local head = redis.call('ZRANGE', lineKey, 0, 0)[1]
+    if not head then
+      return nil
+    end
+    local raw = redis.call('HGET', waiterInfoKey(base), head)
+    local info = raw and cjson.decode(raw)
+    if info and tonumber(info.deadline) > tonumber(now) then
+      return head, info
+    end
+    if info then
+      leaveLines(base, head, info.jobId, info.groups)
+    else
+      redis.call('ZREM', lineKey, head)
+    end
+  end
+  return nil
+end
+
+-- Gives the VM to a waiting request: assigned, out of every line, its owner's turn moves to the
+-- back of this group's round-robin. A request other than `selfJobId` is added to acquire_assigned.
+local function serveWaiter(base, group, name, fresh, waiter, info, now, selfJobId, served)
+  local limits = limitsOf(info, group)
+  assignVm(base, group, name, fresh, {
+    owner = info.owner, sandbox = info.sandbox, workerId = info.workerId, taskId = info.taskId or '',
+    buildId = info.buildId or '', chroot = info.chroot or '', leaseId = info.leaseId,
+    leaseMs = limits[2], jobId = info.jobId,
+  }, now)
+  leaveLines(base, waiter, info.jobId, info.groups)
+  placeOwner(base, group, info.owner, redis.call('INCR', lineTurnKey(base, group)))
+  if info.jobId ~= selfJobId then
+    redis.call('ZADD', acquireAssignedKey(base), now, info.jobId)
+  end
+  served[#served + 1] = info.jobId
+end
+
+-- Gives the group's ready clean VMs to the line, in order: the owner next in the round-robin,
+-- skipping (blocking) owners at max_vm_per_user. Appends the job ids served to `served`.
+local function dispatchClean(base, group, now, selfJobId, served)
+  local ring = lineOwnersKey(base, group)
+  for _ = 1, 1000 do
+    local owner = redis.call('ZRANGE', ring, 0, 0)[1]
+    if not owner then
+      return
+    end
+    local name = pickReady(base, readyCleanKey(base, group))
+    if not name then
+      return
+    end
+    local waiter, info = firstLive(base, ownerLineKey(base, group, owner), now)
+    if not waiter then
+      placeOwner(base, group, owner, nil)
+    else
+      local limits = limitsOf(info, group)
+      local bound = tonumber(redis.call('HGET', ownerVmsKey(base, group), owner)) or 0
+      if not limits or bound >= tonumber(limits[1]) then
+        local score = redis.call('ZSCORE', ring, owner)
+        redis.call('ZREM', ring, owner)
+        redis.call('ZADD', lineBlockedKey(base, group), score, owner)
+      else
+        serveWaiter(base, group, name, true, waiter, info, now, selfJobId, served)
+      end
+    end
+  end
+end
+
+-- Gives the group's ready VMs bound to owner and sandbox to that sandbox's line, first come first
+-- served. Appends the job ids served to `served`.
+local function dispatchDirty(base, group, owner, sandbox, now, selfJobId, served)
+  for _ = 1, 100 do
+    local name = pickReady(base, readyDirtyKey(base, group, owner, sandbox))
+    if not name then
+      return
+    end
+    local waiter, info = firstLive(base, sandboxLineKey(base, group, owner, sandbox), now)
+    if not waiter then
+      return
+    end
+    serveWaiter(base, group, name, false, waiter, info, now, selfJobId, served)
+  end
+end

@@ -1,0 +1,100 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseConfig } from '../../src/config.js';
+import { startWebServer, type RunningWebServer } from '../../src/http/server.js';
+import { AcquireFailures } from '../../queues/acquire.js';
+import { REDIS_URL } from '../helpers/redis.js';
+import { acquireConfig, createAcquireKit, until, type AcquireKit } from '../acquire/fixtures.js';
+import { execFile } from 'node:child_process';
+import { ROOT, nodeArgsFor, writeConfigFile } from '../helpers/processes.js';
+
+// GET /api/v1/requests/:id and DELETE /api/v1/requests/:id, and `vmpool why` / `vmpool cancel`:
+// where a waiting acquire request stands, why it waits, and its withdrawal.
+const configInput = { ...acquireConfig({ groups: [{ name: 'base', archs: ['x86_64'], max_vm_per_user: 1, max_vm_total: 4 }] }), redis: { url: REDIS_URL }, web: { port: 0 } };
+
+let kit: AcquireKit;
+let web: RunningWebServer;
+const settled = <T>(p: Promise<T>) => p.then((value) => ({ value }), (error: Error) => ({ error }));
+
+beforeAll(async () => {
+  kit = await createAcquireKit('requests-api', configInput);
+  web = await startWebServer(parseConfig(configInput, {}), { prefix: kit.prefix, port: 0, acquireGraceMs: 2_000 });
+});
+afterAll(async () => {
+  await web?.stop(2_000);
+  await kit?.close();
+});
+
+/** Runs the real `vmpool` CLI on this pool. */
+function runCli(args: string[], env: Record<string, string>): Promise<{ code: number; out: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [...nodeArgsFor('src/cli/main.ts'), ...args], { cwd: ROOT, env: { ...process.env, ...env }, timeout: 30_000 }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
+      resolve({ code, out: stdout + stderr });
+    });
+  });
+}
+
+const api = (path: string, init: RequestInit = {}) => fetch(new URL(`/api/v1${path}`, web.url), init);
+
+describe('acquire requests', () => {
+  it('GET /requests/:id says why a request waits, by task id or job id; DELETE withdraws it', async () => {
+    await kit.addReady('r1', '10.50.0.1');
+    await kit.client.acquire({ owner: 'erin', sandbox: 's', groups: [0] });
+    await kit.addReady('r2', '10.50.0.2');
+    const pending = settled(kit.client.acquire({ owner: 'erin', sandbox: 's', groups: [0], taskId: 'req-erin', timeoutMs: 30_000 }));
+    await kit.untilWaiting(0, 1);
+    let body: Record<string, unknown> = {};
+    await until(async () => {
+      const res = await api('/requests/req-erin');
+      body = (await res.json()) as Record<string, unknown>;
+      return res.status === 200 && body.state === 'waiting';
+    }, 'the request waiting');
+    expect(body).toMatchObject({
+      id: 'acquire-req-erin',
+      taskId: 'req-erin',
+      owner: 'erin',
+      state: 'waiting',
+      jobState: 'delayed',
+      waiting: { reason: 'owner_limit', groups: [{ group: 0, groupName: 'base', reason: 'owner_limit', ownerVms: 1, maxVmPerUser: 1 }] },
+      assignment: null,
+    });
+    // The same by job id.
+    expect(((await (await api('/requests/acquire-req-erin')).json()) as { id: string }).id).toBe('acquire-req-erin');
+    expect((await api('/requests/no-such-task')).status).toBe(404);
+
+    const del = await api('/requests/req-erin', { method: 'DELETE', headers: { 'content-type': 'application/json' } });
+    expect(del.status).toBe(202);
+    const outcome = await pending;
+    expect('error' in outcome && outcome.error.message).toMatch(/cancelled by .* through the API/);
+    const after = (await (await api('/requests/req-erin')).json()) as { state: string; failure: { code: string } };
+    expect(after).toMatchObject({ state: 'failed', failure: { code: AcquireFailures.CANCELLED } });
+    expect(await kit.redis.zcard(kit.keys.waiters(0))).toBe(0);
+    expect((await kit.ctx.vmm.getVmByName('r2')).state).toBe('ready');
+    // A finished request cannot be withdrawn.
+    expect((await api('/requests/req-erin', { method: 'DELETE', headers: { 'content-type': 'application/json' } })).status).toBe(409);
+  }, 30_000);
+
+  it('vmpool why and vmpool cancel print the same, by task id', async () => {
+    const pending = settled(kit.client.acquire({ owner: 'erin', sandbox: 's', groups: [0], taskId: 'cli-erin', timeoutMs: 30_000 }));
+    await kit.untilWaiting(0, 1);
+    const env = { REDIS_URL, VMPOOL_PREFIX: kit.prefix };
+    const cfg = ['--config', writeConfigFile(configInput)];
+    let why = { code: -1, out: '' };
+    await until(async () => {
+      why = await runCli([...cfg, 'why', 'cli-erin'], env);
+      return why.out.includes('waits because');
+    }, 'vmpool why to show the wait');
+    expect(why.code).toBe(0);
+    expect(why.out).toMatch(/request acquire-cli-erin \(task cli-erin\) of erin .*: waiting, waits because: owner_limit/);
+    expect(why.out).toMatch(/base\(0\)\s+owner_limit/);
+    const json = await runCli([...cfg, 'why', 'cli-erin', '--json'], env);
+    expect(JSON.parse(json.out)).toMatchObject({ state: 'waiting', waiting: { reason: 'owner_limit' } });
+    const cancel = await runCli([...cfg, 'cancel', 'cli-erin'], env);
+    expect(cancel.code).toBe(0);
+    expect(cancel.out).toMatch(/^withdrew request acquire-cli-erin/);
+    const outcome = await pending;
+    expect('error' in outcome && outcome.error.message).toMatch(/cancelled by .* with vmpool cancel/);
+    expect((await runCli([...cfg, 'why', 'nothing-here'], env)).code).toBe(3);
+    expect((await runCli([...cfg, 'cancel', 'cli-erin'], env)).code).toBe(1);
+  }, 60_000);
+});
