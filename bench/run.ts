@@ -1,7 +1,7 @@
 /**
  * One benchmark: runs the parts one after another, each as its own process on its own private
- * redis-server (bench/acquire.ts, bench/pool.ts, bench/health.ts, and bench/reconcile.ts when it
- * exists), reads the `BENCH_RESULT <json>` line each prints with BENCH_JSON=1, and prints one table
+ * redis-server (bench/acquire.ts, bench/pool.ts, bench/health.ts, bench/restart.ts, and
+ * bench/reconcile.ts when it exists), reads the `BENCH_RESULT <json>` line each prints with BENCH_JSON=1, and prints one table
  * of target, measured and PASS/MISS. Ratios compare figures of the same run.
  *   npm run bench            (markdown table)
  *   npm run bench -- --json  (the same rows as JSON)
@@ -12,6 +12,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { HealthResult } from './health.js';
 import type { SizeResult } from './pool.js';
+import type { RestartResult } from './restart.js';
 import { markdownTable } from './lib/measure.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -209,6 +210,22 @@ async function main(): Promise<void> {
     rows.push({ part: 'health processes', figure: 'checks/s of one process, client CPU bound (1000 / worst CPU ms)', target: '-', measured: perSec(h.cpuBoundChecksPerSecond), result: 'info' });
     rows.push({ part: 'health processes', figure: '10,000 VMs at 120 s (83 checks/s) / 100,000 VMs (833 checks/s)', target: '-', measured: `${h.processesFor10k} / ${h.processesFor100k}`, result: 'info' });
   } else rows.push({ part: 'health', figure: 'checks per second', target: '<= 5 ms CPU/check', measured: '-', result: 'not measured' });
+
+  process.stderr.write('bench: restart storm (bench/restart.ts)...\n');
+  const restartOut = await runPart('restart.ts');
+  timings.restart = restartOut.seconds;
+  if (restartOut.error) errors.push(restartOut.error);
+  const storms = restartOut.result as unknown as RestartResult[] | null;
+  if (storms)
+    for (const r of storms)
+      rows.push({
+        part: `restart storm, ${r.vms.toLocaleString('en-US')} VMs`,
+        figure: `server start until 50% / 90% / 100% can be handed out (one health process, tcp check), ${r.order}`,
+        target: '-',
+        measured: `${r.secondsTo.p50.toFixed(2)} / ${r.secondsTo.p90.toFixed(2)} / ${r.secondsTo.p100.toFixed(2)} s`,
+        result: 'info',
+      });
+  else rows.push({ part: 'restart storm', figure: 'server start until 90% can be handed out', target: '-', measured: '-', result: 'not measured' });
 
   const seconds = (Date.now() - started) / 1000;
   if (asJson) {
