@@ -1,7 +1,10 @@
 /**
  * Pool benchmark: acquire latency, acquire+release throughput and Redis memory per VM, for pools of
  * 10, 1,000 and 10,000 ready VMs, on a private redis-server that this script starts and stops.
+ * Beside it, in the same rounds: an ioredis EVALSHA of a no-op script, the limit of a direct acquire.
  *   npm run bench:pool
+ * BENCH_POOL_SIZES=10,1000,10000,100000 and BENCH_POOL_SAMPLES=1000 change the sizes and samples;
+ * BENCH_JSON=1 also prints one line `BENCH_RESULT <json>` (npm run bench reads it).
  */
 import { Redis } from 'ioredis';
 import { poolKeyBase } from '../src/pool/keys.js';
@@ -10,9 +13,9 @@ import type { ConfigInput } from '../src/config.js';
 import { discardingLogger, markdownTable, percentile } from './lib/measure.js';
 import { startPrivateRedis, type PrivateRedis } from './lib/redisServer.js';
 
-const SIZES = [10, 1_000, 10_000];
+const SIZES = (process.env.BENCH_POOL_SIZES ?? '10,1000,10000').split(',').map(Number);
 const WARMUP = 200;
-const SAMPLES = 2_000;
+const SAMPLES = Number(process.env.BENCH_POOL_SAMPLES ?? 2_000);
 const CYCLE_SECONDS = 2;
 const TARGET_P50_MS = 0.5;
 const TARGET_RATIO = 1.3;
@@ -75,7 +78,7 @@ async function addReady(vmm: VmManager, from: number, count: number): Promise<vo
   }
 }
 
-interface SizeResult {
+export interface SizeResult {
   size: number;
   cleanP50: number;
   cleanP99: number;
@@ -187,8 +190,18 @@ async function runCycles(pool: Pool, seconds: number): Promise<void> {
  * Measures every size in turns of ROUND samples, so that load from elsewhere on the machine falls on
  * all sizes alike and the 10k/10 ratio compares like with like.
  */
-async function benchAll(server: PrivateRedis): Promise<SizeResult[]> {
+async function benchAll(server: PrivateRedis): Promise<{ results: SizeResult[]; evalshaP50: number; evalshaP99: number }> {
   const redis = new Redis(server.url, { maxRetriesPerRequest: 2 });
+  // The limit of a direct acquire: one EVALSHA round trip of a script that does nothing.
+  const noopSha = String(await redis.script('LOAD', 'return 1'));
+  const evalsha: number[] = [];
+  const sampleEvalsha = async (count: number, record: boolean) => {
+    for (let i = 0; i < count; i++) {
+      const t0 = process.hrtime.bigint();
+      await redis.evalsha(noopSha, 0);
+      if (record) evalsha.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    }
+  };
   const pools: Pool[] = [];
   for (const size of SIZES) {
     process.stderr.write(`filling a pool of ${size} VMs...\n`);
@@ -200,7 +213,9 @@ async function benchAll(server: PrivateRedis): Promise<SizeResult[]> {
     await sampleClean(pool, WARMUP, false);
     await sampleDirty(pool, WARMUP, false);
   }
+  await sampleEvalsha(WARMUP, false);
   for (let done = 0; done < SAMPLES; done += ROUND) {
+    await sampleEvalsha(ROUND, true);
     for (const pool of pools) await sampleClean(pool, ROUND, true);
     for (const pool of pools) await sampleDirty(pool, ROUND, true);
   }
@@ -227,7 +242,8 @@ async function benchAll(server: PrivateRedis): Promise<SizeResult[]> {
     await pool.vmm.close();
   }
   await redis.quit();
-  return results;
+  evalsha.sort((a, b) => a - b);
+  return { results, evalshaP50: percentile(evalsha, 50), evalshaP99: percentile(evalsha, 99) };
 }
 
 const mark = (ok: boolean) => (ok ? 'PASS' : 'MISS');
@@ -238,15 +254,16 @@ async function main(): Promise<void> {
   const stop = () => void server.stop().finally(() => process.exit(130));
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
-  let results: SizeResult[];
+  let measured: Awaited<ReturnType<typeof benchAll>>;
   try {
-    results = await benchAll(server);
+    measured = await benchAll(server);
   } finally {
     await server.stop();
   }
 
+  const { results, evalshaP50, evalshaP99 } = measured;
   const small = results[0]!;
-  const large = results[results.length - 1]!;
+  const large = results.find((r) => r.size === 10_000) ?? results[results.length - 1]!;
   console.log(`vmpool pool benchmark: private redis-server on port ${server.port}, ${SAMPLES} timed acquires per kind after ${WARMUP} warm-up, serial, one connection, sizes measured in alternating rounds of 100`);
   console.log('acquire = time around vmm.acquireVm (process.hrtime.bigint); clean = new owner, dirty = owner+sandbox with a bound VM');
   console.log('memory  = used_memory delta (INFO memory) over filling the pool / VMs; keys = sum of MEMORY USAGE over the pool keys / VMs');
@@ -264,6 +281,7 @@ async function main(): Promise<void> {
     r.keysPerVm.toFixed(2),
   ]);
   console.log(markdownTable(header, rows));
+  console.log(`\nioredis EVALSHA of a no-op script (same rounds): p50 ${evalshaP50.toFixed(3)} ms, p99 ${evalshaP99.toFixed(3)} ms`);
 
   console.log('\ntargets (at 10,000 VMs):');
   const checks: [string, number, string, boolean][] = [
@@ -278,6 +296,7 @@ async function main(): Promise<void> {
     console.log(`  ${name.padEnd(30)} ${value.toFixed(3).padStart(10)}   target ${target.padEnd(10)} ${mark(ok)}`);
   }
   console.log(`\nfinished in ${((Date.now() - startedAt) / 1000).toFixed(1)} s`);
+  if (process.env.BENCH_JSON === '1') console.log(`BENCH_RESULT ${JSON.stringify({ sizes: results, evalshaP50, evalshaP99, samples: SAMPLES })}`);
 }
 
 main().catch((err) => {

@@ -1,0 +1,258 @@
+/**
+ * Health checks per second and client CPU per check, for one health process, against a real
+ * OpenSSH sshd on loopback, at 1,000, 10,000 and 100,000 VMs in the pool (every VM record points at
+ * the same sshd). Each check goes the health processor's own way (getVmByName, startVmCheck, the
+ * group's ssh2 check with accept-new host keys kept in the VM record, recordHealthCheckResult),
+ * 16 at a time. Beside it, in the same run: the OpenSSH client (`ssh`, BatchMode) run per check.
+ *   npx tsx bench/health.ts          (BENCH_JSON=1: also one line `BENCH_RESULT <json>`)
+ */
+import { execFile, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { promisify } from 'node:util';
+import type { Job } from 'bullmq';
+import { parseConfig } from '../src/config.js';
+import { createHealthCheck } from '../src/health/index.js';
+import { healthProcessor } from '../src/processors/health.js';
+import type { Provider } from '../src/providers/types.js';
+import { createJobContext } from '../src/runtime/worker.js';
+import { discardingLogger, markdownTable } from './lib/measure.js';
+import { freePort, startPrivateRedis } from './lib/redisServer.js';
+
+const run = promisify(execFile);
+const SIZES = (process.env.BENCH_HEALTH_SIZES ?? '1000,10000,100000').split(',').map(Number);
+const CONCURRENCY = 16;
+const SSH2_CHECKS = Number(process.env.BENCH_HEALTH_CHECKS ?? 320);
+const OPENSSH_CHECKS = Number(process.env.BENCH_HEALTH_OPENSSH_CHECKS ?? 48);
+const TARGET_CPU_MS = 5;
+const PREFIX = 'bench-health';
+const SSHD = process.env.SSHD ?? '/usr/sbin/sshd';
+
+export interface HealthSizeResult {
+  vms: number;
+  ssh2: { checksPerSecond: number; cpuMsPerCheck: number; failed: number };
+  openssh: { checksPerSecond: number; cpuMsPerCheck: number; failed: number };
+}
+
+export interface HealthResult {
+  concurrency: number;
+  sizes: HealthSizeResult[];
+  /** Checks per second one health process can do when client CPU is its limit (one core). */
+  cpuBoundChecksPerSecond: number;
+  processesFor10k: number;
+  processesFor100k: number;
+  targetCpuMs: number;
+}
+
+/** CPU (ms) of this process's children that have ended, from /proc/self/stat (cutime + cstime). */
+function childrenCpuMs(): number {
+  const stat = readFileSync('/proc/self/stat', 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // Fields after the command: state is fields[0], so cutime (16) and cstime (17) are [13] and [14].
+  const ticks = Number(fields[13]) + Number(fields[14]);
+  return (ticks * 1000) / 100; // USER_HZ is 100 on Linux
+}
+
+function waitForPort(port: number, deadlineMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const attempt = () => {
+      const s = connect(port, '127.0.0.1');
+      s.once('connect', () => {
+        s.destroy();
+        resolve();
+      });
+      s.once('error', () => {
+        s.destroy();
+        if (Date.now() > deadlineMs) reject(new Error(`sshd did not listen on port ${port}`));
+        else setTimeout(attempt, 50);
+      });
+    };
+    attempt();
+  });
+}
+
+/** Runs `count` calls of fn, `CONCURRENCY` at a time; wall seconds. */
+async function concurrently(count: number, fn: (i: number) => Promise<boolean>): Promise<{ seconds: number; failed: number }> {
+  let next = 0;
+  let failed = 0;
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: CONCURRENCY }, async () => {
+      while (next < count) {
+        const i = next++;
+        if (!(await fn(i))) failed++;
+      }
+    }),
+  );
+  return { seconds: (performance.now() - t0) / 1000, failed };
+}
+
+export async function benchHealth(): Promise<HealthResult> {
+  const dir = mkdtempSync(join(tmpdir(), 'vmpool-bench-health-'));
+  const redisServer = await startPrivateRedis();
+  let sshd: ReturnType<typeof spawn> | undefined;
+  try {
+    await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'host_key')]);
+    await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'client_key')]);
+    writeFileSync(join(dir, 'authorized_keys'), readFileSync(join(dir, 'client_key.pub')));
+    const port = await freePort();
+    writeFileSync(
+      join(dir, 'sshd_config'),
+      [
+        'ListenAddress 127.0.0.1',
+        `Port ${port}`,
+        `HostKey ${join(dir, 'host_key')}`,
+        `PidFile ${join(dir, 'sshd.pid')}`,
+        `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
+        'PubkeyAuthentication yes',
+        'PasswordAuthentication no',
+        'KbdInteractiveAuthentication no',
+        'UsePAM no',
+        'PermitRootLogin prohibit-password',
+        'StrictModes no',
+        // 16 checks at once: the default MaxStartups (10:30:100) would drop some handshakes.
+        'MaxStartups 200',
+        'LogLevel ERROR',
+        '',
+      ].join('\n'),
+    );
+    await run('mkdir', ['-p', '/run/sshd']);
+    sshd = spawn(SSHD, ['-D', '-e', '-f', join(dir, 'sshd_config')], { stdio: ['ignore', 'ignore', 'inherit'] });
+    await waitForPort(port, Date.now() + 10_000);
+
+    const user = process.env.USER ?? 'root';
+    const config = parseConfig(
+      {
+        redis: { url: redisServer.url, prefix: PREFIX },
+        groups: [
+          {
+            name: 'bench',
+            max_vm_total: 200_000,
+            // A loaded machine delays sshd's handshakes; a timeout here would measure the load, not the check.
+            vm_ssh_check_timeout: 60,
+            check: { type: 'ssh', user, port, private_key: join(dir, 'client_key'), known_hosts: join(dir, 'known_vms') },
+          },
+        ],
+      },
+      {},
+    );
+    const noProvider = {} as Provider; // the ssh check never asks the provider
+    const ctx = createJobContext(config, { logger: discardingLogger(), prefix: PREFIX, providerFactory: () => noProvider, healthCheckFactory: createHealthCheck });
+    const job = { log: async () => 0 } as unknown as Job;
+    const sizes: HealthSizeResult[] = [];
+    try {
+      await ctx.vmm.markServerStart();
+      let filled = 0;
+      for (const size of SIZES) {
+        process.stderr.write(`health: filling the pool to ${size} VMs...\n`);
+        for (; filled < size; ) {
+          const end = Math.min(size, filled + 1000);
+          const batch: Promise<unknown>[] = [];
+          for (let i = filled; i < end; i++) {
+            const name = `vm-${i}`;
+            batch.push(
+              ctx.vmm
+                .addVmToPool('127.0.0.1', name, 0)
+                .then(() => ctx.vmm.startVmCheck(name))
+                .then(() => ctx.vmm.recordHealthCheckResult(name, true)),
+            );
+          }
+          await Promise.all(batch);
+          filled = end;
+        }
+        // Distinct VMs spread over the whole pool, so two checks never race for one VM.
+        const stride = 7919;
+        const vmAt = (i: number) => `vm-${(i * stride) % size}`;
+        const check = async (i: number) => {
+          const r = await healthProcessor.process(job, { vmName: vmAt(i) }, ctx);
+          if (!r.ok && process.env.BENCH_DEBUG) process.stderr.write(`${r.detail}\n`);
+          return r.ok;
+        };
+        for (let i = 0; i < CONCURRENCY; i++) await check(SSH2_CHECKS + i); // warm-up: key read, JIT, scripts
+        process.stderr.write(`health: ${SSH2_CHECKS} ssh2 checks and ${OPENSSH_CHECKS} OpenSSH checks at ${size} VMs...\n`);
+        const cpu0 = process.cpuUsage();
+        const ssh2Run = await concurrently(SSH2_CHECKS, check);
+        const cpu = process.cpuUsage(cpu0);
+
+        const known = join(dir, `known_hosts_openssh_${size}`);
+        const children0 = childrenCpuMs();
+        const opensshRun = await concurrently(OPENSSH_CHECKS, async () => {
+          try {
+            const { stdout } = await run(
+              'ssh',
+              [
+                '-o', 'BatchMode=yes',
+                '-o', 'StrictHostKeyChecking=accept-new',
+                '-o', `UserKnownHostsFile=${known}`,
+                '-o', 'IdentitiesOnly=yes',
+                '-o', 'ConnectTimeout=10',
+                '-i', join(dir, 'client_key'),
+                '-p', String(port),
+                `${user}@127.0.0.1`,
+                'echo hello',
+              ],
+              { timeout: 20_000 },
+            );
+            return stdout.trim() === 'hello';
+          } catch {
+            return false;
+          }
+        });
+        const childrenCpu = childrenCpuMs() - children0;
+        sizes.push({
+          vms: size,
+          ssh2: { checksPerSecond: SSH2_CHECKS / ssh2Run.seconds, cpuMsPerCheck: (cpu.user + cpu.system) / 1000 / SSH2_CHECKS, failed: ssh2Run.failed },
+          openssh: { checksPerSecond: OPENSSH_CHECKS / opensshRun.seconds, cpuMsPerCheck: childrenCpu / OPENSSH_CHECKS, failed: opensshRun.failed },
+        });
+      }
+    } finally {
+      await ctx.close();
+    }
+    const worstCpu = Math.max(...sizes.map((s) => s.ssh2.cpuMsPerCheck));
+    const cpuBound = 1000 / worstCpu;
+    return {
+      concurrency: CONCURRENCY,
+      sizes,
+      cpuBoundChecksPerSecond: cpuBound,
+      processesFor10k: Math.ceil(10_000 / 120 / cpuBound),
+      processesFor100k: Math.ceil(100_000 / 120 / cpuBound),
+      targetCpuMs: TARGET_CPU_MS,
+    };
+  } finally {
+    if (sshd && sshd.exitCode === null) {
+      const exited = new Promise((r) => sshd!.once('exit', r));
+      sshd.kill('SIGTERM');
+      await exited;
+    }
+    await redisServer.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+export function healthTable(r: HealthResult): string {
+  const rows = r.sizes.map((s) => [
+    s.vms.toLocaleString('en-US'),
+    s.ssh2.checksPerSecond.toFixed(0),
+    s.ssh2.cpuMsPerCheck.toFixed(2),
+    String(s.ssh2.failed),
+    s.openssh.checksPerSecond.toFixed(0),
+    s.openssh.cpuMsPerCheck.toFixed(1),
+    String(s.openssh.failed),
+  ]);
+  return [
+    markdownTable(['VMs', 'ssh2 checks/s', 'ssh2 CPU ms/check', 'ssh2 failed', 'OpenSSH checks/s', 'OpenSSH CPU ms/check', 'OpenSSH failed'], rows),
+    '',
+    `one health process, client CPU bound: ${r.cpuBoundChecksPerSecond.toFixed(0)} checks/s; ` +
+      `10,000 VMs at 120 s (83/s): ${r.processesFor10k} process(es); 100,000 VMs (833/s): ${r.processesFor100k} process(es)`,
+  ].join('\n');
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const result = await benchHealth();
+  console.log(`bench:health — one sshd on 127.0.0.1, concurrency ${CONCURRENCY}, health processor path (ssh2, host keys in the VM record) beside the OpenSSH client per check\n`);
+  console.log(healthTable(result));
+  if (process.env.BENCH_JSON === '1') console.log(`BENCH_RESULT ${JSON.stringify(result)}`);
+}
