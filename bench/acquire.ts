@@ -203,6 +203,17 @@ async function main(): Promise<void> {
       `total time ${((Date.now() - started) / 1000).toFixed(1)} s`,
     ];
     console.log(lineLines.join('\n'));
+    if (process.env.BENCH_JSON === '1') {
+      // For npm run bench (bench/run.ts): the fair line's figures as rows.
+      const busyRatio = line.lightBusy.p50 / line.lightIdle.p50;
+      const fairness = [
+        { figure: `light owner p50 with ${line.heavyWaiting} heavy waiting / nobody waiting (${f(line.lightBusy.p50)} / ${f(line.lightIdle.p50)} ms)`, target: '<= 2x', measured: busyRatio, pass: busyRatio <= 2 },
+        { figure: `light owner p99 with ${line.heavyWaiting} heavy waiting / nobody waiting (${f(line.lightBusy.p99)} / ${f(line.lightIdle.p99)} ms)`, target: '<= 2x', measured: line.lightBusy.p99 / line.lightIdle.p99, pass: line.lightBusy.p99 / line.lightIdle.p99 <= 2 },
+        { figure: `Redis commands per freed VM, ${line.waitingForCommands} waiting`, target: '< 50', measured: line.commandsPerFreedVm, pass: line.commandsPerFreedVm < 50 },
+        { figure: `acquire process RSS MB, ${line.waitingForRss} waiting (idle ${line.rssIdleMb.toFixed(1)})`, measured: line.rssMb },
+      ];
+      console.log(`BENCH_RESULT ${JSON.stringify({ fairness })}`);
+    }
   } finally {
     for (const c of workerConnections) c.disconnect();
     producer.disconnect();
