@@ -15,7 +15,8 @@ import { acquireConfig, createAcquireKit, until, type AcquireKit } from '../acqu
 // Issue 10: a builder that drops POST /acquire gives its VM back. While it waits, its request is
 // withdrawn (the job fails as cancelled, it leaves the line); once a VM was assigned but not yet
 // sent, that VM is released at once, not left to the lease.
-const configInput = { ...acquireConfig(), redis: { url: REDIS_URL }, web: { port: 0 } };
+// A short sweep (acquire_safety_retry): on a loaded machine a wake may come late; the sweep repairs it.
+const configInput = { ...acquireConfig(), acquire_safety_retry: 2, redis: { url: REDIS_URL }, web: { port: 0 } };
 const body = (taskId: string) => JSON.stringify({ owner: 'alice', sandbox: 'alice/p', groups: [0], taskId, timeoutMs: 30_000 });
 
 let kit: AcquireKit;
@@ -44,7 +45,7 @@ async function jobOf(taskId: string): Promise<Job> {
 }
 
 async function untilCancelled(taskId: string): Promise<Job> {
-  await until(async () => (await (await jobOf(taskId)).getState()) === 'failed', `the job of ${taskId} to fail`);
+  await until(async () => (await (await jobOf(taskId)).getState()) === 'failed', `the job of ${taskId} to fail`, 25_000);
   return jobOf(taskId);
 }
 
@@ -70,7 +71,7 @@ describe('a builder that goes away gives its VM back', () => {
     await removeVm('late-1');
   });
 
-  it('a VM assigned after the client went away, before the answer was sent, is released at once', async () => {
+  it('a VM assigned after the client went away, before the answer was sent, is released at once', { timeout: 60_000 }, async () => {
     // The hook holds the withdrawal back until the VM is assigned: the assignment lands just after the disconnect.
     const app = createWebApp({
       config: kit.ctx.config,
@@ -96,7 +97,7 @@ describe('a builder that goes away gives its VM back', () => {
       await new Promise((r) => setTimeout(r, 100));
       await kit.addReady('late-2', '10.8.0.2');
       const job = jobOf('gone-2');
-      await until(async () => (await (await job).getState()) === 'completed', 'the job to complete');
+      await until(async () => (await (await job).getState()) === 'completed', 'the job to complete', 25_000);
       // Released at once, long before the 300 s lease would lapse.
       await until(async () => (await kit.ctx.vmm.getVmByName('late-2')).state === 'ready', 'late-2 released', 3_000);
       const vm = await kit.ctx.vmm.getVmByName('late-2');
@@ -110,7 +111,7 @@ describe('a builder that goes away gives its VM back', () => {
     }
   });
 
-  it('three requests dropped after a moment (curl --max-time) leave no VM in_use', async () => {
+  it('three requests dropped after a moment (curl --max-time) leave no VM in_use', { timeout: 90_000 }, async () => {
     const tasks = ['curl-1', 'curl-2', 'curl-3'];
     const reqs = tasks.map((t) => startAcquire(web.url, t));
     await kit.untilWaiting(0, 3);

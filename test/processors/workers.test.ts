@@ -97,12 +97,13 @@ describe('spawn, health and terminate workers', () => {
   it('retries a failing spawn with backoff, logs every attempt, then forgets the spawn in flight', async () => {
     writeFileSync(join(stateDir, 'fail-spawn'), '');
     try {
+      // The slot first, as reconcile does: a spawn that holds none spawns nothing.
+      await vmm.registerSpawn(0, 'doomed');
       const job = await spawnQueue.add(
         'spawn',
         { group: 0, spawnId: 'doomed' },
         { ...spawnJobOptions, attempts: 2, backoff: { type: 'fixed', delay: 100 }, jobId: spawnJobId('doomed') },
       );
-      await vmm.registerSpawn(0, 'doomed');
       await expect(job.waitUntilFinished(events, 30_000)).rejects.toThrow(/exit|status|code/i);
       const logs = (await spawnQueue.getJobLogs(job.id!)).logs.join('\n');
       expect(logs).toContain('attempt 1 of 2');
