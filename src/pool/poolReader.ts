@@ -37,6 +37,17 @@ export interface PoolStateMarker {
  * for those who have only a connection and a prefix (VmPoolClient). Reads never change the pool.
  * Each read is one round trip (pipelined where it reads many keys), never a scan of the pool.
  */
+/** The due-time sets of a group (keys.ts), by the name reconcile queries them with. */
+const DUE_KEYS = { check: 'dueCheck', dirty: 'dueDirty', checkStarted: 'dueCheckStarted', terminating: 'dueTerminating' } as const;
+
+/** One read of a due-time set: members with a score below `upTo` (or up to it, inclusive); null: every member. */
+export interface DueQuery {
+  group: number;
+  set: keyof typeof DUE_KEYS;
+  upTo: number | null;
+  inclusive?: boolean;
+}
+
 export class PoolReader {
   private readonly keys: PoolKeys;
 
@@ -75,6 +86,65 @@ export class PoolReader {
   /** Names of every VM of the pool. */
   async allVmNames(): Promise<string[]> {
     return this.redis.smembers(this.keys.allVms);
+  }
+
+  /** Every VM name, in batches of about `batch` (SSCAN), for passes that must not hold one huge reply. */
+  async allVmNameBatches(batch: number): Promise<string[][]> {
+    const batches: string[][] = [];
+    let cursor = '0';
+    do {
+      const [next, names] = await this.redis.sscan(this.keys.allVms, cursor, 'COUNT', batch);
+      if (names.length > 0) batches.push(names);
+      cursor = next;
+    } while (cursor !== '0');
+    return batches;
+  }
+
+  /**
+   * The names reconcile must look at, from the due-time sets (includes/setVmState: indexDue), one
+   * pipeline for every group: each query reads members with a score up to its bound (exclusive
+   * unless `inclusive`; null reads the whole set). Returns the names of each query, in order.
+   */
+  async dueVmNames(queries: readonly DueQuery[]): Promise<string[][]> {
+    if (queries.length === 0) return [];
+    const pipeline = this.redis.pipeline();
+    for (const q of queries) {
+      const key = this.keys[DUE_KEYS[q.set]](q.group);
+      if (q.upTo === null) pipeline.zrange(key, 0, '-1');
+      else pipeline.zrangebyscore(key, '-inf', q.inclusive ? String(q.upTo) : `(${q.upTo}`);
+    }
+    const replies = (await pipeline.exec()) ?? [];
+    return replies.map(([err, names]) => {
+      if (err) throw err;
+      return names as string[];
+    });
+  }
+
+  /** Per group: the coming supply (unbound, unheld VMs in ready, got_ip or check_health) and the clean ready VMs (SCARD, ZCARD). */
+  async supplyCounts(groups: readonly number[]): Promise<{ coming: number; readyClean: number }[]> {
+    const pipeline = this.redis.pipeline();
+    for (const g of groups) pipeline.scard(this.keys.coming(g)).zcard(this.keys.readyClean(g));
+    const n = await this.numbers(pipeline);
+    return groups.map((_, i) => ({ coming: n[2 * i]!, readyClean: n[2 * i + 1]! }));
+  }
+
+  /** Names of the group's clean ready VMs (not held). */
+  async readyCleanNames(group: number): Promise<string[]> {
+    return this.redis.zrange(this.keys.readyClean(group), 0, '-1');
+  }
+
+  /** The VM names of each IP, in one round trip. */
+  async vmNamesByIps(ips: readonly string[]): Promise<Map<string, string[]>> {
+    const out = new Map<string, string[]>();
+    if (ips.length === 0) return out;
+    const pipeline = this.redis.pipeline();
+    for (const ip of ips) pipeline.smembers(this.keys.ip(ip));
+    const replies = (await pipeline.exec()) ?? [];
+    replies.forEach(([err, names], i) => {
+      if (err) throw err;
+      out.set(ips[i]!, names as string[]);
+    });
+    return out;
   }
 
   private async readVm<T>(vmName: string, decode: (hash: Record<string, string>) => T): Promise<T | null> {

@@ -256,6 +256,17 @@ export class VmManager {
     return held;
   }
 
+  /**
+   * Puts every VM into the due-time sets its record calls for (indexDueTimes-1.lua), for VMs
+   * recorded before those sets existed; the scripts keep them from then on. O(VMs): reconcile runs
+   * it once per process start. Returns how many VMs were indexed.
+   */
+  async backfillDueTimes(batch = 1000): Promise<number> {
+    let indexed = 0;
+    for (const names of await this.reader.allVmNameBatches(batch)) indexed += await this.scripts.indexDueTimes(names);
+    return indexed;
+  }
+
   /** Ends the holds whose end has come (at most `batch` per call); returns the VMs unheld. */
   async expireHolds(batch = 100): Promise<string[]> {
     const ended = await this.scripts.expireHolds(this.clock(), batch);
