@@ -7,7 +7,7 @@ import type { ExpiredLease, VmManager } from '../pool/vmManager.js';
 import { decideLossSweep, decideOrphans, type OrphanDecision } from './orphanDecisions.js';
 import type { Provider } from '../providers/types.js';
 import { ACQUIRE_QUEUE } from '../../queues/acquire.js';
-import { HEALTH_QUEUE, addHealthJob } from '../../queues/health.js';
+import { HEALTH_QUEUE, addHealthJobs } from '../../queues/health.js';
 import type { QueueName } from '../../queues/names.js';
 import { SPAWN_QUEUE, addSpawnJob } from '../../queues/spawn.js';
 import { TERMINATE_QUEUE, addTerminateJob } from '../../queues/terminate.js';
@@ -538,7 +538,19 @@ export class VmMaster {
   private async apply(step: CycleStep, actions: ReconcileAction[]): Promise<ReconcileAction[]> {
     const applied: ReconcileAction[] = [];
     const errors: unknown[] = [];
+    // Health jobs go in bulk: one round trip per HEALTH_BULK_SIZE VMs, not one per VM.
+    const health = actions.filter((a) => a.type === 'enqueueHealth');
+    if (health.length > 0) {
+      try {
+        await addHealthJobs(this.queue(HEALTH_QUEUE), health.map((a) => a.vmName));
+        applied.push(...health);
+      } catch (err) {
+        errors.push(err);
+        this.logger.error({ err, step, vms: health.length }, 'reconcile: adding health jobs failed');
+      }
+    }
     for (const action of actions) {
+      if (action.type === 'enqueueHealth') continue;
       try {
         if (await this.applyOne(action)) applied.push(action);
       } catch (err) {
@@ -562,10 +574,9 @@ export class VmMaster {
         if (acted) this.logger.info({ vmName: action.vmName, reason: action.reason }, 'reconcile: termination requested');
         return acted;
       }
-      case 'enqueueHealth': {
-        await addHealthJob(this.queue(HEALTH_QUEUE), action.vmName);
-        return true;
-      }
+      case 'enqueueHealth':
+        // Added in bulk by apply.
+        return false;
       case 'markCheckFailed': {
         const marked = await vmm.markVmCheckFailed(action.vmName);
         if (marked) this.logger.warn({ vmName: action.vmName }, 'reconcile: health check took too long; marked failed');
