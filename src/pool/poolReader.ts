@@ -133,6 +133,13 @@ export class PoolReader {
     return this.redis.zrange(this.keys.readyClean(group), 0, '-1');
   }
 
+  /** Which of the names are pool VMs (SMISMEMBER on the VM list). */
+  async knownVmNames(names: readonly string[]): Promise<Set<string>> {
+    if (names.length === 0) return new Set();
+    const found = await this.redis.smismember(this.keys.allVms, ...names);
+    return new Set(names.filter((_, i) => found[i] === 1));
+  }
+
   /** The VM names of each IP, in one round trip. */
   async vmNamesByIps(ips: readonly string[]): Promise<Map<string, string[]>> {
     const out = new Map<string, string[]>();

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { Queue } from 'bullmq';
 import type { Logger } from '../logger.js';
 import { poolKeys } from '../pool/keys.js';
-import { VmDescriptorNotFound, VmError, VmStates } from '../pool/types.js';
+import { ALL_VM_STATES, VmDescriptorNotFound, VmError, VmStates } from '../pool/types.js';
 import type { ExpiredLease, VmManager } from '../pool/vmManager.js';
 import { decideLossSweep, decideOrphans, type OrphanDecision } from './orphanDecisions.js';
 import type { Provider } from '../providers/types.js';
@@ -316,17 +316,26 @@ export class VmMaster {
     // Recorded first, so that a failing list hook runs once per period, not once per cycle.
     await vmm.writeVmPoolInfo(group, LAST_ORPHAN_CHECK, started);
 
-    // Records read before the list: only their machines must be in it (a VM added while the
-    // list ran may be missing from it). Records read after it: every machine they name is known.
-    const before = new Set((await vmm.getAllVmRecords()).map((v) => v.vmName));
+    // Read after the list, so that every machine a VM names is known: the group's VM names once
+    // (its state sets), whether the other listed machines are pool VMs, and the records of only
+    // the VMs the list misses. A VM added while the list ran (added_at from the pass's start on)
+    // may be missing from it, so it does not count as missed (one added in the start's own millisecond does: it is terminated only if the next list misses it too).
     const machines = await provider.list({ id: group, config, poolId: vmm.poolId });
-    const [after, previous] = await Promise.all([vmm.getAllVmRecords(), vmm.reader.orphanPassState(group)]);
+    const [groupNames, previous] = await Promise.all([vmm.reader.vmNamesByGroupsAndStates([group], ALL_VM_STATES), vmm.reader.orphanPassState(group)]);
+    const listed = new Set(machines.map((m) => m.name));
+    const inGroup = new Set(groupNames);
+    const others = await vmm.reader.knownVmNames([...listed].filter((n) => !inGroup.has(n)));
+    const unlisted = await vmm.reader.vmRecords(groupNames.filter((n) => !listed.has(n)));
+    const addedBefore = (v: { addedAt?: number | null }) => (v.addedAt ?? 0) <= started;
+    const before = new Set(unlisted.filter(addedBefore).map((v) => v.vmName));
     const now = vmm.clock();
     const decision = decideOrphans({
       group,
       poolId: vmm.poolId,
       previousUntagged: new Set(previous.untagged),
-      poolVms: after.map((v) => ({ name: v.vmName, ip: v.vmIp, state: v.state, group: v.group, addedAt: v.addedAt })),
+      poolVms: unlisted.map((v) => ({ name: v.vmName, ip: v.vmIp, state: v.state, group: v.group, addedAt: v.addedAt })),
+      knownNames: new Set([...groupNames, ...others]),
+      groupVmCount: groupNames.length,
       machines,
       previousUnknown: parseUnknownMachines(previous.unknown),
       previousMissing: parseUnknownMachines(previous.missing),
