@@ -48,6 +48,21 @@ export interface DueQuery {
   inclusive?: boolean;
 }
 
+/** A page of GET /vms (PoolReader.vmPage). */
+export interface VmPageQuery {
+  group?: number;
+  state?: VmState;
+  owner?: string;
+  cursor?: string;
+  limit: number;
+}
+
+export interface VmPage {
+  vms: VmRecord[];
+  /** The cursor of the next page (the last name of this one), or null at the end. */
+  next: string | null;
+}
+
 export class PoolReader {
   private readonly keys: PoolKeys;
 
@@ -131,6 +146,37 @@ export class PoolReader {
   /** Names of the group's clean ready VMs (not held). */
   async readyCleanNames(group: number): Promise<string[]> {
     return this.redis.zrange(this.keys.readyClean(group), 0, '-1');
+  }
+
+  /**
+   * One page of VMs in name order, after `cursor` (a VM name; exclusive), at most `limit`, through
+   * the indexes: a group or state reads its state sets, else the VM list (names only). An owner
+   * filter reads records in chunks until the page is full. `next` is the cursor of the next page,
+   * or null at the end.
+   */
+  async vmPage(query: VmPageQuery, allGroups: readonly number[]): Promise<VmPage> {
+    const { group, state, owner, cursor, limit } = query;
+    let names: string[];
+    if (group === undefined && state === undefined) names = await this.allVmNames();
+    else names = await this.vmNamesByGroupsAndStates(group === undefined ? allGroups : [group], state === undefined ? ALL_VM_STATES : [state]);
+    names = names.filter((n) => cursor === undefined || n > cursor).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const vms: VmRecord[] = [];
+    let i = 0;
+    while (i < names.length && vms.length < limit) {
+      const chunk = names.slice(i, i + (owner === undefined ? limit - vms.length : Math.max(limit - vms.length, 200)));
+      i += chunk.length;
+      // readVms sorts with localeCompare; the page keeps the code-unit order of the cursor.
+      const byName = new Map((await this.vmRecords(chunk)).map((v) => [v.vmName, v]));
+      for (const name of chunk) {
+        const v = byName.get(name);
+        if (!v || (owner !== undefined && v.boundToUser !== owner)) continue;
+        if (vms.length === limit) break;
+        vms.push(v);
+      }
+    }
+    const last = vms.at(-1);
+    const more = last !== undefined && names.some((n) => n > last.vmName);
+    return { vms, next: more ? last.vmName : null };
   }
 
   /** Which of the names are pool VMs (SMISMEMBER on the VM list). */

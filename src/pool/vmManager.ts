@@ -14,7 +14,7 @@ import type { QueueName } from '../../queues/names.js';
 import { QueueSet } from '../../queues/queueSet.js';
 import type { AcquireRequestData } from '../../queues/acquire.js';
 import { poolKeys, type PoolKeys } from './keys.js';
-import { PoolReader, type SpawnInFlight } from './poolReader.js';
+import { PoolReader, type SpawnInFlight, type VmPage, type VmPageQuery } from './poolReader.js';
 import { PoolScripts, type PoolStateCheck, type PoolStateSeen } from './poolScripts.js';
 import { formatPoolInfo } from './info.js';
 import { arrivalRateFromBuckets, type TargetWaitMeasure } from '../reconcile/targetWait.js';
@@ -226,6 +226,11 @@ export class VmManager {
   }
 
   /** Every VM with its bookkeeping fields (bound since, lease), for reconcile snapshots. */
+  /** One page of VMs in name order, filtered through the indexes (PoolReader.vmPage). */
+  async listVms(query: VmPageQuery): Promise<VmPage> {
+    return this.reader.vmPage(query, this.vmGroups);
+  }
+
   async getAllVmRecords(): Promise<VmRecord[]> {
     return this.reader.vmRecords(await this.reader.allVmNames());
   }
