@@ -84,6 +84,8 @@ export function poolKeys(prefix: string) {
     dueTerminating: (group: number) => `${base}group:${group}:due:terminating`,
     /** Set of the unbound, unheld VMs in ready, got_ip or check_health (the coming supply of spawn decisions). */
     coming: (group: number) => `${base}group:${group}:coming`,
+    /** Set of the group's held VMs (includes/setVmState indexDue; counted by the pool page). */
+    held: (group: number) => `${base}group:${group}:held`,
     /** Hash of the group's spawn-to-ready time: ema_ms (exponential moving average), samples (recordHealthCheckResult-1.lua). */
     bootTime: (group: number) => `${base}group:${group}:boot_time`,
     /** Hash of the group's spawn circuit breaker: state, error_class, failures, openings, opened_at, open_until, manual, message (recordSpawnOutcome-1.lua). */

@@ -143,6 +143,13 @@ export class PoolReader {
     return groups.map((_, i) => ({ coming: n[2 * i]!, readyClean: n[2 * i + 1]! }));
   }
 
+  /** Held VMs of each group (SCARD of the held sets). */
+  async heldCounts(groups: readonly number[]): Promise<number[]> {
+    const pipeline = this.redis.pipeline();
+    for (const g of groups) pipeline.scard(this.keys.held(g));
+    return this.numbers(pipeline);
+  }
+
   /** Names of the group's clean ready VMs (not held). */
   async readyCleanNames(group: number): Promise<string[]> {
     return this.redis.zrange(this.keys.readyClean(group), 0, '-1');

@@ -85,6 +85,8 @@ async function checkIndexes(): Promise<number> {
     }
     const coming = ofGroup.filter((h) => ['ready', 'got_ip', 'check_health'].includes(h.state!) && h.owner === undefined && h.held_by === undefined);
     expect(sorted(await kit.redis.smembers(k.coming(group))), `group ${group} coming`).toEqual(sorted(coming.map((h) => h.vm_name!)));
+    const held = ofGroup.filter((h) => h.held_by !== undefined).map((h) => h.vm_name!);
+    expect(sorted(await kit.redis.smembers(k.held(group))), `group ${group} held`).toEqual(sorted(held));
   }
 
   // Dirty ready indexes: every member is a ready VM bound to that owner and sandbox; every such VM is in one.

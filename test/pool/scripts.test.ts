@@ -46,6 +46,7 @@ const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
   dueCheckStarted: [3],
   dueTerminating: [3],
   coming: [3],
+  held: [3],
   readyDirty: [3, 'jürgen:a', 'jürgen/proj:b'],
   ownerVms: [3],
   serverStart: [],

@@ -99,6 +99,11 @@ local function comingKey(base, group)
   return base .. 'group:' .. group .. ':coming'
 end
 
+-- Set of the group's held VMs (counted by the pool page).
+local function heldKey(base, group)
+  return base .. 'group:' .. group .. ':held'
+end
+
 -- Hash of the group's spawn-to-ready time: ema_ms, samples.
 local function bootTimeKey(base, group)
   return base .. 'group:' .. group .. ':boot_time'

@@ -56,6 +56,11 @@ local function indexDue(base, name)
   else
     redis.call('SREM', comingKey(base, group), name)
   end
+  if held then
+    redis.call('SADD', heldKey(base, group), name)
+  else
+    redis.call('SREM', heldKey(base, group), name)
+  end
 end
 
 -- Takes a VM out of every due-time set (removeVm).
@@ -65,6 +70,7 @@ local function unindexDue(base, name, group)
   redis.call('ZREM', dueCheckStartedKey(base, group), name)
   redis.call('ZREM', dueTerminatingKey(base, group), name)
   redis.call('SREM', comingKey(base, group), name)
+  redis.call('SREM', heldKey(base, group), name)
 end
 
 local function setVmState(base, name, newState)
