@@ -82,7 +82,7 @@ export function poolKeys(prefix: string) {
     dueCheckStarted: (group: number) => `${base}group:${group}:due:check_started`,
     /** Due-time set: VMs in terminating, scored by terminating_since. */
     dueTerminating: (group: number) => `${base}group:${group}:due:terminating`,
-    /** Set of the unbound, unheld VMs in ready, got_ip or check_health (the coming supply of spawn decisions). */
+    /** Set of the unbound, unheld VMs in got_ip or check_health (with readyClean, the coming supply of spawn decisions). */
     coming: (group: number) => `${base}group:${group}:coming`,
     /** Set of the group's held VMs (includes/setVmState indexDue; counted by the pool page). */
     held: (group: number) => `${base}group:${group}:held`,

@@ -135,12 +135,12 @@ export class PoolReader {
     });
   }
 
-  /** Per group: the coming supply (unbound, unheld VMs in ready, got_ip or check_health) and the clean ready VMs (SCARD, ZCARD). */
+  /** Per group: the coming supply (clean ready VMs, and unbound, unheld VMs in got_ip or check_health) and the clean ready VMs (SCARD + ZCARD, ZCARD). */
   async supplyCounts(groups: readonly number[]): Promise<{ coming: number; readyClean: number }[]> {
     const pipeline = this.redis.pipeline();
     for (const g of groups) pipeline.scard(this.keys.coming(g)).zcard(this.keys.readyClean(g));
     const n = await this.numbers(pipeline);
-    return groups.map((_, i) => ({ coming: n[2 * i]!, readyClean: n[2 * i + 1]! }));
+    return groups.map((_, i) => ({ coming: n[2 * i]! + n[2 * i + 1]!, readyClean: n[2 * i + 1]! }));
   }
 
   /** Held VMs of each group (SCARD of the held sets). */

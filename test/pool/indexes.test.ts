@@ -83,7 +83,7 @@ async function checkIndexes(): Promise<number> {
       expect(sorted(got.keys()), key).toEqual(sorted(want.map((h) => h.vm_name!)));
       for (const h of want) expect(got.get(h.vm_name!), `${key} ${h.vm_name}`).toBe(Number(h[field] ?? 0));
     }
-    const coming = ofGroup.filter((h) => ['ready', 'got_ip', 'check_health'].includes(h.state!) && h.owner === undefined && h.held_by === undefined);
+    const coming = ofGroup.filter((h) => ['got_ip', 'check_health'].includes(h.state!) && h.owner === undefined && h.held_by === undefined);
     expect(sorted(await kit.redis.smembers(k.coming(group))), `group ${group} coming`).toEqual(sorted(coming.map((h) => h.vm_name!)));
     const held = ofGroup.filter((h) => h.held_by !== undefined).map((h) => h.vm_name!);
     expect(sorted(await kit.redis.smembers(k.held(group))), `group ${group} held`).toEqual(sorted(held));

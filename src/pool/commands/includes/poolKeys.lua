@@ -94,7 +94,7 @@ local function dueTerminatingKey(base, group)
   return base .. 'group:' .. group .. ':due:terminating'
 end
 
--- Set of the unbound, unheld VMs in ready, got_ip or check_health: the coming supply of spawn decisions.
+-- Set of the unbound, unheld VMs in got_ip or check_health: with ready_clean, the coming supply of spawn decisions.
 local function comingKey(base, group)
   return base .. 'group:' .. group .. ':coming'
 end

@@ -29,7 +29,8 @@ local function addToReadyIndex(base, name, group, owner, sandbox, score)
 end
 
 local DUE_CHECKED = { got_ip = true, ready = true, in_use = true, check_health_failed = true }
-local COMING = { ready = true, got_ip = true, check_health = true }
+-- Unbound VMs on their way to ready; the clean ready ones are counted from ready_clean.
+local COMING = { got_ip = true, check_health = true }
 
 local function dueEntry(key, member, wanted, score)
   if wanted then
