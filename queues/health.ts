@@ -25,6 +25,19 @@ export function healthJobDeduplicationId(vmName: string): string {
   return `health-${vmName}`;
 }
 
+/** How many health jobs one addBulk call adds (one MULTI each), so that a large cycle does not build one huge transaction. */
+export const HEALTH_BULK_SIZE = 1000;
+
+/** Adds health checks of the VMs in bulk (Queue.addBulk keeps the deduplication: none is added for a VM with one pending). */
+export async function addHealthJobs(queue: Queue, vmNames: readonly string[]): Promise<void> {
+  for (let i = 0; i < vmNames.length; i += HEALTH_BULK_SIZE) {
+    const chunk = vmNames.slice(i, i + HEALTH_BULK_SIZE);
+    await queue.addBulk(
+      chunk.map((vmName) => ({ name: 'health', data: { vmName } satisfies HealthJobData, opts: { ...healthJobOptions, deduplication: { id: healthJobDeduplicationId(vmName) } } })),
+    );
+  }
+}
+
 /** Adds a health check of the VM, unless one is already pending for it. */
 export async function addHealthJob(queue: Queue, vmName: string): Promise<void> {
   const data: HealthJobData = { vmName };

@@ -82,14 +82,21 @@ export interface TargetWaitSummary {
 }
 
 /** Per-group summary: limits from the config, counts from the state indexes, demand and spawns from Redis. */
+async function indexCounts(vmm: VmManager) {
+  const [states, held, supply] = await Promise.all([vmm.reader.stateCounts(vmm.vmGroups), vmm.reader.heldCounts(vmm.vmGroups), vmm.reader.supplyCounts(vmm.vmGroups)]);
+  return { states, held, supply };
+}
+
 export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Promise<GroupSummary[]> {
-  const vms = records ?? (await vmm.getAllVmRecords());
+  // Without records, the counts come from the indexes (state sets, ready_clean, held): no VM is read.
+  const fromIndexes = records === undefined ? await indexCounts(vmm) : null;
   const out: GroupSummary[] = [];
-  for (const id of vmm.vmGroups) {
+  for (const [i, id] of vmm.vmGroups.entries()) {
     const g = vmm.groupConfig(id);
-    const mine = vms.filter((v) => v.group === id);
-    const counts = Object.fromEntries(ALL_VM_STATES.map((s) => [s, 0])) as Record<VmState, number>;
-    for (const v of mine) counts[v.state] += 1;
+    const mine = records ? records.filter((v) => v.group === id) : [];
+    let counts = Object.fromEntries(ALL_VM_STATES.map((s) => [s, 0])) as Record<VmState, number>;
+    if (fromIndexes) counts = fromIndexes.states[i]!;
+    else for (const v of mine) counts[v.state] += 1;
     const tw = g.target_wait ? await targetWaitSummary(vmm, id) : undefined;
     const drainedSince = await vmm.drainedSince(id);
     out.push({
@@ -101,9 +108,9 @@ export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Prom
       minReady: tw ? tw.minReady : minReadyAt(g.min_ready, vmm.clock()),
       minReadyScheduled: isScheduled(g.min_ready),
       counts,
-      total: mine.length,
-      held: mine.filter((v) => v.heldBy !== null).length,
-      readyClean: mine.filter((v) => v.state === 'ready' && v.boundToUser === null && v.heldBy === null).length,
+      total: fromIndexes ? Object.values(counts).reduce((a, b) => a + b, 0) : mine.length,
+      held: fromIndexes ? fromIndexes.held[i]! : mine.filter((v) => v.heldBy !== null).length,
+      readyClean: fromIndexes ? fromIndexes.supply[i]!.readyClean : mine.filter((v) => v.state === 'ready' && v.boundToUser === null && v.heldBy === null).length,
       demand: await vmm.countDemand(id),
       spawnsInFlight: (await vmm.getSpawnsInFlight(id)).length,
       breaker: await breakerSummary(vmm, id),

@@ -8,7 +8,7 @@ import { configTemplate } from '../configTemplate.js';
 import { assertBindAllowed } from '../http/auth.js';
 import { createLogger, type Logger } from '../logger.js';
 import { isAuditCursor, type AuditEvent } from '../pool/audit.js';
-import { ALL_VM_STATES, isValidVmIp, isValidVmName, isVmState } from '../pool/types.js';
+import { ALL_VM_STATES, isValidVmIp, isValidVmName, isVmState, type VmRecord, type VmState } from '../pool/types.js';
 import { VmManager } from '../pool/vmManager.js';
 import { groupSummaries, resolveGroup, withoutLease } from '../poolView.js';
 import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
@@ -120,15 +120,23 @@ export function buildProgram(io: CliIo = defaultIo): Command {
     .option('--group <group>', 'group name or id')
     .addOption(new Option('--state <state>', 'VM state').choices([...ALL_VM_STATES]))
     .option('--owner <owner>', 'bound user')
+    .option('--limit <n>', 'show at most n VMs (in name order)')
     .option('--json', 'as JSON')
-    .action(async (opts: { group?: string; state?: string; owner?: string; json?: boolean }) => {
+    .action(async (opts: { group?: string; state?: string; owner?: string; limit?: string; json?: boolean }) => {
       await withPool(async (vmm, cfg) => {
         const group = opts.group === undefined ? undefined : groupOf(cfg, opts.group);
         if (opts.state !== undefined && !isVmState(opts.state)) throw new CliError(`unknown state ${opts.state}`, ExitCodes.USAGE);
+        const max = opts.limit === undefined ? Infinity : Number(opts.limit);
+        if (opts.limit !== undefined && (!/^\d+$/.test(opts.limit) || max < 1)) throw new CliError(`--limit must be a whole number from 1, not ${opts.limit}`, ExitCodes.USAGE);
         const now = vmm.clock();
-        const vms = (await vmm.getAllVmRecords()).filter(
-          (v) => (group === undefined || v.group === group) && (opts.state === undefined || v.state === opts.state) && (opts.owner === undefined || v.boundToUser === opts.owner),
-        );
+        // Page by page through the indexes, as GET /api/v1/vms does.
+        const vms: VmRecord[] = [];
+        let cursor: string | undefined;
+        do {
+          const page = await vmm.listVms({ group, state: opts.state as VmState | undefined, owner: opts.owner, cursor, limit: Math.min(500, max - vms.length) });
+          vms.push(...page.vms);
+          cursor = page.next ?? undefined;
+        } while (cursor !== undefined && vms.length < max);
         print(opts.json === true, vms.map((v) => withoutLease(v)), () =>
           textTable(
             ['NAME', 'GROUP', 'STATE', 'IP', 'USER', 'SANDBOX', 'BUILDS', 'FAILS', 'LAST CHECK', 'TASK', 'HELD BY'],

@@ -81,6 +81,10 @@ function vmNameParam(req: Request): string {
   return name;
 }
 
+/** GET /vms: VMs per page unless `limit` says, and at most. */
+export const VMS_PAGE_DEFAULT = 500;
+export const VMS_PAGE_MAX = 5000;
+
 function queryString(req: Request, key: string): string | undefined {
   const v = req.query[key];
   if (v === undefined) return undefined;
@@ -270,11 +274,15 @@ export function apiRouter(deps: ApiDeps): Router {
     if (stateParam !== undefined && !isVmState(stateParam)) {
       throw new HttpError('validation_error', `unknown state ${JSON.stringify(stateParam)}; states: ${ALL_VM_STATES.join(', ')}`, { state: stateParam });
     }
-    let vms = await vmm.getAllVmRecords();
-    vms = vms.filter(
-      (v) => (group === undefined || v.group === group) && (stateParam === undefined || v.state === stateParam) && (owner === undefined || v.boundToUser === owner),
-    );
-    res.json({ vms: vms.map((v) => apiVm(config, v)) });
+    const cursor = queryString(req, 'cursor');
+    const limitParam = queryString(req, 'limit');
+    const limit = limitParam === undefined ? VMS_PAGE_DEFAULT : Number(limitParam);
+    if (!/^\d+$/.test(limitParam ?? '1') || !Number.isInteger(limit) || limit < 1 || limit > VMS_PAGE_MAX) {
+      throw new HttpError('validation_error', `limit must be a whole number from 1 to ${VMS_PAGE_MAX}, not ${JSON.stringify(limitParam)}`, { limit: limitParam });
+    }
+    if (cursor !== undefined && !isValidVmName(cursor)) throw new HttpError('validation_error', `invalid cursor ${JSON.stringify(cursor)} (the next of a previous page)`, { cursor });
+    const page = await vmm.listVms({ group, state: stateParam, owner, cursor, limit });
+    res.json({ vms: page.vms.map((v) => apiVm(config, v)), next: page.next });
   });
 
   router.get('/vms/:name', requireScope('admin'), async (req, res) => {

@@ -13,7 +13,7 @@ import { authenticate, checkHost, requireScope } from './auth.js';
 import { bullBoardRouter } from './board.js';
 import { HttpError, errorHandler, sendError } from './errors.js';
 import { openApiDocument } from './openapi.js';
-import { FAVICON_SVG, renderPoolFragment, renderPoolPage, POOL_PAGE_REFRESH_MS } from './poolPage.js';
+import { FAVICON_SVG, renderPoolFragment, renderPoolPage, POOL_PAGE_REFRESH_MS, POOL_PAGE_ROWS } from './poolPage.js';
 
 export interface WebAppDeps {
   config: Config;
@@ -107,16 +107,18 @@ export function createWebApp(deps: WebAppDeps): Express {
 
   app.get('/', requireScope('admin'), async (req, res) => {
     const now = vmm.clock();
-    const vms = await vmm.getAllVmRecords();
-    const summaries = await groupSummaries(vmm, vms);
+    // Counts from the indexes; the first POOL_PAGE_ROWS VMs of each group (the rest: a "more" link).
+    const [summaries, pages] = await Promise.all([groupSummaries(vmm), Promise.all(vmm.vmGroups.map((group) => vmm.listVms({ group, limit: POOL_PAGE_ROWS })))]);
+    const vms = pages.flatMap((p) => p.vms);
+    const next = new Map(vmm.vmGroups.map((g, i) => [g, pages[i]!.next]));
     // The charts' last hour (reconcile samples it once a minute).
     const history = new Map(await Promise.all(vmm.vmGroups.map(async (g) => [g, await vmm.readHistory(g, 3_600_000)] as const)));
     res.set('Cache-Control', 'no-store');
     if (req.query.fragment !== undefined) {
-      res.type('html').send(renderPoolFragment(vmm.prefix, summaries, vms, now, history));
+      res.type('html').send(renderPoolFragment(vmm.prefix, summaries, vms, now, history, next));
       return;
     }
-    res.type('html').send(renderPoolPage(vmm.prefix, summaries, vms, now, deps.poolPageRefreshMs ?? POOL_PAGE_REFRESH_MS, history));
+    res.type('html').send(renderPoolPage(vmm.prefix, summaries, vms, now, deps.poolPageRefreshMs ?? POOL_PAGE_REFRESH_MS, history, next));
   });
 
   app.use((req) => {

@@ -269,8 +269,27 @@ export const openApiDocument = {
           { name: 'group', in: 'query', schema: { type: 'string' }, description: 'group name or id' },
           { name: 'state', in: 'query', schema: { type: 'string', enum: [...ALL_VM_STATES] } },
           { name: 'owner', in: 'query', schema: { type: 'string' }, description: 'bound user' },
+          { name: 'cursor', in: 'query', schema: { type: 'string' }, description: 'the `next` of the previous page (VMs come in name order)' },
+          { name: 'limit', in: 'query', schema: { type: 'integer', minimum: 1, maximum: 5000, default: 500 }, description: 'VMs per page' },
         ],
-        responses: { '200': { description: 'VMs', content: { 'application/json': { schema: { type: 'object', properties: { vms: { type: 'array', items: { $ref: '#/components/schemas/Vm' } } } } } } }, ...common },
+        responses: {
+          '200': {
+            description: 'One page of VMs, in name order',
+            content: {
+              'application/json': {
+                schema: {
+                  type: 'object',
+                  required: ['vms', 'next'],
+                  properties: {
+                    vms: { type: 'array', items: { $ref: '#/components/schemas/Vm' } },
+                    next: { type: ['string', 'null'], description: 'cursor of the next page; null at the end' },
+                  },
+                },
+              },
+            },
+          },
+          ...common,
+        },
       },
     },
     '/vms/{name}': {

@@ -76,7 +76,10 @@ function breakerText(summary: GroupSummary, now: number): string {
   return `<p class="breaker" data-breaker="${escapeHtml(b.errorClass)}">spawns stopped: circuit breaker open (${escapeHtml(b.errorClass)}, ${b.failures} failures in a row${b.message ? `: ${escapeHtml(b.message)}` : ''}), ${until}</p>`;
 }
 
-function groupSection(summary: GroupSummary, vms: VmRecord[], now: number, history: readonly HistorySample[]): string {
+/** VM rows the pool page shows per group at first; the rest are a link to the next page of GET /api/v1/vms. */
+export const POOL_PAGE_ROWS = 200;
+
+function groupSection(summary: GroupSummary, vms: VmRecord[], now: number, history: readonly HistorySample[], next: string | null = null): string {
   const counts = Object.entries(summary.counts)
     .map(([state, n]) => `<span class="count state-${state}" data-count-state="${state}">${state}: <b>${n}</b></span>`)
     .join(' ');
@@ -93,8 +96,11 @@ function groupSection(summary: GroupSummary, vms: VmRecord[], now: number, histo
   const drain = summary.drained
     ? `<p class="drained" data-drained="1"><span class="drained-badge">${drainedText}</span>: nothing is spawned; its VMs are still served and retired by their timeouts.${summary.drainedSince !== null ? ` <button type="button" data-action="undrain" data-group="${escapeHtml(summary.name)}">Undrain</button>` : ''}</p>`
     : `<p class="drained"><button type="button" data-action="drain" data-group="${escapeHtml(summary.name)}">Drain</button></p>`;
+  const more = next === null
+    ? ''
+    : `\n<tr class="more"><td colspan="12">first ${vms.length} of ${summary.total} VMs · <a data-more href="api/v1/vms?group=${summary.id}&amp;cursor=${encodeURIComponent(next)}&amp;limit=500">next ${Math.min(500, Math.max(0, summary.total - vms.length))} (JSON, in name order)</a></td></tr>`;
   const rows = vms.length
-    ? vms.map((vm) => vmRow(vm, now)).join('\n')
+    ? vms.map((vm) => vmRow(vm, now)).join('\n') + more
     : '<tr class="empty"><td colspan="12">no VMs in this group</td></tr>';
   return `<section class="group" data-group="${summary.id}" data-group-name="${escapeHtml(summary.name)}">
 <h2>${escapeHtml(summary.name)} <small>group ${summary.id}${summary.archs.length ? ` · ${escapeHtml(summary.archs.join(', '))}` : ''}${summary.tags.length ? ` · tags ${escapeHtml(summary.tags.join(', '))}` : ''} · ${summary.total} VM${summary.total === 1 ? '' : 's'}</small></h2>
@@ -111,9 +117,19 @@ ${rows}
 </section>`;
 }
 
-/** The refreshable part of the pool page: one section per group, with its charts of the last hour (history: samples per group, oldest first). */
-export function renderPoolFragment(prefix: string, summaries: GroupSummary[], vms: VmRecord[], now: number, history: ReadonlyMap<number, readonly HistorySample[]> = new Map()): string {
-  const sections = summaries.map((s) => groupSection(s, vms.filter((v) => v.group === s.id), now, history.get(s.id) ?? [])).join('\n');
+/**
+ * The refreshable part of the pool page: one section per group, with its charts of the last hour (history: samples per group, oldest first).
+ * `next`: per group, the cursor after the rows given, when the group has more (a "more" link to GET /api/v1/vms).
+ */
+export function renderPoolFragment(
+  prefix: string,
+  summaries: GroupSummary[],
+  vms: VmRecord[],
+  now: number,
+  history: ReadonlyMap<number, readonly HistorySample[]> = new Map(),
+  next: ReadonlyMap<number, string | null> = new Map(),
+): string {
+  const sections = summaries.map((s) => groupSection(s, vms.filter((v) => v.group === s.id), now, history.get(s.id) ?? [], next.get(s.id) ?? null)).join('\n');
   return `${sections}\n<p class="updated" data-now="${now}">updated ${escapeHtml(new Date(now).toISOString())} · prefix ${escapeHtml(prefix)}</p>`;
 }
 
@@ -210,6 +226,7 @@ export function renderPoolPage(
   now: number,
   refreshMs = POOL_PAGE_REFRESH_MS,
   history: ReadonlyMap<number, readonly HistorySample[]> = new Map(),
+  next: ReadonlyMap<number, string | null> = new Map(),
 ): string {
   return `<!doctype html>
 <html lang="en">
@@ -224,7 +241,7 @@ export function renderPoolPage(
 <header><h1>vmpool</h1><nav><a href="admin/queues">Queues (Bull Board)</a><a href="api/v1/openapi.json">API</a><a href="metrics">Metrics</a></nav></header>
 <div id="message" role="status"></div>
 <main id="pool" data-refresh-ms="${refreshMs}">
-${renderPoolFragment(prefix, summaries, vms, now, history)}
+${renderPoolFragment(prefix, summaries, vms, now, history, next)}
 </main>
 <script>${SCRIPT}</script>
 </body>

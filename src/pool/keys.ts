@@ -94,6 +94,18 @@ export function poolKeys(prefix: string) {
     poolState: `${base}pool_state`,
     /** The reconcile cycle lock (src/reconcile/cycleLock.ts): one cycle at a time across replicas. */
     reconcileLock: `${base}reconcile_lock`,
+    /** Due-time set (includes/setVmState indexDue): VMs in got_ip, ready, in_use or check_health_failed, scored by last health check (0: never). */
+    dueCheck: (group: number) => `${base}group:${group}:due:check`,
+    /** Due-time set: ready VMs bound to an owner and not held, scored by last release (0: never). */
+    dueDirty: (group: number) => `${base}group:${group}:due:dirty`,
+    /** Due-time set: VMs in check_health, scored by the check's start. */
+    dueCheckStarted: (group: number) => `${base}group:${group}:due:check_started`,
+    /** Due-time set: VMs in terminating, scored by terminating_since. */
+    dueTerminating: (group: number) => `${base}group:${group}:due:terminating`,
+    /** Set of the unbound, unheld VMs in got_ip or check_health (with readyClean, the coming supply of spawn decisions). */
+    coming: (group: number) => `${base}group:${group}:coming`,
+    /** Set of the group's held VMs (includes/setVmState indexDue; counted by the pool page). */
+    held: (group: number) => `${base}group:${group}:held`,
     /** Hash of the group's spawn-to-ready time: ema_ms (exponential moving average), samples (recordHealthCheckResult-1.lua). */
     bootTime: (group: number) => `${base}group:${group}:boot_time`,
     /** Hash of the group's spawn circuit breaker: state, error_class, failures, openings, opened_at, open_until, manual, message (recordSpawnOutcome-1.lua). */

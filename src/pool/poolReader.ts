@@ -56,6 +56,32 @@ export interface LineStanding {
   readyClean: number;
 }
 
+/** The due-time sets of a group (keys.ts), by the name reconcile queries them with. */
+const DUE_KEYS = { check: 'dueCheck', dirty: 'dueDirty', checkStarted: 'dueCheckStarted', terminating: 'dueTerminating' } as const;
+
+/** One read of a due-time set: members with a score below `upTo` (or up to it, inclusive); null: every member. */
+export interface DueQuery {
+  group: number;
+  set: keyof typeof DUE_KEYS;
+  upTo: number | null;
+  inclusive?: boolean;
+}
+
+/** A page of GET /vms (PoolReader.vmPage). */
+export interface VmPageQuery {
+  group?: number;
+  state?: VmState;
+  owner?: string;
+  cursor?: string;
+  limit: number;
+}
+
+export interface VmPage {
+  vms: VmRecord[];
+  /** The cursor of the next page (the last name of this one), or null at the end. */
+  next: string | null;
+}
+
 export class PoolReader {
   private readonly keys: PoolKeys;
 
@@ -94,6 +120,110 @@ export class PoolReader {
   /** Names of every VM of the pool. */
   async allVmNames(): Promise<string[]> {
     return this.redis.smembers(this.keys.allVms);
+  }
+
+  /** Every VM name, in batches of about `batch` (SSCAN), for passes that must not hold one huge reply. */
+  async allVmNameBatches(batch: number): Promise<string[][]> {
+    const batches: string[][] = [];
+    let cursor = '0';
+    do {
+      const [next, names] = await this.redis.sscan(this.keys.allVms, cursor, 'COUNT', batch);
+      if (names.length > 0) batches.push(names);
+      cursor = next;
+    } while (cursor !== '0');
+    return batches;
+  }
+
+  /**
+   * The names reconcile must look at, from the due-time sets (includes/setVmState: indexDue), one
+   * pipeline for every group: each query reads members with a score up to its bound (exclusive
+   * unless `inclusive`; null reads the whole set). Returns the names of each query, in order.
+   */
+  async dueVmNames(queries: readonly DueQuery[]): Promise<string[][]> {
+    if (queries.length === 0) return [];
+    const pipeline = this.redis.pipeline();
+    for (const q of queries) {
+      const key = this.keys[DUE_KEYS[q.set]](q.group);
+      if (q.upTo === null) pipeline.zrange(key, 0, '-1');
+      else pipeline.zrangebyscore(key, '-inf', q.inclusive ? String(q.upTo) : `(${q.upTo}`);
+    }
+    const replies = (await pipeline.exec()) ?? [];
+    return replies.map(([err, names]) => {
+      if (err) throw err;
+      return names as string[];
+    });
+  }
+
+  /** Per group: the coming supply (clean ready VMs, and unbound, unheld VMs in got_ip or check_health) and the clean ready VMs (SCARD + ZCARD, ZCARD). */
+  async supplyCounts(groups: readonly number[]): Promise<{ coming: number; readyClean: number }[]> {
+    const pipeline = this.redis.pipeline();
+    for (const g of groups) pipeline.scard(this.keys.coming(g)).zcard(this.keys.readyClean(g));
+    const n = await this.numbers(pipeline);
+    return groups.map((_, i) => ({ coming: n[2 * i]! + n[2 * i + 1]!, readyClean: n[2 * i + 1]! }));
+  }
+
+  /** Held VMs of each group (SCARD of the held sets). */
+  async heldCounts(groups: readonly number[]): Promise<number[]> {
+    const pipeline = this.redis.pipeline();
+    for (const g of groups) pipeline.scard(this.keys.held(g));
+    return this.numbers(pipeline);
+  }
+
+  /** Names of the group's clean ready VMs (not held). */
+  async readyCleanNames(group: number): Promise<string[]> {
+    return this.redis.zrange(this.keys.readyClean(group), 0, '-1');
+  }
+
+  /**
+   * One page of VMs in name order, after `cursor` (a VM name; exclusive), at most `limit`, through
+   * the indexes: a group or state reads its state sets, else the VM list (names only). An owner
+   * filter reads records in chunks until the page is full. `next` is the cursor of the next page,
+   * or null at the end.
+   */
+  async vmPage(query: VmPageQuery, allGroups: readonly number[]): Promise<VmPage> {
+    const { group, state, owner, cursor, limit } = query;
+    let names: string[];
+    if (group === undefined && state === undefined) names = await this.allVmNames();
+    else names = await this.vmNamesByGroupsAndStates(group === undefined ? allGroups : [group], state === undefined ? ALL_VM_STATES : [state]);
+    names = names.filter((n) => cursor === undefined || n > cursor).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const vms: VmRecord[] = [];
+    let i = 0;
+    while (i < names.length && vms.length < limit) {
+      const chunk = names.slice(i, i + (owner === undefined ? limit - vms.length : Math.max(limit - vms.length, 200)));
+      i += chunk.length;
+      // readVms sorts with localeCompare; the page keeps the code-unit order of the cursor.
+      const byName = new Map((await this.vmRecords(chunk)).map((v) => [v.vmName, v]));
+      for (const name of chunk) {
+        const v = byName.get(name);
+        if (!v || (owner !== undefined && v.boundToUser !== owner)) continue;
+        if (vms.length === limit) break;
+        vms.push(v);
+      }
+    }
+    const last = vms.at(-1);
+    const more = last !== undefined && names.some((n) => n > last.vmName);
+    return { vms, next: more ? last.vmName : null };
+  }
+
+  /** Which of the names are pool VMs (SMISMEMBER on the VM list). */
+  async knownVmNames(names: readonly string[]): Promise<Set<string>> {
+    if (names.length === 0) return new Set();
+    const found = await this.redis.smismember(this.keys.allVms, ...names);
+    return new Set(names.filter((_, i) => found[i] === 1));
+  }
+
+  /** The VM names of each IP, in one round trip. */
+  async vmNamesByIps(ips: readonly string[]): Promise<Map<string, string[]>> {
+    const out = new Map<string, string[]>();
+    if (ips.length === 0) return out;
+    const pipeline = this.redis.pipeline();
+    for (const ip of ips) pipeline.smembers(this.keys.ip(ip));
+    const replies = (await pipeline.exec()) ?? [];
+    replies.forEach(([err, names], i) => {
+      if (err) throw err;
+      out.set(ips[i]!, names as string[]);
+    });
+    return out;
   }
 
   private async readVm<T>(vmName: string, decode: (hash: Record<string, string>) => T): Promise<T | null> {

@@ -150,6 +150,12 @@ export class PoolScripts {
     if (code !== ReplyCodes.OK && code !== ReplyCodes.ALREADY_EXISTS) throw unexpected('forgetSpawnMachine', code);
   }
 
+  /** Puts existing VMs into the due-time sets (indexDueTimes-1.lua); returns how many were indexed. */
+  async indexDueTimes(vmNames: readonly string[]): Promise<number> {
+    if (vmNames.length === 0) return 0;
+    return Number(await this.call('indexDueTimes', vmNames));
+  }
+
   /** Ends the holds that are due (at most `batch`); returns the VMs unheld. */
   async expireHolds(now: number, batch: number): Promise<string[]> {
     return (await this.call('expireHolds', [now, batch])) as string[];

@@ -24,6 +24,7 @@ export const POOL_SCRIPTS = {
   expireLeases: 1,
   forgetSpawnMachine: 1,
   holdVm: 1,
+  indexDueTimes: 1,
   leaveAcquireLine: 1,
   markServerStart: 1,
   markVmCheckFailed: 1,

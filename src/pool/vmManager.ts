@@ -14,7 +14,7 @@ import { QueueNames, type QueueName } from '../../queues/names.js';
 import { QueueSet } from '../../queues/queueSet.js';
 import type { AcquireRequestData } from '../../queues/acquire.js';
 import { poolKeys, type PoolKeys } from './keys.js';
-import { PoolReader, type SpawnInFlight } from './poolReader.js';
+import { PoolReader, type SpawnInFlight, type VmPage, type VmPageQuery } from './poolReader.js';
 import { PoolScripts, type PoolStateCheck, type PoolStateSeen } from './poolScripts.js';
 import { formatPoolInfo } from './info.js';
 import { arrivalRateFromBuckets, type TargetWaitMeasure } from '../reconcile/targetWait.js';
@@ -226,6 +226,11 @@ export class VmManager {
   }
 
   /** Every VM with its bookkeeping fields (bound since, lease), for reconcile snapshots. */
+  /** One page of VMs in name order, filtered through the indexes (PoolReader.vmPage). */
+  async listVms(query: VmPageQuery): Promise<VmPage> {
+    return this.reader.vmPage(query, this.vmGroups);
+  }
+
   async getAllVmRecords(): Promise<VmRecord[]> {
     return this.reader.vmRecords(await this.reader.allVmNames());
   }
@@ -254,6 +259,17 @@ export class VmManager {
     const held = await this.scripts.holdVm(vmName, by, now, end, reason ?? '');
     if (held) this.logger.info({ vmName, by, until: end, reason }, 'VM held');
     return held;
+  }
+
+  /**
+   * Puts every VM into the due-time sets its record calls for (indexDueTimes-1.lua), for VMs
+   * recorded before those sets existed; the scripts keep them from then on. O(VMs): reconcile runs
+   * it once per process start. Returns how many VMs were indexed.
+   */
+  async backfillDueTimes(batch = 1000): Promise<number> {
+    let indexed = 0;
+    for (const names of await this.reader.allVmNameBatches(batch)) indexed += await this.scripts.indexDueTimes(names);
+    return indexed;
   }
 
   /** Ends the holds whose end has come (at most `batch` per call); returns the VMs unheld. */

@@ -82,6 +82,9 @@ export async function afterPoolStateEvent(ctx: JobContext, event: PoolStateEvent
 
 /** Before a reconcile worker starts: marks the server start when this is one, and sets up the schedule. */
 export async function prepareReconcile(ctx: JobContext): Promise<void> {
+  // VMs recorded before the due-time sets existed get into them (the scripts keep them from then on).
+  const indexed = await ctx.vmm.backfillDueTimes();
+  ctx.logger.debug({ indexed }, 'due-time sets backfilled');
   if (await isServerStart(ctx)) await ctx.vmm.markServerStart();
   await ensureReconcileScheduler(ctx.queue(RECONCILE_QUEUE), ctx.config);
 }

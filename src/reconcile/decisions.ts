@@ -52,11 +52,36 @@ export interface GroupSnapshot {
   targetWait?: TargetWaitMeasure;
   /** Drained at run time (`vmpool drain`): spawns nothing, as max_vm_total: 0. */
   drained?: boolean;
+  /**
+   * The group's VM counts from the indexes (VmMaster reads them, as `vms` then holds only the VMs
+   * that may be due). Absent: counted from `vms`, which must then hold every VM of the group.
+   */
+  counts?: GroupCounts;
+}
+
+/** A group's VM counts, as spawnFigures uses them. */
+export interface GroupCounts {
+  /** VMs not terminating. */
+  active: number;
+  /** Every VM, any state. */
+  all: number;
+  /** Unbound, unheld VMs in ready, got_ip or check_health. */
+  coming: number;
 }
 
 export interface PoolSnapshot {
-  /** Every VM of the pool, any group and state. */
+  /**
+   * The VMs the decisions may act on: VmMaster reads only those the due-time sets name (due for a
+   * check, dirty past a timeout or with a reuse limit, checks started too long ago, terminating
+   * too long), plus a group's clean ready VMs when it has a surplus to retire. Every decision
+   * re-checks its own rule, so extra VMs change nothing. Tests may give every VM.
+   */
   vms: readonly VmRecord[];
+  /**
+   * The VM names of each IP of the terminating VMs in `vms` (the ip index), for terminateAgain.
+   * Absent: taken from `vms`.
+   */
+  vmsByIp?: ReadonlyMap<string, readonly string[]>;
   /** One entry per configured group. */
   groups: readonly GroupSnapshot[];
   /** The last markServerStart (epoch ms), or null. */
@@ -188,10 +213,14 @@ export function decideTerminateAgain(snapshot: PoolSnapshot, config: ReconcileCo
   const actions: ReconcileAction[] = [];
   const removed = new Set<string>();
   const namesByIp = new Map<string, string[]>();
-  for (const vm of snapshot.vms) {
-    const names = namesByIp.get(vm.vmIp) ?? [];
-    names.push(vm.vmName);
-    namesByIp.set(vm.vmIp, names);
+  if (snapshot.vmsByIp) {
+    for (const [ip, names] of snapshot.vmsByIp) namesByIp.set(ip, [...names]);
+  } else {
+    for (const vm of snapshot.vms) {
+      const names = namesByIp.get(vm.vmIp) ?? [];
+      names.push(vm.vmName);
+      namesByIp.set(vm.vmIp, names);
+    }
   }
   const candidates = withGroupConfig(snapshot, config, [VmStates.TERMINATING]).sort(([a], [b]) => a.vmName.localeCompare(b.vmName));
   for (const [vm, g] of candidates) {
@@ -222,22 +251,30 @@ export interface SpawnFigures {
   wanted: number;
 }
 
+/** A group's counts from VM records (every VM of the group must be given). */
+export function countGroup(vms: readonly VmRecord[], group: number): GroupCounts {
+  const of = vms.filter((vm) => vm.group === group);
+  return {
+    // Copr's _check_total_running_vm_limit: every state but terminating (failed VMs still exist).
+    active: of.filter((vm) => vm.state !== VmStates.TERMINATING).length,
+    all: of.length,
+    coming: of.filter(
+      (vm) =>
+        vm.boundToUser === null &&
+        !isHeld(vm) &&
+        (vm.state === VmStates.READY || vm.state === VmStates.GOT_IP || vm.state === VmStates.CHECK_HEALTH),
+    ).length,
+  };
+}
+
 export function spawnFigures(snapshot: PoolSnapshot, config: ReconcileConfig, group: GroupSnapshot, now: number): SpawnFigures {
   const g = config.groups[group.group]!;
-  const vms = snapshot.vms.filter((vm) => vm.group === group.group);
   const inFlight = group.spawnsInFlight.filter((s) => now - s.startedAt <= ms(g.vm_spawn_stale_timeout)).length;
-  // Copr's _check_total_running_vm_limit: every state but terminating (failed VMs still exist).
-  const active = vms.filter((vm) => vm.state !== VmStates.TERMINATING).length;
-  const coming = vms.filter(
-    (vm) =>
-      vm.boundToUser === null &&
-      !isHeld(vm) &&
-      (vm.state === VmStates.READY || vm.state === VmStates.GOT_IP || vm.state === VmStates.CHECK_HEALTH),
-  ).length;
+  const { active, all, coming } = group.counts ?? countGroup(snapshot.vms, group.group);
   return {
     group: group.group,
     active,
-    all: vms.length,
+    all,
     inFlight,
     comingSupply: coming + inFlight,
     wanted: warmPoolOf(config, group, now) + Math.max(0, group.demand),

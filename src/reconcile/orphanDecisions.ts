@@ -18,8 +18,16 @@ export interface OrphanInput {
   poolId: string;
   /** Unknown machines tagged with no pool id that earlier passes already reported (names). */
   previousUntagged?: ReadonlySet<string>;
-  /** Pool VMs of every group: a machine is known if any of them has its name. */
+  /**
+   * Pool VMs: a machine is known if any of them has its name (unless `knownNames` is given), and
+   * the group's VMs among them are checked against the list. VmMaster passes only the group's VMs
+   * the list misses, with `knownNames` and `groupVmCount`.
+   */
   poolVms: readonly OrphanPoolVm[];
+  /** Names of pool VMs of any group: at least every listed machine that is one. Absent: taken from poolVms. */
+  knownNames?: ReadonlySet<string>;
+  /** How many VMs the group has (counts.poolVms). Absent: counted from poolVms. */
+  groupVmCount?: number;
   /** The provider's list for this group. */
   machines: readonly ProviderMachine[];
   /** Unknown machines of the previous pass: name -> epoch ms first seen. */
@@ -82,7 +90,7 @@ export interface OrphanDecision {
  */
 export function decideOrphans(input: OrphanInput): OrphanDecision {
   const { now, graceMs } = input;
-  const knownNames = new Set(input.poolVms.map((v) => v.name));
+  const knownNames = input.knownNames ?? new Set(input.poolVms.map((v) => v.name));
   const listed = new Set(input.machines.map((m) => m.name));
 
   const unknown = new Map<string, number>();
@@ -137,7 +145,7 @@ export function decideOrphans(input: OrphanInput): OrphanDecision {
     newlyUntagged,
     counts: {
       machines: input.machines.length,
-      poolVms: groupVms.length,
+      poolVms: input.groupVmCount ?? groupVms.length,
       unknown: unknown.size,
       unknownTerminated: terminateMachines.length,
       unknownWaiting,

@@ -2,12 +2,12 @@ import { randomBytes } from 'node:crypto';
 import type { Queue } from 'bullmq';
 import type { Logger } from '../logger.js';
 import { poolKeys } from '../pool/keys.js';
-import { VmDescriptorNotFound, VmError } from '../pool/types.js';
+import { ALL_VM_STATES, VmDescriptorNotFound, VmError, VmStates } from '../pool/types.js';
 import type { ExpiredLease, VmManager } from '../pool/vmManager.js';
 import { decideLossSweep, decideOrphans, type OrphanDecision } from './orphanDecisions.js';
 import type { Provider } from '../providers/types.js';
 import { ACQUIRE_QUEUE } from '../../queues/acquire.js';
-import { HEALTH_QUEUE, addHealthJob } from '../../queues/health.js';
+import { HEALTH_QUEUE, addHealthJobs } from '../../queues/health.js';
 import type { QueueName } from '../../queues/names.js';
 import { SPAWN_QUEUE, addSpawnJob } from '../../queues/spawn.js';
 import { TERMINATE_QUEUE, addTerminateJob } from '../../queues/terminate.js';
@@ -21,13 +21,16 @@ import {
   decideStartSpawnIfRequired,
   decideTerminateAgain,
   spawnFigures,
+  warmPoolOf,
+  type GroupCounts,
   type GroupSnapshot,
   type PoolSnapshot,
   type ReconcileAction,
 } from './decisions.js';
 import { readDemand, type DemandRoute } from './demand.js';
-import { activeVmsByGroup, blockedGroups, demandGroupsOf, hasFallbacks, withFallbacks } from '../acquire/fallback.js';
-import { targetWaitDecision, type TargetWaitMeasure } from './targetWait.js';
+import { blockedGroups, demandGroupsOf, hasFallbacks, withFallbacks } from '../acquire/fallback.js';
+import { targetWaitDecision, warmPoolVaries, type TargetWaitMeasure } from './targetWait.js';
+import type { DueQuery } from '../pool/poolReader.js';
 import { HISTORY_SAMPLES, isHistoryDue, parseAcquireWaitMark, quantileBetween, type HistorySample } from './history.js';
 import { readSharedHistogram, sharedMetrics } from '../metrics/shared.js';
 import { isOrphanPassDue, LAST_ORPHAN_CHECK, leakTerminateJobId, parseEpochMs, parseUnknownMachines } from './orphanPass.js';
@@ -124,15 +127,20 @@ export class VmMaster {
   }
 
   /**
-   * Reads what the decisions need: every VM record, and per group spawns in flight, demand (the
-   * line and the queued vm-acquire jobs, see demand.ts) and last spawn start.
+   * Reads what the decisions need, in proportion to what is due: the records of the VMs the
+   * due-time sets name (dueVmNames), per group the VM counts from the indexes, and spawns in
+   * flight, demand (the line and the queued vm-acquire jobs, see demand.ts) and last spawn start.
+   * A group whose warm pool varies and has more clean ready VMs than it keeps also gets those
+   * VMs' records (retireSurplus picks the longest idle). With nothing due, O(groups).
    */
   async readSnapshot(): Promise<PoolSnapshot> {
     const vmm = this.vmm;
-    const [vms, serverStart, serverStartSeq, groups] = await Promise.all([
-      vmm.getAllVmRecords(),
+    const now = vmm.clock();
+    const [serverStart, serverStartSeq, stateCounts, supply, groups] = await Promise.all([
       vmm.getServerStart(),
       vmm.reader.serverStartSeq(),
+      vmm.reader.stateCounts(vmm.vmGroups),
+      vmm.reader.supplyCounts(vmm.vmGroups),
       Promise.all(
         vmm.vmGroups.map(async (group): Promise<Omit<GroupSnapshot, 'demand'>> => {
           const targetWait = vmm.config.groups[group]!.target_wait;
@@ -149,16 +157,48 @@ export class VmMaster {
       ),
     ]);
     for (const g of groups) if (g.targetWait) this.noteTargetWait(g.group, g.targetWait);
+    const counts = new Map<number, GroupCounts>(
+      vmm.vmGroups.map((group, i) => {
+        const byState = stateCounts[i]!;
+        const all = Object.values(byState).reduce((a, b) => a + b, 0);
+        return [group, { all, active: all - byState[VmStates.TERMINATING], coming: supply[i]!.coming }];
+      }),
+    );
     // With fallback groups, a request for a blocked group counts for the fallback that serves it.
     let route: DemandRoute | undefined;
     if (hasFallbacks(vmm.config.groups)) {
-      const now = vmm.clock();
-      const active = activeVmsByGroup(vms);
-      const blocked = blockedGroups(vmm.config.groups, groups.map((g) => ({ ...g, active: active.get(g.group) ?? 0 })), now);
+      const blocked = blockedGroups(vmm.config.groups, groups.map((g) => ({ ...g, active: counts.get(g.group)?.active ?? 0 })), now);
       route = (r) => demandGroupsOf(r.groups, withFallbacks(vmm.config.groups, r.groups, blocked, r.strict), blocked);
     }
     const demand = await readDemand(vmm, this.queue(ACQUIRE_QUEUE), route);
-    return { vms, groups: groups.map((g) => ({ ...g, demand: demand[g.group] ?? 0 })), serverStart, serverStartSeq };
+    const withDemand = groups.map((g) => ({ ...g, demand: demand[g.group] ?? 0, counts: counts.get(g.group)! }));
+
+    // What is due, per group: each query's bound is the time before which a score means due.
+    const queries: DueQuery[] = [];
+    for (const group of vmm.vmGroups) {
+      const g = vmm.config.groups[group]!;
+      queries.push({ group, set: 'check', upTo: now - g.vm_health_check_period * 1000 });
+      // Checked before the server start: acquire skips them until checked again (recheckAfterServerStart).
+      if (serverStart !== null) queries.push({ group, set: 'check', upTo: serverStart, inclusive: true });
+      // A reuse limit can be reached at any time after a release: every dirty VM is then a candidate.
+      const reuse = g.reuse_max_count > 0 || g.reuse_max_time > 0;
+      queries.push({ group, set: 'dirty', upTo: reuse ? null : now - g.vm_dirty_terminating_timeout * 1000 });
+      queries.push({ group, set: 'checkStarted', upTo: now - g.vm_health_check_max_time * 1000 });
+      queries.push({ group, set: 'terminating', upTo: now - g.vm_terminating_timeout * 1000 });
+    }
+    const names = new Set((await vmm.reader.dueVmNames(queries)).flat());
+    for (const [i, group] of vmm.vmGroups.entries()) {
+      const g = vmm.config.groups[group]!;
+      if (!warmPoolVaries(g)) continue;
+      const snap = withDemand.find((s) => s.group === group)!;
+      if (supply[i]!.readyClean > warmPoolOf(vmm.config, snap, now) + Math.max(0, snap.demand)) {
+        for (const name of await vmm.reader.readyCleanNames(group)) names.add(name);
+      }
+    }
+    const vms = await vmm.reader.vmRecords([...names]);
+    const terminatingIps = [...new Set(vms.filter((v) => v.state === VmStates.TERMINATING).map((v) => v.vmIp))];
+    const vmsByIp = await vmm.reader.vmNamesByIps(terminatingIps);
+    return { vms, vmsByIp, groups: withDemand, serverStart, serverStartSeq };
   }
 
   private readonly lastTargetWait = new Map<number, number>();
@@ -276,17 +316,26 @@ export class VmMaster {
     // Recorded first, so that a failing list hook runs once per period, not once per cycle.
     await vmm.writeVmPoolInfo(group, LAST_ORPHAN_CHECK, started);
 
-    // Records read before the list: only their machines must be in it (a VM added while the
-    // list ran may be missing from it). Records read after it: every machine they name is known.
-    const before = new Set((await vmm.getAllVmRecords()).map((v) => v.vmName));
+    // Read after the list, so that every machine a VM names is known: the group's VM names once
+    // (its state sets), whether the other listed machines are pool VMs, and the records of only
+    // the VMs the list misses. A VM added while the list ran (added_at from the pass's start on)
+    // may be missing from it, so it does not count as missed (one added in the start's own millisecond does: it is terminated only if the next list misses it too).
     const machines = await provider.list({ id: group, config, poolId: vmm.poolId });
-    const [after, previous] = await Promise.all([vmm.getAllVmRecords(), vmm.reader.orphanPassState(group)]);
+    const [groupNames, previous] = await Promise.all([vmm.reader.vmNamesByGroupsAndStates([group], ALL_VM_STATES), vmm.reader.orphanPassState(group)]);
+    const listed = new Set(machines.map((m) => m.name));
+    const inGroup = new Set(groupNames);
+    const others = await vmm.reader.knownVmNames([...listed].filter((n) => !inGroup.has(n)));
+    const unlisted = await vmm.reader.vmRecords(groupNames.filter((n) => !listed.has(n)));
+    const addedBefore = (v: { addedAt?: number | null }) => (v.addedAt ?? 0) <= started;
+    const before = new Set(unlisted.filter(addedBefore).map((v) => v.vmName));
     const now = vmm.clock();
     const decision = decideOrphans({
       group,
       poolId: vmm.poolId,
       previousUntagged: new Set(previous.untagged),
-      poolVms: after.map((v) => ({ name: v.vmName, ip: v.vmIp, state: v.state, group: v.group, addedAt: v.addedAt })),
+      poolVms: unlisted.map((v) => ({ name: v.vmName, ip: v.vmIp, state: v.state, group: v.group, addedAt: v.addedAt })),
+      knownNames: new Set([...groupNames, ...others]),
+      groupVmCount: groupNames.length,
       machines,
       previousUnknown: parseUnknownMachines(previous.unknown),
       previousMissing: parseUnknownMachines(previous.missing),
@@ -498,7 +547,19 @@ export class VmMaster {
   private async apply(step: CycleStep, actions: ReconcileAction[]): Promise<ReconcileAction[]> {
     const applied: ReconcileAction[] = [];
     const errors: unknown[] = [];
+    // Health jobs go in bulk: one round trip per HEALTH_BULK_SIZE VMs, not one per VM.
+    const health = actions.filter((a) => a.type === 'enqueueHealth');
+    if (health.length > 0) {
+      try {
+        await addHealthJobs(this.queue(HEALTH_QUEUE), health.map((a) => a.vmName));
+        applied.push(...health);
+      } catch (err) {
+        errors.push(err);
+        this.logger.error({ err, step, vms: health.length }, 'reconcile: adding health jobs failed');
+      }
+    }
     for (const action of actions) {
+      if (action.type === 'enqueueHealth') continue;
       try {
         if (await this.applyOne(action)) applied.push(action);
       } catch (err) {
@@ -522,10 +583,9 @@ export class VmMaster {
         if (acted) this.logger.info({ vmName: action.vmName, reason: action.reason }, 'reconcile: termination requested');
         return acted;
       }
-      case 'enqueueHealth': {
-        await addHealthJob(this.queue(HEALTH_QUEUE), action.vmName);
-        return true;
-      }
+      case 'enqueueHealth':
+        // Added in bulk by apply.
+        return false;
       case 'markCheckFailed': {
         const marked = await vmm.markVmCheckFailed(action.vmName);
         if (marked) this.logger.warn({ vmName: action.vmName }, 'reconcile: health check took too long; marked failed');

@@ -110,6 +110,10 @@ describe('vmpool CLI', { timeout: 60_000 }, () => {
     expect(vms.map((v) => v.vmName).sort()).toEqual((await vmm.getAllVms()).map((v) => v.vmName).sort());
     const filtered = JSON.parse((await vmpool('list', '--group', 'arm', '--json')).stdout) as { vmName: string }[];
     expect(filtered.map((v) => v.vmName)).toEqual(['c2']);
+    const all = (await vmm.getAllVms()).map((v) => v.vmName).sort((a, b) => (a < b ? -1 : 1));
+    const limited = JSON.parse((await vmpool('list', '--limit', '1', '--json')).stdout) as { vmName: string }[];
+    expect(limited.map((v) => v.vmName)).toEqual(all.slice(0, 1));
+    expect((await vmpool('list', '--limit', 'x')).code).toBe(2);
     const text = await vmpool('list', '--state', 'got_ip');
     expect(text.stdout).toMatch(/^NAME\s+GROUP\s+STATE/);
     expect(text.stdout).toContain('c1');

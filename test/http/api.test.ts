@@ -63,6 +63,34 @@ describe('HTTP API', () => {
     expect((await json(await kit.fetch('/api/v1/vms?group=nope'))).status).toBe(400);
   });
 
+  it('GET /vms pages in name order with cursor and limit, through the filters', async () => {
+    const names = (await kit.vmm.getAllVms()).map((v) => v.vmName).sort((a, b) => (a < b ? -1 : 1));
+    expect(names.length).toBeGreaterThan(2);
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    let pages = 0;
+    do {
+      const page: any = await json(await kit.fetch(`/api/v1/vms?limit=2${cursor === null ? '' : `&cursor=${encodeURIComponent(cursor)}`}`));
+      expect(page.status).toBe(200);
+      expect(page.body.vms.length).toBeLessThanOrEqual(2);
+      seen.push(...page.body.vms.map((v: any) => v.vmName));
+      cursor = page.body.next;
+      pages++;
+    } while (cursor !== null && pages < 100);
+    expect(seen).toEqual(names);
+    expect(pages).toBe(Math.ceil(names.length / 2));
+    // The whole list fits in the default page: next is null.
+    expect((await json(await kit.fetch('/api/v1/vms'))).body.next).toBeNull();
+    const base = (await kit.vmm.getAllVms()).filter((v) => v.group === 0).map((v) => v.vmName).sort((a, b) => (a < b ? -1 : 1));
+    const first = await json(await kit.fetch('/api/v1/vms?group=base&limit=1'));
+    expect(first.body).toMatchObject({ next: base.length > 1 ? base[0] : null });
+    expect(first.body.vms.map((v: any) => v.vmName)).toEqual([base[0]]);
+    for (const bad of ['0', '5001', 'x', '1.5']) {
+      expect(await json(await kit.fetch(`/api/v1/vms?limit=${bad}`))).toMatchObject({ status: 400, body: { error: 'validation_error', details: { limit: bad } } });
+    }
+    expect((await json(await kit.fetch('/api/v1/vms?cursor=..bad..'))).status).toBe(400);
+  });
+
   it('GET /vms/:name returns one VM; 404 unknown, 400 invalid name', async () => {
     const one = await json(await kit.fetch('/api/v1/vms/b3'));
     expect(one).toMatchObject({ status: 200, body: { vmName: 'b3', state: 'got_ip', groupName: 'base' } });

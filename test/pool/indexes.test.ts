@@ -53,7 +53,8 @@ async function checkIndexes(): Promise<number> {
       const expected = vms.filter((h) => Number(h.group) === group && h.state === state).map((h) => h.vm_name!);
       expect(sorted(await kit.redis.smembers(k.state(group, state))), `group ${group} state ${state}`).toEqual(sorted(expected));
     }
-    const clean = vms.filter((h) => Number(h.group) === group && h.state === 'ready' && h.owner === undefined);
+    // A held VM stays out of the ready indexes.
+    const clean = vms.filter((h) => Number(h.group) === group && h.state === 'ready' && h.owner === undefined && h.held_by === undefined);
     const cleanIndex = await kit.redis.zrange(k.readyClean(group), 0, '-1', 'WITHSCORES');
     const cleanMap = new Map<string, number>();
     for (let i = 0; i < cleanIndex.length; i += 2) cleanMap.set(cleanIndex[i]!, Number(cleanIndex[i + 1]));
@@ -65,6 +66,27 @@ async function checkIndexes(): Promise<number> {
       if (Number(h.group) === group && h.owner !== undefined) counts[h.owner] = String(Number(counts[h.owner] ?? 0) + 1);
     }
     expect(await kit.redis.hgetall(k.ownerVms(group)), `group ${group} owner_vms`).toEqual(counts);
+
+    // Due-time sets and the coming set (includes/setVmState: indexDue): members and scores follow the hashes.
+    const ofGroup = vms.filter((h) => Number(h.group) === group);
+    const due: [string, (h: Record<string, string>) => boolean, string][] = [
+      [k.dueCheck(group), (h) => ['got_ip', 'ready', 'in_use', 'check_health_failed'].includes(h.state!), 'last_health_check'],
+      [k.dueDirty(group), (h) => h.state === 'ready' && h.owner !== undefined && h.held_by === undefined, 'last_release'],
+      [k.dueCheckStarted(group), (h) => h.state === 'check_health', 'last_health_check'],
+      [k.dueTerminating(group), (h) => h.state === 'terminating', 'terminating_since'],
+    ];
+    for (const [key, member, field] of due) {
+      const entries = await kit.redis.zrange(key, 0, '-1', 'WITHSCORES');
+      const got = new Map<string, number>();
+      for (let i = 0; i < entries.length; i += 2) got.set(entries[i]!, Number(entries[i + 1]));
+      const want = ofGroup.filter(member);
+      expect(sorted(got.keys()), key).toEqual(sorted(want.map((h) => h.vm_name!)));
+      for (const h of want) expect(got.get(h.vm_name!), `${key} ${h.vm_name}`).toBe(Number(h[field] ?? 0));
+    }
+    const coming = ofGroup.filter((h) => ['got_ip', 'check_health'].includes(h.state!) && h.owner === undefined && h.held_by === undefined);
+    expect(sorted(await kit.redis.smembers(k.coming(group))), `group ${group} coming`).toEqual(sorted(coming.map((h) => h.vm_name!)));
+    const held = ofGroup.filter((h) => h.held_by !== undefined).map((h) => h.vm_name!);
+    expect(sorted(await kit.redis.smembers(k.held(group))), `group ${group} held`).toEqual(sorted(held));
   }
 
   // Dirty ready indexes: every member is a ready VM bound to that owner and sandbox; every such VM is in one.
@@ -83,7 +105,7 @@ async function checkIndexes(): Promise<number> {
       dirtyMembers.set(name, key);
     }
   }
-  const dirty = vms.filter((h) => h.state === 'ready' && h.owner !== undefined).map((h) => h.vm_name!);
+  const dirty = vms.filter((h) => h.state === 'ready' && h.owner !== undefined && h.held_by === undefined).map((h) => h.vm_name!);
   expect(sorted(dirtyMembers.keys())).toEqual(sorted(dirty));
 
   // A ready VM never has failed checks.
@@ -137,6 +159,8 @@ async function randomOps(vmm: VmManager, seed: number, steps: number, checkEvery
       ['terminate', () => vmm.startVmTermination(name, random() < 0.3 ? pick(STATES) : undefined)],
       ['remove', () => vmm.removeVmFromPool(name)],
       ['serverStart', () => (random() < 0.2 ? vmm.markServerStart() : Promise.resolve())],
+      ['hold', () => vmm.holdVm(name, 'operator')],
+      ['unhold', () => vmm.unholdVm(name)],
     ];
     // Half the time, take the VM one natural step further, so that runs reach every state.
     const progress = async (): Promise<[string, () => Promise<unknown>]> => {
@@ -181,7 +205,7 @@ describe('index consistency', () => {
   it.each([1, 2, 3, 4])('indexes agree with the VM hashes after 400 random operations (seed %i)', async (seed) => {
     const done = await randomRun(seed, 400);
     // The run exercised the interesting paths, so the checks above checked something.
-    for (const label of ['add', 'check', 'ok', 'fail', 'acquire', 'release', 'terminate', 'remove']) {
+    for (const label of ['add', 'check', 'ok', 'fail', 'acquire', 'release', 'terminate', 'remove', 'hold', 'unhold']) {
       expect(done[label] ?? 0, label).toBeGreaterThan(0);
     }
   });

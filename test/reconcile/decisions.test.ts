@@ -332,3 +332,23 @@ describe('decideStartSpawnIfRequired', () => {
     expect(actions).toEqual([{ type: 'spawn', group: 0, reason: 'demand' }]);
   });
 });
+
+describe('snapshots of only the due VMs (counts and IPs from the indexes)', () => {
+  it('terminateAgain takes the IP sharers from vmsByIp, not only from the VMs read', () => {
+    const cfg = config({ vm_terminating_timeout: 600 });
+    const stale = vm('terminating', { vmName: 'stale', vmIp: '10.9.9.7', terminatingSince: NOW - 601 * S });
+    // The VM that now has the IP is not due, so it is not in vms; the ip index names it.
+    const alone = snap([stale]);
+    expect(decideTerminateAgain(alone, cfg, NOW)).toEqual([{ type: 'terminate', vmName: 'stale', allowedPreState: 'terminating', reason: 'terminate_again' }]);
+    const withIps: PoolSnapshot = { ...alone, vmsByIp: new Map([['10.9.9.7', ['stale', 'other']]]) };
+    expect(decideTerminateAgain(withIps, cfg, NOW)).toEqual([{ type: 'removeStaleRecord', vmName: 'stale' }]);
+  });
+
+  it('spawn decisions use the group counts when given, whatever vms holds', () => {
+    const cfg = config({ min_ready: 2, max_vm_total: 3, vm_spawn_min_interval: 0, max_spawn_processes: 5 });
+    // No VM is due, yet the group has 3 VMs, 2 of them coming: at max_vm_total, nothing spawns.
+    expect(decideStartSpawnIfRequired(snap([], [group({ counts: { active: 3, all: 3, coming: 2 } })]), cfg, NOW)).toEqual([]);
+    // 1 VM, coming 1: one spawn fills the warm pool.
+    expect(decideStartSpawnIfRequired(snap([], [group({ counts: { active: 1, all: 1, coming: 1 } })]), cfg, NOW)).toEqual([{ type: 'spawn', group: 0, reason: 'warm_pool' }]);
+  });
+});

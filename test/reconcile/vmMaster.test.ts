@@ -356,3 +356,41 @@ describe('the cycle log line', () => {
     }
   });
 });
+
+describe('readSnapshot reads only what is due', () => {
+  it('reads no VM record while nothing is due, and counts the groups from the indexes', async () => {
+    await readyVm('fresh1', '10.9.0.1');
+    await readyVm('fresh2', '10.9.0.2');
+    await dirtyVm('dirty9', '10.9.0.3');
+    clock.now = T0 + 60 * S;
+    const snapshot = await master.readSnapshot();
+    expect(snapshot.vms).toEqual([]);
+    expect(snapshot.groups[0]!.counts).toEqual({ active: 3, all: 3, coming: 2 });
+  });
+
+  it('reads the VMs due for a check, the dirty VMs past their timeout and the stale checks and terminations', async () => {
+    await dirtyVm('olddirty', '10.9.1.2');
+    await readyVm('old1', '10.9.1.1');
+    await vmm.addVmToPool('10.9.1.3', 'stuck', 0);
+    expect(await vmm.startVmCheck('stuck')).toBe(true);
+    await readyVm('gone', '10.9.1.4');
+    expect(await vmm.startVmTermination('gone', undefined, 'surplus')).toBe(true);
+    clock.now = T0 + 120 * S + 1;
+    await readyVm('new1', '10.9.1.5');
+    expect((await master.readSnapshot()).vms.map((v) => v.vmName)).toEqual(['old1', 'olddirty']);
+    clock.now = T0 + 600 * S + 1;
+    // stuck: check_health past 300 s; gone: terminating past 600 s; new1 checked at T0 + 120 s is due too.
+    expect((await master.readSnapshot()).vms.map((v) => v.vmName)).toEqual(['gone', 'new1', 'old1', 'olddirty', 'stuck']);
+  });
+
+  it('a VM recorded before the due-time sets existed is found after the backfill', async () => {
+    await readyVm('legacy', '10.9.2.1');
+    // As a pool written before this version: the VM is in no due-time set.
+    await redis.del(keys.dueCheck(0), keys.coming(0));
+    clock.now = T0 + 121 * S;
+    expect((await master.readSnapshot()).vms).toEqual([]);
+    expect(await vmm.backfillDueTimes(1)).toBe(1);
+    expect((await master.readSnapshot()).vms.map((v) => v.vmName)).toEqual(['legacy']);
+    expect((await master.checkVmsHealth()).map((a) => a.type)).toEqual(['enqueueHealth']);
+  });
+});

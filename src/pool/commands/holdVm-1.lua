@@ -46,5 +46,6 @@ end
 if state == 'ready' then
   removeFromReadyIndex(base, name, group, owner, sandbox)
 end
+indexDue(base, name)
 recordEvent(base, 'held', name, {'by', by, 'reason', reason, 'until', heldUntil})
 return OK

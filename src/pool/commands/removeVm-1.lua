@@ -43,5 +43,6 @@ if taskId and redis.call('GET', taskKey(base, taskId)) == name then
   redis.call('DEL', taskKey(base, taskId))
 end
 redis.call('ZREM', holdsExpiringKey(base), name)
+unindexDue(base, name, group)
 redis.call('DEL', key)
 return OK

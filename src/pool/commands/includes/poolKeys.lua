@@ -73,6 +73,37 @@ local function holdsExpiringKey(base)
   return base .. 'holds_expiring'
 end
 
+-- Due-time sets of the group (includes/setVmState: indexDue), so that reconcile reads only what is due.
+-- VMs in got_ip, ready, in_use or check_health_failed, scored by last health check (0: never).
+local function dueCheckKey(base, group)
+  return base .. 'group:' .. group .. ':due:check'
+end
+
+-- Ready VMs bound to an owner and not held, scored by last release (0: never).
+local function dueDirtyKey(base, group)
+  return base .. 'group:' .. group .. ':due:dirty'
+end
+
+-- VMs in check_health, scored by the check's start.
+local function dueCheckStartedKey(base, group)
+  return base .. 'group:' .. group .. ':due:check_started'
+end
+
+-- VMs in terminating, scored by terminating_since.
+local function dueTerminatingKey(base, group)
+  return base .. 'group:' .. group .. ':due:terminating'
+end
+
+-- Set of the unbound, unheld VMs in got_ip or check_health: with ready_clean, the coming supply of spawn decisions.
+local function comingKey(base, group)
+  return base .. 'group:' .. group .. ':coming'
+end
+
+-- Set of the group's held VMs (counted by the pool page).
+local function heldKey(base, group)
+  return base .. 'group:' .. group .. ':held'
+end
+
 -- Hash of the group's spawn-to-ready time: ema_ms, samples.
 local function bootTimeKey(base, group)
   return base .. 'group:' .. group .. ':boot_time'

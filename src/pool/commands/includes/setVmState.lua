@@ -2,7 +2,8 @@
   Moves a VM between states and keeps every index in step:
     - the per-group state sets;
     - the ready indexes (clean, or dirty per owner and sandbox), which acquire pops from;
-    - the leases sorted set: leaving in_use ends the lease.
+    - the leases sorted set: leaving in_use ends the lease;
+    - the due-time sets and the coming set (indexDue), which reconcile reads instead of every VM.
   Entering ready publishes the VM name on the group's ready channel, so waiting acquire jobs wake
   (a missed message only delays them until their slow safety retry).
   The VM hash must exist. Readiness is indexed with the VM's current owner, sandbox and
@@ -27,11 +28,58 @@ local function addToReadyIndex(base, name, group, owner, sandbox, score)
   end
 end
 
+local DUE_CHECKED = { got_ip = true, ready = true, in_use = true, check_health_failed = true }
+-- Unbound VMs on their way to ready; the clean ready ones are counted from ready_clean.
+local COMING = { got_ip = true, check_health = true }
+
+local function dueEntry(key, member, wanted, score)
+  if wanted then
+    redis.call('ZADD', key, tonumber(score) or 0, member)
+  else
+    redis.call('ZREM', key, member)
+  end
+end
+
+-- Puts the VM in the due-time sets its hash calls for, and takes it out of the others. Called after
+-- every change of state, owner, hold, last_health_check, last_release or terminating_since.
+local function indexDue(base, name)
+  local f = redis.call('HMGET', vmKey(base, name), 'state', 'group', 'owner', 'held_by', 'last_health_check', 'last_release', 'terminating_since')
+  local state, group, owner, held = f[1], f[2], f[3], f[4]
+  if not state then
+    return
+  end
+  dueEntry(dueCheckKey(base, group), name, DUE_CHECKED[state], f[5])
+  dueEntry(dueDirtyKey(base, group), name, state == 'ready' and owner and not held, f[6])
+  dueEntry(dueCheckStartedKey(base, group), name, state == 'check_health', f[5])
+  dueEntry(dueTerminatingKey(base, group), name, state == 'terminating', f[7])
+  if COMING[state] and not owner and not held then
+    redis.call('SADD', comingKey(base, group), name)
+  else
+    redis.call('SREM', comingKey(base, group), name)
+  end
+  if held then
+    redis.call('SADD', heldKey(base, group), name)
+  else
+    redis.call('SREM', heldKey(base, group), name)
+  end
+end
+
+-- Takes a VM out of every due-time set (removeVm).
+local function unindexDue(base, name, group)
+  redis.call('ZREM', dueCheckKey(base, group), name)
+  redis.call('ZREM', dueDirtyKey(base, group), name)
+  redis.call('ZREM', dueCheckStartedKey(base, group), name)
+  redis.call('ZREM', dueTerminatingKey(base, group), name)
+  redis.call('SREM', comingKey(base, group), name)
+  redis.call('SREM', heldKey(base, group), name)
+end
+
 local function setVmState(base, name, newState)
   local key = vmKey(base, name)
   local fields = redis.call('HMGET', key, 'state', 'group', 'owner', 'sandbox', 'last_health_check', 'held_by')
   local oldState, group, owner, sandbox = fields[1], fields[2], fields[3], fields[4]
   if oldState == newState then
+    indexDue(base, name)
     return
   end
   if oldState then
@@ -50,4 +98,5 @@ local function setVmState(base, name, newState)
     addToReadyIndex(base, name, group, owner, sandbox, tonumber(fields[5]) or 0)
     redis.call('PUBLISH', readyChannel(base, group), name)
   end
+  indexDue(base, name)
 end

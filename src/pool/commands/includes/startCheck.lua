@@ -11,4 +11,5 @@ local function startCheck(base, name, now, state)
     setVmState(base, name, 'check_health')
   end
   redis.call('HSET', vmKey(base, name), 'last_health_check', now, 'check_seq', redis.call('INCR', checkSeqKey(base)))
+  indexDue(base, name)
 end

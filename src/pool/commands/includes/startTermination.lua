@@ -11,4 +11,5 @@ local function startTermination(base, name, now, reason)
   recordEvent(base, 'terminate_requested', name, {'reason', reason})
   setVmState(base, name, 'terminating')
   redis.call('HSET', vmKey(base, name), 'terminating_since', now)
+  indexDue(base, name)
 end
