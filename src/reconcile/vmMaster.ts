@@ -136,25 +136,27 @@ export class VmMaster {
   async readSnapshot(): Promise<PoolSnapshot> {
     const vmm = this.vmm;
     const now = vmm.clock();
-    const [serverStart, serverStartSeq, stateCounts, supply, groups] = await Promise.all([
+    // Spawns in flight first, then the VM counts: a spawn whose VM entered the pool in between is
+    // then counted twice (one spawn too few this cycle), never not at all (one too many).
+    const groups = await Promise.all(
+      vmm.vmGroups.map(async (group): Promise<Omit<GroupSnapshot, 'demand'>> => {
+        const targetWait = vmm.config.groups[group]!.target_wait;
+        const [spawnsInFlight, last, breaker, drainedSince, measure] = await Promise.all([
+          vmm.getSpawnsInFlight(group),
+          vmm.readVmPoolInfo(group, LAST_VM_SPAWN_START),
+          vmm.reader.breaker(group),
+          vmm.drainedSince(group),
+          targetWait ? vmm.measureTargetWait(group, targetWait.window * 1000) : undefined,
+        ]);
+        const lastSpawnStart = last === null || last === '' || !Number.isFinite(Number(last)) ? null : Number(last);
+        return { group, spawnsInFlight, lastSpawnStart, breaker, drained: drainedSince !== null, ...(measure ? { targetWait: measure } : {}) };
+      }),
+    );
+    const [serverStart, serverStartSeq, stateCounts, supply] = await Promise.all([
       vmm.getServerStart(),
       vmm.reader.serverStartSeq(),
       vmm.reader.stateCounts(vmm.vmGroups),
       vmm.reader.supplyCounts(vmm.vmGroups),
-      Promise.all(
-        vmm.vmGroups.map(async (group): Promise<Omit<GroupSnapshot, 'demand'>> => {
-          const targetWait = vmm.config.groups[group]!.target_wait;
-          const [spawnsInFlight, last, breaker, drainedSince, measure] = await Promise.all([
-            vmm.getSpawnsInFlight(group),
-            vmm.readVmPoolInfo(group, LAST_VM_SPAWN_START),
-            vmm.reader.breaker(group),
-            vmm.drainedSince(group),
-            targetWait ? vmm.measureTargetWait(group, targetWait.window * 1000) : undefined,
-          ]);
-          const lastSpawnStart = last === null || last === '' || !Number.isFinite(Number(last)) ? null : Number(last);
-          return { group, spawnsInFlight, lastSpawnStart, breaker, drained: drainedSince !== null, ...(measure ? { targetWait: measure } : {}) };
-        }),
-      ),
     ]);
     for (const g of groups) if (g.targetWait) this.noteTargetWait(g.group, g.targetWait);
     const counts = new Map<number, GroupCounts>(
