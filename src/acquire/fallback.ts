@@ -4,7 +4,6 @@
  * of its fallback groups that can. Pure: the acquire processor and reconcile's demand both use it.
  */
 import type { GroupConfig } from '../config.js';
-import { VmStates } from '../pool/types.js';
 import { breakerOpen, type BreakerState } from '../reconcile/breaker.js';
 
 /**
@@ -62,9 +61,3 @@ export function blockedGroups(
   return blocked;
 }
 
-/** VMs per group that count against max_vm_total (every state but terminating). */
-export function activeVmsByGroup(vms: readonly { group: number; state: string }[]): Map<number, number> {
-  const active = new Map<number, number>();
-  for (const vm of vms) if (vm.state !== VmStates.TERMINATING) active.set(vm.group, (active.get(vm.group) ?? 0) + 1);
-  return active;
-}

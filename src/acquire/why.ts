@@ -4,6 +4,7 @@ import type { VmManager } from '../pool/vmManager.js';
 import type { LineStanding } from '../pool/poolReader.js';
 import { QueueNames } from '../../queues/names.js';
 import { breakerOpen } from '../reconcile/breaker.js';
+import { activeVmCount } from '../pool/types.js';
 
 /**
  * Why a waiting acquire request waits, in one group:
@@ -91,7 +92,7 @@ export async function explainWait(vmm: VmManager, config: Config, request: Waiti
   for (const [i, group] of request.groups.entries()) {
     const gc = config.groups[group]!;
     const standing = await vmm.reader.lineStanding(group, request.owner, request.sandbox, request.member);
-    const vms = Object.entries(counts[i]!).reduce((n, [state, c]) => (state === 'terminating' ? n : n + c), 0);
+    const vms = activeVmCount(counts[i]!);
     const spawning = spawns[i]!;
     const cheap = { vms, spawning, providerFailing: false };
     let reason = groupWaitReason(standing, request, { maxVmPerUser: gc.max_vm_per_user, maxVmTotal: gc.max_vm_total }, cheap);

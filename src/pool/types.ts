@@ -12,6 +12,11 @@ export const VmStates = {
 export type VmState = (typeof VmStates)[keyof typeof VmStates];
 export const ALL_VM_STATES: readonly VmState[] = Object.values(VmStates);
 
+/** VMs that count against max_vm_total (every state but terminating), from per-state counts. */
+export function activeVmCount(counts: Readonly<Record<VmState, number>>): number {
+  return ALL_VM_STATES.reduce((n, s) => (s === VmStates.TERMINATING ? n : n + counts[s]), 0);
+}
+
 export function isVmState(value: unknown): value is VmState {
   return typeof value === 'string' && (ALL_VM_STATES as readonly string[]).includes(value);
 }

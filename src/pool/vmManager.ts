@@ -33,6 +33,7 @@ import {
   isValidVmIp,
   isValidVmName,
   isVmState,
+  activeVmCount,
   type AcquireAttempt,
   type AcquireWaiter,
   type ExpiredLease,
@@ -587,8 +588,7 @@ export class VmManager {
    */
   async blockedGroups(groups: readonly number[]): Promise<Set<number>> {
     const [counts, breakers] = await Promise.all([this.reader.stateCounts(groups), Promise.all(groups.map((g) => this.reader.breaker(g)))]);
-    const active = (i: number) => Object.entries(counts[i]!).reduce((n, [state, c]) => (state === 'terminating' ? n : n + c), 0);
-    return blockedGroups(this.config.groups, groups.map((g, i) => ({ group: g, breaker: breakers[i], active: active(i) })), this.clock());
+    return blockedGroups(this.config.groups, groups.map((g, i) => ({ group: g, breaker: breakers[i], active: activeVmCount(counts[i]!) })), this.clock());
   }
 
   /** An operator closes the group's circuit breaker (after fixing credentials or the request). */

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { Queue } from 'bullmq';
 import type { Logger } from '../logger.js';
 import { poolKeys } from '../pool/keys.js';
-import { ALL_VM_STATES, VmDescriptorNotFound, VmError, VmStates } from '../pool/types.js';
+import { ALL_VM_STATES, VmDescriptorNotFound, VmError, VmStates, activeVmCount } from '../pool/types.js';
 import type { ExpiredLease, VmManager } from '../pool/vmManager.js';
 import { decideLossSweep, decideOrphans, type OrphanDecision } from './orphanDecisions.js';
 import type { Provider } from '../providers/types.js';
@@ -163,7 +163,7 @@ export class VmMaster {
       vmm.vmGroups.map((group, i) => {
         const byState = stateCounts[i]!;
         const all = Object.values(byState).reduce((a, b) => a + b, 0);
-        return [group, { all, active: all - byState[VmStates.TERMINATING], coming: supply[i]!.coming }];
+        return [group, { all, active: activeVmCount(byState), coming: supply[i]!.coming }];
       }),
     );
     // With fallback groups, a request for a blocked group counts for the fallback that serves it.
