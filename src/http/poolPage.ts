@@ -40,14 +40,14 @@ function vmRow(vm: VmRecord, now: number): string {
     : `<button type="button" data-action="hold" data-vm="${escapeHtml(vm.vmName)}"${terminating ? ' disabled' : ''}>Hold</button>`;
   const terminateButton = `<button type="button" class="danger" data-action="terminate" data-vm="${escapeHtml(vm.vmName)}"${terminating ? ' disabled' : ''}>Terminate</button>`;
   const heldText = held
-    ? [`${vm.heldBy} (${relativeTime(vm.heldSince, now)})`, vm.holdReason ? `: ${vm.holdReason}` : '', vm.heldUntil !== null ? `, until ${new Date(vm.heldUntil).toISOString()} (${relativeTime(vm.heldUntil, now)})` : ''].join('')
+    ? [`${vm.heldBy} (${relativeTime(vm.heldSince, now)})`, vm.holdReason ? `: ${vm.holdReason}` : '', vm.heldUntil !== null ? `, until ${relativeTime(vm.heldUntil, now)}` : ''].join('')
     : null;
   return [
     `<tr data-vm="${escapeHtml(vm.vmName)}" data-state="${escapeHtml(vm.state)}"${held ? ' data-held="1" class="held"' : ''}>`,
     cell(vm.vmName, 'name'),
     `<td class="state"><span class="state-badge state-${escapeHtml(vm.state)}">${escapeHtml(vm.state)}</span></td>`,
     cell(vm.vmIp, 'ip'),
-    cell(vm.boundToUser, 'user'),
+    cell(vm.boundToUser, 'owner'),
     cell(vm.sandbox, 'sandbox'),
     cell(vm.buildsCount, 'builds num'),
     cell(vm.checkFails, `fails num${vm.checkFails > 0 ? ' warn' : ''}`),
@@ -108,12 +108,12 @@ function groupSection(summary: GroupSummary, vms: VmRecord[], now: number, histo
 <p class="limits">${limits}<br>${warm}</p>${breakerText(summary, now)}
 ${drain}
 ${groupCharts(history, now)}
-<table>
-<thead><tr><th>Name</th><th>State</th><th>IP</th><th>Bound user</th><th>Sandbox</th><th>Builds</th><th>Check fails</th><th>Last check</th><th>Task</th><th>Lease expires</th><th>Held by</th><th></th></tr></thead>
+<div class="vms"><table>
+<thead><tr><th>Name</th><th>State</th><th>IP</th><th>Owner</th><th>Sandbox</th><th>Builds</th><th>Check fails</th><th>Last check</th><th>Task</th><th>Lease expires</th><th>Held by</th><th></th></tr></thead>
 <tbody>
 ${rows}
 </tbody>
-</table>
+</table></div>
 </section>`;
 }
 
@@ -143,7 +143,13 @@ h2 small { color: #667; font-weight: normal; }
 p.counts .count { display: inline-block; padding: .05rem .5rem; margin-right: .25rem; border-radius: 1rem; background: #e8ebf0; }
 p.limits { color: #445; margin: .3rem 0 .5rem; }
 table { border-collapse: collapse; width: 100%; background: #fff; box-shadow: 0 1px 2px rgba(0,0,0,.08); }
-th, td { text-align: left; padding: .35rem .6rem; border-bottom: 1px solid #e3e6eb; white-space: nowrap; }
+th, td { text-align: left; padding: .35rem .6rem; border-bottom: 1px solid #e3e6eb; white-space: nowrap; vertical-align: top; }
+/* Long values wrap inside their column, so the table fits a laptop screen; the wrapper scrolls as a last resort. */
+div.vms { overflow-x: auto; }
+td.owner, td.sandbox, td.task, td.held-by { white-space: normal; overflow-wrap: anywhere; }
+td.owner { max-width: 10rem; } td.sandbox, td.task { max-width: 16rem; } td.held-by { max-width: 18rem; }
+td.checked, td.lease { white-space: normal; min-width: 8rem; max-width: 10rem; }
+td.actions { white-space: nowrap; }
 th { background: #eef1f5; font-weight: 600; }
 td.num { text-align: right; }
 td.warn { color: #b3261e; font-weight: 600; }

@@ -48,7 +48,7 @@ describe('pool page in Chromium', () => {
           name: tr.getAttribute('data-vm'),
           state: tr.querySelector('.state')?.textContent?.trim(),
           ip: tr.querySelector('.ip')?.textContent?.trim(),
-          user: tr.querySelector('.user')?.textContent?.trim(),
+          user: tr.querySelector('.owner')?.textContent?.trim(),
           task: tr.querySelector('.task')?.textContent?.trim(),
           checked: tr.querySelector('.checked')?.textContent?.trim(),
         })),
