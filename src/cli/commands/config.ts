@@ -51,7 +51,7 @@ const registerCheck: RegisterConfigCommand = (config, { io, print }) => {
     });
 };
 
-/** The subcommands of `vmpool config`, in help order. */
+/** The subcommands of `vmpool config`, in help order: a new one is one more entry. */
 const CONFIG_COMMANDS: readonly RegisterConfigCommand[] = [registerInit, registerCheck];
 
 export const registerConfig: RegisterCommand = (program, ctx) => {
