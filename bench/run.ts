@@ -3,28 +3,58 @@
  * redis-server (bench/acquire.ts, bench/pool.ts, bench/health.ts, bench/restart.ts, and
  * bench/reconcile.ts when it exists), reads the `BENCH_RESULT <json>` line each prints with BENCH_JSON=1, and prints one table
  * of target, measured and PASS/MISS. Ratios compare figures of the same run.
- *   npm run bench            (markdown table)
- *   npm run bench -- --json  (the same rows as JSON)
+ *   npm run bench                    (Markdown: date and machine, then the table; also --markdown)
+ *   npm run bench -- --json          (the same report as JSON)
+ *   npm run bench -- --save FILE     (also writes the report as JSON to FILE, such as
+ *                                     docs/performance/bench-results.json; `npm run docs` renders it)
+ *   npm run bench -- --only pool,health   (only these parts: acquire, pool, reconcile, health, restart)
+ * BENCH_POOL_SIZES and BENCH_POOL_SAMPLES, when set, replace the pool part's sizes and samples.
  */
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { HealthResult } from './health.js';
 import type { SizeResult } from './pool.js';
 import type { RestartResult } from './restart.js';
-import { markdownTable } from './lib/measure.js';
+import { machineInfo, renderBenchMarkdown, type BenchReport, type BenchRow } from './lib/report.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const asJson = process.argv.includes('--json');
+const PARTS = ['acquire', 'pool', 'reconcile', 'health', 'restart'] as const;
+type Part = (typeof PARTS)[number];
 
-interface Row {
-  part: string;
-  figure: string;
-  target: string;
-  measured: string;
-  result: 'PASS' | 'MISS' | 'limit' | 'info' | 'not measured';
+function usage(message: string): never {
+  process.stderr.write(`bench: ${message}\nusage: npm run bench -- [--markdown | --json] [--save FILE] [--only ${PARTS.join(',')}]\n`);
+  process.exit(2);
 }
+
+/** The command line: output form, where to save the report, which parts to run. */
+function parseArgs(argv: string[]): { asJson: boolean; save: string | null; only: Set<Part> } {
+  let asJson = false;
+  let save: string | null = null;
+  let only = new Set<Part>(PARTS);
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--json') asJson = true;
+    else if (arg === '--markdown') asJson = false;
+    else if (arg === '--save' || arg === '--only') {
+      const value = argv[++i];
+      if (!value) usage(`${arg} needs a value`);
+      if (arg === '--save') save = value;
+      else {
+        const names = value.split(',').map((n) => n.trim());
+        const bad = names.filter((n) => !(PARTS as readonly string[]).includes(n));
+        if (bad.length) usage(`unknown part ${bad.join(', ')}`);
+        only = new Set(names as Part[]);
+      }
+    } else usage(`unknown argument ${arg}`);
+  }
+  return { asJson, save, only };
+}
+
+const args = parseArgs(process.argv.slice(2));
+
+type Row = BenchRow;
 
 interface PartOutput {
   stdout: string;
@@ -106,14 +136,15 @@ async function main(): Promise<void> {
   const errors: string[] = [];
   const timings: Record<string, number> = {};
 
-  process.stderr.write('bench: acquire through BullMQ (bench/acquire.ts)...\n');
-  const acquireOut = await runPart('acquire.ts');
-  timings.acquire = acquireOut.seconds;
-  if (acquireOut.error) errors.push(acquireOut.error);
-  const a = acquireFigures(acquireOut);
-  if (a.noop) {
-    rows.push({ part: 'raw BullMQ no-op job', figure: 'serial p50 / p99', target: 'limit', measured: `${ms(a.noop.p50)} / ${ms(a.noop.p99)}`, result: 'limit' });
-    rows.push({ part: 'raw BullMQ no-op job', figure: 'parallel throughput', target: 'limit', measured: perSec(a.noop.perSecond ?? NaN), result: 'limit' });
+  if (args.only.has('acquire')) {
+    process.stderr.write('bench: acquire through BullMQ (bench/acquire.ts)...\n');
+    const acquireOut = await runPart('acquire.ts');
+    timings.acquire = acquireOut.seconds;
+    if (acquireOut.error) errors.push(acquireOut.error);
+    const a = acquireFigures(acquireOut);
+    if (a.noop) {
+      rows.push({ part: 'raw BullMQ no-op job', figure: 'serial p50 / p99', target: 'limit', measured: `${ms(a.noop.p50)} / ${ms(a.noop.p99)}`, result: 'limit' });
+      rows.push({ part: 'raw BullMQ no-op job', figure: 'parallel throughput', target: 'limit', measured: perSec(a.noop.perSecond ?? NaN), result: 'limit' });
   }
   if (a.noop && a.acquire) {
     const ratio = a.acquire.p50 / a.noop.p50;
@@ -124,50 +155,58 @@ async function main(): Promise<void> {
     rows.push({ part: 'acquire through BullMQ', figure: `acquire+release (${perSec(a.cycle.perSecond)}) / no-op throughput`, target: '>= 0.70x', measured: times(ratio), result: verdict(ratio >= 0.7) });
   } else rows.push({ part: 'acquire through BullMQ', figure: 'acquire+release / no-op throughput', target: '>= 0.70x', measured: '-', result: 'not measured' });
   rows.push(...fairnessRows(a.fairness));
+  }
 
-  process.stderr.write('bench: direct acquire and release (bench/pool.ts)...\n');
-  // 100,000 VMs take a while to fill; fewer samples keep the whole run inside its budget.
-  const poolOut = await runPart('pool.ts', { BENCH_POOL_SIZES: '10,1000,10000,100000', BENCH_POOL_SAMPLES: '1000' });
-  timings.pool = poolOut.seconds;
-  if (poolOut.error) errors.push(poolOut.error);
-  const pool = poolOut.result as { sizes: SizeResult[]; evalshaP50: number; evalshaP99: number; samples: number } | null;
-  if (pool) {
-    rows.push({ part: 'ioredis EVALSHA no-op script', figure: 'serial p50 / p99', target: 'limit', measured: `${ms(pool.evalshaP50)} / ${ms(pool.evalshaP99)}`, result: 'limit' });
-    for (const s of pool.sizes) {
-      const at = `${s.size.toLocaleString('en-US')} VMs`;
-      rows.push({ part: `direct acquire, ${at}`, figure: 'clean p50 / p99', target: 'p50 <= 0.500 ms', measured: `${ms(s.cleanP50)} / ${ms(s.cleanP99)}`, result: verdict(s.cleanP50 <= 0.5) });
-      rows.push({ part: `direct acquire, ${at}`, figure: 'dirty p50 / p99', target: 'p50 <= 0.500 ms', measured: `${ms(s.dirtyP50)} / ${ms(s.dirtyP99)}`, result: verdict(s.dirtyP50 <= 0.5) });
-      rows.push({ part: `direct acquire, ${at}`, figure: 'acquire+release, serial', target: '-', measured: perSec(s.cyclesPerSecond), result: 'info' });
-    }
-    const at10k = pool.sizes.find((s) => s.size === 10_000);
-    const at10 = pool.sizes.find((s) => s.size === 10);
-    if (at10k) {
-      for (const [kind, p50] of [['clean', at10k.cleanP50], ['dirty', at10k.dirtyP50]] as const) {
-        const ratio = p50 / pool.evalshaP50;
-        rows.push({ part: 'direct acquire vs EVALSHA', figure: `${kind} acquireVm p50 at 10,000 VMs / EVALSHA p50`, target: '<= 2.00x', measured: times(ratio), result: verdict(ratio <= 2) });
+  if (args.only.has('pool')) {
+    process.stderr.write('bench: direct acquire and release (bench/pool.ts)...\n');
+    // 100,000 VMs take a while to fill; fewer samples keep the whole run inside its budget.
+    const poolOut = await runPart('pool.ts', {
+      BENCH_POOL_SIZES: process.env.BENCH_POOL_SIZES || '10,1000,10000,100000',
+      BENCH_POOL_SAMPLES: process.env.BENCH_POOL_SAMPLES || '1000',
+    });
+    timings.pool = poolOut.seconds;
+    if (poolOut.error) errors.push(poolOut.error);
+    const pool = poolOut.result as { sizes: SizeResult[]; evalshaP50: number; evalshaP99: number; samples: number } | null;
+    if (pool) {
+      rows.push({ part: 'ioredis EVALSHA no-op script', figure: 'serial p50 / p99', target: 'limit', measured: `${ms(pool.evalshaP50)} / ${ms(pool.evalshaP99)}`, result: 'limit' });
+      for (const s of pool.sizes) {
+        const at = `${s.size.toLocaleString('en-US')} VMs`;
+        rows.push({ part: `direct acquire, ${at}`, figure: 'clean p50 / p99', target: 'p50 <= 0.500 ms', measured: `${ms(s.cleanP50)} / ${ms(s.cleanP99)}`, result: verdict(s.cleanP50 <= 0.5) });
+        rows.push({ part: `direct acquire, ${at}`, figure: 'dirty p50 / p99', target: 'p50 <= 0.500 ms', measured: `${ms(s.dirtyP50)} / ${ms(s.dirtyP99)}`, result: verdict(s.dirtyP50 <= 0.5) });
+        rows.push({ part: `direct acquire, ${at}`, figure: 'acquire+release, serial', target: '-', measured: perSec(s.cyclesPerSecond), result: 'info' });
       }
-      if (at10) {
-        const ratio = at10k.dirtyP50 / at10.dirtyP50;
-        rows.push({ part: 'direct acquire, flat', figure: 'dirty p50 10,000 VMs / 10 VMs', target: '<= 1.30x', measured: times(ratio), result: verdict(ratio <= 1.3) });
+      const at10k = pool.sizes.find((s) => s.size === 10_000);
+      const at10 = pool.sizes.find((s) => s.size === 10);
+      if (at10k) {
+        for (const [kind, p50] of [['clean', at10k.cleanP50], ['dirty', at10k.dirtyP50]] as const) {
+          const ratio = p50 / pool.evalshaP50;
+          rows.push({ part: 'direct acquire vs EVALSHA', figure: `${kind} acquireVm p50 at 10,000 VMs / EVALSHA p50`, target: '<= 2.00x', measured: times(ratio), result: verdict(ratio <= 2) });
+        }
+        if (at10) {
+          const ratio = at10k.dirtyP50 / at10.dirtyP50;
+          rows.push({ part: 'direct acquire, flat', figure: 'dirty p50 10,000 VMs / 10 VMs', target: '<= 1.30x', measured: times(ratio), result: verdict(ratio <= 1.3) });
+        }
       }
-    }
-    const at100k = pool.sizes.find((s) => s.size === 100_000);
-    if (at10k && at100k) {
-      const ratio = at100k.dirtyP50 / at10k.dirtyP50;
-      rows.push({ part: 'direct acquire, flat', figure: 'dirty p50 100,000 VMs / 10,000 VMs', target: '<= 1.30x', measured: times(ratio), result: verdict(ratio <= 1.3) });
-    }
-    for (const s of pool.sizes.filter((x) => x.size >= 10_000)) {
-      rows.push({
-        part: 'memory per VM',
-        figure: `${s.size.toLocaleString('en-US')} VMs: used_memory delta / MEMORY USAGE of the pool keys`,
-        target: '<= 1024 B',
-        measured: `${Math.round(s.bytesPerVmUsed)} B / ${Math.round(s.bytesPerVmKeys)} B`,
-        result: verdict(Math.max(s.bytesPerVmUsed, s.bytesPerVmKeys) <= 1024),
-      });
-    }
-  } else rows.push({ part: 'direct acquire', figure: 'all sizes', target: '-', measured: '-', result: 'not measured' });
+      const at100k = pool.sizes.find((s) => s.size === 100_000);
+      if (at10k && at100k) {
+        const ratio = at100k.dirtyP50 / at10k.dirtyP50;
+        rows.push({ part: 'direct acquire, flat', figure: 'dirty p50 100,000 VMs / 10,000 VMs', target: '<= 1.30x', measured: times(ratio), result: verdict(ratio <= 1.3) });
+      }
+      for (const s of pool.sizes.filter((x) => x.size >= 10_000)) {
+        rows.push({
+          part: 'memory per VM',
+          figure: `${s.size.toLocaleString('en-US')} VMs: used_memory delta / MEMORY USAGE of the pool keys`,
+          target: '<= 1024 B',
+          measured: `${Math.round(s.bytesPerVmUsed)} B / ${Math.round(s.bytesPerVmKeys)} B`,
+          result: verdict(Math.max(s.bytesPerVmUsed, s.bytesPerVmKeys) <= 1024),
+        });
+      }
+    } else rows.push({ part: 'direct acquire', figure: 'all sizes', target: '-', measured: '-', result: 'not measured' });
+  }
 
-  if (existsSync(join(here, 'reconcile.ts'))) {
+  if (!args.only.has('reconcile')) {
+    // not asked for
+  } else if (existsSync(join(here, 'reconcile.ts'))) {
     process.stderr.write('bench: reconcile (bench/reconcile.ts)...\n');
     const out = await runPart('reconcile.ts');
     timings.reconcile = out.seconds;
@@ -186,55 +225,70 @@ async function main(): Promise<void> {
     else rows.push({ part: 'reconcile', figure: 'cycle, nothing due / 1/12 due', target: '<= 20 ms / <= 1.5 s', measured: '-', result: 'not measured' });
   } else rows.push({ part: 'reconcile', figure: 'cycle, nothing due / 1/12 due', target: '<= 20 ms / <= 1.5 s', measured: '-', result: 'not measured' });
 
-  process.stderr.write('bench: health checks (bench/health.ts)...\n');
-  // The wall rate is bound by the one local sshd on shared cores; 160 checks per size give a stable CPU figure.
-  const healthOut = await runPart('health.ts', { BENCH_HEALTH_CHECKS: '160', BENCH_HEALTH_OPENSSH_CHECKS: '24' });
-  timings.health = healthOut.seconds;
-  if (healthOut.error) errors.push(healthOut.error);
-  const h = healthOut.result as HealthResult | null;
-  if (h) {
-    for (const s of h.sizes) {
-      const at = `${s.vms.toLocaleString('en-US')} VMs`;
-      rows.push({
-        part: `health (ssh2), ${at}`,
-        figure: `client CPU per check (${perSec(s.ssh2.checksPerSecond)} with one local sshd, ${s.ssh2.failed} failed)`,
-        target: `<= ${h.targetCpuMs} ms`,
-        measured: ms(s.ssh2.cpuMsPerCheck),
-        result: verdict(s.ssh2.cpuMsPerCheck <= h.targetCpuMs),
-      });
-      rows.push({ part: `health (OpenSSH client), ${at}`, figure: `client CPU per check (${perSec(s.openssh.checksPerSecond)}, ${s.openssh.failed} failed)`, target: 'reference', measured: ms(s.openssh.cpuMsPerCheck), result: 'info' });
-    }
-    const cpus = h.sizes.map((s) => s.ssh2.cpuMsPerCheck);
-    const flat = Math.max(...cpus) / Math.min(...cpus);
-    rows.push({ part: 'health (ssh2), flat', figure: `CPU per check, largest / smallest over ${h.sizes.map((s) => s.vms.toLocaleString('en-US')).join(', ')} VMs`, target: '<= 1.30x', measured: times(flat), result: verdict(flat <= 1.3) });
-    rows.push({ part: 'health processes', figure: 'checks/s of one process, client CPU bound (1000 / worst CPU ms)', target: '-', measured: perSec(h.cpuBoundChecksPerSecond), result: 'info' });
-    rows.push({ part: 'health processes', figure: '10,000 VMs at 120 s (83 checks/s) / 100,000 VMs (833 checks/s)', target: '-', measured: `${h.processesFor10k} / ${h.processesFor100k}`, result: 'info' });
-  } else rows.push({ part: 'health', figure: 'checks per second', target: '<= 5 ms CPU/check', measured: '-', result: 'not measured' });
+  if (args.only.has('health')) {
+    process.stderr.write('bench: health checks (bench/health.ts)...\n');
+    // The wall rate is bound by the one local sshd on shared cores; 160 checks per size give a stable CPU figure.
+    const healthOut = await runPart('health.ts', { BENCH_HEALTH_CHECKS: '160', BENCH_HEALTH_OPENSSH_CHECKS: '24' });
+    timings.health = healthOut.seconds;
+    if (healthOut.error) errors.push(healthOut.error);
+    const h = healthOut.result as HealthResult | null;
+    if (h) {
+      for (const s of h.sizes) {
+        const at = `${s.vms.toLocaleString('en-US')} VMs`;
+        rows.push({
+          part: `health (ssh2), ${at}`,
+          figure: `client CPU per check (${perSec(s.ssh2.checksPerSecond)} with one local sshd, ${s.ssh2.failed} failed)`,
+          target: `<= ${h.targetCpuMs} ms`,
+          measured: ms(s.ssh2.cpuMsPerCheck),
+          result: verdict(s.ssh2.cpuMsPerCheck <= h.targetCpuMs),
+        });
+        rows.push({ part: `health (OpenSSH client), ${at}`, figure: `client CPU per check (${perSec(s.openssh.checksPerSecond)}, ${s.openssh.failed} failed)`, target: 'reference', measured: ms(s.openssh.cpuMsPerCheck), result: 'info' });
+      }
+      const cpus = h.sizes.map((s) => s.ssh2.cpuMsPerCheck);
+      const flat = Math.max(...cpus) / Math.min(...cpus);
+      rows.push({ part: 'health (ssh2), flat', figure: `CPU per check, largest / smallest over ${h.sizes.map((s) => s.vms.toLocaleString('en-US')).join(', ')} VMs`, target: '<= 1.30x', measured: times(flat), result: verdict(flat <= 1.3) });
+      rows.push({ part: 'health processes', figure: 'checks/s of one process, client CPU bound (1000 / worst CPU ms)', target: '-', measured: perSec(h.cpuBoundChecksPerSecond), result: 'info' });
+      rows.push({ part: 'health processes', figure: '10,000 VMs at 120 s (83 checks/s) / 100,000 VMs (833 checks/s)', target: '-', measured: `${h.processesFor10k} / ${h.processesFor100k}`, result: 'info' });
+    } else rows.push({ part: 'health', figure: 'checks per second', target: '<= 5 ms CPU/check', measured: '-', result: 'not measured' });
+  }
 
-  process.stderr.write('bench: restart storm (bench/restart.ts)...\n');
-  const restartOut = await runPart('restart.ts');
-  timings.restart = restartOut.seconds;
-  if (restartOut.error) errors.push(restartOut.error);
-  const storms = restartOut.result as unknown as RestartResult[] | null;
-  if (storms)
-    for (const r of storms)
-      rows.push({
-        part: `restart storm, ${r.vms.toLocaleString('en-US')} VMs`,
-        figure: `server start until 50% / 90% / 100% can be handed out (one health process, tcp check), ${r.order}`,
-        target: '-',
-        measured: `${r.secondsTo.p50.toFixed(2)} / ${r.secondsTo.p90.toFixed(2)} / ${r.secondsTo.p100.toFixed(2)} s`,
-        result: 'info',
-      });
-  else rows.push({ part: 'restart storm', figure: 'server start until 90% can be handed out', target: '-', measured: '-', result: 'not measured' });
+  if (args.only.has('restart')) {
+    process.stderr.write('bench: restart storm (bench/restart.ts)...\n');
+    const restartOut = await runPart('restart.ts');
+    timings.restart = restartOut.seconds;
+    if (restartOut.error) errors.push(restartOut.error);
+    const storms = restartOut.result as unknown as RestartResult[] | null;
+    if (storms)
+      for (const r of storms)
+        rows.push({
+          part: `restart storm, ${r.vms.toLocaleString('en-US')} VMs`,
+          figure: `server start until 50% / 90% / 100% can be handed out (one health process, tcp check), ${r.order}`,
+          target: '-',
+          measured: `${r.secondsTo.p50.toFixed(2)} / ${r.secondsTo.p90.toFixed(2)} / ${r.secondsTo.p100.toFixed(2)} s`,
+          result: 'info',
+        });
+    else rows.push({ part: 'restart storm', figure: 'server start until 90% can be handed out', target: '-', measured: '-', result: 'not measured' });
+  }
 
   const seconds = (Date.now() - started) / 1000;
-  if (asJson) {
-    console.log(JSON.stringify({ seconds, timings, errors, rows }, null, 2));
-  } else {
-    console.log(`vmpool benchmark — each part on its own private redis-server; ratios within this run; ${seconds.toFixed(0)} s in all (${Object.entries(timings).map(([k, v]) => `${k} ${v.toFixed(0)} s`).join(', ')})\n`);
-    console.log(markdownTable(['part', 'figure', 'target', 'measured', 'result'], rows.map((r) => [r.part, r.figure, r.target, r.measured, r.result])));
-    for (const e of errors) console.log(`\nerror: ${e}`);
+  const skipped = PARTS.filter((p) => !args.only.has(p));
+  const report: BenchReport = {
+    date: new Date().toISOString(),
+    machine: machineInfo(),
+    seconds,
+    timings,
+    errors,
+    rows,
+    ...(skipped.length ? { note: `Only some parts ran (--only); not run: ${skipped.join(', ')}.` } : {}),
+  };
+  if (args.save) {
+    const file = resolve(args.save);
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
+    process.stderr.write(`bench: report saved to ${file}; \`npm run docs\` renders it into docs/performance.md\n`);
   }
+  if (args.asJson) console.log(JSON.stringify(report, null, 2));
+  else console.log(renderBenchMarkdown(report));
   if (errors.length) process.exitCode = 1;
 }
 

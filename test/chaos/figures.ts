@@ -16,7 +16,7 @@ export interface Figures {
   notes?: string;
 }
 
-/** The summary table of the figures collected (markdown, as the README's Reliability table). */
+/** The summary table of the figures collected (markdown, as the table in docs/reliability.md). */
 export function figuresTable(rows: readonly Figures[], scale: number): string {
   const head = `| Scenario (CHAOS_SCALE=${scale}) | Tried | Lost | Doubled | Time to recover | Notes |`;
   const lines = rows.map((f) => `| ${f.scenario} | ${f.tried} | ${f.lost} | ${f.doubled} | ${f.recoverMs === null ? '-' : `${(f.recoverMs / 1000).toFixed(1)} s`} | ${f.notes ?? ''} |`);
