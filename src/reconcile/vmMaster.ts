@@ -10,7 +10,7 @@ import { ACQUIRE_QUEUE } from '../../queues/acquire.js';
 import { HEALTH_QUEUE, addHealthJobs } from '../../queues/health.js';
 import type { QueueName } from '../../queues/names.js';
 import { SPAWN_QUEUE, addSpawnJob } from '../../queues/spawn.js';
-import { TERMINATE_QUEUE, addTerminateJob } from '../../queues/terminate.js';
+import { TERMINATE_QUEUE, addTerminateJob, leakTerminateJobId, lossSweepTerminateJobId } from '../../queues/terminate.js';
 import { CycleLock } from './cycleLock.js';
 import {
   decideCheckVmsHealth,
@@ -33,7 +33,7 @@ import { targetWaitDecision, warmPoolVaries, type TargetWaitMeasure } from './ta
 import type { DueQuery } from '../pool/poolReader.js';
 import { HISTORY_SAMPLES, isHistoryDue, parseAcquireWaitMark, quantileBetween, type HistorySample } from './history.js';
 import { readSharedHistogram, sharedMetrics } from '../metrics/shared.js';
-import { isOrphanPassDue, LAST_ORPHAN_CHECK, leakTerminateJobId, parseEpochMs, parseUnknownMachines } from './orphanPass.js';
+import { isOrphanPassDue, LAST_ORPHAN_CHECK, parseEpochMs, parseUnknownMachines } from './orphanPass.js';
 
 /** Copr's per-group pool info key for the last spawn start (epoch ms). */
 export const LAST_VM_SPAWN_START = 'last_vm_spawn_start';
@@ -59,11 +59,6 @@ export interface LossSweep {
   terminated: number;
   /** Unknown machines created after the recovery, left to the orphan pass. */
   spared: number;
-}
-
-/** The terminate job id of a machine swept after the recovery of `generation`: one per machine and recovery. */
-export function lossSweepJobId(group: number, machineName: string, generation: string): string {
-  return `lost-g${group}-${machineName}-${generation}`;
 }
 
 /** One group's leak and orphan pass, as logged. */
@@ -415,7 +410,7 @@ export class VmMaster {
           const decision = decideLossSweep({ poolVmNames: names, machines, recoveredAt: marker.recoveredAt ?? vmm.clock() });
           const queue = this.queue(TERMINATE_QUEUE);
           for (const machine of decision.terminate) {
-            await addTerminateJob(queue, { vmName: machine.name, reason: 'state_lost', orphan: { group, vmIp: machine.ip ?? null } }, lossSweepJobId(group, machine.name, generation));
+            await addTerminateJob(queue, { vmName: machine.name, reason: 'state_lost', orphan: { group, vmIp: machine.ip ?? null } }, lossSweepTerminateJobId(group, machine.name, generation));
           }
           const sweep = { group, machines: machines.length, terminated: decision.terminate.length, spared: decision.spared };
           this.logger.warn({ ...sweep, generation }, "sweep after the loss of the pool's state: machines the pool does not know terminated");
