@@ -13,7 +13,7 @@ import { createHealthCheck } from '../src/health/index.js';
 import { healthProcessor } from '../src/processors/health.js';
 import type { Provider } from '../src/providers/types.js';
 import { createJobContext, runWorker } from '../src/runtime/worker.js';
-import { HEALTH_QUEUE, healthJobDeduplicationId, healthJobOptions } from '../queues/health.js';
+import { HEALTH_QUEUE, addHealthJobs } from '../queues/health.js';
 import { discardingLogger, markdownTable } from './lib/measure.js';
 import { startPrivateRedis } from './lib/redisServer.js';
 
@@ -69,9 +69,7 @@ async function storm(url: string, port: number, order: Order): Promise<RestartRe
         if (passed === VMS) void worker.close(5_000).then(() => resolve());
       });
     });
-    for (let i = 0; i < names.length; i += 1000) {
-      await queue.addBulk(names.slice(i, i + 1000).map((vmName) => ({ name: 'health', data: { vmName }, opts: { ...healthJobOptions, deduplication: { id: healthJobDeduplicationId(vmName) } } })));
-    }
+    await addHealthJobs(queue, names);
     await allPassed;
     // Handed out again: one acquire now succeeds.
     await ctx.vmm.acquireVm({ groups: [0], owner: 'after-restart', sandbox: 'after-restart/x', workerId: 'bench' });

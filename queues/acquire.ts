@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { UnrecoverableError, type Job, type JobsOptions, type Queue } from 'bullmq';
 import { z } from 'zod';
 import { InvalidVmRequest, NoVmAvailable, TaskConflict, VmError, type LeasedVm } from '../src/pool/types.js';
@@ -70,6 +71,22 @@ export const acquireJobOptions: JobsOptions = {
   removeOnFail: { age: 24 * 3600, count: 50_000 },
 };
 
+const ACQUIRE_JOB_ID_PREFIX = 'acquire-';
+
+/**
+ * The acquire job id of a task: the same task always maps to the same job, so re-enqueueing is
+ * idempotent and a restarted builder reattaches. BullMQ ids may not contain ':' nor be integers;
+ * encodeURIComponent escapes ':' (and keeps distinct task ids distinct).
+ */
+export function acquireJobId(taskId?: string | null): string {
+  return `${ACQUIRE_JOB_ID_PREFIX}${taskId ? encodeURIComponent(taskId) : randomUUID()}`;
+}
+
+/** Whether an id has the form of an acquire job id (acquireJobId), not a task id. */
+export function isAcquireJobId(id: string): boolean {
+  return id.startsWith(ACQUIRE_JOB_ID_PREFIX);
+}
+
 /** Adds an acquire request under its job id (acquireJobId) with the default options. */
 export async function addAcquireJob(
   queue: Queue,
@@ -77,6 +94,11 @@ export async function addAcquireJob(
   opts: { jobId: string; timestamp: number; priority?: number },
 ): Promise<Job<AcquireRequestData, VmAssignment>> {
   return queue.add('acquire', data, { ...acquireJobOptions, jobId: opts.jobId, timestamp: opts.timestamp, ...(opts.priority ? { priority: opts.priority } : {}) });
+}
+
+/** Adds acquire requests in bulk (one MULTI), each under its job id, with the default options. */
+export async function addAcquireJobs(queue: Queue, requests: readonly { data: AcquireRequestData; jobId: string }[]): Promise<void> {
+  await queue.addBulk(requests.map(({ data, jobId }) => ({ name: 'acquire', data, opts: { ...acquireJobOptions, jobId } })));
 }
 
 /**

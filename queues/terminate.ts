@@ -55,7 +55,33 @@ export function terminateJobId(vmName: string, terminatingSince: number): string
   return `terminate-${vmName}-${terminatingSince}`;
 }
 
-/** Adds a terminate job with the default options under the given id. */
+/**
+ * The terminate job of a machine swept after the recovery of `generation` (a loss of the pool's
+ * state): one per machine and recovery.
+ */
+export function lossSweepTerminateJobId(group: number, machineName: string, generation: string): string {
+  return `lost-g${group}-${machineName}-${generation}`;
+}
+
+/**
+ * The terminate job of a leaked machine: one per machine and first sighting, so that later
+ * passes do not add it again while it is being terminated. Machine names never contain ':'.
+ */
+export function leakTerminateJobId(group: number, machineName: string, firstSeen: number): string {
+  return `leak-g${group}-${machineName}-${firstSeen}`;
+}
+
+/** The terminate job a stopped spawn left for its machine: the spawn's next run settles it first. */
+export function spawnStopTerminateJobId(spawnId: string, vmName: string): string {
+  return `spawn-stop-${spawnId}-${vmName}`;
+}
+
+/** The terminate job of a spawned machine that never entered the pool, requested at `at` (epoch ms). */
+export function spawnOrphanTerminateJobId(vmName: string, at: number): string {
+  return `orphan-${vmName}-${at}`;
+}
+
+/** Adds a terminate job with the default options under the given id (one of the ids above). */
 export async function addTerminateJob(queue: Queue, data: TerminateJobData, jobId: string): Promise<void> {
   await queue.add('terminate', data, { ...terminateJobOptions, jobId });
 }

@@ -18,7 +18,7 @@ import { acquireProcessor, stopAcquireWaits } from '../../src/processors/acquire
 import { VmPoolClient } from '../../src/client/vmPoolClient.js';
 import { createJobContext, runWorker, type OwnedJobContext } from '../../src/runtime/worker.js';
 import { poolKeys } from '../../src/pool/keys.js';
-import { ACQUIRE_QUEUE, acquireJobOptions } from '../../queues/acquire.js';
+import { ACQUIRE_QUEUE, acquireJobId, addAcquireJobs, type AcquireRequestData } from '../../queues/acquire.js';
 import { discardingLogger, percentile } from './measure.js';
 
 const logger = discardingLogger();
@@ -54,12 +54,10 @@ async function totalCommands(redis: Redis): Promise<number> {
 }
 
 /** Adds `count` acquire requests straight to the queue, as builders would (in bulk, for speed). */
-async function enqueue(queue: Queue, count: number, request: (i: number) => Record<string, unknown>, tag: string): Promise<void> {
+async function enqueue(queue: Queue, count: number, request: (i: number) => AcquireRequestData, tag: string): Promise<void> {
   for (let i = 0; i < count; i += 500) {
     const n = Math.min(500, count - i);
-    await queue.addBulk(
-      Array.from({ length: n }, (_, j) => ({ name: 'acquire', data: request(i + j), opts: { ...acquireJobOptions, jobId: `acquire-${tag}-${i + j}` } })),
-    );
+    await addAcquireJobs(queue, Array.from({ length: n }, (_, j) => ({ data: request(i + j), jobId: acquireJobId(`${tag}-${i + j}`) })));
   }
 }
 

@@ -2,8 +2,7 @@ import { Job } from 'bullmq';
 import type { Config } from '../config.js';
 import type { VmManager } from '../pool/vmManager.js';
 import { acquireWaiterMember } from '../pool/types.js';
-import { acquireJobId } from '../client/vmPoolClient.js';
-import { ACQUIRE_QUEUE, DEFAULT_ACQUIRE_TIMEOUT_MS, acquireFailureOf, acquireRequestSchema, type AcquireFailure, type VmAssignment } from '../../queues/acquire.js';
+import { ACQUIRE_QUEUE, DEFAULT_ACQUIRE_TIMEOUT_MS, acquireJobId, isAcquireJobId, acquireFailureOf, acquireRequestSchema, type AcquireFailure, type VmAssignment } from '../../queues/acquire.js';
 import { requestGroupIds } from './requestGroups.js';
 import { explainWait, type WaitStatus } from './why.js';
 
@@ -36,7 +35,7 @@ export interface AcquireRequestStatus {
 /** The acquire job of an id: a job id as given, else the job of that task id (acquireJobId). */
 export async function findAcquireJob(vmm: VmManager, id: string): Promise<Job | null> {
   const queue = vmm.queue(ACQUIRE_QUEUE);
-  const direct = id.startsWith('acquire-') ? await Job.fromId(queue, id) : undefined;
+  const direct = isAcquireJobId(id) ? await Job.fromId(queue, id) : undefined;
   if (direct) return direct;
   return (await Job.fromId(queue, acquireJobId(id))) ?? null;
 }

@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { Job, Queue, QueueEvents } from 'bullmq';
 import { createLogger, type Logger } from '../logger.js';
 import { formatZodError } from '../validation.js';
@@ -11,6 +10,7 @@ import {
   ACQUIRE_QUEUE,
   DEFAULT_ACQUIRE_TIMEOUT_MS,
   acquireJobError,
+  acquireJobId,
   acquireRequestSchema,
   addAcquireJob,
   noVmAvailableReason,
@@ -104,14 +104,8 @@ export interface WithVmOptions extends AcquireOptions {
   renewEveryMs?: number;
 }
 
-/**
- * The acquire job id of a task: the same task always maps to the same job, so re-enqueueing is
- * idempotent and a restarted builder reattaches. BullMQ ids may not contain ':' nor be integers;
- * encodeURIComponent escapes ':' (and keeps distinct task ids distinct).
- */
-export function acquireJobId(taskId?: string | null): string {
-  return taskId ? `acquire-${encodeURIComponent(taskId)}` : `acquire-${randomUUID()}`;
-}
+/** Public with the client (its home is queues/acquire.ts). */
+export { acquireJobId };
 
 /**
  * The builder's side of vmpool: acquire a VM through the vm-acquire queue, keep its lease alive,

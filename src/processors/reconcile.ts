@@ -3,11 +3,11 @@ import type { Config } from '../config.js';
 import type { JobContext } from '../runtime/context.js';
 import { formatZodError } from '../validation.js';
 import type { ProcessorSpec } from '../runtime/worker.js';
-import { RECONCILE_QUEUE, RECONCILE_SCHEDULER_ID, reconcileJobOptions, reconcileJobSchema } from '../../queues/reconcile.js';
+import { RECONCILE_JOB_NAME, RECONCILE_QUEUE, reconcileJobSchema, upsertReconcileScheduler } from '../../queues/reconcile.js';
 import { VmMaster, type CycleReport } from '../reconcile/vmMaster.js';
 import type { PoolStateEvent } from '../runtime/poolStateWatch.js';
 
-export const RECONCILE_JOB_NAME = 'reconcile';
+export { RECONCILE_JOB_NAME };
 
 /** Runs one reconcile cycle for a vm-reconcile job. */
 export async function processReconcileJob(job: Job, ctx: JobContext): Promise<CycleReport> {
@@ -52,11 +52,7 @@ export const reconcileProcessor: ProcessorSpec<unknown, CycleReport> = {
  */
 export async function ensureReconcileScheduler(queue: Queue, config: Pick<Config, 'vm_cycle_timeout'>): Promise<void> {
   await queue.setGlobalConcurrency(1);
-  await queue.upsertJobScheduler(
-    RECONCILE_SCHEDULER_ID,
-    { every: Math.max(1, Math.round(config.vm_cycle_timeout * 1000)) },
-    { name: RECONCILE_JOB_NAME, data: {}, opts: reconcileJobOptions },
-  );
+  await upsertReconcileScheduler(queue, Math.max(1, Math.round(config.vm_cycle_timeout * 1000)));
 }
 
 /**

@@ -6,7 +6,7 @@ import { UNCLASSIFIED, type SpawnFailureClass } from '../providers/spawnErrors.j
 import { breakerOpen } from '../reconcile/breaker.js';
 import { SpawnAborted, type PrintedMachine, type SpawnedMachine } from '../providers/types.js';
 import { SPAWN_QUEUE, spawnJobSchema, type SpawnJobResult } from '../../queues/spawn.js';
-import { TERMINATE_QUEUE, addTerminateJob } from '../../queues/terminate.js';
+import { TERMINATE_QUEUE, addTerminateJob, spawnOrphanTerminateJobId, spawnStopTerminateJobId } from '../../queues/terminate.js';
 import { crashAt, type JobContext } from '../runtime/context.js';
 import type { ProcessorSpec } from '../runtime/worker.js';
 import type { GroupConfig } from '../config.js';
@@ -302,12 +302,7 @@ async function terminateBeforeDeadline(ctx: JobContext, data: SpawnData, machine
   const why = outcome === 'late' ? 'did not end before the shutdown deadline' : `failed: ${outcome.message}`;
   await log(`terminating ${machine.name} ${why}; a terminate job takes over`);
   ctx.logger.warn({ vmName: machine.name, group, spawnId }, `stopping: terminating the stopped spawn's machine ${why}; a terminate job takes over`);
-  await addTerminateJob(ctx.queue(TERMINATE_QUEUE), { vmName: machine.name, reason: 'spawn_failed', orphan: { group, vmIp: machine.ip } }, stopTerminateJobId(spawnId, machine.name));
-}
-
-/** The terminate job a stopped spawn left for its machine: the spawn's next run settles it first. */
-function stopTerminateJobId(spawnId: string, vmName: string): string {
-  return `spawn-stop-${spawnId}-${vmName}`;
+  await addTerminateJob(ctx.queue(TERMINATE_QUEUE), { vmName: machine.name, reason: 'spawn_failed', orphan: { group, vmIp: machine.ip } }, spawnStopTerminateJobId(spawnId, machine.name));
 }
 
 /** How long a run waits for the terminate job a stopped run left, beyond the group's terminate timeout. */
@@ -320,7 +315,7 @@ const STOP_TERMINATE_WAIT_EXTRA_MS = 10_000;
  */
 async function settleStopTerminateJob(ctx: JobContext, groupConfig: GroupConfig, spawnId: string, vmName: string): Promise<void> {
   const queue = ctx.queue(TERMINATE_QUEUE);
-  const id = stopTerminateJobId(spawnId, vmName);
+  const id = spawnStopTerminateJobId(spawnId, vmName);
   const terminateMs = groupConfig.provider.type === 'command' ? groupConfig.provider.terminate_timeout * 1000 : 0;
   const until = Date.now() + terminateMs + STOP_TERMINATE_WAIT_EXTRA_MS;
   for (;;) {
@@ -343,7 +338,7 @@ async function settleStopTerminateJob(ctx: JobContext, groupConfig: GroupConfig,
 
 /** Terminates a machine the pool has no record of, through the terminate queue. */
 export async function requestOrphanTermination(ctx: JobContext, vmName: string, group: number, vmIp: string | null): Promise<void> {
-  await addTerminateJob(ctx.queue(TERMINATE_QUEUE), { vmName, reason: 'spawn_failed', orphan: { group, vmIp } }, `orphan-${vmName}-${ctx.clock()}`);
+  await addTerminateJob(ctx.queue(TERMINATE_QUEUE), { vmName, reason: 'spawn_failed', orphan: { group, vmIp } }, spawnOrphanTerminateJobId(vmName, ctx.clock()));
 }
 
 /** A spawn's machine that will not enter the pool: a terminate job ends it, and the spawn's record forgets it. */

@@ -36,11 +36,3 @@ export function parseUnknownMachines(hash: Record<string, string>): Map<string, 
   }
   return out;
 }
-
-/**
- * The terminate job id of a leaked machine: one per machine and first sighting, so that later
- * passes do not add it again while it is being terminated. Machine names never contain ':'.
- */
-export function leakTerminateJobId(group: number, machineName: string, firstSeen: number): string {
-  return `leak-g${group}-${machineName}-${firstSeen}`;
-}

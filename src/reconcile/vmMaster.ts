@@ -10,7 +10,7 @@ import { ACQUIRE_QUEUE } from '../../queues/acquire.js';
 import { HEALTH_QUEUE, addHealthJobs } from '../../queues/health.js';
 import type { QueueName } from '../../queues/names.js';
 import { SPAWN_QUEUE, addSpawnJob } from '../../queues/spawn.js';
-import { TERMINATE_QUEUE, addTerminateJob } from '../../queues/terminate.js';
+import { TERMINATE_QUEUE, addTerminateJob, leakTerminateJobId, lossSweepTerminateJobId } from '../../queues/terminate.js';
 import { CycleLock } from './cycleLock.js';
 import {
   decideCheckVmsHealth,
@@ -33,7 +33,7 @@ import { targetWaitDecision, warmPoolVaries, type TargetWaitMeasure } from './ta
 import type { DueQuery } from '../pool/poolReader.js';
 import { HISTORY_SAMPLES, isHistoryDue, parseAcquireWaitMark, quantileBetween, type HistorySample } from './history.js';
 import { readSharedHistogram, sharedMetrics } from '../metrics/shared.js';
-import { isOrphanPassDue, LAST_ORPHAN_CHECK, leakTerminateJobId, parseEpochMs, parseUnknownMachines } from './orphanPass.js';
+import { isOrphanPassDue, LAST_ORPHAN_CHECK, parseEpochMs, parseUnknownMachines } from './orphanPass.js';
 
 /** Copr's per-group pool info key for the last spawn start (epoch ms). */
 export const LAST_VM_SPAWN_START = 'last_vm_spawn_start';
@@ -61,11 +61,6 @@ export interface LossSweep {
   spared: number;
 }
 
-/** The terminate job id of a machine swept after the recovery of `generation`: one per machine and recovery. */
-export function lossSweepJobId(group: number, machineName: string, generation: string): string {
-  return `lost-g${group}-${machineName}-${generation}`;
-}
-
 /** One group's leak and orphan pass, as logged. */
 export interface OrphanPass {
   group: number;
@@ -90,6 +85,24 @@ export const CYCLE_STEPS = [
   'recordHistory',
 ] as const;
 export type CycleStep = (typeof CYCLE_STEPS)[number];
+
+/** The steps that decide from the pool's snapshot (decisions.ts) and apply the actions. */
+type DecisionStep = Extract<
+  CycleStep,
+  'removeOldDirtyVms' | 'retireSurplus' | 'checkVmsHealth' | 'recheckAfterServerStart' | 'startSpawnIfRequired' | 'finalizeLongHealthChecks' | 'terminateAgain'
+>;
+
+/** One step of the reconcile cycle (VmMaster.steps). */
+export interface ReconcileStep {
+  name: CycleStep;
+  /** Runs the step; `pool` reads the snapshot, or gives the one read since the pool last changed. Returns the step's count. */
+  run(pool: () => Promise<PoolSnapshot>): Promise<number>;
+  /**
+   * Its count is no change of the pool's VMs (the history sample): the snapshot stays valid for
+   * the next step, and a cycle that did only this is routine.
+   */
+  changesNoVm?: boolean;
+}
 
 export interface CycleReport {
   /** False when another cycle held the lock (nothing was done). */
@@ -215,52 +228,92 @@ export class VmMaster {
     this.logger[changed ? 'info' : 'debug'](fields, 'target_wait sized the warm pool');
   }
 
-  /** Terminates dirty VMs not re-acquired within vm_dirty_terminating_timeout, or past a reuse limit. */
-  async removeOldDirtyVms(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
+  /**
+   * The steps that decide from the snapshot (decisions.ts) and apply what they decided. The
+   * methods of the same names (Copr's VmMaster, public API) run one alone.
+   */
+  private readonly decisions: Record<DecisionStep, (s: PoolSnapshot, now: number) => ReconcileAction[]> = {
+    removeOldDirtyVms: (s, now) => decideRemoveOldDirtyVms(s, this.vmm.config, now),
+    retireSurplus: (s, now) => decideRetireSurplus(s, this.vmm.config, now),
+    checkVmsHealth: (s, now) => decideCheckVmsHealth(s, this.vmm.config, now),
+    recheckAfterServerStart: (s, now) => decideRecheckAfterServerStart(s, this.vmm.config, now),
+    startSpawnIfRequired: (s, now) => {
+      const actions = decideStartSpawnIfRequired(s, this.vmm.config, now);
+      if (actions.length > 0) {
+        const figures = s.groups.filter((g) => this.vmm.config.groups[g.group]).map((g) => spawnFigures(s, this.vmm.config, g, now));
+        this.logger.debug({ figures }, 'spawn figures');
+      }
+      return actions;
+    },
+    finalizeLongHealthChecks: (s, now) => decideFinalizeLongHealthChecks(s, this.vmm.config, now),
+    terminateAgain: (s, now) => decideTerminateAgain(s, this.vmm.config, now),
+  };
+
+  /** Runs one decision step on the snapshot (read when not given) and returns the actions applied. */
+  private async decideAndApply(step: DecisionStep, snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
     const s = snapshot ?? (await this.readSnapshot());
-    return this.apply('removeOldDirtyVms', decideRemoveOldDirtyVms(s, this.vmm.config, this.vmm.clock()));
+    return this.apply(step, this.decisions[step](s, this.vmm.clock()));
   }
 
-  /** Enqueues a health job (at most one pending per VM) for every VM due for a check. */
-  async checkVmsHealth(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
-    const s = snapshot ?? (await this.readSnapshot());
-    return this.apply('checkVmsHealth', decideCheckVmsHealth(s, this.vmm.config, this.vmm.clock()));
+  /**
+   * The cycle's steps, in CYCLE_STEPS order. Each returns its count: the actions it applied (for
+   * recordHistory, 1 when it took a sample). A step that counted some changed the pool, so the
+   * next one reads a fresh snapshot, unless it `changesNoVm`.
+   */
+  readonly steps: readonly ReconcileStep[] = this.cycleSteps();
+
+  private cycleSteps(): ReconcileStep[] {
+    const decision = (step: DecisionStep) => ({ run: async (pool: () => Promise<PoolSnapshot>) => (await this.decideAndApply(step, await pool())).length });
+    const steps: Record<CycleStep, Omit<ReconcileStep, 'name'>> = {
+      reclaimExpiredLeases: { run: async () => (await this.reclaimExpiredLeases()).length },
+      expireHolds: { run: async () => (await this.expireHolds()).length },
+      removeOldDirtyVms: decision('removeOldDirtyVms'),
+      retireSurplus: decision('retireSurplus'),
+      checkVmsHealth: decision('checkVmsHealth'),
+      recheckAfterServerStart: decision('recheckAfterServerStart'),
+      startSpawnIfRequired: decision('startSpawnIfRequired'),
+      finalizeLongHealthChecks: decision('finalizeLongHealthChecks'),
+      terminateAgain: decision('terminateAgain'),
+      // Reads the pool itself, after the provider's list.
+      cleanupOrphans: { run: async () => (await this.cleanupOrphans()).reduce((n, p) => n + p.leaksTerminated + p.lostVmsTerminated, 0) },
+      recordHistory: { run: async () => ((await this.recordHistory()) ? 1 : 0), changesNoVm: true },
+    };
+    return CYCLE_STEPS.map((name) => ({ name, ...steps[name] }));
+  }
+
+  /** Copr's remove_old_dirty_vms: terminates dirty VMs not re-acquired within vm_dirty_terminating_timeout, or past a reuse limit. */
+  removeOldDirtyVms(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
+    return this.decideAndApply('removeOldDirtyVms', snapshot);
+  }
+
+  /** Copr's check_vms_health: enqueues a health job (at most one pending per VM) for every VM due for a check. */
+  checkVmsHealth(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
+    return this.decideAndApply('checkVmsHealth', snapshot);
   }
 
   /** Enqueues a health job for ready VMs last checked before the server start (acquire skips them until then). */
-  async recheckAfterServerStart(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
-    const s = snapshot ?? (await this.readSnapshot());
-    return this.apply('recheckAfterServerStart', decideRecheckAfterServerStart(s, this.vmm.config, this.vmm.clock()));
+  recheckAfterServerStart(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
+    return this.decideAndApply('recheckAfterServerStart', snapshot);
   }
 
-  /** Marks VMs stuck in check_health past vm_health_check_max_time as failed. */
-  async finalizeLongHealthChecks(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
-    const s = snapshot ?? (await this.readSnapshot());
-    return this.apply('finalizeLongHealthChecks', decideFinalizeLongHealthChecks(s, this.vmm.config, this.vmm.clock()));
+  /** Copr's finalize_long_health_checks: marks VMs stuck in check_health past vm_health_check_max_time as failed. */
+  finalizeLongHealthChecks(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
+    return this.decideAndApply('finalizeLongHealthChecks', snapshot);
   }
 
-  /** Requests termination again of VMs terminating past vm_terminating_timeout (or removes a stale record). */
-  async terminateAgain(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
-    const s = snapshot ?? (await this.readSnapshot());
-    return this.apply('terminateAgain', decideTerminateAgain(s, this.vmm.config, this.vmm.clock()));
+  /** Copr's terminate_again: requests termination again of VMs terminating past vm_terminating_timeout (or removes a stale record). */
+  terminateAgain(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
+    return this.decideAndApply('terminateAgain', snapshot);
   }
 
   /** Retires idle clean VMs above a scheduled min_ready (a period ended) plus demand. */
-  async retireSurplus(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
-    const s = snapshot ?? (await this.readSnapshot());
-    return this.apply('retireSurplus', decideRetireSurplus(s, this.vmm.config, this.vmm.clock()));
+  retireSurplus(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
+    return this.decideAndApply('retireSurplus', snapshot);
   }
 
-  /** Drops stale spawns in flight and starts spawns for the warm pool and demand, within Copr's limits. */
-  async startSpawnIfRequired(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
-    const s = snapshot ?? (await this.readSnapshot());
-    const now = this.vmm.clock();
-    const actions = decideStartSpawnIfRequired(s, this.vmm.config, now);
-    if (actions.length > 0) {
-      const figures = s.groups.filter((g) => this.vmm.config.groups[g.group]).map((g) => spawnFigures(s, this.vmm.config, g, now));
-      this.logger.debug({ figures }, 'spawn figures');
-    }
-    return this.apply('startSpawnIfRequired', actions);
+  /** Copr's start_spawn_if_required: drops stale spawns in flight and starts spawns for the warm pool and demand, within Copr's limits. */
+  startSpawnIfRequired(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
+    return this.decideAndApply('startSpawnIfRequired', snapshot);
   }
 
   /** Ends the holds whose time is up (VmManager.expireHolds): reads only the holds that are due. */
@@ -415,7 +468,7 @@ export class VmMaster {
           const decision = decideLossSweep({ poolVmNames: names, machines, recoveredAt: marker.recoveredAt ?? vmm.clock() });
           const queue = this.queue(TERMINATE_QUEUE);
           for (const machine of decision.terminate) {
-            await addTerminateJob(queue, { vmName: machine.name, reason: 'state_lost', orphan: { group, vmIp: machine.ip ?? null } }, lossSweepJobId(group, machine.name, generation));
+            await addTerminateJob(queue, { vmName: machine.name, reason: 'state_lost', orphan: { group, vmIp: machine.ip ?? null } }, lossSweepTerminateJobId(group, machine.name, generation));
           }
           const sweep = { group, machines: machines.length, terminated: decision.terminate.length, spared: decision.spared };
           this.logger.warn({ ...sweep, generation }, "sweep after the loss of the pool's state: machines the pool does not know terminated");
@@ -480,11 +533,12 @@ export class VmMaster {
   }
 
   /**
-   * One reconcile cycle, Copr's order: reclaim expired leases, remove old dirty VMs, check health
-   * (and re-check VMs checked before the server start), spawn, finalize long health checks,
-   * terminate again; then the leak and orphan pass, and the history sample. Runs under the cycle lock and returns
-   * `ran: false` at once if another cycle holds it. Every step runs even if one fails; the errors
-   * are then thrown together.
+   * One reconcile cycle: the sweep owed after a loss of the pool's state, then `steps` in Copr's
+   * order: reclaim expired leases, remove old dirty VMs, check health (and re-check VMs checked
+   * before the server start), spawn, finalize long health checks, terminate again; then the leak
+   * and orphan pass, and the history sample. Runs under the cycle lock and returns `ran: false` at
+   * once if another cycle holds it. Every step runs even if one fails; the errors are then thrown
+   * together.
    */
   async doCycle(): Promise<CycleReport> {
     const counts = Object.fromEntries(CYCLE_STEPS.map((s) => [s, 0])) as Record<CycleStep, number>;
@@ -495,37 +549,20 @@ export class VmMaster {
       // First, before this cycle spawns: machines from before a loss of the pool's state.
       await this.sweepAfterLoss().catch((err: unknown) => errors.push(err));
       let snapshot: PoolSnapshot | undefined;
-      for (const step of CYCLE_STEPS) {
+      // Read once, and shared by the steps until one changes the pool.
+      const pool = async () => (snapshot ??= await this.readSnapshot());
+      for (const step of this.steps) {
         if (lost()) {
-          skipped.push(step);
+          skipped.push(step.name);
           continue;
         }
         try {
-          if (step === 'reclaimExpiredLeases' || step === 'expireHolds') {
-            counts[step] = (await (step === 'expireHolds' ? this.expireHolds() : this.reclaimExpiredLeases())).length;
-            if (counts[step] > 0) snapshot = undefined;
-            continue;
-          }
-          if (step === 'recordHistory') {
-            counts[step] = (await this.recordHistory()) ? 1 : 0;
-            continue;
-          }
-          if (step === 'cleanupOrphans') {
-            // Reads the pool itself, after the provider's list.
-            const passes = await this.cleanupOrphans();
-            counts[step] = passes.reduce((n, p) => n + p.leaksTerminated + p.lostVmsTerminated, 0);
-            if (counts[step] > 0) snapshot = undefined;
-            continue;
-          }
-          // A step that changed nothing leaves the snapshot valid for the next one.
-          snapshot ??= await this.readSnapshot();
-          const applied = await this[step](snapshot);
-          counts[step] = applied.length;
-          if (applied.length > 0) snapshot = undefined;
+          counts[step.name] = await step.run(pool);
+          if (counts[step.name] > 0 && !step.changesNoVm) snapshot = undefined;
         } catch (err) {
           snapshot = undefined;
           errors.push(err);
-          this.logger.error({ err, step }, 'reconcile step failed');
+          this.logger.error({ err, step: step.name }, 'reconcile step failed');
         }
       }
     });
@@ -534,7 +571,7 @@ export class VmMaster {
       return { ran: false, counts, skipped: [...CYCLE_STEPS] };
     }
     // A cycle that changed nothing is routine (one every vm_cycle_timeout): debug, not info.
-    const acted = Object.entries(counts).some(([step, n]) => n > 0 && step !== 'recordHistory');
+    const acted = this.steps.some((step) => counts[step.name] > 0 && !step.changesNoVm);
     const level = skipped.length > 0 || errors.length > 0 ? 'warn' : acted ? 'info' : 'debug';
     this.logger[level]({ counts, skipped, errors: errors.length, durationMs: this.vmm.clock() - started }, 'reconcile cycle');
     if (errors.length > 0) throw new AggregateError(errors, `reconcile cycle: ${errors.length} step(s) failed`);

@@ -156,6 +156,58 @@ describe('audit trail of the pool scripts (real Redis, injected clock)', () => {
     expect(events.find((e) => e.vm === 'r1' && e.event === 'held')!.details).toEqual({ by: 'ops', until: String(T0 + 1 + 1000) });
   });
 
+  describe('a VM that goes back because its request was withdrawn records released (reason withdrawn)', () => {
+    const request = { groups: [0], owner: 'wendy', sandbox: 'ws', workerId: 'w1', taskId: 'tw', leaseId: 'LW' };
+    const waiter = () => ({ member: `${String(T0).padStart(15, '0')}|acquire-tw`, jobId: 'acquire-tw', priority: 0, deadline: clock.now + 600_000 });
+    // The request parks (nothing ready), then the line gives it w1 while it waits.
+    const parkAndServe = async () => {
+      expect((await vmm.tryAcquireVm(request, waiter())).status).toBe('none');
+      await addReady('w1', '10.9.1.1');
+      expect(await vmm.dispatchAcquireLine(0, 'w1')).toEqual(['acquire-tw']);
+      expect(await redis.hget(keys.vm('w1'), 'state')).toBe('in_use');
+    };
+    const expectReleasedWithdrawn = async () => {
+      const events = (await all()).filter((e) => e.vm === 'w1');
+      expect(events.map(pick)).toEqual([
+        ['spawned', 'w1', null, null, null, null],
+        ['ready', 'w1', null, null, null, null],
+        ['acquired', 'w1', 'wendy', 'ws', 'tw', 'lease'],
+        ['released', 'w1', 'wendy', 'ws', 'tw', 'lease'],
+      ]);
+      const released = events[3]!;
+      // The fields of a builder's release (group, owner, sandbox, task, lease), and why.
+      expect(released.group).toBe(0);
+      expect(released.lease).toBe('LW');
+      expect(released.reason).toBe('withdrawn');
+      expect(released.details).toEqual({});
+      expect(await redis.hget(keys.vm('w1'), 'state')).toBe('ready');
+    };
+
+    it('by cancelAcquire, when its job had not collected the VM', async () => {
+      await parkAndServe();
+      await vmm.cancelAcquire(waiter(), 'gone', 60_000);
+      await expectReleasedWithdrawn();
+    });
+
+    it('by the acquire script, when its job collected the VM and runs again after the withdrawal', async () => {
+      await parkAndServe();
+      expect((await vmm.tryAcquireVm(request, waiter())).status).toBe('acquired'); // collected
+      await vmm.cancelAcquire(waiter(), 'gone', 60_000);
+      expect(await redis.hget(keys.vm('w1'), 'state')).toBe('in_use'); // served: cancelAcquire leaves it
+      expect(await vmm.tryAcquireVm(request, waiter())).toEqual({ status: 'cancelled', reason: 'gone' });
+      await expectReleasedWithdrawn();
+    });
+
+    it("a builder's own release has no reason", async () => {
+      await addReady('w2', '10.9.1.2');
+      const got = await vmm.tryAcquireVm({ ...request, taskId: 'tw2', leaseId: 'LW2' });
+      expect(got.status).toBe('acquired');
+      expect(await vmm.releaseVm('w2', 'LW2')).toBe(true);
+      const released = (await all()).filter((e) => e.vm === 'w2' && e.event === 'released');
+      expect(released.map((e) => [e.reason, e.lease, e.task])).toEqual([[null, 'LW2', 'tw2']]);
+    });
+  });
+
   it('a refused transition records nothing', async () => {
     await addReady('c1', '10.9.0.5');
     const before = (await all()).length;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { isOrphanPassDue, leakTerminateJobId, parseEpochMs, parseUnknownMachines } from '../../src/reconcile/orphanPass.js';
+import { isOrphanPassDue, parseEpochMs, parseUnknownMachines } from '../../src/reconcile/orphanPass.js';
 
 const T = 1_750_000_000_000;
 
@@ -50,16 +50,5 @@ describe('parseUnknownMachines', () => {
       ['leak-1', T],
       ['leak-3', T - 5],
     ]);
-  });
-});
-
-describe('leakTerminateJobId', () => {
-  it('is deterministic per machine and first sighting, without ":" and not a plain integer', () => {
-    const id = leakTerminateJobId(2, 'vm-1.example', T);
-    expect(id).toBe(leakTerminateJobId(2, 'vm-1.example', T));
-    expect(id).not.toBe(leakTerminateJobId(2, 'vm-1.example', T + 1));
-    expect(id).not.toBe(leakTerminateJobId(1, 'vm-1.example', T));
-    expect(id).not.toContain(':');
-    expect(/^\d+$/.test(id)).toBe(false);
   });
 });

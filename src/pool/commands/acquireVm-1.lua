@@ -14,7 +14,7 @@
   for it waits (its claim), a request of another owner or sandbox is refused, whatever its job id.
   A waiting request claims its task until its deadline; the claim ends when it is served.
   A waiting request that was withdrawn (cancelAcquire) ends here: it leaves the line, gets no VM;
-  a VM the line gave it meanwhile goes back.
+  a VM the line gave it meanwhile goes back (its `released` event has reason 'withdrawn').
   A new assignment gets a lease: lease_id, lease_timeout_ms (of its group, so renew needs no
   config), lease_expires_at = now + lease_timeout_ms, and an entry in the leases sorted set.
 
@@ -104,7 +104,7 @@ if waiting then
     -- A VM given to this job never reached the builder, who withdrew: it goes back.
     local given = givenToThisJob()
     if given then
-      releaseInUseVm(base, given, now)
+      releaseInUseVm(base, given, now, 'withdrawn')
       redis.call('DEL', acquireAssignmentKey(base, jobId))
     end
     redis.call('ZREM', acquireAssignedKey(base), jobId)

@@ -3,8 +3,9 @@
   why under its waiter member and takes it out of the line of its groups (includes/leaveLines). The
   acquire script then ends the request with CANCELLED whenever its job runs (the caller wakes a
   parked job), before it could be given a VM. A VM the line gave it that its job has not collected
-  yet (acquire_assigned) goes back at once. A request already served (its job collected the VM) is
-  not changed here: its builder releases the VM it got.
+  yet (acquire_assigned) goes back at once (its `released` event has reason 'withdrawn'). A
+  request already served (its job collected the VM) is not changed here: its builder releases the
+  VM it got.
 
   Input:
     KEYS[1] pool key base (with hash tag); every key is built from it
@@ -29,7 +30,7 @@ if redis.call('ZREM', acquireAssignedKey(base), jobId) == 1 then
   local record = redis.call('HMGET', acquireAssignmentKey(base, jobId), 'vm', 'lease')
   local vm = record[1] and redis.call('HMGET', vmKey(base, record[1]), 'state', 'lease_id')
   if vm and vm[1] == 'in_use' and vm[2] == record[2] then
-    releaseInUseVm(base, record[1], now)
+    releaseInUseVm(base, record[1], now, 'withdrawn')
   end
   redis.call('DEL', acquireAssignmentKey(base, jobId))
 end

@@ -20,7 +20,6 @@ local base = KEYS[1]
 local name, now, leaseId = ARGV[1], ARGV[2], ARGV[3] or ''
 --- @include "includes/replyCodes"
 --- @include "includes/releaseVm"
---- @include "includes/audit"
 
 local vm = redis.call('HMGET', vmKey(base, name), 'state', 'lease_id')
 if not vm[1] then
@@ -32,6 +31,5 @@ end
 if leaseId ~= '' and vm[2] ~= leaseId then
   return LEASE_MISMATCH
 end
-recordEvent(base, 'released', name)
 releaseInUseVm(base, name, now)
 return OK

@@ -1,12 +1,15 @@
 --[[
-  Takes an in_use VM back from its build (shared by releaseVm and expireLeases). The caller has
-  checked that the VM is in_use.
+  Takes an in_use VM back from its build (shared by releaseVm, cancelAcquire, acquireVm and
+  expireLeases). The caller has checked that the VM is in_use.
   endBuild records last_release, counts the build and clears the task fields; it returns the VM's
-  check_fails. releaseInUseVm then makes the VM ready again, still bound to its owner and sandbox
-  (dirty), or check_health_failed if a check failed during the build. Leaving in_use ends the
-  lease (setVmState).
+  check_fails. releaseInUseVm records the `released` event (with the build's task and lease, and
+  `reason` when given: 'withdrawn' when the request that got the VM was withdrawn), then makes the
+  VM ready again, still bound to its owner and sandbox (dirty), or check_health_failed if a check
+  failed during the build. Leaving in_use ends the lease (setVmState). expireLeases uses endBuild
+  alone: its lease_expired event says what happened.
 ]]
 --- @include "includes/setVmState"
+--- @include "includes/audit"
 
 local function endBuild(base, name, now)
   local key = vmKey(base, name)
@@ -20,7 +23,8 @@ local function endBuild(base, name, now)
   return tonumber(vm[1]) or 0
 end
 
-local function releaseInUseVm(base, name, now)
+local function releaseInUseVm(base, name, now, reason)
+  recordEvent(base, 'released', name, {'reason', reason})
   if endBuild(base, name, now) > 0 then
     setVmState(base, name, 'check_health_failed')
   else
