@@ -1,5 +1,5 @@
 import { Job } from 'bullmq';
-import type { Config } from '../config.js';
+import type { Config } from '../config/index.js';
 import type { VmManager } from '../pool/vmManager.js';
 import { acquireWaiterMember } from '../pool/types.js';
 import { acquireJobId } from '../client/vmPoolClient.js';

@@ -1,6 +1,6 @@
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import { z } from 'zod';
-import type { Config } from '../config.js';
+import type { Config } from '../config/index.js';
 import { formatZodError } from '../validation.js';
 import { ALL_VM_STATES, isValidVmName, isVmState, type VmRecord } from '../pool/types.js';
 import type { VmManager } from '../pool/vmManager.js';

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { Queue } from 'bullmq';
 import { parse as parseYaml } from 'yaml';
 import { afterAll, describe, expect, it } from 'vitest';
-import { loadConfig, parseConfig, type ConfigInput } from '../../src/config.js';
+import { loadConfig, parseConfig, type ConfigInput } from '../../src/config/index.js';
 import { embeddedConfig } from '../../src/defaults.js';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { createProvider } from '../../src/providers/index.js';
