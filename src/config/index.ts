@@ -22,3 +22,4 @@ export { applyEnvironment, redisIssues } from './environment.js';
 export { loadConfig } from './load.js';
 export { redactedConfig } from './redaction.js';
 export { configTemplate } from './template.js';
+export { CONFIG_SCHEMA_FILE, configJsonSchema, configSchemaPath } from './jsonSchema.js';

@@ -1,6 +1,6 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomInt } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -88,7 +88,10 @@ describe('vmpool config init', () => {
   it('prints the embedded default as commented YAML that loads as exactly the embedded default', async () => {
     const res = await vmpool(['config', 'init']);
     expect(res.code).toBe(0);
-    expect(res.stdout).toMatch(/^# vmpool config: the embedded default/);
+    // Editors validate and complete the file against the installed package's JSON Schema.
+    const schemaLine = /^# yaml-language-server: \$schema=(\S+)\n# vmpool config: the embedded default/.exec(res.stdout);
+    expect(schemaLine).not.toBeNull();
+    expect(existsSync(schemaLine![1]!)).toBe(true);
     expect(res.stdout).toContain('min_ready: 2 # clean ready VMs kept waiting (warm pool)');
     expect(parseConfig(parseYaml(res.stdout), {})).toEqual(parseConfig(embeddedConfig, {}));
   });
