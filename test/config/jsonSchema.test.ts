@@ -93,7 +93,8 @@ describe('the config JSON Schema', () => {
     const schema = configJsonSchema();
     walk(schema, '');
     expect(missing).toEqual([]);
-    const groupProps = ((schema.properties as Record<string, { items: { properties: Record<string, { default?: unknown }> } }>).groups.items.properties);
+    const groups = (schema.properties as { groups: { items: { properties: Record<string, { default?: unknown }> } } }).groups;
+    const groupProps = groups.items.properties;
     expect(groupProps.max_vm_total!.default).toBe(8);
     expect(groupProps.lease_timeout!.default).toBe(300);
   });
