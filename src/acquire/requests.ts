@@ -7,6 +7,10 @@ import { ACQUIRE_QUEUE, DEFAULT_ACQUIRE_TIMEOUT_MS, acquireFailureOf, acquireReq
 import { requestGroupIds } from './requestGroups.js';
 import { explainWait, type WaitStatus } from './why.js';
 
+/** The states of an acquire request, as AcquireRequestStatus says them. */
+export const ACQUIRE_REQUEST_STATES = ['queued', 'waiting', 'assigned', 'failed'] as const;
+export type AcquireRequestState = (typeof ACQUIRE_REQUEST_STATES)[number];
+
 /**
  * An acquire request as `GET /api/v1/requests/:id` and `vmpool why` show it:
  * - queued: no acquire worker took it yet;
@@ -19,7 +23,7 @@ export interface AcquireRequestStatus {
   taskId: string | null;
   owner: string;
   sandbox: string;
-  state: 'queued' | 'waiting' | 'assigned' | 'failed';
+  state: AcquireRequestState;
   /** The BullMQ state of its job. */
   jobState: string;
   priority: number;
