@@ -31,12 +31,15 @@ async function compileSchema(): Promise<Validate> {
   return ajv.compile(configJsonSchema());
 }
 
-/** Every vmpool config file under examples/ (vmpool.yaml or vmpool.yml, at any depth). */
+/** YAML files under examples/ that are not vmpool configs (Prometheus rules). */
+const NOT_CONFIGS = ['examples/prometheus/vmpool-alerts.yml'];
+
+/** Every YAML file under examples/ (at any depth) but NOT_CONFIGS: each is a vmpool config. */
 function exampleConfigs(dir = join(ROOT, 'examples')): string[] {
   return readdirSync(dir).flatMap((entry) => {
     const path = join(dir, entry);
     if (statSync(path).isDirectory()) return exampleConfigs(path);
-    return /^vmpool\.ya?ml$/.test(entry) ? [path] : [];
+    return /\.ya?ml$/.test(entry) && !NOT_CONFIGS.includes(relative(ROOT, path)) ? [path] : [];
   });
 }
 
