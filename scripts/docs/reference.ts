@@ -7,18 +7,23 @@ import { CONFIG_SCHEMA_FILE } from '../../src/config/index.js';
 import { configReferencePage, configSchemaFile } from './config.js';
 import { httpReferencePage } from './http.js';
 
-/** Each generated file, by its path from the repository root, and what makes its text. */
-export const referenceFiles: { path: string; generate: () => string }[] = [
-  { path: 'docs/reference/config.md', generate: configReferencePage },
-  { path: CONFIG_SCHEMA_FILE, generate: configSchemaFile },
-  { path: 'docs/reference/http.md', generate: httpReferencePage },
+/** A generated file (the shape of scripts/docs/generate.ts's generators): its path from the repository root, and its text. */
+export interface ReferenceGenerator {
+  page: string;
+  render(current: string | null): string;
+}
+
+export const referenceGenerators: ReferenceGenerator[] = [
+  { page: 'docs/reference/config.md', render: configReferencePage },
+  { page: CONFIG_SCHEMA_FILE, render: configSchemaFile },
+  { page: 'docs/reference/http.md', render: httpReferencePage },
 ];
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
-  for (const file of referenceFiles) {
-    writeFileSync(join(ROOT, file.path), file.generate());
-    console.log(`wrote ${file.path}`);
+  for (const g of referenceGenerators) {
+    writeFileSync(join(ROOT, g.page), g.render(null));
+    console.log(`wrote ${g.page}`);
   }
 }

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { referenceFiles } from '../../scripts/docs/reference.js';
+import { referenceGenerators } from '../../scripts/docs/reference.js';
 
 // The reference pages and the config's JSON Schema are generated from the code; a committed copy
 // that differs is out of date: run `npm run docs:reference`.
@@ -10,12 +10,12 @@ const ROOT = join(import.meta.dirname, '..', '..');
 
 describe('generated reference files', () => {
   it('lists the config reference, the HTTP reference and the config JSON Schema', () => {
-    expect(referenceFiles.map((f) => f.path).sort()).toEqual(['docs/reference/config.md', 'docs/reference/http.md', 'schema/vmpool.config.schema.json']);
+    expect(referenceGenerators.map((g) => g.page).sort()).toEqual(['docs/reference/config.md', 'docs/reference/http.md', 'schema/vmpool.config.schema.json']);
   });
 
-  it.each(referenceFiles.map((f) => [f.path, f] as const))('%s is up to date (npm run docs:reference)', (path, file) => {
-    const committed = readFileSync(join(ROOT, path), 'utf8');
-    expect(committed === file.generate(), `${path} is out of date: run npm run docs:reference`).toBe(true);
+  it.each(referenceGenerators.map((g) => [g.page, g] as const))('%s is up to date (npm run docs:reference)', (page, g) => {
+    const committed = readFileSync(join(ROOT, page), 'utf8');
+    expect(committed === g.render(committed), `${page} is out of date: run npm run docs:reference`).toBe(true);
   });
 
   it('the config reference names every config key of the schema', () => {
