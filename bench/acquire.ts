@@ -14,7 +14,7 @@
 import { randomUUID } from 'node:crypto';
 import { Queue, QueueEvents, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
-import { parseConfig } from '../src/config.js';
+import { parseConfig } from '../src/config/index.js';
 import { acquireProcessor, stopAcquireWaits } from '../src/processors/acquire.js';
 import { VmPoolClient } from '../src/client/vmPoolClient.js';
 import { createJobContext, runWorker } from '../src/runtime/worker.js';

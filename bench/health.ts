@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import type { Job } from 'bullmq';
-import { parseConfig } from '../src/config.js';
+import { parseConfig } from '../src/config/index.js';
 import { createHealthCheck } from '../src/health/index.js';
 import { healthProcessor } from '../src/processors/health.js';
 import type { Provider } from '../src/providers/types.js';

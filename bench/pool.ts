@@ -9,7 +9,7 @@
 import { Redis } from 'ioredis';
 import { poolKeyBase } from '../src/pool/keys.js';
 import { VmManager } from '../src/pool/vmManager.js';
-import type { ConfigInput } from '../src/config.js';
+import type { ConfigInput } from '../src/config/index.js';
 import { discardingLogger, markdownTable, percentile } from './lib/measure.js';
 import { startPrivateRedis, type PrivateRedis } from './lib/redisServer.js';
 

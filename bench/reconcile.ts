@@ -10,7 +10,7 @@ import { Redis } from 'ioredis';
 import { VmManager } from '../src/pool/vmManager.js';
 import { VmMaster } from '../src/reconcile/vmMaster.js';
 import { HEALTH_QUEUE } from '../queues/health.js';
-import type { ConfigInput } from '../src/config.js';
+import type { ConfigInput } from '../src/config/index.js';
 import { discardingLogger, markdownTable, percentile } from './lib/measure.js';
 import { startPrivateRedis } from './lib/redisServer.js';
 

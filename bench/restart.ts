@@ -8,7 +8,7 @@
  */
 import { createServer } from 'node:net';
 import { pathToFileURL } from 'node:url';
-import { parseConfig } from '../src/config.js';
+import { parseConfig } from '../src/config/index.js';
 import { createHealthCheck } from '../src/health/index.js';
 import { healthProcessor } from '../src/processors/health.js';
 import type { Provider } from '../src/providers/types.js';

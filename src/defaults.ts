@@ -1,4 +1,4 @@
-import type { ConfigInput, GroupInput } from './config.js';
+import type { ConfigInput, GroupInput } from './config/index.js';
 
 /** The embedded default's group: also what a config file without `groups` gets. */
 export const embeddedGroups: GroupInput[] = [

@@ -1,5 +1,5 @@
-export { parseConfig, loadConfig, ConfigError, configSchema, groupConfigSchema } from './config.js';
-export type { Config, ConfigInput, GroupConfig, ConfigIssue } from './config.js';
+export { parseConfig, loadConfig, ConfigError, configSchema, groupConfigSchema, configJsonSchema } from './config/index.js';
+export type { Config, ConfigInput, GroupConfig, ConfigIssue } from './config/index.js';
 export { VmManager } from './pool/vmManager.js';
 export type { VmManagerOptions, AcquireRequest, HealthCheckRecord, HealthCheckOutcome, Clock } from './pool/vmManager.js';
 export {
@@ -20,7 +20,7 @@ export { createProvider, CommandProvider, LocalProvider, ProviderError, parseSpa
 export type { Provider, ProviderDeps, ProviderGroup, ProviderMachine, SpawnRequest, SpawnedMachine, TerminateRequest } from './providers/index.js';
 export { createHealthCheck, SshHealthCheck, TcpHealthCheck, CommandHealthCheck } from './health/index.js';
 export type { HealthCheck, HealthCheckResult, HealthCheckTarget } from './health/index.js';
-export type { ProviderConfig, CheckConfig } from './config.js';
+export type { ProviderConfig, CheckConfig } from './config/index.js';
 export { VmMaster, CYCLE_STEPS, LAST_VM_SPAWN_START, DEFAULT_CYCLE_LOCK_TTL_MS, cycleLockKey } from './reconcile/vmMaster.js';
 export type { VmMasterOptions, CycleReport, CycleStep } from './reconcile/vmMaster.js';
 export {
@@ -47,8 +47,8 @@ export { openApiDocument } from './http/openapi.js';
 export { DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS } from './http/api.js';
 export { createMetricsRegistry } from './metrics/registry.js';
 export { sharedMetrics, recordJobMetrics } from './metrics/shared.js';
-export { webConfigSchema, webScopes } from './config.js';
-export type { WebConfig, WebScope } from './config.js';
+export { webConfigSchema, webScopes } from './config/index.js';
+export type { WebConfig, WebScope } from './config/index.js';
 export type { VmRecord } from './pool/types.js';
 export { VmPoolClient, AcquireAborted, acquireJobId } from './client/index.js';
 export type { VmPoolClientOptions, AcquireOptions, WithVmOptions } from './client/index.js';

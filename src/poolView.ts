@@ -1,5 +1,5 @@
 /** What the operator surfaces (HTTP API, pool page, CLI) show of the pool. */
-import type { Config } from './config.js';
+import type { Config } from './config/index.js';
 import { isScheduled, minReadyAt } from './reconcile/minReady.js';
 import { targetOf, targetWaitDecision } from './reconcile/targetWait.js';
 import { ALL_VM_STATES, UnknownGroup, type VmRecord, type VmState } from './pool/types.js';

@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type { ConnectionOptions as TlsOptions } from 'node:tls';
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
-import { ConfigError } from './config.js';
+import { ConfigError } from './config/index.js';
 import { isLoopbackHost } from './loopback.js';
 import {
   clusterPrefixProblem,

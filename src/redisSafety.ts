@@ -1,5 +1,5 @@
 import type { RedisConnection } from './redis.js';
-import type { Config } from './config.js';
+import type { Config } from './config/index.js';
 import type { Logger } from './logger.js';
 import type { RedisPersistence } from './pool/stateLoss.js';
 

@@ -13,7 +13,7 @@ import { join, resolve } from 'node:path';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { stringify } from 'yaml';
-import { parseConfig } from '../../src/config.js';
+import { parseConfig } from '../../src/config/index.js';
 import { acquireProcessor, stopAcquireWaits } from '../../src/processors/acquire.js';
 import { VmPoolClient } from '../../src/client/vmPoolClient.js';
 import { createJobContext, runWorker, type OwnedJobContext } from '../../src/runtime/worker.js';

@@ -7,9 +7,11 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { DocGenerator } from './blocks.js';
 import { performancePage } from './performance.js';
+import { referenceGenerators } from './reference.js';
 
 export const generators: DocGenerator[] = [
   performancePage, // docs/performance.md from docs/performance/bench-results.json
+  ...referenceGenerators, // the config and HTTP references and the config's JSON Schema, from the code's schemas
 ];
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');

@@ -3,7 +3,7 @@
  * circuit breaker is open, or it is at max_vm_total), a request for it may be served by the first
  * of its fallback groups that can. Pure: the acquire processor and reconcile's demand both use it.
  */
-import type { GroupConfig } from '../config.js';
+import type { GroupConfig } from '../config/index.js';
 import { breakerOpen, type BreakerState } from '../reconcile/breaker.js';
 
 /**

@@ -1,10 +1,14 @@
 import { Job } from 'bullmq';
-import type { Config } from '../config.js';
+import type { Config } from '../config/index.js';
 import type { VmManager } from '../pool/vmManager.js';
 import { acquireWaiterMember } from '../pool/types.js';
 import { ACQUIRE_QUEUE, DEFAULT_ACQUIRE_TIMEOUT_MS, acquireJobId, isAcquireJobId, acquireFailureOf, acquireRequestSchema, type AcquireFailure, type VmAssignment } from '../../queues/acquire.js';
 import { requestGroupIds } from './requestGroups.js';
 import { explainWait, type WaitStatus } from './why.js';
+
+/** The states of an acquire request, as AcquireRequestStatus says them. */
+export const ACQUIRE_REQUEST_STATES = ['queued', 'waiting', 'assigned', 'failed'] as const;
+export type AcquireRequestState = (typeof ACQUIRE_REQUEST_STATES)[number];
 
 /**
  * An acquire request as `GET /api/v1/requests/:id` and `vmpool why` show it:
@@ -18,7 +22,7 @@ export interface AcquireRequestStatus {
   taskId: string | null;
   owner: string;
   sandbox: string;
-  state: 'queued' | 'waiting' | 'assigned' | 'failed';
+  state: AcquireRequestState;
   /** The BullMQ state of its job. */
   jobState: string;
   priority: number;

@@ -1,5 +1,5 @@
 import type { Queue } from 'bullmq';
-import type { Config } from '../config.js';
+import type { Config } from '../config/index.js';
 import type { VmManager } from '../pool/vmManager.js';
 import type { LineStanding } from '../pool/poolReader.js';
 import { QueueNames } from '../../queues/names.js';

@@ -1,7 +1,7 @@
 import { userInfo } from 'node:os';
 import type { Command } from 'commander';
 import type { RedisConnection } from '../redis.js';
-import type { Config } from '../config.js';
+import type { Config } from '../config/index.js';
 import { createLogger, type Logger } from '../logger.js';
 import { VmManager } from '../pool/vmManager.js';
 import { groupSummaries, resolveGroup } from '../poolView.js';

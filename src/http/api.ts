@@ -1,6 +1,6 @@
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import { z } from 'zod';
-import type { Config } from '../config.js';
+import type { Config } from '../config/index.js';
 import { formatZodError } from '../validation.js';
 import { ALL_VM_STATES, isValidVmName, isVmState, type VmRecord } from '../pool/types.js';
 import type { VmManager } from '../pool/vmManager.js';
@@ -10,6 +10,7 @@ import { hasScope, mayActFor, requireScope } from './auth.js';
 import { HttpError } from './errors.js';
 import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
 import { openApiDocument } from './openapi.js';
+import { emptyBodySchema, holdBodySchema, leaseBodySchema, releaseBodySchema } from './schemas.js';
 import { AUDIT_PAGE_MAX, isAuditCursor } from '../pool/audit.js';
 import { acquireRequestStatus, cancelAcquireRequest } from '../acquire/requests.js';
 
@@ -52,20 +53,6 @@ export interface ApiVm extends Omit<VmRecord, 'leaseId' | 'boundSince' | 'checkS
 export function apiVm(config: Config, vm: VmRecord): ApiVm {
   return { ...withoutLease(vm), groupName: config.groups[vm.group]?.name ?? String(vm.group) };
 }
-
-const leaseBody = z.strictObject({ leaseId: z.string().min(1).max(255) });
-const releaseBody = z.strictObject({ leaseId: z.string().min(1).max(255).optional() });
-const holdBody = z
-  .strictObject({
-    by: z.string().min(1).max(255).optional(),
-    reason: z.string().min(1).max(1024).optional(),
-    /** Seconds the hold lasts. */
-    for: z.number().positive().max(366 * 86_400).optional(),
-    /** When the hold ends: an ISO 8601 time or epoch ms. */
-    until: z.union([z.iso.datetime({ offset: true }), z.number().int().positive()]).optional(),
-  })
-  .refine((b) => b.for === undefined || b.until === undefined, { message: 'give for or until, not both' });
-const emptyBody = z.strictObject({});
 
 function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
   const parsed = schema.safeParse(body ?? {});
@@ -219,7 +206,7 @@ export function apiRouter(deps: ApiDeps): Router {
 
   router.post('/vms/:name/release', requireScope('builder'), requireJsonContentType, async (req, res) => {
     const name = vmNameParam(req);
-    const { leaseId } = parseBody(releaseBody, req.body);
+    const { leaseId } = parseBody(releaseBodySchema, req.body);
     // A builder releases its own assignment; only an admin may release without the lease.
     if (leaseId === undefined && !hasScope(req.principal!, 'admin')) {
       throw new HttpError('validation_error', 'leaseId is required (only an admin may release without it)', {});
@@ -234,14 +221,14 @@ export function apiRouter(deps: ApiDeps): Router {
 
   router.post('/vms/:name/renew', requireScope('builder'), requireJsonContentType, async (req, res) => {
     const name = vmNameParam(req);
-    const { leaseId } = parseBody(leaseBody, req.body);
+    const { leaseId } = parseBody(leaseBodySchema, req.body);
     const leaseExpiresAt = await vmm.renewLease(name, leaseId);
     res.json({ vmName: name, leaseId, leaseExpiresAt });
   });
 
   router.post('/vms/:name/terminate', requireScope('admin'), requireJsonContentType, async (req, res) => {
     const name = vmNameParam(req);
-    parseBody(emptyBody, req.body);
+    parseBody(emptyBodySchema, req.body);
     const acted = await vmm.startVmTermination(name, null, 'operator');
     if (!acted) throw new HttpError('conflict', `VM ${name} is already terminating`, { reason: 'already_terminating' });
     res.status(202).json({ terminating: true, vm: apiVm(config, await vmm.getVmRecord(name)) });
@@ -249,7 +236,7 @@ export function apiRouter(deps: ApiDeps): Router {
 
   router.post('/vms/:name/hold', requireScope('admin'), requireJsonContentType, async (req, res) => {
     const name = vmNameParam(req);
-    const body = parseBody(holdBody, req.body);
+    const body = parseBody(holdBodySchema, req.body);
     const until = body.for !== undefined ? vmm.clock() + body.for * 1000 : typeof body.until === 'string' ? Date.parse(body.until) : (body.until ?? null);
     const held = await vmm.holdVm(name, body.by ?? req.principal!.name, { until, reason: body.reason ?? null });
     if (!held) {
@@ -327,7 +314,7 @@ export function apiRouter(deps: ApiDeps): Router {
       if (err instanceof UnknownGroup) throw new HttpError('not_found', err.message, { group: value });
       throw err;
     }
-    parseBody(emptyBody, req.body ?? {});
+    parseBody(emptyBodySchema, req.body ?? {});
     const changed = drain ? await vmm.drainGroup(group) : await vmm.undrainGroup(group);
     const summary = (await groupSummaries(vmm)).find((g) => g.id === group)!;
     res.json({ drained: drain, changed, group: summary });

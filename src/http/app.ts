@@ -1,7 +1,7 @@
 import type { Queue } from 'bullmq';
 import express, { type Express } from 'express';
 import { pinoHttp } from 'pino-http';
-import type { Config } from '../config.js';
+import type { Config } from '../config/index.js';
 import type { Logger } from '../logger.js';
 import { describeRedis } from '../redis.js';
 import { createMetricsRegistry } from '../metrics/registry.js';

@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { NextFunction, Request, Response } from 'express';
-import type { WebConfig, WebScope } from '../config.js';
+import type { WebConfig, WebScope } from '../config/index.js';
 import { HttpError, sendError } from './errors.js';
 import { isLoopbackHost } from '../loopback.js';
 

@@ -1,7 +1,7 @@
 import type { NextFunction, Request, Response } from 'express';
 import type { Logger } from '../logger.js';
 import { InvalidVmRequest, LeaseLost, NoVmAvailable, TaskConflict, UnknownGroup, VmDescriptorNotFound, VmError } from '../pool/types.js';
-import { ConfigError } from '../config.js';
+import { ConfigError } from '../config/index.js';
 
 /** Error codes of the API; each maps to one HTTP status. */
 export const ErrorCodes = {

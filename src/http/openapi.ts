@@ -1,6 +1,7 @@
 import { AUDIT_PAGE_MAX, auditEventTypes } from '../pool/audit.js';
 import { ALL_VM_STATES } from '../pool/types.js';
 import { ErrorCodes } from './errors.js';
+import { apiComponentSchemas } from './schemas.js';
 
 const error = (description: string) => ({ description, content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } });
 const json = (description: string, ref: string) => ({ description, content: { 'application/json': { schema: { $ref: `#/components/schemas/${ref}` } } } });
@@ -46,45 +47,7 @@ export const openApiDocument = {
           details: { type: 'object' },
         },
       },
-      AcquireRequest: {
-        type: 'object',
-        additionalProperties: false,
-        required: ['owner', 'sandbox'],
-        description: 'Groups (ids or names) or arch, not both; and/or tags that a group must all list. The vm-acquire job payload takes group ids only.',
-        anyOf: [
-          { required: ['groups'], properties: { groups: { $ref: '#/components/schemas/AcquireGroups' } } },
-          { required: ['arch'], properties: { arch: { $ref: '#/components/schemas/AcquireArch' } } },
-          { required: ['tags'], properties: { tags: { $ref: '#/components/schemas/AcquireTags' } } },
-        ],
-        not: { required: ['groups', 'arch'], properties: { groups: { $ref: '#/components/schemas/AcquireGroups' }, arch: { $ref: '#/components/schemas/AcquireArch' } } },
-        properties: {
-          owner: { type: 'string', minLength: 1, maxLength: 255 },
-          sandbox: { type: 'string', maxLength: 1024 },
-          groups: { $ref: '#/components/schemas/AcquireGroups' },
-          arch: { $ref: '#/components/schemas/AcquireArch' },
-          tags: { $ref: '#/components/schemas/AcquireTags' },
-          taskId: { type: 'string', minLength: 1, maxLength: 255 },
-          buildId: { type: 'string', minLength: 1, maxLength: 255 },
-          chroot: { type: 'string', minLength: 1, maxLength: 255 },
-          timeoutMs: { type: 'integer', minimum: 1, maximum: 86400000, description: 'How long to wait for a VM. Jobs default to 10 minutes; POST /acquire defaults to 55 s, under the 60 s that common proxies and clients allow.' },
-          strictGroup: { type: 'boolean', description: "Only the groups asked for serve it, never their fallback_groups" },
-          strict_group: { type: 'boolean', description: 'The same as strictGroup' },
-        },
-      },
-      AcquireGroups: {
-        type: 'array',
-        items: { oneOf: [{ type: 'integer', minimum: 0 }, { type: 'string', minLength: 1 }] },
-        minItems: 1,
-        description: 'group ids or names, tried in order',
-      },
-      AcquireTags: {
-        type: 'array',
-        items: { type: 'string', minLength: 1, maxLength: 64 },
-        minItems: 1,
-        maxItems: 32,
-        description: 'capabilities a group must all list (config tags); an unknown tag is a 400',
-      },
-      AcquireArch: { type: 'string', minLength: 1, maxLength: 64, description: 'every group listing this arch, in config order' },
+      ...apiComponentSchemas(),
       Assignment: {
         type: 'object',
         required: ['vmName', 'vmIp', 'group', 'leaseId', 'leaseExpiresAt'],
@@ -96,23 +59,6 @@ export const openApiDocument = {
           leaseExpiresAt: { type: 'integer', description: 'epoch ms' },
           requestedAt: { type: 'integer', description: 'when the acquire request was enqueued, epoch ms' },
         },
-      },
-      LeaseRequest: { type: 'object', additionalProperties: false, required: ['leaseId'], properties: { leaseId: { type: 'string' } } },
-      ReleaseRequest: {
-        type: 'object',
-        additionalProperties: false,
-        properties: { leaseId: { type: 'string', description: 'Required for builder tokens; an admin may omit it.' } },
-      },
-      HoldRequest: {
-        type: 'object',
-        additionalProperties: false,
-        properties: {
-          by: { type: 'string', description: 'Default: the token name.' },
-          reason: { type: 'string', maxLength: 1024 },
-          for: { type: 'number', exclusiveMinimum: 0, description: 'seconds the hold lasts (not with until)' },
-          until: { oneOf: [{ type: 'string', format: 'date-time' }, { type: 'integer' }], description: 'when the hold ends: ISO 8601 or epoch ms (not with for)' },
-        },
-        description: 'config max_hold_age caps every hold, and ends one that names no end',
       },
       Renewed: { type: 'object', properties: { vmName: { type: 'string' }, leaseId: { type: 'string' }, leaseExpiresAt: { type: 'integer' } } },
       Vm: {
@@ -178,7 +124,7 @@ export const openApiDocument = {
           taskId: nullable('string'),
           owner: { type: 'string' },
           sandbox: { type: 'string' },
-          state: { type: 'string', enum: ['queued', 'waiting', 'assigned', 'failed'] },
+          state: { $ref: '#/components/schemas/AcquireRequestState' },
           jobState: { type: 'string' },
           priority: { type: 'integer' },
           requestedAt: { type: 'integer' },
@@ -187,13 +133,13 @@ export const openApiDocument = {
           waiting: {
             type: ['object', 'null'],
             properties: {
-              reason: { type: 'string', enum: ['owner_limit', 'held_back_by_priority', 'spawning', 'provider_failing', 'group_full', 'no_ready_vm'] },
+              reason: { $ref: '#/components/schemas/WaitReason' },
               updatedAt: { type: 'integer' },
               groups: { type: 'array', items: { type: 'object', additionalProperties: true } },
             },
           },
           assignment: { type: ['object', 'null'], additionalProperties: true },
-          failure: { type: ['object', 'null'], properties: { code: nullable('string'), reason: { type: 'string' } } },
+          failure: { type: ['object', 'null'], properties: { code: { oneOf: [{ $ref: '#/components/schemas/AcquireFailure' }, { type: 'null' }] }, reason: { type: 'string' } } },
         },
       },
       VmAction: { type: 'object', properties: { vm: { $ref: '#/components/schemas/Vm' } }, additionalProperties: true },
@@ -217,7 +163,7 @@ export const openApiDocument = {
             type: ['object', 'null'],
             description: "the group's spawn circuit breaker while it is open (no spawns but one probe); null while closed",
             properties: {
-              errorClass: { type: 'string', enum: ['quota', 'capacity', 'rate_limit', 'auth', 'transient', 'invalid_request', 'unclassified'] },
+              errorClass: { $ref: '#/components/schemas/SpawnErrorClass' },
               failures: { type: 'integer' },
               openings: { type: 'integer' },
               openedAt: { type: ['integer', 'null'] },

@@ -1,7 +1,7 @@
 import type { AddressInfo } from 'node:net';
 import { createServer, type Server } from 'node:http';
 import { ExitCodes } from '../cli/exitCodes.js';
-import type { Config } from '../config.js';
+import type { Config } from '../config/index.js';
 import { createLogger, type Logger } from '../logger.js';
 import { VmManager, type Clock } from '../pool/vmManager.js';
 import { PoolStateWatch, poolStateCheckMs } from '../runtime/poolStateWatch.js';

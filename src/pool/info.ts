@@ -1,4 +1,4 @@
-import type { Config } from '../config.js';
+import type { Config } from '../config/index.js';
 import { textTable } from '../text/table.js';
 import { relativeTime } from '../time.js';
 import type { VmDescriptor } from './types.js';

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Job, type Queue } from 'bullmq';
-import { isParsedConfig, parseConfig, type Config, type ConfigInput, type GroupConfig } from '../config.js';
+import { isParsedConfig, parseConfig, type Config, type ConfigInput, type GroupConfig } from '../config/index.js';
 import { createLogger, type Logger } from '../logger.js';
 import { assertPrefixFits, producerConnectionFrom, replicaWaitOf, waitForReplicas, type RedisConnection, type RedisTarget } from '../redis.js';
 import {

@@ -1,5 +1,5 @@
 import { UnrecoverableError, type Job, type Queue } from 'bullmq';
-import type { Config } from '../config.js';
+import type { Config } from '../config/index.js';
 import type { JobContext } from '../runtime/context.js';
 import { formatZodError } from '../validation.js';
 import type { ProcessorSpec } from '../runtime/worker.js';

@@ -9,7 +9,7 @@ import { SPAWN_QUEUE, spawnJobSchema, type SpawnJobResult } from '../../queues/s
 import { TERMINATE_QUEUE, addTerminateJob, spawnOrphanTerminateJobId, spawnStopTerminateJobId } from '../../queues/terminate.js';
 import { crashAt, type JobContext } from '../runtime/context.js';
 import type { ProcessorSpec } from '../runtime/worker.js';
-import type { GroupConfig } from '../config.js';
+import type { GroupConfig } from '../config/index.js';
 import type { z } from 'zod';
 
 type SpawnData = z.output<typeof spawnJobSchema>;

@@ -1,6 +1,6 @@
 import { isIP } from 'node:net';
 import type { z } from 'zod';
-import type { commandProviderSchema } from '../config.js';
+import type { commandProviderSchema } from '../config/index.js';
 import { VM_NAME_PATTERN } from '../pool/types.js';
 import { describeEnd, runHook, toArgv, type HookResult } from './hook.js';
 import { UNCLASSIFIED, classifySpawnFailure, type SpawnFailureClass } from './spawnErrors.js';

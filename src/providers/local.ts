@@ -7,7 +7,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import ssh2 from 'ssh2';
 import type { z } from 'zod';
-import type { localProviderSchema } from '../config.js';
+import type { localProviderSchema } from '../config/index.js';
 import { ProviderError } from './command.js';
 import { SpawnAborted, type Provider, type ProviderDeps, type ProviderGroup, type ProviderMachine, type SpawnedMachine, type SpawnRequest, type TerminateRequest } from './types.js';
 

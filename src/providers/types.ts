@@ -1,4 +1,4 @@
-import type { GroupConfig } from '../config.js';
+import type { GroupConfig } from '../config/index.js';
 import type { Logger } from '../logger.js';
 
 /** What a provider knows about the group it spawns into. */

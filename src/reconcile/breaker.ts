@@ -4,7 +4,7 @@
  * decision here is pure: while the breaker is open nothing is spawned, and once its backoff passed
  * one spawn (the probe) may run, whose outcome closes or re-opens it.
  */
-import type { GroupConfig } from '../config.js';
+import type { GroupConfig } from '../config/index.js';
 import { OPERATOR_CLASSES, type SpawnFailureClass } from '../providers/spawnErrors.js';
 
 export interface BreakerState {

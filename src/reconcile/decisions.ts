@@ -10,7 +10,7 @@
  * - reuse_max_count: retire once buildsCount >= the limit; reuse_max_time: once the time bound to
  *   the owner and sandbox is >= the limit (resalloc: the VM has been used that long).
  */
-import type { Config, GroupConfig } from '../config.js';
+import type { Config, GroupConfig } from '../config/index.js';
 import { VmStates, type VmRecord, type VmState } from '../pool/types.js';
 import type { TerminationReason } from '../../queues/terminate.js';
 import { breakerGate, type BreakerState } from './breaker.js';

@@ -13,7 +13,7 @@
  * The warm pool is the smallest k that keeps this at or below 1 - percentile, within
  * [min_ready_floor, min_ready_ceiling]. Pure: no Redis, no clock.
  */
-import { targetWaitPercentiles, type GroupConfig } from '../config.js';
+import { targetWaitPercentiles, type GroupConfig } from '../config/index.js';
 import { isScheduled, minReadyAt } from './minReady.js';
 
 export interface TargetWaitInputs {

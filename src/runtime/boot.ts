@@ -1,4 +1,4 @@
-import { type Config } from '../config.js';
+import { type Config } from '../config/index.js';
 import { createLogger, type Logger } from '../logger.js';
 import type { JobContext } from './context.js';
 import { PoolStateWatch, poolStateCheckMs, type PoolStateEvent } from './poolStateWatch.js';

@@ -1,6 +1,6 @@
 import type { Queue } from 'bullmq';
 import type { RedisConnection } from '../redis.js';
-import type { Config } from '../config.js';
+import type { Config } from '../config/index.js';
 import type { HealthCheck } from '../health/types.js';
 import type { Logger } from '../logger.js';
 import type { Clock, VmManager } from '../pool/vmManager.js';

@@ -1,5 +1,5 @@
 import { ExitCodes } from '../cli/exitCodes.js';
-import { ConfigError, type Config } from '../config.js';
+import { ConfigError, type Config } from '../config/index.js';
 import { createLogger, type Logger } from '../logger.js';
 import { connectAnsweringRedis, describeRedis, type RedisTarget } from '../redis.js';
 import { ensureRedisSafety } from '../redisSafety.js';

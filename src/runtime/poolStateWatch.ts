@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { RedisConnection } from '../redis.js';
-import type { Config } from '../config.js';
+import type { Config } from '../config/index.js';
 import type { Logger } from '../logger.js';
 import type { PoolStateSeen } from '../pool/poolScripts.js';
 import { decidePoolState, nextEpoch, provesNoLoss, type LossReason } from '../pool/stateLoss.js';

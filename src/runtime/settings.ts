@@ -1,4 +1,4 @@
-import { ConfigError, configSchema, loadConfig, parseConfig, redisConfigSchema, type Config, type ConfigIssue } from '../config.js';
+import { ConfigError, configSchema, loadConfig, parseConfig, redisConfigSchema, type Config, type ConfigIssue } from '../config/index.js';
 import { embeddedConfig } from '../defaults.js';
 
 /** Worker concurrency per process type, from `<TYPE>_CONCURRENCY`; a type not named runs `concurrency.<type>`. */

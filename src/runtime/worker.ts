@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { ZodType } from 'zod';
-import type { Config } from '../config.js';
+import type { Config } from '../config/index.js';
 import type { HealthCheck } from '../health/types.js';
 import type { HealthCheckDeps } from '../health/index.js';
 import { createLogger, type Logger } from '../logger.js';

@@ -1,6 +1,6 @@
 import { Queue, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { parseConfig, type ConfigInput } from '../../src/config.js';
+import { parseConfig, type ConfigInput } from '../../src/config/index.js';
 import { processAcquireJob, stopAcquireWaits } from '../../src/processors/acquire.js';
 import { VmPoolClient } from '../../src/client/vmPoolClient.js';
 import { createJobContext, type OwnedJobContext } from '../../src/runtime/worker.js';

@@ -1,7 +1,7 @@
 import { Job, Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseConfig } from '../../src/config.js';
+import { parseConfig } from '../../src/config/index.js';
 import { processAcquireJob, stopAcquireWaits } from '../../src/processors/acquire.js';
 import { createJobContext, type OwnedJobContext } from '../../src/runtime/worker.js';
 import { ACQUIRE_QUEUE, acquireJobOptions } from '../../queues/acquire.js';

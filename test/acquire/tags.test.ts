@@ -2,7 +2,7 @@ import { Queue, QueueEvents } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RequestGroupsError, requestGroupIds } from '../../src/acquire/requestGroups.js';
 import { runCli } from '../../src/cli/program.js';
-import { parseConfig } from '../../src/config.js';
+import { parseConfig } from '../../src/config/index.js';
 import { acquireJobOptions } from '../../queues/acquire.js';
 import { REDIS_URL, connect } from '../helpers/redis.js';
 import { writeConfigFile } from '../helpers/processes.js';

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { acquireRequestSchema } from '../../queues/acquire.js';
 import { QueueNames } from '../../queues/names.js';
 import { requestGroupIds } from '../../src/acquire/requestGroups.js';
-import { ConfigError, loadConfig, parseConfig } from '../../src/config.js';
+import { ConfigError, loadConfig, parseConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/logger.js';
 import { ProviderError, CommandProvider } from '../../src/providers/command.js';
 import { isValidVmIp, isValidVmName } from '../../src/pool/types.js';

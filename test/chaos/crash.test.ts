@@ -4,7 +4,7 @@ import { Job, Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VmManager, VmStates, type VmDescriptor } from '../../src/index.js';
-import type { ConfigInput } from '../../src/config.js';
+import type { ConfigInput } from '../../src/config/index.js';
 import { VmPoolClient, acquireJobId } from '../../src/client/index.js';
 import { QueueNames } from '../../queues/names.js';
 import { closePool, connect, REDIS_URL, uniquePrefix } from '../helpers/redis.js';

@@ -6,7 +6,7 @@ import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import { inject } from 'vitest';
 import { VmPoolClient } from '../../src/client/index.js';
-import type { ConfigInput } from '../../src/config.js';
+import type { ConfigInput } from '../../src/config/index.js';
 import { createLogger } from '../../src/logger.js';
 import type { AuditEvent } from '../../src/pool/audit.js';
 import type { PoolReader } from '../../src/pool/poolReader.js';

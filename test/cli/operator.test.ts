@@ -1,13 +1,14 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomInt } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Queue } from 'bullmq';
 import { parse as parseYaml } from 'yaml';
 import { afterAll, describe, expect, it } from 'vitest';
-import { loadConfig, parseConfig, type ConfigInput } from '../../src/config.js';
+import { Ajv } from 'ajv';
+import { configJsonSchema, loadConfig, parseConfig, type ConfigInput } from '../../src/config/index.js';
 import { embeddedConfig } from '../../src/defaults.js';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { createProvider } from '../../src/providers/index.js';
@@ -88,9 +89,25 @@ describe('vmpool config init', () => {
   it('prints the embedded default as commented YAML that loads as exactly the embedded default', async () => {
     const res = await vmpool(['config', 'init']);
     expect(res.code).toBe(0);
-    expect(res.stdout).toMatch(/^# vmpool config: the embedded default/);
+    // Editors validate and complete the file against the installed package's JSON Schema.
+    const schemaLine = /^# yaml-language-server: \$schema=(\S+)\n# vmpool config: the embedded default/.exec(res.stdout);
+    expect(schemaLine).not.toBeNull();
+    expect(existsSync(schemaLine![1]!)).toBe(true);
     expect(res.stdout).toContain('min_ready: 2 # clean ready VMs kept waiting (warm pool)');
     expect(parseConfig(parseYaml(res.stdout), {})).toEqual(parseConfig(embeddedConfig, {}));
+  });
+
+  it('config schema prints the JSON Schema that the $schema line names, and it validates config init and refuses an unknown key', async () => {
+    const res = await vmpool(['config', 'schema']);
+    expect(res.code).toBe(0);
+    const schema = JSON.parse(res.stdout) as object;
+    expect(schema).toEqual(configJsonSchema());
+    const init = await vmpool(['config', 'init']);
+    const schemaPath = /^# yaml-language-server: \$schema=(\S+)/.exec(init.stdout)![1]!;
+    expect(JSON.parse(readFileSync(schemaPath, 'utf8'))).toEqual(schema);
+    const validate = new Ajv({ strict: true, allErrors: true, validateFormats: false }).compile(schema);
+    expect(validate(parseYaml(init.stdout)), JSON.stringify(validate.errors)).toBe(true);
+    expect(validate({ ...parseYaml(init.stdout), max_vm_totl: 3 })).toBe(false);
   });
 
   it('writes FILE, which passes config check; refuses to overwrite it without --force', async () => {

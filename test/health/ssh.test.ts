@@ -5,7 +5,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseConfig } from '../../src/config.js';
+import { parseConfig } from '../../src/config/index.js';
 import { createHealthCheck } from '../../src/health/index.js';
 import type { HealthCheck } from '../../src/health/types.js';
 import { createLogger } from '../../src/logger.js';

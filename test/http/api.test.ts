@@ -1,6 +1,6 @@
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseConfig } from '../../src/config.js';
+import { parseConfig } from '../../src/config/index.js';
 import { startWebServer } from '../../src/http/server.js';
 import { openApiDocument } from '../../src/http/openapi.js';
 import { QueueNames } from '../../queues/names.js';

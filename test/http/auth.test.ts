@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ConfigError, parseConfig } from '../../src/config.js';
+import { ConfigError, parseConfig } from '../../src/config/index.js';
 import { assertBindAllowed, isLoopbackHost, WebAuthRequired } from '../../src/http/auth.js';
 import { startWebServer } from '../../src/http/server.js';
 import { ADMIN_TOKEN, BUILDER_TOKEN, JSON_TYPE, createWebKit, webTestConfig, type WebKit } from './fixtures.js';

@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import { parseConfig, type Config, type ConfigInput } from '../../src/config.js';
+import { parseConfig, type Config, type ConfigInput } from '../../src/config/index.js';
 import { startWebServer, type RunningWebServer } from '../../src/http/server.js';
 import { processTypeSpecs } from '../../src/processors/index.js';
 import { startProcessTypes, type RunningProcess } from '../../src/runtime/boot.js';

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseConfig } from '../../src/config.js';
+import { parseConfig } from '../../src/config/index.js';
 import { startWebServer, type RunningWebServer } from '../../src/http/server.js';
 import { AcquireFailures } from '../../queues/acquire.js';
 import { REDIS_URL } from '../helpers/redis.js';

@@ -2,7 +2,7 @@ import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { runCli } from '../../src/cli/program.js';
 import type { CliIo } from '../../src/cli/io.js';
-import { parseConfig, type ConfigInput } from '../../src/config.js';
+import { parseConfig, type ConfigInput } from '../../src/config/index.js';
 import { DEFAULT_AUDIT_MAX_EVENTS, type AuditEvent, type AuditPage } from '../../src/pool/audit.js';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { REDIS_URL, connect, deleteKeysWithPrefix, poolKeys, uniquePrefix } from '../helpers/redis.js';

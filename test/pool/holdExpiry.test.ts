@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../../src/cli/program.js';
-import { parseConfig, type ConfigInput } from '../../src/config.js';
+import { parseConfig, type ConfigInput } from '../../src/config/index.js';
 import { InvalidVmRequest, VmStates } from '../../src/pool/types.js';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { VmMaster } from '../../src/reconcile/vmMaster.js';

@@ -163,7 +163,7 @@ describe('construction', () => {
   it('accepts a Redis URL (and closes that connection), defaults the prefix to config.redis.prefix and the clock to Date.now', async () => {
     const { REDIS_URL, uniquePrefix, deleteKeysWithPrefix } = await import('../helpers/redis.js');
     const { VmManager } = await import('../../src/pool/vmManager.js');
-    const { parseConfig } = await import('../../src/config.js');
+    const { parseConfig } = await import('../../src/config/index.js');
     const prefix = uniquePrefix('pool-ctor');
     const config = parseConfig({ redis: { prefix }, groups: [{ name: 'g' }] }, {});
     const vmm = new VmManager(config, { redis: REDIS_URL });
@@ -199,7 +199,7 @@ describe('construction', () => {
 
   it('takes a parsed Config as it is, and parses a ConfigInput', async () => {
     const { VmManager } = await import('../../src/pool/vmManager.js');
-    const { parseConfig } = await import('../../src/config.js');
+    const { parseConfig } = await import('../../src/config/index.js');
     const config = parseConfig({ groups: [{ name: 'g' }] }, {});
     const parsed = new VmManager(config, { redis: kit.redis, prefix: kit.prefix });
     expect(parsed.config).toBe(config);

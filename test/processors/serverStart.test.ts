@@ -1,6 +1,6 @@
 import { Queue, Worker } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseConfig } from '../../src/config.js';
+import { parseConfig } from '../../src/config/index.js';
 import { createJobContext, type OwnedJobContext } from '../../src/runtime/worker.js';
 import { isServerStart } from '../../src/processors/reconcile.js';
 import { QueueNames } from '../../queues/names.js';

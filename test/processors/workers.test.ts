@@ -4,7 +4,7 @@ import { Queue, QueueEvents } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VmManager, VmStates } from '../../src/index.js';
-import type { ConfigInput } from '../../src/config.js';
+import type { ConfigInput } from '../../src/config/index.js';
 import { QueueNames } from '../../queues/names.js';
 import { spawnJobId, spawnJobOptions } from '../../queues/spawn.js';
 import { connect, deleteKeysWithPrefix, REDIS_URL, uniquePrefix } from '../helpers/redis.js';

@@ -2,7 +2,7 @@ import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadConfig, parseConfig } from '../../src/config.js';
+import { loadConfig, parseConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/logger.js';
 import { CommandProvider, ProviderError, parseListOutput, parseSpawnOutput } from '../../src/providers/command.js';
 import { HOOK_LOG_MAX_LINES } from '../../src/providers/hook.js';

@@ -8,7 +8,7 @@ import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import ssh2 from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseConfig } from '../../src/config.js';
+import { parseConfig } from '../../src/config/index.js';
 import { createHealthCheck } from '../../src/health/index.js';
 import { createLogger } from '../../src/logger.js';
 import { createProvider } from '../../src/providers/index.js';

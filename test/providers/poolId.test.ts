@@ -3,7 +3,7 @@ import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { parseConfig } from '../../src/config.js';
+import { parseConfig } from '../../src/config/index.js';
 import { createHealthCheck } from '../../src/health/index.js';
 import { createLogger } from '../../src/logger.js';
 import { poolIdFromPrefix, poolIdOf } from '../../src/pool/poolId.js';

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseConfig, type ConfigInput } from '../../src/config.js';
+import { parseConfig, type ConfigInput } from '../../src/config/index.js';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { classifySpawnFailure } from '../../src/providers/spawnErrors.js';
 import { blockedGroups, demandGroupsOf, withFallbacks } from '../../src/acquire/fallback.js';

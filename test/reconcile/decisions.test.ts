@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseConfig, type ConfigInput } from '../../src/config.js';
+import { parseConfig, type ConfigInput } from '../../src/config/index.js';
 import type { VmRecord, VmState } from '../../src/pool/types.js';
 import {
   decideCheckVmsHealth,

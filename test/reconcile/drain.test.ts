@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseConfig } from '../../src/config.js';
+import { parseConfig } from '../../src/config/index.js';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { decideStartSpawnIfRequired } from '../../src/reconcile/decisions.js';
 import { VmMaster } from '../../src/reconcile/vmMaster.js';

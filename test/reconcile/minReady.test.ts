@@ -5,7 +5,7 @@ import { stringify } from 'yaml';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ConfigError, parseConfig, type ConfigInput } from '../../src/config.js';
+import { ConfigError, parseConfig, type ConfigInput } from '../../src/config/index.js';
 import { runCli } from '../../src/cli/program.js';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { decideRetireSurplus, decideStartSpawnIfRequired, type PoolSnapshot } from '../../src/reconcile/decisions.js';

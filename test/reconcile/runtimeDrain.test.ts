@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { runCli } from '../../src/cli/program.js';
-import { parseConfig } from '../../src/config.js';
+import { parseConfig } from '../../src/config/index.js';
 import { groupSummaries } from '../../src/poolView.js';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { decideStartSpawnIfRequired } from '../../src/reconcile/decisions.js';

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NoVmAvailable, VmManager } from '../../src/index.js';
-import type { ConfigInput } from '../../src/config.js';
+import type { ConfigInput } from '../../src/config/index.js';
 import { VmPoolClient } from '../../src/client/index.js';
 import { groupSummaries } from '../../src/poolView.js';
 import { closePool, connect, REDIS_URL, uniquePrefix } from '../helpers/redis.js';

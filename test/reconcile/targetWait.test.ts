@@ -6,7 +6,7 @@ import { groupSummaries } from '../../src/poolView.js';
 import { VmMaster } from '../../src/reconcile/vmMaster.js';
 import { QueueNames } from '../../queues/names.js';
 import { connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
-import { ConfigError, parseConfig, type ConfigInput } from '../../src/config.js';
+import { ConfigError, parseConfig, type ConfigInput } from '../../src/config/index.js';
 import { decideStartSpawnIfRequired, decideRetireSurplus, type PoolSnapshot } from '../../src/reconcile/decisions.js';
 import { arrivalRateFromBuckets, decideTargetWait, nextBootEma, poissonTail, targetWaitDecision } from '../../src/reconcile/targetWait.js';
 import { loadArrivals, simulate, type SimulationResult } from './targetWaitSimulation.js';

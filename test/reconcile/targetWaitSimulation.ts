@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import type { GroupConfig } from '../../src/config.js';
+import type { GroupConfig } from '../../src/config/index.js';
 import { VmStates, type VmRecord } from '../../src/pool/types.js';
 import { decideRetireSurplus, decideStartSpawnIfRequired, type PoolSnapshot } from '../../src/reconcile/decisions.js';
 import { arrivalRateFromBuckets, nextBootEma } from '../../src/reconcile/targetWait.js';

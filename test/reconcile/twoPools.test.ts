@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseConfig, type Config } from '../../src/config.js';
+import { parseConfig, type Config } from '../../src/config/index.js';
 import { createLogger } from '../../src/logger.js';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { processTypeSpecs } from '../../src/processors/index.js';

@@ -2,7 +2,7 @@ import { Queue, type Job } from 'bullmq';
 import { pino } from 'pino';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import type { ConfigInput } from '../../src/config.js';
+import type { ConfigInput } from '../../src/config/index.js';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { CycleLock } from '../../src/reconcile/cycleLock.js';
 import { LAST_VM_SPAWN_START, VmMaster, cycleLockKey } from '../../src/reconcile/vmMaster.js';

@@ -3,7 +3,7 @@ import { promisify } from 'node:util';
 import { Queue, type Job } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, VmManager, VmStates, type VmDescriptor } from '../../src/index.js';
-import type { ConfigInput } from '../../src/config.js';
+import type { ConfigInput } from '../../src/config/index.js';
 import { VmPoolClient } from '../../src/client/index.js';
 import { connectTo, type RedisConnection } from '../../src/redis.js';
 import { QueueNames } from '../../queues/names.js';

@@ -1,6 +1,6 @@
 import { Cluster, Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, parseConfig, redactedConfig } from '../../src/config.js';
+import { ConfigError, parseConfig, redactedConfig } from '../../src/config/index.js';
 import { VmPoolClient } from '../../src/client/index.js';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { blockingConnectionTemplate, connectTo, describeRedis, isCluster, RedisUnreachable } from '../../src/redis.js';

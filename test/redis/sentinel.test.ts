@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NoVmAvailable, VmManager, VmStates, type VmDescriptor } from '../../src/index.js';
-import type { ConfigInput } from '../../src/config.js';
+import type { ConfigInput } from '../../src/config/index.js';
 import { VmPoolClient } from '../../src/client/index.js';
 import { connectTo, type RedisConnection } from '../../src/redis.js';
 import { LeaseLost, VmDescriptorNotFound } from '../../src/pool/types.js';

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { Job, Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { acquireJobId } from '../../src/client/index.js';
-import { parseConfig, type ConfigInput } from '../../src/config.js';
+import { parseConfig, type ConfigInput } from '../../src/config/index.js';
 import { createLogger } from '../../src/logger.js';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { poolIdOf } from '../../src/pool/poolId.js';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigError } from '../../src/config.js';
+import { ConfigError } from '../../src/config/index.js';
 import { readSettings, resolveConfig } from '../../src/runtime/settings.js';
 import { writeConfigFile } from '../helpers/processes.js';
 

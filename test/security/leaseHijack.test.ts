@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { Job } from 'bullmq';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { parseConfig } from '../../src/config.js';
+import { parseConfig } from '../../src/config/index.js';
 import { startWebServer, type RunningWebServer } from '../../src/http/server.js';
 import { TaskConflict } from '../../src/pool/types.js';
 import { acquireJobId } from '../../src/client/vmPoolClient.js';

@@ -1,6 +1,6 @@
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ConfigError, parseConfig, redactedConfig } from '../../src/config.js';
+import { ConfigError, parseConfig, redactedConfig } from '../../src/config/index.js';
 import { DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS } from '../../src/http/api.js';
 import { hostAllowed, hostHeaderName, mayActFor, ownerPatternMatches } from '../../src/http/auth.js';
 import { RedisUnreachable, redisUnreachableHint } from '../../src/redis.js';

@@ -1,7 +1,6 @@
 import { writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { loadConfig, redactedConfig, type Config } from '../../config.js';
-import { configTemplate } from '../../configTemplate.js';
+import { configJsonSchema, configTemplate, loadConfig, redactedConfig, type Config } from '../../config/index.js';
 import { assertBindAllowed } from '../../http/auth.js';
 import { isScheduled, minReadyTimeline } from '../../reconcile/minReady.js';
 import type { CliContext, RegisterCommand } from '../context.js';
@@ -51,8 +50,17 @@ const registerCheck: RegisterConfigCommand = (config, { io, print }) => {
     });
 };
 
+const registerSchema: RegisterConfigCommand = (config, { io }) => {
+  config
+    .command('schema')
+    .description('print the JSON Schema of the config file (what editors validate and complete with)')
+    .action(() => {
+      io.out(`${JSON.stringify(configJsonSchema(), null, 2)}\n`);
+    });
+};
+
 /** The subcommands of `vmpool config`, in help order: a new one is one more entry. */
-const CONFIG_COMMANDS: readonly RegisterConfigCommand[] = [registerInit, registerCheck];
+const CONFIG_COMMANDS: readonly RegisterConfigCommand[] = [registerInit, registerCheck, registerSchema];
 
 export const registerConfig: RegisterCommand = (program, ctx) => {
   const configCommand = program.command('config').description('config file tools');

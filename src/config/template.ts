@@ -1,6 +1,7 @@
 import { Document, isMap, isScalar, isSeq, type Node } from 'yaml';
-import { parseConfig } from './config.js';
-import { embeddedConfig } from './defaults.js';
+import { configSchemaPath } from './jsonSchema.js';
+import { parseConfig } from './parse.js';
+import { embeddedConfig } from '../defaults.js';
 
 const HEADER = `vmpool config: the embedded default (one group of local "VMs"), every option at its value.
 Edit what you need and delete the rest: a missing key takes its default, and without groups the
@@ -82,13 +83,15 @@ function annotate(node: unknown, path: string[]): void {
 
 /**
  * The embedded default as YAML to edit (`vmpool config init`): every option at its value, with a
- * note on each. It loads as exactly the embedded default (web.auth left out: no tokens).
+ * note on each. It loads as exactly the embedded default (web.auth left out: no tokens). Its first
+ * line points editors (yaml-language-server) at the JSON Schema, by default the installed
+ * package's own file, so that they validate and complete the file.
  */
-export function configTemplate(): string {
+export function configTemplate(schemaRef: string = configSchemaPath()): string {
   const config = parseConfig(embeddedConfig, {});
   const { auth: _auth, ...web } = config.web;
   const doc = new Document({ ...config, web });
   doc.commentBefore = HEADER.replace(/^/gm, ' ');
   annotate(doc.contents, []);
-  return doc.toString({ lineWidth: 0 });
+  return `# yaml-language-server: $schema=${schemaRef}\n${doc.toString({ lineWidth: 0 })}`;
 }
