@@ -54,7 +54,11 @@ class Servers {
   async start(port: number, command: string, args: string[]): Promise<void> {
     const child = spawn(command, args, { stdio: 'ignore', cwd: this.dir });
     this.children.set(port, child);
+    // A command that cannot run (ENOENT) fails this start, instead of escaping as an unhandled 'error' event.
+    let failed: Error | undefined;
+    child.once('error', (err) => (failed = err));
     await waitFor(async () => {
+      if (failed) throw new Error(`${command} on port ${port} did not start: ${failed.message}`);
       if (child.exitCode !== null) throw new Error(`${command} on port ${port} exited with ${child.exitCode}`);
       return (await cli(port, 'ping')) === 'PONG';
     }, 10_000, `${command} on port ${port}`);
