@@ -1,8 +1,6 @@
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { appendFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { spawn } from 'node:child_process';
+import { appendFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import { inject } from 'vitest';
 import { VmPoolClient } from '../../src/client/index.js';
@@ -12,53 +10,13 @@ import type { AuditEvent } from '../../src/pool/audit.js';
 import type { PoolReader } from '../../src/pool/poolReader.js';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { type Figures } from './figures.js';
-import { ROOT, freePort, startWorkerProcess, waitFor, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+import { ROOT, startWorkerProcess, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+import { startPrivateRedis, type PrivateRedis } from '../helpers/redisServers.js';
 
 // The chaos suite's shared parts: a private redis-server per scenario, the invariants checked from
 // the audit trail, and the figures each scenario prints (and the suite's summary table collects).
 
-const run = promisify(execFile);
-
 export { CHAOS_SCALE, figuresTable, type Figures } from './figures.js';
-
-export interface PrivateRedis {
-  url: string;
-  port: number;
-  dir: string;
-  /** Shuts the server down (SHUTDOWN NOSAVE) and removes its dir. */
-  stop(): Promise<void>;
-}
-
-/**
- * A redis-server of the test's own on a free port, never the shared one. No persistence unless
- * asked; noeviction, as vmpool wants it.
- */
-export async function startPrivateRedis(extraArgs: string[] = []): Promise<PrivateRedis> {
-  const port = await freePort();
-  const dir = mkdtempSync(join(tmpdir(), 'vmpool-chaos-redis-'));
-  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--maxmemory-policy', 'noeviction', '--dir', dir, ...extraArgs];
-  const child: ChildProcess = spawn('redis-server', args, { stdio: 'ignore' });
-  await waitFor(async () => {
-    if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}`);
-    return run('redis-cli', ['-p', String(port), 'ping']).then(
-      ({ stdout }) => stdout.trim() === 'PONG',
-      () => false,
-    );
-  }, 10_000, 'the private redis-server');
-  return {
-    url: `redis://127.0.0.1:${port}`,
-    port,
-    dir,
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) {
-        const exited = new Promise((res) => child.once('exit', res));
-        await run('redis-cli', ['-p', String(port), 'shutdown', 'nosave']).catch(() => child.kill('SIGKILL'));
-        await exited;
-      }
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
 
 /** Every event of the audit trail, oldest first (pages through it). */
 export async function readAudit(reader: PoolReader): Promise<AuditEvent[]> {
@@ -219,7 +177,8 @@ export interface ChaosSystem {
  * VmPoolClient on the same Redis.
  */
 export async function startSystem(name: string, config: Record<string, unknown>, types: readonly string[]): Promise<ChaosSystem> {
-  const redis = await startPrivateRedis();
+  // A redis-server of the scenario's own, never the shared one; noeviction, as vmpool wants it.
+  const redis = await startPrivateRedis(['--maxmemory-policy', 'noeviction'], 'chaos-redis');
   const prefix = `chaos-${name}`;
   const full = { ...config, redis: { url: redis.url, prefix } } as ConfigInput;
   const conn = new Redis(redis.url, { maxRetriesPerRequest: null });

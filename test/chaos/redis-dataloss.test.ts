@@ -1,4 +1,4 @@
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,7 +12,8 @@ import type { VmAssignment } from '../../queues/acquire.js';
 import { QueueNames } from '../../queues/names.js';
 import { RECONCILE_SCHEDULER_ID } from '../../queues/reconcile.js';
 import { uniquePrefix } from '../helpers/redis.js';
-import { freePort, startWorkerProcess, waitFor, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+import { startWorkerProcess, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+import { startPrivateRedis, type PrivateRedis } from '../helpers/redisServers.js';
 import { hookGroup, hookMachines, hookStateDir, removeHookMachines } from '../helpers/hookMachines.js';
 
 // Self-healing after Redis loses data (issue 9, failures 1 and 2), with the real worker processes
@@ -31,7 +32,7 @@ const RDB_ARGS = ['--appendonly', 'no', '--save', '', '--dir', dirs.rdb];
 
 let port: number;
 let url: string;
-let server: ChildProcess | undefined;
+let server: PrivateRedis | undefined;
 let redis: Redis;
 let vmm: VmManager;
 let client: VmPoolClient;
@@ -44,25 +45,11 @@ let builders = 0;
 /** The dir of the running redis-server, where SAVE writes dump.rdb. */
 let redisDir: string;
 
+/** Starts the private redis-server with these args (on the same port each time). */
 async function startRedis(args: string[]): Promise<void> {
   redisDir = args[args.indexOf('--dir') + 1]!;
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', ...args], { stdio: 'ignore' });
-  server = child;
-  await waitFor(async () => {
-    if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}`);
-    return run('redis-cli', ['-p', String(port), 'ping']).then(
-      ({ stdout }) => stdout.trim() === 'PONG',
-      () => false,
-    );
-  }, 10_000, 'the private redis-server');
-}
-
-/** Kills the private redis-server at once (a crash: nothing saved at exit). */
-async function crashRedis(): Promise<void> {
-  const child = server!;
-  const exited = new Promise((res) => child.once('exit', res));
-  child.kill('SIGKILL');
-  await exited;
+  if (server) await server.restart(args);
+  else server = await startPrivateRedis(args, 'chaos-dataloss');
 }
 
 const until = <T>(fn: () => Promise<T> | T, timeoutMs: number, what: string) => waitForWithLogs(workers, fn, timeoutMs, what);
@@ -108,9 +95,9 @@ async function renewFailsAsStateLost(a: VmAssignment): Promise<void> {
 }
 
 beforeAll(async () => {
-  port = await freePort();
-  url = `redis://127.0.0.1:${port}`;
   await startRedis(AOF_ARGS);
+  port = server!.port;
+  url = server!.url;
   const config = {
     redis: { url, prefix },
     vm_cycle_timeout: 0.5,
@@ -155,7 +142,7 @@ afterAll(async () => {
   await reconcileQueue.close().catch(() => undefined);
   await vmm.close().catch(() => undefined);
   redis.disconnect();
-  if (server && server.exitCode === null && server.signalCode === null) await crashRedis();
+  await server?.stop();
   for (const dir of Object.values(dirs)) rmSync(dir, { recursive: true, force: true });
   console.log(`\nRedis faults under running worker processes (figures of this run):\n${JSON.stringify(figures, null, 2)}`);
 }, 60_000);
@@ -167,7 +154,7 @@ describe('self-healing after Redis loses data (real worker processes, private re
     const before = await vmm.reader.poolState();
     expect(before?.generation).toBeTruthy();
 
-    await crashRedis();
+    await server!.crash();
     const faultAt = Date.now();
     await startRedis(AOF_ARGS);
     const upAt = Date.now();
@@ -192,7 +179,7 @@ describe('self-healing after Redis loses data (real worker processes, private re
     const held = [await acquire(), await acquire()];
     const machinesBefore = new Set(hookMachines(stateDir).keys());
 
-    await crashRedis();
+    await server!.crash();
     const faultAt = Date.now();
     await startRedis(RDB_ARGS);
     const upAt = Date.now();
@@ -241,8 +228,7 @@ describe('self-healing after Redis loses data (real worker processes, private re
     expect(atRisk, 'held VMs that the snapshot has as ready').toBeGreaterThan(0);
     const inUseSinceSnapshot = new Set([atSnapshot, ...holding].map((a) => a.vmName));
 
-    await run('redis-cli', ['-p', String(port), 'SHUTDOWN', 'NOSAVE']).catch(() => undefined);
-    await new Promise<void>((res) => (server!.exitCode !== null ? res() : server!.once('exit', () => res())));
+    await server!.shutdown({ noSave: true });
     const faultAt = Date.now();
     // Without AOF, in the same dir: the server loads the snapshot (whichever persistence ran before).
     await startRedis(['--appendonly', 'no', '--save', '', '--dir', redisDir]);

@@ -1,9 +1,3 @@
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,56 +5,25 @@ import { VmManager, VmStates, type VmDescriptor } from '../../src/index.js';
 import { VmPoolClient } from '../../src/client/index.js';
 import { QueueNames } from '../../queues/names.js';
 import { uniquePrefix } from '../helpers/redis.js';
-import { startWorkerProcess, waitFor, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+import { startWorkerProcess, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+import { startPrivateRedis, type PrivateRedis } from '../helpers/redisServers.js';
 import { hookGroup, hookStateDir, removeHookMachines } from '../helpers/hookMachines.js';
 
 // Worker processes survive a Redis restart: a PRIVATE redis-server (its own port and dir, with an
 // append-only file so the data survives) is shut down under running workers and started again; the
 // workers stay up and the system works again. The shared Redis is never touched.
-const run = promisify(execFile);
 const prefix = uniquePrefix('chaos-redis');
-const redisDir = mkdtempSync(join(tmpdir(), 'vmpool-chaos-redis-'));
 const stateDir = hookStateDir('chaos-redis-hooks');
 const HOOK_PORT = 2296;
 
-let port: number;
 let url: string;
-let server: ChildProcess | undefined;
+let server: PrivateRedis | undefined;
 let redis: Redis;
 let vmm: VmManager;
 let client: VmPoolClient;
 let terminateQueue: Queue;
 let reconcileQueue: Queue;
 const workers: WorkerProcess[] = [];
-
-async function freePort(): Promise<number> {
-  const probe = createServer();
-  await new Promise<void>((res) => probe.listen(0, '127.0.0.1', res));
-  const { port: p } = probe.address() as { port: number };
-  await new Promise((res) => probe.close(res));
-  return p;
-}
-
-/** Starts the private redis-server (same command each time) and waits until it answers. */
-async function startRedis(): Promise<void> {
-  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--appendfsync', 'always', '--dir', redisDir];
-  const child = spawn('redis-server', args, { stdio: 'ignore' });
-  server = child;
-  await waitFor(async () => {
-    if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}`);
-    return run('redis-cli', ['-p', String(port), 'ping']).then(
-      ({ stdout }) => stdout.trim() === 'PONG',
-      () => false,
-    );
-  }, 10_000, 'the private redis-server');
-}
-
-async function stopRedis(): Promise<void> {
-  const child = server!;
-  const exited = new Promise((res) => child.once('exit', res));
-  await run('redis-cli', ['-p', String(port), 'shutdown']).catch(() => undefined);
-  await exited;
-}
 
 function running(): WorkerProcess[] {
   return workers.filter((w) => w.child.exitCode === null && w.child.signalCode === null);
@@ -78,9 +41,9 @@ async function gone(vmName: string): Promise<boolean> {
 }
 
 beforeAll(async () => {
-  port = await freePort();
-  url = `redis://127.0.0.1:${port}`;
-  await startRedis();
+  // The same command each start: an append-only file synced on every write keeps the data.
+  server = await startPrivateRedis(['--appendonly', 'yes', '--appendfsync', 'always'], 'chaos-redis');
+  url = server.url;
   const common = { ...hookGroup({ stateDir, port: HOOK_PORT }), lease_timeout: 120 };
   const config = {
     redis: { url, prefix },
@@ -125,12 +88,7 @@ afterAll(async () => {
   await reconcileQueue.close().catch(() => undefined);
   await vmm.close().catch(() => undefined);
   redis.disconnect();
-  if (server && server.exitCode === null && server.signalCode === null) {
-    const exited = new Promise((res) => server!.once('exit', res));
-    server.kill('SIGKILL');
-    await exited;
-  }
-  rmSync(redisDir, { recursive: true, force: true });
+  await server?.stop();
 }, 60_000);
 
 describe('worker processes across a Redis restart', () => {
@@ -140,11 +98,11 @@ describe('worker processes across a Redis restart', () => {
     await until(() => readyCleanVm(), 30_000, 'a warm ready VM');
     held = await client.acquire({ owner: 'alice', sandbox: 'alice/p', groups: [0], taskId: 'before-restart', timeoutMs: 20_000 });
 
-    await stopRedis();
+    await server!.shutdown();
     // Redis is away for a while: every worker retries instead of exiting.
     await new Promise((r) => setTimeout(r, 1_500));
     expect(running().map((w) => w.type)).toEqual(['acquire', 'spawn', 'health', 'terminate', 'reconcile']);
-    await startRedis();
+    await server!.restart();
 
     const vm = await vmm.getVmByName(held.vmName);
     expect(vm.state).toBe(VmStates.IN_USE);
@@ -182,12 +140,10 @@ describe('worker processes across a Redis restart', () => {
     await until(async () => (await vmm.countDemand(1)) === 1, 10_000, 'the second request waiting');
 
     // A crash this time (SIGKILL); appendfsync always keeps every write.
-    const exited = new Promise((res) => server!.once('exit', res));
-    server!.kill('SIGKILL');
-    await exited;
+    await server!.crash();
     await new Promise((r) => setTimeout(r, 1_500));
     expect(running()).toHaveLength(workers.length);
-    await startRedis();
+    await server!.restart();
     expect(await vmm.countDemand(1)).toBe(1);
 
     // The released VM is dirty for carol/carol/p: the waiting request is woken and takes it, well

@@ -1,26 +1,19 @@
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { VmPoolClient } from '../../src/client/vmPoolClient.js';
 import { uniquePrefix } from '../helpers/redis.js';
-import { freePort, startWorkerProcess, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+import { startWorkerProcess, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
+import { startPrivateRedis, type PrivateRedis } from '../helpers/redisServers.js';
 
 // A builder's VmPoolClient across Redis restarts: a PRIVATE redis-server (append-only file, so the
 // data survives) is shut down and started again on the same port while acquires are in progress.
 // No unhandled rejection may reach the process (it would kill a builder), and each acquire finds its
 // VM once Redis answers again. A real acquire worker process serves the requests.
-const run = promisify(execFile);
 const prefix = uniquePrefix('client-blip');
-const redisDir = mkdtempSync(join(tmpdir(), 'vmpool-client-blip-'));
 
-let port: number;
 let url: string;
-let server: ChildProcess | undefined;
+let server: PrivateRedis | undefined;
 let redis: Redis;
 let vmm: VmManager;
 let client: VmPoolClient;
@@ -28,27 +21,9 @@ let worker: WorkerProcess | undefined;
 const unhandled: unknown[] = [];
 const onUnhandled = (reason: unknown) => unhandled.push(reason);
 
-async function startRedis(): Promise<void> {
-  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--appendfsync', 'always', '--dir', redisDir];
-  const child = spawn('redis-server', args, { stdio: 'ignore' });
-  server = child;
-  await waitForWithLogs(
-    [],
-    async () => {
-      if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}`);
-      return run('redis-cli', ['-p', String(port), 'ping']).then(({ stdout }) => stdout.trim() === 'PONG', () => false);
-    },
-    10_000,
-    'the private redis-server',
-  );
-}
-
-async function stopRedis(): Promise<void> {
-  const child = server!;
-  const exited = new Promise((res) => child.once('exit', res));
-  await run('redis-cli', ['-p', String(port), 'shutdown']).catch(() => undefined);
-  await exited;
-}
+/** Stops the private redis-server (its AOF keeps the data) and, after startRedis, it answers again on the same port. */
+const stopRedis = () => server!.shutdown();
+const startRedis = () => server!.restart();
 
 async function addReady(name: string, ip: string): Promise<void> {
   await vmm.addVmToPool(ip, name, 0);
@@ -61,9 +36,8 @@ const settled = <T>(p: Promise<T>) => p.then((value) => ({ value }), (error: unk
 
 beforeAll(async () => {
   process.on('unhandledRejection', onUnhandled);
-  port = await freePort();
-  url = `redis://127.0.0.1:${port}`;
-  await startRedis();
+  server = await startPrivateRedis(['--appendonly', 'yes', '--appendfsync', 'always'], 'client-blip');
+  url = server.url;
   const config = { redis: { url, prefix }, acquire_safety_retry: 30, groups: [{ name: 'base', archs: ['x86_64'], max_vm_per_user: 4 }] };
   redis = new Redis(url, { maxRetriesPerRequest: 2 });
   redis.on('error', () => undefined);
@@ -81,12 +55,7 @@ afterAll(async () => {
   await client.close().catch(() => undefined);
   await vmm.close().catch(() => undefined);
   redis.disconnect();
-  if (server && server.exitCode === null && server.signalCode === null) {
-    const exited = new Promise((res) => server!.once('exit', res));
-    server.kill('SIGKILL');
-    await exited;
-  }
-  rmSync(redisDir, { recursive: true, force: true });
+  await server?.stop();
 }, 60_000);
 
 describe('VmPoolClient across Redis restarts', () => {

@@ -2,7 +2,7 @@
 // terminate, reconcile) against the real Redis, with real hosts: the netns harness hooks
 // (examples/netns) make network namespaces running Debian's OpenSSH sshd, used as the command
 // provider's spawn_cmd, terminate_cmd and list_cmd, and checked with the ssh check.
-// Needs root and `ip netns`, as CI has; it fails (never skips) without them.
+// Needs root, `ip netns`, sshd and ssh-keygen, as CI has; skipped without them (failed under CI).
 import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,13 +10,14 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Queue, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { VmManager, VmStates, type VmDescriptor } from '../../src/index.js';
 import type { ConfigInput } from '../../src/config/index.js';
 import { VmPoolClient } from '../../src/client/index.js';
 import { QueueNames } from '../../queues/names.js';
 import { spawnJobOptions } from '../../queues/spawn.js';
 import { createNetnsHarness, isLive, liveGroupMembers, type NetnsHarness } from '../helpers/netns.js';
+import { describeWithTools } from '../helpers/tools.js';
 import { startWorkerProcess, waitFor, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
 import { closePool, connect, poolKeys, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
 
@@ -166,47 +167,41 @@ function hostOf(kind: 'hang' | 'garbage', pid: number): string | null {
   return names.at(-1) ?? null;
 }
 
-beforeAll(async () => {
-  if (process.getuid?.() !== 0) {
-    throw new Error('test/e2e/netns.test.ts needs root (it creates network namespaces with `ip netns`, as CI does); run it as root');
-  }
-  await run('ip', ['netns', 'list']).catch((err: Error) => {
-    throw new Error(`test/e2e/netns.test.ts needs a working \`ip netns\` (iproute2): ${err.message}`);
-  });
-  hosts = await createNetnsHarness();
-  do {
-    await bad?.cleanup();
-    bad = await createNetnsHarness();
-  } while (bad.net === hosts.net);
-  const config = buildConfig(hosts, bad);
-  redis = connect();
-  vmm = new VmManager(config, { redis, prefix });
-  client = new VmPoolClient({ redis, prefix, graceMs: 5_000 });
-  spawnQueue = new Queue(QueueNames.SPAWN, { connection: redis, prefix });
-  terminateQueue = new Queue(QueueNames.TERMINATE, { connection: redis, prefix });
-  reconcileQueue = new Queue(QueueNames.RECONCILE, { connection: redis, prefix });
-  const env = { VMPOOL_CONFIG: writeConfigFile(config), VMPOOL_PREFIX: prefix };
-  const types = ['acquire', 'spawn', 'health', 'terminate', 'reconcile'];
-  workers.push(...(await Promise.all(types.map((t) => startWorkerProcess(t, env)))));
-}, 60_000);
+describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'end to end with real hosts (network namespaces running OpenSSH)', () => {
+  beforeAll(async () => {
+    hosts = await createNetnsHarness();
+    do {
+      await bad?.cleanup();
+      bad = await createNetnsHarness();
+    } while (bad.net === hosts.net);
+    const config = buildConfig(hosts, bad);
+    redis = connect();
+    vmm = new VmManager(config, { redis, prefix });
+    client = new VmPoolClient({ redis, prefix, graceMs: 5_000 });
+    spawnQueue = new Queue(QueueNames.SPAWN, { connection: redis, prefix });
+    terminateQueue = new Queue(QueueNames.TERMINATE, { connection: redis, prefix });
+    reconcileQueue = new Queue(QueueNames.RECONCILE, { connection: redis, prefix });
+    const env = { VMPOOL_CONFIG: writeConfigFile(config), VMPOOL_PREFIX: prefix };
+    const types = ['acquire', 'spawn', 'health', 'terminate', 'reconcile'];
+    workers.push(...(await Promise.all(types.map((t) => startWorkerProcess(t, env)))));
+  }, 60_000);
 
-afterAll(async () => {
-  await Promise.all(workers.map((w) => w.stop()));
-  // A hook still hanging (the run failed early): kill its process group.
-  for (const pgid of [...attempts('hang'), ...attempts('garbage')]) {
-    try {
-      process.kill(-pgid, 'SIGKILL');
-    } catch {
-      // already gone
+  afterAll(async () => {
+    await Promise.all(workers.map((w) => w.stop()));
+    // A hook still hanging (the run failed early): kill its process group.
+    for (const pgid of [...attempts('hang'), ...attempts('garbage')]) {
+      try {
+        process.kill(-pgid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
     }
-  }
-  await hosts?.cleanup();
-  await bad?.cleanup();
-  rmSync(marks, { recursive: true, force: true });
-  await closePool(prefix, redis, [client, spawnQueue, terminateQueue, vmm], reconcileQueue);
-}, 60_000);
+    await hosts?.cleanup();
+    await bad?.cleanup();
+    rmSync(marks, { recursive: true, force: true });
+    await closePool(prefix, redis, [client, spawnQueue, terminateQueue, vmm], reconcileQueue);
+  }, 60_000);
 
-describe('end to end with real hosts (network namespaces running OpenSSH)', () => {
   let used: string;
 
   it('spawns a host that reaches ready through a real SSH check', async () => {

@@ -2,8 +2,9 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { ROOT } from '../helpers/processes.js';
+import { describeWithTools } from '../helpers/tools.js';
 import { createWebKit, type WebKit } from '../http/fixtures.js';
 
 // The alerting rules and the Grafana dashboard under examples/ are checked with Prometheus's own
@@ -13,7 +14,7 @@ const DASHBOARD = join(ROOT, 'examples', 'grafana', 'vmpool-dashboard.json');
 
 function promtool(args: string[], input?: string): { status: number | null; out: string } {
   const run = spawnSync('promtool', args, { input, encoding: 'utf8' });
-  if (run.error) throw new Error("promtool is missing: install Debian's prometheus package (apt-get install prometheus); .ci/run does");
+  if (run.error) throw run.error;
   return { status: run.status, out: `${run.stdout}${run.stderr}` };
 }
 
@@ -26,7 +27,7 @@ interface Dashboard {
   panels: { title: string; targets: { expr: string }[] }[];
 }
 
-describe('monitoring examples', () => {
+describeWithTools('promtool', 'monitoring examples', () => {
   let kit: WebKit;
   let scrape: string;
   const dashboard = JSON.parse(readFileSync(DASHBOARD, 'utf8')) as Dashboard;

@@ -3,7 +3,8 @@
 // Redis, a changed key is refused, the key goes with the VM, and an older known_vms file's keys are
 // taken over. The strict known_hosts file is parsed once and again only when it changes.
 import { execFile } from 'node:child_process';
-import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { Redis } from 'ioredis';
@@ -16,6 +17,7 @@ import { VmManager } from '../../src/pool/vmManager.js';
 import { createProvider } from '../../src/providers/index.js';
 import type { Provider, ProviderGroup } from '../../src/providers/types.js';
 import { createNetnsHarness, type NetnsHarness } from '../helpers/netns.js';
+import { describeWithTools } from '../helpers/tools.js';
 import { connect, deleteKeysWithPrefix, poolKeys, uniquePrefix } from '../helpers/redis.js';
 
 const run = promisify(execFile);
@@ -38,25 +40,25 @@ const groupConfig = () => ({
 const poolCheck = (knownVms: string) =>
   createHealthCheck({ id: 0, config: parseConfig({ groups: [{ ...groupConfig(), check: { type: 'ssh', private_key: h.privateKeyPath, known_hosts: knownVms } }] }, {}).groups[0]! }, { logger, hostKeys: vmm });
 
-beforeAll(async () => {
-  h = await createNetnsHarness();
-  const config = parseConfig({ redis: { prefix }, groups: [groupConfig()] }, {});
-  group = { id: 0, config: config.groups[0]! };
-  provider = createProvider(group, { logger });
-  redis = connect();
-  vmm = new VmManager(config, { redis, prefix });
-});
+describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'accept-new host keys in the pool', () => {
+  beforeAll(async () => {
+    h = await createNetnsHarness();
+    const config = parseConfig({ redis: { prefix }, groups: [groupConfig()] }, {});
+    group = { id: 0, config: config.groups[0]! };
+    provider = createProvider(group, { logger });
+    redis = connect();
+    vmm = new VmManager(config, { redis, prefix });
+  });
 
-afterAll(async () => {
-  await vmm?.close();
-  if (redis) {
-    await deleteKeysWithPrefix(redis, prefix);
-    await redis.quit();
-  }
-  await h?.cleanup();
-});
+  afterAll(async () => {
+    await vmm?.close();
+    if (redis) {
+      await deleteKeysWithPrefix(redis, prefix);
+      await redis.quit();
+    }
+    await h?.cleanup();
+  });
 
-describe('accept-new host keys in the pool', () => {
   it('are kept in the VM record: every checker agrees, a changed key is refused, the key goes with the VM', async () => {
     const m = await provider.spawn({ group, spawnId: 'k1' });
     const target = { vmName: m.name, vmIp: m.ip, group };
@@ -113,8 +115,12 @@ describe('accept-new host keys in the pool', () => {
 });
 
 describe('a file read on change only', () => {
+  // Its own dir: it needs no host, so it runs where the netns group is skipped.
+  const dir = mkdtempSync(join(tmpdir(), 'vmpool-cachedfile-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
   it('parses once while the file is unchanged, and again when it changes', () => {
-    const file = join(h.dir, 'cached_known_hosts');
+    const file = join(dir, 'cached_known_hosts');
     writeFileSync(file, '10.0.0.1 ssh-ed25519 AAAA\n');
     let parses = 0;
     const cached = new CachedFile(file, (text) => {

@@ -1,10 +1,10 @@
 // Health checks against real hosts: network namespaces made by examples/netns, each running
-// Debian's OpenSSH sshd. Needs root (ip netns), as CI has.
+// Debian's OpenSSH sshd. Needs root (ip netns), as CI has; skipped without it (failed under CI).
 import { execFile } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/index.js';
 import { createHealthCheck } from '../../src/health/index.js';
 import type { HealthCheck } from '../../src/health/types.js';
@@ -13,6 +13,7 @@ import { createProvider } from '../../src/providers/index.js';
 import { decideOrphans } from '../../src/reconcile/orphanDecisions.js';
 import type { Provider, ProviderGroup } from '../../src/providers/types.js';
 import { createNetnsHarness, isLive, type NetnsHarness } from '../helpers/netns.js';
+import { describeWithTools } from '../helpers/tools.js';
 
 const run = promisify(execFile);
 const logger = createLogger('test');
@@ -39,17 +40,17 @@ let group: ProviderGroup;
 const sshCheck = (extra: Record<string, unknown> = {}): HealthCheck =>
   createHealthCheck(groupWith({ type: 'ssh', private_key: h.privateKeyPath, known_hosts: join(h.dir, 'known_vms'), ...extra }), { logger });
 
-beforeAll(async () => {
-  h = await createNetnsHarness();
-  group = groupWith({ type: 'ssh', private_key: h.privateKeyPath });
-  provider = createProvider(group, { logger });
-});
+describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'netns hosts through the command provider', () => {
+  beforeAll(async () => {
+    h = await createNetnsHarness();
+    group = groupWith({ type: 'ssh', private_key: h.privateKeyPath });
+    provider = createProvider(group, { logger });
+  });
 
-afterAll(async () => {
-  await h?.cleanup();
-});
+  afterAll(async () => {
+    await h?.cleanup();
+  });
 
-describe('netns hosts through the command provider', () => {
   it('spawns a real host that passes the ssh check, lists it, and terminates it idempotently', async () => {
     const lines: string[] = [];
     const m = await provider.spawn({ group, spawnId: 'n1', log: (l) => void lines.push(l) });

@@ -7,9 +7,10 @@ import { promisify } from 'node:util';
 import { freePort, waitFor } from './processes.js';
 
 // Private Redis deployments for tests, on loopback ports of their own and in a temp dir of their
-// own, from Debian's redis-server and redis-sentinel: a 3-master Cluster, and a Sentinel set (a
-// master, a replica, 3 sentinels). The shared Redis on 6379 is never touched. Each stop() ends
-// every server it started and removes the dir.
+// own, from Debian's redis-server and redis-sentinel: a standalone server (that a test may shut
+// down, crash and start again), a 3-master Cluster, and a Sentinel set (a master, a replica, 3
+// sentinels). The shared Redis on 6379 is never touched. Each stop() ends every server it started
+// and removes the dir.
 const run = promisify(execFile);
 
 /** Whether a TCP port on 127.0.0.1 can be listened on now. */
@@ -54,10 +55,23 @@ class Servers {
   async start(port: number, command: string, args: string[]): Promise<void> {
     const child = spawn(command, args, { stdio: 'ignore', cwd: this.dir });
     this.children.set(port, child);
+    // A command that cannot run (ENOENT) fails this start, instead of escaping as an unhandled 'error' event.
+    let failed: Error | undefined;
+    child.once('error', (err) => (failed = err));
     await waitFor(async () => {
+      if (failed) throw new Error(`${command} on port ${port} did not start: ${failed.message}`);
       if (child.exitCode !== null) throw new Error(`${command} on port ${port} exited with ${child.exitCode}`);
       return (await cli(port, 'ping')) === 'PONG';
     }, 10_000, `${command} on port ${port}`);
+  }
+
+  /** SHUTDOWN of one server (saving as its settings say, or NOSAVE); resolves once it exited. */
+  async shutdown(port: number, noSave: boolean): Promise<void> {
+    const child = this.children.get(port);
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((res) => child.once('exit', res));
+    await cli(port, 'shutdown', ...(noSave ? ['nosave'] : []));
+    await exited;
   }
 
   /** SIGKILL of one server, as a crash. */
@@ -86,6 +100,51 @@ class Servers {
 }
 
 const baseArgs = (port: number) => ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no'];
+
+export interface PrivateRedis {
+  port: number;
+  /** redis://127.0.0.1:<port> */
+  url: string;
+  /** Its own dir (its files go there unless the args give another --dir); stop() removes it. */
+  dir: string;
+  /** Starts it again on its port after shutdown() or crash(), with `args` instead of the last ones when given. */
+  restart(args?: string[]): Promise<void>;
+  /** SHUTDOWN (its AOF or save points persist as configured), or SHUTDOWN NOSAVE; resolves once it exited. */
+  shutdown(options?: { noSave?: boolean }): Promise<void>;
+  /** SIGKILL, as a crash: nothing is saved at exit. */
+  crash(): Promise<void>;
+  /** Ends it if it runs and removes its dir. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts a standalone redis-server on a free loopback port, with no persistence unless `args` ask for
+ * it (they come last, so they win), and waits until it answers.
+ */
+export async function startPrivateRedis(args: string[] = [], name = 'redis'): Promise<PrivateRedis> {
+  const servers = new Servers(name);
+  try {
+    const port = await freePort();
+    let current = args;
+    const launch = () => servers.start(port, 'redis-server', [...baseArgs(port), '--dir', servers.dir, ...current]);
+    await launch();
+    return {
+      port,
+      url: `redis://127.0.0.1:${port}`,
+      dir: servers.dir,
+      async restart(next) {
+        if (next) current = next;
+        await launch();
+      },
+      shutdown: (options) => servers.shutdown(port, options?.noSave ?? false),
+      crash: () => servers.kill(port),
+      stop: () => servers.stop(),
+    };
+  } catch (err) {
+    await servers.stop();
+    throw err;
+  }
+}
 
 export interface PrivateCluster {
   /** The masters' ports. */

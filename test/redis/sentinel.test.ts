@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { NoVmAvailable, VmManager, VmStates, type VmDescriptor } from '../../src/index.js';
 import type { ConfigInput } from '../../src/config/index.js';
 import { VmPoolClient } from '../../src/client/index.js';
@@ -9,6 +9,7 @@ import { uniquePrefix } from '../helpers/redis.js';
 import { startWorkerProcess, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
 import { hookGroup, hookStateDir, removeHookMachines } from '../helpers/hookMachines.js';
 import { startSentinelSet, type PrivateSentinelSet } from '../helpers/redisServers.js';
+import { describeWithTools } from '../helpers/tools.js';
 
 // vmpool on a real Sentinel set (a master, a replica, 3 sentinels: private servers on loopback).
 // Every process type runs as a real process, pointed at it by REDIS_URL=redis+sentinel://.../name.
@@ -193,27 +194,27 @@ async function underLoad(wait: boolean, failover: () => Promise<unknown>): Promi
   }
 }
 
-beforeAll(async () => {
-  set = await startSentinelSet();
-  redis = connectTo(set.url, { maxRetriesPerRequest: 2 });
-  redis.on('error', () => undefined);
-  vmm = new VmManager(config(set.url), { redis, prefix });
-  client = new VmPoolClient({ redis, prefix, graceMs: 5_000 });
-  const env = { VMPOOL_CONFIG: writeConfigFile(config('redis://127.0.0.1:1')), REDIS_URL: set.url, VMPOOL_PREFIX: prefix };
-  const types = ['acquire', 'spawn', 'health', 'terminate', 'reconcile'];
-  workers.push(...(await Promise.all(types.map((t) => startWorkerProcess(t, env)))));
-}, 60_000);
+describeWithTools('redis-sentinel', 'vmpool on Redis Sentinel', () => {
+  beforeAll(async () => {
+    set = await startSentinelSet();
+    redis = connectTo(set.url, { maxRetriesPerRequest: 2 });
+    redis.on('error', () => undefined);
+    vmm = new VmManager(config(set.url), { redis, prefix });
+    client = new VmPoolClient({ redis, prefix, graceMs: 5_000 });
+    const env = { VMPOOL_CONFIG: writeConfigFile(config('redis://127.0.0.1:1')), REDIS_URL: set.url, VMPOOL_PREFIX: prefix };
+    const types = ['acquire', 'spawn', 'health', 'terminate', 'reconcile'];
+    workers.push(...(await Promise.all(types.map((t) => startWorkerProcess(t, env)))));
+  }, 60_000);
 
-afterAll(async () => {
-  await Promise.all(workers.map((w) => w.stop()));
-  removeHookMachines(stateDir);
-  await client?.close();
-  await vmm?.close();
-  await redis?.quit().catch(() => redis.disconnect());
-  await set?.stop();
-}, 60_000);
+  afterAll(async () => {
+    await Promise.all(workers.map((w) => w.stop()));
+    removeHookMachines(stateDir);
+    await client?.close();
+    await vmm?.close();
+    await redis?.quit().catch(() => redis.disconnect());
+    await set?.stop();
+  }, 60_000);
 
-describe('vmpool on Redis Sentinel', () => {
   it('runs the job system through the sentinels: spawn, health, acquire and release', async () => {
     await until(() => readyCleanVm(), 30_000, 'a warm ready VM');
     const a = await client.acquire({ owner: 'alice', sandbox: 'a', groups: [0], timeoutMs: 20_000 });

@@ -1,10 +1,11 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Job, Queue } from 'bullmq';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Redis } from 'ioredis';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { acquireJobId } from '../../src/client/index.js';
 import { parseConfig, type ConfigInput } from '../../src/config/index.js';
 import { createLogger } from '../../src/logger.js';
@@ -16,19 +17,11 @@ import { ACQUIRE_QUEUE } from '../../queues/acquire.js';
 import { QueueNames } from '../../queues/names.js';
 import { ROOT, freePort, nodeArgsFor, startWorkerProcess, waitFor, writeConfigFile } from '../helpers/processes.js';
 import { REDIS_URL, closePool, connect, poolKeys, uniquePrefix } from '../helpers/redis.js';
+import { describeWithTools } from '../helpers/tools.js';
 
 // The Procfile under foreman, as an operator runs it: every type from the built dist/, web on
 // foreman's PORT, and one SIGTERM to foreman stops everything within its 5 s (then it SIGKILLs).
 // A POST /acquire waiting at that moment gets its 503 at once and its request is withdrawn.
-function haveForeman(): boolean {
-  try {
-    execFileSync('foreman', ['version'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 const prefix = uniquePrefix('procfile');
 const stateDir = mkdtempSync(join(tmpdir(), 'vmpool-procfile-'));
 const config = {
@@ -57,10 +50,11 @@ const config = {
 const parsed = parseConfig(config, {});
 const localGroup = { id: 0, config: parsed.groups[0]!, poolId: poolIdOf(parsed, prefix) };
 const provider = createProvider(localGroup, { logger: createLogger('test') }) as LocalProvider;
-const redis = connect();
-const vmm = new VmManager(parsed, { redis, prefix });
 const keys = poolKeys(prefix);
-const acquireQueue = new Queue(ACQUIRE_QUEUE, { connection: redis, prefix });
+// Made in beforeAll: a group skipped for want of foreman opens no connection.
+let redis: Redis;
+let vmm: VmManager;
+let acquireQueue: Queue;
 
 /** Processes (other than the local VMs, which outlive vmpool by design) that carry this test's prefix. */
 function ourProcesses(): number[] {
@@ -78,22 +72,24 @@ function ourProcesses(): number[] {
   return pids;
 }
 
-beforeAll(() => {
-  if (!haveForeman()) throw new Error('foreman is not installed: apt-get install ruby-foreman (Debian\'s package; .ci/run installs it)');
-  const built = join(ROOT, 'dist', 'workers', 'web.js');
-  if (nodeArgsFor('workers/web.ts')[0] !== built) throw new Error('the Procfile runs dist/: build first (npm run build; npm test does)');
-});
+describeWithTools('foreman', 'the Procfile under foreman', () => {
+  beforeAll(() => {
+    redis = connect();
+    vmm = new VmManager(parsed, { redis, prefix });
+    acquireQueue = new Queue(ACQUIRE_QUEUE, { connection: redis, prefix });
+    const built = join(ROOT, 'dist', 'workers', 'web.js');
+    if (nodeArgsFor('workers/web.ts')[0] !== built) throw new Error('the Procfile runs dist/: build first (npm run build; npm test does)');
+  });
 
-afterAll(async () => {
-  for (const pid of ourProcesses()) process.kill(pid, 'SIGKILL');
-  for (const m of await provider.list(localGroup)) await provider.terminate({ group: localGroup, vmName: m.name, vmIp: m.ip ?? null });
-  await acquireQueue.close();
-  await vmm.close();
-  await closePool(prefix, redis, [], new Queue(QueueNames.RECONCILE, { connection: redis, prefix }));
-  rmSync(stateDir, { recursive: true, force: true });
-});
+  afterAll(async () => {
+    for (const pid of ourProcesses()) process.kill(pid, 'SIGKILL');
+    for (const m of await provider.list(localGroup)) await provider.terminate({ group: localGroup, vmName: m.name, vmIp: m.ip ?? null });
+    await acquireQueue.close();
+    await vmm.close();
+    await closePool(prefix, redis, [], new Queue(QueueNames.RECONCILE, { connection: redis, prefix }));
+    rmSync(stateDir, { recursive: true, force: true });
+  });
 
-describe('the Procfile under foreman', () => {
   it('serves web on foreman\'s PORT, starts every type, and stops within 5 s of SIGTERM, answering a waiting acquire at once', async () => {
     const port = await freePort();
     const env: NodeJS.ProcessEnv = { ...process.env, VMPOOL_CONFIG: writeConfigFile(config), VMPOOL_PREFIX: prefix, LOG_LEVEL: 'info' };

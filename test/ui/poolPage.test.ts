@@ -3,16 +3,17 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { VmMaster } from '../../src/reconcile/vmMaster.js';
 import { ROOT } from '../helpers/processes.js';
+import { TOOLS, describeWithTools } from '../helpers/tools.js';
 import { createWebKit, type WebKit } from '../http/fixtures.js';
 
 // The pool page in real headless Chromium (Debian's /usr/bin/chromium, installed by .ci/run).
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const CHROMIUM = TOOLS.chromium.command;
 const ARTIFACTS = join(ROOT, 'test-artifacts');
 
-describe('pool page in Chromium', () => {
+describeWithTools('chromium', 'pool page in Chromium', () => {
   let kit: WebKit;
   let browser: Browser;
 
