@@ -1,14 +1,16 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { ROOT } from '../helpers/processes.js';
+import { TOOLS, describeWithTools } from '../helpers/tools.js';
 import { createWebKit, type WebKit } from '../http/fixtures.js';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+// The VM table at a laptop's width, with long owners, sandboxes, tasks and hold reasons.
+const CHROMIUM = TOOLS.chromium.command;
 const ARTIFACTS = join(ROOT, 'test-artifacts');
 
-describe('pool page width', () => {
+describeWithTools('chromium', 'pool page width', () => {
   let kit: WebKit;
   let browser: Browser;
   beforeAll(async () => {
@@ -23,7 +25,7 @@ describe('pool page width', () => {
     await browser?.close();
     await kit?.close();
   });
-  it('fits 1400 px', async () => {
+  it('fits a 1,400 px wide screen: long values wrap in their columns, the buttons stay on screen', async () => {
     const page = await browser.newPage({ viewport: { width: 1400, height: 800 } });
     await page.goto(kit.url);
     mkdirSync(ARTIFACTS, { recursive: true });
