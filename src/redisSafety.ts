@@ -5,7 +5,7 @@ import type { RedisPersistence } from './pool/stateLoss.js';
 
 /**
  * Redis settings that decide whether vmpool's state survives a Redis restart or memory pressure.
- * Each unsafe one is a finding with what happens and how to fix it; the README's "Running Redis
+ * Each unsafe one is a finding with what happens and how to fix it; docs/redis.md ("Running Redis
  * for vmpool" section explains them.
  */
 export interface RedisSafetyFinding {

@@ -56,7 +56,7 @@ const NOTES: Record<string, string> = {
   'groups.*.provider':
     'how machines are made: local (detached local processes serving SSH on 127.x), or\n' +
     '  provider: { type: command, spawn_cmd: /etc/vmpool/spawn.sh, terminate_cmd: /etc/vmpool/terminate.sh }\n' +
-    '(its ssh check then needs check.private_key; see examples/README.md for the hooks)',
+    '(its ssh check then needs check.private_key; see docs/providers.md for the hooks)',
   'groups.*.check': 'how health is checked: ssh (echo hello), tcp { port }, command { cmd }, or provider',
   'groups.*.orphan_check_period': 'seconds between leak passes, with a provider list_cmd (0: never)',
   'groups.*.orphan_grace_period': 'seconds an unknown machine is left alone',

@@ -1,5 +1,5 @@
 /**
- * Why a spawn failed, as the provider's hook says it (examples/README.md, "Typed errors"): the JSON
+ * Why a spawn failed, as the provider's hook says it (docs/providers.md, "Typed errors"): the JSON
  * `error` field of its last line, or its exit code. The circuit breaker of the group
  * (src/pool/commands/recordSpawnOutcome-1.lua) opens on repeated failures of one class.
  */
