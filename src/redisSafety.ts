@@ -6,7 +6,7 @@ import type { RedisPersistence } from './pool/stateLoss.js';
 /**
  * Redis settings that decide whether vmpool's state survives a Redis restart or memory pressure.
  * Each unsafe one is a finding with what happens and how to fix it; docs/redis.md ("Running Redis
- * for vmpool" section explains them.
+ * for vmpool") explains them.
  */
 export interface RedisSafetyFinding {
   setting: string;
