@@ -120,7 +120,6 @@ describe('a reconcile cycle follows the schedule (real Redis, injected clock)', 
     await vmm.markServerStart();
   });
   afterAll(async () => {
-    await master?.close();
     await spawnQueue?.close();
     await terminateQueue?.close();
     await vmm?.close();

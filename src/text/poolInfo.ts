@@ -1,7 +1,7 @@
 import type { Config } from '../config.js';
-import { textTable } from '../text/table.js';
+import { textTable } from './table.js';
 import { relativeTime } from '../time.js';
-import type { VmDescriptor } from './types.js';
+import type { VmDescriptor } from '../pool/types.js';
 
 /**
  * Copr's copr_get_vm_info table: one block per group, times relative to now. drainedSince: the
