@@ -195,7 +195,7 @@ export class PoolReader {
       const byName = new Map((await this.vmRecords(chunk)).map((v) => [v.vmName, v]));
       for (const name of chunk) {
         const v = byName.get(name);
-        if (!v || (owner !== undefined && v.boundToUser !== owner)) continue;
+        if (!v || (owner !== undefined && v.owner !== owner)) continue;
         if (vms.length === limit) break;
         vms.push(v);
       }

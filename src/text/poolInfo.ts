@@ -24,13 +24,13 @@ export function formatPoolInfo(config: Config, vms: readonly VmDescriptor[], now
       v.state,
       String(v.checkFails),
       relativeTime(v.lastHealthCheck, now),
-      v.boundToUser ?? '-',
+      v.owner ?? '-',
       v.sandbox ?? '-',
       String(v.buildsCount),
       v.taskId ? `${v.taskId}${v.buildId ? ` (build ${v.buildId}${v.chroot ? `, ${v.chroot}` : ''})` : ''}, since ${relativeTime(v.inUseSince, now)}` : '-',
     ]);
     const body = rows.length
-      ? textTable(['name', 'ip', 'state', 'check fails', 'last check', 'bound to user', 'sandbox', 'builds', 'task'], rows, { rule: true })
+      ? textTable(['name', 'ip', 'state', 'check fails', 'last check', 'owner', 'sandbox', 'builds', 'task'], rows, { rule: true })
       : '(no VMs)';
     blocks.push(`${title}\n${body}`);
   }

@@ -89,7 +89,7 @@ describe('acquireVm under a race between processes', () => {
     // The pool agrees with what the racers were told.
     for (const w of winners) {
       const vm = await kit.vmm.getVmByName(w.vmName!);
-      expect(vm).toMatchObject({ state: VmStates.IN_USE, usedByWorker: w.racer, taskId: `task-${w.racer}`, boundToUser: `owner-${w.racer}` });
+      expect(vm).toMatchObject({ state: VmStates.IN_USE, usedByWorker: w.racer, taskId: `task-${w.racer}`, owner: `owner-${w.racer}` });
     }
   });
 

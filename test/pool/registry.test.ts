@@ -28,6 +28,7 @@ describe('addVmToPool', () => {
       vmIp: '10.0.0.1',
       group: 1,
       state: VmStates.GOT_IP,
+      owner: null,
       boundToUser: null,
       sandbox: null,
       usedByWorker: null,

@@ -83,7 +83,7 @@ describe('target_wait decision', () => {
     const g = group({ target_wait: { p95: 30 }, min_ready_ceiling: 9 });
     const snap = (rate: number, readyClean: number): PoolSnapshot => ({
       vms: Array.from({ length: readyClean }, (_, i) => ({
-        vmName: `vm-${i}`, vmIp: '10.0.0.1', group: 0, state: 'ready', boundToUser: null, sandbox: null, usedByWorker: null, taskId: null, buildId: null, chroot: null,
+        vmName: `vm-${i}`, vmIp: '10.0.0.1', group: 0, state: 'ready', owner: null, boundToUser: null, sandbox: null, usedByWorker: null, taskId: null, buildId: null, chroot: null,
         inUseSince: null, lastHealthCheck: 1, checkFails: 0, lastRelease: null, buildsCount: 0, terminatingSince: null, addedAt: i, boundSince: null, leaseId: null,
         leaseExpiresAt: null, heldBy: null, heldSince: null, heldUntil: null, holdReason: null,
       })),
