@@ -119,6 +119,11 @@ export class PoolScripts {
   }
 
   /** One attempt of a spawn starts, or what an earlier attempt left (startSpawnAttempt-1.lua). */
+  /** Drops the group's arrival minutes before `firstMinute` (epoch ms / 60000); returns how many. */
+  async trimArrivals(group: number, firstMinute: number): Promise<number> {
+    return Number(await this.call('trimArrivals', [group, firstMinute]));
+  }
+
   /** Records a spawn in flight: it takes a slot of the group's spawns. */
   async registerSpawn(group: number, spawnId: string, now: number): Promise<void> {
     await this.call('registerSpawn', [group, spawnId, now]);

@@ -43,6 +43,7 @@ export const POOL_SCRIPTS = {
   startSpawnAttempt: 1,
   startVmCheck: 1,
   startVmTermination: 1,
+  trimArrivals: 1,
   unholdVm: 1,
   verifyPoolState: 1,
 } as const satisfies Record<string, number>;

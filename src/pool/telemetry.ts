@@ -42,8 +42,8 @@ export class Telemetry {
     const now = this.ctx.clock();
     const [buckets, boot] = await Promise.all([this.ctx.reader.arrivals(group), this.ctx.reader.bootTime(group)]);
     const firstMinute = Math.floor((now - windowMs) / 60_000) + 1;
-    const old = [...buckets.keys()].filter((m) => m < firstMinute);
-    if (old.length > 0) await this.ctx.redis.hdel(this.ctx.keys.arrivals(group), ...old.map(String));
+    // The acquire scripts count arrivals; the same include (includes/arrivals.lua) trims them.
+    if ([...buckets.keys()].some((m) => m < firstMinute)) await this.ctx.scripts.trimArrivals(group, firstMinute);
     return { arrivalRate: arrivalRateFromBuckets(buckets, now, windowMs), bootMs: boot.emaMs, bootSamples: boot.samples };
   }
 
