@@ -151,7 +151,7 @@ async function sampleClean(pool: Pool, count: number, record: boolean): Promise<
     const vm = await vmm.acquireVm({ groups: [0], owner, sandbox: `${owner}/proj`, workerId: 'bench' });
     const t1 = process.hrtime.bigint();
     if (record) pool.clean.push(Number(t1 - t0) / 1e6);
-    if (vm.boundToUser !== owner || vm.buildsCount !== 0) throw new Error(`expected a clean VM, got ${vm.vmName}`);
+    if (vm.owner !== owner || vm.buildsCount !== 0) throw new Error(`expected a clean VM, got ${vm.vmName}`);
     await vmm.startVmTermination(vm.vmName, 'in_use');
     await vmm.removeVmFromPool(vm.vmName);
     await addReady(vmm, pool.nextVm++, 1);
@@ -167,7 +167,7 @@ async function sampleDirty(pool: Pool, count: number, record: boolean): Promise<
     const vm = await vmm.acquireVm({ groups: [0], owner: `user-${o}`, sandbox: `user-${o}/proj`, workerId: 'bench', taskId: `task-${i}` });
     const t1 = process.hrtime.bigint();
     if (record) pool.dirty.push(Number(t1 - t0) / 1e6);
-    if (vm.boundToUser !== `user-${o}` || vm.buildsCount === 0) throw new Error(`expected a dirty VM of user-${o}, got ${vm.vmName}`);
+    if (vm.owner !== `user-${o}` || vm.buildsCount === 0) throw new Error(`expected a dirty VM of user-${o}, got ${vm.vmName}`);
     await vmm.releaseVm(vm.vmName);
   }
 }

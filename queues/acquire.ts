@@ -83,6 +83,11 @@ export function acquireJobId(taskId?: string | null): string {
 }
 
 /** Whether an id has the form of an acquire job id (acquireJobId), not a task id. */
+/** BullMQ's events stream of the acquire queue under `prefix` (read from its last id before a job is added). */
+export function acquireEventsStreamKey(prefix: string): string {
+  return `${prefix}:${ACQUIRE_QUEUE}:events`;
+}
+
 export function isAcquireJobId(id: string): boolean {
   return id.startsWith(ACQUIRE_JOB_ID_PREFIX);
 }

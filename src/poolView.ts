@@ -110,7 +110,7 @@ export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Prom
       counts,
       total: fromIndexes ? Object.values(counts).reduce((a, b) => a + b, 0) : mine.length,
       held: fromIndexes ? fromIndexes.held[i]! : mine.filter((v) => v.heldBy !== null).length,
-      readyClean: fromIndexes ? fromIndexes.supply[i]!.readyClean : mine.filter((v) => v.state === 'ready' && v.boundToUser === null && v.heldBy === null).length,
+      readyClean: fromIndexes ? fromIndexes.supply[i]!.readyClean : mine.filter((v) => v.state === 'ready' && v.owner === null && v.heldBy === null).length,
       demand: await vmm.countDemand(id),
       spawnsInFlight: (await vmm.getSpawnsInFlight(id)).length,
       breaker: await breakerSummary(vmm, id),

@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import { duplicateConnection, type RedisConnection } from '../redis.js';
 import type { JobContext } from '../runtime/context.js';
-import { poolKeys } from '../pool/keys.js';
+import { readyChannels } from '../pool/acquireLine.js';
 
 /**
  * An acquire process's side of the fair line (commands/includes/acquireLine.lua). Waiting requests
@@ -22,8 +22,7 @@ export class AcquireLineRuntime {
   private closed = false;
 
   constructor(private readonly ctx: JobContext) {
-    const keys = poolKeys(ctx.prefix);
-    for (const g of ctx.vmm.vmGroups) this.channelGroup.set(keys.readyChannel(g), g);
+    for (const [channel, g] of readyChannels(ctx.prefix, ctx.vmm.vmGroups)) this.channelGroup.set(channel, g);
     this.subscriber = duplicateConnection(ctx.connection, { maxRetriesPerRequest: null, lazyConnect: false });
     this.subscriber.on('message', (channel: string, vmName: string) => {
       const g = this.channelGroup.get(channel);

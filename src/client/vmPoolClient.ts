@@ -1,14 +1,15 @@
 import { Job, Queue, QueueEvents } from 'bullmq';
 import { createLogger, type Logger } from '../logger.js';
 import { formatZodError } from '../validation.js';
-import { PoolReader } from '../pool/poolReader.js';
-import { PoolScripts } from '../pool/poolScripts.js';
+import { LineRequests } from '../pool/acquireLine.js';
+import { PoolAccess, type Clock } from '../pool/context.js';
+import { Leases } from '../pool/leases.js';
 import { InvalidVmRequest, LeaseLost, NoVmAvailable, TaskConflict, VmDescriptorNotFound, VmError, acquireWaiterMember } from '../pool/types.js';
-import type { Clock } from '../pool/vmManager.js';
-import { assertPrefixFits, blockingConnectionTemplate, producerConnectionFrom, waitForReplicas, type RedisConnection, type RedisTarget, type ReplicaWait } from '../redis.js';
+import { assertPrefixFits, blockingConnectionTemplate, producerConnectionFrom, type RedisConnection, type RedisTarget, type ReplicaWait } from '../redis.js';
 import {
   ACQUIRE_QUEUE,
   DEFAULT_ACQUIRE_TIMEOUT_MS,
+  acquireEventsStreamKey,
   acquireJobError,
   acquireJobId,
   acquireRequestSchema,
@@ -109,7 +110,8 @@ export { acquireJobId };
 
 /**
  * The builder's side of vmpool: acquire a VM through the vm-acquire queue, keep its lease alive,
- * release it. Needs only Redis and the prefix (no config): renew and release run the pool scripts.
+ * release it. Needs only Redis and the prefix (no config): renew and release are the pool's lease
+ * module (src/pool/leases.ts), as VmManager's are.
  */
 export class VmPoolClient {
   readonly redis: RedisConnection;
@@ -118,10 +120,10 @@ export class VmPoolClient {
   private readonly logger: Logger;
   private readonly clock: Clock;
   private readonly graceMs: number;
-  private readonly reader: PoolReader;
-  private readonly scripts: PoolScripts;
+  private readonly pool: PoolAccess;
+  private readonly leases: Leases;
+  private readonly line: LineRequests;
   private readonly sharedQueue: ((name: QueueName) => Queue) | undefined;
-  private readonly waitReplicas: ReplicaWait | undefined;
   /** The acquire queue handle the client opened itself (none while it uses a shared one). */
   private ownQueue: Queue | undefined;
   private events: Promise<QueueEvents> | undefined;
@@ -134,10 +136,10 @@ export class VmPoolClient {
     this.logger = options.logger ?? createLogger('vmpool-client');
     this.clock = options.clock ?? Date.now;
     this.graceMs = options.graceMs ?? 60_000;
-    this.reader = new PoolReader(this.redis, this.prefix);
-    this.scripts = new PoolScripts(this.redis, this.prefix);
+    this.pool = new PoolAccess(this.redis, this.prefix);
+    this.leases = new Leases(this.pool, this.clock, options.waitReplicas);
+    this.line = new LineRequests(this.pool, this.clock);
     this.sharedQueue = options.queue;
-    this.waitReplicas = options.waitReplicas;
   }
 
   private getQueue(): Queue {
@@ -164,7 +166,7 @@ export class VmPoolClient {
   private getEvents(): Promise<QueueEvents> {
     if (this.events) return this.events;
     const pending = (async () => {
-      const key = `${this.prefix}:${ACQUIRE_QUEUE}:events`;
+      const key = acquireEventsStreamKey(this.prefix);
       const last = (await this.redis.xrevrange(key, '+', '-', 'COUNT', 1))[0]?.[0] ?? '0-0';
       // Its own blocking connection, made from ours with unlimited retries.
       const events = new QueueEvents(ACQUIRE_QUEUE, {
@@ -211,7 +213,7 @@ export class VmPoolClient {
       const job = await this.whileRedisAway(
         async () => {
           // The task is ours until the deadline: no request of another owner or sandbox joins it.
-          if (data.taskId) await this.scripts.claimTask(data.taskId, data.owner, data.sandbox, deadline, timestamp);
+          if (data.taskId) await this.line.claimTask(data.taskId, data.owner, data.sandbox, deadline, timestamp);
           const added = await addAcquireJob(queue, data, { jobId, timestamp, priority: options.priority });
           return (await Job.fromId(queue, jobId)) ?? added;
         },
@@ -308,8 +310,8 @@ export class VmPoolClient {
     const stop = signal
       ? new Promise<never>((_, reject) => {
           onAbort = () => {
-            void this.scripts
-              .cancelAcquire(waiter, abortReasonText(signal.reason), CANCEL_KEEP_MS)
+            void this.line
+              .cancel(waiter, abortReasonText(signal.reason), CANCEL_KEEP_MS)
               .catch((err: Error) => this.logger.warn({ jobId: job.id, err: err.message }, 'withdrawing the acquire request failed'))
               .then(async () => {
                 // Queued (no acquire worker took it yet): removed at once, so that it neither waits
@@ -396,7 +398,7 @@ export class VmPoolClient {
     const stored = state === 'unknown' ? undefined : await Job.fromId(this.getQueue(), String(job.id));
     if (!stored && withdrawn) return { kind: 'withdrawn', job };
     if (!stored) {
-      const held = request.taskId ? await this.reader.leasedVmOfTask(request.taskId, request) : null;
+      const held = request.taskId ? await this.pool.reader.leasedVmOfTask(request.taskId, request) : null;
       if (held) return { kind: 'completed', assignment: held };
       throw new VmError(`acquire job ${job.id} disappeared before it finished`);
     }
@@ -409,33 +411,16 @@ export class VmPoolClient {
 
   /** Whether the assignment's lease is still held (the VM is in_use under that lease). */
   async holds(assignment: VmAssignment): Promise<boolean> {
-    return this.reader.holdsLease(assignment.vmName, assignment.leaseId);
+    return this.leases.holds(assignment);
   }
 
   /**
    * Extends the lease; returns the assignment with its new expiry. Throws LeaseLost when the lease
-   * is no longer held (expired and reclaimed, released), VmDescriptorNotFound when the VM is gone.
+   * is no longer held (expired and reclaimed, released; reason state_lost when it went with a loss
+   * of the pool's state), VmDescriptorNotFound when the VM is gone.
    */
   async renew(assignment: VmAssignment): Promise<VmAssignment> {
-    try {
-      const leaseExpiresAt = await this.scripts.renewLease(assignment.vmName, assignment.leaseId, this.clock());
-      return { ...assignment, leaseExpiresAt };
-    } catch (err) {
-      if (err instanceof LeaseLost || err instanceof VmDescriptorNotFound) throw (await this.lostWithState(assignment)) ?? err;
-      throw err;
-    }
-  }
-
-  /**
-   * LeaseLost (state_lost) when the pool recovered from a loss of its state in Redis while the
-   * lease was held (after the request, before its expiry): the lease went with it, and the error
-   * says so. Null otherwise.
-   */
-  private async lostWithState(assignment: VmAssignment): Promise<LeaseLost | null> {
-    const marker = await this.reader.poolState().catch(() => null);
-    const at = marker?.recoveredAt;
-    if (at == null || at < (assignment.requestedAt ?? 0) || at > assignment.leaseExpiresAt) return null;
-    return new LeaseLost(assignment.vmName, assignment.leaseId, 'state_lost', at);
+    return this.leases.renewHeld(assignment);
   }
 
   /**
@@ -443,24 +428,7 @@ export class VmPoolClient {
    * was reclaimed, released already, or is in use under another lease).
    */
   async release(assignment: VmAssignment): Promise<boolean> {
-    let refusal: string;
-    try {
-      if (await this.scripts.releaseVm(assignment.vmName, this.clock(), assignment.leaseId)) {
-        if (this.waitReplicas) await waitForReplicas(this.redis, this.prefix, this.waitReplicas);
-        return true;
-      }
-      refusal = 'not_in_use';
-    } catch (err) {
-      if (!(err instanceof LeaseLost || err instanceof VmDescriptorNotFound)) throw err;
-      refusal = err instanceof LeaseLost ? err.reason : 'not_found';
-    }
-    const lost = await this.lostWithState(assignment);
-    if (lost) {
-      this.logger.warn({ vmName: assignment.vmName, leaseId: assignment.leaseId, refusal: lost.reason }, `release refused: ${lost.message}`);
-      return false;
-    }
-    this.logger.warn({ vmName: assignment.vmName, leaseId: assignment.leaseId, refusal }, 'release refused: the lease is no longer held');
-    return false;
+    return this.leases.releaseHeld(assignment, this.logger);
   }
 
   /**

@@ -5,7 +5,7 @@ import { minReadyAt } from '../reconcile/minReady.js';
 import { targetWaitSummary } from '../poolView.js';
 import type { VmManager } from '../pool/vmManager.js';
 import { ALL_QUEUE_NAMES, QueueNames, type QueueName } from '../../queues/names.js';
-import { readSharedCounter, readSharedHistogram, sharedMetrics, type SharedMetricDef } from './shared.js';
+import { parseSharedCounter, parseSharedHistogram, sharedMetrics, type SharedMetricDef } from './shared.js';
 
 /** Job states reported per queue (BullMQ's getJobCounts types). */
 export const QUEUE_JOB_STATES = ['waiting', 'prioritized', 'active', 'delayed', 'waiting-children', 'completed', 'failed'] as const;
@@ -49,13 +49,12 @@ class RedisBackedMetric {
   }
 
   async get(): Promise<{ name: string; help: string; type: string; values: MetricValue[]; aggregator: string }> {
-    const { prefix } = this.deps.vmm;
-    const redis = this.deps.vmm.connectionForOwnKeys();
+    const hash = await this.deps.vmm.reader.sharedMetric(this.def.key);
     const values: MetricValue[] = [];
     if (this.def.type === 'counter') {
-      for (const c of await readSharedCounter(redis, prefix, this.def)) values.push({ labels: this.named(c.labels), value: c.value });
+      for (const c of parseSharedCounter(this.def, hash)) values.push({ labels: this.named(c.labels), value: c.value });
     } else {
-      for (const raw of await readSharedHistogram(redis, prefix, this.def)) {
+      for (const raw of parseSharedHistogram(this.def, hash)) {
         const h = { ...raw, labels: this.named(raw.labels) };
         for (const b of h.buckets) {
           values.push({ metricName: `${this.name}_bucket`, labels: { ...h.labels, le: b.le === Infinity ? '+Inf' : b.le }, value: b.count });

@@ -1,6 +1,6 @@
 import type { Job } from 'bullmq';
 import type { RedisConnection } from '../redis.js';
-import { poolKeyBase } from '../pool/keys.js';
+import { writeSharedMetrics, type MetricIncrement } from '../pool/telemetry.js';
 import { AcquireFailures, acquireFailureOf } from '../../queues/acquire.js';
 import { QueueNames, type QueueName } from '../../queues/names.js';
 
@@ -61,28 +61,23 @@ export const sharedMetrics = {
   },
 } as const satisfies Record<string, SharedMetricDef>;
 
-export function sharedMetricKey(prefix: string, def: SharedMetricDef): string {
-  return `${poolKeyBase(prefix)}metrics:${def.key}`;
-}
-
 function labelField(def: SharedMetricDef, labels: Record<string, string>): string {
   return JSON.stringify(def.labels.map((l) => labels[l] ?? ''));
 }
 
-/** Adds one observation (histogram, in seconds) or one count (counter) in a pipeline. */
-function observe(pipeline: ReturnType<RedisConnection['pipeline']>, prefix: string, def: SharedMetricDef, labels: Record<string, string>, seconds = 0): void {
-  const key = sharedMetricKey(prefix, def);
+/** The increments of one observation (histogram, in seconds) or one count (counter). */
+function observe(out: MetricIncrement[], def: SharedMetricDef, labels: Record<string, string>, seconds = 0): void {
   const field = labelField(def, labels);
   if (def.type === 'counter') {
-    pipeline.hincrby(key, field, 1);
+    out.push({ metric: def.key, field, by: 1 });
     return;
   }
   const buckets = def.buckets ?? [];
   let index = buckets.findIndex((b) => seconds <= b);
   if (index === -1) index = buckets.length;
-  pipeline.hincrby(key, `${field}\tb\t${index}`, 1);
-  pipeline.hincrbyfloat(key, `${field}\tsum`, seconds);
-  pipeline.hincrby(key, `${field}\tcount`, 1);
+  out.push({ metric: def.key, field: `${field}\tb\t${index}`, by: 1 });
+  out.push({ metric: def.key, field: `${field}\tsum`, by: seconds, float: true });
+  out.push({ metric: def.key, field: `${field}\tcount`, by: 1 });
 }
 
 export type JobOutcome = 'completed' | 'failed';
@@ -107,7 +102,7 @@ export async function recordJobMetrics(
   outcome: JobOutcome,
   detail: { result?: unknown; error?: Error; now: number },
 ): Promise<void> {
-  const pipeline = redis.pipeline();
+  const increments: MetricIncrement[] = [];
   const data = (job.data ?? {}) as Record<string, unknown>;
   const finishedAt = job.finishedOn ?? detail.now;
   const attemptOutcome = outcome === 'completed' ? 'ok' : isFinalFailure(job, detail.error) ? 'failed' : 'retry';
@@ -115,32 +110,32 @@ export async function recordJobMetrics(
     case QueueNames.ACQUIRE: {
       const noVm = outcome === 'failed' && acquireFailureOf(job) === AcquireFailures.NO_VM_AVAILABLE;
       const result = outcome === 'completed' ? 'assigned' : noVm ? 'no_vm' : 'error';
-      observe(pipeline, prefix, sharedMetrics.acquireWait, { outcome: result }, seconds(finishedAt - job.timestamp));
+      observe(increments, sharedMetrics.acquireWait, { outcome: result }, seconds(finishedAt - job.timestamp));
       break;
     }
     case QueueNames.SPAWN: {
       const group = String(data.group ?? '');
       const started = job.processedOn ?? finishedAt;
-      observe(pipeline, prefix, sharedMetrics.spawnDuration, { group, outcome: attemptOutcome }, seconds(finishedAt - started));
+      observe(increments, sharedMetrics.spawnDuration, { group, outcome: attemptOutcome }, seconds(finishedAt - started));
       const errorClass = outcome === 'completed' ? '' : ((detail.error as { errorClass?: unknown } | undefined)?.errorClass as string | undefined) ?? 'unclassified';
-      observe(pipeline, prefix, sharedMetrics.spawns, { group, outcome: attemptOutcome, error_class: errorClass });
+      observe(increments, sharedMetrics.spawns, { group, outcome: attemptOutcome, error_class: errorClass });
       break;
     }
     case QueueNames.HEALTH: {
       const result = detail.result as { outcome?: unknown } | undefined;
       const checkOutcome = outcome === 'completed' && typeof result?.outcome === 'string' ? result.outcome : 'error';
-      observe(pipeline, prefix, sharedMetrics.healthChecks, { outcome: checkOutcome });
+      observe(increments, sharedMetrics.healthChecks, { outcome: checkOutcome });
       break;
     }
     case QueueNames.TERMINATE: {
       const reason = typeof data.reason === 'string' ? data.reason : 'other';
-      observe(pipeline, prefix, sharedMetrics.terminations, { reason, outcome: attemptOutcome });
+      observe(increments, sharedMetrics.terminations, { reason, outcome: attemptOutcome });
       break;
     }
     default:
       return;
   }
-  await pipeline.exec();
+  await writeSharedMetrics(redis, prefix, increments);
 }
 
 export interface SharedCounterValue {
@@ -166,8 +161,8 @@ function parseLabels(def: SharedMetricDef, field: string): Record<string, string
   }
 }
 
-export async function readSharedCounter(redis: RedisConnection, prefix: string, def: SharedMetricDef): Promise<SharedCounterValue[]> {
-  const hash = await redis.hgetall(sharedMetricKey(prefix, def));
+/** A counter's values from its hash (PoolReader.sharedMetric). */
+export function parseSharedCounter(def: SharedMetricDef, hash: Record<string, string>): SharedCounterValue[] {
   const out: SharedCounterValue[] = [];
   for (const [field, value] of Object.entries(hash)) {
     const labels = parseLabels(def, field);
@@ -176,8 +171,8 @@ export async function readSharedCounter(redis: RedisConnection, prefix: string, 
   return out;
 }
 
-export async function readSharedHistogram(redis: RedisConnection, prefix: string, def: SharedMetricDef): Promise<SharedHistogramValue[]> {
-  const hash = await redis.hgetall(sharedMetricKey(prefix, def));
+/** A histogram's series from its hash (PoolReader.sharedMetric). */
+export function parseSharedHistogram(def: SharedMetricDef, hash: Record<string, string>): SharedHistogramValue[] {
   const bounds = [...(def.buckets ?? []), Number.POSITIVE_INFINITY];
   const series = new Map<string, { perBucket: number[]; sum: number; count: number }>();
   const entry = (labelsField: string) => {

@@ -92,7 +92,7 @@ export function poolKeys(prefix: string) {
      * run_id (the Redis run the state was verified on), recovered_at, sweep_generation.
      */
     poolState: `${base}pool_state`,
-    /** The reconcile cycle lock (src/reconcile/cycleLock.ts): one cycle at a time across replicas. */
+    /** The reconcile cycle lock (locks.ts): one cycle at a time across replicas. */
     reconcileLock: `${base}reconcile_lock`,
     /** Due-time set (includes/setVmState indexDue): VMs in got_ip, ready, in_use or check_health_failed, scored by last health check (0: never). */
     dueCheck: (group: number) => `${base}group:${group}:due:check`,
@@ -119,6 +119,8 @@ export function poolKeys(prefix: string) {
     auditEvents: `${base}audit_events`,
     /** How many events the audit trail keeps (about: MAXLEN ~); config audit.max_events, written by reconcile. */
     auditMaxEvents: `${base}audit_max_events`,
+    /** Hash of one shared metric (src/metrics/shared.ts), written by workers and read by every web process. */
+    metric: (name: string) => `${base}metrics:${name}`,
     /** Pub/sub channel told (by the scripts) when a VM of the group may be acquirable. */
     readyChannel: (group: number) => `${base}ready:${group}`,
   };

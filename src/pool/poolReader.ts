@@ -2,7 +2,7 @@ import type { RedisConnection } from '../redis.js';
 import { AUDIT_PAGE_MAX, AUDIT_SCAN_MAX, auditEventFromEntry, auditRangeStart, type AuditEvent, type AuditPage, type AuditQuery } from './audit.js';
 import { poolKeys, type PoolKeys } from './keys.js';
 import { breakerFromHash, type BreakerState } from '../reconcile/breaker.js';
-import { sharedMetricKey, sharedMetrics } from '../metrics/shared.js';
+import { sharedMetrics } from '../metrics/shared.js';
 import { ALL_VM_STATES, descriptorFromHash, recordFromHash, type LeasedVm, type VmDescriptor, type VmRecord, type VmState } from './types.js';
 
 /** A spawn in flight: registered by reconcile, finished by its spawn job. */
@@ -87,7 +87,7 @@ export class PoolReader {
 
   constructor(
     private readonly redis: RedisConnection,
-    private readonly prefix: string,
+    prefix: string,
   ) {
     this.keys = poolKeys(prefix);
   }
@@ -195,7 +195,7 @@ export class PoolReader {
       const byName = new Map((await this.vmRecords(chunk)).map((v) => [v.vmName, v]));
       for (const name of chunk) {
         const v = byName.get(name);
-        if (!v || (owner !== undefined && v.boundToUser !== owner)) continue;
+        if (!v || (owner !== undefined && v.owner !== owner)) continue;
         if (vms.length === limit) break;
         vms.push(v);
       }
@@ -404,8 +404,13 @@ export class PoolReader {
   /** The mean duration (ms) of the group's successful spawns so far (shared metrics), or null before the first. */
   async meanSpawnMs(group: number): Promise<number | null> {
     const field = JSON.stringify([String(group), 'ok']);
-    const [sum, count] = await this.redis.hmget(sharedMetricKey(this.prefix, sharedMetrics.spawnDuration), `${field}\tsum`, `${field}\tcount`);
+    const [sum, count] = await this.redis.hmget(this.keys.metric(sharedMetrics.spawnDuration.key), `${field}\tsum`, `${field}\tcount`);
     return Number(count) > 0 ? (Number(sum) / Number(count)) * 1000 : null;
+  }
+
+  /** The hash of one shared metric (src/metrics/shared.ts parses it); empty before its first observation. */
+  async sharedMetric(name: string): Promise<Record<string, string>> {
+    return this.redis.hgetall(this.keys.metric(name));
   }
 
   /** Job ids of requests the acquire line gave a VM before `before` (epoch ms) that have not collected it, at most `limit`. */

@@ -119,6 +119,21 @@ export class PoolScripts {
   }
 
   /** One attempt of a spawn starts, or what an earlier attempt left (startSpawnAttempt-1.lua). */
+  /** Drops the group's arrival minutes before `firstMinute` (epoch ms / 60000); returns how many. */
+  async trimArrivals(group: number, firstMinute: number): Promise<number> {
+    return Number(await this.call('trimArrivals', [group, firstMinute]));
+  }
+
+  /** Records a spawn in flight: it takes a slot of the group's spawns. */
+  async registerSpawn(group: number, spawnId: string, now: number): Promise<void> {
+    await this.call('registerSpawn', [group, spawnId, now]);
+  }
+
+  /** Drops a spawn's slot; false when it held none. */
+  async finishSpawn(group: number, spawnId: string): Promise<boolean> {
+    return (await this.call('finishSpawn', [group, spawnId])) === ReplyCodes.OK;
+  }
+
   async startSpawnAttempt(spawnId: string, group: number, now: number, recordTtlMs: number): Promise<SpawnAttemptStart> {
     const reply = (await this.call('startSpawnAttempt', [spawnId, group, now, recordTtlMs])) as [number, ...string[]];
     const [code, name = '', ip = '', done = '', slotHeld = ''] = reply;

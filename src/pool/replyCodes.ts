@@ -40,7 +40,7 @@ export const ReplyCodes = {
   NO_VM: -8,
   /** acquireVm: a VM fits, but a request ahead in line could take it. */
   DEFERRED: -9,
-  /** extendLock, releaseLock (src/reconcile/commands/): the lock is not held with this token. */
+  /** extendCycleLock, releaseCycleLock (locks.ts): the lock is not held with this token. */
   LOCK_NOT_HELD: -10,
   /** acquireVm: the waiting request was withdrawn (cancelAcquire); it left the line and gets no VM. */
   CANCELLED: -11,

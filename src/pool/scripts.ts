@@ -21,7 +21,9 @@ export const POOL_SCRIPTS = {
   claimTask: 1,
   dispatchAcquireLine: 1,
   expireHolds: 1,
+  extendCycleLock: 1,
   expireLeases: 1,
+  finishSpawn: 1,
   forgetSpawnMachine: 1,
   holdVm: 1,
   indexDueTimes: 1,
@@ -32,6 +34,8 @@ export const POOL_SCRIPTS = {
   recordHealthCheckResult: 1,
   recordSpawnMachine: 1,
   recordSpawnOutcome: 1,
+  registerSpawn: 1,
+  releaseCycleLock: 1,
   releaseVm: 1,
   rememberHostKey: 1,
   removeVm: 1,
@@ -39,6 +43,7 @@ export const POOL_SCRIPTS = {
   startSpawnAttempt: 1,
   startVmCheck: 1,
   startVmTermination: 1,
+  trimArrivals: 1,
   unholdVm: 1,
   verifyPoolState: 1,
 } as const satisfies Record<string, number>;
@@ -54,10 +59,7 @@ export interface ScriptSource {
   lua: string;
 }
 
-/**
- * Lua text with its includes resolved. Includes name files under the pool's commands/ directory
- * (`includes/replyCodes`), also for scripts that live elsewhere.
- */
+/** Lua text with its includes resolved. Includes name files under commands/ (`includes/replyCodes`). */
 export function resolveIncludes(text: string, seen = new Set<string>()): string {
   return text.replace(/^--- @include "([^"]+)"\s*$/gm, (_line, name: string) => {
     if (seen.has(name)) return '';
@@ -67,7 +69,7 @@ export function resolveIncludes(text: string, seen = new Set<string>()): string 
 }
 
 /** The text of a Lua script file with its includes resolved. */
-export function luaSource(file: URL): string {
+function luaSource(file: URL): string {
   return resolveIncludes(readFileSync(file, 'utf8'));
 }
 

@@ -3,6 +3,9 @@
  * functions; src/runtime/poolStateWatch.ts applies them. The README's "Running Redis for vmpool"
  * says what each fault costs.
  */
+import { randomUUID } from 'node:crypto';
+import type { PoolContext } from './context.js';
+import type { PoolJobs } from './jobs.js';
 import type { PoolStateCheck, PoolStateSeen } from './poolScripts.js';
 
 /** Why a process recovers the pool. */
@@ -75,4 +78,37 @@ export function provesNoLoss(p: RedisPersistence): { proven: true } | { proven: 
 /** The epoch of a new marker: above every epoch this process or the found marker has seen. */
 export function nextEpoch(known: PoolStateSeen, found: PoolStateSeen | null): number {
   return Math.max(known.epoch, found?.epoch ?? 0) + 1;
+}
+
+/** The pool's state marker and the recovery from a loss of the pool's state. */
+export class StateLoss {
+  constructor(
+    private readonly ctx: PoolContext,
+    private readonly jobs: PoolJobs,
+  ) {}
+
+  /** See VmManager.checkPoolState. */
+  async check(known: PoolStateSeen): Promise<PoolStateCheck> {
+    return this.ctx.scripts.checkPoolState(known, randomUUID(), this.ctx.clock());
+  }
+
+  /** Accepts the state as current on this Redis run; null when the marker changed since `seen`. */
+  async verify(seen: PoolStateSeen): Promise<PoolStateSeen | null> {
+    return this.ctx.scripts.verifyPoolState(seen, this.ctx.config.groups.length);
+  }
+
+  /** See VmManager.recoverPool. */
+  async recover(seen: PoolStateSeen | null, next: PoolStateSeen): Promise<string[] | null> {
+    const now = this.ctx.clock();
+    const terminated = await this.ctx.scripts.recoverPool(seen, next, now, this.ctx.config.groups.length);
+    if (terminated === null) return null;
+    for (const vmName of terminated) await this.jobs.enqueueTermination(vmName, now, 'state_lost');
+    return terminated;
+  }
+
+  /** Records that reconcile swept the group's machines after the recovery of `generation`. */
+  async markSwept(group: number, generation: string): Promise<void> {
+    this.ctx.groupConfig(group);
+    await this.ctx.redis.hset(this.ctx.keys.poolState, `swept:${group}`, generation);
+  }
 }

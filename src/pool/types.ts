@@ -26,6 +26,12 @@ export interface VmDescriptor {
   vmIp: string;
   group: number;
   state: VmState;
+  /** The owner the VM belongs to since its first acquire (it counts for max_vm_per_user); null while clean. */
+  owner: string | null;
+  /**
+   * @deprecated The same as `owner`. Kept because the HTTP API's VM records and this exported type
+   * published it first.
+   */
   boundToUser: string | null;
   sandbox: string | null;
   usedByWorker: string | null;
@@ -266,6 +272,7 @@ export function descriptorFromHash(hash: Record<string, string> | string[]): VmD
     vmIp: h.vm_ip ?? '',
     group: Number(h.group),
     state: h.state as VmState,
+    owner: stringOrNull(h.owner),
     boundToUser: stringOrNull(h.owner),
     sandbox: stringOrNull(h.sandbox),
     usedByWorker: stringOrNull(h.used_by_worker),

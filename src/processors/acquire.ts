@@ -23,11 +23,6 @@ import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js
 
 export { NO_VM_AVAILABLE_PREFIX };
 
-export interface AcquireProcessOptions {
-  /** Unused since waiting requests are parked (they hold no worker); kept for callers that pass it. */
-  signal?: AbortSignal;
-}
-
 /** The acquire line's runtime of each process (its subscriber, the dispatch on ready messages, the sweep). */
 const runtimes = new WeakMap<JobContext, AcquireLineRuntime>();
 /** Contexts whose acquire line was stopped. */
@@ -94,16 +89,16 @@ function waiterOf(job: Job, deadline: number): AcquireWaiter {
  * The same job run again (its worker died) gets the VM it was given. A request withdrawn by its
  * builder (cancelAcquire) fails as cancelled at its next attempt.
  */
-export async function processAcquireJob(job: Job, ctx: JobContext, options: AcquireProcessOptions = {}): Promise<VmAssignment> {
+export async function processAcquireJob(job: Job, ctx: JobContext): Promise<VmAssignment> {
   const parsed = acquireRequestSchema.safeParse(job.data);
   if (!parsed.success) {
     throw await failAcquireJob(job, AcquireFailures.INVALID_REQUEST, `invalid ${ACQUIRE_QUEUE} payload: ${formatZodError(parsed.error)}`);
   }
-  return serveAcquireRequest(job, parsed.data, ctx, options);
+  return serveAcquireRequest(job, parsed.data, ctx);
 }
 
 /** processAcquireJob for a payload already validated (the worker runtime validates every job). */
-async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: JobContext, _options: AcquireProcessOptions): Promise<VmAssignment> {
+async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: JobContext): Promise<VmAssignment> {
   const asked = await resolveRequestGroups(ctx, request, job);
   // fallback_groups: while a group asked for is blocked (breaker open, or full), its fallbacks serve
   // too. Read at every run; such a request is parked for at most acquire_safety_retry, so that it
@@ -182,7 +177,7 @@ function failureOf(err: VmError): AcquireFailure {
 export const acquireProcessor: ProcessorSpec<AcquireRequestData, VmAssignment> = {
   queue: ACQUIRE_QUEUE,
   schema: acquireRequestSchema as unknown as ProcessorSpec<AcquireRequestData, VmAssignment>['schema'],
-  process: (job, request, ctx) => serveAcquireRequest(job, request, ctx, {}),
+  process: (job, request, ctx) => serveAcquireRequest(job, request, ctx),
   // A request that failed for good leaves the line, so it does not hold up those behind it until
   // its deadline (the processor may never have seen its last attempt: it stalled too often).
   async onFinalFailure(job, ctx) {

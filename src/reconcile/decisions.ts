@@ -122,7 +122,7 @@ function withGroupConfig(snapshot: PoolSnapshot, config: ReconcileConfig, states
 export function decideRemoveOldDirtyVms(snapshot: PoolSnapshot, config: ReconcileConfig, now: number): ReconcileAction[] {
   const actions: ReconcileAction[] = [];
   for (const [vm, g] of withGroupConfig(snapshot, config, [VmStates.READY])) {
-    if (vm.boundToUser === null || isHeld(vm)) continue;
+    if (vm.owner === null || isHeld(vm)) continue;
     let reason: TerminationReason | null = null;
     if (vm.lastRelease !== null && now - vm.lastRelease > ms(g.vm_dirty_terminating_timeout)) {
       reason = 'dirty_timeout';
@@ -260,7 +260,7 @@ export function countGroup(vms: readonly VmRecord[], group: number): GroupCounts
     all: of.length,
     coming: of.filter(
       (vm) =>
-        vm.boundToUser === null &&
+        vm.owner === null &&
         !isHeld(vm) &&
         (vm.state === VmStates.READY || vm.state === VmStates.GOT_IP || vm.state === VmStates.CHECK_HEALTH),
     ).length,
@@ -346,7 +346,7 @@ export function decideRetireSurplus(snapshot: PoolSnapshot, config: ReconcileCon
     const g = config.groups[group.group];
     if (!g || !warmPoolVaries(g)) continue;
     const idle = snapshot.vms
-      .filter((vm) => vm.group === group.group && vm.state === VmStates.READY && vm.boundToUser === null && !isHeld(vm))
+      .filter((vm) => vm.group === group.group && vm.state === VmStates.READY && vm.owner === null && !isHeld(vm))
       .sort((a, b) => (a.lastRelease ?? a.addedAt ?? 0) - (b.lastRelease ?? b.addedAt ?? 0) || a.vmName.localeCompare(b.vmName));
     const keep = warmPoolOf(config, group, now) + Math.max(0, group.demand);
     for (const vm of idle.slice(0, Math.max(0, idle.length - keep))) {

@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { Queue } from 'bullmq';
 import type { Logger } from '../logger.js';
-import { poolKeys } from '../pool/keys.js';
 import { ALL_VM_STATES, VmDescriptorNotFound, VmError, VmStates, activeVmCount } from '../pool/types.js';
 import type { ExpiredLease, VmManager } from '../pool/vmManager.js';
 import { decideLossSweep, decideOrphans, type OrphanDecision } from './orphanDecisions.js';
@@ -11,7 +10,7 @@ import { HEALTH_QUEUE, addHealthJobs } from '../../queues/health.js';
 import type { QueueName } from '../../queues/names.js';
 import { SPAWN_QUEUE, addSpawnJob } from '../../queues/spawn.js';
 import { TERMINATE_QUEUE, addTerminateJob, leakTerminateJobId, lossSweepTerminateJobId } from '../../queues/terminate.js';
-import { CycleLock } from './cycleLock.js';
+import type { CycleLock } from '../pool/locks.js';
 import {
   decideCheckVmsHealth,
   decideFinalizeLongHealthChecks,
@@ -32,7 +31,7 @@ import { blockedGroups, demandGroupsOf, hasFallbacks, withFallbacks } from '../a
 import { targetWaitDecision, warmPoolVaries, type TargetWaitMeasure } from './targetWait.js';
 import type { DueQuery } from '../pool/poolReader.js';
 import { HISTORY_SAMPLES, isHistoryDue, parseAcquireWaitMark, quantileBetween, type HistorySample } from './history.js';
-import { readSharedHistogram, sharedMetrics } from '../metrics/shared.js';
+import { parseSharedHistogram, sharedMetrics } from '../metrics/shared.js';
 import { isOrphanPassDue, LAST_ORPHAN_CHECK, parseEpochMs, parseUnknownMachines } from './orphanPass.js';
 
 /** Copr's per-group pool info key for the last spawn start (epoch ms). */
@@ -113,10 +112,8 @@ export interface CycleReport {
   skipped: CycleStep[];
 }
 
-/** The lock key of reconcile cycles: one per pool, beside the pool's keys. */
-export function cycleLockKey(vmm: VmManager): string {
-  return poolKeys(vmm.prefix).reconcileLock;
-}
+/** The lock key of reconcile cycles: one per pool, beside the pool's keys (src/pool/locks.ts). */
+export { cycleLockKey } from '../pool/locks.js';
 
 /**
  * Copr's VmMaster: each step reads a snapshot of the pool, asks a pure decision function
@@ -132,7 +129,7 @@ export class VmMaster {
     private readonly options: VmMasterOptions = {},
   ) {
     this.logger = vmm.logger.child({ component: 'reconcile' });
-    this.lock = new CycleLock(vmm.connectionForOwnKeys(), cycleLockKey(vmm), options.cycleLockTtlMs ?? DEFAULT_CYCLE_LOCK_TTL_MS);
+    this.lock = vmm.cycleLock(options.cycleLockTtlMs ?? DEFAULT_CYCLE_LOCK_TTL_MS);
   }
 
   private queue(name: QueueName): Queue {
@@ -521,7 +518,7 @@ export class VmMaster {
     const [counts, waiting, histograms] = await Promise.all([
       vmm.reader.stateCounts(groups),
       Promise.all(groups.map((g) => vmm.countDemand(g))),
-      readSharedHistogram(vmm.connectionForOwnKeys(), vmm.prefix, def),
+      vmm.reader.sharedMetric(def.key).then((hash) => parseSharedHistogram(def, hash)),
     ]);
     const bounds = [...def.buckets];
     const assigned = histograms.find((h) => h.labels.outcome === 'assigned');
@@ -659,7 +656,4 @@ export class VmMaster {
     }
     this.logger.info({ group, spawnId, reason }, 'reconcile: spawn requested');
   }
-
-  /** VmMaster opens nothing of its own (it uses the manager's or the given queue handles): nothing to close. */
-  async close(): Promise<void> {}
 }

@@ -31,7 +31,7 @@ describe('acquire job', () => {
     expect(a).toMatchObject({ vmName: 'vm1', vmIp: '10.1.0.1', group: 0 });
     expect(a.leaseId).toMatch(/^[0-9a-f-]{36}$/);
     const rec = await kit.ctx.vmm.getVmByName('vm1');
-    expect(rec).toMatchObject({ state: 'in_use', boundToUser: 'alice', sandbox: 'alice/p', taskId: 'task-1', buildId: 'b1', chroot: 'fedora-x86_64' });
+    expect(rec).toMatchObject({ state: 'in_use', owner: 'alice', sandbox: 'alice/p', taskId: 'task-1', buildId: 'b1', chroot: 'fedora-x86_64' });
     const [leaseId, expires, ttl] = await kit.redis.hmget(kit.keys.vm('vm1'), 'lease_id', 'lease_expires_at', 'lease_timeout_ms');
     expect(leaseId).toBe(a.leaseId);
     expect(Number(expires)).toBe(a.leaseExpiresAt);

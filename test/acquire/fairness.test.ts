@@ -46,7 +46,7 @@ describe('the fair acquire line', () => {
     // Withdraw the heavy requests (they would wait until their timeout).
     for (let i = 0; i < 10; i++) {
       const job = await Job.fromId(kit.queue, acquireJobId(`hol-heavy-${i}`));
-      await kit.client['scripts'].cancelAcquire({ member: `${String(job!.timestamp).padStart(15, '0')}|${job!.id}`, jobId: job!.id! }, 'test over', 60_000);
+      await kit.ctx.vmm.cancelAcquire({ member: `${String(job!.timestamp).padStart(15, '0')}|${job!.id}`, jobId: job!.id! }, 'test over', 60_000);
       await job!.promote().catch(() => undefined);
     }
     const outcomes = await Promise.all(heavy);

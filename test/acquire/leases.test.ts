@@ -141,7 +141,7 @@ describe('expireLeases', () => {
     // Not ready: its state after the lapsed build is unknown until the health check passes.
     expect(await kit.vmm.getVmByName('b1')).toMatchObject({
       state: 'check_health',
-      boundToUser: 'alice',
+      owner: 'alice',
       taskId: null,
       buildsCount: 1,
       lastHealthCheck: T0 + 1000 + 30_000,
@@ -171,7 +171,7 @@ describe('expireLeases', () => {
     expect(await kit.vmm.startVmCheck('b1')).toBe(false);
     expect((await kit.vmm.recordHealthCheckResult('b1', true)).outcome).toBe('ok');
     const vm = await kit.vmm.acquireVm(req(1, 'tb2'));
-    expect(vm).toMatchObject({ vmName: 'b1', boundToUser: 'alice', taskId: 'tb2', buildsCount: 1 });
+    expect(vm).toMatchObject({ vmName: 'b1', owner: 'alice', taskId: 'tb2', buildsCount: 1 });
   });
 
   it('release policy: a failed check after expiry leaves the VM out of the pool (check_health_failed)', async () => {

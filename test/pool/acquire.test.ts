@@ -31,7 +31,7 @@ describe('acquireVm: which VMs qualify', () => {
     expect(vm).toMatchObject({
       vmName: 'a1',
       state: VmStates.IN_USE,
-      boundToUser: 'alice',
+      owner: 'alice',
       sandbox: 'alice/proj--x',
       usedByWorker: 'w-7',
       taskId: 't-1',
@@ -196,7 +196,7 @@ describe('acquireVm: preference and ownership', () => {
     await kit.vmm.releaseVm(one.vmName);
     expect((await kit.vmm.acquireVm(req('alice', 's1'))).vmName).toBe(one.vmName);
     // Another user is not affected.
-    expect((await kit.vmm.acquireVm(req('bob', 's1'))).boundToUser).toBe('bob');
+    expect((await kit.vmm.acquireVm(req('bob', 's1'))).owner).toBe('bob');
   });
 
   it('reattaches: the same taskId returns the same VM and changes nothing', async () => {
@@ -240,7 +240,7 @@ describe('releaseVm', () => {
     const vm = await kit.vmm.getVmByName('a1');
     expect(vm).toMatchObject({
       state: VmStates.READY,
-      boundToUser: 'alice',
+      owner: 'alice',
       sandbox: 's',
       usedByWorker: null,
       taskId: null,
@@ -264,7 +264,7 @@ describe('releaseVm', () => {
     await kit.vmm.startVmCheck('a1');
     await kit.vmm.recordHealthCheckResult('a1', false);
     expect(await kit.vmm.releaseVm('a1')).toBe(true);
-    expect(await kit.vmm.getVmByName('a1')).toMatchObject({ state: VmStates.CHECK_HEALTH_FAILED, checkFails: 1, buildsCount: 1, boundToUser: 'alice' });
+    expect(await kit.vmm.getVmByName('a1')).toMatchObject({ state: VmStates.CHECK_HEALTH_FAILED, checkFails: 1, buildsCount: 1, owner: 'alice' });
   });
 
   it('returns false and changes nothing in any state but in_use', async () => {

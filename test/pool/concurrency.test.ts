@@ -89,7 +89,7 @@ describe('acquireVm under a race between processes', () => {
     // The pool agrees with what the racers were told.
     for (const w of winners) {
       const vm = await kit.vmm.getVmByName(w.vmName!);
-      expect(vm).toMatchObject({ state: VmStates.IN_USE, usedByWorker: w.racer, taskId: `task-${w.racer}`, boundToUser: `owner-${w.racer}` });
+      expect(vm).toMatchObject({ state: VmStates.IN_USE, usedByWorker: w.racer, taskId: `task-${w.racer}`, owner: `owner-${w.racer}` });
     }
   });
 
@@ -100,7 +100,7 @@ describe('acquireVm under a race between processes', () => {
     const winners = results.filter((r) => r.vmName !== null);
     expect(winners).toHaveLength(limit);
     expect(new Set(winners.map((w) => w.vmName)).size).toBe(limit);
-    expect(await kit.vmm.countUserVms('shared-owner', 0)).toBe(limit);
+    expect(await kit.vmm.countOwnerVms('shared-owner', 0)).toBe(limit);
     expect(await kit.vmm.getVmsByGroupAndStates(0, [VmStates.READY])).toHaveLength(10 - limit);
   });
 });

@@ -38,7 +38,6 @@ describe('holds that expire (real Redis, injected clock)', () => {
     await addReady(vmm, 'h3', '10.8.0.3');
   });
   afterAll(async () => {
-    await master?.close();
     await vmm?.close();
     await deleteKeysWithPrefix(redis, prefix);
     await redis.quit();

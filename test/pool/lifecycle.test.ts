@@ -115,7 +115,7 @@ describe('removeVmFromPool', () => {
     await vmIn('v', VmStates.IN_USE);
     await vmIn('w', VmStates.READY);
     const owner = 'o-v';
-    expect(await kit.vmm.countUserVms(owner, 0)).toBe(1);
+    expect(await kit.vmm.countOwnerVms(owner, 0)).toBe(1);
     await kit.vmm.startVmTermination('v');
     await kit.vmm.removeVmFromPool('v');
     await expect(kit.vmm.getVmByName('v')).rejects.toThrow(VmDescriptorNotFound);
@@ -124,7 +124,7 @@ describe('removeVmFromPool', () => {
     expect(await kit.vmm.getVmsByGroupAndStates(null, ALL)).toHaveLength(1);
     expect((await kit.vmm.lookupVmsByIp('10.1.0.1')).map((x) => x.vmName)).toEqual(['w']);
     expect(await kit.vmm.getVmByTaskId('task-v')).toBeNull();
-    expect(await kit.vmm.countUserVms(owner, 0)).toBe(0);
+    expect(await kit.vmm.countOwnerVms(owner, 0)).toBe(0);
     expect(await kit.redis.exists(kit.keys.vm('v'), kit.keys.task('task-v'))).toBe(0);
     expect(await kit.redis.hexists(kit.keys.ownerVms(0), owner)).toBe(0);
     // The name is free again.

@@ -28,6 +28,7 @@ describe('addVmToPool', () => {
       vmIp: '10.0.0.1',
       group: 1,
       state: VmStates.GOT_IP,
+      owner: null,
       boundToUser: null,
       sandbox: null,
       usedByWorker: null,
@@ -167,6 +168,8 @@ describe('construction', () => {
     const prefix = uniquePrefix('pool-ctor');
     const config = parseConfig({ redis: { prefix }, groups: [{ name: 'g' }] }, {});
     const vmm = new VmManager(config, { redis: REDIS_URL });
+    // The manager's own connection (its cycle lock uses it).
+    const connection = vmm.cycleLock(1_000).redis;
     try {
       expect(vmm.prefix).toBe(prefix);
       const before = Date.now();
@@ -185,7 +188,6 @@ describe('construction', () => {
       await vmm.close();
     }
     // The socket closes just after QUIT's reply.
-    const connection = vmm.connectionForOwnKeys();
     for (let i = 0; i < 100 && connection.status !== 'end'; i++) await new Promise((r) => setTimeout(r, 10));
     expect(connection.status).toBe('end');
   });

@@ -7,12 +7,11 @@ import { POOL_SCRIPTS, SCRIPT_NAMES, resolveIncludes, scriptSources } from '../.
 import { connect, uniquePrefix } from '../helpers/redis.js';
 
 const poolDir = new URL('../../src/pool/commands/', import.meta.url);
-const reconcileDir = new URL('../../src/reconcile/commands/', import.meta.url);
 const luaFiles = (dir: URL) => readdirSync(dir).filter((f) => f.endsWith('.lua'));
 const read = (dir: URL, file: string) => readFileSync(new URL(file, dir), 'utf8');
 
-/** Every script file with its text: the pool's and reconcile's. */
-const scripts = [...luaFiles(poolDir).map((f) => ({ file: f, text: read(poolDir, f) })), ...luaFiles(reconcileDir).map((f) => ({ file: f, text: read(reconcileDir, f) }))];
+/** Every script file with its text (the reconcile cycle lock's too). */
+const scripts = luaFiles(poolDir).map((f) => ({ file: f, text: read(poolDir, f) }));
 
 /** The header comment of a script: between `--[[` and `]]` at its top. */
 function header(text: string): string {
@@ -27,7 +26,7 @@ function section(head: string, name: 'Input' | 'Output'): string {
 }
 
 /** Keys that only TypeScript uses (no script reads or writes them), so poolKeys.lua need not spell them. */
-const WITHOUT_SCRIPTS: (keyof PoolKeys)[] = ['base', 'groupInfo', 'orphanUnknown', 'orphanMissing', 'orphanUntagged', 'history', 'historyAcquire', 'reconcileLock'];
+const WITHOUT_SCRIPTS: (keyof PoolKeys)[] = ['base', 'groupInfo', 'orphanUnknown', 'orphanMissing', 'orphanUntagged', 'history', 'historyAcquire', 'metric'];
 
 /** Sample arguments of each key kind; values that must survive as they are (':' in names, a non-ASCII owner). */
 const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
@@ -71,6 +70,7 @@ const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
   readyChannel: [3],
   spawning: [3],
   spawnRecord: ['g3-1700000000000-0a1b2c3d'],
+  reconcileLock: [],
 };
 
 /** The Lua name of a key kind: `<name>Key`, but a pub/sub channel is no key. */

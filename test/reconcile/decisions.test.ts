@@ -29,6 +29,7 @@ function vm(state: VmState, fields: Partial<VmRecord> = {}): VmRecord {
     vmIp: `10.0.0.${seq % 250}`,
     group: 0,
     state,
+    owner: null,
     boundToUser: null,
     sandbox: null,
     usedByWorker: null,
@@ -66,7 +67,7 @@ const names = (actions: ReconcileAction[]) => actions.map((a) => ('vmName' in a 
 describe('decideRemoveOldDirtyVms', () => {
   const cfg = config({ vm_dirty_terminating_timeout: 120 });
   const dirty = (lastRelease: number, extra: Partial<VmRecord> = {}) =>
-    vm('ready', { boundToUser: 'alice', sandbox: 'sb', lastRelease, boundSince: lastRelease, buildsCount: 1, ...extra });
+    vm('ready', { owner: 'alice', sandbox: 'sb', lastRelease, boundSince: lastRelease, buildsCount: 1, ...extra });
 
   it('keeps a dirty VM released exactly the timeout ago and terminates it 1 ms later (strict, as Copr)', () => {
     const atBoundary = dirty(NOW - 120 * S);
@@ -77,8 +78,8 @@ describe('decideRemoveOldDirtyVms', () => {
 
   it('leaves clean VMs, VMs in use and VMs never released alone', () => {
     const clean = vm('ready', { lastRelease: NOW - 1000 * S });
-    const inUse = vm('in_use', { boundToUser: 'alice', sandbox: 'sb', lastRelease: NOW - 1000 * S });
-    const neverReleased = vm('ready', { boundToUser: 'alice', sandbox: 'sb', lastRelease: null });
+    const inUse = vm('in_use', { owner: 'alice', sandbox: 'sb', lastRelease: NOW - 1000 * S });
+    const neverReleased = vm('ready', { owner: 'alice', sandbox: 'sb', lastRelease: null });
     expect(decideRemoveOldDirtyVms(snap([clean, inUse, neverReleased]), cfg, NOW)).toEqual([]);
   });
 
@@ -252,8 +253,8 @@ describe('decideStartSpawnIfRequired', () => {
     const cfg = config({ ...base, min_ready: 3, max_vm_total: 10, max_spawn_processes: 5 });
     const vms = [vm('ready'), vm('got_ip'), vm('check_health')];
     expect(decideStartSpawnIfRequired(snap(vms), cfg, NOW)).toEqual([]);
-    const dirtyReady = vm('ready', { boundToUser: 'bob' });
-    const boundCheck = vm('check_health', { boundToUser: 'bob' });
+    const dirtyReady = vm('ready', { owner: 'bob' });
+    const boundCheck = vm('check_health', { owner: 'bob' });
     expect(spawns(decideStartSpawnIfRequired(snap([dirtyReady, boundCheck, vm('in_use')]), cfg, NOW))).toHaveLength(1);
     const inFlight = [1, 2, 3].map((i) => ({ spawnId: `s${i}`, startedAt: NOW - S }));
     expect(decideStartSpawnIfRequired(snap([], [group({ spawnsInFlight: inFlight })]), cfg, NOW)).toEqual([]);
@@ -276,7 +277,7 @@ describe('decideStartSpawnIfRequired', () => {
 
   it('stops at active + in flight = max_vm_total, and ignores terminating and failed VMs there', () => {
     const cfg = config({ ...base, max_spawn_processes: 10, vm_spawn_min_interval: 0, min_ready: 0 });
-    const busy = (n: number) => Array.from({ length: n }, () => vm('in_use', { boundToUser: 'u' }));
+    const busy = (n: number) => Array.from({ length: n }, () => vm('in_use', { owner: 'u' }));
     const demand = group({ demand: 10 });
     expect(decideStartSpawnIfRequired(snap(busy(4), [demand]), cfg, NOW)).toEqual([]);
     expect(spawns(decideStartSpawnIfRequired(snap(busy(3), [demand]), cfg, NOW))).toHaveLength(1);

@@ -90,7 +90,6 @@ beforeEach(async () => {
 });
 
 afterAll(async () => {
-  await master.close();
   await acquireQueue.close();
   await spawnQueue.close();
   await deleteKeysWithPrefix(redis, prefix);

@@ -23,7 +23,6 @@ describe('max_vm_total: 0', () => {
     await vmm.markServerStart();
   });
   afterAll(async () => {
-    await master?.close();
     await vmm?.close();
     await deleteKeysWithPrefix(redis, prefix);
     await redis.quit();

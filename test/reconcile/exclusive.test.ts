@@ -11,7 +11,7 @@ import { parseConfig } from '../../src/config/index.js';
 import type { JobContext } from '../../src/runtime/context.js';
 import { createLogger } from '../../src/logger.js';
 import { VmManager } from '../../src/pool/vmManager.js';
-import { CycleLock } from '../../src/reconcile/cycleLock.js';
+import { CycleLock } from '../../src/pool/locks.js';
 import { ensureReconcileScheduler, processReconcileJob, RECONCILE_JOB_NAME } from '../../src/processors/reconcile.js';
 import { VmMaster, cycleLockKey } from '../../src/reconcile/vmMaster.js';
 import type { QueueName } from '../../queues/names.js';
@@ -146,9 +146,8 @@ describe('one reconcile cycle at a time across replicas', () => {
   it('the cycle lock keeps two holders on separate connections apart; without it they overlap', async () => {
     const prefix = uniquePrefix('reconcile-z');
     prefixes.push(prefix);
-    const key = `${prefix}:{vmpool}:reconcile_lock`;
     const locked = detector(`${prefix}:locked`);
-    const locks = [new CycleLock(conn(), key, 5_000), new CycleLock(conn(), key, 5_000)];
+    const locks = [new CycleLock(conn(), prefix, 5_000), new CycleLock(conn(), prefix, 5_000)];
     let ran = 0;
     await Promise.all(
       locks.map(async (lock) => {
@@ -170,7 +169,6 @@ describe('one reconcile cycle at a time across replicas', () => {
     const prefix = uniquePrefix('reconcile-w');
     prefixes.push(prefix);
     const masters = [0, 1].map(() => new VmMaster(replicaContext(prefix).vmm));
-    opened.push(...masters);
     const reports = await Promise.all(masters.map((m) => m.doCycle()));
     expect(reports.map((r) => r.ran).sort()).toEqual([false, true]);
     expect(await admin.exists(cycleLockKey(masters[0]!.vmm))).toBe(0);

@@ -67,7 +67,7 @@ describe('min_ready by schedule', () => {
 
   const vm = (name: string, over: Partial<VmRecord> = {}): VmRecord =>
     ({
-      vmName: name, vmIp: '10.0.0.1', group: 0, state: 'ready', boundToUser: null, sandbox: null, usedByWorker: null, taskId: null,
+      vmName: name, vmIp: '10.0.0.1', group: 0, state: 'ready', owner: null, boundToUser: null, sandbox: null, usedByWorker: null, taskId: null,
       buildId: null, chroot: null, inUseSince: null, lastHealthCheck: 1, checkFails: 0, lastRelease: null, buildsCount: 0,
       terminatingSince: null, addedAt: 1, boundSince: null, leaseId: null, leaseExpiresAt: null, heldBy: null, heldSince: null, ...over,
     }) as VmRecord;
@@ -80,8 +80,8 @@ describe('min_ready by schedule', () => {
 
     const pool = [
       ...Array.from({ length: 6 }, (_, i) => vm(`clean-${i}`, { addedAt: 100 + i })),
-      vm('busy', { state: 'in_use', boundToUser: 'alice' }),
-      vm('dirty', { boundToUser: 'bob', lastRelease: 5 }),
+      vm('busy', { state: 'in_use', owner: 'alice', boundToUser: 'alice' }),
+      vm('dirty', { owner: 'bob', boundToUser: 'bob', lastRelease: 5 }),
       vm('held', { heldBy: 'ops' }),
       vm('coming', { state: 'check_health' }),
     ];
@@ -120,7 +120,6 @@ describe('a reconcile cycle follows the schedule (real Redis, injected clock)', 
     await vmm.markServerStart();
   });
   afterAll(async () => {
-    await master?.close();
     await spawnQueue?.close();
     await terminateQueue?.close();
     await vmm?.close();

@@ -51,7 +51,6 @@ describe('vmpool drain and undrain', () => {
     await vmm.markServerStart();
   });
   afterAll(async () => {
-    await master?.close();
     await vmm?.close();
     await deleteKeysWithPrefix(redis, prefix);
     await redis.quit();

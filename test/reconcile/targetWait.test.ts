@@ -1,7 +1,7 @@
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { VmManager } from '../../src/pool/vmManager.js';
+import { VmManager, acquireWaiterMember } from '../../src/pool/vmManager.js';
 import { groupSummaries } from '../../src/poolView.js';
 import { VmMaster } from '../../src/reconcile/vmMaster.js';
 import { QueueNames } from '../../queues/names.js';
@@ -83,7 +83,7 @@ describe('target_wait decision', () => {
     const g = group({ target_wait: { p95: 30 }, min_ready_ceiling: 9 });
     const snap = (rate: number, readyClean: number): PoolSnapshot => ({
       vms: Array.from({ length: readyClean }, (_, i) => ({
-        vmName: `vm-${i}`, vmIp: '10.0.0.1', group: 0, state: 'ready', boundToUser: null, sandbox: null, usedByWorker: null, taskId: null, buildId: null, chroot: null,
+        vmName: `vm-${i}`, vmIp: '10.0.0.1', group: 0, state: 'ready', owner: null, boundToUser: null, sandbox: null, usedByWorker: null, taskId: null, buildId: null, chroot: null,
         inUseSince: null, lastHealthCheck: 1, checkFails: 0, lastRelease: null, buildsCount: 0, terminatingSince: null, addedAt: i, boundSince: null, leaseId: null,
         leaseExpiresAt: null, heldBy: null, heldSince: null, heldUntil: null, holdReason: null,
       })),
@@ -151,7 +151,6 @@ describe('target_wait in a reconcile cycle (real Redis, injected clock)', () => 
     await vmm.markServerStart();
   });
   afterAll(async () => {
-    await master?.close();
     await spawnQueue?.close();
     await vmm?.close();
     await deleteKeysWithPrefix(redis, prefix);
@@ -159,6 +158,27 @@ describe('target_wait in a reconcile cycle (real Redis, injected clock)', () => 
   });
 
   it('measures boot time at the first passed check and the arrival rate, and spawns what the target needs', async () => {
+    // Arrivals are counted by the acquire scripts: each request that joins the line (no VM is ready
+    // yet) counts once for its first group; it leaves the line at once, so that it is no demand.
+    let arrived = 0;
+    const arrive = async (count: number) => {
+      for (let i = 0; i < count; i++) {
+        const jobId = `arrival-${(arrived += 1)}`;
+        const waiter = { member: acquireWaiterMember(clock.now, jobId), priority: 0, deadline: clock.now + 60_000, jobId };
+        const attempt = await vmm.tryAcquireVm({ groups: [0], owner: 'arrivals', sandbox: 'sb', workerId: 'w' }, waiter);
+        expect(attempt.status).toBe('none');
+        await vmm.leaveAcquireLine(waiter, [0]);
+      }
+    };
+    // 20 arrivals in the last 10 minutes, and old ones outside the window that are trimmed.
+    clock.now -= 3_600_000;
+    await arrive(50);
+    clock.now += 3_600_000 - 300_000;
+    await arrive(10);
+    clock.now += 300_000;
+    await arrive(10);
+    expect(await vmm.countDemand(0)).toBe(0);
+
     // Two spawned VMs: ready 80 s and 100 s after their spawns started.
     for (const [i, bootMs] of [80_000, 100_000].entries()) {
       const name = `tw-${i}`;
@@ -176,13 +196,6 @@ describe('target_wait in a reconcile cycle (real Redis, injected clock)', () => 
     await vmm.recordHealthCheckResult('hand', true);
     expect((await vmm.reader.bootTime(0)).samples).toBe(2);
 
-    // 20 arrivals in the last 10 minutes, and old ones outside the window that are trimmed.
-    clock.now -= 3_600_000;
-    await vmm.countArrivals(0, 50);
-    clock.now += 3_600_000 - 300_000;
-    await vmm.countArrivals(0, 10);
-    clock.now += 300_000;
-    await vmm.countArrivals(0, 10);
     const measure = await vmm.measureTargetWait(0, 600_000);
     expect(measure.bootMs).toBe(84_000);
     expect(measure.arrivalRate * 60).toBeGreaterThan(1.9);

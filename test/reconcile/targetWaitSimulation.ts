@@ -59,6 +59,7 @@ function record(vm: SimVm): VmRecord {
     vmIp: '10.0.0.1',
     group: 0,
     state: vm.state === 'ready' ? VmStates.READY : VmStates.IN_USE,
+    owner: vm.state === 'in_use' ? 'builder' : null,
     boundToUser: vm.state === 'in_use' ? 'builder' : null,
     sandbox: vm.state === 'in_use' ? 'sb' : null,
     usedByWorker: null,

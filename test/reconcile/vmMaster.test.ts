@@ -4,7 +4,7 @@ import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { ConfigInput } from '../../src/config/index.js';
 import { VmManager } from '../../src/pool/vmManager.js';
-import { CycleLock } from '../../src/reconcile/cycleLock.js';
+import { CycleLock } from '../../src/pool/locks.js';
 import { LAST_VM_SPAWN_START, VmMaster, cycleLockKey } from '../../src/reconcile/vmMaster.js';
 import { healthJobDeduplicationId } from '../../queues/health.js';
 import { QueueNames } from '../../queues/names.js';
@@ -69,7 +69,6 @@ beforeEach(async () => {
 });
 
 afterAll(async () => {
-  await master.close();
   for (const q of Object.values(queues)) await q.close();
   await deleteKeysWithPrefix(redis, prefix);
   await vmm.close();
@@ -320,7 +319,7 @@ describe('doCycle', () => {
 
   it('does nothing while another holder has the cycle lock, and runs once it expired (a dead replica)', async () => {
     clock.now = T0 + 30 * S;
-    const other = new CycleLock(redis, cycleLockKey(vmm), 300);
+    const other = new CycleLock(redis, vmm.prefix, 300);
     const token = await other.tryAcquire();
     expect(token).not.toBeNull();
     const blocked = await master.doCycle();
@@ -351,7 +350,6 @@ describe('the cycle log line', () => {
       const [, acted] = cycleLines();
       expect(acted).toMatchObject({ level: pino.levels.values.info, counts: { checkVmsHealth: 1 } });
     } finally {
-      await quiet.close();
       await logged.close();
     }
   });

@@ -143,7 +143,7 @@ describe('connections', () => {
     const cluster = new Cluster([{ host: '10.9.9.1', port: 7000 }], { lazyConnect: true });
     const vmm = new VmManager({ groups }, { redis: cluster, prefix: '{pool}' });
     const client = new VmPoolClient({ redis: cluster, prefix: '{pool}' });
-    expect(vmm.connectionForOwnKeys()).toBe(cluster);
+    expect(vmm.cycleLock(1_000).redis).toBe(cluster);
     expect(client.redis).toBe(cluster);
     expect(() => new VmManager({ groups }, { redis: cluster, prefix: 'pool' })).toThrow(/"\{pool\}"/);
     await client.close();

@@ -24,13 +24,14 @@ local spawnStartedAt = ARGV[7] or ''
 --- @include "includes/replyCodes"
 --- @include "includes/setVmState"
 --- @include "includes/audit"
+--- @include "includes/spawnSlots"
 
 local key = vmKey(base, name)
 if redis.call('EXISTS', key) == 1 then
   return ALREADY_EXISTS
 end
 if spawnId and spawnId ~= '' then
-  if redis.call('ZREM', spawningKey(base, group), spawnId) == 0 then
+  if not takeSpawnSlot(base, group, spawnId) then
     return NO_SPAWN_SLOT
   end
   local record = spawnRecordKey(base, spawnId)

@@ -19,12 +19,7 @@
 --- @include "includes/leaveLines"
 --- @include "includes/pickReady"
 --- @include "includes/audit"
-
--- Counts an acquire request that arrived for a group (its first group), per minute, for target_wait
--- (VmManager.measureTargetWait reads and trims the hash).
-local function countArrival(base, group, now)
-  redis.call('HINCRBY', arrivalsKey(base, group), tostring(math.floor(tonumber(now) / 60000)), 1)
-end
+--- @include "includes/arrivals"
 
 -- Hands the ready VM `name` of `group` to a request r = {owner, sandbox, workerId, taskId, buildId,
 -- chroot, leaseId, leaseMs, jobId} (text fields '' for none): in_use under a new lease. A clean VM

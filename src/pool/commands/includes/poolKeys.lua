@@ -208,3 +208,8 @@ end
 local function poolStateKey(base)
   return base .. 'pool_state'
 end
+
+-- The reconcile cycle lock (src/pool/locks.ts): a token, with an expiry; one cycle at a time.
+local function reconcileLockKey(base)
+  return base .. 'reconcile_lock'
+end

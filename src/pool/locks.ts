@@ -1,35 +1,34 @@
 import { randomBytes } from 'node:crypto';
 import type { RedisConnection } from '../redis.js';
-import { ReplyCodes } from '../pool/replyCodes.js';
-import { luaSource } from '../pool/scripts.js';
+import { poolKeys } from './keys.js';
+import { ReplyCodes } from './replyCodes.js';
+import { loadScripts, type RunScript } from './scripts.js';
 
-const lua = (file: string) => luaSource(new URL(`./commands/${file}`, import.meta.url));
-const EXTEND = 'vmpoolReconcileExtendLock';
-const RELEASE = 'vmpoolReconcileReleaseLock';
-
-type LockCommands = Record<string, (key: string, ...args: (string | number)[]) => Promise<number>>;
-
-function commands(redis: RedisConnection): LockCommands {
-  const target = redis as unknown as LockCommands;
-  if (typeof target[EXTEND] !== 'function') redis.defineCommand(EXTEND, { numberOfKeys: 1, lua: lua('extendLock-1.lua') });
-  if (typeof target[RELEASE] !== 'function') redis.defineCommand(RELEASE, { numberOfKeys: 1, lua: lua('releaseLock-1.lua') });
-  return target;
+/** The key of the reconcile cycle lock: one per pool, beside the pool's keys. */
+export function cycleLockKey(pool: { prefix: string }): string {
+  return poolKeys(pool.prefix).reconcileLock;
 }
 
 /**
- * A Redis lock with a random token and an expiry: only the holder extends or releases it, and a
- * holder that dies (or stops extending) loses it after ttlMs, so the next cycle can run.
+ * The reconcile cycle lock of a pool: a Redis key with a random token and an expiry. Only the
+ * holder extends or releases it (extendCycleLock-1.lua, releaseCycleLock-1.lua), and a holder that
+ * dies (or stops extending) loses it after ttlMs, so the next cycle can run.
  */
 export class CycleLock {
-  private readonly cmd: LockCommands;
+  readonly key: string;
+  private readonly base: string;
+  private readonly script: RunScript;
 
   constructor(
     readonly redis: RedisConnection,
-    readonly key: string,
+    prefix: string,
     readonly ttlMs: number,
   ) {
     if (!(ttlMs > 0)) throw new Error(`lock ttl must be positive, got ${ttlMs}`);
-    this.cmd = commands(redis);
+    const keys = poolKeys(prefix);
+    this.key = keys.reconcileLock;
+    this.base = keys.base;
+    this.script = loadScripts(redis);
   }
 
   /** Takes the lock if free; returns the token, or null if another holder has it. */
@@ -40,11 +39,11 @@ export class CycleLock {
   }
 
   async extend(token: string): Promise<boolean> {
-    return (await this.cmd[EXTEND]!.call(this.redis, this.key, token, this.ttlMs)) === ReplyCodes.OK;
+    return (await this.script('extendCycleLock', [this.base], [token, this.ttlMs])) === ReplyCodes.OK;
   }
 
   async release(token: string): Promise<boolean> {
-    return (await this.cmd[RELEASE]!.call(this.redis, this.key, token)) === ReplyCodes.OK;
+    return (await this.script('releaseCycleLock', [this.base], [token])) === ReplyCodes.OK;
   }
 
   /**

@@ -1,7 +1,7 @@
 import type { Config } from '../config/index.js';
-import { textTable } from '../text/table.js';
+import { textTable } from './table.js';
 import { relativeTime } from '../time.js';
-import type { VmDescriptor } from './types.js';
+import type { VmDescriptor } from '../pool/types.js';
 
 /**
  * Copr's copr_get_vm_info table: one block per group, times relative to now. drainedSince: the
@@ -24,13 +24,13 @@ export function formatPoolInfo(config: Config, vms: readonly VmDescriptor[], now
       v.state,
       String(v.checkFails),
       relativeTime(v.lastHealthCheck, now),
-      v.boundToUser ?? '-',
+      v.owner ?? '-',
       v.sandbox ?? '-',
       String(v.buildsCount),
       v.taskId ? `${v.taskId}${v.buildId ? ` (build ${v.buildId}${v.chroot ? `, ${v.chroot}` : ''})` : ''}, since ${relativeTime(v.inUseSince, now)}` : '-',
     ]);
     const body = rows.length
-      ? textTable(['name', 'ip', 'state', 'check fails', 'last check', 'bound to user', 'sandbox', 'builds', 'task'], rows, { rule: true })
+      ? textTable(['name', 'ip', 'state', 'check fails', 'last check', 'owner', 'sandbox', 'builds', 'task'], rows, { rule: true })
       : '(no VMs)';
     blocks.push(`${title}\n${body}`);
   }

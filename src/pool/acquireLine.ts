@@ -1,0 +1,132 @@
+import { randomUUID } from 'node:crypto';
+import type { AcquireRequestData } from '../../queues/acquire.js';
+import type { Clock, PoolAccess, PoolContext } from './context.js';
+import type { PoolJobs } from './jobs.js';
+import { poolKeys } from './keys.js';
+import type { Leases } from './leases.js';
+import { InvalidVmRequest, NoVmAvailable, type AcquireAttempt, type AcquireWaiter, type VmDescriptor } from './types.js';
+
+/**
+ * What acquireVm needs: an acquire job's payload (AcquireRequestData) with its groups resolved (no
+ * arch), the worker that asks, and optionally the lease id. The acquire processor passes the payload
+ * itself; Copr-style callers build one.
+ */
+export interface AcquireRequest extends Pick<AcquireRequestData, 'owner' | 'sandbox'> {
+  groups: number[];
+  /** Numbers are taken too (a pid, Copr's numeric build ids) and stored as text. */
+  workerId: string | number;
+  taskId?: string | number | null;
+  buildId?: string | number | null;
+  chroot?: string | null;
+  /** Lease id of the assignment; a random one when not given. */
+  leaseId?: string;
+}
+
+/** The pub/sub channel of each group on which the scripts say that a VM may be acquirable: channel -> group id. */
+export function readyChannels(prefix: string, groups: readonly number[]): Map<string, number> {
+  const keys = poolKeys(prefix);
+  return new Map(groups.map((g) => [keys.readyChannel(g), g]));
+}
+
+/**
+ * The requests' side of the line, which needs no config: a task's claim before its request is
+ * enqueued, and the withdrawal of a waiting request. VmPoolClient uses it as it is.
+ */
+export class LineRequests {
+  constructor(
+    private readonly pool: PoolAccess,
+    private readonly clock: Clock,
+  ) {}
+
+  /** Claims a task for an owner and sandbox until `deadline` (TaskConflict when another holds it). */
+  async claimTask(taskId: string, owner: string, sandbox: string, deadline: number, now = this.clock()): Promise<void> {
+    await this.pool.scripts.claimTask(taskId, owner, sandbox, deadline, now);
+  }
+
+  /**
+   * Withdraws a waiting acquire request: out of the line; its job fails as cancelled (with `reason`)
+   * at its next attempt; a VM the line gave it that its job did not collect goes back.
+   */
+  async cancel(waiter: Pick<AcquireWaiter, 'member' | 'jobId'>, reason: string, keepMs: number): Promise<number> {
+    return this.pool.scripts.cancelAcquire(waiter, reason, keepMs, this.clock());
+  }
+}
+
+/** The acquire line: acquire attempts, the requests that wait in line, and its dispatcher. */
+export class AcquireLine {
+  readonly requests: LineRequests;
+
+  constructor(
+    private readonly ctx: PoolContext,
+    private readonly jobs: PoolJobs,
+    private readonly leases: Leases,
+  ) {
+    this.requests = new LineRequests(ctx, ctx.clock);
+  }
+
+  async acquireVm(request: AcquireRequest): Promise<VmDescriptor> {
+    const attempt = await this.tryAcquireVm(request);
+    if (attempt.status === 'acquired' || attempt.status === 'reattached') return attempt.vm;
+    throw new NoVmAvailable(`no VM available for owner ${request.owner} in groups [${request.groups.join(', ')}]`);
+  }
+
+  /** See VmManager.tryAcquireVm. */
+  async tryAcquireVm(request: AcquireRequest, waiter?: AcquireWaiter): Promise<AcquireAttempt> {
+    const { groups, owner, sandbox, workerId } = request ?? ({} as AcquireRequest);
+    if (!Array.isArray(groups) || groups.length === 0) throw new InvalidVmRequest('acquireVm needs a non-empty list of groups');
+    for (const g of groups) this.ctx.groupConfig(g);
+    if (typeof owner !== 'string' || owner === '') throw new InvalidVmRequest('acquireVm needs an owner');
+    if (typeof sandbox !== 'string') throw new InvalidVmRequest('acquireVm needs a sandbox');
+    if (workerId === undefined || workerId === null) throw new InvalidVmRequest('acquireVm needs a workerId');
+    const attempt = await this.ctx.scripts.acquireVm({
+      now: this.ctx.clock(),
+      owner,
+      sandbox,
+      workerId: asText(workerId, 'workerId'),
+      taskId: asText(request.taskId, 'taskId'),
+      buildId: asText(request.buildId, 'buildId'),
+      chroot: asText(request.chroot, 'chroot'),
+      leaseId: request.leaseId || randomUUID(),
+      waiter,
+      groups: groups.map((group) => {
+        const gc = this.ctx.groupConfig(group);
+        return { group, maxVmPerOwner: gc.max_vm_per_user, leaseTimeoutMs: Math.round(gc.lease_timeout * 1000) };
+      }),
+    });
+    // Requests ahead that this attempt's dispatch served are woken here, whoever the caller is.
+    if (attempt.status !== 'cancelled' && attempt.served?.length) this.jobs.wakeAcquireJobs(attempt.served);
+    if (attempt.status === 'acquired' || attempt.status === 'reattached') {
+      // redis.wait_replicas: the assignment is answered only once replicas have it.
+      await this.leases.replicated();
+      const { vm } = attempt;
+      this.ctx.logger.info({ vmName: vm.vmName, owner, sandbox, taskId: vm.taskId, reattached: attempt.status === 'reattached' }, 'VM acquired');
+    }
+    return attempt;
+  }
+
+  /** See VmManager.dispatchAcquireLine. */
+  async dispatch(group: number, vmName: string): Promise<string[]> {
+    this.ctx.groupConfig(group);
+    const served = await this.ctx.scripts.dispatchAcquireLine(group, vmName, this.ctx.clock());
+    this.jobs.wakeAcquireJobs(served);
+    return served;
+  }
+
+  /** Takes a waiting request out of the line of its groups (timeout, invalid request, shutdown). */
+  async leave(waiter: AcquireWaiter, groups: readonly number[]): Promise<void> {
+    await this.ctx.scripts.leaveAcquireLine(waiter, groups);
+  }
+
+  /** Acquire requests waiting in the group's line (their deadline is after now). */
+  async countDemand(group: number): Promise<number> {
+    return this.ctx.reader.countDemand(group, this.ctx.clock());
+  }
+}
+
+/** Builders often carry numeric ids (Copr's build ids, a worker pid): they are stored as text ('' for none). */
+function asText(value: unknown, field: string): string {
+  if (value === undefined || value === null) return '';
+  if (typeof value === 'number' && Number.isFinite(value)) return String(value);
+  if (typeof value !== 'string') throw new InvalidVmRequest(`acquireVm: ${field} must be a string or a number`);
+  return value;
+}

@@ -1,0 +1,131 @@
+import type { TerminationReason } from '../../queues/terminate.js';
+import type { PoolContext } from './context.js';
+import type { PoolJobs } from './jobs.js';
+import type { VmPage, VmPageQuery } from './poolReader.js';
+import { SPAWN_RECORD_TTL_MS } from './spawns.js';
+import {
+  ALL_VM_STATES,
+  InvalidVmRequest,
+  VmDescriptorNotFound,
+  isValidVmIp,
+  isValidVmName,
+  isVmState,
+  type VmDescriptor,
+  type VmRecord,
+  type VmState,
+} from './types.js';
+
+/** The pool's VMs: adding, looking up, terminating and removing them. */
+export class PoolVms {
+  constructor(
+    private readonly ctx: PoolContext,
+    private readonly jobs: PoolJobs,
+  ) {}
+
+  /** See VmManager.addVmToPool. */
+  async addVmToPool(vmIp: string, vmName: string, group: number, options: { spawnId?: string; spawnStartedAt?: number } = {}): Promise<VmDescriptor> {
+    if (!isValidVmName(vmName)) {
+      throw new InvalidVmRequest(`invalid VM name ${JSON.stringify(vmName)}: expected 1-63 of A-Z a-z 0-9 . _ -, starting with a letter or digit`);
+    }
+    if (!isValidVmIp(vmIp)) throw new InvalidVmRequest(`invalid IP address ${JSON.stringify(vmIp)} for VM ${vmName}`);
+    this.ctx.groupConfig(group);
+    const { spawnId, spawnStartedAt } = options;
+    await this.ctx.scripts.addVm(
+      vmName,
+      vmIp,
+      group,
+      this.ctx.clock(),
+      spawnId || spawnStartedAt !== undefined ? { spawnId: spawnId ?? '', recordTtlMs: SPAWN_RECORD_TTL_MS, startedAt: spawnStartedAt } : undefined,
+    );
+    this.ctx.logger.info({ vmName, vmIp, group, spawnId }, 'VM added to pool');
+    return this.getVmByName(vmName);
+  }
+
+  async getVmByName(vmName: string): Promise<VmDescriptor> {
+    const vm = typeof vmName === 'string' && vmName !== '' ? await this.ctx.reader.vmDescriptor(vmName) : null;
+    if (!vm) throw new VmDescriptorNotFound(String(vmName));
+    return vm;
+  }
+
+  async getVmsByNames(names: readonly string[]): Promise<VmDescriptor[]> {
+    return this.ctx.reader.vmDescriptors(names);
+  }
+
+  async lookupVmsByIp(vmIp: string): Promise<VmDescriptor[]> {
+    if (typeof vmIp !== 'string' || vmIp === '') return [];
+    return this.getVmsByNames(await this.ctx.reader.vmNamesByIp(vmIp));
+  }
+
+  async getVmByTaskId(taskId: string | number): Promise<VmDescriptor | null> {
+    if (typeof taskId === 'number' && Number.isFinite(taskId)) taskId = String(taskId);
+    if (typeof taskId !== 'string' || taskId === '') return null;
+    const name = await this.ctx.reader.vmNameOfTask(taskId);
+    if (!name) return null;
+    const [vm] = await this.getVmsByNames([name]);
+    return vm && vm.taskId === taskId ? vm : null;
+  }
+
+  async getVmsByGroupAndStates(group: number | null, states: readonly VmState[]): Promise<VmDescriptor[]> {
+    for (const s of states) if (!isVmState(s)) throw new InvalidVmRequest(`unknown VM state ${JSON.stringify(s)}`);
+    if (states.length === 0) return [];
+    if (group !== null) this.ctx.groupConfig(group);
+    return this.getVmsByNames(await this.ctx.reader.vmNamesByGroupsAndStates(group === null ? this.ctx.vmGroups : [group], states));
+  }
+
+  async getAllVmsInGroup(group: number): Promise<VmDescriptor[]> {
+    return this.getVmsByGroupAndStates(group, ALL_VM_STATES);
+  }
+
+  async getAllVms(): Promise<VmDescriptor[]> {
+    return this.getVmsByNames(await this.ctx.reader.allVmNames());
+  }
+
+  async listVms(query: VmPageQuery): Promise<VmPage> {
+    return this.ctx.reader.vmPage(query, this.ctx.vmGroups);
+  }
+
+  async getAllVmRecords(): Promise<VmRecord[]> {
+    return this.ctx.reader.vmRecords(await this.ctx.reader.allVmNames());
+  }
+
+  async getVmRecord(vmName: string): Promise<VmRecord> {
+    const vm = typeof vmName === 'string' && vmName !== '' ? await this.ctx.reader.vmRecord(vmName) : null;
+    if (!vm) throw new VmDescriptorNotFound(String(vmName));
+    return vm;
+  }
+
+  /** Number of VMs of the group (any state) that belong to the owner. */
+  async countOwnerVms(owner: string, group: number): Promise<number> {
+    this.ctx.groupConfig(group);
+    return this.ctx.reader.ownerVmCount(group, owner);
+  }
+
+  /** Whether the owner is under the group's max_vm_per_user. */
+  async ownerMayAcquireMore(owner: string, group: number): Promise<boolean> {
+    const limit = this.ctx.groupConfig(group).max_vm_per_user;
+    return (await this.countOwnerVms(owner, group)) < limit;
+  }
+
+  /** See VmManager.backfillDueTimes. */
+  async backfillDueTimes(batch: number): Promise<number> {
+    let indexed = 0;
+    for (const names of await this.ctx.reader.allVmNameBatches(batch)) indexed += await this.ctx.scripts.indexDueTimes(names);
+    return indexed;
+  }
+
+  /** See VmManager.startVmTermination. */
+  async startVmTermination(vmName: string, allowedPreState: VmState | null | undefined, reason: TerminationReason): Promise<boolean> {
+    if (allowedPreState != null && !isVmState(allowedPreState)) {
+      throw new InvalidVmRequest(`unknown VM state ${JSON.stringify(allowedPreState)}`);
+    }
+    const now = this.ctx.clock();
+    if (!(await this.ctx.scripts.startVmTermination(vmName, allowedPreState ?? '', now, reason))) return false;
+    await this.jobs.enqueueTermination(vmName, now, reason);
+    return true;
+  }
+
+  async removeVmFromPool(vmName: string): Promise<void> {
+    await this.ctx.scripts.removeVm(vmName);
+    this.ctx.logger.info({ vmName }, 'VM removed from pool');
+  }
+}
