@@ -69,7 +69,8 @@ export const openApiDocument = {
           group: { type: 'integer' },
           groupName: { type: 'string' },
           state: { type: 'string', enum: [...ALL_VM_STATES] },
-          boundToUser: nullable('string'),
+          owner: { ...nullable('string'), description: 'the owner the VM belongs to since its first acquire (counts for max_vm_per_user); null while clean' },
+          boundToUser: { ...nullable('string'), deprecated: true, description: 'the same as owner, kept for clients written before it' },
           sandbox: nullable('string'),
           usedByWorker: nullable('string'),
           taskId: nullable('string'),
@@ -214,7 +215,7 @@ export const openApiDocument = {
         parameters: [
           { name: 'group', in: 'query', schema: { type: 'string' }, description: 'group name or id' },
           { name: 'state', in: 'query', schema: { type: 'string', enum: [...ALL_VM_STATES] } },
-          { name: 'owner', in: 'query', schema: { type: 'string' }, description: 'bound user' },
+          { name: 'owner', in: 'query', schema: { type: 'string' }, description: 'only VMs of this owner' },
           { name: 'cursor', in: 'query', schema: { type: 'string' }, description: 'the `next` of the previous page (VMs come in name order)' },
           { name: 'limit', in: 'query', schema: { type: 'integer', minimum: 1, maximum: 5000, default: 500 }, description: 'VMs per page' },
         ],

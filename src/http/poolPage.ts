@@ -47,7 +47,7 @@ function vmRow(vm: VmRecord, now: number): string {
     cell(vm.vmName, 'name'),
     `<td class="state"><span class="state-badge state-${escapeHtml(vm.state)}">${escapeHtml(vm.state)}</span></td>`,
     cell(vm.vmIp, 'ip'),
-    cell(vm.boundToUser, 'owner'),
+    cell(vm.owner, 'owner'),
     cell(vm.sandbox, 'sandbox'),
     cell(vm.buildsCount, 'builds num'),
     cell(vm.checkFails, `fails num${vm.checkFails > 0 ? ' warn' : ''}`),

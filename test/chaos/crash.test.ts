@@ -76,7 +76,7 @@ const until = <T>(fn: () => Promise<T> | T, timeoutMs: number, what: string) => 
 
 async function readyVm(group: number): Promise<VmDescriptor | null> {
   const vms = await vmm.getVmsByGroupAndStates(group, [VmStates.READY]);
-  return vms.find((v) => v.boundToUser === null) ?? null;
+  return vms.find((v) => v.owner === null) ?? null;
 }
 
 function workerOf(processedBy: string | undefined): WorkerProcess | undefined {
@@ -175,7 +175,7 @@ describe('a crashed worker process loses no work', () => {
     expect(assignment.group).toBe(1);
     const vm = await vmm.getVmByName(assignment.vmName);
     expect(vm.state).toBe(VmStates.IN_USE);
-    expect(vm.boundToUser).toBe('alice');
+    expect(vm.owner).toBe('alice');
     expect(vm.taskId).toBe(taskId);
     const done = await Job.fromId(acquireQueue, acquireJobId(taskId));
     // Nothing stalled: a parked request holds no worker.

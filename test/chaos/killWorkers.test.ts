@@ -163,7 +163,7 @@ describe('chaos 2: kill -9 of worker processes under load', () => {
     stop = true;
     await builders;
 
-    await sys.until(async () => (await vmm.getVmsByGroupAndStates(0, ['ready'])).filter((v) => v.boundToUser === null).length >= MIN_READY, 90_000, 'min_ready clean VMs');
+    await sys.until(async () => (await vmm.getVmsByGroupAndStates(0, ['ready'])).filter((v) => v.owner === null).length >= MIN_READY, 90_000, 'min_ready clean VMs');
     const diff = await sys.until(async () => {
       if (!(await settled(vmm))) return null;
       const d = await compareWithProvider(vmm, hookMachines(stateDir));

@@ -76,7 +76,7 @@ async function settled(): Promise<boolean> {
 
 /** Ready VMs bound to no owner: what a new builder is given. */
 async function readyClean(): Promise<string[]> {
-  return (await vmm.getVmsByGroupAndStates(0, [VmStates.READY])).filter((v) => v.boundToUser === null).map((v) => v.vmName);
+  return (await vmm.getVmsByGroupAndStates(0, [VmStates.READY])).filter((v) => v.owner === null).map((v) => v.vmName);
 }
 
 async function readyCount(): Promise<number> {

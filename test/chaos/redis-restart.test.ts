@@ -33,7 +33,7 @@ const until = <T>(fn: () => Promise<T> | T, timeoutMs: number, what: string) => 
 
 async function readyCleanVm(except: string[] = []): Promise<VmDescriptor | null> {
   const vms = await vmm.getVmsByGroupAndStates(0, [VmStates.READY]);
-  return vms.find((v) => v.boundToUser === null && !except.includes(v.vmName)) ?? null;
+  return vms.find((v) => v.owner === null && !except.includes(v.vmName)) ?? null;
 }
 
 async function gone(vmName: string): Promise<boolean> {
@@ -114,7 +114,7 @@ describe('worker processes across a Redis restart', () => {
     // A new request: served by the acquire worker from the warm pool (refilled by reconcile and spawn).
     const fresh = await client.acquire({ owner: 'bob', sandbox: 'bob/p', groups: [0], taskId: 'after-restart', timeoutMs: 30_000 });
     expect(fresh.vmName).not.toBe(held.vmName);
-    expect((await vmm.getVmByName(fresh.vmName)).boundToUser).toBe('bob');
+    expect((await vmm.getVmByName(fresh.vmName)).owner).toBe('bob');
 
     // Released VMs are dirty; vm_dirty_terminating_timeout (2 s) has reconcile and terminate end them.
     expect(await client.release(held)).toBe(true);

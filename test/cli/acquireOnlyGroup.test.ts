@@ -50,7 +50,7 @@ describe('vmpool acquire without --arch, --group or --tag', { timeout: 60_000 },
     expect(got.code, got.stderr).toBe(0);
     const vars = Object.fromEntries(got.stdout.trim().split('\n').map((l) => l.split('=', 2) as [string, string]));
     expect(vars).toMatchObject({ VM_NAME: 'solo1', VM_IP: '10.6.0.1', GROUP: '0' });
-    expect((await vmm.getAllVmRecords()).find((v) => v.vmName === 'solo1')).toMatchObject({ state: 'in_use', boundToUser: 'alice', leaseId: vars.LEASE_ID });
+    expect((await vmm.getAllVmRecords()).find((v) => v.vmName === 'solo1')).toMatchObject({ state: 'in_use', owner: 'alice', leaseId: vars.LEASE_ID });
   });
 
   it('with several groups, exits 2 naming them', async () => {

@@ -158,7 +158,7 @@ describe('vmpool CLI', { timeout: 60_000 }, () => {
     expect(vars.VM_NAME).toBe('c1');
     expect(vars.VM_IP).toBe('10.5.0.1');
     const rec = (await vmm.getAllVmRecords()).find((v) => v.vmName === 'c1')!;
-    expect(rec).toMatchObject({ state: 'in_use', boundToUser: 'dave', leaseId: vars.LEASE_ID });
+    expect(rec).toMatchObject({ state: 'in_use', owner: 'dave', leaseId: vars.LEASE_ID });
 
     expect((await vmpool('release', 'c1', '--lease-id', 'not-it')).code).toBe(1);
     expect((await vmpool('release', 'c1', '--lease-id', vars.LEASE_ID!)).code).toBe(0);

@@ -133,7 +133,7 @@ async function namespaces(harness: NetnsHarness): Promise<string[]> {
 
 async function readyCleanVm(except: string[] = []): Promise<VmDescriptor | null> {
   const vms = await vmm.getVmsByGroupAndStates(0, [VmStates.READY]);
-  return vms.find((v) => v.boundToUser === null && !except.includes(v.vmName)) ?? null;
+  return vms.find((v) => v.owner === null && !except.includes(v.vmName)) ?? null;
 }
 
 async function gone(vmName: string): Promise<boolean> {
@@ -233,7 +233,7 @@ describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'end to end with real host
     expect(await client.release(a2)).toBe(true);
     const released = await vmm.getVmByName(used);
     expect(released.state).toBe(VmStates.READY);
-    expect(released.boundToUser).toBe('alice');
+    expect(released.owner).toBe('alice');
 
     await waitFor(() => gone(used), 30_000, 'the dirty VM terminated');
     expect((await terminateJobsFor(used)).map((j) => j.data.reason)).toEqual(['dirty_timeout']);

@@ -120,7 +120,7 @@ describe('HTTP API', () => {
     const a = acquired.body;
     expect(a).toMatchObject({ vmName: 'a1', vmIp: '10.2.0.1', group: 1 });
     const record = await kit.vmm.getVmRecord('a1');
-    expect(record).toMatchObject({ state: 'in_use', boundToUser: 'alice', sandbox: 'sb', leaseId: a.leaseId, leaseExpiresAt: a.leaseExpiresAt });
+    expect(record).toMatchObject({ state: 'in_use', owner: 'alice', sandbox: 'sb', leaseId: a.leaseId, leaseExpiresAt: a.leaseExpiresAt });
 
     const renewed = await json(await kit.fetch('/api/v1/vms/a1/renew', { method: 'POST', json: { leaseId: a.leaseId } }));
     expect(renewed).toMatchObject({ status: 200, body: { vmName: 'a1', leaseId: a.leaseId } });
@@ -133,7 +133,8 @@ describe('HTTP API', () => {
     expect((await kit.vmm.getVmRecord('a1')).state).toBe('in_use');
 
     const released = await json(await kit.fetch('/api/v1/vms/a1/release', { method: 'POST', json: { leaseId: a.leaseId } }));
-    expect(released).toMatchObject({ status: 200, body: { released: true, vm: { vmName: 'a1', state: 'ready', boundToUser: 'alice' } } });
+    // The HTTP record keeps boundToUser, the deprecated alias of owner, for clients written before it.
+    expect(released).toMatchObject({ status: 200, body: { released: true, vm: { vmName: 'a1', state: 'ready', owner: 'alice', boundToUser: 'alice' } } });
     expect((await kit.vmm.getVmRecord('a1')).state).toBe('ready');
     const again = await json(await kit.fetch('/api/v1/vms/a1/release', { method: 'POST', json: {} }));
     expect(again).toMatchObject({ status: 409, body: { details: { reason: 'not_in_use', state: 'ready' } } });
@@ -267,7 +268,7 @@ describe('HTTP API', () => {
     } finally {
       await queue.close();
     }
-    expect(await kit.vmm.getVmRecord('c1')).toMatchObject({ state: 'ready', heldBy: null, boundToUser: null });
+    expect(await kit.vmm.getVmRecord('c1')).toMatchObject({ state: 'ready', heldBy: null, owner: null });
   });
 
   it('unknown routes are 404 JSON errors', async () => {

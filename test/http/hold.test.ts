@@ -36,7 +36,7 @@ describe('hold and unhold', () => {
     await expect(acquire()).rejects.toBeInstanceOf(NoVmAvailable);
     await kit.vmm.unholdVm('vm1');
     const again = await acquire();
-    expect(again).toMatchObject({ vmName: 'vm1', boundToUser: 'alice', sandbox: 'sb1' });
+    expect(again).toMatchObject({ vmName: 'vm1', owner: 'alice', sandbox: 'sb1' });
   });
 
   it('does not put a held VM back into the ready index when it becomes ready', async () => {

@@ -36,7 +36,7 @@ const pidOf = (vmName: string) => listenerPid(stateDir, vmName);
 
 async function readyCleanVm(group: number, except: string[] = []): Promise<VmDescriptor | null> {
   const vms = await vmm.getVmsByGroupAndStates(group, [VmStates.READY]);
-  return vms.find((v) => v.boundToUser === null && !except.includes(v.vmName)) ?? null;
+  return vms.find((v) => v.owner === null && !except.includes(v.vmName)) ?? null;
 }
 
 async function terminationOf(vmName: string): Promise<Job | undefined> {
@@ -76,7 +76,7 @@ describe('the job system in worker processes', () => {
     expect(assignment.leaseExpiresAt).toBeGreaterThan(Date.now());
     const vm = await vmm.getVmByName(assignment.vmName);
     expect(vm.state).toBe(VmStates.IN_USE);
-    expect(vm.boundToUser).toBe('alice');
+    expect(vm.owner).toBe('alice');
     expect(vm.taskId).toBe('build-1');
     first = assignment.vmName;
   });
@@ -95,7 +95,7 @@ describe('the job system in worker processes', () => {
     await client.release(again);
     const released = await vmm.getVmByName(first);
     expect(released.state).toBe(VmStates.READY);
-    expect(released.boundToUser).toBe('alice');
+    expect(released.owner).toBe('alice');
     await waitFor(() => gone(first), 30_000, 'the dirty VM terminated');
     expect((await terminationOf(first))?.data.reason).toBe('dirty_timeout');
     expect(pidOf(first)).toBeNull();
@@ -116,7 +116,7 @@ describe('the job system in worker processes', () => {
     const assignment = await client.acquire({ owner: 'bob', sandbox: 'bob/p', arch: 'aarch64', taskId: 'bob-1', timeoutMs: 30_000 });
     expect(assignment.group).toBe(1);
     demandVm = assignment.vmName;
-    expect((await vmm.getVmByName(demandVm)).boundToUser).toBe('bob');
+    expect((await vmm.getVmByName(demandVm)).owner).toBe('bob');
   });
 
   it('reattaches a restarted builder to the VM its task already holds', async () => {
@@ -134,7 +134,7 @@ describe('the job system in worker processes', () => {
     const err = await client.acquire({ owner: 'carol', sandbox: 'c', arch: 'aarch64', timeoutMs: 1_000 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(NoVmAvailable);
     expect((err as Error).message).toMatch(/NoVmAvailable|no VM/i);
-    expect((await vmm.getVmByName(demandVm)).boundToUser).toBe('bob');
+    expect((await vmm.getVmByName(demandVm)).owner).toBe('bob');
   });
 
   it('reclaims the VM of a builder that vanished once its lease lapses', async () => {

@@ -328,7 +328,7 @@ describe('decideStartSpawnIfRequired', () => {
 
   it('decides each group on its own figures', () => {
     const cfg = config({ ...base, min_ready: 0 }, { ...base, min_ready: 1 });
-    const vms = [vm('in_use', { group: 1, boundToUser: 'u' })];
+    const vms = [vm('in_use', { group: 1, owner: 'u' })];
     const actions = decideStartSpawnIfRequired(snap(vms, [group({ group: 0, demand: 1 }), group({ group: 1, lastSpawnStart: NOW })]), cfg, NOW);
     expect(actions).toEqual([{ type: 'spawn', group: 0, reason: 'demand' }]);
   });

@@ -40,7 +40,7 @@ const until = <T>(fn: () => Promise<T> | T, timeoutMs: number, what: string) => 
 
 async function readyCleanVm(except: string[] = []): Promise<VmDescriptor | null> {
   const vms = await vmm.getVmsByGroupAndStates(0, [VmStates.READY]);
-  return vms.find((v) => v.boundToUser === null && !except.includes(v.vmName)) ?? null;
+  return vms.find((v) => v.owner === null && !except.includes(v.vmName)) ?? null;
 }
 
 async function terminationOf(vmName: string): Promise<Job | undefined> {
@@ -93,7 +93,7 @@ describe('vmpool on a 3-master Redis Cluster', () => {
     expect(assignment.vmName).toBe(warm.vmName);
     const vm = await vmm.getVmByName(assignment.vmName);
     expect(vm.state).toBe(VmStates.IN_USE);
-    expect(vm.boundToUser).toBe('alice');
+    expect(vm.owner).toBe('alice');
     first = assignment.vmName;
   });
 
@@ -146,7 +146,7 @@ describe('vmpool on a 3-master Redis Cluster', () => {
     const acquired = await post('/api/v1/acquire', { owner: 'carol', sandbox: 'c', arch: 'x86_64', timeoutMs: 20_000 });
     expect(acquired.status).toBe(200);
     const a = (await acquired.json()) as { vmName: string; leaseId: string };
-    expect((await vmm.getVmByName(a.vmName)).boundToUser).toBe('carol');
+    expect((await vmm.getVmByName(a.vmName)).owner).toBe('carol');
     const released = await post(`/api/v1/vms/${a.vmName}/release`, { leaseId: a.leaseId });
     expect(released.status).toBe(200);
     expect((await vmm.getVmByName(a.vmName)).state).toBe(VmStates.READY);

@@ -45,7 +45,7 @@ const until = <T>(fn: () => Promise<T> | T, timeoutMs: number, what: string) => 
 
 async function readyCleanVm(except: string[] = []): Promise<VmDescriptor | null> {
   const vms = await vmm.getVmsByGroupAndStates(0, [VmStates.READY]);
-  return vms.find((v) => v.boundToUser === null && !except.includes(v.vmName)) ?? null;
+  return vms.find((v) => v.owner === null && !except.includes(v.vmName)) ?? null;
 }
 
 interface LoadFigures {

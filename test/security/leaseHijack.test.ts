@@ -71,7 +71,7 @@ async function aliceWaiting(): Promise<{ pending: Promise<VmAssignment> }> {
 /** alice's VM is still in_use under her lease, bound to her; then it leaves the pool (the next test starts empty). */
 async function expectAliceHolds(a: VmAssignment): Promise<void> {
   expect(await kit.client.holds(a)).toBe(true);
-  expect(await kit.ctx.vmm.getVmByName(a.vmName)).toMatchObject({ state: 'in_use', boundToUser: 'alice', taskId });
+  expect(await kit.ctx.vmm.getVmByName(a.vmName)).toMatchObject({ state: 'in_use', owner: 'alice', taskId });
   await kit.ctx.vmm.startVmTermination(a.vmName);
   await kit.ctx.vmm.removeVmFromPool(a.vmName);
 }

@@ -36,7 +36,7 @@ describe('API bodies and headers', () => {
     const vm = await kit.vmm.getVmRecord('p1');
     expect(vm.state).toBe('ready');
     expect(vm.heldBy).toBeNull();
-    expect(vm.boundToUser).toBeNull();
+    expect(vm.owner).toBeNull();
     expect(await acquireQueue.getJobs(['waiting', 'active', 'completed', 'failed', 'prioritized', 'delayed'])).toEqual([]);
   };
 

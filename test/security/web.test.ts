@@ -115,7 +115,7 @@ describe('builder tokens bound to owners', () => {
     expect(await acquireQueue.getJobCounts()).toEqual(expect.not.objectContaining({ waiting: 1 }));
     expect(await acquireQueue.getJobs(['waiting', 'active', 'completed', 'failed', 'prioritized', 'delayed'])).toEqual([]);
     await acquireQueue.close();
-    expect((await kit.vmm.getAllVms()).filter((v) => v.boundToUser !== null)).toEqual([]);
+    expect((await kit.vmm.getAllVms()).filter((v) => v.owner !== null)).toEqual([]);
   });
 
   it('serves owners that match a pattern, and lets admins and unbound tokens act for anyone', async () => {

@@ -58,7 +58,7 @@ describeWithTools('chromium', 'pool page in Chromium', () => {
       expect(rows.map((r) => [r.name, r.state, r.ip])).toEqual(expected.map((v) => [v.vmName, v.state, v.vmIp]));
       for (const v of expected) {
         const row = rows.find((r) => r.name === v.vmName)!;
-        expect(row.user).toBe(v.boundToUser ?? '-');
+        expect(row.user).toBe(v.owner ?? '-');
         if (v.taskId) expect(row.task).toContain(v.taskId);
         if (v.lastHealthCheck === null) expect(row.checked).toBe('-');
         else expect(row.checked).toMatch(/just now|seconds? ago/);

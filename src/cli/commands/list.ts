@@ -12,7 +12,7 @@ export const registerList: RegisterCommand = (program, { withPool, print }) => {
     .description('list VMs')
     .option('--group <group>', 'group name or id')
     .addOption(new Option('--state <state>', 'VM state').choices([...ALL_VM_STATES]))
-    .option('--owner <owner>', 'bound user')
+    .option('--owner <owner>', 'only VMs of this owner')
     .option('--limit <n>', 'show at most n VMs (in name order)')
     .option('--json', 'as JSON')
     .action(async (opts: { group?: string; state?: string; owner?: string; limit?: string; json?: boolean }) => {
@@ -38,7 +38,7 @@ export const registerList: RegisterCommand = (program, { withPool, print }) => {
               cfg.groups[v.group]?.name ?? String(v.group),
               v.state,
               v.vmIp,
-              v.boundToUser ?? '-',
+              v.owner ?? '-',
               v.sandbox ?? '-',
               String(v.buildsCount),
               String(v.checkFails),
