@@ -1,7 +1,7 @@
 /**
  * What a process does with its check of the pool's state marker (checkPoolState-1.lua), as pure
- * functions; src/runtime/poolStateWatch.ts applies them. The README's "Running Redis for vmpool"
- * says what each fault costs.
+ * functions; src/runtime/poolStateWatch.ts applies them. What each fault costs: docs/redis.md,
+ * "When Redis loses data: detection and recovery".
  */
 import { randomUUID } from 'node:crypto';
 import type { PoolContext } from './context.js';

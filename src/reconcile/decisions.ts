@@ -115,7 +115,7 @@ function withGroupConfig(snapshot: PoolSnapshot, config: ReconcileConfig, states
 }
 
 /**
- * removeOldDirtyVms: a `ready` VM bound to a user is terminated when it was not re-acquired within
+ * removeOldDirtyVms: a `ready` VM bound to an owner is terminated when it was not re-acquired within
  * vm_dirty_terminating_timeout of its last release (Copr), or when it reached a reuse limit
  * (resalloc's reuse_max_count / reuse_max_time). VMs in use, and VMs an operator holds, are left alone.
  */
