@@ -22,7 +22,8 @@ export { createHealthCheck, SshHealthCheck, TcpHealthCheck, CommandHealthCheck }
 export type { HealthCheck, HealthCheckResult, HealthCheckTarget } from './health/index.js';
 export type { ProviderConfig, CheckConfig } from './config/index.js';
 export { VmMaster, CYCLE_STEPS, LAST_VM_SPAWN_START, DEFAULT_CYCLE_LOCK_TTL_MS, cycleLockKey } from './reconcile/vmMaster.js';
-export type { VmMasterOptions, CycleReport, CycleStep } from './reconcile/vmMaster.js';
+export type { VmMasterOptions, CycleReport, CycleStep, ReconcileStep } from './reconcile/vmMaster.js';
+export type { CycleLock } from './pool/locks.js';
 export {
   decideRemoveOldDirtyVms,
   decideCheckVmsHealth,

@@ -32,7 +32,7 @@ export const registerList: RegisterCommand = (program, { withPool, print }) => {
         } while (cursor !== undefined && vms.length < max);
         print(opts.json === true, vms.map((v) => withoutLease(v)), () =>
           textTable(
-            ['NAME', 'GROUP', 'STATE', 'IP', 'USER', 'SANDBOX', 'BUILDS', 'FAILS', 'LAST CHECK', 'TASK', 'HELD BY'],
+            ['NAME', 'GROUP', 'STATE', 'IP', 'OWNER', 'SANDBOX', 'BUILDS', 'FAILS', 'LAST CHECK', 'TASK', 'HELD BY'],
             vms.map((v) => [
               v.vmName,
               cfg.groups[v.group]?.name ?? String(v.group),
