@@ -82,12 +82,12 @@ export function acquireJobId(taskId?: string | null): string {
   return `${ACQUIRE_JOB_ID_PREFIX}${taskId ? encodeURIComponent(taskId) : randomUUID()}`;
 }
 
-/** Whether an id has the form of an acquire job id (acquireJobId), not a task id. */
 /** BullMQ's events stream of the acquire queue under `prefix` (read from its last id before a job is added). */
 export function acquireEventsStreamKey(prefix: string): string {
   return `${prefix}:${ACQUIRE_QUEUE}:events`;
 }
 
+/** Whether an id has the form of an acquire job id (acquireJobId), not a task id. */
 export function isAcquireJobId(id: string): boolean {
   return id.startsWith(ACQUIRE_JOB_ID_PREFIX);
 }

@@ -118,7 +118,6 @@ export class PoolScripts {
     });
   }
 
-  /** One attempt of a spawn starts, or what an earlier attempt left (startSpawnAttempt-1.lua). */
   /** Drops the group's arrival minutes before `firstMinute` (epoch ms / 60000); returns how many. */
   async trimArrivals(group: number, firstMinute: number): Promise<number> {
     return Number(await this.call('trimArrivals', [group, firstMinute]));
@@ -134,6 +133,7 @@ export class PoolScripts {
     return (await this.call('finishSpawn', [group, spawnId])) === ReplyCodes.OK;
   }
 
+  /** One attempt of a spawn starts, or what an earlier attempt left (startSpawnAttempt-1.lua). */
   async startSpawnAttempt(spawnId: string, group: number, now: number, recordTtlMs: number): Promise<SpawnAttemptStart> {
     const reply = (await this.call('startSpawnAttempt', [spawnId, group, now, recordTtlMs])) as [number, ...string[]];
     const [code, name = '', ip = '', done = '', slotHeld = ''] = reply;

@@ -6,6 +6,7 @@ import { groupSummaries } from '../../src/poolView.js';
 import { VmMaster } from '../../src/reconcile/vmMaster.js';
 import { QueueNames } from '../../queues/names.js';
 import { connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
+import { poolKeys } from '../../src/pool/keys.js';
 import { ConfigError, parseConfig, type ConfigInput } from '../../src/config/index.js';
 import { decideStartSpawnIfRequired, decideRetireSurplus, type PoolSnapshot } from '../../src/reconcile/decisions.js';
 import { arrivalRateFromBuckets, decideTargetWait, nextBootEma, poissonTail, targetWaitDecision } from '../../src/reconcile/targetWait.js';
@@ -212,5 +213,38 @@ describe('target_wait in a reconcile cycle (real Redis, injected clock)', () => 
     const [summary] = await groupSummaries(vmm);
     expect(summary!.minReady).toBe(expected.minReady);
     expect(summary!.targetWait).toMatchObject({ target: 'p95 30s', bootSeconds: 84, bootMeasured: true, minReady: expected.minReady });
+  });
+});
+
+describe('target_wait on a group whose arrivals piled up before it was turned on (real Redis)', () => {
+  const prefix = uniquePrefix('target-wait-backlog');
+  const input: ConfigInput = { groups: [{ name: 'tw', target_wait: { p95: 30, window: 600 }, max_vm_total: 20 }] };
+  const now = Date.parse('2026-12-01T10:00:00Z');
+  let redis: Redis;
+  let vmm: VmManager;
+
+  beforeAll(() => {
+    redis = connect();
+    vmm = new VmManager(input, { redis, prefix, clock: () => now });
+  });
+  afterAll(async () => {
+    await vmm?.close();
+    await deleteKeysWithPrefix(redis, prefix);
+    await redis.quit();
+  });
+
+  it('trims a week of old minutes at once (more than a Lua unpack takes) and keeps the window', async () => {
+    // The acquire scripts count arrivals whether or not target_wait is on: a week of busy minutes
+    // before it was turned on, then two in the window.
+    const minute = Math.floor(now / 60_000);
+    const fields: string[] = [];
+    for (let m = minute - 7 * 24 * 60; m < minute - 10; m++) fields.push(String(m), '1');
+    fields.push(String(minute - 5), '3', String(minute), '2');
+    await redis.hset(poolKeys(prefix).arrivals(0), ...fields);
+
+    const measure = await vmm.measureTargetWait(0, 600_000);
+    // The backlog changes nothing of the rate: only the window's minutes count.
+    expect(measure.arrivalRate).toBe(arrivalRateFromBuckets(new Map([[minute - 5, 3], [minute, 2]]), now, 600_000));
+    expect([...(await vmm.reader.arrivals(0)).keys()].sort()).toEqual([minute - 5, minute]);
   });
 });

@@ -11,16 +11,22 @@ local function countArrival(base, group, now)
 end
 
 -- Drops the minutes before `firstMinute` (minute numbers, epoch ms / 60000); returns how many.
+-- HDEL by batches: unpack takes at most about 8000 values, and a hash counted for days before
+-- target_wait was turned on holds more minutes than that.
 local function trimArrivals(base, group, firstMinute)
   local key = arrivalsKey(base, group)
-  local old = {}
+  local batch, dropped = {}, 0
   for _, minute in ipairs(redis.call('HKEYS', key)) do
     if tonumber(minute) < firstMinute then
-      old[#old + 1] = minute
+      batch[#batch + 1] = minute
+      if #batch == 1000 then
+        dropped = dropped + redis.call('HDEL', key, unpack(batch))
+        batch = {}
+      end
     end
   end
-  if #old > 0 then
-    redis.call('HDEL', key, unpack(old))
+  if #batch > 0 then
+    dropped = dropped + redis.call('HDEL', key, unpack(batch))
   end
-  return #old
+  return dropped
 end
