@@ -54,7 +54,9 @@ function vmRow(vm: VmRecord, now: number): string {
     timeCell(vm.lastHealthCheck, now, 'checked'),
     cell(taskText(vm), 'task'),
     timeCell(vm.state === 'in_use' ? vm.leaseExpiresAt : null, now, 'lease'),
-    cell(heldText, 'held-by'),
+    vm.heldUntil !== null && heldText !== null
+      ? `<td class="held-by" title="until ${new Date(vm.heldUntil).toISOString()}">${escapeHtml(heldText)}</td>`
+      : cell(heldText, 'held-by'),
     `<td class="actions">${holdButton} ${terminateButton}</td>`,
     '</tr>',
   ].join('');

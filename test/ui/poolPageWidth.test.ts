@@ -35,6 +35,8 @@ describeWithTools('chromium', 'pool page width', () => {
     const tables = await page.locator('div.vms').evaluateAll((divs) => divs.map((d) => ({ scroll: d.scrollWidth, client: d.clientWidth })));
     expect(tables.length).toBe(2);
     for (const t of tables) expect(t.scroll).toBeLessThanOrEqual(t.client);
+    // A hold's end shows as relative time, its exact time on hover.
+    expect(await page.locator('tr[data-vm="web-2"] td.held-by').getAttribute('title')).toMatch(/^until \d{4}-\d\d-\d\dT\d\d:\d\d/);
     // The last column (the buttons) is on screen.
     const box = await page.locator('tr[data-vm="web-2"] button[data-action="terminate"]').boundingBox();
     expect(box!.x + box!.width).toBeLessThanOrEqual(1400);

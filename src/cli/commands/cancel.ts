@@ -1,6 +1,5 @@
-import { userInfo } from 'node:os';
 import { cancelAcquireRequest } from '../../acquire/requests.js';
-import { requestText, type RegisterCommand } from '../context.js';
+import { requestText, safeUser, type RegisterCommand } from '../context.js';
 import { CliError, ExitCodes } from '../exitCodes.js';
 
 export const registerCancel: RegisterCommand = (program, { withPool, print }) => {
@@ -11,7 +10,7 @@ export const registerCancel: RegisterCommand = (program, { withPool, print }) =>
     .option('--json', 'the request afterwards, as JSON')
     .action(async (id: string, opts: { json?: boolean }) => {
       await withPool(async (vmm, cfg) => {
-        const outcome = await cancelAcquireRequest(vmm, cfg, id, `cancelled by ${userInfo().username} with vmpool cancel`);
+        const outcome = await cancelAcquireRequest(vmm, cfg, id, `cancelled by ${safeUser()} with vmpool cancel`);
         if (!outcome) throw new CliError(`no acquire request ${JSON.stringify(id)}`, ExitCodes.NOT_FOUND);
         if (!outcome.cancelled) throw new CliError(`acquire request ${outcome.status.id} is ${outcome.status.state} already; nothing withdrawn`, ExitCodes.ERROR);
         print(Boolean(opts.json), outcome.status, () => `withdrew ${requestText(outcome.status)}`);
