@@ -38,3 +38,47 @@ export function redactedConfig(config: Config): Config {
   }
   return copy;
 }
+
+/**
+ * Values of a hook's or check's `env` shorter than this are settings (ports, flags, names), not
+ * credentials: masking them would garble every line of output they occur in.
+ */
+export const ENV_SECRET_MIN_LENGTH = 8;
+
+/** The password in a URL's user info (decoded), if any. */
+function urlPassword(url: string): string | null {
+  try {
+    const password = new URL(url).password;
+    return password === '' ? null : decodeURIComponent(password);
+  } catch {
+    // Not a URL: whatever stands before an `@` may be a secret.
+    const at = url.match(/^(?:[^/]*\/\/)?([^@]*)@/);
+    return at?.[1] ? (at[1].split(':').at(-1) ?? null) || null : null;
+  }
+}
+
+/**
+ * The config's secrets as text, for masking hook output: the Redis passwords (of the URL, which
+ * REDIS_URL has already replaced, of the servers and of the sentinels), the web tokens, and the
+ * values of every provider's and check's `env` of at least ENV_SECRET_MIN_LENGTH characters.
+ */
+export function configSecrets(config: Config): string[] {
+  const secrets = new Set<string>();
+  const add = (value: string | null | undefined) => {
+    if (value) secrets.add(value);
+  };
+  const password = urlPassword(config.redis.url);
+  add(password);
+  // The URL may carry the password percent-encoded, as it would be printed.
+  if (password) add(encodeURIComponent(password));
+  add(config.redis.password);
+  add(config.redis.sentinel?.password);
+  add(config.web.auth.token);
+  for (const t of config.web.auth.tokens) add(t.token);
+  for (const g of config.groups) {
+    for (const env of [(g.provider as { env?: Record<string, string> }).env, (g.check as { env?: Record<string, string> }).env]) {
+      for (const value of Object.values(env ?? {})) if (value.length >= ENV_SECRET_MIN_LENGTH) add(value);
+    }
+  }
+  return [...secrets];
+}
