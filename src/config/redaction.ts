@@ -11,6 +11,9 @@ export function showConfigValue(value: unknown, path: readonly PropertyKey[] = [
   if (value === undefined) return 'nothing';
   if (isSecretPath(path)) return '(a secret, not shown)';
   if (path[0] === 'redis' && path[1] === 'url' && typeof value === 'string') return JSON.stringify(redactUrl(value));
+  // An object or array may hold secrets under any key (a token, an env, a mistyped `passwd`).
+  if (Array.isArray(value)) return `an array of ${value.length}`;
+  if (typeof value === 'object' && value !== null) return 'an object';
   try {
     const text = JSON.stringify(value);
     return text.length > 80 ? `${text.slice(0, 77)}...` : text;
