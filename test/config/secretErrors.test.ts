@@ -3,6 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig, parseConfig } from '../../src/config/index.js';
+import { configSecrets } from '../../src/config/redaction.js';
+import { maskSecrets } from '../../src/text/redact.js';
 
 // Config errors say where a problem is, never what a secret is: a YAML syntax error names its line
 // and column, not the line's text; an unknown (mistyped) key is named, its value is not.
@@ -102,5 +104,30 @@ describe('pass_env', () => {
     expect(errorOf({ groups: [{ name: 'g', check: { type: 'command', cmd: 'c', pass_env: ['REDIS_URL'] } }] }).message).toMatch(
       /groups.0.check.pass_env.0: .*a variable other than REDIS_URL/,
     );
+  });
+});
+
+describe('the known secrets masked in hook output', () => {
+  it('are the Redis passwords, the web tokens and the long env values', () => {
+    const config = parseConfig(
+      {
+        redis: { url: 'redis://user:p%40ss-word@127.0.0.1:6379', password: 'servers-pw', sentinel: { name: 'm', sentinels: ['127.0.0.1:26379'], password: 'sentinel-pw' } },
+        web: { auth: { token: 'admin-token-0123456789', tokens: [{ token: 'builder-token-0123456789', scopes: ['builder'] }] } },
+        groups: [
+          {
+            name: 'g',
+            provider: { type: 'command', spawn_cmd: 'a', terminate_cmd: 'b', env: { OS_PASSWORD: 'cloud-password', PORT: '2222' } },
+            check: { type: 'command', cmd: 'c', env: { CHECK_KEY: 'check-key-value' } },
+          },
+        ],
+      },
+      {},
+    );
+    expect(configSecrets(config).sort()).toEqual(
+      ['p@ss-word', 'p%40ss-word', 'servers-pw', 'sentinel-pw', 'admin-token-0123456789', 'builder-token-0123456789', 'cloud-password', 'check-key-value'].sort(),
+    );
+    // A value shorter than ENV_SECRET_MIN_LENGTH (a port) is a setting, not masked.
+    expect(configSecrets(config)).not.toContain('2222');
+    expect(maskSecrets('auth p@ss-word and p%40ss-word, port 2222', configSecrets(config))).toBe('auth *** and ***, port 2222');
   });
 });
