@@ -6,7 +6,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig, type Config } from '../../src/config/index.js';
 import { createHealthCheck } from '../../src/health/index.js';
-import { HOOK_LOG_LINE_MAX_CHARS } from '../../src/providers/hook.js';
+import { HOOK_LOG_LINE_MAX_CHARS, HOOK_LOG_MAX_CHARS } from '../../src/providers/hook.js';
 import { createProvider } from '../../src/providers/index.js';
 import type { ProviderGroup } from '../../src/providers/types.js';
 import { createJobContext, type OwnedJobContext } from '../../src/runtime/worker.js';
@@ -156,5 +156,33 @@ describe("a hook's environment", () => {
     expectNoSecrets(jobLog.join('\n'));
     expectNoSecrets(result.detail);
     expectNoSecrets(logged.join('\n'));
+  });
+});
+
+describe("a hook's logged output", () => {
+  it(`stops at ${HOOK_LOG_MAX_CHARS} characters per run, and says so`, async () => {
+    const g: ProviderGroup = {
+      id: 0,
+      config: parseConfig({
+        groups: [
+          {
+            name: 'chatty',
+            allowed_networks: ['192.0.2.0/24'],
+            provider: {
+              type: 'command',
+              // 200 lines of 1,000 characters, then the machine: 200,000 characters in all.
+              spawn_cmd: ['/bin/sh', '-c', `for i in $(seq 200); do head -c 1000 /dev/zero | tr '\\0' y; echo; done; echo '{"name": "chatty-1", "ip": "192.0.2.78"}'`],
+              terminate_cmd: ['/bin/true'],
+            },
+            check: { type: 'tcp', port: 22 },
+          },
+        ],
+      }, {}).groups[0]!,
+    };
+    const jobLog: string[] = [];
+    expect(await createProvider(g, { logger: pino({ level: 'silent' }) }).spawn({ group: g, spawnId: 'sp-chatty', log: (l) => void jobLog.push(l) })).toEqual({ name: 'chatty-1', ip: '192.0.2.78' });
+    const output = jobLog.filter((l) => l.startsWith('spawn_cmd stdout: '));
+    expect(output.length).toBe(Math.floor(HOOK_LOG_MAX_CHARS / 1000));
+    expect(jobLog.at(-1)).toBe(`spawn_cmd: output beyond ${HOOK_LOG_MAX_CHARS} characters not logged`);
   });
 });
