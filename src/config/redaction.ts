@@ -56,7 +56,7 @@ function urlPassword(url: string): string | null {
   } catch {
     // Not a URL: whatever stands before an `@` may be a secret.
     const at = url.match(/^(?:[^/]*\/\/)?([^@]*)@/);
-    return at?.[1] ? (at[1].split(':').at(-1) ?? null) || null : null;
+    return at?.[1] ? at[1].slice(at[1].lastIndexOf(':') + 1) || null : null;
   }
 }
 

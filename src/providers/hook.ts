@@ -46,9 +46,11 @@ export function hookProcessEnv(
   parent: NodeJS.ProcessEnv = process.env,
 ): Record<string, string> {
   const env: Record<string, string> = {};
-  for (const name of [...HOOK_BASE_ENV, ...passEnv]) {
+  const base: readonly string[] = HOOK_BASE_ENV;
+  for (const name of [...base, ...passEnv]) {
     const value = parent[name];
-    if (value !== undefined && (HOOK_BASE_ENV.includes(name as (typeof HOOK_BASE_ENV)[number]) || passEnvProblem(name) === null)) env[name] = value;
+    // The config refuses bad pass_env names already; a caller that skipped it gets none either.
+    if (value !== undefined && (base.includes(name) || passEnvProblem(name) === null)) env[name] = value;
   }
   return { ...env, ...values };
 }
