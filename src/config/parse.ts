@@ -18,7 +18,7 @@ export interface ConfigIssue {
   path: string;
   /** What was expected, in words. */
   expected: string;
-  /** The value that was given, or undefined when the field is missing. */
+  /** The value that was given, or undefined when the field is missing or unknown (an unknown key's value is never kept). */
   received: unknown;
 }
 
@@ -39,8 +39,13 @@ export function isParsedConfig(value: unknown): value is Config {
   return typeof value === 'object' && value !== null && parsedConfigs.has(value);
 }
 
+/** What an unknown key's issue expects; its value is never shown, nor kept in the issue. */
+const UNKNOWN_KEY = 'no such key (unknown option)';
+
 function configError(issues: ConfigIssue[]): ConfigError {
-  const lines = issues.map((i) => `  ${i.path}: got ${showConfigValue(i.received, i.path.split('.'))}, expected ${i.expected}`);
+  const lines = issues.map((i) =>
+    i.expected === UNKNOWN_KEY ? `  ${i.path}: ${UNKNOWN_KEY}; its value is not shown` : `  ${i.path}: got ${showConfigValue(i.received, i.path.split('.'))}, expected ${i.expected}`,
+  );
   return new ConfigError(`invalid vmpool config:\n${lines.join('\n')}`, issues);
 }
 
@@ -58,7 +63,8 @@ export function parseConfig(input: unknown, env: NodeJS.ProcessEnv = process.env
       if (issue.code === 'unrecognized_keys') {
         for (const key of issue.keys) {
           const path = [...issue.path, key];
-          issues.push({ path: path.join('.'), expected: 'no such key (unknown option)', received: valueAt(input, path) });
+          // Never the value: a mistyped secret key (`passwd:`) holds a secret.
+          issues.push({ path: path.join('.'), expected: UNKNOWN_KEY, received: undefined });
         }
         continue;
       }

@@ -11,6 +11,9 @@ export function showConfigValue(value: unknown, path: readonly PropertyKey[] = [
   if (value === undefined) return 'nothing';
   if (isSecretPath(path)) return '(a secret, not shown)';
   if (path[0] === 'redis' && path[1] === 'url' && typeof value === 'string') return JSON.stringify(redactUrl(value));
+  // An object or array may hold secrets under any key (a token, an env, a mistyped `passwd`).
+  if (Array.isArray(value)) return `an array of ${value.length}`;
+  if (typeof value === 'object' && value !== null) return 'an object';
   try {
     const text = JSON.stringify(value);
     return text.length > 80 ? `${text.slice(0, 77)}...` : text;
@@ -37,4 +40,48 @@ export function redactedConfig(config: Config): Config {
     if (check.env) for (const k of Object.keys(check.env)) check.env[k] = '***';
   }
   return copy;
+}
+
+/**
+ * Values of a hook's or check's `env` shorter than this are settings (ports, flags, names), not
+ * credentials: masking them would garble every line of output they occur in.
+ */
+export const ENV_SECRET_MIN_LENGTH = 8;
+
+/** The password in a URL's user info (decoded), if any. */
+function urlPassword(url: string): string | null {
+  try {
+    const password = new URL(url).password;
+    return password === '' ? null : decodeURIComponent(password);
+  } catch {
+    // Not a URL: whatever stands before an `@` may be a secret.
+    const at = url.match(/^(?:[^/]*\/\/)?([^@]*)@/);
+    return at?.[1] ? at[1].slice(at[1].lastIndexOf(':') + 1) || null : null;
+  }
+}
+
+/**
+ * The config's secrets as text, for masking hook output: the Redis passwords (of the URL, which
+ * REDIS_URL has already replaced, of the servers and of the sentinels), the web tokens, and the
+ * values of every provider's and check's `env` of at least ENV_SECRET_MIN_LENGTH characters.
+ */
+export function configSecrets(config: Config): string[] {
+  const secrets = new Set<string>();
+  const add = (value: string | null | undefined) => {
+    if (value) secrets.add(value);
+  };
+  const password = urlPassword(config.redis.url);
+  add(password);
+  // The URL may carry the password percent-encoded, as it would be printed.
+  if (password) add(encodeURIComponent(password));
+  add(config.redis.password);
+  add(config.redis.sentinel?.password);
+  add(config.web.auth.token);
+  for (const t of config.web.auth.tokens) add(t.token);
+  for (const g of config.groups) {
+    for (const env of [(g.provider as { env?: Record<string, string> }).env, (g.check as { env?: Record<string, string> }).env]) {
+      for (const value of Object.values(env ?? {})) if (value.length >= ENV_SECRET_MIN_LENGTH) add(value);
+    }
+  }
+  return [...secrets];
 }

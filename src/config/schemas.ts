@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { embeddedGroups } from '../defaults.js';
 import { POOL_ID_PATTERN } from '../pool/poolId.js';
 import { parseCidr } from '../providers/addressPolicy.js';
+import { passEnvProblem } from '../providers/hook.js';
 import { cronProblem } from '../reconcile/minReady.js';
 import { parseHostPort } from '../redisEndpoint.js';
 
@@ -19,6 +20,17 @@ export const commandLineSchema = z.union([
 ]);
 const commandLine = (description: string) => commandLineSchema.describe(`${description}: an argv array, or a string "path arg arg" split on whitespace (never run by a shell)`);
 const hookEnv = (description: string) => z.record(z.string(), z.string()).default({}).describe(description);
+/** Names of vmpool's environment variables a hook gets too; REDIS_URL and VMPOOL_* are refused. */
+const passEnv = (description: string) =>
+  z
+    .array(
+      z.string().superRefine((name, ctx) => {
+        const problem = passEnvProblem(name);
+        if (problem) ctx.addIssue({ code: 'custom', message: problem });
+      }),
+    )
+    .default([])
+    .describe(description);
 
 export const localProviderSchema = z
   .strictObject({
@@ -41,6 +53,9 @@ export const commandProviderSchema = z
     list_timeout: z.number().positive().default(60).describe('Seconds list_cmd may take'),
     kill_grace: seconds(5, "Seconds between SIGTERM and SIGKILL of a hook's process group at its timeout"),
     env: hookEnv('Extra environment for every hook (a secret: never shown)'),
+    pass_env: passEnv(
+      "Names of vmpool's own environment variables that every hook gets too, beyond PATH, HOME, LANG and TZ (such as cloud credentials: OS_CLOUD). REDIS_URL, REDISCLI_AUTH and VMPOOL_* are refused",
+    ),
   })
   .describe("Provider `command` (production): hooks as in Copr's playbooks and resalloc's cmd_new/cmd_delete/cmd_list");
 
@@ -76,6 +91,9 @@ export const commandCheckSchema = z
     type: z.literal('command').describe("command: resalloc's livecheck, exit 0 means healthy"),
     cmd: commandLine('Check command'),
     env: hookEnv('Extra environment for the command (a secret: never shown)'),
+    pass_env: passEnv(
+      "Names of vmpool's own environment variables that the command gets too, beyond PATH, HOME, LANG and TZ. REDIS_URL, REDISCLI_AUTH and VMPOOL_* are refused",
+    ),
   })
   .describe("Check `command` (resalloc's livecheck): exit 0 means healthy");
 

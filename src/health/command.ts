@@ -5,7 +5,8 @@ import type { HealthCheck, HealthCheckResult, HealthCheckTarget } from './types.
 
 /**
  * resalloc's livecheck: a hook with the VM in its environment (VMPOOL_VM_NAME, VMPOOL_VM_IP,
- * VMPOOL_GROUP, VMPOOL_GROUP_NAME); exit 0 means healthy. Killed with its process group at the timeout.
+ * VMPOOL_GROUP, VMPOOL_GROUP_NAME), which is as clean as a provider hook's (runHook); exit 0 means
+ * healthy. Killed with its process group at the timeout.
  */
 export class CommandHealthCheck implements HealthCheck {
   readonly type = 'command';
@@ -15,6 +16,8 @@ export class CommandHealthCheck implements HealthCheck {
     cmd: CommandLine,
     private readonly env: Record<string, string>,
     private readonly logger: Logger,
+    /** Variables of vmpool's environment the check gets too (`pass_env`), and the secrets masked in its output. */
+    private readonly options: { passEnv?: readonly string[]; secrets?: readonly string[] } = {},
   ) {
     this.argv = toArgv(cmd);
   }
@@ -26,6 +29,8 @@ export class CommandHealthCheck implements HealthCheck {
     const result = await runHook({
       argv: this.argv,
       env: hookEnv(target.group, this.env, { name: target.vmName, ip: target.vmIp }),
+      passEnv: this.options.passEnv ?? [],
+      secrets: this.options.secrets ?? [],
       timeoutMs,
       // The check's timeout is short already: no grace before SIGKILL.
       killGraceMs: 0,

@@ -70,7 +70,10 @@ export function createHealthCheck(group: ProviderGroup, deps: HealthCheckDeps): 
     case 'tcp':
       return new TcpHealthCheck(check.port);
     case 'command':
-      return new CommandHealthCheck(check.cmd, check.env, deps.logger.child({ group: group.config.name }));
+      return new CommandHealthCheck(check.cmd, check.env, deps.logger.child({ group: group.config.name }), {
+        passEnv: check.pass_env,
+        secrets: deps.secrets ?? [],
+      });
     case 'provider': {
       if (!deps.provider?.check) throw new Error(`group ${group.config.name}: check type "provider" needs a provider with a check method (${provider.type} has none)`);
       return new ProviderHealthCheck(deps.provider);

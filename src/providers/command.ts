@@ -2,6 +2,7 @@ import { isIP } from 'node:net';
 import type { z } from 'zod';
 import type { commandProviderSchema } from '../config/index.js';
 import { VM_NAME_PATTERN } from '../pool/types.js';
+import { maskSecrets } from '../text/redact.js';
 import { describeEnd, runHook, toArgv, type HookResult } from './hook.js';
 import { UNCLASSIFIED, classifySpawnFailure, type SpawnFailureClass } from './spawnErrors.js';
 import {
@@ -181,6 +182,16 @@ export class CommandProvider implements Provider {
     if (!this.listArgv) this.list = undefined;
   }
 
+  /** What every hook run shares: vmpool variables it may pass on, and the secrets masked in its output. */
+  private get hookOptions() {
+    return { passEnv: this.config.pass_env, secrets: this.deps.secrets ?? [] };
+  }
+
+  /** A message that may quote hook output, with the known secrets masked. */
+  private mask(message: string): string {
+    return maskSecrets(message, this.deps.secrets ?? []);
+  }
+
   async spawn(request: SpawnRequest): Promise<SpawnedMachine> {
     const { group, spawnId, log } = request;
     const logger = this.deps.logger.child({ group: group.config.name, spawnId });
@@ -190,6 +201,7 @@ export class CommandProvider implements Provider {
     const result = await runHook({
       argv: this.spawnArgv,
       env: hookEnv(group, this.config.env, { spawnId }),
+      ...this.hookOptions,
       timeoutMs,
       killGraceMs: this.config.kill_grace * 1000,
       logger,
@@ -218,12 +230,12 @@ export class CommandProvider implements Provider {
       const typed = result.startError || result.timedOut ? null : classifySpawnFailure(result.stdout, result.code);
       errorClass = typed?.errorClass ?? UNCLASSIFIED;
       const said = typed?.message ? `: ${typed.message}` : '';
-      failure = `spawn_cmd ${describeEnd(result, timeoutMs)}${errorClass === UNCLASSIFIED ? '' : ` (${errorClass}${said})`}${lastLines(result)}`;
+      failure = this.mask(`spawn_cmd ${describeEnd(result, timeoutMs)}${errorClass === UNCLASSIFIED ? '' : ` (${errorClass}${said})`}${lastLines(result)}`);
     } else {
       try {
         machine = parseSpawnOutput(result.stdout);
       } catch (err) {
-        failure = (err as Error).message;
+        failure = this.mask((err as Error).message);
       }
     }
     if (machine) return machine;
@@ -253,6 +265,7 @@ export class CommandProvider implements Provider {
     const result = await runHook({
       argv: this.terminateArgv,
       env: hookEnv(group, this.config.env, { name: vmName, ip: vmIp }),
+      ...this.hookOptions,
       timeoutMs,
       killGraceMs: this.config.kill_grace * 1000,
       logger: this.deps.logger.child({ group: group.config.name, vmName }),
@@ -269,6 +282,7 @@ export class CommandProvider implements Provider {
     const result = await runHook({
       argv: this.listArgv!,
       env: hookEnv(group, this.config.env),
+      ...this.hookOptions,
       timeoutMs,
       killGraceMs: this.config.kill_grace * 1000,
       logger: this.deps.logger.child({ group: group.config.name }),
@@ -279,6 +293,10 @@ export class CommandProvider implements Provider {
       throw new ProviderError(`list_cmd ${describeEnd(result, timeoutMs)}${lastLines(result)}`);
     }
     if (result.truncated) throw new ProviderError(`list_cmd printed more than ${LIST_KEEP_BYTES} bytes; cannot trust a partial list`);
-    return parseListOutput(result.stdout);
+    try {
+      return parseListOutput(result.stdout);
+    } catch (err) {
+      throw err instanceof ProviderError ? new ProviderError(this.mask(err.message)) : err;
+    }
   };
 }

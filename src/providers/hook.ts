@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import type { Logger } from '../logger.js';
+import { maskSecrets } from '../text/redact.js';
 
 /** A hook command as configured: an argv array, or "path arg arg" split on whitespace. */
 export type CommandLine = string | readonly string[];
@@ -14,11 +15,61 @@ export function toArgv(command: CommandLine): string[] {
 /** Bytes of a hook's output kept in memory (the tail), and lines sent to the job log (the head). */
 export const HOOK_OUTPUT_KEEP_BYTES = 64 * 1024;
 export const HOOK_LOG_MAX_LINES = 1000;
+/** Characters of one output line that are logged; the rest of the line is cut. */
+export const HOOK_LOG_LINE_MAX_CHARS = 1000;
+/** Characters of a hook run's output logged in all (the job log and pino), whatever the lines. */
+export const HOOK_LOG_MAX_CHARS = 64 * 1024;
+
+/** The variables of vmpool's own environment that every hook gets (when set). */
+export const HOOK_BASE_ENV = ['PATH', 'HOME', 'LANG', 'TZ'] as const;
+
+/**
+ * Why a variable may not be passed to hooks with `pass_env`, or null when it may: REDIS_URL (and
+ * redis-cli's REDISCLI_AUTH) carry the Redis password, and VMPOOL_* are vmpool's own settings and
+ * secrets (the hook's VMPOOL_* values are set by vmpool itself).
+ */
+export function passEnvProblem(name: string): string | null {
+  if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) return 'a variable name (letters, digits and _, not starting with a digit)';
+  if (name === 'REDIS_URL' || name === 'REDISCLI_AUTH') return `a variable other than ${name}: it carries the Redis password, and hooks never get it`;
+  if (name.startsWith('VMPOOL_')) return "a variable not named VMPOOL_*: those are vmpool's own settings and secrets (hooks get their VMPOOL_* values from vmpool; put a hook's setting in `env`)";
+  return null;
+}
+
+/**
+ * A hook's whole environment: PATH, HOME, LANG and TZ from vmpool's, the variables named in
+ * passEnv (those that are set and allowed), then `values`. Nothing else of vmpool's environment
+ * (REDIS_URL, tokens) reaches a hook.
+ */
+export function hookProcessEnv(
+  values: Record<string, string>,
+  passEnv: readonly string[] = [],
+  parent: NodeJS.ProcessEnv = process.env,
+): Record<string, string> {
+  const env: Record<string, string> = {};
+  const base: readonly string[] = HOOK_BASE_ENV;
+  for (const name of [...base, ...passEnv]) {
+    const value = parent[name];
+    // The config refuses bad pass_env names already; a caller that skipped it gets none either.
+    if (value !== undefined && (base.includes(name) || passEnvProblem(name) === null)) env[name] = value;
+  }
+  return { ...env, ...values };
+}
+
+/** One output line as it may be logged or stored: known secrets masked, then cut. */
+export function showHookLine(line: string, secrets: readonly string[] = []): string {
+  const masked = maskSecrets(line, secrets);
+  if (masked.length <= HOOK_LOG_LINE_MAX_CHARS) return masked;
+  return `${masked.slice(0, HOOK_LOG_LINE_MAX_CHARS)}... (${masked.length - HOOK_LOG_LINE_MAX_CHARS} more characters not logged)`;
+}
 
 export interface HookRunOptions {
   argv: readonly string[];
-  /** Added to process.env. */
+  /** The hook's values (VMPOOL_*, the provider's env), on top of PATH, HOME, LANG, TZ and passEnv. */
   env: Record<string, string>;
+  /** Names of vmpool's environment variables that the hook gets as well (config `pass_env`). */
+  passEnv?: readonly string[];
+  /** Known secrets (configSecrets), masked in every line that is logged or kept in `tail`. */
+  secrets?: readonly string[];
   timeoutMs: number;
   /** Between SIGTERM and SIGKILL of the process group at the timeout. */
   killGraceMs: number;
@@ -47,9 +98,9 @@ export interface HookResult {
   aborted: boolean;
   /** Set when the program could not be started at all. */
   startError: Error | null;
-  /** The last HOOK_OUTPUT_KEEP_BYTES of stdout. */
+  /** The last HOOK_OUTPUT_KEEP_BYTES of stdout, as printed (for parsing; mask before showing any of it). */
   stdout: string;
-  /** The last lines of stdout and stderr together, for error messages. */
+  /** The last lines of stdout and stderr together, for error messages (secrets masked, lines cut). */
   tail: string[];
   /** Stdout was longer than what was kept. */
   truncated: boolean;
@@ -73,8 +124,9 @@ function killGroup(pid: number, signal: NodeJS.Signals): void {
 }
 
 /**
- * Runs a hook in its own process group, with the values in its environment. Each output line goes
- * to the job log and to pino (both capped). At the timeout the whole group gets SIGTERM, then
+ * Runs a hook in its own process group, with a clean environment (hookProcessEnv). Each output
+ * line goes to the job log and to pino, known secrets masked, each line cut at
+ * HOOK_LOG_LINE_MAX_CHARS, at most HOOK_LOG_MAX_LINES lines and HOOK_LOG_MAX_CHARS in all. At the timeout the whole group gets SIGTERM, then
  * SIGKILL after the grace. Never rejects.
  */
 export function runHook(options: HookRunOptions): Promise<HookResult> {
@@ -84,6 +136,9 @@ export function runHook(options: HookRunOptions): Promise<HookResult> {
     let stdout = '';
     let truncated = false;
     let loggedLines = 0;
+    let loggedChars = 0;
+    let logCapped = false;
+    const secrets = options.secrets ?? [];
     const tail: string[] = [];
     let timedOut = false;
     let aborted = false;
@@ -93,24 +148,29 @@ export function runHook(options: HookRunOptions): Promise<HookResult> {
     const timers: NodeJS.Timeout[] = [];
 
     const child = spawn(argv[0]!, argv.slice(1), {
-      env: { ...process.env, ...options.env },
+      env: hookProcessEnv(options.env, options.passEnv),
       stdio: ['ignore', 'pipe', 'pipe'],
       // Its own process group, so a timeout kills every process the hook started.
       detached: true,
     });
 
     const emitLine = (stream: 'stdout' | 'stderr', line: string) => {
-      tail.push(line);
+      const shown = showHookLine(line, secrets);
+      tail.push(shown);
       if (tail.length > 20) tail.shift();
       if (stream === 'stdout') options.onStdoutLine?.(line);
-      if (loggedLines < HOOK_LOG_MAX_LINES) {
+      if (logCapped) return;
+      if (loggedLines < HOOK_LOG_MAX_LINES && loggedChars + shown.length <= HOOK_LOG_MAX_CHARS) {
         loggedLines++;
-        logger.info({ hook: label, stream, pid: child.pid }, line);
-        void Promise.resolve(options.log?.(`${label} ${stream}: ${line}`)).catch(() => {});
-      } else if (loggedLines === HOOK_LOG_MAX_LINES) {
-        loggedLines++;
-        void Promise.resolve(options.log?.(`${label}: output beyond ${HOOK_LOG_MAX_LINES} lines not logged`)).catch(() => {});
+        loggedChars += shown.length;
+        logger.info({ hook: label, stream, pid: child.pid }, shown);
+        void Promise.resolve(options.log?.(`${label} ${stream}: ${shown}`)).catch(() => {});
+        return;
       }
+      logCapped = true;
+      const why = loggedLines >= HOOK_LOG_MAX_LINES ? `${HOOK_LOG_MAX_LINES} lines` : `${HOOK_LOG_MAX_CHARS} characters`;
+      logger.info({ hook: label, pid: child.pid }, `output beyond ${why} not logged`);
+      void Promise.resolve(options.log?.(`${label}: output beyond ${why} not logged`)).catch(() => {});
     };
 
     const lineSplitter = (stream: 'stdout' | 'stderr') => {

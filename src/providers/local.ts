@@ -9,6 +9,7 @@ import ssh2 from 'ssh2';
 import type { z } from 'zod';
 import type { localProviderSchema } from '../config/index.js';
 import { ProviderError } from './command.js';
+import { hookProcessEnv } from './hook.js';
 import { SpawnAborted, type Provider, type ProviderDeps, type ProviderGroup, type ProviderMachine, type SpawnedMachine, type SpawnRequest, type TerminateRequest } from './types.js';
 
 export type LocalProviderConfig = z.output<typeof localProviderSchema>;
@@ -215,8 +216,9 @@ export class LocalProvider implements Provider {
     const child = spawn(
       command,
       [...args, '--state-dir', this.stateDir, '--name', name, '--group', request.group.config.name, '--pool', this.poolId ?? '', '--ip', ip, '--port', String(this.config.port), '--authorized-key', keyFile],
-      // Its own session, output to a file: it must outlive this process.
-      { detached: true, stdio: ['ignore', fd, fd] },
+      // Its own session, output to a file: it must outlive this process. Its environment is a hook's
+      // (no REDIS_URL, no tokens): the commands a build runs in the VM inherit it.
+      { detached: true, stdio: ['ignore', fd, fd], env: hookProcessEnv({}) },
     );
     closeSync(fd);
     child.unref();

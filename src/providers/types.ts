@@ -90,4 +90,6 @@ export interface Provider {
 
 export interface ProviderDeps {
   logger: Logger;
+  /** Known secrets (configSecrets of the config): masked in hook output that is logged or kept. */
+  secrets?: readonly string[];
 }

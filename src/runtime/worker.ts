@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { ZodType } from 'zod';
 import type { Config } from '../config/index.js';
+import { configSecrets } from '../config/redaction.js';
 import type { HealthCheck } from '../health/types.js';
 import type { HealthCheckDeps } from '../health/index.js';
 import { createLogger, type Logger } from '../logger.js';
@@ -44,13 +45,15 @@ export function createJobContext(config: Config, options: JobContextOptions): Ow
   connection.on('error', (err) => logger.warn({ err: err.message }, 'Redis connection error'));
   const queues = new QueueSet(connection, prefix, (err, name) => logger.warn({ err: err.message, queue: name }, 'queue error'));
   const vmm = new VmManager(config, { redis: connection, prefix, logger, clock, queues });
+  // Masked in every hook output that is logged or kept.
+  const secrets = configSecrets(config);
   const providers = new Map<number, Provider>();
   const checks = new Map<number, HealthCheck>();
   const providerGroup = (id: number): ProviderGroup => ({ id, config: vmm.groupConfig(id), poolId: vmm.poolId });
   const provider = (group: number): Provider => {
     let p = providers.get(group);
     if (!p) {
-      p = options.providerFactory(providerGroup(group), { logger });
+      p = options.providerFactory(providerGroup(group), { logger, secrets });
       providers.set(group, p);
     }
     return p;
@@ -71,7 +74,7 @@ export function createJobContext(config: Config, options: JobContextOptions): Ow
       if (!c) {
         // The `provider` check asks the group's provider itself.
         // accept-new host keys are kept beside the VM records (vmm.rememberHostKey).
-        c = options.healthCheckFactory(providerGroup(group), { logger, provider: provider(group), hostKeys: vmm });
+        c = options.healthCheckFactory(providerGroup(group), { logger, secrets, provider: provider(group), hostKeys: vmm });
         checks.set(group, c);
       }
       return c;

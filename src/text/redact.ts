@@ -13,3 +13,18 @@ export function redactUrl(url: string): string {
     return url.includes('@') ? url.replace(/^([^/]*\/\/)?[^@]*@/, '$1***@') : url;
   }
 }
+
+/** What a masked secret is shown as. */
+export const MASK = '***';
+
+/**
+ * The text with every occurrence of each secret replaced by `***`. Longer secrets go first, so a
+ * secret that contains another is masked whole.
+ */
+export function maskSecrets(text: string, secrets: readonly string[]): string {
+  let out = text;
+  for (const secret of [...secrets].sort((a, b) => b.length - a.length)) {
+    if (secret !== '' && out.includes(secret)) out = out.split(secret).join(MASK);
+  }
+  return out;
+}

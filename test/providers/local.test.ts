@@ -118,6 +118,27 @@ describe('local provider', () => {
     expect(existsSync(join(stateDir, 'vms', `${a.name}.json`))).toBe(false);
   });
 
+  it("runs a build's commands without vmpool's secrets in their environment", async () => {
+    const saved = { REDIS_URL: process.env.REDIS_URL, VMPOOL_API_TOKEN: process.env.VMPOOL_API_TOKEN };
+    process.env.REDIS_URL = 'redis://:local-vm-redis-pw@127.0.0.1:6379';
+    process.env.VMPOOL_API_TOKEN = 'local-vm-token-0123456789';
+    try {
+      const vm = await provider.spawn({ group, spawnId: 'env' });
+      const { out, code } = await sshExec(vm.ip, rawConfig.port, 'env', readFileSync(join(stateDir, 'id_ed25519')));
+      await provider.terminate({ group, vmName: vm.name, vmIp: vm.ip });
+      expect(code).toBe(0);
+      expect(out).toContain(`PATH=${process.env.PATH}\n`);
+      expect(out).not.toContain('local-vm-redis-pw');
+      expect(out).not.toContain('local-vm-token-0123456789');
+      expect(out).not.toMatch(/^(REDIS_URL|VMPOOL_API_TOKEN)=/m);
+    } finally {
+      for (const [name, value] of Object.entries(saved)) {
+        if (value === undefined) delete process.env[name];
+        else process.env[name] = value;
+      }
+    }
+  });
+
   it('never signals a pid that is not a local VM process, even with a state file naming it', async () => {
     const forged = { pid: process.pid, name: 'forged-1', group: 'local', ip: `127.${rawConfig.ip_base}.9.9`, port: rawConfig.port, created_at: 1, host_key: 'x' };
     writeFileSync(join(stateDir, 'vms', 'forged-1.json'), JSON.stringify(forged));
