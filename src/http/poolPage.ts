@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { VmRecord } from '../pool/types.js';
 import { relativeTime } from '../time.js';
 import type { GroupSummary } from '../poolView.js';
@@ -226,6 +227,9 @@ root.addEventListener('click', async (event) => {
 });
 setInterval(refresh, refreshMs);
 `;
+
+/** The CSP source that lets the page's one inline script run (and nothing else inline). */
+export const POOL_PAGE_SCRIPT_SOURCE = `'sha256-${createHash('sha256').update(SCRIPT).digest('base64')}'`;
 
 export function renderPoolPage(
   prefix: string,
