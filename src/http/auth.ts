@@ -183,8 +183,9 @@ export function authenticate(web: WebConfig) {
         return;
       }
     }
-    // Basic lets a browser ask for the token (as password) for the pool page and Bull Board.
-    res.setHeader('WWW-Authenticate', 'Bearer realm="vmpool", Basic realm="vmpool"');
+    // Basic lets a browser ask for the token (as password) for the pool page and Bull Board. One
+    // challenge per header line: Chromium reads only the first challenge of a line.
+    res.setHeader('WWW-Authenticate', ['Basic realm="vmpool"', 'Bearer realm="vmpool"']);
     sendError(res, new HttpError('unauthorized', token === null ? 'missing Authorization: Bearer token' : 'invalid token', {}));
   };
 }

@@ -14,8 +14,8 @@ export interface RouteGroupScope {
 }
 
 export const ROUTE_SCOPES: readonly RouteGroupScope[] = [
-  { group: 'liveness', routes: ['GET /healthz'], scopes: 'none' },
-  { group: 'readiness', routes: ['GET /readyz'], scopes: 'any' },
+  { group: 'liveness', routes: ['GET /healthz'], scopes: 'none', note: 'no token needed' },
+  { group: 'readiness', routes: ['GET /readyz'], scopes: 'any', note: 'any valid token' },
   { group: 'metrics', routes: ['GET /metrics'], scopes: ['read'], note: 'Prometheus text' },
   { group: 'pool page', routes: ['GET /'], scopes: ['read'], note: 'its hold, terminate and drain buttons call the admin routes below' },
   { group: 'Bull Board, viewing', routes: ['GET /admin/queues/*'], scopes: ['read'], note: 'a read token gets the board in read-only mode' },
@@ -41,12 +41,11 @@ export function scopeMay(entry: RouteGroupScope, scope: WebScope): boolean {
 export function renderScopeTable(): string {
   const cell = (entry: RouteGroupScope, scope: WebScope) => (scopeMay(entry, scope) ? 'yes' : 'no');
   const lines = [
-    '| route group | routes | token | `read` | `builder` | `admin` | notes |',
-    '|---|---|---|---|---|---|---|',
+    '| route group | routes | `read` | `builder` | `admin` | notes |',
+    '|---|---|---|---|---|---|',
     ...ROUTE_SCOPES.map((e) => {
-      const token = e.scopes === 'none' ? 'none needed' : e.scopes === 'any' ? 'any' : 'a scope';
       const routes = e.routes.map((r) => `\`${r}\``).join(', ');
-      return `| ${e.group} | ${routes} | ${token} | ${cell(e, 'read')} | ${cell(e, 'builder')} | ${cell(e, 'admin')} | ${e.note ?? ''} |`;
+      return `| ${e.group} | ${routes} | ${cell(e, 'read')} | ${cell(e, 'builder')} | ${cell(e, 'admin')} | ${e.note ?? ''} |`;
     }),
   ];
   return lines.join('\n');
