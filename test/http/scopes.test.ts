@@ -101,6 +101,18 @@ describe('scopes on a running web process', () => {
     for (const route of api) expect(tabled.has(route), `${route} is not in ROUTE_SCOPES (src/http/scopes.ts)`).toBe(true);
   });
 
+  it('the OpenAPI document names the same scopes as the table', () => {
+    for (const [template, ops] of Object.entries(openApiDocument.paths)) {
+      for (const [method, op] of Object.entries(ops as Record<string, { security?: { bearer: string[] }[] }>)) {
+        const route = `${method.toUpperCase()} /api/v1${template.replace(/\{([^}]+)\}/g, ':$1')}`;
+        const entry = ROUTE_SCOPES.find((e) => e.routes.includes(route))!;
+        const documented = (op.security ?? []).flatMap((s) => s.bearer).sort();
+        const tabled = Array.isArray(entry.scopes) ? (entry.scopes.length > 0 ? [...entry.scopes].sort() : ['admin']) : [];
+        expect(documented, route).toEqual(tabled);
+      }
+    }
+  });
+
   it('a read token reads the metrics, the pool page, the VMs (no lease id) and the audit trail, and changes nothing', async () => {
     const metrics = await call('/metrics', 'GET', READ_TOKEN);
     expect(metrics.status).toBe(200);
