@@ -158,7 +158,7 @@ export function createWebApp(deps: WebAppDeps): Express {
       res.type('html').send(renderPoolFragment(vmm.prefix, summaries, vms, now, history, next));
       return;
     }
-    res.type('html').send(renderPoolPage(vmm.prefix, summaries, vms, now, deps.poolPageRefreshMs ?? POOL_PAGE_REFRESH_MS, history, next));
+    res.type('html').send(renderPoolPage(vmm.prefix, summaries, vms, now, deps.poolPageRefreshMs ?? POOL_PAGE_REFRESH_MS, history, next, !hasScope(req.principal!, 'admin')));
   });
 
   app.use((req) => {

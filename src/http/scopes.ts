@@ -17,7 +17,7 @@ export const ROUTE_SCOPES: readonly RouteGroupScope[] = [
   { group: 'liveness', routes: ['GET /healthz'], scopes: 'none', note: 'no token needed' },
   { group: 'readiness', routes: ['GET /readyz'], scopes: 'any', note: 'any valid token' },
   { group: 'metrics', routes: ['GET /metrics'], scopes: ['read'], note: 'Prometheus text' },
-  { group: 'pool page', routes: ['GET /'], scopes: ['read'], note: 'its hold, terminate and drain buttons call the admin routes below' },
+  { group: 'pool page', routes: ['GET /'], scopes: ['read'], note: 'its hold, terminate and drain buttons call the admin routes below; a read token sees none' },
   { group: 'Bull Board, viewing', routes: ['GET /admin/queues/*'], scopes: ['read'], note: 'a read token gets the board in read-only mode' },
   { group: 'Bull Board, changes', routes: ['POST /admin/queues/*', 'PUT /admin/queues/*', 'PATCH /admin/queues/*', 'DELETE /admin/queues/*'], scopes: [], note: 'none at all with `web.read_only_board: true`' },
   { group: 'API document', routes: ['GET /api/v1/openapi.json'], scopes: ['read'] },

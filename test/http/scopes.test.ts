@@ -204,6 +204,9 @@ describeWithTools('chromium', 'the pool page and Bull Board under the CSP, in Ch
     await page.goto(base, { waitUntil: 'domcontentloaded' });
     // The page's inline script ran: it adds the local date to each time.
     await expect.poll(() => page.evaluate(() => document.querySelector('time[data-ms]')?.textContent ?? ''), { timeout: 10_000 }).toContain('(');
+    // A read token may change nothing: the page shows no hold, terminate or drain button.
+    expect(await page.locator('button[data-action]').count()).toBeGreaterThan(0);
+    expect(await page.locator('button[data-action]:visible').count()).toBe(0);
     await page.goto(new URL('admin/queues', base).href, { waitUntil: 'domcontentloaded' });
     await expect.poll(() => page.getByText('vm-acquire').count(), { timeout: 20_000 }).toBeGreaterThan(0);
     expect(violations).toEqual([]);
