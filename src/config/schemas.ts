@@ -301,8 +301,8 @@ export const redisConfigSchema = z.strictObject({
   wait_timeout: z.number().positive().optional().describe('Seconds that WAIT may take before the acquire or release is answered anyway (default 0.5)'),
 });
 
-/** Scopes of API tokens: builder (acquire, release, renew) and admin (everything). */
-export const webScopes = ['builder', 'admin'] as const;
+/** Scopes of API tokens: read (every read: metrics, pool page, GET routes, read-only Bull Board), builder (acquire, release, renew) and admin (everything). */
+export const webScopes = ['read', 'builder', 'admin'] as const;
 export type WebScope = (typeof webScopes)[number];
 
 const apiToken = () => z.string().min(16, 'a token of at least 16 characters');
@@ -330,7 +330,7 @@ export const webConfigSchema = z.strictObject({
           z.strictObject({
             name: z.string().min(1).optional().describe('Name of the token, in logs and as the default hold owner'),
             token: apiToken().describe('The bearer token, at least 16 characters (a secret: never shown)'),
-            scopes: z.array(z.enum(webScopes)).min(1).describe('builder (acquire, release, renew) and/or admin (everything)'),
+            scopes: z.array(z.enum(webScopes)).min(1).describe('read (metrics, the pool page, GET routes, the audit trail, Bull Board read-only), builder (acquire, release, renew) and/or admin (everything)'),
             owners: z
               .array(z.string().min(1).max(255))
               .min(1)
@@ -342,7 +342,7 @@ export const webConfigSchema = z.strictObject({
         .describe('API tokens, each with its scopes'),
     })
     .default({ tokens: [] })
-    .describe('API tokens; without any, the API is open (loopback only)'),
+    .describe('API tokens; without any, the API is open (loopback only, and never with public_url or allowed_hosts)'),
 });
 export type WebConfig = z.output<typeof webConfigSchema>;
 

@@ -28,10 +28,11 @@ const NOTES: Record<string, string> = {
   'jobs.max_stalled_count': 'recoveries of one job before it fails',
   web:
     'the web process (API, pool page, Bull Board, metrics); PORT and HOST override port and host.\n' +
-    'Off loopback it needs a token:\n' +
+    'Off loopback, or with public_url or allowed_hosts, it needs a token:\n' +
     '  auth: { token: "...admin token, 16+ characters..." }\n' +
     '  auth: { tokens: [{ name: ci, token: "...", scopes: [builder], owners: ["ci-*"] }] }\n' +
-    'Behind a proxy: public_url: https://vmpool.example.org/',
+    '  auth: { tokens: [{ name: prometheus, token: "...", scopes: [read] }] }\n' +
+    'Behind a proxy (with a token): public_url: https://vmpool.example.org/',
   'web.host': 'loopback may run open; any other address needs a token',
   'web.read_only_board': 'Bull Board shows the queues but cannot change them',
   'web.allowed_hosts': 'Host names served besides loopback ones, such as [vmpool.example.org, "*.farm.example.org"]',

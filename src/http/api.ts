@@ -190,7 +190,7 @@ export function apiRouter(deps: ApiDeps): Router {
     return status;
   }
 
-  router.get('/requests/:id', requireScope('builder'), async (req, res) => {
+  router.get('/requests/:id', requireScope('builder', 'read'), async (req, res) => {
     res.json(await requestOf(req));
   });
 
@@ -253,7 +253,7 @@ export function apiRouter(deps: ApiDeps): Router {
     res.json({ held: false, vm: apiVm(config, await vmm.getVmRecord(name)) });
   });
 
-  router.get('/vms', requireScope('admin'), async (req, res) => {
+  router.get('/vms', requireScope('read'), async (req, res) => {
     const groupParam = queryString(req, 'group');
     const stateParam = queryString(req, 'state');
     const owner = queryString(req, 'owner');
@@ -272,11 +272,11 @@ export function apiRouter(deps: ApiDeps): Router {
     res.json({ vms: page.vms.map((v) => apiVm(config, v)), next: page.next });
   });
 
-  router.get('/vms/:name', requireScope('admin'), async (req, res) => {
+  router.get('/vms/:name', requireScope('read'), async (req, res) => {
     res.json(apiVm(config, await vmm.getVmRecord(vmNameParam(req))));
   });
 
-  router.get('/events', requireScope('admin'), async (req, res) => {
+  router.get('/events', requireScope('read'), async (req, res) => {
     const since = queryString(req, 'since');
     const limitParam = queryString(req, 'limit');
     const vm = queryString(req, 'vm');
@@ -295,7 +295,7 @@ export function apiRouter(deps: ApiDeps): Router {
     res.json(await vmm.reader.auditEvents({ since, limit, vm, owner }));
   });
 
-  router.get('/groups', requireScope('admin'), async (_req, res) => {
+  router.get('/groups', requireScope('read'), async (_req, res) => {
     res.json({ groups: await groupSummaries(vmm) });
   });
 

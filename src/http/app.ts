@@ -1,5 +1,6 @@
 import type { Queue } from 'bullmq';
-import express, { type Express } from 'express';
+import express, { type Express, type NextFunction, type Request, type RequestHandler, type Response } from 'express';
+import helmet from 'helmet';
 import { pinoHttp } from 'pino-http';
 import type { Config } from '../config/index.js';
 import type { Logger } from '../logger.js';
@@ -9,11 +10,11 @@ import type { VmManager } from '../pool/vmManager.js';
 import { groupSummaries } from '../poolView.js';
 import type { QueueName } from '../../queues/names.js';
 import { apiRouter, refuseCrossSiteChanges, type AcquireFn } from './api.js';
-import { authenticate, checkHost, requireScope } from './auth.js';
+import { authenticate, checkHost, hasScope, requireScope } from './auth.js';
 import { bullBoardRouter } from './board.js';
 import { HttpError, errorHandler, sendError } from './errors.js';
 import { openApiDocument } from './openapi.js';
-import { FAVICON_SVG, renderPoolFragment, renderPoolPage, POOL_PAGE_REFRESH_MS, POOL_PAGE_ROWS } from './poolPage.js';
+import { FAVICON_SVG, renderPoolFragment, renderPoolPage, POOL_PAGE_REFRESH_MS, POOL_PAGE_ROWS, POOL_PAGE_SCRIPT_SOURCE } from './poolPage.js';
 
 export interface WebAppDeps {
   config: Config;
@@ -29,6 +30,44 @@ export interface WebAppDeps {
 }
 
 export const BOARD_PATH = '/admin/queues';
+
+/**
+ * Browser hardening on every answer (helmet): no framing (the pool page and Bull Board have buttons
+ * that change things, so no other site may overlay them), nosniff, no Referer, and a CSP that runs
+ * only this origin's scripts and the pool page's one inline script (Bull Board needs inline styles
+ * and loads its font from Google Fonts). No HSTS: the process speaks plain HTTP; that is the proxy's.
+ */
+export function securityHeaders(): RequestHandler {
+  return helmet({
+    contentSecurityPolicy: {
+      useDefaults: true,
+      directives: {
+        'script-src': ["'self'", POOL_PAGE_SCRIPT_SOURCE],
+        'frame-ancestors': ["'none'"],
+        // The process is often reached over plain HTTP (loopback): upgrading would break its assets.
+        'upgrade-insecure-requests': null,
+      },
+    },
+    xFrameOptions: { action: 'deny' },
+    referrerPolicy: { policy: 'no-referrer' },
+    strictTransportSecurity: false,
+  });
+}
+
+/**
+ * Bull Board: a read token views it read-only (bull-board refuses its changes, and so do we);
+ * changes need admin. An admin gets the board as web.read_only_board says.
+ */
+function boardAccess(queue: WebAppDeps['queue'], readOnlyBoard: boolean): RequestHandler {
+  const adminBoard = bullBoardRouter(queue, { basePath: BOARD_PATH, readOnly: readOnlyBoard });
+  const readBoard = readOnlyBoard ? adminBoard : bullBoardRouter(queue, { basePath: BOARD_PATH, readOnly: true });
+  const mayRead = requireScope('read');
+  const mayChange = requireScope('admin');
+  return (req: Request, res: Response, next: NextFunction) => {
+    const check = req.method === 'GET' || req.method === 'HEAD' ? mayRead : mayChange;
+    check(req, res, () => refuseCrossSiteChanges(req, res, () => (hasScope(req.principal!, 'admin') ? adminBoard : readBoard)(req, res, next)));
+  };
+}
 
 async function redisAnswers(vmm: VmManager, timeoutMs: number): Promise<boolean> {
   let timer: NodeJS.Timeout | undefined;
@@ -53,6 +92,7 @@ export function createWebApp(deps: WebAppDeps): Express {
   const app = express();
   app.disable('x-powered-by');
   app.set('trust proxy', false);
+  app.use(securityHeaders());
   app.use(
     pinoHttp({
       logger,
@@ -93,19 +133,19 @@ export function createWebApp(deps: WebAppDeps): Express {
   });
 
   const registry = createMetricsRegistry({ vmm, queue: deps.queue });
-  app.get('/metrics', requireScope('admin'), async (_req, res) => {
+  app.get('/metrics', requireScope('read'), async (_req, res) => {
     const text = await registry.metrics();
     res.type(registry.contentType).send(text);
   });
 
-  app.get('/api/v1/openapi.json', requireScope('admin'), (_req, res) => {
+  app.get('/api/v1/openapi.json', requireScope('read'), (_req, res) => {
     res.json(openApiDocument);
   });
   app.use('/api/v1', apiRouter({ config, vmm, acquire: deps.acquire }));
 
-  app.use(BOARD_PATH, requireScope('admin'), refuseCrossSiteChanges, bullBoardRouter(deps.queue, { basePath: BOARD_PATH, readOnly: config.web.read_only_board }));
+  app.use(BOARD_PATH, boardAccess(deps.queue, config.web.read_only_board));
 
-  app.get('/', requireScope('admin'), async (req, res) => {
+  app.get('/', requireScope('read'), async (req, res) => {
     const now = vmm.clock();
     // Counts from the indexes; the first POOL_PAGE_ROWS VMs of each group (the rest: a "more" link).
     const [summaries, pages] = await Promise.all([groupSummaries(vmm), Promise.all(vmm.vmGroups.map((group) => vmm.listVms({ group, limit: POOL_PAGE_ROWS })))]);
@@ -118,7 +158,7 @@ export function createWebApp(deps: WebAppDeps): Express {
       res.type('html').send(renderPoolFragment(vmm.prefix, summaries, vms, now, history, next));
       return;
     }
-    res.type('html').send(renderPoolPage(vmm.prefix, summaries, vms, now, deps.poolPageRefreshMs ?? POOL_PAGE_REFRESH_MS, history, next));
+    res.type('html').send(renderPoolPage(vmm.prefix, summaries, vms, now, deps.poolPageRefreshMs ?? POOL_PAGE_REFRESH_MS, history, next, !hasScope(req.principal!, 'admin')));
   });
 
   app.use((req) => {

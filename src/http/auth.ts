@@ -31,21 +31,41 @@ export function configuredTokens(web: WebConfig): TokenEntry[] {
   return out;
 }
 
-/** Thrown at start when the web process would listen off loopback without a token. */
+/** Thrown at start when the web process would run without a token where others can reach it. */
 export class WebAuthRequired extends Error {
-  constructor(host: string) {
+  /** not_loopback: web.host is not loopback; public_name: web.public_url or web.allowed_hosts is set. */
+  readonly reason: 'not_loopback' | 'public_name';
+
+  constructor(host: string, reason: 'not_loopback' | 'public_name' = 'not_loopback') {
     super(
-      `web.host is ${JSON.stringify(host)}, which is not loopback: set web.auth.token (or web.auth.tokens) in the config, ` +
-        'or bind to 127.0.0.1',
+      reason === 'not_loopback'
+        ? `web.host is ${JSON.stringify(host)}, which is not loopback: set web.auth.token (or web.auth.tokens) in the config, ` + 'or bind to 127.0.0.1'
+        : 'web.public_url or web.allowed_hosts is set, so the web process is reached by a public name (through a reverse proxy), ' +
+            'and without a token every caller the proxy forwards would be an admin: set web.auth.token (or web.auth.tokens) in the config, ' +
+            'or remove public_url and allowed_hosts to run open on loopback for this machine only',
     );
     this.name = 'WebAuthRequired';
+    this.reason = reason;
   }
 }
 
+/**
+ * The web process may run without a token only on loopback and with no public name: a reverse
+ * proxy on this machine connects from loopback, so without a token it would make every caller it
+ * forwards an admin.
+ */
 export function assertBindAllowed(web: WebConfig, host = web.host): void {
-  if (!isLoopbackHost(host) && configuredTokens(web).length === 0) throw new WebAuthRequired(host);
+  if (configuredTokens(web).length > 0) return;
+  if (!isLoopbackHost(host)) throw new WebAuthRequired(host);
+  if (web.public_url !== undefined || web.allowed_hosts.length > 0) throw new WebAuthRequired(host, 'public_name');
 }
 
+/** Headers a reverse proxy adds: a request that carries one came through a proxy, not from this machine. */
+export function proxyHeaders(req: Request): string[] {
+  return Object.keys(req.headers).filter((h) => h === 'forwarded' || h.startsWith('x-forwarded-') || h === 'x-real-ip' || h === 'via');
+}
+
+/** Admin may do everything; read and builder are separate (a builder token reads nothing but its own requests). */
 export function hasScope(principal: Principal, scope: WebScope): boolean {
   return principal.scopes.includes('admin') || principal.scopes.includes(scope);
 }
@@ -129,13 +149,26 @@ declare module 'express-serve-static-core' {
 }
 
 /**
- * Resolves the caller. Without configured tokens everyone is admin (the process is on loopback);
- * with tokens a request without a valid one gets 401.
+ * Resolves the caller. Without configured tokens a caller on this machine is admin (the process is
+ * on loopback with no public name), and a request that came through a proxy gets 403; with tokens a
+ * request without a valid one gets 401.
  */
 export function authenticate(web: WebConfig) {
   const tokens = configuredTokens(web);
   return (req: Request, res: Response, next: NextFunction): void => {
     if (tokens.length === 0) {
+      const forwarded = proxyHeaders(req);
+      if (forwarded.length > 0) {
+        sendError(
+          res,
+          new HttpError(
+            'forbidden',
+            'this web process runs without tokens, for callers on this machine only, and this request came through a proxy: set web.auth.token (or web.auth.tokens) in the config',
+            { proxyHeaders: forwarded },
+          ),
+        );
+        return;
+      }
       req.principal = { name: 'anonymous', scopes: ['admin'] };
       next();
       return;
@@ -150,19 +183,22 @@ export function authenticate(web: WebConfig) {
         return;
       }
     }
-    // Basic lets a browser ask for the token (as password) for the pool page and Bull Board.
-    res.setHeader('WWW-Authenticate', 'Bearer realm="vmpool", Basic realm="vmpool"');
+    // Basic lets a browser ask for the token (as password) for the pool page and Bull Board. One
+    // challenge per header line: Chromium reads only the first challenge of a line.
+    res.setHeader('WWW-Authenticate', ['Basic realm="vmpool"', 'Bearer realm="vmpool"']);
     sendError(res, new HttpError('unauthorized', token === null ? 'missing Authorization: Bearer token' : 'invalid token', {}));
   };
 }
 
-export function requireScope(scope: WebScope) {
+/** Lets the request through when its caller has one of the scopes (admin has them all); 403 otherwise. */
+export function requireScope(...scopes: [WebScope, ...WebScope[]]) {
   return (req: Request, res: Response, next: NextFunction): void => {
     const principal = req.principal;
-    if (principal && hasScope(principal, scope)) {
+    if (principal && scopes.some((scope) => hasScope(principal, scope))) {
       next();
       return;
     }
-    sendError(res, new HttpError('forbidden', `this needs a token with the ${scope} scope`, { required: scope, scopes: principal?.scopes ?? [] }));
+    const required = scopes.join(' or ');
+    sendError(res, new HttpError('forbidden', `this needs a token with the ${required} scope`, { required, scopes: principal?.scopes ?? [] }));
   };
 }

@@ -21,6 +21,9 @@ const nullable = (type: string) => ({ type: [type, 'null'] });
 const requestIdParam = { name: 'id', in: 'path', required: true, description: 'acquire job id, or task id', schema: { type: 'string', minLength: 1, maxLength: 600 } };
 const builder = [{ bearer: ['builder'] }];
 const admin = [{ bearer: ['admin'] }];
+// A read token may call every GET (admin may call everything: src/http/scopes.ts).
+const read = [{ bearer: ['read'] }];
+const readOrBuilder = [{ bearer: ['builder'] }, { bearer: ['read'] }];
 
 /** The OpenAPI 3.1 document of /api/v1, served at /api/v1/openapi.json. */
 export const openApiDocument = {
@@ -31,7 +34,7 @@ export const openApiDocument = {
     license: { name: 'MIT', identifier: 'MIT' },
     description:
       'Acquire, renew and release build VMs; inspect and steer the pool. Errors are { error, message, details }. ' +
-      'With tokens configured, send Authorization: Bearer <token>; builder tokens may acquire, renew and release, admin tokens everything. ' +
+      'With tokens configured, send Authorization: Bearer <token>; read tokens may call every GET, builder tokens may acquire, renew and release, admin tokens everything. ' +
       'Every POST and DELETE needs Content-Type: application/json, also without a body (415 otherwise).',
   },
   servers: [{ url: '/api/v1' }],
@@ -211,7 +214,7 @@ export const openApiDocument = {
       get: {
         operationId: 'listVms',
         summary: 'List VMs',
-        security: admin,
+        security: read,
         parameters: [
           { name: 'group', in: 'query', schema: { type: 'string' }, description: 'group name or id' },
           { name: 'state', in: 'query', schema: { type: 'string', enum: [...ALL_VM_STATES] } },
@@ -240,7 +243,7 @@ export const openApiDocument = {
       },
     },
     '/vms/{name}': {
-      get: { operationId: 'getVm', summary: 'One VM', security: admin, parameters: [nameParam], responses: { '200': json('The VM', 'Vm'), ...vmResponses } },
+      get: { operationId: 'getVm', summary: 'One VM', security: read, parameters: [nameParam], responses: { '200': json('The VM', 'Vm'), ...vmResponses } },
     },
     '/vms/{name}/release': {
       post: {
@@ -280,7 +283,7 @@ export const openApiDocument = {
       get: {
         operationId: 'listEvents',
         summary: 'The audit trail: VM lifecycle events, oldest first, one page',
-        security: admin,
+        security: read,
         parameters: [
           { name: 'since', in: 'query', schema: { type: 'string', pattern: '^(\\d{1,20}-\\d{1,20}|\\d{1,16})$' }, description: 'events after this event id (exclusive; as next gives), or at or after this time (epoch ms)' },
           { name: 'limit', in: 'query', schema: { type: 'integer', minimum: 1, maximum: AUDIT_PAGE_MAX, default: 100 } },
@@ -294,7 +297,7 @@ export const openApiDocument = {
       get: {
         operationId: 'getAcquireRequest',
         summary: 'An acquire request (by job id or task id): queued, waiting (with why: reason, position per group), assigned or failed',
-        security: builder,
+        security: readOrBuilder,
         parameters: [requestIdParam],
         responses: { '200': json('The request', 'AcquireRequestStatus'), ...common, '404': error('No such request') },
       },
@@ -310,7 +313,7 @@ export const openApiDocument = {
       get: {
         operationId: 'listGroups',
         summary: 'Groups: limits, counts per state, warm pool target, demand, spawns in flight',
-        security: admin,
+        security: read,
         responses: { '200': { description: 'Groups', content: { 'application/json': { schema: { type: 'object', properties: { groups: { type: 'array', items: { $ref: '#/components/schemas/Group' } } } } } } }, ...common },
       },
     },
@@ -344,7 +347,7 @@ export const openApiDocument = {
       },
     },
     '/openapi.json': {
-      get: { operationId: 'getOpenApiDocument', summary: 'This document', security: admin, responses: { '200': { description: 'OpenAPI document' }, ...common } },
+      get: { operationId: 'getOpenApiDocument', summary: 'This document', security: read, responses: { '200': { description: 'OpenAPI document' }, ...common } },
     },
   },
 } as const;

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { VmRecord } from '../pool/types.js';
 import { relativeTime } from '../time.js';
 import type { GroupSummary } from '../poolView.js';
@@ -163,6 +164,7 @@ tr.held { background: #fff8e1; }
 button { font: inherit; padding: .15rem .6rem; border: 1px solid #99a; border-radius: .3rem; background: #fff; cursor: pointer; }
 button.danger { border-color: #c66; color: #a22; }
 button:disabled { opacity: .4; cursor: default; }
+main[data-read-only] button[data-action] { display: none; }
 #message { min-height: 1.2rem; color: #235; }
 #message.error { color: #b3261e; }
 p.updated { color: #889; font-size: 12px; margin-top: 1rem; }
@@ -227,6 +229,9 @@ root.addEventListener('click', async (event) => {
 setInterval(refresh, refreshMs);
 `;
 
+/** The CSP source that lets the page's one inline script run (and nothing else inline). */
+export const POOL_PAGE_SCRIPT_SOURCE = `'sha256-${createHash('sha256').update(SCRIPT).digest('base64')}'`;
+
 export function renderPoolPage(
   prefix: string,
   summaries: GroupSummary[],
@@ -235,6 +240,8 @@ export function renderPoolPage(
   refreshMs = POOL_PAGE_REFRESH_MS,
   history: ReadonlyMap<number, readonly HistorySample[]> = new Map(),
   next: ReadonlyMap<number, string | null> = new Map(),
+  /** For a caller who may not change anything (a read token): the buttons are hidden. */
+  readOnly = false,
 ): string {
   return `<!doctype html>
 <html lang="en">
@@ -248,7 +255,7 @@ export function renderPoolPage(
 <body>
 <header><h1>vmpool</h1><nav><a href="admin/queues">Queues (Bull Board)</a><a href="api/v1/openapi.json">API</a><a href="metrics">Metrics</a></nav></header>
 <div id="message" role="status"></div>
-<main id="pool" data-refresh-ms="${refreshMs}">
+<main id="pool" data-refresh-ms="${refreshMs}"${readOnly ? ' data-read-only' : ''}>
 ${renderPoolFragment(prefix, summaries, vms, now, history, next)}
 </main>
 <script>${SCRIPT}</script>

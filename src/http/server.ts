@@ -161,7 +161,7 @@ export async function runWebProcess(configPath?: string, argv: readonly string[]
   try {
     assertBindAllowed(config.web);
   } catch (err) {
-    exitFatal(logger, 'web.host needs a token; exiting', (err as Error).message, ExitCodes.USAGE);
+    exitFatal(logger, 'web needs a token; exiting', (err as Error).message, ExitCodes.USAGE);
   }
   logger.info({ config: source }, 'starting web');
   await requireRedis(config.redis, logger);

@@ -22,7 +22,7 @@ function compileSchema(): Validate {
 }
 
 /** YAML files under examples/ that are not vmpool configs (Prometheus rules). */
-const NOT_CONFIGS = ['examples/prometheus/vmpool-alerts.yml'];
+const NOT_CONFIGS = ['examples/prometheus/vmpool-alerts.yml', 'examples/prometheus/prometheus.yml'];
 
 /** Every YAML file under examples/ (at any depth) but NOT_CONFIGS: each is a vmpool config. */
 function exampleConfigs(dir = join(ROOT, 'examples')): string[] {

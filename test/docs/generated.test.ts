@@ -9,8 +9,8 @@ import { referenceGenerators } from '../../scripts/docs/reference.js';
 const ROOT = join(import.meta.dirname, '..', '..');
 
 describe('generated reference files', () => {
-  it('lists the config reference, the HTTP reference and the config JSON Schema', () => {
-    expect(referenceGenerators.map((g) => g.page).sort()).toEqual(['docs/reference/config.md', 'docs/reference/http.md', 'schema/vmpool.config.schema.json']);
+  it('lists the config reference, the HTTP reference, the security page\'s table of scopes and the config JSON Schema', () => {
+    expect(referenceGenerators.map((g) => g.page).sort()).toEqual(['docs/reference/config.md', 'docs/reference/http.md', 'docs/security.md', 'schema/vmpool.config.schema.json']);
   });
 
   it.each(referenceGenerators.map((g) => [g.page, g] as const))('%s is up to date (npm run docs)', async (page, g) => {

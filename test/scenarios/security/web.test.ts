@@ -10,15 +10,21 @@ import { ADMIN_TOKEN, BUILDER_TOKEN, createWebKit, webTestConfig, type WebKit } 
 
 describe('Host header check (DNS rebinding)', () => {
   let kit: WebKit;
+  let named: WebKit;
   let port: string;
 
   beforeAll(async () => {
     // Open mode: loopback, no token: everyone on this machine is admin, but only by a loopback name.
-    kit = await createWebKit('sec-host', webTestConfig({ web: { allowed_hosts: ['pool.example.org', '*.farm.example.org'], public_url: 'https://vmpool.example.com/' } }));
+    kit = await createWebKit('sec-host', webTestConfig());
     port = new URL(kit.url).port;
     await kit.addReady('h1', '10.9.1.1', 0);
+    // Other names served need a token (an open process with a public name does not start).
+    named = await createWebKit('sec-host-named', webTestConfig({ web: { allowed_hosts: ['pool.example.org', '*.farm.example.org'], public_url: 'https://vmpool.example.com/', auth: { token: ADMIN_TOKEN } } }));
   });
-  afterAll(async () => kit?.close());
+  afterAll(async () => {
+    await kit?.close();
+    await named?.close();
+  });
 
   it('refuses another name with 421 on every surface, and changes nothing', async () => {
     const json = { 'content-type': 'application/json' };
@@ -47,13 +53,15 @@ describe('Host header check (DNS rebinding)', () => {
   });
 
   it('answers loopback names, the configured hosts and the public URL host', async () => {
-    const hosts = [`127.0.0.1:${port}`, `localhost:${port}`, `[::1]:${port}`, 'pool.example.org', `POOL.example.org:${port}`, 'a.farm.example.org', 'vmpool.example.com'];
+    const namedPort = new URL(named.url).port;
+    const headers = { authorization: `Bearer ${ADMIN_TOKEN}` };
+    const hosts = [`127.0.0.1:${namedPort}`, `localhost:${namedPort}`, `[::1]:${namedPort}`, 'pool.example.org', `POOL.example.org:${namedPort}`, 'a.farm.example.org', 'vmpool.example.com'];
     for (const host of hosts) {
-      const res = await rawRequest(kit.url, { path: '/api/v1/groups', host });
+      const res = await rawRequest(named.url, { path: '/api/v1/groups', host, headers });
       expect(res.status, host).toBe(200);
     }
     for (const host of ['farm.example.org', 'evilfarm.example.org', 'example.org', 'pool.example.org.evil', 'a b', 'x:y:z']) {
-      const res = await rawRequest(kit.url, { path: '/api/v1/groups', host });
+      const res = await rawRequest(named.url, { path: '/api/v1/groups', host, headers });
       expect(res.status, JSON.stringify(host)).toBe(421);
     }
   });
