@@ -90,7 +90,7 @@ export class AcquireLine {
       waiter,
       groups: groups.map((group) => {
         const gc = this.ctx.groupConfig(group);
-        return { group, maxVmPerOwner: gc.max_vm_per_user, leaseTimeoutMs: Math.round(gc.lease_timeout * 1000) };
+        return { group, maxVmPerOwner: gc.max_vm_per_user, leaseTimeoutMs: Math.round(gc.lease_timeout * 1000), maxWaitingPerOwner: gc.max_waiting_per_owner };
       }),
     });
     // Requests ahead that this attempt's dispatch served are woken here, whoever the caller is.
