@@ -378,11 +378,6 @@ export class PoolReader {
     return (await this.redis.hmget(this.keys.ownerVms(group), ...owners)).map((n) => Number(n ?? 0));
   }
 
-  /** Job ids of the acquire requests waiting in the group's line whose deadline is after `now`, at most `limit`. */
-  async demandJobIds(group: number, now: number, limit: number): Promise<string[]> {
-    return this.redis.zrangebyscore(this.keys.demand(group), `(${now}`, '+inf', 'LIMIT', 0, limit);
-  }
-
   /** Number of acquire requests waiting in the group's line whose deadline is after `now`. */
   async countDemand(group: number, now: number): Promise<number> {
     return this.redis.zcount(this.keys.demand(group), `(${now}`, '+inf');
