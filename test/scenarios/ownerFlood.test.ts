@@ -1,7 +1,7 @@
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { VmManager, VmStates } from '../../src/index.js';
+import { VmManager, VmStates, type VmState } from '../../src/index.js';
 import type { ConfigInput } from '../../src/config/index.js';
 import { VmPoolClient } from '../../src/client/index.js';
 import { addAcquireJobs } from '../../queues/acquire.js';
@@ -22,6 +22,7 @@ const config = {
   vm_cycle_timeout: 0.5,
   groups: [
     {
+      ...hookGroup({ stateDir, port: PORT }),
       name: 'shared',
       archs: ['x86_64'],
       min_ready: 1,
@@ -30,7 +31,6 @@ const config = {
       max_spawn_processes: 12,
       vm_spawn_min_interval: 0,
       lease_timeout: 120,
-      ...hookGroup({ stateDir, port: PORT }),
       vm_max_check_fails: 0,
     },
   ],
@@ -67,7 +67,7 @@ async function spawnsStarted(): Promise<number> {
   return Object.values(counts).reduce((a, b) => a + b, 0);
 }
 
-async function vmsOf(owner: string | null, state = VmStates.IN_USE) {
+async function vmsOf(owner: string | null, state: VmState = VmStates.IN_USE) {
   return (await vmm.getVmsByGroupAndStates(0, [state])).filter((v) => v.owner === owner);
 }
 
