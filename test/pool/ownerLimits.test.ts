@@ -4,10 +4,10 @@ import { PoolAccess } from '../../src/pool/context.js';
 import { TooManyWaiting, acquireWaiterMember, type AcquireWaiter } from '../../src/pool/types.js';
 import { createPoolKit, T0, testConfig, type PoolKit } from './fixtures/kit.js';
 
-// Group 0: max_vm_per_user 2, max_waiting_per_owner 3.
+// Groups 0 and 1: max_vm_per_user 2, max_waiting_per_owner 3.
 let kit: PoolKit;
 beforeAll(async () => {
-  kit = await createPoolKit('pool-owner-limits', testConfig({ groups: [{ name: 'base', max_vm_per_user: 2, max_waiting_per_owner: 3 }] }));
+  kit = await createPoolKit('pool-owner-limits', testConfig({ groups: [{ name: 'base', max_vm_per_user: 2, max_waiting_per_owner: 3 }, { name: 'spare', max_vm_per_user: 2, max_waiting_per_owner: 3 }] }));
 });
 afterAll(async () => kit.close());
 beforeEach(async () => {
@@ -44,6 +44,9 @@ describe('max_waiting_per_owner in the acquire script', () => {
     await kit.vmm.tryAcquireVm(req('flood'), first);
     for (let i = 0; i < 2; i++) await kit.vmm.tryAcquireVm(req('flood'), waiter());
     expect((await kit.vmm.tryAcquireVm(req('flood'), first)).status).toBe('none');
+    // Also when it now asks for another group too (a fallback) where its owner is at the cap.
+    for (let i = 0; i < 3; i++) await kit.vmm.tryAcquireVm({ ...req('flood'), groups: [1] }, waiter());
+    expect((await kit.vmm.tryAcquireVm({ ...req('flood'), groups: [0, 1] }, first)).status).toBe('none');
   });
 
   it('does not count requests whose time is up: they leave the line when the cap is reached', async () => {

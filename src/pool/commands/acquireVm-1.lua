@@ -24,8 +24,8 @@
   gives it a VM; the dispatch may serve requests ahead of it too (their job ids are returned, to be
   woken). Otherwise it stays in the line (parked) until the dispatcher gives it a VM
   (dispatchAcquireLine), it is withdrawn, or it gives up (leaveAcquireLine). A request that would
-  join a line where its owner has max_waiting_per_owner requests waiting already is refused
-  (TOO_MANY_WAITING): the cap holds for requests added to the queue by any means.
+  first join the lines while its owner has max_waiting_per_owner requests waiting in one of its
+  groups is refused (TOO_MANY_WAITING): the cap holds for requests added to the queue by any means.
   A call without a waiter takes a VM at once if one fits, without joining the line.
 
   Input:
@@ -193,10 +193,14 @@ for i = 0, groupCount - 1 do
   end
 end
 
-for i = 0, groupCount - 1 do
-  local cap = tonumber(groupArg(i, 3))
-  if ownerWaiting(base, groups[i + 1], owner, waiter, now, cap) >= cap then
-    return {TOO_MANY_WAITING, groups[i + 1], cap}
+-- The cap holds when a request first waits; one already in a line (a re-run, or one that spills
+-- over to a fallback group since) keeps waiting.
+if redis.call('HEXISTS', waiterInfoKey(base), waiter) == 0 then
+  for i = 0, groupCount - 1 do
+    local cap = tonumber(groupArg(i, 3))
+    if ownerWaiting(base, groups[i + 1], owner, waiter, now, cap) >= cap then
+      return {TOO_MANY_WAITING, groups[i + 1], cap}
+    end
   end
 end
 
