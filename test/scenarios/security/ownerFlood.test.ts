@@ -1,14 +1,14 @@
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { VmManager, VmStates, type VmState } from '../../src/index.js';
-import type { ConfigInput } from '../../src/config/index.js';
-import { VmPoolClient } from '../../src/client/index.js';
-import { addAcquireJobs } from '../../queues/acquire.js';
-import { QueueNames } from '../../queues/names.js';
-import { closePool, connect, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
-import { startWorkerProcess, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
-import { hookGroup, hookStateDir, removeHookMachines } from '../helpers/hookMachines.js';
+import { VmManager, VmStates, type VmState } from '../../../src/index.js';
+import type { ConfigInput } from '../../../src/config/index.js';
+import { VmPoolClient } from '../../../src/client/index.js';
+import { addAcquireJobs } from '../../../queues/acquire.js';
+import { QueueNames } from '../../../queues/names.js';
+import { closePool, connect, REDIS_URL, uniquePrefix } from '../../helpers/redis.js';
+import { startWorkerProcess, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../../helpers/processes.js';
+import { hookGroup, hookStateDir, removeHookMachines } from '../../helpers/hookMachines.js';
 
 // Issue 20, "one owner spends the budget": an owner whose max_vm_per_user is 2 opens 40 acquire
 // requests. As real processes (acquire, spawn, health, terminate, reconcile) on the real Redis,
