@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { UnrecoverableError, type Job, type JobsOptions, type Queue } from 'bullmq';
 import { z } from 'zod';
-import { InvalidVmRequest, NoVmAvailable, TaskConflict, VmError, type LeasedVm } from '../src/pool/types.js';
+import { InvalidVmRequest, NoVmAvailable, TaskConflict, TooManyWaiting, VmError, type LeasedVm } from '../src/pool/types.js';
 import { QueueNames } from './names.js';
 
 export const ACQUIRE_QUEUE = QueueNames.ACQUIRE;
@@ -120,6 +120,8 @@ export const AcquireFailures = {
   REFUSED: 'refused',
   /** The task belongs to another owner or sandbox (it holds a VM or has a request waiting): TaskConflict. */
   TASK_CONFLICT: 'task_conflict',
+  /** Its owner had max_waiting_per_owner requests waiting in a group already: TooManyWaiting. */
+  TOO_MANY_WAITING: 'too_many_waiting',
   /** The request was withdrawn while it waited (its builder went away; failedReason starts with `cancelled:`). */
   CANCELLED: 'cancelled',
 } as const;
@@ -149,7 +151,7 @@ export async function failAcquireJob(job: Job, failure: AcquireFailure, reason: 
   return new UnrecoverableError(reason);
 }
 
-/** The error a failed acquire job stands for: NoVmAvailable, InvalidVmRequest, TaskConflict or VmError, with its reason. */
+/** The error a failed acquire job stands for: NoVmAvailable, InvalidVmRequest, TaskConflict, TooManyWaiting or VmError, with its reason. */
 export function acquireJobError(job: Pick<Job, 'progress' | 'failedReason'> & { data?: unknown }): VmError {
   const reason = job.failedReason || 'unknown reason';
   switch (acquireFailureOf(job)) {
@@ -157,6 +159,8 @@ export function acquireJobError(job: Pick<Job, 'progress' | 'failedReason'> & { 
       return new TaskConflict(String((job.data as { taskId?: unknown } | undefined)?.taskId ?? ''));
     case AcquireFailures.NO_VM_AVAILABLE:
       return new NoVmAvailable(reason);
+    case AcquireFailures.TOO_MANY_WAITING:
+      return new TooManyWaiting(String((job.data as { owner?: unknown } | undefined)?.owner ?? ''), null, null, reason);
     case AcquireFailures.INVALID_REQUEST:
       return new InvalidVmRequest(`acquire failed: ${reason}`);
     default:

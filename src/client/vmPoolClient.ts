@@ -19,6 +19,8 @@ import {
   type VmAssignment,
 } from '../../queues/acquire.js';
 import type { QueueName } from '../../queues/names.js';
+import type { GroupConfig } from '../config/index.js';
+import { requestGroupIds } from '../acquire/requestGroups.js';
 
 export interface VmPoolClientOptions {
   /**
@@ -45,6 +47,12 @@ export interface VmPoolClientOptions {
    * wait_timeout; replicaWaitOf(config.redis) gives it). Default: no wait.
    */
   waitReplicas?: ReplicaWait;
+  /**
+   * The pool's groups (its config's `groups`). With them, a request whose owner has its group's
+   * max_waiting_per_owner requests waiting already is refused (TooManyWaiting) before anything is
+   * enqueued; without them, the acquire worker refuses it when it would wait.
+   */
+  groups?: readonly GroupConfig[];
 }
 
 export interface AcquireOptions {
@@ -124,6 +132,7 @@ export class VmPoolClient {
   private readonly leases: Leases;
   private readonly line: LineRequests;
   private readonly sharedQueue: ((name: QueueName) => Queue) | undefined;
+  private readonly groups: readonly GroupConfig[] | undefined;
   /** The acquire queue handle the client opened itself (none while it uses a shared one). */
   private ownQueue: Queue | undefined;
   private events: Promise<QueueEvents> | undefined;
@@ -140,6 +149,7 @@ export class VmPoolClient {
     this.leases = new Leases(this.pool, this.clock, options.waitReplicas);
     this.line = new LineRequests(this.pool, this.clock);
     this.sharedQueue = options.queue;
+    this.groups = options.groups;
   }
 
   private getQueue(): Queue {
@@ -205,6 +215,7 @@ export class VmPoolClient {
     const start = this.clock();
     // Redis away at the start: tried again until the request's own deadline would have passed.
     const untilAtLatest = start + (data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS) + this.graceMs;
+    if (this.groups) await this.whileRedisAway(() => this.refuseBeyondWaitingCap(data, jobId), untilAtLatest, signal);
     const events = await this.whileRedisAway(() => this.getEvents(), untilAtLatest, signal);
     for (let round = 0; ; round += 1) {
       const timestamp = this.clock();
@@ -242,6 +253,18 @@ export class VmPoolClient {
         .then((j) => j?.remove())
         .catch(() => undefined);
     }
+  }
+
+  /** max_waiting_per_owner, before enqueueing: in each group the request would wait in (an unknown one is the worker's to refuse). */
+  private async refuseBeyondWaitingCap(data: AcquireRequestData, jobId: string): Promise<void> {
+    const groups = this.groups!;
+    let ids: number[];
+    try {
+      ids = requestGroupIds(groups, data);
+    } catch {
+      return;
+    }
+    await this.line.refuseBeyondWaitingCap(data.owner, ids.map((g) => ({ group: g, maxWaitingPerOwner: groups[g]!.max_waiting_per_owner })), jobId);
   }
 
   /**

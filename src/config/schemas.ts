@@ -144,6 +144,10 @@ export const groupConfigSchema = z
         "VMs of the group, not counting terminating or failed ones. 0 drains the group (Copr's and resalloc's way): nothing is spawned, the VMs it has are still served, and the dirty timeout and reuse limits retire them; a group of hand-added machines (`vmpool add`) keeps 0",
       ),
     max_vm_per_user: positiveInt(4, 'VMs of the group bound to one owner'),
+    max_waiting_per_owner: positiveInt(
+      100,
+      "Acquire requests of one owner that may wait in the group's line at once; one beyond it is refused at once (HTTP 429 with Retry-After, TooManyWaiting, CLI exit 5) and nothing of it waits",
+    ),
     max_spawn_processes: positiveInt(2, 'Spawns in flight at once'),
     vm_spawn_min_interval: seconds(30, 'Seconds between spawn starts'),
     vm_dirty_terminating_timeout: seconds(120, 'Seconds after which a released (dirty) VM not acquired again is terminated'),

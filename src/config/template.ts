@@ -40,6 +40,7 @@ const NOTES: Record<string, string> = {
   'groups.*.archs': 'an acquire by arch picks the groups listing it',
   'groups.*.max_vm_total': 'VMs of the group, not counting terminating or failed ones',
   'groups.*.max_vm_per_user': 'VMs of the group bound to one owner',
+  'groups.*.max_waiting_per_owner': "acquire requests of one owner waiting in the group's line; beyond it: 429, exit 5",
   'groups.*.max_spawn_processes': 'spawns in flight',
   'groups.*.vm_spawn_min_interval': 'seconds between spawn starts',
   'groups.*.vm_dirty_terminating_timeout': 'a released (dirty) VM not re-acquired by then is terminated',

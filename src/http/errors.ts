@@ -1,6 +1,6 @@
 import type { NextFunction, Request, Response } from 'express';
 import type { Logger } from '../logger.js';
-import { InvalidVmRequest, LeaseLost, NoVmAvailable, TaskConflict, UnknownGroup, VmDescriptorNotFound, VmError } from '../pool/types.js';
+import { InvalidVmRequest, LeaseLost, NoVmAvailable, TaskConflict, TooManyWaiting, UnknownGroup, VmDescriptorNotFound, VmError } from '../pool/types.js';
 import { ConfigError } from '../config/index.js';
 
 /** Error codes of the API; each maps to one HTTP status. */
@@ -14,6 +14,7 @@ export const ErrorCodes = {
   payload_too_large: 413,
   unsupported_media_type: 415,
   misdirected_request: 421,
+  too_many_requests: 429,
   no_vm_available: 503,
   not_ready: 503,
   internal_error: 500,
@@ -42,6 +43,8 @@ export class HttpError extends Error {
  *   404 not_found         no such VM (VmDescriptorNotFound)
  *   409 conflict          the VM's state or lease refuses it (LeaseLost, any other VmError); the
  *                         task belongs to another owner or sandbox (TaskConflict, reason task_conflict)
+ *   429 too_many_requests the owner has max_waiting_per_owner requests waiting (TooManyWaiting, reason
+ *                         too_many_waiting; Retry-After)
  *   503 no_vm_available   no VM came within the request's timeout (NoVmAvailable)
  */
 export function toHttpError(err: unknown): HttpError {
@@ -49,6 +52,9 @@ export function toHttpError(err: unknown): HttpError {
   if (err instanceof VmDescriptorNotFound) return new HttpError('not_found', err.message, { vmName: err.vmName });
   if (err instanceof LeaseLost) return new HttpError('conflict', err.message, { reason: err.reason, vmName: err.vmName });
   if (err instanceof TaskConflict) return new HttpError('conflict', err.message, { reason: 'task_conflict', taskId: err.taskId });
+  if (err instanceof TooManyWaiting) {
+    return new HttpError('too_many_requests', err.message, { reason: 'too_many_waiting', group: err.group, limit: err.limit, retryAfter: err.retryAfterSeconds });
+  }
   if (err instanceof NoVmAvailable) return new HttpError('no_vm_available', err.message, { reason: err.message });
   if (err instanceof UnknownGroup) return new HttpError('validation_error', err.message, { group: err.group });
   if (err instanceof InvalidVmRequest) return new HttpError('validation_error', err.message, {});
@@ -66,6 +72,7 @@ export function toHttpError(err: unknown): HttpError {
 
 export function sendError(res: Response, err: HttpError): void {
   if (err.code === 'method_not_allowed' && Array.isArray(err.details.allow)) res.setHeader('Allow', (err.details.allow as string[]).join(', '));
+  if (err.code === 'too_many_requests' && typeof err.details.retryAfter === 'number') res.setHeader('Retry-After', String(err.details.retryAfter));
   res.status(err.status).json({ error: err.code, message: err.message, details: err.details });
 }
 

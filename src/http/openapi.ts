@@ -207,7 +207,19 @@ export const openApiDocument = {
         summary: 'Wait up to timeoutMs for a VM and return the assignment',
         security: builder,
         requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/AcquireRequest' } } } },
-        responses: { '200': json('The assignment', 'Assignment'), ...common, ...notJson, '409': error('The task belongs to another owner or sandbox: it holds a VM or has a request waiting (details.reason task_conflict)'), '503': error('No VM became available in time (details.reason)') },
+        responses: {
+          '200': json('The assignment', 'Assignment'),
+          ...common,
+          ...notJson,
+          '409': error('The task belongs to another owner or sandbox: it holds a VM or has a request waiting (details.reason task_conflict)'),
+          '429': {
+            ...error(
+              "The owner has its group's max_waiting_per_owner requests waiting already (details.reason too_many_waiting, details.group, details.limit): refused at once, nothing enqueued",
+            ),
+            headers: { 'Retry-After': { description: 'seconds to wait before asking again', schema: { type: 'integer' } } },
+          },
+          '503': error('No VM became available in time (details.reason)'),
+        },
       },
     },
     '/vms': {

@@ -76,7 +76,7 @@ export async function startWebServer(config: Config, options: WebServerOptions =
   // The manager's queue handles are the process's: Bull Board, metrics and the client use them.
   const vmm = new VmManager(config, { redis: connection, prefix, logger, clock: options.clock });
   const queue = (name: QueueName) => vmm.queue(name);
-  const client = new VmPoolClient({ redis: connection, prefix, queue, logger, clock: options.clock, graceMs: options.acquireGraceMs, waitReplicas: replicaWaitOf(config.redis) });
+  const client = new VmPoolClient({ redis: connection, prefix, queue, logger, clock: options.clock, graceMs: options.acquireGraceMs, waitReplicas: replicaWaitOf(config.redis), groups: config.groups });
   // Waiting POST /acquire requests: at stop they are answered at once and their requests withdrawn
   // (an aborted VmPoolClient.acquire withdraws its request itself).
   const waiting = new Set<AbortController>();

@@ -4,7 +4,7 @@ import type { Clock, PoolAccess, PoolContext } from './context.js';
 import type { PoolJobs } from './jobs.js';
 import { poolKeys } from './keys.js';
 import type { Leases } from './leases.js';
-import { InvalidVmRequest, NoVmAvailable, type AcquireAttempt, type AcquireWaiter, type VmDescriptor } from './types.js';
+import { InvalidVmRequest, NoVmAvailable, TooManyWaiting, type AcquireAttempt, type AcquireWaiter, type VmDescriptor } from './types.js';
 
 /**
  * What acquireVm needs: an acquire job's payload (AcquireRequestData) with its groups resolved (no
@@ -41,6 +41,24 @@ export class LineRequests {
   /** Claims a task for an owner and sandbox until `deadline` (TaskConflict when another holds it). */
   async claimTask(taskId: string, owner: string, sandbox: string, deadline: number, now = this.clock()): Promise<void> {
     await this.pool.scripts.claimTask(taskId, owner, sandbox, deadline, now);
+  }
+
+  /**
+   * Refuses (TooManyWaiting) a request of `owner` for `groups` when the owner has its group's
+   * max_waiting_per_owner requests waiting there already (live ones: deadline after now), not
+   * counting the request of job `jobId` (a builder that joins its own waiting request again).
+   * Read before the request is enqueued; the acquire script checks again, atomically, when it parks.
+   */
+  async refuseBeyondWaitingCap(owner: string, groups: readonly { group: number; maxWaitingPerOwner: number }[], jobId: string): Promise<void> {
+    const keys = this.pool.keys;
+    const now = this.clock();
+    for (const { group, maxWaitingPerOwner } of groups) {
+      const members = (await this.pool.redis.zrange(keys.ownerLine(group, owner), '0', '-1')).filter((m) => !m.endsWith(`|${jobId}`));
+      if (members.length < maxWaitingPerOwner) continue;
+      const infos = await this.pool.redis.hmget(keys.waiterInfo, ...members);
+      const live = infos.filter((raw) => raw !== null && Number((JSON.parse(raw) as { deadline?: unknown }).deadline) > now).length;
+      if (live >= maxWaitingPerOwner) throw new TooManyWaiting(owner, group, maxWaitingPerOwner);
+    }
   }
 
   /**
@@ -90,7 +108,7 @@ export class AcquireLine {
       waiter,
       groups: groups.map((group) => {
         const gc = this.ctx.groupConfig(group);
-        return { group, maxVmPerOwner: gc.max_vm_per_user, leaseTimeoutMs: Math.round(gc.lease_timeout * 1000) };
+        return { group, maxVmPerOwner: gc.max_vm_per_user, leaseTimeoutMs: Math.round(gc.lease_timeout * 1000), maxWaitingPerOwner: gc.max_waiting_per_owner };
       }),
     });
     // Requests ahead that this attempt's dispatch served are woken here, whoever the caller is.

@@ -355,9 +355,27 @@ export class PoolReader {
     };
   }
 
-  /** Job ids of the acquire requests waiting in the group's line whose deadline is after `now`, at most `limit`. */
-  async demandJobIds(group: number, now: number, limit: number): Promise<string[]> {
-    return this.redis.zrangebyscore(this.keys.demand(group), `(${now}`, '+inf', 'LIMIT', 0, limit);
+  /**
+   * The acquire requests waiting in the group's line whose deadline is after `now` (the first
+   * `limit` in line order), each with its job id and owner.
+   */
+  async lineRequests(group: number, now: number, limit: number): Promise<{ jobId: string; owner: string }[]> {
+    const members = await this.redis.zrange(this.keys.waiters(group), '0', String(limit - 1));
+    if (members.length === 0) return [];
+    const infos = await this.redis.hmget(this.keys.waiterInfo, ...members);
+    const requests: { jobId: string; owner: string }[] = [];
+    for (const raw of infos) {
+      if (raw === null) continue;
+      const info = JSON.parse(raw) as { jobId?: unknown; owner?: unknown; deadline?: unknown };
+      if (typeof info.jobId === 'string' && typeof info.owner === 'string' && Number(info.deadline) > now) requests.push({ jobId: info.jobId, owner: info.owner });
+    }
+    return requests;
+  }
+
+  /** VMs of the group bound to each of `owners` (group:<id>:owner_vms), in their order. */
+  async ownerVmCounts(group: number, owners: readonly string[]): Promise<number[]> {
+    if (owners.length === 0) return [];
+    return (await this.redis.hmget(this.keys.ownerVms(group), ...owners)).map((n) => Number(n ?? 0));
   }
 
   /** Number of acquire requests waiting in the group's line whose deadline is after `now`. */

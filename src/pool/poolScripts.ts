@@ -6,6 +6,7 @@ import {
   LeaseLost,
   SpawnSlotLost,
   TaskConflict,
+  TooManyWaiting,
   VmDescriptorNotFound,
   VmError,
   descriptorFromHash,
@@ -23,6 +24,8 @@ export interface AcquireGroupLimits {
   group: number;
   maxVmPerOwner: number;
   leaseTimeoutMs: number;
+  /** The group's max_waiting_per_owner: a request that would wait beyond it is refused (TooManyWaiting). */
+  maxWaitingPerOwner: number;
 }
 
 /** acquireVm-1.lua's input, checked and as text (VmManager.tryAcquireVm builds it). */
@@ -295,7 +298,7 @@ export class PoolScripts {
       waiter?.jobId ?? '',
       input.groups.length,
     ];
-    for (const g of input.groups) args.push(g.group, g.maxVmPerOwner, g.leaseTimeoutMs);
+    for (const g of input.groups) args.push(g.group, g.maxVmPerOwner, g.leaseTimeoutMs, g.maxWaitingPerOwner);
     const [code, payload, served] = (await this.call('acquireVm', args)) as [number, (string[] | string)?, string[]?];
     switch (code) {
       case ReplyCodes.OK:
@@ -303,6 +306,8 @@ export class PoolScripts {
         return { status: code === ReplyCodes.OK ? 'acquired' : 'reattached', ...leasedDescriptorFromHash(payload as string[]), served: served ?? [] };
       case ReplyCodes.TASK_CONFLICT:
         throw new TaskConflict(input.taskId);
+      case ReplyCodes.TOO_MANY_WAITING:
+        throw new TooManyWaiting(input.owner, Number(payload), Number(served));
       case ReplyCodes.CANCELLED:
         return { status: 'cancelled', reason: String(payload) };
       case ReplyCodes.NO_VM:

@@ -62,6 +62,8 @@ export const ReplyCodes = {
   POOL_RESTARTED: -16,
   /** checkPoolState: the marker's epoch is below the one the caller saw (Redis went back in time). */
   POOL_REGRESSED: -17,
+  /** acquireVm: the request would wait, but its owner has max_waiting_per_owner requests waiting in a group already. */
+  TOO_MANY_WAITING: -18,
 } as const;
 
 export type ReplyCodeName = keyof typeof ReplyCodes;

@@ -147,6 +147,32 @@ export class TaskConflict extends VmError {
   }
 }
 
+/** Seconds a request refused by max_waiting_per_owner is told to wait before it asks again (Retry-After). */
+export const TOO_MANY_WAITING_RETRY_AFTER_SECONDS = 10;
+
+/**
+ * The owner has max_waiting_per_owner requests waiting in a group already: the request is refused at
+ * once and nothing of it waits. Ask again later (retryAfterSeconds), or withdraw a waiting request.
+ */
+export class TooManyWaiting extends VmError {
+  readonly retryAfterSeconds = TOO_MANY_WAITING_RETRY_AFTER_SECONDS;
+
+  constructor(
+    readonly owner: string,
+    /** The group id whose cap was reached (null when not known: a failed job read back). */
+    readonly group: number | null,
+    /** That group's max_waiting_per_owner (null when not known). */
+    readonly limit: number | null,
+    message?: string,
+  ) {
+    super(
+      message ??
+        `owner ${JSON.stringify(owner)} has ${limit ?? 'max_waiting_per_owner'} acquire requests waiting in group ${group ?? '?'} already (max_waiting_per_owner); try again later`,
+    );
+    this.name = 'TooManyWaiting';
+  }
+}
+
 /** The lease of an assignment: who holds an in_use VM, and until when unless renewed. */
 export interface Lease {
   leaseId: string;

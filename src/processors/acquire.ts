@@ -3,7 +3,7 @@ import type { JobContext } from '../runtime/context.js';
 import { withFallbacks } from '../acquire/fallback.js';
 import { formatZodError } from '../validation.js';
 import type { ProcessorSpec } from '../runtime/worker.js';
-import { InvalidVmRequest, TaskConflict, VmError, acquireWaiterMember, type AcquireWaiter } from '../pool/types.js';
+import { InvalidVmRequest, TaskConflict, TooManyWaiting, VmError, acquireWaiterMember, type AcquireWaiter } from '../pool/types.js';
 import {
   ACQUIRE_QUEUE,
   AcquireFailures,
@@ -170,6 +170,7 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
 /** The failure code of a pool refusal. */
 function failureOf(err: VmError): AcquireFailure {
   if (err instanceof InvalidVmRequest) return AcquireFailures.INVALID_REQUEST;
+  if (err instanceof TooManyWaiting) return AcquireFailures.TOO_MANY_WAITING;
   return err instanceof TaskConflict ? AcquireFailures.TASK_CONFLICT : AcquireFailures.REFUSED;
 }
 

@@ -9,6 +9,9 @@
  * A request counts once (a stalled request can be in the line and back in the queue) and only for
  * its first group (its groups as given, or the groups listing its arch, in config order), so that a
  * request that could use several groups does not make every one of them spawn a VM for it.
+ * An owner's requests count in a group only up to what max_vm_per_user still lets it use there
+ * (its room: the limit less the VMs bound to it), so that one owner's flood of requests spawns no
+ * VM it could never take. Reading the rooms costs one HMGET per group over the waiting owners.
  */
 import type { Job, Queue } from 'bullmq';
 import { requestGroupIds } from '../acquire/requestGroups.js';
@@ -26,7 +29,13 @@ export const LINE_DEMAND_SCAN = 1000;
  * A waiting acquire request as demand: its job id (as in the line), the groups it could use in its
  * order of preference, and whether it keeps to them (strictGroup: no fallback groups).
  */
-export type DemandRequest = Pick<AcquireWaiter, 'jobId'> & { groups: readonly number[]; strict?: boolean };
+export type DemandRequest = Pick<AcquireWaiter, 'jobId'> & { groups: readonly number[]; strict?: boolean; owner?: string };
+
+/**
+ * How many more VMs an owner may use in a group (max_vm_per_user less the VMs bound to it there);
+ * its requests beyond that are no demand. A request without an owner is not limited.
+ */
+export type OwnerRoom = (group: number, owner: string) => number;
 
 /**
  * Which groups a request's demand counts for (default: its first). With fallback groups, a request
@@ -36,18 +45,50 @@ export type DemandRequest = Pick<AcquireWaiter, 'jobId'> & { groups: readonly nu
 export type DemandRoute = (request: DemandRequest) => readonly number[];
 
 /**
- * Demand per group (index = group id): each request counts once, for its first group. Requests
- * are taken in order; a later one with the same job id is the same request.
+ * Demand per group (index = group id): each request counts once, for its first group, and an
+ * owner's requests count in a group only up to its room there. Requests are taken in order; a
+ * later one with the same job id is the same request.
  */
-export function demandByGroup(requests: readonly DemandRequest[], groupCount: number, route: DemandRoute = (r) => r.groups.slice(0, 1)): number[] {
+export function demandByGroup(
+  requests: readonly DemandRequest[],
+  groupCount: number,
+  route: DemandRoute = (r) => r.groups.slice(0, 1),
+  room?: OwnerRoom,
+): number[] {
   const demand = new Array<number>(groupCount).fill(0);
   const seen = new Set<string>();
+  // Requests counted per group and owner (room given).
+  const counted = new Map<string, number>();
   for (const r of requests) {
     if (seen.has(r.jobId)) continue;
     seen.add(r.jobId);
-    for (const g of new Set(route(r))) if (g >= 0 && g < groupCount) demand[g]! += 1;
+    for (const g of new Set(route(r))) {
+      if (g < 0 || g >= groupCount) continue;
+      if (room && r.owner !== undefined) {
+        const key = `${g}\n${r.owner}`;
+        const n = counted.get(key) ?? 0;
+        if (n >= room(g, r.owner)) continue;
+        counted.set(key, n + 1);
+      }
+      demand[g]! += 1;
+    }
   }
   return demand;
+}
+
+/**
+ * The rooms of the owners of `requests` in every group (max_vm_per_user less the VMs bound to the
+ * owner), read for the waiting owners only.
+ */
+export async function readOwnerRooms(vmm: VmManager, requests: readonly DemandRequest[]): Promise<OwnerRoom> {
+  const owners = [...new Set(requests.flatMap((r) => (r.owner === undefined ? [] : [r.owner])))];
+  const rooms = await Promise.all(
+    vmm.config.groups.map(async (gc, g) => {
+      const bound = await vmm.reader.ownerVmCounts(g, owners);
+      return new Map(owners.map((o, i) => [o, Math.max(0, gc.max_vm_per_user - bound[i]!)]));
+    }),
+  );
+  return (g, owner) => rooms[g]?.get(owner) ?? 0;
 }
 
 /**
@@ -66,7 +107,7 @@ export function queuedDemandRequest(
   if (job.timestamp + (parsed.data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS) <= now) return null;
   try {
     const strict = isStrictRequest(parsed.data);
-    return { jobId: job.id, groups: requestGroupIds(groups, parsed.data), ...(strict ? { strict } : {}) };
+    return { jobId: job.id, owner: parsed.data.owner, groups: requestGroupIds(groups, parsed.data), ...(strict ? { strict } : {}) };
   } catch {
     return null;
   }
@@ -80,29 +121,29 @@ export async function readDemand(vmm: VmManager, acquireQueue: Queue, route?: De
   const now = vmm.clock();
   const groups = vmm.config.groups;
   const [lines, queued] = await Promise.all([
-    Promise.all(groups.map((_, g) => vmm.reader.demandJobIds(g, now, LINE_DEMAND_SCAN))),
+    Promise.all(groups.map((_, g) => vmm.reader.lineRequests(g, now, LINE_DEMAND_SCAN))),
     acquireQueue.getJobs(['waiting', 'prioritized'], 0, QUEUED_DEMAND_SCAN - 1, true) as Promise<Job[]>,
   ]);
   // The groups each request in the line waits in, in config order.
-  const inLine = new Map<string, number[]>();
-  lines.forEach((ids, g) => {
-    for (const id of ids) {
-      const list = inLine.get(id) ?? [];
-      list.push(g);
-      inLine.set(id, list);
+  const inLine = new Map<string, { owner: string; waitsIn: number[] }>();
+  lines.forEach((waiting, g) => {
+    for (const { jobId, owner } of waiting) {
+      const entry = inLine.get(jobId) ?? { owner, waitsIn: [] };
+      entry.waitsIn.push(g);
+      inLine.set(jobId, entry);
     }
   });
   const requests: DemandRequest[] = [];
-  for (const [jobId, waitsIn] of inLine) {
+  for (const [jobId, { owner, waitsIn }] of inLine) {
     // A request waiting in several groups counts for its own first one: read its order from the job.
     // With a route (fallback groups), the job also says which groups it asked for and whether it is strict.
-    let request: DemandRequest = { jobId, groups: waitsIn };
+    let request: DemandRequest = { jobId, owner, groups: waitsIn };
     if (waitsIn.length > 1 || route) {
       const job = await acquireQueue.getJob(jobId).catch(() => undefined);
       const own = job ? queuedDemandRequest({ id: jobId, data: job.data, timestamp: job.timestamp }, groups, -Infinity) : null;
       if (own && route) request = own;
-      else if (own) request = { jobId, groups: own.groups.filter((g) => waitsIn.includes(g)) };
-      if (request.groups.length === 0) request = { jobId, groups: waitsIn };
+      else if (own) request = { jobId, owner, groups: own.groups.filter((g) => waitsIn.includes(g)) };
+      if (request.groups.length === 0) request = { jobId, owner, groups: waitsIn };
     }
     requests.push(request);
   }
@@ -110,5 +151,5 @@ export async function readDemand(vmm: VmManager, acquireQueue: Queue, route?: De
     const r = job ? queuedDemandRequest(job, groups, now) : null;
     if (r) requests.push(r);
   }
-  return demandByGroup(requests, groups.length, route);
+  return demandByGroup(requests, groups.length, route, await readOwnerRooms(vmm, requests));
 }

@@ -57,7 +57,8 @@ describe('the fair acquire line', () => {
     // On main the acquire script looked at most 200 requests ahead: with 210 requests of an owner at
     // max_vm_per_user ahead, carol (later) took a VM that became ready ahead of alice (earlier). Here
     // the VM becomes ready and carol's attempt runs in one MULTI, before alice's wake could.
-    kit = await createAcquireKit('fair-200', limits(1), 300);
+    // 211 requests of one owner wait: above the default max_waiting_per_owner (100).
+    kit = await createAcquireKit('fair-200', acquireConfig({ groups: [{ name: 'base', archs: ['x86_64'], max_vm_per_user: 1, max_waiting_per_owner: 1000 }] }), 300);
     await kit.addReady('held', '10.41.0.1');
     await kit.client.acquire({ owner: 'heavy', sandbox: 's', groups: [0] });
     const heavy = Array.from({ length: 210 }, (_, i) => settled(kit!.client.acquire({ owner: 'heavy', sandbox: 's', groups: [0], taskId: `w200-${i}`, timeoutMs: 40_000 })));
@@ -71,7 +72,7 @@ describe('the fair acquire line', () => {
     const now = Date.now();
     const carolWaiter = acquireWaiterMember(now, 'acquire-carol');
     // acquireVm's ARGV as VmManager.tryAcquireVm builds it for a waiting request.
-    const carolArgs = [now, 'carol', 'c', 'test', '', '', '', 'carol-lease', carolWaiter, 0, now + 20_000, 'acquire-carol', 1, 0, 1, 300_000];
+    const carolArgs = [now, 'carol', 'c', 'test', '', '', '', 'carol-lease', carolWaiter, 0, now + 20_000, 'acquire-carol', 1, 0, 1, 300_000, 100];
     const multi = kit.redis.multi() as unknown as Record<string, (...a: unknown[]) => unknown> & { exec(): Promise<[Error | null, unknown][]> };
     multi.vmpoolRecordHealthCheckResult!(base, 'next1', '1', now, 3);
     multi.vmpoolAcquireVm!(base, ...carolArgs);

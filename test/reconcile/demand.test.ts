@@ -3,6 +3,7 @@ import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { ConfigInput } from '../../src/config/index.js';
 import { VmManager } from '../../src/pool/vmManager.js';
+import { acquireWaiterMember } from '../../src/pool/types.js';
 import { demandByGroup, queuedDemandRequest } from '../../src/reconcile/demand.js';
 import { VmMaster } from '../../src/reconcile/vmMaster.js';
 import { acquireJobOptions, type AcquireRequestData } from '../../queues/acquire.js';
@@ -30,14 +31,33 @@ describe('demandByGroup', () => {
       ),
     ).toEqual([2, 1, 0]);
   });
+
+  it("counts an owner's requests in a group only up to its room there (max_vm_per_user less its VMs)", () => {
+    const flood = Array.from({ length: 40 }, (_, i) => ({ jobId: `f${i}`, owner: 'flood', groups: [0] }));
+    const rooms: Record<string, number[]> = { flood: [2, 1], bound: [0, 3] };
+    const room = (g: number, owner: string) => rooms[owner]?.[g] ?? 0;
+    // 40 requests of an owner with room 2 are 2; another owner's request still counts; no owner: unlimited.
+    expect(demandByGroup([...flood, { jobId: 'x', owner: 'other', groups: [0] }, { jobId: 'y', groups: [0] }], 2, undefined, (g, o) => (o === 'other' ? 1 : room(g, o)))).toEqual([4, 0]);
+    // An owner whose VMs use all its room adds nothing; a route counts the room per group.
+    expect(
+      demandByGroup(
+        [...flood, { jobId: 'b1', owner: 'bound', groups: [0, 1] }, { jobId: 'b2', owner: 'bound', groups: [0, 1] }],
+        2,
+        (r) => r.groups,
+        room,
+      ),
+    ).toEqual([2, 2]);
+    // Without rooms, every request counts.
+    expect(demandByGroup(flood, 2)).toEqual([40, 0]);
+  });
 });
 
 describe('queuedDemandRequest', () => {
   const job = (data: unknown, timestamp = T0) => ({ id: 'acq-1', data, timestamp });
 
   it('maps groups as given (duplicates dropped) and an arch to the groups listing it, in config order', () => {
-    expect(queuedDemandRequest(job({ owner: 'o', sandbox: 's', groups: [2, 0, 2] }), groups, T0)).toEqual({ jobId: 'acq-1', groups: [2, 0] });
-    expect(queuedDemandRequest(job({ owner: 'o', sandbox: 's', arch: 'x86_64' }), groups, T0)).toEqual({ jobId: 'acq-1', groups: [0, 1] });
+    expect(queuedDemandRequest(job({ owner: 'o', sandbox: 's', groups: [2, 0, 2] }), groups, T0)).toEqual({ jobId: 'acq-1', owner: 'o', groups: [2, 0] });
+    expect(queuedDemandRequest(job({ owner: 'o', sandbox: 's', arch: 'x86_64' }), groups, T0)).toEqual({ jobId: 'acq-1', owner: 'o', groups: [0, 1] });
   });
 
   it('ignores invalid payloads, unknown groups and arches', () => {
@@ -107,6 +127,16 @@ async function request(data: Partial<AcquireRequestData>, opts: { priority?: num
   );
 }
 
+/** Puts a request's job in the line of `groups`, as the acquire processor does when nothing fits (no VM in the pool). */
+async function joinLine(job: Job, groups: number[]): Promise<void> {
+  const { owner, sandbox } = job.data as AcquireRequestData;
+  const attempt = await vmm.tryAcquireVm(
+    { owner, sandbox, groups, workerId: 'w' },
+    { member: acquireWaiterMember(job.timestamp, job.id!), jobId: job.id!, priority: 0, deadline: T0 + 60 * S },
+  );
+  expect(attempt.status).toBe('none');
+}
+
 async function spawnsByGroup(): Promise<number[]> {
   const jobs = await spawnQueue.getJobs(['waiting', 'delayed', 'active', 'prioritized']);
   const out = [0, 0, 0];
@@ -148,17 +178,33 @@ describe('demand from queued acquire requests (no acquire worker running)', () =
 
   it('counts a request in the line and back in the queue (a stalled acquire) once, and one in several lines for its first group', async () => {
     const stalled = await request({ groups: [2] });
-    await redis.zadd(keys.demand(2), T0 + 60 * S, stalled.id!);
+    await joinLine(stalled, [2]);
     // Waits in the lines of groups 0 and 1 (and is queued again), but asked for group 1 first.
     const multi = await request({ groups: [1, 0] });
-    await redis.zadd(keys.demand(0), T0 + 60 * S, multi.id!);
-    await redis.zadd(keys.demand(1), T0 + 60 * S, multi.id!);
+    await joinLine(multi, [0, 1]);
     const inLineOnly = await request({ groups: [0] });
     await acquireQueue.remove(inLineOnly.id!);
-    await redis.zadd(keys.demand(0), T0 + 60 * S, inLineOnly.id!);
-    // A request that left the line (removed job) but whose entry is still in two lines: config order.
-    await redis.zadd(keys.demand(0), T0 + 60 * S, 'acq-gone');
-    await redis.zadd(keys.demand(2), T0 + 60 * S, 'acq-gone');
+    await joinLine(inLineOnly, [0]);
+    // A request that left the queue (removed job) but still waits in two lines: config order.
+    const gone = await request({ groups: [0, 2] });
+    await acquireQueue.remove(gone.id!);
+    await joinLine(gone, [0, 2]);
     expect((await master.readSnapshot()).groups.map((g) => g.demand)).toEqual([2, 1, 1]);
+  });
+
+  it("counts an owner's requests, queued and in the line, only up to max_vm_per_user less the VMs bound to it", async () => {
+    // max_vm_per_user is 4 (the default): 40 requests of one owner are a demand of 4.
+    for (let i = 0; i < 30; i++) await request({ owner: 'flood', groups: [0] });
+    for (let i = 0; i < 10; i++) await joinLine(await request({ owner: 'flood', groups: [0] }), [0]);
+    await request({ owner: 'other', groups: [0] });
+    expect((await master.readSnapshot()).groups.map((g) => g.demand)).toEqual([5, 0, 0]);
+    // Three VMs bound to the flooding owner leave it room for one.
+    await redis.hset(keys.ownerVms(0), 'flood', 3);
+    expect((await master.readSnapshot()).groups.map((g) => g.demand)).toEqual([2, 0, 0]);
+    await redis.hset(keys.ownerVms(0), 'flood', 4);
+    expect((await master.readSnapshot()).groups.map((g) => g.demand)).toEqual([1, 0, 0]);
+    // Its VMs are per group: group 1's room is whole.
+    for (let i = 0; i < 6; i++) await request({ owner: 'flood', groups: [1] });
+    expect((await master.readSnapshot()).groups.map((g) => g.demand)).toEqual([1, 4, 0]);
   });
 });

@@ -49,6 +49,7 @@ export const registerAcquire: RegisterCommand = (program, { config, settings, lo
           queue: (name) => vmm.queue(name),
           logger: logger(),
           graceMs: cliAcquireGraceMs(request.timeoutMs!, settings().acquireGraceMs),
+          groups: cfg.groups,
         });
         try {
           const a = await client.acquire(request);

@@ -23,7 +23,9 @@
   between owners, first come first served within an owner. It is served now only when the line
   gives it a VM; the dispatch may serve requests ahead of it too (their job ids are returned, to be
   woken). Otherwise it stays in the line (parked) until the dispatcher gives it a VM
-  (dispatchAcquireLine), it is withdrawn, or it gives up (leaveAcquireLine).
+  (dispatchAcquireLine), it is withdrawn, or it gives up (leaveAcquireLine). A request that would
+  first join the lines while its owner has max_waiting_per_owner requests waiting in one of its
+  groups is refused (TOO_MANY_WAITING): the cap holds for requests added to the queue by any means.
   A call without a waiter takes a VM at once if one fits, without joining the line.
 
   Input:
@@ -41,7 +43,8 @@
     ARGV[11] waiter deadline (epoch ms)
     ARGV[12] demand member (the acquire job id)
     ARGV[13] number of groups N
-    ARGV[14..] N triples: group id, max_vm_per_user, lease_timeout in ms of that group
+    ARGV[14..] N quadruples: group id, max_vm_per_user, lease_timeout in ms, max_waiting_per_owner
+               of that group
   Output:
     {OK, HGETALL of the VM, job ids}  acquired: the VM is in_use under a new lease (job ids: other
                                       requests the dispatch served, to be woken)
@@ -50,6 +53,8 @@
     {TASK_CONFLICT}                   the task holds a VM, or is claimed, for another owner or
                                       sandbox (nothing changed; the caller leaves the line)
     {CANCELLED, reason}               the waiting request was withdrawn: it left the line
+    {TOO_MANY_WAITING, group, cap}    the request would wait, but its owner has max_waiting_per_owner
+                                      requests waiting in that group already (nothing changed)
     {NO_VM, job ids}                  nothing fits now (a waiting request is in the line; job ids:
                                       requests the dispatch served, to be woken)
 ]]
@@ -65,7 +70,7 @@ local waiting = waiter ~= ''
 --- @include "includes/taskOwner"
 
 local function groupArg(i, field)
-  return ARGV[14 + i * 3 + field]
+  return ARGV[14 + i * 4 + field]
 end
 
 local groups = {}
@@ -185,6 +190,17 @@ for i = 0, groupCount - 1 do
     end
     leaveLinesIfWaiting()
     return {OK, redis.call('HGETALL', vmKey(base, name)), {}}
+  end
+end
+
+-- The cap holds when a request first waits; one already in a line (a re-run, or one that spills
+-- over to a fallback group since) keeps waiting.
+if redis.call('HEXISTS', waiterInfoKey(base), waiter) == 0 then
+  for i = 0, groupCount - 1 do
+    local cap = tonumber(groupArg(i, 3))
+    if ownerWaiting(base, groups[i + 1], owner, waiter, now, cap) >= cap then
+      return {TOO_MANY_WAITING, groups[i + 1], cap}
+    end
   end
 end
 

@@ -52,11 +52,43 @@ local function assignVm(base, group, name, fresh, r, now)
   recordEvent(base, 'acquired', name, {'worker', r.workerId})
 end
 
+-- Whether one more request of `owner` in the group could still be served: the VMs bound to it
+-- and its requests waiting there are below max_vm_per_user. An arrival beyond that is not counted
+-- for target_wait (no VM spawned for the warm pool would serve it).
+local function ownerMayUseOneMore(base, group, owner, maxVmPerOwner)
+  local bound = tonumber(redis.call('HGET', ownerVmsKey(base, group), owner)) or 0
+  return bound + redis.call('ZCARD', ownerLineKey(base, group, owner)) < tonumber(maxVmPerOwner)
+end
+
+-- The number of requests of `owner` waiting in the group's line (not counting `waiter`, which
+-- keeps its place). When it reaches `cap`, the requests whose time is up or whose record is gone
+-- are taken out first (O(cap), only at the cap), so that a stale entry refuses nobody.
+local function ownerWaiting(base, group, owner, waiter, now, cap)
+  local line = ownerLineKey(base, group, owner)
+  if redis.call('ZSCORE', line, waiter) then
+    return 0
+  end
+  if redis.call('ZCARD', line) < cap then
+    return redis.call('ZCARD', line)
+  end
+  for _, member in ipairs(redis.call('ZRANGE', line, 0, -1)) do
+    local raw = redis.call('HGET', waiterInfoKey(base), member)
+    local other = raw and cjson.decode(raw)
+    if not other then
+      redis.call('ZREM', line, member)
+    elseif tonumber(other.deadline) <= tonumber(now) then
+      leaveLines(base, member, other.jobId, other.groups)
+    end
+  end
+  return redis.call('ZCARD', line)
+end
+
 -- Joins (or stays in) the line of every group of the request; info is its waiter_info record:
 -- {owner, sandbox, deadline, groups, limits = {{max_vm_per_user, lease ms} per group}, jobId,
 -- priority, taskId, buildId, chroot, workerId, leaseId}. A request keeps its place when it joins again.
 local function joinLines(base, waiter, info, now)
-  if redis.call('HSET', waiterInfoKey(base), waiter, cjson.encode(info)) == 1 and info.groups[1] then
+  if redis.call('HSET', waiterInfoKey(base), waiter, cjson.encode(info)) == 1 and info.groups[1]
+      and ownerMayUseOneMore(base, info.groups[1], info.owner, info.limits[1][1]) then
     countArrival(base, info.groups[1], now)
   end
   for _, group in ipairs(info.groups) do

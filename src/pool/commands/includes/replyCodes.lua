@@ -25,3 +25,4 @@ local POOL_LOST = -14
 local POOL_CHANGED = -15
 local POOL_RESTARTED = -16
 local POOL_REGRESSED = -17
+local TOO_MANY_WAITING = -18
