@@ -36,7 +36,7 @@ describe('the fair acquire line', () => {
     await kit.addReady('free2', '10.40.0.4');
     const heavy = Array.from({ length: 10 }, (_, i) => settled(kit!.client.acquire({ owner: 'heavy', sandbox: 's', groups: [0], taskId: `hol-heavy-${i}`, timeoutMs: 30_000 })));
     // All 10 are in the line (on main only the 5 that held a worker slot were).
-    await kit.untilWaiting(0, 5);
+    await kit.untilWaiting(0, 10);
     const bob = await kit.client.acquire({ owner: 'bob', sandbox: 'b', groups: [0], timeoutMs: 5_000 });
     expect(['free1', 'free2']).toContain(bob.vmName);
     // The heavy owner's requests are parked in the line: none holds a worker.
