@@ -174,7 +174,7 @@ describe('vmpool start: order and failures', () => {
     expect(remote.code).toBe(1);
     expect(remote.stderr).toContain('Redis is not reachable at redis://redis.invalid:6379. Check that Redis runs there');
     expect(remote.stderr).not.toContain('redis-server');
-  });
+  }, 90_000);
 
   it('acquire --timeout 2 with no acquire worker gives up close to 2 s, not 2 s plus the 60 s grace', async () => {
     const own = uniquePrefix('operator-grace');
@@ -182,9 +182,10 @@ describe('vmpool start: order and failures', () => {
     await deleteKeysWithPrefix(redis, own);
     expect(res.code, res.stderr).toBe(4);
     expect(res.stderr).toContain('is an acquire worker running?');
-    // 2 s of timeout + 2 s of grace, plus the CLI's start.
-    expect(res.ms).toBeLessThan(10_000);
-  });
+    // 2 s of timeout + 2 s of grace, plus the CLI's start: far below 2 s plus the 60 s grace, with
+    // room for a loaded machine's slow process start.
+    expect(res.ms).toBeLessThan(30_000);
+  }, 60_000);
 });
 
 describe('stopping, and vmpool down', () => {
