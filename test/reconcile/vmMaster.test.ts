@@ -4,6 +4,7 @@ import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { ConfigInput } from '../../src/config/index.js';
 import { VmManager } from '../../src/pool/vmManager.js';
+import { acquireWaiterMember } from '../../src/pool/types.js';
 import { CycleLock } from '../../src/pool/locks.js';
 import { LAST_VM_SPAWN_START, VmMaster, cycleLockKey } from '../../src/reconcile/vmMaster.js';
 import { healthJobDeduplicationId } from '../../queues/health.js';
@@ -271,10 +272,20 @@ describe('startSpawnIfRequired', () => {
     expect(await vmm.getSpawnsInFlight(0)).toEqual([]);
   });
 
+  /** Parks a request of `owner` in group 0's line, as the acquire processor does when no VM fits. */
+  async function waitInLine(jobId: string, owner: string, deadline: number): Promise<void> {
+    const attempt = await vmm.tryAcquireVm(
+      { owner, sandbox: 'sb', groups: [0], workerId: 'w' },
+      { member: acquireWaiterMember(clock.now, jobId), jobId, priority: 0, deadline },
+    );
+    expect(attempt.status).toBe('none');
+  }
+
   it('spawns for waiting acquire requests of a group, and not for expired ones', async () => {
-    await redis.zadd(keys.demand(0), T0 - 1, 'expired-request');
+    await waitInLine('expired-request', 'alice', T0 + S);
+    clock.now = T0 + 2 * S;
     expect(await master.startSpawnIfRequired()).toEqual([]);
-    await redis.zadd(keys.demand(0), T0 + 60 * S, 'waiting-request');
+    await waitInLine('waiting-request', 'bob', T0 + 60 * S);
     expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 0, reason: 'demand' }]);
     expect((await jobs(QueueNames.SPAWN)).map((j) => j.data.group)).toEqual([0]);
   });
@@ -282,7 +293,7 @@ describe('startSpawnIfRequired', () => {
   it('stops at max_vm_total active VMs even with demand', async () => {
     for (let i = 1; i <= 4; i++) await readyVm(`full${i}`, `10.5.0.${i}`);
     for (let i = 1; i <= 4; i++) await vmm.acquireVm({ groups: [0], owner: `u${i}`, sandbox: 'sb', workerId: 'w' });
-    await redis.zadd(keys.demand(0), T0 + 60 * S, 'waiting-request');
+    await waitInLine('waiting-request', 'u5', T0 + 60 * S);
     expect(await master.startSpawnIfRequired()).toEqual([]);
     await vmm.startVmTermination('full1');
     expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 0, reason: 'demand' }]);
