@@ -204,7 +204,7 @@ export const openApiDocument = {
         summary: 'Wait up to timeoutMs for a VM and return the assignment',
         security: builder,
         requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/AcquireRequest' } } } },
-        responses: { '200': json('The assignment', 'Assignment'), ...common, ...notJson, '409': error('The task belongs to another owner or sandbox: it holds a VM or has a request waiting (details.reason task_conflict)'), '503': error('No VM became available in time (details.reason)') },
+        responses: { '200': json('The assignment', 'Assignment'), ...common, ...notJson, '409': error('The task of this owner belongs to another of its sandboxes: it holds a VM or has a request waiting (details.reason task_conflict; task ids are per owner)'), '503': error('No VM became available in time (details.reason)') },
       },
     },
     '/vms': {
