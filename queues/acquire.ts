@@ -84,7 +84,7 @@ const OWNER_TASK_SEPARATOR = '+';
  * take or block another owner's job id. BullMQ ids may not contain ':' nor be integers;
  * encodeURIComponent escapes ':'. Without a task id, a random id (no owner needed).
  */
-export function acquireJobId(): string;
+export function acquireJobId(taskId?: '' | null): string;
 export function acquireJobId(taskId: string | null | undefined, owner: string): string;
 export function acquireJobId(taskId?: string | null, owner?: string): string {
   if (!taskId) return `${ACQUIRE_JOB_ID_PREFIX}${randomUUID()}`;
