@@ -121,7 +121,7 @@ describe('a task belongs to one owner and sandbox', { timeout: 60_000 }, () => {
       expectNothingOf(job.failedReason, a);
     }
     // alice's job is hers alone.
-    expect((await Job.fromId(kit.queue, acquireJobId(taskId)))!.data.owner).toBe('alice');
+    expect((await Job.fromId(kit.queue, acquireJobId(taskId, 'alice')))!.data.sandbox).toBe('alice/proj');
     await expectAliceHolds(a);
   });
 
