@@ -39,7 +39,7 @@ describe('task ids per owner', () => {
     // Without an owner: the first in-use VM with that task id, by name.
     expect((await kit.vmm.getVmByTaskId('t-1'))?.vmName).toBe([a.vmName, b.vmName].sort()[0]);
     // Released: the owner's task index goes, the other owner's stays.
-    await kit.vmm.releaseVm(a.vmName, a.leaseId!);
+    await kit.vmm.releaseVm(a.vmName);
     expect(await kit.redis.exists(kit.keys.ownerTask('alice', 't-1'))).toBe(0);
     expect(await kit.redis.get(kit.keys.ownerTask('bob', 't-1'))).toBe(b.vmName);
   });
@@ -65,7 +65,7 @@ describe('task ids per owner', () => {
     expect((await kit.vmm.acquireVm(req('alice', 'alice/p', 't-old'))).vmName).toBe(a.vmName);
     await expect(kit.vmm.acquireVm(req('alice', 'alice/other', 't-old'))).rejects.toThrow(TaskConflict);
     // Its release drops the old key too.
-    await kit.vmm.releaseVm(a.vmName, a.leaseId!);
+    await kit.vmm.releaseVm(a.vmName);
     expect(await kit.redis.exists(kit.keys.legacyTask('t-old'))).toBe(0);
 
     // An old claim binds only its own owner.
