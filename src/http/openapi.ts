@@ -19,6 +19,7 @@ const notJson = { '415': error('Content-Type is not application/json') };
 const vmWriteResponses = { ...vmResponses, ...notJson };
 const nullable = (type: string) => ({ type: [type, 'null'] });
 const requestIdParam = { name: 'id', in: 'path', required: true, description: 'acquire job id, or task id', schema: { type: 'string', minLength: 1, maxLength: 600 } };
+const requestOwnerParam = { name: 'owner', in: 'query', schema: { type: 'string' }, description: 'the owner of the task id (task ids are per owner); without it, the one owner the token may act for that has a request of that task' };
 const builder = [{ bearer: ['builder'] }];
 const admin = [{ bearer: ['admin'] }];
 
@@ -295,15 +296,15 @@ export const openApiDocument = {
         operationId: 'getAcquireRequest',
         summary: 'An acquire request (by job id or task id): queued, waiting (with why: reason, position per group), assigned or failed',
         security: builder,
-        parameters: [requestIdParam],
-        responses: { '200': json('The request', 'AcquireRequestStatus'), ...common, '404': error('No such request') },
+        parameters: [requestIdParam, requestOwnerParam],
+        responses: { '200': json('The request', 'AcquireRequestStatus'), ...common, '404': error('No such request (or one of an owner this token may not act for)'), '409': error('The task id names requests of several owners: give ?owner= (details.reason ambiguous_task)') },
       },
       delete: {
         operationId: 'cancelAcquireRequest',
         summary: 'Withdraw a waiting or queued acquire request; its job fails as cancelled',
         security: builder,
-        parameters: [requestIdParam],
-        responses: { '202': json('Withdrawn', 'AcquireRequestStatus'), ...common, '404': error('No such request'), '409': error('The request finished already') },
+        parameters: [requestIdParam, requestOwnerParam],
+        responses: { '202': json('Withdrawn', 'AcquireRequestStatus'), ...common, '404': error('No such request (or one of an owner this token may not act for)'), '409': error('The request finished already, or the task id names requests of several owners (details.reason ambiguous_task)') },
       },
     },
     '/groups': {
