@@ -73,13 +73,40 @@ export const acquireJobOptions: JobsOptions = {
 
 const ACQUIRE_JOB_ID_PREFIX = 'acquire-';
 
+/** Between the owner and the task id in a task's job id: encodeURIComponent never writes it. */
+const OWNER_TASK_SEPARATOR = '+';
+
 /**
- * The acquire job id of a task: the same task always maps to the same job, so re-enqueueing is
- * idempotent and a restarted builder reattaches. BullMQ ids may not contain ':' nor be integers;
- * encodeURIComponent escapes ':' (and keeps distinct task ids distinct).
+ * The acquire job id of an owner's task: the same task of the same owner always maps to the same
+ * job, so re-enqueueing is idempotent and a restarted builder reattaches. Task ids are per owner:
+ * the owner is part of the id (`acquire-<owner>+<task id>`, each encoded with encodeURIComponent,
+ * which never writes '+', so distinct pairs give distinct ids), and no request of one owner can
+ * take or block another owner's job id. BullMQ ids may not contain ':' nor be integers;
+ * encodeURIComponent escapes ':'. Without a task id, a random id (no owner needed).
  */
-export function acquireJobId(taskId?: string | null): string {
-  return `${ACQUIRE_JOB_ID_PREFIX}${taskId ? encodeURIComponent(taskId) : randomUUID()}`;
+export function acquireJobId(taskId?: '' | null): string;
+export function acquireJobId(taskId: string | null | undefined, owner: string): string;
+export function acquireJobId(taskId?: string | null, owner?: string): string {
+  if (!taskId) return `${ACQUIRE_JOB_ID_PREFIX}${randomUUID()}`;
+  if (typeof owner !== 'string' || owner === '') throw new TypeError('acquireJobId: a task id needs its owner (task ids are per owner)');
+  return `${ACQUIRE_JOB_ID_PREFIX}${encodeURIComponent(owner)}${OWNER_TASK_SEPARATOR}${encodeURIComponent(taskId)}`;
+}
+
+/**
+ * The job id that builds before task ids were per owner gave a task (`acquire-<task id>`): only
+ * read, to find a request enqueued before an upgrade.
+ */
+export function legacyAcquireJobId(taskId: string): string {
+  return `${ACQUIRE_JOB_ID_PREFIX}${encodeURIComponent(taskId)}`;
+}
+
+/**
+ * The pattern (Redis SCAN MATCH, under the queue's key prefix) of the job ids of a task of any
+ * owner: how a task id is found when its owner is not given.
+ */
+export function acquireJobIdPatternOfTask(taskId: string): string {
+  // encodeURIComponent leaves '*' as it is; the other glob characters ('?', '[', ']', '\\') it escapes.
+  return `${ACQUIRE_JOB_ID_PREFIX}*${OWNER_TASK_SEPARATOR}${encodeURIComponent(taskId).replace(/\*/g, '\\*')}`;
 }
 
 /** BullMQ's events stream of the acquire queue under `prefix` (read from its last id before a job is added). */

@@ -57,7 +57,7 @@ async function totalCommands(redis: Redis): Promise<number> {
 async function enqueue(queue: Queue, count: number, request: (i: number) => AcquireRequestData, tag: string): Promise<void> {
   for (let i = 0; i < count; i += 500) {
     const n = Math.min(500, count - i);
-    await addAcquireJobs(queue, Array.from({ length: n }, (_, j) => ({ data: request(i + j), jobId: acquireJobId(`${tag}-${i + j}`) })));
+    await addAcquireJobs(queue, Array.from({ length: n }, (_, j) => ({ data: request(i + j), jobId: acquireJobId(`${tag}-${i + j}`, request(i + j).owner) })));
   }
 }
 

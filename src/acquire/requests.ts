@@ -2,7 +2,7 @@ import { Job } from 'bullmq';
 import type { Config } from '../config/index.js';
 import type { VmManager } from '../pool/vmManager.js';
 import { acquireWaiterMember } from '../pool/types.js';
-import { ACQUIRE_QUEUE, DEFAULT_ACQUIRE_TIMEOUT_MS, acquireJobId, isAcquireJobId, acquireFailureOf, acquireRequestSchema, type AcquireFailure, type VmAssignment } from '../../queues/acquire.js';
+import { ACQUIRE_QUEUE, DEFAULT_ACQUIRE_TIMEOUT_MS, acquireJobId, acquireJobIdPatternOfTask, isAcquireJobId, legacyAcquireJobId, acquireFailureOf, acquireRequestSchema, type AcquireFailure, type VmAssignment } from '../../queues/acquire.js';
 import { requestGroupIds } from './requestGroups.js';
 import { explainWait, type WaitStatus } from './why.js';
 
@@ -36,17 +36,59 @@ export interface AcquireRequestStatus {
   failure: { code: AcquireFailure | null; reason: string } | null;
 }
 
-/** The acquire job of an id: a job id as given, else the job of that task id (acquireJobId). */
-export async function findAcquireJob(vmm: VmManager, id: string): Promise<Job | null> {
+/**
+ * How a request is looked up by task id. Task ids are per owner: with `owner`, that owner's task;
+ * without, every owner's (and `visible` keeps the owners the caller may see, so that the lookup
+ * never reveals another owner's request).
+ */
+export interface RequestLookup {
+  owner?: string | undefined;
+  visible?: (owner: string) => boolean;
+}
+
+/** A task id names requests of several owners: the caller must say whose (names no owner). */
+export class AmbiguousTaskId extends Error {
+  constructor(
+    readonly taskId: string,
+    readonly count: number,
+  ) {
+    super(`task ${JSON.stringify(taskId)} has requests of ${count} owners; name the owner`);
+    this.name = 'AmbiguousTaskId';
+  }
+}
+
+/** Job ids of the acquire queue that match a SCAN pattern. */
+async function scanJobIds(vmm: VmManager, pattern: string): Promise<string[]> {
+  const keyPrefix = `${vmm.prefix}:${ACQUIRE_QUEUE}:`;
+  const keys = await vmm.reader.scanKeys(keyPrefix.replace(/[*?[\]\\]/g, (c) => `\\${c}`) + pattern);
+  return keys.map((key) => key.slice(keyPrefix.length));
+}
+
+const ownerOf = (job: Job) => String((job.data as { owner?: unknown } | undefined)?.owner ?? '');
+
+/**
+ * The acquire job of an id: a job id as given, else the job of that task id of the owner (the
+ * lookup's owner, or the only owner with a request of that task; AmbiguousTaskId when several).
+ * A request from before task ids were per owner (legacyAcquireJobId) is found too. A job of an
+ * owner the lookup may not see is not found.
+ */
+export async function findAcquireJob(vmm: VmManager, id: string, lookup: RequestLookup = {}): Promise<Job | null> {
   const queue = vmm.queue(ACQUIRE_QUEUE);
+  const visible = (job: Job | undefined): job is Job =>
+    job !== undefined && (lookup.owner === undefined || ownerOf(job) === lookup.owner) && (lookup.visible?.(ownerOf(job)) ?? true);
   const direct = isAcquireJobId(id) ? await Job.fromId(queue, id) : undefined;
-  if (direct) return direct;
-  return (await Job.fromId(queue, acquireJobId(id))) ?? null;
+  if (direct) return visible(direct) ? direct : null;
+  const ids = lookup.owner !== undefined ? [acquireJobId(id, lookup.owner)] : await scanJobIds(vmm, acquireJobIdPatternOfTask(id));
+  const jobs = (await Promise.all([...ids, legacyAcquireJobId(id)].map((j) => Job.fromId(queue, j)))).filter(visible);
+  // A legacy job of an owner who also has a new one is the same task: the new one counts.
+  const owners = new Set(jobs.map(ownerOf));
+  if (owners.size > 1) throw new AmbiguousTaskId(id, owners.size);
+  return jobs[0] ?? null;
 }
 
 /** Where an acquire request stands and, while it waits, why; null when no such request is stored. */
-export async function acquireRequestStatus(vmm: VmManager, config: Config, id: string): Promise<AcquireRequestStatus | null> {
-  const job = await findAcquireJob(vmm, id);
+export async function acquireRequestStatus(vmm: VmManager, config: Config, id: string, lookup: RequestLookup = {}): Promise<AcquireRequestStatus | null> {
+  const job = await findAcquireJob(vmm, id, lookup);
   if (!job) return null;
   const jobState = await job.getState();
   const parsed = acquireRequestSchema.safeParse(job.data);
@@ -100,8 +142,9 @@ export async function cancelAcquireRequest(
   config: Config,
   id: string,
   reason: string,
+  lookup: RequestLookup = {},
 ): Promise<{ cancelled: boolean; status: AcquireRequestStatus } | null> {
-  const job = await findAcquireJob(vmm, id);
+  const job = await findAcquireJob(vmm, id, lookup);
   if (!job) return null;
   const state = await job.getState();
   if (state === 'completed' || state === 'failed') return { cancelled: false, status: (await acquireRequestStatus(vmm, config, String(job.id)))! };

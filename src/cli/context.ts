@@ -5,7 +5,7 @@ import type { Config } from '../config/index.js';
 import { createLogger, type Logger } from '../logger.js';
 import { VmManager } from '../pool/vmManager.js';
 import { groupSummaries, resolveGroup } from '../poolView.js';
-import type { AcquireRequestStatus } from '../acquire/requests.js';
+import { AmbiguousTaskId, type AcquireRequestStatus } from '../acquire/requests.js';
 import { textTable } from '../text/table.js';
 import { connectAnsweringRedis } from '../redis.js';
 import { readSettings, resolveConfig, type Settings } from '../runtime/settings.js';
@@ -95,6 +95,12 @@ export async function breakerLines(vmm: VmManager): Promise<string[]> {
     lines.push(`group ${g.name}: spawn breaker OPEN (${b.errorClass}, ${b.failures} failures in a row${b.message ? `: ${b.message}` : ''}), ${until}`);
   }
   return lines;
+}
+
+/** A task id that several owners use is a usage error (vmpool why, vmpool cancel): name the owner. */
+export function ambiguousTaskError(err: unknown): never {
+  if (err instanceof AmbiguousTaskId) throw new CliError(`${err.message} with --owner`, ExitCodes.USAGE);
+  throw err;
 }
 
 /** Lines for people about an acquire request (vmpool why, vmpool cancel). */

@@ -210,7 +210,7 @@ export class VmPoolClient {
     const data = parsed.data;
     const { signal } = options;
     signal?.throwIfAborted();
-    const jobId = acquireJobId(data.taskId);
+    const jobId = acquireJobId(data.taskId, data.owner);
     const queue = this.getQueue();
     const start = this.clock();
     // Redis away at the start: tried again until the request's own deadline would have passed.

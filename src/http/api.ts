@@ -12,7 +12,7 @@ import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js
 import { openApiDocument } from './openapi.js';
 import { emptyBodySchema, holdBodySchema, leaseBodySchema, releaseBodySchema } from './schemas.js';
 import { AUDIT_PAGE_MAX, isAuditCursor } from '../pool/audit.js';
-import { acquireRequestStatus, cancelAcquireRequest } from '../acquire/requests.js';
+import { AmbiguousTaskId, acquireRequestStatus, cancelAcquireRequest, type AcquireRequestStatus, type RequestLookup } from '../acquire/requests.js';
 
 /**
  * The wait of a POST /acquire that names no timeoutMs: under the 60 s after which common proxies
@@ -178,25 +178,38 @@ export function apiRouter(deps: ApiDeps): Router {
     res.json(assignment);
   });
 
-  /** The request of :id (a job id or a task id), or 404; a builder sees only the owners it acts for. */
-  async function requestOf(req: Request) {
+  /**
+   * The request of :id (a job id, or a task id of the owner in ?owner=, else of the one owner this
+   * token may act for that has it), or 404. A builder sees only the owners it acts for: another
+   * owner's request is a 404, as if it did not exist (never a 403 that names its owner).
+   */
+  function requestLookup(req: Request): { id: string; lookup: RequestLookup } {
     const id = String(req.params.id ?? '');
     if (id.length === 0 || id.length > 600) throw new HttpError('validation_error', 'a request id is a job id or task id of 1 to 600 characters', { id });
-    const status = await acquireRequestStatus(vmm, config, id);
-    if (!status) throw new HttpError('not_found', `no acquire request ${JSON.stringify(id)}`, { id });
-    if (!mayActFor(req.principal!, status.owner)) {
-      throw new HttpError('forbidden', `this token may not see requests of owner ${JSON.stringify(status.owner)}`, { owner: status.owner });
+    const principal = req.principal!;
+    return { id, lookup: { owner: queryString(req, 'owner'), visible: (owner) => mayActFor(principal, owner) } };
+  }
+
+  async function requestOf(req: Request) {
+    const { id, lookup } = requestLookup(req);
+    let status: AcquireRequestStatus | null;
+    try {
+      status = await acquireRequestStatus(vmm, config, id, lookup);
+    } catch (err) {
+      if (!(err instanceof AmbiguousTaskId)) throw err;
+      throw new HttpError('conflict', `${err.message} (?owner=)`, { reason: 'ambiguous_task', taskId: id });
     }
-    return status;
+    if (!status) throw new HttpError('not_found', `no acquire request ${JSON.stringify(id)}`, { id });
+    return { status, lookup };
   }
 
   router.get('/requests/:id', requireScope('builder', 'read'), async (req, res) => {
-    res.json(await requestOf(req));
+    res.json((await requestOf(req)).status);
   });
 
   router.delete('/requests/:id', requireScope('builder'), requireJsonContentType, async (req, res) => {
-    const status = await requestOf(req);
-    const outcome = await cancelAcquireRequest(vmm, config, status.id, `cancelled by ${req.principal!.name} through the API`);
+    const { status, lookup } = await requestOf(req);
+    const outcome = await cancelAcquireRequest(vmm, config, status.id, `cancelled by ${req.principal!.name} through the API`, lookup);
     if (!outcome) throw new HttpError('not_found', `no acquire request ${JSON.stringify(status.id)}`, { id: status.id });
     if (!outcome.cancelled) {
       throw new HttpError('conflict', `acquire request ${status.id} is ${outcome.status.state} already`, { reason: 'finished', state: outcome.status.state });

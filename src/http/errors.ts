@@ -42,7 +42,7 @@ export class HttpError extends Error {
  *   400 validation_error  a malformed request (InvalidVmRequest: an unknown group or state, a bad name)
  *   404 not_found         no such VM (VmDescriptorNotFound)
  *   409 conflict          the VM's state or lease refuses it (LeaseLost, any other VmError); the
- *                         task belongs to another owner or sandbox (TaskConflict, reason task_conflict)
+ *                         owner's task belongs to another sandbox (TaskConflict, reason task_conflict)
  *   429 too_many_requests the owner has max_waiting_per_owner requests waiting (TooManyWaiting, reason
  *                         too_many_waiting; Retry-After)
  *   503 no_vm_available   no VM came within the request's timeout (NoVmAvailable)

@@ -19,6 +19,7 @@ const notJson = { '415': error('Content-Type is not application/json') };
 const vmWriteResponses = { ...vmResponses, ...notJson };
 const nullable = (type: string) => ({ type: [type, 'null'] });
 const requestIdParam = { name: 'id', in: 'path', required: true, description: 'acquire job id, or task id', schema: { type: 'string', minLength: 1, maxLength: 600 } };
+const requestOwnerParam = { name: 'owner', in: 'query', schema: { type: 'string' }, description: 'the owner of the task id (task ids are per owner); without it, the one owner the token may act for that has a request of that task' };
 const builder = [{ bearer: ['builder'] }];
 const admin = [{ bearer: ['admin'] }];
 // A read token may call every GET (admin may call everything: src/http/scopes.ts).
@@ -211,7 +212,7 @@ export const openApiDocument = {
           '200': json('The assignment', 'Assignment'),
           ...common,
           ...notJson,
-          '409': error('The task belongs to another owner or sandbox: it holds a VM or has a request waiting (details.reason task_conflict)'),
+          '409': error('The task of this owner belongs to another of its sandboxes: it holds a VM or has a request waiting (details.reason task_conflict; task ids are per owner)'),
           '429': {
             ...error(
               "The owner has its group's max_waiting_per_owner requests waiting already (details.reason too_many_waiting, details.group, details.limit): refused at once, nothing enqueued",
@@ -310,15 +311,15 @@ export const openApiDocument = {
         operationId: 'getAcquireRequest',
         summary: 'An acquire request (by job id or task id): queued, waiting (with why: reason, position per group), assigned or failed',
         security: readOrBuilder,
-        parameters: [requestIdParam],
-        responses: { '200': json('The request', 'AcquireRequestStatus'), ...common, '404': error('No such request') },
+        parameters: [requestIdParam, requestOwnerParam],
+        responses: { '200': json('The request', 'AcquireRequestStatus'), ...common, '404': error('No such request (or one of an owner this token may not act for)'), '409': error('The task id names requests of several owners: give ?owner= (details.reason ambiguous_task)') },
       },
       delete: {
         operationId: 'cancelAcquireRequest',
         summary: 'Withdraw a waiting or queued acquire request; its job fails as cancelled',
         security: builder,
-        parameters: [requestIdParam],
-        responses: { '202': json('Withdrawn', 'AcquireRequestStatus'), ...common, '404': error('No such request'), '409': error('The request finished already') },
+        parameters: [requestIdParam, requestOwnerParam],
+        responses: { '202': json('Withdrawn', 'AcquireRequestStatus'), ...common, '404': error('No such request (or one of an owner this token may not act for)'), '409': error('The request finished already, or the task id names requests of several owners (details.reason ambiguous_task)') },
       },
     },
     '/groups': {

@@ -38,7 +38,7 @@ export class LineRequests {
     private readonly clock: Clock,
   ) {}
 
-  /** Claims a task for an owner and sandbox until `deadline` (TaskConflict when another holds it). */
+  /** Claims an owner's task for a sandbox until `deadline` (TaskConflict when another sandbox of the owner holds it; task ids are per owner). */
   async claimTask(taskId: string, owner: string, sandbox: string, deadline: number, now = this.clock()): Promise<void> {
     await this.pool.scripts.claimTask(taskId, owner, sandbox, deadline, now);
   }

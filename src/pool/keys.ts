@@ -14,9 +14,17 @@ export function poolKeys(prefix: string) {
     vm: (name: string) => `${base}vm:${name}`,
     allVms: `${base}vms`,
     ip: (ip: string) => `${base}ip:${ip}`,
-    task: (taskId: string) => `${base}task:${taskId}`,
-    /** JSON {owner, sandbox, deadline} of the request that claimed a task and still waits for it (includes/taskOwner.lua). */
-    taskClaim: (taskId: string) => `${base}task_claim:${taskId}`,
+    /**
+     * The name of the VM a task of an owner holds. Task ids are per owner; the owner's length (in
+     * bytes, as Lua's string.len) keeps ("a:b", "c") and ("a", "b:c") apart.
+     */
+    ownerTask: (owner: string, taskId: string) => `${base}owner_task:${Buffer.byteLength(owner)}:${owner}:${taskId}`,
+    /** JSON {owner, sandbox, deadline} of the request of an owner that claimed a task and still waits for it (includes/taskOwner.lua). */
+    ownerTaskClaim: (owner: string, taskId: string) => `${base}owner_task_claim:${Buffer.byteLength(owner)}:${owner}:${taskId}`,
+    /** Before task ids were per owner: the VM a task held, for every owner (read for requests in flight during an upgrade). */
+    legacyTask: (taskId: string) => `${base}task:${taskId}`,
+    /** Before task ids were per owner: a task's claim, for every owner. */
+    legacyTaskClaim: (taskId: string) => `${base}task_claim:${taskId}`,
     state: (group: number, state: string) => `${base}group:${group}:state:${state}`,
     /** Ready VMs bound to no owner, scored by last health check. */
     readyClean: (group: number) => `${base}group:${group}:ready_clean`,

@@ -1,3 +1,4 @@
+import { Cluster, type Redis } from 'ioredis';
 import type { RedisConnection } from '../redis.js';
 import { AUDIT_PAGE_MAX, AUDIT_SCAN_MAX, auditEventFromEntry, auditRangeStart, type AuditEvent, type AuditPage, type AuditQuery } from './audit.js';
 import { poolKeys, type PoolKeys } from './keys.js';
@@ -255,17 +256,21 @@ export class PoolReader {
     return stateKeys.length === 0 ? [] : this.redis.sunion(...stateKeys);
   }
 
-  /** The name of the VM the task holds, as the task index says (check the VM's task_id). */
-  async vmNameOfTask(taskId: string): Promise<string | null> {
-    return this.redis.get(this.keys.task(taskId));
+  /**
+   * The name of the VM the owner's task holds, as the task index says (check the VM's task_id and
+   * owner): the per-owner index, else the index from before task ids were per owner.
+   */
+  async vmNameOfTask(owner: string, taskId: string): Promise<string | null> {
+    const [current, legacy] = await this.redis.mget(this.keys.ownerTask(owner, taskId), this.keys.legacyTask(taskId));
+    return current ?? legacy ?? null;
   }
 
   /**
-   * The VM a task holds now, with its lease; null when it holds none. With `holder`, null also when
-   * the VM is bound to another owner or sandbox (a task's VM is handed only to its own).
+   * The VM a task of the holder's owner holds now, with its lease; null when it holds none, or when
+   * the VM is bound to another sandbox (a task's VM is handed only to its own).
    */
-  async leasedVmOfTask(taskId: string, holder?: { owner: string; sandbox: string }): Promise<LeasedVm | null> {
-    const name = await this.vmNameOfTask(taskId);
+  async leasedVmOfTask(taskId: string, holder: { owner: string; sandbox: string }): Promise<LeasedVm | null> {
+    const name = await this.vmNameOfTask(holder.owner, taskId);
     if (!name) return null;
     const [state, ip, group, task, leaseId, expires, owner, sandbox] = await this.redis.hmget(
       this.keys.vm(name),
@@ -279,8 +284,26 @@ export class PoolReader {
       'sandbox',
     );
     if (state !== 'in_use' || task !== taskId || !leaseId) return null;
-    if (holder && (owner !== holder.owner || sandbox !== holder.sandbox)) return null;
+    if (owner !== holder.owner || sandbox !== holder.sandbox) return null;
     return { vmName: name, vmIp: ip ?? '', group: Number(group), leaseId, leaseExpiresAt: Number(expires) };
+  }
+
+  /**
+   * Every key that matches a SCAN glob (on every master of a Cluster); O(keys in Redis). Only for
+   * rare operator lookups (a task id without its owner), never on a hot path.
+   */
+  async scanKeys(glob: string): Promise<string[]> {
+    const nodes: Redis[] = this.redis instanceof Cluster ? this.redis.nodes('master') : [this.redis];
+    const found = new Set<string>();
+    for (const node of nodes) {
+      let cursor = '0';
+      do {
+        const [next, keys] = await node.scan(cursor, 'MATCH', glob, 'COUNT', 1000);
+        cursor = next;
+        for (const key of keys) found.add(key);
+      } while (cursor !== '0');
+    }
+    return [...found];
   }
 
   /** Whether the VM is in_use under that lease. */

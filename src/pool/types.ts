@@ -137,12 +137,13 @@ export class LeaseLost extends VmError {
 }
 
 /**
- * A task id that belongs to another owner or sandbox: it holds a VM for them, or a request of theirs
- * for it still waits. Says nothing of the other's VM, lease or owner; ask with another task id.
+ * A task id of the owner that belongs to another of the owner's sandboxes: it holds a VM for it, or
+ * a request of it still waits. Task ids are per owner, so another owner's task is never a conflict.
+ * Says nothing of the other's VM or lease; ask with another task id.
  */
 export class TaskConflict extends VmError {
   constructor(readonly taskId: string) {
-    super(`task ${JSON.stringify(taskId)} belongs to another owner or sandbox (it holds a VM or has a request waiting); use another task id`);
+    super(`task ${JSON.stringify(taskId)} belongs to another sandbox (it holds a VM or has a request waiting); use another task id`);
     this.name = 'TaskConflict';
   }
 }

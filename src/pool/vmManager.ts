@@ -178,9 +178,12 @@ export class VmManager {
     return this.vms.lookupVmsByIp(vmIp);
   }
 
-  /** Public API (Copr). The VM a task holds, or null. */
-  async getVmByTaskId(taskId: string | number): Promise<VmDescriptor | null> {
-    return this.vms.getVmByTaskId(taskId);
+  /**
+   * Public API (Copr). The VM the owner's task holds, or null. Task ids are per owner: without the
+   * owner, the first in-use VM (by name) of any owner with that task id (reads every in-use VM).
+   */
+  async getVmByTaskId(taskId: string | number, owner?: string): Promise<VmDescriptor | null> {
+    return this.vms.getVmByTaskId(taskId, owner);
   }
 
   /** Public API (Copr). The VMs of a group (null: every group) in these states. */

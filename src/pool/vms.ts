@@ -56,13 +56,18 @@ export class PoolVms {
     return this.getVmsByNames(await this.ctx.reader.vmNamesByIp(vmIp));
   }
 
-  async getVmByTaskId(taskId: string | number): Promise<VmDescriptor | null> {
+  async getVmByTaskId(taskId: string | number, owner?: string): Promise<VmDescriptor | null> {
     if (typeof taskId === 'number' && Number.isFinite(taskId)) taskId = String(taskId);
     if (typeof taskId !== 'string' || taskId === '') return null;
-    const name = await this.ctx.reader.vmNameOfTask(taskId);
-    if (!name) return null;
-    const [vm] = await this.getVmsByNames([name]);
-    return vm && vm.taskId === taskId ? vm : null;
+    if (owner !== undefined) {
+      const name = await this.ctx.reader.vmNameOfTask(owner, taskId);
+      const [vm] = name ? await this.getVmsByNames([name]) : [];
+      return vm && vm.taskId === taskId && vm.owner === owner && vm.state === 'in_use' ? vm : null;
+    }
+    // Task ids are per owner: without one, the in-use VMs of every group are searched (first by name).
+    const names = (await this.ctx.reader.vmNamesByGroupsAndStates(this.ctx.vmGroups, ['in_use'])).sort();
+    const vms = await this.getVmsByNames(names);
+    return vms.find((vm) => vm.taskId === taskId) ?? null;
   }
 
   async getVmsByGroupAndStates(group: number | null, states: readonly VmState[]): Promise<VmDescriptor[]> {

@@ -38,7 +38,7 @@ describe('acquire job', () => {
     expect(ttl).toBe('300000');
     expect(await kit.redis.zscore(kit.keys.leases, 'vm1')).toBe(String(a.leaseExpiresAt));
     expect(await kit.ctx.vmm.countDemand(0)).toBe(0);
-    const job = await Job.fromId(kit.queue, acquireJobId('task-1'));
+    const job = await Job.fromId(kit.queue, acquireJobId('task-1', 'alice'));
     expect(job?.returnvalue).toEqual(a);
   });
 
@@ -58,7 +58,7 @@ describe('acquire job', () => {
     const err = await kit.client.acquire({ owner: 'alice', sandbox: 's', arch: 'x86_64', taskId: 't-late', timeoutMs: 400 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(NoVmAvailable);
     expect((err as Error).message).toMatch(/^NoVmAvailable: no VM for owner alice .* in groups base\(0\), big\(2\) within 400 ms/);
-    const job = await Job.fromId(kit.queue, acquireJobId('t-late'));
+    const job = await Job.fromId(kit.queue, acquireJobId('t-late', 'alice'));
     expect(await job?.getState()).toBe('failed');
     expect(job?.failedReason).toMatch(/^NoVmAvailable:/);
     expect(job?.attemptsMade).toBe(1);
@@ -109,7 +109,7 @@ describe('acquire job', () => {
       expect(b).toEqual(a);
       expect(await kit.ctx.vmm.getVmsByGroupAndStates(0, ['in_use'])).toHaveLength(1);
       // The job itself was removed (retention): the pool still answers for the task.
-      await (await Job.fromId(kit.queue, acquireJobId('build:42/x86')))!.remove();
+      await (await Job.fromId(kit.queue, acquireJobId('build:42/x86', 'alice')))!.remove();
       const c = await again.acquire({ owner: 'alice', sandbox: 's', groups: [0], taskId: 'build:42/x86' });
       // A new job (its own requestedAt) that the script answered with the VM and lease the task holds.
       expect({ ...c, requestedAt: a.requestedAt }).toEqual(a);
@@ -127,9 +127,9 @@ describe('acquire job', () => {
   });
 
   it('job ids from task ids contain no colon and are never plain integers', () => {
-    expect(acquireJobId('a:b')).not.toContain(':');
-    expect(acquireJobId('a:b')).not.toBe(acquireJobId('a_b'));
-    expect(acquireJobId('123')).toBe('acquire-123');
+    expect(acquireJobId('a:b', 'o:1')).not.toContain(':');
+    expect(acquireJobId('a:b', 'o')).not.toBe(acquireJobId('a_b', 'o'));
+    expect(acquireJobId('123', '4')).toBe('acquire-4+123');
     expect(acquireJobId(undefined)).toMatch(/^acquire-[0-9a-f-]{36}$/);
   });
 });

@@ -40,12 +40,12 @@ describe('the fair acquire line', () => {
     const bob = await kit.client.acquire({ owner: 'bob', sandbox: 'b', groups: [0], timeoutMs: 5_000 });
     expect(['free1', 'free2']).toContain(bob.vmName);
     // The heavy owner's requests are parked in the line: none holds a worker.
-    const states = await Promise.all(Array.from({ length: 10 }, async (_, i) => (await Job.fromId(kit!.queue, acquireJobId(`hol-heavy-${i}`)))!.getState()));
+    const states = await Promise.all(Array.from({ length: 10 }, async (_, i) => (await Job.fromId(kit!.queue, acquireJobId(`hol-heavy-${i}`, 'heavy')))!.getState()));
     expect(states.filter((s) => s === 'active')).toEqual([]);
     expect(await kit.redis.hget(kit.keys.ownerVms(0), 'heavy')).toBe('2');
     // Withdraw the heavy requests (they would wait until their timeout).
     for (let i = 0; i < 10; i++) {
-      const job = await Job.fromId(kit.queue, acquireJobId(`hol-heavy-${i}`));
+      const job = await Job.fromId(kit.queue, acquireJobId(`hol-heavy-${i}`, 'heavy'));
       await kit.ctx.vmm.cancelAcquire({ member: `${String(job!.timestamp).padStart(15, '0')}|${job!.id}`, jobId: job!.id! }, 'test over', 60_000);
       await job!.promote().catch(() => undefined);
     }
@@ -126,9 +126,9 @@ describe('the fair acquire line', () => {
     await kit.addReady('w2', '10.43.0.2');
     const pending = settled(kit.client.acquire({ owner: 'dora', sandbox: 's', groups: [0], taskId: 'why-dora', timeoutMs: 1_500 }));
     const job = await until(async () => {
-      const j = await Job.fromId(kit!.queue, acquireJobId('why-dora'));
+      const j = await Job.fromId(kit!.queue, acquireJobId('why-dora', 'dora'));
       return (j?.progress as { waiting?: unknown } | undefined)?.waiting !== undefined;
-    }, 'the progress').then(() => Job.fromId(kit!.queue, acquireJobId('why-dora')));
+    }, 'the progress').then(() => Job.fromId(kit!.queue, acquireJobId('why-dora', 'dora')));
     expect((job!.progress as { waiting: unknown }).waiting).toMatchObject({
       reason: 'owner_limit',
       groups: [{ group: 0, groupName: 'base', reason: 'owner_limit', ownerVms: 1, maxVmPerUser: 1, ownerPosition: 1 }],

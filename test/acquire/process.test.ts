@@ -64,7 +64,7 @@ describe('acquire worker processes', () => {
       );
       await waitFor(async () => (await waiting()) === i + 1, 10_000, `${i + 1} waiting requests`);
     }
-    const jobs = await Promise.all(pending.map(({ owner }) => Job.fromId(queue, acquireJobId(`proc-${owner}`))));
+    const jobs = await Promise.all(pending.map(({ owner }) => Job.fromId(queue, acquireJobId(`proc-${owner}`, owner))));
     // Parked: in the line, their jobs delayed, holding no worker.
     await waitFor(async () => (await Promise.all(jobs.map((j) => j?.getState()))).every((state) => state === 'delayed'), 10_000, 'the jobs parked');
     for (let i = 1; i <= 3; i++) {
@@ -79,7 +79,7 @@ describe('acquire worker processes', () => {
   it('a waiting request holds no replica: with the replica that parked it stopped, the other one serves it', async () => {
     const pending = client.acquire({ owner: 'handover', sandbox: 's', arch: 'x86_64', taskId: 'proc-handover', timeoutMs: 40_000 });
     await waitFor(async () => (await waiting()) === 1, 10_000, 'the request to wait');
-    const job = await Job.fromId(queue, acquireJobId('proc-handover'));
+    const job = await Job.fromId(queue, acquireJobId('proc-handover', 'handover'));
     await waitFor(async () => (await job!.getState()) === 'delayed', 10_000, 'the job parked');
     // processedBy is the worker name: host, pid and a random suffix.
     const stopping = replicas.find((r) => job!.processedBy?.includes(`-${r.child.pid}-`));

@@ -41,7 +41,7 @@ function startAcquire(baseUrl: string, taskId: string): { destroy(): void } {
 }
 
 async function jobOf(taskId: string): Promise<Job> {
-  return (await Job.fromId(kit.queue, acquireJobId(taskId)))!;
+  return (await Job.fromId(kit.queue, acquireJobId(taskId, 'alice')))!;
 }
 
 async function untilCancelled(taskId: string): Promise<Job> {

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/index.js';
 import { startWebServer, type RunningWebServer } from '../../src/http/server.js';
-import { AcquireFailures } from '../../queues/acquire.js';
+import { AcquireFailures, acquireJobOptions, legacyAcquireJobId } from '../../queues/acquire.js';
 import { REDIS_URL } from '../helpers/redis.js';
 import { acquireConfig, createAcquireKit, until, type AcquireKit } from '../acquire/fixtures.js';
 import { execFile } from 'node:child_process';
@@ -50,7 +50,7 @@ describe('acquire requests', () => {
       return res.status === 200 && body.state === 'waiting';
     }, 'the request waiting');
     expect(body).toMatchObject({
-      id: 'acquire-req-erin',
+      id: 'acquire-erin+req-erin',
       taskId: 'req-erin',
       owner: 'erin',
       state: 'waiting',
@@ -59,7 +59,7 @@ describe('acquire requests', () => {
       assignment: null,
     });
     // The same by job id.
-    expect(((await (await api('/requests/acquire-req-erin')).json()) as { id: string }).id).toBe('acquire-req-erin');
+    expect(((await (await api('/requests/acquire-erin+req-erin')).json()) as { id: string }).id).toBe('acquire-erin+req-erin');
     expect((await api('/requests/no-such-task')).status).toBe(404);
 
     const del = await api('/requests/req-erin', { method: 'DELETE', headers: { 'content-type': 'application/json' } });
@@ -74,6 +74,34 @@ describe('acquire requests', () => {
     expect((await api('/requests/req-erin', { method: 'DELETE', headers: { 'content-type': 'application/json' } })).status).toBe(409);
   }, 30_000);
 
+  it('task ids are per owner: a task id of several owners needs the owner; a job from before the upgrade is found by its task id', async () => {
+    await kit.addReady('s1', '10.50.0.11');
+    await kit.addReady('s2', '10.50.0.12');
+    const f = await kit.client.acquire({ owner: 'frank', sandbox: 's', groups: [0], taskId: 'shared-1' });
+    const g = await kit.client.acquire({ owner: 'gina', sandbox: 's', groups: [0], taskId: 'shared-1' });
+    expect(f.vmName).not.toBe(g.vmName);
+    const ambiguous = await api('/requests/shared-1');
+    expect(ambiguous.status).toBe(409);
+    const body = (await ambiguous.json()) as { details: { reason: string }; message: string };
+    expect(body.details.reason).toBe('ambiguous_task');
+    expect(body.message).not.toMatch(/frank|gina/);
+    expect(await (await api('/requests/shared-1?owner=gina')).json()).toMatchObject({ id: 'acquire-gina+shared-1', owner: 'gina', state: 'assigned', assignment: { vmName: g.vmName } });
+    expect((await api('/requests/shared-1?owner=nobody')).status).toBe(404);
+    const env = { REDIS_URL, VMPOOL_PREFIX: kit.prefix };
+    const cfg = ['--config', writeConfigFile(configInput)];
+    const cliAmbiguous = await runCli([...cfg, 'why', 'shared-1'], env);
+    expect(cliAmbiguous.code, cliAmbiguous.out).toBe(2);
+    expect(cliAmbiguous.out).toContain('--owner');
+    const cliFrank = await runCli([...cfg, 'why', 'shared-1', '--owner', 'frank', '--json'], env);
+    expect(JSON.parse(cliFrank.out)).toMatchObject({ owner: 'frank', state: 'assigned' });
+    // A request enqueued before task ids were per owner (acquire-<task id>).
+    await kit.queue.add('acquire', { owner: 'hank', sandbox: 's', groups: [0], taskId: 'old-1', timeoutMs: 1 }, { ...acquireJobOptions, jobId: legacyAcquireJobId('old-1') });
+    await until(async () => (await api('/requests/old-1')).status === 200, 'the old job found by its task id');
+    expect(await (await api('/requests/old-1?owner=hank')).json()).toMatchObject({ id: 'acquire-old-1', owner: 'hank' });
+    expect((await api('/requests/old-1?owner=ivy')).status).toBe(404);
+    for (const a of [f, g]) await kit.client.release(a);
+  }, 60_000);
+
   it('vmpool why and vmpool cancel print the same, by task id', async () => {
     const pending = settled(kit.client.acquire({ owner: 'erin', sandbox: 's', groups: [0], taskId: 'cli-erin', timeoutMs: 30_000 }));
     await kit.untilWaiting(0, 1);
@@ -85,13 +113,13 @@ describe('acquire requests', () => {
       return why.out.includes('waits because');
     }, 'vmpool why to show the wait');
     expect(why.code).toBe(0);
-    expect(why.out).toMatch(/request acquire-cli-erin \(task cli-erin\) of erin .*: waiting, waits because: owner_limit/);
+    expect(why.out).toMatch(/request acquire-erin\+cli-erin \(task cli-erin\) of erin .*: waiting, waits because: owner_limit/);
     expect(why.out).toMatch(/base\(0\)\s+owner_limit/);
-    const json = await runCli([...cfg, 'why', 'cli-erin', '--json'], env);
+    const json = await runCli([...cfg, 'why', 'cli-erin', '--owner', 'erin', '--json'], env);
     expect(JSON.parse(json.out)).toMatchObject({ state: 'waiting', waiting: { reason: 'owner_limit' } });
-    const cancel = await runCli([...cfg, 'cancel', 'cli-erin'], env);
+    const cancel = await runCli([...cfg, 'cancel', 'cli-erin', '--owner', 'erin'], env);
     expect(cancel.code).toBe(0);
-    expect(cancel.out).toMatch(/^withdrew request acquire-cli-erin/);
+    expect(cancel.out).toMatch(/^withdrew request acquire-erin\+cli-erin/);
     const outcome = await pending;
     expect('error' in outcome && outcome.error.message).toMatch(/cancelled by .* with vmpool cancel/);
     expect((await runCli([...cfg, 'why', 'nothing-here'], env)).code).toBe(3);

@@ -54,7 +54,7 @@ describe('web shutdown with waiting acquires', () => {
     // A VM that the request could take now must not go to it: the worker wakes, sees the
     // withdrawal and fails the job.
     await k.addReady('arm-1', '10.60.0.1', 1);
-    const job = (await Job.fromId(queue, acquireJobId('t-line')))!;
+    const job = (await Job.fromId(queue, acquireJobId('t-line', 'alice')))!;
     await until(async () => (await job.getState()) === 'failed', 'the withdrawn job to fail');
     expect((await Job.fromId(queue, job.id!))!.failedReason).toMatch(/^cancelled: the web process is shutting down/);
     expect((await k.vmm.getVmRecord('arm-1')).state).toBe('ready');
@@ -70,13 +70,13 @@ describe('web shutdown with waiting acquires', () => {
     expect(res.status).toBe(503);
     expect(res.headers.get('retry-after')).toBe('5');
     await stopping;
-    expect(await Job.fromId(queue, acquireJobId('t-queued'))).toBeUndefined();
+    expect(await Job.fromId(queue, acquireJobId('t-queued', 'alice'))).toBeUndefined();
   });
 
   it('fails a withdrawn job that a stopping worker had handed back, when the next worker takes it', async () => {
     const { kit: k, queue } = await kit('shutdown-handback');
     // What a handed-back job looks like: queued, and marked withdrawn by the web process.
-    const job = await queue.add('acquire', request('t-back'), { jobId: acquireJobId('t-back') });
+    const job = await queue.add('acquire', request('t-back'), { jobId: acquireJobId('t-back', 'alice') });
     await job.updateProgress({ withdrawnAt: Date.now() });
     await k.addReady('arm-2', '10.60.0.2', 1);
     const worker = await k.startAcquireWorker();

@@ -207,9 +207,11 @@ describe('acquireVm: preference and ownership', () => {
     const again = await kit.vmm.acquireVm(req('alice', 's', [0], { taskId: 't-9' }));
     expect(again).toEqual(first);
     expect((await kit.vmm.getVmsByGroupAndStates(0, [VmStates.IN_USE])).length).toBe(1);
-    // The same task asked by another owner is an error, not a second VM.
-    await expect(kit.vmm.acquireVm(req('bob', 's', [0], { taskId: 't-9' }))).rejects.toThrow(VmError);
+    // The same task asked by another sandbox of the owner is an error, not a second VM.
+    await expect(kit.vmm.acquireVm(req('alice', 's2', [0], { taskId: 't-9' }))).rejects.toThrow(VmError);
     expect((await kit.vmm.getVmsByGroupAndStates(0, [VmStates.IN_USE])).length).toBe(1);
+    // Task ids are per owner: another owner's t-9 is another task, with its own VM.
+    expect((await kit.vmm.acquireVm(req('bob', 's', [0], { taskId: 't-9' }))).vmName).toBe('a2');
   });
 
   it('rejects malformed requests with VmError and changes nothing', async () => {

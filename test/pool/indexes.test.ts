@@ -118,15 +118,16 @@ async function checkIndexes(): Promise<number> {
   }
   for (const h of vms) expect(await kit.redis.sismember(k.ip(h.vm_ip!), h.vm_name!)).toBe(1);
 
-  // Task keys point at the VM whose task_id they are; only VMs holding a task have one.
-  const taskKeys = await scanKeys(`${k.base}task:*`);
+  // Task keys (per owner) point at the VM whose owner and task_id they name; only VMs holding a task have one.
+  const taskKeys = await scanKeys(`${k.base}owner_task:*`);
   for (const key of taskKeys) {
-    const taskId = key.slice(`${k.base}task:`.length);
     const name = await kit.redis.get(key);
-    expect(hashes.get(name!)?.task_id, `task ${taskId}`).toBe(taskId);
+    const h = hashes.get(name!);
+    expect(key, `task key of ${name}`).toBe(k.ownerTask(h!.owner!, h!.task_id!));
   }
+  expect(await scanKeys(`${k.base}task:*`)).toEqual([]);
   const holding = vms.filter((h) => h.task_id !== undefined && h.state === 'in_use');
-  for (const h of holding) expect(await kit.redis.get(k.task(h.task_id!))).toBe(h.vm_name);
+  for (const h of holding) expect(await kit.redis.get(k.ownerTask(h.owner!, h.task_id!))).toBe(h.vm_name);
   return vms.length;
 }
 

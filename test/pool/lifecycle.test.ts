@@ -125,7 +125,7 @@ describe('removeVmFromPool', () => {
     expect((await kit.vmm.lookupVmsByIp('10.1.0.1')).map((x) => x.vmName)).toEqual(['w']);
     expect(await kit.vmm.getVmByTaskId('task-v')).toBeNull();
     expect(await kit.vmm.countOwnerVms(owner, 0)).toBe(0);
-    expect(await kit.redis.exists(kit.keys.vm('v'), kit.keys.task('task-v'))).toBe(0);
+    expect(await kit.redis.exists(kit.keys.vm('v'), kit.keys.ownerTask(owner, 'task-v'))).toBe(0);
     expect(await kit.redis.hexists(kit.keys.ownerVms(0), owner)).toBe(0);
     // The name is free again.
     expect((await kit.vmm.addVmToPool('10.1.0.9', 'v', 1)).state).toBe(VmStates.GOT_IP);

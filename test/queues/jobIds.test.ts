@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { acquireJobId, isAcquireJobId } from '../../queues/acquire.js';
+import { acquireJobId, acquireJobIdPatternOfTask, isAcquireJobId, legacyAcquireJobId } from '../../queues/acquire.js';
 import { healthJobDeduplicationId } from '../../queues/health.js';
 import { spawnJobId } from '../../queues/spawn.js';
 import { leakTerminateJobId, lossSweepTerminateJobId, spawnOrphanTerminateJobId, spawnStopTerminateJobId, terminateJobId } from '../../queues/terminate.js';
@@ -10,7 +10,8 @@ const T = 1_750_000_000_000;
 // Running pools and re-runs find their jobs by these ids: their form must not change.
 describe('job ids', () => {
   it('keep their form', () => {
-    expect(acquireJobId('build:42/x86')).toBe('acquire-build%3A42%2Fx86');
+    expect(acquireJobId('build:42/x86', 'alice')).toBe('acquire-alice+build%3A42%2Fx86');
+    expect(legacyAcquireJobId('build:42/x86')).toBe('acquire-build%3A42%2Fx86');
     expect(acquireJobId(undefined)).toMatch(/^acquire-[0-9a-f-]{36}$/);
     expect(acquireJobId('')).toMatch(/^acquire-[0-9a-f-]{36}$/);
     expect(spawnJobId('s-1')).toBe('spawn-s-1');
@@ -27,8 +28,21 @@ describe('job ids', () => {
   });
 
   it('tell an acquire job id from a task id', () => {
-    expect(isAcquireJobId(acquireJobId('t-1'))).toBe(true);
+    expect(isAcquireJobId(acquireJobId('t-1', 'alice'))).toBe(true);
     expect(isAcquireJobId('t-1')).toBe(false);
+  });
+
+  it('an acquire job id of a task names its owner, injectively (task ids are per owner)', () => {
+    // Pairs that a plain joiner would confuse give distinct ids: '+' never comes out of encodeURIComponent.
+    const pairs: [string, string][] = [['b+c', 'a'], ['c', 'a+b'], ['c', 'a%2Bb'], ['b', 'a'], ['a', 'b'], ['t', 'alice'], ['t', 'bob']];
+    const ids = pairs.map(([task, owner]) => acquireJobId(task, owner));
+    expect(new Set(ids).size).toBe(pairs.length);
+    for (const id of ids) expect(id.split('+')).toHaveLength(2);
+    expect(acquireJobId('t', 'alice')).not.toBe(acquireJobId('t', 'bob'));
+    // A task id without its owner is a mistake, not a shared job id.
+    expect(() => (acquireJobId as (t: string) => string)('t')).toThrow(TypeError);
+    // The pattern of a task of any owner: '*' in a task id is matched as itself.
+    expect(acquireJobIdPatternOfTask('x*y')).toBe('acquire-*+x\\*y');
   });
 
   it('a leaked machine gets one id per machine and first sighting, without ":" and not a plain integer', () => {

@@ -139,11 +139,11 @@ describeWithTools('foreman', 'the Procfile under foreman', () => {
     // acquire worker, cancelled in the pool: the next acquire worker fails it without a VM).
     expect(await redis.zcard(keys.waiters(1))).toBe(0);
     expect(await vmm.countDemand(1)).toBe(0);
-    const job = await Job.fromId(acquireQueue, acquireJobId('foreman-1'));
+    const job = await Job.fromId(acquireQueue, acquireJobId('foreman-1', 'alice'));
     if (job && (await job.getState()) !== 'failed') {
       const worker = await startWorkerProcess('acquire', { VMPOOL_CONFIG: writeConfigFile(config), VMPOOL_PREFIX: prefix });
       await waitFor(async () => (await job.getState()) === 'failed', 10_000, 'the withdrawn job to fail');
-      expect((await Job.fromId(acquireQueue, acquireJobId('foreman-1')))!.failedReason).toMatch(/^cancelled: /);
+      expect((await Job.fromId(acquireQueue, acquireJobId('foreman-1', 'alice')))!.failedReason).toMatch(/^cancelled: /);
       expect(await worker.stop()).toBe(0);
     }
   }, 150_000);

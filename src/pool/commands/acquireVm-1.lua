@@ -10,8 +10,9 @@
   A job (by its job id, ARGV[12]) that was given a VM and runs again (its worker died before
   completing it, or the line gave it a VM while it was parked) gets that VM and lease (the
   acquire_assignment record, kept for the lease's first term), with or without a task id.
-  A task belongs to one owner and sandbox (includes/taskOwner): while it holds a VM, or a request
-  for it waits (its claim), a request of another owner or sandbox is refused, whatever its job id.
+  Task ids are per owner (includes/taskOwner): another owner's task of the same id is another task.
+  Within an owner, a task belongs to one sandbox: while it holds a VM, or a request for it waits
+  (its claim), a request of another sandbox is refused, whatever its job id.
   A waiting request claims its task until its deadline; the claim ends when it is served.
   A waiting request that was withdrawn (cancelAcquire) ends here: it leaves the line, gets no VM;
   a VM the line gave it meanwhile goes back (its `released` event has reason 'withdrawn').
@@ -50,8 +51,8 @@
                                       requests the dispatch served, to be woken)
     {REATTACHED, HGETALL of the VM}   the task already held this VM, or this job was given it by
                                       an earlier run (its lease unchanged)
-    {TASK_CONFLICT}                   the task holds a VM, or is claimed, for another owner or
-                                      sandbox (nothing changed; the caller leaves the line)
+    {TASK_CONFLICT}                   the owner's task holds a VM, or is claimed, for another of the
+                                      owner's sandboxes (nothing changed; the caller leaves the line)
     {CANCELLED, reason}               the waiting request was withdrawn: it left the line
     {TOO_MANY_WAITING, group, cap}    the request would wait, but its owner has max_waiting_per_owner
                                       requests waiting in that group already (nothing changed)
@@ -94,8 +95,9 @@ local function givenToThisJob()
   if not record[1] then
     return nil
   end
-  local vm = redis.call('HMGET', vmKey(base, record[1]), 'state', 'lease_id')
-  if vm[1] == 'in_use' and vm[2] == record[2] then
+  -- Only the owner's own VM: a job id is no capability across owners.
+  local vm = redis.call('HMGET', vmKey(base, record[1]), 'state', 'lease_id', 'owner')
+  if vm[1] == 'in_use' and vm[2] == record[2] and vm[3] == owner then
     return record[1]
   end
   redis.call('DEL', acquireAssignmentKey(base, jobId))
@@ -135,13 +137,13 @@ if taskId ~= '' then
   if taskOfAnother(base, taskId, owner, sandbox, now) then
     return {TASK_CONFLICT}
   end
-  local held = heldVmOfTask(base, taskId)
+  local held = heldVmOfTask(base, owner, taskId)
   if held then
     leaveLinesIfWaiting()
     recordEvent(base, 'reattached', held)
     return {REATTACHED, redis.call('HGETALL', vmKey(base, held))}
   end
-  redis.call('DEL', taskKey(base, taskId))
+  redis.call('DEL', ownerTaskKey(base, owner, taskId))
 end
 
 local request = {

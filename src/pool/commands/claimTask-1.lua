@@ -1,7 +1,8 @@
 --[[
-  Claims a task id for an owner and sandbox before a builder enqueues its acquire request, so that
-  no request of another owner or sandbox can join it or be served under that task while it waits
-  (includes/taskOwner). The same owner and sandbox may claim their own task again (a restarted
+  Claims an owner's task id for a sandbox before a builder enqueues its acquire request, so that no
+  request of another of the owner's sandboxes can join it or be served under that task while it
+  waits (includes/taskOwner). Task ids are per owner: another owner's task of the same id is another
+  task, never a conflict. The same owner and sandbox may claim their own task again (a restarted
   builder reattaches).
 
   Input:
@@ -13,7 +14,8 @@
     ARGV[5] claim deadline (epoch ms): when the request stops waiting
   Output:
     OK             claimed (or claimed already by the same owner and sandbox); nothing else changed
-    TASK_CONFLICT  the task holds a VM, or is claimed, for another owner or sandbox; nothing changed
+    TASK_CONFLICT  the owner's task holds a VM, or is claimed, for another of the owner's sandboxes;
+                   nothing changed
 ]]
 local base = KEYS[1]
 local now, taskId, owner, sandbox, deadline = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]

@@ -15,6 +15,7 @@ local name = ARGV[1]
 --- @include "includes/setVmState"
 --- @include "includes/audit"
 --- @include "includes/lineOwners"
+--- @include "includes/taskOwner"
 
 local key = vmKey(base, name)
 local vm = redis.call('HMGET', key, 'state', 'group', 'vm_ip', 'owner', 'task_id')
@@ -39,9 +40,7 @@ if owner then
   unblockOwner(base, group, owner)
   redis.call('PUBLISH', readyChannel(base, group), name)
 end
-if taskId and redis.call('GET', taskKey(base, taskId)) == name then
-  redis.call('DEL', taskKey(base, taskId))
-end
+forgetTaskVm(base, name, owner, taskId)
 redis.call('ZREM', holdsExpiringKey(base), name)
 unindexDue(base, name, group)
 redis.call('DEL', key)

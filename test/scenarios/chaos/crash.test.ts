@@ -161,7 +161,7 @@ describe('a crashed worker process loses no work', () => {
     const acquiring = client.acquire({ owner: 'alice', sandbox: 'alice/p', groups: [1], taskId, timeoutMs: 40_000 });
     acquiring.catch(() => undefined);
     const first = await until(async () => {
-      const job = await Job.fromId(acquireQueue, acquireJobId(taskId));
+      const job = await Job.fromId(acquireQueue, acquireJobId(taskId, 'alice'));
       // Parked: in the line, its job delayed; processedBy names the replica that parked it.
       const waiting = job && (await job.getState()) === 'delayed' && workerOf(job.processedBy) && (await vmm.countDemand(1)) === 1;
       return waiting ? job : null;
@@ -177,7 +177,7 @@ describe('a crashed worker process loses no work', () => {
     expect(vm.state).toBe(VmStates.IN_USE);
     expect(vm.owner).toBe('alice');
     expect(vm.taskId).toBe(taskId);
-    const done = await Job.fromId(acquireQueue, acquireJobId(taskId));
+    const done = await Job.fromId(acquireQueue, acquireJobId(taskId, 'alice'));
     // Nothing stalled: a parked request holds no worker.
     expect(done!.stalledCounter).toBe(0);
     const survivor = workerOf(done!.processedBy);
@@ -198,7 +198,7 @@ describe('a crashed worker process loses no work', () => {
       (err: Error) => err,
     );
     await until(async () => {
-      const j = await Job.fromId(acquireQueue, acquireJobId(taskId));
+      const j = await Job.fromId(acquireQueue, acquireJobId(taskId, 'erin'));
       return j && (await j.getState()) === 'delayed' && (await vmm.countDemand(2)) === 1;
     }, 20_000, 'the acquire request parked');
     for (const w of workers.filter((x) => x.type === 'acquire')) await w.kill();

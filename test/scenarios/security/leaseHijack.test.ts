@@ -10,12 +10,15 @@ import { ROOT, nodeArgsFor, writeConfigFile } from '../../helpers/processes.js';
 import { REDIS_URL } from '../../helpers/redis.js';
 import { acquireConfig, createAcquireKit, until, type AcquireKit } from '../../acquire/fixtures.js';
 
-// Issue 10: a task belongs to one owner and sandbox. Owner mallory, asking with alice's live taskId
-// (served, or still waiting), never gets alice's VM, lease or job result: the client, the HTTP API
-// and the CLI refuse with a task conflict, and so does the pool script for a job of any id.
+// Issue 10: a task belongs to one owner and sandbox. Issue 20: task ids are per owner. Another
+// sandbox of alice, asking with alice's live taskId (served, or still waiting), never gets alice's
+// VM, lease or job result: the client, the HTTP API and the CLI refuse with a task conflict, and so
+// does the pool script for a job of any id. Owner mallory asking with the same task id asks for her
+// own task: she never gets alice's VM, lease or job result, and is not refused either.
 const configInput = { ...acquireConfig(), redis: { url: REDIS_URL }, web: { port: 0 } };
 const alice = { owner: 'alice', sandbox: 'alice/proj', arch: 'x86_64' };
-const mallory = { owner: 'mallory', sandbox: 'mallory/proj', arch: 'x86_64' };
+const mallory = { owner: 'alice', sandbox: 'alice/elsewhere', arch: 'x86_64' };
+const otherOwner = { owner: 'mallory', sandbox: 'mallory/proj', arch: 'x86_64' };
 
 let kit: AcquireKit;
 let web: RunningWebServer;
@@ -82,7 +85,7 @@ function expectNothingOf(text: string, a: VmAssignment): void {
 }
 
 describe('a task belongs to one owner and sandbox', { timeout: 60_000 }, () => {
-  it('client: a served task is a TaskConflict for another owner', async () => {
+  it('client: a served task is a TaskConflict for another sandbox of the owner', async () => {
     const a = await aliceServed();
     const err = await kit.client.acquire({ ...mallory, taskId }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(TaskConflict);
@@ -93,7 +96,7 @@ describe('a task belongs to one owner and sandbox', { timeout: 60_000 }, () => {
     await expectAliceHolds(a);
   });
 
-  it('client: a task whose request still waits is a TaskConflict for another owner, who never gets its VM', async () => {
+  it('client: a task whose request still waits is a TaskConflict for another sandbox, which never gets its VM', async () => {
     const { pending } = await aliceWaiting();
     const malloryAsks = kit.client.acquire({ ...mallory, taskId, timeoutMs: 20_000 }).catch((e: unknown) => e);
     await new Promise((r) => setTimeout(r, 200));
@@ -103,7 +106,7 @@ describe('a task belongs to one owner and sandbox', { timeout: 60_000 }, () => {
     await expectAliceHolds(a);
   });
 
-  it('the pool script refuses another owner under any job id, for a waiting and for a served task', async () => {
+  it('the pool script refuses another sandbox under any job id, for a waiting and for a served task', async () => {
     const { pending } = await aliceWaiting();
     const custom = await kit.queue.add('acquire', { ...mallory, taskId, timeoutMs: 20_000 }, { ...acquireJobOptions, jobId: `custom-${taskId}-1` });
     await until(async () => (await custom.getState()) === 'failed', 'the custom job to fail');
@@ -118,7 +121,26 @@ describe('a task belongs to one owner and sandbox', { timeout: 60_000 }, () => {
       expectNothingOf(job.failedReason, a);
     }
     // alice's job is hers alone.
-    expect((await Job.fromId(kit.queue, acquireJobId(taskId)))!.data.owner).toBe('alice');
+    expect((await Job.fromId(kit.queue, acquireJobId(taskId, 'alice')))!.data.sandbox).toBe('alice/proj');
+    await expectAliceHolds(a);
+  });
+
+  it('another owner with the same task id asks for her own task: never alice\'s VM, lease or job, and no conflict', async () => {
+    const a = await aliceServed();
+    await kit.addReady(`vm-${taskId}-m`, `10.9.1.${n}`);
+    const m = await kit.client.acquire({ ...otherOwner, taskId });
+    expect(m.vmName).toBe(`vm-${taskId}-m`);
+    expect(m.leaseId).not.toBe(a.leaseId);
+    expect((await Job.fromId(kit.queue, acquireJobId(taskId, 'mallory')))!.data.owner).toBe('mallory');
+    expect((await Job.fromId(kit.queue, acquireJobId(taskId, 'alice')))!.data.owner).toBe('alice');
+    // Each reattaches to its own.
+    expect(await kit.client.acquire({ ...otherOwner, taskId })).toMatchObject({ vmName: m.vmName, leaseId: m.leaseId });
+    expect(await kit.client.acquire({ ...alice, taskId })).toMatchObject({ vmName: a.vmName, leaseId: a.leaseId });
+    // The pool's lookup by task id is per owner.
+    expect((await kit.ctx.vmm.getVmByTaskId(taskId, 'mallory'))?.vmName).toBe(m.vmName);
+    expect((await kit.ctx.vmm.getVmByTaskId(taskId, 'alice'))?.vmName).toBe(a.vmName);
+    await kit.ctx.vmm.startVmTermination(m.vmName);
+    await kit.ctx.vmm.removeVmFromPool(m.vmName);
     await expectAliceHolds(a);
   });
 
@@ -148,7 +170,7 @@ describe('a task belongs to one owner and sandbox', { timeout: 60_000 }, () => {
     const a = await aliceServed();
     const res = await cliAcquire(mallory.owner, mallory.sandbox, taskId);
     expect(res.code).toBe(1);
-    expect(res.stderr).toContain('belongs to another owner or sandbox');
+    expect(res.stderr).toContain('belongs to another sandbox');
     expect(res.stdout).toBe('');
     expectNothingOf(res.stderr, a);
     await expectAliceHolds(a);
@@ -162,7 +184,7 @@ describe('a task belongs to one owner and sandbox', { timeout: 60_000 }, () => {
     const a = await pending;
     const res = await malloryAsks;
     expect(res.code).toBe(1);
-    expect(res.stderr).toContain('belongs to another owner or sandbox');
+    expect(res.stderr).toContain('belongs to another sandbox');
     expect(res.stdout).toBe('');
     expectNothingOf(res.stderr, a);
     await expectAliceHolds(a);

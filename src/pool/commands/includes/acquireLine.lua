@@ -36,9 +36,9 @@ local function assignVm(base, group, name, fresh, r, now)
   redis.call('HDEL', key, 'task_id', 'build_id', 'chroot')
   if r.taskId ~= '' then
     redis.call('HSET', key, 'task_id', r.taskId)
-    redis.call('SET', taskKey(base, r.taskId), name)
+    redis.call('SET', ownerTaskKey(base, r.owner, r.taskId), name)
     -- The VM binds the task now; its claim is no longer needed.
-    redis.call('DEL', taskClaimKey(base, r.taskId))
+    redis.call('DEL', ownerTaskClaimKey(base, r.owner, r.taskId))
   end
   if r.buildId ~= '' then redis.call('HSET', key, 'build_id', r.buildId) end
   if r.chroot ~= '' then redis.call('HSET', key, 'chroot', r.chroot) end

@@ -18,13 +18,24 @@ local function ipKey(base, ip)
   return base .. 'ip:' .. ip
 end
 
--- The name of the VM a task holds.
-local function taskKey(base, taskId)
+-- The name of the VM a task of an owner holds. Task ids are per owner: the same id of two owners
+-- names two tasks. The owner's length keeps ("a:b", "c") and ("a", "b:c") apart.
+local function ownerTaskKey(base, owner, taskId)
+  return base .. 'owner_task:' .. string.len(owner) .. ':' .. owner .. ':' .. taskId
+end
+
+-- JSON {owner, sandbox, deadline} of the request of an owner that claimed a task and still waits for it.
+local function ownerTaskClaimKey(base, owner, taskId)
+  return base .. 'owner_task_claim:' .. string.len(owner) .. ':' .. owner .. ':' .. taskId
+end
+
+-- Before task ids were per owner: the VM a task held, and a task's claim, for every owner at once.
+-- Only read (and deleted) for requests in flight during an upgrade (includes/taskOwner).
+local function legacyTaskKey(base, taskId)
   return base .. 'task:' .. taskId
 end
 
--- JSON {owner, sandbox, deadline} of the request that claimed a task and still waits for it.
-local function taskClaimKey(base, taskId)
+local function legacyTaskClaimKey(base, taskId)
   return base .. 'task_claim:' .. taskId
 end
 

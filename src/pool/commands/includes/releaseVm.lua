@@ -10,13 +10,12 @@
 ]]
 --- @include "includes/setVmState"
 --- @include "includes/audit"
+--- @include "includes/taskOwner"
 
 local function endBuild(base, name, now)
   local key = vmKey(base, name)
-  local vm = redis.call('HMGET', key, 'check_fails', 'task_id')
-  if vm[2] and redis.call('GET', taskKey(base, vm[2])) == name then
-    redis.call('DEL', taskKey(base, vm[2]))
-  end
+  local vm = redis.call('HMGET', key, 'check_fails', 'task_id', 'owner')
+  forgetTaskVm(base, name, vm[3], vm[2])
   redis.call('HDEL', key, 'used_by_worker', 'task_id', 'build_id', 'chroot', 'in_use_since')
   redis.call('HSET', key, 'last_release', now)
   redis.call('HINCRBY', key, 'builds_count', 1)
