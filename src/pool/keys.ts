@@ -102,6 +102,13 @@ export function poolKeys(prefix: string) {
     poolState: `${base}pool_state`,
     /** The reconcile cycle lock (locks.ts): one cycle at a time across replicas. */
     reconcileLock: `${base}reconcile_lock`,
+    /**
+     * Hash of the pool's data-format version (dataFormat.ts): version, and while a migration runs,
+     * migrating (its version), migration (its name), progress (where it is, for a resume).
+     */
+    dataFormat: `${base}data_format`,
+    /** The migration lock (locks.ts): one process migrates the data format at a time. */
+    migrationLock: `${base}migration_lock`,
     /** Due-time set (includes/setVmState indexDue): VMs in got_ip, ready, in_use or check_health_failed, scored by last health check (0: never). */
     dueCheck: (group: number) => `${base}group:${group}:due:check`,
     /** Due-time set: ready VMs bound to an owner and not held, scored by last release (0: never). */

@@ -9,10 +9,13 @@ export function cycleLockKey(pool: { prefix: string }): string {
   return poolKeys(pool.prefix).reconcileLock;
 }
 
+/** The pool's locks: the reconcile cycle lock, and the data-format migration lock (dataFormat.ts). */
+export type LockKind = 'reconcile' | 'migration';
+
 /**
- * The reconcile cycle lock of a pool: a Redis key with a random token and an expiry. Only the
- * holder extends or releases it (extendCycleLock-1.lua, releaseCycleLock-1.lua), and a holder that
- * dies (or stops extending) loses it after ttlMs, so the next cycle can run.
+ * A lock of a pool (by default the reconcile cycle lock): a Redis key with a random token and an
+ * expiry. Only the holder extends or releases it (extendCycleLock-1.lua, releaseCycleLock-1.lua),
+ * and a holder that dies (or stops extending) loses it after ttlMs, so the next one can run.
  */
 export class CycleLock {
   readonly key: string;
@@ -23,10 +26,11 @@ export class CycleLock {
     readonly redis: RedisConnection,
     prefix: string,
     readonly ttlMs: number,
+    readonly kind: LockKind = 'reconcile',
   ) {
     if (!(ttlMs > 0)) throw new Error(`lock ttl must be positive, got ${ttlMs}`);
     const keys = poolKeys(prefix);
-    this.key = keys.reconcileLock;
+    this.key = kind === 'migration' ? keys.migrationLock : keys.reconcileLock;
     this.base = keys.base;
     this.script = loadScripts(redis);
   }
@@ -39,11 +43,11 @@ export class CycleLock {
   }
 
   async extend(token: string): Promise<boolean> {
-    return (await this.script('extendCycleLock', [this.base], [token, this.ttlMs])) === ReplyCodes.OK;
+    return (await this.script('extendCycleLock', [this.base], [token, this.ttlMs, this.kind])) === ReplyCodes.OK;
   }
 
   async release(token: string): Promise<boolean> {
-    return (await this.script('releaseCycleLock', [this.base], [token])) === ReplyCodes.OK;
+    return (await this.script('releaseCycleLock', [this.base], [token, this.kind])) === ReplyCodes.OK;
   }
 
   /**

@@ -64,6 +64,8 @@ export const ReplyCodes = {
   POOL_REGRESSED: -17,
   /** acquireVm: the request would wait, but its owner has max_waiting_per_owner requests waiting in a group already. */
   TOO_MANY_WAITING: -18,
+  /** startMigration: the pool's data format is at the migration's version or past it already (another process migrated). */
+  DATA_FORMAT_AHEAD: -19,
 } as const;
 
 export type ReplyCodeName = keyof typeof ReplyCodes;

@@ -1,5 +1,6 @@
 import { type Config } from '../config/index.js';
 import { createLogger, type Logger } from '../logger.js';
+import { DataFormat, DataFormatTooNew, type DataFormatOptions } from '../pool/dataFormat.js';
 import type { JobContext } from './context.js';
 import { PoolStateWatch, poolStateCheckMs, type PoolStateEvent } from './poolStateWatch.js';
 import type { ConcurrencyOverrides } from './settings.js';
@@ -28,6 +29,13 @@ export interface BootOptions extends Partial<Pick<JobContextOptions, 'providerFa
   logger?: Logger;
   /** <TYPE>_CONCURRENCY (Settings.concurrency); a type without one runs concurrency.<type> of the config. */
   concurrency?: ConcurrencyOverrides;
+  /** The data format this process knows and its migrations (default: this release's; tests give their own). */
+  dataFormat?: Pick<DataFormatOptions, 'known' | 'migrations' | 'lockTtlMs'>;
+  /**
+   * Called once the process stopped its workers because the pool's data format moved past its own
+   * (another process of a newer release migrated it); a worker process exits then.
+   */
+  onRefused?: (err: DataFormatTooNew) => void;
 }
 
 export interface RunningProcess {
@@ -54,8 +62,19 @@ export async function startProcessTypes<T extends string>(
     healthCheckFactory,
     faultPoint: options.faultPoint,
   });
+  // The data format first: a newer pool is refused before anything is written, an older one is
+  // migrated (or waited for) before any worker takes a job.
+  const dataFormat = new DataFormat({ redis: ctx.connection, prefix: ctx.prefix, logger, clock: options.clock, ...options.dataFormat });
+  try {
+    await dataFormat.ensure();
+  } catch (err) {
+    await ctx.close();
+    throw err;
+  }
+  let refuse: (needed: number) => void = () => undefined;
   // Every process watches the pool's state in Redis, and recovers it after a loss without a restart.
   const poolState = new PoolStateWatch({
+    dataFormat: { format: dataFormat, onNewer: (needed) => refuse(needed) },
     vmm: ctx.vmm,
     redis: ctx.connection,
     logger,
@@ -77,7 +96,7 @@ export async function startProcessTypes<T extends string>(
     logger.info({ type, queue: spec.processor.queue, concurrency, prefix: ctx.prefix }, 'worker started');
   }
   let stopping: Promise<void> | undefined;
-  return {
+  const running: RunningProcess = {
     ctx,
     workers,
     stop(deadlineMs = 10_000) {
@@ -92,6 +111,15 @@ export async function startProcessTypes<T extends string>(
       return stopping;
     },
   };
+  refuse = (needed) => {
+    const err = new DataFormatTooNew(needed, dataFormat.known);
+    logger.error({ needed, known: dataFormat.known }, `data format: ${err.message}; stopping the workers`);
+    void running.stop().then(
+      () => options.onRefused?.(err),
+      () => options.onRefused?.(err),
+    );
+  };
+  return running;
 }
 
 async function defaultFactories(options: BootOptions): Promise<Pick<JobContextOptions, 'providerFactory' | 'healthCheckFactory'>> {

@@ -3,6 +3,7 @@ import { ConfigError, type Config } from '../config/index.js';
 import { createLogger, type Logger } from '../logger.js';
 import { connectAnsweringRedis, describeRedis, type RedisTarget } from '../redis.js';
 import { ensureRedisSafety } from '../redisSafety.js';
+import { DataFormatTooNew } from '../pool/dataFormat.js';
 import { startProcessTypes, stopOnSignals, type ProcessTypeRegistry } from './boot.js';
 import { readSettings, resolveConfig, type Settings } from './settings.js';
 
@@ -108,6 +109,11 @@ export async function runWorkerProcess<T extends string>(registry: ProcessTypeRe
     prefix: settings.prefix,
     concurrency: settings.concurrency,
     faultPoint: settings.faultPoint,
+    // The pool moved to a newer data format under this running process: it stopped its workers.
+    onRefused: (err) => exitFatal(logger, 'data format too new; exiting', `\n${err.message}`, ExitCodes.ERROR),
+  }).catch((err: unknown) => {
+    if (err instanceof DataFormatTooNew) exitFatal(logger, `data format too new (version ${err.needed}, this process knows up to ${err.known}); exiting`, `\n${err.message}`, ExitCodes.ERROR);
+    throw err;
   });
   stopOnSignals((deadline) => running.stop(deadline), logger, settings.shutdownDeadlineMs);
 }

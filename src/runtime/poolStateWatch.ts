@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { RedisConnection } from '../redis.js';
 import type { Config } from '../config/index.js';
 import type { Logger } from '../logger.js';
+import { newerThan, type DataFormat } from '../pool/dataFormat.js';
 import type { PoolStateSeen } from '../pool/poolScripts.js';
 import { decidePoolState, nextEpoch, provesNoLoss, type LossReason } from '../pool/stateLoss.js';
 import type { VmManager } from '../pool/vmManager.js';
@@ -25,6 +26,12 @@ export interface PoolStateWatchOptions {
   intervalMs: number;
   /** The process's own duties after a loss or a restart (re-creating the reconcile schedule). */
   onEvent?: (event: PoolStateEvent) => Promise<void>;
+  /**
+   * The pool's data format, read at each check: once it (or a migration in progress) is past this
+   * process's version, onNewer is called, once, and the watch writes nothing more (it no longer
+   * understands the data).
+   */
+  dataFormat?: { format: DataFormat; onNewer(needed: number): void };
 }
 
 /** The heartbeat period: vm_cycle_timeout, within 0.5 s to 5 s. */
@@ -90,7 +97,16 @@ export class PoolStateWatch {
   }
 
   private async run(trigger: string): Promise<PoolStateEvent | null> {
-    const { vmm, logger } = this.options;
+    const { vmm, logger, dataFormat } = this.options;
+    if (dataFormat) {
+      const needed = newerThan(await dataFormat.format.read(), dataFormat.format.known);
+      if (needed !== null) {
+        this.stopped = true;
+        clearInterval(this.timer);
+        dataFormat.onNewer(needed);
+        return null;
+      }
+    }
     // A few rounds: a verify or recover that lost its race to another process checks again.
     for (let round = 0; round < 5; round++) {
       const check = await vmm.checkPoolState(this.known);

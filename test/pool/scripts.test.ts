@@ -73,6 +73,8 @@ const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
   spawning: [3],
   spawnRecord: ['g3-1700000000000-0a1b2c3d'],
   reconcileLock: [],
+  dataFormat: [],
+  migrationLock: [],
 };
 
 /** The Lua name of a key kind: `<name>Key`, but a pub/sub channel is no key. */

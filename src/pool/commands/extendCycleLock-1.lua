@@ -1,10 +1,11 @@
 --[[
-  Extends the reconcile cycle lock held with the given token (another holder's lock is left alone).
+  Extends a pool lock (the reconcile cycle lock, or the migration lock) held with the given token (another holder's lock is left alone).
 
   Input:
     KEYS[1] pool key base (with hash tag), e.g. "vmpool:{vmpool}:"; every key is built from it
     ARGV[1] token
     ARGV[2] new time to live (ms)
+    ARGV[3] the lock's kind: reconcile (when absent) or migration
   Output:
     OK             extended
     LOCK_NOT_HELD  the lock is not held with this token (expired or taken by another holder)
@@ -13,7 +14,7 @@ local base = KEYS[1]
 --- @include "includes/replyCodes"
 --- @include "includes/poolKeys"
 
-local key = reconcileLockKey(base)
+local key = lockKey(base, ARGV[3])
 if redis.call('GET', key) == ARGV[1] then
   redis.call('PEXPIRE', key, ARGV[2])
   return OK

@@ -1,9 +1,10 @@
 --[[
-  Releases the reconcile cycle lock held with the given token (another holder's lock is left alone).
+  Releases a pool lock (the reconcile cycle lock, or the migration lock) held with the given token (another holder's lock is left alone).
 
   Input:
     KEYS[1] pool key base (with hash tag), e.g. "vmpool:{vmpool}:"; every key is built from it
     ARGV[1] token
+    ARGV[2] the lock's kind: reconcile (when absent) or migration
   Output:
     OK             released
     LOCK_NOT_HELD  the lock is not held with this token (expired or taken by another holder)
@@ -12,7 +13,7 @@ local base = KEYS[1]
 --- @include "includes/replyCodes"
 --- @include "includes/poolKeys"
 
-local key = reconcileLockKey(base)
+local key = lockKey(base, ARGV[2])
 if redis.call('GET', key) == ARGV[1] then
   redis.call('DEL', key)
   return OK

@@ -224,3 +224,21 @@ end
 local function reconcileLockKey(base)
   return base .. 'reconcile_lock'
 end
+
+-- Hash of the pool's data-format version (src/pool/dataFormat.ts): version, migrating, migration, progress.
+local function dataFormatKey(base)
+  return base .. 'data_format'
+end
+
+-- The migration lock (src/pool/locks.ts): a token, with an expiry; one migration at a time.
+local function migrationLockKey(base)
+  return base .. 'migration_lock'
+end
+
+-- A lock's key by its kind (ARGV of extendCycleLock, releaseCycleLock): reconcile or migration.
+local function lockKey(base, kind)
+  if kind == 'migration' then
+    return migrationLockKey(base)
+  end
+  return reconcileLockKey(base)
+end

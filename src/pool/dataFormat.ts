@@ -1,0 +1,183 @@
+/**
+ * The pool's data-format version in Redis (keys.dataFormat) and its migrations. A process knows
+ * the versions up to DATA_FORMAT_VERSION: the first process of a newer version migrates the pool
+ * at boot, under the migration lock, before any of its workers takes a job; a process older than
+ * the pool's data format refuses to run (src/runtime/boot.ts, poolStateWatch.ts). docs/operating.md,
+ * "Upgrades", says what an operator sees.
+ */
+import type { Logger } from '../logger.js';
+import type { RedisConnection } from '../redis.js';
+import { poolKeyBase, poolKeys, type PoolKeys } from './keys.js';
+import { CycleLock } from './locks.js';
+import { ReplyCodes } from './replyCodes.js';
+import { loadScripts, type RunScript } from './scripts.js';
+
+/** The data format this code reads and writes. Version 1: the layout before versions were recorded. */
+export const DATA_FORMAT_VERSION = 1;
+
+/** What a migration is given: the pool's Redis and keys, and its recorded progress. */
+export interface MigrationContext {
+  redis: RedisConnection;
+  keys: PoolKeys;
+  prefix: string;
+  logger: Logger;
+  /** Where an earlier run of this migration got to (what it saved), '' when nowhere. */
+  progress: string;
+  /**
+   * Records the progress, with `writes` (commands added to the same MULTI) applied atomically with
+   * it, so that a step and its record never part. Throws once the migration lock was lost.
+   */
+  saveProgress(progress: string, writes?: (multi: ReturnType<RedisConnection['multi']>) => void): Promise<void>;
+  /** True once the migration lock was lost: stop (the next process resumes). */
+  lost(): boolean;
+}
+
+/**
+ * One step of the data format, from version - 1 to version. run must be idempotent and
+ * resumable: a process killed in the middle is followed by one that runs it again from the
+ * progress it saved, so each step is either recorded with its progress or safe to repeat.
+ */
+export interface Migration {
+  version: number;
+  name: string;
+  run(ctx: MigrationContext): Promise<void>;
+}
+
+/** The migrations of this code, in order (none yet: version 1 is today's layout). */
+export const MIGRATIONS: readonly Migration[] = [];
+
+/** The pool's data format as read: its version, and the migration in progress (0 when none). */
+export interface DataFormatState {
+  version: number;
+  migrating: number;
+  migration: string;
+  /** This read stamped a pool that had no version. */
+  stamped: boolean;
+}
+
+/** A process older than the pool's data format: it must not run (its message says what is needed). */
+export class DataFormatTooNew extends Error {
+  override name = 'DataFormatTooNew';
+  constructor(
+    readonly needed: number,
+    readonly known: number,
+  ) {
+    super(
+      `the pool's data format is version ${needed}, and this vmpool knows versions up to ${known}: ` +
+        `run a vmpool release that knows data format ${needed} (the processes of a newer release migrated the pool); this process takes no job`,
+    );
+  }
+}
+
+/** The version a process must refuse to run on: the pool's version, or a migration's in progress, past `known`. */
+export function newerThan(state: Pick<DataFormatState, 'version' | 'migrating'>, known: number): number | null {
+  const needed = Math.max(state.version, state.migrating);
+  return needed > known ? needed : null;
+}
+
+/** Checks a list of migrations: ordered, one per version from 2, none past `known`. */
+export function checkMigrations(migrations: readonly Migration[], known: number): void {
+  migrations.forEach((m, i) => {
+    if (m.version !== i + 2) throw new Error(`migration ${m.name} has version ${m.version}, expected ${i + 2} (migrations are ordered, one per version from 2)`);
+  });
+  if (migrations.length && migrations.at(-1)!.version !== known) throw new Error(`the last migration leads to version ${migrations.at(-1)!.version}, not to ${known}`);
+  if (!migrations.length && known !== 1) throw new Error(`data format ${known} needs migrations from 1`);
+}
+
+export interface DataFormatOptions {
+  redis: RedisConnection;
+  prefix: string;
+  logger: Logger;
+  /** The version this process knows (default DATA_FORMAT_VERSION). */
+  known?: number;
+  /** Its migrations (default MIGRATIONS; tests give their own). */
+  migrations?: readonly Migration[];
+  /** The migration lock's expiry: how soon a process killed while migrating lets the next one resume (default 30 s). */
+  lockTtlMs?: number;
+  /** How often a process waiting for another one's migration looks again (default 500 ms). */
+  pollMs?: number;
+  clock?: () => number;
+}
+
+/** The pool's data format: reading (and stamping) it, and migrating it to this process's version. */
+export class DataFormat {
+  readonly known: number;
+  private readonly migrations: readonly Migration[];
+  private readonly script: RunScript;
+  private readonly base: string;
+  private readonly keys: PoolKeys;
+  private readonly clock: () => number;
+
+  constructor(private readonly options: DataFormatOptions) {
+    this.known = options.known ?? DATA_FORMAT_VERSION;
+    this.migrations = options.migrations ?? MIGRATIONS;
+    checkMigrations(this.migrations, this.known);
+    this.script = loadScripts(options.redis);
+    this.base = poolKeyBase(options.prefix);
+    this.keys = poolKeys(options.prefix);
+    this.clock = options.clock ?? Date.now;
+  }
+
+  /** The pool's data format; a pool without one is stamped (readDataFormat-1.lua). */
+  async read(): Promise<DataFormatState> {
+    const [version, migrating, migration, stamped] = (await this.script('readDataFormat', [this.base], [this.known, this.clock()])) as [string, string, string, number];
+    return { version: Number(version), migrating: Number(migrating || 0), migration, stamped: Number(stamped) === 1 };
+  }
+
+  /**
+   * Brings the pool to this process's version before it takes any job: nothing when it is there,
+   * the pending migrations (under the migration lock) when it is older, a wait when another process
+   * migrates. Throws DataFormatTooNew when the pool is newer than this process.
+   */
+  async ensure(): Promise<DataFormatState> {
+    const { logger } = this.options;
+    let waiting = false;
+    for (;;) {
+      const state = await this.read();
+      const needed = newerThan(state, this.known);
+      if (needed !== null) throw new DataFormatTooNew(needed, this.known);
+      if (state.stamped) logger.info({ version: state.version }, 'data format: the pool had no version; stamped');
+      if (state.version === this.known) return state;
+      const lock = new CycleLock(this.options.redis, this.options.prefix, this.options.lockTtlMs ?? 30_000, 'migration');
+      const ran = await lock.run((lost) => this.migrate(lost));
+      if (!ran.acquired) {
+        if (!waiting) logger.info({ version: state.version, migrating: state.migrating || undefined }, 'data format: another process is migrating the pool; waiting');
+        waiting = true;
+        await new Promise((resolve) => setTimeout(resolve, this.options.pollMs ?? 500));
+      }
+    }
+  }
+
+  /** Runs the pending migrations in order, under the lock; stops early when the lock was lost. */
+  private async migrate(lost: () => boolean): Promise<void> {
+    const { redis, prefix, logger } = this.options;
+    for (const migration of this.migrations) {
+      if (lost()) return;
+      const reply = (await this.script('startMigration', [this.base], [migration.version, migration.name, this.clock()])) as [number, string?];
+      if (reply[0] === ReplyCodes.DATA_FORMAT_AHEAD) continue;
+      if (reply[0] !== ReplyCodes.OK) throw new Error(`startMigration: unexpected reply ${JSON.stringify(reply)}`);
+      const progress = reply[1] ?? '';
+      logger.info({ version: migration.version, migration: migration.name, resumed: progress !== '' }, progress ? 'data format: resuming a migration' : 'data format: migrating');
+      await migration.run({
+        redis,
+        keys: this.keys,
+        prefix,
+        logger: logger.child({ migration: migration.name }),
+        progress,
+        lost,
+        saveProgress: async (value, writes) => {
+          if (lost()) throw new Error(`migration ${migration.name}: the migration lock was lost; the next process resumes`);
+          const multi = redis.multi();
+          writes?.(multi);
+          multi.hset(this.keys.dataFormat, 'progress', value);
+          const results = await multi.exec();
+          const failed = results?.find(([err]) => err);
+          if (!results || failed) throw new Error(`migration ${migration.name}: progress not recorded: ${failed?.[0]?.message ?? 'transaction aborted'}`);
+        },
+      });
+      if (lost()) return;
+      await this.script('finishMigration', [this.base], [migration.version, this.clock()]);
+      logger.info({ version: migration.version, migration: migration.name }, 'data format: migrated');
+    }
+  }
+}
