@@ -14,7 +14,7 @@ local base = KEYS[1]
 --- @include "includes/replyCodes"
 --- @include "includes/poolKeys"
 
-local key = lockKey(base, ARGV[3])
+local key = ARGV[3] == 'migration' and migrationLockKey(base) or reconcileLockKey(base)
 if redis.call('GET', key) == ARGV[1] then
   redis.call('PEXPIRE', key, ARGV[2])
   return OK

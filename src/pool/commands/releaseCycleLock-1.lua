@@ -13,7 +13,7 @@ local base = KEYS[1]
 --- @include "includes/replyCodes"
 --- @include "includes/poolKeys"
 
-local key = lockKey(base, ARGV[2])
+local key = ARGV[2] == 'migration' and migrationLockKey(base) or reconcileLockKey(base)
 if redis.call('GET', key) == ARGV[1] then
   redis.call('DEL', key)
   return OK

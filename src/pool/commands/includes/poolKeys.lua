@@ -234,11 +234,3 @@ end
 local function migrationLockKey(base)
   return base .. 'migration_lock'
 end
-
--- A lock's key by its kind (ARGV of extendCycleLock, releaseCycleLock): reconcile or migration.
-local function lockKey(base, kind)
-  if kind == 'migration' then
-    return migrationLockKey(base)
-  end
-  return reconcileLockKey(base)
-end
