@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/logger.js';
-import { DATA_FORMAT_VERSION, DataFormat, DataFormatTooNew, type Migration } from '../../src/pool/dataFormat.js';
+import { DATA_FORMAT_VERSION, DataFormat, checkMigrations, DataFormatTooNew, type Migration } from '../../src/pool/dataFormat.js';
 import { processTypeSpecs } from '../../src/processors/index.js';
 import { startProcessTypes } from '../../src/runtime/boot.js';
 import { ROOT, nodeArgsFor, waitFor, writeConfigFile } from '../helpers/processes.js';
@@ -69,6 +69,13 @@ describe('data format', { timeout: 120_000 }, () => {
     }
     // The default: this release knows version 1 and has nothing to migrate.
     expect(DATA_FORMAT_VERSION).toBe(1);
+  });
+
+  it('a list of migrations must be ordered, one per version from 2, up to the known version', () => {
+    expect(() => checkMigrations([testMigration(2), testMigration(3)], 3)).not.toThrow();
+    expect(() => checkMigrations([testMigration(3), testMigration(2)], 3)).toThrow(/expected 2/);
+    expect(() => checkMigrations([testMigration(2)], 3)).toThrow(/not to 3/);
+    expect(() => checkMigrations([], 2)).toThrow(/needs migrations/);
   });
 
   it('migrations run in order, once, under the lock, when several processes of the new version start at once', async () => {
