@@ -71,7 +71,11 @@ export async function startProcessTypes<T extends string>(
     await ctx.close();
     throw err;
   }
-  let refuse: (needed: number) => void = () => undefined;
+  // Until the workers run, a refusal is kept, and start ends with it.
+  let refusedAtStart: number | null = null;
+  let refuse = (needed: number) => {
+    refusedAtStart = needed;
+  };
   // Every process watches the pool's state in Redis, and recovers it after a loss without a restart.
   const poolState = new PoolStateWatch({
     dataFormat: { format: dataFormat, onNewer: (needed) => refuse(needed) },
@@ -86,6 +90,11 @@ export async function startProcessTypes<T extends string>(
   ctx.poolState = poolState;
   // Before any worker takes a job: a process started on a Redis that restarted checks it first.
   await poolState.check('start');
+  if (refusedAtStart !== null) {
+    await poolState.stop();
+    await ctx.close();
+    throw new DataFormatTooNew(refusedAtStart, dataFormat.known);
+  }
   poolState.start();
   const workers: RunningWorker[] = [];
   for (const type of types) {
@@ -119,6 +128,8 @@ export async function startProcessTypes<T extends string>(
       () => options.onRefused?.(err),
     );
   };
+  // A heartbeat that refused while the workers were starting.
+  if (refusedAtStart !== null) refuse(refusedAtStart);
   return running;
 }
 
