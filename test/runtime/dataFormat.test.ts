@@ -5,7 +5,7 @@ import { createLogger } from '../../src/logger.js';
 import { DATA_FORMAT_VERSION, DataFormat, checkMigrations, DataFormatTooNew, type Migration } from '../../src/pool/dataFormat.js';
 import { processTypeSpecs } from '../../src/processors/index.js';
 import { startProcessTypes } from '../../src/runtime/boot.js';
-import { ROOT, nodeArgsFor, waitFor, writeConfigFile } from '../helpers/processes.js';
+import { ROOT, nodeArgsFor, startWorkerProcess, waitFor, writeConfigFile } from '../helpers/processes.js';
 import { REDIS_URL, connect, deleteKeysWithPrefix, poolKeys, uniquePrefix } from '../helpers/redis.js';
 
 // The pool's data-format version (src/pool/dataFormat.ts): stamping, migrations (also killed in
@@ -143,6 +143,21 @@ describe('data format', { timeout: 120_000 }, () => {
     // It wrote nothing: no state marker, no server start, the version untouched.
     expect(await redis.exists(keys.poolState, keys.serverStart)).toBe(0);
     expect(await redis.hget(keys.dataFormat, 'version')).toBe(String(DATA_FORMAT_VERSION + 1));
+  });
+
+  it('a running worker process stops and exits with code 1 when a newer process migrates the pool past it', async () => {
+    const prefix = prefixFor();
+    const keys = poolKeys(prefix);
+    const configFile = writeConfigFile(configInput);
+    const worker = await startWorkerProcess('acquire', { VMPOOL_PREFIX: prefix, REDIS_URL }, 30_000, { args: ['--config', configFile] });
+    try {
+      const exited = new Promise<number | null>((resolve) => worker.child.once('exit', (code) => resolve(code)));
+      await redis.hset(keys.dataFormat, 'migrating', String(DATA_FORMAT_VERSION + 1), 'migration', 'next');
+      expect(await exited, worker.lines.join('\n')).toBe(1);
+      expect(worker.lines.join('\n')).toContain(`the pool's data format is version ${DATA_FORMAT_VERSION + 1}, and this vmpool knows versions up to ${DATA_FORMAT_VERSION}`);
+    } finally {
+      await worker.kill();
+    }
   });
 
   it('in process: startProcessTypes throws DataFormatTooNew on a newer pool', async () => {
