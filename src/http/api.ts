@@ -305,7 +305,9 @@ export function apiRouter(deps: ApiDeps): Router {
       throw new HttpError('validation_error', `limit must be a whole number from 1 to ${AUDIT_PAGE_MAX}, not ${JSON.stringify(limitParam)}`, { limit: limitParam });
     }
     if (vm !== undefined && !isValidVmName(vm)) throw new HttpError('validation_error', `invalid VM name ${JSON.stringify(vm)}`, { vm });
-    res.json(await vmm.reader.auditEvents({ since, limit, vm, owner }));
+    const page = await vmm.reader.auditEvents({ since, limit, vm, owner });
+    // A lease id is the capability to renew and release: only an admin sees it in the trail.
+    res.json(hasScope(req.principal!, 'admin') ? page : { ...page, events: page.events.map((e) => ({ ...e, lease: null })) });
   });
 
   router.get('/groups', requireScope('read'), async (_req, res) => {

@@ -145,6 +145,21 @@ describe('scopes on a running web process', () => {
     expect(await vmm.drainedSince(0)).toBeNull();
   });
 
+  it('a read token never sees a lease id: not in the audit trail (an admin still does)', async () => {
+    await vmm.addVmToPool('10.9.8.2', 'v2', 0);
+    await vmm.startVmCheck('v2');
+    await vmm.recordHealthCheckResult('v2', true);
+    const a = await vmm.acquireVm({ groups: [0], owner: 'carol', sandbox: 'carol/p', workerId: 'w', taskId: 'scopes-lease' });
+    const leaseId = (await vmm.getVmRecord(a.vmName)).leaseId ?? '';
+    expect(leaseId.length).toBeGreaterThan(8);
+    await vmm.renewLease(a.vmName, leaseId);
+    const asRead = await (await call('/api/v1/events?limit=1000', 'GET', READ_TOKEN)).text();
+    expect(asRead).toContain(a.vmName);
+    expect(asRead).not.toContain(leaseId);
+    const asAdmin = await (await call('/api/v1/events?limit=1000', 'GET', ADMIN_TOKEN)).text();
+    expect(asAdmin).toContain(leaseId);
+  });
+
   it('a read token gets Bull Board read-only and cannot use its changes; an admin can', async () => {
     const asRead = (await (await call('/admin/queues/api/queues', 'GET', READ_TOKEN)).json()) as { queues: { name: string; readOnlyMode: boolean }[] };
     expect(asRead.queues.length).toBeGreaterThan(0);
