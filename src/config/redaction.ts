@@ -2,7 +2,7 @@ import { redactUrl } from '../text/redact.js';
 import type { Config } from './schemas.js';
 
 /** Config paths whose values are secrets: tokens, provider environments, and URLs with passwords. */
-function isSecretPath(path: readonly PropertyKey[]): boolean {
+export function isSecretPath(path: readonly PropertyKey[]): boolean {
   return path.some((k) => k === 'token' || k === 'env' || k === 'password');
 }
 
@@ -20,6 +20,18 @@ export function showConfigValue(value: unknown, path: readonly PropertyKey[] = [
   } catch {
     return String(value);
   }
+}
+
+/**
+ * A given value as a ConfigIssue keeps it: a secret path's value and the contents of an object or
+ * array (which may hold a token or an env) are not kept, only what showConfigValue says of them.
+ */
+export function keptConfigValue(value: unknown, path: readonly PropertyKey[]): unknown {
+  if (value === undefined) return undefined;
+  if (isSecretPath(path)) return '(a secret, not shown)';
+  if (Array.isArray(value)) return Array.from({ length: value.length }, () => null);
+  if (typeof value === 'object' && value !== null) return {};
+  return value;
 }
 
 /**

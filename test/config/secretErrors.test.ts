@@ -78,6 +78,20 @@ describe('unknown and mistyped keys', () => {
     expect(err2.message).toMatch(/redis.url: got an array of 1, expected a string/);
     expect(err2.message).not.toContain('hunter2');
   });
+
+  it('nor kept in the error (a caller that logs the error object would print it)', () => {
+    for (const input of [
+      { web: { auth: { tokens: { token: SECRET, scopes: ['admin'] } } } },
+      { redis: { url: [`redis://:${SECRET}@h`] } },
+      // Too short to be a token, still a secret.
+      { web: { auth: { token: 'hunter2-short' } } },
+      { groups: [{ name: 'g', provider: { type: 'comand', env: { OS_PASSWORD: SECRET } } }] },
+    ]) {
+      const err = errorOf(input);
+      expect(err.message).not.toContain('hunter2');
+      expect(JSON.stringify(err.issues)).not.toContain('hunter2');
+    }
+  });
 });
 
 describe('pass_env', () => {
