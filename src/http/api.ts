@@ -187,7 +187,10 @@ export function apiRouter(deps: ApiDeps): Router {
     const id = String(req.params.id ?? '');
     if (id.length === 0 || id.length > 600) throw new HttpError('validation_error', 'a request id is a job id or task id of 1 to 600 characters', { id });
     const principal = req.principal!;
-    return { id, lookup: { owner: queryString(req, 'owner'), visible: (owner) => mayActFor(principal, owner) } };
+    // A token bound to named owners (no `*`): their job ids are read; a SCAN of the whole Redis is
+    // only for tokens that may see any owner, or owners by pattern.
+    const named = principal.owners?.every((p) => !p.includes('*')) && !hasScope(principal, 'admin') ? principal.owners : undefined;
+    return { id, lookup: { owner: queryString(req, 'owner'), owners: named, visible: (owner) => mayActFor(principal, owner) } };
   }
 
   async function requestOf(req: Request) {
