@@ -18,12 +18,14 @@ export function redactUrl(url: string): string {
 export const MASK = '***';
 
 /**
- * The text with every occurrence of each secret replaced by `***`. Longer secrets go first, so a
+ * The text with every occurrence of each secret replaced by `***`, as it is and as JSON escapes it
+ * (hooks print JSON; messages quote output with JSON.stringify). Longer secrets go first, so a
  * secret that contains another is masked whole.
  */
 export function maskSecrets(text: string, secrets: readonly string[]): string {
   let out = text;
-  for (const secret of [...secrets].sort((a, b) => b.length - a.length)) {
+  const forms = new Set(secrets.flatMap((s) => [s, JSON.stringify(s).slice(1, -1)]));
+  for (const secret of [...forms].sort((a, b) => b.length - a.length)) {
     if (secret !== '' && out.includes(secret)) out = out.split(secret).join(MASK);
   }
   return out;
