@@ -94,6 +94,22 @@ describe('unknown and mistyped keys', () => {
   });
 });
 
+describe('Redis URLs', () => {
+  it.each([
+    'redis+sentinel://:pa@ss-hunter2@h1:26379,h2:26379/mymaster',
+    'redis+cluster://u:p@ss-hunter2@h1:7000,h2:7000',
+    'redis://:pa@ss-hunter2@h1:6379',
+  ])('a password with an unescaped @ is not echoed in part (%#)', (url) => {
+    let message = '';
+    try {
+      parseConfig({ redis: { url, prefix: '{x}' } }, {});
+    } catch (err) {
+      message = (err as Error).message;
+    }
+    expect(message).not.toContain('hunter2');
+  });
+});
+
 describe('pass_env', () => {
   const provider = (passEnv: string[]) => ({ groups: [{ name: 'g', provider: { type: 'command', spawn_cmd: 'a', terminate_cmd: 'b', pass_env: passEnv }, check: { type: 'tcp', port: 22 } }] });
 
