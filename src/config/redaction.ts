@@ -60,16 +60,26 @@ export function redactedConfig(config: Config): Config {
  */
 export const ENV_SECRET_MIN_LENGTH = 8;
 
-/** The password in a URL's user info (decoded), if any. */
-function urlPassword(url: string): string | null {
+/** The password in a URL's user info, as written and decoded (empty when none). */
+function urlPasswords(url: string): string[] {
+  let raw: string;
   try {
-    const password = new URL(url).password;
-    return password === '' ? null : decodeURIComponent(password);
+    raw = new URL(url).password;
   } catch {
-    // Not a URL: whatever stands before an `@` may be a secret.
-    const at = url.match(/^(?:[^/]*\/\/)?([^@]*)@/);
-    return at?.[1] ? at[1].slice(at[1].lastIndexOf(':') + 1) || null : null;
+    // Not a URL (a cluster or sentinel URL with several hosts): the user info is up to the `@`,
+    // and the password is all of it after the user name's `:`.
+    const userinfo = url.match(/^(?:[^/]*\/\/)?([^@]*)@/)?.[1];
+    const colon = userinfo?.indexOf(':') ?? -1;
+    raw = colon === -1 ? '' : userinfo!.slice(colon + 1);
   }
+  if (raw === '') return [];
+  let decoded = raw;
+  try {
+    decoded = decodeURIComponent(raw);
+  } catch {
+    // Not percent-encoded text: as written.
+  }
+  return [...new Set([raw, decoded, encodeURIComponent(decoded)])];
 }
 
 /**
@@ -82,10 +92,8 @@ export function configSecrets(config: Config): string[] {
   const add = (value: string | null | undefined) => {
     if (value) secrets.add(value);
   };
-  const password = urlPassword(config.redis.url);
-  add(password);
   // The URL may carry the password percent-encoded, as it would be printed.
-  if (password) add(encodeURIComponent(password));
+  for (const password of urlPasswords(config.redis.url)) add(password);
   add(config.redis.password);
   add(config.redis.sentinel?.password);
   add(config.web.auth.token);

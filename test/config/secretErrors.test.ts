@@ -138,6 +138,15 @@ describe('pass_env', () => {
 });
 
 describe('the known secrets masked in hook output', () => {
+  it.each([
+    ['redis+sentinel://:pa:ss-word%40x@h1:26379,h2:26379/mymaster', 'pa:ss-word@x'],
+    ['redis+cluster://user:pa:ss-word%40x@h1:7000,h2:7000', 'pa:ss-word@x'],
+  ])('include the whole password of a cluster or sentinel URL (%s)', (url, password) => {
+    const secrets = configSecrets(parseConfig({ redis: { url, prefix: '{x}' } }, {}));
+    expect(secrets).toContain(password);
+    expect(maskSecrets(`connecting with ${password}`, secrets)).toBe('connecting with ***');
+  });
+
   it('are the Redis passwords, the web tokens and the long env values', () => {
     const config = parseConfig(
       {
