@@ -6,7 +6,9 @@ import { QueueNames } from './names.js';
 
 export const ACQUIRE_QUEUE = QueueNames.ACQUIRE;
 
-const text = (max: number) => z.string().min(1).max(max);
+/** No lone surrogate: owners and task ids name Redis keys and job ids (UTF-8, encodeURIComponent). */
+const wellFormed = (s: string) => !/\p{Cs}/u.test(s);
+const text = (max: number) => z.string().min(1).max(max).refine(wellFormed, 'well-formed Unicode text (no lone surrogate)');
 
 /**
  * A builder's request for a VM: groups (tried in order) or an arch (its groups, in config order),
@@ -15,7 +17,7 @@ const text = (max: number) => z.string().min(1).max(max);
 export const acquireRequestSchema = z
   .strictObject({
     owner: text(255),
-    sandbox: z.string().max(1024),
+    sandbox: z.string().max(1024).refine(wellFormed, 'well-formed Unicode text (no lone surrogate)'),
     groups: z.array(z.number().int().nonnegative()).min(1).optional(),
     arch: text(64).optional(),
     tags: z.array(text(64)).min(1).max(32).optional(),

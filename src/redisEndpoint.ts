@@ -74,7 +74,8 @@ function hostList(list: readonly string[], defaultPort: number, what: string): H
   const out: HostPort[] = [];
   for (const item of list) {
     const hp = parseHostPort(item, defaultPort);
-    if (!hp) return `${what}s as host:port, got ${JSON.stringify(item)}`;
+    // An `@` in a host is the rest of a password that holds an unescaped `@`: never shown.
+    if (!hp) return item.includes('@') ? `${what}s as host:port (an @ in the password must be written %40)` : `${what}s as host:port, got ${JSON.stringify(item)}`;
     out.push(hp);
   }
   return out;

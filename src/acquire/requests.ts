@@ -43,6 +43,8 @@ export interface AcquireRequestStatus {
  */
 export interface RequestLookup {
   owner?: string | undefined;
+  /** Without `owner`: the only owners whose task it may be (read directly, no SCAN). */
+  owners?: readonly string[] | undefined;
   visible?: (owner: string) => boolean;
 }
 
@@ -78,7 +80,12 @@ export async function findAcquireJob(vmm: VmManager, id: string, lookup: Request
     job !== undefined && (lookup.owner === undefined || ownerOf(job) === lookup.owner) && (lookup.visible?.(ownerOf(job)) ?? true);
   const direct = isAcquireJobId(id) ? await Job.fromId(queue, id) : undefined;
   if (direct) return visible(direct) ? direct : null;
-  const ids = lookup.owner !== undefined ? [acquireJobId(id, lookup.owner)] : await scanJobIds(vmm, acquireJobIdPatternOfTask(id));
+  const ids =
+    lookup.owner !== undefined
+      ? [acquireJobId(id, lookup.owner)]
+      : lookup.owners !== undefined
+        ? lookup.owners.map((owner) => acquireJobId(id, owner))
+        : await scanJobIds(vmm, acquireJobIdPatternOfTask(id));
   const jobs = (await Promise.all([...ids, legacyAcquireJobId(id)].map((j) => Job.fromId(queue, j)))).filter(visible);
   // A legacy job of an owner who also has a new one is the same task: the new one counts.
   const owners = new Set(jobs.map(ownerOf));

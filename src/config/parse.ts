@@ -1,5 +1,5 @@
 import { applyEnvironment } from './environment.js';
-import { showConfigValue } from './redaction.js';
+import { keptConfigValue, showConfigValue } from './redaction.js';
 import { configSchema, type Config } from './schemas.js';
 
 /** Raised when a config file or object does not validate. The message names every bad field. */
@@ -18,7 +18,7 @@ export interface ConfigIssue {
   path: string;
   /** What was expected, in words. */
   expected: string;
-  /** The value that was given, or undefined when the field is missing or unknown (an unknown key's value is never kept). */
+  /** The value that was given (a secret or an object's contents not kept: keptConfigValue), or undefined when the field is missing or unknown. */
   received: unknown;
 }
 
@@ -73,7 +73,8 @@ export function parseConfig(input: unknown, env: NodeJS.ProcessEnv = process.env
         issue.code === 'invalid_type'
           ? `${/^[aeiou]/.test(issue.expected) ? 'an' : 'a'} ${issue.expected}`
           : issue.message.replace(/^Invalid discriminator value\. Expected /, 'one of ').replace(/^[A-Za-z ]+: expected /, '');
-      issues.push({ path: issue.path.join('.') || '(root)', expected, received: valueAt(input, issue.path) });
+      // The value as the message shows it: a secret or an object's contents are not kept in the error.
+      issues.push({ path: issue.path.join('.') || '(root)', expected, received: keptConfigValue(valueAt(input, issue.path), issue.path) });
     }
     throw configError(issues);
   }

@@ -2,7 +2,7 @@ import { redactUrl } from '../text/redact.js';
 import type { Config } from './schemas.js';
 
 /** Config paths whose values are secrets: tokens, provider environments, and URLs with passwords. */
-function isSecretPath(path: readonly PropertyKey[]): boolean {
+export function isSecretPath(path: readonly PropertyKey[]): boolean {
   return path.some((k) => k === 'token' || k === 'env' || k === 'password');
 }
 
@@ -20,6 +20,18 @@ export function showConfigValue(value: unknown, path: readonly PropertyKey[] = [
   } catch {
     return String(value);
   }
+}
+
+/**
+ * A given value as a ConfigIssue keeps it: a secret path's value and the contents of an object or
+ * array (which may hold a token or an env) are not kept, only what showConfigValue says of them.
+ */
+export function keptConfigValue(value: unknown, path: readonly PropertyKey[]): unknown {
+  if (value === undefined) return undefined;
+  if (isSecretPath(path)) return '(a secret, not shown)';
+  if (Array.isArray(value)) return Array.from({ length: value.length }, () => null);
+  if (typeof value === 'object' && value !== null) return {};
+  return value;
 }
 
 /**
@@ -48,16 +60,26 @@ export function redactedConfig(config: Config): Config {
  */
 export const ENV_SECRET_MIN_LENGTH = 8;
 
-/** The password in a URL's user info (decoded), if any. */
-function urlPassword(url: string): string | null {
+/** The password in a URL's user info, as written and decoded (empty when none). */
+function urlPasswords(url: string): string[] {
+  let raw: string;
   try {
-    const password = new URL(url).password;
-    return password === '' ? null : decodeURIComponent(password);
+    raw = new URL(url).password;
   } catch {
-    // Not a URL: whatever stands before an `@` may be a secret.
-    const at = url.match(/^(?:[^/]*\/\/)?([^@]*)@/);
-    return at?.[1] ? at[1].slice(at[1].lastIndexOf(':') + 1) || null : null;
+    // Not a URL (a cluster or sentinel URL with several hosts): the user info is up to the `@`,
+    // and the password is all of it after the user name's `:`.
+    const userinfo = url.match(/^(?:[^/]*\/\/)?([^@]*)@/)?.[1];
+    const colon = userinfo?.indexOf(':') ?? -1;
+    raw = colon === -1 ? '' : userinfo!.slice(colon + 1);
   }
+  if (raw === '') return [];
+  let decoded = raw;
+  try {
+    decoded = decodeURIComponent(raw);
+  } catch {
+    // Not percent-encoded text: as written.
+  }
+  return [...new Set([raw, decoded, encodeURIComponent(decoded)])];
 }
 
 /**
@@ -70,10 +92,8 @@ export function configSecrets(config: Config): string[] {
   const add = (value: string | null | undefined) => {
     if (value) secrets.add(value);
   };
-  const password = urlPassword(config.redis.url);
-  add(password);
   // The URL may carry the password percent-encoded, as it would be printed.
-  if (password) add(encodeURIComponent(password));
+  for (const password of urlPasswords(config.redis.url)) add(password);
   add(config.redis.password);
   add(config.redis.sentinel?.password);
   add(config.web.auth.token);

@@ -187,7 +187,10 @@ export function apiRouter(deps: ApiDeps): Router {
     const id = String(req.params.id ?? '');
     if (id.length === 0 || id.length > 600) throw new HttpError('validation_error', 'a request id is a job id or task id of 1 to 600 characters', { id });
     const principal = req.principal!;
-    return { id, lookup: { owner: queryString(req, 'owner'), visible: (owner) => mayActFor(principal, owner) } };
+    // A token bound to named owners (no `*`): their job ids are read; a SCAN of the whole Redis is
+    // only for tokens that may see any owner, or owners by pattern.
+    const named = principal.owners?.every((p) => !p.includes('*')) && !hasScope(principal, 'admin') ? principal.owners : undefined;
+    return { id, lookup: { owner: queryString(req, 'owner'), owners: named, visible: (owner) => mayActFor(principal, owner) } };
   }
 
   async function requestOf(req: Request) {
@@ -305,7 +308,9 @@ export function apiRouter(deps: ApiDeps): Router {
       throw new HttpError('validation_error', `limit must be a whole number from 1 to ${AUDIT_PAGE_MAX}, not ${JSON.stringify(limitParam)}`, { limit: limitParam });
     }
     if (vm !== undefined && !isValidVmName(vm)) throw new HttpError('validation_error', `invalid VM name ${JSON.stringify(vm)}`, { vm });
-    res.json(await vmm.reader.auditEvents({ since, limit, vm, owner }));
+    const page = await vmm.reader.auditEvents({ since, limit, vm, owner });
+    // A lease id is the capability to renew and release: only an admin sees it in the trail.
+    res.json(hasScope(req.principal!, 'admin') ? page : { ...page, events: page.events.map((e) => ({ ...e, lease: null })) });
   });
 
   router.get('/groups', requireScope('read'), async (_req, res) => {

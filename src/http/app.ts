@@ -55,12 +55,12 @@ export function securityHeaders(): RequestHandler {
 }
 
 /**
- * Bull Board: a read token views it read-only (bull-board refuses its changes, and so do we);
- * changes need admin. An admin gets the board as web.read_only_board says.
+ * Bull Board: a read token views it read-only (bull-board refuses its changes, and so do we) and
+ * without lease ids; changes need admin. An admin gets the board as web.read_only_board says.
  */
 function boardAccess(queue: WebAppDeps['queue'], readOnlyBoard: boolean): RequestHandler {
   const adminBoard = bullBoardRouter(queue, { basePath: BOARD_PATH, readOnly: readOnlyBoard });
-  const readBoard = readOnlyBoard ? adminBoard : bullBoardRouter(queue, { basePath: BOARD_PATH, readOnly: true });
+  const readBoard = bullBoardRouter(queue, { basePath: BOARD_PATH, readOnly: true, hideLeaseIds: true });
   const mayRead = requireScope('read');
   const mayChange = requireScope('admin');
   return (req: Request, res: Response, next: NextFunction) => {

@@ -192,6 +192,19 @@ export class CommandProvider implements Provider {
     return maskSecrets(message, this.deps.secrets ?? []);
   }
 
+  /**
+   * The message of a parse failure of hook output, made from the output with its secrets masked
+   * first: a message cuts and escapes what it quotes, which could leave part of a secret unmasked.
+   */
+  private parseFailure(parse: (stdout: string) => unknown, stdout: string, err: Error): string {
+    try {
+      parse(this.mask(stdout));
+    } catch (masked) {
+      return this.mask((masked as Error).message);
+    }
+    return this.mask(err.message);
+  }
+
   async spawn(request: SpawnRequest): Promise<SpawnedMachine> {
     const { group, spawnId, log } = request;
     const logger = this.deps.logger.child({ group: group.config.name, spawnId });
@@ -227,7 +240,8 @@ export class CommandProvider implements Provider {
     let machine: SpawnedMachine | null = null;
     let errorClass: SpawnFailureClass = UNCLASSIFIED;
     if (result.startError || result.timedOut || result.code !== 0) {
-      const typed = result.startError || result.timedOut ? null : classifySpawnFailure(result.stdout, result.code);
+      // Classified from the masked output: its message is cut, which could split a secret.
+      const typed = result.startError || result.timedOut ? null : classifySpawnFailure(this.mask(result.stdout), result.code);
       errorClass = typed?.errorClass ?? UNCLASSIFIED;
       const said = typed?.message ? `: ${typed.message}` : '';
       failure = this.mask(`spawn_cmd ${describeEnd(result, timeoutMs)}${errorClass === UNCLASSIFIED ? '' : ` (${errorClass}${said})`}${lastLines(result)}`);
@@ -235,7 +249,7 @@ export class CommandProvider implements Provider {
       try {
         machine = parseSpawnOutput(result.stdout);
       } catch (err) {
-        failure = this.mask((err as Error).message);
+        failure = this.parseFailure(parseSpawnOutput, result.stdout, err as Error);
       }
     }
     if (machine) return machine;
@@ -296,7 +310,7 @@ export class CommandProvider implements Provider {
     try {
       return parseListOutput(result.stdout);
     } catch (err) {
-      throw err instanceof ProviderError ? new ProviderError(this.mask(err.message)) : err;
+      throw err instanceof ProviderError ? new ProviderError(this.parseFailure(parseListOutput, result.stdout, err)) : err;
     }
   };
 }

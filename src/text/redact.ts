@@ -1,7 +1,7 @@
 /**
  * A URL as it may be printed: the password of its user info replaced by `***` (the user name
  * stays, it helps to tell connections apart). Anything that does not parse as a URL is shown as
- * `***` when it holds an `@`, since the part before it may be a secret.
+ * `***` up to its last `@` when it holds one, since the part before it may be a secret.
  */
 export function redactUrl(url: string): string {
   try {
@@ -10,7 +10,8 @@ export function redactUrl(url: string): string {
     parsed.password = '***';
     return parsed.toString().replace(/\/$/, url.endsWith('/') ? '/' : '');
   } catch {
-    return url.includes('@') ? url.replace(/^([^/]*\/\/)?[^@]*@/, '$1***@') : url;
+    // Up to the last `@`: a password may hold an unescaped `@` (the URL is then bad, and printed).
+    return url.includes('@') ? url.replace(/^([^/]*\/\/)?.*@/s, '$1***@') : url;
   }
 }
 
@@ -18,12 +19,14 @@ export function redactUrl(url: string): string {
 export const MASK = '***';
 
 /**
- * The text with every occurrence of each secret replaced by `***`. Longer secrets go first, so a
+ * The text with every occurrence of each secret replaced by `***`, as it is and as JSON escapes it
+ * (hooks print JSON; messages quote output with JSON.stringify). Longer secrets go first, so a
  * secret that contains another is masked whole.
  */
 export function maskSecrets(text: string, secrets: readonly string[]): string {
   let out = text;
-  for (const secret of [...secrets].sort((a, b) => b.length - a.length)) {
+  const forms = new Set(secrets.flatMap((s) => [s, JSON.stringify(s).slice(1, -1)]));
+  for (const secret of [...forms].sort((a, b) => b.length - a.length)) {
     if (secret !== '' && out.includes(secret)) out = out.split(secret).join(MASK);
   }
   return out;

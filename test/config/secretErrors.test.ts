@@ -78,6 +78,36 @@ describe('unknown and mistyped keys', () => {
     expect(err2.message).toMatch(/redis.url: got an array of 1, expected a string/);
     expect(err2.message).not.toContain('hunter2');
   });
+
+  it('nor kept in the error (a caller that logs the error object would print it)', () => {
+    for (const input of [
+      { web: { auth: { tokens: { token: SECRET, scopes: ['admin'] } } } },
+      { redis: { url: [`redis://:${SECRET}@h`] } },
+      // Too short to be a token, still a secret.
+      { web: { auth: { token: 'hunter2-short' } } },
+      { groups: [{ name: 'g', provider: { type: 'comand', env: { OS_PASSWORD: SECRET } } }] },
+    ]) {
+      const err = errorOf(input);
+      expect(err.message).not.toContain('hunter2');
+      expect(JSON.stringify(err.issues)).not.toContain('hunter2');
+    }
+  });
+});
+
+describe('Redis URLs', () => {
+  it.each([
+    'redis+sentinel://:pa@ss-hunter2@h1:26379,h2:26379/mymaster',
+    'redis+cluster://u:p@ss-hunter2@h1:7000,h2:7000',
+    'redis://:pa@ss-hunter2@h1:6379',
+  ])('a password with an unescaped @ is not echoed in part (%#)', (url) => {
+    let message = '';
+    try {
+      parseConfig({ redis: { url, prefix: '{x}' } }, {});
+    } catch (err) {
+      message = (err as Error).message;
+    }
+    expect(message).not.toContain('hunter2');
+  });
 });
 
 describe('pass_env', () => {
@@ -108,6 +138,15 @@ describe('pass_env', () => {
 });
 
 describe('the known secrets masked in hook output', () => {
+  it.each([
+    ['redis+sentinel://:pa:ss-word%40x@h1:26379,h2:26379/mymaster', 'pa:ss-word@x'],
+    ['redis+cluster://user:pa:ss-word%40x@h1:7000,h2:7000', 'pa:ss-word@x'],
+  ])('include the whole password of a cluster or sentinel URL (%s)', (url, password) => {
+    const secrets = configSecrets(parseConfig({ redis: { url, prefix: '{x}' } }, {}));
+    expect(secrets).toContain(password);
+    expect(maskSecrets(`connecting with ${password}`, secrets)).toBe('connecting with ***');
+  });
+
   it('are the Redis passwords, the web tokens and the long env values', () => {
     const config = parseConfig(
       {

@@ -1,4 +1,5 @@
 import { chromium, type Browser } from 'playwright-core';
+import { Worker } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/index.js';
 import { openApiDocument } from '../../src/http/openapi.js';
@@ -143,6 +144,46 @@ describe('scopes on a running web process', () => {
     const after = await vmm.getVmRecord('v1');
     expect(after).toMatchObject({ state: 'in_use', heldBy: null });
     expect(await vmm.drainedSince(0)).toBeNull();
+  });
+
+  it('a read token never sees a lease id: not in the audit trail (an admin still does)', async () => {
+    await vmm.addVmToPool('10.9.8.2', 'v2', 0);
+    await vmm.startVmCheck('v2');
+    await vmm.recordHealthCheckResult('v2', true);
+    const a = await vmm.acquireVm({ groups: [0], owner: 'carol', sandbox: 'carol/p', workerId: 'w', taskId: 'scopes-lease' });
+    const leaseId = (await vmm.getVmRecord(a.vmName)).leaseId ?? '';
+    expect(leaseId.length).toBeGreaterThan(8);
+    await vmm.renewLease(a.vmName, leaseId);
+    const asRead = await (await call('/api/v1/events?limit=1000', 'GET', READ_TOKEN)).text();
+    expect(asRead).toContain(a.vmName);
+    expect(asRead).not.toContain(leaseId);
+    const asAdmin = await (await call('/api/v1/events?limit=1000', 'GET', ADMIN_TOKEN)).text();
+    expect(asAdmin).toContain(leaseId);
+  });
+
+  it('a read token never sees a lease id in Bull Board either (an acquire job\'s result carries one)', async () => {
+    const leaseId = 'lease-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
+    const queue = vmm.queue('vm-acquire');
+    // Completed by a worker as an acquire worker completes it: its result is the assignment, lease and all.
+    const connection = connect({ maxRetriesPerRequest: null });
+    const worker = new Worker('vm-acquire', async () => ({ vmName: 'v9', leaseId }), { connection, prefix: queue.opts.prefix });
+    const done = new Promise<void>((resolve) => worker.on('completed', () => resolve()));
+    await queue.add('acquire', { owner: 'dave' }, { jobId: 'scopes-acquire-done' });
+    await done;
+    await worker.close();
+    await connection.quit();
+    try {
+      const asRead = await (await call('/admin/queues/api/queues/vm-acquire/scopes-acquire-done', 'GET', READ_TOKEN)).text();
+      expect(asRead).toContain('scopes-acquire-done');
+      expect(asRead).not.toContain(leaseId);
+      const listed = await (await call('/admin/queues/api/queues?activeQueue=vm-acquire&status=completed', 'GET', READ_TOKEN)).text();
+      expect(listed).toContain('scopes-acquire-done');
+      expect(listed).not.toContain(leaseId);
+      const asAdmin = await (await call('/admin/queues/api/queues/vm-acquire/scopes-acquire-done', 'GET', ADMIN_TOKEN)).text();
+      expect(asAdmin).toContain(leaseId);
+    } finally {
+      await queue.remove('scopes-acquire-done');
+    }
   });
 
   it('a read token gets Bull Board read-only and cannot use its changes; an admin can', async () => {

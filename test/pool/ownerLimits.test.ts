@@ -44,9 +44,20 @@ describe('max_waiting_per_owner in the acquire script', () => {
     await kit.vmm.tryAcquireVm(req('flood'), first);
     for (let i = 0; i < 2; i++) await kit.vmm.tryAcquireVm(req('flood'), waiter());
     expect((await kit.vmm.tryAcquireVm(req('flood'), first)).status).toBe('none');
-    // Also when it now asks for another group too (a fallback) where its owner is at the cap.
+    // Also when it now asks for another group too (a fallback) where its owner is at the cap: it
+    // keeps waiting where it waits, but does not join that group's line beyond its cap.
     for (let i = 0; i < 3; i++) await kit.vmm.tryAcquireVm({ ...req('flood'), groups: [1] }, waiter());
     expect((await kit.vmm.tryAcquireVm({ ...req('flood'), groups: [0, 1] }, first)).status).toBe('none');
+    expect(await kit.redis.zscore(kit.keys.ownerLine(0, 'flood'), first.member)).not.toBeNull();
+    expect(await kit.redis.zcard(kit.keys.ownerLine(1, 'flood'))).toBe(3);
+    expect(await kit.redis.zscore(kit.keys.waiters(1), first.member)).toBeNull();
+  });
+
+  it('a waiting request that spills over to a fallback group joins it while its owner is under that cap', async () => {
+    const first = waiter();
+    await kit.vmm.tryAcquireVm(req('flood'), first);
+    expect((await kit.vmm.tryAcquireVm({ ...req('flood'), groups: [0, 1] }, first)).status).toBe('none');
+    expect(await kit.redis.zscore(kit.keys.waiters(1), first.member)).not.toBeNull();
   });
 
   it('does not count requests whose time is up: they leave the line when the cap is reached', async () => {

@@ -27,6 +27,8 @@
   (dispatchAcquireLine), it is withdrawn, or it gives up (leaveAcquireLine). A request that would
   first join the lines while its owner has max_waiting_per_owner requests waiting in one of its
   groups is refused (TOO_MANY_WAITING): the cap holds for requests added to the queue by any means.
+  One already waiting that now may use more groups (fallbacks) joins none where its owner is at
+  the cap.
   A call without a waiter takes a VM at once if one fits, without joining the line.
 
   Input:
@@ -195,23 +197,23 @@ for i = 0, groupCount - 1 do
   end
 end
 
--- The cap holds when a request first waits; one already in a line (a re-run, or one that spills
--- over to a fallback group since) keeps waiting.
-if redis.call('HEXISTS', waiterInfoKey(base), waiter) == 0 then
-  for i = 0, groupCount - 1 do
-    local cap = tonumber(groupArg(i, 3))
-    if ownerWaiting(base, groups[i + 1], owner, waiter, now, cap) >= cap then
-      return {TOO_MANY_WAITING, groups[i + 1], cap}
-    end
+-- The cap holds when a request first waits: refused. One already in a line (a re-run, or one that
+-- spills over to a fallback group since) keeps waiting where it waits, and joins no other group's
+-- line where its owner is at the cap.
+local waitingAlready = redis.call('HEXISTS', waiterInfoKey(base), waiter) == 1
+local lineGroups, limits = {}, {}
+for i = 0, groupCount - 1 do
+  local cap = tonumber(groupArg(i, 3))
+  if ownerWaiting(base, groups[i + 1], owner, waiter, now, cap) < cap then
+    lineGroups[#lineGroups + 1] = groups[i + 1]
+    limits[#limits + 1] = {tonumber(groupArg(i, 1)), tonumber(groupArg(i, 2))}
+  elseif not waitingAlready then
+    return {TOO_MANY_WAITING, groups[i + 1], cap}
   end
 end
 
-local limits = {}
-for i = 0, groupCount - 1 do
-  limits[i + 1] = {tonumber(groupArg(i, 1)), tonumber(groupArg(i, 2))}
-end
 joinLines(base, waiter, {
-  owner = owner, sandbox = sandbox, deadline = tonumber(deadline), groups = groups, limits = limits,
+  owner = owner, sandbox = sandbox, deadline = tonumber(deadline), groups = lineGroups, limits = limits,
   jobId = jobId, priority = priority, taskId = taskId, buildId = buildId, chroot = chroot,
   workerId = workerId, leaseId = leaseId,
 }, now)
