@@ -41,7 +41,25 @@ const loadConfig = (url: string, loadPrefix: string, wait: boolean) =>
     groups: [{ name: 'load', max_vm_total: 0, max_vm_per_user: 1, lease_timeout: 600 }],
   }) satisfies ConfigInput;
 
-const until = <T>(fn: () => Promise<T> | T, timeoutMs: number, what: string) => waitForWithLogs(workers, fn, timeoutMs, what);
+/**
+ * Waits for fn, with the workers' logs on a time-out. This test's own connection may be between two
+ * masters right after a failover ("Connection is closed." for a command in flight): that counts as
+ * not yet, and the last such error is in the time-out's message.
+ */
+async function until<T>(fn: () => Promise<T> | T, timeoutMs: number, what: string): Promise<NonNullable<T>> {
+  let lastError: string | null = null;
+  const attempt = async (): Promise<T | null> => {
+    try {
+      return await fn();
+    } catch (err) {
+      lastError = (err as Error).message;
+      return null;
+    }
+  };
+  return (await waitForWithLogs(workers, attempt, timeoutMs, what).catch((err: Error) => {
+    throw new Error(lastError === null ? err.message : `${err.message}\nlast error: ${lastError}`);
+  })) as NonNullable<T>;
+}
 
 async function readyCleanVm(except: string[] = []): Promise<VmDescriptor | null> {
   const vms = await vmm.getVmsByGroupAndStates(0, [VmStates.READY]);
