@@ -1,10 +1,9 @@
-import { execFile } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/index.js';
 import { processTypeSpecs } from '../../src/processors/index.js';
 import { startProcessTypes, type RunningProcess } from '../../src/runtime/boot.js';
 import { VmManager } from '../../src/pool/vmManager.js';
-import { ROOT, nodeArgsFor, writeConfigFile } from '../helpers/processes.js';
+import { runVmpoolCli, writeConfigFile } from '../helpers/processes.js';
 import { REDIS_URL, connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
 
 // `vmpool acquire` with no --arch, --group or --tag, as a real process on the real Redis: a pool of
@@ -14,14 +13,7 @@ const oneGroup = { redis: { url: REDIS_URL }, groups: [{ name: 'solo', archs: ['
 const twoGroups = { ...oneGroup, groups: [...oneGroup.groups, { name: 'arm', archs: ['aarch64'] }] };
 const env = { ...process.env, VMPOOL_PREFIX: prefix, LOG_LEVEL: 'silent', VMPOOL_ACQUIRE_GRACE_MS: '1000' };
 
-function vmpool(configFile: string, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [...nodeArgsFor('src/cli/main.ts'), '--config', configFile, ...args], { cwd: ROOT, env, timeout: 30_000 }, (err, stdout, stderr) => {
-      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+const vmpool = (configFile: string, ...args: string[]) => runVmpoolCli(['--config', configFile, ...args], env);
 
 describe('vmpool acquire without --arch, --group or --tag', { timeout: 60_000 }, () => {
   const redis = connect();

@@ -5,7 +5,7 @@ import { parseConfig } from '../../src/config/index.js';
 import { processTypeSpecs } from '../../src/processors/index.js';
 import { startProcessTypes, type RunningProcess } from '../../src/runtime/boot.js';
 import { VmManager } from '../../src/pool/vmManager.js';
-import { ROOT, nodeArgsFor, writeConfigFile } from '../helpers/processes.js';
+import { ROOT, nodeArgsFor, runVmpoolCli, writeConfigFile } from '../helpers/processes.js';
 import { REDIS_URL, connect, deleteKeysWithPrefix, uniquePrefix, poolKeys } from '../helpers/redis.js';
 
 // `vmpool` as a real subprocess: output and exit codes (0 ok, 1 error, 2 usage/config, 3 not found, 4 no VM).
@@ -28,14 +28,7 @@ interface Run {
   stderr: string;
 }
 
-function vmpool(...args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [...nodeArgsFor('src/cli/main.ts'), '--config', configFile, ...args], { cwd: ROOT, env, timeout: 30_000 }, (err, stdout, stderr) => {
-      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+const vmpool = (...args: string[]): Promise<Run> => runVmpoolCli(['--config', configFile, ...args], env);
 
 describe('vmpool CLI', { timeout: 60_000 }, () => {
   const redis = connect();

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -155,5 +155,21 @@ export function workerLogs(workers: WorkerProcess[], lines = 12): string {
 export async function waitForWithLogs<T>(workers: WorkerProcess[], fn: () => Promise<T> | T, timeoutMs: number, what: string): Promise<NonNullable<T>> {
   return waitFor(fn, timeoutMs, what).catch((err: Error) => {
     throw new Error(`${err.message}\n${workerLogs(workers)}`);
+  });
+}
+
+export interface CliRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the real `vmpool` CLI (dist/ or tsx, as nodeArgsFor) with `env` as its whole environment; never rejects. */
+export function runVmpoolCli(args: readonly string[], env: NodeJS.ProcessEnv, timeoutMs = 30_000): Promise<CliRun> {
+  return new Promise((done) => {
+    execFile(process.execPath, [...nodeArgsFor('src/cli/main.ts'), ...args], { cwd: ROOT, env, timeout: timeoutMs }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
+      done({ code, stdout, stderr });
+    });
   });
 }

@@ -4,8 +4,7 @@ import { startWebServer, type RunningWebServer } from '../../src/http/server.js'
 import { AcquireFailures, acquireJobOptions, legacyAcquireJobId } from '../../queues/acquire.js';
 import { REDIS_URL } from '../helpers/redis.js';
 import { acquireConfig, createAcquireKit, until, type AcquireKit } from '../acquire/fixtures.js';
-import { execFile } from 'node:child_process';
-import { ROOT, nodeArgsFor, writeConfigFile } from '../helpers/processes.js';
+import { runVmpoolCli, writeConfigFile } from '../helpers/processes.js';
 
 // GET /api/v1/requests/:id and DELETE /api/v1/requests/:id, and `vmpool why` / `vmpool cancel`:
 // where a waiting acquire request stands, why it waits, and its withdrawal.
@@ -25,13 +24,9 @@ afterAll(async () => {
 });
 
 /** Runs the real `vmpool` CLI on this pool. */
-function runCli(args: string[], env: Record<string, string>): Promise<{ code: number; out: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [...nodeArgsFor('src/cli/main.ts'), ...args], { cwd: ROOT, env: { ...process.env, ...env }, timeout: 30_000 }, (err, stdout, stderr) => {
-      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
-      resolve({ code, out: stdout + stderr });
-    });
-  });
+async function runCli(args: string[], env: Record<string, string>): Promise<{ code: number; out: string }> {
+  const run = await runVmpoolCli(args, { ...process.env, ...env });
+  return { code: run.code, out: run.stdout + run.stderr };
 }
 
 const api = (path: string, init: RequestInit = {}) => fetch(new URL(`/api/v1${path}`, web.url), init);
