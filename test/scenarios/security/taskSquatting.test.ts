@@ -104,7 +104,10 @@ describe('task squatting', { timeout: 60_000 }, () => {
     expect(bobs.status, bobsText).toBe(200);
     expect(JSON.parse(bobsText)).toMatchObject({ owner: 'bob', state: 'assigned' });
     expect(bobsText).not.toContain('alice');
-    const alices = await api(`/api/v1/requests/${encodeURIComponent(taskId)}`, ALICE_TOKEN);
+    // Her withdrawn job fails as cancelled once the acquire worker takes it up again.
+    const alicesLookup = () => api(`/api/v1/requests/${encodeURIComponent(taskId)}`, ALICE_TOKEN);
+    await waitFor(async () => (JSON.parse(await (await alicesLookup()).text()) as { state?: string }).state === 'failed', 10_000, "alice's withdrawn job failed");
+    const alices = await alicesLookup();
     const alicesText = await alices.text();
     expect(alices.status, alicesText).toBe(200);
     expect(JSON.parse(alicesText)).toMatchObject({ owner: 'alice', state: 'failed', failure: { code: 'cancelled' } });
