@@ -3,7 +3,7 @@
  * with SLOWLOG recording every command (threshold 0), the acquire script runs as it is and as
  * copies with one step taken out (a function made a no-op, or some calls dropped); each copy has
  * its own SHA, so SLOWLOG tells their durations apart. A step's cost is the full script's median
- * less the copy's. The copies run in turns of ROUND acquires (each followed by an untimed release)
+ * less the copy's. The copies take turns call by call (each acquire followed by an untimed release)
  * so that load from elsewhere falls on all alike. Both kinds of call are measured: a direct acquire
  * (no waiter, VmManager.acquireVm) and one in line (with a waiter, as the acquire job calls it).
  * Dirty acquires with a task id: the common case of a busy farm.
@@ -33,6 +33,11 @@ interface Variant {
 const noop = (signature: string, result = ''): [string, string] => [`${signature}\n`, `${signature}\n  do return ${result} end\n`];
 
 const VARIANTS: Variant[] = [
+  { step: 'state marker check (poolVerified: HGET, INFO server)', patches: [noop('local function poolVerified(base)', 'true')] },
+  {
+    step: 'ready pick (pickReady: GET start, ZRANGEBYSCORE, HMGET, GET seq; marker check too)',
+    patches: [["    local vm = redis.call('HMGET', vmKey(base, name), 'state', 'check_fails', 'check_seq')\n    local serverStartSeq = tonumber(redis.call('GET', serverStartSeqKey(base))) or 0\n", "    local vm = {'ready', '0', '1'}\n    local serverStartSeq = 0\n"], noop('local function poolVerified(base)', 'true')],
+  },
   { step: 'audit trail (recordEvent: HMGET, GET max, XADD)', patches: [noop('local function recordEvent(base, event, name, extra)')] },
   { step: 'due-time sets (indexDue: HMGET, ZADD/ZREM x4, SREM x2)', patches: [noop('local function indexDue(base, name)')] },
   { step: 'arrivals (countArrival: HINCRBY)', patches: [noop('local function countArrival(base, group, now)')] },
@@ -108,6 +113,10 @@ async function main(): Promise<void> {
   const rows: StepRow[] = [];
   try {
     await vmm.markServerStart();
+    // The pool's state marker, verified on this Redis run, as a worker process leaves it.
+    const check = await vmm.checkPoolState({ generation: '', epoch: 0 });
+    if (check.status !== 'created') throw new Error(`expected a new state marker, got ${check.status}`);
+    await vmm.verifyPoolState(check);
     for (let i = 0; i < VMS; i += 250) {
       await Promise.all(
         Array.from({ length: Math.min(250, VMS - i) }, async (_, k) => {
@@ -148,14 +157,14 @@ async function main(): Promise<void> {
     for (const waiting of [false, true]) {
       const mode = waiting ? 'in line (acquire job, waiter)' : 'direct (no waiter)';
       const samples = new Map<string, number[]>([[noopSha, []], ...scripts.map((s) => [sha1(s.lua), []] as [string, number[]])]);
-      for (let round = 0; round < ROUNDS; round++) {
-        for (const s of scripts) {
-          await drainSlowlog(redis);
-          for (let i = 0; i < ROUND; i++) await acquireWith(s.lua, waiting);
-          for (let i = 0; i < ROUND; i++) await redis.evalsha(noopSha, 0);
-          for (const e of await drainSlowlog(redis)) samples.get(e.sha)?.push(e.micros);
-        }
+      // Call by call in turn, so that load from elsewhere falls on every copy alike.
+      await drainSlowlog(redis);
+      for (let i = 0; i < ROUNDS * ROUND; i++) {
+        for (const s of scripts) await acquireWith(s.lua, waiting);
+        await redis.evalsha(noopSha, 0);
+        if (i % 100 === 99) for (const e of await drainSlowlog(redis)) samples.get(e.sha)?.push(e.micros);
       }
+      for (const e of await drainSlowlog(redis)) samples.get(e.sha)?.push(e.micros);
       const median = (sha: string) => percentile([...samples.get(sha)!].sort((a, b) => a - b), 50);
       const whole = median(sha1(full));
       rows.push({ mode, step: 'no-op script (return 1)', medianMicros: median(noopSha), savedMicros: NaN });
