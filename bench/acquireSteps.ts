@@ -144,13 +144,13 @@ async function main(): Promise<void> {
       const o = n % OWNERS;
       const jobId = `job-${n}`;
       const now = Date.now();
-      const args = [now, `user-${o}`, `user-${o}/p`, 'w', `task-${n}`, '', '', randomUUID()];
+      const args: (string | number)[] = [now, `user-${o}`, `user-${o}/p`, 'w', `task-${n}`, '', '', randomUUID()];
       args.push(waiting ? `${String(now).padStart(15, '0')}|${jobId}` : '', 0, waiting ? now + 60_000 : 0, waiting ? jobId : '', 1, 0, 100_000, leaseMs, group.max_waiting_per_owner);
       n++;
       const reply = (await redis.evalsha(sha1(lua), 1, base, ...args)) as [number, string[]];
       const fields = reply[1];
       // The copy without the reply returns no fields: the VM is found by its lease.
-      const name = fields.length ? fields[fields.indexOf('vm_name') + 1]! : (await redis.zrange(`${base}leases`, -1, -1))[0]!;
+      const name = fields.length ? fields[fields.indexOf('vm_name') + 1]! : (await redis.zrange(`${base}leases`, '-1', '-1'))[0]!;
       await vmm.releaseVm(name);
     };
 
