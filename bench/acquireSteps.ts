@@ -8,8 +8,11 @@
  * (no waiter, VmManager.acquireVm) and one in line (with a waiter, as the acquire job calls it).
  * Dirty acquires with a task id: the common case of a busy farm.
  *   npx tsx bench/acquireSteps.ts
+ * BENCH_STEPS_COMPARE=<git revision> adds that revision's acquire script (its includes resolved from
+ * the same revision) to the turns: a before/after under the same load, while the keys it uses agree.
  * BENCH_JSON=1 also prints `BENCH_RESULT <json>` ({rows}; `npm run bench` reads it).
  */
+import { execFileSync } from 'node:child_process';
 import { createHash, randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { poolKeyBase } from '../src/pool/keys.js';
@@ -33,17 +36,23 @@ interface Variant {
 const noop = (signature: string, result = ''): [string, string] => [`${signature}\n`, `${signature}\n  do return ${result} end\n`];
 
 const VARIANTS: Variant[] = [
+  // Not a step: everything after the definitions (what is left is the cost of running the script's
+  // prologue, its functions and tables made anew at every call).
+  { step: 'the work: returns after the definitions and arguments', patches: [['\nif waiting then\n  local cancelled', '\ndo return {NO_VM, {}} end\nif waiting then\n  local cancelled']] },
   { step: 'state marker check (poolVerified: HGET, INFO server)', patches: [noop('local function poolVerified(base)', 'true')] },
   {
-    step: 'ready pick (pickReady: GET start, ZRANGEBYSCORE, HMGET, GET seq; marker check too)',
-    patches: [["    local vm = redis.call('HMGET', vmKey(base, name), 'state', 'check_fails', 'check_seq')\n    local serverStartSeq = tonumber(redis.call('GET', serverStartSeqKey(base))) or 0\n", "    local vm = {'ready', '0', '1'}\n    local serverStartSeq = 0\n"], noop('local function poolVerified(base)', 'true')],
+    step: 'ready pick checks (the marker check and the HMGET of the candidate)',
+    patches: [
+      ["    local vm = redis.call('HMGET', vmKey(base, name), 'state', 'check_fails', 'check_seq')\n    if vm[1]", "    local vm = {'ready', '0', '1'}\n    if vm[1]"],
+      noop('local function poolVerified(base)', 'true'),
+    ],
   },
-  { step: 'audit trail (recordEvent: HMGET, GET max, XADD)', patches: [noop('local function recordEvent(base, event, name, extra)')] },
-  { step: 'due-time sets (indexDue: HMGET, ZADD/ZREM x4, SREM x2)', patches: [noop('local function indexDue(base, name)')] },
+  { step: 'audit trail (recordEvent: GET max, XADD)', patches: [noop('local function recordEvent(base, event, name, extra, known)')] },
+  { step: 'due-time sets (indexDueFields: ZADD check, ZREM dirty, SREM held)', patches: [noop('local function indexDueFields(base, name, f, previous)')] },
   { step: 'arrivals (countArrival: HINCRBY)', patches: [noop('local function countArrival(base, group, now)')] },
   {
-    step: 'task ownership (taskOfAnother, heldVmOfTask: GETs)',
-    patches: [noop('local function taskOfAnother(base, taskId, owner, sandbox, now)', 'false'), noop('local function heldVmOfTask(base, owner, taskId)', 'nil')],
+    step: 'task ownership (heldVmOfTask, liveTaskClaim: one MGET each)',
+    patches: [noop('local function heldVmOfTask(base, owner, taskId)', 'nil'), noop('local function liveTaskClaim(base, owner, taskId, now)', 'nil')],
   },
   {
     step: 'state sets (SREM old, SADD new)',
@@ -64,9 +73,8 @@ const VARIANTS: Variant[] = [
     patches: [["return {OK, redis.call('HGETALL', vmKey(base, name)), {}}", 'return {OK, {}, {}}']],
   },
   {
-    step: 'line checks of a waiter (cancel GET, assignment HMGET, EXISTS x2, HEXISTS, leaveLines)',
+    step: 'line checks of a waiter (cancel GET, assignment HMGET, EXISTS, HEXISTS)',
     patches: [
-      noop('local function leaveLines(base, waiter, jobId, groups)'),
       noop('local function givenToThisJob()', 'nil'),
       ["  local cancelled = redis.call('GET', acquireCancelKey(base, waiter))", '  local cancelled = false'],
       ["  if redis.call('EXISTS', sandboxLineKey(base, group, owner, sandbox)) == 0 then", '  if true then'],
@@ -83,6 +91,19 @@ function applyPatches(lua: string, patches: [string, string][], step: string): s
     out = out.split(from).join(to);
   }
   return out;
+}
+
+/** The acquire script as it was at a git revision, its includes resolved from that revision. */
+function scriptAtRevision(revision: string): string {
+  const show = (path: string) => execFileSync('git', ['show', `${revision}:src/pool/commands/${path}.lua`], { encoding: 'utf8' });
+  const seen = new Set<string>();
+  const resolve = (text: string): string =>
+    text.replace(/^--- @include "([^"]+)"\s*$/gm, (_line, name: string) => {
+      if (seen.has(name)) return '';
+      seen.add(name);
+      return resolve(show(name));
+    });
+  return resolve(show('acquireVm-1'));
 }
 
 const sha1 = (text: string) => createHash('sha1').update(text).digest('hex');
@@ -133,6 +154,8 @@ async function main(): Promise<void> {
     }
     const full = scriptSources().find((s) => s.name === 'acquireVm')!.lua;
     const scripts = [{ step: 'whole script', lua: full }, ...VARIANTS.map((v) => ({ step: v.step, lua: applyPatches(full, v.patches, v.step) }))];
+    const compare = process.env.BENCH_STEPS_COMPARE;
+    if (compare) scripts.push({ step: `the whole script at ${compare}`, lua: scriptAtRevision(compare) });
     const noopSha = String(await redis.script('LOAD', 'return 1'));
     for (const s of scripts) await redis.script('LOAD', s.lua);
     const base = poolKeyBase(PREFIX);
@@ -150,8 +173,8 @@ async function main(): Promise<void> {
       const reply = (await redis.evalsha(sha1(lua), 1, base, ...args)) as [number, string[]];
       const fields = reply[1];
       // The copy without the reply returns no fields: the VM is found by its lease.
-      const name = fields.length ? fields[fields.indexOf('vm_name') + 1]! : (await redis.zrange(`${base}leases`, '-1', '-1'))[0]!;
-      await vmm.releaseVm(name);
+      const name = fields.length ? fields[fields.indexOf('vm_name') + 1] : (await redis.zrange(`${base}leases`, '-1', '-1'))[0];
+      if (name) await vmm.releaseVm(name);
     };
 
     for (const waiting of [false, true]) {
@@ -160,7 +183,8 @@ async function main(): Promise<void> {
       // Call by call in turn, so that load from elsewhere falls on every copy alike.
       await drainSlowlog(redis);
       for (let i = 0; i < ROUNDS * ROUND; i++) {
-        for (const s of scripts) await acquireWith(s.lua, waiting);
+        // In a rotating order: the first call after the drain and the release runs on colder caches.
+        for (let k = 0; k < scripts.length; k++) await acquireWith(scripts[(i + k) % scripts.length]!.lua, waiting);
         await redis.evalsha(noopSha, 0);
         if (i % 100 === 99) for (const e of await drainSlowlog(redis)) samples.get(e.sha)?.push(e.micros);
       }
@@ -170,14 +194,18 @@ async function main(): Promise<void> {
       rows.push({ mode, step: 'no-op script (return 1)', medianMicros: median(noopSha), savedMicros: NaN });
       for (const s of scripts) {
         const m = median(sha1(s.lua));
-        rows.push({ mode, step: s.step === 'whole script' ? s.step : `without ${s.step}`, medianMicros: m, savedMicros: s.step === 'whole script' ? NaN : whole - m });
+        const variant = s.step !== 'whole script' && !s.step.startsWith('the whole script at ');
+        rows.push({ mode, step: variant ? `without ${s.step}` : s.step, medianMicros: m, savedMicros: variant ? whole - m : NaN });
       }
     }
     // Client side: the same direct acquire timed around the EVALSHA and around VmManager.acquireVm.
-    const client = { evalsha: [] as number[], manager: [] as number[] };
+    const client = { noop: [] as number[], evalsha: [] as number[], manager: [] as number[] };
     for (let i = 0; i < ROUNDS * ROUND; i++) {
       const o = i % OWNERS;
       let t0 = process.hrtime.bigint();
+      await redis.evalsha(noopSha, 0);
+      client.noop.push(Number(process.hrtime.bigint() - t0) / 1e6);
+      t0 = process.hrtime.bigint();
       const now = Date.now();
       const reply = (await redis.evalsha(sha1(full), 1, base, now, `user-${o}`, `user-${o}/p`, 'w', `c-${i}`, '', '', randomUUID(), '', 0, 0, '', 1, 0, 100_000, leaseMs, group.max_waiting_per_owner)) as [number, string[]];
       client.evalsha.push(Number(process.hrtime.bigint() - t0) / 1e6);
@@ -189,6 +217,7 @@ async function main(): Promise<void> {
     }
     const p50 = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
     const line = (label: string, micros: number) => rows.push({ mode: 'client round trip', step: label, medianMicros: micros, savedMicros: NaN });
+    line('EVALSHA of the no-op script', p50(client.noop) * 1000);
     line('EVALSHA of the acquire script, as sent by ioredis', p50(client.evalsha) * 1000);
     line('VmManager.acquireVm (checks, lease id, reply parsing, log line)', p50(client.manager) * 1000);
   } finally {
