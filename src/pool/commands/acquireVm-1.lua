@@ -126,7 +126,10 @@ end
 do
   local given = givenToThisJob()
   if given then
-    leaveLinesIfWaiting()
+    -- Served by the line, the request left it then (serveWaiter); a record left says otherwise.
+    if waiting and redis.call('HEXISTS', waiterInfoKey(base), waiter) == 1 then
+      leaveLines(base, waiter, jobId, groups)
+    end
     local collected = redis.call('ZREM', acquireAssignedKey(base), jobId) == 1
     if not collected then
       recordEvent(base, 'reattached', given)

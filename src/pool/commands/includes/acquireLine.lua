@@ -89,7 +89,7 @@ local function ownerWaiting(base, group, owner, waiter, now, cap)
     if not other then
       redis.call('ZREM', line, member)
     elseif tonumber(other.deadline) <= tonumber(now) then
-      leaveLines(base, member, other.jobId, other.groups)
+      leaveLines(base, member, other.jobId, other.groups, other)
     end
   end
   return redis.call('ZCARD', line)
@@ -137,7 +137,7 @@ local function firstLive(base, lineKey, now)
       return head, info
     end
     if info then
-      leaveLines(base, head, info.jobId, info.groups)
+      leaveLines(base, head, info.jobId, info.groups, info)
     else
       redis.call('ZREM', lineKey, head)
     end
@@ -154,7 +154,7 @@ local function serveWaiter(base, group, name, fresh, waiter, info, now, selfJobI
     buildId = info.buildId or '', chroot = info.chroot or '', leaseId = info.leaseId,
     leaseMs = limits[2], jobId = info.jobId,
   }, now)
-  leaveLines(base, waiter, info.jobId, info.groups)
+  leaveLines(base, waiter, info.jobId, info.groups, info, group)
   placeOwner(base, group, info.owner, redis.call('INCR', lineTurnKey(base, group)))
   if info.jobId ~= selfJobId then
     redis.call('ZADD', acquireAssignedKey(base), now, info.jobId)
