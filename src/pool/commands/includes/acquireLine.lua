@@ -163,10 +163,14 @@ local function serveWaiter(base, group, name, fresh, waiter, info, now, selfJobI
 end
 
 -- Gives the group's ready clean VMs to the line, in order: the owner next in the round-robin,
--- skipping (blocking) owners at max_vm_per_user. Appends the job ids served to `served`.
-local function dispatchClean(base, group, now, selfJobId, served)
+-- skipping (blocking) owners at max_vm_per_user. Appends the job ids served to `served`. With
+-- `maxServed`, stops once it served that many (one ready message, one VM to give).
+local function dispatchClean(base, group, now, selfJobId, served, maxServed)
   local ring = lineOwnersKey(base, group)
   for _ = 1, 1000 do
+    if maxServed and #served >= maxServed then
+      return
+    end
     local owner = redis.call('ZRANGE', ring, 0, 0)[1]
     if not owner then
       return
