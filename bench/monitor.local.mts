@@ -1,0 +1,45 @@
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { parseConfig } from '../src/config/index.js';
+import { acquireProcessor, stopAcquireWaits } from '../src/processors/acquire.js';
+import { createJobContext, runWorker } from '../src/runtime/worker.js';
+import { ACQUIRE_QUEUE, acquireJobId, addAcquireJobs } from '../queues/acquire.js';
+import { poolKeys } from '../src/pool/keys.js';
+import { scriptSources } from '../src/pool/scripts.js';
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { startPrivateRedis } from './lib/redisServer.js';
+import { discardingLogger } from './lib/measure.js';
+const s = await startPrivateRedis();
+const prefix = 'mon';
+const logger = discardingLogger();
+const config = parseConfig({ redis: { url: s.url, prefix }, acquire_safety_retry: 3600, groups: [{ name: 'freed', archs: ['x86_64'], max_vm_total: 1000, max_vm_per_user: 1000 }] }, {});
+const fail = () => { throw new Error('no'); };
+const ctx = createJobContext(config, { logger, prefix, providerFactory: fail as any, healthCheckFactory: fail as any });
+await ctx.vmm.markServerStart();
+const worker = runWorker(ctx, acquireProcessor, 50);
+await worker.worker.waitUntilReady();
+const producer = new Redis(s.url);
+const queue = new Queue(ACQUIRE_QUEUE, { connection: producer, prefix });
+for (let i = 0; i < 5; i++) { await ctx.vmm.addVmToPool(`10.0.0.${i+1}`, `f-${i}`, 0); await ctx.vmm.startVmCheck(`f-${i}`); await ctx.vmm.recordHealthCheckResult(`f-${i}`, true); await ctx.vmm.holdVm(`f-${i}`, 'b'); }
+await addAcquireJobs(queue, Array.from({ length: 200 }, (_, i) => ({ data: { owner: `o-${i % 100}`, sandbox: 's', groups: [0], timeoutMs: 3_600_000 }, jobId: acquireJobId(`w-${i}`, `o-${i % 100}`) })));
+while ((await producer.zcard(poolKeys(prefix).waiters(0))) < 200) await new Promise((r) => setTimeout(r, 100));
+await new Promise((r) => setTimeout(r, 500));
+const names = new Map<string, string>();
+for (const src of scriptSources()) names.set(createHash('sha1').update(src.lua).digest('hex'), src.name);
+const bullDir = new URL('../node_modules/bullmq/dist/esm/commands/', import.meta.url);
+let completed = 0; worker.worker.on('completed', () => (completed += 1));
+const mon = await producer.monitor();
+const lines: string[] = [];
+mon.on('monitor', (_t: string, args: string[], source: string) => lines.push(`${source.includes('lua') ? '    ' : ''}${args.slice(0, 3).join(' ').slice(0, 140)}`));
+await ctx.vmm.unholdVm('f-0');
+while (completed < 1) await new Promise((r) => setTimeout(r, 2));
+await new Promise((r) => setTimeout(r, 300));
+mon.disconnect();
+for (const l of lines) {
+  const m = /^(evalsha) ([0-9a-f]{40})/i.exec(l);
+  console.log(m ? `EVALSHA ${names.get(m[2]!) ?? m[2]}` : l);
+}
+console.log('total', lines.length);
+await worker.close(5000); await stopAcquireWaits(ctx); await queue.close(); producer.disconnect(); await ctx.close(); await s.stop();
+process.exit(0);
