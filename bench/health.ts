@@ -7,6 +7,7 @@
  *   npx tsx bench/health.ts          (BENCH_JSON=1: also one line `BENCH_RESULT <json>`)
  */
 import { execFile, spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -14,6 +15,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import type { Job } from 'bullmq';
+import ssh2 from 'ssh2';
 import { parseConfig } from '../src/config/index.js';
 import { createHealthCheck } from '../src/health/index.js';
 import { healthProcessor } from '../src/processors/health.js';
@@ -37,8 +39,20 @@ export interface HealthSizeResult {
   openssh: { checksPerSecond: number; cpuMsPerCheck: number; failed: number };
 }
 
+/** What an ssh2 handshake with the bench's sshd chose, and whether ssh2's native crypto binding loaded. */
+export interface Ssh2Negotiated {
+  kex: string;
+  serverHostKey: string;
+  cipher: string;
+  mac: string;
+  nativeBinding: boolean;
+}
+
 export interface HealthResult {
   concurrency: number;
+  negotiated: Ssh2Negotiated;
+  /** Client CPU per connect + exec + close of a bare ssh2 Client (no pool, no processor): ssh2's own part. */
+  bareSsh2CpuMsPerCheck: number;
   sizes: HealthSizeResult[];
   /** Checks per second one health process can do when client CPU is its limit (one core). */
   cpuBoundChecksPerSecond: number;
@@ -71,6 +85,33 @@ function waitForPort(port: number, deadlineMs: number): Promise<void> {
       });
     };
     attempt();
+  });
+}
+
+/** ssh2 Client: connect, exec `echo hello`, close; the negotiated algorithms through `onHandshake`. */
+function bareSsh2Check(port: number, user: string, privateKey: string, onHandshake?: (n: Record<string, any>) => void): Promise<boolean> {
+  return new Promise((resolve) => {
+    const conn = new ssh2.Client();
+    let done = false;
+    const finish = (ok: boolean) => {
+      if (done) return;
+      done = true;
+      conn.end();
+      resolve(ok);
+    };
+    if (onHandshake) conn.on('handshake', onHandshake);
+    conn.on('ready', () =>
+      conn.exec('echo hello', (err, stream) => {
+        if (err) return finish(false);
+        let out = '';
+        stream.on('data', (d: Buffer) => (out += d.toString('utf8')));
+        stream.stderr.on('data', () => {});
+        stream.on('close', () => finish(out.trim() === 'hello'));
+      }),
+    );
+    conn.on('error', () => finish(false));
+    conn.on('close', () => finish(false));
+    conn.connect({ host: '127.0.0.1', port, username: user, privateKey, readyTimeout: 60_000, hostVerifier: () => true });
   });
 }
 
@@ -143,6 +184,21 @@ export async function benchHealth(): Promise<HealthResult> {
     const ctx = createJobContext(config, { logger: discardingLogger(), prefix: PREFIX, providerFactory: () => noProvider, healthCheckFactory: createHealthCheck });
     const job = { log: async () => 0 } as unknown as Job;
     const sizes: HealthSizeResult[] = [];
+    // What the handshake chose (the client's defaults against OpenSSH's), and ssh2's native binding,
+    // which its install script builds (denied in package.json allowScripts: not built here).
+    const clientKey = readFileSync(join(dir, 'client_key'), 'utf8');
+    let negotiated: Ssh2Negotiated | undefined;
+    await bareSsh2Check(port, user, clientKey, (n) => {
+      const nativeBinding = (createRequire(import.meta.url)('ssh2/lib/protocol/crypto.js') as { bindingAvailable: boolean }).bindingAvailable;
+      negotiated = { kex: n.kex, serverHostKey: n.serverHostKey, cipher: n.cs.cipher, mac: n.cs.mac || '(implicit: AEAD)', nativeBinding };
+    });
+    if (!negotiated) throw new Error('no ssh2 handshake with the bench sshd');
+    // ssh2's own part of a check: bare connect + exec + close, the same concurrency.
+    for (let i = 0; i < 64; i++) await bareSsh2Check(port, user, clientKey); // warm-up (JIT)
+    const bare0 = process.cpuUsage();
+    await concurrently(SSH2_CHECKS, () => bareSsh2Check(port, user, clientKey));
+    const bare = process.cpuUsage(bare0);
+    const bareSsh2CpuMsPerCheck = (bare.user + bare.system) / 1000 / SSH2_CHECKS;
     try {
       await ctx.vmm.markServerStart();
       let filled = 0;
@@ -171,7 +227,9 @@ export async function benchHealth(): Promise<HealthResult> {
           if (!r.ok && process.env.BENCH_DEBUG) process.stderr.write(`${r.detail}\n`);
           return r.ok;
         };
-        for (let i = 0; i < CONCURRENCY; i++) await check(SSH2_CHECKS + i); // warm-up: key read, JIT, scripts
+        // Warm-up: key read, scripts, and the JIT (16 checks left the first size ~1.3x dearer than the
+        // later ones: the spread was this order, not the pool's size).
+        for (let i = 0; i < 64; i++) await check(SSH2_CHECKS + i);
         process.stderr.write(`health: ${SSH2_CHECKS} ssh2 checks and ${OPENSSH_CHECKS} OpenSSH checks at ${size} VMs...\n`);
         const cpu0 = process.cpuUsage();
         const ssh2Run = await concurrently(SSH2_CHECKS, check);
@@ -215,6 +273,8 @@ export async function benchHealth(): Promise<HealthResult> {
     const cpuBound = 1000 / worstCpu;
     return {
       concurrency: CONCURRENCY,
+      negotiated,
+      bareSsh2CpuMsPerCheck,
       sizes,
       cpuBoundChecksPerSecond: cpuBound,
       processesFor10k: Math.ceil(10_000 / 120 / cpuBound),
@@ -245,6 +305,8 @@ export function healthTable(r: HealthResult): string {
   return [
     markdownTable(['VMs', 'ssh2 checks/s', 'ssh2 CPU ms/check', 'ssh2 failed', 'OpenSSH checks/s', 'OpenSSH CPU ms/check', 'OpenSSH failed'], rows),
     '',
+    `negotiated: kex ${r.negotiated.kex}, host key ${r.negotiated.serverHostKey}, cipher ${r.negotiated.cipher}, mac ${r.negotiated.mac}; ssh2 native binding ${r.negotiated.nativeBinding ? 'loaded' : 'not built'}`,
+    `bare ssh2 (connect, exec, close; no pool): ${r.bareSsh2CpuMsPerCheck.toFixed(2)} ms client CPU per check`,
     `one health process, client CPU bound: ${r.cpuBoundChecksPerSecond.toFixed(0)} checks/s; ` +
       `10,000 VMs at 120 s (83/s): ${r.processesFor10k} process(es); 100,000 VMs (833/s): ${r.processesFor100k} process(es)`,
   ].join('\n');
