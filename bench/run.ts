@@ -283,6 +283,11 @@ async function main(): Promise<void> {
         });
         rows.push({ part: `health (OpenSSH client), ${at}`, figure: `client CPU per check (${perSec(s.openssh.checksPerSecond)}, ${s.openssh.failed} failed)`, target: 'reference', measured: ms(s.openssh.cpuMsPerCheck), result: 'info' });
       }
+      if (h.negotiated) {
+        const n = h.negotiated;
+        rows.push({ part: 'health (ssh2), handshake', figure: `negotiated with OpenSSH (ssh2 native binding ${n.nativeBinding ? 'loaded' : 'not built'})`, target: '-', measured: `${n.kex}, ${n.serverHostKey}, ${n.cipher}`, result: 'info' });
+        rows.push({ part: 'health (ssh2), bare', figure: 'client CPU per check of a bare ssh2 connect, exec, close (no pool, no processor)', target: '-', measured: ms(h.bareSsh2CpuMsPerCheck), result: 'info' });
+      }
       const cpus = h.sizes.map((s) => s.ssh2.cpuMsPerCheck);
       const flat = Math.max(...cpus) / Math.min(...cpus);
       rows.push({ part: 'health (ssh2), flat', figure: `CPU per check, largest / smallest over ${h.sizes.map((s) => s.vms.toLocaleString('en-US')).join(', ')} VMs`, target: '<= 1.30x', measured: times(flat), result: verdict(flat <= 1.3) });
