@@ -1,7 +1,7 @@
 /**
  * Health checks per second and client CPU per check, for one health process, against a real
- * OpenSSH sshd on loopback, at 1,000, 10,000 and 100,000 VMs in the pool (every VM record points at
- * the same sshd). Each check goes the health processor's own way (getVmByName, startVmCheck, the
+ * OpenSSH sshd on loopback, at 1,000, 10,000 and 100,000 VMs in the pool (one pool per size, every
+ * VM record points at the same sshd; the sizes measured in alternating rounds of 32 checks). Each check goes the health processor's own way (getVmByName, startVmCheck, the
  * group's ssh2 check with accept-new host keys kept in the VM record, recordHealthCheckResult),
  * 16 at a time. Beside it, in the same run: the OpenSSH client (`ssh`, BatchMode) run per check.
  *   npx tsx bench/health.ts          (BENCH_JSON=1: also one line `BENCH_RESULT <json>`)
@@ -181,9 +181,13 @@ export async function benchHealth(): Promise<HealthResult> {
       {},
     );
     const noProvider = {} as Provider; // the ssh check never asks the provider
-    const ctx = createJobContext(config, { logger: discardingLogger(), prefix: PREFIX, providerFactory: () => noProvider, healthCheckFactory: createHealthCheck });
     const job = { log: async () => 0 } as unknown as Job;
-    const sizes: HealthSizeResult[] = [];
+    // One pool per size, each under its own prefix, all filled first: the sizes are then measured
+    // in alternating rounds, so that load from elsewhere on the machine falls on every size alike
+    // (measured one after another, the sizes differed by up to 1.6x with the machine's load).
+    const contexts = SIZES.map((size) =>
+      createJobContext(config, { logger: discardingLogger(), prefix: `${PREFIX}-${size}`, providerFactory: () => noProvider, healthCheckFactory: createHealthCheck }),
+    );
     // What the handshake chose (the client's defaults against OpenSSH's), and ssh2's native binding,
     // which its install script builds (denied in package.json allowScripts: not built here).
     const clientKey = readFileSync(join(dir, 'client_key'), 'utf8');
@@ -193,48 +197,59 @@ export async function benchHealth(): Promise<HealthResult> {
       negotiated = { kex: n.kex, serverHostKey: n.serverHostKey, cipher: n.cs.cipher, mac: n.cs.mac || '(implicit: AEAD)', nativeBinding };
     });
     if (!negotiated) throw new Error('no ssh2 handshake with the bench sshd');
-    // ssh2's own part of a check: bare connect + exec + close, the same concurrency.
-    for (let i = 0; i < 64; i++) await bareSsh2Check(port, user, clientKey); // warm-up (JIT)
-    const bare0 = process.cpuUsage();
-    await concurrently(SSH2_CHECKS, () => bareSsh2Check(port, user, clientKey));
-    const bare = process.cpuUsage(bare0);
-    const bareSsh2CpuMsPerCheck = (bare.user + bare.system) / 1000 / SSH2_CHECKS;
+    const sizes: HealthSizeResult[] = [];
+    let bareSsh2CpuMsPerCheck: number;
     try {
-      await ctx.vmm.markServerStart();
-      let filled = 0;
-      for (const size of SIZES) {
-        process.stderr.write(`health: filling the pool to ${size} VMs...\n`);
-        for (; filled < size; ) {
-          const end = Math.min(size, filled + 1000);
-          const batch: Promise<unknown>[] = [];
-          for (let i = filled; i < end; i++) {
-            const name = `vm-${i}`;
-            batch.push(
-              ctx.vmm
-                .addVmToPool('127.0.0.1', name, 0)
-                .then(() => ctx.vmm.startVmCheck(name))
-                .then(() => ctx.vmm.recordHealthCheckResult(name, true)),
-            );
-          }
-          await Promise.all(batch);
-          filled = end;
-        }
+      const checks = SIZES.map((size, k) => {
+        const ctx = contexts[k]!;
         // Distinct VMs spread over the whole pool, so two checks never race for one VM.
-        const stride = 7919;
-        const vmAt = (i: number) => `vm-${(i * stride) % size}`;
-        const check = async (i: number) => {
+        const vmAt = (i: number) => `vm-${(i * 7919) % size}`;
+        return async (i: number) => {
           const r = await healthProcessor.process(job, { vmName: vmAt(i) }, ctx);
           if (!r.ok && process.env.BENCH_DEBUG) process.stderr.write(`${r.detail}\n`);
           return r.ok;
         };
-        // Warm-up: key read, scripts, and the JIT (16 checks left the first size ~1.3x dearer than the
-        // later ones: the spread was this order, not the pool's size).
-        for (let i = 0; i < 64; i++) await check(SSH2_CHECKS + i);
-        process.stderr.write(`health: ${SSH2_CHECKS} ssh2 checks and ${OPENSSH_CHECKS} OpenSSH checks at ${size} VMs...\n`);
+      });
+      for (const [k, size] of SIZES.entries()) {
+        const ctx = contexts[k]!;
+        process.stderr.write(`health: filling a pool of ${size} VMs...\n`);
+        await ctx.vmm.markServerStart();
+        for (let filled = 0; filled < size; filled += 1000) {
+          const batch: Promise<unknown>[] = [];
+          for (let i = filled; i < Math.min(size, filled + 1000); i++) {
+            const name = `vm-${i}`;
+            batch.push(ctx.vmm.addVmToPool('127.0.0.1', name, 0).then(() => ctx.vmm.startVmCheck(name)).then(() => ctx.vmm.recordHealthCheckResult(name, true)));
+          }
+          await Promise.all(batch);
+        }
+        // Warm-up: key read, scripts, and the JIT.
+        for (let i = 0; i < 64; i++) await checks[k]!(SSH2_CHECKS + i);
+      }
+      for (let i = 0; i < 64; i++) await bareSsh2Check(port, user, clientKey);
+      process.stderr.write(`health: ${SSH2_CHECKS} ssh2 checks per size and bare, in rounds...\n`);
+      const ROUND = 32;
+      const cpuMs = SIZES.map(() => 0);
+      const wall = SIZES.map(() => 0);
+      const failed = SIZES.map(() => 0);
+      let bareCpuMs = 0;
+      const cpuOf = (u: NodeJS.CpuUsage) => (u.user + u.system) / 1000;
+      for (let done = 0; done < SSH2_CHECKS; done += ROUND) {
+        for (const k of SIZES.keys()) {
+          const cpu0 = process.cpuUsage();
+          const r = await concurrently(ROUND, (i) => checks[k]!(done + i));
+          cpuMs[k]! += cpuOf(process.cpuUsage(cpu0));
+          wall[k]! += r.seconds;
+          failed[k]! += r.failed;
+        }
+        // ssh2's own part of a check: bare connect + exec + close, the same concurrency.
         const cpu0 = process.cpuUsage();
-        const ssh2Run = await concurrently(SSH2_CHECKS, check);
-        const cpu = process.cpuUsage(cpu0);
+        await concurrently(ROUND, () => bareSsh2Check(port, user, clientKey));
+        bareCpuMs += cpuOf(process.cpuUsage(cpu0));
+      }
+      const rounds = Math.ceil(SSH2_CHECKS / ROUND) * ROUND;
+      bareSsh2CpuMsPerCheck = bareCpuMs / rounds;
 
+      for (const [k, size] of SIZES.entries()) {
         const known = join(dir, `known_hosts_openssh_${size}`);
         const children0 = childrenCpuMs();
         const opensshRun = await concurrently(OPENSSH_CHECKS, async () => {
@@ -262,12 +277,12 @@ export async function benchHealth(): Promise<HealthResult> {
         const childrenCpu = childrenCpuMs() - children0;
         sizes.push({
           vms: size,
-          ssh2: { checksPerSecond: SSH2_CHECKS / ssh2Run.seconds, cpuMsPerCheck: (cpu.user + cpu.system) / 1000 / SSH2_CHECKS, failed: ssh2Run.failed },
+          ssh2: { checksPerSecond: rounds / wall[k]!, cpuMsPerCheck: cpuMs[k]! / rounds, failed: failed[k]! },
           openssh: { checksPerSecond: OPENSSH_CHECKS / opensshRun.seconds, cpuMsPerCheck: childrenCpu / OPENSSH_CHECKS, failed: opensshRun.failed },
         });
       }
     } finally {
-      await ctx.close();
+      await Promise.all(contexts.map((c) => c.close()));
     }
     const worstCpu = Math.max(...sizes.map((s) => s.ssh2.cpuMsPerCheck));
     const cpuBound = 1000 / worstCpu;
