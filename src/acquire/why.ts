@@ -20,7 +20,7 @@ export const WAIT_REASONS = ['owner_limit', 'held_back_by_priority', 'spawning',
 export type WaitReason = (typeof WAIT_REASONS)[number];
 
 export interface GroupWait {
-  group: number;
+  group: string;
   groupName: string;
   reason: WaitReason;
   /**
@@ -54,16 +54,16 @@ export interface WaitingRequest {
   priority: number;
   /** The waiter member (acquireWaiterMember). */
   member: string;
-  groups: readonly number[];
+  groups: readonly string[];
 }
 
 /** How far back failed spawn jobs count as "the provider is failing". */
 const PROVIDER_FAILING_WINDOW_MS = 10 * 60 * 1000;
 
 /** Whether the group's latest finished spawn jobs (the last few, newest first) failed, with none succeeding since. */
-async function providerFailing(spawnQueue: Queue, group: number, now: number): Promise<boolean> {
+async function providerFailing(spawnQueue: Queue, group: string, now: number): Promise<boolean> {
   const [failed, completed] = await Promise.all([spawnQueue.getJobs(['failed'], 0, 4, false), spawnQueue.getJobs(['completed'], 0, 4, false)]);
-  const ofGroup = (j: { data?: { group?: unknown } }) => Number(j.data?.group) === group;
+  const ofGroup = (j: { data?: { group?: unknown } }) => j.data?.group === group;
   const lastFailed = Math.max(0, ...failed.filter(ofGroup).map((j) => j.finishedOn ?? 0));
   const lastOk = Math.max(0, ...completed.filter(ofGroup).map((j) => j.finishedOn ?? 0));
   return lastFailed > lastOk && now - lastFailed < PROVIDER_FAILING_WINDOW_MS;
@@ -90,7 +90,7 @@ export async function explainWait(vmm: VmManager, config: Config, request: Waiti
   const spawns = await vmm.reader.spawnCounts(request.groups);
   const groups: GroupWait[] = [];
   for (const [i, group] of request.groups.entries()) {
-    const gc = config.groups[group]!;
+    const gc = vmm.groupConfig(group);
     const standing = await vmm.reader.lineStanding(group, request.owner, request.sandbox, request.member);
     const vms = activeVmCount(counts[i]!);
     const spawning = spawns[i]!;

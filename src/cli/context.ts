@@ -66,8 +66,8 @@ export function parseSeconds(value: string): number {
   return n;
 }
 
-/** A group id from its name or id, or a usage error naming the groups. */
-export function groupOf(cfg: Config, value: string): number {
+/** A group's name from its name or index, or a usage error naming the groups. */
+export function groupOf(cfg: Config, value: string): string {
   try {
     return resolveGroup(cfg, value);
   } catch (err) {

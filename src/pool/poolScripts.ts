@@ -21,7 +21,7 @@ import {
 
 /** One group of an acquire request, with what the script needs of its config. */
 export interface AcquireGroupLimits {
-  group: number;
+  group: string;
   maxVmPerOwner: number;
   leaseTimeoutMs: number;
   /** The group's max_waiting_per_owner: a request that would wait beyond it is refused (TooManyWaiting). */
@@ -114,7 +114,7 @@ export class PoolScripts {
    * Adds a VM in got_ip. Throws VmError when a VM of that name is in the pool. With a spawn, the VM
    * takes the spawn's slot at once; SpawnSlotLost when the spawn no longer holds one.
    */
-  async addVm(vmName: string, vmIp: string, group: number, now: number, spawn?: { spawnId: string; recordTtlMs: number; startedAt?: number }): Promise<void> {
+  async addVm(vmName: string, vmIp: string, group: string, now: number, spawn?: { spawnId: string; recordTtlMs: number; startedAt?: number }): Promise<void> {
     await this.acted('addVm', vmName, [vmIp, group, now, spawn?.spawnId ?? '', spawn?.recordTtlMs ?? 0, spawn?.startedAt ?? ''], null, {
       [ReplyCodes.ALREADY_EXISTS]: () => new VmError(`VM ${vmName} is already in the pool`),
       [ReplyCodes.NO_SPAWN_SLOT]: () => new SpawnSlotLost(spawn?.spawnId ?? '', group),
@@ -122,22 +122,22 @@ export class PoolScripts {
   }
 
   /** Drops the group's arrival minutes before `firstMinute` (epoch ms / 60000); returns how many. */
-  async trimArrivals(group: number, firstMinute: number): Promise<number> {
+  async trimArrivals(group: string, firstMinute: number): Promise<number> {
     return Number(await this.call('trimArrivals', [group, firstMinute]));
   }
 
   /** Records a spawn in flight: it takes a slot of the group's spawns. */
-  async registerSpawn(group: number, spawnId: string, now: number): Promise<void> {
+  async registerSpawn(group: string, spawnId: string, now: number): Promise<void> {
     await this.call('registerSpawn', [group, spawnId, now]);
   }
 
   /** Drops a spawn's slot; false when it held none. */
-  async finishSpawn(group: number, spawnId: string): Promise<boolean> {
+  async finishSpawn(group: string, spawnId: string): Promise<boolean> {
     return (await this.call('finishSpawn', [group, spawnId])) === ReplyCodes.OK;
   }
 
   /** One attempt of a spawn starts, or what an earlier attempt left (startSpawnAttempt-1.lua). */
-  async startSpawnAttempt(spawnId: string, group: number, now: number, recordTtlMs: number): Promise<SpawnAttemptStart> {
+  async startSpawnAttempt(spawnId: string, group: string, now: number, recordTtlMs: number): Promise<SpawnAttemptStart> {
     const reply = (await this.call('startSpawnAttempt', [spawnId, group, now, recordTtlMs])) as [number, ...string[]];
     const [code, name = '', ip = '', done = '', slotHeld = ''] = reply;
     switch (code) {
@@ -225,7 +225,7 @@ export class PoolScripts {
 
   /** Records a spawn's outcome in the group's circuit breaker; true when this failure opened it. */
   async recordSpawnOutcome(
-    group: number,
+    group: string,
     outcome: 'ok' | 'failed' | 'reset',
     now: number,
     failure: { errorClass: string; threshold: number; backoffSeconds: number; maxBackoffSeconds: number; needsOperator: boolean; message: string } | null = null,
@@ -269,8 +269,9 @@ export class PoolScripts {
   }
 
   /** Applies a check result; maxFails is vm_max_check_fails of every group, by group id. */
-  async recordHealthCheckResult(vmName: string, ok: boolean, now: number, maxFails: readonly number[]): Promise<HealthCheckRecord> {
-    const reply = (await this.call('recordHealthCheckResult', [vmName, ok ? '1' : '0', now, ...maxFails])) as [number, string[]?];
+  /** `maxFails`: group name -> its vm_max_check_fails (a group missing from it: 0). */
+  async recordHealthCheckResult(vmName: string, ok: boolean, now: number, maxFails: ReadonlyMap<string, number>): Promise<HealthCheckRecord> {
+    const reply = (await this.call('recordHealthCheckResult', [vmName, ok ? '1' : '0', now, ...[...maxFails].flat()])) as [number, string[]?];
     if (reply[0] === ReplyCodes.NOT_FOUND) throw new VmDescriptorNotFound(vmName);
     const outcome = healthOutcomes.get(reply[0]);
     if (!outcome) throw unexpected('recordHealthCheckResult', reply);
@@ -307,7 +308,7 @@ export class PoolScripts {
       case ReplyCodes.TASK_CONFLICT:
         throw new TaskConflict(input.taskId);
       case ReplyCodes.TOO_MANY_WAITING:
-        throw new TooManyWaiting(input.owner, Number(payload), Number(served));
+        throw new TooManyWaiting(input.owner, String(payload), Number(served));
       case ReplyCodes.CANCELLED:
         return { status: 'cancelled', reason: String(payload) };
       case ReplyCodes.NO_VM:
@@ -320,7 +321,7 @@ export class PoolScripts {
   }
 
   /** Takes a waiting request out of the line of its groups; returns how many lines it left. */
-  async leaveAcquireLine(waiter: Pick<AcquireWaiter, 'member' | 'jobId'>, groups: readonly number[]): Promise<number> {
+  async leaveAcquireLine(waiter: Pick<AcquireWaiter, 'member' | 'jobId'>, groups: readonly string[]): Promise<number> {
     return Number(await this.call('leaveAcquireLine', [waiter.member, waiter.jobId, ...groups]));
   }
 
@@ -346,7 +347,7 @@ export class PoolScripts {
    * Gives the group's ready VMs to its waiting requests in line order (the VM named by a ready
    * message, or the group's clean VMs for ''); returns the job ids served (to be woken).
    */
-  async dispatchAcquireLine(group: number, vmName: string, now: number): Promise<string[]> {
+  async dispatchAcquireLine(group: string, vmName: string, now: number): Promise<string[]> {
     return (await this.call('dispatchAcquireLine', [now, group, vmName])) as string[];
   }
 

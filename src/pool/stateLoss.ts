@@ -107,7 +107,7 @@ export class StateLoss {
   }
 
   /** Records that reconcile swept the group's machines after the recovery of `generation`. */
-  async markSwept(group: number, generation: string): Promise<void> {
+  async markSwept(group: string, generation: string): Promise<void> {
     this.ctx.groupConfig(group);
     await this.ctx.redis.hset(this.ctx.keys.poolState, `swept:${group}`, generation);
   }

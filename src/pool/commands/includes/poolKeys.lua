@@ -234,3 +234,8 @@ end
 local function migrationLockKey(base)
   return base .. 'migration_lock'
 end
+
+-- Hash index -> group name: the config's group list that migrated a version-1 pool (data format 2).
+local function legacyGroupNamesKey(base)
+  return base .. 'legacy_group_names'
+end
