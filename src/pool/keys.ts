@@ -26,6 +26,8 @@ export function poolKeys(prefix: string) {
     legacyTask: (taskId: string) => `${base}task:${taskId}`,
     /** Before task ids were per owner: a task's claim, for every owner. */
     legacyTaskClaim: (taskId: string) => `${base}task_claim:${taskId}`,
+    /** What every key of a group starts with (a group's keys are found by it: the data-format migration, `vmpool group rename`). */
+    groupKeyPrefix: (group: string) => `${base}group:${group}:`,
     state: (group: string, state: string) => `${base}group:${group}:state:${state}`,
     /** Ready VMs bound to no owner, scored by last health check. */
     readyClean: (group: string) => `${base}group:${group}:ready_clean`,
@@ -137,6 +139,8 @@ export function poolKeys(prefix: string) {
     auditMaxEvents: `${base}audit_max_events`,
     /** Hash of one shared metric (src/metrics/shared.ts), written by workers and read by every web process. */
     metric: (name: string) => `${base}metrics:${name}`,
+    /** Set of the group names the pool has known (config groups, and groups removed from the config whose keys remain). */
+    groupRegistry: `${base}groups`,
     /**
      * Hash index -> group name: the config's group list that migrated a version-1 pool (whose keys
      * and payloads named groups by index), so that a payload of a version-1 producer still carrying

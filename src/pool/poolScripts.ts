@@ -121,6 +121,17 @@ export class PoolScripts {
     });
   }
 
+  /** Moves (or merges) keys of group `from` to group `to`, by their tails after `group:<from>:` (moveGroupKeys-1.lua); returns how many. */
+  async moveGroupKeys(from: string, to: string, tails: readonly string[]): Promise<number> {
+    if (tails.length === 0) return 0;
+    return Number(await this.call('moveGroupKeys', [from, to, ...tails]));
+  }
+
+  /** Rewrites the group references of records by the map from -> to (relabelGroups-1.lua); returns how many changed. */
+  async relabelGroups(kind: 'vm' | 'spawn' | 'waiter' | 'swept' | 'metric', map: ReadonlyMap<string, string>, ids: readonly string[] = []): Promise<number> {
+    return Number(await this.call('relabelGroups', [kind, map.size, ...[...map].flat(), ...ids]));
+  }
+
   /** Drops the group's arrival minutes before `firstMinute` (epoch ms / 60000); returns how many. */
   async trimArrivals(group: string, firstMinute: number): Promise<number> {
     return Number(await this.call('trimArrivals', [group, firstMinute]));
@@ -364,8 +375,8 @@ export class PoolScripts {
   }
 
   /** Accepts the state as current on this Redis run (verifyPoolState-1.lua); null when the marker changed meanwhile. */
-  async verifyPoolState(seen: PoolStateSeen, groupCount: number): Promise<PoolStateSeen | null> {
-    const reply = (await this.call('verifyPoolState', [seen.generation, seen.epoch, groupCount])) as [number, string?, string?];
+  async verifyPoolState(seen: PoolStateSeen, groups: readonly string[]): Promise<PoolStateSeen | null> {
+    const reply = (await this.call('verifyPoolState', [seen.generation, seen.epoch, ...groups])) as [number, string?, string?];
     if (reply[0] === ReplyCodes.POOL_CHANGED) return null;
     if (reply[0] !== ReplyCodes.OK) throw unexpected('verifyPoolState', reply);
     return { generation: String(reply[1]), epoch: Number(reply[2]) };
@@ -375,18 +386,18 @@ export class PoolScripts {
    * Recovers from a loss (recoverPool-1.lua): `seen` is the marker as the caller saw it (null when
    * there was none). Returns the VMs moved to terminating, or null when the marker changed meanwhile.
    */
-  async recoverPool(seen: PoolStateSeen | null, next: PoolStateSeen, now: number, groupCount: number): Promise<string[] | null> {
-    const args = [seen?.generation ?? '', seen ? String(seen.epoch) : '', next.generation, next.epoch, now, groupCount];
+  async recoverPool(seen: PoolStateSeen | null, next: PoolStateSeen, now: number, groups: readonly string[]): Promise<string[] | null> {
+    const args = [seen?.generation ?? '', seen ? String(seen.epoch) : '', next.generation, next.epoch, now, ...groups];
     const reply = (await this.call('recoverPool', args)) as [number, string[]?];
     if (reply[0] === ReplyCodes.POOL_CHANGED) return null;
     if (reply[0] !== ReplyCodes.OK) throw unexpected('recoverPool', reply);
     return reply[1] ?? [];
   }
 
-  /** Applies on_lease_expiry (by group id) to at most `batch` lapsed leases. */
-  async expireLeases(now: number, batch: number, onLeaseExpiry: readonly ('terminate' | 'release')[]): Promise<ExpiredLease[]> {
-    const args: (string | number)[] = [now, batch, onLeaseExpiry.length];
-    onLeaseExpiry.forEach((policy, group) => args.push(group, policy));
+  /** Applies on_lease_expiry (group name -> policy; a group missing: terminate) to at most `batch` lapsed leases. */
+  async expireLeases(now: number, batch: number, onLeaseExpiry: ReadonlyMap<string, 'terminate' | 'release'>): Promise<ExpiredLease[]> {
+    const args: (string | number)[] = [now, batch, onLeaseExpiry.size];
+    for (const [group, policy] of onLeaseExpiry) args.push(group, policy);
     const flat = (await this.call('expireLeases', args)) as string[];
     const out: ExpiredLease[] = [];
     for (let i = 0; i + 1 < flat.length; i += 2) out.push({ vmName: flat[i]!, action: flat[i + 1] === 'release' ? 'release' : 'terminate' });

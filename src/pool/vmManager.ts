@@ -392,7 +392,7 @@ export class VmManager {
    */
   async expireLeases(batch = 100): Promise<ExpiredLease[]> {
     const now = this.clock();
-    const expired = await this.leases.expire(now, batch, this.config.groups.map((g) => g.on_lease_expiry));
+    const expired = await this.leases.expire(now, batch, new Map(this.config.groups.map((g) => [g.name, g.on_lease_expiry])));
     for (const { vmName, action } of expired) {
       this.logger.warn({ vmName, action }, 'lease expired');
       if (action === 'terminate') await this.jobs.enqueueTermination(vmName, now, 'lease_expired');

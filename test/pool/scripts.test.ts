@@ -26,7 +26,7 @@ function section(head: string, name: 'Input' | 'Output'): string {
 }
 
 /** Keys that only TypeScript uses (no script reads or writes them), so poolKeys.lua need not spell them. */
-const WITHOUT_SCRIPTS: (keyof PoolKeys)[] = ['base', 'groupInfo', 'orphanUnknown', 'orphanMissing', 'orphanUntagged', 'history', 'historyAcquire', 'metric'];
+const WITHOUT_SCRIPTS: (keyof PoolKeys)[] = ['base', 'groupInfo', 'orphanUnknown', 'orphanMissing', 'orphanUntagged', 'history', 'historyAcquire'];
 
 /** Sample arguments of each key kind; values that must survive as they are (':' in names, a non-ASCII owner). */
 const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
@@ -76,6 +76,9 @@ const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
   dataFormat: [],
   migrationLock: [],
   legacyGroupNames: [],
+  groupRegistry: [],
+  groupKeyPrefix: ['fedora-x86_64.big_2'],
+  metric: ['spawns'],
 };
 
 /** The Lua name of a key kind: `<name>Key`, but a pub/sub channel is no key. */
