@@ -143,6 +143,11 @@ export class VmManager {
     return this.ctx.resolveGroup(ref);
   }
 
+  /** A group of a public (Copr) call: a number is an index in the config's list; a string is a name, as it is (a group removed from the config still has its VMs). */
+  private named(group: GroupRef): string {
+    return typeof group === 'number' ? this.ctx.resolveGroup(group) : group;
+  }
+
   /** The group's index in the config's list (the API's alias), or null when the config no longer has it. */
   groupIndex(group: string): number | null {
     return this.ctx.groupIndex(group);
@@ -190,8 +195,8 @@ export class VmManager {
    * second machine); SpawnSlotLost when the spawn holds no slot any more. `spawnStartedAt` (epoch
    * ms) lets its first passed check measure the group's boot time (target_wait).
    */
-  async addVmToPool(vmIp: string, vmName: string, group: string, options: { spawnId?: string; spawnStartedAt?: number } = {}): Promise<VmDescriptor> {
-    return this.vms.addVmToPool(vmIp, vmName, group, options);
+  async addVmToPool(vmIp: string, vmName: string, group: GroupRef, options: { spawnId?: string; spawnStartedAt?: number } = {}): Promise<VmDescriptor> {
+    return this.vms.addVmToPool(vmIp, vmName, this.named(group), options);
   }
 
   /** Public API (Copr). One VM; throws VmDescriptorNotFound. */
@@ -217,13 +222,13 @@ export class VmManager {
   }
 
   /** Public API (Copr). The VMs of a group (null: every group) in these states. */
-  async getVmsByGroupAndStates(group: string | null, states: readonly VmState[]): Promise<VmDescriptor[]> {
-    return this.vms.getVmsByGroupAndStates(group, states);
+  async getVmsByGroupAndStates(group: GroupRef | null, states: readonly VmState[]): Promise<VmDescriptor[]> {
+    return this.vms.getVmsByGroupAndStates(group === null ? null : this.named(group), states);
   }
 
   /** Public API (Copr). */
-  async getAllVmsInGroup(group: string): Promise<VmDescriptor[]> {
-    return this.vms.getAllVmsInGroup(group);
+  async getAllVmsInGroup(group: GroupRef): Promise<VmDescriptor[]> {
+    return this.vms.getAllVmsInGroup(this.named(group));
   }
 
   /** Public API (Copr). */
@@ -247,13 +252,13 @@ export class VmManager {
   }
 
   /** Number of VMs of the group (any state) that belong to the owner. */
-  async countOwnerVms(owner: string, group: string): Promise<number> {
-    return this.vms.countOwnerVms(owner, group);
+  async countOwnerVms(owner: string, group: GroupRef): Promise<number> {
+    return this.vms.countOwnerVms(owner, this.named(group));
   }
 
   /** Public API (Copr). Whether the owner is under the group's max_vm_per_user. */
-  async canUserAcquireMoreVm(owner: string, group: string): Promise<boolean> {
-    return this.vms.ownerMayAcquireMore(owner, group);
+  async canUserAcquireMoreVm(owner: string, group: GroupRef): Promise<boolean> {
+    return this.vms.ownerMayAcquireMore(owner, this.named(group));
   }
 
   /**
@@ -504,13 +509,13 @@ export class VmManager {
   // --- Group state (groupState.ts) ---
 
   /** Public API (Copr). */
-  async writeVmPoolInfo(group: string, key: string, value: string | number): Promise<void> {
-    return this.groups.writeInfo(group, key, value);
+  async writeVmPoolInfo(group: GroupRef, key: string, value: string | number): Promise<void> {
+    return this.groups.writeInfo(this.named(group), key, value);
   }
 
   /** Public API (Copr). */
-  async readVmPoolInfo(group: string, key: string): Promise<string | null> {
-    return this.groups.readInfo(group, key);
+  async readVmPoolInfo(group: GroupRef, key: string): Promise<string | null> {
+    return this.groups.readInfo(this.named(group), key);
   }
 
   /**

@@ -35,7 +35,7 @@ describe('vmpool acquire without --arch, --group or --tag', { timeout: 60_000 },
   });
 
   it('takes the only group of the pool', async () => {
-    await vmm.addVmToPool('10.6.0.1', 'solo1', 0);
+    await vmm.addVmToPool('10.6.0.1', 'solo1', 'solo');
     await vmm.startVmCheck('solo1');
     await vmm.recordHealthCheckResult('solo1', true);
     const got = await vmpool(writeConfigFile(oneGroup), 'acquire', '--owner', 'alice', '--sandbox', 's', '--timeout', '5');

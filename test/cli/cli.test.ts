@@ -96,7 +96,7 @@ describe('vmpool CLI', { timeout: 60_000 }, () => {
   });
 
   it('list and info show the pool, as text and --json', async () => {
-    await vmm.addVmToPool('10.5.1.1', 'c2', 1);
+    await vmm.addVmToPool('10.5.1.1', 'c2', 'arm');
     const list = await vmpool('list', '--json');
     expect(list.code).toBe(0);
     const vms = JSON.parse(list.stdout) as { vmName: string; state: string }[];

@@ -33,7 +33,7 @@ function groupWith(check: Record<string, unknown>): ProviderGroup {
       },
     ],
   });
-  return { id: 0, config: config.groups[0]!, poolId: POOL_ID };
+  return { index: 0, config: config.groups[0]!, poolId: POOL_ID };
 }
 
 let group: ProviderGroup;

@@ -68,7 +68,7 @@ describe('/metrics', () => {
     await kit.addReady('m1', '10.3.0.1', 0);
     await kit.addReady('m2', '10.3.0.2', 0);
     await kit.addReady('m3', '10.3.0.3', 1);
-    await kit.vmm.addVmToPool('10.3.0.4', 'm4', 0);
+    await kit.vmm.addVmToPool('10.3.0.4', 'm4', 'base');
     await kit.vmm.acquireVm({ groups: [0], owner: 'o', sandbox: 's', workerId: 'w' });
     await kit.vmm.startVmTermination('m3');
     const samples = await scrape();

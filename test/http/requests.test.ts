@@ -63,7 +63,7 @@ describe('acquire requests', () => {
     expect('error' in outcome && outcome.error.message).toMatch(/cancelled by .* through the API/);
     const after = (await (await api('/requests/req-erin')).json()) as { state: string; failure: { code: string } };
     expect(after).toMatchObject({ state: 'failed', failure: { code: AcquireFailures.CANCELLED } });
-    expect(await kit.redis.zcard(kit.keys.waiters(0))).toBe(0);
+    expect(await kit.redis.zcard(kit.keys.waiters('base'))).toBe(0);
     expect((await kit.ctx.vmm.getVmByName('r2')).state).toBe('ready');
     // A finished request cannot be withdrawn.
     expect((await api('/requests/req-erin', { method: 'DELETE', headers: { 'content-type': 'application/json' } })).status).toBe(409);

@@ -37,7 +37,7 @@ describe('web shutdown with waiting acquires', () => {
     const { kit: k, queue } = await kit('shutdown-line');
     const worker = await k.startAcquireWorker();
     const pending = k.fetch('/api/v1/acquire', { method: 'POST', json: request('t-line') });
-    await until(async () => (await k.redis.zcard(k.keys.waiters(1))) === 1, 'the request in the line');
+    await until(async () => (await k.redis.zcard(k.keys.waiters('arm'))) === 1, 'the request in the line');
     const stopAt = Date.now();
     const stopping = k.web.stop(10_000);
     const res = await pending;
@@ -48,9 +48,9 @@ describe('web shutdown with waiting acquires', () => {
     await stopping;
     expect(Date.now() - stopAt).toBeLessThan(3_000);
     // Out of the line and the demand at once, though the worker still holds the job.
-    expect(await k.redis.zcard(k.keys.waiters(1))).toBe(0);
-    expect(await k.redis.zcard(k.keys.demand(1))).toBe(0);
-    expect(await k.vmm.countDemand(1)).toBe(0);
+    expect(await k.redis.zcard(k.keys.waiters('arm'))).toBe(0);
+    expect(await k.redis.zcard(k.keys.demand('arm'))).toBe(0);
+    expect(await k.vmm.countDemand('arm')).toBe(0);
     // A VM that the request could take now must not go to it: the worker wakes, sees the
     // withdrawal and fails the job.
     await k.addReady('arm-1', '10.60.0.1', 1);

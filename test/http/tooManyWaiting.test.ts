@@ -76,7 +76,7 @@ describe('max_waiting_per_owner', { timeout: 60_000 }, () => {
       const err = await client.acquire({ owner: 'flood', sandbox: 's', groups: [0], timeoutMs: 10_000 }).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(TooManyWaiting);
       expect((err as Error).message).toContain('max_waiting_per_owner');
-      expect(await kit.redis.zcard(kit.keys.ownerLine(0, 'flood'))).toBe(2);
+      expect(await kit.redis.zcard(kit.keys.ownerLine('base', 'flood'))).toBe(2);
       expect(await acquireQueue.getFailedCount()).toBeGreaterThanOrEqual(1);
     } finally {
       await client.close();

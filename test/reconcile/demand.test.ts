@@ -20,10 +20,10 @@ describe('demandByGroup', () => {
     expect(
       demandByGroup(
         [
-          { jobId: 'a', groups: [0] },
-          { jobId: 'b', groups: [1, 0] },
-          { jobId: 'a', groups: [0] },
-          { jobId: 'c', groups: [0, 1, 2] },
+          { jobId: 'a', groups: ['x86'] },
+          { jobId: 'b', groups: ['x86-spare', 'x86'] },
+          { jobId: 'a', groups: ['x86'] },
+          { jobId: 'c', groups: ['x86', 'x86-spare', 'arm'] },
           { jobId: 'd', groups: [] },
           { jobId: 'e', groups: [7] },
         ],
@@ -37,11 +37,11 @@ describe('demandByGroup', () => {
     const rooms: Record<string, number[]> = { flood: [2, 1], bound: [0, 3] };
     const room = (g: number, owner: string) => rooms[owner]?.[g] ?? 0;
     // 40 requests of an owner with room 2 are 2; another owner's request still counts; no owner: unlimited.
-    expect(demandByGroup([...flood, { jobId: 'x', owner: 'other', groups: [0] }, { jobId: 'y', groups: [0] }], 2, undefined, (g, o) => (o === 'other' ? 1 : room(g, o)))).toEqual([4, 0]);
+    expect(demandByGroup([...flood, { jobId: 'x', owner: 'other', groups: ['x86'] }, { jobId: 'y', groups: ['x86'] }], 2, undefined, (g, o) => (o === 'other' ? 1 : room(g, o)))).toEqual([4, 0]);
     // An owner whose VMs use all its room adds nothing; a route counts the room per group.
     expect(
       demandByGroup(
-        [...flood, { jobId: 'b1', owner: 'bound', groups: [0, 1] }, { jobId: 'b2', owner: 'bound', groups: [0, 1] }],
+        [...flood, { jobId: 'b1', owner: 'bound', groups: ['x86', 'x86-spare'] }, { jobId: 'b2', owner: 'bound', groups: ['x86', 'x86-spare'] }],
         2,
         (r) => r.groups,
         room,
@@ -160,7 +160,7 @@ describe('demand from queued acquire requests (no acquire worker running)', () =
     expect(actions.filter((a) => a.type === 'spawn')).toHaveLength(4);
     // x86: max_vm_total 3 of 5 wanted; arm: max_spawn_processes 1 of 2 wanted; x86-spare: none.
     expect(await spawnsByGroup()).toEqual([3, 0, 1]);
-    expect((await vmm.getSpawnsInFlight(0)).length).toBe(3);
+    expect((await vmm.getSpawnsInFlight('x86')).length).toBe(3);
   });
 
   it('does not count expired, invalid or unknown-group requests', async () => {
@@ -199,9 +199,9 @@ describe('demand from queued acquire requests (no acquire worker running)', () =
     await request({ owner: 'other', groups: [0] });
     expect((await master.readSnapshot()).groups.map((g) => g.demand)).toEqual([5, 0, 0]);
     // Three VMs bound to the flooding owner leave it room for one.
-    await redis.hset(keys.ownerVms(0), 'flood', 3);
+    await redis.hset(keys.ownerVms('x86'), 'flood', 3);
     expect((await master.readSnapshot()).groups.map((g) => g.demand)).toEqual([2, 0, 0]);
-    await redis.hset(keys.ownerVms(0), 'flood', 4);
+    await redis.hset(keys.ownerVms('x86'), 'flood', 4);
     expect((await master.readSnapshot()).groups.map((g) => g.demand)).toEqual([1, 0, 0]);
     // Its VMs are per group: group 1's room is whole.
     for (let i = 0; i < 6; i++) await request({ owner: 'flood', groups: [1] });

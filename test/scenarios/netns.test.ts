@@ -132,7 +132,7 @@ async function namespaces(harness: NetnsHarness): Promise<string[]> {
 }
 
 async function readyCleanVm(except: string[] = []): Promise<VmDescriptor | null> {
-  const vms = await vmm.getVmsByGroupAndStates(0, [VmStates.READY]);
+  const vms = await vmm.getVmsByGroupAndStates('netns', [VmStates.READY]);
   return vms.find((v) => v.owner === null && !except.includes(v.vmName)) ?? null;
 }
 
@@ -272,8 +272,8 @@ describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'end to end with real host
       expect(host).toMatch(new RegExp(`^${bad!.prefix}-`));
       expect(await namespaces(bad!)).not.toContain(host);
     }
-    expect(await vmm.getAllVmsInGroup(1)).toEqual([]);
-    expect(await vmm.getSpawnsInFlight(1)).toEqual([]);
+    expect(await vmm.getAllVmsInGroup('hang')).toEqual([]);
+    expect(await vmm.getSpawnsInFlight('hang')).toEqual([]);
   }, 90_000);
 
   it('fails a spawn hook that prints garbage cleanly: no record and no host', async () => {
@@ -289,8 +289,8 @@ describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'end to end with real host
     const made = pids.map((pid) => hostOf('garbage', pid));
     for (const host of made) expect(host).toMatch(new RegExp(`^${bad!.prefix}-`));
     expect(job.failedReason).toContain(`; terminated ${made.at(-1)}`);
-    expect(await vmm.getAllVmsInGroup(2)).toEqual([]);
-    expect(await vmm.getSpawnsInFlight(2)).toEqual([]);
+    expect(await vmm.getAllVmsInGroup('garbage')).toEqual([]);
+    expect(await vmm.getSpawnsInFlight('garbage')).toEqual([]);
     // Neither failing group left a host behind.
     expect(await namespaces(bad!)).toEqual([]);
   }, 90_000);

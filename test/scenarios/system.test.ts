@@ -112,7 +112,7 @@ describe('the job system in worker processes', () => {
 
   let demandVm: string;
   it('spawns on demand for a waiting request in a group without a warm pool', async () => {
-    expect(await vmm.getAllVmsInGroup(1)).toEqual([]);
+    expect(await vmm.getAllVmsInGroup('demand')).toEqual([]);
     const assignment = await client.acquire({ owner: 'bob', sandbox: 'bob/p', arch: 'aarch64', taskId: 'bob-1', timeoutMs: 30_000 });
     expect(assignment.group).toBe(1);
     demandVm = assignment.vmName;
@@ -124,7 +124,7 @@ describe('the job system in worker processes', () => {
     try {
       const again = await restarted.acquire({ owner: 'bob', sandbox: 'bob/p', arch: 'aarch64', taskId: 'bob-1', timeoutMs: 5_000 });
       expect(again.vmName).toBe(demandVm);
-      expect((await vmm.getVmsByGroupAndStates(1, [VmStates.IN_USE])).map((v) => v.vmName)).toEqual([demandVm]);
+      expect((await vmm.getVmsByGroupAndStates('demand', [VmStates.IN_USE])).map((v) => v.vmName)).toEqual([demandVm]);
     } finally {
       await restarted.close();
     }

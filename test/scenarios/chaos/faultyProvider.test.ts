@@ -87,7 +87,7 @@ describe('chaos 5: a fault-injecting provider', () => {
 
     writeFileSync(join(stateDir, 'healed'), '');
     const healedAt = Date.now();
-    await sys.until(async () => (await vmm.getVmsByGroupAndStates(0, ['ready'])).filter((v) => v.owner === null).length >= MIN_READY, 90_000, 'min_ready clean VMs again');
+    await sys.until(async () => (await vmm.getVmsByGroupAndStates('faulty', ['ready'])).filter((v) => v.owner === null).length >= MIN_READY, 90_000, 'min_ready clean VMs again');
     const diff = await sys.until(async () => {
       if (!(await settled(vmm))) return null;
       const d = await compareWithProvider(vmm, hookMachines(stateDir));

@@ -39,7 +39,7 @@ const config = (url: string) =>
 const until = <T>(fn: () => Promise<T> | T, timeoutMs: number, what: string) => waitForWithLogs(workers, fn, timeoutMs, what);
 
 async function readyCleanVm(except: string[] = []): Promise<VmDescriptor | null> {
-  const vms = await vmm.getVmsByGroupAndStates(0, [VmStates.READY]);
+  const vms = await vmm.getVmsByGroupAndStates('warm', [VmStates.READY]);
   return vms.find((v) => v.owner === null && !except.includes(v.vmName)) ?? null;
 }
 

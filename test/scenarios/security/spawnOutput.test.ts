@@ -85,7 +85,7 @@ describe('spawn output checked against where VMs may live', () => {
     const zoned = await spawnPrinting(0, 'zoned', JSON.stringify({ name: 'zoned-1', ip: 'fe80::1%eth0' }));
     expect(zoned.ok).toBe(false);
     expect(await vmm.getAllVms()).toEqual([]);
-    expect(await vmm.getSpawnsInFlight(0)).toEqual([]);
+    expect(await vmm.getSpawnsInFlight('cloud')).toEqual([]);
   });
 
   it('takes a routable address, and only addresses in allowed_networks when a group sets them', async () => {
