@@ -25,7 +25,7 @@ export interface AcquireKit {
   /** Adds a VM and brings it to ready with a passing check after the server start. */
   addReady(name: string, ip: string, group?: number): Promise<void>;
   /** Resolves once `count` acquire requests wait in the group's line. */
-  untilWaiting(group: number, count: number): Promise<void>;
+  untilWaiting(group: string, count: number): Promise<void>;
   close(): Promise<void>;
 }
 

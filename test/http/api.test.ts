@@ -81,7 +81,7 @@ describe('HTTP API', () => {
     expect(pages).toBe(Math.ceil(names.length / 2));
     // The whole list fits in the default page: next is null.
     expect((await json(await kit.fetch('/api/v1/vms'))).body.next).toBeNull();
-    const base = (await kit.vmm.getAllVms()).filter((v) => v.group === 0).map((v) => v.vmName).sort((a, b) => (a < b ? -1 : 1));
+    const base = (await kit.vmm.getAllVms()).filter((v) => v.group === 'base').map((v) => v.vmName).sort((a, b) => (a < b ? -1 : 1));
     const first = await json(await kit.fetch('/api/v1/vms?group=base&limit=1'));
     expect(first.body).toMatchObject({ next: base.length > 1 ? base[0] : null });
     expect(first.body.vms.map((v: any) => v.vmName)).toEqual([base[0]]);

@@ -75,7 +75,7 @@ describe('/metrics', () => {
     const vms = await kit.vmm.getAllVms();
     for (const [g, group] of kit.config.groups.entries()) {
       for (const state of ALL_VM_STATES) {
-        const expected = vms.filter((v) => v.group === g && v.state === state).length;
+        const expected = vms.filter((v) => v.group === group.name && v.state === state).length;
         expect(value(samples, 'vmpool_vms', { group: group.name, state }), `${group.name}/${state}`).toBe(expected);
       }
     }

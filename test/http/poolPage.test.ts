@@ -54,7 +54,7 @@ describeWithTools('chromium', 'pool page in Chromium', () => {
           checked: tr.querySelector('.checked')?.textContent?.trim(),
         })),
       );
-      const expected = vms.filter((v) => v.group === g).sort((a, b) => a.vmName.localeCompare(b.vmName));
+      const expected = vms.filter((v) => v.group === group.name).sort((a, b) => a.vmName.localeCompare(b.vmName));
       expect(rows.map((r) => [r.name, r.state, r.ip])).toEqual(expected.map((v) => [v.vmName, v.state, v.vmIp]));
       for (const v of expected) {
         const row = rows.find((r) => r.name === v.vmName)!;

@@ -163,7 +163,7 @@ describe('audit trail of the pool scripts (real Redis, injected clock)', () => {
     const parkAndServe = async () => {
       expect((await vmm.tryAcquireVm(request, waiter())).status).toBe('none');
       await addReady('w1', '10.9.1.1');
-      expect(await vmm.dispatchAcquireLine(0, 'w1')).toEqual(['acquire-tw']);
+      expect(await vmm.dispatchAcquireLine('g', 'w1')).toEqual(['acquire-tw']);
       expect(await redis.hget(keys.vm('w1'), 'state')).toBe('in_use');
     };
     const expectReleasedWithdrawn = async () => {

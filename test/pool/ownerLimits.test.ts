@@ -71,7 +71,7 @@ describe('max_waiting_per_owner in the acquire script', () => {
 describe('LineRequests.refuseBeyondWaitingCap (before enqueueing)', () => {
   it('refuses at the cap, not counting expired requests or the caller’s own job', async () => {
     const line = new LineRequests(new PoolAccess(kit.redis, kit.prefix), () => kit.clock.now);
-    const groups = [{ group: 0, maxWaitingPerOwner: 3 }];
+    const groups = [{ group: 'base', maxWaitingPerOwner: 3 }];
     const own = waiter();
     await kit.vmm.tryAcquireVm(req('flood'), own);
     await kit.vmm.tryAcquireVm(req('flood'), waiter());

@@ -107,7 +107,7 @@ describe('recoverPool', () => {
     try {
       const vm = await kit.vmm.acquireVm(req('bob'));
       const record = await kit.vmm.getVmRecord(vm.vmName);
-      const assignment = { vmName: vm.vmName, vmIp: vm.vmIp, group: 0, leaseId: record.leaseId!, leaseExpiresAt: record.leaseExpiresAt!, requestedAt: T0 + 1000 };
+      const assignment = { vmName: vm.vmName, vmIp: vm.vmIp, group: 'base', leaseId: record.leaseId!, leaseExpiresAt: record.leaseExpiresAt!, requestedAt: T0 + 1000 };
       kit.clock.now = T0 + 2000;
       await kit.vmm.recoverPool(null, { generation: 'g', epoch: 1 });
       const err = await client.renew(assignment).catch((e: unknown) => e);

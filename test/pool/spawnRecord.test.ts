@@ -16,7 +16,7 @@ beforeEach(async () => {
   await kit.reset();
 });
 
-const inFlight = async (group = 0) => (await kit.vmm.getSpawnsInFlight(group)).map((s) => s.spawnId);
+const inFlight = async (group = 'base') => (await kit.vmm.getSpawnsInFlight(group)).map((s) => s.spawnId);
 
 describe('a spawn across its runs', () => {
   it('a first run starts attempt 1, a re-run that found nothing attempt 2; the record expires', async () => {

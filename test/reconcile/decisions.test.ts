@@ -27,7 +27,7 @@ function vm(state: VmState, fields: Partial<VmRecord> = {}): VmRecord {
   return {
     vmName: `vm${seq}`,
     vmIp: `10.0.0.${seq % 250}`,
-    group: 0,
+    group: 'g0',
     state,
     owner: null,
     boundToUser: null,
@@ -55,7 +55,7 @@ function vm(state: VmState, fields: Partial<VmRecord> = {}): VmRecord {
 }
 
 function group(fields: Partial<GroupSnapshot> = {}): GroupSnapshot {
-  return { group: 0, spawnsInFlight: [], demand: 0, lastSpawnStart: null, ...fields };
+  return { group: 'g0', spawnsInFlight: [], demand: 0, lastSpawnStart: null, ...fields };
 }
 
 function snap(vms: VmRecord[], groups: GroupSnapshot[] = [group()], serverStart: number | null = null): PoolSnapshot {
@@ -117,7 +117,7 @@ describe('decideRemoveOldDirtyVms', () => {
   it('uses each group its own timeout', () => {
     const c = config({ vm_dirty_terminating_timeout: 120 }, { vm_dirty_terminating_timeout: 10 });
     const g0 = dirty(NOW - 60 * S);
-    const g1 = dirty(NOW - 60 * S, { group: 1 });
+    const g1 = dirty(NOW - 60 * S, { group: 'g1' });
     expect(names(decideRemoveOldDirtyVms(snap([g0, g1]), c, NOW))).toEqual([g1.vmName]);
   });
 });
@@ -328,8 +328,8 @@ describe('decideStartSpawnIfRequired', () => {
 
   it('decides each group on its own figures', () => {
     const cfg = config({ ...base, min_ready: 0 }, { ...base, min_ready: 1 });
-    const vms = [vm('in_use', { group: 1, owner: 'u' })];
-    const actions = decideStartSpawnIfRequired(snap(vms, [group({ group: 0, demand: 1 }), group({ group: 1, lastSpawnStart: NOW })]), cfg, NOW);
+    const vms = [vm('in_use', { group: 'g1', owner: 'u' })];
+    const actions = decideStartSpawnIfRequired(snap(vms, [group({ group: 'g0', demand: 1 }), group({ group: 'g1', lastSpawnStart: NOW })]), cfg, NOW);
     expect(actions).toEqual([{ type: 'spawn', group: 0, reason: 'demand' }]);
   });
 });

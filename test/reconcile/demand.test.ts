@@ -13,7 +13,8 @@ import { connect, deleteKeysWithPrefix, uniquePrefix, poolKeys } from '../helper
 const T0 = 1_750_000_000_000;
 const S = 1000;
 
-const groups = [{ archs: ['x86_64'] }, { archs: ['x86_64'] }, { archs: ['aarch64'] }];
+const groups = [{ name: 'x86', archs: ['x86_64'] }, { name: 'x86-spare', archs: ['x86_64'] }, { name: 'arm', archs: ['aarch64'] }];
+const names = groups.map((g) => g.name);
 
 describe('demandByGroup', () => {
   it('counts each request once, for its first group only', () => {
@@ -25,30 +26,30 @@ describe('demandByGroup', () => {
           { jobId: 'a', groups: ['x86'] },
           { jobId: 'c', groups: ['x86', 'x86-spare', 'arm'] },
           { jobId: 'd', groups: [] },
-          { jobId: 'e', groups: [7] },
+          { jobId: 'e', groups: ['gone'] },
         ],
-        3,
+        names,
       ),
     ).toEqual([2, 1, 0]);
   });
 
   it("counts an owner's requests in a group only up to its room there (max_vm_per_user less its VMs)", () => {
-    const flood = Array.from({ length: 40 }, (_, i) => ({ jobId: `f${i}`, owner: 'flood', groups: [0] }));
-    const rooms: Record<string, number[]> = { flood: [2, 1], bound: [0, 3] };
-    const room = (g: number, owner: string) => rooms[owner]?.[g] ?? 0;
+    const flood = Array.from({ length: 40 }, (_, i) => ({ jobId: `f${i}`, owner: 'flood', groups: ['x86'] }));
+    const rooms: Record<string, Record<string, number>> = { flood: { x86: 2, 'x86-spare': 1 }, bound: { x86: 0, 'x86-spare': 3 } };
+    const room = (g: string, owner: string) => rooms[owner]?.[g] ?? 0;
     // 40 requests of an owner with room 2 are 2; another owner's request still counts; no owner: unlimited.
-    expect(demandByGroup([...flood, { jobId: 'x', owner: 'other', groups: ['x86'] }, { jobId: 'y', groups: ['x86'] }], 2, undefined, (g, o) => (o === 'other' ? 1 : room(g, o)))).toEqual([4, 0]);
+    expect(demandByGroup([...flood, { jobId: 'x', owner: 'other', groups: ['x86'] }, { jobId: 'y', groups: ['x86'] }], names.slice(0, 2), undefined, (g, o) => (o === 'other' ? 1 : room(g, o)))).toEqual([4, 0]);
     // An owner whose VMs use all its room adds nothing; a route counts the room per group.
     expect(
       demandByGroup(
         [...flood, { jobId: 'b1', owner: 'bound', groups: ['x86', 'x86-spare'] }, { jobId: 'b2', owner: 'bound', groups: ['x86', 'x86-spare'] }],
-        2,
+        names.slice(0, 2),
         (r) => r.groups,
         room,
       ),
     ).toEqual([2, 2]);
     // Without rooms, every request counts.
-    expect(demandByGroup(flood, 2)).toEqual([40, 0]);
+    expect(demandByGroup(flood, names.slice(0, 2))).toEqual([40, 0]);
   });
 });
 
@@ -56,8 +57,8 @@ describe('queuedDemandRequest', () => {
   const job = (data: unknown, timestamp = T0) => ({ id: 'acq-1', data, timestamp });
 
   it('maps groups as given (duplicates dropped) and an arch to the groups listing it, in config order', () => {
-    expect(queuedDemandRequest(job({ owner: 'o', sandbox: 's', groups: [2, 0, 2] }), groups, T0)).toEqual({ jobId: 'acq-1', owner: 'o', groups: [2, 0] });
-    expect(queuedDemandRequest(job({ owner: 'o', sandbox: 's', arch: 'x86_64' }), groups, T0)).toEqual({ jobId: 'acq-1', owner: 'o', groups: [0, 1] });
+    expect(queuedDemandRequest(job({ owner: 'o', sandbox: 's', groups: [2, 'x86', 2] }), groups, T0)).toEqual({ jobId: 'acq-1', owner: 'o', groups: ['arm', 'x86'] });
+    expect(queuedDemandRequest(job({ owner: 'o', sandbox: 's', arch: 'x86_64' }), groups, T0)).toEqual({ jobId: 'acq-1', owner: 'o', groups: ['x86', 'x86-spare'] });
   });
 
   it('ignores invalid payloads, unknown groups and arches', () => {
@@ -140,7 +141,7 @@ async function joinLine(job: Job, groups: number[]): Promise<void> {
 async function spawnsByGroup(): Promise<number[]> {
   const jobs = await spawnQueue.getJobs(['waiting', 'delayed', 'active', 'prioritized']);
   const out = [0, 0, 0];
-  for (const j of jobs) out[(j.data as { group: number }).group]! += 1;
+  for (const j of jobs) out[names.indexOf((j.data as { group: string }).group)]! += 1;
   return out;
 }
 

@@ -74,7 +74,7 @@ describe('min_ready by schedule', () => {
 
   it('spawns up to the value in force, and after a period retires only idle clean VMs', () => {
     const config = parseConfig({ groups: [{ name: 'g', min_ready: schedule, max_vm_total: 30, max_spawn_processes: 30, vm_spawn_min_interval: 0 }] }, {});
-    const snapshot = (vms: VmRecord[], demand = 0): PoolSnapshot => ({ vms, groups: [{ group: 0, spawnsInFlight: [], demand, lastSpawnStart: null }], serverStart: 0 });
+    const snapshot = (vms: VmRecord[], demand = 0): PoolSnapshot => ({ vms, groups: [{ group: 'g', spawnsInFlight: [], demand, lastSpawnStart: null }], serverStart: 0 });
     expect(decideStartSpawnIfRequired(snapshot([]), config, TUE_0830_PRAGUE)).toHaveLength(10);
     expect(decideStartSpawnIfRequired(snapshot([]), config, TUE_1930_PRAGUE)).toHaveLength(2);
 

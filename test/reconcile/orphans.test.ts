@@ -59,15 +59,15 @@ let redis: Redis;
 let vmm: VmManager;
 let master: VmMaster;
 let terminateQueue: Queue;
-const providers = new Map<number, Provider>();
+const providers = new Map<string, Provider>();
 
 beforeAll(() => {
   redis = connect();
   vmm = new VmManager(config, { redis, prefix, clock: () => clock.now });
   const logger = vmm.logger;
-  const providerOf = (group: number) => {
+  const providerOf = (group: string) => {
     let p = providers.get(group);
-    if (!p) providers.set(group, (p = createProvider({ id: group, config: vmm.groupConfig(group) }, { logger })));
+    if (!p) providers.set(group, (p = createProvider({ index: vmm.groupIndex(group), config: vmm.groupConfig(group) }, { logger })));
     return p;
   };
   master = new VmMaster(vmm, { provider: providerOf });

@@ -17,7 +17,7 @@ const input = { redis: { url: REDIS_URL }, groups: [{ name: 'builders', min_read
 describe('the decision', () => {
   it('spawns nothing for a drained group, whatever min_ready and demand ask', () => {
     const config = parseConfig(input, {});
-    const group = { group: 0, spawnsInFlight: [], demand: 3, lastSpawnStart: null };
+    const group = { group: 'builders', spawnsInFlight: [], demand: 3, lastSpawnStart: null };
     const now = 1_750_000_000_000;
     expect(decideStartSpawnIfRequired({ vms: [], groups: [group], serverStart: 0 }, config, now)).toHaveLength(2);
     expect(decideStartSpawnIfRequired({ vms: [], groups: [{ ...group, drained: true }], serverStart: 0 }, config, now)).toEqual([]);

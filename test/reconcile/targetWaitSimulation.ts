@@ -57,7 +57,7 @@ function record(vm: SimVm): VmRecord {
   return {
     vmName: vm.name,
     vmIp: '10.0.0.1',
-    group: 0,
+    group: 'g',
     state: vm.state === 'ready' ? VmStates.READY : VmStates.IN_USE,
     owner: vm.state === 'in_use' ? 'builder' : null,
     boundToUser: vm.state === 'in_use' ? 'builder' : null,
@@ -144,7 +144,7 @@ export function simulate(o: SimulationOptions): SimulationResult {
         vms: [...vms.values()].map(record),
         groups: [
           {
-            group: 0,
+            group: 'g',
             spawnsInFlight: spawns.map((s) => ({ spawnId: s.id, startedAt: s.startedAt * 1000 })),
             demand: waiting.length,
             lastSpawnStart: null,

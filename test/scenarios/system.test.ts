@@ -88,7 +88,7 @@ describe('the job system in worker processes', () => {
 
   it('reuses a released VM for the same owner and sandbox, then terminates it after the dirty timeout', async () => {
     const held = await vmm.getVmByTaskId('build-1');
-    expect(await client.release({ vmName: first, vmIp: held!.vmIp, group: 0, leaseId: (await vmm.getVmRecord(first)).leaseId!, leaseExpiresAt: 0 })).toBe(true);
+    expect(await client.release({ vmName: first, vmIp: held!.vmIp, group: 'warm', leaseId: (await vmm.getVmRecord(first)).leaseId!, leaseExpiresAt: 0 })).toBe(true);
     const again = await client.acquire({ owner: 'alice', sandbox: 'alice/p1', groups: [0], taskId: 'build-2', timeoutMs: 20_000 });
     expect(again.vmName).toBe(first);
     expect((await vmm.getVmByName(first)).buildsCount).toBe(1);

@@ -98,7 +98,7 @@ describe('chaos 5: a fault-injecting provider', () => {
     const faults = readFileSync(join(stateDir, 'faults'), 'utf8').trim().split('\n');
     const count = (f: string) => faults.filter((x) => x === f).length;
     const events = await readAudit(vmm.reader);
-    const audit = checkAudit(events, [LIMITS]);
+    const audit = checkAudit(events, { faulty: LIMITS });
     const terminations = events.filter((e) => e.event === 'removed').length;
     const terminateRuns = readdirSync(stateDir)
       .filter((f) => f.startsWith('tries-'))

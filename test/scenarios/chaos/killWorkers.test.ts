@@ -171,7 +171,7 @@ describe('chaos 2: kill -9 of worker processes under load', () => {
     }, 90_000, "the provider's machines equal the pool's VMs");
     const convergedMs = Date.now() - killedAt;
     const events = await readAudit(vmm.reader);
-    const audit = checkAudit(events, [LIMITS]);
+    const audit = checkAudit(events, { kill: LIMITS });
     // Taken for nobody: acquired under a lease no builder got, which no release ended (it lapsed).
     const releasedLeases = new Set(events.filter((e) => e.event === 'released').map((e) => e.lease));
     const forNobody = events.filter((e) => e.event === 'acquired' && !seen.has(e.lease!) && !releasedLeases.has(e.lease)).map((e) => `${e.vm} (task ${e.task ?? 'none'})`);
