@@ -94,7 +94,7 @@ describe('audit trail of the pool scripts (real Redis, injected clock)', () => {
       ['removed', 'a1', 'alice', 'sb', 't2', null],
     ]);
     const [spawned, , acquired, , renewed, failed, released, , held, , acquired2, expired, terminate] = events;
-    expect(spawned!.group).toBe(0);
+    expect(spawned!.group).toBe('g');
     expect(spawned!.details).toEqual({ ip: '10.9.0.1' });
     expect(acquired!.lease).toBe('L1');
     expect(acquired!.details).toEqual({ worker: 'w1' });
@@ -176,7 +176,7 @@ describe('audit trail of the pool scripts (real Redis, injected clock)', () => {
       ]);
       const released = events[3]!;
       // The fields of a builder's release (group, owner, sandbox, task, lease), and why.
-      expect(released.group).toBe(0);
+      expect(released.group).toBe('g');
       expect(released.lease).toBe('LW');
       expect(released.reason).toBe('withdrawn');
       expect(released.details).toEqual({});

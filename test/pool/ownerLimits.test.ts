@@ -33,7 +33,7 @@ describe('max_waiting_per_owner in the acquire script', () => {
     for (let i = 0; i < 3; i++) expect((await kit.vmm.tryAcquireVm(req('flood'), waiter())).status).toBe('none');
     const refused = kit.vmm.tryAcquireVm(req('flood'), waiter());
     await expect(refused).rejects.toThrow(TooManyWaiting);
-    await expect(refused).rejects.toMatchObject({ owner: 'flood', group: 0, limit: 3, retryAfterSeconds: 10 });
+    await expect(refused).rejects.toMatchObject({ owner: 'flood', group: 'base', limit: 3, retryAfterSeconds: 10 });
     expect(await kit.redis.zcard(kit.keys.ownerLine('base', 'flood'))).toBe(3);
     expect(await kit.redis.zcard(kit.keys.waiters('base'))).toBe(3);
     expect((await kit.vmm.tryAcquireVm(req('other'), waiter())).status).toBe('none');

@@ -98,7 +98,7 @@ describe('recoverPool', () => {
     expect(await kit.vmm.recoverPool(seen, { generation: 'other', epoch: 8 })).toBeNull();
     expect((await kit.vmm.reader.poolState())?.generation).toBe('next');
     await kit.vmm.markLossSwept('base', 'next');
-    expect((await kit.vmm.reader.poolState())?.swept).toEqual({ 0: 'next' });
+    expect((await kit.vmm.reader.poolState())?.swept).toEqual({ base: 'next' });
   });
 
   it('a builder whose lease went with the state is told so at renew and release', async () => {
