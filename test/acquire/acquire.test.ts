@@ -28,7 +28,7 @@ describe('acquire job', () => {
     kit = await createAcquireKit('acq-ok');
     await kit.addReady('vm1', '10.1.0.1', 0);
     const a = await kit.client.acquire({ owner: 'alice', sandbox: 'alice/p', arch: 'x86_64', taskId: 'task-1', buildId: 'b1', chroot: 'fedora-x86_64' });
-    expect(a).toMatchObject({ vmName: 'vm1', vmIp: '10.1.0.1', group: 0 });
+    expect(a).toMatchObject({ vmName: 'vm1', vmIp: '10.1.0.1', group: 'base' });
     expect(a.leaseId).toMatch(/^[0-9a-f-]{36}$/);
     const rec = await kit.ctx.vmm.getVmByName('vm1');
     expect(rec).toMatchObject({ state: 'in_use', owner: 'alice', sandbox: 'alice/p', taskId: 'task-1', buildId: 'b1', chroot: 'fedora-x86_64' });

@@ -131,7 +131,7 @@ describe('the fair acquire line', () => {
     }, 'the progress').then(() => Job.fromId(kit!.queue, acquireJobId('why-dora', 'dora')));
     expect((job!.progress as { waiting: unknown }).waiting).toMatchObject({
       reason: 'owner_limit',
-      groups: [{ group: 0, groupName: 'base', reason: 'owner_limit', ownerVms: 1, maxVmPerUser: 1, ownerPosition: 1 }],
+      groups: [{ group: 'base', groupName: 'base', reason: 'owner_limit', ownerVms: 1, maxVmPerUser: 1, ownerPosition: 1 }],
     });
     const outcome = await pending;
     expect('error' in outcome && outcome.error.message).toMatch(/last blocking constraint: owner_limit in base\(0\)/);

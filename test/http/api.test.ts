@@ -48,7 +48,7 @@ describe('HTTP API', () => {
     const pool = await kit.vmm.getAllVms();
     expect(all.body.vms.map((v: any) => v.vmName).sort()).toEqual(pool.map((v) => v.vmName).sort());
     const b1 = all.body.vms.find((v: any) => v.vmName === 'b1');
-    expect(b1).toMatchObject({ vmIp: '10.1.0.1', group: 0, groupName: 'base', state: 'ready', heldBy: null });
+    expect(b1).toMatchObject({ vmIp: '10.1.0.1', group: 'base', groupName: 'base', state: 'ready', heldBy: null });
     expect(b1).not.toHaveProperty('leaseId');
 
     const arm = await json(await kit.fetch('/api/v1/vms?group=arm'));
@@ -118,7 +118,7 @@ describe('HTTP API', () => {
     const acquired = await json(await kit.fetch('/api/v1/acquire', { method: 'POST', json: { owner: 'alice', sandbox: 'sb', arch: 'aarch64', timeoutMs: 5_000 } }));
     expect(acquired.status).toBe(200);
     const a = acquired.body;
-    expect(a).toMatchObject({ vmName: 'a1', vmIp: '10.2.0.1', group: 1 });
+    expect(a).toMatchObject({ vmName: 'a1', vmIp: '10.2.0.1', group: 'arm' });
     const record = await kit.vmm.getVmRecord('a1');
     expect(record).toMatchObject({ state: 'in_use', owner: 'alice', sandbox: 'sb', leaseId: a.leaseId, leaseExpiresAt: a.leaseExpiresAt });
 

@@ -117,13 +117,13 @@ describe('/metrics', () => {
       runWorker(ctx, spec(QueueNames.ACQUIRE, async (job) => {
         // As the acquire processor fails a request that no VM came for.
         if (job.data.owner === 'nobody') throw await failAcquireJob(job, AcquireFailures.NO_VM_AVAILABLE, noVmAvailableReason('no VM within 1 ms'));
-        return { vmName: 'x', vmIp: '10.0.0.9', group: 0, leaseId: 'l', leaseExpiresAt: 1 };
+        return { vmName: 'x', vmIp: '10.0.0.9', group: 'base', leaseId: 'l', leaseExpiresAt: 1 };
       }), 2),
     );
     const jobs: [QueueName, unknown, number][] = [
-      [QueueNames.SPAWN, { group: 0, spawnId: 'ok-1' }, 1],
-      [QueueNames.SPAWN, { group: 0, spawnId: 'ok-2' }, 1],
-      [QueueNames.SPAWN, { group: 1, spawnId: 'bad-1' }, 2], // one retry, then failed
+      [QueueNames.SPAWN, { group: 'base', spawnId: 'ok-1' }, 1],
+      [QueueNames.SPAWN, { group: 'base', spawnId: 'ok-2' }, 1],
+      [QueueNames.SPAWN, { group: 'arm', spawnId: 'bad-1' }, 2], // one retry, then failed
       [QueueNames.HEALTH, { vmName: 'fine-1' }, 1],
       [QueueNames.HEALTH, { vmName: 'fine-2' }, 1],
       [QueueNames.HEALTH, { vmName: 'sick' }, 1],

@@ -50,7 +50,7 @@ describe('acquire requests', () => {
       owner: 'erin',
       state: 'waiting',
       jobState: 'delayed',
-      waiting: { reason: 'owner_limit', groups: [{ group: 0, groupName: 'base', reason: 'owner_limit', ownerVms: 1, maxVmPerUser: 1 }] },
+      waiting: { reason: 'owner_limit', groups: [{ group: 'base', groupName: 'base', reason: 'owner_limit', ownerVms: 1, maxVmPerUser: 1 }] },
       assignment: null,
     });
     // The same by job id.

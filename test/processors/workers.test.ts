@@ -64,7 +64,7 @@ afterAll(async () => {
 
 async function spawnOne(spawnId: string) {
   await vmm.registerSpawn('tcp', spawnId);
-  const job = await spawnQueue.add('spawn', { group: 0, spawnId }, { ...spawnJobOptions, jobId: spawnJobId(spawnId) });
+  const job = await spawnQueue.add('spawn', { group: 'tcp', spawnId }, { ...spawnJobOptions, jobId: spawnJobId(spawnId) });
   return job;
 }
 
@@ -101,7 +101,7 @@ describe('spawn, health and terminate workers', () => {
       await vmm.registerSpawn('tcp', 'doomed');
       const job = await spawnQueue.add(
         'spawn',
-        { group: 0, spawnId: 'doomed' },
+        { group: 'tcp', spawnId: 'doomed' },
         { ...spawnJobOptions, attempts: 2, backoff: { type: 'fixed', delay: 100 }, jobId: spawnJobId('doomed') },
       );
       await expect(job.waitUntilFinished(events, 30_000)).rejects.toThrow(/exit|status|code/i);

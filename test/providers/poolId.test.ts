@@ -112,7 +112,7 @@ describe('VMPOOL_POOL_ID in the worker runtime', () => {
     const running = await startProcessTypes(processTypeSpecs, ['spawn', 'health', 'terminate'], config, { prefix, logger });
     try {
       await vmm.registerSpawn('cloud', 'rt-s1');
-      await addSpawnJob(vmm.queue(SPAWN_QUEUE), { group: 0, spawnId: 'rt-s1' });
+      await addSpawnJob(vmm.queue(SPAWN_QUEUE), { group: 'cloud', spawnId: 'rt-s1' });
       await waitFor(async () => (await vmm.getAllVmRecords()).some((v) => v.vmName === 'rt-1'), 20_000, 'the spawned VM in the pool');
       await vmm.startVmTermination('rt-1', undefined, 'operator');
       await waitFor(() => readFileSync(seen, 'utf8').includes('terminate'), 20_000, 'terminate hook ran');

@@ -67,7 +67,7 @@ describe('min_ready by schedule', () => {
 
   const vm = (name: string, over: Partial<VmRecord> = {}): VmRecord =>
     ({
-      vmName: name, vmIp: '10.0.0.1', group: 0, state: 'ready', owner: null, boundToUser: null, sandbox: null, usedByWorker: null, taskId: null,
+      vmName: name, vmIp: '10.0.0.1', group: 'g', state: 'ready', owner: null, boundToUser: null, sandbox: null, usedByWorker: null, taskId: null,
       buildId: null, chroot: null, inUseSince: null, lastHealthCheck: 1, checkFails: 0, lastRelease: null, buildsCount: 0,
       terminatingSince: null, addedAt: 1, boundSince: null, leaseId: null, leaseExpiresAt: null, heldBy: null, heldSince: null, ...over,
     }) as VmRecord;

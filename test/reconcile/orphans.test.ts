@@ -189,7 +189,7 @@ describe('cleanupOrphans: machines the pool does not know', () => {
   it('terminates an old unknown machine on its second pass, not its first', async () => {
     providerHas('leak-1', '192.0.2.10', T0 - 10 * GRACE * S);
     const [first] = await master.cleanupOrphans();
-    expect(first).toMatchObject({ group: 0, leaksTerminated: 0, lostVmsTerminated: 0, counts: { machines: 1, unknown: 1, unknownWaiting: 1 } });
+    expect(first).toMatchObject({ group: 'listed', leaksTerminated: 0, lostVmsTerminated: 0, counts: { machines: 1, unknown: 1, unknownWaiting: 1 } });
     expect(await terminateJobs()).toEqual([]);
     expect(await redis.hgetall(keys.orphanUnknown('listed'))).toEqual({ 'leak-1': String(T0) });
 
@@ -198,7 +198,7 @@ describe('cleanupOrphans: machines the pool does not know', () => {
     expect(second).toMatchObject({ leaksTerminated: 1, counts: { unknownTerminated: 1 } });
     const jobs = await terminateJobs();
     expect(jobs.map((j) => [j.id, j.data])).toEqual([
-      [leakTerminateJobId('listed', 'leak-1', T0), { vmName: 'leak-1', reason: 'orphan', orphan: { group: 0, vmIp: '192.0.2.10' } }],
+      [leakTerminateJobId('listed', 'leak-1', T0), { vmName: 'leak-1', reason: 'orphan', orphan: { group: 'listed', vmIp: '192.0.2.10' } }],
     ]);
 
     // Still listed on the next pass while its job is pending: no second job.

@@ -94,7 +94,7 @@ describe('target_wait decision', () => {
     const config = { groups: [g], vm_cycle_timeout: 10 };
     // 2/min needs 6 ready: with 2, four spawns start for the warm pool.
     const spawns = decideStartSpawnIfRequired(snap(2 / 60, 2), config, 1_000_000);
-    expect(spawns).toEqual(Array.from({ length: 4 }, () => ({ type: 'spawn', group: 0, reason: 'warm_pool' })));
+    expect(spawns).toEqual(Array.from({ length: 4 }, () => ({ type: 'spawn', group: 'g', reason: 'warm_pool' })));
     // Arrivals stop: one VM stays ready for the next request (a fresh spawn takes longer than 30 s),
     // the other 5 idle VMs are surplus, oldest first.
     const retire = decideRetireSurplus(snap(0, 6), config, 1_000_000);

@@ -243,18 +243,18 @@ describe('startSpawnIfRequired', () => {
     clock.now = T0 + 30 * S - 1;
     expect(await master.startSpawnIfRequired()).toEqual([]);
     clock.now = T0 + 30 * S;
-    expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 1, reason: 'warm_pool' }]);
+    expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 'warm', reason: 'warm_pool' }]);
     const inFlight = await vmm.getSpawnsInFlight('warm');
     expect(inFlight).toHaveLength(1);
     expect(inFlight[0]!.startedAt).toBe(clock.now);
     expect(await vmm.readVmPoolInfo('warm', LAST_VM_SPAWN_START)).toBe(String(clock.now));
     const spawnJobs = await jobs(QueueNames.SPAWN);
-    expect(spawnJobs.map((j) => [j.id, j.data])).toEqual([[spawnJobId(inFlight[0]!.spawnId), { group: 1, spawnId: inFlight[0]!.spawnId, reason: 'warm_pool' }]]);
+    expect(spawnJobs.map((j) => [j.id, j.data])).toEqual([[spawnJobId(inFlight[0]!.spawnId), { group: 'warm', spawnId: inFlight[0]!.spawnId, reason: 'warm_pool' }]]);
     // The interval holds the second spawn: not 1 ms before, yes at it.
     clock.now += 30 * S - 1;
     expect(await master.startSpawnIfRequired()).toEqual([]);
     clock.now += 1;
-    expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 1, reason: 'warm_pool' }]);
+    expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 'warm', reason: 'warm_pool' }]);
     // Two in flight fill min_ready (2): no more, however long we wait (until they go stale).
     clock.now += 1000 * S;
     expect(await master.startSpawnIfRequired()).toEqual([]);
@@ -268,7 +268,7 @@ describe('startSpawnIfRequired', () => {
     expect((await vmm.getSpawnsInFlight('base')).map((s) => s.spawnId)).toEqual(['lost-spawn']);
     clock.now += 1;
     const applied = await master.startSpawnIfRequired();
-    expect(applied).toContainEqual({ type: 'dropStaleSpawn', group: 0, spawnId: 'lost-spawn' });
+    expect(applied).toContainEqual({ type: 'dropStaleSpawn', group: 'base', spawnId: 'lost-spawn' });
     expect(await vmm.getSpawnsInFlight('base')).toEqual([]);
   });
 
@@ -286,7 +286,7 @@ describe('startSpawnIfRequired', () => {
     clock.now = T0 + 2 * S;
     expect(await master.startSpawnIfRequired()).toEqual([]);
     await waitInLine('waiting-request', 'bob', T0 + 60 * S);
-    expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 0, reason: 'demand' }]);
+    expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 'base', reason: 'demand' }]);
     expect((await jobs(QueueNames.SPAWN)).map((j) => j.data.group)).toEqual([0]);
   });
 
@@ -296,7 +296,7 @@ describe('startSpawnIfRequired', () => {
     await waitInLine('waiting-request', 'u5', T0 + 60 * S);
     expect(await master.startSpawnIfRequired()).toEqual([]);
     await vmm.startVmTermination('full1');
-    expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 0, reason: 'demand' }]);
+    expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 'base', reason: 'demand' }]);
   });
 });
 

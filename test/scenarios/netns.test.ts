@@ -220,7 +220,7 @@ describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'end to end with real host
 
   it('acquires, releases, reuses for the same owner and sandbox, and terminates after the dirty timeout', async () => {
     const a1 = await client.acquire({ owner: 'alice', sandbox: 'alice/p1', arch: 'x86_64', taskId: 'e2e-1', timeoutMs: 20_000 });
-    expect(a1.group).toBe(0);
+    expect(a1.group).toBe('netns');
     // Normally the warm VM; a spawn for the waiting request may win if that VM was mid-check.
     used = a1.vmName;
     expect((await vmm.getVmByName(used)).state).toBe(VmStates.IN_USE);
@@ -312,7 +312,7 @@ describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'end to end with real host
     const jobs = await terminateJobsFor(leak.name);
     expect(jobs).toHaveLength(1);
     expect(jobs[0]!.id).toMatch(new RegExp(`^leak-g0-${leak.name}-\\d+$`));
-    expect(jobs[0]!.data).toEqual({ vmName: leak.name, reason: 'orphan', orphan: { group: 0, vmIp: leak.ip } });
+    expect(jobs[0]!.data).toEqual({ vmName: leak.name, reason: 'orphan', orphan: { group: 'netns', vmIp: leak.ip } });
     expect(await vmm.getAllVms().then((vms) => vms.map((v) => v.vmName))).not.toContain(leak.name);
 
     // The reconcile process logged its passes with counts, including the one that found the leak.

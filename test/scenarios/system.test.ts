@@ -71,7 +71,7 @@ describe('the job system in worker processes', () => {
   it('spawns the warm pool, checks it to ready and hands a VM to a builder', async () => {
     const warm = await waitFor(() => readyCleanVm(0), 30_000, 'a warm ready VM');
     const assignment = await client.acquire({ owner: 'alice', sandbox: 'alice/p1', groups: [0], taskId: 'build-1', timeoutMs: 20_000 });
-    expect(assignment.group).toBe(0);
+    expect(assignment.group).toBe('warm');
     expect(assignment.vmName).toBe(warm.vmName);
     expect(assignment.leaseExpiresAt).toBeGreaterThan(Date.now());
     const vm = await vmm.getVmByName(assignment.vmName);
@@ -114,7 +114,7 @@ describe('the job system in worker processes', () => {
   it('spawns on demand for a waiting request in a group without a warm pool', async () => {
     expect(await vmm.getAllVmsInGroup('demand')).toEqual([]);
     const assignment = await client.acquire({ owner: 'bob', sandbox: 'bob/p', arch: 'aarch64', taskId: 'bob-1', timeoutMs: 30_000 });
-    expect(assignment.group).toBe(1);
+    expect(assignment.group).toBe('demand');
     demandVm = assignment.vmName;
     expect((await vmm.getVmByName(demandVm)).owner).toBe('bob');
   });

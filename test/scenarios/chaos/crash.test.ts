@@ -172,7 +172,7 @@ describe('a crashed worker process loses no work', () => {
     expect(await vmm.countDemand('demand')).toBe(1);
 
     const assignment = await acquiring;
-    expect(assignment.group).toBe(1);
+    expect(assignment.group).toBe('demand');
     const vm = await vmm.getVmByName(assignment.vmName);
     expect(vm.state).toBe(VmStates.IN_USE);
     expect(vm.owner).toBe('alice');

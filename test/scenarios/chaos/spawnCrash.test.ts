@@ -141,7 +141,7 @@ describe('a spawn job that runs twice makes one machine', () => {
     await s.start('spawn');
     const job = await completedSpawn(s, spawnId);
     expect(job.stalledCounter).toBe(1);
-    expect(job.returnvalue).toEqual({ vmName: machine, vmIp: vm!.vmIp, group: 0 });
+    expect(job.returnvalue).toEqual({ vmName: machine, vmIp: vm!.vmIp, group: 'one' });
     const logs = (await s.spawnQueue.getJobLogs(job.id!)).logs.join('\n');
     expect(logs).toMatch(/an earlier run added/);
     await s.until(async () => (await s.vmm.getVmsByGroupAndStates('one', [VmStates.READY])).length === 1, 20_000, 'the VM ready');
@@ -234,13 +234,13 @@ describe('a spawn worker stopped during a slow spawn hook', () => {
     const terminateQueue = new Queue(QueueNames.TERMINATE, { connection: s.redis, prefix: s.prefix });
     try {
       const backstop = await Job.fromId(terminateQueue, `spawn-stop-${spawnId}-${machine}`);
-      expect(backstop?.data ?? 'no job', stopping.lines.slice(-8).join('\n')).toMatchObject({ vmName: machine, orphan: { group: 0 } });
+      expect(backstop?.data ?? 'no job', stopping.lines.slice(-8).join('\n')).toMatchObject({ vmName: machine, orphan: { group: 'one' } });
       expect((await s.vmm.reader.spawnMachine(spawnId)) ?? 'no machine recorded', stopping.lines.slice(-8).join('\n')).toMatchObject({ vmName: machine, hookDone: false });
 
       rmSync(join(s.dir, 'slow-after-print'));
       await s.start('spawn');
       const done = await completedSpawn(s, spawnId);
-      expect(done.returnvalue ?? 'no result', JSON.stringify(done.toJSON())).toMatchObject({ group: 0 });
+      expect(done.returnvalue ?? 'no result', JSON.stringify(done.toJSON())).toMatchObject({ group: 'one' });
       expect(done.returnvalue.vmName).not.toBe(machine);
       const logs = (await s.spawnQueue.getJobLogs(done.id!)).logs.join('\n');
       expect(logs).toMatch(new RegExp(`terminated ${machine}`));
