@@ -58,7 +58,7 @@ async function dump(prefix: string): Promise<Record<string, unknown>> {
       if (key.endsWith(':waiter_info')) out[key] = Object.fromEntries(Object.entries(await redis.hgetall(key)).map(([f, v]) => [f, JSON.parse(v) as unknown]));
       else if (type === 'hash') out[key] = await redis.hgetall(key);
       else if (type === 'set') out[key] = (await redis.smembers(key)).sort();
-      else if (type === 'zset') out[key] = await redis.zrange(key, 0, -1, 'WITHSCORES');
+      else if (type === 'zset') out[key] = await redis.zrange(key, '0', '-1', 'WITHSCORES');
       else if (type === 'list') out[key] = await redis.lrange(key, 0, -1);
       else if (type === 'string') out[key] = await redis.get(key);
       else out[key] = type;
@@ -233,7 +233,7 @@ describe('moveGroupKeys', () => {
     await redis.rpush(k.history('0'), 'h0');
     expect(await pool.scripts.moveGroupKeys('0', 'alpha', tails)).toBe(5);
     expect((await redis.smembers(k.coming('alpha'))).sort()).toEqual(['x1', 'x2', 'x3']);
-    expect(await redis.zrange(k.readyClean('alpha'), 0, -1, 'WITHSCORES')).toEqual(['r2', '1', 'r1', '9']);
+    expect(await redis.zrange(k.readyClean('alpha'), '0', '-1', 'WITHSCORES')).toEqual(['r2', '1', 'r1', '9']);
     expect(await redis.hgetall(k.ownerVms('alpha'))).toEqual({ alice: '1', bob: '2' });
     expect(await redis.get(k.lineTurn('alpha'))).toBe('7');
     expect(await redis.lrange(k.history('alpha'), 0, -1)).toEqual(['h2', 'h1', 'h0']);
