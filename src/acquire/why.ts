@@ -20,8 +20,12 @@ export const WAIT_REASONS = ['owner_limit', 'held_back_by_priority', 'spawning',
 export type WaitReason = (typeof WAIT_REASONS)[number];
 
 export interface GroupWait {
+  /** The group's name. */
   group: string;
+  /** The same as `group` (kept: the job progress had it when `group` was the index). */
   groupName: string;
+  /** The group's index in the config's list, null once it left the config. */
+  groupIndex: number | null;
   reason: WaitReason;
   /**
    * Estimated place in the group's line (1 = next): owners ahead in the round-robin, plus a full
@@ -105,6 +109,7 @@ export async function explainWait(vmm: VmManager, config: Config, request: Waiti
     const wait: GroupWait = {
       group,
       groupName: gc.name,
+      groupIndex: vmm.groupIndex(group),
       reason,
       position:
         standing.ownerRank === null || standing.ownersAhead === null ? null : standing.ownersAhead + 1 + standing.ownerRank * Math.max(1, standing.owners),
@@ -130,7 +135,7 @@ export function describeWait(status: WaitStatus): string {
     .map((g) => {
       const eta = g.etaMs !== undefined ? `, ETA ${Math.ceil(g.etaMs / 1000)} s` : '';
       const pos = g.position !== null ? `, about ${g.position} in line of ${g.waiting}` : `, ${g.waiting} waiting`;
-      return `${g.reason} in ${g.groupName}(${g.group})${pos}${eta}`;
+      return `${g.reason} in ${g.group}(${g.groupIndex ?? 'removed'})${pos}${eta}`;
     })
     .join('; ');
 }

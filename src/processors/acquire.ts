@@ -114,7 +114,7 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
   const { jobId } = waiter;
   // The process's line runtime (dispatch on ready messages, sweeps) runs once it has a job.
   if (!stopped.has(ctx)) runtimeOf(ctx);
-  const groupNames = groups.join(', ');
+  const groupNames = groups.map((g) => `${g}(${ctx.vmm.groupIndex(g) ?? 'removed'})`).join(', ');
   const log = ctx.logger.child({ jobId, owner: request.owner, taskId: request.taskId });
   // The payload is the request, with its groups resolved and this process as the worker.
   const acquireRequest = { ...request, groups, workerId: ctx.workerId };

@@ -73,7 +73,7 @@ describe('acquire job', () => {
     kit = await createAcquireKit('acq-wake');
     // The safety retry is 60 s and the test bound is 20 s: only the ready message can serve it.
     const pending = kit.client.acquire({ owner: 'alice', sandbox: 's', groups: [0], timeoutMs: 30_000 });
-    await kit.untilWaiting('base', 1);
+    await kit.untilWaiting(0, 1);
     expect(await kit.ctx.vmm.countDemand('base')).toBe(1);
     await new Promise((r) => setTimeout(r, 300));
     await kit.addReady('late1', '10.1.0.3', 0);
@@ -87,7 +87,7 @@ describe('acquire job', () => {
     await kit.addReady('only', '10.1.0.4', 0);
     const first = await kit.client.acquire({ owner: 'bob', sandbox: 'bob/x', groups: [0] });
     const pending = kit.client.acquire({ owner: 'bob', sandbox: 'bob/x', groups: [0], timeoutMs: 30_000 });
-    await kit.untilWaiting('base', 1);
+    await kit.untilWaiting(0, 1);
     expect(await kit.client.release(first)).toBe(true);
     const second = await pending;
     expect(second.vmName).toBe('only');
@@ -187,7 +187,7 @@ describe('first come, first served', () => {
       const r = await enqueue(kit, owner);
       reqs.push(r);
       void r.done.then(() => order.push(owner));
-      await kit.untilWaiting('base', reqs.length);
+      await kit.untilWaiting(0, reqs.length);
     }
     for (let i = 1; i <= 3; i++) {
       await kit.addReady(`f${i}`, `10.2.0.${i}`, 0);
@@ -205,7 +205,7 @@ describe('first come, first served', () => {
       const r = await enqueue(kit, owner, priority);
       reqs.push(r);
       void r.done.then(() => order.push(owner));
-      await kit.untilWaiting('base', reqs.length);
+      await kit.untilWaiting(0, reqs.length);
     }
     for (let i = 1; i <= 3; i++) {
       await kit.addReady(`p${i}`, `10.3.0.${i}`, 0);
@@ -222,9 +222,9 @@ describe('first come, first served', () => {
     await kit.client.acquire({ owner: 'carol', sandbox: 'b', groups: [0] });
     // carol holds her 2 VMs; her third request waits first in line, dave's second.
     const carol = kit.client.acquire({ owner: 'carol', sandbox: 'c', groups: [0], timeoutMs: 30_000 });
-    await kit.untilWaiting('base', 1);
+    await kit.untilWaiting(0, 1);
     const dave = kit.client.acquire({ owner: 'dave', sandbox: 'd', groups: [0], timeoutMs: 30_000 });
-    await kit.untilWaiting('base', 2);
+    await kit.untilWaiting(0, 2);
     await kit.addReady('c3', '10.4.0.3', 0);
     expect((await dave).vmName).toBe('c3');
     expect(await kit.redis.zcard(kit.keys.waiters('base'))).toBe(1);
@@ -235,7 +235,7 @@ describe('first come, first served', () => {
   it('a new request does not overtake one already waiting for the same VM', async () => {
     kit = await createAcquireKit('acq-no-overtake');
     const first = kit.client.acquire({ owner: 'erin', sandbox: 's', groups: [0], timeoutMs: 30_000 });
-    await kit.untilWaiting('base', 1);
+    await kit.untilWaiting(0, 1);
     // A VM appears and, at the same moment, a direct caller in line behind erin tries for it.
     const keys = kit.keys;
     const lateWaiter = { member: `${'9'.repeat(15)}|late`, priority: 0, deadline: Date.now() + 30_000, jobId: 'late' };

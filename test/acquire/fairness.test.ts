@@ -36,7 +36,7 @@ describe('the fair acquire line', () => {
     await kit.addReady('free2', '10.40.0.4');
     const heavy = Array.from({ length: 10 }, (_, i) => settled(kit!.client.acquire({ owner: 'heavy', sandbox: 's', groups: [0], taskId: `hol-heavy-${i}`, timeoutMs: 30_000 })));
     // All 10 are in the line (on main only the 5 that held a worker slot were).
-    await kit.untilWaiting('base', 10);
+    await kit.untilWaiting(0, 10);
     const bob = await kit.client.acquire({ owner: 'bob', sandbox: 'b', groups: [0], timeoutMs: 5_000 });
     expect(['free1', 'free2']).toContain(bob.vmName);
     // The heavy owner's requests are parked in the line: none holds a worker.
@@ -62,9 +62,9 @@ describe('the fair acquire line', () => {
     await kit.addReady('held', '10.41.0.1');
     await kit.client.acquire({ owner: 'heavy', sandbox: 's', groups: [0] });
     const heavy = Array.from({ length: 210 }, (_, i) => settled(kit!.client.acquire({ owner: 'heavy', sandbox: 's', groups: [0], taskId: `w200-${i}`, timeoutMs: 40_000 })));
-    await kit.untilWaiting('base', 210);
+    await kit.untilWaiting(0, 210);
     const alice = settled(kit.client.acquire({ owner: 'alice', sandbox: 'a', groups: [0], timeoutMs: 20_000 }));
-    await kit.untilWaiting('base', 211);
+    await kit.untilWaiting(0, 211);
     await kit.ctx.vmm.addVmToPool('10.41.0.2', 'next1', 'base');
     await kit.ctx.vmm.startVmCheck('next1');
     new PoolScripts(kit.redis, kit.prefix); // defines the pool's commands on kit.redis
@@ -99,16 +99,16 @@ describe('the fair acquire line', () => {
     // heavy asks 4 times first, then light twice, then a high-priority (1) and a low-priority (5) request.
     for (let i = 1; i <= 4; i++) {
       pending.push(ask('heavy', i));
-      await kit.untilWaiting('base', i);
+      await kit.untilWaiting(0, i);
     }
     pending.push(ask('light', 1));
-    await kit.untilWaiting('base', 5);
+    await kit.untilWaiting(0, 5);
     pending.push(ask('light', 2));
-    await kit.untilWaiting('base', 6);
+    await kit.untilWaiting(0, 6);
     pending.push(ask('low', 1, 5));
-    await kit.untilWaiting('base', 7);
+    await kit.untilWaiting(0, 7);
     pending.push(ask('urgent', 1, 1));
-    await kit.untilWaiting('base', 8);
+    await kit.untilWaiting(0, 8);
     for (let n = 1; n <= 8; n++) {
       await kit.addReady(`rr${n}`, `10.42.0.${n}`);
       await until(async () => served.length === n, `request ${n} served`);

@@ -57,7 +57,7 @@ async function removeVm(name: string): Promise<void> {
 describe('a builder that goes away gives its VM back', () => {
   it('a request dropped while it waits is withdrawn: cancelled, out of the line, and a VM that comes later stays ready', async () => {
     const req = startAcquire(web.url, 'gone-1');
-    await kit.untilWaiting('base', 1);
+    await kit.untilWaiting(0, 1);
     expect(await kit.ctx.vmm.countDemand('base')).toBe(1);
     req.destroy();
     const job = await untilCancelled('gone-1');
@@ -92,7 +92,7 @@ describe('a builder that goes away gives its VM back', () => {
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     try {
       const req = startAcquire(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`, 'gone-2');
-      await kit.untilWaiting('base', 1);
+      await kit.untilWaiting(0, 1);
       req.destroy();
       await new Promise((r) => setTimeout(r, 100));
       await kit.addReady('late-2', '10.8.0.2');
@@ -116,7 +116,7 @@ describe('a builder that goes away gives its VM back', () => {
   it('three requests dropped after a moment (curl --max-time) leave no VM in_use', { timeout: 90_000 }, async () => {
     const tasks = ['curl-1', 'curl-2', 'curl-3'];
     const reqs = tasks.map((t) => startAcquire(web.url, t));
-    await kit.untilWaiting('base', 3);
+    await kit.untilWaiting(0, 3);
     await new Promise((r) => setTimeout(r, 500));
     for (const r of reqs) r.destroy();
     for (const t of tasks) expect(acquireFailureOf(await untilCancelled(t))).toBe(AcquireFailures.CANCELLED);

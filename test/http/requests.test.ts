@@ -37,7 +37,7 @@ describe('acquire requests', () => {
     await kit.client.acquire({ owner: 'erin', sandbox: 's', groups: [0] });
     await kit.addReady('r2', '10.50.0.2');
     const pending = settled(kit.client.acquire({ owner: 'erin', sandbox: 's', groups: [0], taskId: 'req-erin', timeoutMs: 30_000 }));
-    await kit.untilWaiting('base', 1);
+    await kit.untilWaiting(0, 1);
     let body: Record<string, unknown> = {};
     await until(async () => {
       const res = await api('/requests/req-erin');
@@ -99,7 +99,7 @@ describe('acquire requests', () => {
 
   it('vmpool why and vmpool cancel print the same, by task id', async () => {
     const pending = settled(kit.client.acquire({ owner: 'erin', sandbox: 's', groups: [0], taskId: 'cli-erin', timeoutMs: 30_000 }));
-    await kit.untilWaiting('base', 1);
+    await kit.untilWaiting(0, 1);
     const env = { REDIS_URL, VMPOOL_PREFIX: kit.prefix };
     const cfg = ['--config', writeConfigFile(configInput)];
     let why = { code: -1, out: '' };

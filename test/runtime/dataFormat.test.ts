@@ -67,8 +67,8 @@ describe('data format', { timeout: 120_000 }, () => {
       else await redis.sadd(keys.allVms, 'vm-1');
       expect(await new DataFormat({ redis, prefix, logger }).read(), existing).toMatchObject({ version: 1, stamped: true });
     }
-    // The default: this release knows version 1 and has nothing to migrate.
-    expect(DATA_FORMAT_VERSION).toBe(1);
+    // The default: this release knows version 2 (groups by name; migrations.test: test/pool/groupNames.test.ts).
+    expect(DATA_FORMAT_VERSION).toBe(2);
   });
 
   it('a list of migrations must be ordered, one per version from 2, up to the known version', () => {
@@ -163,7 +163,7 @@ describe('data format', { timeout: 120_000 }, () => {
   it('in process: startProcessTypes throws DataFormatTooNew on a newer pool', async () => {
     const prefix = prefixFor();
     await redis.hset(poolKeys(prefix).dataFormat, 'version', '5');
-    const err = await startProcessTypes(processTypeSpecs, ['acquire'], parseConfig(configInput, {}), { prefix, providerFactory: unused, healthCheckFactory: unused, dataFormat: { known: 1 } }).then(
+    const err = await startProcessTypes(processTypeSpecs, ['acquire'], parseConfig(configInput, {}), { prefix, providerFactory: unused, healthCheckFactory: unused, dataFormat: { known: 1, migrations: [] } }).then(
       () => null,
       (e: unknown) => e,
     );

@@ -67,7 +67,7 @@ async function aliceServed(): Promise<VmAssignment> {
 /** alice's request for taskId waits in line (no VM ready); resolves with her assignment once one comes. */
 async function aliceWaiting(): Promise<{ pending: Promise<VmAssignment> }> {
   const pending = kit.client.acquire({ ...alice, taskId, timeoutMs: 20_000 });
-  await kit.untilWaiting('base', 1);
+  await kit.untilWaiting(0, 1);
   return { pending };
 }
 
