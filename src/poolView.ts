@@ -11,7 +11,7 @@ import type { VmManager } from './pool/vmManager.js';
 export function resolveGroup(config: Config, value: string): string {
   const name = groupNameOf(config.groups, value);
   if (name !== null) return name;
-  throw new UnknownGroup(value, `unknown group ${JSON.stringify(value)}; groups: ${config.groups.map((g, i) => `${g.name} (${i})`).join(', ')}`);
+  throw new UnknownGroup(value, `unknown group ${JSON.stringify(value)}; groups: ${config.groups.map((g, i) => `${i} (${g.name})`).join(', ')}`);
 }
 
 /** A VM record without what only the pool needs (its lease id and check sequence). */

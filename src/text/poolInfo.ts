@@ -19,7 +19,7 @@ export function formatPoolInfo(config: Config, vms: readonly VmDescriptor[], now
     const since = drainedSince.get(group);
     const drained = since !== undefined ? `, drained ${relativeTime(since, now)} (vmpool undrain ${g?.name ?? group})` : g?.max_vm_total === 0 ? ', drained (max_vm_total: 0)' : '';
     const title = g
-      ? `Group ${group} (${index}, archs: ${g.archs.join(', ') || '-'}): ${inGroup.length} VMs, max ${g.max_vm_total}${drained}`
+      ? `Group ${index} (${group}, archs: ${g.archs.join(', ') || '-'}): ${inGroup.length} VMs, max ${g.max_vm_total}${drained}`
       : `Group ${group} (removed from config, draining): ${inGroup.length} VMs`;
     const rows = inGroup.map((v) => [
       v.vmName,

@@ -87,7 +87,7 @@ describe('spawn, health and terminate workers', () => {
 
   it('fails a spawn job with a bad payload at once, changing nothing', async () => {
     const before = await vmm.getAllVms();
-    const job = await spawnQueue.add('spawn', { group: 'zero', spawnId: 'bad' } as never, { ...spawnJobOptions, jobId: 'spawn-bad-payload' });
+    const job = await spawnQueue.add('spawn', { group: 'no:colons', spawnId: 'bad' } as never, { ...spawnJobOptions, jobId: 'spawn-bad-payload' });
     await expect(job.waitUntilFinished(events, 20_000)).rejects.toThrow(/invalid vm-spawn payload: group/);
     const failed = await spawnQueue.getJob(job.id!);
     expect(failed?.attemptsMade).toBe(1);

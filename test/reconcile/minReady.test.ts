@@ -132,11 +132,11 @@ describe('a reconcile cycle follows the schedule (real Redis, injected clock)', 
     expect(await spawnQueue.getJobCountByTypes('waiting', 'prioritized', 'delayed')).toBe(3);
     // The spawns arrive: four ready VMs (one more than the period asks, as after a manual add).
     for (const [i, name] of ['s1', 's2', 's3', 's4'].entries()) {
-      await vmm.addVmToPool(`10.7.0.${i + 1}`, name, 'g');
+      await vmm.addVmToPool(`10.7.0.${i + 1}`, name, 'sched');
       await vmm.startVmCheck(name);
       await vmm.recordHealthCheckResult(name, true);
     }
-    for (const s of await vmm.getSpawnsInFlight('g')) await vmm.finishSpawn('g', s.spawnId);
+    for (const s of await vmm.getSpawnsInFlight('sched')) await vmm.finishSpawn('sched', s.spawnId);
     const busy = await vmm.acquireVm({ groups: [0], owner: 'alice', sandbox: 'alice/p', workerId: 'w1' });
 
     clock.now = TUE_1930_PRAGUE + 60_000;
@@ -146,7 +146,7 @@ describe('a reconcile cycle follows the schedule (real Redis, injected clock)', 
     expect(jobs.map((j) => j.data.reason)).toEqual(['surplus', 'surplus']);
     expect(jobs.map((j) => j.data.vmName)).not.toContain(busy.vmName);
     expect((await vmm.getVmByName(busy.vmName)).state).toBe('in_use');
-    const ready = await vmm.getVmsByGroupAndStates('g', ['ready']);
+    const ready = await vmm.getVmsByGroupAndStates('sched', ['ready']);
     expect(ready).toHaveLength(1);
   });
 });

@@ -125,7 +125,7 @@ async function readyVm(name: string, ip: string, group = 0): Promise<void> {
 describe('cleanupOrphans: scheduling', () => {
   it('runs the list once per orphan_check_period, not 1 ms earlier, and only for groups with list_cmd', async () => {
     const first = await master.cleanupOrphans();
-    expect(first.map((p) => p.group)).toEqual([0]);
+    expect(first.map((p) => p.group)).toEqual(['listed']);
     expect(listRuns()).toBe(1);
     expect(await vmm.readVmPoolInfo('listed', LAST_ORPHAN_CHECK)).toBe(String(T0));
     expect(await vmm.readVmPoolInfo('unlisted', LAST_ORPHAN_CHECK)).toBeNull();
@@ -135,7 +135,7 @@ describe('cleanupOrphans: scheduling', () => {
     expect(listRuns()).toBe(1);
 
     clock.now = T0 + PERIOD * S;
-    expect((await master.cleanupOrphans()).map((p) => p.group)).toEqual([0]);
+    expect((await master.cleanupOrphans()).map((p) => p.group)).toEqual(['listed']);
     expect(listRuns()).toBe(2);
   });
 

@@ -108,13 +108,13 @@ describe('POST and DELETE /api/v1/groups/:group/drain', () => {
     expect((await kit.fetch('/api/v1/groups/base/drain', { method: 'POST', json: {}, token: BUILDER_TOKEN })).status).toBe(403);
     expect((await kit.fetch('/api/v1/groups/nope/drain', { method: 'POST', json: {}, token: ADMIN_TOKEN })).status).toBe(404);
     expect((await kit.fetch('/api/v1/groups/base/drain', { method: 'POST', token: ADMIN_TOKEN })).status).toBe(415);
-    expect(await kit.vmm.drainedSince('builders')).toBeNull();
+    expect(await kit.vmm.drainedSince('base')).toBeNull();
 
     const res = await kit.fetch('/api/v1/groups/base/drain', { method: 'POST', json: {}, token: ADMIN_TOKEN });
     expect(res.status).toBe(200);
     const body = (await res.json()) as { drained: boolean; changed: boolean; group: { id: number; drained: boolean; drainedSince: number } };
     expect(body).toMatchObject({ drained: true, changed: true, group: { id: 0, drained: true } });
-    expect(body.group.drainedSince).toBe(await kit.vmm.drainedSince('builders'));
+    expect(body.group.drainedSince).toBe(await kit.vmm.drainedSince('base'));
     expect(((await (await kit.fetch('/api/v1/groups/0/drain', { method: 'POST', json: {}, token: ADMIN_TOKEN })).json()) as { changed: boolean }).changed).toBe(false);
 
     const page = await (await kit.fetch('/', { token: ADMIN_TOKEN })).text();
@@ -128,7 +128,7 @@ describe('POST and DELETE /api/v1/groups/:group/drain', () => {
 
     const undo = await kit.fetch('/api/v1/groups/base/drain', { method: 'DELETE', json: {}, token: ADMIN_TOKEN });
     expect(((await undo.json()) as { drained: boolean; changed: boolean }).changed).toBe(true);
-    expect(await kit.vmm.drainedSince('builders')).toBeNull();
+    expect(await kit.vmm.drainedSince('base')).toBeNull();
     const groups = (await (await kit.fetch('/api/v1/groups', { token: ADMIN_TOKEN })).json()) as { groups: { drained: boolean; drainedSince: number | null }[] };
     expect(groups.groups[0]).toMatchObject({ drained: false, drainedSince: null });
   });

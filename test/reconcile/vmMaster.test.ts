@@ -287,7 +287,7 @@ describe('startSpawnIfRequired', () => {
     expect(await master.startSpawnIfRequired()).toEqual([]);
     await waitInLine('waiting-request', 'bob', T0 + 60 * S);
     expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 'base', reason: 'demand' }]);
-    expect((await jobs(QueueNames.SPAWN)).map((j) => j.data.group)).toEqual([0]);
+    expect((await jobs(QueueNames.SPAWN)).map((j) => j.data.group)).toEqual(['base']);
   });
 
   it('stops at max_vm_total active VMs even with demand', async () => {
@@ -325,7 +325,7 @@ describe('doCycle', () => {
     expect(report.counts.startSpawnIfRequired).toBe(1);
     expect((await vmm.getVmByName('c-dirty')).state).toBe('terminating');
     expect((await jobs(QueueNames.HEALTH)).map((j) => j.data.vmName)).toEqual(['c-new']);
-    expect((await jobs(QueueNames.SPAWN)).map((j) => j.data.group)).toEqual([1]);
+    expect((await jobs(QueueNames.SPAWN)).map((j) => j.data.group)).toEqual(['warm']);
   });
 
   it('does nothing while another holder has the cycle lock, and runs once it expired (a dead replica)', async () => {
