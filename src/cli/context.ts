@@ -112,7 +112,7 @@ export function requestText(r: AcquireRequestStatus): string {
   if (!r.waiting) return head;
   const left = Math.max(0, Math.round((r.deadline - Date.now()) / 1000));
   const rows = r.waiting.groups.map((g) => [
-    `${g.groupName}(${g.group})`,
+    `${g.group}(${g.groupIndex ?? 'removed'})`,
     g.reason,
     g.position === null ? '-' : String(g.position),
     g.ownerPosition === null ? '-' : String(g.ownerPosition),

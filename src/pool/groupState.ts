@@ -17,6 +17,16 @@ export class GroupState {
     return this.ctx.reader.groupInfo(group, key);
   }
 
+  /** Adds the config's groups to the pool's registry of known groups (keys.groupRegistry): a group later removed from the config stays known until it drained. */
+  async registerConfigGroups(): Promise<void> {
+    await this.ctx.redis.sadd(this.ctx.keys.groupRegistry, ...this.ctx.vmGroups);
+  }
+
+  /** The names of the groups the pool has known: the registry (config groups and removed ones that still drain). */
+  async knownGroups(): Promise<string[]> {
+    return (await this.ctx.redis.smembers(this.ctx.keys.groupRegistry)).sort();
+  }
+
   /** See VmManager.drainGroup. */
   async drain(group: string): Promise<boolean> {
     this.ctx.groupConfig(group);

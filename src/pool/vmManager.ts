@@ -614,6 +614,16 @@ export class VmManager {
     return this.telemetry.replaceOrphanPassState(group, state);
   }
 
+  /** Records the config's groups in the pool's registry of known groups (reconcile, every cycle; O(groups)). */
+  async registerConfigGroups(): Promise<void> {
+    return this.groups.registerConfigGroups();
+  }
+
+  /** The groups the pool has known (config groups, and groups removed from the config that still drain). */
+  async knownGroups(): Promise<string[]> {
+    return this.groups.knownGroups();
+  }
+
   /** Public API (Copr: copr_get_vm_info). A human-readable table per group. */
   async info(): Promise<string> {
     const vms = await this.getAllVms();

@@ -543,6 +543,8 @@ export class VmMaster {
     const errors: unknown[] = [];
     const skipped: CycleStep[] = [];
     const outcome = await this.lock.run(async (lost) => {
+      // The config's groups join the pool's registry (a group removed later is still known, and drains).
+      await this.vmm.registerConfigGroups().catch((err: unknown) => errors.push(err));
       // First, before this cycle spawns: machines from before a loss of the pool's state.
       await this.sweepAfterLoss().catch((err: unknown) => errors.push(err));
       let snapshot: PoolSnapshot | undefined;
