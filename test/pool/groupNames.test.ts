@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig, type ConfigInput } from '../../src/config/index.js';
@@ -8,7 +7,7 @@ import { DATA_FORMAT_VERSION, DataFormat } from '../../src/pool/dataFormat.js';
 import { moveGroupReferences } from '../../src/pool/groupNames.js';
 import { acquireWaiterMember, VmStates } from '../../src/pool/types.js';
 import { VmManager } from '../../src/pool/vmManager.js';
-import { ROOT, nodeArgsFor } from '../helpers/processes.js';
+import { runEntry } from '../helpers/processes.js';
 import { connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
 
 // Groups identified by name: the migration of a version-1 pool (keys and references by group
@@ -123,19 +122,8 @@ async function toVersion1(prefix: string): Promise<void> {
   await redis.hset(pool.keys.dataFormat, 'version', 1);
 }
 
-function runMigrate(prefix: string, killAfterSave: number): Promise<{ code: number | null; signal: NodeJS.Signals | null; output: string }> {
-  return new Promise((resolve) => {
-    const env = { ...process.env, PREFIX: prefix, GROUPS: GROUPS.join(','), KILL_AFTER_SAVE: String(killAfterSave), LOG_LEVEL: 'info' };
-    const child = spawn(process.execPath, nodeArgsFor('test/fixtures/dataFormat/migrateGroups.ts'), { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    child.stdout.on('data', (c: Buffer) => (output += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (output += c.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    child.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, output });
-    });
-  });
+function runMigrate(prefix: string, killAfterSave: number): ReturnType<typeof runEntry> {
+  return runEntry('test/fixtures/dataFormat/migrateGroups.ts', { PREFIX: prefix, GROUPS: GROUPS.join(','), KILL_AFTER_SAVE: String(killAfterSave) });
 }
 
 describe('groups by name: the migration to data format 2', { timeout: 120_000 }, () => {
