@@ -168,7 +168,7 @@ async function main(): Promise<void> {
       const jobId = `job-${n}`;
       const now = Date.now();
       const args: (string | number)[] = [now, `user-${o}`, `user-${o}/p`, 'w', `task-${n}`, '', '', randomUUID()];
-      args.push(waiting ? `${String(now).padStart(15, '0')}|${jobId}` : '', 0, waiting ? now + 60_000 : 0, waiting ? jobId : '', 1, 0, 100_000, leaseMs, group.max_waiting_per_owner);
+      args.push(waiting ? `${String(now).padStart(15, '0')}|${jobId}` : '', 0, waiting ? now + 60_000 : 0, waiting ? jobId : '', 1, group.name, 100_000, leaseMs, group.max_waiting_per_owner);
       n++;
       const reply = (await redis.evalsha(sha1(lua), 1, base, ...args)) as [number, string[]];
       const fields = reply[1];
@@ -207,7 +207,7 @@ async function main(): Promise<void> {
       client.noop.push(Number(process.hrtime.bigint() - t0) / 1e6);
       t0 = process.hrtime.bigint();
       const now = Date.now();
-      const reply = (await redis.evalsha(sha1(full), 1, base, now, `user-${o}`, `user-${o}/p`, 'w', `c-${i}`, '', '', randomUUID(), '', 0, 0, '', 1, 0, 100_000, leaseMs, group.max_waiting_per_owner)) as [number, string[]];
+      const reply = (await redis.evalsha(sha1(full), 1, base, now, `user-${o}`, `user-${o}/p`, 'w', `c-${i}`, '', '', randomUUID(), '', 0, 0, '', 1, group.name, 100_000, leaseMs, group.max_waiting_per_owner)) as [number, string[]];
       client.evalsha.push(Number(process.hrtime.bigint() - t0) / 1e6);
       await vmm.releaseVm(reply[1][reply[1].indexOf('vm_name') + 1]!);
       t0 = process.hrtime.bigint();

@@ -218,7 +218,7 @@ export async function benchHealth(): Promise<HealthResult> {
           const batch: Promise<unknown>[] = [];
           for (let i = filled; i < Math.min(size, filled + 1000); i++) {
             const name = `vm-${i}`;
-            batch.push(ctx.vmm.addVmToPool('127.0.0.1', name, 0).then(() => ctx.vmm.startVmCheck(name)).then(() => ctx.vmm.recordHealthCheckResult(name, true)));
+            batch.push(ctx.vmm.addVmToPool('127.0.0.1', name, 'bench').then(() => ctx.vmm.startVmCheck(name)).then(() => ctx.vmm.recordHealthCheckResult(name, true)));
           }
           await Promise.all(batch);
         }

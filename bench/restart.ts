@@ -46,7 +46,7 @@ async function storm(url: string, port: number, order: Order): Promise<RestartRe
       const batch: Promise<unknown>[] = [];
       for (let i = from; i < Math.min(VMS, from + 1000); i++) {
         const name = `vm-${i}`;
-        batch.push(ctx.vmm.addVmToPool('127.0.0.1', name, 0).then(() => ctx.vmm.startVmCheck(name)).then(() => ctx.vmm.recordHealthCheckResult(name, true)));
+        batch.push(ctx.vmm.addVmToPool('127.0.0.1', name, 'bench').then(() => ctx.vmm.startVmCheck(name)).then(() => ctx.vmm.recordHealthCheckResult(name, true)));
       }
       await Promise.all(batch);
     }
@@ -148,7 +148,7 @@ async function stormWithReplicas(url: string, port: number, processes: number): 
     const marks: Partial<ReplicasResult['secondsTo']> = {};
     while (marks.p100 === undefined) {
       // Checked after the start (score = last check): what pickReady hands out.
-      const ready = await redis.zcount(keys.readyClean(0), `(${start}`, '+inf');
+      const ready = await redis.zcount(keys.readyClean('bench'), `(${start}`, '+inf');
       const s = (performance.now() - t0) / 1000;
       for (const [k, share] of [['p50', 0.5], ['p90', 0.9], ['p100', 1]] as const) if (marks[k] === undefined && ready >= share * VMS) marks[k] = s;
       if (s > 600) throw new Error(`restart storm with ${processes} processes: ${ready} of ${VMS} after 600 s`);
