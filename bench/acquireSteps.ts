@@ -19,6 +19,7 @@ import { poolKeyBase } from '../src/pool/keys.js';
 import { scriptSources } from '../src/pool/scripts.js';
 import { VmManager } from '../src/pool/vmManager.js';
 import { discardingLogger, markdownTable, percentile } from './lib/measure.js';
+import { addReadyVms } from './lib/fill.js';
 import { startPrivateRedis } from './lib/redisServer.js';
 
 const VMS = Number(process.env.BENCH_STEPS_VMS ?? 1_000);
@@ -138,16 +139,7 @@ async function main(): Promise<void> {
     const check = await vmm.checkPoolState({ generation: '', epoch: 0 });
     if (check.status !== 'created') throw new Error(`expected a new state marker, got ${check.status}`);
     await vmm.verifyPoolState(check);
-    for (let i = 0; i < VMS; i += 250) {
-      await Promise.all(
-        Array.from({ length: Math.min(250, VMS - i) }, async (_, k) => {
-          const name = `vm-${i + k}`;
-          await vmm.addVmToPool(`10.0.${(i + k) >> 8}.${(i + k) & 255}`, name, 0);
-          await vmm.startVmCheck(name);
-          await vmm.recordHealthCheckResult(name, true);
-        }),
-      );
-    }
+    await addReadyVms(vmm, { count: VMS, group: 0, ipOf: (i) => `10.0.${i >> 8}.${i & 255}`, batch: 250 });
     for (let o = 0; o < OWNERS; o++) {
       const vm = await vmm.acquireVm({ groups: [0], owner: `user-${o}`, sandbox: `user-${o}/p`, workerId: 'w' });
       await vmm.releaseVm(vm.vmName);

@@ -16,6 +16,7 @@ import { Redis } from 'ioredis';
 import { connectTo, type RedisConnection } from '../src/redis.js';
 import { VmManager } from '../src/pool/vmManager.js';
 import { discardingLogger, markdownTable } from './lib/measure.js';
+import { addReadyVms } from './lib/fill.js';
 import { startPrivateCluster, startPrivateRedis } from './lib/redisServer.js';
 
 const VMS = 1_000;
@@ -29,16 +30,7 @@ const config = { groups: [{ name: 'bench', max_vm_total: 100_000, max_vm_per_use
 async function fillPool(redis: RedisConnection, prefix: string): Promise<void> {
   const vmm = new VmManager(config, { redis, prefix, logger });
   await vmm.markServerStart();
-  for (let i = 0; i < VMS; i += 100) {
-    await Promise.all(
-      Array.from({ length: Math.min(100, VMS - i) }, async (_, k) => {
-        const name = `vm-${i + k}`;
-        await vmm.addVmToPool(`10.1.${(i + k) >> 8}.${(i + k) & 255}`, name, 0);
-        await vmm.startVmCheck(name);
-        await vmm.recordHealthCheckResult(name, true);
-      }),
-    );
-  }
+  await addReadyVms(vmm, { count: VMS, group: 0, ipOf: (i) => `10.1.${i >> 8}.${i & 255}`, batch: 100 });
   for (let o = 0; o < OWNERS; o++) {
     const vm = await vmm.acquireVm({ groups: [0], owner: `user-${o}`, sandbox: `user-${o}/p`, workerId: 'fill' });
     await vmm.releaseVm(vm.vmName);
@@ -46,12 +38,16 @@ async function fillPool(redis: RedisConnection, prefix: string): Promise<void> {
   await vmm.close();
 }
 
-/** The driver process: cycles on one pool until `until` (epoch ms); prints the count. */
-async function drive(url: string, prefix: string, startAt: number, until: number): Promise<void> {
+/** The driver process: says READY once connected, and on a line from stdin cycles on one pool for SECONDS; prints the count. */
+async function drive(url: string, prefix: string): Promise<void> {
   const redis = connectTo(url, { maxRetriesPerRequest: 2 });
   const vmm = new VmManager(config, { redis, prefix, logger });
+  await vmm.countOwnerVms('nobody', 0);
   let cycles = 0;
-  await new Promise((r) => setTimeout(r, Math.max(0, startAt - Date.now())));
+  const go = new Promise((r) => process.stdin.once('data', r));
+  console.log('READY');
+  await go;
+  const until = Date.now() + SECONDS * 1000;
   await Promise.all(
     Array.from({ length: CONCURRENCY }, async (_, loop) => {
       for (let n = loop; Date.now() < until; n += CONCURRENCY) {
@@ -68,18 +64,23 @@ async function drive(url: string, prefix: string, startAt: number, until: number
   redis.disconnect();
 }
 
-function runDriver(url: string, prefix: string, startAt: number, until: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), '--driver', url, prefix, String(startAt), String(until)], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString('utf8')));
+/** Starts a driver; resolves once it is READY, with a `go` that starts it and resolves with its count. */
+function startDriver(url: string, prefix: string): Promise<{ go(): Promise<number> }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), '--driver', url, prefix], { stdio: ['pipe', 'pipe', 'inherit'] });
+  let out = '';
+  const counted = new Promise<number>((resolve, reject) => {
     child.once('exit', (code) => {
       const m = /CYCLES (\d+)/.exec(out);
       if (code === 0 && m) resolve(Number(m[1]));
       else reject(new Error(`driver for ${prefix} exited ${code}`));
     });
+  });
+  return new Promise((resolve, reject) => {
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString('utf8');
+      if (out.includes('READY')) resolve({ go: () => (child.stdin!.end('go\n'), counted) });
+    });
+    counted.catch(reject);
   });
 }
 
@@ -115,10 +116,10 @@ export interface ClusterRow {
 
 /** Runs the drivers of `pools` together; returns the total rate and the Redis CPU per cycle. */
 async function measure(url: string, pools: { prefix: string; port: number }[]): Promise<{ rate: number; cpuMicros: number }> {
+  // Every driver connected before any starts, so that they run over the same window.
+  const drivers = await Promise.all(pools.map((p) => startDriver(url, p.prefix)));
   const before = await Promise.all(pools.map((p) => cpuSeconds(p.port)));
-  const startAt = Date.now() + 2_000;
-  const until = startAt + SECONDS * 1000;
-  const counts = await Promise.all(pools.map((p) => runDriver(url, p.prefix, startAt, until)));
+  const counts = await Promise.all(drivers.map((d) => d.go()));
   const after = await Promise.all(pools.map((p) => cpuSeconds(p.port)));
   const cycles = counts.reduce((a, b) => a + b, 0);
   // Each pool is alone on its master: that master's CPU over the window is the pool's.
@@ -163,8 +164,8 @@ async function main(): Promise<void> {
 }
 
 if (process.argv[2] === '--driver') {
-  const [url, prefix, startAt, until] = process.argv.slice(3);
-  await drive(url!, prefix!, Number(startAt), Number(until));
+  const [url, prefix] = process.argv.slice(3);
+  await drive(url!, prefix!);
   process.exit(0);
 } else {
   await main().catch((err) => {

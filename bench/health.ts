@@ -22,6 +22,7 @@ import { healthProcessor } from '../src/processors/health.js';
 import type { Provider } from '../src/providers/types.js';
 import { createJobContext } from '../src/runtime/worker.js';
 import { discardingLogger, markdownTable } from './lib/measure.js';
+import { addReadyVms } from './lib/fill.js';
 import { freePort, startPrivateRedis } from './lib/redisServer.js';
 
 const run = promisify(execFile);
@@ -214,14 +215,7 @@ export async function benchHealth(): Promise<HealthResult> {
         const ctx = contexts[k]!;
         process.stderr.write(`health: filling a pool of ${size} VMs...\n`);
         await ctx.vmm.markServerStart();
-        for (let filled = 0; filled < size; filled += 1000) {
-          const batch: Promise<unknown>[] = [];
-          for (let i = filled; i < Math.min(size, filled + 1000); i++) {
-            const name = `vm-${i}`;
-            batch.push(ctx.vmm.addVmToPool('127.0.0.1', name, 'bench').then(() => ctx.vmm.startVmCheck(name)).then(() => ctx.vmm.recordHealthCheckResult(name, true)));
-          }
-          await Promise.all(batch);
-        }
+        await addReadyVms(ctx.vmm, { count: size, group: 'bench', ipOf: () => '127.0.0.1' });
         // Warm-up: key read, scripts, and the JIT.
         for (let i = 0; i < 64; i++) await checks[k]!(SSH2_CHECKS + i);
       }

@@ -21,6 +21,7 @@ import type { Provider } from '../src/providers/types.js';
 import { createJobContext, runWorker } from '../src/runtime/worker.js';
 import { HEALTH_QUEUE, addHealthJobs } from '../queues/health.js';
 import { discardingLogger, markdownTable } from './lib/measure.js';
+import { addReadyVms } from './lib/fill.js';
 import { startPrivateRedis } from './lib/redisServer.js';
 
 const VMS = Number(process.env.BENCH_RESTART_VMS ?? 10_000);
@@ -42,14 +43,7 @@ async function storm(url: string, port: number, order: Order): Promise<RestartRe
   const ctx = createJobContext(config, { logger: discardingLogger(), prefix, providerFactory: () => noProvider, healthCheckFactory: createHealthCheck });
   try {
     await ctx.vmm.markServerStart();
-    for (let from = 0; from < VMS; from += 1000) {
-      const batch: Promise<unknown>[] = [];
-      for (let i = from; i < Math.min(VMS, from + 1000); i++) {
-        const name = `vm-${i}`;
-        batch.push(ctx.vmm.addVmToPool('127.0.0.1', name, 'bench').then(() => ctx.vmm.startVmCheck(name)).then(() => ctx.vmm.recordHealthCheckResult(name, true)));
-      }
-      await Promise.all(batch);
-    }
+    await addReadyVms(ctx.vmm, { count: VMS, group: 'bench', ipOf: () => '127.0.0.1' });
     // vm-0 was checked first, so it is the oldest; the arbitrary order is a fixed shuffle.
     const names = Array.from({ length: VMS }, (_, i) => `vm-${i}`);
     if (order === 'arbitrary') {
@@ -130,14 +124,7 @@ async function stormWithReplicas(url: string, port: number, processes: number): 
   const children: ChildProcess[] = [];
   try {
     await ctx.vmm.markServerStart();
-    for (let from = 0; from < VMS; from += 1000) {
-      const batch: Promise<unknown>[] = [];
-      for (let i = from; i < Math.min(VMS, from + 1000); i++) {
-        const name = `vm-${i}`;
-        batch.push(ctx.vmm.addVmToPool('127.0.0.1', name, 0).then(() => ctx.vmm.startVmCheck(name)).then(() => ctx.vmm.recordHealthCheckResult(name, true)));
-      }
-      await Promise.all(batch);
-    }
+    await addReadyVms(ctx.vmm, { count: VMS, group: 'bench', ipOf: () => '127.0.0.1' });
     for (let i = 0; i < processes; i++) children.push(await startHealthProcess(url, prefix, port));
     const keys = poolKeys(prefix);
     const cpuBefore = await redisCpuSeconds(redis);
@@ -163,40 +150,39 @@ async function stormWithReplicas(url: string, port: number, processes: number): 
   }
 }
 
-export async function benchRestartReplicas(): Promise<ReplicasResult[]> {
+/** A private redis-server and a loopback listener for the tcp check, for the time of `fn`. */
+async function withServerAndListener<T>(fn: (url: string, port: number) => Promise<T>): Promise<T> {
   const server = await startPrivateRedis();
   const listener = createServer((s) => s.destroy());
   await new Promise<void>((r) => listener.listen(0, '127.0.0.1', () => r()));
-  const port = (listener.address() as { port: number }).port;
   try {
-    const results: ReplicasResult[] = [];
-    for (const processes of [1, 2, 4]) {
-      process.stderr.write(`restart: ${VMS} VMs, ${processes} health processes...\n`);
-      results.push(await stormWithReplicas(server.url, port, processes));
-    }
-    return results;
+    return await fn(server.url, (listener.address() as { port: number }).port);
   } finally {
     listener.close();
     await server.stop();
   }
 }
 
-export async function benchRestart(): Promise<RestartResult[]> {
-  const server = await startPrivateRedis();
-  const listener = createServer((s) => s.destroy());
-  await new Promise<void>((r) => listener.listen(0, '127.0.0.1', () => r()));
-  const port = (listener.address() as { port: number }).port;
-  try {
+export function benchRestartReplicas(): Promise<ReplicasResult[]> {
+  return withServerAndListener(async (url, port) => {
+    const results: ReplicasResult[] = [];
+    for (const processes of [1, 2, 4]) {
+      process.stderr.write(`restart: ${VMS} VMs, ${processes} health processes...\n`);
+      results.push(await stormWithReplicas(url, port, processes));
+    }
+    return results;
+  });
+}
+
+export function benchRestart(): Promise<RestartResult[]> {
+  return withServerAndListener(async (url, port) => {
     const results: RestartResult[] = [];
     for (const order of ['oldest first', 'arbitrary'] as const) {
       process.stderr.write(`restart: ${VMS} VMs, checks ${order}...\n`);
-      results.push(await storm(server.url, port, order));
+      results.push(await storm(url, port, order));
     }
     return results;
-  } finally {
-    listener.close();
-    await server.stop();
-  }
+  });
 }
 
 if (process.argv[2] === '--health-process') {
