@@ -20,6 +20,7 @@ export type { CheckConfig, Config, ConfigInput, GroupConfig, GroupInput, Provide
 export { ConfigError, isParsedConfig, parseConfig, type ConfigIssue } from './parse.js';
 export { applyEnvironment, redisIssues } from './environment.js';
 export { loadConfig } from './load.js';
+export { LAUNCH_FINGERPRINT_LENGTH, launchFingerprint, launchShape, type LaunchShape } from './fingerprint.js';
 export { redactedConfig } from './redaction.js';
 export { configTemplate } from './template.js';
 export { CONFIG_SCHEMA_FILE, configJsonSchema, configSchemaPath } from './jsonSchema.js';

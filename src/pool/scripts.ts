@@ -31,6 +31,7 @@ export const POOL_SCRIPTS = {
   leaveAcquireLine: 1,
   markServerStart: 1,
   markVmCheckFailed: 1,
+  publishLaunch: 1,
   readDataFormat: 1,
   recoverPool: 1,
   recordHealthCheckResult: 1,

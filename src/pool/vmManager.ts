@@ -1,5 +1,5 @@
 import type { Queue } from 'bullmq';
-import { isParsedConfig, parseConfig, type Config, type ConfigInput, type GroupConfig } from '../config/index.js';
+import { isParsedConfig, launchFingerprint, parseConfig, type Config, type ConfigInput, type GroupConfig } from '../config/index.js';
 import { createLogger, type Logger } from '../logger.js';
 import { assertPrefixFits, producerConnectionFrom, replicaWaitOf, type RedisConnection, type RedisTarget } from '../redis.js';
 import { TERMINATE_QUEUE, type TerminationReason } from '../../queues/terminate.js';
@@ -18,8 +18,8 @@ import { Holds, type HoldOptions } from './holds.js';
 import { PoolJobs } from './jobs.js';
 import { Leases } from './leases.js';
 import { CycleLock } from './locks.js';
-import type { PoolReader, SpawnInFlight, VmPage, VmPageQuery } from './poolReader.js';
-import type { PoolStateCheck, PoolStateSeen } from './poolScripts.js';
+import type { LaunchState, PoolReader, SpawnInFlight, VmPage, VmPageQuery } from './poolReader.js';
+import type { LaunchPublication, PoolStateCheck, PoolStateSeen } from './poolScripts.js';
 import { poolIdOf } from './poolId.js';
 import { Spawns } from './spawns.js';
 import { StateLoss } from './stateLoss.js';
@@ -540,6 +540,28 @@ export class VmManager {
     return this.spawns.inFlight(group);
   }
 
+  // --- Launch configurations (publishLaunch-1.lua; the rollout: src/reconcile/rollout.ts) ---
+
+  /** The fingerprint of this manager's launch config of the group (config/fingerprint.ts). */
+  launchFingerprint(group: number): string {
+    return launchFingerprint(this.groupConfig(group));
+  }
+
+  /**
+   * Publishes this process's launch config of the group as the current one, unless a newer one is
+   * published (a higher launch_revision, or one published after `process.startedAt`): see the
+   * script's header for the rule. A superseded process is listed in launchStates' `deferring`.
+   */
+  async publishLaunch(group: number, process: { startedAt: number; processId: string }): Promise<LaunchPublication> {
+    const g = this.groupConfig(group);
+    return this.ctx.scripts.publishLaunch(group, { fingerprint: launchFingerprint(g), launchRevision: g.launch_revision, ...process }, this.clock(), LAUNCH_DEFERRING_MEMORY_MS);
+  }
+
+  /** Each group's published launch, its count of outdated VMs, and the processes that defer to it. */
+  async launchStates(): Promise<LaunchState[]> {
+    return this.reader.launchStates(this.vmGroups, this.clock() - LAUNCH_DEFERRING_MEMORY_MS);
+  }
+
   // --- History and telemetry (telemetry.ts) ---
 
   /**
@@ -592,5 +614,8 @@ export class VmManager {
     if (this.ownsRedis) await redis.quit().catch(() => redis.disconnect());
   }
 }
+
+/** How long a process that defers to another launch config is listed without being seen again. */
+export const LAUNCH_DEFERRING_MEMORY_MS = 5 * 60_000;
 
 export { VmStates };
