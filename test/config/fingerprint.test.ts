@@ -2,11 +2,12 @@ import { describe, expect, it } from 'vitest';
 import { LAUNCH_FINGERPRINT_LENGTH, launchFingerprint, parseConfig, type GroupInput } from '../../src/config/index.js';
 
 // The launch fingerprint: what shapes a machine changes it; nothing else does, key order neither.
+const command = { type: 'command' as const, spawn_cmd: ['/opt/spawn', '--flavor', 'm1'] as string | string[], terminate_cmd: '/opt/terminate', env: { IMAGE: 'fedora-41', ZONE: 'a' } };
 const base: GroupInput = {
   name: 'f',
   archs: ['x86_64', 'i386'],
   tags: ['kvm', 'large'],
-  provider: { type: 'command', spawn_cmd: ['/opt/spawn', '--flavor', 'm1'], terminate_cmd: '/opt/terminate', env: { IMAGE: 'fedora-41', ZONE: 'a' } },
+  provider: command,
   check: { type: 'tcp', port: 22 },
   allowed_networks: ['10.0.0.0/8'],
 };
@@ -21,8 +22,8 @@ describe('launchFingerprint', () => {
   it.each<[string, GroupInput]>([
     ['the image', { ...base, image: 'fedora-42' }],
     ['launch_revision', { ...base, launch_revision: 1 }],
-    ["the provider's env", { ...base, provider: { ...(base.provider as object), env: { IMAGE: 'fedora-42', ZONE: 'a' } } as GroupInput['provider'] }],
-    ['the spawn hook', { ...base, provider: { ...(base.provider as object), spawn_cmd: ['/opt/spawn', '--flavor', 'm2'] } as GroupInput['provider'] }],
+    ["the provider's env", { ...base, provider: { ...command, env: { IMAGE: 'fedora-42', ZONE: 'a' } } }],
+    ['the spawn hook', { ...base, provider: { ...command, spawn_cmd: ['/opt/spawn', '--flavor', 'm2'] } }],
     ['the provider type', { ...base, provider: { type: 'local' } }],
     ['the archs', { ...base, archs: ['x86_64'] }],
     ['the tags', { ...base, tags: ['kvm'] }],
@@ -33,7 +34,7 @@ describe('launchFingerprint', () => {
   it.each<[string, GroupInput]>([
     ['limits and the warm pool', { ...base, max_vm_total: 40, max_vm_per_user: 9, min_ready: 5, max_spawn_processes: 7 }],
     ['timeouts and max_ready_age', { ...base, vm_health_check_period: 5, lease_timeout: 9, vm_dirty_terminating_timeout: 1, max_ready_age: 3600 }],
-    ['the terminate hook and the spawn timeout', { ...base, provider: { ...(base.provider as object), terminate_cmd: '/opt/other', spawn_timeout: 5 } as GroupInput['provider'] }],
+    ['the terminate hook and the spawn timeout', { ...base, provider: { ...command, terminate_cmd: '/opt/other', spawn_timeout: 5 } }],
     ['the check and the allowed networks', { ...base, check: { type: 'tcp', port: 2222 }, allowed_networks: ['10.1.0.0/16'] }],
     ['the order of keys, env entries, archs and tags', {
       tags: ['large', 'kvm'],
@@ -43,7 +44,7 @@ describe('launchFingerprint', () => {
       check: { port: 22, type: 'tcp' },
       name: 'f',
     }],
-    ['a spawn hook written as a string with the same words', { ...base, provider: { ...(base.provider as object), spawn_cmd: '/opt/spawn  --flavor m1' } as GroupInput['provider'] }],
+    ['a spawn hook written as a string with the same words', { ...base, provider: { ...command, spawn_cmd: '/opt/spawn  --flavor m1' } }],
     ['the group name', { ...base, name: 'renamed' }],
   ])('does not change with %s', (_, group) => {
     expect(fingerprintOf(group)).toBe(reference);

@@ -103,7 +103,7 @@ describe('a VM of an older launch', () => {
     await spawnedReady(old, 'vm-old');
     clock.now = T0 + 10 * S;
     await next.publishLaunch(0, process2);
-    expect(await redis.zrange(keys.readyOutdated(0), 0, -1)).toEqual(['vm-old']);
+    expect(await redis.zrange(keys.readyOutdated(0), 0, '-1')).toEqual(['vm-old']);
     expect(await redis.zcard(keys.readyClean(0))).toBe(0);
     // Only an old one is ready: it serves.
     expect((await acquire(next, 'alice')).vmName).toBe('vm-old');
@@ -148,7 +148,7 @@ describe('a VM of an older launch', () => {
     expect(await redis.zcard(keys.readyOutdated(0))).toBe(1);
     clock.now = T0 + 20 * S;
     expect(await old.publishLaunch(0, { startedAt: T0 + 15 * S, processId: 'host:1:restarted' })).toMatchObject({ status: 'published', revision: 3, changed: 1 });
-    expect(await redis.zrange(keys.readyClean(0), 0, -1)).toEqual(['vm-old']);
+    expect(await redis.zrange(keys.readyClean(0), 0, '-1')).toEqual(['vm-old']);
     expect(await redis.zcard(keys.readyOutdated(0))).toBe(0);
   });
 
@@ -160,7 +160,7 @@ describe('a VM of an older launch', () => {
     await next.holdVm('vm-old', 'op');
     expect(await redis.zcard(keys.readyOutdated(0))).toBe(0);
     await next.unholdVm('vm-old');
-    expect(await redis.zrange(keys.readyOutdated(0), 0, -1)).toEqual(['vm-old']);
+    expect(await redis.zrange(keys.readyOutdated(0), 0, '-1')).toEqual(['vm-old']);
   });
 });
 
