@@ -226,9 +226,6 @@ export class VmMaster {
       const due = launchDue[i]!;
       for (const name of [...due.outdated, ...due.aged]) names.add(name);
       launches.set(group, { current: true, ...due, readyCurrent: supply[vmm.vmGroups.indexOf(group)]!.readyClean });
-      // Aged VMs are about to go: their replacements are spawned first, as outdated ones' are.
-      const c = counts.get(group)!;
-      counts.set(group, { ...c, coming: Math.max(0, c.coming - due.aged.length) });
     }
     for (const [i, group] of vmm.vmGroups.entries()) {
       const g = vmm.config.groups[group]!;
@@ -241,7 +238,10 @@ export class VmMaster {
     const vms = await vmm.reader.vmRecords([...names]);
     for (const g of withDemand) {
       const launch = launches.get(g.group);
-      if (launch) g.launch = launch;
+      if (!launch) continue;
+      g.launch = launch;
+      // Aged VMs are about to go: their replacements are spawned first, as outdated ones' are.
+      if (g.counts && launch.aged.length > 0) g.counts = { ...g.counts, coming: Math.max(0, g.counts.coming - launch.aged.length) };
     }
     const terminatingIps = [...new Set(vms.filter((v) => v.state === VmStates.TERMINATING).map((v) => v.vmIp))];
     const vmsByIp = await vmm.reader.vmNamesByIps(terminatingIps);

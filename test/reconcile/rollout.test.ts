@@ -195,3 +195,63 @@ describe('replicas with v1 and v2 configs side by side', () => {
     expect((await terminations()).get(busy.vmName)).toBe('rollout');
   });
 });
+
+describe('max_ready_age in a reconcile cycle', () => {
+  const prefix = uniquePrefix('rollout-age');
+  const cfg: ConfigInput = { groups: [{ name: 'g', min_ready: 2, max_vm_total: 4, max_spawn_processes: 4, vm_spawn_min_interval: 0, vm_health_check_period: 3600, max_ready_age: 600 }] };
+  const clock = { now: NOW };
+  let redis: Redis;
+  let vmm: VmManager;
+  let spawnQueue: Queue;
+
+  beforeAll(async () => {
+    redis = connect();
+    vmm = new VmManager(cfg, { redis, prefix, clock: () => clock.now });
+    spawnQueue = new Queue(QueueNames.SPAWN, { connection: redis, prefix });
+    clock.now = NOW - 60 * S;
+    await vmm.markServerStart();
+    clock.now = NOW;
+  });
+
+  afterAll(async () => {
+    await spawnQueue.close();
+    await deleteKeysWithPrefix(redis, prefix);
+    await vmm.close();
+    await redis.quit();
+  });
+
+  let ip = 0;
+  async function spawnJobsToReady(): Promise<string[]> {
+    const names: string[] = [];
+    for (const job of await spawnQueue.getJobs(['waiting', 'prioritized'])) {
+      const name = `age-${++ip}`;
+      await vmm.addVmToPool(`10.8.0.${ip}`, name, 0, { spawnId: job.data.spawnId });
+      await vmm.startVmCheck(name);
+      await vmm.recordHealthCheckResult(name, true);
+      await job.remove();
+      names.push(name);
+    }
+    return names;
+  }
+
+  it('spawns replacements for aged VMs first, then retires them, never below min_ready', async () => {
+    const master = new VmMaster(vmm);
+    await master.doCycle();
+    const first = await spawnJobsToReady();
+    expect(first).toHaveLength(2);
+    clock.now = NOW + 600 * S;
+    await master.doCycle();
+    expect(await spawnJobsToReady()).toEqual([]);
+    clock.now += 1;
+    // Aged: no longer supply, so two replacements are spawned; nothing is retired yet.
+    const report = await master.doCycle();
+    expect(report.counts.rollOut).toBe(0);
+    const replacements = await spawnJobsToReady();
+    expect(replacements).toHaveLength(2);
+    await master.doCycle();
+    const states = await Promise.all(first.map(async (n) => (await vmm.getVmByName(n)).state));
+    expect(states).toEqual(['terminating', 'terminating']);
+    const events = (await vmm.reader.auditEvents({ limit: 100 })).events.filter((e) => e.event === 'terminate_requested');
+    expect(events.map((e) => [e.vm, e.reason])).toEqual(first.map((n) => [n, 'max_ready_age']));
+  });
+});

@@ -15,6 +15,7 @@ const prefix = uniquePrefix('rollout-scenario');
 const stateDir = hookStateDir('rollout');
 const PORT = 2296;
 const MIN_READY = 3;
+const AGE = 3;
 const configOf = (image: string) =>
   ({
     redis: { url: REDIS_URL, prefix },
@@ -30,6 +31,8 @@ const configOf = (image: string) =>
         max_vm_total: 8,
         max_spawn_processes: 3,
       },
+      // The same in both configs: its VMs age out every few seconds.
+      { name: 'aging', ...hookGroup({ stateDir, port: PORT, spawnDelay: 0.5 }), vm_health_check_period: 3600, min_ready: 2, max_vm_total: 4, max_ready_age: AGE },
     ],
   }) satisfies ConfigInput;
 const v1 = configOf('fedora-41');
@@ -45,7 +48,7 @@ const envOf = (config: ConfigInput) => ({ VMPOOL_CONFIG: writeConfigFile(config)
 async function records(): Promise<VmRecord[]> {
   return vmm.getAllVmRecords();
 }
-const cleanReady = (vms: VmRecord[]) => vms.filter((v) => v.state === 'ready' && v.owner === null && v.heldBy === null);
+const cleanReady = (vms: VmRecord[], group = 0) => vms.filter((v) => v.group === group && v.state === 'ready' && v.owner === null && v.heldBy === null);
 
 beforeAll(async () => {
   redis = connect();
@@ -66,7 +69,7 @@ describe('a changed image', () => {
     const busy = await vmm.acquireVm({ groups: [0], owner: 'alice', sandbox: 'alice/p', workerId: 'w', taskId: 'build-1' });
     const busyLease = (await vmm.getVmRecord(busy.vmName)).leaseId;
     await waitForWithLogs(workers, async () => cleanReady(await records()).length >= MIN_READY, 30_000, 'the v1 warm pool refilled');
-    expect((await records()).every((v) => v.launchFingerprint === fp1)).toBe(true);
+    expect((await records()).filter((v) => v.group === 0).every((v) => v.launchFingerprint === fp1)).toBe(true);
 
     // Sample the clean ready VMs (plus the one this test takes below) during the whole roll.
     let minServing = Infinity;
@@ -96,7 +99,7 @@ describe('a changed image', () => {
     await waitForWithLogs(
       workers,
       async () => {
-        const vms = (await records()).filter((v) => v.state !== 'terminating');
+        const vms = (await records()).filter((v) => v.group === 0 && v.state !== 'terminating');
         return vms.filter((v) => v.launchFingerprint === fp1).map((v) => v.vmName).join() === busy.vmName && cleanReady(vms).length >= MIN_READY;
       },
       60_000,
@@ -113,7 +116,7 @@ describe('a changed image', () => {
     expect(await vmm.releaseVm(busy.vmName, busyLease!)).toBe(true);
     await waitForWithLogs(workers, async () => (await records()).every((v) => v.vmName !== busy.vmName), 30_000, 'the released v1 VM gone');
     const events = (await vmm.reader.auditEvents({ limit: 1000 })).events;
-    const retired = events.filter((e) => e.event === 'terminate_requested');
+    const retired = events.filter((e) => e.event === 'terminate_requested' && e.group === 0);
     expect(retired.find((e) => e.vm === busy.vmName)?.reason).toBe('rollout');
     // Every VM retired was of v1, and for the rollout.
     const spawnedV1 = new Set(events.filter((e) => e.event === 'spawned' && e.details.launch === fp1).map((e) => e.vm));
@@ -121,4 +124,37 @@ describe('a changed image', () => {
     expect(retired.length).toBe(spawnedV1.size);
     expect((await vmm.launchStates())[0]!.outdated).toBe(0);
   }, 180_000);
+});
+
+describe('max_ready_age', () => {
+  it('retires a VM ready for longer than max_ready_age and replaces it first, keeping min_ready', async () => {
+    const first = await waitForWithLogs(workers, async () => {
+      const ready = cleanReady(await records(), 1);
+      return ready.length >= 2 ? ready.map((v) => v.vmName) : null;
+    }, 30_000, 'the aging group ready');
+    let minReady = Infinity;
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        minReady = Math.min(minReady, cleanReady(await records(), 1).length);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })();
+    await waitForWithLogs(workers, async () => {
+      const vms = await records();
+      return first.every((name) => !vms.some((v) => v.vmName === name)) && cleanReady(vms, 1).length >= 2;
+    }, 40_000, 'the first VMs aged out and replaced');
+    sampling = false;
+    await sampler;
+    expect(minReady).toBeGreaterThanOrEqual(2);
+    const events = (await vmm.reader.auditEvents({ limit: 1000 })).events;
+    const reasons = new Map(events.filter((e) => e.event === 'terminate_requested').map((e) => [e.vm, e.reason]));
+    expect(first.map((name) => reasons.get(name))).toEqual(['max_ready_age', 'max_ready_age']);
+    // Not before its time: each was ready for longer than max_ready_age when retired.
+    for (const name of first) {
+      const ready = events.find((e) => e.vm === name && e.event === 'ready')!;
+      const retired = events.find((e) => e.vm === name && e.event === 'terminate_requested')!;
+      expect(retired.time - ready.time).toBeGreaterThan(AGE * 1000 - 1000);
+    }
+  }, 90_000);
 });
