@@ -230,7 +230,7 @@ export const groupConfigSchema = z
       .min(1)
       .optional()
       .describe(
-        "The image the group's machines boot, for the launch fingerprint (hooks do not get it: put it in the provider's env too, or let the hook read it). A change rolls the group's VMs over to new ones",
+        "The image the group's machines boot: part of the launch fingerprint, and given to every hook as VMPOOL_IMAGE. A change rolls the group's VMs over to new ones",
       ),
     launch_revision: z
       .number()
