@@ -66,7 +66,8 @@ local function indexDue(base, name)
   dueEntry(dueDirtyKey(base, group), name, state == 'ready' and owner and not held, f[6])
   dueEntry(dueCheckStartedKey(base, group), name, state == 'check_health', f[5])
   dueEntry(dueTerminatingKey(base, group), name, state == 'terminating', f[7])
-  dueEntry(dueReadyAgeKey(base, group), name, state == 'ready' and not owner and not held, f[8])
+  -- A VM ready since before first_ready_at was recorded gets it at its next passed check.
+  dueEntry(dueReadyAgeKey(base, group), name, state == 'ready' and not owner and not held and f[8], f[8])
   -- An outdated VM on its way to ready is no supply: the rollout spawns its replacement.
   if COMING[state] and not owner and not held and not isOutdated(base, name, group) then
     redis.call('SADD', comingKey(base, group), name)
