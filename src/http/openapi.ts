@@ -94,7 +94,7 @@ export const openApiDocument = {
           holdReason: nullable('string'),
           addedAt: { ...nullable('integer'), description: 'when the VM entered the pool, epoch ms' },
           launchFingerprint: { ...nullable('string'), description: 'fingerprint of the launch config that spawned it; null when added by hand (never rolled out)' },
-          firstReadyAt: { ...nullable('integer'), description: 'when it first passed a check and became ready, epoch ms (max_ready_age counts from it)' },
+          firstReadyAt: { ...nullable('integer'), description: 'when it first passed a check and became ready, epoch ms (max_ready_age counts from it); null in a group without max_ready_age' },
         },
       },
       AuditEvent: {

@@ -26,6 +26,8 @@ export interface LaunchClaim {
   /** When the process started (epoch ms): of two configs with one launch_revision, the later started wins. */
   startedAt: number;
   processId: string;
+  /** The group's max_ready_age in ms, when it has one: ready VMs' age is recorded only then. */
+  maxReadyAgeMs?: number;
 }
 
 /** publishLaunch's answer: the caller's config is current, was published now, or another one is current. */
@@ -145,7 +147,8 @@ export class PoolScripts {
 
   /** Publishes a process's launch configuration of a group, or says which one is current (publishLaunch-1.lua). */
   async publishLaunch(group: number, launch: LaunchClaim, now: number, deferringTtlMs: number): Promise<LaunchPublication> {
-    const reply = (await this.call('publishLaunch', [group, launch.fingerprint, launch.launchRevision, launch.startedAt, launch.processId, now, deferringTtlMs])) as unknown[];
+    const args = [group, launch.fingerprint, launch.launchRevision, launch.startedAt, launch.processId, now, deferringTtlMs, launch.maxReadyAgeMs ?? ''];
+    const reply = (await this.call('publishLaunch', args)) as unknown[];
     const code = reply[0];
     if (code === ReplyCodes.OK) return { status: 'current', revision: Number(reply[1]) };
     if (code === ReplyCodes.CREATED) return { status: 'published', revision: Number(reply[1]), changed: Number(reply[2]) };

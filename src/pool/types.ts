@@ -262,7 +262,7 @@ export interface VmRecord extends VmDescriptor {
   checkSeq?: number | null;
   /** The launch fingerprint of the config that spawned it (null: added by hand, or before fingerprints). */
   launchFingerprint?: string | null;
-  /** When it first became ready (the start of its first passed check; epoch ms): max_ready_age counts from it. */
+  /** When it first became ready (the start of its first passed check; epoch ms): max_ready_age counts from it. Recorded only in a group with max_ready_age. */
   firstReadyAt?: number | null;
 }
 

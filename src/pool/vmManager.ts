@@ -554,7 +554,8 @@ export class VmManager {
    */
   async publishLaunch(group: number, process: { startedAt: number; processId: string }): Promise<LaunchPublication> {
     const g = this.groupConfig(group);
-    return this.ctx.scripts.publishLaunch(group, { fingerprint: launchFingerprint(g), launchRevision: g.launch_revision, ...process }, this.clock(), LAUNCH_DEFERRING_MEMORY_MS);
+    const maxReadyAgeMs = g.max_ready_age === undefined ? undefined : Math.round(g.max_ready_age * 1000);
+    return this.ctx.scripts.publishLaunch(group, { fingerprint: launchFingerprint(g), launchRevision: g.launch_revision, maxReadyAgeMs, ...process }, this.clock(), LAUNCH_DEFERRING_MEMORY_MS);
   }
 
   /** Each group's published launch, its count of outdated VMs, and the processes that defer to it. */

@@ -165,11 +165,24 @@ describe('a VM of an older launch', () => {
 });
 
 describe('the ready-age due set', () => {
-  it('holds clean, unheld ready VMs scored by their first passed check, and not a VM in use', async () => {
-    await spawnedReady(old, 'vm-a');
-    expect(await redis.zscore(keys.dueReadyAge(0), 'vm-a')).toBe(String(T0));
-    expect((await old.getVmRecord('vm-a')).firstReadyAt).toBe(T0);
-    await acquire(old, 'alice');
+  it('holds clean, unheld ready VMs of a group with max_ready_age, scored by their first passed check, and not a VM in use', async () => {
+    const aging = new VmManager({ groups: [{ ...group('fedora-41'), max_ready_age: 600 }] }, { redis, prefix, clock: () => clock.now });
+    try {
+      await aging.publishLaunch(0, process1);
+      await spawnedReady(aging, 'vm-a');
+      expect(await redis.zscore(keys.dueReadyAge(0), 'vm-a')).toBe(String(T0));
+      expect((await aging.getVmRecord('vm-a')).firstReadyAt).toBe(T0);
+      await acquire(aging, 'alice');
+      expect(await redis.zcard(keys.dueReadyAge(0))).toBe(0);
+    } finally {
+      await aging.close();
+    }
+  });
+
+  it('costs nothing in a group without max_ready_age: no first_ready_at, no entry', async () => {
+    await old.publishLaunch(0, process1);
+    await spawnedReady(old, 'vm-b');
+    expect((await old.getVmRecord('vm-b')).firstReadyAt).toBeNull();
     expect(await redis.zcard(keys.dueReadyAge(0))).toBe(0);
   });
 });

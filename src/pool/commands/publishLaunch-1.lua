@@ -30,6 +30,8 @@
     ARGV[5] the caller's process id (host:pid:random)
     ARGV[6] now (epoch ms)
     ARGV[7] how long a deferring process is remembered without being seen again (ms)
+    ARGV[8] the group's max_ready_age (ms; '' for none): kept as max_ready_age_ms by a current
+            caller, so that setVmState records first_ready_at (and due:ready_age) only where it counts
   Output:
     {OK, revision}                       the caller's fingerprint is the current one
     {CREATED, revision, changed}         published now (changed: VMs that entered or left outdated)
@@ -40,6 +42,7 @@
 local base = KEYS[1]
 local group, fingerprint, launchRevision = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local startedAt, processId, now, deferringTtl = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local maxReadyAge = ARGV[8] or ''
 --- @include "includes/replyCodes"
 --- @include "includes/setVmState"
 
@@ -48,7 +51,16 @@ local rec = redis.call('HMGET', key, 'fingerprint', 'launch_revision', 'revision
 local current, currentLaunchRevision, revision = rec[1], tonumber(rec[2]) or 0, tonumber(rec[3]) or 0
 local publishedAt = tonumber(rec[4]) or 0
 
+local function keepMaxReadyAge()
+  if maxReadyAge ~= '' then
+    redis.call('HSET', key, 'max_ready_age_ms', maxReadyAge)
+  else
+    redis.call('HDEL', key, 'max_ready_age_ms')
+  end
+end
+
 if current == fingerprint then
+  keepMaxReadyAge()
   return {OK, revision}
 end
 if current and (launchRevision < currentLaunchRevision or (launchRevision == currentLaunchRevision and startedAt <= publishedAt)) then
@@ -61,6 +73,7 @@ end
 revision = revision + 1
 redis.call('HSET', key, 'fingerprint', fingerprint, 'launch_revision', launchRevision, 'revision', revision,
   'published_at', now, 'published_by', processId, 'started_at', startedAt)
+keepMaxReadyAge()
 -- The caller no longer defers, whatever it ran before.
 for _, member in ipairs(redis.call('ZRANGE', launchDeferringKey(base, group), 0, -1)) do
   if string.sub(member, 1, string.len(processId) + 1) == processId .. '|' then

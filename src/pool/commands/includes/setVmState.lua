@@ -114,8 +114,11 @@ local function setVmState(base, name, newState)
   redis.call('SADD', stateKey(base, group, newState), name)
   redis.call('HSET', key, 'state', newState)
   if newState == 'ready' then
-    -- Its age (max_ready_age) counts from the check that first made it ready.
-    redis.call('HSETNX', key, 'first_ready_at', tonumber(fields[5]) or 0)
+    -- Its age counts from the check that first made it ready; recorded (and indexed in
+    -- due:ready_age) only in a group with max_ready_age, as the group's launch record says.
+    if redis.call('HEXISTS', launchKey(base, group), 'max_ready_age_ms') == 1 then
+      redis.call('HSETNX', key, 'first_ready_at', tonumber(fields[5]) or 0)
+    end
   elseif newState == 'terminating' then
     -- Retiring: no longer a VM of an old launch to replace.
     redis.call('SREM', outdatedKey(base, group), name)
