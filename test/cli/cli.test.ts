@@ -113,6 +113,8 @@ describe('vmpool CLI', { timeout: 60_000 }, () => {
     const info = await vmpool('info');
     expect(info.code).toBe(0);
     expect(info.stdout).toContain('c2');
+    // No reconcile cycle ran: each group's launch is this config's, not published yet.
+    expect(info.stdout).toMatch(/^Group base: launch [0-9a-f]{12} \(not published yet\)$/m);
     const infoJson = JSON.parse((await vmpool('info', '--json')).stdout) as { groups: { name: string; total: number }[] };
     expect(infoJson.groups.map((g) => [g.name, g.total])).toEqual([
       ['base', 1],
