@@ -146,8 +146,8 @@ export class PoolScripts {
   }
 
   /** Publishes a process's launch configuration of a group, or says which one is current (publishLaunch-1.lua). */
-  async publishLaunch(group: number, launch: LaunchClaim, now: number, deferringTtlMs: number): Promise<LaunchPublication> {
-    const args = [group, launch.fingerprint, launch.launchRevision, launch.startedAt, launch.processId, now, deferringTtlMs, launch.maxReadyAgeMs ?? ''];
+  async publishLaunch(group: number, launch: LaunchClaim, now: number, timing: { deferringTtlMs: number; orphanedAfterMs: number }): Promise<LaunchPublication> {
+    const args = [group, launch.fingerprint, launch.launchRevision, launch.startedAt, launch.processId, now, timing.deferringTtlMs, launch.maxReadyAgeMs ?? '', timing.orphanedAfterMs];
     const reply = (await this.call('publishLaunch', args)) as unknown[];
     const code = reply[0];
     if (code === ReplyCodes.OK) return { status: 'current', revision: Number(reply[1]) };

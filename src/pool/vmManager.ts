@@ -550,12 +550,16 @@ export class VmManager {
   /**
    * Publishes this process's launch config of the group as the current one, unless a newer one is
    * published (a higher launch_revision, or one published after `process.startedAt`): see the
-   * script's header for the rule. A superseded process is listed in launchStates' `deferring`.
+   * script's header for the rule (and launchOrphanedAfterMs). A superseded process is listed in
+   * launchStates' `deferring`.
    */
   async publishLaunch(group: number, process: { startedAt: number; processId: string }): Promise<LaunchPublication> {
     const g = this.groupConfig(group);
     const maxReadyAgeMs = g.max_ready_age === undefined ? undefined : Math.round(g.max_ready_age * 1000);
-    return this.ctx.scripts.publishLaunch(group, { fingerprint: launchFingerprint(g), launchRevision: g.launch_revision, maxReadyAgeMs, ...process }, this.clock(), LAUNCH_DEFERRING_MEMORY_MS);
+    return this.ctx.scripts.publishLaunch(group, { fingerprint: launchFingerprint(g), launchRevision: g.launch_revision, maxReadyAgeMs, ...process }, this.clock(), {
+      deferringTtlMs: LAUNCH_DEFERRING_MEMORY_MS,
+      orphanedAfterMs: launchOrphanedAfterMs(this.config.vm_cycle_timeout),
+    });
   }
 
   /** Each group's published launch, its count of outdated VMs, and the processes that defer to it. */
@@ -618,5 +622,14 @@ export class VmManager {
 
 /** How long a process that defers to another launch config is listed without being seen again. */
 export const LAUNCH_DEFERRING_MEMORY_MS = 5 * 60_000;
+
+/**
+ * After how long without a cycle of a process running it a group's published launch config is
+ * orphaned, and any process takes over: 30 cycles, at least 5 minutes (a rolling restart's
+ * replicas take turns at the cycle lock, so the current config's are not that long without one).
+ */
+export function launchOrphanedAfterMs(cycleSeconds: number): number {
+  return Math.max(5 * 60_000, Math.round(30 * cycleSeconds * 1000));
+}
 
 export { VmStates };

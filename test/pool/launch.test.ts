@@ -2,7 +2,7 @@ import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { ConfigInput } from '../../src/config/index.js';
 import { launchFingerprint, parseConfig } from '../../src/config/index.js';
-import { VmManager } from '../../src/pool/vmManager.js';
+import { VmManager, launchOrphanedAfterMs } from '../../src/pool/vmManager.js';
 import { connect, deleteKeysWithPrefix, poolKeys, uniquePrefix } from '../helpers/redis.js';
 
 // The launch scripts on the real Redis: publishLaunch's rule between configs, the outdated sets that
@@ -83,6 +83,22 @@ describe('publishLaunch', () => {
     } finally {
       await pinned.close();
     }
+  });
+});
+
+describe('an orphaned launch config', () => {
+  it('is taken over once no process has confirmed it for launchOrphanedAfterMs, and not before', async () => {
+    await old.publishLaunch(0, process1);
+    clock.now = T0 + 10 * S;
+    await next.publishLaunch(0, process2);
+    const orphanedAfter = launchOrphanedAfterMs(parseConfig(v1).vm_cycle_timeout);
+    // The v2 process confirms it a while later, then stops.
+    clock.now = T0 + 100 * S;
+    expect((await next.publishLaunch(0, process2)).status).toBe('current');
+    clock.now = T0 + 100 * S + orphanedAfter;
+    expect((await old.publishLaunch(0, process1)).status).toBe('superseded');
+    clock.now += 1;
+    expect(await old.publishLaunch(0, process1)).toMatchObject({ status: 'published', revision: 3 });
   });
 });
 

@@ -12,6 +12,9 @@
       pool forward, a rollback too), else the published one (SUPERSEDED).
   Every publication sets published_at to now, after every running process's start: only a process
   started later can take over again, so the number of changes is bounded by process starts.
+  A published config that no process has confirmed (called with the same fingerprint, once a
+  cycle) for ARGV[9] ms is orphaned: its processes are gone, and any caller takes over, so that a
+  group whose newer processes were all stopped is not left without decisions.
 
   A publication puts each VM of the group (not terminating) in or out of `outdated`: outdated when
   it has a launch_fingerprint (a VM added by hand, or from before fingerprints, has none) and it is
@@ -32,6 +35,7 @@
     ARGV[7] how long a deferring process is remembered without being seen again (ms)
     ARGV[8] the group's max_ready_age (ms; '' for none): kept as max_ready_age_ms by a current
             caller, so that setVmState records first_ready_at (and due:ready_age) only where it counts
+    ARGV[9] after how long without a confirmation the published config is orphaned (ms)
   Output:
     {OK, revision}                       the caller's fingerprint is the current one
     {CREATED, revision, changed}         published now (changed: VMs that entered or left outdated)
@@ -42,14 +46,15 @@
 local base = KEYS[1]
 local group, fingerprint, launchRevision = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local startedAt, processId, now, deferringTtl = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
-local maxReadyAge = ARGV[8] or ''
+local maxReadyAge, orphanedAfter = ARGV[8] or '', tonumber(ARGV[9])
 --- @include "includes/replyCodes"
 --- @include "includes/setVmState"
 
 local key = launchKey(base, group)
-local rec = redis.call('HMGET', key, 'fingerprint', 'launch_revision', 'revision', 'published_at', 'published_by')
+local rec = redis.call('HMGET', key, 'fingerprint', 'launch_revision', 'revision', 'published_at', 'published_by', 'confirmed_at')
 local current, currentLaunchRevision, revision = rec[1], tonumber(rec[2]) or 0, tonumber(rec[3]) or 0
 local publishedAt = tonumber(rec[4]) or 0
+local orphaned = (tonumber(rec[6]) or publishedAt) < now - orphanedAfter
 
 local function keepMaxReadyAge()
   if maxReadyAge ~= '' then
@@ -61,9 +66,10 @@ end
 
 if current == fingerprint then
   keepMaxReadyAge()
+  redis.call('HSET', key, 'confirmed_at', now)
   return {OK, revision}
 end
-if current and (launchRevision < currentLaunchRevision or (launchRevision == currentLaunchRevision and startedAt <= publishedAt)) then
+if current and not orphaned and (launchRevision < currentLaunchRevision or (launchRevision == currentLaunchRevision and startedAt <= publishedAt)) then
   local deferring = launchDeferringKey(base, group)
   redis.call('ZADD', deferring, now, processId .. '|' .. fingerprint)
   redis.call('ZREMRANGEBYSCORE', deferring, '-inf', now - deferringTtl)
@@ -72,7 +78,7 @@ end
 
 revision = revision + 1
 redis.call('HSET', key, 'fingerprint', fingerprint, 'launch_revision', launchRevision, 'revision', revision,
-  'published_at', now, 'published_by', processId, 'started_at', startedAt)
+  'published_at', now, 'published_by', processId, 'started_at', startedAt, 'confirmed_at', now)
 keepMaxReadyAge()
 -- The caller no longer defers, whatever it ran before.
 for _, member in ipairs(redis.call('ZRANGE', launchDeferringKey(base, group), 0, -1)) do
