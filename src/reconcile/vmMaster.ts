@@ -329,8 +329,10 @@ export class VmMaster {
    */
   async publishLaunches(): Promise<number> {
     let changed = 0;
-    for (const group of this.vmm.vmGroups) {
-      const outcome = await this.vmm.publishLaunch(group, this.launchProcess);
+    // One script call per group, sent together (one round trip on the connection).
+    const outcomes = await Promise.all(this.vmm.vmGroups.map((group) => this.vmm.publishLaunch(group, this.launchProcess)));
+    for (const [i, group] of this.vmm.vmGroups.entries()) {
+      const outcome = outcomes[i]!;
       const current = outcome.status !== 'superseded';
       const before = this.launchCurrent.get(group);
       this.launchCurrent.set(group, current);
