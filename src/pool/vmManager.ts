@@ -542,9 +542,16 @@ export class VmManager {
 
   // --- Launch configurations (publishLaunch-1.lua; the rollout: src/reconcile/rollout.ts) ---
 
-  /** The fingerprint of this manager's launch config of the group (config/fingerprint.ts). */
+  private readonly launchFingerprints = new Map<number, string>();
+
+  /** The fingerprint of this manager's launch config of the group (config/fingerprint.ts; the config does not change). */
   launchFingerprint(group: number): string {
-    return launchFingerprint(this.groupConfig(group));
+    let fingerprint = this.launchFingerprints.get(group);
+    if (fingerprint === undefined) {
+      fingerprint = launchFingerprint(this.groupConfig(group));
+      this.launchFingerprints.set(group, fingerprint);
+    }
+    return fingerprint;
   }
 
   /**
@@ -556,7 +563,7 @@ export class VmManager {
   async publishLaunch(group: number, process: { startedAt: number; processId: string }): Promise<LaunchPublication> {
     const g = this.groupConfig(group);
     const maxReadyAgeMs = g.max_ready_age === undefined ? undefined : Math.round(g.max_ready_age * 1000);
-    return this.ctx.scripts.publishLaunch(group, { fingerprint: launchFingerprint(g), launchRevision: g.launch_revision, maxReadyAgeMs, ...process }, this.clock(), {
+    return this.ctx.scripts.publishLaunch(group, { fingerprint: this.launchFingerprint(group), launchRevision: g.launch_revision, maxReadyAgeMs, ...process }, this.clock(), {
       deferringTtlMs: LAUNCH_DEFERRING_MEMORY_MS,
       orphanedAfterMs: launchOrphanedAfterMs(this.config.vm_cycle_timeout),
     });

@@ -51,22 +51,29 @@ local maxReadyAge, orphanedAfter = ARGV[8] or '', tonumber(ARGV[9])
 --- @include "includes/setVmState"
 
 local key = launchKey(base, group)
-local rec = redis.call('HMGET', key, 'fingerprint', 'launch_revision', 'revision', 'published_at', 'published_by', 'confirmed_at')
+local rec = redis.call('HMGET', key, 'fingerprint', 'launch_revision', 'revision', 'published_at', 'published_by', 'confirmed_at', 'max_ready_age_ms')
 local current, currentLaunchRevision, revision = rec[1], tonumber(rec[2]) or 0, tonumber(rec[3]) or 0
 local publishedAt = tonumber(rec[4]) or 0
-local orphaned = (tonumber(rec[6]) or publishedAt) < now - orphanedAfter
+local confirmedAt = tonumber(rec[6]) or publishedAt
+local orphaned = confirmedAt < now - orphanedAfter
 
+-- Written only when it changes: most calls (one per group and cycle) write nothing.
 local function keepMaxReadyAge()
-  if maxReadyAge ~= '' then
-    redis.call('HSET', key, 'max_ready_age_ms', maxReadyAge)
-  else
-    redis.call('HDEL', key, 'max_ready_age_ms')
+  if maxReadyAge ~= (rec[7] or '') then
+    if maxReadyAge ~= '' then
+      redis.call('HSET', key, 'max_ready_age_ms', maxReadyAge)
+    else
+      redis.call('HDEL', key, 'max_ready_age_ms')
+    end
   end
 end
 
 if current == fingerprint then
   keepMaxReadyAge()
-  redis.call('HSET', key, 'confirmed_at', now)
+  -- A tenth of the orphan time is precise enough, and spares a write at most cycles.
+  if confirmedAt < now - orphanedAfter / 10 then
+    redis.call('HSET', key, 'confirmed_at', now)
+  end
   return {OK, revision}
 end
 if current and not orphaned and (launchRevision < currentLaunchRevision or (launchRevision == currentLaunchRevision and startedAt <= publishedAt)) then
