@@ -53,6 +53,7 @@ describe('vmpool CLI', { timeout: 60_000 }, () => {
     const ok = await vmpool('config', 'check', configFile);
     expect(ok.code).toBe(0);
     expect(ok.stdout).toContain('ok (2 groups: base, arm)');
+    expect(ok.stdout).toMatch(/^launch fingerprints: base [0-9a-f]{12}, arm [0-9a-f]{12}$/m);
     const bad = writeConfigFile({ groups: [{ name: 'g', max_vm_total: -1 }] });
     const res = await vmpool('config', 'check', bad);
     expect(res.code).toBe(2);
