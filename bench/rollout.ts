@@ -89,7 +89,7 @@ async function roll(url: string, s: Scenario, index: number): Promise<Result> {
   }
   // Machines that cost: booting (a spawn's job ran), in the pool (any state), until removed.
   const alive = async () => booting.length + (await v2.getAllVms()).length;
-  const cleanReady = async () => (await v2.getVmsByGroupAndStates(0, ['ready'])).filter((v) => v.owner === null).length;
+  const cleanReady = async () => (await v2.getVmsByGroupAndStates('roll', ['ready'])).filter((v) => v.owner === null).length;
 
   // Fill the warm pool with v1, in steps of one second.
   const master1 = new VmMaster(v1, { startedAt: clock.now });
@@ -119,7 +119,7 @@ async function roll(url: string, s: Scenario, index: number): Promise<Result> {
     extraVmMs += Math.max(0, n - before) * 1000;
     minReady = Math.min(minReady, await cleanReady());
     const [state] = await v2.launchStates();
-    if (state!.outdated === 0 && (await v2.getAllVmRecords()).every((v) => v.launchFingerprint === v2.launchFingerprint(0))) break;
+    if (state!.outdated === 0 && (await v2.getAllVmRecords()).every((v) => v.launchFingerprint === v2.launchFingerprint('roll'))) break;
     clock.now += 1000;
     if (t > 7200) throw new Error('the roll never ended');
   }

@@ -5,6 +5,7 @@ export {
   commandLineSchema,
   commandProviderSchema,
   configSchema,
+  GROUP_NAME_PATTERN,
   groupConfigSchema,
   localProviderSchema,
   providerCheckSchema,
@@ -17,6 +18,7 @@ export {
   webScopes,
 } from './schemas.js';
 export type { CheckConfig, Config, ConfigInput, GroupConfig, GroupInput, ProviderConfig, WebConfig, WebScope } from './schemas.js';
+export { groupIndexOf, groupNameOf, isGroupName, type GroupRef } from './groups.js';
 export { ConfigError, isParsedConfig, parseConfig, type ConfigIssue } from './parse.js';
 export { applyEnvironment, redisIssues } from './environment.js';
 export { loadConfig } from './load.js';

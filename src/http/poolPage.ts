@@ -141,10 +141,10 @@ export function renderPoolFragment(
   summaries: GroupSummary[],
   vms: VmRecord[],
   now: number,
-  history: ReadonlyMap<number, readonly HistorySample[]> = new Map(),
-  next: ReadonlyMap<number, string | null> = new Map(),
+  history: ReadonlyMap<string, readonly HistorySample[]> = new Map(),
+  next: ReadonlyMap<string, string | null> = new Map(),
 ): string {
-  const sections = summaries.map((s) => groupSection(s, vms.filter((v) => v.group === s.id), now, history.get(s.id) ?? [], next.get(s.id) ?? null)).join('\n');
+  const sections = summaries.map((s) => groupSection(s, vms.filter((v) => v.group === s.name), now, history.get(s.name) ?? [], next.get(s.name) ?? null)).join('\n');
   return `${sections}\n<p class="updated" data-now="${now}">updated ${escapeHtml(new Date(now).toISOString())} · prefix ${escapeHtml(prefix)}</p>`;
 }
 
@@ -250,8 +250,8 @@ export function renderPoolPage(
   vms: VmRecord[],
   now: number,
   refreshMs = POOL_PAGE_REFRESH_MS,
-  history: ReadonlyMap<number, readonly HistorySample[]> = new Map(),
-  next: ReadonlyMap<number, string | null> = new Map(),
+  history: ReadonlyMap<string, readonly HistorySample[]> = new Map(),
+  next: ReadonlyMap<string, string | null> = new Map(),
   /** For a caller who may not change anything (a read token): the buttons are hidden. */
   readOnly = false,
 ): string {

@@ -24,7 +24,8 @@ export function isVmState(value: unknown): value is VmState {
 export interface VmDescriptor {
   vmName: string;
   vmIp: string;
-  group: number;
+  /** The name of the VM's group (groups are identified by name; a group removed from the config keeps its VMs until they retire). */
+  group: string;
   state: VmState;
   /** The owner the VM belongs to since its first acquire (it counts for max_vm_per_user); null while clean. */
   owner: string | null;
@@ -64,13 +65,13 @@ export class InvalidVmRequest extends VmError {
   }
 }
 
-/** A group id or name that the config does not have; `known` is the number of groups, or a message. */
+/** A group name or index that the config does not have; `known` is the config's group names, or a message. */
 export class UnknownGroup extends InvalidVmRequest {
   constructor(
     readonly group: unknown,
-    known: number | string,
+    known: readonly string[] | string,
   ) {
-    super(typeof known === 'string' ? known : `unknown group ${JSON.stringify(group)}; groups are 0..${known - 1}`);
+    super(typeof known === 'string' ? known : `unknown group ${JSON.stringify(group)}; groups are ${known.map((n, i) => `${n} (${i})`).join(', ')}`);
     this.name = 'UnknownGroup';
   }
 }
@@ -96,7 +97,7 @@ export class VmDescriptorNotFound extends VmError {
 export class SpawnSlotLost extends VmError {
   constructor(
     readonly spawnId: string,
-    readonly group: number,
+    readonly group: string,
   ) {
     super(`spawn ${spawnId} no longer holds a slot among the spawns in flight of group ${group} (it finished, or was dropped as stale)`);
     this.name = 'SpawnSlotLost';
@@ -160,8 +161,8 @@ export class TooManyWaiting extends VmError {
 
   constructor(
     readonly owner: string,
-    /** The group id whose cap was reached (null when not known: a failed job read back). */
-    readonly group: number | null,
+    /** The name of the group whose cap was reached (null when not known: a failed job read back). */
+    readonly group: string | null,
     /** That group's max_waiting_per_owner (null when not known). */
     readonly limit: number | null,
     message?: string,
@@ -303,7 +304,7 @@ export function descriptorFromHash(hash: Record<string, string> | string[]): VmD
   return {
     vmName: h.vm_name ?? '',
     vmIp: h.vm_ip ?? '',
-    group: Number(h.group),
+    group: h.group ?? '',
     state: h.state as VmState,
     owner: stringOrNull(h.owner),
     boundToUser: stringOrNull(h.owner),

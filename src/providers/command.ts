@@ -48,7 +48,7 @@ export function hookEnv(
 ): Record<string, string> {
   return {
     ...extra,
-    VMPOOL_GROUP: String(group.id),
+    VMPOOL_GROUP: group.index === undefined || group.index === null ? '' : String(group.index),
     VMPOOL_GROUP_NAME: group.config.name,
     VMPOOL_POOL_ID: group.poolId ?? '',
     // What the machine is to be made from: the group's `image` (empty when unset) and launch fingerprint, to tag it with.

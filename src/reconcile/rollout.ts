@@ -13,7 +13,7 @@
  */
 import { VmStates, type VmRecord } from '../pool/types.js';
 import type { TerminationReason } from '../../queues/terminate.js';
-import { countGroup, warmPoolOf, type GroupSnapshot, type PoolSnapshot, type ReconcileAction, type ReconcileConfig } from './decisions.js';
+import { configOfGroup, countGroup, warmPoolOf, type GroupSnapshot, type PoolSnapshot, type ReconcileAction, type ReconcileConfig } from './decisions.js';
 
 /** A group's launch state in a snapshot (VmMaster.readSnapshot). */
 export interface GroupLaunch {
@@ -46,7 +46,7 @@ export function decideRollOut(snapshot: PoolSnapshot, config: ReconcileConfig, n
   const actions: ReconcileAction[] = [];
   const byName = new Map(snapshot.vms.map((vm) => [vm.vmName, vm]));
   for (const group of snapshot.groups) {
-    const g = config.groups[group.group];
+    const g = configOfGroup(config, group.group);
     const launch = group.launch;
     if (!g || !launch?.current) continue;
     const retire = (vm: VmRecord, reason: TerminationReason) => actions.push({ type: 'terminate', vmName: vm.vmName, allowedPreState: VmStates.READY, reason });

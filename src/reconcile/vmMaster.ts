@@ -47,7 +47,7 @@ export interface VmMasterOptions {
   /** Expiry of the cycle lock; a replica that dies mid-cycle holds it at most this long. */
   cycleLockTtlMs?: number;
   /** The provider of a group (a JobContext's `provider`). Without it, cleanupOrphans does nothing. */
-  provider?: (group: number) => Provider;
+  provider?: (group: string) => Provider;
   /** Between history samples (src/reconcile/history.ts); default HISTORY_PERIOD_MS. */
   historyPeriodMs?: number;
   /**
@@ -59,7 +59,7 @@ export interface VmMasterOptions {
 
 /** One group's sweep after a loss of the pool's state, as logged. */
 export interface LossSweep {
-  group: number;
+  group: string;
   machines: number;
   /** Machines the pool does not know, terminated (terminate jobs added). */
   terminated: number;
@@ -69,7 +69,7 @@ export interface LossSweep {
 
 /** One group's leak and orphan pass, as logged. */
 export interface OrphanPass {
-  group: number;
+  group: string;
   counts: OrphanDecision['counts'];
   /** Terminate jobs added (or retried) for machines the pool does not know. */
   leaksTerminated: number;
@@ -134,7 +134,7 @@ export class VmMaster {
   /** This process, as publishLaunch weighs it against other replicas. */
   readonly launchProcess: { startedAt: number; processId: string };
   /** Per group, whether this process's launch config is the published one (set by rollOut). */
-  private readonly launchCurrent = new Map<number, boolean>();
+  private readonly launchCurrent = new Map<string, boolean>();
 
   constructor(
     readonly vmm: VmManager,
@@ -163,7 +163,7 @@ export class VmMaster {
     // then counted twice (one spawn too few this cycle), never not at all (one too many).
     const groups = await Promise.all(
       vmm.vmGroups.map(async (group): Promise<Omit<GroupSnapshot, 'demand'>> => {
-        const targetWait = vmm.config.groups[group]!.target_wait;
+        const targetWait = vmm.groupConfig(group).target_wait;
         const [spawnsInFlight, last, breaker, drainedSince, measure] = await Promise.all([
           vmm.getSpawnsInFlight(group),
           vmm.readVmPoolInfo(group, LAST_VM_SPAWN_START),
@@ -182,7 +182,7 @@ export class VmMaster {
       vmm.reader.supplyCounts(vmm.vmGroups),
     ]);
     for (const g of groups) if (g.targetWait) this.noteTargetWait(g.group, g.targetWait);
-    const counts = new Map<number, GroupCounts>(
+    const counts = new Map<string, GroupCounts>(
       vmm.vmGroups.map((group, i) => {
         const byState = stateCounts[i]!;
         const all = Object.values(byState).reduce((a, b) => a + b, 0);
@@ -196,12 +196,12 @@ export class VmMaster {
       route = (r) => demandGroupsOf(r.groups, withFallbacks(vmm.config.groups, r.groups, blocked, r.strict), blocked);
     }
     const demand = await readDemand(vmm, this.queue(ACQUIRE_QUEUE), route);
-    const withDemand: GroupSnapshot[] = groups.map((g) => ({ ...g, demand: demand[g.group] ?? 0, counts: counts.get(g.group)! }));
+    const withDemand: GroupSnapshot[] = groups.map((g, i) => ({ ...g, demand: demand[i] ?? 0, counts: counts.get(g.group)! }));
 
     // What is due, per group: each query's bound is the time before which a score means due.
     const queries: DueQuery[] = [];
     for (const group of vmm.vmGroups) {
-      const g = vmm.config.groups[group]!;
+      const g = vmm.groupConfig(group);
       queries.push({ group, set: 'check', upTo: now - g.vm_health_check_period * 1000 });
       // Checked before the server start: acquire skips them until checked again (recheckAfterServerStart).
       if (serverStart !== null) queries.push({ group, set: 'check', upTo: serverStart, inclusive: true });
@@ -216,11 +216,11 @@ export class VmMaster {
     const launchGroups = vmm.vmGroups.filter((group) => this.launchCurrent.get(group) === true);
     const launchDue = await vmm.reader.launchDue(
       launchGroups.map((group) => {
-        const age = vmm.config.groups[group]!.max_ready_age;
+        const age = vmm.groupConfig(group).max_ready_age;
         return { group, agedBefore: age === undefined ? null : now - age * 1000 };
       }),
     );
-    const launches = new Map<number, GroupLaunch>();
+    const launches = new Map<string, GroupLaunch>();
     for (const group of vmm.vmGroups) if (this.launchCurrent.get(group) === false) launches.set(group, { current: false, outdated: [], aged: [], readyCurrent: 0 });
     for (const [i, group] of launchGroups.entries()) {
       const due = launchDue[i]!;
@@ -228,7 +228,7 @@ export class VmMaster {
       launches.set(group, { current: true, ...due, readyCurrent: supply[vmm.vmGroups.indexOf(group)]!.readyClean });
     }
     for (const [i, group] of vmm.vmGroups.entries()) {
-      const g = vmm.config.groups[group]!;
+      const g = vmm.groupConfig(group);
       if (!warmPoolVaries(g)) continue;
       const snap = withDemand.find((s) => s.group === group)!;
       if (supply[i]!.readyClean > warmPoolOf(vmm.config, snap, now) + Math.max(0, snap.demand)) {
@@ -248,11 +248,11 @@ export class VmMaster {
     return { vms, vmsByIp, groups: withDemand, serverStart, serverStartSeq };
   }
 
-  private readonly lastTargetWait = new Map<number, number>();
+  private readonly lastTargetWait = new Map<string, number>();
 
   /** Logs a target_wait decision: at info when the warm pool's size changes, else at debug. */
-  private noteTargetWait(group: number, measure: TargetWaitMeasure): void {
-    const d = targetWaitDecision(this.vmm.config.groups[group]!, measure, this.vmm.config.vm_cycle_timeout);
+  private noteTargetWait(group: string, measure: TargetWaitMeasure): void {
+    const d = targetWaitDecision(this.vmm.groupConfig(group), measure, this.vmm.config.vm_cycle_timeout);
     if (!d) return;
     const fields = { group, arrivalsPerMinute: Number(d.arrivalsPerMinute.toFixed(2)), bootSeconds: Number(d.bootSeconds.toFixed(1)), bootMeasured: d.bootMeasured, minReady: d.minReady, lateShare: Number(d.lateShare.toFixed(4)) };
     const changed = this.lastTargetWait.get(group) !== d.minReady;
@@ -273,7 +273,7 @@ export class VmMaster {
     startSpawnIfRequired: (s, now) => {
       const actions = decideStartSpawnIfRequired(s, this.vmm.config, now);
       if (actions.length > 0) {
-        const figures = s.groups.filter((g) => this.vmm.config.groups[g.group]).map((g) => spawnFigures(s, this.vmm.config, g, now));
+        const figures = s.groups.filter((g) => this.vmm.vmGroups.includes(g.group)).map((g) => spawnFigures(s, this.vmm.config, g, now));
         this.logger.debug({ figures }, 'spawn figures');
       }
       return actions;
@@ -437,7 +437,7 @@ export class VmMaster {
     return passes;
   }
 
-  private async orphanPass(group: number, providerOf: (group: number) => Provider): Promise<OrphanPass | null> {
+  private async orphanPass(group: string, providerOf: (group: string) => Provider): Promise<OrphanPass | null> {
     const vmm = this.vmm;
     const config = vmm.groupConfig(group);
     if (!(config.orphan_check_period > 0)) return null;
@@ -453,7 +453,7 @@ export class VmMaster {
     // (its state sets), whether the other listed machines are pool VMs, and the records of only
     // the VMs the list misses. A VM added while the list ran (added_at from the pass's start on)
     // may be missing from it, so it does not count as missed (one added in the start's own millisecond does: it is terminated only if the next list misses it too).
-    const machines = await provider.list({ id: group, config, poolId: vmm.poolId });
+    const machines = await provider.list(vmm.providerGroup(group));
     const [groupNames, previous] = await Promise.all([vmm.reader.vmNamesByGroupsAndStates([group], ALL_VM_STATES), vmm.reader.orphanPassState(group)]);
     const listed = new Set(machines.map((m) => m.name));
     const inGroup = new Set(groupNames);
@@ -541,7 +541,7 @@ export class VmMaster {
       try {
         if (provider.list && config.orphan_check_period > 0) {
           // Only this pool's machines (tagged with its id): another pool's, or untagged ones, are left alone.
-          const machines = (await provider.list({ id: group, config, poolId: vmm.poolId })).filter((m) => m.pool === vmm.poolId);
+          const machines = (await provider.list(vmm.providerGroup(group))).filter((m) => m.pool === vmm.poolId);
           const names = new Set(await vmm.reader.allVmNames());
           const decision = decideLossSweep({ poolVmNames: names, machines, recoveredAt: marker.recoveredAt ?? vmm.clock() });
           const queue = this.queue(TERMINATE_QUEUE);
@@ -567,7 +567,7 @@ export class VmMaster {
    * that finished while the machine is still listed (a failed or ineffective terminate) is retried.
    * Returns whether a job was added or retried.
    */
-  private async terminateLeak(group: number, vmName: string, vmIp: string | null, firstSeen: number): Promise<boolean> {
+  private async terminateLeak(group: string, vmName: string, vmIp: string | null, firstSeen: number): Promise<boolean> {
     const queue = this.queue(TERMINATE_QUEUE);
     const jobId = leakTerminateJobId(group, vmName, firstSeen);
     const existing = await queue.getJob(jobId);
@@ -605,7 +605,7 @@ export class VmMaster {
     const assigned = histograms.find((h) => h.labels.outcome === 'assigned');
     const buckets = assigned ? assigned.buckets.map((b) => b.count) : bounds.map(() => 0).concat(0);
     const acquireP95 = quantileBetween(bounds, mark?.buckets ?? null, buckets, 0.95);
-    const samples = new Map<number, HistorySample>(groups.map((g, i) => [g, { t: now, counts: counts[i]!, waiting: waiting[i]!, acquireP95 }]));
+    const samples = new Map<string, HistorySample>(groups.map((g, i) => [g, { t: now, counts: counts[i]!, waiting: waiting[i]!, acquireP95 }]));
     await vmm.appendHistory(samples, { t: now, buckets }, HISTORY_SAMPLES);
     return true;
   }
@@ -624,6 +624,8 @@ export class VmMaster {
     const errors: unknown[] = [];
     const skipped: CycleStep[] = [];
     const outcome = await this.lock.run(async (lost) => {
+      // The config's groups join the pool's registry (a group removed later is still known, and drains).
+      await this.vmm.registerConfigGroups().catch((err: unknown) => errors.push(err));
       // First, before this cycle spawns: machines from before a loss of the pool's state.
       await this.sweepAfterLoss().catch((err: unknown) => errors.push(err));
       let snapshot: PoolSnapshot | undefined;
@@ -723,7 +725,7 @@ export class VmMaster {
   }
 
   /** Registers the spawn in flight, records the spawn start, then adds the spawn job. */
-  private async startSpawn(group: number, reason: string): Promise<void> {
+  private async startSpawn(group: string, reason: string): Promise<void> {
     const now = this.vmm.clock();
     const spawnId = `g${group}-${now}-${randomBytes(4).toString('hex')}`;
     await this.vmm.registerSpawn(group, spawnId);

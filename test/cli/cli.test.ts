@@ -97,7 +97,7 @@ describe('vmpool CLI', { timeout: 60_000 }, () => {
   });
 
   it('list and info show the pool, as text and --json', async () => {
-    await vmm.addVmToPool('10.5.1.1', 'c2', 1);
+    await vmm.addVmToPool('10.5.1.1', 'c2', 'arm');
     const list = await vmpool('list', '--json');
     expect(list.code).toBe(0);
     const vms = JSON.parse(list.stdout) as { vmName: string; state: string }[];
@@ -164,7 +164,7 @@ describe('vmpool CLI', { timeout: 60_000 }, () => {
 
     const json = await vmpool('acquire', '--owner', 'dave', '--sandbox', 's', '--group', 'base', '--timeout', '5', '--json');
     expect(json.code).toBe(0);
-    expect(JSON.parse(json.stdout)).toMatchObject({ vmName: 'c1', group: 0 });
+    expect(JSON.parse(json.stdout)).toMatchObject({ vmName: 'c1', group: 'base' });
   });
 
   it('start web serves until SIGTERM and exits 0; off loopback without a token it exits 2', async () => {

@@ -17,16 +17,16 @@ const v1Process = { startedAt: Date.now() - 60_000, processId: 'old-host:1:a' };
 beforeAll(async () => {
   kit = await createWebKit('launch', v2);
   old = new VmManager(v1, { redis: kit.redis, prefix: kit.prefix });
-  await old.publishLaunch(0, v1Process);
+  await old.publishLaunch('base', v1Process);
   for (const [i, name] of ['old-1', 'old-2'].entries()) {
-    await old.registerSpawn(0, `s${i}`);
-    await old.addVmToPool(`10.5.0.${i + 1}`, name, 0, { spawnId: `s${i}` });
+    await old.registerSpawn('base', `s${i}`);
+    await old.addVmToPool(`10.5.0.${i + 1}`, name, 'base', { spawnId: `s${i}` });
     await old.startVmCheck(name);
     await old.recordHealthCheckResult(name, true);
   }
-  await kit.vmm.publishLaunch(0, { startedAt: Date.now(), processId: 'new-host:2:b' });
+  await kit.vmm.publishLaunch('base', { startedAt: Date.now(), processId: 'new-host:2:b' });
   // The v1 process runs a cycle again: it defers, and is listed.
-  expect((await old.publishLaunch(0, v1Process)).status).toBe('superseded');
+  expect((await old.publishLaunch('base', v1Process)).status).toBe('superseded');
 });
 
 afterAll(async () => {

@@ -45,24 +45,24 @@ let spawnCount = 0;
 /** A VM spawned by `vmm`'s config (with a spawn id, so it records that config's fingerprint), checked to ready. */
 async function spawnedReady(vmm: VmManager, name: string): Promise<void> {
   const spawnId = `s${++spawnCount}`;
-  await vmm.registerSpawn(0, spawnId);
-  await vmm.addVmToPool(`10.9.0.${spawnCount % 250}`, name, 0, { spawnId });
+  await vmm.registerSpawn('g', spawnId);
+  await vmm.addVmToPool(`10.9.0.${spawnCount % 250}`, name, 'g', { spawnId });
   expect(await vmm.startVmCheck(name)).toBe(true);
   expect((await vmm.recordHealthCheckResult(name, true)).outcome).toBe('ok');
 }
 
 const process1 = { startedAt: T0 - 10 * S, processId: 'host:1:a' };
 const process2 = { startedAt: T0 + 5 * S, processId: 'host:2:b' };
-const acquire = (vmm: VmManager, owner: string) => vmm.acquireVm({ groups: [0], owner, sandbox: `${owner}/p`, workerId: 'w' });
+const acquire = (vmm: VmManager, owner: string) => vmm.acquireVm({ groups: ['g'], owner, sandbox: `${owner}/p`, workerId: 'w' });
 
 describe('publishLaunch', () => {
   it('publishes the first config, keeps it for the same fingerprint, and lets a later-started process move it forward', async () => {
-    expect(await old.publishLaunch(0, process1)).toEqual({ status: 'published', revision: 1, changed: 0 });
-    expect(await old.publishLaunch(0, process1)).toEqual({ status: 'current', revision: 1 });
+    expect(await old.publishLaunch('g', process1)).toEqual({ status: 'published', revision: 1, changed: 0 });
+    expect(await old.publishLaunch('g', process1)).toEqual({ status: 'current', revision: 1 });
     clock.now = T0 + 10 * S;
-    expect(await next.publishLaunch(0, process2)).toMatchObject({ status: 'published', revision: 2 });
+    expect(await next.publishLaunch('g', process2)).toMatchObject({ status: 'published', revision: 2 });
     // The v1 process started before v2 was published: it defers, and is listed as deferring.
-    const superseded = await old.publishLaunch(0, process1);
+    const superseded = await old.publishLaunch('g', process1);
     expect(superseded).toMatchObject({ status: 'superseded', fingerprint: fp2, revision: 2, publishedBy: 'host:2:b' });
     const [state] = await old.launchStates();
     expect(state!.published).toMatchObject({ fingerprint: fp2, revision: 2, launchRevision: 0 });
@@ -72,13 +72,13 @@ describe('publishLaunch', () => {
   it('lets a higher launch_revision win whatever the start order, and never a lower one', async () => {
     const pinned = new VmManager({ groups: [group('fedora-41', 3)] }, { redis, prefix, clock: () => clock.now });
     try {
-      expect((await pinned.publishLaunch(0, process1)).status).toBe('published');
+      expect((await pinned.publishLaunch('g', process1)).status).toBe('published');
       clock.now = T0 + 10 * S;
       // Started later, but with launch_revision 0 < 3.
-      expect(await next.publishLaunch(0, { ...process2, startedAt: T0 + 20 * S })).toMatchObject({ status: 'superseded', launchRevision: 3 });
+      expect(await next.publishLaunch('g', { ...process2, startedAt: T0 + 20 * S })).toMatchObject({ status: 'superseded', launchRevision: 3 });
       const bumped = new VmManager({ groups: [group('fedora-42', 4)] }, { redis, prefix, clock: () => clock.now });
-      expect((await bumped.publishLaunch(0, { ...process1, processId: 'host:3:c' })).status).toBe('published');
-      expect((await pinned.publishLaunch(0, process1)).status).toBe('superseded');
+      expect((await bumped.publishLaunch('g', { ...process1, processId: 'host:3:c' })).status).toBe('published');
+      expect((await pinned.publishLaunch('g', process1)).status).toBe('superseded');
       await bumped.close();
     } finally {
       await pinned.close();
@@ -88,39 +88,39 @@ describe('publishLaunch', () => {
 
 describe('an orphaned launch config', () => {
   it('is taken over once no process has confirmed it for launchOrphanedAfterMs, and not before', async () => {
-    await old.publishLaunch(0, process1);
+    await old.publishLaunch('g', process1);
     clock.now = T0 + 10 * S;
-    await next.publishLaunch(0, process2);
+    await next.publishLaunch('g', process2);
     const orphanedAfter = launchOrphanedAfterMs(parseConfig(v1).vm_cycle_timeout);
     // The v2 process confirms it a while later, then stops.
     clock.now = T0 + 100 * S;
-    expect((await next.publishLaunch(0, process2)).status).toBe('current');
+    expect((await next.publishLaunch('g', process2)).status).toBe('current');
     clock.now = T0 + 100 * S + orphanedAfter;
-    expect((await old.publishLaunch(0, process1)).status).toBe('superseded');
+    expect((await old.publishLaunch('g', process1)).status).toBe('superseded');
     clock.now += 1;
-    expect(await old.publishLaunch(0, process1)).toMatchObject({ status: 'published', revision: 3 });
+    expect(await old.publishLaunch('g', process1)).toMatchObject({ status: 'published', revision: 3 });
   });
 });
 
 describe('a VM of an older launch', () => {
   it('records the fingerprint of the config that spawned it; one added by hand records none and is never outdated', async () => {
-    await old.publishLaunch(0, process1);
+    await old.publishLaunch('g', process1);
     await spawnedReady(old, 'vm-old');
     await old.addVmToPool('10.9.1.1', 'by-hand', 0);
     expect((await old.getVmRecord('vm-old')).launchFingerprint).toBe(fp1);
     expect((await old.getVmRecord('by-hand')).launchFingerprint).toBeNull();
     clock.now = T0 + 10 * S;
-    expect(await next.publishLaunch(0, process2)).toMatchObject({ status: 'published', changed: 1 });
-    expect(await redis.smembers(keys.outdated(0))).toEqual(['vm-old']);
+    expect(await next.publishLaunch('g', process2)).toMatchObject({ status: 'published', changed: 1 });
+    expect(await redis.smembers(keys.outdated('g'))).toEqual(['vm-old']);
   });
 
   it('still serves while no VM of the current launch is ready, and is skipped once one is', async () => {
-    await old.publishLaunch(0, process1);
+    await old.publishLaunch('g', process1);
     await spawnedReady(old, 'vm-old');
     clock.now = T0 + 10 * S;
-    await next.publishLaunch(0, process2);
-    expect(await redis.zrange(keys.readyOutdated(0), 0, '-1')).toEqual(['vm-old']);
-    expect(await redis.zcard(keys.readyClean(0))).toBe(0);
+    await next.publishLaunch('g', process2);
+    expect(await redis.zrange(keys.readyOutdated('g'), 0, '-1')).toEqual(['vm-old']);
+    expect(await redis.zcard(keys.readyClean('g'))).toBe(0);
     // Only an old one is ready: it serves.
     expect((await acquire(next, 'alice')).vmName).toBe('vm-old');
     await spawnedReady(old, 'vm-old-2');
@@ -131,52 +131,52 @@ describe('a VM of an older launch', () => {
   });
 
   it('is not reused after its build: released, it is ready in no index and counts as outdated until retired', async () => {
-    await old.publishLaunch(0, process1);
+    await old.publishLaunch('g', process1);
     await spawnedReady(old, 'vm-old');
     const vm = await acquire(old, 'alice');
     clock.now = T0 + 10 * S;
-    await next.publishLaunch(0, process2);
+    await next.publishLaunch('g', process2);
     // In use: untouched.
     expect((await next.getVmByName(vm.vmName)).state).toBe('in_use');
     expect(await next.releaseVm(vm.vmName)).toBe(true);
     expect((await next.getVmByName(vm.vmName)).state).toBe('ready');
-    expect(await redis.zcard(keys.readyDirty(0, 'alice', 'alice/p'))).toBe(0);
+    expect(await redis.zcard(keys.readyDirty('g', 'alice', 'alice/p'))).toBe(0);
     await expect(acquire(next, 'alice')).rejects.toThrow();
-    expect(await redis.smembers(keys.outdated(0))).toEqual(['vm-old']);
+    expect(await redis.smembers(keys.outdated('g'))).toEqual(['vm-old']);
     expect(await next.startVmTermination('vm-old', 'ready', 'rollout')).toBe(true);
-    expect(await redis.scard(keys.outdated(0))).toBe(0);
+    expect(await redis.scard(keys.outdated('g'))).toBe(0);
   });
 
   it('spawned by an old spawn worker after the change is outdated at once and no coming supply', async () => {
     clock.now = T0 + 10 * S;
-    await next.publishLaunch(0, process2);
-    await old.registerSpawn(0, 'late');
-    await old.addVmToPool('10.9.2.1', 'late-old', 0, { spawnId: 'late' });
-    expect(await redis.sismember(keys.outdated(0), 'late-old')).toBe(1);
-    expect(await redis.scard(keys.coming(0))).toBe(0);
+    await next.publishLaunch('g', process2);
+    await old.registerSpawn('g', 'late');
+    await old.addVmToPool('10.9.2.1', 'late-old', 'g', { spawnId: 'late' });
+    expect(await redis.sismember(keys.outdated('g'), 'late-old')).toBe(1);
+    expect(await redis.scard(keys.coming('g'))).toBe(0);
   });
 
   it('is current again after a rollback (the older config published by a process started later)', async () => {
-    await old.publishLaunch(0, process1);
+    await old.publishLaunch('g', process1);
     await spawnedReady(old, 'vm-old');
     clock.now = T0 + 10 * S;
-    await next.publishLaunch(0, process2);
-    expect(await redis.zcard(keys.readyOutdated(0))).toBe(1);
+    await next.publishLaunch('g', process2);
+    expect(await redis.zcard(keys.readyOutdated('g'))).toBe(1);
     clock.now = T0 + 20 * S;
-    expect(await old.publishLaunch(0, { startedAt: T0 + 15 * S, processId: 'host:1:restarted' })).toMatchObject({ status: 'published', revision: 3, changed: 1 });
-    expect(await redis.zrange(keys.readyClean(0), 0, '-1')).toEqual(['vm-old']);
-    expect(await redis.zcard(keys.readyOutdated(0))).toBe(0);
+    expect(await old.publishLaunch('g', { startedAt: T0 + 15 * S, processId: 'host:1:restarted' })).toMatchObject({ status: 'published', revision: 3, changed: 1 });
+    expect(await redis.zrange(keys.readyClean('g'), 0, '-1')).toEqual(['vm-old']);
+    expect(await redis.zcard(keys.readyOutdated('g'))).toBe(0);
   });
 
   it('is kept out of the ready indexes while held, and back in ready_outdated when unheld', async () => {
-    await old.publishLaunch(0, process1);
+    await old.publishLaunch('g', process1);
     await spawnedReady(old, 'vm-old');
     clock.now = T0 + 10 * S;
-    await next.publishLaunch(0, process2);
+    await next.publishLaunch('g', process2);
     await next.holdVm('vm-old', 'op');
-    expect(await redis.zcard(keys.readyOutdated(0))).toBe(0);
+    expect(await redis.zcard(keys.readyOutdated('g'))).toBe(0);
     await next.unholdVm('vm-old');
-    expect(await redis.zrange(keys.readyOutdated(0), 0, '-1')).toEqual(['vm-old']);
+    expect(await redis.zrange(keys.readyOutdated('g'), 0, '-1')).toEqual(['vm-old']);
   });
 });
 
@@ -184,21 +184,21 @@ describe('the ready-age due set', () => {
   it('holds clean, unheld ready VMs of a group with max_ready_age, scored by their first passed check, and not a VM in use', async () => {
     const aging = new VmManager({ groups: [{ ...group('fedora-41'), max_ready_age: 600 }] }, { redis, prefix, clock: () => clock.now });
     try {
-      await aging.publishLaunch(0, process1);
+      await aging.publishLaunch('g', process1);
       await spawnedReady(aging, 'vm-a');
-      expect(await redis.zscore(keys.dueReadyAge(0), 'vm-a')).toBe(String(T0));
+      expect(await redis.zscore(keys.dueReadyAge('g'), 'vm-a')).toBe(String(T0));
       expect((await aging.getVmRecord('vm-a')).firstReadyAt).toBe(T0);
       await acquire(aging, 'alice');
-      expect(await redis.zcard(keys.dueReadyAge(0))).toBe(0);
+      expect(await redis.zcard(keys.dueReadyAge('g'))).toBe(0);
     } finally {
       await aging.close();
     }
   });
 
   it('costs nothing in a group without max_ready_age: no first_ready_at, no entry', async () => {
-    await old.publishLaunch(0, process1);
+    await old.publishLaunch('g', process1);
     await spawnedReady(old, 'vm-b');
     expect((await old.getVmRecord('vm-b')).firstReadyAt).toBeNull();
-    expect(await redis.zcard(keys.dueReadyAge(0))).toBe(0);
+    expect(await redis.zcard(keys.dueReadyAge('g'))).toBe(0);
   });
 });

@@ -20,7 +20,7 @@ let seq = 0;
 function vm(state: VmState, fields: Partial<VmRecord> = {}): VmRecord {
   seq += 1;
   return {
-    vmName: `vm${seq}`, vmIp: `10.0.0.${seq % 250}`, group: 0, state, owner: null, boundToUser: null, sandbox: null,
+    vmName: `vm${seq}`, vmIp: `10.0.0.${seq % 250}`, group: 'g', state, owner: null, boundToUser: null, sandbox: null,
     usedByWorker: null, taskId: null, buildId: null, chroot: null, inUseSince: null, lastHealthCheck: NOW - S,
     checkFails: 0, lastRelease: null, buildsCount: 0, terminatingSince: null, addedAt: null, boundSince: null,
     leaseId: null, leaseExpiresAt: null, heldBy: null, heldSince: null, heldUntil: null, holdReason: null,
@@ -34,7 +34,7 @@ function snapshotOf(outdated: VmRecord[], current: VmRecord[], fields: Partial<G
   const readyCurrent = current.filter((v) => v.state === 'ready' && v.owner === null && v.heldBy === null).length;
   const comingCurrent = current.filter((v) => (v.state === 'got_ip' || v.state === 'check_health') && v.owner === null).length;
   const group: GroupSnapshot = {
-    group: 0, spawnsInFlight: [], demand: 0, lastSpawnStart: null,
+    group: 'g', spawnsInFlight: [], demand: 0, lastSpawnStart: null,
     counts: { all: all.length, active: all.filter((v) => v.state !== 'terminating').length, coming: readyCurrent + comingCurrent },
     launch: { current: true, outdated: outdated.map((v) => v.vmName), aged: [], readyCurrent, ...launch },
     ...fields,
@@ -152,8 +152,8 @@ describe('replicas with v1 and v2 configs side by side', () => {
   }
 
   it('rolls the group to v2 and neither flaps nor retires a v2 VM, however the cycles interleave', async () => {
-    const fp1 = launchFingerprint(vmm1.groupConfig(0));
-    const fp2 = launchFingerprint(vmm2.groupConfig(0));
+    const fp1 = launchFingerprint(vmm1.groupConfig('g'));
+    const fp2 = launchFingerprint(vmm2.groupConfig('g'));
     const master1 = new VmMaster(vmm1, { startedAt: NOW - 10 * S });
     for (let i = 0; i < 3; i++) {
       await master1.doCycle();
@@ -162,7 +162,7 @@ describe('replicas with v1 and v2 configs side by side', () => {
     }
     const v1Vms = (await vmm1.getAllVms()).map((v) => v.vmName);
     expect(v1Vms).toHaveLength(4);
-    const busy = await vmm1.acquireVm({ groups: [0], owner: 'alice', sandbox: 'alice/p', workerId: 'w' });
+    const busy = await vmm1.acquireVm({ groups: ['g'], owner: 'alice', sandbox: 'alice/p', workerId: 'w' });
 
     // The v2 replica starts; the v1 replica keeps running its cycles in between.
     const master2 = new VmMaster(vmm2, { startedAt: clock.now });
@@ -171,7 +171,7 @@ describe('replicas with v1 and v2 configs side by side', () => {
     for (let i = 0; i < 12; i++) {
       await (i % 2 === 0 ? master2 : master1).doCycle();
       await workJobs(vmm2);
-      const ready = await vmm2.getVmsByGroupAndStates(0, ['ready']);
+      const ready = await vmm2.getVmsByGroupAndStates('g', ['ready']);
       minReady = Math.min(minReady, ready.filter((v) => v.owner === null).length);
       clock.now += 2 * S;
     }
@@ -225,7 +225,7 @@ describe('max_ready_age in a reconcile cycle', () => {
     const names: string[] = [];
     for (const job of await spawnQueue.getJobs(['waiting', 'prioritized'])) {
       const name = `age-${++ip}`;
-      await vmm.addVmToPool(`10.8.0.${ip}`, name, 0, { spawnId: job.data.spawnId });
+      await vmm.addVmToPool(`10.8.0.${ip}`, name, 'g', { spawnId: job.data.spawnId });
       await vmm.startVmCheck(name);
       await vmm.recordHealthCheckResult(name, true);
       await job.remove();

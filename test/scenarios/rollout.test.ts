@@ -48,7 +48,7 @@ const envOf = (config: ConfigInput) => ({ VMPOOL_CONFIG: writeConfigFile(config)
 async function records(): Promise<VmRecord[]> {
   return vmm.getAllVmRecords();
 }
-const cleanReady = (vms: VmRecord[], group = 0) => vms.filter((v) => v.group === group && v.state === 'ready' && v.owner === null && v.heldBy === null);
+const cleanReady = (vms: VmRecord[], group = 'roll') => vms.filter((v) => v.group === group && v.state === 'ready' && v.owner === null && v.heldBy === null);
 
 beforeAll(async () => {
   redis = connect();
@@ -66,10 +66,10 @@ afterAll(async () => {
 describe('a changed image', () => {
   it('rolls the group to new VMs: none old handed out once a new one is ready, none in use interrupted, min_ready held', async () => {
     await waitForWithLogs(workers, async () => cleanReady(await records()).length >= MIN_READY, 30_000, 'the v1 warm pool');
-    const busy = await vmm.acquireVm({ groups: [0], owner: 'alice', sandbox: 'alice/p', workerId: 'w', taskId: 'build-1' });
+    const busy = await vmm.acquireVm({ groups: ['roll'], owner: 'alice', sandbox: 'alice/p', workerId: 'w', taskId: 'build-1' });
     const busyLease = (await vmm.getVmRecord(busy.vmName)).leaseId;
     await waitForWithLogs(workers, async () => cleanReady(await records()).length >= MIN_READY, 30_000, 'the v1 warm pool refilled');
-    expect((await records()).filter((v) => v.group === 0).every((v) => v.launchFingerprint === fp1)).toBe(true);
+    expect((await records()).filter((v) => v.group === 'roll').every((v) => v.launchFingerprint === fp1)).toBe(true);
 
     // Sample the clean ready VMs (plus the one this test takes below) during the whole roll.
     let minServing = Infinity;
@@ -92,14 +92,14 @@ describe('a changed image', () => {
     await waitForWithLogs(workers, async () => (await vmm.launchStates())[0]!.published?.fingerprint === fp2, 20_000, 'v2 published');
     await waitForWithLogs(workers, async () => cleanReady(await records()).some((v) => v.launchFingerprint === fp2), 30_000, 'a v2 VM ready');
     taken = 1;
-    const fresh = await vmm.acquireVm({ groups: [0], owner: 'bob', sandbox: 'bob/p', workerId: 'w' });
+    const fresh = await vmm.acquireVm({ groups: ['roll'], owner: 'bob', sandbox: 'bob/p', workerId: 'w' });
     expect((await vmm.getVmRecord(fresh.vmName)).launchFingerprint).toBe(fp2);
 
     // Done: every VM but alice's is of v2, and the warm pool is whole again.
     await waitForWithLogs(
       workers,
       async () => {
-        const vms = (await records()).filter((v) => v.group === 0 && v.state !== 'terminating');
+        const vms = (await records()).filter((v) => v.group === 'roll' && v.state !== 'terminating');
         return vms.filter((v) => v.launchFingerprint === fp1).map((v) => v.vmName).join() === busy.vmName && cleanReady(vms).length >= MIN_READY;
       },
       60_000,
@@ -116,7 +116,7 @@ describe('a changed image', () => {
     expect(await vmm.releaseVm(busy.vmName, busyLease!)).toBe(true);
     await waitForWithLogs(workers, async () => (await records()).every((v) => v.vmName !== busy.vmName), 30_000, 'the released v1 VM gone');
     const events = (await vmm.reader.auditEvents({ limit: 1000 })).events;
-    const retired = events.filter((e) => e.event === 'terminate_requested' && e.group === 0);
+    const retired = events.filter((e) => e.event === 'terminate_requested' && e.group === 'roll');
     expect(retired.find((e) => e.vm === busy.vmName)?.reason).toBe('rollout');
     // Every VM retired was of v1, and for the rollout.
     const spawnedV1 = new Set(events.filter((e) => e.event === 'spawned' && e.details.launch === fp1).map((e) => e.vm));
@@ -129,20 +129,20 @@ describe('a changed image', () => {
 describe('max_ready_age', () => {
   it('retires a VM ready for longer than max_ready_age and replaces it first, keeping min_ready', async () => {
     const first = await waitForWithLogs(workers, async () => {
-      const ready = cleanReady(await records(), 1);
+      const ready = cleanReady(await records(), 'aging');
       return ready.length >= 2 ? ready.map((v) => v.vmName) : null;
     }, 30_000, 'the aging group ready');
     let minReady = Infinity;
     let sampling = true;
     const sampler = (async () => {
       while (sampling) {
-        minReady = Math.min(minReady, cleanReady(await records(), 1).length);
+        minReady = Math.min(minReady, cleanReady(await records(), 'aging').length);
         await new Promise((r) => setTimeout(r, 50));
       }
     })();
     await waitForWithLogs(workers, async () => {
       const vms = await records();
-      return first.every((name) => !vms.some((v) => v.vmName === name)) && cleanReady(vms, 1).length >= 2;
+      return first.every((name) => !vms.some((v) => v.vmName === name)) && cleanReady(vms, 'aging').length >= 2;
     }, 40_000, 'the first VMs aged out and replaced');
     sampling = false;
     await sampler;

@@ -39,6 +39,11 @@ local function legacyTaskClaimKey(base, taskId)
   return base .. 'task_claim:' .. taskId
 end
 
+-- What every key of a group starts with.
+local function groupKeyPrefixKey(base, group)
+  return base .. 'group:' .. group .. ':'
+end
+
 local function stateKey(base, group, state)
   return base .. 'group:' .. group .. ':state:' .. state
 end
@@ -261,4 +266,19 @@ end
 -- Clean, unheld ready VMs scored by first_ready_at (their first passed check), for max_ready_age.
 local function dueReadyAgeKey(base, group)
   return base .. 'group:' .. group .. ':due:ready_age'
+end
+
+-- Hash index -> group name: the config's group list that migrated a version-1 pool (data format 2).
+local function legacyGroupNamesKey(base)
+  return base .. 'legacy_group_names'
+end
+
+-- Hash of one shared metric (src/metrics/shared.ts).
+local function metricKey(base, name)
+  return base .. 'metrics:' .. name
+end
+
+-- Set of the group names the pool has known (config groups, and removed groups whose keys remain).
+local function groupRegistryKey(base)
+  return base .. 'groups'
 end
