@@ -175,7 +175,7 @@ local function dispatchClean(base, group, now, selfJobId, served, maxServed)
     if not owner then
       return
     end
-    local name = pickReady(base, readyCleanKey(base, group))
+    local name = pickClean(base, group)
     if not name then
       return
     end
