@@ -185,7 +185,7 @@ async function rssWithWaiting(url: string, producer: Redis, prefix: string): Pro
     const rssIdleMb = rssMbOf(child.pid!);
     const memBefore = await usedMemory(producer);
     await enqueue(queue, WAITING, (i) => ({ owner: `o-${i % 500}`, sandbox: 's', groups: [0], timeoutMs: 3_600_000 }), 'rss');
-    await until(async () => (await producer.zcard(keys.waiters('line'))) >= WAITING, `${WAITING} requests parked`);
+    await until(async () => (await producer.zcard(keys.waiters('rss'))) >= WAITING, `${WAITING} requests parked`);
     await new Promise((r) => setTimeout(r, 2_000));
     const rssMb = rssMbOf(child.pid!);
     const memAfter = await usedMemory(producer);
