@@ -124,7 +124,8 @@ export function poolKeys(prefix: string) {
     coming: (group: string) => `${base}group:${group}:coming`,
     /**
      * Hash of the group's current launch configuration (publishLaunch-1.lua): fingerprint,
-     * launch_revision, revision (moves forward at each change), published_at, published_by, started_at.
+     * launch_revision, revision (moves forward at each change), published_at, published_by, started_at,
+     * superseded (the fingerprints that were current before, space-separated, the most recent last).
      */
     launch: (group: string) => `${base}group:${group}:launch`,
     /** Sorted set of processes whose config of the group is not the published one: member `<process id>|<fingerprint>`, score last seen. */

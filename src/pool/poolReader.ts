@@ -84,6 +84,14 @@ export interface VmPage {
   next: string | null;
 }
 
+/** A group's published launch, as a spawn worker compares its own config with it (PoolReader.publishedLaunch). */
+export interface PublishedLaunch {
+  fingerprint: string;
+  launchRevision: number;
+  /** Fingerprints that were current before, the most recent last (publishLaunch-1.lua keeps a few). */
+  superseded: string[];
+}
+
 /** A group's launch as the pool has it (PoolReader.launchStates). */
 export interface LaunchState {
   /** The group's current launch configuration, or null before any process published one. */
@@ -226,6 +234,16 @@ export class PoolReader {
         : null;
       return { published, outdated: Number(replies[3 * i + 1]), deferring };
     });
+  }
+
+  /**
+   * The group's published launch as a spawn weighs it (null before the first publication): the
+   * current fingerprint, its launch_revision, and the fingerprints it superseded.
+   */
+  async publishedLaunch(group: string): Promise<PublishedLaunch | null> {
+    const [fingerprint, launchRevision, superseded] = await this.redis.hmget(this.keys.launch(group), 'fingerprint', 'launch_revision', 'superseded');
+    if (!fingerprint) return null;
+    return { fingerprint, launchRevision: Number(launchRevision ?? 0), superseded: (superseded ?? '').split(' ').filter((f) => f !== '') };
   }
 
   /** Names of the group's clean ready VMs (not held). */
