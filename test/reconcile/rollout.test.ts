@@ -5,7 +5,7 @@ import { launchFingerprint, parseConfig, type ConfigInput } from '../../src/conf
 import { VmManager } from '../../src/pool/vmManager.js';
 import type { VmRecord, VmState } from '../../src/pool/types.js';
 import { decideStartSpawnIfRequired, type GroupSnapshot, type PoolSnapshot } from '../../src/reconcile/decisions.js';
-import { decideRollOut, type GroupLaunch } from '../../src/reconcile/rollout.js';
+import { decideRollOut, launchSuperseded, type GroupLaunch } from '../../src/reconcile/rollout.js';
 import { VmMaster } from '../../src/reconcile/vmMaster.js';
 import { QueueNames } from '../../queues/names.js';
 import { connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
@@ -92,6 +92,18 @@ describe('decideRollOut', () => {
     // With only min_ready clean ready VMs, the aged one waits for its replacement.
     const tight = snapshotOf([], [aged, others[0]!, others[1]!], {}, { aged: [aged.vmName] });
     expect(decideRollOut(tight, cfg, NOW)).toEqual([]);
+  });
+});
+
+describe('launchSuperseded', () => {
+  const published = { fingerprint: 'b', launchRevision: 1, superseded: ['a'] };
+  it('holds for a config that was current once, or has a lower launch_revision; not for the current one, a new one, or a higher revision', () => {
+    expect(launchSuperseded(published, { fingerprint: 'a', launchRevision: 1 })).toBe(true);
+    expect(launchSuperseded(published, { fingerprint: 'z', launchRevision: 0 })).toBe(true);
+    expect(launchSuperseded(published, { fingerprint: 'b', launchRevision: 1 })).toBe(false);
+    expect(launchSuperseded(published, { fingerprint: 'c', launchRevision: 1 })).toBe(false);
+    expect(launchSuperseded(published, { fingerprint: 'a', launchRevision: 2 })).toBe(false);
+    expect(launchSuperseded(null, { fingerprint: 'a', launchRevision: 0 })).toBe(false);
   });
 });
 
