@@ -591,7 +591,8 @@ export class VmManager {
 
   /**
    * Publishes this process's launch config of the group as the current one, unless a newer one is
-   * published (a higher launch_revision, or one published after `process.startedAt`): see the
+   * published (a higher launch_revision, or one published after `process.startedAt`, or this
+   * fingerprint was current once and superseded: a revision only moves forward): see the
    * script's header for the rule (and launchOrphanedAfterMs). A superseded process is listed in
    * launchStates' `deferring`.
    */
