@@ -95,4 +95,13 @@ describe('a spawn worker on a superseded launch config', () => {
     expect((await vmm2.getVmRecord(result.vmName)).launchFingerprint).toBe(fp3);
     expect(fp3).not.toBe(fp1);
   }, 60_000);
+
+  it('does not put back a spawn whose slot is gone (stale meanwhile): it ends as any such spawn', async () => {
+    // Only the v1 worker is left.
+    await workers.pop()!.stop();
+    const job = await spawnQueue.add('spawn', { group: 'g', spawnId: 'stale' }, { ...spawnJobOptions, jobId: spawnJobId('stale') });
+    await expect(job.waitUntilFinished(events, 20_000)).rejects.toThrow(/no longer holds a slot/);
+    expect((await spawnQueue.getJob(job.id!))!.attemptsStarted).toBe(1);
+    expect(await vmm2.reader.breaker('g')).toBeNull();
+  }, 30_000);
 });
