@@ -48,6 +48,11 @@ export interface GroupSummary {
   drainedSince: number | null;
   /** The spawn circuit breaker while it is open (null: closed, spawning as usual). */
   breaker: BreakerSummary | null;
+  /**
+   * While its spawns wait for resources (quota_full): whose limit (the group's max_resources or its
+   * account's) and the units one more VM would pass; null otherwise.
+   */
+  quotaFull: { limit: 'group' | 'account'; units: string[]; account: string | null; since: number } | null;
   /** For a group with target_wait: the decision that sized its warm pool (minReady is its result). */
   targetWait?: TargetWaitSummary;
   /** The group's launch configuration: current fingerprint, and VMs still on older ones (a rollout). */
@@ -111,6 +116,7 @@ export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Prom
   // Without records, the counts come from the indexes (state sets, ready_clean, held): no VM is read.
   const fromIndexes = records === undefined ? await indexCounts(vmm) : null;
   const launches = await vmm.launchStates();
+  const quotaFull = await vmm.quotas.full(vmm.vmGroups);
   const out: GroupSummary[] = [];
   for (const [i, id] of vmm.vmGroups.entries()) {
     const g = vmm.groupConfig(id);
@@ -136,6 +142,7 @@ export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Prom
       demand: await vmm.countDemand(id),
       spawnsInFlight: (await vmm.getSpawnsInFlight(id)).length,
       breaker: await breakerSummary(vmm, id),
+      quotaFull: quotaFull[i] ? { limit: quotaFull[i].limit, units: quotaFull[i].units, account: g.account ?? null, since: quotaFull[i].at } : null,
       ...(tw ? { targetWait: tw } : {}),
       drained: drainedSince !== null || g.max_vm_total === 0,
       drainedSince,

@@ -71,6 +71,14 @@ function targetWaitText(summary: GroupSummary): string {
   return ` <span data-target-wait>(by target_wait ${escapeHtml(t.target)}: ${t.arrivalsPerMinute} requests/min, ${boot})</span>`;
 }
 
+/** The group's spawns waiting for resources, if they do. */
+function quotaFullText(summary: GroupSummary): string {
+  const q = summary.quotaFull;
+  if (!q) return '';
+  const whose = q.limit === 'group' ? 'its max_resources' : `account ${escapeHtml(q.account ?? '?')}`;
+  return `<p class="quota" data-quota-full="${escapeHtml(q.units.join(' '))}">spawns wait: quota full (${whose}: ${escapeHtml(q.units.join(', '))})</p>`;
+}
+
 /** The open circuit breaker of a group, if any. */
 function breakerText(summary: GroupSummary, now: number): string {
   const b = summary.breaker;
@@ -120,7 +128,7 @@ function groupSection(summary: GroupSummary, vms: VmRecord[], now: number, histo
   return `<section class="group" data-group="${summary.id}" data-group-name="${escapeHtml(summary.name)}">
 <h2>${escapeHtml(summary.name)} <small>group ${summary.id}${summary.archs.length ? ` · ${escapeHtml(summary.archs.join(', '))}` : ''}${summary.tags.length ? ` · tags ${escapeHtml(summary.tags.join(', '))}` : ''} · ${summary.total} VM${summary.total === 1 ? '' : 's'}</small></h2>
 <p class="counts">${counts}</p>
-<p class="limits">${limits}<br>${warm}</p>${breakerText(summary, now)}${launchText(summary)}
+<p class="limits">${limits}<br>${warm}</p>${breakerText(summary, now)}${quotaFullText(summary)}${launchText(summary)}
 ${drain}
 ${groupCharts(history, now)}
 <div class="vms"><table>

@@ -132,6 +132,18 @@ export function createMetricsRegistry(deps: MetricsDeps): Registry {
   });
 
   new Gauge({
+    name: 'vmpool_quota_full',
+    help: "1 while a group's spawns wait because one more VM would pass a resource limit (its max_resources, or its account's limits or cloud quota), else 0",
+    labelNames: ['group'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      const full = await vmm.quotas.full(vmm.vmGroups);
+      for (const [i, g] of vmm.vmGroups.entries()) this.set({ group: g }, full[i] ? 1 : 0);
+    },
+  });
+
+  new Gauge({
     name: 'vmpool_target_wait',
     help: 'What target_wait sizes a warm pool from, per group: arrivals_per_minute, boot_seconds, and the resulting min_ready',
     labelNames: ['group', 'figure'],

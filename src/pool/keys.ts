@@ -142,6 +142,13 @@ export function poolKeys(prefix: string) {
     bootTime: (group: string) => `${base}group:${group}:boot_time`,
     /** Hash of the group's spawn circuit breaker: state, error_class, failures, openings, opened_at, open_until, manual, message (recordSpawnOutcome-1.lua). */
     breaker: (group: string) => `${base}group:${group}:breaker`,
+    /**
+     * JSON {units, limit, at} while the group's spawns wait for resources (reconcile found the next
+     * spawn over max_resources or its account's limits); expires a few cycles after the last finding.
+     */
+    quotaFull: (group: string) => `${base}group:${group}:quota_full`,
+    /** JSON {report, fetchedAt} of the account's last quota_cmd answer, shared by every replica (src/pool/quota.ts). */
+    accountQuota: (account: string) => `${base}account:${account}:quota`,
     /** Hash of acquire requests that arrived for the group, per minute: minute number (epoch ms / 60000) -> count. */
     arrivals: (group: string) => `${base}group:${group}:arrivals`,
     /**

@@ -20,6 +20,13 @@ import {
 } from './types.js';
 
 /** A process's launch configuration of a group, as publishLaunch weighs it. */
+/** A resource limit that registerSpawn checks: `max` per unit over `groups` (what one VM of each uses). */
+export interface SpawnLimit {
+  name: 'group' | 'account';
+  max: Readonly<Record<string, number>>;
+  groups: Readonly<Record<string, Readonly<Record<string, number>>>>;
+}
+
 export interface LaunchClaim {
   fingerprint: string;
   launchRevision: number;
@@ -181,9 +188,14 @@ export class PoolScripts {
     return Number(await this.call('trimArrivals', [group, firstMinute]));
   }
 
-  /** Records a spawn in flight: it takes a slot of the group's spawns. */
-  async registerSpawn(group: string, spawnId: string, now: number): Promise<void> {
-    await this.call('registerSpawn', [group, spawnId, now]);
+  /**
+   * Records a spawn in flight: it takes a slot of the group's spawns, if one more VM fits `limits`
+   * (registerSpawn-1.lua); else nothing is recorded and the limit and unit it would pass come back.
+   */
+  async registerSpawn(group: string, spawnId: string, now: number, limits: readonly SpawnLimit[] = []): Promise<{ limit: string; unit: string } | null> {
+    const reply = await this.call('registerSpawn', [group, spawnId, now, limits.length > 0 ? JSON.stringify({ limits }) : '']);
+    if (Array.isArray(reply) && reply[0] === ReplyCodes.QUOTA_FULL) return { limit: String(reply[1]), unit: String(reply[2]) };
+    return null;
   }
 
   /** Drops a spawn's slot; false when it held none. */

@@ -71,6 +71,8 @@ export const ReplyCodes = {
    * launch_revision, or published after the caller started): the caller makes no decision for it.
    */
   SUPERSEDED: -20,
+  /** registerSpawn: one more VM would pass a resource limit of its group or account (the spawn waits as quota_full). */
+  QUOTA_FULL: -30,
 } as const;
 
 export type ReplyCodeName = keyof typeof ReplyCodes;

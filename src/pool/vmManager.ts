@@ -23,6 +23,8 @@ import type { LaunchState, PoolReader, SpawnInFlight, VmPage, VmPageQuery } from
 import type { LaunchPublication, PoolStateCheck, PoolStateSeen } from './poolScripts.js';
 import { poolIdOf } from './poolId.js';
 import { Spawns } from './spawns.js';
+import { Quotas } from './quota.js';
+import type { Resources } from '../reconcile/quota.js';
 import { StateLoss } from './stateLoss.js';
 import { Telemetry } from './telemetry.js';
 import { PoolVms } from './vms.js';
@@ -97,6 +99,8 @@ export class VmManager {
   private readonly groups: GroupState;
   private readonly stateLoss: StateLoss;
   private readonly telemetry: Telemetry;
+  /** Resource limits: quota_cmd's cached answers, and groups whose spawns wait for resources. */
+  readonly quotas: Quotas;
 
   /** A parsed Config is taken as it is; a ConfigInput is parsed (without the environment). */
   constructor(config: Config | ConfigInput, options: VmManagerOptions) {
@@ -124,6 +128,7 @@ export class VmManager {
     this.groups = new GroupState(this.ctx);
     this.stateLoss = new StateLoss(this.ctx, this.jobs);
     this.telemetry = new Telemetry(this.ctx);
+    this.quotas = new Quotas(this.ctx);
   }
 
   // --- Groups and queue handles ---
@@ -539,9 +544,13 @@ export class VmManager {
 
   // --- Spawns (spawns.ts) ---
 
-  /** Records a spawn in flight, in Redis, so that a restarted process does not forget it. */
-  async registerSpawn(group: string, spawnId: string): Promise<void> {
-    return this.spawns.register(group, spawnId);
+  /**
+   * Records a spawn in flight, in Redis, so that a restarted process does not forget it. With
+   * `accountLimits` (or a group with max_resources or an account), only if one more VM fits them
+   * as the pool is now; else returns the limit and unit it would pass (and null once recorded).
+   */
+  async registerSpawn(group: string, spawnId: string, accountLimits?: Resources): Promise<{ limit: string; unit: string } | null> {
+    return this.spawns.register(group, spawnId, this.quotas.spawnLimits(group, accountLimits));
   }
 
   /**

@@ -28,6 +28,8 @@ import {
   type ReconcileAction,
 } from './decisions.js';
 import { readDemand, type DemandRoute } from './demand.js';
+import { readAccountLimits } from './quotaRefresh.js';
+import type { Resources } from './quota.js';
 import { decideRollOut, type GroupLaunch } from './rollout.js';
 import { blockedGroups, demandGroupsOf, hasFallbacks, withFallbacks } from '../acquire/fallback.js';
 import { targetWaitDecision, warmPoolVaries, type TargetWaitMeasure } from './targetWait.js';
@@ -245,8 +247,13 @@ export class VmMaster {
     }
     const terminatingIps = [...new Set(vms.filter((v) => v.state === VmStates.TERMINATING).map((v) => v.vmIp))];
     const vmsByIp = await vmm.reader.vmNamesByIps(terminatingIps);
-    return { vms, vmsByIp, groups: withDemand, serverStart, serverStartSeq };
+    const accountLimits = await readAccountLimits(vmm, this.logger, now);
+    this.accountLimits = accountLimits;
+    return { vms, vmsByIp, groups: withDemand, serverStart, serverStartSeq, accountLimits };
   }
+
+  /** What the pool may use of each account, from the last snapshot (registerSpawn re-checks it). */
+  private accountLimits = new Map<string, Resources>();
 
   private readonly lastTargetWait = new Map<string, number>();
 
@@ -719,16 +726,38 @@ export class VmMaster {
         this.logger.warn({ group: action.group, spawnId: action.spawnId }, 'reconcile: stale spawn dropped');
         return true;
       case 'spawn':
-        await this.startSpawn(action.group, action.reason);
-        return true;
+        return this.startSpawn(action.group, action.reason);
+      case 'quotaFull':
+        await this.noteQuotaFull(action.group, action.limit, action.units);
+        // Nothing changed in the pool: not counted as an applied action.
+        return false;
     }
   }
 
-  /** Registers the spawn in flight, records the spawn start, then adds the spawn job. */
-  private async startSpawn(group: string, reason: string): Promise<void> {
+  /**
+   * Records that the group's requests wait for resources, for three cycles (renewed while it lasts).
+   * Not a spawn failure: the breaker is not touched.
+   */
+  private async noteQuotaFull(group: string, limit: 'group' | 'account', units: string[]): Promise<void> {
+    const g = this.vmm.config.groups.find((c) => c.name === group);
+    await this.vmm.quotas.markFull(group, { limit, units }, this.vmm.clock(), 3 * this.vmm.config.vm_cycle_timeout * 1000);
+    this.logger.info({ group, limit, units, account: g?.account }, 'reconcile: spawn waits, resource limit reached (quota_full)');
+  }
+
+  /**
+   * Registers the spawn in flight (if one more VM still fits the resource limits: false when not),
+   * records the spawn start, then adds the spawn job.
+   */
+  private async startSpawn(group: string, reason: string): Promise<boolean> {
     const now = this.vmm.clock();
     const spawnId = `g${group}-${now}-${randomBytes(4).toString('hex')}`;
-    await this.vmm.registerSpawn(group, spawnId);
+    const account = this.vmm.groupConfig(group).account;
+    const blocked = await this.vmm.registerSpawn(group, spawnId, account === undefined ? undefined : this.accountLimits.get(account));
+    if (blocked) {
+      await this.noteQuotaFull(group, blocked.limit === 'group' ? 'group' : 'account', [blocked.unit]);
+      return false;
+    }
+    await this.vmm.quotas.clearFull(group);
     await this.vmm.writeVmPoolInfo(group, LAST_VM_SPAWN_START, now);
     try {
       await addSpawnJob(this.queue(SPAWN_QUEUE), { group, spawnId, reason });
@@ -738,5 +767,6 @@ export class VmMaster {
       throw err;
     }
     this.logger.info({ group, spawnId, reason }, 'reconcile: spawn requested');
+    return true;
   }
 }

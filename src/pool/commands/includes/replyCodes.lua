@@ -28,3 +28,4 @@ local POOL_REGRESSED = -17
 local TOO_MANY_WAITING = -18
 local DATA_FORMAT_AHEAD = -19
 local SUPERSEDED = -20
+local QUOTA_FULL = -30
