@@ -178,6 +178,16 @@ export const openApiDocument = {
               message: { type: ['string', 'null'] },
             },
           },
+          quotaFull: {
+            type: ['object', 'null'],
+            description: "while the group's spawns wait for resources (requests wait as quota_full); null otherwise",
+            properties: {
+              limit: { type: 'string', enum: ['group', 'account'], description: "whose limit: the group's max_resources, or its account's (configured or the cloud's quota)" },
+              units: { type: 'array', items: { type: 'string' }, description: 'the resource units one more VM would pass' },
+              account: { ...nullable('string'), description: "the group's account" },
+              since: { type: 'integer', description: 'when reconcile last found it, epoch ms' },
+            },
+          },
           targetWait: {
             type: 'object',
             description: 'for a group with target_wait: what sized its warm pool (minReady is the result)',
