@@ -45,15 +45,6 @@ export class Quotas {
     await this.ctx.redis.set(this.ctx.keys.accountQuota(account), JSON.stringify({ report, fetchedAt } satisfies CachedQuota), 'PX', ttlMs);
   }
 
-  /** Marks the account's answer as due (a VM of it was terminated: its quota is freed sooner than the cache says). */
-  async markStale(account: string): Promise<void> {
-    const cached = await this.cached(account);
-    if (!cached) return;
-    const ttl = await this.ctx.redis.pttl(this.ctx.keys.accountQuota(account));
-    if (ttl <= 0) return;
-    await this.ctx.redis.set(this.ctx.keys.accountQuota(account), JSON.stringify({ ...cached, fetchedAt: 0 }), 'PX', ttl);
-  }
-
   /** Records that the group's next spawn does not fit, for `ttlMs` (renewed each cycle it still does not). */
   async markFull(group: string, full: Omit<QuotaFull, 'at'>, now: number, ttlMs: number): Promise<void> {
     await this.ctx.redis.set(this.ctx.keys.quotaFull(group), JSON.stringify({ ...full, at: now } satisfies QuotaFull), 'PX', Math.max(1, Math.ceil(ttlMs)));
