@@ -147,6 +147,10 @@ export function poolKeys(prefix: string) {
      * spawn over max_resources or its account's limits); expires a few cycles after the last finding.
      */
     quotaFull: (group: string) => `${base}group:${group}:quota_full`,
+    /** Hash of the autohold rules: id -> JSON {id, owner, sandbox, group, count, for, reason, by, created_at} (includes/autohold.lua). */
+    autoholdRules: `${base}autohold_rules`,
+    /** Counter of autohold rule ids. */
+    autoholdSeq: `${base}autohold_seq`,
     /** JSON {report, fetchedAt} of the account's last quota_cmd answer, shared by every replica (src/pool/quota.ts). */
     accountQuota: (account: string) => `${base}account:${account}:quota`,
     /** Hash of acquire requests that arrived for the group, per minute: minute number (epoch ms / 60000) -> count. */

@@ -27,6 +27,10 @@ export interface SpawnLimit {
   groups: Readonly<Record<string, Readonly<Record<string, number>>>>;
 }
 
+/** How a build ended, as its builder says at release: a failed build's VM may be kept by an autohold rule. */
+export const RELEASE_OUTCOMES = ['success', 'failed'] as const;
+export type ReleaseOutcome = (typeof RELEASE_OUTCOMES)[number];
+
 export interface LaunchClaim {
   fingerprint: string;
   launchRevision: number;
@@ -263,9 +267,22 @@ export class PoolScripts {
    * another lease throws LeaseLost (lease_mismatch).
    */
   async releaseVm(vmName: string, now: number, leaseId = ''): Promise<boolean> {
-    return this.acted('releaseVm', vmName, [now, leaseId], ReplyCodes.WRONG_STATE, {
-      [ReplyCodes.LEASE_MISMATCH]: () => new LeaseLost(vmName, leaseId, 'lease_mismatch'),
-    });
+    return (await this.releaseWithOutcome(vmName, now, leaseId, '')).released;
+  }
+
+  /**
+   * releaseVm with the build's outcome: a failed build's VM that an autohold rule matches is held
+   * for it (`autohold`: the rule's id).
+   */
+  async releaseWithOutcome(vmName: string, now: number, leaseId: string, outcome: '' | ReleaseOutcome): Promise<{ released: boolean; autohold: number | null }> {
+    const reply = await this.call('releaseVm', [vmName, now, leaseId, outcome]);
+    if (Array.isArray(reply) && reply[0] === ReplyCodes.HELD) return { released: true, autohold: Number(reply[1]) };
+    const code = reply as ReplyCode;
+    if (code === ReplyCodes.OK) return { released: true, autohold: null };
+    if (code === ReplyCodes.WRONG_STATE) return { released: false, autohold: null };
+    if (code === ReplyCodes.NOT_FOUND) throw new VmDescriptorNotFound(vmName);
+    if (code === ReplyCodes.LEASE_MISMATCH) throw new LeaseLost(vmName, leaseId, 'lease_mismatch');
+    throw unexpected('releaseVm', code);
   }
 
   /** True when the VM moved to terminating, false when its state refused (allowedPreState '' for any). The reason goes to the audit trail. */

@@ -21,6 +21,8 @@ export const ReplyCodes = {
   OPENED: 5,
   /** checkPoolState: the pool had no state marker and the caller knew none: one was created. */
   CREATED: 6,
+  /** releaseVm: released, and held by an autohold rule (a failed build): {HELD, rule id}. */
+  HELD: 7,
 
   /** No such VM. */
   NOT_FOUND: -1,

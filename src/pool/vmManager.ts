@@ -24,6 +24,7 @@ import type { LaunchPublication, PoolStateCheck, PoolStateSeen } from './poolScr
 import { poolIdOf } from './poolId.js';
 import { Spawns } from './spawns.js';
 import { Quotas } from './quota.js';
+import { Autoholds, releaseOutcomeOf, type ReleaseOptions } from './autohold.js';
 import type { Resources } from '../reconcile/quota.js';
 import { StateLoss } from './stateLoss.js';
 import { Telemetry } from './telemetry.js';
@@ -101,6 +102,8 @@ export class VmManager {
   private readonly telemetry: Telemetry;
   /** Resource limits: quota_cmd's cached answers, and groups whose spawns wait for resources. */
   readonly quotas: Quotas;
+  /** Autohold rules: add, list, delete (the release script applies them). */
+  readonly autoholds: Autoholds;
 
   /** A parsed Config is taken as it is; a ConfigInput is parsed (without the environment). */
   constructor(config: Config | ConfigInput, options: VmManagerOptions) {
@@ -129,6 +132,7 @@ export class VmManager {
     this.stateLoss = new StateLoss(this.ctx, this.jobs);
     this.telemetry = new Telemetry(this.ctx);
     this.quotas = new Quotas(this.ctx);
+    this.autoholds = new Autoholds(this.ctx);
   }
 
   // --- Groups and queue handles ---
@@ -371,10 +375,11 @@ export class VmManager {
   /**
    * Public API (Copr). Releases an in_use VM (false for any other state). With a lease id, only that
    * lease's holder may release: a VM in_use under another lease throws LeaseLost and is left alone.
+   * With `outcome: 'failed'`, an autohold rule that matches holds the VM (Autoholds).
    */
-  async releaseVm(vmName: string, leaseId?: string): Promise<boolean> {
-    const released = await this.leases.release(vmName, leaseId);
-    if (released) this.logger.info({ vmName }, 'VM released');
+  async releaseVm(vmName: string, leaseId?: string, options: ReleaseOptions = {}): Promise<boolean> {
+    const { released, autohold } = await this.leases.release(vmName, leaseId, releaseOutcomeOf(options.outcome));
+    if (released) this.logger.info({ vmName, outcome: options.outcome, autohold }, autohold === null ? 'VM released' : 'VM released and held by an autohold rule');
     return released;
   }
 

@@ -283,3 +283,8 @@ end
 local function groupRegistryKey(base)
   return base .. 'groups'
 end
+
+-- Hash of the autohold rules: id -> JSON {id, owner, sandbox, group, count, for, reason, by, created_at}.
+local function autoholdRulesKey(base)
+  return base .. 'autohold_rules'
+end

@@ -8,6 +8,7 @@ local CHECK_FAILED = 3
 local TERMINATING = 4
 local OPENED = 5
 local CREATED = 6
+local HELD = 7
 local NOT_FOUND = -1
 local WRONG_STATE = -2
 local LEASE_MISMATCH = -3
