@@ -11,6 +11,7 @@ import { registerDown } from './commands/down.js';
 import { registerDrain } from './commands/drain.js';
 import { registerEvents } from './commands/events.js';
 import { registerHold } from './commands/hold.js';
+import { registerAutohold } from './commands/autohold.js';
 import { registerInfo } from './commands/info.js';
 import { registerList } from './commands/list.js';
 import { registerRelease } from './commands/release.js';
@@ -36,6 +37,7 @@ const COMMANDS: readonly RegisterCommand[] = [
   registerDown,
   registerHold,
   registerUnhold,
+  registerAutohold,
   registerAdd,
   registerDrain,
   registerUndrain,

@@ -10,7 +10,7 @@ import { hasScope, mayActFor, requireScope } from './auth.js';
 import { HttpError } from './errors.js';
 import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
 import { openApiDocument } from './openapi.js';
-import { emptyBodySchema, holdBodySchema, leaseBodySchema, releaseBodySchema } from './schemas.js';
+import { autoholdBodySchema, emptyBodySchema, holdBodySchema, leaseBodySchema, releaseBodySchema } from './schemas.js';
 import { AUDIT_PAGE_MAX, isAuditCursor } from '../pool/audit.js';
 import { AmbiguousTaskId, acquireRequestStatus, cancelAcquireRequest, type AcquireRequestStatus, type RequestLookup } from '../acquire/requests.js';
 
@@ -227,12 +227,12 @@ export function apiRouter(deps: ApiDeps): Router {
 
   router.post('/vms/:name/release', requireScope('builder'), requireJsonContentType, async (req, res) => {
     const name = vmNameParam(req);
-    const { leaseId } = parseBody(releaseBodySchema, req.body);
+    const { leaseId, outcome } = parseBody(releaseBodySchema, req.body);
     // A builder releases its own assignment; only an admin may release without the lease.
     if (leaseId === undefined && !hasScope(req.principal!, 'admin')) {
       throw new HttpError('validation_error', 'leaseId is required (only an admin may release without it)', {});
     }
-    const released = await vmm.releaseVm(name, leaseId);
+    const released = await vmm.releaseVm(name, leaseId, { outcome });
     if (!released) {
       const vm = await vmm.getVmRecord(name);
       throw new HttpError('conflict', `VM ${name} is ${vm.state}, not in_use`, { reason: 'not_in_use', state: vm.state });
@@ -316,6 +316,22 @@ export function apiRouter(deps: ApiDeps): Router {
     const page = await vmm.reader.auditEvents({ since, limit, vm, owner });
     // A lease id is the capability to renew and release: only an admin sees it in the trail.
     res.json(hasScope(req.principal!, 'admin') ? page : { ...page, events: page.events.map((e) => ({ ...e, lease: null })) });
+  });
+
+  router.get('/autoholds', requireScope('admin'), async (_req, res) => {
+    res.json({ rules: await vmm.autoholds.list() });
+  });
+
+  router.post('/autoholds', requireScope('admin'), requireJsonContentType, async (req, res) => {
+    const rule = await vmm.autoholds.add(parseBody(autoholdBodySchema, req.body), req.principal!.name);
+    res.status(201).json({ rule });
+  });
+
+  router.delete('/autoholds/:id', requireScope('admin'), requireJsonContentType, async (req, res) => {
+    const raw = String(req.params.id);
+    if (!/^[1-9][0-9]{0,15}$/.test(raw)) throw new HttpError('validation_error', `an autohold rule id is a positive integer, not ${JSON.stringify(raw)}`, { id: raw });
+    if (!(await vmm.autoholds.delete(Number(raw)))) throw new HttpError('not_found', `no autohold rule ${raw}`, { id: raw });
+    res.json({ deleted: true, id: Number(raw) });
   });
 
   router.get('/groups', requireScope('read'), async (_req, res) => {

@@ -149,6 +149,20 @@ export const openApiDocument = {
           failure: { type: ['object', 'null'], properties: { code: { oneOf: [{ $ref: '#/components/schemas/AcquireFailure' }, { type: 'null' }] }, reason: { type: 'string' } } },
         },
       },
+      AutoholdRule: {
+        type: 'object',
+        properties: {
+          id: { type: 'integer' },
+          owner: { type: 'string', description: 'glob' },
+          sandbox: { type: 'string', description: 'glob' },
+          group: { type: 'string', description: 'glob of group names' },
+          count: { type: 'integer', description: "failed builds' VMs it still holds" },
+          for: { type: 'number', description: 'seconds each VM is held; absent: until unheld (or max_hold_age)' },
+          reason: { type: 'string' },
+          by: { type: 'string', description: 'who added it' },
+          created_at: { type: 'integer', description: 'epoch ms' },
+        },
+      },
       VmAction: { type: 'object', properties: { vm: { $ref: '#/components/schemas/Vm' } }, additionalProperties: true },
       Group: {
         type: 'object',
@@ -321,6 +335,30 @@ export const openApiDocument = {
         responses: { '200': json('Held', 'VmAction'), ...vmWriteResponses },
       },
       delete: { operationId: 'unholdVm', summary: 'End the hold', security: admin, parameters: [nameParam], responses: { '200': json('Unheld', 'VmAction'), ...vmWriteResponses } },
+    },
+    '/autoholds': {
+      get: {
+        operationId: 'listAutoholds',
+        summary: 'Autohold rules with a count left, by id',
+        security: admin,
+        responses: { '200': { description: 'The rules', content: { 'application/json': { schema: { type: 'object', properties: { rules: { type: 'array', items: { $ref: '#/components/schemas/AutoholdRule' } } } } } } }, ...common },
+      },
+      post: {
+        operationId: 'addAutohold',
+        summary: "Add an autohold rule: the VMs of the next `count` failed builds it matches are held instead of recycled",
+        security: admin,
+        requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/AutoholdRequest' } } } },
+        responses: { '201': { description: 'Added', content: { 'application/json': { schema: { type: 'object', properties: { rule: { $ref: '#/components/schemas/AutoholdRule' } } } } } }, ...common },
+      },
+    },
+    '/autoholds/{id}': {
+      delete: {
+        operationId: 'deleteAutohold',
+        summary: 'Delete an autohold rule (VMs it holds stay held)',
+        security: admin,
+        parameters: [{ name: 'id', in: 'path', required: true, schema: { type: 'integer', minimum: 1 } }],
+        responses: { '200': { description: 'Deleted', content: { 'application/json': { schema: { type: 'object', properties: { deleted: { type: 'boolean' }, id: { type: 'integer' } } } } } }, ...common, '404': error('No such rule') },
+      },
     },
     '/events': {
       get: {

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { ACQUIRE_REQUEST_STATES } from '../acquire/requests.js';
 import { WAIT_REASONS } from '../acquire/why.js';
+import { RELEASE_OUTCOMES, autoholdRuleInputSchema } from '../pool/autohold.js';
 import { SPAWN_ERROR_CLASSES, UNCLASSIFIED } from '../providers/spawnErrors.js';
 import { AcquireFailures, acquireRequestSchema } from '../../queues/acquire.js';
 
@@ -45,8 +46,12 @@ export const acquireBodySchema = z
 
 export const leaseBodySchema = z.strictObject({ leaseId: z.string().min(1).max(255) }).register(apiSchemaRegistry, { id: 'LeaseRequest' });
 export const releaseBodySchema = z
-  .strictObject({ leaseId: z.string().min(1).max(255).optional().describe('Required for builder tokens; an admin may omit it.') })
+  .strictObject({
+    leaseId: z.string().min(1).max(255).optional().describe('Required for builder tokens; an admin may omit it.'),
+    outcome: z.enum(RELEASE_OUTCOMES).optional().describe("How the build ended: `failed` lets an autohold rule keep the VM for debugging"),
+  })
   .register(apiSchemaRegistry, { id: 'ReleaseRequest' });
+export const autoholdBodySchema = autoholdRuleInputSchema.register(apiSchemaRegistry, { id: 'AutoholdRequest' });
 export const holdBodySchema = z
   .strictObject({
     by: z.string().min(1).max(255).optional().describe('Default: the token name.'),
