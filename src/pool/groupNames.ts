@@ -18,16 +18,11 @@ export function unnamedGroupName(index: number): string {
   return `v1-group-${index}`;
 }
 
-/** Glob characters of a SCAN MATCH pattern, escaped. */
-function globEscaped(text: string): string {
-  return text.replace(/[*?[\]\\]/g, (c) => `\\${c}`);
-}
-
 /** Every key of the pool that belongs to a group, by group reference (a name, or a version-1 index): the tails after `group:<ref>:`. */
 async function groupKeyTails(pool: PoolAccess): Promise<Map<string, string[]>> {
   const head = `${pool.keys.base}group:`;
   const out = new Map<string, string[]>();
-  for (const key of await pool.reader.scanKeys(`${globEscaped(head)}*`)) {
+  for (const key of await pool.reader.keysStartingWith(head)) {
     const rest = key.slice(head.length);
     const colon = rest.indexOf(':');
     if (colon <= 0) continue;
@@ -81,7 +76,7 @@ export async function moveGroupReferences(pool: PoolAccess, map: ReadonlyMap<str
   }
   if (!done('spawns')) {
     const head = pool.keys.spawnRecord('');
-    const ids = (await pool.reader.scanKeys(`${globEscaped(head)}*`)).map((k) => k.slice(head.length));
+    const ids = (await pool.reader.keysStartingWith(head)).map((k) => k.slice(head.length));
     await inBatches(ids, (batch) => pool.scripts.relabelGroups('spawn', map, batch).then(() => undefined));
     await mark('spawns');
   }

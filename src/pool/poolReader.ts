@@ -307,6 +307,11 @@ export class PoolReader {
     return [...found];
   }
 
+  /** Every key that starts with `head` (scanKeys, its glob characters escaped); O(keys in Redis), for rare operator steps. */
+  async keysStartingWith(head: string): Promise<string[]> {
+    return this.scanKeys(`${head.replace(/[*?[\]\\]/g, (c) => `\\${c}`)}*`);
+  }
+
   /** Whether the VM is in_use under that lease. */
   async holdsLease(vmName: string, leaseId: string): Promise<boolean> {
     const [state, held] = await this.redis.hmget(this.keys.vm(vmName), 'state', 'lease_id');

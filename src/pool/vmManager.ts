@@ -397,7 +397,7 @@ export class VmManager {
    */
   async expireLeases(batch = 100): Promise<ExpiredLease[]> {
     const now = this.clock();
-    const expired = await this.leases.expire(now, batch, new Map(this.config.groups.map((g) => [g.name, g.on_lease_expiry])));
+    const expired = await this.leases.expire(now, batch, new Map(this.allGroupConfigs().map((g) => [g.name, g.on_lease_expiry])));
     for (const { vmName, action } of expired) {
       this.logger.warn({ vmName, action }, 'lease expired');
       if (action === 'terminate') await this.jobs.enqueueTermination(vmName, now, 'lease_expired');
@@ -614,9 +614,34 @@ export class VmManager {
     return this.telemetry.replaceOrphanPassState(group, state);
   }
 
-  /** Records the config's groups in the pool's registry of known groups (reconcile, every cycle; O(groups)). */
+  /** Records the config's groups in the pool's registry of known groups, with their published configs (reconcile, every cycle; O(groups)). */
   async registerConfigGroups(): Promise<void> {
     return this.groups.registerConfigGroups();
+  }
+
+  /** Reads again the groups removed from the config that the pool still has (they drain), with their published configs. */
+  async refreshRemovedGroups(): Promise<ReadonlyMap<string, GroupConfig>> {
+    return this.ctx.refreshRemovedGroups();
+  }
+
+  /** The groups removed from the config that drain, as last read (refreshRemovedGroups). */
+  get removedGroups(): ReadonlyMap<string, GroupConfig> {
+    return this.ctx.removedGroups;
+  }
+
+  /** The config's groups, then the removed groups that drain (their published configs). */
+  allGroupConfigs(): GroupConfig[] {
+    return [...this.config.groups, ...this.ctx.removedGroups.values()];
+  }
+
+  /** A group's config, the config's or a removed group's (read again when not known yet); UnknownGroup otherwise. */
+  async knownGroupConfig(group: string): Promise<GroupConfig> {
+    return this.ctx.knownGroupConfig(group);
+  }
+
+  /** Forgets a removed group once it has no VM, spawn or waiting request: its keys go, and it leaves the registry. */
+  async forgetGroupIfEmpty(group: string): Promise<boolean> {
+    return this.groups.forgetIfEmpty(group);
   }
 
   /** The groups the pool has known (config groups, and groups removed from the config that still drain). */

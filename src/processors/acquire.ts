@@ -64,7 +64,13 @@ export async function stopAcquireWaits(ctx: JobContext): Promise<void> {
  */
 export async function resolveRequestGroups(ctx: JobContext, request: AcquireRequestData, job?: Job): Promise<string[]> {
   try {
-    return requestGroupIds(ctx.config.groups, request);
+    try {
+      return requestGroupIds(ctx.config.groups, request, new Set(ctx.vmm.removedGroups.keys()));
+    } catch (err) {
+      // A name of a group removed from the config, not read yet: its VMs are still served.
+      if (!(err instanceof RequestGroupsError) || !request.groups?.some((g) => typeof g === 'string')) throw err;
+      return requestGroupIds(ctx.config.groups, request, new Set((await ctx.vmm.refreshRemovedGroups()).keys()));
+    }
   } catch (err) {
     if (!(err instanceof RequestGroupsError)) throw err;
     throw job ? await failAcquireJob(job, AcquireFailures.INVALID_REQUEST, err.message) : new UnrecoverableError(err.message);
