@@ -84,6 +84,16 @@ function queryString(req: Request, key: string): string | undefined {
   return v;
 }
 
+/** queryGroup, or the name of a group removed from the config that still drains (its VMs are listed by name). */
+async function queryKnownGroup(vmm: VmManager, config: Config, value: string): Promise<string> {
+  try {
+    return queryGroup(config, value);
+  } catch (err) {
+    if ((await vmm.refreshRemovedGroups()).has(value)) return value;
+    throw err;
+  }
+}
+
 /** The name of a group given by name or by index (query parameter, acquire body), or a validation error. */
 function queryGroup(config: Config, value: string): string {
   try {
@@ -278,7 +288,7 @@ export function apiRouter(deps: ApiDeps): Router {
     const groupParam = queryString(req, 'group');
     const stateParam = queryString(req, 'state');
     const owner = queryString(req, 'owner');
-    const group = groupParam === undefined ? undefined : queryGroup(config, groupParam);
+    const group = groupParam === undefined ? undefined : await queryKnownGroup(vmm, config, groupParam);
     if (stateParam !== undefined && !isVmState(stateParam)) {
       throw new HttpError('validation_error', `unknown state ${JSON.stringify(stateParam)}; states: ${ALL_VM_STATES.join(', ')}`, { state: stateParam });
     }

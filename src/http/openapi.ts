@@ -58,7 +58,7 @@ export const openApiDocument = {
         properties: {
           vmName: { type: 'string' },
           vmIp: { type: 'string' },
-          group: { type: 'integer' },
+          group: { type: 'string', description: "the group's name" },
           leaseId: { type: 'string' },
           leaseExpiresAt: { type: 'integer', description: 'epoch ms' },
           requestedAt: { type: 'integer', description: 'when the acquire request was enqueued, epoch ms' },
@@ -70,8 +70,9 @@ export const openApiDocument = {
         properties: {
           vmName: { type: 'string' },
           vmIp: { type: 'string' },
-          group: { type: 'integer' },
-          groupName: { type: 'string' },
+          group: { type: 'string', description: "the group's name" },
+          groupName: { type: 'string', description: 'the same as group (kept: it came first)' },
+          groupIndex: { ...nullable('integer'), description: "the group's index in the config's list; null once it left the config" },
           state: { type: 'string', enum: [...ALL_VM_STATES] },
           owner: { ...nullable('string'), description: 'the owner the VM belongs to since its first acquire (counts for max_vm_per_user); null while clean' },
           boundToUser: { ...nullable('string'), deprecated: true, description: 'the same as owner, kept for clients written before it' },
@@ -134,7 +135,7 @@ export const openApiDocument = {
           priority: { type: 'integer' },
           requestedAt: { type: 'integer' },
           deadline: { type: 'integer' },
-          groups: { type: 'array', items: { type: 'integer' } },
+          groups: { type: 'array', items: { type: 'string' }, description: 'group names' },
           waiting: {
             type: ['object', 'null'],
             properties: {
@@ -151,8 +152,9 @@ export const openApiDocument = {
       Group: {
         type: 'object',
         properties: {
-          id: { type: 'integer' },
-          name: { type: 'string' },
+          id: { ...nullable('integer'), description: "the group's index in the config's list (an alias; groups are identified by name); null once it left the config" },
+          name: { type: 'string', description: "the group's identity: its keys, jobs and records carry it" },
+          removedFromConfig: { type: 'boolean', description: 'the group left the config and drains: it spawns nothing, its VMs are served to requests that name it until they retire' },
           archs: { type: 'array', items: { type: 'string' } },
           tags: { type: 'array', items: { type: 'string' } },
           limits: { type: 'object', properties: { max_vm_total: { type: 'integer' }, max_vm_per_user: { type: 'integer' }, max_spawn_processes: { type: 'integer' } } },
