@@ -89,9 +89,10 @@ export class PoolContext extends PoolAccess {
     return this.groupConfig(group);
   }
 
-  /** The name of the group an API or CLI input names (its name, or its index in the config); UnknownGroup when none. */
+  /** The name of the group an API or CLI input names (its name, or its index in the config; or the name of a removed group that drains); UnknownGroup when none. */
   resolveGroup(ref: GroupRef): string {
-    const name = groupNameOf(this.config.groups, ref);
+    // A group removed from the config is still named (never indexed): its VMs drain.
+    const name = groupNameOf(this.config.groups, ref) ?? (typeof ref === 'string' && this.removed.has(ref) ? ref : null);
     if (name === null) throw new UnknownGroup(ref, this.vmGroups);
     return name;
   }
