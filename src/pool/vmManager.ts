@@ -1,6 +1,7 @@
 import type { Queue } from 'bullmq';
 import type { ProviderGroup } from '../providers/types.js';
-import { isParsedConfig, parseConfig, type Config, type ConfigInput, type GroupConfig, type GroupRef } from '../config/index.js';
+import { renameGroup, type GroupRename } from './groupNames.js';
+import { isGroupName, isParsedConfig, parseConfig, type Config, type ConfigInput, type GroupConfig, type GroupRef } from '../config/index.js';
 import { createLogger, type Logger } from '../logger.js';
 import { assertPrefixFits, producerConnectionFrom, replicaWaitOf, type RedisConnection, type RedisTarget } from '../redis.js';
 import { TERMINATE_QUEUE, type TerminationReason } from '../../queues/terminate.js';
@@ -27,7 +28,9 @@ import { StateLoss } from './stateLoss.js';
 import { Telemetry } from './telemetry.js';
 import { PoolVms } from './vms.js';
 import {
+  InvalidVmRequest,
   UnknownGroup,
+  VmError,
   VmStates,
   type AcquireAttempt,
   type AcquireWaiter,
@@ -637,6 +640,23 @@ export class VmManager {
   /** A group's config, the config's or a removed group's (read again when not known yet); UnknownGroup otherwise. */
   async knownGroupConfig(group: string): Promise<GroupConfig> {
     return this.ctx.knownGroupConfig(group);
+  }
+
+  /**
+   * Renames a group in place, with its VMs, under the reconcile cycle lock (groupNames.ts,
+   * renameGroup): its keys, VM and spawn records, waiting requests and metrics move to the new
+   * name. Deploy the config with the new name next: while a config still names the old group, it
+   * is a new, empty group again (it spawns its warm pool), and the renamed one drains as removed.
+   * `to` must match GROUP_NAME_PATTERN and be new to the pool; InvalidVmRequest otherwise.
+   */
+  async renameGroup(from: string, to: string, lockTtlMs = 60_000): Promise<GroupRename> {
+    if (!isGroupName(to)) throw new InvalidVmRequest(`invalid group name ${JSON.stringify(to)}: a letter or digit, then up to 63 letters, digits or . _ -, not only digits`);
+    if (from === to) throw new InvalidVmRequest('rename to another name');
+    const ran = await this.cycleLock(lockTtlMs).run(() => renameGroup(this.ctx, from, to));
+    if (!ran.acquired) throw new VmError('a reconcile cycle holds the pool; try again in a moment');
+    const renamed = ran.value;
+    this.logger.info({ from, to, vms: renamed.vms }, 'group renamed');
+    return renamed;
   }
 
   /** Forgets a removed group once it has no VM, spawn or waiting request: its keys go, and it leaves the registry. */
