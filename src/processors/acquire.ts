@@ -118,8 +118,9 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
   const deadline = job.timestamp + timeoutMs;
   const waiter = waiterOf(job, deadline);
   const { jobId } = waiter;
-  // The process's line runtime (dispatch on ready messages, sweeps) runs once it has a job.
-  if (!stopped.has(ctx)) runtimeOf(ctx);
+  // The process's line runtime (dispatch on ready messages, sweeps) runs once it has a job; it
+  // listens to a group removed from the config (that drains) once a request names it.
+  if (!stopped.has(ctx)) runtimeOf(ctx).watch(groups.filter((g) => ctx.vmm.removedGroups.has(g)));
   const groupNames = groups.map((g) => `${g}(${ctx.vmm.groupIndex(g) ?? 'removed'})`).join(', ');
   const log = ctx.logger.child({ jobId, owner: request.owner, taskId: request.taskId });
   // The payload is the request, with its groups resolved and this process as the worker.
