@@ -10,7 +10,7 @@ import { hasScope, mayActFor, requireScope } from './auth.js';
 import { HttpError } from './errors.js';
 import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
 import { openApiDocument } from './openapi.js';
-import { emptyBodySchema, holdBodySchema, leaseBodySchema, releaseBodySchema } from './schemas.js';
+import { emptyBodySchema, holdBodySchema, leaseBodySchema, releaseBodySchema, renameBodySchema } from './schemas.js';
 import { AUDIT_PAGE_MAX, isAuditCursor } from '../pool/audit.js';
 import { AmbiguousTaskId, acquireRequestStatus, cancelAcquireRequest, type AcquireRequestStatus, type RequestLookup } from '../acquire/requests.js';
 
@@ -352,6 +352,18 @@ export function apiRouter(deps: ApiDeps): Router {
     const summary = (await groupSummaries(vmm)).find((g) => g.name === group)!;
     res.json({ drained: drain, changed, group: summary });
   };
+  router.post('/groups/:group/rename', requireScope('admin'), requireJsonContentType, async (req, res) => {
+    const value = String(req.params.group);
+    let from: string;
+    try {
+      from = await queryKnownGroup(vmm, config, value);
+    } catch (err) {
+      if (err instanceof HttpError) throw new HttpError('not_found', err.message, { group: value });
+      throw err;
+    }
+    const { to } = parseBody(renameBodySchema, req.body);
+    res.json(await vmm.renameGroup(from, to));
+  });
   router.post('/groups/:group/drain', requireScope('admin'), requireJsonContentType, drainRoute(true));
   router.delete('/groups/:group/drain', requireScope('admin'), requireJsonContentType, drainRoute(false));
 

@@ -6,7 +6,7 @@ import { apiComponentSchemas } from './schemas.js';
 const error = (description: string) => ({ description, content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } });
 const json = (description: string, ref: string) => ({ description, content: { 'application/json': { schema: { $ref: `#/components/schemas/${ref}` } } } });
 const nameParam = { name: 'name', in: 'path', required: true, schema: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' } };
-const groupParam = { name: 'group', in: 'path', required: true, description: 'group name or id', schema: { type: 'string', minLength: 1 } };
+const groupParam = { name: 'group', in: 'path', required: true, description: 'group name, or its index in the config', schema: { type: 'string', minLength: 1 } };
 const common = {
   '400': error('Invalid request'),
   '401': error('Missing or invalid token'),
@@ -359,6 +359,21 @@ export const openApiDocument = {
         security: admin,
         parameters: [groupParam],
         responses: { '200': json('Undrained', 'DrainResult'), ...common, ...notJson, '404': error('No such group') },
+      },
+    },
+    '/groups/{group}/rename': {
+      post: {
+        operationId: 'renameGroup',
+        summary: 'Rename a group in place with its VMs, leases and waiting requests (as `vmpool group rename`); deploy the config with the new name next',
+        security: admin,
+        parameters: [groupParam],
+        requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/RenameRequest' } } } },
+        responses: {
+          '200': { description: 'Renamed', content: { 'application/json': { schema: { type: 'object', properties: { from: { type: 'string' }, to: { type: 'string' }, vms: { type: 'integer' } } } } } },
+          ...common,
+          ...notJson,
+          '404': error('No such group'),
+        },
       },
     },
     '/openapi.json': {

@@ -60,6 +60,12 @@ export const holdBodySchema = z
   .refine((b) => b.for === undefined || b.until === undefined, { message: 'give for or until, not both' })
   .describe('config max_hold_age caps every hold, and ends one that names no end')
   .register(apiSchemaRegistry, { id: 'HoldRequest' });
+/** The body of POST /groups/{group}/rename. */
+export const renameBodySchema = z
+  .strictObject({ to: z.string().min(1).max(64).describe("the group's new name (new to the pool)") })
+  .describe('renames the group in place, with its VMs; deploy the config with the new name next')
+  .register(apiSchemaRegistry, { id: 'RenameRequest' });
+
 /** The body of routes that take none: nothing, or `{}`. */
 export const emptyBodySchema = z.strictObject({});
 
