@@ -536,12 +536,18 @@ export class PoolReader {
     let next: string | null = query.since === undefined || query.since === null || query.since === '' ? null : String(query.since);
     const events: AuditEvent[] = [];
     let scanned = 0;
+    // Events written before data format 2 name their group by index: shown by the name the migration recorded for it.
+    let legacy: Map<string, string> | undefined;
     for (;;) {
       const entries = (await this.redis.xrange(this.keys.auditEvents, start, '+', 'COUNT', batch)) as [string, string[]][];
       for (const [id, flat] of entries) {
         next = id;
         scanned += 1;
         const event = auditEventFromEntry(id, flat);
+        if (event.group !== null && /^\d+$/.test(event.group)) {
+          legacy ??= await this.legacyGroupNames();
+          event.group = legacy.get(event.group) ?? event.group;
+        }
         if (matches(event)) events.push(event);
         if (events.length === limit) return { events, next, more: true };
       }

@@ -181,7 +181,7 @@ describe('groups by name: the migration to data format 2', { timeout: 120_000 },
     }
   });
 
-  it('a job payload of a version-1 producer (a group index) is read through the recorded map, not the reading config', async () => {
+  it('a job payload or audit event of a version-1 process (a group index) is read through the recorded map, not the reading config', async () => {
     const prefix = prefixFor();
     const { vmm } = await buildPool(prefix);
     await vmm.close();
@@ -192,6 +192,10 @@ describe('groups by name: the migration to data format 2', { timeout: 120_000 },
       expect(await reversed.payloadGroup(0)).toBe('alpha');
       expect(await reversed.payloadGroup('beta')).toBe('beta');
       await expect(reversed.payloadGroup(7)).rejects.toThrow(/group index 7/);
+      // An audit event of a version-1 process names its group by index: read by the recorded name.
+      const keys = new PoolAccess(redis, prefix).keys;
+      await redis.xadd(keys.auditEvents, '*', 'event', 'spawned', 'vm', 'old-1', 'group', '1');
+      expect((await reversed.reader.auditEvents({ vm: 'old-1' })).events.map((e) => e.group)).toEqual(['beta']);
       // The public API's index is this config's: 0 is beta here.
       expect(reversed.resolveGroup(0)).toBe('beta');
       expect(reversed.resolveGroup('alpha')).toBe('alpha');
