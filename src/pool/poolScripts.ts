@@ -129,7 +129,7 @@ export class PoolScripts {
 
   /** Forgets an empty group removed from the config, deleting its keys by tail (forgetGroup-1.lua); false while it has a VM, a spawn or a waiter. */
   async forgetGroup(group: string, tails: readonly string[]): Promise<boolean> {
-    return Number(await this.call('forgetGroup', [group, ...tails])) === 1;
+    return Number(await this.call('forgetGroup', [group, ...tails])) === ReplyCodes.OK;
   }
 
   /** Rewrites the group references of records by the map from -> to (relabelGroups-1.lua); returns how many changed. */

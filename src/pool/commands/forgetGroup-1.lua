@@ -9,22 +9,24 @@
     ARGV[1] the group's name
     ARGV[2..] the tails of its keys to delete
   Output:
-    1 forgotten; 0 it still has a VM, a spawn or a waiting request (nothing changed)
+    OK           forgotten
+    WRONG_STATE  it still has a VM, a spawn in flight or a waiting request (nothing changed)
 ]]
 local base = KEYS[1]
 local group = ARGV[1]
+--- @include "includes/replyCodes"
 --- @include "includes/poolKeys"
 
 for _, state in ipairs({'got_ip', 'check_health', 'check_health_failed', 'ready', 'in_use', 'terminating'}) do
   if redis.call('SCARD', stateKey(base, group, state)) > 0 then
-    return 0
+    return WRONG_STATE
   end
 end
 if redis.call('ZCARD', spawningKey(base, group)) > 0 or redis.call('ZCARD', waitersKey(base, group)) > 0 then
-  return 0
+  return WRONG_STATE
 end
 for i = 2, #ARGV do
   redis.call('DEL', groupKeyPrefixKey(base, group) .. ARGV[i])
 end
 redis.call('SREM', groupRegistryKey(base), group)
-return 1
+return OK
