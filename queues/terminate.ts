@@ -20,6 +20,10 @@ export const terminationReasons = [
   // Redis lost or rolled back the pool's state: the VM's record could not be proven current.
   'state_lost',
   'operator',
+  // The VM was made by an older launch configuration of its group (a rolling update replaced it).
+  'rollout',
+  // The VM stayed ready, unused, longer than its group's max_ready_age.
+  'max_ready_age',
   'other',
 ] as const;
 export type TerminationReason = (typeof terminationReasons)[number];

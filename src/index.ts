@@ -1,4 +1,4 @@
-export { parseConfig, loadConfig, ConfigError, configSchema, groupConfigSchema, configJsonSchema, GROUP_NAME_PATTERN, groupNameOf, groupIndexOf, isGroupName } from './config/index.js';
+export { parseConfig, loadConfig, ConfigError, configSchema, groupConfigSchema, configJsonSchema, launchFingerprint, GROUP_NAME_PATTERN, groupNameOf, groupIndexOf, isGroupName } from './config/index.js';
 export type { Config, ConfigInput, GroupConfig, ConfigIssue, GroupRef } from './config/index.js';
 export type { GroupRename } from './pool/groupNames.js';
 export { VmManager } from './pool/vmManager.js';

@@ -6,6 +6,7 @@ import { ALL_VM_STATES, UnknownGroup, type VmRecord, type VmState } from './pool
 
 export { UnknownGroup };
 import type { VmManager } from './pool/vmManager.js';
+import type { LaunchState } from './pool/poolReader.js';
 
 /** The name of a group given by name or by index (digits); UnknownGroup otherwise. */
 export function resolveGroup(config: Config, value: string): string {
@@ -51,6 +52,26 @@ export interface GroupSummary {
   breaker: BreakerSummary | null;
   /** For a group with target_wait: the decision that sized its warm pool (minReady is its result). */
   targetWait?: TargetWaitSummary;
+  /** The group's launch configuration: current fingerprint, and VMs still on older ones (a rollout). */
+  launch: LaunchSummary;
+}
+
+/** A group's launch configuration as the pool has it (docs/operating.md, "Rolling out a new image"). */
+export interface LaunchSummary {
+  /** The fingerprint of this process's config of the group. */
+  configured: string;
+  /** The group's current fingerprint, published by a reconcile process; null before the first cycle. */
+  current: string | null;
+  /** How many times the current fingerprint changed (null before the first). */
+  revision: number | null;
+  launchRevision: number | null;
+  publishedAt: number | null;
+  /** The process that published it (host:pid:random). */
+  publishedBy: string | null;
+  /** VMs of the group, not terminating, on an older launch (replaced as the rollout goes). */
+  outdated: number;
+  /** Processes seen in the last minutes running another launch config of the group: they make no decision for it. */
+  deferring: { process: string; fingerprint: string }[];
 }
 
 export interface BreakerSummary {
@@ -94,6 +115,7 @@ export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Prom
   await vmm.refreshRemovedGroups();
   const names = [...vmm.vmGroups, ...vmm.removedGroups.keys()];
   const fromIndexes = records === undefined ? await indexCounts(vmm, names) : null;
+  const launches = await vmm.launchStates(names);
   const out: GroupSummary[] = [];
   for (const [i, id] of names.entries()) {
     const g = vmm.groupConfig(id);
@@ -123,9 +145,24 @@ export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Prom
       ...(tw ? { targetWait: tw } : {}),
       drained: drainedSince !== null || g.max_vm_total === 0,
       drainedSince,
+      launch: launchSummary(vmm.launchFingerprint(id), launches[i]!),
     });
   }
   return out;
+}
+
+function launchSummary(configured: string, state: LaunchState): LaunchSummary {
+  const p = state.published;
+  return {
+    configured,
+    current: p?.fingerprint ?? null,
+    revision: p?.revision ?? null,
+    launchRevision: p?.launchRevision ?? null,
+    publishedAt: p?.publishedAt ?? null,
+    publishedBy: p?.publishedBy ?? null,
+    outdated: state.outdated,
+    deferring: state.deferring,
+  };
 }
 
 /** The target-wait decision of a group, from what the pool measured (as reconcile decides it). */

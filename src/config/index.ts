@@ -22,6 +22,7 @@ export { groupIndexOf, groupNameOf, isGroupName, type GroupRef } from './groups.
 export { ConfigError, isParsedConfig, parseConfig, type ConfigIssue } from './parse.js';
 export { applyEnvironment, redisIssues } from './environment.js';
 export { loadConfig } from './load.js';
+export { LAUNCH_FINGERPRINT_LENGTH, launchFingerprint, launchShape, type LaunchShape } from './fingerprint.js';
 export { redactedConfig } from './redaction.js';
 export { configTemplate } from './template.js';
 export { CONFIG_SCHEMA_FILE, configJsonSchema, configSchemaPath } from './jsonSchema.js';

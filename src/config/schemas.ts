@@ -228,6 +228,28 @@ export const groupConfigSchema = z
     reuse_max_count: z.number().int().nonnegative().default(0).describe('Retire a dirty VM after this many builds (0: no limit)'),
     reuse_max_time: seconds(0, 'Retire a dirty VM this many seconds after its first acquisition by its owner and sandbox (0: no limit)'),
     lease_timeout: z.number().positive().default(300).describe('Seconds an assignment lives without a renew'),
+    max_ready_age: z
+      .number()
+      .positive()
+      .optional()
+      .describe(
+        "Seconds a clean ready VM may stay ready, counted from its first passed health check (nodepool's max-ready-age); an older one is retired (reason max_ready_age) once a replacement keeps min_ready. Absent: no limit",
+      ),
+    image: z
+      .string()
+      .min(1)
+      .optional()
+      .describe(
+        "The image the group's machines boot: part of the launch fingerprint, and given to every hook as VMPOOL_IMAGE. A change rolls the group's VMs over to new ones",
+      ),
+    launch_revision: z
+      .number()
+      .int()
+      .nonnegative()
+      .default(0)
+      .describe(
+        'A number the operator bumps to roll the group to new VMs (part of the launch fingerprint). A config with a higher launch_revision than the pool publishes wins over replicas still on a lower one, whatever their start order; a lower one never takes over. A config that was current once and was replaced never wins again by start order: bump launch_revision to roll back on purpose',
+      ),
     on_lease_expiry: z
       .enum(['terminate', 'release'])
       .default('terminate')

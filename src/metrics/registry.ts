@@ -176,6 +176,33 @@ export function createMetricsRegistry(deps: MetricsDeps): Registry {
   });
 
   new Gauge({
+    name: 'vmpool_group_vms_outdated',
+    help: "VMs of a group (not terminating) made by an older launch configuration than the group's current one: a rollout replaces them",
+    labelNames: ['group'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      const states = await vmm.launchStates();
+      vmm.vmGroups.forEach((g, i) => this.set({ group: g }, states[i]!.outdated));
+    },
+  });
+
+  new Gauge({
+    name: 'vmpool_group_launch_info',
+    help: "A group's current launch fingerprint (label fingerprint; 1), its revision (label revision), and whether this process's config matches it (label configured: the fingerprint of this process's config)",
+    labelNames: ['group', 'fingerprint', 'revision', 'configured'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      const states = await vmm.launchStates();
+      vmm.vmGroups.forEach((g, i) => {
+        const p = states[i]!.published;
+        if (p) this.set({ group: g, fingerprint: p.fingerprint, revision: String(p.revision), configured: vmm.launchFingerprint(g) }, 1);
+      });
+    },
+  });
+
+  new Gauge({
     name: 'vmpool_acquire_demand',
     help: 'Acquire requests waiting for a VM, by group',
     labelNames: ['group'],

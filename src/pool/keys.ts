@@ -122,6 +122,20 @@ export function poolKeys(prefix: string) {
     dueTerminating: (group: string) => `${base}group:${group}:due:terminating`,
     /** Set of the unbound, unheld VMs in got_ip or check_health (with readyClean, the coming supply of spawn decisions). */
     coming: (group: string) => `${base}group:${group}:coming`,
+    /**
+     * Hash of the group's current launch configuration (publishLaunch-1.lua): fingerprint,
+     * launch_revision, revision (moves forward at each change), published_at, published_by, started_at,
+     * superseded (the fingerprints that were current before, space-separated, the most recent last).
+     */
+    launch: (group: string) => `${base}group:${group}:launch`,
+    /** Sorted set of processes whose config of the group is not the published one: member `<process id>|<fingerprint>`, score last seen. */
+    launchDeferring: (group: string) => `${base}group:${group}:launch_deferring`,
+    /** Set of the group's VMs, not terminating, whose launch fingerprint is not the current one. */
+    outdated: (group: string) => `${base}group:${group}:outdated`,
+    /** Clean ready outdated VMs, scored by last health check: acquire takes one only when readyClean has none. */
+    readyOutdated: (group: string) => `${base}group:${group}:ready_outdated`,
+    /** Due-time set: clean, unheld ready VMs scored by first_ready_at (max_ready_age). */
+    dueReadyAge: (group: string) => `${base}group:${group}:due:ready_age`,
     /** Set of the group's held VMs (includes/setVmState indexDue; counted by the pool page). */
     held: (group: string) => `${base}group:${group}:held`,
     /** Hash of the group's spawn-to-ready time: ema_ms (exponential moving average), samples (recordHealthCheckResult-1.lua). */

@@ -84,6 +84,24 @@ export interface VmPage {
   next: string | null;
 }
 
+/** A group's published launch, as a spawn worker compares its own config with it (PoolReader.publishedLaunch). */
+export interface PublishedLaunch {
+  fingerprint: string;
+  launchRevision: number;
+  /** Fingerprints that were current before, the most recent last (publishLaunch-1.lua keeps a few). */
+  superseded: string[];
+}
+
+/** A group's launch as the pool has it (PoolReader.launchStates). */
+export interface LaunchState {
+  /** The group's current launch configuration, or null before any process published one. */
+  published: { fingerprint: string; revision: number; launchRevision: number; publishedAt: number; publishedBy: string } | null;
+  /** VMs of the group (not terminating) on an older launch. */
+  outdated: number;
+  /** Processes seen running another launch config of the group, which defer to the published one. */
+  deferring: { process: string; fingerprint: string }[];
+}
+
 export class PoolReader {
   private readonly keys: PoolKeys;
 
@@ -169,6 +187,63 @@ export class PoolReader {
     const pipeline = this.redis.pipeline();
     for (const g of groups) pipeline.scard(this.keys.held(g));
     return this.numbers(pipeline);
+  }
+
+  /**
+   * Per group, what a rollout decides on: the outdated VMs (the whole `outdated` set: each is due
+   * for replacement) and the clean ready VMs first ready before `agedBefore` (null: no max_ready_age).
+   */
+  async launchDue(groups: readonly { group: string; agedBefore: number | null }[]): Promise<{ outdated: string[]; aged: string[] }[]> {
+    const pipeline = this.redis.pipeline();
+    for (const { group, agedBefore } of groups) {
+      pipeline.smembers(this.keys.outdated(group));
+      if (agedBefore !== null) pipeline.zrangebyscore(this.keys.dueReadyAge(group), '-inf', `(${agedBefore}`);
+    }
+    const replies = ((await pipeline.exec()) ?? []).map(([err, value]) => {
+      if (err) throw err;
+      return value as string[];
+    });
+    let i = 0;
+    return groups.map(({ agedBefore }) => ({ outdated: replies[i++]!, aged: agedBefore !== null ? replies[i++]! : [] }));
+  }
+
+  /** Per group: its published launch (null before the first), how many VMs are outdated, and the processes that defer to it (seen since `deferringSince`). */
+  async launchStates(groups: readonly string[], deferringSince: number): Promise<LaunchState[]> {
+    const pipeline = this.redis.pipeline();
+    for (const g of groups) {
+      pipeline.hgetall(this.keys.launch(g)).scard(this.keys.outdated(g)).zrangebyscore(this.keys.launchDeferring(g), deferringSince, '+inf');
+    }
+    const replies = ((await pipeline.exec()) ?? []).map(([err, value]) => {
+      if (err) throw err;
+      return value;
+    });
+    return groups.map((_, i) => {
+      const h = replies[3 * i] as Record<string, string>;
+      const deferring = (replies[3 * i + 2] as string[]).map((member) => {
+        const bar = member.lastIndexOf('|');
+        return { process: member.slice(0, bar), fingerprint: member.slice(bar + 1) };
+      });
+      const published = h.fingerprint
+        ? {
+            fingerprint: h.fingerprint,
+            revision: Number(h.revision ?? 0),
+            launchRevision: Number(h.launch_revision ?? 0),
+            publishedAt: Number(h.published_at ?? 0),
+            publishedBy: h.published_by ?? '',
+          }
+        : null;
+      return { published, outdated: Number(replies[3 * i + 1]), deferring };
+    });
+  }
+
+  /**
+   * The group's published launch as a spawn weighs it (null before the first publication): the
+   * current fingerprint, its launch_revision, and the fingerprints it superseded.
+   */
+  async publishedLaunch(group: string): Promise<PublishedLaunch | null> {
+    const [fingerprint, launchRevision, superseded] = await this.redis.hmget(this.keys.launch(group), 'fingerprint', 'launch_revision', 'superseded');
+    if (!fingerprint) return null;
+    return { fingerprint, launchRevision: Number(launchRevision ?? 0), superseded: (superseded ?? '').split(' ').filter((f) => f !== '') };
   }
 
   /** Names of the group's clean ready VMs (not held). */

@@ -19,6 +19,23 @@ import {
   type SpawnAttemptStart,
 } from './types.js';
 
+/** A process's launch configuration of a group, as publishLaunch weighs it. */
+export interface LaunchClaim {
+  fingerprint: string;
+  launchRevision: number;
+  /** When the process started (epoch ms): of two configs with one launch_revision, the later started wins. */
+  startedAt: number;
+  processId: string;
+  /** The group's max_ready_age in ms, when it has one: ready VMs' age is recorded only then. */
+  maxReadyAgeMs?: number;
+}
+
+/** publishLaunch's answer: the caller's config is current, was published now, or another one is current. */
+export type LaunchPublication =
+  | { status: 'current'; revision: number }
+  | { status: 'published'; revision: number; changed: number }
+  | { status: 'superseded'; fingerprint: string; revision: number; launchRevision: number; publishedAt: number; publishedBy: string };
+
 /** One group of an acquire request, with what the script needs of its config. */
 export interface AcquireGroupLimits {
   group: string;
@@ -114,11 +131,38 @@ export class PoolScripts {
    * Adds a VM in got_ip. Throws VmError when a VM of that name is in the pool. With a spawn, the VM
    * takes the spawn's slot at once; SpawnSlotLost when the spawn no longer holds one.
    */
-  async addVm(vmName: string, vmIp: string, group: string, now: number, spawn?: { spawnId: string; recordTtlMs: number; startedAt?: number }): Promise<void> {
-    await this.acted('addVm', vmName, [vmIp, group, now, spawn?.spawnId ?? '', spawn?.recordTtlMs ?? 0, spawn?.startedAt ?? ''], null, {
+  async addVm(
+    vmName: string,
+    vmIp: string,
+    group: string,
+    now: number,
+    spawn?: { spawnId: string; recordTtlMs: number; startedAt?: number },
+    launchFingerprint = '',
+  ): Promise<void> {
+    await this.acted('addVm', vmName, [vmIp, group, now, spawn?.spawnId ?? '', spawn?.recordTtlMs ?? 0, spawn?.startedAt ?? '', launchFingerprint], null, {
       [ReplyCodes.ALREADY_EXISTS]: () => new VmError(`VM ${vmName} is already in the pool`),
       [ReplyCodes.NO_SPAWN_SLOT]: () => new SpawnSlotLost(spawn?.spawnId ?? '', group),
     });
+  }
+
+  /** Publishes a process's launch configuration of a group, or says which one is current (publishLaunch-1.lua). */
+  async publishLaunch(group: string, launch: LaunchClaim, now: number, timing: { deferringTtlMs: number; orphanedAfterMs: number }): Promise<LaunchPublication> {
+    const args = [group, launch.fingerprint, launch.launchRevision, launch.startedAt, launch.processId, now, timing.deferringTtlMs, launch.maxReadyAgeMs ?? '', timing.orphanedAfterMs];
+    const reply = (await this.call('publishLaunch', args)) as unknown[];
+    const code = reply[0];
+    if (code === ReplyCodes.OK) return { status: 'current', revision: Number(reply[1]) };
+    if (code === ReplyCodes.CREATED) return { status: 'published', revision: Number(reply[1]), changed: Number(reply[2]) };
+    if (code === ReplyCodes.SUPERSEDED) {
+      return {
+        status: 'superseded',
+        fingerprint: String(reply[1]),
+        revision: Number(reply[2]),
+        launchRevision: Number(reply[3]),
+        publishedAt: Number(reply[4]),
+        publishedBy: String(reply[5]),
+      };
+    }
+    throw unexpected('publishLaunch', reply);
   }
 
   /** Moves (or merges) keys of group `from` to group `to`, by their tails after `group:<from>:` (moveGroupKeys-1.lua); returns how many. */

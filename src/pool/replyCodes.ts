@@ -66,6 +66,11 @@ export const ReplyCodes = {
   TOO_MANY_WAITING: -18,
   /** startMigration: the pool's data format is at the migration's version or past it already (another process migrated). */
   DATA_FORMAT_AHEAD: -19,
+  /**
+   * publishLaunch: the group's published launch configuration is newer than the caller's (a higher
+   * launch_revision, or published after the caller started): the caller makes no decision for it.
+   */
+  SUPERSEDED: -20,
 } as const;
 
 export type ReplyCodeName = keyof typeof ReplyCodes;

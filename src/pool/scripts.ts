@@ -33,6 +33,7 @@ export const POOL_SCRIPTS = {
   markServerStart: 1,
   markVmCheckFailed: 1,
   moveGroupKeys: 1,
+  publishLaunch: 1,
   readDataFormat: 1,
   recoverPool: 1,
   relabelGroups: 1,

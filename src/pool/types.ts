@@ -261,6 +261,10 @@ export interface VmRecord extends VmDescriptor {
   holdReason: string | null;
   /** Position of the last health check in the pool's check_seq order (orders it against a server start in the same ms). */
   checkSeq?: number | null;
+  /** The launch fingerprint of the config that spawned it (null: added by hand, or before fingerprints). */
+  launchFingerprint?: string | null;
+  /** When it first became ready (the start of its first passed check; epoch ms): max_ready_age counts from it. Recorded only in a group with max_ready_age. */
+  firstReadyAt?: number | null;
 }
 
 function toHashObject(hash: Record<string, string> | string[]): Record<string, string> {
@@ -283,6 +287,8 @@ export function recordFromHash(hash: Record<string, string> | string[]): VmRecor
     heldUntil: numberOrNull(h.held_until),
     holdReason: stringOrNull(h.hold_reason),
     checkSeq: numberOrNull(h.check_seq),
+    launchFingerprint: h.launch_fingerprint || null,
+    firstReadyAt: numberOrNull(h.first_ready_at),
   };
 }
 

@@ -1,7 +1,7 @@
 import type { Queue } from 'bullmq';
 import type { ProviderGroup } from '../providers/types.js';
 import { renameGroup, type GroupRename } from './groupNames.js';
-import { isGroupName, isParsedConfig, parseConfig, type Config, type ConfigInput, type GroupConfig, type GroupRef } from '../config/index.js';
+import { isGroupName, isParsedConfig, launchFingerprint, parseConfig, type Config, type ConfigInput, type GroupConfig, type GroupRef } from '../config/index.js';
 import { createLogger, type Logger } from '../logger.js';
 import { assertPrefixFits, producerConnectionFrom, replicaWaitOf, type RedisConnection, type RedisTarget } from '../redis.js';
 import { TERMINATE_QUEUE, type TerminationReason } from '../../queues/terminate.js';
@@ -20,8 +20,8 @@ import { Holds, type HoldOptions } from './holds.js';
 import { PoolJobs } from './jobs.js';
 import { Leases } from './leases.js';
 import { CycleLock } from './locks.js';
-import type { PoolReader, SpawnInFlight, VmPage, VmPageQuery } from './poolReader.js';
-import type { PoolStateCheck, PoolStateSeen } from './poolScripts.js';
+import type { LaunchState, PoolReader, SpawnInFlight, VmPage, VmPageQuery } from './poolReader.js';
+import type { LaunchPublication, PoolStateCheck, PoolStateSeen } from './poolScripts.js';
 import { poolIdOf } from './poolId.js';
 import { Spawns } from './spawns.js';
 import { StateLoss } from './stateLoss.js';
@@ -578,6 +578,41 @@ export class VmManager {
     return this.spawns.inFlight(group);
   }
 
+  // --- Launch configurations (publishLaunch-1.lua; the rollout: src/reconcile/rollout.ts) ---
+
+  private readonly launchFingerprints = new Map<string, string>();
+
+  /** The fingerprint of this manager's launch config of the group (config/fingerprint.ts; the config does not change). */
+  launchFingerprint(group: string): string {
+    let fingerprint = this.launchFingerprints.get(group);
+    if (fingerprint === undefined) {
+      fingerprint = launchFingerprint(this.groupConfig(group));
+      this.launchFingerprints.set(group, fingerprint);
+    }
+    return fingerprint;
+  }
+
+  /**
+   * Publishes this process's launch config of the group as the current one, unless a newer one is
+   * published (a higher launch_revision, or one published after `process.startedAt`, or this
+   * fingerprint was current once and superseded: a revision only moves forward): see the
+   * script's header for the rule (and launchOrphanedAfterMs). A superseded process is listed in
+   * launchStates' `deferring`.
+   */
+  async publishLaunch(group: string, process: { startedAt: number; processId: string }): Promise<LaunchPublication> {
+    const g = this.groupConfig(group);
+    const maxReadyAgeMs = g.max_ready_age === undefined ? undefined : Math.round(g.max_ready_age * 1000);
+    return this.ctx.scripts.publishLaunch(group, { fingerprint: this.launchFingerprint(group), launchRevision: g.launch_revision, maxReadyAgeMs, ...process }, this.clock(), {
+      deferringTtlMs: LAUNCH_DEFERRING_MEMORY_MS,
+      orphanedAfterMs: launchOrphanedAfterMs(this.config.vm_cycle_timeout),
+    });
+  }
+
+  /** Each group's published launch, its count of outdated VMs, and the processes that defer to it. */
+  async launchStates(groups: readonly string[] = this.vmGroups): Promise<LaunchState[]> {
+    return this.reader.launchStates(groups, this.clock() - LAUNCH_DEFERRING_MEMORY_MS);
+  }
+
   // --- History and telemetry (telemetry.ts) ---
 
   /**
@@ -681,6 +716,18 @@ export class VmManager {
     const { redis } = this.ctx;
     if (this.ownsRedis) await redis.quit().catch(() => redis.disconnect());
   }
+}
+
+/** How long a process that defers to another launch config is listed without being seen again. */
+export const LAUNCH_DEFERRING_MEMORY_MS = 5 * 60_000;
+
+/**
+ * After how long without a cycle of a process running it a group's published launch config is
+ * orphaned, and any process takes over: 30 cycles, at least 5 minutes (a rolling restart's
+ * replicas take turns at the cycle lock, so the current config's are not that long without one).
+ */
+export function launchOrphanedAfterMs(cycleSeconds: number): number {
+  return Math.max(5 * 60_000, Math.round(30 * cycleSeconds * 1000));
 }
 
 export { VmStates };

@@ -1,3 +1,4 @@
+import { launchFingerprint } from '../config/fingerprint.js';
 import type { TerminationReason } from '../../queues/terminate.js';
 import type { PoolContext } from './context.js';
 import type { PoolJobs } from './jobs.js';
@@ -28,16 +29,19 @@ export class PoolVms {
       throw new InvalidVmRequest(`invalid VM name ${JSON.stringify(vmName)}: expected 1-63 of A-Z a-z 0-9 . _ -, starting with a letter or digit`);
     }
     if (!isValidVmIp(vmIp)) throw new InvalidVmRequest(`invalid IP address ${JSON.stringify(vmIp)} for VM ${vmName}`);
-    this.ctx.groupConfig(group);
+    const groupConfig = this.ctx.groupConfig(group);
     const { spawnId, spawnStartedAt } = options;
+    // A spawned VM was made by this process's config of the group; one added by hand has no known launch.
+    const launch = spawnId ? launchFingerprint(groupConfig) : '';
     await this.ctx.scripts.addVm(
       vmName,
       vmIp,
       group,
       this.ctx.clock(),
       spawnId || spawnStartedAt !== undefined ? { spawnId: spawnId ?? '', recordTtlMs: SPAWN_RECORD_TTL_MS, startedAt: spawnStartedAt } : undefined,
+      launch,
     );
-    this.ctx.logger.info({ vmName, vmIp, group, spawnId }, 'VM added to pool');
+    this.ctx.logger.info({ vmName, vmIp, group, spawnId, launch: launch || undefined }, 'VM added to pool');
     return this.getVmByName(vmName);
   }
 

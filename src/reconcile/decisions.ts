@@ -15,6 +15,7 @@ import { VmStates, type VmRecord, type VmState } from '../pool/types.js';
 import type { TerminationReason } from '../../queues/terminate.js';
 import { breakerGate, type BreakerState } from './breaker.js';
 import { warmPoolSize, warmPoolVaries, type TargetWaitMeasure } from './targetWait.js';
+import { decidesForGroup, type GroupLaunch } from './rollout.js';
 
 /**
  * Why a spawn was requested: to keep the warm pool (`min_ready`), for waiting acquire requests, or
@@ -62,6 +63,11 @@ export interface GroupSnapshot {
    * that may be due). Absent: counted from `vms`, which must then hold every VM of the group.
    */
   counts?: GroupCounts;
+  /**
+   * The group's launch as this process published it (rollout.ts). Absent: not published by this
+   * process (a decision run alone), taken as current. Not current: no spawn or retire decision.
+   */
+  launch?: GroupLaunch;
 }
 
 /** A group's VM counts, as spawnFigures uses them. */
@@ -310,7 +316,8 @@ export function decideStartSpawnIfRequired(snapshot: PoolSnapshot, config: Recon
   const actions: ReconcileAction[] = [];
   for (const group of snapshot.groups) {
     const g = configOfGroup(config, group.group);
-    if (!g) continue;
+    // Another process's newer launch config is current: that process decides for the group.
+    if (!g || !decidesForGroup(group)) continue;
     for (const s of group.spawnsInFlight) {
       if (now - s.startedAt > ms(g.vm_spawn_stale_timeout)) {
         actions.push({ type: 'dropStaleSpawn', group: group.group, spawnId: s.spawnId });
@@ -355,7 +362,7 @@ export function decideRetireSurplus(snapshot: PoolSnapshot, config: ReconcileCon
   const actions: ReconcileAction[] = [];
   for (const group of snapshot.groups) {
     const g = configOfGroup(config, group.group);
-    if (!g || !(warmPoolVaries(g) || group.removed)) continue;
+    if (!g || !(warmPoolVaries(g) || group.removed) || !decidesForGroup(group)) continue;
     const idle = snapshot.vms
       .filter((vm) => vm.group === group.group && vm.state === VmStates.READY && vm.owner === null && !isHeld(vm))
       .sort((a, b) => (a.lastRelease ?? a.addedAt ?? 0) - (b.lastRelease ?? b.addedAt ?? 0) || a.vmName.localeCompare(b.vmName));

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import type { Queue } from 'bullmq';
 import type { Config } from '../config/index.js';
 import type { Logger } from '../logger.js';
@@ -28,6 +29,7 @@ import {
   type ReconcileAction,
 } from './decisions.js';
 import { readDemand, type DemandRoute } from './demand.js';
+import { decideRollOut, type GroupLaunch } from './rollout.js';
 import { blockedGroups, demandGroupsOf, hasFallbacks, withFallbacks } from '../acquire/fallback.js';
 import { targetWaitDecision, warmPoolVaries, type TargetWaitMeasure } from './targetWait.js';
 import type { DueQuery } from '../pool/poolReader.js';
@@ -49,6 +51,11 @@ export interface VmMasterOptions {
   provider?: (group: string) => Provider;
   /** Between history samples (src/reconcile/history.ts); default HISTORY_PERIOD_MS. */
   historyPeriodMs?: number;
+  /**
+   * When this process started (epoch ms; default: the manager's clock at construction). Of two
+   * launch configs of a group with one launch_revision, the one of the process started later wins.
+   */
+  startedAt?: number;
 }
 
 /** One group's sweep after a loss of the pool's state, as logged. */
@@ -74,6 +81,7 @@ export interface OrphanPass {
 export const CYCLE_STEPS = [
   'reclaimExpiredLeases',
   'expireHolds',
+  'rollOut',
   'removeOldDirtyVms',
   'retireSurplus',
   'checkVmsHealth',
@@ -89,7 +97,7 @@ export type CycleStep = (typeof CYCLE_STEPS)[number];
 /** The steps that decide from the pool's snapshot (decisions.ts) and apply the actions. */
 type DecisionStep = Extract<
   CycleStep,
-  'removeOldDirtyVms' | 'retireSurplus' | 'checkVmsHealth' | 'recheckAfterServerStart' | 'startSpawnIfRequired' | 'finalizeLongHealthChecks' | 'terminateAgain'
+  'rollOut' | 'removeOldDirtyVms' | 'retireSurplus' | 'checkVmsHealth' | 'recheckAfterServerStart' | 'startSpawnIfRequired' | 'finalizeLongHealthChecks' | 'terminateAgain'
 >;
 
 /** One step of the reconcile cycle (VmMaster.steps). */
@@ -124,6 +132,10 @@ export { cycleLockKey } from '../pool/locks.js';
 export class VmMaster {
   private readonly logger: Logger;
   private readonly lock: CycleLock;
+  /** This process, as publishLaunch weighs it against other replicas. */
+  readonly launchProcess: { startedAt: number; processId: string };
+  /** Per group, whether this process's launch config is the published one (set by rollOut). */
+  private readonly launchCurrent = new Map<string, boolean>();
 
   constructor(
     readonly vmm: VmManager,
@@ -131,6 +143,7 @@ export class VmMaster {
   ) {
     this.logger = vmm.logger.child({ component: 'reconcile' });
     this.lock = vmm.cycleLock(options.cycleLockTtlMs ?? DEFAULT_CYCLE_LOCK_TTL_MS);
+    this.launchProcess = { startedAt: options.startedAt ?? vmm.clock(), processId: `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}` };
   }
 
   private queue(name: QueueName): Queue {
@@ -195,7 +208,7 @@ export class VmMaster {
       route = (r) => demandGroupsOf(r.groups, withFallbacks(vmm.config.groups, r.groups, blocked, r.strict), blocked);
     }
     const demand = await readDemand(vmm, this.queue(ACQUIRE_QUEUE), route);
-    const withDemand = groups.map((g, i) => ({ ...g, demand: demand[i] ?? 0, counts: counts.get(g.group)! }));
+    const withDemand: GroupSnapshot[] = groups.map((g, i) => ({ ...g, demand: demand[i] ?? 0, counts: counts.get(g.group)! }));
 
     // What is due, per group: each query's bound is the time before which a score means due.
     const queries: DueQuery[] = [];
@@ -211,6 +224,21 @@ export class VmMaster {
       queries.push({ group, set: 'terminating', upTo: now - g.vm_terminating_timeout * 1000 });
     }
     const names = new Set((await vmm.reader.dueVmNames(queries)).flat());
+    // The rollout's VMs, of the groups whose launch this process published (rollOut ran).
+    const launchGroups = vmm.vmGroups.filter((group) => this.launchCurrent.get(group) === true);
+    const launchDue = await vmm.reader.launchDue(
+      launchGroups.map((group) => {
+        const age = vmm.groupConfig(group).max_ready_age;
+        return { group, agedBefore: age === undefined ? null : now - age * 1000 };
+      }),
+    );
+    const launches = new Map<string, GroupLaunch>();
+    for (const group of vmm.vmGroups) if (this.launchCurrent.get(group) === false) launches.set(group, { current: false, outdated: [], aged: [], readyCurrent: 0 });
+    for (const [i, group] of launchGroups.entries()) {
+      const due = launchDue[i]!;
+      for (const name of [...due.outdated, ...due.aged]) names.add(name);
+      launches.set(group, { current: true, ...due, readyCurrent: supply[vmm.vmGroups.indexOf(group)]!.readyClean });
+    }
     for (const [i, group] of groupNames.entries()) {
       const g = vmm.groupConfig(group);
       if (!warmPoolVaries(g) && !removed(group)) continue;
@@ -220,6 +248,13 @@ export class VmMaster {
       }
     }
     const vms = await vmm.reader.vmRecords([...names]);
+    for (const g of withDemand) {
+      const launch = launches.get(g.group);
+      if (!launch) continue;
+      g.launch = launch;
+      // Aged VMs are about to go: their replacements are spawned first, as outdated ones' are.
+      if (g.counts && launch.aged.length > 0) g.counts = { ...g.counts, coming: Math.max(0, g.counts.coming - launch.aged.length) };
+    }
     const terminatingIps = [...new Set(vms.filter((v) => v.state === VmStates.TERMINATING).map((v) => v.vmIp))];
     const vmsByIp = await vmm.reader.vmNamesByIps(terminatingIps);
     return { vms, vmsByIp, groups: withDemand, serverStart, serverStartSeq };
@@ -247,6 +282,7 @@ export class VmMaster {
   }
 
   private readonly decisions: Record<DecisionStep, (s: PoolSnapshot, now: number) => ReconcileAction[]> = {
+    rollOut: (s, now) => decideRollOut(s, this.decisionConfig(), now),
     removeOldDirtyVms: (s, now) => decideRemoveOldDirtyVms(s, this.decisionConfig(), now),
     retireSurplus: (s, now) => decideRetireSurplus(s, this.decisionConfig(), now),
     checkVmsHealth: (s, now) => decideCheckVmsHealth(s, this.decisionConfig(), now),
@@ -281,6 +317,13 @@ export class VmMaster {
     const steps: Record<CycleStep, Omit<ReconcileStep, 'name'>> = {
       reclaimExpiredLeases: { run: async () => (await this.reclaimExpiredLeases()).length },
       expireHolds: { run: async () => (await this.expireHolds()).length },
+      rollOut: {
+        // Publishes first, so that the snapshot read next has each group's launch.
+        run: async (pool) => {
+          const changed = await this.publishLaunches();
+          return changed + (await this.decideAndApply('rollOut', await pool())).length;
+        },
+      },
       removeOldDirtyVms: decision('removeOldDirtyVms'),
       retireSurplus: decision('retireSurplus'),
       checkVmsHealth: decision('checkVmsHealth'),
@@ -293,6 +336,44 @@ export class VmMaster {
       recordHistory: { run: async () => ((await this.recordHistory()) ? 1 : 0), changesNoVm: true },
     };
     return CYCLE_STEPS.map((name) => ({ name, ...steps[name] }));
+  }
+
+  /**
+   * Publishes this process's launch config of each group (VmManager.publishLaunch), and notes per
+   * group whether it is the current one: a group whose published config is another process's newer
+   * one gets no spawn, rollout or retire decision from this process (logged once per change).
+   * Returns how many VMs changed sides (outdated or current again) by a publication.
+   */
+  async publishLaunches(): Promise<number> {
+    let changed = 0;
+    // One script call per group, sent together (one round trip on the connection).
+    const outcomes = await Promise.all(this.vmm.vmGroups.map((group) => this.vmm.publishLaunch(group, this.launchProcess)));
+    for (const [i, group] of this.vmm.vmGroups.entries()) {
+      const outcome = outcomes[i]!;
+      const current = outcome.status !== 'superseded';
+      const before = this.launchCurrent.get(group);
+      this.launchCurrent.set(group, current);
+      const fingerprint = this.vmm.launchFingerprint(group);
+      if (outcome.status === 'published') {
+        changed += outcome.changed;
+        this.logger.info({ group, fingerprint, revision: outcome.revision, outdatedChanged: outcome.changed }, 'launch config published; VMs of older launches are rolled out');
+      } else if (outcome.status === 'superseded' && before !== false) {
+        const { fingerprint: published, revision, launchRevision, publishedAt, publishedBy } = outcome;
+        this.logger.warn(
+          { group, fingerprint, published, revision, launchRevision, publishedAt, publishedBy },
+          "another process's newer launch config of this group is current: this process makes no spawn, rollout or retire decision for it until it runs that config",
+        );
+      } else if (outcome.status === 'current' && before === false) {
+        this.logger.info({ group, fingerprint, revision: outcome.revision }, 'launch config of this group is current again');
+      }
+    }
+    return changed;
+  }
+
+  /** Retires the outdated and aged VMs whose replacements keep min_ready (rollout.ts), after publishing the launch configs. */
+  async rollOut(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
+    await this.publishLaunches();
+    return this.decideAndApply('rollOut', snapshot);
   }
 
   /** Copr's remove_old_dirty_vms: terminates dirty VMs not re-acquired within vm_dirty_terminating_timeout, or past a reuse limit. */

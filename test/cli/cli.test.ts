@@ -53,6 +53,7 @@ describe('vmpool CLI', { timeout: 60_000 }, () => {
     const ok = await vmpool('config', 'check', configFile);
     expect(ok.code).toBe(0);
     expect(ok.stdout).toContain('ok (2 groups: base, arm)');
+    expect(ok.stdout).toMatch(/^launch fingerprints: base [0-9a-f]{12}, arm [0-9a-f]{12}$/m);
     const bad = writeConfigFile({ groups: [{ name: 'g', max_vm_total: -1 }] });
     const res = await vmpool('config', 'check', bad);
     expect(res.code).toBe(2);
@@ -113,6 +114,8 @@ describe('vmpool CLI', { timeout: 60_000 }, () => {
     const info = await vmpool('info');
     expect(info.code).toBe(0);
     expect(info.stdout).toContain('c2');
+    // No reconcile cycle ran: each group's launch is this config's, not published yet.
+    expect(info.stdout).toMatch(/^Group base: launch [0-9a-f]{12} \(not published yet\)$/m);
     const infoJson = JSON.parse((await vmpool('info', '--json')).stdout) as { groups: { name: string; total: number }[] };
     expect(infoJson.groups.map((g) => [g.name, g.total])).toEqual([
       ['base', 1],

@@ -116,7 +116,7 @@ describe("a hook's environment", () => {
     expect(env).toContain(`VMPOOL_POOL_ID=${ctx.vmm.poolId}\n`);
     // The only VMPOOL_* variables are vmpool's documented ones.
     const names = env.split('\n').filter(Boolean).map((l) => l.slice(0, l.indexOf('=')));
-    expect(names.filter((n) => n.startsWith('VMPOOL_')).sort()).toEqual(['VMPOOL_GROUP', 'VMPOOL_GROUP_NAME', 'VMPOOL_POOL_ID', 'VMPOOL_SPAWN_ID', 'VMPOOL_VM_IP', 'VMPOOL_VM_NAME']);
+    expect(names.filter((n) => n.startsWith('VMPOOL_')).sort()).toEqual(['VMPOOL_GROUP', 'VMPOOL_GROUP_NAME', 'VMPOOL_IMAGE', 'VMPOOL_LAUNCH_FINGERPRINT', 'VMPOOL_POOL_ID', 'VMPOOL_SPAWN_ID', 'VMPOOL_VM_IP', 'VMPOOL_VM_NAME']);
 
     // Output: the token the hook repeated is masked in the job log and in pino's log.
     expect(jobLog).toContain('spawn_cmd stdout: said: token=***');
