@@ -164,6 +164,12 @@ export function poolKeys(prefix: string) {
     auditMaxEvents: `${base}audit_max_events`,
     /** Hash of one shared metric (src/metrics/shared.ts), written by workers and read by every web process. */
     metric: (name: string) => `${base}metrics:${name}`,
+    /**
+     * JSON of the group's config as reconcile last published it (provider and check `env` left
+     * out: secrets stay out of Redis), for the processes that drain the group once it left the
+     * config: its terminate hook, health check and limits.
+     */
+    publishedGroupConfig: (group: string) => `${base}group:${group}:config`,
     /** Set of the group names the pool has known (config groups, and groups removed from the config whose keys remain). */
     groupRegistry: `${base}groups`,
     /**

@@ -382,6 +382,11 @@ export class PoolReader {
     return [...found];
   }
 
+  /** Every key that starts with `head` (scanKeys, its glob characters escaped); O(keys in Redis), for rare operator steps. */
+  async keysStartingWith(head: string): Promise<string[]> {
+    return this.scanKeys(`${head.replace(/[*?[\]\\]/g, (c) => `\\${c}`)}*`);
+  }
+
   /** Whether the VM is in_use under that lease. */
   async holdsLease(vmName: string, leaseId: string): Promise<boolean> {
     const [state, held] = await this.redis.hmget(this.keys.vm(vmName), 'state', 'lease_id');
@@ -606,12 +611,18 @@ export class PoolReader {
     let next: string | null = query.since === undefined || query.since === null || query.since === '' ? null : String(query.since);
     const events: AuditEvent[] = [];
     let scanned = 0;
+    // Events written before data format 2 name their group by index: shown by the name the migration recorded for it.
+    let legacy: Map<string, string> | undefined;
     for (;;) {
       const entries = (await this.redis.xrange(this.keys.auditEvents, start, '+', 'COUNT', batch)) as [string, string[]][];
       for (const [id, flat] of entries) {
         next = id;
         scanned += 1;
         const event = auditEventFromEntry(id, flat);
+        if (event.group !== null && /^\d+$/.test(event.group)) {
+          legacy ??= await this.legacyGroupNames();
+          event.group = legacy.get(event.group) ?? event.group;
+        }
         if (matches(event)) events.push(event);
         if (events.length === limit) return { events, next, more: true };
       }

@@ -257,7 +257,7 @@ describe('HTTP API', () => {
           .filter((m) => m === 'post' || m === 'delete')
           .map((m) => [m.toUpperCase(), path.replace('{name}', 'c1').replace('{group}', 'base').replace('{id}', '1')] as const),
       );
-      expect(writes.length).toBe(12);
+      expect(writes.length).toBe(13);
       for (const [method, path] of writes) {
         expect((await kit.fetch(`/api/v1${path}`, { method })).status, `${method} ${path}`).toBe(415);
       }
@@ -301,6 +301,7 @@ describe('HTTP API', () => {
         'GET /autoholds',
         'POST /autoholds',
         'DELETE /autoholds/{id}',
+        'POST /groups/{group}/rename',
         'GET /events',
         'GET /requests/{id}',
         'DELETE /requests/{id}',
