@@ -156,12 +156,13 @@ export function createWebApp(deps: WebAppDeps): Express {
     const next = new Map(names.map((g, i) => [g, pages[i]!.next]));
     // The charts' last hour (reconcile samples it once a minute).
     const history = new Map(await Promise.all(names.map(async (g) => [g, await vmm.readHistory(g, 3_600_000)] as const)));
+    const autoholds = await vmm.autoholds.list();
     res.set('Cache-Control', 'no-store');
     if (req.query.fragment !== undefined) {
-      res.type('html').send(renderPoolFragment(vmm.prefix, summaries, vms, now, history, next));
+      res.type('html').send(renderPoolFragment(vmm.prefix, summaries, vms, now, history, next, autoholds));
       return;
     }
-    res.type('html').send(renderPoolPage(vmm.prefix, summaries, vms, now, deps.poolPageRefreshMs ?? POOL_PAGE_REFRESH_MS, history, next, !hasScope(req.principal!, 'admin')));
+    res.type('html').send(renderPoolPage(vmm.prefix, summaries, vms, now, deps.poolPageRefreshMs ?? POOL_PAGE_REFRESH_MS, history, next, !hasScope(req.principal!, 'admin'), autoholds));
   });
 
   app.use((req) => {

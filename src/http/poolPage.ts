@@ -1,3 +1,4 @@
+import type { AutoholdRule } from '../pool/autohold.js';
 import { createHash } from 'node:crypto';
 import type { VmRecord } from '../pool/types.js';
 import { relativeTime } from '../time.js';
@@ -69,6 +70,18 @@ function targetWaitText(summary: GroupSummary): string {
   if (!t) return '';
   const boot = t.bootMeasured ? `boot ${t.bootSeconds} s` : `boot ${t.bootSeconds} s (assumed until a VM is ready)`;
   return ` <span data-target-wait>(by target_wait ${escapeHtml(t.target)}: ${t.arrivalsPerMinute} requests/min, ${boot})</span>`;
+}
+
+/** The autohold rules with a count left (the VMs they hold show in their groups, held by autohold:<id>). */
+function autoholdSection(rules: readonly AutoholdRule[]): string {
+  if (rules.length === 0) return '';
+  const rows = rules
+    .map(
+      (r) =>
+        `<tr data-autohold="${r.id}"><td class="num">${r.id}</td><td>${escapeHtml(r.owner)}</td><td>${escapeHtml(r.sandbox)}</td><td>${escapeHtml(r.group)}</td><td class="num">${r.count}</td><td>${r.for === undefined ? 'until unheld' : `${r.for} s`}</td><td>${escapeHtml(r.by)}</td><td class="held-by">${escapeHtml(r.reason)}</td></tr>`,
+    )
+    .join('');
+  return `<h2>Autohold rules <small>the VMs of the next failed builds that match are held</small></h2>\n<div class="vms"><table class="autoholds"><tr><th>id</th><th>owner</th><th>sandbox</th><th>group</th><th>count left</th><th>hold for</th><th>by</th><th>reason</th></tr>${rows}</table></div>\n`;
 }
 
 /** The group's spawns waiting for resources, if they do. */
@@ -153,9 +166,10 @@ export function renderPoolFragment(
   now: number,
   history: ReadonlyMap<string, readonly HistorySample[]> = new Map(),
   next: ReadonlyMap<string, string | null> = new Map(),
+  autoholds: readonly AutoholdRule[] = [],
 ): string {
   const sections = summaries.map((s) => groupSection(s, vms.filter((v) => v.group === s.name), now, history.get(s.name) ?? [], next.get(s.name) ?? null)).join('\n');
-  return `${sections}\n<p class="updated" data-now="${now}">updated ${escapeHtml(new Date(now).toISOString())} · prefix ${escapeHtml(prefix)}</p>`;
+  return `${sections}\n${autoholdSection(autoholds)}<p class="updated" data-now="${now}">updated ${escapeHtml(new Date(now).toISOString())} · prefix ${escapeHtml(prefix)}</p>`;
 }
 
 const STYLE = `
@@ -264,6 +278,7 @@ export function renderPoolPage(
   next: ReadonlyMap<string, string | null> = new Map(),
   /** For a caller who may not change anything (a read token): the buttons are hidden. */
   readOnly = false,
+  autoholds: readonly AutoholdRule[] = [],
 ): string {
   return `<!doctype html>
 <html lang="en">
@@ -278,7 +293,7 @@ export function renderPoolPage(
 <header><h1>vmpool</h1><nav><a href="admin/queues">Queues (Bull Board)</a><a href="api/v1/openapi.json">API</a><a href="metrics">Metrics</a></nav></header>
 <div id="message" role="status"></div>
 <main id="pool" data-refresh-ms="${refreshMs}"${readOnly ? ' data-read-only' : ''}>
-${renderPoolFragment(prefix, summaries, vms, now, history, next)}
+${renderPoolFragment(prefix, summaries, vms, now, history, next, autoholds)}
 </main>
 <script>${SCRIPT}</script>
 </body>

@@ -32,6 +32,9 @@ describe('autohold over HTTP', () => {
     expect(await (await kit.fetch('/')).text()).toContain(`autohold:${rule.id}`);
 
     const second = (await (await kit.fetch('/api/v1/autoholds', { method: 'POST', json: { count: 3, reason: 'later' } })).json()) as { rule: { id: number } };
+    const page = await (await kit.fetch('/')).text();
+    expect(page).toContain(`data-autohold="${second.rule.id}"`);
+    expect(page).toContain('later');
     expect((await kit.fetch(`/api/v1/autoholds/${second.rule.id}`, { method: 'DELETE', json: {} })).status).toBe(200);
     expect((await kit.fetch(`/api/v1/autoholds/${second.rule.id}`, { method: 'DELETE', json: {} })).status).toBe(404);
     expect((await kit.fetch('/api/v1/autoholds/abc', { method: 'DELETE', json: {} })).status).toBe(400);
