@@ -1,5 +1,6 @@
-export { parseConfig, loadConfig, ConfigError, configSchema, groupConfigSchema, configJsonSchema, launchFingerprint } from './config/index.js';
-export type { Config, ConfigInput, GroupConfig, ConfigIssue } from './config/index.js';
+export { parseConfig, loadConfig, ConfigError, configSchema, groupConfigSchema, configJsonSchema, launchFingerprint, GROUP_NAME_PATTERN, groupNameOf, groupIndexOf, isGroupName } from './config/index.js';
+export type { Config, ConfigInput, GroupConfig, ConfigIssue, GroupRef } from './config/index.js';
+export type { GroupRename } from './pool/groupNames.js';
 export { VmManager } from './pool/vmManager.js';
 export type { VmManagerOptions, AcquireRequest, HealthCheckRecord, HealthCheckOutcome, Clock } from './pool/vmManager.js';
 export {
@@ -71,3 +72,9 @@ export { WriteNotReplicated, replicaWaitOf } from './redis.js';
 export type { RedisConnection, RedisTarget, ReplicaWait } from './redis.js';
 export type { RedisEndpointConfig } from './redisEndpoint.js';
 export type { HostKeyStore, HealthCheckDeps } from './health/index.js';
+export { Autoholds, RELEASE_OUTCOMES, autoholdRuleInputSchema } from './pool/autohold.js';
+export type { AutoholdRule, AutoholdRuleInput, ReleaseOptions, ReleaseOutcome } from './pool/autohold.js';
+export { Quotas } from './pool/quota.js';
+export type { CachedQuota, QuotaFull } from './pool/quota.js';
+export { parseQuotaReport, quotaReportSchema, vmResources, accountLimitsForPool } from './reconcile/quota.js';
+export type { QuotaReport, Resources } from './reconcile/quota.js';

@@ -13,10 +13,12 @@ import { activeVmCount } from '../pool/types.js';
  * - held_back_by_priority: requests of a better (lower) BullMQ priority wait in the group;
  * - spawning: a VM is on its way (etaMs from the group's measured spawn time);
  * - provider_failing: the group's spawn circuit breaker is open, or its last spawn attempts failed;
+ * - quota_full: the group's next spawn does not fit its max_resources or its account's limits
+ *   (configured, or the cloud's quota from quota_cmd); reconcile spawns once usage drops;
  * - group_full: the group is at max_vm_total;
  * - no_ready_vm: none of the above; no VM is ready for it (reconcile spawns for the demand).
  */
-export const WAIT_REASONS = ['owner_limit', 'held_back_by_priority', 'spawning', 'provider_failing', 'group_full', 'no_ready_vm'] as const;
+export const WAIT_REASONS = ['owner_limit', 'held_back_by_priority', 'spawning', 'provider_failing', 'quota_full', 'group_full', 'no_ready_vm'] as const;
 export type WaitReason = (typeof WAIT_REASONS)[number];
 
 export interface GroupWait {
@@ -40,6 +42,8 @@ export interface GroupWait {
   maxVmPerUser: number;
   /** spawning: when the next VM should be ready, in ms from updatedAt. */
   etaMs?: number;
+  /** quota_full: whose limit (the group's max_resources, or its account's) and the units it would pass. */
+  quota?: { limit: 'group' | 'account'; units: string[] };
 }
 
 /** What a waiting request's job shows as its progress, and GET /api/v1/requests/:id as `waiting`. */
@@ -101,6 +105,14 @@ export async function explainWait(vmm: VmManager, config: Config, request: Waiti
     const cheap = { vms, spawning, providerFailing: false };
     let reason = groupWaitReason(standing, request, { maxVmPerUser: gc.max_vm_per_user, maxVmTotal: gc.max_vm_total }, cheap);
     // The provider's record is read only when nothing before it in the order explains the wait.
+    let quota: GroupWait['quota'];
+    if (reason === 'group_full' || reason === 'no_ready_vm') {
+      const [full] = await vmm.quotas.full([group]).catch(() => [null]);
+      if (full) {
+        reason = 'quota_full';
+        quota = { limit: full.limit, units: full.units };
+      }
+    }
     if (reason === 'group_full' || reason === 'no_ready_vm') {
       // The group's spawn circuit breaker first (open: its provider failed repeatedly), then the recent spawn jobs.
       const breaker = await vmm.reader.breaker(group).catch(() => null);
@@ -118,6 +130,7 @@ export async function explainWait(vmm: VmManager, config: Config, request: Waiti
       ownerVms: standing.ownerVms,
       maxVmPerUser: gc.max_vm_per_user,
     };
+    if (quota) wait.quota = quota;
     if (reason === 'spawning') {
       const inFlight = await vmm.reader.spawnsInFlight(group);
       const mean = (await vmm.reader.meanSpawnMs(group)) ?? null;

@@ -10,7 +10,9 @@ import { registerConfig } from './commands/config.js';
 import { registerDown } from './commands/down.js';
 import { registerDrain } from './commands/drain.js';
 import { registerEvents } from './commands/events.js';
+import { registerGroup } from './commands/group.js';
 import { registerHold } from './commands/hold.js';
+import { registerAutohold } from './commands/autohold.js';
 import { registerInfo } from './commands/info.js';
 import { registerList } from './commands/list.js';
 import { registerRelease } from './commands/release.js';
@@ -36,9 +38,11 @@ const COMMANDS: readonly RegisterCommand[] = [
   registerDown,
   registerHold,
   registerUnhold,
+  registerAutohold,
   registerAdd,
   registerDrain,
   registerUndrain,
+  registerGroup,
   registerEvents,
   registerConfig,
 ];

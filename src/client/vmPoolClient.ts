@@ -4,6 +4,7 @@ import { formatZodError } from '../validation.js';
 import { LineRequests } from '../pool/acquireLine.js';
 import { PoolAccess, type Clock } from '../pool/context.js';
 import { Leases } from '../pool/leases.js';
+import { releaseOutcomeOf, type ReleaseOptions } from '../pool/autohold.js';
 import { InvalidVmRequest, LeaseLost, NoVmAvailable, TaskConflict, VmDescriptorNotFound, VmError, acquireWaiterMember } from '../pool/types.js';
 import { assertPrefixFits, blockingConnectionTemplate, producerConnectionFrom, type RedisConnection, type RedisTarget, type ReplicaWait } from '../redis.js';
 import {
@@ -451,10 +452,11 @@ export class VmPoolClient {
 
   /**
    * Gives the VM back. Returns false, changing nothing, when the lease is no longer held (the VM
-   * was reclaimed, released already, or is in use under another lease).
+   * was reclaimed, released already, or is in use under another lease). With `outcome: 'failed'`,
+   * an autohold rule that matches keeps the VM for debugging instead of returning it to the pool.
    */
-  async release(assignment: VmAssignment): Promise<boolean> {
-    return this.leases.releaseHeld(assignment, this.logger);
+  async release(assignment: VmAssignment, options: ReleaseOptions = {}): Promise<boolean> {
+    return this.leases.releaseHeld({ ...assignment, outcome: releaseOutcomeOf(options.outcome) }, this.logger);
   }
 
   /**

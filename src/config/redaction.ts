@@ -85,7 +85,7 @@ function urlPasswords(url: string): string[] {
 /**
  * The config's secrets as text, for masking hook output: the Redis passwords (of the URL, which
  * REDIS_URL has already replaced, of the servers and of the sentinels), the web tokens, and the
- * values of every provider's and check's `env` of at least ENV_SECRET_MIN_LENGTH characters.
+ * values of every provider's, check's and account's `env` of at least ENV_SECRET_MIN_LENGTH characters.
  */
 export function configSecrets(config: Config): string[] {
   const secrets = new Set<string>();
@@ -102,6 +102,9 @@ export function configSecrets(config: Config): string[] {
     for (const env of [(g.provider as { env?: Record<string, string> }).env, (g.check as { env?: Record<string, string> }).env]) {
       for (const value of Object.values(env ?? {})) if (value.length >= ENV_SECRET_MIN_LENGTH) add(value);
     }
+  }
+  for (const account of Object.values(config.accounts ?? {})) {
+    for (const value of Object.values(account.env)) if (value.length >= ENV_SECRET_MIN_LENGTH) add(value);
   }
   return [...secrets];
 }

@@ -13,6 +13,14 @@ const seconds = (fallback: number, description: string) => z.number().nonnegativ
 const positiveInt = (fallback: number, description: string) => z.number().int().positive().default(fallback).describe(description);
 const port = () => z.number().int().min(1).max(65535);
 
+/** A resource unit's name: `cores`, `ram_mb`, `instances` (every VM uses 1 instance), any other. */
+export const RESOURCE_NAME_PATTERN = /^[A-Za-z][A-Za-z0-9_]{0,63}$/;
+/** Amounts per resource unit (what one VM uses, or a limit). */
+export const resourcesSchema = z.record(
+  z.string().regex(RESOURCE_NAME_PATTERN, 'a resource name: a letter, then letters, digits or _ (such as cores, ram_mb)'),
+  z.number().nonnegative().finite(),
+);
+
 /** A hook command: an argv array, or a string "path arg arg" split on whitespace (never run by a shell). */
 export const commandLineSchema = z.union([
   z.string().regex(/\S/, 'a command path with optional arguments'),
@@ -154,6 +162,21 @@ export const groupConfigSchema = z
         "VMs of the group, not counting terminating or failed ones. 0 drains the group (Copr's and resalloc's way): nothing is spawned, the VMs it has are still served, and the dirty timeout and reuse limits retire them; a group of hand-added machines (`vmpool add`) keeps 0",
       ),
     max_vm_per_user: positiveInt(4, 'VMs of the group bound to one owner'),
+    resources: resourcesSchema
+      .default({})
+      .describe(
+        'What one VM of the group uses, in any units (`{ cores: 4, ram_mb: 8192 }`); every VM also uses 1 `instances`. Spawns are counted against max_resources and the account\'s limits in these units',
+      ),
+    max_resources: resourcesSchema
+      .optional()
+      .describe('Limits of the whole group in the units of `resources` (`{ cores: 32 }`), beside max_vm_total: a spawn starts only if the group\'s VMs and spawns in flight, plus the new one, fit'),
+    account: z
+      .string()
+      .optional()
+      .describe(
+        'The cloud account (a name under the top-level `accounts`) whose limits and quota_cmd this group shares with the other groups naming it',
+      ),
+
     max_waiting_per_owner: positiveInt(
       100,
       "Acquire requests of one owner that may wait in the group's line at once; one beyond it is refused at once (HTTP 429 with Retry-After, TooManyWaiting, CLI exit 5) and nothing of it waits",
@@ -248,7 +271,7 @@ export const groupConfigSchema = z
       .nonnegative()
       .default(0)
       .describe(
-        'A number the operator bumps to roll the group to new VMs (part of the launch fingerprint). A config with a higher launch_revision than the pool publishes wins over replicas still on a lower one, whatever their start order; a lower one never takes over',
+        'A number the operator bumps to roll the group to new VMs (part of the launch fingerprint). A config with a higher launch_revision than the pool publishes wins over replicas still on a lower one, whatever their start order; a lower one never takes over. A config that was current once and was replaced never wins again by start order: bump launch_revision to roll back on purpose',
       ),
     on_lease_expiry: z
       .enum(['terminate', 'release'])
@@ -382,6 +405,24 @@ export const webConfigSchema = z.strictObject({
 });
 export type WebConfig = z.output<typeof webConfigSchema>;
 
+/** A cloud account (zuul-launcher's provider quota): limits shared by the groups that name it. */
+export const accountConfigSchema = z
+  .strictObject({
+    max_resources: resourcesSchema
+      .default({})
+      .describe('Limits of the account in resource units (`{ instances: 20, cores: 64 }`), counted over every group naming it'),
+    quota_cmd: commandLine(
+      "Hook that prints the cloud's own limits and usage as one JSON object {\"limits\": {...}, \"usage\": {...}, \"pool_usage\": {...}} (docs/providers.md); usage by machines not of this pool counts against the limits",
+    ).optional(),
+    quota_cache: z.number().positive().default(300).describe("Seconds quota_cmd's answer is kept (in Redis, for every replica) before it runs again"),
+    quota_timeout: z.number().positive().default(60).describe('Seconds quota_cmd may take'),
+    kill_grace: seconds(5, "Seconds between SIGTERM and SIGKILL of quota_cmd's process group at its timeout"),
+    env: hookEnv('Extra environment for quota_cmd (a secret: never shown)'),
+    pass_env: passEnv("Names of vmpool's own environment variables that quota_cmd gets too, beyond PATH, HOME, LANG and TZ. REDIS_URL, REDISCLI_AUTH and VMPOOL_* are refused"),
+  })
+  .describe("A cloud account: limits in resource units shared by the groups naming it, and the cloud's own quota (quota_cmd)");
+export type AccountConfig = z.output<typeof accountConfigSchema>;
+
 export const configSchema = z
   .strictObject({
     redis: redisConfigSchema.default({ url: 'redis://127.0.0.1:6379', prefix: 'vmpool' }).describe('Where Redis is, and the key prefix of the pool'),
@@ -425,6 +466,10 @@ export const configSchema = z
     web: webConfigSchema
       .default({ host: '127.0.0.1', port: 8080, read_only_board: false, allowed_hosts: [], auth: { tokens: [] } })
       .describe('The web process: API, pool page, Bull Board, metrics. Off loopback it needs a token'),
+    accounts: z
+      .record(z.string().regex(GROUP_NAME_PATTERN, 'an account name: a letter or digit, then letters, digits or . _ - (it names Redis keys)'), accountConfigSchema)
+      .default({})
+      .describe("Cloud accounts (zuul-launcher's providers): limits and quota_cmd shared by the groups that name one in `account`"),
     groups: z
       .array(groupConfigSchema)
       .min(1)
@@ -447,6 +492,18 @@ export const configSchema = z
       })
       .prefault(() => structuredClone(embeddedGroups))
       .describe("Build groups (Copr's build_groups). Without it, the embedded default's group (local provider), so a file may set one thing only"),
+  })
+  .superRefine((c, ctx) => {
+    c.groups.forEach((g, i) => {
+      if (g.account !== undefined && !Object.hasOwn(c.accounts, g.account)) {
+        const known = Object.keys(c.accounts);
+        ctx.addIssue({
+          code: 'custom',
+          path: ['groups', i, 'account'],
+          message: `an account under \`accounts\` (${JSON.stringify(g.account)} is none; ${known.length > 0 ? `accounts: ${known.join(', ')}` : 'no account is configured'})`,
+        });
+      }
+    });
   })
   .describe('vmpool config file');
 

@@ -6,7 +6,7 @@ import { apiComponentSchemas } from './schemas.js';
 const error = (description: string) => ({ description, content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } });
 const json = (description: string, ref: string) => ({ description, content: { 'application/json': { schema: { $ref: `#/components/schemas/${ref}` } } } });
 const nameParam = { name: 'name', in: 'path', required: true, schema: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' } };
-const groupParam = { name: 'group', in: 'path', required: true, description: 'group name or id', schema: { type: 'string', minLength: 1 } };
+const groupParam = { name: 'group', in: 'path', required: true, description: 'group name, or its index in the config', schema: { type: 'string', minLength: 1 } };
 const common = {
   '400': error('Invalid request'),
   '401': error('Missing or invalid token'),
@@ -58,7 +58,7 @@ export const openApiDocument = {
         properties: {
           vmName: { type: 'string' },
           vmIp: { type: 'string' },
-          group: { type: 'integer' },
+          group: { type: 'string', description: "the group's name" },
           leaseId: { type: 'string' },
           leaseExpiresAt: { type: 'integer', description: 'epoch ms' },
           requestedAt: { type: 'integer', description: 'when the acquire request was enqueued, epoch ms' },
@@ -70,8 +70,9 @@ export const openApiDocument = {
         properties: {
           vmName: { type: 'string' },
           vmIp: { type: 'string' },
-          group: { type: 'integer' },
-          groupName: { type: 'string' },
+          group: { type: 'string', description: "the group's name" },
+          groupName: { type: 'string', description: 'the same as group (kept: it came first)' },
+          groupIndex: { ...nullable('integer'), description: "the group's index in the config's list; null once it left the config" },
           state: { type: 'string', enum: [...ALL_VM_STATES] },
           owner: { ...nullable('string'), description: 'the owner the VM belongs to since its first acquire (counts for max_vm_per_user); null while clean' },
           boundToUser: { ...nullable('string'), deprecated: true, description: 'the same as owner, kept for clients written before it' },
@@ -136,7 +137,7 @@ export const openApiDocument = {
           priority: { type: 'integer' },
           requestedAt: { type: 'integer' },
           deadline: { type: 'integer' },
-          groups: { type: 'array', items: { type: 'integer' } },
+          groups: { type: 'array', items: { type: 'string' }, description: 'group names' },
           waiting: {
             type: ['object', 'null'],
             properties: {
@@ -149,12 +150,27 @@ export const openApiDocument = {
           failure: { type: ['object', 'null'], properties: { code: { oneOf: [{ $ref: '#/components/schemas/AcquireFailure' }, { type: 'null' }] }, reason: { type: 'string' } } },
         },
       },
+      AutoholdRule: {
+        type: 'object',
+        properties: {
+          id: { type: 'integer' },
+          owner: { type: 'string', description: 'glob' },
+          sandbox: { type: 'string', description: 'glob' },
+          group: { type: 'string', description: 'glob of group names' },
+          count: { type: 'integer', description: "failed builds' VMs it still holds" },
+          for: { type: 'number', description: 'seconds each VM is held; absent: until unheld (or max_hold_age)' },
+          reason: { type: 'string' },
+          by: { type: 'string', description: 'who added it' },
+          created_at: { type: 'integer', description: 'epoch ms' },
+        },
+      },
       VmAction: { type: 'object', properties: { vm: { $ref: '#/components/schemas/Vm' } }, additionalProperties: true },
       Group: {
         type: 'object',
         properties: {
-          id: { type: 'integer' },
-          name: { type: 'string' },
+          id: { ...nullable('integer'), description: "the group's index in the config's list (an alias; groups are identified by name); null once it left the config" },
+          name: { type: 'string', description: "the group's identity: its keys, jobs and records carry it" },
+          removedFromConfig: { type: 'boolean', description: 'the group left the config and drains: it spawns nothing, its VMs are served to requests that name it until they retire' },
           archs: { type: 'array', items: { type: 'string' } },
           tags: { type: 'array', items: { type: 'string' } },
           limits: { type: 'object', properties: { max_vm_total: { type: 'integer' }, max_vm_per_user: { type: 'integer' }, max_spawn_processes: { type: 'integer' } } },
@@ -176,6 +192,16 @@ export const openApiDocument = {
               openedAt: { type: ['integer', 'null'] },
               openUntil: { type: ['integer', 'null'], description: 'when the probe may run (epoch ms); null: until `vmpool breaker reset`' },
               message: { type: ['string', 'null'] },
+            },
+          },
+          quotaFull: {
+            type: ['object', 'null'],
+            description: "while the group's spawns wait for resources (requests wait as quota_full); null otherwise",
+            properties: {
+              limit: { type: 'string', enum: ['group', 'account'], description: "whose limit: the group's max_resources, or its account's (configured or the cloud's quota)" },
+              units: { type: 'array', items: { type: 'string' }, description: 'the resource units one more VM would pass' },
+              account: { ...nullable('string'), description: "the group's account" },
+              since: { type: 'integer', description: 'when reconcile last found it, epoch ms' },
             },
           },
           targetWait: {
@@ -312,6 +338,30 @@ export const openApiDocument = {
       },
       delete: { operationId: 'unholdVm', summary: 'End the hold', security: admin, parameters: [nameParam], responses: { '200': json('Unheld', 'VmAction'), ...vmWriteResponses } },
     },
+    '/autoholds': {
+      get: {
+        operationId: 'listAutoholds',
+        summary: 'Autohold rules with a count left, by id',
+        security: admin,
+        responses: { '200': { description: 'The rules', content: { 'application/json': { schema: { type: 'object', properties: { rules: { type: 'array', items: { $ref: '#/components/schemas/AutoholdRule' } } } } } } }, ...common },
+      },
+      post: {
+        operationId: 'addAutohold',
+        summary: "Add an autohold rule: the VMs of the next `count` failed builds it matches are held instead of recycled",
+        security: admin,
+        requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/AutoholdRequest' } } } },
+        responses: { '201': { description: 'Added', content: { 'application/json': { schema: { type: 'object', properties: { rule: { $ref: '#/components/schemas/AutoholdRule' } } } } } }, ...common },
+      },
+    },
+    '/autoholds/{id}': {
+      delete: {
+        operationId: 'deleteAutohold',
+        summary: 'Delete an autohold rule (VMs it holds stay held)',
+        security: admin,
+        parameters: [{ name: 'id', in: 'path', required: true, schema: { type: 'integer', minimum: 1 } }],
+        responses: { '200': { description: 'Deleted', content: { 'application/json': { schema: { type: 'object', properties: { deleted: { type: 'boolean' }, id: { type: 'integer' } } } } } }, ...common, '404': error('No such rule') },
+      },
+    },
     '/events': {
       get: {
         operationId: 'listEvents',
@@ -377,6 +427,21 @@ export const openApiDocument = {
         security: admin,
         parameters: [groupParam],
         responses: { '200': json('Undrained', 'DrainResult'), ...common, ...notJson, '404': error('No such group') },
+      },
+    },
+    '/groups/{group}/rename': {
+      post: {
+        operationId: 'renameGroup',
+        summary: 'Rename a group in place with its VMs, leases and waiting requests (as `vmpool group rename`); deploy the config with the new name next',
+        security: admin,
+        parameters: [groupParam],
+        requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/RenameRequest' } } } },
+        responses: {
+          '200': { description: 'Renamed', content: { 'application/json': { schema: { type: 'object', properties: { from: { type: 'string' }, to: { type: 'string' }, vms: { type: 'integer' } } } } } },
+          ...common,
+          ...notJson,
+          '404': error('No such group'),
+        },
       },
     },
     '/openapi.json': {

@@ -1,3 +1,4 @@
+import type { AutoholdRule } from '../pool/autohold.js';
 import { createHash } from 'node:crypto';
 import type { VmRecord } from '../pool/types.js';
 import { relativeTime } from '../time.js';
@@ -71,6 +72,26 @@ function targetWaitText(summary: GroupSummary): string {
   return ` <span data-target-wait>(by target_wait ${escapeHtml(t.target)}: ${t.arrivalsPerMinute} requests/min, ${boot})</span>`;
 }
 
+/** The autohold rules with a count left (the VMs they hold show in their groups, held by autohold:<id>). */
+function autoholdSection(rules: readonly AutoholdRule[]): string {
+  if (rules.length === 0) return '';
+  const rows = rules
+    .map(
+      (r) =>
+        `<tr data-autohold="${r.id}"><td class="num">${r.id}</td><td>${escapeHtml(r.owner)}</td><td>${escapeHtml(r.sandbox)}</td><td>${escapeHtml(r.group)}</td><td class="num">${r.count}</td><td>${r.for === undefined ? 'until unheld' : `${r.for} s`}</td><td>${escapeHtml(r.by)}</td><td class="held-by">${escapeHtml(r.reason)}</td></tr>`,
+    )
+    .join('');
+  return `<h2>Autohold rules <small>the VMs of the next failed builds that match are held</small></h2>\n<div class="vms"><table class="autoholds"><tr><th>id</th><th>owner</th><th>sandbox</th><th>group</th><th>count left</th><th>hold for</th><th>by</th><th>reason</th></tr>${rows}</table></div>\n`;
+}
+
+/** The group's spawns waiting for resources, if they do. */
+function quotaFullText(summary: GroupSummary): string {
+  const q = summary.quotaFull;
+  if (!q) return '';
+  const whose = q.limit === 'group' ? 'its max_resources' : `account ${escapeHtml(q.account ?? '?')}`;
+  return `<p class="quota" data-quota-full="${escapeHtml(q.units.join(' '))}">spawns wait: quota full (${whose}: ${escapeHtml(q.units.join(', '))})</p>`;
+}
+
 /** The open circuit breaker of a group, if any. */
 function breakerText(summary: GroupSummary, now: number): string {
   const b = summary.breaker;
@@ -108,19 +129,21 @@ function groupSection(summary: GroupSummary, vms: VmRecord[], now: number, histo
   const drainedText = summary.drainedSince !== null
     ? `drained since <time datetime="${new Date(summary.drainedSince).toISOString()}" data-ms="${summary.drainedSince}">${escapeHtml(relativeTime(summary.drainedSince, now))}</time>`
     : 'drained by its config (max_vm_total: 0)';
-  const drain = summary.drained
+  const drain = summary.removedFromConfig
+    ? `<p class="drained" data-removed="1"><span class="drained-badge">removed from config</span>: nothing is spawned; its VMs are served to requests that name it until they retire, and the group goes once it has none.</p>`
+    : summary.drained
     ? `<p class="drained" data-drained="1"><span class="drained-badge">${drainedText}</span>: nothing is spawned; its VMs are still served and retired by their timeouts.${summary.drainedSince !== null ? ` <button type="button" data-action="undrain" data-group="${escapeHtml(summary.name)}">Undrain</button>` : ''}</p>`
     : `<p class="drained"><button type="button" data-action="drain" data-group="${escapeHtml(summary.name)}">Drain</button></p>`;
   const more = next === null
     ? ''
-    : `\n<tr class="more"><td colspan="12">first ${vms.length} of ${summary.total} VMs · <a data-more href="api/v1/vms?group=${summary.id}&amp;cursor=${encodeURIComponent(next)}&amp;limit=500">next ${Math.min(500, Math.max(0, summary.total - vms.length))} (JSON, in name order)</a></td></tr>`;
+    : `\n<tr class="more"><td colspan="12">first ${vms.length} of ${summary.total} VMs · <a data-more href="api/v1/vms?group=${encodeURIComponent(summary.name)}&amp;cursor=${encodeURIComponent(next)}&amp;limit=500">next ${Math.min(500, Math.max(0, summary.total - vms.length))} (JSON, in name order)</a></td></tr>`;
   const rows = vms.length
     ? vms.map((vm) => vmRow(vm, now)).join('\n') + more
     : '<tr class="empty"><td colspan="12">no VMs in this group</td></tr>';
-  return `<section class="group" data-group="${summary.id}" data-group-name="${escapeHtml(summary.name)}">
-<h2>${escapeHtml(summary.name)} <small>group ${summary.id}${summary.archs.length ? ` · ${escapeHtml(summary.archs.join(', '))}` : ''}${summary.tags.length ? ` · tags ${escapeHtml(summary.tags.join(', '))}` : ''} · ${summary.total} VM${summary.total === 1 ? '' : 's'}</small></h2>
+  return `<section class="group" data-group="${summary.id ?? ''}" data-group-name="${escapeHtml(summary.name)}">
+<h2>${escapeHtml(summary.name)} <small>${summary.id === null ? 'removed from config' : `group ${summary.id}`}${summary.archs.length ? ` · ${escapeHtml(summary.archs.join(', '))}` : ''}${summary.tags.length ? ` · tags ${escapeHtml(summary.tags.join(', '))}` : ''} · ${summary.total} VM${summary.total === 1 ? '' : 's'}</small></h2>
 <p class="counts">${counts}</p>
-<p class="limits">${limits}<br>${warm}</p>${breakerText(summary, now)}${launchText(summary)}
+<p class="limits">${limits}<br>${warm}</p>${breakerText(summary, now)}${quotaFullText(summary)}${launchText(summary)}
 ${drain}
 ${groupCharts(history, now)}
 <div class="vms"><table>
@@ -143,9 +166,10 @@ export function renderPoolFragment(
   now: number,
   history: ReadonlyMap<string, readonly HistorySample[]> = new Map(),
   next: ReadonlyMap<string, string | null> = new Map(),
+  autoholds: readonly AutoholdRule[] = [],
 ): string {
   const sections = summaries.map((s) => groupSection(s, vms.filter((v) => v.group === s.name), now, history.get(s.name) ?? [], next.get(s.name) ?? null)).join('\n');
-  return `${sections}\n<p class="updated" data-now="${now}">updated ${escapeHtml(new Date(now).toISOString())} · prefix ${escapeHtml(prefix)}</p>`;
+  return `${sections}\n${autoholdSection(autoholds)}<p class="updated" data-now="${now}">updated ${escapeHtml(new Date(now).toISOString())} · prefix ${escapeHtml(prefix)}</p>`;
 }
 
 const STYLE = `
@@ -254,6 +278,7 @@ export function renderPoolPage(
   next: ReadonlyMap<string, string | null> = new Map(),
   /** For a caller who may not change anything (a read token): the buttons are hidden. */
   readOnly = false,
+  autoholds: readonly AutoholdRule[] = [],
 ): string {
   return `<!doctype html>
 <html lang="en">
@@ -268,7 +293,7 @@ export function renderPoolPage(
 <header><h1>vmpool</h1><nav><a href="admin/queues">Queues (Bull Board)</a><a href="api/v1/openapi.json">API</a><a href="metrics">Metrics</a></nav></header>
 <div id="message" role="status"></div>
 <main id="pool" data-refresh-ms="${refreshMs}"${readOnly ? ' data-read-only' : ''}>
-${renderPoolFragment(prefix, summaries, vms, now, history, next)}
+${renderPoolFragment(prefix, summaries, vms, now, history, next, autoholds)}
 </main>
 <script>${SCRIPT}</script>
 </body>

@@ -87,13 +87,14 @@ export function createMetricsRegistry(deps: MetricsDeps): Registry {
 
   new Gauge({
     name: 'vmpool_vms',
-    help: 'VMs in the pool by group and state',
+    help: 'VMs in the pool by group and state (a group removed from the config counts while it drains)',
     labelNames: ['group', 'state'],
     registers: [registry],
     async collect() {
       this.reset();
-      const counts = await vmm.reader.stateCounts(vmm.vmGroups);
-      vmm.vmGroups.forEach((g, i) => {
+      const groups = [...vmm.vmGroups, ...(await vmm.refreshRemovedGroups()).keys()];
+      const counts = await vmm.reader.stateCounts(groups);
+      groups.forEach((g, i) => {
         for (const state of ALL_VM_STATES) this.set({ group: g, state }, counts[i]![state]);
       });
     },
@@ -128,6 +129,18 @@ export function createMetricsRegistry(deps: MetricsDeps): Registry {
         const b = await vmm.reader.breaker(g);
         this.set({ group: g, error_class: b?.open ? b.errorClass : '' }, b?.open ? 1 : 0);
       }
+    },
+  });
+
+  new Gauge({
+    name: 'vmpool_quota_full',
+    help: "1 while a group's spawns wait because one more VM would pass a resource limit (its max_resources, or its account's limits or cloud quota), else 0",
+    labelNames: ['group'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      const full = await vmm.quotas.full(vmm.vmGroups);
+      for (const [i, g] of vmm.vmGroups.entries()) this.set({ group: g }, full[i] ? 1 : 0);
     },
   });
 

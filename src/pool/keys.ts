@@ -124,7 +124,8 @@ export function poolKeys(prefix: string) {
     coming: (group: string) => `${base}group:${group}:coming`,
     /**
      * Hash of the group's current launch configuration (publishLaunch-1.lua): fingerprint,
-     * launch_revision, revision (moves forward at each change), published_at, published_by, started_at.
+     * launch_revision, revision (moves forward at each change), published_at, published_by, started_at,
+     * superseded (the fingerprints that were current before, space-separated, the most recent last).
      */
     launch: (group: string) => `${base}group:${group}:launch`,
     /** Sorted set of processes whose config of the group is not the published one: member `<process id>|<fingerprint>`, score last seen. */
@@ -141,6 +142,17 @@ export function poolKeys(prefix: string) {
     bootTime: (group: string) => `${base}group:${group}:boot_time`,
     /** Hash of the group's spawn circuit breaker: state, error_class, failures, openings, opened_at, open_until, manual, message (recordSpawnOutcome-1.lua). */
     breaker: (group: string) => `${base}group:${group}:breaker`,
+    /**
+     * JSON {units, limit, at} while the group's spawns wait for resources (reconcile found the next
+     * spawn over max_resources or its account's limits); expires a few cycles after the last finding.
+     */
+    quotaFull: (group: string) => `${base}group:${group}:quota_full`,
+    /** Hash of the autohold rules: id -> JSON {id, owner, sandbox, group, count, for, reason, by, created_at} (includes/autohold.lua). */
+    autoholdRules: `${base}autohold_rules`,
+    /** Counter of autohold rule ids. */
+    autoholdSeq: `${base}autohold_seq`,
+    /** JSON {report, fetchedAt} of the account's last quota_cmd answer, shared by every replica (src/pool/quota.ts). */
+    accountQuota: (account: string) => `${base}account:${account}:quota`,
     /** Hash of acquire requests that arrived for the group, per minute: minute number (epoch ms / 60000) -> count. */
     arrivals: (group: string) => `${base}group:${group}:arrivals`,
     /**
@@ -152,6 +164,12 @@ export function poolKeys(prefix: string) {
     auditMaxEvents: `${base}audit_max_events`,
     /** Hash of one shared metric (src/metrics/shared.ts), written by workers and read by every web process. */
     metric: (name: string) => `${base}metrics:${name}`,
+    /**
+     * JSON of the group's config as reconcile last published it (provider and check `env` left
+     * out: secrets stay out of Redis), for the processes that drain the group once it left the
+     * config: its terminate hook, health check and limits.
+     */
+    publishedGroupConfig: (group: string) => `${base}group:${group}:config`,
     /** Set of the group names the pool has known (config groups, and groups removed from the config whose keys remain). */
     groupRegistry: `${base}groups`,
     /**

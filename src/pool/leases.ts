@@ -2,6 +2,7 @@ import type { Logger } from '../logger.js';
 import { waitForReplicas, type ReplicaWait } from '../redis.js';
 import type { Clock, PoolAccess } from './context.js';
 import { LeaseLost, VmDescriptorNotFound, type ExpiredLease, type LeasedVm } from './types.js';
+import type { ReleaseOutcome } from './poolScripts.js';
 
 /** A lease as its holder knows it: a LeasedVm and, for an acquire's, when it was requested. */
 export type HeldLease = Pick<LeasedVm, 'vmName' | 'leaseId' | 'leaseExpiresAt'> & { requestedAt?: number };
@@ -20,13 +21,15 @@ export class Leases {
   ) {}
 
   /**
-   * Releases an in_use VM (false for any other state). With a lease id, only that lease's holder may
-   * release: a VM in_use under another lease throws LeaseLost and is left alone.
+   * Releases an in_use VM (`released` false for any other state). With a lease id, only that
+   * lease's holder may release: a VM in_use under another lease throws LeaseLost and is left alone.
+   * A failed build's VM (`outcome: 'failed'`) that an autohold rule matches is held for the rule
+   * (`autohold`: its id).
    */
-  async release(vmName: string, leaseId?: string): Promise<boolean> {
-    const released = await this.pool.scripts.releaseVm(vmName, this.clock(), leaseId);
-    if (released) await this.replicated();
-    return released;
+  async release(vmName: string, leaseId?: string, outcome?: ReleaseOutcome): Promise<{ released: boolean; autohold: number | null }> {
+    const result = await this.pool.scripts.releaseWithOutcome(vmName, this.clock(), leaseId ?? '', outcome ?? '');
+    if (result.released) await this.replicated();
+    return result;
   }
 
   /**
@@ -67,10 +70,10 @@ export class Leases {
    * Gives a held lease's VM back. Returns false, changing nothing, when the lease is no longer held
    * (the VM was reclaimed, released already, or is in use under another lease), and logs why.
    */
-  async releaseHeld(lease: HeldLease, logger: Logger): Promise<boolean> {
+  async releaseHeld(lease: HeldLease & { outcome?: ReleaseOutcome | undefined }, logger: Logger): Promise<boolean> {
     let refusal: string;
     try {
-      if (await this.release(lease.vmName, lease.leaseId)) return true;
+      if ((await this.release(lease.vmName, lease.leaseId, lease.outcome)).released) return true;
       refusal = 'not_in_use';
     } catch (err) {
       if (!(err instanceof LeaseLost || err instanceof VmDescriptorNotFound)) throw err;

@@ -20,6 +20,17 @@ import {
 } from './types.js';
 
 /** A process's launch configuration of a group, as publishLaunch weighs it. */
+/** A resource limit that registerSpawn checks: `max` per unit over `groups` (what one VM of each uses). */
+export interface SpawnLimit {
+  name: 'group' | 'account';
+  max: Readonly<Record<string, number>>;
+  groups: Readonly<Record<string, Readonly<Record<string, number>>>>;
+}
+
+/** How a build ended, as its builder says at release: a failed build's VM may be kept by an autohold rule. */
+export const RELEASE_OUTCOMES = ['success', 'failed'] as const;
+export type ReleaseOutcome = (typeof RELEASE_OUTCOMES)[number];
+
 export interface LaunchClaim {
   fingerprint: string;
   launchRevision: number;
@@ -171,6 +182,11 @@ export class PoolScripts {
     return Number(await this.call('moveGroupKeys', [from, to, ...tails]));
   }
 
+  /** Forgets an empty group removed from the config, deleting its keys by tail (forgetGroup-1.lua); false while it has a VM, a spawn or a waiter. */
+  async forgetGroup(group: string, tails: readonly string[]): Promise<boolean> {
+    return Number(await this.call('forgetGroup', [group, ...tails])) === ReplyCodes.OK;
+  }
+
   /** Rewrites the group references of records by the map from -> to (relabelGroups-1.lua); returns how many changed. */
   async relabelGroups(kind: 'vm' | 'spawn' | 'waiter' | 'swept' | 'metric', map: ReadonlyMap<string, string>, ids: readonly string[] = []): Promise<number> {
     return Number(await this.call('relabelGroups', [kind, map.size, ...[...map].flat(), ...ids]));
@@ -181,9 +197,14 @@ export class PoolScripts {
     return Number(await this.call('trimArrivals', [group, firstMinute]));
   }
 
-  /** Records a spawn in flight: it takes a slot of the group's spawns. */
-  async registerSpawn(group: string, spawnId: string, now: number): Promise<void> {
-    await this.call('registerSpawn', [group, spawnId, now]);
+  /**
+   * Records a spawn in flight: it takes a slot of the group's spawns, if one more VM fits `limits`
+   * (registerSpawn-1.lua); else nothing is recorded and the limit and unit it would pass come back.
+   */
+  async registerSpawn(group: string, spawnId: string, now: number, limits: readonly SpawnLimit[] = []): Promise<{ limit: string; unit: string } | null> {
+    const reply = await this.call('registerSpawn', [group, spawnId, now, limits.length > 0 ? JSON.stringify({ limits }) : '']);
+    if (Array.isArray(reply) && reply[0] === ReplyCodes.QUOTA_FULL) return { limit: String(reply[1]), unit: String(reply[2]) };
+    return null;
   }
 
   /** Drops a spawn's slot; false when it held none. */
@@ -251,9 +272,22 @@ export class PoolScripts {
    * another lease throws LeaseLost (lease_mismatch).
    */
   async releaseVm(vmName: string, now: number, leaseId = ''): Promise<boolean> {
-    return this.acted('releaseVm', vmName, [now, leaseId], ReplyCodes.WRONG_STATE, {
-      [ReplyCodes.LEASE_MISMATCH]: () => new LeaseLost(vmName, leaseId, 'lease_mismatch'),
-    });
+    return (await this.releaseWithOutcome(vmName, now, leaseId, '')).released;
+  }
+
+  /**
+   * releaseVm with the build's outcome: a failed build's VM that an autohold rule matches is held
+   * for it (`autohold`: the rule's id).
+   */
+  async releaseWithOutcome(vmName: string, now: number, leaseId: string, outcome: '' | ReleaseOutcome): Promise<{ released: boolean; autohold: number | null }> {
+    const reply = await this.call('releaseVm', [vmName, now, leaseId, outcome]);
+    if (Array.isArray(reply) && reply[0] === ReplyCodes.HELD) return { released: true, autohold: Number(reply[1]) };
+    const code = reply as ReplyCode;
+    if (code === ReplyCodes.OK) return { released: true, autohold: null };
+    if (code === ReplyCodes.WRONG_STATE) return { released: false, autohold: null };
+    if (code === ReplyCodes.NOT_FOUND) throw new VmDescriptorNotFound(vmName);
+    if (code === ReplyCodes.LEASE_MISMATCH) throw new LeaseLost(vmName, leaseId, 'lease_mismatch');
+    throw unexpected('releaseVm', code);
   }
 
   /** True when the VM moved to terminating, false when its state refused (allowedPreState '' for any). The reason goes to the audit trail. */

@@ -21,6 +21,8 @@ export const ReplyCodes = {
   OPENED: 5,
   /** checkPoolState: the pool had no state marker and the caller knew none: one was created. */
   CREATED: 6,
+  /** releaseVm: released, and held by an autohold rule (a failed build): {HELD, rule id}. */
+  HELD: 7,
 
   /** No such VM. */
   NOT_FOUND: -1,
@@ -71,6 +73,8 @@ export const ReplyCodes = {
    * launch_revision, or published after the caller started): the caller makes no decision for it.
    */
   SUPERSEDED: -20,
+  /** registerSpawn: one more VM would pass a resource limit of its group or account (the spawn waits as quota_full). */
+  QUOTA_FULL: -30,
 } as const;
 
 export type ReplyCodeName = keyof typeof ReplyCodes;

@@ -1,6 +1,7 @@
 import type { PoolContext } from './context.js';
 import type { SpawnInFlight } from './poolReader.js';
 import type { SpawnAttemptStart } from './types.js';
+import type { SpawnLimit } from './poolScripts.js';
 
 /**
  * How long a spawn's record (what its attempts printed and added) outlives its last attempt's
@@ -16,10 +17,14 @@ export const SPAWN_RECORD_TTL_MS = 24 * 3600 * 1000;
 export class Spawns {
   constructor(private readonly ctx: PoolContext) {}
 
-  /** Records a spawn in flight, in Redis, so that a restarted process does not forget it. */
-  async register(group: string, spawnId: string): Promise<void> {
+  /**
+   * Records a spawn in flight, in Redis, so that a restarted process does not forget it, if one
+   * more VM fits `limits` (Quotas.spawnLimits); else records nothing and tells which limit and unit
+   * it would pass.
+   */
+  async register(group: string, spawnId: string, limits: readonly SpawnLimit[] = []): Promise<{ limit: string; unit: string } | null> {
     this.ctx.groupConfig(group);
-    await this.ctx.scripts.registerSpawn(group, spawnId, this.ctx.clock());
+    return this.ctx.scripts.registerSpawn(group, spawnId, this.ctx.clock(), limits);
   }
 
   /** See VmManager.startSpawnAttempt. */

@@ -16,6 +16,7 @@ import type { TerminationReason } from '../../queues/terminate.js';
 import { breakerGate, type BreakerState } from './breaker.js';
 import { warmPoolSize, warmPoolVaries, type TargetWaitMeasure } from './targetWait.js';
 import { decidesForGroup, type GroupLaunch } from './rollout.js';
+import { addResources, exceededUnits, scaled, vmResources, type Resources } from './quota.js';
 
 /**
  * Why a spawn was requested: to keep the warm pool (`min_ready`), for waiting acquire requests, or
@@ -29,7 +30,9 @@ export type ReconcileAction =
   | { type: 'markCheckFailed'; vmName: string }
   | { type: 'removeStaleRecord'; vmName: string }
   | { type: 'spawn'; group: string; reason: SpawnReason }
-  | { type: 'dropStaleSpawn'; group: string; spawnId: string };
+  | { type: 'dropStaleSpawn'; group: string; spawnId: string }
+  /** A spawn was wanted and allowed by every other limit, but does not fit the group's or its account's resource limits. */
+  | { type: 'quotaFull'; group: string; units: string[]; limit: 'group' | 'account' };
 
 export interface SpawnInFlight {
   spawnId: string;
@@ -53,6 +56,11 @@ export interface GroupSnapshot {
   targetWait?: TargetWaitMeasure;
   /** Drained at run time (`vmpool drain`): spawns nothing, as max_vm_total: 0. */
   drained?: boolean;
+  /**
+   * Removed from the config (the pool still has its VMs; its config is the last one reconcile
+   * published): spawns nothing, keeps no warm pool, and its idle clean VMs beyond its demand retire.
+   */
+  removed?: boolean;
   /**
    * The group's VM counts from the indexes (VmMaster reads them, as `vms` then holds only the VMs
    * that may be due). Absent: counted from `vms`, which must then hold every VM of the group.
@@ -94,9 +102,15 @@ export interface PoolSnapshot {
   serverStart: number | null;
   /** Its position in the check_seq order (orders checks in the start's own millisecond), when known. */
   serverStartSeq?: number | null;
+  /**
+   * Per account, what the pool's own VMs may use of it (quota.ts accountLimitsForPool: the tighter
+   * of the config's and the cloud's limits, less foreign usage). Absent for an account: its
+   * configured max_resources.
+   */
+  accountLimits?: ReadonlyMap<string, Resources>;
 }
 
-export type ReconcileConfig = Pick<Config, 'groups'> & Partial<Pick<Config, 'vm_cycle_timeout'>>;
+export type ReconcileConfig = Pick<Config, 'groups'> & Partial<Pick<Config, 'vm_cycle_timeout' | 'accounts'>>;
 
 const ms = (seconds: number) => seconds * 1000;
 
@@ -107,6 +121,7 @@ export function configOfGroup(config: Pick<Config, 'groups'>, name: string): Gro
 
 /** The warm pool a group keeps now: min_ready, by schedule, or sized by target_wait. */
 export function warmPoolOf(config: ReconcileConfig, group: GroupSnapshot, now: number): number {
+  if (group.removed) return 0;
   return warmPoolSize(configOfGroup(config, group.group)!, group.targetWait, now, config.vm_cycle_timeout ?? 10);
 }
 
@@ -303,11 +318,39 @@ export function spawnFigures(snapshot: PoolSnapshot, config: ReconcileConfig, gr
  * to max_vm_total), and while the group's circuit breaker is closed (an open one whose backoff
  * passed allows one probe spawn when none is in flight). A spawn counts as the last spawn start, so
  * with an interval above 0 at most one spawn per group starts per cycle; with 0, several may start,
- * up to the limits. A group drained at run time (`vmpool drain`) counts as max_vm_total 0: it
+ * up to the limits. A spawn must also fit the group's max_resources and its account's limits
+ * (quota.ts); when it does not, a `quotaFull` action records why (the requests wait as quota_full),
+ * and nothing counts as a failure. A group drained at run time (`vmpool drain`) counts as max_vm_total 0: it
  * spawns nothing.
  */
 export function decideStartSpawnIfRequired(snapshot: PoolSnapshot, config: ReconcileConfig, now: number): ReconcileAction[] {
   const actions: ReconcileAction[] = [];
+  // What each account's groups use now (their VMs not terminating, and spawns in flight); spawns
+  // decided below add to it, so that groups sharing an account share its limits in this cycle too.
+  const accountUsage = new Map<string, Resources>();
+  for (const group of snapshot.groups) {
+    const g = configOfGroup(config, group.group);
+    if (!g?.account) continue;
+    const f = spawnFigures(snapshot, config, group, now);
+    accountUsage.set(g.account, addResources(accountUsage.get(g.account) ?? {}, scaled(vmResources(g), f.active + f.inFlight)));
+  }
+  /** Why one more VM of the group does not fit its resource limits, or null when it fits. */
+  const quotaBlock = (g: GroupConfig, vms: number): Extract<ReconcileAction, { type: 'quotaFull' }> | null => {
+    const per = vmResources(g);
+    if (g.max_resources) {
+      const units = exceededUnits(scaled(per, vms), per, g.max_resources);
+      if (units.length > 0) return { type: 'quotaFull', group: g.name, units, limit: 'group' };
+    }
+    if (g.account) {
+      const limits = snapshot.accountLimits?.get(g.account) ?? config.accounts?.[g.account]?.max_resources ?? {};
+      const units = exceededUnits(accountUsage.get(g.account) ?? {}, per, limits);
+      if (units.length > 0) return { type: 'quotaFull', group: g.name, units, limit: 'account' };
+    }
+    return null;
+  };
+  const useQuota = (g: GroupConfig) => {
+    if (g.account) accountUsage.set(g.account, addResources(accountUsage.get(g.account) ?? {}, vmResources(g)));
+  };
   for (const group of snapshot.groups) {
     const g = configOfGroup(config, group.group);
     // Another process's newer launch config is current: that process decides for the group.
@@ -321,10 +364,17 @@ export function decideStartSpawnIfRequired(snapshot: PoolSnapshot, config: Recon
     if (gate === 'none') continue;
     const f = spawnFigures(snapshot, config, group, now);
     let { inFlight, comingSupply } = f;
-    const maxVmTotal = group.drained ? 0 : g.max_vm_total;
+    const maxVmTotal = group.drained || group.removed ? 0 : g.max_vm_total;
     if (gate === 'probe') {
       // One spawn tests the provider; its outcome closes the breaker or opens it for longer.
-      if (inFlight === 0 && f.active < maxVmTotal && comingSupply < f.wanted) actions.push({ type: 'spawn', group: group.group, reason: 'probe' });
+      if (inFlight === 0 && f.active < maxVmTotal && comingSupply < f.wanted) {
+        const blocked = quotaBlock(g, f.active + inFlight);
+        if (blocked) actions.push(blocked);
+        else {
+          actions.push({ type: 'spawn', group: group.group, reason: 'probe' });
+          useQuota(g);
+        }
+      }
       continue;
     }
     let lastStart = group.lastSpawnStart;
@@ -334,6 +384,13 @@ export function decideStartSpawnIfRequired(snapshot: PoolSnapshot, config: Recon
       if (lastStart !== null && now - lastStart < ms(g.vm_spawn_min_interval)) break;
       if (f.all >= 2 * g.max_vm_total) break;
       if (comingSupply >= f.wanted) break;
+      // Beyond Copr (zuul-launcher): the new VM must fit the group's and its account's resource limits.
+      const blocked = quotaBlock(g, f.active + inFlight);
+      if (blocked) {
+        actions.push(blocked);
+        break;
+      }
+      useQuota(g);
       // Clean ready VMs and VMs on their way count first against the warm pool.
       const reason: SpawnReason = comingSupply < f.wanted - Math.max(0, group.demand) ? 'warm_pool' : 'demand';
       actions.push({ type: 'spawn', group: group.group, reason });
@@ -356,7 +413,7 @@ export function decideRetireSurplus(snapshot: PoolSnapshot, config: ReconcileCon
   const actions: ReconcileAction[] = [];
   for (const group of snapshot.groups) {
     const g = configOfGroup(config, group.group);
-    if (!g || !warmPoolVaries(g) || !decidesForGroup(group)) continue;
+    if (!g || !(warmPoolVaries(g) || group.removed) || !decidesForGroup(group)) continue;
     const idle = snapshot.vms
       .filter((vm) => vm.group === group.group && vm.state === VmStates.READY && vm.owner === null && !isHeld(vm))
       .sort((a, b) => (a.lastRelease ?? a.addedAt ?? 0) - (b.lastRelease ?? b.addedAt ?? 0) || a.vmName.localeCompare(b.vmName));

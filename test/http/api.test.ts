@@ -255,9 +255,9 @@ describe('HTTP API', () => {
       const writes = Object.entries(openApiDocument.paths).flatMap(([path, ops]) =>
         Object.keys(ops)
           .filter((m) => m === 'post' || m === 'delete')
-          .map((m) => [m.toUpperCase(), path.replace('{name}', 'c1').replace('{group}', 'base')] as const),
+          .map((m) => [m.toUpperCase(), path.replace('{name}', 'c1').replace('{group}', 'base').replace('{id}', '1')] as const),
       );
-      expect(writes.length).toBe(10);
+      expect(writes.length).toBe(13);
       for (const [method, path] of writes) {
         expect((await kit.fetch(`/api/v1${path}`, { method })).status, `${method} ${path}`).toBe(415);
       }
@@ -298,6 +298,10 @@ describe('HTTP API', () => {
         'DELETE /groups/{group}/breaker',
         'POST /groups/{group}/drain',
         'DELETE /groups/{group}/drain',
+        'GET /autoholds',
+        'POST /autoholds',
+        'DELETE /autoholds/{id}',
+        'POST /groups/{group}/rename',
         'GET /events',
         'GET /requests/{id}',
         'DELETE /requests/{id}',

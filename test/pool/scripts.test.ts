@@ -26,7 +26,7 @@ function section(head: string, name: 'Input' | 'Output'): string {
 }
 
 /** Keys that only TypeScript uses (no script reads or writes them), so poolKeys.lua need not spell them. */
-const WITHOUT_SCRIPTS: (keyof PoolKeys)[] = ['base', 'groupInfo', 'orphanUnknown', 'orphanMissing', 'orphanUntagged', 'history', 'historyAcquire'];
+const WITHOUT_SCRIPTS: (keyof PoolKeys)[] = ['base', 'groupInfo', 'quotaFull', 'accountQuota', 'autoholdSeq', 'orphanUnknown', 'orphanMissing', 'orphanUntagged', 'history', 'historyAcquire', 'publishedGroupConfig'];
 
 /** Sample arguments of each key kind; values that must survive as they are (':' in names, a non-ASCII owner). */
 const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
@@ -35,6 +35,7 @@ const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
   breaker: ['fedora-x86_64.big_2'],
   arrivals: ['fedora-x86_64.big_2'],
   allVms: [],
+  autoholdRules: [],
   ip: ['fd00::1'],
   ownerTask: ['jürgen:a', '42:fedora-x86_64'],
   ownerTaskClaim: ['jürgen:a', '42:fedora-x86_64'],

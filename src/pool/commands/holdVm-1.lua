@@ -22,30 +22,19 @@ local name, by, now, heldUntil, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARG
 --- @include "includes/replyCodes"
 --- @include "includes/setVmState"
 --- @include "includes/audit"
+--- @include "includes/hold"
 
 local key = vmKey(base, name)
-local vm = redis.call('HMGET', key, 'state', 'group', 'owner', 'sandbox', 'held_by')
-local state, group, owner, sandbox = vm[1], vm[2], vm[3], vm[4]
+local vm = redis.call('HMGET', key, 'state', 'held_by')
+local state = vm[1]
 if not state then
   return NOT_FOUND
 end
-if vm[5] then
+if vm[2] then
   return ALREADY_HELD
 end
 if state == 'terminating' then
   return WRONG_STATE
 end
-redis.call('HSET', key, 'held_by', by, 'held_since', now)
-if reason ~= '' then
-  redis.call('HSET', key, 'hold_reason', reason)
-end
-if heldUntil ~= '' then
-  redis.call('HSET', key, 'held_until', heldUntil)
-  redis.call('ZADD', holdsExpiringKey(base), heldUntil, name)
-end
-if state == 'ready' then
-  removeFromReadyIndex(base, name, group, owner, sandbox)
-end
-indexDue(base, name)
-recordEvent(base, 'held', name, {'by', by, 'reason', reason, 'until', heldUntil})
+startHold(base, name, by, now, heldUntil, reason)
 return OK

@@ -1,6 +1,7 @@
 --[[
   Takes a VM back from its build. Only `in_use` is released: the VM becomes `ready` again, still
   bound to its owner and sandbox (dirty), or `check_health_failed` if a check failed during the build.
+  A failed build's VM that an autohold rule matches is then held for it (includes/autohold).
   Records last_release, counts the build, clears the task fields and ends the lease.
   With a lease id, only the holder of that lease may release (a builder whose lease lapsed and was
   given to someone else cannot release the new holder's VM).
@@ -10,16 +11,20 @@
     ARGV[1] VM name
     ARGV[2] now (epoch ms)
     ARGV[3] lease id ('' or absent: no lease check)
+    ARGV[4] the build's outcome: 'failed', 'success', or '' / absent (not said)
   Output:
     OK              released
+    HELD            released, and held by an autohold rule (a failed build): {HELD, rule id}
     WRONG_STATE     the VM is not in_use (nothing changed)
     NOT_FOUND       no such VM
     LEASE_MISMATCH  the VM is in_use under another lease (nothing changed)
 ]]
 local base = KEYS[1]
-local name, now, leaseId = ARGV[1], ARGV[2], ARGV[3] or ''
+local name, now, leaseId, outcome = ARGV[1], ARGV[2], ARGV[3] or '', ARGV[4] or ''
 --- @include "includes/replyCodes"
 --- @include "includes/releaseVm"
+--- @include "includes/hold"
+--- @include "includes/autohold"
 
 local vm = redis.call('HMGET', vmKey(base, name), 'state', 'lease_id')
 if not vm[1] then
@@ -31,5 +36,11 @@ end
 if leaseId ~= '' and vm[2] ~= leaseId then
   return LEASE_MISMATCH
 end
-releaseInUseVm(base, name, now)
+releaseInUseVm(base, name, now, nil, outcome)
+if outcome == 'failed' then
+  local rule = applyAutohold(base, name, now)
+  if rule then
+    return { HELD, rule }
+  end
+end
 return OK

@@ -241,7 +241,8 @@ local function migrationLockKey(base)
 end
 
 -- Hash of the group's current launch configuration (publishLaunch): fingerprint, launch_revision,
--- revision (moves forward at each change), published_at, published_by, started_at.
+-- revision (moves forward at each change), published_at, published_by, started_at, and superseded
+-- (the fingerprints that were current before, space-separated, the most recent last).
 local function launchKey(base, group)
   return base .. 'group:' .. group .. ':launch'
 end
@@ -281,4 +282,9 @@ end
 -- Set of the group names the pool has known (config groups, and removed groups whose keys remain).
 local function groupRegistryKey(base)
   return base .. 'groups'
+end
+
+-- Hash of the autohold rules: id -> JSON {id, owner, sandbox, group, count, for, reason, by, created_at}.
+local function autoholdRulesKey(base)
+  return base .. 'autohold_rules'
 end

@@ -3,7 +3,8 @@
   expireLeases). The caller has checked that the VM is in_use.
   endBuild records last_release, counts the build and clears the task fields; it returns the VM's
   check_fails. releaseInUseVm records the `released` event (with the build's task and lease, and
-  `reason` when given: 'withdrawn' when the request that got the VM was withdrawn), then makes the
+  `reason` when given: 'withdrawn' when the request that got the VM was withdrawn; and the
+  build's `outcome` when the builder said it), then makes the
   VM ready again, still bound to its owner and sandbox (dirty), or check_health_failed if a check
   failed during the build. Leaving in_use ends the lease (setVmState). expireLeases uses endBuild
   alone: its lease_expired event says what happened.
@@ -22,8 +23,8 @@ local function endBuild(base, name, now)
   return tonumber(vm[1]) or 0
 end
 
-local function releaseInUseVm(base, name, now, reason)
-  recordEvent(base, 'released', name, {'reason', reason})
+local function releaseInUseVm(base, name, now, reason, outcome)
+  recordEvent(base, 'released', name, {'reason', reason, 'outcome', outcome})
   if endBuild(base, name, now) > 0 then
     setVmState(base, name, 'check_health_failed')
   else

@@ -1,0 +1,96 @@
+/**
+ * Resources and quota (zuul-launcher's model), as pure functions: what one VM uses, the limits a
+ * spawn must fit (the group's max_resources, its account's max_resources and the cloud's own quota
+ * less the usage of machines that are not this pool's), and quota_cmd's output format.
+ */
+import { z } from 'zod';
+import { resourcesSchema, type Config, type GroupConfig } from '../config/schemas.js';
+
+export type Resources = Readonly<Record<string, number>>;
+
+/** The unit every VM uses one of. */
+export const INSTANCES = 'instances';
+
+/** What one VM of the group uses: its `resources`, and 1 instance. */
+export function vmResources(g: Pick<GroupConfig, 'resources'>): Resources {
+  return { [INSTANCES]: 1, ...g.resources };
+}
+
+/** `n` VMs of the group. */
+export function scaled(per: Resources, n: number): Record<string, number> {
+  return Object.fromEntries(Object.entries(per).map(([unit, amount]) => [unit, amount * n]));
+}
+
+export function addResources(a: Resources, b: Resources): Record<string, number> {
+  const out: Record<string, number> = { ...a };
+  for (const [unit, amount] of Object.entries(b)) out[unit] = (out[unit] ?? 0) + amount;
+  return out;
+}
+
+/** The lowest of each unit's limits (a unit limited by one side only keeps that limit). */
+export function tighterLimits(a: Resources, b: Resources): Record<string, number> {
+  const out: Record<string, number> = { ...a };
+  for (const [unit, limit] of Object.entries(b)) out[unit] = Math.min(out[unit] ?? Infinity, limit);
+  return out;
+}
+
+/** The units whose limit `used` plus `more` would pass; empty when it fits. A unit `more` does not use never blocks. */
+export function exceededUnits(used: Resources, more: Resources, limits: Resources): string[] {
+  const over: string[] = [];
+  for (const [unit, limit] of Object.entries(limits)) {
+    const extra = more[unit] ?? 0;
+    if (extra > 0 && (used[unit] ?? 0) + extra > limit) over.push(unit);
+  }
+  return over.sort();
+}
+
+/** quota_cmd's output: one JSON object. */
+export const quotaReportSchema = z
+  .strictObject({
+    limits: resourcesSchema.describe("The account's limits, such as { instances: 20, cores: 64 }"),
+    usage: resourcesSchema.default({}).describe('What every machine of the account uses now'),
+    pool_usage: resourcesSchema
+      .default({})
+      .describe("What this pool's machines (those tagged with VMPOOL_POOL_ID) use of `usage`: subtracted, as the pool counts its own VMs itself"),
+  })
+  .describe("quota_cmd's output");
+export type QuotaReport = z.output<typeof quotaReportSchema>;
+
+/** Parses quota_cmd's stdout; throws an Error that says what is wrong. */
+export function parseQuotaReport(stdout: string): QuotaReport {
+  let value: unknown;
+  try {
+    value = JSON.parse(stdout);
+  } catch {
+    throw new Error(`quota_cmd printed no JSON object (it must print {"limits": {...}, "usage": {...}, "pool_usage": {...}}): ${JSON.stringify(stdout.trim().slice(0, 200))}`);
+  }
+  const parsed = quotaReportSchema.safeParse(value);
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(top)'}: ${i.message}`).join('; ');
+    throw new Error(`quota_cmd's output is not a quota report: ${issues}`);
+  }
+  return parsed.data;
+}
+
+/** Usage of machines that are not this pool's: the account's usage less the pool's, never below 0. */
+export function foreignUsage(report: Pick<QuotaReport, 'usage' | 'pool_usage'>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [unit, used] of Object.entries(report.usage)) out[unit] = Math.max(0, used - (report.pool_usage[unit] ?? 0));
+  return out;
+}
+
+/**
+ * What the pool's own VMs of an account may use: the tighter of the configured max_resources and
+ * the cloud's limits, less the foreign usage. Without a report, the configured limits.
+ */
+export function accountLimitsForPool(configured: Resources, report: Pick<QuotaReport, 'limits' | 'usage' | 'pool_usage'> | null): Record<string, number> {
+  if (!report) return { ...configured };
+  const limits = tighterLimits(configured, report.limits);
+  const foreign = foreignUsage(report);
+  return Object.fromEntries(Object.entries(limits).map(([unit, limit]) => [unit, Math.max(0, limit - (foreign[unit] ?? 0))]));
+}
+
+/** The groups of the config that name the account. */
+export function groupsOfAccount(config: Pick<Config, 'groups'>, account: string): GroupConfig[] {
+  return config.groups.filter((g) => g.account === account);
+}
