@@ -24,8 +24,10 @@ export interface MigrationContext {
   /** Where an earlier run of this migration got to (what it saved), '' when nowhere. */
   progress: string;
   /**
-   * Records the progress, with `writes` (commands added to the same MULTI) applied atomically with
-   * it, so that a step and its record never part. Throws once the migration lock was lost.
+   * Records the progress, with `writes` (commands called on the object given, as on a MULTI)
+   * applied atomically with it, so that a step and its record never part, and only while this
+   * process holds the migration lock (saveMigrationProgress-1.lua): throws MigrationLockLost, and
+   * writes nothing, once it was lost. Only write commands on the pool's keys; no reply is read.
    */
   saveProgress(progress: string, writes?: (multi: ReturnType<RedisConnection['multi']>) => void): Promise<void>;
   /** True once the migration lock was lost: stop (the next process resumes). */
@@ -67,6 +69,49 @@ export class DataFormatTooNew extends Error {
         `run a vmpool release that knows data format ${needed} (the processes of a newer release migrated the pool); this process takes no job`,
     );
   }
+}
+
+/** A migration's process lost the migration lock (it paused past its expiry): it wrote nothing more; the next process resumes. */
+export class MigrationLockLost extends Error {
+  override name = 'MigrationLockLost';
+  constructor(readonly migration: string) {
+    super(`migration ${migration}: the migration lock was lost; nothing written, the next process resumes`);
+  }
+}
+
+/** Commands that cannot run inside a script, or that are not writes of the pool's data. */
+const NOT_A_STEP_WRITE = new Set(['exec', 'multi', 'watch', 'unwatch', 'discard', 'eval', 'evalsha', 'evalsha_ro', 'eval_ro', 'fcall', 'pipeline', 'then']);
+
+/**
+ * A stand-in for a MULTI that records each command called on it (ioredis's method names are the
+ * commands; its argument forms are flattened as ioredis does: arrays, and an object or Map for
+ * HSET/HMSET/MSET) into `words`, as saveMigrationProgress-1.lua takes them.
+ */
+function recordWrites(words: (string | Buffer)[]): ReturnType<RedisConnection['multi']> {
+  const flat = (arg: unknown, out: (string | Buffer)[]): void => {
+    if (Buffer.isBuffer(arg)) out.push(arg);
+    else if (Array.isArray(arg)) for (const a of arg) flat(a, out);
+    else if (arg instanceof Map) for (const [k, v] of arg) out.push(String(k), Buffer.isBuffer(v) ? v : String(v));
+    else if (arg !== null && typeof arg === 'object') for (const [k, v] of Object.entries(arg)) out.push(k, Buffer.isBuffer(v) ? v : String(v));
+    else if (typeof arg === 'string' || typeof arg === 'number' || typeof arg === 'bigint') out.push(String(arg));
+    else throw new Error(`a migration write takes strings, numbers and buffers, not ${typeof arg}`);
+  };
+  const recorder: ReturnType<RedisConnection['multi']> = new Proxy({} as ReturnType<RedisConnection['multi']>, {
+    get(_target, prop) {
+      if (typeof prop !== 'string') return undefined;
+      const command = prop.toLowerCase();
+      // Not thenable: an `await` of the recorder must not call a command named "then".
+      if (command === 'then') return undefined;
+      return (...args: unknown[]) => {
+        if (NOT_A_STEP_WRITE.has(command)) throw new Error(`a migration step's writes cannot use ${prop}: saveProgress applies them in one script`);
+        const out: (string | Buffer)[] = [command];
+        for (const arg of args) if (typeof arg !== 'function') flat(arg, out);
+        words.push(String(out.length), ...out);
+        return recorder;
+      };
+    },
+  });
+  return recorder;
 }
 
 /** The version a process must refuse to run on: the pool's version, or a migration's in progress, past `known`. */
@@ -139,7 +184,7 @@ export class DataFormat {
       if (state.stamped) logger.info({ version: state.version }, 'data format: the pool had no version; stamped');
       if (state.version === this.known) return state;
       const lock = new CycleLock(this.options.redis, this.options.prefix, this.options.lockTtlMs ?? 30_000, 'migration');
-      const ran = await lock.run((lost) => this.migrate(lost));
+      const ran = await lock.run((lost, token) => this.migrate(lost, token));
       if (!ran.acquired) {
         if (!waiting) logger.info({ version: state.version, migrating: state.migrating || undefined }, 'data format: another process is migrating the pool; waiting');
         waiting = true;
@@ -148,8 +193,8 @@ export class DataFormat {
     }
   }
 
-  /** Runs the pending migrations in order, under the lock; stops early when the lock was lost. */
-  private async migrate(lost: () => boolean): Promise<void> {
+  /** Runs the pending migrations in order, under the lock (its token fences their writes); stops early when the lock was lost. */
+  private async migrate(lost: () => boolean, token: string): Promise<void> {
     const { redis, prefix, logger } = this.options;
     for (const migration of this.migrations) {
       if (lost()) return;
@@ -158,7 +203,7 @@ export class DataFormat {
       if (reply[0] !== ReplyCodes.OK) throw new Error(`startMigration: unexpected reply ${JSON.stringify(reply)}`);
       const progress = reply[1] ?? '';
       logger.info({ version: migration.version, migration: migration.name, resumed: progress !== '' }, progress ? 'data format: resuming a migration' : 'data format: migrating');
-      await migration.run({
+      const context: MigrationContext = {
         redis,
         keys: this.keys,
         prefix,
@@ -166,15 +211,22 @@ export class DataFormat {
         progress,
         lost,
         saveProgress: async (value, writes) => {
-          if (lost()) throw new Error(`migration ${migration.name}: the migration lock was lost; the next process resumes`);
-          const multi = redis.multi();
-          writes?.(multi);
-          multi.hset(this.keys.dataFormat, 'progress', value);
-          const results = await multi.exec();
-          const failed = results?.find(([err]) => err);
-          if (!results || failed) throw new Error(`migration ${migration.name}: progress not recorded: ${failed?.[0]?.message ?? 'transaction aborted'}`);
+          if (lost()) throw new MigrationLockLost(migration.name);
+          const words: (string | Buffer)[] = [];
+          writes?.(recordWrites(words));
+          const saved = await this.script('saveMigrationProgress', [this.base], [token, migration.version, value, ...(words as string[])]);
+          if (saved === ReplyCodes.LOCK_NOT_HELD) throw new MigrationLockLost(migration.name);
+          if (saved !== ReplyCodes.OK) throw new Error(`migration ${migration.name}: progress not recorded (saveMigrationProgress replied ${JSON.stringify(saved)}); nothing written`);
         },
-      });
+      };
+      try {
+        await migration.run(context);
+      } catch (err) {
+        // The next holder of the lock resumes; this process waits for it (ensure).
+        if (!(err instanceof MigrationLockLost)) throw err;
+        logger.warn({ version: migration.version, migration: migration.name }, `data format: ${err.message}`);
+        return;
+      }
       if (lost()) return;
       await this.script('finishMigration', [this.base], [migration.version, this.clock()]);
       logger.info({ version: migration.version, migration: migration.name }, 'data format: migrated');
