@@ -135,7 +135,7 @@ describe('data format: migration writes fenced by the lock', { timeout: 60_000 }
       name: 'forms',
       async run(ctx) {
         await ctx.saveProgress('done', (multi) => {
-          multi.hset(hashKey, { a: 1, b: 'two' }).sadd(setKey, ['x', 'y'], 'z');
+          multi.hset(hashKey, { a: 1, b: 'two' }).sadd(setKey, ['x', 'y']).sadd(setKey, 'z');
           multi.set(stringKey, bytes);
           multi.hset(hashKey, new Map([['c', 3]]));
         });
