@@ -74,6 +74,21 @@ export function describeWithTools(tools: Tool | Tool[], name: string, fn: () => 
     const problem = toolProblem(tool);
     return problem === null ? [] : [{ tool, package: TOOLS[tool].package, problem }];
   });
+  describeWithPrerequisites(missing, name, fn);
+}
+
+/** What a group of tests lacks: a tool (or another prerequisite), where it comes from, and why it cannot be used. */
+export interface Missing {
+  tool: string;
+  package: string;
+  problem: string;
+}
+
+/**
+ * describe() for a group of tests that needs what `missing` lists (nothing: it runs): skipped and
+ * listed at the end of the run, or under CI=true or VMPOOL_TEST_STRICT=1 one failing test.
+ */
+export function describeWithPrerequisites(missing: readonly Missing[], name: string, fn: () => void): void {
   if (missing.length === 0) {
     describe(name, fn);
     return;

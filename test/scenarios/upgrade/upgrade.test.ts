@@ -1,0 +1,208 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomInt } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { parseConfig, type ConfigInput } from '../../../src/config/index.js';
+import { createLogger } from '../../../src/logger.js';
+import { DATA_FORMAT_VERSION } from '../../../src/pool/dataFormat.js';
+import { poolIdOf } from '../../../src/pool/poolId.js';
+import { VmManager } from '../../../src/pool/vmManager.js';
+import { createProvider } from '../../../src/providers/index.js';
+import type { LocalProvider } from '../../../src/providers/local.js';
+import { ACQUIRE_QUEUE } from '../../../queues/acquire.js';
+import { QueueNames } from '../../../queues/names.js';
+import { ROOT, freePort, nodeArgsFor, startWorkerProcess, waitFor, writeConfigFile, type WorkerProcess } from '../../helpers/processes.js';
+import { REDIS_URL, closePool, connect, poolKeys, uniquePrefix } from '../../helpers/redis.js';
+import { describeWithPrerequisites } from '../../helpers/tools.js';
+import { readAudit, checkAudit } from '../chaos/harness.js';
+import { preparePreviousRelease, previousReleaseCommit, previousReleaseMissing, type PreviousRelease } from './previousRelease.js';
+
+// The rolling upgrade from the previous release (the commit in ./previous-release) to this
+// checkout, as docs/operating.md "Upgrades" tells an operator to do it: every process type runs the
+// previous release, builders (on the previous release's client, as builders are not upgraded with
+// the pool) hold, renew and release VMs, new acquires keep arriving and some wait for a VM; then each
+// process type in turn gets a process of this version, and its process of the previous one is
+// stopped (SIGTERM). Nothing may be lost or doubled: no lease, no VM, no waiting request.
+const commit = previousReleaseCommit();
+const prefix = uniquePrefix('upgrade');
+const stateDir = mkdtempSync(join(tmpdir(), 'vmpool-upgrade-'));
+// Room for every builder and one more: an owner's released (dirty) VM goes back to that owner first, so
+// with fewer VMs than builders one of them could wait for long.
+const LIMITS = { max_vm_total: 5, max_vm_per_user: 3 };
+const config = {
+  redis: { url: REDIS_URL },
+  vm_cycle_timeout: 0.5,
+  audit: { max_events: 100_000 },
+  groups: [
+    {
+      name: 'local',
+      archs: ['x86_64'],
+      ...LIMITS,
+      min_ready: 1,
+      lease_timeout: 6,
+      vm_spawn_min_interval: 0,
+      provider: { type: 'local', state_dir: stateDir, ip_base: randomInt(100, 250), port: randomInt(20_000, 40_000), spawn_timeout: 20 },
+    },
+  ],
+} satisfies ConfigInput;
+/** The order of docs/operating.md "Upgrades": the job consumers first, then what enqueues jobs, web last. */
+const ORDER = ['spawn', 'health', 'terminate', 'acquire', 'reconcile', 'web'] as const;
+const REPLICAS: Record<(typeof ORDER)[number], number> = { spawn: 1, health: 1, terminate: 1, acquire: 2, reconcile: 1, web: 1 };
+const BUILDERS = 4;
+
+const parsed = parseConfig(config, {});
+const localGroup = { id: 0, config: parsed.groups[0]!, poolId: poolIdOf(parsed, prefix) };
+const provider = createProvider(localGroup, { logger: createLogger('test') }) as LocalProvider;
+const keys = poolKeys(prefix);
+
+let previous: PreviousRelease | undefined;
+let redis: Redis;
+let vmm: VmManager;
+let acquireQueue: Queue;
+const processes: WorkerProcess[] = [];
+let builders: ChildProcess | undefined;
+
+interface BuilderEvent {
+  at: number;
+  event: 'acquiring' | 'acquired' | 'acquire_failed' | 'renewed' | 'renew_failed' | 'released' | 'done';
+  builder?: number;
+  taskId?: string;
+  vm?: string;
+  lease?: string;
+  released?: boolean | string;
+  error?: string;
+}
+
+describeWithPrerequisites(previousReleaseMissing(commit), 'rolling upgrade from the previous release', () => {
+  beforeAll(() => {
+    if (nodeArgsFor('workers/web.ts')[0] !== join(ROOT, 'dist', 'workers', 'web.js')) throw new Error('the new version runs from dist/: build first (npm run build; npm test does)');
+    previous = preparePreviousRelease(commit);
+    redis = connect();
+    vmm = new VmManager(parsed, { redis, prefix, logger: createLogger('upgrade-test', { LOG_LEVEL: 'silent' }) });
+    acquireQueue = new Queue(ACQUIRE_QUEUE, { connection: redis, prefix });
+  }, 600_000);
+
+  afterAll(async () => {
+    builders?.kill('SIGKILL');
+    await Promise.all(processes.map((p) => p.kill()));
+    for (const m of await provider.list(localGroup)) await provider.terminate({ group: localGroup, vmName: m.name, vmIp: m.ip ?? null });
+    await acquireQueue?.close();
+    await vmm?.close();
+    await closePool(prefix, redis, [], redis ? new Queue(QueueNames.RECONCILE, { connection: redis, prefix }) : undefined);
+    previous?.remove();
+    rmSync(stateDir, { recursive: true, force: true });
+  }, 60_000);
+
+  it('replaces each process type, one at a time, while builders hold, renew and release VMs: nothing lost or doubled', { timeout: 240_000 }, async () => {
+    const release = previous!;
+    const configFile = writeConfigFile(config);
+    const env = { VMPOOL_CONFIG: configFile, VMPOOL_PREFIX: prefix, REDIS_URL };
+    const start = async (type: (typeof ORDER)[number], version: 'previous' | 'new') => {
+      const port = type === 'web' ? { PORT: String(await freePort()) } : {};
+      const p = await startWorkerProcess(type, { ...env, ...port }, 60_000, { root: version === 'previous' ? release.root : undefined, ready: type === 'web' ? '"web listening"' : undefined });
+      processes.push(p);
+      return { type, version, process: p };
+    };
+    const logs = () =>
+      processes
+        .map((p) => `--- ${p.type} (pid ${p.child.pid}, exit ${p.child.exitCode ?? p.child.signalCode ?? 'running'})\n${p.lines.slice(-15).join('\n')}`)
+        .join('\n');
+
+    // The previous release, every type.
+    let running = (await Promise.all(ORDER.flatMap((type) => Array.from({ length: REPLICAS[type] }, () => start(type, 'previous'))))).flat();
+    const formatBefore = Number(await redis.hget(keys.dataFormat, 'version'));
+    await waitFor(async () => (await vmm.getAllVmRecords()).some((v) => v.state === 'ready'), 90_000, `a ready VM\n${logs()}`);
+
+    // Builders on the previous release's client.
+    const events: BuilderEvent[] = [];
+    let builderOutput = '';
+    builders = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'fixtures', 'builders.ts')], {
+      cwd: ROOT,
+      env: { ...process.env, CLIENT_ROOT: release.root, REDIS_URL, PREFIX: prefix, BUILDERS: String(BUILDERS), HOLD_MS: '2500', RENEW_MS: '700' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let pending = '';
+    builders.stdout!.on('data', (c: Buffer) => {
+      pending += c.toString();
+      const lines = pending.split('\n');
+      pending = lines.pop() ?? '';
+      for (const line of lines) if (line.trim()) events.push(JSON.parse(line) as BuilderEvent);
+    });
+    builders.stderr!.on('data', (c: Buffer) => (builderOutput += c.toString()));
+    const buildersExited = new Promise<number | null>((resolve) => builders!.once('exit', (code) => resolve(code)));
+    const acquired = () => events.filter((e) => e.event === 'acquired').length;
+    const moreAcquired = async (n: number, what: string) => {
+      const target = acquired() + n;
+      await waitFor(() => acquired() >= target, 60_000, `${n} more acquisitions ${what}\n${logs()}\n--- builders\n${builderOutput}`);
+    };
+    await moreAcquired(BUILDERS, 'on the previous release');
+
+    // Each type in turn: its processes of this version start (a surge), then those of the previous
+    // one stop. Builders keep going throughout.
+    const stopped: { type: string; code: number | null; output: string }[] = [];
+    for (const type of ORDER) {
+      const fresh = await Promise.all(Array.from({ length: REPLICAS[type] }, () => start(type, 'new')));
+      for (const old of running.filter((r) => r.type === type)) {
+        const code = await old.process.stop(10_000);
+        stopped.push({ type, code, output: old.process.lines.slice(-5).join('\n') });
+      }
+      running = [...running.filter((r) => r.type !== type), ...fresh];
+      await moreAcquired(2, `after ${type} was replaced`);
+    }
+    await moreAcquired(BUILDERS, 'on the new version');
+    const formatAfter = Number(await redis.hget(keys.dataFormat, 'version'));
+
+    // The builders finish what they hold or wait for, and stop.
+    builders.kill('SIGTERM');
+    expect(await buildersExited, builderOutput).toBe(0);
+
+    // Every previous process stopped cleanly on SIGTERM; one refused to go on only when the new
+    // version moved the data format past it (it exits 1 and says which version it needs).
+    for (const s of stopped) {
+      if (formatAfter > formatBefore) expect([0, 1], `${s.type}: ${s.output}`).toContain(s.code);
+      else expect(s.code, `${s.type}: ${s.output}`).toBe(0);
+    }
+    // Every process of this version still runs.
+    for (const r of running) expect(r.process.child.exitCode, `${r.type}:\n${r.process.lines.slice(-20).join('\n')}`).toBeNull();
+    expect(formatAfter).toBe(DATA_FORMAT_VERSION);
+
+    // Builders: every acquire served (none failed), every renew and release held.
+    const failures = events.filter((e) => e.event === 'acquire_failed' || e.event === 'renew_failed' || (e.event === 'released' && e.released !== true));
+    expect(failures, builderOutput).toEqual([]);
+    const requested = events.filter((e) => e.event === 'acquiring').map((e) => e.taskId);
+    const served = events.filter((e) => e.event === 'acquired');
+    expect(served.map((e) => e.taskId).sort()).toEqual([...requested].sort());
+    expect(events.filter((e) => e.event === 'released').length).toBe(served.length);
+    const leases = new Set(served.map((e) => e.lease));
+    expect(leases.size).toBe(served.length);
+
+    // The pool's side: each acquisition once in the audit trail (no other acquisition, none twice),
+    // no VM with two holders, no VM in use terminated, no lease that lapsed.
+    const trail = await readAudit(vmm.reader);
+    const acquiredEvents = trail.filter((e) => e.event === 'acquired');
+    expect(acquiredEvents.map((e) => e.lease).sort()).toEqual([...leases].sort());
+    const audit = checkAudit(trail, [LIMITS]);
+    expect(audit.problems).toEqual([]);
+    expect(audit.doubled).toBe(0);
+    expect(trail.filter((e) => e.event === 'lease_expired')).toEqual([]);
+    expect(trail.filter((e) => e.event === 'terminate_requested' && e.lease !== null)).toEqual([]);
+    // Each acquire job completed once: none failed, none left waiting.
+    const counts = await acquireQueue.getJobCounts('completed', 'failed', 'waiting', 'active', 'delayed', 'prioritized', 'waiting-children');
+    expect(counts).toMatchObject({ completed: served.length, failed: 0, waiting: 0, active: 0, delayed: 0, prioritized: 0 });
+    expect(await vmm.getVmsByGroupAndStates(null, ['in_use'])).toEqual([]);
+
+    const waited = served.filter((e) => {
+      const asked = events.find((x) => x.event === 'acquiring' && x.taskId === e.taskId)!;
+      return e.at - asked.at > 1_000;
+    }).length;
+    process.stdout.write(
+      `[upgrade] ${commit.slice(0, 12)} -> this checkout: previous release ${release.installed}, prepared in ${release.preparedIn.toFixed(1)} s; ` +
+        `data format ${formatBefore} -> ${formatAfter}; ${served.length} acquisitions (${waited} waited over 1 s), ${events.filter((e) => e.event === 'renewed').length} renewals, ` +
+        `lost 0, doubled ${audit.doubled}; previous processes' exit codes ${stopped.map((s) => `${s.type}=${s.code}`).join(' ')}\n`,
+    );
+  });
+});
