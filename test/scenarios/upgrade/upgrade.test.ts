@@ -43,6 +43,10 @@ const config = {
       archs: ['x86_64'],
       ...LIMITS,
       min_ready: 1,
+      // Each VM serves one build, then is retired (the builders pause past a reconcile cycle between
+      // builds): every process type keeps working (spawns, checks, terminations) through the
+      // upgrade, and acquires often wait for a VM.
+      reuse_max_count: 1,
       lease_timeout: 6,
       vm_spawn_min_interval: 0,
       provider: { type: 'local', state_dir: stateDir, ip_base: randomInt(100, 250), port: randomInt(20_000, 40_000), spawn_timeout: 20 },
@@ -122,7 +126,7 @@ describeWithPrerequisites(previousReleaseMissing(commit), 'rolling upgrade from 
     let builderOutput = '';
     builders = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'fixtures', 'builders.ts')], {
       cwd: ROOT,
-      env: { ...process.env, CLIENT_ROOT: release.root, REDIS_URL, PREFIX: prefix, BUILDERS: String(BUILDERS), HOLD_MS: '2500', RENEW_MS: '700' },
+      env: { ...process.env, CLIENT_ROOT: release.root, REDIS_URL, PREFIX: prefix, BUILDERS: String(BUILDERS), HOLD_MS: '2500', RENEW_MS: '700', PAUSE_MS: '1200' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let pending = '';
@@ -202,6 +206,7 @@ describeWithPrerequisites(previousReleaseMissing(commit), 'rolling upgrade from 
     process.stdout.write(
       `[upgrade] ${commit.slice(0, 12)} -> this checkout: previous release ${release.installed}, prepared in ${release.preparedIn.toFixed(1)} s; ` +
         `data format ${formatBefore} -> ${formatAfter}; ${served.length} acquisitions (${waited} waited over 1 s), ${events.filter((e) => e.event === 'renewed').length} renewals, ` +
+        `${trail.filter((e) => e.event === 'spawned').length} VMs spawned, ${trail.filter((e) => e.event === 'terminate_requested').length} retired; ` +
         `lost 0, doubled ${audit.doubled}; previous processes' exit codes ${stopped.map((s) => `${s.type}=${s.code}`).join(' ')}\n`,
     );
   });
