@@ -106,7 +106,7 @@ describeWithPrerequisites(previousReleaseMissing(commit), 'rolling upgrade from 
     const configFile = writeConfigFile(config);
     const env = { VMPOOL_CONFIG: configFile, VMPOOL_PREFIX: prefix, REDIS_URL };
     const start = async (type: (typeof ORDER)[number], version: 'previous' | 'new') => {
-      const port = type === 'web' ? { PORT: String(await freePort()) } : {};
+      const port: Record<string, string> = type === 'web' ? { PORT: String(await freePort()) } : {};
       const p = await startWorkerProcess(type, { ...env, ...port }, 60_000, { root: version === 'previous' ? release.root : undefined, ready: type === 'web' ? '"web listening"' : undefined });
       processes.push(p);
       return { type, version, process: p };
