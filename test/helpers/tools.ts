@@ -103,7 +103,7 @@ export function describeWithPrerequisites(missing: readonly Missing[], name: str
     return;
   }
   const dir = inject('skippedToolsDir');
-  const record: SkippedGroup = { file: callerFile(), group: name, tools: missing };
+  const record: SkippedGroup = { file: callerFile(), group: name, tools: [...missing] };
   if (dir) appendFileSync(join(dir, SKIPPED_FILE), `${JSON.stringify(record)}\n`);
   describe.skip(`${name} (skipped: needs ${needs})`, fn);
 }
