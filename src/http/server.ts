@@ -151,16 +151,24 @@ export async function startWebServer(config: Config, options: WebServerOptions =
     return true;
   };
   let checking: Promise<void> | undefined;
+  let wakeChecking = () => {};
   if (!(await checkDataFormat())) {
     checking = (async () => {
       while (!stopped) {
-        await new Promise((resolve) => setTimeout(resolve, DATA_FORMAT_RETRY_MS));
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, DATA_FORMAT_RETRY_MS);
+          wakeChecking = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
         if (stopped || (await checkDataFormat())) return;
       }
     })();
   }
   const closeConnections = async () => {
     stopped = true;
+    wakeChecking();
     await poolState?.stop();
     await client.close();
     await vmm.close();
