@@ -106,10 +106,13 @@ describeWithPrerequisites(previousReleaseMissing(commit), 'rolling upgrade from 
     const configFile = writeConfigFile(config);
     const env = { VMPOOL_CONFIG: configFile, VMPOOL_PREFIX: prefix, REDIS_URL };
     const start = async (type: (typeof ORDER)[number], version: 'previous' | 'new') => {
-      const port: Record<string, string> = type === 'web' ? { PORT: String(await freePort()) } : {};
-      const p = await startWorkerProcess(type, { ...env, ...port }, 60_000, { root: version === 'previous' ? release.root : undefined, ready: type === 'web' ? '"web listening"' : undefined });
+      const port = type === 'web' ? await freePort() : null;
+      const p = await startWorkerProcess(type, port === null ? env : { ...env, PORT: String(port) }, 60_000, {
+        root: version === 'previous' ? release.root : undefined,
+        ready: type === 'web' ? '"web listening"' : undefined,
+      });
       processes.push(p);
-      return { type, version, process: p };
+      return { type, version, process: p, url: port === null ? null : `http://127.0.0.1:${port}/` };
     };
     const logs = () =>
       processes
@@ -143,7 +146,52 @@ describeWithPrerequisites(previousReleaseMissing(commit), 'rolling upgrade from 
       const target = acquired() + n;
       await waitFor(() => acquired() >= target, 60_000, `${n} more acquisitions ${what}\n${logs()}\n--- builders\n${builderOutput}`);
     };
-    await moreAcquired(BUILDERS, 'on the previous release');
+
+    // One more builder on the HTTP API (which any release speaks), through the newest web process.
+    // A call that no web process takes (one stopping, one refusing changes, none listening) is
+    // asked again, as a builder behind a load balancer would.
+    let webUrl = running.find((r) => r.type === 'web')!.url!;
+    let httpStopping = false;
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const NOT_TAKEN = ['shutting_down', 'data_format_too_new', 'data_format_unchecked'];
+    let httpRetries = 0;
+    const untilTaken = async (path: string, body: unknown): Promise<{ status: number; body: Record<string, any> }> => {
+      for (;;) {
+        const answer = await fetch(new URL(path, webUrl), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }).then(
+          async (res) => ({ status: res.status, body: (await res.json().catch(() => ({}))) as Record<string, any> }),
+          () => null,
+        );
+        if (answer && !(answer.status === 503 && NOT_TAKEN.includes(answer.body.details?.reason))) return answer;
+        httpRetries += 1;
+        await sleep(200);
+      }
+    };
+    const httpBuilder = (async () => {
+      const builder = BUILDERS;
+      for (let n = 0; !httpStopping; n++) {
+        const taskId = `h-${n}`;
+        events.push({ at: Date.now(), event: 'acquiring', builder, taskId });
+        const got = await untilTaken('api/v1/acquire', { owner: 'http-0', sandbox: 'http-0/p', arch: 'x86_64', taskId, timeoutMs: 60_000 });
+        if (got.status !== 200) {
+          events.push({ at: Date.now(), event: 'acquire_failed', builder, taskId, error: JSON.stringify(got.body) });
+          await sleep(500);
+          continue;
+        }
+        const vm = got.body.vmName as string;
+        const lease = got.body.leaseId as string;
+        events.push({ at: Date.now(), event: 'acquired', builder, taskId, vm, lease });
+        const until = Date.now() + 2_500;
+        while (Date.now() < until) {
+          await sleep(Math.min(700, until - Date.now()));
+          const renewed = await untilTaken(`api/v1/vms/${vm}/renew`, { leaseId: lease });
+          events.push({ at: Date.now(), event: renewed.status === 200 ? 'renewed' : 'renew_failed', builder, taskId, vm, lease, error: renewed.status === 200 ? undefined : JSON.stringify(renewed.body) });
+        }
+        const released = await untilTaken(`api/v1/vms/${vm}/release`, { leaseId: lease });
+        events.push({ at: Date.now(), event: 'released', builder, taskId, vm, lease, released: released.status === 200 || JSON.stringify(released.body) });
+        if (!httpStopping) await sleep(1_200);
+      }
+    })();
+    await moreAcquired(BUILDERS + 1, 'on the previous release');
 
     // Each type in turn: its processes of this version start (a surge), then those of the previous
     // one stop. Builders keep going throughout.
@@ -154,6 +202,9 @@ describeWithPrerequisites(previousReleaseMissing(commit), 'rolling upgrade from 
         const code = await old.process.stop(10_000);
         stopped.push({ type, code, output: old.process.lines.slice(-5).join('\n') });
       }
+      // The HTTP builder stays with the old web process until it is gone (its calls meanwhile are
+      // refused or find nobody, and are asked again), as behind a load balancer that drains it.
+      if (type === 'web') webUrl = fresh[0]!.url!;
       running = [...running.filter((r) => r.type !== type), ...fresh];
       await moreAcquired(2, `after ${type} was replaced`);
     }
@@ -162,6 +213,8 @@ describeWithPrerequisites(previousReleaseMissing(commit), 'rolling upgrade from 
 
     // The builders finish what they hold or wait for, and stop.
     builders.kill('SIGTERM');
+    httpStopping = true;
+    await httpBuilder;
     expect(await buildersExited, builderOutput).toBe(0);
 
     // Every previous process stopped cleanly on SIGTERM; one refused to go on only when the new
@@ -187,16 +240,21 @@ describeWithPrerequisites(previousReleaseMissing(commit), 'rolling upgrade from 
     // The pool's side: each acquisition once in the audit trail (no other acquisition, none twice),
     // no VM with two holders, no VM in use terminated, no lease that lapsed.
     const trail = await readAudit(vmm.reader);
-    const acquiredEvents = trail.filter((e) => e.event === 'acquired');
+    // (A VM assigned to an HTTP request just as its web process stopped was released at once, as withdrawn.)
+    const withdrawn = new Set(trail.filter((e) => e.event === 'released' && e.reason === 'withdrawn').map((e) => e.lease));
+    const acquiredEvents = trail.filter((e) => e.event === 'acquired' && !withdrawn.has(e.lease));
     expect(acquiredEvents.map((e) => e.lease).sort()).toEqual([...leases].sort());
     const audit = checkAudit(trail, [LIMITS]);
     expect(audit.problems).toEqual([]);
     expect(audit.doubled).toBe(0);
     expect(trail.filter((e) => e.event === 'lease_expired')).toEqual([]);
     expect(trail.filter((e) => e.event === 'terminate_requested' && e.lease !== null)).toEqual([]);
-    // Each acquire job completed once: none failed, none left waiting.
     const counts = await acquireQueue.getJobCounts('completed', 'failed', 'waiting', 'active', 'delayed', 'prioritized', 'waiting-children');
-    expect(counts).toMatchObject({ completed: served.length, failed: 0, waiting: 0, active: 0, delayed: 0, prioritized: 0 });
+    // Each acquire job completed once, but those of HTTP requests withdrawn by a stopping web process
+    // (failed as cancelled, or completed and their VM released as withdrawn); none left waiting.
+    const failedJobs = await acquireQueue.getJobs(['failed']);
+    for (const job of failedJobs) expect(`${job.data.owner}: ${job.failedReason}`).toMatch(/^http-0: cancelled: the web process is shutting down/);
+    expect(counts).toMatchObject({ completed: served.length + withdrawn.size, failed: failedJobs.length, waiting: 0, active: 0, delayed: 0, prioritized: 0 });
     expect(await vmm.getVmsByGroupAndStates(null, ['in_use'])).toEqual([]);
 
     const waited = served.filter((e) => {
@@ -207,7 +265,7 @@ describeWithPrerequisites(previousReleaseMissing(commit), 'rolling upgrade from 
       `[upgrade] ${commit.slice(0, 12)} -> this checkout: previous release ${release.installed}, prepared in ${release.preparedIn.toFixed(1)} s; ` +
         `data format ${formatBefore} -> ${formatAfter}; ${served.length} acquisitions (${waited} waited over 1 s), ${events.filter((e) => e.event === 'renewed').length} renewals, ` +
         `${trail.filter((e) => e.event === 'spawned').length} VMs spawned, ${trail.filter((e) => e.event === 'terminate_requested').length} retired; ` +
-        `lost 0, doubled ${audit.doubled}; previous processes' exit codes ${stopped.map((s) => `${s.type}=${s.code}`).join(' ')}\n`,
+        `HTTP calls asked again ${httpRetries}, withdrawn ${withdrawn.size}; lost 0, doubled ${audit.doubled}; previous processes' exit codes ${stopped.map((s) => `${s.type}=${s.code}`).join(' ')}\n`,
     );
   });
 });
