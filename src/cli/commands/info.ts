@@ -15,6 +15,6 @@ export const registerInfo: RegisterCommand = (program, { io, withPool, print }) 
           io.out(`${await vmm.info()}\n`);
           for (const line of await breakerLines(vmm)) io.out(`${line}\n`);
         }
-      });
+      }, { reads: true });
     });
 };
