@@ -18,7 +18,7 @@ import { QueueNames } from '../../../queues/names.js';
 import { ROOT, freePort, nodeArgsFor, startWorkerProcess, waitFor, writeConfigFile, type WorkerProcess } from '../../helpers/processes.js';
 import { REDIS_URL, closePool, connect, poolKeys, uniquePrefix } from '../../helpers/redis.js';
 import { describeWithPrerequisites } from '../../helpers/tools.js';
-import { readAudit, checkAudit } from '../chaos/harness.js';
+import { checkAudit, compareWithProvider, readAudit, settled } from '../chaos/harness.js';
 import { preparePreviousRelease, previousReleaseCommit, previousReleaseMissing, type PreviousRelease } from './previousRelease.js';
 
 // The rolling upgrade from the previous release (the commit in ./previous-release) to this
@@ -194,19 +194,28 @@ describeWithPrerequisites(previousReleaseMissing(commit), 'rolling upgrade from 
     await moreAcquired(BUILDERS + 1, 'on the previous release');
 
     // Each type in turn: its processes of this version start (a surge), then those of the previous
-    // one stop. Builders keep going throughout.
+    // one stop. Builders keep going throughout. When this version has a newer data format, its first
+    // process migrates the pool, and every process of the previous release stops by itself (exit 1,
+    // naming the version it needs): then the pool serves again once each type runs this version.
     const stopped: { type: string; code: number | null; output: string }[] = [];
+    let migratedAfter: string | null = null;
+    const isRunning = (p: WorkerProcess) => p.child.exitCode === null && p.child.signalCode === null;
     for (const type of ORDER) {
       const fresh = await Promise.all(Array.from({ length: REPLICAS[type] }, () => start(type, 'new')));
+      if (migratedAfter === null && Number(await redis.hget(keys.dataFormat, 'version')) > formatBefore) {
+        migratedAfter = type;
+        const previousOnes = running.filter((r) => r.version === 'previous' && r.type !== 'web');
+        await waitFor(() => previousOnes.every((r) => !isRunning(r.process)), 20_000, `the previous release's workers to stop on the new data format\n${logs()}`);
+      }
       for (const old of running.filter((r) => r.type === type)) {
         const code = await old.process.stop(10_000);
-        stopped.push({ type, code, output: old.process.lines.slice(-5).join('\n') });
+        stopped.push({ type, code, output: old.process.lines.slice(-8).join('\n') });
       }
       // The HTTP builder stays with the old web process until it is gone (its calls meanwhile are
       // refused or find nobody, and are asked again), as behind a load balancer that drains it.
       if (type === 'web') webUrl = fresh[0]!.url!;
       running = [...running.filter((r) => r.type !== type), ...fresh];
-      await moreAcquired(2, `after ${type} was replaced`);
+      if (ORDER.every((t) => running.some((r) => r.type === t && isRunning(r.process)))) await moreAcquired(2, `after ${type} was replaced`);
     }
     await moreAcquired(BUILDERS, 'on the new version');
     const formatAfter = Number(await redis.hget(keys.dataFormat, 'version'));
@@ -217,10 +226,10 @@ describeWithPrerequisites(previousReleaseMissing(commit), 'rolling upgrade from 
     await httpBuilder;
     expect(await buildersExited, builderOutput).toBe(0);
 
-    // Every previous process stopped cleanly on SIGTERM; one refused to go on only when the new
-    // version moved the data format past it (it exits 1 and says which version it needs).
+    // Every previous process stopped cleanly on SIGTERM; once the data format moved past it, a
+    // worker stopped by itself instead, with exit code 1 and the version it needs.
     for (const s of stopped) {
-      if (formatAfter > formatBefore) expect([0, 1], `${s.type}: ${s.output}`).toContain(s.code);
+      if (s.code === 1 && migratedAfter !== null && s.type !== 'web') expect(s.output).toContain(`the pool's data format is version ${DATA_FORMAT_VERSION}, and this vmpool knows versions up to ${formatBefore}`);
       else expect(s.code, `${s.type}: ${s.output}`).toBe(0);
     }
     // Every process of this version still runs.
@@ -256,6 +265,15 @@ describeWithPrerequisites(previousReleaseMissing(commit), 'rolling upgrade from 
     for (const job of failedJobs) expect(`${job.data.owner}: ${job.failedReason}`).toMatch(/^http-0: cancelled: the web process is shutting down/);
     expect(counts).toMatchObject({ completed: served.length + withdrawn.size, failed: failedJobs.length, waiting: 0, active: 0, delayed: 0, prioritized: 0 });
     expect(await vmm.getVmsByGroupAndStates(null, ['in_use'])).toEqual([]);
+    // No VM stranded by a write of the previous release: the pool settles, serves again, and its
+    // VMs are the provider's machines.
+    await waitFor(() => settled(vmm), 60_000, `the pool settled\n${logs()}`);
+    await waitFor(async () => (await vmm.getVmsByGroupAndStates(null, ['ready'])).length > 0, 60_000, `a ready VM\n${logs()}`);
+    const { leaked, missing } = await waitFor(async () => {
+      const diff = await compareWithProvider(vmm, new Map((await provider.list(localGroup)).map((m) => [m.name, m])));
+      return diff.leaked.length === 0 && diff.missing.length === 0 ? diff : null;
+    }, 30_000, "the provider's machines equal the pool's VMs");
+    expect([leaked, missing]).toEqual([[], []]);
 
     const waited = served.filter((e) => {
       const asked = events.find((x) => x.event === 'acquiring' && x.taskId === e.taskId)!;
@@ -263,7 +281,7 @@ describeWithPrerequisites(previousReleaseMissing(commit), 'rolling upgrade from 
     }).length;
     process.stdout.write(
       `[upgrade] ${commit.slice(0, 12)} -> this checkout: previous release ${release.installed}, prepared in ${release.preparedIn.toFixed(1)} s; ` +
-        `data format ${formatBefore} -> ${formatAfter}; ${served.length} acquisitions (${waited} waited over 1 s), ${events.filter((e) => e.event === 'renewed').length} renewals, ` +
+        `data format ${formatBefore} -> ${formatAfter}${migratedAfter ? ` (migrated when ${migratedAfter} was replaced)` : ''}; ${served.length} acquisitions (${waited} waited over 1 s), ${events.filter((e) => e.event === 'renewed').length} renewals, ` +
         `${trail.filter((e) => e.event === 'spawned').length} VMs spawned, ${trail.filter((e) => e.event === 'terminate_requested').length} retired; ` +
         `HTTP calls asked again ${httpRetries}, withdrawn ${withdrawn.size}; lost 0, doubled ${audit.doubled}; previous processes' exit codes ${stopped.map((s) => `${s.type}=${s.code}`).join(' ')}\n`,
     );
