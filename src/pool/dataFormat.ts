@@ -222,9 +222,10 @@ export class DataFormat {
       try {
         await migration.run(context);
       } catch (err) {
-        // The next holder of the lock resumes; this process waits for it (ensure).
-        if (!(err instanceof MigrationLockLost)) throw err;
-        logger.warn({ version: migration.version, migration: migration.name }, `data format: ${err.message}`);
+        // The next holder of the lock resumes; this process waits for it (ensure). A migration
+        // that stopped on lost() may throw an error of its own.
+        if (!(err instanceof MigrationLockLost) && !lost()) throw err;
+        logger.warn({ version: migration.version, migration: migration.name }, `data format: ${(err as Error).message}`);
         return;
       }
       if (lost()) return;
