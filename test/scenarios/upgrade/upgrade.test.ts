@@ -33,6 +33,10 @@ const stateDir = mkdtempSync(join(tmpdir(), 'vmpool-upgrade-'));
 // Room for every builder and one more: an owner's released (dirty) VM goes back to that owner first, so
 // with fewer VMs than builders one of them could wait for long.
 const LIMITS = { max_vm_total: 5, max_vm_per_user: 3 };
+const LEASE_S = 4;
+/** How long a builder holds its VM, renewing every RENEW_MS: longer than the lease. */
+const HOLD_MS = 6_000;
+const RENEW_MS = 800;
 const config = {
   redis: { url: REDIS_URL },
   vm_cycle_timeout: 0.5,
@@ -47,7 +51,8 @@ const config = {
       // builds): every process type keeps working (spawns, checks, terminations) through the
       // upgrade, and acquires often wait for a VM.
       reuse_max_count: 1,
-      lease_timeout: 6,
+      // Builders hold a VM longer than this: only their renewals keep their leases.
+      lease_timeout: LEASE_S,
       vm_spawn_min_interval: 0,
       provider: { type: 'local', state_dir: stateDir, ip_base: randomInt(100, 250), port: randomInt(20_000, 40_000), spawn_timeout: 20 },
     },
@@ -129,7 +134,7 @@ describeWithPrerequisites(previousReleaseMissing(commit), 'rolling upgrade from 
     let builderOutput = '';
     builders = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'fixtures', 'builders.ts')], {
       cwd: ROOT,
-      env: { ...process.env, CLIENT_ROOT: release.root, REDIS_URL, PREFIX: prefix, BUILDERS: String(BUILDERS), HOLD_MS: '2500', RENEW_MS: '700', PAUSE_MS: '1200' },
+      env: { ...process.env, CLIENT_ROOT: release.root, REDIS_URL, PREFIX: prefix, BUILDERS: String(BUILDERS), HOLD_MS: String(HOLD_MS), RENEW_MS: String(RENEW_MS), PAUSE_MS: '1200' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let pending = '';
@@ -180,9 +185,9 @@ describeWithPrerequisites(previousReleaseMissing(commit), 'rolling upgrade from 
         const vm = got.body.vmName as string;
         const lease = got.body.leaseId as string;
         events.push({ at: Date.now(), event: 'acquired', builder, taskId, vm, lease });
-        const until = Date.now() + 2_500;
+        const until = Date.now() + HOLD_MS;
         while (Date.now() < until) {
-          await sleep(Math.min(700, until - Date.now()));
+          await sleep(Math.min(RENEW_MS, until - Date.now()));
           const renewed = await untilTaken(`api/v1/vms/${vm}/renew`, { leaseId: lease });
           events.push({ at: Date.now(), event: renewed.status === 200 ? 'renewed' : 'renew_failed', builder, taskId, vm, lease, error: renewed.status === 200 ? undefined : JSON.stringify(renewed.body) });
         }
