@@ -137,6 +137,7 @@ export async function startWebServer(config: Config, options: WebServerOptions =
       logger.warn({ err: (err as Error).message }, 'data format: not read yet; changes are refused until it is');
       return false;
     }
+    if (stopped) return true;
     refused = null;
     // The web process watches the pool's state too: any process may be the first to see a loss. It
     // stops (and writes nothing more) once the data format moves past this process.
