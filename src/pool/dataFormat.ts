@@ -80,7 +80,7 @@ export class MigrationLockLost extends Error {
 }
 
 /** Commands that cannot run inside a script, or that are not writes of the pool's data. */
-const NOT_A_STEP_WRITE = new Set(['exec', 'multi', 'watch', 'unwatch', 'discard', 'eval', 'evalsha', 'evalsha_ro', 'eval_ro', 'fcall', 'pipeline', 'then']);
+const NOT_A_STEP_WRITE = new Set(['exec', 'multi', 'watch', 'unwatch', 'discard', 'eval', 'evalsha', 'evalsha_ro', 'eval_ro', 'fcall', 'pipeline']);
 
 /**
  * A stand-in for a MULTI that records each command called on it (ioredis's method names are the
