@@ -76,8 +76,9 @@ export class WebListenError extends Error {
 /**
  * Starts the `web` process's HTTP server. Refuses (WebAuthRequired) to listen off loopback without
  * a token, before opening any connection; WebListenError (its connections closed) when it cannot
- * listen. Like every process, it first brings the pool's data format to its own version (or waits
- * for the process that does); on a pool newer than it knows, it serves reads and refuses changes.
+ * listen. Once listening, like every process, it brings the pool's data format to its own version
+ * (or waits for the process that does), taking no change until then; on a pool newer than it
+ * knows, it serves reads and refuses changes.
  */
 export async function startWebServer(config: Config, options: WebServerOptions = {}): Promise<RunningWebServer> {
   const host = options.host ?? config.web.host;
@@ -115,7 +116,7 @@ export async function startWebServer(config: Config, options: WebServerOptions =
   const dataFormat = new DataFormat({ redis: connection, prefix, logger, clock: options.clock, ...options.dataFormat });
   let refused: ChangesRefused | null = {
     reason: 'data_format_unchecked',
-    message: "the web process has not read the pool's data format yet (Redis did not answer); it takes changes once it has",
+    message: "the web process has not read the pool's data format yet (Redis does not answer, or another process migrates the pool); it takes changes once it has",
     known: dataFormat.known,
   };
   const tooNew = (err: DataFormatTooNew) => {
@@ -153,20 +154,6 @@ export async function startWebServer(config: Config, options: WebServerOptions =
   };
   let checking: Promise<void> | undefined;
   let wakeChecking = () => {};
-  if (!(await checkDataFormat())) {
-    checking = (async () => {
-      while (!stopped) {
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, DATA_FORMAT_RETRY_MS);
-          wakeChecking = () => {
-            clearTimeout(timer);
-            resolve();
-          };
-        });
-        if (stopped || (await checkDataFormat())) return;
-      }
-    })();
-  }
   const closeConnections = async () => {
     stopped = true;
     wakeChecking();
@@ -194,6 +181,21 @@ export async function startWebServer(config: Config, options: WebServerOptions =
   const shownHost = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   const url = `http://${shownHost}:${address.port}/`;
   logger.info({ url, auth: config.web.auth.token !== undefined || config.web.auth.tokens.length > 0 }, 'web listening');
+  // Listening first (a port taken leaves the pool untouched); changes wait for the data format.
+  if (!(await checkDataFormat())) {
+    checking = (async () => {
+      while (!stopped) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, DATA_FORMAT_RETRY_MS);
+          wakeChecking = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        if (stopped || (await checkDataFormat())) return;
+      }
+    })();
+  }
   let stopping: Promise<void> | undefined;
   return {
     server,
