@@ -243,7 +243,7 @@ describeWithPrerequisites(previousReleaseMissing(commit), 'rolling upgrade from 
 
     // Builders: every acquire served (none failed), every renew and release held.
     const failures = events.filter((e) => e.event === 'acquire_failed' || e.event === 'renew_failed' || (e.event === 'released' && e.released !== true));
-    expect(failures, builderOutput).toEqual([]);
+    expect(failures, `${JSON.stringify(failures)}\n${builderOutput}`).toEqual([]);
     const requested = events.filter((e) => e.event === 'acquiring').map((e) => e.taskId);
     const served = events.filter((e) => e.event === 'acquired');
     expect(served.map((e) => e.taskId).sort()).toEqual([...requested].sort());
@@ -259,17 +259,20 @@ describeWithPrerequisites(previousReleaseMissing(commit), 'rolling upgrade from 
     const acquiredEvents = trail.filter((e) => e.event === 'acquired' && !withdrawn.has(e.lease));
     expect(acquiredEvents.map((e) => e.lease).sort()).toEqual([...leases].sort());
     const audit = checkAudit(trail, [LIMITS]);
-    expect(audit.problems).toEqual([]);
+    expect(audit.problems, audit.problems.join('\n')).toEqual([]);
     expect(audit.doubled).toBe(0);
-    expect(trail.filter((e) => e.event === 'lease_expired')).toEqual([]);
-    expect(trail.filter((e) => e.event === 'terminate_requested' && e.lease !== null)).toEqual([]);
+    const lapsed = trail.filter((e) => e.event === 'lease_expired');
+    expect(lapsed, JSON.stringify(lapsed)).toEqual([]);
+    const inUseTerminated = trail.filter((e) => e.event === 'terminate_requested' && e.lease !== null);
+    expect(inUseTerminated, JSON.stringify(inUseTerminated)).toEqual([]);
     const counts = await acquireQueue.getJobCounts('completed', 'failed', 'waiting', 'active', 'delayed', 'prioritized', 'waiting-children');
     // Each acquire job completed once, but those of HTTP requests withdrawn by a stopping web process
     // (failed as cancelled, or completed and their VM released as withdrawn); none left waiting.
     const failedJobs = await acquireQueue.getJobs(['failed']);
     for (const job of failedJobs) expect(`${job.data.owner}: ${job.failedReason}`).toMatch(/^http-0: cancelled: the web process is shutting down/);
     expect(counts).toMatchObject({ completed: served.length + withdrawn.size, failed: failedJobs.length, waiting: 0, active: 0, delayed: 0, prioritized: 0 });
-    expect(await vmm.getVmsByGroupAndStates(null, ['in_use'])).toEqual([]);
+    const stillInUse = await vmm.getVmsByGroupAndStates(null, ['in_use']);
+    expect(stillInUse, JSON.stringify(stillInUse)).toEqual([]);
     // No VM stranded by a write of the previous release: the pool settles, serves again, and its
     // VMs are the provider's machines.
     await waitFor(() => settled(vmm), 60_000, `the pool settled\n${logs()}`);
