@@ -125,7 +125,7 @@ async function main(): Promise<void> {
     await ctx.vmm.markServerStart();
     for (let i = 0; i < POOL; i++) {
       const name = `vm-${i}`;
-      await ctx.vmm.addVmToPool(`10.0.${i >> 8}.${i & 255}`, name, 0);
+      await ctx.vmm.addVmToPool(`10.0.${i >> 8}.${i & 255}`, name, 'bench');
       await ctx.vmm.startVmCheck(name);
       await ctx.vmm.recordHealthCheckResult(name, true);
     }

@@ -155,7 +155,7 @@ export async function benchHealth(): Promise<HealthResult> {
             const name = `vm-${i}`;
             batch.push(
               ctx.vmm
-                .addVmToPool('127.0.0.1', name, 0)
+                .addVmToPool('127.0.0.1', name, 'bench')
                 .then(() => ctx.vmm.startVmCheck(name))
                 .then(() => ctx.vmm.recordHealthCheckResult(name, true)),
             );

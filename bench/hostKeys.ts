@@ -44,7 +44,7 @@ try {
     const prefix = `bench-hk-${size}`;
     const vmm = new VmManager({ groups: [{ name: 'g', max_vm_total: 100_000 }] }, { redis, prefix, logger: discardingLogger() });
     for (let i = 0; i < size; i += 1000) {
-      await Promise.all(names.slice(i, i + 1000).map((n, j) => vmm.addVmToPool(ipOf(i + j), n, 0)));
+      await Promise.all(names.slice(i, i + 1000).map((n, j) => vmm.addVmToPool(ipOf(i + j), n, 'g')));
       await Promise.all(names.slice(i, i + 1000).map((n, j) => vmm.rememberHostKey(n, ipOf(i + j), KEY)));
     }
     const pick = (i: number) => (i * 7919) % size;

@@ -68,7 +68,7 @@ async function addReady(vmm: VmManager, from: number, count: number): Promise<vo
       batch.push(
         (async () => {
           const name = `vm-${i}`;
-          await vmm.addVmToPool(ipOf(i), name, 0);
+          await vmm.addVmToPool(ipOf(i), name, 'bench');
           await vmm.startVmCheck(name);
           await vmm.recordHealthCheckResult(name, true);
         })(),
@@ -109,7 +109,7 @@ async function createPool(redis: Redis, size: number): Promise<Pool> {
   const vmm = new VmManager(config, { redis, prefix: `bench${size}`, logger });
   await vmm.markServerStart();
   // Load the scripts and the terminate queue before the memory baseline.
-  await vmm.addVmToPool('10.255.255.254', 'probe', 0);
+  await vmm.addVmToPool('10.255.255.254', 'probe', 'bench');
   await vmm.startVmTermination('probe');
   await vmm.removeVmFromPool('probe');
   await vmm.getTerminateQueue().obliterate({ force: true });
@@ -224,7 +224,7 @@ async function benchAll(server: PrivateRedis): Promise<{ results: SizeResult[]; 
 
   const results: SizeResult[] = [];
   for (const pool of pools) {
-    const ready = (await pool.vmm.getVmsByGroupAndStates(0, ['ready'])).length;
+    const ready = (await pool.vmm.getVmsByGroupAndStates('bench', ['ready'])).length;
     if (ready !== pool.size) throw new Error(`pool drifted: ${ready} ready VMs, expected ${pool.size}`);
     const clean = [...pool.clean].sort((a, b) => a - b);
     const dirty = [...pool.dirty].sort((a, b) => a - b);

@@ -108,7 +108,7 @@ async function benchSize(url: string, size: number): Promise<Row> {
   for (let r = 0; r < 20; r++) {
     await redis.config('RESETSTAT');
     const t = process.hrtime.bigint();
-    await vmm.listVms({ group: r % GROUPS, state: 'ready', limit: 500 });
+    await vmm.listVms({ group: vmm.vmGroups[r % GROUPS]!, state: 'ready', limit: 500 });
     pages.push(Number(process.hrtime.bigint() - t) / 1e6);
     pageCommands = await commands(redis);
   }

@@ -40,7 +40,7 @@ async function storm(url: string, port: number, order: Order): Promise<RestartRe
       const batch: Promise<unknown>[] = [];
       for (let i = from; i < Math.min(VMS, from + 1000); i++) {
         const name = `vm-${i}`;
-        batch.push(ctx.vmm.addVmToPool('127.0.0.1', name, 0).then(() => ctx.vmm.startVmCheck(name)).then(() => ctx.vmm.recordHealthCheckResult(name, true)));
+        batch.push(ctx.vmm.addVmToPool('127.0.0.1', name, 'bench').then(() => ctx.vmm.startVmCheck(name)).then(() => ctx.vmm.recordHealthCheckResult(name, true)));
       }
       await Promise.all(batch);
     }

@@ -1,13 +1,13 @@
 /**
  * One benchmark: runs the parts one after another, each as its own process on its own private
- * redis-server (bench/acquire.ts, bench/pool.ts, bench/health.ts, bench/restart.ts, and
- * bench/reconcile.ts when it exists), reads the `BENCH_RESULT <json>` line each prints with BENCH_JSON=1, and prints one table
+ * redis-server (bench/acquire.ts, bench/pool.ts, bench/health.ts, bench/restart.ts,
+ * bench/rollout.ts, and bench/reconcile.ts when it exists), reads the `BENCH_RESULT <json>` line each prints with BENCH_JSON=1, and prints one table
  * of target, measured and PASS/MISS. Ratios compare figures of the same run.
  *   npm run bench                    (Markdown: date and machine, then the table; also --markdown)
  *   npm run bench -- --json          (the same report as JSON)
  *   npm run bench -- --save FILE     (also writes the report as JSON to FILE, such as
  *                                     docs/performance/bench-results.json; `npm run docs` renders it)
- *   npm run bench -- --only pool,health   (only these parts: acquire, pool, reconcile, health, restart)
+ *   npm run bench -- --only pool,health   (only these parts: acquire, pool, reconcile, health, restart, rollout)
  * BENCH_POOL_SIZES and BENCH_POOL_SAMPLES, when set, replace the pool part's sizes and samples.
  */
 import { spawn } from 'node:child_process';
@@ -20,7 +20,7 @@ import type { RestartResult } from './restart.js';
 import { machineInfo, renderBenchMarkdown, type BenchReport, type BenchRow } from './lib/report.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const PARTS = ['acquire', 'pool', 'reconcile', 'health', 'restart'] as const;
+const PARTS = ['acquire', 'pool', 'reconcile', 'health', 'restart', 'rollout'] as const;
 type Part = (typeof PARTS)[number];
 
 function usage(message: string): never {
@@ -130,6 +130,17 @@ function fairnessRows(fairness: unknown): Row[] {
   }));
 }
 
+/** The rows a part printed in its BENCH_RESULT (`{ rows: [{ part, figure, target, measured, pass | result }] }`). */
+function partRows(printed: Partial<Row & { pass: boolean }>[], part: string): Row[] {
+  return printed.map((x) => ({
+    part: String(x.part ?? part),
+    figure: String(x.figure ?? '?'),
+    target: String(x.target ?? '-'),
+    measured: String(x.measured ?? '-'),
+    result: typeof x.pass === 'boolean' ? verdict(x.pass) : ((x.result as Row['result']) ?? 'info'),
+  }));
+}
+
 async function main(): Promise<void> {
   const started = Date.now();
   const rows: Row[] = [];
@@ -212,15 +223,7 @@ async function main(): Promise<void> {
     timings.reconcile = out.seconds;
     if (out.error) errors.push(out.error);
     const rr = out.result as { rows?: Partial<Row & { pass: boolean }>[] } | null;
-    if (rr?.rows)
-      for (const x of rr.rows)
-        rows.push({
-          part: String(x.part ?? 'reconcile'),
-          figure: String(x.figure ?? '?'),
-          target: String(x.target ?? '-'),
-          measured: String(x.measured ?? '-'),
-          result: typeof x.pass === 'boolean' ? verdict(x.pass) : ((x.result as Row['result']) ?? 'info'),
-        });
+    if (rr?.rows) rows.push(...partRows(rr.rows, 'reconcile'));
     else if (rr) for (const [figure, v] of Object.entries(rr)) rows.push({ part: 'reconcile', figure, target: '-', measured: JSON.stringify(v), result: 'info' });
     else rows.push({ part: 'reconcile', figure: 'cycle, nothing due / 1/12 due', target: '<= 20 ms / <= 1.5 s', measured: '-', result: 'not measured' });
   } else rows.push({ part: 'reconcile', figure: 'cycle, nothing due / 1/12 due', target: '<= 20 ms / <= 1.5 s', measured: '-', result: 'not measured' });
@@ -268,6 +271,16 @@ async function main(): Promise<void> {
           result: 'info',
         });
     else rows.push({ part: 'restart storm', figure: 'server start until 90% can be handed out', target: '-', measured: '-', result: 'not measured' });
+  }
+
+  if (args.only.has('rollout')) {
+    process.stderr.write('bench: rolling out a new image (bench/rollout.ts)...\n');
+    const out = await runPart('rollout.ts');
+    timings.rollout = out.seconds;
+    if (out.error) errors.push(out.error);
+    const rr = out.result as { rows?: Partial<Row & { pass: boolean }>[] } | null;
+    if (rr?.rows) rows.push(...partRows(rr.rows, 'rollout'));
+    else rows.push({ part: 'rollout', figure: 'change to last old VM gone, min ready, extra VM-minutes', target: '-', measured: '-', result: 'not measured' });
   }
 
   const seconds = (Date.now() - started) / 1000;

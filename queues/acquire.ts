@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { UnrecoverableError, type Job, type JobsOptions, type Queue } from 'bullmq';
 import { z } from 'zod';
 import { InvalidVmRequest, NoVmAvailable, TaskConflict, TooManyWaiting, VmError, type LeasedVm } from '../src/pool/types.js';
+import { GROUP_NAME_PATTERN } from '../src/config/schemas.js';
 import { QueueNames } from './names.js';
 
 export const ACQUIRE_QUEUE = QueueNames.ACQUIRE;
@@ -18,7 +19,8 @@ export const acquireRequestSchema = z
   .strictObject({
     owner: text(255),
     sandbox: z.string().max(1024).refine(wellFormed, 'well-formed Unicode text (no lone surrogate)'),
-    groups: z.array(z.number().int().nonnegative()).min(1).optional(),
+    /** Group names; an index in the config's list is an alias, resolved by the process that receives it (a client with the config resolves before enqueueing). */
+    groups: z.array(z.union([z.number().int().nonnegative(), z.string().regex(GROUP_NAME_PATTERN, 'a group name')])).min(1).optional(),
     arch: text(64).optional(),
     tags: z.array(text(64)).min(1).max(32).optional(),
     taskId: text(255).optional(),

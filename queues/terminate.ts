@@ -1,6 +1,7 @@
 import type { JobsOptions, Queue } from 'bullmq';
 import { z } from 'zod';
 import { VM_NAME_PATTERN } from '../src/pool/types.js';
+import { GROUP_NAME_PATTERN } from '../src/config/schemas.js';
 import { QueueNames } from './names.js';
 
 export const TERMINATE_QUEUE = QueueNames.TERMINATE;
@@ -19,6 +20,10 @@ export const terminationReasons = [
   // Redis lost or rolled back the pool's state: the VM's record could not be proven current.
   'state_lost',
   'operator',
+  // The VM was made by an older launch configuration of its group (a rolling update replaced it).
+  'rollout',
+  // The VM stayed ready, unused, longer than its group's max_ready_age.
+  'max_ready_age',
   'other',
 ] as const;
 export type TerminationReason = (typeof terminationReasons)[number];
@@ -32,7 +37,8 @@ export const terminateJobSchema = z.strictObject({
    */
   orphan: z
     .strictObject({
-      group: z.number().int().nonnegative(),
+      /** The group's name; a number is the index that a version-1 producer wrote (read through the pool's recorded map). */
+      group: z.union([z.string().regex(GROUP_NAME_PATTERN, 'a group name'), z.number().int().nonnegative()]),
       vmIp: z.string().nullable().default(null),
     })
     .optional(),
@@ -59,7 +65,7 @@ export function terminateJobId(vmName: string, terminatingSince: number): string
  * The terminate job of a machine swept after the recovery of `generation` (a loss of the pool's
  * state): one per machine and recovery.
  */
-export function lossSweepTerminateJobId(group: number, machineName: string, generation: string): string {
+export function lossSweepTerminateJobId(group: string, machineName: string, generation: string): string {
   return `lost-g${group}-${machineName}-${generation}`;
 }
 
@@ -67,7 +73,7 @@ export function lossSweepTerminateJobId(group: number, machineName: string, gene
  * The terminate job of a leaked machine: one per machine and first sighting, so that later
  * passes do not add it again while it is being terminated. Machine names never contain ':'.
  */
-export function leakTerminateJobId(group: number, machineName: string, firstSeen: number): string {
+export function leakTerminateJobId(group: string, machineName: string, firstSeen: number): string {
   return `leak-g${group}-${machineName}-${firstSeen}`;
 }
 

@@ -1,4 +1,4 @@
-export { parseConfig, loadConfig, ConfigError, configSchema, groupConfigSchema, configJsonSchema } from './config/index.js';
+export { parseConfig, loadConfig, ConfigError, configSchema, groupConfigSchema, configJsonSchema, launchFingerprint } from './config/index.js';
 export type { Config, ConfigInput, GroupConfig, ConfigIssue } from './config/index.js';
 export { VmManager } from './pool/vmManager.js';
 export type { VmManagerOptions, AcquireRequest, HealthCheckRecord, HealthCheckOutcome, Clock } from './pool/vmManager.js';

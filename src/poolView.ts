@@ -1,18 +1,17 @@
 /** What the operator surfaces (HTTP API, pool page, CLI) show of the pool. */
-import type { Config } from './config/index.js';
+import { groupNameOf, type Config } from './config/index.js';
 import { isScheduled, minReadyAt } from './reconcile/minReady.js';
 import { targetOf, targetWaitDecision } from './reconcile/targetWait.js';
 import { ALL_VM_STATES, UnknownGroup, type VmRecord, type VmState } from './pool/types.js';
 
 export { UnknownGroup };
 import type { VmManager } from './pool/vmManager.js';
+import type { LaunchState } from './pool/poolReader.js';
 
-/** A group by id or by name; UnknownGroup otherwise. */
-export function resolveGroup(config: Config, value: string): number {
-  const byName = config.groups.findIndex((g) => g.name === value);
-  if (byName !== -1) return byName;
-  const id = Number(value);
-  if (/^\d+$/.test(value) && config.groups[id]) return id;
+/** The name of a group given by name or by index (digits); UnknownGroup otherwise. */
+export function resolveGroup(config: Config, value: string): string {
+  const name = groupNameOf(config.groups, value);
+  if (name !== null) return name;
   throw new UnknownGroup(value, `unknown group ${JSON.stringify(value)}; groups: ${config.groups.map((g, i) => `${i} (${g.name})`).join(', ')}`);
 }
 
@@ -23,6 +22,7 @@ export function withoutLease(vm: VmRecord): Omit<VmRecord, 'leaseId' | 'checkSeq
 }
 
 export interface GroupSummary {
+  /** The group's index in the config's list: an alias (groups are identified by name). */
   id: number;
   name: string;
   archs: string[];
@@ -50,6 +50,26 @@ export interface GroupSummary {
   breaker: BreakerSummary | null;
   /** For a group with target_wait: the decision that sized its warm pool (minReady is its result). */
   targetWait?: TargetWaitSummary;
+  /** The group's launch configuration: current fingerprint, and VMs still on older ones (a rollout). */
+  launch: LaunchSummary;
+}
+
+/** A group's launch configuration as the pool has it (docs/operating.md, "Rolling out a new image"). */
+export interface LaunchSummary {
+  /** The fingerprint of this process's config of the group. */
+  configured: string;
+  /** The group's current fingerprint, published by a reconcile process; null before the first cycle. */
+  current: string | null;
+  /** How many times the current fingerprint changed (null before the first). */
+  revision: number | null;
+  launchRevision: number | null;
+  publishedAt: number | null;
+  /** The process that published it (host:pid:random). */
+  publishedBy: string | null;
+  /** VMs of the group, not terminating, on an older launch (replaced as the rollout goes). */
+  outdated: number;
+  /** Processes seen in the last minutes running another launch config of the group: they make no decision for it. */
+  deferring: { process: string; fingerprint: string }[];
 }
 
 export interface BreakerSummary {
@@ -65,7 +85,7 @@ export interface BreakerSummary {
 }
 
 /** The group's breaker as operators see it: while open, else null. */
-export async function breakerSummary(vmm: VmManager, group: number): Promise<BreakerSummary | null> {
+export async function breakerSummary(vmm: VmManager, group: string): Promise<BreakerSummary | null> {
   const b = await vmm.reader.breaker(group);
   if (!b || !b.open) return null;
   return { errorClass: b.errorClass, failures: b.failures, openings: b.openings, openedAt: b.openedAt, openUntil: b.openUntil, message: b.message };
@@ -90,9 +110,11 @@ async function indexCounts(vmm: VmManager) {
 export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Promise<GroupSummary[]> {
   // Without records, the counts come from the indexes (state sets, ready_clean, held): no VM is read.
   const fromIndexes = records === undefined ? await indexCounts(vmm) : null;
+  const launches = await vmm.launchStates();
   const out: GroupSummary[] = [];
   for (const [i, id] of vmm.vmGroups.entries()) {
     const g = vmm.groupConfig(id);
+    const index = i;
     const mine = records ? records.filter((v) => v.group === id) : [];
     let counts = Object.fromEntries(ALL_VM_STATES.map((s) => [s, 0])) as Record<VmState, number>;
     if (fromIndexes) counts = fromIndexes.states[i]!;
@@ -100,7 +122,7 @@ export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Prom
     const tw = g.target_wait ? await targetWaitSummary(vmm, id) : undefined;
     const drainedSince = await vmm.drainedSince(id);
     out.push({
-      id,
+      id: index,
       name: g.name,
       archs: g.archs,
       tags: g.tags,
@@ -117,13 +139,28 @@ export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Prom
       ...(tw ? { targetWait: tw } : {}),
       drained: drainedSince !== null || g.max_vm_total === 0,
       drainedSince,
+      launch: launchSummary(vmm.launchFingerprint(id), launches[i]!),
     });
   }
   return out;
 }
 
+function launchSummary(configured: string, state: LaunchState): LaunchSummary {
+  const p = state.published;
+  return {
+    configured,
+    current: p?.fingerprint ?? null,
+    revision: p?.revision ?? null,
+    launchRevision: p?.launchRevision ?? null,
+    publishedAt: p?.publishedAt ?? null,
+    publishedBy: p?.publishedBy ?? null,
+    outdated: state.outdated,
+    deferring: state.deferring,
+  };
+}
+
 /** The target-wait decision of a group, from what the pool measured (as reconcile decides it). */
-export async function targetWaitSummary(vmm: VmManager, group: number): Promise<TargetWaitSummary | undefined> {
+export async function targetWaitSummary(vmm: VmManager, group: string): Promise<TargetWaitSummary | undefined> {
   const g = vmm.groupConfig(group);
   if (!g.target_wait) return undefined;
   const measure = await vmm.measureTargetWait(group, g.target_wait.window * 1000);

@@ -106,7 +106,7 @@ async function lightAndCommands(url: string, producer: Redis, prefix: string): P
     };
     const idle = await light();
     await enqueue(queue, HEAVY, () => ({ owner: 'heavy', sandbox: 'h', groups: [0], timeoutMs: 3_600_000 }), 'heavy');
-    await until(async () => (await producer.zcard(keys.waiters(0))) >= HEAVY, `${HEAVY} heavy requests parked`);
+    await until(async () => (await producer.zcard(keys.waiters('line'))) >= HEAVY, `${HEAVY} heavy requests parked`);
     const busy = await light();
 
     // Commands per freed VM: WAITING eligible requests in group 1, VMs freed one at a time (unhold).
@@ -115,7 +115,7 @@ async function lightAndCommands(url: string, producer: Redis, prefix: string): P
       await ctx.vmm.holdVm(`f-${i}`, 'bench');
     }
     await enqueue(queue, WAITING, (i) => ({ owner: `o-${i % 100}`, sandbox: 's', groups: [1], timeoutMs: 3_600_000 }), 'waiting');
-    await until(async () => (await producer.zcard(keys.waiters(1))) >= WAITING, `${WAITING} requests parked`);
+    await until(async () => (await producer.zcard(keys.waiters('freed'))) >= WAITING, `${WAITING} requests parked`);
     await new Promise((r) => setTimeout(r, 500));
     let completed = 0;
     worker.worker.on('completed', () => (completed += 1));
@@ -174,7 +174,7 @@ async function rssWithWaiting(url: string, producer: Redis, prefix: string): Pro
     const rssIdleMb = rssMbOf(child.pid!);
     const memBefore = await usedMemory(producer);
     await enqueue(queue, WAITING, (i) => ({ owner: `o-${i % 500}`, sandbox: 's', groups: [0], timeoutMs: 3_600_000 }), 'rss');
-    await until(async () => (await producer.zcard(keys.waiters(0))) >= WAITING, `${WAITING} requests parked`);
+    await until(async () => (await producer.zcard(keys.waiters('line'))) >= WAITING, `${WAITING} requests parked`);
     await new Promise((r) => setTimeout(r, 2_000));
     const rssMb = rssMbOf(child.pid!);
     const memAfter = await usedMemory(producer);

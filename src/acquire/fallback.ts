@@ -10,18 +10,17 @@ import { breakerOpen, type BreakerState } from '../reconcile/breaker.js';
  * The groups a request may be served in: each group asked for, followed, while it is blocked, by
  * its fallback groups (in their order, each once). A strict request keeps the groups it named.
  */
-export function withFallbacks(groups: readonly Pick<GroupConfig, 'name' | 'fallback_groups'>[], ids: readonly number[], blocked: ReadonlySet<number>, strict = false): number[] {
+export function withFallbacks(groups: readonly Pick<GroupConfig, 'name' | 'fallback_groups'>[], ids: readonly string[], blocked: ReadonlySet<string>, strict = false): string[] {
   if (strict) return [...ids];
-  const out: number[] = [];
-  const add = (id: number) => {
+  const out: string[] = [];
+  const add = (id: string) => {
     if (!out.includes(id)) out.push(id);
   };
   for (const id of ids) {
     add(id);
     if (!blocked.has(id)) continue;
-    for (const name of groups[id]?.fallback_groups ?? []) {
-      const fallback = groups.findIndex((g) => g.name === name);
-      if (fallback !== -1 && !ids.includes(fallback)) add(fallback);
+    for (const name of groups.find((g) => g.name === id)?.fallback_groups ?? []) {
+      if (groups.some((g) => g.name === name) && !ids.includes(name)) add(name);
     }
   }
   return out;
@@ -31,7 +30,7 @@ export function withFallbacks(groups: readonly Pick<GroupConfig, 'name' | 'fallb
  * The groups a request's demand counts for: its first group, and when that is blocked also the
  * first of its serving groups that is not (which spawns for it).
  */
-export function demandGroupsOf(asked: readonly number[], serving: readonly number[], blocked: ReadonlySet<number>): number[] {
+export function demandGroupsOf(asked: readonly string[], serving: readonly string[], blocked: ReadonlySet<string>): string[] {
   const first = asked[0];
   if (first === undefined) return [];
   if (!blocked.has(first)) return [first];
@@ -49,13 +48,13 @@ export function hasFallbacks(groups: readonly Pick<GroupConfig, 'fallback_groups
  * as many VMs as max_vm_total (terminating ones do not count, as for spawning).
  */
 export function blockedGroups(
-  groups: readonly Pick<GroupConfig, 'max_vm_total'>[],
-  state: readonly { group: number; breaker?: BreakerState | null; active: number }[],
+  groups: readonly Pick<GroupConfig, 'name' | 'max_vm_total'>[],
+  state: readonly { group: string; breaker?: BreakerState | null; active: number }[],
   now: number,
-): Set<number> {
-  const blocked = new Set<number>();
+): Set<string> {
+  const blocked = new Set<string>();
   for (const s of state) {
-    const g = groups[s.group];
+    const g = groups.find((c) => c.name === s.group);
     if (g && (breakerOpen(s.breaker, now) || s.active >= g.max_vm_total)) blocked.add(s.group);
   }
   return blocked;

@@ -16,7 +16,7 @@ import { readyChannels } from '../pool/acquireLine.js';
  */
 export class AcquireLineRuntime {
   private readonly subscriber: RedisConnection;
-  private readonly channelGroup = new Map<string, number>();
+  private readonly channelGroup = new Map<string, string>();
   private readonly subscribed: Promise<void>;
   private readonly timer: NodeJS.Timeout;
   private closed = false;
@@ -46,7 +46,7 @@ export class AcquireLineRuntime {
   }
 
   /** Runs the dispatcher for a VM of the group (or its clean VMs, for ''), and wakes whom it served. */
-  async dispatch(group: number, vmName: string): Promise<void> {
+  async dispatch(group: string, vmName: string): Promise<void> {
     if (this.closed) return;
     try {
       // The manager wakes the requests it served.

@@ -1,4 +1,5 @@
 import type { AcquireRequestData } from '../../queues/acquire.js';
+import { groupNameOf } from '../config/groups.js';
 
 /** An acquire request names a group or an arch that no configured group has. */
 export class RequestGroupsError extends Error {
@@ -6,31 +7,38 @@ export class RequestGroupsError extends Error {
 }
 
 /**
- * Group ids of an acquire request: its groups as given (duplicates dropped, order kept), or the
- * groups listing its arch, or every group, in config order; then only those that list every tag
- * asked for. Shared by the acquire processor, reconcile's demand and the API.
+ * The group names of an acquire request: its groups as given (each a name, or an index in the
+ * config's list, resolved against `groups`; duplicates dropped, order kept), or the groups listing
+ * its arch, or every group, in config order; then only those that list every tag asked for.
+ * `removed`: groups no longer in the config whose VMs still drain; a request may name them (by
+ * name only), and is served their VMs until they retire. Shared by the acquire processor,
+ * reconcile's demand and the API.
  */
 export function requestGroupIds(
-  groups: readonly { archs: readonly string[]; tags?: readonly string[] }[],
+  groups: readonly { name: string; archs: readonly string[]; tags?: readonly string[] }[],
   request: Pick<AcquireRequestData, 'groups' | 'arch' | 'tags'>,
-): number[] {
-  let ids: number[];
+  removed: ReadonlySet<string> = new Set(),
+): string[] {
+  let ids: string[];
   if (request.groups) {
-    const unknown = request.groups.filter((g) => !groups[g]);
-    if (unknown.length) throw new RequestGroupsError(`unknown group ${unknown.join(', ')}; groups are 0..${groups.length - 1}`);
-    ids = [...new Set(request.groups)];
+    const resolved = request.groups.map((ref) => groupNameOf(groups, ref) ?? (typeof ref === 'string' && removed.has(ref) ? ref : null));
+    const unknown = request.groups.filter((_, i) => resolved[i] === null);
+    if (unknown.length) {
+      throw new RequestGroupsError(`unknown group ${unknown.map((g) => JSON.stringify(g)).join(', ')}; groups are ${groups.map((g, i) => `${g.name} (${i})`).join(', ')}`);
+    }
+    ids = [...new Set(resolved as string[])];
   } else if (request.arch !== undefined) {
     const arch = request.arch;
-    ids = groups.flatMap((g, i) => (g.archs.includes(arch) ? [i] : []));
+    ids = groups.flatMap((g) => (g.archs.includes(arch) ? [g.name] : []));
     if (ids.length === 0) throw new RequestGroupsError(`unknown arch ${JSON.stringify(arch)}: no group lists it`);
   } else {
-    ids = groups.map((_, i) => i);
+    ids = groups.map((g) => g.name);
   }
   const tags = request.tags ?? [];
   if (tags.length === 0) return ids;
   const unknown = tags.filter((t) => !groups.some((g) => (g.tags ?? []).includes(t)));
   if (unknown.length) throw new RequestGroupsError(`unknown tag${unknown.length > 1 ? 's' : ''} ${unknown.map((t) => JSON.stringify(t)).join(', ')}: no group lists ${unknown.length > 1 ? 'them' : 'it'}`);
-  const matching = ids.filter((i) => tags.every((t) => (groups[i]!.tags ?? []).includes(t)));
+  const matching = ids.filter((name) => tags.every((t) => (groups.find((g) => g.name === name)?.tags ?? []).includes(t)));
   if (matching.length === 0) throw new RequestGroupsError(`no ${request.groups || request.arch ? 'such ' : ''}group lists every tag of ${JSON.stringify(tags)}`);
   return matching;
 }

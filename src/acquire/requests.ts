@@ -30,7 +30,7 @@ export interface AcquireRequestStatus {
   requestedAt: number;
   /** Epoch ms: when it stops waiting. */
   deadline: number;
-  groups: number[];
+  groups: string[];
   waiting: WaitStatus | null;
   assignment: Omit<VmAssignment, 'leaseId'> | null;
   failure: { code: AcquireFailure | null; reason: string } | null;
@@ -100,7 +100,7 @@ export async function acquireRequestStatus(vmm: VmManager, config: Config, id: s
   const jobState = await job.getState();
   const parsed = acquireRequestSchema.safeParse(job.data);
   const data = (job.data ?? {}) as { owner?: string; sandbox?: string; taskId?: string; timeoutMs?: number };
-  let groups: number[] = [];
+  let groups: string[] = [];
   try {
     if (parsed.success) groups = requestGroupIds(config.groups, parsed.data);
   } catch {

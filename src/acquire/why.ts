@@ -20,8 +20,12 @@ export const WAIT_REASONS = ['owner_limit', 'held_back_by_priority', 'spawning',
 export type WaitReason = (typeof WAIT_REASONS)[number];
 
 export interface GroupWait {
-  group: number;
+  /** The group's name. */
+  group: string;
+  /** The same as `group` (kept: the job progress had it when `group` was the index). */
   groupName: string;
+  /** The group's index in the config's list, null once it left the config. */
+  groupIndex: number | null;
   reason: WaitReason;
   /**
    * Estimated place in the group's line (1 = next): owners ahead in the round-robin, plus a full
@@ -54,16 +58,16 @@ export interface WaitingRequest {
   priority: number;
   /** The waiter member (acquireWaiterMember). */
   member: string;
-  groups: readonly number[];
+  groups: readonly string[];
 }
 
 /** How far back failed spawn jobs count as "the provider is failing". */
 const PROVIDER_FAILING_WINDOW_MS = 10 * 60 * 1000;
 
 /** Whether the group's latest finished spawn jobs (the last few, newest first) failed, with none succeeding since. */
-async function providerFailing(spawnQueue: Queue, group: number, now: number): Promise<boolean> {
+async function providerFailing(spawnQueue: Queue, group: string, now: number): Promise<boolean> {
   const [failed, completed] = await Promise.all([spawnQueue.getJobs(['failed'], 0, 4, false), spawnQueue.getJobs(['completed'], 0, 4, false)]);
-  const ofGroup = (j: { data?: { group?: unknown } }) => Number(j.data?.group) === group;
+  const ofGroup = (j: { data?: { group?: unknown } }) => j.data?.group === group;
   const lastFailed = Math.max(0, ...failed.filter(ofGroup).map((j) => j.finishedOn ?? 0));
   const lastOk = Math.max(0, ...completed.filter(ofGroup).map((j) => j.finishedOn ?? 0));
   return lastFailed > lastOk && now - lastFailed < PROVIDER_FAILING_WINDOW_MS;
@@ -90,7 +94,7 @@ export async function explainWait(vmm: VmManager, config: Config, request: Waiti
   const spawns = await vmm.reader.spawnCounts(request.groups);
   const groups: GroupWait[] = [];
   for (const [i, group] of request.groups.entries()) {
-    const gc = config.groups[group]!;
+    const gc = vmm.groupConfig(group);
     const standing = await vmm.reader.lineStanding(group, request.owner, request.sandbox, request.member);
     const vms = activeVmCount(counts[i]!);
     const spawning = spawns[i]!;
@@ -105,6 +109,7 @@ export async function explainWait(vmm: VmManager, config: Config, request: Waiti
     const wait: GroupWait = {
       group,
       groupName: gc.name,
+      groupIndex: vmm.groupIndex(group),
       reason,
       position:
         standing.ownerRank === null || standing.ownersAhead === null ? null : standing.ownersAhead + 1 + standing.ownerRank * Math.max(1, standing.owners),
@@ -130,7 +135,7 @@ export function describeWait(status: WaitStatus): string {
     .map((g) => {
       const eta = g.etaMs !== undefined ? `, ETA ${Math.ceil(g.etaMs / 1000)} s` : '';
       const pos = g.position !== null ? `, about ${g.position} in line of ${g.waiting}` : `, ${g.waiting} waiting`;
-      return `${g.reason} in ${g.groupName}(${g.group})${pos}${eta}`;
+      return `${g.reason} in ${g.group}(${g.groupIndex ?? 'removed'})${pos}${eta}`;
     })
     .join('; ');
 }

@@ -91,8 +91,8 @@ export function parseSeconds(value: string): number {
   return n;
 }
 
-/** A group id from its name or id, or a usage error naming the groups. */
-export function groupOf(cfg: Config, value: string): number {
+/** A group's name from its name or index, or a usage error naming the groups. */
+export function groupOf(cfg: Config, value: string): string {
   try {
     return resolveGroup(cfg, value);
   } catch (err) {
@@ -137,7 +137,7 @@ export function requestText(r: AcquireRequestStatus): string {
   if (!r.waiting) return head;
   const left = Math.max(0, Math.round((r.deadline - Date.now()) / 1000));
   const rows = r.waiting.groups.map((g) => [
-    `${g.groupName}(${g.group})`,
+    `${g.group}(${g.groupIndex ?? 'removed'})`,
     g.reason,
     g.position === null ? '-' : String(g.position),
     g.ownerPosition === null ? '-' : String(g.ownerPosition),

@@ -207,7 +207,9 @@ export class VmPoolClient {
   async acquire(request: AcquireRequestData, options: AcquireOptions = {}): Promise<VmAssignment> {
     const parsed = acquireRequestSchema.safeParse(request);
     if (!parsed.success) throw new InvalidVmRequest(`invalid acquire request: ${formatZodError(parsed.error)}`);
-    const data = parsed.data;
+    // With the config's groups, an index is resolved here, so that the job in Redis names its groups.
+    const groups = this.groups;
+    const data = groups && parsed.data.groups ? { ...parsed.data, groups: parsed.data.groups.map((g) => (typeof g === 'number' ? (groups[g]?.name ?? g) : g)) } : parsed.data;
     const { signal } = options;
     signal?.throwIfAborted();
     const jobId = acquireJobId(data.taskId, data.owner);
@@ -258,13 +260,13 @@ export class VmPoolClient {
   /** max_waiting_per_owner, before enqueueing: in each group the request would wait in (an unknown one is the worker's to refuse). */
   private async refuseBeyondWaitingCap(data: AcquireRequestData, jobId: string): Promise<void> {
     const groups = this.groups!;
-    let ids: number[];
+    let ids: string[];
     try {
       ids = requestGroupIds(groups, data);
     } catch {
       return;
     }
-    await this.line.refuseBeyondWaitingCap(data.owner, ids.map((g) => ({ group: g, maxWaitingPerOwner: groups[g]!.max_waiting_per_owner })), jobId);
+    await this.line.refuseBeyondWaitingCap(data.owner, ids.map((g) => ({ group: g, maxWaitingPerOwner: groups.find((c) => c.name === g)!.max_waiting_per_owner })), jobId);
   }
 
   /**

@@ -111,10 +111,20 @@ export const targetWaitPercentiles = ['p50', 'p90', 'p95', 'p99'] as const;
 
 const percentileSeconds = (p: string) => z.number().positive().optional().describe(`Seconds within which ${p.slice(1)}% of acquires are served`);
 
+/**
+ * A group's name names its Redis keys (`group:<name>:...`) and job ids (spawn ids `g<name>-...`):
+ * no ':' (a key separator, refused in BullMQ ids), no '{' (a hash tag), no space; not only digits,
+ * so that an API or CLI input of digits is always an index.
+ */
+export const GROUP_NAME_PATTERN = /^(?![0-9]+$)[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
 /** One build group, as Copr's `build_groups`. Defaults are Copr's. */
 export const groupConfigSchema = z
   .strictObject({
-    name: z.string().min(1).describe('Group name, unique; a group\'s id is its index in `groups`'),
+    name: z
+      .string()
+      .regex(GROUP_NAME_PATTERN, 'a group name: a letter or digit, then up to 63 letters, digits or . _ -, not only digits (it names Redis keys; digits alone are an index)')
+      .describe("Group name, unique: the group's identity in Redis, jobs and records (its index in `groups` is only an alias in the API and CLI; renaming makes a new group)"),
     archs: z.array(z.string().min(1)).default([]).describe('Architectures the group serves: an acquire by arch picks the groups listing it'),
     tags: z
       .array(z.string().min(1).max(64))
@@ -218,6 +228,28 @@ export const groupConfigSchema = z
     reuse_max_count: z.number().int().nonnegative().default(0).describe('Retire a dirty VM after this many builds (0: no limit)'),
     reuse_max_time: seconds(0, 'Retire a dirty VM this many seconds after its first acquisition by its owner and sandbox (0: no limit)'),
     lease_timeout: z.number().positive().default(300).describe('Seconds an assignment lives without a renew'),
+    max_ready_age: z
+      .number()
+      .positive()
+      .optional()
+      .describe(
+        "Seconds a clean ready VM may stay ready, counted from its first passed health check (nodepool's max-ready-age); an older one is retired (reason max_ready_age) once a replacement keeps min_ready. Absent: no limit",
+      ),
+    image: z
+      .string()
+      .min(1)
+      .optional()
+      .describe(
+        "The image the group's machines boot: part of the launch fingerprint, and given to every hook as VMPOOL_IMAGE. A change rolls the group's VMs over to new ones",
+      ),
+    launch_revision: z
+      .number()
+      .int()
+      .nonnegative()
+      .default(0)
+      .describe(
+        'A number the operator bumps to roll the group to new VMs (part of the launch fingerprint). A config with a higher launch_revision than the pool publishes wins over replicas still on a lower one, whatever their start order; a lower one never takes over',
+      ),
     on_lease_expiry: z
       .enum(['terminate', 'release'])
       .default('terminate')

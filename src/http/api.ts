@@ -1,6 +1,6 @@
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import { z } from 'zod';
-import type { Config } from '../config/index.js';
+import { groupIndexOf, type Config } from '../config/index.js';
 import { formatZodError } from '../validation.js';
 import { ALL_VM_STATES, isValidVmName, isVmState, type VmRecord } from '../pool/types.js';
 import type { VmManager } from '../pool/vmManager.js';
@@ -44,14 +44,19 @@ export interface ApiDeps {
   acquire: AcquireFn;
 }
 
-/** A VM as the API shows it: the descriptor plus group name, hold and lease expiry (never the lease id). */
+/**
+ * A VM as the API shows it: the descriptor (`group` is its group's name), the group's index in the
+ * config (null once the group left the config), hold and lease expiry (never the lease id).
+ */
 export interface ApiVm extends Omit<VmRecord, 'leaseId' | 'boundSince' | 'checkSeq'> {
+  /** The same as `group` (the group's name); kept because the API published it first. */
   groupName: string;
+  groupIndex: number | null;
   boundSince: number | null;
 }
 
 export function apiVm(config: Config, vm: VmRecord): ApiVm {
-  return { ...withoutLease(vm), groupName: config.groups[vm.group]?.name ?? String(vm.group) };
+  return { ...withoutLease(vm), groupName: vm.group, groupIndex: groupIndexOf(config.groups, vm.group) };
 }
 
 function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
@@ -79,8 +84,8 @@ function queryString(req: Request, key: string): string | undefined {
   return v;
 }
 
-/** A group by id or by name (query parameter, acquire body), or a validation error. */
-function queryGroup(config: Config, value: string): number {
+/** The name of a group given by name or by index (query parameter, acquire body), or a validation error. */
+function queryGroup(config: Config, value: string): string {
   try {
     return resolveGroup(config, value);
   } catch (err) {
@@ -320,12 +325,12 @@ export function apiRouter(deps: ApiDeps): Router {
   router.delete('/groups/:group/breaker', requireScope('admin'), requireJsonContentType, async (req, res) => {
     const group = queryGroup(config, String(req.params.group));
     await vmm.resetBreaker(group);
-    res.json({ group: (await groupSummaries(vmm)).find((g) => g.id === group) });
+    res.json({ group: (await groupSummaries(vmm)).find((g) => g.name === group) });
   });
   /** Drain (POST) or undrain (DELETE) a group at run time, as `vmpool drain` and `vmpool undrain`. */
   const drainRoute = (drain: boolean) => async (req: Request, res: Response) => {
     const value = String(req.params.group);
-    let group: number;
+    let group: string;
     try {
       group = resolveGroup(config, value);
     } catch (err) {
@@ -334,7 +339,7 @@ export function apiRouter(deps: ApiDeps): Router {
     }
     parseBody(emptyBodySchema, req.body ?? {});
     const changed = drain ? await vmm.drainGroup(group) : await vmm.undrainGroup(group);
-    const summary = (await groupSummaries(vmm)).find((g) => g.id === group)!;
+    const summary = (await groupSummaries(vmm)).find((g) => g.name === group)!;
     res.json({ drained: drain, changed, group: summary });
   };
   router.post('/groups/:group/drain', requireScope('admin'), requireJsonContentType, drainRoute(true));
@@ -348,10 +353,11 @@ export function apiRouter(deps: ApiDeps): Router {
   return router;
 }
 
-/** Group names in an acquire body become their ids (the job payload takes ids); unknown ones are a 400. */
+/** Groups in an acquire body (names or indexes) become names, as the job payload carries them; unknown ones are a 400. */
 function withGroupIds(config: Config, body: unknown): unknown {
   if (body === null || typeof body !== 'object' || !Array.isArray((body as { groups?: unknown }).groups)) return body;
-  const groups = (body as { groups: unknown[] }).groups.map((g) => (typeof g === 'string' ? queryGroup(config, g) : g));
+  // Resolved here, so that the job in Redis names its groups (an index is this process's alias).
+  const groups = (body as { groups: unknown[] }).groups.map((g) => (typeof g === 'string' || (typeof g === 'number' && Number.isInteger(g)) ? queryGroup(config, String(g)) : g));
   return { ...body, groups };
 }
 

@@ -97,6 +97,8 @@ export const openApiDocument = {
           heldUntil: { ...nullable('integer'), description: 'when the hold ends by itself, epoch ms' },
           holdReason: nullable('string'),
           addedAt: { ...nullable('integer'), description: 'when the VM entered the pool, epoch ms' },
+          launchFingerprint: { ...nullable('string'), description: 'fingerprint of the launch config that spawned it; null when added by hand (never rolled out)' },
+          firstReadyAt: { ...nullable('integer'), description: 'when it first passed a check and became ready, epoch ms (max_ready_age counts from it); null in a group without max_ready_age' },
         },
       },
       AuditEvent: {
@@ -193,6 +195,24 @@ export const openApiDocument = {
           },
           drained: { type: 'boolean', description: 'spawns nothing: drained at run time (drainedSince) or by max_vm_total: 0; its VMs are still served' },
           drainedSince: { ...nullable('integer'), description: 'when a run-time drain began, epoch ms' },
+          launch: {
+            type: 'object',
+            description: "the group's launch configuration: its current fingerprint and the VMs still on older ones (a rollout)",
+            properties: {
+              configured: { type: 'string', description: "the fingerprint of this web process's config of the group" },
+              current: { ...nullable('string'), description: 'the current fingerprint, published by a reconcile process; null before its first cycle' },
+              revision: { ...nullable('integer'), description: 'how many times the current fingerprint changed' },
+              launchRevision: nullable('integer'),
+              publishedAt: { ...nullable('integer'), description: 'epoch ms' },
+              publishedBy: { ...nullable('string'), description: 'the publishing process, host:pid:random' },
+              outdated: { type: 'integer', description: 'VMs (not terminating) on an older launch' },
+              deferring: {
+                type: 'array',
+                description: 'processes seen running another launch config of the group: they make no decision for it',
+                items: { type: 'object', properties: { process: { type: 'string' }, fingerprint: { type: 'string' } } },
+              },
+            },
+          },
         },
       },
       DrainResult: {

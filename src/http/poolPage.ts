@@ -82,6 +82,18 @@ function breakerText(summary: GroupSummary, now: number): string {
 /** VM rows the pool page shows per group at first; the rest are a link to the next page of GET /api/v1/vms. */
 export const POOL_PAGE_ROWS = 200;
 
+/** The group's launch: its current fingerprint, the VMs on older ones, and replicas that run another config. */
+function launchText(summary: GroupSummary): string {
+  const l = summary.launch;
+  if (l.current === null) return `\n<p class="launch">launch <code>${escapeHtml(l.configured)}</code> (not published yet: no reconcile cycle ran)</p>`;
+  const outdated = `<b data-vms-outdated>${l.outdated}</b> VM${l.outdated === 1 ? '' : 's'} on older launches${l.outdated > 0 ? ' (rolling out)' : ''}`;
+  const others = l.deferring.length
+    ? ` · <span class="launch-deferring" data-launch-deferring="${l.deferring.length}">${l.deferring.length} process${l.deferring.length === 1 ? '' : 'es'} with another config (${l.deferring.map((d) => `${escapeHtml(d.process)}: <code>${escapeHtml(d.fingerprint)}</code>`).join(', ')}) decide nothing for this group</span>`
+    : '';
+  const mine = l.configured !== l.current ? ` · this process's config: <code>${escapeHtml(l.configured)}</code>` : '';
+  return `\n<p class="launch" data-launch="${escapeHtml(l.current)}">launch <code>${escapeHtml(l.current)}</code> (revision ${l.revision}) · ${outdated}${mine}${others}</p>`;
+}
+
 function groupSection(summary: GroupSummary, vms: VmRecord[], now: number, history: readonly HistorySample[], next: string | null = null): string {
   const counts = Object.entries(summary.counts)
     .map(([state, n]) => `<span class="count state-${state}" data-count-state="${state}">${state}: <b>${n}</b></span>`)
@@ -108,7 +120,7 @@ function groupSection(summary: GroupSummary, vms: VmRecord[], now: number, histo
   return `<section class="group" data-group="${summary.id}" data-group-name="${escapeHtml(summary.name)}">
 <h2>${escapeHtml(summary.name)} <small>group ${summary.id}${summary.archs.length ? ` · ${escapeHtml(summary.archs.join(', '))}` : ''}${summary.tags.length ? ` · tags ${escapeHtml(summary.tags.join(', '))}` : ''} · ${summary.total} VM${summary.total === 1 ? '' : 's'}</small></h2>
 <p class="counts">${counts}</p>
-<p class="limits">${limits}<br>${warm}</p>${breakerText(summary, now)}
+<p class="limits">${limits}<br>${warm}</p>${breakerText(summary, now)}${launchText(summary)}
 ${drain}
 ${groupCharts(history, now)}
 <div class="vms"><table>
@@ -129,10 +141,10 @@ export function renderPoolFragment(
   summaries: GroupSummary[],
   vms: VmRecord[],
   now: number,
-  history: ReadonlyMap<number, readonly HistorySample[]> = new Map(),
-  next: ReadonlyMap<number, string | null> = new Map(),
+  history: ReadonlyMap<string, readonly HistorySample[]> = new Map(),
+  next: ReadonlyMap<string, string | null> = new Map(),
 ): string {
-  const sections = summaries.map((s) => groupSection(s, vms.filter((v) => v.group === s.id), now, history.get(s.id) ?? [], next.get(s.id) ?? null)).join('\n');
+  const sections = summaries.map((s) => groupSection(s, vms.filter((v) => v.group === s.name), now, history.get(s.name) ?? [], next.get(s.name) ?? null)).join('\n');
   return `${sections}\n<p class="updated" data-now="${now}">updated ${escapeHtml(new Date(now).toISOString())} · prefix ${escapeHtml(prefix)}</p>`;
 }
 
@@ -238,8 +250,8 @@ export function renderPoolPage(
   vms: VmRecord[],
   now: number,
   refreshMs = POOL_PAGE_REFRESH_MS,
-  history: ReadonlyMap<number, readonly HistorySample[]> = new Map(),
-  next: ReadonlyMap<number, string | null> = new Map(),
+  history: ReadonlyMap<string, readonly HistorySample[]> = new Map(),
+  next: ReadonlyMap<string, string | null> = new Map(),
   /** For a caller who may not change anything (a read token): the buttons are hidden. */
   readOnly = false,
 ): string {

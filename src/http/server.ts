@@ -113,7 +113,7 @@ export async function startWebServer(config: Config, options: WebServerOptions =
   };
   // The data format before anything is written: until it is read, and for good once it is newer
   // than this process knows, changes are refused.
-  const dataFormat = new DataFormat({ redis: connection, prefix, logger, clock: options.clock, ...options.dataFormat });
+  const dataFormat = new DataFormat({ redis: connection, prefix, logger, clock: options.clock, groups: config.groups.map((g) => g.name), ...options.dataFormat });
   let refused: ChangesRefused | null = {
     reason: 'data_format_unchecked',
     message: "the web process has not read the pool's data format yet (Redis does not answer, or another process migrates the pool); it takes changes once it has",

@@ -41,21 +41,27 @@ class RedisBackedMetric {
     this.type = def.type;
   }
 
-  /** Workers record the group id; every metric shows the group's name. */
-  private named(labels: Record<string, string>): Record<string, string> {
-    if (labels.group === undefined) return labels;
-    const g = /^\d+$/.test(labels.group) ? this.deps.vmm.config.groups[Number(labels.group)] : undefined;
-    return g ? { ...labels, group: g.name } : labels;
+  /**
+   * Workers record the group's name. A label of digits is the index that a version-1 worker
+   * recorded (names are never digits only): shown by the name the pool recorded for it when it
+   * migrated (keys.legacyGroupNames), never by this process's config, whose list may differ.
+   */
+  private named(labels: Record<string, string>, legacy: ReadonlyMap<string, string>): Record<string, string> {
+    if (labels.group === undefined || !/^\d+$/.test(labels.group)) return labels;
+    const name = legacy.get(labels.group);
+    return name === undefined ? labels : { ...labels, group: name };
   }
 
   async get(): Promise<{ name: string; help: string; type: string; values: MetricValue[]; aggregator: string }> {
     const hash = await this.deps.vmm.reader.sharedMetric(this.def.key);
+    const legacyIndexes = this.def.labels.includes('group' as never) && Object.keys(hash).some((f) => /^\["\d+"/.test(f));
+    const legacy = legacyIndexes ? await this.deps.vmm.reader.legacyGroupNames() : new Map<string, string>();
     const values: MetricValue[] = [];
     if (this.def.type === 'counter') {
-      for (const c of parseSharedCounter(this.def, hash)) values.push({ labels: this.named(c.labels), value: c.value });
+      for (const c of parseSharedCounter(this.def, hash)) values.push({ labels: this.named(c.labels, legacy), value: c.value });
     } else {
       for (const raw of parseSharedHistogram(this.def, hash)) {
-        const h = { ...raw, labels: this.named(raw.labels) };
+        const h = { ...raw, labels: this.named(raw.labels, legacy) };
         for (const b of h.buckets) {
           values.push({ metricName: `${this.name}_bucket`, labels: { ...h.labels, le: b.le === Infinity ? '+Inf' : b.le }, value: b.count });
         }
@@ -78,7 +84,6 @@ class RedisBackedMetric {
 export function createMetricsRegistry(deps: MetricsDeps): Registry {
   const registry = new Registry();
   const { vmm } = deps;
-  const groupName = (g: number) => vmm.config.groups[g]!.name;
 
   new Gauge({
     name: 'vmpool_vms',
@@ -89,7 +94,7 @@ export function createMetricsRegistry(deps: MetricsDeps): Registry {
       this.reset();
       const counts = await vmm.reader.stateCounts(vmm.vmGroups);
       vmm.vmGroups.forEach((g, i) => {
-        for (const state of ALL_VM_STATES) this.set({ group: groupName(g), state }, counts[i]![state]);
+        for (const state of ALL_VM_STATES) this.set({ group: g, state }, counts[i]![state]);
       });
     },
   });
@@ -101,12 +106,12 @@ export function createMetricsRegistry(deps: MetricsDeps): Registry {
     registers: [registry],
     async collect() {
       this.reset();
-      for (const [id, g] of vmm.config.groups.entries()) {
+      for (const g of vmm.config.groups) {
         for (const limit of ['max_vm_total', 'max_vm_per_user', 'max_spawn_processes'] as const) {
           this.set({ group: g.name, limit }, g[limit]);
         }
         // The value in force now, when min_ready follows a schedule or target_wait sizes it.
-        const tw = g.target_wait ? await targetWaitSummary(vmm, id) : undefined;
+        const tw = g.target_wait ? await targetWaitSummary(vmm, g.name) : undefined;
         this.set({ group: g.name, limit: 'min_ready' }, tw ? tw.minReady : minReadyAt(g.min_ready, vmm.clock()));
       }
     },
@@ -121,7 +126,7 @@ export function createMetricsRegistry(deps: MetricsDeps): Registry {
       this.reset();
       for (const g of vmm.vmGroups) {
         const b = await vmm.reader.breaker(g);
-        this.set({ group: groupName(g), error_class: b?.open ? b.errorClass : '' }, b?.open ? 1 : 0);
+        this.set({ group: g, error_class: b?.open ? b.errorClass : '' }, b?.open ? 1 : 0);
       }
     },
   });
@@ -133,8 +138,8 @@ export function createMetricsRegistry(deps: MetricsDeps): Registry {
     registers: [registry],
     async collect() {
       this.reset();
-      for (const [id, g] of vmm.config.groups.entries()) {
-        const tw = g.target_wait ? await targetWaitSummary(vmm, id) : undefined;
+      for (const g of vmm.config.groups) {
+        const tw = g.target_wait ? await targetWaitSummary(vmm, g.name) : undefined;
         if (!tw) continue;
         this.set({ group: g.name, figure: 'arrivals_per_minute' }, tw.arrivalsPerMinute);
         this.set({ group: g.name, figure: 'boot_seconds' }, tw.bootSeconds);
@@ -151,7 +156,7 @@ export function createMetricsRegistry(deps: MetricsDeps): Registry {
     async collect() {
       this.reset();
       const counts = await vmm.reader.spawnCounts(vmm.vmGroups);
-      vmm.vmGroups.forEach((g, i) => this.set({ group: groupName(g) }, counts[i]!));
+      vmm.vmGroups.forEach((g, i) => this.set({ group: g }, counts[i]!));
     },
   });
 
@@ -164,8 +169,35 @@ export function createMetricsRegistry(deps: MetricsDeps): Registry {
       this.reset();
       for (const g of vmm.vmGroups) {
         const drained = vmm.groupConfig(g).max_vm_total === 0 || (await vmm.drainedSince(g)) !== null;
-        this.set({ group: groupName(g) }, drained ? 1 : 0);
+        this.set({ group: g }, drained ? 1 : 0);
       }
+    },
+  });
+
+  new Gauge({
+    name: 'vmpool_group_vms_outdated',
+    help: "VMs of a group (not terminating) made by an older launch configuration than the group's current one: a rollout replaces them",
+    labelNames: ['group'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      const states = await vmm.launchStates();
+      vmm.vmGroups.forEach((g, i) => this.set({ group: g }, states[i]!.outdated));
+    },
+  });
+
+  new Gauge({
+    name: 'vmpool_group_launch_info',
+    help: "A group's current launch fingerprint (label fingerprint; 1), its revision (label revision), and whether this process's config matches it (label configured: the fingerprint of this process's config)",
+    labelNames: ['group', 'fingerprint', 'revision', 'configured'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      const states = await vmm.launchStates();
+      vmm.vmGroups.forEach((g, i) => {
+        const p = states[i]!.published;
+        if (p) this.set({ group: g, fingerprint: p.fingerprint, revision: String(p.revision), configured: vmm.launchFingerprint(g) }, 1);
+      });
     },
   });
 
@@ -176,7 +208,7 @@ export function createMetricsRegistry(deps: MetricsDeps): Registry {
     registers: [registry],
     async collect() {
       this.reset();
-      for (const g of vmm.vmGroups) this.set({ group: groupName(g) }, await vmm.countDemand(g));
+      for (const g of vmm.vmGroups) this.set({ group: g }, await vmm.countDemand(g));
     },
   });
 

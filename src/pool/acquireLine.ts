@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { AcquireRequestData } from '../../queues/acquire.js';
+import type { GroupRef } from '../config/index.js';
 import type { Clock, PoolAccess, PoolContext } from './context.js';
 import type { PoolJobs } from './jobs.js';
 import { poolKeys } from './keys.js';
@@ -12,7 +13,8 @@ import { InvalidVmRequest, NoVmAvailable, TooManyWaiting, type AcquireAttempt, t
  * itself; Copr-style callers build one.
  */
 export interface AcquireRequest extends Pick<AcquireRequestData, 'owner' | 'sandbox'> {
-  groups: number[];
+  /** Group names, tried in order; an index in the config's list is an alias (Copr's `group` integer). */
+  groups: readonly GroupRef[];
   /** Numbers are taken too (a pid, Copr's numeric build ids) and stored as text. */
   workerId: string | number;
   taskId?: string | number | null;
@@ -22,8 +24,8 @@ export interface AcquireRequest extends Pick<AcquireRequestData, 'owner' | 'sand
   leaseId?: string;
 }
 
-/** The pub/sub channel of each group on which the scripts say that a VM may be acquirable: channel -> group id. */
-export function readyChannels(prefix: string, groups: readonly number[]): Map<string, number> {
+/** The pub/sub channel of each group on which the scripts say that a VM may be acquirable: channel -> group name. */
+export function readyChannels(prefix: string, groups: readonly string[]): Map<string, string> {
   const keys = poolKeys(prefix);
   return new Map(groups.map((g) => [keys.readyChannel(g), g]));
 }
@@ -49,7 +51,7 @@ export class LineRequests {
    * counting the request of job `jobId` (a builder that joins its own waiting request again).
    * Read before the request is enqueued; the acquire script checks again, atomically, when it parks.
    */
-  async refuseBeyondWaitingCap(owner: string, groups: readonly { group: number; maxWaitingPerOwner: number }[], jobId: string): Promise<void> {
+  async refuseBeyondWaitingCap(owner: string, groups: readonly { group: string; maxWaitingPerOwner: number }[], jobId: string): Promise<void> {
     const keys = this.pool.keys;
     const now = this.clock();
     for (const { group, maxWaitingPerOwner } of groups) {
@@ -90,9 +92,9 @@ export class AcquireLine {
 
   /** See VmManager.tryAcquireVm. */
   async tryAcquireVm(request: AcquireRequest, waiter?: AcquireWaiter): Promise<AcquireAttempt> {
-    const { groups, owner, sandbox, workerId } = request ?? ({} as AcquireRequest);
-    if (!Array.isArray(groups) || groups.length === 0) throw new InvalidVmRequest('acquireVm needs a non-empty list of groups');
-    for (const g of groups) this.ctx.groupConfig(g);
+    const { owner, sandbox, workerId } = request ?? ({} as AcquireRequest);
+    if (!Array.isArray(request?.groups) || request.groups.length === 0) throw new InvalidVmRequest('acquireVm needs a non-empty list of groups');
+    const groups = request.groups.map((g) => this.ctx.resolveGroup(g));
     if (typeof owner !== 'string' || owner === '') throw new InvalidVmRequest('acquireVm needs an owner');
     if (typeof sandbox !== 'string') throw new InvalidVmRequest('acquireVm needs a sandbox');
     if (workerId === undefined || workerId === null) throw new InvalidVmRequest('acquireVm needs a workerId');
@@ -123,7 +125,7 @@ export class AcquireLine {
   }
 
   /** See VmManager.dispatchAcquireLine. */
-  async dispatch(group: number, vmName: string): Promise<string[]> {
+  async dispatch(group: string, vmName: string): Promise<string[]> {
     this.ctx.groupConfig(group);
     const served = await this.ctx.scripts.dispatchAcquireLine(group, vmName, this.ctx.clock());
     this.jobs.wakeAcquireJobs(served);
@@ -131,12 +133,12 @@ export class AcquireLine {
   }
 
   /** Takes a waiting request out of the line of its groups (timeout, invalid request, shutdown). */
-  async leave(waiter: AcquireWaiter, groups: readonly number[]): Promise<void> {
+  async leave(waiter: AcquireWaiter, groups: readonly string[]): Promise<void> {
     await this.ctx.scripts.leaveAcquireLine(waiter, groups);
   }
 
   /** Acquire requests waiting in the group's line (their deadline is after now). */
-  async countDemand(group: number): Promise<number> {
+  async countDemand(group: string): Promise<number> {
     return this.ctx.reader.countDemand(group, this.ctx.clock());
   }
 }

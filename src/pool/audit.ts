@@ -31,7 +31,7 @@ export interface AuditEvent {
   vm: string;
   /** When it was recorded, epoch ms: the id's first part (Redis's clock, one for every process). */
   time: number;
-  group: number | null;
+  group: string | null;
   owner: string | null;
   sandbox: string | null;
   task: string | null;
@@ -97,7 +97,7 @@ export function auditEventFromEntry(id: string, flat: readonly string[]): AuditE
     event: f.event as AuditEventType,
     vm: f.vm ?? '',
     time: Number(id.split('-')[0]),
-    group: f.group === undefined ? null : Number(f.group),
+    group: f.group ?? null,
     owner: f.owner ?? null,
     sandbox: f.sandbox ?? null,
     task: f.task ?? null,

@@ -9,7 +9,7 @@ export class Breaker {
   constructor(private readonly ctx: PoolContext) {}
 
   /** See VmManager.recordSpawnOutcome. */
-  async recordSpawnOutcome(group: number, outcome: 'ok' | 'failed', errorClass: SpawnFailureClass = UNCLASSIFIED, message = ''): Promise<boolean> {
+  async recordSpawnOutcome(group: string, outcome: 'ok' | 'failed', errorClass: SpawnFailureClass = UNCLASSIFIED, message = ''): Promise<boolean> {
     const g = this.ctx.groupConfig(group);
     if (outcome === 'ok') return this.ctx.scripts.recordSpawnOutcome(group, 'ok', this.ctx.clock());
     const policy = breakerPolicy(g);
@@ -26,13 +26,13 @@ export class Breaker {
   }
 
   /** See VmManager.blockedGroups. */
-  async blockedGroups(groups: readonly number[]): Promise<Set<number>> {
+  async blockedGroups(groups: readonly string[]): Promise<Set<string>> {
     const [counts, breakers] = await Promise.all([this.ctx.reader.stateCounts(groups), Promise.all(groups.map((g) => this.ctx.reader.breaker(g)))]);
     return blockedGroups(this.ctx.config.groups, groups.map((g, i) => ({ group: g, breaker: breakers[i], active: activeVmCount(counts[i]!) })), this.ctx.clock());
   }
 
   /** An operator closes the group's circuit breaker (after fixing credentials or the request). */
-  async reset(group: number): Promise<void> {
+  async reset(group: string): Promise<void> {
     this.ctx.groupConfig(group);
     await this.ctx.scripts.recordSpawnOutcome(group, 'reset', this.ctx.clock());
     this.ctx.logger.info({ group }, 'spawn circuit breaker reset');

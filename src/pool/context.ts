@@ -1,4 +1,4 @@
-import type { Config, GroupConfig } from '../config/index.js';
+import { groupIndexOf, groupNameOf, type Config, type GroupConfig, type GroupRef } from '../config/index.js';
 import type { Logger } from '../logger.js';
 import type { RedisConnection } from '../redis.js';
 import { poolKeys, type PoolKeys } from './keys.js';
@@ -39,15 +39,27 @@ export class PoolContext extends PoolAccess {
     super(redis, prefix);
   }
 
-  /** Group ids: indexes into config.groups. */
-  get vmGroups(): number[] {
-    return this.config.groups.map((_, i) => i);
+  /** The names of the config's groups, in config order (groups are identified by name). */
+  get vmGroups(): string[] {
+    return this.config.groups.map((g) => g.name);
   }
 
-  /** The config of a group; UnknownGroup when the config has no such group. */
-  groupConfig(group: number): GroupConfig {
-    const g = Number.isInteger(group) ? this.config.groups[group] : undefined;
-    if (!g) throw new UnknownGroup(group, this.config.groups.length);
+  /** The config of a group by name; UnknownGroup when the config has no such group. */
+  groupConfig(group: string): GroupConfig {
+    const g = this.config.groups.find((c) => c.name === group);
+    if (!g) throw new UnknownGroup(group, this.vmGroups);
     return g;
+  }
+
+  /** The name of the group an API or CLI input names (its name, or its index in the config); UnknownGroup when none. */
+  resolveGroup(ref: GroupRef): string {
+    const name = groupNameOf(this.config.groups, ref);
+    if (name === null) throw new UnknownGroup(ref, this.vmGroups);
+    return name;
+  }
+
+  /** The group's index in the config's list (the API's alias), or null when the config no longer has it. */
+  groupIndex(group: string): number | null {
+    return groupIndexOf(this.config.groups, group);
   }
 }

@@ -7,13 +7,17 @@
  */
 import type { Logger } from '../logger.js';
 import type { RedisConnection } from '../redis.js';
+import { groupNamesMigration } from './groupNames.js';
 import { poolKeyBase, poolKeys, type PoolKeys } from './keys.js';
 import { CycleLock } from './locks.js';
 import { ReplyCodes } from './replyCodes.js';
 import { loadScripts, type RunScript } from './scripts.js';
 
-/** The data format this code reads and writes. Version 1: the layout before versions were recorded. */
-export const DATA_FORMAT_VERSION = 1;
+/**
+ * The data format this code reads and writes. Version 1: the layout before versions were recorded
+ * (groups named by their index in the config's list). Version 2: groups named by name.
+ */
+export const DATA_FORMAT_VERSION = 2;
 
 /** What a migration is given: the pool's Redis and keys, and its recorded progress. */
 export interface MigrationContext {
@@ -21,6 +25,8 @@ export interface MigrationContext {
   keys: PoolKeys;
   prefix: string;
   logger: Logger;
+  /** The group names of the migrating process's config, in config order (absent: a process without a config). */
+  groups?: readonly string[];
   /** Where an earlier run of this migration got to (what it saved), '' when nowhere. */
   progress: string;
   /**
@@ -45,8 +51,8 @@ export interface Migration {
   run(ctx: MigrationContext): Promise<void>;
 }
 
-/** The migrations of this code, in order (none yet: version 1 is today's layout). */
-export const MIGRATIONS: readonly Migration[] = [];
+/** The migrations of this code, in order. */
+export const MIGRATIONS: readonly Migration[] = [groupNamesMigration];
 
 /** The pool's data format as read: its version, and the migration in progress (0 when none). */
 export interface DataFormatState {
@@ -133,6 +139,8 @@ export interface DataFormatOptions {
   redis: RedisConnection;
   prefix: string;
   logger: Logger;
+  /** The group names of this process's config, in config order: what a migration maps version-1 group indexes to. */
+  groups?: readonly string[];
   /** The version this process knows (default DATA_FORMAT_VERSION). */
   known?: number;
   /** Its migrations (default MIGRATIONS; tests give their own). */
@@ -207,6 +215,7 @@ export class DataFormat {
         redis,
         keys: this.keys,
         prefix,
+        ...(this.options.groups ? { groups: this.options.groups } : {}),
         logger: logger.child({ migration: migration.name }),
         progress,
         lost,

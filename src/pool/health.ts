@@ -17,11 +17,11 @@ export class Health {
   async recordHealthCheckResult(vmName: string, ok: boolean): Promise<HealthCheckRecord> {
     const now = this.ctx.clock();
     // Every group's threshold goes along, so the script needs no read of the VM's group first.
-    const maxFails = this.ctx.config.groups.map((g) => g.vm_max_check_fails);
+    const maxFails = new Map(this.ctx.config.groups.map((g) => [g.name, g.vm_max_check_fails]));
     const record = await this.ctx.scripts.recordHealthCheckResult(vmName, ok, now, maxFails);
     const { outcome, vm } = record;
     if (outcome === 'terminating') {
-      this.ctx.logger.warn({ vmName, checkFails: vm.checkFails, maxFails: maxFails[vm.group] }, 'VM failed too many health checks');
+      this.ctx.logger.warn({ vmName, checkFails: vm.checkFails, maxFails: maxFails.get(vm.group) ?? 0 }, 'VM failed too many health checks');
       await this.jobs.enqueueTermination(vmName, now, 'health_check_failed');
     } else if (outcome === 'failed') {
       this.ctx.logger.warn({ vmName, checkFails: vm.checkFails }, 'VM health check failed');

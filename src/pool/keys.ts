@@ -1,6 +1,7 @@
 /**
  * Redis key names of one pool. All of them share the `{vmpool}` hash tag, so that every script's
- * keys sit in one Redis Cluster slot. The Lua side builds the same names
+ * keys sit in one Redis Cluster slot. A group's keys carry its name (`group:<name>:...`; the config
+ * schema keeps names to GROUP_NAME_PATTERN), never its index in the config's list. The Lua side builds the same names
  * (commands/includes/poolKeys.lua; test/pool/scripts.test.ts checks that both agree).
  */
 export function poolKeyBase(prefix: string): string {
@@ -25,24 +26,26 @@ export function poolKeys(prefix: string) {
     legacyTask: (taskId: string) => `${base}task:${taskId}`,
     /** Before task ids were per owner: a task's claim, for every owner. */
     legacyTaskClaim: (taskId: string) => `${base}task_claim:${taskId}`,
-    state: (group: number, state: string) => `${base}group:${group}:state:${state}`,
+    /** What every key of a group starts with (a group's keys are found by it: the data-format migration, `vmpool group rename`). */
+    groupKeyPrefix: (group: string) => `${base}group:${group}:`,
+    state: (group: string, state: string) => `${base}group:${group}:state:${state}`,
     /** Ready VMs bound to no owner, scored by last health check. */
-    readyClean: (group: number) => `${base}group:${group}:ready_clean`,
+    readyClean: (group: string) => `${base}group:${group}:ready_clean`,
     /**
      * Ready VMs bound to one owner and sandbox, scored by last health check. The owner's length (in
      * bytes, as Lua's string.len) keeps ("a:b", "c") and ("a", "b:c") apart.
      */
-    readyDirty: (group: number, owner: string, sandbox: string) => `${base}group:${group}:ready_dirty:${Buffer.byteLength(owner)}:${owner}:${sandbox}`,
+    readyDirty: (group: string, owner: string, sandbox: string) => `${base}group:${group}:ready_dirty:${Buffer.byteLength(owner)}:${owner}:${sandbox}`,
     /** Hash owner -> number of VMs of the group bound to that owner (for max_vm_per_user). */
-    ownerVms: (group: number) => `${base}group:${group}:owner_vms`,
-    groupInfo: (group: number) => `${base}group:${group}:info`,
+    ownerVms: (group: string) => `${base}group:${group}:owner_vms`,
+    groupInfo: (group: string) => `${base}group:${group}:info`,
     serverStart: `${base}server_start`,
     /** Position of the last server start in the check_seq counter (markServerStart-1.lua). */
     serverStartSeq: `${base}server_start_seq`,
     /** Counter that orders health checks and server starts within one millisecond. */
     checkSeq: `${base}check_seq`,
     /** Sorted set of spawns in flight: member spawn id, score start time (epoch ms). */
-    spawning: (group: number) => `${base}group:${group}:spawning`,
+    spawning: (group: string) => `${base}group:${group}:spawning`,
     /**
      * Hash of one spawn across its attempts (startSpawnAttempt-1.lua): group, attempts, the machine
      * its hook printed (vm_name, vm_ip), hook_done once the hook succeeded, added once its VM entered
@@ -50,7 +53,7 @@ export function poolKeys(prefix: string) {
      */
     spawnRecord: (spawnId: string) => `${base}spawn:${spawnId}`,
     /** Sorted set of waiting acquire requests: member acquire job id, score deadline (epoch ms). */
-    demand: (group: number) => `${base}group:${group}:demand`,
+    demand: (group: string) => `${base}group:${group}:demand`,
     /** Sorted set of in_use VMs with a lease: member VM name, score lease expiry (epoch ms). */
     leases: `${base}leases`,
     /** Sorted set of held VMs whose hold ends: member VM name, score the hold's end (epoch ms). */
@@ -59,7 +62,7 @@ export function poolKeys(prefix: string) {
      * Sorted set of acquire requests waiting in the group, in serving order: score BullMQ priority
      * (0 first), member `<job timestamp, 15 digits>|<job id>` (older first within a priority).
      */
-    waiters: (group: number) => `${base}group:${group}:waiters`,
+    waiters: (group: string) => `${base}group:${group}:waiters`,
     /** Hash waiter member -> JSON {owner, sandbox, deadline, groups} of each waiting acquire request. */
     waiterInfo: `${base}waiter_info`,
     /** Why a waiting acquire request (by waiter member) was withdrawn (cancelAcquire-1.lua); the acquire script ends it. */
@@ -73,25 +76,25 @@ export function poolKeys(prefix: string) {
      * The fair line of a group (commands/includes/acquireLine.lua): owners with waiting requests
      * that may take a clean VM, scored by (priority of their first request) * 2^31 + their turn.
      */
-    lineOwners: (group: number) => `${base}group:${group}:line_owners`,
+    lineOwners: (group: string) => `${base}group:${group}:line_owners`,
     /** Owners of the group's line at max_vm_per_user (same scores), skipped for clean VMs. */
-    lineBlocked: (group: number) => `${base}group:${group}:line_blocked`,
+    lineBlocked: (group: string) => `${base}group:${group}:line_blocked`,
     /** One owner's waiting requests in the group: score priority, member the waiter member. */
-    ownerLine: (group: number, owner: string) => `${base}group:${group}:owner_line:${Buffer.byteLength(owner)}:${owner}`,
+    ownerLine: (group: string, owner: string) => `${base}group:${group}:owner_line:${Buffer.byteLength(owner)}:${owner}`,
     /** One owner and sandbox's waiting requests in the group (for the VMs bound to them). */
-    sandboxLine: (group: number, owner: string, sandbox: string) => `${base}group:${group}:sandbox_line:${Buffer.byteLength(owner)}:${owner}:${sandbox}`,
+    sandboxLine: (group: string, owner: string, sandbox: string) => `${base}group:${group}:sandbox_line:${Buffer.byteLength(owner)}:${owner}:${sandbox}`,
     /** Counter of the turns given in the group's line. */
-    lineTurn: (group: number) => `${base}group:${group}:line_turn`,
+    lineTurn: (group: string) => `${base}group:${group}:line_turn`,
     /** Acquire job ids given a VM by the line that have not collected it yet, scored by when (epoch ms). */
     acquireAssigned: `${base}acquire_assigned`,
     /** Hash of machines the group's provider lists but the pool does not know: name -> first seen (epoch ms). */
-    orphanUnknown: (group: number) => `${base}group:${group}:orphan_unknown`,
+    orphanUnknown: (group: string) => `${base}group:${group}:orphan_unknown`,
     /** Hash of the group's pool VMs missing from the provider's last list: name -> first missed (epoch ms). */
-    orphanMissing: (group: number) => `${base}group:${group}:orphan_missing`,
+    orphanMissing: (group: string) => `${base}group:${group}:orphan_missing`,
     /** Set of machines the group's provider lists with no pool id, already reported (logged once each). */
-    orphanUntagged: (group: number) => `${base}group:${group}:orphan_untagged`,
+    orphanUntagged: (group: string) => `${base}group:${group}:orphan_untagged`,
     /** List of the group's history samples for the pool page's charts, newest first, capped (src/reconcile/history.ts). */
-    history: (group: number) => `${base}group:${group}:history`,
+    history: (group: string) => `${base}group:${group}:history`,
     /** JSON AcquireWaitMark: the acquire wait histogram at the last history sample. */
     historyAcquire: `${base}history_acquire`,
     /**
@@ -110,23 +113,36 @@ export function poolKeys(prefix: string) {
     /** The migration lock (locks.ts): one process migrates the data format at a time. */
     migrationLock: `${base}migration_lock`,
     /** Due-time set (includes/setVmState indexDue): VMs in got_ip, ready, in_use or check_health_failed, scored by last health check (0: never). */
-    dueCheck: (group: number) => `${base}group:${group}:due:check`,
+    dueCheck: (group: string) => `${base}group:${group}:due:check`,
     /** Due-time set: ready VMs bound to an owner and not held, scored by last release (0: never). */
-    dueDirty: (group: number) => `${base}group:${group}:due:dirty`,
+    dueDirty: (group: string) => `${base}group:${group}:due:dirty`,
     /** Due-time set: VMs in check_health, scored by the check's start. */
-    dueCheckStarted: (group: number) => `${base}group:${group}:due:check_started`,
+    dueCheckStarted: (group: string) => `${base}group:${group}:due:check_started`,
     /** Due-time set: VMs in terminating, scored by terminating_since. */
-    dueTerminating: (group: number) => `${base}group:${group}:due:terminating`,
+    dueTerminating: (group: string) => `${base}group:${group}:due:terminating`,
     /** Set of the unbound, unheld VMs in got_ip or check_health (with readyClean, the coming supply of spawn decisions). */
-    coming: (group: number) => `${base}group:${group}:coming`,
+    coming: (group: string) => `${base}group:${group}:coming`,
+    /**
+     * Hash of the group's current launch configuration (publishLaunch-1.lua): fingerprint,
+     * launch_revision, revision (moves forward at each change), published_at, published_by, started_at.
+     */
+    launch: (group: string) => `${base}group:${group}:launch`,
+    /** Sorted set of processes whose config of the group is not the published one: member `<process id>|<fingerprint>`, score last seen. */
+    launchDeferring: (group: string) => `${base}group:${group}:launch_deferring`,
+    /** Set of the group's VMs, not terminating, whose launch fingerprint is not the current one. */
+    outdated: (group: string) => `${base}group:${group}:outdated`,
+    /** Clean ready outdated VMs, scored by last health check: acquire takes one only when readyClean has none. */
+    readyOutdated: (group: string) => `${base}group:${group}:ready_outdated`,
+    /** Due-time set: clean, unheld ready VMs scored by first_ready_at (max_ready_age). */
+    dueReadyAge: (group: string) => `${base}group:${group}:due:ready_age`,
     /** Set of the group's held VMs (includes/setVmState indexDue; counted by the pool page). */
-    held: (group: number) => `${base}group:${group}:held`,
+    held: (group: string) => `${base}group:${group}:held`,
     /** Hash of the group's spawn-to-ready time: ema_ms (exponential moving average), samples (recordHealthCheckResult-1.lua). */
-    bootTime: (group: number) => `${base}group:${group}:boot_time`,
+    bootTime: (group: string) => `${base}group:${group}:boot_time`,
     /** Hash of the group's spawn circuit breaker: state, error_class, failures, openings, opened_at, open_until, manual, message (recordSpawnOutcome-1.lua). */
-    breaker: (group: number) => `${base}group:${group}:breaker`,
+    breaker: (group: string) => `${base}group:${group}:breaker`,
     /** Hash of acquire requests that arrived for the group, per minute: minute number (epoch ms / 60000) -> count. */
-    arrivals: (group: number) => `${base}group:${group}:arrivals`,
+    arrivals: (group: string) => `${base}group:${group}:arrivals`,
     /**
      * The audit trail: a capped stream of every VM lifecycle event, written by the scripts that make
      * the transitions (includes/audit.lua), so that it cannot disagree with the pool's state.
@@ -136,8 +152,16 @@ export function poolKeys(prefix: string) {
     auditMaxEvents: `${base}audit_max_events`,
     /** Hash of one shared metric (src/metrics/shared.ts), written by workers and read by every web process. */
     metric: (name: string) => `${base}metrics:${name}`,
+    /** Set of the group names the pool has known (config groups, and groups removed from the config whose keys remain). */
+    groupRegistry: `${base}groups`,
+    /**
+     * Hash index -> group name: the config's group list that migrated a version-1 pool (whose keys
+     * and payloads named groups by index), so that a payload of a version-1 producer still carrying
+     * an index, and an old audit event, read by name (dataFormat.ts, migration 2).
+     */
+    legacyGroupNames: `${base}legacy_group_names`,
     /** Pub/sub channel told (by the scripts) when a VM of the group may be acquirable. */
-    readyChannel: (group: number) => `${base}ready:${group}`,
+    readyChannel: (group: string) => `${base}ready:${group}`,
   };
 }
 

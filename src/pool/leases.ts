@@ -98,10 +98,10 @@ export class Leases {
   }
 
   /**
-   * Ends the leases that lapsed, at most `batch`, by each group's on_lease_expiry (indexed by
-   * group id). The caller enqueues the terminate or health job of each.
+   * Ends the leases that lapsed, at most `batch`, by each group's on_lease_expiry (by group name).
+   * The caller enqueues the terminate or health job of each.
    */
-  async expire(now: number, batch: number, onLeaseExpiry: readonly ('terminate' | 'release')[]): Promise<ExpiredLease[]> {
+  async expire(now: number, batch: number, onLeaseExpiry: ReadonlyMap<string, 'terminate' | 'release'>): Promise<ExpiredLease[]> {
     return this.pool.scripts.expireLeases(now, batch, onLeaseExpiry);
   }
 }

@@ -31,7 +31,8 @@ export interface PoolStateMarker {
   /** The generation whose recovery still owes reconcile a sweep of the providers' machines, or null. */
   sweepGeneration: string | null;
   /** Per group id, the generation whose sweep reconcile finished in that group. */
-  swept: Record<number, string>;
+  /** Group name -> the generation whose machines reconcile swept in that group. */
+  swept: Record<string, string>;
 }
 
 /**
@@ -62,7 +63,7 @@ const DUE_KEYS = { check: 'dueCheck', dirty: 'dueDirty', checkStarted: 'dueCheck
 
 /** One read of a due-time set: members with a score below `upTo` (or up to it, inclusive); null: every member. */
 export interface DueQuery {
-  group: number;
+  group: string;
   set: keyof typeof DUE_KEYS;
   upTo: number | null;
   inclusive?: boolean;
@@ -70,7 +71,7 @@ export interface DueQuery {
 
 /** A page of GET /vms (PoolReader.vmPage). */
 export interface VmPageQuery {
-  group?: number;
+  group?: string;
   state?: VmState;
   owner?: string;
   cursor?: string;
@@ -81,6 +82,16 @@ export interface VmPage {
   vms: VmRecord[];
   /** The cursor of the next page (the last name of this one), or null at the end. */
   next: string | null;
+}
+
+/** A group's launch as the pool has it (PoolReader.launchStates). */
+export interface LaunchState {
+  /** The group's current launch configuration, or null before any process published one. */
+  published: { fingerprint: string; revision: number; launchRevision: number; publishedAt: number; publishedBy: string } | null;
+  /** VMs of the group (not terminating) on an older launch. */
+  outdated: number;
+  /** Processes seen running another launch config of the group, which defer to the published one. */
+  deferring: { process: string; fingerprint: string }[];
 }
 
 export class PoolReader {
@@ -156,7 +167,7 @@ export class PoolReader {
   }
 
   /** Per group: the coming supply (clean ready VMs, and unbound, unheld VMs in got_ip or check_health) and the clean ready VMs (SCARD + ZCARD, ZCARD). */
-  async supplyCounts(groups: readonly number[]): Promise<{ coming: number; readyClean: number }[]> {
+  async supplyCounts(groups: readonly string[]): Promise<{ coming: number; readyClean: number }[]> {
     const pipeline = this.redis.pipeline();
     for (const g of groups) pipeline.scard(this.keys.coming(g)).zcard(this.keys.readyClean(g));
     const n = await this.numbers(pipeline);
@@ -164,14 +175,61 @@ export class PoolReader {
   }
 
   /** Held VMs of each group (SCARD of the held sets). */
-  async heldCounts(groups: readonly number[]): Promise<number[]> {
+  async heldCounts(groups: readonly string[]): Promise<number[]> {
     const pipeline = this.redis.pipeline();
     for (const g of groups) pipeline.scard(this.keys.held(g));
     return this.numbers(pipeline);
   }
 
+  /**
+   * Per group, what a rollout decides on: the outdated VMs (the whole `outdated` set: each is due
+   * for replacement) and the clean ready VMs first ready before `agedBefore` (null: no max_ready_age).
+   */
+  async launchDue(groups: readonly { group: string; agedBefore: number | null }[]): Promise<{ outdated: string[]; aged: string[] }[]> {
+    const pipeline = this.redis.pipeline();
+    for (const { group, agedBefore } of groups) {
+      pipeline.smembers(this.keys.outdated(group));
+      if (agedBefore !== null) pipeline.zrangebyscore(this.keys.dueReadyAge(group), '-inf', `(${agedBefore}`);
+    }
+    const replies = ((await pipeline.exec()) ?? []).map(([err, value]) => {
+      if (err) throw err;
+      return value as string[];
+    });
+    let i = 0;
+    return groups.map(({ agedBefore }) => ({ outdated: replies[i++]!, aged: agedBefore !== null ? replies[i++]! : [] }));
+  }
+
+  /** Per group: its published launch (null before the first), how many VMs are outdated, and the processes that defer to it (seen since `deferringSince`). */
+  async launchStates(groups: readonly string[], deferringSince: number): Promise<LaunchState[]> {
+    const pipeline = this.redis.pipeline();
+    for (const g of groups) {
+      pipeline.hgetall(this.keys.launch(g)).scard(this.keys.outdated(g)).zrangebyscore(this.keys.launchDeferring(g), deferringSince, '+inf');
+    }
+    const replies = ((await pipeline.exec()) ?? []).map(([err, value]) => {
+      if (err) throw err;
+      return value;
+    });
+    return groups.map((_, i) => {
+      const h = replies[3 * i] as Record<string, string>;
+      const deferring = (replies[3 * i + 2] as string[]).map((member) => {
+        const bar = member.lastIndexOf('|');
+        return { process: member.slice(0, bar), fingerprint: member.slice(bar + 1) };
+      });
+      const published = h.fingerprint
+        ? {
+            fingerprint: h.fingerprint,
+            revision: Number(h.revision ?? 0),
+            launchRevision: Number(h.launch_revision ?? 0),
+            publishedAt: Number(h.published_at ?? 0),
+            publishedBy: h.published_by ?? '',
+          }
+        : null;
+      return { published, outdated: Number(replies[3 * i + 1]), deferring };
+    });
+  }
+
   /** Names of the group's clean ready VMs (not held). */
-  async readyCleanNames(group: number): Promise<string[]> {
+  async readyCleanNames(group: string): Promise<string[]> {
     return this.redis.zrange(this.keys.readyClean(group), 0, '-1');
   }
 
@@ -181,7 +239,7 @@ export class PoolReader {
    * filter reads records in chunks until the page is full. `next` is the cursor of the next page,
    * or null at the end.
    */
-  async vmPage(query: VmPageQuery, allGroups: readonly number[]): Promise<VmPage> {
+  async vmPage(query: VmPageQuery, allGroups: readonly string[]): Promise<VmPage> {
     const { group, state, owner, cursor, limit } = query;
     let names: string[];
     if (group === undefined && state === undefined) names = await this.allVmNames();
@@ -251,7 +309,7 @@ export class PoolReader {
   }
 
   /** Names of the VMs in any of the states, in any of the groups (the state indexes). */
-  async vmNamesByGroupsAndStates(groups: readonly number[], states: readonly VmState[]): Promise<string[]> {
+  async vmNamesByGroupsAndStates(groups: readonly string[], states: readonly VmState[]): Promise<string[]> {
     const stateKeys = groups.flatMap((g) => states.map((s) => this.keys.state(g, s)));
     return stateKeys.length === 0 ? [] : this.redis.sunion(...stateKeys);
   }
@@ -285,7 +343,7 @@ export class PoolReader {
     );
     if (state !== 'in_use' || task !== taskId || !leaseId) return null;
     if (owner !== holder.owner || sandbox !== holder.sandbox) return null;
-    return { vmName: name, vmIp: ip ?? '', group: Number(group), leaseId, leaseExpiresAt: Number(expires) };
+    return { vmName: name, vmIp: ip ?? '', group: group ?? '', leaseId, leaseExpiresAt: Number(expires) };
   }
 
   /**
@@ -313,7 +371,7 @@ export class PoolReader {
   }
 
   /** VMs per state of each group (index = position in `groups`), from the state indexes (SCARD). */
-  async stateCounts(groups: readonly number[]): Promise<Record<VmState, number>[]> {
+  async stateCounts(groups: readonly string[]): Promise<Record<VmState, number>[]> {
     const pipeline = this.redis.pipeline();
     for (const g of groups) for (const s of ALL_VM_STATES) pipeline.scard(this.keys.state(g, s));
     const counts = await this.numbers(pipeline);
@@ -321,12 +379,12 @@ export class PoolReader {
   }
 
   /** Number of VMs of the group bound to the owner (any state). */
-  async ownerVmCount(group: number, owner: string): Promise<number> {
+  async ownerVmCount(group: string, owner: string): Promise<number> {
     return Number((await this.redis.hget(this.keys.ownerVms(group), owner)) ?? 0);
   }
 
   /** Spawns in flight of a group, oldest first. */
-  async spawnsInFlight(group: number): Promise<SpawnInFlight[]> {
+  async spawnsInFlight(group: string): Promise<SpawnInFlight[]> {
     const flat = await this.redis.zrange(this.keys.spawning(group), 0, '-1', 'WITHSCORES');
     const out: SpawnInFlight[] = [];
     for (let i = 0; i + 1 < flat.length; i += 2) out.push({ spawnId: flat[i]!, startedAt: Number(flat[i + 1]) });
@@ -344,7 +402,7 @@ export class PoolReader {
   }
 
   /** Number of spawns in flight of each group (index = position in `groups`). */
-  async spawnCounts(groups: readonly number[]): Promise<number[]> {
+  async spawnCounts(groups: readonly string[]): Promise<number[]> {
     const pipeline = this.redis.pipeline();
     for (const g of groups) pipeline.zcard(this.keys.spawning(g));
     return this.numbers(pipeline);
@@ -373,7 +431,7 @@ export class PoolReader {
       swept: Object.fromEntries(
         Object.entries(h)
           .filter(([field]) => field.startsWith('swept:'))
-          .map(([field, generation]) => [Number(field.slice('swept:'.length)), generation]),
+          .map(([field, generation]) => [field.slice('swept:'.length), generation]),
       ),
     };
   }
@@ -382,7 +440,7 @@ export class PoolReader {
    * The acquire requests waiting in the group's line whose deadline is after `now` (the first
    * `limit` in line order), each with its job id and owner.
    */
-  async lineRequests(group: number, now: number, limit: number): Promise<{ jobId: string; owner: string }[]> {
+  async lineRequests(group: string, now: number, limit: number): Promise<{ jobId: string; owner: string }[]> {
     const members = await this.redis.zrange(this.keys.waiters(group), '0', String(limit - 1));
     if (members.length === 0) return [];
     const infos = await this.redis.hmget(this.keys.waiterInfo, ...members);
@@ -396,13 +454,13 @@ export class PoolReader {
   }
 
   /** VMs of the group bound to each of `owners` (group:<id>:owner_vms), in their order. */
-  async ownerVmCounts(group: number, owners: readonly string[]): Promise<number[]> {
+  async ownerVmCounts(group: string, owners: readonly string[]): Promise<number[]> {
     if (owners.length === 0) return [];
     return (await this.redis.hmget(this.keys.ownerVms(group), ...owners)).map((n) => Number(n ?? 0));
   }
 
   /** Number of acquire requests waiting in the group's line whose deadline is after `now`. */
-  async countDemand(group: number, now: number): Promise<number> {
+  async countDemand(group: string, now: number): Promise<number> {
     return this.redis.zcount(this.keys.demand(group), `(${now}`, '+inf');
   }
 
@@ -412,7 +470,7 @@ export class PoolReader {
    * blocked at max_vm_per_user, or not in the line), the number of owners there, the number of
    * requests waiting, the best priority waiting, the owner's VM count, and the ready VMs it could take.
    */
-  async lineStanding(group: number, owner: string, sandbox: string, member: string): Promise<LineStanding> {
+  async lineStanding(group: string, owner: string, sandbox: string, member: string): Promise<LineStanding> {
     const k = this.keys;
     const [ownerRank, ownersAhead, blocked, ringSize, waiting, head, ownerVms, readyDirty, readyClean] = (await this.redis
       .pipeline()
@@ -443,7 +501,7 @@ export class PoolReader {
   }
 
   /** The mean duration (ms) of the group's successful spawns so far (shared metrics), or null before the first. */
-  async meanSpawnMs(group: number): Promise<number | null> {
+  async meanSpawnMs(group: string): Promise<number | null> {
     const field = JSON.stringify([String(group), 'ok']);
     const [sum, count] = await this.redis.hmget(this.keys.metric(sharedMetrics.spawnDuration.key), `${field}\tsum`, `${field}\tcount`);
     return Number(count) > 0 ? (Number(sum) / Number(count)) * 1000 : null;
@@ -465,30 +523,40 @@ export class PoolReader {
   }
 
   /** One field of the group's pool info (Copr's vm pool info). */
-  async groupInfo(group: number, field: string): Promise<string | null> {
+  /** The name that a version-1 group index stands for (the map the migration to data format 2 recorded), or null. */
+  async legacyGroupName(index: number): Promise<string | null> {
+    return this.redis.hget(this.keys.legacyGroupNames, String(index));
+  }
+
+  /** The whole version-1 index -> name map (empty when the pool was never migrated from version 1). */
+  async legacyGroupNames(): Promise<Map<string, string>> {
+    return new Map(Object.entries(await this.redis.hgetall(this.keys.legacyGroupNames)));
+  }
+
+  async groupInfo(group: string, field: string): Promise<string | null> {
     return this.redis.hget(this.keys.groupInfo(group), field);
   }
 
   /** The group's boot time (spawn to first passed check): moving average in ms and sample count. */
-  async bootTime(group: number): Promise<{ emaMs: number | null; samples: number }> {
+  async bootTime(group: string): Promise<{ emaMs: number | null; samples: number }> {
     const [ema, samples] = await this.redis.hmget(this.keys.bootTime(group), 'ema_ms', 'samples');
     return { emaMs: ema === null ? null : Number(ema), samples: Number(samples ?? 0) };
   }
 
   /** The group's spawn circuit breaker, or null while it is closed (src/reconcile/breaker.ts reads it). */
-  async breaker(group: number): Promise<BreakerState | null> {
+  async breaker(group: string): Promise<BreakerState | null> {
     const h = await this.redis.hgetall(this.keys.breaker(group));
     return breakerFromHash(h);
   }
 
   /** Acquire requests that arrived for the group per minute (minute number -> count); the hash stays small (VmManager trims it). */
-  async arrivals(group: number): Promise<Map<number, number>> {
+  async arrivals(group: string): Promise<Map<number, number>> {
     const raw = await this.redis.hgetall(this.keys.arrivals(group));
     return new Map(Object.entries(raw).map(([minute, n]) => [Number(minute), Number(n)]));
   }
 
   /** The group's newest history samples (JSON, newest first), at most `limit`. */
-  async history(group: number, limit: number): Promise<string[]> {
+  async history(group: string, limit: number): Promise<string[]> {
     return this.redis.lrange(this.keys.history(group), 0, limit - 1);
   }
 
@@ -498,7 +566,7 @@ export class PoolReader {
   }
 
   /** What the group's last orphan pass left for the next one. */
-  async orphanPassState(group: number): Promise<OrphanPassState> {
+  async orphanPassState(group: string): Promise<OrphanPassState> {
     const [unknown, missing, untagged] = await Promise.all([
       this.redis.hgetall(this.keys.orphanUnknown(group)),
       this.redis.hgetall(this.keys.orphanMissing(group)),

@@ -19,9 +19,26 @@ import {
   type SpawnAttemptStart,
 } from './types.js';
 
+/** A process's launch configuration of a group, as publishLaunch weighs it. */
+export interface LaunchClaim {
+  fingerprint: string;
+  launchRevision: number;
+  /** When the process started (epoch ms): of two configs with one launch_revision, the later started wins. */
+  startedAt: number;
+  processId: string;
+  /** The group's max_ready_age in ms, when it has one: ready VMs' age is recorded only then. */
+  maxReadyAgeMs?: number;
+}
+
+/** publishLaunch's answer: the caller's config is current, was published now, or another one is current. */
+export type LaunchPublication =
+  | { status: 'current'; revision: number }
+  | { status: 'published'; revision: number; changed: number }
+  | { status: 'superseded'; fingerprint: string; revision: number; launchRevision: number; publishedAt: number; publishedBy: string };
+
 /** One group of an acquire request, with what the script needs of its config. */
 export interface AcquireGroupLimits {
-  group: number;
+  group: string;
   maxVmPerOwner: number;
   leaseTimeoutMs: number;
   /** The group's max_waiting_per_owner: a request that would wait beyond it is refused (TooManyWaiting). */
@@ -114,30 +131,68 @@ export class PoolScripts {
    * Adds a VM in got_ip. Throws VmError when a VM of that name is in the pool. With a spawn, the VM
    * takes the spawn's slot at once; SpawnSlotLost when the spawn no longer holds one.
    */
-  async addVm(vmName: string, vmIp: string, group: number, now: number, spawn?: { spawnId: string; recordTtlMs: number; startedAt?: number }): Promise<void> {
-    await this.acted('addVm', vmName, [vmIp, group, now, spawn?.spawnId ?? '', spawn?.recordTtlMs ?? 0, spawn?.startedAt ?? ''], null, {
+  async addVm(
+    vmName: string,
+    vmIp: string,
+    group: string,
+    now: number,
+    spawn?: { spawnId: string; recordTtlMs: number; startedAt?: number },
+    launchFingerprint = '',
+  ): Promise<void> {
+    await this.acted('addVm', vmName, [vmIp, group, now, spawn?.spawnId ?? '', spawn?.recordTtlMs ?? 0, spawn?.startedAt ?? '', launchFingerprint], null, {
       [ReplyCodes.ALREADY_EXISTS]: () => new VmError(`VM ${vmName} is already in the pool`),
       [ReplyCodes.NO_SPAWN_SLOT]: () => new SpawnSlotLost(spawn?.spawnId ?? '', group),
     });
   }
 
+  /** Publishes a process's launch configuration of a group, or says which one is current (publishLaunch-1.lua). */
+  async publishLaunch(group: string, launch: LaunchClaim, now: number, timing: { deferringTtlMs: number; orphanedAfterMs: number }): Promise<LaunchPublication> {
+    const args = [group, launch.fingerprint, launch.launchRevision, launch.startedAt, launch.processId, now, timing.deferringTtlMs, launch.maxReadyAgeMs ?? '', timing.orphanedAfterMs];
+    const reply = (await this.call('publishLaunch', args)) as unknown[];
+    const code = reply[0];
+    if (code === ReplyCodes.OK) return { status: 'current', revision: Number(reply[1]) };
+    if (code === ReplyCodes.CREATED) return { status: 'published', revision: Number(reply[1]), changed: Number(reply[2]) };
+    if (code === ReplyCodes.SUPERSEDED) {
+      return {
+        status: 'superseded',
+        fingerprint: String(reply[1]),
+        revision: Number(reply[2]),
+        launchRevision: Number(reply[3]),
+        publishedAt: Number(reply[4]),
+        publishedBy: String(reply[5]),
+      };
+    }
+    throw unexpected('publishLaunch', reply);
+  }
+
+  /** Moves (or merges) keys of group `from` to group `to`, by their tails after `group:<from>:` (moveGroupKeys-1.lua); returns how many. */
+  async moveGroupKeys(from: string, to: string, tails: readonly string[]): Promise<number> {
+    if (tails.length === 0) return 0;
+    return Number(await this.call('moveGroupKeys', [from, to, ...tails]));
+  }
+
+  /** Rewrites the group references of records by the map from -> to (relabelGroups-1.lua); returns how many changed. */
+  async relabelGroups(kind: 'vm' | 'spawn' | 'waiter' | 'swept' | 'metric', map: ReadonlyMap<string, string>, ids: readonly string[] = []): Promise<number> {
+    return Number(await this.call('relabelGroups', [kind, map.size, ...[...map].flat(), ...ids]));
+  }
+
   /** Drops the group's arrival minutes before `firstMinute` (epoch ms / 60000); returns how many. */
-  async trimArrivals(group: number, firstMinute: number): Promise<number> {
+  async trimArrivals(group: string, firstMinute: number): Promise<number> {
     return Number(await this.call('trimArrivals', [group, firstMinute]));
   }
 
   /** Records a spawn in flight: it takes a slot of the group's spawns. */
-  async registerSpawn(group: number, spawnId: string, now: number): Promise<void> {
+  async registerSpawn(group: string, spawnId: string, now: number): Promise<void> {
     await this.call('registerSpawn', [group, spawnId, now]);
   }
 
   /** Drops a spawn's slot; false when it held none. */
-  async finishSpawn(group: number, spawnId: string): Promise<boolean> {
+  async finishSpawn(group: string, spawnId: string): Promise<boolean> {
     return (await this.call('finishSpawn', [group, spawnId])) === ReplyCodes.OK;
   }
 
   /** One attempt of a spawn starts, or what an earlier attempt left (startSpawnAttempt-1.lua). */
-  async startSpawnAttempt(spawnId: string, group: number, now: number, recordTtlMs: number): Promise<SpawnAttemptStart> {
+  async startSpawnAttempt(spawnId: string, group: string, now: number, recordTtlMs: number): Promise<SpawnAttemptStart> {
     const reply = (await this.call('startSpawnAttempt', [spawnId, group, now, recordTtlMs])) as [number, ...string[]];
     const [code, name = '', ip = '', done = '', slotHeld = ''] = reply;
     switch (code) {
@@ -225,7 +280,7 @@ export class PoolScripts {
 
   /** Records a spawn's outcome in the group's circuit breaker; true when this failure opened it. */
   async recordSpawnOutcome(
-    group: number,
+    group: string,
     outcome: 'ok' | 'failed' | 'reset',
     now: number,
     failure: { errorClass: string; threshold: number; backoffSeconds: number; maxBackoffSeconds: number; needsOperator: boolean; message: string } | null = null,
@@ -269,8 +324,9 @@ export class PoolScripts {
   }
 
   /** Applies a check result; maxFails is vm_max_check_fails of every group, by group id. */
-  async recordHealthCheckResult(vmName: string, ok: boolean, now: number, maxFails: readonly number[]): Promise<HealthCheckRecord> {
-    const reply = (await this.call('recordHealthCheckResult', [vmName, ok ? '1' : '0', now, ...maxFails])) as [number, string[]?];
+  /** `maxFails`: group name -> its vm_max_check_fails (a group missing from it: 0). */
+  async recordHealthCheckResult(vmName: string, ok: boolean, now: number, maxFails: ReadonlyMap<string, number>): Promise<HealthCheckRecord> {
+    const reply = (await this.call('recordHealthCheckResult', [vmName, ok ? '1' : '0', now, ...[...maxFails].flat()])) as [number, string[]?];
     if (reply[0] === ReplyCodes.NOT_FOUND) throw new VmDescriptorNotFound(vmName);
     const outcome = healthOutcomes.get(reply[0]);
     if (!outcome) throw unexpected('recordHealthCheckResult', reply);
@@ -307,7 +363,7 @@ export class PoolScripts {
       case ReplyCodes.TASK_CONFLICT:
         throw new TaskConflict(input.taskId);
       case ReplyCodes.TOO_MANY_WAITING:
-        throw new TooManyWaiting(input.owner, Number(payload), Number(served));
+        throw new TooManyWaiting(input.owner, String(payload), Number(served));
       case ReplyCodes.CANCELLED:
         return { status: 'cancelled', reason: String(payload) };
       case ReplyCodes.NO_VM:
@@ -320,7 +376,7 @@ export class PoolScripts {
   }
 
   /** Takes a waiting request out of the line of its groups; returns how many lines it left. */
-  async leaveAcquireLine(waiter: Pick<AcquireWaiter, 'member' | 'jobId'>, groups: readonly number[]): Promise<number> {
+  async leaveAcquireLine(waiter: Pick<AcquireWaiter, 'member' | 'jobId'>, groups: readonly string[]): Promise<number> {
     return Number(await this.call('leaveAcquireLine', [waiter.member, waiter.jobId, ...groups]));
   }
 
@@ -346,7 +402,7 @@ export class PoolScripts {
    * Gives the group's ready VMs to its waiting requests in line order (the VM named by a ready
    * message, or the group's clean VMs for ''); returns the job ids served (to be woken).
    */
-  async dispatchAcquireLine(group: number, vmName: string, now: number): Promise<string[]> {
+  async dispatchAcquireLine(group: string, vmName: string, now: number): Promise<string[]> {
     return (await this.call('dispatchAcquireLine', [now, group, vmName])) as string[];
   }
 
@@ -363,8 +419,8 @@ export class PoolScripts {
   }
 
   /** Accepts the state as current on this Redis run (verifyPoolState-1.lua); null when the marker changed meanwhile. */
-  async verifyPoolState(seen: PoolStateSeen, groupCount: number): Promise<PoolStateSeen | null> {
-    const reply = (await this.call('verifyPoolState', [seen.generation, seen.epoch, groupCount])) as [number, string?, string?];
+  async verifyPoolState(seen: PoolStateSeen, groups: readonly string[]): Promise<PoolStateSeen | null> {
+    const reply = (await this.call('verifyPoolState', [seen.generation, seen.epoch, ...groups])) as [number, string?, string?];
     if (reply[0] === ReplyCodes.POOL_CHANGED) return null;
     if (reply[0] !== ReplyCodes.OK) throw unexpected('verifyPoolState', reply);
     return { generation: String(reply[1]), epoch: Number(reply[2]) };
@@ -374,18 +430,18 @@ export class PoolScripts {
    * Recovers from a loss (recoverPool-1.lua): `seen` is the marker as the caller saw it (null when
    * there was none). Returns the VMs moved to terminating, or null when the marker changed meanwhile.
    */
-  async recoverPool(seen: PoolStateSeen | null, next: PoolStateSeen, now: number, groupCount: number): Promise<string[] | null> {
-    const args = [seen?.generation ?? '', seen ? String(seen.epoch) : '', next.generation, next.epoch, now, groupCount];
+  async recoverPool(seen: PoolStateSeen | null, next: PoolStateSeen, now: number, groups: readonly string[]): Promise<string[] | null> {
+    const args = [seen?.generation ?? '', seen ? String(seen.epoch) : '', next.generation, next.epoch, now, ...groups];
     const reply = (await this.call('recoverPool', args)) as [number, string[]?];
     if (reply[0] === ReplyCodes.POOL_CHANGED) return null;
     if (reply[0] !== ReplyCodes.OK) throw unexpected('recoverPool', reply);
     return reply[1] ?? [];
   }
 
-  /** Applies on_lease_expiry (by group id) to at most `batch` lapsed leases. */
-  async expireLeases(now: number, batch: number, onLeaseExpiry: readonly ('terminate' | 'release')[]): Promise<ExpiredLease[]> {
-    const args: (string | number)[] = [now, batch, onLeaseExpiry.length];
-    onLeaseExpiry.forEach((policy, group) => args.push(group, policy));
+  /** Applies on_lease_expiry (group name -> policy; a group missing: terminate) to at most `batch` lapsed leases. */
+  async expireLeases(now: number, batch: number, onLeaseExpiry: ReadonlyMap<string, 'terminate' | 'release'>): Promise<ExpiredLease[]> {
+    const args: (string | number)[] = [now, batch, onLeaseExpiry.size];
+    for (const [group, policy] of onLeaseExpiry) args.push(group, policy);
     const flat = (await this.call('expireLeases', args)) as string[];
     const out: ExpiredLease[] = [];
     for (let i = 0; i + 1 < flat.length; i += 2) out.push({ vmName: flat[i]!, action: flat[i + 1] === 'release' ? 'release' : 'terminate' });

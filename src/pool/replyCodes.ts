@@ -69,6 +69,11 @@ export const ReplyCodes = {
    * saveMigrationProgress: the migration is no longer in progress.
    */
   DATA_FORMAT_AHEAD: -19,
+  /**
+   * publishLaunch: the group's published launch configuration is newer than the caller's (a higher
+   * launch_revision, or published after the caller started): the caller makes no decision for it.
+   */
+  SUPERSEDED: -20,
 } as const;
 
 export type ReplyCodeName = keyof typeof ReplyCodes;

@@ -17,13 +17,13 @@ export class Spawns {
   constructor(private readonly ctx: PoolContext) {}
 
   /** Records a spawn in flight, in Redis, so that a restarted process does not forget it. */
-  async register(group: number, spawnId: string): Promise<void> {
+  async register(group: string, spawnId: string): Promise<void> {
     this.ctx.groupConfig(group);
     await this.ctx.scripts.registerSpawn(group, spawnId, this.ctx.clock());
   }
 
   /** See VmManager.startSpawnAttempt. */
-  async startAttempt(group: number, spawnId: string): Promise<SpawnAttemptStart> {
+  async startAttempt(group: string, spawnId: string): Promise<SpawnAttemptStart> {
     this.ctx.groupConfig(group);
     return this.ctx.scripts.startSpawnAttempt(spawnId, group, this.ctx.clock(), SPAWN_RECORD_TTL_MS);
   }
@@ -39,12 +39,12 @@ export class Spawns {
   }
 
   /** Drops the spawn's slot (its attempts ended, or it went stale). */
-  async finish(group: number, spawnId: string): Promise<void> {
+  async finish(group: string, spawnId: string): Promise<void> {
     await this.ctx.scripts.finishSpawn(group, spawnId);
   }
 
   /** Spawns in flight of a group, oldest first. */
-  async inFlight(group: number): Promise<SpawnInFlight[]> {
+  async inFlight(group: string): Promise<SpawnInFlight[]> {
     return this.ctx.reader.spawnsInFlight(group);
   }
 }

@@ -94,20 +94,20 @@ export class StateLoss {
 
   /** Accepts the state as current on this Redis run; null when the marker changed since `seen`. */
   async verify(seen: PoolStateSeen): Promise<PoolStateSeen | null> {
-    return this.ctx.scripts.verifyPoolState(seen, this.ctx.config.groups.length);
+    return this.ctx.scripts.verifyPoolState(seen, this.ctx.vmGroups);
   }
 
   /** See VmManager.recoverPool. */
   async recover(seen: PoolStateSeen | null, next: PoolStateSeen): Promise<string[] | null> {
     const now = this.ctx.clock();
-    const terminated = await this.ctx.scripts.recoverPool(seen, next, now, this.ctx.config.groups.length);
+    const terminated = await this.ctx.scripts.recoverPool(seen, next, now, this.ctx.vmGroups);
     if (terminated === null) return null;
     for (const vmName of terminated) await this.jobs.enqueueTermination(vmName, now, 'state_lost');
     return terminated;
   }
 
   /** Records that reconcile swept the group's machines after the recovery of `generation`. */
-  async markSwept(group: number, generation: string): Promise<void> {
+  async markSwept(group: string, generation: string): Promise<void> {
     this.ctx.groupConfig(group);
     await this.ctx.redis.hset(this.ctx.keys.poolState, `swept:${group}`, generation);
   }

@@ -37,7 +37,7 @@ export class Telemetry {
   constructor(private readonly ctx: PoolContext) {}
 
   /** See VmManager.measureTargetWait. */
-  async measureTargetWait(group: number, windowMs: number): Promise<TargetWaitMeasure & { bootSamples: number }> {
+  async measureTargetWait(group: string, windowMs: number): Promise<TargetWaitMeasure & { bootSamples: number }> {
     this.ctx.groupConfig(group);
     const now = this.ctx.clock();
     const [buckets, boot] = await Promise.all([this.ctx.reader.arrivals(group), this.ctx.reader.bootTime(group)]);
@@ -48,7 +48,7 @@ export class Telemetry {
   }
 
   /** See VmManager.appendHistory. */
-  async appendHistory(samples: ReadonlyMap<number, HistorySample>, mark: AcquireWaitMark, keep: number): Promise<void> {
+  async appendHistory(samples: ReadonlyMap<string, HistorySample>, mark: AcquireWaitMark, keep: number): Promise<void> {
     const { keys } = this.ctx;
     const tx = this.ctx.redis.multi();
     for (const [group, sample] of samples) {
@@ -60,7 +60,7 @@ export class Telemetry {
   }
 
   /** The group's history samples of the last `sinceMs` (oldest first), for the pool page. */
-  async readHistory(group: number, sinceMs: number, limit = HISTORY_SAMPLES): Promise<HistorySample[]> {
+  async readHistory(group: string, sinceMs: number, limit = HISTORY_SAMPLES): Promise<HistorySample[]> {
     this.ctx.groupConfig(group);
     const from = this.ctx.clock() - sinceMs;
     return parseHistory(await this.ctx.reader.history(group, limit))
@@ -70,7 +70,7 @@ export class Telemetry {
 
   /** Replaces what the group's orphan pass keeps for the next one (read it with reader.orphanPassState). */
   async replaceOrphanPassState(
-    group: number,
+    group: string,
     state: { unknown: Record<string, string | number>; missing: Record<string, string | number>; untagged?: readonly string[] },
   ): Promise<void> {
     const unknownKey = this.ctx.keys.orphanUnknown(group);

@@ -24,7 +24,8 @@ export function isVmState(value: unknown): value is VmState {
 export interface VmDescriptor {
   vmName: string;
   vmIp: string;
-  group: number;
+  /** The name of the VM's group (groups are identified by name; a group removed from the config keeps its VMs until they retire). */
+  group: string;
   state: VmState;
   /** The owner the VM belongs to since its first acquire (it counts for max_vm_per_user); null while clean. */
   owner: string | null;
@@ -64,13 +65,13 @@ export class InvalidVmRequest extends VmError {
   }
 }
 
-/** A group id or name that the config does not have; `known` is the number of groups, or a message. */
+/** A group name or index that the config does not have; `known` is the config's group names, or a message. */
 export class UnknownGroup extends InvalidVmRequest {
   constructor(
     readonly group: unknown,
-    known: number | string,
+    known: readonly string[] | string,
   ) {
-    super(typeof known === 'string' ? known : `unknown group ${JSON.stringify(group)}; groups are 0..${known - 1}`);
+    super(typeof known === 'string' ? known : `unknown group ${JSON.stringify(group)}; groups are ${known.map((n, i) => `${n} (${i})`).join(', ')}`);
     this.name = 'UnknownGroup';
   }
 }
@@ -96,7 +97,7 @@ export class VmDescriptorNotFound extends VmError {
 export class SpawnSlotLost extends VmError {
   constructor(
     readonly spawnId: string,
-    readonly group: number,
+    readonly group: string,
   ) {
     super(`spawn ${spawnId} no longer holds a slot among the spawns in flight of group ${group} (it finished, or was dropped as stale)`);
     this.name = 'SpawnSlotLost';
@@ -160,8 +161,8 @@ export class TooManyWaiting extends VmError {
 
   constructor(
     readonly owner: string,
-    /** The group id whose cap was reached (null when not known: a failed job read back). */
-    readonly group: number | null,
+    /** The name of the group whose cap was reached (null when not known: a failed job read back). */
+    readonly group: string | null,
     /** That group's max_waiting_per_owner (null when not known). */
     readonly limit: number | null,
     message?: string,
@@ -260,6 +261,10 @@ export interface VmRecord extends VmDescriptor {
   holdReason: string | null;
   /** Position of the last health check in the pool's check_seq order (orders it against a server start in the same ms). */
   checkSeq?: number | null;
+  /** The launch fingerprint of the config that spawned it (null: added by hand, or before fingerprints). */
+  launchFingerprint?: string | null;
+  /** When it first became ready (the start of its first passed check; epoch ms): max_ready_age counts from it. Recorded only in a group with max_ready_age. */
+  firstReadyAt?: number | null;
 }
 
 function toHashObject(hash: Record<string, string> | string[]): Record<string, string> {
@@ -282,6 +287,8 @@ export function recordFromHash(hash: Record<string, string> | string[]): VmRecor
     heldUntil: numberOrNull(h.held_until),
     holdReason: stringOrNull(h.hold_reason),
     checkSeq: numberOrNull(h.check_seq),
+    launchFingerprint: h.launch_fingerprint || null,
+    firstReadyAt: numberOrNull(h.first_ready_at),
   };
 }
 
@@ -297,7 +304,7 @@ export function descriptorFromHash(hash: Record<string, string> | string[]): VmD
   return {
     vmName: h.vm_name ?? '',
     vmIp: h.vm_ip ?? '',
-    group: Number(h.group),
+    group: h.group ?? '',
     state: h.state as VmState,
     owner: stringOrNull(h.owner),
     boundToUser: stringOrNull(h.owner),

@@ -1,5 +1,6 @@
 import type { Queue } from 'bullmq';
-import { isParsedConfig, parseConfig, type Config, type ConfigInput, type GroupConfig } from '../config/index.js';
+import type { ProviderGroup } from '../providers/types.js';
+import { isParsedConfig, launchFingerprint, parseConfig, type Config, type ConfigInput, type GroupConfig, type GroupRef } from '../config/index.js';
 import { createLogger, type Logger } from '../logger.js';
 import { assertPrefixFits, producerConnectionFrom, replicaWaitOf, type RedisConnection, type RedisTarget } from '../redis.js';
 import { TERMINATE_QUEUE, type TerminationReason } from '../../queues/terminate.js';
@@ -18,14 +19,15 @@ import { Holds, type HoldOptions } from './holds.js';
 import { PoolJobs } from './jobs.js';
 import { Leases } from './leases.js';
 import { CycleLock } from './locks.js';
-import type { PoolReader, SpawnInFlight, VmPage, VmPageQuery } from './poolReader.js';
-import type { PoolStateCheck, PoolStateSeen } from './poolScripts.js';
+import type { LaunchState, PoolReader, SpawnInFlight, VmPage, VmPageQuery } from './poolReader.js';
+import type { LaunchPublication, PoolStateCheck, PoolStateSeen } from './poolScripts.js';
 import { poolIdOf } from './poolId.js';
 import { Spawns } from './spawns.js';
 import { StateLoss } from './stateLoss.js';
 import { Telemetry } from './telemetry.js';
 import { PoolVms } from './vms.js';
 import {
+  UnknownGroup,
   VmStates,
   type AcquireAttempt,
   type AcquireWaiter,
@@ -126,14 +128,47 @@ export class VmManager {
 
   // --- Groups and queue handles ---
 
-  /** Group ids: indexes into config.groups. */
-  get vmGroups(): number[] {
+  /** The names of the config's groups, in config order (groups are identified by name). */
+  get vmGroups(): string[] {
     return this.ctx.vmGroups;
   }
 
-  /** The config of a group; UnknownGroup when the config has no such group. */
-  groupConfig(group: number): GroupConfig {
+  /** The config of a group by name; UnknownGroup when the config has no such group. */
+  groupConfig(group: string): GroupConfig {
     return this.ctx.groupConfig(group);
+  }
+
+  /** Public API. The name of the group an input names: its name, or its index in the config (Copr's `group` integer); UnknownGroup when none. */
+  resolveGroup(ref: GroupRef): string {
+    return this.ctx.resolveGroup(ref);
+  }
+
+  /** A group of a public (Copr) call: a number is an index in the config's list; a string is a name, as it is (a group removed from the config still has its VMs). */
+  private named(group: GroupRef): string {
+    return typeof group === 'number' ? this.ctx.resolveGroup(group) : group;
+  }
+
+  /** The group's index in the config's list (the API's alias), or null when the config no longer has it. */
+  groupIndex(group: string): number | null {
+    return this.ctx.groupIndex(group);
+  }
+
+  /** What a provider or health check of the group is given: its config, its index (null once removed), the pool's identity. */
+  providerGroup(group: string): ProviderGroup {
+    return { index: this.groupIndex(group), config: this.groupConfig(group), poolId: this.poolId };
+  }
+
+  /**
+   * The group a job payload names: a name as it is; a number is the index that a version-1
+   * producer wrote, read through the map that the migration to data format 2 recorded (never
+   * through this process's config, whose list may have been reordered). UnknownGroup when the
+   * pool recorded no such index.
+   */
+  async payloadGroup(ref: string | number): Promise<string> {
+    if (typeof ref === 'string') return ref;
+    const name = await this.reader.legacyGroupName(ref);
+    if (name === null) throw new UnknownGroup(ref, `group index ${ref} of a version-1 job: the pool recorded no group under that index (keys.legacyGroupNames)`);
+    return name;
   }
 
   /** The process's handle of a vmpool queue (the one given in the options, or the manager's own). */
@@ -160,8 +195,8 @@ export class VmManager {
    * second machine); SpawnSlotLost when the spawn holds no slot any more. `spawnStartedAt` (epoch
    * ms) lets its first passed check measure the group's boot time (target_wait).
    */
-  async addVmToPool(vmIp: string, vmName: string, group: number, options: { spawnId?: string; spawnStartedAt?: number } = {}): Promise<VmDescriptor> {
-    return this.vms.addVmToPool(vmIp, vmName, group, options);
+  async addVmToPool(vmIp: string, vmName: string, group: GroupRef, options: { spawnId?: string; spawnStartedAt?: number } = {}): Promise<VmDescriptor> {
+    return this.vms.addVmToPool(vmIp, vmName, this.named(group), options);
   }
 
   /** Public API (Copr). One VM; throws VmDescriptorNotFound. */
@@ -187,13 +222,13 @@ export class VmManager {
   }
 
   /** Public API (Copr). The VMs of a group (null: every group) in these states. */
-  async getVmsByGroupAndStates(group: number | null, states: readonly VmState[]): Promise<VmDescriptor[]> {
-    return this.vms.getVmsByGroupAndStates(group, states);
+  async getVmsByGroupAndStates(group: GroupRef | null, states: readonly VmState[]): Promise<VmDescriptor[]> {
+    return this.vms.getVmsByGroupAndStates(group === null ? null : this.named(group), states);
   }
 
   /** Public API (Copr). */
-  async getAllVmsInGroup(group: number): Promise<VmDescriptor[]> {
-    return this.vms.getAllVmsInGroup(group);
+  async getAllVmsInGroup(group: GroupRef): Promise<VmDescriptor[]> {
+    return this.vms.getAllVmsInGroup(this.named(group));
   }
 
   /** Public API (Copr). */
@@ -217,13 +252,13 @@ export class VmManager {
   }
 
   /** Number of VMs of the group (any state) that belong to the owner. */
-  async countOwnerVms(owner: string, group: number): Promise<number> {
-    return this.vms.countOwnerVms(owner, group);
+  async countOwnerVms(owner: string, group: GroupRef): Promise<number> {
+    return this.vms.countOwnerVms(owner, this.named(group));
   }
 
   /** Public API (Copr). Whether the owner is under the group's max_vm_per_user. */
-  async canUserAcquireMoreVm(owner: string, group: number): Promise<boolean> {
-    return this.vms.ownerMayAcquireMore(owner, group);
+  async canUserAcquireMoreVm(owner: string, group: GroupRef): Promise<boolean> {
+    return this.vms.ownerMayAcquireMore(owner, this.named(group));
   }
 
   /**
@@ -293,7 +328,7 @@ export class VmManager {
    * '', the group's clean ready VMs) to the waiting requests next in line. Returns the job ids
    * served, whose parked jobs are to be woken (promoted).
    */
-  async dispatchAcquireLine(group: number, vmName = ''): Promise<string[]> {
+  async dispatchAcquireLine(group: string, vmName = ''): Promise<string[]> {
     return this.line.dispatch(group, vmName);
   }
 
@@ -314,7 +349,7 @@ export class VmManager {
   }
 
   /** Takes a waiting request out of the line of its groups (timeout, invalid request, shutdown). */
-  async leaveAcquireLine(waiter: AcquireWaiter, groups: readonly number[]): Promise<void> {
+  async leaveAcquireLine(waiter: AcquireWaiter, groups: readonly string[]): Promise<void> {
     return this.line.leave(waiter, groups);
   }
 
@@ -322,7 +357,7 @@ export class VmManager {
    * Acquire requests waiting in the group's line (their deadline is after now): those an acquire
    * worker took. Reconcile's demand adds the requests not yet taken (src/reconcile/demand.ts).
    */
-  async countDemand(group: number): Promise<number> {
+  async countDemand(group: string): Promise<number> {
     return this.line.countDemand(group);
   }
 
@@ -362,7 +397,7 @@ export class VmManager {
    */
   async expireLeases(batch = 100): Promise<ExpiredLease[]> {
     const now = this.clock();
-    const expired = await this.leases.expire(now, batch, this.config.groups.map((g) => g.on_lease_expiry));
+    const expired = await this.leases.expire(now, batch, new Map(this.config.groups.map((g) => [g.name, g.on_lease_expiry])));
     for (const { vmName, action } of expired) {
       this.logger.warn({ vmName, action }, 'lease expired');
       if (action === 'terminate') await this.jobs.enqueueTermination(vmName, now, 'lease_expired');
@@ -444,7 +479,7 @@ export class VmManager {
   }
 
   /** Records that reconcile swept the group's machines after the recovery of `generation` (VmMaster.sweepAfterLoss). */
-  async markLossSwept(group: number, generation: string): Promise<void> {
+  async markLossSwept(group: string, generation: string): Promise<void> {
     return this.stateLoss.markSwept(group, generation);
   }
 
@@ -454,7 +489,7 @@ export class VmManager {
    * Records a spawn attempt's outcome in the group's circuit breaker (recordSpawnOutcome-1.lua):
    * `ok` closes it, a failure counts towards opening it. Returns whether this failure opened it.
    */
-  async recordSpawnOutcome(group: number, outcome: 'ok' | 'failed', errorClass?: SpawnFailureClass, message = ''): Promise<boolean> {
+  async recordSpawnOutcome(group: string, outcome: 'ok' | 'failed', errorClass?: SpawnFailureClass, message = ''): Promise<boolean> {
     return this.breaker.recordSpawnOutcome(group, outcome, errorClass, message);
   }
 
@@ -462,25 +497,25 @@ export class VmManager {
    * Which of these groups cannot take new demand now (open spawn breaker, or at max_vm_total), so
    * that their fallback_groups serve it (src/acquire/fallback.ts). One pipeline per call.
    */
-  async blockedGroups(groups: readonly number[]): Promise<Set<number>> {
+  async blockedGroups(groups: readonly string[]): Promise<Set<string>> {
     return this.breaker.blockedGroups(groups);
   }
 
   /** An operator closes the group's circuit breaker (after fixing credentials or the request). */
-  async resetBreaker(group: number): Promise<void> {
+  async resetBreaker(group: string): Promise<void> {
     return this.breaker.reset(group);
   }
 
   // --- Group state (groupState.ts) ---
 
   /** Public API (Copr). */
-  async writeVmPoolInfo(group: number, key: string, value: string | number): Promise<void> {
-    return this.groups.writeInfo(group, key, value);
+  async writeVmPoolInfo(group: GroupRef, key: string, value: string | number): Promise<void> {
+    return this.groups.writeInfo(this.named(group), key, value);
   }
 
   /** Public API (Copr). */
-  async readVmPoolInfo(group: number, key: string): Promise<string | null> {
-    return this.groups.readInfo(group, key);
+  async readVmPoolInfo(group: GroupRef, key: string): Promise<string | null> {
+    return this.groups.readInfo(this.named(group), key);
   }
 
   /**
@@ -488,24 +523,24 @@ export class VmManager {
    * spawns nothing for it, its VMs are still served and retired by their timeouts. Kept in the
    * group's pool info as DRAINED_SINCE. Returns false when it was already drained.
    */
-  async drainGroup(group: number): Promise<boolean> {
+  async drainGroup(group: string): Promise<boolean> {
     return this.groups.drain(group);
   }
 
   /** Ends a run-time drain (`vmpool undrain`). Returns false when the group was not drained. */
-  async undrainGroup(group: number): Promise<boolean> {
+  async undrainGroup(group: string): Promise<boolean> {
     return this.groups.undrain(group);
   }
 
   /** When the group was drained at run time (epoch ms), or null (the config's max_vm_total: 0 is not this). */
-  async drainedSince(group: number): Promise<number | null> {
+  async drainedSince(group: string): Promise<number | null> {
     return this.groups.drainedSince(group);
   }
 
   // --- Spawns (spawns.ts) ---
 
   /** Records a spawn in flight, in Redis, so that a restarted process does not forget it. */
-  async registerSpawn(group: number, spawnId: string): Promise<void> {
+  async registerSpawn(group: string, spawnId: string): Promise<void> {
     return this.spawns.register(group, spawnId);
   }
 
@@ -513,7 +548,7 @@ export class VmManager {
    * Starts one attempt (a run of the spawn job) of a spawn in flight, or tells what an earlier
    * attempt left: its VM in the pool, a machine its hook printed, or nothing and no slot.
    */
-  async startSpawnAttempt(group: number, spawnId: string): Promise<SpawnAttemptStart> {
+  async startSpawnAttempt(group: string, spawnId: string): Promise<SpawnAttemptStart> {
     return this.spawns.startAttempt(group, spawnId);
   }
 
@@ -531,13 +566,47 @@ export class VmManager {
   }
 
   /** Ends a spawn in flight: its slot goes (one its VM took already is gone). */
-  async finishSpawn(group: number, spawnId: string): Promise<void> {
+  async finishSpawn(group: string, spawnId: string): Promise<void> {
     return this.spawns.finish(group, spawnId);
   }
 
   /** Spawns in flight of a group, oldest first. */
-  async getSpawnsInFlight(group: number): Promise<SpawnInFlight[]> {
+  async getSpawnsInFlight(group: string): Promise<SpawnInFlight[]> {
     return this.spawns.inFlight(group);
+  }
+
+  // --- Launch configurations (publishLaunch-1.lua; the rollout: src/reconcile/rollout.ts) ---
+
+  private readonly launchFingerprints = new Map<string, string>();
+
+  /** The fingerprint of this manager's launch config of the group (config/fingerprint.ts; the config does not change). */
+  launchFingerprint(group: string): string {
+    let fingerprint = this.launchFingerprints.get(group);
+    if (fingerprint === undefined) {
+      fingerprint = launchFingerprint(this.groupConfig(group));
+      this.launchFingerprints.set(group, fingerprint);
+    }
+    return fingerprint;
+  }
+
+  /**
+   * Publishes this process's launch config of the group as the current one, unless a newer one is
+   * published (a higher launch_revision, or one published after `process.startedAt`): see the
+   * script's header for the rule (and launchOrphanedAfterMs). A superseded process is listed in
+   * launchStates' `deferring`.
+   */
+  async publishLaunch(group: string, process: { startedAt: number; processId: string }): Promise<LaunchPublication> {
+    const g = this.groupConfig(group);
+    const maxReadyAgeMs = g.max_ready_age === undefined ? undefined : Math.round(g.max_ready_age * 1000);
+    return this.ctx.scripts.publishLaunch(group, { fingerprint: this.launchFingerprint(group), launchRevision: g.launch_revision, maxReadyAgeMs, ...process }, this.clock(), {
+      deferringTtlMs: LAUNCH_DEFERRING_MEMORY_MS,
+      orphanedAfterMs: launchOrphanedAfterMs(this.config.vm_cycle_timeout),
+    });
+  }
+
+  /** Each group's published launch, its count of outdated VMs, and the processes that defer to it. */
+  async launchStates(): Promise<LaunchState[]> {
+    return this.reader.launchStates(this.vmGroups, this.clock() - LAUNCH_DEFERRING_MEMORY_MS);
   }
 
   // --- History and telemetry (telemetry.ts) ---
@@ -554,7 +623,7 @@ export class VmManager {
    * What target_wait sizes the group's warm pool from: the arrival rate over `windowMs` and the
    * boot time. Minutes older than the window are dropped from the arrivals hash on the way.
    */
-  async measureTargetWait(group: number, windowMs: number): Promise<TargetWaitMeasure & { bootSamples: number }> {
+  async measureTargetWait(group: string, windowMs: number): Promise<TargetWaitMeasure & { bootSamples: number }> {
     return this.telemetry.measureTargetWait(group, windowMs);
   }
 
@@ -562,21 +631,31 @@ export class VmManager {
    * Adds one history sample per group (newest first), keeping the last `keep` of each, and the
    * acquire wait mark the next sample diffs against: one transaction, O(groups).
    */
-  async appendHistory(samples: ReadonlyMap<number, HistorySample>, mark: AcquireWaitMark, keep: number): Promise<void> {
+  async appendHistory(samples: ReadonlyMap<string, HistorySample>, mark: AcquireWaitMark, keep: number): Promise<void> {
     return this.telemetry.appendHistory(samples, mark, keep);
   }
 
   /** The group's history samples of the last `sinceMs` (oldest first), for the pool page. */
-  async readHistory(group: number, sinceMs: number, limit?: number): Promise<HistorySample[]> {
+  async readHistory(group: string, sinceMs: number, limit?: number): Promise<HistorySample[]> {
     return this.telemetry.readHistory(group, sinceMs, limit);
   }
 
   /** Replaces what the group's orphan pass keeps for the next one (read it with reader.orphanPassState). */
   async replaceOrphanPassState(
-    group: number,
+    group: string,
     state: { unknown: Record<string, string | number>; missing: Record<string, string | number>; untagged?: readonly string[] },
   ): Promise<void> {
     return this.telemetry.replaceOrphanPassState(group, state);
+  }
+
+  /** Records the config's groups in the pool's registry of known groups (reconcile, every cycle; O(groups)). */
+  async registerConfigGroups(): Promise<void> {
+    return this.groups.registerConfigGroups();
+  }
+
+  /** The groups the pool has known (config groups, and groups removed from the config that still drain). */
+  async knownGroups(): Promise<string[]> {
+    return this.groups.knownGroups();
   }
 
   /** Public API (Copr: copr_get_vm_info). A human-readable table per group. */
@@ -591,6 +670,18 @@ export class VmManager {
     const { redis } = this.ctx;
     if (this.ownsRedis) await redis.quit().catch(() => redis.disconnect());
   }
+}
+
+/** How long a process that defers to another launch config is listed without being seen again. */
+export const LAUNCH_DEFERRING_MEMORY_MS = 5 * 60_000;
+
+/**
+ * After how long without a cycle of a process running it a group's published launch config is
+ * orphaned, and any process takes over: 30 cycles, at least 5 minutes (a rolling restart's
+ * replicas take turns at the cycle lock, so the current config's are not that long without one).
+ */
+export function launchOrphanedAfterMs(cycleSeconds: number): number {
+  return Math.max(5 * 60_000, Math.round(30 * cycleSeconds * 1000));
 }
 
 export { VmStates };

@@ -1,3 +1,4 @@
+import { launchFingerprint } from '../config/fingerprint.js';
 import type { TerminationReason } from '../../queues/terminate.js';
 import type { PoolContext } from './context.js';
 import type { PoolJobs } from './jobs.js';
@@ -23,21 +24,24 @@ export class PoolVms {
   ) {}
 
   /** See VmManager.addVmToPool. */
-  async addVmToPool(vmIp: string, vmName: string, group: number, options: { spawnId?: string; spawnStartedAt?: number } = {}): Promise<VmDescriptor> {
+  async addVmToPool(vmIp: string, vmName: string, group: string, options: { spawnId?: string; spawnStartedAt?: number } = {}): Promise<VmDescriptor> {
     if (!isValidVmName(vmName)) {
       throw new InvalidVmRequest(`invalid VM name ${JSON.stringify(vmName)}: expected 1-63 of A-Z a-z 0-9 . _ -, starting with a letter or digit`);
     }
     if (!isValidVmIp(vmIp)) throw new InvalidVmRequest(`invalid IP address ${JSON.stringify(vmIp)} for VM ${vmName}`);
-    this.ctx.groupConfig(group);
+    const groupConfig = this.ctx.groupConfig(group);
     const { spawnId, spawnStartedAt } = options;
+    // A spawned VM was made by this process's config of the group; one added by hand has no known launch.
+    const launch = spawnId ? launchFingerprint(groupConfig) : '';
     await this.ctx.scripts.addVm(
       vmName,
       vmIp,
       group,
       this.ctx.clock(),
       spawnId || spawnStartedAt !== undefined ? { spawnId: spawnId ?? '', recordTtlMs: SPAWN_RECORD_TTL_MS, startedAt: spawnStartedAt } : undefined,
+      launch,
     );
-    this.ctx.logger.info({ vmName, vmIp, group, spawnId }, 'VM added to pool');
+    this.ctx.logger.info({ vmName, vmIp, group, spawnId, launch: launch || undefined }, 'VM added to pool');
     return this.getVmByName(vmName);
   }
 
@@ -70,14 +74,14 @@ export class PoolVms {
     return vms.find((vm) => vm.taskId === taskId) ?? null;
   }
 
-  async getVmsByGroupAndStates(group: number | null, states: readonly VmState[]): Promise<VmDescriptor[]> {
+  async getVmsByGroupAndStates(group: string | null, states: readonly VmState[]): Promise<VmDescriptor[]> {
     for (const s of states) if (!isVmState(s)) throw new InvalidVmRequest(`unknown VM state ${JSON.stringify(s)}`);
     if (states.length === 0) return [];
     if (group !== null) this.ctx.groupConfig(group);
     return this.getVmsByNames(await this.ctx.reader.vmNamesByGroupsAndStates(group === null ? this.ctx.vmGroups : [group], states));
   }
 
-  async getAllVmsInGroup(group: number): Promise<VmDescriptor[]> {
+  async getAllVmsInGroup(group: string): Promise<VmDescriptor[]> {
     return this.getVmsByGroupAndStates(group, ALL_VM_STATES);
   }
 
@@ -100,13 +104,13 @@ export class PoolVms {
   }
 
   /** Number of VMs of the group (any state) that belong to the owner. */
-  async countOwnerVms(owner: string, group: number): Promise<number> {
+  async countOwnerVms(owner: string, group: string): Promise<number> {
     this.ctx.groupConfig(group);
     return this.ctx.reader.ownerVmCount(group, owner);
   }
 
   /** Whether the owner is under the group's max_vm_per_user. */
-  async ownerMayAcquireMore(owner: string, group: number): Promise<boolean> {
+  async ownerMayAcquireMore(owner: string, group: string): Promise<boolean> {
     const limit = this.ctx.groupConfig(group).max_vm_per_user;
     return (await this.countOwnerVms(owner, group)) < limit;
   }

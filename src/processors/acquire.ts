@@ -58,10 +58,11 @@ export async function stopAcquireWaits(ctx: JobContext): Promise<void> {
 }
 
 /**
- * Group ids of a request: its groups as given, or the groups listing its arch, in config order
- * (requestGroupIds). An unknown group or arch fails the job for good (an invalid request).
+ * Group names of a request: its groups as given (names, or indexes in this process's config), or
+ * the groups listing its arch, in config order (requestGroupIds). An unknown group or arch fails
+ * the job for good (an invalid request).
  */
-export async function resolveRequestGroups(ctx: JobContext, request: AcquireRequestData, job?: Job): Promise<number[]> {
+export async function resolveRequestGroups(ctx: JobContext, request: AcquireRequestData, job?: Job): Promise<string[]> {
   try {
     return requestGroupIds(ctx.config.groups, request);
   } catch (err) {
@@ -103,17 +104,17 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
   // fallback_groups: while a group asked for is blocked (breaker open, or full), its fallbacks serve
   // too. Read at every run; such a request is parked for at most acquire_safety_retry, so that it
   // spills over, or its demand returns, soon after its groups change.
-  const spills = !isStrictRequest(request) && asked.some((g) => (ctx.config.groups[g]!.fallback_groups?.length ?? 0) > 0);
+  const spills = !isStrictRequest(request) && asked.some((g) => (ctx.config.groups.find((c) => c.name === g)?.fallback_groups?.length ?? 0) > 0);
   const groups = spills ? withFallbacks(ctx.config.groups, asked, await ctx.vmm.blockedGroups(asked)) : asked;
   // The lines it may have joined in any run (with every fallback), to leave them all.
-  const lineGroups = spills ? withFallbacks(ctx.config.groups, asked, new Set(ctx.config.groups.map((_, i) => i))) : asked;
+  const lineGroups = spills ? withFallbacks(ctx.config.groups, asked, new Set(ctx.vmm.vmGroups)) : asked;
   const timeoutMs = request.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS;
   const deadline = job.timestamp + timeoutMs;
   const waiter = waiterOf(job, deadline);
   const { jobId } = waiter;
   // The process's line runtime (dispatch on ready messages, sweeps) runs once it has a job.
   if (!stopped.has(ctx)) runtimeOf(ctx);
-  const groupNames = groups.map((g) => `${ctx.config.groups[g]!.name}(${g})`).join(', ');
+  const groupNames = groups.map((g) => `${g}(${ctx.vmm.groupIndex(g) ?? 'removed'})`).join(', ');
   const log = ctx.logger.child({ jobId, owner: request.owner, taskId: request.taskId });
   // The payload is the request, with its groups resolved and this process as the worker.
   const acquireRequest = { ...request, groups, workerId: ctx.workerId };
@@ -184,14 +185,14 @@ export const acquireProcessor: ProcessorSpec<AcquireRequestData, VmAssignment> =
   async onFinalFailure(job, ctx) {
     const parsed = acquireRequestSchema.safeParse(job.data);
     if (!parsed.success) return;
-    let groups: number[];
+    let groups: string[];
     try {
       groups = await resolveRequestGroups(ctx, parsed.data);
     } catch {
       return;
     }
     // With every fallback, blocked or not: the request may have joined their lines.
-    const all = new Set(ctx.config.groups.map((_, i) => i));
+    const all = new Set(ctx.vmm.vmGroups);
     await ctx.vmm.leaveAcquireLine(waiterOf(job, 0), withFallbacks(ctx.config.groups, groups, all));
   },
 };

@@ -25,7 +25,7 @@ async function processHealth(job: Job, data: HealthData, ctx: JobContext): Promi
     const result = await ctx
       .healthCheck(vm.group)
       .check(
-        { vmName, vmIp: vm.vmIp, group: { id: vm.group, config: groupConfig, poolId: ctx.vmm.poolId } },
+        { vmName, vmIp: vm.vmIp, group: ctx.vmm.providerGroup(vm.group) },
         { timeoutMs: groupConfig.vm_ssh_check_timeout * 1000, log },
       );
     await log(`${result.ok ? 'healthy' : 'unhealthy'}: ${result.detail}`);

@@ -9,15 +9,30 @@ import type { PoolStateEvent } from '../runtime/poolStateWatch.js';
 
 export { RECONCILE_JOB_NAME };
 
+/**
+ * One VmMaster per process (per job context), kept across cycles: it carries when the process
+ * started (which launch config wins, rollout.ts) and what it logged once.
+ */
+const masters = new WeakMap<JobContext, VmMaster>();
+
+function masterOf(ctx: JobContext): VmMaster {
+  let master = masters.get(ctx);
+  if (!master) {
+    master = new VmMaster(ctx.vmm, {
+      queue: (name) => ctx.queue(name),
+      provider: (group) => ctx.provider(group),
+      cycleLockTtlMs: reconcileLockMs(ctx.config),
+    });
+    masters.set(ctx, master);
+  }
+  return master;
+}
+
 /** Runs one reconcile cycle for a vm-reconcile job. */
 export async function processReconcileJob(job: Job, ctx: JobContext): Promise<CycleReport> {
   const parsed = reconcileJobSchema.safeParse(job.data ?? {});
   if (!parsed.success) throw new UnrecoverableError(`invalid ${RECONCILE_QUEUE} payload: ${formatZodError(parsed.error)}`);
-  const master = new VmMaster(ctx.vmm, {
-    queue: (name) => ctx.queue(name),
-    provider: (group) => ctx.provider(group),
-    cycleLockTtlMs: reconcileLockMs(ctx.config),
-  });
+  const master = masterOf(ctx);
   // A cycle is a periodic path: it checks the pool's state first (a loss is recovered before it runs).
   await ctx.poolState?.check('cycle');
   await ctx.vmm.writeAuditRetention();

@@ -12,7 +12,8 @@ import type { ProcessorSpec } from '../runtime/worker.js';
 import type { GroupConfig } from '../config/index.js';
 import type { z } from 'zod';
 
-type SpawnData = z.output<typeof spawnJobSchema>;
+/** A spawn job's payload, its group resolved to a name (a version-1 producer's index goes through the pool's recorded map). */
+type SpawnData = Omit<z.output<typeof spawnJobSchema>, 'group'> & { group: string };
 type Log = (line: string) => Promise<void>;
 
 function isFinalAttempt(job: Job): boolean {
@@ -72,13 +73,16 @@ const STOPPED_REQUEUE_DELAY_MS = 250;
  * they added is not spawned again; a machine their hook printed is adopted when the hook succeeded
  * with it, else terminated before anything else is spawned.
  */
-async function processSpawn(job: Job, data: SpawnData, ctx: JobContext): Promise<SpawnJobResult> {
-  const { group, spawnId } = data;
-  const groupConfig = ctx.config.groups[group];
-  if (!groupConfig) {
+async function processSpawn(job: Job, payload: z.output<typeof spawnJobSchema>, ctx: JobContext): Promise<SpawnJobResult> {
+  const group = await ctx.vmm.payloadGroup(payload.group);
+  const data: SpawnData = { ...payload, group };
+  const { spawnId } = data;
+  if (!ctx.vmm.vmGroups.includes(group)) {
+    // Its group left the config (it drains): nothing is spawned into it.
     await ctx.vmm.finishSpawn(group, spawnId).catch(() => undefined);
-    throw new UnrecoverableError(`unknown group ${group}`);
+    throw new UnrecoverableError(`group ${group} is not in the config: nothing spawned`);
   }
+  const groupConfig = ctx.vmm.groupConfig(group);
   const stop = stopOf(ctx);
   if (stop.stopping) {
     // Fetched as the worker began to close: another process (or the next start) takes it.
@@ -87,7 +91,7 @@ async function processSpawn(job: Job, data: SpawnData, ctx: JobContext): Promise
   }
   const log: Log = (line) => job.log(line).then(() => undefined);
   const attempt = `attempt ${job.attemptsMade + 1} of ${job.opts.attempts ?? 1}`;
-  await log(`spawn ${spawnId} in group ${group} (${groupConfig.name}), ${attempt}`);
+  await log(`spawn ${spawnId} in group ${group}, ${attempt}`);
   const started = ctx.clock();
   try {
     const earlier = await settleEarlierAttempts(job, data, groupConfig, ctx, log);
@@ -125,7 +129,7 @@ const BREAKER_OPEN = 'breaker_open';
  * the provider returned (an address outside the allowed networks, a name the pool has) are not the
  * provider failing and count for nothing. A Redis error here never fails the spawn.
  */
-async function recordOutcome(ctx: JobContext, group: number, err: Error | null): Promise<void> {
+async function recordOutcome(ctx: JobContext, group: string, err: Error | null): Promise<void> {
   if (err && !(err instanceof ProviderError)) return;
   try {
     if (!err) await ctx.vmm.recordSpawnOutcome(group, 'ok');
@@ -176,7 +180,7 @@ async function settleEarlierAttempts(job: Job, data: SpawnData, groupConfig: Gro
         await log(`an earlier run's hook printed ${vmName} (${vmIp ?? 'no address'}) and ${hookDone ? 'the spawn lost its slot' : 'did not finish'}; terminating it`);
         ctx.logger.warn({ vmName, vmIp, group, spawnId }, 'spawn re-run: terminating the machine an earlier run left');
         await settleStopTerminateJob(ctx, groupConfig, spawnId, vmName);
-        await ctx.provider(group).terminate({ group: { id: group, config: groupConfig, poolId: ctx.vmm.poolId }, vmName, vmIp, log });
+        await ctx.provider(group).terminate({ group: ctx.vmm.providerGroup(group), vmName, vmIp, log });
         await ctx.vmm.forgetSpawnMachine(spawnId, vmName);
         await log(`terminated ${vmName}`);
         // Round two starts this run's attempt, or finds that the slot is gone.
@@ -202,7 +206,7 @@ async function runSpawnHook(job: Job, data: SpawnData, ctx: JobContext, log: Log
   let machine: SpawnedMachine;
   try {
     machine = await ctx.provider(group).spawn({
-      group: { id: group, config: ctx.vmm.groupConfig(group), poolId: ctx.vmm.poolId },
+      group: ctx.vmm.providerGroup(group),
       spawnId,
       log,
       signal: stop.controller.signal,
@@ -287,7 +291,7 @@ async function terminateBeforeDeadline(ctx: JobContext, data: SpawnData, machine
   });
   const ending = ctx
     .provider(group)
-    .terminate({ group: { id: group, config: ctx.vmm.groupConfig(group), poolId: ctx.vmm.poolId }, vmName: machine.name, vmIp: machine.ip, log })
+    .terminate({ group: ctx.vmm.providerGroup(group), vmName: machine.name, vmIp: machine.ip, log })
     .then(
       () => 'terminated' as const,
       (err: Error) => err,
@@ -337,25 +341,25 @@ async function settleStopTerminateJob(ctx: JobContext, groupConfig: GroupConfig,
 }
 
 /** Terminates a machine the pool has no record of, through the terminate queue. */
-export async function requestOrphanTermination(ctx: JobContext, vmName: string, group: number, vmIp: string | null): Promise<void> {
+export async function requestOrphanTermination(ctx: JobContext, vmName: string, group: string, vmIp: string | null): Promise<void> {
   await addTerminateJob(ctx.queue(TERMINATE_QUEUE), { vmName, reason: 'spawn_failed', orphan: { group, vmIp } }, spawnOrphanTerminateJobId(vmName, ctx.clock()));
 }
 
 /** A spawn's machine that will not enter the pool: a terminate job ends it, and the spawn's record forgets it. */
-async function abandonMachine(ctx: JobContext, spawnId: string, vmName: string, group: number, vmIp: string | null): Promise<void> {
+async function abandonMachine(ctx: JobContext, spawnId: string, vmName: string, group: string, vmIp: string | null): Promise<void> {
   await requestOrphanTermination(ctx, vmName, group, vmIp);
   await ctx.vmm.forgetSpawnMachine(spawnId, vmName);
 }
 
 /** A spawn that ends for good: a machine its runs printed and the pool never got is terminated. */
-async function abandonPendingMachine(ctx: JobContext, spawnId: string, group: number, why: string): Promise<void> {
+async function abandonPendingMachine(ctx: JobContext, spawnId: string, group: string, why: string): Promise<void> {
   const pending = await ctx.vmm.reader.spawnMachine(spawnId);
   if (!pending || pending.added) return;
   ctx.logger.warn({ vmName: pending.vmName, group, spawnId }, `${why}: terminating the machine its hook printed`);
   await abandonMachine(ctx, spawnId, pending.vmName, group, pending.vmIp);
 }
 
-export const spawnProcessor: ProcessorSpec<SpawnData, SpawnJobResult> = {
+export const spawnProcessor: ProcessorSpec<z.output<typeof spawnJobSchema>, SpawnJobResult> = {
   queue: SPAWN_QUEUE,
   schema: spawnJobSchema,
   process: processSpawn,
@@ -364,8 +368,9 @@ export const spawnProcessor: ProcessorSpec<SpawnData, SpawnJobResult> = {
   async onFinalFailure(job, ctx) {
     const parsed = spawnJobSchema.safeParse(job.data);
     if (!parsed.success) return;
-    const { group, spawnId } = parsed.data;
-    if (ctx.config.groups[group]) await abandonPendingMachine(ctx, spawnId, group, 'spawn failed for good');
+    const { spawnId } = parsed.data;
+    const group = await ctx.vmm.payloadGroup(parsed.data.group);
+    if (ctx.vmm.vmGroups.includes(group)) await abandonPendingMachine(ctx, spawnId, group, 'spawn failed for good');
     await ctx.vmm.finishSpawn(group, spawnId);
   },
 };

@@ -25,10 +25,10 @@ async function processTerminate(job: Job, data: TerminateData, ctx: JobContext):
   if (data.orphan && (vm === null || (data.orphan.vmIp !== null && vm.vmIp !== data.orphan.vmIp))) {
     // A machine the pool has no record of, or another machine under the name of a pool VM (a hook
     // that reused a name): end it by its own name and address, and leave the pool's record alone.
-    const group = data.orphan.group;
+    const group = await ctx.vmm.payloadGroup(data.orphan.group);
     const what = vm === null ? 'unknown to the pool' : `reported under the name of pool VM ${vmName} (${vm.vmIp})`;
     await log(`terminating machine ${vmName} at ${data.orphan.vmIp ?? 'no address'} ${what} (${reason}) in group ${group}`);
-    await ctx.provider(group).terminate({ group: { id: group, config: ctx.vmm.groupConfig(group), poolId: ctx.vmm.poolId }, vmName, vmIp: data.orphan.vmIp, log });
+    await ctx.provider(group).terminate({ group: ctx.vmm.providerGroup(group), vmName, vmIp: data.orphan.vmIp, log });
     return { vmName, removed: false };
   }
   if (vm === null) {
@@ -40,7 +40,7 @@ async function processTerminate(job: Job, data: TerminateData, ctx: JobContext):
     return { vmName, removed: false };
   }
   await log(`terminating ${vmName} (${vm.vmIp}) in group ${vm.group}, reason ${reason}, attempt ${job.attemptsMade + 1}`);
-  await ctx.provider(vm.group).terminate({ group: { id: vm.group, config: ctx.vmm.groupConfig(vm.group), poolId: ctx.vmm.poolId }, vmName, vmIp: vm.vmIp, log });
+  await ctx.provider(vm.group).terminate({ group: ctx.vmm.providerGroup(vm.group), vmName, vmIp: vm.vmIp, log });
   try {
     await ctx.vmm.removeVmFromPool(vmName);
   } catch (err) {

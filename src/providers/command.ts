@@ -1,4 +1,5 @@
 import { isIP } from 'node:net';
+import { launchFingerprint } from '../config/fingerprint.js';
 import type { z } from 'zod';
 import type { commandProviderSchema } from '../config/index.js';
 import { VM_NAME_PATTERN } from '../pool/types.js';
@@ -47,9 +48,12 @@ export function hookEnv(
 ): Record<string, string> {
   return {
     ...extra,
-    VMPOOL_GROUP: String(group.id),
+    VMPOOL_GROUP: group.index === undefined || group.index === null ? '' : String(group.index),
     VMPOOL_GROUP_NAME: group.config.name,
     VMPOOL_POOL_ID: group.poolId ?? '',
+    // What the machine is to be made from: the group's `image` (empty when unset) and launch fingerprint, to tag it with.
+    VMPOOL_IMAGE: group.config.image ?? '',
+    VMPOOL_LAUNCH_FINGERPRINT: launchFingerprint(group.config),
     VMPOOL_VM_NAME: vm.name ?? '',
     VMPOOL_VM_IP: vm.ip ?? '',
     VMPOOL_SPAWN_ID: vm.spawnId ?? '',

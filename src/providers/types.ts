@@ -3,8 +3,11 @@ import type { Logger } from '../logger.js';
 
 /** What a provider knows about the group it spawns into. */
 export interface ProviderGroup {
-  /** Group id (index in config.groups). */
-  id: number;
+  /**
+   * The group's index in the config's `groups` list (hooks get it as VMPOOL_GROUP), null for a
+   * group no longer in the config (it drains). The group's identity is its name: config.name.
+   */
+  index?: number | null;
   config: GroupConfig;
   /**
    * The pool's identity (VmManager.poolId): hooks get it as VMPOOL_POOL_ID, to tag the machines

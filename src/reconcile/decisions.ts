@@ -15,6 +15,7 @@ import { VmStates, type VmRecord, type VmState } from '../pool/types.js';
 import type { TerminationReason } from '../../queues/terminate.js';
 import { breakerGate, type BreakerState } from './breaker.js';
 import { warmPoolSize, warmPoolVaries, type TargetWaitMeasure } from './targetWait.js';
+import { decidesForGroup, type GroupLaunch } from './rollout.js';
 
 /**
  * Why a spawn was requested: to keep the warm pool (`min_ready`), for waiting acquire requests, or
@@ -27,8 +28,8 @@ export type ReconcileAction =
   | { type: 'enqueueHealth'; vmName: string }
   | { type: 'markCheckFailed'; vmName: string }
   | { type: 'removeStaleRecord'; vmName: string }
-  | { type: 'spawn'; group: number; reason: SpawnReason }
-  | { type: 'dropStaleSpawn'; group: number; spawnId: string };
+  | { type: 'spawn'; group: string; reason: SpawnReason }
+  | { type: 'dropStaleSpawn'; group: string; spawnId: string };
 
 export interface SpawnInFlight {
   spawnId: string;
@@ -37,7 +38,7 @@ export interface SpawnInFlight {
 }
 
 export interface GroupSnapshot {
-  group: number;
+  group: string;
   spawnsInFlight: readonly SpawnInFlight[];
   /**
    * Acquire requests still waiting that count for this group: in the line or still queued, each
@@ -57,6 +58,11 @@ export interface GroupSnapshot {
    * that may be due). Absent: counted from `vms`, which must then hold every VM of the group.
    */
   counts?: GroupCounts;
+  /**
+   * The group's launch as this process published it (rollout.ts). Absent: not published by this
+   * process (a decision run alone), taken as current. Not current: no spawn or retire decision.
+   */
+  launch?: GroupLaunch;
 }
 
 /** A group's VM counts, as spawnFigures uses them. */
@@ -94,9 +100,14 @@ export type ReconcileConfig = Pick<Config, 'groups'> & Partial<Pick<Config, 'vm_
 
 const ms = (seconds: number) => seconds * 1000;
 
+/** The config of the named group, or undefined when the config no longer has it (it drains). */
+export function configOfGroup(config: Pick<Config, 'groups'>, name: string): GroupConfig | undefined {
+  return config.groups.find((g) => g.name === name);
+}
+
 /** The warm pool a group keeps now: min_ready, by schedule, or sized by target_wait. */
 export function warmPoolOf(config: ReconcileConfig, group: GroupSnapshot, now: number): number {
-  return warmPoolSize(config.groups[group.group]!, group.targetWait, now, config.vm_cycle_timeout ?? 10);
+  return warmPoolSize(configOfGroup(config, group.group)!, group.targetWait, now, config.vm_cycle_timeout ?? 10);
 }
 
 /** An operator holds the VM out of acquisition (hold/unhold): reconcile neither retires nor counts it. */
@@ -108,7 +119,7 @@ function isHeld(vm: VmRecord): boolean {
 function withGroupConfig(snapshot: PoolSnapshot, config: ReconcileConfig, states: readonly VmState[]): [VmRecord, GroupConfig][] {
   const out: [VmRecord, GroupConfig][] = [];
   for (const vm of snapshot.vms) {
-    const g = config.groups[vm.group];
+    const g = configOfGroup(config, vm.group);
     if (g && states.includes(vm.state)) out.push([vm, g]);
   }
   return out;
@@ -238,7 +249,7 @@ export function decideTerminateAgain(snapshot: PoolSnapshot, config: ReconcileCo
 
 /** The figures startSpawnIfRequired decides on, per group (also logged). */
 export interface SpawnFigures {
-  group: number;
+  group: string;
   /** VMs not terminating (Copr counts failed ones too). */
   active: number;
   /** Every VM of the group, any state. */
@@ -252,7 +263,7 @@ export interface SpawnFigures {
 }
 
 /** A group's counts from VM records (every VM of the group must be given). */
-export function countGroup(vms: readonly VmRecord[], group: number): GroupCounts {
+export function countGroup(vms: readonly VmRecord[], group: string): GroupCounts {
   const of = vms.filter((vm) => vm.group === group);
   return {
     // Copr's _check_total_running_vm_limit: every state but terminating (failed VMs still exist).
@@ -268,7 +279,7 @@ export function countGroup(vms: readonly VmRecord[], group: number): GroupCounts
 }
 
 export function spawnFigures(snapshot: PoolSnapshot, config: ReconcileConfig, group: GroupSnapshot, now: number): SpawnFigures {
-  const g = config.groups[group.group]!;
+  const g = configOfGroup(config, group.group)!;
   const inFlight = group.spawnsInFlight.filter((s) => now - s.startedAt <= ms(g.vm_spawn_stale_timeout)).length;
   const { active, all, coming } = group.counts ?? countGroup(snapshot.vms, group.group);
   return {
@@ -298,8 +309,9 @@ export function spawnFigures(snapshot: PoolSnapshot, config: ReconcileConfig, gr
 export function decideStartSpawnIfRequired(snapshot: PoolSnapshot, config: ReconcileConfig, now: number): ReconcileAction[] {
   const actions: ReconcileAction[] = [];
   for (const group of snapshot.groups) {
-    const g = config.groups[group.group];
-    if (!g) continue;
+    const g = configOfGroup(config, group.group);
+    // Another process's newer launch config is current: that process decides for the group.
+    if (!g || !decidesForGroup(group)) continue;
     for (const s of group.spawnsInFlight) {
       if (now - s.startedAt > ms(g.vm_spawn_stale_timeout)) {
         actions.push({ type: 'dropStaleSpawn', group: group.group, spawnId: s.spawnId });
@@ -343,8 +355,8 @@ export function decideStartSpawnIfRequired(snapshot: PoolSnapshot, config: Recon
 export function decideRetireSurplus(snapshot: PoolSnapshot, config: ReconcileConfig, now: number): ReconcileAction[] {
   const actions: ReconcileAction[] = [];
   for (const group of snapshot.groups) {
-    const g = config.groups[group.group];
-    if (!g || !warmPoolVaries(g)) continue;
+    const g = configOfGroup(config, group.group);
+    if (!g || !warmPoolVaries(g) || !decidesForGroup(group)) continue;
     const idle = snapshot.vms
       .filter((vm) => vm.group === group.group && vm.state === VmStates.READY && vm.owner === null && !isHeld(vm))
       .sort((a, b) => (a.lastRelease ?? a.addedAt ?? 0) - (b.lastRelease ?? b.addedAt ?? 0) || a.vmName.localeCompare(b.vmName));

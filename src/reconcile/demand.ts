@@ -29,33 +29,35 @@ export const LINE_DEMAND_SCAN = 1000;
  * A waiting acquire request as demand: its job id (as in the line), the groups it could use in its
  * order of preference, and whether it keeps to them (strictGroup: no fallback groups).
  */
-export type DemandRequest = Pick<AcquireWaiter, 'jobId'> & { groups: readonly number[]; strict?: boolean; owner?: string };
+export type DemandRequest = Pick<AcquireWaiter, 'jobId'> & { groups: readonly string[]; strict?: boolean; owner?: string };
 
 /**
  * How many more VMs an owner may use in a group (max_vm_per_user less the VMs bound to it there);
  * its requests beyond that are no demand. A request without an owner is not limited.
  */
-export type OwnerRoom = (group: number, owner: string) => number;
+export type OwnerRoom = (group: string, owner: string) => number;
 
 /**
  * Which groups a request's demand counts for (default: its first). With fallback groups, a request
  * whose first group is blocked counts there (so that its breaker's probe has a reason to spawn)
  * and in the fallback that serves it.
  */
-export type DemandRoute = (request: DemandRequest) => readonly number[];
+export type DemandRoute = (request: DemandRequest) => readonly string[];
 
 /**
- * Demand per group (index = group id): each request counts once, for its first group, and an
- * owner's requests count in a group only up to its room there. Requests are taken in order; a
- * later one with the same job id is the same request.
+ * Demand per group (one entry per name of `groupNames`, in its order): each request counts once,
+ * for its first group, and an owner's requests count in a group only up to its room there.
+ * Requests are taken in order; a later one with the same job id is the same request. A group not
+ * in `groupNames` (removed from the config) has no demand: it spawns nothing.
  */
 export function demandByGroup(
   requests: readonly DemandRequest[],
-  groupCount: number,
+  groupNames: readonly string[],
   route: DemandRoute = (r) => r.groups.slice(0, 1),
   room?: OwnerRoom,
 ): number[] {
-  const demand = new Array<number>(groupCount).fill(0);
+  const demand = new Array<number>(groupNames.length).fill(0);
+  const position = new Map(groupNames.map((name, i) => [name, i]));
   const seen = new Set<string>();
   // Requests counted per group and owner (room given).
   const counted = new Map<string, number>();
@@ -63,14 +65,15 @@ export function demandByGroup(
     if (seen.has(r.jobId)) continue;
     seen.add(r.jobId);
     for (const g of new Set(route(r))) {
-      if (g < 0 || g >= groupCount) continue;
+      const at = position.get(g);
+      if (at === undefined) continue;
       if (room && r.owner !== undefined) {
         const key = `${g}\n${r.owner}`;
         const n = counted.get(key) ?? 0;
         if (n >= room(g, r.owner)) continue;
         counted.set(key, n + 1);
       }
-      demand[g]! += 1;
+      demand[at]! += 1;
     }
   }
   return demand;
@@ -82,13 +85,15 @@ export function demandByGroup(
  */
 export async function readOwnerRooms(vmm: VmManager, requests: readonly DemandRequest[]): Promise<OwnerRoom> {
   const owners = [...new Set(requests.flatMap((r) => (r.owner === undefined ? [] : [r.owner])))];
-  const rooms = await Promise.all(
-    vmm.config.groups.map(async (gc, g) => {
-      const bound = await vmm.reader.ownerVmCounts(g, owners);
-      return new Map(owners.map((o, i) => [o, Math.max(0, gc.max_vm_per_user - bound[i]!)]));
-    }),
+  const rooms = new Map(
+    await Promise.all(
+      vmm.config.groups.map(async (gc) => {
+        const bound = await vmm.reader.ownerVmCounts(gc.name, owners);
+        return [gc.name, new Map(owners.map((o, i) => [o, Math.max(0, gc.max_vm_per_user - bound[i]!)]))] as const;
+      }),
+    ),
   );
-  return (g, owner) => rooms[g]?.get(owner) ?? 0;
+  return (g, owner) => rooms.get(g)?.get(owner) ?? 0;
 }
 
 /**
@@ -98,7 +103,7 @@ export async function readOwnerRooms(vmm: VmManager, requests: readonly DemandRe
  */
 export function queuedDemandRequest(
   job: { id?: string | undefined; data: unknown; timestamp: number },
-  groups: readonly { archs: readonly string[] }[],
+  groups: readonly { name: string; archs: readonly string[]; tags?: readonly string[] }[],
   now: number,
 ): DemandRequest | null {
   if (job.id === undefined) return null;
@@ -114,22 +119,22 @@ export function queuedDemandRequest(
 }
 
 /**
- * Reads the demand of every configured group (index = group id): requests in the line, then
- * queued vm-acquire jobs, counted as demandByGroup says.
+ * Reads the demand of every configured group (one entry per group, in config order): requests in
+ * the line, then queued vm-acquire jobs, counted as demandByGroup says.
  */
 export async function readDemand(vmm: VmManager, acquireQueue: Queue, route?: DemandRoute): Promise<number[]> {
   const now = vmm.clock();
   const groups = vmm.config.groups;
   const [lines, queued] = await Promise.all([
-    Promise.all(groups.map((_, g) => vmm.reader.lineRequests(g, now, LINE_DEMAND_SCAN))),
+    Promise.all(groups.map((g) => vmm.reader.lineRequests(g.name, now, LINE_DEMAND_SCAN))),
     acquireQueue.getJobs(['waiting', 'prioritized'], 0, QUEUED_DEMAND_SCAN - 1, true) as Promise<Job[]>,
   ]);
   // The groups each request in the line waits in, in config order.
-  const inLine = new Map<string, { owner: string; waitsIn: number[] }>();
-  lines.forEach((waiting, g) => {
+  const inLine = new Map<string, { owner: string; waitsIn: string[] }>();
+  lines.forEach((waiting, i) => {
     for (const { jobId, owner } of waiting) {
       const entry = inLine.get(jobId) ?? { owner, waitsIn: [] };
-      entry.waitsIn.push(g);
+      entry.waitsIn.push(groups[i]!.name);
       inLine.set(jobId, entry);
     }
   });
@@ -151,5 +156,5 @@ export async function readDemand(vmm: VmManager, acquireQueue: Queue, route?: De
     const r = job ? queuedDemandRequest(job, groups, now) : null;
     if (r) requests.push(r);
   }
-  return demandByGroup(requests, groups.length, route, await readOwnerRooms(vmm, requests));
+  return demandByGroup(requests, vmm.vmGroups, route, await readOwnerRooms(vmm, requests));
 }

@@ -6,14 +6,14 @@ export interface OrphanPoolVm {
   name: string;
   ip: string;
   state: VmState;
-  group: number;
+  group: string;
   /** Epoch ms when it entered the pool, when known. */
   addedAt?: number | null;
 }
 
 export interface OrphanInput {
   /** The group whose provider produced `machines`. */
-  group: number;
+  group: string;
   /** This pool's identity: only machines tagged with it (ProviderMachine.pool) may be terminated. */
   poolId: string;
   /** Unknown machines tagged with no pool id that earlier passes already reported (names). */

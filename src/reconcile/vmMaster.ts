@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import type { Queue } from 'bullmq';
 import type { Logger } from '../logger.js';
 import { ALL_VM_STATES, VmDescriptorNotFound, VmError, VmStates, activeVmCount } from '../pool/types.js';
@@ -27,6 +28,7 @@ import {
   type ReconcileAction,
 } from './decisions.js';
 import { readDemand, type DemandRoute } from './demand.js';
+import { decideRollOut, type GroupLaunch } from './rollout.js';
 import { blockedGroups, demandGroupsOf, hasFallbacks, withFallbacks } from '../acquire/fallback.js';
 import { targetWaitDecision, warmPoolVaries, type TargetWaitMeasure } from './targetWait.js';
 import type { DueQuery } from '../pool/poolReader.js';
@@ -45,14 +47,19 @@ export interface VmMasterOptions {
   /** Expiry of the cycle lock; a replica that dies mid-cycle holds it at most this long. */
   cycleLockTtlMs?: number;
   /** The provider of a group (a JobContext's `provider`). Without it, cleanupOrphans does nothing. */
-  provider?: (group: number) => Provider;
+  provider?: (group: string) => Provider;
   /** Between history samples (src/reconcile/history.ts); default HISTORY_PERIOD_MS. */
   historyPeriodMs?: number;
+  /**
+   * When this process started (epoch ms; default: the manager's clock at construction). Of two
+   * launch configs of a group with one launch_revision, the one of the process started later wins.
+   */
+  startedAt?: number;
 }
 
 /** One group's sweep after a loss of the pool's state, as logged. */
 export interface LossSweep {
-  group: number;
+  group: string;
   machines: number;
   /** Machines the pool does not know, terminated (terminate jobs added). */
   terminated: number;
@@ -62,7 +69,7 @@ export interface LossSweep {
 
 /** One group's leak and orphan pass, as logged. */
 export interface OrphanPass {
-  group: number;
+  group: string;
   counts: OrphanDecision['counts'];
   /** Terminate jobs added (or retried) for machines the pool does not know. */
   leaksTerminated: number;
@@ -73,6 +80,7 @@ export interface OrphanPass {
 export const CYCLE_STEPS = [
   'reclaimExpiredLeases',
   'expireHolds',
+  'rollOut',
   'removeOldDirtyVms',
   'retireSurplus',
   'checkVmsHealth',
@@ -88,7 +96,7 @@ export type CycleStep = (typeof CYCLE_STEPS)[number];
 /** The steps that decide from the pool's snapshot (decisions.ts) and apply the actions. */
 type DecisionStep = Extract<
   CycleStep,
-  'removeOldDirtyVms' | 'retireSurplus' | 'checkVmsHealth' | 'recheckAfterServerStart' | 'startSpawnIfRequired' | 'finalizeLongHealthChecks' | 'terminateAgain'
+  'rollOut' | 'removeOldDirtyVms' | 'retireSurplus' | 'checkVmsHealth' | 'recheckAfterServerStart' | 'startSpawnIfRequired' | 'finalizeLongHealthChecks' | 'terminateAgain'
 >;
 
 /** One step of the reconcile cycle (VmMaster.steps). */
@@ -123,6 +131,10 @@ export { cycleLockKey } from '../pool/locks.js';
 export class VmMaster {
   private readonly logger: Logger;
   private readonly lock: CycleLock;
+  /** This process, as publishLaunch weighs it against other replicas. */
+  readonly launchProcess: { startedAt: number; processId: string };
+  /** Per group, whether this process's launch config is the published one (set by rollOut). */
+  private readonly launchCurrent = new Map<string, boolean>();
 
   constructor(
     readonly vmm: VmManager,
@@ -130,6 +142,7 @@ export class VmMaster {
   ) {
     this.logger = vmm.logger.child({ component: 'reconcile' });
     this.lock = vmm.cycleLock(options.cycleLockTtlMs ?? DEFAULT_CYCLE_LOCK_TTL_MS);
+    this.launchProcess = { startedAt: options.startedAt ?? vmm.clock(), processId: `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}` };
   }
 
   private queue(name: QueueName): Queue {
@@ -150,7 +163,7 @@ export class VmMaster {
     // then counted twice (one spawn too few this cycle), never not at all (one too many).
     const groups = await Promise.all(
       vmm.vmGroups.map(async (group): Promise<Omit<GroupSnapshot, 'demand'>> => {
-        const targetWait = vmm.config.groups[group]!.target_wait;
+        const targetWait = vmm.groupConfig(group).target_wait;
         const [spawnsInFlight, last, breaker, drainedSince, measure] = await Promise.all([
           vmm.getSpawnsInFlight(group),
           vmm.readVmPoolInfo(group, LAST_VM_SPAWN_START),
@@ -169,7 +182,7 @@ export class VmMaster {
       vmm.reader.supplyCounts(vmm.vmGroups),
     ]);
     for (const g of groups) if (g.targetWait) this.noteTargetWait(g.group, g.targetWait);
-    const counts = new Map<number, GroupCounts>(
+    const counts = new Map<string, GroupCounts>(
       vmm.vmGroups.map((group, i) => {
         const byState = stateCounts[i]!;
         const all = Object.values(byState).reduce((a, b) => a + b, 0);
@@ -183,12 +196,12 @@ export class VmMaster {
       route = (r) => demandGroupsOf(r.groups, withFallbacks(vmm.config.groups, r.groups, blocked, r.strict), blocked);
     }
     const demand = await readDemand(vmm, this.queue(ACQUIRE_QUEUE), route);
-    const withDemand = groups.map((g) => ({ ...g, demand: demand[g.group] ?? 0, counts: counts.get(g.group)! }));
+    const withDemand: GroupSnapshot[] = groups.map((g, i) => ({ ...g, demand: demand[i] ?? 0, counts: counts.get(g.group)! }));
 
     // What is due, per group: each query's bound is the time before which a score means due.
     const queries: DueQuery[] = [];
     for (const group of vmm.vmGroups) {
-      const g = vmm.config.groups[group]!;
+      const g = vmm.groupConfig(group);
       queries.push({ group, set: 'check', upTo: now - g.vm_health_check_period * 1000 });
       // Checked before the server start: acquire skips them until checked again (recheckAfterServerStart).
       if (serverStart !== null) queries.push({ group, set: 'check', upTo: serverStart, inclusive: true });
@@ -199,8 +212,23 @@ export class VmMaster {
       queries.push({ group, set: 'terminating', upTo: now - g.vm_terminating_timeout * 1000 });
     }
     const names = new Set((await vmm.reader.dueVmNames(queries)).flat());
+    // The rollout's VMs, of the groups whose launch this process published (rollOut ran).
+    const launchGroups = vmm.vmGroups.filter((group) => this.launchCurrent.get(group) === true);
+    const launchDue = await vmm.reader.launchDue(
+      launchGroups.map((group) => {
+        const age = vmm.groupConfig(group).max_ready_age;
+        return { group, agedBefore: age === undefined ? null : now - age * 1000 };
+      }),
+    );
+    const launches = new Map<string, GroupLaunch>();
+    for (const group of vmm.vmGroups) if (this.launchCurrent.get(group) === false) launches.set(group, { current: false, outdated: [], aged: [], readyCurrent: 0 });
+    for (const [i, group] of launchGroups.entries()) {
+      const due = launchDue[i]!;
+      for (const name of [...due.outdated, ...due.aged]) names.add(name);
+      launches.set(group, { current: true, ...due, readyCurrent: supply[vmm.vmGroups.indexOf(group)]!.readyClean });
+    }
     for (const [i, group] of vmm.vmGroups.entries()) {
-      const g = vmm.config.groups[group]!;
+      const g = vmm.groupConfig(group);
       if (!warmPoolVaries(g)) continue;
       const snap = withDemand.find((s) => s.group === group)!;
       if (supply[i]!.readyClean > warmPoolOf(vmm.config, snap, now) + Math.max(0, snap.demand)) {
@@ -208,16 +236,23 @@ export class VmMaster {
       }
     }
     const vms = await vmm.reader.vmRecords([...names]);
+    for (const g of withDemand) {
+      const launch = launches.get(g.group);
+      if (!launch) continue;
+      g.launch = launch;
+      // Aged VMs are about to go: their replacements are spawned first, as outdated ones' are.
+      if (g.counts && launch.aged.length > 0) g.counts = { ...g.counts, coming: Math.max(0, g.counts.coming - launch.aged.length) };
+    }
     const terminatingIps = [...new Set(vms.filter((v) => v.state === VmStates.TERMINATING).map((v) => v.vmIp))];
     const vmsByIp = await vmm.reader.vmNamesByIps(terminatingIps);
     return { vms, vmsByIp, groups: withDemand, serverStart, serverStartSeq };
   }
 
-  private readonly lastTargetWait = new Map<number, number>();
+  private readonly lastTargetWait = new Map<string, number>();
 
   /** Logs a target_wait decision: at info when the warm pool's size changes, else at debug. */
-  private noteTargetWait(group: number, measure: TargetWaitMeasure): void {
-    const d = targetWaitDecision(this.vmm.config.groups[group]!, measure, this.vmm.config.vm_cycle_timeout);
+  private noteTargetWait(group: string, measure: TargetWaitMeasure): void {
+    const d = targetWaitDecision(this.vmm.groupConfig(group), measure, this.vmm.config.vm_cycle_timeout);
     if (!d) return;
     const fields = { group, arrivalsPerMinute: Number(d.arrivalsPerMinute.toFixed(2)), bootSeconds: Number(d.bootSeconds.toFixed(1)), bootMeasured: d.bootMeasured, minReady: d.minReady, lateShare: Number(d.lateShare.toFixed(4)) };
     const changed = this.lastTargetWait.get(group) !== d.minReady;
@@ -230,6 +265,7 @@ export class VmMaster {
    * methods of the same names (Copr's VmMaster, public API) run one alone.
    */
   private readonly decisions: Record<DecisionStep, (s: PoolSnapshot, now: number) => ReconcileAction[]> = {
+    rollOut: (s, now) => decideRollOut(s, this.vmm.config, now),
     removeOldDirtyVms: (s, now) => decideRemoveOldDirtyVms(s, this.vmm.config, now),
     retireSurplus: (s, now) => decideRetireSurplus(s, this.vmm.config, now),
     checkVmsHealth: (s, now) => decideCheckVmsHealth(s, this.vmm.config, now),
@@ -237,7 +273,7 @@ export class VmMaster {
     startSpawnIfRequired: (s, now) => {
       const actions = decideStartSpawnIfRequired(s, this.vmm.config, now);
       if (actions.length > 0) {
-        const figures = s.groups.filter((g) => this.vmm.config.groups[g.group]).map((g) => spawnFigures(s, this.vmm.config, g, now));
+        const figures = s.groups.filter((g) => this.vmm.vmGroups.includes(g.group)).map((g) => spawnFigures(s, this.vmm.config, g, now));
         this.logger.debug({ figures }, 'spawn figures');
       }
       return actions;
@@ -264,6 +300,13 @@ export class VmMaster {
     const steps: Record<CycleStep, Omit<ReconcileStep, 'name'>> = {
       reclaimExpiredLeases: { run: async () => (await this.reclaimExpiredLeases()).length },
       expireHolds: { run: async () => (await this.expireHolds()).length },
+      rollOut: {
+        // Publishes first, so that the snapshot read next has each group's launch.
+        run: async (pool) => {
+          const changed = await this.publishLaunches();
+          return changed + (await this.decideAndApply('rollOut', await pool())).length;
+        },
+      },
       removeOldDirtyVms: decision('removeOldDirtyVms'),
       retireSurplus: decision('retireSurplus'),
       checkVmsHealth: decision('checkVmsHealth'),
@@ -276,6 +319,44 @@ export class VmMaster {
       recordHistory: { run: async () => ((await this.recordHistory()) ? 1 : 0), changesNoVm: true },
     };
     return CYCLE_STEPS.map((name) => ({ name, ...steps[name] }));
+  }
+
+  /**
+   * Publishes this process's launch config of each group (VmManager.publishLaunch), and notes per
+   * group whether it is the current one: a group whose published config is another process's newer
+   * one gets no spawn, rollout or retire decision from this process (logged once per change).
+   * Returns how many VMs changed sides (outdated or current again) by a publication.
+   */
+  async publishLaunches(): Promise<number> {
+    let changed = 0;
+    // One script call per group, sent together (one round trip on the connection).
+    const outcomes = await Promise.all(this.vmm.vmGroups.map((group) => this.vmm.publishLaunch(group, this.launchProcess)));
+    for (const [i, group] of this.vmm.vmGroups.entries()) {
+      const outcome = outcomes[i]!;
+      const current = outcome.status !== 'superseded';
+      const before = this.launchCurrent.get(group);
+      this.launchCurrent.set(group, current);
+      const fingerprint = this.vmm.launchFingerprint(group);
+      if (outcome.status === 'published') {
+        changed += outcome.changed;
+        this.logger.info({ group, fingerprint, revision: outcome.revision, outdatedChanged: outcome.changed }, 'launch config published; VMs of older launches are rolled out');
+      } else if (outcome.status === 'superseded' && before !== false) {
+        const { fingerprint: published, revision, launchRevision, publishedAt, publishedBy } = outcome;
+        this.logger.warn(
+          { group, fingerprint, published, revision, launchRevision, publishedAt, publishedBy },
+          "another process's newer launch config of this group is current: this process makes no spawn, rollout or retire decision for it until it runs that config",
+        );
+      } else if (outcome.status === 'current' && before === false) {
+        this.logger.info({ group, fingerprint, revision: outcome.revision }, 'launch config of this group is current again');
+      }
+    }
+    return changed;
+  }
+
+  /** Retires the outdated and aged VMs whose replacements keep min_ready (rollout.ts), after publishing the launch configs. */
+  async rollOut(snapshot?: PoolSnapshot): Promise<ReconcileAction[]> {
+    await this.publishLaunches();
+    return this.decideAndApply('rollOut', snapshot);
   }
 
   /** Copr's remove_old_dirty_vms: terminates dirty VMs not re-acquired within vm_dirty_terminating_timeout, or past a reuse limit. */
@@ -356,7 +437,7 @@ export class VmMaster {
     return passes;
   }
 
-  private async orphanPass(group: number, providerOf: (group: number) => Provider): Promise<OrphanPass | null> {
+  private async orphanPass(group: string, providerOf: (group: string) => Provider): Promise<OrphanPass | null> {
     const vmm = this.vmm;
     const config = vmm.groupConfig(group);
     if (!(config.orphan_check_period > 0)) return null;
@@ -372,7 +453,7 @@ export class VmMaster {
     // (its state sets), whether the other listed machines are pool VMs, and the records of only
     // the VMs the list misses. A VM added while the list ran (added_at from the pass's start on)
     // may be missing from it, so it does not count as missed (one added in the start's own millisecond does: it is terminated only if the next list misses it too).
-    const machines = await provider.list({ id: group, config, poolId: vmm.poolId });
+    const machines = await provider.list(vmm.providerGroup(group));
     const [groupNames, previous] = await Promise.all([vmm.reader.vmNamesByGroupsAndStates([group], ALL_VM_STATES), vmm.reader.orphanPassState(group)]);
     const listed = new Set(machines.map((m) => m.name));
     const inGroup = new Set(groupNames);
@@ -460,7 +541,7 @@ export class VmMaster {
       try {
         if (provider.list && config.orphan_check_period > 0) {
           // Only this pool's machines (tagged with its id): another pool's, or untagged ones, are left alone.
-          const machines = (await provider.list({ id: group, config, poolId: vmm.poolId })).filter((m) => m.pool === vmm.poolId);
+          const machines = (await provider.list(vmm.providerGroup(group))).filter((m) => m.pool === vmm.poolId);
           const names = new Set(await vmm.reader.allVmNames());
           const decision = decideLossSweep({ poolVmNames: names, machines, recoveredAt: marker.recoveredAt ?? vmm.clock() });
           const queue = this.queue(TERMINATE_QUEUE);
@@ -486,7 +567,7 @@ export class VmMaster {
    * that finished while the machine is still listed (a failed or ineffective terminate) is retried.
    * Returns whether a job was added or retried.
    */
-  private async terminateLeak(group: number, vmName: string, vmIp: string | null, firstSeen: number): Promise<boolean> {
+  private async terminateLeak(group: string, vmName: string, vmIp: string | null, firstSeen: number): Promise<boolean> {
     const queue = this.queue(TERMINATE_QUEUE);
     const jobId = leakTerminateJobId(group, vmName, firstSeen);
     const existing = await queue.getJob(jobId);
@@ -524,7 +605,7 @@ export class VmMaster {
     const assigned = histograms.find((h) => h.labels.outcome === 'assigned');
     const buckets = assigned ? assigned.buckets.map((b) => b.count) : bounds.map(() => 0).concat(0);
     const acquireP95 = quantileBetween(bounds, mark?.buckets ?? null, buckets, 0.95);
-    const samples = new Map<number, HistorySample>(groups.map((g, i) => [g, { t: now, counts: counts[i]!, waiting: waiting[i]!, acquireP95 }]));
+    const samples = new Map<string, HistorySample>(groups.map((g, i) => [g, { t: now, counts: counts[i]!, waiting: waiting[i]!, acquireP95 }]));
     await vmm.appendHistory(samples, { t: now, buckets }, HISTORY_SAMPLES);
     return true;
   }
@@ -543,6 +624,8 @@ export class VmMaster {
     const errors: unknown[] = [];
     const skipped: CycleStep[] = [];
     const outcome = await this.lock.run(async (lost) => {
+      // The config's groups join the pool's registry (a group removed later is still known, and drains).
+      await this.vmm.registerConfigGroups().catch((err: unknown) => errors.push(err));
       // First, before this cycle spawns: machines from before a loss of the pool's state.
       await this.sweepAfterLoss().catch((err: unknown) => errors.push(err));
       let snapshot: PoolSnapshot | undefined;
@@ -642,7 +725,7 @@ export class VmMaster {
   }
 
   /** Registers the spawn in flight, records the spawn start, then adds the spawn job. */
-  private async startSpawn(group: number, reason: string): Promise<void> {
+  private async startSpawn(group: string, reason: string): Promise<void> {
     const now = this.vmm.clock();
     const spawnId = `g${group}-${now}-${randomBytes(4).toString('hex')}`;
     await this.vmm.registerSpawn(group, spawnId);

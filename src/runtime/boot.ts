@@ -64,7 +64,7 @@ export async function startProcessTypes<T extends string>(
   });
   // The data format first: a newer pool is refused before anything is written, an older one is
   // migrated (or waited for) before any worker takes a job.
-  const dataFormat = new DataFormat({ redis: ctx.connection, prefix: ctx.prefix, logger, clock: options.clock, ...options.dataFormat });
+  const dataFormat = new DataFormat({ redis: ctx.connection, prefix: ctx.prefix, logger, clock: options.clock, groups: config.groups.map((g) => g.name), ...options.dataFormat });
   try {
     await dataFormat.ensure();
   } catch (err) {

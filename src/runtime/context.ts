@@ -26,9 +26,9 @@ export interface JobContext {
   /** A Queue handle for adding jobs, created once per process. */
   queue(name: QueueName): Queue;
   /** The provider of a group, created once per group. */
-  provider(group: number): Provider;
+  provider(group: string): Provider;
   /** The health check of a group, created once per group. */
-  healthCheck(group: number): HealthCheck;
+  healthCheck(group: string): HealthCheck;
   /**
    * The process's watch over the pool's state in Redis (poolStateWatch.ts), when the runtime runs
    * one: periodic paths (each reconcile cycle) ask it for a check.

@@ -47,10 +47,10 @@ export function createJobContext(config: Config, options: JobContextOptions): Ow
   const vmm = new VmManager(config, { redis: connection, prefix, logger, clock, queues });
   // Masked in every hook output that is logged or kept.
   const secrets = configSecrets(config);
-  const providers = new Map<number, Provider>();
-  const checks = new Map<number, HealthCheck>();
-  const providerGroup = (id: number): ProviderGroup => ({ id, config: vmm.groupConfig(id), poolId: vmm.poolId });
-  const provider = (group: number): Provider => {
+  const providers = new Map<string, Provider>();
+  const checks = new Map<string, HealthCheck>();
+  const providerGroup = (group: string): ProviderGroup => vmm.providerGroup(group);
+  const provider = (group: string): Provider => {
     let p = providers.get(group);
     if (!p) {
       p = options.providerFactory(providerGroup(group), { logger, secrets });

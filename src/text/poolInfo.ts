@@ -4,20 +4,23 @@ import { relativeTime } from '../time.js';
 import type { VmDescriptor } from '../pool/types.js';
 
 /**
- * Copr's copr_get_vm_info table: one block per group, times relative to now. drainedSince: the
- * groups drained at run time (`vmpool drain`), group id -> epoch ms.
+ * Copr's copr_get_vm_info table: one block per group (the config's in its order, then the groups
+ * removed from it that still have VMs), times relative to now. drainedSince: the groups drained at
+ * run time (`vmpool drain`), group name -> epoch ms.
  */
-export function formatPoolInfo(config: Config, vms: readonly VmDescriptor[], now: number, drainedSince: ReadonlyMap<number, number> = new Map()): string {
+export function formatPoolInfo(config: Config, vms: readonly VmDescriptor[], now: number, drainedSince: ReadonlyMap<string, number> = new Map()): string {
   const blocks: string[] = [];
-  const groupIds = new Set<number>([...config.groups.keys(), ...vms.map((v) => v.group)]);
-  for (const group of [...groupIds].sort((a, b) => a - b)) {
-    const g = config.groups[group];
+  const configured = config.groups.map((g) => g.name);
+  const removed = [...new Set(vms.map((v) => v.group))].filter((name) => !configured.includes(name)).sort();
+  for (const group of [...configured, ...removed]) {
+    const index = configured.indexOf(group);
+    const g = config.groups[index];
     const inGroup = vms.filter((v) => v.group === group);
     const since = drainedSince.get(group);
     const drained = since !== undefined ? `, drained ${relativeTime(since, now)} (vmpool undrain ${g?.name ?? group})` : g?.max_vm_total === 0 ? ', drained (max_vm_total: 0)' : '';
     const title = g
-      ? `Group ${group} (${g.name}, archs: ${g.archs.join(', ') || '-'}): ${inGroup.length} VMs, max ${g.max_vm_total}${drained}`
-      : `Group ${group} (not in config): ${inGroup.length} VMs`;
+      ? `Group ${index} (${group}, archs: ${g.archs.join(', ') || '-'}): ${inGroup.length} VMs, max ${g.max_vm_total}${drained}`
+      : `Group ${group} (removed from config, draining): ${inGroup.length} VMs`;
     const rows = inGroup.map((v) => [
       v.vmName,
       v.vmIp,

@@ -17,8 +17,8 @@ async function poolSnapshot(k: AcquireKit): Promise<Record<string, unknown>> {
   return {
     vms,
     leases: await k.redis.zrange(keys.leases, 0, '-1', 'WITHSCORES'),
-    waiters: await Promise.all([0, 1, 2].map((g) => k.redis.zrange(keys.waiters(g), 0, '-1'))),
-    demand: await Promise.all([0, 1, 2].map((g) => k.redis.zrange(keys.demand(g), 0, '-1'))),
+    waiters: await Promise.all(['base', 'arm', 'big'].map((g) => k.redis.zrange(keys.waiters(g), 0, '-1'))),
+    demand: await Promise.all(['base', 'arm', 'big'].map((g) => k.redis.zrange(keys.demand(g), 0, '-1'))),
     waiterInfo: await k.redis.hgetall(keys.waiterInfo),
   };
 }
@@ -28,7 +28,7 @@ describe('acquire job', () => {
     kit = await createAcquireKit('acq-ok');
     await kit.addReady('vm1', '10.1.0.1', 0);
     const a = await kit.client.acquire({ owner: 'alice', sandbox: 'alice/p', arch: 'x86_64', taskId: 'task-1', buildId: 'b1', chroot: 'fedora-x86_64' });
-    expect(a).toMatchObject({ vmName: 'vm1', vmIp: '10.1.0.1', group: 0 });
+    expect(a).toMatchObject({ vmName: 'vm1', vmIp: '10.1.0.1', group: 'base' });
     expect(a.leaseId).toMatch(/^[0-9a-f-]{36}$/);
     const rec = await kit.ctx.vmm.getVmByName('vm1');
     expect(rec).toMatchObject({ state: 'in_use', owner: 'alice', sandbox: 'alice/p', taskId: 'task-1', buildId: 'b1', chroot: 'fedora-x86_64' });
@@ -37,7 +37,7 @@ describe('acquire job', () => {
     expect(Number(expires)).toBe(a.leaseExpiresAt);
     expect(ttl).toBe('300000');
     expect(await kit.redis.zscore(kit.keys.leases, 'vm1')).toBe(String(a.leaseExpiresAt));
-    expect(await kit.ctx.vmm.countDemand(0)).toBe(0);
+    expect(await kit.ctx.vmm.countDemand('base')).toBe(0);
     const job = await Job.fromId(kit.queue, acquireJobId('task-1', 'alice'));
     expect(job?.returnvalue).toEqual(a);
   });
@@ -74,12 +74,12 @@ describe('acquire job', () => {
     // The safety retry is 60 s and the test bound is 20 s: only the ready message can serve it.
     const pending = kit.client.acquire({ owner: 'alice', sandbox: 's', groups: [0], timeoutMs: 30_000 });
     await kit.untilWaiting(0, 1);
-    expect(await kit.ctx.vmm.countDemand(0)).toBe(1);
+    expect(await kit.ctx.vmm.countDemand('base')).toBe(1);
     await new Promise((r) => setTimeout(r, 300));
     await kit.addReady('late1', '10.1.0.3', 0);
     const a = await pending;
     expect(a.vmName).toBe('late1');
-    expect(await kit.ctx.vmm.countDemand(0)).toBe(0);
+    expect(await kit.ctx.vmm.countDemand('base')).toBe(0);
   }, 20_000);
 
   it('a waiting request wakes when its owner releases a dirty VM of the same sandbox', async () => {
@@ -107,14 +107,14 @@ describe('acquire job', () => {
     try {
       const b = await again.acquire({ owner: 'alice', sandbox: 's', groups: [0], taskId: 'build:42/x86' });
       expect(b).toEqual(a);
-      expect(await kit.ctx.vmm.getVmsByGroupAndStates(0, ['in_use'])).toHaveLength(1);
+      expect(await kit.ctx.vmm.getVmsByGroupAndStates('base', ['in_use'])).toHaveLength(1);
       // The job itself was removed (retention): the pool still answers for the task.
       await (await Job.fromId(kit.queue, acquireJobId('build:42/x86', 'alice')))!.remove();
       const c = await again.acquire({ owner: 'alice', sandbox: 's', groups: [0], taskId: 'build:42/x86' });
       // A new job (its own requestedAt) that the script answered with the VM and lease the task holds.
       expect({ ...c, requestedAt: a.requestedAt }).toEqual(a);
       expect(c.requestedAt).toBeGreaterThanOrEqual(a.requestedAt!);
-      expect(await kit.ctx.vmm.getVmsByGroupAndStates(0, ['in_use'])).toHaveLength(1);
+      expect(await kit.ctx.vmm.getVmsByGroupAndStates('base', ['in_use'])).toHaveLength(1);
       // Once released, the same task asks anew instead of getting the stale assignment.
       expect(await again.release(a)).toBe(true);
       const d = await again.acquire({ owner: 'alice', sandbox: 's', groups: [0], taskId: 'build:42/x86' });
@@ -227,7 +227,7 @@ describe('first come, first served', () => {
     await kit.untilWaiting(0, 2);
     await kit.addReady('c3', '10.4.0.3', 0);
     expect((await dave).vmName).toBe('c3');
-    expect(await kit.redis.zcard(kit.keys.waiters(0))).toBe(1);
+    expect(await kit.redis.zcard(kit.keys.waiters('base'))).toBe(1);
     // carol's request still waits; closing the kit sends it back to the queue.
     void carol.catch(() => undefined);
   }, 30_000);
@@ -244,7 +244,7 @@ describe('first come, first served', () => {
     const erin = await first;
     expect(erin.vmName).toBe('n1');
     expect(['none', 'deferred']).toContain(late.status);
-    await kit.ctx.vmm.leaveAcquireLine(lateWaiter, [0]);
-    expect(await kit.redis.zcard(keys.waiters(0))).toBe(0);
+    await kit.ctx.vmm.leaveAcquireLine(lateWaiter, ['base']);
+    expect(await kit.redis.zcard(keys.waiters('base'))).toBe(0);
   }, 30_000);
 });

@@ -42,7 +42,7 @@ describe('the fair acquire line', () => {
     // The heavy owner's requests are parked in the line: none holds a worker.
     const states = await Promise.all(Array.from({ length: 10 }, async (_, i) => (await Job.fromId(kit!.queue, acquireJobId(`hol-heavy-${i}`, 'heavy')))!.getState()));
     expect(states.filter((s) => s === 'active')).toEqual([]);
-    expect(await kit.redis.hget(kit.keys.ownerVms(0), 'heavy')).toBe('2');
+    expect(await kit.redis.hget(kit.keys.ownerVms('base'), 'heavy')).toBe('2');
     // Withdraw the heavy requests (they would wait until their timeout).
     for (let i = 0; i < 10; i++) {
       const job = await Job.fromId(kit.queue, acquireJobId(`hol-heavy-${i}`, 'heavy'));
@@ -65,7 +65,7 @@ describe('the fair acquire line', () => {
     await kit.untilWaiting(0, 210);
     const alice = settled(kit.client.acquire({ owner: 'alice', sandbox: 'a', groups: [0], timeoutMs: 20_000 }));
     await kit.untilWaiting(0, 211);
-    await kit.ctx.vmm.addVmToPool('10.41.0.2', 'next1', 0);
+    await kit.ctx.vmm.addVmToPool('10.41.0.2', 'next1', 'base');
     await kit.ctx.vmm.startVmCheck('next1');
     new PoolScripts(kit.redis, kit.prefix); // defines the pool's commands on kit.redis
     const base = poolKeyBase(kit.prefix);
@@ -81,9 +81,9 @@ describe('the fair acquire line', () => {
     const a = await alice;
     if ('error' in a) throw a.error;
     expect(a.value.vmName).toBe('next1');
-    await kit.ctx.vmm.leaveAcquireLine({ member: carolWaiter, jobId: 'acquire-carol', priority: 0, deadline: 0 }, [0]);
+    await kit.ctx.vmm.leaveAcquireLine({ member: carolWaiter, jobId: 'acquire-carol', priority: 0, deadline: 0 }, ['base']);
     // The heavy owner is still at its limit: none of its 210 requests was served.
-    expect(await kit.redis.zcard(kit.keys.waiters(0))).toBe(210);
+    expect(await kit.redis.zcard(kit.keys.waiters('base'))).toBe(210);
     void heavy;
   }, 120_000);
 
@@ -131,7 +131,7 @@ describe('the fair acquire line', () => {
     }, 'the progress').then(() => Job.fromId(kit!.queue, acquireJobId('why-dora', 'dora')));
     expect((job!.progress as { waiting: unknown }).waiting).toMatchObject({
       reason: 'owner_limit',
-      groups: [{ group: 0, groupName: 'base', reason: 'owner_limit', ownerVms: 1, maxVmPerUser: 1, ownerPosition: 1 }],
+      groups: [{ group: 'base', groupName: 'base', reason: 'owner_limit', ownerVms: 1, maxVmPerUser: 1, ownerPosition: 1 }],
     });
     const outcome = await pending;
     expect('error' in outcome && outcome.error.message).toMatch(/last blocking constraint: owner_limit in base\(0\)/);

@@ -25,7 +25,8 @@ export interface AcquireKit {
   /** Adds a VM and brings it to ready with a passing check after the server start. */
   addReady(name: string, ip: string, group?: number): Promise<void>;
   /** Resolves once `count` acquire requests wait in the group's line. */
-  untilWaiting(group: number, count: number): Promise<void>;
+  /** A group by name, or by index in the kit's config. */
+  untilWaiting(group: string | number, count: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -81,7 +82,8 @@ export async function createAcquireKit(name: string, config: ConfigInput = acqui
       const { outcome } = await ctx.vmm.recordHealthCheckResult(vmName, true);
       if (outcome !== 'ok') throw new Error(`health check of ${vmName}: ${outcome}`);
     },
-    async untilWaiting(group, count) {
+    async untilWaiting(ref, count) {
+      const group = ctx.vmm.resolveGroup(ref);
       await until(async () => (await redis.zcard(keys.waiters(group))) >= count, `${count} waiting requests in group ${group}`);
     },
     async close() {

@@ -75,7 +75,7 @@ describe('leases', () => {
     if (attempt.status !== 'acquired') throw new Error(attempt.status);
     const client = new VmPoolClient({ redis: kit.redis, prefix: kit.prefix, clock: () => kit.clock.now });
     try {
-      const assignment = { vmName: 'a1', vmIp: '10.6.0.1', group: 0, leaseId: attempt.leaseId, leaseExpiresAt: attempt.leaseExpiresAt };
+      const assignment = { vmName: 'a1', vmIp: '10.6.0.1', group: 'term', leaseId: attempt.leaseId, leaseExpiresAt: attempt.leaseExpiresAt };
       const wrong = { ...assignment, leaseId: 'wrong' };
       await expect(client.renew(wrong)).rejects.toThrow(LeaseLost);
       expect(await client.release(wrong)).toBe(false);

@@ -24,12 +24,12 @@ let queue: Queue;
 const replicas: WorkerProcess[] = [];
 
 async function addReady(name: string, ip: string): Promise<void> {
-  await vmm.addVmToPool(ip, name, 0);
+  await vmm.addVmToPool(ip, name, 'base');
   await vmm.startVmCheck(name);
   await vmm.recordHealthCheckResult(name, true);
 }
 
-const waiting = () => redis.zcard(keys.waiters(0));
+const waiting = () => redis.zcard(keys.waiters('base'));
 
 beforeAll(async () => {
   redis = connect();

@@ -24,7 +24,7 @@ let ctx: OwnedJobContext;
 let queue: Queue;
 
 async function addReady(name: string, ip: string): Promise<void> {
-  await ctx.vmm.addVmToPool(ip, name, 0);
+  await ctx.vmm.addVmToPool(ip, name, 'base');
   await ctx.vmm.startVmCheck(name);
   await ctx.vmm.recordHealthCheckResult(name, true);
 }
@@ -68,7 +68,7 @@ describe('an acquire job run twice', () => {
       const used = await inUse();
       expect(used.length - before).toBe(1);
       expect(used).toContain(first.vmName);
-      expect(await redis.hget(keys.ownerVms(0), owner)).toBe('1');
+      expect(await redis.hget(keys.ownerVms('base'), owner)).toBe('1');
       expect(await redis.hget(keys.vm(first.vmName), 'lease_id')).toBe(first.leaseId);
     });
   }

@@ -21,10 +21,10 @@ describe('tags', () => {
   const groups = parseConfig(input, {}).groups;
 
   it('match groups that list every tag, in config order, within groups or arch, or alone', () => {
-    expect(requestGroupIds(groups, { tags: ['large'] })).toEqual([1, 2]);
-    expect(requestGroupIds(groups, { tags: ['kvm', 'large'] })).toEqual([1]);
-    expect(requestGroupIds(groups, { arch: 'x86_64', tags: ['kvm'] })).toEqual([0, 1]);
-    expect(requestGroupIds(groups, { groups: [2, 1, 0], tags: ['large'] })).toEqual([2, 1]);
+    expect(requestGroupIds(groups, { tags: ['large'] })).toEqual(['big', 'arm']);
+    expect(requestGroupIds(groups, { tags: ['kvm', 'large'] })).toEqual(['big']);
+    expect(requestGroupIds(groups, { arch: 'x86_64', tags: ['kvm'] })).toEqual(['small', 'big']);
+    expect(requestGroupIds(groups, { groups: [2, 'big', 0], tags: ['large'] })).toEqual(['arm', 'big']);
     expect(() => requestGroupIds(groups, { tags: ['gpu'] })).toThrow(/unknown tag "gpu"/);
     expect(() => requestGroupIds(groups, { arch: 'aarch64', tags: ['kvm'] })).toThrow(RequestGroupsError);
   });

@@ -35,13 +35,13 @@ describe('vmpool acquire without --arch, --group or --tag', { timeout: 60_000 },
   });
 
   it('takes the only group of the pool', async () => {
-    await vmm.addVmToPool('10.6.0.1', 'solo1', 0);
+    await vmm.addVmToPool('10.6.0.1', 'solo1', 'solo');
     await vmm.startVmCheck('solo1');
     await vmm.recordHealthCheckResult('solo1', true);
     const got = await vmpool(writeConfigFile(oneGroup), 'acquire', '--owner', 'alice', '--sandbox', 's', '--timeout', '5');
     expect(got.code, got.stderr).toBe(0);
     const vars = Object.fromEntries(got.stdout.trim().split('\n').map((l) => l.split('=', 2) as [string, string]));
-    expect(vars).toMatchObject({ VM_NAME: 'solo1', VM_IP: '10.6.0.1', GROUP: '0' });
+    expect(vars).toMatchObject({ VM_NAME: 'solo1', VM_IP: '10.6.0.1', GROUP: 'solo' });
     expect((await vmm.getAllVmRecords()).find((v) => v.vmName === 'solo1')).toMatchObject({ state: 'in_use', owner: 'alice', leaseId: vars.LEASE_ID });
   });
 

@@ -53,6 +53,7 @@ describe('vmpool CLI', { timeout: 60_000 }, () => {
     const ok = await vmpool('config', 'check', configFile);
     expect(ok.code).toBe(0);
     expect(ok.stdout).toContain('ok (2 groups: base, arm)');
+    expect(ok.stdout).toMatch(/^launch fingerprints: base [0-9a-f]{12}, arm [0-9a-f]{12}$/m);
     const bad = writeConfigFile({ groups: [{ name: 'g', max_vm_total: -1 }] });
     const res = await vmpool('config', 'check', bad);
     expect(res.code).toBe(2);
@@ -96,7 +97,7 @@ describe('vmpool CLI', { timeout: 60_000 }, () => {
   });
 
   it('list and info show the pool, as text and --json', async () => {
-    await vmm.addVmToPool('10.5.1.1', 'c2', 1);
+    await vmm.addVmToPool('10.5.1.1', 'c2', 'arm');
     const list = await vmpool('list', '--json');
     expect(list.code).toBe(0);
     const vms = JSON.parse(list.stdout) as { vmName: string; state: string }[];
@@ -113,6 +114,8 @@ describe('vmpool CLI', { timeout: 60_000 }, () => {
     const info = await vmpool('info');
     expect(info.code).toBe(0);
     expect(info.stdout).toContain('c2');
+    // No reconcile cycle ran: each group's launch is this config's, not published yet.
+    expect(info.stdout).toMatch(/^Group base: launch [0-9a-f]{12} \(not published yet\)$/m);
     const infoJson = JSON.parse((await vmpool('info', '--json')).stdout) as { groups: { name: string; total: number }[] };
     expect(infoJson.groups.map((g) => [g.name, g.total])).toEqual([
       ['base', 1],
@@ -161,7 +164,7 @@ describe('vmpool CLI', { timeout: 60_000 }, () => {
 
     const json = await vmpool('acquire', '--owner', 'dave', '--sandbox', 's', '--group', 'base', '--timeout', '5', '--json');
     expect(json.code).toBe(0);
-    expect(JSON.parse(json.stdout)).toMatchObject({ vmName: 'c1', group: 0 });
+    expect(JSON.parse(json.stdout)).toMatchObject({ vmName: 'c1', group: 'base' });
   });
 
   it('start web serves until SIGTERM and exits 0; off loopback without a token it exits 2', async () => {

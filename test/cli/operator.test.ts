@@ -73,7 +73,7 @@ async function startVmpool(args: string[], ready: string): Promise<Started> {
 const started: Started[] = [];
 const redis = connect();
 const vmm = new VmManager(parseConfig(poolConfig, {}), { redis, prefix });
-const localGroup = { id: 0, config: parseConfig(poolConfig, {}).groups[0]!, poolId: vmm.poolId };
+const localGroup = { index: 0, config: parseConfig(poolConfig, {}).groups[0]!, poolId: vmm.poolId };
 const provider = createProvider(localGroup, { logger: createLogger('test') }) as LocalProvider;
 
 afterAll(async () => {

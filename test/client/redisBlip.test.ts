@@ -26,7 +26,7 @@ const stopRedis = () => server!.shutdown();
 const startRedis = () => server!.restart();
 
 async function addReady(name: string, ip: string): Promise<void> {
-  await vmm.addVmToPool(ip, name, 0);
+  await vmm.addVmToPool(ip, name, 'base');
   await vmm.startVmCheck(name);
   await vmm.recordHealthCheckResult(name, true);
 }
@@ -62,7 +62,7 @@ describe('VmPoolClient across Redis restarts', () => {
   it('an acquire waiting while Redis restarts finds its VM afterwards, with no unhandled rejection', { timeout: 90_000 }, async () => {
     const started = Date.now();
     const pending = settled(client.acquire({ owner: 'alice', sandbox: 's', groups: [0], timeoutMs: 60_000 }));
-    await until(async () => (await vmm.countDemand(0).catch(() => 0)) === 1, 20_000, 'the request waiting');
+    await until(async () => (await vmm.countDemand('base').catch(() => 0)) === 1, 20_000, 'the request waiting');
     // A restart soon after the wait began (the events connection is cut), and one across the 30 s
     // mark, when a client waiting in 30 s slices reads the job again: Redis is away just then.
     await stopRedis();

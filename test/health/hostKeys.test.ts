@@ -38,13 +38,13 @@ const groupConfig = () => ({
 
 /** An ssh check as a health process builds it: accept-new keys in the pool, `knownVms` the machine's old file. */
 const poolCheck = (knownVms: string) =>
-  createHealthCheck({ id: 0, config: parseConfig({ groups: [{ ...groupConfig(), check: { type: 'ssh', private_key: h.privateKeyPath, known_hosts: knownVms } }] }, {}).groups[0]! }, { logger, hostKeys: vmm });
+  createHealthCheck({ index: 0, config: parseConfig({ groups: [{ ...groupConfig(), check: { type: 'ssh', private_key: h.privateKeyPath, known_hosts: knownVms } }] }, {}).groups[0]! }, { logger, hostKeys: vmm });
 
 describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'accept-new host keys in the pool', () => {
   beforeAll(async () => {
     h = await createNetnsHarness();
     const config = parseConfig({ redis: { prefix }, groups: [groupConfig()] }, {});
-    group = { id: 0, config: config.groups[0]! };
+    group = { index: 0, config: config.groups[0]! };
     provider = createProvider(group, { logger });
     redis = connect();
     vmm = new VmManager(config, { redis, prefix });
@@ -63,7 +63,7 @@ describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'accept-new host keys in t
     const m = await provider.spawn({ group, spawnId: 'k1' });
     const target = { vmName: m.name, vmIp: m.ip, group };
     const hostKey = h.hostPublicKey(m.name).split(' ').slice(0, 2).join(' ');
-    await vmm.addVmToPool(m.ip, m.name, 0);
+    await vmm.addVmToPool(m.ip, m.name, 'netns');
 
     // Two health replicas on two machines (two files that do not exist): one answer, from Redis.
     const first = poolCheck(join(h.dir, 'a', 'known_vms'));
@@ -90,7 +90,7 @@ describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'accept-new host keys in t
     // Removed from the pool, the VM's key is forgotten: a VM added again under that name starts afresh.
     await vmm.startVmTermination(m.name);
     await vmm.removeVmFromPool(m.name);
-    await vmm.addVmToPool(m.ip, m.name, 0);
+    await vmm.addVmToPool(m.ip, m.name, 'netns');
     expect(await redis.hget(poolKeys(prefix).vm(m.name), 'host_key')).toBeNull();
     expect((await first.check(target, { timeoutMs: 5000 })).ok).toBe(true);
     expect(await redis.hget(poolKeys(prefix).vm(m.name), 'host_key')).toBe(hostKey);
@@ -100,7 +100,7 @@ describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'accept-new host keys in t
   it("take over a key an older vmpool remembered in the machine's known_vms file", async () => {
     const m = await provider.spawn({ group, spawnId: 'k2' });
     const target = { vmName: m.name, vmIp: m.ip, group };
-    await vmm.addVmToPool(m.ip, m.name, 0);
+    await vmm.addVmToPool(m.ip, m.name, 'netns');
     const legacy = join(h.dir, 'legacy_known_vms');
     const otherHostKey = join(h.dir, 'other_host_key_l');
     await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', otherHostKey]);

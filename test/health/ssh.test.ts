@@ -33,7 +33,7 @@ function groupWith(check: Record<string, unknown>): ProviderGroup {
       },
     ],
   });
-  return { id: 0, config: config.groups[0]!, poolId: POOL_ID };
+  return { index: 0, config: config.groups[0]!, poolId: POOL_ID };
 }
 
 let group: ProviderGroup;
@@ -180,16 +180,16 @@ describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'netns hosts through the c
     // A host the pool never heard of, made by running the hook by hand.
     const { stdout } = await run(h.spawnCmd[0]!, [], { env: { ...process.env, ...h.env, VMPOOL_SPAWN_ID: 'by-hand', VMPOOL_POOL_ID: POOL_ID } });
     const leak = JSON.parse(stdout.trim().split('\n').at(-1)!) as { name: string; ip: string };
-    const poolVms = [{ name: known.name, ip: known.ip, state: 'ready' as const, group: 0 }];
+    const poolVms = [{ name: known.name, ip: known.ip, state: 'ready' as const, group: 'netns' }];
 
     const graceMs = 1000;
-    const first = decideOrphans({ group: 0, poolId: POOL_ID, poolVms, machines: await provider.list!(group), previousUnknown: new Map(), previousMissing: new Map(), now: Date.now(), graceMs });
+    const first = decideOrphans({ group: 'netns', poolId: POOL_ID, poolVms, machines: await provider.list!(group), previousUnknown: new Map(), previousMissing: new Map(), now: Date.now(), graceMs });
     expect(first.terminateMachines).toEqual([]);
     expect([...first.unknown.keys()]).toEqual([leak.name]);
 
     // The next pass, after the grace (the host's created_at is in whole seconds).
     const later = Date.now() + 2 * graceMs;
-    const second = decideOrphans({ group: 0, poolId: POOL_ID, poolVms, machines: await provider.list!(group), previousUnknown: first.unknown, previousMissing: first.missing, now: later, graceMs });
+    const second = decideOrphans({ group: 'netns', poolId: POOL_ID, poolVms, machines: await provider.list!(group), previousUnknown: first.unknown, previousMissing: first.missing, now: later, graceMs });
     expect(second.terminateMachines.map((x) => x.name)).toEqual([leak.name]);
     for (const x of second.terminateMachines) await provider.terminate({ group, vmName: x.name, vmIp: x.ip ?? null });
     expect((await provider.list!(group)).map((x) => x.name)).toEqual([known.name]);

@@ -31,6 +31,28 @@ export function nodeArgsFor(entry: string): string[] {
   return ['--import', 'tsx', join(ROOT, entry)];
 }
 
+/** How a process run to its end ended: its exit code or signal, and its output (stdout and stderr). */
+export interface FinishedRun {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  output: string;
+}
+
+/** Runs a TypeScript entry of the repository as a real process to its end (killed after a minute). */
+export function runEntry(entry: string, env: Record<string, string>, args: string[] = []): Promise<FinishedRun> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [...nodeArgsFor(entry), ...args], { cwd: ROOT, env: { ...process.env, LOG_LEVEL: 'info', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout.on('data', (c: Buffer) => (output += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (output += c.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, output });
+    });
+  });
+}
+
 const configDirs: string[] = [];
 // Registered while the test file is collected (each file has its own copy of this module), so it
 // runs after the file's own afterAll hooks, when its worker processes are gone.

@@ -18,7 +18,7 @@ describe('HTTP API', () => {
     await kit.addReady('b1', '10.1.0.1', 0);
     await kit.addReady('b2', '10.1.0.2', 0);
     await kit.addReady('a1', '10.2.0.1', 1);
-    await kit.vmm.addVmToPool('10.1.0.3', 'b3', 0); // got_ip
+    await kit.vmm.addVmToPool('10.1.0.3', 'b3', 'base'); // got_ip
   });
   afterAll(async () => kit?.close());
 
@@ -48,7 +48,7 @@ describe('HTTP API', () => {
     const pool = await kit.vmm.getAllVms();
     expect(all.body.vms.map((v: any) => v.vmName).sort()).toEqual(pool.map((v) => v.vmName).sort());
     const b1 = all.body.vms.find((v: any) => v.vmName === 'b1');
-    expect(b1).toMatchObject({ vmIp: '10.1.0.1', group: 0, groupName: 'base', state: 'ready', heldBy: null });
+    expect(b1).toMatchObject({ vmIp: '10.1.0.1', group: 'base', groupName: 'base', state: 'ready', heldBy: null });
     expect(b1).not.toHaveProperty('leaseId');
 
     const arm = await json(await kit.fetch('/api/v1/vms?group=arm'));
@@ -81,7 +81,7 @@ describe('HTTP API', () => {
     expect(pages).toBe(Math.ceil(names.length / 2));
     // The whole list fits in the default page: next is null.
     expect((await json(await kit.fetch('/api/v1/vms'))).body.next).toBeNull();
-    const base = (await kit.vmm.getAllVms()).filter((v) => v.group === 0).map((v) => v.vmName).sort((a, b) => (a < b ? -1 : 1));
+    const base = (await kit.vmm.getAllVms()).filter((v) => v.group === 'base').map((v) => v.vmName).sort((a, b) => (a < b ? -1 : 1));
     const first = await json(await kit.fetch('/api/v1/vms?group=base&limit=1'));
     expect(first.body).toMatchObject({ next: base.length > 1 ? base[0] : null });
     expect(first.body.vms.map((v: any) => v.vmName)).toEqual([base[0]]);
@@ -101,24 +101,24 @@ describe('HTTP API', () => {
   });
 
   it('GET /groups reports limits, counts per state, min_ready, demand and spawns in flight', async () => {
-    await kit.vmm.registerSpawn(1, 'spawn-test-1');
+    await kit.vmm.registerSpawn('arm', 'spawn-test-1');
     const { status, body } = await json(await kit.fetch('/api/v1/groups'));
     expect(status).toBe(200);
     const [base, arm] = body.groups;
-    const baseVms = await kit.vmm.getAllVmsInGroup(0);
+    const baseVms = await kit.vmm.getAllVmsInGroup('base');
     expect(base).toMatchObject({ id: 0, name: 'base', archs: ['x86_64'], minReady: 1, total: baseVms.length, demand: 0, spawnsInFlight: 0 });
     expect(base.limits).toEqual({ max_vm_total: 6, max_vm_per_user: 2, max_spawn_processes: 2 });
     expect(base.counts.ready).toBe(baseVms.filter((v) => v.state === 'ready').length);
     expect(base.counts.got_ip).toBe(1);
     expect(arm).toMatchObject({ id: 1, name: 'arm', minReady: 0, spawnsInFlight: 1, total: 1 });
-    await kit.vmm.finishSpawn(1, 'spawn-test-1');
+    await kit.vmm.finishSpawn('arm', 'spawn-test-1');
   });
 
   it('POST /acquire returns the assignment; renew and release work with its lease', async () => {
     const acquired = await json(await kit.fetch('/api/v1/acquire', { method: 'POST', json: { owner: 'alice', sandbox: 'sb', arch: 'aarch64', timeoutMs: 5_000 } }));
     expect(acquired.status).toBe(200);
     const a = acquired.body;
-    expect(a).toMatchObject({ vmName: 'a1', vmIp: '10.2.0.1', group: 1 });
+    expect(a).toMatchObject({ vmName: 'a1', vmIp: '10.2.0.1', group: 'arm' });
     const record = await kit.vmm.getVmRecord('a1');
     expect(record).toMatchObject({ state: 'in_use', owner: 'alice', sandbox: 'sb', leaseId: a.leaseId, leaseExpiresAt: a.leaseExpiresAt });
 
@@ -184,7 +184,7 @@ describe('HTTP API', () => {
     const held = await json(await kit.fetch('/api/v1/vms/b2/hold', { method: 'POST', json: { by: 'ops-team' } }));
     expect(held).toMatchObject({ status: 200, body: { held: true, vm: { vmName: 'b2', heldBy: 'ops-team' } } });
     expect(await kit.redis.hget(kit.keys.vm('b2'), 'held_by')).toBe('ops-team');
-    expect(await kit.redis.zscore(kit.keys.readyClean(0), 'b2')).toBeNull();
+    expect(await kit.redis.zscore(kit.keys.readyClean('base'), 'b2')).toBeNull();
 
     const twice = await json(await kit.fetch('/api/v1/vms/b2/hold', { method: 'POST', json: {} }));
     expect(twice).toMatchObject({ status: 409, body: { details: { reason: 'already_held', heldBy: 'ops-team' } } });
@@ -192,7 +192,7 @@ describe('HTTP API', () => {
 
     const unheld = await json(await kit.fetch('/api/v1/vms/b2/hold', { method: 'DELETE', headers: JSON_TYPE }));
     expect(unheld).toMatchObject({ status: 200, body: { held: false, vm: { heldBy: null } } });
-    expect(await kit.redis.zscore(kit.keys.readyClean(0), 'b2')).not.toBeNull();
+    expect(await kit.redis.zscore(kit.keys.readyClean('base'), 'b2')).not.toBeNull();
     expect((await json(await kit.fetch('/api/v1/vms/b2/hold', { method: 'DELETE', headers: JSON_TYPE }))).body.details.reason).toBe('not_held');
     expect((await kit.fetch('/api/v1/vms/nope/hold', { method: 'POST', json: {} })).status).toBe(404);
     expect((await kit.fetch('/api/v1/vms/nope/hold', { method: 'DELETE', headers: JSON_TYPE })).status).toBe(404);
@@ -236,7 +236,7 @@ describe('HTTP API', () => {
     }
     const untouched = await kit.vmm.getVmRecord('c1');
     expect(untouched).toMatchObject({ state: 'ready', heldBy: null });
-    expect(await kit.redis.zscore(kit.keys.readyClean(0), 'c1')).not.toBeNull();
+    expect(await kit.redis.zscore(kit.keys.readyClean('base'), 'c1')).not.toBeNull();
 
     // DELETE needs the type too (the page's own script sends it); the hold stays.
     expect((await kit.fetch('/api/v1/vms/c1/hold', { method: 'POST', json: { by: 'ops' } })).status).toBe(200);

@@ -11,7 +11,7 @@ describe.each([false, true])('Bull Board (read_only_board: %s)', (readOnly) => {
   beforeAll(async () => {
     kit = await createWebKit(`board-${readOnly}`, webTestConfig({ web: { read_only_board: readOnly } }));
     spawnQueue = new Queue(QueueNames.SPAWN, { connection: kit.redis, prefix: kit.prefix });
-    await spawnQueue.add('spawn', { group: 0, spawnId: 'board-test-1' }, { jobId: 'spawn-board-test-1' });
+    await spawnQueue.add('spawn', { group: 'base', spawnId: 'board-test-1' }, { jobId: 'spawn-board-test-1' });
   });
   afterAll(async () => {
     await spawnQueue?.close();
@@ -28,7 +28,7 @@ describe.each([false, true])('Bull Board (read_only_board: %s)', (readOnly) => {
     expect(body.queues.map((q) => q.name).sort()).toEqual([...ALL_QUEUE_NAMES].sort());
     for (const q of body.queues) expect(q.readOnlyMode).toBe(readOnly);
     const spawn = body.queues.find((q) => q.name === QueueNames.SPAWN)!;
-    expect(spawn.jobs.map((j) => j.data)).toContainEqual({ group: 0, spawnId: 'board-test-1' });
+    expect(spawn.jobs.map((j) => j.data)).toContainEqual({ group: 'base', spawnId: 'board-test-1' });
   });
 
   it(readOnly ? 'refuses to change jobs' : 'can change jobs', async () => {
@@ -45,7 +45,7 @@ describe.each([false, true])('Bull Board (read_only_board: %s)', (readOnly) => {
   });
 
   it('refuses a change that a browser marks as coming from another site', async () => {
-    await spawnQueue.add('spawn', { group: 0, spawnId: 'board-test-2' }, { jobId: 'spawn-board-test-2' });
+    await spawnQueue.add('spawn', { group: 'base', spawnId: 'board-test-2' }, { jobId: 'spawn-board-test-2' });
     const path = `/admin/queues/api/queues/${QueueNames.SPAWN}/spawn-board-test-2/clean`;
     const crossSite: Record<string, string>[] = [{ origin: 'http://attacker.example' }, { 'sec-fetch-site': 'cross-site' }, { origin: 'null' }];
     for (const headers of crossSite) {

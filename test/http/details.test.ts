@@ -44,9 +44,9 @@ describe('HTTP details', () => {
   it('takes group names in POST /acquire as the CLI and GET /vms do', async () => {
     const res = await kit.fetch('/api/v1/acquire', { method: 'POST', json: { owner: 'names', sandbox: 'names/p', groups: ['arm'], timeoutMs: 5_000 } });
     expect(res.status).toBe(200);
-    const assignment = (await res.json()) as { vmName: string; group: number; requestedAt: number };
+    const assignment = (await res.json()) as { vmName: string; group: string; requestedAt: number };
     expect(assignment.vmName).toBe('d2');
-    expect(assignment.group).toBe(1);
+    expect(assignment.group).toBe('arm');
     const unknown = await kit.fetch('/api/v1/acquire', { method: 'POST', json: { owner: 'names', sandbox: 'names/p', groups: ['sparc'] } });
     expect(unknown.status).toBe(400);
     expect(((await unknown.json()) as { message: string }).message).toContain('unknown group "sparc"');

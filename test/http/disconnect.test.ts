@@ -58,13 +58,13 @@ describe('a builder that goes away gives its VM back', () => {
   it('a request dropped while it waits is withdrawn: cancelled, out of the line, and a VM that comes later stays ready', async () => {
     const req = startAcquire(web.url, 'gone-1');
     await kit.untilWaiting(0, 1);
-    expect(await kit.ctx.vmm.countDemand(0)).toBe(1);
+    expect(await kit.ctx.vmm.countDemand('base')).toBe(1);
     req.destroy();
     const job = await untilCancelled('gone-1');
     expect(acquireFailureOf(job)).toBe(AcquireFailures.CANCELLED);
     expect(job.failedReason).toBe('cancelled: the HTTP client went away');
-    expect(await kit.ctx.vmm.countDemand(0)).toBe(0);
-    expect(await kit.redis.zcard(kit.keys.waiters(0))).toBe(0);
+    expect(await kit.ctx.vmm.countDemand('base')).toBe(0);
+    expect(await kit.redis.zcard(kit.keys.waiters('base'))).toBe(0);
     await kit.addReady('late-1', '10.8.0.1');
     await new Promise((r) => setTimeout(r, 300));
     expect((await kit.ctx.vmm.getVmByName('late-1')).state).toBe('ready');
@@ -105,7 +105,7 @@ describe('a builder that goes away gives its VM back', () => {
       const vm = await kit.ctx.vmm.getVmByName('late-2');
       expect(vm.lastRelease).not.toBeNull();
       expect(await kit.redis.zscore(kit.keys.leases, 'late-2')).toBeNull();
-      expect(await kit.ctx.vmm.countDemand(0)).toBe(0);
+      expect(await kit.ctx.vmm.countDemand('base')).toBe(0);
       await removeVm('late-2');
     } finally {
       server.closeAllConnections();
@@ -124,6 +124,6 @@ describe('a builder that goes away gives its VM back', () => {
     await new Promise((r) => setTimeout(r, 300));
     const states = await Promise.all(['c1', 'c2', 'c3'].map(async (n) => (await kit.ctx.vmm.getVmByName(n)).state));
     expect(states).toEqual(['ready', 'ready', 'ready']);
-    expect(await kit.ctx.vmm.countDemand(0)).toBe(0);
+    expect(await kit.ctx.vmm.countDemand('base')).toBe(0);
   });
 });

@@ -4,7 +4,7 @@ import { InvalidVmRequest, LeaseLost, NoVmAvailable, UnknownGroup, VmDescriptorN
 
 describe('toHttpError', () => {
   it.each([
-    ['an unknown group', new UnknownGroup(9, 2), 400, 'validation_error'],
+    ['an unknown group', new UnknownGroup(9, ['base', 'arm']), 400, 'validation_error'],
     ['another malformed request', new InvalidVmRequest('acquireVm needs an owner'), 400, 'validation_error'],
     ['a VM not found', new VmDescriptorNotFound('vm-x'), 404, 'not_found'],
     ['a lease mismatch', new LeaseLost('vm-x', 'l1', 'lease_mismatch'), 409, 'conflict'],
@@ -19,6 +19,6 @@ describe('toHttpError', () => {
   });
 
   it('names the unknown group in the details', () => {
-    expect(toHttpError(new UnknownGroup(9, 2)).details).toEqual({ group: 9 });
+    expect(toHttpError(new UnknownGroup(9, ['base', 'arm'])).details).toEqual({ group: 9 });
   });
 });

@@ -20,7 +20,7 @@ describe('hold and unhold', () => {
     const rec = await kit.vmm.getVmRecord('vm1');
     expect(rec).toMatchObject({ state: 'ready', heldBy: 'ops', heldSince: T0 });
     expect(await kit.redis.hget(kit.keys.vm('vm1'), 'held_by')).toBe('ops');
-    expect(await kit.redis.zscore(kit.keys.readyClean(0), 'vm1')).toBeNull();
+    expect(await kit.redis.zscore(kit.keys.readyClean('base'), 'vm1')).toBeNull();
     await expect(acquire()).rejects.toBeInstanceOf(NoVmAvailable);
 
     expect(await kit.vmm.unholdVm('vm1')).toBe(true);
@@ -56,11 +56,11 @@ describe('hold and unhold', () => {
   });
 
   it('holding a VM that is not ready changes only the hold fields', async () => {
-    await kit.vmm.addVmToPool('10.0.0.2', 'vm2', 0);
+    await kit.vmm.addVmToPool('10.0.0.2', 'vm2', 'base');
     expect(await kit.vmm.holdVm('vm2', 'ops')).toBe(true);
     expect(await kit.vmm.unholdVm('vm2')).toBe(true);
     expect((await kit.vmm.getVmRecord('vm2')).state).toBe('got_ip');
-    expect(await kit.redis.zcard(kit.keys.readyClean(0))).toBe(0);
+    expect(await kit.redis.zcard(kit.keys.readyClean('base'))).toBe(0);
   });
 
   it('refuses: already held, not held, terminating, unknown VM, empty holder', async () => {

@@ -68,14 +68,14 @@ describe('/metrics', () => {
     await kit.addReady('m1', '10.3.0.1', 0);
     await kit.addReady('m2', '10.3.0.2', 0);
     await kit.addReady('m3', '10.3.0.3', 1);
-    await kit.vmm.addVmToPool('10.3.0.4', 'm4', 0);
+    await kit.vmm.addVmToPool('10.3.0.4', 'm4', 'base');
     await kit.vmm.acquireVm({ groups: [0], owner: 'o', sandbox: 's', workerId: 'w' });
     await kit.vmm.startVmTermination('m3');
     const samples = await scrape();
     const vms = await kit.vmm.getAllVms();
     for (const [g, group] of kit.config.groups.entries()) {
       for (const state of ALL_VM_STATES) {
-        const expected = vms.filter((v) => v.group === g && v.state === state).length;
+        const expected = vms.filter((v) => v.group === group.name && v.state === state).length;
         expect(value(samples, 'vmpool_vms', { group: group.name, state }), `${group.name}/${state}`).toBe(expected);
       }
     }
@@ -117,13 +117,13 @@ describe('/metrics', () => {
       runWorker(ctx, spec(QueueNames.ACQUIRE, async (job) => {
         // As the acquire processor fails a request that no VM came for.
         if (job.data.owner === 'nobody') throw await failAcquireJob(job, AcquireFailures.NO_VM_AVAILABLE, noVmAvailableReason('no VM within 1 ms'));
-        return { vmName: 'x', vmIp: '10.0.0.9', group: 0, leaseId: 'l', leaseExpiresAt: 1 };
+        return { vmName: 'x', vmIp: '10.0.0.9', group: 'base', leaseId: 'l', leaseExpiresAt: 1 };
       }), 2),
     );
     const jobs: [QueueName, unknown, number][] = [
-      [QueueNames.SPAWN, { group: 0, spawnId: 'ok-1' }, 1],
-      [QueueNames.SPAWN, { group: 0, spawnId: 'ok-2' }, 1],
-      [QueueNames.SPAWN, { group: 1, spawnId: 'bad-1' }, 2], // one retry, then failed
+      [QueueNames.SPAWN, { group: 'base', spawnId: 'ok-1' }, 1],
+      [QueueNames.SPAWN, { group: 'base', spawnId: 'ok-2' }, 1],
+      [QueueNames.SPAWN, { group: 'arm', spawnId: 'bad-1' }, 2], // one retry, then failed
       [QueueNames.HEALTH, { vmName: 'fine-1' }, 1],
       [QueueNames.HEALTH, { vmName: 'fine-2' }, 1],
       [QueueNames.HEALTH, { vmName: 'sick' }, 1],

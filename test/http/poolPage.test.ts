@@ -22,7 +22,7 @@ describeWithTools('chromium', 'pool page in Chromium', () => {
     await kit.addReady('web-1', '10.7.0.1', 0);
     await kit.addReady('web-2', '10.7.0.2', 0);
     await kit.addReady('arm-1', '10.7.1.1', 1);
-    await kit.vmm.addVmToPool('10.7.0.3', 'web-3', 0);
+    await kit.vmm.addVmToPool('10.7.0.3', 'web-3', 'base');
     await kit.vmm.acquireVm({ groups: [0], owner: 'alice', sandbox: 'alice/proj', workerId: 'w', taskId: 'task-42', chroot: 'fedora-rawhide-x86_64' });
     browser = await chromium.launch({
       executablePath: CHROMIUM,
@@ -54,7 +54,7 @@ describeWithTools('chromium', 'pool page in Chromium', () => {
           checked: tr.querySelector('.checked')?.textContent?.trim(),
         })),
       );
-      const expected = vms.filter((v) => v.group === g).sort((a, b) => a.vmName.localeCompare(b.vmName));
+      const expected = vms.filter((v) => v.group === group.name).sort((a, b) => a.vmName.localeCompare(b.vmName));
       expect(rows.map((r) => [r.name, r.state, r.ip])).toEqual(expected.map((v) => [v.vmName, v.state, v.vmIp]));
       for (const v of expected) {
         const row = rows.find((r) => r.name === v.vmName)!;
@@ -90,7 +90,7 @@ describeWithTools('chromium', 'pool page in Chromium', () => {
     expect((await kit.vmm.getVmByName('web-3')).state).toBe('got_ip');
 
     // A change made elsewhere shows up without a reload.
-    await kit.vmm.addVmToPool('10.7.0.9', 'web-9', 0);
+    await kit.vmm.addVmToPool('10.7.0.9', 'web-9', 'base');
     await expect.poll(() => page.locator('tr[data-vm="web-9"]').count(), { timeout: 5_000 }).toBe(1);
 
     mkdirSync(ARTIFACTS, { recursive: true });
@@ -121,11 +121,11 @@ describeWithTools('chromium', 'pool page in Chromium', () => {
     const arm = page.locator('section.group[data-group="1"]');
     await expect.poll(() => arm.locator('svg.chart[data-chart="states"] polyline').count(), { timeout: 5_000 }).toBeGreaterThan(0);
     await arm.locator('button[data-action="drain"]').click();
-    await expect.poll(() => kit.vmm.drainedSince(1), { timeout: 5_000 }).not.toBeNull();
+    await expect.poll(() => kit.vmm.drainedSince('arm'), { timeout: 5_000 }).not.toBeNull();
     await expect.poll(() => page.locator('#message').textContent(), { timeout: 5_000 }).toBe('drain arm: done');
     await expect.poll(() => arm.locator('.drained-badge').textContent(), { timeout: 5_000 }).toMatch(/^drained since .*ago\)$/);
     await arm.locator('button[data-action="undrain"]').click();
-    await expect.poll(() => kit.vmm.drainedSince(1), { timeout: 5_000 }).toBeNull();
+    await expect.poll(() => kit.vmm.drainedSince('arm'), { timeout: 5_000 }).toBeNull();
     await expect.poll(() => arm.locator('button[data-action="drain"]').count(), { timeout: 5_000 }).toBe(1);
     await page.close();
   }, 60_000);

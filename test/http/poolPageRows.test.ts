@@ -9,7 +9,7 @@ describe('pool page rows', () => {
   beforeAll(async () => {
     kit = await createWebKit('poolrows');
     for (let i = 0; i < total; i += 50) {
-      await Promise.all(Array.from({ length: Math.min(50, total - i) }, (_, j) => kit.vmm.addVmToPool(`10.7.${(i + j) >> 8}.${(i + j) & 255}`, `r${String(i + j).padStart(4, '0')}`, 0)));
+      await Promise.all(Array.from({ length: Math.min(50, total - i) }, (_, j) => kit.vmm.addVmToPool(`10.7.${(i + j) >> 8}.${(i + j) & 255}`, `r${String(i + j).padStart(4, '0')}`, 'base')));
     }
     await kit.vmm.holdVm('r0000', 'alice');
   });

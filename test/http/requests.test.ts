@@ -50,7 +50,7 @@ describe('acquire requests', () => {
       owner: 'erin',
       state: 'waiting',
       jobState: 'delayed',
-      waiting: { reason: 'owner_limit', groups: [{ group: 0, groupName: 'base', reason: 'owner_limit', ownerVms: 1, maxVmPerUser: 1 }] },
+      waiting: { reason: 'owner_limit', groups: [{ group: 'base', groupName: 'base', reason: 'owner_limit', ownerVms: 1, maxVmPerUser: 1 }] },
       assignment: null,
     });
     // The same by job id.
@@ -63,7 +63,7 @@ describe('acquire requests', () => {
     expect('error' in outcome && outcome.error.message).toMatch(/cancelled by .* through the API/);
     const after = (await (await api('/requests/req-erin')).json()) as { state: string; failure: { code: string } };
     expect(after).toMatchObject({ state: 'failed', failure: { code: AcquireFailures.CANCELLED } });
-    expect(await kit.redis.zcard(kit.keys.waiters(0))).toBe(0);
+    expect(await kit.redis.zcard(kit.keys.waiters('base'))).toBe(0);
     expect((await kit.ctx.vmm.getVmByName('r2')).state).toBe('ready');
     // A finished request cannot be withdrawn.
     expect((await api('/requests/req-erin', { method: 'DELETE', headers: { 'content-type': 'application/json' } })).status).toBe(409);

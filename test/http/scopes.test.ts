@@ -53,7 +53,7 @@ function examplePath(route: string): string {
 beforeAll(async () => {
   vmm = new VmManager(parseConfig(input, {}), { redis, prefix });
   await vmm.markServerStart();
-  await vmm.addVmToPool('10.9.8.1', 'v1', 0);
+  await vmm.addVmToPool('10.9.8.1', 'v1', 'base');
   await vmm.startVmCheck('v1');
   await vmm.recordHealthCheckResult('v1', true);
   const port = await freePort();
@@ -143,11 +143,11 @@ describe('scopes on a running web process', () => {
     }
     const after = await vmm.getVmRecord('v1');
     expect(after).toMatchObject({ state: 'in_use', heldBy: null });
-    expect(await vmm.drainedSince(0)).toBeNull();
+    expect(await vmm.drainedSince('base')).toBeNull();
   });
 
   it('a read token never sees a lease id: not in the audit trail (an admin still does)', async () => {
-    await vmm.addVmToPool('10.9.8.2', 'v2', 0);
+    await vmm.addVmToPool('10.9.8.2', 'v2', 'base');
     await vmm.startVmCheck('v2');
     await vmm.recordHealthCheckResult('v2', true);
     const a = await vmm.acquireVm({ groups: [0], owner: 'carol', sandbox: 'carol/p', workerId: 'w', taskId: 'scopes-lease' });

@@ -2,6 +2,7 @@ import { Job, Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { acquireJobId } from '../../src/client/index.js';
 import { ACQUIRE_QUEUE } from '../../queues/acquire.js';
+import { acquireWaiterMember } from '../../src/pool/types.js';
 import { createWebKit, type WebKit } from './fixtures.js';
 
 // A stopping web process answers its waiting POST /acquire at once (503, Retry-After) and
@@ -37,7 +38,7 @@ describe('web shutdown with waiting acquires', () => {
     const { kit: k, queue } = await kit('shutdown-line');
     const worker = await k.startAcquireWorker();
     const pending = k.fetch('/api/v1/acquire', { method: 'POST', json: request('t-line') });
-    await until(async () => (await k.redis.zcard(k.keys.waiters(1))) === 1, 'the request in the line');
+    await until(async () => (await k.redis.zcard(k.keys.waiters('arm'))) === 1, 'the request in the line');
     const stopAt = Date.now();
     const stopping = k.web.stop(10_000);
     const res = await pending;
@@ -48,9 +49,9 @@ describe('web shutdown with waiting acquires', () => {
     await stopping;
     expect(Date.now() - stopAt).toBeLessThan(3_000);
     // Out of the line and the demand at once, though the worker still holds the job.
-    expect(await k.redis.zcard(k.keys.waiters(1))).toBe(0);
-    expect(await k.redis.zcard(k.keys.demand(1))).toBe(0);
-    expect(await k.vmm.countDemand(1)).toBe(0);
+    expect(await k.redis.zcard(k.keys.waiters('arm'))).toBe(0);
+    expect(await k.redis.zcard(k.keys.demand('arm'))).toBe(0);
+    expect(await k.vmm.countDemand('arm')).toBe(0);
     // A VM that the request could take now must not go to it: the worker wakes, sees the
     // withdrawal and fails the job.
     await k.addReady('arm-1', '10.60.0.1', 1);
@@ -75,12 +76,14 @@ describe('web shutdown with waiting acquires', () => {
 
   it('fails a withdrawn job that a stopping worker had handed back, when the next worker takes it', async () => {
     const { kit: k, queue } = await kit('shutdown-handback');
-    // What a handed-back job looks like: queued, and marked withdrawn by the web process.
+    // What a handed-back job looks like: queued again, and withdrawn by the web process (its
+    // cancel record, as cancelAcquire writes it when the web process stops).
     const job = await queue.add('acquire', request('t-back'), { jobId: acquireJobId('t-back', 'alice') });
-    await job.updateProgress({ withdrawnAt: Date.now() });
+    await k.vmm.cancelAcquire({ member: acquireWaiterMember(job.timestamp, job.id!), jobId: job.id! }, 'the web process is shutting down', 60_000);
     await k.addReady('arm-2', '10.60.0.2', 1);
     const worker = await k.startAcquireWorker();
     await until(async () => (await job.getState()) === 'failed', 'the handed-back job to fail');
+    expect((await Job.fromId(queue, job.id!))!.failedReason).toMatch(/^cancelled: the web process is shutting down/);
     expect((await k.vmm.getVmRecord('arm-2')).state).toBe('ready');
     await worker.stop(5_000);
   });

@@ -49,7 +49,7 @@ describe('max_waiting_per_owner', { timeout: 60_000 }, () => {
     expect(res.status).toBe(429);
     expect(res.headers.get('retry-after')).toBe('10');
     const body = (await res.json()) as { error: string; details: Record<string, unknown> };
-    expect(body).toMatchObject({ error: 'too_many_requests', details: { reason: 'too_many_waiting', group: 0, limit: 2, retryAfter: 10 } });
+    expect(body).toMatchObject({ error: 'too_many_requests', details: { reason: 'too_many_waiting', group: 'base', limit: 2, retryAfter: 10 } });
     expect(await jobCount()).toBe(0);
     // Another owner waits (and times out: 503), as does the same owner in another group.
     expect((await kit.fetch('/api/v1/acquire', { method: 'POST', json: { owner: 'other', sandbox: 's', groups: ['base'], timeoutMs: 200 } })).status).toBe(503);
@@ -62,7 +62,7 @@ describe('max_waiting_per_owner', { timeout: 60_000 }, () => {
     try {
       const err = await client.acquire({ owner: 'flood', sandbox: 's', groups: [0], timeoutMs: 300 }).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(TooManyWaiting);
-      expect(err).toMatchObject({ owner: 'flood', group: 0, limit: 2, retryAfterSeconds: 10 });
+      expect(err).toMatchObject({ owner: 'flood', group: 'base', limit: 2, retryAfterSeconds: 10 });
       expect(await jobCount()).toBe(before);
     } finally {
       await client.close();
@@ -76,7 +76,7 @@ describe('max_waiting_per_owner', { timeout: 60_000 }, () => {
       const err = await client.acquire({ owner: 'flood', sandbox: 's', groups: [0], timeoutMs: 10_000 }).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(TooManyWaiting);
       expect((err as Error).message).toContain('max_waiting_per_owner');
-      expect(await kit.redis.zcard(kit.keys.ownerLine(0, 'flood'))).toBe(2);
+      expect(await kit.redis.zcard(kit.keys.ownerLine('base', 'flood'))).toBe(2);
       expect(await acquireQueue.getFailedCount()).toBeGreaterThanOrEqual(1);
     } finally {
       await client.close();

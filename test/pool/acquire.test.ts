@@ -64,7 +64,7 @@ describe('acquireVm: which VMs qualify', () => {
   it.each([VmStates.GOT_IP, VmStates.CHECK_HEALTH, VmStates.CHECK_HEALTH_FAILED, VmStates.TERMINATING])(
     'never hands out a VM in %s',
     async (state) => {
-      await kit.vmm.addVmToPool('10.0.0.1', 'v', 0);
+      await kit.vmm.addVmToPool('10.0.0.1', 'v', 'base');
       if (state !== VmStates.GOT_IP) await kit.vmm.startVmCheck('v');
       if (state === VmStates.CHECK_HEALTH_FAILED) await kit.vmm.recordHealthCheckResult('v', false);
       if (state === VmStates.TERMINATING) await kit.vmm.startVmTermination('v');
@@ -206,10 +206,10 @@ describe('acquireVm: preference and ownership', () => {
     kit.clock.now += 60_000;
     const again = await kit.vmm.acquireVm(req('alice', 's', [0], { taskId: 't-9' }));
     expect(again).toEqual(first);
-    expect((await kit.vmm.getVmsByGroupAndStates(0, [VmStates.IN_USE])).length).toBe(1);
+    expect((await kit.vmm.getVmsByGroupAndStates('base', [VmStates.IN_USE])).length).toBe(1);
     // The same task asked by another sandbox of the owner is an error, not a second VM.
     await expect(kit.vmm.acquireVm(req('alice', 's2', [0], { taskId: 't-9' }))).rejects.toThrow(VmError);
-    expect((await kit.vmm.getVmsByGroupAndStates(0, [VmStates.IN_USE])).length).toBe(1);
+    expect((await kit.vmm.getVmsByGroupAndStates('base', [VmStates.IN_USE])).length).toBe(1);
     // Task ids are per owner: another owner's t-9 is another task, with its own VM.
     expect((await kit.vmm.acquireVm(req('bob', 's', [0], { taskId: 't-9' }))).vmName).toBe('a2');
   });
@@ -270,14 +270,14 @@ describe('releaseVm', () => {
   });
 
   it('returns false and changes nothing in any state but in_use', async () => {
-    await kit.vmm.addVmToPool('10.0.0.1', 'g', 0);
-    await kit.vmm.addVmToPool('10.0.0.2', 'c', 0);
+    await kit.vmm.addVmToPool('10.0.0.1', 'g', 'base');
+    await kit.vmm.addVmToPool('10.0.0.2', 'c', 'base');
     await kit.vmm.startVmCheck('c');
-    await kit.vmm.addVmToPool('10.0.0.3', 'f', 0);
+    await kit.vmm.addVmToPool('10.0.0.3', 'f', 'base');
     await kit.vmm.startVmCheck('f');
     await kit.vmm.recordHealthCheckResult('f', false);
     await kit.addReady('r', '10.0.0.4');
-    await kit.vmm.addVmToPool('10.0.0.5', 't', 0);
+    await kit.vmm.addVmToPool('10.0.0.5', 't', 'base');
     await kit.vmm.startVmTermination('t');
     for (const name of ['g', 'c', 'f', 'r', 't']) {
       const before = await kit.vmm.getVmByName(name);

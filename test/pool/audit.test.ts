@@ -94,7 +94,7 @@ describe('audit trail of the pool scripts (real Redis, injected clock)', () => {
       ['removed', 'a1', 'alice', 'sb', 't2', null],
     ]);
     const [spawned, , acquired, , renewed, failed, released, , held, , acquired2, expired, terminate] = events;
-    expect(spawned!.group).toBe(0);
+    expect(spawned!.group).toBe('g');
     expect(spawned!.details).toEqual({ ip: '10.9.0.1' });
     expect(acquired!.lease).toBe('L1');
     expect(acquired!.details).toEqual({ worker: 'w1' });
@@ -163,7 +163,7 @@ describe('audit trail of the pool scripts (real Redis, injected clock)', () => {
     const parkAndServe = async () => {
       expect((await vmm.tryAcquireVm(request, waiter())).status).toBe('none');
       await addReady('w1', '10.9.1.1');
-      expect(await vmm.dispatchAcquireLine(0, 'w1')).toEqual(['acquire-tw']);
+      expect(await vmm.dispatchAcquireLine('g', 'w1')).toEqual(['acquire-tw']);
       expect(await redis.hget(keys.vm('w1'), 'state')).toBe('in_use');
     };
     const expectReleasedWithdrawn = async () => {
@@ -176,7 +176,7 @@ describe('audit trail of the pool scripts (real Redis, injected clock)', () => {
       ]);
       const released = events[3]!;
       // The fields of a builder's release (group, owner, sandbox, task, lease), and why.
-      expect(released.group).toBe(0);
+      expect(released.group).toBe('g');
       expect(released.lease).toBe('LW');
       expect(released.reason).toBe('withdrawn');
       expect(released.details).toEqual({});

@@ -100,7 +100,7 @@ describe('acquireVm under a race between processes', () => {
     const winners = results.filter((r) => r.vmName !== null);
     expect(winners).toHaveLength(limit);
     expect(new Set(winners.map((w) => w.vmName)).size).toBe(limit);
-    expect(await kit.vmm.countOwnerVms('shared-owner', 0)).toBe(limit);
-    expect(await kit.vmm.getVmsByGroupAndStates(0, [VmStates.READY])).toHaveLength(10 - limit);
+    expect(await kit.vmm.countOwnerVms('shared-owner', 'base')).toBe(limit);
+    expect(await kit.vmm.getVmsByGroupAndStates('base', [VmStates.READY])).toHaveLength(10 - limit);
   });
 });

@@ -14,7 +14,7 @@ const T0 = 1_750_000_000_000;
 const input: ConfigInput = { redis: { url: REDIS_URL }, max_hold_age: 3600, groups: [{ name: 'g', max_vm_per_user: 10 }] };
 
 async function addReady(vmm: VmManager, name: string, ip: string) {
-  await vmm.addVmToPool(ip, name, 0);
+  await vmm.addVmToPool(ip, name, 'g');
   await vmm.startVmCheck(name);
   await vmm.recordHealthCheckResult(name, true);
 }

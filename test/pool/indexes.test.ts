@@ -50,11 +50,11 @@ async function checkIndexes(): Promise<number> {
 
   for (const group of kit.vmm.vmGroups) {
     for (const state of Object.values(VmStates)) {
-      const expected = vms.filter((h) => Number(h.group) === group && h.state === state).map((h) => h.vm_name!);
+      const expected = vms.filter((h) => h.group === group && h.state === state).map((h) => h.vm_name!);
       expect(sorted(await kit.redis.smembers(k.state(group, state))), `group ${group} state ${state}`).toEqual(sorted(expected));
     }
     // A held VM stays out of the ready indexes.
-    const clean = vms.filter((h) => Number(h.group) === group && h.state === 'ready' && h.owner === undefined && h.held_by === undefined);
+    const clean = vms.filter((h) => h.group === group && h.state === 'ready' && h.owner === undefined && h.held_by === undefined);
     const cleanIndex = await kit.redis.zrange(k.readyClean(group), 0, '-1', 'WITHSCORES');
     const cleanMap = new Map<string, number>();
     for (let i = 0; i < cleanIndex.length; i += 2) cleanMap.set(cleanIndex[i]!, Number(cleanIndex[i + 1]));
@@ -63,12 +63,12 @@ async function checkIndexes(): Promise<number> {
 
     const counts: Record<string, string> = {};
     for (const h of vms) {
-      if (Number(h.group) === group && h.owner !== undefined) counts[h.owner] = String(Number(counts[h.owner] ?? 0) + 1);
+      if (h.group === group && h.owner !== undefined) counts[h.owner] = String(Number(counts[h.owner] ?? 0) + 1);
     }
     expect(await kit.redis.hgetall(k.ownerVms(group)), `group ${group} owner_vms`).toEqual(counts);
 
     // Due-time sets and the coming set (includes/setVmState: indexDue): members and scores follow the hashes.
-    const ofGroup = vms.filter((h) => Number(h.group) === group);
+    const ofGroup = vms.filter((h) => h.group === group);
     const due: [string, (h: Record<string, string>) => boolean, string][] = [
       [k.dueCheck(group), (h) => ['got_ip', 'ready', 'in_use', 'check_health_failed'].includes(h.state!), 'last_health_check'],
       [k.dueDirty(group), (h) => h.state === 'ready' && h.owner !== undefined && h.held_by === undefined, 'last_release'],

@@ -17,9 +17,9 @@ describe('info', () => {
   it('prints one table per group with names, IPs, states, checks, owners, builds and tasks, times relative', async () => {
     await kit.addReady('vm-ready', '10.3.0.1', 0);
     await kit.addReady('vm-busy', '10.3.0.2', 0);
-    await kit.vmm.addVmToPool('10.3.0.3', 'vm-new', 1);
+    await kit.vmm.addVmToPool('10.3.0.3', 'vm-new', 'arm');
     await kit.vmm.acquireVm({ groups: [0], owner: 'alice', sandbox: 'alice/proj', workerId: 'w1', taskId: '1234-fedora', buildId: '1234', chroot: 'fedora-40' });
-    const busy = await kit.vmm.getVmsByGroupAndStates(0, ['in_use']);
+    const busy = await kit.vmm.getVmsByGroupAndStates('base', ['in_use']);
     kit.clock.now = T0 + 1000 + 2 * 60_000 + 5_000;
     const text = await kit.vmm.info();
     expect(text).toContain('base');
@@ -46,14 +46,14 @@ describe('info', () => {
 
 describe('writeVmPoolInfo / readVmPoolInfo', () => {
   it('stores values per group and key', async () => {
-    expect(await kit.vmm.readVmPoolInfo(0, 'last_vm_spawn_start')).toBeNull();
-    await kit.vmm.writeVmPoolInfo(0, 'last_vm_spawn_start', T0);
-    await kit.vmm.writeVmPoolInfo(1, 'last_vm_spawn_start', 'x');
-    expect(await kit.vmm.readVmPoolInfo(0, 'last_vm_spawn_start')).toBe(String(T0));
-    expect(await kit.vmm.readVmPoolInfo(1, 'last_vm_spawn_start')).toBe('x');
-    await kit.vmm.writeVmPoolInfo(0, 'last_vm_spawn_start', 5);
-    expect(await kit.vmm.readVmPoolInfo(0, 'last_vm_spawn_start')).toBe('5');
-    expect(await kit.vmm.readVmPoolInfo(1, 'other')).toBeNull();
+    expect(await kit.vmm.readVmPoolInfo('base', 'last_vm_spawn_start')).toBeNull();
+    await kit.vmm.writeVmPoolInfo('base', 'last_vm_spawn_start', T0);
+    await kit.vmm.writeVmPoolInfo('arm', 'last_vm_spawn_start', 'x');
+    expect(await kit.vmm.readVmPoolInfo('base', 'last_vm_spawn_start')).toBe(String(T0));
+    expect(await kit.vmm.readVmPoolInfo('arm', 'last_vm_spawn_start')).toBe('x');
+    await kit.vmm.writeVmPoolInfo('base', 'last_vm_spawn_start', 5);
+    expect(await kit.vmm.readVmPoolInfo('base', 'last_vm_spawn_start')).toBe('5');
+    expect(await kit.vmm.readVmPoolInfo('arm', 'other')).toBeNull();
   });
 
   it('rejects an unknown group with VmError', async () => {

@@ -66,7 +66,7 @@ describe('startVmTermination', () => {
     expect(jobs[0]!.data.vmName).toBe('v');
     expect(String(jobs[0]!.id)).not.toContain(':');
     // Not acquirable any more.
-    expect(await kit.vmm.getVmsByGroupAndStates(0, [VmStates.READY])).toEqual([]);
+    expect(await kit.vmm.getVmsByGroupAndStates('base', [VmStates.READY])).toEqual([]);
   });
 
   it('leaves a terminating VM alone without allowedPreState, and enqueues nothing', async () => {
@@ -115,20 +115,20 @@ describe('removeVmFromPool', () => {
     await vmIn('v', VmStates.IN_USE);
     await vmIn('w', VmStates.READY);
     const owner = 'o-v';
-    expect(await kit.vmm.countOwnerVms(owner, 0)).toBe(1);
+    expect(await kit.vmm.countOwnerVms(owner, 'base')).toBe(1);
     await kit.vmm.startVmTermination('v');
     await kit.vmm.removeVmFromPool('v');
     await expect(kit.vmm.getVmByName('v')).rejects.toThrow(VmDescriptorNotFound);
     expect((await kit.vmm.getAllVms()).map((x) => x.vmName)).toEqual(['w']);
-    expect((await kit.vmm.getAllVmsInGroup(0)).map((x) => x.vmName)).toEqual(['w']);
+    expect((await kit.vmm.getAllVmsInGroup('base')).map((x) => x.vmName)).toEqual(['w']);
     expect(await kit.vmm.getVmsByGroupAndStates(null, ALL)).toHaveLength(1);
     expect((await kit.vmm.lookupVmsByIp('10.1.0.1')).map((x) => x.vmName)).toEqual(['w']);
     expect(await kit.vmm.getVmByTaskId('task-v')).toBeNull();
-    expect(await kit.vmm.countOwnerVms(owner, 0)).toBe(0);
+    expect(await kit.vmm.countOwnerVms(owner, 'base')).toBe(0);
     expect(await kit.redis.exists(kit.keys.vm('v'), kit.keys.ownerTask(owner, 'task-v'))).toBe(0);
-    expect(await kit.redis.hexists(kit.keys.ownerVms(0), owner)).toBe(0);
+    expect(await kit.redis.hexists(kit.keys.ownerVms('base'), owner)).toBe(0);
     // The name is free again.
-    expect((await kit.vmm.addVmToPool('10.1.0.9', 'v', 1)).state).toBe(VmStates.GOT_IP);
+    expect((await kit.vmm.addVmToPool('10.1.0.9', 'v', 'arm')).state).toBe(VmStates.GOT_IP);
   });
 
   it.each(ALL.filter((s) => s !== VmStates.TERMINATING))('refuses to remove a VM in %s with VmError and keeps it', async (state) => {

@@ -25,7 +25,7 @@ function waiter(deadline = T0 + 60_000): AcquireWaiter {
 const req = (owner: string) => ({ groups: [0], owner, sandbox: 's', workerId: 'w' });
 
 async function arrivals(): Promise<number> {
-  return [...(await kit.vmm.reader.arrivals(0)).values()].reduce((a, b) => a + b, 0);
+  return [...(await kit.vmm.reader.arrivals('base')).values()].reduce((a, b) => a + b, 0);
 }
 
 describe('max_waiting_per_owner in the acquire script', () => {
@@ -33,9 +33,9 @@ describe('max_waiting_per_owner in the acquire script', () => {
     for (let i = 0; i < 3; i++) expect((await kit.vmm.tryAcquireVm(req('flood'), waiter())).status).toBe('none');
     const refused = kit.vmm.tryAcquireVm(req('flood'), waiter());
     await expect(refused).rejects.toThrow(TooManyWaiting);
-    await expect(refused).rejects.toMatchObject({ owner: 'flood', group: 0, limit: 3, retryAfterSeconds: 10 });
-    expect(await kit.redis.zcard(kit.keys.ownerLine(0, 'flood'))).toBe(3);
-    expect(await kit.redis.zcard(kit.keys.waiters(0))).toBe(3);
+    await expect(refused).rejects.toMatchObject({ owner: 'flood', group: 'base', limit: 3, retryAfterSeconds: 10 });
+    expect(await kit.redis.zcard(kit.keys.ownerLine('base', 'flood'))).toBe(3);
+    expect(await kit.redis.zcard(kit.keys.waiters('base'))).toBe(3);
     expect((await kit.vmm.tryAcquireVm(req('other'), waiter())).status).toBe('none');
   });
 
@@ -48,30 +48,30 @@ describe('max_waiting_per_owner in the acquire script', () => {
     // keeps waiting where it waits, but does not join that group's line beyond its cap.
     for (let i = 0; i < 3; i++) await kit.vmm.tryAcquireVm({ ...req('flood'), groups: [1] }, waiter());
     expect((await kit.vmm.tryAcquireVm({ ...req('flood'), groups: [0, 1] }, first)).status).toBe('none');
-    expect(await kit.redis.zscore(kit.keys.ownerLine(0, 'flood'), first.member)).not.toBeNull();
-    expect(await kit.redis.zcard(kit.keys.ownerLine(1, 'flood'))).toBe(3);
-    expect(await kit.redis.zscore(kit.keys.waiters(1), first.member)).toBeNull();
+    expect(await kit.redis.zscore(kit.keys.ownerLine('base', 'flood'), first.member)).not.toBeNull();
+    expect(await kit.redis.zcard(kit.keys.ownerLine('spare', 'flood'))).toBe(3);
+    expect(await kit.redis.zscore(kit.keys.waiters('spare'), first.member)).toBeNull();
   });
 
   it('a waiting request that spills over to a fallback group joins it while its owner is under that cap', async () => {
     const first = waiter();
     await kit.vmm.tryAcquireVm(req('flood'), first);
     expect((await kit.vmm.tryAcquireVm({ ...req('flood'), groups: [0, 1] }, first)).status).toBe('none');
-    expect(await kit.redis.zscore(kit.keys.waiters(1), first.member)).not.toBeNull();
+    expect(await kit.redis.zscore(kit.keys.waiters('spare'), first.member)).not.toBeNull();
   });
 
   it('does not count requests whose time is up: they leave the line when the cap is reached', async () => {
     for (let i = 0; i < 3; i++) await kit.vmm.tryAcquireVm(req('flood'), waiter(T0 + 5000));
     kit.clock.now = T0 + 5000;
     expect((await kit.vmm.tryAcquireVm(req('flood'), waiter())).status).toBe('none');
-    expect(await kit.redis.zcard(kit.keys.ownerLine(0, 'flood'))).toBe(1);
+    expect(await kit.redis.zcard(kit.keys.ownerLine('base', 'flood'))).toBe(1);
   });
 });
 
 describe('LineRequests.refuseBeyondWaitingCap (before enqueueing)', () => {
   it('refuses at the cap, not counting expired requests or the caller’s own job', async () => {
     const line = new LineRequests(new PoolAccess(kit.redis, kit.prefix), () => kit.clock.now);
-    const groups = [{ group: 0, maxWaitingPerOwner: 3 }];
+    const groups = [{ group: 'base', maxWaitingPerOwner: 3 }];
     const own = waiter();
     await kit.vmm.tryAcquireVm(req('flood'), own);
     await kit.vmm.tryAcquireVm(req('flood'), waiter());

@@ -77,7 +77,7 @@ describe('recoverPool', () => {
   it('terminates every VM not already terminating, marks the server start again and writes a new marker, once', async () => {
     await kit.addReady('r1', '10.0.0.1');
     await kit.addReady('r2', '10.0.0.2');
-    await kit.vmm.addVmToPool('10.0.0.3', 'g1', 0);
+    await kit.vmm.addVmToPool('10.0.0.3', 'g1', 'base');
     const held = await kit.vmm.acquireVm(req('alice'));
     const created = (await kit.vmm.checkPoolState(fresh)) as { generation: string; epoch: number };
     const startBefore = await kit.vmm.reader.serverStartSeq();
@@ -97,8 +97,8 @@ describe('recoverPool', () => {
     // A second process that saw the same marker recovers nothing: the first did.
     expect(await kit.vmm.recoverPool(seen, { generation: 'other', epoch: 8 })).toBeNull();
     expect((await kit.vmm.reader.poolState())?.generation).toBe('next');
-    await kit.vmm.markLossSwept(0, 'next');
-    expect((await kit.vmm.reader.poolState())?.swept).toEqual({ 0: 'next' });
+    await kit.vmm.markLossSwept('base', 'next');
+    expect((await kit.vmm.reader.poolState())?.swept).toEqual({ base: 'next' });
   });
 
   it('a builder whose lease went with the state is told so at renew and release', async () => {
@@ -107,7 +107,7 @@ describe('recoverPool', () => {
     try {
       const vm = await kit.vmm.acquireVm(req('bob'));
       const record = await kit.vmm.getVmRecord(vm.vmName);
-      const assignment = { vmName: vm.vmName, vmIp: vm.vmIp, group: 0, leaseId: record.leaseId!, leaseExpiresAt: record.leaseExpiresAt!, requestedAt: T0 + 1000 };
+      const assignment = { vmName: vm.vmName, vmIp: vm.vmIp, group: 'base', leaseId: record.leaseId!, leaseExpiresAt: record.leaseExpiresAt!, requestedAt: T0 + 1000 };
       kit.clock.now = T0 + 2000;
       await kit.vmm.recoverPool(null, { generation: 'g', epoch: 1 });
       const err = await client.renew(assignment).catch((e: unknown) => e);

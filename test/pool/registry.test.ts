@@ -16,7 +16,7 @@ async function keyCount(): Promise<number> {
 
 describe('vmGroups', () => {
   it('lists the group ids, one per configured group', () => {
-    expect(kit.vmm.vmGroups).toEqual([0, 1]);
+    expect(kit.vmm.vmGroups).toEqual(['base', 'arm']);
   });
 });
 
@@ -26,7 +26,7 @@ describe('addVmToPool', () => {
     expect(vm).toEqual({
       vmName: 'vm-a',
       vmIp: '10.0.0.1',
-      group: 1,
+      group: 'arm',
       state: VmStates.GOT_IP,
       owner: null,
       boundToUser: null,
@@ -56,7 +56,7 @@ describe('addVmToPool', () => {
     await expect(kit.vmm.addVmToPool('10.0.0.2', 'vm-a', 1)).rejects.toThrow(VmError);
     const vm = await kit.vmm.getVmByName('vm-a');
     expect(vm.vmIp).toBe('10.0.0.1');
-    expect(vm.group).toBe(0);
+    expect(vm.group).toBe('base');
     expect(await kit.vmm.lookupVmsByIp('10.0.0.2')).toEqual([]);
   });
 
@@ -130,7 +130,7 @@ describe('lookups', () => {
     const all = await kit.vmm.getAllVms();
     expect(all.map((v) => v.vmName).sort()).toEqual(['a1', 'a2', 'b1', 'b2']);
     const a1 = all.find((v) => v.vmName === 'a1')!;
-    expect(a1).toMatchObject({ state: VmStates.READY, group: 0, lastHealthCheck: T0 + 1000, checkFails: 0 });
+    expect(a1).toMatchObject({ state: VmStates.READY, group: 'base', lastHealthCheck: T0 + 1000, checkFails: 0 });
     expect((await kit.vmm.getAllVmsInGroup(1)).map((v) => v.vmName).sort()).toEqual(['b1', 'b2']);
     expect((await kit.vmm.getAllVmsInGroup(0)).map((v) => v.vmName).sort()).toEqual(['a1', 'a2']);
   });

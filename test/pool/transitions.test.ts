@@ -63,7 +63,7 @@ const table: Record<string, Outcome[]> = {
 };
 
 async function bringTo(state: VmState): Promise<void> {
-  await kit.vmm.addVmToPool('10.2.0.1', 'v', 0);
+  await kit.vmm.addVmToPool('10.2.0.1', 'v', 'base');
   if (state === GOT_IP) return;
   if (state === TERMINATING) {
     await kit.vmm.startVmTermination('v');

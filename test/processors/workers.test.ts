@@ -63,8 +63,8 @@ afterAll(async () => {
 });
 
 async function spawnOne(spawnId: string) {
-  await vmm.registerSpawn(0, spawnId);
-  const job = await spawnQueue.add('spawn', { group: 0, spawnId }, { ...spawnJobOptions, jobId: spawnJobId(spawnId) });
+  await vmm.registerSpawn('tcp', spawnId);
+  const job = await spawnQueue.add('spawn', { group: 'tcp', spawnId }, { ...spawnJobOptions, jobId: spawnJobId(spawnId) });
   return job;
 }
 
@@ -80,14 +80,14 @@ describe('spawn, health and terminate workers', () => {
     }, 20_000, 'vm-alpha ready');
     expect(ready.checkFails).toBe(0);
     expect(ready.lastHealthCheck).not.toBeNull();
-    expect(await vmm.getSpawnsInFlight(0)).toEqual([]);
+    expect(await vmm.getSpawnsInFlight('tcp')).toEqual([]);
     const logs = await spawnQueue.getJobLogs(job.id!);
     expect(logs.logs.join('\n')).toContain('starting vm-alpha');
   });
 
   it('fails a spawn job with a bad payload at once, changing nothing', async () => {
     const before = await vmm.getAllVms();
-    const job = await spawnQueue.add('spawn', { group: 'zero', spawnId: 'bad' } as never, { ...spawnJobOptions, jobId: 'spawn-bad-payload' });
+    const job = await spawnQueue.add('spawn', { group: 'no:colons', spawnId: 'bad' } as never, { ...spawnJobOptions, jobId: 'spawn-bad-payload' });
     await expect(job.waitUntilFinished(events, 20_000)).rejects.toThrow(/invalid vm-spawn payload: group/);
     const failed = await spawnQueue.getJob(job.id!);
     expect(failed?.attemptsMade).toBe(1);
@@ -98,10 +98,10 @@ describe('spawn, health and terminate workers', () => {
     writeFileSync(join(stateDir, 'fail-spawn'), '');
     try {
       // The slot first, as reconcile does: a spawn that holds none spawns nothing.
-      await vmm.registerSpawn(0, 'doomed');
+      await vmm.registerSpawn('tcp', 'doomed');
       const job = await spawnQueue.add(
         'spawn',
-        { group: 0, spawnId: 'doomed' },
+        { group: 'tcp', spawnId: 'doomed' },
         { ...spawnJobOptions, attempts: 2, backoff: { type: 'fixed', delay: 100 }, jobId: spawnJobId('doomed') },
       );
       await expect(job.waitUntilFinished(events, 30_000)).rejects.toThrow(/exit|status|code/i);
@@ -109,7 +109,7 @@ describe('spawn, health and terminate workers', () => {
       expect(logs).toContain('attempt 1 of 2');
       expect(logs).toContain('attempt 2 of 2');
       expect(logs).toContain('spawning disabled by the test');
-      expect((await vmm.getSpawnsInFlight(0)).map((s) => s.spawnId)).not.toContain('doomed');
+      expect((await vmm.getSpawnsInFlight('tcp')).map((s) => s.spawnId)).not.toContain('doomed');
       expect(await vmm.lookupVmsByIp('127.0.0.1')).toEqual([]);
     } finally {
       rmSync(join(stateDir, 'fail-spawn'), { force: true });

@@ -34,7 +34,7 @@ function group(provider: Record<string, unknown>): ProviderGroup {
   const config = parseConfig({
     groups: [{ name: 'x86', provider: { type: 'command', kill_grace: 0.2, ...provider }, check: { type: 'tcp', port: 22 } }],
   });
-  return { id: 0, config: config.groups[0]! };
+  return { index: 0, config: config.groups[0]! };
 }
 
 function provider(g: ProviderGroup): CommandProvider {

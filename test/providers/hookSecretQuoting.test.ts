@@ -11,7 +11,7 @@ const SECRET = 'pa"ss\\word-0f9e8d7c6b5a';
 
 function provider(p: Record<string, unknown>): { provider: CommandProvider; group: ProviderGroup } {
   const config = parseConfig({ groups: [{ name: 'g', provider: { type: 'command', kill_grace: 0.2, ...p }, check: { type: 'tcp', port: 22 } }] }, {});
-  const group: ProviderGroup = { id: 0, config: config.groups[0]! };
+  const group: ProviderGroup = { index: 0, config: config.groups[0]! };
   return { provider: createProvider(group, { logger: createLogger('test'), secrets: [SECRET] }) as CommandProvider, group };
 }
 

@@ -32,7 +32,7 @@ const logged: string[] = [];
 const savedEnv = { ...process.env };
 
 function group(): ProviderGroup {
-  return { id: 0, config: config.groups[0]!, poolId: ctx.vmm.poolId };
+  return { index: 0, config: config.groups[0]!, poolId: ctx.vmm.poolId };
 }
 
 /** The environment a hook wrote to its file, as NAME=value lines. */
@@ -104,7 +104,7 @@ afterAll(async () => {
 describe("a hook's environment", () => {
   it('spawn: PATH, HOME, the VMPOOL_* values, env and pass_env, and neither the Redis password nor any token', async () => {
     const jobLog: string[] = [];
-    const machine = await ctx.provider(0).spawn({ group: group(), spawnId: 'sp-secret-1', log: (l) => void jobLog.push(l) });
+    const machine = await ctx.provider('g').spawn({ group: group(), spawnId: 'sp-secret-1', log: (l) => void jobLog.push(l) });
     expect(machine).toEqual({ name: 'envdump-1', ip: '192.0.2.77' });
     const env = envOf(join(dir, 'provider-env'));
     expectNoSecrets(env);
@@ -116,7 +116,7 @@ describe("a hook's environment", () => {
     expect(env).toContain(`VMPOOL_POOL_ID=${ctx.vmm.poolId}\n`);
     // The only VMPOOL_* variables are vmpool's documented ones.
     const names = env.split('\n').filter(Boolean).map((l) => l.slice(0, l.indexOf('=')));
-    expect(names.filter((n) => n.startsWith('VMPOOL_')).sort()).toEqual(['VMPOOL_GROUP', 'VMPOOL_GROUP_NAME', 'VMPOOL_POOL_ID', 'VMPOOL_SPAWN_ID', 'VMPOOL_VM_IP', 'VMPOOL_VM_NAME']);
+    expect(names.filter((n) => n.startsWith('VMPOOL_')).sort()).toEqual(['VMPOOL_GROUP', 'VMPOOL_GROUP_NAME', 'VMPOOL_IMAGE', 'VMPOOL_LAUNCH_FINGERPRINT', 'VMPOOL_POOL_ID', 'VMPOOL_SPAWN_ID', 'VMPOOL_VM_IP', 'VMPOOL_VM_NAME']);
 
     // Output: the token the hook repeated is masked in the job log and in pino's log.
     expect(jobLog).toContain('spawn_cmd stdout: said: token=***');
@@ -130,7 +130,7 @@ describe("a hook's environment", () => {
   });
 
   it('terminate: the same clean environment, with the VM', async () => {
-    await ctx.provider(0).terminate({ group: group(), vmName: 'envdump-1', vmIp: '192.0.2.77' });
+    await ctx.provider('g').terminate({ group: group(), vmName: 'envdump-1', vmIp: '192.0.2.77' });
     const env = envOf(join(dir, 'provider-env'));
     expectNoSecrets(env);
     expect(env).toContain('VMPOOL_VM_NAME=envdump-1\n');
@@ -138,7 +138,7 @@ describe("a hook's environment", () => {
   });
 
   it('list: a failure that quotes a secret the hook printed masks it', async () => {
-    const err = (await ctx.provider(0).list!(group()).catch((e: unknown) => e)) as Error;
+    const err = (await ctx.provider('g').list!(group()).catch((e: unknown) => e)) as Error;
     expect(err).toBeInstanceOf(Error);
     expect(err.message).toMatch(/list_cmd line 1 "said: \*\*\*"/);
     expectNoSecrets(err.message);
@@ -146,7 +146,7 @@ describe("a hook's environment", () => {
 
   it('the command check: the same clean environment, and its detail and log masked', async () => {
     const jobLog: string[] = [];
-    const result = await ctx.healthCheck(0).check({ group: group(), vmName: 'envdump-1', vmIp: '192.0.2.77' }, { timeoutMs: 10_000, log: (l) => void jobLog.push(l) });
+    const result = await ctx.healthCheck('g').check({ group: group(), vmName: 'envdump-1', vmIp: '192.0.2.77' }, { timeoutMs: 10_000, log: (l) => void jobLog.push(l) });
     expect(result.ok).toBe(true);
     const env = envOf(join(dir, 'check-env'));
     expectNoSecrets(env);
@@ -162,7 +162,7 @@ describe("a hook's environment", () => {
 describe("a hook's logged output", () => {
   it(`stops at ${HOOK_LOG_MAX_CHARS} characters per run, and says so`, async () => {
     const g: ProviderGroup = {
-      id: 0,
+      index: 0,
       config: parseConfig({
         groups: [
           {

@@ -30,8 +30,8 @@ let rawConfig: ReturnType<typeof providerConfig>;
 beforeAll(() => {
   stateDir = mkdtempSync(join(tmpdir(), 'vmpool-local-test-'));
   rawConfig = providerConfig();
-  group = { id: 0, config: parseConfig({ groups: [{ name: 'local', provider: rawConfig }] }).groups[0]! };
-  otherGroup = { id: 1, config: parseConfig({ groups: [{ name: 'other', provider: rawConfig }] }).groups[0]! };
+  group = { index: 0, config: parseConfig({ groups: [{ name: 'local', provider: rawConfig }] }).groups[0]! };
+  otherGroup = { index: 1, config: parseConfig({ groups: [{ name: 'other', provider: rawConfig }] }).groups[0]! };
   provider = createProvider(group, { logger }) as LocalProvider;
 });
 

@@ -75,14 +75,14 @@ describe('VMPOOL_POOL_ID', () => {
         },
       ],
     }, {});
-    const group: ProviderGroup = { id: 0, config: config.groups[0]!, poolId: 'ci-pool' };
+    const group: ProviderGroup = { index: 0, config: config.groups[0]!, poolId: 'ci-pool' };
     const provider = createProvider(group, { logger });
     await provider.spawn({ group, spawnId: 's-1' });
     expect(await provider.list!(group)).toEqual([{ name: 'm-1', ip: '192.0.2.1', createdAt: null, pool: 'ci-pool' }]);
     await provider.terminate({ group, vmName: 'm-1', vmIp: '192.0.2.1' });
     await createHealthCheck(group, { logger }).check({ group, vmName: 'm-1', vmIp: '192.0.2.1' }, { timeoutMs: 5000 });
     // Without a pool id (a provider made by hand), the variable is there and empty.
-    await provider.terminate({ group: { id: 0, config: config.groups[0]! }, vmName: 'm-1', vmIp: null });
+    await provider.terminate({ group: { index: 0, config: config.groups[0]! }, vmName: 'm-1', vmIp: null });
     expect(readFileSync(seen, 'utf8').trim().split('\n')).toEqual(['spawn ci-pool', 'list ci-pool', 'terminate ci-pool', 'check ci-pool', 'terminate']);
   });
 });
@@ -111,8 +111,8 @@ describe('VMPOOL_POOL_ID in the worker runtime', () => {
     const vmm = new VmManager(config, { redis, prefix });
     const running = await startProcessTypes(processTypeSpecs, ['spawn', 'health', 'terminate'], config, { prefix, logger });
     try {
-      await vmm.registerSpawn(0, 'rt-s1');
-      await addSpawnJob(vmm.queue(SPAWN_QUEUE), { group: 0, spawnId: 'rt-s1' });
+      await vmm.registerSpawn('cloud', 'rt-s1');
+      await addSpawnJob(vmm.queue(SPAWN_QUEUE), { group: 'cloud', spawnId: 'rt-s1' });
       await waitFor(async () => (await vmm.getAllVmRecords()).some((v) => v.vmName === 'rt-1'), 20_000, 'the spawned VM in the pool');
       await vmm.startVmTermination('rt-1', undefined, 'operator');
       await waitFor(() => readFileSync(seen, 'utf8').includes('terminate'), 20_000, 'terminate hook ran');
@@ -133,7 +133,7 @@ describe('local provider per pool', () => {
   it('keeps each pool\'s VMs in its own directory, with a shared client key and address claims', async () => {
     const stateDir = join(dir, 'local');
     const config = parseConfig({ groups: [{ name: 'default', provider: { type: 'local', state_dir: stateDir, ip_base: randomInt(100, 250), port: randomInt(20_000, 40_000) } }] }, {});
-    const groups: ProviderGroup[] = ['pool-a', 'pool-b'].map((poolId) => ({ id: 0, config: config.groups[0]!, poolId }));
+    const groups: ProviderGroup[] = ['pool-a', 'pool-b'].map((poolId) => ({ index: 0, config: config.groups[0]!, poolId }));
     const providers = groups.map((g) => createProvider(g, { logger }) as LocalProvider);
     try {
       const machines = await Promise.all(providers.map((p, i) => p.spawn({ group: groups[i]!, spawnId: `s-${i}` })));
@@ -152,7 +152,7 @@ describe('local provider per pool', () => {
   it('still lists (untagged), checks and terminates a VM an older build started in state_dir itself', async () => {
     const stateDir = join(dir, 'legacy');
     const config = parseConfig({ groups: [{ name: 'default', provider: { type: 'local', state_dir: stateDir, ip_base: randomInt(100, 250), port: randomInt(20_000, 40_000) } }] }, {});
-    const legacyGroup: ProviderGroup = { id: 0, config: config.groups[0]! };
+    const legacyGroup: ProviderGroup = { index: 0, config: config.groups[0]! };
     const pooled: ProviderGroup = { ...legacyGroup, poolId: 'pool-a' };
     // A provider without a pool id keeps the layout of builds before pool ids.
     const legacy = createProvider(legacyGroup, { logger }) as LocalProvider;

@@ -17,8 +17,8 @@ describe('job ids', () => {
     expect(spawnJobId('s-1')).toBe('spawn-s-1');
     expect(healthJobDeduplicationId('vm-1')).toBe('health-vm-1');
     expect(terminateJobId('vm-1', T)).toBe(`terminate-vm-1-${T}`);
-    expect(leakTerminateJobId(2, 'vm-1.example', T)).toBe(`leak-g2-vm-1.example-${T}`);
-    expect(lossSweepTerminateJobId(2, 'vm-1', 'gen-a')).toBe('lost-g2-vm-1-gen-a');
+    expect(leakTerminateJobId('arm', 'vm-1.example', T)).toBe(`leak-garm-vm-1.example-${T}`);
+    expect(lossSweepTerminateJobId('arm', 'vm-1', 'gen-a')).toBe('lost-garm-vm-1-gen-a');
     expect(spawnStopTerminateJobId('s-1', 'vm-1')).toBe('spawn-stop-s-1-vm-1');
     expect(spawnOrphanTerminateJobId('vm-1', T)).toBe(`orphan-vm-1-${T}`);
   });
@@ -46,9 +46,9 @@ describe('job ids', () => {
   });
 
   it('a leaked machine gets one id per machine and first sighting, without ":" and not a plain integer', () => {
-    const id = leakTerminateJobId(2, 'vm-1.example', T);
-    expect(id).not.toBe(leakTerminateJobId(2, 'vm-1.example', T + 1));
-    expect(id).not.toBe(leakTerminateJobId(1, 'vm-1.example', T));
+    const id = leakTerminateJobId('arm', 'vm-1.example', T);
+    expect(id).not.toBe(leakTerminateJobId('arm', 'vm-1.example', T + 1));
+    expect(id).not.toBe(leakTerminateJobId('base', 'vm-1.example', T));
     expect(id).not.toContain(':');
     expect(/^\d+$/.test(id)).toBe(false);
   });

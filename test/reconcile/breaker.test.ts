@@ -57,9 +57,9 @@ describe('spawn circuit breaker (real Redis, injected clock)', () => {
   const snapshot = async (inFlight = 0): Promise<PoolSnapshot> => ({
     vms: [],
     groups: await Promise.all(
-      [0, 1].map(async (group) => ({
+      ['b', 'other'].map(async (group) => ({
         group,
-        spawnsInFlight: Array.from({ length: group === 0 ? inFlight : 0 }, (_, i) => ({ spawnId: `s${i}`, startedAt: clock.now })),
+        spawnsInFlight: Array.from({ length: group === 'b' ? inFlight : 0 }, (_, i) => ({ spawnId: `s${i}`, startedAt: clock.now })),
         demand: 0,
         lastSpawnStart: null,
         breaker: await vmm.reader.breaker(group),
@@ -67,46 +67,46 @@ describe('spawn circuit breaker (real Redis, injected clock)', () => {
     ),
     serverStart: 1,
   });
-  const spawns = async (inFlight = 0) => decideStartSpawnIfRequired(await snapshot(inFlight), vmm.config, clock.now).filter((a) => a.type === 'spawn' && a.group === 0).map((a) => a.type === 'spawn' && a.reason);
+  const spawns = async (inFlight = 0) => decideStartSpawnIfRequired(await snapshot(inFlight), vmm.config, clock.now).filter((a) => a.type === 'spawn' && a.group === 'b').map((a) => a.type === 'spawn' && a.reason);
 
   it('opens after repeated failures of one class, backs off longer at each opening, and a probe success closes it', async () => {
     expect(await spawns()).toEqual(['warm_pool', 'warm_pool']);
-    expect(await vmm.recordSpawnOutcome(0, 'failed', 'quota', 'quota exceeded')).toBe(false);
+    expect(await vmm.recordSpawnOutcome('b', 'failed', 'quota', 'quota exceeded')).toBe(false);
     // Another class starts the run again.
-    expect(await vmm.recordSpawnOutcome(0, 'failed', 'capacity')).toBe(false);
-    expect(await vmm.recordSpawnOutcome(0, 'failed', 'quota', 'quota exceeded')).toBe(false);
-    expect(await vmm.recordSpawnOutcome(0, 'failed', 'quota', 'quota exceeded')).toBe(true);
-    const opened = await vmm.reader.breaker(0);
+    expect(await vmm.recordSpawnOutcome('b', 'failed', 'capacity')).toBe(false);
+    expect(await vmm.recordSpawnOutcome('b', 'failed', 'quota', 'quota exceeded')).toBe(false);
+    expect(await vmm.recordSpawnOutcome('b', 'failed', 'quota', 'quota exceeded')).toBe(true);
+    const opened = await vmm.reader.breaker('b');
     expect(opened).toMatchObject({ open: true, errorClass: 'quota', failures: 2, openings: 1, openUntil: clock.now + 10_000, message: 'quota exceeded' });
     expect(await spawns()).toEqual([]);
     // The other group is not affected.
-    expect(await vmm.reader.breaker(1)).toBeNull();
-    expect(decideStartSpawnIfRequired(await snapshot(), vmm.config, clock.now).filter((a) => a.type === 'spawn' && a.group === 1)).toHaveLength(1);
+    expect(await vmm.reader.breaker('other')).toBeNull();
+    expect(decideStartSpawnIfRequired(await snapshot(), vmm.config, clock.now).filter((a) => a.type === 'spawn' && a.group === 'other')).toHaveLength(1);
 
     // The backoff passed: one probe, and only while no spawn is in flight.
     clock.now += 10_000;
-    expect(breakerGate(await vmm.reader.breaker(0), clock.now)).toBe('probe');
+    expect(breakerGate(await vmm.reader.breaker('b'), clock.now)).toBe('probe');
     expect(await spawns()).toEqual(['probe']);
     expect(await spawns(1)).toEqual([]);
     // The probe failed: open again for twice as long, then capped at max_backoff.
-    expect(await vmm.recordSpawnOutcome(0, 'failed', 'quota')).toBe(true);
-    expect((await vmm.reader.breaker(0))!.openUntil).toBe(clock.now + 20_000);
+    expect(await vmm.recordSpawnOutcome('b', 'failed', 'quota')).toBe(true);
+    expect((await vmm.reader.breaker('b'))!.openUntil).toBe(clock.now + 20_000);
     clock.now += 20_000;
-    expect(await vmm.recordSpawnOutcome(0, 'failed', 'quota')).toBe(true);
-    expect((await vmm.reader.breaker(0))!.openUntil).toBe(clock.now + 25_000);
+    expect(await vmm.recordSpawnOutcome('b', 'failed', 'quota')).toBe(true);
+    expect((await vmm.reader.breaker('b'))!.openUntil).toBe(clock.now + 25_000);
     // Failures reported while it is open (attempts that were already running) change nothing.
-    expect(await vmm.recordSpawnOutcome(0, 'failed', 'quota')).toBe(false);
-    expect((await vmm.reader.breaker(0))!.openUntil).toBe(clock.now + 25_000);
+    expect(await vmm.recordSpawnOutcome('b', 'failed', 'quota')).toBe(false);
+    expect((await vmm.reader.breaker('b'))!.openUntil).toBe(clock.now + 25_000);
     clock.now += 25_000;
     expect(await spawns()).toEqual(['probe']);
-    await vmm.recordSpawnOutcome(0, 'ok');
-    expect(await vmm.reader.breaker(0)).toBeNull();
+    await vmm.recordSpawnOutcome('b', 'ok');
+    expect(await vmm.reader.breaker('b')).toBeNull();
     expect(await spawns()).toEqual(['warm_pool', 'warm_pool']);
   });
 
   it('is on the metrics, the groups summary and the CLI while open', async () => {
-    await vmm.recordSpawnOutcome(0, 'failed', 'rate_limit', 'HTTP 429');
-    await vmm.recordSpawnOutcome(0, 'failed', 'rate_limit', 'HTTP 429');
+    await vmm.recordSpawnOutcome('b', 'failed', 'rate_limit', 'HTTP 429');
+    await vmm.recordSpawnOutcome('b', 'failed', 'rate_limit', 'HTTP 429');
     const registry = createMetricsRegistry({ vmm, queue: (name) => vmm.queue(name) });
     const text = await registry.getSingleMetricAsString('vmpool_provider_breaker_open');
     expect(text).toContain('vmpool_provider_breaker_open{group="b",error_class="rate_limit"} 1');
@@ -122,21 +122,21 @@ describe('spawn circuit breaker (real Redis, injected clock)', () => {
     out = '';
     expect(await runCli(['--config', file, 'breaker', 'reset', 'b'], io)).toBe(0);
     expect(out).toContain('breaker of group b closed');
-    expect(await vmm.reader.breaker(0)).toBeNull();
+    expect(await vmm.reader.breaker('b')).toBeNull();
   });
 
   it('stays open until an operator resets it for auth and invalid_request', async () => {
-    expect(await vmm.recordSpawnOutcome(0, 'failed', 'auth', 'token expired')).toBe(true);
-    const b = await vmm.reader.breaker(0);
+    expect(await vmm.recordSpawnOutcome('b', 'failed', 'auth', 'token expired')).toBe(true);
+    const b = await vmm.reader.breaker('b');
     expect(b).toMatchObject({ open: true, errorClass: 'auth', openUntil: null });
     clock.now += 86_400_000;
     expect(breakerGate(b, clock.now)).toBe('none');
     expect(await spawns()).toEqual([]);
-    await vmm.resetBreaker(0);
+    await vmm.resetBreaker('b');
     expect(await spawns()).toEqual(['warm_pool', 'warm_pool']);
-    expect(await vmm.recordSpawnOutcome(0, 'failed', 'invalid_request')).toBe(true);
-    expect((await vmm.reader.breaker(0))!.openUntil).toBeNull();
-    await vmm.resetBreaker(0);
+    expect(await vmm.recordSpawnOutcome('b', 'failed', 'invalid_request')).toBe(true);
+    expect((await vmm.reader.breaker('b'))!.openUntil).toBeNull();
+    await vmm.resetBreaker('b');
   });
 });
 
@@ -155,24 +155,24 @@ describe('fallback groups (pure)', () => {
   const groups = parseConfig({ groups: [{ name: 'spot', fallback_groups: ['ondemand', 'big'] }, { name: 'ondemand' }, { name: 'big', max_vm_total: 1 }] }, {}).groups;
 
   it('adds the fallbacks of a blocked group after it, each once, unless the request is strict', () => {
-    expect(withFallbacks(groups, [0], new Set())).toEqual([0]);
-    expect(withFallbacks(groups, [0], new Set([0]))).toEqual([0, 1, 2]);
-    expect(withFallbacks(groups, [0, 2], new Set([0]))).toEqual([0, 1, 2]);
-    expect(withFallbacks(groups, [0], new Set([0]), true)).toEqual([0]);
+    expect(withFallbacks(groups, ['spot'], new Set())).toEqual(['spot']);
+    expect(withFallbacks(groups, ['spot'], new Set(['spot']))).toEqual(['spot', 'ondemand', 'big']);
+    expect(withFallbacks(groups, ['spot', 'big'], new Set(['spot']))).toEqual(['spot', 'ondemand', 'big']);
+    expect(withFallbacks(groups, ['spot'], new Set(['spot']), true)).toEqual(['spot']);
   });
 
   it('counts demand in the blocked group asked for and in the first serving group that is not blocked', () => {
-    expect(demandGroupsOf([0], [0], new Set())).toEqual([0]);
-    expect(demandGroupsOf([0], [0, 1, 2], new Set([0]))).toEqual([0, 1]);
-    expect(demandGroupsOf([0], [0, 1, 2], new Set([0, 1]))).toEqual([0, 2]);
-    expect(demandGroupsOf([0], [0, 1, 2], new Set([0, 1, 2]))).toEqual([0]);
-    expect(demandByGroup([{ jobId: 'a', groups: [0] }, { jobId: 'a', groups: [0] }, { jobId: 'b', groups: [1] }], 3, (r) => demandGroupsOf(r.groups, withFallbacks(groups, r.groups, new Set([0])), new Set([0])))).toEqual([1, 2, 0]);
+    expect(demandGroupsOf(['spot'], ['spot'], new Set())).toEqual(['spot']);
+    expect(demandGroupsOf(['spot'], ['spot', 'ondemand', 'big'], new Set(['spot']))).toEqual(['spot', 'ondemand']);
+    expect(demandGroupsOf(['spot'], ['spot', 'ondemand', 'big'], new Set(['spot', 'ondemand']))).toEqual(['spot', 'big']);
+    expect(demandGroupsOf(['spot'], ['spot', 'ondemand', 'big'], new Set(['spot', 'ondemand', 'big']))).toEqual(['spot']);
+    expect(demandByGroup([{ jobId: 'a', groups: ['spot'] }, { jobId: 'a', groups: ['spot'] }, { jobId: 'b', groups: ['ondemand'] }], ['spot', 'ondemand', 'big'], (r) => demandGroupsOf(r.groups, withFallbacks(groups, r.groups, new Set(['spot'])), new Set(['spot'])))).toEqual([1, 2, 0]);
   });
 
   it('blocks a group with an open breaker or at max_vm_total', () => {
     const open = { errorClass: 'quota', failures: 3, openings: 1, open: true, openedAt: 1, openUntil: 10_000, message: null };
-    expect([...blockedGroups(groups, [{ group: 0, breaker: open, active: 0 }, { group: 1, breaker: null, active: 7 }, { group: 2, active: 1 }], 5_000)]).toEqual([0, 2]);
+    expect([...blockedGroups(groups, [{ group: 'spot', breaker: open, active: 0 }, { group: 'ondemand', breaker: null, active: 7 }, { group: 'big', active: 1 }], 5_000)]).toEqual(['spot', 'big']);
     // Past its backoff the breaker still blocks new demand until its probe closes it.
-    expect([...blockedGroups(groups, [{ group: 0, breaker: open, active: 0 }], 20_000)]).toEqual([0]);
+    expect([...blockedGroups(groups, [{ group: 'spot', breaker: open, active: 0 }], 20_000)]).toEqual(['spot']);
   });
 });

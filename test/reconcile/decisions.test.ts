@@ -27,7 +27,7 @@ function vm(state: VmState, fields: Partial<VmRecord> = {}): VmRecord {
   return {
     vmName: `vm${seq}`,
     vmIp: `10.0.0.${seq % 250}`,
-    group: 0,
+    group: 'g0',
     state,
     owner: null,
     boundToUser: null,
@@ -55,7 +55,7 @@ function vm(state: VmState, fields: Partial<VmRecord> = {}): VmRecord {
 }
 
 function group(fields: Partial<GroupSnapshot> = {}): GroupSnapshot {
-  return { group: 0, spawnsInFlight: [], demand: 0, lastSpawnStart: null, ...fields };
+  return { group: 'g0', spawnsInFlight: [], demand: 0, lastSpawnStart: null, ...fields };
 }
 
 function snap(vms: VmRecord[], groups: GroupSnapshot[] = [group()], serverStart: number | null = null): PoolSnapshot {
@@ -117,7 +117,7 @@ describe('decideRemoveOldDirtyVms', () => {
   it('uses each group its own timeout', () => {
     const c = config({ vm_dirty_terminating_timeout: 120 }, { vm_dirty_terminating_timeout: 10 });
     const g0 = dirty(NOW - 60 * S);
-    const g1 = dirty(NOW - 60 * S, { group: 1 });
+    const g1 = dirty(NOW - 60 * S, { group: 'g1' });
     expect(names(decideRemoveOldDirtyVms(snap([g0, g1]), c, NOW))).toEqual([g1.vmName]);
   });
 });
@@ -241,12 +241,12 @@ describe('decideStartSpawnIfRequired', () => {
 
   it('fills the warm pool, one spawn per cycle when the interval is above 0', () => {
     const cfg = config({ ...base, min_ready: 3 });
-    expect(decideStartSpawnIfRequired(snap([]), cfg, NOW)).toEqual([{ type: 'spawn', group: 0, reason: 'warm_pool' }]);
+    expect(decideStartSpawnIfRequired(snap([]), cfg, NOW)).toEqual([{ type: 'spawn', group: 'g0', reason: 'warm_pool' }]);
   });
 
   it('spawns for demand beyond the warm pool', () => {
     const cfg = config({ ...base, min_ready: 0 });
-    expect(decideStartSpawnIfRequired(snap([], [group({ demand: 2 })]), cfg, NOW)).toEqual([{ type: 'spawn', group: 0, reason: 'demand' }]);
+    expect(decideStartSpawnIfRequired(snap([], [group({ demand: 2 })]), cfg, NOW)).toEqual([{ type: 'spawn', group: 'g0', reason: 'demand' }]);
   });
 
   it('counts clean ready, unbound got_ip/check_health and spawns in flight as coming supply', () => {
@@ -307,9 +307,9 @@ describe('decideStartSpawnIfRequired', () => {
     const cfg = config({ ...base, max_vm_total: 10, max_spawn_processes: 3, vm_spawn_min_interval: 0, min_ready: 2 });
     const actions = decideStartSpawnIfRequired(snap([], [group({ demand: 5 })]), cfg, NOW);
     expect(actions).toEqual([
-      { type: 'spawn', group: 0, reason: 'warm_pool' },
-      { type: 'spawn', group: 0, reason: 'warm_pool' },
-      { type: 'spawn', group: 0, reason: 'demand' },
+      { type: 'spawn', group: 'g0', reason: 'warm_pool' },
+      { type: 'spawn', group: 'g0', reason: 'warm_pool' },
+      { type: 'spawn', group: 'g0', reason: 'demand' },
     ]);
     const few = decideStartSpawnIfRequired(snap([], [group({ demand: 0 })]), cfg, NOW);
     expect(spawns(few)).toHaveLength(2);
@@ -321,16 +321,16 @@ describe('decideStartSpawnIfRequired', () => {
     const stale = { spawnId: 'stale', startedAt: NOW - 1800 * S - 1 };
     expect(decideStartSpawnIfRequired(snap([], [group({ spawnsInFlight: [at] })]), cfg, NOW)).toEqual([]);
     expect(decideStartSpawnIfRequired(snap([], [group({ spawnsInFlight: [stale] })]), cfg, NOW)).toEqual([
-      { type: 'dropStaleSpawn', group: 0, spawnId: 'stale' },
-      { type: 'spawn', group: 0, reason: 'warm_pool' },
+      { type: 'dropStaleSpawn', group: 'g0', spawnId: 'stale' },
+      { type: 'spawn', group: 'g0', reason: 'warm_pool' },
     ]);
   });
 
   it('decides each group on its own figures', () => {
     const cfg = config({ ...base, min_ready: 0 }, { ...base, min_ready: 1 });
-    const vms = [vm('in_use', { group: 1, owner: 'u' })];
-    const actions = decideStartSpawnIfRequired(snap(vms, [group({ group: 0, demand: 1 }), group({ group: 1, lastSpawnStart: NOW })]), cfg, NOW);
-    expect(actions).toEqual([{ type: 'spawn', group: 0, reason: 'demand' }]);
+    const vms = [vm('in_use', { group: 'g1', owner: 'u' })];
+    const actions = decideStartSpawnIfRequired(snap(vms, [group({ group: 'g0', demand: 1 }), group({ group: 'g1', lastSpawnStart: NOW })]), cfg, NOW);
+    expect(actions).toEqual([{ type: 'spawn', group: 'g0', reason: 'demand' }]);
   });
 });
 
@@ -350,6 +350,6 @@ describe('snapshots of only the due VMs (counts and IPs from the indexes)', () =
     // No VM is due, yet the group has 3 VMs, 2 of them coming: at max_vm_total, nothing spawns.
     expect(decideStartSpawnIfRequired(snap([], [group({ counts: { active: 3, all: 3, coming: 2 } })]), cfg, NOW)).toEqual([]);
     // 1 VM, coming 1: one spawn fills the warm pool.
-    expect(decideStartSpawnIfRequired(snap([], [group({ counts: { active: 1, all: 1, coming: 1 } })]), cfg, NOW)).toEqual([{ type: 'spawn', group: 0, reason: 'warm_pool' }]);
+    expect(decideStartSpawnIfRequired(snap([], [group({ counts: { active: 1, all: 1, coming: 1 } })]), cfg, NOW)).toEqual([{ type: 'spawn', group: 'g0', reason: 'warm_pool' }]);
   });
 });

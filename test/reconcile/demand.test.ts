@@ -13,42 +13,43 @@ import { connect, deleteKeysWithPrefix, uniquePrefix, poolKeys } from '../helper
 const T0 = 1_750_000_000_000;
 const S = 1000;
 
-const groups = [{ archs: ['x86_64'] }, { archs: ['x86_64'] }, { archs: ['aarch64'] }];
+const groups = [{ name: 'x86', archs: ['x86_64'] }, { name: 'x86-spare', archs: ['x86_64'] }, { name: 'arm', archs: ['aarch64'] }];
+const names = groups.map((g) => g.name);
 
 describe('demandByGroup', () => {
   it('counts each request once, for its first group only', () => {
     expect(
       demandByGroup(
         [
-          { jobId: 'a', groups: [0] },
-          { jobId: 'b', groups: [1, 0] },
-          { jobId: 'a', groups: [0] },
-          { jobId: 'c', groups: [0, 1, 2] },
+          { jobId: 'a', groups: ['x86'] },
+          { jobId: 'b', groups: ['x86-spare', 'x86'] },
+          { jobId: 'a', groups: ['x86'] },
+          { jobId: 'c', groups: ['x86', 'x86-spare', 'arm'] },
           { jobId: 'd', groups: [] },
-          { jobId: 'e', groups: [7] },
+          { jobId: 'e', groups: ['gone'] },
         ],
-        3,
+        names,
       ),
     ).toEqual([2, 1, 0]);
   });
 
   it("counts an owner's requests in a group only up to its room there (max_vm_per_user less its VMs)", () => {
-    const flood = Array.from({ length: 40 }, (_, i) => ({ jobId: `f${i}`, owner: 'flood', groups: [0] }));
-    const rooms: Record<string, number[]> = { flood: [2, 1], bound: [0, 3] };
-    const room = (g: number, owner: string) => rooms[owner]?.[g] ?? 0;
+    const flood = Array.from({ length: 40 }, (_, i) => ({ jobId: `f${i}`, owner: 'flood', groups: ['x86'] }));
+    const rooms: Record<string, Record<string, number>> = { flood: { x86: 2, 'x86-spare': 1 }, bound: { x86: 0, 'x86-spare': 3 } };
+    const room = (g: string, owner: string) => rooms[owner]?.[g] ?? 0;
     // 40 requests of an owner with room 2 are 2; another owner's request still counts; no owner: unlimited.
-    expect(demandByGroup([...flood, { jobId: 'x', owner: 'other', groups: [0] }, { jobId: 'y', groups: [0] }], 2, undefined, (g, o) => (o === 'other' ? 1 : room(g, o)))).toEqual([4, 0]);
+    expect(demandByGroup([...flood, { jobId: 'x', owner: 'other', groups: ['x86'] }, { jobId: 'y', groups: ['x86'] }], names.slice(0, 2), undefined, (g, o) => (o === 'other' ? 1 : room(g, o)))).toEqual([4, 0]);
     // An owner whose VMs use all its room adds nothing; a route counts the room per group.
     expect(
       demandByGroup(
-        [...flood, { jobId: 'b1', owner: 'bound', groups: [0, 1] }, { jobId: 'b2', owner: 'bound', groups: [0, 1] }],
-        2,
+        [...flood, { jobId: 'b1', owner: 'bound', groups: ['x86', 'x86-spare'] }, { jobId: 'b2', owner: 'bound', groups: ['x86', 'x86-spare'] }],
+        names.slice(0, 2),
         (r) => r.groups,
         room,
       ),
     ).toEqual([2, 2]);
     // Without rooms, every request counts.
-    expect(demandByGroup(flood, 2)).toEqual([40, 0]);
+    expect(demandByGroup(flood, names.slice(0, 2))).toEqual([40, 0]);
   });
 });
 
@@ -56,8 +57,8 @@ describe('queuedDemandRequest', () => {
   const job = (data: unknown, timestamp = T0) => ({ id: 'acq-1', data, timestamp });
 
   it('maps groups as given (duplicates dropped) and an arch to the groups listing it, in config order', () => {
-    expect(queuedDemandRequest(job({ owner: 'o', sandbox: 's', groups: [2, 0, 2] }), groups, T0)).toEqual({ jobId: 'acq-1', owner: 'o', groups: [2, 0] });
-    expect(queuedDemandRequest(job({ owner: 'o', sandbox: 's', arch: 'x86_64' }), groups, T0)).toEqual({ jobId: 'acq-1', owner: 'o', groups: [0, 1] });
+    expect(queuedDemandRequest(job({ owner: 'o', sandbox: 's', groups: [2, 'x86', 2] }), groups, T0)).toEqual({ jobId: 'acq-1', owner: 'o', groups: ['arm', 'x86'] });
+    expect(queuedDemandRequest(job({ owner: 'o', sandbox: 's', arch: 'x86_64' }), groups, T0)).toEqual({ jobId: 'acq-1', owner: 'o', groups: ['x86', 'x86-spare'] });
   });
 
   it('ignores invalid payloads, unknown groups and arches', () => {
@@ -140,7 +141,7 @@ async function joinLine(job: Job, groups: number[]): Promise<void> {
 async function spawnsByGroup(): Promise<number[]> {
   const jobs = await spawnQueue.getJobs(['waiting', 'delayed', 'active', 'prioritized']);
   const out = [0, 0, 0];
-  for (const j of jobs) out[(j.data as { group: number }).group]! += 1;
+  for (const j of jobs) out[names.indexOf((j.data as { group: string }).group)]! += 1;
   return out;
 }
 
@@ -160,7 +161,7 @@ describe('demand from queued acquire requests (no acquire worker running)', () =
     expect(actions.filter((a) => a.type === 'spawn')).toHaveLength(4);
     // x86: max_vm_total 3 of 5 wanted; arm: max_spawn_processes 1 of 2 wanted; x86-spare: none.
     expect(await spawnsByGroup()).toEqual([3, 0, 1]);
-    expect((await vmm.getSpawnsInFlight(0)).length).toBe(3);
+    expect((await vmm.getSpawnsInFlight('x86')).length).toBe(3);
   });
 
   it('does not count expired, invalid or unknown-group requests', async () => {
@@ -199,9 +200,9 @@ describe('demand from queued acquire requests (no acquire worker running)', () =
     await request({ owner: 'other', groups: [0] });
     expect((await master.readSnapshot()).groups.map((g) => g.demand)).toEqual([5, 0, 0]);
     // Three VMs bound to the flooding owner leave it room for one.
-    await redis.hset(keys.ownerVms(0), 'flood', 3);
+    await redis.hset(keys.ownerVms('x86'), 'flood', 3);
     expect((await master.readSnapshot()).groups.map((g) => g.demand)).toEqual([2, 0, 0]);
-    await redis.hset(keys.ownerVms(0), 'flood', 4);
+    await redis.hset(keys.ownerVms('x86'), 'flood', 4);
     expect((await master.readSnapshot()).groups.map((g) => g.demand)).toEqual([1, 0, 0]);
     // Its VMs are per group: group 1's room is whole.
     for (let i = 0; i < 6; i++) await request({ owner: 'flood', groups: [1] });

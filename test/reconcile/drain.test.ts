@@ -31,7 +31,7 @@ describe('max_vm_total: 0', () => {
   it('is a valid config, and spawns nothing for min_ready or demand', () => {
     const config = parseConfig(input, {});
     expect(config.groups[0]!.max_vm_total).toBe(0);
-    const snapshot = { vms: [], groups: [{ group: 0, spawnsInFlight: [], demand: 5, lastSpawnStart: null }], serverStart: 0 };
+    const snapshot = { vms: [], groups: [{ group: 'drained', spawnsInFlight: [], demand: 5, lastSpawnStart: null }], serverStart: 0 };
     expect(decideStartSpawnIfRequired(snapshot, config, clock.now)).toEqual([]);
     expect(() => parseConfig({ groups: [{ name: 'g', max_vm_total: -1 }] }, {})).toThrow(/max_vm_total/);
   });

@@ -63,23 +63,23 @@ describe('VmMaster.recordHistory', () => {
   });
 
   it('samples each group once a minute from the indexes, the lines and the acquire waits since the last sample', async () => {
-    await vmm.addVmToPool('10.7.0.1', 'r1', 0);
+    await vmm.addVmToPool('10.7.0.1', 'r1', 'a');
     await vmm.startVmCheck('r1');
     await vmm.recordHealthCheckResult('r1', true);
-    await vmm.addVmToPool('10.7.0.2', 'g1', 0);
-    await vmm.addVmToPool('10.7.0.3', 'b1', 1);
-    await redis.zadd(keys.demand(1), T0 + 60_000, 'acq-1', T0 + 60_000, 'acq-2');
+    await vmm.addVmToPool('10.7.0.2', 'g1', 'a');
+    await vmm.addVmToPool('10.7.0.3', 'b1', 'b');
+    await redis.zadd(keys.demand('b'), T0 + 60_000, 'acq-1', T0 + 60_000, 'acq-2');
     for (let i = 0; i < 19; i++) await assignedAfter(0.3);
     await assignedAfter(20);
 
     expect(await master.recordHistory()).toBe(true);
     expect(await master.recordHistory()).toBe(false);
-    const [a] = await vmm.readHistory(0, 3_600_000);
+    const [a] = await vmm.readHistory('a', 3_600_000);
     expect(a).toMatchObject({ t: T0, waiting: 0, counts: { ready: 1, got_ip: 1, in_use: 0 } });
     // 19 waits in (0.25, 0.5] and one in (10, 30]: the 19th of 20 lies in the first.
     expect(a!.acquireP95).toBeGreaterThan(0.25);
     expect(a!.acquireP95).toBeLessThanOrEqual(0.5);
-    const [b] = await vmm.readHistory(1, 3_600_000);
+    const [b] = await vmm.readHistory('b', 3_600_000);
     expect(b).toMatchObject({ t: T0, waiting: 2, counts: { got_ip: 1 }, acquireP95: a!.acquireP95 });
 
     // The next minute: only the waits since the last sample count; none means null.
@@ -89,13 +89,13 @@ describe('VmMaster.recordHistory', () => {
     for (let i = 0; i < 5; i++) await assignedAfter(45);
     const report = await master.doCycle();
     expect(report.counts.recordHistory).toBe(1);
-    const samples = await vmm.readHistory(0, 3_600_000);
+    const samples = await vmm.readHistory('a', 3_600_000);
     expect(samples.map((s) => s.t)).toEqual([T0, T0 + HISTORY_PERIOD_MS, T0 + 2 * HISTORY_PERIOD_MS]);
     expect(samples[1]!.acquireP95).toBeNull();
     expect(samples[2]!.acquireP95).toBeGreaterThan(30);
     expect(samples[2]!.acquireP95).toBeLessThanOrEqual(60);
     // readHistory gives the window asked for.
-    expect(await vmm.readHistory(0, HISTORY_PERIOD_MS)).toHaveLength(2);
+    expect(await vmm.readHistory('a', HISTORY_PERIOD_MS)).toHaveLength(2);
   });
 
   it(`keeps the last ${HISTORY_SAMPLES} samples of each group`, async () => {
@@ -103,9 +103,9 @@ describe('VmMaster.recordHistory', () => {
       expect(await master.recordHistory()).toBe(true);
       clock.now += HISTORY_PERIOD_MS;
     }
-    expect(await redis.llen(keys.history(0))).toBe(HISTORY_SAMPLES);
-    expect(await redis.llen(keys.history(1))).toBe(HISTORY_SAMPLES);
-    const newest = JSON.parse((await redis.lindex(keys.history(0), 0))!) as { t: number };
+    expect(await redis.llen(keys.history('a'))).toBe(HISTORY_SAMPLES);
+    expect(await redis.llen(keys.history('b'))).toBe(HISTORY_SAMPLES);
+    const newest = JSON.parse((await redis.lindex(keys.history('a'), 0))!) as { t: number };
     expect(newest.t).toBe(clock.now - HISTORY_PERIOD_MS);
   });
 });

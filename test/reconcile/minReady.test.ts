@@ -67,14 +67,14 @@ describe('min_ready by schedule', () => {
 
   const vm = (name: string, over: Partial<VmRecord> = {}): VmRecord =>
     ({
-      vmName: name, vmIp: '10.0.0.1', group: 0, state: 'ready', owner: null, boundToUser: null, sandbox: null, usedByWorker: null, taskId: null,
+      vmName: name, vmIp: '10.0.0.1', group: 'g', state: 'ready', owner: null, boundToUser: null, sandbox: null, usedByWorker: null, taskId: null,
       buildId: null, chroot: null, inUseSince: null, lastHealthCheck: 1, checkFails: 0, lastRelease: null, buildsCount: 0,
       terminatingSince: null, addedAt: 1, boundSince: null, leaseId: null, leaseExpiresAt: null, heldBy: null, heldSince: null, ...over,
     }) as VmRecord;
 
   it('spawns up to the value in force, and after a period retires only idle clean VMs', () => {
     const config = parseConfig({ groups: [{ name: 'g', min_ready: schedule, max_vm_total: 30, max_spawn_processes: 30, vm_spawn_min_interval: 0 }] }, {});
-    const snapshot = (vms: VmRecord[], demand = 0): PoolSnapshot => ({ vms, groups: [{ group: 0, spawnsInFlight: [], demand, lastSpawnStart: null }], serverStart: 0 });
+    const snapshot = (vms: VmRecord[], demand = 0): PoolSnapshot => ({ vms, groups: [{ group: 'g', spawnsInFlight: [], demand, lastSpawnStart: null }], serverStart: 0 });
     expect(decideStartSpawnIfRequired(snapshot([]), config, TUE_0830_PRAGUE)).toHaveLength(10);
     expect(decideStartSpawnIfRequired(snapshot([]), config, TUE_1930_PRAGUE)).toHaveLength(2);
 
@@ -132,11 +132,11 @@ describe('a reconcile cycle follows the schedule (real Redis, injected clock)', 
     expect(await spawnQueue.getJobCountByTypes('waiting', 'prioritized', 'delayed')).toBe(3);
     // The spawns arrive: four ready VMs (one more than the period asks, as after a manual add).
     for (const [i, name] of ['s1', 's2', 's3', 's4'].entries()) {
-      await vmm.addVmToPool(`10.7.0.${i + 1}`, name, 0);
+      await vmm.addVmToPool(`10.7.0.${i + 1}`, name, 'sched');
       await vmm.startVmCheck(name);
       await vmm.recordHealthCheckResult(name, true);
     }
-    for (const s of await vmm.getSpawnsInFlight(0)) await vmm.finishSpawn(0, s.spawnId);
+    for (const s of await vmm.getSpawnsInFlight('sched')) await vmm.finishSpawn('sched', s.spawnId);
     const busy = await vmm.acquireVm({ groups: [0], owner: 'alice', sandbox: 'alice/p', workerId: 'w1' });
 
     clock.now = TUE_1930_PRAGUE + 60_000;
@@ -146,7 +146,7 @@ describe('a reconcile cycle follows the schedule (real Redis, injected clock)', 
     expect(jobs.map((j) => j.data.reason)).toEqual(['surplus', 'surplus']);
     expect(jobs.map((j) => j.data.vmName)).not.toContain(busy.vmName);
     expect((await vmm.getVmByName(busy.vmName)).state).toBe('in_use');
-    const ready = await vmm.getVmsByGroupAndStates(0, ['ready']);
+    const ready = await vmm.getVmsByGroupAndStates('sched', ['ready']);
     expect(ready).toHaveLength(1);
   });
 });

@@ -8,11 +8,11 @@ const graceMs = 15 * MIN;
 const POOL = 'ci';
 
 function vm(name: string, state: OrphanPoolVm['state'], extra: Partial<OrphanPoolVm> = {}): OrphanPoolVm {
-  return { name, ip: '192.0.2.1', state, group: 0, ...extra };
+  return { name, ip: '192.0.2.1', state, group: 'g0', ...extra };
 }
 
 function input(extra: Partial<OrphanInput>): OrphanInput {
-  return { group: 0, poolId: POOL, poolVms: [], machines: [], previousUnknown: new Map(), previousMissing: new Map(), now, graceMs, ...extra };
+  return { group: 'g0', poolId: POOL, poolVms: [], machines: [], previousUnknown: new Map(), previousMissing: new Map(), now, graceMs, ...extra };
 }
 
 describe('decideOrphans', () => {
@@ -93,7 +93,7 @@ describe('decideOrphans', () => {
 
   it('treats a machine known to another group as known', () => {
     const d = decideOrphans(
-      input({ poolVms: [vm('other-1', VmStates.READY, { group: 1 })], machines: [{ name: 'other-1' }], previousUnknown: new Map([['other-1', 0]]) }),
+      input({ poolVms: [vm('other-1', VmStates.READY, { group: 'g1' })], machines: [{ name: 'other-1' }], previousUnknown: new Map([['other-1', 0]]) }),
     );
     expect(d.terminateMachines).toEqual([]);
   });
@@ -107,7 +107,7 @@ describe('decideOrphans', () => {
       vm('unknown-age-1', VmStates.GOT_IP),
       vm('old-got-ip-1', VmStates.GOT_IP, { addedAt: now - graceMs }),
       vm('listed-1', VmStates.READY),
-      vm('other-group-1', VmStates.READY, { group: 1 }),
+      vm('other-group-1', VmStates.READY, { group: 'g1' }),
   ];
 
   it('only remembers a pool VM missing from one list, even an in_use one', () => {

@@ -59,15 +59,15 @@ let redis: Redis;
 let vmm: VmManager;
 let master: VmMaster;
 let terminateQueue: Queue;
-const providers = new Map<number, Provider>();
+const providers = new Map<string, Provider>();
 
 beforeAll(() => {
   redis = connect();
   vmm = new VmManager(config, { redis, prefix, clock: () => clock.now });
   const logger = vmm.logger;
-  const providerOf = (group: number) => {
+  const providerOf = (group: string) => {
     let p = providers.get(group);
-    if (!p) providers.set(group, (p = createProvider({ id: group, config: vmm.groupConfig(group) }, { logger })));
+    if (!p) providers.set(group, (p = createProvider({ index: vmm.groupIndex(group), config: vmm.groupConfig(group) }, { logger })));
     return p;
   };
   master = new VmMaster(vmm, { provider: providerOf });
@@ -82,7 +82,7 @@ beforeEach(async () => {
   mkdirSync(machinesDir);
   clock.now = T0;
   // No warm pool is configured; keep spawn decisions quiet anyway.
-  await vmm.writeVmPoolInfo(0, LAST_VM_SPAWN_START, T0);
+  await vmm.writeVmPoolInfo('listed', LAST_VM_SPAWN_START, T0);
 });
 
 afterAll(async () => {
@@ -125,17 +125,17 @@ async function readyVm(name: string, ip: string, group = 0): Promise<void> {
 describe('cleanupOrphans: scheduling', () => {
   it('runs the list once per orphan_check_period, not 1 ms earlier, and only for groups with list_cmd', async () => {
     const first = await master.cleanupOrphans();
-    expect(first.map((p) => p.group)).toEqual([0]);
+    expect(first.map((p) => p.group)).toEqual(['listed']);
     expect(listRuns()).toBe(1);
-    expect(await vmm.readVmPoolInfo(0, LAST_ORPHAN_CHECK)).toBe(String(T0));
-    expect(await vmm.readVmPoolInfo(1, LAST_ORPHAN_CHECK)).toBeNull();
+    expect(await vmm.readVmPoolInfo('listed', LAST_ORPHAN_CHECK)).toBe(String(T0));
+    expect(await vmm.readVmPoolInfo('unlisted', LAST_ORPHAN_CHECK)).toBeNull();
 
     clock.now = T0 + PERIOD * S - 1;
     expect(await master.cleanupOrphans()).toEqual([]);
     expect(listRuns()).toBe(1);
 
     clock.now = T0 + PERIOD * S;
-    expect((await master.cleanupOrphans()).map((p) => p.group)).toEqual([0]);
+    expect((await master.cleanupOrphans()).map((p) => p.group)).toEqual(['listed']);
     expect(listRuns()).toBe(2);
   });
 
@@ -146,7 +146,7 @@ describe('cleanupOrphans: scheduling', () => {
     clock.now += PERIOD * S;
     expect(await bare.cleanupOrphans()).toEqual([]);
     expect(listRuns()).toBe(0);
-    expect(await vmm.readVmPoolInfo(0, LAST_ORPHAN_CHECK)).toBeNull();
+    expect(await vmm.readVmPoolInfo('listed', LAST_ORPHAN_CHECK)).toBeNull();
     expect(await terminateJobs()).toEqual([]);
   });
 
@@ -160,7 +160,7 @@ describe('cleanupOrphans: scheduling', () => {
     expect(String((err as AggregateError).errors[0])).toMatch(/list_cmd exited with code 3.*cloud API unreachable/);
     expect(listRuns()).toBe(2);
     // The remembered sighting survives the failed pass.
-    expect(await redis.hgetall(keys.orphanUnknown(0))).toEqual({ 'leak-1': String(T0) });
+    expect(await redis.hgetall(keys.orphanUnknown('listed'))).toEqual({ 'leak-1': String(T0) });
     clock.now += PERIOD * S - 1;
     expect(await master.cleanupOrphans()).toEqual([]);
     expect(listRuns()).toBe(2);
@@ -179,26 +179,26 @@ describe('cleanupOrphans: machines the pool does not know', () => {
     }
     expect(await terminateJobs()).toEqual([]);
     // Remembered as reported, so the warning is logged once per machine, not once per pass.
-    expect(await redis.smembers(keys.orphanUntagged(0))).toEqual(['untagged-1']);
+    expect(await redis.smembers(keys.orphanUntagged('listed'))).toEqual(['untagged-1']);
     providerLost('untagged-1');
     clock.now += PERIOD * S;
     await master.cleanupOrphans();
-    expect(await redis.smembers(keys.orphanUntagged(0))).toEqual([]);
+    expect(await redis.smembers(keys.orphanUntagged('listed'))).toEqual([]);
   });
 
   it('terminates an old unknown machine on its second pass, not its first', async () => {
     providerHas('leak-1', '192.0.2.10', T0 - 10 * GRACE * S);
     const [first] = await master.cleanupOrphans();
-    expect(first).toMatchObject({ group: 0, leaksTerminated: 0, lostVmsTerminated: 0, counts: { machines: 1, unknown: 1, unknownWaiting: 1 } });
+    expect(first).toMatchObject({ group: 'listed', leaksTerminated: 0, lostVmsTerminated: 0, counts: { machines: 1, unknown: 1, unknownWaiting: 1 } });
     expect(await terminateJobs()).toEqual([]);
-    expect(await redis.hgetall(keys.orphanUnknown(0))).toEqual({ 'leak-1': String(T0) });
+    expect(await redis.hgetall(keys.orphanUnknown('listed'))).toEqual({ 'leak-1': String(T0) });
 
     clock.now = T0 + PERIOD * S;
     const [second] = await master.cleanupOrphans();
     expect(second).toMatchObject({ leaksTerminated: 1, counts: { unknownTerminated: 1 } });
     const jobs = await terminateJobs();
     expect(jobs.map((j) => [j.id, j.data])).toEqual([
-      [leakTerminateJobId(0, 'leak-1', T0), { vmName: 'leak-1', reason: 'orphan', orphan: { group: 0, vmIp: '192.0.2.10' } }],
+      [leakTerminateJobId('listed', 'leak-1', T0), { vmName: 'leak-1', reason: 'orphan', orphan: { group: 'listed', vmIp: '192.0.2.10' } }],
     ]);
 
     // Still listed on the next pass while its job is pending: no second job.
@@ -236,7 +236,7 @@ describe('cleanupOrphans: machines the pool does not know', () => {
     await master.cleanupOrphans();
     clock.now = T0 + GRACE * S;
     expect((await master.cleanupOrphans())[0]!.leaksTerminated).toBe(1);
-    expect((await terminateJobs()).map((j) => j.id)).toEqual([leakTerminateJobId(0, 'nodate-1', T0)]);
+    expect((await terminateJobs()).map((j) => j.id)).toEqual([leakTerminateJobId('listed', 'nodate-1', T0)]);
   });
 
   it('needs two passes in a row: a machine missing from one pass starts over', async () => {
@@ -245,14 +245,14 @@ describe('cleanupOrphans: machines the pool does not know', () => {
     providerLost('flaky-1');
     clock.now = T0 + PERIOD * S;
     await master.cleanupOrphans();
-    expect(await redis.hgetall(keys.orphanUnknown(0))).toEqual({});
+    expect(await redis.hgetall(keys.orphanUnknown('listed'))).toEqual({});
     providerHas('flaky-1', '192.0.2.13', T0 - 10 * GRACE * S);
     clock.now = T0 + 2 * PERIOD * S;
     expect((await master.cleanupOrphans())[0]!.leaksTerminated).toBe(0);
     expect(await terminateJobs()).toEqual([]);
     clock.now = T0 + 3 * PERIOD * S;
     expect((await master.cleanupOrphans())[0]!.leaksTerminated).toBe(1);
-    expect((await terminateJobs()).map((j) => j.id)).toEqual([leakTerminateJobId(0, 'flaky-1', T0 + 2 * PERIOD * S)]);
+    expect((await terminateJobs()).map((j) => j.id)).toEqual([leakTerminateJobId('listed', 'flaky-1', T0 + 2 * PERIOD * S)]);
   });
 
   it('leaves machines the pool knows alone, in any group', async () => {
@@ -276,7 +276,7 @@ describe('cleanupOrphans: machines the pool does not know', () => {
     // A terminate that reports success but leaves the machine (as a broken hook would).
     const worker = new Worker(QueueNames.TERMINATE, async () => ({ removed: false }), { connection: connect({ maxRetriesPerRequest: null }), prefix });
     try {
-      const id = leakTerminateJobId(0, 'stubborn-1', T0);
+      const id = leakTerminateJobId('listed', 'stubborn-1', T0);
       const deadline = Date.now() + 10_000;
       while ((await terminateQueue.getJobState(id)) !== 'completed') {
         if (Date.now() > deadline) throw new Error('the terminate job did not complete');
@@ -303,7 +303,7 @@ describe('cleanupOrphans: pool VMs the provider no longer has', () => {
     const [first] = await master.cleanupOrphans();
     expect(first).toMatchObject({ lostVmsTerminated: 0, leaksTerminated: 0, counts: { missing: 1, missingSkipped: 0, missingWaiting: 1 } });
     expect((await vmm.getVmByName('gone-1')).state).toBe('ready');
-    expect(await redis.hgetall(keys.orphanMissing(0))).toEqual({ 'gone-1': String(T0) });
+    expect(await redis.hgetall(keys.orphanMissing('listed'))).toEqual({ 'gone-1': String(T0) });
     expect(await terminateJobs()).toEqual([]);
 
     clock.now = T0 + PERIOD * S;
@@ -315,13 +315,13 @@ describe('cleanupOrphans: pool VMs the provider no longer has', () => {
   });
 
   it('leaves a lost got_ip VM alone within the grace after it entered the pool, then needs two passes', async () => {
-    await vmm.addVmToPool('192.0.2.32', 'new-1', 0);
+    await vmm.addVmToPool('192.0.2.32', 'new-1', 'listed');
     clock.now = T0 + GRACE * S - 1;
     const [early] = await master.cleanupOrphans();
     expect(early).toMatchObject({ lostVmsTerminated: 0, counts: { missing: 1, missingSkipped: 1 } });
     expect((await vmm.getVmByName('new-1')).state).toBe('got_ip');
     // A pass within the grace does not count as a miss.
-    expect(await redis.hgetall(keys.orphanMissing(0))).toEqual({});
+    expect(await redis.hgetall(keys.orphanMissing('listed'))).toEqual({});
     clock.now = T0 + GRACE * S - 1 + PERIOD * S;
     const [late] = await master.cleanupOrphans();
     expect(late).toMatchObject({ lostVmsTerminated: 0, counts: { missingWaiting: 1 } });
@@ -342,7 +342,7 @@ describe('cleanupOrphans: pool VMs the provider no longer has', () => {
     providerHas('busy-1', '192.0.2.36');
     clock.now = T0 + PERIOD * S;
     expect((await master.cleanupOrphans())[0]!.lostVmsTerminated).toBe(0);
-    expect(await redis.hgetall(keys.orphanMissing(0))).toEqual({});
+    expect(await redis.hgetall(keys.orphanMissing('listed'))).toEqual({});
     providerLost('busy-1');
     clock.now = T0 + 2 * PERIOD * S;
     expect((await master.cleanupOrphans())[0]!.lostVmsTerminated).toBe(0);

@@ -17,7 +17,7 @@ const input = { redis: { url: REDIS_URL }, groups: [{ name: 'builders', min_read
 describe('the decision', () => {
   it('spawns nothing for a drained group, whatever min_ready and demand ask', () => {
     const config = parseConfig(input, {});
-    const group = { group: 0, spawnsInFlight: [], demand: 3, lastSpawnStart: null };
+    const group = { group: 'builders', spawnsInFlight: [], demand: 3, lastSpawnStart: null };
     const now = 1_750_000_000_000;
     expect(decideStartSpawnIfRequired({ vms: [], groups: [group], serverStart: 0 }, config, now)).toHaveLength(2);
     expect(decideStartSpawnIfRequired({ vms: [], groups: [{ ...group, drained: true }], serverStart: 0 }, config, now)).toEqual([]);
@@ -38,7 +38,7 @@ describe('vmpool drain and undrain', () => {
     const code = await runCli(['--config', file, ...args], io);
     return { code, out };
   };
-  const spawnsInFlight = async () => (await vmm.getSpawnsInFlight(0)).length;
+  const spawnsInFlight = async () => (await vmm.getSpawnsInFlight('builders')).length;
 
   beforeAll(async () => {
     redis = connect();
@@ -57,14 +57,14 @@ describe('vmpool drain and undrain', () => {
   });
 
   it('stops spawns, keeps serving and retiring the VMs, and undrain brings spawns back', async () => {
-    await vmm.addVmToPool('10.6.0.1', 'kept-1', 0);
+    await vmm.addVmToPool('10.6.0.1', 'kept-1', 'builders');
     await vmm.startVmCheck('kept-1');
     await vmm.recordHealthCheckResult('kept-1', true);
 
     const drained = await cli('drain', 'builders');
     expect(drained).toEqual({ code: 0, out: 'group builders drained: nothing is spawned for it; its 1 VM is still served and retired by their timeouts (undo: vmpool undrain builders)\n' });
     // The CLI runs on the real clock.
-    const since = (await vmm.drainedSince(0))!;
+    const since = (await vmm.drainedSince('builders'))!;
     expect(Math.abs(since - Date.now())).toBeLessThan(60_000);
     expect((await cli('drain', '0')).out).toBe(`group builders was already drained (since ${new Date(since).toISOString()})\n`);
     expect((await cli('info')).out).toMatch(/Group 0 \(builders, archs: -\): 1 VMs, max 8, drained just now \(vmpool undrain builders\)/);
@@ -81,7 +81,7 @@ describe('vmpool drain and undrain', () => {
     const report = await master.doCycle();
     expect(report.counts).toMatchObject({ startSpawnIfRequired: 0, removeOldDirtyVms: 1 });
     // The other group was never drained.
-    expect(await vmm.drainedSince(1)).toBeNull();
+    expect(await vmm.drainedSince('other')).toBeNull();
 
     expect(await cli('undrain', 'builders')).toEqual({ code: 0, out: 'group builders undrained\n' });
     expect((await cli('undrain', 'builders')).out).toBe('group builders was not drained\n');
@@ -93,7 +93,7 @@ describe('vmpool drain and undrain', () => {
     const res = await cli('drain', 'nope');
     expect(res.code).toBe(2);
     expect(res.out).toContain('unknown group "nope"; groups: 0 (builders), 1 (other)');
-    expect(await vmm.drainedSince(0)).toBeNull();
+    expect(await vmm.drainedSince('builders')).toBeNull();
   });
 });
 
@@ -108,13 +108,13 @@ describe('POST and DELETE /api/v1/groups/:group/drain', () => {
     expect((await kit.fetch('/api/v1/groups/base/drain', { method: 'POST', json: {}, token: BUILDER_TOKEN })).status).toBe(403);
     expect((await kit.fetch('/api/v1/groups/nope/drain', { method: 'POST', json: {}, token: ADMIN_TOKEN })).status).toBe(404);
     expect((await kit.fetch('/api/v1/groups/base/drain', { method: 'POST', token: ADMIN_TOKEN })).status).toBe(415);
-    expect(await kit.vmm.drainedSince(0)).toBeNull();
+    expect(await kit.vmm.drainedSince('base')).toBeNull();
 
     const res = await kit.fetch('/api/v1/groups/base/drain', { method: 'POST', json: {}, token: ADMIN_TOKEN });
     expect(res.status).toBe(200);
     const body = (await res.json()) as { drained: boolean; changed: boolean; group: { id: number; drained: boolean; drainedSince: number } };
     expect(body).toMatchObject({ drained: true, changed: true, group: { id: 0, drained: true } });
-    expect(body.group.drainedSince).toBe(await kit.vmm.drainedSince(0));
+    expect(body.group.drainedSince).toBe(await kit.vmm.drainedSince('base'));
     expect(((await (await kit.fetch('/api/v1/groups/0/drain', { method: 'POST', json: {}, token: ADMIN_TOKEN })).json()) as { changed: boolean }).changed).toBe(false);
 
     const page = await (await kit.fetch('/', { token: ADMIN_TOKEN })).text();
@@ -128,7 +128,7 @@ describe('POST and DELETE /api/v1/groups/:group/drain', () => {
 
     const undo = await kit.fetch('/api/v1/groups/base/drain', { method: 'DELETE', json: {}, token: ADMIN_TOKEN });
     expect(((await undo.json()) as { drained: boolean; changed: boolean }).changed).toBe(true);
-    expect(await kit.vmm.drainedSince(0)).toBeNull();
+    expect(await kit.vmm.drainedSince('base')).toBeNull();
     const groups = (await (await kit.fetch('/api/v1/groups', { token: ADMIN_TOKEN })).json()) as { groups: { drained: boolean; drainedSince: number | null }[] };
     expect(groups.groups[0]).toMatchObject({ drained: false, drainedSince: null });
   });

@@ -51,13 +51,13 @@ afterAll(async () => {
 describe('spill-over to a fallback group while the breaker is open', () => {
   it('opens the breaker on typed capacity errors and serves the request in the fallback group', { timeout: 60_000 }, async () => {
     const assignment = await client.acquire({ owner: 'alice', sandbox: 'a/1', groups: [0], timeoutMs: 40_000 });
-    expect(assignment.group).toBe(1);
-    const breaker = await vmm.reader.breaker(0);
+    expect(assignment.group).toBe('ondemand');
+    const breaker = await vmm.reader.breaker('spot');
     expect(breaker, JSON.stringify(breaker)).toMatchObject({ open: true, errorClass: 'capacity' });
     expect(breaker!.message).toContain('capacity: refused by the test');
     const [spot] = await groupSummaries(vmm);
     expect(spot!.breaker?.errorClass).toBe('capacity');
-    expect(await vmm.getAllVmsInGroup(0)).toEqual([]);
+    expect(await vmm.getAllVmsInGroup('spot')).toEqual([]);
     await client.release(assignment);
   });
 
@@ -70,10 +70,10 @@ describe('spill-over to a fallback group while the breaker is open', () => {
     rmSync(join(spotDir, 'fail-class'));
     // A strict request is demand for spot alone: the probe spawns for it, succeeds and closes the breaker.
     const strict = await client.acquire({ owner: 'dave', sandbox: 'd/1', groups: [0], strictGroup: true, timeoutMs: 40_000 });
-    expect(strict.group).toBe(0);
-    expect(await vmm.reader.breaker(0)).toBeNull();
+    expect(strict.group).toBe('spot');
+    expect(await vmm.reader.breaker('spot')).toBeNull();
     // Closed: spot's demand is its own again, and a request that may spill is served there.
     const back = await client.acquire({ owner: 'erin', sandbox: 'e/1', groups: [0], timeoutMs: 40_000 });
-    expect(back.group).toBe(0);
+    expect(back.group).toBe('spot');
   });
 });

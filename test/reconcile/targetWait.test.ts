@@ -84,17 +84,17 @@ describe('target_wait decision', () => {
     const g = group({ target_wait: { p95: 30 }, min_ready_ceiling: 9 });
     const snap = (rate: number, readyClean: number): PoolSnapshot => ({
       vms: Array.from({ length: readyClean }, (_, i) => ({
-        vmName: `vm-${i}`, vmIp: '10.0.0.1', group: 0, state: 'ready', owner: null, boundToUser: null, sandbox: null, usedByWorker: null, taskId: null, buildId: null, chroot: null,
+        vmName: `vm-${i}`, vmIp: '10.0.0.1', group: 'g', state: 'ready', owner: null, boundToUser: null, sandbox: null, usedByWorker: null, taskId: null, buildId: null, chroot: null,
         inUseSince: null, lastHealthCheck: 1, checkFails: 0, lastRelease: null, buildsCount: 0, terminatingSince: null, addedAt: i, boundSince: null, leaseId: null,
         leaseExpiresAt: null, heldBy: null, heldSince: null, heldUntil: null, holdReason: null,
       })),
-      groups: [{ group: 0, spawnsInFlight: [], demand: 0, lastSpawnStart: null, targetWait: { arrivalRate: rate, bootMs: 90_000 } }],
+      groups: [{ group: 'g', spawnsInFlight: [], demand: 0, lastSpawnStart: null, targetWait: { arrivalRate: rate, bootMs: 90_000 } }],
       serverStart: 0,
     });
     const config = { groups: [g], vm_cycle_timeout: 10 };
     // 2/min needs 6 ready: with 2, four spawns start for the warm pool.
     const spawns = decideStartSpawnIfRequired(snap(2 / 60, 2), config, 1_000_000);
-    expect(spawns).toEqual(Array.from({ length: 4 }, () => ({ type: 'spawn', group: 0, reason: 'warm_pool' })));
+    expect(spawns).toEqual(Array.from({ length: 4 }, () => ({ type: 'spawn', group: 'g', reason: 'warm_pool' })));
     // Arrivals stop: one VM stays ready for the next request (a fresh spawn takes longer than 30 s),
     // the other 5 idle VMs are surplus, oldest first.
     const retire = decideRetireSurplus(snap(0, 6), config, 1_000_000);
@@ -168,7 +168,7 @@ describe('target_wait in a reconcile cycle (real Redis, injected clock)', () => 
         const waiter = { member: acquireWaiterMember(clock.now, jobId), priority: 0, deadline: clock.now + 60_000, jobId };
         const attempt = await vmm.tryAcquireVm({ groups: [0], owner: 'arrivals', sandbox: 'sb', workerId: 'w' }, waiter);
         expect(attempt.status).toBe('none');
-        await vmm.leaveAcquireLine(waiter, [0]);
+        await vmm.leaveAcquireLine(waiter, ['tw']);
       }
     };
     // 20 arrivals in the last 10 minutes, and old ones outside the window that are trimmed.
@@ -178,7 +178,7 @@ describe('target_wait in a reconcile cycle (real Redis, injected clock)', () => 
     await arrive(10);
     clock.now += 300_000;
     await arrive(10);
-    expect(await vmm.countDemand(0)).toBe(0);
+    expect(await vmm.countDemand('tw')).toBe(0);
 
     // Two spawned VMs: ready 80 s and 100 s after their spawns started.
     for (const [i, bootMs] of [80_000, 100_000].entries()) {
@@ -190,18 +190,18 @@ describe('target_wait in a reconcile cycle (real Redis, injected clock)', () => 
       await vmm.startVmCheck(name);
       await vmm.recordHealthCheckResult(name, true);
     }
-    expect(await vmm.reader.bootTime(0)).toEqual({ emaMs: 84_000, samples: 2 });
+    expect(await vmm.reader.bootTime('tw')).toEqual({ emaMs: 84_000, samples: 2 });
     // A hand-added VM (no spawn start) measures nothing.
     await vmm.addVmToPool('10.8.0.9', 'hand', 0);
     await vmm.startVmCheck('hand');
     await vmm.recordHealthCheckResult('hand', true);
-    expect((await vmm.reader.bootTime(0)).samples).toBe(2);
+    expect((await vmm.reader.bootTime('tw')).samples).toBe(2);
 
-    const measure = await vmm.measureTargetWait(0, 600_000);
+    const measure = await vmm.measureTargetWait('tw', 600_000);
     expect(measure.bootMs).toBe(84_000);
     expect(measure.arrivalRate * 60).toBeGreaterThan(1.9);
     expect(measure.arrivalRate * 60).toBeLessThan(2.3);
-    expect((await vmm.reader.arrivals(0)).size).toBe(2);
+    expect((await vmm.reader.arrivals('tw')).size).toBe(2);
 
     const snapshot = await master.readSnapshot();
     expect(snapshot.groups[0]!.targetWait?.bootMs).toBe(84_000);
@@ -240,11 +240,11 @@ describe('target_wait on a group whose arrivals piled up before it was turned on
     const fields: string[] = [];
     for (let m = minute - 7 * 24 * 60; m < minute - 10; m++) fields.push(String(m), '1');
     fields.push(String(minute - 5), '3', String(minute), '2');
-    await redis.hset(poolKeys(prefix).arrivals(0), ...fields);
+    await redis.hset(poolKeys(prefix).arrivals('tw'), ...fields);
 
-    const measure = await vmm.measureTargetWait(0, 600_000);
+    const measure = await vmm.measureTargetWait('tw', 600_000);
     // The backlog changes nothing of the rate: only the window's minutes count.
     expect(measure.arrivalRate).toBe(arrivalRateFromBuckets(new Map([[minute - 5, 3], [minute, 2]]), now, 600_000));
-    expect([...(await vmm.reader.arrivals(0)).keys()].sort()).toEqual([minute - 5, minute]);
+    expect([...(await vmm.reader.arrivals('tw')).keys()].sort()).toEqual([minute - 5, minute]);
   });
 });

@@ -53,11 +53,11 @@ interface SimVm {
   freeAt: number;
 }
 
-function record(vm: SimVm): VmRecord {
+function record(vm: SimVm, group: string): VmRecord {
   return {
     vmName: vm.name,
     vmIp: '10.0.0.1',
-    group: 0,
+    group,
     state: vm.state === 'ready' ? VmStates.READY : VmStates.IN_USE,
     owner: vm.state === 'in_use' ? 'builder' : null,
     boundToUser: vm.state === 'in_use' ? 'builder' : null,
@@ -141,10 +141,10 @@ export function simulate(o: SimulationOptions): SimulationResult {
     }
     if (t % o.cycleSeconds === 0) {
       const snapshot: PoolSnapshot = {
-        vms: [...vms.values()].map(record),
+        vms: [...vms.values()].map((vm) => record(vm, o.group.name)),
         groups: [
           {
-            group: 0,
+            group: o.group.name,
             spawnsInFlight: spawns.map((s) => ({ spawnId: s.id, startedAt: s.startedAt * 1000 })),
             demand: waiting.length,
             lastSpawnStart: null,

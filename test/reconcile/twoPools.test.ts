@@ -38,7 +38,7 @@ const configs: Config[] = prefixes.map(() => parseConfig({ vm_cycle_timeout: 1, 
 let redis: Redis;
 const pools: { vmm: VmManager; running: RunningProcess; group: ProviderGroup; provider: LocalProvider }[] = [];
 
-const orphanPasses = async (vmm: VmManager) => Number((await vmm.readVmPoolInfo(0, LAST_ORPHAN_CHECK)) ?? 0);
+const orphanPasses = async (vmm: VmManager) => Number((await vmm.readVmPoolInfo('default', LAST_ORPHAN_CHECK)) ?? 0);
 const readyNames = async (vmm: VmManager) => (await vmm.getAllVmRecords()).filter((v) => v.state === 'ready').map((v) => v.vmName).sort();
 
 beforeAll(async () => {
@@ -47,7 +47,7 @@ beforeAll(async () => {
     const config = configs[i]!;
     const vmm = new VmManager(config, { redis, prefix });
     const running = await startProcessTypes(processTypeSpecs, ['spawn', 'health', 'terminate', 'reconcile'], config, { prefix, logger: createLogger(`pool-${i}`) });
-    const group: ProviderGroup = { id: 0, config: config.groups[0]!, poolId: vmm.poolId };
+    const group: ProviderGroup = { index: 0, config: config.groups[0]!, poolId: vmm.poolId };
     pools.push({ vmm, running, group, provider: createProvider(group, { logger: createLogger('test') }) as LocalProvider });
   }
 }, 30_000);

@@ -66,7 +66,7 @@ beforeEach(async () => {
   await vmm.markServerStart();
   clock.now = T0;
   // Group 1 keeps a warm pool; tests of other steps start with its last spawn "just now".
-  await vmm.writeVmPoolInfo(1, LAST_VM_SPAWN_START, T0);
+  await vmm.writeVmPoolInfo('warm', LAST_VM_SPAWN_START, T0);
 });
 
 afterAll(async () => {
@@ -160,10 +160,10 @@ describe('checkVmsHealth', () => {
   });
 
   it('enqueues a check for a VM never checked (got_ip) and none for terminating or check_health', async () => {
-    await vmm.addVmToPool('10.2.0.2', 'new1', 0);
-    await vmm.addVmToPool('10.2.0.3', 'checking1', 0);
+    await vmm.addVmToPool('10.2.0.2', 'new1', 'base');
+    await vmm.addVmToPool('10.2.0.3', 'checking1', 'base');
     await vmm.startVmCheck('checking1');
-    await vmm.addVmToPool('10.2.0.4', 'dying1', 0);
+    await vmm.addVmToPool('10.2.0.4', 'dying1', 'base');
     await vmm.startVmTermination('dying1');
     clock.now = T0 + 10_000 * S;
     const applied = await master.checkVmsHealth();
@@ -197,7 +197,7 @@ describe('recheckAfterServerStart', () => {
 
 describe('finalizeLongHealthChecks', () => {
   it('marks a check_health VM failed 1 ms after the max time, not at it', async () => {
-    await vmm.addVmToPool('10.3.0.1', 'slow1', 0);
+    await vmm.addVmToPool('10.3.0.1', 'slow1', 'base');
     expect(await vmm.startVmCheck('slow1')).toBe(true);
     clock.now = T0 + 300 * S;
     expect(await master.finalizeLongHealthChecks()).toEqual([]);
@@ -243,18 +243,18 @@ describe('startSpawnIfRequired', () => {
     clock.now = T0 + 30 * S - 1;
     expect(await master.startSpawnIfRequired()).toEqual([]);
     clock.now = T0 + 30 * S;
-    expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 1, reason: 'warm_pool' }]);
-    const inFlight = await vmm.getSpawnsInFlight(1);
+    expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 'warm', reason: 'warm_pool' }]);
+    const inFlight = await vmm.getSpawnsInFlight('warm');
     expect(inFlight).toHaveLength(1);
     expect(inFlight[0]!.startedAt).toBe(clock.now);
-    expect(await vmm.readVmPoolInfo(1, LAST_VM_SPAWN_START)).toBe(String(clock.now));
+    expect(await vmm.readVmPoolInfo('warm', LAST_VM_SPAWN_START)).toBe(String(clock.now));
     const spawnJobs = await jobs(QueueNames.SPAWN);
-    expect(spawnJobs.map((j) => [j.id, j.data])).toEqual([[spawnJobId(inFlight[0]!.spawnId), { group: 1, spawnId: inFlight[0]!.spawnId, reason: 'warm_pool' }]]);
+    expect(spawnJobs.map((j) => [j.id, j.data])).toEqual([[spawnJobId(inFlight[0]!.spawnId), { group: 'warm', spawnId: inFlight[0]!.spawnId, reason: 'warm_pool' }]]);
     // The interval holds the second spawn: not 1 ms before, yes at it.
     clock.now += 30 * S - 1;
     expect(await master.startSpawnIfRequired()).toEqual([]);
     clock.now += 1;
-    expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 1, reason: 'warm_pool' }]);
+    expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 'warm', reason: 'warm_pool' }]);
     // Two in flight fill min_ready (2): no more, however long we wait (until they go stale).
     clock.now += 1000 * S;
     expect(await master.startSpawnIfRequired()).toEqual([]);
@@ -262,14 +262,14 @@ describe('startSpawnIfRequired', () => {
   });
 
   it('drops a spawn in flight 1 ms after vm_spawn_stale_timeout, not at it', async () => {
-    await vmm.registerSpawn(0, 'lost-spawn');
+    await vmm.registerSpawn('base', 'lost-spawn');
     clock.now = T0 + 1800 * S;
     await master.startSpawnIfRequired();
-    expect((await vmm.getSpawnsInFlight(0)).map((s) => s.spawnId)).toEqual(['lost-spawn']);
+    expect((await vmm.getSpawnsInFlight('base')).map((s) => s.spawnId)).toEqual(['lost-spawn']);
     clock.now += 1;
     const applied = await master.startSpawnIfRequired();
-    expect(applied).toContainEqual({ type: 'dropStaleSpawn', group: 0, spawnId: 'lost-spawn' });
-    expect(await vmm.getSpawnsInFlight(0)).toEqual([]);
+    expect(applied).toContainEqual({ type: 'dropStaleSpawn', group: 'base', spawnId: 'lost-spawn' });
+    expect(await vmm.getSpawnsInFlight('base')).toEqual([]);
   });
 
   /** Parks a request of `owner` in group 0's line, as the acquire processor does when no VM fits. */
@@ -286,8 +286,8 @@ describe('startSpawnIfRequired', () => {
     clock.now = T0 + 2 * S;
     expect(await master.startSpawnIfRequired()).toEqual([]);
     await waitInLine('waiting-request', 'bob', T0 + 60 * S);
-    expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 0, reason: 'demand' }]);
-    expect((await jobs(QueueNames.SPAWN)).map((j) => j.data.group)).toEqual([0]);
+    expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 'base', reason: 'demand' }]);
+    expect((await jobs(QueueNames.SPAWN)).map((j) => j.data.group)).toEqual(['base']);
   });
 
   it('stops at max_vm_total active VMs even with demand', async () => {
@@ -296,7 +296,7 @@ describe('startSpawnIfRequired', () => {
     await waitInLine('waiting-request', 'u5', T0 + 60 * S);
     expect(await master.startSpawnIfRequired()).toEqual([]);
     await vmm.startVmTermination('full1');
-    expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 0, reason: 'demand' }]);
+    expect(await master.startSpawnIfRequired()).toEqual([{ type: 'spawn', group: 'base', reason: 'demand' }]);
   });
 });
 
@@ -316,7 +316,7 @@ describe('reclaimExpiredLeases', () => {
 describe('doCycle', () => {
   it('runs every step in one cycle', async () => {
     await dirtyVm('c-dirty', '10.7.0.1');
-    await vmm.addVmToPool('10.7.0.2', 'c-new', 0);
+    await vmm.addVmToPool('10.7.0.2', 'c-new', 'base');
     clock.now = T0 + 121 * S;
     const report = await master.doCycle();
     expect(report.ran).toBe(true);
@@ -325,7 +325,7 @@ describe('doCycle', () => {
     expect(report.counts.startSpawnIfRequired).toBe(1);
     expect((await vmm.getVmByName('c-dirty')).state).toBe('terminating');
     expect((await jobs(QueueNames.HEALTH)).map((j) => j.data.vmName)).toEqual(['c-new']);
-    expect((await jobs(QueueNames.SPAWN)).map((j) => j.data.group)).toEqual([1]);
+    expect((await jobs(QueueNames.SPAWN)).map((j) => j.data.group)).toEqual(['warm']);
   });
 
   it('does nothing while another holder has the cycle lock, and runs once it expired (a dead replica)', async () => {
@@ -356,7 +356,7 @@ describe('the cycle log line', () => {
       const cycleLines = () => lines.filter((l) => l.msg === 'reconcile cycle');
       expect((await quiet.doCycle()).ran).toBe(true);
       expect(cycleLines().map((l) => l.level)).toEqual([pino.levels.values.debug]);
-      await vmm.addVmToPool('10.9.0.1', 'unchecked', 0);
+      await vmm.addVmToPool('10.9.0.1', 'unchecked', 'base');
       await quiet.doCycle();
       const [, acted] = cycleLines();
       expect(acted).toMatchObject({ level: pino.levels.values.info, counts: { checkVmsHealth: 1 } });
@@ -380,7 +380,7 @@ describe('readSnapshot reads only what is due', () => {
   it('reads the VMs due for a check, the dirty VMs past their timeout and the stale checks and terminations', async () => {
     await dirtyVm('olddirty', '10.9.1.2');
     await readyVm('old1', '10.9.1.1');
-    await vmm.addVmToPool('10.9.1.3', 'stuck', 0);
+    await vmm.addVmToPool('10.9.1.3', 'stuck', 'base');
     expect(await vmm.startVmCheck('stuck')).toBe(true);
     await readyVm('gone', '10.9.1.4');
     expect(await vmm.startVmTermination('gone', undefined, 'surplus')).toBe(true);
@@ -395,7 +395,7 @@ describe('readSnapshot reads only what is due', () => {
   it('a VM recorded before the due-time sets existed is found after the backfill', async () => {
     await readyVm('legacy', '10.9.2.1');
     // As a pool written before this version: the VM is in no due-time set.
-    await redis.del(keys.dueCheck(0), keys.coming(0));
+    await redis.del(keys.dueCheck('base'), keys.coming('base'));
     clock.now = T0 + 121 * S;
     expect((await master.readSnapshot()).vms).toEqual([]);
     expect(await vmm.backfillDueTimes(1)).toBe(1);

@@ -1,11 +1,10 @@
-import { spawn } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/index.js';
 import { createLogger } from '../../src/logger.js';
 import { DATA_FORMAT_VERSION, DataFormat, checkMigrations, DataFormatTooNew, type Migration } from '../../src/pool/dataFormat.js';
 import { processTypeSpecs } from '../../src/processors/index.js';
 import { startProcessTypes } from '../../src/runtime/boot.js';
-import { ROOT, nodeArgsFor, startWorkerProcess, waitFor, writeConfigFile } from '../helpers/processes.js';
+import { runEntry, startWorkerProcess, waitFor, writeConfigFile } from '../helpers/processes.js';
 import { REDIS_URL, connect, deleteKeysWithPrefix, poolKeys, uniquePrefix } from '../helpers/redis.js';
 
 // The pool's data-format version (src/pool/dataFormat.ts): stamping, migrations (also killed in
@@ -32,27 +31,6 @@ const unused = () => {
 };
 const configInput = { redis: { url: REDIS_URL }, groups: [{ name: 'base' }], vm_cycle_timeout: 0.5 };
 
-interface Run {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  output: string;
-}
-
-/** Runs a TypeScript entry of the repository as a real process to its end. */
-function run(entry: string, env: Record<string, string>, args: string[] = []): Promise<Run> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [...nodeArgsFor(entry), ...args], { cwd: ROOT, env: { ...process.env, LOG_LEVEL: 'info', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    child.stdout.on('data', (c: Buffer) => (output += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (output += c.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    child.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, output });
-    });
-  });
-}
-
 describe('data format', { timeout: 120_000 }, () => {
   it('a fresh pool is stamped with the current version; a pool with a state marker or a VM but no version is version 1', async () => {
     const fresh = prefixFor();
@@ -67,8 +45,8 @@ describe('data format', { timeout: 120_000 }, () => {
       else await redis.sadd(keys.allVms, 'vm-1');
       expect(await new DataFormat({ redis, prefix, logger }).read(), existing).toMatchObject({ version: 1, stamped: true });
     }
-    // The default: this release knows version 1 and has nothing to migrate.
-    expect(DATA_FORMAT_VERSION).toBe(1);
+    // The default: this release knows version 2 (groups by name; migrations.test: test/pool/groupNames.test.ts).
+    expect(DATA_FORMAT_VERSION).toBe(2);
   });
 
   it('a list of migrations must be ordered, one per version from 2, up to the known version', () => {
@@ -106,13 +84,13 @@ describe('data format', { timeout: 120_000 }, () => {
     const countsKey = `${prefix}:test-counts`;
     const env = { PREFIX: prefix, COUNTS_KEY: countsKey, ITEMS: '23', BATCH: '5', REDIS_URL };
 
-    const killed = await run('test/fixtures/dataFormat/migrate.ts', { ...env, KILL_AFTER_BATCH: '2' });
+    const killed = await runEntry('test/fixtures/dataFormat/migrate.ts', { ...env, KILL_AFTER_BATCH: '2' });
     expect(killed.signal, killed.output).toBe('SIGKILL');
     const midway = await redis.hgetall(keys.dataFormat);
     expect(midway).toMatchObject({ version: '1', migrating: '2', migration: 'mark-items', progress: '10' });
     expect(Object.keys(await redis.hgetall(countsKey)).length).toBe(10);
 
-    const finished = await run('test/fixtures/dataFormat/migrate.ts', env);
+    const finished = await runEntry('test/fixtures/dataFormat/migrate.ts', env);
     expect(finished.code, finished.output).toBe(0);
     expect(finished.output).toContain('resuming a migration');
     expect(finished.output).toContain('version 2');
@@ -125,7 +103,7 @@ describe('data format', { timeout: 120_000 }, () => {
     expect(after.progress).toBeUndefined();
 
     // A third process finds nothing to do.
-    const again = await run('test/fixtures/dataFormat/migrate.ts', env);
+    const again = await runEntry('test/fixtures/dataFormat/migrate.ts', env);
     expect(again.code, again.output).toBe(0);
     expect(again.output).not.toContain('migrating');
     expect(Object.values(await redis.hgetall(countsKey)).every((c) => c === '1')).toBe(true);
@@ -136,7 +114,7 @@ describe('data format', { timeout: 120_000 }, () => {
     const keys = poolKeys(prefix);
     await redis.hset(keys.dataFormat, 'version', String(DATA_FORMAT_VERSION + 1));
     const configFile = writeConfigFile(configInput);
-    const result = await run('workers/acquire.ts', { VMPOOL_PREFIX: prefix }, ['--config', configFile]);
+    const result = await runEntry('workers/acquire.ts', { VMPOOL_PREFIX: prefix }, ['--config', configFile]);
     expect(result.code, result.output).toBe(1);
     expect(result.output).toContain(`the pool's data format is version ${DATA_FORMAT_VERSION + 1}, and this vmpool knows versions up to ${DATA_FORMAT_VERSION}`);
     expect(result.output).not.toContain('worker started');
@@ -163,7 +141,7 @@ describe('data format', { timeout: 120_000 }, () => {
   it('in process: startProcessTypes throws DataFormatTooNew on a newer pool', async () => {
     const prefix = prefixFor();
     await redis.hset(poolKeys(prefix).dataFormat, 'version', '5');
-    const err = await startProcessTypes(processTypeSpecs, ['acquire'], parseConfig(configInput, {}), { prefix, providerFactory: unused, healthCheckFactory: unused, dataFormat: { known: 1 } }).then(
+    const err = await startProcessTypes(processTypeSpecs, ['acquire'], parseConfig(configInput, {}), { prefix, providerFactory: unused, healthCheckFactory: unused, dataFormat: { known: 1, migrations: [] } }).then(
       () => null,
       (e: unknown) => e,
     );

@@ -132,7 +132,7 @@ async function namespaces(harness: NetnsHarness): Promise<string[]> {
 }
 
 async function readyCleanVm(except: string[] = []): Promise<VmDescriptor | null> {
-  const vms = await vmm.getVmsByGroupAndStates(0, [VmStates.READY]);
+  const vms = await vmm.getVmsByGroupAndStates('netns', [VmStates.READY]);
   return vms.find((v) => v.owner === null && !except.includes(v.vmName)) ?? null;
 }
 
@@ -220,7 +220,7 @@ describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'end to end with real host
 
   it('acquires, releases, reuses for the same owner and sandbox, and terminates after the dirty timeout', async () => {
     const a1 = await client.acquire({ owner: 'alice', sandbox: 'alice/p1', arch: 'x86_64', taskId: 'e2e-1', timeoutMs: 20_000 });
-    expect(a1.group).toBe(0);
+    expect(a1.group).toBe('netns');
     // Normally the warm VM; a spawn for the waiting request may win if that VM was mid-check.
     used = a1.vmName;
     expect((await vmm.getVmByName(used)).state).toBe(VmStates.IN_USE);
@@ -272,8 +272,8 @@ describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'end to end with real host
       expect(host).toMatch(new RegExp(`^${bad!.prefix}-`));
       expect(await namespaces(bad!)).not.toContain(host);
     }
-    expect(await vmm.getAllVmsInGroup(1)).toEqual([]);
-    expect(await vmm.getSpawnsInFlight(1)).toEqual([]);
+    expect(await vmm.getAllVmsInGroup('hang')).toEqual([]);
+    expect(await vmm.getSpawnsInFlight('hang')).toEqual([]);
   }, 90_000);
 
   it('fails a spawn hook that prints garbage cleanly: no record and no host', async () => {
@@ -289,8 +289,8 @@ describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'end to end with real host
     const made = pids.map((pid) => hostOf('garbage', pid));
     for (const host of made) expect(host).toMatch(new RegExp(`^${bad!.prefix}-`));
     expect(job.failedReason).toContain(`; terminated ${made.at(-1)}`);
-    expect(await vmm.getAllVmsInGroup(2)).toEqual([]);
-    expect(await vmm.getSpawnsInFlight(2)).toEqual([]);
+    expect(await vmm.getAllVmsInGroup('garbage')).toEqual([]);
+    expect(await vmm.getSpawnsInFlight('garbage')).toEqual([]);
     // Neither failing group left a host behind.
     expect(await namespaces(bad!)).toEqual([]);
   }, 90_000);
@@ -312,7 +312,7 @@ describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'end to end with real host
     const jobs = await terminateJobsFor(leak.name);
     expect(jobs).toHaveLength(1);
     expect(jobs[0]!.id).toMatch(new RegExp(`^leak-g0-${leak.name}-\\d+$`));
-    expect(jobs[0]!.data).toEqual({ vmName: leak.name, reason: 'orphan', orphan: { group: 0, vmIp: leak.ip } });
+    expect(jobs[0]!.data).toEqual({ vmName: leak.name, reason: 'orphan', orphan: { group: 'netns', vmIp: leak.ip } });
     expect(await vmm.getAllVms().then((vms) => vms.map((v) => v.vmName))).not.toContain(leak.name);
 
     // The reconcile process logged its passes with counts, including the one that found the leak.

@@ -48,7 +48,7 @@ const config = {
   ],
 } satisfies ConfigInput;
 const parsed = parseConfig(config, {});
-const localGroup = { id: 0, config: parsed.groups[0]!, poolId: poolIdOf(parsed, prefix) };
+const localGroup = { index: 0, config: parsed.groups[0]!, poolId: poolIdOf(parsed, prefix) };
 const provider = createProvider(localGroup, { logger: createLogger('test') }) as LocalProvider;
 const keys = poolKeys(prefix);
 // Made in beforeAll: a group skipped for want of foreman opens no connection.
@@ -118,7 +118,7 @@ describeWithTools('foreman', 'the Procfile under foreman', () => {
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify({ owner: 'alice', sandbox: 'alice/p', groups: ['never'], taskId: 'foreman-1', timeoutMs: 60_000 }),
       });
-      await waitFor(async () => (await redis.zcard(keys.waiters(1))) === 1, 10_000, 'the request in the line');
+      await waitFor(async () => (await redis.zcard(keys.waiters('never'))) === 1, 10_000, 'the request in the line');
 
       const stopAt = Date.now();
       foreman.kill('SIGTERM');
@@ -137,8 +137,8 @@ describeWithTools('foreman', 'the Procfile under foreman', () => {
 
     // The request left the line, and its job is removed or failed (or, handed back by a stopping
     // acquire worker, cancelled in the pool: the next acquire worker fails it without a VM).
-    expect(await redis.zcard(keys.waiters(1))).toBe(0);
-    expect(await vmm.countDemand(1)).toBe(0);
+    expect(await redis.zcard(keys.waiters('never'))).toBe(0);
+    expect(await vmm.countDemand('never')).toBe(0);
     const job = await Job.fromId(acquireQueue, acquireJobId('foreman-1', 'alice'));
     if (job && (await job.getState()) !== 'failed') {
       const worker = await startWorkerProcess('acquire', { VMPOOL_CONFIG: writeConfigFile(config), VMPOOL_PREFIX: prefix });

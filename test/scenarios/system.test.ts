@@ -71,7 +71,7 @@ describe('the job system in worker processes', () => {
   it('spawns the warm pool, checks it to ready and hands a VM to a builder', async () => {
     const warm = await waitFor(() => readyCleanVm(0), 30_000, 'a warm ready VM');
     const assignment = await client.acquire({ owner: 'alice', sandbox: 'alice/p1', groups: [0], taskId: 'build-1', timeoutMs: 20_000 });
-    expect(assignment.group).toBe(0);
+    expect(assignment.group).toBe('warm');
     expect(assignment.vmName).toBe(warm.vmName);
     expect(assignment.leaseExpiresAt).toBeGreaterThan(Date.now());
     const vm = await vmm.getVmByName(assignment.vmName);
@@ -88,7 +88,7 @@ describe('the job system in worker processes', () => {
 
   it('reuses a released VM for the same owner and sandbox, then terminates it after the dirty timeout', async () => {
     const held = await vmm.getVmByTaskId('build-1');
-    expect(await client.release({ vmName: first, vmIp: held!.vmIp, group: 0, leaseId: (await vmm.getVmRecord(first)).leaseId!, leaseExpiresAt: 0 })).toBe(true);
+    expect(await client.release({ vmName: first, vmIp: held!.vmIp, group: 'warm', leaseId: (await vmm.getVmRecord(first)).leaseId!, leaseExpiresAt: 0 })).toBe(true);
     const again = await client.acquire({ owner: 'alice', sandbox: 'alice/p1', groups: [0], taskId: 'build-2', timeoutMs: 20_000 });
     expect(again.vmName).toBe(first);
     expect((await vmm.getVmByName(first)).buildsCount).toBe(1);
@@ -112,9 +112,9 @@ describe('the job system in worker processes', () => {
 
   let demandVm: string;
   it('spawns on demand for a waiting request in a group without a warm pool', async () => {
-    expect(await vmm.getAllVmsInGroup(1)).toEqual([]);
+    expect(await vmm.getAllVmsInGroup('demand')).toEqual([]);
     const assignment = await client.acquire({ owner: 'bob', sandbox: 'bob/p', arch: 'aarch64', taskId: 'bob-1', timeoutMs: 30_000 });
-    expect(assignment.group).toBe(1);
+    expect(assignment.group).toBe('demand');
     demandVm = assignment.vmName;
     expect((await vmm.getVmByName(demandVm)).owner).toBe('bob');
   });
@@ -124,7 +124,7 @@ describe('the job system in worker processes', () => {
     try {
       const again = await restarted.acquire({ owner: 'bob', sandbox: 'bob/p', arch: 'aarch64', taskId: 'bob-1', timeoutMs: 5_000 });
       expect(again.vmName).toBe(demandVm);
-      expect((await vmm.getVmsByGroupAndStates(1, [VmStates.IN_USE])).map((v) => v.vmName)).toEqual([demandVm]);
+      expect((await vmm.getVmsByGroupAndStates('demand', [VmStates.IN_USE])).map((v) => v.vmName)).toEqual([demandVm]);
     } finally {
       await restarted.close();
     }

@@ -23,7 +23,7 @@ export const registerAcquire: RegisterCommand = (program, { config, settings, lo
       let groups = opts.group?.map((g) => groupOf(cfg, g));
       if (opts.arch === undefined && groups === undefined && opts.tag === undefined) {
         if (cfg.groups.length !== 1) throw new CliError(`give --arch, --group or --tag (groups: ${cfg.groups.map((g) => g.name).join(', ')})`, ExitCodes.USAGE);
-        groups = [0];
+        groups = [cfg.groups[0]!.name];
       }
       const request: AcquireRequestData = {
         owner: opts.owner,

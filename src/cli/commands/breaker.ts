@@ -17,12 +17,12 @@ export const registerBreaker: RegisterCommand = (program, { io, withPool, print 
   breakerCommand
     .command('reset')
     .description('close a group\'s breaker once what opened it is fixed (reconcile spawns again at its next cycle)')
-    .argument('<group>', 'group name or id')
+    .argument('<group>', 'group name (or its index in the config)')
     .action(async (groupArg: string) => {
       await withPool(async (vmm, cfg) => {
         const group = groupOf(cfg, groupArg);
         await vmm.resetBreaker(group);
-        io.out(`breaker of group ${cfg.groups[group]!.name} closed\n`);
+        io.out(`breaker of group ${group} closed\n`);
       });
     });
 };

@@ -1,6 +1,6 @@
 import { writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { configJsonSchema, configTemplate, loadConfig, redactedConfig, type Config } from '../../config/index.js';
+import { configJsonSchema, configTemplate, launchFingerprint, loadConfig, redactedConfig, type Config } from '../../config/index.js';
 import { assertBindAllowed } from '../../http/auth.js';
 import { isScheduled, minReadyTimeline } from '../../reconcile/minReady.js';
 import type { CliContext, RegisterCommand } from '../context.js';
@@ -46,7 +46,9 @@ const registerCheck: RegisterConfigCommand = (config, { io, print }) => {
         throw new CliError(`${file}: ${(err as Error).message}`, ExitCodes.USAGE);
       }
       const summary = `${file}: ok (${cfg.groups.length} group${cfg.groups.length === 1 ? '' : 's'}: ${cfg.groups.map((g) => g.name).join(', ')})`;
-      print(opts.json === true, redactedConfig(cfg), () => [summary, ...scheduleLines(cfg, io.now?.() ?? Date.now())].join('\n'));
+      // What `vmpool info` will show as each group's launch once this config is current.
+      const launches = `launch fingerprints: ${cfg.groups.map((g) => `${g.name} ${launchFingerprint(g)}`).join(', ')}`;
+      print(opts.json === true, redactedConfig(cfg), () => [summary, launches, ...scheduleLines(cfg, io.now?.() ?? Date.now())].join('\n'));
     });
 };
 

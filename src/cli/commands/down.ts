@@ -19,12 +19,12 @@ export const registerDown: RegisterCommand = (program, { io, withPool }) => {
   program
     .command('down')
     .description('terminate every VM of the pool (or a group), reason operator, and wait until they are gone (terminate workers must run)')
-    .option('--group <group>', 'group name or id')
+    .option('--group <group>', 'group name (or its index in the config)')
     .option('--timeout <seconds>', `how long to wait (default ${DOWN_TIMEOUT_S})`, parseSeconds)
     .action(async (opts: { group?: string; timeout?: number }) => {
       await withPool(async (vmm, cfg) => {
         const group = opts.group === undefined ? undefined : groupOf(cfg, opts.group);
-        const scope = group === undefined ? 'the pool' : `group ${cfg.groups[group]!.name}`;
+        const scope = group === undefined ? 'the pool' : `group ${group}`;
         const inScope = async () => (await vmm.getAllVmRecords()).filter((v) => group === undefined || v.group === group);
         const vms = await inScope();
         if (vms.length === 0) {

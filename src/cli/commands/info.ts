@@ -1,5 +1,16 @@
+import type { VmManager } from '../../pool/vmManager.js';
 import { groupSummaries } from '../../poolView.js';
 import { breakerLines, type RegisterCommand } from '../context.js';
+
+/** One line per group: its current launch fingerprint, the VMs on older ones, and processes with another config. */
+async function launchLines(vmm: VmManager): Promise<string[]> {
+  return (await groupSummaries(vmm)).map(({ name, launch: l }) => {
+    if (l.current === null) return `Group ${name}: launch ${l.configured} (not published yet)`;
+    const mine = l.configured !== l.current ? `; this config: ${l.configured}` : '';
+    const others = l.deferring.length ? `; ${l.deferring.length} process(es) with another config decide nothing for it` : '';
+    return `Group ${name}: launch ${l.current} (revision ${l.revision}), ${l.outdated} VM(s) on older launches${mine}${others}`;
+  });
+}
 
 export const registerInfo: RegisterCommand = (program, { io, withPool, print }) => {
   program
@@ -14,6 +25,7 @@ export const registerInfo: RegisterCommand = (program, { io, withPool, print }) 
         } else {
           io.out(`${await vmm.info()}\n`);
           for (const line of await breakerLines(vmm)) io.out(`${line}\n`);
+          for (const line of await launchLines(vmm)) io.out(`${line}\n`);
         }
       }, { reads: true });
     });

@@ -10,7 +10,7 @@ export const registerList: RegisterCommand = (program, { withPool, print }) => {
   program
     .command('list')
     .description('list VMs')
-    .option('--group <group>', 'group name or id')
+    .option('--group <group>', 'group name (or its index in the config)')
     .addOption(new Option('--state <state>', 'VM state').choices([...ALL_VM_STATES]))
     .option('--owner <owner>', 'only VMs of this owner')
     .option('--limit <n>', 'show at most n VMs (in name order)')
@@ -35,7 +35,7 @@ export const registerList: RegisterCommand = (program, { withPool, print }) => {
             ['NAME', 'GROUP', 'STATE', 'IP', 'OWNER', 'SANDBOX', 'BUILDS', 'FAILS', 'LAST CHECK', 'TASK', 'HELD BY'],
             vms.map((v) => [
               v.vmName,
-              cfg.groups[v.group]?.name ?? String(v.group),
+              v.group,
               v.state,
               v.vmIp,
               v.owner ?? '-',

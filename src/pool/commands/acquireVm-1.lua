@@ -4,7 +4,9 @@
 
   Groups are tried in the order given. In each group:
     1. a ready VM already bound to the same owner and sandbox (dirty) is preferred;
-    2. otherwise a clean VM, but only while the owner has fewer than max_vm_per_user VMs there.
+    2. otherwise a clean VM, but only while the owner has fewer than max_vm_per_user VMs there:
+       one of the group's current launch, or one of an older launch only while none is ready
+       (includes/pickReady: pickClean; a rollout's old VMs serve until they are replaced).
   Only VMs health-checked after the last server start qualify (includes/pickReady).
   If the task already holds a VM, that VM is returned instead (reattach) with its existing lease.
   A job (by its job id, ARGV[12]) that was given a VM and runs again (its worker died before
@@ -160,7 +162,7 @@ if not waiting then
     local name = pickReady(base, readyDirtyKey(base, group, owner, sandbox))
     local fresh = false
     if not name and (tonumber(redis.call('HGET', ownerVmsKey(base, group), owner)) or 0) < tonumber(groupArg(i, 1)) then
-      name = pickReady(base, readyCleanKey(base, group))
+      name = pickClean(base, group)
       fresh = name ~= nil
     end
     if name then
@@ -183,7 +185,7 @@ for i = 0, groupCount - 1 do
   end
   if not name and redis.call('EXISTS', lineOwnersKey(base, group)) == 0
       and (tonumber(redis.call('HGET', ownerVmsKey(base, group), owner)) or 0) < tonumber(groupArg(i, 1)) then
-    name = pickReady(base, readyCleanKey(base, group))
+    name = pickClean(base, group)
     fresh = name ~= nil
   end
   if name then

@@ -12,6 +12,9 @@
     ARGV[6] how long the spawn's record is kept (ms); with a spawn id only
     ARGV[7] when its spawn started (epoch ms; '' when not spawned), kept as spawn_started_at: the
             first passed check measures the group's boot time from it (recordHealthCheckResult)
+    ARGV[8] launch fingerprint of the config that made it ('' or absent: unknown, as a machine
+            added by hand; such a VM is never outdated), kept as launch_fingerprint. One that is
+            not the group's published fingerprint (an old spawn worker's) joins `outdated` at once
   Output:
     OK              added
     ALREADY_EXISTS  a VM of that name is already in the pool (nothing changed)
@@ -21,6 +24,7 @@
 local base = KEYS[1]
 local name, ip, group, now, spawnId, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local spawnStartedAt = ARGV[7] or ''
+local fingerprint = ARGV[8] or ''
 --- @include "includes/replyCodes"
 --- @include "includes/setVmState"
 --- @include "includes/audit"
@@ -45,6 +49,13 @@ redis.call('SADD', ipKey(base, ip), name)
 if spawnStartedAt ~= '' then
   redis.call('HSET', key, 'spawn_started_at', spawnStartedAt)
 end
+if fingerprint ~= '' then
+  redis.call('HSET', key, 'launch_fingerprint', fingerprint)
+  local current = redis.call('HGET', launchKey(base, group), 'fingerprint')
+  if current and current ~= fingerprint then
+    redis.call('SADD', outdatedKey(base, group), name)
+  end
+end
 setVmState(base, name, 'got_ip')
-recordEvent(base, 'spawned', name, {'ip', ip})
+recordEvent(base, 'spawned', name, {'ip', ip, 'launch', fingerprint})
 return OK

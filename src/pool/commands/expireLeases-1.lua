@@ -16,7 +16,7 @@
     ARGV[1] now (epoch ms)
     ARGV[2] batch size
     ARGV[3] number of groups N
-    ARGV[4..] N pairs: group id, on_lease_expiry ('terminate' | 'release')
+    ARGV[4..] N pairs: group name, on_lease_expiry ('terminate' | 'release'; a group missing: terminate)
   Output:
     flat list {vm name, 'terminate' | 'release', ...} of the VMs acted on (empty: none was due)
 ]]

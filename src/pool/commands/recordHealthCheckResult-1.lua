@@ -13,8 +13,8 @@
     ARGV[1] VM name
     ARGV[2] '1' for ok, '0' for failed
     ARGV[3] now (epoch ms)
-    ARGV[4..] vm_max_check_fails of group 0, 1, ... (the VM's group picks its own; 0 for a group
-              no longer configured)
+    ARGV[4..] pairs: group name, its vm_max_check_fails (the VM's group picks its own; 0 for a
+              group no longer configured)
   Output:
     {OK, HGETALL of the VM}            the passed check was recorded
     {CHECK_FAILED, HGETALL of the VM}  the failed check was counted
@@ -48,7 +48,13 @@ local state = redis.call('HGET', key, 'state')
 if not state then
   return {NOT_FOUND}
 end
-local maxFails = tonumber(ARGV[4 + tonumber(redis.call('HGET', key, 'group'))]) or 0
+local vmGroup = redis.call('HGET', key, 'group')
+local maxFails = 0
+for i = 4, #ARGV - 1, 2 do
+  if ARGV[i] == vmGroup then
+    maxFails = tonumber(ARGV[i + 1]) or 0
+  end
+end
 if ok then
   if state ~= 'check_health' and state ~= 'in_use' then
     return {WRONG_STATE, redis.call('HGETALL', key)}

@@ -18,14 +18,14 @@
     ARGV[3] new generation
     ARGV[4] new epoch
     ARGV[5] now (epoch ms)
-    ARGV[6] number of groups N (ready channels 0..N-1)
+    ARGV[6..] the names of the groups whose ready channels are told
   Output:
     {OK, names}     recovered; names: the VMs moved to terminating (a list)
     {POOL_CHANGED}  the marker is no longer what the caller saw (nothing changed)
 ]]
 local base = KEYS[1]
 local seenGeneration, seenEpoch, newGeneration, newEpoch = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local now, groupCount = ARGV[5], tonumber(ARGV[6])
+local now = ARGV[5]
 --- @include "includes/replyCodes"
 --- @include "includes/poolState"
 --- @include "includes/serverStart"
@@ -53,7 +53,7 @@ local run = currentRunId()
 if run then
   redis.call('HSET', key, 'run_id', run)
 end
-for group = 0, groupCount - 1 do
-  redis.call('PUBLISH', readyChannel(base, group), '')
+for i = 6, #ARGV do
+  redis.call('PUBLISH', readyChannel(base, ARGV[i]), '')
 end
 return {OK, terminated}

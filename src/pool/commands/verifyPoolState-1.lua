@@ -8,13 +8,13 @@
     KEYS[1] pool key base (with hash tag); every key is built from it
     ARGV[1] generation the caller saw
     ARGV[2] epoch the caller saw
-    ARGV[3] number of groups N (ready channels 0..N-1)
+    ARGV[3..] the names of the groups whose ready channels are told
   Output:
     {OK, generation, epoch}  verified on this run; the epoch was bumped (the new one is returned)
     {POOL_CHANGED}           the marker is no longer what the caller saw (nothing changed)
 ]]
 local base = KEYS[1]
-local seenGeneration, seenEpoch, groupCount = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local seenGeneration, seenEpoch = ARGV[1], ARGV[2]
 --- @include "includes/replyCodes"
 --- @include "includes/poolState"
 
@@ -28,7 +28,7 @@ if run then
   redis.call('HSET', key, 'run_id', run)
 end
 local epoch = redis.call('HINCRBY', key, 'epoch', 1)
-for group = 0, groupCount - 1 do
-  redis.call('PUBLISH', readyChannel(base, group), '')
+for i = 3, #ARGV do
+  redis.call('PUBLISH', readyChannel(base, ARGV[i]), '')
 end
 return {OK, marker[1], tostring(epoch)}

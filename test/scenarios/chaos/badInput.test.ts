@@ -195,7 +195,7 @@ describe('chaos 6: bad input (fast-check)', () => {
     writeFileSync(spawnHook, '#!/bin/sh\nprintf "%s" "$HOOK_OUT"\nprintf "%s" "$HOOK_ERR" >&2\nexit "$HOOK_CODE"\n', { mode: 0o755 });
     writeFileSync(terminateHook, '#!/bin/sh\necho "$VMPOOL_VM_NAME" >> "$(dirname "$0")/terminated"\n', { mode: 0o755 });
     const logger = createLogger('chaos-hook', { LOG_LEVEL: 'silent' });
-    const group = { id: 0, config: parseConfig(config, {}).groups[0]! };
+    const group = { index: 0, config: parseConfig(config, {}).groups[0]! };
     const line = fc.oneof(
       fc.string({ maxLength: 120 }),
       fc.record({ ip: fc.oneof(fc.ipV4(), fc.ipV6(), fc.string({ maxLength: 20 }), fc.integer()), name: fc.oneof(fc.stringMatching(/^[A-Za-z0-9._-]{1,70}$/), fc.string({ maxLength: 30 }), fc.constant(null)) }).map((o) => JSON.stringify(o)),

@@ -91,7 +91,7 @@ describe('chaos 3: a builder that dies holding a VM', () => {
       const diff = await compareWithProvider(vmm, hookMachines(stateDir));
       return diff.leaked.length === 0 && diff.missing.length === 0 ? diff : null;
     }, 30_000, "the provider's machines equal the pool's VMs");
-    const audit = checkAudit(await readAudit(vmm.reader), [LIMITS, LIMITS]);
+    const audit = checkAudit(await readAudit(vmm.reader), { terminate: LIMITS, release: LIMITS });
     reportFigures({
       scenario: '3 builder dies holding a VM',
       tried,

@@ -107,7 +107,7 @@ describe('a crashed worker process loses no work', () => {
     const [spawnA] = workers.filter((w) => w.type === 'spawn');
     const [killedName, spawnId] = await until(() => [...spawnAttempts(0)][0] ?? null, 20_000, 'the first spawn hook running');
     await spawnA!.kill();
-    expect(await vmm.getSpawnsInFlight(0).then((s) => s.map((x) => x.spawnId))).toContain(spawnId);
+    expect(await vmm.getSpawnsInFlight('warm').then((s) => s.map((x) => x.spawnId))).toContain(spawnId);
 
     await start('spawn');
     const vm = await until(() => readyVm(0), 40_000, 'a ready VM in the warm group');
@@ -118,14 +118,14 @@ describe('a crashed worker process loses no work', () => {
     expect(job!.returnvalue.vmName).toBe(vm.vmName);
     expect(vm.vmName).not.toBe(killedName);
     expect(spawnAttempts(0).get(vm.vmName)).toBe(spawnId);
-    await until(async () => (await vmm.getSpawnsInFlight(0)).length === 0, 10_000, 'no spawn in flight');
+    await until(async () => (await vmm.getSpawnsInFlight('warm')).length === 0, 10_000, 'no spawn in flight');
 
     // The killed attempt's hook ran on (it is detached) and made a machine the pool never heard of:
     // reconcile's orphan pass (list hook) finds it and terminates it. So it is cleaned, not pooled.
     await until(() => !machines(0).has(killedName), 30_000, 'the killed attempt\'s machine cleaned');
     const terminations = await terminateQueue.getJobs(['completed', 'active', 'waiting', 'delayed', 'failed']);
     expect(terminations.find((j) => j.data.vmName === killedName)?.data.reason).toBe('orphan');
-    const pooled = new Set((await vmm.getAllVmsInGroup(0)).map((v) => v.vmName));
+    const pooled = new Set((await vmm.getAllVmsInGroup('warm')).map((v) => v.vmName));
     for (const name of machines(0).keys()) expect(pooled).toContain(name);
   });
 
@@ -147,7 +147,7 @@ describe('a crashed worker process loses no work', () => {
     }, 20_000, 'the twice-crashed spawn failed');
     expect(job.failedReason).toMatch(/stalled more than allowable limit/);
     // Without cleanup it would hold the group's only spawn slot until vm_spawn_stale_timeout (30 min).
-    await until(async () => !(await vmm.getSpawnsInFlight(0)).some((s) => s.spawnId === spawnId), 10_000, 'the failed spawn no longer in flight');
+    await until(async () => !(await vmm.getSpawnsInFlight('warm')).some((s) => s.spawnId === spawnId), 10_000, 'the failed spawn no longer in flight');
     const refill = await until(() => readyVm(0), 30_000, 'a ready VM from another spawn');
     expect(spawnAttempts(0).get(refill.vmName)).not.toBe(spawnId);
     // Both crashed attempts made machines; the orphan pass cleans them.
@@ -156,23 +156,23 @@ describe('a crashed worker process loses no work', () => {
 
   let served: string;
   it('an acquire killed while its request waits is served by another acquire replica', { timeout: 60_000 }, async () => {
-    expect(await vmm.getAllVmsInGroup(1)).toEqual([]);
+    expect(await vmm.getAllVmsInGroup('demand')).toEqual([]);
     const taskId = 'chaos-wait-1';
     const acquiring = client.acquire({ owner: 'alice', sandbox: 'alice/p', groups: [1], taskId, timeoutMs: 40_000 });
     acquiring.catch(() => undefined);
     const first = await until(async () => {
       const job = await Job.fromId(acquireQueue, acquireJobId(taskId, 'alice'));
       // Parked: in the line, its job delayed; processedBy names the replica that parked it.
-      const waiting = job && (await job.getState()) === 'delayed' && workerOf(job.processedBy) && (await vmm.countDemand(1)) === 1;
+      const waiting = job && (await job.getState()) === 'delayed' && workerOf(job.processedBy) && (await vmm.countDemand('demand')) === 1;
       return waiting ? job : null;
     }, 10_000, 'the acquire request parked by a replica');
     const victim = workerOf(first.processedBy)!;
     await victim.kill();
     // The request still counts as demand, so reconcile spawns for it while the job is recovered.
-    expect(await vmm.countDemand(1)).toBe(1);
+    expect(await vmm.countDemand('demand')).toBe(1);
 
     const assignment = await acquiring;
-    expect(assignment.group).toBe(1);
+    expect(assignment.group).toBe('demand');
     const vm = await vmm.getVmByName(assignment.vmName);
     expect(vm.state).toBe(VmStates.IN_USE);
     expect(vm.owner).toBe('alice');
@@ -183,7 +183,7 @@ describe('a crashed worker process loses no work', () => {
     const survivor = workerOf(done!.processedBy);
     expect(survivor?.type).toBe('acquire');
     expect(survivor).not.toBe(victim);
-    expect(await vmm.countDemand(1)).toBe(0);
+    expect(await vmm.countDemand('demand')).toBe(0);
     served = assignment.vmName;
   });
 
@@ -199,14 +199,14 @@ describe('a crashed worker process loses no work', () => {
     );
     await until(async () => {
       const j = await Job.fromId(acquireQueue, acquireJobId(taskId, 'erin'));
-      return j && (await j.getState()) === 'delayed' && (await vmm.countDemand(2)) === 1;
+      return j && (await j.getState()) === 'delayed' && (await vmm.countDemand('never')) === 1;
     }, 20_000, 'the acquire request parked');
     for (const w of workers.filter((x) => x.type === 'acquire')) await w.kill();
-    expect(await vmm.countDemand(2)).toBe(1);
+    expect(await vmm.countDemand('never')).toBe(1);
     const restarted = await start('acquire');
     const err = await until(() => outcome, 30_000, 'the acquire failed at its deadline');
     expect(err.message).toMatch(/^NoVmAvailable: no VM for owner erin .* within 8000 ms \(last blocking constraint: \w+ in never\(2\)/);
-    await until(async () => (await vmm.countDemand(2)) === 0, 10_000, 'the failed request out of the line');
+    await until(async () => (await vmm.countDemand('never')) === 0, 10_000, 'the failed request out of the line');
     await restarted.kill();
     void spares;
   });

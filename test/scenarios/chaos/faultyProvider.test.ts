@@ -87,7 +87,7 @@ describe('chaos 5: a fault-injecting provider', () => {
 
     writeFileSync(join(stateDir, 'healed'), '');
     const healedAt = Date.now();
-    await sys.until(async () => (await vmm.getVmsByGroupAndStates(0, ['ready'])).filter((v) => v.owner === null).length >= MIN_READY, 90_000, 'min_ready clean VMs again');
+    await sys.until(async () => (await vmm.getVmsByGroupAndStates('faulty', ['ready'])).filter((v) => v.owner === null).length >= MIN_READY, 90_000, 'min_ready clean VMs again');
     const diff = await sys.until(async () => {
       if (!(await settled(vmm))) return null;
       const d = await compareWithProvider(vmm, hookMachines(stateDir));
@@ -98,7 +98,7 @@ describe('chaos 5: a fault-injecting provider', () => {
     const faults = readFileSync(join(stateDir, 'faults'), 'utf8').trim().split('\n');
     const count = (f: string) => faults.filter((x) => x === f).length;
     const events = await readAudit(vmm.reader);
-    const audit = checkAudit(events, [LIMITS]);
+    const audit = checkAudit(events, { faulty: LIMITS });
     const terminations = events.filter((e) => e.event === 'removed').length;
     const terminateRuns = readdirSync(stateDir)
       .filter((f) => f.startsWith('tries-'))

@@ -43,9 +43,9 @@ export interface AuditCheck {
   /** A reattach under a lease that was not the one holding the VM. */
   badReattach: number;
   /** Most VMs of a group active (spawned, not yet terminating) at once, by group. */
-  maxActive: Map<number, number>;
+  maxActive: Map<string, number>;
   /** Most VMs of a group bound to one owner at once, by group. */
-  maxPerOwner: Map<number, number>;
+  maxPerOwner: Map<string, number>;
   /** Times a group had more active VMs than max_vm_total, or an owner more than max_vm_per_user. */
   overTotal: number;
   overPerOwner: number;
@@ -59,17 +59,17 @@ export interface AuditCheck {
  * that ended it), no group had more than max_vm_total active VMs, and no owner more than
  * max_vm_per_user VMs bound in a group.
  */
-export function checkAudit(events: readonly AuditEvent[], limits: readonly GroupLimits[]): AuditCheck {
+export function checkAudit(events: readonly AuditEvent[], limits: Readonly<Record<string, GroupLimits>>): AuditCheck {
   const holder = new Map<string, string>();
-  const active = new Map<number, Set<string>>();
-  const bound = new Map<string, { group: number; owner: string }>();
+  const active = new Map<string, Set<string>>();
+  const bound = new Map<string, { group: string; owner: string }>();
   const perOwner = new Map<string, number>();
   const out: AuditCheck = { acquired: 0, doubled: 0, badReattach: 0, maxActive: new Map(), maxPerOwner: new Map(), overTotal: 0, overPerOwner: 0, problems: [] };
   const problem = (text: string) => {
     if (out.problems.length < 10) out.problems.push(text);
   };
   for (const e of events) {
-    const group = e.group ?? -1;
+    const group = e.group ?? '';
     const open = holder.get(e.vm);
     switch (e.event) {
       case 'spawned': {

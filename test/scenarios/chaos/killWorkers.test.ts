@@ -124,7 +124,7 @@ describe('chaos 2: kill -9 of worker processes under load', () => {
         }
       }
     };
-    await sys.until(async () => (await vmm.getVmsByGroupAndStates(0, ['ready'])).length >= MIN_READY, 60_000, 'the warm pool');
+    await sys.until(async () => (await vmm.getVmsByGroupAndStates('kill', ['ready'])).length >= MIN_READY, 60_000, 'the warm pool');
     const builders = Promise.all(Array.from({ length: BUILDERS }, (_, i) => builder(i)));
     const kills: string[] = [];
     for (let round = 0; round < ROUNDS; round++) {
@@ -157,13 +157,13 @@ describe('chaos 2: kill -9 of worker processes under load', () => {
     const killedAt = Date.now();
     await sleep(1_000);
     await Promise.all(all.map((w) => sys.start(w.type)));
-    await sys.until(async () => (await vmm.getVmsByGroupAndStates(0, ['ready'])).length > 0, 60_000, 'a ready VM after the restart');
+    await sys.until(async () => (await vmm.getVmsByGroupAndStates('kill', ['ready'])).length > 0, 60_000, 'a ready VM after the restart');
     const servingAgainMs = Date.now() - killedAt;
     await sleep(5_000);
     stop = true;
     await builders;
 
-    await sys.until(async () => (await vmm.getVmsByGroupAndStates(0, ['ready'])).filter((v) => v.owner === null).length >= MIN_READY, 90_000, 'min_ready clean VMs');
+    await sys.until(async () => (await vmm.getVmsByGroupAndStates('kill', ['ready'])).filter((v) => v.owner === null).length >= MIN_READY, 90_000, 'min_ready clean VMs');
     const diff = await sys.until(async () => {
       if (!(await settled(vmm))) return null;
       const d = await compareWithProvider(vmm, hookMachines(stateDir));
@@ -171,7 +171,7 @@ describe('chaos 2: kill -9 of worker processes under load', () => {
     }, 90_000, "the provider's machines equal the pool's VMs");
     const convergedMs = Date.now() - killedAt;
     const events = await readAudit(vmm.reader);
-    const audit = checkAudit(events, [LIMITS]);
+    const audit = checkAudit(events, { kill: LIMITS });
     // Taken for nobody: acquired under a lease no builder got, which no release ended (it lapsed).
     const releasedLeases = new Set(events.filter((e) => e.event === 'released').map((e) => e.lease));
     const forNobody = events.filter((e) => e.event === 'acquired' && !seen.has(e.lease!) && !releasedLeases.has(e.lease)).map((e) => `${e.vm} (task ${e.task ?? 'none'})`);

@@ -103,7 +103,7 @@ describe('chaos 1: racing acquisitions', () => {
     }, 30_000, "the provider's machines equal the pool's VMs");
 
     const events = await readAudit(vmm.reader);
-    const audit = checkAudit(events, [LIMITS]);
+    const audit = checkAudit(events, { race: LIMITS });
     const cycled = stats.reduce((n, s) => n + s.acquired, 0);
     const tries = stats.reduce((n, s) => n + s.tries, 0);
     const errors = stats.flatMap((s) => s.errors);

@@ -76,7 +76,7 @@ async function settled(): Promise<boolean> {
 
 /** Ready VMs bound to no owner: what a new builder is given. */
 async function readyClean(): Promise<string[]> {
-  return (await vmm.getVmsByGroupAndStates(0, [VmStates.READY])).filter((v) => v.owner === null).map((v) => v.vmName);
+  return (await vmm.getVmsByGroupAndStates('base', [VmStates.READY])).filter((v) => v.owner === null).map((v) => v.vmName);
 }
 
 async function readyCount(): Promise<number> {
@@ -216,7 +216,7 @@ describe('self-healing after Redis loses data (real worker processes, private re
   it('an older RDB snapshot: no VM in use after the snapshot is handed to another builder', { timeout: 120_000 }, async () => {
     await until(async () => (await readyCount()) >= 2 && (await settled()), 60_000, 'a settled warm pool');
     const atSnapshot = await acquire();
-    await until(async () => (await readyCount()) >= 2 && (await vmm.getSpawnsInFlight(0)).length === 0 && (await settled()), 30_000, 'the warm pool refilled');
+    await until(async () => (await readyCount()) >= 2 && (await vmm.getSpawnsInFlight('base')).length === 0 && (await settled()), 30_000, 'the warm pool refilled');
     const readyAtSnapshot = new Set(await readyClean());
     await run('redis-cli', ['-p', String(port), 'SAVE']);
     // After the snapshot: the first builder is done, two more take the VMs that the snapshot has as

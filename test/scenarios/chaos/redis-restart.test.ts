@@ -32,7 +32,7 @@ function running(): WorkerProcess[] {
 const until = <T>(fn: () => Promise<T> | T, timeoutMs: number, what: string) => waitForWithLogs(workers, fn, timeoutMs, what);
 
 async function readyCleanVm(except: string[] = []): Promise<VmDescriptor | null> {
-  const vms = await vmm.getVmsByGroupAndStates(0, [VmStates.READY]);
+  const vms = await vmm.getVmsByGroupAndStates('base', [VmStates.READY]);
   return vms.find((v) => v.owner === null && !except.includes(v.vmName)) ?? null;
 }
 
@@ -137,14 +137,14 @@ describe('worker processes across a Redis restart', () => {
       (value) => ({ value }),
       (error: unknown) => ({ error }),
     );
-    await until(async () => (await vmm.countDemand(1)) === 1, 10_000, 'the second request waiting');
+    await until(async () => (await vmm.countDemand('solo')) === 1, 10_000, 'the second request waiting');
 
     // A crash this time (SIGKILL); appendfsync always keeps every write.
     await server!.crash();
     await new Promise((r) => setTimeout(r, 1_500));
     expect(running()).toHaveLength(workers.length);
     await server!.restart();
-    expect(await vmm.countDemand(1)).toBe(1);
+    expect(await vmm.countDemand('solo')).toBe(1);
 
     // The released VM is dirty for carol/carol/p: the waiting request is woken and takes it, well
     // before the 30 s safety retry.
@@ -153,7 +153,7 @@ describe('worker processes across a Redis restart', () => {
     if ('error' in served) throw served.error;
     expect(served.value.vmName).toBe(first.vmName);
     expect((await vmm.getVmByName(first.vmName)).taskId).toBe('solo-2');
-    expect(await vmm.countDemand(1)).toBe(0);
+    expect(await vmm.countDemand('solo')).toBe(0);
     expect(await client.release(served.value)).toBe(true);
     expect(running()).toHaveLength(workers.length);
   });

@@ -58,7 +58,7 @@ async function startSystem(name: string, hooks: { terminateDelay?: number } = {}
   let sampling = true;
   const sampler = (async () => {
     while (sampling) {
-      const vms = (await vmm.getAllVmsInGroup(0).catch(() => [])).length;
+      const vms = (await vmm.getAllVmsInGroup('one').catch(() => [])).length;
       const machines = [...hookMachines(dir).values()].filter((pid) => alive(pid)).length;
       peaks.vms = Math.max(peaks.vms, vms);
       peaks.machines = Math.max(peaks.machines, machines);
@@ -132,25 +132,25 @@ describe('a spawn job that runs twice makes one machine', () => {
     expect(await exited(doomed)).toEqual({ code: null, signal: 'SIGKILL' });
 
     const [[machine, spawnId]] = [...spawnAttempts(s.dir)] as [[string, string]];
-    const [vm] = await s.vmm.getAllVmsInGroup(0);
+    const [vm] = await s.vmm.getAllVmsInGroup('one');
     expect(vm?.vmName).toBe(machine);
     // (Reconcile's periodic health check may already have checked it: no state is asserted.)
     // The VM took the spawn's slot in the same step: it does not count twice against max_vm_total.
-    expect(await s.vmm.getSpawnsInFlight(0)).toEqual([]);
+    expect(await s.vmm.getSpawnsInFlight('one')).toEqual([]);
 
     await s.start('spawn');
     const job = await completedSpawn(s, spawnId);
     expect(job.stalledCounter).toBe(1);
-    expect(job.returnvalue).toEqual({ vmName: machine, vmIp: vm!.vmIp, group: 0 });
+    expect(job.returnvalue).toEqual({ vmName: machine, vmIp: vm!.vmIp, group: 'one' });
     const logs = (await s.spawnQueue.getJobLogs(job.id!)).logs.join('\n');
     expect(logs).toMatch(/an earlier run added/);
-    await s.until(async () => (await s.vmm.getVmsByGroupAndStates(0, [VmStates.READY])).length === 1, 20_000, 'the VM ready');
+    await s.until(async () => (await s.vmm.getVmsByGroupAndStates('one', [VmStates.READY])).length === 1, 20_000, 'the VM ready');
 
     // The hook ran once; one machine, the pool's.
     expect(hookPids(s.dir, spawnId)).toHaveLength(1);
     expect(spawnAttempts(s.dir).size).toBe(1);
     expect(await liveMachineNames(s.dir)).toEqual([machine]);
-    expect((await s.vmm.getAllVmsInGroup(0)).map((v) => v.vmName)).toEqual([machine]);
+    expect((await s.vmm.getAllVmsInGroup('one')).map((v) => v.vmName)).toEqual([machine]);
     expect(s.peaks).toEqual({ vms: 1, machines: 1 });
   });
 
@@ -163,21 +163,21 @@ describe('a spawn job that runs twice makes one machine', () => {
     const [[machine, spawnId]] = [...spawnAttempts(s.dir)] as [[string, string]];
     // The machine exists and the pool does not know it; the spawn still holds its slot.
     expect(await liveMachineNames(s.dir)).toEqual([machine]);
-    expect(await s.vmm.getAllVmsInGroup(0)).toEqual([]);
-    expect((await s.vmm.getSpawnsInFlight(0)).map((x) => x.spawnId)).toEqual([spawnId]);
+    expect(await s.vmm.getAllVmsInGroup('one')).toEqual([]);
+    expect((await s.vmm.getSpawnsInFlight('one')).map((x) => x.spawnId)).toEqual([spawnId]);
     expect(await s.vmm.reader.spawnMachine(spawnId)).toMatchObject({ vmName: machine, hookDone: true, added: false });
 
     await s.start('spawn');
     const job = await completedSpawn(s, spawnId);
     expect(job.returnvalue.vmName).toBe(machine);
     expect((await s.spawnQueue.getJobLogs(job.id!)).logs.join('\n')).toMatch(/adopting it/);
-    await s.until(async () => (await s.vmm.getVmsByGroupAndStates(0, [VmStates.READY])).length === 1, 20_000, 'the adopted VM ready');
-    await s.until(async () => (await s.vmm.getSpawnsInFlight(0)).length === 0, 10_000, 'no spawn in flight');
+    await s.until(async () => (await s.vmm.getVmsByGroupAndStates('one', [VmStates.READY])).length === 1, 20_000, 'the adopted VM ready');
+    await s.until(async () => (await s.vmm.getSpawnsInFlight('one')).length === 0, 10_000, 'no spawn in flight');
 
     // Adopted, not spawned again: the provider's machines are the pool's VMs.
     expect(hookPids(s.dir, spawnId)).toHaveLength(1);
     expect(await liveMachineNames(s.dir)).toEqual([machine]);
-    expect((await s.vmm.getAllVmsInGroup(0)).map((v) => v.vmName)).toEqual([machine]);
+    expect((await s.vmm.getAllVmsInGroup('one')).map((v) => v.vmName)).toEqual([machine]);
     expect(s.peaks).toEqual({ vms: 1, machines: 1 });
   });
 });
@@ -208,17 +208,17 @@ describe('a spawn worker stopped during a slow spawn hook', () => {
     const job = (await Job.fromId(s.spawnQueue, spawnJobId(spawnId)))!;
     expect(['waiting', 'delayed', 'prioritized']).toContain(await job.getState());
     expect(job.attemptsMade).toBe(0);
-    expect((await s.vmm.getSpawnsInFlight(0)).map((x) => x.spawnId)).toEqual([spawnId]);
-    expect(await s.vmm.getAllVmsInGroup(0)).toEqual([]);
+    expect((await s.vmm.getSpawnsInFlight('one')).map((x) => x.spawnId)).toEqual([spawnId]);
+    expect(await s.vmm.getAllVmsInGroup('one')).toEqual([]);
 
     // The next spawn worker runs it to the end with a new machine; nothing is left of the first.
     rmSync(join(s.dir, 'slow-after-print'));
     await s.start('spawn');
     const done = await completedSpawn(s, spawnId);
     expect(done.returnvalue.vmName).not.toBe(machine);
-    await s.until(async () => (await s.vmm.getSpawnsInFlight(0)).length === 0, 10_000, 'no spawn in flight');
+    await s.until(async () => (await s.vmm.getSpawnsInFlight('one')).length === 0, 10_000, 'no spawn in flight');
     expect(await liveMachineNames(s.dir)).toEqual([done.returnvalue.vmName]);
-    expect((await s.vmm.getAllVmsInGroup(0)).map((v) => v.vmName)).toEqual([done.returnvalue.vmName]);
+    expect((await s.vmm.getAllVmsInGroup('one')).map((v) => v.vmName)).toEqual([done.returnvalue.vmName]);
     expect(s.peaks.vms).toBe(1);
   });
 
@@ -234,13 +234,13 @@ describe('a spawn worker stopped during a slow spawn hook', () => {
     const terminateQueue = new Queue(QueueNames.TERMINATE, { connection: s.redis, prefix: s.prefix });
     try {
       const backstop = await Job.fromId(terminateQueue, `spawn-stop-${spawnId}-${machine}`);
-      expect(backstop?.data ?? 'no job', stopping.lines.slice(-8).join('\n')).toMatchObject({ vmName: machine, orphan: { group: 0 } });
+      expect(backstop?.data ?? 'no job', stopping.lines.slice(-8).join('\n')).toMatchObject({ vmName: machine, orphan: { group: 'one' } });
       expect((await s.vmm.reader.spawnMachine(spawnId)) ?? 'no machine recorded', stopping.lines.slice(-8).join('\n')).toMatchObject({ vmName: machine, hookDone: false });
 
       rmSync(join(s.dir, 'slow-after-print'));
       await s.start('spawn');
       const done = await completedSpawn(s, spawnId);
-      expect(done.returnvalue ?? 'no result', JSON.stringify(done.toJSON())).toMatchObject({ group: 0 });
+      expect(done.returnvalue ?? 'no result', JSON.stringify(done.toJSON())).toMatchObject({ group: 'one' });
       expect(done.returnvalue.vmName).not.toBe(machine);
       const logs = (await s.spawnQueue.getJobLogs(done.id!)).logs.join('\n');
       expect(logs).toMatch(new RegExp(`terminated ${machine}`));
@@ -248,7 +248,7 @@ describe('a spawn worker stopped during a slow spawn hook', () => {
       expect(await Job.fromId(terminateQueue, `spawn-stop-${spawnId}-${machine}`)).toBeUndefined();
       await s.until(async () => (await liveMachineNames(s.dir)).length === 1, 10_000, 'only the new machine alive');
       expect(await liveMachineNames(s.dir)).toEqual([done.returnvalue.vmName]);
-      expect((await s.vmm.getAllVmsInGroup(0)).map((v) => v.vmName)).toEqual([done.returnvalue.vmName]);
+      expect((await s.vmm.getAllVmsInGroup('one')).map((v) => v.vmName)).toEqual([done.returnvalue.vmName]);
     } finally {
       await terminateQueue.close();
     }

@@ -39,7 +39,7 @@ const config = (url: string) =>
 const until = <T>(fn: () => Promise<T> | T, timeoutMs: number, what: string) => waitForWithLogs(workers, fn, timeoutMs, what);
 
 async function readyCleanVm(except: string[] = []): Promise<VmDescriptor | null> {
-  const vms = await vmm.getVmsByGroupAndStates(0, [VmStates.READY]);
+  const vms = await vmm.getVmsByGroupAndStates('warm', [VmStates.READY]);
   return vms.find((v) => v.owner === null && !except.includes(v.vmName)) ?? null;
 }
 
@@ -105,7 +105,7 @@ describe('vmpool on a 3-master Redis Cluster', () => {
 
   it('releases the VM, reuses it for the same sandbox, and terminates it after the dirty timeout', async () => {
     const record = await vmm.getVmRecord(first);
-    expect(await client.release({ vmName: first, vmIp: record.vmIp, group: 0, leaseId: record.leaseId!, leaseExpiresAt: 0 })).toBe(true);
+    expect(await client.release({ vmName: first, vmIp: record.vmIp, group: 'warm', leaseId: record.leaseId!, leaseExpiresAt: 0 })).toBe(true);
     const again = await client.acquire({ owner: 'alice', sandbox: 'alice/p1', groups: [0], taskId: 'build-2', timeoutMs: 20_000 });
     expect(again.vmName).toBe(first);
     await client.release(again);

@@ -62,7 +62,7 @@ async function until<T>(fn: () => Promise<T> | T, timeoutMs: number, what: strin
 }
 
 async function readyCleanVm(except: string[] = []): Promise<VmDescriptor | null> {
-  const vms = await vmm.getVmsByGroupAndStates(0, [VmStates.READY]);
+  const vms = await vmm.getVmsByGroupAndStates('warm', [VmStates.READY]);
   return vms.find((v) => v.owner === null && !except.includes(v.vmName)) ?? null;
 }
 
@@ -183,7 +183,7 @@ async function underLoad(wait: boolean, failover: () => Promise<unknown>): Promi
     await load.markServerStart();
     for (let i = 0; i < LOOPS; i += 1) {
       const vmName = `load-${i}`;
-      await load.addVmToPool(`10.0.0.${i + 1}`, vmName, 0).catch(() => undefined);
+      await load.addVmToPool(`10.0.0.${i + 1}`, vmName, 'warm').catch(() => undefined);
       if (await load.startVmCheck(vmName)) await load.recordHealthCheckResult(vmName, true);
     }
     await set.replicaInSync();

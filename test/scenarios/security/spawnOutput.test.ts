@@ -61,7 +61,7 @@ afterAll(async () => {
 
 const terminated = () => (existsSync(join(dir, 'terminated')) ? readFileSync(join(dir, 'terminated'), 'utf8').trim().split('\n') : []);
 
-async function spawnPrinting(group: number, spawnId: string, line: string) {
+async function spawnPrinting(group: string, spawnId: string, line: string) {
   writeFileSync(join(dir, `next-${spawnId}`), `${line}\n`);
   await vmm.registerSpawn(group, spawnId);
   const job = await spawnQueue.add('spawn', { group, spawnId }, { ...spawnJobOptions, jobId: spawnJobId(spawnId) });
@@ -76,33 +76,33 @@ describe('spawn output checked against where VMs may live', () => {
     const bad = ['0.0.0.0', '255.255.255.255', '169.254.169.254', '127.0.0.1', '224.0.0.1', '::', 'fe80::1', '::ffff:127.0.0.1'];
     for (const [i, ip] of bad.entries()) {
       const name = `bad-${i}`;
-      const outcome = await spawnPrinting(0, `bad${i}`, JSON.stringify({ name, ip }));
+      const outcome = await spawnPrinting('cloud', `bad${i}`, JSON.stringify({ name, ip }));
       expect(outcome.ok, ip).toBe(false);
       if (!outcome.ok) expect(outcome.error.message, ip).toMatch(/unusable address/);
       await waitFor(() => terminated().includes(`${name} ${ip}`), 10_000, `${name} terminated`);
     }
     // A zone id is not an address a VM is reached by.
-    const zoned = await spawnPrinting(0, 'zoned', JSON.stringify({ name: 'zoned-1', ip: 'fe80::1%eth0' }));
+    const zoned = await spawnPrinting('cloud', 'zoned', JSON.stringify({ name: 'zoned-1', ip: 'fe80::1%eth0' }));
     expect(zoned.ok).toBe(false);
     expect(await vmm.getAllVms()).toEqual([]);
-    expect(await vmm.getSpawnsInFlight(0)).toEqual([]);
+    expect(await vmm.getSpawnsInFlight('cloud')).toEqual([]);
   });
 
   it('takes a routable address, and only addresses in allowed_networks when a group sets them', async () => {
-    expect((await spawnPrinting(0, 'good', JSON.stringify({ name: 'good-1', ip: '192.0.2.10' }))).ok).toBe(true);
+    expect((await spawnPrinting('cloud', 'good', JSON.stringify({ name: 'good-1', ip: '192.0.2.10' }))).ok).toBe(true);
     expect((await vmm.getVmByName('good-1')).vmIp).toBe('192.0.2.10');
-    const outside = await spawnPrinting(1, 'outside', JSON.stringify({ name: 'outside-1', ip: '192.0.2.11' }));
+    const outside = await spawnPrinting('private', 'outside', JSON.stringify({ name: 'outside-1', ip: '192.0.2.11' }));
     expect(outside.ok).toBe(false);
     if (!outside.ok) expect(outside.error.message).toMatch(/allowed_networks/);
     await waitFor(() => terminated().includes('outside-1 192.0.2.11'), 10_000, 'outside-1 terminated');
-    expect((await spawnPrinting(1, 'inside', 'IP=10.20.30.40 vm_name=inside-1')).ok).toBe(true);
-    expect((await spawnPrinting(1, 'inside6', JSON.stringify({ name: 'inside-2', ip: 'fd00::5' }))).ok).toBe(true);
+    expect((await spawnPrinting('private', 'inside', 'IP=10.20.30.40 vm_name=inside-1')).ok).toBe(true);
+    expect((await spawnPrinting('private', 'inside6', JSON.stringify({ name: 'inside-2', ip: 'fd00::5' }))).ok).toBe(true);
     expect((await vmm.getAllVms()).map((v) => v.vmName).sort()).toEqual(['good-1', 'inside-1', 'inside-2']);
   });
 
   it('fails a spawn that reports a name the pool has, terminates that machine by its own address, and leaves the pool VM alone', async () => {
     const before = await vmm.getVmByName('inside-1');
-    const outcome = await spawnPrinting(1, 'dup', JSON.stringify({ name: 'inside-1', ip: '10.99.0.1' }));
+    const outcome = await spawnPrinting('private', 'dup', JSON.stringify({ name: 'inside-1', ip: '10.99.0.1' }));
     expect(outcome.ok).toBe(false);
     if (!outcome.ok) expect(outcome.error.message).toMatch(/already in the pool/);
     await waitFor(() => terminated().includes('inside-1 10.99.0.1'), 10_000, 'the duplicate terminated');

@@ -23,7 +23,7 @@ let vmCount = 0;
 async function addReady(): Promise<string> {
   vmCount += 1;
   const name = `squat-vm-${vmCount}`;
-  await vmm.addVmToPool(`10.77.0.${vmCount}`, name, 0);
+  await vmm.addVmToPool(`10.77.0.${vmCount}`, name, 'base');
   await vmm.startVmCheck(name);
   const { outcome } = await vmm.recordHealthCheckResult(name, true);
   if (outcome !== 'ok') throw new Error(`health check of ${name}: ${outcome}`);
@@ -43,7 +43,7 @@ const acquireBody = (owner: string, taskId: string, timeoutMs = 10_000) => ({ ow
 
 /** Requests waiting in the group's line. */
 async function waitingCount(): Promise<number> {
-  return redis.zcard(poolKeys(prefix).waiters(0));
+  return redis.zcard(poolKeys(prefix).waiters('base'));
 }
 
 beforeAll(async () => {

@@ -258,7 +258,10 @@ describeWithPrerequisites(previousReleaseMissing(commit), 'rolling upgrade from 
     const withdrawn = new Set(trail.filter((e) => e.event === 'released' && e.reason === 'withdrawn').map((e) => e.lease));
     const acquiredEvents = trail.filter((e) => e.event === 'acquired' && !withdrawn.has(e.lease));
     expect(acquiredEvents.map((e) => e.lease).sort()).toEqual([...leases].sort());
-    const audit = checkAudit(trail, [LIMITS]);
+    // The trail is not rewritten by a migration: events recorded before data format 2 name the
+    // group by its index in the config's list. Counted under its name.
+    const byName = trail.map((e) => ({ ...e, group: e.group !== null && /^\d+$/.test(e.group) ? (config.groups[Number(e.group)]?.name ?? e.group) : e.group }));
+    const audit = checkAudit(byName, { local: LIMITS });
     expect(audit.problems, audit.problems.join('\n')).toEqual([]);
     expect(audit.doubled).toBe(0);
     const lapsed = trail.filter((e) => e.event === 'lease_expired');

@@ -159,7 +159,7 @@ local function dispatchClean(base, group, now, selfJobId, served)
     if not owner then
       return
     end
-    local name = pickReady(base, readyCleanKey(base, group))
+    local name = pickClean(base, group)
     if not name then
       return
     end

@@ -55,3 +55,10 @@ local function pickReady(base, indexKey)
   end
   return nil
 end
+
+-- First clean VM of the group that may be handed out: one of the current launch (ready_clean), or,
+-- only while none is ready, one of an older launch (ready_outdated), which keeps serving during a
+-- rollout until its replacements are ready.
+local function pickClean(base, group)
+  return pickReady(base, readyCleanKey(base, group)) or pickReady(base, readyOutdatedKey(base, group))
+end

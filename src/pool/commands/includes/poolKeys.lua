@@ -39,6 +39,11 @@ local function legacyTaskClaimKey(base, taskId)
   return base .. 'task_claim:' .. taskId
 end
 
+-- What every key of a group starts with.
+local function groupKeyPrefixKey(base, group)
+  return base .. 'group:' .. group .. ':'
+end
+
 local function stateKey(base, group, state)
   return base .. 'group:' .. group .. ':state:' .. state
 end
@@ -233,4 +238,47 @@ end
 -- The migration lock (src/pool/locks.ts): a token, with an expiry; one migration at a time.
 local function migrationLockKey(base)
   return base .. 'migration_lock'
+end
+
+-- Hash of the group's current launch configuration (publishLaunch): fingerprint, launch_revision,
+-- revision (moves forward at each change), published_at, published_by, started_at.
+local function launchKey(base, group)
+  return base .. 'group:' .. group .. ':launch'
+end
+
+-- Sorted set of the processes that run another launch configuration of the group than the
+-- published one and so make no decision for it: member '<process id>|<fingerprint>', score last seen.
+local function launchDeferringKey(base, group)
+  return base .. 'group:' .. group .. ':launch_deferring'
+end
+
+-- Set of the group's VMs, not terminating, whose launch fingerprint is not the current one (outdated).
+local function outdatedKey(base, group)
+  return base .. 'group:' .. group .. ':outdated'
+end
+
+-- Clean ready outdated VMs, scored by last health check: acquire takes one only when ready_clean
+-- has none (they serve until enough new VMs are ready).
+local function readyOutdatedKey(base, group)
+  return base .. 'group:' .. group .. ':ready_outdated'
+end
+
+-- Clean, unheld ready VMs scored by first_ready_at (their first passed check), for max_ready_age.
+local function dueReadyAgeKey(base, group)
+  return base .. 'group:' .. group .. ':due:ready_age'
+end
+
+-- Hash index -> group name: the config's group list that migrated a version-1 pool (data format 2).
+local function legacyGroupNamesKey(base)
+  return base .. 'legacy_group_names'
+end
+
+-- Hash of one shared metric (src/metrics/shared.ts).
+local function metricKey(base, name)
+  return base .. 'metrics:' .. name
+end
+
+-- Set of the group names the pool has known (config groups, and removed groups whose keys remain).
+local function groupRegistryKey(base)
+  return base .. 'groups'
 end

@@ -3,7 +3,11 @@
     - the per-group state sets;
     - the ready indexes (clean, or dirty per owner and sandbox), which acquire pops from;
     - the leases sorted set: leaving in_use ends the lease;
-    - the due-time sets and the coming set (indexDue), which reconcile reads instead of every VM.
+    - the due-time sets and the coming set (indexDue), which reconcile reads instead of every VM;
+    - the rollout's sets: a VM in the group's `outdated` set (its launch fingerprint is not the
+      current one) goes, clean and ready, to ready_outdated instead of ready_clean (acquire takes
+      one only when ready_clean has none), bound and ready to no ready index (never reused;
+      reconcile retires it), and it leaves `outdated` when it starts terminating.
   Entering ready publishes the VM name on the group's ready channel, so waiting acquire jobs wake
   (a missed message only delays them until their slow safety retry).
   The VM hash must exist. Readiness is indexed with the VM's current owner, sandbox and
@@ -14,14 +18,24 @@
 local function removeFromReadyIndex(base, name, group, owner, sandbox)
   if owner then
     redis.call('ZREM', readyDirtyKey(base, group, owner, sandbox or ''), name)
-  else
-    redis.call('ZREM', readyCleanKey(base, group), name)
+  elseif redis.call('ZREM', readyCleanKey(base, group), name) == 0 then
+    -- Only a VM that was not in ready_clean costs this second call (acquire's usual pick was there).
+    redis.call('ZREM', readyOutdatedKey(base, group), name)
   end
 end
 
--- Readiness index of a ready VM: clean, or dirty for its owner and sandbox.
+local function isOutdated(base, name, group)
+  return redis.call('SISMEMBER', outdatedKey(base, group), name) == 1
+end
+
+-- Readiness index of a ready VM: clean, or dirty for its owner and sandbox; an outdated one goes to
+-- ready_outdated when clean, and to no index when bound (a build's VM of an old launch is not reused).
 local function addToReadyIndex(base, name, group, owner, sandbox, score)
-  if owner then
+  if isOutdated(base, name, group) then
+    if not owner then
+      redis.call('ZADD', readyOutdatedKey(base, group), score, name)
+    end
+  elseif owner then
     redis.call('ZADD', readyDirtyKey(base, group, owner, sandbox or ''), score, name)
   else
     redis.call('ZADD', readyCleanKey(base, group), score, name)
@@ -43,7 +57,7 @@ end
 -- Puts the VM in the due-time sets its hash calls for, and takes it out of the others. Called after
 -- every change of state, owner, hold, last_health_check, last_release or terminating_since.
 local function indexDue(base, name)
-  local f = redis.call('HMGET', vmKey(base, name), 'state', 'group', 'owner', 'held_by', 'last_health_check', 'last_release', 'terminating_since')
+  local f = redis.call('HMGET', vmKey(base, name), 'state', 'group', 'owner', 'held_by', 'last_health_check', 'last_release', 'terminating_since', 'first_ready_at')
   local state, group, owner, held = f[1], f[2], f[3], f[4]
   if not state then
     return
@@ -52,7 +66,10 @@ local function indexDue(base, name)
   dueEntry(dueDirtyKey(base, group), name, state == 'ready' and owner and not held, f[6])
   dueEntry(dueCheckStartedKey(base, group), name, state == 'check_health', f[5])
   dueEntry(dueTerminatingKey(base, group), name, state == 'terminating', f[7])
-  if COMING[state] and not owner and not held then
+  -- A VM ready since before first_ready_at was recorded gets it at its next passed check.
+  dueEntry(dueReadyAgeKey(base, group), name, state == 'ready' and not owner and not held and f[8], f[8])
+  -- An outdated VM on its way to ready is no supply: the rollout spawns its replacement.
+  if COMING[state] and not owner and not held and not isOutdated(base, name, group) then
     redis.call('SADD', comingKey(base, group), name)
   else
     redis.call('SREM', comingKey(base, group), name)
@@ -70,8 +87,11 @@ local function unindexDue(base, name, group)
   redis.call('ZREM', dueDirtyKey(base, group), name)
   redis.call('ZREM', dueCheckStartedKey(base, group), name)
   redis.call('ZREM', dueTerminatingKey(base, group), name)
+  redis.call('ZREM', dueReadyAgeKey(base, group), name)
   redis.call('SREM', comingKey(base, group), name)
   redis.call('SREM', heldKey(base, group), name)
+  redis.call('SREM', outdatedKey(base, group), name)
+  redis.call('ZREM', readyOutdatedKey(base, group), name)
 end
 
 local function setVmState(base, name, newState)
@@ -93,6 +113,16 @@ local function setVmState(base, name, newState)
   end
   redis.call('SADD', stateKey(base, group, newState), name)
   redis.call('HSET', key, 'state', newState)
+  if newState == 'ready' then
+    -- Its age counts from the check that first made it ready; recorded (and indexed in
+    -- due:ready_age) only in a group with max_ready_age, as the group's launch record says.
+    if redis.call('HEXISTS', launchKey(base, group), 'max_ready_age_ms') == 1 then
+      redis.call('HSETNX', key, 'first_ready_at', tonumber(fields[5]) or 0)
+    end
+  elseif newState == 'terminating' then
+    -- Retiring: no longer a VM of an old launch to replace.
+    redis.call('SREM', outdatedKey(base, group), name)
+  end
   -- A VM held by an operator stays out of the ready indexes (unholdVm puts it back).
   if newState == 'ready' and not fields[6] then
     addToReadyIndex(base, name, group, owner, sandbox, tonumber(fields[5]) or 0)
