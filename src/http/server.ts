@@ -27,7 +27,7 @@ export interface WebServerOptions {
   /** How long past a request's timeout POST /acquire still waits for the acquire job (VmPoolClient graceMs). */
   acquireGraceMs?: number;
   /** The data format this process knows and its migrations (default: this release's; tests give their own). */
-  dataFormat?: Pick<DataFormatOptions, 'known' | 'migrations' | 'lockTtlMs'>;
+  dataFormat?: Pick<DataFormatOptions, 'known' | 'migrations' | 'lockTtlMs' | 'quiesceMs'>;
 }
 
 export interface RunningWebServer {

@@ -149,8 +149,20 @@ export interface DataFormatOptions {
   lockTtlMs?: number;
   /** How often a process waiting for another one's migration looks again (default 500 ms). */
   pollMs?: number;
+  /**
+   * How long after a migration started it moves any data (default MIGRATION_QUIESCE_MS): the older
+   * processes see the migration at their next heartbeat and stop, and their work in progress ends
+   * on the data as they know it, not on data half moved.
+   */
+  quiesceMs?: number;
   clock?: () => number;
 }
+
+/**
+ * The default wait between the start of a migration and its first write: two of the older
+ * processes' heartbeats at their slowest (poolStateWatch.ts: 5 s), in which they stop their workers.
+ */
+export const MIGRATION_QUIESCE_MS = 10_000;
 
 /** The pool's data format: reading (and stamping) it, and migrating it to this process's version. */
 export class DataFormat {
@@ -210,6 +222,17 @@ export class DataFormat {
       if (reply[0] === ReplyCodes.DATA_FORMAT_AHEAD) continue;
       if (reply[0] !== ReplyCodes.OK) throw new Error(`startMigration: unexpected reply ${JSON.stringify(reply)}`);
       const progress = reply[1] ?? '';
+      // Older processes stop once they see the migration; what they do until then is on the old layout.
+      const startedAt = Number((await redis.hget(this.keys.dataFormat, 'migration_started_at')) ?? 0);
+      const waitMs = Math.min(startedAt + (this.options.quiesceMs ?? MIGRATION_QUIESCE_MS) - this.clock(), this.options.quiesceMs ?? MIGRATION_QUIESCE_MS);
+      if (waitMs > 0) {
+        logger.info({ version: migration.version, waitMs }, 'data format: waiting for older processes to stop before migrating');
+        const until = Date.now() + waitMs;
+        while (Date.now() < until) {
+          if (lost()) return;
+          await new Promise((resolve) => setTimeout(resolve, Math.min(250, until - Date.now())));
+        }
+      }
       logger.info({ version: migration.version, migration: migration.name, resumed: progress !== '' }, progress ? 'data format: resuming a migration' : 'data format: migrating');
       const context: MigrationContext = {
         redis,

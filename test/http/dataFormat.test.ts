@@ -123,7 +123,7 @@ describe('web and the data format', () => {
     expect(await redis.hget(p.keys.dataFormat, 'version')).toBeNull();
     const ran: string[] = [];
     const migration: Migration = { version: newer, name: 'web-test', run: async () => void ran.push('ran') };
-    const web = await p.start({ dataFormat: { known: newer, migrations: [...Array.from({ length: newer - 2 }, (_, i) => ({ version: i + 2, name: `noop${i + 2}`, run: async () => undefined })), migration] } });
+    const web = await p.start({ dataFormat: { known: newer, quiesceMs: 0, migrations: [...Array.from({ length: newer - 2 }, (_, i) => ({ version: i + 2, name: `noop${i + 2}`, run: async () => undefined })), migration] } });
     expect(ran).toEqual(['ran']);
     expect(await redis.hget(p.keys.dataFormat, 'version')).toBe(String(newer));
     expect(web.refusal()).toBeNull();

@@ -82,7 +82,7 @@ describe('data format: migration writes fenced by the lock', { timeout: 60_000 }
     // A long lock expiry: the first process's own extensions never notice the loss; only the
     // script's check of the token can.
     const firstFailures: unknown[] = [];
-    const first = new DataFormat({ redis, prefix, logger: logger.child({ p: 'first' }), known: 2, migrations: [countItems(countsKey, 20, 5, pauseFirst, firstFailures)], lockTtlMs: 60_000, pollMs: 50 });
+    const first = new DataFormat({ redis, prefix, logger: logger.child({ p: 'first' }), known: 2, migrations: [countItems(countsKey, 20, 5, pauseFirst, firstFailures)], lockTtlMs: 60_000, pollMs: 50, quiesceMs: 0 });
     const firstDone = first.ensure();
     await pauseFirst.reached;
     expect(await redis.hget(keys.dataFormat, 'progress')).toBe('5');
@@ -91,7 +91,7 @@ describe('data format: migration writes fenced by the lock', { timeout: 60_000 }
 
     // The first process paused past its lock's expiry (as a stopped process would): the lock is gone.
     await redis.del(keys.migrationLock);
-    const second = new DataFormat({ redis: other, prefix, logger: logger.child({ p: 'second' }), known: 2, migrations: [countItems(countsKey, 20, 5, pauseSecond)], lockTtlMs: 60_000, pollMs: 50 });
+    const second = new DataFormat({ redis: other, prefix, logger: logger.child({ p: 'second' }), known: 2, migrations: [countItems(countsKey, 20, 5, pauseSecond)], lockTtlMs: 60_000, pollMs: 50, quiesceMs: 0 });
     const secondDone = second.ensure();
     await pauseSecond.reached;
     const secondToken = await redis.get(keys.migrationLock);
@@ -143,7 +143,7 @@ describe('data format: migration writes fenced by the lock', { timeout: 60_000 }
         await expect(ctx.saveProgress('never', (multi) => void multi.exec())).rejects.toThrow(/cannot use exec/);
       },
     };
-    await new DataFormat({ redis, prefix, logger, known: 2, migrations: [migration] }).ensure();
+    await new DataFormat({ redis, prefix, logger, known: 2, migrations: [migration], quiesceMs: 0 }).ensure();
     expect(await redis.hgetall(hashKey)).toEqual({ a: '1', b: 'two', c: '3' });
     expect((await redis.smembers(setKey)).sort()).toEqual(['x', 'y', 'z']);
     expect(await redis.getBuffer(stringKey)).toEqual(bytes);
@@ -163,9 +163,31 @@ describe('data format: migration writes fenced by the lock', { timeout: 60_000 }
         await ctx.saveProgress('1', (multi) => void multi.hset(wrongType, 'f', 'v'));
       },
     };
-    await expect(new DataFormat({ redis, prefix, logger, known: 2, migrations: [migration] }).ensure()).rejects.toThrow(/WRONGTYPE/);
+    await expect(new DataFormat({ redis, prefix, logger, known: 2, migrations: [migration], quiesceMs: 0 }).ensure()).rejects.toThrow(/WRONGTYPE/);
     expect(await redis.hgetall(keys.dataFormat)).toMatchObject({ version: '1', migrating: '2' });
     expect(await redis.hexists(keys.dataFormat, 'progress')).toBe(0);
     expect(await redis.exists(keys.migrationLock)).toBe(0);
+  });
+
+  it('a migration writes nothing until quiesceMs after it started (older processes stop meanwhile); a resumed one does not wait again', async () => {
+    const prefix = prefixFor();
+    const keys = poolKeys(prefix);
+    await redis.hset(keys.poolState, 'generation', 'g', 'epoch', '1');
+    let ranAt = 0;
+    const migration: Migration = { version: 2, name: 'timed', run: async () => void (ranAt = Date.now()) };
+    const startedAt = Date.now();
+    await new DataFormat({ redis, prefix, logger, known: 2, migrations: [migration], quiesceMs: 800 }).ensure();
+    // An older process's heartbeat saw `migrating` during the wait.
+    expect(ranAt - startedAt).toBeGreaterThanOrEqual(800);
+
+    // Resumed long after it started (its first process died): no second wait.
+    const resumed = prefixFor();
+    const resumedKeys = poolKeys(resumed);
+    await redis.hset(resumedKeys.poolState, 'generation', 'g', 'epoch', '1');
+    await redis.hset(resumedKeys.dataFormat, 'version', '1', 'migrating', '2', 'migration', 'timed', 'migration_started_at', String(Date.now() - 60_000), 'progress', 'half');
+    const before = Date.now();
+    await new DataFormat({ redis, prefix: resumed, logger, known: 2, migrations: [migration], quiesceMs: 5_000 }).ensure();
+    expect(ranAt - before).toBeLessThan(2_000);
+    expect(await redis.hget(resumedKeys.dataFormat, 'version')).toBe('2');
   });
 });
