@@ -152,7 +152,8 @@ export interface DataFormatOptions {
   /**
    * How long after a migration started it moves any data (default MIGRATION_QUIESCE_MS): the older
    * processes see the migration at their next heartbeat and stop, and their work in progress ends
-   * on the data as they know it, not on data half moved.
+   * on the data as they know it, not on data half moved. No wait on a pool that had no recorded
+   * version (no process there watches it).
    */
   quiesceMs?: number;
   clock?: () => number;
@@ -197,14 +198,17 @@ export class DataFormat {
   async ensure(): Promise<DataFormatState> {
     const { logger } = this.options;
     let waiting = false;
+    // A pool this process stamped had no process that watches the version: none to wait for.
+    let stampedHere = false;
     for (;;) {
       const state = await this.read();
       const needed = newerThan(state, this.known);
       if (needed !== null) throw new DataFormatTooNew(needed, this.known);
       if (state.stamped) logger.info({ version: state.version }, 'data format: the pool had no version; stamped');
+      stampedHere ||= state.stamped;
       if (state.version === this.known) return state;
       const lock = new CycleLock(this.options.redis, this.options.prefix, this.options.lockTtlMs ?? 30_000, 'migration');
-      const ran = await lock.run((lost, token) => this.migrate(lost, token));
+      const ran = await lock.run((lost, token) => this.migrate(lost, token, !stampedHere));
       if (!ran.acquired) {
         if (!waiting) logger.info({ version: state.version, migrating: state.migrating || undefined }, 'data format: another process is migrating the pool; waiting');
         waiting = true;
@@ -213,8 +217,11 @@ export class DataFormat {
     }
   }
 
-  /** Runs the pending migrations in order, under the lock (its token fences their writes); stops early when the lock was lost. */
-  private async migrate(lost: () => boolean, token: string): Promise<void> {
+  /**
+   * Runs the pending migrations in order, under the lock (its token fences their writes); stops
+   * early when the lock was lost. `quiesce`: each waits quiesceMs from its start first.
+   */
+  private async migrate(lost: () => boolean, token: string, quiesce: boolean): Promise<void> {
     const { redis, prefix, logger } = this.options;
     for (const migration of this.migrations) {
       if (lost()) return;
@@ -224,7 +231,7 @@ export class DataFormat {
       const progress = reply[1] ?? '';
       // Older processes stop once they see the migration; what they do until then is on the old layout.
       const startedAt = Number((await redis.hget(this.keys.dataFormat, 'migration_started_at')) ?? 0);
-      const waitMs = Math.min(startedAt + (this.options.quiesceMs ?? MIGRATION_QUIESCE_MS) - this.clock(), this.options.quiesceMs ?? MIGRATION_QUIESCE_MS);
+      const waitMs = !quiesce ? 0 : Math.min(startedAt + (this.options.quiesceMs ?? MIGRATION_QUIESCE_MS) - this.clock(), this.options.quiesceMs ?? MIGRATION_QUIESCE_MS);
       if (waitMs > 0) {
         logger.info({ version: migration.version, waitMs }, 'data format: waiting for older processes to stop before migrating');
         const until = Date.now() + waitMs;

@@ -169,16 +169,25 @@ describe('data format: migration writes fenced by the lock', { timeout: 60_000 }
     expect(await redis.exists(keys.migrationLock)).toBe(0);
   });
 
-  it('a migration writes nothing until quiesceMs after it started (older processes stop meanwhile); a resumed one does not wait again', async () => {
+  it('a migration writes nothing until quiesceMs after it started (older processes stop meanwhile); none on a pool without a recorded version, nor again when resumed', async () => {
     const prefix = prefixFor();
     const keys = poolKeys(prefix);
     await redis.hset(keys.poolState, 'generation', 'g', 'epoch', '1');
+    // Version 1 recorded by a process of an older release (one that watches the version).
+    await redis.hset(keys.dataFormat, 'version', '1');
     let ranAt = 0;
     const migration: Migration = { version: 2, name: 'timed', run: async () => void (ranAt = Date.now()) };
     const startedAt = Date.now();
     await new DataFormat({ redis, prefix, logger, known: 2, migrations: [migration], quiesceMs: 800 }).ensure();
     // An older process's heartbeat saw `migrating` during the wait.
     expect(ranAt - startedAt).toBeGreaterThanOrEqual(800);
+
+    // A pool without a recorded version (data of a release before versions): nobody to wait for.
+    const unversioned = prefixFor();
+    await redis.hset(poolKeys(unversioned).poolState, 'generation', 'g', 'epoch', '1');
+    const unversionedAt = Date.now();
+    await new DataFormat({ redis, prefix: unversioned, logger, known: 2, migrations: [migration], quiesceMs: 5_000 }).ensure();
+    expect(ranAt - unversionedAt).toBeLessThan(2_000);
 
     // Resumed long after it started (its first process died): no second wait.
     const resumed = prefixFor();
