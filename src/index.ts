@@ -1,5 +1,6 @@
-export { parseConfig, loadConfig, ConfigError, configSchema, groupConfigSchema, configJsonSchema, launchFingerprint } from './config/index.js';
-export type { Config, ConfigInput, GroupConfig, ConfigIssue } from './config/index.js';
+export { parseConfig, loadConfig, ConfigError, configSchema, groupConfigSchema, configJsonSchema, launchFingerprint, GROUP_NAME_PATTERN, groupNameOf, groupIndexOf, isGroupName } from './config/index.js';
+export type { Config, ConfigInput, GroupConfig, ConfigIssue, GroupRef } from './config/index.js';
+export type { GroupRename } from './pool/groupNames.js';
 export { VmManager } from './pool/vmManager.js';
 export type { VmManagerOptions, AcquireRequest, HealthCheckRecord, HealthCheckOutcome, Clock } from './pool/vmManager.js';
 export {

@@ -22,9 +22,11 @@ export function withoutLease(vm: VmRecord): Omit<VmRecord, 'leaseId' | 'checkSeq
 }
 
 export interface GroupSummary {
-  /** The group's index in the config's list: an alias (groups are identified by name). */
-  id: number;
+  /** The group's index in the config's list: an alias (groups are identified by name); null for a group removed from the config. */
+  id: number | null;
   name: string;
+  /** The group left the config and drains: it spawns nothing; its VMs are served to requests that name it until they retire. */
+  removedFromConfig: boolean;
   archs: string[];
   tags: string[];
   limits: { max_vm_total: number; max_vm_per_user: number; max_spawn_processes: number };
@@ -102,19 +104,22 @@ export interface TargetWaitSummary {
 }
 
 /** Per-group summary: limits from the config, counts from the state indexes, demand and spawns from Redis. */
-async function indexCounts(vmm: VmManager) {
-  const [states, held, supply] = await Promise.all([vmm.reader.stateCounts(vmm.vmGroups), vmm.reader.heldCounts(vmm.vmGroups), vmm.reader.supplyCounts(vmm.vmGroups)]);
+async function indexCounts(vmm: VmManager, names: readonly string[]) {
+  const [states, held, supply] = await Promise.all([vmm.reader.stateCounts(names), vmm.reader.heldCounts(names), vmm.reader.supplyCounts(names)]);
   return { states, held, supply };
 }
 
 export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Promise<GroupSummary[]> {
   // Without records, the counts come from the indexes (state sets, ready_clean, held): no VM is read.
-  const fromIndexes = records === undefined ? await indexCounts(vmm) : null;
-  const launches = await vmm.launchStates();
+  // The config's groups, then those removed from it that still drain (read from the registry).
+  await vmm.refreshRemovedGroups();
+  const names = [...vmm.vmGroups, ...vmm.removedGroups.keys()];
+  const fromIndexes = records === undefined ? await indexCounts(vmm, names) : null;
+  const launches = await vmm.launchStates(names);
   const out: GroupSummary[] = [];
-  for (const [i, id] of vmm.vmGroups.entries()) {
+  for (const [i, id] of names.entries()) {
     const g = vmm.groupConfig(id);
-    const index = i;
+    const index = vmm.groupIndex(id);
     const mine = records ? records.filter((v) => v.group === id) : [];
     let counts = Object.fromEntries(ALL_VM_STATES.map((s) => [s, 0])) as Record<VmState, number>;
     if (fromIndexes) counts = fromIndexes.states[i]!;
@@ -124,6 +129,7 @@ export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Prom
     out.push({
       id: index,
       name: g.name,
+      removedFromConfig: index === null,
       archs: g.archs,
       tags: g.tags,
       limits: { max_vm_total: g.max_vm_total, max_vm_per_user: g.max_vm_per_user, max_spawn_processes: g.max_spawn_processes },

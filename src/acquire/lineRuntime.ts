@@ -56,10 +56,24 @@ export class AcquireLineRuntime {
     }
   }
 
-  /** Dispatches every group and wakes the served requests whose wake may have been lost. */
+  /**
+   * Listens to the ready channels of groups removed from the config that drain too (a request may
+   * name one, and wait for its VM): a channel is added once, when such a group is first seen.
+   */
+  watch(groups: Iterable<string>): void {
+    const added = [...readyChannels(this.ctx.prefix, [...groups])].filter(([channel]) => !this.channelGroup.has(channel));
+    for (const [channel, g] of added) this.channelGroup.set(channel, g);
+    if (added.length && !this.closed) {
+      this.subscriber.subscribe(...added.map(([channel]) => channel)).catch((err: Error) => this.ctx.logger.warn({ err: err.message }, 'acquire line subscribe failed'));
+    }
+  }
+
+  /** Dispatches every group (the removed ones that drain too) and wakes the served requests whose wake may have been lost. */
   async sweep(): Promise<void> {
     if (this.closed) return;
-    for (const g of this.ctx.vmm.vmGroups) await this.dispatch(g, '');
+    const removed = await this.ctx.vmm.refreshRemovedGroups().catch(() => this.ctx.vmm.removedGroups);
+    this.watch(removed.keys());
+    for (const g of [...this.ctx.vmm.vmGroups, ...removed.keys()]) await this.dispatch(g, '');
     try {
       this.ctx.vmm.wakeAcquireJobs(await this.ctx.vmm.reader.acquireAssignedBefore(this.ctx.clock() - STALE_WAKE_MS, SWEEP_WAKE_BATCH));
     } catch (err) {

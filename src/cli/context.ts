@@ -66,13 +66,15 @@ export function createContext(program: Command, io: CliIo): CliContext {
 }
 
 /**
- * Refuses (CliError, exit 1) a change to a pool whose data format is not this release's: newer
- * (a newer release migrated it, or migrates it now), or older (no process of this release has
- * migrated it yet).
+ * Refuses (CliError, exit 1) a change to a pool whose recorded data format is not this release's:
+ * newer (a newer release migrated it, or migrates it now), or older (no process of this release
+ * has migrated it yet). A pool without a recorded version (no process started on it yet) is not
+ * checked, and the check writes nothing.
  */
 async function requireSameDataFormat(redis: RedisConnection, prefix: string, logger: Logger): Promise<void> {
   const format = new DataFormat({ redis, prefix, logger });
-  const state = await format.read();
+  const state = await format.peek();
+  if (!state) return;
   const needed = newerThan(state, format.known);
   if (needed !== null) throw new CliError(`${new DataFormatTooNew(needed, format.known).message}; this command changes the pool, so it refused (reading commands still work)`, ExitCodes.ERROR);
   if (state.version < format.known) {

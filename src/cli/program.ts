@@ -10,6 +10,7 @@ import { registerConfig } from './commands/config.js';
 import { registerDown } from './commands/down.js';
 import { registerDrain } from './commands/drain.js';
 import { registerEvents } from './commands/events.js';
+import { registerGroup } from './commands/group.js';
 import { registerHold } from './commands/hold.js';
 import { registerInfo } from './commands/info.js';
 import { registerList } from './commands/list.js';
@@ -39,6 +40,7 @@ const COMMANDS: readonly RegisterCommand[] = [
   registerAdd,
   registerDrain,
   registerUndrain,
+  registerGroup,
   registerEvents,
   registerConfig,
 ];

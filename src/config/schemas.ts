@@ -248,7 +248,7 @@ export const groupConfigSchema = z
       .nonnegative()
       .default(0)
       .describe(
-        'A number the operator bumps to roll the group to new VMs (part of the launch fingerprint). A config with a higher launch_revision than the pool publishes wins over replicas still on a lower one, whatever their start order; a lower one never takes over',
+        'A number the operator bumps to roll the group to new VMs (part of the launch fingerprint). A config with a higher launch_revision than the pool publishes wins over replicas still on a lower one, whatever their start order; a lower one never takes over. A config that was current once and was replaced never wins again by start order: bump launch_revision to roll back on purpose',
       ),
     on_lease_expiry: z
       .enum(['terminate', 'release'])

@@ -10,7 +10,7 @@ import { hasScope, mayActFor, requireScope } from './auth.js';
 import { HttpError } from './errors.js';
 import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
 import { openApiDocument } from './openapi.js';
-import { emptyBodySchema, holdBodySchema, leaseBodySchema, releaseBodySchema } from './schemas.js';
+import { emptyBodySchema, holdBodySchema, leaseBodySchema, releaseBodySchema, renameBodySchema } from './schemas.js';
 import { AUDIT_PAGE_MAX, isAuditCursor } from '../pool/audit.js';
 import { AmbiguousTaskId, acquireRequestStatus, cancelAcquireRequest, type AcquireRequestStatus, type RequestLookup } from '../acquire/requests.js';
 
@@ -82,6 +82,16 @@ function queryString(req: Request, key: string): string | undefined {
   if (v === undefined) return undefined;
   if (typeof v !== 'string' || v === '') throw new HttpError('validation_error', `query parameter ${key} must be one non-empty value`, { [key]: v });
   return v;
+}
+
+/** queryGroup, or the name of a group removed from the config that still drains (its VMs are listed by name). */
+async function queryKnownGroup(vmm: VmManager, config: Config, value: string): Promise<string> {
+  try {
+    return queryGroup(config, value);
+  } catch (err) {
+    if ((await vmm.refreshRemovedGroups()).has(value)) return value;
+    throw err;
+  }
 }
 
 /** The name of a group given by name or by index (query parameter, acquire body), or a validation error. */
@@ -278,7 +288,7 @@ export function apiRouter(deps: ApiDeps): Router {
     const groupParam = queryString(req, 'group');
     const stateParam = queryString(req, 'state');
     const owner = queryString(req, 'owner');
-    const group = groupParam === undefined ? undefined : queryGroup(config, groupParam);
+    const group = groupParam === undefined ? undefined : await queryKnownGroup(vmm, config, groupParam);
     if (stateParam !== undefined && !isVmState(stateParam)) {
       throw new HttpError('validation_error', `unknown state ${JSON.stringify(stateParam)}; states: ${ALL_VM_STATES.join(', ')}`, { state: stateParam });
     }
@@ -342,6 +352,18 @@ export function apiRouter(deps: ApiDeps): Router {
     const summary = (await groupSummaries(vmm)).find((g) => g.name === group)!;
     res.json({ drained: drain, changed, group: summary });
   };
+  router.post('/groups/:group/rename', requireScope('admin'), requireJsonContentType, async (req, res) => {
+    const value = String(req.params.group);
+    let from: string;
+    try {
+      from = await queryKnownGroup(vmm, config, value);
+    } catch (err) {
+      if (err instanceof HttpError) throw new HttpError('not_found', err.message, { group: value });
+      throw err;
+    }
+    const { to } = parseBody(renameBodySchema, req.body);
+    res.json(await vmm.renameGroup(from, to));
+  });
   router.post('/groups/:group/drain', requireScope('admin'), requireJsonContentType, drainRoute(true));
   router.delete('/groups/:group/drain', requireScope('admin'), requireJsonContentType, drainRoute(false));
 

@@ -181,11 +181,14 @@ export function createWebApp(deps: WebAppDeps): Express {
   app.get('/', requireScope('read'), async (req, res) => {
     const now = vmm.clock();
     // Counts from the indexes; the first POOL_PAGE_ROWS VMs of each group (the rest: a "more" link).
-    const [summaries, pages] = await Promise.all([groupSummaries(vmm), Promise.all(vmm.vmGroups.map((group) => vmm.listVms({ group, limit: POOL_PAGE_ROWS })))]);
+    // Every group the summaries list: the config's, then those removed from it that drain.
+    const summaries = await groupSummaries(vmm);
+    const names = summaries.map((s) => s.name);
+    const pages = await Promise.all(names.map((group) => vmm.listVms({ group, limit: POOL_PAGE_ROWS })));
     const vms = pages.flatMap((p) => p.vms);
-    const next = new Map(vmm.vmGroups.map((g, i) => [g, pages[i]!.next]));
+    const next = new Map(names.map((g, i) => [g, pages[i]!.next]));
     // The charts' last hour (reconcile samples it once a minute).
-    const history = new Map(await Promise.all(vmm.vmGroups.map(async (g) => [g, await vmm.readHistory(g, 3_600_000)] as const)));
+    const history = new Map(await Promise.all(names.map(async (g) => [g, await vmm.readHistory(g, 3_600_000)] as const)));
     res.set('Cache-Control', 'no-store');
     if (req.query.fragment !== undefined) {
       res.type('html').send(renderPoolFragment(vmm.prefix, summaries, vms, now, history, next));

@@ -6,7 +6,7 @@ import { apiComponentSchemas } from './schemas.js';
 const error = (description: string) => ({ description, content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } });
 const json = (description: string, ref: string) => ({ description, content: { 'application/json': { schema: { $ref: `#/components/schemas/${ref}` } } } });
 const nameParam = { name: 'name', in: 'path', required: true, schema: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' } };
-const groupParam = { name: 'group', in: 'path', required: true, description: 'group name or id', schema: { type: 'string', minLength: 1 } };
+const groupParam = { name: 'group', in: 'path', required: true, description: 'group name, or its index in the config', schema: { type: 'string', minLength: 1 } };
 const common = {
   '400': error('Invalid request'),
   '401': error('Missing or invalid token'),
@@ -62,7 +62,7 @@ export const openApiDocument = {
         properties: {
           vmName: { type: 'string' },
           vmIp: { type: 'string' },
-          group: { type: 'integer' },
+          group: { type: 'string', description: "the group's name" },
           leaseId: { type: 'string' },
           leaseExpiresAt: { type: 'integer', description: 'epoch ms' },
           requestedAt: { type: 'integer', description: 'when the acquire request was enqueued, epoch ms' },
@@ -74,8 +74,9 @@ export const openApiDocument = {
         properties: {
           vmName: { type: 'string' },
           vmIp: { type: 'string' },
-          group: { type: 'integer' },
-          groupName: { type: 'string' },
+          group: { type: 'string', description: "the group's name" },
+          groupName: { type: 'string', description: 'the same as group (kept: it came first)' },
+          groupIndex: { ...nullable('integer'), description: "the group's index in the config's list; null once it left the config" },
           state: { type: 'string', enum: [...ALL_VM_STATES] },
           owner: { ...nullable('string'), description: 'the owner the VM belongs to since its first acquire (counts for max_vm_per_user); null while clean' },
           boundToUser: { ...nullable('string'), deprecated: true, description: 'the same as owner, kept for clients written before it' },
@@ -140,7 +141,7 @@ export const openApiDocument = {
           priority: { type: 'integer' },
           requestedAt: { type: 'integer' },
           deadline: { type: 'integer' },
-          groups: { type: 'array', items: { type: 'integer' } },
+          groups: { type: 'array', items: { type: 'string' }, description: 'group names' },
           waiting: {
             type: ['object', 'null'],
             properties: {
@@ -157,8 +158,9 @@ export const openApiDocument = {
       Group: {
         type: 'object',
         properties: {
-          id: { type: 'integer' },
-          name: { type: 'string' },
+          id: { ...nullable('integer'), description: "the group's index in the config's list (an alias; groups are identified by name); null once it left the config" },
+          name: { type: 'string', description: "the group's identity: its keys, jobs and records carry it" },
+          removedFromConfig: { type: 'boolean', description: 'the group left the config and drains: it spawns nothing, its VMs are served to requests that name it until they retire' },
           archs: { type: 'array', items: { type: 'string' } },
           tags: { type: 'array', items: { type: 'string' } },
           limits: { type: 'object', properties: { max_vm_total: { type: 'integer' }, max_vm_per_user: { type: 'integer' }, max_spawn_processes: { type: 'integer' } } },
@@ -382,6 +384,21 @@ export const openApiDocument = {
         security: admin,
         parameters: [groupParam],
         responses: { '200': json('Undrained', 'DrainResult'), ...common, ...notJson, ...noChanges, '404': error('No such group') },
+      },
+    },
+    '/groups/{group}/rename': {
+      post: {
+        operationId: 'renameGroup',
+        summary: 'Rename a group in place with its VMs, leases and waiting requests (as `vmpool group rename`); deploy the config with the new name next',
+        security: admin,
+        parameters: [groupParam],
+        requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/RenameRequest' } } } },
+        responses: {
+          '200': { description: 'Renamed', content: { 'application/json': { schema: { type: 'object', properties: { from: { type: 'string' }, to: { type: 'string' }, vms: { type: 'integer' } } } } } },
+          ...common,
+          ...notJson,
+          '404': error('No such group'),
+        },
       },
     },
     '/openapi.json': {

@@ -108,17 +108,19 @@ function groupSection(summary: GroupSummary, vms: VmRecord[], now: number, histo
   const drainedText = summary.drainedSince !== null
     ? `drained since <time datetime="${new Date(summary.drainedSince).toISOString()}" data-ms="${summary.drainedSince}">${escapeHtml(relativeTime(summary.drainedSince, now))}</time>`
     : 'drained by its config (max_vm_total: 0)';
-  const drain = summary.drained
+  const drain = summary.removedFromConfig
+    ? `<p class="drained" data-removed="1"><span class="drained-badge">removed from config</span>: nothing is spawned; its VMs are served to requests that name it until they retire, and the group goes once it has none.</p>`
+    : summary.drained
     ? `<p class="drained" data-drained="1"><span class="drained-badge">${drainedText}</span>: nothing is spawned; its VMs are still served and retired by their timeouts.${summary.drainedSince !== null ? ` <button type="button" data-action="undrain" data-group="${escapeHtml(summary.name)}">Undrain</button>` : ''}</p>`
     : `<p class="drained"><button type="button" data-action="drain" data-group="${escapeHtml(summary.name)}">Drain</button></p>`;
   const more = next === null
     ? ''
-    : `\n<tr class="more"><td colspan="12">first ${vms.length} of ${summary.total} VMs · <a data-more href="api/v1/vms?group=${summary.id}&amp;cursor=${encodeURIComponent(next)}&amp;limit=500">next ${Math.min(500, Math.max(0, summary.total - vms.length))} (JSON, in name order)</a></td></tr>`;
+    : `\n<tr class="more"><td colspan="12">first ${vms.length} of ${summary.total} VMs · <a data-more href="api/v1/vms?group=${encodeURIComponent(summary.name)}&amp;cursor=${encodeURIComponent(next)}&amp;limit=500">next ${Math.min(500, Math.max(0, summary.total - vms.length))} (JSON, in name order)</a></td></tr>`;
   const rows = vms.length
     ? vms.map((vm) => vmRow(vm, now)).join('\n') + more
     : '<tr class="empty"><td colspan="12">no VMs in this group</td></tr>';
-  return `<section class="group" data-group="${summary.id}" data-group-name="${escapeHtml(summary.name)}">
-<h2>${escapeHtml(summary.name)} <small>group ${summary.id}${summary.archs.length ? ` · ${escapeHtml(summary.archs.join(', '))}` : ''}${summary.tags.length ? ` · tags ${escapeHtml(summary.tags.join(', '))}` : ''} · ${summary.total} VM${summary.total === 1 ? '' : 's'}</small></h2>
+  return `<section class="group" data-group="${summary.id ?? ''}" data-group-name="${escapeHtml(summary.name)}">
+<h2>${escapeHtml(summary.name)} <small>${summary.id === null ? 'removed from config' : `group ${summary.id}`}${summary.archs.length ? ` · ${escapeHtml(summary.archs.join(', '))}` : ''}${summary.tags.length ? ` · tags ${escapeHtml(summary.tags.join(', '))}` : ''} · ${summary.total} VM${summary.total === 1 ? '' : 's'}</small></h2>
 <p class="counts">${counts}</p>
 <p class="limits">${limits}<br>${warm}</p>${breakerText(summary, now)}${launchText(summary)}
 ${drain}

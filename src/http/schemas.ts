@@ -15,7 +15,7 @@ const acquireFields = acquireRequestSchema.shape;
 export const acquireGroupsSchema = z
   .array(z.union([z.number().int().nonnegative(), z.string().min(1)]))
   .min(1)
-  .describe('group ids or names, tried in order')
+  .describe('group names (or indexes in the config, resolved by the web process), tried in order')
   .register(apiSchemaRegistry, { id: 'AcquireGroups' });
 export const acquireArchSchema = acquireFields.arch.unwrap().describe('every group listing this arch, in config order')
   .register(apiSchemaRegistry, { id: 'AcquireArch' });
@@ -25,8 +25,8 @@ export const acquireTagsSchema = acquireFields.tags
   .register(apiSchemaRegistry, { id: 'AcquireTags' });
 
 /**
- * The body of POST /acquire: the acquire job's payload (acquireRequestSchema), except that groups
- * may be named; the route turns names into ids and validates the payload.
+ * The body of POST /acquire: the acquire job's payload (acquireRequestSchema); the route turns
+ * group indexes into names (the job in Redis names its groups) and validates the payload.
  */
 export const acquireBodySchema = z
   .strictObject({
@@ -60,6 +60,12 @@ export const holdBodySchema = z
   .refine((b) => b.for === undefined || b.until === undefined, { message: 'give for or until, not both' })
   .describe('config max_hold_age caps every hold, and ends one that names no end')
   .register(apiSchemaRegistry, { id: 'HoldRequest' });
+/** The body of POST /groups/{group}/rename. */
+export const renameBodySchema = z
+  .strictObject({ to: z.string().min(1).max(64).describe("the group's new name (new to the pool)") })
+  .describe('renames the group in place, with its VMs; deploy the config with the new name next')
+  .register(apiSchemaRegistry, { id: 'RenameRequest' });
+
 /** The body of routes that take none: nothing, or `{}`. */
 export const emptyBodySchema = z.strictObject({});
 

@@ -28,7 +28,7 @@ export const ROUTE_SCOPES: readonly RouteGroupScope[] = [
   { group: 'acquire requests, status', routes: ['GET /api/v1/requests/:id'], scopes: ['read', 'builder'], note: 'a token with `owners` sees only those owners\' requests' },
   { group: 'acquire requests, withdraw', routes: ['DELETE /api/v1/requests/:id'], scopes: ['builder'], note: 'a token with `owners` only those owners\' requests' },
   { group: 'VM operations', routes: ['POST /api/v1/vms/:name/terminate', 'POST /api/v1/vms/:name/hold', 'DELETE /api/v1/vms/:name/hold'], scopes: [] },
-  { group: 'group operations', routes: ['POST /api/v1/groups/:group/drain', 'DELETE /api/v1/groups/:group/drain', 'DELETE /api/v1/groups/:group/breaker'], scopes: [] },
+  { group: 'group operations', routes: ['POST /api/v1/groups/:group/drain', 'DELETE /api/v1/groups/:group/drain', 'DELETE /api/v1/groups/:group/breaker', 'POST /api/v1/groups/:group/rename'], scopes: [] },
 ];
 
 /** Whether a token with only this scope may call the group's routes. */

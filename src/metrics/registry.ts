@@ -87,13 +87,14 @@ export function createMetricsRegistry(deps: MetricsDeps): Registry {
 
   new Gauge({
     name: 'vmpool_vms',
-    help: 'VMs in the pool by group and state',
+    help: 'VMs in the pool by group and state (a group removed from the config counts while it drains)',
     labelNames: ['group', 'state'],
     registers: [registry],
     async collect() {
       this.reset();
-      const counts = await vmm.reader.stateCounts(vmm.vmGroups);
-      vmm.vmGroups.forEach((g, i) => {
+      const groups = [...vmm.vmGroups, ...(await vmm.refreshRemovedGroups()).keys()];
+      const counts = await vmm.reader.stateCounts(groups);
+      groups.forEach((g, i) => {
         for (const state of ALL_VM_STATES) this.set({ group: g, state }, counts[i]![state]);
       });
     },

@@ -126,7 +126,7 @@ export class AcquireLine {
 
   /** See VmManager.dispatchAcquireLine. */
   async dispatch(group: string, vmName: string): Promise<string[]> {
-    this.ctx.groupConfig(group);
+    await this.ctx.knownGroupConfig(group);
     const served = await this.ctx.scripts.dispatchAcquireLine(group, vmName, this.ctx.clock());
     this.jobs.wakeAcquireJobs(served);
     return served;

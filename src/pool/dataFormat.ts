@@ -190,6 +190,12 @@ export class DataFormat {
     return { version: Number(version), migrating: Number(migrating || 0), migration, stamped: Number(stamped) === 1 };
   }
 
+  /** The pool's recorded data format, without stamping it: null when it has none (fresh, or written before versions). */
+  async peek(): Promise<Pick<DataFormatState, 'version' | 'migrating'> | null> {
+    const [version, migrating] = await this.options.redis.hmget(this.keys.dataFormat, 'version', 'migrating');
+    return version === null || version === undefined ? null : { version: Number(version), migrating: Number(migrating || 0) };
+  }
+
   /**
    * Brings the pool to this process's version before it takes any job: nothing when it is there,
    * the pending migrations (under the migration lock) when it is older, a wait when another process

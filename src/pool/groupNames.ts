@@ -6,6 +6,7 @@
  */
 import { PoolAccess } from './context.js';
 import type { Migration, MigrationContext } from './dataFormat.js';
+import { InvalidVmRequest } from './types.js';
 
 /** Keys and references moved per script call. */
 const BATCH = 200;
@@ -18,16 +19,11 @@ export function unnamedGroupName(index: number): string {
   return `v1-group-${index}`;
 }
 
-/** Glob characters of a SCAN MATCH pattern, escaped. */
-function globEscaped(text: string): string {
-  return text.replace(/[*?[\]\\]/g, (c) => `\\${c}`);
-}
-
 /** Every key of the pool that belongs to a group, by group reference (a name, or a version-1 index): the tails after `group:<ref>:`. */
 async function groupKeyTails(pool: PoolAccess): Promise<Map<string, string[]>> {
   const head = `${pool.keys.base}group:`;
   const out = new Map<string, string[]>();
-  for (const key of await pool.reader.scanKeys(`${globEscaped(head)}*`)) {
+  for (const key of await pool.reader.keysStartingWith(head)) {
     const rest = key.slice(head.length);
     const colon = rest.indexOf(':');
     if (colon <= 0) continue;
@@ -81,7 +77,7 @@ export async function moveGroupReferences(pool: PoolAccess, map: ReadonlyMap<str
   }
   if (!done('spawns')) {
     const head = pool.keys.spawnRecord('');
-    const ids = (await pool.reader.scanKeys(`${globEscaped(head)}*`)).map((k) => k.slice(head.length));
+    const ids = (await pool.reader.keysStartingWith(head)).map((k) => k.slice(head.length));
     await inBatches(ids, (batch) => pool.scripts.relabelGroups('spawn', map, batch).then(() => undefined));
     await mark('spawns');
   }
@@ -160,3 +156,36 @@ export const groupNamesMigration: Migration = {
     });
   },
 };
+
+/** What `vmpool group rename` did: the keys and records it moved. */
+export interface GroupRename {
+  from: string;
+  to: string;
+  /** VMs the group has under its new name. */
+  vms: number;
+}
+
+/**
+ * Renames a group in place, with its VMs (`vmpool group rename OLD NEW`): every key and reference
+ * moves from `from` to `to` (moveGroupReferences, twice: the second pass takes what workers wrote
+ * under the old name during the first), the registry and the published config follow. The caller
+ * holds the reconcile cycle lock, so that no cycle spawns into the old name meanwhile. `to` must be
+ * a valid group name the pool does not know yet; `from` a group it knows.
+ */
+export async function renameGroup(pool: PoolAccess, from: string, to: string): Promise<GroupRename> {
+  const keys = pool.keys;
+  const known = new Set(await pool.redis.smembers(keys.groupRegistry));
+  if (!known.has(from)) throw new InvalidVmRequest(`no group ${JSON.stringify(from)} in the pool (known: ${[...known].sort().join(', ') || 'none'})`);
+  if (known.has(to) || (await pool.reader.keysStartingWith(keys.groupKeyPrefix(to))).length > 0) {
+    throw new InvalidVmRequest(`the pool has a group ${JSON.stringify(to)} already: rename to a new name`);
+  }
+  const map = new Map([[from, to]]);
+  await moveGroupReferences(pool, map);
+  await moveGroupReferences(pool, map);
+  const published = await pool.redis.get(keys.publishedGroupConfig(to));
+  const tx = pool.redis.multi().srem(keys.groupRegistry, from).sadd(keys.groupRegistry, to);
+  if (published) tx.set(keys.publishedGroupConfig(to), JSON.stringify({ ...(JSON.parse(published) as object), name: to }));
+  await tx.exec();
+  const vms = (await pool.reader.stateCounts([to]))[0]!;
+  return { from, to, vms: Object.values(vms).reduce((a, b) => a + b, 0) };
+}

@@ -1,4 +1,18 @@
+import type { GroupConfig } from '../config/index.js';
 import type { PoolContext } from './context.js';
+
+/**
+ * A group's config as reconcile publishes it in Redis (keys.publishedGroupConfig): without the
+ * provider's and the check's `env`, whose values may be secrets and never go to Redis. `pass_env`
+ * (names of variables of vmpool's own environment) is kept: a process draining a removed group
+ * still passes them.
+ */
+export function publishableGroupConfig(g: GroupConfig): GroupConfig {
+  const copy = structuredClone(g);
+  delete (copy.provider as { env?: unknown }).env;
+  delete (copy.check as { env?: unknown }).env;
+  return copy;
+}
 
 /** Pool info field of a group drained at run time: when (epoch ms). See VmManager.drainGroup. */
 export const DRAINED_SINCE = 'drained_since';
@@ -17,9 +31,31 @@ export class GroupState {
     return this.ctx.reader.groupInfo(group, key);
   }
 
-  /** Adds the config's groups to the pool's registry of known groups (keys.groupRegistry): a group later removed from the config stays known until it drained. */
+  /**
+   * Adds the config's groups to the pool's registry of known groups (keys.groupRegistry) and
+   * publishes each one's config (publishableGroupConfig), so that a group later removed from the
+   * config stays known, and can be drained, until it is empty. O(groups).
+   */
   async registerConfigGroups(): Promise<void> {
-    await this.ctx.redis.sadd(this.ctx.keys.groupRegistry, ...this.ctx.vmGroups);
+    const tx = this.ctx.redis.multi().sadd(this.ctx.keys.groupRegistry, ...this.ctx.vmGroups);
+    for (const g of this.ctx.config.groups) tx.set(this.ctx.keys.publishedGroupConfig(g.name), JSON.stringify(publishableGroupConfig(g)));
+    await tx.exec();
+  }
+
+  /**
+   * Forgets a group removed from the config once it has no VM, no spawn in flight and no waiting
+   * request (forgetGroup-1.lua): its keys are deleted and it leaves the registry. False when it
+   * still has any, or is in the config.
+   */
+  async forgetIfEmpty(group: string): Promise<boolean> {
+    if (this.ctx.vmGroups.includes(group)) return false;
+    // Cheap first (a few counts each cycle); the scan for its keys only once it looks empty.
+    const [counts] = await this.ctx.reader.stateCounts([group]);
+    const [spawning, waiting] = await Promise.all([this.ctx.redis.zcard(this.ctx.keys.spawning(group)), this.ctx.redis.zcard(this.ctx.keys.waiters(group))]);
+    if (Object.values(counts!).some((n) => n > 0) || spawning > 0 || waiting > 0) return false;
+    const head = this.ctx.keys.groupKeyPrefix(group);
+    const tails = (await this.ctx.reader.keysStartingWith(head)).map((k) => k.slice(head.length));
+    return this.ctx.scripts.forgetGroup(group, tails);
   }
 
   /** The names of the groups the pool has known: the registry (config groups and removed ones that still drain). */

@@ -17,7 +17,7 @@ export class Health {
   async recordHealthCheckResult(vmName: string, ok: boolean): Promise<HealthCheckRecord> {
     const now = this.ctx.clock();
     // Every group's threshold goes along, so the script needs no read of the VM's group first.
-    const maxFails = new Map(this.ctx.config.groups.map((g) => [g.name, g.vm_max_check_fails]));
+    const maxFails = new Map([...this.ctx.config.groups, ...this.ctx.removedGroups.values()].map((g) => [g.name, g.vm_max_check_fails]));
     const record = await this.ctx.scripts.recordHealthCheckResult(vmName, ok, now, maxFails);
     const { outcome, vm } = record;
     if (outcome === 'terminating') {

@@ -124,7 +124,8 @@ export function poolKeys(prefix: string) {
     coming: (group: string) => `${base}group:${group}:coming`,
     /**
      * Hash of the group's current launch configuration (publishLaunch-1.lua): fingerprint,
-     * launch_revision, revision (moves forward at each change), published_at, published_by, started_at.
+     * launch_revision, revision (moves forward at each change), published_at, published_by, started_at,
+     * superseded (the fingerprints that were current before, space-separated, the most recent last).
      */
     launch: (group: string) => `${base}group:${group}:launch`,
     /** Sorted set of processes whose config of the group is not the published one: member `<process id>|<fingerprint>`, score last seen. */
@@ -152,6 +153,12 @@ export function poolKeys(prefix: string) {
     auditMaxEvents: `${base}audit_max_events`,
     /** Hash of one shared metric (src/metrics/shared.ts), written by workers and read by every web process. */
     metric: (name: string) => `${base}metrics:${name}`,
+    /**
+     * JSON of the group's config as reconcile last published it (provider and check `env` left
+     * out: secrets stay out of Redis), for the processes that drain the group once it left the
+     * config: its terminate hook, health check and limits.
+     */
+    publishedGroupConfig: (group: string) => `${base}group:${group}:config`,
     /** Set of the group names the pool has known (config groups, and groups removed from the config whose keys remain). */
     groupRegistry: `${base}groups`,
     /**

@@ -84,6 +84,14 @@ export interface VmPage {
   next: string | null;
 }
 
+/** A group's published launch, as a spawn worker compares its own config with it (PoolReader.publishedLaunch). */
+export interface PublishedLaunch {
+  fingerprint: string;
+  launchRevision: number;
+  /** Fingerprints that were current before, the most recent last (publishLaunch-1.lua keeps a few). */
+  superseded: string[];
+}
+
 /** A group's launch as the pool has it (PoolReader.launchStates). */
 export interface LaunchState {
   /** The group's current launch configuration, or null before any process published one. */
@@ -228,6 +236,16 @@ export class PoolReader {
     });
   }
 
+  /**
+   * The group's published launch as a spawn weighs it (null before the first publication): the
+   * current fingerprint, its launch_revision, and the fingerprints it superseded.
+   */
+  async publishedLaunch(group: string): Promise<PublishedLaunch | null> {
+    const [fingerprint, launchRevision, superseded] = await this.redis.hmget(this.keys.launch(group), 'fingerprint', 'launch_revision', 'superseded');
+    if (!fingerprint) return null;
+    return { fingerprint, launchRevision: Number(launchRevision ?? 0), superseded: (superseded ?? '').split(' ').filter((f) => f !== '') };
+  }
+
   /** Names of the group's clean ready VMs (not held). */
   async readyCleanNames(group: string): Promise<string[]> {
     return this.redis.zrange(this.keys.readyClean(group), 0, '-1');
@@ -362,6 +380,11 @@ export class PoolReader {
       } while (cursor !== '0');
     }
     return [...found];
+  }
+
+  /** Every key that starts with `head` (scanKeys, its glob characters escaped); O(keys in Redis), for rare operator steps. */
+  async keysStartingWith(head: string): Promise<string[]> {
+    return this.scanKeys(`${head.replace(/[*?[\]\\]/g, (c) => `\\${c}`)}*`);
   }
 
   /** Whether the VM is in_use under that lease. */
@@ -588,12 +611,18 @@ export class PoolReader {
     let next: string | null = query.since === undefined || query.since === null || query.since === '' ? null : String(query.since);
     const events: AuditEvent[] = [];
     let scanned = 0;
+    // Events written before data format 2 name their group by index: shown by the name the migration recorded for it.
+    let legacy: Map<string, string> | undefined;
     for (;;) {
       const entries = (await this.redis.xrange(this.keys.auditEvents, start, '+', 'COUNT', batch)) as [string, string[]][];
       for (const [id, flat] of entries) {
         next = id;
         scanned += 1;
         const event = auditEventFromEntry(id, flat);
+        if (event.group !== null && /^\d+$/.test(event.group)) {
+          legacy ??= await this.legacyGroupNames();
+          event.group = legacy.get(event.group) ?? event.group;
+        }
         if (matches(event)) events.push(event);
         if (events.length === limit) return { events, next, more: true };
       }

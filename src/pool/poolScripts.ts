@@ -171,6 +171,11 @@ export class PoolScripts {
     return Number(await this.call('moveGroupKeys', [from, to, ...tails]));
   }
 
+  /** Forgets an empty group removed from the config, deleting its keys by tail (forgetGroup-1.lua); false while it has a VM, a spawn or a waiter. */
+  async forgetGroup(group: string, tails: readonly string[]): Promise<boolean> {
+    return Number(await this.call('forgetGroup', [group, ...tails])) === ReplyCodes.OK;
+  }
+
   /** Rewrites the group references of records by the map from -> to (relabelGroups-1.lua); returns how many changed. */
   async relabelGroups(kind: 'vm' | 'spawn' | 'waiter' | 'swept' | 'metric', map: ReadonlyMap<string, string>, ids: readonly string[] = []): Promise<number> {
     return Number(await this.call('relabelGroups', [kind, map.size, ...[...map].flat(), ...ids]));

@@ -25,6 +25,7 @@ export const POOL_SCRIPTS = {
   finishMigration: 1,
   expireLeases: 1,
   finishSpawn: 1,
+  forgetGroup: 1,
   forgetSpawnMachine: 1,
   holdVm: 1,
   indexDueTimes: 1,

@@ -94,13 +94,13 @@ export class StateLoss {
 
   /** Accepts the state as current on this Redis run; null when the marker changed since `seen`. */
   async verify(seen: PoolStateSeen): Promise<PoolStateSeen | null> {
-    return this.ctx.scripts.verifyPoolState(seen, this.ctx.vmGroups);
+    return this.ctx.scripts.verifyPoolState(seen, [...this.ctx.vmGroups, ...this.ctx.removedGroups.keys()]);
   }
 
   /** See VmManager.recoverPool. */
   async recover(seen: PoolStateSeen | null, next: PoolStateSeen): Promise<string[] | null> {
     const now = this.ctx.clock();
-    const terminated = await this.ctx.scripts.recoverPool(seen, next, now, this.ctx.vmGroups);
+    const terminated = await this.ctx.scripts.recoverPool(seen, next, now, [...this.ctx.vmGroups, ...this.ctx.removedGroups.keys()]);
     if (terminated === null) return null;
     for (const vmName of terminated) await this.jobs.enqueueTermination(vmName, now, 'state_lost');
     return terminated;

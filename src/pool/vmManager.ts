@@ -1,6 +1,7 @@
 import type { Queue } from 'bullmq';
 import type { ProviderGroup } from '../providers/types.js';
-import { isParsedConfig, launchFingerprint, parseConfig, type Config, type ConfigInput, type GroupConfig, type GroupRef } from '../config/index.js';
+import { renameGroup, type GroupRename } from './groupNames.js';
+import { isGroupName, isParsedConfig, launchFingerprint, parseConfig, type Config, type ConfigInput, type GroupConfig, type GroupRef } from '../config/index.js';
 import { createLogger, type Logger } from '../logger.js';
 import { assertPrefixFits, producerConnectionFrom, replicaWaitOf, type RedisConnection, type RedisTarget } from '../redis.js';
 import { TERMINATE_QUEUE, type TerminationReason } from '../../queues/terminate.js';
@@ -27,7 +28,9 @@ import { StateLoss } from './stateLoss.js';
 import { Telemetry } from './telemetry.js';
 import { PoolVms } from './vms.js';
 import {
+  InvalidVmRequest,
   UnknownGroup,
+  VmError,
   VmStates,
   type AcquireAttempt,
   type AcquireWaiter,
@@ -397,7 +400,7 @@ export class VmManager {
    */
   async expireLeases(batch = 100): Promise<ExpiredLease[]> {
     const now = this.clock();
-    const expired = await this.leases.expire(now, batch, new Map(this.config.groups.map((g) => [g.name, g.on_lease_expiry])));
+    const expired = await this.leases.expire(now, batch, new Map(this.allGroupConfigs().map((g) => [g.name, g.on_lease_expiry])));
     for (const { vmName, action } of expired) {
       this.logger.warn({ vmName, action }, 'lease expired');
       if (action === 'terminate') await this.jobs.enqueueTermination(vmName, now, 'lease_expired');
@@ -591,7 +594,8 @@ export class VmManager {
 
   /**
    * Publishes this process's launch config of the group as the current one, unless a newer one is
-   * published (a higher launch_revision, or one published after `process.startedAt`): see the
+   * published (a higher launch_revision, or one published after `process.startedAt`, or this
+   * fingerprint was current once and superseded: a revision only moves forward): see the
    * script's header for the rule (and launchOrphanedAfterMs). A superseded process is listed in
    * launchStates' `deferring`.
    */
@@ -605,8 +609,8 @@ export class VmManager {
   }
 
   /** Each group's published launch, its count of outdated VMs, and the processes that defer to it. */
-  async launchStates(): Promise<LaunchState[]> {
-    return this.reader.launchStates(this.vmGroups, this.clock() - LAUNCH_DEFERRING_MEMORY_MS);
+  async launchStates(groups: readonly string[] = this.vmGroups): Promise<LaunchState[]> {
+    return this.reader.launchStates(groups, this.clock() - LAUNCH_DEFERRING_MEMORY_MS);
   }
 
   // --- History and telemetry (telemetry.ts) ---
@@ -648,9 +652,51 @@ export class VmManager {
     return this.telemetry.replaceOrphanPassState(group, state);
   }
 
-  /** Records the config's groups in the pool's registry of known groups (reconcile, every cycle; O(groups)). */
+  /** Records the config's groups in the pool's registry of known groups, with their published configs (reconcile, every cycle; O(groups)). */
   async registerConfigGroups(): Promise<void> {
     return this.groups.registerConfigGroups();
+  }
+
+  /** Reads again the groups removed from the config that the pool still has (they drain), with their published configs. */
+  async refreshRemovedGroups(): Promise<ReadonlyMap<string, GroupConfig>> {
+    return this.ctx.refreshRemovedGroups();
+  }
+
+  /** The groups removed from the config that drain, as last read (refreshRemovedGroups). */
+  get removedGroups(): ReadonlyMap<string, GroupConfig> {
+    return this.ctx.removedGroups;
+  }
+
+  /** The config's groups, then the removed groups that drain (their published configs). */
+  allGroupConfigs(): GroupConfig[] {
+    return [...this.config.groups, ...this.ctx.removedGroups.values()];
+  }
+
+  /** A group's config, the config's or a removed group's (read again when not known yet); UnknownGroup otherwise. */
+  async knownGroupConfig(group: string): Promise<GroupConfig> {
+    return this.ctx.knownGroupConfig(group);
+  }
+
+  /**
+   * Renames a group in place, with its VMs, under the reconcile cycle lock (groupNames.ts,
+   * renameGroup): its keys, VM and spawn records, waiting requests and metrics move to the new
+   * name. Deploy the config with the new name next: while a config still names the old group, it
+   * is a new, empty group again (it spawns its warm pool), and the renamed one drains as removed.
+   * `to` must match GROUP_NAME_PATTERN and be new to the pool; InvalidVmRequest otherwise.
+   */
+  async renameGroup(from: string, to: string, lockTtlMs = 60_000): Promise<GroupRename> {
+    if (!isGroupName(to)) throw new InvalidVmRequest(`invalid group name ${JSON.stringify(to)}: a letter or digit, then up to 63 letters, digits or . _ -, not only digits`);
+    if (from === to) throw new InvalidVmRequest('rename to another name');
+    const ran = await this.cycleLock(lockTtlMs).run(() => renameGroup(this.ctx, from, to));
+    if (!ran.acquired) throw new VmError('a reconcile cycle holds the pool; try again in a moment');
+    const renamed = ran.value;
+    this.logger.info({ from, to, vms: renamed.vms }, 'group renamed');
+    return renamed;
+  }
+
+  /** Forgets a removed group once it has no VM, spawn or waiting request: its keys go, and it leaves the registry. */
+  async forgetGroupIfEmpty(group: string): Promise<boolean> {
+    return this.groups.forgetIfEmpty(group);
   }
 
   /** The groups the pool has known (config groups, and groups removed from the config that still drain). */

@@ -90,7 +90,7 @@ export class PoolVms {
   }
 
   async listVms(query: VmPageQuery): Promise<VmPage> {
-    return this.ctx.reader.vmPage(query, this.ctx.vmGroups);
+    return this.ctx.reader.vmPage(query, [...this.ctx.vmGroups, ...this.ctx.removedGroups.keys()]);
   }
 
   async getAllVmRecords(): Promise<VmRecord[]> {

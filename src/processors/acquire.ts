@@ -64,7 +64,13 @@ export async function stopAcquireWaits(ctx: JobContext): Promise<void> {
  */
 export async function resolveRequestGroups(ctx: JobContext, request: AcquireRequestData, job?: Job): Promise<string[]> {
   try {
-    return requestGroupIds(ctx.config.groups, request);
+    try {
+      return requestGroupIds(ctx.config.groups, request, new Set(ctx.vmm.removedGroups.keys()));
+    } catch (err) {
+      // A name of a group removed from the config, not read yet: its VMs are still served.
+      if (!(err instanceof RequestGroupsError) || !request.groups?.some((g) => typeof g === 'string')) throw err;
+      return requestGroupIds(ctx.config.groups, request, new Set((await ctx.vmm.refreshRemovedGroups()).keys()));
+    }
   } catch (err) {
     if (!(err instanceof RequestGroupsError)) throw err;
     throw job ? await failAcquireJob(job, AcquireFailures.INVALID_REQUEST, err.message) : new UnrecoverableError(err.message);
@@ -112,8 +118,9 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
   const deadline = job.timestamp + timeoutMs;
   const waiter = waiterOf(job, deadline);
   const { jobId } = waiter;
-  // The process's line runtime (dispatch on ready messages, sweeps) runs once it has a job.
-  if (!stopped.has(ctx)) runtimeOf(ctx);
+  // The process's line runtime (dispatch on ready messages, sweeps) runs once it has a job; it
+  // listens to a group removed from the config (that drains) once a request names it.
+  if (!stopped.has(ctx)) runtimeOf(ctx).watch(groups.filter((g) => ctx.vmm.removedGroups.has(g)));
   const groupNames = groups.map((g) => `${g}(${ctx.vmm.groupIndex(g) ?? 'removed'})`).join(', ');
   const log = ctx.logger.child({ jobId, owner: request.owner, taskId: request.taskId });
   // The payload is the request, with its groups resolved and this process as the worker.

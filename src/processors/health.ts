@@ -21,7 +21,7 @@ async function processHealth(job: Job, data: HealthData, ctx: JobContext): Promi
       await log(`not checked: VM is ${vm.state}`);
       return { vmName, ok: false, outcome: 'skipped', detail: `state ${vm.state}` };
     }
-    const groupConfig = ctx.vmm.groupConfig(vm.group);
+    const groupConfig = await ctx.vmm.knownGroupConfig(vm.group);
     const result = await ctx
       .healthCheck(vm.group)
       .check(

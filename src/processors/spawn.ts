@@ -4,6 +4,7 @@ import { addressPolicy } from '../providers/addressPolicy.js';
 import { ProviderError } from '../providers/command.js';
 import { UNCLASSIFIED, type SpawnFailureClass } from '../providers/spawnErrors.js';
 import { breakerOpen } from '../reconcile/breaker.js';
+import { launchSuperseded } from '../reconcile/rollout.js';
 import { SpawnAborted, type PrintedMachine, type SpawnedMachine } from '../providers/types.js';
 import { SPAWN_QUEUE, spawnJobSchema, type SpawnJobResult } from '../../queues/spawn.js';
 import { TERMINATE_QUEUE, addTerminateJob, spawnOrphanTerminateJobId, spawnStopTerminateJobId } from '../../queues/terminate.js';
@@ -89,6 +90,7 @@ async function processSpawn(job: Job, payload: z.output<typeof spawnJobSchema>, 
     await job.moveToDelayed(Date.now() + STOPPED_REQUEUE_DELAY_MS, job.token);
     throw new DelayedError();
   }
+  if (await putBackIfSuperseded(job, data, ctx)) throw new DelayedError();
   const log: Log = (line) => job.log(line).then(() => undefined);
   const attempt = `attempt ${job.attemptsMade + 1} of ${job.opts.attempts ?? 1}`;
   await log(`spawn ${spawnId} in group ${group}, ${attempt}`);
@@ -118,6 +120,41 @@ async function processSpawn(job: Job, payload: z.output<typeof spawnJobSchema>, 
     }
     throw err;
   }
+}
+
+/** A spawn job that reaches a worker on a superseded launch config goes back after this delay, for a current worker. */
+export const SUPERSEDED_REQUEUE_DELAY_MS = 3_000;
+
+/** Per process, the groups whose launch config it found superseded (logged once, until current again). */
+const supersededGroups = new WeakMap<JobContext, Set<string>>();
+
+/**
+ * A worker whose launch config of the group is superseded (rollout.ts launchSuperseded) would make
+ * a VM outdated at once: it runs no hook and puts the job back, delayed, so that a worker of the
+ * current config takes it (not a spawn failure: no breaker count, no attempt used). A job whose
+ * spawn no longer holds a slot (stale meanwhile) is not put back, and ends as any such spawn.
+ * Returns whether the job was put back (the caller then throws DelayedError).
+ */
+async function putBackIfSuperseded(job: Job, data: SpawnData, ctx: JobContext): Promise<boolean> {
+  const { group, spawnId } = data;
+  const own = { fingerprint: ctx.vmm.launchFingerprint(group), launchRevision: ctx.vmm.groupConfig(group).launch_revision };
+  const published = await ctx.vmm.reader.publishedLaunch(group);
+  let warned = supersededGroups.get(ctx);
+  if (!warned) supersededGroups.set(ctx, (warned = new Set()));
+  if (!launchSuperseded(published, own)) {
+    if (warned.delete(group)) ctx.logger.info({ group, fingerprint: own.fingerprint }, "this spawn worker's launch config of the group is current again: spawning");
+    return false;
+  }
+  if (!(await ctx.vmm.getSpawnsInFlight(group)).some((s) => s.spawnId === spawnId)) return false;
+  if (!warned.has(group)) {
+    warned.add(group);
+    ctx.logger.warn(
+      { group, fingerprint: own.fingerprint, published: published?.fingerprint, spawnId },
+      "this spawn worker's launch config of the group is superseded: it spawns nothing for the group and puts its spawn jobs back for a worker of the current config, until it is restarted with that config",
+    );
+  }
+  await job.moveToDelayed(Date.now() + SUPERSEDED_REQUEUE_DELAY_MS, job.token);
+  return true;
 }
 
 /** The error class of a spawn skipped because its group's breaker is open (no provider call). */

@@ -26,6 +26,7 @@ async function processTerminate(job: Job, data: TerminateData, ctx: JobContext):
     // A machine the pool has no record of, or another machine under the name of a pool VM (a hook
     // that reused a name): end it by its own name and address, and leave the pool's record alone.
     const group = await ctx.vmm.payloadGroup(data.orphan.group);
+    await ctx.vmm.knownGroupConfig(group);
     const what = vm === null ? 'unknown to the pool' : `reported under the name of pool VM ${vmName} (${vm.vmIp})`;
     await log(`terminating machine ${vmName} at ${data.orphan.vmIp ?? 'no address'} ${what} (${reason}) in group ${group}`);
     await ctx.provider(group).terminate({ group: ctx.vmm.providerGroup(group), vmName, vmIp: data.orphan.vmIp, log });
@@ -39,6 +40,8 @@ async function processTerminate(job: Job, data: TerminateData, ctx: JobContext):
     await log(`VM is ${vm.state}, not terminating; left alone`);
     return { vmName, removed: false };
   }
+  // A group removed from the config is terminated with the config reconcile last published.
+  await ctx.vmm.knownGroupConfig(vm.group);
   await log(`terminating ${vmName} (${vm.vmIp}) in group ${vm.group}, reason ${reason}, attempt ${job.attemptsMade + 1}`);
   await ctx.provider(vm.group).terminate({ group: ctx.vmm.providerGroup(vm.group), vmName, vmIp: vm.vmIp, log });
   try {

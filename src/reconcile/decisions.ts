@@ -54,6 +54,11 @@ export interface GroupSnapshot {
   /** Drained at run time (`vmpool drain`): spawns nothing, as max_vm_total: 0. */
   drained?: boolean;
   /**
+   * Removed from the config (the pool still has its VMs; its config is the last one reconcile
+   * published): spawns nothing, keeps no warm pool, and its idle clean VMs beyond its demand retire.
+   */
+  removed?: boolean;
+  /**
    * The group's VM counts from the indexes (VmMaster reads them, as `vms` then holds only the VMs
    * that may be due). Absent: counted from `vms`, which must then hold every VM of the group.
    */
@@ -107,6 +112,7 @@ export function configOfGroup(config: Pick<Config, 'groups'>, name: string): Gro
 
 /** The warm pool a group keeps now: min_ready, by schedule, or sized by target_wait. */
 export function warmPoolOf(config: ReconcileConfig, group: GroupSnapshot, now: number): number {
+  if (group.removed) return 0;
   return warmPoolSize(configOfGroup(config, group.group)!, group.targetWait, now, config.vm_cycle_timeout ?? 10);
 }
 
@@ -321,7 +327,7 @@ export function decideStartSpawnIfRequired(snapshot: PoolSnapshot, config: Recon
     if (gate === 'none') continue;
     const f = spawnFigures(snapshot, config, group, now);
     let { inFlight, comingSupply } = f;
-    const maxVmTotal = group.drained ? 0 : g.max_vm_total;
+    const maxVmTotal = group.drained || group.removed ? 0 : g.max_vm_total;
     if (gate === 'probe') {
       // One spawn tests the provider; its outcome closes the breaker or opens it for longer.
       if (inFlight === 0 && f.active < maxVmTotal && comingSupply < f.wanted) actions.push({ type: 'spawn', group: group.group, reason: 'probe' });
@@ -356,7 +362,7 @@ export function decideRetireSurplus(snapshot: PoolSnapshot, config: ReconcileCon
   const actions: ReconcileAction[] = [];
   for (const group of snapshot.groups) {
     const g = configOfGroup(config, group.group);
-    if (!g || !warmPoolVaries(g) || !decidesForGroup(group)) continue;
+    if (!g || !(warmPoolVaries(g) || group.removed) || !decidesForGroup(group)) continue;
     const idle = snapshot.vms
       .filter((vm) => vm.group === group.group && vm.state === VmStates.READY && vm.owner === null && !isHeld(vm))
       .sort((a, b) => (a.lastRelease ?? a.addedAt ?? 0) - (b.lastRelease ?? b.addedAt ?? 0) || a.vmName.localeCompare(b.vmName));

@@ -87,7 +87,7 @@ export async function readOwnerRooms(vmm: VmManager, requests: readonly DemandRe
   const owners = [...new Set(requests.flatMap((r) => (r.owner === undefined ? [] : [r.owner])))];
   const rooms = new Map(
     await Promise.all(
-      vmm.config.groups.map(async (gc) => {
+      vmm.allGroupConfigs().map(async (gc) => {
         const bound = await vmm.reader.ownerVmCounts(gc.name, owners);
         return [gc.name, new Map(owners.map((o, i) => [o, Math.max(0, gc.max_vm_per_user - bound[i]!)]))] as const;
       }),
@@ -105,6 +105,7 @@ export function queuedDemandRequest(
   job: { id?: string | undefined; data: unknown; timestamp: number },
   groups: readonly { name: string; archs: readonly string[]; tags?: readonly string[] }[],
   now: number,
+  removed: ReadonlySet<string> = new Set(),
 ): DemandRequest | null {
   if (job.id === undefined) return null;
   const parsed = acquireRequestSchema.safeParse(job.data);
@@ -112,21 +113,24 @@ export function queuedDemandRequest(
   if (job.timestamp + (parsed.data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS) <= now) return null;
   try {
     const strict = isStrictRequest(parsed.data);
-    return { jobId: job.id, owner: parsed.data.owner, groups: requestGroupIds(groups, parsed.data), ...(strict ? { strict } : {}) };
+    return { jobId: job.id, owner: parsed.data.owner, groups: requestGroupIds(groups, parsed.data, removed), ...(strict ? { strict } : {}) };
   } catch {
     return null;
   }
 }
 
 /**
- * Reads the demand of every configured group (one entry per group, in config order): requests in
- * the line, then queued vm-acquire jobs, counted as demandByGroup says.
+ * Reads the demand of every configured group (one entry per group, in config order), then of each
+ * group removed from the config that drains (vmm.removedGroups): requests in the line, then queued
+ * vm-acquire jobs, counted as demandByGroup says.
  */
 export async function readDemand(vmm: VmManager, acquireQueue: Queue, route?: DemandRoute): Promise<number[]> {
   const now = vmm.clock();
   const groups = vmm.config.groups;
+  const removed = new Set(vmm.removedGroups.keys());
+  const names = [...vmm.vmGroups, ...removed];
   const [lines, queued] = await Promise.all([
-    Promise.all(groups.map((g) => vmm.reader.lineRequests(g.name, now, LINE_DEMAND_SCAN))),
+    Promise.all(names.map((g) => vmm.reader.lineRequests(g, now, LINE_DEMAND_SCAN))),
     acquireQueue.getJobs(['waiting', 'prioritized'], 0, QUEUED_DEMAND_SCAN - 1, true) as Promise<Job[]>,
   ]);
   // The groups each request in the line waits in, in config order.
@@ -134,7 +138,7 @@ export async function readDemand(vmm: VmManager, acquireQueue: Queue, route?: De
   lines.forEach((waiting, i) => {
     for (const { jobId, owner } of waiting) {
       const entry = inLine.get(jobId) ?? { owner, waitsIn: [] };
-      entry.waitsIn.push(groups[i]!.name);
+      entry.waitsIn.push(names[i]!);
       inLine.set(jobId, entry);
     }
   });
@@ -145,7 +149,7 @@ export async function readDemand(vmm: VmManager, acquireQueue: Queue, route?: De
     let request: DemandRequest = { jobId, owner, groups: waitsIn };
     if (waitsIn.length > 1 || route) {
       const job = await acquireQueue.getJob(jobId).catch(() => undefined);
-      const own = job ? queuedDemandRequest({ id: jobId, data: job.data, timestamp: job.timestamp }, groups, -Infinity) : null;
+      const own = job ? queuedDemandRequest({ id: jobId, data: job.data, timestamp: job.timestamp }, groups, -Infinity, removed) : null;
       if (own && route) request = own;
       else if (own) request = { jobId, owner, groups: own.groups.filter((g) => waitsIn.includes(g)) };
       if (request.groups.length === 0) request = { jobId, owner, groups: waitsIn };
@@ -153,8 +157,8 @@ export async function readDemand(vmm: VmManager, acquireQueue: Queue, route?: De
     requests.push(request);
   }
   for (const job of queued) {
-    const r = job ? queuedDemandRequest(job, groups, now) : null;
+    const r = job ? queuedDemandRequest(job, groups, now, removed) : null;
     if (r) requests.push(r);
   }
-  return demandByGroup(requests, vmm.vmGroups, route, await readOwnerRooms(vmm, requests));
+  return demandByGroup(requests, names, route, await readOwnerRooms(vmm, requests));
 }

@@ -12,6 +12,7 @@
  * surge: it retires one old VM at a time (maxUnavailable 1), so that the roll still ends.
  */
 import { VmStates, type VmRecord } from '../pool/types.js';
+import type { PublishedLaunch } from '../pool/poolReader.js';
 import type { TerminationReason } from '../../queues/terminate.js';
 import { configOfGroup, countGroup, warmPoolOf, type GroupSnapshot, type PoolSnapshot, type ReconcileAction, type ReconcileConfig } from './decisions.js';
 
@@ -33,6 +34,18 @@ export interface GroupLaunch {
 /** Whether a group may make decisions: no launch known (not published by this process) counts as current. */
 export function decidesForGroup(group: Pick<GroupSnapshot, 'launch'>): boolean {
   return group.launch?.current ?? true;
+}
+
+/**
+ * Whether a process's launch config of a group is superseded by the published one, by
+ * publishLaunch's rule: another fingerprint is current, and this one has a lower launch_revision,
+ * or the same one and was current once and replaced. A config never published (newer than the
+ * published one: its reconcile processes are not restarted yet) is not superseded.
+ */
+export function launchSuperseded(published: PublishedLaunch | null, own: { fingerprint: string; launchRevision: number }): boolean {
+  if (published === null || published.fingerprint === own.fingerprint) return false;
+  if (own.launchRevision !== published.launchRevision) return own.launchRevision < published.launchRevision;
+  return published.superseded.includes(own.fingerprint);
 }
 
 const isIdleReady = (vm: VmRecord | undefined): vm is VmRecord => vm !== undefined && vm.state === VmStates.READY && vm.heldBy === null;

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Queue } from 'bullmq';
+import type { Config } from '../config/index.js';
 import type { Logger } from '../logger.js';
 import { ALL_VM_STATES, VmDescriptorNotFound, VmError, VmStates, activeVmCount } from '../pool/types.js';
 import type { ExpiredLease, VmManager } from '../pool/vmManager.js';
@@ -159,11 +160,14 @@ export class VmMaster {
   async readSnapshot(): Promise<PoolSnapshot> {
     const vmm = this.vmm;
     const now = vmm.clock();
+    // The config's groups, then the groups removed from it that drain (as read at the cycle's start).
+    const groupNames = [...vmm.vmGroups, ...vmm.removedGroups.keys()];
+    const removed = (group: string) => !vmm.vmGroups.includes(group);
     // Spawns in flight first, then the VM counts: a spawn whose VM entered the pool in between is
     // then counted twice (one spawn too few this cycle), never not at all (one too many).
     const groups = await Promise.all(
-      vmm.vmGroups.map(async (group): Promise<Omit<GroupSnapshot, 'demand'>> => {
-        const targetWait = vmm.groupConfig(group).target_wait;
+      groupNames.map(async (group): Promise<Omit<GroupSnapshot, 'demand'>> => {
+        const targetWait = removed(group) ? undefined : vmm.groupConfig(group).target_wait;
         const [spawnsInFlight, last, breaker, drainedSince, measure] = await Promise.all([
           vmm.getSpawnsInFlight(group),
           vmm.readVmPoolInfo(group, LAST_VM_SPAWN_START),
@@ -172,18 +176,26 @@ export class VmMaster {
           targetWait ? vmm.measureTargetWait(group, targetWait.window * 1000) : undefined,
         ]);
         const lastSpawnStart = last === null || last === '' || !Number.isFinite(Number(last)) ? null : Number(last);
-        return { group, spawnsInFlight, lastSpawnStart, breaker, drained: drainedSince !== null, ...(measure ? { targetWait: measure } : {}) };
+        return {
+          group,
+          spawnsInFlight,
+          lastSpawnStart,
+          breaker,
+          drained: drainedSince !== null,
+          ...(removed(group) ? { removed: true } : {}),
+          ...(measure ? { targetWait: measure } : {}),
+        };
       }),
     );
     const [serverStart, serverStartSeq, stateCounts, supply] = await Promise.all([
       vmm.getServerStart(),
       vmm.reader.serverStartSeq(),
-      vmm.reader.stateCounts(vmm.vmGroups),
-      vmm.reader.supplyCounts(vmm.vmGroups),
+      vmm.reader.stateCounts(groupNames),
+      vmm.reader.supplyCounts(groupNames),
     ]);
     for (const g of groups) if (g.targetWait) this.noteTargetWait(g.group, g.targetWait);
     const counts = new Map<string, GroupCounts>(
-      vmm.vmGroups.map((group, i) => {
+      groupNames.map((group, i) => {
         const byState = stateCounts[i]!;
         const all = Object.values(byState).reduce((a, b) => a + b, 0);
         return [group, { all, active: activeVmCount(byState), coming: supply[i]!.coming }];
@@ -200,7 +212,7 @@ export class VmMaster {
 
     // What is due, per group: each query's bound is the time before which a score means due.
     const queries: DueQuery[] = [];
-    for (const group of vmm.vmGroups) {
+    for (const group of groupNames) {
       const g = vmm.groupConfig(group);
       queries.push({ group, set: 'check', upTo: now - g.vm_health_check_period * 1000 });
       // Checked before the server start: acquire skips them until checked again (recheckAfterServerStart).
@@ -227,11 +239,11 @@ export class VmMaster {
       for (const name of [...due.outdated, ...due.aged]) names.add(name);
       launches.set(group, { current: true, ...due, readyCurrent: supply[vmm.vmGroups.indexOf(group)]!.readyClean });
     }
-    for (const [i, group] of vmm.vmGroups.entries()) {
+    for (const [i, group] of groupNames.entries()) {
       const g = vmm.groupConfig(group);
-      if (!warmPoolVaries(g)) continue;
+      if (!warmPoolVaries(g) && !removed(group)) continue;
       const snap = withDemand.find((s) => s.group === group)!;
-      if (supply[i]!.readyClean > warmPoolOf(vmm.config, snap, now) + Math.max(0, snap.demand)) {
+      if (supply[i]!.readyClean > warmPoolOf(this.decisionConfig(), snap, now) + Math.max(0, snap.demand)) {
         for (const name of await vmm.reader.readyCleanNames(group)) names.add(name);
       }
     }
@@ -264,22 +276,27 @@ export class VmMaster {
    * The steps that decide from the snapshot (decisions.ts) and apply what they decided. The
    * methods of the same names (Copr's VmMaster, public API) run one alone.
    */
+  /** The config the decisions see: the config's groups and the removed groups that drain (their published configs). */
+  private decisionConfig(): Config {
+    return { ...this.vmm.config, groups: this.vmm.allGroupConfigs() };
+  }
+
   private readonly decisions: Record<DecisionStep, (s: PoolSnapshot, now: number) => ReconcileAction[]> = {
-    rollOut: (s, now) => decideRollOut(s, this.vmm.config, now),
-    removeOldDirtyVms: (s, now) => decideRemoveOldDirtyVms(s, this.vmm.config, now),
-    retireSurplus: (s, now) => decideRetireSurplus(s, this.vmm.config, now),
-    checkVmsHealth: (s, now) => decideCheckVmsHealth(s, this.vmm.config, now),
-    recheckAfterServerStart: (s, now) => decideRecheckAfterServerStart(s, this.vmm.config, now),
+    rollOut: (s, now) => decideRollOut(s, this.decisionConfig(), now),
+    removeOldDirtyVms: (s, now) => decideRemoveOldDirtyVms(s, this.decisionConfig(), now),
+    retireSurplus: (s, now) => decideRetireSurplus(s, this.decisionConfig(), now),
+    checkVmsHealth: (s, now) => decideCheckVmsHealth(s, this.decisionConfig(), now),
+    recheckAfterServerStart: (s, now) => decideRecheckAfterServerStart(s, this.decisionConfig(), now),
     startSpawnIfRequired: (s, now) => {
-      const actions = decideStartSpawnIfRequired(s, this.vmm.config, now);
+      const actions = decideStartSpawnIfRequired(s, this.decisionConfig(), now);
       if (actions.length > 0) {
-        const figures = s.groups.filter((g) => this.vmm.vmGroups.includes(g.group)).map((g) => spawnFigures(s, this.vmm.config, g, now));
+        const figures = s.groups.filter((g) => this.vmm.vmGroups.includes(g.group)).map((g) => spawnFigures(s, this.decisionConfig(), g, now));
         this.logger.debug({ figures }, 'spawn figures');
       }
       return actions;
     },
-    finalizeLongHealthChecks: (s, now) => decideFinalizeLongHealthChecks(s, this.vmm.config, now),
-    terminateAgain: (s, now) => decideTerminateAgain(s, this.vmm.config, now),
+    finalizeLongHealthChecks: (s, now) => decideFinalizeLongHealthChecks(s, this.decisionConfig(), now),
+    terminateAgain: (s, now) => decideTerminateAgain(s, this.decisionConfig(), now),
   };
 
   /** Runs one decision step on the snapshot (read when not given) and returns the actions applied. */
@@ -626,6 +643,7 @@ export class VmMaster {
     const outcome = await this.lock.run(async (lost) => {
       // The config's groups join the pool's registry (a group removed later is still known, and drains).
       await this.vmm.registerConfigGroups().catch((err: unknown) => errors.push(err));
+      await this.vmm.refreshRemovedGroups().catch((err: unknown) => errors.push(err));
       // First, before this cycle spawns: machines from before a loss of the pool's state.
       await this.sweepAfterLoss().catch((err: unknown) => errors.push(err));
       let snapshot: PoolSnapshot | undefined;
@@ -644,6 +662,15 @@ export class VmMaster {
           errors.push(err);
           this.logger.error({ err, step: step.name }, 'reconcile step failed');
         }
+      }
+      // A group removed from the config is forgotten once it drained: no VM, spawn or waiting request.
+      for (const group of this.vmm.removedGroups.keys()) {
+        if (lost()) break;
+        const forgotten = await this.vmm.forgetGroupIfEmpty(group).catch((err: unknown) => {
+          errors.push(err);
+          return false;
+        });
+        if (forgotten) this.logger.info({ group }, 'a group removed from the config drained: its keys are deleted');
       }
     });
     if (!outcome.acquired) {

@@ -23,7 +23,7 @@ export interface AcquireKit {
   client: VmPoolClient;
   queue: Queue;
   /** Adds a VM and brings it to ready with a passing check after the server start. */
-  addReady(name: string, ip: string, group?: number): Promise<void>;
+  addReady(name: string, ip: string, group?: string | number): Promise<void>;
   /** Resolves once `count` acquire requests wait in the group's line. */
   /** A group by name, or by index in the kit's config. */
   untilWaiting(group: string | number, count: number): Promise<void>;

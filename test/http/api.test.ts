@@ -257,7 +257,7 @@ describe('HTTP API', () => {
           .filter((m) => m === 'post' || m === 'delete')
           .map((m) => [m.toUpperCase(), path.replace('{name}', 'c1').replace('{group}', 'base')] as const),
       );
-      expect(writes.length).toBe(10);
+      expect(writes.length).toBe(11);
       for (const [method, path] of writes) {
         expect((await kit.fetch(`/api/v1${path}`, { method })).status, `${method} ${path}`).toBe(415);
       }
@@ -298,6 +298,7 @@ describe('HTTP API', () => {
         'DELETE /groups/{group}/breaker',
         'POST /groups/{group}/drain',
         'DELETE /groups/{group}/drain',
+        'POST /groups/{group}/rename',
         'GET /events',
         'GET /requests/{id}',
         'DELETE /requests/{id}',

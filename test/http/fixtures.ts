@@ -34,7 +34,7 @@ export interface WebKit {
   web: RunningWebServer;
   url: string;
   /** Adds a VM and brings it to ready through a passing health check. */
-  addReady(name: string, ip: string, group?: number): Promise<void>;
+  addReady(name: string, ip: string, group?: string | number): Promise<void>;
   fetch(path: string, init?: RequestInit & { token?: string; json?: unknown }): Promise<Response>;
   /** Runs the real acquire worker in this process (for POST /acquire). */
   startAcquireWorker(): Promise<RunningProcess>;

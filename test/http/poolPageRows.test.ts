@@ -26,7 +26,7 @@ describe('pool page rows', () => {
     expect(section.match(/<tr data-vm=/g)?.length).toBe(POOL_PAGE_ROWS);
     const last = `r${String(POOL_PAGE_ROWS - 1).padStart(4, '0')}`;
     const link = /<a data-more href="([^"]+)"/.exec(section)?.[1]?.replace(/&amp;/g, '&');
-    expect(link).toBe(`api/v1/vms?group=0&cursor=${last}&limit=500`);
+    expect(link).toBe(`api/v1/vms?group=base&cursor=${last}&limit=500`);
     const next = (await (await kit.fetch(`/${link}`)).json()) as { vms: { vmName: string }[]; next: string | null };
     expect(next.vms.map((v) => v.vmName)).toEqual(Array.from({ length: 5 }, (_, i) => `r${String(POOL_PAGE_ROWS + i).padStart(4, '0')}`));
     expect(next.next).toBeNull();

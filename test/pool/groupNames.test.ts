@@ -7,8 +7,9 @@ import { DATA_FORMAT_VERSION, DataFormat } from '../../src/pool/dataFormat.js';
 import { moveGroupReferences } from '../../src/pool/groupNames.js';
 import { acquireWaiterMember, VmStates } from '../../src/pool/types.js';
 import { VmManager } from '../../src/pool/vmManager.js';
-import { runEntry } from '../helpers/processes.js';
-import { connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
+import { runCli } from '../../src/cli/program.js';
+import { runEntry, writeConfigFile } from '../helpers/processes.js';
+import { REDIS_URL, connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
 
 // Groups identified by name: the migration of a version-1 pool (keys and references by group
 // index) to data format 2, also killed in the middle in a real process, and the key moves it is
@@ -180,7 +181,7 @@ describe('groups by name: the migration to data format 2', { timeout: 120_000 },
     }
   });
 
-  it('a job payload of a version-1 producer (a group index) is read through the recorded map, not the reading config', async () => {
+  it('a job payload or audit event of a version-1 process (a group index) is read through the recorded map, not the reading config', async () => {
     const prefix = prefixFor();
     const { vmm } = await buildPool(prefix);
     await vmm.close();
@@ -191,11 +192,57 @@ describe('groups by name: the migration to data format 2', { timeout: 120_000 },
       expect(await reversed.payloadGroup(0)).toBe('alpha');
       expect(await reversed.payloadGroup('beta')).toBe('beta');
       await expect(reversed.payloadGroup(7)).rejects.toThrow(/group index 7/);
+      // An audit event of a version-1 process names its group by index: read by the recorded name.
+      const keys = new PoolAccess(redis, prefix).keys;
+      await redis.xadd(keys.auditEvents, '*', 'event', 'spawned', 'vm', 'old-1', 'group', '1');
+      expect((await reversed.reader.auditEvents({ vm: 'old-1' })).events.map((e) => e.group)).toEqual(['beta']);
       // The public API's index is this config's: 0 is beta here.
       expect(reversed.resolveGroup(0)).toBe('beta');
       expect(reversed.resolveGroup('alpha')).toBe('alpha');
     } finally {
       await reversed.close();
+    }
+  });
+});
+
+describe('vmpool group rename', { timeout: 60_000 }, () => {
+  it('moves a group with its VMs, lease, waiting request, spawn, breaker and metrics to the new name; refuses a name in use or invalid', async () => {
+    const prefix = prefixFor();
+    const { vmm, aliceLease } = await buildPool(prefix);
+    await vmm.registerConfigGroups();
+    const before = await dump(prefix);
+    try {
+      const renamed = await vmm.renameGroup('alpha', 'gamma');
+      expect(renamed).toEqual({ from: 'alpha', to: 'gamma', vms: 1 });
+      const moved = JSON.parse(JSON.stringify(before).replace(/alpha/g, 'gamma')) as Record<string, unknown>;
+      expect(await dump(prefix)).toEqual(moved);
+      await expect(vmm.renameGroup('gamma', 'beta')).rejects.toThrow(/has a group "beta" already/);
+      await expect(vmm.renameGroup('gamma', 'no:colon')).rejects.toThrow(/invalid group name/);
+      await expect(vmm.renameGroup('nothing', 'other')).rejects.toThrow(/no group "nothing"/);
+    } finally {
+      await vmm.close();
+    }
+
+    // By the CLI, with a config that names the new group: beta -> delta.
+    const keys = new PoolAccess(redis, prefix).keys;
+    const file = writeConfigFile({ groups: [{ ...input.groups![0], name: 'gamma' }, input.groups![1]] });
+    let out = '';
+    const io = { out: (t: string) => (out += t), err: (t: string) => (out += t), env: { REDIS_URL, VMPOOL_PREFIX: prefix }, now: () => Date.now() };
+    expect(await runCli(['--config', file, 'group', 'rename', 'beta', 'delta'], io), out).toBe(0);
+    expect(out).toContain('group beta renamed to delta with its 2 VMs');
+    expect((await redis.smembers(keys.groupRegistry)).sort()).toEqual(['delta', 'gamma']);
+
+    // The pool runs on under the new names.
+    const after = new VmManager(parseConfig({ groups: [{ ...input.groups![0], name: 'gamma' }, { ...input.groups![1], name: 'delta' }] }, {}), { redis, prefix, logger, clock: () => T0 + 5000 });
+    try {
+      expect(await after.getVmByName('a1')).toMatchObject({ group: 'gamma', state: 'in_use', owner: 'alice' });
+      expect(await after.renewLease('a1', aliceLease)).toBeGreaterThan(T0 + 5000);
+      expect((await after.getAllVmsInGroup('delta')).map((v) => v.vmName).sort()).toEqual(['b1', 'b2']);
+      expect(await after.reader.breaker('gamma')).toMatchObject({ open: true });
+      expect((await after.getSpawnsInFlight('delta')).map((s) => s.spawnId)).toEqual(['g1-1-abc']);
+      expect(await redis.hget(keys.metric('spawns'), '["delta","failed","quota"]')).toBe('2');
+    } finally {
+      await after.close();
     }
   });
 });

@@ -86,6 +86,53 @@ describe('publishLaunch', () => {
   });
 });
 
+describe('a superseded launch config', () => {
+  it('never wins again by its start: a stale replica restarted after the rollout defers, and the group stays rolled', async () => {
+    await old.publishLaunch('g', process1);
+    clock.now = T0 + 10 * S;
+    await next.publishLaunch('g', process2);
+    expect(await redis.hget(keys.launch('g'), 'superseded')).toBe(fp1);
+    // The v1 replica crashes and its supervisor restarts it with the old config file.
+    clock.now = T0 + 30 * S;
+    const restarted = { startedAt: T0 + 25 * S, processId: 'host:1:restarted' };
+    expect(await old.publishLaunch('g', restarted)).toMatchObject({ status: 'superseded', fingerprint: fp2, revision: 2 });
+    expect(await next.publishLaunch('g', process2)).toEqual({ status: 'current', revision: 2 });
+    const [state] = await old.launchStates();
+    expect(state!.deferring).toEqual([{ process: 'host:1:restarted', fingerprint: fp1 }]);
+  });
+
+  it('keeps only the most recent superseded fingerprints, and a new one still wins by its start', async () => {
+    const started = (n: number) => ({ startedAt: T0 + n * S, processId: `host:${n}:x` });
+    for (let n = 1; n <= 20; n++) {
+      clock.now = T0 + n * S + 1;
+      const vmm = new VmManager({ groups: [group(`image-${n}`)] }, { redis, prefix, clock: () => clock.now });
+      expect((await vmm.publishLaunch('g', started(n))).status).toBe('published');
+      await vmm.close();
+    }
+    const kept = (await redis.hget(keys.launch('g'), 'superseded'))!.split(' ');
+    expect(kept).toHaveLength(16);
+    const fpOf = (n: number) => launchFingerprint(parseConfig({ groups: [group(`image-${n}`)] }).groups[0]!);
+    expect(kept).toEqual(Array.from({ length: 16 }, (_, i) => fpOf(i + 4)));
+  });
+});
+
+describe('VMs made before fingerprints', () => {
+  it('are stamped with the first published fingerprint, and rolled out by the next change', async () => {
+    await spawnedReady(old, 'vm-before');
+    await redis.hdel(keys.vm('vm-before'), 'launch_fingerprint');
+    expect((await old.getVmRecord('vm-before')).launchFingerprint).toBeNull();
+    expect(await old.publishLaunch('g', process1)).toEqual({ status: 'published', revision: 1, changed: 1 });
+    expect((await old.getVmRecord('vm-before')).launchFingerprint).toBe(fp1);
+    expect(await redis.zrange(keys.readyClean('g'), 0, '-1')).toEqual(['vm-before']);
+    // Later publications stamp nothing: a VM added by hand since keeps no fingerprint.
+    await old.addVmToPool('10.9.1.2', 'by-hand-later', 'g');
+    clock.now = T0 + 10 * S;
+    expect(await next.publishLaunch('g', process2)).toMatchObject({ status: 'published', changed: 1 });
+    expect(await redis.smembers(keys.outdated('g'))).toEqual(['vm-before']);
+    expect((await old.getVmRecord('by-hand-later')).launchFingerprint).toBeNull();
+  });
+});
+
 describe('an orphaned launch config', () => {
   it('is taken over once no process has confirmed it for launchOrphanedAfterMs, and not before', async () => {
     await old.publishLaunch('g', process1);
@@ -156,16 +203,36 @@ describe('a VM of an older launch', () => {
     expect(await redis.scard(keys.coming('g'))).toBe(0);
   });
 
-  it('is current again after a rollback (the older config published by a process started later)', async () => {
+  it('is rolled out again by a rollback on purpose (the old image with a higher launch_revision is a new launch)', async () => {
     await old.publishLaunch('g', process1);
     await spawnedReady(old, 'vm-old');
     clock.now = T0 + 10 * S;
     await next.publishLaunch('g', process2);
     expect(await redis.zcard(keys.readyOutdated('g'))).toBe(1);
     clock.now = T0 + 20 * S;
+    const rolledBack = new VmManager({ groups: [group('fedora-41', 1)] }, { redis, prefix, clock: () => clock.now });
+    try {
+      // Started before v2 was published, yet it wins: its launch_revision is higher.
+      expect(await rolledBack.publishLaunch('g', { startedAt: T0 + 5 * S, processId: 'host:1:bumped' })).toMatchObject({ status: 'published', revision: 3, changed: 0 });
+      expect(await next.publishLaunch('g', { startedAt: clock.now + S, processId: 'host:2:restarted' })).toMatchObject({ status: 'superseded', launchRevision: 1 });
+      // The bump is a launch of its own: vm-old (revision 0) is rolled out as well.
+      expect(await redis.smembers(keys.outdated('g'))).toEqual(['vm-old']);
+    } finally {
+      await rolledBack.close();
+    }
+  });
+
+  it('is current again after the orphan takeover (every process of the new config stopped)', async () => {
+    await old.publishLaunch('g', process1);
+    await spawnedReady(old, 'vm-old');
+    clock.now = T0 + 10 * S;
+    await next.publishLaunch('g', process2);
+    clock.now += launchOrphanedAfterMs(parseConfig(v1).vm_cycle_timeout) + 1;
     expect(await old.publishLaunch('g', { startedAt: T0 + 15 * S, processId: 'host:1:restarted' })).toMatchObject({ status: 'published', revision: 3, changed: 1 });
     expect(await redis.zrange(keys.readyClean('g'), 0, '-1')).toEqual(['vm-old']);
     expect(await redis.zcard(keys.readyOutdated('g'))).toBe(0);
+    // The rolled-back fingerprint is superseded in turn: a v2 process restarted later does not win by its start.
+    expect(await next.publishLaunch('g', { startedAt: clock.now + S, processId: 'host:2:restarted' })).toMatchObject({ status: 'superseded', fingerprint: fp1 });
   });
 
   it('is kept out of the ready indexes while held, and back in ready_outdated when unheld', async () => {

@@ -26,7 +26,7 @@ function section(head: string, name: 'Input' | 'Output'): string {
 }
 
 /** Keys that only TypeScript uses (no script reads or writes them), so poolKeys.lua need not spell them. */
-const WITHOUT_SCRIPTS: (keyof PoolKeys)[] = ['base', 'groupInfo', 'orphanUnknown', 'orphanMissing', 'orphanUntagged', 'history', 'historyAcquire'];
+const WITHOUT_SCRIPTS: (keyof PoolKeys)[] = ['base', 'groupInfo', 'orphanUnknown', 'orphanMissing', 'orphanUntagged', 'history', 'historyAcquire', 'publishedGroupConfig'];
 
 /** Sample arguments of each key kind; values that must survive as they are (':' in names, a non-ASCII owner). */
 const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {

@@ -6,6 +6,7 @@ import {
   decideFinalizeLongHealthChecks,
   decideRecheckAfterServerStart,
   decideRemoveOldDirtyVms,
+  decideRetireSurplus,
   decideStartSpawnIfRequired,
   decideTerminateAgain,
   type GroupSnapshot,
@@ -351,5 +352,29 @@ describe('snapshots of only the due VMs (counts and IPs from the indexes)', () =
     expect(decideStartSpawnIfRequired(snap([], [group({ counts: { active: 3, all: 3, coming: 2 } })]), cfg, NOW)).toEqual([]);
     // 1 VM, coming 1: one spawn fills the warm pool.
     expect(decideStartSpawnIfRequired(snap([], [group({ counts: { active: 1, all: 1, coming: 1 } })]), cfg, NOW)).toEqual([{ type: 'spawn', group: 'g0', reason: 'warm_pool' }]);
+  });
+});
+
+describe('a group removed from the config (it drains)', () => {
+  // Its config is the one reconcile last published; the snapshot marks it removed.
+  const cfg = config({ min_ready: 3, max_vm_total: 5, vm_spawn_min_interval: 0 });
+
+  it('spawns nothing, whatever min_ready and its demand ask', () => {
+    expect(decideStartSpawnIfRequired(snap([], [group({ demand: 2 })]), cfg, NOW)).not.toEqual([]);
+    expect(decideStartSpawnIfRequired(snap([], [group({ demand: 2, removed: true })]), cfg, NOW)).toEqual([]);
+  });
+
+  it('keeps no warm pool: its idle clean VMs beyond its waiting requests retire, longest idle first; bound, in-use and held ones stay', () => {
+    const idle = [vm('ready', { addedAt: 3 }), vm('ready', { addedAt: 1 }), vm('ready', { addedAt: 2 })];
+    const others = [vm('ready', { owner: 'alice', sandbox: 'a' }), vm('in_use', { owner: 'bob' }), vm('ready', { heldBy: 'ops' })];
+    const all = [...idle, ...others];
+    expect(decideRetireSurplus(snap(all, [group()]), cfg, NOW)).toEqual([]);
+    expect(names(decideRetireSurplus(snap(all, [group({ removed: true })]), cfg, NOW))).toEqual([idle[1]!.vmName, idle[2]!.vmName, idle[0]!.vmName]);
+    expect(names(decideRetireSurplus(snap(all, [group({ removed: true, demand: 1 })]), cfg, NOW))).toEqual([idle[1]!.vmName, idle[2]!.vmName]);
+  });
+
+  it('still retires its dirty VMs by the dirty timeout', () => {
+    const old = vm('ready', { owner: 'alice', sandbox: 'a', lastRelease: NOW - 10_000 * S, boundSince: NOW - 10_000 * S });
+    expect(names(decideRemoveOldDirtyVms(snap([old], [group({ removed: true })]), cfg, NOW))).toEqual([old.vmName]);
   });
 });

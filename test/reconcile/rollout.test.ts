@@ -5,7 +5,7 @@ import { launchFingerprint, parseConfig, type ConfigInput } from '../../src/conf
 import { VmManager } from '../../src/pool/vmManager.js';
 import type { VmRecord, VmState } from '../../src/pool/types.js';
 import { decideStartSpawnIfRequired, type GroupSnapshot, type PoolSnapshot } from '../../src/reconcile/decisions.js';
-import { decideRollOut, type GroupLaunch } from '../../src/reconcile/rollout.js';
+import { decideRollOut, launchSuperseded, type GroupLaunch } from '../../src/reconcile/rollout.js';
 import { VmMaster } from '../../src/reconcile/vmMaster.js';
 import { QueueNames } from '../../queues/names.js';
 import { connect, deleteKeysWithPrefix, uniquePrefix } from '../helpers/redis.js';
@@ -92,6 +92,18 @@ describe('decideRollOut', () => {
     // With only min_ready clean ready VMs, the aged one waits for its replacement.
     const tight = snapshotOf([], [aged, others[0]!, others[1]!], {}, { aged: [aged.vmName] });
     expect(decideRollOut(tight, cfg, NOW)).toEqual([]);
+  });
+});
+
+describe('launchSuperseded', () => {
+  const published = { fingerprint: 'b', launchRevision: 1, superseded: ['a'] };
+  it('holds for a config that was current once, or has a lower launch_revision; not for the current one, a new one, or a higher revision', () => {
+    expect(launchSuperseded(published, { fingerprint: 'a', launchRevision: 1 })).toBe(true);
+    expect(launchSuperseded(published, { fingerprint: 'z', launchRevision: 0 })).toBe(true);
+    expect(launchSuperseded(published, { fingerprint: 'b', launchRevision: 1 })).toBe(false);
+    expect(launchSuperseded(published, { fingerprint: 'c', launchRevision: 1 })).toBe(false);
+    expect(launchSuperseded(published, { fingerprint: 'a', launchRevision: 2 })).toBe(false);
+    expect(launchSuperseded(null, { fingerprint: 'a', launchRevision: 0 })).toBe(false);
   });
 });
 
@@ -193,6 +205,32 @@ describe('replicas with v1 and v2 configs side by side', () => {
     expect((await vmm2.getVmByName(busy.vmName)).state).toBe('ready');
     await master2.doCycle();
     expect((await terminations()).get(busy.vmName)).toBe('rollout');
+  });
+  it('does not roll back when the v1 replica crashes and restarts with its old config after v2 took over', async () => {
+    const fp2 = launchFingerprint(vmm2.groupConfig('g'));
+    const [before] = await vmm2.launchStates();
+    const v2Vms = (await vmm2.getAllVms()).filter((v) => v.state !== 'terminating').map((v) => v.vmName);
+    expect(v2Vms.length).toBeGreaterThanOrEqual(4);
+    const endedBefore = (await terminations()).size;
+    // Both start after v2 was published; the restarted v1 replica even starts last.
+    const master2 = new VmMaster(vmm2, { startedAt: clock.now });
+    clock.now += S;
+    const restarted1 = new VmMaster(vmm1, { startedAt: clock.now });
+    clock.now += S;
+    for (let i = 0; i < 10; i++) {
+      await (i % 2 === 0 ? restarted1 : master2).doCycle();
+      await workJobs(vmm2);
+      clock.now += 2 * S;
+    }
+    const [after] = await vmm2.launchStates();
+    // No flap: the published launch never changed (its revision counts every change).
+    expect(after!.published).toMatchObject({ fingerprint: fp2, revision: before!.published!.revision });
+    expect(after!.deferring.map((d) => d.process)).toContain(restarted1.launchProcess.processId);
+    expect(after!.outdated).toBe(0);
+    // The audit trail counts no termination since: no v2 VM was retired.
+    expect((await terminations()).size).toBe(endedBefore);
+    const records = await Promise.all(v2Vms.map((n) => vmm2.getVmRecord(n)));
+    expect(records.map((r) => [r.vmName, r.state, r.launchFingerprint])).toEqual(v2Vms.map((n) => [n, 'ready', fp2]));
   });
 });
 

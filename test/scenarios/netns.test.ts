@@ -146,7 +146,7 @@ async function terminateJobsFor(vmName: string): Promise<Job[]> {
   return (await terminateQueue.getJobs([...ALL_STATES])).filter((j) => j.data.vmName === vmName);
 }
 
-async function spawnJobsOf(group: number): Promise<Job[]> {
+async function spawnJobsOf(group: string): Promise<Job[]> {
   return (await spawnQueue.getJobs([...ALL_STATES])).filter((j) => j.data.group === group);
 }
 
@@ -231,8 +231,12 @@ describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'end to end with real host
     expect(a2.vmName).toBe(used);
     expect((await vmm.getVmByName(used)).buildsCount).toBe(1);
     expect(await client.release(a2)).toBe(true);
-    const released = await vmm.getVmByName(used);
-    expect(released.state).toBe(VmStates.READY);
+    // Released, it is ready again; with vm_health_check_period 1 a check may start right after the
+    // release (check_health for the check's length), so wait for the ready state rather than read once.
+    const released = await waitFor(async () => {
+      const vm = await vmm.getVmByName(used);
+      return vm.state === VmStates.READY ? vm : null;
+    }, 10_000, 'the released VM ready');
     expect(released.owner).toBe('alice');
 
     await waitFor(() => gone(used), 30_000, 'the dirty VM terminated');
@@ -255,7 +259,7 @@ describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'end to end with real host
   it('kills a spawn hook that hangs at its timeout, with its whole process group, and removes its host', async () => {
     // Three attempts with backoff (spawnJobOptions), each killed at spawn_timeout.
     const job = await waitFor(
-      async () => (await spawnJobsOf(1)).find((j) => j.finishedOn !== undefined && j.failedReason),
+      async () => (await spawnJobsOf('hang')).find((j) => j.finishedOn !== undefined && j.failedReason),
       60_000,
       'the hanging spawn job to fail',
     );
@@ -278,7 +282,7 @@ describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'end to end with real host
 
   it('fails a spawn hook that prints garbage cleanly: no record and no host', async () => {
     const job = await waitFor(
-      async () => (await spawnJobsOf(2)).find((j) => j.finishedOn !== undefined && j.failedReason),
+      async () => (await spawnJobsOf('garbage')).find((j) => j.finishedOn !== undefined && j.failedReason),
       60_000,
       'the garbage spawn job to fail',
     );
@@ -311,7 +315,7 @@ describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'end to end with real host
     await run(hosts!.terminateCmd[0]!, [], { env: { ...process.env, ...hosts!.env, VMPOOL_VM_NAME: untagged.name } });
     const jobs = await terminateJobsFor(leak.name);
     expect(jobs).toHaveLength(1);
-    expect(jobs[0]!.id).toMatch(new RegExp(`^leak-g0-${leak.name}-\\d+$`));
+    expect(jobs[0]!.id).toMatch(new RegExp(`^leak-gnetns-${leak.name}-\\d+$`));
     expect(jobs[0]!.data).toEqual({ vmName: leak.name, reason: 'orphan', orphan: { group: 'netns', vmIp: leak.ip } });
     expect(await vmm.getAllVms().then((vms) => vms.map((v) => v.vmName))).not.toContain(leak.name);
 

@@ -9,12 +9,20 @@
     - a lower launch_revision: the published one (SUPERSEDED);
     - the same launch_revision: the caller's only if the caller started after the published one
       was published (the most recently started process's config wins: a rolling restart moves the
-      pool forward, a rollback too), else the published one (SUPERSEDED).
+      pool forward) and its fingerprint was never superseded on this group, else the published
+      one (SUPERSEDED). A fingerprint that was current once and replaced is kept in the record's
+      `superseded` (the last SUPERSEDED_KEPT, space-separated): a stale replica restarted with the
+      old config (its machine's config not yet updated) never rolls the group back by its start.
+      A rollback on purpose bumps launch_revision, or is the orphan takeover below.
   Every publication sets published_at to now, after every running process's start: only a process
   started later can take over again, so the number of changes is bounded by process starts.
   A published config that no process has confirmed (called with the same fingerprint, once a
   cycle) for ARGV[9] ms is orphaned: its processes are gone, and any caller takes over, so that a
   group whose newer processes were all stopped is not left without decisions.
+
+  The first publication on a group (no record yet) stamps its VMs that have no launch_fingerprint
+  (made before fingerprints, or added by hand) with the new fingerprint, so that a later change
+  rolls them out like any other. Once only: later publications never stamp.
 
   A publication puts each VM of the group (not terminating) in or out of `outdated`: outdated when
   it has a launch_fingerprint (a VM added by hand, or from before fingerprints, has none) and it is
@@ -38,7 +46,8 @@
     ARGV[9] after how long without a confirmation the published config is orphaned (ms)
   Output:
     {OK, revision}                       the caller's fingerprint is the current one
-    {CREATED, revision, changed}         published now (changed: VMs that entered or left outdated)
+    {CREATED, revision, changed}         published now (changed: VMs that entered or left outdated,
+                                         or were stamped by the first publication)
     {SUPERSEDED, fingerprint, revision, launch_revision, published_at, published_by}
                                          another configuration is current; nothing changed but
                                          launch_deferring
@@ -51,11 +60,24 @@ local maxReadyAge, orphanedAfter = ARGV[8] or '', tonumber(ARGV[9])
 --- @include "includes/setVmState"
 
 local key = launchKey(base, group)
-local rec = redis.call('HMGET', key, 'fingerprint', 'launch_revision', 'revision', 'published_at', 'published_by', 'confirmed_at', 'max_ready_age_ms')
+local rec = redis.call('HMGET', key, 'fingerprint', 'launch_revision', 'revision', 'published_at', 'published_by', 'confirmed_at', 'max_ready_age_ms', 'superseded')
 local current, currentLaunchRevision, revision = rec[1], tonumber(rec[2]) or 0, tonumber(rec[3]) or 0
 local publishedAt = tonumber(rec[4]) or 0
 local confirmedAt = tonumber(rec[6]) or publishedAt
 local orphaned = confirmedAt < now - orphanedAfter
+-- How many superseded fingerprints a group's record keeps (the most recent): more than a group
+-- goes through within one rolling restart.
+local SUPERSEDED_KEPT = 16
+local superseded = {}
+for fp in string.gmatch(rec[8] or '', '%S+') do
+  superseded[#superseded + 1] = fp
+end
+local wasSuperseded = false
+for _, fp in ipairs(superseded) do
+  if fp == fingerprint then
+    wasSuperseded = true
+  end
+end
 
 -- Written only when it changes: most calls (one per group and cycle) write nothing.
 local function keepMaxReadyAge()
@@ -76,16 +98,31 @@ if current == fingerprint then
   end
   return {OK, revision}
 end
-if current and not orphaned and (launchRevision < currentLaunchRevision or (launchRevision == currentLaunchRevision and startedAt <= publishedAt)) then
+if current and not orphaned and (launchRevision < currentLaunchRevision or (launchRevision == currentLaunchRevision and (startedAt <= publishedAt or wasSuperseded))) then
   local deferring = launchDeferringKey(base, group)
   redis.call('ZADD', deferring, now, processId .. '|' .. fingerprint)
   redis.call('ZREMRANGEBYSCORE', deferring, '-inf', now - deferringTtl)
   return {SUPERSEDED, current, revision, currentLaunchRevision, publishedAt, rec[5] or ''}
 end
 
+-- The replaced fingerprint joins superseded; the caller's leaves it (a rollback made it current).
+local kept = {}
+for _, fp in ipairs(superseded) do
+  if fp ~= fingerprint and fp ~= current then
+    kept[#kept + 1] = fp
+  end
+end
+if current then
+  kept[#kept + 1] = current
+end
+while #kept > SUPERSEDED_KEPT do
+  table.remove(kept, 1)
+end
+local firstPublication = not current
 revision = revision + 1
 redis.call('HSET', key, 'fingerprint', fingerprint, 'launch_revision', launchRevision, 'revision', revision,
-  'published_at', now, 'published_by', processId, 'started_at', startedAt, 'confirmed_at', now)
+  'published_at', now, 'published_by', processId, 'started_at', startedAt, 'confirmed_at', now,
+  'superseded', table.concat(kept, ' '))
 keepMaxReadyAge()
 -- The caller no longer defers, whatever it ran before.
 for _, member in ipairs(redis.call('ZRANGE', launchDeferringKey(base, group), 0, -1)) do
@@ -98,6 +135,12 @@ local changed = 0
 for _, state in ipairs({'got_ip', 'check_health', 'check_health_failed', 'ready', 'in_use'}) do
   for _, name in ipairs(redis.call('SMEMBERS', stateKey(base, group, state))) do
     local vm = redis.call('HMGET', vmKey(base, name), 'launch_fingerprint', 'owner', 'sandbox', 'held_by', 'last_health_check')
+    if firstPublication and (vm[1] == false or vm[1] == '') then
+      -- Made before fingerprints: it is of the first published launch from now on.
+      redis.call('HSET', vmKey(base, name), 'launch_fingerprint', fingerprint)
+      vm[1] = fingerprint
+      changed = changed + 1
+    end
     local outdated = vm[1] ~= false and vm[1] ~= '' and vm[1] ~= fingerprint
     if outdated ~= isOutdated(base, name, group) then
       changed = changed + 1

@@ -183,7 +183,7 @@ async function underLoad(wait: boolean, failover: () => Promise<unknown>): Promi
     await load.markServerStart();
     for (let i = 0; i < LOOPS; i += 1) {
       const vmName = `load-${i}`;
-      await load.addVmToPool(`10.0.0.${i + 1}`, vmName, 'warm').catch(() => undefined);
+      await load.addVmToPool(`10.0.0.${i + 1}`, vmName, 'load').catch(() => undefined);
       if (await load.startVmCheck(vmName)) await load.recordHealthCheckResult(vmName, true);
     }
     await set.replicaInSync();

@@ -241,7 +241,8 @@ local function migrationLockKey(base)
 end
 
 -- Hash of the group's current launch configuration (publishLaunch): fingerprint, launch_revision,
--- revision (moves forward at each change), published_at, published_by, started_at.
+-- revision (moves forward at each change), published_at, published_by, started_at, and superseded
+-- (the fingerprints that were current before, space-separated, the most recent last).
 local function launchKey(base, group)
   return base .. 'group:' .. group .. ':launch'
 end
