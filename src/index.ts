@@ -39,7 +39,7 @@ export { decideOrphans } from './reconcile/orphanDecisions.js';
 export type { OrphanPoolVm, OrphanDecision, OrphanInput } from './reconcile/orphanDecisions.js';
 export { processReconcileJob, reconcileProcessor, ensureReconcileScheduler, RECONCILE_JOB_NAME } from './processors/reconcile.js';
 export { createWebApp, BOARD_PATH } from './http/app.js';
-export type { WebAppDeps } from './http/app.js';
+export type { WebAppDeps, ChangesRefused } from './http/app.js';
 export { startWebServer, runWebProcess } from './http/server.js';
 export type { WebServerOptions, RunningWebServer } from './http/server.js';
 export { WebAuthRequired, isLoopbackHost, assertBindAllowed } from './http/auth.js';

@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import type { RedisConnection } from '../redis.js';
 import type { Config } from '../config/index.js';
 import { createLogger, type Logger } from '../logger.js';
+import { DataFormat, DataFormatTooNew, newerThan } from '../pool/dataFormat.js';
 import { VmManager } from '../pool/vmManager.js';
 import { groupSummaries, resolveGroup } from '../poolView.js';
 import { AmbiguousTaskId, type AcquireRequestStatus } from '../acquire/requests.js';
@@ -21,8 +22,12 @@ export interface CliContext {
   settings(): Settings;
   config(): Config;
   logger(): Logger;
-  /** A VmManager on a connection that answered a PING, or CliError (exit 1) with the fix. */
-  withPool<T>(fn: (vmm: VmManager, cfg: Config, redis: RedisConnection) => Promise<T>): Promise<T>;
+  /**
+   * A VmManager on a connection that answered a PING, or CliError (exit 1) with the fix. A command
+   * that changes the pool (all but `reads: true`) runs only on a pool of this release's data format
+   * (CliError otherwise, naming the version needed): it never writes data it does not understand.
+   */
+  withPool<T>(fn: (vmm: VmManager, cfg: Config, redis: RedisConnection) => Promise<T>, options?: { reads?: boolean }): Promise<T>;
   /** Prints `value` as JSON, or `text()` for people. */
   print(json: boolean, value: unknown, text: () => string): void;
 }
@@ -42,13 +47,14 @@ export function createContext(program: Command, io: CliIo): CliContext {
     settings,
     config,
     logger,
-    async withPool(fn) {
+    async withPool(fn, options = {}) {
       const cfg = config();
       const redis = await connectAnsweringRedis(cfg.redis).catch((err: Error) => {
         throw new CliError(err.message, ExitCodes.ERROR);
       });
       const vmm = new VmManager(cfg, { redis, prefix: settings().prefix, logger: logger() });
       try {
+        if (!options.reads) await requireSameDataFormat(redis, vmm.prefix, logger());
         return await fn(vmm, cfg, redis);
       } finally {
         await vmm.close();
@@ -57,6 +63,27 @@ export function createContext(program: Command, io: CliIo): CliContext {
     },
     print: (json, value, text) => io.out(`${json ? JSON.stringify(value, null, 2) : text()}\n`),
   };
+}
+
+/**
+ * Refuses (CliError, exit 1) a change to a pool whose recorded data format is not this release's:
+ * newer (a newer release migrated it, or migrates it now), or older (no process of this release
+ * has migrated it yet). A pool without a recorded version (no process started on it yet) is not
+ * checked, and the check writes nothing.
+ */
+async function requireSameDataFormat(redis: RedisConnection, prefix: string, logger: Logger): Promise<void> {
+  const format = new DataFormat({ redis, prefix, logger });
+  const state = await format.peek();
+  if (!state) return;
+  const needed = newerThan(state, format.known);
+  if (needed !== null) throw new CliError(`${new DataFormatTooNew(needed, format.known).message}; this command changes the pool, so it refused (reading commands still work)`, ExitCodes.ERROR);
+  if (state.version < format.known) {
+    throw new CliError(
+      `the pool's data format is version ${state.version}${state.migrating ? ` (a migration to ${state.migrating} runs)` : ''}, and this vmpool writes version ${format.known}: ` +
+        `start a process of this release first (it migrates the pool), or use a vmpool of the pool's release; this command changes the pool, so it refused`,
+      ExitCodes.ERROR,
+    );
+  }
 }
 
 /** Parses `--timeout <seconds>`: a positive number, or a usage error. */

@@ -26,7 +26,24 @@ export interface WebAppDeps {
   acquire: AcquireFn;
   /** How long /readyz waits for Redis to answer. */
   readyTimeoutMs?: number;
+  /**
+   * Why this process may not change the pool now, or null: while it is set every change is refused
+   * with 503 (not_ready, with its reason), reads go on, and /healthz and /readyz say it.
+   */
+  refusal?: () => ChangesRefused | null;
   poolPageRefreshMs?: number;
+}
+
+/**
+ * Why a web process takes no change: the pool's data format is newer than it knows (a process of a
+ * newer release migrated it: `needed` is that version), or it could not read it yet.
+ */
+export interface ChangesRefused {
+  reason: 'data_format_too_new' | 'data_format_unchecked';
+  message: string;
+  needed?: number;
+  /** The data format this process knows. */
+  known: number;
 }
 
 export const BOARD_PATH = '/admin/queues';
@@ -113,8 +130,13 @@ export function createWebApp(deps: WebAppDeps): Express {
     }),
   );
 
+  const refusal = deps.refusal ?? (() => null);
+  const refusalDetails = ({ message: _message, ...details }: ChangesRefused) => details;
   app.get('/healthz', (_req, res) => {
-    res.json({ status: 'ok' });
+    const refused = refusal();
+    // Alive either way (a restart of the same release changes nothing); it says why it refuses changes.
+    if (refused) res.json({ status: 'refusing_changes', message: refused.message, ...refusalDetails(refused) });
+    else res.json({ status: 'ok' });
   });
 
   app.use(checkHost(config.web));
@@ -123,8 +145,19 @@ export function createWebApp(deps: WebAppDeps): Express {
     res.set('Cache-Control', 'public, max-age=86400').type('image/svg+xml').send(FAVICON_SVG);
   });
   app.use(authenticate(config.web));
+  // A process older than the pool's data format writes nothing it does not understand.
+  app.use((req, _res, next) => {
+    const refused = refusal();
+    if (refused && !['GET', 'HEAD', 'OPTIONS'].includes(req.method)) throw new HttpError('not_ready', refused.message, refusalDetails(refused));
+    next();
+  });
 
   app.get('/readyz', async (_req, res) => {
+    const refused = refusal();
+    if (refused) {
+      sendError(res, new HttpError('not_ready', refused.message, refusalDetails(refused)));
+      return;
+    }
     if (await redisAnswers(vmm, deps.readyTimeoutMs ?? 2_000)) {
       res.json({ status: 'ready' });
       return;

@@ -16,7 +16,11 @@ const common = {
 const vmResponses = { ...common, '404': error('No such VM'), '409': error('Wrong state, lease or hold') };
 /** POST and DELETE need Content-Type: application/json, also without a body (no cross-site form posts). */
 const notJson = { '415': error('Content-Type is not application/json') };
-const vmWriteResponses = { ...vmResponses, ...notJson };
+// Every change: a web process older than the pool's data format (or that could not read it yet) takes none.
+const noChanges = {
+  '503': error("This web process takes no change: the pool's data format is newer than it knows, or not read yet (details.reason data_format_too_new with needed and known, or data_format_unchecked); reads go on"),
+};
+const vmWriteResponses = { ...vmResponses, ...notJson, ...noChanges };
 const nullable = (type: string) => ({ type: [type, 'null'] });
 const requestIdParam = { name: 'id', in: 'path', required: true, description: 'acquire job id, or task id', schema: { type: 'string', minLength: 1, maxLength: 600 } };
 const requestOwnerParam = { name: 'owner', in: 'query', schema: { type: 'string' }, description: 'the owner of the task id (task ids are per owner); without it, the one owner the token may act for that has a request of that task' };
@@ -265,7 +269,7 @@ export const openApiDocument = {
             ),
             headers: { 'Retry-After': { description: 'seconds to wait before asking again', schema: { type: 'integer' } } },
           },
-          '503': error('No VM became available in time (details.reason)'),
+          '503': error('No VM became available in time (details.reason), the process is stopping (details.reason shutting_down), or it takes no change (details.reason data_format_too_new, data_format_unchecked)'),
         },
       },
     },
@@ -389,7 +393,7 @@ export const openApiDocument = {
         summary: 'Withdraw a waiting or queued acquire request; its job fails as cancelled',
         security: builder,
         parameters: [requestIdParam, requestOwnerParam],
-        responses: { '202': json('Withdrawn', 'AcquireRequestStatus'), ...common, '404': error('No such request (or one of an owner this token may not act for)'), '409': error('The request finished already, or the task id names requests of several owners (details.reason ambiguous_task)') },
+        responses: { '202': json('Withdrawn', 'AcquireRequestStatus'), ...common, ...noChanges, '404': error('No such request (or one of an owner this token may not act for)'), '409': error('The request finished already, or the task id names requests of several owners (details.reason ambiguous_task)') },
       },
     },
     '/groups': {
@@ -410,6 +414,7 @@ export const openApiDocument = {
           '200': { description: 'Closed', content: { 'application/json': { schema: { type: 'object', properties: { group: { $ref: '#/components/schemas/Group' } } } } } },
           ...common,
           ...notJson,
+          ...noChanges,
         },
       },
     },
@@ -419,14 +424,14 @@ export const openApiDocument = {
         summary: 'Drain a group at run time: spawn nothing (as max_vm_total: 0); its VMs are still served and retired by their timeouts',
         security: admin,
         parameters: [groupParam],
-        responses: { '200': json('Drained', 'DrainResult'), ...common, ...notJson, '404': error('No such group') },
+        responses: { '200': json('Drained', 'DrainResult'), ...common, ...notJson, ...noChanges, '404': error('No such group') },
       },
       delete: {
         operationId: 'undrainGroup',
         summary: 'End a run-time drain',
         security: admin,
         parameters: [groupParam],
-        responses: { '200': json('Undrained', 'DrainResult'), ...common, ...notJson, '404': error('No such group') },
+        responses: { '200': json('Undrained', 'DrainResult'), ...common, ...notJson, ...noChanges, '404': error('No such group') },
       },
     },
     '/groups/{group}/rename': {

@@ -3,6 +3,7 @@ import { createServer, type Server } from 'node:http';
 import { ExitCodes } from '../cli/exitCodes.js';
 import type { Config } from '../config/index.js';
 import { createLogger, type Logger } from '../logger.js';
+import { DataFormat, DataFormatTooNew, type DataFormatOptions } from '../pool/dataFormat.js';
 import { VmManager, type Clock } from '../pool/vmManager.js';
 import { PoolStateWatch, poolStateCheckMs } from '../runtime/poolStateWatch.js';
 import { assertPrefixFits, createProducerConnection, replicaWaitOf } from '../redis.js';
@@ -11,7 +12,7 @@ import { exitFatal, prepareProcess, requireRedis, requireSafeRedis } from '../ru
 import { VmPoolClient } from '../client/index.js';
 import type { QueueName } from '../../queues/names.js';
 import { WebShuttingDown, type AcquireFn } from './api.js';
-import { createWebApp } from './app.js';
+import { createWebApp, type ChangesRefused } from './app.js';
 import { assertBindAllowed } from './auth.js';
 
 export interface WebServerOptions {
@@ -25,6 +26,8 @@ export interface WebServerOptions {
   poolPageRefreshMs?: number;
   /** How long past a request's timeout POST /acquire still waits for the acquire job (VmPoolClient graceMs). */
   acquireGraceMs?: number;
+  /** The data format this process knows and its migrations (default: this release's; tests give their own). */
+  dataFormat?: Pick<DataFormatOptions, 'known' | 'migrations' | 'lockTtlMs' | 'quiesceMs'>;
 }
 
 export interface RunningWebServer {
@@ -34,11 +37,22 @@ export interface RunningWebServer {
   port: number;
   vmm: VmManager;
   /**
+   * Why the process refuses changes, or null. Set once the pool's data format is newer than this
+   * process knows (at start, or moved past it by a process of a newer release): it then serves reads
+   * only, and answers every change with 503 (reason data_format_too_new) naming the version needed.
+   * Also while it could not read the data format yet (Redis did not answer at start:
+   * data_format_unchecked).
+   */
+  refusal(): ChangesRefused | null;
+  /**
    * Stops accepting connections, ends idle ones, answers waiting POST /acquire requests at once
    * (503, Retry-After) and withdraws them, then closes Redis; other open requests get until the deadline.
    */
   stop(deadlineMs?: number): Promise<void>;
 }
+
+/** How often a web process that could not read the pool's data format at start tries again. */
+const DATA_FORMAT_RETRY_MS = 2_000;
 
 /** The web process could not listen (the port is taken, a privileged port, an address not here). */
 export class WebListenError extends Error {
@@ -62,7 +76,9 @@ export class WebListenError extends Error {
 /**
  * Starts the `web` process's HTTP server. Refuses (WebAuthRequired) to listen off loopback without
  * a token, before opening any connection; WebListenError (its connections closed) when it cannot
- * listen.
+ * listen. Once listening, like every process, it brings the pool's data format to its own version
+ * (or waits for the process that does), taking no change until then; on a pool newer than it
+ * knows, it serves reads and refuses changes.
  */
 export async function startWebServer(config: Config, options: WebServerOptions = {}): Promise<RunningWebServer> {
   const host = options.host ?? config.web.host;
@@ -95,17 +111,60 @@ export async function startWebServer(config: Config, options: WebServerOptions =
       waiting.delete(controller);
     }
   };
-  const app = createWebApp({ config, vmm, logger, queue, acquire, poolPageRefreshMs: options.poolPageRefreshMs });
-  const server = createServer(app);
-  // The web process watches the pool's state too: any process may be the first to see a loss.
-  const poolState = new PoolStateWatch({ vmm, redis: connection, logger, intervalMs: poolStateCheckMs(config) });
-  poolState.start();
+  // The data format before anything is written: until it is read, and for good once it is newer
+  // than this process knows, changes are refused.
+  const dataFormat = new DataFormat({ redis: connection, prefix, logger, clock: options.clock, groups: config.groups.map((g) => g.name), ...options.dataFormat });
+  let refused: ChangesRefused | null = {
+    reason: 'data_format_unchecked',
+    message: "the web process has not read the pool's data format yet (Redis does not answer, or another process migrates the pool); it takes changes once it has",
+    known: dataFormat.known,
+  };
+  const tooNew = (err: DataFormatTooNew) => {
+    if (refused?.reason === 'data_format_too_new') return;
+    refused = { reason: 'data_format_too_new', message: err.message, needed: err.needed, known: err.known };
+    logger.error({ needed: err.needed, known: err.known }, `data format: ${err.message}; web serves reads only, and refuses every change (503)`);
+  };
+  let poolState: PoolStateWatch | undefined;
+  let stopped = false;
+  /** Brings the pool to this version (or finds it newer): true when settled, false to try again. */
+  const checkDataFormat = async (): Promise<boolean> => {
+    try {
+      await dataFormat.ensure();
+    } catch (err) {
+      if (err instanceof DataFormatTooNew) {
+        tooNew(err);
+        return true;
+      }
+      logger.warn({ err: (err as Error).message }, 'data format: not read yet; changes are refused until it is');
+      return false;
+    }
+    if (stopped) return true;
+    refused = null;
+    // The web process watches the pool's state too: any process may be the first to see a loss. It
+    // stops (and writes nothing more) once the data format moves past this process.
+    poolState = new PoolStateWatch({
+      vmm,
+      redis: connection,
+      logger,
+      intervalMs: poolStateCheckMs(config),
+      dataFormat: { format: dataFormat, onNewer: (needed) => tooNew(new DataFormatTooNew(needed, dataFormat.known)) },
+    });
+    poolState.start();
+    return true;
+  };
+  let checking: Promise<void> | undefined;
+  let wakeChecking = () => {};
   const closeConnections = async () => {
-    await poolState.stop();
+    stopped = true;
+    wakeChecking();
+    await poolState?.stop();
     await client.close();
     await vmm.close();
     await connection.quit().catch(() => connection.disconnect());
+    await checking;
   };
+  const app = createWebApp({ config, vmm, logger, queue, acquire, poolPageRefreshMs: options.poolPageRefreshMs, refusal: () => refused });
+  const server = createServer(app);
   try {
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -122,12 +181,28 @@ export async function startWebServer(config: Config, options: WebServerOptions =
   const shownHost = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   const url = `http://${shownHost}:${address.port}/`;
   logger.info({ url, auth: config.web.auth.token !== undefined || config.web.auth.tokens.length > 0 }, 'web listening');
+  // Listening first (a port taken leaves the pool untouched); changes wait for the data format.
+  if (!(await checkDataFormat())) {
+    checking = (async () => {
+      while (!stopped) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, DATA_FORMAT_RETRY_MS);
+          wakeChecking = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        if (stopped || (await checkDataFormat())) return;
+      }
+    })();
+  }
   let stopping: Promise<void> | undefined;
   return {
     server,
     url,
     port: address.port,
     vmm,
+    refusal: () => refused,
     stop(deadlineMs = 10_000) {
       stopping ??= (async () => {
         // Waiting acquires would hold their connections until their timeout: answer them now.

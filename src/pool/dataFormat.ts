@@ -30,8 +30,10 @@ export interface MigrationContext {
   /** Where an earlier run of this migration got to (what it saved), '' when nowhere. */
   progress: string;
   /**
-   * Records the progress, with `writes` (commands added to the same MULTI) applied atomically with
-   * it, so that a step and its record never part. Throws once the migration lock was lost.
+   * Records the progress, with `writes` (commands called on the object given, as on a MULTI)
+   * applied atomically with it, so that a step and its record never part, and only while this
+   * process holds the migration lock (saveMigrationProgress-1.lua): throws MigrationLockLost, and
+   * writes nothing, once it was lost. Only write commands on the pool's keys; no reply is read.
    */
   saveProgress(progress: string, writes?: (multi: ReturnType<RedisConnection['multi']>) => void): Promise<void>;
   /** True once the migration lock was lost: stop (the next process resumes). */
@@ -75,6 +77,49 @@ export class DataFormatTooNew extends Error {
   }
 }
 
+/** A migration's process lost the migration lock (it paused past its expiry): it wrote nothing more; the next process resumes. */
+export class MigrationLockLost extends Error {
+  override name = 'MigrationLockLost';
+  constructor(readonly migration: string) {
+    super(`migration ${migration}: the migration lock was lost; nothing written, the next process resumes`);
+  }
+}
+
+/** Commands that cannot run inside a script, or that are not writes of the pool's data. */
+const NOT_A_STEP_WRITE = new Set(['exec', 'multi', 'watch', 'unwatch', 'discard', 'eval', 'evalsha', 'evalsha_ro', 'eval_ro', 'fcall', 'pipeline']);
+
+/**
+ * A stand-in for a MULTI that records each command called on it (ioredis's method names are the
+ * commands; its argument forms are flattened as ioredis does: arrays, and an object or Map for
+ * HSET/HMSET/MSET) into `words`, as saveMigrationProgress-1.lua takes them.
+ */
+function recordWrites(words: (string | Buffer)[]): ReturnType<RedisConnection['multi']> {
+  const flat = (arg: unknown, out: (string | Buffer)[]): void => {
+    if (Buffer.isBuffer(arg)) out.push(arg);
+    else if (Array.isArray(arg)) for (const a of arg) flat(a, out);
+    else if (arg instanceof Map) for (const [k, v] of arg) out.push(String(k), Buffer.isBuffer(v) ? v : String(v));
+    else if (arg !== null && typeof arg === 'object') for (const [k, v] of Object.entries(arg)) out.push(k, Buffer.isBuffer(v) ? v : String(v));
+    else if (typeof arg === 'string' || typeof arg === 'number' || typeof arg === 'bigint') out.push(String(arg));
+    else throw new Error(`a migration write takes strings, numbers and buffers, not ${typeof arg}`);
+  };
+  const recorder: ReturnType<RedisConnection['multi']> = new Proxy({} as ReturnType<RedisConnection['multi']>, {
+    get(_target, prop) {
+      if (typeof prop !== 'string') return undefined;
+      const command = prop.toLowerCase();
+      // Not thenable: an `await` of the recorder must not call a command named "then".
+      if (command === 'then') return undefined;
+      return (...args: unknown[]) => {
+        if (NOT_A_STEP_WRITE.has(command)) throw new Error(`a migration step's writes cannot use ${prop}: saveProgress applies them in one script`);
+        const out: (string | Buffer)[] = [command];
+        for (const arg of args) if (typeof arg !== 'function') flat(arg, out);
+        words.push(String(out.length), ...out);
+        return recorder;
+      };
+    },
+  });
+  return recorder;
+}
+
 /** The version a process must refuse to run on: the pool's version, or a migration's in progress, past `known`. */
 export function newerThan(state: Pick<DataFormatState, 'version' | 'migrating'>, known: number): number | null {
   const needed = Math.max(state.version, state.migrating);
@@ -104,8 +149,21 @@ export interface DataFormatOptions {
   lockTtlMs?: number;
   /** How often a process waiting for another one's migration looks again (default 500 ms). */
   pollMs?: number;
+  /**
+   * How long after a migration started it moves any data (default MIGRATION_QUIESCE_MS): the older
+   * processes see the migration at their next heartbeat and stop, and their work in progress ends
+   * on the data as they know it, not on data half moved. No wait on a pool that had no recorded
+   * version (no process there watches it).
+   */
+  quiesceMs?: number;
   clock?: () => number;
 }
+
+/**
+ * The default wait between the start of a migration and its first write: two of the older
+ * processes' heartbeats at their slowest (poolStateWatch.ts: 5 s), in which they stop their workers.
+ */
+export const MIGRATION_QUIESCE_MS = 10_000;
 
 /** The pool's data format: reading (and stamping) it, and migrating it to this process's version. */
 export class DataFormat {
@@ -132,6 +190,12 @@ export class DataFormat {
     return { version: Number(version), migrating: Number(migrating || 0), migration, stamped: Number(stamped) === 1 };
   }
 
+  /** The pool's recorded data format, without stamping it: null when it has none (fresh, or written before versions). */
+  async peek(): Promise<Pick<DataFormatState, 'version' | 'migrating'> | null> {
+    const [version, migrating] = await this.options.redis.hmget(this.keys.dataFormat, 'version', 'migrating');
+    return version === null || version === undefined ? null : { version: Number(version), migrating: Number(migrating || 0) };
+  }
+
   /**
    * Brings the pool to this process's version before it takes any job: nothing when it is there,
    * the pending migrations (under the migration lock) when it is older, a wait when another process
@@ -140,14 +204,17 @@ export class DataFormat {
   async ensure(): Promise<DataFormatState> {
     const { logger } = this.options;
     let waiting = false;
+    // A pool this process stamped had no process that watches the version: none to wait for.
+    let stampedHere = false;
     for (;;) {
       const state = await this.read();
       const needed = newerThan(state, this.known);
       if (needed !== null) throw new DataFormatTooNew(needed, this.known);
       if (state.stamped) logger.info({ version: state.version }, 'data format: the pool had no version; stamped');
+      stampedHere ||= state.stamped;
       if (state.version === this.known) return state;
       const lock = new CycleLock(this.options.redis, this.options.prefix, this.options.lockTtlMs ?? 30_000, 'migration');
-      const ran = await lock.run((lost) => this.migrate(lost));
+      const ran = await lock.run((lost, token) => this.migrate(lost, token, !stampedHere));
       if (!ran.acquired) {
         if (!waiting) logger.info({ version: state.version, migrating: state.migrating || undefined }, 'data format: another process is migrating the pool; waiting');
         waiting = true;
@@ -156,8 +223,11 @@ export class DataFormat {
     }
   }
 
-  /** Runs the pending migrations in order, under the lock; stops early when the lock was lost. */
-  private async migrate(lost: () => boolean): Promise<void> {
+  /**
+   * Runs the pending migrations in order, under the lock (its token fences their writes); stops
+   * early when the lock was lost. `quiesce`: each waits quiesceMs from its start first.
+   */
+  private async migrate(lost: () => boolean, token: string, quiesce: boolean): Promise<void> {
     const { redis, prefix, logger } = this.options;
     for (const migration of this.migrations) {
       if (lost()) return;
@@ -165,8 +235,19 @@ export class DataFormat {
       if (reply[0] === ReplyCodes.DATA_FORMAT_AHEAD) continue;
       if (reply[0] !== ReplyCodes.OK) throw new Error(`startMigration: unexpected reply ${JSON.stringify(reply)}`);
       const progress = reply[1] ?? '';
+      // Older processes stop once they see the migration; what they do until then is on the old layout.
+      const startedAt = Number((await redis.hget(this.keys.dataFormat, 'migration_started_at')) ?? 0);
+      const waitMs = !quiesce ? 0 : Math.min(startedAt + (this.options.quiesceMs ?? MIGRATION_QUIESCE_MS) - this.clock(), this.options.quiesceMs ?? MIGRATION_QUIESCE_MS);
+      if (waitMs > 0) {
+        logger.info({ version: migration.version, waitMs }, 'data format: waiting for older processes to stop before migrating');
+        const until = Date.now() + waitMs;
+        while (Date.now() < until) {
+          if (lost()) return;
+          await new Promise((resolve) => setTimeout(resolve, Math.min(250, until - Date.now())));
+        }
+      }
       logger.info({ version: migration.version, migration: migration.name, resumed: progress !== '' }, progress ? 'data format: resuming a migration' : 'data format: migrating');
-      await migration.run({
+      const context: MigrationContext = {
         redis,
         keys: this.keys,
         prefix,
@@ -175,15 +256,23 @@ export class DataFormat {
         progress,
         lost,
         saveProgress: async (value, writes) => {
-          if (lost()) throw new Error(`migration ${migration.name}: the migration lock was lost; the next process resumes`);
-          const multi = redis.multi();
-          writes?.(multi);
-          multi.hset(this.keys.dataFormat, 'progress', value);
-          const results = await multi.exec();
-          const failed = results?.find(([err]) => err);
-          if (!results || failed) throw new Error(`migration ${migration.name}: progress not recorded: ${failed?.[0]?.message ?? 'transaction aborted'}`);
+          if (lost()) throw new MigrationLockLost(migration.name);
+          const words: (string | Buffer)[] = [];
+          writes?.(recordWrites(words));
+          const saved = await this.script('saveMigrationProgress', [this.base], [token, migration.version, value, ...(words as string[])]);
+          if (saved === ReplyCodes.LOCK_NOT_HELD) throw new MigrationLockLost(migration.name);
+          if (saved !== ReplyCodes.OK) throw new Error(`migration ${migration.name}: progress not recorded (saveMigrationProgress replied ${JSON.stringify(saved)}); nothing written`);
         },
-      });
+      };
+      try {
+        await migration.run(context);
+      } catch (err) {
+        // The next holder of the lock resumes; this process waits for it (ensure). A migration
+        // that stopped on lost() may throw an error of its own.
+        if (!(err instanceof MigrationLockLost) && !lost()) throw err;
+        logger.warn({ version: migration.version, migration: migration.name }, `data format: ${(err as Error).message}`);
+        return;
+      }
       if (lost()) return;
       await this.script('finishMigration', [this.base], [migration.version, this.clock()]);
       logger.info({ version: migration.version, migration: migration.name }, 'data format: migrated');

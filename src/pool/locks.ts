@@ -53,9 +53,9 @@ export class CycleLock {
   /**
    * Runs fn while holding the lock, extending it every ttlMs/3. Returns `{ acquired: false }` at once
    * when another holder has it. fn gets `lost()`, true once an extension failed (then the lock may
-   * belong to someone else, so fn should stop early).
+   * belong to someone else, so fn should stop early), and the lock's token (for writes fenced by it).
    */
-  async run<T>(fn: (lost: () => boolean) => Promise<T>): Promise<{ acquired: false } | { acquired: true; value: T }> {
+  async run<T>(fn: (lost: () => boolean, token: string) => Promise<T>): Promise<{ acquired: false } | { acquired: true; value: T }> {
     const token = await this.tryAcquire();
     if (token === null) return { acquired: false };
     let lost = false;
@@ -70,7 +70,7 @@ export class CycleLock {
       );
     }, Math.max(1, Math.floor(this.ttlMs / 3)));
     try {
-      return { acquired: true, value: await fn(() => lost) };
+      return { acquired: true, value: await fn(() => lost, token) };
     } finally {
       clearInterval(timer);
       await this.release(token).catch(() => undefined);

@@ -42,7 +42,7 @@ export const ReplyCodes = {
   NO_VM: -8,
   /** acquireVm: a VM fits, but a request ahead in line could take it. */
   DEFERRED: -9,
-  /** extendCycleLock, releaseCycleLock (locks.ts): the lock is not held with this token. */
+  /** extendCycleLock, releaseCycleLock (locks.ts), saveMigrationProgress: the lock is not held with this token. */
   LOCK_NOT_HELD: -10,
   /** acquireVm: the waiting request was withdrawn (cancelAcquire); it left the line and gets no VM. */
   CANCELLED: -11,
@@ -66,7 +66,10 @@ export const ReplyCodes = {
   POOL_REGRESSED: -17,
   /** acquireVm: the request would wait, but its owner has max_waiting_per_owner requests waiting in a group already. */
   TOO_MANY_WAITING: -18,
-  /** startMigration: the pool's data format is at the migration's version or past it already (another process migrated). */
+  /**
+   * startMigration: the pool's data format is at the migration's version or past it already (another process migrated);
+   * saveMigrationProgress: the migration is no longer in progress.
+   */
   DATA_FORMAT_AHEAD: -19,
   /**
    * publishLaunch: the group's published launch configuration is newer than the caller's (a higher

@@ -46,6 +46,7 @@ export const POOL_SCRIPTS = {
   rememberHostKey: 1,
   removeVm: 1,
   renewLease: 1,
+  saveMigrationProgress: 1,
   startMigration: 1,
   startSpawnAttempt: 1,
   startVmCheck: 1,

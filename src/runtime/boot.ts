@@ -30,7 +30,7 @@ export interface BootOptions extends Partial<Pick<JobContextOptions, 'providerFa
   /** <TYPE>_CONCURRENCY (Settings.concurrency); a type without one runs concurrency.<type> of the config. */
   concurrency?: ConcurrencyOverrides;
   /** The data format this process knows and its migrations (default: this release's; tests give their own). */
-  dataFormat?: Pick<DataFormatOptions, 'known' | 'migrations' | 'lockTtlMs'>;
+  dataFormat?: Pick<DataFormatOptions, 'known' | 'migrations' | 'lockTtlMs' | 'quiesceMs'>;
   /**
    * Called once the process stopped its workers because the pool's data format moved past its own
    * (another process of a newer release migrated it); a worker process exits then.

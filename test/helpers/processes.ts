@@ -94,6 +94,8 @@ export interface StartProcessOptions {
   args?: string[];
   /** The log text that means started (default: the worker's `"worker started"`). */
   ready?: string;
+  /** Another checkout of vmpool, built, whose `dist/workers/<type>.js` runs (default: this one's, as nodeArgsFor says). */
+  root?: string;
 }
 
 /**
@@ -102,8 +104,9 @@ export interface StartProcessOptions {
  */
 export async function startWorkerProcess(type: string, env: Record<string, string>, startTimeoutMs = 20_000, options: StartProcessOptions = {}): Promise<WorkerProcess> {
   const ready = options.ready ?? '"worker started"';
-  const child = spawn(process.execPath, [...nodeArgsFor(`workers/${type}.ts`), ...(options.args ?? [])], {
-    cwd: ROOT,
+  const entry = options.root ? [join(options.root, 'dist', 'workers', `${type}.js`)] : nodeArgsFor(`workers/${type}.ts`);
+  const child = spawn(process.execPath, [...entry, ...(options.args ?? [])], {
+    cwd: options.root ?? ROOT,
     env: { ...process.env, LOG_LEVEL: 'info', VMPOOL_SHUTDOWN_DEADLINE_MS: '5000', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -74,6 +74,21 @@ export function describeWithTools(tools: Tool | Tool[], name: string, fn: () => 
     const problem = toolProblem(tool);
     return problem === null ? [] : [{ tool, package: TOOLS[tool].package, problem }];
   });
+  describeWithPrerequisites(missing, name, fn);
+}
+
+/** What a group of tests lacks: a tool (or another prerequisite), where it comes from, and why it cannot be used. */
+export interface Missing {
+  tool: string;
+  package: string;
+  problem: string;
+}
+
+/**
+ * describe() for a group of tests that needs what `missing` lists (nothing: it runs): skipped and
+ * listed at the end of the run, or under CI=true or VMPOOL_TEST_STRICT=1 one failing test.
+ */
+export function describeWithPrerequisites(missing: readonly Missing[], name: string, fn: () => void): void {
   if (missing.length === 0) {
     describe(name, fn);
     return;
@@ -88,7 +103,7 @@ export function describeWithTools(tools: Tool | Tool[], name: string, fn: () => 
     return;
   }
   const dir = inject('skippedToolsDir');
-  const record: SkippedGroup = { file: callerFile(), group: name, tools: missing };
+  const record: SkippedGroup = { file: callerFile(), group: name, tools: [...missing] };
   if (dir) appendFileSync(join(dir, SKIPPED_FILE), `${JSON.stringify(record)}\n`);
   describe.skip(`${name} (skipped: needs ${needs})`, fn);
 }

@@ -156,7 +156,7 @@ describe('groups by name: the migration to data format 2', { timeout: 120_000 },
       expect(progress?.split(',')).toHaveLength(killAfter);
 
       // The next process, with the list in the other order: the map recorded by the first one wins.
-      const next = new DataFormat({ redis, prefix, logger, groups: [...GROUPS].reverse(), lockTtlMs: 1_000, pollMs: 100 });
+      const next = new DataFormat({ redis, prefix, logger, groups: [...GROUPS].reverse(), lockTtlMs: 1_000, pollMs: 100, quiesceMs: 0 });
       expect(await next.ensure()).toMatchObject({ version: DATA_FORMAT_VERSION });
       expect(await redis.hgetall(keys.legacyGroupNames)).toEqual({ 0: 'alpha', 1: 'beta' });
       expect((await redis.smembers(keys.groupRegistry)).sort()).toEqual(GROUPS);

@@ -34,7 +34,7 @@ const configInput = { redis: { url: REDIS_URL }, groups: [{ name: 'base' }], vm_
 describe('data format', { timeout: 120_000 }, () => {
   it('a fresh pool is stamped with the current version; a pool with a state marker or a VM but no version is version 1', async () => {
     const fresh = prefixFor();
-    const state = await new DataFormat({ redis, prefix: fresh, logger, known: 3, migrations: [testMigration(2), testMigration(3)] }).ensure();
+    const state = await new DataFormat({ redis, prefix: fresh, logger, known: 3, migrations: [testMigration(2), testMigration(3)], quiesceMs: 0 }).ensure();
     expect(state).toMatchObject({ version: 3, stamped: true });
     expect(await redis.hget(poolKeys(fresh).dataFormat, 'version')).toBe('3');
 
@@ -68,7 +68,7 @@ describe('data format', { timeout: 120_000 }, () => {
         await new Promise((r) => setTimeout(r, 200));
       },
     }));
-    const formats = [0, 1, 2].map(() => new DataFormat({ redis, prefix, logger, known: 3, migrations, pollMs: 50 }));
+    const formats = [0, 1, 2].map(() => new DataFormat({ redis, prefix, logger, known: 3, migrations, pollMs: 50, quiesceMs: 0 }));
     const states = await Promise.all(formats.map((f) => f.ensure()));
     expect(states.map((s) => s.version)).toEqual([3, 3, 3]);
     expect(runs).toEqual(['m2', 'm3']);

@@ -12,7 +12,7 @@ export const registerBreaker: RegisterCommand = (program, { io, withPool, print 
         const open = (await groupSummaries(vmm)).filter((g) => g.breaker !== null).map((g) => ({ group: g.name, ...g.breaker! }));
         const lines = await breakerLines(vmm);
         print(opts.json === true, open, () => (lines.length ? lines.join('\n') : 'every breaker is closed'));
-      });
+      }, { reads: true });
     });
   breakerCommand
     .command('reset')

@@ -40,7 +40,7 @@ export const registerEvents: RegisterCommand = (program, { io, withPool }) => {
           if (!opts.follow) return;
           if (await stopped(io.signal, FOLLOW_POLL_MS)) return;
         }
-      });
+      }, { reads: true });
     });
 };
 

@@ -27,6 +27,6 @@ export const registerInfo: RegisterCommand = (program, { io, withPool, print }) 
           for (const line of await breakerLines(vmm)) io.out(`${line}\n`);
           for (const line of await launchLines(vmm)) io.out(`${line}\n`);
         }
-      });
+      }, { reads: true });
     });
 };

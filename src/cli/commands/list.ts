@@ -48,6 +48,6 @@ export const registerList: RegisterCommand = (program, { withPool, print }) => {
             ]),
           ),
         );
-      });
+      }, { reads: true });
     });
 };

@@ -14,6 +14,6 @@ export const registerWhy: RegisterCommand = (program, { withPool, print }) => {
         const status = await acquireRequestStatus(vmm, cfg, id, { owner: opts.owner }).catch(ambiguousTaskError);
         if (!status) throw new CliError(`no acquire request ${JSON.stringify(id)}`, ExitCodes.NOT_FOUND);
         print(Boolean(opts.json), status, () => requestText(status));
-      });
+      }, { reads: true });
     });
 };
