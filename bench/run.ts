@@ -1,13 +1,14 @@
 /**
  * One benchmark: runs the parts one after another, each as its own process on its own private
- * redis-server (bench/acquire.ts, bench/pool.ts, bench/health.ts, bench/restart.ts,
- * bench/rollout.ts, and bench/reconcile.ts when it exists), reads the `BENCH_RESULT <json>` line each prints with BENCH_JSON=1, and prints one table
+ * redis-server (bench/acquire.ts, bench/acquireSteps.ts, bench/pool.ts, bench/cluster.ts on a
+ * 3-master Cluster, bench/health.ts, bench/restart.ts, bench/rollout.ts, and bench/reconcile.ts
+ * when it exists), reads the `BENCH_RESULT <json>` line each prints with BENCH_JSON=1, and prints one table
  * of target, measured and PASS/MISS. Ratios compare figures of the same run.
  *   npm run bench                    (Markdown: date and machine, then the table; also --markdown)
  *   npm run bench -- --json          (the same report as JSON)
  *   npm run bench -- --save FILE     (also writes the report as JSON to FILE, such as
  *                                     docs/performance/bench-results.json; `npm run docs` renders it)
- *   npm run bench -- --only pool,health   (only these parts: acquire, pool, reconcile, health, restart, rollout)
+ *   npm run bench -- --only pool,health   (only these parts: acquire, steps, pool, cluster, reconcile, health, restart, rollout)
  * BENCH_POOL_SIZES and BENCH_POOL_SAMPLES, when set, replace the pool part's sizes and samples.
  */
 import { spawn } from 'node:child_process';
@@ -16,11 +17,13 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { HealthResult } from './health.js';
 import type { SizeResult } from './pool.js';
-import type { RestartResult } from './restart.js';
+import type { ClusterRow } from './cluster.js';
+import type { StepRow } from './acquireSteps.js';
+import type { ReplicasResult, RestartResult } from './restart.js';
 import { machineInfo, renderBenchMarkdown, type BenchReport, type BenchRow } from './lib/report.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const PARTS = ['acquire', 'pool', 'reconcile', 'health', 'restart', 'rollout'] as const;
+const PARTS = ['acquire', 'steps', 'pool', 'cluster', 'reconcile', 'health', 'restart', 'rollout'] as const;
 type Part = (typeof PARTS)[number];
 
 function usage(message: string): never {
@@ -168,6 +171,25 @@ async function main(): Promise<void> {
   rows.push(...fairnessRows(a.fairness));
   }
 
+  if (args.only.has('steps')) {
+    process.stderr.write('bench: the acquire script by step (bench/acquireSteps.ts)...\n');
+    const out = await runPart('acquireSteps.ts');
+    timings.steps = out.seconds;
+    if (out.error) errors.push(out.error);
+    const steps = (out.result as { rows: StepRow[] } | null)?.rows;
+    if (steps)
+      for (const r of steps)
+        rows.push({
+          part: `acquire script by step, ${r.mode}`,
+          figure: r.step,
+          target: '-',
+          // JSON has no NaN: a row without a step cost reads null.
+          measured: typeof r.savedMicros === 'number' && Number.isFinite(r.savedMicros) ? `${r.medianMicros.toFixed(0)} µs (step ${r.savedMicros.toFixed(0)} µs)` : `${r.medianMicros.toFixed(0)} µs`,
+          result: 'info',
+        });
+    else rows.push({ part: 'acquire script by step', figure: 'SLOWLOG medians', target: '-', measured: '-', result: 'not measured' });
+  }
+
   if (args.only.has('pool')) {
     process.stderr.write('bench: direct acquire and release (bench/pool.ts)...\n');
     // 100,000 VMs take a while to fill; fewer samples keep the whole run inside its budget.
@@ -215,6 +237,24 @@ async function main(): Promise<void> {
     } else rows.push({ part: 'direct acquire', figure: 'all sizes', target: '-', measured: '-', result: 'not measured' });
   }
 
+  if (args.only.has('cluster')) {
+    process.stderr.write('bench: pools on a 3-master Cluster (bench/cluster.ts)...\n');
+    const out = await runPart('cluster.ts');
+    timings.cluster = out.seconds;
+    if (out.error) errors.push(out.error);
+    const cluster = (out.result as { rows: ClusterRow[] } | null)?.rows;
+    if (cluster)
+      for (const r of cluster)
+        rows.push({
+          part: `past one shard, ${r.setup}`,
+          figure: `${r.pools} pool${r.pools > 1 ? 's' : ''}: acquire+release cycles/s, all pools (Redis CPU ${r.redisCpuMicrosPerCycle.toFixed(0)} µs per cycle: one shard's ceiling ${perSec(r.shardCeilingPerSecond)})`,
+          target: '-',
+          measured: perSec(r.cyclesPerSecond),
+          result: 'info',
+        });
+    else rows.push({ part: 'past one shard', figure: 'cycles/s of 1, 2, 3 pools', target: '-', measured: '-', result: 'not measured' });
+  }
+
   if (!args.only.has('reconcile')) {
     // not asked for
   } else if (existsSync(join(here, 'reconcile.ts'))) {
@@ -247,6 +287,11 @@ async function main(): Promise<void> {
         });
         rows.push({ part: `health (OpenSSH client), ${at}`, figure: `client CPU per check (${perSec(s.openssh.checksPerSecond)}, ${s.openssh.failed} failed)`, target: 'reference', measured: ms(s.openssh.cpuMsPerCheck), result: 'info' });
       }
+      if (h.negotiated) {
+        const n = h.negotiated;
+        rows.push({ part: 'health (ssh2), handshake', figure: `negotiated with OpenSSH (ssh2 native binding ${n.nativeBinding ? 'loaded' : 'not built'})`, target: '-', measured: `${n.kex}, ${n.serverHostKey}, ${n.cipher}`, result: 'info' });
+        rows.push({ part: 'health (ssh2), bare', figure: 'client CPU per check of a bare ssh2 connect, exec, close (no pool, no processor)', target: '-', measured: ms(h.bareSsh2CpuMsPerCheck), result: 'info' });
+      }
       const cpus = h.sizes.map((s) => s.ssh2.cpuMsPerCheck);
       const flat = Math.max(...cpus) / Math.min(...cpus);
       rows.push({ part: 'health (ssh2), flat', figure: `CPU per check, largest / smallest over ${h.sizes.map((s) => s.vms.toLocaleString('en-US')).join(', ')} VMs`, target: '<= 1.30x', measured: times(flat), result: verdict(flat <= 1.3) });
@@ -260,9 +305,9 @@ async function main(): Promise<void> {
     const restartOut = await runPart('restart.ts');
     timings.restart = restartOut.seconds;
     if (restartOut.error) errors.push(restartOut.error);
-    const storms = restartOut.result as unknown as RestartResult[] | null;
-    if (storms)
-      for (const r of storms)
+    const result = restartOut.result as unknown as { storms: RestartResult[]; replicas: ReplicasResult[] } | null;
+    if (result) {
+      for (const r of result.storms)
         rows.push({
           part: `restart storm, ${r.vms.toLocaleString('en-US')} VMs`,
           figure: `server start until 50% / 90% / 100% can be handed out (one health process, tcp check), ${r.order}`,
@@ -270,7 +315,15 @@ async function main(): Promise<void> {
           measured: `${r.secondsTo.p50.toFixed(2)} / ${r.secondsTo.p90.toFixed(2)} / ${r.secondsTo.p100.toFixed(2)} s`,
           result: 'info',
         });
-    else rows.push({ part: 'restart storm', figure: 'server start until 90% can be handed out', target: '-', measured: '-', result: 'not measured' });
+      for (const r of result.replicas)
+        rows.push({
+          part: `restart storm, ${r.vms.toLocaleString('en-US')} VMs`,
+          figure: `server start until 50% / 90% / 100% can be handed out, ${r.processes} health process${r.processes > 1 ? 'es' : ''} (Redis CPU ${r.redisCpuMsPerVm.toFixed(3)} ms per VM)`,
+          target: '-',
+          measured: `${r.secondsTo.p50.toFixed(2)} / ${r.secondsTo.p90.toFixed(2)} / ${r.secondsTo.p100.toFixed(2)} s`,
+          result: 'info',
+        });
+    } else rows.push({ part: 'restart storm', figure: 'server start until 90% can be handed out', target: '-', measured: '-', result: 'not measured' });
   }
 
   if (args.only.has('rollout')) {

@@ -31,6 +31,8 @@ export interface LineFigures {
   lightBusy: { p50: number; p99: number };
   heavyWaiting: number;
   commandsPerFreedVm: number;
+  /** The same, by command (INFO commandstats names: evalsha, zadd, hset...). */
+  commandsPerFreedVmByCommand: Record<string, number>;
   waitingForCommands: number;
   rssMb: number;
   rssIdleMb: number;
@@ -46,11 +48,12 @@ async function until(cond: () => Promise<boolean>, what: string, limitMs = 600_0
   }
 }
 
-async function totalCommands(redis: Redis): Promise<number> {
+/** Calls of each command Redis ran so far (INFO commandstats), by command name. */
+async function commandCalls(redis: Redis): Promise<Map<string, number>> {
   const info = await redis.info('commandstats');
-  let total = 0;
-  for (const m of info.matchAll(/calls=(\d+)/g)) total += Number(m[1]);
-  return total;
+  const calls = new Map<string, number>();
+  for (const m of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) calls.set(m[1]!, Number(m[2]));
+  return calls;
 }
 
 /** Adds `count` acquire requests straight to the queue, as builders would (in bulk, for speed). */
@@ -67,7 +70,7 @@ async function addReady(ctx: OwnedJobContext, name: string, ip: string, group = 
   await ctx.vmm.recordHealthCheckResult(name, true);
 }
 
-async function lightAndCommands(url: string, producer: Redis, prefix: string): Promise<Pick<LineFigures, 'lightIdle' | 'lightBusy' | 'heavyWaiting' | 'commandsPerFreedVm' | 'waitingForCommands'>> {
+async function lightAndCommands(url: string, producer: Redis, prefix: string): Promise<Pick<LineFigures, 'lightIdle' | 'lightBusy' | 'heavyWaiting' | 'commandsPerFreedVm' | 'commandsPerFreedVmByCommand' | 'waitingForCommands'>> {
   const HEAVY = 5_000;
   const CYCLES = 400;
   const WAITING = 2_000;
@@ -77,7 +80,8 @@ async function lightAndCommands(url: string, producer: Redis, prefix: string): P
       redis: { url, prefix },
       acquire_safety_retry: 3600,
       groups: [
-        { name: 'line', archs: ['x86_64'], max_vm_total: 100_000, max_vm_per_user: 1 },
+        // The heavy owner's HEAVY requests all wait: its cap (max_waiting_per_owner) above them.
+        { name: 'line', archs: ['x86_64'], max_vm_total: 100_000, max_vm_per_user: 1, max_waiting_per_owner: 10_000 },
         { name: 'freed', archs: ['aarch64'], max_vm_total: 100_000, max_vm_per_user: 1_000 },
       ],
     },
@@ -119,7 +123,7 @@ async function lightAndCommands(url: string, producer: Redis, prefix: string): P
     await new Promise((r) => setTimeout(r, 500));
     let completed = 0;
     worker.worker.on('completed', () => (completed += 1));
-    const before = await totalCommands(producer);
+    const before = await commandCalls(producer);
     for (let i = 0; i < FREED; i++) {
       await ctx.vmm.unholdVm(`f-${i}`);
       const want = i + 1;
@@ -127,13 +131,20 @@ async function lightAndCommands(url: string, producer: Redis, prefix: string): P
     }
     // Let the metrics writes of the last completion land, then subtract this loop's own INFO.
     await new Promise((r) => setTimeout(r, 300));
-    const after = await totalCommands(producer);
-    const commandsPerFreedVm = (after - before - 1) / FREED;
+    const after = await commandCalls(producer);
+    const byCommand: Record<string, number> = {};
+    for (const [name, calls] of after) {
+      const delta = (calls - (before.get(name) ?? 0) - (name === 'info' ? 1 : 0)) / FREED;
+      if (delta > 0) byCommand[name] = delta;
+    }
+    const commandsPerFreedVm = Object.values(byCommand).reduce((a, b) => a + b, 0);
+    process.stderr.write(`commands per freed VM by command: ${JSON.stringify(Object.fromEntries(Object.entries(byCommand).sort((a, b) => b[1] - a[1])))}\n`);
     return {
       lightIdle: { p50: percentile(idle, 50), p99: percentile(idle, 99) },
       lightBusy: { p50: percentile(busy, 50), p99: percentile(busy, 99) },
       heavyWaiting: HEAVY,
       commandsPerFreedVm,
+      commandsPerFreedVmByCommand: byCommand,
       waitingForCommands: WAITING,
     };
   } finally {
@@ -174,7 +185,7 @@ async function rssWithWaiting(url: string, producer: Redis, prefix: string): Pro
     const rssIdleMb = rssMbOf(child.pid!);
     const memBefore = await usedMemory(producer);
     await enqueue(queue, WAITING, (i) => ({ owner: `o-${i % 500}`, sandbox: 's', groups: [0], timeoutMs: 3_600_000 }), 'rss');
-    await until(async () => (await producer.zcard(keys.waiters('line'))) >= WAITING, `${WAITING} requests parked`);
+    await until(async () => (await producer.zcard(keys.waiters('rss'))) >= WAITING, `${WAITING} requests parked`);
     await new Promise((r) => setTimeout(r, 2_000));
     const rssMb = rssMbOf(child.pid!);
     const memAfter = await usedMemory(producer);

@@ -223,11 +223,12 @@ export class VmPoolClient {
     for (let round = 0; ; round += 1) {
       const timestamp = this.clock();
       const deadline = timestamp + (data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS) + this.graceMs;
-      // Claim, add and read back are idempotent (same task, same job id): a Redis blip repeats them.
+      // Add and read back are idempotent (same task, same job id): a Redis blip repeats them. No
+      // claim before the add (it cost a round trip): the job id is the owner's task, so another
+      // sandbox's request for it is that job, read back here; and the acquire script refuses and
+      // claims the task atomically at the job's first attempt.
       const job = await this.whileRedisAway(
         async () => {
-          // The task is ours until the deadline: no request of another owner or sandbox joins it.
-          if (data.taskId) await this.line.claimTask(data.taskId, data.owner, data.sandbox, deadline, timestamp);
           const added = await addAcquireJob(queue, data, { jobId, timestamp, priority: options.priority });
           return (await Job.fromId(queue, jobId)) ?? added;
         },

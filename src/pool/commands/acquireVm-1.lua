@@ -128,7 +128,10 @@ end
 do
   local given = givenToThisJob()
   if given then
-    leaveLinesIfWaiting()
+    -- Served by the line, the request left it then (serveWaiter); a record left says otherwise.
+    if waiting and redis.call('HEXISTS', waiterInfoKey(base), waiter) == 1 then
+      leaveLines(base, waiter, jobId, groups)
+    end
     local collected = redis.call('ZREM', acquireAssignedKey(base), jobId) == 1
     if not collected then
       recordEvent(base, 'reattached', given)
@@ -137,17 +140,24 @@ do
   end
 end
 
+-- The task's owner (taskOfAnother's rules, with the held VM read once for both questions).
 if taskId ~= '' then
-  if taskOfAnother(base, taskId, owner, sandbox, now) then
+  local held, heldSandbox, stale = heldVmOfTask(base, owner, taskId)
+  if held and heldSandbox ~= sandbox then
     return {TASK_CONFLICT}
   end
-  local held = heldVmOfTask(base, owner, taskId)
   if held then
     leaveLinesIfWaiting()
     recordEvent(base, 'reattached', held)
     return {REATTACHED, redis.call('HGETALL', vmKey(base, held))}
   end
-  redis.call('DEL', ownerTaskKey(base, owner, taskId))
+  local claim = liveTaskClaim(base, owner, taskId, now)
+  if claim and claim.sandbox ~= sandbox then
+    return {TASK_CONFLICT}
+  end
+  if stale then
+    redis.call('DEL', ownerTaskKey(base, owner, taskId))
+  end
 end
 
 local request = {
@@ -191,10 +201,13 @@ for i = 0, groupCount - 1 do
   if name then
     request.leaseMs = tonumber(groupArg(i, 2))
     assignVm(base, group, name, fresh, request, now)
+    -- Without its record the request is in no line (joinLines writes the record first, leaveLines
+    -- drops it with the entries): a new arrival, with no line to leave.
     if redis.call('HEXISTS', waiterInfoKey(base), waiter) == 0 then
       countArrival(base, groups[1], now)
+    else
+      leaveLines(base, waiter, jobId, groups)
     end
-    leaveLinesIfWaiting()
     return {OK, redis.call('HGETALL', vmKey(base, name)), {}}
   end
 end

@@ -11,7 +11,9 @@
     ARGV[3] VM name from the ready message ('' for none: dispatch the group's clean VMs)
   Output:
     the job ids of the requests given a VM (their parked jobs are to be woken); none when the VM
-    is no longer ready (another process dispatched it first)
+    is no longer ready (another process dispatched it first). A message for a clean ready VM
+    serves at most one request; a sweep, or a VM gone (owners may be under max_vm_per_user
+    again), serves every request a ready clean VM can take.
 ]]
 local base = KEYS[1]
 local now, group, name = ARGV[1], ARGV[2], ARGV[3]
@@ -25,6 +27,12 @@ if name ~= '' then
     return served
   end
   if vm[1] and vm[1] ~= 'ready' then
+    return served
+  end
+  if vm[1] == 'ready' and not vm[4] then
+    -- A clean VM became ready: one VM to give. The others ready have messages of their own (the
+    -- sweep covers a lost one), so the dispatch stops after one serve instead of looking again.
+    dispatchClean(base, group, now, '', served, 1)
     return served
   end
 end

@@ -12,8 +12,10 @@
 
 local DEFAULT_AUDIT_MAX_EVENTS = 100000
 
-local function recordEvent(base, event, name, extra)
-  local vm = redis.call('HMGET', vmKey(base, name), 'group', 'owner', 'sandbox', 'task_id', 'lease_id')
+-- `known`, when the caller has them: the VM's {group, owner, sandbox, task_id, lease_id} as its hash
+-- has them now (false for none), which spares reading them again.
+local function recordEvent(base, event, name, extra, known)
+  local vm = known or redis.call('HMGET', vmKey(base, name), 'group', 'owner', 'sandbox', 'task_id', 'lease_id')
   local fields = {'event', event, 'vm', name}
   local names = {'group', 'owner', 'sandbox', 'task', 'lease'}
   for i = 1, 5 do

@@ -4,20 +4,27 @@
   place in each group's round-robin while it has other requests there (includes/acquireLine).
   Shared by acquireVm (a request served), dispatchAcquireLine, cancelAcquire and leaveAcquireLine.
   Returns the number of groups whose line the request left.
+  A caller that read the request's record already passes it (`known`), and one that places the
+  owner in a group's round-robin itself right after names that group (`placedByCaller`).
 ]]
 --- @include "includes/lineOwners"
 
-local function leaveLines(base, waiter, jobId, groups)
+local function leaveLines(base, waiter, jobId, groups, known, placedByCaller)
   local left = 0
-  local raw = redis.call('HGET', waiterInfoKey(base), waiter)
-  local info = raw and cjson.decode(raw)
+  local info = known
+  if not info then
+    local raw = redis.call('HGET', waiterInfoKey(base), waiter)
+    info = raw and cjson.decode(raw)
+  end
   redis.call('HDEL', waiterInfoKey(base), waiter)
   for _, group in ipairs(groups) do
     redis.call('ZREM', demandKey(base, group), jobId)
     if info then
       redis.call('ZREM', ownerLineKey(base, group, info.owner), waiter)
       redis.call('ZREM', sandboxLineKey(base, group, info.owner, info.sandbox), waiter)
-      placeOwner(base, group, info.owner, nil)
+      if tostring(group) ~= tostring(placedByCaller) then
+        placeOwner(base, group, info.owner, nil)
+      end
     end
     if redis.call('ZREM', waitersKey(base, group), waiter) == 1 then
       left = left + 1

@@ -44,12 +44,16 @@ local function pickReady(base, indexKey)
       return nil
     end
     local vm = redis.call('HMGET', vmKey(base, name), 'state', 'check_fails', 'check_seq')
-    local serverStartSeq = tonumber(redis.call('GET', serverStartSeqKey(base))) or 0
     if vm[1] ~= 'ready' or vm[2] ~= '0' then
       redis.call('ZREM', indexKey, name)
-    elseif tonumber(entry[2]) > serverStart or checkedAfterStart(vm, serverStartSeq) then
+    elseif tonumber(entry[2]) > serverStart then
       return name
     else
+      -- Checked in the start's own millisecond: only then does the order within it matter.
+      local serverStartSeq = tonumber(redis.call('GET', serverStartSeqKey(base))) or 0
+      if checkedAfterStart(vm, serverStartSeq) then
+        return name
+      end
       return pickPastStartMillisecond(base, indexKey, serverStart, serverStartSeq)
     end
   end

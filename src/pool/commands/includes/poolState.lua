@@ -6,13 +6,16 @@
 ]]
 --- @include "includes/poolKeys"
 
--- The run id of this Redis server (INFO server), or nil where INFO is not allowed.
+-- The run id of this Redis server (INFO server), or nil where INFO is not allowed. Read once per
+-- script call (INFO is the dearest step of a pick, and a dispatch picks many times); it cannot
+-- change while a script runs.
+local runIdOfThisCall = nil
 local function currentRunId()
-  local info = redis.pcall('INFO', 'server')
-  if type(info) ~= 'string' then
-    return nil
+  if runIdOfThisCall == nil then
+    local info = redis.pcall('INFO', 'server')
+    runIdOfThisCall = type(info) == 'string' and string.match(info, 'run_id:(%x+)') or false
   end
-  return string.match(info, 'run_id:(%x+)')
+  return runIdOfThisCall or nil
 end
 
 -- Whether the marker was verified on this Redis run. A pool without a marker (one that no worker

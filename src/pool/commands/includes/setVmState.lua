@@ -54,24 +54,35 @@ local function dueEntry(key, member, wanted, score)
   end
 end
 
--- Puts the VM in the due-time sets its hash calls for, and takes it out of the others. Called after
--- every change of state, owner, hold, last_health_check, last_release or terminating_since.
-local function indexDue(base, name)
-  local f = redis.call('HMGET', vmKey(base, name), 'state', 'group', 'owner', 'held_by', 'last_health_check', 'last_release', 'terminating_since', 'first_ready_at')
+-- indexDue on fields already read: f = {state, group, owner, held_by, last_health_check,
+-- last_release, terminating_since, first_ready_at}. With `previous` (the state just left, the other fields
+-- unchanged by the move), a set that neither state belongs in is left alone: the VM is not in it.
+local ONLY_READY, ONLY_CHECKING, ONLY_TERMINATING = { ready = true }, { check_health = true }, { terminating = true }
+local function mayBeIn(states, state, previous)
+  return previous == nil or states[state] or states[previous]
+end
+
+local function indexDueFields(base, name, f, previous)
   local state, group, owner, held = f[1], f[2], f[3], f[4]
   if not state then
     return
   end
   dueEntry(dueCheckKey(base, group), name, DUE_CHECKED[state], f[5])
-  dueEntry(dueDirtyKey(base, group), name, state == 'ready' and owner and not held, f[6])
-  dueEntry(dueCheckStartedKey(base, group), name, state == 'check_health', f[5])
-  dueEntry(dueTerminatingKey(base, group), name, state == 'terminating', f[7])
-  -- A VM ready since before first_ready_at was recorded gets it at its next passed check.
-  dueEntry(dueReadyAgeKey(base, group), name, state == 'ready' and not owner and not held and f[8], f[8])
+  if mayBeIn(ONLY_READY, state, previous) then
+    dueEntry(dueDirtyKey(base, group), name, state == 'ready' and owner and not held, f[6])
+    -- A VM ready since before first_ready_at was recorded gets it at its next passed check.
+    dueEntry(dueReadyAgeKey(base, group), name, state == 'ready' and not owner and not held and f[8], f[8])
+  end
+  if mayBeIn(ONLY_CHECKING, state, previous) then
+    dueEntry(dueCheckStartedKey(base, group), name, state == 'check_health', f[5])
+  end
+  if mayBeIn(ONLY_TERMINATING, state, previous) then
+    dueEntry(dueTerminatingKey(base, group), name, state == 'terminating', f[7])
+  end
   -- An outdated VM on its way to ready is no supply: the rollout spawns its replacement.
   if COMING[state] and not owner and not held and not isOutdated(base, name, group) then
     redis.call('SADD', comingKey(base, group), name)
-  else
+  elseif mayBeIn(COMING, state, previous) then
     redis.call('SREM', comingKey(base, group), name)
   end
   if held then
@@ -79,6 +90,12 @@ local function indexDue(base, name)
   else
     redis.call('SREM', heldKey(base, group), name)
   end
+end
+
+-- Puts the VM in the due-time sets its hash calls for, and takes it out of the others. Called after
+-- every change of state, owner, hold, last_health_check, last_release or terminating_since.
+local function indexDue(base, name)
+  indexDueFields(base, name, redis.call('HMGET', vmKey(base, name), 'state', 'group', 'owner', 'held_by', 'last_health_check', 'last_release', 'terminating_since', 'first_ready_at'))
 end
 
 -- Takes a VM out of every due-time set (removeVm).
@@ -94,13 +111,15 @@ local function unindexDue(base, name, group)
   redis.call('ZREM', readyOutdatedKey(base, group), name)
 end
 
+-- Returns the fields it read: {old state, group, owner, sandbox, last_health_check, held_by,
+-- last_release, terminating_since, first_ready_at}.
 local function setVmState(base, name, newState)
   local key = vmKey(base, name)
-  local fields = redis.call('HMGET', key, 'state', 'group', 'owner', 'sandbox', 'last_health_check', 'held_by')
+  local fields = redis.call('HMGET', key, 'state', 'group', 'owner', 'sandbox', 'last_health_check', 'held_by', 'last_release', 'terminating_since', 'first_ready_at')
   local oldState, group, owner, sandbox = fields[1], fields[2], fields[3], fields[4]
   if oldState == newState then
     indexDue(base, name)
-    return
+    return fields
   end
   if oldState then
     redis.call('SREM', stateKey(base, group, oldState), name)
@@ -113,11 +132,13 @@ local function setVmState(base, name, newState)
   end
   redis.call('SADD', stateKey(base, group, newState), name)
   redis.call('HSET', key, 'state', newState)
+  local firstReadyAt = fields[9]
   if newState == 'ready' then
     -- Its age counts from the check that first made it ready; recorded (and indexed in
     -- due:ready_age) only in a group with max_ready_age, as the group's launch record says.
-    if redis.call('HEXISTS', launchKey(base, group), 'max_ready_age_ms') == 1 then
-      redis.call('HSETNX', key, 'first_ready_at', tonumber(fields[5]) or 0)
+    if redis.call('HEXISTS', launchKey(base, group), 'max_ready_age_ms') == 1 and not firstReadyAt then
+      firstReadyAt = tostring(tonumber(fields[5]) or 0)
+      redis.call('HSET', key, 'first_ready_at', firstReadyAt)
     end
   elseif newState == 'terminating' then
     -- Retiring: no longer a VM of an old launch to replace.
@@ -128,5 +149,8 @@ local function setVmState(base, name, newState)
     addToReadyIndex(base, name, group, owner, sandbox, tonumber(fields[5]) or 0)
     redis.call('PUBLISH', readyChannel(base, group), name)
   end
-  indexDue(base, name)
+  -- The move changed the state alone (and lease fields, which no due-time set uses, and
+  -- first_ready_at, passed as it is now).
+  indexDueFields(base, name, {newState, group, owner, fields[6], fields[5], fields[7], fields[8], firstReadyAt}, oldState or nil)
+  return fields
 end

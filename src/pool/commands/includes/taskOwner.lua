@@ -21,27 +21,28 @@ local function inUseForTask(base, name, owner, taskId)
   return false
 end
 
--- The VM the owner's task holds now (in_use under that task id), with its sandbox; nil when none.
+-- The VM the owner's task holds now (in_use under that task id), with its sandbox; nil when none,
+-- then also whether the owner's task index names a VM that no longer holds the task (stale). Both
+-- keys in one MGET (same slot: every key shares the pool's hash tag).
 local function heldVmOfTask(base, owner, taskId)
-  for _, key in ipairs({ownerTaskKey(base, owner, taskId), legacyTaskKey(base, taskId)}) do
-    local held = redis.call('GET', key)
-    if held then
-      local mine, heldSandbox = inUseForTask(base, held, owner, taskId)
+  local names = redis.call('MGET', ownerTaskKey(base, owner, taskId), legacyTaskKey(base, taskId))
+  for i = 1, 2 do
+    if names[i] then
+      local mine, heldSandbox = inUseForTask(base, names[i], owner, taskId)
       if mine then
-        return held, heldSandbox
+        return names[i], heldSandbox
       end
     end
   end
-  return nil
+  return nil, nil, names[1] ~= false
 end
 
 -- The owner's claim of the task while its deadline is after now, or nil.
 local function liveTaskClaim(base, owner, taskId, now)
-  local raw = redis.call('GET', ownerTaskClaimKey(base, owner, taskId))
-  local claim = raw and cjson.decode(raw)
+  local raws = redis.call('MGET', ownerTaskClaimKey(base, owner, taskId), legacyTaskClaimKey(base, taskId))
+  local claim = raws[1] and cjson.decode(raws[1])
   if not claim then
-    raw = redis.call('GET', legacyTaskClaimKey(base, taskId))
-    claim = raw and cjson.decode(raw)
+    claim = raws[2] and cjson.decode(raws[2])
     if claim and claim.owner ~= owner then
       claim = nil
     end
@@ -78,9 +79,11 @@ local function forgetTaskVm(base, name, owner, taskId)
   if not taskId or not owner then
     return
   end
-  for _, key in ipairs({ownerTaskKey(base, owner, taskId), legacyTaskKey(base, taskId)}) do
-    if redis.call('GET', key) == name then
-      redis.call('DEL', key)
+  local keys = {ownerTaskKey(base, owner, taskId), legacyTaskKey(base, taskId)}
+  local names = redis.call('MGET', keys[1], keys[2])
+  for i = 1, 2 do
+    if names[i] == name then
+      redis.call('DEL', keys[i])
     end
   end
 end
