@@ -169,6 +169,20 @@ async function main(): Promise<void> {
     rows.push({ part: 'acquire through BullMQ', figure: `acquire+release (${perSec(a.cycle.perSecond)}) / no-op throughput`, target: '>= 0.70x', measured: times(ratio), result: verdict(ratio >= 0.7) });
   } else rows.push({ part: 'acquire through BullMQ', figure: 'acquire+release / no-op throughput', target: '>= 0.70x', measured: '-', result: 'not measured' });
   rows.push(...fairnessRows(a.fairness));
+    process.stderr.write('bench: acquire with check_on_acquire tcp (bench/checkOnAcquire.ts)...\n');
+    const checkOut = await runPart('checkOnAcquire.ts');
+    timings.checkOnAcquire = checkOut.seconds;
+    if (checkOut.error) errors.push(checkOut.error);
+    const c = checkOut.result as { plain?: { p50: number; p99: number }; checked?: { p50: number; p99: number } } | null;
+    if (c?.plain && c.checked) {
+      rows.push({
+        part: 'acquire with check_on_acquire tcp',
+        figure: `p50 / p99 (without: ${ms(c.plain.p50)} / ${ms(c.plain.p99)})`,
+        target: 'info',
+        measured: `${ms(c.checked.p50)} / ${ms(c.checked.p99)}`,
+        result: 'info',
+      });
+    } else rows.push({ part: 'acquire with check_on_acquire tcp', figure: 'p50 / p99', target: 'info', measured: '-', result: 'not measured' });
   }
 
   if (args.only.has('steps')) {

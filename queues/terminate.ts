@@ -10,6 +10,8 @@ export const TERMINATE_QUEUE = QueueNames.TERMINATE;
 export const terminationReasons = [
   'dirty_timeout',
   'health_check_failed',
+  // The VM failed its group's check_on_acquire as it was about to be handed out.
+  'check_on_acquire',
   'terminate_again',
   'lease_expired',
   'reuse_limit',

@@ -289,10 +289,28 @@ export const groupConfigSchema = z
     check: checkConfigSchema
       .default({ type: 'ssh', user: 'root', host_key_policy: 'accept-new' })
       .describe("How a machine's health is checked: `ssh`, `tcp`, `command` or `provider`"),
+    check_on_acquire: z
+      .enum(['tcp', 'command', 'ssh'])
+      .optional()
+      .describe(
+        "Check each VM once more right before it is handed out (the group's `check`, whose type this names, with its settings): a VM that fails is terminated and the next one is tried, within the request's deadline. Catches machines lost since their last periodic check; adds one check's time to every acquire",
+      ),
+    check_on_acquire_timeout: z
+      .number()
+      .positive()
+      .default(3)
+      .describe('Seconds the check at hand-over (check_on_acquire) may take; no answer within it is a failure'),
     orphan_check_period: seconds(600, "Seconds between leak/orphan passes that compare the provider's list with the pool (0: never; needs list_cmd)"),
     orphan_grace_period: seconds(900, 'Seconds an unknown machine (or a pool VM still in got_ip) is left alone before cleanup'),
   })
   .superRefine((g, ctx) => {
+    if (g.check_on_acquire && g.check_on_acquire !== g.check.type) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['check_on_acquire'],
+        message: `check_on_acquire runs the group's check: it must be its type (${g.check.type}), with check: { type: ${g.check_on_acquire}, ... } to check by ${g.check_on_acquire}`,
+      });
+    }
     if (g.target_wait && g.min_ready !== 0) {
       ctx.addIssue({ code: 'custom', path: ['min_ready'], message: 'no min_ready with target_wait (bound target_wait with min_ready_floor and min_ready_ceiling)' });
     }

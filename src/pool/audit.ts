@@ -38,7 +38,7 @@ export interface AuditEvent {
   lease: string | null;
   /** Why: a termination reason, a hold's reason, a check that never reported back, a release because the request was withdrawn (`withdrawn`). */
   reason: string | null;
-  /** More of what the event says, when it has it: by (held), until (held), worker (acquired), ip (spawned), check_fails (check_failed), lease_expires_at (lease_renewed), action (lease_expired). */
+  /** More of what the event says, when it has it: by (held), until (held), worker (acquired), ip (spawned), check_fails (check_failed), detail (check_failed at hand-over: what the check said), lease_expires_at (lease_renewed), action (lease_expired). */
   details: Record<string, string>;
 }
 

@@ -33,6 +33,17 @@ export class Health {
     return this.ctx.scripts.markVmCheckFailed(vmName);
   }
 
+  /** See VmManager.failCheckOnAcquire. */
+  async failCheckOnAcquire(vmName: string, leaseId: string, jobId: string, detail: string): Promise<boolean> {
+    const now = this.ctx.clock();
+    const taken = await this.ctx.scripts.failCheckOnAcquire(vmName, leaseId, now, jobId, detail);
+    if (taken) {
+      this.ctx.logger.warn({ vmName, detail }, 'VM failed its check at hand-over');
+      await this.jobs.enqueueTermination(vmName, now, 'check_on_acquire');
+    }
+    return taken;
+  }
+
   /** See VmManager.rememberHostKey. */
   async rememberHostKey(vmName: string, vmIp: string, offered: string): Promise<string | null> {
     return this.ctx.scripts.rememberHostKey(vmName, vmIp, offered);

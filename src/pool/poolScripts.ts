@@ -312,6 +312,11 @@ export class PoolScripts {
     return this.acted('markVmCheckFailed', vmName, [], ReplyCodes.WRONG_STATE);
   }
 
+  /** True when the in_use VM under `leaseId` was taken back and is terminating (check_on_acquire failed); false when it is not in_use under that lease. */
+  async failCheckOnAcquire(vmName: string, leaseId: string, now: number, jobId: string, detail: string): Promise<boolean> {
+    return this.acted('failCheckOnAcquire', vmName, [leaseId, now, jobId, detail], ReplyCodes.WRONG_STATE);
+  }
+
   /** Records a spawn's outcome in the group's circuit breaker; true when this failure opened it. */
   async recordSpawnOutcome(
     group: string,

@@ -22,6 +22,7 @@ export const POOL_SCRIPTS = {
   dispatchAcquireLine: 1,
   expireHolds: 1,
   extendCycleLock: 1,
+  failCheckOnAcquire: 1,
   finishMigration: 1,
   expireLeases: 1,
   finishSpawn: 1,

@@ -442,6 +442,16 @@ export class VmManager {
     return this.health.recordHealthCheckResult(vmName, ok);
   }
 
+  /**
+   * Takes back a VM that failed its group's check_on_acquire right after the acquire gave it under
+   * `leaseId` (to the acquire job `jobId`, '' for none): its lease ends, the job's assignment record
+   * goes, and the VM is terminated. False (nothing changed) when the VM is no longer in_use under
+   * that lease. The acquire processor calls it; see processors/acquire.ts.
+   */
+  async failCheckOnAcquire(vmName: string, leaseId: string, jobId: string, detail: string): Promise<boolean> {
+    return this.health.failCheckOnAcquire(vmName, leaseId, jobId, detail);
+  }
+
   /** Public API (Copr). */
   async markVmCheckFailed(vmName: string): Promise<boolean> {
     return this.health.markVmCheckFailed(vmName);

@@ -126,13 +126,18 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
   // The payload is the request, with its groups resolved and this process as the worker.
   const acquireRequest = { ...request, groups, workerId: ctx.workerId };
   let attempt: Awaited<ReturnType<typeof ctx.vmm.tryAcquireVm>>;
-  try {
-    attempt = await ctx.vmm.tryAcquireVm(acquireRequest, waiter);
-  } catch (err) {
-    // Out of line before failing (a task holding a VM for another owner, Redis trouble).
-    await ctx.vmm.leaveAcquireLine(waiter, lineGroups).catch(() => undefined);
-    if (err instanceof VmError) throw await failAcquireJob(job, failureOf(err), err.message);
-    throw err;
+  for (;;) {
+    try {
+      attempt = await ctx.vmm.tryAcquireVm(acquireRequest, waiter);
+    } catch (err) {
+      // Out of line before failing (a task holding a VM for another owner, Redis trouble).
+      await ctx.vmm.leaveAcquireLine(waiter, lineGroups).catch(() => undefined);
+      if (err instanceof VmError) throw await failAcquireJob(job, failureOf(err), err.message);
+      throw err;
+    }
+    if (attempt.status !== 'acquired' && attempt.status !== 'reattached') break;
+    // check_on_acquire: a VM that fails is terminated and the next one is tried (or the request waits).
+    if (await passesCheckOnAcquire(ctx, attempt.vm, attempt.leaseId, jobId, log)) break;
   }
   if (attempt.status === 'cancelled') {
     log.info({ reason: attempt.reason }, 'acquire request withdrawn');
@@ -173,6 +178,32 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
   // Given a VM between the attempt and the move (its wake found the job still active): wake it now.
   if (await ctx.vmm.reader.isAcquireAssigned(jobId)) await job.promote().catch(() => undefined);
   throw new DelayedError();
+}
+
+/**
+ * The check at hand-over (the group's check_on_acquire): runs the group's health check on the VM the
+ * acquire just assigned. Outside Lua (network I/O), after the assignment, so a re-run of the job
+ * after a crash here collects the same assignment and checks it again: no VM is handed out
+ * unchecked, none is lost. A VM that fails is taken back and terminated in one script
+ * (failCheckOnAcquire); false then. True when the group has no check_on_acquire.
+ */
+async function passesCheckOnAcquire(
+  ctx: JobContext,
+  vm: { vmName: string; vmIp: string; group: string },
+  leaseId: string,
+  jobId: string,
+  log: { warn(obj: object, msg: string): void },
+): Promise<boolean> {
+  const groupConfig = ctx.config.groups.find((g) => g.name === vm.group);
+  if (!groupConfig?.check_on_acquire) return true;
+  const result = await ctx
+    .healthCheck(vm.group)
+    .check({ vmName: vm.vmName, vmIp: vm.vmIp, group: ctx.vmm.providerGroup(vm.group) }, { timeoutMs: groupConfig.check_on_acquire_timeout * 1000 });
+  if (result.ok) return true;
+  log.warn({ vmName: vm.vmName, detail: result.detail }, 'VM failed check_on_acquire; trying the next');
+  // false: not in_use under this lease any more (released or expired meanwhile); it is not handed out either.
+  await ctx.vmm.failCheckOnAcquire(vm.vmName, leaseId, jobId, result.detail);
+  return false;
 }
 
 /** The failure code of a pool refusal. */

@@ -93,6 +93,15 @@ describe('parseConfig', () => {
     expect(err.issues.find((i) => i.path === path)?.received).toEqual(Object.values(groupPatch)[0]);
   });
 
+  it("check_on_acquire names the group's own check type (its settings are the check's)", () => {
+    const err = errorOf(() => parseConfig({ groups: [{ name: 'base', check: { type: 'tcp', port: 22 }, check_on_acquire: 'ssh' }] }, {}));
+    expect(err.message).toContain('groups.0.check_on_acquire');
+    expect(err.message).toContain('must be its type (tcp)');
+    const config = parseConfig({ groups: [{ name: 'base', check: { type: 'tcp', port: 22 }, check_on_acquire: 'tcp' }] }, {});
+    expect([config.groups[0]!.check_on_acquire, config.groups[0]!.check_on_acquire_timeout]).toEqual(['tcp', 3]);
+    expect(parseConfig({ groups: [{ name: 'base' }] }, {}).groups[0]!.check_on_acquire).toBeUndefined();
+  });
+
   it('reports a missing required field as missing', () => {
     const err = errorOf(() => parseConfig({ groups: [{ archs: ['x86_64'] }] }, {}));
     expect(err.message).toMatch(/groups\.0\.name: got nothing, expected/);
