@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { acquireWaiterMember, type AcquireWaiter } from '../../src/pool/types.js';
+import { groupSummaries } from '../../src/poolView.js';
 import { createPoolKit, T0, type PoolKit } from './fixtures/kit.js';
 
 // max_resources_per_owner: VMs of 4 cores, an owner may have 8 cores (2 VMs) although
@@ -51,5 +52,10 @@ describe('max_resources_per_owner (real Redis)', () => {
     await kit.addReady('v4', '10.9.0.4');
     expect(await kit.vmm.dispatchAcquireLine('base')).toEqual([third.jobId]);
     expect(await kit.redis.hget(kit.keys.ownerVms('base'), 'alice')).toBe('2');
+  });
+
+  it('GET /groups (groupSummaries) shows the owner limit in force beside max_vm_per_user', async () => {
+    const [base] = await groupSummaries(kit.vmm);
+    expect(base!.limits).toMatchObject({ max_vm_per_user: 5, owner_vm_limit: 2 });
   });
 });
