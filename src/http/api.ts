@@ -268,8 +268,8 @@ export function apiRouter(deps: ApiDeps): Router {
   router.post('/vms/:name/hold', requireScope('admin'), requireJsonContentType, async (req, res) => {
     const name = vmNameParam(req);
     const body = parseBody(holdBodySchema, req.body);
-    const until = body.for !== undefined ? vmm.clock() + body.for * 1000 : typeof body.until === 'string' ? Date.parse(body.until) : (body.until ?? null);
-    const held = await vmm.holdVm(name, body.by ?? req.principal!.name, { until, reason: body.reason ?? null });
+    const period = body.for !== undefined ? { forMs: body.for * 1000 } : { until: typeof body.until === 'string' ? Date.parse(body.until) : (body.until ?? null) };
+    const held = await vmm.holdVm(name, body.by ?? req.principal!.name, { ...period, reason: body.reason ?? null });
     if (!held) {
       const vm = await vmm.getVmRecord(name);
       throw new HttpError('conflict', `VM ${name} is already held by ${vm.heldBy}`, { reason: 'already_held', heldBy: vm.heldBy });

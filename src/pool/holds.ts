@@ -4,6 +4,8 @@ import { InvalidVmRequest } from './types.js';
 export interface HoldOptions {
   /** When the hold ends by itself (epoch ms); null or absent: when unheld (or max_hold_age). */
   until?: number | null;
+  /** How long the hold lasts (ms), counted from the hold's own start (instead of until). */
+  forMs?: number | null;
   /** Why the VM is held, shown beside the holder. */
   reason?: string | null;
 }
@@ -16,7 +18,10 @@ export class Holds {
   async hold(vmName: string, by: string, options: HoldOptions = {}): Promise<boolean> {
     if (typeof by !== 'string' || by === '') throw new InvalidVmRequest('holdVm needs who holds the VM');
     const now = this.ctx.clock();
-    const { until = null, reason = null } = options;
+    const { reason = null, forMs = null } = options;
+    if (forMs !== null && options.until != null) throw new InvalidVmRequest('a hold takes until or forMs, not both');
+    if (forMs !== null && (!Number.isFinite(forMs) || forMs <= 0)) throw new InvalidVmRequest(`a hold must last a positive time (forMs ${JSON.stringify(forMs)})`);
+    const until = forMs !== null ? now + forMs : (options.until ?? null);
     if (until !== null && (!Number.isFinite(until) || until <= now)) throw new InvalidVmRequest(`a hold must end in the future (until ${JSON.stringify(until)})`);
     if (reason !== null && (typeof reason !== 'string' || reason.length > 1024)) throw new InvalidVmRequest('a hold reason is text of at most 1024 characters');
     const maxAge = this.ctx.config.max_hold_age * 1000;

@@ -18,8 +18,8 @@ export const registerHold: RegisterCommand = (program, { io, withPool }) => {
       const untilAt = opts.until === undefined ? null : Date.parse(opts.until);
       if (untilAt !== null && Number.isNaN(untilAt)) throw new CliError(`--until: not a time: ${JSON.stringify(opts.until)}`, ExitCodes.USAGE);
       await withPool(async (vmm) => {
-        const until = duration !== null ? vmm.clock() + duration : untilAt;
-        if (!(await vmm.holdVm(name, opts.by, { until, reason: opts.reason ?? null }))) {
+        const period = duration !== null ? { forMs: duration } : { until: untilAt };
+        if (!(await vmm.holdVm(name, opts.by, { ...period, reason: opts.reason ?? null }))) {
           const vm = await vmm.getVmRecord(name);
           throw new CliError(`VM ${name} is already held by ${vm.heldBy}`, ExitCodes.ERROR);
         }
