@@ -5,6 +5,7 @@ import type { Clock, PoolAccess, PoolContext } from './context.js';
 import type { PoolJobs } from './jobs.js';
 import { poolKeys } from './keys.js';
 import type { Leases } from './leases.js';
+import type { AcquireSetAttempt } from './poolScripts.js';
 import { InvalidVmRequest, NoVmAvailable, TooManyWaiting, type AcquireAttempt, type AcquireWaiter, type VmDescriptor } from './types.js';
 
 /**
@@ -23,6 +24,24 @@ export interface AcquireRequest extends Pick<AcquireRequestData, 'owner' | 'sand
   /** Lease id of the assignment; a random one when not given. */
   leaseId?: string;
 }
+
+/** One VM of a set (acquireVmSet): its groups, tried in order, as a single acquire's. */
+export interface AcquireSetItem {
+  groups: readonly GroupRef[];
+  /** Lease id of this VM's assignment; a random one when not given. */
+  leaseId?: string;
+}
+
+/** A request for several VMs at once, all or nothing, for one owner and sandbox. */
+export interface AcquireSetRequest extends Pick<AcquireRequestData, 'owner' | 'sandbox'> {
+  workerId: string | number;
+  items: readonly AcquireSetItem[];
+  /** Identity of the request (an acquire job id): a re-run with it gets the VMs given before. */
+  jobId?: string;
+}
+
+/** At most this many VMs in one set: a script call picks them all, in one pass per account. */
+export const MAX_SET_ITEMS = 32;
 
 /** The pub/sub channel of each group on which the scripts say that a VM may be acquirable: channel -> group name. */
 export function readyChannels(prefix: string, groups: readonly string[]): Map<string, string> {
@@ -120,6 +139,40 @@ export class AcquireLine {
       await this.leases.replicated();
       const { vm } = attempt;
       this.ctx.logger.info({ vmName: vm.vmName, owner, sandbox, taskId: vm.taskId, reattached: attempt.status === 'reattached' }, 'VM acquired');
+    }
+    return attempt;
+  }
+
+  /** See VmManager.tryAcquireVmSet. */
+  async tryAcquireVmSet(request: AcquireSetRequest): Promise<AcquireSetAttempt> {
+    const { owner, sandbox, workerId, items } = request ?? ({} as AcquireSetRequest);
+    if (!Array.isArray(items) || items.length === 0) throw new InvalidVmRequest('acquireVmSet needs a non-empty list of items');
+    if (items.length > MAX_SET_ITEMS) throw new InvalidVmRequest(`acquireVmSet takes at most ${MAX_SET_ITEMS} items`);
+    if (typeof owner !== 'string' || owner === '') throw new InvalidVmRequest('acquireVmSet needs an owner');
+    if (typeof sandbox !== 'string') throw new InvalidVmRequest('acquireVmSet needs a sandbox');
+    if (workerId === undefined || workerId === null) throw new InvalidVmRequest('acquireVmSet needs a workerId');
+    const resolved = items.map((item, i) => {
+      if (!Array.isArray(item?.groups) || item.groups.length === 0) throw new InvalidVmRequest(`acquireVmSet: item ${i} needs a non-empty list of groups`);
+      return {
+        leaseId: item.leaseId || randomUUID(),
+        groups: item.groups.map((ref: GroupRef) => {
+          const group = this.ctx.resolveGroup(ref);
+          const gc = this.ctx.groupConfig(group);
+          return { group, maxVmPerOwner: gc.max_vm_per_user, leaseTimeoutMs: Math.round(gc.lease_timeout * 1000), account: gc.account ?? '' };
+        }),
+      };
+    });
+    const attempt = await this.ctx.scripts.acquireVmSet({
+      now: this.ctx.clock(),
+      owner,
+      sandbox,
+      workerId: asText(workerId, 'workerId'),
+      jobId: asText(request.jobId, 'jobId'),
+      items: resolved,
+    });
+    if (attempt.status !== 'none') {
+      await this.leases.replicated();
+      this.ctx.logger.info({ vmNames: attempt.vms.map((v) => v.vm.vmName), owner, sandbox, reattached: attempt.status === 'reattached' }, 'VM set acquired');
     }
     return attempt;
   }
