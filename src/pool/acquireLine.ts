@@ -6,7 +6,7 @@ import type { PoolJobs } from './jobs.js';
 import { poolKeys } from './keys.js';
 import type { Leases } from './leases.js';
 import type { AcquireSetAttempt } from './poolScripts.js';
-import { InvalidVmRequest, NoVmAvailable, TooManyWaiting, type AcquireAttempt, type AcquireWaiter, type VmDescriptor } from './types.js';
+import { InvalidVmRequest, NoVmAvailable, TooManyWaiting, type AcquireAttempt, type AcquireWaiter, type Lease, type VmDescriptor } from './types.js';
 
 /**
  * What acquireVm needs: an acquire job's payload (AcquireRequestData) with its groups resolved (no
@@ -39,6 +39,9 @@ export interface AcquireSetRequest extends Pick<AcquireRequestData, 'owner' | 's
   /** Identity of the request (an acquire job id): a re-run with it gets the VMs given before. */
   jobId?: string;
 }
+
+/** How often a waiting set tries again (acquireVmSet): it is served outside the line, by retries. */
+export const SET_RETRY_MS = 250;
 
 /** At most this many VMs in one set: a script call picks them all, in one pass per account. */
 export const MAX_SET_ITEMS = 32;
@@ -141,6 +144,21 @@ export class AcquireLine {
       this.ctx.logger.info({ vmName: vm.vmName, owner, sandbox, taskId: vm.taskId, reattached: attempt.status === 'reattached' }, 'VM acquired');
     }
     return attempt;
+  }
+
+  /** See VmManager.acquireVmSet. */
+  async acquireVmSet(request: AcquireSetRequest, options: { timeoutMs: number; signal?: AbortSignal }): Promise<({ vm: VmDescriptor } & Lease)[]> {
+    // Counted in attempts, not by the pool's clock (a test's clock stands still while it waits).
+    const attempts = Math.max(1, Math.ceil(options.timeoutMs / SET_RETRY_MS));
+    for (let i = 1; ; i += 1) {
+      options.signal?.throwIfAborted();
+      const attempt = await this.tryAcquireVmSet(request);
+      if (attempt.status !== 'none') return attempt.vms;
+      if (i >= attempts) {
+        throw new NoVmAvailable(`no set of ${request.items.length} VMs available for owner ${request.owner} within ${options.timeoutMs} ms`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, SET_RETRY_MS));
+    }
   }
 
   /** See VmManager.tryAcquireVmSet. */

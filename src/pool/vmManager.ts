@@ -38,6 +38,7 @@ import {
   type AcquireAttempt,
   type AcquireWaiter,
   type ExpiredLease,
+  type Lease,
   type HealthCheckRecord,
   type SpawnAttemptStart,
   type VmDescriptor,
@@ -48,6 +49,7 @@ import {
 export { acquireWaiterMember } from './types.js';
 export type { AcquireAttempt, AcquireWaiter, ExpiredLease, HealthCheckOutcome, HealthCheckRecord } from './types.js';
 export type { AcquireRequest, AcquireSetItem, AcquireSetRequest } from './acquireLine.js';
+export type { AcquireSetAttempt } from './poolScripts.js';
 export type { Clock } from './context.js';
 export type { HoldOptions } from './holds.js';
 export { SPAWN_RECORD_TTL_MS } from './spawns.js';
@@ -343,6 +345,17 @@ export class VmManager {
    */
   async tryAcquireVmSet(request: AcquireSetRequest): Promise<AcquireSetAttempt> {
     return this.line.tryAcquireVmSet(request);
+  }
+
+  /**
+   * Several VMs at once, waiting up to `timeoutMs` (NoVmAvailable then): tryAcquireVmSet again
+   * every SET_RETRY_MS until the whole set can be had. Nothing is held while it waits. Fairness:
+   * a set is served outside the acquire line, so single requests waiting in line never hold it
+   * back; in turn it gets no place in the line (between two sets, the first to find all its VMs
+   * ready wins). Pass a jobId to make a retry after a crash get the same VMs.
+   */
+  async acquireVmSet(request: AcquireSetRequest, options: { timeoutMs: number; signal?: AbortSignal }): Promise<({ vm: VmDescriptor } & Lease)[]> {
+    return this.line.acquireVmSet(request, options);
   }
 
   /**

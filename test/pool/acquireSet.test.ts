@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { InvalidVmRequest, LeaseLost, VmStates } from '../../src/pool/types.js';
+import { InvalidVmRequest, LeaseLost, NoVmAvailable, VmStates } from '../../src/pool/types.js';
 import { createPoolKit, T0, testConfig, type PoolKit } from './fixtures/kit.js';
 
 let kit: PoolKit;
@@ -151,5 +151,31 @@ describe('tryAcquireVmSet: all or nothing (real Redis)', () => {
     await expect(kit.vmm.tryAcquireVmSet(set('', [['base']]))).rejects.toThrow(InvalidVmRequest);
     await expect(kit.vmm.tryAcquireVmSet(set('alice', [['nosuch']]))).rejects.toThrow();
     expect(await states(['b1'])).toEqual([VmStates.READY]);
+  });
+});
+
+describe('acquireVmSet: waiting for the whole set (real Redis)', () => {
+  it('waits holding nothing, and takes the set once its last VM is ready', async () => {
+    await kit.addReady('b1', '10.0.0.1', 'base');
+    const waiting = kit.vmm.acquireVmSet(set('alice', [['base'], ['arm']], 'job-wait'), { timeoutMs: 10_000 });
+    // While it waits, b1 stays ready: nothing is held for a half-served set.
+    await new Promise((r) => setTimeout(r, 600));
+    expect(await states(['b1'])).toEqual([VmStates.READY]);
+    await kit.addReady('a1', '10.0.0.2', 'arm');
+    const vms = await waiting;
+    expect(vms.map((v) => v.vm.vmName)).toEqual(['b1', 'a1']);
+  });
+
+  it('gives up with NoVmAvailable after its timeout, having taken nothing', async () => {
+    await kit.addReady('b1', '10.0.0.1', 'base');
+    await expect(kit.vmm.acquireVmSet(set('alice', [['base'], ['arm']]), { timeoutMs: 500 })).rejects.toThrow(NoVmAvailable);
+    expect(await states(['b1'])).toEqual([VmStates.READY]);
+  });
+
+  it('stops when its signal is aborted', async () => {
+    const gone = new AbortController();
+    const waiting = kit.vmm.acquireVmSet(set('alice', [['base']]), { timeoutMs: 10_000, signal: gone.signal });
+    gone.abort(new Error('builder went away'));
+    await expect(waiting).rejects.toThrow('builder went away');
   });
 });
