@@ -10,7 +10,7 @@ import { hasScope, mayActFor, requireScope } from './auth.js';
 import { HttpError } from './errors.js';
 import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
 import { openApiDocument } from './openapi.js';
-import { autoholdBodySchema, emptyBodySchema, holdBodySchema, leaseBodySchema, releaseBodySchema, renameBodySchema } from './schemas.js';
+import { acquireSetBodySchema, autoholdBodySchema, emptyBodySchema, holdBodySchema, leaseBodySchema, releaseBodySchema, renameBodySchema } from './schemas.js';
 import { AUDIT_PAGE_MAX, isAuditCursor } from '../pool/audit.js';
 import { AmbiguousTaskId, acquireRequestStatus, cancelAcquireRequest, type AcquireRequestStatus, type RequestLookup } from '../acquire/requests.js';
 
@@ -191,6 +191,45 @@ export function apiRouter(deps: ApiDeps): Router {
       return;
     }
     res.json(assignment);
+  });
+
+  router.post('/acquire-set', requireScope('builder'), requireJsonContentType, async (req, res) => {
+    const body = parseBody(acquireSetBodySchema, req.body);
+    if (!mayActFor(req.principal!, body.owner)) {
+      throw new HttpError('forbidden', `this token may not acquire for owner ${JSON.stringify(body.owner)}`, {
+        owner: body.owner,
+        owners: req.principal!.owners ?? [],
+      });
+    }
+    let items: { groups: string[] }[];
+    try {
+      items = body.vms.map((item) => ({ groups: requestGroupIds(config.groups, item) }));
+    } catch (err) {
+      if (!(err instanceof RequestGroupsError)) throw err;
+      throw new HttpError('validation_error', err.message, {});
+    }
+    const gone = new AbortController();
+    res.on('close', () => {
+      if (!res.writableEnded) gone.abort(new Error('the HTTP client went away'));
+    });
+    // The request id is scoped to the owner: another owner's id names another request.
+    const jobId = body.requestId === undefined ? undefined : `set:${body.owner}:${body.requestId}`;
+    let vms: Awaited<ReturnType<typeof vmm.acquireVmSet>>;
+    try {
+      vms = await vmm.acquireVmSet(
+        { owner: body.owner, sandbox: body.sandbox, workerId: req.principal!.name, items, jobId },
+        { timeoutMs: body.timeoutMs ?? DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS, signal: gone.signal },
+      );
+    } catch (err) {
+      if (gone.signal.aborted) return;
+      throw err;
+    }
+    // Served just as the builder went away: nobody will use or release these VMs but us.
+    if (gone.signal.aborted) {
+      await Promise.all(vms.map((v) => vmm.releaseVm(v.vm.vmName, v.leaseId).catch(() => false)));
+      return;
+    }
+    res.json({ vms: vms.map(({ vm, leaseId, leaseExpiresAt }) => ({ vmName: vm.vmName, vmIp: vm.vmIp, group: vm.group, leaseId, leaseExpiresAt })) });
   });
 
   /**
