@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { groupIndexOf, type Config } from '../config/index.js';
 import { formatZodError } from '../validation.js';
 import { ALL_VM_STATES, isValidVmName, isVmState, type VmRecord } from '../pool/types.js';
-import type { VmManager } from '../pool/vmManager.js';
+import type { AcquireSetRequest, VmManager } from '../pool/vmManager.js';
 import { groupSummaries, resolveGroup, UnknownGroup, withoutLease } from '../poolView.js';
 import { acquireRequestSchema, type AcquireRequestData, type VmAssignment } from '../../queues/acquire.js';
 import { hasScope, mayActFor, requireScope } from './auth.js';
@@ -38,10 +38,15 @@ export class WebShuttingDown extends Error {
  */
 export type AcquireFn = (request: AcquireRequestData, options?: { signal?: AbortSignal }) => Promise<VmAssignment>;
 
+/** How the API gets several VMs at once (VmManager.acquireVmSet, stopped with the web process). */
+export type AcquireSetFn = (request: AcquireSetRequest, options: { timeoutMs: number; signal?: AbortSignal }) => ReturnType<VmManager['acquireVmSet']>;
+
 export interface ApiDeps {
   config: Config;
   vmm: VmManager;
   acquire: AcquireFn;
+  /** Default: vmm.acquireVmSet (not stopped with the process). */
+  acquireSet?: AcquireSetFn;
 }
 
 /**
@@ -193,6 +198,7 @@ export function apiRouter(deps: ApiDeps): Router {
     res.json(assignment);
   });
 
+  const acquireSet: AcquireSetFn = deps.acquireSet ?? ((request, options) => vmm.acquireVmSet(request, options));
   router.post('/acquire-set', requireScope('builder'), requireJsonContentType, async (req, res) => {
     const body = parseBody(acquireSetBodySchema, req.body);
     if (!mayActFor(req.principal!, body.owner)) {
@@ -214,15 +220,18 @@ export function apiRouter(deps: ApiDeps): Router {
     });
     // The request id is scoped to the owner: another owner's id names another request.
     const jobId = body.requestId === undefined ? undefined : `set:${body.owner}:${body.requestId}`;
-    let vms: Awaited<ReturnType<typeof vmm.acquireVmSet>>;
+    let vms: Awaited<ReturnType<AcquireSetFn>>;
     try {
-      vms = await vmm.acquireVmSet(
+      vms = await acquireSet(
         { owner: body.owner, sandbox: body.sandbox, workerId: req.principal!.name, items, jobId },
         { timeoutMs: body.timeoutMs ?? DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS, signal: gone.signal },
       );
     } catch (err) {
       if (gone.signal.aborted) return;
-      throw err;
+      if (!(err instanceof WebShuttingDown)) throw err;
+      res.setHeader('Retry-After', String(SHUTDOWN_RETRY_AFTER_SECONDS));
+      res.setHeader('Connection', 'close');
+      throw new HttpError('no_vm_available', err.message, { reason: 'shutting_down' });
     }
     // Served just as the builder went away: nobody will use or release these VMs but us.
     if (gone.signal.aborted) {

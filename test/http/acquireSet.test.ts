@@ -58,3 +58,23 @@ describe('HTTP API: POST /acquire-set', () => {
     }
   });
 });
+
+describe('POST /acquire-set while the web process stops', () => {
+  let kit: WebKit | undefined;
+  afterAll(async () => kit?.close());
+
+  it('answers a waiting set with 503 shutting_down and Retry-After at once; it takes nothing', async () => {
+    kit = await createWebKit('acquire-set-stop');
+    await kit.addReady('b1', '10.1.0.1', 0);
+    const pending = kit.fetch('/api/v1/acquire-set', { method: 'POST', json: { owner: 'alice', sandbox: 'sb', vms: [{ groups: ['base'] }, { groups: ['arm'] }], timeoutMs: 60_000 } });
+    // Let it try (and find no arm VM) at least once.
+    await new Promise((r) => setTimeout(r, 400));
+    const stopping = kit.web.stop(10_000);
+    const res = await pending;
+    expect(res.status).toBe(503);
+    expect(res.headers.get('retry-after')).toBe('5');
+    expect(await res.json()).toMatchObject({ error: 'no_vm_available', details: { reason: 'shutting_down' } });
+    await stopping;
+    expect((await kit.vmm.getVmByName('b1')).state).toBe('ready');
+  });
+});
