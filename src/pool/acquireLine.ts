@@ -43,6 +43,9 @@ export interface AcquireSetRequest extends Pick<AcquireRequestData, 'owner' | 's
 /** How often a waiting set tries again (acquireVmSet): it is served outside the line, by retries. */
 export const SET_RETRY_MS = 250;
 
+/** A waiting set counts as demand this long after each retry (a set that stopped waiting is no demand soon after). */
+export const SET_DEMAND_MS = 4 * SET_RETRY_MS;
+
 /** At most this many VMs in one set: a script call picks them all, in one pass per account. */
 export const MAX_SET_ITEMS = 32;
 
@@ -150,9 +153,11 @@ export class AcquireLine {
   async acquireVmSet(request: AcquireSetRequest, options: { timeoutMs: number; signal?: AbortSignal }): Promise<({ vm: VmDescriptor } & Lease)[]> {
     // Counted in attempts, not by the pool's clock (a test's clock stands still while it waits).
     const attempts = Math.max(1, Math.ceil(options.timeoutMs / SET_RETRY_MS));
+    // Always an identity: it keys the set's demand while it waits (and a re-run, when the caller gave it).
+    const identified = { ...request, jobId: request.jobId || `set:${randomUUID()}` };
     for (let i = 1; ; i += 1) {
       options.signal?.throwIfAborted();
-      const attempt = await this.tryAcquireVmSet(request);
+      const attempt = await this.tryAcquireVmSet(identified, { demandForMs: SET_DEMAND_MS });
       if (attempt.status !== 'none') return attempt.vms;
       if (i >= attempts) {
         throw new NoVmAvailable(`no set of ${request.items.length} VMs available for owner ${request.owner} within ${options.timeoutMs} ms`);
@@ -162,7 +167,7 @@ export class AcquireLine {
   }
 
   /** See VmManager.tryAcquireVmSet. */
-  async tryAcquireVmSet(request: AcquireSetRequest): Promise<AcquireSetAttempt> {
+  async tryAcquireVmSet(request: AcquireSetRequest, options: { demandForMs?: number } = {}): Promise<AcquireSetAttempt> {
     const { owner, sandbox, workerId, items } = request ?? ({} as AcquireSetRequest);
     if (!Array.isArray(items) || items.length === 0) throw new InvalidVmRequest('acquireVmSet needs a non-empty list of items');
     if (items.length > MAX_SET_ITEMS) throw new InvalidVmRequest(`acquireVmSet takes at most ${MAX_SET_ITEMS} items`);
@@ -186,6 +191,7 @@ export class AcquireLine {
       sandbox,
       workerId: asText(workerId, 'workerId'),
       jobId: asText(request.jobId, 'jobId'),
+      demandUntil: options.demandForMs ? this.ctx.clock() + options.demandForMs : 0,
       items: resolved,
     });
     if (attempt.status !== 'none') {

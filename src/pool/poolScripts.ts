@@ -81,6 +81,8 @@ export interface AcquireSetScriptInput {
   workerId: string;
   /** '' for none: without it a re-run cannot find the set it was given. */
   jobId: string;
+  /** While the set waits it counts as demand of each item's first group until then (epoch ms; 0: not). */
+  demandUntil: number;
   items: readonly { leaseId: string; groups: readonly (Omit<AcquireGroupLimits, 'maxWaitingPerOwner'> & { account: string })[] }[];
 }
 
@@ -432,7 +434,7 @@ export class PoolScripts {
 
   /** Takes one VM per item, all or nothing (acquireVmSet-1.lua). */
   async acquireVmSet(input: AcquireSetScriptInput): Promise<AcquireSetAttempt> {
-    const args: (string | number)[] = [input.now, input.owner, input.sandbox, input.workerId, input.jobId, input.items.length];
+    const args: (string | number)[] = [input.now, input.owner, input.sandbox, input.workerId, input.jobId, input.demandUntil, input.items.length];
     for (const item of input.items) {
       args.push(item.leaseId, item.groups.length);
       for (const g of item.groups) args.push(g.group, g.maxVmPerOwner, g.leaseTimeoutMs, g.account);

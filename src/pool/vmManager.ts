@@ -341,10 +341,11 @@ export class VmManager {
    * One attempt at several VMs at once, all or nothing (acquireVmSet-1.lua): one VM per item, each
    * from its own groups and under its own lease, or none at all ('none': nothing changed). Served
    * outside the acquire line; prefers one account (provider) for all items. With a jobId, a re-run
-   * gets the VMs given before.
+   * gets the VMs given before; with it and demandForMs, a set not served counts as demand of each
+   * item's first group for that long (so that reconcile spawns VMs for it).
    */
-  async tryAcquireVmSet(request: AcquireSetRequest): Promise<AcquireSetAttempt> {
-    return this.line.tryAcquireVmSet(request);
+  async tryAcquireVmSet(request: AcquireSetRequest, options: { demandForMs?: number } = {}): Promise<AcquireSetAttempt> {
+    return this.line.tryAcquireVmSet(request, options);
   }
 
   /**

@@ -161,15 +161,21 @@ describe('acquireVmSet: waiting for the whole set (real Redis)', () => {
     // While it waits, b1 stays ready: nothing is held for a half-served set.
     await new Promise((r) => setTimeout(r, 600));
     expect(await states(['b1'])).toEqual([VmStates.READY]);
+    // It counts as demand of each item's first group (reconcile spawns for it) while it waits.
+    expect([await kit.vmm.countDemand('base'), await kit.vmm.countDemand('arm')]).toEqual([1, 1]);
     await kit.addReady('a1', '10.0.0.2', 'arm');
     const vms = await waiting;
     expect(vms.map((v) => v.vm.vmName)).toEqual(['b1', 'a1']);
+    expect([await kit.vmm.countDemand('base'), await kit.vmm.countDemand('arm')]).toEqual([0, 0]);
   });
 
   it('gives up with NoVmAvailable after its timeout, having taken nothing', async () => {
     await kit.addReady('b1', '10.0.0.1', 'base');
     await expect(kit.vmm.acquireVmSet(set('alice', [['base'], ['arm']]), { timeoutMs: 500 })).rejects.toThrow(NoVmAvailable);
     expect(await states(['b1'])).toEqual([VmStates.READY]);
+    // Its demand lapses on its own soon after it stopped waiting.
+    kit.clock.now += 2_000;
+    expect(await kit.vmm.countDemand('arm')).toBe(0);
   });
 
   it('stops when its signal is aborted', async () => {

@@ -28,7 +28,10 @@
     ARGV[3] sandbox
     ARGV[4] worker id
     ARGV[5] job id ('' for none: no re-run record)
-    ARGV[6] number of items M
+    ARGV[6] demand until (epoch ms; 0 for none): a set that waits (retries) counts as demand of
+            each item's first group until then (as a request in line does, so that VMs are spawned
+            for it); renewed by each retry, dropped when the set is served
+    ARGV[7] number of items M
     then per item: lease id, number of groups N, and N quadruples: group id, max_vm_per_user,
                lease_timeout in ms, account ('' for none)
   Output:
@@ -38,13 +41,14 @@
 ]]
 local base = KEYS[1]
 local now, owner, sandbox, workerId, jobId = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local itemCount = tonumber(ARGV[6])
+local demandUntil = tonumber(ARGV[6])
+local itemCount = tonumber(ARGV[7])
 --- @include "includes/replyCodes"
 --- @include "includes/acquireLine"
 
 local items = {}
 do
-  local at = 7
+  local at = 8
   for i = 1, itemCount do
     local item = {leaseId = ARGV[at], groups = {}}
     local n = tonumber(ARGV[at + 1])
@@ -141,8 +145,25 @@ local function pickAll(account, serverStart)
   return choice
 end
 
+-- While it waits, the set is demand (one per item, in its first group); served, it is not.
+local function demand(waiting)
+  if jobId == '' then
+    return
+  end
+  for i, item in ipairs(items) do
+    local key = demandKey(base, item.groups[1].group)
+    if waiting and demandUntil > tonumber(now) then
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+      redis.call('ZADD', key, demandUntil, jobId .. '#' .. i)
+    else
+      redis.call('ZREM', key, jobId .. '#' .. i)
+    end
+  end
+end
+
 local serverStart = tonumber(redis.call('GET', serverStartKey(base)))
 if not serverStart or not poolVerified(base) then
+  demand(true)
   return {NO_VM}
 end
 
@@ -166,8 +187,10 @@ do
   choice = choice or pickAll(nil, serverStart)
 end
 if not choice then
+  demand(true)
   return {NO_VM}
 end
+demand(false)
 
 local names = {}
 for i, c in ipairs(choice) do
