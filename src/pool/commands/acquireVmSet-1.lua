@@ -29,8 +29,8 @@
     ARGV[4] worker id
     ARGV[5] job id ('' for none: no re-run record)
     ARGV[6] demand until (epoch ms; 0 for none): a set that waits (retries) counts as demand of
-            each item's first group until then (as a request in line does, so that VMs are spawned
-            for it); renewed by each retry, dropped when the set is served
+            each item's first group until then (member 'set|<job id>|<item>' in its demand set: reconcile
+            spawns for it, poolReader.setDemand); renewed by each retry, dropped when the set is served
     ARGV[7] number of items M
     then per item: lease id, number of groups N, and N quadruples: group id, max_vm_per_user,
                lease_timeout in ms, account ('' for none)
@@ -154,9 +154,9 @@ local function demand(waiting)
     local key = demandKey(base, item.groups[1].group)
     if waiting and demandUntil > tonumber(now) then
       redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-      redis.call('ZADD', key, demandUntil, jobId .. '#' .. i)
+      redis.call('ZADD', key, demandUntil, 'set|' .. jobId .. '|' .. i)
     else
-      redis.call('ZREM', key, jobId .. '#' .. i)
+      redis.call('ZREM', key, 'set|' .. jobId .. '|' .. i)
     end
   end
 end
