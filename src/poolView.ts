@@ -1,6 +1,7 @@
 /** What the operator surfaces (HTTP API, pool page, CLI) show of the pool. */
 import { groupNameOf, type Config } from './config/index.js';
 import { isScheduled, minReadyAt } from './reconcile/minReady.js';
+import { ownerVmLimit } from './reconcile/quota.js';
 import { targetOf, targetWaitDecision } from './reconcile/targetWait.js';
 import { ALL_VM_STATES, UnknownGroup, type VmRecord, type VmState } from './pool/types.js';
 
@@ -29,7 +30,8 @@ export interface GroupSummary {
   removedFromConfig: boolean;
   archs: string[];
   tags: string[];
-  limits: { max_vm_total: number; max_vm_per_user: number; max_spawn_processes: number };
+  /** owner_vm_limit: the VMs one owner may have bound, max_vm_per_user or fewer by max_resources_per_owner. */
+  limits: { max_vm_total: number; max_vm_per_user: number; max_spawn_processes: number; owner_vm_limit: number };
   /** Warm pool target: clean ready VMs kept waiting. */
   minReady: number;
   counts: Record<VmState, number>;
@@ -138,7 +140,7 @@ export async function groupSummaries(vmm: VmManager, records?: VmRecord[]): Prom
       removedFromConfig: index === null,
       archs: g.archs,
       tags: g.tags,
-      limits: { max_vm_total: g.max_vm_total, max_vm_per_user: g.max_vm_per_user, max_spawn_processes: g.max_spawn_processes },
+      limits: { max_vm_total: g.max_vm_total, max_vm_per_user: g.max_vm_per_user, max_spawn_processes: g.max_spawn_processes, owner_vm_limit: ownerVmLimit(g) },
       minReady: tw ? tw.minReady : minReadyAt(g.min_ready, vmm.clock()),
       minReadyScheduled: isScheduled(g.min_ready),
       counts,

@@ -5,11 +5,14 @@ import type { LineStanding } from '../pool/poolReader.js';
 import { QueueNames } from '../../queues/names.js';
 import { breakerOpen } from '../reconcile/breaker.js';
 import { activeVmCount } from '../pool/types.js';
+import { ownerLimitIsResources, ownerVmLimit } from '../reconcile/quota.js';
 
 /**
  * Why a waiting acquire request waits, in one group:
  * - owner_limit: its owner is at the group's max_vm_per_user, and no VM bound to its owner and
  *   sandbox is ready;
+ * - owner_resources: the same, but the owner's limit there is its group's max_resources_per_owner
+ *   (it holds fewer VMs than max_vm_per_user);
  * - held_back_by_priority: requests of a better (lower) BullMQ priority wait in the group;
  * - spawning: a VM is on its way (etaMs from the group's measured spawn time);
  * - provider_failing: the group's spawn circuit breaker is open, or its last spawn attempts failed;
@@ -18,7 +21,7 @@ import { activeVmCount } from '../pool/types.js';
  * - group_full: the group is at max_vm_total;
  * - no_ready_vm: none of the above; no VM is ready for it (reconcile spawns for the demand).
  */
-export const WAIT_REASONS = ['owner_limit', 'held_back_by_priority', 'spawning', 'provider_failing', 'quota_full', 'group_full', 'no_ready_vm'] as const;
+export const WAIT_REASONS = ['owner_limit', 'owner_resources', 'held_back_by_priority', 'spawning', 'provider_failing', 'quota_full', 'group_full', 'no_ready_vm'] as const;
 export type WaitReason = (typeof WAIT_REASONS)[number];
 
 export interface GroupWait {
@@ -39,6 +42,7 @@ export interface GroupWait {
   /** Requests waiting in the group. */
   waiting: number;
   ownerVms: number;
+  /** The VMs its owner may have bound in the group: max_vm_per_user, or fewer by max_resources_per_owner. */
   maxVmPerUser: number;
   /** spawning: when the next VM should be ready, in ms from updatedAt. */
   etaMs?: number;
@@ -81,10 +85,10 @@ async function providerFailing(spawnQueue: Queue, group: string, now: number): P
 export function groupWaitReason(
   standing: LineStanding,
   request: Pick<WaitingRequest, 'priority'>,
-  limits: { maxVmPerUser: number; maxVmTotal: number },
+  limits: { maxVmPerUser: number; maxVmTotal: number; ownerLimitIsResources?: boolean },
   supply: { vms: number; spawning: number; providerFailing: boolean },
 ): WaitReason {
-  if (standing.ownerVms >= limits.maxVmPerUser && standing.readyDirty === 0) return 'owner_limit';
+  if (standing.ownerVms >= limits.maxVmPerUser && standing.readyDirty === 0) return limits.ownerLimitIsResources ? 'owner_resources' : 'owner_limit';
   if (standing.bestPriority !== null && standing.bestPriority < request.priority) return 'held_back_by_priority';
   if (supply.spawning > 0) return 'spawning';
   if (supply.providerFailing) return 'provider_failing';
@@ -103,7 +107,7 @@ export async function explainWait(vmm: VmManager, config: Config, request: Waiti
     const vms = activeVmCount(counts[i]!);
     const spawning = spawns[i]!;
     const cheap = { vms, spawning, providerFailing: false };
-    let reason = groupWaitReason(standing, request, { maxVmPerUser: gc.max_vm_per_user, maxVmTotal: gc.max_vm_total }, cheap);
+    let reason = groupWaitReason(standing, request, { maxVmPerUser: ownerVmLimit(gc), maxVmTotal: gc.max_vm_total, ownerLimitIsResources: ownerLimitIsResources(gc) }, cheap);
     // The provider's record is read only when nothing before it in the order explains the wait.
     let quota: GroupWait['quota'];
     if (reason === 'group_full' || reason === 'no_ready_vm') {
@@ -128,7 +132,7 @@ export async function explainWait(vmm: VmManager, config: Config, request: Waiti
       ownerPosition: standing.ownerRank === null ? null : standing.ownerRank + 1,
       waiting: standing.waiting,
       ownerVms: standing.ownerVms,
-      maxVmPerUser: gc.max_vm_per_user,
+      maxVmPerUser: ownerVmLimit(gc),
     };
     if (quota) wait.quota = quota;
     if (reason === 'spawning') {

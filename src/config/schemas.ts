@@ -170,6 +170,11 @@ export const groupConfigSchema = z
     max_resources: resourcesSchema
       .optional()
       .describe('Limits of the whole group in the units of `resources` (`{ cores: 32 }`), beside max_vm_total: a spawn starts only if the group\'s VMs and spawns in flight, plus the new one, fit'),
+    max_resources_per_owner: resourcesSchema
+      .optional()
+      .describe(
+        'Limits of one owner in the group, in the units of `resources` (`{ cores: 16 }`), beside max_vm_per_user: the VMs bound to an owner must fit, so the owner may have max_vm_per_user VMs or as many as these limits hold, whichever is fewer (an owner at it waits as `owner_resources`). Must hold at least one VM',
+      ),
     account: z
       .string()
       .optional()
@@ -304,6 +309,16 @@ export const groupConfigSchema = z
     orphan_grace_period: seconds(900, 'Seconds an unknown machine (or a pool VM still in got_ip) is left alone before cleanup'),
   })
   .superRefine((g, ctx) => {
+    for (const [unit, limit] of Object.entries(g.max_resources_per_owner ?? {})) {
+      // 'instances' is what every VM uses 1 of (reconcile/quota.ts INSTANCES).
+      const perVm = unit === 'instances' ? 1 : g.resources[unit];
+      if (perVm === undefined) {
+        const units = ['instances', ...Object.keys(g.resources)].join(', ');
+        ctx.addIssue({ code: 'custom', path: ['max_resources_per_owner', unit], message: `a unit of the group's resources (${units}): its VMs use no ${unit}` });
+      } else if (limit < perVm) {
+        ctx.addIssue({ code: 'custom', path: ['max_resources_per_owner', unit], message: `at least what one VM uses (${perVm} ${unit}), or no owner could ever have a VM` });
+      }
+    }
     if (g.check_on_acquire && g.check_on_acquire !== g.check.type) {
       ctx.addIssue({
         code: 'custom',

@@ -177,7 +177,15 @@ export const openApiDocument = {
           removedFromConfig: { type: 'boolean', description: 'the group left the config and drains: it spawns nothing, its VMs are served to requests that name it until they retire' },
           archs: { type: 'array', items: { type: 'string' } },
           tags: { type: 'array', items: { type: 'string' } },
-          limits: { type: 'object', properties: { max_vm_total: { type: 'integer' }, max_vm_per_user: { type: 'integer' }, max_spawn_processes: { type: 'integer' } } },
+          limits: {
+            type: 'object',
+            properties: {
+              max_vm_total: { type: 'integer' },
+              max_vm_per_user: { type: 'integer' },
+              max_spawn_processes: { type: 'integer' },
+              owner_vm_limit: { type: 'integer', description: 'the VMs one owner may have bound: max_vm_per_user, or fewer by max_resources_per_owner' },
+            },
+          },
           minReady: { type: 'integer', description: 'the warm-pool target in force now' },
           minReadyScheduled: { type: 'boolean', description: 'min_ready follows a schedule' },
           counts: { type: 'object', additionalProperties: { type: 'integer' } },

@@ -120,7 +120,9 @@ function groupSection(summary: GroupSummary, vms: VmRecord[], now: number, histo
     .map(([state, n]) => `<span class="count state-${state}" data-count-state="${state}">${state}: <b>${n}</b></span>`)
     .join(' ');
   const limits =
-    `max_vm_total <b>${summary.limits.max_vm_total}</b> · max_vm_per_user <b>${summary.limits.max_vm_per_user}</b> · ` +
+    `max_vm_total <b>${summary.limits.max_vm_total}</b> · max_vm_per_user <b>${summary.limits.max_vm_per_user}</b>` +
+    (summary.limits.owner_vm_limit < summary.limits.max_vm_per_user ? ` (<b>${summary.limits.owner_vm_limit}</b> by max_resources_per_owner)` : '') +
+    ' · ' +
     `max_spawn_processes <b>${summary.limits.max_spawn_processes}</b>`;
   const warm =
     `warm pool: <b data-ready-clean>${summary.readyClean}</b> clean ready of min_ready <b data-min-ready>${summary.minReady}</b>${summary.minReadyScheduled ? ' (by schedule, now)' : ''}${targetWaitText(summary)} · ` +

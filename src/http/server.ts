@@ -194,9 +194,12 @@ export async function startWebServer(config: Config, options: WebServerOptions =
   const address = server.address() as AddressInfo;
   const shownHost = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   const url = `http://${shownHost}:${address.port}/`;
-  logger.info({ url, auth: config.web.auth.token !== undefined || config.web.auth.tokens.length > 0 }, 'web listening');
   // Listening first (a port taken leaves the pool untouched); changes wait for the data format.
-  if (!(await checkDataFormat())) {
+  // 'web listening' comes after the first read of it, so that a start that saw the log finds
+  // /readyz ready unless the read failed (it is then retried, and changes are refused until then).
+  const settled = await checkDataFormat();
+  logger.info({ url, auth: config.web.auth.token !== undefined || config.web.auth.tokens.length > 0 }, 'web listening');
+  if (!settled) {
     checking = (async () => {
       while (!stopped) {
         await new Promise<void>((resolve) => {

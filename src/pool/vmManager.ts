@@ -270,7 +270,7 @@ export class VmManager {
     return this.vms.countOwnerVms(owner, this.named(group));
   }
 
-  /** Public API (Copr). Whether the owner is under the group's max_vm_per_user. */
+  /** Public API (Copr). Whether the owner is under the group's max_vm_per_user and max_resources_per_owner. */
   async canUserAcquireMoreVm(owner: string, group: GroupRef): Promise<boolean> {
     return this.vms.ownerMayAcquireMore(owner, this.named(group));
   }

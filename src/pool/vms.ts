@@ -1,5 +1,6 @@
 import { launchFingerprint } from '../config/fingerprint.js';
 import type { TerminationReason } from '../../queues/terminate.js';
+import { ownerVmLimit } from '../reconcile/quota.js';
 import type { PoolContext } from './context.js';
 import type { PoolJobs } from './jobs.js';
 import type { VmPage, VmPageQuery } from './poolReader.js';
@@ -109,9 +110,9 @@ export class PoolVms {
     return this.ctx.reader.ownerVmCount(group, owner);
   }
 
-  /** Whether the owner is under the group's max_vm_per_user. */
+  /** Whether the owner is under the group's max_vm_per_user and max_resources_per_owner. */
   async ownerMayAcquireMore(owner: string, group: string): Promise<boolean> {
-    const limit = this.ctx.groupConfig(group).max_vm_per_user;
+    const limit = ownerVmLimit(this.ctx.groupConfig(group));
     return (await this.countOwnerVms(owner, group)) < limit;
   }
 

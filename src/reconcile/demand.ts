@@ -19,6 +19,7 @@ import type { Job, Queue } from 'bullmq';
 import { requestGroupIds } from '../acquire/requestGroups.js';
 import type { AcquireWaiter } from '../pool/types.js';
 import type { VmManager } from '../pool/vmManager.js';
+import { ownerVmLimit } from './quota.js';
 import { acquireRequestSchema, DEFAULT_ACQUIRE_TIMEOUT_MS, isStrictRequest } from '../../queues/acquire.js';
 
 /** Queued vm-acquire jobs read per state and cycle (the first ones, oldest first). */
@@ -91,7 +92,7 @@ export async function readOwnerRooms(vmm: VmManager, requests: readonly DemandRe
     await Promise.all(
       vmm.allGroupConfigs().map(async (gc) => {
         const bound = await vmm.reader.ownerVmCounts(gc.name, owners);
-        return [gc.name, new Map(owners.map((o, i) => [o, Math.max(0, gc.max_vm_per_user - bound[i]!)]))] as const;
+        return [gc.name, new Map(owners.map((o, i) => [o, Math.max(0, ownerVmLimit(gc) - bound[i]!)]))] as const;
       }),
     ),
   );

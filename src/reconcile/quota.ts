@@ -16,6 +16,25 @@ export function vmResources(g: Pick<GroupConfig, 'resources'>): Resources {
   return { [INSTANCES]: 1, ...g.resources };
 }
 
+/**
+ * How many VMs of the group one owner may have bound: max_vm_per_user, or fewer when
+ * max_resources_per_owner holds fewer of the group's VMs.
+ */
+export function ownerVmLimit(g: Pick<GroupConfig, 'max_vm_per_user' | 'resources' | 'max_resources_per_owner'>): number {
+  let limit = g.max_vm_per_user;
+  const per = vmResources(g);
+  for (const [unit, max] of Object.entries(g.max_resources_per_owner ?? {})) {
+    const amount = per[unit] ?? 0;
+    if (amount > 0) limit = Math.min(limit, Math.floor(max / amount));
+  }
+  return limit;
+}
+
+/** Whether max_resources_per_owner, not max_vm_per_user, sets the group's owner limit. */
+export function ownerLimitIsResources(g: Pick<GroupConfig, 'max_vm_per_user' | 'resources' | 'max_resources_per_owner'>): boolean {
+  return ownerVmLimit(g) < g.max_vm_per_user;
+}
+
 /** `n` VMs of the group. */
 export function scaled(per: Resources, n: number): Record<string, number> {
   return Object.fromEntries(Object.entries(per).map(([unit, amount]) => [unit, amount * n]));

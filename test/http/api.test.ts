@@ -107,7 +107,7 @@ describe('HTTP API', () => {
     const [base, arm] = body.groups;
     const baseVms = await kit.vmm.getAllVmsInGroup('base');
     expect(base).toMatchObject({ id: 0, name: 'base', archs: ['x86_64'], minReady: 1, total: baseVms.length, demand: 0, spawnsInFlight: 0 });
-    expect(base.limits).toEqual({ max_vm_total: 6, max_vm_per_user: 2, max_spawn_processes: 2 });
+    expect(base.limits).toEqual({ max_vm_total: 6, max_vm_per_user: 2, max_spawn_processes: 2, owner_vm_limit: 2 });
     expect(base.counts.ready).toBe(baseVms.filter((v) => v.state === 'ready').length);
     expect(base.counts.got_ip).toBe(1);
     expect(arm).toMatchObject({ id: 1, name: 'arm', minReady: 0, spawnsInFlight: 1, total: 1 });

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { parseConfig, type ConfigInput } from '../../src/config/index.js';
 import { decideStartSpawnIfRequired, type GroupSnapshot, type PoolSnapshot, type ReconcileAction } from '../../src/reconcile/decisions.js';
-import { accountLimitsForPool, exceededUnits, foreignUsage, parseQuotaReport, vmResources } from '../../src/reconcile/quota.js';
+import { groupWaitReason } from '../../src/acquire/why.js';
+import { accountLimitsForPool, exceededUnits, foreignUsage, ownerLimitIsResources, ownerVmLimit, parseQuotaReport, vmResources } from '../../src/reconcile/quota.js';
 
 const NOW = 1_750_000_000_000;
 
@@ -34,6 +35,35 @@ describe('resource units', () => {
     expect(exceededUnits({ cores: 60 }, { cores: 4 }, { cores: 64 })).toEqual([]);
     expect(exceededUnits({ cores: 61 }, { cores: 4 }, { cores: 64 })).toEqual(['cores']);
     expect(exceededUnits({ gpus: 9 }, { cores: 4 }, { gpus: 1 })).toEqual([]);
+  });
+});
+
+describe('max_resources_per_owner', () => {
+  const base = { name: 'g', max_vm_per_user: 5, resources: { cores: 4, ram_mb: 8192 } };
+
+  it('holds an owner to as many VMs as its tightest unit allows, never above max_vm_per_user', () => {
+    expect(ownerVmLimit({ ...base, max_resources_per_owner: { cores: 10 } })).toBe(2);
+    expect(ownerVmLimit({ ...base, max_resources_per_owner: { cores: 100, ram_mb: 16384 } })).toBe(2);
+    expect(ownerVmLimit({ ...base, max_resources_per_owner: { instances: 3 } })).toBe(3);
+    expect(ownerVmLimit({ ...base, max_resources_per_owner: { cores: 100 } })).toBe(5);
+    expect(ownerVmLimit(base)).toBe(5);
+    expect(ownerLimitIsResources({ ...base, max_resources_per_owner: { cores: 10 } })).toBe(true);
+    expect(ownerLimitIsResources({ ...base, max_resources_per_owner: { cores: 20 } })).toBe(false);
+  });
+
+  it('a config whose owner limit names a unit the VMs do not use, or holds no VM, is refused', () => {
+    const cfg = (g: object) => () => config({ groups: [{ ...base, ...g }] } as Partial<ConfigInput>);
+    expect(cfg({ max_resources_per_owner: { core: 8 } })).toThrow(/max_resources_per_owner\.core.*a unit of the group's resources \(instances, cores, ram_mb\)/);
+    expect(cfg({ max_resources_per_owner: { cores: 3 } })).toThrow(/at least what one VM uses \(4 cores\)/);
+    expect(cfg({ max_resources_per_owner: { cores: 8 } })().groups[0]!.max_resources_per_owner).toEqual({ cores: 8 });
+  });
+
+  it('an owner at a limit set by its resources waits as owner_resources, at max_vm_per_user as owner_limit', () => {
+    const standing = { ownerRank: null, ownersAhead: null, blocked: true, owners: 1, waiting: 1, bestPriority: null, ownerVms: 2, readyDirty: 0, readyClean: 1 };
+    const supply = { vms: 2, spawning: 0, providerFailing: false };
+    expect(groupWaitReason(standing, { priority: 0 }, { maxVmPerUser: 2, maxVmTotal: 10, ownerLimitIsResources: true }, supply)).toBe('owner_resources');
+    expect(groupWaitReason(standing, { priority: 0 }, { maxVmPerUser: 2, maxVmTotal: 10 }, supply)).toBe('owner_limit');
+    expect(groupWaitReason({ ...standing, ownerVms: 1 }, { priority: 0 }, { maxVmPerUser: 2, maxVmTotal: 10, ownerLimitIsResources: true }, supply)).toBe('no_ready_vm');
   });
 });
 
