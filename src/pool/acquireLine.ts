@@ -182,7 +182,7 @@ export class AcquireLine {
         groups: item.groups.map((ref: GroupRef) => {
           const group = this.ctx.resolveGroup(ref);
           const gc = this.ctx.groupConfig(group);
-          return { group, maxVmPerOwner: gc.max_vm_per_user, leaseTimeoutMs: Math.round(gc.lease_timeout * 1000), account: gc.account ?? '' };
+          return { group, maxVmPerOwner: ownerVmLimit(gc), leaseTimeoutMs: Math.round(gc.lease_timeout * 1000), account: gc.account ?? '' };
         }),
       };
     });

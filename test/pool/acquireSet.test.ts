@@ -14,6 +14,7 @@ beforeAll(async () => {
         { name: 'east-x86', account: 'east', max_vm_per_user: 3 },
         { name: 'west-x86', account: 'west', max_vm_per_user: 3 },
         { name: 'west-arm', account: 'west', max_vm_per_user: 3 },
+        { name: 'big', max_vm_per_user: 3, resources: { cores: 4 }, max_resources_per_owner: { cores: 8 } },
       ],
     }),
   );
@@ -142,6 +143,13 @@ describe('tryAcquireVmSet: all or nothing (real Redis)', () => {
     for (const n of ['v1', 'v2', 'v3', 'v4']) await kit.addReady(n, `10.0.1.${n.slice(1)}`, 'base');
     expect(await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['base'], ['base'], ['base']]))).toEqual({ status: 'none' });
     expect(await kit.redis.zcard(kit.keys.leases)).toBe(0);
+  });
+
+  it('counts toward max_resources_per_owner (the owner limit in VMs it gives)', async () => {
+    for (const n of ['g1', 'g2', 'g3']) await kit.addReady(n, `10.0.3.${n.slice(1)}`, 'big');
+    // 8 cores per owner at 4 cores a VM: 2 VMs, though max_vm_per_user is 3.
+    expect(await kit.vmm.tryAcquireVmSet(set('alice', [['big'], ['big'], ['big']]))).toEqual({ status: 'none' });
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['big'], ['big']]))).status).toBe('acquired');
   });
 
   it('refuses bad input and changes nothing', async () => {

@@ -7,8 +7,8 @@
   deadlock each other.
 
   Per item, as acquireVm without a waiter: a ready VM bound to the owner and sandbox (dirty) first,
-  then a clean one while the owner is below the group's max_vm_per_user (counting the VMs this
-  set picks). Only VMs health-checked after the last server start (strictly after its millisecond)
+  then a clean one while the owner is below the group's owner limit (max_vm_per_user, or fewer by
+  max_resources_per_owner, as passed in ARGV), counting the VMs this set picks. Only VMs health-checked after the last server start (strictly after its millisecond)
   qualify. The set is served outside the acquire line (as acquireVm without a waiter): it does not
   wait behind single requests in line, which may wait one set longer.
 
@@ -32,7 +32,7 @@
             each item's first group until then (member 'set|<job id>|<item>' in its demand set: reconcile
             spawns for it, poolReader.setDemand); renewed by each retry, dropped when the set is served
     ARGV[7] number of items M
-    then per item: lease id, number of groups N, and N quadruples: group id, max_vm_per_user,
+    then per item: lease id, number of groups N, and N quadruples: group id, owner limit in VMs (ownerVmLimit),
                lease_timeout in ms, account ('' for none)
   Output:
     {OK, {HGETALL of each item's VM, in item order}}          taken now, each under a new lease
