@@ -8,8 +8,8 @@
 
   Per item, as acquireVm without a waiter: a ready VM bound to the owner and sandbox (dirty) first,
   then a clean one while the owner is below the group's owner limit (max_vm_per_user, or fewer by
-  max_resources_per_owner, as passed in ARGV), counting the VMs this set picks. Only VMs health-checked after the last server start (strictly after its millisecond)
-  qualify. The set is served outside the acquire line (as acquireVm without a waiter): it does not
+  max_resources_per_owner, as passed in ARGV), counting the VMs this set picks. Only VMs
+  health-checked after the last server start (strictly after its millisecond) qualify. The set is served outside the acquire line (as acquireVm without a waiter): it does not
   wait behind single requests in line, which may wait one set longer.
 
   One provider preferred: when items list groups of several accounts, the set is first tried with
