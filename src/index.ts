@@ -2,7 +2,7 @@ export { parseConfig, loadConfig, ConfigError, configSchema, groupConfigSchema, 
 export type { Config, ConfigInput, GroupConfig, ConfigIssue, GroupRef } from './config/index.js';
 export type { GroupRename } from './pool/groupNames.js';
 export { VmManager } from './pool/vmManager.js';
-export type { VmManagerOptions, AcquireRequest, HealthCheckRecord, HealthCheckOutcome, Clock } from './pool/vmManager.js';
+export type { VmManagerOptions, AcquireRequest, AcquireSetItem, AcquireSetRequest, AcquireSetAttempt, HealthCheckRecord, HealthCheckOutcome, Clock } from './pool/vmManager.js';
 export {
   VmStates,
   VmError,

@@ -451,6 +451,18 @@ export class VmPoolClient {
   }
 
   /**
+   * Renews every lease of a set (POST /api/v1/acquire-set's `vms`, VmManager.acquireVmSet) in one
+   * call; returns the assignments with their new expiries, in the same order. Every lease is
+   * renewed even when one is gone; then the first LeaseLost (or VmDescriptorNotFound) is thrown.
+   */
+  async renewAll(assignments: readonly VmAssignment[]): Promise<VmAssignment[]> {
+    const results = await Promise.allSettled(assignments.map((a) => this.leases.renewHeld(a)));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+    return results.map((r) => (r as PromiseFulfilledResult<VmAssignment>).value);
+  }
+
+  /**
    * Gives the VM back. Returns false, changing nothing, when the lease is no longer held (the VM
    * was reclaimed, released already, or is in use under another lease). With `outcome: 'failed'`,
    * an autohold rule that matches keeps the VM for debugging instead of returning it to the pool.

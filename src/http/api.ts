@@ -3,14 +3,14 @@ import { z } from 'zod';
 import { groupIndexOf, type Config } from '../config/index.js';
 import { formatZodError } from '../validation.js';
 import { ALL_VM_STATES, isValidVmName, isVmState, type VmRecord } from '../pool/types.js';
-import type { VmManager } from '../pool/vmManager.js';
+import type { AcquireSetRequest, VmManager } from '../pool/vmManager.js';
 import { groupSummaries, resolveGroup, UnknownGroup, withoutLease } from '../poolView.js';
 import { acquireRequestSchema, type AcquireRequestData, type VmAssignment } from '../../queues/acquire.js';
 import { hasScope, mayActFor, requireScope } from './auth.js';
 import { HttpError } from './errors.js';
 import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
 import { openApiDocument } from './openapi.js';
-import { autoholdBodySchema, emptyBodySchema, holdBodySchema, leaseBodySchema, releaseBodySchema, renameBodySchema } from './schemas.js';
+import { acquireSetBodySchema, autoholdBodySchema, emptyBodySchema, holdBodySchema, leaseBodySchema, releaseBodySchema, renameBodySchema } from './schemas.js';
 import { AUDIT_PAGE_MAX, isAuditCursor } from '../pool/audit.js';
 import { AmbiguousTaskId, acquireRequestStatus, cancelAcquireRequest, type AcquireRequestStatus, type RequestLookup } from '../acquire/requests.js';
 
@@ -38,10 +38,15 @@ export class WebShuttingDown extends Error {
  */
 export type AcquireFn = (request: AcquireRequestData, options?: { signal?: AbortSignal }) => Promise<VmAssignment>;
 
+/** How the API gets several VMs at once (VmManager.acquireVmSet, stopped with the web process). */
+export type AcquireSetFn = (request: AcquireSetRequest, options: { timeoutMs: number; signal?: AbortSignal }) => ReturnType<VmManager['acquireVmSet']>;
+
 export interface ApiDeps {
   config: Config;
   vmm: VmManager;
   acquire: AcquireFn;
+  /** Default: vmm.acquireVmSet (not stopped with the process). */
+  acquireSet?: AcquireSetFn;
 }
 
 /**
@@ -191,6 +196,49 @@ export function apiRouter(deps: ApiDeps): Router {
       return;
     }
     res.json(assignment);
+  });
+
+  const acquireSet: AcquireSetFn = deps.acquireSet ?? ((request, options) => vmm.acquireVmSet(request, options));
+  router.post('/acquire-set', requireScope('builder'), requireJsonContentType, async (req, res) => {
+    const body = parseBody(acquireSetBodySchema, req.body);
+    if (!mayActFor(req.principal!, body.owner)) {
+      throw new HttpError('forbidden', `this token may not acquire for owner ${JSON.stringify(body.owner)}`, {
+        owner: body.owner,
+        owners: req.principal!.owners ?? [],
+      });
+    }
+    let items: { groups: string[] }[];
+    try {
+      items = body.vms.map((item) => ({ groups: requestGroupIds(config.groups, item) }));
+    } catch (err) {
+      if (!(err instanceof RequestGroupsError)) throw err;
+      throw new HttpError('validation_error', err.message, {});
+    }
+    const gone = new AbortController();
+    res.on('close', () => {
+      if (!res.writableEnded) gone.abort(new Error('the HTTP client went away'));
+    });
+    // The request id is scoped to the owner: another owner's id names another request.
+    const jobId = body.requestId === undefined ? undefined : `set:${body.owner}:${body.requestId}`;
+    let vms: Awaited<ReturnType<AcquireSetFn>>;
+    try {
+      vms = await acquireSet(
+        { owner: body.owner, sandbox: body.sandbox, workerId: req.principal!.name, items, jobId },
+        { timeoutMs: body.timeoutMs ?? DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS, signal: gone.signal },
+      );
+    } catch (err) {
+      if (gone.signal.aborted) return;
+      if (!(err instanceof WebShuttingDown)) throw err;
+      res.setHeader('Retry-After', String(SHUTDOWN_RETRY_AFTER_SECONDS));
+      res.setHeader('Connection', 'close');
+      throw new HttpError('no_vm_available', err.message, { reason: 'shutting_down' });
+    }
+    // Served just as the builder went away: nobody will use or release these VMs but us.
+    if (gone.signal.aborted) {
+      await Promise.all(vms.map((v) => vmm.releaseVm(v.vm.vmName, v.leaseId).catch(() => false)));
+      return;
+    }
+    res.json({ vms: vms.map(({ vm, leaseId, leaseExpiresAt }) => ({ vmName: vm.vmName, vmIp: vm.vmIp, group: vm.group, leaseId, leaseExpiresAt })) });
   });
 
   /**

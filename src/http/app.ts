@@ -9,7 +9,7 @@ import { createMetricsRegistry } from '../metrics/registry.js';
 import type { VmManager } from '../pool/vmManager.js';
 import { groupSummaries } from '../poolView.js';
 import type { QueueName } from '../../queues/names.js';
-import { apiRouter, refuseCrossSiteChanges, type AcquireFn } from './api.js';
+import { apiRouter, refuseCrossSiteChanges, type AcquireFn, type AcquireSetFn } from './api.js';
 import { authenticate, checkHost, hasScope, requireScope } from './auth.js';
 import { bullBoardRouter } from './board.js';
 import { HttpError, errorHandler, sendError } from './errors.js';
@@ -24,6 +24,8 @@ export interface WebAppDeps {
   queue(name: QueueName): Queue;
   /** Gets a VM for POST /api/v1/acquire (VmPoolClient.acquire). */
   acquire: AcquireFn;
+  /** Gets several VMs for POST /api/v1/acquire-set (default: VmManager.acquireVmSet). */
+  acquireSet?: AcquireSetFn;
   /** How long /readyz waits for Redis to answer. */
   readyTimeoutMs?: number;
   /**
@@ -174,7 +176,7 @@ export function createWebApp(deps: WebAppDeps): Express {
   app.get('/api/v1/openapi.json', requireScope('read'), (_req, res) => {
     res.json(openApiDocument);
   });
-  app.use('/api/v1', apiRouter({ config, vmm, acquire: deps.acquire }));
+  app.use('/api/v1', apiRouter({ config, vmm, acquire: deps.acquire, acquireSet: deps.acquireSet }));
 
   app.use(BOARD_PATH, boardAccess(deps.queue, config.web.read_only_board));
 

@@ -281,6 +281,25 @@ export const openApiDocument = {
         },
       },
     },
+    '/acquire-set': {
+      post: {
+        operationId: 'acquireVmSet',
+        summary: 'Wait up to timeoutMs for several VMs at once, all or nothing, and return one assignment per VM (in the order asked)',
+        description:
+          'Nothing is held while the set waits: it is taken in one step when every VM can be had. Each VM has its own lease (renew and release each, as after POST /acquire). The set is served outside the acquire line, retrying every 250 ms.',
+        security: builder,
+        requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/AcquireSetRequest' } } } },
+        responses: {
+          '200': {
+            description: 'Every VM of the set, in the order asked',
+            content: { 'application/json': { schema: { type: 'object', required: ['vms'], properties: { vms: { type: 'array', items: { $ref: '#/components/schemas/Assignment' } } } } } },
+          },
+          ...common,
+          ...notJson,
+          '503': error('The whole set did not become available in time (details.reason); nothing was taken'),
+        },
+      },
+    },
     '/vms': {
       get: {
         operationId: 'listVms',

@@ -44,6 +44,33 @@ export const acquireBodySchema = z
   .describe('Groups (ids or names) or arch, not both; and/or tags that a group must all list. The vm-acquire job payload takes group ids only.')
   .register(apiSchemaRegistry, { id: 'AcquireRequest' });
 
+/** One VM of POST /acquire-set: groups (ids or names) or arch, not both; and/or tags, as in POST /acquire. */
+export const acquireSetItemSchema = z
+  .strictObject({ groups: acquireGroupsSchema.optional(), arch: acquireArchSchema.optional(), tags: acquireTagsSchema.optional() })
+  .refine((r) => !(r.groups !== undefined && r.arch !== undefined) && (r.groups !== undefined || r.arch !== undefined || r.tags !== undefined), {
+    message: 'exactly one of groups or arch, or tags alone',
+    path: ['groups'],
+  })
+  .describe('One VM of the set: groups (ids or names, tried in order) or arch, not both; and/or tags')
+  .register(apiSchemaRegistry, { id: 'AcquireSetItem' });
+
+/** The body of POST /acquire-set: several VMs for one owner and sandbox, all or nothing. */
+export const acquireSetBodySchema = z
+  .strictObject({
+    owner: acquireFields.owner,
+    sandbox: acquireFields.sandbox,
+    vms: z.array(acquireSetItemSchema).min(1).max(32).describe('The VMs asked for (at most 32), each from its own groups'),
+    requestId: z
+      .string()
+      .min(1)
+      .max(255)
+      .optional()
+      .describe('Identity of the request: asking again with it (a retry after a lost answer) gets the same VMs while their first lease term lasts'),
+    timeoutMs: acquireFields.timeoutMs.describe('How long to wait for the whole set, in ms (default 55 s)'),
+  })
+  .describe('Several VMs at once, all or nothing: none is held while the rest cannot be had')
+  .register(apiSchemaRegistry, { id: 'AcquireSetRequest' });
+
 export const leaseBodySchema = z.strictObject({ leaseId: z.string().min(1).max(255) }).register(apiSchemaRegistry, { id: 'LeaseRequest' });
 export const releaseBodySchema = z
   .strictObject({

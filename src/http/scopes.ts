@@ -23,7 +23,7 @@ export const ROUTE_SCOPES: readonly RouteGroupScope[] = [
   { group: 'API document', routes: ['GET /api/v1/openapi.json'], scopes: ['read'] },
   { group: 'VMs and groups', routes: ['GET /api/v1/vms', 'GET /api/v1/vms/:name', 'GET /api/v1/groups'], scopes: ['read'], note: 'never a lease id' },
   { group: 'audit trail', routes: ['GET /api/v1/events'], scopes: ['read'], note: 'lease ids only for admin' },
-  { group: 'acquire', routes: ['POST /api/v1/acquire'], scopes: ['builder'], note: 'a builder token with `owners` only for those owners' },
+  { group: 'acquire', routes: ['POST /api/v1/acquire', 'POST /api/v1/acquire-set'], scopes: ['builder'], note: 'a builder token with `owners` only for those owners' },
   { group: 'leases', routes: ['POST /api/v1/vms/:name/renew', 'POST /api/v1/vms/:name/release'], scopes: ['builder'], note: 'with the lease id; only an admin may release without it' },
   { group: 'acquire requests, status', routes: ['GET /api/v1/requests/:id'], scopes: ['read', 'builder'], note: 'a token with `owners` sees only those owners\' requests' },
   { group: 'acquire requests, withdraw', routes: ['DELETE /api/v1/requests/:id'], scopes: ['builder'], note: 'a token with `owners` only those owners\' requests' },

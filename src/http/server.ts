@@ -11,7 +11,7 @@ import { stopOnSignals } from '../runtime/boot.js';
 import { exitFatal, prepareProcess, requireRedis, requireSafeRedis } from '../runtime/main.js';
 import { VmPoolClient } from '../client/index.js';
 import type { QueueName } from '../../queues/names.js';
-import { WebShuttingDown, type AcquireFn } from './api.js';
+import { WebShuttingDown, type AcquireFn, type AcquireSetFn } from './api.js';
 import { createWebApp, type ChangesRefused } from './app.js';
 import { assertBindAllowed } from './auth.js';
 
@@ -111,6 +111,20 @@ export async function startWebServer(config: Config, options: WebServerOptions =
       waiting.delete(controller);
     }
   };
+  const acquireSet: AcquireSetFn = async (request, setOptions) => {
+    if (stoppingAcquires) throw new WebShuttingDown();
+    const controller = new AbortController();
+    waiting.add(controller);
+    const signal = setOptions.signal ? AbortSignal.any([controller.signal, setOptions.signal]) : controller.signal;
+    try {
+      return await vmm.acquireVmSet(request, { ...setOptions, signal });
+    } catch (err) {
+      if (controller.signal.aborted) throw new WebShuttingDown();
+      throw err;
+    } finally {
+      waiting.delete(controller);
+    }
+  };
   // The data format before anything is written: until it is read, and for good once it is newer
   // than this process knows, changes are refused.
   const dataFormat = new DataFormat({ redis: connection, prefix, logger, clock: options.clock, groups: config.groups.map((g) => g.name), ...options.dataFormat });
@@ -163,7 +177,7 @@ export async function startWebServer(config: Config, options: WebServerOptions =
     await connection.quit().catch(() => connection.disconnect());
     await checking;
   };
-  const app = createWebApp({ config, vmm, logger, queue, acquire, poolPageRefreshMs: options.poolPageRefreshMs, refusal: () => refused });
+  const app = createWebApp({ config, vmm, logger, queue, acquire, acquireSet, poolPageRefreshMs: options.poolPageRefreshMs, refusal: () => refused });
   const server = createServer(app);
   try {
     await new Promise<void>((resolve, reject) => {

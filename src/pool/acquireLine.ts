@@ -6,7 +6,8 @@ import type { PoolJobs } from './jobs.js';
 import { ownerVmLimit } from '../reconcile/quota.js';
 import { poolKeys } from './keys.js';
 import type { Leases } from './leases.js';
-import { InvalidVmRequest, NoVmAvailable, TooManyWaiting, type AcquireAttempt, type AcquireWaiter, type VmDescriptor } from './types.js';
+import type { AcquireSetAttempt } from './poolScripts.js';
+import { InvalidVmRequest, NoVmAvailable, TooManyWaiting, type AcquireAttempt, type AcquireWaiter, type Lease, type VmDescriptor } from './types.js';
 
 /**
  * What acquireVm needs: an acquire job's payload (AcquireRequestData) with its groups resolved (no
@@ -24,6 +25,30 @@ export interface AcquireRequest extends Pick<AcquireRequestData, 'owner' | 'sand
   /** Lease id of the assignment; a random one when not given. */
   leaseId?: string;
 }
+
+/** One VM of a set (acquireVmSet): its groups, tried in order, as a single acquire's. */
+export interface AcquireSetItem {
+  groups: readonly GroupRef[];
+  /** Lease id of this VM's assignment; a random one when not given. */
+  leaseId?: string;
+}
+
+/** A request for several VMs at once, all or nothing, for one owner and sandbox. */
+export interface AcquireSetRequest extends Pick<AcquireRequestData, 'owner' | 'sandbox'> {
+  workerId: string | number;
+  items: readonly AcquireSetItem[];
+  /** Identity of the request (an acquire job id): a re-run with it gets the VMs given before. */
+  jobId?: string;
+}
+
+/** How often a waiting set tries again (acquireVmSet): it is served outside the line, by retries. */
+export const SET_RETRY_MS = 250;
+
+/** A waiting set counts as demand this long after each retry (a set that stopped waiting is no demand soon after). */
+export const SET_DEMAND_MS = 4 * SET_RETRY_MS;
+
+/** At most this many VMs in one set: a script call picks them all, in one pass per account. */
+export const MAX_SET_ITEMS = 32;
 
 /** The pub/sub channel of each group on which the scripts say that a VM may be acquirable: channel -> group name. */
 export function readyChannels(prefix: string, groups: readonly string[]): Map<string, string> {
@@ -121,6 +146,58 @@ export class AcquireLine {
       await this.leases.replicated();
       const { vm } = attempt;
       this.ctx.logger.info({ vmName: vm.vmName, owner, sandbox, taskId: vm.taskId, reattached: attempt.status === 'reattached' }, 'VM acquired');
+    }
+    return attempt;
+  }
+
+  /** See VmManager.acquireVmSet. */
+  async acquireVmSet(request: AcquireSetRequest, options: { timeoutMs: number; signal?: AbortSignal }): Promise<({ vm: VmDescriptor } & Lease)[]> {
+    // Counted in attempts, not by the pool's clock (a test's clock stands still while it waits).
+    const attempts = Math.max(1, Math.ceil(options.timeoutMs / SET_RETRY_MS));
+    // Always an identity: it keys the set's demand while it waits (and a re-run, when the caller gave it).
+    const identified = { ...request, jobId: request.jobId || `set:${randomUUID()}` };
+    for (let i = 1; ; i += 1) {
+      options.signal?.throwIfAborted();
+      const attempt = await this.tryAcquireVmSet(identified, { demandForMs: SET_DEMAND_MS });
+      if (attempt.status !== 'none') return attempt.vms;
+      if (i >= attempts) {
+        throw new NoVmAvailable(`no set of ${request.items.length} VMs available for owner ${request.owner} within ${options.timeoutMs} ms`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, SET_RETRY_MS));
+    }
+  }
+
+  /** See VmManager.tryAcquireVmSet. */
+  async tryAcquireVmSet(request: AcquireSetRequest, options: { demandForMs?: number } = {}): Promise<AcquireSetAttempt> {
+    const { owner, sandbox, workerId, items } = request ?? ({} as AcquireSetRequest);
+    if (!Array.isArray(items) || items.length === 0) throw new InvalidVmRequest('acquireVmSet needs a non-empty list of items');
+    if (items.length > MAX_SET_ITEMS) throw new InvalidVmRequest(`acquireVmSet takes at most ${MAX_SET_ITEMS} items`);
+    if (typeof owner !== 'string' || owner === '') throw new InvalidVmRequest('acquireVmSet needs an owner');
+    if (typeof sandbox !== 'string') throw new InvalidVmRequest('acquireVmSet needs a sandbox');
+    if (workerId === undefined || workerId === null) throw new InvalidVmRequest('acquireVmSet needs a workerId');
+    const resolved = items.map((item, i) => {
+      if (!Array.isArray(item?.groups) || item.groups.length === 0) throw new InvalidVmRequest(`acquireVmSet: item ${i} needs a non-empty list of groups`);
+      return {
+        leaseId: item.leaseId || randomUUID(),
+        groups: item.groups.map((ref: GroupRef) => {
+          const group = this.ctx.resolveGroup(ref);
+          const gc = this.ctx.groupConfig(group);
+          return { group, maxVmPerOwner: ownerVmLimit(gc), leaseTimeoutMs: Math.round(gc.lease_timeout * 1000), account: gc.account ?? '' };
+        }),
+      };
+    });
+    const attempt = await this.ctx.scripts.acquireVmSet({
+      now: this.ctx.clock(),
+      owner,
+      sandbox,
+      workerId: asText(workerId, 'workerId'),
+      jobId: asText(request.jobId, 'jobId'),
+      demandUntil: options.demandForMs ? this.ctx.clock() + options.demandForMs : 0,
+      items: resolved,
+    });
+    if (attempt.status !== 'none') {
+      await this.leases.replicated();
+      this.ctx.logger.info({ vmNames: attempt.vms.map((v) => v.vm.vmName), owner, sandbox, reattached: attempt.status === 'reattached' }, 'VM set acquired');
     }
     return attempt;
   }

@@ -482,6 +482,12 @@ export class PoolReader {
     return (await this.redis.hmget(this.keys.ownerVms(group), ...owners)).map((n) => Number(n ?? 0));
   }
 
+  /** Items of waiting sets (acquireVmSet) whose first group is `group`, live after `now`: their demand members ('set|<job id>|<item>'). */
+  async setDemand(group: string, now: number, limit: number): Promise<string[]> {
+    const members = await this.redis.zrangebyscore(this.keys.demand(group), `(${now}`, '+inf', 'LIMIT', 0, limit);
+    return members.filter((m) => m.startsWith('set|'));
+  }
+
   /** Number of acquire requests waiting in the group's line whose deadline is after `now`. */
   async countDemand(group: string, now: number): Promise<number> {
     return this.redis.zcount(this.keys.demand(group), `(${now}`, '+inf');

@@ -13,6 +13,8 @@ import {
   leasedDescriptorFromHash,
   type AcquireAttempt,
   type AcquireWaiter,
+  type Lease,
+  type VmDescriptor,
   type ExpiredLease,
   type HealthCheckOutcome,
   type HealthCheckRecord,
@@ -70,6 +72,22 @@ export interface AcquireScriptInput {
   waiter?: AcquireWaiter;
   groups: readonly AcquireGroupLimits[];
 }
+
+/** acquireVmSet-1.lua's input: one owner and sandbox, and per item its lease id and groups (with the group's account, '' for none). */
+export interface AcquireSetScriptInput {
+  now: number;
+  owner: string;
+  sandbox: string;
+  workerId: string;
+  /** '' for none: without it a re-run cannot find the set it was given. */
+  jobId: string;
+  /** While the set waits it counts as demand of each item's first group until then (epoch ms; 0: not). */
+  demandUntil: number;
+  items: readonly { leaseId: string; groups: readonly (Omit<AcquireGroupLimits, 'maxWaitingPerOwner'> & { account: string })[] }[];
+}
+
+/** acquireVmSet's answer: every item's VM and lease (in item order), or none of them. */
+export type AcquireSetAttempt = { status: 'acquired' | 'reattached'; vms: ({ vm: VmDescriptor } & Lease)[] } | { status: 'none' };
 
 function unexpected(script: ScriptName, reply: unknown): Error {
   const code = Array.isArray(reply) ? reply[0] : reply;
@@ -411,6 +429,25 @@ export class PoolScripts {
         return { status: 'deferred' };
       default:
         throw unexpected('acquireVm', code);
+    }
+  }
+
+  /** Takes one VM per item, all or nothing (acquireVmSet-1.lua). */
+  async acquireVmSet(input: AcquireSetScriptInput): Promise<AcquireSetAttempt> {
+    const args: (string | number)[] = [input.now, input.owner, input.sandbox, input.workerId, input.jobId, input.demandUntil, input.items.length];
+    for (const item of input.items) {
+      args.push(item.leaseId, item.groups.length);
+      for (const g of item.groups) args.push(g.group, g.maxVmPerOwner, g.leaseTimeoutMs, g.account);
+    }
+    const [code, hashes] = (await this.call('acquireVmSet', args)) as [number, string[][]?];
+    switch (code) {
+      case ReplyCodes.OK:
+      case ReplyCodes.REATTACHED:
+        return { status: code === ReplyCodes.OK ? 'acquired' : 'reattached', vms: (hashes ?? []).map((h) => leasedDescriptorFromHash(h)) };
+      case ReplyCodes.NO_VM:
+        return { status: 'none' };
+      default:
+        throw unexpected('acquireVmSet', code);
     }
   }
 

@@ -15,6 +15,7 @@ const commandsDir = fileURLToPath(new URL('./commands/', import.meta.url));
  */
 export const POOL_SCRIPTS = {
   acquireVm: 1,
+  acquireVmSet: 1,
   addVm: 1,
   cancelAcquire: 1,
   checkPoolState: 1,

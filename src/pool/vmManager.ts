@@ -11,7 +11,7 @@ import type { TargetWaitMeasure } from '../reconcile/targetWait.js';
 import type { SpawnFailureClass } from '../providers/spawnErrors.js';
 import type { AcquireWaitMark, HistorySample } from '../reconcile/history.js';
 import { formatPoolInfo } from '../text/poolInfo.js';
-import { AcquireLine, type AcquireRequest } from './acquireLine.js';
+import { AcquireLine, type AcquireRequest, type AcquireSetRequest } from './acquireLine.js';
 import { Breaker } from './breaker.js';
 import { PoolContext, type Clock } from './context.js';
 import { GroupState } from './groupState.js';
@@ -21,7 +21,7 @@ import { PoolJobs } from './jobs.js';
 import { Leases } from './leases.js';
 import { CycleLock } from './locks.js';
 import type { LaunchState, PoolReader, SpawnInFlight, VmPage, VmPageQuery } from './poolReader.js';
-import type { LaunchPublication, PoolStateCheck, PoolStateSeen } from './poolScripts.js';
+import type { AcquireSetAttempt, LaunchPublication, PoolStateCheck, PoolStateSeen } from './poolScripts.js';
 import { poolIdOf } from './poolId.js';
 import { Spawns } from './spawns.js';
 import { Quotas } from './quota.js';
@@ -38,6 +38,7 @@ import {
   type AcquireAttempt,
   type AcquireWaiter,
   type ExpiredLease,
+  type Lease,
   type HealthCheckRecord,
   type SpawnAttemptStart,
   type VmDescriptor,
@@ -47,7 +48,8 @@ import {
 
 export { acquireWaiterMember } from './types.js';
 export type { AcquireAttempt, AcquireWaiter, ExpiredLease, HealthCheckOutcome, HealthCheckRecord } from './types.js';
-export type { AcquireRequest } from './acquireLine.js';
+export type { AcquireRequest, AcquireSetItem, AcquireSetRequest } from './acquireLine.js';
+export type { AcquireSetAttempt } from './poolScripts.js';
 export type { Clock } from './context.js';
 export type { HoldOptions } from './holds.js';
 export { SPAWN_RECORD_TTL_MS } from './spawns.js';
@@ -336,6 +338,28 @@ export class VmManager {
   }
 
   /**
+   * One attempt at several VMs at once, all or nothing (acquireVmSet-1.lua): one VM per item, each
+   * from its own groups and under its own lease, or none at all ('none': nothing changed). Served
+   * outside the acquire line; prefers one account (provider) for all items. With a jobId, a re-run
+   * gets the VMs given before; with it and demandForMs, a set not served counts as demand of each
+   * item's first group for that long (so that reconcile spawns VMs for it).
+   */
+  async tryAcquireVmSet(request: AcquireSetRequest, options: { demandForMs?: number } = {}): Promise<AcquireSetAttempt> {
+    return this.line.tryAcquireVmSet(request, options);
+  }
+
+  /**
+   * Several VMs at once, waiting up to `timeoutMs` (NoVmAvailable then): tryAcquireVmSet again
+   * every SET_RETRY_MS until the whole set can be had. Nothing is held while it waits. Fairness:
+   * a set is served outside the acquire line, so single requests waiting in line never hold it
+   * back; in turn it gets no place in the line (between two sets, the first to find all its VMs
+   * ready wins). Pass a jobId to make a retry after a crash get the same VMs.
+   */
+  async acquireVmSet(request: AcquireSetRequest, options: { timeoutMs: number; signal?: AbortSignal }): Promise<({ vm: VmDescriptor } & Lease)[]> {
+    return this.line.acquireVmSet(request, options);
+  }
+
+  /**
    * Runs the acquire line's dispatcher for a group: gives the VM named by a ready message (or, for
    * '', the group's clean ready VMs) to the waiting requests next in line. Returns the job ids
    * served, whose parked jobs are to be woken (promoted).
@@ -400,6 +424,18 @@ export class VmManager {
    */
   async renewLease(vmName: string, leaseId: string): Promise<number> {
     return this.leases.renew(vmName, leaseId);
+  }
+
+  /**
+   * Renews every lease of a set (tryAcquireVmSet's VMs) and returns the earliest new expiry. Each
+   * lease is renewed on its own: LeaseLost names the first VM whose lease is gone (the others are
+   * renewed all the same, so a builder that lost one VM still holds the rest while it decides).
+   */
+  async renewLeases(leases: readonly { vmName: string; leaseId: string }[]): Promise<number> {
+    const results = await Promise.allSettled(leases.map(({ vmName, leaseId }) => this.leases.renew(vmName, leaseId)));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+    return Math.min(...results.map((r) => (r as PromiseFulfilledResult<number>).value));
   }
 
   /**

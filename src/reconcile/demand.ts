@@ -2,6 +2,8 @@
  * Demand: the acquire requests a group should spawn for. Two places hold them:
  * - the line: requests an acquire worker picked up and that wait for a VM (the demand sets,
  *   VmManager.countDemand);
+ * - sets waiting for several VMs at once (acquireVmSet): each item in its first group's demand set
+ *   (members 'set|...'), not limited by the owner's room;
  * - the vm-acquire queue: requests no acquire worker has taken yet (all workers busy, or more
  *   requests than concurrency × replicas). Only the first QUEUED_DEMAND_SCAN jobs of each of the
  *   states 'waiting' and 'prioritized' are read, so that a huge backlog costs one
@@ -161,5 +163,10 @@ export async function readDemand(vmm: VmManager, acquireQueue: Queue, route?: De
     const r = job ? queuedDemandRequest(job, groups, now, removed) : null;
     if (r) requests.push(r);
   }
+  // Items of sets that wait (acquireVmSet, outside the line): each is demand of its first group.
+  const sets = await Promise.all(names.map((g) => vmm.reader.setDemand(g, now, LINE_DEMAND_SCAN)));
+  sets.forEach((members, i) => {
+    for (const member of members) requests.push({ jobId: member, groups: [names[i]!], strict: true });
+  });
   return demandByGroup(requests, names, route, await readOwnerRooms(vmm, requests));
 }

@@ -257,7 +257,7 @@ describe('HTTP API', () => {
           .filter((m) => m === 'post' || m === 'delete')
           .map((m) => [m.toUpperCase(), path.replace('{name}', 'c1').replace('{group}', 'base').replace('{id}', '1')] as const),
       );
-      expect(writes.length).toBe(13);
+      expect(writes.length).toBe(14);
       for (const [method, path] of writes) {
         expect((await kit.fetch(`/api/v1${path}`, { method })).status, `${method} ${path}`).toBe(415);
       }
@@ -287,6 +287,7 @@ describe('HTTP API', () => {
     expect(listed.sort()).toEqual(
       [
         'POST /acquire',
+        'POST /acquire-set',
         'GET /vms',
         'GET /vms/{name}',
         'POST /vms/{name}/release',
