@@ -97,6 +97,16 @@ export function acquireJobId(taskId?: string | null, owner?: string): string {
 }
 
 /**
+ * The identity of an all-or-nothing VM set request (VmManager.acquireVmSet, POST /acquire-set):
+ * `set-<owner>+<request id>`, both encoded as acquireJobId's parts, so that two owners' request ids
+ * never name one set (a set's re-run record is keyed by it); a random one without a request id.
+ */
+export function acquireSetRequestId(owner: string, requestId?: string | null): string {
+  if (!requestId) return `set-${randomUUID()}`;
+  return `set-${encodeURIComponent(owner)}${OWNER_TASK_SEPARATOR}${encodeURIComponent(requestId)}`;
+}
+
+/**
  * The job id that builds before task ids were per owner gave a task (`acquire-<task id>`): only
  * read, to find a request enqueued before an upgrade.
  */

@@ -5,7 +5,7 @@ import { formatZodError } from '../validation.js';
 import { ALL_VM_STATES, isValidVmName, isVmState, type VmRecord } from '../pool/types.js';
 import type { AcquireSetRequest, VmManager } from '../pool/vmManager.js';
 import { groupSummaries, resolveGroup, UnknownGroup, withoutLease } from '../poolView.js';
-import { acquireRequestSchema, type AcquireRequestData, type VmAssignment } from '../../queues/acquire.js';
+import { acquireRequestSchema, acquireSetRequestId, type AcquireRequestData, type VmAssignment } from '../../queues/acquire.js';
 import { hasScope, mayActFor, requireScope } from './auth.js';
 import { HttpError } from './errors.js';
 import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
@@ -150,6 +150,33 @@ export function refuseCrossSiteChanges(req: Request, _res: Response, next: NextF
   next();
 }
 
+/** A 403 unless the request's token may act for `owner`. */
+function requireOwner(req: Request, owner: string): void {
+  if (!mayActFor(req.principal!, owner)) {
+    throw new HttpError('forbidden', `this token may not acquire for owner ${JSON.stringify(owner)}`, {
+      owner,
+      owners: req.principal!.owners ?? [],
+    });
+  }
+}
+
+/** Aborted when the HTTP client goes away before the answer: a builder that leaves withdraws its request. */
+function clientGone(res: Response): AbortSignal {
+  const gone = new AbortController();
+  res.on('close', () => {
+    if (!res.writableEnded) gone.abort(new Error('the HTTP client went away'));
+  });
+  return gone.signal;
+}
+
+/** The 503 of a request cut short by the web process stopping: retry on another connection. */
+function shuttingDownError(res: Response, err: WebShuttingDown): HttpError {
+  res.setHeader('Retry-After', String(SHUTDOWN_RETRY_AFTER_SECONDS));
+  // This connection's server is going away: the builder should retry on a new one.
+  res.setHeader('Connection', 'close');
+  return new HttpError('no_vm_available', err.message, { reason: 'shutting_down' });
+}
+
 export function apiRouter(deps: ApiDeps): Router {
   const { config, vmm } = deps;
   const router = express.Router();
@@ -161,12 +188,7 @@ export function apiRouter(deps: ApiDeps): Router {
       throw new HttpError('validation_error', `invalid acquire request: ${formatZodError(parsed.error)}`, { issues: parsed.error.issues });
     }
     const request = parsed.data;
-    if (!mayActFor(req.principal!, request.owner)) {
-      throw new HttpError('forbidden', `this token may not acquire for owner ${JSON.stringify(request.owner)}`, {
-        owner: request.owner,
-        owners: req.principal!.owners ?? [],
-      });
-    }
+    requireOwner(req, request.owner);
     // The groups the acquire processor would resolve: an unknown group, arch or tag is a 400 here.
     try {
       requestGroupIds(config.groups, request);
@@ -175,23 +197,17 @@ export function apiRouter(deps: ApiDeps): Router {
       throw new HttpError('validation_error', err.message, { groups: request.groups ?? null, arch: request.arch ?? null, tags: request.tags ?? [] });
     }
     // A builder that goes away withdraws its request (or gives back the VM it was just given).
-    const gone = new AbortController();
-    res.on('close', () => {
-      if (!res.writableEnded) gone.abort(new Error('the HTTP client went away'));
-    });
+    const gone = clientGone(res);
     let assignment: VmAssignment;
     try {
-      assignment = await deps.acquire({ ...request, timeoutMs: request.timeoutMs ?? DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS }, { signal: gone.signal });
+      assignment = await deps.acquire({ ...request, timeoutMs: request.timeoutMs ?? DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS }, { signal: gone });
     } catch (err) {
-      if (gone.signal.aborted) return;
+      if (gone.aborted) return;
       if (!(err instanceof WebShuttingDown)) throw err;
-      res.setHeader('Retry-After', String(SHUTDOWN_RETRY_AFTER_SECONDS));
-      // This connection's server is going away: the builder should retry on a new one.
-      res.setHeader('Connection', 'close');
-      throw new HttpError('no_vm_available', err.message, { reason: 'shutting_down' });
+      throw shuttingDownError(res, err);
     }
     // Assigned just as the builder went away: nobody will use or release this VM but us.
-    if (gone.signal.aborted) {
+    if (gone.aborted) {
       await vmm.releaseVm(assignment.vmName, assignment.leaseId).catch(() => false);
       return;
     }
@@ -201,12 +217,7 @@ export function apiRouter(deps: ApiDeps): Router {
   const acquireSet: AcquireSetFn = deps.acquireSet ?? ((request, options) => vmm.acquireVmSet(request, options));
   router.post('/acquire-set', requireScope('builder'), requireJsonContentType, async (req, res) => {
     const body = parseBody(acquireSetBodySchema, req.body);
-    if (!mayActFor(req.principal!, body.owner)) {
-      throw new HttpError('forbidden', `this token may not acquire for owner ${JSON.stringify(body.owner)}`, {
-        owner: body.owner,
-        owners: req.principal!.owners ?? [],
-      });
-    }
+    requireOwner(req, body.owner);
     let items: { groups: string[] }[];
     try {
       items = body.vms.map((item) => ({ groups: requestGroupIds(config.groups, item) }));
@@ -214,27 +225,22 @@ export function apiRouter(deps: ApiDeps): Router {
       if (!(err instanceof RequestGroupsError)) throw err;
       throw new HttpError('validation_error', err.message, {});
     }
-    const gone = new AbortController();
-    res.on('close', () => {
-      if (!res.writableEnded) gone.abort(new Error('the HTTP client went away'));
-    });
+    const gone = clientGone(res);
     // The request id is scoped to the owner: another owner's id names another request.
-    const jobId = body.requestId === undefined ? undefined : `set:${body.owner}:${body.requestId}`;
+    const jobId = body.requestId === undefined ? undefined : acquireSetRequestId(body.owner, body.requestId);
     let vms: Awaited<ReturnType<AcquireSetFn>>;
     try {
       vms = await acquireSet(
         { owner: body.owner, sandbox: body.sandbox, workerId: req.principal!.name, items, jobId },
-        { timeoutMs: body.timeoutMs ?? DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS, signal: gone.signal },
+        { timeoutMs: body.timeoutMs ?? DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS, signal: gone },
       );
     } catch (err) {
-      if (gone.signal.aborted) return;
+      if (gone.aborted) return;
       if (!(err instanceof WebShuttingDown)) throw err;
-      res.setHeader('Retry-After', String(SHUTDOWN_RETRY_AFTER_SECONDS));
-      res.setHeader('Connection', 'close');
-      throw new HttpError('no_vm_available', err.message, { reason: 'shutting_down' });
+      throw shuttingDownError(res, err);
     }
     // Served just as the builder went away: nobody will use or release these VMs but us.
-    if (gone.signal.aborted) {
+    if (gone.aborted) {
       await Promise.all(vms.map((v) => vmm.releaseVm(v.vm.vmName, v.leaseId).catch(() => false)));
       return;
     }

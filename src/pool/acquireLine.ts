@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { AcquireRequestData } from '../../queues/acquire.js';
+import { acquireSetRequestId, type AcquireRequestData } from '../../queues/acquire.js';
 import type { GroupRef } from '../config/index.js';
 import type { Clock, PoolAccess, PoolContext } from './context.js';
 import type { PoolJobs } from './jobs.js';
@@ -155,7 +155,7 @@ export class AcquireLine {
     // Counted in attempts, not by the pool's clock (a test's clock stands still while it waits).
     const attempts = Math.max(1, Math.ceil(options.timeoutMs / SET_RETRY_MS));
     // Always an identity: it keys the set's demand while it waits (and a re-run, when the caller gave it).
-    const identified = { ...request, jobId: request.jobId || `set:${randomUUID()}` };
+    const identified = { ...request, jobId: request.jobId || acquireSetRequestId(request.owner) };
     for (let i = 1; ; i += 1) {
       options.signal?.throwIfAborted();
       const attempt = await this.tryAcquireVmSet(identified, { demandForMs: SET_DEMAND_MS });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { acquireJobId, acquireJobIdPatternOfTask, isAcquireJobId, legacyAcquireJobId } from '../../queues/acquire.js';
+import { acquireJobId, acquireJobIdPatternOfTask, acquireSetRequestId, isAcquireJobId, legacyAcquireJobId } from '../../queues/acquire.js';
 import { healthJobDeduplicationId } from '../../queues/health.js';
 import { spawnJobId } from '../../queues/spawn.js';
 import { leakTerminateJobId, lossSweepTerminateJobId, spawnOrphanTerminateJobId, spawnStopTerminateJobId, terminateJobId } from '../../queues/terminate.js';
@@ -21,6 +21,14 @@ describe('job ids', () => {
     expect(lossSweepTerminateJobId('arm', 'vm-1', 'gen-a')).toBe('lost-garm-vm-1-gen-a');
     expect(spawnStopTerminateJobId('s-1', 'vm-1')).toBe('spawn-stop-s-1-vm-1');
     expect(spawnOrphanTerminateJobId('vm-1', T)).toBe(`orphan-vm-1-${T}`);
+  });
+
+  it("give each owner's set request ids their own identity", () => {
+    // ('a:b', 'c') and ('a', 'b:c') once shared `set:a:b:c`: one owner's retry dropped the other's re-run records.
+    expect(acquireSetRequestId('a:b', 'c')).toBe('set-a%3Ab+c');
+    expect(acquireSetRequestId('a', 'b:c')).toBe('set-a+b%3Ac');
+    expect(acquireSetRequestId('a|b', 'x#1')).toBe('set-a%7Cb+x%231');
+    expect(acquireSetRequestId('alice')).toMatch(/^set-[0-9a-f-]{36}$/);
   });
 
   it('the client exports the same acquireJobId', () => {
