@@ -285,6 +285,17 @@ export class VmManager {
   }
 
   /**
+   * Counts the VMs bound to an owner before owners' usage across groups was counted
+   * (countOwnerUsage-1.lua), by their group's resources in this config (a removed group's last
+   * published config), for the top-level and accounts' max_resources_per_owner; the scripts count
+   * every binding from then on. Idempotent, O(VMs): reconcile runs it once per process start.
+   * Returns how many VMs were counted.
+   */
+  async backfillOwnerUsage(batch = 1000): Promise<number> {
+    return this.vms.backfillOwnerUsage(batch);
+  }
+
+  /**
    * Public API (Copr). Moves the VM to `terminating` and enqueues its terminate job. With
    * allowedPreState, acts only from that state; without it, a VM already terminating is left alone.
    * Returns whether it acted.

@@ -1,6 +1,6 @@
 import { launchFingerprint } from '../config/fingerprint.js';
 import type { TerminationReason } from '../../queues/terminate.js';
-import { ownerVmLimit } from '../reconcile/quota.js';
+import { ownerUsageSpec, ownerVmLimit } from '../reconcile/quota.js';
 import type { PoolContext } from './context.js';
 import type { PoolJobs } from './jobs.js';
 import type { VmPage, VmPageQuery } from './poolReader.js';
@@ -114,6 +114,16 @@ export class PoolVms {
   async ownerMayAcquireMore(owner: string, group: string): Promise<boolean> {
     const limit = ownerVmLimit(this.ctx.groupConfig(group));
     return (await this.countOwnerVms(owner, group)) < limit;
+  }
+
+  /** See VmManager.backfillOwnerUsage. */
+  async backfillOwnerUsage(batch: number): Promise<number> {
+    await this.ctx.refreshRemovedGroups();
+    const groups = [...this.ctx.config.groups, ...this.ctx.removedGroups.values()];
+    const specs = Object.fromEntries(groups.map((g) => [g.name, ownerUsageSpec(this.ctx.config, g)]));
+    let counted = 0;
+    for (const names of await this.ctx.reader.allVmNameBatches(batch)) counted += await this.ctx.scripts.countOwnerUsage(specs, names);
+    return counted;
   }
 
   /** See VmManager.backfillDueTimes. */
