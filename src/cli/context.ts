@@ -140,7 +140,7 @@ export function requestText(r: AcquireRequestStatus): string {
   const left = Math.max(0, Math.round((r.deadline - Date.now()) / 1000));
   const rows = r.waiting.groups.map((g) => [
     `${g.group}(${g.groupIndex ?? 'removed'})`,
-    g.reason,
+    g.ownerLimit ? `${g.reason} (${g.ownerLimit.units.join(', ')} over ${g.ownerLimit.scope === 'all' ? 'all groups' : `account ${g.ownerLimit.account}`})` : g.reason,
     g.position === null ? '-' : String(g.position),
     g.ownerPosition === null ? '-' : String(g.ownerPosition),
     String(g.waiting),
