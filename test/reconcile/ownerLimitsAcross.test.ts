@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseConfig, type ConfigInput } from '../../src/config/index.js';
 import { groupWaitReason } from '../../src/acquire/why.js';
-import { ownerOverLimit, ownerRoomAcross, ownerUsageSpec } from '../../src/reconcile/quota.js';
+import { ownerOverLimit, ownerRoomAcross, ownerUsageSpec, type Resources } from '../../src/reconcile/quota.js';
 
 // An owner's limits across groups: the top-level and the accounts' max_resources_per_owner.
 function config(input: Partial<ConfigInput>) {
@@ -57,7 +57,7 @@ describe('max_resources_per_owner across groups: the pure side', () => {
     expect(ownerOverLimit(spec, new Map([['all', { cores: 10 }]]))).toEqual({ scope: 'all', units: ['cores'] });
     expect(ownerOverLimit(spec, new Map([['account:gpu', { gpus: 2 }]]))).toEqual({ scope: 'account:gpu', units: ['gpus'] });
     expect(ownerRoomAcross(spec, new Map())).toBe(2);
-    expect(ownerRoomAcross(spec, new Map([['all', { cores: 6 }], ['account:gpu', { gpus: 1 }]]))).toBe(1);
+    expect(ownerRoomAcross(spec, new Map<string, Resources>([['all', { cores: 6 }], ['account:gpu', { gpus: 1 }]]))).toBe(1);
     expect(ownerRoomAcross(ownerUsageSpec(config({ groups: [small] }), small as never), new Map())).toBe(Infinity);
   });
 
