@@ -270,7 +270,11 @@ export class VmManager {
     return this.vms.countOwnerVms(owner, this.named(group));
   }
 
-  /** Public API (Copr). Whether the owner is under the group's max_vm_per_user and max_resources_per_owner. */
+  /**
+   * Public API (Copr). Whether the owner is under the group's max_vm_per_user and
+   * max_resources_per_owner, and one more VM of the group fits its limits across groups (the
+   * top-level and its account's max_resources_per_owner).
+   */
   async canUserAcquireMoreVm(owner: string, group: GroupRef): Promise<boolean> {
     return this.vms.ownerMayAcquireMore(owner, this.named(group));
   }

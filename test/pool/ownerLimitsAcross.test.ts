@@ -69,6 +69,8 @@ describe('max_resources_per_owner over all groups (real Redis)', () => {
     // Without waiting (a call that takes a VM at once or not at all) she gets none either.
     expect((await kit.vmm.tryAcquireVm(req('alice', 'a'))).status).toBe('none');
     expect(await kit.redis.zcard(kit.keys.readyClean('a'))).toBe(2);
+    expect(await kit.vmm.canUserAcquireMoreVm('alice', 'a')).toBe(false);
+    expect(await kit.vmm.canUserAcquireMoreVm('bob', 'a')).toBe(true);
     expect(await kit.redis.zcard(kit.keys.readyClean('b'))).toBe(1);
     // The dispatcher blocked her in both lines, and noted where.
     expect(await kit.redis.zscore(kit.keys.lineBlocked('a'), 'alice')).not.toBeNull();
