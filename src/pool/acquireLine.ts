@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { acquireSetRequestId, type AcquireRequestData } from '../../queues/acquire.js';
+import { MAX_SET_ITEMS, acquireSetRequestId, type AcquireRequestData } from '../../queues/acquire.js';
 import type { GroupRef } from '../config/index.js';
 import type { Clock, PoolAccess, PoolContext } from './context.js';
 import type { PoolJobs } from './jobs.js';
@@ -48,7 +48,7 @@ export const SET_RETRY_MS = 250;
 export const SET_DEMAND_MS = 4 * SET_RETRY_MS;
 
 /** At most this many VMs in one set: a script call picks them all, in one pass per account. */
-export const MAX_SET_ITEMS = 32;
+export { MAX_SET_ITEMS };
 
 /** The pub/sub channel of each group on which the scripts say that a VM may be acquirable: channel -> group name. */
 export function readyChannels(prefix: string, groups: readonly string[]): Map<string, string> {
