@@ -222,14 +222,14 @@ export function apiRouter(deps: ApiDeps): Router {
     requireOwner(req, body.owner);
     // Group indexes become names (the job in Redis names its groups); an unknown group, arch or tag is a 400 here.
     const vms = body.vms.map((item, i) => {
-      const named = item.groups === undefined ? item : { ...item, groups: item.groups.map((g) => queryGroup(config, String(g))) };
       try {
+        const named = item.groups === undefined ? item : { ...item, groups: item.groups.map((g) => queryGroup(config, String(g))) };
         requestGroupIds(config.groups, named);
+        return named;
       } catch (err) {
-        if (!(err instanceof RequestGroupsError)) throw err;
+        if (!(err instanceof RequestGroupsError || err instanceof HttpError)) throw err;
         throw new HttpError('validation_error', `vms[${i}]: ${err.message}`, { item: i, groups: item.groups ?? null, arch: item.arch ?? null, tags: item.tags ?? [] });
       }
-      return named;
     });
     const request = parseBody(acquireSetRequestSchema, { ...body, vms, timeoutMs: body.timeoutMs ?? DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS });
     // A builder that goes away withdraws its request (or gives back the VMs it was just given).
