@@ -81,13 +81,21 @@ export interface AcquireSetScriptInput {
   workerId: string;
   /** '' for none: without it a re-run cannot find the set it was given. */
   jobId: string;
-  /** While the set waits it counts as demand of each item's first group until then (epoch ms; 0: not). */
+  /** Without a waiter: while the set waits it counts as demand of each item's first group until then (epoch ms; 0: not). */
   demandUntil: number;
-  items: readonly { leaseId: string; groups: readonly (Omit<AcquireGroupLimits, 'maxWaitingPerOwner'> & { account: string })[] }[];
+  /** An acquire-set job's place in the line: with it, the set waits in the line as one request. */
+  waiter?: AcquireWaiter;
+  items: readonly { leaseId: string; groups: readonly (AcquireGroupLimits & { account: string })[] }[];
 }
 
-/** acquireVmSet's answer: every item's VM and lease (in item order), or none of them. */
-export type AcquireSetAttempt = { status: 'acquired' | 'reattached'; vms: ({ vm: VmDescriptor } & Lease)[] } | { status: 'none' };
+/**
+ * acquireVmSet's answer: every item's VM and lease (in item order), or none of them (served: other
+ * requests that the line's dispatch served, to be woken); cancelled: the waiting set was withdrawn.
+ */
+export type AcquireSetAttempt =
+  | { status: 'acquired' | 'reattached'; vms: ({ vm: VmDescriptor } & Lease)[]; served?: string[] }
+  | { status: 'none'; served?: string[] }
+  | { status: 'cancelled'; reason: string };
 
 function unexpected(script: ScriptName, reply: unknown): Error {
   const code = Array.isArray(reply) ? reply[0] : reply;
@@ -434,18 +442,38 @@ export class PoolScripts {
 
   /** Takes one VM per item, all or nothing (acquireVmSet-1.lua). */
   async acquireVmSet(input: AcquireSetScriptInput): Promise<AcquireSetAttempt> {
-    const args: (string | number)[] = [input.now, input.owner, input.sandbox, input.workerId, input.jobId, input.demandUntil, input.items.length];
+    const { waiter } = input;
+    const args: (string | number)[] = [
+      input.now,
+      input.owner,
+      input.sandbox,
+      input.workerId,
+      waiter?.jobId ?? input.jobId,
+      input.demandUntil,
+      waiter?.member ?? '',
+      waiter?.priority ?? 0,
+      waiter?.deadline ?? 0,
+      input.items.length,
+    ];
     for (const item of input.items) {
       args.push(item.leaseId, item.groups.length);
-      for (const g of item.groups) args.push(g.group, g.maxVmPerOwner, g.leaseTimeoutMs, g.account);
+      for (const g of item.groups) args.push(g.group, g.maxVmPerOwner, g.leaseTimeoutMs, g.account, g.maxWaitingPerOwner);
     }
-    const [code, hashes] = (await this.call('acquireVmSet', args)) as [number, string[][]?];
+    const [code, payload, served] = (await this.call('acquireVmSet', args)) as [number, (string[][] | string[] | string)?, (string[] | number)?];
     switch (code) {
       case ReplyCodes.OK:
       case ReplyCodes.REATTACHED:
-        return { status: code === ReplyCodes.OK ? 'acquired' : 'reattached', vms: (hashes ?? []).map((h) => leasedDescriptorFromHash(h)) };
+        return {
+          status: code === ReplyCodes.OK ? 'acquired' : 'reattached',
+          vms: ((payload as string[][] | undefined) ?? []).map((h) => leasedDescriptorFromHash(h)),
+          served: (served as string[] | undefined) ?? [],
+        };
+      case ReplyCodes.TOO_MANY_WAITING:
+        throw new TooManyWaiting(input.owner, String(payload), Number(served));
+      case ReplyCodes.CANCELLED:
+        return { status: 'cancelled', reason: String(payload) };
       case ReplyCodes.NO_VM:
-        return { status: 'none' };
+        return { status: 'none', served: (payload as string[] | undefined) ?? [] };
       default:
         throw unexpected('acquireVmSet', code);
     }

@@ -2,8 +2,9 @@
  * Demand: the acquire requests a group should spawn for. Two places hold them:
  * - the line: requests an acquire worker picked up and that wait for a VM (the demand sets,
  *   VmManager.countDemand);
- * - sets waiting for several VMs at once (acquireVmSet): each item in its first group's demand set
- *   (members 'set|...'), not limited by the owner's room;
+ * - sets waiting for several VMs at once (acquire-set jobs in the line, and VmManager.acquireVmSet
+ *   retrying outside it): each item in its first group's demand set (members 'set|<job id>|<item>'),
+ *   and a queued acquire-set job each item likewise (queuedSetDemand); not limited by the owner's room;
  * - the vm-acquire queue: requests no acquire worker has taken yet (all workers busy, or more
  *   requests than concurrency × replicas). Only the first QUEUED_DEMAND_SCAN jobs of each of the
  *   states 'waiting' and 'prioritized' are read, so that a huge backlog costs one
@@ -20,7 +21,7 @@ import { requestGroupIds } from '../acquire/requestGroups.js';
 import type { AcquireWaiter } from '../pool/types.js';
 import type { VmManager } from '../pool/vmManager.js';
 import { ownerVmLimit } from './quota.js';
-import { acquireRequestSchema, DEFAULT_ACQUIRE_TIMEOUT_MS, isStrictRequest } from '../../queues/acquire.js';
+import { acquireRequestSchema, acquireSetRequestSchema, DEFAULT_ACQUIRE_TIMEOUT_MS, isAcquireSetPayload, isStrictRequest } from '../../queues/acquire.js';
 
 /** Queued vm-acquire jobs read per state and cycle (the first ones, oldest first). */
 export const QUEUED_DEMAND_SCAN = 1000;
@@ -123,6 +124,32 @@ export function queuedDemandRequest(
 }
 
 /**
+ * The demand of a queued acquire-set job: one request per item, for the item's first group, with
+ * the member the line gives it (set|<job id>|<item>) so that it counts once when the set is both
+ * queued and in the line; none for an invalid payload, an unknown group or a passed deadline.
+ */
+export function queuedSetDemand(
+  job: { id?: string | undefined; data: unknown; timestamp: number },
+  groups: readonly { name: string; archs: readonly string[]; tags?: readonly string[] }[],
+  now: number,
+  removed: ReadonlySet<string> = new Set(),
+): DemandRequest[] {
+  if (job.id === undefined) return [];
+  const parsed = acquireSetRequestSchema.safeParse(job.data);
+  if (!parsed.success) return [];
+  if (job.timestamp + (parsed.data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS) <= now) return [];
+  try {
+    return parsed.data.vms.map((item, i) => ({
+      jobId: `set|${job.id}|${i + 1}`,
+      groups: requestGroupIds(groups, item, removed).slice(0, 1),
+      strict: true,
+    }));
+  } catch {
+    return [];
+  }
+}
+
+/**
  * Reads the demand of every configured group (one entry per group, in config order), then of each
  * group removed from the config that drains (vmm.removedGroups): requests in the line, then queued
  * vm-acquire jobs, counted as demandByGroup says.
@@ -160,6 +187,10 @@ export async function readDemand(vmm: VmManager, acquireQueue: Queue, route?: De
     requests.push(request);
   }
   for (const job of queued) {
+    if (job && isAcquireSetPayload(job.data)) {
+      requests.push(...queuedSetDemand(job, groups, now, removed));
+      continue;
+    }
     const r = job ? queuedDemandRequest(job, groups, now, removed) : null;
     if (r) requests.push(r);
   }

@@ -74,7 +74,7 @@ describe('HTTP API: POST /acquire-set', () => {
 
   it('answers 503 when the whole set does not come in time, having taken nothing', async () => {
     await kit.addReady('b9', '10.1.0.9', 0);
-    const res = await post({ owner: 'bob', sandbox: 'x', vms: [{ groups: ['base'] }, { groups: ['base'] }, { groups: ['base'] }], requestId: 'too-many', timeoutMs: 300 });
+    const res = await post({ owner: 'bob', sandbox: 'x', vms: [{ groups: ['base'] }, { groups: ['base'] }], requestId: 'too-many', timeoutMs: 300 });
     expect(res).toMatchObject({ status: 503, body: { error: 'no_vm_available' } });
     expect((await kit.vmm.getVmByName('b9')).state).toBe('ready');
     expect((await status('too-many?owner=bob')).body).toMatchObject({ kind: 'acquire-set', state: 'failed', failure: { code: AcquireFailures.NO_VM_AVAILABLE } });

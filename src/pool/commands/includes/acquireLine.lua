@@ -13,13 +13,21 @@
   A request given a VM by the dispatcher (not by its own attempt) gets its assignment recorded
   under its job id (acquire_assignment) and is added to acquire_assigned: its parked job is woken
   (promoted) by the caller, and collects the assignment at its next attempt (acquireVm).
-  Shared by acquireVm and dispatchAcquireLine.
+  A set (acquireVmSet: several VMs, all or nothing) waits as one request: its record has `set`, its
+  items. It joins the lines of every group its items list, and counts as demand once per item, in
+  the item's first group ('set|<job id>|<item>'). When its turn comes it takes all its VMs in one
+  step (serveSet), or none: then the ready VMs of that group that it could use stay ready for it
+  (no other owner behind it takes them in this dispatch), and the rest go on down the line. Nothing
+  is assigned to a set before all of it can be, so two sets never hold parts of each other's VMs.
+  Shared by acquireVm, acquireVmSet and dispatchAcquireLine.
 ]]
 --- @include "includes/setVmState"
 --- @include "includes/leaveLines"
 --- @include "includes/pickReady"
 --- @include "includes/audit"
 --- @include "includes/arrivals"
+--- @include "includes/pickSet"
+--- @include "includes/setAssignment"
 
 -- Hands the ready VM `name` of `group` to a request r = {owner, sandbox, workerId, taskId, buildId,
 -- chroot, leaseId, leaseMs, jobId} (text fields '' for none): in_use under a new lease. A clean VM
@@ -108,8 +116,14 @@ local function joinLines(base, waiter, info, now)
     redis.call('ZADD', ownerLineKey(base, group, info.owner), info.priority, waiter)
     redis.call('ZADD', sandboxLineKey(base, group, info.owner, info.sandbox), info.priority, waiter)
     redis.call('ZREMRANGEBYSCORE', demandKey(base, group), '-inf', now)
-    redis.call('ZADD', demandKey(base, group), info.deadline, info.jobId)
+    if not info.set then
+      redis.call('ZADD', demandKey(base, group), info.deadline, info.jobId)
+    end
     placeOwner(base, group, info.owner, nil)
+  end
+  -- A set is demand once per item, in the item's first group.
+  for i, item in ipairs(info.set or {}) do
+    redis.call('ZADD', demandKey(base, item.groups[1].group), info.deadline, setDemandMember(info.jobId, i))
   end
 end
 
@@ -162,21 +176,66 @@ local function serveWaiter(base, group, name, fresh, waiter, info, now, selfJobI
   served[#served + 1] = info.jobId
 end
 
+-- Hands the set's chosen VMs (pickSet's choice) to the request r = {owner, sandbox, workerId,
+-- jobId}, each under its item's lease id, and records them for the job. Returns the VM names.
+local function assignSet(base, r, items, choice, now)
+  local names, leases, maxLeaseMs = {}, {}, 0
+  for i, c in ipairs(choice) do
+    assignVm(base, c.group, c.name, c.fresh, {
+      owner = r.owner, sandbox = r.sandbox, workerId = r.workerId, taskId = '', buildId = '', chroot = '',
+      leaseId = items[i].leaseId, leaseMs = c.leaseMs, jobId = '',
+    }, now)
+    names[i], leases[i] = c.name, items[i].leaseId
+    maxLeaseMs = math.max(maxLeaseMs, c.leaseMs)
+  end
+  if r.jobId ~= '' then
+    recordSetAssignment(base, r.jobId, names, leases, maxLeaseMs)
+  end
+  return names
+end
+
+-- Gives a waiting set all its VMs, if it can have them all now (pickSet): assigned, out of every
+-- line, its owner's turn in `group` moves to the back. False when it cannot (nothing changed).
+local function serveSet(base, group, waiter, info, now, selfJobId, served)
+  local choice = pickSet(base, info.owner, info.sandbox, info.set)
+  if not choice then
+    return false
+  end
+  assignSet(base, info, info.set, choice, now)
+  leaveLines(base, waiter, info.jobId, info.groups, info, group)
+  placeOwner(base, group, info.owner, redis.call('INCR', lineTurnKey(base, group)))
+  if info.jobId ~= selfJobId then
+    redis.call('ZADD', acquireAssignedKey(base), now, info.jobId)
+  end
+  served[#served + 1] = info.jobId
+  return true
+end
+
+-- Ready clean VMs of the group that could be handed out (both launches; an upper bound).
+local function readyCleanCount(base, group)
+  return redis.call('ZCARD', readyCleanKey(base, group)) + redis.call('ZCARD', readyOutdatedKey(base, group))
+end
+
 -- Gives the group's ready clean VMs to the line, in order: the owner next in the round-robin,
--- skipping (blocking) owners at max_vm_per_user. Appends the job ids served to `served`. With
--- `maxServed`, stops once it served that many (one ready message, one VM to give).
+-- skipping (blocking) owners at max_vm_per_user. A set whose turn it is takes all its VMs or, when
+-- it cannot have them all yet, keeps its turn and keeps for itself as many ready VMs of the group
+-- as it has items listing the group: only VMs beyond those go on to the owners behind it. Appends
+-- the job ids served to `served`. With `maxServed`, stops once it served that many (one ready
+-- message, one VM to give).
 local function dispatchClean(base, group, now, selfJobId, served, maxServed)
   local ring = lineOwnersKey(base, group)
+  -- Owners passed over (a set that waits for the rest of its VMs) keep their place at the front.
+  local passed, kept = 0, 0
   for _ = 1, 1000 do
     if maxServed and #served >= maxServed then
       return
     end
-    local owner = redis.call('ZRANGE', ring, 0, 0)[1]
+    local owner = redis.call('ZRANGE', ring, passed, passed)[1]
     if not owner then
       return
     end
     local name = pickClean(base, group)
-    if not name then
+    if not name or (kept > 0 and readyCleanCount(base, group) <= kept) then
       return
     end
     local waiter, info = firstLive(base, ownerLineKey(base, group, owner), now)
@@ -189,6 +248,10 @@ local function dispatchClean(base, group, now, selfJobId, served, maxServed)
         local score = redis.call('ZSCORE', ring, owner)
         redis.call('ZREM', ring, owner)
         redis.call('ZADD', lineBlockedKey(base, group), score, owner)
+      elseif info.set then
+        if not serveSet(base, group, waiter, info, now, selfJobId, served) then
+          passed, kept = passed + 1, kept + setItemsIn(info.set, group)
+        end
       else
         serveWaiter(base, group, name, true, waiter, info, now, selfJobId, served)
       end
@@ -197,7 +260,8 @@ local function dispatchClean(base, group, now, selfJobId, served, maxServed)
 end
 
 -- Gives the group's ready VMs bound to owner and sandbox to that sandbox's line, first come first
--- served. Appends the job ids served to `served`.
+-- served; a set first in that line takes all its VMs or waits, keeping those VMs. Appends the job
+-- ids served to `served`.
 local function dispatchDirty(base, group, owner, sandbox, now, selfJobId, served)
   for _ = 1, 100 do
     local name = pickReady(base, readyDirtyKey(base, group, owner, sandbox))
@@ -208,6 +272,12 @@ local function dispatchDirty(base, group, owner, sandbox, now, selfJobId, served
     if not waiter then
       return
     end
-    serveWaiter(base, group, name, false, waiter, info, now, selfJobId, served)
+    if info.set then
+      if not serveSet(base, group, waiter, info, now, selfJobId, served) then
+        return
+      end
+    else
+      serveWaiter(base, group, name, false, waiter, info, now, selfJobId, served)
+    end
   end
 end

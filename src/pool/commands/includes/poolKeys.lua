@@ -140,9 +140,15 @@ local function waitersKey(base, group)
   return base .. 'group:' .. group .. ':waiters'
 end
 
--- Sorted set of waiting acquire requests of the group: member job id, score deadline (epoch ms).
+-- Sorted set of waiting acquire requests of the group: member job id (a set's item:
+-- setDemandMember), score deadline (epoch ms).
 local function demandKey(base, group)
   return base .. 'group:' .. group .. ':demand'
+end
+
+-- The demand member of item i of the set request of job `jobId` (poolReader.setDemand reads them).
+local function setDemandMember(jobId, i)
+  return 'set|' .. jobId .. '|' .. i
 end
 
 -- Hash waiter member -> JSON {owner, sandbox, deadline, groups} of each waiting acquire request.
