@@ -137,6 +137,11 @@ describe('vmpool acquire-set', { timeout: 60_000 }, () => {
     expect(why.stdout).toContain(`request ${acquireSetRequestId('dave', 'cli-1')} (set of 2 VMs, request cli-1) of dave`);
     expect(why.stdout).toContain('assigned: VMs x1 (10.61.0.1), r1 (10.61.1.1)');
 
-    for (const [name, lease] of [['x1', vars.LEASE_ID_0!], ['r1', vars.LEASE_ID_1!]]) expect((await vmpool('release', name!, '--lease-id', lease)).code).toBe(0);
+    for (const [name, lease] of [
+      ['x1', vars.LEASE_ID_0!],
+      ['r1', vars.LEASE_ID_1!],
+    ] as const) {
+      expect((await vmpool('release', name, '--lease-id', lease)).code).toBe(0);
+    }
   });
 });

@@ -84,7 +84,7 @@ async function createHandKit(name: string): Promise<HandKit> {
             items: data.vms.map((item) => ({ groups: requestGroupIds(parsed.groups, item) })),
           });
           await k.gate;
-          if (attempt.status === 'none') throw await failAcquireJob(job, AcquireFailures.NO_VM_AVAILABLE, 'NoVmAvailable: no set now');
+          if (attempt.status !== 'acquired' && attempt.status !== 'reattached') throw await failAcquireJob(job, AcquireFailures.NO_VM_AVAILABLE, 'NoVmAvailable: no set now');
           return {
             vms: attempt.vms.map(({ vm, leaseId, leaseExpiresAt }) => ({ vmName: vm.vmName, vmIp: vm.vmIp, group: vm.group, leaseId, leaseExpiresAt, requestedAt: job.timestamp })),
             requestedAt: job.timestamp,

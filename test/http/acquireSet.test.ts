@@ -3,7 +3,7 @@ import { Job, Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ACQUIRE_QUEUE, AcquireFailures, AcquireJobNames, acquireFailureOf, acquireSetRequestId } from '../../queues/acquire.js';
 import { until } from '../acquire/fixtures.js';
-import { createWebKit, type WebKit } from './fixtures.js';
+import { createWebKit, webTestConfig, type WebKit } from './fixtures.js';
 
 // POST /acquire-set against a real web server, the real acquire worker (the acquire-set job waits
 // in the acquire line as one request) and the real Redis (open mode); GET and DELETE
@@ -14,10 +14,20 @@ describe('HTTP API: POST /acquire-set', () => {
   let kit: WebKit;
   let queue: Queue;
   const post = async (body: unknown) => json(await kit.fetch('/api/v1/acquire-set', { method: 'POST', json: body }));
-  const status = async (id: string) => json(await kit.fetch(`/api/v1/requests/${encodeURIComponent(id)}`));
+  const status = async (id: string, query = '') => json(await kit.fetch(`/api/v1/requests/${encodeURIComponent(id)}${query}`));
 
   beforeAll(async () => {
-    kit = await createWebKit('acquire-set');
+    // 'spare' never has a VM here: a set asking for it waits until withdrawn.
+    kit = await createWebKit(
+      'acquire-set',
+      webTestConfig({
+        groups: [
+          { name: 'base', archs: ['x86_64'], max_vm_per_user: 2, min_ready: 1, max_vm_total: 6 },
+          { name: 'arm', archs: ['aarch64'], max_vm_per_user: 1, max_vm_total: 3 },
+          { name: 'spare', archs: ['riscv64'], max_vm_per_user: 2, max_vm_total: 3 },
+        ],
+      }),
+    );
     await kit.startAcquireWorker();
     queue = new Queue(ACQUIRE_QUEUE, { connection: kit.redis, prefix: kit.prefix });
     await kit.addReady('b1', '10.1.0.1', 0);
@@ -38,7 +48,7 @@ describe('HTTP API: POST /acquire-set', () => {
       return res.status === 200 && waiting.state === 'waiting';
     }, 'the set waiting', 15_000);
     expect(waiting).toMatchObject({ id: jobId, kind: 'acquire-set', requestId: 'r-1', taskId: null, owner: 'alice', sandbox: 'sb', items: [{ groups: ['base'] }, { groups: ['arm'] }], vms: null });
-    expect((await status('r-1?owner=alice')).body.id).toBe(jobId);
+    expect((await status('r-1', '?owner=alice')).body.id).toBe(jobId);
     expect((await status('r-1')).body.id).toBe(jobId);
     // The job in Redis names its groups (index 0 became 'base').
     const job = (await Job.fromId(queue, jobId))!;
@@ -77,11 +87,11 @@ describe('HTTP API: POST /acquire-set', () => {
     const res = await post({ owner: 'bob', sandbox: 'x', vms: [{ groups: ['base'] }, { groups: ['base'] }], requestId: 'too-many', timeoutMs: 300 });
     expect(res).toMatchObject({ status: 503, body: { error: 'no_vm_available' } });
     expect((await kit.vmm.getVmByName('b9')).state).toBe('ready');
-    expect((await status('too-many?owner=bob')).body).toMatchObject({ kind: 'acquire-set', state: 'failed', failure: { code: AcquireFailures.NO_VM_AVAILABLE } });
+    expect((await status('too-many', '?owner=bob')).body).toMatchObject({ kind: 'acquire-set', state: 'failed', failure: { code: AcquireFailures.NO_VM_AVAILABLE } });
   }, 20_000);
 
   it('DELETE /requests/:id withdraws a waiting set: its job fails as cancelled and the POST is answered', async () => {
-    const answer = post({ owner: 'carol', sandbox: 'x', vms: [{ groups: ['arm'] }, { groups: ['arm'] }], requestId: 'to-cancel', timeoutMs: 20_000 });
+    const answer = post({ owner: 'carol', sandbox: 'x', vms: [{ groups: ['base'] }, { groups: ['spare'] }], requestId: 'to-cancel', timeoutMs: 20_000 });
     const jobId = acquireSetRequestId('carol', 'to-cancel');
     await until(async () => (await status(jobId)).body.state === 'waiting', 'the set waiting', 15_000);
     const del = await json(await kit.fetch('/api/v1/requests/to-cancel?owner=carol', { method: 'DELETE', json: {} }));
@@ -97,7 +107,7 @@ describe('HTTP API: POST /acquire-set', () => {
     const u = new URL('/api/v1/acquire-set', kit.url);
     const req = httpRequest({ host: u.hostname, port: u.port, path: u.pathname, method: 'POST', headers: { 'content-type': 'application/json' } });
     req.on('error', () => undefined);
-    req.end(JSON.stringify({ owner: 'dave', sandbox: 'x', vms: [{ groups: ['arm'] }, { groups: ['arm'] }], requestId: 'gone', timeoutMs: 20_000 }));
+    req.end(JSON.stringify({ owner: 'dave', sandbox: 'x', vms: [{ groups: ['spare'] }, { groups: ['spare'] }], requestId: 'gone', timeoutMs: 20_000 }));
     const jobId = acquireSetRequestId('dave', 'gone');
     await until(async () => (await status(jobId)).body.state === 'waiting', 'the set waiting', 15_000);
     req.destroy();
