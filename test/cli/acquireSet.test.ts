@@ -144,4 +144,23 @@ describe('vmpool acquire-set', { timeout: 60_000 }, () => {
       expect((await vmpool('release', name, '--lease-id', lease)).code).toBe(0);
     }
   });
+
+  it('why says why a set waits; cancel withdraws it, and the waiting acquire-set exits 1', async () => {
+    // 'arm' has one VM, r1, released bound to dave's sandbox: eve's two never come.
+    const waiting = vmpool('acquire-set', '--owner', 'eve', '--sandbox', 's', '--vm', 'group=arm,count=2', '--timeout', '20', '--request-id', 'w-1');
+    let why = { code: -1, stdout: '', stderr: '' };
+    const end = Date.now() + 20_000;
+    while (!why.stdout.includes(': waiting')) {
+      if (Date.now() > end) throw new Error(`the set never waited: ${why.stdout}${why.stderr}`);
+      why = await vmpool('why', 'w-1', '--owner', 'eve');
+    }
+    expect(why.stdout).toContain(`request ${acquireSetRequestId('eve', 'w-1')} (set of 2 VMs, request w-1) of eve`);
+    expect(why.stdout).toContain('waits because:');
+    const cancel = await vmpool('cancel', acquireSetRequestId('eve', 'w-1'));
+    expect(cancel.code, cancel.stderr).toBe(0);
+    expect(cancel.stdout).toContain('withdrew request');
+    const ended = await waiting;
+    expect(ended.code).toBe(1);
+    expect(ended.stderr).toContain('cancelled');
+  });
 });
