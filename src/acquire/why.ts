@@ -57,6 +57,8 @@ export interface WaitStatus {
   groups: GroupWait[];
   /** Epoch ms. */
   updatedAt: number;
+  /** A set's wait (an acquire-set job): how many VMs it asks for; its groups are those of all its VMs. */
+  set?: number;
 }
 
 export interface WaitingRequest {

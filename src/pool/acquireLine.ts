@@ -50,6 +50,14 @@ export const SET_DEMAND_MS = 4 * SET_RETRY_MS;
 /** At most this many VMs in one set: a script call picks them all, in one pass per account. */
 export { MAX_SET_ITEMS };
 
+/**
+ * The member of item `item` (1-based) of the set request of job `jobId` in its first group's demand
+ * set (includes/leaveLines.lua setDemandMember; poolReader.setDemand reads them).
+ */
+export function setDemandMember(jobId: string, item: number): string {
+  return `set|${jobId}|${item}`;
+}
+
 /** The pub/sub channel of each group on which the scripts say that a VM may be acquirable: channel -> group name. */
 export function readyChannels(prefix: string, groups: readonly string[]): Map<string, string> {
   const keys = poolKeys(prefix);

@@ -19,6 +19,7 @@
 import type { Job, Queue } from 'bullmq';
 import { requestGroupIds } from '../acquire/requestGroups.js';
 import type { AcquireWaiter } from '../pool/types.js';
+import { setDemandMember } from '../pool/acquireLine.js';
 import type { VmManager } from '../pool/vmManager.js';
 import { ownerVmLimit } from './quota.js';
 import { acquireRequestSchema, acquireSetRequestSchema, DEFAULT_ACQUIRE_TIMEOUT_MS, isAcquireSetPayload, isStrictRequest } from '../../queues/acquire.js';
@@ -140,7 +141,7 @@ export function queuedSetDemand(
   if (job.timestamp + (parsed.data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS) <= now) return [];
   try {
     return parsed.data.vms.map((item, i) => ({
-      jobId: `set|${job.id}|${i + 1}`,
+      jobId: setDemandMember(job.id!, i + 1),
       groups: requestGroupIds(groups, item, removed).slice(0, 1),
       strict: true,
     }));

@@ -9,6 +9,11 @@
 ]]
 --- @include "includes/lineOwners"
 
+-- The demand member of item i of the set request of job `jobId` (acquireLine.ts setDemandMember).
+local function setDemandMember(jobId, i)
+  return 'set|' .. jobId .. '|' .. i
+end
+
 local function leaveLines(base, waiter, jobId, groups, known, placedByCaller)
   local left = 0
   local info = known

@@ -146,11 +146,6 @@ local function demandKey(base, group)
   return base .. 'group:' .. group .. ':demand'
 end
 
--- The demand member of item i of the set request of job `jobId` (poolReader.setDemand reads them).
-local function setDemandMember(jobId, i)
-  return 'set|' .. jobId .. '|' .. i
-end
-
 -- Hash waiter member -> JSON {owner, sandbox, deadline, groups} of each waiting acquire request.
 local function waiterInfoKey(base)
   return base .. 'waiter_info'
