@@ -595,8 +595,9 @@ export class VmPoolClient {
   }
 
   /**
-   * Acquires a VM, runs fn with it while renewing the lease, and always releases it. The signal
-   * given to fn aborts when the lease is lost (fn should stop using the VM).
+   * Acquires a VM, runs fn with it while renewing the lease, and always releases it: with outcome
+   * `failed` when fn throws (an autohold rule may keep the VM for debugging), else without one. The
+   * signal given to fn aborts when the lease is lost (fn should stop using the VM).
    */
   async withVm<T>(
     request: AcquireRequestData,
@@ -605,11 +606,16 @@ export class VmPoolClient {
   ): Promise<T> {
     const assignment = await this.acquire(request, options);
     const renewing = this.keepRenewed(assignment, (a) => a.leaseExpiresAt, (a) => this.renew(a), assignment.vmName, options.renewEveryMs);
+    let failed = false;
     try {
       return await fn(assignment, renewing.lost);
+    } catch (err) {
+      failed = true;
+      throw err;
     } finally {
       const last = renewing.stop();
-      await this.release(last).catch((err: Error) => this.logger.error({ vmName: last.vmName, err: err.message }, 'release failed'));
+      const outcome = failed ? ('failed' as const) : undefined;
+      await this.release(last, { outcome }).catch((err: Error) => this.logger.error({ vmName: last.vmName, err: err.message }, 'release failed'));
     }
   }
 
