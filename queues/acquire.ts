@@ -167,6 +167,19 @@ export function acquireSetRequestId(owner: string, requestId?: string | null): s
   return `set-${encodeURIComponent(owner)}${OWNER_TASK_SEPARATOR}${encodeURIComponent(requestId)}`;
 }
 
+/** Whether an id has the form of a set request's job id (acquireSetRequestId), not a request id. */
+export function isAcquireSetRequestId(id: string): boolean {
+  return id.startsWith('set-');
+}
+
+/**
+ * The pattern (Redis SCAN MATCH, under the queue's key prefix) of the job ids of a set's request id
+ * of any owner: how a request id is found when its owner is not given (as acquireJobIdPatternOfTask).
+ */
+export function acquireSetRequestIdPattern(requestId: string): string {
+  return `set-*${OWNER_TASK_SEPARATOR}${encodeURIComponent(requestId).replace(/\*/g, '\\*')}`;
+}
+
 /**
  * The job id that builds before task ids were per owner gave a task (`acquire-<task id>`): only
  * read, to find a request enqueued before an upgrade.
