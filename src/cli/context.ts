@@ -144,7 +144,7 @@ export function requestText(r: AcquireRequestStatus): string {
   if (!Array.isArray(r.waiting.groups)) return `${head}, waits because: ${r.waiting.reason} (gives up in ${left} s)`;
   const rows = r.waiting.groups.map((g) => [
     `${g.group}(${g.groupIndex ?? 'removed'})`,
-    g.reason,
+    g.ownerLimit ? `${g.reason} (${g.ownerLimit.units.join(', ')} over ${g.ownerLimit.scope === 'all' ? 'all groups' : `account ${g.ownerLimit.account}`})` : g.reason,
     g.position === null ? '-' : String(g.position),
     g.ownerPosition === null ? '-' : String(g.ownerPosition),
     String(g.waiting),

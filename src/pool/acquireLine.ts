@@ -3,7 +3,7 @@ import { MAX_SET_ITEMS, acquireSetRequestId, type AcquireRequestData } from '../
 import type { GroupRef } from '../config/index.js';
 import type { Clock, PoolAccess, PoolContext } from './context.js';
 import type { PoolJobs } from './jobs.js';
-import { ownerVmLimit } from '../reconcile/quota.js';
+import { ownerUsageSpec, ownerVmLimit } from '../reconcile/quota.js';
 import { poolKeys } from './keys.js';
 import type { Leases } from './leases.js';
 import type { AcquireSetAttempt } from './poolScripts.js';
@@ -144,7 +144,13 @@ export class AcquireLine {
       waiter,
       groups: groups.map((group) => {
         const gc = this.ctx.groupConfig(group);
-        return { group, maxVmPerOwner: ownerVmLimit(gc), leaseTimeoutMs: Math.round(gc.lease_timeout * 1000), maxWaitingPerOwner: gc.max_waiting_per_owner };
+        return {
+          group,
+          maxVmPerOwner: ownerVmLimit(gc),
+          leaseTimeoutMs: Math.round(gc.lease_timeout * 1000),
+          maxWaitingPerOwner: gc.max_waiting_per_owner,
+          ownerUsage: ownerUsageSpec(this.ctx.config, gc),
+        };
       }),
     });
     // Requests ahead that this attempt's dispatch served are woken here, whoever the caller is.

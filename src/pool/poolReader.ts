@@ -478,6 +478,23 @@ export class PoolReader {
     return requests;
   }
 
+  /**
+   * What the VMs bound to `owner` use in each of `scopes` (`all`, `account:<name>`; the owner_usage
+   * counters of commands/includes/ownerUsage.lua), by scope: unit -> amount.
+   */
+  async ownerUsage(owner: string, scopes: readonly string[]): Promise<Map<string, Record<string, number>>> {
+    const pipeline = this.redis.pipeline();
+    for (const scope of scopes) pipeline.hgetall(this.keys.ownerUsage(scope, owner));
+    const replies = (await pipeline.exec()) ?? [];
+    return new Map(
+      scopes.map((scope, i) => {
+        const [err, hash] = replies[i] ?? [null, {}];
+        if (err) throw err;
+        return [scope, Object.fromEntries(Object.entries((hash ?? {}) as Record<string, string>).map(([unit, amount]) => [unit, Number(amount)]))];
+      }),
+    );
+  }
+
   /** VMs of the group bound to each of `owners` (group:<id>:owner_vms), in their order. */
   async ownerVmCounts(group: string, owners: readonly string[]): Promise<number[]> {
     if (owners.length === 0) return [];

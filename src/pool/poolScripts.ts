@@ -1,4 +1,5 @@
 import type { RedisConnection } from '../redis.js';
+import type { OwnerUsageSpec } from '../reconcile/quota.js';
 import { poolKeyBase } from './keys.js';
 import { ReplyCodes, replyCodeName, type ReplyCode } from './replyCodes.js';
 import { loadScripts, type RunScript, type ScriptName } from './scripts.js';
@@ -56,6 +57,8 @@ export interface AcquireGroupLimits {
   leaseTimeoutMs: number;
   /** The group's max_waiting_per_owner: a request that would wait beyond it is refused (TooManyWaiting). */
   maxWaitingPerOwner: number;
+  /** What one VM of the group uses and the owner's limits across groups it counts in (absent: 1 instance, not limited). */
+  ownerUsage?: OwnerUsageSpec;
 }
 
 /** acquireVm-1.lua's input, checked and as text (VmManager.tryAcquireVm builds it). */
@@ -276,6 +279,15 @@ export class PoolScripts {
     return Number(await this.call('indexDueTimes', vmNames));
   }
 
+  /**
+   * Counts VMs bound before owners' usage across groups was counted (countOwnerUsage-1.lua), by
+   * each group's owner usage spec (`specs`: group name -> spec); returns how many were counted.
+   */
+  async countOwnerUsage(specs: Readonly<Record<string, OwnerUsageSpec>>, vmNames: readonly string[]): Promise<number> {
+    if (vmNames.length === 0) return 0;
+    return Number(await this.call('countOwnerUsage', [JSON.stringify(specs), ...vmNames]));
+  }
+
   /** Ends the holds that are due (at most `batch`); returns the VMs unheld. */
   async expireHolds(now: number, batch: number): Promise<string[]> {
     return (await this.call('expireHolds', [now, batch])) as string[];
@@ -420,6 +432,7 @@ export class PoolScripts {
       input.groups.length,
     ];
     for (const g of input.groups) args.push(g.group, g.maxVmPerOwner, g.leaseTimeoutMs, g.maxWaitingPerOwner);
+    for (const g of input.groups) args.push(g.ownerUsage ? JSON.stringify(g.ownerUsage) : '');
     const [code, payload, served] = (await this.call('acquireVm', args)) as [number, (string[] | string)?, string[]?];
     switch (code) {
       case ReplyCodes.OK:

@@ -270,7 +270,11 @@ export class VmManager {
     return this.vms.countOwnerVms(owner, this.named(group));
   }
 
-  /** Public API (Copr). Whether the owner is under the group's max_vm_per_user and max_resources_per_owner. */
+  /**
+   * Public API (Copr). Whether the owner is under the group's max_vm_per_user and
+   * max_resources_per_owner, and one more VM of the group fits its limits across groups (the
+   * top-level and its account's max_resources_per_owner).
+   */
   async canUserAcquireMoreVm(owner: string, group: GroupRef): Promise<boolean> {
     return this.vms.ownerMayAcquireMore(owner, this.named(group));
   }
@@ -282,6 +286,17 @@ export class VmManager {
    */
   async backfillDueTimes(batch = 1000): Promise<number> {
     return this.vms.backfillDueTimes(batch);
+  }
+
+  /**
+   * Counts the VMs bound to an owner before owners' usage across groups was counted
+   * (countOwnerUsage-1.lua), by their group's resources in this config (a removed group's last
+   * published config), for the top-level and accounts' max_resources_per_owner; the scripts count
+   * every binding from then on. Idempotent, O(VMs): reconcile runs it once per process start.
+   * Returns how many VMs were counted.
+   */
+  async backfillOwnerUsage(batch = 1000): Promise<number> {
+    return this.vms.backfillOwnerUsage(batch);
   }
 
   /**

@@ -13,15 +13,17 @@
  * its first group (its groups as given, or the groups listing its arch, in config order), so that a
  * request that could use several groups does not make every one of them spawn a VM for it.
  * An owner's requests count in a group only up to what max_vm_per_user still lets it use there
- * (its room: the limit less the VMs bound to it), so that one owner's flood of requests spawns no
- * VM it could never take. Reading the rooms costs one HMGET per group over the waiting owners.
+ * (its room: the limit less the VMs bound to it, and no more than its limits across groups still
+ * hold), so that one owner's flood of requests spawns no VM it could never take. Reading the rooms
+ * costs one HMGET per group over the waiting owners, and with limits across groups one read of
+ * each waiting owner's usage.
  */
 import type { Job, Queue } from 'bullmq';
 import { requestGroupIds } from '../acquire/requestGroups.js';
 import type { AcquireWaiter } from '../pool/types.js';
 import { setDemandMember } from '../pool/acquireLine.js';
 import type { VmManager } from '../pool/vmManager.js';
-import { ownerVmLimit } from './quota.js';
+import { ownerRoomAcross, ownerUsageSpec, ownerVmLimit, type Resources } from './quota.js';
 import { acquireRequestSchema, acquireSetRequestSchema, DEFAULT_ACQUIRE_TIMEOUT_MS, isAcquireSetPayload, isStrictRequest } from '../../queues/acquire.js';
 
 /** Queued vm-acquire jobs read per state and cycle (the first ones, oldest first). */
@@ -90,11 +92,19 @@ export function demandByGroup(
  */
 export async function readOwnerRooms(vmm: VmManager, requests: readonly DemandRequest[]): Promise<OwnerRoom> {
   const owners = [...new Set(requests.flatMap((r) => (r.owner === undefined ? [] : [r.owner])))];
+  const configs = vmm.allGroupConfigs();
+  const specs = new Map(configs.map((gc) => [gc.name, ownerUsageSpec(vmm.config, gc)]));
+  const scopes = [...new Set([...specs.values()].flatMap((spec) => spec.s.filter((x) => x.m).map((x) => x.n)))];
+  const usage = new Map<string, ReadonlyMap<string, Resources>>(
+    scopes.length === 0 ? [] : await Promise.all(owners.map(async (o) => [o, await vmm.reader.ownerUsage(o, scopes)] as const)),
+  );
   const rooms = new Map(
     await Promise.all(
-      vmm.allGroupConfigs().map(async (gc) => {
+      configs.map(async (gc) => {
         const bound = await vmm.reader.ownerVmCounts(gc.name, owners);
-        return [gc.name, new Map(owners.map((o, i) => [o, Math.max(0, ownerVmLimit(gc) - bound[i]!)]))] as const;
+        const spec = specs.get(gc.name)!;
+        const room = (o: string, i: number) => Math.max(0, Math.min(ownerVmLimit(gc) - bound[i]!, ownerRoomAcross(spec, usage.get(o) ?? new Map())));
+        return [gc.name, new Map(owners.map((o, i) => [o, room(o, i)]))] as const;
       }),
     ),
   );
