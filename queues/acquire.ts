@@ -38,6 +38,60 @@ export const acquireRequestSchema = z
   });
 export type AcquireRequestData = z.input<typeof acquireRequestSchema>;
 
+/** The BullMQ job names of the vm-acquire queue: one VM, or a set of VMs all or nothing. */
+export const AcquireJobNames = { ACQUIRE: 'acquire', ACQUIRE_SET: 'acquire-set' } as const;
+
+/** At most this many VMs in one set: one script call picks them all. */
+export const MAX_SET_ITEMS = 32;
+
+/** One VM of a set: groups (tried in order) or an arch, and/or tags, as a single request's. */
+export const acquireSetItemSchema = z
+  .strictObject({
+    groups: acquireRequestSchema.shape.groups,
+    arch: acquireRequestSchema.shape.arch,
+    tags: acquireRequestSchema.shape.tags,
+  })
+  .refine((r) => !(r.groups !== undefined && r.arch !== undefined) && (r.groups !== undefined || r.arch !== undefined || r.tags !== undefined), {
+    message: 'exactly one of groups or arch, or tags alone',
+    path: ['groups'],
+  });
+export type AcquireSetItemData = z.input<typeof acquireSetItemSchema>;
+
+/**
+ * A builder's request for several VMs at once, all or nothing (a nodeset): the payload of an
+ * `acquire-set` job in the vm-acquire queue. It waits in the line as one request and takes all its
+ * VMs in one script call when every one of them can be had; none is held meanwhile.
+ */
+export const acquireSetRequestSchema = z.strictObject({
+  owner: text(255),
+  sandbox: z.string().max(1024).refine(wellFormed, 'well-formed Unicode text (no lone surrogate)'),
+  vms: z.array(acquireSetItemSchema).min(1).max(MAX_SET_ITEMS),
+  /** Identity of the request, per owner (its job id is acquireSetRequestId): asking again joins it. */
+  requestId: text(255).optional(),
+  /** How long the set may wait for all its VMs, in milliseconds. */
+  timeoutMs: z.number().int().positive().max(24 * 3600 * 1000).optional(),
+});
+export type AcquireSetRequestData = z.input<typeof acquireSetRequestSchema>;
+
+/** Whether an acquire job's payload asks for a set (it has `vms`), not one VM. */
+export function isAcquireSetPayload(data: unknown): boolean {
+  return typeof data === 'object' && data !== null && Object.hasOwn(data, 'vms');
+}
+
+/**
+ * Any vm-acquire job's payload: a set (with `vms`) is checked against acquireSetRequestSchema,
+ * anything else against acquireRequestSchema, so that each error names the fields of its own kind.
+ */
+export const acquireJobPayloadSchema = z.unknown().transform((value, ctx): AcquireJobPayload => {
+  const parsed = isAcquireSetPayload(value) ? acquireSetRequestSchema.safeParse(value) : acquireRequestSchema.safeParse(value);
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) ctx.addIssue({ ...issue, input: (issue as { input?: unknown }).input } as never);
+    return z.NEVER;
+  }
+  return parsed.data;
+});
+export type AcquireJobPayload = z.output<typeof acquireRequestSchema> | z.output<typeof acquireSetRequestSchema>;
+
 /** Whether a request keeps to its groups (strictGroup, or its alias strict_group). */
 export function isStrictRequest(r: Pick<AcquireRequestData, 'strictGroup' | 'strict_group'>): boolean {
   return r.strictGroup === true || r.strict_group === true;
@@ -50,6 +104,13 @@ export interface VmAssignment extends LeasedVm {
    * A client that finds the same value as its own add knows the result is fresh, not that of an
    * earlier request of the same task.
    */
+  requestedAt?: number;
+}
+
+/** The result of a completed acquire-set job: every VM of the set, in the order asked, each with its own lease. */
+export interface VmSetAssignment {
+  vms: VmAssignment[];
+  /** When the acquire-set job was enqueued (its BullMQ timestamp), as VmAssignment.requestedAt. */
   requestedAt?: number;
 }
 
@@ -106,6 +167,19 @@ export function acquireSetRequestId(owner: string, requestId?: string | null): s
   return `set-${encodeURIComponent(owner)}${OWNER_TASK_SEPARATOR}${encodeURIComponent(requestId)}`;
 }
 
+/** Whether an id has the form of a set request's job id (acquireSetRequestId), not a request id. */
+export function isAcquireSetRequestId(id: string): boolean {
+  return id.startsWith('set-');
+}
+
+/**
+ * The pattern (Redis SCAN MATCH, under the queue's key prefix) of the job ids of a set's request id
+ * of any owner: how a request id is found when its owner is not given (as acquireJobIdPatternOfTask).
+ */
+export function acquireSetRequestIdPattern(requestId: string): string {
+  return `set-*${OWNER_TASK_SEPARATOR}${encodeURIComponent(requestId).replace(/\*/g, '\\*')}`;
+}
+
 /**
  * The job id that builds before task ids were per owner gave a task (`acquire-<task id>`): only
  * read, to find a request enqueued before an upgrade.
@@ -139,12 +213,21 @@ export async function addAcquireJob(
   data: AcquireRequestData,
   opts: { jobId: string; timestamp: number; priority?: number },
 ): Promise<Job<AcquireRequestData, VmAssignment>> {
-  return queue.add('acquire', data, { ...acquireJobOptions, jobId: opts.jobId, timestamp: opts.timestamp, ...(opts.priority ? { priority: opts.priority } : {}) });
+  return queue.add(AcquireJobNames.ACQUIRE, data, { ...acquireJobOptions, jobId: opts.jobId, timestamp: opts.timestamp, ...(opts.priority ? { priority: opts.priority } : {}) });
+}
+
+/** Adds a set request under its job id (acquireSetRequestId) with the default options. */
+export async function addAcquireSetJob(
+  queue: Queue,
+  data: AcquireSetRequestData,
+  opts: { jobId: string; timestamp: number; priority?: number },
+): Promise<Job<AcquireSetRequestData, VmSetAssignment>> {
+  return queue.add(AcquireJobNames.ACQUIRE_SET, data, { ...acquireJobOptions, jobId: opts.jobId, timestamp: opts.timestamp, ...(opts.priority ? { priority: opts.priority } : {}) });
 }
 
 /** Adds acquire requests in bulk (one MULTI), each under its job id, with the default options. */
 export async function addAcquireJobs(queue: Queue, requests: readonly { data: AcquireRequestData; jobId: string }[]): Promise<void> {
-  await queue.addBulk(requests.map(({ data, jobId }) => ({ name: 'acquire', data, opts: { ...acquireJobOptions, jobId } })));
+  await queue.addBulk(requests.map(({ data, jobId }) => ({ name: AcquireJobNames.ACQUIRE, data, opts: { ...acquireJobOptions, jobId } })));
 }
 
 /**

@@ -5,14 +5,16 @@ import type { LineStanding } from '../pool/poolReader.js';
 import { QueueNames } from '../../queues/names.js';
 import { breakerOpen } from '../reconcile/breaker.js';
 import { activeVmCount } from '../pool/types.js';
-import { ownerLimitIsResources, ownerVmLimit } from '../reconcile/quota.js';
+import { ownerLimitIsResources, ownerOverLimit, ownerUsageLimited, ownerUsageSpec, ownerVmLimit, type Resources } from '../reconcile/quota.js';
 
 /**
  * Why a waiting acquire request waits, in one group:
  * - owner_limit: its owner is at the group's max_vm_per_user, and no VM bound to its owner and
  *   sandbox is ready;
  * - owner_resources: the same, but the owner's limit there is its group's max_resources_per_owner
- *   (it holds fewer VMs than max_vm_per_user);
+ *   (it holds fewer VMs than max_vm_per_user); or one more VM of the group would pass the owner's
+ *   limits across groups (the top-level or its account's max_resources_per_owner: `ownerLimit`
+ *   says which, and the units);
  * - held_back_by_priority: requests of a better (lower) BullMQ priority wait in the group;
  * - spawning: a VM is on its way (etaMs from the group's measured spawn time);
  * - provider_failing: the group's spawn circuit breaker is open, or its last spawn attempts failed;
@@ -48,6 +50,11 @@ export interface GroupWait {
   etaMs?: number;
   /** quota_full: whose limit (the group's max_resources, or its account's) and the units it would pass. */
   quota?: { limit: 'group' | 'account'; units: string[] };
+  /**
+   * owner_resources by a limit across groups: its scope (`all`: the top-level max_resources_per_owner,
+   * over every group; `account`: that account's, over its groups) and the units one more VM would pass.
+   */
+  ownerLimit?: { scope: 'all' | 'account'; account?: string; units: string[] };
 }
 
 /** What a waiting request's job shows as its progress, and GET /api/v1/requests/:id as `waiting`. */
@@ -57,6 +64,8 @@ export interface WaitStatus {
   groups: GroupWait[];
   /** Epoch ms. */
   updatedAt: number;
+  /** A set's wait (an acquire-set job): how many VMs it asks for; its groups are those of all its VMs. */
+  set?: number;
 }
 
 export interface WaitingRequest {
@@ -85,10 +94,11 @@ async function providerFailing(spawnQueue: Queue, group: string, now: number): P
 export function groupWaitReason(
   standing: LineStanding,
   request: Pick<WaitingRequest, 'priority'>,
-  limits: { maxVmPerUser: number; maxVmTotal: number; ownerLimitIsResources?: boolean },
+  limits: { maxVmPerUser: number; maxVmTotal: number; ownerLimitIsResources?: boolean; ownerOverLimitAcross?: boolean },
   supply: { vms: number; spawning: number; providerFailing: boolean },
 ): WaitReason {
   if (standing.ownerVms >= limits.maxVmPerUser && standing.readyDirty === 0) return limits.ownerLimitIsResources ? 'owner_resources' : 'owner_limit';
+  if (limits.ownerOverLimitAcross && standing.readyDirty === 0) return 'owner_resources';
   if (standing.bestPriority !== null && standing.bestPriority < request.priority) return 'held_back_by_priority';
   if (supply.spawning > 0) return 'spawning';
   if (supply.providerFailing) return 'provider_failing';
@@ -101,13 +111,23 @@ export async function explainWait(vmm: VmManager, config: Config, request: Waiti
   const counts = await vmm.reader.stateCounts(request.groups);
   const spawns = await vmm.reader.spawnCounts(request.groups);
   const groups: GroupWait[] = [];
+  // The owner's usage across groups, read once for every scope its groups' limits name.
+  const specs = request.groups.map((group) => ownerUsageSpec(config, vmm.groupConfig(group)));
+  const scopes = [...new Set(specs.flatMap((spec) => (ownerUsageLimited(spec) ? spec.s.filter((x) => x.m).map((x) => x.n) : [])))];
+  const usage: ReadonlyMap<string, Resources> = scopes.length > 0 ? await vmm.reader.ownerUsage(request.owner, scopes) : new Map();
   for (const [i, group] of request.groups.entries()) {
     const gc = vmm.groupConfig(group);
     const standing = await vmm.reader.lineStanding(group, request.owner, request.sandbox, request.member);
     const vms = activeVmCount(counts[i]!);
     const spawning = spawns[i]!;
     const cheap = { vms, spawning, providerFailing: false };
-    let reason = groupWaitReason(standing, request, { maxVmPerUser: ownerVmLimit(gc), maxVmTotal: gc.max_vm_total, ownerLimitIsResources: ownerLimitIsResources(gc) }, cheap);
+    const across = ownerOverLimit(specs[i]!, usage);
+    let reason = groupWaitReason(
+      standing,
+      request,
+      { maxVmPerUser: ownerVmLimit(gc), maxVmTotal: gc.max_vm_total, ownerLimitIsResources: ownerLimitIsResources(gc), ownerOverLimitAcross: across !== null },
+      cheap,
+    );
     // The provider's record is read only when nothing before it in the order explains the wait.
     let quota: GroupWait['quota'];
     if (reason === 'group_full' || reason === 'no_ready_vm') {
@@ -135,6 +155,9 @@ export async function explainWait(vmm: VmManager, config: Config, request: Waiti
       maxVmPerUser: ownerVmLimit(gc),
     };
     if (quota) wait.quota = quota;
+    if (reason === 'owner_resources' && across && standing.ownerVms < ownerVmLimit(gc)) {
+      wait.ownerLimit = across.scope === 'all' ? { scope: 'all', units: across.units } : { scope: 'account', account: across.scope.slice('account:'.length), units: across.units };
+    }
     if (reason === 'spawning') {
       const inFlight = await vmm.reader.spawnsInFlight(group);
       const mean = (await vmm.reader.meanSpawnMs(group)) ?? null;
@@ -152,7 +175,8 @@ export function describeWait(status: WaitStatus): string {
     .map((g) => {
       const eta = g.etaMs !== undefined ? `, ETA ${Math.ceil(g.etaMs / 1000)} s` : '';
       const pos = g.position !== null ? `, about ${g.position} in line of ${g.waiting}` : `, ${g.waiting} waiting`;
-      return `${g.reason} in ${g.group}(${g.groupIndex ?? 'removed'})${pos}${eta}`;
+      const across = g.ownerLimit ? ` (the owner's ${g.ownerLimit.units.join(', ')} ${g.ownerLimit.scope === 'all' ? 'over all groups' : `over account ${g.ownerLimit.account}`})` : '';
+      return `${g.reason}${across} in ${g.group}(${g.groupIndex ?? 'removed'})${pos}${eta}`;
     })
     .join('; ');
 }

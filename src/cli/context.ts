@@ -6,7 +6,7 @@ import { createLogger, type Logger } from '../logger.js';
 import { DataFormat, DataFormatTooNew, newerThan } from '../pool/dataFormat.js';
 import { VmManager } from '../pool/vmManager.js';
 import { groupSummaries, resolveGroup } from '../poolView.js';
-import { AmbiguousTaskId, type AcquireRequestStatus } from '../acquire/requests.js';
+import { AmbiguousRequestId, AmbiguousTaskId, type AcquireRequestStatus } from '../acquire/requests.js';
 import { textTable } from '../text/table.js';
 import { connectAnsweringRedis } from '../redis.js';
 import { readSettings, resolveConfig, type Settings } from '../runtime/settings.js';
@@ -126,21 +126,25 @@ export async function breakerLines(vmm: VmManager): Promise<string[]> {
 
 /** A task id that several owners use is a usage error (vmpool why, vmpool cancel): name the owner. */
 export function ambiguousTaskError(err: unknown): never {
+  if (err instanceof AmbiguousRequestId) throw new CliError(err.message, ExitCodes.USAGE);
   if (err instanceof AmbiguousTaskId) throw new CliError(`${err.message} with --owner`, ExitCodes.USAGE);
   throw err;
 }
 
 /** Lines for people about an acquire request (vmpool why, vmpool cancel). */
 export function requestText(r: AcquireRequestStatus): string {
-  const head = `request ${r.id}${r.taskId ? ` (task ${r.taskId})` : ''} of ${r.owner} (sandbox ${JSON.stringify(r.sandbox)}): ${r.state}`;
+  const what = r.taskId ? ` (task ${r.taskId})` : r.kind === 'acquire-set' ? ` (set of ${r.items?.length ?? '?'} VMs${r.requestId ? `, request ${r.requestId}` : ''})` : '';
+  const head = `request ${r.id}${what} of ${r.owner} (sandbox ${JSON.stringify(r.sandbox)}): ${r.state}`;
   if (r.state === 'assigned' && r.assignment) return `${head}: VM ${r.assignment.vmName} (${r.assignment.vmIp})`;
+  if (r.state === 'assigned' && r.vms) return `${head}: VMs ${r.vms.map((v) => `${v.vmName} (${v.vmIp})`).join(', ')}`;
   if (r.state === 'failed' && r.failure) return `${head}: ${r.failure.reason}`;
   if (r.state === 'queued') return `${head}: no acquire worker took it yet`;
   if (!r.waiting) return head;
   const left = Math.max(0, Math.round((r.deadline - Date.now()) / 1000));
+  if (!Array.isArray(r.waiting.groups)) return `${head}, waits because: ${r.waiting.reason} (gives up in ${left} s)`;
   const rows = r.waiting.groups.map((g) => [
     `${g.group}(${g.groupIndex ?? 'removed'})`,
-    g.reason,
+    g.ownerLimit ? `${g.reason} (${g.ownerLimit.units.join(', ')} over ${g.ownerLimit.scope === 'all' ? 'all groups' : `account ${g.ownerLimit.account}`})` : g.reason,
     g.position === null ? '-' : String(g.position),
     g.ownerPosition === null ? '-' : String(g.ownerPosition),
     String(g.waiting),

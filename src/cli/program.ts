@@ -3,6 +3,7 @@ import { createContext, type RegisterCommand } from './context.js';
 import { ExitCodes, exitCodeOf } from './exitCodes.js';
 import { defaultIo, type CliIo } from './io.js';
 import { registerAcquire } from './commands/acquire.js';
+import { registerAcquireSet } from './commands/acquireSet.js';
 import { registerAdd } from './commands/add.js';
 import { registerBreaker } from './commands/breaker.js';
 import { registerCancel } from './commands/cancel.js';
@@ -31,6 +32,7 @@ const COMMANDS: readonly RegisterCommand[] = [
   registerBreaker,
   registerList,
   registerAcquire,
+  registerAcquireSet,
   registerWhy,
   registerCancel,
   registerRelease,

@@ -1,3 +1,3 @@
-export { VmPoolClient, AcquireAborted, acquireJobId } from './vmPoolClient.js';
-export type { VmPoolClientOptions, AcquireOptions, WithVmOptions } from './vmPoolClient.js';
+export { VmPoolClient, AcquireAborted, SetRequestConflict, acquireJobId } from './vmPoolClient.js';
+export type { VmPoolClientOptions, AcquireOptions, WithVmOptions, WithVmSetOptions } from './vmPoolClient.js';
 export { TooManyWaiting } from '../pool/types.js';

@@ -14,10 +14,15 @@ import {
   acquireJobError,
   acquireJobId,
   acquireRequestSchema,
+  acquireSetRequestId,
+  acquireSetRequestSchema,
   addAcquireJob,
+  addAcquireSetJob,
   noVmAvailableReason,
   type AcquireRequestData,
+  type AcquireSetRequestData,
   type VmAssignment,
+  type VmSetAssignment,
 } from '../../queues/acquire.js';
 import type { QueueName } from '../../queues/names.js';
 import type { GroupConfig } from '../config/index.js';
@@ -97,8 +102,35 @@ export function isRedisUnavailable(err: unknown): boolean {
   return /Connection is closed|ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|EHOSTUNREACH|Stream isn't writeable|enableOfflineQueue|^LOADING|^READONLY|^MASTERDOWN|^TRYAGAIN|^CLUSTERDOWN|^NOREPLICAS|Socket closed/.test(err.message);
 }
 
-/** How a wait for a job's events ended: its completion's assignment, or a reason to read the job. */
-type FinishedEvent = { assignment: VmAssignment } | 'finished' | 'timeout' | 'stopped';
+/** How a wait for a job's events ended: its completion's return value, or a reason to read the job. */
+type FinishedEvent<R> = { result: R } | 'finished' | 'timeout' | 'stopped';
+
+/** How an acquire job (one VM, or a set) ended: its return value, or the job that failed or was withdrawn. */
+type JobOutcome<R> = { kind: 'completed'; result: R } | { kind: 'failed' | 'withdrawn'; job: Job };
+
+/**
+ * What the client's wait needs to know of a kind of request (one VM, or a set): how to add its
+ * job, whether a result of an earlier run is still held, how to give it back, and what the pool
+ * knows of it once its job is gone from Redis.
+ */
+interface RequestKind<R extends { requestedAt?: number }> {
+  /** `acquire` or `acquire set`, for messages. */
+  what: string;
+  jobId: string;
+  owner: string;
+  sandbox: string;
+  timeoutMs: number;
+  /** Adds the job (idempotent: the same id) stamped with `timestamp`. */
+  add(queue: Queue, timestamp: number): Promise<Job>;
+  /** The error for a job of this id that another sandbox of the owner asked for. */
+  conflict(): VmError;
+  /** Whether every VM of the result is still held under its lease. */
+  held(result: R): Promise<boolean>;
+  /** Gives back the VMs of a result that nobody will use (the caller aborted). */
+  giveBack(result: R): Promise<void>;
+  /** The pool's answer for a job gone from Redis (retention, an operator), or null. */
+  whenGone(): Promise<R | null>;
+}
 
 /** How long the client waits before asking Redis again after it did not answer. */
 const REDIS_RETRY_MS = 500;
@@ -112,6 +144,21 @@ function sameRequester(job: Job, data: { owner: string; sandbox: string }): bool
 export interface WithVmOptions extends AcquireOptions {
   /** Renew every this many ms; default a third of the time left on the lease. */
   renewEveryMs?: number;
+}
+
+/** withVmSet's options: withVm's; the renewal period is per set (every lease is renewed at once). */
+export type WithVmSetOptions = WithVmOptions;
+
+/**
+ * A set request id of this owner belongs to another of its sandboxes: its job was asked for there.
+ * Request ids are per owner, like task ids (HTTP: 409 task_conflict).
+ */
+export class SetRequestConflict extends TaskConflict {
+  constructor(readonly requestId: string) {
+    super(requestId);
+    this.message = `set request ${JSON.stringify(requestId)} belongs to another sandbox of its owner; use another requestId`;
+    this.name = 'SetRequestConflict';
+  }
 }
 
 /** Public with the client (its home is queues/acquire.ts). */
@@ -209,50 +256,129 @@ export class VmPoolClient {
     const parsed = acquireRequestSchema.safeParse(request);
     if (!parsed.success) throw new InvalidVmRequest(`invalid acquire request: ${formatZodError(parsed.error)}`);
     // With the config's groups, an index is resolved here, so that the job in Redis names its groups.
-    const groups = this.groups;
-    const data = groups && parsed.data.groups ? { ...parsed.data, groups: parsed.data.groups.map((g) => (typeof g === 'number' ? (groups[g]?.name ?? g) : g)) } : parsed.data;
+    const data = { ...parsed.data, groups: this.groupNames(parsed.data.groups) };
+    if (data.groups === undefined) delete data.groups;
+    const jobId = acquireJobId(data.taskId, data.owner);
+    return this.runRequest<VmAssignment>(
+      {
+        what: 'acquire',
+        jobId,
+        owner: data.owner,
+        sandbox: data.sandbox,
+        timeoutMs: data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS,
+        add: (queue, timestamp) => addAcquireJob(queue, data, { jobId, timestamp, priority: options.priority }),
+        conflict: () => new TaskConflict(data.taskId ?? jobId),
+        held: (assignment) => this.holds(assignment),
+        giveBack: async (assignment) => {
+          if (await this.holds(assignment)) await this.release(assignment);
+        },
+        whenGone: () => (data.taskId ? this.pool.reader.leasedVmOfTask(data.taskId, data) : Promise.resolve(null)),
+      },
+      options,
+      this.groups ? (until) => this.whileRedisAway(() => this.refuseBeyondWaitingCap(data, jobId), until, options.signal) : undefined,
+    );
+  }
+
+  /**
+   * Enqueues a request for several VMs at once, all or nothing (an `acquire-set` job: it waits in
+   * the acquire line as one request, holding no VM, and takes every VM in one step), and returns
+   * every VM of the set, in the order asked, each under its own lease (renew them with renewAll,
+   * release each). As acquire: with a requestId, a request already enqueued under it is joined (a
+   * restarted builder reattaches, and gets the same VMs); a finished one of an earlier run whose VMs
+   * are no longer all held, or a failed one, is replaced by a new request; a request id of the
+   * owner asked for by another of its sandboxes throws SetRequestConflict. Throws NoVmAvailable
+   * when the whole set did not come within its timeout, VmError for other failures; with `signal`,
+   * aborting withdraws the request and gives back VMs served meanwhile.
+   */
+  async acquireSet(request: AcquireSetRequestData, options: AcquireOptions = {}): Promise<VmSetAssignment> {
+    const parsed = acquireSetRequestSchema.safeParse(request);
+    if (!parsed.success) throw new InvalidVmRequest(`invalid acquire-set request: ${formatZodError(parsed.error)}`);
+    const vms = parsed.data.vms.map((item) => {
+      const resolved = { ...item, groups: this.groupNames(item.groups) };
+      if (resolved.groups === undefined) delete resolved.groups;
+      return resolved;
+    });
+    const data = { ...parsed.data, vms };
+    const jobId = acquireSetRequestId(data.owner, data.requestId);
+    return this.runRequest<VmSetAssignment>(
+      {
+        what: 'acquire set',
+        jobId,
+        owner: data.owner,
+        sandbox: data.sandbox,
+        timeoutMs: data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS,
+        add: (queue, timestamp) => addAcquireSetJob(queue, data, { jobId, timestamp, priority: options.priority }),
+        conflict: () => new SetRequestConflict(data.requestId ?? jobId),
+        held: async (set) => (await Promise.all(set.vms.map((a) => this.holds(a)))).every(Boolean),
+        giveBack: async (set) => {
+          await Promise.all(set.vms.map(async (a) => (await this.holds(a)) && this.release(a)));
+        },
+        // A set's VMs are not found by a task: a set job gone from Redis is not answered by the pool.
+        whenGone: () => Promise.resolve(null),
+      },
+      options,
+    );
+  }
+
+  /** Group indexes as names, with the config's groups (else as given). */
+  private groupNames<G extends string | number>(groups: G[] | undefined): (G | string)[] | undefined {
+    const config = this.groups;
+    if (!config || !groups) return groups;
+    return groups.map((g) => (typeof g === 'number' ? (config[g]?.name ?? g) : g));
+  }
+
+  /**
+   * The wait of acquire and acquireSet: adds the request's job (idempotent under its id), reads back
+   * the stored job (another sandbox's is never joined), waits for its result (waitForResult), and
+   * replaces a finished job of an earlier run whose VMs are gone.
+   */
+  private async runRequest<R extends { requestedAt?: number }>(
+    kind: RequestKind<R>,
+    options: AcquireOptions,
+    before?: (until: number) => Promise<void>,
+  ): Promise<R> {
     const { signal } = options;
     signal?.throwIfAborted();
-    const jobId = acquireJobId(data.taskId, data.owner);
+    const { jobId } = kind;
     const queue = this.getQueue();
     const start = this.clock();
     // Redis away at the start: tried again until the request's own deadline would have passed.
-    const untilAtLatest = start + (data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS) + this.graceMs;
-    if (this.groups) await this.whileRedisAway(() => this.refuseBeyondWaitingCap(data, jobId), untilAtLatest, signal);
+    const untilAtLatest = start + kind.timeoutMs + this.graceMs;
+    if (before) await before(untilAtLatest);
     const events = await this.whileRedisAway(() => this.getEvents(), untilAtLatest, signal);
     for (let round = 0; ; round += 1) {
       const timestamp = this.clock();
-      const deadline = timestamp + (data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS) + this.graceMs;
-      // Add and read back are idempotent (same task, same job id): a Redis blip repeats them. No
-      // claim before the add (it cost a round trip): the job id is the owner's task, so another
+      const deadline = timestamp + kind.timeoutMs + this.graceMs;
+      // Add and read back are idempotent (same request, same job id): a Redis blip repeats them. No
+      // claim before the add (it cost a round trip): the job id is the owner's request, so another
       // sandbox's request for it is that job, read back here; and the acquire script refuses and
       // claims the task atomically at the job's first attempt.
       const job = await this.whileRedisAway(
         async () => {
-          const added = await addAcquireJob(queue, data, { jobId, timestamp, priority: options.priority });
+          const added = await kind.add(queue, timestamp);
           return (await Job.fromId(queue, jobId)) ?? added;
         },
         deadline,
         signal,
       );
       // An existing job of that id (another's request, added without a claim) is never joined.
-      if (!sameRequester(job, data)) throw new TaskConflict(data.taskId ?? jobId);
-      const outcome = await this.waitForResult(job, events, deadline, data, signal);
+      if (!sameRequester(job, kind)) throw kind.conflict();
+      const outcome = await this.waitForResult<R>(job, events, deadline, kind, signal);
       if (signal?.aborted) {
-        if (outcome.kind === 'completed' && (await this.holds(outcome.assignment))) await this.release(outcome.assignment);
+        if (outcome.kind === 'completed') await kind.giveBack(outcome.result);
         // The caller's reason when it gave one (an Error), else AcquireAborted naming the job.
         throw signal.reason instanceof Error && signal.reason.name !== 'AbortError' ? signal.reason : new AcquireAborted(jobId);
       }
       if (outcome.kind === 'completed') {
-        // Our own request's result needs no check; an earlier request's VM may be gone since.
-        if (outcome.assignment.requestedAt === timestamp || (await this.holds(outcome.assignment))) return outcome.assignment;
-        // A finished request of an earlier run of this task, whose VM is gone: ask anew.
+        // Our own request's result needs no check; an earlier request's VMs may be gone since.
+        if (outcome.result.requestedAt === timestamp || (await kind.held(outcome.result))) return outcome.result;
+        // A finished request of an earlier run, whose VMs are gone: ask anew.
       } else if (outcome.job.timestamp === timestamp) {
         // Our own request failed: its job says why.
         throw acquireJobError(outcome.job);
       }
-      if (round >= 2) throw new VmError(`acquire for task ${data.taskId} kept finding stale results of earlier requests`);
-      this.logger.info({ jobId }, 'replacing a finished acquire request of an earlier run');
+      if (round >= 2) throw new VmError(`${kind.what} ${jobId} kept finding stale results of earlier requests`);
+      this.logger.info({ jobId }, `replacing a finished ${kind.what} request of an earlier run`);
       await Job.fromId(queue, jobId)
         .then((j) => j?.remove())
         .catch(() => undefined);
@@ -293,19 +419,19 @@ export class VmPoolClient {
    * not used: it reads Redis inside a promise executor, so a Redis blip there is an unhandled
    * rejection that ends the builder's process.
    */
-  private finishedEvent(events: QueueEvents, jobId: string, ms: number): { promise: Promise<FinishedEvent>; stop(): void } {
-    let settle!: (outcome: FinishedEvent) => void;
-    const promise = new Promise<FinishedEvent>((resolve) => {
+  private finishedEvent<R>(events: QueueEvents, jobId: string, ms: number): { promise: Promise<FinishedEvent<R>>; stop(): void } {
+    let settle!: (outcome: FinishedEvent<R>) => void;
+    const promise = new Promise<FinishedEvent<R>>((resolve) => {
       settle = resolve;
     });
-    // A completion carries the return value (the assignment): no read of the job needed.
+    // A completion carries the return value (the assignment, or the set's): no read of the job needed.
     const onCompleted = (args: { returnvalue?: unknown }) =>
-      done(args?.returnvalue && typeof args.returnvalue === 'object' ? { assignment: args.returnvalue as VmAssignment } : 'finished');
+      done(args?.returnvalue && typeof args.returnvalue === 'object' ? { result: args.returnvalue as R } : 'finished');
     const onEvent = () => done('finished');
     // Per-job events (`completed:<id>`) are emitted by QueueEvents but not in its typed listener map.
     const emitter = events as unknown as NodeJS.EventEmitter;
     const timer = setTimeout(() => done('timeout'), ms);
-    const done = (outcome: FinishedEvent) => {
+    const done = (outcome: FinishedEvent<R>) => {
       clearTimeout(timer);
       emitter.removeListener(`completed:${jobId}`, onCompleted);
       emitter.removeListener(`failed:${jobId}`, onEvent);
@@ -323,13 +449,13 @@ export class VmPoolClient {
    * ends as cancelled, or was served just before (the caller releases that VM); a job still queued
    * ends as cancelled when a worker takes it.
    */
-  private async waitForResult(
+  private async waitForResult<R>(
     job: Job,
     events: QueueEvents,
     deadline: number,
-    request: { taskId?: string | undefined; owner: string; sandbox: string },
+    kind: Pick<RequestKind<R & { requestedAt?: number }>, 'what' | 'whenGone'>,
     signal: AbortSignal | undefined,
-  ): Promise<{ kind: 'completed'; assignment: VmAssignment } | { kind: 'failed' | 'withdrawn'; job: Job }> {
+  ): Promise<JobOutcome<R>> {
     const waiter = { member: acquireWaiterMember(job.timestamp, String(job.id)), jobId: String(job.id) };
     let withdrawn = false;
     let onAbort: (() => void) | undefined;
@@ -339,7 +465,7 @@ export class VmPoolClient {
           onAbort = () => {
             void this.line
               .cancel(waiter, abortReasonText(signal.reason), CANCEL_KEEP_MS)
-              .catch((err: Error) => this.logger.warn({ jobId: job.id, err: err.message }, 'withdrawing the acquire request failed'))
+              .catch((err: Error) => this.logger.warn({ jobId: job.id, err: err.message }, `withdrawing the ${kind.what} request failed`))
               .then(async () => {
                 // Queued (no acquire worker took it yet): removed at once, so that it neither waits
                 // for a worker nor counts as demand. Parked in the line (delayed): woken, so that it
@@ -356,7 +482,7 @@ export class VmPoolClient {
                   await new Promise((r) => setTimeout(r, 100).unref());
                 }
                 withdrawn = true;
-                reject(new Error('acquire request withdrawn'));
+                reject(new Error(`${kind.what} request withdrawn`));
               });
           };
           if (signal.aborted) onAbort();
@@ -369,17 +495,17 @@ export class VmPoolClient {
       for (;;) {
         const left = deadline - this.clock();
         // Listening first, then reading the stored job: a result that came meanwhile is not missed.
-        const event = this.finishedEvent(events, jobId, Math.max(1_000, Math.min(left, 30_000)));
-        let read: Awaited<ReturnType<VmPoolClient['readResult']>> | 'redis_away';
+        const event = this.finishedEvent<R>(events, jobId, Math.max(1_000, Math.min(left, 30_000)));
+        let read: JobOutcome<R> | 'pending' | 'redis_away';
         try {
-          read = await this.readResult(job, request, withdrawn);
+          read = await this.readResult<R>(job, kind, withdrawn);
         } catch (err) {
           if (!isRedisUnavailable(err)) {
             event.stop();
             throw err;
           }
           // Redis is away (restart, failover): the request lives on in Redis; ask again shortly.
-          this.logger.debug({ jobId, err: (err as Error).message }, 'Redis did not answer while the acquire waits');
+          this.logger.debug({ jobId, err: (err as Error).message }, `Redis did not answer while the ${kind.what} waits`);
           read = 'redis_away';
         }
         if (read !== 'pending' && read !== 'redis_away') {
@@ -388,17 +514,17 @@ export class VmPoolClient {
         }
         if (this.clock() >= deadline) {
           event.stop();
-          if (read === 'redis_away') throw new VmError(`acquire job ${jobId}: Redis did not answer until the request's deadline`);
+          if (read === 'redis_away') throw new VmError(`${kind.what} job ${jobId}: Redis did not answer until the request's deadline`);
           const state = await job.getState().catch(() => 'unknown');
           await job.remove().catch(() => undefined);
-          throw new NoVmAvailable(noVmAvailableReason(`acquire job ${jobId} not finished by its deadline (state ${state}; is an acquire worker running?)`));
+          throw new NoVmAvailable(noVmAvailableReason(`${kind.what} job ${jobId} not finished by its deadline (state ${state}; is an acquire worker running?)`));
         }
         if (read === 'redis_away') {
           setTimeout(() => event.stop(), REDIS_RETRY_MS).unref();
         }
         try {
           const outcome = await (stop ? Promise.race([event.promise, stop]) : event.promise);
-          if (typeof outcome === 'object') return { kind: 'completed', assignment: outcome.assignment };
+          if (typeof outcome === 'object') return { kind: 'completed', result: outcome.result };
         } catch {
           // Withdrawn and settled: the stored job tells how it ended.
           event.stop();
@@ -411,13 +537,10 @@ export class VmPoolClient {
 
   /**
    * The job's outcome as stored, or 'pending' while it waits. A job gone from Redis (retention, an
-   * operator) is answered by the pool when its task still holds a VM. Redis errors are thrown.
+   * operator) is answered by the pool when it knows the result (a task that still holds its VM:
+   * kind.whenGone). Redis errors are thrown.
    */
-  private async readResult(
-    job: Job,
-    request: { taskId?: string | undefined; owner: string; sandbox: string },
-    withdrawn: boolean,
-  ): Promise<{ kind: 'completed'; assignment: VmAssignment } | { kind: 'failed' | 'withdrawn'; job: Job } | 'pending'> {
+  private async readResult<R>(job: Job, kind: Pick<RequestKind<R & { requestedAt?: number }>, 'what' | 'whenGone'>, withdrawn: boolean): Promise<JobOutcome<R> | 'pending'> {
     // The state first: a job read before it is seen completed has its return value already.
     const state = await this.getQueue().getJobState(String(job.id));
     // Pending: nothing more to read (one round trip per wait).
@@ -425,11 +548,11 @@ export class VmPoolClient {
     const stored = state === 'unknown' ? undefined : await Job.fromId(this.getQueue(), String(job.id));
     if (!stored && withdrawn) return { kind: 'withdrawn', job };
     if (!stored) {
-      const held = request.taskId ? await this.pool.reader.leasedVmOfTask(request.taskId, request) : null;
-      if (held) return { kind: 'completed', assignment: held };
-      throw new VmError(`acquire job ${job.id} disappeared before it finished`);
+      const held = await kind.whenGone();
+      if (held) return { kind: 'completed', result: held as R };
+      throw new VmError(`${kind.what} job ${job.id} disappeared before it finished`);
     }
-    if (state === 'completed') return { kind: 'completed', assignment: stored.returnvalue as VmAssignment };
+    if (state === 'completed') return { kind: 'completed', result: stored.returnvalue as R };
     if (state === 'failed') return { kind: 'failed', job: stored };
     // Withdrawn and settled: still queued, it ends as cancelled when a worker takes it.
     if (withdrawn) return { kind: 'withdrawn', job: stored };
@@ -472,43 +595,106 @@ export class VmPoolClient {
   }
 
   /**
-   * Acquires a VM, runs fn with it while renewing the lease, and always releases it. The signal
-   * given to fn aborts when the lease is lost (fn should stop using the VM).
+   * Acquires a VM, runs fn with it while renewing the lease, and always releases it: with outcome
+   * `failed` when fn throws (an autohold rule may keep the VM for debugging), else without one. The
+   * signal given to fn aborts when the lease is lost (fn should stop using the VM).
    */
   async withVm<T>(
     request: AcquireRequestData,
     fn: (assignment: VmAssignment, signal: AbortSignal) => Promise<T> | T,
     options: WithVmOptions = {},
   ): Promise<T> {
-    let assignment = await this.acquire(request, options);
+    const assignment = await this.acquire(request, options);
+    const renewing = this.keepRenewed(assignment, (a) => a.leaseExpiresAt, (a) => this.renew(a), assignment.vmName, options.renewEveryMs);
+    let failed = false;
+    try {
+      return await fn(assignment, renewing.lost);
+    } catch (err) {
+      failed = true;
+      throw err;
+    } finally {
+      const last = renewing.stop();
+      const outcome = failed ? ('failed' as const) : undefined;
+      await this.release(last, { outcome }).catch((err: Error) => this.logger.error({ vmName: last.vmName, err: err.message }, 'release failed'));
+    }
+  }
+
+  /**
+   * Acquires several VMs at once (acquireSet), runs fn with them while renewing every lease
+   * (renewAll), and always releases them all: with outcome `failed` when fn throws (an autohold
+   * rule may keep them for debugging), else without one (as success). The signal given to fn
+   * aborts when a lease of the set is lost (fn should stop using the VMs).
+   */
+  async withVmSet<T>(
+    request: AcquireSetRequestData,
+    fn: (set: VmSetAssignment, signal: AbortSignal) => Promise<T> | T,
+    options: WithVmSetOptions = {},
+  ): Promise<T> {
+    const set = await this.acquireSet(request, options);
+    const renewing = this.keepRenewed(
+      set,
+      (s) => Math.min(...s.vms.map((a) => a.leaseExpiresAt)),
+      async (s) => ({ ...s, vms: await this.renewAll(s.vms) }),
+      set.vms.map((a) => a.vmName).join(','),
+      options.renewEveryMs,
+    );
+    let failed = false;
+    try {
+      return await fn(set, renewing.lost);
+    } catch (err) {
+      failed = true;
+      throw err;
+    } finally {
+      const last = renewing.stop();
+      const outcome = failed ? ('failed' as const) : undefined;
+      await Promise.all(
+        last.vms.map((a) => this.release(a, { outcome }).catch((err: Error) => this.logger.error({ vmName: a.vmName, err: err.message }, 'release failed'))),
+      );
+    }
+  }
+
+  /**
+   * Renews `held` (a lease, or a set's leases) in the background until stopped: every
+   * `everyMs`, else a third of the time left on the earliest lease. `lost` aborts (and renewing
+   * ends) when a lease is lost; other errors are retried. stop() returns the latest renewed value.
+   */
+  private keepRenewed<H>(
+    held: H,
+    expiresAt: (h: H) => number,
+    renew: (h: H) => Promise<H>,
+    vmNames: string,
+    everyMs: number | undefined,
+  ): { lost: AbortSignal; stop(): H } {
+    let current = held;
     const lost = new AbortController();
     let timer: NodeJS.Timeout | undefined;
     let stopped = false;
     const schedule = () => {
       if (stopped) return;
-      const every = options.renewEveryMs ?? Math.max(50, Math.floor((assignment.leaseExpiresAt - this.clock()) / 3));
+      const every = everyMs ?? Math.max(50, Math.floor((expiresAt(current) - this.clock()) / 3));
       timer = setTimeout(async () => {
         try {
-          assignment = await this.renew(assignment);
+          current = await renew(current);
         } catch (err) {
           if (err instanceof LeaseLost || err instanceof VmDescriptorNotFound) {
-            this.logger.error({ vmName: assignment.vmName, err: (err as Error).message }, 'lease lost while the VM was in use');
+            this.logger.error({ vmName: vmNames, err: (err as Error).message }, 'lease lost while the VM was in use');
             lost.abort(err);
             return;
           }
-          this.logger.warn({ vmName: assignment.vmName, err: (err as Error).message }, 'lease renew failed; retrying');
+          this.logger.warn({ vmName: vmNames, err: (err as Error).message }, 'lease renew failed; retrying');
         }
         schedule();
       }, every);
     };
     schedule();
-    try {
-      return await fn(assignment, lost.signal);
-    } finally {
-      stopped = true;
-      clearTimeout(timer);
-      await this.release(assignment).catch((err: Error) => this.logger.error({ vmName: assignment.vmName, err: err.message }, 'release failed'));
-    }
+    return {
+      lost: lost.signal,
+      stop() {
+        stopped = true;
+        clearTimeout(timer);
+        return current;
+      },
+    };
   }
 
   async close(): Promise<void> {

@@ -444,6 +444,11 @@ export const accountConfigSchema = z
     max_resources: resourcesSchema
       .default({})
       .describe('Limits of the account in resource units (`{ instances: 20, cores: 64 }`), counted over every group naming it'),
+    max_resources_per_owner: resourcesSchema
+      .optional()
+      .describe(
+        "Limits of one owner over every group naming the account, in resource units (`{ cores: 32 }`): the VMs bound to an owner in those groups, together, must fit (an owner at it waits as `owner_resources`). Each unit must be one that a group of the account uses, at least what one VM of each such group uses",
+      ),
     quota_cmd: commandLine(
       "Hook that prints the cloud's own limits and usage as one JSON object {\"limits\": {...}, \"usage\": {...}, \"pool_usage\": {...}} (docs/providers.md); usage by machines not of this pool counts against the limits",
     ).optional(),
@@ -499,6 +504,11 @@ export const configSchema = z
     web: webConfigSchema
       .default({ host: '127.0.0.1', port: 8080, read_only_board: false, allowed_hosts: [], auth: { tokens: [] } })
       .describe('The web process: API, pool page, Bull Board, metrics. Off loopback it needs a token'),
+    max_resources_per_owner: resourcesSchema
+      .optional()
+      .describe(
+        "Limits of one owner over every group, in resource units (`{ cores: 64, instances: 10 }`; nodepool's tenant limits): the VMs bound to an owner in all groups together must fit, beside each group's max_vm_per_user and max_resources_per_owner (an owner at it waits as `owner_resources`). Each unit must be one that some group uses, at least what one VM of each group using it uses",
+      ),
     accounts: z
       .record(z.string().regex(GROUP_NAME_PATTERN, 'an account name: a letter or digit, then letters, digits or . _ - (it names Redis keys)'), accountConfigSchema)
       .default({})
@@ -527,6 +537,12 @@ export const configSchema = z
       .describe("Build groups (Copr's build_groups). Without it, the embedded default's group (local provider), so a file may set one thing only"),
   })
   .superRefine((c, ctx) => {
+    checkOwnerLimitsAcross(c.max_resources_per_owner, c.groups, ['max_resources_per_owner'], 'group', ctx);
+    for (const [name, account] of Object.entries(c.accounts)) {
+      const groups = c.groups.filter((g) => g.account === name);
+      // An account no group names yet limits nothing: its units are checked once a group names it.
+      if (groups.length > 0) checkOwnerLimitsAcross(account.max_resources_per_owner, groups, ['accounts', name, 'max_resources_per_owner'], `group of account ${name}`, ctx);
+    }
     c.groups.forEach((g, i) => {
       if (g.account !== undefined && !Object.hasOwn(c.accounts, g.account)) {
         const known = Object.keys(c.accounts);
@@ -539,6 +555,39 @@ export const configSchema = z
     });
   })
   .describe('vmpool config file');
+
+/**
+ * An owner's limits across groups (the top-level or an account's max_resources_per_owner): each
+ * unit must be used by one of `groups` (a name no VM uses limits nothing, likely a typo), and be at
+ * least what one VM of each group using it uses: below it, no owner could ever have a VM of that
+ * group, which would be unusable for everyone.
+ */
+function checkOwnerLimitsAcross(
+  limits: Readonly<Record<string, number>> | undefined,
+  groups: readonly { name: string; resources: Readonly<Record<string, number>> }[],
+  path: (string | number)[],
+  what: string,
+  ctx: z.RefinementCtx,
+): void {
+  for (const [unit, limit] of Object.entries(limits ?? {})) {
+    // 'instances' is what every VM uses 1 of (reconcile/quota.ts INSTANCES).
+    const users = groups.map((g) => ({ name: g.name, perVm: unit === 'instances' ? 1 : (g.resources[unit] ?? 0) })).filter((u) => u.perVm > 0);
+    if (users.length === 0) {
+      const units = [...new Set(['instances', ...groups.flatMap((g) => Object.keys(g.resources))])].join(', ');
+      ctx.addIssue({ code: 'custom', path: [...path, unit], message: `a unit that a ${what} uses (${units}): no VM uses ${unit}` });
+      continue;
+    }
+    for (const { name, perVm } of users) {
+      if (limit < perVm) {
+        ctx.addIssue({
+          code: 'custom',
+          path: [...path, unit],
+          message: `at least what one VM of group ${JSON.stringify(name)} uses (${perVm} ${unit}), or no owner could ever have a VM of that group`,
+        });
+      }
+    }
+  }
+}
 
 export type GroupConfig = z.output<typeof groupConfigSchema>;
 export type GroupInput = z.input<typeof groupConfigSchema>;

@@ -3,16 +3,16 @@ import { z } from 'zod';
 import { groupIndexOf, type Config } from '../config/index.js';
 import { formatZodError } from '../validation.js';
 import { ALL_VM_STATES, isValidVmName, isVmState, type VmRecord } from '../pool/types.js';
-import type { AcquireSetRequest, VmManager } from '../pool/vmManager.js';
+import type { VmManager } from '../pool/vmManager.js';
 import { groupSummaries, resolveGroup, UnknownGroup, withoutLease } from '../poolView.js';
-import { acquireRequestSchema, acquireSetRequestId, type AcquireRequestData, type VmAssignment } from '../../queues/acquire.js';
+import { acquireRequestSchema, acquireSetRequestSchema, type AcquireRequestData, type AcquireSetRequestData, type VmAssignment, type VmSetAssignment } from '../../queues/acquire.js';
 import { hasScope, mayActFor, requireScope } from './auth.js';
 import { HttpError } from './errors.js';
 import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
 import { openApiDocument } from './openapi.js';
 import { acquireSetBodySchema, autoholdBodySchema, emptyBodySchema, holdBodySchema, leaseBodySchema, releaseBodySchema, renameBodySchema } from './schemas.js';
 import { AUDIT_PAGE_MAX, isAuditCursor } from '../pool/audit.js';
-import { AmbiguousTaskId, acquireRequestStatus, cancelAcquireRequest, type AcquireRequestStatus, type RequestLookup } from '../acquire/requests.js';
+import { AmbiguousRequestId, AmbiguousTaskId, acquireRequestStatus, cancelAcquireRequest, type AcquireRequestStatus, type RequestLookup } from '../acquire/requests.js';
 
 /**
  * The wait of a POST /acquire that names no timeoutMs: under the 60 s after which common proxies
@@ -38,15 +38,18 @@ export class WebShuttingDown extends Error {
  */
 export type AcquireFn = (request: AcquireRequestData, options?: { signal?: AbortSignal }) => Promise<VmAssignment>;
 
-/** How the API gets several VMs at once (VmManager.acquireVmSet, stopped with the web process). */
-export type AcquireSetFn = (request: AcquireSetRequest, options: { timeoutMs: number; signal?: AbortSignal }) => ReturnType<VmManager['acquireVmSet']>;
+/**
+ * How the API gets several VMs at once: VmPoolClient.acquireSet in the web process (an acquire-set
+ * job that waits in the acquire line as one request). Aborting `signal` withdraws the request and
+ * releases VMs served meanwhile.
+ */
+export type AcquireSetFn = (request: AcquireSetRequestData, options?: { signal?: AbortSignal }) => Promise<VmSetAssignment>;
 
 export interface ApiDeps {
   config: Config;
   vmm: VmManager;
   acquire: AcquireFn;
-  /** Default: vmm.acquireVmSet (not stopped with the process). */
-  acquireSet?: AcquireSetFn;
+  acquireSet: AcquireSetFn;
 }
 
 /**
@@ -214,26 +217,26 @@ export function apiRouter(deps: ApiDeps): Router {
     res.json(assignment);
   });
 
-  const acquireSet: AcquireSetFn = deps.acquireSet ?? ((request, options) => vmm.acquireVmSet(request, options));
   router.post('/acquire-set', requireScope('builder'), requireJsonContentType, async (req, res) => {
     const body = parseBody(acquireSetBodySchema, req.body);
     requireOwner(req, body.owner);
-    let items: { groups: string[] }[];
-    try {
-      items = body.vms.map((item) => ({ groups: requestGroupIds(config.groups, item) }));
-    } catch (err) {
-      if (!(err instanceof RequestGroupsError)) throw err;
-      throw new HttpError('validation_error', err.message, {});
-    }
+    // Group indexes become names (the job in Redis names its groups); an unknown group, arch or tag is a 400 here.
+    const vms = body.vms.map((item, i) => {
+      try {
+        const named = item.groups === undefined ? item : { ...item, groups: item.groups.map((g) => queryGroup(config, String(g))) };
+        requestGroupIds(config.groups, named);
+        return named;
+      } catch (err) {
+        if (!(err instanceof RequestGroupsError || err instanceof HttpError)) throw err;
+        throw new HttpError('validation_error', `vms[${i}]: ${err.message}`, { item: i, groups: item.groups ?? null, arch: item.arch ?? null, tags: item.tags ?? [] });
+      }
+    });
+    const request = parseBody(acquireSetRequestSchema, { ...body, vms, timeoutMs: body.timeoutMs ?? DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS });
+    // A builder that goes away withdraws its request (or gives back the VMs it was just given).
     const gone = clientGone(res);
-    // The request id is scoped to the owner: another owner's id names another request.
-    const jobId = body.requestId === undefined ? undefined : acquireSetRequestId(body.owner, body.requestId);
-    let vms: Awaited<ReturnType<AcquireSetFn>>;
+    let set: VmSetAssignment;
     try {
-      vms = await acquireSet(
-        { owner: body.owner, sandbox: body.sandbox, workerId: req.principal!.name, items, jobId },
-        { timeoutMs: body.timeoutMs ?? DEFAULT_HTTP_ACQUIRE_TIMEOUT_MS, signal: gone },
-      );
+      set = await deps.acquireSet(request, { signal: gone });
     } catch (err) {
       if (gone.aborted) return;
       if (!(err instanceof WebShuttingDown)) throw err;
@@ -241,10 +244,10 @@ export function apiRouter(deps: ApiDeps): Router {
     }
     // Served just as the builder went away: nobody will use or release these VMs but us.
     if (gone.aborted) {
-      await Promise.all(vms.map((v) => vmm.releaseVm(v.vm.vmName, v.leaseId).catch(() => false)));
+      await Promise.all(set.vms.map((v) => vmm.releaseVm(v.vmName, v.leaseId).catch(() => false)));
       return;
     }
-    res.json({ vms: vms.map(({ vm, leaseId, leaseExpiresAt }) => ({ vmName: vm.vmName, vmIp: vm.vmIp, group: vm.group, leaseId, leaseExpiresAt })) });
+    res.json({ vms: set.vms.map(({ vmName, vmIp, group, leaseId, leaseExpiresAt }) => ({ vmName, vmIp, group, leaseId, leaseExpiresAt })) });
   });
 
   /**
@@ -268,6 +271,7 @@ export function apiRouter(deps: ApiDeps): Router {
     try {
       status = await acquireRequestStatus(vmm, config, id, lookup);
     } catch (err) {
+      if (err instanceof AmbiguousRequestId) throw new HttpError('conflict', err.message, { reason: 'ambiguous_request', id, owner: err.owner });
       if (!(err instanceof AmbiguousTaskId)) throw err;
       throw new HttpError('conflict', `${err.message} (?owner=)`, { reason: 'ambiguous_task', taskId: id });
     }

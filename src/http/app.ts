@@ -24,8 +24,8 @@ export interface WebAppDeps {
   queue(name: QueueName): Queue;
   /** Gets a VM for POST /api/v1/acquire (VmPoolClient.acquire). */
   acquire: AcquireFn;
-  /** Gets several VMs for POST /api/v1/acquire-set (default: VmManager.acquireVmSet). */
-  acquireSet?: AcquireSetFn;
+  /** Gets several VMs at once for POST /api/v1/acquire-set (VmPoolClient.acquireSet). */
+  acquireSet: AcquireSetFn;
   /** How long /readyz waits for Redis to answer. */
   readyTimeoutMs?: number;
   /**

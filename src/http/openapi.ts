@@ -22,8 +22,19 @@ const noChanges = {
 };
 const vmWriteResponses = { ...vmResponses, ...notJson, ...noChanges };
 const nullable = (type: string) => ({ type: [type, 'null'] });
-const requestIdParam = { name: 'id', in: 'path', required: true, description: 'acquire job id, or task id', schema: { type: 'string', minLength: 1, maxLength: 600 } };
-const requestOwnerParam = { name: 'owner', in: 'query', schema: { type: 'string' }, description: 'the owner of the task id (task ids are per owner); without it, the one owner the token may act for that has a request of that task' };
+const requestIdParam = {
+  name: 'id',
+  in: 'path',
+  required: true,
+  description: "acquire job id (acquire-... for one VM, set-... for a set), or a task id or a set's requestId",
+  schema: { type: 'string', minLength: 1, maxLength: 600 },
+};
+const requestOwnerParam = {
+  name: 'owner',
+  in: 'query',
+  schema: { type: 'string' },
+  description: 'the owner of the task id or request id (they are per owner); without it, the one owner the token may act for that has a request of that id',
+};
 const builder = [{ bearer: ['builder'] }];
 const admin = [{ bearer: ['admin'] }];
 // A read token may call every GET (admin may call everything: src/http/scopes.ts).
@@ -130,10 +141,12 @@ export const openApiDocument = {
       },
       AcquireRequestStatus: {
         type: 'object',
-        required: ['id', 'owner', 'state', 'groups'],
+        required: ['id', 'kind', 'owner', 'state', 'groups'],
         properties: {
           id: { type: 'string' },
+          kind: { type: 'string', enum: ['acquire', 'acquire-set'], description: 'one VM (POST /acquire), or several at once (POST /acquire-set)' },
           taskId: nullable('string'),
+          requestId: { ...nullable('string'), description: "a set's requestId" },
           owner: { type: 'string' },
           sandbox: { type: 'string' },
           state: { $ref: '#/components/schemas/AcquireRequestState' },
@@ -141,7 +154,12 @@ export const openApiDocument = {
           priority: { type: 'integer' },
           requestedAt: { type: 'integer' },
           deadline: { type: 'integer' },
-          groups: { type: 'array', items: { type: 'string' }, description: 'group names' },
+          groups: { type: 'array', items: { type: 'string' }, description: "group names (a set: every item's, each once)" },
+          items: {
+            type: ['array', 'null'],
+            description: "a set's VMs as asked, in order: each one's group names; null for one VM",
+            items: { type: 'object', properties: { groups: { type: 'array', items: { type: 'string' } } } },
+          },
           waiting: {
             type: ['object', 'null'],
             properties: {
@@ -150,7 +168,8 @@ export const openApiDocument = {
               groups: { type: 'array', items: { type: 'object', additionalProperties: true } },
             },
           },
-          assignment: { type: ['object', 'null'], additionalProperties: true },
+          assignment: { type: ['object', 'null'], additionalProperties: true, description: 'the VM given (without its lease id); null for a set' },
+          vms: { type: ['array', 'null'], items: { type: 'object', additionalProperties: true }, description: "a served set's VMs in the order asked (without lease ids); null otherwise" },
           failure: { type: ['object', 'null'], properties: { code: { oneOf: [{ $ref: '#/components/schemas/AcquireFailure' }, { type: 'null' }] }, reason: { type: 'string' } } },
         },
       },
@@ -286,7 +305,7 @@ export const openApiDocument = {
         operationId: 'acquireVmSet',
         summary: 'Wait up to timeoutMs for several VMs at once, all or nothing, and return one assignment per VM (in the order asked)',
         description:
-          'Nothing is held while the set waits: it is taken in one step when every VM can be had. Each VM has its own lease (renew and release each, as after POST /acquire). The set is served outside the acquire line, retrying every 250 ms.',
+          'An acquire-set job in the vm-acquire queue (job id set-<owner>+<requestId>) that waits in the acquire line as one request. Nothing is held while the set waits: it is taken in one step when every VM can be had. Each VM has its own lease (renew and release each, as after POST /acquire). GET and DELETE /requests/{id} show and withdraw it; a builder that goes away withdraws it.',
         security: builder,
         requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/AcquireSetRequest' } } } },
         responses: {
@@ -296,7 +315,9 @@ export const openApiDocument = {
           },
           ...common,
           ...notJson,
-          '503': error('The whole set did not become available in time (details.reason); nothing was taken'),
+          '409': error('The requestId of this owner belongs to another of its sandboxes (details.reason task_conflict, details.taskId the requestId)'),
+          '429': error("The acquire worker refused the set: its owner has max_waiting_per_owner requests waiting (details.reason too_many_waiting)"),
+          '503': error('The whole set did not become available in time (details.reason), or the process is stopping (details.reason shutting_down, with Retry-After); nothing was taken'),
         },
       },
     },
@@ -410,17 +431,28 @@ export const openApiDocument = {
     '/requests/{id}': {
       get: {
         operationId: 'getAcquireRequest',
-        summary: 'An acquire request (by job id or task id): queued, waiting (with why: reason, position per group), assigned or failed',
+        summary: "An acquire request, of one VM or a set (by job id, task id or a set's requestId): queued, waiting (with why: reason, position per group), assigned or failed",
         security: readOrBuilder,
         parameters: [requestIdParam, requestOwnerParam],
-        responses: { '200': json('The request', 'AcquireRequestStatus'), ...common, '404': error('No such request (or one of an owner this token may not act for)'), '409': error('The task id names requests of several owners: give ?owner= (details.reason ambiguous_task)') },
+        responses: {
+          '200': json('The request', 'AcquireRequestStatus'),
+          ...common,
+          '404': error('No such request (or one of an owner this token may not act for)'),
+          '409': error("The id names requests of several owners: give ?owner= (details.reason ambiguous_task); or a task's and a set's request of one owner: give the job id (details.reason ambiguous_request)"),
+        },
       },
       delete: {
         operationId: 'cancelAcquireRequest',
-        summary: 'Withdraw a waiting or queued acquire request; its job fails as cancelled',
+        summary: 'Withdraw a waiting or queued acquire request (of one VM or a set); its job fails as cancelled',
         security: builder,
         parameters: [requestIdParam, requestOwnerParam],
-        responses: { '202': json('Withdrawn', 'AcquireRequestStatus'), ...common, ...noChanges, '404': error('No such request (or one of an owner this token may not act for)'), '409': error('The request finished already, or the task id names requests of several owners (details.reason ambiguous_task)') },
+        responses: {
+          '202': json('Withdrawn', 'AcquireRequestStatus'),
+          ...common,
+          ...noChanges,
+          '404': error('No such request (or one of an owner this token may not act for)'),
+          '409': error('The request finished already, or the id names requests of several owners (details.reason ambiguous_task), or a task and a set of one owner (details.reason ambiguous_request)'),
+        },
       },
     },
     '/groups': {

@@ -115,9 +115,9 @@ export async function startWebServer(config: Config, options: WebServerOptions =
     if (stoppingAcquires) throw new WebShuttingDown();
     const controller = new AbortController();
     waiting.add(controller);
-    const signal = setOptions.signal ? AbortSignal.any([controller.signal, setOptions.signal]) : controller.signal;
+    const signal = setOptions?.signal ? AbortSignal.any([controller.signal, setOptions.signal]) : controller.signal;
     try {
-      return await vmm.acquireVmSet(request, { ...setOptions, signal });
+      return await client.acquireSet(request, { signal });
     } catch (err) {
       if (controller.signal.aborted) throw new WebShuttingDown();
       throw err;

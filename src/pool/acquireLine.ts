@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import { acquireSetRequestId, type AcquireRequestData } from '../../queues/acquire.js';
+import { MAX_SET_ITEMS, acquireSetRequestId, type AcquireRequestData } from '../../queues/acquire.js';
 import type { GroupRef } from '../config/index.js';
 import type { Clock, PoolAccess, PoolContext } from './context.js';
 import type { PoolJobs } from './jobs.js';
-import { ownerVmLimit } from '../reconcile/quota.js';
+import { ownerUsageSpec, ownerVmLimit } from '../reconcile/quota.js';
 import { poolKeys } from './keys.js';
 import type { Leases } from './leases.js';
 import type { AcquireSetAttempt } from './poolScripts.js';
@@ -48,7 +48,15 @@ export const SET_RETRY_MS = 250;
 export const SET_DEMAND_MS = 4 * SET_RETRY_MS;
 
 /** At most this many VMs in one set: a script call picks them all, in one pass per account. */
-export const MAX_SET_ITEMS = 32;
+export { MAX_SET_ITEMS };
+
+/**
+ * The member of item `item` (1-based) of the set request of job `jobId` in its first group's demand
+ * set (includes/leaveLines.lua setDemandMember; poolReader.setDemand reads them).
+ */
+export function setDemandMember(jobId: string, item: number): string {
+  return `set|${jobId}|${item}`;
+}
 
 /** The pub/sub channel of each group on which the scripts say that a VM may be acquirable: channel -> group name. */
 export function readyChannels(prefix: string, groups: readonly string[]): Map<string, string> {
@@ -136,7 +144,13 @@ export class AcquireLine {
       waiter,
       groups: groups.map((group) => {
         const gc = this.ctx.groupConfig(group);
-        return { group, maxVmPerOwner: ownerVmLimit(gc), leaseTimeoutMs: Math.round(gc.lease_timeout * 1000), maxWaitingPerOwner: gc.max_waiting_per_owner };
+        return {
+          group,
+          maxVmPerOwner: ownerVmLimit(gc),
+          leaseTimeoutMs: Math.round(gc.lease_timeout * 1000),
+          maxWaitingPerOwner: gc.max_waiting_per_owner,
+          ownerUsage: ownerUsageSpec(this.ctx.config, gc),
+        };
       }),
     });
     // Requests ahead that this attempt's dispatch served are woken here, whoever the caller is.
@@ -159,7 +173,7 @@ export class AcquireLine {
     for (let i = 1; ; i += 1) {
       options.signal?.throwIfAborted();
       const attempt = await this.tryAcquireVmSet(identified, { demandForMs: SET_DEMAND_MS });
-      if (attempt.status !== 'none') return attempt.vms;
+      if (attempt.status === 'acquired' || attempt.status === 'reattached') return attempt.vms;
       if (i >= attempts) {
         throw new NoVmAvailable(`no set of ${request.items.length} VMs available for owner ${request.owner} within ${options.timeoutMs} ms`);
       }
@@ -168,7 +182,7 @@ export class AcquireLine {
   }
 
   /** See VmManager.tryAcquireVmSet. */
-  async tryAcquireVmSet(request: AcquireSetRequest, options: { demandForMs?: number } = {}): Promise<AcquireSetAttempt> {
+  async tryAcquireVmSet(request: AcquireSetRequest, options: { demandForMs?: number; waiter?: AcquireWaiter } = {}): Promise<AcquireSetAttempt> {
     const { owner, sandbox, workerId, items } = request ?? ({} as AcquireSetRequest);
     if (!Array.isArray(items) || items.length === 0) throw new InvalidVmRequest('acquireVmSet needs a non-empty list of items');
     if (items.length > MAX_SET_ITEMS) throw new InvalidVmRequest(`acquireVmSet takes at most ${MAX_SET_ITEMS} items`);
@@ -182,10 +196,17 @@ export class AcquireLine {
         groups: item.groups.map((ref: GroupRef) => {
           const group = this.ctx.resolveGroup(ref);
           const gc = this.ctx.groupConfig(group);
-          return { group, maxVmPerOwner: ownerVmLimit(gc), leaseTimeoutMs: Math.round(gc.lease_timeout * 1000), account: gc.account ?? '' };
+          return {
+            group,
+            maxVmPerOwner: ownerVmLimit(gc),
+            leaseTimeoutMs: Math.round(gc.lease_timeout * 1000),
+            account: gc.account ?? '',
+            maxWaitingPerOwner: gc.max_waiting_per_owner,
+          };
         }),
       };
     });
+    refuseImpossibleSet(resolved, (group) => this.ctx.groupConfig(group).max_vm_total);
     const attempt = await this.ctx.scripts.acquireVmSet({
       now: this.ctx.clock(),
       owner,
@@ -193,9 +214,12 @@ export class AcquireLine {
       workerId: asText(workerId, 'workerId'),
       jobId: asText(request.jobId, 'jobId'),
       demandUntil: options.demandForMs ? this.ctx.clock() + options.demandForMs : 0,
+      waiter: options.waiter,
       items: resolved,
     });
-    if (attempt.status !== 'none') {
+    // Requests that this attempt's dispatch served are woken here, whoever the caller is.
+    if (attempt.status !== 'cancelled' && attempt.served?.length) this.jobs.wakeAcquireJobs(attempt.served);
+    if (attempt.status === 'acquired' || attempt.status === 'reattached') {
       await this.leases.replicated();
       this.ctx.logger.info({ vmNames: attempt.vms.map((v) => v.vm.vmName), owner, sandbox, reattached: attempt.status === 'reattached' }, 'VM set acquired');
     }
@@ -219,6 +243,35 @@ export class AcquireLine {
   async countDemand(group: string): Promise<number> {
     return this.ctx.reader.countDemand(group, this.ctx.clock());
   }
+}
+
+/**
+ * Refuses (InvalidVmRequest) a set that no pool state could serve under this config: more items
+ * that can only use one group than the owner may have there (its owner limit, at most the group's
+ * max_vm_total), or more items than all their groups together allow. It would otherwise wait, and
+ * keep ready VMs back in the line, until its deadline.
+ */
+export function refuseImpossibleSet(
+  items: readonly { groups: readonly { group: string; maxVmPerOwner: number }[] }[],
+  maxVmTotal: (group: string) => number,
+): void {
+  // A group at max_vm_total 0 drains: its VMs are still served, so only the owner limit counts there.
+  const room = (g: { group: string; maxVmPerOwner: number }) => (maxVmTotal(g.group) > 0 ? Math.min(g.maxVmPerOwner, maxVmTotal(g.group)) : g.maxVmPerOwner);
+  const onlyIn = new Map<string, { count: number; room: number }>();
+  const rooms = new Map<string, number>();
+  for (const item of items) {
+    for (const g of item.groups) rooms.set(g.group, room(g));
+    if (item.groups.length !== 1) continue;
+    const g = item.groups[0]!;
+    const entry = onlyIn.get(g.group) ?? { count: 0, room: room(g) };
+    entry.count += 1;
+    onlyIn.set(g.group, entry);
+  }
+  for (const [group, { count, room: max }] of onlyIn) {
+    if (count > max) throw new InvalidVmRequest(`this set asks for ${count} VMs of group ${group}, but one owner may have at most ${max} there`);
+  }
+  const total = [...rooms.values()].reduce((a, b) => a + b, 0);
+  if (items.length > total) throw new InvalidVmRequest(`this set asks for ${items.length} VMs, but its groups allow one owner at most ${total} together`);
 }
 
 /** Builders often carry numeric ids (Copr's build ids, a worker pid): they are stored as text ('' for none). */

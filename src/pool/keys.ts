@@ -39,6 +39,15 @@ export function poolKeys(prefix: string) {
     /** Hash owner -> number of VMs of the group bound to that owner (for max_vm_per_user). */
     ownerVms: (group: string) => `${base}group:${group}:owner_vms`,
     groupInfo: (group: string) => `${base}group:${group}:info`,
+    /**
+     * Hash unit -> amount: what the VMs bound to one owner use in a scope, summed over its groups
+     * (commands/includes/ownerUsage.lua): scope `all` (every group) or `account:<name>` (the groups
+     * naming the account), for the top-level and the account's max_resources_per_owner. The owner's
+     * length (in bytes, as Lua's string.len) keeps ("a:b", "c") and ("a", "b:c") apart.
+     */
+    ownerUsage: (scope: string, owner: string) => `${base}owner_usage:${scope}:${Buffer.byteLength(owner)}:${owner}`,
+    /** Set of the groups in whose line the owner was blocked for a limit across groups: unblocked there when one of its bound VMs goes. */
+    ownerBlockedGroups: (owner: string) => `${base}owner_blocked_groups:${Buffer.byteLength(owner)}:${owner}`,
     serverStart: `${base}server_start`,
     /** Position of the last server start in the check_seq counter (markServerStart-1.lua). */
     serverStartSeq: `${base}server_start_seq`,

@@ -461,7 +461,7 @@ export class PoolReader {
 
   /**
    * The acquire requests waiting in the group's line whose deadline is after `now` (the first
-   * `limit` in line order), each with its job id and owner.
+   * `limit` in line order), each with its job id and owner; not sets (their items are setDemand).
    */
   async lineRequests(group: string, now: number, limit: number): Promise<{ jobId: string; owner: string }[]> {
     const members = await this.redis.zrange(this.keys.waiters(group), '0', String(limit - 1));
@@ -470,10 +470,29 @@ export class PoolReader {
     const requests: { jobId: string; owner: string }[] = [];
     for (const raw of infos) {
       if (raw === null) continue;
-      const info = JSON.parse(raw) as { jobId?: unknown; owner?: unknown; deadline?: unknown };
+      const info = JSON.parse(raw) as { jobId?: unknown; owner?: unknown; deadline?: unknown; set?: unknown };
+      // A set's demand is its items' (setDemand), not the set as one request.
+      if (info.set !== undefined) continue;
       if (typeof info.jobId === 'string' && typeof info.owner === 'string' && Number(info.deadline) > now) requests.push({ jobId: info.jobId, owner: info.owner });
     }
     return requests;
+  }
+
+  /**
+   * What the VMs bound to `owner` use in each of `scopes` (`all`, `account:<name>`; the owner_usage
+   * counters of commands/includes/ownerUsage.lua), by scope: unit -> amount.
+   */
+  async ownerUsage(owner: string, scopes: readonly string[]): Promise<Map<string, Record<string, number>>> {
+    const pipeline = this.redis.pipeline();
+    for (const scope of scopes) pipeline.hgetall(this.keys.ownerUsage(scope, owner));
+    const replies = (await pipeline.exec()) ?? [];
+    return new Map(
+      scopes.map((scope, i) => {
+        const [err, hash] = replies[i] ?? [null, {}];
+        if (err) throw err;
+        return [scope, Object.fromEntries(Object.entries((hash ?? {}) as Record<string, string>).map(([unit, amount]) => [unit, Number(amount)]))];
+      }),
+    );
   }
 
   /** VMs of the group bound to each of `owners` (group:<id>:owner_vms), in their order. */
@@ -482,7 +501,7 @@ export class PoolReader {
     return (await this.redis.hmget(this.keys.ownerVms(group), ...owners)).map((n) => Number(n ?? 0));
   }
 
-  /** Items of waiting sets (acquireVmSet) whose first group is `group`, live after `now`: their demand members ('set|<job id>|<item>'). */
+  /** Items of waiting sets (acquireVmSet, in the line or retrying outside it) whose first group is `group`, live after `now`: their demand members ('set|<job id>|<item>'). */
   async setDemand(group: string, now: number, limit: number): Promise<string[]> {
     const members = await this.redis.zrangebyscore(this.keys.demand(group), `(${now}`, '+inf', 'LIMIT', 0, limit);
     return members.filter((m) => m.startsWith('set|'));

@@ -1,4 +1,5 @@
 import type { RedisConnection } from '../redis.js';
+import type { OwnerUsageSpec } from '../reconcile/quota.js';
 import { poolKeyBase } from './keys.js';
 import { ReplyCodes, replyCodeName, type ReplyCode } from './replyCodes.js';
 import { loadScripts, type RunScript, type ScriptName } from './scripts.js';
@@ -56,6 +57,8 @@ export interface AcquireGroupLimits {
   leaseTimeoutMs: number;
   /** The group's max_waiting_per_owner: a request that would wait beyond it is refused (TooManyWaiting). */
   maxWaitingPerOwner: number;
+  /** What one VM of the group uses and the owner's limits across groups it counts in (absent: 1 instance, not limited). */
+  ownerUsage?: OwnerUsageSpec;
 }
 
 /** acquireVm-1.lua's input, checked and as text (VmManager.tryAcquireVm builds it). */
@@ -81,13 +84,21 @@ export interface AcquireSetScriptInput {
   workerId: string;
   /** '' for none: without it a re-run cannot find the set it was given. */
   jobId: string;
-  /** While the set waits it counts as demand of each item's first group until then (epoch ms; 0: not). */
+  /** Without a waiter: while the set waits it counts as demand of each item's first group until then (epoch ms; 0: not). */
   demandUntil: number;
-  items: readonly { leaseId: string; groups: readonly (Omit<AcquireGroupLimits, 'maxWaitingPerOwner'> & { account: string })[] }[];
+  /** An acquire-set job's place in the line: with it, the set waits in the line as one request. */
+  waiter?: AcquireWaiter;
+  items: readonly { leaseId: string; groups: readonly (AcquireGroupLimits & { account: string })[] }[];
 }
 
-/** acquireVmSet's answer: every item's VM and lease (in item order), or none of them. */
-export type AcquireSetAttempt = { status: 'acquired' | 'reattached'; vms: ({ vm: VmDescriptor } & Lease)[] } | { status: 'none' };
+/**
+ * acquireVmSet's answer: every item's VM and lease (in item order), or none of them (served: other
+ * requests that the line's dispatch served, to be woken); cancelled: the waiting set was withdrawn.
+ */
+export type AcquireSetAttempt =
+  | { status: 'acquired' | 'reattached'; vms: ({ vm: VmDescriptor } & Lease)[]; served?: string[] }
+  | { status: 'none'; served?: string[] }
+  | { status: 'cancelled'; reason: string };
 
 function unexpected(script: ScriptName, reply: unknown): Error {
   const code = Array.isArray(reply) ? reply[0] : reply;
@@ -268,6 +279,15 @@ export class PoolScripts {
     return Number(await this.call('indexDueTimes', vmNames));
   }
 
+  /**
+   * Counts VMs bound before owners' usage across groups was counted (countOwnerUsage-1.lua), by
+   * each group's owner usage spec (`specs`: group name -> spec); returns how many were counted.
+   */
+  async countOwnerUsage(specs: Readonly<Record<string, OwnerUsageSpec>>, vmNames: readonly string[]): Promise<number> {
+    if (vmNames.length === 0) return 0;
+    return Number(await this.call('countOwnerUsage', [JSON.stringify(specs), ...vmNames]));
+  }
+
   /** Ends the holds that are due (at most `batch`); returns the VMs unheld. */
   async expireHolds(now: number, batch: number): Promise<string[]> {
     return (await this.call('expireHolds', [now, batch])) as string[];
@@ -412,6 +432,7 @@ export class PoolScripts {
       input.groups.length,
     ];
     for (const g of input.groups) args.push(g.group, g.maxVmPerOwner, g.leaseTimeoutMs, g.maxWaitingPerOwner);
+    for (const g of input.groups) args.push(g.ownerUsage ? JSON.stringify(g.ownerUsage) : '');
     const [code, payload, served] = (await this.call('acquireVm', args)) as [number, (string[] | string)?, string[]?];
     switch (code) {
       case ReplyCodes.OK:
@@ -434,18 +455,38 @@ export class PoolScripts {
 
   /** Takes one VM per item, all or nothing (acquireVmSet-1.lua). */
   async acquireVmSet(input: AcquireSetScriptInput): Promise<AcquireSetAttempt> {
-    const args: (string | number)[] = [input.now, input.owner, input.sandbox, input.workerId, input.jobId, input.demandUntil, input.items.length];
+    const { waiter } = input;
+    const args: (string | number)[] = [
+      input.now,
+      input.owner,
+      input.sandbox,
+      input.workerId,
+      waiter?.jobId ?? input.jobId,
+      input.demandUntil,
+      waiter?.member ?? '',
+      waiter?.priority ?? 0,
+      waiter?.deadline ?? 0,
+      input.items.length,
+    ];
     for (const item of input.items) {
       args.push(item.leaseId, item.groups.length);
-      for (const g of item.groups) args.push(g.group, g.maxVmPerOwner, g.leaseTimeoutMs, g.account);
+      for (const g of item.groups) args.push(g.group, g.maxVmPerOwner, g.leaseTimeoutMs, g.account, g.maxWaitingPerOwner);
     }
-    const [code, hashes] = (await this.call('acquireVmSet', args)) as [number, string[][]?];
+    const [code, payload, served] = (await this.call('acquireVmSet', args)) as [number, (string[][] | string[] | string)?, (string[] | number)?];
     switch (code) {
       case ReplyCodes.OK:
       case ReplyCodes.REATTACHED:
-        return { status: code === ReplyCodes.OK ? 'acquired' : 'reattached', vms: (hashes ?? []).map((h) => leasedDescriptorFromHash(h)) };
+        return {
+          status: code === ReplyCodes.OK ? 'acquired' : 'reattached',
+          vms: ((payload as string[][] | undefined) ?? []).map((h) => leasedDescriptorFromHash(h)),
+          served: (served as string[] | undefined) ?? [],
+        };
+      case ReplyCodes.TOO_MANY_WAITING:
+        throw new TooManyWaiting(input.owner, String(payload), Number(served));
+      case ReplyCodes.CANCELLED:
+        return { status: 'cancelled', reason: String(payload) };
       case ReplyCodes.NO_VM:
-        return { status: 'none' };
+        return { status: 'none', served: (payload as string[] | undefined) ?? [] };
       default:
         throw unexpected('acquireVmSet', code);
     }

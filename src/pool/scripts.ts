@@ -20,6 +20,7 @@ export const POOL_SCRIPTS = {
   cancelAcquire: 1,
   checkPoolState: 1,
   claimTask: 1,
+  countOwnerUsage: 1,
   dispatchAcquireLine: 1,
   expireHolds: 1,
   extendCycleLock: 1,

@@ -270,7 +270,11 @@ export class VmManager {
     return this.vms.countOwnerVms(owner, this.named(group));
   }
 
-  /** Public API (Copr). Whether the owner is under the group's max_vm_per_user and max_resources_per_owner. */
+  /**
+   * Public API (Copr). Whether the owner is under the group's max_vm_per_user and
+   * max_resources_per_owner, and one more VM of the group fits its limits across groups (the
+   * top-level and its account's max_resources_per_owner).
+   */
   async canUserAcquireMoreVm(owner: string, group: GroupRef): Promise<boolean> {
     return this.vms.ownerMayAcquireMore(owner, this.named(group));
   }
@@ -282,6 +286,17 @@ export class VmManager {
    */
   async backfillDueTimes(batch = 1000): Promise<number> {
     return this.vms.backfillDueTimes(batch);
+  }
+
+  /**
+   * Counts the VMs bound to an owner before owners' usage across groups was counted
+   * (countOwnerUsage-1.lua), by their group's resources in this config (a removed group's last
+   * published config), for the top-level and accounts' max_resources_per_owner; the scripts count
+   * every binding from then on. Idempotent, O(VMs): reconcile runs it once per process start.
+   * Returns how many VMs were counted.
+   */
+  async backfillOwnerUsage(batch = 1000): Promise<number> {
+    return this.vms.backfillOwnerUsage(batch);
   }
 
   /**
@@ -339,21 +354,25 @@ export class VmManager {
 
   /**
    * One attempt at several VMs at once, all or nothing (acquireVmSet-1.lua): one VM per item, each
-   * from its own groups and under its own lease, or none at all ('none': nothing changed). Served
-   * outside the acquire line; prefers one account (provider) for all items. With a jobId, a re-run
-   * gets the VMs given before; with it and demandForMs, a set not served counts as demand of each
-   * item's first group for that long (so that reconcile spawns VMs for it).
+   * from its own groups and under its own lease, or none at all ('none': nothing assigned to it).
+   * Prefers one account (provider) for all items. With a jobId, a re-run gets the VMs given before.
+   * Without a waiter it is served outside the acquire line, and with a jobId and demandForMs a set
+   * not served counts as demand of each item's first group for that long (so that reconcile spawns
+   * VMs for it). With a waiter (an acquire-set job: the acquire processor), the set waits in the
+   * line as one request, and the line gives it all its VMs at once when its turn comes and they can
+   * all be had. A set that no pool could serve under this config (more items than its groups allow
+   * one owner) is refused with InvalidVmRequest.
    */
-  async tryAcquireVmSet(request: AcquireSetRequest, options: { demandForMs?: number } = {}): Promise<AcquireSetAttempt> {
+  async tryAcquireVmSet(request: AcquireSetRequest, options: { demandForMs?: number; waiter?: AcquireWaiter } = {}): Promise<AcquireSetAttempt> {
     return this.line.tryAcquireVmSet(request, options);
   }
 
   /**
    * Several VMs at once, waiting up to `timeoutMs` (NoVmAvailable then): tryAcquireVmSet again
-   * every SET_RETRY_MS until the whole set can be had. Nothing is held while it waits. Fairness:
-   * a set is served outside the acquire line, so single requests waiting in line never hold it
-   * back; in turn it gets no place in the line (between two sets, the first to find all its VMs
-   * ready wins). Pass a jobId to make a retry after a crash get the same VMs.
+   * every SET_RETRY_MS until the whole set can be had. Nothing is held while it waits. A direct
+   * call (as acquireVm without a waiter) is served outside the acquire line: it gets no place in it
+   * (an acquire-set job, VmPoolClient.acquireSet, POST /acquire-set, waits in the line instead).
+   * Pass a jobId to make a retry after a crash get the same VMs.
    */
   async acquireVmSet(request: AcquireSetRequest, options: { timeoutMs: number; signal?: AbortSignal }): Promise<({ vm: VmDescriptor } & Lease)[]> {
     return this.line.acquireVmSet(request, options);

@@ -1,6 +1,6 @@
 import { launchFingerprint } from '../config/fingerprint.js';
 import type { TerminationReason } from '../../queues/terminate.js';
-import { ownerVmLimit } from '../reconcile/quota.js';
+import { ownerOverLimit, ownerUsageLimited, ownerUsageSpec, ownerVmLimit } from '../reconcile/quota.js';
 import type { PoolContext } from './context.js';
 import type { PoolJobs } from './jobs.js';
 import type { VmPage, VmPageQuery } from './poolReader.js';
@@ -110,10 +110,24 @@ export class PoolVms {
     return this.ctx.reader.ownerVmCount(group, owner);
   }
 
-  /** Whether the owner is under the group's max_vm_per_user and max_resources_per_owner. */
+  /** Whether the owner is under the group's max_vm_per_user and max_resources_per_owner, and one more VM of the group fits its limits across groups. */
   async ownerMayAcquireMore(owner: string, group: string): Promise<boolean> {
-    const limit = ownerVmLimit(this.ctx.groupConfig(group));
-    return (await this.countOwnerVms(owner, group)) < limit;
+    const gc = this.ctx.groupConfig(group);
+    if ((await this.countOwnerVms(owner, group)) >= ownerVmLimit(gc)) return false;
+    const spec = ownerUsageSpec(this.ctx.config, gc);
+    if (!ownerUsageLimited(spec)) return true;
+    const usage = await this.ctx.reader.ownerUsage(owner, spec.s.map((s) => s.n));
+    return ownerOverLimit(spec, usage) === null;
+  }
+
+  /** See VmManager.backfillOwnerUsage. */
+  async backfillOwnerUsage(batch: number): Promise<number> {
+    await this.ctx.refreshRemovedGroups();
+    const groups = [...this.ctx.config.groups, ...this.ctx.removedGroups.values()];
+    const specs = Object.fromEntries(groups.map((g) => [g.name, ownerUsageSpec(this.ctx.config, g)]));
+    let counted = 0;
+    for (const names of await this.ctx.reader.allVmNameBatches(batch)) counted += await this.ctx.scripts.countOwnerUsage(specs, names);
+    return counted;
   }
 
   /** See VmManager.backfillDueTimes. */

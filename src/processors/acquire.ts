@@ -7,6 +7,12 @@ import { InvalidVmRequest, TaskConflict, TooManyWaiting, VmError, acquireWaiterM
 import {
   ACQUIRE_QUEUE,
   AcquireFailures,
+  acquireJobPayloadSchema,
+  acquireSetRequestSchema,
+  isAcquireSetPayload,
+  type AcquireJobPayload,
+  type AcquireSetRequestData,
+  type VmSetAssignment,
   DEFAULT_ACQUIRE_TIMEOUT_MS,
   type AcquireFailure,
   NO_VM_AVAILABLE_PREFIX,
@@ -94,14 +100,20 @@ function waiterOf(job: Job, deadline: number): AcquireWaiter {
  * The same taskId never gets two VMs: the script returns the VM the task already holds, and only to
  * the task's own owner and sandbox (another's request fails as task_conflict, whatever its job id).
  * The same job run again (its worker died) gets the VM it was given. A request withdrawn by its
- * builder (cancelAcquire) fails as cancelled at its next attempt.
+ * builder (cancelAcquire) fails as cancelled at its next attempt. An acquire-set job (its payload
+ * has `vms`) is served by serveAcquireSetRequest and returns a VmSetAssignment.
  */
-export async function processAcquireJob(job: Job, ctx: JobContext): Promise<VmAssignment> {
-  const parsed = acquireRequestSchema.safeParse(job.data);
+export async function processAcquireJob(job: Job, ctx: JobContext): Promise<VmAssignment | VmSetAssignment> {
+  const parsed = acquireJobPayloadSchema.safeParse(job.data);
   if (!parsed.success) {
     throw await failAcquireJob(job, AcquireFailures.INVALID_REQUEST, `invalid ${ACQUIRE_QUEUE} payload: ${formatZodError(parsed.error)}`);
   }
-  return serveAcquireRequest(job, parsed.data, ctx);
+  return serveAcquireJob(job, parsed.data, ctx);
+}
+
+/** An acquire job of either kind: one VM, or a set (its payload has `vms`). */
+function serveAcquireJob(job: Job, payload: AcquireJobPayload, ctx: JobContext): Promise<VmAssignment | VmSetAssignment> {
+  return 'vms' in payload ? serveAcquireSetRequest(job, payload, ctx) : serveAcquireRequest(job, payload, ctx);
 }
 
 /** processAcquireJob for a payload already validated (the worker runtime validates every job). */
@@ -206,6 +218,94 @@ async function passesCheckOnAcquire(
   return false;
 }
 
+/** Each item's groups, resolved as a single request's (no fallback groups: a set keeps to what it asked for). */
+async function resolveSetItems(ctx: JobContext, request: AcquireSetRequestData, job?: Job): Promise<string[][]> {
+  const items: string[][] = [];
+  for (const item of request.vms) items.push(await resolveRequestGroups(ctx, { owner: request.owner, sandbox: request.sandbox, ...item }, job));
+  return items;
+}
+
+/**
+ * Processes one acquire-set job: every VM of the set, all or nothing, or the set parks in the line
+ * as one request until the line can give it all its VMs at once (acquireVmSet-1.lua), bounded by
+ * timeoutMs from the job's creation. Nothing is assigned to it while it waits. A re-run gets the
+ * VMs given before; a withdrawn set fails as cancelled. With check_on_acquire, each VM is checked
+ * at hand-over; if one fails, it is terminated, the others go back (ready, still bound to the
+ * owner and sandbox, so the next attempt prefers them) and the set is tried again.
+ */
+async function serveAcquireSetRequest(job: Job, request: AcquireSetRequestData, ctx: JobContext): Promise<VmSetAssignment> {
+  const items = await resolveSetItems(ctx, request, job);
+  const groups = [...new Set(items.flat())];
+  const timeoutMs = request.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS;
+  const deadline = job.timestamp + timeoutMs;
+  const waiter = waiterOf(job, deadline);
+  const { jobId } = waiter;
+  if (!stopped.has(ctx)) runtimeOf(ctx).watch(groups.filter((g) => ctx.vmm.removedGroups.has(g)));
+  const log = ctx.logger.child({ jobId, owner: request.owner, set: items.length });
+  const setRequest = { owner: request.owner, sandbox: request.sandbox, workerId: ctx.workerId, jobId, items: items.map((g) => ({ groups: g })) };
+  let attempt: Awaited<ReturnType<typeof ctx.vmm.tryAcquireVmSet>>;
+  for (;;) {
+    try {
+      attempt = await ctx.vmm.tryAcquireVmSet(setRequest, { waiter });
+    } catch (err) {
+      await ctx.vmm.leaveAcquireLine(waiter, groups).catch(() => undefined);
+      if (err instanceof VmError) throw await failAcquireJob(job, failureOf(err), err.message);
+      throw err;
+    }
+    if (attempt.status !== 'acquired' && attempt.status !== 'reattached') break;
+    if (await setPassesCheckOnAcquire(ctx, attempt.vms, jobId, log)) break;
+  }
+  if (attempt.status === 'cancelled') {
+    log.info({ reason: attempt.reason }, 'acquire-set request withdrawn');
+    throw await failAcquireJob(job, AcquireFailures.CANCELLED, `cancelled: ${attempt.reason}`);
+  }
+  if (attempt.status === 'acquired' || attempt.status === 'reattached') {
+    if (job.attemptsStarted > 1 || attempt.status === 'reattached') log.info({ vmNames: attempt.vms.map((v) => v.vm.vmName), status: attempt.status }, 'acquire-set served');
+    return {
+      vms: attempt.vms.map(({ vm, leaseId, leaseExpiresAt }) => ({ vmName: vm.vmName, vmIp: vm.vmIp, group: vm.group, leaseId, leaseExpiresAt, requestedAt: job.timestamp })),
+      requestedAt: job.timestamp,
+    };
+  }
+  const now = ctx.clock();
+  // Why it waits: in each of its groups, as a single request of its owner and sandbox would.
+  const why = await explainWait(ctx.vmm, ctx.config, { owner: request.owner, sandbox: request.sandbox, priority: waiter.priority, member: waiter.member, groups }, now).catch(
+    (err: Error) => {
+      log.warn({ err: err.message }, 'could not tell why the set waits');
+      return null;
+    },
+  );
+  if (now >= deadline || !job.token) {
+    await ctx.vmm.leaveAcquireLine(waiter, groups);
+    const last = why ? describeWait(why) : 'not all of its VMs could be had at once';
+    throw await failAcquireJob(
+      job,
+      AcquireFailures.NO_VM_AVAILABLE,
+      noVmAvailableReason(`no set of ${items.length} VMs for owner ${request.owner} (sandbox ${JSON.stringify(request.sandbox)}) in groups ${groups.join(', ')} within ${timeoutMs} ms (last blocking constraint: ${last})`),
+    );
+  }
+  if (why) await job.updateProgress({ waiting: { ...why, set: items.length } }).catch(() => undefined);
+  await job.moveToDelayed(deadline, job.token);
+  if (await ctx.vmm.reader.isAcquireAssigned(jobId)) await job.promote().catch(() => undefined);
+  throw new DelayedError();
+}
+
+/**
+ * check_on_acquire for every VM of a set just assigned, concurrently. If one fails, that VM is taken
+ * back and terminated (failCheckOnAcquire, which also drops the set's assignment record), and the
+ * set's other VMs are released: false then, and the set is tried again.
+ */
+async function setPassesCheckOnAcquire(
+  ctx: JobContext,
+  vms: readonly { vm: { vmName: string; vmIp: string; group: string }; leaseId: string }[],
+  jobId: string,
+  log: { warn(obj: object, msg: string): void },
+): Promise<boolean> {
+  const passed = await Promise.all(vms.map(({ vm, leaseId }) => passesCheckOnAcquire(ctx, vm, leaseId, jobId, log)));
+  if (passed.every(Boolean)) return true;
+  await Promise.all(vms.filter((_, i) => passed[i]).map(({ vm, leaseId }) => ctx.vmm.releaseVm(vm.vmName, leaseId).catch(() => false)));
+  return false;
+}
+
 /** The failure code of a pool refusal. */
 function failureOf(err: VmError): AcquireFailure {
   if (err instanceof InvalidVmRequest) return AcquireFailures.INVALID_REQUEST;
@@ -214,13 +314,20 @@ function failureOf(err: VmError): AcquireFailure {
 }
 
 /** The vm-acquire processor, for the worker runtime. */
-export const acquireProcessor: ProcessorSpec<AcquireRequestData, VmAssignment> = {
+export const acquireProcessor: ProcessorSpec<AcquireJobPayload, VmAssignment | VmSetAssignment> = {
   queue: ACQUIRE_QUEUE,
-  schema: acquireRequestSchema as unknown as ProcessorSpec<AcquireRequestData, VmAssignment>['schema'],
-  process: (job, request, ctx) => serveAcquireRequest(job, request, ctx),
+  schema: acquireJobPayloadSchema as unknown as ProcessorSpec<AcquireJobPayload, VmAssignment | VmSetAssignment>['schema'],
+  process: (job, payload, ctx) => serveAcquireJob(job, payload, ctx),
   // A request that failed for good leaves the line, so it does not hold up those behind it until
   // its deadline (the processor may never have seen its last attempt: it stalled too often).
   async onFinalFailure(job, ctx) {
+    if (isAcquireSetPayload(job.data)) {
+      const set = acquireSetRequestSchema.safeParse(job.data);
+      if (!set.success) return;
+      const items = await resolveSetItems(ctx, set.data).catch(() => null);
+      if (items) await ctx.vmm.leaveAcquireLine(waiterOf(job, 0), [...new Set(items.flat())]);
+      return;
+    }
     const parsed = acquireRequestSchema.safeParse(job.data);
     if (!parsed.success) return;
     let groups: string[];

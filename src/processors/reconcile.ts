@@ -96,6 +96,10 @@ export async function prepareReconcile(ctx: JobContext): Promise<void> {
   // VMs recorded before the due-time sets existed get into them (the scripts keep them from then on).
   const indexed = await ctx.vmm.backfillDueTimes();
   ctx.logger.debug({ indexed }, 'due-time sets backfilled');
+  // VMs bound before owners' usage across groups was counted (or by an older acquire process
+  // during a rolling upgrade) are counted from their group's resources.
+  const counted = await ctx.vmm.backfillOwnerUsage();
+  if (counted > 0) ctx.logger.info({ counted }, "owners' usage across groups: VMs bound before it was counted are counted now");
   if (await isServerStart(ctx)) await ctx.vmm.markServerStart();
   await ensureReconcileScheduler(ctx.queue(RECONCILE_QUEUE), ctx.config);
 }

@@ -2,8 +2,9 @@
  * Demand: the acquire requests a group should spawn for. Two places hold them:
  * - the line: requests an acquire worker picked up and that wait for a VM (the demand sets,
  *   VmManager.countDemand);
- * - sets waiting for several VMs at once (acquireVmSet): each item in its first group's demand set
- *   (members 'set|...'), not limited by the owner's room;
+ * - sets waiting for several VMs at once (acquire-set jobs in the line, and VmManager.acquireVmSet
+ *   retrying outside it): each item in its first group's demand set (members 'set|<job id>|<item>'),
+ *   and a queued acquire-set job each item likewise (queuedSetDemand); not limited by the owner's room;
  * - the vm-acquire queue: requests no acquire worker has taken yet (all workers busy, or more
  *   requests than concurrency × replicas). Only the first QUEUED_DEMAND_SCAN jobs of each of the
  *   states 'waiting' and 'prioritized' are read, so that a huge backlog costs one
@@ -12,15 +13,18 @@
  * its first group (its groups as given, or the groups listing its arch, in config order), so that a
  * request that could use several groups does not make every one of them spawn a VM for it.
  * An owner's requests count in a group only up to what max_vm_per_user still lets it use there
- * (its room: the limit less the VMs bound to it), so that one owner's flood of requests spawns no
- * VM it could never take. Reading the rooms costs one HMGET per group over the waiting owners.
+ * (its room: the limit less the VMs bound to it, and no more than its limits across groups still
+ * hold), so that one owner's flood of requests spawns no VM it could never take. Reading the rooms
+ * costs one HMGET per group over the waiting owners, and with limits across groups one read of
+ * each waiting owner's usage.
  */
 import type { Job, Queue } from 'bullmq';
 import { requestGroupIds } from '../acquire/requestGroups.js';
 import type { AcquireWaiter } from '../pool/types.js';
+import { setDemandMember } from '../pool/acquireLine.js';
 import type { VmManager } from '../pool/vmManager.js';
-import { ownerVmLimit } from './quota.js';
-import { acquireRequestSchema, DEFAULT_ACQUIRE_TIMEOUT_MS, isStrictRequest } from '../../queues/acquire.js';
+import { ownerRoomAcross, ownerUsageSpec, ownerVmLimit, type Resources } from './quota.js';
+import { acquireRequestSchema, acquireSetRequestSchema, DEFAULT_ACQUIRE_TIMEOUT_MS, isAcquireSetPayload, isStrictRequest } from '../../queues/acquire.js';
 
 /** Queued vm-acquire jobs read per state and cycle (the first ones, oldest first). */
 export const QUEUED_DEMAND_SCAN = 1000;
@@ -88,11 +92,19 @@ export function demandByGroup(
  */
 export async function readOwnerRooms(vmm: VmManager, requests: readonly DemandRequest[]): Promise<OwnerRoom> {
   const owners = [...new Set(requests.flatMap((r) => (r.owner === undefined ? [] : [r.owner])))];
+  const configs = vmm.allGroupConfigs();
+  const specs = new Map(configs.map((gc) => [gc.name, ownerUsageSpec(vmm.config, gc)]));
+  const scopes = [...new Set([...specs.values()].flatMap((spec) => spec.s.filter((x) => x.m).map((x) => x.n)))];
+  const usage = new Map<string, ReadonlyMap<string, Resources>>(
+    scopes.length === 0 ? [] : await Promise.all(owners.map(async (o) => [o, await vmm.reader.ownerUsage(o, scopes)] as const)),
+  );
   const rooms = new Map(
     await Promise.all(
-      vmm.allGroupConfigs().map(async (gc) => {
+      configs.map(async (gc) => {
         const bound = await vmm.reader.ownerVmCounts(gc.name, owners);
-        return [gc.name, new Map(owners.map((o, i) => [o, Math.max(0, ownerVmLimit(gc) - bound[i]!)]))] as const;
+        const spec = specs.get(gc.name)!;
+        const room = (o: string, i: number) => Math.max(0, Math.min(ownerVmLimit(gc) - bound[i]!, ownerRoomAcross(spec, usage.get(o) ?? new Map())));
+        return [gc.name, new Map(owners.map((o, i) => [o, room(o, i)]))] as const;
       }),
     ),
   );
@@ -119,6 +131,32 @@ export function queuedDemandRequest(
     return { jobId: job.id, owner: parsed.data.owner, groups: requestGroupIds(groups, parsed.data, removed), ...(strict ? { strict } : {}) };
   } catch {
     return null;
+  }
+}
+
+/**
+ * The demand of a queued acquire-set job: one request per item, for the item's first group, with
+ * the member the line gives it (set|<job id>|<item>) so that it counts once when the set is both
+ * queued and in the line; none for an invalid payload, an unknown group or a passed deadline.
+ */
+export function queuedSetDemand(
+  job: { id?: string | undefined; data: unknown; timestamp: number },
+  groups: readonly { name: string; archs: readonly string[]; tags?: readonly string[] }[],
+  now: number,
+  removed: ReadonlySet<string> = new Set(),
+): DemandRequest[] {
+  if (job.id === undefined) return [];
+  const parsed = acquireSetRequestSchema.safeParse(job.data);
+  if (!parsed.success) return [];
+  if (job.timestamp + (parsed.data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS) <= now) return [];
+  try {
+    return parsed.data.vms.map((item, i) => ({
+      jobId: setDemandMember(job.id!, i + 1),
+      groups: requestGroupIds(groups, item, removed).slice(0, 1),
+      strict: true,
+    }));
+  } catch {
+    return [];
   }
 }
 
@@ -160,6 +198,10 @@ export async function readDemand(vmm: VmManager, acquireQueue: Queue, route?: De
     requests.push(request);
   }
   for (const job of queued) {
+    if (job && isAcquireSetPayload(job.data)) {
+      requests.push(...queuedSetDemand(job, groups, now, removed));
+      continue;
+    }
     const r = job ? queuedDemandRequest(job, groups, now, removed) : null;
     if (r) requests.push(r);
   }

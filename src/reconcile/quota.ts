@@ -30,6 +30,70 @@ export function ownerVmLimit(g: Pick<GroupConfig, 'max_vm_per_user' | 'resources
   return limit;
 }
 
+/** Float sums of fractional amounts are not exact: the scripts' tolerance (ownerUsage.lua OWNER_USAGE_EPSILON). */
+export const OWNER_USAGE_EPSILON = 1e-9;
+
+/** The scope of an owner's limits across groups: `all` (every group), or `account:<name>` (the groups naming that account). */
+export type OwnerScope = 'all' | `account:${string}`;
+
+/** The scope of the account's max_resources_per_owner. */
+export function accountScope(account: string): OwnerScope {
+  return `account:${account}`;
+}
+
+/**
+ * What the acquire scripts need of a group to count and limit an owner's resources across groups
+ * (commands/includes/ownerUsage.lua): `r`, what one VM uses (with 1 `instances`); `s`, every scope
+ * a VM of the group bound to an owner counts in (`all`, and its account's when it has one), with
+ * the limit of that scope (`m`, absent when the scope has none: counted, not limited).
+ */
+export interface OwnerUsageSpec {
+  r: Resources;
+  s: { n: OwnerScope; m?: Resources }[];
+}
+
+/**
+ * The group's owner usage spec under `config`: the top-level max_resources_per_owner (scope
+ * `all`) and its account's (scope `account:<name>`). The caller's config, never Redis state another
+ * replica wrote, decides the limits; waiting requests keep theirs.
+ */
+export function ownerUsageSpec(config: Pick<Config, 'max_resources_per_owner' | 'accounts'>, g: Pick<GroupConfig, 'resources' | 'account'>): OwnerUsageSpec {
+  const limited = (n: OwnerScope, m: Resources | undefined) => (m && Object.keys(m).length > 0 ? { n, m } : { n });
+  const s: OwnerUsageSpec['s'] = [limited('all', config.max_resources_per_owner)];
+  if (g.account) s.push(limited(accountScope(g.account), config.accounts?.[g.account]?.max_resources_per_owner));
+  return { r: vmResources(g), s };
+}
+
+/** Whether any scope of the spec has a limit. */
+export function ownerUsageLimited(spec: OwnerUsageSpec): boolean {
+  return spec.s.some((scope) => scope.m !== undefined);
+}
+
+/**
+ * The first scope and the units whose limit one more VM of the spec would pass, given the owner's
+ * usage per scope (what ownerUsage keys hold); null when it fits. As ownerUsage.lua decides.
+ */
+export function ownerOverLimit(spec: OwnerUsageSpec, usage: ReadonlyMap<string, Resources>): { scope: OwnerScope; units: string[] } | null {
+  for (const scope of spec.s) {
+    if (!scope.m) continue;
+    const units = exceededUnits(usage.get(scope.n) ?? {}, spec.r, scope.m, OWNER_USAGE_EPSILON);
+    if (units.length > 0) return { scope: scope.n, units };
+  }
+  return null;
+}
+
+/** How many more VMs of the spec's group the owner's limits across groups hold (Infinity without any). */
+export function ownerRoomAcross(spec: OwnerUsageSpec, usage: ReadonlyMap<string, Resources>): number {
+  let room = Infinity;
+  for (const scope of spec.s) {
+    for (const [unit, limit] of Object.entries(scope.m ?? {})) {
+      const per = spec.r[unit] ?? 0;
+      if (per > 0) room = Math.min(room, Math.max(0, Math.floor((limit - (usage.get(scope.n)?.[unit] ?? 0) + OWNER_USAGE_EPSILON) / per)));
+    }
+  }
+  return room;
+}
+
 /** Whether max_resources_per_owner, not max_vm_per_user, sets the group's owner limit. */
 export function ownerLimitIsResources(g: Pick<GroupConfig, 'max_vm_per_user' | 'resources' | 'max_resources_per_owner'>): boolean {
   return ownerVmLimit(g) < g.max_vm_per_user;
@@ -53,12 +117,15 @@ export function tighterLimits(a: Resources, b: Resources): Record<string, number
   return out;
 }
 
-/** The units whose limit `used` plus `more` would pass; empty when it fits. A unit `more` does not use never blocks. */
-export function exceededUnits(used: Resources, more: Resources, limits: Resources): string[] {
+/**
+ * The units whose limit `used` plus `more` would pass (by more than `tolerance`); empty when it
+ * fits. A unit `more` does not use never blocks.
+ */
+export function exceededUnits(used: Resources, more: Resources, limits: Resources, tolerance = 0): string[] {
   const over: string[] = [];
   for (const [unit, limit] of Object.entries(limits)) {
     const extra = more[unit] ?? 0;
-    if (extra > 0 && (used[unit] ?? 0) + extra > limit) over.push(unit);
+    if (extra > 0 && (used[unit] ?? 0) + extra > limit + tolerance) over.push(unit);
   }
   return over.sort();
 }

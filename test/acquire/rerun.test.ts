@@ -3,6 +3,10 @@ import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/index.js';
 import { processAcquireJob, stopAcquireWaits } from '../../src/processors/acquire.js';
+import type { VmAssignment } from '../../queues/acquire.js';
+
+/** A single request's job: its result is one VM's assignment. */
+const runAcquire = async (...args: Parameters<typeof processAcquireJob>) => (await processAcquireJob(...args)) as VmAssignment;
 import { createJobContext, type OwnedJobContext } from '../../src/runtime/worker.js';
 import { ACQUIRE_QUEUE, acquireJobOptions } from '../../queues/acquire.js';
 import { PoolScripts } from '../../src/pool/poolScripts.js';
@@ -61,9 +65,9 @@ describe('an acquire job run twice', () => {
       const before = (await inUse()).length;
       const jobId = `acquire-${owner}`;
       await queue.add('acquire', { owner, sandbox: 's', groups: [0], ...(taskId ? { taskId } : {}) }, { ...acquireJobOptions, jobId });
-      const first = await processAcquireJob((await Job.fromId(queue, jobId))!, ctx);
+      const first = await runAcquire((await Job.fromId(queue, jobId))!, ctx);
       // The worker died here: the job is still not completed; it runs again.
-      const second = await processAcquireJob((await Job.fromId(queue, jobId))!, ctx);
+      const second = await runAcquire((await Job.fromId(queue, jobId))!, ctx);
       expect(second).toEqual(first);
       const used = await inUse();
       expect(used.length - before).toBe(1);
@@ -78,10 +82,10 @@ describe('an acquire job run twice', () => {
     await addReady('rel-a', '10.77.1.1');
     const jobId = 'acquire-rerun-released';
     await queue.add('acquire', { owner, sandbox: 's', groups: [0] }, { ...acquireJobOptions, jobId });
-    const first = await processAcquireJob((await Job.fromId(queue, jobId))!, ctx);
+    const first = await runAcquire((await Job.fromId(queue, jobId))!, ctx);
     expect(await ctx.vmm.releaseVm(first.vmName, first.leaseId)).toBe(true);
     expect(await redis.exists(keys.acquireAssignment(jobId))).toBe(1);
-    const second = await processAcquireJob((await Job.fromId(queue, jobId))!, ctx);
+    const second = await runAcquire((await Job.fromId(queue, jobId))!, ctx);
     // The record no longer matches (the VM left that lease): a fresh assignment, with a new lease.
     expect(second.leaseId).not.toBe(first.leaseId);
   });
@@ -92,10 +96,10 @@ describe('an acquire job run twice', () => {
     const jobId = 'acquire-rerun-cancel';
     await queue.add('acquire', { owner, sandbox: 's', groups: [0] }, { ...acquireJobOptions, jobId });
     const job = (await Job.fromId(queue, jobId))!;
-    const first = await processAcquireJob(job, ctx);
+    const first = await runAcquire(job, ctx);
     // The builder gave up (its worker died before completing the job) and withdrew the request.
     await new PoolScripts(redis, prefix).cancelAcquire({ member: acquireWaiterMember(job.timestamp, jobId), jobId }, 'gone', 60_000);
-    const err = await processAcquireJob((await Job.fromId(queue, jobId))!, ctx).catch((e: Error) => e);
+    const err = await runAcquire((await Job.fromId(queue, jobId))!, ctx).catch((e: Error) => e);
     expect((err as Error).message).toMatch(/^cancelled: gone/);
     expect(await redis.hget(keys.vm(first.vmName), 'state')).toBe('ready');
     expect(await redis.exists(keys.acquireAssignment(jobId))).toBe(0);

@@ -48,6 +48,10 @@ describe('VmPoolClient.withVm', () => {
       .catch((e: unknown) => e);
     expect((err as Error).message).toBe('build failed');
     expect((await kit.ctx.vmm.getVmByName('w1')).state).toBe('ready');
+    // Released as a failed build (an autohold rule could keep it); a build that returns has no outcome.
+    await kit.client.withVm({ ...request, taskId: 'wv-2' }, () => 'ok');
+    const released = (await kit.ctx.vmm.reader.auditEvents({ limit: 100 })).events.filter((e) => e.event === 'released');
+    expect(released.map((e) => e.details.outcome ?? null)).toEqual(['failed', null]);
   });
 
   it('aborts fn signal when the lease is lost', async () => {

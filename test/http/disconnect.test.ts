@@ -87,6 +87,7 @@ describe('a builder that goes away gives its VM back', () => {
         });
         return kit.client.acquire(request, { signal: late.signal });
       }) satisfies AcquireFn,
+      acquireSet: (request, options) => kit.client.acquireSet(request, options),
     });
     const server: Server = createServer(app);
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));

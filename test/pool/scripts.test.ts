@@ -56,6 +56,8 @@ const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
   held: ['fedora-x86_64.big_2'],
   readyDirty: ['fedora-x86_64.big_2', 'jürgen:a', 'jürgen/proj:b'],
   ownerVms: ['fedora-x86_64.big_2'],
+  ownerUsage: ['account:openstack-prod', 'jürgen:a'],
+  ownerBlockedGroups: ['jürgen:a'],
   serverStart: [],
   serverStartSeq: [],
   checkSeq: [],

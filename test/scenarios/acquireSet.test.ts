@@ -5,6 +5,8 @@ import type { ConfigInput } from '../../src/config/index.js';
 import { closePool, connect, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
 import { startWorkerProcess, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
 import { hookGroup, hookStateDir, removeHookMachines } from '../helpers/hookMachines.js';
+import { Job, Queue } from 'bullmq';
+import { ACQUIRE_QUEUE, acquireSetRequestId, addAcquireSetJob, type AcquireSetRequestData, type VmSetAssignment } from '../../queues/acquire.js';
 
 // Several VMs at once with real processes (spawn, health, terminate, reconcile) and real hook
 // machines: a set of 3 VMs with 1 ready waits holding nothing, counts as demand, so reconcile
@@ -12,15 +14,22 @@ import { hookGroup, hookStateDir, removeHookMachines } from '../helpers/hookMach
 // VMs never deadlock, they are served in turn.
 const prefix = uniquePrefix('acquire-set-scenario');
 const stateDir = hookStateDir('acquire-set');
+const trioDir = hookStateDir('acquire-set-trio');
 const PORT = 2341;
 const config = {
   redis: { url: REDIS_URL, prefix },
   vm_cycle_timeout: 0.5,
-  groups: [{ name: 'fedora', ...hookGroup({ stateDir, port: PORT }), vm_health_check_period: 3600, min_ready: 1, max_vm_total: 4, max_vm_per_user: 4 }],
+  groups: [
+    { name: 'fedora', ...hookGroup({ stateDir, port: PORT }), vm_health_check_period: 3600, min_ready: 1, max_vm_total: 4, max_vm_per_user: 4 },
+    // Room for 3 VMs: two sets of 2 can only be served in turn; a released VM of another owner is
+    // terminated after 1 s, making room for a clean one.
+    { name: 'trio', ...hookGroup({ stateDir: trioDir, port: PORT }), vm_health_check_period: 3600, min_ready: 0, max_vm_total: 3, max_vm_per_user: 3, vm_dirty_terminating_timeout: 1 },
+  ],
 } satisfies ConfigInput;
 
 let redis: Redis;
 let vmm: VmManager;
+let queue: Queue;
 const workers: WorkerProcess[] = [];
 const configFile = writeConfigFile(config);
 
@@ -28,12 +37,15 @@ beforeAll(async () => {
   redis = connect();
   vmm = new VmManager(config, { redis, prefix });
   const env = { VMPOOL_CONFIG: configFile, VMPOOL_PREFIX: prefix };
-  workers.push(...(await Promise.all(['spawn', 'health', 'terminate', 'reconcile'].map((t) => startWorkerProcess(t, env)))));
+  workers.push(...(await Promise.all(['acquire', 'spawn', 'health', 'terminate', 'reconcile'].map((t) => startWorkerProcess(t, env)))));
+  queue = new Queue(ACQUIRE_QUEUE, { connection: redis, prefix });
 }, 60_000);
 
 afterAll(async () => {
   await Promise.all(workers.map((w) => w.stop()));
+  await queue?.close();
   removeHookMachines(stateDir);
+  removeHookMachines(trioDir);
   await closePool(prefix, redis, [vmm]);
 }, 60_000);
 
@@ -75,4 +87,48 @@ describe('several VMs at once (real processes)', () => {
     expect(second).toHaveLength(3);
     for (const v of second) expect(await vmm.releaseVm(v.vm.vmName, v.leaseId)).toBe(true);
   }, 120_000);
+
+  it('two acquire-set jobs of different owners that each need 2 of 3 VMs never deadlock: served in turn through the line', async () => {
+    const pair = (owner: string): AcquireSetRequestData => ({ owner, sandbox: `${owner}/mn`, requestId: 'pair', vms: [{ groups: ['trio'] }, { groups: ['trio'] }], timeoutMs: 90_000 });
+    const enqueue = (data: AcquireSetRequestData) => addAcquireSetJob(queue, data, { jobId: acquireSetRequestId(data.owner, data.requestId), timestamp: Date.now() });
+    const a = await enqueue(pair('carol'));
+    const b = await enqueue(pair('dave'));
+    // Watch the pool: until its set is served, an owner never holds just one VM of its pair (a
+    // half-served set). Once served, its builder releases the VMs one by one.
+    const halves: string[] = [];
+    const served = new Set<string>();
+    let watching = true;
+    const watcher = (async () => {
+      while (watching) {
+        const used = (await vmm.getAllVmRecords()).filter((v) => v.group === 'trio' && v.state === 'in_use');
+        for (const owner of ['carol', 'dave'].filter((o) => !served.has(o))) {
+          const n = used.filter((v) => v.owner === owner).length;
+          if (n !== 0 && n !== 2) halves.push(`${owner} held ${n}`);
+        }
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })();
+    const finished = async (job: Job) => {
+      await waitForWithLogs(workers, async () => ['completed', 'failed'].includes(await job.getState()), 90_000, `set job ${job.id}`);
+      const stored = (await Job.fromId(queue, String(job.id)))!;
+      if (!stored.returnvalue) throw new Error(`set job ${job.id} failed: ${stored.failedReason}`);
+      return stored.returnvalue as VmSetAssignment;
+    };
+    const first = await finished(a);
+    served.add('carol');
+    expect(first.vms).toHaveLength(2);
+    expect(new Set(first.vms.map((v) => v.leaseId)).size).toBe(2);
+    // The second waits, in line, holding nothing, while the first holds two of the three.
+    expect(await b.getState()).toBe('delayed');
+    expect((await vmm.getAllVmRecords()).filter((v) => v.owner === 'dave' && v.state === 'in_use')).toEqual([]);
+    for (const v of first.vms) expect(await vmm.releaseVm(v.vmName, v.leaseId)).toBe(true);
+    const second = await finished(b);
+    served.add('dave');
+    watching = false;
+    await watcher;
+    expect(second.vms).toHaveLength(2);
+    expect(second.vms.every((v) => !first.vms.some((f) => f.vmName === v.vmName))).toBe(true);
+    expect(halves).toEqual([]);
+    for (const v of second.vms) expect(await vmm.releaseVm(v.vmName, v.leaseId)).toBe(true);
+  }, 180_000);
 });

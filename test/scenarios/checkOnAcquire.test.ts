@@ -6,6 +6,8 @@ import { VmPoolClient } from '../../src/client/index.js';
 import { closePool, connect, REDIS_URL, uniquePrefix } from '../helpers/redis.js';
 import { runVmpoolCli, startWorkerProcess, waitForWithLogs, writeConfigFile, type WorkerProcess } from '../helpers/processes.js';
 import { alive, hookGroup, hookStateDir, listenerPid, removeHookMachines } from '../helpers/hookMachines.js';
+import { Job, Queue } from 'bullmq';
+import { ACQUIRE_QUEUE, acquireSetRequestId, addAcquireSetJob, type VmSetAssignment } from '../../queues/acquire.js';
 
 // check_on_acquire with real processes (acquire, spawn, health, terminate, reconcile) and real hook
 // machines (TCP listeners): a machine killed after its last periodic check (period 1 h here) is not
@@ -100,6 +102,30 @@ describe('check_on_acquire', () => {
       .split('\n')
       .map((l) => JSON.parse(l) as { event: string; reason?: string | null });
     expect(lines.filter((e) => e.reason === 'check_on_acquire').map((e) => e.event)).toEqual(expect.arrayContaining(['check_failed', 'terminate_requested']));
+  }, 180_000);
+
+  it('a set never includes a dead machine: the dead one is terminated, the set served whole with live ones', async () => {
+    const dead = await killOneReadyMachine('checked', checkedDir);
+    const queue = new Queue(ACQUIRE_QUEUE, { connection: redis, prefix });
+    try {
+      const job = await addAcquireSetJob(
+        queue,
+        { owner: 'erin', sandbox: 'e/1', requestId: 'pair', vms: [{ groups: ['checked'] }, { groups: ['checked'] }], timeoutMs: 90_000 },
+        { jobId: acquireSetRequestId('erin', 'pair'), timestamp: Date.now() },
+      );
+      await waitForWithLogs(workers, async () => ['completed', 'failed'].includes(await job.getState()), 120_000, 'the set to be served');
+      const stored = (await Job.fromId(queue, String(job.id)))!;
+      expect(stored.failedReason).toBeUndefined();
+      const set = stored.returnvalue as VmSetAssignment;
+      const names = set.vms.map((v) => v.vmName);
+      expect(names).toHaveLength(2);
+      expect(names).not.toContain(dead);
+      for (const v of set.vms) expect((await vmm.getVmRecord(v.vmName)).state).toBe('in_use');
+      const record = (await vmm.getAllVmRecords()).find((v) => v.vmName === dead);
+      expect(!record || record.state === 'terminating').toBe(true);
+    } finally {
+      await queue.close();
+    }
   }, 180_000);
 
   it('without check_on_acquire, the same dead machine is handed out', async () => {

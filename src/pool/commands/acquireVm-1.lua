@@ -4,7 +4,8 @@
 
   Groups are tried in the order given. In each group:
     1. a ready VM already bound to the same owner and sandbox (dirty) is preferred;
-    2. otherwise a clean VM, but only while the owner has fewer than max_vm_per_user VMs there:
+    2. otherwise a clean VM, but only while the owner has fewer than max_vm_per_user VMs there and
+       one more VM of the group fits the owner's limits across groups (includes/ownerUsage):
        one of the group's current launch, or one of an older launch only while none is ready
        (includes/pickReady: pickClean; a rollout's old VMs serve until they are replaced).
   Only VMs health-checked after the last server start qualify (includes/pickReady).
@@ -48,8 +49,11 @@
     ARGV[11] waiter deadline (epoch ms)
     ARGV[12] demand member (the acquire job id)
     ARGV[13] number of groups N
-    ARGV[14..] N quadruples: group id, max_vm_per_user, lease_timeout in ms, max_waiting_per_owner
-               of that group
+    ARGV[14..13+4N] N quadruples: group id, max_vm_per_user, lease_timeout in ms,
+               max_waiting_per_owner of that group
+    ARGV[14+4N..13+5N] per group, in the same order, its owner usage spec as JSON ('' for none:
+               not limited, counted as 1 instance; includes/ownerUsage, src/reconcile/quota.ts
+               ownerUsageSpec): what one VM uses and the owner's limits across groups it counts in
   Output:
     {OK, HGETALL of the VM, job ids}  acquired: the VM is in_use under a new lease (job ids: other
                                       requests the dispatch served, to be woken)
@@ -78,9 +82,10 @@ local function groupArg(i, field)
   return ARGV[14 + i * 4 + field]
 end
 
-local groups = {}
+local groups, usages = {}, {}
 for i = 0, groupCount - 1 do
   groups[i + 1] = groupArg(i, 0)
+  usages[i + 1] = decodeOwnerUsage(ARGV[14 + groupCount * 4 + i])
 end
 
 local function leaveLinesIfWaiting()
@@ -171,12 +176,13 @@ if not waiting then
     local group = groups[i + 1]
     local name = pickReady(base, readyDirtyKey(base, group, owner, sandbox))
     local fresh = false
-    if not name and (tonumber(redis.call('HGET', ownerVmsKey(base, group), owner)) or 0) < tonumber(groupArg(i, 1)) then
+    if not name and (tonumber(redis.call('HGET', ownerVmsKey(base, group), owner)) or 0) < tonumber(groupArg(i, 1))
+        and ownerMayBind(base, owner, usages[i + 1]) then
       name = pickClean(base, group)
       fresh = name ~= nil
     end
     if name then
-      request.leaseMs = tonumber(groupArg(i, 2))
+      request.leaseMs, request.usage = tonumber(groupArg(i, 2)), usages[i + 1]
       assignVm(base, group, name, fresh, request, now)
       countArrival(base, groups[1], now)
       return {OK, redis.call('HGETALL', vmKey(base, name)), {}}
@@ -194,12 +200,13 @@ for i = 0, groupCount - 1 do
     name = pickReady(base, readyDirtyKey(base, group, owner, sandbox))
   end
   if not name and redis.call('EXISTS', lineOwnersKey(base, group)) == 0
-      and (tonumber(redis.call('HGET', ownerVmsKey(base, group), owner)) or 0) < tonumber(groupArg(i, 1)) then
+      and (tonumber(redis.call('HGET', ownerVmsKey(base, group), owner)) or 0) < tonumber(groupArg(i, 1))
+      and ownerMayBind(base, owner, usages[i + 1]) then
     name = pickClean(base, group)
     fresh = name ~= nil
   end
   if name then
-    request.leaseMs = tonumber(groupArg(i, 2))
+    request.leaseMs, request.usage = tonumber(groupArg(i, 2)), usages[i + 1]
     assignVm(base, group, name, fresh, request, now)
     -- Without its record the request is in no line (joinLines writes the record first, leaveLines
     -- drops it with the entries): a new arrival, with no line to leave.
@@ -221,7 +228,7 @@ for i = 0, groupCount - 1 do
   local cap = tonumber(groupArg(i, 3))
   if ownerWaiting(base, groups[i + 1], owner, waiter, now, cap) < cap then
     lineGroups[#lineGroups + 1] = groups[i + 1]
-    limits[#limits + 1] = {tonumber(groupArg(i, 1)), tonumber(groupArg(i, 2))}
+    limits[#limits + 1] = {tonumber(groupArg(i, 1)), tonumber(groupArg(i, 2)), usages[i + 1]}
   elseif not waitingAlready then
     return {TOO_MANY_WAITING, groups[i + 1], cap}
   end

@@ -1,25 +1,26 @@
 --[[
-  Hands several ready VMs to one owner and sandbox at once, all or nothing (a nodeset: issue 22).
-  Each item of the set has its own groups (tried in the order given) and gets its own VM and its
-  own lease (assignVm, as acquireVm gives). First every item's VM is picked without changing
-  anything; only when every item has one are they all taken, in this one call. Otherwise nothing
-  changes and NO_VM is returned: no VM is ever held for a half-served set, so two sets can never
-  deadlock each other.
+  Hands several ready VMs to one owner and sandbox at once, all or nothing (a nodeset). Each item
+  of the set has its own groups (tried in the order given) and gets its own VM and its own lease
+  (assignVm, as acquireVm gives). The VMs are picked first without changing anything
+  (includes/pickSet: dirty first, then clean within the owner limit, one account preferred); only
+  when every item has one are they all taken, in one step. No VM is ever held for a half-served
+  set, so two sets can never deadlock each other.
 
-  Per item, as acquireVm without a waiter: a ready VM bound to the owner and sandbox (dirty) first,
-  then a clean one while the owner is below the group's owner limit (max_vm_per_user, or fewer by
-  max_resources_per_owner, as passed in ARGV), counting the VMs this set picks. Only VMs
-  health-checked after the last server start (strictly after its millisecond) qualify. The set is served outside the acquire line (as acquireVm without a waiter): it does not
-  wait behind single requests in line, which may wait one set longer.
+  Without a waiter (ARGV[7] ''), at once or not at all, outside the line (VmManager.acquireVmSet
+  retries): a set that is not served counts as demand of each item's first group until ARGV[6]
+  (member setDemandMember(job id, item) in the group's demand set), renewed by each retry.
 
-  One provider preferred: when items list groups of several accounts, the set is first tried with
-  every item restricted to the groups of one account (accounts in the order they first appear),
-  and only then with all groups.
+  With a waiter (an acquire-set job), the set waits in the fair line as ONE request
+  (includes/acquireLine): it is served at once only when nobody waits in any of its groups;
+  otherwise it joins the line of every group its items list, refused (TOO_MANY_WAITING) when its
+  owner has max_waiting_per_owner requests waiting in one of them already, and the line of each of
+  its groups is dispatched: the set takes all its VMs when its turn comes and all can be had, and
+  until then keeps its turn and the ready VMs it could use. A set served by the dispatcher while
+  parked collects its VMs here when its job is woken. A withdrawn set (cancelAcquire) ends here.
 
-  A job (ARGV[5]) that was given the set and runs again (its worker died) gets the same VMs and
-  leases: item i's assignment is recorded under acquire_assignment:<job id>#<i> for the lease's
-  first term. If some of those VMs are no longer in_use under that lease, the records are dropped
-  and the set is picked afresh.
+  A job (ARGV[5]) that was given the set and runs again (its worker died, or the line served it
+  while parked) gets the same VMs and leases (includes/setAssignment); if some of them are no longer
+  its own under those leases, the record is dropped and the set is picked afresh.
 
   Input:
     KEYS[1] pool key base (with hash tag); every key is built from it
@@ -27,42 +28,56 @@
     ARGV[2] owner
     ARGV[3] sandbox
     ARGV[4] worker id
-    ARGV[5] job id ('' for none: no re-run record)
-    ARGV[6] demand until (epoch ms; 0 for none): a set that waits (retries) counts as demand of
-            each item's first group until then (member 'set|<job id>|<item>' in its demand set: reconcile
-            spawns for it, poolReader.setDemand); renewed by each retry, dropped when the set is served
-    ARGV[7] number of items M
-    then per item: lease id, number of groups N, and N quadruples: group id, owner limit in VMs (ownerVmLimit),
-               lease_timeout in ms, account ('' for none)
+    ARGV[5] job id ('' for none: no re-run record; a waiter needs one)
+    ARGV[6] demand until (epoch ms; 0 for none), without a waiter only
+    ARGV[7] waiter member ('' when the caller does not wait): '<job timestamp 15 digits>|<job id>'
+    ARGV[8] waiter priority (BullMQ priority, 0 first)
+    ARGV[9] waiter deadline (epoch ms)
+    ARGV[10] number of items M
+    then per item: lease id, number of groups N, and N quintuples: group id, owner limit in VMs
+    (ownerVmLimit), lease_timeout in ms, account ('' for none), max_waiting_per_owner
   Output:
-    {OK, {HGETALL of each item's VM, in item order}}          taken now, each under a new lease
+    {OK, {HGETALL of each item's VM, in item order}, job ids}  taken now, each under a new lease
+                                      (job ids: other requests the dispatch served, to be woken)
     {REATTACHED, {HGETALL of each item's VM, in item order}}  this job was given them by an earlier run
-    {NO_VM}                                                   some item cannot be served: nothing changed
+    {NO_VM, job ids}                  not all can be had now: nothing assigned to this set (a
+                                      waiter is in the line; job ids: requests the dispatch served)
+    {CANCELLED, reason}               the waiting set was withdrawn: it left the line
+    {TOO_MANY_WAITING, group, cap}    it would wait, but its owner has max_waiting_per_owner
+                                      requests waiting in that group already (nothing changed)
 ]]
 local base = KEYS[1]
 local now, owner, sandbox, workerId, jobId = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local demandUntil = tonumber(ARGV[6])
-local itemCount = tonumber(ARGV[7])
+local waiter, priority, deadline = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
+local itemCount = tonumber(ARGV[10])
+local waiting = waiter ~= ''
 --- @include "includes/replyCodes"
 --- @include "includes/acquireLine"
+--- @include "includes/releaseVm"
 
 local items = {}
+-- The groups of all items (first appearance order), with each one's limits and waiting cap.
+local groups, groupLimits, groupCaps, inGroups = {}, {}, {}, {}
 do
-  local at = 8
+  local at = 11
   for i = 1, itemCount do
     local item = {leaseId = ARGV[at], groups = {}}
     local n = tonumber(ARGV[at + 1])
     at = at + 2
     for g = 1, n do
-      item.groups[g] = {group = ARGV[at], maxVmPerOwner = tonumber(ARGV[at + 1]), leaseMs = tonumber(ARGV[at + 2]), account = ARGV[at + 3]}
-      at = at + 4
+      local group = ARGV[at]
+      item.groups[g] = {group = group, maxVmPerOwner = tonumber(ARGV[at + 1]), leaseMs = tonumber(ARGV[at + 2]), account = ARGV[at + 3]}
+      if not inGroups[group] then
+        inGroups[group] = true
+        groups[#groups + 1] = group
+        groupLimits[#groupLimits + 1] = {tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])}
+        groupCaps[#groupCaps + 1] = tonumber(ARGV[at + 4])
+      end
+      at = at + 5
     end
     items[i] = item
   end
-end
-
-local function recordKey(i)
-  return acquireAssignmentKey(base, jobId .. '#' .. i)
 end
 
 local function hashes(names)
@@ -73,136 +88,120 @@ local function hashes(names)
   return out
 end
 
--- A re-run of the same job gets the VMs and leases it was given, if all of them are still its own.
+local function inLine()
+  return waiting and redis.call('HEXISTS', waiterInfoKey(base), waiter) == 1
+end
+
+if waiting then
+  local cancelled = redis.call('GET', acquireCancelKey(base, waiter))
+  if cancelled then
+    redis.call('DEL', acquireCancelKey(base, waiter))
+    -- VMs given to this set never reached the builder, who withdrew: they go back.
+    if jobId ~= '' and isSetAssignment(base, jobId) then
+      releaseSetAssignment(base, jobId, now, 'withdrawn', releaseInUseVm)
+    end
+    redis.call('ZREM', acquireAssignedKey(base), jobId)
+    leaveLines(base, waiter, jobId, groups)
+    return {CANCELLED, cancelled}
+  end
+end
+
+-- A re-run of the same job, or a parked job woken by the line, gets the VMs and leases it was given.
 if jobId ~= '' then
-  local given, complete = {}, true
-  for i = 1, itemCount do
-    local record = redis.call('HMGET', recordKey(i), 'vm', 'lease')
-    local vm = record[1] and redis.call('HMGET', vmKey(base, record[1]), 'state', 'lease_id', 'owner')
-    if vm and vm[1] == 'in_use' and vm[2] == record[2] and vm[3] == owner then
-      given[i] = record[1]
-    else
-      complete = false
+  local given = givenSet(base, jobId, owner)
+  if given then
+    if inLine() then
+      leaveLines(base, waiter, jobId, groups)
     end
-  end
-  if complete then
-    return {REATTACHED, hashes(given)}
-  end
-  for i = 1, itemCount do
-    redis.call('DEL', recordKey(i))
-  end
-end
-
--- Whether `name` qualifies: ready, passing, checked after the server start (strictly after its
--- millisecond: the rare VMs checked within it wait for their next check).
-local function qualifies(name)
-  local vm = redis.call('HMGET', vmKey(base, name), 'state', 'check_fails')
-  return vm[1] == 'ready' and vm[2] == '0'
-end
-
--- First VM of a ready index that qualifies and is not picked yet (bounded: the index's first
--- picked-count + 16 entries).
-local function pickFrom(indexKey, picked, pickedCount, serverStart)
-  local entries = redis.call('ZRANGEBYSCORE', indexKey, '(' .. serverStart, '+inf', 'LIMIT', 0, pickedCount + 16)
-  for _, name in ipairs(entries) do
-    if not picked[name] and qualifies(name) then
-      return name
-    end
-  end
-  return nil
-end
-
--- Picks one VM per item, using only groups of `account` (nil: any group); nil if some item has none.
-local function pickAll(account, serverStart)
-  local picked, pickedCount, choice, bound = {}, 0, {}, {}
-  for i, item in ipairs(items) do
-    for _, g in ipairs(item.groups) do
-      if account == nil or g.account == account then
-        local name = pickFrom(readyDirtyKey(base, g.group, owner, sandbox), picked, pickedCount, serverStart)
-        local fresh = false
-        if not name then
-          local ownerVms = (tonumber(redis.call('HGET', ownerVmsKey(base, g.group), owner)) or 0) + (bound[g.group] or 0)
-          if ownerVms < g.maxVmPerOwner then
-            name = pickFrom(readyCleanKey(base, g.group), picked, pickedCount, serverStart)
-              or pickFrom(readyOutdatedKey(base, g.group), picked, pickedCount, serverStart)
-            fresh = name ~= nil
-          end
-        end
-        if name then
-          picked[name], pickedCount = true, pickedCount + 1
-          if fresh then
-            bound[g.group] = (bound[g.group] or 0) + 1
-          end
-          choice[i] = {name = name, fresh = fresh, group = g.group, leaseMs = g.leaseMs}
-          break
-        end
+    local collected = redis.call('ZREM', acquireAssignedKey(base), jobId) == 1
+    if not collected then
+      for _, name in ipairs(given) do
+        recordEvent(base, 'reattached', name)
       end
     end
-    if not choice[i] then
-      return nil
-    end
+    return {collected and OK or REATTACHED, hashes(given), {}}
   end
-  return choice
 end
 
--- While it waits, the set is demand (one per item, in its first group); served, it is not.
-local function demand(waiting)
+local request = {owner = owner, sandbox = sandbox, workerId = workerId, jobId = jobId}
+
+-- While it waits outside the line, the set is demand (one per item, in its first group).
+local function demandOutsideLine(waits)
   if jobId == '' then
     return
   end
   for i, item in ipairs(items) do
     local key = demandKey(base, item.groups[1].group)
-    if waiting and demandUntil > tonumber(now) then
+    if waits and demandUntil > tonumber(now) then
       redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-      redis.call('ZADD', key, demandUntil, 'set|' .. jobId .. '|' .. i)
+      redis.call('ZADD', key, demandUntil, setDemandMember(jobId, i))
     else
-      redis.call('ZREM', key, 'set|' .. jobId .. '|' .. i)
+      redis.call('ZREM', key, setDemandMember(jobId, i))
     end
   end
 end
 
-local serverStart = tonumber(redis.call('GET', serverStartKey(base)))
-if not serverStart or not poolVerified(base) then
-  demand(true)
-  return {NO_VM}
+if not waiting then
+  local choice = pickSet(base, owner, sandbox, items)
+  if not choice then
+    demandOutsideLine(true)
+    return {NO_VM, {}}
+  end
+  demandOutsideLine(false)
+  local names = assignSet(base, request, items, choice, now)
+  countArrival(base, items[1].groups[1].group, now)
+  return {OK, hashes(names), {}}
 end
 
-local choice
-do
-  local accounts, seen = {}, {}
-  for _, item in ipairs(items) do
-    for _, g in ipairs(item.groups) do
-      if g.account ~= '' and not seen[g.account] then
-        seen[g.account] = true
-        accounts[#accounts + 1] = g.account
-      end
-    end
+-- Nobody waits in any of its groups: served at once if it can be, never in the line.
+local nobodyWaits = true
+for _, group in ipairs(groups) do
+  if redis.call('EXISTS', waitersKey(base, group)) == 1 then
+    nobodyWaits = false
+    break
   end
-  if #accounts > 1 then
-    for _, account in ipairs(accounts) do
-      choice = pickAll(account, serverStart)
-      if choice then break end
+end
+if nobodyWaits then
+  local choice = pickSet(base, owner, sandbox, items)
+  if choice then
+    local names = assignSet(base, request, items, choice, now)
+    if inLine() then
+      leaveLines(base, waiter, jobId, groups)
+    else
+      countArrival(base, items[1].groups[1].group, now)
     end
+    return {OK, hashes(names), {}}
   end
-  choice = choice or pickAll(nil, serverStart)
 end
-if not choice then
-  demand(true)
-  return {NO_VM}
-end
-demand(false)
 
-local names = {}
-for i, c in ipairs(choice) do
-  assignVm(base, c.group, c.name, c.fresh, {
-    owner = owner, sandbox = sandbox, workerId = workerId, taskId = '', buildId = '', chroot = '',
-    leaseId = items[i].leaseId, leaseMs = c.leaseMs, jobId = '',
-  }, now)
-  if jobId ~= '' then
-    redis.call('HSET', recordKey(i), 'vm', c.name, 'lease', items[i].leaseId)
-    redis.call('PEXPIRE', recordKey(i), c.leaseMs)
+-- The cap holds when a request first waits (as acquireVm's).
+local waitingAlready = inLine()
+if not waitingAlready then
+  for i, group in ipairs(groups) do
+    local cap = groupCaps[i]
+    if ownerWaiting(base, group, owner, waiter, now, cap) >= cap then
+      return {TOO_MANY_WAITING, group, cap}
+    end
   end
-  names[i] = c.name
 end
-countArrival(base, items[1].groups[1].group, now)
-return {OK, hashes(names)}
+
+joinLines(base, waiter, {
+  owner = owner, sandbox = sandbox, deadline = deadline, groups = groups, limits = groupLimits,
+  jobId = jobId, priority = priority, taskId = '', buildId = '', chroot = '', workerId = workerId,
+  leaseId = '', set = items,
+}, now)
+
+local served = {}
+for _, group in ipairs(groups) do
+  dispatchDirty(base, group, owner, sandbox, now, jobId, served)
+  dispatchClean(base, group, now, jobId, served)
+  local mine = givenSet(base, jobId, owner)
+  if mine then
+    local others = {}
+    for _, id in ipairs(served) do
+      if id ~= jobId then others[#others + 1] = id end
+    end
+    return {OK, hashes(mine), others}
+  end
+end
+return {NO_VM, served}

@@ -3,7 +3,7 @@
   why under its waiter member and takes it out of the line of its groups (includes/leaveLines). The
   acquire script then ends the request with CANCELLED whenever its job runs (the caller wakes a
   parked job), before it could be given a VM. A VM the line gave it that its job has not collected
-  yet (acquire_assigned) goes back at once (its `released` event has reason 'withdrawn'). A
+  yet (acquire_assigned; a set's: all its VMs) goes back at once (its `released` event has reason 'withdrawn'). A
   request already served (its job collected the VM) is not changed here: its builder releases the
   VM it got.
 
@@ -21,17 +21,23 @@ local base = KEYS[1]
 local waiter, jobId, reason, keepMs, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 --- @include "includes/leaveLines"
 --- @include "includes/releaseVm"
+--- @include "includes/setAssignment"
 
 redis.call('SET', acquireCancelKey(base, waiter), reason, 'PX', keepMs)
 local raw = redis.call('HGET', waiterInfoKey(base), waiter)
 local groups = (raw and cjson.decode(raw).groups) or {}
 local left = leaveLines(base, waiter, jobId, groups)
 if redis.call('ZREM', acquireAssignedKey(base), jobId) == 1 then
-  local record = redis.call('HMGET', acquireAssignmentKey(base, jobId), 'vm', 'lease')
-  local vm = record[1] and redis.call('HMGET', vmKey(base, record[1]), 'state', 'lease_id')
-  if vm and vm[1] == 'in_use' and vm[2] == record[2] then
-    releaseInUseVm(base, record[1], now, 'withdrawn')
+  if isSetAssignment(base, jobId) then
+    -- A set the line served: every one of its VMs goes back.
+    releaseSetAssignment(base, jobId, now, 'withdrawn', releaseInUseVm)
+  else
+    local record = redis.call('HMGET', acquireAssignmentKey(base, jobId), 'vm', 'lease')
+    local vm = record[1] and redis.call('HMGET', vmKey(base, record[1]), 'state', 'lease_id')
+    if vm and vm[1] == 'in_use' and vm[2] == record[2] then
+      releaseInUseVm(base, record[1], now, 'withdrawn')
+    end
+    redis.call('DEL', acquireAssignmentKey(base, jobId))
   end
-  redis.call('DEL', acquireAssignmentKey(base, jobId))
 end
 return left

@@ -1,5 +1,8 @@
 --[[
   Deletes a VM record and every index entry of it. Only a `terminating` VM is removed.
+  A VM bound to an owner leaves the owner's counts: its group's owner_vms, and what it added to the
+  owner's usage across groups (includes/ownerUsage); the owner is unblocked in its group's line and
+  in every group where a limit across groups blocked it, whose ready channels are told.
 
   Input:
     KEYS[1] pool key base (with hash tag); every key is built from it
@@ -16,6 +19,7 @@ local name = ARGV[1]
 --- @include "includes/audit"
 --- @include "includes/lineOwners"
 --- @include "includes/taskOwner"
+--- @include "includes/ownerUsage"
 
 local key = vmKey(base, name)
 local vm = redis.call('HMGET', key, 'state', 'group', 'vm_ip', 'owner', 'task_id')
@@ -39,6 +43,8 @@ if owner then
   -- The owner is under max_vm_per_user again: a waiting request of theirs may take a clean VM.
   unblockOwner(base, group, owner)
   redis.call('PUBLISH', readyChannel(base, group), name)
+  uncountOwnerBinding(base, name, owner)
+  unblockOwnerAcross(base, owner, group, name)
 end
 forgetTaskVm(base, name, owner, taskId)
 redis.call('ZREM', holdsExpiringKey(base), name)

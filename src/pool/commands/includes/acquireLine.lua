@@ -13,17 +13,27 @@
   A request given a VM by the dispatcher (not by its own attempt) gets its assignment recorded
   under its job id (acquire_assignment) and is added to acquire_assigned: its parked job is woken
   (promoted) by the caller, and collects the assignment at its next attempt (acquireVm).
-  Shared by acquireVm and dispatchAcquireLine.
+  A set (acquireVmSet: several VMs, all or nothing) waits as one request: its record has `set`, its
+  items. It joins the lines of every group its items list, and counts as demand once per item, in
+  the item's first group ('set|<job id>|<item>'). When its turn comes it takes all its VMs in one
+  step (serveSet), or none: then the ready VMs of that group that it could use stay ready for it
+  (no other owner behind it takes them in this dispatch), and the rest go on down the line. Nothing
+  is assigned to a set before all of it can be, so two sets never hold parts of each other's VMs.
+  Shared by acquireVm, acquireVmSet and dispatchAcquireLine.
 ]]
 --- @include "includes/setVmState"
 --- @include "includes/leaveLines"
 --- @include "includes/pickReady"
 --- @include "includes/audit"
 --- @include "includes/arrivals"
+--- @include "includes/ownerUsage"
+--- @include "includes/pickSet"
+--- @include "includes/setAssignment"
 
 -- Hands the ready VM `name` of `group` to a request r = {owner, sandbox, workerId, taskId, buildId,
--- chroot, leaseId, leaseMs, jobId} (text fields '' for none): in_use under a new lease. A clean VM
--- (fresh) is bound to the owner and counts for max_vm_per_user. With a job id, the assignment is
+-- chroot, leaseId, leaseMs, jobId, usage} (text fields '' for none; usage: the group's owner usage
+-- spec, includes/ownerUsage, nil for the default): in_use under a new lease. A clean VM (fresh) is
+-- bound to the owner and counts for max_vm_per_user and in the owner's usage across groups. With a job id, the assignment is
 -- recorded for the lease's first term, so that a re-run of the job gets it back.
 -- The build's fields are written in one HSET (and the empty ones dropped in one HDEL): each
 -- call inside a script costs about as much as a small command.
@@ -37,6 +47,7 @@ local function assignVm(base, group, name, fresh, r, now)
       fields[#fields + 1] = v
     end
     redis.call('HINCRBY', ownerVmsKey(base, group), r.owner, 1)
+    fields[#fields + 1], fields[#fields + 2] = 'owner_usage', countOwnerBinding(base, name, r.owner, r.usage)
   end
   local unset = {}
   for _, field in ipairs({{'task_id', r.taskId}, {'build_id', r.buildId}, {'chroot', r.chroot}}) do
@@ -65,11 +76,13 @@ local function assignVm(base, group, name, fresh, r, now)
 end
 
 -- Whether one more request of `owner` in the group could still be served: the VMs bound to it
--- and its requests waiting there are below max_vm_per_user. An arrival beyond that is not counted
--- for target_wait (no VM spawned for the warm pool would serve it).
-local function ownerMayUseOneMore(base, group, owner, maxVmPerOwner)
+-- and its requests waiting there are below max_vm_per_user, and one more VM fits its limits across
+-- groups (`usage`, includes/ownerUsage). An arrival beyond that is not counted for target_wait (no
+-- VM spawned for the warm pool would serve it).
+local function ownerMayUseOneMore(base, group, owner, maxVmPerOwner, usage)
   local bound = tonumber(redis.call('HGET', ownerVmsKey(base, group), owner)) or 0
   return bound + redis.call('ZCARD', ownerLineKey(base, group, owner)) < tonumber(maxVmPerOwner)
+    and ownerMayBind(base, owner, usage)
 end
 
 -- The number of requests of `owner` waiting in the group's line (not counting `waiter`, which
@@ -96,11 +109,12 @@ local function ownerWaiting(base, group, owner, waiter, now, cap)
 end
 
 -- Joins (or stays in) the line of every group of the request; info is its waiter_info record:
--- {owner, sandbox, deadline, groups, limits = {{max_vm_per_user, lease ms} per group}, jobId,
+-- {owner, sandbox, deadline, groups, limits = {{max_vm_per_user, lease ms, owner usage spec} per
+-- group}, jobId,
 -- priority, taskId, buildId, chroot, workerId, leaseId}. A request keeps its place when it joins again.
 local function joinLines(base, waiter, info, now)
   if redis.call('HSET', waiterInfoKey(base), waiter, cjson.encode(info)) == 1 and info.groups[1]
-      and ownerMayUseOneMore(base, info.groups[1], info.owner, info.limits[1][1]) then
+      and ownerMayUseOneMore(base, info.groups[1], info.owner, info.limits[1][1], info.limits[1][3]) then
     countArrival(base, info.groups[1], now)
   end
   for _, group in ipairs(info.groups) do
@@ -108,12 +122,19 @@ local function joinLines(base, waiter, info, now)
     redis.call('ZADD', ownerLineKey(base, group, info.owner), info.priority, waiter)
     redis.call('ZADD', sandboxLineKey(base, group, info.owner, info.sandbox), info.priority, waiter)
     redis.call('ZREMRANGEBYSCORE', demandKey(base, group), '-inf', now)
-    redis.call('ZADD', demandKey(base, group), info.deadline, info.jobId)
+    if not info.set then
+      redis.call('ZADD', demandKey(base, group), info.deadline, info.jobId)
+    end
     placeOwner(base, group, info.owner, nil)
+  end
+  -- A set is demand once per item, in the item's first group.
+  for i, item in ipairs(info.set or {}) do
+    redis.call('ZADD', demandKey(base, item.groups[1].group), info.deadline, setDemandMember(info.jobId, i))
   end
 end
 
--- {max_vm_per_user, lease ms} of a waiting request in one of its groups.
+-- {max_vm_per_user, lease ms, owner usage spec (nil in a record written before it)} of a waiting
+-- request in one of its groups.
 local function limitsOf(info, group)
   for i, g in ipairs(info.groups) do
     if tostring(g) == tostring(group) then
@@ -152,7 +173,7 @@ local function serveWaiter(base, group, name, fresh, waiter, info, now, selfJobI
   assignVm(base, group, name, fresh, {
     owner = info.owner, sandbox = info.sandbox, workerId = info.workerId, taskId = info.taskId or '',
     buildId = info.buildId or '', chroot = info.chroot or '', leaseId = info.leaseId,
-    leaseMs = limits[2], jobId = info.jobId,
+    leaseMs = limits[2], jobId = info.jobId, usage = limits[3],
   }, now)
   leaveLines(base, waiter, info.jobId, info.groups, info, group)
   placeOwner(base, group, info.owner, redis.call('INCR', lineTurnKey(base, group)))
@@ -162,21 +183,67 @@ local function serveWaiter(base, group, name, fresh, waiter, info, now, selfJobI
   served[#served + 1] = info.jobId
 end
 
+-- Hands the set's chosen VMs (pickSet's choice) to the request r = {owner, sandbox, workerId,
+-- jobId}, each under its item's lease id, and records them for the job. Returns the VM names.
+local function assignSet(base, r, items, choice, now)
+  local names, leases, maxLeaseMs = {}, {}, 0
+  for i, c in ipairs(choice) do
+    assignVm(base, c.group, c.name, c.fresh, {
+      owner = r.owner, sandbox = r.sandbox, workerId = r.workerId, taskId = '', buildId = '', chroot = '',
+      leaseId = items[i].leaseId, leaseMs = c.leaseMs, jobId = '',
+    }, now)
+    names[i], leases[i] = c.name, items[i].leaseId
+    maxLeaseMs = math.max(maxLeaseMs, c.leaseMs)
+  end
+  if r.jobId ~= '' then
+    recordSetAssignment(base, r.jobId, names, leases, maxLeaseMs)
+  end
+  return names
+end
+
+-- Gives a waiting set all its VMs, if it can have them all now (pickSet): assigned, out of every
+-- line, its owner's turn in `group` moves to the back. False when it cannot (nothing changed).
+local function serveSet(base, group, waiter, info, now, selfJobId, served)
+  local choice = pickSet(base, info.owner, info.sandbox, info.set)
+  if not choice then
+    return false
+  end
+  assignSet(base, info, info.set, choice, now)
+  leaveLines(base, waiter, info.jobId, info.groups, info, group)
+  placeOwner(base, group, info.owner, redis.call('INCR', lineTurnKey(base, group)))
+  if info.jobId ~= selfJobId then
+    redis.call('ZADD', acquireAssignedKey(base), now, info.jobId)
+  end
+  served[#served + 1] = info.jobId
+  return true
+end
+
+-- Ready clean VMs of the group that could be handed out (both launches; an upper bound).
+local function readyCleanCount(base, group)
+  return redis.call('ZCARD', readyCleanKey(base, group)) + redis.call('ZCARD', readyOutdatedKey(base, group))
+end
+
 -- Gives the group's ready clean VMs to the line, in order: the owner next in the round-robin,
--- skipping (blocking) owners at max_vm_per_user. Appends the job ids served to `served`. With
--- `maxServed`, stops once it served that many (one ready message, one VM to give).
+-- skipping (blocking) owners at max_vm_per_user or over a limit across groups (includes/ownerUsage:
+-- noted, so that a VM of theirs going in another group unblocks them here). A set whose turn it is
+-- takes all its VMs or, when it cannot have them all yet, keeps its turn and keeps for itself as
+-- many ready VMs of the group as it has items listing the group: only VMs beyond those go on to the
+-- owners behind it. Appends the job ids served to `served`. With `maxServed`, stops once it served
+-- that many (one ready message, one VM to give).
 local function dispatchClean(base, group, now, selfJobId, served, maxServed)
   local ring = lineOwnersKey(base, group)
+  -- Owners passed over (a set that waits for the rest of its VMs) keep their place at the front.
+  local passed, kept = 0, 0
   for _ = 1, 1000 do
     if maxServed and #served >= maxServed then
       return
     end
-    local owner = redis.call('ZRANGE', ring, 0, 0)[1]
+    local owner = redis.call('ZRANGE', ring, passed, passed)[1]
     if not owner then
       return
     end
     local name = pickClean(base, group)
-    if not name then
+    if not name or (kept > 0 and readyCleanCount(base, group) <= kept) then
       return
     end
     local waiter, info = firstLive(base, ownerLineKey(base, group, owner), now)
@@ -185,10 +252,18 @@ local function dispatchClean(base, group, now, selfJobId, served, maxServed)
     else
       local limits = limitsOf(info, group)
       local bound = tonumber(redis.call('HGET', ownerVmsKey(base, group), owner)) or 0
-      if not limits or bound >= tonumber(limits[1]) then
+      local across = limits and bound < tonumber(limits[1]) and ownerOverLimit(base, owner, limits[3])
+      if not limits or bound >= tonumber(limits[1]) or across then
         local score = redis.call('ZSCORE', ring, owner)
         redis.call('ZREM', ring, owner)
         redis.call('ZADD', lineBlockedKey(base, group), score, owner)
+        if across then
+          noteOwnerBlockedAcross(base, owner, group)
+        end
+      elseif info.set then
+        if not serveSet(base, group, waiter, info, now, selfJobId, served) then
+          passed, kept = passed + 1, kept + setItemsIn(info.set, group)
+        end
       else
         serveWaiter(base, group, name, true, waiter, info, now, selfJobId, served)
       end
@@ -197,7 +272,8 @@ local function dispatchClean(base, group, now, selfJobId, served, maxServed)
 end
 
 -- Gives the group's ready VMs bound to owner and sandbox to that sandbox's line, first come first
--- served. Appends the job ids served to `served`.
+-- served; a set first in that line takes all its VMs or waits, keeping those VMs. Appends the job
+-- ids served to `served`.
 local function dispatchDirty(base, group, owner, sandbox, now, selfJobId, served)
   for _ = 1, 100 do
     local name = pickReady(base, readyDirtyKey(base, group, owner, sandbox))
@@ -208,6 +284,12 @@ local function dispatchDirty(base, group, owner, sandbox, now, selfJobId, served
     if not waiter then
       return
     end
-    serveWaiter(base, group, name, false, waiter, info, now, selfJobId, served)
+    if info.set then
+      if not serveSet(base, group, waiter, info, now, selfJobId, served) then
+        return
+      end
+    else
+      serveWaiter(base, group, name, false, waiter, info, now, selfJobId, served)
+    end
   end
 end

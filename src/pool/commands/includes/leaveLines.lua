@@ -1,6 +1,6 @@
 --[[
   Takes a waiting acquire request out of the line of each of its groups: out of their waiters and
-  demand sets, out of its owner's and sandbox's lines, and out of waiter_info. Its owner keeps its
+  demand sets, out of its owner's and sandbox's lines, and out of waiter_info (a set: its items' demand too). Its owner keeps its
   place in each group's round-robin while it has other requests there (includes/acquireLine).
   Shared by acquireVm (a request served), dispatchAcquireLine, cancelAcquire and leaveAcquireLine.
   Returns the number of groups whose line the request left.
@@ -8,6 +8,11 @@
   owner in a group's round-robin itself right after names that group (`placedByCaller`).
 ]]
 --- @include "includes/lineOwners"
+
+-- The demand member of item i of the set request of job `jobId` (acquireLine.ts setDemandMember).
+local function setDemandMember(jobId, i)
+  return 'set|' .. jobId .. '|' .. i
+end
 
 local function leaveLines(base, waiter, jobId, groups, known, placedByCaller)
   local left = 0
@@ -29,6 +34,10 @@ local function leaveLines(base, waiter, jobId, groups, known, placedByCaller)
     if redis.call('ZREM', waitersKey(base, group), waiter) == 1 then
       left = left + 1
     end
+  end
+  -- A set's demand: one member per item, in the item's first group.
+  for i, item in ipairs(info and info.set or {}) do
+    redis.call('ZREM', demandKey(base, item.groups[1].group), setDemandMember(jobId, i))
   end
   return left
 end

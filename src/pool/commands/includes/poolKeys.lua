@@ -64,6 +64,20 @@ local function ownerVmsKey(base, group)
   return base .. 'group:' .. group .. ':owner_vms'
 end
 
+-- Hash unit -> amount: what the VMs bound to one owner use in a scope, summed over its groups
+-- (includes/ownerUsage): scope 'all' (every group) or 'account:<name>' (the groups naming the
+-- account), for the top-level and the account's max_resources_per_owner. The owner's length keeps
+-- ("a:b", "c") and ("a", "b:c") apart.
+local function ownerUsageKey(base, scope, owner)
+  return base .. 'owner_usage:' .. scope .. ':' .. string.len(owner) .. ':' .. owner
+end
+
+-- Set of the groups in whose line the owner was blocked for a limit across groups (includes/ownerUsage):
+-- unblocked there when one of its bound VMs goes.
+local function ownerBlockedGroupsKey(base, owner)
+  return base .. 'owner_blocked_groups:' .. string.len(owner) .. ':' .. owner
+end
+
 -- Time (epoch ms) of the last server start (markServerStart).
 local function serverStartKey(base)
   return base .. 'server_start'
@@ -140,7 +154,8 @@ local function waitersKey(base, group)
   return base .. 'group:' .. group .. ':waiters'
 end
 
--- Sorted set of waiting acquire requests of the group: member job id, score deadline (epoch ms).
+-- Sorted set of waiting acquire requests of the group: member job id (a set's item:
+-- setDemandMember), score deadline (epoch ms).
 local function demandKey(base, group)
   return base .. 'group:' .. group .. ':demand'
 end

@@ -1,0 +1,107 @@
+--[[
+  Picks one ready VM for each item of an all-or-nothing set (acquireVmSet, and the line's
+  dispatcher for a set that waits), without changing anything.
+  An item is {leaseId, groups = {{group, maxVmPerOwner, leaseMs, account}, ...}}: its groups are
+  tried in order. Per item, as a single acquire: a ready VM bound to the owner and sandbox (dirty)
+  first, then a clean one (current launch, then an older one) while the owner stays below the
+  group's owner limit, counting the clean VMs this set picks. Only VMs health-checked after the last
+  server start (strictly after its millisecond) qualify; nothing while the pool is not verified.
+  One provider preferred: when the items list groups of several accounts, the set is first tried
+  with every item restricted to the groups of one account (accounts in the order they first
+  appear), and only then with all groups.
+  Shared by acquireVmSet and includes/acquireLine.
+]]
+--- @include "includes/poolKeys"
+--- @include "includes/poolState"
+
+-- Whether `name` qualifies: ready and passing.
+local function setVmQualifies(base, name)
+  local vm = redis.call('HMGET', vmKey(base, name), 'state', 'check_fails')
+  return vm[1] == 'ready' and vm[2] == '0'
+end
+
+-- First VM of a ready index that qualifies and is not picked yet (bounded: the index's first
+-- picked-count + 16 entries).
+local function pickUnpicked(base, indexKey, picked, pickedCount, serverStart)
+  local entries = redis.call('ZRANGEBYSCORE', indexKey, '(' .. serverStart, '+inf', 'LIMIT', 0, pickedCount + 16)
+  for _, name in ipairs(entries) do
+    if not picked[name] and setVmQualifies(base, name) then
+      return name
+    end
+  end
+  return nil
+end
+
+-- One VM per item using only groups of `account` (nil: any group): {{name, fresh, group, leaseMs}
+-- per item}, or nil when some item has none.
+local function pickSetIn(base, owner, sandbox, items, account, serverStart)
+  local picked, pickedCount, choice, bound = {}, 0, {}, {}
+  for i, item in ipairs(items) do
+    for _, g in ipairs(item.groups) do
+      if account == nil or g.account == account then
+        local name = pickUnpicked(base, readyDirtyKey(base, g.group, owner, sandbox), picked, pickedCount, serverStart)
+        local fresh = false
+        if not name then
+          local ownerVms = (tonumber(redis.call('HGET', ownerVmsKey(base, g.group), owner)) or 0) + (bound[g.group] or 0)
+          if ownerVms < tonumber(g.maxVmPerOwner) then
+            name = pickUnpicked(base, readyCleanKey(base, g.group), picked, pickedCount, serverStart)
+              or pickUnpicked(base, readyOutdatedKey(base, g.group), picked, pickedCount, serverStart)
+            fresh = name ~= nil
+          end
+        end
+        if name then
+          picked[name], pickedCount = true, pickedCount + 1
+          if fresh then
+            bound[g.group] = (bound[g.group] or 0) + 1
+          end
+          choice[i] = {name = name, fresh = fresh, group = g.group, leaseMs = tonumber(g.leaseMs)}
+          break
+        end
+      end
+    end
+    if not choice[i] then
+      return nil
+    end
+  end
+  return choice
+end
+
+-- The set's VMs, one per item (as pickSetIn), preferring one account; nil when not all can be had.
+local function pickSet(base, owner, sandbox, items)
+  local serverStart = tonumber(redis.call('GET', serverStartKey(base)))
+  if not serverStart or not poolVerified(base) then
+    return nil
+  end
+  local accounts, seen = {}, {}
+  for _, item in ipairs(items) do
+    for _, g in ipairs(item.groups) do
+      if g.account ~= '' and not seen[g.account] then
+        seen[g.account] = true
+        accounts[#accounts + 1] = g.account
+      end
+    end
+  end
+  if #accounts > 1 then
+    for _, account in ipairs(accounts) do
+      local choice = pickSetIn(base, owner, sandbox, items, account, serverStart)
+      if choice then
+        return choice
+      end
+    end
+  end
+  return pickSetIn(base, owner, sandbox, items, nil, serverStart)
+end
+
+-- The number of the set's items that list `group`: how many of its ready VMs the set could use.
+local function setItemsIn(items, group)
+  local n = 0
+  for _, item in ipairs(items) do
+    for _, g in ipairs(item.groups) do
+      if tostring(g.group) == tostring(group) then
+        n = n + 1
+        break
+      end
+    end
+  end
+  return n
+end
