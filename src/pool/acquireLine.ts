@@ -202,6 +202,7 @@ export class AcquireLine {
             leaseTimeoutMs: Math.round(gc.lease_timeout * 1000),
             account: gc.account ?? '',
             maxWaitingPerOwner: gc.max_waiting_per_owner,
+            ownerUsage: ownerUsageSpec(this.ctx.config, gc),
           };
         }),
       };

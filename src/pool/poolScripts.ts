@@ -470,7 +470,7 @@ export class PoolScripts {
     ];
     for (const item of input.items) {
       args.push(item.leaseId, item.groups.length);
-      for (const g of item.groups) args.push(g.group, g.maxVmPerOwner, g.leaseTimeoutMs, g.account, g.maxWaitingPerOwner);
+      for (const g of item.groups) args.push(g.group, g.maxVmPerOwner, g.leaseTimeoutMs, g.account, g.maxWaitingPerOwner, g.ownerUsage ? JSON.stringify(g.ownerUsage) : '');
     }
     const [code, payload, served] = (await this.call('acquireVmSet', args)) as [number, (string[][] | string[] | string)?, (string[] | number)?];
     switch (code) {

@@ -139,6 +139,45 @@ describe('max_resources_per_owner over all groups (real Redis)', () => {
   });
 });
 
+describe('max_resources_per_owner over all groups, for VM sets (real Redis)', () => {
+  let kit: PoolKit;
+  beforeAll(async () => {
+    kit = await createPoolKit('pool-owner-across-set', { max_resources_per_owner: { cores: 8 }, groups: [{ name: 'a', ...cores4 }, { name: 'b', ...cores4 }] });
+  });
+  afterAll(async () => kit.close());
+  beforeEach(async () => {
+    await kit.reset();
+    await kit.vmm.markServerStart();
+    kit.clock.now = T0 + 1000;
+  });
+
+  const set = (owner: string, groups: string[]) => ({ owner, sandbox: `${owner}/mn`, workerId: 'w', items: groups.map((g) => ({ groups: [g] })) });
+
+  it('a set takes only what the owner may still bind across groups, counted with the VMs it picks; it waits (in line) holding nothing', async () => {
+    for (const [name, group] of [['sa1', 'a'], ['sa2', 'a'], ['sb1', 'b'], ['sb2', 'b']] as const) {
+      await kit.addReady(name, `10.9.2.${seq++ % 200}`, group);
+    }
+    // 3 VMs of 4 cores: 12 cores, over 8 in all groups together, though each group allows 5 VMs.
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', ['a', 'b', 'a']))).status).toBe('none');
+    expect(await usage(kit, 'all', 'alice')).toEqual({});
+    // Two fit: counted across groups, as single acquires are.
+    const two = await kit.vmm.tryAcquireVmSet(set('alice', ['a', 'b']));
+    expect(two.status).toBe('acquired');
+    expect(await usage(kit, 'all', 'alice')).toEqual({ instances: '2', cores: '8' });
+    // At the limit: a waiting set of one joins the line and is not served, though VMs are ready.
+    const w = waiter();
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', ['b']), { waiter: w })).status).toBe('none');
+    expect(await kit.vmm.dispatchAcquireLine('b')).toEqual([]);
+    // Another owner's set is served meanwhile (from group a: b keeps one ready VM).
+    expect((await kit.vmm.tryAcquireVmSet(set('bob', ['a']))).status).toBe('acquired');
+    // One of alice's VMs removed: her waiting set is served by the line.
+    if (two.status !== 'acquired') throw new Error('unreachable');
+    await remove(kit, two.vms[0]!.vm.vmName);
+    expect(await kit.vmm.dispatchAcquireLine('b')).toEqual([w.jobId]);
+    expect(await usage(kit, 'all', 'alice')).toEqual({ instances: '2', cores: '8' });
+  });
+});
+
 describe("an account's max_resources_per_owner (real Redis)", () => {
   let kit: PoolKit;
   beforeAll(async () => {

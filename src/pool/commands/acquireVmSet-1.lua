@@ -34,8 +34,9 @@
     ARGV[8] waiter priority (BullMQ priority, 0 first)
     ARGV[9] waiter deadline (epoch ms)
     ARGV[10] number of items M
-    then per item: lease id, number of groups N, and N quintuples: group id, owner limit in VMs
-    (ownerVmLimit), lease_timeout in ms, account ('' for none), max_waiting_per_owner
+    then per item: lease id, number of groups N, and N sextuples: group id, owner limit in VMs
+    (ownerVmLimit), lease_timeout in ms, account ('' for none), max_waiting_per_owner, the group's
+    owner usage spec across groups as JSON ('' for none: includes/ownerUsage)
   Output:
     {OK, {HGETALL of each item's VM, in item order}, job ids}  taken now, each under a new lease
                                       (job ids: other requests the dispatch served, to be woken)
@@ -67,14 +68,16 @@ do
     at = at + 2
     for g = 1, n do
       local group = ARGV[at]
-      item.groups[g] = {group = group, maxVmPerOwner = tonumber(ARGV[at + 1]), leaseMs = tonumber(ARGV[at + 2]), account = ARGV[at + 3]}
+      local usage = decodeOwnerUsage(ARGV[at + 5])
+      item.groups[g] = {group = group, maxVmPerOwner = tonumber(ARGV[at + 1]), leaseMs = tonumber(ARGV[at + 2]), account = ARGV[at + 3], usage = usage}
       if not inGroups[group] then
         inGroups[group] = true
         groups[#groups + 1] = group
-        groupLimits[#groupLimits + 1] = {tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])}
+        -- As a single request's: the dispatcher blocks the set's owner over its limits too.
+        groupLimits[#groupLimits + 1] = {tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), usage}
         groupCaps[#groupCaps + 1] = tonumber(ARGV[at + 4])
       end
-      at = at + 5
+      at = at + 6
     end
     items[i] = item
   end

@@ -190,7 +190,7 @@ local function assignSet(base, r, items, choice, now)
   for i, c in ipairs(choice) do
     assignVm(base, c.group, c.name, c.fresh, {
       owner = r.owner, sandbox = r.sandbox, workerId = r.workerId, taskId = '', buildId = '', chroot = '',
-      leaseId = items[i].leaseId, leaseMs = c.leaseMs, jobId = '',
+      leaseId = items[i].leaseId, leaseMs = c.leaseMs, jobId = '', usage = c.usage,
     }, now)
     names[i], leases[i] = c.name, items[i].leaseId
     maxLeaseMs = math.max(maxLeaseMs, c.leaseMs)

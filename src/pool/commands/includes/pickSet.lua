@@ -1,7 +1,8 @@
 --[[
   Picks one ready VM for each item of an all-or-nothing set (acquireVmSet, and the line's
   dispatcher for a set that waits), without changing anything.
-  An item is {leaseId, groups = {{group, maxVmPerOwner, leaseMs, account}, ...}}: its groups are
+  An item is {leaseId, groups = {{group, maxVmPerOwner, leaseMs, account, usage}, ...}} (usage: the
+  group's owner usage spec across groups, includes/ownerUsage, held to as a single acquire is): its groups are
   tried in order. Per item, as a single acquire: a ready VM bound to the owner and sandbox (dirty)
   first, then a clean one (current launch, then an older one) while the owner stays below the
   group's owner limit, counting the clean VMs this set picks. Only VMs health-checked after the last
@@ -13,6 +14,7 @@
 ]]
 --- @include "includes/poolKeys"
 --- @include "includes/poolState"
+--- @include "includes/ownerUsage"
 
 -- Whether `name` qualifies: ready and passing.
 local function setVmQualifies(base, name)
@@ -32,10 +34,10 @@ local function pickUnpicked(base, indexKey, picked, pickedCount, serverStart)
   return nil
 end
 
--- One VM per item using only groups of `account` (nil: any group): {{name, fresh, group, leaseMs}
+-- One VM per item using only groups of `account` (nil: any group): {{name, fresh, group, leaseMs, usage}
 -- per item}, or nil when some item has none.
 local function pickSetIn(base, owner, sandbox, items, account, serverStart)
-  local picked, pickedCount, choice, bound = {}, 0, {}, {}
+  local picked, pickedCount, choice, bound, pending = {}, 0, {}, {}, {}
   for i, item in ipairs(items) do
     for _, g in ipairs(item.groups) do
       if account == nil or g.account == account then
@@ -43,7 +45,7 @@ local function pickSetIn(base, owner, sandbox, items, account, serverStart)
         local fresh = false
         if not name then
           local ownerVms = (tonumber(redis.call('HGET', ownerVmsKey(base, g.group), owner)) or 0) + (bound[g.group] or 0)
-          if ownerVms < tonumber(g.maxVmPerOwner) then
+          if ownerVms < tonumber(g.maxVmPerOwner) and ownerMayBind(base, owner, g.usage, pending) then
             name = pickUnpicked(base, readyCleanKey(base, g.group), picked, pickedCount, serverStart)
               or pickUnpicked(base, readyOutdatedKey(base, g.group), picked, pickedCount, serverStart)
             fresh = name ~= nil
@@ -53,8 +55,9 @@ local function pickSetIn(base, owner, sandbox, items, account, serverStart)
           picked[name], pickedCount = true, pickedCount + 1
           if fresh then
             bound[g.group] = (bound[g.group] or 0) + 1
+            addOwnerPending(pending, g.usage)
           end
-          choice[i] = {name = name, fresh = fresh, group = g.group, leaseMs = tonumber(g.leaseMs)}
+          choice[i] = {name = name, fresh = fresh, group = g.group, leaseMs = tonumber(g.leaseMs), usage = g.usage}
           break
         end
       end
