@@ -6,11 +6,9 @@
  * 16 at a time. Beside it, in the same run: the OpenSSH client (`ssh`, BatchMode) run per check.
  *   npx tsx bench/health.ts          (BENCH_JSON=1: also one line `BENCH_RESULT <json>`)
  */
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { createRequire } from 'node:module';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
@@ -23,7 +21,8 @@ import type { Provider } from '../src/providers/types.js';
 import { createJobContext } from '../src/runtime/worker.js';
 import { discardingLogger, markdownTable } from './lib/measure.js';
 import { addReadyVms } from './lib/fill.js';
-import { freePort, startPrivateRedis } from './lib/redisServer.js';
+import { startPrivateRedis } from './lib/redisServer.js';
+import { startBenchSshd, type BenchSshd } from './lib/sshd.js';
 
 const run = promisify(execFile);
 const SIZES = (process.env.BENCH_HEALTH_SIZES ?? '1000,10000,100000').split(',').map(Number);
@@ -32,7 +31,6 @@ const SSH2_CHECKS = Number(process.env.BENCH_HEALTH_CHECKS ?? 320);
 const OPENSSH_CHECKS = Number(process.env.BENCH_HEALTH_OPENSSH_CHECKS ?? 48);
 const TARGET_CPU_MS = 5;
 const PREFIX = 'bench-health';
-const SSHD = process.env.SSHD ?? '/usr/sbin/sshd';
 
 export interface HealthSizeResult {
   vms: number;
@@ -69,24 +67,6 @@ function childrenCpuMs(): number {
   // Fields after the command: state is fields[0], so cutime (16) and cstime (17) are [13] and [14].
   const ticks = Number(fields[13]) + Number(fields[14]);
   return (ticks * 1000) / 100; // USER_HZ is 100 on Linux
-}
-
-function waitForPort(port: number, deadlineMs: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const attempt = () => {
-      const s = connect(port, '127.0.0.1');
-      s.once('connect', () => {
-        s.destroy();
-        resolve();
-      });
-      s.once('error', () => {
-        s.destroy();
-        if (Date.now() > deadlineMs) reject(new Error(`sshd did not listen on port ${port}`));
-        else setTimeout(attempt, 50);
-      });
-    };
-    attempt();
-  });
 }
 
 /** ssh2 Client: connect, exec `echo hello`, close; the negotiated algorithms through `onHandshake`. */
@@ -133,39 +113,11 @@ async function concurrently(count: number, fn: (i: number) => Promise<boolean>):
 }
 
 export async function benchHealth(): Promise<HealthResult> {
-  const dir = mkdtempSync(join(tmpdir(), 'vmpool-bench-health-'));
   const redisServer = await startPrivateRedis();
-  let sshd: ReturnType<typeof spawn> | undefined;
+  let sshd: BenchSshd | undefined;
   try {
-    await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'host_key')]);
-    await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'client_key')]);
-    writeFileSync(join(dir, 'authorized_keys'), readFileSync(join(dir, 'client_key.pub')));
-    const port = await freePort();
-    writeFileSync(
-      join(dir, 'sshd_config'),
-      [
-        'ListenAddress 127.0.0.1',
-        `Port ${port}`,
-        `HostKey ${join(dir, 'host_key')}`,
-        `PidFile ${join(dir, 'sshd.pid')}`,
-        `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
-        'PubkeyAuthentication yes',
-        'PasswordAuthentication no',
-        'KbdInteractiveAuthentication no',
-        'UsePAM no',
-        'PermitRootLogin prohibit-password',
-        'StrictModes no',
-        // 16 checks at once: the default MaxStartups (10:30:100) would drop some handshakes.
-        'MaxStartups 200',
-        'LogLevel ERROR',
-        '',
-      ].join('\n'),
-    );
-    await run('mkdir', ['-p', '/run/sshd']);
-    sshd = spawn(SSHD, ['-D', '-e', '-f', join(dir, 'sshd_config')], { stdio: ['ignore', 'ignore', 'inherit'] });
-    await waitForPort(port, Date.now() + 10_000);
-
-    const user = process.env.USER ?? 'root';
+    sshd = await startBenchSshd('health');
+    const { port, dir, user } = sshd;
     const config = parseConfig(
       {
         redis: { url: redisServer.url, prefix: PREFIX },
@@ -291,13 +243,8 @@ export async function benchHealth(): Promise<HealthResult> {
       targetCpuMs: TARGET_CPU_MS,
     };
   } finally {
-    if (sshd && sshd.exitCode === null) {
-      const exited = new Promise((r) => sshd!.once('exit', r));
-      sshd.kill('SIGTERM');
-      await exited;
-    }
+    await sshd?.stop();
     await redisServer.stop();
-    rmSync(dir, { recursive: true, force: true });
   }
 }
 

@@ -1,18 +1,21 @@
 /**
  * One benchmark: runs the parts one after another, each as its own process on its own private
- * redis-server (bench/acquire.ts, bench/acquireSteps.ts, bench/pool.ts, bench/cluster.ts on a
- * 3-master Cluster, bench/health.ts, bench/restart.ts, bench/rollout.ts, and bench/reconcile.ts
- * when it exists), reads the `BENCH_RESULT <json>` line each prints with BENCH_JSON=1, and prints one table
+ * redis-server (bench/acquire.ts, bench/checkOnAcquire.ts, bench/acquireSteps.ts, bench/pool.ts,
+ * bench/cluster.ts on a 3-master Cluster, bench/health.ts, bench/restart.ts, bench/rollout.ts, and
+ * bench/reconcile.ts when it exists), reads the `BENCH_RESULT <json>` line each prints with BENCH_JSON=1, and prints one table
  * of target, measured and PASS/MISS. Ratios compare figures of the same run.
  *   npm run bench                    (Markdown: date and machine, then the table; also --markdown)
  *   npm run bench -- --json          (the same report as JSON)
  *   npm run bench -- --save FILE     (also writes the report as JSON to FILE, such as
  *                                     docs/performance/bench-results.json; `npm run docs` renders it)
- *   npm run bench -- --only pool,health   (only these parts: acquire, steps, pool, cluster, reconcile, health, restart, rollout)
+ *   npm run bench -- --only pool,health   (only these parts: acquire, check-on-acquire, steps, pool, cluster, reconcile, health, restart, rollout)
+ *   npm run bench -- --only check-on-acquire --merge docs/performance/bench-results.json
+ *                                    (measures these parts again and replaces their rows in the saved
+ *                                     report FILE, keeping the other parts' rows; writes FILE back)
  * BENCH_POOL_SIZES and BENCH_POOL_SAMPLES, when set, replace the pool part's sizes and samples.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { HealthResult } from './health.js';
@@ -20,30 +23,36 @@ import type { SizeResult } from './pool.js';
 import type { ClusterRow } from './cluster.js';
 import type { StepRow } from './acquireSteps.js';
 import type { ReplicasResult, RestartResult } from './restart.js';
-import { machineInfo, renderBenchMarkdown, type BenchReport, type BenchRow } from './lib/report.js';
+import type { CheckOnAcquireResult } from './checkOnAcquire.js';
+import { machineInfo, mergeBenchReports, parseBenchReport, renderBenchMarkdown, type BenchReport, type BenchRow } from './lib/report.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const PARTS = ['acquire', 'steps', 'pool', 'cluster', 'reconcile', 'health', 'restart', 'rollout'] as const;
+const PARTS = ['acquire', 'check-on-acquire', 'steps', 'pool', 'cluster', 'reconcile', 'health', 'restart', 'rollout'] as const;
 type Part = (typeof PARTS)[number];
 
 function usage(message: string): never {
-  process.stderr.write(`bench: ${message}\nusage: npm run bench -- [--markdown | --json] [--save FILE] [--only ${PARTS.join(',')}]\n`);
+  process.stderr.write(`bench: ${message}\nusage: npm run bench -- [--markdown | --json] [--save FILE | --merge FILE] [--only ${PARTS.join(',')}]\n`);
   process.exit(2);
 }
 
-/** The command line: output form, where to save the report, which parts to run. */
-function parseArgs(argv: string[]): { asJson: boolean; save: string | null; only: Set<Part> } {
+/**
+ * The command line: output form, where to save the report (or which saved report to merge the run
+ * into: read and checked here, before any part runs), which parts to run.
+ */
+function parseArgs(argv: string[]): { asJson: boolean; save: string | null; merge: { file: string; base: BenchReport } | null; only: Set<Part> } {
   let asJson = false;
   let save: string | null = null;
+  let mergeFile: string | null = null;
   let only = new Set<Part>(PARTS);
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === '--json') asJson = true;
     else if (arg === '--markdown') asJson = false;
-    else if (arg === '--save' || arg === '--only') {
+    else if (arg === '--save' || arg === '--only' || arg === '--merge') {
       const value = argv[++i];
       if (!value) usage(`${arg} needs a value`);
       if (arg === '--save') save = value;
+      else if (arg === '--merge') mergeFile = value;
       else {
         const names = value.split(',').map((n) => n.trim());
         const bad = names.filter((n) => !(PARTS as readonly string[]).includes(n));
@@ -52,7 +61,23 @@ function parseArgs(argv: string[]): { asJson: boolean; save: string | null; only
       }
     } else usage(`unknown argument ${arg}`);
   }
-  return { asJson, save, only };
+  if (save !== null && mergeFile !== null) usage('--merge FILE writes the merged report back to FILE: give --save or --merge, not both');
+  let merge: { file: string; base: BenchReport } | null = null;
+  if (mergeFile !== null) {
+    const file = resolve(mergeFile);
+    try {
+      merge = { file, base: parseBenchReport(readFileSync(file, 'utf8')) };
+    } catch (err) {
+      usage(`--merge ${mergeFile}: not a saved bench report (${(err as Error).message})`);
+    }
+    // The rows of every part must be told apart before a run is spent on it.
+    try {
+      mergeBenchReports(merge.base, { ...merge.base, rows: [] }, [], PARTS);
+    } catch (err) {
+      usage(`--merge ${mergeFile}: ${(err as Error).message}`);
+    }
+  }
+  return { asJson, save, merge, only };
 }
 
 const args = parseArgs(process.argv.slice(2));
@@ -149,6 +174,12 @@ async function main(): Promise<void> {
   const rows: Row[] = [];
   const errors: string[] = [];
   const timings: Record<string, number> = {};
+  /** Marks the rows added since the last call as the part's (BenchRow.source), for --merge. */
+  let tagged = 0;
+  const measured = (part: Part) => {
+    for (const row of rows.slice(tagged)) row.source = part;
+    tagged = rows.length;
+  };
 
   if (args.only.has('acquire')) {
     process.stderr.write('bench: acquire through BullMQ (bench/acquire.ts)...\n');
@@ -159,30 +190,41 @@ async function main(): Promise<void> {
     if (a.noop) {
       rows.push({ part: 'raw BullMQ no-op job', figure: 'serial p50 / p99', target: 'limit', measured: `${ms(a.noop.p50)} / ${ms(a.noop.p99)}`, result: 'limit' });
       rows.push({ part: 'raw BullMQ no-op job', figure: 'parallel throughput', target: 'limit', measured: perSec(a.noop.perSecond ?? NaN), result: 'limit' });
+    }
+    if (a.noop && a.acquire) {
+      const ratio = a.acquire.p50 / a.noop.p50;
+      rows.push({ part: 'acquire through BullMQ', figure: `p50 (${ms(a.acquire.p50)}) / no-op p50`, target: '<= 1.40x', measured: times(ratio), result: verdict(ratio <= 1.4) });
+    } else rows.push({ part: 'acquire through BullMQ', figure: 'p50 / no-op p50', target: '<= 1.40x', measured: '-', result: 'not measured' });
+    if (a.noop?.perSecond && a.cycle?.perSecond) {
+      const ratio = a.cycle.perSecond / a.noop.perSecond;
+      rows.push({ part: 'acquire through BullMQ', figure: `acquire+release (${perSec(a.cycle.perSecond)}) / no-op throughput`, target: '>= 0.70x', measured: times(ratio), result: verdict(ratio >= 0.7) });
+    } else rows.push({ part: 'acquire through BullMQ', figure: 'acquire+release / no-op throughput', target: '>= 0.70x', measured: '-', result: 'not measured' });
+    rows.push(...fairnessRows(a.fairness));
+    measured('acquire');
   }
-  if (a.noop && a.acquire) {
-    const ratio = a.acquire.p50 / a.noop.p50;
-    rows.push({ part: 'acquire through BullMQ', figure: `p50 (${ms(a.acquire.p50)}) / no-op p50`, target: '<= 1.40x', measured: times(ratio), result: verdict(ratio <= 1.4) });
-  } else rows.push({ part: 'acquire through BullMQ', figure: 'p50 / no-op p50', target: '<= 1.40x', measured: '-', result: 'not measured' });
-  if (a.noop?.perSecond && a.cycle?.perSecond) {
-    const ratio = a.cycle.perSecond / a.noop.perSecond;
-    rows.push({ part: 'acquire through BullMQ', figure: `acquire+release (${perSec(a.cycle.perSecond)}) / no-op throughput`, target: '>= 0.70x', measured: times(ratio), result: verdict(ratio >= 0.7) });
-  } else rows.push({ part: 'acquire through BullMQ', figure: 'acquire+release / no-op throughput', target: '>= 0.70x', measured: '-', result: 'not measured' });
-  rows.push(...fairnessRows(a.fairness));
-    process.stderr.write('bench: acquire with check_on_acquire tcp (bench/checkOnAcquire.ts)...\n');
-    const checkOut = await runPart('checkOnAcquire.ts');
-    timings.checkOnAcquire = checkOut.seconds;
-    if (checkOut.error) errors.push(checkOut.error);
-    const c = checkOut.result as { plain?: { p50: number; p99: number }; checked?: { p50: number; p99: number } } | null;
-    if (c?.plain && c.checked) {
-      rows.push({
-        part: 'acquire with check_on_acquire tcp',
-        figure: `p50 / p99 (without: ${ms(c.plain.p50)} / ${ms(c.plain.p99)})`,
-        target: 'info',
-        measured: `${ms(c.checked.p50)} / ${ms(c.checked.p99)}`,
-        result: 'info',
-      });
-    } else rows.push({ part: 'acquire with check_on_acquire tcp', figure: 'p50 / p99', target: 'info', measured: '-', result: 'not measured' });
+
+  if (args.only.has('check-on-acquire')) {
+    process.stderr.write('bench: acquire with check_on_acquire none, tcp, ssh (bench/checkOnAcquire.ts)...\n');
+    const out = await runPart('checkOnAcquire.ts');
+    timings['check-on-acquire'] = out.seconds;
+    if (out.error) errors.push(out.error);
+    const c = out.result as CheckOnAcquireResult | null;
+    const part = 'check at hand-over (check_on_acquire)';
+    const none = c?.cases.find((x) => x.case === 'none');
+    for (const kind of ['none', 'tcp', 'ssh'] as const) {
+      const x = c?.cases.find((y) => y.case === kind);
+      const label = kind === 'none' ? 'acquire through BullMQ, no check' : `acquire through BullMQ, check_on_acquire ${kind}`;
+      if (!x) {
+        const why = c?.skipped[kind];
+        rows.push({ part, figure: `${label}: p50 / p95${why ? ` (${why})` : ''}`, target: '-', measured: '-', result: 'not measured' });
+        continue;
+      }
+      const diff = none ? x.p50 - none.p50 : 0;
+      const added = none && kind !== 'none' ? `, ${diff < 0 ? '-' : '+'}${ms(Math.abs(diff))} p50` : '';
+      const failed = x.failedChecks > 0 ? `, ${x.failedChecks} VMs failed the check` : '';
+      rows.push({ part, figure: `${label}: p50 / p95 (${x.samples} serial${added}${failed})`, target: '-', measured: `${ms(x.p50)} / ${ms(x.p95)}`, result: 'info' });
+    }
+    measured('check-on-acquire');
   }
 
   if (args.only.has('steps')) {
@@ -202,6 +244,7 @@ async function main(): Promise<void> {
           result: 'info',
         });
     else rows.push({ part: 'acquire script by step', figure: 'SLOWLOG medians', target: '-', measured: '-', result: 'not measured' });
+    measured('steps');
   }
 
   if (args.only.has('pool')) {
@@ -249,6 +292,7 @@ async function main(): Promise<void> {
         });
       }
     } else rows.push({ part: 'direct acquire', figure: 'all sizes', target: '-', measured: '-', result: 'not measured' });
+    measured('pool');
   }
 
   if (args.only.has('cluster')) {
@@ -267,6 +311,7 @@ async function main(): Promise<void> {
           result: 'info',
         });
     else rows.push({ part: 'past one shard', figure: 'cycles/s of 1, 2, 3 pools', target: '-', measured: '-', result: 'not measured' });
+    measured('cluster');
   }
 
   if (!args.only.has('reconcile')) {
@@ -281,6 +326,7 @@ async function main(): Promise<void> {
     else if (rr) for (const [figure, v] of Object.entries(rr)) rows.push({ part: 'reconcile', figure, target: '-', measured: JSON.stringify(v), result: 'info' });
     else rows.push({ part: 'reconcile', figure: 'cycle, nothing due / 1/12 due', target: '<= 20 ms / <= 1.5 s', measured: '-', result: 'not measured' });
   } else rows.push({ part: 'reconcile', figure: 'cycle, nothing due / 1/12 due', target: '<= 20 ms / <= 1.5 s', measured: '-', result: 'not measured' });
+  if (args.only.has('reconcile')) measured('reconcile');
 
   if (args.only.has('health')) {
     process.stderr.write('bench: health checks (bench/health.ts)...\n');
@@ -312,6 +358,7 @@ async function main(): Promise<void> {
       rows.push({ part: 'health processes', figure: 'checks/s of one process, client CPU bound (1000 / worst CPU ms)', target: '-', measured: perSec(h.cpuBoundChecksPerSecond), result: 'info' });
       rows.push({ part: 'health processes', figure: '10,000 VMs at 120 s (83 checks/s) / 100,000 VMs (833 checks/s)', target: '-', measured: `${h.processesFor10k} / ${h.processesFor100k}`, result: 'info' });
     } else rows.push({ part: 'health', figure: 'checks per second', target: '<= 5 ms CPU/check', measured: '-', result: 'not measured' });
+    measured('health');
   }
 
   if (args.only.has('restart')) {
@@ -338,6 +385,7 @@ async function main(): Promise<void> {
           result: 'info',
         });
     } else rows.push({ part: 'restart storm', figure: 'server start until 90% can be handed out', target: '-', measured: '-', result: 'not measured' });
+    measured('restart');
   }
 
   if (args.only.has('rollout')) {
@@ -348,19 +396,25 @@ async function main(): Promise<void> {
     const rr = out.result as { rows?: Partial<Row & { pass: boolean }>[] } | null;
     if (rr?.rows) rows.push(...partRows(rr.rows, 'rollout'));
     else rows.push({ part: 'rollout', figure: 'change to last old VM gone, min ready, extra VM-minutes', target: '-', measured: '-', result: 'not measured' });
+    measured('rollout');
   }
 
   const seconds = (Date.now() - started) / 1000;
   const skipped = PARTS.filter((p) => !args.only.has(p));
-  const report: BenchReport = {
+  let report: BenchReport = {
     date: new Date().toISOString(),
     machine: machineInfo(),
     seconds,
     timings,
     errors,
     rows,
-    ...(skipped.length ? { note: `Only some parts ran (--only); not run: ${skipped.join(', ')}.` } : {}),
+    ...(skipped.length && !args.merge ? { note: `Only some parts ran (--only); not run: ${skipped.join(', ')}.` } : {}),
   };
+  if (args.merge) {
+    report = mergeBenchReports(args.merge.base, report, PARTS.filter((p) => args.only.has(p)), PARTS);
+    writeFileSync(args.merge.file, `${JSON.stringify(report, null, 2)}\n`);
+    process.stderr.write(`bench: rows of ${PARTS.filter((p) => args.only.has(p)).join(', ')} merged into ${args.merge.file}; \`npm run docs\` renders it into docs/performance.md\n`);
+  }
   if (args.save) {
     const file = resolve(args.save);
     mkdirSync(dirname(file), { recursive: true });

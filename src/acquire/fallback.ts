@@ -1,6 +1,7 @@
 /**
  * Spill-over between groups (`fallback_groups`): while a group cannot take new demand (its spawn
- * circuit breaker is open, or it is at max_vm_total), a request for it may be served by the first
+ * circuit breaker is open, it is at max_vm_total, or its next spawn does not fit a resource limit:
+ * quota_full), a request for it may be served by the first
  * of its fallback groups that can. Pure: the acquire processor and reconcile's demand both use it.
  */
 import type { GroupConfig } from '../config/index.js';
@@ -44,18 +45,20 @@ export function hasFallbacks(groups: readonly Pick<GroupConfig, 'fallback_groups
 }
 
 /**
- * Groups that cannot take new demand now: an open spawn breaker (also while its probe runs), or
- * as many VMs as max_vm_total (terminating ones do not count, as for spawning).
+ * Groups that cannot take new demand now: an open spawn breaker (also while its probe runs), as
+ * many VMs as max_vm_total (terminating ones do not count, as for spawning), or a next spawn that
+ * does not fit the group's max_resources or its account's limits or cloud quota (`quotaFull`:
+ * reconcile's quota_full marker, which lasts three cycles after the last cycle that found it).
  */
 export function blockedGroups(
   groups: readonly Pick<GroupConfig, 'name' | 'max_vm_total'>[],
-  state: readonly { group: string; breaker?: BreakerState | null; active: number }[],
+  state: readonly { group: string; breaker?: BreakerState | null; active: number; quotaFull?: boolean }[],
   now: number,
 ): Set<string> {
   const blocked = new Set<string>();
   for (const s of state) {
     const g = groups.find((c) => c.name === s.group);
-    if (g && (breakerOpen(s.breaker, now) || s.active >= g.max_vm_total)) blocked.add(s.group);
+    if (g && (breakerOpen(s.breaker, now) || s.active >= g.max_vm_total || s.quotaFull === true)) blocked.add(s.group);
   }
   return blocked;
 }

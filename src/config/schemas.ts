@@ -250,7 +250,7 @@ export const groupConfigSchema = z
     fallback_groups: z
       .array(z.string().min(1))
       .optional()
-      .describe("Groups that serve this group's new demand while its breaker is open or it is at max_vm_total, first that can take it"),
+      .describe("Groups that serve this group's new demand while its breaker is open, it is at max_vm_total, or its spawns wait as quota_full, first that can take it"),
     min_ready_floor: z.number().int().nonnegative().optional().describe('Lower bound of the warm pool that target_wait sizes (default 0)'),
     min_ready_ceiling: z.number().int().nonnegative().optional().describe('Upper bound of the warm pool that target_wait sizes (default max_vm_total)'),
     reuse_max_count: z.number().int().nonnegative().default(0).describe('Retire a dirty VM after this many builds (0: no limit)'),

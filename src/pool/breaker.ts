@@ -2,11 +2,15 @@ import { blockedGroups } from '../acquire/fallback.js';
 import { UNCLASSIFIED, type SpawnFailureClass } from '../providers/spawnErrors.js';
 import { breakerPolicy, needsOperator } from '../reconcile/breaker.js';
 import type { PoolContext } from './context.js';
+import type { Quotas } from './quota.js';
 import { activeVmCount } from './types.js';
 
 /** Each group's spawn circuit breaker (recordSpawnOutcome-1.lua), and the groups it blocks. */
 export class Breaker {
-  constructor(private readonly ctx: PoolContext) {}
+  constructor(
+    private readonly ctx: PoolContext,
+    private readonly quotas: Quotas,
+  ) {}
 
   /** See VmManager.recordSpawnOutcome. */
   async recordSpawnOutcome(group: string, outcome: 'ok' | 'failed', errorClass: SpawnFailureClass = UNCLASSIFIED, message = ''): Promise<boolean> {
@@ -27,8 +31,16 @@ export class Breaker {
 
   /** See VmManager.blockedGroups. */
   async blockedGroups(groups: readonly string[]): Promise<Set<string>> {
-    const [counts, breakers] = await Promise.all([this.ctx.reader.stateCounts(groups), Promise.all(groups.map((g) => this.ctx.reader.breaker(g)))]);
-    return blockedGroups(this.ctx.config.groups, groups.map((g, i) => ({ group: g, breaker: breakers[i], active: activeVmCount(counts[i]!) })), this.ctx.clock());
+    const [counts, breakers, full] = await Promise.all([
+      this.ctx.reader.stateCounts(groups),
+      Promise.all(groups.map((g) => this.ctx.reader.breaker(g))),
+      this.quotas.full(groups),
+    ]);
+    return blockedGroups(
+      this.ctx.config.groups,
+      groups.map((g, i) => ({ group: g, breaker: breakers[i], active: activeVmCount(counts[i]!), quotaFull: full[i] != null })),
+      this.ctx.clock(),
+    );
   }
 
   /** An operator closes the group's circuit breaker (after fixing credentials or the request). */

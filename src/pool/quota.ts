@@ -70,7 +70,9 @@ export class Quotas {
 
   /**
    * The limits registerSpawn re-checks for one more VM of the group: its max_resources, and its
-   * account's limits (`accountLimits`: what the pool may use of it) over the groups naming it.
+   * account's limits (`accountLimits`: what the pool may use of it) over the groups naming it. Those
+   * include the groups removed from the config that drain (as last read, with the config reconcile
+   * published for them): their VMs still use the account until they are terminated.
    */
   spawnLimits(group: string, accountLimits: Resources | undefined): SpawnLimit[] {
     const g = this.ctx.groupConfig(group);
@@ -81,7 +83,8 @@ export class Quotas {
     if (g.account) {
       const max = accountLimits ?? this.ctx.config.accounts[g.account]?.max_resources ?? {};
       if (Object.keys(max).length > 0) {
-        const groups = Object.fromEntries(this.ctx.config.groups.filter((o) => o.account === g.account).map((o) => [o.name, vmResources(o)]));
+        const all = [...this.ctx.config.groups, ...this.ctx.removedGroups.values()];
+        const groups = Object.fromEntries(all.filter((o) => o.account === g.account).map((o) => [o.name, vmResources(o)]));
         limits.push({ name: 'account', max, groups });
       }
     }

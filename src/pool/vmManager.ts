@@ -132,11 +132,11 @@ export class VmManager {
     this.holds = new Holds(this.ctx);
     this.health = new Health(this.ctx, this.jobs);
     this.spawns = new Spawns(this.ctx);
-    this.breaker = new Breaker(this.ctx);
     this.groups = new GroupState(this.ctx);
     this.stateLoss = new StateLoss(this.ctx, this.jobs);
     this.telemetry = new Telemetry(this.ctx);
     this.quotas = new Quotas(this.ctx);
+    this.breaker = new Breaker(this.ctx, this.quotas);
     this.autoholds = new Autoholds(this.ctx);
   }
 
@@ -572,8 +572,9 @@ export class VmManager {
   }
 
   /**
-   * Which of these groups cannot take new demand now (open spawn breaker, or at max_vm_total), so
-   * that their fallback_groups serve it (src/acquire/fallback.ts). One pipeline per call.
+   * Which of these groups cannot take new demand now (open spawn breaker, at max_vm_total, or
+   * quota_full: its next spawn does not fit a resource limit), so that their fallback_groups serve
+   * it (src/acquire/fallback.ts). One pipeline per call.
    */
   async blockedGroups(groups: readonly string[]): Promise<Set<string>> {
     return this.breaker.blockedGroups(groups);

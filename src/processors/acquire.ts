@@ -119,9 +119,9 @@ function serveAcquireJob(job: Job, payload: AcquireJobPayload, ctx: JobContext):
 /** processAcquireJob for a payload already validated (the worker runtime validates every job). */
 async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: JobContext): Promise<VmAssignment> {
   const asked = await resolveRequestGroups(ctx, request, job);
-  // fallback_groups: while a group asked for is blocked (breaker open, or full), its fallbacks serve
-  // too. Read at every run; such a request is parked for at most acquire_safety_retry, so that it
-  // spills over, or its demand returns, soon after its groups change.
+  // fallback_groups: while a group asked for is blocked (breaker open, at max_vm_total, or
+  // quota_full), its fallbacks serve too. Read at every run; such a request is parked for at most
+  // acquire_safety_retry, so that it spills over, or its demand returns, soon after its groups change.
   const spills = !isStrictRequest(request) && asked.some((g) => (ctx.config.groups.find((c) => c.name === g)?.fallback_groups?.length ?? 0) > 0);
   const groups = spills ? withFallbacks(ctx.config.groups, asked, await ctx.vmm.blockedGroups(asked)) : asked;
   // The lines it may have joined in any run (with every fallback), to leave them all.

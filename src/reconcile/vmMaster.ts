@@ -203,10 +203,13 @@ export class VmMaster {
         return [group, { all, active: activeVmCount(byState), coming: supply[i]!.coming }];
       }),
     );
-    // With fallback groups, a request for a blocked group counts for the fallback that serves it.
+    // With fallback groups, a request for a blocked group (breaker open, at max_vm_total, quota_full)
+    // counts for the fallback that serves it.
     let route: DemandRoute | undefined;
     if (hasFallbacks(vmm.config.groups)) {
-      const blocked = blockedGroups(vmm.config.groups, groups.map((g) => ({ ...g, active: counts.get(g.group)?.active ?? 0 })), now);
+      // quota_full markers of the last cycles: one MGET of the groups' keys.
+      const full = await vmm.quotas.full(groupNames);
+      const blocked = blockedGroups(vmm.config.groups, groups.map((g, i) => ({ ...g, active: counts.get(g.group)?.active ?? 0, quotaFull: full[i] != null })), now);
       route = (r) => demandGroupsOf(r.groups, withFallbacks(vmm.config.groups, r.groups, blocked, r.strict), blocked);
     }
     const demand = await readDemand(vmm, this.queue(ACQUIRE_QUEUE), route);

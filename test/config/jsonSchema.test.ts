@@ -4,6 +4,7 @@ import { Ajv } from 'ajv';
 import { describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { ConfigError, configJsonSchema, configSchemaPath, configTemplate, parseConfig } from '../../src/config/index.js';
+import { ACCOUNTS_EXAMPLE_INTRO, GROUP_EXAMPLE_INTRO } from '../../src/config/template.js';
 
 // The published JSON Schema, checked by a real JSON Schema validator (ajv), against the same files
 // that parseConfig reads: what one accepts the other must accept, and both refuse unknown keys.
@@ -39,6 +40,42 @@ describe('the config JSON Schema', () => {
     const data = parseYaml(configTemplate());
     expect(validate(data), JSON.stringify(validate.errors)).toBe(true);
     expect(() => parseConfig(data, {})).not.toThrow();
+  });
+
+  it("config init's commented examples (accounts, the optional group keys) parse once uncommented as their notes say", () => {
+    const lines = configTemplate().split('\n');
+    // accounts: the comment lines after the intro replace `{}`.
+    const intro = lines.findIndex((l) => l.includes(ACCOUNTS_EXAMPLE_INTRO));
+    const at = lines.indexOf('accounts: {}');
+    expect(intro).toBeGreaterThan(0);
+    expect(at).toBeGreaterThan(intro);
+    const accounts = lines.slice(intro + 1, at).map((l) => l.replace(/^# /, ''));
+    let out = [...lines.slice(0, intro + 1), 'accounts:', ...accounts, ...lines.slice(at + 1)];
+    // The group keys: the comment lines after their intro, at the group's indentation.
+    const keys = out.findIndex((l) => l.includes(GROUP_EXAMPLE_INTRO));
+    expect(keys).toBeGreaterThan(0);
+    out = out.map((l, i) => (i > keys && /^ {4}# [a-z_]+: /.test(l) ? l.replace(/^ {4}# /, '    ') : l));
+    // As the notes say: resources in the units the limits name, and the fallback group in the config.
+    const text = out.join('\n').replace('resources: {}', 'resources: { cores: 4, ram_mb: 8192 }');
+    const data = parseYaml(text) as { groups: object[] };
+    data.groups.push({ name: 'ondemand' });
+    const validate = compileSchema();
+    expect(validate(data), JSON.stringify(validate.errors)).toBe(true);
+    const config = parseConfig(data, {});
+    expect(config.accounts['openstack-prod']).toMatchObject({ max_resources: { cores: 64, instances: 20 }, quota_cmd: ['/etc/vmpool/hooks/quota.sh'], quota_cache: 300 });
+    expect(config.groups[0]).toMatchObject({
+      account: 'openstack-prod',
+      resources: { cores: 4, ram_mb: 8192 },
+      max_resources: { cores: 32 },
+      max_resources_per_owner: { cores: 8 },
+      check_on_acquire: 'ssh',
+      check_on_acquire_timeout: 3,
+      fallback_groups: ['ondemand'],
+      image: 'fedora-41-x86_64',
+      launch_revision: 0,
+      max_ready_age: 86400,
+      breaker: { failures: 3, backoff: 60, max_backoff: 3600 },
+    });
   });
 
   it('validates every example config, which parseConfig accepts too', async () => {

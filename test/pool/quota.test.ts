@@ -54,3 +54,45 @@ describe('registerSpawn with resource limits (real Redis)', () => {
     expect(await vmm.registerSpawn('a', 's-a4', { cores: 6 })).toEqual({ limit: 'account', unit: 'cores' });
   });
 });
+
+describe('registerSpawn and a group removed from the config (real Redis)', () => {
+  // `old` named the account; the operator removed it from the config. Its VMs drain, and until they
+  // are gone they still use the account: a spawn of `new` must not pass the account's limit.
+  const prefix = uniquePrefix('quota-removed');
+  const accounts = { acct: { max_resources: { cores: 12 } } };
+  const oldGroup = { name: 'old', account: 'acct', resources: { cores: 4 } };
+  const newGroup = { name: 'new', account: 'acct', resources: { cores: 4 } };
+  let redis: Redis;
+  const managers: VmManager[] = [];
+
+  beforeAll(() => {
+    redis = connect();
+  });
+  afterAll(async () => {
+    await Promise.all(managers.map((m) => m.close()));
+    await deleteKeysWithPrefix(redis, prefix);
+    await redis.quit();
+  });
+
+  it("counts the removed group's VMs (its published config's account and resources) in the account's limit", async () => {
+    const before = new VmManager({ redis: { url: REDIS_URL }, accounts, groups: [oldGroup, newGroup] }, { redis, prefix });
+    managers.push(before);
+    // Reconcile registers and publishes the config's groups every cycle.
+    await before.registerConfigGroups();
+    await before.addVmToPool('10.9.1.1', 'old1', 'old');
+    await before.addVmToPool('10.9.1.2', 'old2', 'old');
+
+    const after = new VmManager({ redis: { url: REDIS_URL }, accounts, groups: [newGroup] }, { redis, prefix });
+    managers.push(after);
+    expect([...(await after.refreshRemovedGroups()).keys()]).toEqual(['old']);
+    // old's 8 cores + 4 = 12: one VM of new fits, a second does not.
+    expect(await after.registerSpawn('new', 's-n1')).toBeNull();
+    expect(await after.registerSpawn('new', 's-n2')).toEqual({ limit: 'account', unit: 'cores' });
+    expect((await after.getSpawnsInFlight('new')).map((s) => s.spawnId)).toEqual(['s-n1']);
+
+    // old's VMs terminate as it drains: their cores are the account's again.
+    await after.startVmTermination('old1', 'got_ip', 'surplus');
+    expect(await after.registerSpawn('new', 's-n2')).toBeNull();
+    expect(await after.registerSpawn('new', 's-n3')).toEqual({ limit: 'account', unit: 'cores' });
+  });
+});

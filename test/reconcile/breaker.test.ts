@@ -175,4 +175,9 @@ describe('fallback groups (pure)', () => {
     // Past its backoff the breaker still blocks new demand until its probe closes it.
     expect([...blockedGroups(groups, [{ group: 'spot', breaker: open, active: 0 }], 20_000)]).toEqual(['spot']);
   });
+
+  it("blocks a group whose next spawn does not fit a resource limit (reconcile's quota_full marker)", () => {
+    expect([...blockedGroups(groups, [{ group: 'spot', breaker: null, active: 0, quotaFull: true }, { group: 'ondemand', breaker: null, active: 0, quotaFull: false }], 5_000)]).toEqual(['spot']);
+    expect(withFallbacks(groups, ['spot'], blockedGroups(groups, [{ group: 'spot', active: 0, quotaFull: true }], 5_000))).toEqual(['spot', 'ondemand', 'big']);
+  });
 });

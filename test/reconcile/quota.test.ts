@@ -133,6 +133,22 @@ describe('decideStartSpawnIfRequired with resource limits', () => {
     expect(fullOf(limited, 'a')).toMatchObject({ limit: 'account', units: ['instances'] });
   });
 
+  it("counts the VMs of a group removed from the config (its published config) in its account's usage", () => {
+    // decisionConfig() lists the removed groups' published configs after the config's groups.
+    const cfg = config({
+      accounts: { cloud: { max_resources: { cores: 12 } } },
+      groups: [
+        { name: 'new', ...free, account: 'cloud', resources: { cores: 4 } },
+        { name: 'old', ...free, account: 'cloud', resources: { cores: 4 } },
+      ],
+    });
+    // old drains with 2 VMs (8 cores): new may add 1 VM of 4 cores, not the 3 it wants.
+    const actions = decideStartSpawnIfRequired({ vms: [], groups: [group('new', 3), { ...group('old', 5, 2), removed: true }], serverStart: null }, cfg, NOW);
+    expect(spawnsOf(actions, 'new')).toBe(1);
+    expect(spawnsOf(actions, 'old')).toBe(0);
+    expect(fullOf(actions, 'new')).toMatchObject({ limit: 'account', units: ['cores'] });
+  });
+
   it('says nothing when no spawn was wanted anyway', () => {
     const cfg = config({ groups: [{ name: 'a', ...free, max_resources: { instances: 1 } }] });
     expect(decideStartSpawnIfRequired({ vms: [], groups: [group('a', 0, 1)], serverStart: null }, cfg, NOW)).toEqual([]);
