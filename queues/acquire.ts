@@ -70,6 +70,9 @@ export const acquireSetRequestSchema = z.strictObject({
   requestId: text(255).optional(),
   /** How long the set may wait for all its VMs, in milliseconds. */
   timeoutMs: z.number().int().positive().max(24 * 3600 * 1000).optional(),
+  /** Keep every VM to the groups it lists: never served by their fallback_groups (`strict_group` is the same). */
+  strictGroup: z.boolean().optional(),
+  strict_group: z.boolean().optional(),
 });
 export type AcquireSetRequestData = z.input<typeof acquireSetRequestSchema>;
 

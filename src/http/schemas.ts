@@ -67,6 +67,8 @@ export const acquireSetBodySchema = z
       .optional()
       .describe('Identity of the request: asking again with it (a retry after a lost answer) gets the same VMs while their first lease term lasts'),
     timeoutMs: acquireFields.timeoutMs.describe('How long to wait for the whole set, in ms (default 55 s)'),
+    strictGroup: acquireFields.strictGroup.describe("Every VM only from the groups it lists, never from their fallback_groups"),
+    strict_group: acquireFields.strict_group.describe('The same as strictGroup'),
   })
   .describe('Several VMs at once, all or nothing: none is held while the rest cannot be had')
   .register(apiSchemaRegistry, { id: 'AcquireSetRequest' });

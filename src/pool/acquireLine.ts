@@ -58,6 +58,12 @@ export function setDemandMember(jobId: string, item: number): string {
   return `set|${jobId}|${item}`;
 }
 
+/** The job id of a set's demand member (setDemandMember), or null for another member. */
+export function setJobIdOfDemandMember(member: string): string | null {
+  const last = member.lastIndexOf('|');
+  return member.startsWith('set|') && last > 4 ? member.slice(4, last) : null;
+}
+
 /** The pub/sub channel of each group on which the scripts say that a VM may be acquirable: channel -> group name. */
 export function readyChannels(prefix: string, groups: readonly string[]): Map<string, string> {
   const keys = poolKeys(prefix);
@@ -182,7 +188,10 @@ export class AcquireLine {
   }
 
   /** See VmManager.tryAcquireVmSet. */
-  async tryAcquireVmSet(request: AcquireSetRequest, options: { demandForMs?: number; waiter?: AcquireWaiter } = {}): Promise<AcquireSetAttempt> {
+  async tryAcquireVmSet(
+    request: AcquireSetRequest,
+    options: { demandForMs?: number; waiter?: AcquireWaiter; possibleWith?: readonly (readonly string[])[] } = {},
+  ): Promise<AcquireSetAttempt> {
     const { owner, sandbox, workerId, items } = request ?? ({} as AcquireSetRequest);
     if (!Array.isArray(items) || items.length === 0) throw new InvalidVmRequest('acquireVmSet needs a non-empty list of items');
     if (items.length > MAX_SET_ITEMS) throw new InvalidVmRequest(`acquireVmSet takes at most ${MAX_SET_ITEMS} items`);
@@ -207,7 +216,11 @@ export class AcquireLine {
         }),
       };
     });
-    refuseImpossibleSet(resolved, (group) => this.ctx.groupConfig(group).max_vm_total);
+    // Judged by the groups each item may ever use (with fallbacks that may serve it later, when given).
+    const possible = options.possibleWith
+      ? options.possibleWith.map((groups) => ({ groups: groups.map((group) => ({ group, maxVmPerOwner: ownerVmLimit(this.ctx.groupConfig(group)) })) }))
+      : resolved;
+    refuseImpossibleSet(possible, (group) => this.ctx.groupConfig(group).max_vm_total);
     const attempt = await this.ctx.scripts.acquireVmSet({
       now: this.ctx.clock(),
       owner,

@@ -361,9 +361,13 @@ export class VmManager {
    * VMs for it). With a waiter (an acquire-set job: the acquire processor), the set waits in the
    * line as one request, and the line gives it all its VMs at once when its turn comes and they can
    * all be had. A set that no pool could serve under this config (more items than its groups allow
-   * one owner) is refused with InvalidVmRequest.
+   * one owner) is refused with InvalidVmRequest; `possibleWith` gives each item's groups to judge
+   * that by, when they may grow (fallback groups that may serve it later).
    */
-  async tryAcquireVmSet(request: AcquireSetRequest, options: { demandForMs?: number; waiter?: AcquireWaiter } = {}): Promise<AcquireSetAttempt> {
+  async tryAcquireVmSet(
+    request: AcquireSetRequest,
+    options: { demandForMs?: number; waiter?: AcquireWaiter; possibleWith?: readonly (readonly string[])[] } = {},
+  ): Promise<AcquireSetAttempt> {
     return this.line.tryAcquireVmSet(request, options);
   }
 

@@ -228,14 +228,22 @@ async function resolveSetItems(ctx: JobContext, request: AcquireSetRequestData, 
 /**
  * Processes one acquire-set job: every VM of the set, all or nothing, or the set parks in the line
  * as one request until the line can give it all its VMs at once (acquireVmSet-1.lua), bounded by
- * timeoutMs from the job's creation. Nothing is assigned to it while it waits. A re-run gets the
+ * timeoutMs from the job's creation. Nothing is assigned to it while it waits. Its VMs spill over to
+ * their groups' fallback_groups as a single request's do (not with strictGroup). A re-run gets the
  * VMs given before; a withdrawn set fails as cancelled. With check_on_acquire, each VM is checked
  * at hand-over; if one fails, it is terminated, the others go back (ready, still bound to the
  * owner and sandbox, so the next attempt prefers them) and the set is tried again.
  */
 async function serveAcquireSetRequest(job: Job, request: AcquireSetRequestData, ctx: JobContext): Promise<VmSetAssignment> {
-  const items = await resolveSetItems(ctx, request, job);
+  const asked = await resolveSetItems(ctx, request, job);
+  // fallback_groups, as for a single request: while a group an item lists is blocked, its
+  // fallbacks serve that item too; read at every run, parked for at most acquire_safety_retry.
+  const spills = !isStrictRequest(request) && asked.some((item) => item.some((g) => (ctx.config.groups.find((c) => c.name === g)?.fallback_groups?.length ?? 0) > 0));
+  const blocked = spills ? await ctx.vmm.blockedGroups([...new Set(asked.flat())]) : new Set<string>();
+  const items = spills ? asked.map((item) => withFallbacks(ctx.config.groups, item, blocked)) : asked;
   const groups = [...new Set(items.flat())];
+  // The lines it may have joined in any run (with every fallback), to leave them all.
+  const lineGroups = spills ? setLineGroups(ctx, asked) : groups;
   const timeoutMs = request.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS;
   const deadline = job.timestamp + timeoutMs;
   const waiter = waiterOf(job, deadline);
@@ -243,12 +251,14 @@ async function serveAcquireSetRequest(job: Job, request: AcquireSetRequestData, 
   if (!stopped.has(ctx)) runtimeOf(ctx).watch(groups.filter((g) => ctx.vmm.removedGroups.has(g)));
   const log = ctx.logger.child({ jobId, owner: request.owner, set: items.length });
   const setRequest = { owner: request.owner, sandbox: request.sandbox, workerId: ctx.workerId, jobId, items: items.map((g) => ({ groups: g })) };
+  // Possible at all: judged with every fallback an item may spill to.
+  const possibleWith = spills ? asked.map((item) => withFallbacks(ctx.config.groups, item, new Set(ctx.vmm.vmGroups))) : undefined;
   let attempt: Awaited<ReturnType<typeof ctx.vmm.tryAcquireVmSet>>;
   for (;;) {
     try {
-      attempt = await ctx.vmm.tryAcquireVmSet(setRequest, { waiter });
+      attempt = await ctx.vmm.tryAcquireVmSet(setRequest, { waiter, possibleWith });
     } catch (err) {
-      await ctx.vmm.leaveAcquireLine(waiter, groups).catch(() => undefined);
+      await ctx.vmm.leaveAcquireLine(waiter, lineGroups).catch(() => undefined);
       if (err instanceof VmError) throw await failAcquireJob(job, failureOf(err), err.message);
       throw err;
     }
@@ -275,7 +285,7 @@ async function serveAcquireSetRequest(job: Job, request: AcquireSetRequestData, 
     },
   );
   if (now >= deadline || !job.token) {
-    await ctx.vmm.leaveAcquireLine(waiter, groups);
+    await ctx.vmm.leaveAcquireLine(waiter, lineGroups);
     const last = why ? describeWait(why) : 'not all of its VMs could be had at once';
     throw await failAcquireJob(
       job,
@@ -284,9 +294,15 @@ async function serveAcquireSetRequest(job: Job, request: AcquireSetRequestData, 
     );
   }
   if (why) await job.updateProgress({ waiting: { ...why, set: items.length } }).catch(() => undefined);
-  await job.moveToDelayed(deadline, job.token);
+  await job.moveToDelayed(spills ? Math.min(deadline, now + ctx.config.acquire_safety_retry * 1000) : deadline, job.token);
   if (await ctx.vmm.reader.isAcquireAssigned(jobId)) await job.promote().catch(() => undefined);
   throw new DelayedError();
+}
+
+/** Every group a set's items may use with all their fallbacks: the lines it may have joined. */
+function setLineGroups(ctx: JobContext, asked: readonly (readonly string[])[]): string[] {
+  const all = new Set(ctx.vmm.vmGroups);
+  return [...new Set(asked.flatMap((item) => withFallbacks(ctx.config.groups, item, all)))];
 }
 
 /**
@@ -325,7 +341,7 @@ export const acquireProcessor: ProcessorSpec<AcquireJobPayload, VmAssignment | V
       const set = acquireSetRequestSchema.safeParse(job.data);
       if (!set.success) return;
       const items = await resolveSetItems(ctx, set.data).catch(() => null);
-      if (items) await ctx.vmm.leaveAcquireLine(waiterOf(job, 0), [...new Set(items.flat())]);
+      if (items) await ctx.vmm.leaveAcquireLine(waiterOf(job, 0), setLineGroups(ctx, items));
       return;
     }
     const parsed = acquireRequestSchema.safeParse(job.data);

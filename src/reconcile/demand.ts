@@ -21,7 +21,7 @@
 import type { Job, Queue } from 'bullmq';
 import { requestGroupIds } from '../acquire/requestGroups.js';
 import type { AcquireWaiter } from '../pool/types.js';
-import { setDemandMember } from '../pool/acquireLine.js';
+import { setDemandMember, setJobIdOfDemandMember } from '../pool/acquireLine.js';
 import type { VmManager } from '../pool/vmManager.js';
 import { ownerRoomAcross, ownerUsageSpec, ownerVmLimit, type Resources } from './quota.js';
 import { acquireRequestSchema, acquireSetRequestSchema, DEFAULT_ACQUIRE_TIMEOUT_MS, isAcquireSetPayload, isStrictRequest } from '../../queues/acquire.js';
@@ -149,11 +149,12 @@ export function queuedSetDemand(
   const parsed = acquireSetRequestSchema.safeParse(job.data);
   if (!parsed.success) return [];
   if (job.timestamp + (parsed.data.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS) <= now) return [];
+  const strict = isStrictRequest(parsed.data);
   try {
     return parsed.data.vms.map((item, i) => ({
       jobId: setDemandMember(job.id!, i + 1),
-      groups: requestGroupIds(groups, item, removed).slice(0, 1),
-      strict: true,
+      groups: requestGroupIds(groups, item, removed),
+      ...(strict ? { strict } : {}),
     }));
   } catch {
     return [];
@@ -205,10 +206,26 @@ export async function readDemand(vmm: VmManager, acquireQueue: Queue, route?: De
     const r = job ? queuedDemandRequest(job, groups, now, removed) : null;
     if (r) requests.push(r);
   }
-  // Items of sets that wait (acquireVmSet, outside the line): each is demand of its first group.
+  // Items of sets that wait (in the line, or VmManager.acquireVmSet retrying outside it): each is
+  // demand of its first group. With a route (fallback groups), the set's job says each item's
+  // groups and whether it is strict (one read per set); a set with no job keeps to its first group.
   const sets = await Promise.all(names.map((g) => vmm.reader.setDemand(g, now, LINE_DEMAND_SCAN)));
-  sets.forEach((members, i) => {
-    for (const member of members) requests.push({ jobId: member, groups: [names[i]!], strict: true });
-  });
+  const setItems = new Map<string, DemandRequest[]>();
+  for (const [i, members] of sets.entries()) {
+    for (const member of members) {
+      let request: DemandRequest = { jobId: member, groups: [names[i]!], strict: true };
+      const setJobId = route ? setJobIdOfDemandMember(member) : null;
+      if (setJobId !== null) {
+        let items = setItems.get(setJobId);
+        if (!items) {
+          const job = await acquireQueue.getJob(setJobId).catch(() => undefined);
+          items = job ? queuedSetDemand({ id: setJobId, data: job.data, timestamp: job.timestamp }, groups, -Infinity, removed) : [];
+          setItems.set(setJobId, items);
+        }
+        request = items.find((r) => r.jobId === member) ?? request;
+      }
+      requests.push(request);
+    }
+  }
   return demandByGroup(requests, names, route, await readOwnerRooms(vmm, requests));
 }

@@ -211,4 +211,29 @@ describe('VM sets in the acquire line (acquire-set jobs, real Redis)', () => {
     await kit.addReady('f1', '10.66.0.1');
     expect(((await single) as { vmName: string }).vmName).toBe('f1');
   }, 30_000);
+
+  it("spills over to fallback_groups while a group is full (all its VMs from the fallback), and keeps to its groups with strictGroup", async () => {
+    kit = await createAcquireKit(
+      'set-line-spill',
+      acquireConfig({
+        groups: [
+          { name: 'base', archs: ['x86_64'], max_vm_per_user: 3, max_vm_total: 1, fallback_groups: ['spare'] },
+          { name: 'spare', archs: ['x86_64'], max_vm_per_user: 3 },
+        ],
+      }),
+    );
+    // base is full (max_vm_total 1, its VM in use): blocked.
+    await kit.addReady('full1', '10.67.0.1', 'base');
+    await kit.client.acquire({ owner: 'carol', sandbox: 'c', groups: ['base'] });
+    await kit.addReady('sp1', '10.67.0.2', 'spare');
+    await kit.addReady('sp2', '10.67.0.3', 'spare');
+    // Two VMs of base, more than base could ever give: possible only through its fallback.
+    const strict = await outcome(kit, await enqueueSet(kit, { ...twoBase('alice', 'strict'), timeoutMs: 500, strictGroup: true }));
+    expect('error' in strict && strict.error.message).toMatch(/asks for 2 VMs of group base, but one owner may have at most 1 there/);
+    const set = await served(kit, await enqueueSet(kit, twoBase('alice', 'spill')));
+    expect(set.vms.map((v) => [v.vmName, v.group]).sort()).toEqual([
+      ['sp1', 'spare'],
+      ['sp2', 'spare'],
+    ]);
+  }, 30_000);
 });

@@ -4,7 +4,8 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { ConfigInput } from '../../src/config/index.js';
 import { VmManager } from '../../src/pool/vmManager.js';
 import { acquireWaiterMember } from '../../src/pool/types.js';
-import { demandByGroup, queuedDemandRequest } from '../../src/reconcile/demand.js';
+import { demandByGroup, queuedDemandRequest, queuedSetDemand } from '../../src/reconcile/demand.js';
+import { setDemandMember, setJobIdOfDemandMember } from '../../src/pool/acquireLine.js';
 import { VmMaster } from '../../src/reconcile/vmMaster.js';
 import { acquireJobOptions, type AcquireRequestData } from '../../queues/acquire.js';
 import { QueueNames } from '../../queues/names.js';
@@ -50,6 +51,33 @@ describe('demandByGroup', () => {
     ).toEqual([2, 2]);
     // Without rooms, every request counts.
     expect(demandByGroup(flood, names.slice(0, 2))).toEqual([40, 0]);
+  });
+});
+
+describe('queuedSetDemand', () => {
+  const job = (data: unknown, timestamp = T0) => ({ id: 'set-o+r1', data, timestamp });
+
+  it("is one request per VM of the set, named by the set's demand member, with the VM's groups; strict with strictGroup", () => {
+    const data = { owner: 'o', sandbox: 's', vms: [{ groups: ['arm'] }, { arch: 'x86_64' }] };
+    expect(queuedSetDemand(job(data), groups, T0)).toEqual([
+      { jobId: 'set|set-o+r1|1', groups: ['arm'] },
+      { jobId: 'set|set-o+r1|2', groups: ['x86', 'x86-spare'] },
+    ]);
+    expect(queuedSetDemand(job({ ...data, strictGroup: true }), groups, T0).map((r) => r.strict)).toEqual([true, true]);
+    // Counted for each VM's first group: 2 in x86 would need two VMs there.
+    expect(demandByGroup(queuedSetDemand(job(data), groups, T0), names)).toEqual([1, 0, 1]);
+  });
+
+  it('is nothing for an invalid payload, an unknown group, or a passed deadline', () => {
+    expect(queuedSetDemand(job({ owner: 'o', sandbox: 's', vms: [] }), groups, T0)).toEqual([]);
+    expect(queuedSetDemand(job({ owner: 'o', sandbox: 's', vms: [{ groups: ['nosuch'] }] }), groups, T0)).toEqual([]);
+    expect(queuedSetDemand(job({ owner: 'o', sandbox: 's', vms: [{ groups: ['arm'] }], timeoutMs: 10 }), groups, T0 + 10)).toEqual([]);
+  });
+
+  it("reads a set's job id back from its demand member (job ids never hold '|': they are encoded)", () => {
+    expect(setJobIdOfDemandMember(setDemandMember('set-o+r1', 12))).toBe('set-o+r1');
+    expect(setJobIdOfDemandMember('acquire-o+t1')).toBeNull();
+    expect(setJobIdOfDemandMember('set|')).toBeNull();
   });
 });
 

@@ -92,9 +92,10 @@ export const registerAcquireSet: RegisterCommand = (program, { config, settings,
     .option('--tag <tag...>', 'tags that every VM\'s group must list (added to each --vm\'s own)')
     .option('--timeout <seconds>', 'how long to wait for the whole set', parseSeconds)
     .option('--request-id <id>', 'identity of the request (per owner): re-running with it joins the request, and gets the same VMs')
+    .option('--strict-group', "every VM only from the groups it lists, never from their fallback_groups")
     .option('--json', 'as JSON (default: shell assignments VM_NAME_0=... )')
     .addHelpText('after', '\nExamples:\n  vmpool acquire-set --owner alice --sandbox s --vm arch=x86_64,count=2 --vm group=arm\n  vmpool acquire-set --owner alice --sandbox s --vm group=big,base --vm tags=gpu --request-id job-42')
-    .action(async (opts: { owner: string; sandbox: string; vm?: string[]; tag?: string[]; timeout?: number; requestId?: string; json?: boolean }) => {
+    .action(async (opts: { owner: string; sandbox: string; vm?: string[]; tag?: string[]; timeout?: number; requestId?: string; strictGroup?: boolean; json?: boolean }) => {
       const cfg = config();
       const request: AcquireSetRequestData = {
         owner: opts.owner,
@@ -102,6 +103,7 @@ export const registerAcquireSet: RegisterCommand = (program, { config, settings,
         vms: parseVmSpecs(cfg, opts.vm ?? [], opts.tag ?? []),
         timeoutMs: Math.round((opts.timeout ?? DEFAULT_ACQUIRE_TIMEOUT_MS / 1000) * 1000),
         ...(opts.requestId !== undefined ? { requestId: opts.requestId } : {}),
+        ...(opts.strictGroup ? { strictGroup: true } : {}),
       };
       await withPool(async (vmm, _cfg, redis) => {
         const { VmPoolClient } = await import('../../client/index.js');
