@@ -227,8 +227,8 @@ end
 -- skipping (blocking) owners at max_vm_per_user or over a limit across groups (includes/ownerUsage:
 -- noted, so that a VM of theirs going in another group unblocks them here). A set whose turn it is
 -- takes all its VMs or, when it cannot have them all yet, keeps its turn and keeps for itself as
--- many ready VMs of the group as it has items listing the group: only VMs beyond those go on to the
--- owners behind it. Appends the job ids served to `served`. With `maxServed`, stops once it served
+-- many ready clean VMs of the group as it could take (includes/pickSet setCleanNeed: none while its
+-- owner's limits let it have no whole set): only VMs beyond those go on to the owners behind it. Appends the job ids served to `served`. With `maxServed`, stops once it served
 -- that many (one ready message, one VM to give).
 local function dispatchClean(base, group, now, selfJobId, served, maxServed)
   local ring = lineOwnersKey(base, group)
@@ -262,7 +262,13 @@ local function dispatchClean(base, group, now, selfJobId, served, maxServed)
         end
       elseif info.set then
         if not serveSet(base, group, waiter, info, now, selfJobId, served) then
-          passed, kept = passed + 1, kept + setItemsIn(info.set, group)
+          local need = setCleanNeed(base, info.owner, info.sandbox, info.set, group)
+          passed, kept = passed + 1, kept + need
+          if need == 0 then
+            -- Its owner's limits keep it from a whole set: it keeps its turn but no VM; one of the
+            -- owner's VMs going, in any group, tells this group (as for an owner blocked across groups).
+            noteOwnerBlockedAcross(base, info.owner, group)
+          end
         end
       else
         serveWaiter(base, group, name, true, waiter, info, now, selfJobId, served)
