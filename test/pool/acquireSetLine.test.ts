@@ -160,3 +160,25 @@ describe('a waiting set when its group is renamed (real Redis)', () => {
     }
   });
 });
+
+describe('a waiting set whose groups change between runs (fallback_groups) (real Redis)', () => {
+  it("does not block its owner's other requests in a group it no longer waits in", async () => {
+    // First run: base is blocked, so its item may spill over to arm (a fallback): it joins both lines.
+    const waiter = waiterFor('set-spill', 1);
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base', 'arm']], 'set-spill'), { waiter })).status).toBe('none');
+    // Its next run: base is no longer blocked; it asks for base only.
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base']], 'set-spill'), { waiter })).status).toBe('none');
+    // An arm VM is ready, and a single request of alice's asks for it: it is hers (she has no VM at all).
+    await kit.addReady('a1', '10.75.0.1', 'arm');
+    expect((await kit.vmm.tryAcquireVm({ groups: ['arm'], owner: 'alice', sandbox: 'alice/p', workerId: 'w' }, waiterFor('acquire-alice', 2))).status).toBe('acquired');
+  });
+
+  it('nor does a single request (the same step joins both)', async () => {
+    const waiter = waiterFor('acquire-spill', 1);
+    expect((await kit.vmm.tryAcquireVm({ groups: ['base', 'arm'], owner: 'alice', sandbox: 'alice/p', workerId: 'w' }, waiter)).status).toBe('none');
+    expect((await kit.vmm.tryAcquireVm({ groups: ['base'], owner: 'alice', sandbox: 'alice/p', workerId: 'w' }, waiter)).status).toBe('none');
+    await kit.addReady('a1', '10.76.0.1', 'arm');
+    expect((await kit.vmm.tryAcquireVm({ groups: ['arm'], owner: 'alice', sandbox: 'alice/q', workerId: 'w' }, waiterFor('acquire-alice', 2))).status).toBe('acquired');
+    expect(await kit.redis.zcard(kit.keys.waiters('arm'))).toBe(0);
+  });
+});

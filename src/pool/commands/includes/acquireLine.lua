@@ -112,7 +112,31 @@ end
 -- {owner, sandbox, deadline, groups, limits = {{max_vm_per_user, lease ms, owner usage spec} per
 -- group}, jobId,
 -- priority, taskId, buildId, chroot, workerId, leaseId}. A request keeps its place when it joins again.
+-- One that joins again with fewer groups (a fallback group no longer blocked) leaves the lines of
+-- the groups it no longer lists: left there, its record, which does not name the group, would
+-- block its owner in that group's round-robin (dispatchClean finds no limits for it).
 local function joinLines(base, waiter, info, now)
+  local raw = redis.call('HGET', waiterInfoKey(base), waiter)
+  local old = raw and cjson.decode(raw)
+  if old then
+    local listed = {}
+    for _, group in ipairs(info.groups) do
+      listed[tostring(group)] = true
+    end
+    for _, group in ipairs(old.groups or {}) do
+      if not listed[tostring(group)] then
+        redis.call('ZREM', waitersKey(base, group), waiter)
+        redis.call('ZREM', ownerLineKey(base, group, old.owner), waiter)
+        redis.call('ZREM', sandboxLineKey(base, group, old.owner, old.sandbox), waiter)
+        redis.call('ZREM', demandKey(base, group), old.jobId)
+        placeOwner(base, group, old.owner, nil)
+      end
+    end
+    -- A set's demand is written again below, per item's first group as it is now.
+    for i, item in ipairs(old.set or {}) do
+      redis.call('ZREM', demandKey(base, item.groups[1].group), setDemandMember(old.jobId, i))
+    end
+  end
   if redis.call('HSET', waiterInfoKey(base), waiter, cjson.encode(info)) == 1 and info.groups[1]
       and ownerMayUseOneMore(base, info.groups[1], info.owner, info.limits[1][1], info.limits[1][3]) then
     countArrival(base, info.groups[1], now)
