@@ -110,7 +110,8 @@ async function benchQueued(ctx: OwnedJobContext, client: VmPoolClient, group: st
       let held: VmAssignment[];
       const t = process.hrtime.bigint();
       if (size === 0) {
-        held = [await client.acquire({ ...request, groups: [group], taskId: `task-${n}` })];
+        // No task id, as the set has no request id: both jobs get random ids, neither claims anything.
+        held = [await client.acquire({ ...request, groups: [group] })];
       } else {
         const set: VmSetAssignment = await client.acquireSet({ ...request, vms: Array.from({ length: size }, () => ({ groups: [group] })) });
         held = set.vms;

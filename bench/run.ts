@@ -217,13 +217,18 @@ function setRows(r: AcquireSetBenchResult | null): Row[] {
       result: 'info',
     });
   const c = r.contention;
-  const sets = `${c.rounds} rounds of 2 sets of 2 VMs and ${c.singles} singles, VMs ready one at a time`;
-  rows.push({ part: linePart, figure: `set: the VM that completes it ready -> served, p50 / p95 / p99 (${sets})`, target: '-', measured: three(c.setWait), result: 'info' });
-  rows.push({ part: linePart, figure: "single behind the sets: its VM ready -> served, p50 / p95 / p99", target: '-', measured: three(c.singleWait), result: 'info' });
+  rows.push({
+    part: linePart,
+    figure: `set: from the VM completing it ready to served, p50 / p95 / p99 (${c.rounds} rounds: 2 sets of 2, ${c.singles} singles)`,
+    target: '-',
+    measured: three(c.setWait),
+    result: 'info',
+  });
+  rows.push({ part: linePart, figure: 'single behind the sets: from its VM ready to served, p50 / p95 / p99', target: '-', measured: three(c.singleWait), result: 'info' });
   const unserved = c.unserved ? `; ${c.unserved} not served` : '';
   rows.push({
     part: linePart,
-    figure: `singles given one of the first 4 VMs, those the waiting sets could use (sets served at the VM that completes them: ${c.setsServedInTurn} of ${2 * c.rounds}${unserved})`,
+    figure: `singles given a VM the waiting sets could use (sets served at their completing VM: ${c.setsServedInTurn} of ${2 * c.rounds}${unserved})`,
     target: '0',
     measured: String(c.singlesBeforeSets),
     result: verdict(c.singlesBeforeSets === 0 && c.unserved === 0),
