@@ -1,6 +1,6 @@
 /**
  * One benchmark: runs the parts one after another, each as its own process on its own private
- * redis-server (bench/acquire.ts, bench/checkOnAcquire.ts, bench/acquireSteps.ts, bench/pool.ts,
+ * redis-server (bench/acquire.ts, bench/checkOnAcquire.ts, bench/acquireSet.ts, bench/acquireSteps.ts, bench/pool.ts,
  * bench/cluster.ts on a 3-master Cluster, bench/health.ts, bench/restart.ts, bench/rollout.ts, and
  * bench/reconcile.ts when it exists), reads the `BENCH_RESULT <json>` line each prints with BENCH_JSON=1, and prints one table
  * of target, measured and PASS/MISS. Ratios compare figures of the same run.
@@ -8,7 +8,7 @@
  *   npm run bench -- --json          (the same report as JSON)
  *   npm run bench -- --save FILE     (also writes the report as JSON to FILE, such as
  *                                     docs/performance/bench-results.json; `npm run docs` renders it)
- *   npm run bench -- --only pool,health   (only these parts: acquire, check-on-acquire, steps, pool, cluster, reconcile, health, restart, rollout)
+ *   npm run bench -- --only pool,health   (only these parts: acquire, check-on-acquire, sets, steps, pool, cluster, reconcile, health, restart, rollout)
  *   npm run bench -- --only check-on-acquire --merge docs/performance/bench-results.json
  *                                    (measures these parts again and replaces their rows in the saved
  *                                     report FILE, keeping the other parts' rows; writes FILE back)
@@ -24,10 +24,11 @@ import type { ClusterRow } from './cluster.js';
 import type { StepRow } from './acquireSteps.js';
 import type { ReplicasResult, RestartResult } from './restart.js';
 import type { CheckOnAcquireResult } from './checkOnAcquire.js';
+import type { AcquireSetBenchResult } from './acquireSet.js';
 import { machineInfo, mergeBenchReports, parseBenchReport, renderBenchMarkdown, type BenchReport, type BenchRow } from './lib/report.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const PARTS = ['acquire', 'check-on-acquire', 'steps', 'pool', 'cluster', 'reconcile', 'health', 'restart', 'rollout'] as const;
+const PARTS = ['acquire', 'check-on-acquire', 'sets', 'steps', 'pool', 'cluster', 'reconcile', 'health', 'restart', 'rollout'] as const;
 type Part = (typeof PARTS)[number];
 
 function usage(message: string): never {
@@ -169,6 +170,72 @@ function partRows(printed: Partial<Row & { pass: boolean }>[], part: string): Ro
   }));
 }
 
+/** The rows of bench/acquireSet.ts: acquireSet through BullMQ, the set script alone, sets in line with singles. */
+function setRows(r: AcquireSetBenchResult | null): Row[] {
+  const queuedPart = 'VM sets through BullMQ (acquireSet)';
+  const directPart = 'VM sets, the script alone (no waiter)';
+  const linePart = 'VM sets in line with single requests';
+  if (!r) {
+    return [
+      { part: queuedPart, figure: 'acquire vs acquireSet of 1, 2, 4, 8: p50 / p95 / p99', target: '-', measured: '-', result: 'not measured' },
+      { part: directPart, figure: 'tryAcquireVm vs tryAcquireVmSet of 1, 2, 4, 8: p50', target: '-', measured: '-', result: 'not measured' },
+      { part: linePart, figure: 'set wait from the VM completing it, singles given surplus VMs only', target: '-', measured: '-', result: 'not measured' },
+    ];
+  }
+  const rows: Row[] = [];
+  const three = (p: { p50: number; p95: number; p99: number }) => `${p.p50.toFixed(3)} / ${p.p95.toFixed(3)} / ${p.p99.toFixed(3)} ms`;
+  const single = r.queued.cases.find((c) => c.size === 0);
+  for (const c of r.queued.cases) {
+    const what = c.size === 0 ? 'single acquire' : `acquireSet of ${c.size}`;
+    const ratio = single && c.size !== 0 ? `; p50 ${times(c.p50 / single.p50)} the single's` : '';
+    rows.push({ part: queuedPart, figure: `${what}: p50 / p95 / p99 (${c.samples} serial${ratio})`, target: '-', measured: three(c), result: 'info' });
+  }
+  const [small, large] = r.direct.pools;
+  const at = (size: number, pool: number | undefined) => r.direct.cases.find((c) => c.size === size && c.pool === pool);
+  const us = (x: number) => `${x.toFixed(0)} µs`;
+  for (const size of [...new Set(r.direct.cases.map((c) => c.size))]) {
+    const big = at(size, large);
+    const few = at(size, small);
+    if (!big || !few || large === undefined || small === undefined) continue;
+    rows.push({
+      part: directPart,
+      figure: `${size === 0 ? 'tryAcquireVm' : `tryAcquireVmSet of ${size}`}: clean / dirty p50 at ${large.toLocaleString('en-US')} VMs (at ${small.toLocaleString('en-US')} VMs)`,
+      target: '-',
+      measured: `${us(big.cleanP50)} / ${us(big.dirtyP50)} (${us(few.cleanP50)} / ${us(few.dirtyP50)})`,
+      result: 'info',
+    });
+  }
+  const largest = Math.max(...r.direct.cases.map((c) => c.size));
+  const bigSet = at(largest, large);
+  const fewSet = at(largest, small);
+  if (bigSet && fewSet && large !== undefined && small !== undefined)
+    rows.push({
+      part: directPart,
+      figure: `set of ${largest}, clean p50 ${large.toLocaleString('en-US')} VMs / ${small.toLocaleString('en-US')} VMs (EVALSHA no-op p50 ${us(r.direct.evalshaP50)})`,
+      target: '-',
+      measured: times(bigSet.cleanP50 / fewSet.cleanP50),
+      result: 'info',
+    });
+  const c = r.contention;
+  rows.push({
+    part: linePart,
+    figure: `set: from the VM completing it ready to served, p50 / p95 / p99 (${c.rounds} rounds: 2 sets of 2, ${c.singles} singles)`,
+    target: '-',
+    measured: three(c.setWait),
+    result: 'info',
+  });
+  rows.push({ part: linePart, figure: 'single behind the sets: from its VM ready to served, p50 / p95 / p99', target: '-', measured: three(c.singleWait), result: 'info' });
+  const unserved = c.unserved ? `; ${c.unserved} not served` : '';
+  rows.push({
+    part: linePart,
+    figure: `singles given a VM the waiting sets could use (sets served at their completing VM: ${c.setsServedInTurn} of ${2 * c.rounds}${unserved})`,
+    target: '0',
+    measured: String(c.singlesBeforeSets),
+    result: verdict(c.singlesBeforeSets === 0 && c.unserved === 0),
+  });
+  return rows;
+}
+
 async function main(): Promise<void> {
   const started = Date.now();
   const rows: Row[] = [];
@@ -225,6 +292,15 @@ async function main(): Promise<void> {
       rows.push({ part, figure: `${label}: p50 / p95 (${x.samples} serial${added}${failed})`, target: '-', measured: `${ms(x.p50)} / ${ms(x.p95)}`, result: 'info' });
     }
     measured('check-on-acquire');
+  }
+
+  if (args.only.has('sets')) {
+    process.stderr.write('bench: VM sets through BullMQ, the set script alone, sets in line with singles (bench/acquireSet.ts)...\n');
+    const out = await runPart('acquireSet.ts');
+    timings.sets = out.seconds;
+    if (out.error) errors.push(out.error);
+    rows.push(...setRows(out.result as AcquireSetBenchResult | null));
+    measured('sets');
   }
 
   if (args.only.has('steps')) {

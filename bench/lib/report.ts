@@ -150,6 +150,7 @@ export function sourceOfRow(row: BenchRow): string | null {
     ['acquire through BullMQ', 'acquire'],
     ['fairness (acquire line)', 'acquire'],
     ['acquire with check_on_acquire', 'check-on-acquire'],
+    ['VM sets', 'sets'],
     ['acquire script by step', 'steps'],
     ['ioredis EVALSHA no-op script', 'pool'],
     ['direct acquire', 'pool'],

@@ -219,6 +219,8 @@ describe('a spawn worker stopped during a slow spawn hook', () => {
     await s.until(async () => (await s.vmm.getSpawnsInFlight('one')).length === 0, 10_000, 'no spawn in flight');
     expect(await liveMachineNames(s.dir)).toEqual([done.returnvalue.vmName]);
     expect((await s.vmm.getAllVmsInGroup('one')).map((v) => v.vmName)).toEqual([done.returnvalue.vmName]);
+    // The sampler reads every 25 ms: it may not have run since the VM appeared (a loaded machine).
+    await s.until(async () => s.peaks.vms >= 1, 10_000, 'the sampler to see the VM');
     expect(s.peaks.vms).toBe(1);
   });
 
