@@ -248,9 +248,12 @@ export class AcquireLine {
     return served;
   }
 
-  /** Takes a waiting request out of the line of its groups (timeout, invalid request, shutdown). */
+  /**
+   * Takes a waiting request out of the line of its groups (timeout, invalid request, failure); a VM
+   * the line gave it that its job did not collect goes back.
+   */
   async leave(waiter: AcquireWaiter, groups: readonly string[]): Promise<void> {
-    await this.ctx.scripts.leaveAcquireLine(waiter, groups);
+    await this.ctx.scripts.leaveAcquireLine(waiter, groups, this.ctx.clock());
   }
 
   /** Acquire requests waiting in the group's line (their deadline is after now). */

@@ -492,9 +492,12 @@ export class PoolScripts {
     }
   }
 
-  /** Takes a waiting request out of the line of its groups; returns how many lines it left. */
-  async leaveAcquireLine(waiter: Pick<AcquireWaiter, 'member' | 'jobId'>, groups: readonly string[]): Promise<number> {
-    return Number(await this.call('leaveAcquireLine', [waiter.member, waiter.jobId, ...groups]));
+  /**
+   * Takes a waiting request out of the line of its groups; returns how many lines it left. VMs the
+   * line gave it that its job had not collected go back (reason 'abandoned').
+   */
+  async leaveAcquireLine(waiter: Pick<AcquireWaiter, 'member' | 'jobId'>, groups: readonly string[], now = Date.now()): Promise<number> {
+    return Number(await this.call('leaveAcquireLine', [waiter.member, waiter.jobId, now, ...groups]));
   }
 
   /**

@@ -407,7 +407,11 @@ export class VmManager {
     return this.line.requests.cancel(waiter, reason, keepMs);
   }
 
-  /** Takes a waiting request out of the line of its groups (timeout, invalid request, shutdown). */
+  /**
+   * Takes a waiting request out of the line of its groups (timeout, invalid request, failure): its
+   * job gives up. A VM the line gave it that its job did not collect (a set's: all its VMs) goes
+   * back at once (its `released` event has reason 'abandoned').
+   */
   async leaveAcquireLine(waiter: AcquireWaiter, groups: readonly string[]): Promise<void> {
     return this.line.leave(waiter, groups);
   }

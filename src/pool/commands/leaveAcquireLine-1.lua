@@ -1,19 +1,37 @@
 --[[
   Takes a waiting acquire request out of the line (it timed out, was invalid or failed): out of the
   waiters and demand sets of its groups and out of its owner's and sandbox's lines
-  (includes/leaveLines). Nobody behind it needs waking: the dispatcher never waits on a request
-  that cannot take a VM.
+  (includes/leaveLines; a set tells its groups, whose dispatch gives the VMs it kept back to the
+  requests behind it). A VM the line gave it that its job has not collected (acquire_assigned; a
+  set's: all its VMs) goes back at once, its `released` event with reason 'abandoned': the job
+  gives up, and nobody would collect it before its lease ended.
 
   Input:
     KEYS[1] pool key base (with hash tag); every key is built from it
     ARGV[1] waiter member
     ARGV[2] demand member (the acquire job id)
-    ARGV[3..] group ids
+    ARGV[3] now (epoch ms)
+    ARGV[4..] group ids
   Output:
     the number of groups whose line the request left (0 when it was in none)
 ]]
 local base = KEYS[1]
-local waiter, jobId = ARGV[1], ARGV[2]
+local waiter, jobId, now = ARGV[1], ARGV[2], ARGV[3]
 --- @include "includes/leaveLines"
+--- @include "includes/releaseVm"
+--- @include "includes/setAssignment"
 
-return leaveLines(base, waiter, jobId, {unpack(ARGV, 3)})
+local left = leaveLines(base, waiter, jobId, {unpack(ARGV, 4)})
+if redis.call('ZREM', acquireAssignedKey(base), jobId) == 1 then
+  if isSetAssignment(base, jobId) then
+    releaseSetAssignment(base, jobId, now, 'abandoned', releaseInUseVm)
+  else
+    local record = redis.call('HMGET', acquireAssignmentKey(base, jobId), 'vm', 'lease')
+    local vm = record[1] and redis.call('HMGET', vmKey(base, record[1]), 'state', 'lease_id')
+    if vm and vm[1] == 'in_use' and vm[2] == record[2] then
+      releaseInUseVm(base, record[1], now, 'abandoned')
+    end
+    redis.call('DEL', acquireAssignmentKey(base, jobId))
+  end
+end
+return left

@@ -1,6 +1,7 @@
 --[[
   Rewrites the group that records name, by a map of group references (from -> to): the `group`
-  field of VM records or spawn records, the `groups` of waiting requests' info, the `swept:<group>`
+  field of VM records or spawn records, the `groups` of waiting requests' info (and of a waiting
+  set's items), the `swept:<group>`
   fields of the pool's state marker, or the group label of a shared metric's fields. A reference
   not in the map is left as it is, so the call is safe to repeat. Used by the migration to data
   format 2 (index -> name) and by `vmpool group rename` (src/pool/groupNames.ts).
@@ -59,6 +60,18 @@ elseif kind == 'waiter' then
           if to then
             info.groups[j] = to
             any = true
+          end
+        end
+      end
+      -- A waiting set (acquireVmSet) names the groups of each of its items too.
+      if type(info.set) == 'table' then
+        for _, item in ipairs(info.set) do
+          for _, g in ipairs(type(item) == 'table' and type(item.groups) == 'table' and item.groups or {}) do
+            local to = type(g) == 'table' and map[tostring(g.group)]
+            if to then
+              g.group = to
+              any = true
+            end
           end
         end
       end

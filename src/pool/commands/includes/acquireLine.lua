@@ -112,7 +112,31 @@ end
 -- {owner, sandbox, deadline, groups, limits = {{max_vm_per_user, lease ms, owner usage spec} per
 -- group}, jobId,
 -- priority, taskId, buildId, chroot, workerId, leaseId}. A request keeps its place when it joins again.
+-- One that joins again with fewer groups (a fallback group no longer blocked) leaves the lines of
+-- the groups it no longer lists: left there, its record, which does not name the group, would
+-- block its owner in that group's round-robin (dispatchClean finds no limits for it).
 local function joinLines(base, waiter, info, now)
+  local raw = redis.call('HGET', waiterInfoKey(base), waiter)
+  local old = raw and cjson.decode(raw)
+  if old then
+    local listed = {}
+    for _, group in ipairs(info.groups) do
+      listed[tostring(group)] = true
+    end
+    for _, group in ipairs(old.groups or {}) do
+      if not listed[tostring(group)] then
+        redis.call('ZREM', waitersKey(base, group), waiter)
+        redis.call('ZREM', ownerLineKey(base, group, old.owner), waiter)
+        redis.call('ZREM', sandboxLineKey(base, group, old.owner, old.sandbox), waiter)
+        redis.call('ZREM', demandKey(base, group), old.jobId)
+        placeOwner(base, group, old.owner, nil)
+      end
+    end
+    -- A set's demand is written again below, per item's first group as it is now.
+    for i, item in ipairs(old.set or {}) do
+      redis.call('ZREM', demandKey(base, item.groups[1].group), setDemandMember(old.jobId, i))
+    end
+  end
   if redis.call('HSET', waiterInfoKey(base), waiter, cjson.encode(info)) == 1 and info.groups[1]
       and ownerMayUseOneMore(base, info.groups[1], info.owner, info.limits[1][1], info.limits[1][3]) then
     countArrival(base, info.groups[1], now)
@@ -227,8 +251,8 @@ end
 -- skipping (blocking) owners at max_vm_per_user or over a limit across groups (includes/ownerUsage:
 -- noted, so that a VM of theirs going in another group unblocks them here). A set whose turn it is
 -- takes all its VMs or, when it cannot have them all yet, keeps its turn and keeps for itself as
--- many ready VMs of the group as it has items listing the group: only VMs beyond those go on to the
--- owners behind it. Appends the job ids served to `served`. With `maxServed`, stops once it served
+-- many ready clean VMs of the group as it could take (includes/pickSet setCleanNeed: none while its
+-- owner's limits let it have no whole set): only VMs beyond those go on to the owners behind it. Appends the job ids served to `served`. With `maxServed`, stops once it served
 -- that many (one ready message, one VM to give).
 local function dispatchClean(base, group, now, selfJobId, served, maxServed)
   local ring = lineOwnersKey(base, group)
@@ -262,7 +286,13 @@ local function dispatchClean(base, group, now, selfJobId, served, maxServed)
         end
       elseif info.set then
         if not serveSet(base, group, waiter, info, now, selfJobId, served) then
-          passed, kept = passed + 1, kept + setItemsIn(info.set, group)
+          local need = setCleanNeed(base, info.owner, info.sandbox, info.set, group)
+          passed, kept = passed + 1, kept + need
+          if need == 0 then
+            -- Its owner's limits keep it from a whole set: it keeps its turn but no VM; one of the
+            -- owner's VMs going, in any group, tells this group (as for an owner blocked across groups).
+            noteOwnerBlockedAcross(base, info.owner, group)
+          end
         end
       else
         serveWaiter(base, group, name, true, waiter, info, now, selfJobId, served)

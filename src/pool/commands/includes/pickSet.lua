@@ -35,8 +35,10 @@ local function pickUnpicked(base, indexKey, picked, pickedCount, serverStart)
 end
 
 -- One VM per item using only groups of `account` (nil: any group): {{name, fresh, group, leaseMs, usage}
--- per item}, or nil when some item has none.
-local function pickSetIn(base, owner, sandbox, items, account, serverStart)
+-- per item}, or nil when some item has none. With `ample`, every group is taken to have a ready
+-- clean VM for each item (a placeholder name), so that only the owner's limits and its dirty VMs
+-- decide (setCleanNeed).
+local function pickSetIn(base, owner, sandbox, items, account, serverStart, ample)
   local picked, pickedCount, choice, bound, pending = {}, 0, {}, {}, {}
   for i, item in ipairs(items) do
     for _, g in ipairs(item.groups) do
@@ -46,8 +48,12 @@ local function pickSetIn(base, owner, sandbox, items, account, serverStart)
         if not name then
           local ownerVms = (tonumber(redis.call('HGET', ownerVmsKey(base, g.group), owner)) or 0) + (bound[g.group] or 0)
           if ownerVms < tonumber(g.maxVmPerOwner) and ownerMayBind(base, owner, g.usage, pending) then
-            name = pickUnpicked(base, readyCleanKey(base, g.group), picked, pickedCount, serverStart)
-              or pickUnpicked(base, readyOutdatedKey(base, g.group), picked, pickedCount, serverStart)
+            if ample then
+              name = '\0ample:' .. i
+            else
+              name = pickUnpicked(base, readyCleanKey(base, g.group), picked, pickedCount, serverStart)
+                or pickUnpicked(base, readyOutdatedKey(base, g.group), picked, pickedCount, serverStart)
+            end
             fresh = name ~= nil
           end
         end
@@ -70,7 +76,7 @@ local function pickSetIn(base, owner, sandbox, items, account, serverStart)
 end
 
 -- The set's VMs, one per item (as pickSetIn), preferring one account; nil when not all can be had.
-local function pickSet(base, owner, sandbox, items)
+local function pickSet(base, owner, sandbox, items, ample)
   local serverStart = tonumber(redis.call('GET', serverStartKey(base)))
   if not serverStart or not poolVerified(base) then
     return nil
@@ -86,24 +92,26 @@ local function pickSet(base, owner, sandbox, items)
   end
   if #accounts > 1 then
     for _, account in ipairs(accounts) do
-      local choice = pickSetIn(base, owner, sandbox, items, account, serverStart)
+      local choice = pickSetIn(base, owner, sandbox, items, account, serverStart, ample)
       if choice then
         return choice
       end
     end
   end
-  return pickSetIn(base, owner, sandbox, items, nil, serverStart)
+  return pickSetIn(base, owner, sandbox, items, nil, serverStart, ample)
 end
 
--- The number of the set's items that list `group`: how many of its ready VMs the set could use.
-local function setItemsIn(items, group)
+-- How many ready clean VMs of `group` a waiting set could use: the clean VMs of the group it would
+-- take if every group had enough of them ready (its dirty VMs as they are, its owner's limits as
+-- they are now). 0 when its owner's limits let it have no whole set now, however many VMs were
+-- ready: then it keeps none of the group's VMs from the requests behind it (includes/acquireLine
+-- dispatchClean), until one of the owner's VMs goes.
+local function setCleanNeed(base, owner, sandbox, items, group)
+  local choice = pickSet(base, owner, sandbox, items, true)
   local n = 0
-  for _, item in ipairs(items) do
-    for _, g in ipairs(item.groups) do
-      if tostring(g.group) == tostring(group) then
-        n = n + 1
-        break
-      end
+  for _, c in ipairs(choice or {}) do
+    if c.fresh and tostring(c.group) == tostring(group) then
+      n = n + 1
     end
   end
   return n

@@ -1,0 +1,184 @@
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { VmManager } from '../../src/pool/vmManager.js';
+import { acquireWaiterMember, VmStates, type AcquireWaiter } from '../../src/pool/types.js';
+import { createPoolKit, T0, testConfig, type PoolKit } from './fixtures/kit.js';
+
+// A set waiting in the fair line (acquire-set jobs), driven by hand: the dispatcher is run
+// directly (no acquire process listens here), so every step is deterministic.
+let kit: PoolKit;
+beforeAll(async () => {
+  kit = await createPoolKit(
+    'pool-acquire-set-line',
+    testConfig({
+      groups: [
+        { name: 'base', max_vm_per_user: 2 },
+        { name: 'arm', max_vm_per_user: 2 },
+        { name: 'big', max_vm_per_user: 3, resources: { cores: 4 }, max_resources_per_owner: { cores: 8 } },
+      ],
+    }),
+  );
+});
+afterAll(async () => kit.close());
+
+beforeEach(async () => {
+  await kit.reset();
+  await kit.vmm.markServerStart();
+  kit.clock.now = T0 + 1000;
+});
+
+const waiterFor = (jobId: string, n = 0): AcquireWaiter => ({
+  member: acquireWaiterMember(T0 + n, jobId),
+  jobId,
+  priority: 0,
+  deadline: T0 + 600_000,
+});
+
+const set = (owner: string, groups: string[][], jobId: string) => ({
+  owner,
+  sandbox: `${owner}/sb`,
+  workerId: `w-${owner}`,
+  items: groups.map((g) => ({ groups: g })),
+  jobId,
+});
+
+async function states(names: string[]): Promise<string[]> {
+  return Promise.all(names.map(async (n) => (await kit.vmm.getVmByName(n)).state));
+}
+
+describe('a waiting set keeps only the ready VMs it could take (real Redis)', () => {
+  it("a set its owner's max_vm_per_user keeps from being served does not hold back the VMs another owner behind it can take", async () => {
+    // alice has one VM of base (limit 2) for another sandbox: her set of two base VMs cannot be
+    // served until that VM goes (it is possible: refuseImpossibleSet lets it wait).
+    await kit.addReady('v1', '10.70.0.1', 'base');
+    const first = await kit.vmm.tryAcquireVm({ groups: ['base'], owner: 'alice', sandbox: 'alice/other', workerId: 'w' });
+    expect(first.status).toBe('acquired');
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['base']], 'set-alice'), { waiter: waiterFor('set-alice', 1) })).status).toBe('none');
+    expect((await kit.vmm.tryAcquireVm({ groups: ['base'], owner: 'bob', sandbox: 'bob/p', workerId: 'w' }, waiterFor('acquire-bob', 2))).status).toBe('none');
+
+    await kit.addReady('v2', '10.70.0.2', 'base');
+    await kit.addReady('v3', '10.70.0.3', 'base');
+    // The set can take at most one more clean VM of base (and needs two): bob gets one.
+    expect(await kit.vmm.dispatchAcquireLine('base')).toEqual(['acquire-bob']);
+    expect((await states(['v2', 'v3'])).sort()).toEqual([VmStates.IN_USE, VmStates.READY]);
+    // The set still waits, holding nothing.
+    expect(await kit.redis.hexists(kit.keys.waiterInfo, waiterFor('set-alice', 1).member)).toBe(1);
+  });
+
+  it("a set its owner's limits across groups keep from being served does not hold back the VMs another owner behind it can take", async () => {
+    // big: 4 cores a VM, 8 cores per owner. alice uses 4 already: her set of two cannot be served now.
+    await kit.addReady('g1', '10.71.0.1', 'big');
+    expect((await kit.vmm.tryAcquireVm({ groups: ['big'], owner: 'alice', sandbox: 'alice/other', workerId: 'w' })).status).toBe('acquired');
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['big'], ['big']], 'set-alice'), { waiter: waiterFor('set-alice', 1) })).status).toBe('none');
+    expect((await kit.vmm.tryAcquireVm({ groups: ['big'], owner: 'bob', sandbox: 'bob/p', workerId: 'w' }, waiterFor('acquire-bob', 2))).status).toBe('none');
+    await kit.addReady('g2', '10.71.0.2', 'big');
+    await kit.addReady('g3', '10.71.0.3', 'big');
+    expect(await kit.vmm.dispatchAcquireLine('big')).toEqual(['acquire-bob']);
+  });
+
+  it('a set that could be served once a VM is ready still keeps the ready VMs it can use', async () => {
+    // Unchanged: alice's set (no VM bound yet) keeps both ready VMs of base while its arm VM is missing.
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['base'], ['arm']], 'set-alice'), { waiter: waiterFor('set-alice', 1) })).status).toBe('none');
+    expect((await kit.vmm.tryAcquireVm({ groups: ['base'], owner: 'bob', sandbox: 'bob/p', workerId: 'w' }, waiterFor('acquire-bob', 2))).status).toBe('none');
+    await kit.addReady('v1', '10.72.0.1', 'base');
+    await kit.addReady('v2', '10.72.0.2', 'base');
+    expect(await kit.vmm.dispatchAcquireLine('base')).toEqual([]);
+    await kit.addReady('v3', '10.72.0.3', 'base');
+    expect(await kit.vmm.dispatchAcquireLine('base')).toEqual(['acquire-bob']);
+    await kit.addReady('a1', '10.72.0.4', 'arm');
+    expect(await kit.vmm.dispatchAcquireLine('arm')).toEqual(['set-alice']);
+  });
+});
+
+describe('a set that leaves the line (real Redis)', () => {
+  it('gives back the VMs the line gave it when it leaves before its job collected them', async () => {
+    const waiter = waiterFor('set-gone', 1);
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['base']], 'set-gone'), { waiter })).status).toBe('none');
+    await kit.addReady('v1', '10.73.0.1', 'base');
+    await kit.addReady('v2', '10.73.0.2', 'base');
+    // The line serves it while its job is parked; then the job gives up (its deadline passed
+    // between its last attempt and the line's dispatch, or it failed for good): it leaves the line.
+    expect(await kit.vmm.dispatchAcquireLine('base')).toEqual(['set-gone']);
+    await kit.vmm.leaveAcquireLine(waiter, ['base']);
+    // Nobody collects them: they go back at once, not at the end of their leases.
+    expect(await states(['v1', 'v2'])).toEqual([VmStates.READY, VmStates.READY]);
+    expect(await kit.redis.zscore(kit.keys.acquireAssigned, 'set-gone')).toBeNull();
+    expect(await kit.redis.zcard(kit.keys.leases)).toBe(0);
+  });
+
+  it('tells its groups when it leaves, so that the VMs it kept go down the line at once', async () => {
+    const sub = kit.redis.duplicate();
+    const messages: string[] = [];
+    sub.on('message', (channel: string) => messages.push(channel));
+    try {
+      const channels = ['base', 'arm'].map((g) => `${kit.keys.base}ready:${g}`);
+      const waiter = waiterFor('set-leaves', 1);
+      expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['arm']], 'set-leaves'), { waiter })).status).toBe('none');
+      await sub.subscribe(...channels);
+      await kit.vmm.leaveAcquireLine(waiter, ['base', 'arm']);
+      await new Promise((r) => setTimeout(r, 100));
+      expect([...new Set(messages)].sort()).toEqual(channels.sort());
+    } finally {
+      sub.disconnect();
+    }
+  });
+});
+
+describe('a waiting set when its group is renamed (real Redis)', () => {
+  it('is served under the new name', async () => {
+    await kit.vmm.registerConfigGroups();
+    const waiter = waiterFor('set-renamed', 1);
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['base']], 'set-renamed'), { waiter })).status).toBe('none');
+    expect(await kit.vmm.renameGroup('base', 'gamma')).toMatchObject({ from: 'base', to: 'gamma' });
+    const info = JSON.parse((await kit.redis.hget(kit.keys.waiterInfo, waiter.member))!) as { groups: string[]; set: { groups: { group: string }[] }[] };
+    expect(info.groups).toEqual(['gamma']);
+    expect(info.set.map((item) => item.groups.map((g) => g.group))).toEqual([['gamma'], ['gamma']]);
+
+    // The pool runs on under the new name: the set is served there.
+    const renamed = new VmManager(
+      testConfig({
+        groups: [
+          { name: 'gamma', max_vm_per_user: 2 },
+          { name: 'arm', max_vm_per_user: 2 },
+          { name: 'big', max_vm_per_user: 3, resources: { cores: 4 }, max_resources_per_owner: { cores: 8 } },
+        ],
+      }),
+      { redis: kit.redis, prefix: kit.prefix, clock: () => kit.clock.now },
+    );
+    try {
+      for (const [name, ip] of [
+        ['r1', '10.74.0.1'],
+        ['r2', '10.74.0.2'],
+      ] as const) {
+        await renamed.addVmToPool(ip, name, 'gamma');
+        await renamed.startVmCheck(name);
+        await renamed.recordHealthCheckResult(name, true);
+      }
+      expect(await renamed.dispatchAcquireLine('gamma')).toEqual(['set-renamed']);
+      expect(await renamed.reader.countDemand('gamma', kit.clock.now)).toBe(0);
+    } finally {
+      await renamed.close();
+    }
+  });
+});
+
+describe('a waiting set whose groups change between runs (fallback_groups) (real Redis)', () => {
+  it("does not block its owner's other requests in a group it no longer waits in", async () => {
+    // First run: base is blocked, so its item may spill over to arm (a fallback): it joins both lines.
+    const waiter = waiterFor('set-spill', 1);
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base', 'arm']], 'set-spill'), { waiter })).status).toBe('none');
+    // Its next run: base is no longer blocked; it asks for base only.
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base']], 'set-spill'), { waiter })).status).toBe('none');
+    // An arm VM is ready, and a single request of alice's asks for it: it is hers (she has no VM at all).
+    await kit.addReady('a1', '10.75.0.1', 'arm');
+    expect((await kit.vmm.tryAcquireVm({ groups: ['arm'], owner: 'alice', sandbox: 'alice/p', workerId: 'w' }, waiterFor('acquire-alice', 2))).status).toBe('acquired');
+  });
+
+  it('nor does a single request (the same step joins both)', async () => {
+    const waiter = waiterFor('acquire-spill', 1);
+    expect((await kit.vmm.tryAcquireVm({ groups: ['base', 'arm'], owner: 'alice', sandbox: 'alice/p', workerId: 'w' }, waiter)).status).toBe('none');
+    expect((await kit.vmm.tryAcquireVm({ groups: ['base'], owner: 'alice', sandbox: 'alice/p', workerId: 'w' }, waiter)).status).toBe('none');
+    await kit.addReady('a1', '10.76.0.1', 'arm');
+    expect((await kit.vmm.tryAcquireVm({ groups: ['arm'], owner: 'alice', sandbox: 'alice/q', workerId: 'w' }, waiterFor('acquire-alice', 2))).status).toBe('acquired');
+    expect(await kit.redis.zcard(kit.keys.waiters('arm'))).toBe(0);
+  });
+});
