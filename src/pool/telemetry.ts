@@ -30,6 +30,14 @@ export async function writeSharedMetrics(redis: RedisConnection, prefix: string,
 }
 
 /**
+ * Minutes of arrivals a group without target_wait keeps (the acquire scripts count arrivals in every
+ * group): a day, so that a target_wait turned on later, with a window of up to a day, measures at once.
+ */
+export const ARRIVALS_KEPT_WITHOUT_TARGET_WAIT = 24 * 60;
+/** Minutes beyond those that may pile up before a trim. */
+export const ARRIVALS_TRIM_SLACK = 60;
+
+/**
  * What the pool records about itself beside its VMs: the groups' history samples, the arrivals and
  * boot times that target_wait sizes from, the orphan pass's state, and the audit trail's retention.
  */
@@ -45,6 +53,19 @@ export class Telemetry {
     // The acquire scripts count arrivals; the same include (includes/arrivals.lua) trims them.
     if ([...buckets.keys()].some((m) => m < firstMinute)) await this.ctx.scripts.trimArrivals(group, firstMinute);
     return { arrivalRate: arrivalRateFromBuckets(buckets, now, windowMs), bootMs: boot.emaMs, bootSamples: boot.samples };
+  }
+
+  /**
+   * See VmManager.trimUnmeasuredArrivals: a group without target_wait keeps at most
+   * ARRIVALS_KEPT_WITHOUT_TARGET_WAIT + ARRIVALS_TRIM_SLACK minutes of arrivals. One HLEN a cycle;
+   * a trim (HKEYS of the hash) only once the slack is used up, so its cost is spread over the minutes
+   * it drops.
+   */
+  async trimUnmeasuredArrivals(group: string): Promise<number> {
+    this.ctx.groupConfig(group);
+    if ((await this.ctx.redis.hlen(this.ctx.keys.arrivals(group))) <= ARRIVALS_KEPT_WITHOUT_TARGET_WAIT + ARRIVALS_TRIM_SLACK) return 0;
+    const firstMinute = Math.floor(this.ctx.clock() / 60_000) - ARRIVALS_KEPT_WITHOUT_TARGET_WAIT + 1;
+    return this.ctx.scripts.trimArrivals(group, firstMinute);
   }
 
   /** See VmManager.appendHistory. */

@@ -718,6 +718,15 @@ export class VmManager {
   async measureTargetWait(group: string, windowMs: number): Promise<TargetWaitMeasure & { bootSamples: number }> {
     return this.telemetry.measureTargetWait(group, windowMs);
   }
+  /**
+   * Bounds the arrivals that the acquire scripts count in a group without target_wait (nothing reads
+   * them there): at most a day of minutes, plus an hour of slack before a trim. Returns the minutes
+   * dropped. Reconcile calls it every cycle for such groups.
+   */
+  async trimUnmeasuredArrivals(group: string): Promise<number> {
+    return this.telemetry.trimUnmeasuredArrivals(group);
+  }
+
 
   /**
    * Adds one history sample per group (newest first), keeping the last `keep` of each, and the

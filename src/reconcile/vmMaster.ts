@@ -176,6 +176,8 @@ export class VmMaster {
           vmm.reader.breaker(group),
           vmm.drainedSince(group),
           targetWait ? vmm.measureTargetWait(group, targetWait.window * 1000) : undefined,
+          // Without target_wait nothing reads the arrivals: kept bounded all the same.
+          targetWait || removed(group) ? undefined : vmm.trimUnmeasuredArrivals(group),
         ]);
         const lastSpawnStart = last === null || last === '' || !Number.isFinite(Number(last)) ? null : Number(last);
         return {

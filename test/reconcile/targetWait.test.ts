@@ -1,3 +1,4 @@
+import { ARRIVALS_KEPT_WITHOUT_TARGET_WAIT } from '../../src/pool/telemetry.js';
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -246,5 +247,44 @@ describe('target_wait on a group whose arrivals piled up before it was turned on
     // The backlog changes nothing of the rate: only the window's minutes count.
     expect(measure.arrivalRate).toBe(arrivalRateFromBuckets(new Map([[minute - 5, 3], [minute, 2]]), now, 600_000));
     expect([...(await vmm.reader.arrivals('tw')).keys()].sort()).toEqual([minute - 5, minute]);
+  });
+});
+
+describe('arrivals of a group without target_wait (real Redis)', () => {
+  const prefix = uniquePrefix('arrivals-unmeasured');
+  const input: ConfigInput = { groups: [{ name: 'plain', max_vm_total: 0 }] };
+  const now = Date.parse('2026-12-01T10:00:00Z');
+  let redis: Redis;
+  let vmm: VmManager;
+
+  beforeAll(() => {
+    redis = connect();
+    vmm = new VmManager(input, { redis, prefix, clock: () => now });
+  });
+  afterAll(async () => {
+    await vmm?.close();
+    await deleteKeysWithPrefix(redis, prefix);
+    await redis.quit();
+  });
+
+  it('are kept to a day by the reconcile cycle, trimmed only once an hour of slack is used up', async () => {
+    const key = poolKeys(prefix).arrivals('plain');
+    const minute = Math.floor(now / 60_000);
+    const fill = async (minutes: number) => {
+      const fields: string[] = [];
+      for (let m = minute - minutes + 1; m <= minute; m++) fields.push(String(m), '1');
+      await redis.hset(key, ...fields);
+    };
+    // A day and 30 minutes: within the slack, nothing is read beyond HLEN, nothing dropped.
+    await fill(ARRIVALS_KEPT_WITHOUT_TARGET_WAIT + 30);
+    await new VmMaster(vmm).doCycle();
+    expect(await redis.hlen(key)).toBe(ARRIVALS_KEPT_WITHOUT_TARGET_WAIT + 30);
+    // Two days (the acquire scripts count in every group): trimmed to the last day.
+    await fill(2 * ARRIVALS_KEPT_WITHOUT_TARGET_WAIT);
+    await new VmMaster(vmm).doCycle();
+    const kept = [...(await vmm.reader.arrivals('plain')).keys()].sort((a, b) => a - b);
+    expect(kept).toHaveLength(ARRIVALS_KEPT_WITHOUT_TARGET_WAIT);
+    expect(kept[0]).toBe(minute - ARRIVALS_KEPT_WITHOUT_TARGET_WAIT + 1);
+    expect(kept.at(-1)).toBe(minute);
   });
 });
