@@ -120,6 +120,25 @@ describe('tryAcquireVmSet: all or nothing (real Redis)', () => {
     await expect(kit.vmm.renewLeases(first.vms.map((v) => ({ vmName: v.vm.vmName, leaseId: v.leaseId })))).rejects.toThrow(LeaseLost);
   });
 
+  it('a re-run that finds one of its VMs gone gives back the others it still holds and picks the set afresh', async () => {
+    await kit.addReady('b1', '10.0.0.1', 'base');
+    await kit.addReady('b2', '10.0.0.2', 'base');
+    await kit.addReady('b3', '10.0.0.3', 'base');
+    const first = await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['base']], 'job-gone'));
+    if (!('vms' in first)) throw new Error('not served');
+    // An operator terminates one of the set's VMs before its job completed.
+    const [gone, kept] = first.vms;
+    expect(await kit.vmm.startVmTermination(gone!.vm.vmName)).toBe(true);
+    const again = await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['base']], 'job-gone'));
+    if (!('vms' in again)) throw new Error('not served');
+    expect(again.status).toBe('acquired');
+    // The VM it still held went back (bound to the sandbox: the new set takes it first), under a new lease.
+    expect(again.vms.map((v) => v.vm.vmName).sort()).toEqual([kept!.vm.vmName, 'b3'].sort());
+    expect(again.vms.map((v) => v.leaseId)).not.toContain(kept!.leaseId);
+    const released = (await kit.vmm.reader.auditEvents({ limit: 100 })).events.filter((e) => e.event === 'released');
+    expect(released.map((e) => [e.vm, e.reason])).toEqual([[kept!.vm.vmName, 'abandoned']]);
+  });
+
   it('prefers one account for all items when their groups span several', async () => {
     await kit.addReady('e1', '10.0.2.1', 'east-x86');
     await kit.addReady('w1', '10.0.2.2', 'west-x86');

@@ -111,7 +111,7 @@ end
 
 -- A re-run of the same job, or a parked job woken by the line, gets the VMs and leases it was given.
 if jobId ~= '' then
-  local given = givenSet(base, jobId, owner)
+  local given = givenSet(base, jobId, owner, now, releaseInUseVm)
   if given then
     if inLine() then
       leaveLines(base, waiter, jobId, groups)
@@ -198,7 +198,7 @@ local served = {}
 for _, group in ipairs(groups) do
   dispatchDirty(base, group, owner, sandbox, now, jobId, served)
   dispatchClean(base, group, now, jobId, served)
-  local mine = givenSet(base, jobId, owner)
+  local mine = givenSet(base, jobId, owner, now, releaseInUseVm)
   if mine then
     local others = {}
     for _, id in ipairs(served) do

@@ -19,27 +19,6 @@ local function recordSetAssignment(base, jobId, names, leases, maxLeaseMs)
   redis.call('PEXPIRE', key, maxLeaseMs)
 end
 
--- The VMs of the set recorded for job `jobId`, in item order, when every one is still in_use
--- under its lease for `owner`; otherwise nil, and the record is dropped.
-local function givenSet(base, jobId, owner)
-  local key = acquireAssignmentKey(base, jobId)
-  local count = tonumber(redis.call('HGET', key, 'items'))
-  if not count then
-    return nil
-  end
-  local names = {}
-  for i = 1, count do
-    local record = redis.call('HMGET', key, 'vm' .. i, 'lease' .. i)
-    local vm = record[1] and redis.call('HMGET', vmKey(base, record[1]), 'state', 'lease_id', 'owner')
-    if not (vm and vm[1] == 'in_use' and vm[2] == record[2] and vm[3] == owner) then
-      redis.call('DEL', key)
-      return nil
-    end
-    names[i] = record[1]
-  end
-  return names
-end
-
 -- Whether job `jobId`'s assignment record is a set's.
 local function isSetAssignment(base, jobId)
   return redis.call('HEXISTS', acquireAssignmentKey(base, jobId), 'items') == 1
@@ -59,3 +38,27 @@ local function releaseSetAssignment(base, jobId, now, reason, release)
   end
   redis.call('DEL', key)
 end
+
+-- The VMs of the set recorded for job `jobId`, in item order, when every one is still in_use
+-- under its lease for `owner`; otherwise nil: the record is dropped, and the set's VMs still in
+-- use under their leases are given back (`release`: releaseInUseVm, reason 'abandoned'), so that
+-- none is left to its lease's expiry while the set is picked afresh.
+local function givenSet(base, jobId, owner, now, release)
+  local key = acquireAssignmentKey(base, jobId)
+  local count = tonumber(redis.call('HGET', key, 'items'))
+  if not count then
+    return nil
+  end
+  local names = {}
+  for i = 1, count do
+    local record = redis.call('HMGET', key, 'vm' .. i, 'lease' .. i)
+    local vm = record[1] and redis.call('HMGET', vmKey(base, record[1]), 'state', 'lease_id', 'owner')
+    if not (vm and vm[1] == 'in_use' and vm[2] == record[2] and vm[3] == owner) then
+      releaseSetAssignment(base, jobId, now, 'abandoned', release)
+      return nil
+    end
+    names[i] = record[1]
+  end
+  return names
+end
+
