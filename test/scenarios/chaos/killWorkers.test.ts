@@ -147,7 +147,12 @@ describe('chaos 2: kill -9 of worker processes under load', () => {
       );
       kills.push(`acquire after its script (${withTask ? 'with' : 'without'} task)`);
     }
-    await killAtEvent((e) => e.event === 'spawned', () => sys.running('spawn'));
+    // A spawn to kill at: retire a ready VM, so that reconcile spawns its replacement (min_ready)
+    // even if the pool is steady now; a loaded machine may take a while (CI once waited > 60 s).
+    const spawned = killAtEvent((e) => e.event === 'spawned', () => sys.running('spawn'), 180_000);
+    const [ready] = await vmm.getVmsByGroupAndStates('kill', ['ready']);
+    if (ready) await vmm.startVmTermination(ready.vmName, 'ready', 'operator').catch(() => false);
+    await spawned;
     kills.push('spawn after addVmToPool');
     await sleep(3_000);
     // Every process at once, then all of them again.
