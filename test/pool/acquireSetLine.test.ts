@@ -76,7 +76,8 @@ describe('a waiting set keeps only the ready VMs it could take (real Redis)', ()
   });
 
   it('a set that could be served once a VM is ready still keeps the ready VMs it can use', async () => {
-    // Unchanged: alice's set (no VM bound yet) keeps both ready VMs of base while its arm VM is missing.
+    // Unchanged: alice's set (no VM bound yet) keeps both ready VMs of base while its arm VM is on its way.
+    expect(await kit.vmm.registerSpawn('arm', 'spawn-arm-1')).toBeNull();
     expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['base'], ['arm']], 'set-alice'), { waiter: waiterFor('set-alice', 1) })).status).toBe('none');
     expect((await kit.vmm.tryAcquireVm({ groups: ['base'], owner: 'bob', sandbox: 'bob/p', workerId: 'w' }, waiterFor('acquire-bob', 2))).status).toBe('none');
     await kit.addReady('v1', '10.72.0.1', 'base');
@@ -85,6 +86,24 @@ describe('a waiting set keeps only the ready VMs it could take (real Redis)', ()
     await kit.addReady('v3', '10.72.0.3', 'base');
     expect(await kit.vmm.dispatchAcquireLine('base')).toEqual(['acquire-bob']);
     await kit.addReady('a1', '10.72.0.4', 'arm');
+    expect(await kit.vmm.dispatchAcquireLine('arm')).toEqual(['set-alice']);
+  });
+});
+
+describe('a waiting set keeps nothing for a group with no VM on its way (real Redis)', () => {
+  it('keeps no VM of base while arm has nothing ready, coming or spawning; keeps them once an arm spawn starts', async () => {
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['arm']], 'set-alice'), { waiter: waiterFor('set-alice', 1) })).status).toBe('none');
+    expect((await kit.vmm.tryAcquireVm({ groups: ['base'], owner: 'bob', sandbox: 'bob/p', workerId: 'w' }, waiterFor('acquire-bob', 2))).status).toBe('none');
+    expect((await kit.vmm.tryAcquireVm({ groups: ['base'], owner: 'carol', sandbox: 'carol/p', workerId: 'w' }, waiterFor('acquire-carol', 3))).status).toBe('none');
+    // arm has no VM and none on its way (its breaker open, say): the base VM goes on to bob.
+    await kit.addReady('v1', '10.74.0.1', 'base');
+    expect(await kit.vmm.dispatchAcquireLine('base')).toEqual(['acquire-bob']);
+    // An arm spawn starts: the set can count on it, and keeps the next base VM from carol.
+    expect(await kit.vmm.registerSpawn('arm', 'spawn-arm-2')).toBeNull();
+    await kit.addReady('v2', '10.74.0.2', 'base');
+    expect(await kit.vmm.dispatchAcquireLine('base')).toEqual([]);
+    expect(await states(['v2'])).toEqual([VmStates.READY]);
+    await kit.addReady('a1', '10.74.0.3', 'arm');
     expect(await kit.vmm.dispatchAcquireLine('arm')).toEqual(['set-alice']);
   });
 });

@@ -34,10 +34,19 @@ local function pickUnpicked(base, indexKey, picked, pickedCount, serverStart)
   return nil
 end
 
+-- Whether the group has clean VMs ready or on their way (coming up, or spawning): a set may count
+-- on it for a VM soon. A group with none (its breaker open, at its limit, drained) may leave the set
+-- waiting until its deadline, so the set keeps no VM of its other groups for it (setCleanNeed).
+local function groupHasSupply(base, group)
+  return redis.call('ZCARD', readyCleanKey(base, group)) + redis.call('ZCARD', readyOutdatedKey(base, group)) > 0
+    or redis.call('SCARD', comingKey(base, group)) > 0
+    or redis.call('ZCARD', spawningKey(base, group)) > 0
+end
+
 -- One VM per item using only groups of `account` (nil: any group): {{name, fresh, group, leaseMs, usage}
--- per item}, or nil when some item has none. With `ample`, every group is taken to have a ready
--- clean VM for each item (a placeholder name), so that only the owner's limits and its dirty VMs
--- decide (setCleanNeed).
+-- per item}, or nil when some item has none. With `ample`, every group that has clean VMs ready or
+-- on their way (groupHasSupply) is taken to have a ready clean VM for each item (a placeholder name),
+-- so that only the owner's limits, its dirty VMs and what is coming decide (setCleanNeed).
 local function pickSetIn(base, owner, sandbox, items, account, serverStart, ample)
   local picked, pickedCount, choice, bound, pending = {}, 0, {}, {}, {}
   for i, item in ipairs(items) do
@@ -49,7 +58,7 @@ local function pickSetIn(base, owner, sandbox, items, account, serverStart, ampl
           local ownerVms = (tonumber(redis.call('HGET', ownerVmsKey(base, g.group), owner)) or 0) + (bound[g.group] or 0)
           if ownerVms < tonumber(g.maxVmPerOwner) and ownerMayBind(base, owner, g.usage, pending) then
             if ample then
-              name = '\0ample:' .. i
+              name = groupHasSupply(base, g.group) and ('\0ample:' .. i) or nil
             else
               name = pickUnpicked(base, readyCleanKey(base, g.group), picked, pickedCount, serverStart)
                 or pickUnpicked(base, readyOutdatedKey(base, g.group), picked, pickedCount, serverStart)
@@ -103,9 +112,10 @@ end
 
 -- How many ready clean VMs of `group` a waiting set could use: the clean VMs of the group it would
 -- take if every group had enough of them ready (its dirty VMs as they are, its owner's limits as
--- they are now). 0 when its owner's limits let it have no whole set now, however many VMs were
--- ready: then it keeps none of the group's VMs from the requests behind it (includes/acquireLine
--- dispatchClean), until one of the owner's VMs goes.
+-- they are now, and only groups with VMs ready or on their way). 0 when its owner's limits let it
+-- have no whole set now, however many VMs were ready, or when some VM of the set has no group with
+-- a VM ready or coming: then it keeps none of the group's VMs from the requests behind it
+-- (includes/acquireLine dispatchClean), until one of the owner's VMs goes or a VM is on its way.
 local function setCleanNeed(base, owner, sandbox, items, group)
   local choice = pickSet(base, owner, sandbox, items, true)
   local n = 0
