@@ -201,3 +201,29 @@ describe('a waiting set whose groups change between runs (fallback_groups) (real
     expect(await kit.redis.zcard(kit.keys.waiters('arm'))).toBe(0);
   });
 });
+
+describe('a set beside an acquire process of an older release (real Redis)', () => {
+  it('gives back the one VM an older dispatcher, which knows no sets, gave it as a single request, and waits again', async () => {
+    const waiter = waiterFor('set-mixed', 1);
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['base']], 'set-mixed'), { waiter })).status).toBe('none');
+    // What an older dispatcher leaves: one VM in use under a lease, recorded as a single's
+    // assignment of the set's job, the set out of the lines, its job to be woken.
+    await kit.addReady('m1', '10.75.0.1', 'base');
+    const taken = await kit.vmm.tryAcquireVm({ groups: ['base'], owner: 'alice', sandbox: 'alice/sb', workerId: 'old', leaseId: 'old-lease' });
+    expect(taken.status).toBe('acquired');
+    await kit.vmm.leaveAcquireLine(waiter, ['base']);
+    await kit.redis.hset(kit.keys.acquireAssignment('set-mixed'), 'vm', 'm1', 'lease', 'old-lease');
+    await kit.redis.zadd(kit.keys.acquireAssigned, kit.clock.now, 'set-mixed');
+    // The set's job runs: m1 goes back, the set waits in the line again, holding nothing.
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['base']], 'set-mixed'), { waiter })).status).toBe('none');
+    expect(await states(['m1'])).toEqual([VmStates.READY]);
+    expect(await kit.redis.exists(kit.keys.acquireAssignment('set-mixed'))).toBe(0);
+    expect(await kit.redis.zscore(kit.keys.acquireAssigned, 'set-mixed')).toBeNull();
+    expect(await kit.redis.hexists(kit.keys.waiterInfo, waiter.member)).toBe(1);
+    const released = (await kit.vmm.reader.auditEvents({ limit: 100 })).events.filter((e) => e.event === 'released');
+    expect(released.map((e) => [e.vm, e.reason])).toEqual([['m1', 'abandoned']]);
+    // A second VM: the set takes both (m1 is bound to its sandbox now).
+    await kit.addReady('m2', '10.75.0.2', 'base');
+    expect(await kit.vmm.dispatchAcquireLine('base')).toEqual(['set-mixed']);
+  });
+});

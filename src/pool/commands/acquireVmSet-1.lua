@@ -18,6 +18,9 @@
   until then keeps its turn and the ready VMs it could use. A set served by the dispatcher while
   parked collects its VMs here when its job is woken. A withdrawn set (cancelAcquire) ends here.
 
+  A waiting set that a dispatcher of an older release (which knows no sets) served as a single
+  request gives that one VM back (reason 'abandoned') and waits again.
+
   A job (ARGV[5]) that was given the set and runs again (its worker died, or the line served it
   while parked) gets the same VMs and leases (includes/setAssignment); if some of them are no longer
   its own under those leases, the record is dropped and the set is picked afresh.
@@ -107,6 +110,19 @@ if waiting then
     leaveLines(base, waiter, jobId, groups)
     return {CANCELLED, cancelled}
   end
+end
+
+-- A dispatcher of an older release, which knows no sets, may have served this waiting set as a
+-- single request (one VM, recorded as a single's assignment, out of every line): that VM goes back
+-- (released, reason 'abandoned') and the set waits again.
+if waiting and jobId ~= '' and redis.call('HEXISTS', acquireAssignmentKey(base, jobId), 'vm') == 1 then
+  local record = redis.call('HMGET', acquireAssignmentKey(base, jobId), 'vm', 'lease')
+  local vm = redis.call('HMGET', vmKey(base, record[1]), 'state', 'lease_id')
+  if vm[1] == 'in_use' and vm[2] == record[2] then
+    releaseInUseVm(base, record[1], now, 'abandoned')
+  end
+  redis.call('DEL', acquireAssignmentKey(base, jobId))
+  redis.call('ZREM', acquireAssignedKey(base), jobId)
 end
 
 -- A re-run of the same job, or a parked job woken by the line, gets the VMs and leases it was given.
