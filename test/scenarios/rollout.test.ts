@@ -149,7 +149,9 @@ describe('max_ready_age', () => {
     expect(minReady).toBeGreaterThanOrEqual(2);
     const events = (await vmm.reader.auditEvents({ limit: 1000 })).events;
     const reasons = new Map(events.filter((e) => e.event === 'terminate_requested').map((e) => [e.vm, e.reason]));
-    expect(first.map((name) => reasons.get(name))).toEqual(['max_ready_age', 'max_ready_age']);
+    // Every VM that was ready at the start (2, or 3 when a replacement was already ready on a loaded machine).
+    expect(first.length).toBeGreaterThanOrEqual(2);
+    expect(first.map((name) => reasons.get(name))).toEqual(first.map(() => 'max_ready_age'));
     // Not before its time: each was ready for longer than max_ready_age when retired.
     for (const name of first) {
       const ready = events.find((e) => e.vm === name && e.event === 'ready')!;
