@@ -44,7 +44,9 @@ beforeAll(async () => {
   // The same command each start: an append-only file synced on every write keeps the data.
   server = await startPrivateRedis(['--appendonly', 'yes', '--appendfsync', 'always'], 'chaos-redis');
   url = server.url;
-  const common = { ...hookGroup({ stateDir, port: HOOK_PORT }), lease_timeout: 120 };
+  // Spawns 1 s apart (the default is 30 s): the warm pool is refilled within the test's waits (CI
+  // once waited 30 s for it while the interval since the last spawn ran out).
+  const common = { ...hookGroup({ stateDir, port: HOOK_PORT }), lease_timeout: 120, vm_spawn_min_interval: 1 };
   const config = {
     redis: { url, prefix },
     vm_cycle_timeout: 0.5,
