@@ -61,7 +61,7 @@ export { acquireWaiterMember } from './pool/vmManager.js';
 export type { AcquireWaiter, AcquireAttempt, ExpiredLease } from './pool/vmManager.js';
 export { acquireRequestSchema, acquireJobOptions, DEFAULT_ACQUIRE_TIMEOUT_MS, ACQUIRE_QUEUE, AcquireFailures, acquireFailureOf, acquireJobError } from '../queues/acquire.js';
 export type { AcquireRequestData, VmAssignment, AcquireFailure } from '../queues/acquire.js';
-export { acquireSetRequestSchema, acquireSetRequestId, MAX_SET_ITEMS } from '../queues/acquire.js';
+export { acquireSetRequestSchema, acquireSetRequestId, MAX_SET_ITEMS, AcquireJobNames, acquireJobPayloadSchema, isAcquireSetPayload } from '../queues/acquire.js';
 export type { AcquireSetRequestData, AcquireSetItemData, VmSetAssignment } from '../queues/acquire.js';
 // Spawn crash safety: a stopped spawn names the machine it may have made; a spawn that lost its slot adds no VM.
 export { SpawnAborted } from './providers/types.js';
