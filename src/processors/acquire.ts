@@ -122,10 +122,10 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
   // fallback_groups: while a group asked for is blocked (breaker open, at max_vm_total, or
   // quota_full), its fallbacks serve too. Read at every run; such a request is parked for at most
   // acquire_safety_retry, so that it spills over, or its demand returns, soon after its groups change.
-  const spills = !isStrictRequest(request) && asked.some((g) => (ctx.config.groups.find((c) => c.name === g)?.fallback_groups?.length ?? 0) > 0);
+  const spills = !isStrictRequest(request) && hasFallbackGroups(ctx, asked);
   const groups = spills ? withFallbacks(ctx.config.groups, asked, await ctx.vmm.blockedGroups(asked)) : asked;
   // The lines it may have joined in any run (with every fallback), to leave them all.
-  const lineGroups = spills ? withFallbacks(ctx.config.groups, asked, new Set(ctx.vmm.vmGroups)) : asked;
+  const lineGroups = spills ? withEveryFallback(ctx, asked) : asked;
   const timeoutMs = request.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS;
   const deadline = job.timestamp + timeoutMs;
   const waiter = waiterOf(job, deadline);
@@ -238,12 +238,14 @@ async function serveAcquireSetRequest(job: Job, request: AcquireSetRequestData, 
   const asked = await resolveSetItems(ctx, request, job);
   // fallback_groups, as for a single request: while a group an item lists is blocked, its
   // fallbacks serve that item too; read at every run, parked for at most acquire_safety_retry.
-  const spills = !isStrictRequest(request) && asked.some((item) => item.some((g) => (ctx.config.groups.find((c) => c.name === g)?.fallback_groups?.length ?? 0) > 0));
+  const spills = !isStrictRequest(request) && hasFallbackGroups(ctx, asked.flat());
   const blocked = spills ? await ctx.vmm.blockedGroups([...new Set(asked.flat())]) : new Set<string>();
   const items = spills ? asked.map((item) => withFallbacks(ctx.config.groups, item, blocked)) : asked;
   const groups = [...new Set(items.flat())];
-  // The lines it may have joined in any run (with every fallback), to leave them all.
-  const lineGroups = spills ? setLineGroups(ctx, asked) : groups;
+  // Each item with every fallback it may ever spill to: whether the set is possible at all, and
+  // the lines it may have joined in any run, to leave them all.
+  const possibleWith = spills ? asked.map((item) => withEveryFallback(ctx, item)) : undefined;
+  const lineGroups = possibleWith ? [...new Set(possibleWith.flat())] : groups;
   const timeoutMs = request.timeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS;
   const deadline = job.timestamp + timeoutMs;
   const waiter = waiterOf(job, deadline);
@@ -251,8 +253,6 @@ async function serveAcquireSetRequest(job: Job, request: AcquireSetRequestData, 
   if (!stopped.has(ctx)) runtimeOf(ctx).watch(groups.filter((g) => ctx.vmm.removedGroups.has(g)));
   const log = ctx.logger.child({ jobId, owner: request.owner, set: items.length });
   const setRequest = { owner: request.owner, sandbox: request.sandbox, workerId: ctx.workerId, jobId, items: items.map((g) => ({ groups: g })) };
-  // Possible at all: judged with every fallback an item may spill to.
-  const possibleWith = spills ? asked.map((item) => withFallbacks(ctx.config.groups, item, new Set(ctx.vmm.vmGroups))) : undefined;
   let attempt: Awaited<ReturnType<typeof ctx.vmm.tryAcquireVmSet>>;
   for (;;) {
     try {
@@ -299,10 +299,14 @@ async function serveAcquireSetRequest(job: Job, request: AcquireSetRequestData, 
   throw new DelayedError();
 }
 
-/** Every group a set's items may use with all their fallbacks: the lines it may have joined. */
-function setLineGroups(ctx: JobContext, asked: readonly (readonly string[])[]): string[] {
-  const all = new Set(ctx.vmm.vmGroups);
-  return [...new Set(asked.flatMap((item) => withFallbacks(ctx.config.groups, item, all)))];
+/** Whether one of the groups has fallback_groups (a request for it may spill over). */
+function hasFallbackGroups(ctx: JobContext, groups: readonly string[]): boolean {
+  return groups.some((g) => (ctx.config.groups.find((c) => c.name === g)?.fallback_groups?.length ?? 0) > 0);
+}
+
+/** The groups with every fallback, blocked or not: all a request for them may ever be served in. */
+function withEveryFallback(ctx: JobContext, groups: readonly string[]): string[] {
+  return withFallbacks(ctx.config.groups, groups, new Set(ctx.vmm.vmGroups));
 }
 
 /**
@@ -341,7 +345,7 @@ export const acquireProcessor: ProcessorSpec<AcquireJobPayload, VmAssignment | V
       const set = acquireSetRequestSchema.safeParse(job.data);
       if (!set.success) return;
       const items = await resolveSetItems(ctx, set.data).catch(() => null);
-      if (items) await ctx.vmm.leaveAcquireLine(waiterOf(job, 0), setLineGroups(ctx, items));
+      if (items) await ctx.vmm.leaveAcquireLine(waiterOf(job, 0), [...new Set(items.flatMap((item) => withEveryFallback(ctx, item)))]);
       return;
     }
     const parsed = acquireRequestSchema.safeParse(job.data);
@@ -353,7 +357,6 @@ export const acquireProcessor: ProcessorSpec<AcquireJobPayload, VmAssignment | V
       return;
     }
     // With every fallback, blocked or not: the request may have joined their lines.
-    const all = new Set(ctx.vmm.vmGroups);
-    await ctx.vmm.leaveAcquireLine(waiterOf(job, 0), withFallbacks(ctx.config.groups, groups, all));
+    await ctx.vmm.leaveAcquireLine(waiterOf(job, 0), withEveryFallback(ctx, groups));
   },
 };

@@ -103,8 +103,8 @@ if waiting then
   if cancelled then
     redis.call('DEL', acquireCancelKey(base, waiter))
     -- VMs given to this set never reached the builder, who withdrew: they go back.
-    if jobId ~= '' and isSetAssignment(base, jobId) then
-      releaseSetAssignment(base, jobId, now, 'withdrawn', releaseInUseVm)
+    if jobId ~= '' then
+      releaseAssignment(base, jobId, now, 'withdrawn', releaseInUseVm)
     end
     redis.call('ZREM', acquireAssignedKey(base), jobId)
     leaveLines(base, waiter, jobId, groups)
@@ -116,12 +116,7 @@ end
 -- single request (one VM, recorded as a single's assignment, out of every line): that VM goes back
 -- (released, reason 'abandoned') and the set waits again.
 if waiting and jobId ~= '' and redis.call('HEXISTS', acquireAssignmentKey(base, jobId), 'vm') == 1 then
-  local record = redis.call('HMGET', acquireAssignmentKey(base, jobId), 'vm', 'lease')
-  local vm = redis.call('HMGET', vmKey(base, record[1]), 'state', 'lease_id')
-  if vm[1] == 'in_use' and vm[2] == record[2] then
-    releaseInUseVm(base, record[1], now, 'abandoned')
-  end
-  redis.call('DEL', acquireAssignmentKey(base, jobId))
+  releaseAssignment(base, jobId, now, 'abandoned', releaseInUseVm)
   redis.call('ZREM', acquireAssignedKey(base), jobId)
 end
 

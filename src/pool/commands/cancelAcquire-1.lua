@@ -28,16 +28,6 @@ local raw = redis.call('HGET', waiterInfoKey(base), waiter)
 local groups = (raw and cjson.decode(raw).groups) or {}
 local left = leaveLines(base, waiter, jobId, groups)
 if redis.call('ZREM', acquireAssignedKey(base), jobId) == 1 then
-  if isSetAssignment(base, jobId) then
-    -- A set the line served: every one of its VMs goes back.
-    releaseSetAssignment(base, jobId, now, 'withdrawn', releaseInUseVm)
-  else
-    local record = redis.call('HMGET', acquireAssignmentKey(base, jobId), 'vm', 'lease')
-    local vm = record[1] and redis.call('HMGET', vmKey(base, record[1]), 'state', 'lease_id')
-    if vm and vm[1] == 'in_use' and vm[2] == record[2] then
-      releaseInUseVm(base, record[1], now, 'withdrawn')
-    end
-    redis.call('DEL', acquireAssignmentKey(base, jobId))
-  end
+  releaseAssignment(base, jobId, now, 'withdrawn', releaseInUseVm)
 end
 return left

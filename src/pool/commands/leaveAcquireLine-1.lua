@@ -23,15 +23,6 @@ local waiter, jobId, now = ARGV[1], ARGV[2], ARGV[3]
 
 local left = leaveLines(base, waiter, jobId, {unpack(ARGV, 4)})
 if redis.call('ZREM', acquireAssignedKey(base), jobId) == 1 then
-  if isSetAssignment(base, jobId) then
-    releaseSetAssignment(base, jobId, now, 'abandoned', releaseInUseVm)
-  else
-    local record = redis.call('HMGET', acquireAssignmentKey(base, jobId), 'vm', 'lease')
-    local vm = record[1] and redis.call('HMGET', vmKey(base, record[1]), 'state', 'lease_id')
-    if vm and vm[1] == 'in_use' and vm[2] == record[2] then
-      releaseInUseVm(base, record[1], now, 'abandoned')
-    end
-    redis.call('DEL', acquireAssignmentKey(base, jobId))
-  end
+  releaseAssignment(base, jobId, now, 'abandoned', releaseInUseVm)
 end
 return left

@@ -2,7 +2,9 @@
   The record of the VMs a set request was given (acquire_assignment:<job id>, one hash: `items`,
   and `vm<i>`, `lease<i>` per item), kept for the longest lease's first term, so that a re-run of
   the job, or its parked job woken by the line, collects the same VMs and leases; and so that a
-  withdrawal gives them back. Shared by acquireVmSet, includes/acquireLine and cancelAcquire.
+  withdrawal gives them back. releaseAssignment gives back either kind of record (a set's, or a
+  single request's). Shared by acquireVmSet, includes/acquireLine, cancelAcquire and
+  leaveAcquireLine.
 ]]
 --- @include "includes/poolKeys"
 
@@ -62,3 +64,19 @@ local function givenSet(base, jobId, owner, now, release)
   return names
 end
 
+-- Gives back what job `jobId` was given and has not collected, whichever its record is (a set's,
+-- or a single request's `vm` and `lease`): each VM still in_use under its lease is released
+-- (`reason`, by `release`: releaseInUseVm); the record goes. Shared by cancelAcquire,
+-- leaveAcquireLine and acquireVmSet.
+local function releaseAssignment(base, jobId, now, reason, release)
+  if isSetAssignment(base, jobId) then
+    releaseSetAssignment(base, jobId, now, reason, release)
+    return
+  end
+  local record = redis.call('HMGET', acquireAssignmentKey(base, jobId), 'vm', 'lease')
+  local vm = record[1] and redis.call('HMGET', vmKey(base, record[1]), 'state', 'lease_id')
+  if vm and vm[1] == 'in_use' and vm[2] == record[2] then
+    release(base, record[1], now, reason)
+  end
+  redis.call('DEL', acquireAssignmentKey(base, jobId))
+end
