@@ -11,6 +11,12 @@ export const ACQUIRE_QUEUE = QueueNames.ACQUIRE;
 const wellFormed = (s: string) => !/\p{Cs}/u.test(s);
 const text = (max: number) => z.string().min(1).max(max).refine(wellFormed, 'well-formed Unicode text (no lone surrogate)');
 
+/** What a request (or a set's VM) asks for: groups or an arch, not both; and/or tags. A zod refinement. */
+export const groupsOrArch: [(r: { groups?: unknown; arch?: unknown; tags?: unknown }) => boolean, { message: string; path: string[] }] = [
+  (r) => !(r.groups !== undefined && r.arch !== undefined) && (r.groups !== undefined || r.arch !== undefined || r.tags !== undefined),
+  { message: 'exactly one of groups or arch, or tags alone', path: ['groups'] },
+];
+
 /**
  * A builder's request for a VM: groups (tried in order) or an arch (its groups, in config order),
  * and/or tags that a group must all list (the matching groups, in config order).
@@ -32,10 +38,7 @@ export const acquireRequestSchema = z
     strictGroup: z.boolean().optional(),
     strict_group: z.boolean().optional(),
   })
-  .refine((r) => !(r.groups !== undefined && r.arch !== undefined) && (r.groups !== undefined || r.arch !== undefined || r.tags !== undefined), {
-    message: 'exactly one of groups or arch, or tags alone',
-    path: ['groups'],
-  });
+  .refine(...groupsOrArch);
 export type AcquireRequestData = z.input<typeof acquireRequestSchema>;
 
 /** The BullMQ job names of the vm-acquire queue: one VM, or a set of VMs all or nothing. */
@@ -51,10 +54,7 @@ export const acquireSetItemSchema = z
     arch: acquireRequestSchema.shape.arch,
     tags: acquireRequestSchema.shape.tags,
   })
-  .refine((r) => !(r.groups !== undefined && r.arch !== undefined) && (r.groups !== undefined || r.arch !== undefined || r.tags !== undefined), {
-    message: 'exactly one of groups or arch, or tags alone',
-    path: ['groups'],
-  });
+  .refine(...groupsOrArch);
 export type AcquireSetItemData = z.input<typeof acquireSetItemSchema>;
 
 /**

@@ -3,7 +3,7 @@ import { ACQUIRE_REQUEST_STATES } from '../acquire/requests.js';
 import { WAIT_REASONS } from '../acquire/why.js';
 import { RELEASE_OUTCOMES, autoholdRuleInputSchema } from '../pool/autohold.js';
 import { SPAWN_ERROR_CLASSES, UNCLASSIFIED } from '../providers/spawnErrors.js';
-import { AcquireFailures, acquireRequestSchema } from '../../queues/acquire.js';
+import { AcquireFailures, acquireRequestSchema, groupsOrArch } from '../../queues/acquire.js';
 
 // The API's request bodies and enums as zod schemas: the routes (api.ts) validate with them, and the
 // OpenAPI document (openapi.ts) takes their JSON Schemas from here, so each is written once.
@@ -47,10 +47,7 @@ export const acquireBodySchema = z
 /** One VM of POST /acquire-set: groups (ids or names) or arch, not both; and/or tags, as in POST /acquire. */
 export const acquireSetItemSchema = z
   .strictObject({ groups: acquireGroupsSchema.optional(), arch: acquireArchSchema.optional(), tags: acquireTagsSchema.optional() })
-  .refine((r) => !(r.groups !== undefined && r.arch !== undefined) && (r.groups !== undefined || r.arch !== undefined || r.tags !== undefined), {
-    message: 'exactly one of groups or arch, or tags alone',
-    path: ['groups'],
-  })
+  .refine(...groupsOrArch)
   .describe('One VM of the set: groups (ids or names, tried in order) or arch, not both; and/or tags')
   .register(apiSchemaRegistry, { id: 'AcquireSetItem' });
 
