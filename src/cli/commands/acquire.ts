@@ -1,6 +1,7 @@
 import { RequestGroupsError, requestGroupIds } from '../../acquire/requestGroups.js';
 import { DEFAULT_ACQUIRE_TIMEOUT_MS, type AcquireRequestData } from '../../../queues/acquire.js';
-import { groupOf, parseSeconds, type RegisterCommand } from '../context.js';
+import { groupOf, parseSeconds, type CliContext, type RegisterCommand } from '../context.js';
+import type { VmPoolClient } from '../../client/index.js';
 import { CliError, ExitCodes } from '../exitCodes.js';
 
 export const registerAcquire: RegisterCommand = (program, { config, settings, logger, withPool, print }) => {
@@ -41,24 +42,11 @@ export const registerAcquire: RegisterCommand = (program, { config, settings, lo
         if (err instanceof RequestGroupsError) throw new CliError(err.message.replace(/^unknown arch (.*): no group lists it$/, 'no group lists arch $1'), ExitCodes.USAGE);
         throw err;
       }
-      await withPool(async (vmm, _cfg, redis) => {
-        const { VmPoolClient } = await import('../../client/index.js');
-        const client = new VmPoolClient({
-          redis,
-          prefix: vmm.prefix,
-          queue: (name) => vmm.queue(name),
-          logger: logger(),
-          graceMs: cliAcquireGraceMs(request.timeoutMs!, settings().acquireGraceMs),
-          groups: cfg.groups,
-        });
-        try {
-          const a = await client.acquire(request);
-          print(opts.json === true, a, () =>
-            [`VM_NAME=${a.vmName}`, `VM_IP=${a.vmIp}`, `GROUP=${a.group}`, `LEASE_ID=${a.leaseId}`, `LEASE_EXPIRES_AT=${a.leaseExpiresAt}`].join('\n'),
-          );
-        } finally {
-          await client.close();
-        }
+      await withCliClient({ withPool, settings, logger }, request.timeoutMs!, async (client) => {
+        const a = await client.acquire(request);
+        print(opts.json === true, a, () =>
+          [`VM_NAME=${a.vmName}`, `VM_IP=${a.vmIp}`, `GROUP=${a.group}`, `LEASE_ID=${a.leaseId}`, `LEASE_EXPIRES_AT=${a.leaseExpiresAt}`].join('\n'),
+        );
       });
     });
 };
@@ -73,4 +61,32 @@ export const registerAcquire: RegisterCommand = (program, { config, settings, lo
  */
 export function cliAcquireGraceMs(timeoutMs: number, graceMs: number): number {
   return Math.min(graceMs, Math.max(2_000, Math.round(timeoutMs / 2)));
+}
+
+/**
+ * Runs fn with a VmPoolClient on the CLI's pool (its connection and queue handles, the config's
+ * groups, the grace of cliAcquireGraceMs for `timeoutMs`), and closes the client after:
+ * `vmpool acquire` and `vmpool acquire-set`.
+ */
+export async function withCliClient(
+  ctx: Pick<CliContext, 'withPool' | 'settings' | 'logger'>,
+  timeoutMs: number,
+  fn: (client: VmPoolClient) => Promise<void>,
+): Promise<void> {
+  await ctx.withPool(async (vmm, cfg, redis) => {
+    const { VmPoolClient } = await import('../../client/index.js');
+    const client = new VmPoolClient({
+      redis,
+      prefix: vmm.prefix,
+      queue: (name) => vmm.queue(name),
+      logger: ctx.logger(),
+      graceMs: cliAcquireGraceMs(timeoutMs, ctx.settings().acquireGraceMs),
+      groups: cfg.groups,
+    });
+    try {
+      await fn(client);
+    } finally {
+      await client.close();
+    }
+  });
 }

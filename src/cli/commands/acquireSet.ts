@@ -3,7 +3,7 @@ import type { Config } from '../../config/index.js';
 import { DEFAULT_ACQUIRE_TIMEOUT_MS, MAX_SET_ITEMS, type AcquireSetItemData, type AcquireSetRequestData } from '../../../queues/acquire.js';
 import { groupOf, parseSeconds, type RegisterCommand } from '../context.js';
 import { CliError, ExitCodes } from '../exitCodes.js';
-import { cliAcquireGraceMs } from './acquire.js';
+import { withCliClient } from './acquire.js';
 
 /** The keys of a `--vm` spec, and the spellings each takes. */
 const SPEC_KEYS: Record<string, 'group' | 'arch' | 'tags' | 'count'> = { group: 'group', groups: 'group', arch: 'arch', tag: 'tags', tags: 'tags', count: 'count' };
@@ -105,27 +105,14 @@ export const registerAcquireSet: RegisterCommand = (program, { config, settings,
         ...(opts.requestId !== undefined ? { requestId: opts.requestId } : {}),
         ...(opts.strictGroup ? { strictGroup: true } : {}),
       };
-      await withPool(async (vmm, _cfg, redis) => {
-        const { VmPoolClient } = await import('../../client/index.js');
-        const client = new VmPoolClient({
-          redis,
-          prefix: vmm.prefix,
-          queue: (name) => vmm.queue(name),
-          logger: logger(),
-          graceMs: cliAcquireGraceMs(request.timeoutMs!, settings().acquireGraceMs),
-          groups: cfg.groups,
-        });
-        try {
-          const set = await client.acquireSet(request);
-          print(opts.json === true, set, () =>
-            [
-              `VM_COUNT=${set.vms.length}`,
-              ...set.vms.flatMap((a, i) => [`VM_NAME_${i}=${a.vmName}`, `VM_IP_${i}=${a.vmIp}`, `GROUP_${i}=${a.group}`, `LEASE_ID_${i}=${a.leaseId}`, `LEASE_EXPIRES_AT_${i}=${a.leaseExpiresAt}`]),
-            ].join('\n'),
-          );
-        } finally {
-          await client.close();
-        }
+      await withCliClient({ withPool, settings, logger }, request.timeoutMs!, async (client) => {
+        const set = await client.acquireSet(request);
+        print(opts.json === true, set, () =>
+          [
+            `VM_COUNT=${set.vms.length}`,
+            ...set.vms.flatMap((a, i) => [`VM_NAME_${i}=${a.vmName}`, `VM_IP_${i}=${a.vmIp}`, `GROUP_${i}=${a.group}`, `LEASE_ID_${i}=${a.leaseId}`, `LEASE_EXPIRES_AT_${i}=${a.leaseExpiresAt}`]),
+          ].join('\n'),
+        );
       });
     });
 };
