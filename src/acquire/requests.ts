@@ -159,9 +159,11 @@ function progressWait(job: Job): WaitStatus | null {
 
 /** Where an acquire request stands and, while it waits, why; null when no such request is stored. */
 export async function acquireRequestStatus(vmm: VmManager, config: Config, id: string, lookup: RequestLookup = {}): Promise<AcquireRequestStatus | null> {
-  const job = await findAcquireJob(vmm, id, lookup);
+  let job = await findAcquireJob(vmm, id, lookup);
   if (!job) return null;
   const jobState = await job.getState();
+  // Read before it finished, its state after: read it again, or its result or failure is missing.
+  if ((jobState === 'completed' || jobState === 'failed') && !job.finishedOn) job = (await Job.fromId(vmm.queue(ACQUIRE_QUEUE), String(job.id))) ?? job;
   const set = isSetJob(job);
   const data = (job.data ?? {}) as { owner?: string; sandbox?: string; taskId?: string; requestId?: string; timeoutMs?: number };
   let groups: string[] = [];
