@@ -1,15 +1,15 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir, userInfo } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import ssh2 from 'ssh2';
 import type { z } from 'zod';
 import type { localProviderSchema } from '../config/index.js';
 import { ProviderError } from './command.js';
 import { hookProcessEnv } from './hook.js';
+import { generateSshKeyPair, isUsableSshKey } from './sshKeyPair.js';
 import { SpawnAborted, type Provider, type ProviderDeps, type ProviderGroup, type ProviderMachine, type SpawnedMachine, type SpawnRequest, type TerminateRequest } from './types.js';
 
 export type LocalProviderConfig = z.output<typeof localProviderSchema>;
@@ -74,18 +74,29 @@ export function isLocalVmProcess(pid: number, name: string): boolean {
   return i >= 0 && argv[i + 1] === name && argv.some((a) => /[/\\]localVm\.(js|ts)$/.test(a));
 }
 
-/** Creates the client key once; concurrent first spawns agree on one file (link fails if it exists). */
+/**
+ * Creates the client key once; concurrent first spawns agree on one file (link fails if it exists).
+ * A key ssh2 cannot parse (an earlier release could write one, see generateSshKeyPair) is replaced:
+ * no VM can have started with it, since a VM parses the key before it listens.
+ */
 function ensureClientKey(stateDir: string): string {
   const path = localClientKeyPath(stateDir);
-  if (existsSync(path)) return path;
-  const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}`;
-  writeFileSync(tmp, ssh2.utils.generateKeyPairSync('ed25519').private, { mode: 0o600 });
+  let existing: Buffer | null = null;
   try {
-    linkSync(tmp, path);
+    existing = readFileSync(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  if (existing && isUsableSshKey(existing)) return path;
+  const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}`;
+  writeFileSync(tmp, generateSshKeyPair().private, { mode: 0o600 });
+  try {
+    if (existing) renameSync(tmp, path);
+    else linkSync(tmp, path);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
   } finally {
-    unlinkSync(tmp);
+    rmSync(tmp, { force: true });
   }
   return path;
 }

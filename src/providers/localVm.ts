@@ -10,6 +10,7 @@ import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import ssh2 from 'ssh2';
+import { generateSshKeyPair } from './sshKeyPair.js';
 
 const { Server, utils } = ssh2;
 
@@ -38,7 +39,7 @@ function main(): void {
   const clientKey = utils.parseKey(readFileSync(authorizedKeyFile));
   if (clientKey instanceof Error) throw clientKey;
   const allowed = clientKey.getPublicSSH();
-  const hostKey = utils.generateKeyPairSync('ed25519');
+  const hostKey = generateSshKeyPair();
   const workDir = join(stateDir, 'work', name);
   mkdirSync(workDir, { recursive: true, mode: 0o700 });
 

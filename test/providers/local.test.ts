@@ -13,6 +13,7 @@ import { createHealthCheck } from '../../src/health/index.js';
 import { createLogger } from '../../src/logger.js';
 import { createProvider } from '../../src/providers/index.js';
 import { LocalProvider } from '../../src/providers/local.js';
+import { generateSshKeyPair } from '../../src/providers/sshKeyPair.js';
 import type { ProviderGroup } from '../../src/providers/types.js';
 import { isLive } from '../helpers/netns.js';
 
@@ -104,7 +105,7 @@ describe('local provider', () => {
 
     const key = readFileSync(join(stateDir, 'id_ed25519'));
     expect(await sshExec(a.ip, rawConfig.port, 'echo hello; exit 3', key)).toEqual({ out: 'hello\n', code: 3 });
-    const stranger = Buffer.from(ssh2.utils.generateKeyPairSync('ed25519').private);
+    const stranger = Buffer.from(generateSshKeyPair().private);
     await expect(sshExec(b.ip, rawConfig.port, 'echo hello', stranger)).rejects.toThrow(/authentication methods failed/);
 
     // A caller that only knows the address (a stale record) can still stop the VM.
@@ -184,4 +185,30 @@ describe('local provider', () => {
       blocker.close();
     }
   });
+});
+
+describe('local provider client key', () => {
+  it('replaces a client key ssh2 cannot parse, and its VMs then pass the ssh check', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vmpool-local-key-'));
+    const keyed: ProviderGroup = { index: 0, config: parseConfig({ groups: [{ name: 'keyed', provider: { ...providerConfig(), state_dir: dir } }] }).groups[0]! };
+    const keyedProvider = createProvider(keyed, { logger }) as LocalProvider;
+    // What an earlier release could leave: ssh2's generator makes such a key about once in 256.
+    const malformed = '-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ==\n-----END OPENSSH PRIVATE KEY-----\n';
+    writeFileSync(join(dir, 'id_ed25519'), malformed, { mode: 0o600 });
+    try {
+      const vm = await keyedProvider.spawn({ group: keyed, spawnId: 'k' });
+      const key = readFileSync(join(dir, 'id_ed25519'), 'utf8');
+      expect(key).not.toBe(malformed);
+      expect(ssh2.utils.parseKey(key)).not.toBeInstanceOf(Error);
+      const check = await createHealthCheck(keyed, { logger, provider: keyedProvider }).check({ group: keyed, vmName: vm.name, vmIp: vm.ip }, { timeoutMs: 10_000 });
+      expect(check.ok).toBe(true);
+      // A usable key is kept as it is.
+      await keyedProvider.spawn({ group: keyed, spawnId: 'k2' });
+      expect(readFileSync(join(dir, 'id_ed25519'), 'utf8')).toBe(key);
+      expect(readdirSync(dir).filter((f) => f.startsWith('id_ed25519'))).toEqual(['id_ed25519']);
+    } finally {
+      for (const m of await keyedProvider.list(keyed)) await keyedProvider.terminate({ group: keyed, vmName: m.name, vmIp: m.ip ?? null });
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
