@@ -110,4 +110,10 @@ function main(): void {
   process.on('SIGHUP', () => {});
 }
 
-main();
+try {
+  main();
+} catch (err) {
+  // One line: the spawner shows the log's last lines, and a stack trace would push the cause out.
+  console.error(`local VM could not start: ${(err as Error).message}`);
+  process.exit(1);
+}

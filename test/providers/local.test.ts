@@ -12,7 +12,7 @@ import { parseConfig } from '../../src/config/index.js';
 import { createHealthCheck } from '../../src/health/index.js';
 import { createLogger } from '../../src/logger.js';
 import { createProvider } from '../../src/providers/index.js';
-import { LocalProvider } from '../../src/providers/local.js';
+import { LocalProvider, localVmCommand } from '../../src/providers/local.js';
 import { generateSshKeyPair } from '../../src/providers/sshKeyPair.js';
 import type { ProviderGroup } from '../../src/providers/types.js';
 import { isLive } from '../helpers/netns.js';
@@ -211,4 +211,21 @@ describe('local provider client key', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   }, 60_000);
+
+  it('a VM that cannot start says why in one line, which the spawn error shows', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vmpool-local-key-'));
+    try {
+      const badKey = join(dir, 'bad_key');
+      writeFileSync(badKey, 'not a key\n');
+      const { command, args } = localVmCommand();
+      const failed = await run(command, [...args, '--state-dir', dir, '--name', 'n', '--ip', '127.0.0.1', '--port', '1', '--authorized-key', badKey]).then(
+        () => null,
+        (err: { code: number; stderr: string }) => err,
+      );
+      expect(failed?.code).toBe(1);
+      expect(failed?.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^local VM could not start: .*(key|format)/i)]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
