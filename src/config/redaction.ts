@@ -84,13 +84,19 @@ function urlPasswords(url: string): string[] {
 
 /**
  * The config's secrets as text, for masking hook output: the Redis passwords (of the URL, which
- * REDIS_URL has already replaced, of the servers and of the sentinels), the web tokens, and the
- * values of every provider's, check's and account's `env` of at least ENV_SECRET_MIN_LENGTH characters.
+ * REDIS_URL has already replaced, of the servers and of the sentinels), the web tokens, and of at
+ * least ENV_SECRET_MIN_LENGTH characters: the values of every provider's, check's and account's
+ * `env`, and the values in `environment` (vmpool's own) of the variables their `pass_env` names.
  */
-export function configSecrets(config: Config): string[] {
+export function configSecrets(config: Config, environment: NodeJS.ProcessEnv = process.env): string[] {
   const secrets = new Set<string>();
   const add = (value: string | null | undefined) => {
     if (value) secrets.add(value);
+  };
+  const addEnv = (env: Record<string, string> | undefined, passEnv: readonly string[] | undefined) => {
+    for (const value of [...Object.values(env ?? {}), ...(passEnv ?? []).map((name) => environment[name])]) {
+      if (value !== undefined && value.length >= ENV_SECRET_MIN_LENGTH) add(value);
+    }
   };
   // The URL may carry the password percent-encoded, as it would be printed.
   for (const password of urlPasswords(config.redis.url)) add(password);
@@ -99,12 +105,8 @@ export function configSecrets(config: Config): string[] {
   add(config.web.auth.token);
   for (const t of config.web.auth.tokens) add(t.token);
   for (const g of config.groups) {
-    for (const env of [(g.provider as { env?: Record<string, string> }).env, (g.check as { env?: Record<string, string> }).env]) {
-      for (const value of Object.values(env ?? {})) if (value.length >= ENV_SECRET_MIN_LENGTH) add(value);
-    }
+    for (const hooks of [g.provider, g.check] as { env?: Record<string, string>; pass_env?: string[] }[]) addEnv(hooks.env, hooks.pass_env);
   }
-  for (const account of Object.values(config.accounts ?? {})) {
-    for (const value of Object.values(account.env)) if (value.length >= ENV_SECRET_MIN_LENGTH) add(value);
-  }
+  for (const account of Object.values(config.accounts ?? {})) addEnv(account.env, account.pass_env);
   return [...secrets];
 }

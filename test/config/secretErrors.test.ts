@@ -169,4 +169,25 @@ describe('the known secrets masked in hook output', () => {
     expect(configSecrets(config)).not.toContain('2222');
     expect(maskSecrets('auth p@ss-word and p%40ss-word, port 2222', configSecrets(config))).toBe('auth *** and ***, port 2222');
   });
+
+  it('include the long values of the variables that pass_env names, from vmpool\'s environment', () => {
+    const config = parseConfig(
+      {
+        accounts: { cloud: { quota_cmd: 'q', pass_env: ['QUOTA_TOKEN'] } },
+        groups: [
+          {
+            name: 'g',
+            account: 'cloud',
+            provider: { type: 'command', spawn_cmd: 'a', terminate_cmd: 'b', pass_env: ['OS_PASSWORD', 'OS_REGION', 'UNSET_VAR'] },
+            check: { type: 'command', cmd: 'c', pass_env: ['CHECK_SECRET'] },
+          },
+        ],
+      },
+      {},
+    );
+    const environment = { OS_PASSWORD: 'cloud-password', OS_REGION: 'east', CHECK_SECRET: 'check-secret-value', QUOTA_TOKEN: 'quota-token-value', NOT_NAMED: 'not-named-value' };
+    expect(configSecrets(config, environment).sort()).toEqual(['check-secret-value', 'cloud-password', 'quota-token-value']);
+    // Nothing of a variable no pass_env names, and nothing when the named ones are unset.
+    expect(configSecrets(config, {})).toEqual([]);
+  });
 });

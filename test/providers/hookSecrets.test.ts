@@ -121,6 +121,11 @@ describe("a hook's environment", () => {
     // Output: the token the hook repeated is masked in the job log and in pino's log.
     expect(jobLog).toContain('spawn_cmd stdout: said: token=***');
     expect(logged.some((l) => l.includes('said: token=***'))).toBe(true);
+    // The hook printed its environment: the value pass_env gave it (8 characters or more, as an
+    // env value is) is masked too, as it may be a credential (OS_PASSWORD).
+    expect(jobLog).toContain('spawn_cmd stdout: PASSED_SETTING=***');
+    expect(jobLog.join('\n')).not.toContain('passed-value-1');
+    expect(logged.join('\n')).not.toContain('passed-value-1');
     expectNoSecrets(jobLog.join('\n'));
     expectNoSecrets(logged.join('\n'));
     // A long line is cut.
@@ -153,6 +158,8 @@ describe("a hook's environment", () => {
     expect(env).toContain('PASSED_SETTING=passed-value-1\n');
     expect(env).toContain('VMPOOL_VM_IP=192.0.2.77\n');
     expect(jobLog).toContain('check cmd stdout: said: ***');
+    expect(jobLog).toContain('check cmd stdout: PASSED_SETTING=***');
+    expect(result.detail).not.toContain('passed-value-1');
     expectNoSecrets(jobLog.join('\n'));
     expectNoSecrets(result.detail);
     expectNoSecrets(logged.join('\n'));
