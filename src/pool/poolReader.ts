@@ -461,19 +461,20 @@ export class PoolReader {
 
   /**
    * The acquire requests waiting in the group's line whose deadline is after `now` (the first
-   * `limit` in line order), each with its job id and owner; not sets (their items are setDemand).
+   * `limit` in line order), each with its job id and owner, and `set` for a set (whose demand is
+   * its items', setDemand).
    */
-  async lineRequests(group: string, now: number, limit: number): Promise<{ jobId: string; owner: string }[]> {
+  async lineRequests(group: string, now: number, limit: number): Promise<{ jobId: string; owner: string; set: boolean }[]> {
     const members = await this.redis.zrange(this.keys.waiters(group), '0', String(limit - 1));
     if (members.length === 0) return [];
     const infos = await this.redis.hmget(this.keys.waiterInfo, ...members);
-    const requests: { jobId: string; owner: string }[] = [];
+    const requests: { jobId: string; owner: string; set: boolean }[] = [];
     for (const raw of infos) {
       if (raw === null) continue;
       const info = JSON.parse(raw) as { jobId?: unknown; owner?: unknown; deadline?: unknown; set?: unknown };
-      // A set's demand is its items' (setDemand), not the set as one request.
-      if (info.set !== undefined) continue;
-      if (typeof info.jobId === 'string' && typeof info.owner === 'string' && Number(info.deadline) > now) requests.push({ jobId: info.jobId, owner: info.owner });
+      if (typeof info.jobId === 'string' && typeof info.owner === 'string' && Number(info.deadline) > now) {
+        requests.push({ jobId: info.jobId, owner: info.owner, set: info.set !== undefined });
+      }
     }
     return requests;
   }

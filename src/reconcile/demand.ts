@@ -4,7 +4,9 @@
  *   VmManager.countDemand);
  * - sets waiting for several VMs at once (acquire-set jobs in the line, and VmManager.acquireVmSet
  *   retrying outside it): each item in its first group's demand set (members 'set|<job id>|<item>'),
- *   and a queued acquire-set job each item likewise (queuedSetDemand); not limited by the owner's room;
+ *   and a queued acquire-set job each item likewise (queuedSetDemand); limited by the owner's room
+ *   as single requests are (a set retried outside the line by VmManager.acquireVmSet has no owner
+ *   on record and is not);
  * - the vm-acquire queue: requests no acquire worker has taken yet (all workers busy, or more
  *   requests than concurrency × replicas). Only the first QUEUED_DEMAND_SCAN jobs of each of the
  *   states 'waiting' and 'prioritized' are read, so that a huge backlog costs one
@@ -153,6 +155,7 @@ export function queuedSetDemand(
   try {
     return parsed.data.vms.map((item, i) => ({
       jobId: setDemandMember(job.id!, i + 1),
+      owner: parsed.data.owner,
       groups: requestGroupIds(groups, item, removed),
       ...(strict ? { strict } : {}),
     }));
@@ -177,8 +180,14 @@ export async function readDemand(vmm: VmManager, acquireQueue: Queue, route?: De
   ]);
   // The groups each request in the line waits in, in config order.
   const inLine = new Map<string, { owner: string; waitsIn: string[] }>();
+  // The owners of sets in the line, by job id: their items count against the owner's room.
+  const setOwners = new Map<string, string>();
   lines.forEach((waiting, i) => {
-    for (const { jobId, owner } of waiting) {
+    for (const { jobId, owner, set } of waiting) {
+      if (set) {
+        setOwners.set(jobId, owner);
+        continue;
+      }
       const entry = inLine.get(jobId) ?? { owner, waitsIn: [] };
       entry.waitsIn.push(names[i]!);
       inLine.set(jobId, entry);
@@ -213,9 +222,10 @@ export async function readDemand(vmm: VmManager, acquireQueue: Queue, route?: De
   const setItems = new Map<string, DemandRequest[]>();
   for (const [i, members] of sets.entries()) {
     for (const member of members) {
-      let request: DemandRequest = { jobId: member, groups: [names[i]!], strict: true };
-      const setJobId = route ? setJobIdOfDemandMember(member) : null;
-      if (setJobId !== null) {
+      const setJobId = setJobIdOfDemandMember(member);
+      const owner = setJobId === null ? undefined : setOwners.get(setJobId);
+      let request: DemandRequest = { jobId: member, groups: [names[i]!], strict: true, ...(owner === undefined ? {} : { owner }) };
+      if (route && setJobId !== null) {
         let items = setItems.get(setJobId);
         if (!items) {
           const job = await acquireQueue.getJob(setJobId).catch(() => undefined);

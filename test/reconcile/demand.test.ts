@@ -60,8 +60,8 @@ describe('queuedSetDemand', () => {
   it("is one request per VM of the set, named by the set's demand member, with the VM's groups; strict with strictGroup", () => {
     const data = { owner: 'o', sandbox: 's', vms: [{ groups: ['arm'] }, { arch: 'x86_64' }] };
     expect(queuedSetDemand(job(data), groups, T0)).toEqual([
-      { jobId: 'set|set-o+r1|1', groups: ['arm'] },
-      { jobId: 'set|set-o+r1|2', groups: ['x86', 'x86-spare'] },
+      { jobId: 'set|set-o+r1|1', owner: 'o', groups: ['arm'] },
+      { jobId: 'set|set-o+r1|2', owner: 'o', groups: ['x86', 'x86-spare'] },
     ]);
     expect(queuedSetDemand(job({ ...data, strictGroup: true }), groups, T0).map((r) => r.strict)).toEqual([true, true]);
     // Counted for each VM's first group: 2 in x86 would need two VMs there.
@@ -235,5 +235,41 @@ describe('demand from queued acquire requests (no acquire worker running)', () =
     // Its VMs are per group: group 1's room is whole.
     for (let i = 0; i < 6; i++) await request({ owner: 'flood', groups: [1] });
     expect((await master.readSnapshot()).groups.map((g) => g.demand)).toEqual([1, 4, 0]);
+  });
+});
+
+describe('demand of VM sets against their owner\'s room', () => {
+  /** An acquire-set job as a builder enqueues it (not yet taken by an acquire worker). */
+  async function setRequest(owner: string, groups: number[][], jobId: string): Promise<Job> {
+    return acquireQueue.add('acquire-set', { owner, sandbox: `${owner}/sb`, vms: groups.map((g) => ({ groups: g })) }, { ...acquireJobOptions, jobId, timestamp: T0 });
+  }
+
+  it("counts a set's VMs, queued or waiting in the line, only up to the room its owner has left in each group", async () => {
+    // 'busy' has 3 of its 4 VMs of x86 (max_vm_per_user 4): room for 1; 'idle' has room for 4.
+    await redis.hset(keys.ownerVms('x86'), 'busy', '3');
+    const queued = await setRequest('busy', [[0], [0], [0]], 'set-busy-queued');
+    expect(queued.id).toBe('set-busy-queued');
+    await setRequest('idle', [[0], [0]], 'set-idle-queued');
+    expect((await master.readSnapshot()).groups.map((g) => g.demand)).toEqual([1 + 2, 0, 0]);
+
+    // The same owner's set waiting in the line (as the acquire processor leaves it): its items
+    // share the owner's one VM of room with the queued set's.
+    const waiting = await setRequest('busy', [[0], [2]], 'set-busy-line');
+    const attempt = await vmm.tryAcquireVmSet(
+      { owner: 'busy', sandbox: 'busy/sb', workerId: 'w', items: [{ groups: [0] }, { groups: [2] }], jobId: waiting.id! },
+      { waiter: { member: acquireWaiterMember(T0, waiting.id!), jobId: waiting.id!, priority: 0, deadline: T0 + 60 * S } },
+    );
+    expect(attempt.status).toBe('none');
+    await acquireQueue.remove(waiting.id!);
+    expect(await redis.zrange(keys.demand('arm'), '0', '-1')).toEqual([setDemandMember(waiting.id!, 2)]);
+    // x86: still busy's one (of its two sets' four VMs there) and idle's two; arm: busy has room.
+    expect((await master.readSnapshot()).groups.map((g) => g.demand)).toEqual([1 + 2, 0, 1]);
+
+    // With no room left, busy's sets spawn nothing in x86; idle's still count.
+    await redis.hset(keys.ownerVms('x86'), 'busy', 4);
+    expect((await master.readSnapshot()).groups.map((g) => g.demand)).toEqual([2, 0, 1]);
+    const actions = await master.startSpawnIfRequired();
+    expect(await spawnsByGroup()).toEqual([2, 0, 1]);
+    expect(actions.filter((a) => a.type === 'spawn')).toHaveLength(3);
   });
 });
