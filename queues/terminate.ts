@@ -64,19 +64,29 @@ export function terminateJobId(vmName: string, terminatingSince: number): string
 }
 
 /**
+ * The parts of a group's machine in a job id: each encoded with encodeURIComponent (which escapes
+ * ':' and never writes '+') and joined by '+', so that distinct (group, machine) pairs give distinct
+ * ids. Joined by '-', as before, group `a` with machine `b-c` and group `a-b` with machine `c` shared
+ * one id, and the second leak was never terminated: its pass found the first's job done.
+ */
+function machineIdParts(group: string, machineName: string): string {
+  return `${encodeURIComponent(group)}+${encodeURIComponent(machineName)}`;
+}
+
+/**
  * The terminate job of a machine swept after the recovery of `generation` (a loss of the pool's
  * state): one per machine and recovery.
  */
 export function lossSweepTerminateJobId(group: string, machineName: string, generation: string): string {
-  return `lost-g${group}-${machineName}-${generation}`;
+  return `lost-g${machineIdParts(group, machineName)}+${encodeURIComponent(generation)}`;
 }
 
 /**
  * The terminate job of a leaked machine: one per machine and first sighting, so that later
- * passes do not add it again while it is being terminated. Machine names never contain ':'.
+ * passes do not add it again while it is being terminated.
  */
 export function leakTerminateJobId(group: string, machineName: string, firstSeen: number): string {
-  return `leak-g${group}-${machineName}-${firstSeen}`;
+  return `leak-g${machineIdParts(group, machineName)}+${firstSeen}`;
 }
 
 /** The terminate job a stopped spawn left for its machine: the spawn's next run settles it first. */

@@ -17,8 +17,8 @@ describe('job ids', () => {
     expect(spawnJobId('s-1')).toBe('spawn-s-1');
     expect(healthJobDeduplicationId('vm-1')).toBe('health-vm-1');
     expect(terminateJobId('vm-1', T)).toBe(`terminate-vm-1-${T}`);
-    expect(leakTerminateJobId('arm', 'vm-1.example', T)).toBe(`leak-garm-vm-1.example-${T}`);
-    expect(lossSweepTerminateJobId('arm', 'vm-1', 'gen-a')).toBe('lost-garm-vm-1-gen-a');
+    expect(leakTerminateJobId('arm', 'vm-1.example', T)).toBe(`leak-garm+vm-1.example+${T}`);
+    expect(lossSweepTerminateJobId('arm', 'vm-1', 'gen-a')).toBe('lost-garm+vm-1+gen-a');
     expect(spawnStopTerminateJobId('s-1', 'vm-1')).toBe('spawn-stop-s-1-vm-1');
     expect(spawnOrphanTerminateJobId('vm-1', T)).toBe(`orphan-vm-1-${T}`);
   });
@@ -59,5 +59,18 @@ describe('job ids', () => {
     expect(id).not.toBe(leakTerminateJobId('base', 'vm-1.example', T));
     expect(id).not.toContain(':');
     expect(/^\d+$/.test(id)).toBe(false);
+  });
+
+  it("a leaked or swept machine's id names its group and machine injectively ('-' is in both)", () => {
+    // Joined by '-', these pairs once shared one id: the second leak's pass found the first's job.
+    const pairs: [string, string][] = [['a', 'b-c'], ['a-b', 'c'], ['a', 'b+c'], ['a+b', 'c'], ['a', 'b%2Bc'], ['a', 'b:c']];
+    const leaks = pairs.map(([group, machine]) => leakTerminateJobId(group, machine, T));
+    const swept = pairs.map(([group, machine]) => lossSweepTerminateJobId(group, machine, 'gen-1'));
+    expect(new Set(leaks).size).toBe(pairs.length);
+    expect(new Set(swept).size).toBe(pairs.length);
+    for (const id of [...leaks, ...swept]) {
+      expect(id.split('+')).toHaveLength(3);
+      expect(id).not.toContain(':');
+    }
   });
 });

@@ -380,3 +380,53 @@ describe('cleanupOrphans: pool VMs the provider no longer has', () => {
     expect(listRuns()).toBe(2);
   });
 });
+
+describe("cleanupOrphans: leaks of groups whose names and machines' names share '-'", () => {
+  it("terminates both leaks of group 'twin' (machine 'b-vm') and group 'twin-b' (machine 'vm'), seen in the same passes", async () => {
+    // Each group's list hook reads its own machines dir (HOOK_DIR differs); both passes run at the
+    // same clock, so both leaks have the same first sighting.
+    const twinDirs = ['twin', 'twin-b'].map((g) => join(dir, `group-${g}`));
+    for (const d of twinDirs) mkdirSync(join(d, 'machines'), { recursive: true });
+    const twinProvider = (hookDir: string) => ({ type: 'command' as const, spawn_cmd: ['/bin/false'], terminate_cmd: ['/bin/true'], list_cmd: [listHook], env: { HOOK_DIR: hookDir } });
+    const twinConfig: ConfigInput = {
+      groups: ['twin', 'twin-b'].map((name, i) => ({ name, provider: twinProvider(twinDirs[i]!), check: { type: 'tcp', port: 22 }, orphan_check_period: PERIOD, orphan_grace_period: GRACE })),
+    };
+    const twinPrefix = uniquePrefix('orphans-twin');
+    const twinRedis = connect();
+    const twinClock = { now: T0 };
+    const twinVmm = new VmManager(twinConfig, { redis: twinRedis, prefix: twinPrefix, clock: () => twinClock.now });
+    const twinProviders = new Map<string, Provider>();
+    const twinMaster = new VmMaster(twinVmm, {
+      provider: (group) => {
+        let p = twinProviders.get(group);
+        if (!p) twinProviders.set(group, (p = createProvider({ index: twinVmm.groupIndex(group), config: twinVmm.groupConfig(group) }, { logger: twinVmm.logger })));
+        return p;
+      },
+    });
+    const twinTerminate = new Queue(QueueNames.TERMINATE, { connection: twinRedis, prefix: twinPrefix });
+    try {
+      for (const g of ['twin', 'twin-b']) await twinVmm.writeVmPoolInfo(g, LAST_VM_SPAWN_START, T0);
+      const machines: [string, string, string][] = [
+        [twinDirs[0]!, 'b-vm', '192.0.2.31'],
+        [twinDirs[1]!, 'vm', '192.0.2.32'],
+      ];
+      for (const [d, name, ip] of machines) {
+        writeFileSync(join(d, 'machines', name), `${JSON.stringify({ name, ip, pool: twinVmm.poolId, created_at: (T0 - 10 * GRACE * S) / 1000 })}\n`);
+      }
+      await twinMaster.cleanupOrphans();
+      twinClock.now = T0 + PERIOD * S;
+      const passes = await twinMaster.cleanupOrphans();
+      expect(passes.map((p) => [p.group, p.leaksTerminated])).toEqual([
+        ['twin', 1],
+        ['twin-b', 1],
+      ]);
+      const jobs = await twinTerminate.getJobs(['waiting', 'delayed', 'active', 'completed', 'failed', 'prioritized']);
+      expect(jobs.map((j) => `${(j.data as { orphan: { group: string } }).orphan.group} ${(j.data as { vmName: string }).vmName}`).sort()).toEqual(['twin b-vm', 'twin-b vm']);
+    } finally {
+      await twinTerminate.close();
+      await deleteKeysWithPrefix(twinRedis, twinPrefix);
+      await twinVmm.close();
+      await twinRedis.quit();
+    }
+  });
+});

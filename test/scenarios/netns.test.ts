@@ -315,7 +315,7 @@ describeWithTools(['ip netns', 'sshd', 'ssh-keygen'], 'end to end with real host
     await run(hosts!.terminateCmd[0]!, [], { env: { ...process.env, ...hosts!.env, VMPOOL_VM_NAME: untagged.name } });
     const jobs = await terminateJobsFor(leak.name);
     expect(jobs).toHaveLength(1);
-    expect(jobs[0]!.id).toMatch(new RegExp(`^leak-gnetns-${leak.name}-\\d+$`));
+    expect(jobs[0]!.id).toMatch(new RegExp(`^leak-gnetns\\+${leak.name}\\+\\d+$`));
     expect(jobs[0]!.data).toEqual({ vmName: leak.name, reason: 'orphan', orphan: { group: 'netns', vmIp: leak.ip } });
     expect(await vmm.getAllVms().then((vms) => vms.map((v) => v.vmName))).not.toContain(leak.name);
 
