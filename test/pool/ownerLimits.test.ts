@@ -53,6 +53,23 @@ describe('max_waiting_per_owner in the acquire script', () => {
     expect(await kit.redis.zscore(kit.keys.waiters('spare'), first.member)).toBeNull();
   });
 
+  it('a waiting set that now may use another group too joins no line there beyond its owner\'s cap', async () => {
+    const set = (groups: number[]) => ({ owner: 'flood', sandbox: 's', workerId: 'w', items: [{ groups }, { groups }], jobId: 'set-flood' });
+    const first: AcquireWaiter = { member: acquireWaiterMember(T0, 'set-flood'), jobId: 'set-flood', priority: 0, deadline: T0 + 60_000 };
+    expect((await kit.vmm.tryAcquireVmSet(set([0]), { waiter: first })).status).toBe('none');
+    const inSpare = [waiter(), waiter(), waiter()];
+    for (const w of inSpare) await kit.vmm.tryAcquireVm({ ...req('flood'), groups: [1] }, w);
+    // Its next run may spill over to spare, where flood has 3 requests waiting (the cap).
+    expect((await kit.vmm.tryAcquireVmSet(set([0, 1]), { waiter: first })).status).toBe('none');
+    expect(await kit.redis.zscore(kit.keys.ownerLine('base', 'flood'), first.member)).not.toBeNull();
+    expect(await kit.redis.zcard(kit.keys.ownerLine('spare', 'flood'))).toBe(3);
+    expect(await kit.redis.zscore(kit.keys.waiters('spare'), first.member)).toBeNull();
+    // Under the cap (one of the three gave up) it joins spare as well.
+    await kit.vmm.leaveAcquireLine(inSpare[0]!, ['spare']);
+    expect((await kit.vmm.tryAcquireVmSet(set([0, 1]), { waiter: first })).status).toBe('none');
+    expect(await kit.redis.zscore(kit.keys.waiters('spare'), first.member)).not.toBeNull();
+  });
+
   it('a waiting request that spills over to a fallback group joins it while its owner is under that cap', async () => {
     const first = waiter();
     await kit.vmm.tryAcquireVm(req('flood'), first);

@@ -13,7 +13,8 @@
   With a waiter (an acquire-set job), the set waits in the fair line as ONE request
   (includes/acquireLine): it is served at once only when nobody waits in any of its groups;
   otherwise it joins the line of every group its items list, refused (TOO_MANY_WAITING) when its
-  owner has max_waiting_per_owner requests waiting in one of them already, and the line of each of
+  owner has max_waiting_per_owner requests waiting in one of them already (one already waiting
+  that now may use more groups joins none where its owner is at the cap), and the line of each of
   its groups is dispatched: the set takes all its VMs when its turn comes and all can be had, and
   until then keeps its turn and the ready VMs it could use. A set served by the dispatcher while
   parked collects its VMs here when its job is woken. A withdrawn set (cancelAcquire) ends here.
@@ -188,19 +189,23 @@ if nobodyWaits then
   end
 end
 
--- The cap holds when a request first waits (as acquireVm's).
+-- The cap holds when a request first waits (as acquireVm's). A set already waiting that now may
+-- use more groups (fallbacks) keeps waiting where it waits, and joins no other group's line where
+-- its owner is at the cap (its VMs may still come from that group when its turn comes elsewhere).
 local waitingAlready = inLine()
-if not waitingAlready then
-  for i, group in ipairs(groups) do
-    local cap = groupCaps[i]
-    if ownerWaiting(base, group, owner, waiter, now, cap) >= cap then
-      return {TOO_MANY_WAITING, group, cap}
-    end
+local lineGroups, lineLimits = {}, {}
+for i, group in ipairs(groups) do
+  local cap = groupCaps[i]
+  if ownerWaiting(base, group, owner, waiter, now, cap) < cap then
+    lineGroups[#lineGroups + 1] = group
+    lineLimits[#lineLimits + 1] = groupLimits[i]
+  elseif not waitingAlready then
+    return {TOO_MANY_WAITING, group, cap}
   end
 end
 
 joinLines(base, waiter, {
-  owner = owner, sandbox = sandbox, deadline = deadline, groups = groups, limits = groupLimits,
+  owner = owner, sandbox = sandbox, deadline = deadline, groups = lineGroups, limits = lineLimits,
   jobId = jobId, priority = priority, taskId = '', buildId = '', chroot = '', workerId = workerId,
   leaseId = '', set = items,
 }, now)
