@@ -274,7 +274,12 @@ export class DataFormat {
         return;
       }
       if (lost()) return;
-      await this.script('finishMigration', [this.base], [migration.version, this.clock()]);
+      const finished = await this.script('finishMigration', [this.base], [migration.version, this.clock(), token]);
+      if (finished === ReplyCodes.LOCK_NOT_HELD) {
+        // Lost after its last step: the next holder of the lock finishes it (ensure waits for it).
+        logger.warn({ version: migration.version, migration: migration.name }, `data format: ${new MigrationLockLost(migration.name).message}`);
+        return;
+      }
       logger.info({ version: migration.version, migration: migration.name }, 'data format: migrated');
     }
   }

@@ -122,6 +122,45 @@ describe('data format: migration writes fenced by the lock', { timeout: 60_000 }
     expect(await redis.hexists(keys.dataFormat, 'migrating')).toBe(0);
   });
 
+  it('a process that lost the lock after its last step does not declare the migration done while the holder still runs a step', async () => {
+    const prefix = prefixFor();
+    const keys = poolKeys(prefix);
+    await redis.hset(keys.poolState, 'generation', 'g', 'epoch', '1');
+    const firstPause = gate();
+    const secondPause = gate();
+    // Its last recorded step, then a pause (first); resumed there, a closing step that is safe to repeat (second).
+    const migration = (pause: ReturnType<typeof gate>): Migration => ({
+      version: 2,
+      name: 'last-step',
+      async run(ctx) {
+        if (ctx.progress === '') await ctx.saveProgress('moved');
+        await pause.wait();
+      },
+    });
+    const first = new DataFormat({ redis, prefix, logger: logger.child({ p: 'first' }), known: 2, migrations: [migration(firstPause)], lockTtlMs: 60_000, pollMs: 50, quiesceMs: 0 });
+    const firstDone = first.ensure();
+    await firstPause.reached;
+    expect(await redis.hget(keys.dataFormat, 'progress')).toBe('moved');
+    // Its lock expired while it paused; another process takes over and runs the closing step.
+    await redis.del(keys.migrationLock);
+    const second = new DataFormat({ redis: other, prefix, logger: logger.child({ p: 'second' }), known: 2, migrations: [migration(secondPause)], lockTtlMs: 60_000, pollMs: 50, quiesceMs: 0 });
+    const secondDone = second.ensure();
+    await secondPause.reached;
+    const secondToken = await redis.get(keys.migrationLock);
+
+    // The first wakes with its run done: it may not finish the migration the second still runs.
+    firstPause.open();
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await redis.hget(keys.dataFormat, 'version')).toBe('1');
+    expect(await redis.hget(keys.dataFormat, 'migrating')).toBe('2');
+    expect(await redis.get(keys.migrationLock)).toBe(secondToken);
+
+    secondPause.open();
+    const [firstState, secondState] = await Promise.all([firstDone, secondDone]);
+    expect([firstState.version, secondState.version]).toEqual([2, 2]);
+    expect(await redis.hexists(keys.dataFormat, 'migrating')).toBe(0);
+  });
+
   it("a step's writes take ioredis's argument forms (objects, arrays, buffers), applied with the progress", async () => {
     const prefix = prefixFor();
     const keys = poolKeys(prefix);
