@@ -55,7 +55,7 @@ export type { VmRecord } from './pool/types.js';
 export { VmPoolClient, AcquireAborted, SetRequestConflict, acquireJobId } from './client/index.js';
 export type { VmPoolClientOptions, AcquireOptions, WithVmOptions, WithVmSetOptions } from './client/index.js';
 export { processAcquireJob, acquireProcessor, startAcquireLine, stopAcquireWaits, NO_VM_AVAILABLE_PREFIX } from './processors/acquire.js';
-export { explainWait, describeWait, WAIT_REASONS, type WaitReason, type WaitStatus, type GroupWait } from './acquire/why.js';
+export { explainWait, describeWait, WAIT_REASONS, type WaitReason, type WaitStatus, type GroupWait, type UnavailableVm } from './acquire/why.js';
 export { LeaseLost, TaskConflict, TooManyWaiting } from './pool/types.js';
 export { acquireWaiterMember } from './pool/vmManager.js';
 export type { AcquireWaiter, AcquireAttempt, ExpiredLease } from './pool/vmManager.js';

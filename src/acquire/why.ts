@@ -66,6 +66,20 @@ export interface WaitStatus {
   updatedAt: number;
   /** A set's wait (an acquire-set job): how many VMs it asks for; its groups are those of all its VMs. */
   set?: number;
+  /**
+   * A set's wait: its VMs that cannot be had now, each by its place in the request's `vms` (index,
+   * 1-based) with the groups that VM could use (its own, and fallback groups it spills to). Empty when
+   * every VM could be had but the set waits for its turn in the line (requests ahead of it).
+   */
+  unavailableVms?: UnavailableVm[];
+}
+
+/** One VM of a waiting set that cannot be had now (WaitStatus.unavailableVms). */
+export interface UnavailableVm {
+  /** Its place in the request's `vms`, 1-based. */
+  index: number;
+  /** The groups it could use, in the order they are tried. */
+  groups: string[];
 }
 
 export interface WaitingRequest {
@@ -169,14 +183,38 @@ export async function explainWait(vmm: VmManager, config: Config, request: Waiti
   return { reason: groups[0]?.reason ?? 'no_ready_vm', groups, updatedAt: now };
 }
 
-/** One line for people: `owner_limit in base (position 3 of 10)`. */
+/**
+ * One line for people: `owner_limit in base(0), about 3 in line of 10`; a set's adds which of its VMs
+ * cannot be had now: `; VM 3 of 3 (arm) cannot be had now`.
+ */
 export function describeWait(status: WaitStatus): string {
-  return status.groups
+  const line = status.groups
     .map((g) => {
       const eta = g.etaMs !== undefined ? `, ETA ${Math.ceil(g.etaMs / 1000)} s` : '';
       const pos = g.position !== null ? `, about ${g.position} in line of ${g.waiting}` : `, ${g.waiting} waiting`;
       const across = g.ownerLimit ? ` (the owner's ${g.ownerLimit.units.join(', ')} ${g.ownerLimit.scope === 'all' ? 'over all groups' : `over account ${g.ownerLimit.account}`})` : '';
       return `${g.reason}${across} in ${g.group}(${g.groupIndex ?? 'removed'})${pos}${eta}`;
     })
+    .join('; ');
+  const unavailable = describeUnavailableVms(status);
+  return unavailable ? `${line}; ${unavailable}` : line;
+}
+
+/**
+ * A waiting set's VMs that cannot be had now, for people: `VM 3 of 3 (arm) cannot be had now`, VMs
+ * with the same groups together (`VMs 1, 2 of 3 (base) cannot be had now`); when every VM could be
+ * had, that the set waits for its turn. '' for a single request, or a set's wait written without them.
+ */
+export function describeUnavailableVms(status: Pick<WaitStatus, 'set' | 'unavailableVms'>): string {
+  const { set, unavailableVms } = status;
+  if (set === undefined || !Array.isArray(unavailableVms)) return '';
+  if (unavailableVms.length === 0) return `${set === 1 ? 'its VM' : `all ${set} VMs`} could be had now: the set waits for its turn in the line`;
+  const byGroups = new Map<string, number[]>();
+  for (const vm of unavailableVms) {
+    const groups = vm.groups.join(', ');
+    byGroups.set(groups, [...(byGroups.get(groups) ?? []), vm.index]);
+  }
+  return [...byGroups]
+    .map(([groups, indexes]) => `${indexes.length === 1 ? 'VM' : 'VMs'} ${indexes.join(', ')} of ${set} (${groups || 'no group'}) cannot be had now`)
     .join('; ');
 }

@@ -7,6 +7,7 @@ import { DataFormat, DataFormatTooNew, newerThan } from '../pool/dataFormat.js';
 import { VmManager } from '../pool/vmManager.js';
 import { groupSummaries, resolveGroup } from '../poolView.js';
 import { AmbiguousRequestId, AmbiguousTaskId, type AcquireRequestStatus } from '../acquire/requests.js';
+import { describeUnavailableVms } from '../acquire/why.js';
 import { textTable } from '../text/table.js';
 import { connectAnsweringRedis } from '../redis.js';
 import { readSettings, resolveConfig, type Settings } from '../runtime/settings.js';
@@ -151,5 +152,7 @@ export function requestText(r: AcquireRequestStatus): string {
     `${g.ownerVms}/${g.maxVmPerUser}`,
     g.etaMs === undefined ? '-' : `${Math.ceil(g.etaMs / 1000)} s`,
   ]);
-  return `${head}, waits because: ${r.waiting.reason} (gives up in ${left} s)\n${textTable(['GROUP', 'REASON', 'POSITION', 'OWNER POS', 'WAITING', 'OWNER VMS', 'ETA'], rows)}`;
+  // A set's: which of its VMs cannot be had now (or that it waits only for its turn).
+  const unavailable = describeUnavailableVms(r.waiting);
+  return `${head}, waits because: ${r.waiting.reason} (gives up in ${left} s)${unavailable ? `\n${unavailable}` : ''}\n${textTable(['GROUP', 'REASON', 'POSITION', 'OWNER POS', 'WAITING', 'OWNER VMS', 'ETA'], rows)}`;
 }

@@ -162,10 +162,23 @@ export const openApiDocument = {
           },
           waiting: {
             type: ['object', 'null'],
+            description:
+              'while it waits, why: reason (in its first group), groups (the reason and place in each), updatedAt; a set adds set (its VM count) and unavailableVms (its VMs that cannot be had now, 1-based, with their groups)',
             properties: {
               reason: { $ref: '#/components/schemas/WaitReason' },
               updatedAt: { type: 'integer' },
               groups: { type: 'array', items: { type: 'object', additionalProperties: true } },
+              set: { type: 'integer', description: 'a set: how many VMs it asks for' },
+              unavailableVms: {
+                type: 'array',
+                description:
+                  "a set: its VMs that cannot be had now, each by its place in `vms` (1-based) with the groups it could use; empty when all could be had but the set waits for its turn in the line",
+                items: {
+                  type: 'object',
+                  required: ['index', 'groups'],
+                  properties: { index: { type: 'integer', minimum: 1 }, groups: { type: 'array', items: { type: 'string' } } },
+                },
+              },
             },
           },
           assignment: { type: ['object', 'null'], additionalProperties: true, description: 'the VM given (without its lease id); null for a set' },

@@ -93,11 +93,13 @@ export interface AcquireSetScriptInput {
 
 /**
  * acquireVmSet's answer: every item's VM and lease (in item order), or none of them (served: other
- * requests that the line's dispatch served, to be woken); cancelled: the waiting set was withdrawn.
+ * requests that the line's dispatch served, to be woken; missing: the 1-based indexes of the items
+ * that cannot have a VM now, empty when all could but the set waits for its turn in the line);
+ * cancelled: the waiting set was withdrawn.
  */
 export type AcquireSetAttempt =
   | { status: 'acquired' | 'reattached'; vms: ({ vm: VmDescriptor } & Lease)[]; served?: string[] }
-  | { status: 'none'; served?: string[] }
+  | { status: 'none'; served?: string[]; missing?: number[] }
   | { status: 'cancelled'; reason: string };
 
 function unexpected(script: ScriptName, reply: unknown): Error {
@@ -472,21 +474,22 @@ export class PoolScripts {
       args.push(item.leaseId, item.groups.length);
       for (const g of item.groups) args.push(g.group, g.maxVmPerOwner, g.leaseTimeoutMs, g.account, g.maxWaitingPerOwner, g.ownerUsage ? JSON.stringify(g.ownerUsage) : '');
     }
-    const [code, payload, served] = (await this.call('acquireVmSet', args)) as [number, (string[][] | string[] | string)?, (string[] | number)?];
+    // The third element: served job ids (OK), the cap (TOO_MANY_WAITING), the items missing (NO_VM).
+    const [code, payload, third] = (await this.call('acquireVmSet', args)) as [number, (string[][] | string[] | string)?, (string[] | number[] | number)?];
     switch (code) {
       case ReplyCodes.OK:
       case ReplyCodes.REATTACHED:
         return {
           status: code === ReplyCodes.OK ? 'acquired' : 'reattached',
           vms: ((payload as string[][] | undefined) ?? []).map((h) => leasedDescriptorFromHash(h)),
-          served: (served as string[] | undefined) ?? [],
+          served: (third as string[] | undefined) ?? [],
         };
       case ReplyCodes.TOO_MANY_WAITING:
-        throw new TooManyWaiting(input.owner, String(payload), Number(served));
+        throw new TooManyWaiting(input.owner, String(payload), Number(third));
       case ReplyCodes.CANCELLED:
         return { status: 'cancelled', reason: String(payload) };
       case ReplyCodes.NO_VM:
-        return { status: 'none', served: (payload as string[] | undefined) ?? [] };
+        return { status: 'none', served: (payload as string[] | undefined) ?? [], missing: ((third as number[] | undefined) ?? []).map(Number) };
       default:
         throw unexpected('acquireVmSet', code);
     }

@@ -354,9 +354,9 @@ export class VmManager {
 
   /**
    * One attempt at several VMs at once, all or nothing (acquireVmSet-1.lua): one VM per item, each
-   * from its own groups and under its own lease, or none at all ('none': nothing assigned to it).
-   * Prefers one account (provider) for all items. With a jobId, a re-run gets the VMs given before.
-   * Without a waiter it is served outside the acquire line, and with a jobId and demandForMs a set
+   * from its own groups and under its own lease, or none at all ('none': nothing assigned to it;
+   * `missing` names the items, 1-based, that cannot have a VM now). Prefers one account (provider)
+   * for all items. With a jobId, a re-run gets the VMs given before. Without a waiter it is served outside the acquire line, and with a jobId and demandForMs a set
    * not served counts as demand of each item's first group for that long (so that reconcile spawns
    * VMs for it). With a waiter (an acquire-set job: the acquire processor), the set waits in the
    * line as one request, and the line gives it all its VMs at once when its turn comes and they can

@@ -24,7 +24,7 @@ import {
   type VmAssignment,
 } from '../../queues/acquire.js';
 import { AcquireLineRuntime } from '../acquire/lineRuntime.js';
-import { describeWait, explainWait } from '../acquire/why.js';
+import { describeWait, explainWait, type WaitStatus } from '../acquire/why.js';
 import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
 
 export { NO_VM_AVAILABLE_PREFIX };
@@ -277,13 +277,16 @@ async function serveAcquireSetRequest(job: Job, request: AcquireSetRequestData, 
     };
   }
   const now = ctx.clock();
-  // Why it waits: in each of its groups, as a single request of its owner and sandbox would.
-  const why = await explainWait(ctx.vmm, ctx.config, { owner: request.owner, sandbox: request.sandbox, priority: waiter.priority, member: waiter.member, groups }, now).catch(
+  // Why it waits: in each of its groups, as a single request of its owner and sandbox would, and
+  // which of its VMs cannot be had now (each with the groups it could use, fallbacks included).
+  const explained = await explainWait(ctx.vmm, ctx.config, { owner: request.owner, sandbox: request.sandbox, priority: waiter.priority, member: waiter.member, groups }, now).catch(
     (err: Error) => {
       log.warn({ err: err.message }, 'could not tell why the set waits');
       return null;
     },
   );
+  const unavailableVms = ((attempt.status === 'none' && attempt.missing) || []).map((index) => ({ index, groups: items[index - 1] ?? [] }));
+  const why: WaitStatus | null = explained && { ...explained, set: items.length, unavailableVms };
   if (now >= deadline || !job.token) {
     await ctx.vmm.leaveAcquireLine(waiter, lineGroups);
     const last = why ? describeWait(why) : 'not all of its VMs could be had at once';
@@ -293,7 +296,7 @@ async function serveAcquireSetRequest(job: Job, request: AcquireSetRequestData, 
       noVmAvailableReason(`no set of ${items.length} VMs for owner ${request.owner} (sandbox ${JSON.stringify(request.sandbox)}) in groups ${groups.join(', ')} within ${timeoutMs} ms (last blocking constraint: ${last})`),
     );
   }
-  if (why) await job.updateProgress({ waiting: { ...why, set: items.length } }).catch(() => undefined);
+  if (why) await job.updateProgress({ waiting: why }).catch(() => undefined);
   await job.moveToDelayed(spills ? Math.min(deadline, now + ctx.config.acquire_safety_retry * 1000) : deadline, job.token);
   if (await ctx.vmm.reader.isAcquireAssigned(jobId)) await job.promote().catch(() => undefined);
   throw new DelayedError();

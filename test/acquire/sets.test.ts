@@ -2,6 +2,7 @@ import { Job } from 'bullmq';
 import { afterEach, describe, expect, it } from 'vitest';
 import { acquireJobError, acquireSetRequestId, addAcquireSetJob, type AcquireSetRequestData, type VmSetAssignment } from '../../queues/acquire.js';
 import { acquireWaiterMember } from '../../src/pool/types.js';
+import { describeWait, type WaitStatus } from '../../src/acquire/why.js';
 import { acquireConfig, createAcquireKit, until, type AcquireKit } from './fixtures.js';
 
 // VM sets as acquire-set jobs: a set waits in the fair line as ONE request and takes all its VMs in
@@ -77,6 +78,21 @@ describe('VM sets in the acquire line (acquire-set jobs, real Redis)', () => {
     // Asking again with the same request id joins the finished job: the same VMs.
     const again = await enqueueSet(kit, { owner: 'alice', sandbox: 'a/1', requestId: 'r1', vms: [{ groups: ['base'] }, { arch: 'x86_64' }, { groups: ['arm'] }] });
     expect((await served(kit, again)).vms.map((v) => v.leaseId)).toEqual(set.vms.map((v) => v.leaseId));
+  }, 30_000);
+
+  it('names the VMs it cannot have now in its progress (WaitStatus.unavailableVms), and in its failure when it times out', async () => {
+    kit = await createAcquireKit('set-line-unavailable', config());
+    // Two base VMs ready, no arm VM (as while arm's spawn breaker is open): the set's third VM is missing.
+    await kit.addReady('u1', '10.68.0.1');
+    await kit.addReady('u2', '10.68.0.2');
+    const job = await enqueueSet(kit, { owner: 'alice', sandbox: 'a/u', requestId: 'unavailable', vms: [{ groups: ['base'] }, { arch: 'x86_64' }, { groups: ['arm'] }], timeoutMs: 2_000 });
+    await until(async () => (await job.getState()) === 'delayed', 'the set to park');
+    const waiting = ((await Job.fromId(kit.queue, String(job.id)))!.progress as { waiting: WaitStatus }).waiting;
+    expect(waiting).toMatchObject({ set: 3, unavailableVms: [{ index: 3, groups: ['arm'] }] });
+    expect(describeWait(waiting)).toMatch(/^no_ready_vm in base\(0\).*; no_ready_vm in arm\(1\).*; VM 3 of 3 \(arm\) cannot be had now$/);
+    const o = await outcome(kit, job);
+    expect('error' in o && o.error.message).toMatch(/last blocking constraint: .*VM 3 of 3 \(arm\) cannot be had now/);
+    expect(await inUse(kit)).toEqual([]);
   }, 30_000);
 
   it('a set whose turn it is keeps the ready VMs it can use; only VMs beyond them go to the requests behind it', async () => {

@@ -156,6 +156,8 @@ describe('vmpool acquire-set', { timeout: 60_000 }, () => {
     }
     expect(why.stdout).toContain(`request ${acquireSetRequestId('eve', 'w-1')} (set of 2 VMs, request w-1) of eve`);
     expect(why.stdout).toContain('waits because:');
+    // r1, arm's one VM, is bound to dave's sandbox: neither of eve's VMs can be had now.
+    expect(why.stdout).toContain('\nVMs 1, 2 of 2 (arm) cannot be had now\n');
     const cancel = await vmpool('cancel', acquireSetRequestId('eve', 'w-1'));
     expect(cancel.code, cancel.stderr).toBe(0);
     expect(cancel.stdout).toContain('withdrew request');

@@ -48,6 +48,8 @@ describe('HTTP API: POST /acquire-set', () => {
       return res.status === 200 && waiting.state === 'waiting';
     }, 'the set waiting', 15_000);
     expect(waiting).toMatchObject({ id: jobId, kind: 'acquire-set', requestId: 'r-1', taskId: null, owner: 'alice', sandbox: 'sb', items: [{ groups: ['base'] }, { groups: ['arm'] }], vms: null });
+    // Why: b1 can serve its first VM; its second (arm) cannot be had now.
+    expect(waiting.waiting).toMatchObject({ set: 2, unavailableVms: [{ index: 2, groups: ['arm'] }] });
     expect((await status('r-1', '?owner=alice')).body.id).toBe(jobId);
     expect((await status('r-1')).body.id).toBe(jobId);
     // The job in Redis names its groups (index 0 became 'base').

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { VmManager } from '../../src/pool/vmManager.js';
+import type { AcquireSetAttempt } from '../../src/pool/poolScripts.js';
 import { acquireWaiterMember, VmStates, type AcquireWaiter } from '../../src/pool/types.js';
 import { createPoolKit, T0, testConfig, type PoolKit } from './fixtures/kit.js';
 
@@ -225,5 +226,47 @@ describe('a set beside an acquire process of an older release (real Redis)', () 
     // A second VM: the set takes both (m1 is bound to its sandbox now).
     await kit.addReady('m2', '10.75.0.2', 'base');
     expect(await kit.vmm.dispatchAcquireLine('base')).toEqual(['set-mixed']);
+  });
+});
+
+describe('a set not served names the VMs it cannot have now (real Redis)', () => {
+  // The items, 1-based, that cannot have a VM now; or what the attempt was instead.
+  const missingOf = (attempt: AcquireSetAttempt) => (attempt.status === 'none' ? attempt.missing : attempt.status);
+  const threeVms = [['base'], ['base'], ['arm']];
+
+  it('[base, base, arm] with no arm VM: VM 3, in the line and outside it; the other items still pick', async () => {
+    await kit.addReady('b1', '10.77.0.1', 'base');
+    await kit.addReady('b2', '10.77.0.2', 'base');
+    expect(missingOf(await kit.vmm.tryAcquireVmSet(set('alice', threeVms, 'set-outside')))).toEqual([3]);
+    expect(missingOf(await kit.vmm.tryAcquireVmSet(set('bob', threeVms, 'set-bob'), { waiter: waiterFor('set-bob', 1) }))).toEqual([3]);
+    expect(await states(['b1', 'b2'])).toEqual([VmStates.READY, VmStates.READY]);
+  });
+
+  it('[base, base, arm] with nothing anywhere: all three', async () => {
+    expect(missingOf(await kit.vmm.tryAcquireVmSet(set('alice', threeVms, 'set-alice'), { waiter: waiterFor('set-alice', 1) }))).toEqual([1, 2, 3]);
+    expect(missingOf(await kit.vmm.tryAcquireVmSet(set('bob', threeVms, 'set-bob')))).toEqual([1, 2, 3]);
+  });
+
+  it("a VM its owner's limit keeps it from is named too, and the VMs after it still pick theirs", async () => {
+    // alice has one VM of base (max_vm_per_user 2) for another sandbox: her set can have one more there.
+    await kit.addReady('v0', '10.78.0.1', 'base');
+    expect((await kit.vmm.tryAcquireVm({ groups: ['base'], owner: 'alice', sandbox: 'alice/other', workerId: 'w' })).status).toBe('acquired');
+    await kit.addReady('b1', '10.78.0.2', 'base');
+    await kit.addReady('b2', '10.78.0.3', 'base');
+    await kit.addReady('a1', '10.78.0.4', 'arm');
+    expect(missingOf(await kit.vmm.tryAcquireVmSet(set('alice', threeVms, 'set-alice'), { waiter: waiterFor('set-alice', 1) }))).toEqual([2]);
+  });
+
+  it('none when every VM could be had but the set waits for its turn behind another set', async () => {
+    // alice's set, first in line, waits for a big VM (one is spawning): it keeps the ready base and
+    // arm VMs it will take, so bob's set behind it is not served though each of its VMs is ready.
+    expect(await kit.vmm.registerSpawn('big', 'spawn-big-1')).toBeNull();
+    expect(missingOf(await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['base'], ['arm'], ['big']], 'set-alice'), { waiter: waiterFor('set-alice', 1) }))).toEqual([1, 2, 3, 4]);
+    await kit.addReady('b1', '10.79.0.1', 'base');
+    await kit.addReady('b2', '10.79.0.2', 'base');
+    await kit.addReady('a1', '10.79.0.3', 'arm');
+    expect(missingOf(await kit.vmm.tryAcquireVmSet(set('bob', threeVms, 'set-bob'), { waiter: waiterFor('set-bob', 2) }))).toEqual([]);
+    expect(await states(['b1', 'b2', 'a1'])).toEqual([VmStates.READY, VmStates.READY, VmStates.READY]);
+    expect(await kit.redis.hexists(kit.keys.waiterInfo, waiterFor('set-bob', 2).member)).toBe(1);
   });
 });

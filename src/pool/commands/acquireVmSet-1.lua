@@ -45,8 +45,11 @@
     {OK, {HGETALL of each item's VM, in item order}, job ids}  taken now, each under a new lease
                                       (job ids: other requests the dispatch served, to be woken)
     {REATTACHED, {HGETALL of each item's VM, in item order}}  this job was given them by an earlier run
-    {NO_VM, job ids}                  not all can be had now: nothing assigned to this set (a
-                                      waiter is in the line; job ids: requests the dispatch served)
+    {NO_VM, job ids, missing}         not all can be had now: nothing assigned to this set (a
+                                      waiter is in the line; job ids: requests the dispatch served;
+                                      missing: the 1-based indexes of the items that cannot have a
+                                      VM now, includes/pickSet setMissingItems; empty when all
+                                      could be had but the set waits for its turn in the line)
     {CANCELLED, reason}               the waiting set was withdrawn: it left the line
     {TOO_MANY_WAITING, group, cap}    it would wait, but its owner has max_waiting_per_owner
                                       requests waiting in that group already (nothing changed)
@@ -160,7 +163,7 @@ if not waiting then
   local choice = pickSet(base, owner, sandbox, items)
   if not choice then
     demandOutsideLine(true)
-    return {NO_VM, {}}
+    return {NO_VM, {}, setMissingItems(base, owner, sandbox, items)}
   end
   demandOutsideLine(false)
   local names = assignSet(base, request, items, choice, now)
@@ -223,4 +226,4 @@ for _, group in ipairs(groups) do
     return {OK, hashes(mine), others}
   end
 end
-return {NO_VM, served}
+return {NO_VM, served, setMissingItems(base, owner, sandbox, items)}

@@ -9,7 +9,8 @@
   server start (strictly after its millisecond) qualify; nothing while the pool is not verified.
   One provider preferred: when the items list groups of several accounts, the set is first tried
   with every item restricted to the groups of one account (accounts in the order they first
-  appear), and only then with all groups.
+  appear), and only then with all groups. setMissingItems names the items that cannot have a VM
+  now (acquireVmSet's NO_VM answer, for telling why a set waits).
   Shared by acquireVmSet and includes/acquireLine.
 ]]
 --- @include "includes/poolKeys"
@@ -46,8 +47,10 @@ end
 -- One VM per item using only groups of `account` (nil: any group): {{name, fresh, group, leaseMs, usage}
 -- per item}, or nil when some item has none. With `ample`, every group that has clean VMs ready or
 -- on their way (groupHasSupply) is taken to have a ready clean VM for each item (a placeholder name),
--- so that only the owner's limits, its dirty VMs and what is coming decide (setCleanNeed).
-local function pickSetIn(base, owner, sandbox, items, account, serverStart, ample)
+-- so that only the owner's limits, its dirty VMs and what is coming decide (setCleanNeed). With a
+-- `missing` list, an item that has none is appended to it (its 1-based index) and skipped, and the
+-- others are picked as usual (setMissingItems: a report, never a choice to assign).
+local function pickSetIn(base, owner, sandbox, items, account, serverStart, ample, missing)
   local picked, pickedCount, choice, bound, pending = {}, 0, {}, {}, {}
   for i, item in ipairs(items) do
     for _, g in ipairs(item.groups) do
@@ -78,7 +81,10 @@ local function pickSetIn(base, owner, sandbox, items, account, serverStart, ampl
       end
     end
     if not choice[i] then
-      return nil
+      if not missing then
+        return nil
+      end
+      missing[#missing + 1] = i
     end
   end
   return choice
@@ -108,6 +114,26 @@ local function pickSet(base, owner, sandbox, items, ample)
     end
   end
   return pickSetIn(base, owner, sandbox, items, nil, serverStart, ample)
+end
+
+-- The items (1-based indexes, in order) of a set that cannot have a VM now, for telling why it waits:
+-- {} when pickSet would serve it whole (it waits only for its turn in the line), else those that
+-- get none when every item picks as pickSet does with all groups (no account preferred), an item
+-- without a VM skipped so that the others still pick theirs. Every item while the pool is not verified.
+local function setMissingItems(base, owner, sandbox, items)
+  local serverStart = tonumber(redis.call('GET', serverStartKey(base)))
+  local missing = {}
+  if not serverStart or not poolVerified(base) then
+    for i = 1, #items do
+      missing[i] = i
+    end
+    return missing
+  end
+  if pickSet(base, owner, sandbox, items) then
+    return missing
+  end
+  pickSetIn(base, owner, sandbox, items, nil, serverStart, false, missing)
+  return missing
 end
 
 -- How many ready clean VMs of `group` a waiting set could use: the clean VMs of the group it would
