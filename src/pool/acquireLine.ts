@@ -181,7 +181,10 @@ export class AcquireLine {
       const attempt = await this.tryAcquireVmSet(identified, { demandForMs: SET_DEMAND_MS });
       if (attempt.status === 'acquired' || attempt.status === 'reattached') return attempt.vms;
       if (i >= attempts) {
-        throw new NoVmAvailable(`no set of ${request.items.length} VMs available for owner ${request.owner} within ${options.timeoutMs} ms`);
+        // Which VMs the last try could not have (an empty list: all could, but others waited ahead).
+        const missing = attempt.status === 'none' && attempt.missing?.length ? attempt.missing : null;
+        const which = missing ? ` (the last try could not have ${missing.length === 1 ? 'VM' : 'VMs'} ${missing.join(', ')} of ${request.items.length})` : '';
+        throw new NoVmAvailable(`no set of ${request.items.length} VMs available for owner ${request.owner} within ${options.timeoutMs} ms${which}`);
       }
       await new Promise((resolve) => setTimeout(resolve, SET_RETRY_MS));
     }

@@ -203,7 +203,10 @@ describe('acquireVmSet: waiting for the whole set (real Redis)', () => {
 
   it('gives up with NoVmAvailable after its timeout, having taken nothing', async () => {
     await kit.addReady('b1', '10.0.0.1', 'base');
-    await expect(kit.vmm.acquireVmSet(set('alice', [['base'], ['arm']]), { timeoutMs: 500 })).rejects.toThrow(NoVmAvailable);
+    const failed = kit.vmm.acquireVmSet(set('alice', [['base'], ['arm']]), { timeoutMs: 500 });
+    await expect(failed).rejects.toThrow(NoVmAvailable);
+    // It says which VM of the set its last try could not have: the arm one.
+    await expect(failed).rejects.toThrow(/within 500 ms \(the last try could not have VM 2 of 2\)$/);
     expect(await states(['b1'])).toEqual([VmStates.READY]);
     // Its demand lapses on its own soon after it stopped waiting.
     kit.clock.now += 2_000;
