@@ -57,6 +57,7 @@ export type { VmPoolClientOptions, AcquireOptions, WithVmOptions, WithVmSetOptio
 export { processAcquireJob, acquireProcessor, startAcquireLine, stopAcquireWaits, NO_VM_AVAILABLE_PREFIX } from './processors/acquire.js';
 export { explainWait, describeWait, WAIT_REASONS, type WaitReason, type WaitStatus, type GroupWait, type UnavailableVm } from './acquire/why.js';
 export { LeaseLost, TaskConflict, TooManyWaiting } from './pool/types.js';
+export { DataFormatTooNew, DATA_FORMAT_VERSION } from './pool/dataFormatVersion.js';
 export { acquireWaiterMember } from './pool/vmManager.js';
 export type { AcquireWaiter, AcquireAttempt, ExpiredLease } from './pool/vmManager.js';
 export { acquireRequestSchema, acquireJobOptions, DEFAULT_ACQUIRE_TIMEOUT_MS, ACQUIRE_QUEUE, AcquireFailures, acquireFailureOf, acquireJobError } from '../queues/acquire.js';

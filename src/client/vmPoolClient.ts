@@ -5,6 +5,7 @@ import { LineRequests } from '../pool/acquireLine.js';
 import { PoolAccess, type Clock } from '../pool/context.js';
 import { Leases } from '../pool/leases.js';
 import { releaseOutcomeOf, type ReleaseOptions } from '../pool/autohold.js';
+import { DataFormatTooNew } from '../pool/dataFormatVersion.js';
 import { InvalidVmRequest, LeaseLost, NoVmAvailable, TaskConflict, VmDescriptorNotFound, VmError, acquireWaiterMember } from '../pool/types.js';
 import { assertPrefixFits, blockingConnectionTemplate, producerConnectionFrom, type RedisConnection, type RedisTarget, type ReplicaWait } from '../redis.js';
 import {
@@ -67,7 +68,9 @@ export interface AcquireOptions {
   /**
    * Aborting withdraws the request: it leaves the line and its job fails as cancelled (its
    * failedReason `cancelled: <the abort reason>`), so that no VM is assigned to it later; a VM
-   * assigned meanwhile is released. acquire then rejects with the signal's reason.
+   * assigned meanwhile is released. acquire then rejects with the signal's reason; or, when the
+   * pool refused the withdrawal because its data format is past this package's, at once with
+   * DataFormatTooNew (the request was left waiting: upgrade the package).
    */
   signal?: AbortSignal;
 }
@@ -458,15 +461,32 @@ export class VmPoolClient {
   ): Promise<JobOutcome<R>> {
     const waiter = { member: acquireWaiterMember(job.timestamp, String(job.id)), jobId: String(job.id) };
     let withdrawn = false;
+    // The withdrawal was refused: the pool's data format is past this release's (nothing changed).
+    let refused: DataFormatTooNew | undefined;
     let onAbort: (() => void) | undefined;
-    // Rejects once the aborted request was withdrawn and had ABORT_SETTLE_MS to end.
+    // Rejects once the aborted request was withdrawn and had ABORT_SETTLE_MS to end, or at once
+    // when the withdrawal was refused (the request was left as it was).
     const stop = signal
       ? new Promise<never>((_, reject) => {
           onAbort = () => {
             void this.line
               .cancel(waiter, abortReasonText(signal.reason), CANCEL_KEEP_MS)
-              .catch((err: Error) => this.logger.warn({ jobId: job.id, err: err.message }, `withdrawing the ${kind.what} request failed`))
-              .then(async () => {
+              .then(
+                () => true,
+                (err: Error) => {
+                  if (err instanceof DataFormatTooNew) {
+                    refused = err;
+                    return false;
+                  }
+                  this.logger.warn({ jobId: job.id, err: err.message }, `withdrawing the ${kind.what} request failed`);
+                  return true;
+                },
+              )
+              .then(async (settle) => {
+                if (!settle) {
+                  reject(refused);
+                  return;
+                }
                 // Queued (no acquire worker took it yet): removed at once, so that it neither waits
                 // for a worker nor counts as demand. Parked in the line (delayed): woken, so that it
                 // fails as cancelled now (a VM the line gave it meanwhile went back with the
@@ -526,8 +546,9 @@ export class VmPoolClient {
           const outcome = await (stop ? Promise.race([event.promise, stop]) : event.promise);
           if (typeof outcome === 'object') return { kind: 'completed', result: outcome.result };
         } catch {
-          // Withdrawn and settled: the stored job tells how it ended.
           event.stop();
+          if (refused) throw refused;
+          // Withdrawn and settled: the stored job tells how it ended.
         }
       }
     } finally {
@@ -567,7 +588,8 @@ export class VmPoolClient {
   /**
    * Extends the lease; returns the assignment with its new expiry. Throws LeaseLost when the lease
    * is no longer held (expired and reclaimed, released; reason state_lost when it went with a loss
-   * of the pool's state), VmDescriptorNotFound when the VM is gone.
+   * of the pool's state), VmDescriptorNotFound when the VM is gone, DataFormatTooNew (nothing
+   * changed) when the pool's data format is past this package's: upgrade the package.
    */
   async renew(assignment: VmAssignment): Promise<VmAssignment> {
     return this.leases.renewHeld(assignment);
@@ -589,6 +611,8 @@ export class VmPoolClient {
    * Gives the VM back. Returns false, changing nothing, when the lease is no longer held (the VM
    * was reclaimed, released already, or is in use under another lease). With `outcome: 'failed'`,
    * an autohold rule that matches keeps the VM for debugging instead of returning it to the pool.
+   * Throws DataFormatTooNew, changing nothing, when the pool's data format is past this package's
+   * (the VM stays in use until its lease runs out): upgrade the package.
    */
   async release(assignment: VmAssignment, options: ReleaseOptions = {}): Promise<boolean> {
     return this.leases.releaseHeld({ ...assignment, outcome: releaseOutcomeOf(options.outcome) }, this.logger);
@@ -597,7 +621,9 @@ export class VmPoolClient {
   /**
    * Acquires a VM, runs fn with it while renewing the lease, and always releases it: with outcome
    * `failed` when fn throws (an autohold rule may keep the VM for debugging), else without one. The
-   * signal given to fn aborts when the lease is lost (fn should stop using the VM).
+   * signal given to fn aborts when the lease is lost (fn should stop using the VM), or when the
+   * pool refuses its renewal for a data format past this package's (reason DataFormatTooNew). A
+   * release refused for that reason throws DataFormatTooNew unless fn threw.
    */
   async withVm<T>(
     request: AcquireRequestData,
@@ -615,7 +641,9 @@ export class VmPoolClient {
     } finally {
       const last = renewing.stop();
       const outcome = failed ? ('failed' as const) : undefined;
-      await this.release(last, { outcome }).catch((err: Error) => this.logger.error({ vmName: last.vmName, err: err.message }, 'release failed'));
+      const refused = await this.releaseAfterUse([last], outcome);
+      // fn's own error wins; else the builder learns that it must be upgraded.
+      if (refused && !failed) throw refused;
     }
   }
 
@@ -647,16 +675,36 @@ export class VmPoolClient {
     } finally {
       const last = renewing.stop();
       const outcome = failed ? ('failed' as const) : undefined;
-      await Promise.all(
-        last.vms.map((a) => this.release(a, { outcome }).catch((err: Error) => this.logger.error({ vmName: a.vmName, err: err.message }, 'release failed'))),
-      );
+      const refused = await this.releaseAfterUse(last.vms, outcome);
+      if (refused && !failed) throw refused;
     }
+  }
+
+  /**
+   * The release at the end of withVm and withVmSet: every VM, errors logged. Returns the
+   * DataFormatTooNew of a release the pool refused for its data format (thrown to the caller), else null.
+   */
+  private async releaseAfterUse(assignments: readonly VmAssignment[], outcome: 'failed' | undefined): Promise<DataFormatTooNew | null> {
+    const errors = await Promise.all(
+      assignments.map((a) =>
+        this.release(a, { outcome }).then(
+          () => null,
+          (err: Error) => {
+            this.logger.error({ vmName: a.vmName, err: err.message }, 'release failed');
+            return err;
+          },
+        ),
+      ),
+    );
+    return errors.find((err): err is DataFormatTooNew => err instanceof DataFormatTooNew) ?? null;
   }
 
   /**
    * Renews `held` (a lease, or a set's leases) in the background until stopped: every
    * `everyMs`, else a third of the time left on the earliest lease. `lost` aborts (and renewing
-   * ends) when a lease is lost; other errors are retried. stop() returns the latest renewed value.
+   * ends) when a lease is lost, or when the pool refuses the renewal for its data format (no later
+   * renewal would pass: the lease runs out); other errors are retried. stop() returns the latest
+   * renewed value.
    */
   private keepRenewed<H>(
     held: H,
@@ -676,8 +724,8 @@ export class VmPoolClient {
         try {
           current = await renew(current);
         } catch (err) {
-          if (err instanceof LeaseLost || err instanceof VmDescriptorNotFound) {
-            this.logger.error({ vmName: vmNames, err: (err as Error).message }, 'lease lost while the VM was in use');
+          if (err instanceof LeaseLost || err instanceof VmDescriptorNotFound || err instanceof DataFormatTooNew) {
+            this.logger.error({ vmName: vmNames, err: (err as Error).message }, err instanceof DataFormatTooNew ? 'lease renewal refused while the VM was in use' : 'lease lost while the VM was in use');
             lost.abort(err);
             return;
           }

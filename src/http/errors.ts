@@ -2,6 +2,7 @@ import type { NextFunction, Request, Response } from 'express';
 import type { Logger } from '../logger.js';
 import { InvalidVmRequest, LeaseLost, NoVmAvailable, TaskConflict, TooManyWaiting, UnknownGroup, VmDescriptorNotFound, VmError } from '../pool/types.js';
 import { ConfigError } from '../config/index.js';
+import { DataFormatTooNew } from '../pool/dataFormatVersion.js';
 
 /** Error codes of the API; each maps to one HTTP status. */
 export const ErrorCodes = {
@@ -46,6 +47,9 @@ export class HttpError extends Error {
  *   429 too_many_requests the owner has max_waiting_per_owner requests waiting (TooManyWaiting, reason
  *                         too_many_waiting; Retry-After)
  *   503 no_vm_available   no VM came within the request's timeout (NoVmAvailable)
+ *   503 not_ready         the pool's data format moved past this process's before its heartbeat
+ *                         saw it, and a script refused the write (DataFormatTooNew, reason
+ *                         data_format_too_new, as the refusal of changes that follows)
  */
 export function toHttpError(err: unknown): HttpError {
   if (err instanceof HttpError) return err;
@@ -55,6 +59,7 @@ export function toHttpError(err: unknown): HttpError {
   if (err instanceof TooManyWaiting) {
     return new HttpError('too_many_requests', err.message, { reason: 'too_many_waiting', group: err.group, limit: err.limit, retryAfter: err.retryAfterSeconds });
   }
+  if (err instanceof DataFormatTooNew) return new HttpError('not_ready', err.message, { reason: 'data_format_too_new', needed: err.needed, known: err.known });
   if (err instanceof NoVmAvailable) return new HttpError('no_vm_available', err.message, { reason: err.message });
   if (err instanceof UnknownGroup) return new HttpError('validation_error', err.message, { group: err.group });
   if (err instanceof InvalidVmRequest) return new HttpError('validation_error', err.message, {});

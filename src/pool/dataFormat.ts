@@ -12,12 +12,9 @@ import { poolKeyBase, poolKeys, type PoolKeys } from './keys.js';
 import { CycleLock } from './locks.js';
 import { ReplyCodes } from './replyCodes.js';
 import { loadScripts, type RunScript } from './scripts.js';
+import { DATA_FORMAT_VERSION, DataFormatTooNew } from './dataFormatVersion.js';
 
-/**
- * The data format this code reads and writes. Version 1: the layout before versions were recorded
- * (groups named by their index in the config's list). Version 2: groups named by name.
- */
-export const DATA_FORMAT_VERSION = 2;
+export { DATA_FORMAT_VERSION, DataFormatTooNew };
 
 /** What a migration is given: the pool's Redis and keys, and its recorded progress. */
 export interface MigrationContext {
@@ -61,20 +58,6 @@ export interface DataFormatState {
   migration: string;
   /** This read stamped a pool that had no version. */
   stamped: boolean;
-}
-
-/** A process older than the pool's data format: it must not run (its message says what is needed). */
-export class DataFormatTooNew extends Error {
-  override name = 'DataFormatTooNew';
-  constructor(
-    readonly needed: number,
-    readonly known: number,
-  ) {
-    super(
-      `the pool's data format is version ${needed}, and this vmpool knows versions up to ${known}: ` +
-        `run a vmpool release that knows data format ${needed} (the processes of a newer release migrated the pool); this process takes no job`,
-    );
-  }
 }
 
 /** A migration's process lost the migration lock (it paused past its expiry): it wrote nothing more; the next process resumes. */

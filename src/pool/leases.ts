@@ -24,7 +24,8 @@ export class Leases {
    * Releases an in_use VM (`released` false for any other state). With a lease id, only that
    * lease's holder may release: a VM in_use under another lease throws LeaseLost and is left alone.
    * A failed build's VM (`outcome: 'failed'`) that an autohold rule matches is held for the rule
-   * (`autohold`: its id).
+   * (`autohold`: its id). DataFormatTooNew, changing nothing, when the pool's data format is past
+   * this release's (as renew).
    */
   async release(vmName: string, leaseId?: string, outcome?: ReleaseOutcome): Promise<{ released: boolean; autohold: number | null }> {
     const result = await this.pool.scripts.releaseWithOutcome(vmName, this.clock(), leaseId ?? '', outcome ?? '');

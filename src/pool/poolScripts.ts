@@ -1,5 +1,6 @@
 import type { RedisConnection } from '../redis.js';
 import type { OwnerUsageSpec } from '../reconcile/quota.js';
+import { DATA_FORMAT_VERSION, DataFormatTooNew } from './dataFormatVersion.js';
 import { poolKeyBase } from './keys.js';
 import { ReplyCodes, replyCodeName, type ReplyCode } from './replyCodes.js';
 import { loadScripts, type RunScript, type ScriptName } from './scripts.js';
@@ -105,6 +106,15 @@ export type AcquireSetAttempt =
 function unexpected(script: ScriptName, reply: unknown): Error {
   const code = Array.isArray(reply) ? reply[0] : reply;
   return new Error(`${script}: unexpected reply ${replyCodeName(code)}`);
+}
+
+/**
+ * DataFormatTooNew for a script's {DATA_FORMAT_AHEAD, version needed} (includes/dataFormat: the
+ * pool's data format is past DATA_FORMAT_VERSION, and the script changed nothing), else null.
+ */
+function formatAhead(reply: unknown, refused: string): DataFormatTooNew | null {
+  if (!Array.isArray(reply) || reply[0] !== ReplyCodes.DATA_FORMAT_AHEAD) return null;
+  return new DataFormatTooNew(Number(reply[1]), DATA_FORMAT_VERSION, refused);
 }
 
 /** What a process saw of the pool's state marker: its generation and the highest epoch. */
@@ -309,7 +319,8 @@ export class PoolScripts {
 
   /**
    * True when released, false when the VM is not in_use. With a lease id, a VM in_use under
-   * another lease throws LeaseLost (lease_mismatch).
+   * another lease throws LeaseLost (lease_mismatch). A pool whose data format is past this
+   * release's throws DataFormatTooNew, changing nothing (as renewLease, claimTask, cancelAcquire).
    */
   async releaseVm(vmName: string, now: number, leaseId = ''): Promise<boolean> {
     return (await this.releaseWithOutcome(vmName, now, leaseId, '')).released;
@@ -320,7 +331,9 @@ export class PoolScripts {
    * for it (`autohold`: the rule's id).
    */
   async releaseWithOutcome(vmName: string, now: number, leaseId: string, outcome: '' | ReleaseOutcome): Promise<{ released: boolean; autohold: number | null }> {
-    const reply = await this.call('releaseVm', [vmName, now, leaseId, outcome]);
+    const reply = await this.call('releaseVm', [vmName, now, leaseId, outcome, DATA_FORMAT_VERSION]);
+    const ahead = formatAhead(reply, `the release of VM ${vmName}`);
+    if (ahead) throw ahead;
     if (Array.isArray(reply) && reply[0] === ReplyCodes.HELD) return { released: true, autohold: Number(reply[1]) };
     const code = reply as ReplyCode;
     if (code === ReplyCodes.OK) return { released: true, autohold: null };
@@ -385,9 +398,14 @@ export class PoolScripts {
     return Number(await this.call('markServerStart', [now]));
   }
 
-  /** Extends a lease; returns the new expiry (epoch ms). Throws LeaseLost when the lease is no longer held. */
+  /**
+   * Extends a lease; returns the new expiry (epoch ms). Throws LeaseLost when the lease is no longer
+   * held, DataFormatTooNew (nothing changed) when the pool's data format is past this release's.
+   */
   async renewLease(vmName: string, leaseId: string, now: number): Promise<number> {
-    const reply = (await this.call('renewLease', [vmName, leaseId, now])) as [number, string?];
+    const reply = (await this.call('renewLease', [vmName, leaseId, now, DATA_FORMAT_VERSION])) as [number, string?];
+    const ahead = formatAhead(reply, `the renewal of the lease on VM ${vmName}`);
+    if (ahead) throw ahead;
     switch (reply[0]) {
       case ReplyCodes.OK:
         return Number(reply[1]);
@@ -505,20 +523,28 @@ export class PoolScripts {
 
   /**
    * Claims a task for an owner and sandbox until `deadline` (a builder about to enqueue its
-   * request). Throws TaskConflict, changing nothing, when the task belongs to another.
+   * request). Throws TaskConflict, changing nothing, when the task belongs to another;
+   * DataFormatTooNew, changing nothing, when the pool's data format is past this release's.
    */
   async claimTask(taskId: string, owner: string, sandbox: string, deadline: number, now: number): Promise<void> {
-    const code = await this.call('claimTask', [now, taskId, owner, sandbox, deadline]);
+    const code = await this.call('claimTask', [now, taskId, owner, sandbox, deadline, DATA_FORMAT_VERSION]);
+    const ahead = formatAhead(code, `the claim of task ${JSON.stringify(taskId)}`);
+    if (ahead) throw ahead;
     if (code === ReplyCodes.TASK_CONFLICT) throw new TaskConflict(taskId);
     if (code !== ReplyCodes.OK) throw unexpected('claimTask', code);
   }
 
   /**
    * Withdraws a waiting request: the acquire script ends it as cancelled (with `reason`) wherever it
-   * waits. Returns how many lines it left (0 while it is still queued, or once served).
+   * waits. Returns how many lines it left (0 while it is still queued, or once served). Throws
+   * DataFormatTooNew, changing nothing (the request still waits), when the pool's data format is
+   * past this release's.
    */
   async cancelAcquire(waiter: Pick<AcquireWaiter, 'member' | 'jobId'>, reason: string, keepMs: number, now = Date.now()): Promise<number> {
-    return Number(await this.call('cancelAcquire', [waiter.member, waiter.jobId, reason, keepMs, now]));
+    const reply = await this.call('cancelAcquire', [waiter.member, waiter.jobId, reason, keepMs, now, DATA_FORMAT_VERSION]);
+    const ahead = formatAhead(reply, `the withdrawal of acquire request ${waiter.jobId}`);
+    if (ahead) throw ahead;
+    return Number(reply);
   }
 
   /**

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { toHttpError } from '../../src/http/errors.js';
+import { DataFormatTooNew } from '../../src/pool/dataFormat.js';
 import { InvalidVmRequest, LeaseLost, NoVmAvailable, UnknownGroup, VmDescriptorNotFound, VmError } from '../../src/pool/types.js';
 
 describe('toHttpError', () => {
@@ -16,6 +17,13 @@ describe('toHttpError', () => {
     const httpError = toHttpError(err);
     expect(httpError.status).toBe(status);
     expect(httpError.code).toBe(code);
+  });
+
+  it('maps a write refused for a newer data format to 503 not_ready, as the refusal of changes that follows', () => {
+    const httpError = toHttpError(new DataFormatTooNew(3, 2, 'the release of VM vm-x'));
+    expect(httpError.status).toBe(503);
+    expect(httpError.code).toBe('not_ready');
+    expect(httpError.details).toEqual({ reason: 'data_format_too_new', needed: 3, known: 2 });
   });
 
   it('names the unknown group in the details', () => {

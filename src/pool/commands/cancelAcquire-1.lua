@@ -14,14 +14,24 @@
     ARGV[3] reason (for the job's failedReason)
     ARGV[4] how long the record is kept, in ms (as long as a queued job may wait for a worker)
     ARGV[5] now (epoch ms)
+    ARGV[6] the data-format version the caller knows (includes/dataFormat)
   Output:
     the number of groups whose line the request left (0 when it was in none: queued, or served)
+    {DATA_FORMAT_AHEAD, version needed}  the pool's data format is past the caller's (nothing
+      changed: no record of the withdrawal, the request still waits)
 ]]
 local base = KEYS[1]
-local waiter, jobId, reason, keepMs, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local waiter, jobId, reason, keepMs, now, knownFormat = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+--- @include "includes/replyCodes"
 --- @include "includes/leaveLines"
 --- @include "includes/releaseVm"
 --- @include "includes/setAssignment"
+--- @include "includes/dataFormat"
+
+local needed = dataFormatAhead(base, knownFormat)
+if needed then
+  return {DATA_FORMAT_AHEAD, needed}
+end
 
 redis.call('SET', acquireCancelKey(base, waiter), reason, 'PX', keepMs)
 local raw = redis.call('HGET', waiterInfoKey(base), waiter)

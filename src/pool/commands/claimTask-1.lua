@@ -12,15 +12,23 @@
     ARGV[3] owner
     ARGV[4] sandbox
     ARGV[5] claim deadline (epoch ms): when the request stops waiting
+    ARGV[6] the data-format version the caller knows (includes/dataFormat)
   Output:
     OK             claimed (or claimed already by the same owner and sandbox); nothing else changed
     TASK_CONFLICT  the owner's task holds a VM, or is claimed, for another of the owner's sandboxes;
                    nothing changed
+    {DATA_FORMAT_AHEAD, version needed}  the pool's data format is past the caller's (nothing changed)
 ]]
 local base = KEYS[1]
-local now, taskId, owner, sandbox, deadline = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local now, taskId, owner, sandbox, deadline, knownFormat = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 --- @include "includes/replyCodes"
 --- @include "includes/taskOwner"
+--- @include "includes/dataFormat"
+
+local needed = dataFormatAhead(base, knownFormat)
+if needed then
+  return {DATA_FORMAT_AHEAD, needed}
+end
 
 if taskOfAnother(base, taskId, owner, sandbox, now) then
   return TASK_CONFLICT

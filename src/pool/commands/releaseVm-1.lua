@@ -10,21 +10,29 @@
     KEYS[1] pool key base (with hash tag); every key is built from it
     ARGV[1] VM name
     ARGV[2] now (epoch ms)
-    ARGV[3] lease id ('' or absent: no lease check)
-    ARGV[4] the build's outcome: 'failed', 'success', or '' / absent (not said)
+    ARGV[3] lease id ('': no lease check)
+    ARGV[4] the build's outcome: 'failed', 'success', or '' (not said)
+    ARGV[5] the data-format version the caller knows (includes/dataFormat)
   Output:
     OK              released
     HELD            released, and held by an autohold rule (a failed build): {HELD, rule id}
     WRONG_STATE     the VM is not in_use (nothing changed)
     NOT_FOUND       no such VM
     LEASE_MISMATCH  the VM is in_use under another lease (nothing changed)
+    {DATA_FORMAT_AHEAD, version needed}  the pool's data format is past the caller's (nothing changed)
 ]]
 local base = KEYS[1]
-local name, now, leaseId, outcome = ARGV[1], ARGV[2], ARGV[3] or '', ARGV[4] or ''
+local name, now, leaseId, outcome, knownFormat = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 --- @include "includes/replyCodes"
 --- @include "includes/releaseVm"
 --- @include "includes/hold"
 --- @include "includes/autohold"
+--- @include "includes/dataFormat"
+
+local needed = dataFormatAhead(base, knownFormat)
+if needed then
+  return { DATA_FORMAT_AHEAD, needed }
+end
 
 local vm = redis.call('HMGET', vmKey(base, name), 'state', 'lease_id')
 if not vm[1] then
