@@ -94,6 +94,11 @@ export function poolKeys(prefix: string) {
     sandboxLine: (group: string, owner: string, sandbox: string) => `${base}group:${group}:sandbox_line:${Buffer.byteLength(owner)}:${owner}:${sandbox}`,
     /** Counter of the turns given in the group's line. */
     lineTurn: (group: string) => `${base}group:${group}:line_turn`,
+    /**
+     * Hash of the waiting sets that keep ready clean VMs of the group, as its last dispatch found
+     * them: waiter member -> `<VMs kept>:<priority>` (commands/includes/acquireLine.lua).
+     */
+    setKeeps: (group: string) => `${base}group:${group}:set_keeps`,
     /** Acquire job ids given a VM by the line that have not collected it yet, scored by when (epoch ms). */
     acquireAssigned: `${base}acquire_assigned`,
     /** Hash of machines the group's provider lists but the pool does not know: name -> first seen (epoch ms). */

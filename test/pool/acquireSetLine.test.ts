@@ -91,6 +91,102 @@ describe('a waiting set keeps only the ready VMs it could take (real Redis)', ()
   });
 });
 
+describe("a waiting set's kept VMs are not taken by a set behind it (real Redis)", () => {
+  const ready = (names: string[]) => names.map(() => VmStates.READY);
+
+  it("a set behind it in base's line but first in arm's does not take the base VMs it keeps, when an arm VM comes", async () => {
+    // alice's set, first in base's line, keeps both ready base VMs while it waits for its big VM.
+    expect(await kit.vmm.registerSpawn('big', 'spawn-big-1')).toBeNull();
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['base'], ['big']], 'set-alice'), { waiter: waiterFor('set-alice', 1) })).status).toBe('none');
+    // bob's set waits behind hers in base's line, and first in arm's (alice asks for no arm VM).
+    expect((await kit.vmm.tryAcquireVmSet(set('bob', [['base'], ['base'], ['arm']], 'set-bob'), { waiter: waiterFor('set-bob', 2) })).status).toBe('none');
+    await kit.addReady('b1', '10.80.0.1', 'base');
+    await kit.addReady('b2', '10.80.0.2', 'base');
+    expect(await kit.vmm.dispatchAcquireLine('base')).toEqual([]);
+    // An arm VM comes: bob's set is not served with the base VMs alice keeps.
+    await kit.addReady('a1', '10.80.0.3', 'arm');
+    expect(await kit.vmm.dispatchAcquireLine('arm')).toEqual([]);
+    expect(await states(['b1', 'b2', 'a1'])).toEqual(ready(['b1', 'b2', 'a1']));
+    // Her big VM comes: she takes base's two.
+    await kit.addReady('g1', '10.80.0.4', 'big');
+    expect(await kit.vmm.dispatchAcquireLine('big')).toEqual(['set-alice']);
+    expect(await states(['b1', 'b2', 'g1'])).toEqual([VmStates.IN_USE, VmStates.IN_USE, VmStates.IN_USE]);
+    // bob's set, which kept the arm VM meanwhile, is served once base has two VMs for it.
+    await kit.addReady('b3', '10.80.0.5', 'base');
+    await kit.addReady('b4', '10.80.0.6', 'base');
+    expect(await kit.vmm.dispatchAcquireLine('base')).toEqual(['set-bob']);
+    expect(await states(['b3', 'b4', 'a1'])).toEqual([VmStates.IN_USE, VmStates.IN_USE, VmStates.IN_USE]);
+  });
+
+  it("nor when a VM bound to the sandbox of the set behind it comes (its sandbox's line)", async () => {
+    await kit.addReady('a1', '10.84.0.1', 'arm');
+    const taken = await kit.vmm.tryAcquireVm({ groups: ['arm'], owner: 'bob', sandbox: 'bob/sb', workerId: 'w' });
+    if (taken.status !== 'acquired') throw new Error(taken.status);
+    expect(await kit.vmm.registerSpawn('big', 'spawn-big-1')).toBeNull();
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['base'], ['big']], 'set-alice'), { waiter: waiterFor('set-alice', 1) })).status).toBe('none');
+    expect((await kit.vmm.tryAcquireVmSet(set('bob', [['base'], ['base'], ['arm']], 'set-bob'), { waiter: waiterFor('set-bob', 2) })).status).toBe('none');
+    await kit.addReady('b1', '10.84.0.2', 'base');
+    await kit.addReady('b2', '10.84.0.3', 'base');
+    expect(await kit.vmm.dispatchAcquireLine('base')).toEqual([]);
+    // bob's arm VM comes back, bound to his set's sandbox: the set does not take alice's base VMs with it.
+    expect(await kit.vmm.releaseVm('a1', taken.leaseId)).toBe(true);
+    expect(await kit.vmm.dispatchAcquireLine('arm', 'a1')).toEqual([]);
+    expect(await states(['b1', 'b2', 'a1'])).toEqual(ready(['b1', 'b2', 'a1']));
+    await kit.addReady('g1', '10.84.0.4', 'big');
+    expect(await kit.vmm.dispatchAcquireLine('big')).toEqual(['set-alice']);
+  });
+
+  it('a set behind it in the same line takes only the VMs beyond those it keeps', async () => {
+    expect(await kit.vmm.registerSpawn('big', 'spawn-big-1')).toBeNull();
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['base'], ['big']], 'set-alice'), { waiter: waiterFor('set-alice', 1) })).status).toBe('none');
+    expect((await kit.vmm.tryAcquireVmSet(set('bob', [['base'], ['base']], 'set-bob'), { waiter: waiterFor('set-bob', 2) })).status).toBe('none');
+    // Three base VMs: alice keeps two; bob's set needs two, and only one is beyond hers.
+    for (const [name, ip] of [['b1', '10.81.0.1'], ['b2', '10.81.0.2'], ['b3', '10.81.0.3']] as const) await kit.addReady(name, ip, 'base');
+    expect(await kit.vmm.dispatchAcquireLine('base')).toEqual([]);
+    expect(await states(['b1', 'b2', 'b3'])).toEqual(ready(['b1', 'b2', 'b3']));
+    await kit.addReady('g1', '10.81.0.4', 'big');
+    expect(await kit.vmm.dispatchAcquireLine('big')).toEqual(['set-alice']);
+  });
+
+  it("a set that came first is not held back by what a set that came after it keeps", async () => {
+    // alice's set keeps two of three base VMs (waiting for big); bob's, behind, keeps what it can
+    // (waiting for arm). When alice's big VM comes, bob's keep does not stop her.
+    expect(await kit.vmm.registerSpawn('big', 'spawn-big-1')).toBeNull();
+    expect(await kit.vmm.registerSpawn('arm', 'spawn-arm-1')).toBeNull();
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['base'], ['big']], 'set-alice'), { waiter: waiterFor('set-alice', 1) })).status).toBe('none');
+    expect((await kit.vmm.tryAcquireVmSet(set('bob', [['base'], ['base'], ['arm']], 'set-bob'), { waiter: waiterFor('set-bob', 2) })).status).toBe('none');
+    for (const [name, ip] of [['b1', '10.82.0.1'], ['b2', '10.82.0.2'], ['b3', '10.82.0.3']] as const) await kit.addReady(name, ip, 'base');
+    expect(await kit.vmm.dispatchAcquireLine('base')).toEqual([]);
+    await kit.addReady('g1', '10.82.0.4', 'big');
+    expect(await kit.vmm.dispatchAcquireLine('big')).toEqual(['set-alice']);
+  });
+
+  it('two sets in opposite orders in two groups: the one that came first is served at once, neither keeps what the other waits for', async () => {
+    // alice's single arm request, ahead of her set in her own line, is served first: in arm's line
+    // bob's set then comes before alice's, while in base's line alice's comes first (she asked first).
+    expect(await kit.vmm.registerSpawn('arm', 'spawn-arm-1')).toBeNull();
+    expect((await kit.vmm.tryAcquireVm({ groups: ['arm'], owner: 'alice', sandbox: 'alice/p', workerId: 'w' }, waiterFor('acquire-alice', 0))).status).toBe('none');
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['arm']], 'set-alice'), { waiter: waiterFor('set-alice', 2) })).status).toBe('none');
+    expect((await kit.vmm.tryAcquireVmSet(set('bob', [['base'], ['arm']], 'set-bob'), { waiter: waiterFor('set-bob', 3) })).status).toBe('none');
+    await kit.addReady('a1', '10.83.0.1', 'arm');
+    expect(await kit.vmm.dispatchAcquireLine('arm')).toEqual(['acquire-alice']);
+    // Now arm's line: bob, then alice; base's: alice, then bob. One base VM: alice keeps it.
+    expect(await kit.vmm.registerSpawn('arm', 'spawn-arm-2')).toBeNull();
+    await kit.addReady('b1', '10.83.0.3', 'base');
+    expect(await kit.vmm.dispatchAcquireLine('base')).toEqual([]);
+    // One arm VM: bob, first in arm's line, may not take the base VM alice keeps, and keeps the arm
+    // VM; alice, who came first, is tried at once and takes both (what bob keeps does not hold her back).
+    await kit.addReady('a2', '10.83.0.4', 'arm');
+    expect(await kit.vmm.dispatchAcquireLine('arm')).toEqual(['set-alice']);
+    expect(await states(['b1', 'a2'])).toEqual([VmStates.IN_USE, VmStates.IN_USE]);
+    // bob's set waits on; arm's next dispatch (its line was told when alice's set left it) finds it
+    // keeping nothing, no VM being ready.
+    expect(await kit.redis.hexists(kit.keys.waiterInfo, waiterFor('set-bob', 3).member)).toBe(1);
+    expect(await kit.vmm.dispatchAcquireLine('arm')).toEqual([]);
+    expect(await kit.redis.exists(kit.keys.setKeeps('base'), kit.keys.setKeeps('arm'))).toBe(0);
+  });
+});
+
 describe('a waiting set keeps nothing for a group with no VM on its way (real Redis)', () => {
   it('keeps no VM of base while arm has nothing ready, coming or spawning; keeps them once an arm spawn starts', async () => {
     expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['arm']], 'set-alice'), { waiter: waiterFor('set-alice', 1) })).status).toBe('none');

@@ -76,6 +76,7 @@ const SAMPLE_ARGS: Partial<Record<keyof PoolKeys, (string | number)[]>> = {
   ownerLine: ['fedora-x86_64.big_2', 'alice'],
   sandboxLine: ['fedora-x86_64.big_2', 'alice', 'alice/p'],
   lineTurn: ['fedora-x86_64.big_2'],
+  setKeeps: ['fedora-x86_64.big_2'],
   acquireAssigned: [],
   readyChannel: ['fedora-x86_64.big_2'],
   spawning: ['fedora-x86_64.big_2'],

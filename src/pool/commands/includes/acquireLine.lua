@@ -8,7 +8,8 @@
   An owner at max_vm_per_user is skipped for clean VMs (blocked), so it never holds back another
   owner's request that a free VM could serve; its requests still take VMs bound to their own owner
   and sandbox (dirty), first come first served within that sandbox. Every step is O(log n) in the
-  number of waiting requests; no line is scanned.
+  number of waiting requests; no line is scanned. (What waiting sets keep, set_keeps, is read whole:
+  at most one entry per ready clean VM of the group, whatever the number waiting.)
 
   A request given a VM by the dispatcher (not by its own attempt) gets its assignment recorded
   under its job id (acquire_assignment) and is added to acquire_assigned: its parked job is woken
@@ -16,9 +17,15 @@
   A set (acquireVmSet: several VMs, all or nothing) waits as one request: its record has `set`, its
   items. It joins the lines of every group its items list, and counts as demand once per item, in
   the item's first group ('set|<job id>|<item>'). When its turn comes it takes all its VMs in one
-  step (serveSet), or none: then the ready VMs of that group that it could use stay ready for it
-  (no other owner behind it takes them in this dispatch), and the rest go on down the line. Nothing
-  is assigned to a set before all of it can be, so two sets never hold parts of each other's VMs.
+  step (serveSet), or none: then the ready clean VMs of that group that it could use stay ready for
+  it, and only the rest go on down the line. What it keeps is recorded for the group (set_keeps,
+  anew at each dispatch of the group; its entry goes when it leaves the line), so that a set behind
+  it served through the dispatch of another group, or of its sandbox's line, leaves those VMs alone
+  too (includes/pickSet keptBefore). Between two sets, one order holds in every group: the one that
+  came first (a better priority, or the same and older) may take what the other keeps, whatever
+  the order of the group's round-robin, and is tried at once in a dispatch where the other keeps VMs
+  (serveKeepersBefore); so two sets never each keep what the other waits for. Nothing is assigned
+  to a set before all of it can be, so two sets never hold parts of each other's VMs.
   Shared by acquireVm, acquireVmSet and dispatchAcquireLine.
 ]]
 --- @include "includes/setVmState"
@@ -129,6 +136,7 @@ local function joinLines(base, waiter, info, now)
         redis.call('ZREM', ownerLineKey(base, group, old.owner), waiter)
         redis.call('ZREM', sandboxLineKey(base, group, old.owner, old.sandbox), waiter)
         redis.call('ZREM', demandKey(base, group), old.jobId)
+        redis.call('HDEL', setKeepsKey(base, group), waiter)
         placeOwner(base, group, old.owner, nil)
       end
     end
@@ -225,10 +233,11 @@ local function assignSet(base, r, items, choice, now)
   return names
 end
 
--- Gives a waiting set all its VMs, if it can have them all now (pickSet): assigned, out of every
--- line, its owner's turn in `group` moves to the back. False when it cannot (nothing changed).
+-- Gives a waiting set all its VMs, if it can have them all now (pickSet), leaving alone in each
+-- group the clean VMs that sets which came before it keep there: assigned, out of every line, its
+-- owner's turn in `group` moves to the back. False when it cannot (nothing changed).
 local function serveSet(base, group, waiter, info, now, selfJobId, served)
-  local choice = pickSet(base, info.owner, info.sandbox, info.set)
+  local choice = pickSet(base, info.owner, info.sandbox, info.set, false, {waiter = waiter, priority = tonumber(info.priority) or 0})
   if not choice then
     return false
   end
@@ -242,6 +251,33 @@ local function serveSet(base, group, waiter, info, now, selfJobId, served)
   return true
 end
 
+-- The set at `waiter` (record `info`) keeps ready clean VMs of `group` now: the waiting sets that
+-- came before it and keep VMs of its other groups may take everything they need now, what it keeps
+-- included (pickSet keptBefore), so they are tried at once rather than at their groups' next
+-- dispatch (in opposite orders in two groups' round-robins, the second of two sets would otherwise
+-- keep the VM that the first waits for until a sweep). Each is tried once per dispatch (`tried`);
+-- O(the sets recorded in its other groups, at most their ready clean VMs).
+local function serveKeepersBefore(base, group, waiter, info, now, selfJobId, served, maxServed, tried)
+  local priority = tonumber(info.priority) or 0
+  for _, other in ipairs(info.groups) do
+    if tostring(other) ~= tostring(group) then
+      for _, keep in ipairs(setKeepsOf(base, other)) do
+        if maxServed and #served >= maxServed then
+          return
+        end
+        if not tried[keep.waiter] and cameBefore(keep.waiter, keep.priority, waiter, priority) then
+          tried[keep.waiter] = true
+          local raw = redis.call('HGET', waiterInfoKey(base), keep.waiter)
+          local keeper = raw and cjson.decode(raw)
+          if keeper and keeper.set and tonumber(keeper.deadline) > tonumber(now) then
+            serveSet(base, other, keep.waiter, keeper, now, selfJobId, served)
+          end
+        end
+      end
+    end
+  end
+end
+
 -- Ready clean VMs of the group that could be handed out (both launches; an upper bound).
 local function readyCleanCount(base, group)
   return redis.call('ZCARD', readyCleanKey(base, group)) + redis.call('ZCARD', readyOutdatedKey(base, group))
@@ -252,12 +288,17 @@ end
 -- noted, so that a VM of theirs going in another group unblocks them here). A set whose turn it is
 -- takes all its VMs or, when it cannot have them all yet, keeps its turn and keeps for itself as
 -- many ready clean VMs of the group as it could take (includes/pickSet setCleanNeed: none while its
--- owner's limits let it have no whole set): only VMs beyond those go on to the owners behind it. Appends the job ids served to `served`. With `maxServed`, stops once it served
--- that many (one ready message, one VM to give).
+-- owner's limits let it have no whole set): only VMs beyond those go on to the owners behind it.
+-- What each set keeps is recorded (setKeepsKey, anew at each dispatch of the group), so that a set
+-- served through another group's dispatch leaves those VMs alone too, unless it came before the
+-- keeper (includes/pickSet keptBefore); sets that came before it and keep VMs of its other groups
+-- are tried then (serveKeepersBefore). Appends the job ids served to `served`. With `maxServed`,
+-- stops once it served that many (one ready message, one VM to give).
 local function dispatchClean(base, group, now, selfJobId, served, maxServed)
   local ring = lineOwnersKey(base, group)
+  redis.call('DEL', setKeepsKey(base, group))
   -- Owners passed over (a set that waits for the rest of its VMs) keep their place at the front.
-  local passed, kept = 0, 0
+  local passed, kept, tried = 0, 0, {}
   for _ = 1, 1000 do
     if maxServed and #served >= maxServed then
       return
@@ -287,11 +328,14 @@ local function dispatchClean(base, group, now, selfJobId, served, maxServed)
       elseif info.set then
         if not serveSet(base, group, waiter, info, now, selfJobId, served) then
           local need = setCleanNeed(base, info.owner, info.sandbox, info.set, group)
-          passed, kept = passed + 1, kept + need
+          passed, kept, tried[waiter] = passed + 1, kept + need, true
           if need == 0 then
             -- Its owner's limits keep it from a whole set: it keeps its turn but no VM; one of the
             -- owner's VMs going, in any group, tells this group (as for an owner blocked across groups).
             noteOwnerBlockedAcross(base, info.owner, group)
+          else
+            redis.call('HSET', setKeepsKey(base, group), waiter, need .. ':' .. (tonumber(info.priority) or 0))
+            serveKeepersBefore(base, group, waiter, info, now, selfJobId, served, maxServed, tried)
           end
         end
       else

@@ -5,7 +5,8 @@
   A set may have kept back ready VMs in the groups it waited in (dispatchClean keeps clean ones for
   it, dispatchDirty its sandbox's dirty ones): each group whose line it left is told on its ready
   channel ('' for its clean VMs, and the name of a ready VM of the set's owner and sandbox), so that
-  the dispatcher gives them to the requests behind it at once, not at the next safety sweep.
+  the dispatcher gives them to the requests behind it at once, not at the next safety sweep; its
+  entry in the group's record of what sets keep (set_keeps) goes.
   Shared by acquireVm (a request served), dispatchAcquireLine, cancelAcquire and leaveAcquireLine.
   Returns the number of groups whose line the request left.
   A caller that read the request's record already passes it (`known`), and one that places the
@@ -38,6 +39,7 @@ local function leaveLines(base, waiter, jobId, groups, known, placedByCaller)
     if redis.call('ZREM', waitersKey(base, group), waiter) == 1 then
       left = left + 1
       if info and info.set then
+        redis.call('HDEL', setKeepsKey(base, group), waiter)
         redis.call('PUBLISH', readyChannel(base, group), '')
         local dirty = redis.call('ZRANGE', readyDirtyKey(base, group, info.owner, info.sandbox), 0, 0)[1]
         if dirty then

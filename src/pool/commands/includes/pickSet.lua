@@ -11,11 +11,52 @@
   with every item restricted to the groups of one account (accounts in the order they first
   appear), and only then with all groups. setMissingItems names the items that cannot have a VM
   now (acquireVmSet's NO_VM answer, for telling why a set waits).
+  A waiting set served by the line (its `place` given: waiter member and priority) leaves alone, in
+  each group, the ready clean VMs that waiting sets which came before it keep there (setKeepsKey,
+  written by includes/acquireLine dispatchClean); see keptBefore.
   Shared by acquireVmSet and includes/acquireLine.
 ]]
 --- @include "includes/poolKeys"
 --- @include "includes/poolState"
 --- @include "includes/ownerUsage"
+
+-- Whether the waiting request at (waiter member `a`, priority `pa`) came before the one at (`b`,
+-- `pb`): a better priority, or the same priority and an older waiter member (the order of a
+-- group's `waiters`). One order for all groups, unlike the round-robins of owners.
+local function cameBefore(a, pa, b, pb)
+  return pa < pb or (pa == pb and a < b)
+end
+
+-- The waiting sets that keep ready clean VMs of `group`, as its last dispatch recorded them
+-- (setKeepsKey): {{waiter, count, priority}, ...}. At most the group's ready clean VMs (each keeps
+-- one at least).
+local function setKeepsOf(base, group)
+  local keeps = {}
+  local flat = redis.call('HGETALL', setKeepsKey(base, group))
+  for i = 1, #flat, 2 do
+    local count, priority = string.match(flat[i + 1], '^(%d+):(.+)$')
+    if count and tonumber(priority) then
+      keeps[#keeps + 1] = {waiter = flat[i], count = tonumber(count), priority = tonumber(priority)}
+    end
+  end
+  return keeps
+end
+
+-- How many ready clean VMs of `group` the waiting sets that came before the set at `place`
+-- ({waiter, priority}) keep there (cameBefore). Its own keep and those of sets that came after it
+-- do not count, whatever their places in this group's round-robin: with one order for all groups,
+-- two sets that the round-robins of two groups put in opposite orders never each keep what the
+-- other needs and both wait until their deadlines; the one that came first may take what the other
+-- keeps.
+local function keptBefore(base, group, place)
+  local kept = 0
+  for _, keep in ipairs(setKeepsOf(base, group)) do
+    if cameBefore(keep.waiter, keep.priority, place.waiter, place.priority) then
+      kept = kept + keep.count
+    end
+  end
+  return kept
+end
 
 -- Whether `name` qualifies: ready and passing.
 local function setVmQualifies(base, name)
@@ -47,10 +88,11 @@ end
 -- One VM per item using only groups of `account` (nil: any group): {{name, fresh, group, leaseMs, usage}
 -- per item}, or nil when some item has none. With `ample`, every group that has clean VMs ready or
 -- on their way (groupHasSupply) is taken to have a ready clean VM for each item (a placeholder name),
--- so that only the owner's limits, its dirty VMs and what is coming decide (setCleanNeed). With a
+-- so that only the owner's limits, its dirty VMs and what is coming decide (setCleanNeed). With
+-- `room` (a function of the group), no more clean VMs of a group are picked than it says. With a
 -- `missing` list, an item that has none is appended to it (its 1-based index) and skipped, and the
 -- others are picked as usual (setMissingItems: a report, never a choice to assign).
-local function pickSetIn(base, owner, sandbox, items, account, serverStart, ample, missing)
+local function pickSetIn(base, owner, sandbox, items, account, serverStart, ample, room, missing)
   local picked, pickedCount, choice, bound, pending = {}, 0, {}, {}, {}
   for i, item in ipairs(items) do
     for _, g in ipairs(item.groups) do
@@ -62,6 +104,8 @@ local function pickSetIn(base, owner, sandbox, items, account, serverStart, ampl
           if ownerVms < tonumber(g.maxVmPerOwner) and ownerMayBind(base, owner, g.usage, pending) then
             if ample then
               name = groupHasSupply(base, g.group) and ('\0ample:' .. i) or nil
+            elseif room and (bound[g.group] or 0) >= room(g.group) then
+              name = nil
             else
               name = pickUnpicked(base, readyCleanKey(base, g.group), picked, pickedCount, serverStart)
                 or pickUnpicked(base, readyOutdatedKey(base, g.group), picked, pickedCount, serverStart)
@@ -91,10 +135,23 @@ local function pickSetIn(base, owner, sandbox, items, account, serverStart, ampl
 end
 
 -- The set's VMs, one per item (as pickSetIn), preferring one account; nil when not all can be had.
-local function pickSet(base, owner, sandbox, items, ample)
+-- With `place` ({waiter, priority}: a waiting set served by the line), only the ready clean VMs of
+-- each group beyond those kept there by sets that came before it (keptBefore) may be picked.
+local function pickSet(base, owner, sandbox, items, ample, place)
   local serverStart = tonumber(redis.call('GET', serverStartKey(base)))
   if not serverStart or not poolVerified(base) then
     return nil
+  end
+  local room
+  if place then
+    local rooms = {}
+    room = function(group)
+      if not rooms[group] then
+        rooms[group] = redis.call('ZCARD', readyCleanKey(base, group)) + redis.call('ZCARD', readyOutdatedKey(base, group))
+          - keptBefore(base, group, place)
+      end
+      return rooms[group]
+    end
   end
   local accounts, seen = {}, {}
   for _, item in ipairs(items) do
@@ -107,13 +164,13 @@ local function pickSet(base, owner, sandbox, items, ample)
   end
   if #accounts > 1 then
     for _, account in ipairs(accounts) do
-      local choice = pickSetIn(base, owner, sandbox, items, account, serverStart, ample)
+      local choice = pickSetIn(base, owner, sandbox, items, account, serverStart, ample, room)
       if choice then
         return choice
       end
     end
   end
-  return pickSetIn(base, owner, sandbox, items, nil, serverStart, ample)
+  return pickSetIn(base, owner, sandbox, items, nil, serverStart, ample, room)
 end
 
 -- The items (1-based indexes, in order) of a set that cannot have a VM now, for telling why it waits:
@@ -132,7 +189,7 @@ local function setMissingItems(base, owner, sandbox, items)
   if pickSet(base, owner, sandbox, items) then
     return missing
   end
-  pickSetIn(base, owner, sandbox, items, nil, serverStart, false, missing)
+  pickSetIn(base, owner, sandbox, items, nil, serverStart, false, nil, missing)
   return missing
 end
 

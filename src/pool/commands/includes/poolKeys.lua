@@ -224,6 +224,13 @@ local function lineTurnKey(base, group)
   return base .. 'group:' .. group .. ':line_turn'
 end
 
+-- Hash of the waiting sets that keep ready clean VMs of the group (includes/acquireLine
+-- dispatchClean): waiter member -> '<VMs kept>:<priority>', as the group's last dispatch found
+-- them; a set served through another group leaves alone what sets that came before it keep here.
+local function setKeepsKey(base, group)
+  return base .. 'group:' .. group .. ':set_keeps'
+end
+
 -- Sorted set of acquire job ids given a VM by the line whose job has not collected it yet, scored
 -- by when (epoch ms): their parked jobs are promoted (woken), also after a lost wake.
 local function acquireAssignedKey(base)
