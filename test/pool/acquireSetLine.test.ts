@@ -214,6 +214,43 @@ describe("a waiting set's kept VMs are not taken by a set behind it (real Redis)
   });
 });
 
+describe('a waiting set after a server start, beside ready VMs not checked since (real Redis)', () => {
+  // b3 was ready before the server start: it is not handed out until checked again, and leaves
+  // alice's set, which keeps b1 and b2, short if either goes to someone else.
+  async function aliceKeepsTwoBesideAnUncheckedOne(ip: string): Promise<void> {
+    expect(await kit.vmm.registerSpawn('big', 'spawn-big-1')).toBeNull();
+    await kit.addReady('b3', `${ip}.3`, 'base');
+    kit.clock.now += 1000;
+    await kit.vmm.markServerStart();
+    kit.clock.now += 1000;
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['base'], ['big']], 'set-alice'), { waiter: waiterFor('set-alice', 1) })).status).toBe('none');
+  }
+
+  it('a set that came after it, served through another group, does not count that VM as room beyond hers', async () => {
+    await aliceKeepsTwoBesideAnUncheckedOne('10.86.0');
+    expect((await kit.vmm.tryAcquireVmSet(set('bob', [['base'], ['arm']], 'set-bob'), { waiter: waiterFor('set-bob', 2) })).status).toBe('none');
+    await kit.addReady('b1', '10.86.0.1', 'base');
+    await kit.addReady('b2', '10.86.0.2', 'base');
+    expect(await kit.vmm.dispatchAcquireLine('base')).toEqual([]);
+    await kit.addReady('a1', '10.86.0.4', 'arm');
+    expect(await kit.vmm.dispatchAcquireLine('arm', 'a1')).toEqual([]);
+    expect(await states(['b1', 'b2'])).toEqual([VmStates.READY, VmStates.READY]);
+    await kit.addReady('g1', '10.86.0.5', 'big');
+    expect(await kit.vmm.dispatchAcquireLine('big')).toEqual(['set-alice']);
+  });
+
+  it('nor does a single request behind her in the same line', async () => {
+    await aliceKeepsTwoBesideAnUncheckedOne('10.87.0');
+    expect((await kit.vmm.tryAcquireVm({ groups: ['base'], owner: 'bob', sandbox: 'bob/p', workerId: 'w' }, waiterFor('acquire-bob', 2))).status).toBe('none');
+    await kit.addReady('b1', '10.87.0.1', 'base');
+    await kit.addReady('b2', '10.87.0.2', 'base');
+    expect(await kit.vmm.dispatchAcquireLine('base')).toEqual([]);
+    expect(await states(['b1', 'b2'])).toEqual([VmStates.READY, VmStates.READY]);
+    await kit.addReady('g1', '10.87.0.5', 'big');
+    expect(await kit.vmm.dispatchAcquireLine('big')).toEqual(['set-alice']);
+  });
+});
+
 describe('a waiting set keeps nothing for a group with no VM on its way (real Redis)', () => {
   it('keeps no VM of base while arm has nothing ready, coming or spawning; keeps them once an arm spawn starts', async () => {
     expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['arm']], 'set-alice'), { waiter: waiterFor('set-alice', 1) })).status).toBe('none');

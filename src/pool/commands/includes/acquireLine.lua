@@ -279,9 +279,12 @@ local function serveKeepersBefore(base, group, waiter, info, now, selfJobId, ser
   end
 end
 
--- Ready clean VMs of the group that could be handed out (both launches; an upper bound).
+-- Ready clean VMs of the group that could be handed out (both launches; an upper bound): those
+-- checked in the server start's millisecond or after (includes/pickReady), so that after a start
+-- the VMs not checked again yet do not count as beyond what the sets passed keep.
 local function readyCleanCount(base, group)
-  return redis.call('ZCARD', readyCleanKey(base, group)) + redis.call('ZCARD', readyOutdatedKey(base, group))
+  local since = tonumber(redis.call('GET', serverStartKey(base))) or 0
+  return redis.call('ZCOUNT', readyCleanKey(base, group), since, '+inf') + redis.call('ZCOUNT', readyOutdatedKey(base, group), since, '+inf')
 end
 
 -- Gives the group's ready clean VMs to the line, in order: the owner next in the round-robin,
