@@ -185,6 +185,70 @@ describe("a waiting set's kept VMs are not taken by a set behind it (real Redis)
     expect(await kit.vmm.dispatchAcquireLine('arm')).toEqual([]);
     expect(await kit.redis.exists(kit.keys.setKeeps('base'), kit.keys.setKeeps('arm'))).toBe(0);
   });
+
+  it("a sweep of a group tries the sets that came before a keeper only once every set down its line recorded what it keeps", async () => {
+    // base's round-robin: bob (his single request, withdrawn, gave him the oldest turn), carol, alice;
+    // the order they came in: carol's set, alice's, bob's.
+    expect(await kit.vmm.registerSpawn('arm', 'spawn-arm-1')).toBeNull();
+    expect(await kit.vmm.registerSpawn('big', 'spawn-big-1')).toBeNull();
+    const single = waiterFor('acquire-bob', 0);
+    expect((await kit.vmm.tryAcquireVm({ groups: ['base'], owner: 'bob', sandbox: 'bob/p', workerId: 'w' }, single)).status).toBe('none');
+    expect((await kit.vmm.tryAcquireVmSet(set('carol', [['base'], ['base'], ['big']], 'set-carol'), { waiter: waiterFor('set-carol', 1) })).status).toBe('none');
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['base'], ['arm']], 'set-alice'), { waiter: waiterFor('set-alice', 2) })).status).toBe('none');
+    expect((await kit.vmm.tryAcquireVmSet(set('bob', [['base'], ['arm'], ['big']], 'set-bob'), { waiter: waiterFor('set-bob', 3) })).status).toBe('none');
+    await kit.vmm.leaveAcquireLine(single, ['base']);
+    expect(await kit.redis.zrange(kit.keys.lineOwners('base'), '0', '-1')).toEqual(['bob', 'carol', 'alice']);
+    // Three base VMs: bob's set keeps one, carol's the other two.
+    for (const [name, ip] of [['b1', '10.85.0.1'], ['b2', '10.85.0.2'], ['b3', '10.85.0.3']] as const) await kit.addReady(name, ip, 'base');
+    expect(await kit.vmm.dispatchAcquireLine('base')).toEqual([]);
+    // An arm VM: alice's set, first in arm's line, leaves alone the two base VMs carol's keeps.
+    await kit.addReady('a1', '10.85.0.4', 'arm');
+    expect(await kit.vmm.dispatchAcquireLine('arm', 'a1')).toEqual([]);
+    // base's next sweep: bob's set keeps its VM again, and alice's (before his, after carol's) is
+    // tried: it still leaves carol's two alone, though the sweep has not come to carol yet.
+    expect(await kit.vmm.dispatchAcquireLine('base')).toEqual([]);
+    expect(await states(['b1', 'b2', 'b3', 'a1'])).toEqual(ready(['b1', 'b2', 'b3', 'a1']));
+    // carol's big VM comes: she takes two of base's.
+    await kit.addReady('g1', '10.85.0.5', 'big');
+    expect(await kit.vmm.dispatchAcquireLine('big')).toEqual(['set-carol']);
+  });
+});
+
+describe('a waiting set after a server start, beside ready VMs not checked since (real Redis)', () => {
+  // b3 was ready before the server start: it is not handed out until checked again, and leaves
+  // alice's set, which keeps b1 and b2, short if either goes to someone else.
+  async function aliceKeepsTwoBesideAnUncheckedOne(ip: string): Promise<void> {
+    expect(await kit.vmm.registerSpawn('big', 'spawn-big-1')).toBeNull();
+    await kit.addReady('b3', `${ip}.3`, 'base');
+    kit.clock.now += 1000;
+    await kit.vmm.markServerStart();
+    kit.clock.now += 1000;
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['base'], ['big']], 'set-alice'), { waiter: waiterFor('set-alice', 1) })).status).toBe('none');
+  }
+
+  it('a set that came after it, served through another group, does not count that VM as room beyond hers', async () => {
+    await aliceKeepsTwoBesideAnUncheckedOne('10.86.0');
+    expect((await kit.vmm.tryAcquireVmSet(set('bob', [['base'], ['arm']], 'set-bob'), { waiter: waiterFor('set-bob', 2) })).status).toBe('none');
+    await kit.addReady('b1', '10.86.0.1', 'base');
+    await kit.addReady('b2', '10.86.0.2', 'base');
+    expect(await kit.vmm.dispatchAcquireLine('base')).toEqual([]);
+    await kit.addReady('a1', '10.86.0.4', 'arm');
+    expect(await kit.vmm.dispatchAcquireLine('arm', 'a1')).toEqual([]);
+    expect(await states(['b1', 'b2'])).toEqual([VmStates.READY, VmStates.READY]);
+    await kit.addReady('g1', '10.86.0.5', 'big');
+    expect(await kit.vmm.dispatchAcquireLine('big')).toEqual(['set-alice']);
+  });
+
+  it('nor does a single request behind her in the same line', async () => {
+    await aliceKeepsTwoBesideAnUncheckedOne('10.87.0');
+    expect((await kit.vmm.tryAcquireVm({ groups: ['base'], owner: 'bob', sandbox: 'bob/p', workerId: 'w' }, waiterFor('acquire-bob', 2))).status).toBe('none');
+    await kit.addReady('b1', '10.87.0.1', 'base');
+    await kit.addReady('b2', '10.87.0.2', 'base');
+    expect(await kit.vmm.dispatchAcquireLine('base')).toEqual([]);
+    expect(await states(['b1', 'b2'])).toEqual([VmStates.READY, VmStates.READY]);
+    await kit.addReady('g1', '10.87.0.5', 'big');
+    expect(await kit.vmm.dispatchAcquireLine('big')).toEqual(['set-alice']);
+  });
 });
 
 describe('a waiting set keeps nothing for a group with no VM on its way (real Redis)', () => {

@@ -256,7 +256,8 @@ end
 -- included (pickSet keptBefore), so they are tried at once rather than at their groups' next
 -- dispatch (in opposite orders in two groups' round-robins, the second of two sets would otherwise
 -- keep the VM that the first waits for until a sweep). Each is tried once per dispatch (`tried`);
--- O(the sets recorded in its other groups, at most their ready clean VMs).
+-- O(the sets recorded in its other groups, at most their ready clean VMs). Called once the
+-- dispatch of `group` recorded what every set it passed keeps there (dispatchClean).
 local function serveKeepersBefore(base, group, waiter, info, now, selfJobId, served, maxServed, tried)
   local priority = tonumber(info.priority) or 0
   for _, other in ipairs(info.groups) do
@@ -278,9 +279,12 @@ local function serveKeepersBefore(base, group, waiter, info, now, selfJobId, ser
   end
 end
 
--- Ready clean VMs of the group that could be handed out (both launches; an upper bound).
+-- Ready clean VMs of the group that could be handed out (both launches; an upper bound): those
+-- checked in the server start's millisecond or after (includes/pickReady), so that after a start
+-- the VMs not checked again yet do not count as beyond what the sets passed keep.
 local function readyCleanCount(base, group)
-  return redis.call('ZCARD', readyCleanKey(base, group)) + redis.call('ZCARD', readyOutdatedKey(base, group))
+  local since = tonumber(redis.call('GET', serverStartKey(base))) or 0
+  return redis.call('ZCOUNT', readyCleanKey(base, group), since, '+inf') + redis.call('ZCOUNT', readyOutdatedKey(base, group), since, '+inf')
 end
 
 -- Gives the group's ready clean VMs to the line, in order: the owner next in the round-robin,
@@ -292,24 +296,26 @@ end
 -- What each set keeps is recorded (setKeepsKey, anew at each dispatch of the group), so that a set
 -- served through another group's dispatch leaves those VMs alone too, unless it came before the
 -- keeper (includes/pickSet keptBefore); sets that came before it and keep VMs of its other groups
--- are tried then (serveKeepersBefore). Appends the job ids served to `served`. With `maxServed`,
+-- are tried then (serveKeepersBefore), once the walk down the line is over: until then, the record
+-- holds only the sets passed so far, and a set tried earlier could take what a set further down the
+-- line, that came before it, keeps. Appends the job ids served to `served`. With `maxServed`,
 -- stops once it served that many (one ready message, one VM to give).
 local function dispatchClean(base, group, now, selfJobId, served, maxServed)
   local ring = lineOwnersKey(base, group)
   redis.call('DEL', setKeepsKey(base, group))
   -- Owners passed over (a set that waits for the rest of its VMs) keep their place at the front.
-  local passed, kept, tried = 0, 0, {}
+  local passed, kept, tried, keepers = 0, 0, {}, {}
   for _ = 1, 1000 do
     if maxServed and #served >= maxServed then
-      return
+      break
     end
     local owner = redis.call('ZRANGE', ring, passed, passed)[1]
     if not owner then
-      return
+      break
     end
     local name = pickClean(base, group)
     if not name or (kept > 0 and readyCleanCount(base, group) <= kept) then
-      return
+      break
     end
     local waiter, info = firstLive(base, ownerLineKey(base, group, owner), now)
     if not waiter then
@@ -335,13 +341,16 @@ local function dispatchClean(base, group, now, selfJobId, served, maxServed)
             noteOwnerBlockedAcross(base, info.owner, group)
           else
             redis.call('HSET', setKeepsKey(base, group), waiter, need .. ':' .. (tonumber(info.priority) or 0))
-            serveKeepersBefore(base, group, waiter, info, now, selfJobId, served, maxServed, tried)
+            keepers[#keepers + 1] = {waiter = waiter, info = info}
           end
         end
       else
         serveWaiter(base, group, name, true, waiter, info, now, selfJobId, served)
       end
     end
+  end
+  for _, keeper in ipairs(keepers) do
+    serveKeepersBefore(base, group, keeper.waiter, keeper.info, now, selfJobId, served, maxServed, tried)
   end
 end
 

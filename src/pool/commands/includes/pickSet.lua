@@ -144,10 +144,13 @@ local function pickSet(base, owner, sandbox, items, ample, place)
   end
   local room
   if place then
-    local rooms = {}
+    -- Only the VMs it could pick (checked after the server start, as pickUnpicked) make room: after
+    -- a start, the ready VMs not checked again yet would otherwise let it take VMs a keeper counts on.
+    local rooms, after = {}, '(' .. serverStart
     room = function(group)
       if not rooms[group] then
-        rooms[group] = redis.call('ZCARD', readyCleanKey(base, group)) + redis.call('ZCARD', readyOutdatedKey(base, group))
+        rooms[group] = redis.call('ZCOUNT', readyCleanKey(base, group), after, '+inf')
+          + redis.call('ZCOUNT', readyOutdatedKey(base, group), after, '+inf')
           - keptBefore(base, group, place)
       end
       return rooms[group]
