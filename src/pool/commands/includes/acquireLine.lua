@@ -136,7 +136,7 @@ local function joinLines(base, waiter, info, now)
         redis.call('ZREM', ownerLineKey(base, group, old.owner), waiter)
         redis.call('ZREM', sandboxLineKey(base, group, old.owner, old.sandbox), waiter)
         redis.call('ZREM', demandKey(base, group), old.jobId)
-        redis.call('HDEL', setKeepsKey(base, group), waiter)
+        setKeeps.drop(base, group, waiter)
         placeOwner(base, group, old.owner, nil)
       end
     end
@@ -262,7 +262,7 @@ local function serveKeepersBefore(base, group, waiter, info, now, selfJobId, ser
   local priority = tonumber(info.priority) or 0
   for _, other in ipairs(info.groups) do
     if tostring(other) ~= tostring(group) then
-      for _, keep in ipairs(setKeepsOf(base, other)) do
+      for _, keep in ipairs(setKeeps.copy(base, other)) do
         if maxServed and #served >= maxServed then
           return
         end
@@ -302,7 +302,7 @@ end
 -- stops once it served that many (one ready message, one VM to give).
 local function dispatchClean(base, group, now, selfJobId, served, maxServed)
   local ring = lineOwnersKey(base, group)
-  redis.call('DEL', setKeepsKey(base, group))
+  setKeeps.clear(base, group)
   -- Owners passed over (a set that waits for the rest of its VMs) keep their place at the front.
   local passed, kept, tried, keepers = 0, 0, {}, {}
   for _ = 1, 1000 do
@@ -340,7 +340,7 @@ local function dispatchClean(base, group, now, selfJobId, served, maxServed)
             -- owner's VMs going, in any group, tells this group (as for an owner blocked across groups).
             noteOwnerBlockedAcross(base, info.owner, group)
           else
-            redis.call('HSET', setKeepsKey(base, group), waiter, need .. ':' .. (tonumber(info.priority) or 0))
+            setKeeps.record(base, group, waiter, need, tonumber(info.priority) or 0)
             keepers[#keepers + 1] = {waiter = waiter, info = info}
           end
         end

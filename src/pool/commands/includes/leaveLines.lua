@@ -13,6 +13,7 @@
   owner in a group's round-robin itself right after names that group (`placedByCaller`).
 ]]
 --- @include "includes/lineOwners"
+--- @include "includes/setKeeps"
 
 -- The demand member of item i of the set request of job `jobId` (acquireLine.ts setDemandMember).
 local function setDemandMember(jobId, i)
@@ -39,7 +40,7 @@ local function leaveLines(base, waiter, jobId, groups, known, placedByCaller)
     if redis.call('ZREM', waitersKey(base, group), waiter) == 1 then
       left = left + 1
       if info and info.set then
-        redis.call('HDEL', setKeepsKey(base, group), waiter)
+        setKeeps.drop(base, group, waiter)
         redis.call('PUBLISH', readyChannel(base, group), '')
         local dirty = redis.call('ZRANGE', readyDirtyKey(base, group, info.owner, info.sandbox), 0, 0)[1]
         if dirty then

@@ -19,27 +19,13 @@
 --- @include "includes/poolKeys"
 --- @include "includes/poolState"
 --- @include "includes/ownerUsage"
+--- @include "includes/setKeeps"
 
 -- Whether the waiting request at (waiter member `a`, priority `pa`) came before the one at (`b`,
 -- `pb`): a better priority, or the same priority and an older waiter member (the order of a
 -- group's `waiters`). One order for all groups, unlike the round-robins of owners.
 local function cameBefore(a, pa, b, pb)
   return pa < pb or (pa == pb and a < b)
-end
-
--- The waiting sets that keep ready clean VMs of `group`, as its last dispatch recorded them
--- (setKeepsKey): {{waiter, count, priority}, ...}. At most the group's ready clean VMs (each keeps
--- one at least).
-local function setKeepsOf(base, group)
-  local keeps = {}
-  local flat = redis.call('HGETALL', setKeepsKey(base, group))
-  for i = 1, #flat, 2 do
-    local count, priority = string.match(flat[i + 1], '^(%d+):(.+)$')
-    if count and tonumber(priority) then
-      keeps[#keeps + 1] = {waiter = flat[i], count = tonumber(count), priority = tonumber(priority)}
-    end
-  end
-  return keeps
 end
 
 -- How many ready clean VMs of `group` the waiting sets that came before the set at `place`
@@ -50,7 +36,7 @@ end
 -- keeps.
 local function keptBefore(base, group, place)
   local kept = 0
-  for _, keep in ipairs(setKeepsOf(base, group)) do
+  for _, keep in ipairs(setKeeps.of(base, group)) do
     if cameBefore(keep.waiter, keep.priority, place.waiter, place.priority) then
       kept = kept + keep.count
     end
