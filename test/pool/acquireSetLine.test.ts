@@ -118,6 +118,33 @@ describe("a waiting set's kept VMs are not taken by a set behind it (real Redis)
     expect(await states(['b3', 'b4', 'a1'])).toEqual([VmStates.IN_USE, VmStates.IN_USE, VmStates.IN_USE]);
   });
 
+  it('nor after a dispatch for one ready VM served an owner ahead of it before reaching it', async () => {
+    // carol holds base's limit (2); her third request (priority 1, ahead of the sets' 5) waits, blocked.
+    await kit.addReady('v1', '10.85.0.1', 'base');
+    await kit.addReady('v2', '10.85.0.2', 'base');
+    for (let i = 0; i < 2; i++) expect((await kit.vmm.tryAcquireVm({ groups: ['base'], owner: 'carol', sandbox: 'carol/p', workerId: 'w' })).status).toBe('acquired');
+    expect(await kit.vmm.registerSpawn('big', 'spawn-big-1')).toBeNull();
+    const late = (jobId: string, n: number): AcquireWaiter => ({ ...waiterFor(jobId, n), priority: 5 });
+    expect((await kit.vmm.tryAcquireVmSet(set('alice', [['base'], ['base'], ['big']], 'set-alice'), { waiter: late('set-alice', 1) })).status).toBe('none');
+    expect((await kit.vmm.tryAcquireVmSet(set('bob', [['base'], ['base'], ['arm']], 'set-bob'), { waiter: late('set-bob', 2) })).status).toBe('none');
+    expect((await kit.vmm.tryAcquireVm({ groups: ['base'], owner: 'carol', sandbox: 'carol/p', workerId: 'w' }, { ...waiterFor('acquire-carol', 3), priority: 1 })).status).toBe('none');
+    await kit.addReady('b1', '10.85.0.3', 'base');
+    await kit.addReady('b2', '10.85.0.4', 'base');
+    expect(await kit.vmm.dispatchAcquireLine('base')).toEqual([]);
+    // One of carol's VMs goes: she is back in base's round-robin, ahead of alice. A new clean VM's
+    // ready message is handled first (one VM to give): carol takes it, and the dispatch stops there.
+    expect(await kit.vmm.startVmTermination('v1')).toBe(true);
+    await kit.vmm.removeVmFromPool('v1');
+    await kit.addReady('b3', '10.85.0.5', 'base');
+    expect(await kit.vmm.dispatchAcquireLine('base', 'b3')).toEqual(['acquire-carol']);
+    // An arm VM comes: bob's set, behind alice's, does not take the two base VMs she keeps.
+    await kit.addReady('a1', '10.85.0.6', 'arm');
+    expect(await kit.vmm.dispatchAcquireLine('arm')).toEqual([]);
+    expect((await states(['b1', 'b2', 'b3', 'a1'])).filter((s) => s === VmStates.READY)).toHaveLength(3);
+    await kit.addReady('g1', '10.85.0.7', 'big');
+    expect(await kit.vmm.dispatchAcquireLine('big')).toEqual(['set-alice']);
+  });
+
   it("nor when a VM bound to the sandbox of the set behind it comes (its sandbox's line)", async () => {
     await kit.addReady('a1', '10.84.0.1', 'arm');
     const taken = await kit.vmm.tryAcquireVm({ groups: ['arm'], owner: 'bob', sandbox: 'bob/sb', workerId: 'w' });

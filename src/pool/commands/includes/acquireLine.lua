@@ -19,9 +19,9 @@
   the item's first group ('set|<job id>|<item>'). When its turn comes it takes all its VMs in one
   step (serveSet), or none: then the ready clean VMs of that group that it could use stay ready for
   it, and only the rest go on down the line. What it keeps is recorded for the group (set_keeps,
-  anew at each dispatch of the group; its entry goes when it leaves the line), so that a set behind
-  it served through the dispatch of another group, or of its sandbox's line, leaves those VMs alone
-  too (includes/pickSet keptBefore). Between two sets, one order holds in every group: the one that
+  anew at each dispatch of the group, a one-VM dispatch updating the sets it reaches; its entry goes
+  when it leaves the line), so that a set behind it served through the dispatch of another group,
+  or of its sandbox's line, leaves those VMs alone too (includes/pickSet keptBefore). Between two sets, one order holds in every group: the one that
   came first (a better priority, or the same and older) may take what the other keeps, whatever
   the order of the group's round-robin, and is tried at once in a dispatch where the other keeps VMs
   (serveKeepersBefore); so two sets never each keep what the other waits for. Nothing is assigned
@@ -299,10 +299,14 @@ end
 -- are tried then (serveKeepersBefore), once the walk down the line is over: until then, the record
 -- holds only the sets passed so far, and a set tried earlier could take what a set further down the
 -- line, that came before it, keeps. Appends the job ids served to `served`. With `maxServed`,
--- stops once it served that many (one ready message, one VM to give).
+-- stops once it served that many (one ready message, one VM to give); such a dispatch updates the
+-- records of the sets it reaches and leaves the others as they were: erased, the keep of a set
+-- behind an owner it served would be free for a set that came after it, until the next dispatch.
 local function dispatchClean(base, group, now, selfJobId, served, maxServed)
   local ring = lineOwnersKey(base, group)
-  setKeeps.clear(base, group)
+  if not maxServed then
+    setKeeps.clear(base, group)
+  end
   -- Owners passed over (a set that waits for the rest of its VMs) keep their place at the front.
   local passed, kept, tried, keepers = 0, 0, {}, {}
   for _ = 1, 1000 do
@@ -328,6 +332,7 @@ local function dispatchClean(base, group, now, selfJobId, served, maxServed)
         local score = redis.call('ZSCORE', ring, owner)
         redis.call('ZREM', ring, owner)
         redis.call('ZADD', lineBlockedKey(base, group), score, owner)
+        setKeeps.drop(base, group, waiter)
         if across then
           noteOwnerBlockedAcross(base, owner, group)
         end
@@ -338,6 +343,7 @@ local function dispatchClean(base, group, now, selfJobId, served, maxServed)
           if need == 0 then
             -- Its owner's limits keep it from a whole set: it keeps its turn but no VM; one of the
             -- owner's VMs going, in any group, tells this group (as for an owner blocked across groups).
+            setKeeps.drop(base, group, waiter)
             noteOwnerBlockedAcross(base, info.owner, group)
           else
             setKeeps.record(base, group, waiter, need, tonumber(info.priority) or 0)
