@@ -5,7 +5,7 @@ import { LineRequests } from '../pool/acquireLine.js';
 import { PoolAccess, type Clock } from '../pool/context.js';
 import { Leases } from '../pool/leases.js';
 import { releaseOutcomeOf, type ReleaseOptions } from '../pool/autohold.js';
-import { DataFormatTooNew } from '../pool/dataFormatVersion.js';
+import { DATA_FORMAT_VERSION, DataFormatTooNew, newerThan } from '../pool/dataFormatVersion.js';
 import { InvalidVmRequest, LeaseLost, NoVmAvailable, TaskConflict, VmDescriptorNotFound, VmError, acquireWaiterMember } from '../pool/types.js';
 import { assertPrefixFits, blockingConnectionTemplate, producerConnectionFrom, type RedisConnection, type RedisTarget, type ReplicaWait } from '../redis.js';
 import {
@@ -347,6 +347,9 @@ export class VmPoolClient {
     const start = this.clock();
     // Redis away at the start: tried again until the request's own deadline would have passed.
     const untilAtLatest = start + kind.timeoutMs + this.graceMs;
+    // A pool a newer release migrated would serve the request, but this client could neither renew
+    // nor release what it got (those writes are refused): refused before anything is enqueued.
+    await this.whileRedisAway(() => this.refuseNewerDataFormat(kind.what), untilAtLatest, signal);
     if (before) await before(untilAtLatest);
     const events = await this.whileRedisAway(() => this.getEvents(), untilAtLatest, signal);
     for (let round = 0; ; round += 1) {
@@ -386,6 +389,12 @@ export class VmPoolClient {
         .then((j) => j?.remove())
         .catch(() => undefined);
     }
+  }
+
+  /** Throws DataFormatTooNew when the pool's data format, or a migration in progress, is past this release's. */
+  private async refuseNewerDataFormat(what: string): Promise<void> {
+    const needed = newerThan(await this.pool.reader.recordedDataFormat(), DATA_FORMAT_VERSION);
+    if (needed !== null) throw new DataFormatTooNew(needed, DATA_FORMAT_VERSION, `the ${what} request`);
   }
 
   /** max_waiting_per_owner, before enqueueing: in each group the request would wait in (an unknown one is the worker's to refuse). */
@@ -599,6 +608,7 @@ export class VmPoolClient {
    * Renews every lease of a set (POST /api/v1/acquire-set's `vms`, VmManager.acquireVmSet) in one
    * call; returns the assignments with their new expiries, in the same order. Every lease is
    * renewed even when one is gone; then the first LeaseLost (or VmDescriptorNotFound) is thrown.
+   * DataFormatTooNew (nothing changed) when the pool's data format is past this package's.
    */
   async renewAll(assignments: readonly VmAssignment[]): Promise<VmAssignment[]> {
     const results = await Promise.allSettled(assignments.map((a) => this.leases.renewHeld(a)));

@@ -12,9 +12,9 @@ import { poolKeyBase, poolKeys, type PoolKeys } from './keys.js';
 import { CycleLock } from './locks.js';
 import { ReplyCodes } from './replyCodes.js';
 import { loadScripts, type RunScript } from './scripts.js';
-import { DATA_FORMAT_VERSION, DataFormatTooNew } from './dataFormatVersion.js';
+import { DATA_FORMAT_VERSION, DataFormatTooNew, newerThan } from './dataFormatVersion.js';
 
-export { DATA_FORMAT_VERSION, DataFormatTooNew };
+export { DATA_FORMAT_VERSION, DataFormatTooNew, newerThan };
 
 /** What a migration is given: the pool's Redis and keys, and its recorded progress. */
 export interface MigrationContext {
@@ -103,11 +103,6 @@ function recordWrites(words: (string | Buffer)[]): ReturnType<RedisConnection['m
   return recorder;
 }
 
-/** The version a process must refuse to run on: the pool's version, or a migration's in progress, past `known`. */
-export function newerThan(state: Pick<DataFormatState, 'version' | 'migrating'>, known: number): number | null {
-  const needed = Math.max(state.version, state.migrating);
-  return needed > known ? needed : null;
-}
 
 /** Checks a list of migrations: ordered, one per version from 2, none past `known`. */
 export function checkMigrations(migrations: readonly Migration[], known: number): void {

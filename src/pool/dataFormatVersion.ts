@@ -32,3 +32,9 @@ export class DataFormatTooNew extends Error {
     );
   }
 }
+
+/** The version a process must refuse to run on: the pool's version, or a migration's in progress, past `known`. */
+export function newerThan(state: { version: number; migrating: number }, known: number): number | null {
+  const needed = Math.max(state.version, state.migrating);
+  return needed > known ? needed : null;
+}

@@ -118,6 +118,15 @@ export class PoolReader {
   }
 
   /** One VM with its bookkeeping fields, or null when it is not in the pool. */
+  /**
+   * The pool's data format as recorded (keys.dataFormat): its version (0 when none is recorded yet)
+   * and the version a migration in progress moves it to (0 when none). A read only: it stamps nothing.
+   */
+  async recordedDataFormat(): Promise<{ version: number; migrating: number }> {
+    const [version, migrating] = await this.redis.hmget(this.keys.dataFormat, 'version', 'migrating');
+    return { version: Number(version ?? 0) || 0, migrating: Number(migrating ?? 0) || 0 };
+  }
+
   async vmRecord(vmName: string): Promise<VmRecord | null> {
     return this.readVm(vmName, recordFromHash);
   }

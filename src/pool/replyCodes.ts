@@ -42,7 +42,7 @@ export const ReplyCodes = {
   NO_VM: -8,
   /** acquireVm: a VM fits, but a request ahead in line could take it. */
   DEFERRED: -9,
-  /** extendCycleLock, releaseCycleLock (locks.ts), saveMigrationProgress: the lock is not held with this token. */
+  /** extendCycleLock, releaseCycleLock (locks.ts), saveMigrationProgress, finishMigration: the lock is not held with this token. */
   LOCK_NOT_HELD: -10,
   /** acquireVm: the waiting request was withdrawn (cancelAcquire); it left the line and gets no VM. */
   CANCELLED: -11,
@@ -68,7 +68,9 @@ export const ReplyCodes = {
   TOO_MANY_WAITING: -18,
   /**
    * startMigration: the pool's data format is at the migration's version or past it already (another process migrated);
-   * saveMigrationProgress: the migration is no longer in progress.
+   * saveMigrationProgress: the migration is no longer in progress;
+   * releaseVm, renewLease, claimTask, cancelAcquire ({DATA_FORMAT_AHEAD, needed}): the pool's data
+   * format, or a migration in progress, is past the caller's (includes/dataFormat): nothing changed.
    */
   DATA_FORMAT_AHEAD: -19,
   /**

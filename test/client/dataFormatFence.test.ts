@@ -86,6 +86,22 @@ describe.each(ahead)('a builder on a pool with $what', ({ fields }) => {
     expect(renewed.leaseExpiresAt).toBeGreaterThan(Number(before.expiresAt));
   });
 
+  it('acquire and acquireSet throw DataFormatTooNew before anything is enqueued; on the current version they are served', async () => {
+    kit = await createAcquireKit('fence-acquire', config);
+    await kit.addReady('f1', '10.8.0.1');
+    await kit.addReady('f2', '10.8.0.2');
+    await stamp(kit, fields);
+    expectRefused(await kit.client.acquire(request).catch((e: unknown) => e));
+    expectRefused(await kit.client.acquireSet({ owner: 'alice', sandbox: 's', vms: [{ arch: 'x86_64' }], requestId: 'fence-set' }).catch((e: unknown) => e));
+    const queue = kit.ctx.vmm.queue('vm-acquire');
+    expect(await queue.getJobCounts('waiting', 'prioritized', 'active', 'delayed', 'completed', 'failed')).toEqual({ waiting: 0, prioritized: 0, active: 0, delayed: 0, completed: 0, failed: 0 });
+    expect((await leaseOf(kit, 'f1')).state).toBe('ready');
+
+    await current(kit);
+    expect((await kit.client.acquire(request)).vmName).toMatch(/^f[12]$/);
+    expect((await kit.client.acquireSet({ owner: 'alice', sandbox: 's', vms: [{ arch: 'x86_64' }], requestId: 'fence-set' })).vms).toHaveLength(1);
+  });
+
   it("a task's claim throws DataFormatTooNew and records nothing; on the current version it claims", async () => {
     kit = await createAcquireKit('fence-claim', config);
     const line = new LineRequests(new PoolAccess(kit.client.redis, kit.prefix), Date.now);
