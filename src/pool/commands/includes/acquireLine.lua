@@ -8,8 +8,9 @@
   An owner at max_vm_per_user is skipped for clean VMs (blocked), so it never holds back another
   owner's request that a free VM could serve; its requests still take VMs bound to their own owner
   and sandbox (dirty), first come first served within that sandbox. Every step is O(log n) in the
-  number of waiting requests; no line is scanned. (What waiting sets keep, set_keeps, is read whole:
-  at most one entry per ready clean VM of the group, whatever the number waiting.)
+  number of waiting requests; no line is scanned. (What waiting sets keep, set_keeps, is read whole,
+  once per group and script, includes/setKeeps: at most one entry per ready clean VM of the group,
+  whatever the number waiting.)
 
   A request given a VM by the dispatcher (not by its own attempt) gets its assignment recorded
   under its job id (acquire_assignment) and is added to acquire_assigned: its parked job is woken
@@ -251,28 +252,45 @@ local function serveSet(base, group, waiter, info, now, selfJobId, served)
   return true
 end
 
--- The set at `waiter` (record `info`) keeps ready clean VMs of `group` now: the waiting sets that
--- came before it and keep VMs of its other groups may take everything they need now, what it keeps
--- included (pickSet keptBefore), so they are tried at once rather than at their groups' next
--- dispatch (in opposite orders in two groups' round-robins, the second of two sets would otherwise
--- keep the VM that the first waits for until a sweep). Each is tried once per dispatch (`tried`);
--- O(the sets recorded in its other groups, at most their ready clean VMs). Called once the
--- dispatch of `group` recorded what every set it passed keeps there (dispatchClean).
-local function serveKeepersBefore(base, group, waiter, info, now, selfJobId, served, maxServed, tried)
-  local priority = tonumber(info.priority) or 0
-  for _, other in ipairs(info.groups) do
-    if tostring(other) ~= tostring(group) then
-      for _, keep in ipairs(setKeeps.copy(base, other)) do
-        if maxServed and #served >= maxServed then
-          return
+-- The sets `keepers` ({waiter, info} each) keep ready clean VMs of `group` now: the waiting sets that
+-- came before one of them and keep VMs of one of its other groups may take everything they need
+-- now, what it keeps included (pickSet keptBefore), so they are tried at once rather than at their
+-- groups' next dispatch (in opposite orders in two groups' round-robins, the second of two sets
+-- would otherwise keep the VM that the first waits for until a sweep). Each is tried once per
+-- dispatch (`tried`). Per other group, only the latest of the keepers that list it matters (what
+-- came before an earlier keeper came before it too): one walk of that group's record, whatever the
+-- number of keepers. Called once the dispatch of `group` recorded what every set it passed keeps
+-- there (dispatchClean).
+local function serveKeepersBefore(base, group, keepers, now, selfJobId, served, maxServed, tried)
+  local latest, order = {}, {}
+  for _, keeper in ipairs(keepers) do
+    local priority = tonumber(keeper.info.priority) or 0
+    for _, other in ipairs(keeper.info.groups) do
+      local key = tostring(other)
+      if key ~= tostring(group) then
+        local last = latest[key]
+        if not last then
+          order[#order + 1] = other
         end
-        if not tried[keep.waiter] and cameBefore(keep.waiter, keep.priority, waiter, priority) then
-          tried[keep.waiter] = true
-          local raw = redis.call('HGET', waiterInfoKey(base), keep.waiter)
-          local keeper = raw and cjson.decode(raw)
-          if keeper and keeper.set and tonumber(keeper.deadline) > tonumber(now) then
-            serveSet(base, other, keep.waiter, keeper, now, selfJobId, served)
-          end
+        if not last or cameBefore(last.waiter, last.priority, keeper.waiter, priority) then
+          latest[key] = {waiter = keeper.waiter, priority = priority}
+        end
+      end
+    end
+  end
+  for _, other in ipairs(order) do
+    local last = latest[tostring(other)]
+    -- A copy: a set served leaves the lines, and its entry the record.
+    for _, keep in ipairs(setKeeps.copy(base, other)) do
+      if maxServed and #served >= maxServed then
+        return
+      end
+      if not tried[keep.waiter] and cameBefore(keep.waiter, keep.priority, last.waiter, last.priority) then
+        tried[keep.waiter] = true
+        local raw = redis.call('HGET', waiterInfoKey(base), keep.waiter)
+        local keeper = raw and cjson.decode(raw)
+        if keeper and keeper.set and tonumber(keeper.deadline) > tonumber(now) then
+          serveSet(base, other, keep.waiter, keeper, now, selfJobId, served)
         end
       end
     end
@@ -355,9 +373,7 @@ local function dispatchClean(base, group, now, selfJobId, served, maxServed)
       end
     end
   end
-  for _, keeper in ipairs(keepers) do
-    serveKeepersBefore(base, group, keeper.waiter, keeper.info, now, selfJobId, served, maxServed, tried)
-  end
+  serveKeepersBefore(base, group, keepers, now, selfJobId, served, maxServed, tried)
 end
 
 -- Gives the group's ready VMs bound to owner and sandbox to that sandbox's line, first come first

@@ -21,13 +21,6 @@
 --- @include "includes/ownerUsage"
 --- @include "includes/setKeeps"
 
--- Whether the waiting request at (waiter member `a`, priority `pa`) came before the one at (`b`,
--- `pb`): a better priority, or the same priority and an older waiter member (the order of a
--- group's `waiters`). One order for all groups, unlike the round-robins of owners.
-local function cameBefore(a, pa, b, pb)
-  return pa < pb or (pa == pb and a < b)
-end
-
 -- How many ready clean VMs of `group` the waiting sets that came before the set at `place`
 -- ({waiter, priority}) keep there (cameBefore). Its own keep and those of sets that came after it
 -- do not count, whatever their places in this group's round-robin: with one order for all groups,
@@ -35,13 +28,7 @@ end
 -- other needs and both wait until their deadlines; the one that came first may take what the other
 -- keeps.
 local function keptBefore(base, group, place)
-  local kept = 0
-  for _, keep in ipairs(setKeeps.of(base, group)) do
-    if cameBefore(keep.waiter, keep.priority, place.waiter, place.priority) then
-      kept = kept + keep.count
-    end
-  end
-  return kept
+  return setKeeps.before(base, group, place.waiter, place.priority)
 end
 
 -- Whether `name` qualifies: ready and passing.
