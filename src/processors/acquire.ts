@@ -24,7 +24,7 @@ import {
   type VmAssignment,
 } from '../../queues/acquire.js';
 import { AcquireLineRuntime } from '../acquire/lineRuntime.js';
-import { describeWait, explainWait, type WaitStatus } from '../acquire/why.js';
+import { describeWait, explainWait, type WaitingRequest, type WaitStatus } from '../acquire/why.js';
 import { RequestGroupsError, requestGroupIds } from '../acquire/requestGroups.js';
 
 export { NO_VM_AVAILABLE_PREFIX };
@@ -112,6 +112,14 @@ export async function processAcquireJob(job: Job, ctx: JobContext): Promise<VmAs
 }
 
 /** An acquire job of either kind: one VM, or a set (its payload has `vms`). */
+/** Why a waiting request waits (explainWait), or null, logged, when that cannot be told: it only informs. */
+function waitOrNull(ctx: JobContext, request: WaitingRequest, now: number, log: { warn(obj: object, msg: string): void }, what: string): Promise<WaitStatus | null> {
+  return explainWait(ctx.vmm, ctx.config, request, now).catch((err: Error) => {
+    log.warn({ err: err.message }, `could not tell why ${what} waits`);
+    return null;
+  });
+}
+
 function serveAcquireJob(job: Job, payload: AcquireJobPayload, ctx: JobContext): Promise<VmAssignment | VmSetAssignment> {
   return 'vms' in payload ? serveAcquireSetRequest(job, payload, ctx) : serveAcquireRequest(job, payload, ctx);
 }
@@ -167,12 +175,7 @@ async function serveAcquireRequest(job: Job, request: AcquireRequestData, ctx: J
     };
   }
   const now = ctx.clock();
-  const why = await explainWait(ctx.vmm, ctx.config, { ...request, priority: waiter.priority, member: waiter.member, groups }, now).catch(
-    (err: Error) => {
-      log.warn({ err: err.message }, 'could not tell why the request waits');
-      return null;
-    },
-  );
+  const why = await waitOrNull(ctx, { owner: request.owner, sandbox: request.sandbox, priority: waiter.priority, member: waiter.member, groups }, now, log, 'the request');
   if (now >= deadline || !job.token) {
     await ctx.vmm.leaveAcquireLine(waiter, lineGroups);
     const last = why ? describeWait(why) : 'nothing fitted';
@@ -279,12 +282,7 @@ async function serveAcquireSetRequest(job: Job, request: AcquireSetRequestData, 
   const now = ctx.clock();
   // Why it waits: in each of its groups, as a single request of its owner and sandbox would, and
   // which of its VMs cannot be had now (each with the groups it could use, fallbacks included).
-  const explained = await explainWait(ctx.vmm, ctx.config, { owner: request.owner, sandbox: request.sandbox, priority: waiter.priority, member: waiter.member, groups }, now).catch(
-    (err: Error) => {
-      log.warn({ err: err.message }, 'could not tell why the set waits');
-      return null;
-    },
-  );
+  const explained = await waitOrNull(ctx, { owner: request.owner, sandbox: request.sandbox, priority: waiter.priority, member: waiter.member, groups }, now, log, 'the set');
   const unavailableVms = ((attempt.status === 'none' && attempt.missing) || []).map((index) => ({ index, groups: items[index - 1] ?? [] }));
   const why: WaitStatus | null = explained && { ...explained, set: items.length, unavailableVms };
   if (now >= deadline || !job.token) {
