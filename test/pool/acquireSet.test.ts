@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { InvalidVmRequest, LeaseLost, NoVmAvailable, VmStates } from '../../src/pool/types.js';
-import { createPoolKit, T0, testConfig, type PoolKit } from './fixtures/kit.js';
+import { createPoolKit, setRequest as set, T0, testConfig, type PoolKit } from './fixtures/kit.js';
 
 let kit: PoolKit;
 beforeAll(async () => {
@@ -27,17 +27,7 @@ beforeEach(async () => {
   kit.clock.now = T0 + 1000;
 });
 
-const set = (owner: string, groups: string[][], jobId?: string) => ({
-  owner,
-  sandbox: `${owner}/sb`,
-  workerId: `w-${owner}`,
-  items: groups.map((g) => ({ groups: g })),
-  jobId,
-});
-
-async function states(names: string[]): Promise<string[]> {
-  return Promise.all(names.map(async (n) => (await kit.vmm.getVmByName(n)).state));
-}
+const states = (names: string[]) => kit.states(names);
 
 describe('tryAcquireVmSet: all or nothing (real Redis)', () => {
   it('3 VMs asked, 2 available: none taken; the third arrives: all three taken at once', async () => {

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { VmManager } from '../../src/pool/vmManager.js';
 import type { AcquireSetAttempt } from '../../src/pool/poolScripts.js';
 import { acquireWaiterMember, VmStates, type AcquireWaiter } from '../../src/pool/types.js';
-import { createPoolKit, T0, testConfig, type PoolKit } from './fixtures/kit.js';
+import { createPoolKit, setRequest as set, T0, testConfig, type PoolKit } from './fixtures/kit.js';
 
 // A set waiting in the fair line (acquire-set jobs), driven by hand: the dispatcher is run
 // directly (no acquire process listens here), so every step is deterministic.
@@ -34,17 +34,7 @@ const waiterFor = (jobId: string, n = 0): AcquireWaiter => ({
   deadline: T0 + 600_000,
 });
 
-const set = (owner: string, groups: string[][], jobId: string) => ({
-  owner,
-  sandbox: `${owner}/sb`,
-  workerId: `w-${owner}`,
-  items: groups.map((g) => ({ groups: g })),
-  jobId,
-});
-
-async function states(names: string[]): Promise<string[]> {
-  return Promise.all(names.map(async (n) => (await kit.vmm.getVmByName(n)).state));
-}
+const states = (names: string[]) => kit.states(names);
 
 describe('a waiting set keeps only the ready VMs it could take (real Redis)', () => {
   it("a set its owner's max_vm_per_user keeps from being served does not hold back the VMs another owner behind it can take", async () => {
